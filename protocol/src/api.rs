@@ -1,0 +1,197 @@
+//! Request and response bodies of the server's HTTP APIs.
+//!
+//! - **Customer API** (`/v1/users/...`): called by the customer's backend or a PingFederate-style
+//!   adapter with `Authorization: Bearer <API key>`.
+//! - **Device API** (`/v1/device/...`, `/v1/server-keys`): called by the device core.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
+use crate::jwk::JwkSet;
+use crate::pairing::{DeviceInfo, DeviceSignals, ServerUrl};
+use crate::time::UnixSeconds;
+
+/// `POST /v1/users`: create a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateUserRequest {
+    /// The customer's id for the user.
+    pub user_id: UserId,
+    /// A name to show, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// A user of an application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct User {
+    /// The customer's id for the user.
+    pub user_id: UserId,
+    /// A name to show, if any.
+    pub display_name: Option<String>,
+    /// When the user was created.
+    pub created_at: UnixSeconds,
+    /// How many devices are paired.
+    pub device_count: u32,
+}
+
+/// `POST /v1/users/{user_id}/pairings`: start a pairing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StartPairingRequest {
+    /// How long the code stays valid, in seconds (60 to 86,400; default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// A started pairing: give the code (or the URI as a QR code) to the user's device.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StartPairingResponse {
+    /// Single-use code a person can type, `XXXX-XXXX-XXXX`.
+    pub pairing_code: String,
+    /// `tessera://pair?server=...&code=...`, for a QR code.
+    pub pairing_uri: String,
+    /// When the code expires.
+    pub expires_at: UnixSeconds,
+}
+
+impl std::fmt::Debug for StartPairingResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StartPairingResponse(code <redacted>, expires_at {})",
+            self.expires_at
+        )
+    }
+}
+
+/// `POST /v1/users/{user_id}/relay-pairings`: complete a relay pairing with the app's mobile payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayPairingRequest {
+    /// The opaque mobile payload the app produced.
+    pub mobile_payload: String,
+}
+
+/// The relay pairing's result: hand `server_payload` back to the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayPairingResponse {
+    /// The signed pairing reply, opaque to the backend.
+    pub server_payload: String,
+    /// The paired device.
+    pub device: DeviceRecord,
+}
+
+/// A device paired with a user (one enrollment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceRecord {
+    /// The enrollment: this device's pairing with this user.
+    pub enrollment_id: EnrollmentId,
+    /// The installation.
+    pub device_id: DeviceId,
+    /// The user.
+    pub user_id: UserId,
+    /// What the device says about itself.
+    pub device: DeviceInfo,
+    /// Posture signals at pairing or last contact.
+    pub signals: DeviceSignals,
+    /// `none`, `fcm` or `apns`.
+    pub push_provider: String,
+    /// Whether this is the user's primary device.
+    pub primary: bool,
+    /// When it was paired.
+    pub paired_at: UnixSeconds,
+    /// When the device last called the server.
+    pub last_seen_at: UnixSeconds,
+}
+
+/// `GET /v1/users/{user_id}/devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceList {
+    /// The user's devices, oldest first.
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// `POST /v1/device/pairings`: a device pairs with a code.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DevicePairingRequest {
+    /// The pairing code as the user typed it.
+    pub pairing_code: String,
+    /// The signed [`crate::pairing::DeviceRegistration`].
+    pub registration: String,
+    /// The signed [`crate::pairing::KeyProof`].
+    pub user_verification_proof: String,
+}
+
+impl std::fmt::Debug for DevicePairingRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevicePairingRequest(code <redacted>)")
+    }
+}
+
+/// The answer to a device pairing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DevicePairingResponse {
+    /// The signed [`crate::pairing::PairingReply`].
+    pub server_payload: String,
+}
+
+/// `GET /v1/server-keys`: the server's current keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServerKeysResponse {
+    /// The server's identity.
+    pub issuer: ServerUrl,
+    /// The keys, as a plain JWK set.
+    pub keys: JwkSet,
+    /// The same set as a signed [`crate::pairing::ServerKeySet`].
+    pub signed_key_set: String,
+}
+
+/// `GET /v1/device/enrollments/{enrollment_id}` (device-authenticated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollmentStatus {
+    /// The enrollment.
+    pub enrollment_id: EnrollmentId,
+    /// The user it pairs.
+    pub user_id: UserId,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// `active`.
+    pub status: String,
+}
+
+/// The admin CLI's answer to `create-app`. The API key is shown once; the server keeps only
+/// its digest.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedApplication {
+    /// The application's id.
+    pub application_id: ApplicationId,
+    /// Its display name.
+    pub name: String,
+    /// The API key for the customer API (`Authorization: Bearer ...`).
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for CreatedApplication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CreatedApplication({}, {:?}, api key <redacted>)",
+            self.application_id, self.name
+        )
+    }
+}

@@ -1,0 +1,171 @@
+//! Stable error codes and the JSON error body every Tessera API answers with.
+//!
+//! Codes are part of the protocol: they never change meaning, and clients match on them, never on
+//! messages. Messages are safe to show to a person and never contain secrets or submitted values.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable, machine-readable error code (`snake_case` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request is well-formed JSON but a field is missing or invalid.
+    InvalidRequest,
+    /// The body is not valid JSON.
+    MalformedJson,
+    /// The `Content-Type` is not `application/json`.
+    UnsupportedMediaType,
+    /// The body is larger than the server accepts.
+    PayloadTooLarge,
+    /// No valid API key or device signature.
+    Unauthorized,
+    /// No such route or resource.
+    NotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// The user does not exist in this application.
+    UserNotFound,
+    /// A user with this id already exists.
+    UserAlreadyExists,
+    /// The device (enrollment) does not exist.
+    DeviceNotFound,
+    /// The pairing code is wrong, expired or already used (deliberately not told apart).
+    InvalidPairingCode,
+    /// Too many attempts; retry later.
+    RateLimited,
+    /// A public key is not a valid P-256 key.
+    InvalidPublicKey,
+    /// A signature does not verify, or a signed message is malformed.
+    InvalidSignature,
+    /// A registration is inconsistent (key ids, proofs, versions).
+    InvalidRegistration,
+    /// The mobile payload is malformed or its signatures do not verify.
+    InvalidMobilePayload,
+    /// A signed message is too old or from the future.
+    StaleMessage,
+    /// A signed message was already used.
+    ReplayedMessage,
+    /// A signed message was meant for another server.
+    AudienceMismatch,
+    /// The request conflicts with the current state.
+    Conflict,
+    /// An unexpected server error.
+    InternalError,
+    /// The server cannot serve now (database unavailable).
+    ServiceUnavailable,
+    /// A code this client does not know (a newer server).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code's wire text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UserNotFound => "user_not_found",
+            ErrorCode::UserAlreadyExists => "user_already_exists",
+            ErrorCode::DeviceNotFound => "device_not_found",
+            ErrorCode::InvalidPairingCode => "invalid_pairing_code",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidPublicKey => "invalid_public_key",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::InvalidRegistration => "invalid_registration",
+            ErrorCode::InvalidMobilePayload => "invalid_mobile_payload",
+            ErrorCode::StaleMessage => "stale_message",
+            ErrorCode::ReplayedMessage => "replayed_message",
+            ErrorCode::AudienceMismatch => "audience_mismatch",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::InternalError => "internal_error",
+            ErrorCode::ServiceUnavailable => "service_unavailable",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+
+    /// The HTTP status the server answers this code with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest
+            | ErrorCode::MalformedJson
+            | ErrorCode::InvalidPublicKey
+            | ErrorCode::InvalidSignature
+            | ErrorCode::InvalidRegistration
+            | ErrorCode::InvalidMobilePayload
+            | ErrorCode::StaleMessage
+            | ErrorCode::AudienceMismatch
+            | ErrorCode::InvalidPairingCode => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotFound | ErrorCode::UserNotFound | ErrorCode::DeviceNotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::UserAlreadyExists | ErrorCode::Conflict | ErrorCode::ReplayedMessage => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::InternalError | ErrorCode::Unknown => 500,
+            ErrorCode::ServiceUnavailable => 503,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The code and a message safe to show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A human-readable message holding no secret and no submitted value.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Builds an error body.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_text_and_unknown_codes_parse() {
+        for code in [
+            ErrorCode::InvalidPairingCode,
+            ErrorCode::RateLimited,
+            ErrorCode::MalformedJson,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        let parsed: ErrorCode = serde_json::from_str("\"something_new\"").unwrap();
+        assert_eq!(parsed, ErrorCode::Unknown);
+        assert_eq!(ErrorCode::PayloadTooLarge.http_status(), 413);
+    }
+}

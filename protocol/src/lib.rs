@@ -1,0 +1,36 @@
+//! Tessera's wire protocol: every message exchanged between the device core, the server and the
+//! customer's backend as a typed struct, the signed envelope that carries them, the canonical
+//! encoding used for anything that is hashed or signed, stable error codes, and test vectors.
+//!
+//! Nothing in this crate performs I/O. It is shared by `tessera-core` (the device SDK) and
+//! `tessera-server`, so both sides agree byte for byte on what is signed.
+//!
+//! # Layout
+//! - [`canonical`]: RFC 8785 JSON canonicalization and SHA-256 digests over it.
+//! - [`jwk`]: P-256 public keys as JWKs (RFC 7517), validated on parse, with RFC 7638 thumbprints.
+//! - [`envelope`]: the signed envelope, a compact JWS (RFC 7515) with `ES256` and a `kid`.
+//! - [`pairing`]: pairing codes, pairing URIs, the device registration, the mobile payload and
+//!   the server's signed pairing reply (the server payload).
+//! - [`device_auth`]: device-authenticated API calls (a request signed by the possession key).
+//! - [`api`]: request and response bodies of the customer API and the device API.
+//! - [`error`]: stable error codes and the JSON error body every API uses.
+//! - [`ids`]: typed identifiers.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod canonical;
+pub mod device_auth;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+pub mod jwk;
+pub mod pairing;
+pub mod time;
+
+/// Version of the wire protocol carried inside every signed payload (`"v"`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest signed envelope (compact JWS) either side accepts, in bytes.
+pub const MAX_ENVELOPE_BYTES: usize = 32 * 1024;

@@ -1,0 +1,529 @@
+//! Device pairing: pairing codes and URIs, the device's signed registration, the mobile payload
+//! relayed through a customer backend, and the server's signed pairing reply (the server payload).
+//!
+//! # Direct pairing
+//! 1. The customer backend asks the server for a pairing code for a user ([`crate::api::StartPairingResponse`]).
+//! 2. The device signs a [`DeviceRegistration`] with its possession key, proves it also holds the
+//!    user-verification key with a [`KeyProof`], and sends both with the code
+//!    ([`crate::api::DevicePairingRequest`]).
+//! 3. The server answers with a [`PairingReply`] signed by its key; the device checks it and pins
+//!    the server's key set.
+//!
+//! # Relay pairing (mobile payload / server payload)
+//! The device produces a [`MobilePayload`] (the same registration and proof, with no code), the
+//! app hands it to its own backend, which has already authenticated the user and forwards it with
+//! its API key. The backend gets a signed [`PairingReply`] back (the *server payload*) and hands it
+//! to the app. The backend can alter neither: the registration is signed by the device and the
+//! reply by the server, and the reply binds the registration's envelope digest.
+
+use std::fmt;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use url::Url;
+use zeroize::Zeroizing;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::canonical::Sha256Digest;
+use crate::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
+use crate::jwk::{JwkSet, PublicJwk};
+use crate::time::UnixSeconds;
+
+/// How far a signed timestamp may lie in the future (clock skew), in seconds.
+pub const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
+/// How old a registration may be when the server receives it, in seconds.
+pub const MAX_REGISTRATION_AGE_SECONDS: i64 = 600;
+
+/// Why a pairing code, URI or server URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PairingInputError {
+    /// The code is not 12 characters of the pairing alphabet.
+    #[error("pairing code is malformed: expected 12 letters and digits, like ABCD-EFGH-JKMN")]
+    MalformedCode,
+    /// The text is not a `tessera://pair` URI with a server and a code.
+    #[error("pairing URI is malformed")]
+    MalformedUri,
+    /// The server URL is not an absolute http(s) URL without credentials, query or fragment.
+    #[error("server URL is invalid: {0}")]
+    InvalidServerUrl(&'static str),
+}
+
+/// Crockford's base32 alphabet: no I, L, O or U, so a code read aloud or typed is unambiguous.
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const CODE_LEN: usize = 12;
+
+/// A single-use pairing code: 12 characters of Crockford base32 (60 bits), shown as
+/// `XXXX-XXXX-XXXX`. Parsing is forgiving the way people type: case, dashes and spaces are
+/// ignored, `O` reads as `0` and `I`/`L` as `1`.
+///
+/// It is a secret until used: it is never logged (its `Debug` is redacted), the server stores
+/// only its SHA-256 digest, and its memory is zeroized on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PairingCode(Zeroizing<String>);
+
+impl PairingCode {
+    /// A fresh random code from the OS RNG.
+    pub fn generate() -> Self {
+        let mut rng = rand::rngs::OsRng;
+        let s: String = (0..CODE_LEN)
+            .map(|_| CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())] as char)
+            .collect();
+        Self(Zeroizing::new(s))
+    }
+
+    /// Parses a code as a person typed it.
+    pub fn parse(input: &str) -> Result<Self, PairingInputError> {
+        if input.len() > 64 {
+            return Err(PairingInputError::MalformedCode);
+        }
+        let mut out = Zeroizing::new(String::with_capacity(CODE_LEN));
+        for c in input.chars() {
+            let c = match c.to_ascii_uppercase() {
+                '-' | ' ' => continue,
+                'O' => '0',
+                'I' | 'L' => '1',
+                c if c.is_ascii() && CODE_ALPHABET.contains(&(c as u8)) => c,
+                _ => return Err(PairingInputError::MalformedCode),
+            };
+            out.push(c);
+        }
+        if out.len() != CODE_LEN {
+            return Err(PairingInputError::MalformedCode);
+        }
+        Ok(Self(out))
+    }
+
+    /// The code grouped for display: `XXXX-XXXX-XXXX`.
+    pub fn display_form(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "{}-{}-{}",
+            &self.0[0..4],
+            &self.0[4..8],
+            &self.0[8..12]
+        ))
+    }
+
+    /// The normalized 12 characters.
+    pub fn normalized(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256 of the normalized code: what the server stores and looks codes up by. A code has
+    /// 60 bits of entropy and lives minutes, so a fast hash is enough.
+    pub fn digest(&self) -> Sha256Digest {
+        Sha256Digest::of_bytes(self.0.as_bytes())
+    }
+}
+
+impl fmt::Debug for PairingCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PairingCode(<redacted>)")
+    }
+}
+
+/// The base URL of a Tessera server, normalized: http or https, a host, no credentials, query or
+/// fragment, no trailing slash. Its text is the server's *issuer* identity in signed messages.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
+pub struct ServerUrl(String);
+
+impl ServerUrl {
+    /// Parses and normalizes a server URL.
+    pub fn parse(input: &str) -> Result<Self, PairingInputError> {
+        let url = Url::parse(input.trim())
+            .map_err(|_| PairingInputError::InvalidServerUrl("not an absolute URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(PairingInputError::InvalidServerUrl("scheme must be http or https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(PairingInputError::InvalidServerUrl("no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(PairingInputError::InvalidServerUrl("credentials are not allowed"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(PairingInputError::InvalidServerUrl(
+                "query and fragment are not allowed",
+            ));
+        }
+        let text = url.as_str().trim_end_matches('/').to_string();
+        Ok(Self(text))
+    }
+
+    /// The normalized URL text (the issuer).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL of an API path on this server (`path` starts with `/`).
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{}", self.0, path)
+    }
+
+    /// Whether the URL uses https.
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+
+    /// Whether the host is a loopback address or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        match Url::parse(&self.0).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        }
+    }
+}
+
+impl TryFrom<String> for ServerUrl {
+    type Error = PairingInputError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<ServerUrl> for String {
+    fn from(u: ServerUrl) -> String {
+        u.0
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerUrl({})", self.0)
+    }
+}
+
+/// A pairing URI, the content of the QR code shown next to a pairing code:
+/// `tessera://pair?server=<server URL>&code=<code>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PairingUri {
+    /// The server to pair with.
+    pub server: ServerUrl,
+    /// The single-use code.
+    pub code: PairingCode,
+}
+
+impl fmt::Debug for PairingUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PairingUri({}, code <redacted>)", self.server)
+    }
+}
+
+impl PairingUri {
+    /// The URI scheme.
+    pub const SCHEME: &'static str = "tessera";
+
+    /// Parses a scanned or pasted pairing URI.
+    pub fn parse(input: &str) -> Result<Self, PairingInputError> {
+        let url = Url::parse(input.trim()).map_err(|_| PairingInputError::MalformedUri)?;
+        if url.scheme() != Self::SCHEME || url.host_str() != Some("pair") {
+            return Err(PairingInputError::MalformedUri);
+        }
+        let mut server = None;
+        let mut code = None;
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "server" if server.is_none() => server = Some(ServerUrl::parse(&v)?),
+                "code" if code.is_none() => code = Some(PairingCode::parse(&v)?),
+                _ => return Err(PairingInputError::MalformedUri),
+            }
+        }
+        match (server, code) {
+            (Some(server), Some(code)) => Ok(Self { server, code }),
+            _ => Err(PairingInputError::MalformedUri),
+        }
+    }
+
+    /// The URI text. It contains the code: treat it as a secret.
+    pub fn to_uri_string(&self) -> Zeroizing<String> {
+        let mut url = Url::parse("tessera://pair").expect("static URI parses");
+        url.query_pairs_mut()
+            .append_pair("server", self.server.as_str())
+            .append_pair("code", &self.code.display_form());
+        Zeroizing::new(url.to_string())
+    }
+}
+
+/// What the device says about itself. Shown to administrators and relying parties; never used
+/// as proof of anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceInfo {
+    /// Hardware model, e.g. `Pixel 8`.
+    pub model: String,
+    /// Operating system name, e.g. `Android`, `iOS`.
+    pub os_name: String,
+    /// Operating system version.
+    pub os_version: String,
+    /// Version of the app embedding the SDK.
+    pub app_version: String,
+    /// Version of the Tessera SDK.
+    pub sdk_version: String,
+    /// A name the user gave the device, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Device posture signals reported by the platform. `None` means "not known".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceSignals {
+    /// The device is rooted or jailbroken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooted: Option<bool>,
+    /// A screen lock (PIN, pattern, biometrics) is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen_lock: Option<bool>,
+    /// The device is managed by an MDM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mdm: Option<bool>,
+}
+
+/// How the server can reach the device with a push.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "provider", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum PushRegistration {
+    /// No push: the device pulls its pending requests.
+    #[default]
+    None,
+    /// Firebase Cloud Messaging registration token.
+    Fcm {
+        /// The FCM registration token.
+        token: String,
+    },
+    /// Apple Push Notification service device token.
+    Apns {
+        /// The APNs device token (hex).
+        token: String,
+        /// `true` for the APNs sandbox (development builds).
+        #[serde(default)]
+        sandbox: bool,
+    },
+}
+
+impl PushRegistration {
+    /// The provider name: `none`, `fcm` or `apns`.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            PushRegistration::None => "none",
+            PushRegistration::Fcm { .. } => "fcm",
+            PushRegistration::Apns { .. } => "apns",
+        }
+    }
+}
+
+impl fmt::Debug for PushRegistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PushRegistration({}, token <redacted>)", self.provider())
+    }
+}
+
+/// A device's registration, signed with its possession key ([`crate::envelope::MessageType::Registration`]).
+/// Its `kid` is the possession key's thumbprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRegistration {
+    /// Protocol version ([`crate::PROTOCOL_VERSION`]).
+    pub v: u32,
+    /// The server this registration is meant for: a registration for one server is refused by
+    /// another.
+    pub audience: ServerUrl,
+    /// The installation's id.
+    pub device_id: DeviceId,
+    /// 128 random bits, base64url: makes every registration unique.
+    pub nonce: String,
+    /// When the device signed it.
+    pub issued_at: UnixSeconds,
+    /// Key used without user interaction (silent verification, device-authenticated calls).
+    pub possession_key: PublicJwk,
+    /// Key usable only after biometrics or device PIN (approvals).
+    pub user_verification_key: PublicJwk,
+    /// What the device says about itself.
+    pub device: DeviceInfo,
+    /// Posture signals.
+    pub signals: DeviceSignals,
+    /// How to push to it.
+    pub push: PushRegistration,
+}
+
+impl DeviceRegistration {
+    /// A fresh 128-bit nonce, base64url.
+    pub fn new_nonce() -> String {
+        let mut b = [0u8; 16];
+        rand::rngs::OsRng.fill(&mut b);
+        URL_SAFE_NO_PAD.encode(b)
+    }
+}
+
+/// Proof that the device holds the user-verification key: the registration's envelope digest,
+/// signed with that key ([`crate::envelope::MessageType::KeyProof`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyProof {
+    /// Protocol version.
+    pub v: u32,
+    /// Envelope digest of the registration this proof belongs to.
+    pub registration_digest: Sha256Digest,
+}
+
+/// The *mobile payload*: what the app hands to its backend for relay pairing. Opaque to the
+/// backend; on the wire it is the unpadded base64url of this struct's canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MobilePayload {
+    /// Protocol version.
+    pub v: u32,
+    /// The signed [`DeviceRegistration`].
+    pub registration: String,
+    /// The signed [`KeyProof`].
+    pub user_verification_proof: String,
+}
+
+impl MobilePayload {
+    /// Encodes the payload as the opaque string handed to the backend.
+    pub fn encode(&self) -> Result<String, crate::canonical::CanonicalError> {
+        Ok(URL_SAFE_NO_PAD.encode(crate::canonical::to_canonical_vec(self)?))
+    }
+
+    /// Decodes the opaque string. Checks nothing but the shape: the server verifies the
+    /// signatures inside.
+    pub fn decode(text: &str) -> Result<Self, PairingInputError> {
+        if text.len() > 2 * crate::MAX_ENVELOPE_BYTES {
+            return Err(PairingInputError::MalformedUri);
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim().as_bytes())
+            .map_err(|_| PairingInputError::MalformedUri)?;
+        serde_json::from_slice(&bytes).map_err(|_| PairingInputError::MalformedUri)
+    }
+}
+
+/// The application a device is paired with, as the server names it in signed messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApplicationInfo {
+    /// The application's id.
+    pub id: ApplicationId,
+    /// Its display name.
+    pub name: String,
+}
+
+/// The server's pairing reply, the *server payload*, signed with one of the server's keys
+/// ([`crate::envelope::MessageType::PairingReply`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingReply {
+    /// Protocol version.
+    pub v: u32,
+    /// The server's identity (its public base URL); must equal the registration's `audience`.
+    pub issuer: ServerUrl,
+    /// The application paired with.
+    pub application: ApplicationInfo,
+    /// The user paired.
+    pub user_id: UserId,
+    /// The new enrollment.
+    pub enrollment_id: EnrollmentId,
+    /// The device, as named in the registration.
+    pub device_id: DeviceId,
+    /// Envelope digest of the registration this reply answers.
+    pub registration_digest: Sha256Digest,
+    /// The server's signing keys, which the device pins.
+    pub server_keys: JwkSet,
+    /// When the server signed it.
+    pub issued_at: UnixSeconds,
+}
+
+/// The server's key set, signed by one of its current keys
+/// ([`crate::envelope::MessageType::ServerKeySet`]). A device that has pinned keys accepts a new set
+/// only if it is signed by a key it already trusts: that is how server keys rotate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerKeySet {
+    /// Protocol version.
+    pub v: u32,
+    /// The server's identity.
+    pub issuer: ServerUrl,
+    /// The current keys.
+    pub keys: JwkSet,
+    /// When it was signed.
+    pub issued_at: UnixSeconds,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_generated_and_parsed_forgivingly() {
+        let code = PairingCode::generate();
+        let shown = code.display_form();
+        assert_eq!(shown.len(), 14);
+        assert_eq!(PairingCode::parse(&shown).unwrap(), code);
+        assert_eq!(
+            PairingCode::parse(&shown.to_lowercase()).unwrap(),
+            code,
+            "case-insensitive"
+        );
+        let a = PairingCode::parse("abcd efgh jkmn").unwrap();
+        assert_eq!(a.normalized(), "ABCDEFGHJKMN");
+        assert_eq!(PairingCode::parse("OIL0-0000-0000").unwrap().normalized(), "011000000000");
+        assert!(PairingCode::parse("ABCD-EFGH-JKM").is_err());
+        assert!(PairingCode::parse("ABCD-EFGH-JKMNP").is_err());
+        assert!(PairingCode::parse("ABCD-EFGH-JKMU").is_err(), "U is not in the alphabet");
+        assert!(PairingCode::parse("ÄBCD-EFGH-JKMN").is_err());
+        assert_eq!(format!("{code:?}"), "PairingCode(<redacted>)");
+    }
+
+    #[test]
+    fn server_urls_are_normalized_and_checked() {
+        let u = ServerUrl::parse("https://auth.example.com/").unwrap();
+        assert_eq!(u.as_str(), "https://auth.example.com");
+        assert_eq!(u.endpoint("/v1/x"), "https://auth.example.com/v1/x");
+        assert!(u.is_https() && !u.is_loopback());
+        assert!(ServerUrl::parse("http://127.0.0.1:8080").unwrap().is_loopback());
+        assert!(ServerUrl::parse("http://[::1]:8080").unwrap().is_loopback());
+        assert!(ServerUrl::parse("ftp://x").is_err());
+        assert!(ServerUrl::parse("https://u:p@x").is_err());
+        assert!(ServerUrl::parse("https://x/?a=b").is_err());
+        assert!(ServerUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn pairing_uris_round_trip() {
+        let uri = PairingUri {
+            server: ServerUrl::parse("http://127.0.0.1:8080").unwrap(),
+            code: PairingCode::generate(),
+        };
+        let text = uri.to_uri_string();
+        assert!(text.starts_with("tessera://pair?server=http"));
+        assert_eq!(PairingUri::parse(&text).unwrap(), uri);
+        assert!(PairingUri::parse("tessera://pair?server=http%3A%2F%2Fx").is_err());
+        assert!(PairingUri::parse("https://pair?server=http%3A%2F%2Fx&code=ABCD-EFGH-JKMN").is_err());
+        assert!(
+            PairingUri::parse("tessera://pair?server=http%3A%2F%2Fx&code=ABCD-EFGH-JKMN&x=1")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn push_tokens_are_not_printed() {
+        let p = PushRegistration::Fcm {
+            token: "secret-token".into(),
+        };
+        assert!(!format!("{p:?}").contains("secret"));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json, serde_json::json!({"provider":"fcm","token":"secret-token"}));
+    }
+}
