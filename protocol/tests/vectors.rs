@@ -1,0 +1,164 @@
+//! Checks the JSON test vectors in `protocol/vectors/` against this implementation: canonical
+//! bytes, digests, deterministic signatures, verification, and refusal of every tampered variant.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+use tessera_protocol::canonical::{Sha256Digest, to_canonical_vec};
+use tessera_protocol::envelope::{self, EnvelopeError, MessageType, SoftwareSigningKey};
+use tessera_protocol::jwk::PublicJwk;
+use tessera_protocol::pairing::{
+    DeviceRegistration, KeyProof, MobilePayload, PairingCode, PairingReply,
+};
+
+fn load(name: &str) -> Value {
+    let path = format!("{}/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn message_type(typ: &str) -> MessageType {
+    [
+        MessageType::Registration,
+        MessageType::KeyProof,
+        MessageType::PairingReply,
+        MessageType::ServerKeySet,
+        MessageType::DeviceRequest,
+    ]
+    .into_iter()
+    .find(|t| t.as_str() == typ)
+    .unwrap_or_else(|| panic!("unknown typ {typ}"))
+}
+
+#[test]
+fn canonical_json_vectors() {
+    let file = load("canonical.json");
+    let vectors = file["vectors"].as_array().unwrap();
+    assert!(vectors.len() >= 6);
+    for v in vectors {
+        let bytes = to_canonical_vec(&v["input"]).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            v["canonical"].as_str().unwrap(),
+            "{}",
+            v["name"]
+        );
+        assert_eq!(
+            String::from(Sha256Digest::of_bytes(&bytes)),
+            v["sha256"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn envelope_vectors_sign_verify_and_refuse_tampering() {
+    let file = load("envelopes.json");
+    for v in file["vectors"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        let typ = message_type(v["typ"].as_str().unwrap());
+        let d = URL_SAFE_NO_PAD
+            .decode(v["signing_key"]["d"].as_str().unwrap())
+            .unwrap();
+        let key = SoftwareSigningKey::from_scalar_bytes(&d).unwrap();
+        let jwk: PublicJwk = serde_json::from_value(v["signing_key"]["public_jwk"].clone()).unwrap();
+        assert!(jwk.same_key(&key.public_jwk()), "{name}: public key");
+        assert_eq!(jwk.kid(), Some(jwk.thumbprint().as_str()), "{name}: kid is the thumbprint");
+
+        // Canonical header and payload, and the deterministic signature.
+        let jws = v["jws"].as_str().unwrap();
+        let expected_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(v["canonical_header"].as_str().unwrap()),
+            URL_SAFE_NO_PAD.encode(v["canonical_payload"].as_str().unwrap())
+        );
+        assert_eq!(v["signing_input"].as_str().unwrap(), expected_input, "{name}");
+        assert!(jws.starts_with(&expected_input), "{name}");
+        assert_eq!(
+            to_canonical_vec(&v["payload"]).unwrap(),
+            v["canonical_payload"].as_str().unwrap().as_bytes()
+        );
+        let resigned = envelope::sign(typ, &v["payload"], &key).unwrap();
+        assert_eq!(resigned, jws, "{name}: RFC 6979 signatures are reproducible");
+
+        let verified = envelope::verify::<Value>(jws, typ, &jwk).unwrap();
+        assert_eq!(verified.payload, v["payload"]);
+        assert_eq!(
+            String::from(verified.digest),
+            v["envelope_digest"].as_str().unwrap()
+        );
+
+        for t in v["tampered"].as_array().unwrap() {
+            let case = t["case"].as_str().unwrap();
+            let err = envelope::verify::<Value>(t["jws"].as_str().unwrap(), typ, &jwk)
+                .expect_err(&format!("{name}/{case} must be refused"));
+            let expected = t["error"].as_str().unwrap();
+            let matches = match expected {
+                "BadSignature" => err == EnvelopeError::BadSignature,
+                "WrongType" => matches!(err, EnvelopeError::WrongType { .. }),
+                "Malformed" => err == EnvelopeError::Malformed,
+                "UnsupportedAlgorithm" => err == EnvelopeError::UnsupportedAlgorithm,
+                other => panic!("unknown expected error {other}"),
+            };
+            assert!(matches, "{name}/{case}: expected {expected}, got {err:?}");
+        }
+    }
+}
+
+#[test]
+fn pairing_vector_bindings_hold() {
+    let file = load("envelopes.json");
+    let vectors = file["vectors"].as_array().unwrap();
+    let by_name = |n: &str| vectors.iter().find(|v| v["name"] == n).unwrap();
+    let reg = by_name("device_registration");
+    let proof = by_name("user_verification_key_proof");
+    let reply = by_name("pairing_reply");
+
+    let registration: DeviceRegistration = serde_json::from_value(reg["payload"].clone()).unwrap();
+    let key_proof: KeyProof = serde_json::from_value(proof["payload"].clone()).unwrap();
+    let pairing_reply: PairingReply = serde_json::from_value(reply["payload"].clone()).unwrap();
+    let reg_digest = String::from(key_proof.registration_digest);
+    assert_eq!(reg_digest, reg["envelope_digest"].as_str().unwrap());
+    assert_eq!(String::from(pairing_reply.registration_digest), reg_digest);
+    assert_eq!(pairing_reply.device_id, registration.device_id);
+    assert_eq!(pairing_reply.issuer, registration.audience);
+    // The reply verifies against its own key set.
+    envelope::verify_with_set::<PairingReply>(
+        reply["jws"].as_str().unwrap(),
+        MessageType::PairingReply,
+        &pairing_reply.server_keys,
+    )
+    .unwrap();
+
+    let mobile = MobilePayload::decode(file["pairing"]["mobile_payload"].as_str().unwrap()).unwrap();
+    assert_eq!(mobile.registration, reg["jws"].as_str().unwrap());
+    assert_eq!(mobile.user_verification_proof, proof["jws"].as_str().unwrap());
+}
+
+#[test]
+fn pairing_code_vectors() {
+    let file = load("pairing_codes.json");
+    for v in file["valid"].as_array().unwrap() {
+        let code = PairingCode::parse(v["typed"].as_str().unwrap()).unwrap();
+        assert_eq!(code.normalized(), v["normalized"].as_str().unwrap());
+        assert_eq!(code.display_form().as_str(), v["display"].as_str().unwrap());
+        assert_eq!(String::from(code.digest()), v["digest"].as_str().unwrap());
+    }
+    for v in file["invalid"].as_array().unwrap() {
+        assert!(PairingCode::parse(v.as_str().unwrap()).is_err(), "{v}");
+    }
+    for t in file["thumbprints"].as_array().unwrap() {
+        let jwk: PublicJwk = serde_json::from_value(t["public_jwk"].clone()).unwrap();
+        assert_eq!(jwk.thumbprint(), t["thumbprint"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn generator_is_deterministic() {
+    // The checked-in files must be what the generator writes today: re-derive one signature.
+    let file = load("envelopes.json");
+    let v = &file["vectors"][0];
+    let d = URL_SAFE_NO_PAD.decode(v["signing_key"]["d"].as_str().unwrap()).unwrap();
+    let key = SoftwareSigningKey::from_scalar_bytes(&d).unwrap();
+    let again = envelope::sign(MessageType::Registration, &v["payload"], &key).unwrap();
+    assert_eq!(again, v["jws"].as_str().unwrap());
+}
