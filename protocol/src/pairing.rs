@@ -247,11 +247,11 @@ impl PairingUri {
 
     /// The URI text. It contains the code: treat it as a secret.
     pub fn to_uri_string(&self) -> Zeroizing<String> {
-        let mut url = Url::parse("tessera://pair").expect("static URI parses");
-        url.query_pairs_mut()
+        let query = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("server", self.server.as_str())
-            .append_pair("code", &self.code.display_form());
-        Zeroizing::new(url.to_string())
+            .append_pair("code", &self.code.display_form())
+            .finish();
+        Zeroizing::new(format!("{}://pair?{query}", Self::SCHEME))
     }
 }
 
