@@ -1,0 +1,35 @@
+//! Tessera's device SDK core.
+//!
+//! One entry object, the [`Authenticator`], owns the device's state and exposes the flows:
+//! pairing (with a code or URI, or relayed through the customer's backend as a mobile payload and
+//! a server payload), listing, checking and removing enrollments. It does no platform work
+//! itself; the platform comes in through two traits:
+//!
+//! - [`KeyStore`]: P-256 keys by alias (private keys never leave it) and sealing of the state key;
+//! - [`SecureStorage`]: a few named blobs written atomically.
+//!
+//! [`SoftwareKeyStore`] and [`FileStorage`] are the defaults for tests, desktop and the examples.
+//! All device state is encrypted at rest under a key the key store seals.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod aead;
+mod authenticator;
+mod config;
+mod error;
+mod key_store;
+mod pairing;
+mod signer;
+mod state;
+mod storage;
+mod transport;
+
+pub use authenticator::{Authenticator, Enrollment};
+pub use config::AuthenticatorConfig;
+pub use error::CoreError;
+pub use key_store::{KeyPurpose, KeyStore, KeyStoreError, SoftwareKeyStore};
+pub use pairing::{ReplyTrust, verify_pairing_reply};
+pub use signer::KeyStoreSigner;
+pub use storage::{FileStorage, SecureStorage, StorageError};
+pub use tessera_protocol::api::EnrollmentStatus;

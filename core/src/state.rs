@@ -1,0 +1,286 @@
+//! The device's state and its encryption at rest.
+//!
+//! All state is one JSON document, encrypted with ChaCha20-Poly1305 under a random 256-bit data
+//! key. The data key is stored sealed by the platform key store (blob `state.key`); the document
+//! is stored as `nonce || ciphertext` (blob `state.bin`), with a fresh nonce per write and the
+//! format version as associated data. Each blob is written atomically, so a crash leaves the
+//! previous state. State that does not decrypt or parse is an error, never silently reset.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tessera_protocol::canonical::Sha256Digest;
+use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
+use tessera_protocol::jwk::JwkSet;
+use tessera_protocol::pairing::{ApplicationInfo, ServerUrl};
+use tessera_protocol::time::UnixSeconds;
+use zeroize::Zeroizing;
+
+use crate::error::CoreError;
+use crate::key_store::{KeyStore, KeyStoreError};
+use crate::storage::SecureStorage;
+
+const STATE_BLOB: &str = "state.bin";
+const KEY_BLOB: &str = "state.key";
+const STATE_KEY_ALIAS: &str = "tessera.state-key";
+const AAD: &[u8] = b"tessera-device-state-v1";
+
+/// Everything the device remembers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DeviceState {
+    pub device_id: DeviceId,
+    #[serde(default)]
+    pub enrollments: Vec<StoredEnrollment>,
+    #[serde(default)]
+    pub servers: Vec<PinnedServer>,
+    #[serde(default)]
+    pub pending: Vec<PendingPairing>,
+}
+
+impl DeviceState {
+    pub fn new() -> Self {
+        Self {
+            device_id: DeviceId::generate(),
+            enrollments: Vec::new(),
+            servers: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn pinned_keys(&self, issuer: &ServerUrl) -> Option<&JwkSet> {
+        self.servers
+            .iter()
+            .find(|s| &s.issuer == issuer)
+            .map(|s| &s.keys)
+    }
+
+    pub fn pin(&mut self, issuer: &ServerUrl, keys: JwkSet, now: UnixSeconds) {
+        self.servers.retain(|s| &s.issuer != issuer);
+        self.servers.push(PinnedServer {
+            issuer: issuer.clone(),
+            keys,
+            pinned_at: now,
+        });
+    }
+
+    /// Removes pending pairings created before `cutoff`; returns their key aliases.
+    pub fn take_expired_pending(&mut self, cutoff: UnixSeconds) -> Vec<String> {
+        let mut aliases = Vec::new();
+        self.pending.retain(|p| {
+            if p.created_at < cutoff {
+                aliases.extend(p.key_aliases());
+                false
+            } else {
+                true
+            }
+        });
+        aliases
+    }
+}
+
+/// A completed pairing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredEnrollment {
+    pub enrollment_id: EnrollmentId,
+    pub server: ServerUrl,
+    pub application: ApplicationInfo,
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub paired_at: UnixSeconds,
+    pub possession_alias: String,
+    pub user_verification_alias: String,
+}
+
+/// A server's keys, pinned at pairing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PinnedServer {
+    pub issuer: ServerUrl,
+    pub keys: JwkSet,
+    pub pinned_at: UnixSeconds,
+}
+
+/// How a pending pairing will complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub(crate) enum PendingMode {
+    /// With a code sent by the device itself; keyed by the code's digest for retries.
+    Direct { code_digest: Sha256Digest },
+    /// Through the customer's backend; completed by the server payload.
+    Relay,
+}
+
+/// Keys created and a registration signed, reply not yet received and checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PendingPairing {
+    pub id: String,
+    pub server: ServerUrl,
+    pub mode: PendingMode,
+    pub registration: String,
+    pub user_verification_proof: String,
+    pub registration_digest: Sha256Digest,
+    pub possession_alias: String,
+    pub user_verification_alias: String,
+    pub created_at: UnixSeconds,
+}
+
+impl PendingPairing {
+    pub fn key_aliases(&self) -> [String; 2] {
+        [
+            self.possession_alias.clone(),
+            self.user_verification_alias.clone(),
+        ]
+    }
+}
+
+/// Reads and writes [`DeviceState`] encrypted.
+pub(crate) struct StateStore {
+    storage: Arc<dyn SecureStorage>,
+    data_key: Zeroizing<[u8; 32]>,
+}
+
+impl StateStore {
+    /// Opens the store: unseals the data key (creating one on first use) and loads the state
+    /// (a new state if there is none yet).
+    pub fn open(
+        storage: Arc<dyn SecureStorage>,
+        key_store: &dyn KeyStore,
+    ) -> Result<(Self, DeviceState), CoreError> {
+        let sealed_key = storage.read(KEY_BLOB)?;
+        let existing_state = storage.read(STATE_BLOB)?;
+        let data_key = match sealed_key {
+            Some(sealed) => {
+                let opened = key_store
+                    .open(STATE_KEY_ALIAS, &sealed)
+                    .map_err(|e| match e {
+                        KeyStoreError::OpenFailed | KeyStoreError::NotFound => {
+                            CoreError::StateCorrupted
+                        }
+                        other => CoreError::from(other),
+                    })?;
+                let arr: [u8; 32] = opened
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| CoreError::StateCorrupted)?;
+                Zeroizing::new(arr)
+            }
+            None => {
+                if existing_state.is_some() {
+                    // State without its key can never be read again: say so.
+                    return Err(CoreError::StateCorrupted);
+                }
+                let mut key = Zeroizing::new([0u8; 32]);
+                rand::rngs::OsRng.fill_bytes(key.as_mut());
+                let sealed = key_store.seal(STATE_KEY_ALIAS, key.as_slice())?;
+                storage.write(KEY_BLOB, &sealed)?;
+                key
+            }
+        };
+        let store = Self { storage, data_key };
+        let state = match existing_state {
+            Some(bytes) => store.decrypt(&bytes)?,
+            None => {
+                let state = DeviceState::new();
+                store.save(&state)?;
+                state
+            }
+        };
+        Ok((store, state))
+    }
+
+    /// Encrypts and writes the state atomically.
+    pub fn save(&self, state: &DeviceState) -> Result<(), CoreError> {
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(state).map_err(|_| CoreError::Storage("encode failed".into()))?,
+        );
+        let blob = crate::aead::seal(&self.data_key, AAD, &plaintext)
+            .map_err(|_| CoreError::Storage("encrypt failed".into()))?;
+        self.storage.write(STATE_BLOB, &blob)?;
+        Ok(())
+    }
+
+    fn decrypt(&self, blob: &[u8]) -> Result<DeviceState, CoreError> {
+        let plaintext =
+            crate::aead::open(&self.data_key, AAD, blob).map_err(|_| CoreError::StateCorrupted)?;
+        serde_json::from_slice(&plaintext).map_err(|_| CoreError::StateCorrupted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key_store::SoftwareKeyStore;
+    use crate::storage::FileStorage;
+
+    fn open(dir: &std::path::Path) -> Result<(StateStore, DeviceState), CoreError> {
+        let ks = SoftwareKeyStore::open(dir.join("keys")).unwrap();
+        let storage: Arc<dyn SecureStorage> =
+            Arc::new(FileStorage::new(dir.join("state")).unwrap());
+        StateStore::open(storage, &ks)
+    }
+
+    #[test]
+    fn state_survives_a_restart_and_is_encrypted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut state) = open(dir.path()).unwrap();
+        let id = state.device_id.clone();
+        state.pin(
+            &ServerUrl::parse("https://auth.example.com").unwrap(),
+            JwkSet { keys: vec![] },
+            1,
+        );
+        store.save(&state).unwrap();
+        let (_, again) = open(dir.path()).unwrap();
+        assert_eq!(again.device_id, id);
+        assert_eq!(again.servers.len(), 1);
+        let raw = std::fs::read(dir.path().join("state/state.bin")).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(!text.contains("auth.example.com"));
+        assert!(!text.contains(id.as_str()));
+    }
+
+    #[test]
+    fn tampered_or_keyless_state_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).unwrap();
+        let path = dir.path().join("state/state.bin");
+        let mut raw = std::fs::read(&path).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        std::fs::write(&path, &raw).unwrap();
+        assert_eq!(open(dir.path()).err(), Some(CoreError::StateCorrupted));
+
+        // The state key sealed by another key store.
+        let dir2 = tempfile::tempdir().unwrap();
+        open(dir2.path()).unwrap();
+        std::fs::remove_dir_all(dir2.path().join("keys")).unwrap();
+        assert_eq!(open(dir2.path()).err(), Some(CoreError::StateCorrupted));
+
+        // State whose key blob is gone.
+        let dir3 = tempfile::tempdir().unwrap();
+        open(dir3.path()).unwrap();
+        std::fs::remove_file(dir3.path().join("state/state.key")).unwrap();
+        assert_eq!(open(dir3.path()).err(), Some(CoreError::StateCorrupted));
+    }
+
+    #[test]
+    fn expired_pending_pairings_are_taken_with_their_aliases() {
+        let mut state = DeviceState::new();
+        for (id, created_at) in [("old", 10), ("new", 1000)] {
+            state.pending.push(PendingPairing {
+                id: id.into(),
+                server: ServerUrl::parse("https://a.example").unwrap(),
+                mode: PendingMode::Relay,
+                registration: String::new(),
+                user_verification_proof: String::new(),
+                registration_digest: Sha256Digest::of_bytes(id.as_bytes()),
+                possession_alias: format!("{id}.p"),
+                user_verification_alias: format!("{id}.u"),
+                created_at,
+            });
+        }
+        assert_eq!(state.take_expired_pending(500), ["old.p", "old.u"]);
+        assert_eq!(state.pending.len(), 1);
+        assert_eq!(state.pending[0].id, "new");
+    }
+}

@@ -1,0 +1,180 @@
+//! HTTP to the Tessera server: JSON calls, error mapping, and device-authenticated calls.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tessera_protocol::PROTOCOL_VERSION;
+use tessera_protocol::canonical::Sha256Digest;
+use tessera_protocol::device_auth::{AUTHORIZATION_SCHEME, DeviceRequestClaims};
+use tessera_protocol::envelope::{self, EnvelopeSigner, MessageType};
+use tessera_protocol::error::ErrorBody;
+use tessera_protocol::ids::EnrollmentId;
+use tessera_protocol::pairing::{DeviceRegistration, ServerUrl};
+
+use crate::error::CoreError;
+
+/// Largest response body read from the server.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// An HTTP client for one device.
+#[derive(Clone)]
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    allow_insecure_http: bool,
+}
+
+impl Transport {
+    pub fn new(timeout: Duration, allow_insecure_http: bool) -> Result<Self, CoreError> {
+        // One process-wide TLS provider; a second install attempt is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tessera-core/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|_| CoreError::Network("HTTP client could not be created".into()))?;
+        Ok(Self {
+            http,
+            allow_insecure_http,
+        })
+    }
+
+    /// Refuses plain http to hosts that are not on loopback unless allowed.
+    pub fn check_server(&self, server: &ServerUrl) -> Result<(), CoreError> {
+        if server.is_https() || server.is_loopback() || self.allow_insecure_http {
+            Ok(())
+        } else {
+            Err(CoreError::InsecureServerUrl)
+        }
+    }
+
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        server: &ServerUrl,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CoreError> {
+        self.check_server(server)?;
+        let response = self
+            .http
+            .post(server.endpoint(path))
+            .json(body)
+            .send()
+            .await
+            .map_err(network)?;
+        read_json(response).await
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        server: &ServerUrl,
+        path: &str,
+    ) -> Result<T, CoreError> {
+        self.check_server(server)?;
+        let response = self
+            .http
+            .get(server.endpoint(path))
+            .send()
+            .await
+            .map_err(network)?;
+        read_json(response).await
+    }
+
+    /// A call signed with the enrollment's possession key. Returns the response body bytes
+    /// (empty for `204`).
+    pub async fn device_call(
+        &self,
+        server: &ServerUrl,
+        method: reqwest::Method,
+        path: &str,
+        enrollment_id: &EnrollmentId,
+        body: Option<Vec<u8>>,
+        signer: &dyn EnvelopeSigner,
+    ) -> Result<Vec<u8>, CoreError> {
+        self.check_server(server)?;
+        let body_bytes = body.unwrap_or_default();
+        let claims = DeviceRequestClaims {
+            v: PROTOCOL_VERSION,
+            enrollment_id: enrollment_id.clone(),
+            method: method.as_str().to_string(),
+            path: path.to_string(),
+            body_digest: Sha256Digest::of_bytes(&body_bytes),
+            issued_at: tessera_protocol::time::now(),
+            nonce: DeviceRegistration::new_nonce(),
+        };
+        let jws = envelope::sign(MessageType::DeviceRequest, &claims, signer)
+            .map_err(|e| CoreError::KeyStore(e.to_string()))?;
+        let mut request = self
+            .http
+            .request(method, server.endpoint(path))
+            .header("authorization", format!("{AUTHORIZATION_SCHEME} {jws}"));
+        if !body_bytes.is_empty() {
+            request = request
+                .header("content-type", "application/json")
+                .body(body_bytes);
+        }
+        let response = request.send().await.map_err(network)?;
+        if response.status().is_success() {
+            read_limited(response).await
+        } else {
+            Err(server_error(response).await)
+        }
+    }
+}
+
+fn network(e: reqwest::Error) -> CoreError {
+    // reqwest's messages name the URL and the failure, never a body or a header.
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    CoreError::Network(kind.to_string())
+}
+
+async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, CoreError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n as usize > MAX_RESPONSE_BYTES)
+    {
+        return Err(CoreError::InvalidServerResponse(
+            "response too large".into(),
+        ));
+    }
+    let bytes = response.bytes().await.map_err(network)?;
+    if bytes.len() > MAX_RESPONSE_BYTES {
+        return Err(CoreError::InvalidServerResponse(
+            "response too large".into(),
+        ));
+    }
+    Ok(bytes.to_vec())
+}
+
+async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, CoreError> {
+    if !response.status().is_success() {
+        return Err(server_error(response).await);
+    }
+    let bytes = read_limited(response).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| CoreError::InvalidServerResponse("unexpected response body".into()))
+}
+
+async fn server_error(response: reqwest::Response) -> CoreError {
+    let status = response.status().as_u16();
+    match read_limited(response).await {
+        Ok(bytes) => match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => CoreError::Server {
+                code: body.error.code,
+                message: body.error.message,
+            },
+            Err(_) => {
+                CoreError::InvalidServerResponse(format!("HTTP {status} without an error body"))
+            }
+        },
+        Err(e) => e,
+    }
+}
