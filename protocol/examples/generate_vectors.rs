@@ -98,12 +98,30 @@ fn main() {
 
     // 1. Canonical JSON (RFC 8785).
     let canonical_inputs = vec![
-        ("key_order", json!({"b": 2, "a": 1, "c": {"y": true, "x": null}})),
-        ("whitespace_and_arrays", serde_json::from_str::<Value>("{ \"list\" : [ 3 , 1 , 2 ] }").expect("json")),
-        ("numbers", json!({"int": 120, "neg": -0.0, "float": 120.50, "exp": 1e21, "small": 1e-7})),
-        ("strings", json!({"quote": "\"", "ctrl": "\u{0001}\n", "unicode": "€ é 😀", "slash": "/"})),
-        ("utf16_key_order", json!({"\u{20ac}": "euro", "\r": "cr", "1": "one", "\u{1f600}": "emoji", "\u{00e9}": "e-acute"})),
-        ("dynamic_parameters", json!({"message": "Pay 120.00 EUR to ACME GmbH", "fields": [{"label": "Amount", "value": "120.00 EUR"}, {"label": "Payee", "value": "ACME GmbH"}]})),
+        (
+            "key_order",
+            json!({"b": 2, "a": 1, "c": {"y": true, "x": null}}),
+        ),
+        (
+            "whitespace_and_arrays",
+            serde_json::from_str::<Value>("{ \"list\" : [ 3 , 1 , 2 ] }").expect("json"),
+        ),
+        (
+            "numbers",
+            json!({"int": 120, "neg": -0.0, "float": 120.50, "exp": 1e21, "small": 1e-7}),
+        ),
+        (
+            "strings",
+            json!({"quote": "\"", "ctrl": "\u{0001}\n", "unicode": "€ é 😀", "slash": "/"}),
+        ),
+        (
+            "utf16_key_order",
+            json!({"\u{20ac}": "euro", "\r": "cr", "1": "one", "\u{1f600}": "emoji", "\u{00e9}": "e-acute"}),
+        ),
+        (
+            "dynamic_parameters",
+            json!({"message": "Pay 120.00 EUR to ACME GmbH", "fields": [{"label": "Amount", "value": "120.00 EUR"}, {"label": "Payee", "value": "ACME GmbH"}]}),
+        ),
     ];
     let canonical: Vec<Value> = canonical_inputs
         .into_iter()
@@ -117,10 +135,13 @@ fn main() {
             })
         })
         .collect();
-    write(&dir.join("canonical.json"), &json!({
-        "description": "RFC 8785 canonical JSON: `canonical` is the exact UTF-8 text of `input` canonicalized; `sha256` its SHA-256, unpadded base64url.",
-        "vectors": canonical,
-    }));
+    write(
+        &dir.join("canonical.json"),
+        &json!({
+            "description": "RFC 8785 canonical JSON: `canonical` is the exact UTF-8 text of `input` canonicalized; `sha256` its SHA-256, unpadded base64url.",
+            "vectors": canonical,
+        }),
+    );
 
     // 2. Envelopes and the pairing exchange, with fixed keys.
     let (possession, possession_d) = key("device possession key");
@@ -130,7 +151,9 @@ fn main() {
     let registration = DeviceRegistration {
         v: 1,
         audience: server_url.clone(),
-        device_id: "dev_00112233445566778899aabbccddeeff".parse::<DeviceId>().expect("id"),
+        device_id: "dev_00112233445566778899aabbccddeeff"
+            .parse::<DeviceId>()
+            .expect("id"),
         nonce: "AAECAwQFBgcICQoLDA0ODw".into(),
         issued_at: 1_767_225_600,
         possession_key: possession.public_jwk(),
@@ -143,8 +166,14 @@ fn main() {
             sdk_version: "0.1.0".into(),
             name: None,
         },
-        signals: DeviceSignals { rooted: Some(false), screen_lock: Some(true), mdm: None },
-        push: PushRegistration::Fcm { token: "fcm-registration-token-example".into() },
+        signals: DeviceSignals {
+            rooted: Some(false),
+            screen_lock: Some(true),
+            mdm: None,
+        },
+        push: PushRegistration::Fcm {
+            token: "fcm-registration-token-example".into(),
+        },
     };
     let registration_value = serde_json::to_value(&registration).expect("value");
     let registration_vector = envelope_vector(
@@ -154,9 +183,15 @@ fn main() {
         &possession_d,
         &registration_value,
     );
-    let registration_jws = registration_vector["jws"].as_str().expect("jws").to_string();
+    let registration_jws = registration_vector["jws"]
+        .as_str()
+        .expect("jws")
+        .to_string();
     let registration_digest = envelope::digest_of(&registration_jws).expect("digest");
-    let proof = KeyProof { v: 1, registration_digest };
+    let proof = KeyProof {
+        v: 1,
+        registration_digest,
+    };
     let proof_vector = envelope_vector(
         "user_verification_key_proof",
         MessageType::KeyProof,
@@ -168,14 +203,20 @@ fn main() {
         v: 1,
         issuer: server_url.clone(),
         application: ApplicationInfo {
-            id: "app_0123456789abcdef0123456789abcdef".parse::<ApplicationId>().expect("id"),
+            id: "app_0123456789abcdef0123456789abcdef"
+                .parse::<ApplicationId>()
+                .expect("id"),
             name: "Example Bank".into(),
         },
         user_id: "alice@example.com".parse::<UserId>().expect("user"),
-        enrollment_id: "enr_fedcba9876543210fedcba9876543210".parse::<EnrollmentId>().expect("id"),
+        enrollment_id: "enr_fedcba9876543210fedcba9876543210"
+            .parse::<EnrollmentId>()
+            .expect("id"),
         device_id: registration.device_id.clone(),
         registration_digest,
-        server_keys: JwkSet { keys: vec![server.public_jwk()] },
+        server_keys: JwkSet {
+            keys: vec![server.public_jwk()],
+        },
         issued_at: 1_767_225_601,
     };
     let reply_vector = envelope_vector(
@@ -192,15 +233,18 @@ fn main() {
     }
     .encode()
     .expect("encode");
-    write(&dir.join("envelopes.json"), &json!({
-        "description": "Signed envelopes: compact JWS, ES256 (RFC 6979 deterministic ECDSA, so `jws` is reproducible from `signing_key.d`), header and payload in RFC 8785 canonical JSON. `envelope_digest` is SHA-256 over `signing_input`. Every `tampered` JWS must be refused; `error` names the refusal of the reference implementation.",
-        "vectors": [registration_vector, proof_vector, reply_vector],
-        "pairing": {
-            "description": "The three envelopes above form one pairing: the proof binds the registration's envelope digest, the reply binds it too and is signed by a key in its own server_keys. `mobile_payload` is the relay form of registration + proof.",
-            "server_url": server_url,
-            "mobile_payload": mobile_payload,
-        }
-    }));
+    write(
+        &dir.join("envelopes.json"),
+        &json!({
+            "description": "Signed envelopes: compact JWS, ES256 (RFC 6979 deterministic ECDSA, so `jws` is reproducible from `signing_key.d`), header and payload in RFC 8785 canonical JSON. `envelope_digest` is SHA-256 over `signing_input`. Every `tampered` JWS must be refused; `error` names the refusal of the reference implementation.",
+            "vectors": [registration_vector, proof_vector, reply_vector],
+            "pairing": {
+                "description": "The three envelopes above form one pairing: the proof binds the registration's envelope digest, the reply binds it too and is signed by a key in its own server_keys. `mobile_payload` is the relay form of registration + proof.",
+                "server_url": server_url,
+                "mobile_payload": mobile_payload,
+            }
+        }),
+    );
 
     // 3. Pairing codes and thumbprints.
     let codes: Vec<Value> = ["ABCD-EFGH-JKMN", "abcd efgh jkmn", "0OIL-1234-5678", "ZZZZ-ZZZZ-ZZZZ"]
@@ -210,17 +254,26 @@ fn main() {
             json!({"typed": typed, "normalized": code.normalized(), "display": *code.display_form(), "digest": code.digest()})
         })
         .collect();
-    let invalid_codes = ["ABCD-EFGH-JKM", "ABCD-EFGH-JKMNP", "ABCD-EFGH-JKMU", "ABCD_EFGH_JKMN", ""];
+    let invalid_codes = [
+        "ABCD-EFGH-JKM",
+        "ABCD-EFGH-JKMNP",
+        "ABCD-EFGH-JKMU",
+        "ABCD_EFGH_JKMN",
+        "",
+    ];
     let thumbprints: Vec<Value> = [(&possession, "device possession key"), (&server, "server signing key")]
         .iter()
         .map(|(k, label)| json!({"label": label, "public_jwk": k.public_jwk(), "thumbprint": k.public_jwk().thumbprint()}))
         .collect();
-    write(&dir.join("pairing_codes.json"), &json!({
-        "description": "Pairing codes: Crockford base32, 12 characters, case-insensitive, '-' and ' ' ignored, O→0, I/L→1. `digest` is SHA-256 of `normalized`, unpadded base64url. `thumbprints` are RFC 7638 JWK thumbprints.",
-        "valid": codes,
-        "invalid": invalid_codes,
-        "thumbprints": thumbprints,
-    }));
+    write(
+        &dir.join("pairing_codes.json"),
+        &json!({
+            "description": "Pairing codes: Crockford base32, 12 characters, case-insensitive, '-' and ' ' ignored, O→0, I/L→1. `digest` is SHA-256 of `normalized`, unpadded base64url. `thumbprints` are RFC 7638 JWK thumbprints.",
+            "valid": codes,
+            "invalid": invalid_codes,
+            "thumbprints": thumbprints,
+        }),
+    );
     println!("wrote vectors to {}", dir.display());
 }
 

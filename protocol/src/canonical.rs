@@ -74,24 +74,12 @@ impl TryFrom<String> for Sha256Digest {
         let bytes = URL_SAFE_NO_PAD
             .decode(s.as_bytes())
             .map_err(|_| "digest is not base64url")?;
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| "digest is not 32 bytes")?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| "digest is not 32 bytes")?;
         Ok(Self(arr))
     }
 }
 
-#[cfg(feature = "openapi")]
-impl utoipa::PartialSchema for Sha256Digest {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .description(Some("SHA-256 digest, unpadded base64url"))
-            .into()
-    }
-}
-#[cfg(feature = "openapi")]
-impl utoipa::ToSchema for Sha256Digest {}
+crate::openapi_schema!(Sha256Digest, string, "SHA-256 digest, unpadded base64url");
 
 #[cfg(test)]
 mod tests {

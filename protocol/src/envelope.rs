@@ -395,9 +395,13 @@ mod tests {
                 key.kid()
             ));
             let jws = format!("{header}.{payload}.AAAA");
-            let err = verify::<Msg>(&jws, MessageType::Registration, &key.public_jwk()).unwrap_err();
+            let err =
+                verify::<Msg>(&jws, MessageType::Registration, &key.public_jwk()).unwrap_err();
             assert!(
-                matches!(err, EnvelopeError::UnsupportedAlgorithm | EnvelopeError::Malformed),
+                matches!(
+                    err,
+                    EnvelopeError::UnsupportedAlgorithm | EnvelopeError::Malformed
+                ),
                 "{alg}: {err:?}"
             );
         }

@@ -9,8 +9,9 @@ macro_rules! random_id {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
         pub struct $name(String);
+
+        crate::openapi_schema!($name, string, "Identifier: a prefix and 32 lowercase hex digits");
 
         impl $name {
             /// The prefix every identifier of this kind starts with.
@@ -99,8 +100,13 @@ random_id!(
 /// 1 to 128 characters, no control characters, no leading or trailing whitespace.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
 pub struct UserId(String);
+
+crate::openapi_schema!(
+    UserId,
+    string,
+    "The customer's id for a user: 1 to 128 characters"
+);
 
 impl UserId {
     /// Longest accepted user id, in characters.
@@ -116,10 +122,7 @@ impl TryFrom<String> for UserId {
     type Error = InvalidId;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         let chars = s.chars().count();
-        if chars == 0
-            || chars > Self::MAX_CHARS
-            || s.chars().any(char::is_control)
-            || s.trim() != s
+        if chars == 0 || chars > Self::MAX_CHARS || s.chars().any(char::is_control) || s.trim() != s
         {
             return Err(InvalidId("UserId"));
         }

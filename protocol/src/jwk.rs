@@ -47,13 +47,18 @@ struct RawJwk {
 /// A validated P-256 public key in JWK form.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawJwk", into = "RawJwk")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = Object))]
 pub struct PublicJwk {
     x: String,
     y: String,
     kid: Option<String>,
     key: VerifyingKey,
 }
+
+crate::openapi_schema!(
+    PublicJwk,
+    object,
+    "P-256 public key as a JWK (RFC 7517): kty EC, crv P-256, x, y, optional kid"
+);
 
 impl std::fmt::Debug for PublicJwk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

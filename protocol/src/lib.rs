@@ -19,6 +19,38 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// Implements the OpenAPI schema of a type that travels as a JSON string (or, with `object`, as
+/// an object described in prose).
+macro_rules! openapi_schema {
+    ($ty:ty, string, $desc:literal) => {
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some($desc))
+                    .into()
+            }
+        }
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $ty {}
+    };
+    ($ty:ty, object, $desc:literal) => {
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::Object)
+                    .description(Some($desc))
+                    .into()
+            }
+        }
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $ty {}
+    };
+}
+pub(crate) use openapi_schema;
+
 pub mod api;
 pub mod canonical;
 pub mod device_auth;

@@ -127,8 +127,13 @@ impl fmt::Debug for PairingCode {
 /// fragment, no trailing slash. Its text is the server's *issuer* identity in signed messages.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
 pub struct ServerUrl(String);
+
+crate::openapi_schema!(
+    ServerUrl,
+    string,
+    "A server's base URL (http or https, no trailing slash)"
+);
 
 impl ServerUrl {
     /// Parses and normalizes a server URL.
@@ -136,13 +141,17 @@ impl ServerUrl {
         let url = Url::parse(input.trim())
             .map_err(|_| PairingInputError::InvalidServerUrl("not an absolute URL"))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(PairingInputError::InvalidServerUrl("scheme must be http or https"));
+            return Err(PairingInputError::InvalidServerUrl(
+                "scheme must be http or https",
+            ));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(PairingInputError::InvalidServerUrl("no host"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(PairingInputError::InvalidServerUrl("credentials are not allowed"));
+            return Err(PairingInputError::InvalidServerUrl(
+                "credentials are not allowed",
+            ));
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(PairingInputError::InvalidServerUrl(
@@ -170,7 +179,10 @@ impl ServerUrl {
 
     /// Whether the host is a loopback address or `localhost`.
     pub fn is_loopback(&self) -> bool {
-        match Url::parse(&self.0).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+        match Url::parse(&self.0)
+            .ok()
+            .and_then(|u| u.host().map(|h| h.to_owned()))
+        {
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
             Some(url::Host::Domain(d)) => d == "localhost",
@@ -478,10 +490,16 @@ mod tests {
         );
         let a = PairingCode::parse("abcd efgh jkmn").unwrap();
         assert_eq!(a.normalized(), "ABCDEFGHJKMN");
-        assert_eq!(PairingCode::parse("OIL0-0000-0000").unwrap().normalized(), "011000000000");
+        assert_eq!(
+            PairingCode::parse("OIL0-0000-0000").unwrap().normalized(),
+            "011000000000"
+        );
         assert!(PairingCode::parse("ABCD-EFGH-JKM").is_err());
         assert!(PairingCode::parse("ABCD-EFGH-JKMNP").is_err());
-        assert!(PairingCode::parse("ABCD-EFGH-JKMU").is_err(), "U is not in the alphabet");
+        assert!(
+            PairingCode::parse("ABCD-EFGH-JKMU").is_err(),
+            "U is not in the alphabet"
+        );
         assert!(PairingCode::parse("ÄBCD-EFGH-JKMN").is_err());
         assert_eq!(format!("{code:?}"), "PairingCode(<redacted>)");
     }
@@ -492,7 +510,11 @@ mod tests {
         assert_eq!(u.as_str(), "https://auth.example.com");
         assert_eq!(u.endpoint("/v1/x"), "https://auth.example.com/v1/x");
         assert!(u.is_https() && !u.is_loopback());
-        assert!(ServerUrl::parse("http://127.0.0.1:8080").unwrap().is_loopback());
+        assert!(
+            ServerUrl::parse("http://127.0.0.1:8080")
+                .unwrap()
+                .is_loopback()
+        );
         assert!(ServerUrl::parse("http://[::1]:8080").unwrap().is_loopback());
         assert!(ServerUrl::parse("ftp://x").is_err());
         assert!(ServerUrl::parse("https://u:p@x").is_err());
@@ -510,7 +532,9 @@ mod tests {
         assert!(text.starts_with("tessera://pair?server=http"));
         assert_eq!(PairingUri::parse(&text).unwrap(), uri);
         assert!(PairingUri::parse("tessera://pair?server=http%3A%2F%2Fx").is_err());
-        assert!(PairingUri::parse("https://pair?server=http%3A%2F%2Fx&code=ABCD-EFGH-JKMN").is_err());
+        assert!(
+            PairingUri::parse("https://pair?server=http%3A%2F%2Fx&code=ABCD-EFGH-JKMN").is_err()
+        );
         assert!(
             PairingUri::parse("tessera://pair?server=http%3A%2F%2Fx&code=ABCD-EFGH-JKMN&x=1")
                 .is_err()
@@ -524,6 +548,9 @@ mod tests {
         };
         assert!(!format!("{p:?}").contains("secret"));
         let json = serde_json::to_value(&p).unwrap();
-        assert_eq!(json, serde_json::json!({"provider":"fcm","token":"secret-token"}));
+        assert_eq!(
+            json,
+            serde_json::json!({"provider":"fcm","token":"secret-token"})
+        );
     }
 }

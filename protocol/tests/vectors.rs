@@ -60,9 +60,14 @@ fn envelope_vectors_sign_verify_and_refuse_tampering() {
             .decode(v["signing_key"]["d"].as_str().unwrap())
             .unwrap();
         let key = SoftwareSigningKey::from_scalar_bytes(&d).unwrap();
-        let jwk: PublicJwk = serde_json::from_value(v["signing_key"]["public_jwk"].clone()).unwrap();
+        let jwk: PublicJwk =
+            serde_json::from_value(v["signing_key"]["public_jwk"].clone()).unwrap();
         assert!(jwk.same_key(&key.public_jwk()), "{name}: public key");
-        assert_eq!(jwk.kid(), Some(jwk.thumbprint().as_str()), "{name}: kid is the thumbprint");
+        assert_eq!(
+            jwk.kid(),
+            Some(jwk.thumbprint().as_str()),
+            "{name}: kid is the thumbprint"
+        );
 
         // Canonical header and payload, and the deterministic signature.
         let jws = v["jws"].as_str().unwrap();
@@ -71,14 +76,21 @@ fn envelope_vectors_sign_verify_and_refuse_tampering() {
             URL_SAFE_NO_PAD.encode(v["canonical_header"].as_str().unwrap()),
             URL_SAFE_NO_PAD.encode(v["canonical_payload"].as_str().unwrap())
         );
-        assert_eq!(v["signing_input"].as_str().unwrap(), expected_input, "{name}");
+        assert_eq!(
+            v["signing_input"].as_str().unwrap(),
+            expected_input,
+            "{name}"
+        );
         assert!(jws.starts_with(&expected_input), "{name}");
         assert_eq!(
             to_canonical_vec(&v["payload"]).unwrap(),
             v["canonical_payload"].as_str().unwrap().as_bytes()
         );
         let resigned = envelope::sign(typ, &v["payload"], &key).unwrap();
-        assert_eq!(resigned, jws, "{name}: RFC 6979 signatures are reproducible");
+        assert_eq!(
+            resigned, jws,
+            "{name}: RFC 6979 signatures are reproducible"
+        );
 
         let verified = envelope::verify::<Value>(jws, typ, &jwk).unwrap();
         assert_eq!(verified.payload, v["payload"]);
@@ -129,9 +141,13 @@ fn pairing_vector_bindings_hold() {
     )
     .unwrap();
 
-    let mobile = MobilePayload::decode(file["pairing"]["mobile_payload"].as_str().unwrap()).unwrap();
+    let mobile =
+        MobilePayload::decode(file["pairing"]["mobile_payload"].as_str().unwrap()).unwrap();
     assert_eq!(mobile.registration, reg["jws"].as_str().unwrap());
-    assert_eq!(mobile.user_verification_proof, proof["jws"].as_str().unwrap());
+    assert_eq!(
+        mobile.user_verification_proof,
+        proof["jws"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -157,7 +173,9 @@ fn generator_is_deterministic() {
     // The checked-in files must be what the generator writes today: re-derive one signature.
     let file = load("envelopes.json");
     let v = &file["vectors"][0];
-    let d = URL_SAFE_NO_PAD.decode(v["signing_key"]["d"].as_str().unwrap()).unwrap();
+    let d = URL_SAFE_NO_PAD
+        .decode(v["signing_key"]["d"].as_str().unwrap())
+        .unwrap();
     let key = SoftwareSigningKey::from_scalar_bytes(&d).unwrap();
     let again = envelope::sign(MessageType::Registration, &v["payload"], &key).unwrap();
     assert_eq!(again, v["jws"].as_str().unwrap());

@@ -1,0 +1,214 @@
+//! A client for the customer API, as a customer's backend would call it.
+
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tessera_protocol::api::{
+    CreateUserRequest, DeviceList, RelayPairingRequest, RelayPairingResponse, StartPairingRequest,
+    StartPairingResponse, User,
+};
+use tessera_protocol::error::{ErrorBody, ErrorCode};
+use tessera_protocol::ids::{EnrollmentId, UserId};
+
+/// A failed customer API call.
+#[derive(Debug, thiserror::Error)]
+pub enum CustomerApiError {
+    /// The server answered with a Tessera error.
+    #[error("server refused ({status}): {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code.
+        code: ErrorCode,
+        /// Message safe to show.
+        message: String,
+    },
+    /// The call did not complete or the answer was not understood.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl CustomerApiError {
+    /// The stable error code, if the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            CustomerApiError::Api { code, .. } => Some(*code),
+            CustomerApiError::Transport(_) => None,
+        }
+    }
+}
+
+/// The customer API of one application, authenticated with its API key.
+#[derive(Clone)]
+pub struct CustomerApi {
+    base: String,
+    api_key: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for CustomerApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CustomerApi({}, api key <redacted>)", self.base)
+    }
+}
+
+impl CustomerApi {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, api_key: &str) -> Self {
+        // reqwest is built without a default TLS provider; use ring (a second install is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            api_key: api_key.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `POST /v1/users`.
+    pub async fn create_user(
+        &self,
+        user_id: &str,
+        display_name: Option<&str>,
+    ) -> Result<User, CustomerApiError> {
+        let user_id: UserId = user_id
+            .parse()
+            .map_err(|_| CustomerApiError::Transport("invalid user id".into()))?;
+        let body = CreateUserRequest {
+            user_id,
+            display_name: display_name.map(str::to_string),
+        };
+        self.send(reqwest::Method::POST, "/v1/users", Some(&body))
+            .await
+    }
+
+    /// `GET /v1/users/{user_id}`.
+    pub async fn get_user(&self, user_id: &str) -> Result<User, CustomerApiError> {
+        self.send::<(), _>(reqwest::Method::GET, &user_path(user_id, ""), None)
+            .await
+    }
+
+    /// `POST /v1/users/{user_id}/pairings`: a code and URI for the user's device.
+    pub async fn start_pairing(
+        &self,
+        user_id: &str,
+        ttl_seconds: Option<u32>,
+    ) -> Result<StartPairingResponse, CustomerApiError> {
+        let body = StartPairingRequest { ttl_seconds };
+        self.send(
+            reqwest::Method::POST,
+            &user_path(user_id, "/pairings"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/users/{user_id}/relay-pairings`: forwards the app's mobile payload.
+    pub async fn relay_pairing(
+        &self,
+        user_id: &str,
+        mobile_payload: &str,
+    ) -> Result<RelayPairingResponse, CustomerApiError> {
+        let body = RelayPairingRequest {
+            mobile_payload: mobile_payload.to_string(),
+        };
+        self.send(
+            reqwest::Method::POST,
+            &user_path(user_id, "/relay-pairings"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `GET /v1/users/{user_id}/devices`.
+    pub async fn list_devices(&self, user_id: &str) -> Result<DeviceList, CustomerApiError> {
+        self.send::<(), _>(reqwest::Method::GET, &user_path(user_id, "/devices"), None)
+            .await
+    }
+
+    /// `DELETE /v1/users/{user_id}/devices/{enrollment_id}`.
+    pub async fn remove_device(
+        &self,
+        user_id: &str,
+        enrollment_id: &EnrollmentId,
+    ) -> Result<(), CustomerApiError> {
+        let path = user_path(user_id, &format!("/devices/{enrollment_id}"));
+        let response = self
+            .http
+            .delete(format!("{}{}", self.base, path))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
+        if response.status() == StatusCode::NO_CONTENT {
+            Ok(())
+        } else {
+            Err(error_from(response).await)
+        }
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, CustomerApiError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.api_key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
+        if response.status().is_success() {
+            response
+                .json::<T>()
+                .await
+                .map_err(|e| CustomerApiError::Transport(e.to_string()))
+        } else {
+            Err(error_from(response).await)
+        }
+    }
+}
+
+fn user_path(user_id: &str, rest: &str) -> String {
+    // Percent-encode everything but RFC 3986 unreserved characters and '@'.
+    let encoded: String = user_id
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("/v1/users/{encoded}{rest}")
+}
+
+async fn error_from(response: reqwest::Response) -> CustomerApiError {
+    let status = response.status().as_u16();
+    match response.json::<ErrorBody>().await {
+        Ok(body) => CustomerApiError::Api {
+            status,
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => CustomerApiError::Transport(format!("HTTP {status} without an error body")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn user_ids_are_percent_encoded_in_paths() {
+        assert_eq!(
+            super::user_path("alice@example.com", "/devices"),
+            "/v1/users/alice@example.com/devices"
+        );
+        assert_eq!(super::user_path("a/b c", ""), "/v1/users/a%2Fb%20c");
+    }
+}

@@ -1,0 +1,159 @@
+//! Device API: the server's keys, and calls a device signs with its possession key.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use tessera_protocol::api::{EnrollmentStatus, ServerKeysResponse};
+use tessera_protocol::canonical::Sha256Digest;
+use tessera_protocol::device_auth::{
+    AUTHORIZATION_SCHEME, DEVICE_REQUEST_WINDOW_SECONDS, DeviceRequestClaims,
+};
+use tessera_protocol::envelope::{self, MessageType};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::EnrollmentId;
+use tessera_protocol::{PROTOCOL_VERSION, time};
+
+use super::AppState;
+use super::errors::ApiError;
+use crate::db::enrollments::{self, Enrollment};
+use crate::db::nonces;
+
+/// The server's current signing keys, plain and signed.
+#[utoipa::path(get, path = "/v1/server-keys", tag = "device",
+    responses((status = 200, body = ServerKeysResponse)))]
+pub(crate) async fn server_keys(
+    State(state): State<AppState>,
+) -> Result<Json<ServerKeysResponse>, ApiError> {
+    let signed_key_set = state
+        .keys
+        .signed_key_set(&state.public_url, time::now())
+        .map_err(|_| ApiError::new(ErrorCode::InternalError, "internal error"))?;
+    Ok(Json(ServerKeysResponse {
+        issuer: state.public_url.clone(),
+        keys: state.keys.public_set(),
+        signed_key_set,
+    }))
+}
+
+/// Authenticates a device-signed call: the signature by the enrollment's possession key, the
+/// method, path and body it binds, its freshness, and a nonce never seen before. Any failure
+/// that could tell an attacker whether an enrollment exists answers the same `unauthorized`.
+pub(crate) async fn authenticate_device(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<Enrollment, ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "a valid device signature is required",
+        )
+    };
+    let jws = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(AUTHORIZATION_SCHEME))
+        .and_then(|v| v.strip_prefix(' '))
+        .ok_or_else(unauthorized)?;
+    let claimed: DeviceRequestClaims =
+        envelope::unverified_payload(jws).map_err(|_| unauthorized())?;
+    let enrollment = enrollments::by_id(&state.db, &claimed.enrollment_id)
+        .await?
+        .ok_or_else(unauthorized)?;
+    let header = envelope::inspect(jws).map_err(|_| unauthorized())?;
+    if header.kid != enrollment.possession_key.thumbprint() {
+        return Err(unauthorized());
+    }
+    let claims = envelope::verify::<DeviceRequestClaims>(
+        jws,
+        MessageType::DeviceRequest,
+        &enrollment.possession_key,
+    )
+    .map_err(|_| unauthorized())?
+    .payload;
+    if claims.v != PROTOCOL_VERSION
+        || claims.method != method.as_str()
+        || claims.path != path
+        || !claims.body_digest.ct_eq(&Sha256Digest::of_bytes(body))
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidSignature,
+            "the device signature does not match this request",
+        ));
+    }
+    let now = time::now();
+    if (claims.issued_at - now).abs() > DEVICE_REQUEST_WINDOW_SECONDS {
+        return Err(ApiError::new(
+            ErrorCode::StaleMessage,
+            "the device signature is too old or from the future",
+        ));
+    }
+    if claims.nonce.is_empty() || claims.nonce.len() > 64 {
+        return Err(unauthorized());
+    }
+    let nonce_key = format!("{}:{}", enrollment.enrollment_id, claims.nonce);
+    let expires = claims.issued_at + DEVICE_REQUEST_WINDOW_SECONDS + 60;
+    if !nonces::record_once(&state.db, &nonce_key, expires, now).await? {
+        return Err(ApiError::new(
+            ErrorCode::ReplayedMessage,
+            "this device request was already used",
+        ));
+    }
+    enrollments::touch(&state.db, &enrollment.enrollment_id, now).await?;
+    Ok(enrollment)
+}
+
+fn same_enrollment(enrollment: &Enrollment, raw: &str) -> Result<EnrollmentId, ApiError> {
+    match raw.parse::<EnrollmentId>() {
+        Ok(id) if id == enrollment.enrollment_id => Ok(id),
+        _ => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "a valid device signature is required",
+        )),
+    }
+}
+
+/// Whether the calling device's enrollment is active.
+#[utoipa::path(get, path = "/v1/device/enrollments/{enrollment_id}", tag = "device",
+    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for")),
+    responses((status = 200, body = EnrollmentStatus),
+              (status = 401, description = "unknown enrollment or bad signature", body = tessera_protocol::error::ErrorBody),
+              (status = 409, description = "replayed_message", body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn enrollment_status(
+    State(state): State<AppState>,
+    Path(enrollment_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<EnrollmentStatus>, ApiError> {
+    let enrollment = authenticate_device(&state, &headers, &method, uri.path(), b"").await?;
+    let id = same_enrollment(&enrollment, &enrollment_id)?;
+    Ok(Json(EnrollmentStatus {
+        enrollment_id: id,
+        user_id: enrollment.user_id,
+        application_id: enrollment.application_id,
+        status: "active".into(),
+    }))
+}
+
+/// The calling device unpairs itself.
+#[utoipa::path(delete, path = "/v1/device/enrollments/{enrollment_id}", tag = "device",
+    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for")),
+    responses((status = 204, description = "Unpaired"),
+              (status = 401, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn unpair(
+    State(state): State<AppState>,
+    Path(enrollment_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let enrollment = authenticate_device(&state, &headers, &method, uri.path(), b"").await?;
+    let id = same_enrollment(&enrollment, &enrollment_id)?;
+    enrollments::delete(&state.db, &enrollment.application_id, None, &id).await?;
+    tracing::info!(enrollment_id = %id, "device unpaired itself");
+    Ok(StatusCode::NO_CONTENT)
+}

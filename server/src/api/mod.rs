@@ -1,0 +1,140 @@
+//! The HTTP API: routes, shared state, the OpenAPI document, and per-request metrics and logs.
+
+mod device;
+pub(crate) mod errors;
+mod extract;
+mod ops;
+mod pairing;
+mod users;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use tessera_protocol::pairing::ServerUrl;
+use utoipa::OpenApi;
+
+use crate::config::ServerConfig;
+use crate::db::Database;
+use crate::keys::KeyRing;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub db: Database,
+    pub keys: KeyRing,
+    pub config: Arc<ServerConfig>,
+    pub public_url: ServerUrl,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tessera server API",
+        description = "Customer API (Authorization: Bearer <API key>) and device API of the Tessera authentication server. Every error is {\"error\": {\"code\", \"message\"}} with a stable code; see docs/protocol.md.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        users::create_user,
+        users::get_user,
+        users::list_devices,
+        users::remove_device,
+        pairing::start_pairing,
+        pairing::relay_pairing,
+        pairing::device_pairing,
+        device::server_keys,
+        device::enrollment_status,
+        device::unpair,
+        ops::healthz,
+        ops::metrics,
+    ),
+    tags(
+        (name = "customer", description = "Called by the customer's backend with its API key"),
+        (name = "device", description = "Called by the device core"),
+        (name = "operations", description = "Health, metrics, this document")
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI 3 document of the server's HTTP API, generated from the handlers.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/users", post(users::create_user))
+        .route("/v1/users/{user_id}", get(users::get_user))
+        .route("/v1/users/{user_id}/devices", get(users::list_devices))
+        .route(
+            "/v1/users/{user_id}/devices/{enrollment_id}",
+            delete(users::remove_device),
+        )
+        .route("/v1/users/{user_id}/pairings", post(pairing::start_pairing))
+        .route(
+            "/v1/users/{user_id}/relay-pairings",
+            post(pairing::relay_pairing),
+        )
+        .route("/v1/device/pairings", post(pairing::device_pairing))
+        .route("/v1/server-keys", get(device::server_keys))
+        .route(
+            "/v1/device/enrollments/{enrollment_id}",
+            get(device::enrollment_status).delete(device::unpair),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(errors::not_found)
+        .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts, times and logs every request by its route template. Logs carry the method, the
+/// template (never the concrete path, which may name a user), the status and the duration:
+/// no header, body or query string.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            method: method.clone(),
+            status,
+        })
+        .inc();
+    state
+        .metrics
+        .durations
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "tessera_server::http",
+        %method,
+        %route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}

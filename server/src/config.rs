@@ -1,0 +1,39 @@
+//! Server configuration.
+
+use std::net::SocketAddr;
+
+use tessera_protocol::pairing::ServerUrl;
+
+/// How a server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (`127.0.0.1:8080` by default; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// `sqlite://FILE` (created if missing) or `postgres://USER:PASS@HOST/DB`.
+    pub database_url: String,
+    /// The server's public base URL: its identity in signed messages and in pairing URIs.
+    /// Defaults to `http://<bound address>`.
+    pub public_url: Option<ServerUrl>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Lifetime of a pairing code when the request does not say, in seconds.
+    pub pairing_code_ttl_default: u32,
+    /// Failed pairing-code attempts allowed per client address per minute.
+    pub pairing_failures_per_ip_per_minute: u32,
+    /// Largest database connection pool.
+    pub max_connections: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://tessera.db".into(),
+            public_url: None,
+            max_body_bytes: 64 * 1024,
+            pairing_code_ttl_default: 600,
+            pairing_failures_per_ip_per_minute: 10,
+            max_connections: 16,
+        }
+    }
+}

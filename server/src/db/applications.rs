@@ -1,0 +1,99 @@
+//! Applications and their API keys.
+
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tessera_protocol::ids::ApplicationId;
+
+use super::Database;
+use crate::error::ServerError;
+
+/// An application as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    /// Its id.
+    pub id: ApplicationId,
+    /// Its display name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: i64,
+}
+
+/// SHA-256 of an API key, hex: what is stored and looked up.
+pub fn api_key_digest(api_key: &str) -> String {
+    hex(&Sha256::digest(api_key.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn row_to_application(row: &sqlx::any::AnyRow) -> Result<Application, ServerError> {
+    let id: String = row.try_get("id")?;
+    Ok(Application {
+        id: id
+            .parse()
+            .map_err(|_| ServerError::Corrupted("application id"))?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Inserts an application with the digest of its API key.
+pub async fn insert(
+    db: &Database,
+    app: &Application,
+    api_key_digest: &str,
+) -> Result<(), ServerError> {
+    sqlx::query(
+        "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(app.id.as_str())
+    .bind(&app.name)
+    .bind(api_key_digest)
+    .bind(app.created_at)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// The application an API key belongs to. The lookup is by digest, so the secret itself is never
+/// compared (and never timed).
+pub async fn by_api_key(db: &Database, api_key: &str) -> Result<Option<Application>, ServerError> {
+    let row =
+        sqlx::query("SELECT id, name, created_at FROM applications WHERE api_key_digest = $1")
+            .bind(api_key_digest(api_key))
+            .fetch_optional(db.pool())
+            .await?;
+    row.as_ref().map(row_to_application).transpose()
+}
+
+/// One application.
+pub async fn get(db: &Database, id: &ApplicationId) -> Result<Option<Application>, ServerError> {
+    let row = sqlx::query("SELECT id, name, created_at FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(row_to_application).transpose()
+}
+
+/// All applications, oldest first.
+pub async fn list(db: &Database) -> Result<Vec<Application>, ServerError> {
+    let rows = sqlx::query("SELECT id, name, created_at FROM applications ORDER BY created_at, id")
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(row_to_application).collect()
+}
+
+/// Replaces an application's API key digest. Returns false if there is no such application.
+pub async fn set_api_key_digest(
+    db: &Database,
+    id: &ApplicationId,
+    digest: &str,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query("UPDATE applications SET api_key_digest = $1 WHERE id = $2")
+        .bind(digest)
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

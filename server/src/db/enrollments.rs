@@ -1,0 +1,257 @@
+//! Enrollments: devices paired with users.
+
+use sqlx::{AnyConnection, Row};
+use tessera_protocol::api::DeviceRecord;
+use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
+use tessera_protocol::jwk::PublicJwk;
+use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
+
+use super::Database;
+use crate::error::ServerError;
+
+/// An enrollment as stored.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    /// Its id.
+    pub enrollment_id: EnrollmentId,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user.
+    pub user_id: UserId,
+    /// The device installation.
+    pub device_id: DeviceId,
+    /// The possession key.
+    pub possession_key: PublicJwk,
+    /// The user-verification key.
+    pub user_verification_key: PublicJwk,
+    /// What the device says about itself.
+    pub device_info: DeviceInfo,
+    /// Posture signals.
+    pub signals: DeviceSignals,
+    /// How to push to it.
+    pub push: PushRegistration,
+    /// Whether it is the user's primary device.
+    pub is_primary: bool,
+    /// Envelope digest of the registration that created it.
+    pub registration_digest: String,
+    /// The signed pairing reply it was given.
+    pub server_payload: String,
+    /// When it was paired.
+    pub paired_at: i64,
+    /// When the device last called.
+    pub last_seen_at: i64,
+}
+
+impl Enrollment {
+    /// The customer API's view.
+    pub fn record(&self) -> DeviceRecord {
+        DeviceRecord {
+            enrollment_id: self.enrollment_id.clone(),
+            device_id: self.device_id.clone(),
+            user_id: self.user_id.clone(),
+            device: self.device_info.clone(),
+            signals: self.signals,
+            push_provider: self.push.provider().to_string(),
+            primary: self.is_primary,
+            paired_at: self.paired_at,
+            last_seen_at: self.last_seen_at,
+        }
+    }
+}
+
+const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, possession_key, \
+    user_verification_key, device_info, signals, push, push_provider, is_primary, \
+    registration_digest, server_payload, paired_at, last_seen_at";
+
+fn json<T: serde::de::DeserializeOwned>(
+    row: &sqlx::any::AnyRow,
+    col: &'static str,
+) -> Result<T, ServerError> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text).map_err(|_| ServerError::Corrupted(col))
+}
+
+fn parse<T: std::str::FromStr>(
+    row: &sqlx::any::AnyRow,
+    col: &'static str,
+) -> Result<T, ServerError> {
+    let text: String = row.try_get(col)?;
+    text.parse().map_err(|_| ServerError::Corrupted(col))
+}
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<Enrollment, ServerError> {
+    Ok(Enrollment {
+        enrollment_id: parse(row, "enrollment_id")?,
+        application_id: parse(row, "application_id")?,
+        user_id: parse(row, "user_id")?,
+        device_id: parse(row, "device_id")?,
+        possession_key: json(row, "possession_key")?,
+        user_verification_key: json(row, "user_verification_key")?,
+        device_info: json(row, "device_info")?,
+        signals: json(row, "signals")?,
+        push: json(row, "push")?,
+        is_primary: row.try_get::<i64, _>("is_primary")? != 0,
+        registration_digest: row.try_get("registration_digest")?,
+        server_payload: row.try_get("server_payload")?,
+        paired_at: row.try_get("paired_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, ServerError> {
+    serde_json::to_string(value).map_err(|_| ServerError::Corrupted("encode"))
+}
+
+/// Inserts an enrollment (inside the pairing transaction).
+pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx::Error> {
+    let encode =
+        |r: Result<String, ServerError>| r.map_err(|_| sqlx::Error::Protocol("encode".into()));
+    sqlx::query(&format!(
+        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    ))
+    .bind(e.enrollment_id.as_str())
+    .bind(e.application_id.as_str())
+    .bind(e.user_id.as_str())
+    .bind(e.device_id.as_str())
+    .bind(encode(to_json(&e.possession_key))?)
+    .bind(encode(to_json(&e.user_verification_key))?)
+    .bind(encode(to_json(&e.device_info))?)
+    .bind(encode(to_json(&e.signals))?)
+    .bind(encode(to_json(&e.push))?)
+    .bind(e.push.provider())
+    .bind(i64::from(e.is_primary))
+    .bind(&e.registration_digest)
+    .bind(&e.server_payload)
+    .bind(e.paired_at)
+    .bind(e.last_seen_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the user's earlier enrollment of the same device (re-pairing replaces it). Returns
+/// whether the deleted one was primary.
+pub async fn delete_same_device(
+    conn: &mut AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+    device: &DeviceId,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
+         RETURNING is_primary",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(device.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(r) => r.try_get::<i64, _>("is_primary")? != 0,
+        None => false,
+    })
+}
+
+/// Whether the user has a primary device.
+pub async fn has_primary(
+    conn: &mut AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 AND is_primary = 1",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// The enrollment a registration created.
+pub async fn by_registration_digest(
+    db: &Database,
+    digest: &str,
+) -> Result<Option<Enrollment>, ServerError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE registration_digest = $1"
+    ))
+    .bind(digest)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// One enrollment.
+pub async fn by_id(db: &Database, id: &EnrollmentId) -> Result<Option<Enrollment>, ServerError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE enrollment_id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// A user's enrollments, oldest first.
+pub async fn list_for_user(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<Enrollment>, ServerError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+         ORDER BY paired_at, enrollment_id"
+    ))
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Deletes an enrollment of the given application (and user, if given); if it was the user's
+/// primary device, the oldest remaining one becomes primary. Returns whether it existed.
+pub async fn delete(
+    db: &Database,
+    app: &ApplicationId,
+    user: Option<&UserId>,
+    id: &EnrollmentId,
+) -> Result<bool, ServerError> {
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(
+        "DELETE FROM enrollments WHERE enrollment_id = $1 AND application_id = $2 \
+         AND ($3 = '' OR user_id = $3) RETURNING user_id",
+    )
+    .bind(id.as_str())
+    .bind(app.as_str())
+    .bind(user.map(UserId::as_str).unwrap_or(""))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let user_id: String = row.try_get("user_id")?;
+    sqlx::query(
+        "UPDATE enrollments SET is_primary = 1 WHERE enrollment_id = ( \
+           SELECT enrollment_id FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+           ORDER BY paired_at, enrollment_id LIMIT 1) \
+         AND NOT EXISTS (SELECT 1 FROM enrollments WHERE application_id = $1 AND user_id = $2 AND is_primary = 1)",
+    )
+    .bind(app.as_str())
+    .bind(&user_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Records that the device called.
+pub async fn touch(db: &Database, id: &EnrollmentId, now: i64) -> Result<(), ServerError> {
+    sqlx::query("UPDATE enrollments SET last_seen_at = $1 WHERE enrollment_id = $2")
+        .bind(now)
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The server's key ring: the keys it signs with and publishes.
+
+use std::sync::Arc;
+
+use tessera_protocol::envelope::{self, EnvelopeError, MessageType, SoftwareSigningKey};
+use tessera_protocol::jwk::JwkSet;
+use tessera_protocol::pairing::{ServerKeySet, ServerUrl};
+
+/// The keys loaded at start. The first signs; all are published.
+#[derive(Clone)]
+pub(crate) struct KeyRing {
+    keys: Arc<Vec<SoftwareSigningKey>>,
+}
+
+impl KeyRing {
+    /// A ring over the stored keys (at least one).
+    pub fn new(keys: Vec<SoftwareSigningKey>) -> Option<Self> {
+        if keys.is_empty() {
+            None
+        } else {
+            Some(Self {
+                keys: Arc::new(keys),
+            })
+        }
+    }
+
+    /// The public keys, each with its `kid`.
+    pub fn public_set(&self) -> JwkSet {
+        JwkSet {
+            keys: self
+                .keys
+                .iter()
+                .map(SoftwareSigningKey::public_jwk)
+                .collect(),
+        }
+    }
+
+    /// Signs a message with the current key.
+    pub fn sign<T: serde::Serialize>(
+        &self,
+        typ: MessageType,
+        payload: &T,
+    ) -> Result<String, EnvelopeError> {
+        envelope::sign(typ, payload, &self.keys[0])
+    }
+
+    /// The signed key set, as published at `/v1/server-keys`.
+    pub fn signed_key_set(&self, issuer: &ServerUrl, now: i64) -> Result<String, EnvelopeError> {
+        self.sign(
+            MessageType::ServerKeySet,
+            &ServerKeySet {
+                v: tessera_protocol::PROTOCOL_VERSION,
+                issuer: issuer.clone(),
+                keys: self.public_set(),
+                issued_at: now,
+            },
+        )
+    }
+}

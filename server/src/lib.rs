@@ -1,0 +1,30 @@
+//! The Tessera authentication server.
+//!
+//! An axum service over SQLite (the embedded default) or PostgreSQL (scale-out: any number of
+//! instances on one database; nothing that matters lives in one process's memory).
+//!
+//! - **Customer API** (`/v1/users/...`, API key): users, pairing codes, relay pairing, devices.
+//! - **Device API** (`/v1/device/...`, `/v1/server-keys`): pairing with a code, device-signed
+//!   calls.
+//! - **Operations**: `/healthz`, `/metrics` (Prometheus), `/openapi.json`.
+//!
+//! [`Server::start`] runs it in-process (the examples and end-to-end tests do); the
+//! `tessera-server` binary wraps it with a command line.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+mod api;
+mod config;
+pub mod db;
+mod error;
+mod keys;
+mod metrics;
+mod server;
+
+pub use api::openapi_document;
+pub use config::ServerConfig;
+pub use db::Database;
+pub use error::ServerError;
+pub use server::{RunningServer, Server};

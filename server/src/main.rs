@@ -1,0 +1,275 @@
+//! `tessera-server`: run the Tessera server, or administer its database.
+//!
+//! ```text
+//! tessera-server serve [--listen 127.0.0.1:8080] [--database sqlite://tessera.db] [--public-url URL]
+//! tessera-server admin [--database URL] create-app NAME
+//! tessera-server admin [--database URL] list-apps | rotate-api-key APP_ID
+//! tessera-server admin [--database URL] create-user APP_ID USER_ID [--display-name NAME]
+//! tessera-server admin [--database URL] list-users APP_ID | list-devices APP_ID USER_ID
+//! tessera-server openapi
+//! ```
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use tessera_protocol::ids::{ApplicationId, UserId};
+use tessera_protocol::pairing::ServerUrl;
+use tessera_server::{Database, Server, ServerConfig, ServerError, admin};
+
+#[derive(Parser)]
+#[command(
+    name = "tessera-server",
+    version,
+    about = "The Tessera authentication server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API until SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "TESSERA_LISTEN")]
+        listen: SocketAddr,
+        /// sqlite://FILE or postgres://USER:PASS@HOST/DB.
+        #[arg(
+            long,
+            default_value = "sqlite://tessera.db",
+            env = "TESSERA_DATABASE_URL"
+        )]
+        database: String,
+        /// Public base URL (the server's identity); defaults to http://<listen address>.
+        #[arg(long, env = "TESSERA_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Failed pairing-code attempts allowed per client address per minute.
+        #[arg(long, default_value_t = 10)]
+        pairing_failures_per_minute: u32,
+    },
+    /// Administer the database; every command prints JSON.
+    Admin {
+        /// sqlite://FILE or postgres://USER:PASS@HOST/DB.
+        #[arg(
+            long,
+            default_value = "sqlite://tessera.db",
+            env = "TESSERA_DATABASE_URL"
+        )]
+        database: String,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Register an application; prints its id and API key (shown once).
+    CreateApp {
+        /// Display name.
+        name: String,
+    },
+    /// List applications.
+    ListApps,
+    /// Issue a new API key (the old one stops working).
+    RotateApiKey {
+        /// The application.
+        application_id: String,
+    },
+    /// Create a user.
+    CreateUser {
+        /// The application.
+        application_id: String,
+        /// The customer's id for the user.
+        user_id: String,
+        /// A name to show.
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// List an application's users.
+    ListUsers {
+        /// The application.
+        application_id: String,
+    },
+    /// List a user's devices.
+    ListDevices {
+        /// The application.
+        application_id: String,
+        /// The user.
+        user_id: String,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn fail(code: &str, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!(
+        "{}",
+        json!({"error": {"code": code, "message": message.to_string()}})
+    );
+    ExitCode::FAILURE
+}
+
+fn server_error_code(e: &ServerError) -> &'static str {
+    match e {
+        ServerError::UnsupportedDatabase => "unsupported_database",
+        ServerError::Database(_) => "database",
+        ServerError::Migration(_) => "migration",
+        ServerError::Bind { .. } => "bind",
+        ServerError::Corrupted(_) => "corrupted",
+        ServerError::InvalidInput(_) => "invalid_input",
+        ServerError::NotFound(_) => "not_found",
+        ServerError::AlreadyExists(_) => "already_exists",
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            database,
+            public_url,
+            log_format,
+            pairing_failures_per_minute,
+        } => {
+            init_logs(log_format);
+            let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
+                Ok(u) => u,
+                Err(e) => return fail("invalid_input", e),
+            };
+            let config = ServerConfig {
+                listen,
+                database_url: database,
+                public_url,
+                pairing_failures_per_ip_per_minute: pairing_failures_per_minute,
+                ..ServerConfig::default()
+            };
+            let server = match Server::start(config).await {
+                Ok(s) => s,
+                Err(e) => return fail(server_error_code(&e), e),
+            };
+            println!("listening on http://{}", server.local_addr());
+            let _ = std::io::stdout().flush();
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            server.shutdown().await;
+            ExitCode::SUCCESS
+        }
+        Command::Admin { database, command } => {
+            init_logs(LogFormat::Text);
+            match run_admin(&database, command).await {
+                Ok(value) => {
+                    println!("{value}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(server_error_code(&e), e),
+            }
+        }
+        Command::Openapi => match serde_json::to_string_pretty(&tessera_server::openapi_document())
+        {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("internal", e),
+        },
+    }
+}
+
+fn parse_app(id: &str) -> Result<ApplicationId, ServerError> {
+    id.parse()
+        .map_err(|_| ServerError::InvalidInput("not an application id (app_...)".into()))
+}
+
+fn parse_user(id: &str) -> Result<UserId, ServerError> {
+    id.parse()
+        .map_err(|_| ServerError::InvalidInput("invalid user id".into()))
+}
+
+async fn run_admin(
+    database: &str,
+    command: AdminCommand,
+) -> Result<serde_json::Value, ServerError> {
+    let db = Database::connect(database, 2).await?;
+    let value = match command {
+        AdminCommand::CreateApp { name } => json!(admin::create_application(&db, &name).await?),
+        AdminCommand::ListApps => {
+            let apps = admin::list_applications(&db).await?;
+            json!({"applications": apps.iter().map(|a| json!({"application_id": a.id, "name": a.name, "created_at": a.created_at})).collect::<Vec<_>>()})
+        }
+        AdminCommand::RotateApiKey { application_id } => {
+            json!(admin::rotate_api_key(&db, &parse_app(&application_id)?).await?)
+        }
+        AdminCommand::CreateUser {
+            application_id,
+            user_id,
+            display_name,
+        } => json!(
+            admin::create_user(
+                &db,
+                &parse_app(&application_id)?,
+                &parse_user(&user_id)?,
+                display_name.as_deref()
+            )
+            .await?
+        ),
+        AdminCommand::ListUsers { application_id } => {
+            json!({"users": admin::list_users(&db, &parse_app(&application_id)?).await?})
+        }
+        AdminCommand::ListDevices {
+            application_id,
+            user_id,
+        } => json!({
+            "devices": admin::list_devices(&db, &parse_app(&application_id)?, &parse_user(&user_id)?).await?
+        }),
+    };
+    db.close().await;
+    Ok(value)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

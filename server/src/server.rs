@@ -1,0 +1,118 @@
+//! Running the server: bind, migrate, load keys, serve until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tessera_protocol::api::CreatedApplication;
+use tessera_protocol::pairing::ServerUrl;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{AppState, router};
+use crate::config::ServerConfig;
+use crate::db::{Database, server_keys};
+use crate::error::ServerError;
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+
+/// Starts servers.
+pub struct Server;
+
+/// A server accepting connections. Dropping it without [`RunningServer::shutdown`] leaves the
+/// server running until the runtime ends.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    public_url: ServerUrl,
+    db: Database,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RunningServer({})", self.local_addr)
+    }
+}
+
+impl Server {
+    /// Connects to the database (running migrations), loads or creates the signing keys, binds
+    /// the listen address and starts serving. When this returns, connections are accepted.
+    pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+        let db = Database::connect(&config.database_url, config.max_connections).await?;
+        let keys = server_keys::load_or_create(&db, tessera_protocol::time::now()).await?;
+        let keys = KeyRing::new(keys).ok_or(ServerError::Corrupted("no server key"))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServerError::Bind {
+                addr: config.listen,
+                reason: e.to_string(),
+            })?;
+        let local_addr = listener.local_addr().map_err(|e| ServerError::Bind {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+        let public_url = match &config.public_url {
+            Some(url) => url.clone(),
+            None => ServerUrl::parse(&format!("http://{local_addr}"))
+                .map_err(|_| ServerError::InvalidInput("listen address".into()))?,
+        };
+        let state = AppState {
+            db: db.clone(),
+            keys,
+            config: Arc::new(config),
+            public_url: public_url.clone(),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "server stopped with an error");
+            }
+        });
+        tracing::info!(%local_addr, %public_url, "server started");
+        Ok(RunningServer {
+            local_addr,
+            public_url,
+            db,
+            stop: Some(stop),
+            task,
+        })
+    }
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's identity (public base URL).
+    pub fn public_url(&self) -> &ServerUrl {
+        &self.public_url
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Registers an application and returns its API key (shown once).
+    pub async fn create_application(&self, name: &str) -> Result<CreatedApplication, ServerError> {
+        crate::admin::create_application(&self.db, name).await
+    }
+
+    /// Stops accepting connections, lets requests in flight finish, and closes the database.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+        self.db.close().await;
+    }
+}

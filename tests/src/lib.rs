@@ -1,0 +1,249 @@
+//! Harness for Tessera's end-to-end tests: a real `tessera-server` on a loopback port with a
+//! temporary SQLite database (or the PostgreSQL database `DATABASE_URL` points at), a customer
+//! backend talking to it over HTTP, and devices built on the real core with software key stores
+//! and file storage in temporary folders.
+//!
+//! Every test creates its own application, so tests can share one PostgreSQL database and run
+//! in parallel.
+
+#![warn(missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use tessera_core::{
+    Authenticator, AuthenticatorConfig, FileStorage, KeyStore, SecureStorage, SoftwareKeyStore,
+};
+use tessera_examples::customer::CustomerApi;
+use tessera_protocol::api::CreatedApplication;
+use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
+use tessera_server::{RunningServer, Server, ServerConfig};
+
+/// Which database a test server runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temporary folder.
+    Sqlite,
+    /// The PostgreSQL database at this URL.
+    Postgres(String),
+}
+
+impl Backend {
+    /// The PostgreSQL backend if `DATABASE_URL` is set. When `TESSERA_REQUIRE_POSTGRES=1` (as in
+    /// CI) a missing `DATABASE_URL` is a failure, so the PostgreSQL half can never be skipped
+    /// silently.
+    pub fn postgres() -> Option<Backend> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres") => Some(Backend::Postgres(url)),
+            _ => {
+                assert!(
+                    std::env::var("TESSERA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                    "TESSERA_REQUIRE_POSTGRES=1 but DATABASE_URL does not point at PostgreSQL"
+                );
+                eprintln!("DATABASE_URL not set: PostgreSQL variant skipped");
+                None
+            }
+        }
+    }
+}
+
+/// Defines one test per backend: `NAME::sqlite` and `NAME::postgres`, each calling
+/// `BODY(backend).await`.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($($name:ident => $body:ident;)+) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    super::$body($crate::Backend::Sqlite).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    if let Some(backend) = $crate::Backend::postgres() {
+                        super::$body(backend).await;
+                    }
+                }
+            }
+        )+
+    };
+}
+
+/// A running server with one application and a customer-API client for it.
+pub struct TestServer {
+    /// The server.
+    pub server: RunningServer,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The application every call of this test uses.
+    pub app: CreatedApplication,
+    /// The customer backend's client, authenticated with the application's API key.
+    pub customer: CustomerApi,
+    /// The backend.
+    pub backend: Backend,
+    config: ServerConfig,
+    _dir: Arc<TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server on a free loopback port and creates an application.
+    ///
+    /// The pairing-guess throttle is raised far above what tests reach, because on PostgreSQL
+    /// every test shares one database and one client address; the throttle's own test sets it
+    /// low with [`TestServer::start_with`].
+    pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server with a configuration adjusted by `adjust`.
+    pub async fn start_with(
+        backend: Backend,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let dir = Arc::new(TempDir::new().expect("temp dir"));
+        let database_url = match &backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("tessera.db").display()),
+            Backend::Postgres(url) => url.clone(),
+        };
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            database_url: database_url.clone(),
+            pairing_failures_per_ip_per_minute: 100_000,
+            ..ServerConfig::default()
+        };
+        adjust(&mut config);
+        let server = start_server(config.clone()).await;
+        let app = server
+            .create_application("End-to-end Test App")
+            .await
+            .expect("create application");
+        let base_url = format!("http://{}", server.local_addr());
+        let customer = CustomerApi::new(&base_url, &app.api_key);
+        TestServer {
+            server,
+            base_url,
+            app,
+            customer,
+            backend,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server and starts it again on the same database and the same port.
+    pub async fn restart(self) -> TestServer {
+        let mut config = self.config.clone();
+        config.listen = self.server.local_addr();
+        self.server.shutdown().await;
+        let server = start_server(config).await;
+        TestServer { server, ..self }
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Creates a user and returns its id.
+    pub async fn user(&self, user_id: &str) -> String {
+        self.customer
+            .create_user(user_id, None)
+            .await
+            .expect("create user");
+        user_id.to_string()
+    }
+
+    /// A pairing URI for the user.
+    pub async fn pairing_uri(&self, user_id: &str) -> String {
+        self.customer
+            .start_pairing(user_id, None)
+            .await
+            .expect("start pairing")
+            .pairing_uri
+    }
+}
+
+async fn start_server(config: ServerConfig) -> RunningServer {
+    // A restart may find the port briefly in use: retry a few times.
+    let mut last = None;
+    for _ in 0..50 {
+        match Server::start(config.clone()).await {
+            Ok(server) => return server,
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    panic!("server did not start: {last:?}");
+}
+
+/// A simulated device: the real core with a persistent software key store and file storage in a
+/// temporary folder.
+pub struct TestDevice {
+    /// The device SDK.
+    pub auth: Arc<Authenticator>,
+    dir: Arc<TempDir>,
+    config: AuthenticatorConfig,
+}
+
+impl TestDevice {
+    /// A new device with a default description.
+    pub async fn new() -> TestDevice {
+        Self::with_config(device_config("Pixel 8")).await
+    }
+
+    /// A new device with the given configuration.
+    pub async fn with_config(config: AuthenticatorConfig) -> TestDevice {
+        let dir = Arc::new(TempDir::new().expect("temp dir"));
+        let auth = open_device(dir.path().to_path_buf(), config.clone()).await;
+        TestDevice { auth, dir, config }
+    }
+
+    /// Drops the authenticator and opens the same state again, as after an app restart.
+    pub async fn reopen(self) -> TestDevice {
+        let TestDevice { auth, dir, config } = self;
+        drop(auth);
+        let auth = open_device(dir.path().to_path_buf(), config.clone()).await;
+        TestDevice { auth, dir, config }
+    }
+
+    /// The folder holding this device's key store and state.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+/// A device configuration for tests.
+pub fn device_config(model: &str) -> AuthenticatorConfig {
+    AuthenticatorConfig {
+        device: DeviceInfo {
+            model: model.to_string(),
+            os_name: "Android".into(),
+            os_version: "15".into(),
+            app_version: "1.0.0".into(),
+            sdk_version: env!("CARGO_PKG_VERSION").into(),
+            name: None,
+        },
+        signals: DeviceSignals {
+            rooted: Some(false),
+            screen_lock: Some(true),
+            mdm: Some(false),
+        },
+        push: PushRegistration::None,
+        ..AuthenticatorConfig::default()
+    }
+}
+
+async fn open_device(dir: PathBuf, config: AuthenticatorConfig) -> Arc<Authenticator> {
+    let key_store: Arc<dyn KeyStore> =
+        Arc::new(SoftwareKeyStore::open(dir.join("keys")).expect("key store"));
+    let storage: Arc<dyn SecureStorage> =
+        Arc::new(FileStorage::new(dir.join("state")).expect("storage"));
+    Arc::new(
+        Authenticator::open(config, key_store, storage)
+            .await
+            .expect("open authenticator"),
+    )
+}
