@@ -247,3 +247,108 @@ async fn open_device(dir: PathBuf, config: AuthenticatorConfig) -> Arc<Authentic
             .expect("open authenticator"),
     )
 }
+
+/// A device speaking the protocol directly with software keys, for tests that need to sign what
+/// the real core never would (replays, wrong paths, stale times).
+pub struct RawDevice {
+    /// The possession key.
+    pub possession: tessera_protocol::envelope::SoftwareSigningKey,
+    /// The user-verification key.
+    pub user_verification: tessera_protocol::envelope::SoftwareSigningKey,
+    /// The device id.
+    pub device_id: tessera_protocol::ids::DeviceId,
+}
+
+impl Default for RawDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RawDevice {
+    /// Fresh keys and id.
+    pub fn new() -> Self {
+        Self {
+            possession: tessera_protocol::envelope::SoftwareSigningKey::generate(),
+            user_verification: tessera_protocol::envelope::SoftwareSigningKey::generate(),
+            device_id: tessera_protocol::ids::DeviceId::generate(),
+        }
+    }
+
+    /// A signed registration and key proof for `audience`, issued at `issued_at`.
+    pub fn registration(&self, audience: &str, issued_at: i64) -> (String, String) {
+        use tessera_protocol::envelope::{self, MessageType};
+        use tessera_protocol::pairing::{DeviceRegistration, KeyProof, ServerUrl};
+        let registration = DeviceRegistration {
+            v: 1,
+            audience: ServerUrl::parse(audience).expect("url"),
+            device_id: self.device_id.clone(),
+            nonce: DeviceRegistration::new_nonce(),
+            issued_at,
+            possession_key: self.possession.public_jwk(),
+            user_verification_key: self.user_verification.public_jwk(),
+            device: DeviceInfo {
+                model: "raw".into(),
+                ..DeviceInfo::default()
+            },
+            signals: DeviceSignals::default(),
+            push: PushRegistration::None,
+        };
+        let jws = envelope::sign(MessageType::Registration, &registration, &self.possession)
+            .expect("sign");
+        let proof = KeyProof {
+            v: 1,
+            registration_digest: envelope::digest_of(&jws).expect("digest"),
+        };
+        let proof =
+            envelope::sign(MessageType::KeyProof, &proof, &self.user_verification).expect("sign");
+        (jws, proof)
+    }
+
+    /// Pairs with a pairing URI over raw HTTP and returns the reply.
+    pub async fn pair(&self, uri: &str) -> tessera_protocol::pairing::PairingReply {
+        let parsed = tessera_protocol::pairing::PairingUri::parse(uri).expect("uri");
+        let (registration, proof) =
+            self.registration(parsed.server.as_str(), tessera_protocol::time::now());
+        let response = reqwest::Client::new()
+            .post(parsed.server.endpoint("/v1/device/pairings"))
+            .json(&serde_json::json!({
+                "pairing_code": parsed.code.display_form().as_str(),
+                "registration": registration,
+                "user_verification_proof": proof,
+            }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status().as_u16(), 201, "pairing refused");
+        let body: tessera_protocol::api::DevicePairingResponse =
+            response.json().await.expect("json");
+        tessera_protocol::envelope::unverified_payload(&body.server_payload).expect("reply")
+    }
+
+    /// `Authorization` header value for a device-signed call with the given claims' parts.
+    pub fn authorization(
+        &self,
+        enrollment_id: &tessera_protocol::ids::EnrollmentId,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        issued_at: i64,
+        nonce: &str,
+    ) -> String {
+        use tessera_protocol::device_auth::{AUTHORIZATION_SCHEME, DeviceRequestClaims};
+        use tessera_protocol::envelope::{self, MessageType};
+        let claims = DeviceRequestClaims {
+            v: 1,
+            enrollment_id: enrollment_id.clone(),
+            method: method.into(),
+            path: path.into(),
+            body_digest: tessera_protocol::canonical::Sha256Digest::of_bytes(body),
+            issued_at,
+            nonce: nonce.into(),
+        };
+        let jws =
+            envelope::sign(MessageType::DeviceRequest, &claims, &self.possession).expect("sign");
+        format!("{AUTHORIZATION_SCHEME} {jws}")
+    }
+}

@@ -1,0 +1,375 @@
+//! End to end at the protocol level: what a hostile or broken device might send, and what a
+//! lost reply or a second server instance must not break.
+
+use std::time::Duration;
+
+use tessera_protocol::error::{ErrorBody, ErrorCode};
+use tessera_protocol::pairing::PairingUri;
+use tessera_protocol::time::now;
+use tessera_tests::{Backend, RawDevice, TestDevice, TestServer, on_each_backend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+on_each_backend! {
+    device_signed_calls_refuse_replays_and_mismatches => device_signed_calls;
+    expired_codes_are_refused_like_wrong_ones => expired_codes;
+    stale_and_foreign_registrations_are_refused => stale_and_foreign_registrations;
+    a_lost_pairing_reply_is_recovered_by_retrying => lost_reply_retry;
+    two_server_instances_share_one_database => two_instances;
+}
+
+async fn error_code(response: reqwest::Response) -> (u16, ErrorCode) {
+    let status = response.status().as_u16();
+    let body: ErrorBody = response.json().await.expect("error body");
+    (status, body.error.code)
+}
+
+async fn device_signed_calls(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("alice").await;
+    server.user("bob").await;
+    let alice_device = RawDevice::new();
+    let bob_device = RawDevice::new();
+    let alice = alice_device.pair(&server.pairing_uri("alice").await).await;
+    let bob = bob_device.pair(&server.pairing_uri("bob").await).await;
+    let http = reqwest::Client::new();
+    let path = format!("/v1/device/enrollments/{}", alice.enrollment_id);
+    let url = format!("{}{}", server.base_url, path);
+    let call = |auth: String| http.get(&url).header("authorization", auth).send();
+
+    // A good call.
+    let good = alice_device.authorization(&alice.enrollment_id, "GET", &path, b"", now(), "n1");
+    assert_eq!(call(good.clone()).await.unwrap().status().as_u16(), 200);
+    // The same signed call again: a replay.
+    assert_eq!(
+        error_code(call(good).await.unwrap()).await,
+        (409, ErrorCode::ReplayedMessage)
+    );
+    // Signed for another method, path or body.
+    for (method, p, body) in [
+        ("DELETE", path.as_str(), &b""[..]),
+        ("GET", "/v1/device/enrollments/other", &b""[..]),
+        ("GET", path.as_str(), &b"{}"[..]),
+    ] {
+        let auth = alice_device.authorization(
+            &alice.enrollment_id,
+            method,
+            p,
+            body,
+            now(),
+            &format!("n-{method}-{}", body.len()),
+        );
+        let (status, code) = error_code(call(auth).await.unwrap()).await;
+        assert_eq!(
+            (status, code),
+            (400, ErrorCode::InvalidSignature),
+            "{method} {p}"
+        );
+    }
+    // Too old, and from the future.
+    for (t, n) in [(now() - 3600, "old"), (now() + 3600, "future")] {
+        let auth = alice_device.authorization(&alice.enrollment_id, "GET", &path, b"", t, n);
+        assert_eq!(
+            error_code(call(auth).await.unwrap()).await,
+            (400, ErrorCode::StaleMessage)
+        );
+    }
+    // Bob's device claiming to be alice's enrollment, and bob's enrollment on alice's path.
+    let forged = bob_device.authorization(&alice.enrollment_id, "GET", &path, b"", now(), "n2");
+    assert_eq!(
+        error_code(call(forged).await.unwrap()).await,
+        (401, ErrorCode::Unauthorized)
+    );
+    let other = bob_device.authorization(&bob.enrollment_id, "GET", &path, b"", now(), "n3");
+    let (status, _) = error_code(call(other).await.unwrap()).await;
+    assert!(status == 400 || status == 401, "{status}");
+    // No header, a garbage header, an unknown enrollment.
+    assert_eq!(
+        error_code(http.get(&url).send().await.unwrap()).await,
+        (401, ErrorCode::Unauthorized)
+    );
+    assert_eq!(
+        error_code(call("Tessera-Device x.y.z".into()).await.unwrap()).await,
+        (401, ErrorCode::Unauthorized)
+    );
+    let ghost = tessera_protocol::ids::EnrollmentId::generate();
+    let auth = alice_device.authorization(
+        &ghost,
+        "GET",
+        &format!("/v1/device/enrollments/{ghost}"),
+        b"",
+        now(),
+        "n4",
+    );
+    let r = http
+        .get(format!("{}/v1/device/enrollments/{ghost}", server.base_url))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (401, ErrorCode::Unauthorized));
+}
+
+async fn expired_codes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("alice").await;
+    let uri = server.pairing_uri("alice").await;
+    let code = PairingUri::parse(&uri).unwrap().code;
+    // Age the code in the database, as if its ten minutes had passed.
+    sqlx::query("UPDATE pairing_codes SET expires_at = $1 WHERE code_digest = $2")
+        .bind(now() - 1)
+        .bind(code.digest().to_string())
+        .execute(server.server.database().pool())
+        .await
+        .unwrap();
+    let device = TestDevice::new().await;
+    let expired = device.auth.pair(&uri, None).await.unwrap_err();
+    let wrong = device
+        .auth
+        .pair("ZZZZ-ZZZZ-ZZZZ", Some(&server.base_url))
+        .await
+        .unwrap_err();
+    assert_eq!(expired.server_code(), Some(ErrorCode::InvalidPairingCode));
+    assert_eq!(
+        expired.to_string(),
+        wrong.to_string(),
+        "expired and wrong codes look the same"
+    );
+    assert!(device.auth.enrollments().await.is_empty());
+    assert!(
+        server
+            .customer
+            .list_devices("alice")
+            .await
+            .unwrap()
+            .devices
+            .is_empty()
+    );
+}
+
+async fn stale_and_foreign_registrations(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("alice").await;
+    let http = reqwest::Client::new();
+    let device = RawDevice::new();
+    for (audience, issued_at, expected) in [
+        (
+            server.base_url.clone(),
+            now() - 3600,
+            ErrorCode::StaleMessage,
+        ),
+        (
+            server.base_url.clone(),
+            now() + 3600,
+            ErrorCode::StaleMessage,
+        ),
+        (
+            "https://another-server.example".to_string(),
+            now(),
+            ErrorCode::AudienceMismatch,
+        ),
+    ] {
+        let uri = server.pairing_uri("alice").await;
+        let code = PairingUri::parse(&uri).unwrap().code;
+        let (registration, proof) = device.registration(&audience, issued_at);
+        let r = http
+            .post(format!("{}/v1/device/pairings", server.base_url))
+            .json(&serde_json::json!({"pairing_code": code.display_form().as_str(), "registration": registration, "user_verification_proof": proof}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r).await, (400, expected));
+    }
+    // A proof from another registration of the same keys.
+    let uri = server.pairing_uri("alice").await;
+    let code = PairingUri::parse(&uri).unwrap().code;
+    let (registration, _) = device.registration(&server.base_url, now());
+    let (_, other_proof) = device.registration(&server.base_url, now());
+    let r = http
+        .post(format!("{}/v1/device/pairings", server.base_url))
+        .json(&serde_json::json!({"pairing_code": code.display_form().as_str(), "registration": registration, "user_verification_proof": other_proof}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, ErrorCode::InvalidRegistration));
+    assert!(
+        server
+            .customer
+            .list_devices("alice")
+            .await
+            .unwrap()
+            .devices
+            .is_empty()
+    );
+    // The code was not consumed by any of that.
+    device.pair(&uri).await;
+}
+
+/// A TCP proxy that forwards requests to `target` but, for the first `drop_replies`
+/// connections, swallows the server's answer and closes the connection: the request was
+/// processed, the reply was lost.
+async fn lossy_proxy(listener: TcpListener, target: std::net::SocketAddr, drop_replies: usize) {
+    let mut dropped = 0;
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            return;
+        };
+        let drop_this = dropped < drop_replies;
+        if drop_this {
+            dropped += 1;
+        }
+        tokio::spawn(async move {
+            let Ok(mut upstream) = TcpStream::connect(target).await else {
+                return;
+            };
+            if drop_this {
+                // Read one request (headers and body by Content-Length), forward it, wait for the
+                // server to answer, then close the client's connection without the answer.
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut got = 0;
+                loop {
+                    let Ok(n) = client.read(&mut buf[got..]).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got += n;
+                    let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if got >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let _ = upstream.write_all(&buf[..got]).await;
+                let mut answer = [0u8; 4096];
+                let _ = upstream.read(&mut answer).await;
+                drop(client);
+            } else {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+    }
+}
+
+async fn lost_reply_retry(backend: Backend) {
+    // The server's public URL is the proxy's, so that registrations name it as their audience.
+    let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let public = tessera_protocol::pairing::ServerUrl::parse(&proxy_url).unwrap();
+    let server = TestServer::start_with(backend, |c| c.public_url = Some(public)).await;
+    tokio::spawn(lossy_proxy(proxy, server.server.local_addr(), 1));
+    server.user("alice").await;
+    let uri = server.pairing_uri("alice").await;
+    assert!(uri.contains(&proxy_url.replace(':', "%3A").replace('/', "%2F")));
+
+    let device = TestDevice::new().await;
+    let first = device.auth.pair(&uri, None).await.unwrap_err();
+    assert!(
+        matches!(first, tessera_core::CoreError::Network(_)),
+        "{first:?}"
+    );
+    assert!(
+        device.auth.enrollments().await.is_empty(),
+        "no enrollment without a verified reply"
+    );
+    // The server did pair the device: the code is consumed.
+    assert_eq!(
+        server
+            .customer
+            .list_devices("alice")
+            .await
+            .unwrap()
+            .devices
+            .len(),
+        1
+    );
+    // The app restarts and the user taps "retry": the identical registration gets the same reply.
+    let device = device.reopen().await;
+    let enrollment = device
+        .auth
+        .pair(&uri, None)
+        .await
+        .expect("retry after a lost reply");
+    let devices = server.customer.list_devices("alice").await.unwrap().devices;
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].enrollment_id, enrollment.enrollment_id);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    device
+        .auth
+        .enrollment_status(&enrollment.enrollment_id)
+        .await
+        .unwrap();
+}
+
+async fn two_instances(backend: Backend) {
+    let first = TestServer::start(backend.clone()).await;
+    let database_url = first.config().database_url.clone();
+    let second = tessera_server::Server::start(tessera_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url,
+        public_url: Some(first.server.public_url().clone()),
+        ..tessera_server::ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    // Both instances sign with the same key.
+    let keys = |addr: std::net::SocketAddr| async move {
+        let r: tessera_protocol::api::ServerKeysResponse =
+            reqwest::get(format!("http://{addr}/v1/server-keys"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        r.keys
+    };
+    assert_eq!(
+        keys(first.server.local_addr()).await,
+        keys(second.local_addr()).await
+    );
+    // A code issued by one instance is consumed through the other, once.
+    first.user("alice").await;
+    let uri = first.pairing_uri("alice").await;
+    let code = PairingUri::parse(&uri).unwrap().code;
+    let raw = RawDevice::new();
+    let (registration, proof) = raw.registration(first.server.public_url().as_str(), now());
+    let body = serde_json::json!({"pairing_code": code.display_form().as_str(), "registration": registration, "user_verification_proof": proof});
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/device/pairings", second.local_addr()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let other = RawDevice::new();
+    let (registration, proof) = other.registration(first.server.public_url().as_str(), now());
+    let body = serde_json::json!({"pairing_code": code.display_form().as_str(), "registration": registration, "user_verification_proof": proof});
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/device/pairings", first.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, ErrorCode::InvalidPairingCode));
+    assert_eq!(
+        first
+            .customer
+            .list_devices("alice")
+            .await
+            .unwrap()
+            .devices
+            .len(),
+        1
+    );
+    second.shutdown().await;
+}
