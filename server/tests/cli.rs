@@ -1,0 +1,189 @@
+//! The `tessera-server` binary: `serve` announces its address, answers, and stops cleanly on
+//! SIGTERM; `admin` prints JSON.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+#[test]
+fn admin_commands_print_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let created = json_of(
+        &bin()
+            .args(["admin", "--database", &db, "create-app", "Example Bank"])
+            .output()
+            .unwrap(),
+    );
+    let app = created["application_id"].as_str().unwrap().to_string();
+    assert!(app.starts_with("app_"));
+    assert!(created["api_key"].as_str().unwrap().starts_with("tsk_"));
+    assert_eq!(created["name"], "Example Bank");
+
+    let apps = json_of(
+        &bin()
+            .args(["admin", "--database", &db, "list-apps"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(apps["applications"][0]["application_id"], app.as_str());
+    assert!(
+        apps.to_string().find("tsk_").is_none(),
+        "API keys are never listed"
+    );
+
+    let user = json_of(
+        &bin()
+            .args([
+                "admin",
+                "--database",
+                &db,
+                "create-user",
+                &app,
+                "alice",
+                "--display-name",
+                "Alice",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(user["user_id"], "alice");
+    let users = json_of(
+        &bin()
+            .args(["admin", "--database", &db, "list-users", &app])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(users["users"][0]["device_count"], 0);
+    let devices = json_of(
+        &bin()
+            .args(["admin", "--database", &db, "list-devices", &app, "alice"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(devices["devices"], serde_json::json!([]));
+    let rotated = json_of(
+        &bin()
+            .args(["admin", "--database", &db, "rotate-api-key", &app])
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(rotated["api_key"], created["api_key"]);
+
+    // Errors: JSON on stderr, non-zero exit.
+    let out = bin()
+        .args([
+            "admin",
+            "--database",
+            &db,
+            "create-user",
+            "not-an-app",
+            "bob",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "invalid_input");
+    let out = bin()
+        .args(["admin", "--database", "mysql://x", "list-apps"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn serve_announces_answers_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("s.db").display());
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+
+    // It answers at once.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // SIGTERM: a clean exit.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(logs.lines().any(|l| l.contains("shutting down")), "{logs}");
+    for l in logs.lines() {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|_| panic!("log line is not JSON: {l}"));
+    }
+}
+
+#[test]
+fn openapi_command_prints_the_document() {
+    let out = bin().arg("openapi").output().unwrap();
+    let doc = json_of(&out);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/users",
+        "/v1/users/{user_id}/pairings",
+        "/v1/users/{user_id}/relay-pairings",
+        "/v1/device/pairings",
+        "/v1/server-keys",
+        "/v1/device/enrollments/{enrollment_id}",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "missing {path}");
+    }
+}

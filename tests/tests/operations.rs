@@ -1,0 +1,163 @@
+//! Operations: health, metrics, the OpenAPI document, and logs that never carry a secret.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tessera_protocol::pairing::{MobilePayload, PairingUri, PushRegistration};
+use tessera_tests::{Backend, TestDevice, TestServer, device_config};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every flow at TRACE level, then a search of everything logged for every secret involved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_never_contain_secrets() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let server = TestServer::start(Backend::Sqlite).await;
+    server.user("alice").await;
+    server.user("bob").await;
+    let push_token = "fcm-token-SECRET-0123456789";
+    let mut config = device_config("Pixel 8");
+    config.push = PushRegistration::Fcm {
+        token: push_token.into(),
+    };
+    let device = TestDevice::with_config(config).await;
+
+    let uri = server.pairing_uri("alice").await;
+    let code = PairingUri::parse(&uri).unwrap().code;
+    let alice = device.auth.pair(&uri, None).await.unwrap();
+    // A failed attempt with the used code, and a wrong one.
+    let _ = device.auth.pair(&uri, None).await;
+    let _ = device
+        .auth
+        .pair("ZZZZ-ZZZZ-ZZZZ", Some(&server.base_url))
+        .await;
+    let mobile = device
+        .auth
+        .create_mobile_payload(&server.base_url)
+        .await
+        .unwrap();
+    let relayed = server.customer.relay_pairing("bob", &mobile).await.unwrap();
+    device
+        .auth
+        .complete_relay_pairing(&relayed.server_payload)
+        .await
+        .unwrap();
+    device
+        .auth
+        .enrollment_status(&alice.enrollment_id)
+        .await
+        .unwrap();
+    device
+        .auth
+        .remove_enrollment(&alice.enrollment_id)
+        .await
+        .unwrap();
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("\"route\":\"/v1/device/pairings\""),
+        "requests are logged"
+    );
+    let registration = MobilePayload::decode(&mobile).unwrap().registration;
+    let secrets = [
+        ("API key", server.app.api_key.as_str()),
+        ("pairing code", code.normalized()),
+        ("pairing code (display form)", &*code.display_form()),
+        ("push token", push_token),
+        ("mobile payload", &mobile[..40]),
+        (
+            "registration signature",
+            registration.rsplit('.').next().unwrap(),
+        ),
+        (
+            "server payload signature",
+            relayed.server_payload.rsplit('.').next().unwrap(),
+        ),
+        ("authorization scheme", "Tessera-Device ey"),
+        ("bearer", "Bearer tsk_"),
+    ];
+    for (what, secret) in secrets {
+        assert!(!logs.contains(secret), "the logs contain the {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_metrics_and_openapi() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    server.user("alice").await;
+    let device = TestDevice::new().await;
+    device
+        .auth
+        .pair(&server.pairing_uri("alice").await, None)
+        .await
+        .unwrap();
+    let _ = device
+        .auth
+        .pair("ZZZZ-ZZZZ-ZZZZ", Some(&server.base_url))
+        .await;
+    let http = reqwest::Client::new();
+
+    let health: serde_json::Value = http
+        .get(format!("{}/healthz", server.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+
+    let metrics = http
+        .get(format!("{}/metrics", server.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "tessera_pairings_total{mode=\"direct\"} 1",
+        "tessera_pairing_failures_total{reason=\"invalid_code\"} 1",
+        "tessera_http_requests_total{route=\"/v1/device/pairings\",method=\"POST\",status=\"201\"} 1",
+        "tessera_http_request_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    assert!(!metrics.contains("alice"), "no user ids in metric labels");
+
+    let doc: serde_json::Value = http
+        .get(format!("{}/openapi.json", server.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 10, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert!(
+        doc["components"]["schemas"]
+            .get("DevicePairingRequest")
+            .is_some()
+    );
+    assert!(doc["components"]["schemas"].get("ErrorBody").is_some());
+}
