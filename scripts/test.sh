@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs Tessera's whole test suite: every crate's unit tests, the protocol test vectors, and the
-# end-to-end tests (real server on loopback, real device core) on SQLite and on PostgreSQL.
+# Runs Tessera's whole test suite: every crate's unit tests, the protocol test vectors, the
+# command-line tests, and the end-to-end tests (real server on loopback, real device core) on
+# SQLite and on PostgreSQL. Ends with one line: "tests: N passed, N failed".
 #
 # PostgreSQL: uses $DATABASE_URL when set; otherwise starts a local server with
 # scripts/start-postgres.sh (installing Debian's package if missing). Set TESSERA_SKIP_POSTGRES=1
@@ -13,11 +14,21 @@ if [ -z "${DATABASE_URL:-}" ] && [ "${TESSERA_SKIP_POSTGRES:-0}" != "1" ]; then
   export DATABASE_URL
 fi
 if [ -n "${DATABASE_URL:-}" ]; then
-  echo "PostgreSQL tests: on (${DATABASE_URL%%:*}://…)"
+  echo "PostgreSQL tests: on"
+  # With a database at hand, the PostgreSQL variants must run, never skip.
+  export TESSERA_REQUIRE_POSTGRES=1
 else
   echo "PostgreSQL tests: off (TESSERA_SKIP_POSTGRES=1)"
 fi
 
-cargo test --workspace --all-targets --locked
-# Doc tests (not part of --all-targets).
-cargo test --workspace --doc --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+{
+  cargo test --workspace --all-targets --locked &&
+  cargo test --workspace --doc --locked
+} 2>&1 | tee "$log" || status=$?
+
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -248,20 +248,7 @@ impl Authenticator {
         &self,
         id: &EnrollmentId,
     ) -> Result<EnrollmentStatus, CoreError> {
-        let enrollment = self.stored_enrollment(id).await?;
-        let signer =
-            KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
-        let body = self
-            .transport
-            .device_call(
-                &enrollment.server,
-                reqwest::Method::GET,
-                &format!("/v1/device/enrollments/{id}"),
-                id,
-                None,
-                &signer,
-            )
-            .await?;
+        let body = self.enrollment_call(id, reqwest::Method::GET).await?;
         serde_json::from_slice(&body)
             .map_err(|_| CoreError::InvalidServerResponse("unexpected enrollment status".into()))
     }
@@ -270,20 +257,7 @@ impl Authenticator {
     /// the server no longer knows the enrollment it is removed all the same; if the server cannot
     /// be reached nothing is removed (see [`Authenticator::forget_enrollment`]).
     pub async fn remove_enrollment(&self, id: &EnrollmentId) -> Result<(), CoreError> {
-        let enrollment = self.stored_enrollment(id).await?;
-        let signer =
-            KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
-        let result = self
-            .transport
-            .device_call(
-                &enrollment.server,
-                reqwest::Method::DELETE,
-                &format!("/v1/device/enrollments/{id}"),
-                id,
-                None,
-                &signer,
-            )
-            .await;
+        let result = self.enrollment_call(id, reqwest::Method::DELETE).await;
         match result {
             Ok(_) => {}
             Err(CoreError::Server {
@@ -318,6 +292,27 @@ impl Authenticator {
         };
         delete_keys(self.key_store.as_ref(), &removed);
         Ok(())
+    }
+
+    /// A call on `/v1/device/enrollments/{id}`, signed with that enrollment's possession key.
+    async fn enrollment_call(
+        &self,
+        id: &EnrollmentId,
+        method: reqwest::Method,
+    ) -> Result<Vec<u8>, CoreError> {
+        let enrollment = self.stored_enrollment(id).await?;
+        let signer =
+            KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
+        self.transport
+            .device_call(
+                &enrollment.server,
+                method,
+                &format!("/v1/device/enrollments/{id}"),
+                id,
+                None,
+                &signer,
+            )
+            .await
     }
 
     async fn stored_enrollment(&self, id: &EnrollmentId) -> Result<StoredEnrollment, CoreError> {

@@ -71,11 +71,14 @@ async fn run(backend: Backend, label: &str, n: usize) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument selects nothing here.
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this without it, and then
+    // only a short smoke run is made, as criterion does.
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let default = if benchmarking { 1000 } else { 10 };
     let n: usize = std::env::var("PAIRINGS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
+        .unwrap_or(default)
         .max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

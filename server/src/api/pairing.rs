@@ -94,6 +94,33 @@ fn fail(code: ErrorCode, message: &str) -> ApiError {
     ApiError::new(code, message)
 }
 
+/// Verifies a device-signed envelope whose `kid` must be the thumbprint of `key`.
+fn verify_signed<T: serde::de::DeserializeOwned>(
+    jws: &str,
+    typ: MessageType,
+    key: &PublicJwk,
+    what: &str,
+) -> Result<envelope::Verified<T>, ApiError> {
+    let header = envelope::inspect(jws).map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidSignature,
+            format!("the {what} is not a valid signed message"),
+        )
+    })?;
+    if header.kid != key.thumbprint() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRegistration,
+            format!("the {what} is not signed by the key it should be"),
+        ));
+    }
+    envelope::verify::<T>(jws, typ, key).map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidSignature,
+            format!("the {what}'s signature does not verify"),
+        )
+    })
+}
+
 /// Checks a device registration and its user-verification key proof.
 pub(crate) fn verify_registration(
     state: &AppState,
@@ -123,54 +150,19 @@ pub(crate) fn verify_registration(
             "the registration is incomplete or malformed",
         )
     })?;
-    let header = envelope::inspect(registration_jws).map_err(|_| {
-        fail(
-            ErrorCode::InvalidSignature,
-            "the registration is not a valid signed message",
-        )
-    })?;
-    if header.kid != claimed.possession_key.thumbprint() {
-        return Err(fail(
-            ErrorCode::InvalidRegistration,
-            "the registration is not signed by its possession key",
-        ));
-    }
-    let verified = envelope::verify::<DeviceRegistration>(
+    let verified = verify_signed::<DeviceRegistration>(
         registration_jws,
         MessageType::Registration,
         &claimed.possession_key,
-    )
-    .map_err(|_| {
-        fail(
-            ErrorCode::InvalidSignature,
-            "the registration's signature does not verify",
-        )
-    })?;
+        "registration",
+    )?;
     let registration = verified.payload;
-
-    let proof_header = envelope::inspect(proof_jws).map_err(|_| {
-        fail(
-            ErrorCode::InvalidSignature,
-            "the key proof is not a valid signed message",
-        )
-    })?;
-    if proof_header.kid != registration.user_verification_key.thumbprint() {
-        return Err(fail(
-            ErrorCode::InvalidRegistration,
-            "the key proof is not signed by the user-verification key",
-        ));
-    }
-    let proof = envelope::verify::<KeyProof>(
+    let proof = verify_signed::<KeyProof>(
         proof_jws,
         MessageType::KeyProof,
         &registration.user_verification_key,
-    )
-    .map_err(|_| {
-        fail(
-            ErrorCode::InvalidSignature,
-            "the key proof's signature does not verify",
-        )
-    })?;
+        "key proof",
+    )?;
     if !proof.payload.registration_digest.ct_eq(&verified.digest) {
         return Err(fail(
             ErrorCode::InvalidRegistration,
