@@ -9,7 +9,7 @@
 //! tessera-server openapi
 //! ```
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
