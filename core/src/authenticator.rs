@@ -3,8 +3,14 @@
 use std::sync::Arc;
 
 use rand::RngCore;
+use std::time::Duration;
+
 use tessera_protocol::api::{
-    DevicePairingRequest, DevicePairingResponse, EnrollmentStatus, ServerKeysResponse,
+    DevicePairingRequest, DevicePairingResponse, EnrollmentStatus, PendingRequests,
+    ResponseRecorded, ServerKeysResponse, SubmitResponse,
+};
+use tessera_protocol::authentication::{
+    AuthenticationId, AuthenticationKind, AuthenticationRequest, Decision,
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
@@ -21,10 +27,11 @@ use crate::config::AuthenticatorConfig;
 use crate::error::CoreError;
 use crate::key_store::KeyStore;
 use crate::pairing::{ReplyTrust, create_registration, verify_pairing_reply};
+use crate::requests::{IncomingRequest, USER_VERIFICATION_AMR, response_for, verify_request};
 use crate::signer::KeyStoreSigner;
 use crate::state::{DeviceState, PendingMode, PendingPairing, StateStore, StoredEnrollment};
 use crate::storage::SecureStorage;
-use crate::transport::Transport;
+use crate::transport::{DeviceCall, Transport};
 
 /// How long a pending pairing is kept: a registration older than this is refused by the server
 /// anyway.
@@ -303,13 +310,12 @@ impl Authenticator {
         let enrollment = self.stored_enrollment(id).await?;
         let signer =
             KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
+        let path = format!("/v1/device/enrollments/{id}");
         self.transport
             .device_call(
                 &enrollment.server,
-                method,
-                &format!("/v1/device/enrollments/{id}"),
+                DeviceCall::new(method, &path),
                 id,
-                None,
                 &signer,
             )
             .await
@@ -491,6 +497,256 @@ impl Authenticator {
             "paired"
         );
         Ok(enrollment)
+    }
+}
+
+/// What [`Authenticator::handle_push`] did with a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// A request to show to the user.
+    Request(Box<IncomingRequest>),
+    /// A silent verification, answered already; nothing to show.
+    SilentVerificationAnswered {
+        /// The request answered.
+        request_id: AuthenticationId,
+        /// The enrollment that answered.
+        enrollment_id: EnrollmentId,
+    },
+    /// The push named a request that is no longer pending.
+    NothingPending,
+}
+
+impl Authenticator {
+    /// Pending requests of every enrollment, checked against the pinned server keys. Silent
+    /// verifications are answered on the way and not returned.
+    pub async fn pending_requests(&self) -> Result<Vec<IncomingRequest>, CoreError> {
+        let mut out = Vec::new();
+        // Bound first: a guard in the `for` expression would be held for the whole loop.
+        let enrollments = self.state.lock().await.enrollments.clone();
+        for enrollment in enrollments {
+            out.extend(
+                self.fetch_requests(&enrollment.enrollment_id, Duration::ZERO)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Long-polls one enrollment's pending requests: returns as soon as there is one, or after
+    /// `wait` (at most 30 seconds) with none. Silent verifications are answered on the way.
+    pub async fn wait_for_requests(
+        &self,
+        enrollment_id: &EnrollmentId,
+        wait: Duration,
+    ) -> Result<Vec<IncomingRequest>, CoreError> {
+        self.fetch_requests(enrollment_id, wait.min(Duration::from_secs(30)))
+            .await
+    }
+
+    async fn fetch_requests(
+        &self,
+        enrollment_id: &EnrollmentId,
+        wait: Duration,
+    ) -> Result<Vec<IncomingRequest>, CoreError> {
+        let enrollment = self.stored_enrollment(enrollment_id).await?;
+        let signer =
+            KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
+        let path = format!("/v1/device/enrollments/{enrollment_id}/requests");
+        let query = format!("wait={}", wait.as_secs());
+        let mut call = DeviceCall::new(reqwest::Method::GET, &path);
+        call.query = Some(&query);
+        call.timeout = Some(wait + Duration::from_secs(15));
+        let body = self
+            .transport
+            .device_call(&enrollment.server, call, enrollment_id, &signer)
+            .await?;
+        let pending: PendingRequests = serde_json::from_slice(&body)
+            .map_err(|_| CoreError::InvalidServerResponse("unexpected pending requests".into()))?;
+        let mut out = Vec::new();
+        for signed in pending.requests {
+            let request = self.verify_incoming(&enrollment, &signed).await?;
+            if request.kind == AuthenticationKind::Silent {
+                self.answer(&request, Decision::Approve, None, Vec::new())
+                    .await?;
+            } else {
+                out.push(request);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Handles a push payload: the signed request itself (a compact JWS, or JSON
+    /// `{"request": "<jws>"}`), or just its id (`{"request_id": "aut_…", "enrollment_id": "enr_…"}`),
+    /// in which case the request is pulled. Silent verifications are answered here and reported
+    /// as [`PushOutcome::SilentVerificationAnswered`].
+    pub async fn handle_push(&self, payload: &str) -> Result<PushOutcome, CoreError> {
+        let text = payload.trim();
+        let (signed, hint) = if text.starts_with('{') {
+            let value: serde_json::Value = serde_json::from_str(text)
+                .map_err(|_| CoreError::InvalidInput("the push payload is not JSON".into()))?;
+            let signed = value
+                .get("request")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            let hint = match (
+                value.get("request_id").and_then(|v| v.as_str()),
+                value.get("enrollment_id").and_then(|v| v.as_str()),
+            ) {
+                (Some(r), Some(e)) => Some((
+                    r.parse::<AuthenticationId>()
+                        .map_err(|_| CoreError::InvalidInput("malformed request id".into()))?,
+                    e.parse::<EnrollmentId>()
+                        .map_err(|_| CoreError::InvalidInput("malformed enrollment id".into()))?,
+                )),
+                _ => None,
+            };
+            (signed, hint)
+        } else {
+            (Some(text.to_string()), None)
+        };
+        let request = match (signed, hint) {
+            (Some(signed), _) => {
+                let claimed: AuthenticationRequest = envelope::unverified_payload(&signed)
+                    .map_err(|_| {
+                        CoreError::InvalidInput("the push payload is not a request".into())
+                    })?;
+                let enrollment = self.stored_enrollment(&claimed.enrollment_id).await?;
+                self.verify_incoming(&enrollment, &signed).await?
+            }
+            (None, Some((request_id, enrollment_id))) => {
+                let enrollment = self.stored_enrollment(&enrollment_id).await?;
+                let signer =
+                    KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
+                let path = format!("/v1/device/enrollments/{enrollment_id}/requests");
+                let body = self
+                    .transport
+                    .device_call(
+                        &enrollment.server,
+                        DeviceCall::new(reqwest::Method::GET, &path),
+                        &enrollment_id,
+                        &signer,
+                    )
+                    .await?;
+                let pending: PendingRequests = serde_json::from_slice(&body).map_err(|_| {
+                    CoreError::InvalidServerResponse("unexpected pending requests".into())
+                })?;
+                let mut found = None;
+                for signed in pending.requests {
+                    let r = self.verify_incoming(&enrollment, &signed).await?;
+                    if r.request_id == request_id {
+                        found = Some(r);
+                    }
+                }
+                match found {
+                    Some(r) => r,
+                    None => return Ok(PushOutcome::NothingPending),
+                }
+            }
+            (None, None) => {
+                return Err(CoreError::InvalidInput(
+                    "the push payload names no request".into(),
+                ));
+            }
+        };
+        if request.kind == AuthenticationKind::Silent {
+            self.answer(&request, Decision::Approve, None, Vec::new())
+                .await?;
+            return Ok(PushOutcome::SilentVerificationAnswered {
+                request_id: request.request_id,
+                enrollment_id: request.enrollment_id,
+            });
+        }
+        Ok(PushOutcome::Request(Box::new(request)))
+    }
+
+    /// Approves a request. `amr` is what the app reports of how the user was verified (RFC 8176:
+    /// `fpt`, `face`, `pin`, …; empty for a plain swipe). With a user-verification method, or
+    /// when the request requires one, the answer is signed with the user-verification key (on
+    /// platforms usable only after biometrics or the PIN); otherwise with the possession key.
+    pub async fn approve(
+        &self,
+        request: &IncomingRequest,
+        amr: Vec<String>,
+        selected_number: Option<u32>,
+    ) -> Result<ResponseRecorded, CoreError> {
+        self.answer(request, Decision::Approve, selected_number, amr)
+            .await
+    }
+
+    /// Denies a request; `report_fraud` says the user did not start it.
+    pub async fn deny(
+        &self,
+        request: &IncomingRequest,
+        report_fraud: bool,
+    ) -> Result<ResponseRecorded, CoreError> {
+        let decision = if report_fraud {
+            Decision::ReportFraud
+        } else {
+            Decision::Deny
+        };
+        self.answer(request, decision, None, Vec::new()).await
+    }
+
+    async fn verify_incoming(
+        &self,
+        enrollment: &StoredEnrollment,
+        signed: &str,
+    ) -> Result<IncomingRequest, CoreError> {
+        let pinned = self
+            .state
+            .lock()
+            .await
+            .pinned_keys(&enrollment.server)
+            .cloned()
+            .ok_or(CoreError::UntrustedServerKey)?;
+        verify_request(
+            signed,
+            &enrollment.server,
+            &pinned,
+            &enrollment.enrollment_id,
+            &enrollment.user_id,
+            &enrollment.application,
+            now(),
+        )
+    }
+
+    async fn answer(
+        &self,
+        request: &IncomingRequest,
+        decision: Decision,
+        selected_number: Option<u32>,
+        amr: Vec<String>,
+    ) -> Result<ResponseRecorded, CoreError> {
+        let enrollment = self.stored_enrollment(&request.enrollment_id).await?;
+        let response = response_for(
+            request,
+            decision,
+            selected_number,
+            amr,
+            self.config.signals,
+            now(),
+        )?;
+        let with_user_verification = decision == Decision::Approve
+            && (request.require_user_verification
+                || response
+                    .amr
+                    .iter()
+                    .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str())));
+        let alias = if with_user_verification {
+            &enrollment.user_verification_alias
+        } else {
+            &enrollment.possession_alias
+        };
+        let signer = KeyStoreSigner::new(Arc::clone(&self.key_store), alias)?;
+        let signed = envelope::sign(MessageType::AuthenticationResponse, &response, &signer)
+            .map_err(|e| CoreError::KeyStore(e.to_string()))?;
+        self.transport
+            .post_json(
+                &enrollment.server,
+                &format!("/v1/device/authentications/{}/response", request.request_id),
+                &SubmitResponse { response: signed },
+            )
+            .await
     }
 }
 

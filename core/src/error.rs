@@ -39,6 +39,9 @@ pub enum CoreError {
     /// No pending pairing matches this server payload.
     #[error("no pending pairing matches this server payload")]
     UnknownPendingPairing,
+    /// The request expired before it was answered.
+    #[error("the request has expired")]
+    RequestExpired,
     /// No enrollment with this id on this device.
     #[error("no such enrollment on this device")]
     EnrollmentNotFound,
@@ -67,6 +70,7 @@ impl CoreError {
             CoreError::ReplyMismatch(_) => "reply_mismatch",
             CoreError::UnknownPendingPairing => "unknown_pending_pairing",
             CoreError::EnrollmentNotFound => "enrollment_not_found",
+            CoreError::RequestExpired => "request_expired",
             CoreError::KeyStore(_) => "key_store",
             CoreError::Storage(_) => "storage",
             CoreError::StateCorrupted => "state_corrupted",

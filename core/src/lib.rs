@@ -20,16 +20,22 @@ mod config;
 mod error;
 mod key_store;
 mod pairing;
+mod requests;
 mod signer;
 mod state;
 mod storage;
 mod transport;
 
-pub use authenticator::{Authenticator, Enrollment};
+pub use authenticator::{Authenticator, Enrollment, PushOutcome};
 pub use config::AuthenticatorConfig;
 pub use error::CoreError;
 pub use key_store::{KeyPurpose, KeyStore, KeyStoreError, SoftwareKeyStore};
 pub use pairing::{ReplyTrust, verify_pairing_reply};
+pub use requests::IncomingRequest;
 pub use signer::KeyStoreSigner;
 pub use storage::{FileStorage, SecureStorage, StorageError};
 pub use tessera_protocol::api::EnrollmentStatus;
+pub use tessera_protocol::api::ResponseRecorded;
+pub use tessera_protocol::authentication::{
+    AccessContext, AuthenticationKind, AuthenticationState, Decision, DisplayField,
+};

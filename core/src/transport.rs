@@ -87,29 +87,34 @@ impl Transport {
     pub async fn device_call(
         &self,
         server: &ServerUrl,
-        method: reqwest::Method,
-        path: &str,
+        call: DeviceCall<'_>,
         enrollment_id: &EnrollmentId,
-        body: Option<Vec<u8>>,
-        signer: &dyn EnvelopeSigner,
+        signer: &(dyn EnvelopeSigner + Sync),
     ) -> Result<Vec<u8>, CoreError> {
         self.check_server(server)?;
-        let body_bytes = body.unwrap_or_default();
+        let body_bytes = call.body.unwrap_or_default();
         let claims = DeviceRequestClaims {
             v: PROTOCOL_VERSION,
             enrollment_id: enrollment_id.clone(),
-            method: method.as_str().to_string(),
-            path: path.to_string(),
+            method: call.method.as_str().to_string(),
+            path: call.path.to_string(),
             body_digest: Sha256Digest::of_bytes(&body_bytes),
             issued_at: tessera_protocol::time::now(),
             nonce: DeviceRegistration::new_nonce(),
         };
         let jws = envelope::sign(MessageType::DeviceRequest, &claims, signer)
             .map_err(|e| CoreError::KeyStore(e.to_string()))?;
+        let url = match call.query {
+            Some(q) => format!("{}?{q}", server.endpoint(call.path)),
+            None => server.endpoint(call.path),
+        };
         let mut request = self
             .http
-            .request(method, server.endpoint(path))
+            .request(call.method, url)
             .header("authorization", format!("{AUTHORIZATION_SCHEME} {jws}"));
+        if let Some(timeout) = call.timeout {
+            request = request.timeout(timeout);
+        }
         if !body_bytes.is_empty() {
             request = request
                 .header("content-type", "application/json")
@@ -120,6 +125,27 @@ impl Transport {
             read_limited(response).await
         } else {
             Err(server_error(response).await)
+        }
+    }
+}
+
+/// One device-signed call: what is signed (method, path, body) and what is not (query, timeout).
+pub(crate) struct DeviceCall<'a> {
+    pub method: reqwest::Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub body: Option<Vec<u8>>,
+    pub timeout: Option<Duration>,
+}
+
+impl<'a> DeviceCall<'a> {
+    pub fn new(method: reqwest::Method, path: &'a str) -> Self {
+        Self {
+            method,
+            path,
+            query: None,
+            body: None,
+            timeout: None,
         }
     }
 }

@@ -4,9 +4,10 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_protocol::api::{
-    CreateUserRequest, DeviceList, RelayPairingRequest, RelayPairingResponse, StartPairingRequest,
-    StartPairingResponse, User,
+    AuthenticationStatus, CreateAuthenticationRequest, CreateUserRequest, DeviceList,
+    RelayPairingRequest, RelayPairingResponse, StartPairingRequest, StartPairingResponse, User,
 };
+use tessera_protocol::authentication::AuthenticationId;
 use tessera_protocol::error::{ErrorBody, ErrorCode};
 use tessera_protocol::ids::{EnrollmentId, UserId};
 
@@ -123,6 +124,35 @@ impl CustomerApi {
     pub async fn list_devices(&self, user_id: &str) -> Result<DeviceList, CustomerApiError> {
         self.send::<(), _>(reqwest::Method::GET, &user_path(user_id, "/devices"), None)
             .await
+    }
+
+    /// `POST /v1/users/{user_id}/authentications`: asks the user's device.
+    pub async fn create_authentication(
+        &self,
+        user_id: &str,
+        request: &CreateAuthenticationRequest,
+    ) -> Result<AuthenticationStatus, CustomerApiError> {
+        self.send(
+            reqwest::Method::POST,
+            &user_path(user_id, "/authentications"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `GET /v1/authentications/{id}?wait=N`: the state, waiting up to `wait_seconds` for the
+    /// device's answer.
+    pub async fn authentication(
+        &self,
+        id: &AuthenticationId,
+        wait_seconds: u64,
+    ) -> Result<AuthenticationStatus, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/authentications/{id}?wait={wait_seconds}"),
+            None,
+        )
+        .await
     }
 
     /// `DELETE /v1/users/{user_id}/devices/{enrollment_id}`.

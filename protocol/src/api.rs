@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::authentication::{
+    AuthenticationId, AuthenticationKind, AuthenticationState, Decision, DisplayField,
+};
 use crate::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
 use crate::jwk::JwkSet;
 use crate::pairing::{DeviceInfo, DeviceSignals, ServerUrl};
@@ -194,4 +197,105 @@ impl std::fmt::Debug for CreatedApplication {
             self.application_id, self.name
         )
     }
+}
+
+/// `POST /v1/users/{user_id}/authentications`: ask the user's device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateAuthenticationRequest {
+    /// Approval, transaction or silent verification.
+    pub kind: AuthenticationKind,
+    /// The device to ask; by default the user's primary device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_id: Option<EnrollmentId>,
+    /// The headline shown (transactions; approvals default to "Sign in to <app>?").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Ordered fields shown to the user (transactions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<DisplayField>,
+    /// Fields bound but not shown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden_fields: Vec<DisplayField>,
+    /// The accessing device's IP address, shown to the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accessing_ip: Option<String>,
+    /// A location text for the accessing device, shown to the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accessing_location: Option<String>,
+    /// An icon URL for the application, shown to the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_icon_url: Option<String>,
+    /// Seconds until it expires (10 to 900; default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u32>,
+    /// Number matching: the answer must carry the number the web page shows.
+    #[serde(default)]
+    pub number_matching: bool,
+    /// The answer must be signed with the user-verification key (biometrics or device PIN).
+    #[serde(default)]
+    pub require_user_verification: bool,
+}
+
+/// An authentication as the customer sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuthenticationStatus {
+    /// Its id.
+    pub authentication_id: AuthenticationId,
+    /// The user asked.
+    pub user_id: UserId,
+    /// The device asked.
+    pub enrollment_id: EnrollmentId,
+    /// The kind.
+    pub kind: AuthenticationKind,
+    /// The state.
+    pub state: AuthenticationState,
+    /// The device's decision, once answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    /// Number matching: the number to show on the web page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_to_show: Option<u32>,
+    /// When it expires.
+    pub expires_at: UnixSeconds,
+    /// When it was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<UnixSeconds>,
+    /// The authentication attributes (`pingid.authentication.*`), once answered.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The server-signed request, for the relying party to verify itself.
+    pub signed_request: String,
+    /// The device-signed answer, once answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_response: Option<String>,
+}
+
+/// `GET /v1/device/enrollments/{enrollment_id}/requests`: the device's pending requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PendingRequests {
+    /// Signed [`crate::authentication::AuthenticationRequest`]s, oldest first.
+    pub requests: Vec<String>,
+}
+
+/// `POST /v1/device/authentications/{authentication_id}/response`: the device's signed answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SubmitResponse {
+    /// The signed [`crate::authentication::AuthenticationResponse`].
+    pub response: String,
+}
+
+/// The outcome recorded for a submitted answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResponseRecorded {
+    /// The authentication.
+    pub authentication_id: AuthenticationId,
+    /// Its state after the answer.
+    pub state: AuthenticationState,
 }

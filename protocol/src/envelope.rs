@@ -41,6 +41,10 @@ pub enum MessageType {
     ServerKeySet,
     /// A device-authenticated API call.
     DeviceRequest,
+    /// An authentication request to a device.
+    AuthenticationRequest,
+    /// A device's answer to an authentication request.
+    AuthenticationResponse,
 }
 
 impl MessageType {
@@ -52,6 +56,8 @@ impl MessageType {
             MessageType::PairingReply => "tessera-pairing-reply+jws",
             MessageType::ServerKeySet => "tessera-key-set+jws",
             MessageType::DeviceRequest => "tessera-device-request+jws",
+            MessageType::AuthenticationRequest => "tessera-auth-request+jws",
+            MessageType::AuthenticationResponse => "tessera-auth-response+jws",
         }
     }
 }

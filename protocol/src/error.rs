@@ -51,6 +51,16 @@ pub enum ErrorCode {
     AudienceMismatch,
     /// The request conflicts with the current state.
     Conflict,
+    /// No such authentication.
+    AuthenticationNotFound,
+    /// The authentication expired before it was answered.
+    AuthenticationExpired,
+    /// The authentication was already answered differently.
+    AlreadyAnswered,
+    /// A signed answer does not match the request (nonce, parameters, number, key).
+    ResponseMismatch,
+    /// The user has no paired device to ask.
+    NoDevice,
     /// An unexpected server error.
     InternalError,
     /// The server cannot serve now (database unavailable).
@@ -84,6 +94,11 @@ impl ErrorCode {
             ErrorCode::ReplayedMessage => "replayed_message",
             ErrorCode::AudienceMismatch => "audience_mismatch",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::AuthenticationNotFound => "authentication_not_found",
+            ErrorCode::AuthenticationExpired => "authentication_expired",
+            ErrorCode::AlreadyAnswered => "already_answered",
+            ErrorCode::ResponseMismatch => "response_mismatch",
+            ErrorCode::NoDevice => "no_device",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::Unknown => "unknown",
@@ -101,11 +116,20 @@ impl ErrorCode {
             | ErrorCode::InvalidMobilePayload
             | ErrorCode::StaleMessage
             | ErrorCode::AudienceMismatch
-            | ErrorCode::InvalidPairingCode => 400,
+            | ErrorCode::InvalidPairingCode
+            | ErrorCode::ResponseMismatch => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::NotFound | ErrorCode::UserNotFound | ErrorCode::DeviceNotFound => 404,
+            ErrorCode::NotFound
+            | ErrorCode::UserNotFound
+            | ErrorCode::DeviceNotFound
+            | ErrorCode::AuthenticationNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::UserAlreadyExists | ErrorCode::Conflict | ErrorCode::ReplayedMessage => 409,
+            ErrorCode::UserAlreadyExists
+            | ErrorCode::Conflict
+            | ErrorCode::ReplayedMessage
+            | ErrorCode::AlreadyAnswered
+            | ErrorCode::NoDevice => 409,
+            ErrorCode::AuthenticationExpired => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,

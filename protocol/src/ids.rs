@@ -90,6 +90,11 @@ random_id!(
     "dev_"
 );
 random_id!(
+    /// One authentication: a question to a device and its answer.
+    AuthenticationId,
+    "aut_"
+);
+random_id!(
     /// One pairing of one device with one user of one application.
     EnrollmentId,
     "enr_"

@@ -11,6 +11,8 @@
 //! - [`envelope`]: the signed envelope, a compact JWS (RFC 7515) with `ES256` and a `kid`.
 //! - [`pairing`]: pairing codes, pairing URIs, the device registration, the mobile payload and
 //!   the server's signed pairing reply (the server payload).
+//! - [`authentication`]: authentication requests (approval, transaction with dynamic parameters,
+//!   silent verification) and the device's signed answers.
 //! - [`device_auth`]: device-authenticated API calls (a request signed by the possession key).
 //! - [`api`]: request and response bodies of the customer API and the device API.
 //! - [`error`]: stable error codes and the JSON error body every API uses.
@@ -52,6 +54,7 @@ macro_rules! openapi_schema {
 pub(crate) use openapi_schema;
 
 pub mod api;
+pub mod authentication;
 pub mod canonical;
 pub mod device_auth;
 pub mod envelope;

@@ -352,3 +352,42 @@ impl RawDevice {
         format!("{AUTHORIZATION_SCHEME} {jws}")
     }
 }
+
+/// A customer request for an approval, a transaction or a silent verification, with defaults.
+pub fn ask(
+    kind: tessera_protocol::authentication::AuthenticationKind,
+) -> tessera_protocol::api::CreateAuthenticationRequest {
+    tessera_protocol::api::CreateAuthenticationRequest {
+        kind,
+        enrollment_id: None,
+        message: None,
+        fields: Vec::new(),
+        hidden_fields: Vec::new(),
+        accessing_ip: None,
+        accessing_location: None,
+        application_icon_url: None,
+        expires_in: None,
+        number_matching: false,
+        require_user_verification: false,
+    }
+}
+
+/// A transaction: "Pay 120.00 EUR to ACME GmbH?" with amount, payee and IBAN, and a hidden
+/// reference.
+pub fn payment() -> tessera_protocol::api::CreateAuthenticationRequest {
+    use tessera_protocol::authentication::{AuthenticationKind, DisplayField};
+    let field = |label: &str, value: &str| DisplayField {
+        label: label.into(),
+        value: value.into(),
+    };
+    tessera_protocol::api::CreateAuthenticationRequest {
+        message: Some("Pay 120.00 EUR to ACME GmbH?".into()),
+        fields: vec![
+            field("Amount", "120.00 EUR"),
+            field("Payee", "ACME GmbH"),
+            field("IBAN", "DE89 3704 0044 0532 0130 00"),
+        ],
+        hidden_fields: vec![field("Reference", "order-4711")],
+        ..ask(AuthenticationKind::Transaction)
+    }
+}

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state, the OpenAPI document, and per-request metrics and logs.
 
+mod authentications;
 mod device;
 pub(crate) mod errors;
 mod extract;
@@ -48,6 +49,10 @@ pub(crate) struct AppState {
         pairing::start_pairing,
         pairing::relay_pairing,
         pairing::device_pairing,
+        authentications::create_authentication,
+        authentications::get_authentication,
+        authentications::pending_requests,
+        authentications::submit_response,
         device::server_keys,
         device::enrollment_status,
         device::unpair,
@@ -83,6 +88,22 @@ pub(crate) fn router(state: AppState) -> Router {
             post(pairing::relay_pairing),
         )
         .route("/v1/device/pairings", post(pairing::device_pairing))
+        .route(
+            "/v1/users/{user_id}/authentications",
+            post(authentications::create_authentication),
+        )
+        .route(
+            "/v1/authentications/{authentication_id}",
+            get(authentications::get_authentication),
+        )
+        .route(
+            "/v1/device/enrollments/{enrollment_id}/requests",
+            get(authentications::pending_requests),
+        )
+        .route(
+            "/v1/device/authentications/{authentication_id}/response",
+            post(authentications::submit_response),
+        )
         .route("/v1/server-keys", get(device::server_keys))
         .route(
             "/v1/device/enrollments/{enrollment_id}",

@@ -6,6 +6,7 @@
 //! writers never deadlock upgrading read locks.
 
 pub mod applications;
+pub mod authentications;
 pub mod enrollments;
 pub mod nonces;
 pub mod pairing_codes;

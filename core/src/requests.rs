@@ -1,0 +1,344 @@
+//! Incoming authentication requests: checking what the server sent, and the signed answer.
+
+use tessera_protocol::PROTOCOL_VERSION;
+use tessera_protocol::authentication::{
+    AccessContext, AuthenticationId, AuthenticationKind, AuthenticationRequest,
+    AuthenticationResponse, Decision, DisplayField,
+};
+use tessera_protocol::envelope::{self, EnvelopeError, MessageType};
+use tessera_protocol::ids::{EnrollmentId, UserId};
+use tessera_protocol::jwk::JwkSet;
+use tessera_protocol::pairing::{ApplicationInfo, DeviceSignals, ServerUrl};
+use tessera_protocol::time::UnixSeconds;
+
+use crate::error::CoreError;
+
+/// RFC 8176 methods that verify the user (biometrics, PIN, password).
+pub(crate) const USER_VERIFICATION_AMR: &[&str] = &["face", "fpt", "iris", "retina", "pin", "pwd"];
+
+/// A request the server signed and this device checked, with exactly what to display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingRequest {
+    /// The request's id.
+    pub request_id: AuthenticationId,
+    /// The enrollment asked.
+    pub enrollment_id: EnrollmentId,
+    /// The user asked (on a multi-user device, whom to show it to).
+    pub user_id: UserId,
+    /// The server.
+    pub server: ServerUrl,
+    /// The application.
+    pub application: ApplicationInfo,
+    /// Approval, transaction or silent verification.
+    pub kind: AuthenticationKind,
+    /// The headline to show.
+    pub message: String,
+    /// The fields to show, in order.
+    pub fields: Vec<DisplayField>,
+    /// Where the sign-in comes from (application, accessing IP and location).
+    pub context: AccessContext,
+    /// Number matching: the numbers to offer; the user picks the one the web page shows.
+    pub number_choices: Option<Vec<u32>>,
+    /// Whether approving needs biometrics or the device PIN.
+    pub require_user_verification: bool,
+    /// When it expires.
+    pub expires_at: UnixSeconds,
+    pub(crate) request: AuthenticationRequest,
+}
+
+/// Checks a signed request against the keys pinned for its server and the enrollment it names.
+pub(crate) fn verify_request(
+    signed: &str,
+    server: &ServerUrl,
+    pinned: &JwkSet,
+    enrollment_id: &EnrollmentId,
+    user_id: &UserId,
+    application: &ApplicationInfo,
+    now: UnixSeconds,
+) -> Result<IncomingRequest, CoreError> {
+    let verified = envelope::verify_with_set::<AuthenticationRequest>(
+        signed,
+        MessageType::AuthenticationRequest,
+        pinned,
+    )
+    .map_err(|e| match e {
+        EnvelopeError::UnknownKey | EnvelopeError::BadSignature => CoreError::UntrustedServerKey,
+        _ => CoreError::InvalidServerResponse("the request is malformed".into()),
+    })?;
+    let request = verified.payload;
+    if request.v != PROTOCOL_VERSION {
+        return Err(CoreError::ReplyMismatch("unsupported protocol version"));
+    }
+    if &request.issuer != server {
+        return Err(CoreError::ReplyMismatch("issued by another server"));
+    }
+    if &request.enrollment_id != enrollment_id || &request.user_id != user_id {
+        return Err(CoreError::ReplyMismatch("meant for another enrollment"));
+    }
+    let digest = request
+        .parameters
+        .digest()
+        .map_err(|_| CoreError::InvalidServerResponse("the parameters cannot be encoded".into()))?;
+    if !digest.ct_eq(&request.parameters_digest) {
+        return Err(CoreError::ReplyMismatch(
+            "the parameters do not match their digest",
+        ));
+    }
+    if now >= request.expires_at {
+        return Err(CoreError::RequestExpired);
+    }
+    if request.kind == AuthenticationKind::Silent
+        && (request.number_choices.is_some() || request.require_user_verification)
+    {
+        return Err(CoreError::ReplyMismatch(
+            "a silent verification asks nothing of the user",
+        ));
+    }
+    Ok(IncomingRequest {
+        request_id: request.request_id.clone(),
+        enrollment_id: request.enrollment_id.clone(),
+        user_id: request.user_id.clone(),
+        server: server.clone(),
+        application: application.clone(),
+        kind: request.kind,
+        message: request.parameters.message.clone(),
+        fields: request.parameters.fields.clone(),
+        context: request.context.clone(),
+        number_choices: request.number_choices.clone(),
+        require_user_verification: request.require_user_verification,
+        expires_at: request.expires_at,
+        request,
+    })
+}
+
+/// The answer to sign for a request.
+pub(crate) fn response_for(
+    request: &IncomingRequest,
+    decision: Decision,
+    selected_number: Option<u32>,
+    amr: Vec<String>,
+    signals: DeviceSignals,
+    now: UnixSeconds,
+) -> Result<AuthenticationResponse, CoreError> {
+    if decision == Decision::Approve {
+        if let Some(choices) = &request.number_choices {
+            match selected_number {
+                Some(n) if choices.contains(&n) => {}
+                Some(_) => {
+                    return Err(CoreError::InvalidInput(
+                        "the selected number was not offered".into(),
+                    ));
+                }
+                None => {
+                    return Err(CoreError::InvalidInput(
+                        "this request needs the number shown on the web page".into(),
+                    ));
+                }
+            }
+        }
+        if request.require_user_verification
+            && !amr
+                .iter()
+                .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str()))
+        {
+            return Err(CoreError::InvalidInput(
+                "this request needs biometrics or the device PIN (amr fpt, face, iris, pin...)"
+                    .into(),
+            ));
+        }
+    } else if request.kind == AuthenticationKind::Silent {
+        return Err(CoreError::InvalidInput(
+            "a silent verification cannot be denied".into(),
+        ));
+    }
+    Ok(AuthenticationResponse {
+        v: PROTOCOL_VERSION,
+        request_id: request.request_id.clone(),
+        enrollment_id: request.enrollment_id.clone(),
+        request_nonce: request.request.nonce.clone(),
+        decision,
+        parameters_digest: request.request.parameters_digest,
+        selected_number: if decision == Decision::Approve {
+            selected_number
+        } else {
+            None
+        },
+        amr,
+        signals,
+        issued_at: now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_protocol::authentication::DynamicParameters;
+    use tessera_protocol::envelope::SoftwareSigningKey;
+    use tessera_protocol::ids::ApplicationId;
+
+    struct Fixture {
+        key: SoftwareSigningKey,
+        server: ServerUrl,
+        enrollment: EnrollmentId,
+        user: UserId,
+        app: ApplicationInfo,
+    }
+
+    fn fixture() -> Fixture {
+        Fixture {
+            key: SoftwareSigningKey::generate(),
+            server: ServerUrl::parse("https://auth.example.com").unwrap(),
+            enrollment: EnrollmentId::generate(),
+            user: "alice".parse().unwrap(),
+            app: ApplicationInfo {
+                id: ApplicationId::generate(),
+                name: "Bank".into(),
+            },
+        }
+    }
+
+    fn request(f: &Fixture, expires_at: UnixSeconds) -> AuthenticationRequest {
+        let parameters = DynamicParameters {
+            message: "Pay?".into(),
+            fields: vec![DisplayField {
+                label: "Amount".into(),
+                value: "1 EUR".into(),
+            }],
+            hidden_fields: vec![],
+        };
+        AuthenticationRequest {
+            v: 1,
+            request_id: AuthenticationId::generate(),
+            issuer: f.server.clone(),
+            enrollment_id: f.enrollment.clone(),
+            user_id: f.user.clone(),
+            kind: AuthenticationKind::Transaction,
+            parameters_digest: parameters.digest().unwrap(),
+            parameters,
+            context: AccessContext::default(),
+            number_choices: Some(vec![11, 22, 33]),
+            require_user_verification: true,
+            nonce: "n".into(),
+            issued_at: 100,
+            expires_at,
+        }
+    }
+
+    fn check(
+        f: &Fixture,
+        r: &AuthenticationRequest,
+        now: UnixSeconds,
+    ) -> Result<IncomingRequest, CoreError> {
+        let signed = envelope::sign(MessageType::AuthenticationRequest, r, &f.key).unwrap();
+        let pinned = JwkSet {
+            keys: vec![f.key.public_jwk()],
+        };
+        verify_request(
+            &signed,
+            &f.server,
+            &pinned,
+            &f.enrollment,
+            &f.user,
+            &f.app,
+            now,
+        )
+    }
+
+    #[test]
+    fn requests_are_checked_before_anything_is_shown() {
+        let f = fixture();
+        let good = request(&f, 200);
+        let shown = check(&f, &good, 150).unwrap();
+        assert_eq!(shown.fields, good.parameters.fields);
+        assert_eq!(
+            check(&f, &good, 200).unwrap_err(),
+            CoreError::RequestExpired
+        );
+
+        let mut digest_mismatch = good.clone();
+        digest_mismatch.parameters.fields[0].value = "1000 EUR".into();
+        assert!(matches!(
+            check(&f, &digest_mismatch, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+        let mut other_user = good.clone();
+        other_user.user_id = "bob".parse().unwrap();
+        assert!(matches!(
+            check(&f, &other_user, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+        let mut other_server = good.clone();
+        other_server.issuer = ServerUrl::parse("https://evil.example").unwrap();
+        assert!(matches!(
+            check(&f, &other_server, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+        let mut loud_silent = good.clone();
+        loud_silent.kind = AuthenticationKind::Silent;
+        assert!(matches!(
+            check(&f, &loud_silent, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn answers_need_an_offered_number_and_user_verification_when_asked() {
+        let f = fixture();
+        let shown = check(&f, &request(&f, 200), 150).unwrap();
+        let fpt = vec!["fpt".to_string()];
+        assert!(
+            response_for(
+                &shown,
+                Decision::Approve,
+                None,
+                fpt.clone(),
+                DeviceSignals::default(),
+                150
+            )
+            .is_err()
+        );
+        assert!(
+            response_for(
+                &shown,
+                Decision::Approve,
+                Some(44),
+                fpt.clone(),
+                DeviceSignals::default(),
+                150
+            )
+            .is_err()
+        );
+        assert!(
+            response_for(
+                &shown,
+                Decision::Approve,
+                Some(22),
+                vec![],
+                DeviceSignals::default(),
+                150
+            )
+            .is_err()
+        );
+        let ok = response_for(
+            &shown,
+            Decision::Approve,
+            Some(22),
+            fpt,
+            DeviceSignals::default(),
+            150,
+        )
+        .unwrap();
+        assert_eq!(ok.parameters_digest, shown.request.parameters_digest);
+        assert_eq!(ok.request_nonce, "n");
+        let deny = response_for(
+            &shown,
+            Decision::Deny,
+            Some(22),
+            vec![],
+            DeviceSignals::default(),
+            150,
+        )
+        .unwrap();
+        assert_eq!(deny.selected_number, None, "a denial carries no number");
+    }
+}

@@ -1,0 +1,505 @@
+//! Authentications: the customer asks a user's device; the device pulls its pending requests and
+//! answers with a signed response bound to exactly what it was shown.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tessera_protocol::api::{
+    AuthenticationStatus, CreateAuthenticationRequest, PendingRequests, ResponseRecorded,
+    SubmitResponse,
+};
+use tessera_protocol::authentication::{
+    AccessContext, AuthenticationId, AuthenticationKind, AuthenticationRequest,
+    AuthenticationResponse, AuthenticationState, Decision, DisplayField, DynamicParameters,
+};
+use tessera_protocol::envelope::{self, MessageType};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::EnrollmentId;
+use tessera_protocol::pairing::DeviceRegistration;
+use tessera_protocol::{PROTOCOL_VERSION, time};
+
+use super::AppState;
+use super::device::authenticate_device;
+use super::errors::ApiError;
+use super::extract::{ApiJson, AppAuth, ClientAddr};
+use super::users::{parse_user_id, require_user};
+use crate::db::authentications::{self, Authentication};
+use crate::db::enrollments::{self, Enrollment};
+
+const MAX_WAIT_SECONDS: u64 = 30;
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+const MAX_FIELDS: usize = 20;
+/// RFC 8176 authentication method reference values.
+const AMR_VALUES: &[&str] = &[
+    "face", "fpt", "geo", "hwk", "iris", "kba", "mca", "mfa", "otp", "pin", "pop", "pwd", "rba",
+    "retina", "sc", "sms", "swk", "tel", "user", "vbm", "wia",
+];
+/// Methods that verify the user (not just their presence).
+const USER_VERIFICATION_AMR: &[&str] = &["face", "fpt", "iris", "retina", "pin", "pwd"];
+const BIOMETRIC_AMR: &[&str] = &["face", "fpt", "iris", "retina"];
+
+/// `?wait=SECONDS` for long-polls.
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+pub(crate) struct WaitQuery {
+    /// Seconds to wait for a change (at most 30).
+    #[serde(default)]
+    pub wait: Option<u64>,
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, message)
+}
+
+fn check_text(text: &str, max: usize, what: &str) -> Result<(), ApiError> {
+    if text.chars().count() > max || text.chars().any(char::is_control) {
+        return Err(invalid(&format!(
+            "{what} is too long or has control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_fields(fields: &[DisplayField]) -> Result<(), ApiError> {
+    if fields.len() > MAX_FIELDS {
+        return Err(invalid("too many fields"));
+    }
+    for f in fields {
+        if f.label.trim().is_empty() {
+            return Err(invalid("a field has an empty label"));
+        }
+        check_text(&f.label, 64, "a field label")?;
+        check_text(&f.value, 256, "a field value")?;
+    }
+    Ok(())
+}
+
+/// Number matching: the number the page shows and three choices for the device, shuffled.
+fn number_matching() -> (u32, Vec<u32>) {
+    let mut rng = rand::rngs::OsRng;
+    let mut choices: Vec<u32> = Vec::with_capacity(3);
+    while choices.len() < 3 {
+        let n = rng.gen_range(10..100);
+        if !choices.contains(&n) {
+            choices.push(n);
+        }
+    }
+    let correct = choices[0];
+    choices.shuffle(&mut rng);
+    (correct, choices)
+}
+
+/// Asks a user's device.
+#[utoipa::path(post, path = "/v1/users/{user_id}/authentications", tag = "customer",
+    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    request_body = CreateAuthenticationRequest,
+    responses((status = 201, body = AuthenticationStatus),
+              (status = 404, description = "user_not_found, device_not_found", body = tessera_protocol::error::ErrorBody),
+              (status = 409, description = "no_device", body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn create_authentication(
+    State(state): State<AppState>,
+    auth: AppAuth,
+    Path(user_id): Path<String>,
+    ApiJson(body): ApiJson<CreateAuthenticationRequest>,
+) -> Result<(StatusCode, Json<AuthenticationStatus>), ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    require_user(&state, &auth, &user_id).await?;
+    let expires_in = body.expires_in.unwrap_or(120);
+    if !(10..=900).contains(&expires_in) {
+        return Err(invalid("expires_in must be between 10 and 900 seconds"));
+    }
+    check_fields(&body.fields)?;
+    check_fields(&body.hidden_fields)?;
+    for (text, what) in [
+        (&body.message, "message"),
+        (&body.accessing_ip, "accessing_ip"),
+        (&body.accessing_location, "accessing_location"),
+        (&body.application_icon_url, "application_icon_url"),
+    ] {
+        if let Some(t) = text {
+            check_text(t, 256, what)?;
+        }
+    }
+    let app_name = auth.0.name.clone();
+    let parameters = match body.kind {
+        AuthenticationKind::Approval => DynamicParameters {
+            message: body
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("Sign in to {app_name}?")),
+            fields: body.fields.clone(),
+            hidden_fields: body.hidden_fields.clone(),
+        },
+        AuthenticationKind::Transaction => {
+            let message = body
+                .message
+                .clone()
+                .filter(|m| !m.trim().is_empty())
+                .ok_or_else(|| invalid("a transaction needs a message"))?;
+            if body.fields.is_empty() {
+                return Err(invalid("a transaction needs at least one field"));
+            }
+            DynamicParameters {
+                message,
+                fields: body.fields.clone(),
+                hidden_fields: body.hidden_fields.clone(),
+            }
+        }
+        AuthenticationKind::Silent => {
+            if body.number_matching
+                || body.require_user_verification
+                || body.message.is_some()
+                || !body.fields.is_empty()
+            {
+                return Err(invalid(
+                    "a silent verification shows nothing: no message, fields, number matching or user verification",
+                ));
+            }
+            DynamicParameters::default()
+        }
+    };
+    let device = pick_device(&state, &auth, &user_id, body.enrollment_id.as_ref()).await?;
+    let (number_to_show, number_choices) = if body.number_matching {
+        let (n, choices) = number_matching();
+        (Some(n), Some(choices))
+    } else {
+        (None, None)
+    };
+    let now = time::now();
+    let parameters_digest = parameters
+        .digest()
+        .map_err(|_| invalid("parameters cannot be encoded"))?;
+    let request = AuthenticationRequest {
+        v: PROTOCOL_VERSION,
+        request_id: AuthenticationId::generate(),
+        issuer: state.public_url.clone(),
+        enrollment_id: device.enrollment_id.clone(),
+        user_id: user_id.clone(),
+        kind: body.kind,
+        parameters,
+        parameters_digest,
+        context: AccessContext {
+            application_name: app_name,
+            application_icon_url: body.application_icon_url.clone(),
+            ip: body.accessing_ip.clone(),
+            location: body.accessing_location.clone(),
+        },
+        number_choices,
+        require_user_verification: body.require_user_verification,
+        nonce: DeviceRegistration::new_nonce(),
+        issued_at: now,
+        expires_at: now + i64::from(expires_in),
+    };
+    let signed_request = state
+        .keys
+        .sign(MessageType::AuthenticationRequest, &request)
+        .map_err(|_| ApiError::new(ErrorCode::InternalError, "internal error"))?;
+    let record = Authentication {
+        id: request.request_id.clone(),
+        application_id: auth.0.id.clone(),
+        user_id,
+        enrollment_id: device.enrollment_id,
+        kind: body.kind,
+        signed_request,
+        parameters_digest: parameters_digest.to_string(),
+        nonce: request.nonce.clone(),
+        number_to_show,
+        require_user_verification: body.require_user_verification,
+        accessing_ip: body.accessing_ip,
+        state: AuthenticationState::Pending,
+        decision: None,
+        signed_response: None,
+        attributes: None,
+        created_at: now,
+        expires_at: request.expires_at,
+        answered_at: None,
+    };
+    authentications::insert(&state.db, &record).await?;
+    tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
+    Ok((StatusCode::CREATED, Json(record.status())))
+}
+
+async fn pick_device(
+    state: &AppState,
+    auth: &AppAuth,
+    user_id: &tessera_protocol::ids::UserId,
+    wanted: Option<&EnrollmentId>,
+) -> Result<Enrollment, ApiError> {
+    let devices = enrollments::list_for_user(&state.db, &auth.0.id, user_id).await?;
+    match wanted {
+        Some(id) => devices
+            .into_iter()
+            .find(|d| &d.enrollment_id == id)
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::DeviceNotFound, "no such device for this user")
+            }),
+        None => {
+            let primary = devices.iter().position(|d| d.is_primary).unwrap_or(0);
+            devices
+                .into_iter()
+                .nth(primary)
+                .ok_or_else(|| ApiError::new(ErrorCode::NoDevice, "the user has no paired device"))
+        }
+    }
+}
+
+async fn load(state: &AppState, id: &AuthenticationId) -> Result<Authentication, ApiError> {
+    authentications::get(&state.db, id, time::now())
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::AuthenticationNotFound, "no such authentication"))
+}
+
+fn parse_id(raw: &str) -> Result<AuthenticationId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::new(ErrorCode::AuthenticationNotFound, "no such authentication"))
+}
+
+/// An authentication's state; `?wait=N` holds the answer until it changes from pending (or N
+/// seconds pass, at most 30).
+#[utoipa::path(get, path = "/v1/authentications/{authentication_id}", tag = "customer",
+    params(("authentication_id" = String, Path, description = "The authentication"), WaitQuery),
+    responses((status = 200, body = AuthenticationStatus), (status = 404, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn get_authentication(
+    State(state): State<AppState>,
+    auth: AppAuth,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<AuthenticationStatus>, ApiError> {
+    let id = parse_id(&id)?;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
+    loop {
+        let current = load(&state, &id).await?;
+        if current.application_id != auth.0.id {
+            return Err(ApiError::new(
+                ErrorCode::AuthenticationNotFound,
+                "no such authentication",
+            ));
+        }
+        if current.state != AuthenticationState::Pending || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(Json(current.status()));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The calling device's pending requests (device-signed); `?wait=N` holds the answer until
+/// there is one (or N seconds pass, at most 30).
+#[utoipa::path(get, path = "/v1/device/enrollments/{enrollment_id}/requests", tag = "device",
+    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for"), WaitQuery),
+    responses((status = 200, body = PendingRequests), (status = 401, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn pending_requests(
+    State(state): State<AppState>,
+    Path(enrollment_id): Path<String>,
+    Query(query): Query<WaitQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<PendingRequests>, ApiError> {
+    let enrollment = authenticate_device(&state, &headers, &method, uri.path(), b"").await?;
+    if enrollment.enrollment_id.as_str() != enrollment_id {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "a valid device signature is required",
+        ));
+    }
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
+    loop {
+        let requests =
+            authentications::pending_for(&state.db, &enrollment.enrollment_id, time::now()).await?;
+        if !requests.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(PendingRequests { requests }));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn mismatch(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::ResponseMismatch, message)
+}
+
+/// The authentication attributes a relying party evaluates, named as PingID names them.
+fn attributes(
+    record: &Authentication,
+    device: &Enrollment,
+    response: &AuthenticationResponse,
+    signed_with_user_verification: bool,
+    device_ip: &str,
+) -> BTreeMap<String, Value> {
+    let auth_type = if record.kind == AuthenticationKind::Silent {
+        "POLICY_APPROVE"
+    } else if signed_with_user_verification
+        && response
+            .amr
+            .iter()
+            .any(|m| BIOMETRIC_AMR.contains(&m.as_str()))
+    {
+        "MOBILE_APP_BIOMETRICS"
+    } else {
+        "MOBILE_APP_SWIPE"
+    };
+    let p = "pingid.authentication.";
+    let mut a = BTreeMap::new();
+    a.insert(format!("{p}type"), json!(auth_type));
+    let d = format!("{p}authenticating.device.");
+    a.insert(format!("{d}id"), json!(device.device_id));
+    a.insert(format!("{d}model"), json!(device.device_info.model));
+    a.insert(
+        format!("{d}os.version"),
+        json!(device.device_info.os_version),
+    );
+    a.insert(
+        format!("{d}app.version"),
+        json!(device.device_info.app_version),
+    );
+    a.insert(format!("{d}ip"), json!(device_ip));
+    a.insert(format!("{d}is.rooted"), json!(response.signals.rooted));
+    a.insert(format!("{d}is.locked"), json!(response.signals.screen_lock));
+    a.insert(format!("{d}is.mdm"), json!(response.signals.mdm));
+    if let Some(ip) = &record.accessing_ip {
+        a.insert(format!("{p}accessing.device.ip"), json!(ip));
+    }
+    a.insert(format!("{p}amr"), json!(response.amr));
+    a
+}
+
+/// The device answers an authentication with a signed response.
+#[utoipa::path(post, path = "/v1/device/authentications/{authentication_id}/response", tag = "device",
+    params(("authentication_id" = String, Path, description = "The authentication answered")),
+    request_body = SubmitResponse,
+    responses((status = 200, body = ResponseRecorded),
+              (status = 400, description = "invalid_signature, response_mismatch, stale_message", body = tessera_protocol::error::ErrorBody),
+              (status = 409, description = "already_answered", body = tessera_protocol::error::ErrorBody),
+              (status = 410, description = "authentication_expired", body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn submit_response(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SubmitResponse>,
+) -> Result<Json<ResponseRecorded>, ApiError> {
+    let id = parse_id(&id)?;
+    let record = load(&state, &id).await?;
+    let device = enrollments::by_id(&state.db, &record.enrollment_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the device is no longer paired"))?;
+    let header = envelope::inspect(&body.response).map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidSignature,
+            "the response is not a valid signed message",
+        )
+    })?;
+    let uv_kid = device.user_verification_key.thumbprint();
+    let (key, with_uv) = if header.kid == uv_kid {
+        (&device.user_verification_key, true)
+    } else if header.kid == device.possession_key.thumbprint() {
+        (&device.possession_key, false)
+    } else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidSignature,
+            "the response is not signed by the device asked",
+        ));
+    };
+    let response = envelope::verify::<AuthenticationResponse>(
+        &body.response,
+        MessageType::AuthenticationResponse,
+        key,
+    )
+    .map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidSignature,
+            "the response's signature does not verify",
+        )
+    })?
+    .payload;
+    if response.v != PROTOCOL_VERSION
+        || response.request_id != record.id
+        || response.enrollment_id != record.enrollment_id
+        || response.request_nonce != record.nonce
+    {
+        return Err(mismatch("the response answers another request"));
+    }
+    if response.parameters_digest.to_string() != record.parameters_digest {
+        return Err(mismatch(
+            "the response approves other parameters than the ones sent",
+        ));
+    }
+    let now = time::now();
+    if (response.issued_at - now).abs() > 300 {
+        return Err(ApiError::new(
+            ErrorCode::StaleMessage,
+            "the response is too old or from the future",
+        ));
+    }
+    if response.amr.len() > 8
+        || response
+            .amr
+            .iter()
+            .any(|m| !AMR_VALUES.contains(&m.as_str()))
+    {
+        return Err(mismatch("amr holds a value that is not an RFC 8176 method"));
+    }
+    if response.decision == Decision::Approve {
+        if record.kind == AuthenticationKind::Silent && with_uv {
+            return Err(mismatch(
+                "a silent verification is answered with the possession key",
+            ));
+        }
+        if record.require_user_verification
+            && (!with_uv
+                || !response
+                    .amr
+                    .iter()
+                    .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str())))
+        {
+            return Err(mismatch("this approval requires user verification"));
+        }
+        if record.number_to_show.is_some() && response.selected_number != record.number_to_show {
+            return Err(mismatch("the selected number is not the one shown"));
+        }
+    } else if record.kind == AuthenticationKind::Silent {
+        return Err(mismatch("a silent verification cannot be denied"));
+    }
+    let attrs = attributes(&record, &device, &response, with_uv, &client);
+    let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
+    if authentications::record_answer(
+        &state.db,
+        &id,
+        response.decision,
+        &body.response,
+        &attrs_json,
+        now,
+    )
+    .await?
+    {
+        let current = load(&state, &id).await?;
+        tracing::info!(authentication_id = %id, state = current.state.as_str(), "authentication answered");
+        return Ok(Json(ResponseRecorded {
+            authentication_id: id,
+            state: current.state,
+        }));
+    }
+    // Not recorded: expired, or answered before.
+    let current = load(&state, &id).await?;
+    match (current.state, current.decision) {
+        (AuthenticationState::Expired, _) => Err(ApiError::new(
+            ErrorCode::AuthenticationExpired,
+            "the authentication expired",
+        )),
+        (_, Some(previous)) if previous == response.decision => Ok(Json(ResponseRecorded {
+            authentication_id: id,
+            state: current.state,
+        })),
+        _ => Err(ApiError::new(
+            ErrorCode::AlreadyAnswered,
+            "the authentication was already answered",
+        )),
+    }
+}

@@ -1,0 +1,227 @@
+//! Authentications and their single recorded outcome.
+
+use sqlx::Row;
+use tessera_protocol::api::AuthenticationStatus;
+use tessera_protocol::authentication::{
+    AuthenticationId, AuthenticationKind, AuthenticationState, Decision,
+};
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
+
+use super::Database;
+use crate::error::ServerError;
+
+/// An authentication as stored.
+#[derive(Debug, Clone)]
+pub struct Authentication {
+    /// Its id.
+    pub id: AuthenticationId,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user asked.
+    pub user_id: UserId,
+    /// The device asked.
+    pub enrollment_id: EnrollmentId,
+    /// The kind.
+    pub kind: AuthenticationKind,
+    /// The server-signed request.
+    pub signed_request: String,
+    /// Digest of the parameters (base64url).
+    pub parameters_digest: String,
+    /// The request's nonce.
+    pub nonce: String,
+    /// Number matching: the number the web page shows.
+    pub number_to_show: Option<u32>,
+    /// Whether the answer must be signed with the user-verification key.
+    pub require_user_verification: bool,
+    /// The accessing device's IP, if given.
+    pub accessing_ip: Option<String>,
+    /// The state (an expired pending row reads as expired).
+    pub state: AuthenticationState,
+    /// The decision, once answered.
+    pub decision: Option<Decision>,
+    /// The device-signed answer.
+    pub signed_response: Option<String>,
+    /// The authentication attributes (JSON object), once answered.
+    pub attributes: Option<String>,
+    /// When it was created.
+    pub created_at: i64,
+    /// When it expires.
+    pub expires_at: i64,
+    /// When it was answered.
+    pub answered_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
+    parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
+    decision, signed_response, attributes, created_at, expires_at, answered_at";
+
+fn word<T: serde::de::DeserializeOwned>(text: &str, what: &'static str) -> Result<T, ServerError> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| ServerError::Corrupted(what))
+}
+
+fn to_word<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, ServerError> {
+    let parse =
+        |col: &'static str| -> Result<String, ServerError> { Ok(row.try_get::<String, _>(col)?) };
+    let state =
+        AuthenticationState::parse(&parse("state")?).ok_or(ServerError::Corrupted("state"))?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    let state = if state == AuthenticationState::Pending && now >= expires_at {
+        AuthenticationState::Expired
+    } else {
+        state
+    };
+    let decision: Option<String> = row.try_get("decision")?;
+    let number: Option<i64> = row.try_get("number_to_show")?;
+    Ok(Authentication {
+        id: parse("id")?
+            .parse()
+            .map_err(|_| ServerError::Corrupted("id"))?,
+        application_id: parse("application_id")?
+            .parse()
+            .map_err(|_| ServerError::Corrupted("application id"))?,
+        user_id: parse("user_id")?
+            .parse()
+            .map_err(|_| ServerError::Corrupted("user id"))?,
+        enrollment_id: parse("enrollment_id")?
+            .parse()
+            .map_err(|_| ServerError::Corrupted("enrollment id"))?,
+        kind: word(&parse("kind")?, "kind")?,
+        signed_request: parse("signed_request")?,
+        parameters_digest: parse("parameters_digest")?,
+        nonce: parse("nonce")?,
+        number_to_show: number.and_then(|n| u32::try_from(n).ok()),
+        require_user_verification: row.try_get::<i64, _>("require_user_verification")? != 0,
+        accessing_ip: row.try_get("accessing_ip")?,
+        state,
+        decision: decision.map(|d| word(&d, "decision")).transpose()?,
+        signed_response: row.try_get("signed_response")?,
+        attributes: row.try_get("attributes")?,
+        created_at: row.try_get("created_at")?,
+        expires_at,
+        answered_at: row.try_get("answered_at")?,
+    })
+}
+
+impl Authentication {
+    /// The customer API's view.
+    pub fn status(&self) -> AuthenticationStatus {
+        AuthenticationStatus {
+            authentication_id: self.id.clone(),
+            user_id: self.user_id.clone(),
+            enrollment_id: self.enrollment_id.clone(),
+            kind: self.kind,
+            state: self.state,
+            decision: self.decision,
+            number_to_show: self.number_to_show,
+            expires_at: self.expires_at,
+            answered_at: self.answered_at,
+            attributes: self
+                .attributes
+                .as_deref()
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_default(),
+            signed_request: self.signed_request.clone(),
+            signed_response: self.signed_response.clone(),
+        }
+    }
+}
+
+/// Records a new pending authentication.
+pub async fn insert(db: &Database, a: &Authentication) -> Result<(), ServerError> {
+    sqlx::query(&format!(
+        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    ))
+    .bind(a.id.as_str())
+    .bind(a.application_id.as_str())
+    .bind(a.user_id.as_str())
+    .bind(a.enrollment_id.as_str())
+    .bind(to_word(&a.kind))
+    .bind(&a.signed_request)
+    .bind(&a.parameters_digest)
+    .bind(&a.nonce)
+    .bind(a.number_to_show.map(i64::from))
+    .bind(i64::from(a.require_user_verification))
+    .bind(a.accessing_ip.as_deref())
+    .bind(a.state.as_str())
+    .bind(a.decision.as_ref().map(to_word))
+    .bind(a.signed_response.as_deref())
+    .bind(a.attributes.as_deref())
+    .bind(a.created_at)
+    .bind(a.expires_at)
+    .bind(a.answered_at)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// One authentication.
+pub async fn get(
+    db: &Database,
+    id: &AuthenticationId,
+    now: i64,
+) -> Result<Option<Authentication>, ServerError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM authentications WHERE id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(|r| from_row(r, now)).transpose()
+}
+
+/// The signed requests still pending for a device, oldest first.
+pub async fn pending_for(
+    db: &Database,
+    enrollment: &EnrollmentId,
+    now: i64,
+) -> Result<Vec<String>, ServerError> {
+    let rows = sqlx::query(
+        "SELECT signed_request FROM authentications \
+         WHERE enrollment_id = $1 AND state = 'pending' AND expires_at > $2 ORDER BY created_at, id",
+    )
+    .bind(enrollment.as_str())
+    .bind(now)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get::<String, _>("signed_request")?))
+        .collect()
+}
+
+/// Records the answer if the authentication is still pending and unexpired: one conditional
+/// update, so of racing answers (and expiry) exactly one outcome is recorded. Returns whether
+/// this answer was the one recorded.
+pub async fn record_answer(
+    db: &Database,
+    id: &AuthenticationId,
+    decision: Decision,
+    signed_response: &str,
+    attributes: &str,
+    now: i64,
+) -> Result<bool, ServerError> {
+    let state = match decision {
+        Decision::Approve => AuthenticationState::Approved,
+        Decision::Deny | Decision::ReportFraud => AuthenticationState::Denied,
+    };
+    let done = sqlx::query(
+        "UPDATE authentications SET state = $1, decision = $2, signed_response = $3, attributes = $4, answered_at = $5 \
+         WHERE id = $6 AND state = 'pending' AND expires_at > $5",
+    )
+    .bind(state.as_str())
+    .bind(to_word(&decision))
+    .bind(signed_response)
+    .bind(attributes)
+    .bind(now)
+    .bind(id.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
