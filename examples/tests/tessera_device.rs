@@ -94,3 +94,128 @@ async fn pair_list_status_relay_and_remove() {
 
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_approve_deny_and_watch() {
+    use tessera_protocol::api::CreateAuthenticationRequest;
+    use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState, DisplayField};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", dir.path().join("t.db").display()),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let app = server.create_application("CLI Bank").await.unwrap();
+    let api = CustomerApi::new(&base, &app.api_key);
+    api.create_user("alice", None).await.unwrap();
+    let state = dir.path().join("device");
+    let uri = api.start_pairing("alice", None).await.unwrap().pairing_uri;
+    json(&device(&state, &["--json", "pair", &uri]));
+
+    let ask = CreateAuthenticationRequest {
+        kind: AuthenticationKind::Transaction,
+        enrollment_id: None,
+        message: Some("Pay 120.00 EUR to ACME GmbH?".into()),
+        fields: vec![DisplayField {
+            label: "Amount".into(),
+            value: "120.00 EUR".into(),
+        }],
+        hidden_fields: vec![],
+        accessing_ip: None,
+        accessing_location: None,
+        application_icon_url: None,
+        expires_in: None,
+        number_matching: false,
+        require_user_verification: true,
+    };
+    let created = api.create_authentication("alice", &ask).await.unwrap();
+    let pending = json(&device(&state, &["--json", "pending"]));
+    assert_eq!(
+        pending["requests"][0]["request_id"],
+        created.authentication_id.as_str()
+    );
+    assert_eq!(pending["requests"][0]["fields"][0]["value"], "120.00 EUR");
+    let text = device(&state, &["pending"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Amount       120.00 EUR"));
+    // User verification required: a plain approve is refused, with a fingerprint it passes.
+    let out = device(&state, &["approve", created.authentication_id.as_str()]);
+    assert!(!out.status.success());
+    let approved = json(&device(
+        &state,
+        &[
+            "--json",
+            "approve",
+            created.authentication_id.as_str(),
+            "--amr",
+            "fpt",
+        ],
+    ));
+    assert_eq!(approved["state"], "approved");
+
+    let created = api
+        .create_authentication(
+            "alice",
+            &CreateAuthenticationRequest {
+                require_user_verification: false,
+                ..ask.clone()
+            },
+        )
+        .await
+        .unwrap();
+    let denied = json(&device(
+        &state,
+        &[
+            "--json",
+            "deny",
+            created.authentication_id.as_str(),
+            "--reason",
+            "fraud",
+        ],
+    ));
+    assert_eq!(denied["state"], "denied");
+    let status = api
+        .authentication(&created.authentication_id, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        status.decision,
+        Some(tessera_protocol::authentication::Decision::ReportFraud)
+    );
+
+    // watch --auto-approve: picks up a request created while it waits.
+    let watcher = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera-device"))
+        .arg("--state")
+        .arg(&state)
+        .args(["watch", "--auto-approve", "--count", "1"])
+        .output();
+    let api2 = api.clone();
+    let ask2 = CreateAuthenticationRequest {
+        require_user_verification: false,
+        ..ask
+    };
+    let creator = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        api2.create_authentication("alice", &ask2).await.unwrap()
+    });
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    let created = creator.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-> approved"));
+    let status = api
+        .authentication(&created.authentication_id, 5)
+        .await
+        .unwrap();
+    assert_eq!(status.state, AuthenticationState::Approved);
+    server.shutdown().await;
+}

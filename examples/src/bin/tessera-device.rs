@@ -10,7 +10,14 @@
 //! tessera-device --state DIR remove ENROLLMENT_ID
 //! tessera-device --state DIR mobile-payload --server URL
 //! tessera-device --state DIR complete-relay SERVER_PAYLOAD
+//! tessera-device --state DIR pending [--wait SECONDS]
+//! tessera-device --state DIR approve REQUEST_ID [--amr fpt] [--number N]
+//! tessera-device --state DIR deny REQUEST_ID [--reason declined|fraud]
+//! tessera-device --state DIR watch [--auto-approve] [--count N]
 //! ```
+//!
+//! Silent verifications are answered by the core as soon as they are seen; they are never
+//! shown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,8 +26,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tessera_core::{
-    Authenticator, AuthenticatorConfig, CoreError, Enrollment, FileStorage, KeyStore,
-    SecureStorage, SoftwareKeyStore,
+    Authenticator, AuthenticatorConfig, CoreError, Enrollment, FileStorage, IncomingRequest,
+    KeyStore, SecureStorage, SoftwareKeyStore,
 };
 use tessera_protocol::ids::EnrollmentId;
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals};
@@ -78,6 +85,46 @@ enum Command {
         /// The server payload.
         server_payload: String,
     },
+    /// Show the pending requests of every enrollment.
+    Pending {
+        /// Seconds to wait for one to arrive (long-poll, at most 30).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// Approve a pending request.
+    Approve {
+        /// The request id (aut_...).
+        request_id: String,
+        /// How the user was verified (RFC 8176 amr values, comma-separated: fpt, face, pin, ...).
+        #[arg(long, value_delimiter = ',')]
+        amr: Vec<String>,
+        /// Number matching: the number shown on the web page.
+        #[arg(long)]
+        number: Option<u32>,
+    },
+    /// Deny a pending request.
+    Deny {
+        /// The request id (aut_...).
+        request_id: String,
+        /// Why: the user declined, or did not start this (fraud).
+        #[arg(long, value_enum, default_value = "declined")]
+        reason: DenyReason,
+    },
+    /// Long-poll every enrollment and print requests as they arrive, until interrupted.
+    Watch {
+        /// Approve every request automatically (for demos and load tests).
+        #[arg(long)]
+        auto_approve: bool,
+        /// Stop after this many requests.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DenyReason {
+    Declined,
+    Fraud,
 }
 
 #[tokio::main]
@@ -138,6 +185,124 @@ fn print_enrollment(cli: &Cli, verb: &str, e: &Enrollment) {
     }
 }
 
+fn request_json(r: &IncomingRequest) -> serde_json::Value {
+    json!({
+        "request_id": r.request_id,
+        "enrollment_id": r.enrollment_id,
+        "user_id": r.user_id,
+        "application": r.application.name,
+        "kind": r.kind,
+        "message": r.message,
+        "fields": r.fields,
+        "context": r.context,
+        "number_choices": r.number_choices,
+        "require_user_verification": r.require_user_verification,
+        "expires_at": r.expires_at,
+    })
+}
+
+fn print_request(cli: &Cli, r: &IncomingRequest) {
+    if cli.json {
+        println!("{}", request_json(r));
+        return;
+    }
+    println!(
+        "{}  for {:?} at {}",
+        r.request_id,
+        r.user_id.as_str(),
+        r.application.name
+    );
+    println!("    {}", r.message);
+    for f in &r.fields {
+        println!("    {:<12} {}", f.label, f.value);
+    }
+    if let Some(ip) = &r.context.ip {
+        let place = r.context.location.as_deref().unwrap_or("unknown location");
+        println!("    from {ip} ({place})");
+    }
+    if let Some(choices) = &r.number_choices {
+        println!("    pick the number shown on the web page: {choices:?}");
+    }
+    if r.require_user_verification {
+        println!("    needs biometrics or the device PIN (--amr fpt|face|pin)");
+    }
+}
+
+async fn find_request(auth: &Authenticator, id: &str) -> Result<IncomingRequest, CoreError> {
+    auth.pending_requests()
+        .await?
+        .into_iter()
+        .find(|r| r.request_id.as_str() == id)
+        .ok_or_else(|| CoreError::InvalidInput("no pending request with this id".into()))
+}
+
+async fn watch(
+    cli: &Cli,
+    auth: Arc<Authenticator>,
+    auto_approve: bool,
+    count: Option<usize>,
+) -> Result<(), CoreError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<IncomingRequest, CoreError>>(64);
+    for enrollment in auth.enrollments().await {
+        let auth = Arc::clone(&auth);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match auth
+                    .wait_for_requests(
+                        &enrollment.enrollment_id,
+                        std::time::Duration::from_secs(25),
+                    )
+                    .await
+                {
+                    Ok(requests) => {
+                        for r in requests {
+                            if tx.send(Ok(r)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(CoreError::Network(_)) => {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut seen = std::collections::HashSet::new();
+    while let Some(next) = rx.recv().await {
+        let request = next?;
+        if !seen.insert(request.request_id.clone()) {
+            continue;
+        }
+        print_request(cli, &request);
+        if auto_approve && request.number_choices.is_some() {
+            println!(
+                "    -> not approved automatically: it needs the number shown on the web page"
+            );
+        } else if auto_approve {
+            let amr = if request.require_user_verification {
+                vec!["pin".to_string()]
+            } else {
+                vec![]
+            };
+            match auth.approve(&request, amr, None).await {
+                Ok(r) => println!("    -> {}", r.state.as_str()),
+                Err(e) => println!("    -> not approved: {e}"),
+            }
+        }
+        if count.is_some_and(|n| seen.len() >= n) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn enrollment_json(e: &Enrollment) -> serde_json::Value {
     json!({
         "enrollment_id": e.enrollment_id,
@@ -150,7 +315,7 @@ fn enrollment_json(e: &Enrollment) -> serde_json::Value {
 }
 
 async fn run(cli: &Cli) -> Result<(), CoreError> {
-    let auth = open(cli).await?;
+    let auth = Arc::new(open(cli).await?);
     match &cli.command {
         Command::Pair {
             code_or_uri,
@@ -212,6 +377,67 @@ async fn run(cli: &Cli) -> Result<(), CoreError> {
         Command::CompleteRelay { server_payload } => {
             let enrollment = auth.complete_relay_pairing(server_payload).await?;
             print_enrollment(cli, "paired with", &enrollment);
+        }
+        Command::Pending { wait } => {
+            let mut requests = auth.pending_requests().await?;
+            if requests.is_empty() && *wait > 0 {
+                for e in auth.enrollments().await {
+                    requests = auth
+                        .wait_for_requests(&e.enrollment_id, std::time::Duration::from_secs(*wait))
+                        .await?;
+                    if !requests.is_empty() {
+                        break;
+                    }
+                }
+            }
+            if cli.json {
+                let list: Vec<_> = requests.iter().map(request_json).collect();
+                println!("{}", json!({"requests": list}));
+            } else if requests.is_empty() {
+                println!("no pending requests");
+            } else {
+                for r in &requests {
+                    print_request(cli, r);
+                }
+            }
+        }
+        Command::Approve {
+            request_id,
+            amr,
+            number,
+        } => {
+            let request = find_request(&auth, request_id).await?;
+            let recorded = auth.approve(&request, amr.clone(), *number).await?;
+            if cli.json {
+                println!("{}", json!(recorded));
+            } else {
+                println!(
+                    "{}: {}",
+                    recorded.authentication_id,
+                    recorded.state.as_str()
+                );
+            }
+        }
+        Command::Deny { request_id, reason } => {
+            let request = find_request(&auth, request_id).await?;
+            let recorded = auth
+                .deny(&request, matches!(reason, DenyReason::Fraud))
+                .await?;
+            if cli.json {
+                println!("{}", json!(recorded));
+            } else {
+                println!(
+                    "{}: {}",
+                    recorded.authentication_id,
+                    recorded.state.as_str()
+                );
+            }
+        }
+        Command::Watch {
+            auto_approve,
+            count,
+        } => {
+            watch(cli, Arc::clone(&auth), *auto_approve, *count).await?;
         }
     }
     Ok(())

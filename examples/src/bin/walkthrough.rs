@@ -12,6 +12,8 @@ use tessera_core::{
     Authenticator, AuthenticatorConfig, FileStorage, KeyStore, SecureStorage, SoftwareKeyStore,
 };
 use tessera_examples::customer::CustomerApi;
+use tessera_protocol::api::CreateAuthenticationRequest;
+use tessera_protocol::authentication::{AuthenticationKind, DisplayField};
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
 use tessera_server::{Server, ServerConfig};
 
@@ -154,6 +156,141 @@ async fn main() -> Result<()> {
 
     step(
         10,
+        "Push approval with number matching: alice signs in on the web",
+    );
+    let mut ask = CreateAuthenticationRequest {
+        kind: AuthenticationKind::Approval,
+        enrollment_id: None,
+        message: None,
+        fields: vec![],
+        hidden_fields: vec![],
+        accessing_ip: Some("203.0.113.7".into()),
+        accessing_location: Some("Berlin, DE".into()),
+        application_icon_url: None,
+        expires_in: None,
+        number_matching: true,
+        require_user_verification: false,
+    };
+    let created = backend.create_authentication("alice", &ask).await?;
+    let shown = created.number_to_show.context("number matching")?;
+    say(format!(
+        "web page shows the number {shown}; request {}",
+        created.authentication_id
+    ));
+    let request = device
+        .pending_requests()
+        .await?
+        .into_iter()
+        .next()
+        .context("a pending request")?;
+    say(format!(
+        "device shows: {} (from {} in {}), choices {:?}",
+        request.message,
+        request.context.ip.as_deref().unwrap_or("?"),
+        request.context.location.as_deref().unwrap_or("?"),
+        request.number_choices.clone().unwrap_or_default()
+    ));
+    device.approve(&request, vec![], Some(shown)).await?;
+    let status = backend
+        .authentication(&created.authentication_id, 5)
+        .await?;
+    say(format!(
+        "relying party sees: {} ({})",
+        status.state.as_str(),
+        status.attributes["pingid.authentication.type"]
+    ));
+
+    step(
+        11,
+        "Transaction approval with dynamic parameters, with biometrics",
+    );
+    let field = |label: &str, value: &str| DisplayField {
+        label: label.into(),
+        value: value.into(),
+    };
+    ask.kind = AuthenticationKind::Transaction;
+    ask.number_matching = false;
+    ask.require_user_verification = true;
+    ask.message = Some("Pay 120.00 EUR to ACME GmbH?".into());
+    ask.fields = vec![
+        field("Amount", "120.00 EUR"),
+        field("Payee", "ACME GmbH"),
+        field("IBAN", "DE89 3704 0044 0532 0130 00"),
+    ];
+    ask.hidden_fields = vec![field("Reference", "order-4711")];
+    let created = backend.create_authentication("alice", &ask).await?;
+    let request = device
+        .pending_requests()
+        .await?
+        .into_iter()
+        .next()
+        .context("a pending request")?;
+    say(format!("device shows: {}", request.message));
+    for f in &request.fields {
+        say(format!("    {:<8} {}", f.label, f.value));
+    }
+    device.approve(&request, vec!["fpt".into()], None).await?;
+    let status = backend
+        .authentication(&created.authentication_id, 5)
+        .await?;
+    say(format!(
+        "relying party sees: {} ({}); the device signed the digest of exactly these fields",
+        status.state.as_str(),
+        status.attributes["pingid.authentication.type"]
+    ));
+
+    step(
+        12,
+        "Silent verification: the server proves possession, the user sees nothing",
+    );
+    ask.kind = AuthenticationKind::Silent;
+    ask.require_user_verification = false;
+    ask.message = None;
+    ask.fields.clear();
+    ask.hidden_fields.clear();
+    let created = backend.create_authentication("alice", &ask).await?;
+    // The push payload a provider would deliver: the signed request itself.
+    let outcome = device.handle_push(&created.signed_request).await?;
+    say(format!(
+        "handle_push answered it: {}",
+        matches!(
+            outcome,
+            tessera_core::PushOutcome::SilentVerificationAnswered { .. }
+        )
+    ));
+    let status = backend
+        .authentication(&created.authentication_id, 5)
+        .await?;
+    say(format!(
+        "relying party sees: {} ({})",
+        status.state.as_str(),
+        status.attributes["pingid.authentication.type"]
+    ));
+
+    step(
+        13,
+        "A sign-in alice did not start: denied and reported as fraud",
+    );
+    ask.kind = AuthenticationKind::Approval;
+    let created = backend.create_authentication("alice", &ask).await?;
+    let request = device
+        .pending_requests()
+        .await?
+        .into_iter()
+        .next()
+        .context("a pending request")?;
+    device.deny(&request, true).await?;
+    let status = backend
+        .authentication(&created.authentication_id, 5)
+        .await?;
+    say(format!(
+        "relying party sees: {} ({:?})",
+        status.state.as_str(),
+        status.decision
+    ));
+
+    step(
+        14,
         "The app restarts: state is reloaded from encrypted storage",
     );
     drop(device);
@@ -163,7 +300,7 @@ async fn main() -> Result<()> {
         device.enrollments().await.len()
     ));
 
-    step(11, "The server restarts: enrollments survive");
+    step(15, "The server restarts: enrollments survive");
     let addr = server.local_addr();
     server.shutdown().await;
     let server = Server::start(ServerConfig {
@@ -178,7 +315,7 @@ async fn main() -> Result<()> {
         status.enrollment_id, status.status
     ));
 
-    step(12, "Bob unpairs from the device");
+    step(16, "Bob unpairs from the device");
     device.remove_enrollment(&bob.enrollment_id).await?;
     let left = backend.list_devices("bob").await?.devices.len();
     say(format!(
@@ -187,6 +324,9 @@ async fn main() -> Result<()> {
     ));
 
     server.shutdown().await;
-    println!("\nDone: direct and relay pairing, two users on one device, restarts on both sides.");
+    println!(
+        "\nDone: direct and relay pairing, two users on one device, approvals with number matching, \
+         a transaction, silent verification, a fraud report, restarts on both sides."
+    );
     Ok(())
 }
