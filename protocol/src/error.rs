@@ -61,6 +61,8 @@ pub enum ErrorCode {
     ResponseMismatch,
     /// The user has no paired device to ask.
     NoDevice,
+    /// Too many outstanding or recent requests to this user's devices (push-bombing limit).
+    TooManyAuthentications,
     /// An unexpected server error.
     InternalError,
     /// The server cannot serve now (database unavailable).
@@ -99,6 +101,7 @@ impl ErrorCode {
             ErrorCode::AlreadyAnswered => "already_answered",
             ErrorCode::ResponseMismatch => "response_mismatch",
             ErrorCode::NoDevice => "no_device",
+            ErrorCode::TooManyAuthentications => "too_many_authentications",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::Unknown => "unknown",
@@ -132,7 +135,7 @@ impl ErrorCode {
             ErrorCode::AuthenticationExpired => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::TooManyAuthentications => 429,
             ErrorCode::InternalError | ErrorCode::Unknown => 500,
             ErrorCode::ServiceUnavailable => 503,
         }

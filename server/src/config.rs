@@ -22,6 +22,11 @@ pub struct ServerConfig {
     pub pairing_failures_per_ip_per_minute: u32,
     /// Largest database connection pool.
     pub max_connections: u32,
+    /// Push-bombing limit: user-facing requests (approvals, transactions) pending at once per
+    /// user. Silent verifications do not count: the user never sees them.
+    pub max_pending_authentications_per_user: u32,
+    /// Push-bombing limit: user-facing requests per user per 10 minutes.
+    pub max_recent_authentications_per_user: u32,
 }
 
 impl Default for ServerConfig {
@@ -34,6 +39,8 @@ impl Default for ServerConfig {
             pairing_code_ttl_default: 600,
             pairing_failures_per_ip_per_minute: 10,
             max_connections: 16,
+            max_pending_authentications_per_user: 3,
+            max_recent_authentications_per_user: 20,
         }
     }
 }

@@ -26,6 +26,7 @@ on_each_backend! {
     racing_answers_record_exactly_one_outcome => racing;
     poll_only_device_long_polls => long_poll;
     number_matching => number_matching;
+    push_bombing_is_capped => push_bombing;
 }
 
 async fn paired(backend: Backend, user: &str) -> (TestServer, TestDevice) {
@@ -731,4 +732,79 @@ async fn number_matching(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(status.state, AuthenticationState::Approved);
+}
+
+async fn push_bombing(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.max_pending_authentications_per_user = 3;
+        c.max_recent_authentications_per_user = 5;
+    })
+    .await;
+    server.user("alice").await;
+    let device = TestDevice::new().await;
+    device
+        .auth
+        .pair(&server.pairing_uri("alice").await, None)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        server
+            .customer
+            .create_authentication("alice", &ask(AuthenticationKind::Approval))
+            .await
+            .unwrap();
+    }
+    // A fourth outstanding request is refused with a clear error.
+    let err = server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TooManyAuthentications));
+    assert!(matches!(
+        err,
+        tessera_examples::customer::CustomerApiError::Api { status: 429, .. }
+    ));
+    // Silent verifications are not user-facing and not capped.
+    server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Silent))
+        .await
+        .unwrap();
+    // Answering one makes room for one more.
+    let pending = device.auth.pending_requests().await.unwrap();
+    assert_eq!(pending.len(), 3);
+    device.auth.deny(&pending[0], false).await.unwrap();
+    server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .unwrap();
+    // Five user-facing requests in ten minutes: the sixth is refused even with room.
+    for r in device.auth.pending_requests().await.unwrap() {
+        device.auth.deny(&r, false).await.unwrap();
+    }
+    server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .unwrap();
+    let err = server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TooManyAuthentications));
+    // Another user is not affected.
+    server.user("bob").await;
+    let bob = TestDevice::new().await;
+    bob.auth
+        .pair(&server.pairing_uri("bob").await, None)
+        .await
+        .unwrap();
+    server
+        .customer
+        .create_authentication("bob", &ask(AuthenticationKind::Approval))
+        .await
+        .unwrap();
 }

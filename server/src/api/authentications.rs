@@ -165,6 +165,28 @@ pub(crate) async fn create_authentication(
         }
     };
     let device = pick_device(&state, &auth, &user_id, body.enrollment_id.as_ref()).await?;
+    if body.kind != AuthenticationKind::Silent {
+        let now = time::now();
+        // Pending requests live at most 15 minutes, so a 15-minute look-back sees them all.
+        let (pending, _) =
+            authentications::user_facing_counts(&state.db, &auth.0.id, &user_id, now, now - 900)
+                .await?;
+        let (_, recent) =
+            authentications::user_facing_counts(&state.db, &auth.0.id, &user_id, now, now - 600)
+                .await?;
+        if pending >= i64::from(state.config.max_pending_authentications_per_user) {
+            return Err(ApiError::new(
+                ErrorCode::TooManyAuthentications,
+                "this user already has the most pending requests allowed; wait for an answer or for them to expire",
+            ));
+        }
+        if recent >= i64::from(state.config.max_recent_authentications_per_user) {
+            return Err(ApiError::new(
+                ErrorCode::TooManyAuthentications,
+                "too many requests to this user in the last 10 minutes",
+            ));
+        }
+    }
     let (number_to_show, number_choices) = if body.number_matching {
         let (n, choices) = number_matching();
         (Some(n), Some(choices))

@@ -225,3 +225,28 @@ pub async fn record_answer(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// User-facing (not silent) requests to a user: how many are pending now, and how many were
+/// created since `since`.
+pub async fn user_facing_counts(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    now: i64,
+    since: i64,
+) -> Result<(i64, i64), ServerError> {
+    let row = sqlx::query(
+        "SELECT \
+           COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS pending, \
+           COUNT(*) AS recent \
+         FROM authentications \
+         WHERE application_id = $1 AND user_id = $2 AND kind <> 'silent' AND created_at >= $4",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(now)
+    .bind(since)
+    .fetch_one(db.pool())
+    .await?;
+    Ok((row.try_get("pending")?, row.try_get("recent")?))
+}
