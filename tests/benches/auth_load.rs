@@ -1,0 +1,127 @@
+//! Authentication cycles under load, over loopback: N simulated devices (the real core, each
+//! paired with its own user) run full cycles concurrently. One cycle: the relying party creates
+//! an approval → the device pulls it (signed request verified against pinned keys) → the device
+//! approves (signed answer) → the relying party reads the approved result with its attributes.
+//! Prints cycles per second and p50/p99 cycle latency at 1, 16 and 64 concurrent devices, on
+//! SQLite and (with `DATABASE_URL=postgres://…`) PostgreSQL.
+//!
+//! `cargo bench -p tessera-tests --bench auth_load` (`CYCLES_PER_DEVICE=N`, default 50).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
+use tessera_tests::{Backend, TestDevice, TestServer, ask};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: usize) {
+    let server = Arc::new(
+        TestServer::start_with(backend, |c| {
+            c.max_recent_authentications_per_user = u32::MAX;
+            c.max_connections = 32;
+        })
+        .await,
+    );
+    let mut pool = Vec::new();
+    for i in 0..devices {
+        let user = format!("load-{i}");
+        server.user(&user).await;
+        let device = TestDevice::new().await;
+        device
+            .auth
+            .pair(&server.pairing_uri(&user).await, None)
+            .await
+            .expect("pair");
+        pool.push((user, device));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (user, device) in pool {
+        let server = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
+            let mut latencies = Vec::with_capacity(cycles_per_device);
+            for _ in 0..cycles_per_device {
+                let t0 = Instant::now();
+                let created = server
+                    .customer
+                    .create_authentication(&user, &ask(AuthenticationKind::Approval))
+                    .await
+                    .expect("create");
+                let request = device
+                    .auth
+                    .wait_for_requests(&enrollment, Duration::from_secs(10))
+                    .await
+                    .expect("pull")
+                    .into_iter()
+                    .find(|r| r.request_id == created.authentication_id)
+                    .expect("the request");
+                device
+                    .auth
+                    .approve(&request, vec![], None)
+                    .await
+                    .expect("approve");
+                let status = server
+                    .customer
+                    .authentication(&created.authentication_id, 10)
+                    .await
+                    .expect("status");
+                assert_eq!(status.state, AuthenticationState::Approved);
+                latencies.push(t0.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    println!(
+        "{label:<9} {devices:>3} devices  {:>6} cycles  {:>7.1} cycles/s  p50 {}  p99 {}",
+        all.len(),
+        all.len() as f64 / elapsed.as_secs_f64(),
+        ms(percentile(&all, 0.5)),
+        ms(percentile(&all, 0.99)),
+    );
+    if let Ok(server) = Arc::try_unwrap(server) {
+        server.server.shutdown().await;
+    }
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let cycles: usize = std::env::var("CYCLES_PER_DEVICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if benchmarking { 50 } else { 2 })
+        .max(1);
+    let levels: &[usize] = if benchmarking { &[1, 16, 64] } else { &[1, 2] };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        println!("authentication cycles over loopback ({cycles} per device)");
+        let mut backends = vec![(Backend::Sqlite, "sqlite")];
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres") => {
+                backends.push((Backend::Postgres(url), "postgres"))
+            }
+            _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
+        }
+        for (backend, label) in backends {
+            for &n in levels {
+                run(backend.clone(), label, n, cycles).await;
+            }
+        }
+    });
+}
