@@ -31,7 +31,7 @@ pub use config::AuthenticatorConfig;
 pub use error::CoreError;
 pub use key_store::{KeyPurpose, KeyStore, KeyStoreError, SoftwareKeyStore};
 pub use pairing::{ReplyTrust, verify_pairing_reply};
-pub use requests::IncomingRequest;
+pub use requests::{IncomingRequest, verify_request as verify_authentication_request};
 pub use signer::KeyStoreSigner;
 pub use storage::{FileStorage, SecureStorage, StorageError};
 pub use tessera_protocol::api::EnrollmentStatus;

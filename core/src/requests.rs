@@ -46,8 +46,10 @@ pub struct IncomingRequest {
     pub(crate) request: AuthenticationRequest,
 }
 
-/// Checks a signed request against the keys pinned for its server and the enrollment it names.
-pub(crate) fn verify_request(
+/// Checks a signed request against the keys pinned for its server and the enrollment it names:
+/// the check `handle_push` and the pull make before anything is shown. Public for benchmarks
+/// and for apps that receive requests through their own channel.
+pub fn verify_request(
     signed: &str,
     server: &ServerUrl,
     pinned: &JwkSet,
