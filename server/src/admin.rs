@@ -103,3 +103,24 @@ pub async fn list_devices(
         .map(enrollments::Enrollment::record)
         .collect())
 }
+
+/// Sets or clears the application's push webhook (`http(s)://…`): every push for its devices is
+/// POSTed there as JSON, for the customer to relay to the app.
+pub async fn set_push_webhook(
+    db: &Database,
+    app: &ApplicationId,
+    url: Option<&str>,
+) -> Result<(), ServerError> {
+    if let Some(url) = url {
+        tessera_protocol::pairing::ServerUrl::parse(url).map_err(|_| {
+            ServerError::InvalidInput(
+                "the webhook must be an http(s) URL without query or credentials".into(),
+            )
+        })?;
+    }
+    if applications::set_push_webhook(db, app, url).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
+}

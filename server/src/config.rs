@@ -27,6 +27,13 @@ pub struct ServerConfig {
     pub max_pending_authentications_per_user: u32,
     /// Push-bombing limit: user-facing requests per user per 10 minutes.
     pub max_recent_authentications_per_user: u32,
+    /// Largest push payload that carries the signed request itself; larger requests are pushed
+    /// as their id only and pulled by the device (FCM's data limit is 4 KiB).
+    pub push_max_payload_bytes: usize,
+    /// Delivery attempts for one push (the first try and its retries).
+    pub push_attempts: u32,
+    /// Delay before the first retry; each further retry waits four times longer.
+    pub push_retry_base: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +48,9 @@ impl Default for ServerConfig {
             max_connections: 16,
             max_pending_authentications_per_user: 3,
             max_recent_authentications_per_user: 20,
+            push_max_payload_bytes: 4000,
+            push_attempts: 4,
+            push_retry_base: std::time::Duration::from_millis(200),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod db;
 mod error;
 mod keys;
 mod metrics;
+mod push;
 mod server;
 
 pub use api::openapi_document;

@@ -105,6 +105,16 @@ enum AdminCommand {
         /// The application.
         application_id: String,
     },
+    /// Send this application's pushes to a webhook (or stop with --clear).
+    SetPushWebhook {
+        /// The application.
+        application_id: String,
+        /// The webhook URL.
+        url: Option<String>,
+        /// Remove the webhook: devices pull.
+        #[arg(long, conflicts_with = "url")]
+        clear: bool,
+    },
     /// List a user's devices.
     ListDevices {
         /// The application.
@@ -240,6 +250,18 @@ async fn run_admin(
             )
             .await?
         ),
+        AdminCommand::SetPushWebhook {
+            application_id,
+            url,
+            clear,
+        } => {
+            if url.is_none() && !clear {
+                return Err(ServerError::InvalidInput("give a URL or --clear".into()));
+            }
+            let app = parse_app(&application_id)?;
+            admin::set_push_webhook(&db, &app, url.as_deref()).await?;
+            json!({"application_id": app, "push_webhook": url})
+        }
         AdminCommand::ListUsers { application_id } => {
             json!({"users": admin::list_users(&db, &parse_app(&application_id)?).await?})
         }

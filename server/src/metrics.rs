@@ -28,6 +28,12 @@ pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PushLabels {
+    pub provider: &'static str,
+    pub outcome: &'static str,
+}
+
 /// The server's metrics and their registry.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -35,6 +41,7 @@ pub(crate) struct Metrics {
     pub durations: Family<RouteLabels, Histogram>,
     pub pairings: Family<ModeLabels, Counter>,
     pub pairing_failures: Family<ReasonLabels, Counter>,
+    pub pushes: Family<PushLabels, Counter>,
 }
 
 impl Metrics {
@@ -46,6 +53,12 @@ impl Metrics {
         });
         let pairings = Family::<ModeLabels, Counter>::default();
         let pairing_failures = Family::<ReasonLabels, Counter>::default();
+        let pushes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "pushes",
+            "Push deliveries by provider and outcome",
+            pushes.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route template, method and status",
@@ -72,6 +85,7 @@ impl Metrics {
             durations,
             pairings,
             pairing_failures,
+            pushes,
         }
     }
 

@@ -75,6 +75,46 @@ fn admin_commands_print_json() {
             .unwrap(),
     );
     assert_eq!(devices["devices"], serde_json::json!([]));
+    let hook = json_of(
+        &bin()
+            .args([
+                "admin",
+                "--database",
+                &db,
+                "set-push-webhook",
+                &app,
+                "https://push.example.com/tessera",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(hook["push_webhook"], "https://push.example.com/tessera");
+    let cleared = json_of(
+        &bin()
+            .args([
+                "admin",
+                "--database",
+                &db,
+                "set-push-webhook",
+                &app,
+                "--clear",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(cleared["push_webhook"], serde_json::Value::Null);
+    let out = bin()
+        .args([
+            "admin",
+            "--database",
+            &db,
+            "set-push-webhook",
+            &app,
+            "ftp://x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
     let rotated = json_of(
         &bin()
             .args(["admin", "--database", &db, "rotate-api-key", &app])

@@ -226,7 +226,7 @@ pub(crate) async fn create_authentication(
         id: request.request_id.clone(),
         application_id: auth.0.id.clone(),
         user_id,
-        enrollment_id: device.enrollment_id,
+        enrollment_id: device.enrollment_id.clone(),
         kind: body.kind,
         signed_request,
         parameters_digest: parameters_digest.to_string(),
@@ -244,6 +244,8 @@ pub(crate) async fn create_authentication(
     };
     authentications::insert(&state.db, &record).await?;
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
+    // Push is a hint, delivered in the background; the request is already stored for pulling.
+    tokio::spawn(crate::push::deliver(state.clone(), record.clone(), device));
     Ok((StatusCode::CREATED, Json(record.status())))
 }
 

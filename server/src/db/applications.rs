@@ -97,3 +97,33 @@ pub async fn set_api_key_digest(
         .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The application's push webhook URL, if it has one.
+pub async fn push_webhook(
+    db: &Database,
+    id: &ApplicationId,
+) -> Result<Option<String>, ServerError> {
+    let row = sqlx::query("SELECT push_webhook_url FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get::<Option<String>, _>("push_webhook_url")?,
+        None => None,
+    })
+}
+
+/// Sets (or, with `None`, removes) the application's push webhook. Returns false if there is no
+/// such application.
+pub async fn set_push_webhook(
+    db: &Database,
+    id: &ApplicationId,
+    url: Option<&str>,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query("UPDATE applications SET push_webhook_url = $1 WHERE id = $2")
+        .bind(url)
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

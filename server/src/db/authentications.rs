@@ -250,3 +250,32 @@ pub async fn user_facing_counts(
     .await?;
     Ok((row.try_get("pending")?, row.try_get("recent")?))
 }
+
+/// Records how the push for an authentication went (`none`, `sent`, `failed`, `token_invalid`).
+pub async fn set_push_state(
+    db: &Database,
+    id: &AuthenticationId,
+    state: &str,
+    attempts: u32,
+) -> Result<(), ServerError> {
+    sqlx::query("UPDATE authentications SET push_state = $1, push_attempts = $2 WHERE id = $3")
+        .bind(state)
+        .bind(i64::from(attempts))
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// How the push for an authentication went, and in how many attempts.
+pub async fn push_state(
+    db: &Database,
+    id: &AuthenticationId,
+) -> Result<Option<(String, i64)>, ServerError> {
+    let row = sqlx::query("SELECT push_state, push_attempts FROM authentications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    row.map(|r| Ok((r.try_get("push_state")?, r.try_get("push_attempts")?)))
+        .transpose()
+}
