@@ -25,7 +25,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 {
-  cargo test --workspace --all-targets --locked &&
+  cargo test --workspace --all-targets --locked --no-fail-fast &&
   cargo test --workspace --doc --locked
 } 2>&1 | tee "$log" || status=$?
 

@@ -181,13 +181,19 @@ async fn main() -> ExitCode {
                 pairing_failures_per_ip_per_minute: pairing_failures_per_minute,
                 ..ServerConfig::default()
             };
+            // Handlers first: a signal that arrives right after "listening on" must stop the
+            // server cleanly, not kill the process.
+            let stop = match ShutdownSignal::install() {
+                Ok(stop) => stop,
+                Err(e) => return fail("signal", e),
+            };
             let server = match Server::start(config).await {
                 Ok(s) => s,
                 Err(e) => return fail(server_error_code(&e), e),
             };
             println!("listening on http://{}", server.local_addr());
             let _ = std::io::stdout().flush();
-            shutdown_signal().await;
+            stop.wait().await;
             tracing::info!("shutting down");
             server.shutdown().await;
             ExitCode::SUCCESS
@@ -276,23 +282,38 @@ async fn run_admin(
     Ok(value)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT and SIGTERM, listened for from the moment it is installed.
+struct ShutdownSignal {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {},
+            _ = self.interrupt.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = &mut self;
+        }
     }
 }
