@@ -155,6 +155,21 @@ impl CustomerApi {
         .await
     }
 
+    /// `PUT /v1/users/{user_id}/devices/{enrollment_id}/primary`: makes that device the
+    /// primary one; returns the user's devices after the change.
+    pub async fn set_primary(
+        &self,
+        user_id: &str,
+        enrollment_id: &EnrollmentId,
+    ) -> Result<DeviceList, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::PUT,
+            &user_path(user_id, &format!("/devices/{enrollment_id}/primary")),
+            None,
+        )
+        .await
+    }
+
     /// `DELETE /v1/users/{user_id}/devices/{enrollment_id}`.
     pub async fn remove_device(
         &self,

@@ -27,6 +27,7 @@ on_each_backend! {
     poll_only_device_long_polls => long_poll;
     number_matching => number_matching;
     push_bombing_is_capped => push_bombing;
+    the_primary_device_is_asked_by_default_and_can_change => primary_device;
 }
 
 async fn paired(backend: Backend, user: &str) -> (TestServer, TestDevice) {
@@ -807,4 +808,88 @@ async fn push_bombing(backend: Backend) {
         .create_authentication("bob", &ask(AuthenticationKind::Approval))
         .await
         .unwrap();
+}
+
+async fn primary_device(backend: Backend) {
+    let (server, phone) = paired(backend, "alice").await;
+    let tablet = TestDevice::new().await;
+    let tablet_enrollment = tablet
+        .auth
+        .pair(&server.pairing_uri("alice").await, None)
+        .await
+        .unwrap();
+    let devices = server.customer.list_devices("alice").await.unwrap().devices;
+    assert_eq!(devices.iter().filter(|d| d.primary).count(), 1);
+    assert!(
+        !devices
+            .iter()
+            .find(|d| d.enrollment_id == tablet_enrollment.enrollment_id)
+            .unwrap()
+            .primary
+    );
+
+    // By default the primary device (the first paired) is asked.
+    server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .unwrap();
+    assert_eq!(phone.auth.pending_requests().await.unwrap().len(), 1);
+    assert!(tablet.auth.pending_requests().await.unwrap().is_empty());
+    // A chosen device is asked instead.
+    server
+        .customer
+        .create_authentication(
+            "alice",
+            &tessera_protocol::api::CreateAuthenticationRequest {
+                enrollment_id: Some(tablet_enrollment.enrollment_id.clone()),
+                ..ask(AuthenticationKind::Approval)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(tablet.auth.pending_requests().await.unwrap().len(), 1);
+
+    // The tablet becomes primary: exactly one primary, and new requests go there.
+    let after = server
+        .customer
+        .set_primary("alice", &tablet_enrollment.enrollment_id)
+        .await
+        .unwrap()
+        .devices;
+    let primaries: Vec<_> = after
+        .iter()
+        .filter(|d| d.primary)
+        .map(|d| d.enrollment_id.clone())
+        .collect();
+    assert_eq!(primaries, [tablet_enrollment.enrollment_id.clone()]);
+    for r in tablet.auth.pending_requests().await.unwrap() {
+        tablet.auth.deny(&r, false).await.unwrap();
+    }
+    server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .unwrap();
+    assert_eq!(tablet.auth.pending_requests().await.unwrap().len(), 1);
+
+    // Unknown or foreign enrollment ids change nothing.
+    server.user("bob").await;
+    let err = server
+        .customer
+        .set_primary("bob", &tablet_enrollment.enrollment_id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::DeviceNotFound));
+    let devices = server.customer.list_devices("alice").await.unwrap().devices;
+    assert_eq!(devices.iter().filter(|d| d.primary).count(), 1);
+    // Removing the primary device promotes the oldest remaining one.
+    server
+        .customer
+        .remove_device("alice", &tablet_enrollment.enrollment_id)
+        .await
+        .unwrap();
+    let devices = server.customer.list_devices("alice").await.unwrap().devices;
+    assert_eq!(devices.len(), 1);
+    assert!(devices[0].primary);
 }

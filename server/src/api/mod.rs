@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tessera_protocol::pairing::ServerUrl;
 use utoipa::OpenApi;
 
@@ -46,6 +46,7 @@ pub(crate) struct AppState {
         users::get_user,
         users::list_devices,
         users::remove_device,
+        users::set_primary,
         pairing::start_pairing,
         pairing::relay_pairing,
         pairing::device_pairing,
@@ -81,6 +82,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/v1/users/{user_id}/devices/{enrollment_id}",
             delete(users::remove_device),
+        )
+        .route(
+            "/v1/users/{user_id}/devices/{enrollment_id}/primary",
+            put(users::set_primary),
         )
         .route("/v1/users/{user_id}/pairings", post(pairing::start_pairing))
         .route(

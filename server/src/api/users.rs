@@ -122,3 +122,28 @@ pub(crate) async fn remove_device(
         Err(not_found())
     }
 }
+
+/// Makes one of the user's devices the primary device: the one authentications go to by default.
+#[utoipa::path(put, path = "/v1/users/{user_id}/devices/{enrollment_id}/primary", tag = "customer",
+    params(("user_id" = String, Path, description = "The customer's id for the user"),
+           ("enrollment_id" = String, Path, description = "The device's enrollment id")),
+    responses((status = 200, body = DeviceList, description = "The user's devices after the change"),
+              (status = 404, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn set_primary(
+    State(state): State<AppState>,
+    auth: AppAuth,
+    Path((user_id, enrollment_id)): Path<(String, String)>,
+) -> Result<Json<DeviceList>, ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    let not_found = || ApiError::new(ErrorCode::DeviceNotFound, "no such device for this user");
+    let enrollment_id: EnrollmentId = enrollment_id.parse().map_err(|_| not_found())?;
+    if !enrollments::set_primary(&state.db, &auth.0.id, &user_id, &enrollment_id).await? {
+        return Err(not_found());
+    }
+    let devices = enrollments::list_for_user(&state.db, &auth.0.id, &user_id)
+        .await?
+        .iter()
+        .map(enrollments::Enrollment::record)
+        .collect();
+    Ok(Json(DeviceList { devices }))
+}

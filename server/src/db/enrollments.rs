@@ -255,3 +255,37 @@ pub async fn touch(db: &Database, id: &EnrollmentId, now: i64) -> Result<(), Ser
         .await?;
     Ok(())
 }
+
+/// Makes one of the user's enrollments the primary device (and no other). Returns false if the
+/// user has no such enrollment.
+pub async fn set_primary(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    id: &EnrollmentId,
+) -> Result<bool, ServerError> {
+    let mut tx = db.pool().begin().await?;
+    let exists = sqlx::query(
+        "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 AND enrollment_id = $3",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(id.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if exists.is_none() {
+        // Not the user's device: the transaction is dropped and every flag stays as it was.
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE enrollments SET is_primary = CASE WHEN enrollment_id = $3 THEN 1 ELSE 0 END \
+         WHERE application_id = $1 AND user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
