@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
         server_keys: JwkSet {
             keys: vec![server_key.public_jwk()],
         },
+        pending_verification: false,
         issued_at: 1,
     };
     let reply_jws = envelope::sign(MessageType::PairingReply, &reply, &server_key).unwrap();

@@ -76,6 +76,12 @@ fn bench(c: &mut Criterion) {
         selected_number: None,
         amr: vec!["fpt".into()],
         signals: DeviceSignals::default(),
+        location: Some(tessera_protocol::authentication::DeviceLocation {
+            latitude: 52.520008,
+            longitude: 13.404954,
+            altitude: Some(34.0),
+            accuracy: Some(12.5),
+        }),
         issued_at: 1,
     };
 

@@ -6,19 +6,19 @@ use rand::RngCore;
 use std::time::Duration;
 
 use tessera_protocol::api::{
-    DevicePairingRequest, DevicePairingResponse, EnrollmentStatus, PendingRequests,
-    ResponseRecorded, ServerKeysResponse, SubmitResponse,
+    DevicePairingRequest, DevicePairingResponse, EnrollmentState, EnrollmentStatus,
+    PendingRequests, ResponseRecorded, ServerKeysResponse, SubmitResponse,
 };
 use tessera_protocol::authentication::{
-    AuthenticationId, AuthenticationKind, AuthenticationRequest, Decision,
+    AuthenticationId, AuthenticationKind, AuthenticationRequest, Decision, DeviceLocation,
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{
-    ApplicationInfo, MAX_REGISTRATION_AGE_SECONDS, MobilePayload, PairingCode, PairingReply,
-    PairingUri, ServerKeySet, ServerUrl,
+    ApplicationInfo, DeviceSignals, MAX_REGISTRATION_AGE_SECONDS, MobilePayload, PairingCode,
+    PairingReply, PairingUri, ServerKeySet, ServerUrl,
 };
 use tessera_protocol::time::{UnixSeconds, now};
 use tokio::sync::Mutex;
@@ -52,6 +52,9 @@ pub struct Enrollment {
     pub device_id: DeviceId,
     /// When the pairing completed.
     pub paired_at: UnixSeconds,
+    /// `Active`, or `PendingVerification` while the user's primary device has not yet approved
+    /// this device (see [`Authenticator::wait_for_verification`]).
+    pub status: EnrollmentState,
 }
 
 impl From<&StoredEnrollment> for Enrollment {
@@ -63,6 +66,11 @@ impl From<&StoredEnrollment> for Enrollment {
             user_id: e.user_id.clone(),
             device_id: e.device_id.clone(),
             paired_at: e.paired_at,
+            status: if e.pending_verification {
+                EnrollmentState::PendingVerification
+            } else {
+                EnrollmentState::Active
+            },
         }
     }
 }
@@ -78,6 +86,14 @@ pub struct Authenticator {
     state: Mutex<DeviceState>,
     device_id: DeviceId,
     transport: Transport,
+    /// Signals and location as the app last reported them; every answer carries them.
+    posture: std::sync::RwLock<Posture>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Posture {
+    signals: DeviceSignals,
+    location: Option<DeviceLocation>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -107,7 +123,12 @@ impl Authenticator {
         }
         let transport = Transport::new(config.http_timeout, config.allow_insecure_http)?;
         let device_id = state.device_id.clone();
+        let posture = std::sync::RwLock::new(Posture {
+            signals: config.signals,
+            location: None,
+        });
         Ok(Self {
+            posture,
             config,
             key_store,
             store,
@@ -120,6 +141,36 @@ impl Authenticator {
     /// This installation's device id.
     pub fn device_id(&self) -> DeviceId {
         self.device_id.clone()
+    }
+
+    /// Reports the device's current posture (rooted, screen lock, MDM); every later answer
+    /// carries it, signed. Starts as [`AuthenticatorConfig::signals`].
+    pub fn set_signals(&self, signals: DeviceSignals) {
+        if let Ok(mut p) = self.posture.write() {
+            p.signals = signals;
+        }
+    }
+
+    /// Reports where the device is (or `None` when the app has no fix or no permission); every
+    /// later answer carries it, signed, and the server reports it as
+    /// `pingid.authentication.authenticating.device.latitude` and the like.
+    pub fn set_location(&self, location: Option<DeviceLocation>) -> Result<(), CoreError> {
+        if location.is_some_and(|l| !l.is_valid()) {
+            return Err(CoreError::InvalidInput(
+                "the location is out of range (latitude ±90, longitude ±180, accuracy ≥ 0)".into(),
+            ));
+        }
+        if let Ok(mut p) = self.posture.write() {
+            p.location = location;
+        }
+        Ok(())
+    }
+
+    fn posture(&self) -> Posture {
+        match self.posture.read() {
+            Ok(p) => *p,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
     }
 
     /// The completed enrollments, oldest first.
@@ -258,6 +309,94 @@ impl Authenticator {
         let body = self.enrollment_call(id, reqwest::Method::GET).await?;
         serde_json::from_slice(&body)
             .map_err(|_| CoreError::InvalidServerResponse("unexpected enrollment status".into()))
+    }
+
+    /// Waits until the user's primary device approves or refuses this enrollment (application
+    /// policy "verify new devices with the primary device"), or `timeout` passes; returns where
+    /// it stands. Approved: it becomes usable and replaces this device's earlier enrollment for
+    /// the same user. Rejected (denied or expired): it is deleted with its keys. An enrollment
+    /// that was never pending returns `Active` at once, without a call.
+    pub async fn wait_for_verification(
+        &self,
+        id: &EnrollmentId,
+        timeout: Duration,
+    ) -> Result<EnrollmentState, CoreError> {
+        let enrollment = self.stored_enrollment(id).await?;
+        if !enrollment.pending_verification {
+            return Ok(EnrollmentState::Active);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let wait = left.min(Duration::from_secs(30));
+            let signer =
+                KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
+            let path = format!("/v1/device/enrollments/{id}");
+            let query = format!("wait={}", wait.as_secs());
+            let mut call = DeviceCall::new(reqwest::Method::GET, &path);
+            call.query = Some(&query);
+            call.timeout = Some(wait + Duration::from_secs(15));
+            let body = self
+                .transport
+                .device_call(&enrollment.server, call, id, &signer)
+                .await?;
+            let status: EnrollmentStatus = serde_json::from_slice(&body).map_err(|_| {
+                CoreError::InvalidServerResponse("unexpected enrollment status".into())
+            })?;
+            match status.status {
+                EnrollmentState::Active => {
+                    self.activate(id).await?;
+                    return Ok(EnrollmentState::Active);
+                }
+                EnrollmentState::Rejected => {
+                    self.forget_enrollment(id).await?;
+                    tracing::info!(enrollment_id = %id, "the primary device did not approve this device");
+                    return Ok(EnrollmentState::Rejected);
+                }
+                EnrollmentState::PendingVerification if left <= wait => {
+                    return Ok(EnrollmentState::PendingVerification);
+                }
+                EnrollmentState::PendingVerification => {}
+            }
+        }
+    }
+
+    /// Marks a verified enrollment usable and drops this device's earlier enrollments for the
+    /// same user (the server replaced them when it activated this one).
+    async fn activate(&self, id: &EnrollmentId) -> Result<(), CoreError> {
+        let replaced = {
+            let mut state = self.state.lock().await;
+            let Some(target) = state
+                .enrollments
+                .iter()
+                .find(|e| &e.enrollment_id == id)
+                .cloned()
+            else {
+                return Err(CoreError::EnrollmentNotFound);
+            };
+            let mut replaced = Vec::new();
+            state.enrollments.retain(|e| {
+                let same = &e.enrollment_id != id
+                    && e.server == target.server
+                    && e.application.id == target.application.id
+                    && e.user_id == target.user_id;
+                if same {
+                    replaced.push(e.possession_alias.clone());
+                    replaced.push(e.user_verification_alias.clone());
+                }
+                !same
+            });
+            for e in state.enrollments.iter_mut() {
+                if &e.enrollment_id == id {
+                    e.pending_verification = false;
+                }
+            }
+            self.store.save(&state)?;
+            replaced
+        };
+        delete_keys(self.key_store.as_ref(), &replaced);
+        tracing::info!(enrollment_id = %id, "verified by the primary device");
+        Ok(())
     }
 
     /// Unpairs: tells the server (a signed call), then deletes the enrollment and its keys. If
@@ -466,7 +605,10 @@ impl Authenticator {
             state.pending.retain(|p| p.id != pending.id);
             let mut replaced = Vec::new();
             state.enrollments.retain(|e| {
-                let same = e.server == pending.server
+                // A pairing waiting for the primary device's approval replaces nothing yet: the
+                // earlier enrollment may be the one that approves it.
+                let same = !reply.pending_verification
+                    && e.server == pending.server
                     && e.application.id == reply.application.id
                     && e.user_id == reply.user_id;
                 if same {
@@ -484,6 +626,7 @@ impl Authenticator {
                 paired_at: now(),
                 possession_alias: pending.possession_alias.clone(),
                 user_verification_alias: pending.user_verification_alias.clone(),
+                pending_verification: reply.pending_verification,
             };
             state.enrollments.push(stored.clone());
             state.pin(&pending.server, reply.server_keys.clone(), now());
@@ -523,7 +666,7 @@ impl Authenticator {
         let mut out = Vec::new();
         // Bound first: a guard in the `for` expression would be held for the whole loop.
         let enrollments = self.state.lock().await.enrollments.clone();
-        for enrollment in enrollments {
+        for enrollment in enrollments.iter().filter(|e| !e.pending_verification) {
             out.extend(
                 self.fetch_requests(&enrollment.enrollment_id, Duration::ZERO)
                     .await?,
@@ -718,12 +861,14 @@ impl Authenticator {
         amr: Vec<String>,
     ) -> Result<ResponseRecorded, CoreError> {
         let enrollment = self.stored_enrollment(&request.enrollment_id).await?;
+        let posture = self.posture();
         let response = response_for(
             request,
             decision,
             selected_number,
             amr,
-            self.config.signals,
+            posture.signals,
+            posture.location,
             now(),
         )?;
         let with_user_verification = decision == Decision::Approve

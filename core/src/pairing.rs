@@ -194,6 +194,7 @@ mod tests {
             server_keys: JwkSet {
                 keys: vec![f.server_key.public_jwk()],
             },
+            pending_verification: false,
             issued_at: 1,
         }
     }

@@ -3,7 +3,7 @@
 use tessera_protocol::PROTOCOL_VERSION;
 use tessera_protocol::authentication::{
     AccessContext, AuthenticationId, AuthenticationKind, AuthenticationRequest,
-    AuthenticationResponse, Decision, DisplayField,
+    AuthenticationResponse, Decision, DeviceLocation, DisplayField,
 };
 use tessera_protocol::envelope::{self, EnvelopeError, MessageType};
 use tessera_protocol::ids::{EnrollmentId, UserId};
@@ -120,6 +120,7 @@ pub(crate) fn response_for(
     selected_number: Option<u32>,
     amr: Vec<String>,
     signals: DeviceSignals,
+    location: Option<DeviceLocation>,
     now: UnixSeconds,
 ) -> Result<AuthenticationResponse, CoreError> {
     if decision == Decision::Approve {
@@ -167,6 +168,7 @@ pub(crate) fn response_for(
         },
         amr,
         signals,
+        location,
         issued_at: now,
     })
 }
@@ -295,6 +297,7 @@ mod tests {
                 None,
                 fpt.clone(),
                 DeviceSignals::default(),
+                None,
                 150
             )
             .is_err()
@@ -306,6 +309,7 @@ mod tests {
                 Some(44),
                 fpt.clone(),
                 DeviceSignals::default(),
+                None,
                 150
             )
             .is_err()
@@ -317,6 +321,7 @@ mod tests {
                 Some(22),
                 vec![],
                 DeviceSignals::default(),
+                None,
                 150
             )
             .is_err()
@@ -327,6 +332,7 @@ mod tests {
             Some(22),
             fpt,
             DeviceSignals::default(),
+            None,
             150,
         )
         .unwrap();
@@ -338,6 +344,7 @@ mod tests {
             Some(22),
             vec![],
             DeviceSignals::default(),
+            None,
             150,
         )
         .unwrap();

@@ -90,6 +90,9 @@ pub(crate) struct StoredEnrollment {
     pub paired_at: UnixSeconds,
     pub possession_alias: String,
     pub user_verification_alias: String,
+    /// Waiting for the user's primary device to approve it.
+    #[serde(default)]
+    pub pending_verification: bool,
 }
 
 /// A server's keys, pinned at pairing.

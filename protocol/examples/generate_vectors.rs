@@ -217,6 +217,7 @@ fn main() {
         server_keys: JwkSet {
             keys: vec![server.public_jwk()],
         },
+        pending_verification: false,
         issued_at: 1_767_225_601,
     };
     let reply_vector = envelope_vector(

@@ -109,6 +109,9 @@ pub struct DeviceRecord {
     pub push_provider: String,
     /// Whether this is the user's primary device.
     pub primary: bool,
+    /// `active`, or `pending_verification` while the user's primary device has not yet
+    /// approved it (application policy "verify new devices with the primary device").
+    pub status: EnrollmentState,
     /// When it was paired.
     pub paired_at: UnixSeconds,
     /// When the device last called the server.
@@ -172,8 +175,48 @@ pub struct EnrollmentStatus {
     pub user_id: UserId,
     /// The application.
     pub application_id: ApplicationId,
-    /// `active`.
-    pub status: String,
+    /// Whether it can be used.
+    pub status: EnrollmentState,
+}
+
+/// Where an enrollment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum EnrollmentState {
+    /// Paired and usable.
+    Active,
+    /// Waiting for the user's primary device to approve it.
+    PendingVerification,
+    /// The primary device denied it, or nobody approved it in time; it will never be usable.
+    Rejected,
+}
+
+impl std::fmt::Display for EnrollmentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EnrollmentState {
+    /// The state's wire text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrollmentState::Active => "active",
+            EnrollmentState::PendingVerification => "pending_verification",
+            EnrollmentState::Rejected => "rejected",
+        }
+    }
+
+    /// Parses the wire text.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "pending_verification" => Some(Self::PendingVerification),
+            "rejected" => Some(Self::Rejected),
+            _ => None,
+        }
+    }
 }
 
 /// The admin CLI's answer to `create-app`. The API key is shown once; the server keeps only
@@ -271,6 +314,9 @@ pub struct AuthenticationStatus {
     /// The device-signed answer, once answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_response: Option<String>,
+    /// Why it failed (`device_unpaired`), when its state is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
 }
 
 /// `GET /v1/device/enrollments/{enrollment_id}/requests`: the device's pending requests.

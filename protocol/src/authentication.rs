@@ -131,8 +131,41 @@ pub enum Decision {
     ReportFraud,
 }
 
+/// Where the authenticating device was when it answered, as its platform reports it
+/// (`pingid.authentication.authenticating.device.latitude` and the like).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceLocation {
+    /// Degrees, −90 to 90.
+    pub latitude: f64,
+    /// Degrees, −180 to 180.
+    pub longitude: f64,
+    /// Metres above sea level, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub altitude: Option<f64>,
+    /// Horizontal accuracy in metres, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+}
+
+impl DeviceLocation {
+    /// Whether every number is finite and in its range (accuracy not negative, altitude
+    /// between −12 km and 100 km).
+    pub fn is_valid(&self) -> bool {
+        self.latitude.is_finite()
+            && (-90.0..=90.0).contains(&self.latitude)
+            && self.longitude.is_finite()
+            && (-180.0..=180.0).contains(&self.longitude)
+            && self
+                .altitude
+                .is_none_or(|a| a.is_finite() && (-12_000.0..=100_000.0).contains(&a))
+            && self.accuracy.is_none_or(|a| a.is_finite() && a >= 0.0)
+    }
+}
+
 /// The device's answer, signed by the possession or the user-verification key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthenticationResponse {
     /// Protocol version.
@@ -154,6 +187,9 @@ pub struct AuthenticationResponse {
     pub amr: Vec<String>,
     /// Posture signals at the time of the answer.
     pub signals: DeviceSignals,
+    /// Where the device was, if the app reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<DeviceLocation>,
     /// When the device signed it.
     pub issued_at: UnixSeconds,
 }
@@ -171,6 +207,9 @@ pub enum AuthenticationState {
     Denied,
     /// Nobody answered in time.
     Expired,
+    /// Could not be completed: the device asked was unpaired while the request was pending,
+    /// and no other device could take it (see the status' `failure_reason`).
+    Failed,
 }
 
 impl AuthenticationState {
@@ -181,6 +220,7 @@ impl AuthenticationState {
             AuthenticationState::Approved => "approved",
             AuthenticationState::Denied => "denied",
             AuthenticationState::Expired => "expired",
+            AuthenticationState::Failed => "failed",
         }
     }
 
@@ -191,6 +231,7 @@ impl AuthenticationState {
             "approved" => Some(Self::Approved),
             "denied" => Some(Self::Denied),
             "expired" => Some(Self::Expired),
+            "failed" => Some(Self::Failed),
             _ => None,
         }
     }

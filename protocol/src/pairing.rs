@@ -453,6 +453,10 @@ pub struct PairingReply {
     pub registration_digest: Sha256Digest,
     /// The server's signing keys, which the device pins.
     pub server_keys: JwkSet,
+    /// The enrollment is not usable yet: the application verifies new devices with the user's
+    /// primary device, which has been asked to approve this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_verification: bool,
     /// When the server signed it.
     pub issued_at: UnixSeconds,
 }

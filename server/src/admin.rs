@@ -124,3 +124,17 @@ pub async fn set_push_webhook(
         Err(ServerError::NotFound("application"))
     }
 }
+
+/// Sets how the application pairs a user's further devices: each on its own, or verified by the
+/// user's primary device.
+pub async fn set_additional_device_policy(
+    db: &Database,
+    app: &ApplicationId,
+    policy: applications::AdditionalDevicePolicy,
+) -> Result<(), ServerError> {
+    if applications::set_additional_device_policy(db, app, policy).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
+}

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use tessera_protocol::pairing::ServerUrl;
 
+use crate::ip_table::IpTable;
+
 /// How a server runs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -34,6 +36,10 @@ pub struct ServerConfig {
     pub push_attempts: u32,
     /// Delay before the first retry; each further retry waits four times longer.
     pub push_retry_base: std::time::Duration,
+    /// Country and IP reputation of accessing devices' addresses (empty: no such attributes).
+    pub accessing_ip_table: IpTable,
+    /// Lifetime of the request that asks the primary device to approve a new device, in seconds.
+    pub device_verification_ttl: u32,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +57,8 @@ impl Default for ServerConfig {
             push_max_payload_bytes: 4000,
             push_attempts: 4,
             push_retry_base: std::time::Duration::from_millis(200),
+            accessing_ip_table: IpTable::default(),
+            device_verification_ttl: 300,
         }
     }
 }

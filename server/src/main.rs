@@ -6,6 +6,8 @@
 //! tessera-server admin [--database URL] list-apps | rotate-api-key APP_ID
 //! tessera-server admin [--database URL] create-user APP_ID USER_ID [--display-name NAME]
 //! tessera-server admin [--database URL] list-users APP_ID | list-devices APP_ID USER_ID
+//! tessera-server admin [--database URL] set-push-webhook APP_ID (URL | --clear)
+//! tessera-server admin [--database URL] set-device-policy APP_ID --additional-devices (individual | verify-with-primary)
 //! tessera-server openapi
 //! ```
 
@@ -17,7 +19,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
-use tessera_server::{Database, Server, ServerConfig, ServerError, admin};
+use tessera_server::db::applications::AdditionalDevicePolicy;
+use tessera_server::{Database, IpTable, Server, ServerConfig, ServerError, admin};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +37,12 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AdditionalDevices {
+    Individual,
+    VerifyWithPrimary,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +68,10 @@ enum Command {
         /// Failed pairing-code attempts allowed per client address per minute.
         #[arg(long, default_value_t = 10)]
         pairing_failures_per_minute: u32,
+        /// CSV of address blocks (CIDR,COUNTRY,REPUTATION) giving accessing devices' country
+        /// and IP reputation.
+        #[arg(long, env = "TESSERA_IP_TABLE")]
+        ip_table: Option<std::path::PathBuf>,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -115,6 +128,15 @@ enum AdminCommand {
         #[arg(long, conflicts_with = "url")]
         clear: bool,
     },
+    /// How further devices of a user pair: each on its own (`individual`, the default) or only
+    /// once the user's primary device approves them (`verify-with-primary`).
+    SetDevicePolicy {
+        /// The application.
+        application_id: String,
+        /// `individual` or `verify-with-primary`.
+        #[arg(long, value_enum)]
+        additional_devices: AdditionalDevices,
+    },
     /// List a user's devices.
     ListDevices {
         /// The application.
@@ -168,17 +190,23 @@ async fn main() -> ExitCode {
             public_url,
             log_format,
             pairing_failures_per_minute,
+            ip_table,
         } => {
             init_logs(log_format);
             let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
                 Ok(u) => u,
                 Err(e) => return fail("invalid_input", e),
             };
+            let accessing_ip_table = match ip_table.as_deref().map(IpTable::load).transpose() {
+                Ok(table) => table.unwrap_or_default(),
+                Err(e) => return fail(server_error_code(&e), e),
+            };
             let config = ServerConfig {
                 listen,
                 database_url: database,
                 public_url,
                 pairing_failures_per_ip_per_minute: pairing_failures_per_minute,
+                accessing_ip_table,
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -267,6 +295,18 @@ async fn run_admin(
             let app = parse_app(&application_id)?;
             admin::set_push_webhook(&db, &app, url.as_deref()).await?;
             json!({"application_id": app, "push_webhook": url})
+        }
+        AdminCommand::SetDevicePolicy {
+            application_id,
+            additional_devices,
+        } => {
+            let app = parse_app(&application_id)?;
+            let policy = match additional_devices {
+                AdditionalDevices::Individual => AdditionalDevicePolicy::Individual,
+                AdditionalDevices::VerifyWithPrimary => AdditionalDevicePolicy::VerifyWithPrimary,
+            };
+            admin::set_additional_device_policy(&db, &app, policy).await?;
+            json!({"application_id": app, "additional_devices": policy.as_str()})
         }
         AdminCommand::ListUsers { application_id } => {
             json!({"users": admin::list_users(&db, &parse_app(&application_id)?).await?})

@@ -403,6 +403,7 @@ fn answer(
         selected_number: None,
         amr: vec![],
         signals: Default::default(),
+        location: None,
         issued_at: now(),
     }
 }
@@ -450,6 +451,18 @@ async fn forged_answers(backend: Backend) {
     // Not an RFC 8176 method.
     let mut other = answer(&request);
     other.amr = vec!["magic".into()];
+    assert_eq!(
+        post_response(&server, &id, &sign(&other, &alice.possession)).await,
+        (400, Some(ErrorCode::ResponseMismatch))
+    );
+    // A location that cannot be.
+    let mut other = answer(&request);
+    other.location = Some(tessera_protocol::authentication::DeviceLocation {
+        latitude: 91.0,
+        longitude: 13.4,
+        altitude: None,
+        accuracy: None,
+    });
     assert_eq!(
         post_response(&server, &id, &sign(&other, &alice.possession)).await,
         (400, Some(ErrorCode::ResponseMismatch))

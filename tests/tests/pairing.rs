@@ -170,7 +170,10 @@ async fn relay_pairing(backend: tessera_tests::Backend) {
         .enrollment_status(&enrollment.enrollment_id)
         .await
         .unwrap();
-    assert_eq!(status.status, "active");
+    assert_eq!(
+        status.status,
+        tessera_protocol::api::EnrollmentState::Active
+    );
 }
 
 async fn codes_refused_alike(backend: tessera_tests::Backend) {

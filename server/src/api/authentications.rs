@@ -11,6 +11,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::api::{
     AuthenticationStatus, CreateAuthenticationRequest, PendingRequests, ResponseRecorded,
     SubmitResponse,
@@ -21,7 +22,7 @@ use tessera_protocol::authentication::{
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
-use tessera_protocol::ids::EnrollmentId;
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::DeviceRegistration;
 use tessera_protocol::{PROTOCOL_VERSION, time};
 
@@ -33,8 +34,8 @@ use super::users::{parse_user_id, require_user};
 use crate::db::authentications::{self, Authentication};
 use crate::db::enrollments::{self, Enrollment};
 
-const MAX_WAIT_SECONDS: u64 = 30;
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const MAX_WAIT_SECONDS: u64 = 30;
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_FIELDS: usize = 20;
 /// RFC 8176 authentication method reference values.
 const AMR_VALUES: &[&str] = &[
@@ -187,53 +188,100 @@ pub(crate) async fn create_authentication(
             ));
         }
     }
-    let (number_to_show, number_choices) = if body.number_matching {
+    let record = new_authentication(
+        &state,
+        &auth.0.id,
+        &user_id,
+        &device,
+        Question {
+            kind: body.kind,
+            parameters,
+            context: AccessContext {
+                application_name: app_name,
+                application_icon_url: body.application_icon_url.clone(),
+                ip: body.accessing_ip.clone(),
+                location: body.accessing_location.clone(),
+            },
+            number_matching: body.number_matching,
+            require_user_verification: body.require_user_verification,
+            expires_in,
+        },
+    )?;
+    authentications::insert(state.db.pool(), &record).await?;
+    tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
+    // Push is a hint, delivered in the background; the request is already stored for pulling.
+    tokio::spawn(crate::push::deliver(state.clone(), record.clone(), device));
+    Ok((StatusCode::CREATED, Json(record.status())))
+}
+
+/// What a new request asks.
+pub(crate) struct Question {
+    /// The kind.
+    pub kind: AuthenticationKind,
+    /// What to show.
+    pub parameters: DynamicParameters,
+    /// Where the sign-in comes from.
+    pub context: AccessContext,
+    /// Whether the device user must pick the number the page shows.
+    pub number_matching: bool,
+    /// Whether the answer must be signed with the user-verification key.
+    pub require_user_verification: bool,
+    /// Seconds until it expires.
+    pub expires_in: u32,
+}
+
+/// Signs a request to `device` and builds its pending record (not stored yet).
+pub(crate) fn new_authentication(
+    state: &AppState,
+    application_id: &ApplicationId,
+    user_id: &UserId,
+    device: &Enrollment,
+    question: Question,
+) -> Result<Authentication, ApiError> {
+    let (number_to_show, number_choices) = if question.number_matching {
         let (n, choices) = number_matching();
         (Some(n), Some(choices))
     } else {
         (None, None)
     };
     let now = time::now();
-    let parameters_digest = parameters
+    let parameters_digest = question
+        .parameters
         .digest()
         .map_err(|_| invalid("parameters cannot be encoded"))?;
+    let accessing_ip = question.context.ip.clone();
     let request = AuthenticationRequest {
         v: PROTOCOL_VERSION,
         request_id: AuthenticationId::generate(),
         issuer: state.public_url.clone(),
         enrollment_id: device.enrollment_id.clone(),
         user_id: user_id.clone(),
-        kind: body.kind,
-        parameters,
+        kind: question.kind,
+        parameters: question.parameters,
         parameters_digest,
-        context: AccessContext {
-            application_name: app_name,
-            application_icon_url: body.application_icon_url.clone(),
-            ip: body.accessing_ip.clone(),
-            location: body.accessing_location.clone(),
-        },
+        context: question.context,
         number_choices,
-        require_user_verification: body.require_user_verification,
+        require_user_verification: question.require_user_verification,
         nonce: DeviceRegistration::new_nonce(),
         issued_at: now,
-        expires_at: now + i64::from(expires_in),
+        expires_at: now + i64::from(question.expires_in),
     };
     let signed_request = state
         .keys
         .sign(MessageType::AuthenticationRequest, &request)
         .map_err(|_| ApiError::new(ErrorCode::InternalError, "internal error"))?;
-    let record = Authentication {
+    Ok(Authentication {
         id: request.request_id.clone(),
-        application_id: auth.0.id.clone(),
-        user_id,
+        application_id: application_id.clone(),
+        user_id: user_id.clone(),
         enrollment_id: device.enrollment_id.clone(),
-        kind: body.kind,
+        kind: question.kind,
         signed_request,
         parameters_digest: parameters_digest.to_string(),
-        nonce: request.nonce.clone(),
+        nonce: request.nonce,
         number_to_show,
-        require_user_verification: body.require_user_verification,
-        accessing_ip: body.accessing_ip,
+        require_user_verification: question.require_user_verification,
+        accessing_ip,
         state: AuthenticationState::Pending,
         decision: None,
         signed_response: None,
@@ -241,12 +289,8 @@ pub(crate) async fn create_authentication(
         created_at: now,
         expires_at: request.expires_at,
         answered_at: None,
-    };
-    authentications::insert(&state.db, &record).await?;
-    tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
-    // Push is a hint, delivered in the background; the request is already stored for pulling.
-    tokio::spawn(crate::push::deliver(state.clone(), record.clone(), device));
-    Ok((StatusCode::CREATED, Json(record.status())))
+        failure_reason: None,
+    })
 }
 
 async fn pick_device(
@@ -255,7 +299,12 @@ async fn pick_device(
     user_id: &tessera_protocol::ids::UserId,
     wanted: Option<&EnrollmentId>,
 ) -> Result<Enrollment, ApiError> {
-    let devices = enrollments::list_for_user(&state.db, &auth.0.id, user_id).await?;
+    let devices: Vec<Enrollment> =
+        super::device_verification::user_devices(state, &auth.0.id, user_id)
+            .await?
+            .into_iter()
+            .filter(|d| d.status == EnrollmentState::Active)
+            .collect();
     match wanted {
         Some(id) => devices
             .into_iter()
@@ -350,17 +399,36 @@ fn mismatch(message: &str) -> ApiError {
     ApiError::new(ErrorCode::ResponseMismatch, message)
 }
 
-/// The authentication attributes a relying party evaluates, named as PingID names them.
+/// The authentication attributes a relying party evaluates, named as PingID names them. As in
+/// PingID, a `POLICY_APPROVE` (silent verification: nobody acted on the device) carries no
+/// authenticating-device attributes; the device's signed answer still names the enrollment.
 fn attributes(
+    state: &AppState,
     record: &Authentication,
     device: &Enrollment,
     response: &AuthenticationResponse,
     signed_with_user_verification: bool,
     device_ip: &str,
 ) -> BTreeMap<String, Value> {
-    let auth_type = if record.kind == AuthenticationKind::Silent {
-        "POLICY_APPROVE"
-    } else if signed_with_user_verification
+    let p = "pingid.authentication.";
+    let mut a = BTreeMap::new();
+    if let Some(ip) = &record.accessing_ip {
+        let a_dev = format!("{p}accessing.device.");
+        a.insert(format!("{a_dev}ip"), json!(ip));
+        if let Some(facts) = state.config.accessing_ip_table.lookup(ip) {
+            if let Some(country) = &facts.country {
+                a.insert(format!("{a_dev}country"), json!(country));
+            }
+            if let Some(reputation) = facts.reputation {
+                a.insert(format!("{a_dev}ip.reputation"), json!(reputation.as_str()));
+            }
+        }
+    }
+    if record.kind == AuthenticationKind::Silent {
+        a.insert(format!("{p}type"), json!("POLICY_APPROVE"));
+        return a;
+    }
+    let auth_type = if signed_with_user_verification
         && response
             .amr
             .iter()
@@ -370,8 +438,6 @@ fn attributes(
     } else {
         "MOBILE_APP_SWIPE"
     };
-    let p = "pingid.authentication.";
-    let mut a = BTreeMap::new();
     a.insert(format!("{p}type"), json!(auth_type));
     let d = format!("{p}authenticating.device.");
     a.insert(format!("{d}id"), json!(device.device_id));
@@ -388,8 +454,15 @@ fn attributes(
     a.insert(format!("{d}is.rooted"), json!(response.signals.rooted));
     a.insert(format!("{d}is.locked"), json!(response.signals.screen_lock));
     a.insert(format!("{d}is.mdm"), json!(response.signals.mdm));
-    if let Some(ip) = &record.accessing_ip {
-        a.insert(format!("{p}accessing.device.ip"), json!(ip));
+    if let Some(location) = &response.location {
+        a.insert(format!("{d}latitude"), json!(location.latitude));
+        a.insert(format!("{d}longitude"), json!(location.longitude));
+        if let Some(altitude) = location.altitude {
+            a.insert(format!("{d}altitude"), json!(altitude));
+        }
+        if let Some(accuracy) = location.accuracy {
+            a.insert(format!("{d}accuracy"), json!(accuracy));
+        }
     }
     a.insert(format!("{p}amr"), json!(response.amr));
     a
@@ -413,6 +486,7 @@ pub(crate) async fn submit_response(
     let record = load(&state, &id).await?;
     let device = enrollments::by_id(&state.db, &record.enrollment_id)
         .await?
+        .filter(|d| d.status == EnrollmentState::Active)
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the device is no longer paired"))?;
     let header = envelope::inspect(&body.response).map_err(|_| {
         ApiError::new(
@@ -470,6 +544,9 @@ pub(crate) async fn submit_response(
     {
         return Err(mismatch("amr holds a value that is not an RFC 8176 method"));
     }
+    if response.location.is_some_and(|l| !l.is_valid()) {
+        return Err(mismatch("the location is out of range"));
+    }
     if response.decision == Decision::Approve {
         if record.kind == AuthenticationKind::Silent && with_uv {
             return Err(mismatch(
@@ -491,7 +568,7 @@ pub(crate) async fn submit_response(
     } else if record.kind == AuthenticationKind::Silent {
         return Err(mismatch("a silent verification cannot be denied"));
     }
-    let attrs = attributes(&record, &device, &response, with_uv, &client);
+    let attrs = attributes(&state, &record, &device, &response, with_uv, &client);
     let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
     if authentications::record_answer(
         &state.db,
@@ -505,6 +582,7 @@ pub(crate) async fn submit_response(
     {
         let current = load(&state, &id).await?;
         tracing::info!(authentication_id = %id, state = current.state.as_str(), "authentication answered");
+        super::device_verification::settle_verification(&state, &current).await?;
         return Ok(Json(ResponseRecorded {
             authentication_id: id,
             state: current.state,
@@ -516,6 +594,10 @@ pub(crate) async fn submit_response(
         (AuthenticationState::Expired, _) => Err(ApiError::new(
             ErrorCode::AuthenticationExpired,
             "the authentication expired",
+        )),
+        (AuthenticationState::Failed, _) => Err(ApiError::new(
+            ErrorCode::AuthenticationNotFound,
+            "the authentication can no longer be answered",
         )),
         (_, Some(previous)) if previous == response.decision => Ok(Json(ResponseRecorded {
             authentication_id: id,

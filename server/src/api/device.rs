@@ -1,10 +1,10 @@
 //! Device API: the server's keys, and calls a device signs with its possession key.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use tessera_protocol::api::{EnrollmentStatus, ServerKeysResponse};
+use tessera_protocol::api::{EnrollmentState, EnrollmentStatus, ServerKeysResponse};
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::device_auth::{
     AUTHORIZATION_SCHEME, DEVICE_REQUEST_WINDOW_SECONDS, DeviceRequestClaims,
@@ -15,6 +15,8 @@ use tessera_protocol::ids::EnrollmentId;
 use tessera_protocol::{PROTOCOL_VERSION, time};
 
 use super::AppState;
+use super::authentications::{MAX_WAIT_SECONDS, POLL_INTERVAL, WaitQuery};
+use super::device_verification;
 use super::errors::ApiError;
 use crate::db::enrollments::{self, Enrollment};
 use crate::db::nonces;
@@ -116,26 +118,41 @@ fn same_enrollment(enrollment: &Enrollment, raw: &str) -> Result<EnrollmentId, A
     }
 }
 
-/// Whether the calling device's enrollment is active.
+/// Whether the calling device's enrollment is active, waiting for the user's primary device to
+/// approve it, or rejected. `?wait=N` holds the answer while it is pending verification (at
+/// most 30 seconds).
 #[utoipa::path(get, path = "/v1/device/enrollments/{enrollment_id}", tag = "device",
-    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for")),
+    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for"), WaitQuery),
     responses((status = 200, body = EnrollmentStatus),
               (status = 401, description = "unknown enrollment or bad signature", body = tessera_protocol::error::ErrorBody),
               (status = 409, description = "replayed_message", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn enrollment_status(
     State(state): State<AppState>,
     Path(enrollment_id): Path<String>,
+    Query(query): Query<WaitQuery>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<EnrollmentStatus>, ApiError> {
     let enrollment = authenticate_device(&state, &headers, &method, uri.path(), b"").await?;
     let id = same_enrollment(&enrollment, &enrollment_id)?;
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
+    let mut current = device_verification::settled(&state, enrollment).await?;
+    while current.status == EnrollmentState::PendingVerification
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        let Some(latest) = enrollments::by_id(&state.db, &id).await? else {
+            break;
+        };
+        current = device_verification::settled(&state, latest).await?;
+    }
     Ok(Json(EnrollmentStatus {
         enrollment_id: id,
-        user_id: enrollment.user_id,
-        application_id: enrollment.application_id,
-        status: "active".into(),
+        user_id: current.user_id,
+        application_id: current.application_id,
+        status: current.status,
     }))
 }
 

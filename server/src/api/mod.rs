@@ -2,6 +2,7 @@
 
 mod authentications;
 mod device;
+mod device_verification;
 pub(crate) mod errors;
 mod extract;
 mod ops;

@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::Value;
 use tessera_protocol::api::{
-    DevicePairingRequest, DevicePairingResponse, RelayPairingRequest, RelayPairingResponse,
-    StartPairingRequest, StartPairingResponse,
+    DevicePairingRequest, DevicePairingResponse, EnrollmentState, RelayPairingRequest,
+    RelayPairingResponse, StartPairingRequest, StartPairingResponse,
 };
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::envelope::{self, MessageType};
@@ -22,9 +22,12 @@ use tessera_protocol::pairing::{
 use tessera_protocol::{PROTOCOL_VERSION, time};
 
 use super::AppState;
+use super::authentications as authentications_api;
+use super::device_verification;
 use super::errors::ApiError;
 use super::extract::{ApiJson, AppAuth, ClientAddr, OptionalJson};
 use super::users::{parse_user_id, require_user};
+use crate::db::authentications::{self, Authentication};
 use crate::db::enrollments::{self, Enrollment};
 use crate::db::{applications, is_unique_violation, pairing_codes, throttle};
 use crate::metrics::{ModeLabels, ReasonLabels};
@@ -243,19 +246,57 @@ fn count_failure(state: &AppState, reason: &'static str) {
         .inc();
 }
 
+/// A new enrollment, and the verification request sent to the user's primary device when the
+/// application verifies new devices with it.
+pub(crate) struct Created {
+    enrollment: Enrollment,
+    verification: Option<(Authentication, Enrollment)>,
+}
+
+impl Created {
+    /// Pushes the verification request, if any, to the primary device (after the commit).
+    fn push_verification(self, state: &AppState) -> Enrollment {
+        if let Some((request, primary)) = self.verification {
+            tracing::info!(authentication_id = %request.id, enrollment_id = %self.enrollment.enrollment_id, "new device awaits the primary device's approval");
+            tokio::spawn(crate::push::deliver(state.clone(), request, primary));
+        }
+        self.enrollment
+    }
+}
+
 /// Builds, signs and inserts the enrollment inside `tx` (whose first statement was a write).
+/// Under the policy "verify new devices with the primary device", a user's further device is
+/// inserted pending verification, next to the request that asks the primary device, and the
+/// device's earlier enrollments stay until that is approved.
 async fn create_enrollment(
     state: &AppState,
     tx: &mut sqlx::AnyConnection,
     app: &ApplicationInfo,
     user_id: &UserId,
     verified: &VerifiedRegistration,
+    client_ip: Option<&str>,
     now: i64,
-) -> Result<Result<Enrollment, sqlx::Error>, ApiError> {
+) -> Result<Result<Created, sqlx::Error>, ApiError> {
     let reg = &verified.registration;
-    let was_primary = enrollments::delete_same_device(tx, &app.id, user_id, &reg.device_id).await?;
-    let is_primary = was_primary || !enrollments::has_primary(tx, &app.id, user_id).await?;
     let enrollment_id = EnrollmentId::generate();
+    let verifier = device_verification::verifier(tx, &app.id, user_id).await?;
+    let (is_primary, verification) = match &verifier {
+        Some(primary) => {
+            let question = device_verification::question(state, &app.name, reg, client_ip);
+            let request = authentications_api::new_authentication(
+                state, &app.id, user_id, primary, question,
+            )?;
+            (false, Some(request))
+        }
+        None => {
+            let was_primary =
+                enrollments::delete_same_device(tx, &app.id, user_id, &reg.device_id).await?;
+            (
+                was_primary || !enrollments::has_primary(tx, &app.id, user_id).await?,
+                None,
+            )
+        }
+    };
     let reply = PairingReply {
         v: PROTOCOL_VERSION,
         issuer: state.public_url.clone(),
@@ -265,6 +306,7 @@ async fn create_enrollment(
         device_id: reg.device_id.clone(),
         registration_digest: verified.digest,
         server_keys: state.keys.public_set(),
+        pending_verification: verification.is_some(),
         issued_at: now,
     };
     let server_payload = state
@@ -286,10 +328,23 @@ async fn create_enrollment(
         server_payload,
         paired_at: now,
         last_seen_at: now,
+        status: if verification.is_some() {
+            EnrollmentState::PendingVerification
+        } else {
+            EnrollmentState::Active
+        },
+        verification_id: verification.as_ref().map(|v| v.id.clone()),
     };
-    Ok(enrollments::insert(tx, &enrollment)
-        .await
-        .map(|()| enrollment))
+    if let Err(e) = enrollments::insert(tx, &enrollment).await {
+        return Ok(Err(e));
+    }
+    if let Some(request) = &verification {
+        authentications::insert(&mut *tx, request).await?;
+    }
+    Ok(Ok(Created {
+        enrollment,
+        verification: verification.zip(verifier),
+    }))
 }
 
 async fn application_info(
@@ -345,9 +400,20 @@ pub(crate) async fn device_pairing(
     let consumed = pairing_codes::consume(&mut tx, &code_digest, &registration_digest, now).await?;
     if let Some((app_id, user_id)) = consumed {
         let app = application_info(&state, &app_id).await?;
-        match create_enrollment(&state, &mut tx, &app, &user_id, &verified, now).await? {
-            Ok(enrollment) => {
+        match create_enrollment(
+            &state,
+            &mut tx,
+            &app,
+            &user_id,
+            &verified,
+            Some(&client),
+            now,
+        )
+        .await?
+        {
+            Ok(created) => {
                 tx.commit().await?;
+                let enrollment = created.push_verification(&state);
                 state
                     .metrics
                     .pairings
@@ -450,9 +516,10 @@ pub(crate) async fn relay_pairing(
         name: auth.0.name.clone(),
     };
     let mut tx = state.db.pool().begin().await?;
-    match create_enrollment(&state, &mut tx, &app, &user_id, &verified, now).await? {
-        Ok(enrollment) => {
+    match create_enrollment(&state, &mut tx, &app, &user_id, &verified, None, now).await? {
+        Ok(created) => {
             tx.commit().await?;
+            let enrollment = created.push_verification(&state);
             state
                 .metrics
                 .pairings

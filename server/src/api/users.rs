@@ -94,7 +94,7 @@ pub(crate) async fn list_devices(
 ) -> Result<Json<DeviceList>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     require_user(&state, &auth, &user_id).await?;
-    let devices = enrollments::list_for_user(&state.db, &auth.0.id, &user_id)
+    let devices = super::device_verification::user_devices(&state, &auth.0.id, &user_id)
         .await?
         .iter()
         .map(enrollments::Enrollment::record)

@@ -127,3 +127,66 @@ pub async fn set_push_webhook(
         .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// How an application pairs a user's further devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdditionalDevicePolicy {
+    /// Each device pairs on its own with a pairing code (or relay payload).
+    #[default]
+    Individual,
+    /// A further device pairs only once the user's primary device approves it.
+    VerifyWithPrimary,
+}
+
+impl AdditionalDevicePolicy {
+    /// The stored and command-line word: `individual` or `verify_with_primary`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdditionalDevicePolicy::Individual => "individual",
+            AdditionalDevicePolicy::VerifyWithPrimary => "verify_with_primary",
+        }
+    }
+
+    /// Parses the word (`-` and `_` alike).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.replace('-', "_").as_str() {
+            "individual" => Some(Self::Individual),
+            "verify_with_primary" => Some(Self::VerifyWithPrimary),
+            _ => None,
+        }
+    }
+}
+
+/// The application's policy for further devices.
+pub async fn additional_device_policy<'e, E>(
+    executor: E,
+    id: &ApplicationId,
+) -> Result<AdditionalDevicePolicy, ServerError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query("SELECT additional_devices FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(executor)
+        .await?;
+    match row {
+        Some(r) => AdditionalDevicePolicy::parse(&r.try_get::<String, _>("additional_devices")?)
+            .ok_or(ServerError::Corrupted("additional_devices")),
+        None => Err(ServerError::NotFound("application")),
+    }
+}
+
+/// Sets the application's policy for further devices. Returns false if there is no such
+/// application.
+pub async fn set_additional_device_policy(
+    db: &Database,
+    id: &ApplicationId,
+    policy: AdditionalDevicePolicy,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query("UPDATE applications SET additional_devices = $1 WHERE id = $2")
+        .bind(policy.as_str())
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

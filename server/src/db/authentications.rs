@@ -49,11 +49,13 @@ pub struct Authentication {
     pub expires_at: i64,
     /// When it was answered.
     pub answered_at: Option<i64>,
+    /// Why it failed, when its state is `failed`.
+    pub failure_reason: Option<String>,
 }
 
 const COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
     parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
-    decision, signed_response, attributes, created_at, expires_at, answered_at";
+    decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason";
 
 fn word<T: serde::de::DeserializeOwned>(text: &str, what: &'static str) -> Result<T, ServerError> {
     serde_json::from_value(serde_json::Value::String(text.to_string()))
@@ -107,6 +109,7 @@ fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, ServerE
         created_at: row.try_get("created_at")?,
         expires_at,
         answered_at: row.try_get("answered_at")?,
+        failure_reason: row.try_get("failure_reason")?,
     })
 }
 
@@ -130,14 +133,18 @@ impl Authentication {
                 .unwrap_or_default(),
             signed_request: self.signed_request.clone(),
             signed_response: self.signed_response.clone(),
+            failure_reason: self.failure_reason.clone(),
         }
     }
 }
 
-/// Records a new pending authentication.
-pub async fn insert(db: &Database, a: &Authentication) -> Result<(), ServerError> {
+/// Records a new pending authentication (on the pool, or inside a transaction).
+pub async fn insert<'e, E>(executor: E, a: &Authentication) -> Result<(), ServerError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     sqlx::query(&format!(
-        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
     ))
     .bind(a.id.as_str())
     .bind(a.application_id.as_str())
@@ -157,7 +164,8 @@ pub async fn insert(db: &Database, a: &Authentication) -> Result<(), ServerError
     .bind(a.created_at)
     .bind(a.expires_at)
     .bind(a.answered_at)
-    .execute(db.pool())
+    .bind(a.failure_reason.as_deref())
+    .execute(executor)
     .await?;
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Enrollments: devices paired with users.
 
 use sqlx::{AnyConnection, Row};
-use tessera_protocol::api::DeviceRecord;
-use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
+use tessera_protocol::api::{DeviceRecord, EnrollmentState};
+use tessera_protocol::ids::{ApplicationId, AuthenticationId, DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::PublicJwk;
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
 
@@ -40,6 +40,10 @@ pub struct Enrollment {
     pub paired_at: i64,
     /// When the device last called.
     pub last_seen_at: i64,
+    /// Active, waiting for the primary device's approval, or rejected.
+    pub status: EnrollmentState,
+    /// While pending verification: the authentication sent to the primary device.
+    pub verification_id: Option<AuthenticationId>,
 }
 
 impl Enrollment {
@@ -53,6 +57,7 @@ impl Enrollment {
             signals: self.signals,
             push_provider: self.push.provider().to_string(),
             primary: self.is_primary,
+            status: self.status,
             paired_at: self.paired_at,
             last_seen_at: self.last_seen_at,
         }
@@ -61,7 +66,7 @@ impl Enrollment {
 
 const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, possession_key, \
     user_verification_key, device_info, signals, push, push_provider, is_primary, \
-    registration_digest, server_payload, paired_at, last_seen_at";
+    registration_digest, server_payload, paired_at, last_seen_at, status, verification_id";
 
 fn json<T: serde::de::DeserializeOwned>(
     row: &sqlx::any::AnyRow,
@@ -95,6 +100,15 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Enrollment, ServerError> {
         server_payload: row.try_get("server_payload")?,
         paired_at: row.try_get("paired_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
+        status: EnrollmentState::parse(&row.try_get::<String, _>("status")?)
+            .ok_or(ServerError::Corrupted("status"))?,
+        verification_id: row
+            .try_get::<Option<String>, _>("verification_id")?
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ServerError::Corrupted("verification_id"))
+            })
+            .transpose()?,
     })
 }
 
@@ -107,7 +121,7 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
     let encode =
         |r: Result<String, ServerError>| r.map_err(|_| sqlx::Error::Protocol("encode".into()));
     sqlx::query(&format!(
-        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
     ))
     .bind(e.enrollment_id.as_str())
     .bind(e.application_id.as_str())
@@ -124,6 +138,8 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
     .bind(&e.server_payload)
     .bind(e.paired_at)
     .bind(e.last_seen_at)
+    .bind(e.status.as_str())
+    .bind(e.verification_id.as_ref().map(AuthenticationId::as_str))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -137,6 +153,16 @@ pub async fn delete_same_device(
     user: &UserId,
     device: &DeviceId,
 ) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
+         WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
+         WHERE application_id = $1 AND user_id = $2 AND device_id = $3)",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(device.as_str())
+    .execute(&mut *conn)
+    .await?;
     let row = sqlx::query(
         "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
          RETURNING is_primary",
@@ -168,6 +194,23 @@ pub async fn has_primary(
     Ok(row.is_some())
 }
 
+/// The user's active primary enrollment, if any.
+pub async fn primary(
+    conn: &mut AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Option<Enrollment>, ServerError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+         AND is_primary = 1 AND status = 'active'"
+    ))
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
 /// The enrollment a registration created.
 pub async fn by_registration_digest(
     db: &Database,
@@ -193,7 +236,7 @@ pub async fn by_id(db: &Database, id: &EnrollmentId) -> Result<Option<Enrollment
     row.as_ref().map(from_row).transpose()
 }
 
-/// A user's enrollments, oldest first.
+/// A user's enrollments, active and pending verification (not rejected), oldest first.
 pub async fn list_for_user(
     db: &Database,
     app: &ApplicationId,
@@ -201,7 +244,7 @@ pub async fn list_for_user(
 ) -> Result<Vec<Enrollment>, ServerError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
-         ORDER BY paired_at, enrollment_id"
+         AND status <> 'rejected' ORDER BY paired_at, enrollment_id"
     ))
     .bind(app.as_str())
     .bind(user.as_str())
@@ -211,7 +254,8 @@ pub async fn list_for_user(
 }
 
 /// Deletes an enrollment of the given application (and user, if given); if it was the user's
-/// primary device, the oldest remaining one becomes primary. Returns whether it existed.
+/// primary device, the oldest remaining active one becomes primary; requests still pending for
+/// it become `failed` (`device_unpaired`). Returns whether it existed.
 pub async fn delete(
     db: &Database,
     app: &ApplicationId,
@@ -232,10 +276,18 @@ pub async fn delete(
         return Ok(false);
     };
     let user_id: String = row.try_get("user_id")?;
+    // Requests still waiting for this device can no longer be answered.
+    sqlx::query(
+        "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
+         WHERE enrollment_id = $1 AND state = 'pending'",
+    )
+    .bind(id.as_str())
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE enrollments SET is_primary = 1 WHERE enrollment_id = ( \
            SELECT enrollment_id FROM enrollments WHERE application_id = $1 AND user_id = $2 \
-           ORDER BY paired_at, enrollment_id LIMIT 1) \
+           AND status = 'active' ORDER BY paired_at, enrollment_id LIMIT 1) \
          AND NOT EXISTS (SELECT 1 FROM enrollments WHERE application_id = $1 AND user_id = $2 AND is_primary = 1)",
     )
     .bind(app.as_str())
@@ -256,8 +308,8 @@ pub async fn touch(db: &Database, id: &EnrollmentId, now: i64) -> Result<(), Ser
     Ok(())
 }
 
-/// Makes one of the user's enrollments the primary device (and no other). Returns false if the
-/// user has no such enrollment.
+/// Makes one of the user's active enrollments the primary device (and no other). Returns false
+/// if the user has no such active enrollment.
 pub async fn set_primary(
     db: &Database,
     app: &ApplicationId,
@@ -266,7 +318,8 @@ pub async fn set_primary(
 ) -> Result<bool, ServerError> {
     let mut tx = db.pool().begin().await?;
     let exists = sqlx::query(
-        "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 AND enrollment_id = $3",
+        "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+         AND enrollment_id = $3 AND status = 'active'",
     )
     .bind(app.as_str())
     .bind(user.as_str())
@@ -288,4 +341,77 @@ pub async fn set_primary(
     .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Activates the enrollment that the approved authentication `verification` verified: the
+/// device's earlier enrollments for the same user are replaced (as a re-pairing replaces
+/// them), and it becomes primary if it replaced the primary device or the user has none.
+/// Returns whether an enrollment was waiting for it.
+pub async fn activate_verified(
+    db: &Database,
+    verification: &AuthenticationId,
+) -> Result<bool, ServerError> {
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
+    ))
+    .bind(verification.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(pending) = row.as_ref().map(from_row).transpose()? else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
+         WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
+         WHERE application_id = $1 AND user_id = $2 AND device_id = $3 AND enrollment_id <> $4)",
+    )
+    .bind(pending.application_id.as_str())
+    .bind(pending.user_id.as_str())
+    .bind(pending.device_id.as_str())
+    .bind(pending.enrollment_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    let replaced = sqlx::query(
+        "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
+         AND enrollment_id <> $4 RETURNING is_primary",
+    )
+    .bind(pending.application_id.as_str())
+    .bind(pending.user_id.as_str())
+    .bind(pending.device_id.as_str())
+    .bind(pending.enrollment_id.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut was_primary = false;
+    for r in &replaced {
+        was_primary |= r.try_get::<i64, _>("is_primary")? != 0;
+    }
+    let primary =
+        was_primary || !has_primary(&mut *tx, &pending.application_id, &pending.user_id).await?;
+    sqlx::query(
+        "UPDATE enrollments SET status = 'active', verification_id = NULL, is_primary = $1 \
+         WHERE enrollment_id = $2 AND status = 'pending_verification'",
+    )
+    .bind(i64::from(primary))
+    .bind(pending.enrollment_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Rejects the enrollment waiting for the authentication `verification` (denied, expired or
+/// failed). Returns whether one was waiting.
+pub async fn reject_verified(
+    db: &Database,
+    verification: &AuthenticationId,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET status = 'rejected', verification_id = NULL \
+         WHERE verification_id = $1 AND status = 'pending_verification'",
+    )
+    .bind(verification.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() > 0)
 }
