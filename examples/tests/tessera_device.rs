@@ -219,3 +219,74 @@ async fn pending_approve_deny_and_watch() {
     assert_eq!(status.state, AuthenticationState::Approved);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_waits_for_the_primary_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", dir.path().join("t.db").display()),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let app = server.create_application("CLI Bank").await.unwrap();
+    tessera_server::admin::set_additional_device_policy(
+        server.database(),
+        &app.application_id,
+        tessera_server::db::applications::AdditionalDevicePolicy::VerifyWithPrimary,
+    )
+    .await
+    .unwrap();
+    let api = CustomerApi::new(&base, &app.api_key);
+    api.create_user("alice", None).await.unwrap();
+    let phone = dir.path().join("phone");
+    let tablet = dir.path().join("tablet");
+    let uri = api.start_pairing("alice", None).await.unwrap().pairing_uri;
+    let paired = json(&device(&phone, &["--json", "pair", &uri]));
+    assert_eq!(paired["status"], "active");
+
+    // Without waiting: paired, pending.
+    let uri = api.start_pairing("alice", None).await.unwrap().pairing_uri;
+    let pending = json(&device(
+        &tablet,
+        &["--json", "pair", &uri, "--wait-verification", "0"],
+    ));
+    assert_eq!(pending["status"], "pending_verification");
+    // The phone denies it; a second try, waiting, is approved by the phone meanwhile.
+    let asked = json(&device(&phone, &["--json", "pending"]));
+    let id = asked["requests"][0]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    json(&device(&phone, &["--json", "deny", &id]));
+    let uri = api.start_pairing("alice", None).await.unwrap().pairing_uri;
+    let tablet_dir = tablet.clone();
+    let waiting = std::thread::spawn(move || {
+        device(
+            &tablet_dir,
+            &["--json", "pair", &uri, "--wait-verification", "20"],
+        )
+    });
+    let mut approved = false;
+    for _ in 0..100 {
+        let asked = json(&device(&phone, &["--json", "pending"]));
+        if let Some(id) = asked["requests"][0]["request_id"].as_str() {
+            json(&device(&phone, &["--json", "approve", id]));
+            approved = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(approved);
+    let paired = json(&waiting.join().unwrap());
+    assert_eq!(paired["status"], "active");
+    let list = json(&device(&tablet, &["--json", "list"]));
+    assert_eq!(
+        list["enrollments"].as_array().unwrap().len(),
+        1,
+        "the approved enrollment replaced the denied one: {list}"
+    );
+    server.shutdown().await;
+}

@@ -29,6 +29,7 @@ use tessera_core::{
     Authenticator, AuthenticatorConfig, CoreError, Enrollment, FileStorage, IncomingRequest,
     KeyStore, SecureStorage, SoftwareKeyStore,
 };
+use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::ids::EnrollmentId;
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals};
 
@@ -61,6 +62,10 @@ enum Command {
         /// The server's URL; needed with a bare code.
         #[arg(long)]
         server: Option<String>,
+        /// When the application verifies new devices with the user's primary device: seconds to
+        /// wait for that approval (0: return at once, pending).
+        #[arg(long, default_value_t = 120)]
+        wait_verification: u64,
     },
     /// List this device's enrollments.
     List,
@@ -310,6 +315,7 @@ fn enrollment_json(e: &Enrollment) -> serde_json::Value {
         "application": {"id": e.application.id, "name": e.application.name},
         "user_id": e.user_id,
         "device_id": e.device_id,
+        "status": e.status,
         "paired_at": e.paired_at,
     })
 }
@@ -320,9 +326,46 @@ async fn run(cli: &Cli) -> Result<(), CoreError> {
         Command::Pair {
             code_or_uri,
             server,
+            wait_verification,
         } => {
-            let enrollment = auth.pair(code_or_uri, server.as_deref()).await?;
-            print_enrollment(cli, "paired with", &enrollment);
+            let mut enrollment = auth.pair(code_or_uri, server.as_deref()).await?;
+            if enrollment.status == EnrollmentState::PendingVerification && *wait_verification > 0 {
+                if !cli.json {
+                    println!(
+                        "waiting up to {wait_verification} s for the primary device to approve enrollment {}",
+                        enrollment.enrollment_id
+                    );
+                }
+                enrollment.status = auth
+                    .wait_for_verification(
+                        &enrollment.enrollment_id,
+                        std::time::Duration::from_secs(*wait_verification),
+                    )
+                    .await?;
+            }
+            match enrollment.status {
+                EnrollmentState::Active => print_enrollment(cli, "paired with", &enrollment),
+                EnrollmentState::PendingVerification => print_enrollment(
+                    cli,
+                    "waiting for the primary device: paired with",
+                    &enrollment,
+                ),
+                EnrollmentState::Rejected => {
+                    // Not an error of this program: the user's primary device said no (or nobody
+                    // answered). The enrollment and its keys are already deleted.
+                    if cli.json {
+                        eprintln!(
+                            "{}",
+                            json!({"error": {"code": "device_not_approved", "message": "the primary device did not approve this device"}})
+                        );
+                    } else {
+                        eprintln!(
+                            "the primary device did not approve this device; the enrollment was deleted"
+                        );
+                    }
+                    std::process::exit(2);
+                }
+            }
         }
         Command::List => {
             let enrollments = auth.enrollments().await;

@@ -13,9 +13,11 @@ use tessera_core::{
 };
 use tessera_examples::customer::CustomerApi;
 use tessera_protocol::api::CreateAuthenticationRequest;
+use tessera_protocol::authentication::DeviceLocation;
 use tessera_protocol::authentication::{AuthenticationKind, DisplayField};
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
-use tessera_server::{Server, ServerConfig};
+use tessera_server::db::applications::AdditionalDevicePolicy;
+use tessera_server::{IpTable, Server, ServerConfig, admin};
 
 fn step(n: u32, title: &str) {
     println!("\n── {n}. {title}");
@@ -26,16 +28,24 @@ fn say(line: impl AsRef<str>) {
 }
 
 async fn open_device(dir: &std::path::Path) -> Result<Authenticator> {
+    open_named_device(dir, "Pixel 8 (simulated)", "Alice's phone").await
+}
+
+async fn open_named_device(
+    dir: &std::path::Path,
+    model: &str,
+    name: &str,
+) -> Result<Authenticator> {
     let key_store: Arc<dyn KeyStore> = Arc::new(SoftwareKeyStore::open(dir.join("keys"))?);
     let storage: Arc<dyn SecureStorage> = Arc::new(FileStorage::new(dir.join("state"))?);
     let config = AuthenticatorConfig {
         device: DeviceInfo {
-            model: "Pixel 8 (simulated)".into(),
+            model: model.into(),
             os_name: "Android".into(),
             os_version: "15".into(),
             app_version: "2.3.0".into(),
             sdk_version: env!("CARGO_PKG_VERSION").into(),
-            name: Some("Alice's phone".into()),
+            name: Some(name.into()),
         },
         signals: DeviceSignals {
             rooted: Some(false),
@@ -55,9 +65,12 @@ async fn main() -> Result<()> {
     let database_url = format!("sqlite://{}", workdir.path().join("tessera.db").display());
 
     step(1, "Start the server (embedded SQLite, free loopback port)");
+    // Country and IP reputation of accessing devices come from a local table of address blocks.
+    let ip_table = IpTable::from_csv("203.0.113.0/24,DE,Low\n198.51.100.0/24,NL,High\n")?;
     let server = Server::start(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         database_url: database_url.clone(),
+        accessing_ip_table: ip_table.clone(),
         ..ServerConfig::default()
     })
     .await?;
@@ -190,6 +203,13 @@ async fn main() -> Result<()> {
         request.context.location.as_deref().unwrap_or("?"),
         request.number_choices.clone().unwrap_or_default()
     ));
+    // The app reports where the phone is; the answer carries it, signed.
+    device.set_location(Some(DeviceLocation {
+        latitude: 52.5200,
+        longitude: 13.4050,
+        altitude: Some(34.0),
+        accuracy: Some(15.0),
+    }))?;
     device.approve(&request, vec![], Some(shown)).await?;
     let status = backend
         .authentication(&created.authentication_id, 5)
@@ -199,6 +219,21 @@ async fn main() -> Result<()> {
         status.state.as_str(),
         status.attributes["pingid.authentication.type"]
     ));
+    let p = "pingid.authentication.";
+    for key in [
+        "accessing.device.ip",
+        "accessing.device.country",
+        "accessing.device.ip.reputation",
+        "authenticating.device.model",
+        "authenticating.device.latitude",
+        "authenticating.device.longitude",
+        "authenticating.device.is.rooted",
+    ] {
+        say(format!(
+            "    {p}{key} = {}",
+            status.attributes[&format!("{p}{key}")]
+        ));
+    }
 
     step(
         11,
@@ -291,6 +326,49 @@ async fn main() -> Result<()> {
 
     step(
         14,
+        "A second device for alice, verified by her primary device",
+    );
+    admin::set_additional_device_policy(
+        server.database(),
+        &app.application_id,
+        AdditionalDevicePolicy::VerifyWithPrimary,
+    )
+    .await?;
+    say("policy: verify new devices with the primary device");
+    let tablet_dir = workdir.path().join("tablet");
+    let tablet =
+        open_named_device(&tablet_dir, "Galaxy Tab S9 (simulated)", "Alice's tablet").await?;
+    let pairing = backend.start_pairing("alice", None).await?;
+    let pending = tablet.pair(&pairing.pairing_uri, None).await?;
+    say(format!("tablet paired: {}", pending.status));
+    let request = device
+        .pending_requests()
+        .await?
+        .into_iter()
+        .next()
+        .context("the verification request on the phone")?;
+    say(format!("phone shows: {}", request.message));
+    for f in &request.fields {
+        say(format!("    {:<8} {}", f.label, f.value));
+    }
+    device.approve(&request, vec!["fpt".into()], None).await?;
+    let verified = tablet
+        .wait_for_verification(&pending.enrollment_id, std::time::Duration::from_secs(10))
+        .await?;
+    say(format!("tablet is now {verified}"));
+    let devices = backend.list_devices("alice").await?.devices;
+    for d in &devices {
+        say(format!(
+            "    {} {} {}{}",
+            d.enrollment_id,
+            d.device.model,
+            d.status,
+            if d.primary { " (primary)" } else { "" }
+        ));
+    }
+
+    step(
+        15,
         "The app restarts: state is reloaded from encrypted storage",
     );
     drop(device);
@@ -300,12 +378,13 @@ async fn main() -> Result<()> {
         device.enrollments().await.len()
     ));
 
-    step(15, "The server restarts: enrollments survive");
+    step(16, "The server restarts: enrollments survive");
     let addr = server.local_addr();
     server.shutdown().await;
     let server = Server::start(ServerConfig {
         listen: addr,
         database_url: database_url.clone(),
+        accessing_ip_table: ip_table,
         ..ServerConfig::default()
     })
     .await?;
@@ -315,7 +394,7 @@ async fn main() -> Result<()> {
         status.enrollment_id, status.status
     ));
 
-    step(16, "Bob unpairs from the device");
+    step(17, "Bob unpairs from the device");
     device.remove_enrollment(&bob.enrollment_id).await?;
     let left = backend.list_devices("bob").await?.devices.len();
     say(format!(
@@ -326,7 +405,8 @@ async fn main() -> Result<()> {
     server.shutdown().await;
     println!(
         "\nDone: direct and relay pairing, two users on one device, approvals with number matching, \
-         a transaction, silent verification, a fraud report, restarts on both sides."
+         a transaction, silent verification, a fraud report, a new device verified by the primary \
+         device, restarts on both sides."
     );
     Ok(())
 }

@@ -387,7 +387,7 @@ pub async fn activate_verified(
         was_primary |= r.try_get::<i64, _>("is_primary")? != 0;
     }
     let primary =
-        was_primary || !has_primary(&mut *tx, &pending.application_id, &pending.user_id).await?;
+        was_primary || !has_primary(&mut tx, &pending.application_id, &pending.user_id).await?;
     sqlx::query(
         "UPDATE enrollments SET status = 'active', verification_id = NULL, is_primary = $1 \
          WHERE enrollment_id = $2 AND status = 'pending_verification'",
