@@ -19,6 +19,7 @@ mod api;
 mod config;
 pub mod db;
 mod error;
+mod fallback;
 pub mod ip_table;
 mod keys;
 mod metrics;

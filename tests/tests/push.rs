@@ -19,6 +19,7 @@ use tessera_tests::{
 on_each_backend! {
     webhook_push_reaches_the_device_and_the_answer_comes_back => webhook_round_trip;
     transient_failures_are_retried_and_failed_pushes_lose_nothing => retries_and_failures;
+    an_undeliverable_primary_device_falls_back_to_the_next_device => fallback;
 }
 
 #[derive(Clone, Default)]
@@ -287,4 +288,115 @@ async fn retries_and_failures(backend: Backend) {
         metrics.contains("tessera_pushes_total{provider=\"webhook\",outcome=\"failed\"} 1"),
         "{metrics}"
     );
+}
+
+async fn fallback(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.push_attempts = 1).await;
+    // The phone's push token is gone (410); the tablet's push goes through.
+    let (receiver, url) = start_receiver(&[410, 200, 410]).await;
+    tessera_server::admin::set_push_webhook(
+        server.server.database(),
+        &server.app.application_id,
+        Some(&url),
+    )
+    .await
+    .unwrap();
+    server.user("alice").await;
+    let with_token = |model: &str, token: &str| {
+        let mut config = device_config(model);
+        config.push = PushRegistration::Fcm {
+            token: token.into(),
+        };
+        config
+    };
+    let phone = TestDevice::with_config(with_token("Pixel 8", "phone-token")).await;
+    let phone_enrollment = phone
+        .auth
+        .pair(&server.pairing_uri("alice").await, None)
+        .await
+        .unwrap();
+    let tablet = TestDevice::with_config(with_token("Pixel Tablet", "tablet-token")).await;
+    let tablet_enrollment = tablet
+        .auth
+        .pair(&server.pairing_uri("alice").await, None)
+        .await
+        .unwrap();
+
+    let created = server
+        .customer
+        .create_authentication(
+            "alice",
+            &tessera_protocol::api::CreateAuthenticationRequest {
+                number_matching: true,
+                ..payment()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.enrollment_id, phone_enrollment.enrollment_id);
+    let pushes = wait_for_pushes(&receiver, 2).await;
+    assert_eq!(pushes[0].1["push"]["token"], "phone-token");
+    assert_eq!(pushes[1].1["push"]["token"], "tablet-token");
+    assert_eq!(
+        pushes[1].1["enrollment_id"],
+        tablet_enrollment.enrollment_id.as_str()
+    );
+    // Re-signed for the tablet: its core accepts it; the phone no longer has it.
+    let PushOutcome::Request(request) = tablet
+        .auth
+        .handle_push(&pushes[1].1["data"].to_string())
+        .await
+        .unwrap()
+    else {
+        panic!("expected a request")
+    };
+    assert_eq!(request.enrollment_id, tablet_enrollment.enrollment_id);
+    assert_eq!(request.request_id, created.authentication_id);
+    assert!(phone.auth.pending_requests().await.unwrap().is_empty());
+    // The old request (signed for the phone) cannot be used by the tablet.
+    assert!(
+        tablet
+            .auth
+            .handle_push(&created.signed_request)
+            .await
+            .is_err()
+    );
+    let number = created.number_to_show.unwrap();
+    tablet
+        .auth
+        .approve(&request, vec![], Some(number))
+        .await
+        .unwrap();
+    let status = server
+        .customer
+        .authentication(&created.authentication_id, 5)
+        .await
+        .unwrap();
+    assert_eq!(status.state, AuthenticationState::Approved);
+    assert_eq!(status.enrollment_id, tablet_enrollment.enrollment_id);
+    assert_eq!(
+        push_state(&server, &created.authentication_id).await,
+        ("sent".to_string(), 1)
+    );
+
+    // A device chosen by the customer has no fallback: the request stays with it for pulling.
+    let chosen = server
+        .customer
+        .create_authentication(
+            "alice",
+            &tessera_protocol::api::CreateAuthenticationRequest {
+                enrollment_id: Some(phone_enrollment.enrollment_id.clone()),
+                ..ask(AuthenticationKind::Approval)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        push_state(&server, &chosen.authentication_id).await,
+        ("token_invalid".to_string(), 1)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(wait_for_pushes(&receiver, 3).await.len(), 3);
+    assert_eq!(phone.auth.pending_requests().await.unwrap().len(), 1);
+    assert!(tablet.auth.pending_requests().await.unwrap().is_empty());
 }

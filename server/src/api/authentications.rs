@@ -210,7 +210,14 @@ pub(crate) async fn create_authentication(
     authentications::insert(state.db.pool(), &record).await?;
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
     // Push is a hint, delivered in the background; the request is already stored for pulling.
-    tokio::spawn(crate::push::deliver(state.clone(), record.clone(), device));
+    // Without a chosen device, the user's other devices are the fallback.
+    let fall_back = body.enrollment_id.is_none();
+    tokio::spawn(crate::fallback::deliver(
+        state.clone(),
+        record.clone(),
+        device,
+        fall_back,
+    ));
     Ok((StatusCode::CREATED, Json(record.status())))
 }
 

@@ -287,3 +287,29 @@ pub async fn push_state(
     row.map(|r| Ok((r.try_get("push_state")?, r.try_get("push_attempts")?)))
         .transpose()
 }
+
+/// Moves a pending request from one enrollment to another with its newly signed form and nonce.
+/// Returns false (and changes nothing) if it is no longer pending or no longer addressed to
+/// `from`.
+pub async fn readdress(
+    db: &Database,
+    id: &AuthenticationId,
+    from: &EnrollmentId,
+    to: &EnrollmentId,
+    signed_request: &str,
+    nonce: &str,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query(
+        "UPDATE authentications SET enrollment_id = $1, signed_request = $2, nonce = $3, \
+         push_state = 'none', push_attempts = 0 \
+         WHERE id = $4 AND enrollment_id = $5 AND state = 'pending'",
+    )
+    .bind(to.as_str())
+    .bind(signed_request)
+    .bind(nonce)
+    .bind(id.as_str())
+    .bind(from.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
