@@ -345,3 +345,172 @@ pub struct ResponseRecorded {
     /// Its state after the answer.
     pub state: AuthenticationState,
 }
+
+/// `POST /v1/qr-sessions`: a QR login session for a web page. Every field is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateQrSession {
+    /// Only this user may answer (the page knows who is signing in); otherwise whoever scans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// The browser's IP address, shown on the device and reported in the attributes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accessing_ip: Option<String>,
+    /// A location text for the browser, shown on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accessing_location: Option<String>,
+    /// The application's icon URL, shown on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_icon_url: Option<String>,
+    /// Seconds until the session expires (30 to 900; default 300). The QR code inside it is
+    /// renewed every minute while nobody has scanned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u32>,
+    /// Where the login page goes once approved (`http(s)://`; `?qr_session=<id>` is appended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
+}
+
+/// The answer to `POST /v1/qr-sessions`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QrSessionCreated {
+    /// The session.
+    pub session_id: crate::qr::QrSessionId,
+    /// The QR code's content (`tessera://qr?server=…&token=…`), for a page that draws it itself.
+    pub qr_uri: String,
+    /// The browser's secret for the session: it reads the session's progress and renews the code
+    /// with it, and can do nothing else. Give it to the page only.
+    pub browser_token: String,
+    /// The server's login page for this session (the browser token travels in the fragment,
+    /// which browsers never send to a server).
+    pub login_page_url: String,
+    /// When the session expires.
+    pub expires_at: UnixSeconds,
+}
+
+impl std::fmt::Debug for QrSessionCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QrSessionCreated")
+            .field("session_id", &self.session_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A QR session as the customer sees it (`GET /v1/qr-sessions/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QrSessionStatus {
+    /// The session.
+    pub session_id: crate::qr::QrSessionId,
+    /// Where it stands.
+    pub state: crate::qr::QrSessionState,
+    /// The device that scanned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    /// The user who answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// The enrollment that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_id: Option<EnrollmentId>,
+    /// The decision, once answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    /// When it expires.
+    pub expires_at: UnixSeconds,
+    /// When it was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<UnixSeconds>,
+    /// The follow-up the application's QR policy asked for (a silent verification or a push
+    /// approval), once the user approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<crate::ids::AuthenticationId>,
+    /// The authentication attributes (`pingid.authentication.*`), once approved.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The server-signed context the device was shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_context: Option<String>,
+    /// The device-signed answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_response: Option<String>,
+}
+
+/// `POST /v1/device/qr-sessions/claim` (device-signed): the scanning device claims the session
+/// named by the QR token, listing its enrollments on this server.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimQrSession {
+    /// The token from the QR code.
+    pub token: String,
+    /// The device's enrollments on this server (the users who might answer).
+    pub enrollment_ids: Vec<EnrollmentId>,
+}
+
+impl std::fmt::Debug for ClaimQrSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimQrSession")
+            .field("enrollment_ids", &self.enrollment_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to a claim: the signed [`crate::qr::QrSessionContext`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QrSessionClaimed {
+    /// The signed context.
+    pub context: String,
+}
+
+/// `POST /v1/device/qr-sessions/{id}/response`: the device's signed answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SubmitQrResponse {
+    /// The signed [`crate::qr::QrResponse`].
+    pub response: String,
+}
+
+/// The outcome recorded for a QR answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QrAnswerRecorded {
+    /// The session.
+    pub session_id: crate::qr::QrSessionId,
+    /// Its state after the answer (`verifying` while a follow-up is pending).
+    pub state: crate::qr::QrSessionState,
+    /// The follow-up request sent to the device, if the policy asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<crate::ids::AuthenticationId>,
+}
+
+/// What the login page reads (`GET /v1/qr-browser?wait=N&seen=V`, with the browser token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QrBrowserStatus {
+    /// Where the session stands.
+    pub state: crate::qr::QrSessionState,
+    /// Changes whenever anything the page shows changes (state or code).
+    pub version: i64,
+    /// The current QR content, while it can still be scanned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr_uri: Option<String>,
+    /// The current QR code as an SVG document, while it can still be scanned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr_svg: Option<String>,
+    /// When the current code stops working (the page renews it before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_expires_at: Option<UnixSeconds>,
+    /// When the session expires.
+    pub expires_at: UnixSeconds,
+    /// The application's name.
+    pub application_name: String,
+    /// Where to go once approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
+}

@@ -45,6 +45,10 @@ pub enum MessageType {
     AuthenticationRequest,
     /// A device's answer to an authentication request.
     AuthenticationResponse,
+    /// A QR session's context, as the scanning device shows it.
+    QrSessionContext,
+    /// A device's answer to a QR session.
+    QrResponse,
 }
 
 impl MessageType {
@@ -58,6 +62,8 @@ impl MessageType {
             MessageType::DeviceRequest => "tessera-device-request+jws",
             MessageType::AuthenticationRequest => "tessera-auth-request+jws",
             MessageType::AuthenticationResponse => "tessera-auth-response+jws",
+            MessageType::QrSessionContext => "tessera-qr-context+jws",
+            MessageType::QrResponse => "tessera-qr-response+jws",
         }
     }
 }

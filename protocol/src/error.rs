@@ -63,6 +63,15 @@ pub enum ErrorCode {
     NoDevice,
     /// Too many outstanding or recent requests to this user's devices (push-bombing limit).
     TooManyAuthentications,
+    /// No QR session matches (an unknown or renewed-away code, or another application's).
+    QrSessionNotFound,
+    /// The QR session expired.
+    QrSessionExpired,
+    /// Another device already scanned this QR code.
+    QrAlreadyScanned,
+    /// None of the scanning device's users may answer this QR session (not paired with this
+    /// application, or the session is for another user).
+    NoEligibleUser,
     /// An unexpected server error.
     InternalError,
     /// The server cannot serve now (database unavailable).
@@ -102,6 +111,10 @@ impl ErrorCode {
             ErrorCode::ResponseMismatch => "response_mismatch",
             ErrorCode::NoDevice => "no_device",
             ErrorCode::TooManyAuthentications => "too_many_authentications",
+            ErrorCode::QrSessionNotFound => "qr_session_not_found",
+            ErrorCode::QrSessionExpired => "qr_session_expired",
+            ErrorCode::QrAlreadyScanned => "qr_already_scanned",
+            ErrorCode::NoEligibleUser => "no_eligible_user",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::Unknown => "unknown",
@@ -125,14 +138,17 @@ impl ErrorCode {
             ErrorCode::NotFound
             | ErrorCode::UserNotFound
             | ErrorCode::DeviceNotFound
-            | ErrorCode::AuthenticationNotFound => 404,
+            | ErrorCode::AuthenticationNotFound
+            | ErrorCode::QrSessionNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::UserAlreadyExists
             | ErrorCode::Conflict
             | ErrorCode::ReplayedMessage
             | ErrorCode::AlreadyAnswered
-            | ErrorCode::NoDevice => 409,
-            ErrorCode::AuthenticationExpired => 410,
+            | ErrorCode::NoDevice
+            | ErrorCode::QrAlreadyScanned
+            | ErrorCode::NoEligibleUser => 409,
+            ErrorCode::AuthenticationExpired | ErrorCode::QrSessionExpired => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited | ErrorCode::TooManyAuthentications => 429,

@@ -99,6 +99,11 @@ random_id!(
     EnrollmentId,
     "enr_"
 );
+random_id!(
+    /// One QR login session: a code shown on a web page, scanned and answered by a device.
+    QrSessionId,
+    "qrs_"
+);
 
 /// A user, as the customer names them (their own user id: a login name, an email, a number).
 ///

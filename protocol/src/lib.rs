@@ -13,6 +13,8 @@
 //!   the server's signed pairing reply (the server payload).
 //! - [`authentication`]: authentication requests (approval, transaction with dynamic parameters,
 //!   silent verification) and the device's signed answers.
+//! - [`qr`]: QR login: the QR URI and its one-time token, the signed session context the device
+//!   shows, and the device's signed answer.
 //! - [`device_auth`]: device-authenticated API calls (a request signed by the possession key).
 //! - [`api`]: request and response bodies of the customer API and the device API.
 //! - [`error`]: stable error codes and the JSON error body every API uses.
@@ -62,6 +64,7 @@ pub mod error;
 pub mod ids;
 pub mod jwk;
 pub mod pairing;
+pub mod qr;
 pub mod time;
 
 /// Version of the wire protocol carried inside every signed payload (`"v"`).
