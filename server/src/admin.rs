@@ -138,3 +138,17 @@ pub async fn set_additional_device_policy(
         Err(ServerError::NotFound("application"))
     }
 }
+
+/// Sets what the application asks after a QR login is approved: nothing more, a silent
+/// verification of the device, or a push approval to the user.
+pub async fn set_qr_policy(
+    db: &Database,
+    app: &ApplicationId,
+    policy: applications::QrPolicy,
+) -> Result<(), ServerError> {
+    if applications::set_qr_policy(db, app, policy).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
+}

@@ -24,6 +24,7 @@ pub mod ip_table;
 mod keys;
 mod metrics;
 mod push;
+pub mod qr_render;
 mod server;
 
 pub use api::openapi_document;

@@ -8,6 +8,7 @@
 //! tessera-server admin [--database URL] list-users APP_ID | list-devices APP_ID USER_ID
 //! tessera-server admin [--database URL] set-push-webhook APP_ID (URL | --clear)
 //! tessera-server admin [--database URL] set-device-policy APP_ID --additional-devices (individual | verify-with-primary)
+//! tessera-server admin [--database URL] set-qr-policy APP_ID (none | extra-verification | user-approval)
 //! tessera-server openapi
 //! ```
 
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
-use tessera_server::db::applications::AdditionalDevicePolicy;
+use tessera_server::db::applications::{AdditionalDevicePolicy, QrPolicy};
 use tessera_server::{Database, IpTable, Server, ServerConfig, ServerError, admin};
 
 #[derive(Parser)]
@@ -43,6 +44,13 @@ enum LogFormat {
 enum AdditionalDevices {
     Individual,
     VerifyWithPrimary,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QrPolicyArg {
+    None,
+    ExtraVerification,
+    UserApproval,
 }
 
 #[derive(Subcommand)]
@@ -136,6 +144,16 @@ enum AdminCommand {
         /// `individual` or `verify-with-primary`.
         #[arg(long, value_enum)]
         additional_devices: AdditionalDevices,
+    },
+    /// What a QR login needs after the user approves it: nothing more (`none`, the default), a
+    /// silent verification of the device (`extra-verification`), or a push approval to the
+    /// user (`user-approval`).
+    SetQrPolicy {
+        /// The application.
+        application_id: String,
+        /// `none`, `extra-verification` or `user-approval`.
+        #[arg(value_enum)]
+        policy: QrPolicyArg,
     },
     /// List a user's devices.
     ListDevices {
@@ -307,6 +325,19 @@ async fn run_admin(
             };
             admin::set_additional_device_policy(&db, &app, policy).await?;
             json!({"application_id": app, "additional_devices": policy.as_str()})
+        }
+        AdminCommand::SetQrPolicy {
+            application_id,
+            policy,
+        } => {
+            let app = parse_app(&application_id)?;
+            let policy = match policy {
+                QrPolicyArg::None => QrPolicy::None,
+                QrPolicyArg::ExtraVerification => QrPolicy::ExtraVerification,
+                QrPolicyArg::UserApproval => QrPolicy::UserApproval,
+            };
+            admin::set_qr_policy(&db, &app, policy).await?;
+            json!({"application_id": app, "qr_policy": policy.as_str()})
         }
         AdminCommand::ListUsers { application_id } => {
             json!({"users": admin::list_users(&db, &parse_app(&application_id)?).await?})

@@ -190,3 +190,63 @@ pub async fn set_additional_device_policy(
         .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// What an application asks after a user approves a QR login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QrPolicy {
+    /// The QR approval completes the login.
+    #[default]
+    None,
+    /// A silent push verification of the approving device must be answered too.
+    ExtraVerification,
+    /// A push approval to the approving user's device must be approved too.
+    UserApproval,
+}
+
+impl QrPolicy {
+    /// The stored and command-line word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QrPolicy::None => "none",
+            QrPolicy::ExtraVerification => "extra_verification",
+            QrPolicy::UserApproval => "user_approval",
+        }
+    }
+
+    /// Parses the word (`-` and `_` alike).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.replace('-', "_").as_str() {
+            "none" => Some(Self::None),
+            "extra_verification" => Some(Self::ExtraVerification),
+            "user_approval" => Some(Self::UserApproval),
+            _ => None,
+        }
+    }
+}
+
+/// The application's QR policy.
+pub async fn qr_policy(db: &Database, id: &ApplicationId) -> Result<QrPolicy, ServerError> {
+    let row = sqlx::query("SELECT qr_policy FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    match row {
+        Some(r) => QrPolicy::parse(&r.try_get::<String, _>("qr_policy")?)
+            .ok_or(ServerError::Corrupted("qr_policy")),
+        None => Err(ServerError::NotFound("application")),
+    }
+}
+
+/// Sets the application's QR policy. Returns false if there is no such application.
+pub async fn set_qr_policy(
+    db: &Database,
+    id: &ApplicationId,
+    policy: QrPolicy,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query("UPDATE applications SET qr_policy = $1 WHERE id = $2")
+        .bind(policy.as_str())
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -317,6 +317,14 @@ pub async fn set_primary(
     id: &EnrollmentId,
 ) -> Result<bool, ServerError> {
     let mut tx = db.pool().begin().await?;
+    // Write first, so SQLite takes its write lock before reading (see `db`).
+    sqlx::query(
+        "UPDATE enrollments SET is_primary = is_primary WHERE application_id = $1 AND user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .execute(&mut *tx)
+    .await?;
     let exists = sqlx::query(
         "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 \
          AND enrollment_id = $3 AND status = 'active'",
@@ -352,6 +360,11 @@ pub async fn activate_verified(
     verification: &AuthenticationId,
 ) -> Result<bool, ServerError> {
     let mut tx = db.pool().begin().await?;
+    // Write first, so SQLite takes its write lock before reading (see `db`).
+    sqlx::query("UPDATE enrollments SET status = status WHERE verification_id = $1")
+        .bind(verification.as_str())
+        .execute(&mut *tx)
+        .await?;
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
     ))
