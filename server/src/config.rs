@@ -34,6 +34,12 @@ pub struct ServerConfig {
     pub push_attempts: u32,
     /// Delay before the first retry; each further retry waits four times longer.
     pub push_retry_base: std::time::Duration,
+    /// FCM's base URL (`https://fcm.googleapis.com`); tests point it at a local receiver.
+    pub fcm_endpoint: String,
+    /// APNs's base URL. `None` picks `https://api.push.apple.com`, or
+    /// `https://api.sandbox.push.apple.com` for the sandbox environment; tests point it at a
+    /// local receiver (a plain `http://` endpoint is spoken to in HTTP/2 with prior knowledge).
+    pub apns_endpoint: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +57,8 @@ impl Default for ServerConfig {
             push_max_payload_bytes: 4000,
             push_attempts: 4,
             push_retry_base: std::time::Duration::from_millis(200),
+            fcm_endpoint: crate::push::FCM_DEFAULT_ENDPOINT.to_string(),
+            apns_endpoint: None,
         }
     }
 }

@@ -28,4 +28,5 @@ pub use api::openapi_document;
 pub use config::ServerConfig;
 pub use db::Database;
 pub use error::ServerError;
+pub use push::{ApnsEnvironment, PushCredentialsError};
 pub use server::{RunningServer, Server};
