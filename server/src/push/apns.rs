@@ -268,6 +268,9 @@ pub(super) async fn send(
             && !refreshed
         {
             state.push.apns_tokens.invalidate(&cache_key, &token).await;
+            // ES256 signing here is deterministic (RFC 6979): a token made in the same second
+            // would be the refused token again.
+            tokio::time::sleep(until_next_second()).await;
             refreshed = true;
             continue;
         }
@@ -279,6 +282,16 @@ pub(super) async fn send(
             _ => PushError::Permanent(format!("APNs HTTP {status} {reason}")),
         });
     }
+}
+
+/// The time left until the next whole second.
+fn until_next_second() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_nanos(u64::from(1_000_000_000 - nanos.min(999_999_999)))
+        + Duration::from_millis(5)
 }
 
 #[cfg(test)]

@@ -306,3 +306,37 @@ fn names_the_token(error: &Value, details: &[Value]) -> bool {
     let message = error["message"].as_str().unwrap_or("").to_ascii_lowercase();
     field_is_token || message.contains("registration token")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{PushError, classify};
+    use serde_json::json;
+
+    #[test]
+    fn fcm_errors_are_classified() {
+        let unregistered = json!({"error": {"code": 404, "message": "Requested entity was not found.",
+            "status": "NOT_FOUND", "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+            "errorCode": "UNREGISTERED"}]}});
+        assert_eq!(classify(404, &unregistered), PushError::TokenInvalid);
+        let bad_token = json!({"error": {"code": 400,
+            "message": "The registration token is not a valid FCM registration token",
+            "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": "message.token", "description": "Invalid registration token"}]}]}});
+        assert_eq!(classify(400, &bad_token), PushError::TokenInvalid);
+        let bad_data = json!({"error": {"code": 400, "message": "Invalid value at 'message.data'",
+            "status": "INVALID_ARGUMENT"}});
+        assert!(matches!(classify(400, &bad_data), PushError::Permanent(_)));
+        assert!(matches!(
+            classify(503, &json!(null)),
+            PushError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(429, &json!(null)),
+            PushError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(403, &json!(null)),
+            PushError::Permanent(_)
+        ));
+    }
+}

@@ -289,10 +289,7 @@ pub(crate) async fn deliver(state: AppState, record: Authentication, device: Enr
             outcome,
         })
         .inc();
-    if let Err(e) = authentications::set_push_state(&state.db, &record.id, outcome, attempts).await
-    {
-        tracing::warn!(error = %e, "push: could not record the outcome");
-    }
+    // The stale mark first: once the outcome is visible, later pushes already skip the token.
     if outcome == "token_invalid" && matches!(route, Route::Fcm { .. } | Route::Apns { .. }) {
         let marked = enrollments::mark_push_stale(
             &state.db,
@@ -309,6 +306,10 @@ pub(crate) async fn deliver(state: AppState, record: Authentication, device: Enr
             ),
             Err(e) => tracing::warn!(error = %e, "push: could not mark the token stale"),
         }
+    }
+    if let Err(e) = authentications::set_push_state(&state.db, &record.id, outcome, attempts).await
+    {
+        tracing::warn!(error = %e, "push: could not record the outcome");
     }
 }
 
