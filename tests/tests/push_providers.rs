@@ -997,3 +997,56 @@ async fn apns_refresh_and_stale(backend: Backend) {
     assert_eq!(status.state, AuthenticationState::Approved);
     apns.assert_no_problems();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs.
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Both providers' flows at TRACE level (the other tests of this binary log into the same
+/// capture while they run), then a search of everything logged for keys, tokens and device
+/// tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_provider_logs_never_contain_secrets() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .init();
+    fcm_stale_token(Backend::Sqlite).await;
+    fcm_retries(Backend::Sqlite).await;
+    apns_refresh_and_stale(Backend::Sqlite).await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("push token marked stale"),
+        "push events are logged"
+    );
+    let rsa_body_line = RSA_KEY.lines().nth(5).unwrap();
+    let secrets = [
+        ("RSA key", rsa_body_line),
+        ("PEM armour", "PRIVATE KEY"),
+        ("access token", "ya29.test-access-token"),
+        ("OAuth assertion / provider token", "eyJ0eXAiOiJKV1Qi"),
+        ("OAuth assertion / provider token", "eyJhbGciOi"),
+        ("FCM device token", "fcm-device-token"),
+        ("APNs device token", &DEVICE_TOKEN_1[..24]),
+        ("APNs device token", &DEVICE_TOKEN_2[..24]),
+    ];
+    for (what, secret) in secrets {
+        assert!(!logs.contains(secret), "the logs contain the {what}");
+    }
+}
