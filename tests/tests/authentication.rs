@@ -862,7 +862,10 @@ async fn primary_device(backend: Backend) {
         .filter(|d| d.primary)
         .map(|d| d.enrollment_id.clone())
         .collect();
-    assert_eq!(primaries, [tablet_enrollment.enrollment_id.clone()]);
+    assert_eq!(
+        primaries,
+        std::slice::from_ref(&tablet_enrollment.enrollment_id)
+    );
     for r in tablet.auth.pending_requests().await.unwrap() {
         tablet.auth.deny(&r, false).await.unwrap();
     }

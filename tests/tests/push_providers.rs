@@ -352,7 +352,7 @@ async fn fcm_round_trip(backend: Backend) {
         .create_authentication("alice", &payment())
         .await
         .unwrap();
-    wait_until("the first FCM message", || fcm.sends().len() >= 1).await;
+    wait_until("the first FCM message", || !fcm.sends().is_empty()).await;
     let (bearer, body, _) = fcm.sends()[0].clone();
     assert_eq!(bearer, "ya29.test-access-token-1");
     assert_eq!(body["message"]["token"], "fcm-device-token-1");
@@ -805,7 +805,7 @@ async fn apns_round_trip(backend: Backend) {
         .create_authentication("alice", &payment())
         .await
         .unwrap();
-    wait_until("the first APNs push", || apns.received().len() >= 1).await;
+    wait_until("the first APNs push", || !apns.received().is_empty()).await;
     let push = apns.received()[0].clone();
     assert_eq!(push.device_token, DEVICE_TOKEN_1);
     assert_eq!(push.headers["apns-push-type"], "alert");
