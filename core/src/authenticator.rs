@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tessera_protocol::api::{
     DevicePairingRequest, DevicePairingResponse, EnrollmentState, EnrollmentStatus,
-    PendingRequests, ResponseRecorded, ServerKeysResponse, SubmitResponse,
+    PendingRequests, ResponseRecorded, ServerKeysResponse, SubmitResponse, UpdatePushRequest,
 };
 use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationKind, AuthenticationRequest, Decision, DeviceLocation,
@@ -18,7 +18,7 @@ use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{
     ApplicationInfo, DeviceSignals, MAX_REGISTRATION_AGE_SECONDS, MobilePayload, PairingCode,
-    PairingReply, PairingUri, ServerKeySet, ServerUrl,
+    PairingReply, PairingUri, PushRegistration, ServerKeySet, ServerUrl,
 };
 use tessera_protocol::time::{UnixSeconds, now};
 use tokio::sync::Mutex;
@@ -415,6 +415,32 @@ impl Authenticator {
         self.forget_enrollment(id).await
     }
 
+    /// Registers a new push token (or another provider, or none) for an enrollment, in a call
+    /// signed with its possession key: for when FCM or APNs issues the app a fresh token. A
+    /// server that had marked the old token stale resumes pushing.
+    ///
+    /// `AuthenticatorConfig::push` is what new pairings register; an app whose token changed
+    /// calls this for each of its [`Authenticator::enrollments`].
+    pub async fn update_push_token(
+        &self,
+        id: &EnrollmentId,
+        push: &PushRegistration,
+    ) -> Result<(), CoreError> {
+        let enrollment = self.stored_enrollment(id).await?;
+        let signer =
+            KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
+        let path = format!("/v1/device/enrollments/{id}/push");
+        let body = serde_json::to_vec(&UpdatePushRequest { push: push.clone() }).map_err(|_| {
+            CoreError::InvalidInput("the push registration cannot be encoded".into())
+        })?;
+        let mut call = DeviceCall::new(reqwest::Method::PUT, &path);
+        call.body = Some(body);
+        self.transport
+            .device_call(&enrollment.server, call, id, &signer)
+            .await?;
+        Ok(())
+    }
+
     /// Deletes an enrollment and its keys on this device only, without telling the server.
     pub async fn forget_enrollment(&self, id: &EnrollmentId) -> Result<(), CoreError> {
         let removed = {
@@ -720,13 +746,19 @@ impl Authenticator {
 
     /// Handles a push payload: the signed request itself (a compact JWS, or JSON
     /// `{"request": "<jws>"}`), or just its id (`{"request_id": "aut_…", "enrollment_id": "enr_…"}`),
-    /// in which case the request is pulled. Silent verifications are answered here and reported
-    /// as [`PushOutcome::SilentVerificationAnswered`].
+    /// in which case the request is pulled. An FCM message's `data` map is passed as its JSON;
+    /// an APNs payload may be passed whole (its `tessera` member is used). Silent verifications
+    /// are answered here and reported as [`PushOutcome::SilentVerificationAnswered`].
     pub async fn handle_push(&self, payload: &str) -> Result<PushOutcome, CoreError> {
         let text = payload.trim();
         let (signed, hint) = if text.starts_with('{') {
             let value: serde_json::Value = serde_json::from_str(text)
                 .map_err(|_| CoreError::InvalidInput("the push payload is not JSON".into()))?;
+            // A whole APNs payload: `{"aps": {…}, "tessera": {…}}`.
+            let value = match value.get("tessera") {
+                Some(inner) if inner.is_object() => inner.clone(),
+                _ => value,
+            };
             let signed = value
                 .get("request")
                 .and_then(|v| v.as_str())

@@ -32,4 +32,5 @@ pub use config::ServerConfig;
 pub use db::Database;
 pub use error::ServerError;
 pub use ip_table::IpTable;
+pub use push::{ApnsEnvironment, PushCredentialsError};
 pub use server::{RunningServer, Server};

@@ -56,6 +56,6 @@ mod tests {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         let decoded = image::load_from_memory(&png).unwrap();
         assert!(decoded.width() >= 256);
-        assert!(svg(&"x".repeat(5000), 256).is_err());
+        assert!(super::svg(&"x".repeat(5000), 256).is_err());
     }
 }

@@ -33,6 +33,7 @@ pub(crate) struct AppState {
     pub config: Arc<ServerConfig>,
     pub public_url: ServerUrl,
     pub metrics: Arc<Metrics>,
+    pub push: Arc<crate::push::PushClients>,
 }
 
 #[derive(OpenApi)]
@@ -58,6 +59,7 @@ pub(crate) struct AppState {
         device::server_keys,
         device::enrollment_status,
         device::unpair,
+        device::update_push,
         ops::healthz,
         ops::metrics,
     ),
@@ -114,6 +116,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/v1/device/enrollments/{enrollment_id}",
             get(device::enrollment_status).delete(device::unpair),
+        )
+        .route(
+            "/v1/device/enrollments/{enrollment_id}/push",
+            put(device::update_push),
         )
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
