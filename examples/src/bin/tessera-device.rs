@@ -4,7 +4,7 @@
 //! development and testing, not hardware-backed).
 //!
 //! ```text
-//! tessera-device --state DIR pair CODE_OR_URI [--server URL]
+//! tessera-device --state DIR pair CODE_OR_URI [--server URL] [--wait-verification SECONDS]
 //! tessera-device --state DIR list
 //! tessera-device --state DIR status ENROLLMENT_ID
 //! tessera-device --state DIR remove ENROLLMENT_ID
@@ -15,6 +15,7 @@
 //! tessera-device --state DIR approve REQUEST_ID [--amr fpt] [--number N]
 //! tessera-device --state DIR deny REQUEST_ID [--reason declined|fraud]
 //! tessera-device --state DIR watch [--auto-approve] [--count N]
+//! tessera-device --state DIR qr SCANNED_TEXT [--user USER_ID] [--deny declined|fraud] [--amr face]
 //! ```
 //!
 //! Silent verifications are answered by the core as soon as they are seen; they are never

@@ -1,0 +1,157 @@
+//! QR logins under load, over loopback: N simulated phones (the real core, each paired with its
+//! own user) each log in N times. One login: the web app creates a QR session → the page would
+//! show it (its PNG is fetched, as a page would draw it) → the phone scans it (device-signed
+//! claim, signed context verified against pinned keys) → the user approves (signed answer) → the
+//! web app reads the approved result with its attributes. Prints sessions per second created and
+//! completed, and p50/p99 login latency at 1, 16 and 64 concurrent phones, on SQLite and (with
+//! `DATABASE_URL=postgres://…`) PostgreSQL.
+//!
+//! `cargo bench -p tessera-tests --bench qr_load` (`LOGINS_PER_DEVICE=N`, default 30).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_core::QrSessionState;
+use tessera_protocol::api::CreateQrSession;
+use tessera_tests::{Backend, TestDevice, TestServer};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn run(backend: Backend, label: &str, devices: usize, logins_per_device: usize) {
+    let server = Arc::new(
+        TestServer::start_with(backend, |c| {
+            c.max_connections = 32;
+        })
+        .await,
+    );
+    let mut pool = Vec::new();
+    for i in 0..devices {
+        let user = format!("qr-load-{i}");
+        server.user(&user).await;
+        let device = TestDevice::new().await;
+        device
+            .auth
+            .pair(&server.pairing_uri(&user).await, None)
+            .await
+            .expect("pair");
+        pool.push(device);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for device in pool {
+        let server = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(logins_per_device);
+            for _ in 0..logins_per_device {
+                let t0 = Instant::now();
+                let created = server
+                    .customer
+                    .create_qr_session(&CreateQrSession {
+                        accessing_ip: Some("203.0.113.7".into()),
+                        ..CreateQrSession::default()
+                    })
+                    .await
+                    .expect("create");
+                let png = server
+                    .customer
+                    .qr_image(&created.session_id, "png")
+                    .await
+                    .expect("png");
+                assert!(png.len() > 100);
+                let qr = device
+                    .auth
+                    .authenticate_with_qr(&created.qr_uri)
+                    .await
+                    .expect("scan");
+                let user = qr.users[0].user_id.clone();
+                device
+                    .auth
+                    .approve_qr(&qr, &user, vec![])
+                    .await
+                    .expect("approve");
+                let status = server
+                    .customer
+                    .qr_session(&created.session_id, 10)
+                    .await
+                    .expect("status");
+                assert_eq!(status.state, QrSessionState::Approved);
+                latencies.push(t0.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    println!(
+        "{label:<9} {devices:>3} phones  {:>6} logins  {:>7.1} sessions/s created and completed  p50 {}  p99 {}",
+        all.len(),
+        all.len() as f64 / elapsed.as_secs_f64(),
+        ms(percentile(&all, 0.5)),
+        ms(percentile(&all, 0.99)),
+    );
+    if let Ok(server) = Arc::try_unwrap(server) {
+        server.server.shutdown().await;
+    }
+}
+
+fn render_figures(n: u32) {
+    let uri = "tessera://qr?server=https%3A%2F%2Fauth.example.com&token=Qm9vdHN0cmFwLXRva2VuLWZvci1iZW5jaG1hcmtpbmc";
+    let t0 = Instant::now();
+    let mut svg_len = 0;
+    for _ in 0..n {
+        svg_len = tessera_server::qr_render::svg(uri, 320).expect("svg").len();
+    }
+    let svg_time = t0.elapsed() / n;
+    let t0 = Instant::now();
+    let mut png_len = 0;
+    for _ in 0..n {
+        png_len = tessera_server::qr_render::png(uri, 320).expect("png").len();
+    }
+    let png_time = t0.elapsed() / n;
+    println!(
+        "QR rendering ({} chars, 320 px): SVG {:.0} µs, {svg_len} bytes; PNG {:.0} µs, {png_len} bytes",
+        uri.len(),
+        svg_time.as_secs_f64() * 1e6,
+        png_time.as_secs_f64() * 1e6
+    );
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let logins: usize = std::env::var("LOGINS_PER_DEVICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if benchmarking { 30 } else { 2 })
+        .max(1);
+    let levels: &[usize] = if benchmarking { &[1, 16, 64] } else { &[1, 2] };
+    render_figures(if benchmarking { 200 } else { 3 });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        println!("QR logins over loopback ({logins} per phone)");
+        let mut backends = vec![(Backend::Sqlite, "sqlite")];
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres") => {
+                backends.push((Backend::Postgres(url), "postgres"))
+            }
+            _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
+        }
+        for (backend, label) in backends {
+            for &n in levels {
+                run(backend.clone(), label, n, logins).await;
+            }
+        }
+    });
+}
