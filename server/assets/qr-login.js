@@ -481,7 +481,8 @@
 
     async function pollLoop() {
       while (!stopped) {
-        const query = new URLSearchParams({ wait: String(WAIT_SECONDS) });
+        // After a failure, ask without waiting: the answer tells at once that we are back.
+        const query = new URLSearchParams({ wait: String(failures > 0 ? 0 : WAIT_SECONDS) });
         if (status) query.set("seen", String(status.version));
         const controller = new AbortController();
         poller = controller;

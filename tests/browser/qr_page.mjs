@@ -1,6 +1,7 @@
 // Drives Tessera's QR login page in headless Chromium for tests/tests/qr_browser.rs.
 //
-//   node qr_page.mjs URL [--renew] [--out DIR] [--page-shots] [--width PX] [--timeout S]
+//   node qr_page.mjs URL [--renew] [--expect-redirect] [--out DIR] [--page-shots] [--width PX]
+//                        [--timeout S]
 //
 // Prints one line per event on stdout:
 //   SHOT <png>          the QR code element, screenshotted (again after a renewal with --renew)
@@ -12,6 +13,8 @@
 //   TEXT <text>         its visible status text, and the script exits 0
 //   ERROR <message>     anything wrong (exit 1), including a Content Security Policy violation
 //
+// --expect-redirect: after an approval, waits for the page to navigate on and prints
+// REDIRECT <url>.
 // --renew: once the code is shown, presses "New code" with the keyboard and screenshots the
 // new code (a second SHOT line).
 
@@ -24,11 +27,12 @@ const FINAL = new Set(["approved", "denied", "expired", "invalid"]);
 const ROOT = "[data-state]";
 
 function parseArgs(argv) {
-  const args = { url: null, renew: false, out: null, pageShots: false, width: 480, timeout: 120 };
+  const args = { url: null, renew: false, expectRedirect: false, out: null, pageShots: false, width: 480, timeout: 120 };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (a === "--renew") args.renew = true;
     else if (a === "--page-shots") args.pageShots = true;
+    else if (a === "--expect-redirect") args.expectRedirect = true;
     else if (a === "--out") args.out = argv[++i];
     else if (a === "--width") args.width = Number(argv[++i]);
     else if (a === "--timeout") args.timeout = Number(argv[++i]);
@@ -157,6 +161,10 @@ async function main() {
       const text = await page.locator(".tessera-qr-panel").innerText();
       say(`FINAL ${state}`);
       say(`TEXT ${text}`);
+      if (args.expectRedirect && state === "approved") {
+        await page.waitForURL((u) => u.href !== args.url, { timeout: 15000 });
+        say(`REDIRECT ${page.url()}`);
+      }
       clearTimeout(deadline);
       await browser.close();
       process.exit(0);
