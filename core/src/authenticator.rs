@@ -6,8 +6,9 @@ use rand::RngCore;
 use std::time::Duration;
 
 use tessera_protocol::api::{
-    DevicePairingRequest, DevicePairingResponse, EnrollmentState, EnrollmentStatus,
-    PendingRequests, ResponseRecorded, ServerKeysResponse, SubmitResponse,
+    ClaimQrSession, DevicePairingRequest, DevicePairingResponse, EnrollmentState, EnrollmentStatus,
+    PendingRequests, QrAnswerRecorded, QrSessionClaimed, ResponseRecorded, ServerKeysResponse,
+    SubmitQrResponse, SubmitResponse, UpdatePushRequest,
 };
 use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationKind, AuthenticationRequest, Decision, DeviceLocation,
@@ -18,8 +19,9 @@ use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{
     ApplicationInfo, DeviceSignals, MAX_REGISTRATION_AGE_SECONDS, MobilePayload, PairingCode,
-    PairingReply, PairingUri, ServerKeySet, ServerUrl,
+    PairingReply, PairingUri, PushRegistration, ServerKeySet, ServerUrl,
 };
+use tessera_protocol::qr::{QrSessionState, QrUri};
 use tessera_protocol::time::{UnixSeconds, now};
 use tokio::sync::Mutex;
 
@@ -27,6 +29,9 @@ use crate::config::AuthenticatorConfig;
 use crate::error::CoreError;
 use crate::key_store::KeyStore;
 use crate::pairing::{ReplyTrust, create_registration, verify_pairing_reply};
+use crate::qr::{
+    QrAuthentication, response_for as qr_response_for, verify_context as verify_qr_context,
+};
 use crate::requests::{IncomingRequest, USER_VERIFICATION_AMR, response_for, verify_request};
 use crate::signer::KeyStoreSigner;
 use crate::state::{DeviceState, PendingMode, PendingPairing, StateStore, StoredEnrollment};
@@ -415,6 +420,32 @@ impl Authenticator {
         self.forget_enrollment(id).await
     }
 
+    /// Registers a new push token (or another provider, or none) for an enrollment, in a call
+    /// signed with its possession key: for when FCM or APNs issues the app a fresh token. A
+    /// server that had marked the old token stale resumes pushing.
+    ///
+    /// `AuthenticatorConfig::push` is what new pairings register; an app whose token changed
+    /// calls this for each of its [`Authenticator::enrollments`].
+    pub async fn update_push_token(
+        &self,
+        id: &EnrollmentId,
+        push: &PushRegistration,
+    ) -> Result<(), CoreError> {
+        let enrollment = self.stored_enrollment(id).await?;
+        let signer =
+            KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
+        let path = format!("/v1/device/enrollments/{id}/push");
+        let body = serde_json::to_vec(&UpdatePushRequest { push: push.clone() }).map_err(|_| {
+            CoreError::InvalidInput("the push registration cannot be encoded".into())
+        })?;
+        let mut call = DeviceCall::new(reqwest::Method::PUT, &path);
+        call.body = Some(body);
+        self.transport
+            .device_call(&enrollment.server, call, id, &signer)
+            .await?;
+        Ok(())
+    }
+
     /// Deletes an enrollment and its keys on this device only, without telling the server.
     pub async fn forget_enrollment(&self, id: &EnrollmentId) -> Result<(), CoreError> {
         let removed = {
@@ -720,13 +751,19 @@ impl Authenticator {
 
     /// Handles a push payload: the signed request itself (a compact JWS, or JSON
     /// `{"request": "<jws>"}`), or just its id (`{"request_id": "aut_…", "enrollment_id": "enr_…"}`),
-    /// in which case the request is pulled. Silent verifications are answered here and reported
-    /// as [`PushOutcome::SilentVerificationAnswered`].
+    /// in which case the request is pulled. An FCM message's `data` map is passed as its JSON;
+    /// an APNs payload may be passed whole (its `tessera` member is used). Silent verifications
+    /// are answered here and reported as [`PushOutcome::SilentVerificationAnswered`].
     pub async fn handle_push(&self, payload: &str) -> Result<PushOutcome, CoreError> {
         let text = payload.trim();
         let (signed, hint) = if text.starts_with('{') {
             let value: serde_json::Value = serde_json::from_str(text)
                 .map_err(|_| CoreError::InvalidInput("the push payload is not JSON".into()))?;
+            // A whole APNs payload: `{"aps": {…}, "tessera": {…}}`.
+            let value = match value.get("tessera") {
+                Some(inner) if inner.is_object() => inner.clone(),
+                _ => value,
+            };
             let signed = value
                 .get("request")
                 .and_then(|v| v.as_str())
@@ -890,6 +927,149 @@ impl Authenticator {
                 &enrollment.server,
                 &format!("/v1/device/authentications/{}/response", request.request_id),
                 &SubmitResponse { response: signed },
+            )
+            .await
+    }
+}
+
+impl Authenticator {
+    /// QR login, step 1: checks scanned text (`tessera://qr?server=…&token=…`), claims the
+    /// session for this device (a call signed with one of its enrollments on that server, listing
+    /// them all) and returns the server-signed context: the application, where the sign-in comes
+    /// from, and which of this device's users may answer. Errors: malformed text
+    /// ([`CoreError::InvalidInput`]), a server this device is not paired with
+    /// ([`CoreError::NotPairedWithServer`]), an expired, renewed or already-scanned code (the
+    /// server's `qr_session_expired`, `qr_session_not_found`, `qr_already_scanned`), no user of
+    /// this device allowed (`no_eligible_user`).
+    pub async fn authenticate_with_qr(&self, scanned: &str) -> Result<QrAuthentication, CoreError> {
+        let uri = QrUri::parse(scanned).map_err(|e| CoreError::InvalidInput(e.to_string()))?;
+        self.transport.check_server(&uri.server)?;
+        let (held, pinned) = {
+            let state = self.state.lock().await;
+            let held: Vec<StoredEnrollment> = state
+                .enrollments
+                .iter()
+                .filter(|e| e.server == uri.server && !e.pending_verification)
+                .cloned()
+                .collect();
+            let pinned = state.pinned_keys(&uri.server).cloned();
+            (held, pinned)
+        };
+        let (Some(caller), Some(pinned)) = (held.first(), pinned) else {
+            return Err(CoreError::NotPairedWithServer);
+        };
+        let claim = ClaimQrSession {
+            token: uri.token.expose().to_string(),
+            enrollment_ids: held.iter().map(|e| e.enrollment_id.clone()).collect(),
+        };
+        let body = serde_json::to_vec(&claim)
+            .map_err(|_| CoreError::InvalidInput("the claim cannot be encoded".into()))?;
+        let signer = KeyStoreSigner::new(Arc::clone(&self.key_store), &caller.possession_alias)?;
+        let mut call = DeviceCall::new(reqwest::Method::POST, "/v1/device/qr-sessions/claim");
+        call.body = Some(body);
+        let answer = self
+            .transport
+            .device_call(&uri.server, call, &caller.enrollment_id, &signer)
+            .await?;
+        let claimed: QrSessionClaimed = serde_json::from_slice(&answer)
+            .map_err(|_| CoreError::InvalidServerResponse("unexpected QR claim answer".into()))?;
+        let pairs: Vec<(EnrollmentId, UserId)> = held
+            .iter()
+            .map(|e| (e.enrollment_id.clone(), e.user_id.clone()))
+            .collect();
+        verify_qr_context(
+            &claimed.context,
+            &uri.server,
+            &pinned,
+            &self.device_id,
+            &pairs,
+            now(),
+        )
+    }
+
+    /// QR login, step 2: `user` (one of [`QrAuthentication::users`]) approves. `amr` as for
+    /// [`Authenticator::approve`]: with a user-verification method the answer is signed with the
+    /// user-verification key. If the application asks for extra verification, the silent request
+    /// that follows is answered before this returns; if it asks for the user's approval, that
+    /// request arrives like any other (push or [`Authenticator::pending_requests`]).
+    pub async fn approve_qr(
+        &self,
+        qr: &QrAuthentication,
+        user: &UserId,
+        amr: Vec<String>,
+    ) -> Result<QrAnswerRecorded, CoreError> {
+        let recorded = self.answer_qr(qr, user, Decision::Approve, amr).await?;
+        if recorded.state == QrSessionState::Verifying
+            && let Some(chosen) = qr.users.iter().find(|u| &u.user_id == user)
+        {
+            // Silent follow-ups are answered on the way; others are left for the app to show.
+            self.fetch_requests(&chosen.enrollment_id, Duration::ZERO)
+                .await?;
+        }
+        Ok(recorded)
+    }
+
+    /// QR login, step 2: `user` denies; `report_fraud` says the user did not start this sign-in.
+    pub async fn deny_qr(
+        &self,
+        qr: &QrAuthentication,
+        user: &UserId,
+        report_fraud: bool,
+    ) -> Result<QrAnswerRecorded, CoreError> {
+        let decision = if report_fraud {
+            Decision::ReportFraud
+        } else {
+            Decision::Deny
+        };
+        self.answer_qr(qr, user, decision, Vec::new()).await
+    }
+
+    async fn answer_qr(
+        &self,
+        qr: &QrAuthentication,
+        user: &UserId,
+        decision: Decision,
+        amr: Vec<String>,
+    ) -> Result<QrAnswerRecorded, CoreError> {
+        let chosen = qr
+            .users
+            .iter()
+            .find(|u| &u.user_id == user)
+            .ok_or_else(|| {
+                CoreError::InvalidInput("that user may not answer this QR code".into())
+            })?;
+        if now() >= qr.expires_at {
+            return Err(CoreError::RequestExpired);
+        }
+        let enrollment = self.stored_enrollment(&chosen.enrollment_id).await?;
+        let posture = self.posture();
+        let response = qr_response_for(
+            qr,
+            &chosen.enrollment_id,
+            decision,
+            amr,
+            posture.signals,
+            posture.location,
+            now(),
+        );
+        let with_user_verification = decision == Decision::Approve
+            && response
+                .amr
+                .iter()
+                .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str()));
+        let alias = if with_user_verification {
+            &enrollment.user_verification_alias
+        } else {
+            &enrollment.possession_alias
+        };
+        let signer = KeyStoreSigner::new(Arc::clone(&self.key_store), alias)?;
+        let signed = envelope::sign(MessageType::QrResponse, &response, &signer)
+            .map_err(|e| CoreError::KeyStore(e.to_string()))?;
+        self.transport
+            .post_json(
+                &qr.server,
+                &format!("/v1/device/qr-sessions/{}/response", qr.session_id),
+                &SubmitQrResponse { response: signed },
             )
             .await
     }

@@ -45,6 +45,9 @@ pub enum CoreError {
     /// No enrollment with this id on this device.
     #[error("no such enrollment on this device")]
     EnrollmentNotFound,
+    /// A scanned code names a server this device is not paired with.
+    #[error("this device is not paired with the server that showed this code")]
+    NotPairedWithServer,
     /// The platform key store failed.
     #[error("key store: {0}")]
     KeyStore(String),
@@ -70,6 +73,7 @@ impl CoreError {
             CoreError::ReplyMismatch(_) => "reply_mismatch",
             CoreError::UnknownPendingPairing => "unknown_pending_pairing",
             CoreError::EnrollmentNotFound => "enrollment_not_found",
+            CoreError::NotPairedWithServer => "not_paired_with_server",
             CoreError::RequestExpired => "request_expired",
             CoreError::KeyStore(_) => "key_store",
             CoreError::Storage(_) => "storage",

@@ -20,6 +20,7 @@ mod config;
 mod error;
 mod key_store;
 mod pairing;
+mod qr;
 mod requests;
 mod signer;
 mod state;
@@ -31,11 +32,13 @@ pub use config::AuthenticatorConfig;
 pub use error::CoreError;
 pub use key_store::{KeyPurpose, KeyStore, KeyStoreError, SoftwareKeyStore};
 pub use pairing::{ReplyTrust, verify_pairing_reply};
+pub use qr::{QrAuthentication, QrUser};
 pub use requests::{IncomingRequest, verify_request as verify_authentication_request};
 pub use signer::KeyStoreSigner;
 pub use storage::{FileStorage, SecureStorage, StorageError};
 pub use tessera_protocol::api::EnrollmentStatus;
-pub use tessera_protocol::api::ResponseRecorded;
+pub use tessera_protocol::api::{QrAnswerRecorded, ResponseRecorded};
 pub use tessera_protocol::authentication::{
     AccessContext, AuthenticationKind, AuthenticationState, Decision, DisplayField,
 };
+pub use tessera_protocol::qr::QrSessionState;

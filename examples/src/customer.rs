@@ -4,12 +4,14 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_protocol::api::{
-    AuthenticationStatus, CreateAuthenticationRequest, CreateUserRequest, DeviceList,
-    RelayPairingRequest, RelayPairingResponse, StartPairingRequest, StartPairingResponse, User,
+    AuthenticationStatus, CreateAuthenticationRequest, CreateQrSession, CreateUserRequest,
+    DeviceList, QrSessionCreated, QrSessionStatus, RelayPairingRequest, RelayPairingResponse,
+    StartPairingRequest, StartPairingResponse, User,
 };
 use tessera_protocol::authentication::AuthenticationId;
 use tessera_protocol::error::{ErrorBody, ErrorCode};
 use tessera_protocol::ids::{EnrollmentId, UserId};
+use tessera_protocol::qr::QrSessionId;
 
 /// A failed customer API call.
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +188,55 @@ impl CustomerApi {
             .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
         if response.status() == StatusCode::NO_CONTENT {
             Ok(())
+        } else {
+            Err(error_from(response).await)
+        }
+    }
+
+    /// `POST /v1/qr-sessions`: a QR login session for a web page.
+    pub async fn create_qr_session(
+        &self,
+        body: &CreateQrSession,
+    ) -> Result<QrSessionCreated, CustomerApiError> {
+        self.send(reqwest::Method::POST, "/v1/qr-sessions", Some(body))
+            .await
+    }
+
+    /// `GET /v1/qr-sessions/{id}?wait=N`: the session's state, waiting up to `wait` seconds for a
+    /// change.
+    pub async fn qr_session(
+        &self,
+        id: &QrSessionId,
+        wait: u64,
+    ) -> Result<QrSessionStatus, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/qr-sessions/{id}?wait={wait}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/qr-sessions/{id}/qr.png` or `qr.svg`: the current code as an image (`format` is
+    /// `png` or `svg`).
+    pub async fn qr_image(
+        &self,
+        id: &QrSessionId,
+        format: &str,
+    ) -> Result<Vec<u8>, CustomerApiError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/qr-sessions/{id}/qr.{format}", self.base))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
+        if response.status().is_success() {
+            Ok(response
+                .bytes()
+                .await
+                .map_err(|e| CustomerApiError::Transport(e.to_string()))?
+                .to_vec())
         } else {
             Err(error_from(response).await)
         }

@@ -11,7 +11,7 @@ use crate::authentication::{
 };
 use crate::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
 use crate::jwk::JwkSet;
-use crate::pairing::{DeviceInfo, DeviceSignals, ServerUrl};
+use crate::pairing::{DeviceInfo, DeviceSignals, PushRegistration, ServerUrl};
 use crate::time::UnixSeconds;
 
 /// `POST /v1/users`: create a user.
@@ -107,6 +107,10 @@ pub struct DeviceRecord {
     pub signals: DeviceSignals,
     /// `none`, `fcm` or `apns`.
     pub push_provider: String,
+    /// `true` when FCM or APNs said the device's push token is no longer valid: it is not pushed
+    /// to until the device registers a fresh token (it still pulls its requests).
+    #[serde(default)]
+    pub push_token_stale: bool,
     /// Whether this is the user's primary device.
     pub primary: bool,
     /// `active`, or `pending_verification` while the user's primary device has not yet
@@ -334,6 +338,16 @@ pub struct PendingRequests {
 pub struct SubmitResponse {
     /// The signed [`crate::authentication::AuthenticationResponse`].
     pub response: String,
+}
+
+/// `PUT /v1/device/enrollments/{enrollment_id}/push` (device-signed): the device's new push
+/// registration, e.g. after FCM or APNs issued a fresh token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpdatePushRequest {
+    /// How the server can push to this device from now on.
+    pub push: PushRegistration,
 }
 
 /// The outcome recorded for a submitted answer.

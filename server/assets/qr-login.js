@@ -481,8 +481,10 @@
 
     async function pollLoop() {
       while (!stopped) {
-        // After a failure, ask without waiting: the answer tells at once that we are back.
-        const query = new URLSearchParams({ wait: String(failures > 0 ? 0 : WAIT_SECONDS) });
+        // The first call, and the first after a failure, do not wait: the page shows the code
+        // at once, and learns at once that the connection is back.
+        const wait = status && failures === 0 ? WAIT_SECONDS : 0;
+        const query = new URLSearchParams({ wait: String(wait) });
         if (status) query.set("seen", String(status.version));
         const controller = new AbortController();
         poller = controller;

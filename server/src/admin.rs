@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use crate::db::applications::{self, Application, api_key_digest};
 use crate::db::{Database, enrollments, users};
 use crate::error::ServerError;
+use crate::push::{ApnsCredentials, ApnsEnvironment, FcmCredentials};
 
 fn new_api_key() -> Zeroizing<String> {
     let mut bytes = Zeroizing::new([0u8; 32]);
@@ -133,6 +134,126 @@ pub async fn set_additional_device_policy(
     policy: applications::AdditionalDevicePolicy,
 ) -> Result<(), ServerError> {
     if applications::set_additional_device_policy(db, app, policy).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
+}
+
+/// Sets what the application asks after a QR login is approved: nothing more, a silent
+/// verification of the device, or a push approval to the user.
+pub async fn set_qr_policy(
+    db: &Database,
+    app: &ApplicationId,
+    policy: applications::QrPolicy,
+) -> Result<(), ServerError> {
+    if applications::set_qr_policy(db, app, policy).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
+}
+
+/// What `set-fcm` stored (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FcmConfigured {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// `fcm`.
+    pub provider: &'static str,
+    /// The Firebase project pushes go to.
+    pub project_id: String,
+    /// The service account.
+    pub client_email: String,
+    /// The id of the service account's key.
+    pub private_key_id: String,
+}
+
+/// What `set-apns` stored (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApnsConfigured {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// `apns`.
+    pub provider: &'static str,
+    /// The Apple developer team.
+    pub team_id: String,
+    /// The id of the `.p8` key.
+    pub key_id: String,
+    /// The app's bundle id.
+    pub topic: String,
+    /// Production or sandbox.
+    pub environment: ApnsEnvironment,
+}
+
+/// Stores the application's FCM HTTP v1 credentials from a Google service-account JSON file's
+/// contents. The file is checked (type, fields, a usable RSA key) before anything is stored.
+pub async fn set_fcm(
+    db: &Database,
+    app: &ApplicationId,
+    service_account_json: &str,
+) -> Result<FcmConfigured, ServerError> {
+    let credentials = FcmCredentials::from_service_account(service_account_json)?;
+    let stored = Zeroizing::new(
+        serde_json::to_string(&credentials).map_err(|_| ServerError::Corrupted("encode"))?,
+    );
+    if !applications::set_push_fcm(db, app, Some(&stored)).await? {
+        return Err(ServerError::NotFound("application"));
+    }
+    Ok(FcmConfigured {
+        application_id: app.clone(),
+        provider: "fcm",
+        project_id: credentials.project_id.clone(),
+        client_email: credentials.client_email.clone(),
+        private_key_id: credentials.private_key_id.clone(),
+    })
+}
+
+/// Stores the application's APNs token-auth credentials: team id, key id, the `.p8` key's PEM
+/// contents, the topic (bundle id) and the environment. The key is checked before anything is
+/// stored.
+pub async fn set_apns(
+    db: &Database,
+    app: &ApplicationId,
+    team_id: &str,
+    key_id: &str,
+    private_key_pem: &str,
+    topic: &str,
+    environment: ApnsEnvironment,
+) -> Result<ApnsConfigured, ServerError> {
+    let credentials = ApnsCredentials::new(team_id, key_id, private_key_pem, topic, environment)?;
+    let stored = Zeroizing::new(
+        serde_json::to_string(&credentials).map_err(|_| ServerError::Corrupted("encode"))?,
+    );
+    if !applications::set_push_apns(db, app, Some(&stored)).await? {
+        return Err(ServerError::NotFound("application"));
+    }
+    Ok(ApnsConfigured {
+        application_id: app.clone(),
+        provider: "apns",
+        team_id: credentials.team_id.clone(),
+        key_id: credentials.key_id.clone(),
+        topic: credentials.topic.clone(),
+        environment,
+    })
+}
+
+/// Removes the application's FCM or APNs credentials (`provider` is `fcm` or `apns`).
+pub async fn clear_push_provider(
+    db: &Database,
+    app: &ApplicationId,
+    provider: &str,
+) -> Result<(), ServerError> {
+    let done = match provider {
+        "fcm" => applications::set_push_fcm(db, app, None).await?,
+        "apns" => applications::set_push_apns(db, app, None).await?,
+        _ => {
+            return Err(ServerError::InvalidInput(
+                "the provider is fcm or apns".into(),
+            ));
+        }
+    };
+    if done {
         Ok(())
     } else {
         Err(ServerError::NotFound("application"))

@@ -40,6 +40,14 @@ pub struct ServerConfig {
     pub accessing_ip_table: IpTable,
     /// Lifetime of the request that asks the primary device to approve a new device, in seconds.
     pub device_verification_ttl: u32,
+    /// How long one QR login code can be scanned, in seconds; the login page renews it before.
+    pub qr_code_ttl: u32,
+    /// FCM's base URL (`https://fcm.googleapis.com`); tests point it at a local receiver.
+    pub fcm_endpoint: String,
+    /// APNs's base URL. `None` picks `https://api.push.apple.com`, or
+    /// `https://api.sandbox.push.apple.com` for the sandbox environment; tests point it at a
+    /// local receiver (a plain `http://` endpoint is spoken to in HTTP/2 with prior knowledge).
+    pub apns_endpoint: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +67,9 @@ impl Default for ServerConfig {
             push_retry_base: std::time::Duration::from_millis(200),
             accessing_ip_table: IpTable::default(),
             device_verification_ttl: 300,
+            qr_code_ttl: 60,
+            fcm_endpoint: crate::push::FCM_DEFAULT_ENDPOINT.to_string(),
+            apns_endpoint: None,
         }
     }
 }

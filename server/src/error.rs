@@ -29,6 +29,9 @@ pub enum ServerError {
     /// The named thing does not exist.
     #[error("not found: {0}")]
     NotFound(&'static str),
+    /// Push credentials given to an admin operation are unusable.
+    #[error("invalid push credentials: {0}")]
+    PushCredentials(#[from] crate::push::PushCredentialsError),
     /// The thing already exists.
     #[error("already exists: {0}")]
     AlreadyExists(&'static str),

@@ -24,6 +24,7 @@ pub mod ip_table;
 mod keys;
 mod metrics;
 mod push;
+pub mod qr_render;
 mod server;
 
 pub use api::openapi_document;
@@ -31,4 +32,5 @@ pub use config::ServerConfig;
 pub use db::Database;
 pub use error::ServerError;
 pub use ip_table::IpTable;
+pub use push::{ApnsEnvironment, PushCredentialsError};
 pub use server::{RunningServer, Server};

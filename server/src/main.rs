@@ -8,6 +8,10 @@
 //! tessera-server admin [--database URL] list-users APP_ID | list-devices APP_ID USER_ID
 //! tessera-server admin [--database URL] set-push-webhook APP_ID (URL | --clear)
 //! tessera-server admin [--database URL] set-device-policy APP_ID --additional-devices (individual | verify-with-primary)
+//! tessera-server admin [--database URL] set-qr-policy APP_ID (none | extra-verification | user-approval)
+//! tessera-server admin [--database URL] set-fcm APP_ID --service-account FILE
+//! tessera-server admin [--database URL] set-apns APP_ID --team-id T --key-id K --key-file FILE --topic BUNDLE [--sandbox]
+//! tessera-server admin [--database URL] clear-push-provider APP_ID (fcm | apns)
 //! tessera-server openapi
 //! ```
 
@@ -19,8 +23,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
-use tessera_server::db::applications::AdditionalDevicePolicy;
-use tessera_server::{Database, IpTable, Server, ServerConfig, ServerError, admin};
+use tessera_server::db::applications::{AdditionalDevicePolicy, QrPolicy};
+use tessera_server::{
+    ApnsEnvironment, Database, IpTable, Server, ServerConfig, ServerError, admin,
+};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +49,13 @@ enum LogFormat {
 enum AdditionalDevices {
     Individual,
     VerifyWithPrimary,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QrPolicyArg {
+    None,
+    ExtraVerification,
+    UserApproval,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +85,16 @@ enum Command {
         /// and IP reputation.
         #[arg(long, env = "TESSERA_IP_TABLE")]
         ip_table: Option<std::path::PathBuf>,
+        /// FCM's base URL.
+        #[arg(
+            long,
+            default_value = "https://fcm.googleapis.com",
+            env = "TESSERA_FCM_ENDPOINT"
+        )]
+        fcm_endpoint: String,
+        /// APNs's base URL; by default production or sandbox as each application is set up.
+        #[arg(long, env = "TESSERA_APNS_ENDPOINT")]
+        apns_endpoint: Option<String>,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -137,6 +160,51 @@ enum AdminCommand {
         #[arg(long, value_enum)]
         additional_devices: AdditionalDevices,
     },
+    /// What a QR login needs after the user approves it: nothing more (`none`, the default), a
+    /// silent verification of the device (`extra-verification`), or a push approval to the
+    /// user (`user-approval`).
+    SetQrPolicy {
+        /// The application.
+        application_id: String,
+        /// `none`, `extra-verification` or `user-approval`.
+        #[arg(value_enum)]
+        policy: QrPolicyArg,
+    },
+    /// Push to this application's Android devices with FCM HTTP v1 (a Google service account).
+    SetFcm {
+        /// The application.
+        application_id: String,
+        /// The service-account JSON file downloaded from the Firebase console.
+        #[arg(long)]
+        service_account: std::path::PathBuf,
+    },
+    /// Push to this application's iOS devices with APNs token authentication (a .p8 key).
+    SetApns {
+        /// The application.
+        application_id: String,
+        /// The Apple developer team id.
+        #[arg(long)]
+        team_id: String,
+        /// The key's id.
+        #[arg(long)]
+        key_id: String,
+        /// The .p8 key file (PKCS#8 PEM).
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+        /// The app's bundle id.
+        #[arg(long)]
+        topic: String,
+        /// Use the APNs sandbox (development builds) instead of production.
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Remove the application's FCM or APNs credentials.
+    ClearPushProvider {
+        /// The application.
+        application_id: String,
+        /// `fcm` or `apns`.
+        provider: String,
+    },
     /// List a user's devices.
     ListDevices {
         /// The application.
@@ -177,6 +245,7 @@ fn server_error_code(e: &ServerError) -> &'static str {
         ServerError::InvalidInput(_) => "invalid_input",
         ServerError::NotFound(_) => "not_found",
         ServerError::AlreadyExists(_) => "already_exists",
+        ServerError::PushCredentials(_) => "invalid_push_credentials",
     }
 }
 
@@ -191,6 +260,8 @@ async fn main() -> ExitCode {
             log_format,
             pairing_failures_per_minute,
             ip_table,
+            fcm_endpoint,
+            apns_endpoint,
         } => {
             init_logs(log_format);
             let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
@@ -207,6 +278,8 @@ async fn main() -> ExitCode {
                 public_url,
                 pairing_failures_per_ip_per_minute: pairing_failures_per_minute,
                 accessing_ip_table,
+                fcm_endpoint,
+                apns_endpoint,
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -255,6 +328,23 @@ fn parse_app(id: &str) -> Result<ApplicationId, ServerError> {
 fn parse_user(id: &str) -> Result<UserId, ServerError> {
     id.parse()
         .map_err(|_| ServerError::InvalidInput("invalid user id".into()))
+}
+
+/// Reads a credentials file (at most 64 KiB); the error names the file's role, not its contents.
+fn read_secret_file(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<zeroize::Zeroizing<String>, ServerError> {
+    let unreadable = || ServerError::InvalidInput(format!("the {what} cannot be read as text"));
+    let meta = std::fs::metadata(path).map_err(|_| unreadable())?;
+    if meta.len() > 64 * 1024 {
+        return Err(ServerError::InvalidInput(format!(
+            "the {what} is too large"
+        )));
+    }
+    std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| unreadable())
 }
 
 async fn run_admin(
@@ -307,6 +397,52 @@ async fn run_admin(
             };
             admin::set_additional_device_policy(&db, &app, policy).await?;
             json!({"application_id": app, "additional_devices": policy.as_str()})
+        }
+        AdminCommand::SetQrPolicy {
+            application_id,
+            policy,
+        } => {
+            let app = parse_app(&application_id)?;
+            let policy = match policy {
+                QrPolicyArg::None => QrPolicy::None,
+                QrPolicyArg::ExtraVerification => QrPolicy::ExtraVerification,
+                QrPolicyArg::UserApproval => QrPolicy::UserApproval,
+            };
+            admin::set_qr_policy(&db, &app, policy).await?;
+            json!({"application_id": app, "qr_policy": policy.as_str()})
+        }
+        AdminCommand::SetFcm {
+            application_id,
+            service_account,
+        } => {
+            let app = parse_app(&application_id)?;
+            let text = read_secret_file(&service_account, "service account")?;
+            json!(admin::set_fcm(&db, &app, &text).await?)
+        }
+        AdminCommand::SetApns {
+            application_id,
+            team_id,
+            key_id,
+            key_file,
+            topic,
+            sandbox,
+        } => {
+            let app = parse_app(&application_id)?;
+            let key = read_secret_file(&key_file, "key file")?;
+            let environment = if sandbox {
+                ApnsEnvironment::Sandbox
+            } else {
+                ApnsEnvironment::Production
+            };
+            json!(admin::set_apns(&db, &app, &team_id, &key_id, &key, &topic, environment).await?)
+        }
+        AdminCommand::ClearPushProvider {
+            application_id,
+            provider,
+        } => {
+            let app = parse_app(&application_id)?;
+            admin::clear_push_provider(&db, &app, &provider).await?;
+            json!({"application_id": app, "cleared": provider})
         }
         AdminCommand::ListUsers { application_id } => {
             json!({"users": admin::list_users(&db, &parse_app(&application_id)?).await?})

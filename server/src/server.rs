@@ -62,6 +62,7 @@ impl Server {
             config: Arc::new(config),
             public_url: public_url.clone(),
             metrics: Arc::new(Metrics::new()),
+            push: Arc::new(crate::push::PushClients::new()),
         };
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();

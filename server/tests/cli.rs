@@ -227,3 +227,106 @@ fn openapi_command_prints_the_document() {
         assert!(doc["paths"].get(path).is_some(), "missing {path}");
     }
 }
+
+#[test]
+fn admin_push_provider_commands_check_keys_and_print_no_secret() {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let created = json_of(
+        &bin()
+            .args(["admin", "--database", &db, "create-app", "Example Bank"])
+            .output()
+            .unwrap(),
+    );
+    let app = created["application_id"].as_str().unwrap().to_string();
+    let admin = |args: &[&str]| {
+        let mut all = vec!["admin", "--database", &db];
+        all.extend_from_slice(args);
+        bin().args(all).output().unwrap()
+    };
+    let no_secret = |out: &std::process::Output| {
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+    };
+
+    // FCM: a service-account file as the Firebase console downloads it.
+    let rsa_key = include_str!("../../tests/fixtures/test-only-fcm-rsa-key.pem");
+    let service_account = serde_json::json!({
+        "type": "service_account", "project_id": "example-bank", "private_key_id": "abc123",
+        "private_key": rsa_key, "client_email": "push@example-bank.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    let sa_file = dir.path().join("sa.json");
+    std::fs::write(&sa_file, service_account.to_string()).unwrap();
+    let out = admin(&[
+        "set-fcm",
+        &app,
+        "--service-account",
+        sa_file.to_str().unwrap(),
+    ]);
+    no_secret(&out);
+    let fcm = json_of(&out);
+    assert_eq!(fcm["provider"], "fcm");
+    assert_eq!(fcm["project_id"], "example-bank");
+    assert_eq!(fcm["private_key_id"], "abc123");
+    let mut broken = service_account.clone();
+    broken["private_key"] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
+    std::fs::write(&sa_file, broken.to_string()).unwrap();
+    let out = admin(&[
+        "set-fcm",
+        &app,
+        "--service-account",
+        sa_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    no_secret(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_push_credentials"));
+
+    // APNs: a .p8 key.
+    let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let p8 = dir.path().join("AuthKey.p8");
+    std::fs::write(&p8, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    let out = admin(&[
+        "set-apns",
+        &app,
+        "--team-id",
+        "TEAM123456",
+        "--key-id",
+        "KEY1234567",
+        "--key-file",
+        p8.to_str().unwrap(),
+        "--topic",
+        "com.example.bank",
+        "--sandbox",
+    ]);
+    no_secret(&out);
+    let apns = json_of(&out);
+    assert_eq!(apns["provider"], "apns");
+    assert_eq!(apns["environment"], "sandbox");
+    assert_eq!(apns["topic"], "com.example.bank");
+    // An RSA key is not an APNs key.
+    let rsa_file = dir.path().join("rsa.pem");
+    std::fs::write(&rsa_file, rsa_key).unwrap();
+    let out = admin(&[
+        "set-apns",
+        &app,
+        "--team-id",
+        "TEAM123456",
+        "--key-id",
+        "KEY1234567",
+        "--key-file",
+        rsa_file.to_str().unwrap(),
+        "--topic",
+        "com.example.bank",
+    ]);
+    assert!(!out.status.success());
+    no_secret(&out);
+    let cleared = json_of(&admin(&["clear-push-provider", &app, "apns"]));
+    assert_eq!(cleared["cleared"], "apns");
+}

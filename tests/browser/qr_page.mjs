@@ -1,7 +1,7 @@
 // Drives Tessera's QR login page in headless Chromium for tests/tests/qr_browser.rs.
 //
-//   node qr_page.mjs URL [--renew] [--expect-redirect] [--out DIR] [--page-shots] [--width PX]
-//                        [--timeout S]
+//   node qr_page.mjs URL [--renew | --await-renewal] [--expect-redirect] [--out DIR]
+//                        [--page-shots] [--width PX] [--timeout S]
 //
 // Prints one line per event on stdout:
 //   SHOT <png>          the QR code element, screenshotted (again after a renewal with --renew)
@@ -16,7 +16,8 @@
 // --expect-redirect: after an approval, waits for the page to navigate on and prints
 // REDIRECT <url>.
 // --renew: once the code is shown, presses "New code" with the keyboard and screenshots the
-// new code (a second SHOT line).
+// new code (a second SHOT line). --await-renewal: the same, without pressing: waits for the
+// page to renew the code by itself.
 
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -27,12 +28,13 @@ const FINAL = new Set(["approved", "denied", "expired", "invalid"]);
 const ROOT = "[data-state]";
 
 function parseArgs(argv) {
-  const args = { url: null, renew: false, expectRedirect: false, out: null, pageShots: false, width: 480, timeout: 120 };
+  const args = { url: null, renew: false, awaitRenewal: false, expectRedirect: false, out: null, pageShots: false, width: 480, timeout: 120 };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (a === "--renew") args.renew = true;
     else if (a === "--page-shots") args.pageShots = true;
     else if (a === "--expect-redirect") args.expectRedirect = true;
+    else if (a === "--await-renewal") args.awaitRenewal = true;
     else if (a === "--out") args.out = argv[++i];
     else if (a === "--width") args.width = Number(argv[++i]);
     else if (a === "--timeout") args.timeout = Number(argv[++i]);
@@ -140,17 +142,19 @@ async function main() {
       const code = await shootCode();
       await checkA11y(page, code);
       await pageShot(state);
-      if (args.renew) {
+      if (args.renew || args.awaitRenewal) {
         const before = await page.locator(ROOT).getAttribute("data-version");
-        await page.locator(".tessera-qr-renew").focus();
-        await page.keyboard.press("Enter");
+        if (args.renew) {
+          await page.locator(".tessera-qr-renew").focus();
+          await page.keyboard.press("Enter");
+        }
         await page.waitForFunction(
           ([selector, v]) => {
             const root = document.querySelector(selector);
             return root.getAttribute("data-version") !== v || root.getAttribute("data-state") !== "created";
           },
           [ROOT, before],
-          { timeout: 15000 }
+          { timeout: 30000 }
         );
         if ((await page.locator(ROOT).getAttribute("data-state")) === "created") await shootCode();
       }

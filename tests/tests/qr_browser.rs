@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tessera_protocol::api::{CreateQrSession, QrSessionCreated};
 use tessera_protocol::qr::QrUri;
+use tessera_server::ServerConfig;
 use tessera_tests::{Backend, TestDevice, TestServer};
 use tokio::sync::mpsc;
 
@@ -173,19 +174,19 @@ fn decode_qr(path: &Path) -> String {
 }
 
 async fn create_session(server: &TestServer, body: &CreateQrSession) -> QrSessionCreated {
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/qr-sessions", server.base_url))
-        .bearer_auth(&server.app.api_key)
-        .json(body)
-        .send()
+    server
+        .customer
+        .create_qr_session(body)
         .await
-        .expect("POST /v1/qr-sessions");
-    assert_eq!(response.status().as_u16(), 200, "create QR session");
-    response.json().await.expect("QrSessionCreated")
+        .expect("POST /v1/qr-sessions")
 }
 
 async fn paired_alice() -> (TestServer, TestDevice) {
-    let server = TestServer::start(Backend::Sqlite).await;
+    paired_alice_with(|_| {}).await
+}
+
+async fn paired_alice_with(adjust: impl FnOnce(&mut ServerConfig)) -> (TestServer, TestDevice) {
+    let server = TestServer::start_with(Backend::Sqlite, adjust).await;
     server.user("alice").await;
     let device = TestDevice::new().await;
     device
@@ -229,7 +230,7 @@ async fn approve_in_the_browser() {
         .expect("scan");
     page.state("scanned").await;
     let alice = qr
-        .candidates
+        .users
         .iter()
         .find(|c| c.user_id.as_str() == "alice")
         .expect("alice may answer")
@@ -261,7 +262,7 @@ async fn deny_in_the_browser() {
         .await
         .expect("scan");
     page.state("scanned").await;
-    let alice = qr.candidates[0].user_id.clone();
+    let alice = qr.users[0].user_id.clone();
     device.auth.deny_qr(&qr, &alice, false).await.expect("deny");
     let text = page.finish("denied").await;
     assert!(text.contains("denied"), "{text}");
@@ -292,7 +293,7 @@ async fn a_renewed_code_replaces_the_old_one() {
         .await
         .expect("the new code works");
     page.state("scanned").await;
-    let alice = qr.candidates[0].user_id.clone();
+    let alice = qr.users[0].user_id.clone();
     device
         .auth
         .approve_qr(&qr, &alice, vec!["swipe".into()])
@@ -300,6 +301,49 @@ async fn a_renewed_code_replaces_the_old_one() {
         .expect("approve");
     let text = page.finish("approved").await;
     assert!(text.contains("Signed in"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_page_renews_its_code_before_it_expires() {
+    if !browser_available() {
+        return;
+    }
+    // Codes last 13 s: the page renews each about 3 s after it was issued.
+    let (server, device) = paired_alice_with(|c| c.qr_code_ttl = 13).await;
+    let session = create_session(&server, &CreateQrSession::default()).await;
+    let mut page = BrowserPage::open(&session.login_page_url, &["--await-renewal"]);
+    let old = page.code().await;
+    assert_eq!(old, session.qr_uri);
+    let new = page.code().await;
+    assert_ne!(new, old, "the page renewed the code by itself");
+    assert!(device.auth.authenticate_with_qr(&old).await.is_err());
+    let qr = device.auth.authenticate_with_qr(&new).await.expect("scan");
+    page.state("scanned").await;
+    let alice = qr.users[0].user_id.clone();
+    device.auth.deny_qr(&qr, &alice, true).await.expect("report fraud");
+    let text = page.finish("denied").await;
+    assert!(text.contains("denied"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unanswered_session_expires_on_the_page() {
+    if !browser_available() {
+        return;
+    }
+    // The shortest session the API allows (30 s); nobody scans it.
+    let server = TestServer::start(Backend::Sqlite).await;
+    let session = create_session(
+        &server,
+        &CreateQrSession {
+            expires_in: Some(30),
+            ..CreateQrSession::default()
+        },
+    )
+    .await;
+    let mut page = BrowserPage::open(&session.login_page_url, &[]);
+    assert_eq!(page.code().await, session.qr_uri);
+    let text = page.finish("expired").await;
+    assert!(text.contains("expired"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,6 +8,7 @@
 //! tessera-device --state DIR list
 //! tessera-device --state DIR status ENROLLMENT_ID
 //! tessera-device --state DIR remove ENROLLMENT_ID
+//! tessera-device --state DIR push-token ENROLLMENT_ID (--fcm TOKEN | --apns TOKEN [--sandbox] | --none)
 //! tessera-device --state DIR mobile-payload --server URL
 //! tessera-device --state DIR complete-relay SERVER_PAYLOAD
 //! tessera-device --state DIR pending [--wait SECONDS]
@@ -31,7 +32,7 @@ use tessera_core::{
 };
 use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::ids::EnrollmentId;
-use tessera_protocol::pairing::{DeviceInfo, DeviceSignals};
+use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
 
 #[derive(Parser)]
 #[command(
@@ -78,6 +79,24 @@ enum Command {
     Remove {
         /// The enrollment id (enr_...).
         enrollment_id: String,
+    },
+    /// Register a fresh push token for an enrollment (a device-signed call); a token the server
+    /// had marked stale is replaced and pushes resume.
+    PushToken {
+        /// The enrollment id (enr_...).
+        enrollment_id: String,
+        /// An FCM registration token.
+        #[arg(long, conflicts_with_all = ["apns", "none"])]
+        fcm: Option<String>,
+        /// An APNs device token (hex).
+        #[arg(long, conflicts_with = "none")]
+        apns: Option<String>,
+        /// With --apns: a development build (APNs sandbox).
+        #[arg(long, requires = "apns")]
+        sandbox: bool,
+        /// No push: the device pulls.
+        #[arg(long)]
+        none: bool,
     },
     /// Relay pairing, step 1: print a mobile payload for the app's backend to forward.
     MobilePayload {
@@ -407,6 +426,39 @@ async fn run(cli: &Cli) -> Result<(), CoreError> {
                 println!("{}", json!({"removed": id}));
             } else {
                 println!("removed {id}");
+            }
+        }
+        Command::PushToken {
+            enrollment_id,
+            fcm,
+            apns,
+            sandbox,
+            none,
+        } => {
+            let id = parse_enrollment(enrollment_id)?;
+            let push = match (fcm, apns) {
+                (Some(token), _) => PushRegistration::Fcm {
+                    token: token.clone(),
+                },
+                (None, Some(token)) => PushRegistration::Apns {
+                    token: token.clone(),
+                    sandbox: *sandbox,
+                },
+                (None, None) if *none => PushRegistration::None,
+                (None, None) => {
+                    return Err(CoreError::InvalidInput(
+                        "give --fcm TOKEN, --apns TOKEN or --none".into(),
+                    ));
+                }
+            };
+            auth.update_push_token(&id, &push).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"enrollment_id": id, "push_provider": push.provider()})
+                );
+            } else {
+                println!("{id}: push token registered ({})", push.provider());
             }
         }
         Command::MobilePayload { server } => {

@@ -18,12 +18,14 @@ use tessera_protocol::api::{
 };
 use tessera_protocol::authentication::{
     AccessContext, AuthenticationId, AuthenticationKind, AuthenticationRequest,
-    AuthenticationResponse, AuthenticationState, Decision, DisplayField, DynamicParameters,
+    AuthenticationResponse, AuthenticationState, Decision, DeviceLocation, DisplayField,
+    DynamicParameters,
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::DeviceRegistration;
+use tessera_protocol::pairing::DeviceSignals;
 use tessera_protocol::{PROTOCOL_VERSION, time};
 
 use super::AppState;
@@ -38,12 +40,12 @@ pub(crate) const MAX_WAIT_SECONDS: u64 = 30;
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_FIELDS: usize = 20;
 /// RFC 8176 authentication method reference values.
-const AMR_VALUES: &[&str] = &[
+pub(crate) const AMR_VALUES: &[&str] = &[
     "face", "fpt", "geo", "hwk", "iris", "kba", "mca", "mfa", "otp", "pin", "pop", "pwd", "rba",
     "retina", "sc", "sms", "swk", "tel", "user", "vbm", "wia",
 ];
 /// Methods that verify the user (not just their presence).
-const USER_VERIFICATION_AMR: &[&str] = &["face", "fpt", "iris", "retina", "pin", "pwd"];
+pub(crate) const USER_VERIFICATION_AMR: &[&str] = &["face", "fpt", "iris", "retina", "pin", "pwd"];
 const BIOMETRIC_AMR: &[&str] = &["face", "fpt", "iris", "retina"];
 
 /// `?wait=SECONDS` for long-polls.
@@ -54,11 +56,11 @@ pub(crate) struct WaitQuery {
     pub wait: Option<u64>,
 }
 
-fn invalid(message: &str) -> ApiError {
+pub(crate) fn invalid(message: &str) -> ApiError {
     ApiError::new(ErrorCode::InvalidRequest, message)
 }
 
-fn check_text(text: &str, max: usize, what: &str) -> Result<(), ApiError> {
+pub(crate) fn check_text(text: &str, max: usize, what: &str) -> Result<(), ApiError> {
     if text.chars().count() > max || text.chars().any(char::is_control) {
         return Err(invalid(&format!(
             "{what} is too long or has control characters"
@@ -406,6 +408,16 @@ fn mismatch(message: &str) -> ApiError {
     ApiError::new(ErrorCode::ResponseMismatch, message)
 }
 
+/// What a signed answer says that the attributes report.
+pub(crate) struct AnswerFacts<'a> {
+    /// The RFC 8176 methods.
+    pub amr: &'a [String],
+    /// The posture signals.
+    pub signals: DeviceSignals,
+    /// The location, if reported.
+    pub location: Option<DeviceLocation>,
+}
+
 /// The authentication attributes a relying party evaluates, named as PingID names them. As in
 /// PingID, a `POLICY_APPROVE` (silent verification: nobody acted on the device) carries no
 /// authenticating-device attributes; the device's signed answer still names the enrollment.
@@ -417,9 +429,34 @@ fn attributes(
     signed_with_user_verification: bool,
     device_ip: &str,
 ) -> BTreeMap<String, Value> {
+    attributes_for(
+        state,
+        record.kind,
+        record.accessing_ip.as_deref(),
+        device,
+        &AnswerFacts {
+            amr: &response.amr,
+            signals: response.signals,
+            location: response.location,
+        },
+        signed_with_user_verification,
+        device_ip,
+    )
+}
+
+/// The attributes of an answer of `kind` (QR logins report as approvals).
+pub(crate) fn attributes_for(
+    state: &AppState,
+    kind: AuthenticationKind,
+    accessing_ip: Option<&str>,
+    device: &Enrollment,
+    response: &AnswerFacts<'_>,
+    signed_with_user_verification: bool,
+    device_ip: &str,
+) -> BTreeMap<String, Value> {
     let p = "pingid.authentication.";
     let mut a = BTreeMap::new();
-    if let Some(ip) = &record.accessing_ip {
+    if let Some(ip) = accessing_ip {
         let a_dev = format!("{p}accessing.device.");
         a.insert(format!("{a_dev}ip"), json!(ip));
         if let Some(facts) = state.config.accessing_ip_table.lookup(ip) {
@@ -431,7 +468,7 @@ fn attributes(
             }
         }
     }
-    if record.kind == AuthenticationKind::Silent {
+    if kind == AuthenticationKind::Silent {
         a.insert(format!("{p}type"), json!("POLICY_APPROVE"));
         return a;
     }
@@ -590,6 +627,7 @@ pub(crate) async fn submit_response(
         let current = load(&state, &id).await?;
         tracing::info!(authentication_id = %id, state = current.state.as_str(), "authentication answered");
         super::device_verification::settle_verification(&state, &current).await?;
+        super::qr::settle_follow_up(&state, &current).await?;
         return Ok(Json(ResponseRecorded {
             authentication_id: id,
             state: current.state,

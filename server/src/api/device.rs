@@ -1,10 +1,13 @@
 //! Device API: the server's keys, and calls a device signs with its possession key.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use tessera_protocol::api::{EnrollmentState, EnrollmentStatus, ServerKeysResponse};
+use tessera_protocol::api::{
+    EnrollmentState, EnrollmentStatus, ServerKeysResponse, UpdatePushRequest,
+};
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::device_auth::{
     AUTHORIZATION_SCHEME, DEVICE_REQUEST_WINDOW_SECONDS, DeviceRequestClaims,
@@ -18,6 +21,8 @@ use super::AppState;
 use super::authentications::{MAX_WAIT_SECONDS, POLL_INTERVAL, WaitQuery};
 use super::device_verification;
 use super::errors::ApiError;
+use super::extract::parse_json;
+use super::pairing::push_token_ok;
 use crate::db::enrollments::{self, Enrollment};
 use crate::db::nonces;
 
@@ -172,5 +177,40 @@ pub(crate) async fn unpair(
     let id = same_enrollment(&enrollment, &enrollment_id)?;
     enrollments::delete(&state.db, &enrollment.application_id, None, &id).await?;
     tracing::info!(enrollment_id = %id, "device unpaired itself");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The calling device registers a new push token (or another provider, or none); a stale token
+/// is forgotten and pushes resume.
+#[utoipa::path(put, path = "/v1/device/enrollments/{enrollment_id}/push", tag = "device",
+    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for")),
+    request_body = UpdatePushRequest,
+    responses((status = 204, description = "Registered"),
+              (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),
+              (status = 401, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn update_push(
+    State(state): State<AppState>,
+    Path(enrollment_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let enrollment = authenticate_device(&state, &headers, &method, uri.path(), &body).await?;
+    let id = same_enrollment(&enrollment, &enrollment_id)?;
+    let request: UpdatePushRequest = parse_json(&body)?;
+    if !push_token_ok(&request.push) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the push token is invalid",
+        ));
+    }
+    if !enrollments::set_push(&state.db, &id, &request.push).await? {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "a valid device signature is required",
+        ));
+    }
+    tracing::info!(enrollment_id = %id, provider = request.push.provider(), "device registered a push token");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,6 +7,8 @@ pub(crate) mod errors;
 mod extract;
 mod ops;
 mod pairing;
+mod qr;
+mod qr_page;
 mod users;
 
 use std::sync::Arc;
@@ -33,6 +35,7 @@ pub(crate) struct AppState {
     pub config: Arc<ServerConfig>,
     pub public_url: ServerUrl,
     pub metrics: Arc<Metrics>,
+    pub push: Arc<crate::push::PushClients>,
 }
 
 #[derive(OpenApi)]
@@ -58,12 +61,24 @@ pub(crate) struct AppState {
         device::server_keys,
         device::enrollment_status,
         device::unpair,
+        qr::create_session,
+        qr::get_session,
+        qr::qr_png,
+        qr::qr_svg,
+        qr::claim,
+        qr::submit_response,
+        qr::browser_get,
+        qr::browser_renew,
+        qr_page::page,
+        qr_page::script,
+        device::update_push,
         ops::healthz,
         ops::metrics,
     ),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
         (name = "device", description = "Called by the device core"),
+        (name = "browser", description = "Called by the QR login page with its session's browser token"),
         (name = "operations", description = "Health, metrics, this document")
     )
 )]
@@ -115,6 +130,23 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/device/enrollments/{enrollment_id}",
             get(device::enrollment_status).delete(device::unpair),
         )
+        .route(
+            "/v1/device/enrollments/{enrollment_id}/push",
+            put(device::update_push),
+        )
+        .route("/v1/qr-sessions", post(qr::create_session))
+        .route("/v1/qr-sessions/{session_id}", get(qr::get_session))
+        .route("/v1/qr-sessions/{session_id}/qr.png", get(qr::qr_png))
+        .route("/v1/qr-sessions/{session_id}/qr.svg", get(qr::qr_svg))
+        .route("/v1/device/qr-sessions/claim", post(qr::claim))
+        .route(
+            "/v1/device/qr-sessions/{session_id}/response",
+            post(qr::submit_response),
+        )
+        .route("/v1/qr-browser", get(qr::browser_get))
+        .route("/v1/qr-browser/renew", post(qr::browser_renew))
+        .route("/qr-login", get(qr_page::page))
+        .route("/qr-login.js", get(qr_page::script))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))

@@ -220,13 +220,7 @@ pub(crate) fn verify_registration(
             "a device description field is too long or invalid",
         ));
     }
-    let token_ok = match &registration.push {
-        PushRegistration::None => true,
-        PushRegistration::Fcm { token } | PushRegistration::Apns { token, .. } => {
-            !token.is_empty() && token.len() <= MAX_PUSH_TOKEN_CHARS && token.is_ascii()
-        }
-    };
-    if !token_ok {
+    if !push_token_ok(&registration.push) {
         return Err(fail(
             ErrorCode::InvalidRegistration,
             "the push token is invalid",
@@ -236,6 +230,19 @@ pub(crate) fn verify_registration(
         registration,
         digest: verified.digest,
     })
+}
+
+/// Whether a push registration's token is acceptable: non-empty printable ASCII of bounded
+/// length (it is used in a URL path by APNs).
+pub(crate) fn push_token_ok(push: &PushRegistration) -> bool {
+    match push {
+        PushRegistration::None => true,
+        PushRegistration::Fcm { token } | PushRegistration::Apns { token, .. } => {
+            !token.is_empty()
+                && token.len() <= MAX_PUSH_TOKEN_CHARS
+                && token.bytes().all(|b| b.is_ascii_graphic())
+        }
+    }
 }
 
 fn count_failure(state: &AppState, reason: &'static str) {
@@ -334,6 +341,7 @@ async fn create_enrollment(
             EnrollmentState::Active
         },
         verification_id: verification.as_ref().map(|v| v.id.clone()),
+        push_stale_at: None,
     };
     if let Err(e) = enrollments::insert(tx, &enrollment).await {
         return Ok(Err(e));

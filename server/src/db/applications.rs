@@ -190,3 +190,136 @@ pub async fn set_additional_device_policy(
         .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// An application's push settings as stored: the webhook URL and the FCM and APNs credentials
+/// (JSON text; see `crate::push`).
+#[derive(Clone, Default)]
+pub struct PushSettings {
+    /// The webhook URL, if any: it receives every push.
+    pub webhook_url: Option<String>,
+    /// FCM HTTP v1 credentials (JSON), if any.
+    pub fcm: Option<String>,
+    /// APNs token-auth credentials (JSON), if any.
+    pub apns: Option<String>,
+}
+
+impl std::fmt::Debug for PushSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credentials hold private keys: never printed.
+        f.debug_struct("PushSettings")
+            .field("webhook_url", &self.webhook_url.is_some())
+            .field("fcm", &self.fcm.is_some())
+            .field("apns", &self.apns.is_some())
+            .finish()
+    }
+}
+
+/// The application's push settings (`None` if there is no such application).
+pub async fn push_settings(
+    db: &Database,
+    id: &ApplicationId,
+) -> Result<Option<PushSettings>, ServerError> {
+    let row =
+        sqlx::query("SELECT push_webhook_url, push_fcm, push_apns FROM applications WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(db.pool())
+            .await?;
+    row.map(|r| {
+        Ok(PushSettings {
+            webhook_url: r.try_get("push_webhook_url")?,
+            fcm: r.try_get("push_fcm")?,
+            apns: r.try_get("push_apns")?,
+        })
+    })
+    .transpose()
+}
+
+/// Stores (or, with `None`, removes) the application's FCM credentials (JSON). Returns false if
+/// there is no such application.
+pub async fn set_push_fcm(
+    db: &Database,
+    id: &ApplicationId,
+    credentials: Option<&str>,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query("UPDATE applications SET push_fcm = $1 WHERE id = $2")
+        .bind(credentials)
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// What an application asks after a user approves a QR login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QrPolicy {
+    /// The QR approval completes the login.
+    #[default]
+    None,
+    /// A silent push verification of the approving device must be answered too.
+    ExtraVerification,
+    /// A push approval to the approving user's device must be approved too.
+    UserApproval,
+}
+
+impl QrPolicy {
+    /// The stored and command-line word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QrPolicy::None => "none",
+            QrPolicy::ExtraVerification => "extra_verification",
+            QrPolicy::UserApproval => "user_approval",
+        }
+    }
+
+    /// Parses the word (`-` and `_` alike).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.replace('-', "_").as_str() {
+            "none" => Some(Self::None),
+            "extra_verification" => Some(Self::ExtraVerification),
+            "user_approval" => Some(Self::UserApproval),
+            _ => None,
+        }
+    }
+}
+
+/// The application's QR policy.
+pub async fn qr_policy(db: &Database, id: &ApplicationId) -> Result<QrPolicy, ServerError> {
+    let row = sqlx::query("SELECT qr_policy FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    match row {
+        Some(r) => QrPolicy::parse(&r.try_get::<String, _>("qr_policy")?)
+            .ok_or(ServerError::Corrupted("qr_policy")),
+        None => Err(ServerError::NotFound("application")),
+    }
+}
+
+/// Sets the application's QR policy. Returns false if there is no such application.
+pub async fn set_qr_policy(
+    db: &Database,
+    id: &ApplicationId,
+    policy: QrPolicy,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query("UPDATE applications SET qr_policy = $1 WHERE id = $2")
+        .bind(policy.as_str())
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Stores (or, with `None`, removes) the application's APNs credentials (JSON). Returns false if
+/// there is no such application.
+pub async fn set_push_apns(
+    db: &Database,
+    id: &ApplicationId,
+    credentials: Option<&str>,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query("UPDATE applications SET push_apns = $1 WHERE id = $2")
+        .bind(credentials)
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -44,6 +44,9 @@ pub struct Enrollment {
     pub status: EnrollmentState,
     /// While pending verification: the authentication sent to the primary device.
     pub verification_id: Option<AuthenticationId>,
+    /// When FCM or APNs said the push token is no longer valid; `None` while it is usable.
+    /// Cleared when the device registers a new token.
+    pub push_stale_at: Option<i64>,
 }
 
 impl Enrollment {
@@ -56,6 +59,7 @@ impl Enrollment {
             device: self.device_info.clone(),
             signals: self.signals,
             push_provider: self.push.provider().to_string(),
+            push_token_stale: self.push_stale_at.is_some(),
             primary: self.is_primary,
             status: self.status,
             paired_at: self.paired_at,
@@ -66,7 +70,8 @@ impl Enrollment {
 
 const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, possession_key, \
     user_verification_key, device_info, signals, push, push_provider, is_primary, \
-    registration_digest, server_payload, paired_at, last_seen_at, status, verification_id";
+    registration_digest, server_payload, paired_at, last_seen_at, status, verification_id, \
+    push_stale_at";
 
 fn json<T: serde::de::DeserializeOwned>(
     row: &sqlx::any::AnyRow,
@@ -109,6 +114,7 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Enrollment, ServerError> {
                     .map_err(|_| ServerError::Corrupted("verification_id"))
             })
             .transpose()?,
+        push_stale_at: row.try_get("push_stale_at")?,
     })
 }
 
@@ -121,7 +127,7 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
     let encode =
         |r: Result<String, ServerError>| r.map_err(|_| sqlx::Error::Protocol("encode".into()));
     sqlx::query(&format!(
-        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     ))
     .bind(e.enrollment_id.as_str())
     .bind(e.application_id.as_str())
@@ -140,6 +146,7 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
     .bind(e.last_seen_at)
     .bind(e.status.as_str())
     .bind(e.verification_id.as_ref().map(AuthenticationId::as_str))
+    .bind(e.push_stale_at)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -317,6 +324,14 @@ pub async fn set_primary(
     id: &EnrollmentId,
 ) -> Result<bool, ServerError> {
     let mut tx = db.pool().begin().await?;
+    // Write first, so SQLite takes its write lock before reading (see `db`).
+    sqlx::query(
+        "UPDATE enrollments SET is_primary = is_primary WHERE application_id = $1 AND user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .execute(&mut *tx)
+    .await?;
     let exists = sqlx::query(
         "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 \
          AND enrollment_id = $3 AND status = 'active'",
@@ -352,6 +367,11 @@ pub async fn activate_verified(
     verification: &AuthenticationId,
 ) -> Result<bool, ServerError> {
     let mut tx = db.pool().begin().await?;
+    // Write first, so SQLite takes its write lock before reading (see `db`).
+    sqlx::query("UPDATE enrollments SET status = status WHERE verification_id = $1")
+        .bind(verification.as_str())
+        .execute(&mut *tx)
+        .await?;
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
     ))
@@ -414,4 +434,43 @@ pub async fn reject_verified(
     .execute(db.pool())
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// Marks the enrollment's push token stale (FCM or APNs said it is no longer valid), unless the
+/// device has registered another one since `push` was read.
+pub async fn mark_push_stale(
+    db: &Database,
+    id: &EnrollmentId,
+    push: &PushRegistration,
+    now: i64,
+) -> Result<(), ServerError> {
+    sqlx::query(
+        "UPDATE enrollments SET push_stale_at = $1 \
+         WHERE enrollment_id = $2 AND push = $3 AND push_stale_at IS NULL",
+    )
+    .bind(now)
+    .bind(id.as_str())
+    .bind(to_json(push)?)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Replaces the enrollment's push registration (the device registered a fresh token) and clears
+/// the stale mark. Returns false if there is no such enrollment.
+pub async fn set_push(
+    db: &Database,
+    id: &EnrollmentId,
+    push: &PushRegistration,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET push = $1, push_provider = $2, push_stale_at = NULL \
+         WHERE enrollment_id = $3",
+    )
+    .bind(to_json(push)?)
+    .bind(push.provider())
+    .bind(id.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -10,6 +10,7 @@ pub mod authentications;
 pub mod enrollments;
 pub mod nonces;
 pub mod pairing_codes;
+pub mod qr_sessions;
 pub mod server_keys;
 pub mod throttle;
 pub mod users;
