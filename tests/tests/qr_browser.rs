@@ -66,14 +66,23 @@ struct BrowserPage {
 }
 
 impl BrowserPage {
-    fn open(url: &str, flags: &[&str]) -> BrowserPage {
+    /// Opens `url`. With `TESSERA_QR_PAGE_SHOTS=DIR`, screenshots of the whole page in every
+    /// state it shows are kept in `DIR/<name>/`.
+    fn open(name: &str, url: &str, flags: &[&str]) -> BrowserPage {
         let shots = tempfile::TempDir::new().expect("temp dir");
+        let mut out = shots.path().to_path_buf();
+        let mut flags = flags.to_vec();
+        if let Some(dir) = std::env::var_os("TESSERA_QR_PAGE_SHOTS") {
+            out = PathBuf::from(dir).join(name);
+            std::fs::create_dir_all(&out).expect("create the screenshot folder");
+            flags.push("--page-shots");
+        }
         let mut child = Command::new("node")
             .arg(browser_dir().join("qr_page.mjs"))
             .arg(url)
             .arg("--out")
-            .arg(shots.path())
-            .args(flags)
+            .arg(&out)
+            .args(&flags)
             .current_dir(browser_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -221,7 +230,7 @@ async fn approve_in_the_browser() {
             .login_page_url
             .ends_with(&format!("/qr-login#{}", session.browser_token))
     );
-    let mut page = BrowserPage::open(&session.login_page_url, &["--expect-redirect"]);
+    let mut page = BrowserPage::open("approve", &session.login_page_url, &["--expect-redirect"]);
     let scanned = page.code().await;
     assert_eq!(scanned, session.qr_uri, "the page shows the session's code");
     assert!(QrUri::parse(&scanned).is_ok());
@@ -257,7 +266,7 @@ async fn deny_in_the_browser() {
     }
     let (server, device) = paired_alice().await;
     let session = create_session(&server, &CreateQrSession::default()).await;
-    let mut page = BrowserPage::open(&session.login_page_url, &[]);
+    let mut page = BrowserPage::open("deny", &session.login_page_url, &[]);
     let scanned = page.code().await;
     assert_eq!(scanned, session.qr_uri);
     let qr = device
@@ -280,7 +289,7 @@ async fn a_renewed_code_replaces_the_old_one() {
     let (server, device) = paired_alice().await;
     let session = create_session(&server, &CreateQrSession::default()).await;
     // The script presses "New code" with the keyboard once the first code is shown.
-    let mut page = BrowserPage::open(&session.login_page_url, &["--renew"]);
+    let mut page = BrowserPage::open("renew", &session.login_page_url, &["--renew"]);
     let old = page.code().await;
     assert_eq!(old, session.qr_uri);
     let new = page.code().await;
@@ -316,7 +325,7 @@ async fn the_page_renews_its_code_before_it_expires() {
     // start may see the session's first code renewed already: the first code shown is "old".)
     let (server, device) = paired_alice_with(|c| c.qr_code_ttl = 16).await;
     let session = create_session(&server, &CreateQrSession::default()).await;
-    let mut page = BrowserPage::open(&session.login_page_url, &["--await-renewal"]);
+    let mut page = BrowserPage::open("auto-renew", &session.login_page_url, &["--await-renewal"]);
     let old = page.code().await;
     assert!(QrUri::parse(&old).is_ok());
     let new = page.code().await;
@@ -349,7 +358,7 @@ async fn an_unanswered_session_expires_on_the_page() {
         },
     )
     .await;
-    let mut page = BrowserPage::open(&session.login_page_url, &[]);
+    let mut page = BrowserPage::open("expiry", &session.login_page_url, &[]);
     assert_eq!(page.code().await, session.qr_uri);
     let text = page.finish("expired").await;
     assert!(text.contains("expired"), "{text}");
@@ -362,6 +371,7 @@ async fn a_bad_link_says_so() {
     }
     let server = TestServer::start(Backend::Sqlite).await;
     let page = BrowserPage::open(
+        "bad-link",
         &format!("{}/qr-login#not-a-browser-token", server.base_url),
         &[],
     );
