@@ -290,3 +290,50 @@ async fn pair_waits_for_the_primary_device() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_login_for_one_of_two_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", dir.path().join("t.db").display()),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let app = server.create_application("CLI Bank").await.unwrap();
+    let api = CustomerApi::new(&base, &app.api_key);
+    let state = dir.path().join("device");
+    for user in ["alice", "bob"] {
+        api.create_user(user, None).await.unwrap();
+        let uri = api.start_pairing(user, None).await.unwrap().pairing_uri;
+        json(&device(&state, &["--json", "pair", &uri]));
+    }
+    let created = api
+        .create_qr_session(&tessera_protocol::api::CreateQrSession::default())
+        .await
+        .unwrap();
+    // Two users may answer: the command asks which.
+    let out = device(&state, &["--json", "qr", &created.qr_uri]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("alice, bob"), "{err}");
+    // Scanning again from the same device is allowed; bob approves.
+    let done = json(&device(
+        &state,
+        &[
+            "--json",
+            "qr",
+            &created.qr_uri,
+            "--user",
+            "bob",
+            "--amr",
+            "face",
+        ],
+    ));
+    assert_eq!(done["state"], "approved");
+    let status = api.qr_session(&created.session_id, 0).await.unwrap();
+    assert_eq!(status.user_id.unwrap().as_str(), "bob");
+    server.shutdown().await;
+}

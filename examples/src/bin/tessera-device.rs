@@ -134,6 +134,21 @@ enum Command {
         #[arg(long, value_enum, default_value = "declined")]
         reason: DenyReason,
     },
+    /// Scan a QR login code: show where the sign-in comes from, then approve (or deny) it for
+    /// one of this device's users.
+    Qr {
+        /// The text the QR code holds (`tessera://qr?server=...&token=...`).
+        scanned: String,
+        /// Which user answers, when several users of this device may (the user id).
+        #[arg(long)]
+        user: Option<String>,
+        /// Deny instead of approving (`declined`, or `fraud`: the user did not start this).
+        #[arg(long, value_enum)]
+        deny: Option<DenyReason>,
+        /// How the user was verified (RFC 8176 amr values, comma-separated: fpt, face, pin, ...).
+        #[arg(long, value_delimiter = ',')]
+        amr: Vec<String>,
+    },
     /// Long-poll every enrollment and print requests as they arrive, until interrupted.
     Watch {
         /// Approve every request automatically (for demos and load tests).
@@ -149,6 +164,14 @@ enum Command {
 enum DenyReason {
     Declined,
     Fraud,
+}
+
+fn user_list(qr: &tessera_core::QrAuthentication) -> String {
+    qr.users
+        .iter()
+        .map(|u| u.user_id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[tokio::main]
@@ -526,6 +549,54 @@ async fn run(cli: &Cli) -> Result<(), CoreError> {
                     recorded.authentication_id,
                     recorded.state.as_str()
                 );
+            }
+        }
+        Command::Qr {
+            scanned,
+            user,
+            deny,
+            amr,
+        } => {
+            let qr = auth.authenticate_with_qr(scanned).await?;
+            let chosen = match (user, qr.users.as_slice()) {
+                (Some(name), _) => qr
+                    .users
+                    .iter()
+                    .find(|u| u.user_id.as_str() == name)
+                    .ok_or_else(|| {
+                        CoreError::InvalidInput(format!(
+                            "that user may not answer this code; these may: {}",
+                            user_list(&qr)
+                        ))
+                    })?,
+                (None, [only]) => only,
+                (None, _) => {
+                    return Err(CoreError::InvalidInput(format!(
+                        "several users may answer this code; choose one with --user: {}",
+                        user_list(&qr)
+                    )));
+                }
+            };
+            if !cli.json {
+                println!(
+                    "sign in to {} as {:?} from {} ({})?",
+                    qr.application.name,
+                    chosen.user_id.as_str(),
+                    qr.context.ip.as_deref().unwrap_or("an unknown address"),
+                    qr.context.location.as_deref().unwrap_or("unknown location")
+                );
+            }
+            let recorded = match deny {
+                Some(reason) => {
+                    auth.deny_qr(&qr, &chosen.user_id, matches!(reason, DenyReason::Fraud))
+                        .await?
+                }
+                None => auth.approve_qr(&qr, &chosen.user_id, amr.clone()).await?,
+            };
+            if cli.json {
+                println!("{}", json!(recorded));
+            } else {
+                println!("{}: {}", recorded.session_id, recorded.state);
             }
         }
         Command::Watch {

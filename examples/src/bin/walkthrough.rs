@@ -12,7 +12,7 @@ use tessera_core::{
     Authenticator, AuthenticatorConfig, FileStorage, KeyStore, SecureStorage, SoftwareKeyStore,
 };
 use tessera_examples::customer::CustomerApi;
-use tessera_protocol::api::CreateAuthenticationRequest;
+use tessera_protocol::api::{CreateAuthenticationRequest, CreateQrSession};
 use tessera_protocol::authentication::DeviceLocation;
 use tessera_protocol::authentication::{AuthenticationKind, DisplayField};
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
@@ -369,6 +369,62 @@ async fn main() -> Result<()> {
 
     step(
         15,
+        "QR login: a web page shows a code; the phone (two users) scans it, alice approves",
+    );
+    let session = backend
+        .create_qr_session(&CreateQrSession {
+            accessing_ip: Some("198.51.100.23".into()),
+            accessing_location: Some("Amsterdam, NL".into()),
+            ..CreateQrSession::default()
+        })
+        .await?;
+    say(format!(
+        "login page    {}",
+        session.login_page_url.split('#').next().unwrap_or("")
+    ));
+    let code = qrcode::QrCode::new(session.qr_uri.as_bytes())?;
+    let drawn = code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build();
+    for line in drawn.lines() {
+        say(line);
+    }
+    let qr = device.authenticate_with_qr(&session.qr_uri).await?;
+    say(format!(
+        "phone shows: sign in to {} from {} ({})? users on this phone: {}",
+        qr.application.name,
+        qr.context.ip.as_deref().unwrap_or("?"),
+        qr.context.location.as_deref().unwrap_or("?"),
+        qr.users
+            .iter()
+            .map(|u| u.user_id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let alice_user = qr
+        .users
+        .iter()
+        .find(|u| u.user_id.as_str() == "alice")
+        .context("alice among the phone's users")?
+        .user_id
+        .clone();
+    device
+        .approve_qr(&qr, &alice_user, vec!["face".into()])
+        .await?;
+    let status = backend.qr_session(&session.session_id, 5).await?;
+    say(format!(
+        "web app sees: {} by {} ({}; accessing country {})",
+        status.state,
+        status.user_id.as_ref().map(|u| u.as_str()).unwrap_or("?"),
+        status.attributes["pingid.authentication.type"],
+        status.attributes["pingid.authentication.accessing.device.country"]
+    ));
+
+    step(
+        16,
         "The app restarts: state is reloaded from encrypted storage",
     );
     drop(device);
@@ -378,7 +434,7 @@ async fn main() -> Result<()> {
         device.enrollments().await.len()
     ));
 
-    step(16, "The server restarts: enrollments survive");
+    step(17, "The server restarts: enrollments survive");
     let addr = server.local_addr();
     server.shutdown().await;
     let server = Server::start(ServerConfig {
@@ -394,7 +450,7 @@ async fn main() -> Result<()> {
         status.enrollment_id, status.status
     ));
 
-    step(17, "Bob unpairs from the device");
+    step(18, "Bob unpairs from the device");
     device.remove_enrollment(&bob.enrollment_id).await?;
     let left = backend.list_devices("bob").await?.devices.len();
     say(format!(
@@ -406,7 +462,7 @@ async fn main() -> Result<()> {
     println!(
         "\nDone: direct and relay pairing, two users on one device, approvals with number matching, \
          a transaction, silent verification, a fraud report, a new device verified by the primary \
-         device, restarts on both sides."
+         device, a QR login, restarts on both sides."
     );
     Ok(())
 }
