@@ -8,6 +8,7 @@ mod extract;
 mod ops;
 mod pairing;
 mod qr;
+mod qr_page;
 mod users;
 
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub(crate) struct AppState {
         qr::submit_response,
         qr::browser_get,
         qr::browser_renew,
+        qr_page::page,
+        qr_page::script,
         device::update_push,
         ops::healthz,
         ops::metrics,
@@ -142,6 +145,8 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/qr-browser", get(qr::browser_get))
         .route("/v1/qr-browser/renew", post(qr::browser_renew))
+        .route("/qr-login", get(qr_page::page))
+        .route("/qr-login.js", get(qr_page::script))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
