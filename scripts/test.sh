@@ -21,6 +21,13 @@ else
   echo "PostgreSQL tests: off (TESSERA_SKIP_POSTGRES=1)"
 fi
 
+# The QR login page's browser test needs Chromium and playwright-core: fetch the latter when the
+# former and Node.js are here (the test is skipped, with a note, when they are not, unless
+# TESSERA_REQUIRE_BROWSER=1).
+if command -v node >/dev/null 2>&1 && [ -x /usr/bin/chromium ] && [ ! -d tests/browser/node_modules ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund) || echo "browser test: npm ci failed; it will be skipped"
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
