@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::error::CoreError;
 use crate::key_store::{KeyStore, KeyStoreError};
+use crate::otp::{OtpAccount, OtpAccountId, OtpAccountSource, OtpKey};
 use crate::storage::SecureStorage;
 
 const STATE_BLOB: &str = "state.bin";
@@ -36,6 +37,9 @@ pub(crate) struct DeviceState {
     pub servers: Vec<PinnedServer>,
     #[serde(default)]
     pub pending: Vec<PendingPairing>,
+    /// Offline OTP accounts, with their seeds (which exist only inside this encrypted document).
+    #[serde(default)]
+    pub otp_accounts: Vec<StoredOtpAccount>,
 }
 
 impl DeviceState {
@@ -45,6 +49,7 @@ impl DeviceState {
             enrollments: Vec::new(),
             servers: Vec::new(),
             pending: Vec::new(),
+            otp_accounts: Vec::new(),
         }
     }
 
@@ -93,6 +98,32 @@ pub(crate) struct StoredEnrollment {
     /// Waiting for the user's primary device to approve it.
     #[serde(default)]
     pub pending_verification: bool,
+}
+
+/// An offline OTP account. `Debug` never shows the seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredOtpAccount {
+    pub id: OtpAccountId,
+    /// Labels, parameters and seed; for HOTP, `kind` holds the counter value the next code uses.
+    pub key: OtpKey,
+    #[serde(default)]
+    pub source: OtpAccountSource,
+    pub added_at: UnixSeconds,
+}
+
+impl From<&StoredOtpAccount> for OtpAccount {
+    fn from(a: &StoredOtpAccount) -> Self {
+        Self {
+            id: a.id.clone(),
+            issuer: a.key.issuer.clone(),
+            account_name: a.key.account_name.clone(),
+            kind: a.key.kind,
+            digits: a.key.digits,
+            algorithm: a.key.algorithm,
+            short_secret: a.key.short_secret(),
+            source: a.source.clone(),
+        }
+    }
 }
 
 /// A server's keys, pinned at pairing.
