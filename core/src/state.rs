@@ -298,6 +298,37 @@ mod tests {
     }
 
     #[test]
+    fn state_from_before_otp_accounts_still_loads() {
+        let old = r#"{"device_id":"dev_0123456789abcdef0123456789abcdef","enrollments":[],"servers":[],"pending":[]}"#;
+        let state: DeviceState = serde_json::from_str(old).unwrap();
+        assert!(state.otp_accounts.is_empty());
+    }
+
+    #[test]
+    fn otp_seeds_are_stored_encrypted_and_debug_hides_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut state) = open(dir.path()).unwrap();
+        let key = OtpKey::from_uri(
+            "otpauth://hotp/Ex:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&counter=7",
+        )
+        .unwrap();
+        state.otp_accounts.push(StoredOtpAccount {
+            id: OtpAccountId::generate(),
+            key,
+            source: OtpAccountSource::Imported,
+            added_at: 1,
+        });
+        store.save(&state).unwrap();
+        assert!(!format!("{state:?}").contains("1234567890"));
+        let (_, again) = open(dir.path()).unwrap();
+        assert_eq!(again.otp_accounts.len(), 1);
+        assert_eq!(again.otp_accounts[0].key, state.otp_accounts[0].key);
+        let raw = std::fs::read(dir.path().join("state/state.bin")).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(!text.contains("alice") && !text.contains("counter"));
+    }
+
+    #[test]
     fn expired_pending_pairings_are_taken_with_their_aliases() {
         let mut state = DeviceState::new();
         for (id, created_at) in [("old", 10), ("new", 1000)] {
