@@ -512,7 +512,7 @@ fn decode_base32(text: &str) -> Option<Zeroizing<Vec<u8>>> {
     if !matches!(data.len() % 8, 0 | 2 | 4 | 5 | 7) {
         return None;
     }
-    if padded && (text.len() % 8 != 0 || data.len() % 8 == 0) {
+    if padded && (!text.len().is_multiple_of(8) || data.len().is_multiple_of(8)) {
         return None;
     }
     let mut out = Zeroizing::new(Vec::with_capacity(data.len() * 5 / 8));

@@ -136,8 +136,8 @@ async fn duplicates_are_refused_and_removal_works() {
     let uri = format!("otpauth://totp/ACME:bob?secret={SECRET}&issuer=ACME");
     let first = device.import_otp_account(&uri).await.unwrap();
     // Same issuer and account, even with other parameters: refused, the first kept.
-    let other = format!("otpauth://totp/ACME:bob?secret=JBSWY3DPEHPK3PXP&digits=8");
-    let err = device.import_otp_account(&other).await.unwrap_err();
+    let other = "otpauth://totp/ACME:bob?secret=JBSWY3DPEHPK3PXP&digits=8";
+    let err = device.import_otp_account(other).await.unwrap_err();
     assert_eq!(err, CoreError::OtpAccountExists);
     assert_eq!(err.code(), "otp_account_exists");
     assert_eq!(device.otp_accounts().await, vec![first.clone()]);
@@ -151,7 +151,7 @@ async fn duplicates_are_refused_and_removal_works() {
         .import_otp_account(&format!("otpauth://totp/bob?secret={SECRET}"))
         .await
         .unwrap();
-    assert!(third.short_secret == false && third.issuer.is_none());
+    assert!(!third.short_secret && third.issuer.is_none());
     assert_eq!(device.otp_accounts().await.len(), 3);
 
     device.remove_otp_account(&first.id).await.unwrap();
@@ -164,7 +164,7 @@ async fn duplicates_are_refused_and_removal_works() {
     );
     // Removed, the account may be imported again (the way to replace it), and an 80-bit secret
     // is accepted but flagged.
-    let replaced = device.import_otp_account(&other).await.unwrap();
+    let replaced = device.import_otp_account(other).await.unwrap();
     assert_ne!(replaced.id, first.id);
     assert!(replaced.short_secret);
 
