@@ -614,7 +614,9 @@ fn parse_uri(uri: &str) -> Result<OtpKey, OtpUriError> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_decode(&raw_name.replace('+', " "))?;
-        let value = Zeroizing::new(percent_decode(&raw_value.replace('+', " "))?);
+        // The value may be the secret: no copy of it outlives this iteration un-wiped.
+        let spaced = Zeroizing::new(raw_value.replace('+', " "));
+        let value = Zeroizing::new(percent_decode(&spaced)?);
         match name.as_str() {
             "secret" => set_once(&mut secret, value, "secret")?,
             "issuer" => {
@@ -670,8 +672,8 @@ fn parse_uri(uri: &str) -> Result<OtpKey, OtpUriError> {
     let secret = secret
         .filter(|s| !s.is_empty())
         .ok_or(OtpUriError::MissingSecret)?;
-    let bytes = decode_base32(&secret).ok_or(OtpUriError::InvalidSecret)?;
-    let seed = OtpSeed::new(bytes.to_vec())?;
+    let mut bytes = decode_base32(&secret).ok_or(OtpUriError::InvalidSecret)?;
+    let seed = OtpSeed::new(std::mem::take(&mut *bytes))?;
     let kind = if totp {
         OtpKind::Totp {
             period: period.unwrap_or(30),
