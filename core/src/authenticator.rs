@@ -28,13 +28,18 @@ use tokio::sync::Mutex;
 use crate::config::AuthenticatorConfig;
 use crate::error::CoreError;
 use crate::key_store::KeyStore;
+use crate::otp::{
+    OneTimePasscode, OtpAccount, OtpAccountId, OtpAccountSource, OtpKey, OtpKind, hotp, totp,
+};
 use crate::pairing::{ReplyTrust, create_registration, verify_pairing_reply};
 use crate::qr::{
     QrAuthentication, response_for as qr_response_for, verify_context as verify_qr_context,
 };
 use crate::requests::{IncomingRequest, USER_VERIFICATION_AMR, response_for, verify_request};
 use crate::signer::KeyStoreSigner;
-use crate::state::{DeviceState, PendingMode, PendingPairing, StateStore, StoredEnrollment};
+use crate::state::{
+    DeviceState, PendingMode, PendingPairing, StateStore, StoredEnrollment, StoredOtpAccount,
+};
 use crate::storage::SecureStorage;
 use crate::transport::{DeviceCall, Transport};
 
@@ -1072,6 +1077,120 @@ impl Authenticator {
                 &SubmitQrResponse { response: signed },
             )
             .await
+    }
+}
+
+/// Offline one-time passcodes for third-party accounts (see [`crate::OtpKey`] for the URI rules).
+///
+/// Accounts live in the encrypted device state, seeds included; nothing here touches the
+/// network. Seeds provisioned by a Tessera server at pairing will arrive later inside the signed
+/// pairing reply; today every account is imported by the user.
+impl Authenticator {
+    /// Imports a third-party account from its `otpauth://` key URI (the text of the service's
+    /// "set up an authenticator app" QR code) and stores it, seed included, in the encrypted
+    /// state.
+    ///
+    /// An account with the same issuer and account name is refused with
+    /// [`CoreError::OtpAccountExists`] rather than replaced, so that scanning a code can never
+    /// silently overwrite a working account's secret; to replace one (after resetting two-factor
+    /// authentication at the service), [`Authenticator::remove_otp_account`] it first. A refused
+    /// URI is [`CoreError::InvalidOtpUri`] with the reason, never the secret.
+    pub async fn import_otp_account(&self, uri: &str) -> Result<OtpAccount, CoreError> {
+        let key = OtpKey::from_uri(uri)?;
+        let mut state = self.state.lock().await;
+        if state
+            .otp_accounts
+            .iter()
+            .any(|a| a.key.issuer == key.issuer && a.key.account_name == key.account_name)
+        {
+            return Err(CoreError::OtpAccountExists);
+        }
+        let stored = StoredOtpAccount {
+            id: OtpAccountId::generate(),
+            key,
+            source: OtpAccountSource::Imported,
+            added_at: now(),
+        };
+        let account = OtpAccount::from(&stored);
+        state.otp_accounts.push(stored);
+        if let Err(e) = self.store.save(&state) {
+            state.otp_accounts.retain(|a| a.id != account.id);
+            return Err(e);
+        }
+        tracing::info!(otp_account = %account.id, "OTP account imported");
+        Ok(account)
+    }
+
+    /// The OTP accounts on this device, in the order they were added. No seeds.
+    pub async fn otp_accounts(&self) -> Vec<OtpAccount> {
+        self.state
+            .lock()
+            .await
+            .otp_accounts
+            .iter()
+            .map(OtpAccount::from)
+            .collect()
+    }
+
+    /// Deletes an OTP account and its seed from this device.
+    pub async fn remove_otp_account(&self, id: &OtpAccountId) -> Result<(), CoreError> {
+        let mut state = self.state.lock().await;
+        let Some(index) = state.otp_accounts.iter().position(|a| &a.id == id) else {
+            return Err(CoreError::OtpAccountNotFound);
+        };
+        let removed = state.otp_accounts.remove(index);
+        if let Err(e) = self.store.save(&state) {
+            state.otp_accounts.insert(index, removed);
+            return Err(e);
+        }
+        tracing::info!(otp_account = %id, "OTP account removed");
+        Ok(())
+    }
+
+    /// The account's current code: for TOTP the code of the current period and the seconds
+    /// left in it; for HOTP the next code (see [`Authenticator::one_time_passcode_at`]).
+    pub async fn one_time_passcode(&self, id: &OtpAccountId) -> Result<OneTimePasscode, CoreError> {
+        self.one_time_passcode_at(id, now()).await
+    }
+
+    /// As [`Authenticator::one_time_passcode`], with TOTP codes computed at `unix_time`
+    /// (seconds) instead of the device clock: for tests, or to show the next period's code.
+    ///
+    /// HOTP ignores the time. Each HOTP code uses the stored counter value, and the incremented
+    /// counter is written to the encrypted state *before* the code is returned: if the write
+    /// fails no code is returned, and a crash after it skips a counter value rather than ever
+    /// using one twice.
+    pub async fn one_time_passcode_at(
+        &self,
+        id: &OtpAccountId,
+        unix_time: UnixSeconds,
+    ) -> Result<OneTimePasscode, CoreError> {
+        let mut state = self.state.lock().await;
+        let account = state
+            .otp_accounts
+            .iter_mut()
+            .find(|a| &a.id == id)
+            .ok_or(CoreError::OtpAccountNotFound)?;
+        let key = &mut account.key;
+        match key.kind {
+            OtpKind::Totp { period } => {
+                totp(&key.seed, key.algorithm, key.digits, period, unix_time)
+            }
+            OtpKind::Hotp { counter } => {
+                let next = counter.checked_add(1).ok_or_else(|| {
+                    CoreError::InvalidInput("the HOTP counter is exhausted".into())
+                })?;
+                let code = hotp(&key.seed, key.algorithm, key.digits, counter)?;
+                // The in-memory counter moves on even if the write fails: a value is never
+                // used twice, at worst one is skipped.
+                key.kind = OtpKind::Hotp { counter: next };
+                self.store.save(&state)?;
+                Ok(OneTimePasscode {
+                    code,
+                    valid_for: None,
+                })
+            }
+        }
     }
 }
 

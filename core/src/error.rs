@@ -57,6 +57,16 @@ pub enum CoreError {
     /// The stored state cannot be decrypted or parsed. It is never silently reset.
     #[error("device state is corrupted or was encrypted with another key")]
     StateCorrupted,
+    /// An `otpauth://` URI was refused; the reason never holds the secret.
+    #[error("invalid otpauth URI: {0}")]
+    InvalidOtpUri(#[from] crate::otp::OtpUriError),
+    /// No OTP account with this id on this device.
+    #[error("no such OTP account on this device")]
+    OtpAccountNotFound,
+    /// An OTP account with the same issuer and account name is already on this device (remove
+    /// it first to replace it).
+    #[error("an OTP account with this issuer and account name already exists")]
+    OtpAccountExists,
 }
 
 impl CoreError {
@@ -78,6 +88,9 @@ impl CoreError {
             CoreError::KeyStore(_) => "key_store",
             CoreError::Storage(_) => "storage",
             CoreError::StateCorrupted => "state_corrupted",
+            CoreError::InvalidOtpUri(_) => "invalid_otp_uri",
+            CoreError::OtpAccountNotFound => "otp_account_not_found",
+            CoreError::OtpAccountExists => "otp_account_exists",
         }
     }
 

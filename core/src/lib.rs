@@ -2,7 +2,8 @@
 //!
 //! One entry object, the [`Authenticator`], owns the device's state and exposes the flows:
 //! pairing (with a code or URI, or relayed through the customer's backend as a mobile payload and
-//! a server payload), listing, checking and removing enrollments. It does no platform work
+//! a server payload), listing, checking and removing enrollments, and offline one-time passcodes
+//! for third-party accounts imported from `otpauth://` URIs (see [`OtpKey`]). It does no platform work
 //! itself; the platform comes in through two traits:
 //!
 //! - [`KeyStore`]: P-256 keys by alias (private keys never leave it) and sealing of the state key;
@@ -19,6 +20,7 @@ mod authenticator;
 mod config;
 mod error;
 mod key_store;
+mod otp;
 mod pairing;
 mod qr;
 mod requests;
@@ -31,6 +33,11 @@ pub use authenticator::{Authenticator, Enrollment, PushOutcome};
 pub use config::AuthenticatorConfig;
 pub use error::CoreError;
 pub use key_store::{KeyPurpose, KeyStore, KeyStoreError, SoftwareKeyStore};
+pub use otp::{
+    MAX_PERIOD_SECONDS, MAX_SECRET_BITS, MIN_SECRET_BITS, OneTimePasscode, OtpAccount,
+    OtpAccountId, OtpAccountSource, OtpAlgorithm, OtpDigits, OtpKey, OtpKind, OtpSeed, OtpUriError,
+    RFC_MIN_SECRET_BITS, hotp, totp,
+};
 pub use pairing::{ReplyTrust, verify_pairing_reply};
 pub use qr::{QrAuthentication, QrUser};
 pub use requests::{IncomingRequest, verify_request as verify_authentication_request};

@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::error::CoreError;
 use crate::key_store::{KeyStore, KeyStoreError};
+use crate::otp::{OtpAccount, OtpAccountId, OtpAccountSource, OtpKey};
 use crate::storage::SecureStorage;
 
 const STATE_BLOB: &str = "state.bin";
@@ -36,6 +37,9 @@ pub(crate) struct DeviceState {
     pub servers: Vec<PinnedServer>,
     #[serde(default)]
     pub pending: Vec<PendingPairing>,
+    /// Offline OTP accounts, with their seeds (which exist only inside this encrypted document).
+    #[serde(default)]
+    pub otp_accounts: Vec<StoredOtpAccount>,
 }
 
 impl DeviceState {
@@ -45,6 +49,7 @@ impl DeviceState {
             enrollments: Vec::new(),
             servers: Vec::new(),
             pending: Vec::new(),
+            otp_accounts: Vec::new(),
         }
     }
 
@@ -93,6 +98,32 @@ pub(crate) struct StoredEnrollment {
     /// Waiting for the user's primary device to approve it.
     #[serde(default)]
     pub pending_verification: bool,
+}
+
+/// An offline OTP account. `Debug` never shows the seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredOtpAccount {
+    pub id: OtpAccountId,
+    /// Labels, parameters and seed; for HOTP, `kind` holds the counter value the next code uses.
+    pub key: OtpKey,
+    #[serde(default)]
+    pub source: OtpAccountSource,
+    pub added_at: UnixSeconds,
+}
+
+impl From<&StoredOtpAccount> for OtpAccount {
+    fn from(a: &StoredOtpAccount) -> Self {
+        Self {
+            id: a.id.clone(),
+            issuer: a.key.issuer.clone(),
+            account_name: a.key.account_name.clone(),
+            kind: a.key.kind,
+            digits: a.key.digits,
+            algorithm: a.key.algorithm,
+            short_secret: a.key.short_secret(),
+            source: a.source.clone(),
+        }
+    }
 }
 
 /// A server's keys, pinned at pairing.
@@ -264,6 +295,37 @@ mod tests {
         open(dir3.path()).unwrap();
         std::fs::remove_file(dir3.path().join("state/state.key")).unwrap();
         assert_eq!(open(dir3.path()).err(), Some(CoreError::StateCorrupted));
+    }
+
+    #[test]
+    fn state_from_before_otp_accounts_still_loads() {
+        let old = r#"{"device_id":"dev_0123456789abcdef0123456789abcdef","enrollments":[],"servers":[],"pending":[]}"#;
+        let state: DeviceState = serde_json::from_str(old).unwrap();
+        assert!(state.otp_accounts.is_empty());
+    }
+
+    #[test]
+    fn otp_seeds_are_stored_encrypted_and_debug_hides_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut state) = open(dir.path()).unwrap();
+        let key = OtpKey::from_uri(
+            "otpauth://hotp/Ex:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&counter=7",
+        )
+        .unwrap();
+        state.otp_accounts.push(StoredOtpAccount {
+            id: OtpAccountId::generate(),
+            key,
+            source: OtpAccountSource::Imported,
+            added_at: 1,
+        });
+        store.save(&state).unwrap();
+        assert!(!format!("{state:?}").contains("1234567890"));
+        let (_, again) = open(dir.path()).unwrap();
+        assert_eq!(again.otp_accounts.len(), 1);
+        assert_eq!(again.otp_accounts[0].key, state.otp_accounts[0].key);
+        let raw = std::fs::read(dir.path().join("state/state.bin")).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(!text.contains("alice") && !text.contains("counter"));
     }
 
     #[test]
