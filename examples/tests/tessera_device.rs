@@ -337,3 +337,39 @@ async fn qr_login_for_one_of_two_users() {
     assert_eq!(status.user_id.unwrap().as_str(), "bob");
     server.shutdown().await;
 }
+
+#[test]
+fn otp_accounts_from_otpauth_uris() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("device");
+    // RFC 6238's SHA-1 test secret ("12345678901234567890").
+    let uri = "otpauth://totp/Example:alice@example.com?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=Example";
+    let imported = json(&device(&state, &["--json", "otp", "import", uri]));
+    assert_eq!(imported["issuer"], "Example");
+    assert_eq!(imported["kind"], "totp");
+    let id = imported["id"].as_str().unwrap().to_string();
+    let code = json(&device(&state, &["--json", "otp", "code", &id]));
+    let text = code["code"].as_str().unwrap();
+    assert_eq!(text.len(), 6);
+    assert!(text.bytes().all(|b| b.is_ascii_digit()));
+    assert!(code["valid_for"].as_u64().unwrap() <= 30);
+    let list = json(&device(&state, &["--json", "otp", "list"]));
+    assert_eq!(list["accounts"].as_array().unwrap().len(), 1);
+    let listed = list.to_string();
+    assert!(!listed.contains("GEZDGNBV"), "no secret in the listing");
+    // A malformed URI: a clear error, no secret echoed.
+    let out = device(
+        &state,
+        &[
+            "--json",
+            "otp",
+            "import",
+            "otpauth://totp/x?secret=GEZDGNBV!!",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("GEZDGNBV"));
+    json(&device(&state, &["--json", "otp", "remove", &id]));
+    let list = json(&device(&state, &["--json", "otp", "list"]));
+    assert!(list["accounts"].as_array().unwrap().is_empty());
+}

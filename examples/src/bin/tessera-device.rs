@@ -15,6 +15,7 @@
 //! tessera-device --state DIR approve REQUEST_ID [--amr fpt] [--number N]
 //! tessera-device --state DIR deny REQUEST_ID [--reason declined|fraud]
 //! tessera-device --state DIR watch [--auto-approve] [--count N]
+//! tessera-device --state DIR otp (import URI | list | code ACCOUNT_ID | remove ACCOUNT_ID)
 //! tessera-device --state DIR qr SCANNED_TEXT [--user USER_ID] [--deny declined|fraud] [--amr face]
 //! ```
 //!
@@ -150,6 +151,11 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         amr: Vec<String>,
     },
+    /// Offline one-time passcodes for accounts imported from `otpauth://` URIs.
+    Otp {
+        #[command(subcommand)]
+        command: OtpCommand,
+    },
     /// Long-poll every enrollment and print requests as they arrive, until interrupted.
     Watch {
         /// Approve every request automatically (for demos and load tests).
@@ -161,10 +167,108 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum OtpCommand {
+    /// Import an account from its `otpauth://` key URI (the text of a service's authenticator
+    /// QR code).
+    Import {
+        /// The `otpauth://totp/...` or `otpauth://hotp/...` URI.
+        uri: String,
+    },
+    /// List the accounts (no secrets).
+    List,
+    /// Print an account's current code (TOTP) or next code (HOTP).
+    Code {
+        /// The account id (otp_...).
+        account_id: String,
+    },
+    /// Delete an account and its secret from this device.
+    Remove {
+        /// The account id (otp_...).
+        account_id: String,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum DenyReason {
     Declined,
     Fraud,
+}
+
+fn otp_json(a: &tessera_core::OtpAccount) -> serde_json::Value {
+    let (kind, period, counter) = match a.kind {
+        tessera_core::OtpKind::Totp { period } => ("totp", Some(period), None),
+        tessera_core::OtpKind::Hotp { counter } => ("hotp", None, Some(counter)),
+    };
+    json!({
+        "id": a.id.to_string(),
+        "issuer": a.issuer,
+        "account_name": a.account_name,
+        "kind": kind,
+        "period": period,
+        "counter": counter,
+        "short_secret": a.short_secret,
+    })
+}
+
+async fn otp(cli: &Cli, auth: &Authenticator, command: &OtpCommand) -> Result<(), CoreError> {
+    let parse_id = |id: &str| {
+        id.parse::<tessera_core::OtpAccountId>()
+            .map_err(|_| CoreError::InvalidInput("not an OTP account id (otp_...)".into()))
+    };
+    match command {
+        OtpCommand::Import { uri } => {
+            let account = auth.import_otp_account(uri).await?;
+            if cli.json {
+                println!("{}", otp_json(&account));
+            } else {
+                println!(
+                    "imported {} ({}) as {}",
+                    account.account_name,
+                    account.issuer.as_deref().unwrap_or("no issuer"),
+                    account.id
+                );
+            }
+        }
+        OtpCommand::List => {
+            let accounts = auth.otp_accounts().await;
+            if cli.json {
+                let list: Vec<_> = accounts.iter().map(otp_json).collect();
+                println!("{}", json!({"accounts": list}));
+            } else if accounts.is_empty() {
+                println!("no OTP accounts");
+            } else {
+                for a in &accounts {
+                    println!(
+                        "  {}  {:<20} {}",
+                        a.id,
+                        a.issuer.as_deref().unwrap_or("-"),
+                        a.account_name
+                    );
+                }
+            }
+        }
+        OtpCommand::Code { account_id } => {
+            let code = auth.one_time_passcode(&parse_id(account_id)?).await?;
+            let valid_for = code.valid_for.map(|d| d.as_secs());
+            if cli.json {
+                println!("{}", json!({"code": code.code, "valid_for": valid_for}));
+            } else if let Some(left) = valid_for {
+                println!("{} (valid for {left} s)", code.code);
+            } else {
+                println!("{}", code.code);
+            }
+        }
+        OtpCommand::Remove { account_id } => {
+            auth.remove_otp_account(&parse_id(account_id)?).await?;
+            if cli.json {
+                println!("{}", json!({"removed": account_id}));
+            } else {
+                println!("removed {account_id}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn user_list(qr: &tessera_core::QrAuthentication) -> String {
@@ -600,6 +704,7 @@ async fn run(cli: &Cli) -> Result<(), CoreError> {
                 println!("{}: {}", recorded.session_id, recorded.state);
             }
         }
+        Command::Otp { command } => otp(cli, &auth, command).await?,
         Command::Watch {
             auto_approve,
             count,
