@@ -35,6 +35,7 @@ fn sign_registration(ks: &Arc<dyn KeyStore>, server: &ServerUrl, device_id: &Dev
         device: DeviceInfo::default(),
         signals: DeviceSignals::default(),
         push: PushRegistration::None,
+        otp_transport_key: None,
     };
     let jws = envelope::sign(MessageType::Registration, &registration, &p).unwrap();
     let proof = KeyProof {
@@ -67,6 +68,7 @@ fn bench(c: &mut Criterion) {
             keys: vec![server_key.public_jwk()],
         },
         pending_verification: false,
+        otp: None,
         issued_at: 1,
     };
     let reply_jws = envelope::sign(MessageType::PairingReply, &reply, &server_key).unwrap();

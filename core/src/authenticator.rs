@@ -29,7 +29,8 @@ use crate::config::AuthenticatorConfig;
 use crate::error::CoreError;
 use crate::key_store::KeyStore;
 use crate::otp::{
-    OneTimePasscode, OtpAccount, OtpAccountId, OtpAccountSource, OtpKey, OtpKind, hotp, totp,
+    OneTimePasscode, OtpAccount, OtpAccountId, OtpAccountSource, OtpAlgorithm, OtpDigits, OtpKey,
+    OtpKind, OtpSeed, hotp, totp,
 };
 use crate::pairing::{ReplyTrust, create_registration, verify_pairing_reply};
 use crate::qr::{
@@ -401,6 +402,7 @@ impl Authenticator {
                     e.pending_verification = false;
                 }
             }
+            state.prune_enrollment_otp();
             self.store.save(&state)?;
             replaced
         };
@@ -469,6 +471,7 @@ impl Authenticator {
             if state.enrollments.len() == before {
                 return Err(CoreError::EnrollmentNotFound);
             }
+            state.prune_enrollment_otp();
             self.store.save(&state)?;
             aliases
         };
@@ -546,6 +549,7 @@ impl Authenticator {
             possession_alias,
             user_verification_alias,
             created_at: now(),
+            otp_transport_secret: Some(signed.otp_transport_secret.to_string()),
         };
         state.pending.push(pending.clone());
         if let Err(e) = self.store.save(state) {
@@ -665,6 +669,13 @@ impl Authenticator {
                 pending_verification: reply.pending_verification,
             };
             state.enrollments.push(stored.clone());
+            if let Some(account) = provisioned_otp(pending, &reply)? {
+                state.otp_accounts.retain(|a| {
+                    !matches!(&a.source, OtpAccountSource::Enrollment { enrollment_id } if enrollment_id == &reply.enrollment_id)
+                });
+                state.otp_accounts.push(account);
+            }
+            state.prune_enrollment_otp();
             state.pin(&pending.server, reply.server_keys.clone(), now());
             self.store.save(&state)?;
             (Enrollment::from(&stored), replaced)
@@ -1192,6 +1203,50 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// The enrollment's OTP account, if the reply carries a seed sealed to this pairing's transport
+/// key. A seed that does not open is refused (the reply is signed: it cannot be a transmission
+/// error).
+fn provisioned_otp(
+    pending: &PendingPairing,
+    reply: &PairingReply,
+) -> Result<Option<StoredOtpAccount>, CoreError> {
+    let (Some(sealed), Some(secret)) = (&reply.otp, &pending.otp_transport_secret) else {
+        return Ok(None);
+    };
+    use base64::Engine;
+    let bytes = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(secret)
+            .map_err(|_| CoreError::StateCorrupted)?,
+    );
+    let transport = p256::SecretKey::from_slice(&bytes).map_err(|_| CoreError::StateCorrupted)?;
+    let seed = tessera_protocol::otp::open(sealed, &transport, &reply.enrollment_id)
+        .map_err(|_| CoreError::ReplyMismatch("the provisioned OTP seed does not open"))?;
+    let digits = u8::try_from(sealed.digits)
+        .ok()
+        .and_then(OtpDigits::new)
+        .ok_or(CoreError::ReplyMismatch("unsupported OTP digits"))?;
+    let seed = OtpSeed::new(seed.to_vec())
+        .map_err(|_| CoreError::ReplyMismatch("the provisioned OTP seed is too short"))?;
+    Ok(Some(StoredOtpAccount {
+        id: OtpAccountId::generate(),
+        key: OtpKey {
+            issuer: Some(reply.application.name.clone()),
+            account_name: reply.user_id.as_str().to_string(),
+            algorithm: OtpAlgorithm::Sha1,
+            digits,
+            kind: OtpKind::Totp {
+                period: sealed.period,
+            },
+            seed,
+        },
+        source: OtpAccountSource::Enrollment {
+            enrollment_id: reply.enrollment_id.clone(),
+        },
+        added_at: now(),
+    }))
 }
 
 fn parse_pairing_input(

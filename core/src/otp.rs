@@ -410,11 +410,14 @@ impl fmt::Debug for OtpAccountId {
 #[non_exhaustive]
 pub enum OtpAccountSource {
     /// Imported by the user from an `otpauth://` URI (a third-party account).
-    ///
-    /// Seeds provisioned by a Tessera server at pairing will come later, inside the signed
-    /// pairing reply, with their own variant naming the enrollment.
     #[default]
     Imported,
+    /// Provisioned by a Tessera server at pairing, sealed inside the signed pairing reply: the
+    /// enrollment's own codes (`MOBILE_APP_OTP`), removed with the enrollment.
+    Enrollment {
+        /// The enrollment the seed belongs to.
+        enrollment_id: tessera_protocol::ids::EnrollmentId,
+    },
 }
 
 /// An OTP account as the app sees it: labels and parameters, never the seed.

@@ -23,6 +23,9 @@ pub(crate) struct SignedRegistration {
     pub registration: String,
     pub user_verification_proof: String,
     pub digest: Sha256Digest,
+    /// The secret of the registration's OTP transport key (SEC1 scalar, base64url): kept with
+    /// the pending pairing in the encrypted state until the reply opens the seed.
+    pub otp_transport_secret: zeroize::Zeroizing<String>,
 }
 
 /// Creates the enrollment's two keys under the given aliases and signs a registration for
@@ -39,6 +42,15 @@ pub(crate) fn create_registration(
     key_store.generate_signing_key(user_verification_alias, KeyPurpose::UserVerification)?;
     let possession = KeyStoreSigner::new(Arc::clone(key_store), possession_alias)?;
     let user_verification = KeyStoreSigner::new(Arc::clone(key_store), user_verification_alias)?;
+    // A software key for this pairing only: the server seals the OTP seed to it.
+    let transport = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let transport_public = tessera_protocol::jwk::PublicJwk::from_verifying_key(
+        &p256::ecdsa::VerifyingKey::from(transport.public_key()),
+    );
+    let otp_transport_secret = zeroize::Zeroizing::new({
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(transport.to_bytes())
+    });
     let registration = DeviceRegistration {
         v: PROTOCOL_VERSION,
         audience: audience.clone(),
@@ -50,6 +62,7 @@ pub(crate) fn create_registration(
         device: config.device.clone(),
         signals: config.signals,
         push: config.push.clone(),
+        otp_transport_key: Some(transport_public),
     };
     let registration = envelope::sign(MessageType::Registration, &registration, &possession)
         .map_err(signing_failed)?;
@@ -64,6 +77,7 @@ pub(crate) fn create_registration(
         registration,
         user_verification_proof,
         digest,
+        otp_transport_secret,
     })
 }
 
@@ -195,6 +209,7 @@ mod tests {
                 keys: vec![f.server_key.public_jwk()],
             },
             pending_verification: false,
+            otp: None,
             issued_at: 1,
         }
     }

@@ -156,6 +156,26 @@ pub(crate) struct PendingPairing {
     pub possession_alias: String,
     pub user_verification_alias: String,
     pub created_at: UnixSeconds,
+    /// The OTP transport key's secret (see `tessera_protocol::otp`), base64url.
+    #[serde(default)]
+    pub otp_transport_secret: Option<String>,
+}
+
+impl DeviceState {
+    /// Drops OTP accounts provisioned for enrollments this device no longer holds.
+    pub fn prune_enrollment_otp(&mut self) {
+        let held: Vec<_> = self
+            .enrollments
+            .iter()
+            .map(|e| e.enrollment_id.clone())
+            .collect();
+        self.otp_accounts.retain(|a| match &a.source {
+            crate::otp::OtpAccountSource::Enrollment { enrollment_id } => {
+                held.contains(enrollment_id)
+            }
+            _ => true,
+        });
+    }
 }
 
 impl PendingPairing {
@@ -342,6 +362,7 @@ mod tests {
                 possession_alias: format!("{id}.p"),
                 user_verification_alias: format!("{id}.u"),
                 created_at,
+                otp_transport_secret: None,
             });
         }
         assert_eq!(state.take_expired_pending(500), ["old.p", "old.u"]);

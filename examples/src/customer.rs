@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_protocol::api::{
     AuthenticationStatus, CreateAuthenticationRequest, CreateQrSession, CreateUserRequest,
-    DeviceList, QrSessionCreated, QrSessionStatus, RelayPairingRequest, RelayPairingResponse,
-    StartPairingRequest, StartPairingResponse, User,
+    DeviceList, OtpVerified, QrSessionCreated, QrSessionStatus, RelayPairingRequest,
+    RelayPairingResponse, StartPairingRequest, StartPairingResponse, User, VerifyOtpRequest,
 };
 use tessera_protocol::authentication::AuthenticationId;
 use tessera_protocol::error::{ErrorBody, ErrorCode};
@@ -187,6 +187,43 @@ impl CustomerApi {
             .await
             .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
         if response.status() == StatusCode::NO_CONTENT {
+            Ok(())
+        } else {
+            Err(error_from(response).await)
+        }
+    }
+
+    /// `POST /v1/users/{user_id}/otp/verify`: checks a one-time passcode from the user's device.
+    pub async fn verify_otp(
+        &self,
+        user_id: &str,
+        code: &str,
+    ) -> Result<OtpVerified, CustomerApiError> {
+        let body = VerifyOtpRequest {
+            code: code.to_string(),
+        };
+        self.send(
+            reqwest::Method::POST,
+            &user_path(user_id, "/otp/verify"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/users/{user_id}/otp/failures`: unlocks passcode sign-in for the user.
+    pub async fn reset_otp_failures(&self, user_id: &str) -> Result<(), CustomerApiError> {
+        let response = self
+            .http
+            .delete(format!(
+                "{}{}",
+                self.base,
+                user_path(user_id, "/otp/failures")
+            ))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
+        if response.status().is_success() {
             Ok(())
         } else {
             Err(error_from(response).await)

@@ -174,6 +174,7 @@ fn main() {
         push: PushRegistration::Fcm {
             token: "fcm-registration-token-example".into(),
         },
+        otp_transport_key: None,
     };
     let registration_value = serde_json::to_value(&registration).expect("value");
     let registration_vector = envelope_vector(
@@ -218,6 +219,7 @@ fn main() {
             keys: vec![server.public_jwk()],
         },
         pending_verification: false,
+        otp: None,
         issued_at: 1_767_225_601,
     };
     let reply_vector = envelope_vector(

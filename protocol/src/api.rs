@@ -528,3 +528,32 @@ pub struct QrBrowserStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_url: Option<String>,
 }
+
+/// `POST /v1/users/{user_id}/otp/verify`: check a one-time passcode from one of the user's
+/// devices (`MOBILE_APP_OTP`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VerifyOtpRequest {
+    /// The code the user typed (6 to 8 digits; spaces are ignored).
+    pub code: String,
+}
+
+impl std::fmt::Debug for VerifyOtpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerifyOtpRequest { code: <redacted> }")
+    }
+}
+
+/// A passcode was accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OtpVerified {
+    /// The user.
+    pub user_id: UserId,
+    /// The enrollment whose seed produced the code.
+    pub enrollment_id: EnrollmentId,
+    /// The authentication attributes (`pingid.authentication.type` = `MOBILE_APP_OTP`, the
+    /// authenticating device's id, model, OS and app version).
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+}

@@ -72,6 +72,11 @@ pub enum ErrorCode {
     /// None of the scanning device's users may answer this QR session (not paired with this
     /// application, or the session is for another user).
     NoEligibleUser,
+    /// The one-time passcode is wrong, outside the clock-drift window, or already used.
+    OtpInvalid,
+    /// Too many wrong passcodes: OTP checks for this user are locked until the customer resets
+    /// the failure count.
+    OtpLocked,
     /// An unexpected server error.
     InternalError,
     /// The server cannot serve now (database unavailable).
@@ -115,6 +120,8 @@ impl ErrorCode {
             ErrorCode::QrSessionExpired => "qr_session_expired",
             ErrorCode::QrAlreadyScanned => "qr_already_scanned",
             ErrorCode::NoEligibleUser => "no_eligible_user",
+            ErrorCode::OtpInvalid => "otp_invalid",
+            ErrorCode::OtpLocked => "otp_locked",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::Unknown => "unknown",
@@ -133,7 +140,8 @@ impl ErrorCode {
             | ErrorCode::StaleMessage
             | ErrorCode::AudienceMismatch
             | ErrorCode::InvalidPairingCode
-            | ErrorCode::ResponseMismatch => 400,
+            | ErrorCode::ResponseMismatch
+            | ErrorCode::OtpInvalid => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::NotFound
             | ErrorCode::UserNotFound
@@ -150,6 +158,7 @@ impl ErrorCode {
             | ErrorCode::NoEligibleUser => 409,
             ErrorCode::AuthenticationExpired | ErrorCode::QrSessionExpired => 410,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::OtpLocked => 423,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited | ErrorCode::TooManyAuthentications => 429,
             ErrorCode::InternalError | ErrorCode::Unknown => 500,

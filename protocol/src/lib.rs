@@ -63,6 +63,7 @@ pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod jwk;
+pub mod otp;
 pub mod pairing;
 pub mod qr;
 pub mod time;

@@ -368,6 +368,10 @@ pub struct DeviceRegistration {
     pub signals: DeviceSignals,
     /// How to push to it.
     pub push: PushRegistration,
+    /// A P-256 key of this pairing only, to which the server seals the enrollment's OTP seed
+    /// ([`crate::otp`]); absent: no seed is provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp_transport_key: Option<PublicJwk>,
 }
 
 impl DeviceRegistration {
@@ -457,6 +461,9 @@ pub struct PairingReply {
     /// primary device, which has been asked to approve this one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_verification: bool,
+    /// The enrollment's OTP seed, sealed to the registration's `otp_transport_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp: Option<crate::otp::ProvisionedOtp>,
     /// When the server signed it.
     pub issued_at: UnixSeconds,
 }

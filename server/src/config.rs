@@ -42,6 +42,10 @@ pub struct ServerConfig {
     pub device_verification_ttl: u32,
     /// How long one QR login code can be scanned, in seconds; the login page renews it before.
     pub qr_code_ttl: u32,
+    /// Consecutive wrong one-time passcodes after which a user's OTP checks are locked.
+    pub otp_max_failures: u32,
+    /// Time steps of clock drift accepted on either side of the server's.
+    pub otp_drift_steps: u32,
     /// FCM's base URL (`https://fcm.googleapis.com`); tests point it at a local receiver.
     pub fcm_endpoint: String,
     /// APNs's base URL. `None` picks `https://api.push.apple.com`, or
@@ -68,6 +72,8 @@ impl Default for ServerConfig {
             accessing_ip_table: IpTable::default(),
             device_verification_ttl: 300,
             qr_code_ttl: 60,
+            otp_max_failures: 5,
+            otp_drift_steps: 1,
             fcm_endpoint: crate::push::FCM_DEFAULT_ENDPOINT.to_string(),
             apns_endpoint: None,
         }

@@ -293,6 +293,7 @@ impl RawDevice {
             },
             signals: DeviceSignals::default(),
             push: PushRegistration::None,
+            otp_transport_key: None,
         };
         let jws = envelope::sign(MessageType::Registration, &registration, &self.possession)
             .expect("sign");

@@ -6,6 +6,7 @@ mod device_verification;
 pub(crate) mod errors;
 mod extract;
 mod ops;
+mod otp;
 mod pairing;
 mod qr;
 mod qr_page;
@@ -61,6 +62,8 @@ pub(crate) struct AppState {
         device::server_keys,
         device::enrollment_status,
         device::unpair,
+        otp::verify,
+        otp::reset_failures,
         qr::create_session,
         qr::get_session,
         qr::qr_png,
@@ -133,6 +136,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/v1/device/enrollments/{enrollment_id}/push",
             put(device::update_push),
+        )
+        .route("/v1/users/{user_id}/otp/verify", post(otp::verify))
+        .route(
+            "/v1/users/{user_id}/otp/failures",
+            delete(otp::reset_failures),
         )
         .route("/v1/qr-sessions", post(qr::create_session))
         .route("/v1/qr-sessions/{session_id}", get(qr::get_session))

@@ -304,6 +304,22 @@ async fn create_enrollment(
             )
         }
     };
+    // The enrollment's OTP seed, sealed to the device's transport key.
+    let otp_seed = reg
+        .otp_transport_key
+        .as_ref()
+        .map(|_| tessera_protocol::otp::new_seed());
+    let sealed_otp = match (&reg.otp_transport_key, &otp_seed) {
+        (Some(key), Some(seed)) => Some(
+            tessera_protocol::otp::seal(seed, key, &enrollment_id).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidRegistration,
+                    "the OTP transport key is not usable",
+                )
+            })?,
+        ),
+        _ => None,
+    };
     let reply = PairingReply {
         v: PROTOCOL_VERSION,
         issuer: state.public_url.clone(),
@@ -314,6 +330,7 @@ async fn create_enrollment(
         registration_digest: verified.digest,
         server_keys: state.keys.public_set(),
         pending_verification: verification.is_some(),
+        otp: sealed_otp,
         issued_at: now,
     };
     let server_payload = state
@@ -345,6 +362,9 @@ async fn create_enrollment(
     };
     if let Err(e) = enrollments::insert(tx, &enrollment).await {
         return Ok(Err(e));
+    }
+    if let Some(seed) = &otp_seed {
+        crate::db::otp::set_seed(tx, &enrollment.enrollment_id, seed).await?;
     }
     if let Some(request) = &verification {
         authentications::insert(&mut *tx, request).await?;

@@ -9,6 +9,7 @@ pub mod applications;
 pub mod authentications;
 pub mod enrollments;
 pub mod nonces;
+pub mod otp;
 pub mod pairing_codes;
 pub mod qr_sessions;
 pub mod server_keys;

@@ -1,0 +1,214 @@
+//! OTP seeds provisioned at pairing. The device puts a fresh P-256 *transport key* (a software
+//! key of that one pairing, never reused) in its registration; the server generates a 160-bit
+//! seed for the new enrollment and puts it in the signed pairing reply, sealed to that key:
+//! ECDH with an ephemeral server key, HKDF-SHA256 (salt: the enrollment id; info:
+//! [`SEED_INFO`]), ChaCha20-Poly1305 with the enrollment id as associated data. A relaying
+//! customer backend sees only the sealed seed; the device opens it and keeps it in its encrypted
+//! state. Codes are TOTP (RFC 6238), SHA-1, 6 digits, 30-second period.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use hkdf::Hkdf;
+use p256::ecdh::diffie_hellman;
+use p256::{PublicKey, SecretKey};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::ids::EnrollmentId;
+use crate::jwk::PublicJwk;
+
+/// HKDF `info` of the seed-sealing key.
+pub const SEED_INFO: &[u8] = b"tessera otp seed v1";
+/// Bytes of a provisioned seed (160 bits, RFC 4226's recommendation).
+pub const SEED_BYTES: usize = 20;
+/// Digits of provisioned codes.
+pub const DIGITS: u32 = 6;
+/// Period of provisioned codes, in seconds.
+pub const PERIOD_SECONDS: u32 = 30;
+
+/// The enrollment's OTP seed, sealed to the device's transport key (inside the signed
+/// [`crate::pairing::PairingReply`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionedOtp {
+    /// `TOTP-SHA1`: the only scheme of this version.
+    pub scheme: String,
+    /// Digits per code.
+    pub digits: u32,
+    /// Period in seconds.
+    pub period: u32,
+    /// The server's ephemeral P-256 key.
+    pub epk: PublicJwk,
+    /// ChaCha20-Poly1305 nonce, base64url.
+    pub nonce: String,
+    /// The sealed seed, base64url.
+    pub ciphertext: String,
+}
+
+/// Sealing or opening a seed failed. Carries nothing of the seed or the keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// A key is not a usable P-256 key.
+    #[error("invalid key")]
+    InvalidKey,
+    /// The sealed seed is malformed, or was not sealed to this key for this enrollment.
+    #[error("the sealed seed does not open")]
+    DoesNotOpen,
+    /// An unknown scheme or parameters.
+    #[error("unsupported OTP scheme")]
+    Unsupported,
+}
+
+fn cipher(shared: &[u8], enrollment: &EnrollmentId) -> Result<ChaCha20Poly1305, SealError> {
+    let hk = Hkdf::<Sha256>::new(Some(enrollment.as_str().as_bytes()), shared);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(SEED_INFO, key.as_mut())
+        .map_err(|_| SealError::InvalidKey)?;
+    Ok(ChaCha20Poly1305::new(&(*key).into()))
+}
+
+/// A fresh random seed.
+pub fn new_seed() -> Zeroizing<Vec<u8>> {
+    let mut seed = Zeroizing::new(vec![0u8; SEED_BYTES]);
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    seed
+}
+
+/// Seals `seed` to the device's transport key for `enrollment` (the server's side).
+pub fn seal(
+    seed: &[u8],
+    device_transport_key: &PublicJwk,
+    enrollment: &EnrollmentId,
+) -> Result<ProvisionedOtp, SealError> {
+    let device = PublicKey::from(*device_transport_key.verifying_key());
+    let ephemeral = SecretKey::random(&mut rand::rngs::OsRng);
+    let shared = diffie_hellman(ephemeral.to_nonzero_scalar(), device.as_affine());
+    let cipher = cipher(shared.raw_secret_bytes(), enrollment)?;
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ciphertext = cipher
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: seed,
+                aad: enrollment.as_str().as_bytes(),
+            },
+        )
+        .map_err(|_| SealError::InvalidKey)?;
+    let epk =
+        PublicJwk::from_verifying_key(&p256::ecdsa::VerifyingKey::from(ephemeral.public_key()));
+    Ok(ProvisionedOtp {
+        scheme: "TOTP-SHA1".into(),
+        digits: DIGITS,
+        period: PERIOD_SECONDS,
+        epk,
+        nonce: URL_SAFE_NO_PAD.encode(nonce),
+        ciphertext: URL_SAFE_NO_PAD.encode(ciphertext),
+    })
+}
+
+/// Opens a sealed seed with the transport key's secret (the device's side).
+pub fn open(
+    sealed: &ProvisionedOtp,
+    transport_secret: &SecretKey,
+    enrollment: &EnrollmentId,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    if sealed.scheme != "TOTP-SHA1" || !(6..=8).contains(&sealed.digits) || sealed.period == 0 {
+        return Err(SealError::Unsupported);
+    }
+    let server = PublicKey::from(*sealed.epk.verifying_key());
+    let shared = diffie_hellman(transport_secret.to_nonzero_scalar(), server.as_affine());
+    let cipher = cipher(shared.raw_secret_bytes(), enrollment)?;
+    let nonce = URL_SAFE_NO_PAD
+        .decode(&sealed.nonce)
+        .map_err(|_| SealError::DoesNotOpen)?;
+    let ciphertext = URL_SAFE_NO_PAD
+        .decode(&sealed.ciphertext)
+        .map_err(|_| SealError::DoesNotOpen)?;
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| SealError::DoesNotOpen)?;
+    let seed = cipher
+        .decrypt(
+            &nonce.into(),
+            Payload {
+                msg: &ciphertext,
+                aad: enrollment.as_str().as_bytes(),
+            },
+        )
+        .map_err(|_| SealError::DoesNotOpen)?;
+    Ok(Zeroizing::new(seed))
+}
+
+/// The TOTP code (RFC 6238 with HMAC-SHA-1, RFC 4226 dynamic truncation) of `seed` for time
+/// step `step`, as the server checks a provisioned seed's codes.
+pub fn totp_sha1(seed: &[u8], step: u64, digits: u32) -> Result<Zeroizing<String>, SealError> {
+    use hmac::{Hmac, Mac};
+    if !(6..=8).contains(&digits) {
+        return Err(SealError::Unsupported);
+    }
+    let mut mac =
+        <Hmac<sha1::Sha1> as Mac>::new_from_slice(seed).map_err(|_| SealError::InvalidKey)?;
+    mac.update(&step.to_be_bytes());
+    let hash = mac.finalize().into_bytes();
+    let offset = usize::from(hash[hash.len() - 1] & 0x0f);
+    let binary = (u32::from(hash[offset] & 0x7f) << 24)
+        | (u32::from(hash[offset + 1]) << 16)
+        | (u32::from(hash[offset + 2]) << 8)
+        | u32::from(hash[offset + 3]);
+    let value = binary % 10u32.pow(digits);
+    Ok(Zeroizing::new(format!(
+        "{value:0width$}",
+        width = digits as usize
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn totp_matches_rfc_6238_sha1_vectors() {
+        // RFC 6238 appendix B, SHA-1, seed "12345678901234567890", 8 digits.
+        let seed = b"12345678901234567890";
+        for (time, code) in [
+            (59u64, "94287082"),
+            (1_111_111_109, "07081804"),
+            (1_234_567_890, "89005924"),
+            (20_000_000_000, "65353130"),
+        ] {
+            assert_eq!(super::totp_sha1(seed, time / 30, 8).unwrap().as_str(), code);
+        }
+    }
+
+    use super::*;
+
+    #[test]
+    fn sealed_seeds_open_only_with_the_key_and_the_enrollment() {
+        let device = SecretKey::random(&mut rand::rngs::OsRng);
+        let public =
+            PublicJwk::from_verifying_key(&p256::ecdsa::VerifyingKey::from(device.public_key()));
+        let enrollment = EnrollmentId::generate();
+        let seed = new_seed();
+        let sealed = seal(&seed, &public, &enrollment).unwrap();
+        assert_eq!(
+            open(&sealed, &device, &enrollment).unwrap().as_slice(),
+            seed.as_slice()
+        );
+        // Another enrollment, another key, a flipped byte: nothing opens.
+        assert_eq!(
+            open(&sealed, &device, &EnrollmentId::generate()).unwrap_err(),
+            SealError::DoesNotOpen
+        );
+        let other = SecretKey::random(&mut rand::rngs::OsRng);
+        assert!(open(&sealed, &other, &enrollment).is_err());
+        let mut tampered = sealed.clone();
+        let mut bytes = URL_SAFE_NO_PAD.decode(&tampered.ciphertext).unwrap();
+        bytes[0] ^= 1;
+        tampered.ciphertext = URL_SAFE_NO_PAD.encode(bytes);
+        assert!(open(&tampered, &device, &enrollment).is_err());
+        // The sealed form never shows the seed.
+        let text = serde_json::to_string(&sealed).unwrap();
+        assert!(!text.contains(&URL_SAFE_NO_PAD.encode(seed.as_slice())));
+    }
+}
