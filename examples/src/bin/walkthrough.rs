@@ -425,6 +425,36 @@ async fn main() -> Result<()> {
 
     step(
         16,
+        "Offline passcode: the phone shows alice's code, the web app checks it (once)",
+    );
+    let account = device
+        .otp_accounts()
+        .await
+        .into_iter()
+        .find(|a| {
+            a.account_name == "alice"
+                && matches!(a.source, tessera_core::OtpAccountSource::Enrollment { .. })
+        })
+        .context("alice's provisioned OTP account")?;
+    let code = device.one_time_passcode(&account.id).await?;
+    say(format!(
+        "phone shows {} {} (valid {} s more)",
+        &code.code[..3],
+        &code.code[3..],
+        code.valid_for.map(|d| d.as_secs()).unwrap_or(0)
+    ));
+    let verified = backend.verify_otp("alice", &code.code).await?;
+    say(format!(
+        "web app: accepted ({})",
+        verified.attributes["pingid.authentication.type"]
+    ));
+    match backend.verify_otp("alice", &code.code).await {
+        Ok(_) => bail!("a passcode was accepted twice"),
+        Err(e) => say(format!("the same code again: refused ({e})")),
+    }
+
+    step(
+        17,
         "The app restarts: state is reloaded from encrypted storage",
     );
     drop(device);
@@ -434,7 +464,7 @@ async fn main() -> Result<()> {
         device.enrollments().await.len()
     ));
 
-    step(17, "The server restarts: enrollments survive");
+    step(18, "The server restarts: enrollments survive");
     let addr = server.local_addr();
     server.shutdown().await;
     let server = Server::start(ServerConfig {
@@ -450,7 +480,7 @@ async fn main() -> Result<()> {
         status.enrollment_id, status.status
     ));
 
-    step(18, "Bob unpairs from the device");
+    step(19, "Bob unpairs from the device");
     device.remove_enrollment(&bob.enrollment_id).await?;
     let left = backend.list_devices("bob").await?.devices.len();
     say(format!(
@@ -462,7 +492,7 @@ async fn main() -> Result<()> {
     println!(
         "\nDone: direct and relay pairing, two users on one device, approvals with number matching, \
          a transaction, silent verification, a fraud report, a new device verified by the primary \
-         device, a QR login, restarts on both sides."
+         device, a QR login, an offline passcode, restarts on both sides."
     );
     Ok(())
 }
