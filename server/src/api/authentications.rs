@@ -40,7 +40,7 @@ pub(crate) const MAX_WAIT_SECONDS: u64 = 30;
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_FIELDS: usize = 20;
 /// RFC 8176 authentication method reference values.
-pub(crate) const AMR_VALUES: &[&str] = &[
+const AMR_VALUES: &[&str] = &[
     "face", "fpt", "geo", "hwk", "iris", "kba", "mca", "mfa", "otp", "pin", "pop", "pwd", "rba",
     "retina", "sc", "sms", "swk", "tel", "user", "vbm", "wia",
 ];
@@ -404,8 +404,64 @@ pub(crate) async fn pending_requests(
     }
 }
 
-fn mismatch(message: &str) -> ApiError {
+pub(crate) fn mismatch(message: &str) -> ApiError {
     ApiError::new(ErrorCode::ResponseMismatch, message)
+}
+
+/// Verifies a device-signed answer with the key its `kid` names: the enrollment's
+/// user-verification key or its possession key (any other is refused with `not_its_key`).
+/// Returns the payload and whether the user-verification key signed it.
+pub(crate) fn verify_answer<T: serde::de::DeserializeOwned>(
+    signed: &str,
+    message_type: MessageType,
+    device: &Enrollment,
+    not_its_key: &str,
+) -> Result<(T, bool), ApiError> {
+    let header = envelope::inspect(signed).map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidSignature,
+            "the response is not a valid signed message",
+        )
+    })?;
+    let (key, with_uv) = if header.kid == device.user_verification_key.thumbprint() {
+        (&device.user_verification_key, true)
+    } else if header.kid == device.possession_key.thumbprint() {
+        (&device.possession_key, false)
+    } else {
+        return Err(ApiError::new(ErrorCode::InvalidSignature, not_its_key));
+    };
+    let payload = envelope::verify::<T>(signed, message_type, key)
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidSignature,
+                "the response's signature does not verify",
+            )
+        })?
+        .payload;
+    Ok((payload, with_uv))
+}
+
+/// What every device answer must satisfy: signed within 5 minutes of `now`, at most 8
+/// RFC 8176 `amr` values, and a location (if any) in range.
+pub(crate) fn check_answer(
+    issued_at: i64,
+    amr: &[String],
+    location: Option<DeviceLocation>,
+    now: i64,
+) -> Result<(), ApiError> {
+    if (issued_at - now).abs() > 300 {
+        return Err(ApiError::new(
+            ErrorCode::StaleMessage,
+            "the response is too old or from the future",
+        ));
+    }
+    if amr.len() > 8 || amr.iter().any(|m| !AMR_VALUES.contains(&m.as_str())) {
+        return Err(mismatch("amr holds a value that is not an RFC 8176 method"));
+    }
+    if location.is_some_and(|l| !l.is_valid()) {
+        return Err(mismatch("the location is out of range"));
+    }
+    Ok(())
 }
 
 /// What a signed answer says that the attributes report.
@@ -532,35 +588,12 @@ pub(crate) async fn submit_response(
         .await?
         .filter(|d| d.status == EnrollmentState::Active)
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the device is no longer paired"))?;
-    let header = envelope::inspect(&body.response).map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidSignature,
-            "the response is not a valid signed message",
-        )
-    })?;
-    let uv_kid = device.user_verification_key.thumbprint();
-    let (key, with_uv) = if header.kid == uv_kid {
-        (&device.user_verification_key, true)
-    } else if header.kid == device.possession_key.thumbprint() {
-        (&device.possession_key, false)
-    } else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidSignature,
-            "the response is not signed by the device asked",
-        ));
-    };
-    let response = envelope::verify::<AuthenticationResponse>(
+    let (response, with_uv) = verify_answer::<AuthenticationResponse>(
         &body.response,
         MessageType::AuthenticationResponse,
-        key,
-    )
-    .map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidSignature,
-            "the response's signature does not verify",
-        )
-    })?
-    .payload;
+        &device,
+        "the response is not signed by the device asked",
+    )?;
     if response.v != PROTOCOL_VERSION
         || response.request_id != record.id
         || response.enrollment_id != record.enrollment_id
@@ -574,23 +607,7 @@ pub(crate) async fn submit_response(
         ));
     }
     let now = time::now();
-    if (response.issued_at - now).abs() > 300 {
-        return Err(ApiError::new(
-            ErrorCode::StaleMessage,
-            "the response is too old or from the future",
-        ));
-    }
-    if response.amr.len() > 8
-        || response
-            .amr
-            .iter()
-            .any(|m| !AMR_VALUES.contains(&m.as_str()))
-    {
-        return Err(mismatch("amr holds a value that is not an RFC 8176 method"));
-    }
-    if response.location.is_some_and(|l| !l.is_valid()) {
-        return Err(mismatch("the location is out of range"));
-    }
+    check_answer(response.issued_at, &response.amr, response.location, now)?;
     if response.decision == Decision::Approve {
         if record.kind == AuthenticationKind::Silent && with_uv {
             return Err(mismatch(

@@ -39,8 +39,8 @@ use zeroize::Zeroizing;
 
 use super::AppState;
 use super::authentications::{
-    AMR_VALUES, AnswerFacts, MAX_WAIT_SECONDS, POLL_INTERVAL, Question, USER_VERIFICATION_AMR,
-    attributes_for, check_text, invalid, new_authentication,
+    AnswerFacts, MAX_WAIT_SECONDS, POLL_INTERVAL, Question, USER_VERIFICATION_AMR, attributes_for,
+    check_answer, check_text, invalid, mismatch, new_authentication, verify_answer,
 };
 use super::device::authenticate_device;
 use super::errors::ApiError;
@@ -181,31 +181,38 @@ pub(crate) struct QrWaitQuery {
 
 /// A session, with a pending follow-up settled if it has been answered meanwhile.
 async fn load(state: &AppState, id: &QrSessionId) -> Result<Option<QrSession>, ApiError> {
+    match qr_sessions::get(&state.db, id, time::now()).await? {
+        Some(session) => Ok(Some(settled(state, session).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The session as it stands once a follow-up answered (or expired) meanwhile is applied.
+async fn settled(state: &AppState, session: QrSession) -> Result<QrSession, ApiError> {
     let now = time::now();
-    let Some(session) = qr_sessions::get(&state.db, id, now).await? else {
-        return Ok(None);
-    };
     if session.state == QrSessionState::Verifying
         && let Some(follow_up) = &session.follow_up_id
         && let Some(a) = authentications::get(&state.db, follow_up, now).await?
         && a.state != AuthenticationState::Pending
     {
         settle_follow_up(state, &a).await?;
-        return Ok(qr_sessions::get(&state.db, id, time::now()).await?);
+        return qr_sessions::get(&state.db, &session.id, time::now())
+            .await?
+            .ok_or_else(not_found);
     }
-    Ok(Some(session))
+    Ok(session)
 }
 
-/// Waits (up to `wait`) until the session differs from `(version, state)`.
+/// Waits (up to `wait`) until the session differs from `first` (or, given `seen`, from that
+/// version).
 async fn wait_for_change(
     state: &AppState,
-    id: &QrSessionId,
+    first: QrSession,
     wait: Option<u64>,
     seen: Option<i64>,
 ) -> Result<QrSession, ApiError> {
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
-    let first = load(state, id).await?.ok_or_else(not_found)?;
     let start = (seen.unwrap_or(first.version), first.state);
     if seen.is_some_and(|v| v != first.version) {
         return Ok(first);
@@ -216,7 +223,7 @@ async fn wait_for_change(
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(POLL_INTERVAL).await;
-        current = load(state, id).await?.ok_or_else(not_found)?;
+        current = load(state, &current.id).await?.ok_or_else(not_found)?;
     }
     Ok(current)
 }
@@ -237,7 +244,7 @@ pub(crate) async fn get_session(
     if session.application_id != auth.0.id {
         return Err(not_found());
     }
-    let session = wait_for_change(&state, &id, query.wait, None).await?;
+    let session = wait_for_change(&state, session, query.wait, None).await?;
     Ok(Json(session.status()))
 }
 
@@ -429,10 +436,6 @@ pub(crate) async fn claim(
     Ok(Json(QrSessionClaimed { context: signed }))
 }
 
-fn mismatch(message: &str) -> ApiError {
-    ApiError::new(ErrorCode::ResponseMismatch, message)
-}
-
 /// The device answers a QR session with a response signed by the chosen user's enrollment.
 #[utoipa::path(post, path = "/v1/device/qr-sessions/{session_id}/response", tag = "device",
     params(("session_id" = String, Path, description = "The session answered")),
@@ -465,30 +468,12 @@ pub(crate) async fn submit_response(
         .await?
         .filter(|d| d.status == EnrollmentState::Active)
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the device is no longer paired"))?;
-    let header = envelope::inspect(&body.response).map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidSignature,
-            "the response is not a valid signed message",
-        )
-    })?;
-    let (key, with_uv) = if header.kid == device.user_verification_key.thumbprint() {
-        (&device.user_verification_key, true)
-    } else if header.kid == device.possession_key.thumbprint() {
-        (&device.possession_key, false)
-    } else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidSignature,
-            "the response is not signed by the chosen user's device keys",
-        ));
-    };
-    let response = envelope::verify::<QrResponse>(&body.response, MessageType::QrResponse, key)
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidSignature,
-                "the response's signature does not verify",
-            )
-        })?
-        .payload;
+    let (response, with_uv) = verify_answer::<QrResponse>(
+        &body.response,
+        MessageType::QrResponse,
+        &device,
+        "the response is not signed by the chosen user's device keys",
+    )?;
     let context_digest = Sha256Digest::of_canonical(&session.context)
         .map_err(|_| ApiError::new(ErrorCode::InternalError, "internal error"))?;
     if response.v != PROTOCOL_VERSION
@@ -503,20 +488,7 @@ pub(crate) async fn submit_response(
         ));
     }
     let now = time::now();
-    if (response.issued_at - now).abs() > 300 {
-        return Err(ApiError::new(
-            ErrorCode::StaleMessage,
-            "the response is too old or from the future",
-        ));
-    }
-    if response.amr.len() > 8
-        || response
-            .amr
-            .iter()
-            .any(|m| !AMR_VALUES.contains(&m.as_str()))
-    {
-        return Err(mismatch("amr holds a value that is not an RFC 8176 method"));
-    }
+    check_answer(response.issued_at, &response.amr, response.location, now)?;
     if with_uv
         && response.decision == Decision::Approve
         && !response
@@ -527,9 +499,6 @@ pub(crate) async fn submit_response(
         return Err(mismatch(
             "a user-verification signature needs a user-verification amr",
         ));
-    }
-    if response.location.is_some_and(|l| !l.is_valid()) {
-        return Err(mismatch("the location is out of range"));
     }
     // Already answered, or expired: the same answer again is idempotent.
     if session.state != QrSessionState::Scanned {
@@ -747,8 +716,8 @@ pub(crate) async fn browser_get(
     headers: HeaderMap,
     Query(query): Query<QrWaitQuery>,
 ) -> Result<Response, ApiError> {
-    let session = browser_session(&state, &headers).await?;
-    let session = wait_for_change(&state, &session.id, query.wait, query.seen).await?;
+    let session = settled(&state, browser_session(&state, &headers).await?).await?;
+    let session = wait_for_change(&state, session, query.wait, query.seen).await?;
     Ok((
         [(CACHE_CONTROL, "no-store")],
         Json(browser_status(&state, &session)?),
