@@ -34,21 +34,10 @@ pub(crate) async fn deliver(
     let (mut record, mut device) = (record, device);
     let mut tried: Vec<EnrollmentId> = Vec::new();
     loop {
-        crate::push::deliver(state.clone(), record.clone(), device.clone()).await;
-        if !fall_back {
+        let outcome = crate::push::deliver(state.clone(), record.clone(), device.clone()).await;
+        let Some(outcome) = outcome.filter(|o| fall_back && undelivered(o)) else {
             return;
-        }
-        let outcome = match authentications::push_state(&state.db, &record.id).await {
-            Ok(Some((outcome, _))) => outcome,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "fallback: could not read the push outcome");
-                return;
-            }
         };
-        if !undelivered(&outcome) {
-            return;
-        }
         tried.push(device.enrollment_id.clone());
         match readdress(&state, &record, &device, &tried).await {
             Ok(Some((moved, next))) => {

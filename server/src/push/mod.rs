@@ -238,14 +238,19 @@ async fn route(state: &AppState, device: &Enrollment) -> Result<Route, ServerErr
     })
 }
 
-/// Delivers the push for a new authentication, retrying transient failures, and records the
-/// outcome (`none`, `sent`, `failed`, `token_invalid`, `stale_token`) on the authentication.
-pub(crate) async fn deliver(state: AppState, record: Authentication, device: Enrollment) {
+/// Delivers the push for a new authentication, retrying transient failures, records the
+/// outcome (`none`, `sent`, `failed`, `token_invalid`, `stale_token`) on the authentication and
+/// returns it (`None` if the application's push settings could not be read).
+pub(crate) async fn deliver(
+    state: AppState,
+    record: Authentication,
+    device: Enrollment,
+) -> Option<&'static str> {
     let route = match route(&state, &device).await {
         Ok(route) => route,
         Err(e) => {
             tracing::warn!(error = %e, "push: could not read the application's provider");
-            return;
+            return None;
         }
     };
     let (outcome, attempts) = match &route {
@@ -311,6 +316,7 @@ pub(crate) async fn deliver(state: AppState, record: Authentication, device: Enr
     {
         tracing::warn!(error = %e, "push: could not record the outcome");
     }
+    Some(outcome)
 }
 
 /// Runs `send` until it succeeds, fails for good, or the attempts are spent; waits
