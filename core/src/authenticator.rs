@@ -499,6 +499,25 @@ impl Authenticator {
             .await
     }
 
+    /// Signs an answer with the enrollment's user-verification key (usable only after
+    /// biometrics or the device PIN) or, without user verification, its possession key.
+    fn sign_answer<T: serde::Serialize>(
+        &self,
+        enrollment: &StoredEnrollment,
+        with_user_verification: bool,
+        message_type: MessageType,
+        answer: &T,
+    ) -> Result<String, CoreError> {
+        let alias = if with_user_verification {
+            &enrollment.user_verification_alias
+        } else {
+            &enrollment.possession_alias
+        };
+        let signer = KeyStoreSigner::new(Arc::clone(&self.key_store), alias)?;
+        envelope::sign(message_type, answer, &signer)
+            .map_err(|e| CoreError::KeyStore(e.to_string()))
+    }
+
     async fn stored_enrollment(&self, id: &EnrollmentId) -> Result<StoredEnrollment, CoreError> {
         self.state
             .lock()
@@ -925,19 +944,13 @@ impl Authenticator {
             now(),
         )?;
         let with_user_verification = decision == Decision::Approve
-            && (request.require_user_verification
-                || response
-                    .amr
-                    .iter()
-                    .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str())));
-        let alias = if with_user_verification {
-            &enrollment.user_verification_alias
-        } else {
-            &enrollment.possession_alias
-        };
-        let signer = KeyStoreSigner::new(Arc::clone(&self.key_store), alias)?;
-        let signed = envelope::sign(MessageType::AuthenticationResponse, &response, &signer)
-            .map_err(|e| CoreError::KeyStore(e.to_string()))?;
+            && (request.require_user_verification || verifies_user(&response.amr));
+        let signed = self.sign_answer(
+            &enrollment,
+            with_user_verification,
+            MessageType::AuthenticationResponse,
+            &response,
+        )?;
         self.transport
             .post_json(
                 &enrollment.server,
@@ -1068,19 +1081,13 @@ impl Authenticator {
             posture.location,
             now(),
         );
-        let with_user_verification = decision == Decision::Approve
-            && response
-                .amr
-                .iter()
-                .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str()));
-        let alias = if with_user_verification {
-            &enrollment.user_verification_alias
-        } else {
-            &enrollment.possession_alias
-        };
-        let signer = KeyStoreSigner::new(Arc::clone(&self.key_store), alias)?;
-        let signed = envelope::sign(MessageType::QrResponse, &response, &signer)
-            .map_err(|e| CoreError::KeyStore(e.to_string()))?;
+        let with_user_verification = decision == Decision::Approve && verifies_user(&response.amr);
+        let signed = self.sign_answer(
+            &enrollment,
+            with_user_verification,
+            MessageType::QrResponse,
+            &response,
+        )?;
         self.transport
             .post_json(
                 &qr.server,
@@ -1203,6 +1210,12 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// Whether the app reported a method that verifies the user (biometrics, PIN, password).
+fn verifies_user(amr: &[String]) -> bool {
+    amr.iter()
+        .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str()))
 }
 
 /// The enrollment's OTP account, if the reply carries a seed sealed to this pairing's transport
