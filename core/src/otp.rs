@@ -47,7 +47,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
@@ -449,19 +448,16 @@ pub fn hotp(
     digits: OtpDigits,
     counter: u64,
 ) -> Result<String, CoreError> {
-    let message = counter.to_be_bytes();
-    let mac = match algorithm {
-        OtpAlgorithm::Sha1 => hmac_of::<Hmac<sha1::Sha1>>(seed.expose(), &message),
-        OtpAlgorithm::Sha256 => hmac_of::<Hmac<sha2::Sha256>>(seed.expose(), &message),
-        OtpAlgorithm::Sha512 => hmac_of::<Hmac<sha2::Sha512>>(seed.expose(), &message),
-    }?;
-    let value = dynamic_truncation(&mac)?;
-    let modulus = 10u32.pow(u32::from(digits.get()));
-    Ok(format!(
-        "{:0width$}",
-        value % modulus,
-        width = usize::from(digits.get())
-    ))
+    let hash = match algorithm {
+        OtpAlgorithm::Sha1 => tessera_protocol::otp::OtpHash::Sha1,
+        OtpAlgorithm::Sha256 => tessera_protocol::otp::OtpHash::Sha256,
+        OtpAlgorithm::Sha512 => tessera_protocol::otp::OtpHash::Sha512,
+    };
+    let code = tessera_protocol::otp::hotp(seed.expose(), hash, u32::from(digits.get()), counter)
+        .map_err(|_| {
+        CoreError::InvalidInput("the OTP seed was refused as an HMAC key".into())
+    })?;
+    Ok(code.to_string())
 }
 
 /// The TOTP code (RFC 6238) at `unix_time` (seconds; a time before 1970 reads as 0), and how
@@ -485,27 +481,6 @@ pub fn totp(
         code,
         valid_for: Some(Duration::from_secs(period - t % period)),
     })
-}
-
-fn hmac_of<M: Mac + hmac::digest::KeyInit>(
-    key: &[u8],
-    message: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, CoreError> {
-    // HMAC takes keys of any length, so this never fails in practice.
-    let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key)
-        .map_err(|_| CoreError::InvalidInput("the OTP seed was refused as an HMAC key".into()))?;
-    mac.update(message);
-    Ok(Zeroizing::new(mac.finalize().into_bytes().to_vec()))
-}
-
-/// RFC 4226 section 5.3: a 31-bit number from four bytes at the offset the last nibble names.
-fn dynamic_truncation(mac: &[u8]) -> Result<u32, CoreError> {
-    let offset = usize::from(mac.last().copied().unwrap_or(0) & 0x0f);
-    let bytes: [u8; 4] = mac
-        .get(offset..offset + 4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| CoreError::InvalidInput("HMAC output too short".into()))?;
-    Ok(u32::from_be_bytes(bytes) & 0x7fff_ffff)
 }
 
 /// RFC 4648 base32 (either letter case, optional complete padding, zero trailing bits).

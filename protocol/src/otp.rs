@@ -142,27 +142,62 @@ pub fn open(
     Ok(Zeroizing::new(seed))
 }
 
-/// The TOTP code (RFC 6238 with HMAC-SHA-1, RFC 4226 dynamic truncation) of `seed` for time
-/// step `step`, as the server checks a provisioned seed's codes.
-pub fn totp_sha1(seed: &[u8], step: u64, digits: u32) -> Result<Zeroizing<String>, SealError> {
-    use hmac::{Hmac, Mac};
+/// The HMAC hash function of an OTP seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtpHash {
+    /// HMAC-SHA-1 (RFC 4226, and provisioned seeds).
+    Sha1,
+    /// HMAC-SHA-256 (RFC 6238).
+    Sha256,
+    /// HMAC-SHA-512 (RFC 6238).
+    Sha512,
+}
+
+/// The HOTP value (RFC 4226 section 5.3) of `seed` at `counter`: HMAC, dynamic truncation,
+/// modulo 10^digits, zero-padded. TOTP (RFC 6238) is this at counter `unix time / period`. The
+/// device core and the server both compute codes with it.
+pub fn hotp(
+    seed: &[u8],
+    hash: OtpHash,
+    digits: u32,
+    counter: u64,
+) -> Result<Zeroizing<String>, SealError> {
     if !(6..=8).contains(&digits) {
         return Err(SealError::Unsupported);
     }
-    let mut mac =
-        <Hmac<sha1::Sha1> as Mac>::new_from_slice(seed).map_err(|_| SealError::InvalidKey)?;
-    mac.update(&step.to_be_bytes());
-    let hash = mac.finalize().into_bytes();
-    let offset = usize::from(hash[hash.len() - 1] & 0x0f);
-    let binary = (u32::from(hash[offset] & 0x7f) << 24)
-        | (u32::from(hash[offset + 1]) << 16)
-        | (u32::from(hash[offset + 2]) << 8)
-        | u32::from(hash[offset + 3]);
-    let value = binary % 10u32.pow(digits);
+    let message = counter.to_be_bytes();
+    let mac = match hash {
+        OtpHash::Sha1 => hmac_of::<hmac::Hmac<sha1::Sha1>>(seed, &message),
+        OtpHash::Sha256 => hmac_of::<hmac::Hmac<Sha256>>(seed, &message),
+        OtpHash::Sha512 => hmac_of::<hmac::Hmac<sha2::Sha512>>(seed, &message),
+    }?;
+    let value = dynamic_truncation(&mac)?;
     Ok(Zeroizing::new(format!(
-        "{value:0width$}",
+        "{:0width$}",
+        value % 10u32.pow(digits),
         width = digits as usize
     )))
+}
+
+fn hmac_of<M: hmac::Mac + hmac::digest::KeyInit>(
+    key: &[u8],
+    message: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    // HMAC takes keys of any length, so this never fails in practice.
+    let mut mac =
+        <M as hmac::digest::KeyInit>::new_from_slice(key).map_err(|_| SealError::InvalidKey)?;
+    mac.update(message);
+    Ok(Zeroizing::new(mac.finalize().into_bytes().to_vec()))
+}
+
+/// RFC 4226 section 5.3: a 31-bit number from four bytes at the offset the last nibble names.
+fn dynamic_truncation(mac: &[u8]) -> Result<u32, SealError> {
+    let offset = usize::from(mac.last().copied().unwrap_or(0) & 0x0f);
+    let bytes: [u8; 4] = mac
+        .get(offset..offset + 4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(SealError::InvalidKey)?;
+    Ok(u32::from_be_bytes(bytes) & 0x7fff_ffff)
 }
 
 #[cfg(test)]
@@ -177,7 +212,12 @@ mod tests {
             (1_234_567_890, "89005924"),
             (20_000_000_000, "65353130"),
         ] {
-            assert_eq!(super::totp_sha1(seed, time / 30, 8).unwrap().as_str(), code);
+            assert_eq!(
+                super::hotp(seed, super::OtpHash::Sha1, 8, time / 30)
+                    .unwrap()
+                    .as_str(),
+                code
+            );
         }
     }
 

@@ -13,7 +13,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tessera_protocol::api::{OtpVerified, VerifyOtpRequest};
 use tessera_protocol::error::ErrorCode;
-use tessera_protocol::otp::{DIGITS, PERIOD_SECONDS, totp_sha1};
+use tessera_protocol::otp::{DIGITS, OtpHash, PERIOD_SECONDS, hotp};
 use tessera_protocol::time;
 
 use super::AppState;
@@ -65,7 +65,7 @@ pub(crate) async fn verify(
                 let Ok(step_u) = u64::try_from(step) else {
                     continue;
                 };
-                let expected = totp_sha1(&s.seed, step_u, DIGITS)
+                let expected = hotp(&s.seed, OtpHash::Sha1, DIGITS, step_u)
                     .map_err(|_| ApiError::new(ErrorCode::InternalError, "internal error"))?;
                 if bool::from(expected.as_bytes().ct_eq(code.as_bytes())) {
                     matched = Some((s.enrollment_id.clone(), step, s.last_step));
