@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
         context: AccessContext::default(),
         number_choices: None,
         require_user_verification: true,
+        ciba: None,
         nonce: "AAECAwQFBgcICQoLDA0ODw".into(),
         issued_at: 1,
         expires_at: 4_000_000_000,

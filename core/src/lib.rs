@@ -46,6 +46,6 @@ pub use storage::{FileStorage, SecureStorage, StorageError};
 pub use tessera_protocol::api::EnrollmentStatus;
 pub use tessera_protocol::api::{QrAnswerRecorded, ResponseRecorded};
 pub use tessera_protocol::authentication::{
-    AccessContext, AuthenticationKind, AuthenticationState, Decision, DisplayField,
+    AccessContext, AuthenticationKind, AuthenticationState, CibaDetails, Decision, DisplayField,
 };
 pub use tessera_protocol::qr::QrSessionState;

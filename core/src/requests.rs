@@ -3,7 +3,7 @@
 use tessera_protocol::PROTOCOL_VERSION;
 use tessera_protocol::authentication::{
     AccessContext, AuthenticationId, AuthenticationKind, AuthenticationRequest,
-    AuthenticationResponse, Decision, DeviceLocation, DisplayField,
+    AuthenticationResponse, CibaDetails, Decision, DeviceLocation, DisplayField,
 };
 use tessera_protocol::envelope::{self, EnvelopeError, MessageType};
 use tessera_protocol::ids::{EnrollmentId, UserId};
@@ -41,6 +41,9 @@ pub struct IncomingRequest {
     pub number_choices: Option<Vec<u32>>,
     /// Whether approving needs biometrics or the device PIN.
     pub require_user_verification: bool,
+    /// For a CIBA request: the relying party, its binding message and the scopes it asks for
+    /// (`message` and `fields` are derived from them).
+    pub ciba: Option<CibaDetails>,
     /// When it expires.
     pub expires_at: UnixSeconds,
     pub(crate) request: AuthenticationRequest,
@@ -96,6 +99,22 @@ pub fn verify_request(
             "a silent verification asks nothing of the user",
         ));
     }
+    match (&request.ciba, request.kind) {
+        (Some(ciba), AuthenticationKind::Ciba) => {
+            if ciba.display_parameters() != request.parameters || !request.require_user_verification
+            {
+                return Err(CoreError::ReplyMismatch(
+                    "a CIBA request shows exactly its details and needs user verification",
+                ));
+            }
+        }
+        (None, AuthenticationKind::Ciba) | (Some(_), _) => {
+            return Err(CoreError::ReplyMismatch(
+                "CIBA details come with CIBA requests only",
+            ));
+        }
+        (None, _) => {}
+    }
     Ok(IncomingRequest {
         request_id: request.request_id.clone(),
         enrollment_id: request.enrollment_id.clone(),
@@ -108,6 +127,7 @@ pub fn verify_request(
         context: request.context.clone(),
         number_choices: request.number_choices.clone(),
         require_user_verification: request.require_user_verification,
+        ciba: request.ciba.clone(),
         expires_at: request.expires_at,
         request,
     })
@@ -222,6 +242,7 @@ mod tests {
             context: AccessContext::default(),
             number_choices: Some(vec![11, 22, 33]),
             require_user_verification: true,
+            ciba: None,
             nonce: "n".into(),
             issued_at: 100,
             expires_at,
@@ -281,6 +302,51 @@ mod tests {
         loud_silent.kind = AuthenticationKind::Silent;
         assert!(matches!(
             check(&f, &loud_silent, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn ciba_requests_show_exactly_their_details() {
+        let f = fixture();
+        let details = CibaDetails {
+            client_name: "Call Centre".into(),
+            binding_message: Some("Ticket 4711".into()),
+            scopes: vec!["openid".into(), "profile".into()],
+        };
+        let mut ciba = request(&f, 200);
+        ciba.kind = AuthenticationKind::Ciba;
+        ciba.parameters = details.display_parameters();
+        ciba.parameters_digest = ciba.parameters.digest().unwrap();
+        ciba.ciba = Some(details);
+        let shown = check(&f, &ciba, 150).unwrap();
+        assert_eq!(shown.message, "Ticket 4711");
+        assert_eq!(shown.fields[0].value, "Call Centre");
+        assert_eq!(shown.ciba.as_ref().unwrap().scopes, ["openid", "profile"]);
+
+        // Details that say one thing while the parameters (what is signed) say another.
+        let mut lying = ciba.clone();
+        lying.ciba.as_mut().unwrap().client_name = "Another Bank".into();
+        assert!(matches!(
+            check(&f, &lying, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+        let mut without_uv = ciba.clone();
+        without_uv.require_user_verification = false;
+        assert!(matches!(
+            check(&f, &without_uv, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+        let mut no_details = ciba.clone();
+        no_details.ciba = None;
+        assert!(matches!(
+            check(&f, &no_details, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+        let mut details_on_transaction = ciba;
+        details_on_transaction.kind = AuthenticationKind::Transaction;
+        assert!(matches!(
+            check(&f, &details_on_transaction, 150),
             Err(CoreError::ReplyMismatch(_))
         ));
     }

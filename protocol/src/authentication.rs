@@ -30,6 +30,50 @@ pub enum AuthenticationKind {
     Transaction,
     /// No user interaction: the device proves it holds the enrollment.
     Silent,
+    /// An OpenID CIBA request: a relying party (the request's [`CibaDetails`]) asks the user to
+    /// sign in through the backchannel. Always approved with user verification.
+    Ciba,
+}
+
+/// What a CIBA request shows: the relying party, its binding message and the scopes it asks
+/// for. The request's [`DynamicParameters`] must be exactly [`CibaDetails::display_parameters`],
+/// so the parameters digest the device signs binds all of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CibaDetails {
+    /// The relying party's registered name.
+    pub client_name: String,
+    /// The binding message the relying party also shows on the consumption device, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_message: Option<String>,
+    /// The scopes asked for (`openid` first).
+    pub scopes: Vec<String>,
+}
+
+impl CibaDetails {
+    /// The parameters a CIBA request shows, derived from these details and nothing else: the
+    /// binding message as the headline (or "Sign in to CLIENT?"), then the relying party and the
+    /// scopes as fields.
+    pub fn display_parameters(&self) -> DynamicParameters {
+        DynamicParameters {
+            message: self
+                .binding_message
+                .clone()
+                .unwrap_or_else(|| format!("Sign in to {}?", self.client_name)),
+            fields: vec![
+                DisplayField {
+                    label: "Requested by".into(),
+                    value: self.client_name.clone(),
+                },
+                DisplayField {
+                    label: "Access".into(),
+                    value: self.scopes.join(" "),
+                },
+            ],
+            hidden_fields: Vec::new(),
+        }
+    }
 }
 
 /// One label/value line shown to (or, if hidden, bound for) the user.
@@ -110,6 +154,9 @@ pub struct AuthenticationRequest {
     pub number_choices: Option<Vec<u32>>,
     /// Whether the answer must be signed with the user-verification key.
     pub require_user_verification: bool,
+    /// For a [`AuthenticationKind::Ciba`] request: the relying party, binding message and scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciba: Option<CibaDetails>,
     /// The server's nonce, echoed in the answer.
     pub nonce: String,
     /// When the server signed it.

@@ -15,6 +15,7 @@
 //!   silent verification) and the device's signed answers.
 //! - [`qr`]: QR login: the QR URI and its one-time token, the signed session context the device
 //!   shows, and the device's signed answer.
+//! - [`ciba`]: OpenID CIBA client registration and the relying party's OAuth messages.
 //! - [`device_auth`]: device-authenticated API calls (a request signed by the possession key).
 //! - [`api`]: request and response bodies of the customer API and the device API.
 //! - [`error`]: stable error codes and the JSON error body every API uses.
@@ -58,6 +59,7 @@ pub(crate) use openapi_schema;
 pub mod api;
 pub mod authentication;
 pub mod canonical;
+pub mod ciba;
 pub mod device_auth;
 pub mod envelope;
 pub mod error;

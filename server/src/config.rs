@@ -52,6 +52,29 @@ pub struct ServerConfig {
     /// `https://api.sandbox.push.apple.com` for the sandbox environment; tests point it at a
     /// local receiver (a plain `http://` endpoint is spoken to in HTTP/2 with prior knowledge).
     pub apns_endpoint: Option<String>,
+    /// CIBA: lifetime of a backchannel request when the client does not ask for less, in seconds.
+    pub ciba_default_expiry: u32,
+    /// CIBA: the longest `requested_expiry` honoured, in seconds.
+    pub ciba_max_expiry: u32,
+    /// CIBA: the `interval` clients must wait between token requests, in seconds.
+    pub ciba_poll_interval: u32,
+    /// CIBA: whether notification endpoints may be on loopback (and then plain `http://`). For
+    /// development and tests only.
+    pub ciba_allow_loopback_notifications: bool,
+    /// CIBA: whether notification endpoints may be in private, link-local or other
+    /// non-public address ranges.
+    pub ciba_allow_private_notifications: bool,
+    /// CIBA: delivery attempts for one ping or push notification.
+    pub ciba_notification_attempts: u32,
+    /// CIBA: delay before the first notification retry; each further retry waits twice longer.
+    pub ciba_notification_retry_base: std::time::Duration,
+    /// CIBA: how often each instance looks for finished requests to notify (answers recorded by
+    /// this instance are notified at once).
+    pub ciba_notification_sweep: std::time::Duration,
+    /// Lifetime of access tokens and ID tokens, in seconds.
+    pub oidc_token_ttl: u32,
+    /// Lifetime of refresh tokens, in seconds.
+    pub oidc_refresh_token_ttl: u32,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +99,16 @@ impl Default for ServerConfig {
             otp_drift_steps: 1,
             fcm_endpoint: crate::push::FCM_DEFAULT_ENDPOINT.to_string(),
             apns_endpoint: None,
+            ciba_default_expiry: 120,
+            ciba_max_expiry: 600,
+            ciba_poll_interval: 5,
+            ciba_allow_loopback_notifications: false,
+            ciba_allow_private_notifications: false,
+            ciba_notification_attempts: 5,
+            ciba_notification_retry_base: std::time::Duration::from_secs(1),
+            ciba_notification_sweep: std::time::Duration::from_secs(1),
+            oidc_token_ttl: 3600,
+            oidc_refresh_token_ttl: 30 * 24 * 3600,
         }
     }
 }

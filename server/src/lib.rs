@@ -6,6 +6,8 @@
 //! - **Customer API** (`/v1/users/...`, API key): users, pairing codes, relay pairing, devices.
 //! - **Device API** (`/v1/device/...`, `/v1/server-keys`): pairing with a code, device-signed
 //!   calls.
+//! - **OpenID Provider** (`/.well-known/openid-configuration`, `/oidc/...`): CIBA with the
+//!   user's paired device as the authentication device.
 //! - **Operations**: `/healthz`, `/metrics` (Prometheus), `/openapi.json`.
 //!
 //! [`Server::start`] runs it in-process (the examples and end-to-end tests do); the
@@ -23,6 +25,7 @@ mod fallback;
 pub mod ip_table;
 mod keys;
 mod metrics;
+pub mod oidc;
 mod push;
 pub mod qr_render;
 mod server;

@@ -12,6 +12,11 @@
 //! tessera-server admin [--database URL] set-fcm APP_ID --service-account FILE
 //! tessera-server admin [--database URL] set-apns APP_ID --team-id T --key-id K --key-file FILE --topic BUNDLE [--sandbox]
 //! tessera-server admin [--database URL] clear-push-provider APP_ID (fcm | apns)
+//! tessera-server admin [--database URL] register-ciba-client APP_ID --name NAME --mode (poll | ping | push)
+//!     --auth-method (client-secret-basic | client-secret-post | private-key-jwt) [--endpoint URL]
+//!     [--jwks FILE] [--signing-alg ALG] [--user-code] [--allow-loopback-notifications] [--allow-private-notifications]
+//! tessera-server admin [--database URL] list-ciba-clients APP_ID | remove-ciba-client APP_ID CLIENT_ID
+//! tessera-server admin [--database URL] rotate-id-token-key
 //! tessera-server openapi
 //! ```
 
@@ -21,6 +26,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
+use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
 use tessera_server::db::applications::{AdditionalDevicePolicy, QrPolicy};
@@ -95,6 +101,15 @@ enum Command {
         /// APNs's base URL; by default production or sandbox as each application is set up.
         #[arg(long, env = "TESSERA_APNS_ENDPOINT")]
         apns_endpoint: Option<String>,
+        /// CIBA: seconds clients must wait between token requests.
+        #[arg(long, default_value_t = 5)]
+        ciba_poll_interval: u32,
+        /// CIBA: allow notification endpoints on loopback, over plain http (development only).
+        #[arg(long)]
+        ciba_allow_loopback_notifications: bool,
+        /// CIBA: allow notification endpoints in private and link-local address ranges.
+        #[arg(long)]
+        ciba_allow_private_notifications: bool,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -112,8 +127,70 @@ enum Command {
     Openapi,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum DeliveryModeArg {
+    Poll,
+    Ping,
+    Push,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AuthMethodArg {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Register a CIBA client (relying party) for an application; prints its id and, for
+    /// secret-based methods, its secret (shown once).
+    RegisterCibaClient {
+        /// The application whose users it may ask.
+        application_id: String,
+        /// The name shown on devices.
+        #[arg(long)]
+        name: String,
+        /// Token delivery mode.
+        #[arg(long, value_enum)]
+        mode: DeliveryModeArg,
+        /// Client authentication method.
+        #[arg(long, value_enum)]
+        auth_method: AuthMethodArg,
+        /// Notification endpoint (ping and push).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// File with the client's public JWK Set.
+        #[arg(long)]
+        jwks: Option<std::path::PathBuf>,
+        /// Signed requests required with this asymmetric algorithm (e.g. ES256, PS256).
+        #[arg(long)]
+        signing_alg: Option<String>,
+        /// Requests must carry the user's user_code.
+        #[arg(long)]
+        user_code: bool,
+        /// Accept a loopback notification endpoint (development only).
+        #[arg(long)]
+        allow_loopback_notifications: bool,
+        /// Accept a notification endpoint in a private address range.
+        #[arg(long)]
+        allow_private_notifications: bool,
+    },
+    /// List an application's CIBA clients.
+    ListCibaClients {
+        /// The application.
+        application_id: String,
+    },
+    /// Remove a CIBA client with its requests and tokens.
+    RemoveCibaClient {
+        /// The application.
+        application_id: String,
+        /// The client.
+        client_id: String,
+    },
+    /// Start signing ID tokens with a new key; the old one stays published until its tokens
+    /// expire.
+    RotateIdTokenKey,
     /// Register an application; prints its id and API key (shown once).
     CreateApp {
         /// Display name.
@@ -262,6 +339,9 @@ async fn main() -> ExitCode {
             ip_table,
             fcm_endpoint,
             apns_endpoint,
+            ciba_poll_interval,
+            ciba_allow_loopback_notifications,
+            ciba_allow_private_notifications,
         } => {
             init_logs(log_format);
             let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
@@ -280,6 +360,9 @@ async fn main() -> ExitCode {
                 accessing_ip_table,
                 fcm_endpoint,
                 apns_endpoint,
+                ciba_poll_interval,
+                ciba_allow_loopback_notifications,
+                ciba_allow_private_notifications,
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -353,6 +436,75 @@ async fn run_admin(
 ) -> Result<serde_json::Value, ServerError> {
     let db = Database::connect(database, 2).await?;
     let value = match command {
+        AdminCommand::RegisterCibaClient {
+            application_id,
+            name,
+            mode,
+            auth_method,
+            endpoint,
+            jwks,
+            signing_alg,
+            user_code,
+            allow_loopback_notifications,
+            allow_private_notifications,
+        } => {
+            let app = parse_app(&application_id)?;
+            let jwks =
+                match jwks {
+                    Some(path) => {
+                        let text = read_secret_file(&path, "JWK Set")?;
+                        Some(serde_json::from_str(&text).map_err(|_| {
+                            ServerError::InvalidInput("the JWK Set is not JSON".into())
+                        })?)
+                    }
+                    None => None,
+                };
+            let request = RegisterCibaClient {
+                client_name: name,
+                backchannel_token_delivery_mode: match mode {
+                    DeliveryModeArg::Poll => DeliveryMode::Poll,
+                    DeliveryModeArg::Ping => DeliveryMode::Ping,
+                    DeliveryModeArg::Push => DeliveryMode::Push,
+                },
+                backchannel_client_notification_endpoint: endpoint,
+                token_endpoint_auth_method: match auth_method {
+                    AuthMethodArg::ClientSecretBasic => ClientAuthMethod::ClientSecretBasic,
+                    AuthMethodArg::ClientSecretPost => ClientAuthMethod::ClientSecretPost,
+                    AuthMethodArg::PrivateKeyJwt => ClientAuthMethod::PrivateKeyJwt,
+                },
+                jwks,
+                backchannel_authentication_request_signing_alg: signing_alg,
+                backchannel_user_code_parameter: user_code,
+            };
+            let config = ServerConfig {
+                ciba_allow_loopback_notifications: allow_loopback_notifications,
+                ciba_allow_private_notifications: allow_private_notifications,
+                ..ServerConfig::default()
+            };
+            let now = tessera_protocol::time::now();
+            json!(tessera_server::oidc::clients::register(&db, &config, &app, request, now).await?)
+        }
+        AdminCommand::ListCibaClients { application_id } => {
+            let app = parse_app(&application_id)?;
+            let clients = tessera_server::db::ciba::clients(&db, &app).await?;
+            json!({"clients": clients.iter().map(|c| c.info()).collect::<Vec<_>>()})
+        }
+        AdminCommand::RemoveCibaClient {
+            application_id,
+            client_id,
+        } => {
+            let app = parse_app(&application_id)?;
+            if !tessera_server::db::ciba::delete_client(&db, &app, &client_id).await? {
+                return Err(ServerError::NotFound("CIBA client"));
+            }
+            json!({"removed": client_id})
+        }
+        AdminCommand::RotateIdTokenKey => {
+            let now = tessera_protocol::time::now();
+            let ttl = i64::from(ServerConfig::default().oidc_token_ttl);
+            let kid = tessera_server::oidc::keys::rotate(&db, now, ttl).await?;
+            json!({"signing_kid": kid})
+        }
         AdminCommand::CreateApp { name } => json!(admin::create_application(&db, &name).await?),
         AdminCommand::ListApps => {
             let apps = admin::list_applications(&db).await?;

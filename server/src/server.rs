@@ -26,6 +26,7 @@ pub struct RunningServer {
     db: Database,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    notifier: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -63,7 +64,9 @@ impl Server {
             public_url: public_url.clone(),
             metrics: Arc::new(Metrics::new()),
             push: Arc::new(crate::push::PushClients::new()),
+            ciba_notifier: crate::oidc::notify::NotifierHandle::default(),
         };
+        let notifier = tokio::spawn(crate::oidc::notify::run(state.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -83,6 +86,7 @@ impl Server {
             db,
             stop: Some(stop),
             task,
+            notifier,
         })
     }
 }
@@ -114,6 +118,7 @@ impl RunningServer {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
+        self.notifier.abort();
         self.db.close().await;
     }
 }

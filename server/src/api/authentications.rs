@@ -18,8 +18,8 @@ use tessera_protocol::api::{
 };
 use tessera_protocol::authentication::{
     AccessContext, AuthenticationId, AuthenticationKind, AuthenticationRequest,
-    AuthenticationResponse, AuthenticationState, Decision, DeviceLocation, DisplayField,
-    DynamicParameters,
+    AuthenticationResponse, AuthenticationState, CibaDetails, Decision, DeviceLocation,
+    DisplayField, DynamicParameters,
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
@@ -154,6 +154,11 @@ pub(crate) async fn create_authentication(
                 hidden_fields: body.hidden_fields.clone(),
             }
         }
+        AuthenticationKind::Ciba => {
+            return Err(invalid(
+                "CIBA requests are made by relying parties at the backchannel authentication endpoint",
+            ));
+        }
         AuthenticationKind::Silent => {
             if body.number_matching
                 || body.require_user_verification
@@ -167,7 +172,7 @@ pub(crate) async fn create_authentication(
             DynamicParameters::default()
         }
     };
-    let device = pick_device(&state, &auth, &user_id, body.enrollment_id.as_ref()).await?;
+    let device = pick_device(&state, &auth.0.id, &user_id, body.enrollment_id.as_ref()).await?;
     if body.kind != AuthenticationKind::Silent {
         let now = time::now();
         // Pending requests live at most 15 minutes, so a 15-minute look-back sees them all.
@@ -207,6 +212,7 @@ pub(crate) async fn create_authentication(
             number_matching: body.number_matching,
             require_user_verification: body.require_user_verification,
             expires_in,
+            ciba: None,
         },
     )?;
     authentications::insert(state.db.pool(), &record).await?;
@@ -237,6 +243,8 @@ pub(crate) struct Question {
     pub require_user_verification: bool,
     /// Seconds until it expires.
     pub expires_in: u32,
+    /// For a CIBA request: what it shows (`parameters` must be its display parameters).
+    pub ciba: Option<CibaDetails>,
 }
 
 /// Signs a request to `device` and builds its pending record (not stored yet).
@@ -271,6 +279,7 @@ pub(crate) fn new_authentication(
         context: question.context,
         number_choices,
         require_user_verification: question.require_user_verification,
+        ciba: question.ciba,
         nonce: DeviceRegistration::new_nonce(),
         issued_at: now,
         expires_at: now + i64::from(question.expires_in),
@@ -302,14 +311,15 @@ pub(crate) fn new_authentication(
     })
 }
 
-async fn pick_device(
+/// The device to ask: `wanted`, or the user's primary (else first) active device.
+pub(crate) async fn pick_device(
     state: &AppState,
-    auth: &AppAuth,
+    application_id: &ApplicationId,
     user_id: &tessera_protocol::ids::UserId,
     wanted: Option<&EnrollmentId>,
 ) -> Result<Enrollment, ApiError> {
     let devices: Vec<Enrollment> =
-        super::device_verification::user_devices(state, &auth.0.id, user_id)
+        super::device_verification::user_devices(state, application_id, user_id)
             .await?
             .into_iter()
             .filter(|d| d.status == EnrollmentState::Active)
@@ -645,6 +655,7 @@ pub(crate) async fn submit_response(
         tracing::info!(authentication_id = %id, state = current.state.as_str(), "authentication answered");
         super::device_verification::settle_verification(&state, &current).await?;
         super::qr::settle_follow_up(&state, &current).await?;
+        crate::oidc::notify::settle(&state, &current).await?;
         return Ok(Json(ResponseRecorded {
             authentication_id: id,
             state: current.state,

@@ -75,6 +75,7 @@ pub(crate) fn question(
         },
         number_matching: false,
         require_user_verification: false,
+        ciba: None,
         expires_in: state.config.device_verification_ttl,
     }
 }

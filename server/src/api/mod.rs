@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, the OpenAPI document, and per-request metrics and logs.
 
-mod authentications;
+pub(crate) mod authentications;
+mod ciba_clients;
 mod device;
 mod device_verification;
 pub(crate) mod errors;
@@ -37,6 +38,7 @@ pub(crate) struct AppState {
     pub public_url: ServerUrl,
     pub metrics: Arc<Metrics>,
     pub push: Arc<crate::push::PushClients>,
+    pub ciba_notifier: crate::oidc::notify::NotifierHandle,
 }
 
 #[derive(OpenApi)]
@@ -75,6 +77,10 @@ pub(crate) struct AppState {
         qr_page::page,
         qr_page::script,
         device::update_push,
+        ciba_clients::register,
+        ciba_clients::list,
+        ciba_clients::remove,
+        ciba_clients::set_user_code,
         ops::healthz,
         ops::metrics,
     ),
@@ -155,6 +161,29 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/qr-browser/renew", post(qr::browser_renew))
         .route("/qr-login", get(qr_page::page))
         .route("/qr-login.js", get(qr_page::script))
+        .route(
+            "/v1/ciba/clients",
+            post(ciba_clients::register).get(ciba_clients::list),
+        )
+        .route("/v1/ciba/clients/{client_id}", delete(ciba_clients::remove))
+        .route(
+            "/v1/users/{user_id}/ciba-user-code",
+            put(ciba_clients::set_user_code),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(crate::oidc::discovery::configuration),
+        )
+        .route(
+            crate::oidc::BACKCHANNEL_PATH,
+            post(crate::oidc::backchannel::backchannel_authentication),
+        )
+        .route(crate::oidc::TOKEN_PATH, post(crate::oidc::token::token))
+        .route(crate::oidc::JWKS_PATH, get(crate::oidc::discovery::jwks))
+        .route(
+            crate::oidc::USERINFO_PATH,
+            get(crate::oidc::token::userinfo),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))

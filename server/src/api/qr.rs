@@ -617,6 +617,7 @@ fn follow_up_request(
             context: session.context.clone(),
             number_matching: false,
             require_user_verification: false,
+            ciba: None,
             expires_in: left.min(120),
         },
         QrPolicy::UserApproval => Question {
@@ -635,6 +636,7 @@ fn follow_up_request(
             context: session.context.clone(),
             number_matching: false,
             require_user_verification: false,
+            ciba: None,
             expires_in: left.min(300),
         },
     };

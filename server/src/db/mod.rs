@@ -7,6 +7,7 @@
 
 pub mod applications;
 pub mod authentications;
+pub mod ciba;
 pub mod enrollments;
 pub mod nonces;
 pub mod otp;

@@ -1,0 +1,540 @@
+//! The backchannel authentication endpoint (CIBA Core §7): a relying party asks for a user;
+//! the request reaches the user's device; the acknowledgement carries the `auth_req_id`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use rand::RngCore;
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+use tessera_protocol::authentication::{AccessContext, AuthenticationKind, CibaDetails};
+use tessera_protocol::ciba::{ACR_MOBILE_USER_VERIFIED, BackchannelAcknowledgement, DeliveryMode};
+use tessera_protocol::ids::UserId;
+use tessera_protocol::time;
+
+use super::client_auth::{
+    self, CLIENT_AUTH_PARAMS, CLOCK_SKEW, ClientJwtError, Form, MAX_JWT_LIFETIME,
+};
+use super::error::{OAuthCode, OAuthError, invalid_request, no_store};
+use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
+use crate::api::AppState;
+use crate::api::authentications::{Question, new_authentication, pick_device};
+use crate::db::ciba::{self, CibaClient, CibaRequest, NotifyState};
+use crate::db::{applications, authentications, nonces, users};
+
+/// Longest binding message, in characters.
+pub(crate) const MAX_BINDING_MESSAGE: usize = 100;
+/// Longest client notification token, in bytes.
+const MAX_NOTIFICATION_TOKEN: usize = 1024;
+/// Consecutive wrong user codes after which a user's code is refused until it is set again.
+pub(crate) const MAX_USER_CODE_FAILURES: i64 = 5;
+
+const REQUEST_PARAMS: &[&str] = &[
+    "scope",
+    "client_notification_token",
+    "acr_values",
+    "login_hint_token",
+    "id_token_hint",
+    "login_hint",
+    "binding_message",
+    "user_code",
+    "requested_expiry",
+];
+
+/// The authentication request's parameters, from the form or from a signed `request`.
+#[derive(Default)]
+struct Params(Map<String, Value>);
+
+impl Params {
+    fn text(&self, name: &str) -> Result<Option<&str>, OAuthError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(invalid_request(format!("{name} must be a string"))),
+        }
+    }
+}
+
+/// `POST /oidc/backchannel`.
+pub(crate) async fn backchannel_authentication(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let form = Form::parse(&headers, &body)?;
+    let audiences = [
+        issuer(&state),
+        endpoint_url(&state, super::BACKCHANNEL_PATH),
+    ];
+    let client = client_auth::authenticate_client(&state, &headers, &form, &audiences).await?;
+    let now = time::now();
+    let params = if let Some(request) = form.get("request") {
+        if let Some(extra) = form
+            .names()
+            .find(|n| *n != "request" && !CLIENT_AUTH_PARAMS.contains(n))
+        {
+            let extra = if REQUEST_PARAMS.contains(&extra) {
+                extra
+            } else {
+                "another parameter"
+            };
+            return Err(invalid_request(format!(
+                "with a signed request, every parameter goes inside it ({extra} is outside)"
+            )));
+        }
+        signed_request_params(&state, &client, request, &audiences, now).await?
+    } else {
+        if client.request_signing_alg.is_some() {
+            return Err(invalid_request(
+                "this client registered a signing algorithm: its requests must be signed (request)",
+            ));
+        }
+        let mut map = Map::new();
+        for name in REQUEST_PARAMS {
+            if let Some(value) = form.get(name) {
+                map.insert((*name).to_string(), Value::String(value.to_string()));
+            }
+        }
+        Params(map)
+    };
+    let acknowledgement = start(&state, &client, &params, now).await?;
+    let mut response = Json(acknowledgement).into_response();
+    no_store(&mut response);
+    Ok(response)
+}
+
+/// Verifies a signed authentication request (CIBA Core §7.1.1) and returns its claims.
+async fn signed_request_params(
+    state: &AppState,
+    client: &CibaClient,
+    request: &str,
+    audiences: &[String],
+    now: i64,
+) -> Result<Params, OAuthError> {
+    let Some(alg) = client.request_signing_alg.as_deref() else {
+        return Err(invalid_request(
+            "this client registered no request signing algorithm",
+        ));
+    };
+    let claims = client_auth::verify_client_jwt(client, request, Some(alg)).map_err(|e| {
+        invalid_request(match e {
+            ClientJwtError::Malformed => "the signed request is malformed",
+            ClientJwtError::Algorithm => {
+                "the signed request's algorithm is not the one this client registered"
+            }
+            ClientJwtError::NoKey | ClientJwtError::Signature => {
+                "the signed request's signature does not verify with this client's keys"
+            }
+        })
+    })?;
+    let number = |name: &str| claims.get(name).and_then(Value::as_i64);
+    for name in ["aud", "iss", "exp", "iat", "nbf", "jti"] {
+        if claims.get(name).is_none_or(Value::is_null) {
+            return Err(invalid_request(format!(
+                "the signed request has no {name} claim"
+            )));
+        }
+    }
+    if claims.get("iss").and_then(Value::as_str) != Some(client.client_id.as_str()) {
+        return Err(invalid_request(
+            "the signed request's iss is not this client",
+        ));
+    }
+    if !client_auth::audience_matches(claims.get("aud"), audiences) {
+        return Err(invalid_request(
+            "the signed request's aud is not this provider",
+        ));
+    }
+    let (Some(exp), Some(iat), Some(nbf)) = (number("exp"), number("iat"), number("nbf")) else {
+        return Err(invalid_request(
+            "the signed request's exp, iat and nbf must be numbers",
+        ));
+    };
+    if exp <= now {
+        return Err(invalid_request("the signed request has expired"));
+    }
+    if nbf > now + CLOCK_SKEW {
+        return Err(invalid_request("the signed request is not valid yet (nbf)"));
+    }
+    if iat > now + CLOCK_SKEW {
+        return Err(invalid_request(
+            "the signed request was issued in the future",
+        ));
+    }
+    if exp - nbf > MAX_JWT_LIFETIME {
+        return Err(invalid_request(
+            "the signed request's lifetime (exp - nbf) exceeds 60 minutes",
+        ));
+    }
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+        .ok_or_else(|| invalid_request("the signed request's jti must be a short string"))?;
+    if !nonces::record_once(
+        &state.db,
+        &client_auth::jti_key(&client.client_id, jti),
+        exp,
+        now,
+    )
+    .await?
+    {
+        return Err(invalid_request("the signed request's jti was used before"));
+    }
+    let mut map = Map::new();
+    for name in REQUEST_PARAMS {
+        if let Some(value) = claims.get(*name) {
+            let value = match (name, value) {
+                // requested_expiry may be a JSON number inside a signed request.
+                (&"requested_expiry", Value::Number(n)) => Value::String(n.to_string()),
+                (_, v) => v.clone(),
+            };
+            map.insert((*name).to_string(), value);
+        }
+    }
+    Ok(Params(map))
+}
+
+fn check_binding_message(message: &str) -> Result<(), OAuthError> {
+    if message.trim().is_empty()
+        || message.chars().count() > MAX_BINDING_MESSAGE
+        || message.chars().any(char::is_control)
+    {
+        return Err(OAuthError::new(
+            OAuthCode::InvalidBindingMessage,
+            format!(
+                "the binding message must be 1 to {MAX_BINDING_MESSAGE} characters without control characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 6750 `b64token`: what a bearer token may hold.
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+fn unknown_user() -> OAuthError {
+    OAuthError::new(
+        OAuthCode::UnknownUserId,
+        "the hint does not identify a user of this client's application",
+    )
+}
+
+async fn resolve_user(
+    state: &AppState,
+    client: &CibaClient,
+    params: &Params,
+    now: i64,
+) -> Result<UserId, OAuthError> {
+    let hints = [
+        params.text("login_hint")?,
+        params.text("id_token_hint")?,
+        params.text("login_hint_token")?,
+    ];
+    let given = hints.iter().filter(|h| h.is_some()).count();
+    if given != 1 {
+        return Err(invalid_request(
+            "give exactly one of login_hint, id_token_hint and login_hint_token",
+        ));
+    }
+    let subject: String = match hints {
+        [Some(login_hint), _, _] => login_hint.to_string(),
+        [_, Some(id_token_hint), _] => {
+            let ttl = i64::from(state.config.oidc_token_ttl);
+            let claims = super::keys::verify_own(&state.db, id_token_hint, now, ttl)
+                .await?
+                .ok_or_else(|| {
+                    invalid_request("the id_token_hint is not an ID token this provider signed")
+                })?;
+            if claims.get("iss").and_then(Value::as_str) != Some(issuer(state).as_str())
+                || !client_auth::audience_matches(
+                    claims.get("aud"),
+                    std::slice::from_ref(&client.client_id),
+                )
+            {
+                return Err(invalid_request(
+                    "the id_token_hint was not issued to this client",
+                ));
+            }
+            claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .ok_or_else(unknown_user)?
+                .to_string()
+        }
+        [_, _, Some(token)] => {
+            let claims = client_auth::verify_client_jwt(client, token, None).map_err(|_| {
+                invalid_request(
+                    "the login_hint_token must be a JWT signed with one of this client's keys",
+                )
+            })?;
+            let exp = claims
+                .get("exp")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| invalid_request("the login_hint_token has no exp"))?;
+            if exp <= now {
+                return Err(OAuthError::new(
+                    OAuthCode::ExpiredLoginHintToken,
+                    "the login_hint_token has expired",
+                ));
+            }
+            claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid_request("the login_hint_token has no sub"))?
+                .to_string()
+        }
+        _ => return Err(unknown_user()),
+    };
+    let user_id: UserId = subject.parse().map_err(|_| unknown_user())?;
+    if users::get(&state.db, &client.application_id, &user_id)
+        .await?
+        .is_none()
+    {
+        return Err(unknown_user());
+    }
+    Ok(user_id)
+}
+
+/// Salted SHA-256 of a user code, base64url.
+pub(crate) fn user_code_digest(salt: &str, code: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{salt}\n{code}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+}
+
+async fn check_user_code(
+    state: &AppState,
+    client: &CibaClient,
+    user: &UserId,
+    code: Option<&str>,
+) -> Result<(), OAuthError> {
+    let Some(code) = code else {
+        if client.user_code_required {
+            return Err(OAuthError::new(
+                OAuthCode::MissingUserCode,
+                "this client's requests must carry the user's user_code",
+            ));
+        }
+        return Ok(());
+    };
+    let invalid = || OAuthError::new(OAuthCode::InvalidUserCode, "the user_code is not valid");
+    let Some((salt, digest, failures)) =
+        ciba::user_code(&state.db, &client.application_id, user).await?
+    else {
+        return Err(invalid());
+    };
+    if failures >= MAX_USER_CODE_FAILURES {
+        return Err(OAuthError::new(
+            OAuthCode::InvalidUserCode,
+            "too many wrong user codes: the user must set a new one",
+        ));
+    }
+    let right = bool::from(
+        user_code_digest(&salt, code)
+            .as_bytes()
+            .ct_eq(digest.as_bytes()),
+    );
+    ciba::record_user_code_attempt(&state.db, &client.application_id, user, !right).await?;
+    if right { Ok(()) } else { Err(invalid()) }
+}
+
+fn new_auth_req_id() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Validates the parameters, asks the user's device and stores the request.
+async fn start(
+    state: &AppState,
+    client: &CibaClient,
+    params: &Params,
+    now: i64,
+) -> Result<BackchannelAcknowledgement, OAuthError> {
+    let scope = params
+        .text("scope")?
+        .ok_or_else(|| invalid_request("scope is required"))?;
+    let mut scopes: Vec<String> = Vec::new();
+    for s in scope.split(' ').filter(|s| !s.is_empty()) {
+        if !SUPPORTED_SCOPES.contains(&s) {
+            return Err(OAuthError::new(
+                OAuthCode::InvalidScope,
+                format!("supported scopes are {}", SUPPORTED_SCOPES.join(", ")),
+            ));
+        }
+        if !scopes.iter().any(|x| x == s) {
+            scopes.push(s.to_string());
+        }
+    }
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(OAuthError::new(
+            OAuthCode::InvalidScope,
+            "scope must contain openid",
+        ));
+    }
+    scopes.sort_by_key(|s| s != "openid");
+    let notification_token = params.text("client_notification_token")?;
+    match (client.delivery_mode, notification_token) {
+        (DeliveryMode::Poll, _) => {}
+        (_, None) => {
+            return Err(invalid_request(
+                "client_notification_token is required in ping and push modes",
+            ));
+        }
+        (_, Some(token)) => {
+            if token.len() > MAX_NOTIFICATION_TOKEN || !is_b64token(token) {
+                return Err(invalid_request(
+                    "client_notification_token must be a bearer token of at most 1024 characters",
+                ));
+            }
+        }
+    }
+    let binding_message = params.text("binding_message")?;
+    if let Some(message) = binding_message {
+        check_binding_message(message)?;
+    }
+    let expires_in = match params.text("requested_expiry")? {
+        None => state.config.ciba_default_expiry,
+        Some(raw) => {
+            let n: u32 =
+                raw.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid_request("requested_expiry must be a positive integer")
+                })?;
+            n.clamp(10, state.config.ciba_max_expiry)
+        }
+    };
+    // acr_values is a voluntary request: every approval is ACR_MOBILE_USER_VERIFIED.
+    if let Some(acr_values) = params.text("acr_values")?
+        && acr_values.len() > 1024
+    {
+        return Err(invalid_request("acr_values is too long"));
+    }
+    let user = resolve_user(state, client, params, now).await?;
+    check_user_code(state, client, &user, params.text("user_code")?).await?;
+    let device = pick_device(state, &client.application_id, &user, None)
+        .await
+        .map_err(|_| {
+            OAuthError::new(
+                OAuthCode::AccessDenied,
+                "the user has no paired device that can authenticate",
+            )
+        })?;
+    let (pending, recent) = authentications::user_facing_counts(
+        &state.db,
+        &client.application_id,
+        &user,
+        now,
+        now - 600,
+    )
+    .await?;
+    if pending >= i64::from(state.config.max_pending_authentications_per_user)
+        || recent >= i64::from(state.config.max_recent_authentications_per_user)
+    {
+        return Err(OAuthError::new(
+            OAuthCode::AccessDenied,
+            "the user has too many pending requests; try again later",
+        ));
+    }
+    let application_name = applications::get(&state.db, &client.application_id)
+        .await?
+        .map(|a| a.name)
+        .unwrap_or_default();
+    let details = CibaDetails {
+        client_name: client.name.clone(),
+        binding_message: binding_message.map(str::to_string),
+        scopes: scopes.clone(),
+    };
+    let record = new_authentication(
+        state,
+        &client.application_id,
+        &user,
+        &device,
+        Question {
+            kind: AuthenticationKind::Ciba,
+            parameters: details.display_parameters(),
+            context: AccessContext {
+                application_name,
+                application_icon_url: None,
+                ip: None,
+                location: None,
+            },
+            number_matching: false,
+            require_user_verification: true,
+            expires_in,
+            ciba: Some(details),
+        },
+    )
+    .map_err(|_| OAuthError::new(OAuthCode::ServerError, "internal error"))?;
+    let interval = i64::from(state.config.ciba_poll_interval.max(1));
+    let request = CibaRequest {
+        auth_req_id: new_auth_req_id(),
+        client_id: client.client_id.clone(),
+        authentication_id: record.id.to_string(),
+        application_id: client.application_id.clone(),
+        user_id: user,
+        scope: scopes.join(" "),
+        acr: ACR_MOBILE_USER_VERIFIED.to_string(),
+        client_notification_token: notification_token.map(str::to_string),
+        poll_interval: interval,
+        // Poll mode: the first token request may come one interval after the acknowledgement.
+        last_polled_at_ms: (client.delivery_mode == DeliveryMode::Poll).then_some(now * 1000),
+        created_at: now,
+        expires_at: record.expires_at,
+        tokens_issued_at: None,
+        notify_state: if client.delivery_mode == DeliveryMode::Poll {
+            NotifyState::None
+        } else {
+            NotifyState::Waiting
+        },
+        notify_attempts: 0,
+        notify_due_at_ms: None,
+    };
+    let mut tx = state.db.pool().begin().await?;
+    authentications::insert(&mut *tx, &record).await?;
+    ciba::insert_request(&mut *tx, &request).await?;
+    tx.commit().await?;
+    tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
+    tokio::spawn(crate::fallback::deliver(
+        state.clone(),
+        record.clone(),
+        device,
+        true,
+    ));
+    Ok(BackchannelAcknowledgement {
+        auth_req_id: request.auth_req_id,
+        expires_in: u64::from(expires_in),
+        interval: interval.unsigned_abs(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_messages_allow_spaces_but_not_control_characters() {
+        assert!(check_binding_message("Ticket 4711 · pay 120 EUR").is_ok());
+        assert!(check_binding_message("   ").is_err());
+        assert!(check_binding_message("line\nbreak").is_err());
+        assert!(check_binding_message(&"x".repeat(MAX_BINDING_MESSAGE)).is_ok());
+        assert!(check_binding_message(&"x".repeat(MAX_BINDING_MESSAGE + 1)).is_err());
+    }
+
+    #[test]
+    fn notification_tokens_are_bearer_tokens() {
+        assert!(is_b64token("abc-DEF_123.~+/=="));
+        assert!(!is_b64token("has space"));
+        assert!(!is_b64token("==="));
+    }
+}

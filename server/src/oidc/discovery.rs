@@ -1,0 +1,50 @@
+//! Provider metadata (OpenID Connect Discovery 1.0 with the CIBA members) and the JWKS.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+use tessera_protocol::ciba::{ACR_MOBILE_USER_VERIFIED, AUTH_REQ_ID_CLAIM, CIBA_GRANT_TYPE};
+
+use super::error::OAuthError;
+use super::{
+    BACKCHANNEL_PATH, JWKS_PATH, SUPPORTED_SCOPES, TOKEN_PATH, USERINFO_PATH, endpoint_url, issuer,
+};
+use crate::api::AppState;
+
+/// Asymmetric algorithms accepted for client assertions and signed requests.
+pub(crate) const CLIENT_SIGNING_ALGS: &[&str] = &[
+    "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
+];
+
+/// `GET /.well-known/openid-configuration`.
+pub(crate) async fn configuration(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "issuer": issuer(&state),
+        "backchannel_authentication_endpoint": endpoint_url(&state, BACKCHANNEL_PATH),
+        "token_endpoint": endpoint_url(&state, TOKEN_PATH),
+        "jwks_uri": endpoint_url(&state, JWKS_PATH),
+        "userinfo_endpoint": endpoint_url(&state, USERINFO_PATH),
+        "backchannel_token_delivery_modes_supported": ["poll", "ping", "push"],
+        "backchannel_authentication_request_signing_alg_values_supported": CLIENT_SIGNING_ALGS,
+        "backchannel_user_code_parameter_supported": true,
+        "grant_types_supported": [CIBA_GRANT_TYPE, "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": CLIENT_SIGNING_ALGS,
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "subject_types_supported": ["public"],
+        // No authorization endpoint: CIBA is this provider's only way to authenticate.
+        "response_types_supported": [],
+        "scopes_supported": SUPPORTED_SCOPES,
+        "acr_values_supported": [ACR_MOBILE_USER_VERIFIED],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "acr", "amr", "at_hash", "rt_hash", "name", AUTH_REQ_ID_CLAIM],
+    }))
+}
+
+/// `GET /oidc/jwks`: the ID token signing keys (the current one and those it replaced, until
+/// their tokens expire).
+pub(crate) async fn jwks(State(state): State<AppState>) -> Result<Json<Value>, OAuthError> {
+    let ttl = i64::from(state.config.oidc_token_ttl);
+    Ok(Json(
+        super::keys::jwks(&state.db, tessera_protocol::time::now(), ttl).await?,
+    ))
+}

@@ -1,0 +1,147 @@
+//! The OpenID Provider's ID token signing keys (ES256): one signs, the ones it replaced stay
+//! published until no token they signed can still be valid. Rotation adds a key and retires
+//! the signing one in one transaction, so every instance signs with the newest key the next
+//! time it reads them.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use serde_json::{Value, json};
+use tessera_protocol::envelope::SoftwareSigningKey;
+
+use crate::db::Database;
+use crate::db::ciba::{self, StoredSigningKey};
+use crate::error::ServerError;
+
+/// A loaded key.
+struct LoadedKey {
+    key: SoftwareSigningKey,
+    retired_at: Option<i64>,
+}
+
+fn load(stored: &StoredSigningKey) -> Result<LoadedKey, ServerError> {
+    Ok(LoadedKey {
+        key: SoftwareSigningKey::from_pkcs8_der(&stored.private_key)
+            .map_err(|_| ServerError::Corrupted("ID token signing key"))?,
+        retired_at: stored.retired_at,
+    })
+}
+
+/// Every key still published (the signing key first), creating the first one if there is none.
+async fn published(
+    db: &Database,
+    now: i64,
+    max_token_ttl: i64,
+) -> Result<Vec<LoadedKey>, ServerError> {
+    let mut stored = ciba::signing_keys(db).await?;
+    if !stored.iter().any(|k| k.retired_at.is_none()) {
+        if let Err(e) = add_key(db, now).await {
+            // Another instance created the first key at the same moment: use theirs.
+            if !matches!(e, ServerError::AlreadyExists(_)) {
+                return Err(e);
+            }
+        }
+        stored = ciba::signing_keys(db).await?;
+    }
+    let mut keys: Vec<LoadedKey> = stored
+        .iter()
+        .filter(|k| k.retired_at.is_none_or(|at| at + max_token_ttl > now))
+        .map(load)
+        .collect::<Result<_, _>>()?;
+    keys.sort_by_key(|k| k.retired_at.is_some());
+    Ok(keys)
+}
+
+async fn add_key(db: &Database, now: i64) -> Result<String, ServerError> {
+    let key = SoftwareSigningKey::generate();
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|_| ServerError::Corrupted("key encoding"))?;
+    let jwk =
+        serde_json::to_string(&public_jwk(&key)).map_err(|_| ServerError::Corrupted("jwk"))?;
+    ciba::add_signing_key(db, key.kid(), &der, &jwk, now).await?;
+    Ok(key.kid().to_string())
+}
+
+/// Adds a new signing key and retires the current one (still published until its tokens
+/// expire). Returns the new key's id.
+pub async fn rotate(db: &Database, now: i64, max_token_ttl: i64) -> Result<String, ServerError> {
+    let kid = add_key(db, now).await?;
+    ciba::drop_retired_keys(db, now - max_token_ttl).await?;
+    Ok(kid)
+}
+
+fn public_jwk(key: &SoftwareSigningKey) -> Value {
+    let jwk = key.public_jwk();
+    json!({
+        "kty": "EC",
+        "crv": "P-256",
+        "x": jwk.x(),
+        "y": jwk.y(),
+        "kid": key.kid(),
+        "use": "sig",
+        "alg": "ES256",
+    })
+}
+
+/// The JWK Set published at the JWKS endpoint.
+pub async fn jwks(db: &Database, now: i64, max_token_ttl: i64) -> Result<Value, ServerError> {
+    let keys = published(db, now, max_token_ttl).await?;
+    Ok(json!({ "keys": keys.iter().map(|k| public_jwk(&k.key)).collect::<Vec<_>>() }))
+}
+
+/// Signs claims as a JWT with the current key.
+pub async fn sign(
+    db: &Database,
+    claims: &Value,
+    now: i64,
+    max_token_ttl: i64,
+) -> Result<String, ServerError> {
+    let keys = published(db, now, max_token_ttl).await?;
+    let current = keys
+        .first()
+        .filter(|k| k.retired_at.is_none())
+        .ok_or(ServerError::Corrupted("no ID token signing key"))?;
+    let der = current
+        .key
+        .to_pkcs8_der()
+        .map_err(|_| ServerError::Corrupted("key encoding"))?;
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(current.key.kid().to_string());
+    header.typ = Some("JWT".into());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&der))
+        .map_err(|_| ServerError::Corrupted("ID token signing"))
+}
+
+/// Verifies the signature of a JWT this provider signed (with any published key) and returns
+/// its claims; `None` if it is not one. Expiry is not checked: an ID token is a valid
+/// `id_token_hint` after it expires.
+pub async fn verify_own(
+    db: &Database,
+    jwt: &str,
+    now: i64,
+    max_token_ttl: i64,
+) -> Result<Option<Value>, ServerError> {
+    let Ok(header) = jsonwebtoken::decode_header(jwt) else {
+        return Ok(None);
+    };
+    if header.alg != Algorithm::ES256 {
+        return Ok(None);
+    }
+    let keys = published(db, now, max_token_ttl).await?;
+    let Some(key) = keys
+        .iter()
+        .find(|k| Some(k.key.kid()) == header.kid.as_deref())
+    else {
+        return Ok(None);
+    };
+    let jwk = key.key.public_jwk();
+    let Ok(decoding) = DecodingKey::from_ec_components(jwk.x(), jwk.y()) else {
+        return Ok(None);
+    };
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    Ok(jsonwebtoken::decode::<Value>(jwt, &decoding, &validation)
+        .ok()
+        .map(|data| data.claims))
+}

@@ -1,0 +1,43 @@
+//! The server as an OpenID Provider for Client-Initiated Backchannel Authentication (OpenID
+//! Connect CIBA Core 1.0), with the user's paired device as the authentication device.
+//!
+//! - [`discovery`](self::discovery): provider metadata and the JWKS.
+//! - [`clients`]: client registration (customer API and admin CLI) and users' CIBA user codes.
+//! - [`client_auth`]: client authentication and client-signed JWTs.
+//! - [`backchannel`]: the backchannel authentication endpoint.
+//! - [`token`]: the token and userinfo endpoints.
+//! - [`notify`]: ping and push delivery; [`ssrf`]: what notification endpoints may be.
+//! - [`keys`]: ID token signing keys and their rotation.
+
+pub(crate) mod backchannel;
+pub(crate) mod client_auth;
+pub mod clients;
+pub(crate) mod discovery;
+pub(crate) mod error;
+pub mod keys;
+pub(crate) mod notify;
+pub(crate) mod ssrf;
+pub(crate) mod token;
+
+use crate::api::AppState;
+
+/// Scopes a client may ask for.
+pub(crate) const SUPPORTED_SCOPES: &[&str] = &["openid", "profile", "offline_access"];
+/// The backchannel authentication endpoint's path.
+pub(crate) const BACKCHANNEL_PATH: &str = "/oidc/backchannel";
+/// The token endpoint's path.
+pub(crate) const TOKEN_PATH: &str = "/oidc/token";
+/// The JWKS endpoint's path.
+pub(crate) const JWKS_PATH: &str = "/oidc/jwks";
+/// The userinfo endpoint's path.
+pub(crate) const USERINFO_PATH: &str = "/oidc/userinfo";
+
+/// The issuer: the server's public URL.
+pub(crate) fn issuer(state: &AppState) -> String {
+    state.public_url.as_str().to_string()
+}
+
+/// An endpoint's absolute URL.
+pub(crate) fn endpoint_url(state: &AppState, path: &str) -> String {
+    format!("{}{path}", state.public_url.as_str())
+}

@@ -1,0 +1,266 @@
+//! Notification endpoints are URLs a client chose: the server must not be talked into calling
+//! its own network. Endpoints are checked when registered (scheme, literal addresses, loopback
+//! names) and again at every delivery, after resolving the name, against the addresses the
+//! connection will use. Redirects are never followed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use url::{Host, Url};
+
+/// What the server allows for notification endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TargetPolicy {
+    /// Loopback targets (and then plain `http://`), for development.
+    pub allow_loopback: bool,
+    /// Private, link-local, shared and other non-public ranges.
+    pub allow_private: bool,
+}
+
+/// Why an endpoint is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TargetError {
+    /// Not a URL, or with credentials or a fragment.
+    #[error(
+        "the notification endpoint is not a valid absolute URL without credentials or fragment"
+    )]
+    Malformed,
+    /// Not `https://` (plain `http://` is allowed to loopback only, when loopback is allowed).
+    #[error("the notification endpoint must use https")]
+    NotHttps,
+    /// A loopback address or name.
+    #[error("the notification endpoint is on loopback")]
+    Loopback,
+    /// A private, link-local or otherwise non-public address.
+    #[error("the notification endpoint is in a non-public address range")]
+    NonPublic,
+    /// The name did not resolve.
+    #[error("the notification endpoint's host name does not resolve")]
+    Unresolvable,
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+fn is_non_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space (RFC 6598)
+        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240 // reserved
+}
+
+fn is_non_public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_non_public_v4(v4);
+    }
+    let first = ip.segments()[0];
+    ip.is_unspecified()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00 // unique local
+        || (first & 0xffc0) == 0xfe80 // link-local
+        || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
+        || (first == 0x0064 && ip.segments()[1] == 0xff9b) // NAT64
+}
+
+/// Checks one address the connection may use.
+pub(crate) fn check_address(ip: IpAddr, policy: TargetPolicy) -> Result<(), TargetError> {
+    if is_loopback(ip) {
+        return if policy.allow_loopback {
+            Ok(())
+        } else {
+            Err(TargetError::Loopback)
+        };
+    }
+    let non_public = match ip {
+        IpAddr::V4(v4) => is_non_public_v4(v4),
+        IpAddr::V6(v6) => is_non_public_v6(v6),
+    };
+    if non_public && !policy.allow_private {
+        return Err(TargetError::NonPublic);
+    }
+    Ok(())
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// Checks an endpoint when it is registered: everything that can be known without resolving.
+pub(crate) fn check_endpoint(raw: &str, policy: TargetPolicy) -> Result<Url, TargetError> {
+    let url = Url::parse(raw).map_err(|_| TargetError::Malformed)?;
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(TargetError::Malformed);
+    }
+    let loopback = match url.host() {
+        None => return Err(TargetError::Malformed),
+        Some(Host::Domain(name)) => {
+            if is_loopback_name(name) {
+                check_address(IpAddr::V4(Ipv4Addr::LOCALHOST), policy)?;
+                true
+            } else {
+                false
+            }
+        }
+        Some(Host::Ipv4(v4)) => {
+            check_address(IpAddr::V4(v4), policy)?;
+            v4.is_loopback()
+        }
+        Some(Host::Ipv6(v6)) => {
+            check_address(IpAddr::V6(v6), policy)?;
+            is_loopback(IpAddr::V6(v6))
+        }
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err(TargetError::NotHttps),
+    }
+}
+
+/// Resolves an endpoint for one delivery and checks every address it resolves to; the caller
+/// connects to the returned addresses only (no second lookup an attacker could answer
+/// differently).
+pub(crate) async fn resolve_endpoint(
+    url: &Url,
+    policy: TargetPolicy,
+) -> Result<Vec<SocketAddr>, TargetError> {
+    let url = check_endpoint(url.as_str(), policy)?;
+    let port = url.port_or_known_default().ok_or(TargetError::Malformed)?;
+    let addrs: Vec<SocketAddr> = match url.host() {
+        Some(Host::Ipv4(v4)) => vec![SocketAddr::new(IpAddr::V4(v4), port)],
+        Some(Host::Ipv6(v6)) => vec![SocketAddr::new(IpAddr::V6(v6), port)],
+        Some(Host::Domain(name)) => tokio::net::lookup_host((name, port))
+            .await
+            .map_err(|_| TargetError::Unresolvable)?
+            .collect(),
+        None => return Err(TargetError::Malformed),
+    };
+    if addrs.is_empty() {
+        return Err(TargetError::Unresolvable);
+    }
+    for addr in &addrs {
+        check_address(addr.ip(), policy)?;
+    }
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STRICT: TargetPolicy = TargetPolicy {
+        allow_loopback: false,
+        allow_private: false,
+    };
+    const DEV: TargetPolicy = TargetPolicy {
+        allow_loopback: true,
+        allow_private: false,
+    };
+
+    #[test]
+    fn registration_refuses_what_is_known_to_be_inside() {
+        assert!(check_endpoint("https://rp.example.com/cb", STRICT).is_ok());
+        assert_eq!(
+            check_endpoint("http://rp.example.com/cb", STRICT),
+            Err(TargetError::NotHttps)
+        );
+        assert_eq!(
+            check_endpoint("http://rp.example.com/cb", DEV),
+            Err(TargetError::NotHttps),
+            "plain http only to loopback"
+        );
+        for inside in [
+            "https://10.1.2.3/cb",
+            "https://172.16.0.1/cb",
+            "https://192.168.1.1/cb",
+            "https://169.254.169.254/latest/meta-data",
+            "https://100.64.0.1/cb",
+            "https://0.0.0.0/cb",
+            "https://[fd00::1]/cb",
+            "https://[fe80::1]/cb",
+            "https://[::ffff:10.0.0.1]/cb",
+        ] {
+            assert_eq!(
+                check_endpoint(inside, DEV),
+                Err(TargetError::NonPublic),
+                "{inside}"
+            );
+        }
+        for lo in [
+            "https://127.0.0.1/cb",
+            "https://localhost/cb",
+            "https://api.localhost./cb",
+            "https://[::1]/cb",
+        ] {
+            assert_eq!(
+                check_endpoint(lo, STRICT),
+                Err(TargetError::Loopback),
+                "{lo}"
+            );
+        }
+        assert!(check_endpoint("http://127.0.0.1:8080/cb", DEV).is_ok());
+        assert_eq!(
+            check_endpoint("https://user:pw@rp.example.com/cb", STRICT),
+            Err(TargetError::Malformed)
+        );
+        assert_eq!(
+            check_endpoint("not a url", STRICT),
+            Err(TargetError::Malformed)
+        );
+        assert_eq!(
+            check_endpoint("ftp://rp.example.com/cb", STRICT),
+            Err(TargetError::NotHttps)
+        );
+    }
+
+    #[test]
+    fn resolved_addresses_are_checked_too() {
+        assert_eq!(
+            check_address("10.0.0.7".parse().unwrap(), DEV),
+            Err(TargetError::NonPublic)
+        );
+        assert!(
+            check_address(
+                "10.0.0.7".parse().unwrap(),
+                TargetPolicy {
+                    allow_loopback: false,
+                    allow_private: true
+                }
+            )
+            .is_ok()
+        );
+        assert!(check_address("93.184.216.34".parse().unwrap(), STRICT).is_ok());
+        assert!(check_address("2606:2800:220:1::1".parse().unwrap(), STRICT).is_ok());
+        assert_eq!(
+            check_address("::ffff:127.0.0.1".parse().unwrap(), STRICT),
+            Err(TargetError::Loopback)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_at_delivery() {
+        let url = Url::parse("https://localhost:9/cb").unwrap();
+        assert_eq!(
+            resolve_endpoint(&url, STRICT).await,
+            Err(TargetError::Loopback)
+        );
+        let addrs = resolve_endpoint(&Url::parse("http://127.0.0.1:9/cb").unwrap(), DEV)
+            .await
+            .unwrap();
+        assert_eq!(addrs, vec!["127.0.0.1:9".parse().unwrap()]);
+    }
+}

@@ -1,0 +1,340 @@
+//! The token endpoint: the CIBA grant (poll and ping modes) and refresh tokens; the tokens
+//! issued (also pushed, in push mode); and the userinfo endpoint.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use rand::RngCore;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tessera_protocol::authentication::AuthenticationState;
+use tessera_protocol::ciba::{AUTH_REQ_ID_CLAIM, CIBA_GRANT_TYPE, DeliveryMode, TokenResponse};
+use tessera_protocol::time;
+
+use super::client_auth::{self, Form};
+use super::error::{OAuthCode, OAuthError, invalid_request, no_store};
+use super::{TOKEN_PATH, endpoint_url, issuer};
+use crate::api::AppState;
+use crate::db::applications;
+use crate::db::authentications::{self, Authentication};
+use crate::db::ciba::{self, CibaClient, CibaRequest, IssuedToken};
+use crate::error::ServerError;
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `at_hash` / `rt_hash`: the left half of the token's SHA-256, base64url (OpenID Connect Core
+/// §3.1.3.6, for ES256).
+pub(crate) fn half_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
+/// What an ID token and its tokens say about the authentication.
+struct Grant<'a> {
+    client: &'a CibaClient,
+    user_id: &'a str,
+    scope: &'a str,
+    acr: &'a str,
+    amr: Vec<String>,
+    auth_time: i64,
+    /// Push mode: the request the tokens answer (an ID token claim and a body member).
+    auth_req_id: Option<&'a str>,
+}
+
+/// The methods an approval reports: the device's RFC 8176 values and `mfa` (the device key
+/// and the user's verification).
+fn amr_of(record: &Authentication) -> Vec<String> {
+    let mut amr: Vec<String> = record
+        .attributes
+        .as_deref()
+        .and_then(|a| serde_json::from_str::<Value>(a).ok())
+        .and_then(|a| a.get("pingid.authentication.amr").cloned())
+        .and_then(|a| serde_json::from_value(a).ok())
+        .unwrap_or_default();
+    if !amr.iter().any(|m| m == "mfa") {
+        amr.push("mfa".into());
+    }
+    amr
+}
+
+async fn issue(state: &AppState, grant: Grant<'_>) -> Result<TokenResponse, ServerError> {
+    let now = time::now();
+    let ttl = i64::from(state.config.oidc_token_ttl);
+    let access_token = random_token();
+    let stored = |kind: &str, expires_at: i64| IssuedToken {
+        kind: kind.into(),
+        client_id: grant.client.client_id.clone(),
+        user_id: grant.user_id.to_string(),
+        scope: grant.scope.to_string(),
+        acr: grant.acr.to_string(),
+        amr: serde_json::to_string(&grant.amr).unwrap_or_else(|_| "[]".into()),
+        auth_time: grant.auth_time,
+        expires_at,
+        used_at: None,
+    };
+    ciba::insert_token(
+        &state.db,
+        &applications::api_key_digest(&access_token),
+        &stored("access", now + ttl),
+        now,
+    )
+    .await?;
+    let refresh_token = if grant.scope.split(' ').any(|s| s == "offline_access") {
+        let token = random_token();
+        ciba::insert_token(
+            &state.db,
+            &applications::api_key_digest(&token),
+            &stored(
+                "refresh",
+                now + i64::from(state.config.oidc_refresh_token_ttl),
+            ),
+            now,
+        )
+        .await?;
+        Some(token)
+    } else {
+        None
+    };
+    let mut claims = json!({
+        "iss": issuer(state),
+        "sub": grant.user_id,
+        "aud": grant.client.client_id,
+        "iat": now,
+        "exp": now + ttl,
+        "auth_time": grant.auth_time,
+        "acr": grant.acr,
+        "amr": grant.amr,
+        "at_hash": half_hash(&access_token),
+    });
+    if let Some(refresh) = &refresh_token {
+        claims["rt_hash"] = json!(half_hash(refresh));
+    }
+    if let Some(id) = grant.auth_req_id {
+        claims[AUTH_REQ_ID_CLAIM] = json!(id);
+    }
+    let id_token = super::keys::sign(&state.db, &claims, now, ttl).await?;
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in: ttl.unsigned_abs(),
+        id_token,
+        refresh_token,
+        scope: grant.scope.to_string(),
+        auth_req_id: grant.auth_req_id.map(str::to_string),
+    })
+}
+
+/// Tokens for an approved CIBA request. In push mode the `auth_req_id` goes into the ID token
+/// and the body.
+pub(crate) async fn tokens_for(
+    state: &AppState,
+    client: &CibaClient,
+    request: &CibaRequest,
+    record: &Authentication,
+) -> Result<TokenResponse, ServerError> {
+    let push = client.delivery_mode == DeliveryMode::Push;
+    issue(
+        state,
+        Grant {
+            client,
+            user_id: request.user_id.as_str(),
+            scope: &request.scope,
+            acr: &request.acr,
+            amr: amr_of(record),
+            auth_time: record.answered_at.unwrap_or(record.created_at),
+            auth_req_id: push.then_some(request.auth_req_id.as_str()),
+        },
+    )
+    .await
+}
+
+fn token_response(tokens: TokenResponse) -> Response {
+    let mut response = Json(tokens).into_response();
+    no_store(&mut response);
+    response
+}
+
+/// `POST /oidc/token`.
+pub(crate) async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let form = Form::parse(&headers, &body)?;
+    let audiences = [issuer(&state), endpoint_url(&state, TOKEN_PATH)];
+    let client = client_auth::authenticate_client(&state, &headers, &form, &audiences).await?;
+    match form.get("grant_type") {
+        None => Err(invalid_request("grant_type is required")),
+        Some(CIBA_GRANT_TYPE) => ciba_grant(&state, &client, &form).await,
+        Some("refresh_token") => refresh_grant(&state, &client, &form).await,
+        Some(_) => Err(OAuthError::new(
+            OAuthCode::UnsupportedGrantType,
+            "supported grant types are urn:openid:params:grant-type:ciba and refresh_token",
+        )),
+    }
+}
+
+fn invalid_grant(description: &str) -> OAuthError {
+    OAuthError::new(OAuthCode::InvalidGrant, description)
+}
+
+async fn ciba_grant(
+    state: &AppState,
+    client: &CibaClient,
+    form: &Form,
+) -> Result<Response, OAuthError> {
+    if client.delivery_mode == DeliveryMode::Push {
+        return Err(OAuthError::new(
+            OAuthCode::UnauthorizedClient,
+            "a push-mode client receives its tokens at its notification endpoint",
+        ));
+    }
+    let id = form
+        .get("auth_req_id")
+        .ok_or_else(|| invalid_request("auth_req_id is required"))?;
+    let request = ciba::request(&state.db, id)
+        .await?
+        .filter(|r| r.client_id == client.client_id)
+        .ok_or_else(|| invalid_grant("unknown auth_req_id"))?;
+    if request.tokens_issued_at.is_some() {
+        return Err(invalid_grant(
+            "this auth_req_id was already exchanged for tokens",
+        ));
+    }
+    let now = time::now();
+    let now_ms = time_ms();
+    if !ciba::record_poll(&state.db, &request.auth_req_id, now_ms).await? {
+        return Err(OAuthError::new(
+            OAuthCode::SlowDown,
+            "polling faster than the interval: wait 5 seconds longer between requests",
+        ));
+    }
+    let authentication_id = request
+        .authentication_id
+        .parse()
+        .map_err(|_| OAuthError::from(ServerError::Corrupted("authentication id")))?;
+    let record = authentications::get(&state.db, &authentication_id, now)
+        .await?
+        .ok_or_else(|| OAuthError::from(ServerError::Corrupted("CIBA authentication")))?;
+    match record.state {
+        AuthenticationState::Approved => {}
+        AuthenticationState::Pending if now >= request.expires_at => {
+            return Err(expired());
+        }
+        AuthenticationState::Pending => {
+            return Err(OAuthError::new(
+                OAuthCode::AuthorizationPending,
+                "the user has not answered yet",
+            ));
+        }
+        AuthenticationState::Expired => return Err(expired()),
+        AuthenticationState::Denied => {
+            return Err(OAuthError::new(
+                OAuthCode::AccessDenied,
+                "the user denied the request",
+            ));
+        }
+        AuthenticationState::Failed => {
+            return Err(OAuthError::new(
+                OAuthCode::AccessDenied,
+                "the request could not be completed on the user's device",
+            ));
+        }
+    }
+    if !ciba::mark_tokens_issued(&state.db, &request.auth_req_id, now).await? {
+        return Err(invalid_grant(
+            "this auth_req_id was already exchanged for tokens",
+        ));
+    }
+    let tokens = tokens_for(state, client, &request, &record).await?;
+    tracing::info!(client_id = %client.client_id, "CIBA tokens issued");
+    Ok(token_response(tokens))
+}
+
+fn expired() -> OAuthError {
+    OAuthError::new(
+        OAuthCode::ExpiredToken,
+        "the auth_req_id has expired: start a new request",
+    )
+}
+
+pub(crate) fn time_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+async fn refresh_grant(
+    state: &AppState,
+    client: &CibaClient,
+    form: &Form,
+) -> Result<Response, OAuthError> {
+    let token = form
+        .get("refresh_token")
+        .ok_or_else(|| invalid_request("refresh_token is required"))?;
+    let digest = applications::api_key_digest(token);
+    let now = time::now();
+    let stored = ciba::token(&state.db, &digest)
+        .await?
+        .filter(|t| t.kind == "refresh" && t.client_id == client.client_id)
+        .ok_or_else(|| invalid_grant("unknown refresh token"))?;
+    if stored.expires_at <= now {
+        return Err(invalid_grant("the refresh token has expired"));
+    }
+    // Rotation: a refresh token is used once.
+    if !ciba::use_refresh_token(&state.db, &digest, now).await? {
+        return Err(invalid_grant("the refresh token was already used"));
+    }
+    let tokens = issue(
+        state,
+        Grant {
+            client,
+            user_id: &stored.user_id,
+            scope: &stored.scope,
+            acr: &stored.acr,
+            amr: serde_json::from_str(&stored.amr).unwrap_or_default(),
+            auth_time: stored.auth_time,
+            auth_req_id: None,
+        },
+    )
+    .await?;
+    Ok(token_response(tokens))
+}
+
+/// `GET /oidc/userinfo` with `Authorization: Bearer <access token>`.
+pub(crate) async fn userinfo(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, OAuthError> {
+    let invalid = || OAuthError::new(OAuthCode::InvalidToken, "a valid access token is required");
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(invalid)?;
+    let stored = ciba::token(&state.db, &applications::api_key_digest(token.trim()))
+        .await?
+        .filter(|t| t.kind == "access" && t.expires_at > time::now())
+        .ok_or_else(invalid)?;
+    let mut claims = json!({ "sub": stored.user_id });
+    if stored.scope.split(' ').any(|s| s == "profile")
+        && let Some(client) = ciba::client(&state.db, &stored.client_id).await?
+        && let Ok(user_id) = stored.user_id.parse()
+        && let Some(user) =
+            crate::db::users::get(&state.db, &client.application_id, &user_id).await?
+        && let Some(name) = user.display_name
+    {
+        claims["name"] = json!(name);
+    }
+    let mut response = Json(claims).into_response();
+    no_store(&mut response);
+    Ok(response)
+}
