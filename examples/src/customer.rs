@@ -9,6 +9,9 @@ use tessera_protocol::api::{
     RelayPairingResponse, StartPairingRequest, StartPairingResponse, User, VerifyOtpRequest,
 };
 use tessera_protocol::authentication::AuthenticationId;
+use tessera_protocol::ciba::{
+    CibaClientList, CibaClientRegistered, RegisterCibaClient, SetUserCode,
+};
 use tessera_protocol::error::{ErrorBody, ErrorCode};
 use tessera_protocol::ids::{EnrollmentId, UserId};
 use tessera_protocol::qr::QrSessionId;
@@ -274,6 +277,72 @@ impl CustomerApi {
                 .await
                 .map_err(|e| CustomerApiError::Transport(e.to_string()))?
                 .to_vec())
+        } else {
+            Err(error_from(response).await)
+        }
+    }
+
+    /// `POST /v1/ciba/clients`: registers a CIBA relying party for this application.
+    pub async fn register_ciba_client(
+        &self,
+        registration: &RegisterCibaClient,
+    ) -> Result<CibaClientRegistered, CustomerApiError> {
+        self.send(reqwest::Method::POST, "/v1/ciba/clients", Some(registration))
+            .await
+    }
+
+    /// `GET /v1/ciba/clients`.
+    pub async fn ciba_clients(&self) -> Result<CibaClientList, CustomerApiError> {
+        self.send::<(), _>(reqwest::Method::GET, "/v1/ciba/clients", None)
+            .await
+    }
+
+    /// `DELETE /v1/ciba/clients/{client_id}`.
+    pub async fn remove_ciba_client(&self, client_id: &str) -> Result<(), CustomerApiError> {
+        self.send_empty::<()>(
+            reqwest::Method::DELETE,
+            &format!("/v1/ciba/clients/{client_id}"),
+            None,
+        )
+        .await
+    }
+
+    /// `PUT /v1/users/{user_id}/ciba-user-code`: the secret the user gives relying parties.
+    pub async fn set_ciba_user_code(
+        &self,
+        user_id: &str,
+        user_code: &str,
+    ) -> Result<(), CustomerApiError> {
+        let body = SetUserCode {
+            user_code: user_code.to_string(),
+        };
+        self.send_empty(
+            reqwest::Method::PUT,
+            &user_path(user_id, "/ciba-user-code"),
+            Some(&body),
+        )
+        .await
+    }
+
+    async fn send_empty<B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(), CustomerApiError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.api_key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
+        if response.status().is_success() {
+            Ok(())
         } else {
             Err(error_from(response).await)
         }
