@@ -932,6 +932,9 @@ impl Authenticator {
         selected_number: Option<u32>,
         amr: Vec<String>,
     ) -> Result<ResponseRecorded, CoreError> {
+        if now() >= request.expires_at {
+            return Err(CoreError::RequestExpired);
+        }
         let enrollment = self.stored_enrollment(&request.enrollment_id).await?;
         let posture = self.posture();
         let response = response_for(

@@ -287,8 +287,12 @@ impl CustomerApi {
         &self,
         registration: &RegisterCibaClient,
     ) -> Result<CibaClientRegistered, CustomerApiError> {
-        self.send(reqwest::Method::POST, "/v1/ciba/clients", Some(registration))
-            .await
+        self.send(
+            reqwest::Method::POST,
+            "/v1/ciba/clients",
+            Some(registration),
+        )
+        .await
     }
 
     /// `GET /v1/ciba/clients`.
