@@ -373,3 +373,76 @@ fn otp_accounts_from_otpauth_uris() {
     let list = json(&device(&state, &["--json", "otp", "list"]));
     assert!(list["accounts"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shows_and_answers_a_ciba_request() {
+    use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
+    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", dir.path().join("t.db").display()),
+        ciba_poll_interval: 1,
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let app = server.create_application("CLI Bank").await.unwrap();
+    let api = CustomerApi::new(&base, &app.api_key);
+    api.create_user("alice", None).await.unwrap();
+    let state = dir.path().join("device");
+    let uri = api.start_pairing("alice", None).await.unwrap().pairing_uri;
+    json(&device(&state, &["--json", "pair", &uri]));
+
+    let registered = api
+        .register_ciba_client(&RegisterCibaClient {
+            client_name: "Branch Office".into(),
+            backchannel_token_delivery_mode: DeliveryMode::Poll,
+            backchannel_client_notification_endpoint: None,
+            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
+            jwks: None,
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+        })
+        .await
+        .unwrap();
+    let rp = RelyingParty::discover(
+        &base,
+        &registered.client_id,
+        ClientCredentials::SecretBasic(registered.client_secret.unwrap()),
+    )
+    .await
+    .unwrap();
+    let ack = rp
+        .backchannel(&[
+            ("scope", "openid profile"),
+            ("login_hint", "alice"),
+            ("binding_message", "Counter 3"),
+        ])
+        .await
+        .unwrap();
+    let pending = json(&device(&state, &["--json", "pending"]));
+    let request = &pending["requests"][0];
+    assert_eq!(request["kind"], "ciba");
+    assert_eq!(request["ciba"]["client_name"], "Branch Office");
+    assert_eq!(request["ciba"]["binding_message"], "Counter 3");
+    assert_eq!(
+        request["ciba"]["scopes"],
+        serde_json::json!(["openid", "profile"])
+    );
+    let text = String::from_utf8_lossy(&device(&state, &["pending"]).stdout).to_string();
+    assert!(text.contains("backchannel sign-in asked by Branch Office (scopes: openid profile)"));
+    let id = request["request_id"].as_str().unwrap();
+    assert!(
+        !device(&state, &["approve", id]).status.success(),
+        "needs --amr"
+    );
+    let approved = json(&device(&state, &["--json", "approve", id, "--amr", "face"]));
+    assert_eq!(approved["state"], "approved");
+    let tokens = rp.poll(&ack).await.unwrap();
+    let claims = rp.verify_id_token(&tokens.id_token).await.unwrap();
+    assert_eq!(claims["sub"], "alice");
+    server.shutdown().await;
+}

@@ -349,6 +349,7 @@ fn request_json(r: &IncomingRequest) -> serde_json::Value {
         "context": r.context,
         "number_choices": r.number_choices,
         "require_user_verification": r.require_user_verification,
+        "ciba": r.ciba,
         "expires_at": r.expires_at,
     })
 }
@@ -364,6 +365,13 @@ fn print_request(cli: &Cli, r: &IncomingRequest) {
         r.user_id.as_str(),
         r.application.name
     );
+    if let Some(ciba) = &r.ciba {
+        println!(
+            "    backchannel sign-in asked by {} (scopes: {})",
+            ciba.client_name,
+            ciba.scopes.join(" ")
+        );
+    }
     println!("    {}", r.message);
     for f in &r.fields {
         println!("    {:<12} {}", f.label, f.value);

@@ -12,9 +12,12 @@ use tessera_core::{
     Authenticator, AuthenticatorConfig, FileStorage, KeyStore, SecureStorage, SoftwareKeyStore,
 };
 use tessera_examples::customer::CustomerApi;
+use tessera_examples::notification_receiver::NotificationReceiver;
+use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
 use tessera_protocol::api::{CreateAuthenticationRequest, CreateQrSession};
 use tessera_protocol::authentication::DeviceLocation;
 use tessera_protocol::authentication::{AuthenticationKind, DisplayField};
+use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
 use tessera_server::db::applications::AdditionalDevicePolicy;
 use tessera_server::{IpTable, Server, ServerConfig, admin};
@@ -58,6 +61,16 @@ async fn open_named_device(
     Ok(Authenticator::open(config, key_store, storage).await?)
 }
 
+/// The defaults, with CIBA tuned for a local demonstration: a one-second polling interval and
+/// notifications to the relying party's endpoint on loopback.
+fn walkthrough_config() -> ServerConfig {
+    ServerConfig {
+        ciba_poll_interval: 1,
+        ciba_allow_loopback_notifications: true,
+        ..ServerConfig::default()
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     println!("Tessera walkthrough");
@@ -71,7 +84,7 @@ async fn main() -> Result<()> {
         listen: "127.0.0.1:0".parse()?,
         database_url: database_url.clone(),
         accessing_ip_table: ip_table.clone(),
-        ..ServerConfig::default()
+        ..walkthrough_config()
     })
     .await?;
     let base = format!("http://{}", server.local_addr());
@@ -455,6 +468,127 @@ async fn main() -> Result<()> {
 
     step(
         17,
+        "CIBA, poll mode: a call centre asks alice to sign in through the backchannel",
+    );
+    let registered = backend
+        .register_ciba_client(&RegisterCibaClient {
+            client_name: "Example Bank Call Centre".into(),
+            backchannel_token_delivery_mode: DeliveryMode::Poll,
+            backchannel_client_notification_endpoint: None,
+            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
+            jwks: None,
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+        })
+        .await?;
+    let call_centre = RelyingParty::discover(
+        &base,
+        &registered.client_id,
+        ClientCredentials::SecretBasic(registered.client_secret.context("a client secret")?),
+    )
+    .await?;
+    say(format!(
+        "discovered {} (token delivery: {})",
+        call_centre.provider.backchannel_authentication_endpoint,
+        call_centre.provider.document["backchannel_token_delivery_modes_supported"]
+    ));
+    let ack = call_centre
+        .backchannel(&[
+            ("scope", "openid profile"),
+            ("login_hint", "alice"),
+            ("binding_message", "Call 4711: confirm it is you"),
+        ])
+        .await?;
+    say(format!(
+        "acknowledged: auth_req_id {}…, expires in {} s, poll every {} s",
+        &ack.auth_req_id[..8],
+        ack.expires_in,
+        ack.interval
+    ));
+    let request = device
+        .pending_requests()
+        .await?
+        .into_iter()
+        .find(|r| r.kind == AuthenticationKind::Ciba)
+        .context("the CIBA request on alice's phone")?;
+    let details = request.ciba.clone().context("CIBA details")?;
+    say(format!(
+        "phone: {} asks \"{}\" (scopes: {}); alice approves with her fingerprint",
+        details.client_name,
+        request.message,
+        details.scopes.join(" ")
+    ));
+    device.approve(&request, vec!["fpt".into()], None).await?;
+    let tokens = call_centre.poll(&ack).await?;
+    let claims = call_centre.verify_id_token(&tokens.id_token).await?;
+    say(format!(
+        "call centre polled: ID token for {} (acr {}, amr {})",
+        claims["sub"], claims["acr"], claims["amr"]
+    ));
+    match call_centre.token(&ack.auth_req_id).await {
+        Ok(_) => bail!("an auth_req_id was exchanged twice"),
+        Err(e) => say(format!(
+            "the same auth_req_id again: {}",
+            e.error().unwrap_or("?")
+        )),
+    }
+
+    step(
+        18,
+        "CIBA, ping mode: the server notifies the relying party, which then fetches the tokens",
+    );
+    let receiver = NotificationReceiver::start().await?;
+    let registered = backend
+        .register_ciba_client(&RegisterCibaClient {
+            client_name: "Example Bank Branch".into(),
+            backchannel_token_delivery_mode: DeliveryMode::Ping,
+            backchannel_client_notification_endpoint: Some(receiver.url("/ciba/notify")),
+            token_endpoint_auth_method: ClientAuthMethod::ClientSecretPost,
+            jwks: None,
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+        })
+        .await?;
+    let branch = RelyingParty::discover(
+        &base,
+        &registered.client_id,
+        ClientCredentials::SecretPost(registered.client_secret.context("a client secret")?),
+    )
+    .await?;
+    let ack = branch
+        .backchannel(&[
+            ("scope", "openid"),
+            ("login_hint", "alice"),
+            ("binding_message", "Counter 3"),
+            ("client_notification_token", "branch-notify-7f3a"),
+        ])
+        .await?;
+    let request = device
+        .pending_requests()
+        .await?
+        .into_iter()
+        .find(|r| r.kind == AuthenticationKind::Ciba)
+        .context("the CIBA request on alice's phone")?;
+    device.approve(&request, vec!["face".into()], None).await?;
+    let ping = receiver
+        .next(std::time::Duration::from_secs(10))
+        .await
+        .context("no ping arrived")?;
+    say(format!(
+        "ping at {}: {} with {}",
+        ping.path,
+        ping.authorization.as_deref().unwrap_or("no token"),
+        ping.body
+    ));
+    let tokens = branch.token(&ack.auth_req_id).await?;
+    let claims = branch.verify_id_token(&tokens.id_token).await?;
+    say(format!(
+        "branch fetched its tokens: ID token for {} (amr {})",
+        claims["sub"], claims["amr"]
+    ));
+
+    step(
+        19,
         "The app restarts: state is reloaded from encrypted storage",
     );
     drop(device);
@@ -464,14 +598,14 @@ async fn main() -> Result<()> {
         device.enrollments().await.len()
     ));
 
-    step(18, "The server restarts: enrollments survive");
+    step(20, "The server restarts: enrollments survive");
     let addr = server.local_addr();
     server.shutdown().await;
     let server = Server::start(ServerConfig {
         listen: addr,
         database_url: database_url.clone(),
         accessing_ip_table: ip_table,
-        ..ServerConfig::default()
+        ..walkthrough_config()
     })
     .await?;
     let status = device.enrollment_status(&bob.enrollment_id).await?;
@@ -480,7 +614,7 @@ async fn main() -> Result<()> {
         status.enrollment_id, status.status
     ));
 
-    step(19, "Bob unpairs from the device");
+    step(21, "Bob unpairs from the device");
     device.remove_enrollment(&bob.enrollment_id).await?;
     let left = backend.list_devices("bob").await?.devices.len();
     say(format!(
@@ -492,7 +626,7 @@ async fn main() -> Result<()> {
     println!(
         "\nDone: direct and relay pairing, two users on one device, approvals with number matching, \
          a transaction, silent verification, a fraud report, a new device verified by the primary \
-         device, a QR login, an offline passcode, restarts on both sides."
+         device, a QR login, an offline passcode, CIBA in poll and ping modes, restarts on both sides."
     );
     Ok(())
 }
