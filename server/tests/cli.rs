@@ -330,3 +330,110 @@ fn admin_push_provider_commands_check_keys_and_print_no_secret() {
     let cleared = json_of(&admin(&["clear-push-provider", &app, "apns"]));
     assert_eq!(cleared["cleared"], "apns");
 }
+
+#[test]
+fn admin_ciba_client_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let admin = |args: &[&str]| {
+        let mut command = bin();
+        command.args(["admin", "--database", &db]).args(args);
+        command.output().unwrap()
+    };
+    let app = json_of(&admin(&["create-app", "Example Bank"]))["application_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let poll = json_of(&admin(&[
+        "register-ciba-client",
+        &app,
+        "--name",
+        "Call Centre",
+        "--mode",
+        "poll",
+        "--auth-method",
+        "client-secret-basic",
+    ]));
+    let client_id = poll["client_id"].as_str().unwrap().to_string();
+    assert!(client_id.starts_with("cli_"));
+    assert_eq!(poll["client_secret"].as_str().unwrap().len(), 43);
+    assert_eq!(poll["client"]["backchannel_token_delivery_mode"], "poll");
+
+    // A private-network endpoint is refused unless allowed; loopback needs its own flag.
+    let ping = |endpoint: &str, extra: &[&str]| {
+        let mut args = vec![
+            "register-ciba-client",
+            app.as_str(),
+            "--name",
+            "Branch",
+            "--mode",
+            "ping",
+            "--auth-method",
+            "client-secret-post",
+            "--endpoint",
+            endpoint,
+        ];
+        args.extend_from_slice(extra);
+        admin(&args)
+    };
+    let refused = ping("https://10.1.2.3/cb", &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid_input"));
+    json_of(&ping(
+        "https://10.1.2.3/cb",
+        &["--allow-private-notifications"],
+    ));
+    assert!(!ping("http://127.0.0.1:9/cb", &[]).status.success());
+    json_of(&ping(
+        "http://127.0.0.1:9/cb",
+        &["--allow-loopback-notifications"],
+    ));
+
+    // private_key_jwt with a JWKS file; a symmetric signing algorithm is refused.
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+    )
+    .unwrap();
+    let jwks = jwks.to_str().unwrap();
+    let signed = [
+        "register-ciba-client",
+        app.as_str(),
+        "--name",
+        "Back Office",
+        "--mode",
+        "poll",
+        "--auth-method",
+        "private-key-jwt",
+        "--jwks",
+        jwks,
+        "--signing-alg",
+    ];
+    let registered = json_of(&admin(&[&signed[..], &["ES256"]].concat()));
+    assert!(registered.get("client_secret").is_none());
+    assert!(!admin(&[&signed[..], &["HS256"]].concat()).status.success());
+
+    let listed = json_of(&admin(&["list-ciba-clients", &app]));
+    assert_eq!(listed["clients"].as_array().unwrap().len(), 4);
+    assert!(
+        !listed.to_string().contains("secret\":"),
+        "no secret is listed"
+    );
+    json_of(&admin(&["remove-ciba-client", &app, &client_id]));
+    assert!(
+        !admin(&["remove-ciba-client", &app, &client_id])
+            .status
+            .success()
+    );
+
+    let first = json_of(&admin(&["rotate-id-token-key"]))["signing_kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = json_of(&admin(&["rotate-id-token-key"]))["signing_kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(first, second);
+}

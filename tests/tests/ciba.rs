@@ -901,7 +901,12 @@ async fn signed_requests(backend: Backend) {
     )
     .unwrap();
     refused(hs).await;
-    // Signed by another client's key.
+    // Signed by another registered client's key, and by a key nobody registered.
+    let other_key = RpSigningKey::generate();
+    let mut other = registration(DeliveryMode::Poll, ClientAuthMethod::PrivateKeyJwt);
+    other.backchannel_authentication_request_signing_alg = Some("ES256".into());
+    client(&server, other, Some(other_key.clone())).await;
+    refused(other_key.sign(&full(&|_| {})).unwrap()).await;
     refused(RpSigningKey::generate().sign(&full(&|_| {})).unwrap()).await;
     // A jti used twice.
     let once = key.sign(&full(&|_| {})).unwrap();
