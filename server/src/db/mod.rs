@@ -10,6 +10,7 @@ pub mod authentications;
 pub mod enrollments;
 pub mod nonces;
 pub mod otp;
+pub mod otp_challenges;
 pub mod pairing_codes;
 pub mod qr_sessions;
 pub mod server_keys;
