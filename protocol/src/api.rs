@@ -791,7 +791,10 @@ impl std::fmt::Debug for CreateOtpChallenge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CreateOtpChallenge")
             .field("channel", &self.channel)
-            .field("one_time_device", &(self.phone.is_some() || self.email.is_some()))
+            .field(
+                "one_time_device",
+                &(self.phone.is_some() || self.email.is_some()),
+            )
             .finish()
     }
 }
@@ -847,7 +850,8 @@ pub enum OtpTokenKind {
 
 impl OtpTokenKind {
     /// Every kind.
-    pub const ALL: [OtpTokenKind; 4] = [Self::DesktopOtp, Self::OathToken, Self::Yubikey, Self::Totp];
+    pub const ALL: [OtpTokenKind; 4] =
+        [Self::DesktopOtp, Self::OathToken, Self::Yubikey, Self::Totp];
 
     /// The wire text.
     pub fn as_str(self) -> &'static str {

@@ -26,9 +26,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
+use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
 use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
-use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
 use tessera_server::db::applications::{AdditionalDevicePolicy, OtpPolicy, QrPolicy};
 use tessera_server::{
     ApnsEnvironment, Database, IpTable, Server, ServerConfig, ServerError, SmtpConfig, admin,

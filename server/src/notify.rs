@@ -136,10 +136,7 @@ impl SmtpNotifier {
 impl Notifier for SmtpNotifier {
     fn send<'a>(&'a self, notice: &'a Notice) -> SendFuture<'a> {
         Box::pin(async move {
-            let to: Mailbox = notice
-                .to
-                .parse()
-                .map_err(|_| NotifyError::BadDestination)?;
+            let to: Mailbox = notice.to.parse().map_err(|_| NotifyError::BadDestination)?;
             let message = lettre::Message::builder()
                 .from(self.from.clone())
                 .to(to)
@@ -147,17 +144,13 @@ impl Notifier for SmtpNotifier {
                 .header(ContentType::TEXT_PLAIN)
                 .body(notice.text())
                 .map_err(|_| NotifyError::BadDestination)?;
-            self.transport
-                .send(message)
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    NotifyError::Provider(if e.is_permanent() {
-                        "the SMTP server refused the message".into()
-                    } else {
-                        "the SMTP server could not be reached".into()
-                    })
+            self.transport.send(message).await.map(|_| ()).map_err(|e| {
+                NotifyError::Provider(if e.is_permanent() {
+                    "the SMTP server refused the message".into()
+                } else {
+                    "the SMTP server could not be reached".into()
                 })
+            })
         })
     }
 }

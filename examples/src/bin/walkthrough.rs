@@ -183,6 +183,7 @@ async fn main() -> Result<()> {
         expires_in: None,
         number_matching: true,
         require_user_verification: false,
+        ..CreateAuthenticationRequest::new(AuthenticationKind::Approval)
     };
     let created = backend.create_authentication("alice", &ask).await?;
     let shown = created.number_to_show.context("number matching")?;

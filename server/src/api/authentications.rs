@@ -192,7 +192,9 @@ pub(crate) async fn create_authentication(
         .otp_fallback_after
         .is_some_and(|s| !(1..=900).contains(&s))
     {
-        return Err(invalid("otp_fallback_after must be between 1 and 900 seconds"));
+        return Err(invalid(
+            "otp_fallback_after must be between 1 and 900 seconds",
+        ));
     }
     let silent = body.kind == AuthenticationKind::Silent;
     let use_code = body.use_code.unwrap_or(policy.use_code) && !silent;
@@ -254,9 +256,7 @@ pub(crate) async fn create_authentication(
         record.otp_after = Some(record.created_at);
     } else if otp_fallback {
         record.otp_mode = authentications::OtpMode::Fallback;
-        let after = body
-            .otp_fallback_after
-            .unwrap_or(policy.otp_fallback_after);
+        let after = body.otp_fallback_after.unwrap_or(policy.otp_fallback_after);
         record.otp_after = Some(record.created_at + i64::from(after));
     }
     record.backup_channels = backup_channels;

@@ -262,8 +262,8 @@ struct Send {
 async fn send_code(state: &AppState, send: Send) -> Result<OtpChallenge, ApiError> {
     let now = time::now();
     let since = now - i64::from(state.config.backup_code_window);
-    let sent = otp_challenges::sent_since(&state.db, &send.app, &send.user, send.channel, since)
-        .await?;
+    let sent =
+        otp_challenges::sent_since(&state.db, &send.app, &send.user, send.channel, since).await?;
     if sent >= i64::from(state.config.backup_codes_per_window) {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
@@ -441,9 +441,8 @@ pub(crate) async fn create_challenge(
             let contacts = users::contacts(&state.db, &auth.0.id, &user_id)
                 .await?
                 .unwrap_or_default();
-            destination(&contacts, body.channel).ok_or_else(|| {
-                unavailable("the user has no contact registered for that channel")
-            })?
+            destination(&contacts, body.channel)
+                .ok_or_else(|| unavailable("the user has no contact registered for that channel"))?
         }
     };
     let sent = send_code(
@@ -514,10 +513,7 @@ pub(crate) async fn verify_challenge(
     otp::reset_failures(&state.db, app, user).await?;
     let mut attributes = channel_attributes(&state, challenge.channel, None);
     if challenge.one_time_device {
-        attributes.insert(
-            "pingid.authentication.one.time.device".into(),
-            json!(true),
-        );
+        attributes.insert("pingid.authentication.one.time.device".into(), json!(true));
     }
     tracing::info!(challenge_id = %challenge.id, "backup code accepted");
     Ok(Json(OtpChallengeVerified {
@@ -534,7 +530,13 @@ mod tests {
     #[test]
     fn contacts_are_checked_and_masked() {
         assert!(valid_phone("+15551234567"));
-        for bad in ["15551234567", "+0555123456", "+1555", "+1555123456789012", "+1555-123-4567"] {
+        for bad in [
+            "15551234567",
+            "+0555123456",
+            "+1555",
+            "+1555123456789012",
+            "+1555-123-4567",
+        ] {
             assert!(!valid_phone(bad), "{bad}");
         }
         assert!(valid_email("alice@example.com"));

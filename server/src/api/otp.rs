@@ -145,7 +145,9 @@ pub(crate) async fn match_device_code(
                 let expected =
                     hotp(&s.seed, OtpHash::Sha1, DIGITS, step_u).map_err(|_| internal())?;
                 if matches(&expected, code) {
-                    if step > s.last_step && otp::accept_step(&state.db, &s.enrollment_id, step).await? {
+                    if step > s.last_step
+                        && otp::accept_step(&state.db, &s.enrollment_id, step).await?
+                    {
                         return Ok(DeviceMatch::Accepted(DeviceSource::Enrollment(
                             s.enrollment_id.clone(),
                         )));
@@ -439,7 +441,9 @@ pub(crate) async fn register_token(
     );
     let seed = decode_base32(&secret).ok_or_else(|| invalid("the secret is not valid base32"))?;
     if !(16..=64).contains(&seed.len()) {
-        return Err(invalid("the secret must be 16 to 64 bytes (128 to 512 bits)"));
+        return Err(invalid(
+            "the secret must be 16 to 64 bytes (128 to 512 bits)",
+        ));
     }
     let digits = body.digits.unwrap_or(6);
     if !(6..=8).contains(&digits) {
@@ -447,7 +451,9 @@ pub(crate) async fn register_token(
     }
     let (period, counter) = match (body.period, body.counter) {
         (Some(_), Some(_)) => {
-            return Err(invalid("give a period (TOTP) or a counter (HOTP), not both"));
+            return Err(invalid(
+                "give a period (TOTP) or a counter (HOTP), not both",
+            ));
         }
         (None, Some(counter)) => (
             None,
@@ -461,7 +467,11 @@ pub(crate) async fn register_token(
             (Some(period), None)
         }
     };
-    if otp::tokens_for_user(&state.db, &auth.0.id, &user_id).await?.len() >= MAX_TOKENS_PER_USER {
+    if otp::tokens_for_user(&state.db, &auth.0.id, &user_id)
+        .await?
+        .len()
+        >= MAX_TOKENS_PER_USER
+    {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             "the user has the most tokens allowed",
@@ -470,7 +480,10 @@ pub(crate) async fn register_token(
     let mut id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut id);
     let token = OathToken {
-        token_id: format!("otk_{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        token_id: format!(
+            "otk_{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
         kind: body.kind,
         seed,
         algorithm: body.algorithm,

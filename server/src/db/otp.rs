@@ -270,14 +270,17 @@ pub async fn delete_token(
 }
 
 /// TOTP: accepts `step` if later than the token's last accepted one (one conditional update).
-pub async fn accept_token_step(db: &Database, token_id: &str, step: i64) -> Result<bool, ServerError> {
-    let done = sqlx::query(
-        "UPDATE otp_tokens SET last_step = $1 WHERE token_id = $2 AND last_step < $1",
-    )
-    .bind(step)
-    .bind(token_id)
-    .execute(db.pool())
-    .await?;
+pub async fn accept_token_step(
+    db: &Database,
+    token_id: &str,
+    step: i64,
+) -> Result<bool, ServerError> {
+    let done =
+        sqlx::query("UPDATE otp_tokens SET last_step = $1 WHERE token_id = $2 AND last_step < $1")
+            .bind(step)
+            .bind(token_id)
+            .execute(db.pool())
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -289,11 +292,12 @@ pub async fn advance_counter(
     expected: i64,
     next: i64,
 ) -> Result<bool, ServerError> {
-    let done = sqlx::query("UPDATE otp_tokens SET counter = $1 WHERE token_id = $2 AND counter = $3")
-        .bind(next)
-        .bind(token_id)
-        .bind(expected)
-        .execute(db.pool())
-        .await?;
+    let done =
+        sqlx::query("UPDATE otp_tokens SET counter = $1 WHERE token_id = $2 AND counter = $3")
+            .bind(next)
+            .bind(token_id)
+            .bind(expected)
+            .execute(db.pool())
+            .await?;
     Ok(done.rows_affected() == 1)
 }

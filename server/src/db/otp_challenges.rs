@@ -107,10 +107,12 @@ pub async fn delete(db: &Database, id: &str) -> Result<(), ServerError> {
 
 /// One challenge.
 pub async fn get(db: &Database, id: &str) -> Result<Option<Challenge>, ServerError> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM otp_challenges WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(db.pool())
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM otp_challenges WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
     row.as_ref().map(from_row).transpose()
 }
 

@@ -118,11 +118,12 @@ pub async fn contacts(
     app: &ApplicationId,
     user_id: &UserId,
 ) -> Result<Option<Contacts>, ServerError> {
-    let row = sqlx::query("SELECT phone, email FROM users WHERE application_id = $1 AND user_id = $2")
-        .bind(app.as_str())
-        .bind(user_id.as_str())
-        .fetch_optional(db.pool())
-        .await?;
+    let row =
+        sqlx::query("SELECT phone, email FROM users WHERE application_id = $1 AND user_id = $2")
+            .bind(app.as_str())
+            .bind(user_id.as_str())
+            .fetch_optional(db.pool())
+            .await?;
     row.map(|r| {
         Ok(Contacts {
             phone: r.try_get("phone")?,
