@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tessera_protocol::otp::decode_base32;
 use zeroize::Zeroizing;
 
 use crate::error::CoreError;
@@ -482,8 +483,6 @@ pub fn totp(
         valid_for: Some(Duration::from_secs(period - t % period)),
     })
 }
-
-use tessera_protocol::otp::decode_base32;
 
 fn percent_decode(text: &str) -> Result<String, OtpUriError> {
     let decoded = percent_encoding::percent_decode_str(text)
