@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tessera_protocol::otp::decode_base32;
 use zeroize::Zeroizing;
 
 use crate::error::CoreError;
@@ -481,38 +482,6 @@ pub fn totp(
         code,
         valid_for: Some(Duration::from_secs(period - t % period)),
     })
-}
-
-/// RFC 4648 base32 (either letter case, optional complete padding, zero trailing bits).
-fn decode_base32(text: &str) -> Option<Zeroizing<Vec<u8>>> {
-    let data = text.trim_end_matches('=');
-    let padded = data.len() != text.len();
-    if !matches!(data.len() % 8, 0 | 2 | 4 | 5 | 7) {
-        return None;
-    }
-    if padded && (!text.len().is_multiple_of(8) || data.len().is_multiple_of(8)) {
-        return None;
-    }
-    let mut out = Zeroizing::new(Vec::with_capacity(data.len() * 5 / 8));
-    let mut buffer: u32 = 0;
-    let mut bits = 0u32;
-    for c in data.bytes() {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a',
-            b'2'..=b'7' => c - b'2' + 26,
-            _ => return None,
-        };
-        buffer = (buffer << 5) | u32::from(value);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-            buffer &= (1 << bits) - 1;
-        }
-    }
-    // Bits left over must be zero padding (a canonical encoding).
-    (buffer == 0).then_some(out)
 }
 
 fn percent_decode(text: &str) -> Result<String, OtpUriError> {

@@ -4,9 +4,11 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_protocol::api::{
-    AuthenticationStatus, CreateAuthenticationRequest, CreateQrSession, CreateUserRequest,
-    DeviceList, OtpVerified, QrSessionCreated, QrSessionStatus, RelayPairingRequest,
-    RelayPairingResponse, StartPairingRequest, StartPairingResponse, User, VerifyOtpRequest,
+    AuthenticationMethod, AuthenticationStatus, BackupChannel, BackupContacts,
+    CreateAuthenticationRequest, CreateOtpChallenge, CreateQrSession, CreateUserRequest,
+    DeviceList, OtpChallenge, OtpChallengeVerified, OtpToken, OtpTokenList, OtpVerified,
+    QrSessionCreated, QrSessionStatus, RegisterOtpToken, RelayPairingRequest, RelayPairingResponse,
+    SendBackupCode, StartPairingRequest, StartPairingResponse, User, VerifyOtpRequest,
 };
 use tessera_protocol::authentication::AuthenticationId;
 use tessera_protocol::ciba::{
@@ -28,6 +30,8 @@ pub enum CustomerApiError {
         code: ErrorCode,
         /// Message safe to show.
         message: String,
+        /// `mandatory_methods_missing`: what the user must register first.
+        missing_methods: Vec<AuthenticationMethod>,
     },
     /// The call did not complete or the answer was not understood.
     #[error("transport: {0}")]
@@ -40,6 +44,16 @@ impl CustomerApiError {
         match self {
             CustomerApiError::Api { code, .. } => Some(*code),
             CustomerApiError::Transport(_) => None,
+        }
+    }
+
+    /// The methods a `mandatory_methods_missing` error lists.
+    pub fn missing_methods(&self) -> &[AuthenticationMethod] {
+        match self {
+            CustomerApiError::Api {
+                missing_methods, ..
+            } => missing_methods,
+            CustomerApiError::Transport(_) => &[],
         }
     }
 }
@@ -233,6 +247,124 @@ impl CustomerApi {
         }
     }
 
+    /// `POST /v1/authentications/{id}/otp`: answers a push authentication with a passcode (the
+    /// app's, under use-code or OTP fallback, or a backup code sent for it).
+    pub async fn answer_with_otp(
+        &self,
+        id: &AuthenticationId,
+        code: &str,
+    ) -> Result<AuthenticationStatus, CustomerApiError> {
+        let body = VerifyOtpRequest {
+            code: code.to_string(),
+        };
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/authentications/{id}/otp"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/authentications/{id}/backup-codes`: sends a passcode for the authentication
+    /// through a backup channel.
+    pub async fn send_backup_code(
+        &self,
+        id: &AuthenticationId,
+        channel: BackupChannel,
+    ) -> Result<OtpChallenge, CustomerApiError> {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/authentications/{id}/backup-codes"),
+            Some(&SendBackupCode { channel }),
+        )
+        .await
+    }
+
+    /// `PUT /v1/users/{user_id}/backup-contacts`: registers the user's phone and email; answers
+    /// them masked.
+    pub async fn set_backup_contacts(
+        &self,
+        user_id: &str,
+        contacts: &BackupContacts,
+    ) -> Result<BackupContacts, CustomerApiError> {
+        self.send(
+            reqwest::Method::PUT,
+            &user_path(user_id, "/backup-contacts"),
+            Some(contacts),
+        )
+        .await
+    }
+
+    /// `GET /v1/users/{user_id}/backup-contacts`: the user's contacts, masked.
+    pub async fn backup_contacts(&self, user_id: &str) -> Result<BackupContacts, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            &user_path(user_id, "/backup-contacts"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/users/{user_id}/otp-challenges`: a passcode to the user's registered contact,
+    /// or to the phone or email given (one-time device).
+    pub async fn create_otp_challenge(
+        &self,
+        user_id: &str,
+        request: &CreateOtpChallenge,
+    ) -> Result<OtpChallenge, CustomerApiError> {
+        self.send(
+            reqwest::Method::POST,
+            &user_path(user_id, "/otp-challenges"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `POST /v1/otp-challenges/{id}/verify`.
+    pub async fn verify_otp_challenge(
+        &self,
+        challenge_id: &str,
+        code: &str,
+    ) -> Result<OtpChallengeVerified, CustomerApiError> {
+        let body = VerifyOtpRequest {
+            code: code.to_string(),
+        };
+        let id: String = challenge_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect();
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/otp-challenges/{id}/verify"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/users/{user_id}/otp-tokens`: registers an OATH token.
+    pub async fn register_otp_token(
+        &self,
+        user_id: &str,
+        request: &RegisterOtpToken,
+    ) -> Result<OtpToken, CustomerApiError> {
+        self.send(
+            reqwest::Method::POST,
+            &user_path(user_id, "/otp-tokens"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `GET /v1/users/{user_id}/otp-tokens`.
+    pub async fn otp_tokens(&self, user_id: &str) -> Result<OtpTokenList, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            &user_path(user_id, "/otp-tokens"),
+            None,
+        )
+        .await
+    }
+
     /// `POST /v1/qr-sessions`: a QR login session for a web page.
     pub async fn create_qr_session(
         &self,
@@ -402,6 +534,7 @@ async fn error_from(response: reqwest::Response) -> CustomerApiError {
             status,
             code: body.error.code,
             message: body.error.message,
+            missing_methods: body.error.missing_methods,
         },
         Err(_) => CustomerApiError::Transport(format!("HTTP {status} without an error body")),
     }

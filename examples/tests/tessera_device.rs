@@ -131,6 +131,7 @@ async fn pending_approve_deny_and_watch() {
         expires_in: None,
         number_matching: false,
         require_user_verification: true,
+        ..CreateAuthenticationRequest::new(AuthenticationKind::Approval)
     };
     let created = api.create_authentication("alice", &ask).await.unwrap();
     let pending = json(&device(&state, &["--json", "pending"]));

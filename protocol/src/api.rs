@@ -283,6 +283,167 @@ pub struct CreateAuthenticationRequest {
     /// The answer must be signed with the user-verification key (biometrics or device PIN).
     #[serde(default)]
     pub require_user_verification: bool,
+    /// "Use code": the user may answer straight away with a one-time passcode from the app
+    /// instead of waiting for the push (`POST /v1/authentications/{id}/otp`). Overrides the
+    /// application's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_code: Option<bool>,
+    /// OTP fallback: once the push cannot be delivered, or is not answered within
+    /// `otp_fallback_after` seconds, the user may answer with a one-time passcode from the app.
+    /// Overrides the application's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp_fallback: Option<bool>,
+    /// Seconds without an answer after which OTP fallback accepts a passcode (1 to 900).
+    /// Overrides the application's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp_fallback_after: Option<u32>,
+    /// Backup channels (SMS, voice, email) through which a one-time passcode may be sent for
+    /// this authentication (`POST /v1/authentications/{id}/backup-codes`). Overrides the
+    /// application's list (the connector's `SMSBackup`, `phoneBackup`, `emailBackup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_channels: Option<Vec<BackupChannel>>,
+}
+
+impl CreateAuthenticationRequest {
+    /// A request of `kind` with every option at its default.
+    pub fn new(kind: AuthenticationKind) -> Self {
+        Self {
+            kind,
+            enrollment_id: None,
+            message: None,
+            fields: Vec::new(),
+            hidden_fields: Vec::new(),
+            accessing_ip: None,
+            accessing_location: None,
+            application_icon_url: None,
+            expires_in: None,
+            number_matching: false,
+            require_user_verification: false,
+            use_code: None,
+            otp_fallback: None,
+            otp_fallback_after: None,
+            backup_channels: None,
+        }
+    }
+}
+
+/// A channel that carries a one-time passcode to the user when no device can be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum BackupChannel {
+    /// A text message to the user's phone (through the application's SMS provider webhook).
+    Sms,
+    /// A voice call to the user's phone (through the same provider webhook).
+    Voice,
+    /// An email (SMTP).
+    Email,
+}
+
+impl BackupChannel {
+    /// Every channel.
+    pub const ALL: [BackupChannel; 3] = [Self::Sms, Self::Voice, Self::Email];
+
+    /// The wire text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "sms",
+            Self::Voice => "voice",
+            Self::Email => "email",
+        }
+    }
+
+    /// Parses the wire text.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// `pingid.authentication.type` of a passcode received this way.
+    pub fn authentication_type(self) -> &'static str {
+        match self {
+            Self::Sms => "SMS",
+            Self::Voice => "VOICE",
+            Self::Email => "EMAIL",
+        }
+    }
+}
+
+/// An authentication method an application can make mandatory (PingID's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum AuthenticationMethod {
+    /// A paired mobile device (an active enrollment).
+    PingidMobile,
+    /// A desktop OTP token (`desktop_otp`).
+    PingidDesktop,
+    /// A phone number for SMS.
+    Sms,
+    /// A phone number for voice calls.
+    Voice,
+    /// An email address.
+    Email,
+    /// An authenticator app (`totp` token).
+    Totp,
+    /// A FIDO security key (not registrable on this server yet).
+    SecurityKey,
+    /// A FIDO platform authenticator (not registrable on this server yet).
+    Platform,
+    /// A YubiKey in OATH mode (`yubikey` token).
+    Yubikey,
+    /// A hardware OATH token (`oath_token`).
+    OathToken,
+}
+
+impl AuthenticationMethod {
+    /// Every method.
+    pub const ALL: [AuthenticationMethod; 10] = [
+        Self::PingidMobile,
+        Self::PingidDesktop,
+        Self::Sms,
+        Self::Voice,
+        Self::Email,
+        Self::Totp,
+        Self::SecurityKey,
+        Self::Platform,
+        Self::Yubikey,
+        Self::OathToken,
+    ];
+
+    /// The wire text (`PINGID_MOBILE`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PingidMobile => "PINGID_MOBILE",
+            Self::PingidDesktop => "PINGID_DESKTOP",
+            Self::Sms => "SMS",
+            Self::Voice => "VOICE",
+            Self::Email => "EMAIL",
+            Self::Totp => "TOTP",
+            Self::SecurityKey => "SECURITY_KEY",
+            Self::Platform => "PLATFORM",
+            Self::Yubikey => "YUBIKEY",
+            Self::OathToken => "OATH_TOKEN",
+        }
+    }
+
+    /// Parses the wire text (case-insensitive, `-` and `_` alike).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim().to_ascii_uppercase().replace('-', "_");
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// Why an authentication accepts a one-time passcode now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum OtpReason {
+    /// "Use code": accepted from the start.
+    UseCode,
+    /// OTP fallback: the push could not be delivered to any of the user's devices.
+    PushUndelivered,
+    /// OTP fallback: the push was not answered in time.
+    PushUnanswered,
 }
 
 /// An authentication as the customer sees it.
@@ -321,6 +482,16 @@ pub struct AuthenticationStatus {
     /// Why it failed (`device_unpaired`), when its state is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
+    /// Whether a one-time passcode from the user's app answers it now
+    /// (`POST /v1/authentications/{id}/otp`): "use code", or OTP fallback in force.
+    #[serde(default)]
+    pub otp_accepted: bool,
+    /// Why a passcode is accepted, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp_reason: Option<OtpReason>,
+    /// The backup channels a passcode may be sent through for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backup_channels: Vec<BackupChannel>,
 }
 
 /// `GET /v1/device/enrollments/{enrollment_id}/requests`: the device's pending requests.
@@ -551,9 +722,276 @@ impl std::fmt::Debug for VerifyOtpRequest {
 pub struct OtpVerified {
     /// The user.
     pub user_id: UserId,
-    /// The enrollment whose seed produced the code.
-    pub enrollment_id: EnrollmentId,
+    /// The enrollment whose seed produced the code (`MOBILE_APP_OTP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_id: Option<EnrollmentId>,
+    /// The OATH token that produced the code (`DESKTOP_OTP`, `OATH_TOKEN`, `YUBIKEY`,
+    /// `AUTHENTICATOR_APP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
     /// The authentication attributes (`pingid.authentication.type` = `MOBILE_APP_OTP`, the
     /// authenticating device's id, model, OS and app version).
     pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// `PUT /v1/users/{user_id}/backup-contacts`: the phone number (E.164, `+` and 8 to 15 digits)
+/// and email address backup passcodes go to. An absent field removes that contact. The answer
+/// shows them masked.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackupContacts {
+    /// The phone number for SMS and voice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// The email address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl std::fmt::Debug for BackupContacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupContacts")
+            .field("phone", &self.phone.is_some())
+            .field("email", &self.email.is_some())
+            .finish()
+    }
+}
+
+/// `POST /v1/authentications/{id}/backup-codes`: send a one-time passcode for this
+/// authentication through a backup channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SendBackupCode {
+    /// The channel.
+    pub channel: BackupChannel,
+}
+
+/// `POST /v1/users/{user_id}/otp-challenges`: send a one-time passcode outside any push
+/// authentication. Without `phone`/`email` it goes to the user's registered contact for the
+/// channel (a backup sign-in; the channel must be one of the application's backup channels).
+/// With one, it is a *one-time device authentication*: the code goes to the number or address
+/// given, which is not registered and not kept (only a masked form is).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateOtpChallenge {
+    /// The channel.
+    pub channel: BackupChannel,
+    /// One-time device: the phone number (E.164) for `sms` or `voice`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// One-time device: the email address for `email`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl std::fmt::Debug for CreateOtpChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateOtpChallenge")
+            .field("channel", &self.channel)
+            .field(
+                "one_time_device",
+                &(self.phone.is_some() || self.email.is_some()),
+            )
+            .finish()
+    }
+}
+
+/// A one-time passcode was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OtpChallenge {
+    /// The challenge (`otc_…`): verify a standalone one at
+    /// `POST /v1/otp-challenges/{challenge_id}/verify`.
+    pub challenge_id: String,
+    /// The channel it went through.
+    pub channel: BackupChannel,
+    /// Where it went, masked (`+*******4567`, `a****@example.com`).
+    pub destination: String,
+    /// The authentication it answers, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_id: Option<AuthenticationId>,
+    /// Whether the destination was given for this one authentication (one-time device).
+    #[serde(default)]
+    pub one_time_device: bool,
+    /// When the code expires.
+    pub expires_at: UnixSeconds,
+}
+
+/// A standalone challenge's code was accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OtpChallengeVerified {
+    /// The challenge.
+    pub challenge_id: String,
+    /// The user.
+    pub user_id: UserId,
+    /// The authentication attributes (`pingid.authentication.type` = `SMS`, `VOICE` or `EMAIL`).
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// The kind of an OATH token registered for a user (which `pingid.authentication.type` its
+/// codes report, and which mandatory method it satisfies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum OtpTokenKind {
+    /// A desktop OTP app (`DESKTOP_OTP`, method `PINGID_DESKTOP`).
+    DesktopOtp,
+    /// A hardware OATH token (`OATH_TOKEN`).
+    OathToken,
+    /// A YubiKey in OATH-HOTP or OATH-TOTP mode (`YUBIKEY`).
+    Yubikey,
+    /// An authenticator app (`AUTHENTICATOR_APP`, method `TOTP`).
+    Totp,
+}
+
+impl OtpTokenKind {
+    /// Every kind.
+    pub const ALL: [OtpTokenKind; 4] =
+        [Self::DesktopOtp, Self::OathToken, Self::Yubikey, Self::Totp];
+
+    /// The wire text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DesktopOtp => "desktop_otp",
+            Self::OathToken => "oath_token",
+            Self::Yubikey => "yubikey",
+            Self::Totp => "totp",
+        }
+    }
+
+    /// Parses the wire text.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// `pingid.authentication.type` of its codes.
+    pub fn authentication_type(self) -> &'static str {
+        match self {
+            Self::DesktopOtp => "DESKTOP_OTP",
+            Self::OathToken => "OATH_TOKEN",
+            Self::Yubikey => "YUBIKEY",
+            Self::Totp => "AUTHENTICATOR_APP",
+        }
+    }
+
+    /// The mandatory method it satisfies.
+    pub fn method(self) -> AuthenticationMethod {
+        match self {
+            Self::DesktopOtp => AuthenticationMethod::PingidDesktop,
+            Self::OathToken => AuthenticationMethod::OathToken,
+            Self::Yubikey => AuthenticationMethod::Yubikey,
+            Self::Totp => AuthenticationMethod::Totp,
+        }
+    }
+}
+
+/// The HMAC of an OATH token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum OtpAlgorithm {
+    /// HMAC-SHA-1.
+    #[default]
+    Sha1,
+    /// HMAC-SHA-256.
+    Sha256,
+    /// HMAC-SHA-512.
+    Sha512,
+}
+
+impl OtpAlgorithm {
+    /// The wire text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sha1 => "SHA1",
+            Self::Sha256 => "SHA256",
+            Self::Sha512 => "SHA512",
+        }
+    }
+
+    /// Parses the wire text.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Sha1, Self::Sha256, Self::Sha512]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+
+    /// The hash [`crate::otp::hotp`] takes.
+    pub fn hash(self) -> crate::otp::OtpHash {
+        match self {
+            Self::Sha1 => crate::otp::OtpHash::Sha1,
+            Self::Sha256 => crate::otp::OtpHash::Sha256,
+            Self::Sha512 => crate::otp::OtpHash::Sha512,
+        }
+    }
+}
+
+/// `POST /v1/users/{user_id}/otp-tokens`: register an OATH token whose seed is known. TOTP
+/// unless `counter` is given (then HOTP). The seed is never returned or logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegisterOtpToken {
+    /// The kind.
+    pub kind: OtpTokenKind,
+    /// The seed, base32 (RFC 4648, padding and spaces optional), 16 to 64 bytes.
+    pub secret: String,
+    /// The HMAC (default SHA1).
+    #[serde(default)]
+    pub algorithm: OtpAlgorithm,
+    /// Digits per code (6 to 8; default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digits: Option<u32>,
+    /// TOTP period in seconds (default 30; not with `counter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<u32>,
+    /// HOTP: the token's next counter value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<u64>,
+}
+
+impl std::fmt::Debug for RegisterOtpToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterOtpToken")
+            .field("kind", &self.kind)
+            .field("secret", &"<redacted>")
+            .field("algorithm", &self.algorithm)
+            .field("digits", &self.digits)
+            .field("period", &self.period)
+            .field("counter", &self.counter)
+            .finish()
+    }
+}
+
+/// A registered OATH token (never its seed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OtpToken {
+    /// Its id (`otk_…`).
+    pub token_id: String,
+    /// The kind.
+    pub kind: OtpTokenKind,
+    /// The HMAC.
+    pub algorithm: OtpAlgorithm,
+    /// Digits per code.
+    pub digits: u32,
+    /// TOTP period in seconds (absent for HOTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<u32>,
+    /// Whether it is counter based (HOTP).
+    pub hotp: bool,
+    /// When it was registered.
+    pub created_at: UnixSeconds,
+}
+
+/// `GET /v1/users/{user_id}/otp-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OtpTokenList {
+    /// The user's tokens, oldest first.
+    pub tokens: Vec<OtpToken>,
 }

@@ -77,6 +77,21 @@ pub enum ErrorCode {
     /// Too many wrong passcodes: OTP checks for this user are locked until the customer resets
     /// the failure count.
     OtpLocked,
+    /// The authentication accepts no one-time passcode (neither "use code" nor OTP fallback,
+    /// the fallback is not yet in force, and no backup code was sent for it).
+    OtpNotAllowed,
+    /// The backup channel (SMS, voice, email) is not allowed here, the user has no phone or
+    /// email registered for it, or no provider is configured for it.
+    BackupChannelUnavailable,
+    /// The SMS, voice or email provider did not accept the message.
+    DeliveryFailed,
+    /// No such one-time passcode challenge (or another application's).
+    OtpChallengeNotFound,
+    /// No such OATH token for this user.
+    OtpTokenNotFound,
+    /// The user lacks authentication methods the application makes mandatory; the error lists
+    /// them in `missing_methods`.
+    MandatoryMethodsMissing,
     /// An unexpected server error.
     InternalError,
     /// The server cannot serve now (database unavailable).
@@ -122,6 +137,12 @@ impl ErrorCode {
             ErrorCode::NoEligibleUser => "no_eligible_user",
             ErrorCode::OtpInvalid => "otp_invalid",
             ErrorCode::OtpLocked => "otp_locked",
+            ErrorCode::OtpNotAllowed => "otp_not_allowed",
+            ErrorCode::BackupChannelUnavailable => "backup_channel_unavailable",
+            ErrorCode::DeliveryFailed => "delivery_failed",
+            ErrorCode::OtpChallengeNotFound => "otp_challenge_not_found",
+            ErrorCode::OtpTokenNotFound => "otp_token_not_found",
+            ErrorCode::MandatoryMethodsMissing => "mandatory_methods_missing",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::Unknown => "unknown",
@@ -147,7 +168,9 @@ impl ErrorCode {
             | ErrorCode::UserNotFound
             | ErrorCode::DeviceNotFound
             | ErrorCode::AuthenticationNotFound
-            | ErrorCode::QrSessionNotFound => 404,
+            | ErrorCode::QrSessionNotFound
+            | ErrorCode::OtpChallengeNotFound
+            | ErrorCode::OtpTokenNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::UserAlreadyExists
             | ErrorCode::Conflict
@@ -155,13 +178,17 @@ impl ErrorCode {
             | ErrorCode::AlreadyAnswered
             | ErrorCode::NoDevice
             | ErrorCode::QrAlreadyScanned
-            | ErrorCode::NoEligibleUser => 409,
+            | ErrorCode::NoEligibleUser
+            | ErrorCode::OtpNotAllowed
+            | ErrorCode::BackupChannelUnavailable
+            | ErrorCode::MandatoryMethodsMissing => 409,
             ErrorCode::AuthenticationExpired | ErrorCode::QrSessionExpired => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::OtpLocked => 423,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited | ErrorCode::TooManyAuthentications => 429,
             ErrorCode::InternalError | ErrorCode::Unknown => 500,
+            ErrorCode::DeliveryFailed => 502,
             ErrorCode::ServiceUnavailable => 503,
         }
     }
@@ -189,6 +216,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// A human-readable message holding no secret and no submitted value.
     pub message: String,
+    /// `mandatory_methods_missing`: the methods the user must register first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_methods: Vec<crate::api::AuthenticationMethod>,
 }
 
 impl ErrorBody {
@@ -198,6 +228,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 code,
                 message: message.into(),
+                missing_methods: Vec::new(),
             },
         }
     }

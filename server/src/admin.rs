@@ -3,7 +3,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
-use tessera_protocol::api::{CreatedApplication, DeviceRecord, User};
+use tessera_protocol::api::{
+    AuthenticationMethod, BackupChannel, CreatedApplication, DeviceRecord, User,
+};
 use tessera_protocol::ids::{ApplicationId, UserId};
 use zeroize::Zeroizing;
 
@@ -258,4 +260,88 @@ pub async fn clear_push_provider(
     } else {
         Err(ServerError::NotFound("application"))
     }
+}
+
+/// Sets the application's passcode options for push authentications: "use code" (a passcode
+/// from the app is accepted from the start), OTP fallback (accepted once the push cannot be
+/// delivered or is not answered within `fallback_after` seconds, 1 to 900).
+pub async fn set_otp_policy(
+    db: &Database,
+    app: &ApplicationId,
+    use_code: bool,
+    otp_fallback: bool,
+    fallback_after: u32,
+) -> Result<(), ServerError> {
+    if !(1..=900).contains(&fallback_after) {
+        return Err(ServerError::InvalidInput(
+            "the fallback delay must be 1 to 900 seconds".into(),
+        ));
+    }
+    if applications::set_otp_options(db, app, use_code, otp_fallback, fallback_after).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
+}
+
+/// Sets the application's backup channels (SMS, voice, email; empty: none).
+pub async fn set_backup_channels(
+    db: &Database,
+    app: &ApplicationId,
+    channels: &[BackupChannel],
+) -> Result<(), ServerError> {
+    let mut channels = channels.to_vec();
+    channels.sort();
+    channels.dedup();
+    if applications::set_backup_channels(db, app, &channels).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
+}
+
+/// Sets the authentication methods every user of the application must have registered before
+/// a push authentication is created (empty: none).
+pub async fn set_mandatory_methods(
+    db: &Database,
+    app: &ApplicationId,
+    methods: &[AuthenticationMethod],
+) -> Result<(), ServerError> {
+    let mut methods = methods.to_vec();
+    methods.sort();
+    methods.dedup();
+    if applications::set_mandatory_methods(db, app, &methods).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
+}
+
+/// Sets or clears the application's SMS and voice provider webhook (`http(s)://…`): every SMS or
+/// voice passcode is POSTed there as JSON for the provider to send.
+pub async fn set_sms_webhook(
+    db: &Database,
+    app: &ApplicationId,
+    url: Option<&str>,
+) -> Result<(), ServerError> {
+    if let Some(url) = url {
+        tessera_protocol::pairing::ServerUrl::parse(url).map_err(|_| {
+            ServerError::InvalidInput(
+                "the webhook must be an http(s) URL without query or credentials".into(),
+            )
+        })?;
+    }
+    if applications::set_sms_webhook(db, app, url).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
+}
+
+/// The application's passcode settings (no secret).
+pub async fn otp_policy(
+    db: &Database,
+    app: &ApplicationId,
+) -> Result<applications::OtpPolicy, ServerError> {
+    applications::otp_policy(db, app).await
 }

@@ -46,6 +46,19 @@ pub struct ServerConfig {
     pub otp_max_failures: u32,
     /// Time steps of clock drift accepted on either side of the server's.
     pub otp_drift_steps: u32,
+    /// HOTP tokens: counter values looked ahead of the expected one (a token pressed without
+    /// being used); a match resynchronises the counter.
+    pub hotp_look_ahead: u32,
+    /// How email passcodes are sent (`None`: no email channel).
+    pub smtp: Option<crate::notify::SmtpConfig>,
+    /// Lifetime of a backup (SMS, voice, email) passcode, in seconds.
+    pub backup_code_ttl: u32,
+    /// Wrong codes allowed per backup passcode before it is void.
+    pub backup_code_attempts: u32,
+    /// Backup passcodes sent per user and channel within `backup_code_window` seconds.
+    pub backup_codes_per_window: u32,
+    /// The rate limit's window, in seconds.
+    pub backup_code_window: u32,
     /// FCM's base URL (`https://fcm.googleapis.com`); tests point it at a local receiver.
     pub fcm_endpoint: String,
     /// APNs's base URL. `None` picks `https://api.push.apple.com`, or
@@ -97,6 +110,12 @@ impl Default for ServerConfig {
             qr_code_ttl: 60,
             otp_max_failures: 5,
             otp_drift_steps: 1,
+            hotp_look_ahead: 10,
+            smtp: None,
+            backup_code_ttl: 300,
+            backup_code_attempts: 3,
+            backup_codes_per_window: 3,
+            backup_code_window: 600,
             fcm_endpoint: crate::push::FCM_DEFAULT_ENDPOINT.to_string(),
             apns_endpoint: None,
             ciba_default_expiry: 120,

@@ -6,6 +6,9 @@
 //! not a failure: it fetches the request itself. Re-addressing is one conditional update on a
 //! pending request still addressed to the device that failed, so an answer that arrived meanwhile
 //! wins and nothing is moved.
+//!
+//! When no device can be reached (the last push undelivered) and the authentication has OTP
+//! fallback, a one-time passcode is accepted for it from then on.
 
 use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::authentication::AuthenticationRequest;
@@ -35,9 +38,13 @@ pub(crate) async fn deliver(
     let mut tried: Vec<EnrollmentId> = Vec::new();
     loop {
         let outcome = crate::push::deliver(state.clone(), record.clone(), device.clone()).await;
-        let Some(outcome) = outcome.filter(|o| fall_back && undelivered(o)) else {
+        let Some(outcome) = outcome.filter(|o| undelivered(o)) else {
             return;
         };
+        if !fall_back {
+            offer_passcode(&state, &record).await;
+            return;
+        }
         tried.push(device.enrollment_id.clone());
         match readdress(&state, &record, &device, &tried).await {
             Ok(Some((moved, next))) => {
@@ -51,12 +58,30 @@ pub(crate) async fn deliver(
                 record = moved;
                 device = next;
             }
-            Ok(None) => return,
+            Ok(None) => {
+                offer_passcode(&state, &record).await;
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "fallback: could not re-address the request");
                 return;
             }
         }
+    }
+}
+
+/// No device can be reached: with OTP fallback, a passcode is accepted from now on.
+async fn offer_passcode(state: &AppState, record: &Authentication) {
+    if record.otp_mode != authentications::OtpMode::Fallback {
+        return;
+    }
+    let now = tessera_protocol::time::now();
+    match authentications::offer_passcode_now(&state.db, &record.id, now).await {
+        Ok(()) => tracing::info!(
+            authentication_id = %record.id,
+            "push undelivered to every device; OTP fallback in force"
+        ),
+        Err(e) => tracing::warn!(error = %e, "fallback: could not put OTP fallback in force"),
     }
 }
 

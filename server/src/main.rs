@@ -9,6 +9,11 @@
 //! tessera-server admin [--database URL] set-push-webhook APP_ID (URL | --clear)
 //! tessera-server admin [--database URL] set-device-policy APP_ID --additional-devices (individual | verify-with-primary)
 //! tessera-server admin [--database URL] set-qr-policy APP_ID (none | extra-verification | user-approval)
+//! tessera-server admin [--database URL] set-otp-policy APP_ID [--use-code] [--otp-fallback] [--fallback-after SECONDS]
+//! tessera-server admin [--database URL] set-backup-channels APP_ID [sms] [voice] [email]
+//! tessera-server admin [--database URL] set-mandatory-methods APP_ID [PINGID_MOBILE SMS ...]
+//! tessera-server admin [--database URL] set-sms-webhook APP_ID (URL | --clear)
+//! tessera-server admin [--database URL] show-otp-policy APP_ID
 //! tessera-server admin [--database URL] set-fcm APP_ID --service-account FILE
 //! tessera-server admin [--database URL] set-apns APP_ID --team-id T --key-id K --key-file FILE --topic BUNDLE [--sandbox]
 //! tessera-server admin [--database URL] clear-push-provider APP_ID (fcm | apns)
@@ -27,11 +32,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
 use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
-use tessera_server::db::applications::{AdditionalDevicePolicy, QrPolicy};
+use tessera_server::db::applications::{AdditionalDevicePolicy, OtpPolicy, QrPolicy};
 use tessera_server::{
-    ApnsEnvironment, Database, IpTable, Server, ServerConfig, ServerError, admin,
+    ApnsEnvironment, Database, IpTable, Server, ServerConfig, ServerError, SmtpConfig, admin,
 };
 
 #[derive(Parser)]
@@ -62,6 +68,13 @@ enum QrPolicyArg {
     None,
     ExtraVerification,
     UserApproval,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ChannelArg {
+    Sms,
+    Voice,
+    Email,
 }
 
 #[derive(Subcommand)]
@@ -110,6 +123,17 @@ enum Command {
         /// CIBA: allow notification endpoints in private and link-local address ranges.
         #[arg(long)]
         ciba_allow_private_notifications: bool,
+        /// SMTP server for email passcodes: smtp://HOST:PORT (plain), smtp://HOST:PORT?tls=required
+        /// (STARTTLS) or smtps://USER:PASS@HOST:PORT (TLS). Without it there is no email channel.
+        #[arg(long, env = "TESSERA_SMTP_URL", hide_env_values = true)]
+        smtp_url: Option<String>,
+        /// The sender of email passcodes.
+        #[arg(
+            long,
+            default_value = "Tessera <no-reply@localhost>",
+            env = "TESSERA_SMTP_FROM"
+        )]
+        smtp_from: String,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -247,6 +271,55 @@ enum AdminCommand {
         #[arg(value_enum)]
         policy: QrPolicyArg,
     },
+    /// Passcode options of push authentications (each overridable per request): with
+    /// --use-code a passcode from the app is accepted from the start; with --otp-fallback once
+    /// the push cannot be delivered or is not answered within --fallback-after seconds.
+    SetOtpPolicy {
+        /// The application.
+        application_id: String,
+        /// Accept the app's passcode from the start ("use code").
+        #[arg(long)]
+        use_code: bool,
+        /// Accept the app's passcode when push fails or goes unanswered ("OTP fallback").
+        #[arg(long)]
+        otp_fallback: bool,
+        /// Seconds without an answer before OTP fallback is in force.
+        #[arg(long, default_value_t = 30)]
+        fallback_after: u32,
+    },
+    /// Backup channels a passcode may be sent through (none given: no backup channel).
+    SetBackupChannels {
+        /// The application.
+        application_id: String,
+        /// `sms`, `voice`, `email`.
+        #[arg(value_enum)]
+        channels: Vec<ChannelArg>,
+    },
+    /// Authentication methods every user must have registered before a push authentication
+    /// (none given: no mandatory method). PINGID_MOBILE, PINGID_DESKTOP, SMS, VOICE, EMAIL,
+    /// TOTP, SECURITY_KEY, PLATFORM, YUBIKEY, OATH_TOKEN.
+    SetMandatoryMethods {
+        /// The application.
+        application_id: String,
+        /// The methods.
+        methods: Vec<String>,
+    },
+    /// Send this application's SMS and voice passcodes to a provider webhook (or stop with
+    /// --clear).
+    SetSmsWebhook {
+        /// The application.
+        application_id: String,
+        /// The webhook URL.
+        url: Option<String>,
+        /// Remove the webhook: no SMS or voice channel.
+        #[arg(long, conflicts_with = "url")]
+        clear: bool,
+    },
+    /// Show the application's passcode settings.
+    ShowOtpPolicy {
+        /// The application.
+        application_id: String,
+    },
     /// Push to this application's Android devices with FCM HTTP v1 (a Google service account).
     SetFcm {
         /// The application.
@@ -342,6 +415,8 @@ async fn main() -> ExitCode {
             ciba_poll_interval,
             ciba_allow_loopback_notifications,
             ciba_allow_private_notifications,
+            smtp_url,
+            smtp_from,
         } => {
             init_logs(log_format);
             let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
@@ -363,6 +438,10 @@ async fn main() -> ExitCode {
                 ciba_poll_interval,
                 ciba_allow_loopback_notifications,
                 ciba_allow_private_notifications,
+                smtp: smtp_url.map(|url| SmtpConfig {
+                    url: zeroize::Zeroizing::new(url),
+                    from: smtp_from,
+                }),
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -563,6 +642,66 @@ async fn run_admin(
             admin::set_qr_policy(&db, &app, policy).await?;
             json!({"application_id": app, "qr_policy": policy.as_str()})
         }
+        AdminCommand::SetOtpPolicy {
+            application_id,
+            use_code,
+            otp_fallback,
+            fallback_after,
+        } => {
+            let app = parse_app(&application_id)?;
+            admin::set_otp_policy(&db, &app, use_code, otp_fallback, fallback_after).await?;
+            otp_policy_json(&app, &admin::otp_policy(&db, &app).await?)
+        }
+        AdminCommand::SetBackupChannels {
+            application_id,
+            channels,
+        } => {
+            let app = parse_app(&application_id)?;
+            let channels: Vec<BackupChannel> = channels
+                .into_iter()
+                .map(|c| match c {
+                    ChannelArg::Sms => BackupChannel::Sms,
+                    ChannelArg::Voice => BackupChannel::Voice,
+                    ChannelArg::Email => BackupChannel::Email,
+                })
+                .collect();
+            admin::set_backup_channels(&db, &app, &channels).await?;
+            otp_policy_json(&app, &admin::otp_policy(&db, &app).await?)
+        }
+        AdminCommand::SetMandatoryMethods {
+            application_id,
+            methods,
+        } => {
+            let app = parse_app(&application_id)?;
+            let methods = methods
+                .iter()
+                .map(|m| {
+                    AuthenticationMethod::parse(m).ok_or_else(|| {
+                        ServerError::InvalidInput(
+                            "unknown method (PINGID_MOBILE, PINGID_DESKTOP, SMS, VOICE, EMAIL, TOTP, SECURITY_KEY, PLATFORM, YUBIKEY, OATH_TOKEN)".into(),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            admin::set_mandatory_methods(&db, &app, &methods).await?;
+            otp_policy_json(&app, &admin::otp_policy(&db, &app).await?)
+        }
+        AdminCommand::SetSmsWebhook {
+            application_id,
+            url,
+            clear,
+        } => {
+            if url.is_none() && !clear {
+                return Err(ServerError::InvalidInput("give a URL or --clear".into()));
+            }
+            let app = parse_app(&application_id)?;
+            admin::set_sms_webhook(&db, &app, url.as_deref()).await?;
+            json!({"application_id": app, "sms_webhook": url})
+        }
+        AdminCommand::ShowOtpPolicy { application_id } => {
+            let app = parse_app(&application_id)?;
+            otp_policy_json(&app, &admin::otp_policy(&db, &app).await?)
+        }
         AdminCommand::SetFcm {
             application_id,
             service_account,
@@ -608,6 +747,18 @@ async fn run_admin(
     };
     db.close().await;
     Ok(value)
+}
+
+fn otp_policy_json(app: &ApplicationId, p: &OtpPolicy) -> serde_json::Value {
+    json!({
+        "application_id": app,
+        "use_code": p.use_code,
+        "otp_fallback": p.otp_fallback,
+        "otp_fallback_after": p.otp_fallback_after,
+        "backup_channels": p.backup_channels,
+        "mandatory_methods": p.mandatory_methods,
+        "sms_webhook": p.sms_webhook_url,
+    })
 }
 
 /// SIGINT and SIGTERM, listened for from the moment it is installed.

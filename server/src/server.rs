@@ -57,7 +57,13 @@ impl Server {
             None => ServerUrl::parse(&format!("http://{local_addr}"))
                 .map_err(|_| ServerError::InvalidInput("listen address".into()))?,
         };
+        let email = config
+            .smtp
+            .as_ref()
+            .and_then(crate::notify::SmtpNotifier::new)
+            .map(|n| Arc::new(n) as Arc<dyn crate::notify::Notifier>);
         let state = AppState {
+            email,
             db: db.clone(),
             keys,
             config: Arc::new(config),

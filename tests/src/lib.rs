@@ -358,19 +358,7 @@ impl RawDevice {
 pub fn ask(
     kind: tessera_protocol::authentication::AuthenticationKind,
 ) -> tessera_protocol::api::CreateAuthenticationRequest {
-    tessera_protocol::api::CreateAuthenticationRequest {
-        kind,
-        enrollment_id: None,
-        message: None,
-        fields: Vec::new(),
-        hidden_fields: Vec::new(),
-        accessing_ip: None,
-        accessing_location: None,
-        application_icon_url: None,
-        expires_in: None,
-        number_matching: false,
-        require_user_verification: false,
-    }
+    tessera_protocol::api::CreateAuthenticationRequest::new(kind)
 }
 
 /// A transaction: "Pay 120.00 EUR to ACME GmbH?" with amount, payee and IBAN, and a hidden

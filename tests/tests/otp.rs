@@ -60,7 +60,10 @@ async fn single_use_and_drift(backend: Backend) {
         .verify_otp("alice", &code_at(&device, &account, t - 30).await)
         .await
         .unwrap();
-    assert_eq!(verified.enrollment_id, enrollment.enrollment_id);
+    assert_eq!(
+        verified.enrollment_id,
+        Some(enrollment.enrollment_id.clone())
+    );
     assert_eq!(
         verified.attributes["pingid.authentication.type"],
         "MOBILE_APP_OTP"

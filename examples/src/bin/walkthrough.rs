@@ -84,6 +84,9 @@ async fn main() -> Result<()> {
         listen: "127.0.0.1:0".parse()?,
         database_url: database_url.clone(),
         accessing_ip_table: ip_table.clone(),
+        // One push attempt: the OTP-fallback step shows an undelivered push without waiting
+        // for retries.
+        push_attempts: 1,
         ..walkthrough_config()
     })
     .await?;
@@ -196,6 +199,7 @@ async fn main() -> Result<()> {
         expires_in: None,
         number_matching: true,
         require_user_verification: false,
+        ..CreateAuthenticationRequest::new(AuthenticationKind::Approval)
     };
     let created = backend.create_authentication("alice", &ask).await?;
     let shown = created.number_to_show.context("number matching")?;
@@ -589,6 +593,65 @@ async fn main() -> Result<()> {
 
     step(
         19,
+        "OTP fallback: bob's push cannot be delivered, so the web app takes his passcode",
+    );
+    // The application's push webhook is unreachable: the push fails, bob has no other device,
+    // and the authentication (created with OTP fallback) now accepts a passcode.
+    admin::set_push_webhook(
+        server.database(),
+        &app.application_id,
+        Some("http://127.0.0.1:1/push"),
+    )
+    .await?;
+    let fallback = backend
+        .create_authentication(
+            "bob",
+            &CreateAuthenticationRequest {
+                otp_fallback: Some(true),
+                otp_fallback_after: Some(120),
+                ..CreateAuthenticationRequest::new(AuthenticationKind::Approval)
+            },
+        )
+        .await?;
+    let mut status = fallback.clone();
+    for _ in 0..100 {
+        status = backend
+            .authentication(&fallback.authentication_id, 0)
+            .await?;
+        if status.otp_accepted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if !status.otp_accepted {
+        bail!("OTP fallback did not come into force");
+    }
+    say(format!(
+        "push undelivered; the status says a passcode is accepted (otp_reason {})",
+        serde_json::to_string(&status.otp_reason)?
+    ));
+    let bobs = device
+        .otp_accounts()
+        .await
+        .into_iter()
+        .find(|a| {
+            matches!(&a.source, tessera_core::OtpAccountSource::Enrollment { enrollment_id } if *enrollment_id == bob.enrollment_id)
+        })
+        .context("bob's provisioned OTP account")?;
+    let code = device.one_time_passcode(&bobs.id).await?;
+    let done = backend
+        .answer_with_otp(&fallback.authentication_id, &code.code)
+        .await?;
+    say(format!(
+        "bob types {}: authentication {} ({})",
+        code.code,
+        done.state.as_str(),
+        done.attributes["pingid.authentication.type"]
+    ));
+    admin::set_push_webhook(server.database(), &app.application_id, None).await?;
+
+    step(
+        20,
         "The app restarts: state is reloaded from encrypted storage",
     );
     drop(device);
@@ -598,7 +661,7 @@ async fn main() -> Result<()> {
         device.enrollments().await.len()
     ));
 
-    step(20, "The server restarts: enrollments survive");
+    step(21, "The server restarts: enrollments survive");
     let addr = server.local_addr();
     server.shutdown().await;
     let server = Server::start(ServerConfig {
@@ -614,7 +677,7 @@ async fn main() -> Result<()> {
         status.enrollment_id, status.status
     ));
 
-    step(21, "Bob unpairs from the device");
+    step(22, "Bob unpairs from the device");
     device.remove_enrollment(&bob.enrollment_id).await?;
     let left = backend.list_devices("bob").await?.devices.len();
     say(format!(
@@ -626,7 +689,8 @@ async fn main() -> Result<()> {
     println!(
         "\nDone: direct and relay pairing, two users on one device, approvals with number matching, \
          a transaction, silent verification, a fraud report, a new device verified by the primary \
-         device, a QR login, an offline passcode, CIBA in poll and ping modes, restarts on both sides."
+         device, a QR login, an offline passcode, OTP fallback after an undelivered push, CIBA in \
+         poll and ping modes, restarts on both sides."
     );
     Ok(())
 }

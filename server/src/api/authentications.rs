@@ -11,7 +11,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tessera_protocol::api::EnrollmentState;
+use tessera_protocol::api::{AuthenticationMethod, EnrollmentState};
 use tessera_protocol::api::{
     AuthenticationStatus, CreateAuthenticationRequest, PendingRequests, ResponseRecorded,
     SubmitResponse,
@@ -172,6 +172,47 @@ pub(crate) async fn create_authentication(
             DynamicParameters::default()
         }
     };
+    let policy = crate::db::applications::otp_policy(&state.db, &auth.0.id).await?;
+    if !policy.mandatory_methods.is_empty() {
+        let registered = super::backup::registered_methods(&state, &auth.0.id, &user_id).await?;
+        let missing: Vec<AuthenticationMethod> = policy
+            .mandatory_methods
+            .iter()
+            .copied()
+            .filter(|m| !registered.contains(m))
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|m| m.as_str()).collect();
+            return Err(ApiError::new(
+                ErrorCode::MandatoryMethodsMissing,
+                format!(
+                    "the user must register these authentication methods first: {}",
+                    names.join(", ")
+                ),
+            )
+            .with_missing_methods(missing));
+        }
+    }
+    if body
+        .otp_fallback_after
+        .is_some_and(|s| !(1..=900).contains(&s))
+    {
+        return Err(invalid(
+            "otp_fallback_after must be between 1 and 900 seconds",
+        ));
+    }
+    let silent = body.kind == AuthenticationKind::Silent;
+    let use_code = body.use_code.unwrap_or(policy.use_code) && !silent;
+    let otp_fallback = body.otp_fallback.unwrap_or(policy.otp_fallback) && !silent;
+    let mut backup_channels = if silent {
+        Vec::new()
+    } else {
+        body.backup_channels
+            .clone()
+            .unwrap_or_else(|| policy.backup_channels.clone())
+    };
+    backup_channels.sort();
+    backup_channels.dedup();
     let device = pick_device(&state, &auth.0.id, &user_id, body.enrollment_id.as_ref()).await?;
     if body.kind != AuthenticationKind::Silent {
         let now = time::now();
@@ -215,6 +256,16 @@ pub(crate) async fn create_authentication(
             ciba: None,
         },
     )?;
+    let mut record = record;
+    if use_code {
+        record.otp_mode = authentications::OtpMode::UseCode;
+        record.otp_after = Some(record.created_at);
+    } else if otp_fallback {
+        record.otp_mode = authentications::OtpMode::Fallback;
+        let after = body.otp_fallback_after.unwrap_or(policy.otp_fallback_after);
+        record.otp_after = Some(record.created_at + i64::from(after));
+    }
+    record.backup_channels = backup_channels;
     authentications::insert(state.db.pool(), &record).await?;
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
     // Push is a hint, delivered in the background; the request is already stored for pulling.
@@ -308,6 +359,10 @@ pub(crate) fn new_authentication(
         expires_at: request.expires_at,
         answered_at: None,
         failure_reason: None,
+        otp_mode: authentications::OtpMode::None,
+        otp_after: None,
+        backup_channels: Vec::new(),
+        push_state: "none".into(),
     })
 }
 
@@ -345,6 +400,30 @@ async fn load(state: &AppState, id: &AuthenticationId) -> Result<Authentication,
     authentications::get(&state.db, id, time::now())
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::AuthenticationNotFound, "no such authentication"))
+}
+
+/// The application's authentication `raw` (another application's reads as not found).
+pub(crate) async fn load_for(
+    state: &AppState,
+    auth: &AppAuth,
+    raw: &str,
+) -> Result<Authentication, ApiError> {
+    let record = load(state, &parse_id(raw)?).await?;
+    if record.application_id != auth.0.id {
+        return Err(ApiError::new(
+            ErrorCode::AuthenticationNotFound,
+            "no such authentication",
+        ));
+    }
+    Ok(record)
+}
+
+/// Refuses anything but a pending, unexpired authentication.
+pub(crate) fn require_pending(record: &Authentication) -> Result<(), ApiError> {
+    match super::otp::pending_error(record.state) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn parse_id(raw: &str) -> Result<AuthenticationId, ApiError> {
@@ -510,6 +589,28 @@ fn attributes(
     )
 }
 
+/// The accessing device's attributes (its IP, and the country and reputation the IP table
+/// gives it).
+pub(crate) fn accessing_attributes(
+    state: &AppState,
+    accessing_ip: Option<&str>,
+    a: &mut BTreeMap<String, Value>,
+) {
+    let Some(ip) = accessing_ip else {
+        return;
+    };
+    let a_dev = "pingid.authentication.accessing.device.";
+    a.insert(format!("{a_dev}ip"), json!(ip));
+    if let Some(facts) = state.config.accessing_ip_table.lookup(ip) {
+        if let Some(country) = &facts.country {
+            a.insert(format!("{a_dev}country"), json!(country));
+        }
+        if let Some(reputation) = facts.reputation {
+            a.insert(format!("{a_dev}ip.reputation"), json!(reputation.as_str()));
+        }
+    }
+}
+
 /// The attributes of an answer of `kind` (QR logins report as approvals).
 pub(crate) fn attributes_for(
     state: &AppState,
@@ -522,18 +623,7 @@ pub(crate) fn attributes_for(
 ) -> BTreeMap<String, Value> {
     let p = "pingid.authentication.";
     let mut a = BTreeMap::new();
-    if let Some(ip) = accessing_ip {
-        let a_dev = format!("{p}accessing.device.");
-        a.insert(format!("{a_dev}ip"), json!(ip));
-        if let Some(facts) = state.config.accessing_ip_table.lookup(ip) {
-            if let Some(country) = &facts.country {
-                a.insert(format!("{a_dev}country"), json!(country));
-            }
-            if let Some(reputation) = facts.reputation {
-                a.insert(format!("{a_dev}ip.reputation"), json!(reputation.as_str()));
-            }
-        }
-    }
+    accessing_attributes(state, accessing_ip, &mut a);
     if kind == AuthenticationKind::Silent {
         a.insert(format!("{p}type"), json!("POLICY_APPROVE"));
         return a;

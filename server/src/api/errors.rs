@@ -12,6 +12,7 @@ use crate::error::ServerError;
 pub(crate) struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    pub missing_methods: Vec<tessera_protocol::api::AuthenticationMethod>,
 }
 
 impl ApiError {
@@ -19,7 +20,17 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            missing_methods: Vec::new(),
         }
+    }
+
+    /// Adds the methods a `mandatory_methods_missing` error lists.
+    pub fn with_missing_methods(
+        mut self,
+        methods: Vec<tessera_protocol::api::AuthenticationMethod>,
+    ) -> Self {
+        self.missing_methods = methods;
+        self
     }
 }
 
@@ -27,7 +38,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody::new(self.code, self.message))).into_response()
+        let mut body = ErrorBody::new(self.code, self.message);
+        body.error.missing_methods = self.missing_methods;
+        (status, Json(body)).into_response()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, the OpenAPI document, and per-request metrics and logs.
 
 pub(crate) mod authentications;
+mod backup;
 mod ciba_clients;
 mod device;
 mod device_verification;
@@ -39,6 +40,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub push: Arc<crate::push::PushClients>,
     pub ciba_notifier: crate::oidc::notify::NotifierHandle,
+    /// The email notifier, when SMTP is configured.
+    pub email: Option<Arc<dyn crate::notify::Notifier>>,
 }
 
 #[derive(OpenApi)]
@@ -66,6 +69,15 @@ pub(crate) struct AppState {
         device::unpair,
         otp::verify,
         otp::reset_failures,
+        otp::answer_authentication,
+        otp::register_token,
+        otp::list_tokens,
+        otp::remove_token,
+        backup::set_contacts,
+        backup::get_contacts,
+        backup::send_for_authentication,
+        backup::create_challenge,
+        backup::verify_challenge,
         qr::create_session,
         qr::get_session,
         qr::qr_png,
@@ -147,6 +159,34 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/v1/users/{user_id}/otp/failures",
             delete(otp::reset_failures),
+        )
+        .route(
+            "/v1/authentications/{authentication_id}/otp",
+            post(otp::answer_authentication),
+        )
+        .route(
+            "/v1/authentications/{authentication_id}/backup-codes",
+            post(backup::send_for_authentication),
+        )
+        .route(
+            "/v1/users/{user_id}/otp-tokens",
+            post(otp::register_token).get(otp::list_tokens),
+        )
+        .route(
+            "/v1/users/{user_id}/otp-tokens/{token_id}",
+            delete(otp::remove_token),
+        )
+        .route(
+            "/v1/users/{user_id}/backup-contacts",
+            put(backup::set_contacts).get(backup::get_contacts),
+        )
+        .route(
+            "/v1/users/{user_id}/otp-challenges",
+            post(backup::create_challenge),
+        )
+        .route(
+            "/v1/otp-challenges/{challenge_id}/verify",
+            post(backup::verify_challenge),
         )
         .route("/v1/qr-sessions", post(qr::create_session))
         .route("/v1/qr-sessions/{session_id}", get(qr::get_session))

@@ -2,6 +2,7 @@
 
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
 use tessera_protocol::ids::ApplicationId;
 
 use super::Database;
@@ -318,6 +319,150 @@ pub async fn set_push_apns(
 ) -> Result<bool, ServerError> {
     let done = sqlx::query("UPDATE applications SET push_apns = $1 WHERE id = $2")
         .bind(credentials)
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// An application's one-time passcode settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtpPolicy {
+    /// "Use code": push authentications accept the app's passcode from the start.
+    pub use_code: bool,
+    /// OTP fallback: push authentications accept the app's passcode once the push cannot be
+    /// delivered or is not answered within `otp_fallback_after` seconds.
+    pub otp_fallback: bool,
+    /// Seconds without an answer after which OTP fallback is in force.
+    pub otp_fallback_after: u32,
+    /// The backup channels passcodes may be sent through.
+    pub backup_channels: Vec<BackupChannel>,
+    /// Methods every user must have registered before a push authentication is created.
+    pub mandatory_methods: Vec<AuthenticationMethod>,
+    /// The SMS and voice provider's webhook URL, if any.
+    pub sms_webhook_url: Option<String>,
+}
+
+impl Default for OtpPolicy {
+    fn default() -> Self {
+        Self {
+            use_code: false,
+            otp_fallback: false,
+            otp_fallback_after: 30,
+            backup_channels: Vec::new(),
+            mandatory_methods: Vec::new(),
+            sms_webhook_url: None,
+        }
+    }
+}
+
+/// Joins channels as stored (`sms,email`).
+pub fn channels_text(channels: &[BackupChannel]) -> String {
+    channels
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses stored channels.
+pub fn parse_channels(text: &str) -> Result<Vec<BackupChannel>, ServerError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| BackupChannel::parse(s).ok_or(ServerError::Corrupted("backup_channels")))
+        .collect()
+}
+
+/// The application's OTP settings.
+pub async fn otp_policy(db: &Database, id: &ApplicationId) -> Result<OtpPolicy, ServerError> {
+    let row = sqlx::query(
+        "SELECT use_code, otp_fallback, otp_fallback_after, backup_channels, mandatory_methods, \
+         sms_webhook_url FROM applications WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or(ServerError::NotFound("application"))?;
+    let methods: String = row.try_get("mandatory_methods")?;
+    Ok(OtpPolicy {
+        use_code: row.try_get::<i64, _>("use_code")? != 0,
+        otp_fallback: row.try_get::<i64, _>("otp_fallback")? != 0,
+        otp_fallback_after: u32::try_from(row.try_get::<i64, _>("otp_fallback_after")?)
+            .map_err(|_| ServerError::Corrupted("otp_fallback_after"))?,
+        backup_channels: parse_channels(&row.try_get::<String, _>("backup_channels")?)?,
+        mandatory_methods: methods
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                AuthenticationMethod::parse(s).ok_or(ServerError::Corrupted("mandatory_methods"))
+            })
+            .collect::<Result<_, _>>()?,
+        sms_webhook_url: row.try_get("sms_webhook_url")?,
+    })
+}
+
+/// Sets "use code", OTP fallback and its delay. Returns false if there is no such application.
+pub async fn set_otp_options(
+    db: &Database,
+    id: &ApplicationId,
+    use_code: bool,
+    otp_fallback: bool,
+    otp_fallback_after: u32,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query(
+        "UPDATE applications SET use_code = $1, otp_fallback = $2, otp_fallback_after = $3 WHERE id = $4",
+    )
+    .bind(i64::from(use_code))
+    .bind(i64::from(otp_fallback))
+    .bind(i64::from(otp_fallback_after))
+    .bind(id.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets the backup channels. Returns false if there is no such application.
+pub async fn set_backup_channels(
+    db: &Database,
+    id: &ApplicationId,
+    channels: &[BackupChannel],
+) -> Result<bool, ServerError> {
+    let done = sqlx::query("UPDATE applications SET backup_channels = $1 WHERE id = $2")
+        .bind(channels_text(channels))
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets the mandatory methods. Returns false if there is no such application.
+pub async fn set_mandatory_methods(
+    db: &Database,
+    id: &ApplicationId,
+    methods: &[AuthenticationMethod],
+) -> Result<bool, ServerError> {
+    let text = methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let done = sqlx::query("UPDATE applications SET mandatory_methods = $1 WHERE id = $2")
+        .bind(text)
+        .bind(id.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets (or, with `None`, removes) the SMS and voice provider webhook. Returns false if there is
+/// no such application.
+pub async fn set_sms_webhook(
+    db: &Database,
+    id: &ApplicationId,
+    url: Option<&str>,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query("UPDATE applications SET sms_webhook_url = $1 WHERE id = $2")
+        .bind(url)
         .bind(id.as_str())
         .execute(db.pool())
         .await?;

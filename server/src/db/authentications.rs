@@ -1,7 +1,7 @@
 //! Authentications and their single recorded outcome.
 
 use sqlx::Row;
-use tessera_protocol::api::AuthenticationStatus;
+use tessera_protocol::api::{AuthenticationStatus, BackupChannel, OtpReason};
 use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationKind, AuthenticationState, Decision,
 };
@@ -51,11 +51,57 @@ pub struct Authentication {
     pub answered_at: Option<i64>,
     /// Why it failed, when its state is `failed`.
     pub failure_reason: Option<String>,
+    /// Which app passcodes it accepts.
+    pub otp_mode: OtpMode,
+    /// From when an app passcode is accepted (with `otp_mode` other than `None`).
+    pub otp_after: Option<i64>,
+    /// The backup channels a passcode may be sent through for it.
+    pub backup_channels: Vec<BackupChannel>,
+    /// How its push went (`none`, `sent`, `failed`, `token_invalid`, `stale_token`).
+    pub push_state: String,
 }
+
+/// Which passcodes from the user's app an authentication accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtpMode {
+    /// None.
+    #[default]
+    None,
+    /// "Use code": from the start.
+    UseCode,
+    /// OTP fallback: once the push is undelivered or unanswered.
+    Fallback,
+}
+
+impl OtpMode {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtpMode::None => "none",
+            OtpMode::UseCode => "use_code",
+            OtpMode::Fallback => "fallback",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "use_code" => Some(Self::UseCode),
+            "fallback" => Some(Self::Fallback),
+            _ => None,
+        }
+    }
+}
+
+const READ_COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
+    parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
+    decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
+    otp_mode, otp_after, backup_channels, push_state";
 
 const COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
     parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
-    decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason";
+    decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
+    otp_mode, otp_after, backup_channels";
 
 fn word<T: serde::de::DeserializeOwned>(text: &str, what: &'static str) -> Result<T, ServerError> {
     serde_json::from_value(serde_json::Value::String(text.to_string()))
@@ -110,13 +156,46 @@ fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, ServerE
         expires_at,
         answered_at: row.try_get("answered_at")?,
         failure_reason: row.try_get("failure_reason")?,
+        otp_mode: OtpMode::parse(&parse("otp_mode")?).ok_or(ServerError::Corrupted("otp_mode"))?,
+        otp_after: row.try_get("otp_after")?,
+        backup_channels: super::applications::parse_channels(&parse("backup_channels")?)?,
+        push_state: parse("push_state")?,
     })
 }
 
 impl Authentication {
+    /// Why an app passcode answers it at `now`, if one does (only while it is pending).
+    pub fn otp_reason(&self, now: i64) -> Option<OtpReason> {
+        if self.state != AuthenticationState::Pending || now >= self.expires_at {
+            return None;
+        }
+        match (self.otp_mode, self.otp_after) {
+            (OtpMode::UseCode, _) => Some(OtpReason::UseCode),
+            (OtpMode::Fallback, Some(after)) if now >= after => {
+                if matches!(
+                    self.push_state.as_str(),
+                    "failed" | "token_invalid" | "stale_token"
+                ) {
+                    Some(OtpReason::PushUndelivered)
+                } else {
+                    Some(OtpReason::PushUnanswered)
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// The customer API's view.
     pub fn status(&self) -> AuthenticationStatus {
+        let otp_reason = self.otp_reason(tessera_protocol::time::now());
         AuthenticationStatus {
+            otp_accepted: otp_reason.is_some(),
+            otp_reason,
+            backup_channels: if self.state == AuthenticationState::Pending {
+                self.backup_channels.clone()
+            } else {
+                Vec::new()
+            },
             authentication_id: self.id.clone(),
             user_id: self.user_id.clone(),
             enrollment_id: self.enrollment_id.clone(),
@@ -144,7 +223,7 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     sqlx::query(&format!(
-        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     ))
     .bind(a.id.as_str())
     .bind(a.application_id.as_str())
@@ -165,6 +244,9 @@ where
     .bind(a.expires_at)
     .bind(a.answered_at)
     .bind(a.failure_reason.as_deref())
+    .bind(a.otp_mode.as_str())
+    .bind(a.otp_after)
+    .bind(super::applications::channels_text(&a.backup_channels))
     .execute(executor)
     .await?;
     Ok(())
@@ -177,7 +259,7 @@ pub async fn get(
     now: i64,
 ) -> Result<Option<Authentication>, ServerError> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM authentications WHERE id = $1"
+        "SELECT {READ_COLUMNS} FROM authentications WHERE id = $1"
     ))
     .bind(id.as_str())
     .fetch_optional(db.pool())
@@ -312,4 +394,44 @@ pub async fn readdress(
     .execute(db.pool())
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Records an approval by one-time passcode if the authentication is still pending and
+/// unexpired (one conditional update, racing the device's answer and expiry). Returns whether
+/// it was recorded.
+pub async fn record_passcode_answer(
+    db: &Database,
+    id: &AuthenticationId,
+    attributes: &str,
+    now: i64,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query(
+        "UPDATE authentications SET state = 'approved', decision = $1, attributes = $2, answered_at = $3 \
+         WHERE id = $4 AND state = 'pending' AND expires_at > $3",
+    )
+    .bind(to_word(&Decision::Approve))
+    .bind(attributes)
+    .bind(now)
+    .bind(id.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// OTP fallback: the push could not be delivered, so a passcode is accepted from `now` on (if
+/// the authentication has OTP fallback and it was not in force already).
+pub async fn offer_passcode_now(
+    db: &Database,
+    id: &AuthenticationId,
+    now: i64,
+) -> Result<(), ServerError> {
+    sqlx::query(
+        "UPDATE authentications SET otp_after = $1 \
+         WHERE id = $2 AND otp_mode = 'fallback' AND state = 'pending' AND (otp_after IS NULL OR otp_after > $1)",
+    )
+    .bind(now)
+    .bind(id.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(())
 }

@@ -11,6 +11,7 @@ pub mod ciba;
 pub mod enrollments;
 pub mod nonces;
 pub mod otp;
+pub mod otp_challenges;
 pub mod pairing_codes;
 pub mod qr_sessions;
 pub mod server_keys;

@@ -3,6 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sqlx::{AnyConnection, Row};
+use tessera_protocol::api::{OtpAlgorithm, OtpToken, OtpTokenKind};
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use zeroize::Zeroizing;
 
@@ -131,4 +132,172 @@ pub async fn reset_failures(
         .execute(db.pool())
         .await?;
     Ok(())
+}
+
+/// An OATH token registered with a known seed.
+pub struct OathToken {
+    /// Its id (`otk_…`).
+    pub token_id: String,
+    /// The kind.
+    pub kind: OtpTokenKind,
+    /// The seed.
+    pub seed: Zeroizing<Vec<u8>>,
+    /// The HMAC.
+    pub algorithm: OtpAlgorithm,
+    /// Digits per code.
+    pub digits: u32,
+    /// TOTP period (absent for HOTP).
+    pub period: Option<u32>,
+    /// HOTP: the next counter value expected.
+    pub counter: Option<i64>,
+    /// TOTP: the last time step accepted.
+    pub last_step: i64,
+    /// When it was registered.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for OathToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OathToken")
+            .field("token_id", &self.token_id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OathToken {
+    /// The customer API's view (no seed).
+    pub fn record(&self) -> OtpToken {
+        OtpToken {
+            token_id: self.token_id.clone(),
+            kind: self.kind,
+            algorithm: self.algorithm,
+            digits: self.digits,
+            period: self.period,
+            hotp: self.counter.is_some(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// Registers a token.
+pub async fn insert_token(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    token: &OathToken,
+) -> Result<(), ServerError> {
+    let encoded = Zeroizing::new(URL_SAFE_NO_PAD.encode(token.seed.as_slice()));
+    sqlx::query(
+        "INSERT INTO otp_tokens (token_id, application_id, user_id, kind, seed, algorithm, digits, \
+         period, counter, last_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&token.token_id)
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(token.kind.as_str())
+    .bind(encoded.as_str())
+    .bind(token.algorithm.as_str())
+    .bind(i64::from(token.digits))
+    .bind(token.period.map(i64::from))
+    .bind(token.counter)
+    .bind(token.last_step)
+    .bind(token.created_at)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// The user's tokens, oldest first.
+pub async fn tokens_for_user(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<OathToken>, ServerError> {
+    let rows = sqlx::query(
+        "SELECT token_id, kind, seed, algorithm, digits, period, counter, last_step, created_at \
+         FROM otp_tokens WHERE application_id = $1 AND user_id = $2 ORDER BY created_at, token_id",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let seed: Zeroizing<String> = Zeroizing::new(r.try_get("seed")?);
+            let period: Option<i64> = r.try_get("period")?;
+            Ok(OathToken {
+                token_id: r.try_get("token_id")?,
+                kind: OtpTokenKind::parse(&r.try_get::<String, _>("kind")?)
+                    .ok_or(ServerError::Corrupted("token kind"))?,
+                seed: Zeroizing::new(
+                    URL_SAFE_NO_PAD
+                        .decode(seed.as_bytes())
+                        .map_err(|_| ServerError::Corrupted("token seed"))?,
+                ),
+                algorithm: OtpAlgorithm::parse(&r.try_get::<String, _>("algorithm")?)
+                    .ok_or(ServerError::Corrupted("token algorithm"))?,
+                digits: u32::try_from(r.try_get::<i64, _>("digits")?)
+                    .map_err(|_| ServerError::Corrupted("token digits"))?,
+                period: period
+                    .map(u32::try_from)
+                    .transpose()
+                    .map_err(|_| ServerError::Corrupted("token period"))?,
+                counter: r.try_get("counter")?,
+                last_step: r.try_get("last_step")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Removes a token. Returns false if the user has no such token.
+pub async fn delete_token(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    token_id: &str,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query(
+        "DELETE FROM otp_tokens WHERE application_id = $1 AND user_id = $2 AND token_id = $3",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(token_id)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// TOTP: accepts `step` if later than the token's last accepted one (one conditional update).
+pub async fn accept_token_step(
+    db: &Database,
+    token_id: &str,
+    step: i64,
+) -> Result<bool, ServerError> {
+    let done =
+        sqlx::query("UPDATE otp_tokens SET last_step = $1 WHERE token_id = $2 AND last_step < $1")
+            .bind(step)
+            .bind(token_id)
+            .execute(db.pool())
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// HOTP: moves the token's counter from `expected` to `next` (the counter after the matching
+/// one: look-ahead resynchronisation). False if another use moved it first.
+pub async fn advance_counter(
+    db: &Database,
+    token_id: &str,
+    expected: i64,
+    next: i64,
+) -> Result<bool, ServerError> {
+    let done =
+        sqlx::query("UPDATE otp_tokens SET counter = $1 WHERE token_id = $2 AND counter = $3")
+            .bind(next)
+            .bind(token_id)
+            .bind(expected)
+            .execute(db.pool())
+            .await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -93,3 +93,61 @@ pub async fn exists(
         .await?;
     Ok(row.is_some())
 }
+
+/// A user's backup contacts: the phone number (SMS, voice) and the email address.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Contacts {
+    /// The phone number (E.164).
+    pub phone: Option<String>,
+    /// The email address.
+    pub email: Option<String>,
+}
+
+impl std::fmt::Debug for Contacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contacts")
+            .field("phone", &self.phone.is_some())
+            .field("email", &self.email.is_some())
+            .finish()
+    }
+}
+
+/// The user's backup contacts (`None` if there is no such user).
+pub async fn contacts(
+    db: &Database,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<Option<Contacts>, ServerError> {
+    let row =
+        sqlx::query("SELECT phone, email FROM users WHERE application_id = $1 AND user_id = $2")
+            .bind(app.as_str())
+            .bind(user_id.as_str())
+            .fetch_optional(db.pool())
+            .await?;
+    row.map(|r| {
+        Ok(Contacts {
+            phone: r.try_get("phone")?,
+            email: r.try_get("email")?,
+        })
+    })
+    .transpose()
+}
+
+/// Replaces the user's backup contacts. Returns false if there is no such user.
+pub async fn set_contacts(
+    db: &Database,
+    app: &ApplicationId,
+    user_id: &UserId,
+    contacts: &Contacts,
+) -> Result<bool, ServerError> {
+    let done = sqlx::query(
+        "UPDATE users SET phone = $1, email = $2 WHERE application_id = $3 AND user_id = $4",
+    )
+    .bind(contacts.phone.as_deref())
+    .bind(contacts.email.as_deref())
+    .bind(app.as_str())
+    .bind(user_id.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

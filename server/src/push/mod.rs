@@ -101,6 +101,11 @@ impl PushClients {
         }
     }
 
+    /// The HTTP client (also used for SMS and voice provider webhooks).
+    pub(crate) fn client(&self) -> Option<reqwest::Client> {
+        self.http.clone()
+    }
+
     fn http(&self) -> Result<&reqwest::Client, PushError> {
         self.http
             .as_ref()

@@ -1,0 +1,207 @@
+//! Sending one-time passcodes to people: the [`Notifier`] interface and its two providers.
+//!
+//! - **Email** ([`SmtpNotifier`]): a plain-text message over SMTP (`smtp://` plain, for a local
+//!   relay; `smtp://…?tls=required` STARTTLS; `smtps://` implicit TLS), configured for the
+//!   whole server ([`crate::ServerConfig::smtp`]).
+//! - **SMS and voice** ([`WebhookNotifier`]): a JSON `POST` to the application's SMS provider
+//!   webhook (`set-sms-webhook`), which sends the text or places the call. The body is
+//!   `{"channel", "to", "code", "message", "application_id", "user_id", "expires_at"}`.
+//!
+//! Errors never carry the code, the destination or the provider's credentials.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use lettre::message::header::ContentType;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde_json::json;
+use tessera_protocol::api::BackupChannel;
+use tessera_protocol::ids::{ApplicationId, UserId};
+use zeroize::Zeroizing;
+
+/// One passcode to deliver.
+pub struct Notice {
+    /// The channel.
+    pub channel: BackupChannel,
+    /// The phone number or email address.
+    pub to: String,
+    /// The code.
+    pub code: Zeroizing<String>,
+    /// The application's name (shown in the message).
+    pub application_name: String,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user.
+    pub user_id: UserId,
+    /// When the code expires.
+    pub expires_at: i64,
+    /// Minutes until it expires (shown in the message).
+    pub valid_minutes: i64,
+}
+
+impl std::fmt::Debug for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notice")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Notice {
+    /// The text the person receives.
+    pub fn text(&self) -> String {
+        format!(
+            "{}: your sign-in code is {}. It expires in {} minute{}. Never share it.",
+            self.application_name,
+            self.code.as_str(),
+            self.valid_minutes,
+            if self.valid_minutes == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// A provider refused or could not be reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    /// No provider is configured for the channel.
+    #[error("no provider is configured for this channel")]
+    NotConfigured,
+    /// The destination is not usable by the provider.
+    #[error("the destination is not usable")]
+    BadDestination,
+    /// The provider refused or could not be reached.
+    #[error("the provider did not accept the message: {0}")]
+    Provider(String),
+}
+
+/// The boxed future a notifier returns.
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send + 'a>>;
+
+/// Delivers passcodes through one provider.
+pub trait Notifier: Send + Sync {
+    /// Sends `notice`; resolves once the provider accepted it.
+    fn send<'a>(&'a self, notice: &'a Notice) -> SendFuture<'a>;
+}
+
+/// How the server sends email.
+#[derive(Clone)]
+pub struct SmtpConfig {
+    /// `smtp://HOST:PORT` (plain), `smtp://HOST:PORT?tls=required` (STARTTLS) or
+    /// `smtps://USER:PASS@HOST:PORT` (TLS). May hold credentials: never printed.
+    pub url: Zeroizing<String>,
+    /// The sender address (`Tessera <no-reply@example.com>`).
+    pub from: String,
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Email over SMTP.
+pub struct SmtpNotifier {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl SmtpNotifier {
+    /// A notifier for `config`; `None` (with the reason logged, no secret) if the URL or the
+    /// sender is not usable.
+    pub fn new(config: &SmtpConfig) -> Option<Self> {
+        let from = match config.from.parse::<Mailbox>() {
+            Ok(from) => from,
+            Err(_) => {
+                tracing::error!("smtp: the sender address is not valid; email is off");
+                return None;
+            }
+        };
+        match AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.url) {
+            Ok(builder) => Some(Self {
+                transport: builder.timeout(Some(Duration::from_secs(10))).build(),
+                from,
+            }),
+            Err(_) => {
+                tracing::error!("smtp: the server URL is not valid; email is off");
+                None
+            }
+        }
+    }
+}
+
+impl Notifier for SmtpNotifier {
+    fn send<'a>(&'a self, notice: &'a Notice) -> SendFuture<'a> {
+        Box::pin(async move {
+            let to: Mailbox = notice.to.parse().map_err(|_| NotifyError::BadDestination)?;
+            let message = lettre::Message::builder()
+                .from(self.from.clone())
+                .to(to)
+                .subject(format!("{} sign-in code", notice.application_name))
+                .header(ContentType::TEXT_PLAIN)
+                .body(notice.text())
+                .map_err(|_| NotifyError::BadDestination)?;
+            self.transport.send(message).await.map(|_| ()).map_err(|e| {
+                NotifyError::Provider(if e.is_permanent() {
+                    "the SMTP server refused the message".into()
+                } else {
+                    "the SMTP server could not be reached".into()
+                })
+            })
+        })
+    }
+}
+
+/// SMS and voice through the application's provider webhook.
+pub struct WebhookNotifier {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl WebhookNotifier {
+    /// A notifier posting to `url` with `client`.
+    pub fn new(client: reqwest::Client, url: String) -> Self {
+        Self { client, url }
+    }
+
+    /// The JSON body posted for `notice`.
+    pub fn body(notice: &Notice) -> serde_json::Value {
+        json!({
+            "channel": notice.channel,
+            "to": notice.to,
+            "code": notice.code.as_str(),
+            "message": notice.text(),
+            "application_id": notice.application_id,
+            "user_id": notice.user_id,
+            "expires_at": notice.expires_at,
+        })
+    }
+}
+
+impl Notifier for WebhookNotifier {
+    fn send<'a>(&'a self, notice: &'a Notice) -> SendFuture<'a> {
+        Box::pin(async move {
+            let response = self
+                .client
+                .post(&self.url)
+                .json(&Self::body(notice))
+                .send()
+                .await
+                .map_err(|e| {
+                    NotifyError::Provider(if e.is_timeout() {
+                        "timed out".into()
+                    } else {
+                        "connection failed".into()
+                    })
+                })?;
+            match response.status().as_u16() {
+                200..=299 => Ok(()),
+                400 | 422 => Err(NotifyError::BadDestination),
+                status => Err(NotifyError::Provider(format!("HTTP {status}"))),
+            }
+        })
+    }
+}
