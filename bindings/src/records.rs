@@ -24,10 +24,8 @@ pub struct AuthenticatorConfig {
     /// What the device says about itself.
     pub device: DeviceInfo,
     /// Posture signals at start (see `Authenticator.set_signals`).
-    #[uniffi(default)]
     pub signals: DeviceSignals,
     /// How the server can push to this device; new pairings register it.
-    #[uniffi(default)]
     pub push: PushRegistration,
     /// Allow plain `http://` to servers not on loopback (never in production).
     #[uniffi(default = false)]
