@@ -399,13 +399,29 @@ class Flows(unittest.TestCase):
         run(flow())
 
 
-class Results(unittest.TextTestResult):
-    pass
+def ffi_round_trip():
+    """The cost of one FFI round trip: a trivial synchronous call, many times."""
+    import time
+
+    async def open_device():
+        return await Device().open()
+
+    device = run(open_device())
+    for what, call in (("sdk_version()", t.sdk_version), ("device_id()", device.device_id)):
+        for _ in range(2_000):
+            call()
+        n = 20_000
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            call()
+        print(f"python ffi round trip, {what}: {(time.perf_counter_ns() - start) / n:.0f} ns per call ({n} calls)")
 
 
 if __name__ == "__main__":
-    runner = unittest.TextTestRunner(verbosity=2, resultclass=Results)
+    runner = unittest.TextTestRunner(verbosity=2)
     result = runner.run(unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__]))
+    if "--bench" in sys.argv:
+        ffi_round_trip()
     failed = len(result.failures) + len(result.errors)
     print(f"bindings-python: {result.testsRun - failed} passed, {failed} failed")
     sys.exit(0 if failed == 0 and result.testsRun > 0 else 1)
