@@ -271,7 +271,9 @@ mod tests {
             }
         );
         let e = TesseraError::from(CoreError::from(KeyStoreError::UserCancelled));
-        assert!(matches!(&e, TesseraError::UserVerification { code, .. } if code == "user_cancelled"));
+        assert!(
+            matches!(&e, TesseraError::UserVerification { code, .. } if code == "user_cancelled")
+        );
         let e = TesseraError::from(CoreError::RequestExpired);
         assert!(matches!(&e, TesseraError::Expired { code, .. } if code == "request_expired"));
     }

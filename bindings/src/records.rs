@@ -6,10 +6,10 @@ use std::sync::Arc;
 use tessera_core::{
     AccessContext as CoreAccessContext, AuthenticationKind, AuthenticationState, DisplayField,
     Enrollment as CoreEnrollment, EnrollmentStatus as CoreEnrollmentStatus,
-    IncomingRequest as CoreIncomingRequest,
-    OneTimePasscode as CoreOneTimePasscode, OtpAccount as CoreOtpAccount, OtpAccountSource,
-    OtpAlgorithm, OtpKind, QrAnswerRecorded as CoreQrAnswerRecorded,
-    QrAuthentication as CoreQrAuthentication, QrSessionState, ResponseRecorded as CoreRecorded,
+    IncomingRequest as CoreIncomingRequest, OneTimePasscode as CoreOneTimePasscode,
+    OtpAccount as CoreOtpAccount, OtpAccountSource, OtpAlgorithm, OtpKind,
+    QrAnswerRecorded as CoreQrAnswerRecorded, QrAuthentication as CoreQrAuthentication,
+    QrSessionState, ResponseRecorded as CoreRecorded,
 };
 use tessera_protocol::api::EnrollmentState as CoreEnrollmentState;
 use tessera_protocol::authentication::DeviceLocation as CoreLocation;
@@ -255,6 +255,8 @@ impl From<CoreIncomingRequest> for IncomingRequest {
 }
 
 /// What `handle_push` did with a push.
+// Crosses the FFI by value once (uniffi has no boxed enum fields); never kept in Rust.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, uniffi::Enum)]
 pub enum PushOutcome {
     /// A request to show to the user.

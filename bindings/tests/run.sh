@@ -57,6 +57,7 @@ if [ "$which" = "all" ] || [ "$which" = "kotlin" ]; then
   "$kotlin/bin/kotlinc" -nowarn -cp "$classpath" -d "$build/tests.jar" \
     "$generated/kotlin/dev/tessera/ffi/tessera.kt" \
     android/tessera/src/main/kotlin/dev/tessera/android/Tessera.kt \
+    android/tessera/src/main/kotlin/dev/tessera/android/Jca.kt \
     "$tests"/src/*.kt
   echo "kotlin compile time: $(( $(date +%s) - start )) s"
   java -Djna.library.path="$generated/lib" \

@@ -5,6 +5,7 @@
 // errors thrown as Kotlin exceptions with stable codes. Run by bindings/tests/run.sh.
 package dev.tessera.jvmtests
 
+import dev.tessera.android.Jca
 import dev.tessera.android.PushResult
 import dev.tessera.android.Tessera
 import dev.tessera.android.TesseraRequest
@@ -80,6 +81,37 @@ class RecordingKeyStore : PlatformKeyStore {
     }
     override fun seal(alias: String, plaintext: ByteArray) = inner.seal(alias, plaintext)
     override fun open(alias: String, sealed: ByteArray) = inner.open(alias, sealed)
+}
+
+/**
+ * The Android key store's code path with the JVM's own provider instead of AndroidKeyStore:
+ * JCA P-256 keys, DER signatures, [Jca.uncompressedPoint] and [Jca.seal] / [Jca.open].
+ */
+class JcaKeyStore : PlatformKeyStore {
+    private val pairs = java.util.concurrent.ConcurrentHashMap<String, java.security.KeyPair>()
+    private val aes = java.util.concurrent.ConcurrentHashMap<String, javax.crypto.SecretKey>()
+    override fun generateSigningKey(alias: String, kind: KeyKind): ByteArray {
+        val generator = java.security.KeyPairGenerator.getInstance("EC")
+        generator.initialize(java.security.spec.ECGenParameterSpec("secp256r1"))
+        val pair = generator.generateKeyPair()
+        pairs[alias] = pair
+        return Jca.uncompressedPoint(pair.public as java.security.interfaces.ECPublicKey)
+    }
+    override fun publicKey(alias: String) =
+        pairs[alias]?.let { Jca.uncompressedPoint(it.public as java.security.interfaces.ECPublicKey) }
+    override fun sign(alias: String, data: ByteArray): ByteArray {
+        val pair = pairs[alias] ?: throw PlatformException.NotFound()
+        return java.security.Signature.getInstance("SHA256withECDSA").run {
+            initSign(pair.private); update(data); sign()
+        }
+    }
+    override fun deleteKey(alias: String) { pairs.remove(alias) }
+    override fun seal(alias: String, plaintext: ByteArray): ByteArray {
+        val key = aes.getOrPut(alias) { javax.crypto.KeyGenerator.getInstance("AES").apply { init(256) }.generateKey() }
+        return Jca.seal(key, plaintext, alias.encodeToByteArray())
+    }
+    override fun open(alias: String, sealed: ByteArray): ByteArray =
+        Jca.open(aes[alias] ?: throw PlatformException.NotFound(), sealed, alias.encodeToByteArray())
 }
 
 fun config() = AuthenticatorConfig(
@@ -233,6 +265,21 @@ val tests: List<Pair<String, suspend Env.() -> Unit>> = listOf(
         val again = phone.scanQr(second["qr_uri"] as String)
         expectEqual(QrState.DENIED, phone.denyQr(again, alice).state, "denied")
         expectEqual(alice, server.qrSession(second["session_id"] as String)["user_id"], "denied by")
+    },
+    "the Android key store's JCA encoding and sealing pair, approve and reopen" to {
+        val keys = JcaKeyStore()
+        val dir = Files.createTempDirectory("tessera-device-").toFile().apply { deleteOnExit() }
+        val phone = Tessera.open(config(), keys, fileStorage(dir.path), Verifier())
+        val alice = user("alice")
+        val enrollment = pair(phone, alice)
+        server.authenticate(alice, mapOf("kind" to "approval", "require_user_verification" to true))
+        expectEqual(RequestState.APPROVED, phone.approve(phone.pendingRequests().single()).state, "approved")
+        phone.close()
+        val reopened = Tessera.open(config(), keys, fileStorage(dir.path), Verifier())
+        expectEqual(listOf(enrollment.enrollmentId), reopened.enrollments().map { it.enrollmentId }, "reopened")
+        val sealed = keys.seal("tessera.test", byteArrayOf(1, 2, 3))
+        sealed[sealed.size - 1] = (sealed[sealed.size - 1].toInt() xor 1).toByte()
+        expectThrows<PlatformException.OpenFailed> { keys.open("tessera.test", sealed) }
     },
     "errors are Kotlin exceptions with stable codes" to {
         val phone = device()
