@@ -2,24 +2,31 @@ import Foundation
 import LocalAuthentication
 
 /// The `LAContext` a successful prompt evaluated, handed to the key store so that signing with
-/// the user-verification key does not prompt a second time.
+/// the user-verification key right after the prompt does not prompt a second time. It is used
+/// for `window` seconds (the SDK signs at once), then invalidated: a later approval prompts again.
 public final class AuthenticationContextBox: @unchecked Sendable {
     private let lock = NSLock()
+    private let window: TimeInterval
     private var context: LAContext?
+    private var evaluatedAt = Date.distantPast
 
-    public init() {}
+    public init(window: TimeInterval = 10) { self.window = window }
 
-    /// Takes the evaluated context (once: the next approval prompts again).
-    func take() -> LAContext? {
+    /// The evaluated context while it is fresh.
+    func current() -> LAContext? {
         lock.lock(); defer { lock.unlock() }
-        let taken = context
-        context = nil
-        return taken
+        if let context, Date().timeIntervalSince(evaluatedAt) > window {
+            context.invalidate()
+            self.context = nil
+        }
+        return context
     }
 
     func put(_ context: LAContext) {
         lock.lock(); defer { lock.unlock() }
+        self.context?.invalidate()
         self.context = context
+        evaluatedAt = Date()
     }
 }
 

@@ -35,7 +35,7 @@ public final class SecureEnclaveKeyStore: PlatformKeyStore, @unchecked Sendable 
     }
 
     public func sign(alias: String, data: Data) throws -> Data {
-        guard let key = try findKey(tag: alias, context: authentication?.take()) else {
+        guard let key = try findKey(tag: alias, context: authentication?.current()) else {
             throw PlatformError.NotFound
         }
         var error: Unmanaged<CFError>?
