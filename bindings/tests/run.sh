@@ -4,8 +4,11 @@
 #
 #   bindings/tests/run.sh [python|kotlin|all] [--bench]
 #
-# Installs what is missing: a JRE (Debian's default-jre-headless), JNA (libjna-java), Node.js and
-# npm (for the kotlin-compiler package, pinned in android/jvm-tests/package-lock.json). Prints
+# --bench also measures one FFI round trip (a trivial synchronous call) from each language.
+# TESSERA_BINDINGS_RELEASE=1 tests a release build of the library (as the benchmarks do).
+#
+# Installs what is missing: Python 3, a JRE (Debian's default-jre-headless), JNA (libjna-java),
+# Node.js and npm (for the kotlin-compiler package, pinned in android/jvm-tests/package-lock.json). Prints
 # "bindings-python: N passed, N failed" and "bindings-kotlin: N passed, N failed".
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -26,12 +29,17 @@ apt_install() {
 
 echo "== bindings: building tessera-server and generating the bindings"
 cargo build --locked -q -p tessera-server
-./bindings/generate.sh "$generated" >/dev/null
+if [ "${TESSERA_BINDINGS_RELEASE:-0}" = "1" ]; then
+  ./bindings/generate.sh --release "$generated" >/dev/null
+else
+  ./bindings/generate.sh "$generated" >/dev/null
+fi
 export TESSERA_SERVER_BIN="$target_dir/debug/tessera-server"
 
 status=0
 if [ "$which" = "all" ] || [ "$which" = "python" ]; then
   echo "== bindings: Python"
+  command -v python3 >/dev/null 2>&1 || apt_install python3
   TESSERA_PYTHON_BINDINGS="$generated/python" python3 bindings/tests/python/test_flows.py $bench || status=1
 fi
 
