@@ -27,13 +27,16 @@ cd "$root"
 cargo build --locked "${cargo_profile[@]}" -p tessera-bindings -p tessera-uniffi-bindgen
 lib="$target_dir/$profile/libtessera_ffi.so"
 if [ "$(uname)" = "Darwin" ]; then lib="$target_dir/$profile/libtessera_ffi.dylib"; fi
+# The interface is read from the static library: the release profile strips the shared one,
+# uniffi's metadata symbols included.
+metadata="$target_dir/$profile/libtessera_ffi.a"
 bindgen="$target_dir/$profile/uniffi-bindgen"
 
 rm -rf "$out"
 mkdir -p "$out/lib"
 for language in kotlin swift python; do
   # bindings/uniffi.toml configures the generated code; bindgen.toml says where it is.
-  "$bindgen" generate "$lib" --language "$language" \
+  "$bindgen" generate "$metadata" --language "$language" \
     --config "$root/bindings/bindgen.toml" --out-dir "$out/$language" --no-format
 done
 cp "$lib" "$out/lib/"
