@@ -145,26 +145,36 @@ public final class Tessera: @unchecked Sendable {
         try await sdk.pendingRequests().compactMap(TesseraRequest.init)
     }
 
-    /// The incoming requests while iterated: long-polls every enrollment, yields each request
-    /// once, and retries after network errors; other errors end the stream.
+    /// The incoming requests while iterated: long-polls every active enrollment at once, yields
+    /// each request once, and retries after network errors; other errors end the stream.
     public func requests(waitSeconds: UInt32 = 25) -> AsyncThrowingStream<TesseraRequest, Error> {
-        AsyncThrowingStream { continuation in
+        let sdk = self.sdk
+        return AsyncThrowingStream { continuation in
+            let seen = SeenRequests()
             let task = Task {
-                var seen = Set<String>()
                 do {
-                    while !Task.isCancelled {
-                        for enrollment in await sdk.enrollments() where enrollment.status == .active {
-                            let batch: [IncomingRequest]
-                            do {
-                                batch = try await sdk.waitForRequests(enrollmentId: enrollment.enrollmentId, waitSeconds: waitSeconds)
-                            } catch TesseraError.Network {
-                                try await Task.sleep(nanoseconds: 2_000_000_000)
-                                continue
-                            }
-                            for request in batch.compactMap(TesseraRequest.init) where seen.insert(request.id).inserted {
-                                continuation.yield(request)
+                    let enrollments = await sdk.enrollments().filter { $0.status == .active }
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for enrollment in enrollments {
+                            group.addTask {
+                                while !Task.isCancelled {
+                                    let batch: [IncomingRequest]
+                                    do {
+                                        batch = try await sdk.waitForRequests(
+                                            enrollmentId: enrollment.enrollmentId, waitSeconds: waitSeconds)
+                                    } catch TesseraError.Network {
+                                        try await Task.sleep(nanoseconds: 2_000_000_000)
+                                        continue
+                                    }
+                                    for request in batch.compactMap(TesseraRequest.init) where seen.insert(request.id) {
+                                        continuation.yield(request)
+                                    }
+                                    // A request stays pending until answered: do not spin on it.
+                                    if !batch.isEmpty { try await Task.sleep(nanoseconds: 2_000_000_000) }
+                                }
                             }
                         }
+                        try await group.waitForAll()
                     }
                     continuation.finish()
                 } catch {
@@ -199,5 +209,16 @@ public final class Tessera: @unchecked Sendable {
     /// QR login: `userId` denies.
     public func denyQr(_ qr: QrAuthentication, userId: String, reportFraud: Bool = false) async throws -> QrAnswerRecorded {
         try await sdk.denyQr(qr: qr, userId: userId, reportFraud: reportFraud)
+    }
+}
+
+/// The ids already yielded by `requests()`.
+private final class SeenRequests: @unchecked Sendable {
+    private let lock = NSLock()
+    private var ids = Set<String>()
+
+    func insert(_ id: String) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        return ids.insert(id).inserted
     }
 }
