@@ -16,9 +16,9 @@ for target in "${targets[@]}"; do
   cargo rustc --locked --release -p tessera-bindings --lib --target "$target" --crate-type staticlib
 done
 
-# The Swift code and C header, generated from the host build.
+# The Swift code and C header, generated from a host (debug) build: the same for every target.
 generated="$target_dir/swift-bindings"
-./bindings/generate.sh --release "$generated"
+./bindings/generate.sh "$generated"
 cp "$generated/swift/TesseraFFI.swift" "$here/Sources/TesseraFFI/TesseraFFI.swift"
 headers="$target_dir/xcframework-headers"
 rm -rf "$headers" && mkdir -p "$headers"

@@ -26,10 +26,11 @@ android {
     }
 }
 
-// The Kotlin side of the bindings, generated from the host build of the library.
+// The Kotlin side of the bindings, generated from a host (debug) build of the library: the
+// generated code is the same for every target and profile.
 val generateBindings by tasks.registering(Exec::class) {
     workingDir = repo
-    commandLine("bindings/generate.sh", "--release")
+    commandLine("bindings/generate.sh")
 }
 
 // libtessera_ffi.so for each ABI (cargo install cargo-ndk; rustup target add aarch64-linux-android
