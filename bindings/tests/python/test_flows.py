@@ -88,15 +88,17 @@ class Device:
 
     alive = []
 
-    def __init__(self, verifier=None, key_store=None):
+    def __init__(self, verifier=None, key_store=None, verify_every_approval=False):
         self.dir = tempfile.TemporaryDirectory(prefix="tessera-device-")
         Device.alive.append(self)
         self.verifier, self.key_store = verifier, key_store
+        self.verify_every_approval = verify_every_approval
 
     async def open(self):
         key_store = self.key_store or t.software_key_store(os.path.join(self.dir.name, "keys"))
         storage = t.file_storage(os.path.join(self.dir.name, "state"))
-        return await t.Authenticator.open(config(), key_store, storage, self.verifier, False)
+        return await t.Authenticator.open(config(), key_store, storage, self.verifier,
+                                          self.verify_every_approval)
 
 
 class Flows(unittest.TestCase):
@@ -310,6 +312,31 @@ class Flows(unittest.TestCase):
             with self.assertRaises(t.TesseraError.Server) as refused:
                 await device.authenticate_with_qr(second["qr_uri"])
             self.assertIn(refused.exception.code, ("qr_already_scanned", "qr_session_not_found"))
+
+        run(flow())
+
+    def test_every_approval_verified_when_the_app_asks(self):
+        async def flow():
+            verifier, keys = Verifier(amr=("pin",)), RecordingKeyStore()
+            device = await Device(verifier=verifier, key_store=keys,
+                                  verify_every_approval=True).open()
+            alice = self.user("alice")
+            await self.paired(device, alice)
+            self.server.authenticate(alice)
+            [request] = await device.pending_requests()
+            self.assertFalse(request.require_user_verification)
+            keys.signed.clear()
+            await device.approve(request, None)
+            self.assertEqual(keys.signed, [t.KeyKind.USER_VERIFICATION])
+            self.assertFalse(verifier.reasons[0].required_by_server)
+
+            session = self.server.create_qr_session()
+            qr = await device.authenticate_with_qr(session["qr_uri"])
+            keys.signed.clear()
+            recorded = await device.approve_qr(qr, alice)
+            self.assertEqual(recorded.state, t.QrState.APPROVED)
+            self.assertEqual(len(verifier.reasons), 2)
+            self.assertEqual(keys.signed, [t.KeyKind.USER_VERIFICATION])
 
         run(flow())
 
