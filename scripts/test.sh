@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs Tessera's whole test suite: every crate's unit tests, the protocol test vectors, the
-# command-line tests, and the end-to-end tests (real server on loopback, real device core) on
-# SQLite and on PostgreSQL. Ends with one line: "tests: N passed, N failed".
+# command-line tests, the end-to-end tests (real server on loopback, real device core) on
+# SQLite and on PostgreSQL, and the binding tests (the generated Python module and the Kotlin
+# wrapper on the JVM against a real server process; bindings/tests/run.sh installs a JRE, JNA and
+# the Kotlin compiler when missing). Ends with one line: "tests: N passed, N failed".
 #
 # PostgreSQL: uses $DATABASE_URL when set; otherwise starts a local server with
 # scripts/start-postgres.sh (installing Debian's package if missing). Set TESSERA_SKIP_POSTGRES=1
@@ -36,6 +38,10 @@ status=0
   cargo test --workspace --doc --locked
 } 2>&1 | tee "$log" || status=$?
 
+# The binding tests print "bindings-python: N passed, N failed" and "bindings-kotlin: …".
+bindings/tests/run.sh all 2>&1 | tee -a "$log" || status=1
+
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     /^bindings-(python|kotlin): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

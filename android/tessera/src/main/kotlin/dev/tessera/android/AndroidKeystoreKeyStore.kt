@@ -1,0 +1,134 @@
+package dev.tessera.android
+
+import android.content.Context
+import android.content.pm.PackageManager
+import android.os.Build
+import android.security.keystore.KeyGenParameterSpec
+import android.security.keystore.KeyPermanentlyInvalidatedException
+import android.security.keystore.KeyProperties
+import android.security.keystore.StrongBoxUnavailableException
+import android.security.keystore.UserNotAuthenticatedException
+import dev.tessera.ffi.KeyKind
+import dev.tessera.ffi.PlatformException
+import dev.tessera.ffi.PlatformKeyStore
+import java.security.KeyPairGenerator
+import java.security.KeyStore
+import java.security.PrivateKey
+import java.security.Signature
+import java.security.interfaces.ECPublicKey
+import java.security.spec.ECGenParameterSpec
+import javax.crypto.KeyGenerator
+import javax.crypto.SecretKey
+
+/**
+ * The SDK's key store on Android Keystore: P-256 signing keys that never leave secure hardware
+ * (StrongBox when the device has it, the TEE otherwise), and an AES-256-GCM key that seals the
+ * SDK's state key.
+ *
+ * The user-verification key requires user authentication: it signs only within
+ * [userVerificationWindowSeconds] after the user passed a strong biometric or the device
+ * credential (the SDK's [BiometricUserVerifier] prompt runs right before it signs). It is
+ * invalidated when a new biometric is enrolled; the user then pairs again.
+ */
+class AndroidKeystoreKeyStore(
+    private val context: Context,
+    private val userVerificationWindowSeconds: Int = 15,
+) : PlatformKeyStore {
+    private val keyStore: KeyStore = KeyStore.getInstance(PROVIDER).apply { load(null) }
+    private val hasStrongBox: Boolean =
+        context.packageManager.hasSystemFeature(PackageManager.FEATURE_STRONGBOX_KEYSTORE)
+
+    override fun generateSigningKey(alias: String, kind: KeyKind): ByteArray = Jca.guard {
+        val pair = try {
+            generate(alias, kind, hasStrongBox)
+        } catch (e: StrongBoxUnavailableException) {
+            generate(alias, kind, false)
+        }
+        Jca.uncompressedPoint(pair.public as ECPublicKey)
+    }
+
+    private fun generate(alias: String, kind: KeyKind, strongBox: Boolean): java.security.KeyPair {
+        val spec = KeyGenParameterSpec.Builder(alias, KeyProperties.PURPOSE_SIGN)
+            .setAlgorithmParameterSpec(ECGenParameterSpec("secp256r1"))
+            .setDigests(KeyProperties.DIGEST_SHA256)
+            .setIsStrongBoxBacked(strongBox)
+        if (kind == KeyKind.USER_VERIFICATION) {
+            spec.setUserAuthenticationRequired(true)
+            spec.setInvalidatedByBiometricEnrollment(true)
+            if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.R) {
+                spec.setUserAuthenticationParameters(
+                    userVerificationWindowSeconds,
+                    KeyProperties.AUTH_BIOMETRIC_STRONG or KeyProperties.AUTH_DEVICE_CREDENTIAL,
+                )
+            } else {
+                @Suppress("DEPRECATION")
+                spec.setUserAuthenticationValidityDurationSeconds(userVerificationWindowSeconds)
+            }
+        }
+        val generator = KeyPairGenerator.getInstance(KeyProperties.KEY_ALGORITHM_EC, PROVIDER)
+        generator.initialize(spec.build())
+        return generator.generateKeyPair()
+    }
+
+    override fun publicKey(alias: String): ByteArray? = Jca.guard {
+        (keyStore.getCertificate(alias)?.publicKey as? ECPublicKey)?.let(Jca::uncompressedPoint)
+    }
+
+    override fun sign(alias: String, data: ByteArray): ByteArray = Jca.guard {
+        val key = keyStore.getKey(alias, null) as? PrivateKey ?: throw PlatformException.NotFound()
+        try {
+            Signature.getInstance("SHA256withECDSA").run {
+                initSign(key)
+                update(data)
+                sign() // ASN.1 DER, as the SDK expects
+            }
+        } catch (e: UserNotAuthenticatedException) {
+            throw PlatformException.Failed("the user-verification key needs a fresh biometric or PIN check")
+        } catch (e: KeyPermanentlyInvalidatedException) {
+            throw PlatformException.Failed("the user-verification key was invalidated by a biometric change; pair again")
+        }
+    }
+
+    override fun deleteKey(alias: String) = Jca.guard {
+        if (keyStore.containsAlias(alias)) keyStore.deleteEntry(alias)
+    }
+
+    override fun seal(alias: String, plaintext: ByteArray): ByteArray =
+        Jca.seal(
+            sealingKey(alias, create = true) ?: throw PlatformException.Failed("no sealing key"),
+            plaintext,
+            alias.encodeToByteArray(),
+        )
+
+    override fun open(alias: String, sealed: ByteArray): ByteArray {
+        val key = sealingKey(alias, create = false) ?: throw PlatformException.NotFound()
+        return Jca.open(key, sealed, alias.encodeToByteArray())
+    }
+
+    private fun sealingKey(alias: String, create: Boolean): SecretKey? = Jca.guard {
+        val name = "$alias.aes"
+        (keyStore.getKey(name, null) as? SecretKey)?.let { return@guard it }
+        if (!create) return@guard null
+        fun make(strongBox: Boolean): SecretKey {
+            val spec = KeyGenParameterSpec.Builder(name, KeyProperties.PURPOSE_ENCRYPT or KeyProperties.PURPOSE_DECRYPT)
+                .setBlockModes(KeyProperties.BLOCK_MODE_GCM)
+                .setEncryptionPaddings(KeyProperties.ENCRYPTION_PADDING_NONE)
+                .setKeySize(256)
+                .setIsStrongBoxBacked(strongBox)
+                .build()
+            return KeyGenerator.getInstance(KeyProperties.KEY_ALGORITHM_AES, PROVIDER).run {
+                init(spec)
+                generateKey()
+            }
+        }
+        try {
+            make(hasStrongBox)
+        } catch (e: StrongBoxUnavailableException) {
+            make(false)
+        }
+    }
+
+    private companion object {
+        const val PROVIDER = "AndroidKeyStore"
+    }
+}
