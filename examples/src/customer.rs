@@ -1,6 +1,5 @@
 //! A client for the customer API, as a customer's backend would call it.
 
-use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_protocol::api::{
@@ -196,18 +195,8 @@ impl CustomerApi {
         enrollment_id: &EnrollmentId,
     ) -> Result<(), CustomerApiError> {
         let path = user_path(user_id, &format!("/devices/{enrollment_id}"));
-        let response = self
-            .http
-            .delete(format!("{}{}", self.base, path))
-            .bearer_auth(&self.api_key)
-            .send()
+        self.send_empty::<()>(reqwest::Method::DELETE, &path, None)
             .await
-            .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
-        if response.status() == StatusCode::NO_CONTENT {
-            Ok(())
-        } else {
-            Err(error_from(response).await)
-        }
     }
 
     /// `POST /v1/users/{user_id}/otp/verify`: checks a one-time passcode from the user's device.
@@ -229,22 +218,12 @@ impl CustomerApi {
 
     /// `DELETE /v1/users/{user_id}/otp/failures`: unlocks passcode sign-in for the user.
     pub async fn reset_otp_failures(&self, user_id: &str) -> Result<(), CustomerApiError> {
-        let response = self
-            .http
-            .delete(format!(
-                "{}{}",
-                self.base,
-                user_path(user_id, "/otp/failures")
-            ))
-            .bearer_auth(&self.api_key)
-            .send()
-            .await
-            .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(error_from(response).await)
-        }
+        self.send_empty::<()>(
+            reqwest::Method::DELETE,
+            &user_path(user_id, "/otp/failures"),
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/authentications/{id}/otp`: answers a push authentication with a passcode (the
@@ -396,22 +375,14 @@ impl CustomerApi {
         id: &QrSessionId,
         format: &str,
     ) -> Result<Vec<u8>, CustomerApiError> {
-        let response = self
-            .http
-            .get(format!("{}/v1/qr-sessions/{id}/qr.{format}", self.base))
-            .bearer_auth(&self.api_key)
-            .send()
+        let path = format!("/v1/qr-sessions/{id}/qr.{format}");
+        Ok(self
+            .execute::<()>(reqwest::Method::GET, &path, None)
+            .await?
+            .bytes()
             .await
-            .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
-        if response.status().is_success() {
-            Ok(response
-                .bytes()
-                .await
-                .map_err(|e| CustomerApiError::Transport(e.to_string()))?
-                .to_vec())
-        } else {
-            Err(error_from(response).await)
-        }
+            .map_err(|e| CustomerApiError::Transport(e.to_string()))?
+            .to_vec())
     }
 
     /// `POST /v1/ciba/clients`: registers a CIBA relying party for this application.
@@ -466,22 +437,7 @@ impl CustomerApi {
         path: &str,
         body: Option<&B>,
     ) -> Result<(), CustomerApiError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(&self.api_key);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(error_from(response).await)
-        }
+        self.execute(method, path, body).await.map(|_| ())
     }
 
     async fn send<B: Serialize, T: DeserializeOwned>(
@@ -490,6 +446,20 @@ impl CustomerApi {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, CustomerApiError> {
+        self.execute(method, path, body)
+            .await?
+            .json::<T>()
+            .await
+            .map_err(|e| CustomerApiError::Transport(e.to_string()))
+    }
+
+    /// One authenticated call: the response when it succeeded, the server's error otherwise.
+    async fn execute<B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response, CustomerApiError> {
         let mut request = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -502,10 +472,7 @@ impl CustomerApi {
             .await
             .map_err(|e| CustomerApiError::Transport(e.to_string()))?;
         if response.status().is_success() {
-            response
-                .json::<T>()
-                .await
-                .map_err(|e| CustomerApiError::Transport(e.to_string()))
+            Ok(response)
         } else {
             Err(error_from(response).await)
         }

@@ -11,15 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
+use tessera_tests::load::{backends, ms, percentile};
 use tessera_tests::{Backend, TestDevice, TestServer, ask};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: usize) {
     let server = Arc::new(
@@ -111,14 +104,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         println!("authentication cycles over loopback ({cycles} per device)");
-        let mut backends = vec![(Backend::Sqlite, "sqlite")];
-        match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres") => {
-                backends.push((Backend::Postgres(url), "postgres"))
-            }
-            _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
-        }
-        for (backend, label) in backends {
+        for (backend, label) in backends() {
             for &n in levels {
                 run(backend.clone(), label, n, cycles).await;
             }

@@ -19,15 +19,8 @@ use std::time::{Duration, Instant};
 use tessera_examples::notification_receiver::NotificationReceiver;
 use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+use tessera_tests::load::{backends, ms, percentile};
 use tessera_tests::{Backend, TestDevice, TestServer};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Scenario {
@@ -193,14 +186,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         println!("CIBA over loopback ({cycles} requests per client)");
-        let mut backends = vec![(Backend::Sqlite, "sqlite")];
-        match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres") => {
-                backends.push((Backend::Postgres(url), "postgres"))
-            }
-            _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
-        }
-        for (backend, label) in backends {
+        for (backend, label) in backends() {
             for scenario in [Scenario::Backchannel, Scenario::Ping, Scenario::Poll] {
                 for &n in levels {
                     run(backend.clone(), label, scenario, n, cycles).await;

@@ -9,20 +9,13 @@
 //! `cargo bench -p tessera-tests --bench otp_load` (`VERIFICATIONS_PER_CLIENT=N`, default 200).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::RngCore;
 use tessera_protocol::api::{OtpAlgorithm, OtpTokenKind, RegisterOtpToken};
 use tessera_protocol::otp::{OtpHash, hotp};
+use tessera_tests::load::{backends, ms, percentile};
 use tessera_tests::{Backend, TestServer};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 /// RFC 4648 base32 without padding.
 fn base32(bytes: &[u8]) -> String {
@@ -124,14 +117,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         println!("server OTP verifications over loopback ({per_client} per client)");
-        let mut backends = vec![(Backend::Sqlite, "sqlite")];
-        match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres") => {
-                backends.push((Backend::Postgres(url), "postgres"))
-            }
-            _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
-        }
-        for (backend, label) in backends {
+        for (backend, label) in backends() {
             for &n in levels {
                 run(backend.clone(), label, n, per_client).await;
             }

@@ -4,18 +4,10 @@
 //!
 //! `cargo bench -p tessera-tests --bench pairing_load` (`PAIRINGS=N` to change the count).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use tessera_tests::load::{ms, percentile};
 use tessera_tests::{Backend, TestDevice, TestServer};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 async fn run(backend: Backend, label: &str, n: usize) {
     let server = TestServer::start(backend).await;

@@ -9,19 +9,12 @@
 //! `cargo bench -p tessera-tests --bench qr_load` (`LOGINS_PER_DEVICE=N`, default 30).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tessera_core::QrSessionState;
 use tessera_protocol::api::CreateQrSession;
+use tessera_tests::load::{backends, ms, percentile};
 use tessera_tests::{Backend, TestDevice, TestServer};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 async fn run(backend: Backend, label: &str, devices: usize, logins_per_device: usize) {
     let server = Arc::new(
@@ -141,14 +134,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         println!("QR logins over loopback ({logins} per phone)");
-        let mut backends = vec![(Backend::Sqlite, "sqlite")];
-        match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres") => {
-                backends.push((Backend::Postgres(url), "postgres"))
-            }
-            _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
-        }
-        for (backend, label) in backends {
+        for (backend, label) in backends() {
             for &n in levels {
                 run(backend.clone(), label, n, logins).await;
             }

@@ -8,6 +8,8 @@
 
 #![warn(missing_docs)]
 
+pub mod load;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
