@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
-use tessera_tests::load::{backends, ms, percentile};
+use tessera_tests::load::{Latencies, backends, plan, runtime};
 use tessera_tests::{Backend, TestDevice, TestServer, ask};
 
 async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: usize) {
@@ -72,18 +72,13 @@ async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: u
             latencies
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    let elapsed = started.elapsed();
-    all.sort();
+    let all = Latencies::gather(started, tasks).await;
     println!(
         "{label:<9} {devices:>3} devices  {:>6} cycles  {:>7.1} cycles/s  p50 {}  p99 {}",
-        all.len(),
-        all.len() as f64 / elapsed.as_secs_f64(),
-        ms(percentile(&all, 0.5)),
-        ms(percentile(&all, 0.99)),
+        all.count(),
+        all.per_second(),
+        all.p50(),
+        all.p99(),
     );
     if let Ok(server) = Arc::try_unwrap(server) {
         server.server.shutdown().await;
@@ -91,21 +86,12 @@ async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: u
 }
 
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let cycles: usize = std::env::var("CYCLES_PER_DEVICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if benchmarking { 50 } else { 2 })
-        .max(1);
-    let levels: &[usize] = if benchmarking { &[1, 16, 64] } else { &[1, 2] };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    let plan = plan("CYCLES_PER_DEVICE", 50, 2);
+    let cycles = plan.per_client;
+    runtime().block_on(async {
         println!("authentication cycles over loopback ({cycles} per device)");
         for (backend, label) in backends() {
-            for &n in levels {
+            for &n in plan.levels {
                 run(backend.clone(), label, n, cycles).await;
             }
         }

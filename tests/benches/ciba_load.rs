@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tessera_examples::notification_receiver::NotificationReceiver;
 use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
-use tessera_tests::load::{backends, ms, percentile};
+use tessera_tests::load::{Latencies, backends, plan, runtime};
 use tessera_tests::{Backend, TestDevice, TestServer};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -149,12 +149,7 @@ async fn run(backend: Backend, label: &str, scenario: Scenario, parties: usize, 
             latencies
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    let elapsed = started.elapsed();
-    all.sort();
+    let all = Latencies::gather(started, tasks).await;
     let what = match scenario {
         Scenario::Backchannel => "backchannel",
         Scenario::Ping => "ping e2e",
@@ -162,10 +157,10 @@ async fn run(backend: Backend, label: &str, scenario: Scenario, parties: usize, 
     };
     println!(
         "{label:<9} {what:<12} {parties:>3} clients  {:>5} requests  {:>7.1} /s  p50 {}  p99 {}",
-        all.len(),
-        all.len() as f64 / elapsed.as_secs_f64(),
-        ms(percentile(&all, 0.5)),
-        ms(percentile(&all, 0.99)),
+        all.count(),
+        all.per_second(),
+        all.p50(),
+        all.p99(),
     );
     if let Ok(server) = Arc::try_unwrap(server) {
         server.server.shutdown().await;
@@ -173,22 +168,13 @@ async fn run(backend: Backend, label: &str, scenario: Scenario, parties: usize, 
 }
 
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let cycles: usize = std::env::var("CYCLES_PER_CLIENT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if benchmarking { 20 } else { 1 })
-        .max(1);
-    let levels: &[usize] = if benchmarking { &[1, 16, 64] } else { &[1, 2] };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    let plan = plan("CYCLES_PER_CLIENT", 20, 1);
+    let cycles = plan.per_client;
+    runtime().block_on(async {
         println!("CIBA over loopback ({cycles} requests per client)");
         for (backend, label) in backends() {
             for scenario in [Scenario::Backchannel, Scenario::Ping, Scenario::Poll] {
-                for &n in levels {
+                for &n in plan.levels {
                     run(backend.clone(), label, scenario, n, cycles).await;
                 }
             }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use rand::RngCore;
 use tessera_protocol::api::{OtpAlgorithm, OtpTokenKind, RegisterOtpToken};
 use tessera_protocol::otp::{OtpHash, hotp};
-use tessera_tests::load::{backends, ms, percentile};
+use tessera_tests::load::{Latencies, backends, plan, runtime};
 use tessera_tests::{Backend, TestServer};
 
 /// RFC 4648 base32 without padding.
@@ -85,18 +85,13 @@ async fn run(backend: Backend, label: &str, clients: usize, per_client: usize) {
             latencies
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    let elapsed = started.elapsed();
-    all.sort();
+    let all = Latencies::gather(started, tasks).await;
     println!(
         "{label:<9} {clients:>3} clients  {:>6} verifications  {:>7.1} verifications/s  p50 {}  p99 {}",
-        all.len(),
-        all.len() as f64 / elapsed.as_secs_f64(),
-        ms(percentile(&all, 0.5)),
-        ms(percentile(&all, 0.99)),
+        all.count(),
+        all.per_second(),
+        all.p50(),
+        all.p99(),
     );
     if let Ok(server) = Arc::try_unwrap(server) {
         server.server.shutdown().await;
@@ -104,21 +99,12 @@ async fn run(backend: Backend, label: &str, clients: usize, per_client: usize) {
 }
 
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let per_client: usize = std::env::var("VERIFICATIONS_PER_CLIENT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if benchmarking { 200 } else { 3 })
-        .max(1);
-    let levels: &[usize] = if benchmarking { &[1, 16, 64] } else { &[1, 2] };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    let plan = plan("VERIFICATIONS_PER_CLIENT", 200, 3);
+    let per_client = plan.per_client;
+    runtime().block_on(async {
         println!("server OTP verifications over loopback ({per_client} per client)");
         for (backend, label) in backends() {
-            for &n in levels {
+            for &n in plan.levels {
                 run(backend.clone(), label, n, per_client).await;
             }
         }

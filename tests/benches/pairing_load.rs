@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use tessera_tests::load::{ms, percentile};
+use tessera_tests::load::{backends, ms, percentile, plan, runtime};
 use tessera_tests::{Backend, TestDevice, TestServer};
 
 async fn run(backend: Backend, label: &str, n: usize) {
@@ -63,27 +63,11 @@ async fn run(backend: Backend, label: &str, n: usize) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this without it, and then
-    // only a short smoke run is made, as criterion does.
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let default = if benchmarking { 1000 } else { 10 };
-    let n: usize = std::env::var("PAIRINGS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-        .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    let n = plan("PAIRINGS", 1000, 10).per_client;
+    runtime().block_on(async {
         println!("pairing latency over loopback ({n} pairings per backend)");
-        run(Backend::Sqlite, "sqlite", n).await;
-        match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres") => {
-                run(Backend::Postgres(url), "postgres", n).await
-            }
-            _ => println!("postgres   skipped (set DATABASE_URL=postgres://...)"),
+        for (backend, label) in backends() {
+            run(backend, label, n).await;
         }
     });
 }

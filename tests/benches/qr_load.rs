@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tessera_core::QrSessionState;
 use tessera_protocol::api::CreateQrSession;
-use tessera_tests::load::{backends, ms, percentile};
+use tessera_tests::load::{Latencies, backends, plan, runtime};
 use tessera_tests::{Backend, TestDevice, TestServer};
 
 async fn run(backend: Backend, label: &str, devices: usize, logins_per_device: usize) {
@@ -79,18 +79,13 @@ async fn run(backend: Backend, label: &str, devices: usize, logins_per_device: u
             latencies
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    let elapsed = started.elapsed();
-    all.sort();
+    let all = Latencies::gather(started, tasks).await;
     println!(
         "{label:<9} {devices:>3} phones  {:>6} logins  {:>7.1} sessions/s created and completed  p50 {}  p99 {}",
-        all.len(),
-        all.len() as f64 / elapsed.as_secs_f64(),
-        ms(percentile(&all, 0.5)),
-        ms(percentile(&all, 0.99)),
+        all.count(),
+        all.per_second(),
+        all.p50(),
+        all.p99(),
     );
     if let Ok(server) = Arc::try_unwrap(server) {
         server.server.shutdown().await;
@@ -120,22 +115,13 @@ fn render_figures(n: u32) {
 }
 
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let logins: usize = std::env::var("LOGINS_PER_DEVICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if benchmarking { 30 } else { 2 })
-        .max(1);
-    let levels: &[usize] = if benchmarking { &[1, 16, 64] } else { &[1, 2] };
-    render_figures(if benchmarking { 200 } else { 3 });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    let plan = plan("LOGINS_PER_DEVICE", 30, 2);
+    let logins = plan.per_client;
+    render_figures(if plan.benchmarking { 200 } else { 3 });
+    runtime().block_on(async {
         println!("QR logins over loopback ({logins} per phone)");
         for (backend, label) in backends() {
-            for &n in levels {
+            for &n in plan.levels {
                 run(backend.clone(), label, n, logins).await;
             }
         }

@@ -1,9 +1,92 @@
 //! Shared pieces of the load generators under `tests/benches/`: percentiles, formatting, and
 //! the backends a run covers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
 
 use crate::Backend;
+
+/// How much one run does. `cargo bench` passes `--bench` (the full run at 1, 16 and 64
+/// concurrent clients); `cargo test --all-targets` runs the generator without it, and then only
+/// a short smoke run is made, as criterion does.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Operations per client (`env_var` overrides it).
+    pub per_client: usize,
+    /// The concurrency levels to run.
+    pub levels: &'static [usize],
+    /// Whether this is the full run.
+    pub benchmarking: bool,
+}
+
+/// The plan: `bench_default` operations per client under `cargo bench`, `smoke_default`
+/// otherwise, or the positive number in `env_var`.
+pub fn plan(env_var: &str, bench_default: usize, smoke_default: usize) -> Plan {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let per_client = std::env::var(env_var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if benchmarking {
+            bench_default
+        } else {
+            smoke_default
+        })
+        .max(1);
+    Plan {
+        per_client,
+        levels: if benchmarking { &[1, 16, 64] } else { &[1, 2] },
+        benchmarking,
+    }
+}
+
+/// The multi-threaded runtime a generator runs on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Latencies gathered from concurrent clients, with the run's wall time.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    sorted: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Latencies {
+    /// Waits for every client task (each returns its latencies) and measures from `started`.
+    pub async fn gather(started: Instant, tasks: Vec<JoinHandle<Vec<Duration>>>) -> Self {
+        let mut sorted = Vec::new();
+        for task in tasks {
+            sorted.extend(task.await.expect("client task"));
+        }
+        let elapsed = started.elapsed();
+        sorted.sort();
+        Self { sorted, elapsed }
+    }
+
+    /// How many operations completed.
+    pub fn count(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Operations per second of wall time.
+    pub fn per_second(&self) -> f64 {
+        self.sorted.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The median, formatted.
+    pub fn p50(&self) -> String {
+        ms(percentile(&self.sorted, 0.5))
+    }
+
+    /// The 99th percentile, formatted.
+    pub fn p99(&self) -> String {
+        ms(percentile(&self.sorted, 0.99))
+    }
+}
 
 /// The `p` quantile (0.0–1.0) of sorted latencies (nearest rank). Panics on an empty slice.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
