@@ -214,27 +214,10 @@ pub(crate) async fn create_authentication(
     backup_channels.sort();
     backup_channels.dedup();
     let device = pick_device(&state, &auth.0.id, &user_id, body.enrollment_id.as_ref()).await?;
-    if body.kind != AuthenticationKind::Silent {
-        let now = time::now();
-        // Pending requests live at most 15 minutes, so a 15-minute look-back sees them all.
-        let (pending, _) =
-            authentications::user_facing_counts(&state.db, &auth.0.id, &user_id, now, now - 900)
-                .await?;
-        let (_, recent) =
-            authentications::user_facing_counts(&state.db, &auth.0.id, &user_id, now, now - 600)
-                .await?;
-        if pending >= i64::from(state.config.max_pending_authentications_per_user) {
-            return Err(ApiError::new(
-                ErrorCode::TooManyAuthentications,
-                "this user already has the most pending requests allowed; wait for an answer or for them to expire",
-            ));
-        }
-        if recent >= i64::from(state.config.max_recent_authentications_per_user) {
-            return Err(ApiError::new(
-                ErrorCode::TooManyAuthentications,
-                "too many requests to this user in the last 10 minutes",
-            ));
-        }
+    if body.kind != AuthenticationKind::Silent
+        && let Some(reason) = push_bombing_limit(&state, &auth.0.id, &user_id, time::now()).await?
+    {
+        return Err(ApiError::new(ErrorCode::TooManyAuthentications, reason));
     }
     let record = new_authentication(
         &state,
@@ -278,6 +261,35 @@ pub(crate) async fn create_authentication(
         fall_back,
     ));
     Ok((StatusCode::CREATED, Json(record.status())))
+}
+
+/// Push bombing: why one more user-facing request to this user is refused (too many pending,
+/// or too many in the last 10 minutes), or `None` when it is allowed. Silent verifications do not
+/// count. Used for every user-facing request, whoever asks (customer API or CIBA).
+pub(crate) async fn push_bombing_limit(
+    state: &AppState,
+    application_id: &ApplicationId,
+    user_id: &UserId,
+    now: i64,
+) -> Result<Option<&'static str>, crate::error::ServerError> {
+    // Pending requests live at most 15 minutes, so a 15-minute look-back sees them all.
+    let (pending, _) =
+        authentications::user_facing_counts(&state.db, application_id, user_id, now, now - 900)
+            .await?;
+    if pending >= i64::from(state.config.max_pending_authentications_per_user) {
+        return Ok(Some(
+            "this user already has the most pending requests allowed; wait for an answer or for them to expire",
+        ));
+    }
+    let (_, recent) =
+        authentications::user_facing_counts(&state.db, application_id, user_id, now, now - 600)
+            .await?;
+    if recent >= i64::from(state.config.max_recent_authentications_per_user) {
+        return Ok(Some(
+            "too many requests to this user in the last 10 minutes",
+        ));
+    }
+    Ok(None)
 }
 
 /// What a new request asks.

@@ -21,7 +21,7 @@ use super::client_auth::{
 use super::error::{OAuthCode, OAuthError, invalid_request, no_store};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
 use crate::api::AppState;
-use crate::api::authentications::{Question, new_authentication, pick_device};
+use crate::api::authentications::{Question, new_authentication, pick_device, push_bombing_limit};
 use crate::db::ciba::{self, CibaClient, CibaRequest, NotifyState};
 use crate::db::{applications, authentications, nonces, users};
 
@@ -430,16 +430,9 @@ async fn start(
                 "the user has no paired device that can authenticate",
             )
         })?;
-    let (pending, recent) = authentications::user_facing_counts(
-        &state.db,
-        &client.application_id,
-        &user,
-        now,
-        now - 600,
-    )
-    .await?;
-    if pending >= i64::from(state.config.max_pending_authentications_per_user)
-        || recent >= i64::from(state.config.max_recent_authentications_per_user)
+    if push_bombing_limit(state, &client.application_id, &user, now)
+        .await?
+        .is_some()
     {
         return Err(OAuthError::new(
             OAuthCode::AccessDenied,

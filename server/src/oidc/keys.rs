@@ -11,16 +11,18 @@ use crate::db::Database;
 use crate::db::ciba::{self, StoredSigningKey};
 use crate::error::ServerError;
 
-/// A loaded key.
+/// A loaded key, with the PKCS#8 DER it was stored as (what the JWT encoder takes).
 struct LoadedKey {
     key: SoftwareSigningKey,
+    der: zeroize::Zeroizing<Vec<u8>>,
     retired_at: Option<i64>,
 }
 
-fn load(stored: &StoredSigningKey) -> Result<LoadedKey, ServerError> {
+fn load(stored: StoredSigningKey) -> Result<LoadedKey, ServerError> {
     Ok(LoadedKey {
         key: SoftwareSigningKey::from_pkcs8_der(&stored.private_key)
             .map_err(|_| ServerError::Corrupted("ID token signing key"))?,
+        der: stored.private_key,
         retired_at: stored.retired_at,
     })
 }
@@ -42,7 +44,7 @@ async fn published(
         stored = ciba::signing_keys(db).await?;
     }
     let mut keys: Vec<LoadedKey> = stored
-        .iter()
+        .into_iter()
         .filter(|k| k.retired_at.is_none_or(|at| at + max_token_ttl > now))
         .map(load)
         .collect::<Result<_, _>>()?;
@@ -100,14 +102,10 @@ pub async fn sign(
         .first()
         .filter(|k| k.retired_at.is_none())
         .ok_or(ServerError::Corrupted("no ID token signing key"))?;
-    let der = current
-        .key
-        .to_pkcs8_der()
-        .map_err(|_| ServerError::Corrupted("key encoding"))?;
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(current.key.kid().to_string());
     header.typ = Some("JWT".into());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&der))
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&current.der))
         .map_err(|_| ServerError::Corrupted("ID token signing"))
 }
 
