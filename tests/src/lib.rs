@@ -191,6 +191,31 @@ pub struct TestDevice {
 }
 
 impl TestDevice {
+    /// The OTP account the server provisioned with `enrollment`.
+    pub async fn enrollment_otp_account(
+        &self,
+        enrollment: &tessera_protocol::ids::EnrollmentId,
+    ) -> tessera_core::OtpAccountId {
+        self.auth
+            .otp_accounts()
+            .await
+            .into_iter()
+            .find(|a| {
+                matches!(&a.source, tessera_core::OtpAccountSource::Enrollment { enrollment_id } if enrollment_id == enrollment)
+            })
+            .expect("the enrollment's OTP account")
+            .id
+    }
+
+    /// The account's passcode at Unix time `t`.
+    pub async fn otp_code_at(&self, account: &tessera_core::OtpAccountId, t: i64) -> String {
+        self.auth
+            .one_time_passcode_at(account, t)
+            .await
+            .expect("a passcode")
+            .code
+    }
+
     /// A new device with a default description.
     pub async fn new() -> TestDevice {
         Self::with_config(device_config("Pixel 8")).await

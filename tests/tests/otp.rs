@@ -1,9 +1,7 @@
 //! End to end: OTP seeds provisioned at pairing (sealed to the device, direct and relayed) and
 //! checked by the server: drift window, single use, lockout and reset.
 
-use tessera_core::{OtpAccountId, OtpAccountSource};
 use tessera_protocol::error::ErrorCode;
-use tessera_protocol::ids::EnrollmentId;
 use tessera_protocol::time::now;
 use tessera_tests::{Backend, TestDevice, TestServer, on_each_backend};
 
@@ -11,28 +9,6 @@ on_each_backend! {
     provisioned_codes_are_accepted_once_within_the_drift_window => single_use_and_drift;
     wrong_codes_lock_passcode_sign_in_until_reset => lockout;
     relayed_pairing_provisions_a_seed_the_backend_cannot_read => relayed;
-}
-
-async fn enrollment_account(device: &TestDevice, enrollment: &EnrollmentId) -> OtpAccountId {
-    device
-        .auth
-        .otp_accounts()
-        .await
-        .into_iter()
-        .find(|a| {
-            matches!(&a.source, OtpAccountSource::Enrollment { enrollment_id } if enrollment_id == enrollment)
-        })
-        .expect("the enrollment's OTP account")
-        .id
-}
-
-async fn code_at(device: &TestDevice, account: &OtpAccountId, t: i64) -> String {
-    device
-        .auth
-        .one_time_passcode_at(account, t)
-        .await
-        .unwrap()
-        .code
 }
 
 async fn single_use_and_drift(backend: Backend) {
@@ -44,7 +20,9 @@ async fn single_use_and_drift(backend: Backend) {
         .pair(&server.pairing_uri("alice").await, None)
         .await
         .unwrap();
-    let account = enrollment_account(&device, &enrollment.enrollment_id).await;
+    let account = device
+        .enrollment_otp_account(&enrollment.enrollment_id)
+        .await;
     let listed = device.auth.otp_accounts().await;
     assert_eq!(listed[0].issuer.as_deref(), Some("End-to-end Test App"));
     assert_eq!(listed[0].account_name, "alice");
@@ -57,7 +35,7 @@ async fn single_use_and_drift(backend: Backend) {
     let t = now();
     let verified = server
         .customer
-        .verify_otp("alice", &code_at(&device, &account, t - 30).await)
+        .verify_otp("alice", &device.otp_code_at(&account, t - 30).await)
         .await
         .unwrap();
     assert_eq!(
@@ -73,7 +51,7 @@ async fn single_use_and_drift(backend: Backend) {
         device.auth.device_id().as_str()
     );
     // The current code: accepted once, refused again.
-    let current = code_at(&device, &account, t).await;
+    let current = device.otp_code_at(&account, t).await;
     server.customer.verify_otp("alice", &current).await.unwrap();
     let err = server
         .customer
@@ -84,18 +62,18 @@ async fn single_use_and_drift(backend: Backend) {
     // An older step than one already used is refused too; three steps away is outside the window.
     let err = server
         .customer
-        .verify_otp("alice", &code_at(&device, &account, t - 30).await)
+        .verify_otp("alice", &device.otp_code_at(&account, t - 30).await)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::OtpInvalid));
     let err = server
         .customer
-        .verify_otp("alice", &code_at(&device, &account, t + 120).await)
+        .verify_otp("alice", &device.otp_code_at(&account, t + 120).await)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::OtpInvalid));
     // The next step (a device clock slightly ahead) is accepted, spaces and all.
-    let next = code_at(&device, &account, t + 30).await;
+    let next = device.otp_code_at(&account, t + 30).await;
     let spaced = format!("{} {}", &next[..3], &next[3..]);
     server.customer.verify_otp("alice", &spaced).await.unwrap();
     // Unpairing removes the seed on both sides.
@@ -122,9 +100,11 @@ async fn lockout(backend: Backend) {
         .pair(&server.pairing_uri("alice").await, None)
         .await
         .unwrap();
-    let account = enrollment_account(&device, &enrollment.enrollment_id).await;
+    let account = device
+        .enrollment_otp_account(&enrollment.enrollment_id)
+        .await;
     let t = now();
-    let good = code_at(&device, &account, t).await;
+    let good = device.otp_code_at(&account, t).await;
     let wrong = if good == "000000" { "111111" } else { "000000" };
     for _ in 0..2 {
         let err = server
@@ -182,7 +162,9 @@ async fn relayed(backend: Backend) {
         .complete_relay_pairing(&relayed.server_payload)
         .await
         .unwrap();
-    let account = enrollment_account(&device, &enrollment.enrollment_id).await;
-    let code = code_at(&device, &account, now()).await;
+    let account = device
+        .enrollment_otp_account(&enrollment.enrollment_id)
+        .await;
+    let code = device.otp_code_at(&account, now()).await;
     server.customer.verify_otp("bob", &code).await.unwrap();
 }

@@ -11,14 +11,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
-use tessera_core::{OtpAccountId, OtpAccountSource};
+use tessera_core::OtpAccountId;
 use tessera_protocol::api::{
     AuthenticationMethod, BackupChannel, BackupContacts, CreateOtpChallenge, OtpAlgorithm,
     OtpReason, OtpTokenKind, RegisterOtpToken,
 };
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::error::ErrorCode;
-use tessera_protocol::ids::EnrollmentId;
 use tessera_protocol::time::now;
 use tessera_server::{ServerConfig, SmtpConfig, admin};
 use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
@@ -174,28 +173,6 @@ async fn provider() -> Provider {
 
 // ---------------------------------------------------------------------------------------------
 
-async fn enrollment_account(device: &TestDevice, enrollment: &EnrollmentId) -> OtpAccountId {
-    device
-        .auth
-        .otp_accounts()
-        .await
-        .into_iter()
-        .find(|a| {
-            matches!(&a.source, OtpAccountSource::Enrollment { enrollment_id } if enrollment_id == enrollment)
-        })
-        .expect("the enrollment's OTP account")
-        .id
-}
-
-async fn code_at(device: &TestDevice, account: &OtpAccountId, t: i64) -> String {
-    device
-        .auth
-        .one_time_passcode_at(account, t)
-        .await
-        .unwrap()
-        .code
-}
-
 /// Waits until the current 30-second step has at least 10 seconds left.
 async fn early_in_a_step() {
     while now() % 30 > 20 {
@@ -211,7 +188,9 @@ async fn paired(server: &TestServer, user: &str) -> (TestDevice, OtpAccountId) {
         .pair(&server.pairing_uri(user).await, None)
         .await
         .unwrap();
-    let account = enrollment_account(&device, &enrollment.enrollment_id).await;
+    let account = device
+        .enrollment_otp_account(&enrollment.enrollment_id)
+        .await;
     (device, account)
 }
 
@@ -241,7 +220,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .customer
         .answer_with_otp(
             &plain.authentication_id,
-            &code_at(&device, &account, t).await,
+            &device.otp_code_at(&account, t).await,
         )
         .await
         .unwrap_err();
@@ -258,7 +237,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .unwrap();
     assert!(created.otp_accepted);
     assert_eq!(created.otp_reason, Some(OtpReason::UseCode));
-    let wrong = if code_at(&device, &account, t - 30).await == "000000" {
+    let wrong = if device.otp_code_at(&account, t - 30).await == "000000" {
         "111111"
     } else {
         "000000"
@@ -269,7 +248,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::OtpInvalid));
-    let first = code_at(&device, &account, t - 30).await;
+    let first = device.otp_code_at(&account, t - 30).await;
     let done = server
         .customer
         .answer_with_otp(&created.authentication_id, &first)
@@ -323,7 +302,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .customer
         .answer_with_otp(
             &created.authentication_id,
-            &code_at(&device, &account, t).await,
+            &device.otp_code_at(&account, t).await,
         )
         .await
         .unwrap_err();
@@ -359,7 +338,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .customer
         .answer_with_otp(
             &created.authentication_id,
-            &code_at(&device, &account, t).await,
+            &device.otp_code_at(&account, t).await,
         )
         .await
         .unwrap();
@@ -402,7 +381,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .customer
         .answer_with_otp(
             &no_fallback.authentication_id,
-            &code_at(&device, &account, t + 30).await,
+            &device.otp_code_at(&account, t + 30).await,
         )
         .await
         .unwrap_err();
@@ -411,7 +390,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .customer
         .answer_with_otp(
             &created.authentication_id,
-            &code_at(&device, &account, t + 30).await,
+            &device.otp_code_at(&account, t + 30).await,
         )
         .await
         .unwrap();
