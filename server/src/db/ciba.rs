@@ -428,19 +428,18 @@ pub async fn renew_lease(
     Ok(())
 }
 
-/// Records a delivery's outcome: done, failed for good, or due again at `retry_at`.
+/// Records a delivery's final outcome (done, or failed after every attempt); the instance that
+/// held it retried in-process before.
 pub async fn finish_notification(
     db: &Database,
     auth_req_id: &str,
     state: NotifyState,
-    retry_at: Option<i64>,
 ) -> Result<(), ServerError> {
     sqlx::query(
-        "UPDATE ciba_requests SET notify_state = $2, notify_due_at_ms = $3 WHERE auth_req_id = $1",
+        "UPDATE ciba_requests SET notify_state = $2, notify_due_at_ms = NULL WHERE auth_req_id = $1",
     )
     .bind(auth_req_id)
     .bind(state.as_str())
-    .bind(retry_at)
     .execute(db.pool())
     .await?;
     Ok(())

@@ -94,9 +94,7 @@ async fn deliver(state: AppState, request: CibaRequest) {
             NotifyState::Failed
         }
     };
-    if let Err(e) =
-        ciba::finish_notification(&state.db, &request.auth_req_id, final_state, None).await
-    {
+    if let Err(e) = ciba::finish_notification(&state.db, &request.auth_req_id, final_state).await {
         tracing::warn!(error = %e, "CIBA notification outcome not recorded");
     }
 }
