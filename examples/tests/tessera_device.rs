@@ -236,7 +236,7 @@ async fn pair_waits_for_the_primary_device() {
     tessera_server::admin::set_additional_device_policy(
         server.database(),
         &app.application_id,
-        tessera_server::db::applications::AdditionalDevicePolicy::VerifyWithPrimary,
+        tessera_server::store::applications::AdditionalDevicePolicy::VerifyWithPrimary,
     )
     .await
     .unwrap();

@@ -9,10 +9,10 @@ use tessera_protocol::api::{
 use tessera_protocol::ids::{ApplicationId, UserId};
 use zeroize::Zeroizing;
 
-use crate::db::applications::{self, Application, api_key_digest};
-use crate::db::{Database, enrollments, users};
+use crate::delivery::push::{ApnsCredentials, ApnsEnvironment, FcmCredentials};
 use crate::error::ServerError;
-use crate::push::{ApnsCredentials, ApnsEnvironment, FcmCredentials};
+use crate::store::applications::{self, Application, api_key_digest};
+use crate::store::{Database, enrollments, users};
 
 fn new_api_key() -> Zeroizing<String> {
     let mut bytes = Zeroizing::new([0u8; 32]);
@@ -47,7 +47,7 @@ pub async fn create_application(
 
 /// All applications.
 pub async fn list_applications(db: &Database) -> Result<Vec<Application>, ServerError> {
-    applications::list(db).await
+    Ok(applications::list(db).await?)
 }
 
 /// Issues a new API key for an application; the old one stops working at once.
@@ -79,19 +79,19 @@ pub async fn create_user(
     applications::get(db, app)
         .await?
         .ok_or(ServerError::NotFound("application"))?;
-    users::insert(
+    Ok(users::insert(
         db,
         app,
         user_id,
         display_name,
         tessera_protocol::time::now(),
     )
-    .await
+    .await?)
 }
 
 /// An application's users.
 pub async fn list_users(db: &Database, app: &ApplicationId) -> Result<Vec<User>, ServerError> {
-    users::list(db, app).await
+    Ok(users::list(db, app).await?)
 }
 
 /// A user's devices.
@@ -343,5 +343,5 @@ pub async fn otp_policy(
     db: &Database,
     app: &ApplicationId,
 ) -> Result<applications::OtpPolicy, ServerError> {
-    applications::otp_policy(db, app).await
+    Ok(applications::otp_policy(db, app).await?)
 }

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 
 use tessera_protocol::pairing::ServerUrl;
 
+use zeroize::Zeroizing;
+
+use crate::clock::Clock;
 use crate::ip_table::IpTable;
 
 /// How a server runs.
@@ -50,7 +53,7 @@ pub struct ServerConfig {
     /// being used); a match resynchronises the counter.
     pub hotp_look_ahead: u32,
     /// How email passcodes are sent (`None`: no email channel).
-    pub smtp: Option<crate::notify::SmtpConfig>,
+    pub smtp: Option<SmtpConfig>,
     /// Lifetime of a backup (SMS, voice, email) passcode, in seconds.
     pub backup_code_ttl: u32,
     /// Wrong codes allowed per backup passcode before it is void.
@@ -88,7 +91,12 @@ pub struct ServerConfig {
     pub oidc_token_ttl: u32,
     /// Lifetime of refresh tokens, in seconds.
     pub oidc_refresh_token_ttl: u32,
+    /// Where the server reads the time (the system clock; tests move a manual one).
+    pub clock: std::sync::Arc<dyn Clock>,
 }
+
+/// FCM's production base URL.
+pub const FCM_DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -116,7 +124,8 @@ impl Default for ServerConfig {
             backup_code_attempts: 3,
             backup_codes_per_window: 3,
             backup_code_window: 600,
-            fcm_endpoint: crate::push::FCM_DEFAULT_ENDPOINT.to_string(),
+            fcm_endpoint: FCM_DEFAULT_ENDPOINT.to_string(),
+            clock: crate::clock::system(),
             apns_endpoint: None,
             ciba_default_expiry: 120,
             ciba_max_expiry: 600,
@@ -129,5 +138,23 @@ impl Default for ServerConfig {
             oidc_token_ttl: 3600,
             oidc_refresh_token_ttl: 30 * 24 * 3600,
         }
+    }
+}
+
+/// How the server sends email.
+#[derive(Clone)]
+pub struct SmtpConfig {
+    /// `smtp://HOST:PORT` (plain), `smtp://HOST:PORT?tls=required` (STARTTLS) or
+    /// `smtps://USER:PASS@HOST:PORT` (TLS). May hold credentials: never printed.
+    pub url: Zeroizing<String>,
+    /// The sender address (`Tessera <no-reply@example.com>`).
+    pub from: String,
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
     }
 }

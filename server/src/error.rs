@@ -1,17 +1,13 @@
-//! Errors of starting and administering a server (the HTTP API has its own, in `api::errors`).
+//! Errors of starting and administering a server (the HTTP API has its own, in `http::errors`).
+
+use crate::store::StoreError;
 
 /// Starting, stopping or administering the server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The database URL is not `sqlite://…` or `postgres://…`.
-    #[error("unsupported database URL (expected sqlite://… or postgres://…)")]
-    UnsupportedDatabase,
-    /// The database could not be reached or a query failed.
-    #[error("database: {0}")]
-    Database(String),
-    /// Migrations failed.
-    #[error("database migration failed: {0}")]
-    Migration(String),
+    /// The database could not be reached, migrated or queried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {reason}")]
     Bind {
@@ -31,7 +27,7 @@ pub enum ServerError {
     NotFound(&'static str),
     /// Push credentials given to an admin operation are unusable.
     #[error("invalid push credentials: {0}")]
-    PushCredentials(#[from] crate::push::PushCredentialsError),
+    PushCredentials(#[from] crate::delivery::push::PushCredentialsError),
     /// The thing already exists.
     #[error("already exists: {0}")]
     AlreadyExists(&'static str),
@@ -39,7 +35,6 @@ pub enum ServerError {
 
 impl From<sqlx::Error> for ServerError {
     fn from(e: sqlx::Error) -> Self {
-        // sqlx's messages describe the failure (connection, constraint), not bound values.
-        ServerError::Database(e.to_string())
+        ServerError::Store(StoreError::from(e))
     }
 }

@@ -10,6 +10,10 @@
 //!   user's paired device as the authentication device.
 //! - **Operations**: `/healthz`, `/metrics` (Prometheus), `/openapi.json`.
 //!
+//! Inside, the layers are modules (see `docs/architecture.md`): [`http`](crate) handlers parse
+//! and call one `domain` operation; `domain` holds the rules and announces changes; `store` is
+//! SQL only; `delivery` sends pushes and passcodes through traits the domain owns.
+//!
 //! [`Server::start`] runs it in-process (the examples and end-to-end tests do); the
 //! `tessera-server` binary wraps it with a command line.
 
@@ -17,25 +21,25 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-mod api;
+pub mod clock;
 mod config;
-pub mod db;
+mod delivery;
+pub(crate) mod domain;
 mod error;
-mod fallback;
+mod http;
 pub mod ip_table;
 mod keys;
 mod metrics;
-pub mod notify;
 pub mod oidc;
-mod push;
 pub mod qr_render;
 mod server;
+pub mod store;
 
-pub use api::openapi_document;
-pub use config::ServerConfig;
-pub use db::Database;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{ServerConfig, SmtpConfig};
+pub use delivery::push::{ApnsEnvironment, PushCredentialsError};
 pub use error::ServerError;
+pub use http::openapi_document;
 pub use ip_table::IpTable;
-pub use notify::SmtpConfig;
-pub use push::{ApnsEnvironment, PushCredentialsError};
 pub use server::{RunningServer, Server};
+pub use store::{Database, StoreError};

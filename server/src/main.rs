@@ -35,9 +35,10 @@ use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
-use tessera_server::db::applications::{AdditionalDevicePolicy, OtpPolicy, QrPolicy};
+use tessera_server::store::applications::{AdditionalDevicePolicy, OtpPolicy, QrPolicy};
 use tessera_server::{
-    ApnsEnvironment, Database, IpTable, Server, ServerConfig, ServerError, SmtpConfig, admin,
+    ApnsEnvironment, Database, IpTable, Server, ServerConfig, ServerError, SmtpConfig, StoreError,
+    admin,
 };
 
 #[derive(Parser)]
@@ -387,9 +388,12 @@ fn fail(code: &str, message: impl std::fmt::Display) -> ExitCode {
 
 fn server_error_code(e: &ServerError) -> &'static str {
     match e {
-        ServerError::UnsupportedDatabase => "unsupported_database",
-        ServerError::Database(_) => "database",
-        ServerError::Migration(_) => "migration",
+        ServerError::Store(StoreError::UnsupportedDatabase) => "unsupported_database",
+        ServerError::Store(StoreError::Migration(_)) => "migration",
+        ServerError::Store(StoreError::Corrupted(_)) => "corrupted",
+        ServerError::Store(StoreError::NotFound(_)) => "not_found",
+        ServerError::Store(StoreError::AlreadyExists(_)) => "already_exists",
+        ServerError::Store(_) => "database",
         ServerError::Bind { .. } => "bind",
         ServerError::Corrupted(_) => "corrupted",
         ServerError::InvalidInput(_) => "invalid_input",
@@ -565,7 +569,7 @@ async fn run_admin(
         }
         AdminCommand::ListCibaClients { application_id } => {
             let app = parse_app(&application_id)?;
-            let clients = tessera_server::db::ciba::clients(&db, &app).await?;
+            let clients = tessera_server::store::ciba::clients(&db, &app).await?;
             json!({"clients": clients.iter().map(|c| c.info()).collect::<Vec<_>>()})
         }
         AdminCommand::RemoveCibaClient {
@@ -573,7 +577,7 @@ async fn run_admin(
             client_id,
         } => {
             let app = parse_app(&application_id)?;
-            if !tessera_server::db::ciba::delete_client(&db, &app, &client_id).await? {
+            if !tessera_server::store::ciba::delete_client(&db, &app, &client_id).await? {
                 return Err(ServerError::NotFound("CIBA client"));
             }
             json!({"removed": client_id})

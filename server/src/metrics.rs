@@ -42,6 +42,13 @@ pub(crate) struct Metrics {
     pub pairings: Family<ModeLabels, Counter>,
     pub pairing_failures: Family<ReasonLabels, Counter>,
     pub pushes: Family<PushLabels, Counter>,
+    pub authentications_ended: Family<EndLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EndLabels {
+    pub kind: &'static str,
+    pub state: &'static str,
 }
 
 impl Metrics {
@@ -54,6 +61,12 @@ impl Metrics {
         let pairings = Family::<ModeLabels, Counter>::default();
         let pairing_failures = Family::<ReasonLabels, Counter>::default();
         let pushes = Family::<PushLabels, Counter>::default();
+        let authentications_ended = Family::<EndLabels, Counter>::default();
+        registry.register(
+            "authentications_ended",
+            "Authentications that ended, by kind and outcome",
+            authentications_ended.clone(),
+        );
         registry.register(
             "pushes",
             "Push deliveries by provider and outcome",
@@ -86,6 +99,7 @@ impl Metrics {
             pairings,
             pairing_failures,
             pushes,
+            authentications_ended,
         }
     }
 

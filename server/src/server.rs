@@ -8,12 +8,13 @@ use tessera_protocol::pairing::ServerUrl;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{AppState, router};
 use crate::config::ServerConfig;
-use crate::db::{Database, server_keys};
+use crate::domain::Ctx;
 use crate::error::ServerError;
+use crate::http::router;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
+use crate::store::{Database, server_keys};
 
 /// Starts servers.
 pub struct Server;
@@ -27,6 +28,7 @@ pub struct RunningServer {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     notifier: JoinHandle<()>,
+    listener: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -40,7 +42,7 @@ impl Server {
     /// the listen address and starts serving. When this returns, connections are accepted.
     pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         let db = Database::connect(&config.database_url, config.max_connections).await?;
-        let keys = server_keys::load_or_create(&db, tessera_protocol::time::now()).await?;
+        let keys = server_keys::load_or_create(&db, config.clock.now()).await?;
         let keys = KeyRing::new(keys).ok_or(ServerError::Corrupted("no server key"))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -60,16 +62,21 @@ impl Server {
         let email = config
             .smtp
             .as_ref()
-            .and_then(crate::notify::SmtpNotifier::new)
-            .map(|n| Arc::new(n) as Arc<dyn crate::notify::Notifier>);
-        let state = AppState {
+            .and_then(crate::delivery::messages::SmtpNotifier::new)
+            .map(|n| Arc::new(n) as Arc<dyn crate::domain::ports::Notifier>);
+        let events = crate::domain::EventHub::new();
+        let change_listener = tokio::spawn(events.clone().listen(db.clone()));
+        let state = Ctx {
+            clock: config.clock.clone(),
+            follow_ups: Arc::from(crate::domain::follow_ups()),
+            events,
             email,
             db: db.clone(),
             keys,
             config: Arc::new(config),
             public_url: public_url.clone(),
             metrics: Arc::new(Metrics::new()),
-            push: Arc::new(crate::push::PushClients::new()),
+            push: Arc::new(crate::delivery::push::PushClients::new()),
             ciba_notifier: crate::oidc::notify::NotifierHandle::default(),
         };
         let notifier = tokio::spawn(crate::oidc::notify::run(state.clone()));
@@ -93,6 +100,7 @@ impl Server {
             stop: Some(stop),
             task,
             notifier,
+            listener: change_listener,
         })
     }
 }
@@ -125,6 +133,7 @@ impl RunningServer {
         }
         let _ = (&mut self.task).await;
         self.notifier.abort();
+        self.listener.abort();
         self.db.close().await;
     }
 }

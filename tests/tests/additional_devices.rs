@@ -8,7 +8,7 @@ use tessera_protocol::api::{CreateAuthenticationRequest, EnrollmentState};
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState, DeviceLocation};
 use tessera_protocol::error::ErrorCode;
 use tessera_server::IpTable;
-use tessera_server::db::applications::AdditionalDevicePolicy;
+use tessera_server::store::applications::AdditionalDevicePolicy;
 use tessera_tests::{Backend, TestDevice, TestServer, ask, device_config, on_each_backend};
 
 on_each_backend! {

@@ -1102,13 +1102,13 @@ async fn retries_and_redirects(backend: Backend) {
         "5 attempts only"
     );
     assert!(elsewhere.next(Duration::from_millis(100)).await.is_none());
-    let stored = tessera_server::db::ciba::request(server.server.database(), &ack.auth_req_id)
+    let stored = tessera_server::store::ciba::request(server.server.database(), &ack.auth_req_id)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         stored.notify_state,
-        tessera_server::db::ciba::NotifyState::Failed
+        tessera_server::store::ciba::NotifyState::Failed
     );
     assert_eq!(stored.notify_attempts, 5);
 }

@@ -73,16 +73,17 @@ async fn push_state(
     id: &tessera_protocol::authentication::AuthenticationId,
 ) -> (String, i64) {
     for _ in 0..100 {
-        let state = tessera_server::db::authentications::push_state(server.server.database(), id)
-            .await
-            .unwrap()
-            .unwrap();
+        let state =
+            tessera_server::store::authentications::push_state(server.server.database(), id)
+                .await
+                .unwrap()
+                .unwrap();
         if state.0 != "none" || state.1 > 0 {
             return state;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tessera_server::db::authentications::push_state(server.server.database(), id)
+    tessera_server::store::authentications::push_state(server.server.database(), id)
         .await
         .unwrap()
         .unwrap()

@@ -71,7 +71,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 async fn push_state(server: &TestServer, id: &AuthenticationId) -> (String, i64) {
     let db = server.server.database();
     for _ in 0..200 {
-        let state = tessera_server::db::authentications::push_state(db, id)
+        let state = tessera_server::store::authentications::push_state(db, id)
             .await
             .unwrap()
             .unwrap();

@@ -10,7 +10,7 @@ use tessera_protocol::authentication::Decision;
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::qr::QrResponse;
-use tessera_server::db::applications::QrPolicy;
+use tessera_server::store::applications::QrPolicy;
 use tessera_tests::{Backend, TestDevice, TestServer, device_config, on_each_backend};
 
 on_each_backend! {

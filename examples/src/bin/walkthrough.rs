@@ -19,7 +19,7 @@ use tessera_protocol::authentication::DeviceLocation;
 use tessera_protocol::authentication::{AuthenticationKind, DisplayField};
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
-use tessera_server::db::applications::AdditionalDevicePolicy;
+use tessera_server::store::applications::AdditionalDevicePolicy;
 use tessera_server::{IpTable, Server, ServerConfig, admin};
 
 fn step(n: u32, title: &str) {

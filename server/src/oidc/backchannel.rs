@@ -20,10 +20,12 @@ use super::client_auth::{
 };
 use super::error::{OAuthCode, OAuthError, invalid_request, no_store};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
-use crate::api::AppState;
-use crate::api::authentications::{Question, new_authentication, pick_device, push_bombing_limit};
-use crate::db::ciba::{self, CibaClient, CibaRequest, NotifyState};
-use crate::db::{applications, authentications, nonces, users};
+use crate::domain::Ctx;
+use crate::domain::authentication::{
+    Question, new_authentication, pick_device, push_bombing_limit,
+};
+use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
+use crate::store::{applications, authentications, nonces, users};
 
 /// Longest binding message, in characters.
 pub(crate) const MAX_BINDING_MESSAGE: usize = 100;
@@ -61,7 +63,7 @@ impl Params {
 
 /// `POST /oidc/backchannel`.
 pub(crate) async fn backchannel_authentication(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
@@ -109,7 +111,7 @@ pub(crate) async fn backchannel_authentication(
 
 /// Verifies a signed authentication request (CIBA Core §7.1.1) and returns its claims.
 async fn signed_request_params(
-    state: &AppState,
+    state: &Ctx,
     client: &CibaClient,
     request: &str,
     audiences: &[String],
@@ -231,7 +233,7 @@ fn unknown_user() -> OAuthError {
 }
 
 async fn resolve_user(
-    state: &AppState,
+    state: &Ctx,
     client: &CibaClient,
     params: &Params,
     now: i64,
@@ -314,7 +316,7 @@ pub(crate) fn user_code_digest(salt: &str, code: &str) -> String {
 }
 
 async fn check_user_code(
-    state: &AppState,
+    state: &Ctx,
     client: &CibaClient,
     user: &UserId,
     code: Option<&str>,
@@ -357,7 +359,7 @@ fn new_auth_req_id() -> String {
 
 /// Validates the parameters, asks the user's device and stores the request.
 async fn start(
-    state: &AppState,
+    state: &Ctx,
     client: &CibaClient,
     params: &Params,
     now: i64,
@@ -493,12 +495,12 @@ async fn start(
         notify_attempts: 0,
         notify_due_at_ms: None,
     };
-    let mut tx = state.db.pool().begin().await?;
+    let mut tx = state.db.begin_write().await?;
     authentications::insert(&mut *tx, &record).await?;
     ciba::insert_request(&mut *tx, &request).await?;
     tx.commit().await?;
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
-    tokio::spawn(crate::fallback::deliver(
+    tokio::spawn(crate::domain::fallback::deliver(
         state.clone(),
         record.clone(),
         device,

@@ -11,9 +11,9 @@ use subtle::ConstantTimeEq;
 use tessera_protocol::ciba::{ClientAuthMethod, JWT_BEARER_ASSERTION_TYPE};
 
 use super::error::{OAuthCode, OAuthError, invalid_request};
-use crate::api::AppState;
-use crate::db::ciba::{self, CibaClient};
-use crate::db::{applications, nonces};
+use crate::domain::Ctx;
+use crate::store::ciba::{self, CibaClient};
+use crate::store::{applications, nonces};
 
 /// Longest lifetime accepted for a client assertion or a signed request (`exp` − `nbf`/now).
 pub(crate) const MAX_JWT_LIFETIME: i64 = 3600;
@@ -145,7 +145,7 @@ fn secret_matches(client: &CibaClient, secret: &str) -> bool {
 /// Authenticates the calling client with the one method it registered. `audiences` are the
 /// values a client assertion's `aud` may hold (the issuer and this endpoint's URL).
 pub(crate) async fn authenticate_client(
-    state: &AppState,
+    state: &Ctx,
     headers: &HeaderMap,
     form: &Form,
     audiences: &[String],

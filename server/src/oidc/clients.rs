@@ -10,11 +10,11 @@ use tessera_protocol::ciba::{
 use tessera_protocol::ids::{ApplicationId, UserId};
 
 use super::client_auth::asymmetric_algorithm;
-use super::ssrf::{self, TargetPolicy};
 use crate::config::ServerConfig;
-use crate::db::ciba::{self, CibaClient};
-use crate::db::{Database, applications};
+use crate::domain::ssrf::{self, TargetPolicy};
 use crate::error::ServerError;
+use crate::store::ciba::{self, CibaClient};
+use crate::store::{Database, applications};
 
 const MAX_CLIENT_NAME: usize = 64;
 const MAX_KEYS: usize = 10;
@@ -152,12 +152,12 @@ pub async fn set_user_code(
             "user_code must be 4 to 64 characters without control characters",
         ));
     }
-    if crate::db::users::get(db, app, user).await?.is_none() {
+    if crate::store::users::get(db, app, user).await?.is_none() {
         return Err(ServerError::NotFound("user"));
     }
     let mut salt = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut salt);
     let salt = hex::encode(salt);
     let digest = super::backchannel::user_code_digest(&salt, code);
-    ciba::set_user_code(db, app, user, &salt, &digest).await
+    Ok(ciba::set_user_code(db, app, user, &salt, &digest).await?)
 }

@@ -9,7 +9,7 @@ use super::error::OAuthError;
 use super::{
     BACKCHANNEL_PATH, JWKS_PATH, SUPPORTED_SCOPES, TOKEN_PATH, USERINFO_PATH, endpoint_url, issuer,
 };
-use crate::api::AppState;
+use crate::domain::Ctx;
 
 /// Asymmetric algorithms accepted for client assertions and signed requests.
 pub(crate) const CLIENT_SIGNING_ALGS: &[&str] = &[
@@ -17,7 +17,7 @@ pub(crate) const CLIENT_SIGNING_ALGS: &[&str] = &[
 ];
 
 /// `GET /.well-known/openid-configuration`.
-pub(crate) async fn configuration(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn configuration(State(state): State<Ctx>) -> Json<Value> {
     Json(json!({
         "issuer": issuer(&state),
         "backchannel_authentication_endpoint": endpoint_url(&state, BACKCHANNEL_PATH),
@@ -42,7 +42,7 @@ pub(crate) async fn configuration(State(state): State<AppState>) -> Json<Value> 
 
 /// `GET /oidc/jwks`: the ID token signing keys (the current one and those it replaced, until
 /// their tokens expire).
-pub(crate) async fn jwks(State(state): State<AppState>) -> Result<Json<Value>, OAuthError> {
+pub(crate) async fn jwks(State(state): State<Ctx>) -> Result<Json<Value>, OAuthError> {
     let ttl = i64::from(state.config.oidc_token_ttl);
     Ok(Json(
         super::keys::jwks(&state.db, tessera_protocol::time::now(), ttl).await?,

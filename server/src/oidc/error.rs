@@ -6,7 +6,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tessera_protocol::ciba::OAuthErrorResponse;
 
+use crate::domain::DomainError;
 use crate::error::ServerError;
+use crate::store::StoreError;
 
 /// The OAuth and CIBA error codes this provider answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,18 +122,37 @@ impl IntoResponse for OAuthError {
     }
 }
 
+impl From<DomainError> for OAuthError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Unavailable(source) => {
+                tracing::error!(error = %source, "database unavailable");
+                OAuthError::new(
+                    OAuthCode::TemporarilyUnavailable,
+                    "the service is unavailable; retry shortly",
+                )
+            }
+            DomainError::Refused { message, .. } => {
+                OAuthError::new(OAuthCode::InvalidRequest, message)
+            }
+            other => {
+                tracing::error!(error = %other, "server error");
+                OAuthError::new(OAuthCode::ServerError, "internal error")
+            }
+        }
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        OAuthError::from(DomainError::from(e))
+    }
+}
+
 impl From<ServerError> for OAuthError {
     fn from(e: ServerError) -> Self {
         match e {
-            ServerError::Database(ref reason)
-                if reason.contains("pool timed out") || reason.contains("connection") =>
-            {
-                tracing::error!(%reason, "database error");
-                OAuthError::new(
-                    OAuthCode::TemporarilyUnavailable,
-                    "the database is unavailable",
-                )
-            }
+            ServerError::Store(e) => OAuthError::from(e),
             other => {
                 tracing::error!(error = %other, "server error");
                 OAuthError::new(OAuthCode::ServerError, "internal error")
@@ -142,6 +163,6 @@ impl From<ServerError> for OAuthError {
 
 impl From<sqlx::Error> for OAuthError {
     fn from(e: sqlx::Error) -> Self {
-        OAuthError::from(ServerError::from(e))
+        OAuthError::from(StoreError::from(e))
     }
 }

@@ -7,9 +7,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{Value, json};
 use tessera_protocol::envelope::SoftwareSigningKey;
 
-use crate::db::Database;
-use crate::db::ciba::{self, StoredSigningKey};
 use crate::error::ServerError;
+use crate::store::Database;
+use crate::store::ciba::{self, StoredSigningKey};
 
 /// A loaded key, with the PKCS#8 DER it was stored as (what the JWT encoder takes).
 struct LoadedKey {

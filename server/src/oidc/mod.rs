@@ -16,10 +16,9 @@ pub(crate) mod discovery;
 pub(crate) mod error;
 pub mod keys;
 pub(crate) mod notify;
-pub(crate) mod ssrf;
 pub(crate) mod token;
 
-use crate::api::AppState;
+use crate::domain::Ctx;
 
 /// Scopes a client may ask for.
 pub(crate) const SUPPORTED_SCOPES: &[&str] = &["openid", "profile", "offline_access"];
@@ -33,11 +32,11 @@ pub(crate) const JWKS_PATH: &str = "/oidc/jwks";
 pub(crate) const USERINFO_PATH: &str = "/oidc/userinfo";
 
 /// The issuer: the server's public URL.
-pub(crate) fn issuer(state: &AppState) -> String {
+pub(crate) fn issuer(state: &Ctx) -> String {
     state.public_url.as_str().to_string()
 }
 
 /// An endpoint's absolute URL.
-pub(crate) fn endpoint_url(state: &AppState, path: &str) -> String {
+pub(crate) fn endpoint_url(state: &Ctx, path: &str) -> String {
     format!("{}{path}", state.public_url.as_str())
 }

@@ -16,12 +16,12 @@ use tessera_protocol::time;
 use tokio::sync::Notify;
 use url::Url;
 
-use super::ssrf::{self, TargetPolicy};
 use super::token::{time_ms, tokens_for};
-use crate::api::AppState;
-use crate::db::authentications::{self, Authentication};
-use crate::db::ciba::{self, CibaClient, CibaRequest, NotifyState};
+use crate::domain::Ctx;
+use crate::domain::ssrf::{self, TargetPolicy};
 use crate::error::ServerError;
+use crate::store::authentications::{self, Authentication};
+use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH: i64 = 64;
@@ -38,7 +38,7 @@ impl NotifierHandle {
 
 /// After an answer was recorded: if it finishes a ping or push request, its notification is due
 /// now.
-pub(crate) async fn settle(state: &AppState, record: &Authentication) -> Result<(), ServerError> {
+pub(crate) async fn settle(state: &Ctx, record: &Authentication) -> Result<(), ServerError> {
     if record.kind != tessera_protocol::authentication::AuthenticationKind::Ciba {
         return Ok(());
     }
@@ -49,7 +49,7 @@ pub(crate) async fn settle(state: &AppState, record: &Authentication) -> Result<
 }
 
 /// The notifier loop: sweeps every `ciba_notification_sweep`, or at once when woken.
-pub(crate) async fn run(state: AppState) {
+pub(crate) async fn run(state: Ctx) {
     loop {
         tokio::select! {
             _ = state.ciba_notifier.0.notified() => {}
@@ -61,7 +61,7 @@ pub(crate) async fn run(state: AppState) {
     }
 }
 
-async fn sweep(state: &AppState) -> Result<(), ServerError> {
+async fn sweep(state: &Ctx) -> Result<(), ServerError> {
     let now_ms = time_ms();
     ciba::promote_finished(&state.db, time::now(), now_ms).await?;
     for request in ciba::due_notifications(&state.db, now_ms, BATCH).await? {
@@ -73,18 +73,18 @@ async fn sweep(state: &AppState) -> Result<(), ServerError> {
     Ok(())
 }
 
-fn backoff(state: &AppState, attempts_made: i64) -> Duration {
+fn backoff(state: &Ctx, attempts_made: i64) -> Duration {
     let exponent = u32::try_from(attempts_made.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
     state.config.ciba_notification_retry_base * 2u32.pow(exponent)
 }
 
-fn lease_ms(state: &AppState, attempts_made: i64) -> i64 {
+fn lease_ms(state: &Ctx, attempts_made: i64) -> i64 {
     let wait = DELIVERY_TIMEOUT + backoff(state, attempts_made + 1) + Duration::from_secs(5);
     i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
 /// Delivers one claimed notification, retrying with backoff.
-async fn deliver(state: AppState, request: CibaRequest) {
+async fn deliver(state: Ctx, request: CibaRequest) {
     let outcome = deliver_with_retries(&state, &request).await;
     let final_state = match outcome {
         Ok(true) => NotifyState::Done,
@@ -99,10 +99,7 @@ async fn deliver(state: AppState, request: CibaRequest) {
     }
 }
 
-async fn deliver_with_retries(
-    state: &AppState,
-    request: &CibaRequest,
-) -> Result<bool, ServerError> {
+async fn deliver_with_retries(state: &Ctx, request: &CibaRequest) -> Result<bool, ServerError> {
     let Some(client) = ciba::client(&state.db, &request.client_id).await? else {
         return Ok(false);
     };
@@ -152,7 +149,7 @@ async fn deliver_with_retries(
 
 /// The body to send: a ping, or (push) the tokens or the error.
 async fn payload(
-    state: &AppState,
+    state: &Ctx,
     client: &CibaClient,
     request: &CibaRequest,
 ) -> Result<Value, ServerError> {
@@ -232,4 +229,17 @@ async fn post(
     } else {
         Err(format!("answered {}", status.as_u16()))
     }
+}
+
+/// Follow-up: a finished ping or push request's notification becomes due now.
+pub(crate) fn follow_up<'a>(
+    ctx: &'a Ctx,
+    event: &'a crate::domain::outcome::DomainEvent,
+) -> crate::domain::outcome::FollowUpFuture<'a> {
+    Box::pin(async move {
+        let crate::domain::outcome::DomainEvent::AuthenticationEnded(record) = event;
+        settle(ctx, record)
+            .await
+            .map_err(|_| crate::domain::DomainError::Internal("CIBA follow-up failed"))
+    })
 }

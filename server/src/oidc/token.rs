@@ -17,11 +17,11 @@ use tessera_protocol::time;
 use super::client_auth::{self, Form};
 use super::error::{OAuthCode, OAuthError, invalid_request, no_store};
 use super::{TOKEN_PATH, endpoint_url, issuer};
-use crate::api::AppState;
-use crate::db::applications;
-use crate::db::authentications::{self, Authentication};
-use crate::db::ciba::{self, CibaClient, CibaRequest, IssuedToken};
+use crate::domain::Ctx;
 use crate::error::ServerError;
+use crate::store::applications;
+use crate::store::authentications::{self, Authentication};
+use crate::store::ciba::{self, CibaClient, CibaRequest, IssuedToken};
 
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
@@ -64,7 +64,7 @@ fn amr_of(record: &Authentication) -> Vec<String> {
     amr
 }
 
-async fn issue(state: &AppState, grant: Grant<'_>) -> Result<TokenResponse, ServerError> {
+async fn issue(state: &Ctx, grant: Grant<'_>) -> Result<TokenResponse, ServerError> {
     let now = time::now();
     let ttl = i64::from(state.config.oidc_token_ttl);
     let access_token = random_token();
@@ -134,7 +134,7 @@ async fn issue(state: &AppState, grant: Grant<'_>) -> Result<TokenResponse, Serv
 /// Tokens for an approved CIBA request. In push mode the `auth_req_id` goes into the ID token
 /// and the body.
 pub(crate) async fn tokens_for(
-    state: &AppState,
+    state: &Ctx,
     client: &CibaClient,
     request: &CibaRequest,
     record: &Authentication,
@@ -163,7 +163,7 @@ fn token_response(tokens: TokenResponse) -> Response {
 
 /// `POST /oidc/token`.
 pub(crate) async fn token(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
@@ -185,11 +185,7 @@ fn invalid_grant(description: &str) -> OAuthError {
     OAuthError::new(OAuthCode::InvalidGrant, description)
 }
 
-async fn ciba_grant(
-    state: &AppState,
-    client: &CibaClient,
-    form: &Form,
-) -> Result<Response, OAuthError> {
+async fn ciba_grant(state: &Ctx, client: &CibaClient, form: &Form) -> Result<Response, OAuthError> {
     if client.delivery_mode == DeliveryMode::Push {
         return Err(OAuthError::new(
             OAuthCode::UnauthorizedClient,
@@ -273,7 +269,7 @@ pub(crate) fn time_ms() -> i64 {
 }
 
 async fn refresh_grant(
-    state: &AppState,
+    state: &Ctx,
     client: &CibaClient,
     form: &Form,
 ) -> Result<Response, OAuthError> {
@@ -311,7 +307,7 @@ async fn refresh_grant(
 
 /// `GET /oidc/userinfo` with `Authorization: Bearer <access token>`.
 pub(crate) async fn userinfo(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
 ) -> Result<Response, OAuthError> {
     let invalid = || OAuthError::new(OAuthCode::InvalidToken, "a valid access token is required");
@@ -329,7 +325,7 @@ pub(crate) async fn userinfo(
         && let Some(client) = ciba::client(&state.db, &stored.client_id).await?
         && let Ok(user_id) = stored.user_id.parse()
         && let Some(user) =
-            crate::db::users::get(&state.db, &client.application_id, &user_id).await?
+            crate::store::users::get(&state.db, &client.application_id, &user_id).await?
         && let Some(name) = user.display_name
     {
         claims["name"] = json!(name);

@@ -1,0 +1,6 @@
+//! Sending what the domain decided to send: pushes to devices (FCM, APNs, the application's
+//! webhook) and passcodes to people (email over SMTP, SMS and voice through the application's
+//! provider webhook). Implements the traits of `domain::ports`.
+
+pub(crate) mod messages;
+pub(crate) mod push;

@@ -1,0 +1,761 @@
+//! Authentications: asking a user's device, and the rules every answer must satisfy.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+use tessera_protocol::PROTOCOL_VERSION;
+use tessera_protocol::api::{
+    AuthenticationMethod, AuthenticationStatus, CreateAuthenticationRequest, EnrollmentState,
+    PendingRequests, ResponseRecorded,
+};
+use tessera_protocol::authentication::{
+    AccessContext, AuthenticationId, AuthenticationKind, AuthenticationRequest,
+    AuthenticationResponse, AuthenticationState, CibaDetails, Decision, DeviceLocation,
+    DisplayField, DynamicParameters,
+};
+use tessera_protocol::envelope::{self, MessageType};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
+use tessera_protocol::pairing::{DeviceRegistration, DeviceSignals};
+
+use super::events::{Topic, wait_for};
+use super::outcome::{self, Ending};
+use super::{Ctx, DomainError};
+use crate::store::applications::Application;
+use crate::store::authentications::{self, Authentication};
+use crate::store::enrollments::{self, Enrollment};
+
+/// The longest a long-poll waits, in seconds.
+pub(crate) const MAX_WAIT_SECONDS: u64 = 30;
+const MAX_FIELDS: usize = 20;
+/// RFC 8176 authentication method reference values.
+const AMR_VALUES: &[&str] = &[
+    "face", "fpt", "geo", "hwk", "iris", "kba", "mca", "mfa", "otp", "pin", "pop", "pwd", "rba",
+    "retina", "sc", "sms", "swk", "tel", "user", "vbm", "wia",
+];
+/// Methods that verify the user (not just their presence).
+pub(crate) const USER_VERIFICATION_AMR: &[&str] = &["face", "fpt", "iris", "retina", "pin", "pwd"];
+const BIOMETRIC_AMR: &[&str] = &["face", "fpt", "iris", "retina"];
+
+pub(crate) fn invalid(message: &str) -> DomainError {
+    DomainError::new(ErrorCode::InvalidRequest, message)
+}
+
+pub(crate) fn check_text(text: &str, max: usize, what: &str) -> Result<(), DomainError> {
+    if text.chars().count() > max || text.chars().any(char::is_control) {
+        return Err(invalid(&format!(
+            "{what} is too long or has control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_fields(fields: &[DisplayField]) -> Result<(), DomainError> {
+    if fields.len() > MAX_FIELDS {
+        return Err(invalid("too many fields"));
+    }
+    for f in fields {
+        if f.label.trim().is_empty() {
+            return Err(invalid("a field has an empty label"));
+        }
+        check_text(&f.label, 64, "a field label")?;
+        check_text(&f.value, 256, "a field value")?;
+    }
+    Ok(())
+}
+
+/// Number matching: the number the page shows and three choices for the device, shuffled.
+fn number_matching() -> (u32, Vec<u32>) {
+    let mut rng = rand::rngs::OsRng;
+    let mut choices: Vec<u32> = Vec::with_capacity(3);
+    while choices.len() < 3 {
+        let n = rng.gen_range(10..100);
+        if !choices.contains(&n) {
+            choices.push(n);
+        }
+    }
+    let correct = choices[0];
+    choices.shuffle(&mut rng);
+    (correct, choices)
+}
+
+/// Push bombing: why one more user-facing request to this user is refused (too many pending,
+/// or too many in the last 10 minutes), or `None` when it is allowed. Silent verifications do not
+/// count. Used for every user-facing request, whoever asks (customer API or CIBA).
+pub(crate) async fn push_bombing_limit(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    user_id: &UserId,
+    now: i64,
+) -> Result<Option<&'static str>, DomainError> {
+    // Pending requests live at most 15 minutes, so a 15-minute look-back sees them all.
+    let (pending, _) =
+        authentications::user_facing_counts(&ctx.db, application_id, user_id, now, now - 900)
+            .await?;
+    if pending >= i64::from(ctx.config.max_pending_authentications_per_user) {
+        return Ok(Some(
+            "this user already has the most pending requests allowed; wait for an answer or for them to expire",
+        ));
+    }
+    let (_, recent) =
+        authentications::user_facing_counts(&ctx.db, application_id, user_id, now, now - 600)
+            .await?;
+    if recent >= i64::from(ctx.config.max_recent_authentications_per_user) {
+        return Ok(Some(
+            "too many requests to this user in the last 10 minutes",
+        ));
+    }
+    Ok(None)
+}
+
+/// What a new request asks.
+pub(crate) struct Question {
+    /// The kind.
+    pub kind: AuthenticationKind,
+    /// What to show.
+    pub parameters: DynamicParameters,
+    /// Where the sign-in comes from.
+    pub context: AccessContext,
+    /// Whether the device user must pick the number the page shows.
+    pub number_matching: bool,
+    /// Whether the answer must be signed with the user-verification key.
+    pub require_user_verification: bool,
+    /// Seconds until it expires.
+    pub expires_in: u32,
+    /// For a CIBA request: what it shows (`parameters` must be its display parameters).
+    pub ciba: Option<CibaDetails>,
+}
+
+/// Signs a request to `device` and builds its pending record (not stored yet).
+pub(crate) fn new_authentication(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    user_id: &UserId,
+    device: &Enrollment,
+    question: Question,
+) -> Result<Authentication, DomainError> {
+    let (number_to_show, number_choices) = if question.number_matching {
+        let (n, choices) = number_matching();
+        (Some(n), Some(choices))
+    } else {
+        (None, None)
+    };
+    let now = ctx.now();
+    let parameters_digest = question
+        .parameters
+        .digest()
+        .map_err(|_| invalid("parameters cannot be encoded"))?;
+    let accessing_ip = question.context.ip.clone();
+    let request = AuthenticationRequest {
+        v: PROTOCOL_VERSION,
+        request_id: AuthenticationId::generate(),
+        issuer: ctx.public_url.clone(),
+        enrollment_id: device.enrollment_id.clone(),
+        user_id: user_id.clone(),
+        kind: question.kind,
+        parameters: question.parameters,
+        parameters_digest,
+        context: question.context,
+        number_choices,
+        require_user_verification: question.require_user_verification,
+        ciba: question.ciba,
+        nonce: DeviceRegistration::new_nonce(),
+        issued_at: now,
+        expires_at: now + i64::from(question.expires_in),
+    };
+    let signed_request = ctx
+        .keys
+        .sign(MessageType::AuthenticationRequest, &request)
+        .map_err(|_| DomainError::new(ErrorCode::InternalError, "internal error"))?;
+    Ok(Authentication {
+        id: request.request_id.clone(),
+        application_id: application_id.clone(),
+        user_id: user_id.clone(),
+        enrollment_id: device.enrollment_id.clone(),
+        kind: question.kind,
+        signed_request,
+        parameters_digest: parameters_digest.to_string(),
+        nonce: request.nonce,
+        number_to_show,
+        require_user_verification: question.require_user_verification,
+        accessing_ip,
+        state: AuthenticationState::Pending,
+        decision: None,
+        signed_response: None,
+        attributes: None,
+        created_at: now,
+        expires_at: request.expires_at,
+        answered_at: None,
+        failure_reason: None,
+        otp_mode: authentications::OtpMode::None,
+        otp_after: None,
+        backup_channels: Vec::new(),
+        push_state: "none".into(),
+    })
+}
+
+/// The device to ask: `wanted`, or the user's primary (else first) active device.
+pub(crate) async fn pick_device(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    user_id: &tessera_protocol::ids::UserId,
+    wanted: Option<&EnrollmentId>,
+) -> Result<Enrollment, DomainError> {
+    let devices: Vec<Enrollment> =
+        super::device_verification::user_devices(ctx, application_id, user_id)
+            .await?
+            .into_iter()
+            .filter(|d| d.status == EnrollmentState::Active)
+            .collect();
+    match wanted {
+        Some(id) => devices
+            .into_iter()
+            .find(|d| &d.enrollment_id == id)
+            .ok_or_else(|| {
+                DomainError::new(ErrorCode::DeviceNotFound, "no such device for this user")
+            }),
+        None => {
+            let primary = devices.iter().position(|d| d.is_primary).unwrap_or(0);
+            devices.into_iter().nth(primary).ok_or_else(|| {
+                DomainError::new(ErrorCode::NoDevice, "the user has no paired device")
+            })
+        }
+    }
+}
+
+async fn load(ctx: &Ctx, id: &AuthenticationId) -> Result<Authentication, DomainError> {
+    authentications::get(&ctx.db, id, ctx.now())
+        .await?
+        .ok_or_else(|| {
+            DomainError::new(ErrorCode::AuthenticationNotFound, "no such authentication")
+        })
+}
+
+/// The application's authentication `raw` (another application's reads as not found).
+pub(crate) async fn load_for(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    raw: &str,
+) -> Result<Authentication, DomainError> {
+    let record = load(ctx, &parse_id(raw)?).await?;
+    if &record.application_id != application_id {
+        return Err(DomainError::new(
+            ErrorCode::AuthenticationNotFound,
+            "no such authentication",
+        ));
+    }
+    Ok(record)
+}
+
+/// Refuses anything but a pending, unexpired authentication.
+pub(crate) fn require_pending(record: &Authentication) -> Result<(), DomainError> {
+    match pending_error(record.state) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn parse_id(raw: &str) -> Result<AuthenticationId, DomainError> {
+    raw.parse()
+        .map_err(|_| DomainError::new(ErrorCode::AuthenticationNotFound, "no such authentication"))
+}
+
+pub(crate) fn mismatch(message: &str) -> DomainError {
+    DomainError::new(ErrorCode::ResponseMismatch, message)
+}
+
+/// Verifies a device-signed answer with the key its `kid` names: the enrollment's
+/// user-verification key or its possession key (any other is refused with `not_its_key`).
+/// Returns the payload and whether the user-verification key signed it.
+pub(crate) fn verify_answer<T: serde::de::DeserializeOwned>(
+    signed: &str,
+    message_type: MessageType,
+    device: &Enrollment,
+    not_its_key: &str,
+) -> Result<(T, bool), DomainError> {
+    let header = envelope::inspect(signed).map_err(|_| {
+        DomainError::new(
+            ErrorCode::InvalidSignature,
+            "the response is not a valid signed message",
+        )
+    })?;
+    let (key, with_uv) = if header.kid == device.user_verification_key.thumbprint() {
+        (&device.user_verification_key, true)
+    } else if header.kid == device.possession_key.thumbprint() {
+        (&device.possession_key, false)
+    } else {
+        return Err(DomainError::new(ErrorCode::InvalidSignature, not_its_key));
+    };
+    let payload = envelope::verify::<T>(signed, message_type, key)
+        .map_err(|_| {
+            DomainError::new(
+                ErrorCode::InvalidSignature,
+                "the response's signature does not verify",
+            )
+        })?
+        .payload;
+    Ok((payload, with_uv))
+}
+
+/// What every device answer must satisfy: signed within 5 minutes of `now`, at most 8
+/// RFC 8176 `amr` values, and a location (if any) in range.
+pub(crate) fn check_answer(
+    issued_at: i64,
+    amr: &[String],
+    location: Option<DeviceLocation>,
+    now: i64,
+) -> Result<(), DomainError> {
+    if (issued_at - now).abs() > 300 {
+        return Err(DomainError::new(
+            ErrorCode::StaleMessage,
+            "the response is too old or from the future",
+        ));
+    }
+    if amr.len() > 8 || amr.iter().any(|m| !AMR_VALUES.contains(&m.as_str())) {
+        return Err(mismatch("amr holds a value that is not an RFC 8176 method"));
+    }
+    if location.is_some_and(|l| !l.is_valid()) {
+        return Err(mismatch("the location is out of range"));
+    }
+    Ok(())
+}
+
+/// What a signed answer says that the attributes report.
+pub(crate) struct AnswerFacts<'a> {
+    /// The RFC 8176 methods.
+    pub amr: &'a [String],
+    /// The posture signals.
+    pub signals: DeviceSignals,
+    /// The location, if reported.
+    pub location: Option<DeviceLocation>,
+}
+
+/// The authentication attributes a relying party evaluates, named as PingID names them. As in
+/// PingID, a `POLICY_APPROVE` (silent verification: nobody acted on the device) carries no
+/// authenticating-device attributes; the device's signed answer still names the enrollment.
+fn attributes(
+    ctx: &Ctx,
+    record: &Authentication,
+    device: &Enrollment,
+    response: &AuthenticationResponse,
+    signed_with_user_verification: bool,
+    device_ip: &str,
+) -> BTreeMap<String, Value> {
+    attributes_for(
+        ctx,
+        record.kind,
+        record.accessing_ip.as_deref(),
+        device,
+        &AnswerFacts {
+            amr: &response.amr,
+            signals: response.signals,
+            location: response.location,
+        },
+        signed_with_user_verification,
+        device_ip,
+    )
+}
+
+/// The accessing device's attributes (its IP, and the country and reputation the IP table
+/// gives it).
+pub(crate) fn accessing_attributes(
+    ctx: &Ctx,
+    accessing_ip: Option<&str>,
+    a: &mut BTreeMap<String, Value>,
+) {
+    let Some(ip) = accessing_ip else {
+        return;
+    };
+    let a_dev = "pingid.authentication.accessing.device.";
+    a.insert(format!("{a_dev}ip"), json!(ip));
+    if let Some(facts) = ctx.config.accessing_ip_table.lookup(ip) {
+        if let Some(country) = &facts.country {
+            a.insert(format!("{a_dev}country"), json!(country));
+        }
+        if let Some(reputation) = facts.reputation {
+            a.insert(format!("{a_dev}ip.reputation"), json!(reputation.as_str()));
+        }
+    }
+}
+
+/// The attributes of an answer of `kind` (QR logins report as approvals).
+pub(crate) fn attributes_for(
+    ctx: &Ctx,
+    kind: AuthenticationKind,
+    accessing_ip: Option<&str>,
+    device: &Enrollment,
+    response: &AnswerFacts<'_>,
+    signed_with_user_verification: bool,
+    device_ip: &str,
+) -> BTreeMap<String, Value> {
+    let p = "pingid.authentication.";
+    let mut a = BTreeMap::new();
+    accessing_attributes(ctx, accessing_ip, &mut a);
+    if kind == AuthenticationKind::Silent {
+        a.insert(format!("{p}type"), json!("POLICY_APPROVE"));
+        return a;
+    }
+    let auth_type = if signed_with_user_verification
+        && response
+            .amr
+            .iter()
+            .any(|m| BIOMETRIC_AMR.contains(&m.as_str()))
+    {
+        "MOBILE_APP_BIOMETRICS"
+    } else {
+        "MOBILE_APP_SWIPE"
+    };
+    a.insert(format!("{p}type"), json!(auth_type));
+    let d = format!("{p}authenticating.device.");
+    a.insert(format!("{d}id"), json!(device.device_id));
+    a.insert(format!("{d}model"), json!(device.device_info.model));
+    a.insert(
+        format!("{d}os.version"),
+        json!(device.device_info.os_version),
+    );
+    a.insert(
+        format!("{d}app.version"),
+        json!(device.device_info.app_version),
+    );
+    a.insert(format!("{d}ip"), json!(device_ip));
+    a.insert(format!("{d}is.rooted"), json!(response.signals.rooted));
+    a.insert(format!("{d}is.locked"), json!(response.signals.screen_lock));
+    a.insert(format!("{d}is.mdm"), json!(response.signals.mdm));
+    if let Some(location) = &response.location {
+        a.insert(format!("{d}latitude"), json!(location.latitude));
+        a.insert(format!("{d}longitude"), json!(location.longitude));
+        if let Some(altitude) = location.altitude {
+            a.insert(format!("{d}altitude"), json!(altitude));
+        }
+        if let Some(accuracy) = location.accuracy {
+            a.insert(format!("{d}accuracy"), json!(accuracy));
+        }
+    }
+    a.insert(format!("{p}amr"), json!(response.amr));
+    a
+}
+
+/// Refuses anything but a pending, unexpired authentication.
+pub(crate) fn pending_error(state: AuthenticationState) -> Option<DomainError> {
+    match state {
+        AuthenticationState::Pending => None,
+        AuthenticationState::Expired => Some(DomainError::new(
+            ErrorCode::AuthenticationExpired,
+            "the authentication expired",
+        )),
+        _ => Some(DomainError::new(
+            ErrorCode::AlreadyAnswered,
+            "the authentication was already answered",
+        )),
+    }
+}
+
+/// Asks a user's device: checks the request, the application's mandatory methods and the
+/// push-bombing limits, signs the request to the chosen device, stores it for pulling, and
+/// pushes it in the background.
+pub(crate) async fn create(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    body: CreateAuthenticationRequest,
+) -> Result<AuthenticationStatus, DomainError> {
+    super::users::require_user(ctx, &app.id, user_id).await?;
+    let expires_in = body.expires_in.unwrap_or(120);
+    if !(10..=900).contains(&expires_in) {
+        return Err(invalid("expires_in must be between 10 and 900 seconds"));
+    }
+    check_fields(&body.fields)?;
+    check_fields(&body.hidden_fields)?;
+    for (text, what) in [
+        (&body.message, "message"),
+        (&body.accessing_ip, "accessing_ip"),
+        (&body.accessing_location, "accessing_location"),
+        (&body.application_icon_url, "application_icon_url"),
+    ] {
+        if let Some(t) = text {
+            check_text(t, 256, what)?;
+        }
+    }
+    let app_name = app.name.clone();
+    let parameters = match body.kind {
+        AuthenticationKind::Approval => DynamicParameters {
+            message: body
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("Sign in to {app_name}?")),
+            fields: body.fields.clone(),
+            hidden_fields: body.hidden_fields.clone(),
+        },
+        AuthenticationKind::Transaction => {
+            let message = body
+                .message
+                .clone()
+                .filter(|m| !m.trim().is_empty())
+                .ok_or_else(|| invalid("a transaction needs a message"))?;
+            if body.fields.is_empty() {
+                return Err(invalid("a transaction needs at least one field"));
+            }
+            DynamicParameters {
+                message,
+                fields: body.fields.clone(),
+                hidden_fields: body.hidden_fields.clone(),
+            }
+        }
+        AuthenticationKind::Ciba => {
+            return Err(invalid(
+                "CIBA requests are made by relying parties at the backchannel authentication endpoint",
+            ));
+        }
+        AuthenticationKind::Silent => {
+            if body.number_matching
+                || body.require_user_verification
+                || body.message.is_some()
+                || !body.fields.is_empty()
+            {
+                return Err(invalid(
+                    "a silent verification shows nothing: no message, fields, number matching or user verification",
+                ));
+            }
+            DynamicParameters::default()
+        }
+    };
+    let policy = crate::store::applications::otp_policy(&ctx.db, &app.id).await?;
+    if !policy.mandatory_methods.is_empty() {
+        let registered = super::methods::registered_methods(ctx, &app.id, user_id).await?;
+        let missing: Vec<AuthenticationMethod> = policy
+            .mandatory_methods
+            .iter()
+            .copied()
+            .filter(|m| !registered.contains(m))
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|m| m.as_str()).collect();
+            return Err(DomainError::new(
+                ErrorCode::MandatoryMethodsMissing,
+                format!(
+                    "the user must register these authentication methods first: {}",
+                    names.join(", ")
+                ),
+            )
+            .with_missing_methods(missing));
+        }
+    }
+    if body
+        .otp_fallback_after
+        .is_some_and(|s| !(1..=900).contains(&s))
+    {
+        return Err(invalid(
+            "otp_fallback_after must be between 1 and 900 seconds",
+        ));
+    }
+    let silent = body.kind == AuthenticationKind::Silent;
+    let use_code = body.use_code.unwrap_or(policy.use_code) && !silent;
+    let otp_fallback = body.otp_fallback.unwrap_or(policy.otp_fallback) && !silent;
+    let mut backup_channels = if silent {
+        Vec::new()
+    } else {
+        body.backup_channels
+            .clone()
+            .unwrap_or_else(|| policy.backup_channels.clone())
+    };
+    backup_channels.sort();
+    backup_channels.dedup();
+    let device = pick_device(ctx, &app.id, user_id, body.enrollment_id.as_ref()).await?;
+    if body.kind != AuthenticationKind::Silent
+        && let Some(reason) = push_bombing_limit(ctx, &app.id, user_id, ctx.now()).await?
+    {
+        return Err(DomainError::new(ErrorCode::TooManyAuthentications, reason));
+    }
+    let record = new_authentication(
+        ctx,
+        &app.id,
+        user_id,
+        &device,
+        Question {
+            kind: body.kind,
+            parameters,
+            context: AccessContext {
+                application_name: app_name,
+                application_icon_url: body.application_icon_url.clone(),
+                ip: body.accessing_ip.clone(),
+                location: body.accessing_location.clone(),
+            },
+            number_matching: body.number_matching,
+            require_user_verification: body.require_user_verification,
+            expires_in,
+            ciba: None,
+        },
+    )?;
+    let mut record = record;
+    if use_code {
+        record.otp_mode = authentications::OtpMode::UseCode;
+        record.otp_after = Some(record.created_at);
+    } else if otp_fallback {
+        record.otp_mode = authentications::OtpMode::Fallback;
+        let after = body.otp_fallback_after.unwrap_or(policy.otp_fallback_after);
+        record.otp_after = Some(record.created_at + i64::from(after));
+    }
+    record.backup_channels = backup_channels;
+    authentications::insert(ctx.db.writer(), &record).await?;
+    tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
+    // Push is a hint, delivered in the background; the request is already stored for pulling.
+    // Without a chosen device, the user's other devices are the fallback.
+    let fall_back = body.enrollment_id.is_none();
+    outcome::request_created(ctx, &record).await;
+    tokio::spawn(super::fallback::deliver(
+        ctx.clone(),
+        record.clone(),
+        device,
+        fall_back,
+    ));
+    Ok(record.status())
+}
+
+/// An authentication of `application_id`; with `wait`, answers once it leaves `pending`, when
+/// it expires, or when `wait` has passed, whichever comes first. Waiting reads the database
+/// only when the authentication is announced as changed (and once at the deadline).
+pub(crate) async fn status(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    id: &str,
+    wait: Duration,
+) -> Result<AuthenticationStatus, DomainError> {
+    let record = load_for(ctx, application_id, id).await?;
+    if record.state != AuthenticationState::Pending || wait.is_zero() {
+        return Ok(record.status());
+    }
+    let wait = wait.min(until(ctx, record.expires_at));
+    let id = record.id.clone();
+    let record = wait_for(
+        &ctx.events,
+        Topic::Authentication(id.to_string()),
+        wait,
+        || load(ctx, &id),
+        |r| r.state != AuthenticationState::Pending,
+    )
+    .await?;
+    Ok(record.status())
+}
+
+/// The signed requests pending for `enrollment`; with `wait`, answers once there is one (or
+/// `wait` has passed). Waiting reads the database only when the device is announced as having
+/// a new request (and once at the deadline).
+pub(crate) async fn pending_requests(
+    ctx: &Ctx,
+    enrollment: &EnrollmentId,
+    wait: Duration,
+) -> Result<PendingRequests, DomainError> {
+    let requests = wait_for(
+        &ctx.events,
+        Topic::Enrollment(enrollment.to_string()),
+        wait,
+        || async { authentications::pending_for(&ctx.db, enrollment, ctx.now()).await },
+        |requests| !requests.is_empty(),
+    )
+    .await?;
+    Ok(PendingRequests { requests })
+}
+
+/// How long until `at` (seconds since the epoch) by the server's clock, plus a moment so the
+/// final read sees it passed.
+fn until(ctx: &Ctx, at: i64) -> Duration {
+    let ms = at.saturating_mul(1000).saturating_sub(ctx.now_ms()).max(0) + 50;
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// Records a device's signed answer to an authentication: the signature by the device asked,
+/// the request, nonce and parameters it answers, its freshness, user verification and number
+/// matching where required. Of racing answers (and expiry) exactly one outcome is recorded;
+/// the same answer again is accepted, a different one refused.
+pub(crate) async fn answer(
+    ctx: &Ctx,
+    id: &str,
+    signed_response: &str,
+    client: &str,
+) -> Result<ResponseRecorded, DomainError> {
+    let id = parse_id(id)?;
+    let record = load(ctx, &id).await?;
+    let device = enrollments::by_id(&ctx.db, &record.enrollment_id)
+        .await?
+        .filter(|d| d.status == EnrollmentState::Active)
+        .ok_or_else(|| {
+            DomainError::new(ErrorCode::Unauthorized, "the device is no longer paired")
+        })?;
+    let (response, with_uv) = verify_answer::<AuthenticationResponse>(
+        signed_response,
+        MessageType::AuthenticationResponse,
+        &device,
+        "the response is not signed by the device asked",
+    )?;
+    if response.v != PROTOCOL_VERSION
+        || response.request_id != record.id
+        || response.enrollment_id != record.enrollment_id
+        || response.request_nonce != record.nonce
+    {
+        return Err(mismatch("the response answers another request"));
+    }
+    if response.parameters_digest.to_string() != record.parameters_digest {
+        return Err(mismatch(
+            "the response approves other parameters than the ones sent",
+        ));
+    }
+    let now = ctx.now();
+    check_answer(response.issued_at, &response.amr, response.location, now)?;
+    if response.decision == Decision::Approve {
+        if record.kind == AuthenticationKind::Silent && with_uv {
+            return Err(mismatch(
+                "a silent verification is answered with the possession key",
+            ));
+        }
+        if record.require_user_verification
+            && (!with_uv
+                || !response
+                    .amr
+                    .iter()
+                    .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str())))
+        {
+            return Err(mismatch("this approval requires user verification"));
+        }
+        if record.number_to_show.is_some() && response.selected_number != record.number_to_show {
+            return Err(mismatch("the selected number is not the one shown"));
+        }
+    } else if record.kind == AuthenticationKind::Silent {
+        return Err(mismatch("a silent verification cannot be denied"));
+    }
+    let attrs = attributes(ctx, &record, &device, &response, with_uv, client);
+    let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
+    let ending = Ending::Answer {
+        decision: response.decision,
+        signed_response,
+        attributes: &attrs_json,
+    };
+    if let Some(recorded) = outcome::record(ctx, &id, ending).await? {
+        return Ok(ResponseRecorded {
+            authentication_id: id,
+            state: recorded.state,
+        });
+    }
+    // Not recorded: expired, or answered before.
+    let current = load(ctx, &id).await?;
+    match (current.state, current.decision) {
+        (AuthenticationState::Expired, _) => Err(DomainError::new(
+            ErrorCode::AuthenticationExpired,
+            "the authentication expired",
+        )),
+        (AuthenticationState::Failed, _) => Err(DomainError::new(
+            ErrorCode::AuthenticationNotFound,
+            "the authentication can no longer be answered",
+        )),
+        (_, Some(previous)) if previous == response.decision => Ok(ResponseRecorded {
+            authentication_id: id,
+            state: current.state,
+        }),
+        _ => Err(DomainError::new(
+            ErrorCode::AlreadyAnswered,
+            "the authentication was already answered",
+        )),
+    }
+}

@@ -1,0 +1,92 @@
+//! Device-signed calls: a device proves each call with its enrollment's possession key.
+
+use tessera_protocol::PROTOCOL_VERSION;
+use tessera_protocol::canonical::Sha256Digest;
+use tessera_protocol::device_auth::{
+    AUTHORIZATION_SCHEME, DEVICE_REQUEST_WINDOW_SECONDS, DeviceRequestClaims,
+};
+use tessera_protocol::envelope::{self, MessageType};
+use tessera_protocol::error::ErrorCode;
+
+use super::{Ctx, DomainError};
+use crate::store::enrollments::{self, Enrollment};
+use crate::store::nonces;
+
+/// What a device-signed call consists of.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeviceCall<'a> {
+    /// The `Authorization` header's value, if any.
+    pub authorization: Option<&'a str>,
+    /// The HTTP method.
+    pub method: &'a str,
+    /// The request path (no query).
+    pub path: &'a str,
+    /// The request body.
+    pub body: &'a [u8],
+}
+
+/// Authenticates a device-signed call: the signature by the enrollment's possession key, the
+/// method, path and body it binds, its freshness, and a nonce never seen before. Any failure
+/// that could tell an attacker whether an enrollment exists answers the same `unauthorized`.
+pub(crate) async fn authenticate(
+    ctx: &Ctx,
+    call: DeviceCall<'_>,
+) -> Result<Enrollment, DomainError> {
+    let unauthorized = || {
+        DomainError::new(
+            ErrorCode::Unauthorized,
+            "a valid device signature is required",
+        )
+    };
+    let jws = call
+        .authorization
+        .and_then(|v| v.strip_prefix(AUTHORIZATION_SCHEME))
+        .and_then(|v| v.strip_prefix(' '))
+        .ok_or_else(unauthorized)?;
+    let claimed: DeviceRequestClaims =
+        envelope::unverified_payload(jws).map_err(|_| unauthorized())?;
+    let enrollment = enrollments::by_id(&ctx.db, &claimed.enrollment_id)
+        .await?
+        .ok_or_else(unauthorized)?;
+    let header = envelope::inspect(jws).map_err(|_| unauthorized())?;
+    if header.kid != enrollment.possession_key.thumbprint() {
+        return Err(unauthorized());
+    }
+    let claims = envelope::verify::<DeviceRequestClaims>(
+        jws,
+        MessageType::DeviceRequest,
+        &enrollment.possession_key,
+    )
+    .map_err(|_| unauthorized())?
+    .payload;
+    if claims.v != PROTOCOL_VERSION
+        || claims.method != call.method
+        || claims.path != call.path
+        || !claims.body_digest.ct_eq(&Sha256Digest::of_bytes(call.body))
+    {
+        return Err(DomainError::new(
+            ErrorCode::InvalidSignature,
+            "the device signature does not match this request",
+        ));
+    }
+    let now = ctx.now();
+    if (claims.issued_at - now).abs() > DEVICE_REQUEST_WINDOW_SECONDS {
+        return Err(DomainError::new(
+            ErrorCode::StaleMessage,
+            "the device signature is too old or from the future",
+        ));
+    }
+    if claims.nonce.is_empty() || claims.nonce.len() > 64 {
+        return Err(unauthorized());
+    }
+    let nonce_key = format!("{}:{}", enrollment.enrollment_id, claims.nonce);
+    let expires = claims.issued_at + DEVICE_REQUEST_WINDOW_SECONDS + 60;
+    if !nonces::record_once(&ctx.db, &nonce_key, expires, now).await? {
+        return Err(DomainError::new(
+            ErrorCode::ReplayedMessage,
+            "this device request was already used",
+        ));
+    }
+    enrollments::touch(&ctx.db, &enrollment.enrollment_id, now).await?;
+    Ok(enrollment)
+}

@@ -1,0 +1,83 @@
+//! The rules: one module per flow. Each operation takes a [`Ctx`] (the store, the keys, the
+//! configuration, the clock, the event hub and the delivery handles), opens its own
+//! transactions, and returns a typed [`DomainError`]. Nothing here knows about HTTP; the
+//! delivery of pushes and passcodes goes through the traits in [`ports`].
+//!
+//! Layering (checked by `tests/layering.rs` of this crate): `http` → `domain` → `store`;
+//! `delivery` implements `domain::ports`; `store` imports neither.
+
+pub(crate) mod authentication;
+pub(crate) mod device_auth;
+pub(crate) mod device_verification;
+pub mod error;
+pub mod events;
+pub(crate) mod fallback;
+pub(crate) mod methods;
+pub(crate) mod outcome;
+pub mod ports;
+pub(crate) mod ssrf;
+pub(crate) mod users;
+
+use std::sync::Arc;
+
+use tessera_protocol::pairing::ServerUrl;
+
+use crate::clock::Clock;
+use crate::config::ServerConfig;
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::store::Database;
+
+pub use error::DomainError;
+pub use events::EventHub;
+
+/// Everything a domain operation can reach.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    /// The database.
+    pub db: Database,
+    /// The keys the server signs device-facing messages with.
+    pub keys: KeyRing,
+    /// The configuration.
+    pub config: Arc<ServerConfig>,
+    /// The server's identity.
+    pub public_url: ServerUrl,
+    /// Where the time comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Wakes waiters when something changes.
+    pub events: EventHub,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// Push delivery.
+    pub push: Arc<crate::delivery::push::PushClients>,
+    /// Wakes the CIBA notifier.
+    pub ciba_notifier: crate::oidc::notify::NotifierHandle,
+    /// The email notifier, when SMTP is configured.
+    pub email: Option<Arc<dyn ports::Notifier>>,
+    /// What reacts to domain events (device verification, QR follow-up, CIBA notifications),
+    /// registered when the server starts.
+    pub follow_ups: Arc<[(&'static str, outcome::FollowUp)]>,
+}
+
+impl Ctx {
+    /// Now, in seconds since the Unix epoch.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Now, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+/// The follow-ups every server runs on domain events, in order: a decided device verification
+/// activates or rejects the new enrollment; an answered QR follow-up completes its session; a
+/// finished CIBA request's ping or push notification becomes due.
+pub(crate) fn follow_ups() -> Vec<(&'static str, outcome::FollowUp)> {
+    vec![
+        ("device_verification", device_verification::follow_up),
+        ("qr", crate::http::qr_follow_up),
+        ("ciba", crate::oidc::notify::follow_up),
+    ]
+}

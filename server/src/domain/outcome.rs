@@ -1,0 +1,137 @@
+//! How a request ends: one path for every ending.
+//!
+//! A signed answer, a passcode or backup code, and a follow-up that settles a pending
+//! enrollment all end an authentication through [`record`]: one conditional update records the
+//! outcome (of racing endings exactly one wins), then [`ended`] announces it once — waiters on
+//! the authentication and on its device are woken (here and, on PostgreSQL, in every instance)
+//! and the follow-ups registered at start (device verification, QR follow-up, CIBA ping/push)
+//! each receive the event. A follow-up that fails is logged and repaired by its own sweep or
+//! on read; it never undoes the recorded outcome. Expiry needs no write: a pending request past
+//! its expiry reads as expired, and waiters' deadlines never pass its expiry.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tessera_protocol::authentication::{AuthenticationId, AuthenticationKind, Decision};
+
+use super::events::Topic;
+use super::{Ctx, DomainError};
+use crate::metrics::EndLabels;
+use crate::store::authentications::{self, Authentication};
+
+/// Something that happened, announced after it was stored.
+#[derive(Debug, Clone)]
+pub(crate) enum DomainEvent {
+    /// An authentication left `pending` (approved, denied); the record as stored after it.
+    AuthenticationEnded(Authentication),
+}
+
+/// The future a follow-up returns.
+pub(crate) type FollowUpFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), DomainError>> + Send + 'a>>;
+
+/// A follow-up: reacts to domain events (registered once, when the server starts).
+pub(crate) type FollowUp = for<'a> fn(&'a Ctx, &'a DomainEvent) -> FollowUpFuture<'a>;
+
+/// How an authentication ends.
+#[derive(Debug)]
+pub(crate) enum Ending<'a> {
+    /// The device's signed answer.
+    Answer {
+        /// Approve, deny or report fraud.
+        decision: Decision,
+        /// The signed answer as received.
+        signed_response: &'a str,
+        /// The attributes it yields (JSON).
+        attributes: &'a str,
+    },
+    /// A one-time passcode (the app's, or a backup code) approved it.
+    Passcode {
+        /// The attributes it yields (JSON).
+        attributes: &'a str,
+    },
+}
+
+/// Records `ending` if the authentication is still pending and unexpired, then announces it.
+/// Returns the record as stored after it, or `None` when another ending won (or it expired).
+pub(crate) async fn record(
+    ctx: &Ctx,
+    id: &AuthenticationId,
+    ending: Ending<'_>,
+) -> Result<Option<Authentication>, DomainError> {
+    let now = ctx.now();
+    let recorded = match ending {
+        Ending::Answer {
+            decision,
+            signed_response,
+            attributes,
+        } => {
+            authentications::record_answer(&ctx.db, id, decision, signed_response, attributes, now)
+                .await?
+        }
+        Ending::Passcode { attributes } => {
+            authentications::record_passcode_answer(&ctx.db, id, attributes, now).await?
+        }
+    };
+    if !recorded {
+        return Ok(None);
+    }
+    let Some(record) = authentications::get(&ctx.db, id, now).await? else {
+        return Err(DomainError::Internal("a recorded authentication vanished"));
+    };
+    tracing::info!(authentication_id = %id, state = record.state.as_str(), "authentication ended");
+    ended(ctx, &record).await;
+    Ok(Some(record))
+}
+
+/// Announces an ended authentication: wakes its waiters and its device's, then runs each
+/// follow-up once.
+pub(crate) async fn ended(ctx: &Ctx, record: &Authentication) {
+    ctx.events
+        .announce(
+            &ctx.db,
+            &[
+                Topic::Authentication(record.id.to_string()),
+                Topic::Enrollment(record.enrollment_id.to_string()),
+            ],
+        )
+        .await;
+    let event = DomainEvent::AuthenticationEnded(record.clone());
+    dispatch(ctx, &event).await;
+}
+
+/// Hands `event` to every follow-up, in registration order.
+pub(crate) async fn dispatch(ctx: &Ctx, event: &DomainEvent) {
+    let DomainEvent::AuthenticationEnded(record) = event;
+    ctx.metrics
+        .authentications_ended
+        .get_or_create(&EndLabels {
+            kind: kind_label(record.kind),
+            state: record.state.as_str(),
+        })
+        .inc();
+    for (name, follow_up) in ctx.follow_ups.iter() {
+        if let Err(e) = follow_up(ctx, event).await {
+            tracing::warn!(follow_up = name, error = %e, "follow-up failed; its sweep or the next read repairs it");
+        }
+    }
+}
+
+/// Announces that a device has a new request to pull.
+pub(crate) async fn request_created(ctx: &Ctx, record: &Authentication) {
+    ctx.events
+        .announce(
+            &ctx.db,
+            &[Topic::Enrollment(record.enrollment_id.to_string())],
+        )
+        .await;
+}
+
+fn kind_label(kind: AuthenticationKind) -> &'static str {
+    match kind {
+        AuthenticationKind::Approval => "approval",
+        AuthenticationKind::Transaction => "transaction",
+        AuthenticationKind::Silent => "silent",
+        AuthenticationKind::Ciba => "ciba",
+    }
+}

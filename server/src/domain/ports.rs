@@ -1,0 +1,73 @@
+//! What the domain asks of the outside world, as traits the domain owns and `delivery/`
+//! implements: pushing a request to a device, sending a passcode to a person.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tessera_protocol::api::BackupChannel;
+use tessera_protocol::ids::{ApplicationId, UserId};
+use zeroize::Zeroizing;
+
+/// One passcode to deliver.
+pub struct Notice {
+    /// The channel.
+    pub channel: BackupChannel,
+    /// The phone number or email address.
+    pub to: String,
+    /// The code.
+    pub code: Zeroizing<String>,
+    /// The application's name (shown in the message).
+    pub application_name: String,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user.
+    pub user_id: UserId,
+    /// When the code expires.
+    pub expires_at: i64,
+    /// Minutes until it expires (shown in the message).
+    pub valid_minutes: i64,
+}
+
+impl std::fmt::Debug for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notice")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Notice {
+    /// The text the person receives.
+    pub fn text(&self) -> String {
+        format!(
+            "{}: your sign-in code is {}. It expires in {} minute{}. Never share it.",
+            self.application_name,
+            self.code.as_str(),
+            self.valid_minutes,
+            if self.valid_minutes == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// A provider refused or could not be reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    /// No provider is configured for the channel.
+    #[error("no provider is configured for this channel")]
+    NotConfigured,
+    /// The destination is not usable by the provider.
+    #[error("the destination is not usable")]
+    BadDestination,
+    /// The provider refused or could not be reached.
+    #[error("the provider did not accept the message: {0}")]
+    Provider(String),
+}
+
+/// The boxed future a notifier returns.
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send + 'a>>;
+
+/// Delivers passcodes through one provider.
+pub trait Notifier: Send + Sync {
+    /// Sends `notice`; resolves once the provider accepted it.
+    fn send<'a>(&'a self, notice: &'a Notice) -> SendFuture<'a>;
+}

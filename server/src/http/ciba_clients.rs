@@ -1,0 +1,84 @@
+//! Customer API: the application's CIBA clients (relying parties) and its users' CIBA user
+//! codes.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use tessera_protocol::ciba::{
+    CibaClientList, CibaClientRegistered, RegisterCibaClient, SetUserCode,
+};
+use tessera_protocol::error::ErrorCode;
+
+use super::errors::ApiError;
+use super::extract::{ApiJson, AppAuth};
+use super::users::{parse_user_id, require_user};
+use crate::domain::Ctx;
+use crate::oidc::clients;
+use crate::store::ciba;
+
+/// Registers a CIBA client for the calling application.
+#[utoipa::path(post, path = "/v1/ciba/clients", tag = "customer", request_body = RegisterCibaClient,
+    responses((status = 201, body = CibaClientRegistered),
+              (status = 400, description = "invalid_request (including refused notification endpoints)", body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn register(
+    State(state): State<Ctx>,
+    auth: AppAuth,
+    ApiJson(body): ApiJson<RegisterCibaClient>,
+) -> Result<(StatusCode, Json<CibaClientRegistered>), ApiError> {
+    let registered = clients::register(
+        &state.db,
+        &state.config,
+        &auth.0.id,
+        body,
+        tessera_protocol::time::now(),
+    )
+    .await?;
+    tracing::info!(client_id = %registered.client_id, "CIBA client registered");
+    Ok((StatusCode::CREATED, Json(registered)))
+}
+
+/// The calling application's CIBA clients.
+#[utoipa::path(get, path = "/v1/ciba/clients", tag = "customer",
+    responses((status = 200, body = CibaClientList)))]
+pub(crate) async fn list(
+    State(state): State<Ctx>,
+    auth: AppAuth,
+) -> Result<Json<CibaClientList>, ApiError> {
+    let clients = ciba::clients(&state.db, &auth.0.id).await?;
+    Ok(Json(CibaClientList {
+        clients: clients.iter().map(ciba::CibaClient::info).collect(),
+    }))
+}
+
+/// Removes a CIBA client with its pending requests and tokens.
+#[utoipa::path(delete, path = "/v1/ciba/clients/{client_id}", tag = "customer",
+    params(("client_id" = String, Path, description = "The client")),
+    responses((status = 204), (status = 404, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn remove(
+    State(state): State<Ctx>,
+    auth: AppAuth,
+    Path(client_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if ciba::delete_client(&state.db, &auth.0.id, &client_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(ErrorCode::NotFound, "no such CIBA client"))
+    }
+}
+
+/// Sets the user's CIBA user code.
+#[utoipa::path(put, path = "/v1/users/{user_id}/ciba-user-code", tag = "customer",
+    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    request_body = SetUserCode,
+    responses((status = 204), (status = 404, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn set_user_code(
+    State(state): State<Ctx>,
+    auth: AppAuth,
+    Path(user_id): Path<String>,
+    ApiJson(body): ApiJson<SetUserCode>,
+) -> Result<StatusCode, ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    require_user(&state, &auth, &user_id).await?;
+    clients::set_user_code(&state.db, &auth.0.id, &user_id, &body.user_code).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

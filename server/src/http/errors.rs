@@ -1,0 +1,133 @@
+//! The HTTP API's error: a stable code and a safe message, answered as the JSON error body.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tessera_protocol::error::{ErrorBody, ErrorCode};
+
+use crate::domain::DomainError;
+use crate::error::ServerError;
+use crate::store::StoreError;
+
+/// An API error. The message is shown to clients: it never holds a secret or a submitted value.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub missing_methods: Vec<tessera_protocol::api::AuthenticationMethod>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            missing_methods: Vec::new(),
+        }
+    }
+
+    /// Adds the methods a `mandatory_methods_missing` error lists.
+    pub fn with_missing_methods(
+        mut self,
+        methods: Vec<tessera_protocol::api::AuthenticationMethod>,
+    ) -> Self {
+        self.missing_methods = methods;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let unavailable = self.code == ErrorCode::ServiceUnavailable;
+        let mut body = ErrorBody::new(self.code, self.message);
+        body.error.missing_methods = self.missing_methods;
+        let mut response = (status, Json(body)).into_response();
+        if unavailable {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
+    }
+}
+
+/// Seconds a client is asked to wait after `service_unavailable`.
+pub(crate) const RETRY_AFTER_SECONDS: &str = "2";
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Refused {
+                code,
+                message,
+                missing_methods,
+            } => ApiError {
+                code,
+                message,
+                missing_methods,
+            },
+            DomainError::Unavailable(source) => {
+                tracing::error!(error = %source, cause = ?std::error::Error::source(&source), "database unavailable");
+                ApiError::new(
+                    ErrorCode::ServiceUnavailable,
+                    "the service is unavailable; retry shortly",
+                )
+            }
+            DomainError::Store(source) => {
+                tracing::error!(error = %source, cause = ?std::error::Error::source(&source), "storage error");
+                ApiError::new(ErrorCode::InternalError, "internal error")
+            }
+            DomainError::Internal(what) => {
+                tracing::error!(what, "internal error");
+                ApiError::new(ErrorCode::InternalError, "internal error")
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::from(DomainError::from(e))
+    }
+}
+
+impl From<ServerError> for ApiError {
+    fn from(e: ServerError) -> Self {
+        match e {
+            ServerError::Store(e) => ApiError::from(e),
+            ServerError::NotFound(what) => {
+                ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
+            }
+            ServerError::AlreadyExists(what) => {
+                ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))
+            }
+            ServerError::InvalidInput(reason) => ApiError::new(ErrorCode::InvalidRequest, reason),
+            other => {
+                tracing::error!(error = %other, "server error");
+                ApiError::new(ErrorCode::InternalError, "internal error")
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::from(StoreError::from(e))
+    }
+}
+
+/// Answers unknown routes.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+/// Answers known routes called with the wrong method.
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+}

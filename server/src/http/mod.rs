@@ -1,0 +1,270 @@
+//! The HTTP API: routes, shared state, the OpenAPI document, and per-request metrics and logs.
+
+pub(crate) mod authentications;
+mod backup;
+mod ciba_clients;
+mod device;
+pub(crate) mod errors;
+mod extract;
+mod ops;
+mod otp;
+mod pairing;
+mod qr;
+mod qr_page;
+mod users;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{delete, get, post, put};
+use utoipa::OpenApi;
+
+use crate::domain::Ctx;
+use crate::metrics::{RequestLabels, RouteLabels};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tessera server API",
+        description = "Customer API (Authorization: Bearer <API key>) and device API of the Tessera authentication server. Every error is {\"error\": {\"code\", \"message\"}} with a stable code; see docs/protocol.md.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        users::create_user,
+        users::get_user,
+        users::list_devices,
+        users::remove_device,
+        users::set_primary,
+        pairing::start_pairing,
+        pairing::relay_pairing,
+        pairing::device_pairing,
+        authentications::create_authentication,
+        authentications::get_authentication,
+        authentications::pending_requests,
+        authentications::submit_response,
+        device::server_keys,
+        device::enrollment_status,
+        device::unpair,
+        otp::verify,
+        otp::reset_failures,
+        otp::answer_authentication,
+        otp::register_token,
+        otp::list_tokens,
+        otp::remove_token,
+        backup::set_contacts,
+        backup::get_contacts,
+        backup::send_for_authentication,
+        backup::create_challenge,
+        backup::verify_challenge,
+        qr::create_session,
+        qr::get_session,
+        qr::qr_png,
+        qr::qr_svg,
+        qr::claim,
+        qr::submit_response,
+        qr::browser_get,
+        qr::browser_renew,
+        qr_page::page,
+        qr_page::script,
+        device::update_push,
+        ciba_clients::register,
+        ciba_clients::list,
+        ciba_clients::remove,
+        ciba_clients::set_user_code,
+        ops::healthz,
+        ops::metrics,
+    ),
+    tags(
+        (name = "customer", description = "Called by the customer's backend with its API key"),
+        (name = "device", description = "Called by the device core"),
+        (name = "browser", description = "Called by the QR login page with its session's browser token"),
+        (name = "operations", description = "Health, metrics, this document")
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI 3 document of the server's HTTP API, generated from the handlers.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub(crate) fn router(state: Ctx) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/users", post(users::create_user))
+        .route("/v1/users/{user_id}", get(users::get_user))
+        .route("/v1/users/{user_id}/devices", get(users::list_devices))
+        .route(
+            "/v1/users/{user_id}/devices/{enrollment_id}",
+            delete(users::remove_device),
+        )
+        .route(
+            "/v1/users/{user_id}/devices/{enrollment_id}/primary",
+            put(users::set_primary),
+        )
+        .route("/v1/users/{user_id}/pairings", post(pairing::start_pairing))
+        .route(
+            "/v1/users/{user_id}/relay-pairings",
+            post(pairing::relay_pairing),
+        )
+        .route("/v1/device/pairings", post(pairing::device_pairing))
+        .route(
+            "/v1/users/{user_id}/authentications",
+            post(authentications::create_authentication),
+        )
+        .route(
+            "/v1/authentications/{authentication_id}",
+            get(authentications::get_authentication),
+        )
+        .route(
+            "/v1/device/enrollments/{enrollment_id}/requests",
+            get(authentications::pending_requests),
+        )
+        .route(
+            "/v1/device/authentications/{authentication_id}/response",
+            post(authentications::submit_response),
+        )
+        .route("/v1/server-keys", get(device::server_keys))
+        .route(
+            "/v1/device/enrollments/{enrollment_id}",
+            get(device::enrollment_status).delete(device::unpair),
+        )
+        .route(
+            "/v1/device/enrollments/{enrollment_id}/push",
+            put(device::update_push),
+        )
+        .route("/v1/users/{user_id}/otp/verify", post(otp::verify))
+        .route(
+            "/v1/users/{user_id}/otp/failures",
+            delete(otp::reset_failures),
+        )
+        .route(
+            "/v1/authentications/{authentication_id}/otp",
+            post(otp::answer_authentication),
+        )
+        .route(
+            "/v1/authentications/{authentication_id}/backup-codes",
+            post(backup::send_for_authentication),
+        )
+        .route(
+            "/v1/users/{user_id}/otp-tokens",
+            post(otp::register_token).get(otp::list_tokens),
+        )
+        .route(
+            "/v1/users/{user_id}/otp-tokens/{token_id}",
+            delete(otp::remove_token),
+        )
+        .route(
+            "/v1/users/{user_id}/backup-contacts",
+            put(backup::set_contacts).get(backup::get_contacts),
+        )
+        .route(
+            "/v1/users/{user_id}/otp-challenges",
+            post(backup::create_challenge),
+        )
+        .route(
+            "/v1/otp-challenges/{challenge_id}/verify",
+            post(backup::verify_challenge),
+        )
+        .route("/v1/qr-sessions", post(qr::create_session))
+        .route("/v1/qr-sessions/{session_id}", get(qr::get_session))
+        .route("/v1/qr-sessions/{session_id}/qr.png", get(qr::qr_png))
+        .route("/v1/qr-sessions/{session_id}/qr.svg", get(qr::qr_svg))
+        .route("/v1/device/qr-sessions/claim", post(qr::claim))
+        .route(
+            "/v1/device/qr-sessions/{session_id}/response",
+            post(qr::submit_response),
+        )
+        .route("/v1/qr-browser", get(qr::browser_get))
+        .route("/v1/qr-browser/renew", post(qr::browser_renew))
+        .route("/qr-login", get(qr_page::page))
+        .route("/qr-login.js", get(qr_page::script))
+        .route(
+            "/v1/ciba/clients",
+            post(ciba_clients::register).get(ciba_clients::list),
+        )
+        .route("/v1/ciba/clients/{client_id}", delete(ciba_clients::remove))
+        .route(
+            "/v1/users/{user_id}/ciba-user-code",
+            put(ciba_clients::set_user_code),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(crate::oidc::discovery::configuration),
+        )
+        .route(
+            crate::oidc::BACKCHANNEL_PATH,
+            post(crate::oidc::backchannel::backchannel_authentication),
+        )
+        .route(crate::oidc::TOKEN_PATH, post(crate::oidc::token::token))
+        .route(crate::oidc::JWKS_PATH, get(crate::oidc::discovery::jwks))
+        .route(
+            crate::oidc::USERINFO_PATH,
+            get(crate::oidc::token::userinfo),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(errors::not_found)
+        .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts, times and logs every request by its route template. Logs carry the method, the
+/// template (never the concrete path, which may name a user), the status and the duration:
+/// no header, body or query string.
+async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            method: method.clone(),
+            status,
+        })
+        .inc();
+    state
+        .metrics
+        .durations
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "tessera_server::http",
+        %method,
+        %route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// Transitional: the QR follow-up until it moves to `domain::qr`.
+pub(crate) fn qr_follow_up<'a>(
+    ctx: &'a Ctx,
+    event: &'a crate::domain::outcome::DomainEvent,
+) -> crate::domain::outcome::FollowUpFuture<'a> {
+    Box::pin(async move {
+        let crate::domain::outcome::DomainEvent::AuthenticationEnded(record) = event;
+        qr::settle_follow_up(ctx, record)
+            .await
+            .map_err(|_| crate::domain::DomainError::Internal("QR follow-up failed"))
+    })
+}

@@ -1,0 +1,467 @@
+//! Applications and their API keys.
+
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
+use tessera_protocol::ids::ApplicationId;
+
+use super::Database;
+use crate::store::StoreError;
+
+/// An application as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    /// Its id.
+    pub id: ApplicationId,
+    /// Its display name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: i64,
+}
+
+/// SHA-256 of an API key, hex: what is stored and looked up.
+pub fn api_key_digest(api_key: &str) -> String {
+    hex(&Sha256::digest(api_key.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn row_to_application(row: &sqlx::any::AnyRow) -> Result<Application, StoreError> {
+    let id: String = row.try_get("id")?;
+    Ok(Application {
+        id: id
+            .parse()
+            .map_err(|_| StoreError::Corrupted("application id"))?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Inserts an application with the digest of its API key.
+pub async fn insert(
+    db: &Database,
+    app: &Application,
+    api_key_digest: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(app.id.as_str())
+    .bind(&app.name)
+    .bind(api_key_digest)
+    .bind(app.created_at)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// The application an API key belongs to. The lookup is by digest, so the secret itself is never
+/// compared (and never timed).
+pub async fn by_api_key(db: &Database, api_key: &str) -> Result<Option<Application>, StoreError> {
+    let row =
+        sqlx::query("SELECT id, name, created_at FROM applications WHERE api_key_digest = $1")
+            .bind(api_key_digest(api_key))
+            .fetch_optional(db.pool())
+            .await?;
+    row.as_ref().map(row_to_application).transpose()
+}
+
+/// One application.
+pub async fn get(db: &Database, id: &ApplicationId) -> Result<Option<Application>, StoreError> {
+    let row = sqlx::query("SELECT id, name, created_at FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(row_to_application).transpose()
+}
+
+/// All applications, oldest first.
+pub async fn list(db: &Database) -> Result<Vec<Application>, StoreError> {
+    let rows = sqlx::query("SELECT id, name, created_at FROM applications ORDER BY created_at, id")
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(row_to_application).collect()
+}
+
+/// Replaces an application's API key digest. Returns false if there is no such application.
+pub async fn set_api_key_digest(
+    db: &Database,
+    id: &ApplicationId,
+    digest: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE applications SET api_key_digest = $1 WHERE id = $2")
+        .bind(digest)
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The application's push webhook URL, if it has one.
+pub async fn push_webhook(db: &Database, id: &ApplicationId) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query("SELECT push_webhook_url FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get::<Option<String>, _>("push_webhook_url")?,
+        None => None,
+    })
+}
+
+/// Sets (or, with `None`, removes) the application's push webhook. Returns false if there is no
+/// such application.
+pub async fn set_push_webhook(
+    db: &Database,
+    id: &ApplicationId,
+    url: Option<&str>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE applications SET push_webhook_url = $1 WHERE id = $2")
+        .bind(url)
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How an application pairs a user's further devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdditionalDevicePolicy {
+    /// Each device pairs on its own with a pairing code (or relay payload).
+    #[default]
+    Individual,
+    /// A further device pairs only once the user's primary device approves it.
+    VerifyWithPrimary,
+}
+
+impl AdditionalDevicePolicy {
+    /// The stored and command-line word: `individual` or `verify_with_primary`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdditionalDevicePolicy::Individual => "individual",
+            AdditionalDevicePolicy::VerifyWithPrimary => "verify_with_primary",
+        }
+    }
+
+    /// Parses the word (`-` and `_` alike).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.replace('-', "_").as_str() {
+            "individual" => Some(Self::Individual),
+            "verify_with_primary" => Some(Self::VerifyWithPrimary),
+            _ => None,
+        }
+    }
+}
+
+/// The application's policy for further devices.
+pub async fn additional_device_policy<'e, E>(
+    executor: E,
+    id: &ApplicationId,
+) -> Result<AdditionalDevicePolicy, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query("SELECT additional_devices FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(executor)
+        .await?;
+    match row {
+        Some(r) => AdditionalDevicePolicy::parse(&r.try_get::<String, _>("additional_devices")?)
+            .ok_or(StoreError::Corrupted("additional_devices")),
+        None => Err(StoreError::NotFound("application")),
+    }
+}
+
+/// Sets the application's policy for further devices. Returns false if there is no such
+/// application.
+pub async fn set_additional_device_policy(
+    db: &Database,
+    id: &ApplicationId,
+    policy: AdditionalDevicePolicy,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE applications SET additional_devices = $1 WHERE id = $2")
+        .bind(policy.as_str())
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// An application's push settings as stored: the webhook URL and the FCM and APNs credentials
+/// (JSON text; see `crate::push`).
+#[derive(Clone, Default)]
+pub struct PushSettings {
+    /// The webhook URL, if any: it receives every push.
+    pub webhook_url: Option<String>,
+    /// FCM HTTP v1 credentials (JSON), if any.
+    pub fcm: Option<String>,
+    /// APNs token-auth credentials (JSON), if any.
+    pub apns: Option<String>,
+}
+
+impl std::fmt::Debug for PushSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credentials hold private keys: never printed.
+        f.debug_struct("PushSettings")
+            .field("webhook_url", &self.webhook_url.is_some())
+            .field("fcm", &self.fcm.is_some())
+            .field("apns", &self.apns.is_some())
+            .finish()
+    }
+}
+
+/// The application's push settings (`None` if there is no such application).
+pub async fn push_settings(
+    db: &Database,
+    id: &ApplicationId,
+) -> Result<Option<PushSettings>, StoreError> {
+    let row =
+        sqlx::query("SELECT push_webhook_url, push_fcm, push_apns FROM applications WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(db.pool())
+            .await?;
+    row.map(|r| {
+        Ok(PushSettings {
+            webhook_url: r.try_get("push_webhook_url")?,
+            fcm: r.try_get("push_fcm")?,
+            apns: r.try_get("push_apns")?,
+        })
+    })
+    .transpose()
+}
+
+/// Stores (or, with `None`, removes) the application's FCM credentials (JSON). Returns false if
+/// there is no such application.
+pub async fn set_push_fcm(
+    db: &Database,
+    id: &ApplicationId,
+    credentials: Option<&str>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE applications SET push_fcm = $1 WHERE id = $2")
+        .bind(credentials)
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// What an application asks after a user approves a QR login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QrPolicy {
+    /// The QR approval completes the login.
+    #[default]
+    None,
+    /// A silent push verification of the approving device must be answered too.
+    ExtraVerification,
+    /// A push approval to the approving user's device must be approved too.
+    UserApproval,
+}
+
+impl QrPolicy {
+    /// The stored and command-line word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QrPolicy::None => "none",
+            QrPolicy::ExtraVerification => "extra_verification",
+            QrPolicy::UserApproval => "user_approval",
+        }
+    }
+
+    /// Parses the word (`-` and `_` alike).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.replace('-', "_").as_str() {
+            "none" => Some(Self::None),
+            "extra_verification" => Some(Self::ExtraVerification),
+            "user_approval" => Some(Self::UserApproval),
+            _ => None,
+        }
+    }
+}
+
+/// The application's QR policy.
+pub async fn qr_policy(db: &Database, id: &ApplicationId) -> Result<QrPolicy, StoreError> {
+    let row = sqlx::query("SELECT qr_policy FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    match row {
+        Some(r) => QrPolicy::parse(&r.try_get::<String, _>("qr_policy")?)
+            .ok_or(StoreError::Corrupted("qr_policy")),
+        None => Err(StoreError::NotFound("application")),
+    }
+}
+
+/// Sets the application's QR policy. Returns false if there is no such application.
+pub async fn set_qr_policy(
+    db: &Database,
+    id: &ApplicationId,
+    policy: QrPolicy,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE applications SET qr_policy = $1 WHERE id = $2")
+        .bind(policy.as_str())
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Stores (or, with `None`, removes) the application's APNs credentials (JSON). Returns false if
+/// there is no such application.
+pub async fn set_push_apns(
+    db: &Database,
+    id: &ApplicationId,
+    credentials: Option<&str>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE applications SET push_apns = $1 WHERE id = $2")
+        .bind(credentials)
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// An application's one-time passcode settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtpPolicy {
+    /// "Use code": push authentications accept the app's passcode from the start.
+    pub use_code: bool,
+    /// OTP fallback: push authentications accept the app's passcode once the push cannot be
+    /// delivered or is not answered within `otp_fallback_after` seconds.
+    pub otp_fallback: bool,
+    /// Seconds without an answer after which OTP fallback is in force.
+    pub otp_fallback_after: u32,
+    /// The backup channels passcodes may be sent through.
+    pub backup_channels: Vec<BackupChannel>,
+    /// Methods every user must have registered before a push authentication is created.
+    pub mandatory_methods: Vec<AuthenticationMethod>,
+    /// The SMS and voice provider's webhook URL, if any.
+    pub sms_webhook_url: Option<String>,
+}
+
+impl Default for OtpPolicy {
+    fn default() -> Self {
+        Self {
+            use_code: false,
+            otp_fallback: false,
+            otp_fallback_after: 30,
+            backup_channels: Vec::new(),
+            mandatory_methods: Vec::new(),
+            sms_webhook_url: None,
+        }
+    }
+}
+
+/// Joins channels as stored (`sms,email`).
+pub fn channels_text(channels: &[BackupChannel]) -> String {
+    channels
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses stored channels.
+pub fn parse_channels(text: &str) -> Result<Vec<BackupChannel>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| BackupChannel::parse(s).ok_or(StoreError::Corrupted("backup_channels")))
+        .collect()
+}
+
+/// The application's OTP settings.
+pub async fn otp_policy(db: &Database, id: &ApplicationId) -> Result<OtpPolicy, StoreError> {
+    let row = sqlx::query(
+        "SELECT use_code, otp_fallback, otp_fallback_after, backup_channels, mandatory_methods, \
+         sms_webhook_url FROM applications WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or(StoreError::NotFound("application"))?;
+    let methods: String = row.try_get("mandatory_methods")?;
+    Ok(OtpPolicy {
+        use_code: row.try_get::<i64, _>("use_code")? != 0,
+        otp_fallback: row.try_get::<i64, _>("otp_fallback")? != 0,
+        otp_fallback_after: u32::try_from(row.try_get::<i64, _>("otp_fallback_after")?)
+            .map_err(|_| StoreError::Corrupted("otp_fallback_after"))?,
+        backup_channels: parse_channels(&row.try_get::<String, _>("backup_channels")?)?,
+        mandatory_methods: methods
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                AuthenticationMethod::parse(s).ok_or(StoreError::Corrupted("mandatory_methods"))
+            })
+            .collect::<Result<_, _>>()?,
+        sms_webhook_url: row.try_get("sms_webhook_url")?,
+    })
+}
+
+/// Sets "use code", OTP fallback and its delay. Returns false if there is no such application.
+pub async fn set_otp_options(
+    db: &Database,
+    id: &ApplicationId,
+    use_code: bool,
+    otp_fallback: bool,
+    otp_fallback_after: u32,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE applications SET use_code = $1, otp_fallback = $2, otp_fallback_after = $3 WHERE id = $4",
+    )
+    .bind(i64::from(use_code))
+    .bind(i64::from(otp_fallback))
+    .bind(i64::from(otp_fallback_after))
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets the backup channels. Returns false if there is no such application.
+pub async fn set_backup_channels(
+    db: &Database,
+    id: &ApplicationId,
+    channels: &[BackupChannel],
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE applications SET backup_channels = $1 WHERE id = $2")
+        .bind(channels_text(channels))
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets the mandatory methods. Returns false if there is no such application.
+pub async fn set_mandatory_methods(
+    db: &Database,
+    id: &ApplicationId,
+    methods: &[AuthenticationMethod],
+) -> Result<bool, StoreError> {
+    let text = methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let done = sqlx::query("UPDATE applications SET mandatory_methods = $1 WHERE id = $2")
+        .bind(text)
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets (or, with `None`, removes) the SMS and voice provider webhook. Returns false if there is
+/// no such application.
+pub async fn set_sms_webhook(
+    db: &Database,
+    id: &ApplicationId,
+    url: Option<&str>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE applications SET sms_webhook_url = $1 WHERE id = $2")
+        .bind(url)
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

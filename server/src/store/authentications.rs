@@ -1,0 +1,437 @@
+//! Authentications and their single recorded outcome.
+
+use sqlx::Row;
+use tessera_protocol::api::{AuthenticationStatus, BackupChannel, OtpReason};
+use tessera_protocol::authentication::{
+    AuthenticationId, AuthenticationKind, AuthenticationState, Decision,
+};
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
+
+use super::Database;
+use crate::store::StoreError;
+
+/// An authentication as stored.
+#[derive(Debug, Clone)]
+pub struct Authentication {
+    /// Its id.
+    pub id: AuthenticationId,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user asked.
+    pub user_id: UserId,
+    /// The device asked.
+    pub enrollment_id: EnrollmentId,
+    /// The kind.
+    pub kind: AuthenticationKind,
+    /// The server-signed request.
+    pub signed_request: String,
+    /// Digest of the parameters (base64url).
+    pub parameters_digest: String,
+    /// The request's nonce.
+    pub nonce: String,
+    /// Number matching: the number the web page shows.
+    pub number_to_show: Option<u32>,
+    /// Whether the answer must be signed with the user-verification key.
+    pub require_user_verification: bool,
+    /// The accessing device's IP, if given.
+    pub accessing_ip: Option<String>,
+    /// The state (an expired pending row reads as expired).
+    pub state: AuthenticationState,
+    /// The decision, once answered.
+    pub decision: Option<Decision>,
+    /// The device-signed answer.
+    pub signed_response: Option<String>,
+    /// The authentication attributes (JSON object), once answered.
+    pub attributes: Option<String>,
+    /// When it was created.
+    pub created_at: i64,
+    /// When it expires.
+    pub expires_at: i64,
+    /// When it was answered.
+    pub answered_at: Option<i64>,
+    /// Why it failed, when its state is `failed`.
+    pub failure_reason: Option<String>,
+    /// Which app passcodes it accepts.
+    pub otp_mode: OtpMode,
+    /// From when an app passcode is accepted (with `otp_mode` other than `None`).
+    pub otp_after: Option<i64>,
+    /// The backup channels a passcode may be sent through for it.
+    pub backup_channels: Vec<BackupChannel>,
+    /// How its push went (`none`, `sent`, `failed`, `token_invalid`, `stale_token`).
+    pub push_state: String,
+}
+
+/// Which passcodes from the user's app an authentication accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtpMode {
+    /// None.
+    #[default]
+    None,
+    /// "Use code": from the start.
+    UseCode,
+    /// OTP fallback: once the push is undelivered or unanswered.
+    Fallback,
+}
+
+impl OtpMode {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtpMode::None => "none",
+            OtpMode::UseCode => "use_code",
+            OtpMode::Fallback => "fallback",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "use_code" => Some(Self::UseCode),
+            "fallback" => Some(Self::Fallback),
+            _ => None,
+        }
+    }
+}
+
+const READ_COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
+    parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
+    decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
+    otp_mode, otp_after, backup_channels, push_state";
+
+const COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
+    parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
+    decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
+    otp_mode, otp_after, backup_channels";
+
+fn word<T: serde::de::DeserializeOwned>(text: &str, what: &'static str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| StoreError::Corrupted(what))
+}
+
+fn to_word<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, StoreError> {
+    let parse =
+        |col: &'static str| -> Result<String, StoreError> { Ok(row.try_get::<String, _>(col)?) };
+    let state =
+        AuthenticationState::parse(&parse("state")?).ok_or(StoreError::Corrupted("state"))?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    let state = if state == AuthenticationState::Pending && now >= expires_at {
+        AuthenticationState::Expired
+    } else {
+        state
+    };
+    let decision: Option<String> = row.try_get("decision")?;
+    let number: Option<i64> = row.try_get("number_to_show")?;
+    Ok(Authentication {
+        id: parse("id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("id"))?,
+        application_id: parse("application_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("application id"))?,
+        user_id: parse("user_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("user id"))?,
+        enrollment_id: parse("enrollment_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("enrollment id"))?,
+        kind: word(&parse("kind")?, "kind")?,
+        signed_request: parse("signed_request")?,
+        parameters_digest: parse("parameters_digest")?,
+        nonce: parse("nonce")?,
+        number_to_show: number.and_then(|n| u32::try_from(n).ok()),
+        require_user_verification: row.try_get::<i64, _>("require_user_verification")? != 0,
+        accessing_ip: row.try_get("accessing_ip")?,
+        state,
+        decision: decision.map(|d| word(&d, "decision")).transpose()?,
+        signed_response: row.try_get("signed_response")?,
+        attributes: row.try_get("attributes")?,
+        created_at: row.try_get("created_at")?,
+        expires_at,
+        answered_at: row.try_get("answered_at")?,
+        failure_reason: row.try_get("failure_reason")?,
+        otp_mode: OtpMode::parse(&parse("otp_mode")?).ok_or(StoreError::Corrupted("otp_mode"))?,
+        otp_after: row.try_get("otp_after")?,
+        backup_channels: super::applications::parse_channels(&parse("backup_channels")?)?,
+        push_state: parse("push_state")?,
+    })
+}
+
+impl Authentication {
+    /// Why an app passcode answers it at `now`, if one does (only while it is pending).
+    pub fn otp_reason(&self, now: i64) -> Option<OtpReason> {
+        if self.state != AuthenticationState::Pending || now >= self.expires_at {
+            return None;
+        }
+        match (self.otp_mode, self.otp_after) {
+            (OtpMode::UseCode, _) => Some(OtpReason::UseCode),
+            (OtpMode::Fallback, Some(after)) if now >= after => {
+                if matches!(
+                    self.push_state.as_str(),
+                    "failed" | "token_invalid" | "stale_token"
+                ) {
+                    Some(OtpReason::PushUndelivered)
+                } else {
+                    Some(OtpReason::PushUnanswered)
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The customer API's view.
+    pub fn status(&self) -> AuthenticationStatus {
+        let otp_reason = self.otp_reason(tessera_protocol::time::now());
+        AuthenticationStatus {
+            otp_accepted: otp_reason.is_some(),
+            otp_reason,
+            backup_channels: if self.state == AuthenticationState::Pending {
+                self.backup_channels.clone()
+            } else {
+                Vec::new()
+            },
+            authentication_id: self.id.clone(),
+            user_id: self.user_id.clone(),
+            enrollment_id: self.enrollment_id.clone(),
+            kind: self.kind,
+            state: self.state,
+            decision: self.decision,
+            number_to_show: self.number_to_show,
+            expires_at: self.expires_at,
+            answered_at: self.answered_at,
+            attributes: self
+                .attributes
+                .as_deref()
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_default(),
+            signed_request: self.signed_request.clone(),
+            signed_response: self.signed_response.clone(),
+            failure_reason: self.failure_reason.clone(),
+        }
+    }
+}
+
+/// Records a new pending authentication (on the pool, or inside a transaction).
+pub async fn insert<'e, E>(executor: E, a: &Authentication) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(&format!(
+        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+    ))
+    .bind(a.id.as_str())
+    .bind(a.application_id.as_str())
+    .bind(a.user_id.as_str())
+    .bind(a.enrollment_id.as_str())
+    .bind(to_word(&a.kind))
+    .bind(&a.signed_request)
+    .bind(&a.parameters_digest)
+    .bind(&a.nonce)
+    .bind(a.number_to_show.map(i64::from))
+    .bind(i64::from(a.require_user_verification))
+    .bind(a.accessing_ip.as_deref())
+    .bind(a.state.as_str())
+    .bind(a.decision.as_ref().map(to_word))
+    .bind(a.signed_response.as_deref())
+    .bind(a.attributes.as_deref())
+    .bind(a.created_at)
+    .bind(a.expires_at)
+    .bind(a.answered_at)
+    .bind(a.failure_reason.as_deref())
+    .bind(a.otp_mode.as_str())
+    .bind(a.otp_after)
+    .bind(super::applications::channels_text(&a.backup_channels))
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// One authentication.
+pub async fn get(
+    db: &Database,
+    id: &AuthenticationId,
+    now: i64,
+) -> Result<Option<Authentication>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {READ_COLUMNS} FROM authentications WHERE id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(|r| from_row(r, now)).transpose()
+}
+
+/// The signed requests still pending for a device, oldest first.
+pub async fn pending_for(
+    db: &Database,
+    enrollment: &EnrollmentId,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT signed_request FROM authentications \
+         WHERE enrollment_id = $1 AND state = 'pending' AND expires_at > $2 ORDER BY created_at, id",
+    )
+    .bind(enrollment.as_str())
+    .bind(now)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get::<String, _>("signed_request")?))
+        .collect()
+}
+
+/// Records the answer if the authentication is still pending and unexpired: one conditional
+/// update, so of racing answers (and expiry) exactly one outcome is recorded. Returns whether
+/// this answer was the one recorded.
+pub async fn record_answer(
+    db: &Database,
+    id: &AuthenticationId,
+    decision: Decision,
+    signed_response: &str,
+    attributes: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let state = match decision {
+        Decision::Approve => AuthenticationState::Approved,
+        Decision::Deny | Decision::ReportFraud => AuthenticationState::Denied,
+    };
+    let done = sqlx::query(
+        "UPDATE authentications SET state = $1, decision = $2, signed_response = $3, attributes = $4, answered_at = $5 \
+         WHERE id = $6 AND state = 'pending' AND expires_at > $5",
+    )
+    .bind(state.as_str())
+    .bind(to_word(&decision))
+    .bind(signed_response)
+    .bind(attributes)
+    .bind(now)
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// User-facing (not silent) requests to a user: how many are pending now, and how many were
+/// created since `since`.
+pub async fn user_facing_counts(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    now: i64,
+    since: i64,
+) -> Result<(i64, i64), StoreError> {
+    let row = sqlx::query(
+        "SELECT \
+           COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS pending, \
+           COUNT(*) AS recent \
+         FROM authentications \
+         WHERE application_id = $1 AND user_id = $2 AND kind <> 'silent' AND created_at >= $4",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(now)
+    .bind(since)
+    .fetch_one(db.pool())
+    .await?;
+    Ok((row.try_get("pending")?, row.try_get("recent")?))
+}
+
+/// Records how the push for an authentication went (`none`, `sent`, `failed`, `token_invalid`).
+pub async fn set_push_state(
+    db: &Database,
+    id: &AuthenticationId,
+    state: &str,
+    attempts: u32,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE authentications SET push_state = $1, push_attempts = $2 WHERE id = $3")
+        .bind(state)
+        .bind(i64::from(attempts))
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(())
+}
+
+/// How the push for an authentication went, and in how many attempts.
+pub async fn push_state(
+    db: &Database,
+    id: &AuthenticationId,
+) -> Result<Option<(String, i64)>, StoreError> {
+    let row = sqlx::query("SELECT push_state, push_attempts FROM authentications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    row.map(|r| Ok((r.try_get("push_state")?, r.try_get("push_attempts")?)))
+        .transpose()
+}
+
+/// Moves a pending request from one enrollment to another with its newly signed form and nonce.
+/// Returns false (and changes nothing) if it is no longer pending or no longer addressed to
+/// `from`.
+pub async fn readdress(
+    db: &Database,
+    id: &AuthenticationId,
+    from: &EnrollmentId,
+    to: &EnrollmentId,
+    signed_request: &str,
+    nonce: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE authentications SET enrollment_id = $1, signed_request = $2, nonce = $3, \
+         push_state = 'none', push_attempts = 0 \
+         WHERE id = $4 AND enrollment_id = $5 AND state = 'pending'",
+    )
+    .bind(to.as_str())
+    .bind(signed_request)
+    .bind(nonce)
+    .bind(id.as_str())
+    .bind(from.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records an approval by one-time passcode if the authentication is still pending and
+/// unexpired (one conditional update, racing the device's answer and expiry). Returns whether
+/// it was recorded.
+pub async fn record_passcode_answer(
+    db: &Database,
+    id: &AuthenticationId,
+    attributes: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE authentications SET state = 'approved', decision = $1, attributes = $2, answered_at = $3 \
+         WHERE id = $4 AND state = 'pending' AND expires_at > $3",
+    )
+    .bind(to_word(&Decision::Approve))
+    .bind(attributes)
+    .bind(now)
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// OTP fallback: the push could not be delivered, so a passcode is accepted from `now` on (if
+/// the authentication has OTP fallback and it was not in force already).
+pub async fn offer_passcode_now(
+    db: &Database,
+    id: &AuthenticationId,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE authentications SET otp_after = $1 \
+         WHERE id = $2 AND otp_mode = 'fallback' AND state = 'pending' AND (otp_after IS NULL OR otp_after > $1)",
+    )
+    .bind(now)
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,672 @@
+//! CIBA clients, backchannel requests, issued tokens, user codes and the ID token signing keys.
+
+use sqlx::Row;
+use tessera_protocol::ciba::{CibaClientInfo, ClientAuthMethod, DeliveryMode};
+use tessera_protocol::ids::{ApplicationId, UserId};
+
+use super::{Database, is_unique_violation};
+use crate::store::StoreError;
+
+/// A registered client.
+#[derive(Debug, Clone)]
+pub struct CibaClient {
+    /// Its id.
+    pub client_id: String,
+    /// The application whose users it may ask.
+    pub application_id: ApplicationId,
+    /// The name shown on devices.
+    pub name: String,
+    /// The delivery mode.
+    pub delivery_mode: DeliveryMode,
+    /// The notification endpoint (ping and push).
+    pub notification_endpoint: Option<String>,
+    /// How it authenticates.
+    pub auth_method: ClientAuthMethod,
+    /// SHA-256 of its secret (secret-based methods).
+    pub secret_digest: Option<String>,
+    /// Its public JWK Set (JSON).
+    pub jwks: Option<String>,
+    /// The algorithm its signed requests must use.
+    pub request_signing_alg: Option<String>,
+    /// Whether its requests must carry a user code.
+    pub user_code_required: bool,
+    /// When it was registered.
+    pub created_at: i64,
+}
+
+impl CibaClient {
+    /// The client as listed (no secret).
+    pub fn info(&self) -> CibaClientInfo {
+        CibaClientInfo {
+            client_id: self.client_id.clone(),
+            client_name: self.name.clone(),
+            backchannel_token_delivery_mode: self.delivery_mode,
+            backchannel_client_notification_endpoint: self.notification_endpoint.clone(),
+            token_endpoint_auth_method: self.auth_method,
+            backchannel_authentication_request_signing_alg: self.request_signing_alg.clone(),
+            backchannel_user_code_parameter: self.user_code_required,
+            created_at: self.created_at,
+        }
+    }
+}
+
+const CLIENT_COLUMNS: &str = "client_id, application_id, name, delivery_mode, notification_endpoint, \
+    auth_method, secret_digest, jwks, request_signing_alg, user_code_required, created_at";
+
+fn client_from_row(row: &sqlx::any::AnyRow) -> Result<CibaClient, StoreError> {
+    Ok(CibaClient {
+        client_id: row.try_get("client_id")?,
+        application_id: row
+            .try_get::<String, _>("application_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("application id"))?,
+        name: row.try_get("name")?,
+        delivery_mode: DeliveryMode::parse(&row.try_get::<String, _>("delivery_mode")?)
+            .ok_or(StoreError::Corrupted("delivery mode"))?,
+        notification_endpoint: row.try_get("notification_endpoint")?,
+        auth_method: ClientAuthMethod::parse(&row.try_get::<String, _>("auth_method")?)
+            .ok_or(StoreError::Corrupted("auth method"))?,
+        secret_digest: row.try_get("secret_digest")?,
+        jwks: row.try_get("jwks")?,
+        request_signing_alg: row.try_get("request_signing_alg")?,
+        user_code_required: row.try_get::<i64, _>("user_code_required")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Stores a new client.
+pub async fn insert_client(db: &Database, client: &CibaClient) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO ciba_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ))
+    .bind(&client.client_id)
+    .bind(client.application_id.as_str())
+    .bind(&client.name)
+    .bind(client.delivery_mode.as_str())
+    .bind(client.notification_endpoint.as_deref())
+    .bind(client.auth_method.as_str())
+    .bind(client.secret_digest.as_deref())
+    .bind(client.jwks.as_deref())
+    .bind(client.request_signing_alg.as_deref())
+    .bind(i64::from(client.user_code_required))
+    .bind(client.created_at)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// One client.
+pub async fn client(db: &Database, client_id: &str) -> Result<Option<CibaClient>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {CLIENT_COLUMNS} FROM ciba_clients WHERE client_id = $1"
+    ))
+    .bind(client_id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(client_from_row).transpose()
+}
+
+/// An application's clients, oldest first.
+pub async fn clients(db: &Database, app: &ApplicationId) -> Result<Vec<CibaClient>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {CLIENT_COLUMNS} FROM ciba_clients WHERE application_id = $1 ORDER BY created_at, client_id"
+    ))
+    .bind(app.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(client_from_row).collect()
+}
+
+/// Removes a client with its requests and tokens; `false` if there was none.
+pub async fn delete_client(
+    db: &Database,
+    app: &ApplicationId,
+    client_id: &str,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let done = sqlx::query("DELETE FROM ciba_clients WHERE client_id = $1 AND application_id = $2")
+        .bind(client_id)
+        .bind(app.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if done {
+        for table in ["ciba_requests", "oidc_tokens"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Where a request's notification stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyState {
+    /// Poll mode: nothing to notify.
+    None,
+    /// The device has not answered yet.
+    Waiting,
+    /// Finished: deliver at `notify_due_at_ms`.
+    Due,
+    /// Delivered.
+    Done,
+    /// Every attempt failed.
+    Failed,
+}
+
+impl NotifyState {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyState::None => "none",
+            NotifyState::Waiting => "waiting",
+            NotifyState::Due => "due",
+            NotifyState::Done => "done",
+            NotifyState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Self::None,
+            "waiting" => Self::Waiting,
+            "due" => Self::Due,
+            "done" => Self::Done,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A backchannel authentication request.
+#[derive(Debug, Clone)]
+pub struct CibaRequest {
+    /// Its id, as given to the client.
+    pub auth_req_id: String,
+    /// The client.
+    pub client_id: String,
+    /// The device authentication it drives.
+    pub authentication_id: String,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user.
+    pub user_id: UserId,
+    /// The granted scopes (space-separated).
+    pub scope: String,
+    /// The authentication context class.
+    pub acr: String,
+    /// The client's bearer token for its notification endpoint.
+    pub client_notification_token: Option<String>,
+    /// Seconds between token requests.
+    pub poll_interval: i64,
+    /// The last token request (milliseconds).
+    pub last_polled_at_ms: Option<i64>,
+    /// When it was acknowledged.
+    pub created_at: i64,
+    /// When it expires.
+    pub expires_at: i64,
+    /// When tokens were issued (once).
+    pub tokens_issued_at: Option<i64>,
+    /// The notification's state.
+    pub notify_state: NotifyState,
+    /// Delivery attempts so far.
+    pub notify_attempts: i64,
+    /// When the next delivery is due.
+    pub notify_due_at_ms: Option<i64>,
+}
+
+const REQUEST_COLUMNS: &str = "auth_req_id, client_id, authentication_id, application_id, user_id, \
+    scope, acr, client_notification_token, poll_interval, last_polled_at_ms, created_at, expires_at, \
+    tokens_issued_at, notify_state, notify_attempts, notify_due_at_ms";
+
+fn request_from_row(row: &sqlx::any::AnyRow) -> Result<CibaRequest, StoreError> {
+    Ok(CibaRequest {
+        auth_req_id: row.try_get("auth_req_id")?,
+        client_id: row.try_get("client_id")?,
+        authentication_id: row.try_get("authentication_id")?,
+        application_id: row
+            .try_get::<String, _>("application_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("application id"))?,
+        user_id: row
+            .try_get::<String, _>("user_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("user id"))?,
+        scope: row.try_get("scope")?,
+        acr: row.try_get("acr")?,
+        client_notification_token: row.try_get("client_notification_token")?,
+        poll_interval: row.try_get("poll_interval")?,
+        last_polled_at_ms: row.try_get("last_polled_at_ms")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        tokens_issued_at: row.try_get("tokens_issued_at")?,
+        notify_state: NotifyState::parse(&row.try_get::<String, _>("notify_state")?)
+            .ok_or(StoreError::Corrupted("notify state"))?,
+        notify_attempts: row.try_get("notify_attempts")?,
+        notify_due_at_ms: row.try_get("notify_due_at_ms")?,
+    })
+}
+
+/// Stores a new request.
+pub async fn insert_request<'e, E>(executor: E, r: &CibaRequest) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(&format!(
+        "INSERT INTO ciba_requests ({REQUEST_COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    ))
+    .bind(&r.auth_req_id)
+    .bind(&r.client_id)
+    .bind(&r.authentication_id)
+    .bind(r.application_id.as_str())
+    .bind(r.user_id.as_str())
+    .bind(&r.scope)
+    .bind(&r.acr)
+    .bind(r.client_notification_token.as_deref())
+    .bind(r.poll_interval)
+    .bind(r.last_polled_at_ms)
+    .bind(r.created_at)
+    .bind(r.expires_at)
+    .bind(r.tokens_issued_at)
+    .bind(r.notify_state.as_str())
+    .bind(r.notify_attempts)
+    .bind(r.notify_due_at_ms)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// One request by its id.
+pub async fn request(db: &Database, auth_req_id: &str) -> Result<Option<CibaRequest>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {REQUEST_COLUMNS} FROM ciba_requests WHERE auth_req_id = $1"
+    ))
+    .bind(auth_req_id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(request_from_row).transpose()
+}
+
+/// Records a token request unless it comes sooner than the interval after the previous one;
+/// `false` means "slow down" (and the interval grows by 5 seconds, as the client's must).
+pub async fn record_poll(
+    db: &Database,
+    auth_req_id: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let polled = sqlx::query(
+        "UPDATE ciba_requests SET last_polled_at_ms = $2 WHERE auth_req_id = $1 \
+         AND (last_polled_at_ms IS NULL OR last_polled_at_ms + poll_interval * 1000 <= $2)",
+    )
+    .bind(auth_req_id)
+    .bind(now_ms)
+    .execute(db.writer())
+    .await?
+    .rows_affected()
+        == 1;
+    if !polled {
+        sqlx::query(
+            "UPDATE ciba_requests SET poll_interval = poll_interval + 5, last_polled_at_ms = $2 \
+             WHERE auth_req_id = $1",
+        )
+        .bind(auth_req_id)
+        .bind(now_ms)
+        .execute(db.writer())
+        .await?;
+    }
+    Ok(polled)
+}
+
+/// Marks tokens issued; `false` if they were issued before (an `auth_req_id` is single use).
+pub async fn mark_tokens_issued(
+    db: &Database,
+    auth_req_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE ciba_requests SET tokens_issued_at = $2 WHERE auth_req_id = $1 AND tokens_issued_at IS NULL",
+    )
+    .bind(auth_req_id)
+    .bind(now)
+    .execute(db.writer())
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Makes the notification of the request driving `authentication_id` due now (if it waits).
+pub async fn notification_due_for(
+    db: &Database,
+    authentication_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE ciba_requests SET notify_state = 'due', notify_due_at_ms = $2 \
+         WHERE authentication_id = $1 AND notify_state = 'waiting'",
+    )
+    .bind(authentication_id)
+    .bind(now)
+    .execute(db.writer())
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Makes every waiting notification whose request finished (answered elsewhere, failed or
+/// expired) due now.
+pub async fn promote_finished(db: &Database, now: i64, now_ms: i64) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE ciba_requests SET notify_state = 'due', notify_due_at_ms = $2 \
+         WHERE notify_state = 'waiting' AND (expires_at <= $1 OR EXISTS (SELECT 1 FROM \
+         authentications a WHERE a.id = ciba_requests.authentication_id AND a.state <> 'pending'))",
+    )
+    .bind(now)
+    .bind(now_ms)
+    .execute(db.writer())
+    .await?
+    .rows_affected())
+}
+
+/// Notifications due at `now`, oldest first.
+pub async fn due_notifications(
+    db: &Database,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<CibaRequest>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {REQUEST_COLUMNS} FROM ciba_requests WHERE notify_state = 'due' AND notify_due_at_ms <= $1 \
+         ORDER BY notify_due_at_ms LIMIT $2"
+    ))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(request_from_row).collect()
+}
+
+/// Claims one due delivery for this instance until `lease_until` (so no other instance sends
+/// it meanwhile); `false` if another instance claimed it first.
+pub async fn claim_notification(
+    db: &Database,
+    r: &CibaRequest,
+    lease_until: i64,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE ciba_requests SET notify_due_at_ms = $2, notify_attempts = notify_attempts + 1 \
+         WHERE auth_req_id = $1 AND notify_state = 'due' AND notify_due_at_ms = $3 AND notify_attempts = $4",
+    )
+    .bind(&r.auth_req_id)
+    .bind(lease_until)
+    .bind(r.notify_due_at_ms)
+    .bind(r.notify_attempts)
+    .execute(db.writer())
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Counts one more attempt by the instance holding the delivery, and extends its lease.
+pub async fn renew_lease(
+    db: &Database,
+    auth_req_id: &str,
+    attempts: i64,
+    lease_until_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE ciba_requests SET notify_attempts = $2, notify_due_at_ms = $3 WHERE auth_req_id = $1",
+    )
+    .bind(auth_req_id)
+    .bind(attempts)
+    .bind(lease_until_ms)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// Records a delivery's final outcome (done, or failed after every attempt); the instance that
+/// held it retried in-process before.
+pub async fn finish_notification(
+    db: &Database,
+    auth_req_id: &str,
+    state: NotifyState,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE ciba_requests SET notify_state = $2, notify_due_at_ms = NULL WHERE auth_req_id = $1",
+    )
+    .bind(auth_req_id)
+    .bind(state.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// An access or refresh token, as stored.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// `access` or `refresh`.
+    pub kind: String,
+    /// The client.
+    pub client_id: String,
+    /// The user.
+    pub user_id: String,
+    /// The granted scopes.
+    pub scope: String,
+    /// The authentication context class.
+    pub acr: String,
+    /// The methods (JSON array).
+    pub amr: String,
+    /// When the user authenticated.
+    pub auth_time: i64,
+    /// When it expires.
+    pub expires_at: i64,
+    /// When a refresh token was used.
+    pub used_at: Option<i64>,
+}
+
+/// Stores a token by its digest.
+pub async fn insert_token(
+    db: &Database,
+    digest: &str,
+    token: &IssuedToken,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO oidc_tokens (token_digest, kind, client_id, user_id, scope, acr, amr, auth_time, \
+         created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(digest)
+    .bind(&token.kind)
+    .bind(&token.client_id)
+    .bind(&token.user_id)
+    .bind(&token.scope)
+    .bind(&token.acr)
+    .bind(&token.amr)
+    .bind(token.auth_time)
+    .bind(now)
+    .bind(token.expires_at)
+    .bind(token.used_at)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// A token by its digest.
+pub async fn token(db: &Database, digest: &str) -> Result<Option<IssuedToken>, StoreError> {
+    let row = sqlx::query(
+        "SELECT kind, client_id, user_id, scope, acr, amr, auth_time, expires_at, used_at \
+         FROM oidc_tokens WHERE token_digest = $1",
+    )
+    .bind(digest)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|row| {
+        Ok(IssuedToken {
+            kind: row.try_get("kind")?,
+            client_id: row.try_get("client_id")?,
+            user_id: row.try_get("user_id")?,
+            scope: row.try_get("scope")?,
+            acr: row.try_get("acr")?,
+            amr: row.try_get("amr")?,
+            auth_time: row.try_get("auth_time")?,
+            expires_at: row.try_get("expires_at")?,
+            used_at: row.try_get("used_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// Marks a refresh token used; `false` if it was used before.
+pub async fn use_refresh_token(db: &Database, digest: &str, now: i64) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE oidc_tokens SET used_at = $2 WHERE token_digest = $1 AND kind = 'refresh' AND used_at IS NULL",
+    )
+    .bind(digest)
+    .bind(now)
+    .execute(db.writer())
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// A user's stored user code: salt, digest, consecutive failures.
+pub async fn user_code(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Option<(String, String, i64)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT salt, code_digest, failures FROM ciba_user_codes WHERE application_id = $1 AND user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|r| {
+        Ok((
+            r.try_get("salt")?,
+            r.try_get("code_digest")?,
+            r.try_get("failures")?,
+        ))
+    })
+    .transpose()
+}
+
+/// Sets (or replaces) a user's code, clearing its failures.
+pub async fn set_user_code(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    salt: &str,
+    digest: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO ciba_user_codes (application_id, user_id, salt, code_digest, failures) \
+         VALUES ($1, $2, $3, $4, 0) ON CONFLICT (application_id, user_id) \
+         DO UPDATE SET salt = $3, code_digest = $4, failures = 0",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(salt)
+    .bind(digest)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// Counts a wrong user code (`true`) or clears the count after a right one (`false`).
+pub async fn record_user_code_attempt(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    failed: bool,
+) -> Result<(), StoreError> {
+    let sql = if failed {
+        "UPDATE ciba_user_codes SET failures = failures + 1 WHERE application_id = $1 AND user_id = $2"
+    } else {
+        "UPDATE ciba_user_codes SET failures = 0 WHERE application_id = $1 AND user_id = $2"
+    };
+    sqlx::query(sql)
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// An ID token signing key as stored.
+pub struct StoredSigningKey {
+    /// Its key id.
+    pub kid: String,
+    /// PKCS#8 DER of the private key.
+    pub private_key: zeroize::Zeroizing<Vec<u8>>,
+    /// When it was created.
+    pub created_at: i64,
+    /// When it stopped signing.
+    pub retired_at: Option<i64>,
+}
+
+/// Every signing key, newest first.
+pub async fn signing_keys(db: &Database) -> Result<Vec<StoredSigningKey>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT kid, private_key, created_at, retired_at FROM oidc_signing_keys ORDER BY created_at DESC, kid",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredSigningKey {
+                kid: row.try_get("kid")?,
+                private_key: zeroize::Zeroizing::new(row.try_get::<Vec<u8>, _>("private_key")?),
+                created_at: row.try_get("created_at")?,
+                retired_at: row.try_get("retired_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Adds a signing key and retires every other active one at `now` (in one transaction).
+pub async fn add_signing_key(
+    db: &Database,
+    kid: &str,
+    private_key: &[u8],
+    public_jwk: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("UPDATE oidc_signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO oidc_signing_keys (kid, private_key, public_jwk, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(kid)
+    .bind(private_key)
+    .bind(public_jwk)
+    .bind(now)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => return Err(StoreError::AlreadyExists("signing key")),
+        Err(e) => return Err(e.into()),
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Forgets retired keys retired before `before` (no token they signed is still valid).
+pub async fn drop_retired_keys(db: &Database, before: i64) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "DELETE FROM oidc_signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1",
+    )
+    .bind(before)
+    .execute(db.writer())
+    .await?
+    .rows_affected())
+}

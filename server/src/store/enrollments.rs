@@ -1,0 +1,476 @@
+//! Enrollments: devices paired with users.
+
+use sqlx::{AnyConnection, Row};
+use tessera_protocol::api::{DeviceRecord, EnrollmentState};
+use tessera_protocol::ids::{ApplicationId, AuthenticationId, DeviceId, EnrollmentId, UserId};
+use tessera_protocol::jwk::PublicJwk;
+use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
+
+use super::Database;
+use crate::store::StoreError;
+
+/// An enrollment as stored.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    /// Its id.
+    pub enrollment_id: EnrollmentId,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user.
+    pub user_id: UserId,
+    /// The device installation.
+    pub device_id: DeviceId,
+    /// The possession key.
+    pub possession_key: PublicJwk,
+    /// The user-verification key.
+    pub user_verification_key: PublicJwk,
+    /// What the device says about itself.
+    pub device_info: DeviceInfo,
+    /// Posture signals.
+    pub signals: DeviceSignals,
+    /// How to push to it.
+    pub push: PushRegistration,
+    /// Whether it is the user's primary device.
+    pub is_primary: bool,
+    /// Envelope digest of the registration that created it.
+    pub registration_digest: String,
+    /// The signed pairing reply it was given.
+    pub server_payload: String,
+    /// When it was paired.
+    pub paired_at: i64,
+    /// When the device last called.
+    pub last_seen_at: i64,
+    /// Active, waiting for the primary device's approval, or rejected.
+    pub status: EnrollmentState,
+    /// While pending verification: the authentication sent to the primary device.
+    pub verification_id: Option<AuthenticationId>,
+    /// When FCM or APNs said the push token is no longer valid; `None` while it is usable.
+    /// Cleared when the device registers a new token.
+    pub push_stale_at: Option<i64>,
+}
+
+impl Enrollment {
+    /// The customer API's view.
+    pub fn record(&self) -> DeviceRecord {
+        DeviceRecord {
+            enrollment_id: self.enrollment_id.clone(),
+            device_id: self.device_id.clone(),
+            user_id: self.user_id.clone(),
+            device: self.device_info.clone(),
+            signals: self.signals,
+            push_provider: self.push.provider().to_string(),
+            push_token_stale: self.push_stale_at.is_some(),
+            primary: self.is_primary,
+            status: self.status,
+            paired_at: self.paired_at,
+            last_seen_at: self.last_seen_at,
+        }
+    }
+}
+
+const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, possession_key, \
+    user_verification_key, device_info, signals, push, push_provider, is_primary, \
+    registration_digest, server_payload, paired_at, last_seen_at, status, verification_id, \
+    push_stale_at";
+
+fn json<T: serde::de::DeserializeOwned>(
+    row: &sqlx::any::AnyRow,
+    col: &'static str,
+) -> Result<T, StoreError> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text).map_err(|_| StoreError::Corrupted(col))
+}
+
+fn parse<T: std::str::FromStr>(
+    row: &sqlx::any::AnyRow,
+    col: &'static str,
+) -> Result<T, StoreError> {
+    let text: String = row.try_get(col)?;
+    text.parse().map_err(|_| StoreError::Corrupted(col))
+}
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<Enrollment, StoreError> {
+    Ok(Enrollment {
+        enrollment_id: parse(row, "enrollment_id")?,
+        application_id: parse(row, "application_id")?,
+        user_id: parse(row, "user_id")?,
+        device_id: parse(row, "device_id")?,
+        possession_key: json(row, "possession_key")?,
+        user_verification_key: json(row, "user_verification_key")?,
+        device_info: json(row, "device_info")?,
+        signals: json(row, "signals")?,
+        push: json(row, "push")?,
+        is_primary: row.try_get::<i64, _>("is_primary")? != 0,
+        registration_digest: row.try_get("registration_digest")?,
+        server_payload: row.try_get("server_payload")?,
+        paired_at: row.try_get("paired_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        status: EnrollmentState::parse(&row.try_get::<String, _>("status")?)
+            .ok_or(StoreError::Corrupted("status"))?,
+        verification_id: row
+            .try_get::<Option<String>, _>("verification_id")?
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| StoreError::Corrupted("verification_id"))
+            })
+            .transpose()?,
+        push_stale_at: row.try_get("push_stale_at")?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|_| StoreError::Corrupted("encode"))
+}
+
+/// Inserts an enrollment (inside the pairing transaction).
+pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx::Error> {
+    let encode =
+        |r: Result<String, StoreError>| r.map_err(|_| sqlx::Error::Protocol("encode".into()));
+    sqlx::query(&format!(
+        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    ))
+    .bind(e.enrollment_id.as_str())
+    .bind(e.application_id.as_str())
+    .bind(e.user_id.as_str())
+    .bind(e.device_id.as_str())
+    .bind(encode(to_json(&e.possession_key))?)
+    .bind(encode(to_json(&e.user_verification_key))?)
+    .bind(encode(to_json(&e.device_info))?)
+    .bind(encode(to_json(&e.signals))?)
+    .bind(encode(to_json(&e.push))?)
+    .bind(e.push.provider())
+    .bind(i64::from(e.is_primary))
+    .bind(&e.registration_digest)
+    .bind(&e.server_payload)
+    .bind(e.paired_at)
+    .bind(e.last_seen_at)
+    .bind(e.status.as_str())
+    .bind(e.verification_id.as_ref().map(AuthenticationId::as_str))
+    .bind(e.push_stale_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the user's earlier enrollment of the same device (re-pairing replaces it). Returns
+/// whether the deleted one was primary.
+pub async fn delete_same_device(
+    conn: &mut AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+    device: &DeviceId,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
+         WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
+         WHERE application_id = $1 AND user_id = $2 AND device_id = $3)",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(device.as_str())
+    .execute(&mut *conn)
+    .await?;
+    let row = sqlx::query(
+        "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
+         RETURNING is_primary",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(device.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(r) => r.try_get::<i64, _>("is_primary")? != 0,
+        None => false,
+    })
+}
+
+/// Whether the user has a primary device.
+pub async fn has_primary(
+    conn: &mut AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 AND is_primary = 1",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// The user's active primary enrollment, if any.
+pub async fn primary(
+    conn: &mut AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Option<Enrollment>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+         AND is_primary = 1 AND status = 'active'"
+    ))
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The enrollment a registration created.
+pub async fn by_registration_digest(
+    db: &Database,
+    digest: &str,
+) -> Result<Option<Enrollment>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE registration_digest = $1"
+    ))
+    .bind(digest)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// One enrollment.
+pub async fn by_id(db: &Database, id: &EnrollmentId) -> Result<Option<Enrollment>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE enrollment_id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// A user's enrollments, active and pending verification (not rejected), oldest first.
+pub async fn list_for_user(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<Enrollment>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+         AND status <> 'rejected' ORDER BY paired_at, enrollment_id"
+    ))
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Deletes an enrollment of the given application (and user, if given); if it was the user's
+/// primary device, the oldest remaining active one becomes primary; requests still pending for
+/// it become `failed` (`device_unpaired`). Returns whether it existed.
+pub async fn delete(
+    db: &Database,
+    app: &ApplicationId,
+    user: Option<&UserId>,
+    id: &EnrollmentId,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let row = sqlx::query(
+        "DELETE FROM enrollments WHERE enrollment_id = $1 AND application_id = $2 \
+         AND ($3 = '' OR user_id = $3) RETURNING user_id",
+    )
+    .bind(id.as_str())
+    .bind(app.as_str())
+    .bind(user.map(UserId::as_str).unwrap_or(""))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let user_id: String = row.try_get("user_id")?;
+    // Requests still waiting for this device can no longer be answered.
+    sqlx::query(
+        "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
+         WHERE enrollment_id = $1 AND state = 'pending'",
+    )
+    .bind(id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE enrollments SET is_primary = 1 WHERE enrollment_id = ( \
+           SELECT enrollment_id FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+           AND status = 'active' ORDER BY paired_at, enrollment_id LIMIT 1) \
+         AND NOT EXISTS (SELECT 1 FROM enrollments WHERE application_id = $1 AND user_id = $2 AND is_primary = 1)",
+    )
+    .bind(app.as_str())
+    .bind(&user_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Records that the device called.
+pub async fn touch(db: &Database, id: &EnrollmentId, now: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE enrollments SET last_seen_at = $1 WHERE enrollment_id = $2")
+        .bind(now)
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(())
+}
+
+/// Makes one of the user's active enrollments the primary device (and no other). Returns false
+/// if the user has no such active enrollment.
+pub async fn set_primary(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    id: &EnrollmentId,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    // Write first, so SQLite takes its write lock before reading (see `db`).
+    sqlx::query(
+        "UPDATE enrollments SET is_primary = is_primary WHERE application_id = $1 AND user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .execute(&mut *tx)
+    .await?;
+    let exists = sqlx::query(
+        "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+         AND enrollment_id = $3 AND status = 'active'",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(id.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if exists.is_none() {
+        // Not the user's device: the transaction is dropped and every flag stays as it was.
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE enrollments SET is_primary = CASE WHEN enrollment_id = $3 THEN 1 ELSE 0 END \
+         WHERE application_id = $1 AND user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Activates the enrollment that the approved authentication `verification` verified: the
+/// device's earlier enrollments for the same user are replaced (as a re-pairing replaces
+/// them), and it becomes primary if it replaced the primary device or the user has none.
+/// Returns whether an enrollment was waiting for it.
+pub async fn activate_verified(
+    db: &Database,
+    verification: &AuthenticationId,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    // Write first, so SQLite takes its write lock before reading (see `db`).
+    sqlx::query("UPDATE enrollments SET status = status WHERE verification_id = $1")
+        .bind(verification.as_str())
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
+    ))
+    .bind(verification.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(pending) = row.as_ref().map(from_row).transpose()? else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
+         WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
+         WHERE application_id = $1 AND user_id = $2 AND device_id = $3 AND enrollment_id <> $4)",
+    )
+    .bind(pending.application_id.as_str())
+    .bind(pending.user_id.as_str())
+    .bind(pending.device_id.as_str())
+    .bind(pending.enrollment_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    let replaced = sqlx::query(
+        "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
+         AND enrollment_id <> $4 RETURNING is_primary",
+    )
+    .bind(pending.application_id.as_str())
+    .bind(pending.user_id.as_str())
+    .bind(pending.device_id.as_str())
+    .bind(pending.enrollment_id.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut was_primary = false;
+    for r in &replaced {
+        was_primary |= r.try_get::<i64, _>("is_primary")? != 0;
+    }
+    let primary =
+        was_primary || !has_primary(&mut tx, &pending.application_id, &pending.user_id).await?;
+    sqlx::query(
+        "UPDATE enrollments SET status = 'active', verification_id = NULL, is_primary = $1 \
+         WHERE enrollment_id = $2 AND status = 'pending_verification'",
+    )
+    .bind(i64::from(primary))
+    .bind(pending.enrollment_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Rejects the enrollment waiting for the authentication `verification` (denied, expired or
+/// failed). Returns whether one was waiting.
+pub async fn reject_verified(
+    db: &Database,
+    verification: &AuthenticationId,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET status = 'rejected', verification_id = NULL \
+         WHERE verification_id = $1 AND status = 'pending_verification'",
+    )
+    .bind(verification.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Marks the enrollment's push token stale (FCM or APNs said it is no longer valid), unless the
+/// device has registered another one since `push` was read.
+pub async fn mark_push_stale(
+    db: &Database,
+    id: &EnrollmentId,
+    push: &PushRegistration,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE enrollments SET push_stale_at = $1 \
+         WHERE enrollment_id = $2 AND push = $3 AND push_stale_at IS NULL",
+    )
+    .bind(now)
+    .bind(id.as_str())
+    .bind(to_json(push)?)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// Replaces the enrollment's push registration (the device registered a fresh token) and clears
+/// the stale mark. Returns false if there is no such enrollment.
+pub async fn set_push(
+    db: &Database,
+    id: &EnrollmentId,
+    push: &PushRegistration,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET push = $1, push_provider = $2, push_stale_at = NULL \
+         WHERE enrollment_id = $3",
+    )
+    .bind(to_json(push)?)
+    .bind(push.provider())
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

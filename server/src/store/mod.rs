@@ -1,0 +1,224 @@
+//! Storage: one portable schema on SQLite or PostgreSQL through `sqlx`'s `Any` driver, with
+//! migrations per database under `server/migrations/`. All SQL uses `$N` placeholders (both
+//! drivers accept them), integers are `BIGINT`, times are Unix seconds.
+//!
+//! Transactions that write start with their write, so SQLite takes its write lock first and two
+//! writers never deadlock upgrading read locks.
+
+pub mod applications;
+pub mod authentications;
+pub mod ciba;
+pub mod enrollments;
+pub mod nonces;
+pub mod otp;
+pub mod otp_challenges;
+pub mod pairing_codes;
+pub mod qr_sessions;
+pub mod server_keys;
+pub mod throttle;
+pub mod users;
+
+mod error;
+pub mod events;
+
+use std::str::FromStr;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
+use zeroize::Zeroizing;
+
+pub use error::StoreError;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which database engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// SQLite (a file).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The database: connection pools with the schema migrated.
+///
+/// On SQLite, writes go through one writer connection: writers queue for it in order (the
+/// pool's waiters are served first come, first served) and start their transactions with
+/// `BEGIN IMMEDIATE`, so no writer ever sleeps on `busy_timeout` waiting for another writer of
+/// this process; reads run on their own connections beside it (WAL). On PostgreSQL, reads and
+/// writes share one pool. No connection is pinged before it is handed out: a dead connection
+/// fails its statement, which is answered as unavailability.
+#[derive(Clone)]
+pub struct Database {
+    readers: AnyPool,
+    writer: AnyPool,
+    engine: Engine,
+    url: Arc<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Database({:?})", self.engine)
+    }
+}
+
+impl Database {
+    /// Connects to `url` (`sqlite://FILE`, created if missing, or `postgres://…`) and runs the
+    /// migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let (engine, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let rest = rest.trim_start_matches("//");
+            let sep = if rest.contains('?') { '&' } else { '?' };
+            let url = if rest.contains("mode=") {
+                format!("sqlite://{rest}")
+            } else {
+                format!("sqlite://{rest}{sep}mode=rwc")
+            };
+            (Engine::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Engine::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::UnsupportedDatabase);
+        };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|_| StoreError::UnsupportedDatabase)?
+            .disable_statement_logging();
+        let pool_options = || {
+            let options = AnyPoolOptions::new()
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_secs(10));
+            if engine == Engine::Sqlite {
+                options.after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // Only another process (the admin command line) can hold the write
+                        // lock this long; this process's writers queue for their connection.
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        Ok(())
+                    })
+                })
+            } else {
+                options
+            }
+        };
+        let (readers, writer) = match engine {
+            Engine::Sqlite => {
+                let writer = pool_options()
+                    .max_connections(1)
+                    .connect_with(options.clone())
+                    .await?;
+                // Persistent per database file: readers never block the writer.
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&writer)
+                    .await?;
+                set_file_private(&url);
+                SQLITE_MIGRATIONS
+                    .run(&writer)
+                    .await
+                    .map_err(StoreError::Migration)?;
+                let readers = pool_options()
+                    .max_connections(max_connections.max(1))
+                    .connect_with(options)
+                    .await?;
+                (readers, writer)
+            }
+            Engine::Postgres => {
+                let pool = pool_options()
+                    .max_connections(max_connections.max(1))
+                    .connect_with(options)
+                    .await?;
+                POSTGRES_MIGRATIONS
+                    .run(&pool)
+                    .await
+                    .map_err(StoreError::Migration)?;
+                (pool.clone(), pool)
+            }
+        };
+        Ok(Self {
+            readers,
+            writer,
+            engine,
+            url: Arc::new(Zeroizing::new(url)),
+        })
+    }
+
+    /// The pool for reads.
+    pub fn pool(&self) -> &AnyPool {
+        &self.readers
+    }
+
+    /// The pool for single-statement writes (on SQLite: the one writer connection).
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
+    }
+
+    /// Starts a write transaction on the writer (`BEGIN IMMEDIATE` on SQLite: the write lock is
+    /// taken first, so the transaction never fails to upgrade a read lock).
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let begin = match self.engine {
+            Engine::Sqlite => "BEGIN IMMEDIATE",
+            Engine::Postgres => "BEGIN",
+        };
+        Ok(self.writer.begin_with(begin).await?)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The URL connected to (may hold a password: never log it).
+    pub(crate) fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// A trivial query, for health checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    /// Closes the pools.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// Makes a SQLite database file (and its WAL and shared-memory files) readable by its owner
+/// only: it holds seeds and keys.
+fn set_file_private(url: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let path = url.trim_start_matches("sqlite://");
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() || path == ":memory:" {
+            return;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{path}{suffix}");
+            if std::path::Path::new(&file).exists() {
+                let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+}
+
+/// Whether a database error is a unique-constraint violation.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.code().as_deref() == Some("23505")
+                || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,303 @@
+//! OTP seeds of enrollments, their last accepted time step, and each user's failure count.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sqlx::{AnyConnection, Row};
+use tessera_protocol::api::{OtpAlgorithm, OtpToken, OtpTokenKind};
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
+use zeroize::Zeroizing;
+
+use super::Database;
+use crate::store::StoreError;
+
+/// An active enrollment's seed, as the server checks codes against it.
+pub struct EnrollmentSeed {
+    /// The enrollment.
+    pub enrollment_id: EnrollmentId,
+    /// The seed.
+    pub seed: Zeroizing<Vec<u8>>,
+    /// The last time step a code was accepted for.
+    pub last_step: i64,
+}
+
+/// Stores an enrollment's seed (inside the pairing transaction).
+pub async fn set_seed(
+    conn: &mut AnyConnection,
+    enrollment: &EnrollmentId,
+    seed: &[u8],
+) -> Result<(), StoreError> {
+    let encoded = Zeroizing::new(URL_SAFE_NO_PAD.encode(seed));
+    sqlx::query("UPDATE enrollments SET otp_seed = $1 WHERE enrollment_id = $2")
+        .bind(encoded.as_str())
+        .bind(enrollment.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The seeds of a user's active enrollments, oldest first.
+pub async fn seeds_for_user(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<EnrollmentSeed>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT enrollment_id, otp_seed, otp_last_step FROM enrollments \
+         WHERE application_id = $1 AND user_id = $2 AND status = 'active' AND otp_seed IS NOT NULL \
+         ORDER BY paired_at, enrollment_id",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let seed: Zeroizing<String> = Zeroizing::new(r.try_get("otp_seed")?);
+            Ok(EnrollmentSeed {
+                enrollment_id: r
+                    .try_get::<String, _>("enrollment_id")?
+                    .parse()
+                    .map_err(|_| StoreError::Corrupted("enrollment id"))?,
+                seed: Zeroizing::new(
+                    URL_SAFE_NO_PAD
+                        .decode(seed.as_bytes())
+                        .map_err(|_| StoreError::Corrupted("otp seed"))?,
+                ),
+                last_step: r.try_get("otp_last_step")?,
+            })
+        })
+        .collect()
+}
+
+/// Accepts time step `step` for the enrollment if it is later than the last one accepted (one
+/// conditional update: of two racing uses of a code, one wins).
+pub async fn accept_step(
+    db: &Database,
+    enrollment: &EnrollmentId,
+    step: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET otp_last_step = $1 WHERE enrollment_id = $2 AND otp_last_step < $1",
+    )
+    .bind(step)
+    .bind(enrollment.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The user's consecutive OTP failures.
+pub async fn failures(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<i64, StoreError> {
+    let row =
+        sqlx::query("SELECT otp_failures FROM users WHERE application_id = $1 AND user_id = $2")
+            .bind(app.as_str())
+            .bind(user.as_str())
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(match row {
+        Some(r) => r.try_get("otp_failures")?,
+        None => 0,
+    })
+}
+
+/// Counts one more failure; returns the new count.
+pub async fn record_failure(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<i64, StoreError> {
+    sqlx::query(
+        "UPDATE users SET otp_failures = otp_failures + 1 WHERE application_id = $1 AND user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .execute(db.writer())
+    .await?;
+    failures(db, app, user).await
+}
+
+/// Clears the user's failure count (after a success, or the customer's reset).
+pub async fn reset_failures(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET otp_failures = 0 WHERE application_id = $1 AND user_id = $2")
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(())
+}
+
+/// An OATH token registered with a known seed.
+pub struct OathToken {
+    /// Its id (`otk_…`).
+    pub token_id: String,
+    /// The kind.
+    pub kind: OtpTokenKind,
+    /// The seed.
+    pub seed: Zeroizing<Vec<u8>>,
+    /// The HMAC.
+    pub algorithm: OtpAlgorithm,
+    /// Digits per code.
+    pub digits: u32,
+    /// TOTP period (absent for HOTP).
+    pub period: Option<u32>,
+    /// HOTP: the next counter value expected.
+    pub counter: Option<i64>,
+    /// TOTP: the last time step accepted.
+    pub last_step: i64,
+    /// When it was registered.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for OathToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OathToken")
+            .field("token_id", &self.token_id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OathToken {
+    /// The customer API's view (no seed).
+    pub fn record(&self) -> OtpToken {
+        OtpToken {
+            token_id: self.token_id.clone(),
+            kind: self.kind,
+            algorithm: self.algorithm,
+            digits: self.digits,
+            period: self.period,
+            hotp: self.counter.is_some(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// Registers a token.
+pub async fn insert_token(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    token: &OathToken,
+) -> Result<(), StoreError> {
+    let encoded = Zeroizing::new(URL_SAFE_NO_PAD.encode(token.seed.as_slice()));
+    sqlx::query(
+        "INSERT INTO otp_tokens (token_id, application_id, user_id, kind, seed, algorithm, digits, \
+         period, counter, last_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&token.token_id)
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(token.kind.as_str())
+    .bind(encoded.as_str())
+    .bind(token.algorithm.as_str())
+    .bind(i64::from(token.digits))
+    .bind(token.period.map(i64::from))
+    .bind(token.counter)
+    .bind(token.last_step)
+    .bind(token.created_at)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// The user's tokens, oldest first.
+pub async fn tokens_for_user(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<OathToken>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT token_id, kind, seed, algorithm, digits, period, counter, last_step, created_at \
+         FROM otp_tokens WHERE application_id = $1 AND user_id = $2 ORDER BY created_at, token_id",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let seed: Zeroizing<String> = Zeroizing::new(r.try_get("seed")?);
+            let period: Option<i64> = r.try_get("period")?;
+            Ok(OathToken {
+                token_id: r.try_get("token_id")?,
+                kind: OtpTokenKind::parse(&r.try_get::<String, _>("kind")?)
+                    .ok_or(StoreError::Corrupted("token kind"))?,
+                seed: Zeroizing::new(
+                    URL_SAFE_NO_PAD
+                        .decode(seed.as_bytes())
+                        .map_err(|_| StoreError::Corrupted("token seed"))?,
+                ),
+                algorithm: OtpAlgorithm::parse(&r.try_get::<String, _>("algorithm")?)
+                    .ok_or(StoreError::Corrupted("token algorithm"))?,
+                digits: u32::try_from(r.try_get::<i64, _>("digits")?)
+                    .map_err(|_| StoreError::Corrupted("token digits"))?,
+                period: period
+                    .map(u32::try_from)
+                    .transpose()
+                    .map_err(|_| StoreError::Corrupted("token period"))?,
+                counter: r.try_get("counter")?,
+                last_step: r.try_get("last_step")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Removes a token. Returns false if the user has no such token.
+pub async fn delete_token(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    token_id: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM otp_tokens WHERE application_id = $1 AND user_id = $2 AND token_id = $3",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(token_id)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// TOTP: accepts `step` if later than the token's last accepted one (one conditional update).
+pub async fn accept_token_step(
+    db: &Database,
+    token_id: &str,
+    step: i64,
+) -> Result<bool, StoreError> {
+    let done =
+        sqlx::query("UPDATE otp_tokens SET last_step = $1 WHERE token_id = $2 AND last_step < $1")
+            .bind(step)
+            .bind(token_id)
+            .execute(db.writer())
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// HOTP: moves the token's counter from `expected` to `next` (the counter after the matching
+/// one: look-ahead resynchronisation). False if another use moved it first.
+pub async fn advance_counter(
+    db: &Database,
+    token_id: &str,
+    expected: i64,
+    next: i64,
+) -> Result<bool, StoreError> {
+    let done =
+        sqlx::query("UPDATE otp_tokens SET counter = $1 WHERE token_id = $2 AND counter = $3")
+            .bind(next)
+            .bind(token_id)
+            .bind(expected)
+            .execute(db.writer())
+            .await?;
+    Ok(done.rows_affected() == 1)
+}

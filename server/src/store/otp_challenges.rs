@@ -1,0 +1,187 @@
+//! Backup and one-time-device passcode challenges: a code sent by SMS, voice or email. Only a
+//! salted SHA-256 digest of the code is stored (never the code), with a masked destination;
+//! codes expire, are single use, and allow a few attempts each.
+
+use sqlx::Row;
+use tessera_protocol::api::BackupChannel;
+use tessera_protocol::authentication::AuthenticationId;
+use tessera_protocol::ids::{ApplicationId, UserId};
+
+use super::Database;
+use crate::store::StoreError;
+
+/// A challenge as stored.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    /// Its id (`otc_…`).
+    pub id: String,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user.
+    pub user_id: UserId,
+    /// The authentication it answers, if any.
+    pub authentication_id: Option<AuthenticationId>,
+    /// The channel.
+    pub channel: BackupChannel,
+    /// The masked destination.
+    pub destination_hint: String,
+    /// Whether the destination was given for this one authentication.
+    pub one_time_device: bool,
+    /// Random salt of the digest (base64url).
+    pub code_salt: String,
+    /// SHA-256 over salt, id and code (hex).
+    pub code_digest: String,
+    /// Wrong codes tried.
+    pub attempts: i64,
+    /// When it was sent.
+    pub created_at: i64,
+    /// When it expires.
+    pub expires_at: i64,
+    /// When its code was accepted.
+    pub used_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, application_id, user_id, authentication_id, channel, destination_hint, \
+    one_time_device, code_salt, code_digest, attempts, created_at, expires_at, used_at";
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Challenge, StoreError> {
+    let auth: Option<String> = r.try_get("authentication_id")?;
+    Ok(Challenge {
+        id: r.try_get("id")?,
+        application_id: r
+            .try_get::<String, _>("application_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("application id"))?,
+        user_id: r
+            .try_get::<String, _>("user_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("user id"))?,
+        authentication_id: auth
+            .map(|a| a.parse())
+            .transpose()
+            .map_err(|_| StoreError::Corrupted("authentication id"))?,
+        channel: BackupChannel::parse(&r.try_get::<String, _>("channel")?)
+            .ok_or(StoreError::Corrupted("channel"))?,
+        destination_hint: r.try_get("destination_hint")?,
+        one_time_device: r.try_get::<i64, _>("one_time_device")? != 0,
+        code_salt: r.try_get("code_salt")?,
+        code_digest: r.try_get("code_digest")?,
+        attempts: r.try_get("attempts")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        used_at: r.try_get("used_at")?,
+    })
+}
+
+/// Stores a new challenge.
+pub async fn insert(db: &Database, c: &Challenge) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO otp_challenges ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    ))
+    .bind(&c.id)
+    .bind(c.application_id.as_str())
+    .bind(c.user_id.as_str())
+    .bind(c.authentication_id.as_ref().map(|a| a.as_str().to_string()))
+    .bind(c.channel.as_str())
+    .bind(&c.destination_hint)
+    .bind(i64::from(c.one_time_device))
+    .bind(&c.code_salt)
+    .bind(&c.code_digest)
+    .bind(c.attempts)
+    .bind(c.created_at)
+    .bind(c.expires_at)
+    .bind(c.used_at)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// Removes a challenge whose code could not be delivered.
+pub async fn delete(db: &Database, id: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM otp_challenges WHERE id = $1")
+        .bind(id)
+        .execute(db.writer())
+        .await?;
+    Ok(())
+}
+
+/// One challenge.
+pub async fn get(db: &Database, id: &str) -> Result<Option<Challenge>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM otp_challenges WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The challenges sent for an authentication that can still be answered at `now` (unused,
+/// unexpired, attempts left), newest first.
+pub async fn open_for_authentication(
+    db: &Database,
+    authentication: &AuthenticationId,
+    now: i64,
+    max_attempts: i64,
+) -> Result<Vec<Challenge>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM otp_challenges WHERE authentication_id = $1 AND used_at IS NULL \
+         AND expires_at > $2 AND attempts < $3 ORDER BY created_at DESC, id"
+    ))
+    .bind(authentication.as_str())
+    .bind(now)
+    .bind(max_attempts)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// How many challenges went to the user through `channel` since `since` (the rate limit).
+pub async fn sent_since(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    channel: BackupChannel,
+    since: i64,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM otp_challenges \
+         WHERE application_id = $1 AND user_id = $2 AND channel = $3 AND created_at >= $4",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(channel.as_str())
+    .bind(since)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(row.try_get("n")?)
+}
+
+/// Marks the challenge used if it still can be (one conditional update: of two racing uses of
+/// a code, one wins). Returns whether this use won.
+pub async fn mark_used(
+    db: &Database,
+    id: &str,
+    now: i64,
+    max_attempts: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE otp_challenges SET used_at = $1 \
+         WHERE id = $2 AND used_at IS NULL AND expires_at > $1 AND attempts < $3",
+    )
+    .bind(now)
+    .bind(id)
+    .bind(max_attempts)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Counts a wrong code against the challenge.
+pub async fn record_attempt(db: &Database, id: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE otp_challenges SET attempts = attempts + 1 WHERE id = $1")
+        .bind(id)
+        .execute(db.writer())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! QR login sessions: created by the customer, claimed by one device, answered by one of its
+//! users, and (by application policy) completed by a follow-up request.
+
+use sqlx::Row;
+use tessera_protocol::api::QrSessionStatus;
+use tessera_protocol::authentication::{AccessContext, AuthenticationId, Decision};
+use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
+use tessera_protocol::qr::{QrSessionId, QrSessionState};
+
+use super::Database;
+use crate::store::StoreError;
+
+/// A QR session as stored.
+#[derive(Debug, Clone)]
+pub struct QrSession {
+    /// Its id.
+    pub id: QrSessionId,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// Only this user may answer, if set.
+    pub restricted_user_id: Option<UserId>,
+    /// The current code's token text, while it can be scanned.
+    pub token: Option<String>,
+    /// When the current code stops working.
+    pub code_expires_at: i64,
+    /// What the device shows of where the sign-in comes from.
+    pub context: AccessContext,
+    /// Where the login page goes once approved.
+    pub redirect_url: Option<String>,
+    /// The state (a session past its expiry that is not final reads as expired).
+    pub state: QrSessionState,
+    /// Changes whenever the state or the code changes.
+    pub version: i64,
+    /// The device that claimed it.
+    pub device_id: Option<DeviceId>,
+    /// The enrollments of that device that may answer.
+    pub candidates: Vec<EnrollmentId>,
+    /// The nonce of the signed context.
+    pub nonce: Option<String>,
+    /// The signed context the device was given.
+    pub signed_context: Option<String>,
+    /// The enrollment that answered.
+    pub enrollment_id: Option<EnrollmentId>,
+    /// The user who answered.
+    pub user_id: Option<UserId>,
+    /// The decision.
+    pub decision: Option<Decision>,
+    /// The device-signed answer.
+    pub signed_response: Option<String>,
+    /// The attributes (JSON object), once approved.
+    pub attributes: Option<String>,
+    /// The follow-up request, if the policy asked for one.
+    pub follow_up_id: Option<AuthenticationId>,
+    /// When it was created.
+    pub created_at: i64,
+    /// When it expires.
+    pub expires_at: i64,
+    /// When it was answered.
+    pub answered_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, application_id, restricted_user_id, token, code_expires_at, context, \
+    redirect_url, state, version, device_id, candidates, nonce, signed_context, enrollment_id, \
+    user_id, decision, signed_response, attributes, follow_up_id, created_at, expires_at, answered_at";
+
+fn parse_opt<T: std::str::FromStr>(
+    row: &sqlx::any::AnyRow,
+    col: &'static str,
+) -> Result<Option<T>, StoreError> {
+    row.try_get::<Option<String>, _>(col)?
+        .map(|v| v.parse().map_err(|_| StoreError::Corrupted(col)))
+        .transpose()
+}
+
+fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<QrSession, StoreError> {
+    let state = QrSessionState::parse(&row.try_get::<String, _>("state")?)
+        .ok_or(StoreError::Corrupted("qr state"))?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    let state = if !state.is_final() && now >= expires_at {
+        QrSessionState::Expired
+    } else {
+        state
+    };
+    let context: String = row.try_get("context")?;
+    let candidates: Option<String> = row.try_get("candidates")?;
+    let decision: Option<String> = row.try_get("decision")?;
+    Ok(QrSession {
+        id: row
+            .try_get::<String, _>("id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("qr id"))?,
+        application_id: row
+            .try_get::<String, _>("application_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("application id"))?,
+        restricted_user_id: parse_opt(row, "restricted_user_id")?,
+        token: row.try_get("token")?,
+        code_expires_at: row.try_get("code_expires_at")?,
+        context: serde_json::from_str(&context).map_err(|_| StoreError::Corrupted("context"))?,
+        redirect_url: row.try_get("redirect_url")?,
+        state,
+        version: row.try_get("version")?,
+        device_id: parse_opt(row, "device_id")?,
+        candidates: candidates
+            .map(|c| serde_json::from_str(&c).map_err(|_| StoreError::Corrupted("candidates")))
+            .transpose()?
+            .unwrap_or_default(),
+        nonce: row.try_get("nonce")?,
+        signed_context: row.try_get("signed_context")?,
+        enrollment_id: parse_opt(row, "enrollment_id")?,
+        user_id: parse_opt(row, "user_id")?,
+        decision: decision
+            .map(|d| {
+                serde_json::from_value(serde_json::Value::String(d))
+                    .map_err(|_| StoreError::Corrupted("decision"))
+            })
+            .transpose()?,
+        signed_response: row.try_get("signed_response")?,
+        attributes: row.try_get("attributes")?,
+        follow_up_id: parse_opt(row, "follow_up_id")?,
+        created_at: row.try_get("created_at")?,
+        expires_at,
+        answered_at: row.try_get("answered_at")?,
+    })
+}
+
+impl QrSession {
+    /// The customer API's view.
+    pub fn status(&self) -> QrSessionStatus {
+        QrSessionStatus {
+            session_id: self.id.clone(),
+            state: self.state,
+            device_id: self.device_id.clone(),
+            user_id: self.user_id.clone(),
+            enrollment_id: self.enrollment_id.clone(),
+            decision: self.decision,
+            expires_at: self.expires_at,
+            answered_at: self.answered_at,
+            follow_up: self.follow_up_id.clone(),
+            attributes: if self.state == QrSessionState::Approved {
+                self.attributes
+                    .as_deref()
+                    .and_then(|a| serde_json::from_str(a).ok())
+                    .unwrap_or_default()
+            } else {
+                Default::default()
+            },
+            signed_context: self.signed_context.clone(),
+            signed_response: self.signed_response.clone(),
+        }
+    }
+
+    /// Whether its code can be scanned now.
+    pub fn scannable(&self, now: i64) -> bool {
+        self.state == QrSessionState::Created && now < self.code_expires_at && self.token.is_some()
+    }
+}
+
+/// What a new session stores.
+pub struct NewQrSession<'a> {
+    /// Its id.
+    pub id: &'a QrSessionId,
+    /// The application.
+    pub application_id: &'a ApplicationId,
+    /// Only this user may answer.
+    pub restricted_user_id: Option<&'a UserId>,
+    /// The first code's token and the digest it is looked up by.
+    pub token: &'a str,
+    /// Digest of `token`.
+    pub token_digest: &'a str,
+    /// When the first code stops working.
+    pub code_expires_at: i64,
+    /// Digest of the browser's secret.
+    pub browser_token_digest: &'a str,
+    /// What the device will show.
+    pub context: &'a AccessContext,
+    /// Where the page goes once approved.
+    pub redirect_url: Option<&'a str>,
+    /// Now.
+    pub created_at: i64,
+    /// When it expires.
+    pub expires_at: i64,
+}
+
+/// Stores a new session.
+pub async fn insert(db: &Database, s: &NewQrSession<'_>) -> Result<(), StoreError> {
+    let context = serde_json::to_string(s.context).map_err(|_| StoreError::Corrupted("context"))?;
+    sqlx::query(
+        "INSERT INTO qr_sessions (id, application_id, restricted_user_id, token, token_digest, \
+         code_expires_at, browser_token_digest, context, redirect_url, state, version, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'created', 1, $10, $11)",
+    )
+    .bind(s.id.as_str())
+    .bind(s.application_id.as_str())
+    .bind(s.restricted_user_id.map(UserId::as_str))
+    .bind(s.token)
+    .bind(s.token_digest)
+    .bind(s.code_expires_at)
+    .bind(s.browser_token_digest)
+    .bind(context)
+    .bind(s.redirect_url)
+    .bind(s.created_at)
+    .bind(s.expires_at)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+async fn one(
+    db: &Database,
+    column: &str,
+    value: &str,
+    now: i64,
+) -> Result<Option<QrSession>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM qr_sessions WHERE {column} = $1"
+    ))
+    .bind(value)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(|r| from_row(r, now)).transpose()
+}
+
+/// One session by id.
+pub async fn get(
+    db: &Database,
+    id: &QrSessionId,
+    now: i64,
+) -> Result<Option<QrSession>, StoreError> {
+    one(db, "id", id.as_str(), now).await
+}
+
+/// The session a code's token digest names.
+pub async fn by_token_digest(
+    db: &Database,
+    digest: &str,
+    now: i64,
+) -> Result<Option<QrSession>, StoreError> {
+    one(db, "token_digest", digest, now).await
+}
+
+/// The session a browser token's digest names.
+pub async fn by_browser_digest(
+    db: &Database,
+    digest: &str,
+    now: i64,
+) -> Result<Option<QrSession>, StoreError> {
+    one(db, "browser_token_digest", digest, now).await
+}
+
+/// The session waiting for a follow-up request.
+pub async fn by_follow_up(
+    db: &Database,
+    id: &AuthenticationId,
+    now: i64,
+) -> Result<Option<QrSession>, StoreError> {
+    one(db, "follow_up_id", id.as_str(), now).await
+}
+
+/// Replaces the code of a session nobody has scanned. Returns false if it was scanned, answered
+/// or expired meanwhile.
+pub async fn renew_code(
+    db: &Database,
+    id: &QrSessionId,
+    token: &str,
+    token_digest: &str,
+    code_expires_at: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE qr_sessions SET token = $1, token_digest = $2, code_expires_at = $3, version = version + 1 \
+         WHERE id = $4 AND state = 'created' AND expires_at > $5",
+    )
+    .bind(token)
+    .bind(token_digest)
+    .bind(code_expires_at)
+    .bind(id.as_str())
+    .bind(now)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records the device that claimed the session (one conditional update: of racing devices,
+/// one wins). The token text is cleared: the code is spent.
+#[allow(clippy::too_many_arguments)]
+pub async fn claim(
+    db: &Database,
+    id: &QrSessionId,
+    token_digest: &str,
+    device: &DeviceId,
+    candidates: &[EnrollmentId],
+    nonce: &str,
+    signed_context: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let candidates =
+        serde_json::to_string(candidates).map_err(|_| StoreError::Corrupted("candidates"))?;
+    let done = sqlx::query(
+        "UPDATE qr_sessions SET state = 'scanned', version = version + 1, token = NULL, \
+         device_id = $1, candidates = $2, nonce = $3, signed_context = $4 \
+         WHERE id = $5 AND token_digest = $6 AND state = 'created' AND expires_at > $7 AND code_expires_at > $7",
+    )
+    .bind(device.as_str())
+    .bind(candidates)
+    .bind(nonce)
+    .bind(signed_context)
+    .bind(id.as_str())
+    .bind(token_digest)
+    .bind(now)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The answer to record.
+pub struct QrAnswer<'a> {
+    /// The answering enrollment.
+    pub enrollment_id: &'a EnrollmentId,
+    /// Its user.
+    pub user_id: &'a UserId,
+    /// The decision.
+    pub decision: Decision,
+    /// The signed answer.
+    pub signed_response: &'a str,
+    /// The attributes (JSON).
+    pub attributes: &'a str,
+    /// The state it leads to: approved, denied, or verifying (with a follow-up).
+    pub state: QrSessionState,
+    /// The follow-up request.
+    pub follow_up_id: Option<&'a AuthenticationId>,
+}
+
+/// Records the answer if the session is still waiting for one (one conditional update).
+pub async fn record_answer<'e, E>(
+    executor: E,
+    id: &QrSessionId,
+    answer: &QrAnswer<'_>,
+    now: i64,
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let decision = match serde_json::to_value(answer.decision) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => return Err(StoreError::Corrupted("decision")),
+    };
+    let done = sqlx::query(
+        "UPDATE qr_sessions SET state = $1, version = version + 1, enrollment_id = $2, user_id = $3, \
+         decision = $4, signed_response = $5, attributes = $6, follow_up_id = $7, answered_at = $8 \
+         WHERE id = $9 AND state = 'scanned' AND expires_at > $8",
+    )
+    .bind(answer.state.as_str())
+    .bind(answer.enrollment_id.as_str())
+    .bind(answer.user_id.as_str())
+    .bind(decision)
+    .bind(answer.signed_response)
+    .bind(answer.attributes)
+    .bind(answer.follow_up_id.map(AuthenticationId::as_str))
+    .bind(now)
+    .bind(id.as_str())
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Completes a session that waited for its follow-up.
+pub async fn settle_follow_up(
+    db: &Database,
+    follow_up: &AuthenticationId,
+    state: QrSessionState,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE qr_sessions SET state = $1, version = version + 1 \
+         WHERE follow_up_id = $2 AND state = 'verifying'",
+    )
+    .bind(state.as_str())
+    .bind(follow_up.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

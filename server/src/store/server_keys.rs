@@ -1,0 +1,48 @@
+//! The server's signing keys.
+
+use sqlx::Row;
+use tessera_protocol::envelope::SoftwareSigningKey;
+
+use super::Database;
+use crate::store::StoreError;
+
+/// All stored keys, the signing one (the oldest) first. Creates one if there is none; two
+/// instances starting at once may each add one, and then both sign with the same oldest key.
+pub async fn load_or_create(
+    db: &Database,
+    now: i64,
+) -> Result<Vec<SoftwareSigningKey>, StoreError> {
+    let keys = load(db).await?;
+    if !keys.is_empty() {
+        return Ok(keys);
+    }
+    let key = SoftwareSigningKey::generate();
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|_| StoreError::Corrupted("key encoding"))?;
+    let jwk = serde_json::to_string(&key.public_jwk()).map_err(|_| StoreError::Corrupted("jwk"))?;
+    sqlx::query(
+        "INSERT INTO server_keys (kid, private_key, public_jwk, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (kid) DO NOTHING",
+    )
+    .bind(key.kid())
+    .bind(der.as_slice())
+    .bind(jwk)
+    .bind(now)
+    .execute(db.writer())
+    .await?;
+    load(db).await
+}
+
+async fn load(db: &Database) -> Result<Vec<SoftwareSigningKey>, StoreError> {
+    let rows = sqlx::query("SELECT kid, private_key FROM server_keys ORDER BY created_at, kid")
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let der = zeroize::Zeroizing::new(row.try_get::<Vec<u8>, _>("private_key")?);
+            SoftwareSigningKey::from_pkcs8_der(&der)
+                .map_err(|_| StoreError::Corrupted("server key"))
+        })
+        .collect()
+}

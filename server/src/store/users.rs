@@ -1,0 +1,153 @@
+//! Users of an application.
+
+use sqlx::Row;
+use tessera_protocol::api::User;
+use tessera_protocol::ids::{ApplicationId, UserId};
+
+use super::{Database, is_unique_violation};
+use crate::store::StoreError;
+
+/// Creates a user; `AlreadyExists` if the id is taken in this application.
+pub async fn insert(
+    db: &Database,
+    app: &ApplicationId,
+    user_id: &UserId,
+    display_name: Option<&str>,
+    now: i64,
+) -> Result<User, StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO users (application_id, user_id, display_name, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(app.as_str())
+    .bind(user_id.as_str())
+    .bind(display_name)
+    .bind(now)
+    .execute(db.writer())
+    .await;
+    match result {
+        Ok(_) => Ok(User {
+            user_id: user_id.clone(),
+            display_name: display_name.map(str::to_string),
+            created_at: now,
+            device_count: 0,
+        }),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists("user")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One user with their device count.
+pub async fn get(
+    db: &Database,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<Option<User>, StoreError> {
+    let row = sqlx::query(
+        "SELECT u.user_id, u.display_name, u.created_at, \
+         (SELECT COUNT(*) FROM enrollments e WHERE e.application_id = u.application_id AND e.user_id = u.user_id) AS devices \
+         FROM users u WHERE u.application_id = $1 AND u.user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user_id.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(row_to_user).transpose()
+}
+
+/// All users of an application.
+pub async fn list(db: &Database, app: &ApplicationId) -> Result<Vec<User>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT u.user_id, u.display_name, u.created_at, \
+         (SELECT COUNT(*) FROM enrollments e WHERE e.application_id = u.application_id AND e.user_id = u.user_id) AS devices \
+         FROM users u WHERE u.application_id = $1 ORDER BY u.created_at, u.user_id",
+    )
+    .bind(app.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(row_to_user).collect()
+}
+
+fn row_to_user(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
+    let user_id: String = row.try_get("user_id")?;
+    let devices: i64 = row.try_get("devices")?;
+    Ok(User {
+        user_id: user_id
+            .parse()
+            .map_err(|_| StoreError::Corrupted("user id"))?,
+        display_name: row.try_get("display_name")?,
+        created_at: row.try_get("created_at")?,
+        device_count: u32::try_from(devices).unwrap_or(u32::MAX),
+    })
+}
+
+/// Whether the user exists.
+pub async fn exists(
+    db: &Database,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 AS one FROM users WHERE application_id = $1 AND user_id = $2")
+        .bind(app.as_str())
+        .bind(user_id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.is_some())
+}
+
+/// A user's backup contacts: the phone number (SMS, voice) and the email address.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Contacts {
+    /// The phone number (E.164).
+    pub phone: Option<String>,
+    /// The email address.
+    pub email: Option<String>,
+}
+
+impl std::fmt::Debug for Contacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contacts")
+            .field("phone", &self.phone.is_some())
+            .field("email", &self.email.is_some())
+            .finish()
+    }
+}
+
+/// The user's backup contacts (`None` if there is no such user).
+pub async fn contacts(
+    db: &Database,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<Option<Contacts>, StoreError> {
+    let row =
+        sqlx::query("SELECT phone, email FROM users WHERE application_id = $1 AND user_id = $2")
+            .bind(app.as_str())
+            .bind(user_id.as_str())
+            .fetch_optional(db.pool())
+            .await?;
+    row.map(|r| {
+        Ok(Contacts {
+            phone: r.try_get("phone")?,
+            email: r.try_get("email")?,
+        })
+    })
+    .transpose()
+}
+
+/// Replaces the user's backup contacts. Returns false if there is no such user.
+pub async fn set_contacts(
+    db: &Database,
+    app: &ApplicationId,
+    user_id: &UserId,
+    contacts: &Contacts,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE users SET phone = $1, email = $2 WHERE application_id = $3 AND user_id = $4",
+    )
+    .bind(contacts.phone.as_deref())
+    .bind(contacts.email.as_deref())
+    .bind(app.as_str())
+    .bind(user_id.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
