@@ -65,6 +65,7 @@ impl Server {
             .and_then(crate::delivery::messages::SmtpNotifier::new)
             .map(|n| Arc::new(n) as Arc<dyn crate::domain::ports::Notifier>);
         let events = crate::domain::EventHub::new();
+        let push_clients = Arc::new(crate::delivery::push::PushClients::new());
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let state = Ctx {
             clock: config.clock.clone(),
@@ -76,7 +77,8 @@ impl Server {
             config: Arc::new(config),
             public_url: public_url.clone(),
             metrics: Arc::new(Metrics::new()),
-            push: Arc::new(crate::delivery::push::PushClients::new()),
+            push: Arc::clone(&push_clients),
+            device_push: Arc::new(crate::delivery::push::PushDelivery::new(push_clients)),
             ciba_notifier: crate::oidc::notify::NotifierHandle::default(),
         };
         let notifier = tokio::spawn(crate::oidc::notify::run(state.clone()));

@@ -92,18 +92,21 @@ pub(crate) async fn push_bombing_limit(
     now: i64,
 ) -> Result<Option<&'static str>, DomainError> {
     // Pending requests live at most 15 minutes, so a 15-minute look-back sees them all.
-    let (pending, _) =
-        authentications::user_facing_counts(&ctx.db, application_id, user_id, now, now - 900)
-            .await?;
-    if pending >= i64::from(ctx.config.max_pending_authentications_per_user) {
+    let counts = authentications::user_facing_counts(
+        &ctx.db,
+        application_id,
+        user_id,
+        now,
+        now - 900,
+        now - 600,
+    )
+    .await?;
+    if counts.pending >= i64::from(ctx.config.max_pending_authentications_per_user) {
         return Ok(Some(
             "this user already has the most pending requests allowed; wait for an answer or for them to expire",
         ));
     }
-    let (_, recent) =
-        authentications::user_facing_counts(&ctx.db, application_id, user_id, now, now - 600)
-            .await?;
-    if recent >= i64::from(ctx.config.max_recent_authentications_per_user) {
+    if counts.recent >= i64::from(ctx.config.max_recent_authentications_per_user) {
         return Ok(Some(
             "too many requests to this user in the last 10 minutes",
         ));

@@ -37,8 +37,10 @@ pub(crate) async fn deliver(
     let (mut record, mut device) = (record, device);
     let mut tried: Vec<EnrollmentId> = Vec::new();
     loop {
-        let outcome =
-            crate::delivery::push::deliver(state.clone(), record.clone(), device.clone()).await;
+        let outcome = state
+            .device_push
+            .push(state.clone(), record.clone(), device.clone())
+            .await;
         let Some(outcome) = outcome.filter(|o| undelivered(o)) else {
             return;
         };

@@ -48,8 +48,11 @@ pub(crate) struct Ctx {
     pub events: EventHub,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
-    /// Push delivery.
+    /// Push delivery's HTTP clients (transitional: the SMS/voice webhook notifier borrows
+    /// them until it gets its own factory).
     pub push: Arc<crate::delivery::push::PushClients>,
+    /// Pushes requests to devices.
+    pub device_push: Arc<dyn ports::DevicePush>,
     /// Wakes the CIBA notifier.
     pub ciba_notifier: crate::oidc::notify::NotifierHandle,
     /// The email notifier, when SMTP is configured.

@@ -8,6 +8,21 @@ use tessera_protocol::api::BackupChannel;
 use tessera_protocol::ids::{ApplicationId, UserId};
 use zeroize::Zeroizing;
 
+use super::Ctx;
+use crate::store::authentications::Authentication;
+use crate::store::enrollments::Enrollment;
+
+/// What a push attempt ended as: the outcome recorded on the authentication (`none`, `sent`,
+/// `failed`, `token_invalid`, `stale_token`), or `None` when the push settings were unreadable.
+pub(crate) type PushFuture = Pin<Box<dyn Future<Output = Option<&'static str>> + Send>>;
+
+/// Pushes a request to a device (FCM, APNs, the application's webhook, or nothing for a device
+/// that only pulls), retrying transient failures and recording the outcome.
+pub(crate) trait DevicePush: Send + Sync {
+    /// Pushes `record` to `device`.
+    fn push(&self, ctx: Ctx, record: Authentication, device: Enrollment) -> PushFuture;
+}
+
 /// One passcode to deliver.
 pub struct Notice {
     /// The channel.

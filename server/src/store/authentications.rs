@@ -316,29 +316,44 @@ pub async fn record_answer(
     Ok(done.rows_affected() == 1)
 }
 
-/// User-facing (not silent) requests to a user: how many are pending now, and how many were
-/// created since `since`.
+const USER_FACING_COUNTS: &str = "SELECT \
+           COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS pending, \
+           COALESCE(SUM(CASE WHEN created_at >= $5 THEN 1 ELSE 0 END), 0) AS recent \
+         FROM authentications \
+         WHERE application_id = $1 AND user_id = $2 AND created_at >= $4 AND kind <> 'silent'";
+
+/// How many user-facing (not silent) requests a user has now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserFacingCounts {
+    /// Pending and unexpired now (created since `pending_since`).
+    pub pending: i64,
+    /// Created since `recent_since`.
+    pub recent: i64,
+}
+
+/// User-facing (not silent) requests to a user, counted in one query over the
+/// `authentications_by_user` index: those pending now among the ones created since
+/// `pending_since` (requests live at most that long), and those created since `recent_since`.
 pub async fn user_facing_counts(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
     now: i64,
-    since: i64,
-) -> Result<(i64, i64), StoreError> {
-    let row = sqlx::query(
-        "SELECT \
-           COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS pending, \
-           COUNT(*) AS recent \
-         FROM authentications \
-         WHERE application_id = $1 AND user_id = $2 AND kind <> 'silent' AND created_at >= $4",
-    )
-    .bind(app.as_str())
-    .bind(user.as_str())
-    .bind(now)
-    .bind(since)
-    .fetch_one(db.pool())
-    .await?;
-    Ok((row.try_get("pending")?, row.try_get("recent")?))
+    pending_since: i64,
+    recent_since: i64,
+) -> Result<UserFacingCounts, StoreError> {
+    let row = sqlx::query(USER_FACING_COUNTS)
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .bind(now)
+        .bind(pending_since.min(recent_since))
+        .bind(recent_since)
+        .fetch_one(db.pool())
+        .await?;
+    Ok(UserFacingCounts {
+        pending: row.try_get("pending")?,
+        recent: row.try_get("recent")?,
+    })
 }
 
 /// Records how the push for an authentication went (`none`, `sent`, `failed`, `token_invalid`).
@@ -434,4 +449,40 @@ pub async fn offer_passcode_now(
     .execute(db.writer())
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_push_bombing_count_is_one_indexed_query() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        let plan = sqlx::query(&format!("EXPLAIN QUERY PLAN {USER_FACING_COUNTS}"))
+            .bind("app")
+            .bind("user")
+            .bind(0_i64)
+            .bind(0_i64)
+            .bind(0_i64)
+            .fetch_all(db.pool())
+            .await
+            .expect("plan");
+        let details: Vec<String> = plan
+            .iter()
+            .map(|row| row.try_get::<String, _>("detail").expect("detail"))
+            .collect();
+        assert!(
+            details
+                .iter()
+                .any(|d| d.contains("USING INDEX authentications_by_user")),
+            "{details:?}"
+        );
+        assert!(
+            !details.iter().any(|d| d.starts_with("SCAN")),
+            "{details:?}"
+        );
+        db.close().await;
+    }
 }

@@ -203,6 +203,7 @@ fn apns_id(authentication_id: &str) -> String {
 /// once and sends again.
 pub(super) async fn send(
     state: &Ctx,
+    clients: &super::PushClients,
     application: &ApplicationId,
     credentials: &ApnsCredentials,
     device_token: &str,
@@ -219,9 +220,9 @@ pub(super) async fn send(
         None => PRODUCTION,
     };
     let client = if base.starts_with("http://") {
-        state.push.h2c()?
+        clients.h2c()?
     } else {
-        state.push.http()?
+        clients.http()?
     };
     let url = format!("{}/3/device/{device_token}", base.trim_end_matches('/'));
     let cache_key = format!(
@@ -267,7 +268,7 @@ pub(super) async fn send(
             )
             && !refreshed
         {
-            state.push.apns_tokens.invalidate(&cache_key, &token).await;
+            clients.apns_tokens.invalidate(&cache_key, &token).await;
             // ES256 signing here is deterministic (RFC 6979): a token made in the same second
             // would be the refused token again.
             tokio::time::sleep(until_next_second()).await;

@@ -234,11 +234,12 @@ async fn fetch_access_token(
 /// Sends one message. A `401` makes a new access token once and sends again.
 pub(super) async fn send(
     state: &Ctx,
+    clients: &super::PushClients,
     application: &ApplicationId,
     credentials: &FcmCredentials,
     message: &Value,
 ) -> Result<(), PushError> {
-    let client = state.push.http()?;
+    let client = clients.http()?;
     let url = format!(
         "{}/v1/projects/{}/messages:send",
         state.config.fcm_endpoint.trim_end_matches('/'),
@@ -264,7 +265,7 @@ pub(super) async fn send(
             .map_err(|e| network(&e))?;
         let status = response.status().as_u16();
         if status == 401 && !refreshed {
-            state.push.fcm_tokens.invalidate(&cache_key, &token).await;
+            clients.fcm_tokens.invalidate(&cache_key, &token).await;
             refreshed = true;
             continue;
         }

@@ -33,6 +33,7 @@ pub use apns::ApnsEnvironment;
 pub(crate) use fcm::FcmCredentials;
 
 use crate::domain::Ctx;
+use crate::domain::ports::{DevicePush, PushFuture};
 use crate::error::ServerError;
 use crate::metrics::PushLabels;
 use crate::store::authentications::{self, Authentication};
@@ -250,6 +251,35 @@ pub(crate) async fn deliver(
     record: Authentication,
     device: Enrollment,
 ) -> Option<&'static str> {
+    let clients = Arc::clone(&state.push);
+    deliver_with(state, &clients, record, device).await
+}
+
+/// Pushes through this process's clients; implements the domain's [`DevicePush`].
+pub(crate) struct PushDelivery {
+    clients: Arc<PushClients>,
+}
+
+impl PushDelivery {
+    /// Delivery over `clients`.
+    pub(crate) fn new(clients: Arc<PushClients>) -> Self {
+        Self { clients }
+    }
+}
+
+impl DevicePush for PushDelivery {
+    fn push(&self, ctx: Ctx, record: Authentication, device: Enrollment) -> PushFuture {
+        let clients = Arc::clone(&self.clients);
+        Box::pin(async move { deliver_with(ctx, &clients, record, device).await })
+    }
+}
+
+async fn deliver_with(
+    state: Ctx,
+    clients: &PushClients,
+    record: Authentication,
+    device: Enrollment,
+) -> Option<&'static str> {
     let route = match route(&state, &device).await {
         Ok(route) => route,
         Err(e) => {
@@ -262,12 +292,18 @@ pub(crate) async fn deliver(
         Route::Stale(_) => ("stale_token", 0),
         Route::Webhook { url } => {
             let body = webhook::body(&record, &device, state.config.push_max_payload_bytes);
-            with_retries(&state, &record.id, || webhook::send(&state, url, &body)).await
+            with_retries(&state, &record.id, || webhook::send(clients, url, &body)).await
         }
         Route::Fcm { credentials, token } => {
             let message = fcm::message(&record, token, state.config.push_max_payload_bytes);
             with_retries(&state, &record.id, || {
-                fcm::send(&state, &record.application_id, credentials, &message)
+                fcm::send(
+                    &state,
+                    clients,
+                    &record.application_id,
+                    credentials,
+                    &message,
+                )
             })
             .await
         }
@@ -280,6 +316,7 @@ pub(crate) async fn deliver(
             with_retries(&state, &record.id, || {
                 apns::send(
                     &state,
+                    clients,
                     &record.application_id,
                     credentials,
                     token,

@@ -4,7 +4,6 @@
 use serde_json::{Value, json};
 
 use super::{PushError, device_data, network};
-use crate::domain::Ctx;
 use crate::store::authentications::Authentication;
 use crate::store::enrollments::Enrollment;
 
@@ -23,8 +22,12 @@ pub(super) fn body(record: &Authentication, device: &Enrollment, max_bytes: usiz
 
 /// One POST to the webhook: 2xx sent, 404/410 the device can no longer be reached, 429/5xx
 /// transient, other answers final.
-pub(super) async fn send(state: &Ctx, url: &str, body: &Value) -> Result<(), PushError> {
-    let client = state.push.http()?;
+pub(super) async fn send(
+    clients: &super::PushClients,
+    url: &str,
+    body: &Value,
+) -> Result<(), PushError> {
+    let client = clients.http()?;
     let response = client
         .post(url)
         .json(body)
