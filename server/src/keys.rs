@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use tessera_protocol::envelope::{self, EnvelopeError, MessageType, SoftwareSigningKey};
+use tessera_protocol::envelope::{
+    self, EnvelopeError, MessageType, RingSigningKey, SoftwareSigningKey,
+};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{ServerKeySet, ServerUrl};
 
@@ -10,18 +12,18 @@ use tessera_protocol::pairing::{ServerKeySet, ServerUrl};
 #[derive(Clone)]
 pub(crate) struct KeyRing {
     keys: Arc<Vec<SoftwareSigningKey>>,
+    /// The first key, for signing with `ring`.
+    signer: Arc<RingSigningKey>,
 }
 
 impl KeyRing {
     /// A ring over the stored keys (at least one).
     pub fn new(keys: Vec<SoftwareSigningKey>) -> Option<Self> {
-        if keys.is_empty() {
-            None
-        } else {
-            Some(Self {
-                keys: Arc::new(keys),
-            })
-        }
+        let signer = RingSigningKey::from_software(keys.first()?).ok()?;
+        Some(Self {
+            keys: Arc::new(keys),
+            signer: Arc::new(signer),
+        })
     }
 
     /// The public keys, each with its `kid`.
@@ -41,7 +43,7 @@ impl KeyRing {
         typ: MessageType,
         payload: &T,
     ) -> Result<String, EnvelopeError> {
-        envelope::sign(typ, payload, &self.keys[0])
+        envelope::sign(typ, payload, self.signer.as_ref())
     }
 
     /// The signed key set, as published at `/v1/server-keys`.
