@@ -31,6 +31,8 @@ as_postgres "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='$DB_USER'\"" | g
   as_postgres "psql -qc \"CREATE ROLE $DB_USER LOGIN PASSWORD '$DB_PASS'\"" >&2
 as_postgres "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='$DB_NAME'\"" | grep -q 1 ||
   as_postgres "createdb -O $DB_USER $DB_NAME" >&2
+# The outage test creates (and cuts off) a database of its own.
+as_postgres "psql -qc 'ALTER ROLE $DB_USER CREATEDB'" >&2
 # Tests run many connections in parallel.
 as_postgres "psql -qc 'ALTER SYSTEM SET max_connections = 300'" >&2
 $SUDO pg_ctlcluster "$version" main restart >&2

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub pairing_failures_per_ip_per_minute: u32,
     /// Largest database connection pool.
     pub max_connections: u32,
+    /// How long a request waits for a database connection before it is answered
+    /// `503 service_unavailable`.
+    pub database_acquire_timeout: std::time::Duration,
     /// Push-bombing limit: user-facing requests (approvals, transactions) pending at once per
     /// user. Silent verifications do not count: the user never sees them.
     pub max_pending_authentications_per_user: u32,
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             pairing_code_ttl_default: 600,
             pairing_failures_per_ip_per_minute: 10,
             max_connections: 16,
+            database_acquire_timeout: std::time::Duration::from_secs(10),
             max_pending_authentications_per_user: 3,
             max_recent_authentications_per_user: 20,
             push_max_payload_bytes: 4000,

@@ -41,7 +41,12 @@ impl Server {
     /// Connects to the database (running migrations), loads or creates the signing keys, binds
     /// the listen address and starts serving. When this returns, connections are accepted.
     pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
-        let db = Database::connect(&config.database_url, config.max_connections).await?;
+        let db = Database::connect_with(
+            &config.database_url,
+            config.max_connections,
+            config.database_acquire_timeout,
+        )
+        .await?;
         let keys = server_keys::load_or_create(&db, config.clock.now()).await?;
         let keys = KeyRing::new(keys).ok_or(ServerError::Corrupted("no server key"))?;
         let listener = tokio::net::TcpListener::bind(config.listen)

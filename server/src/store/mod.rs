@@ -69,6 +69,16 @@ impl Database {
     /// Connects to `url` (`sqlite://FILE`, created if missing, or `postgres://…`) and runs the
     /// migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, max_connections, Duration::from_secs(10)).await
+    }
+
+    /// [`Database::connect`], giving up on a connection after `acquire_timeout` (the request
+    /// is then answered as unavailable).
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let (engine, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
@@ -91,7 +101,7 @@ impl Database {
         let pool_options = || {
             let options = AnyPoolOptions::new()
                 .test_before_acquire(false)
-                .acquire_timeout(Duration::from_secs(10));
+                .acquire_timeout(acquire_timeout);
             if engine == Engine::Sqlite {
                 options.after_connect(|conn, _| {
                     Box::pin(async move {
