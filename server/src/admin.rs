@@ -34,7 +34,7 @@ pub async fn create_application(
     let app = Application {
         id: ApplicationId::generate(),
         name: name.to_string(),
-        created_at: tessera_protocol::time::now(),
+        created_at: crate::clock::Clock::now(&crate::clock::SystemClock),
     };
     let api_key = new_api_key();
     applications::insert(db, &app, &api_key_digest(&api_key)).await?;
@@ -84,7 +84,7 @@ pub async fn create_user(
         app,
         user_id,
         display_name,
-        tessera_protocol::time::now(),
+        crate::clock::Clock::now(&crate::clock::SystemClock),
     )
     .await?)
 }

@@ -614,7 +614,7 @@ pub(crate) async fn create(
         device,
         fall_back,
     ));
-    Ok(record.status())
+    Ok(record.status_at(ctx.now()))
 }
 
 /// An authentication of `application_id`; with `wait`, answers once it leaves `pending`, when
@@ -628,7 +628,7 @@ pub(crate) async fn status(
 ) -> Result<AuthenticationStatus, DomainError> {
     let record = load_for(ctx, application_id, id).await?;
     if record.state != AuthenticationState::Pending || wait.is_zero() {
-        return Ok(record.status());
+        return Ok(record.status_at(ctx.now()));
     }
     let wait = wait.min(until(ctx, record.expires_at));
     let id = record.id.clone();
@@ -640,7 +640,7 @@ pub(crate) async fn status(
         |r| r.state != AuthenticationState::Pending,
     )
     .await?;
-    Ok(record.status())
+    Ok(record.status_at(ctx.now()))
 }
 
 /// The signed requests pending for `enrollment`; with `wait`, answers once there is one (or

@@ -78,7 +78,7 @@ async fn offer_passcode(state: &Ctx, record: &Authentication) {
     if record.otp_mode != authentications::OtpMode::Fallback {
         return;
     }
-    let now = tessera_protocol::time::now();
+    let now = state.now();
     match authentications::offer_passcode_now(&state.db, &record.id, now).await {
         Ok(()) => tracing::info!(
             authentication_id = %record.id,
@@ -113,7 +113,7 @@ async fn readdress(
             .map_err(|_| ServerError::Corrupted("signed request"))?;
     request.enrollment_id = next.enrollment_id.clone();
     request.nonce = DeviceRegistration::new_nonce();
-    request.issued_at = tessera_protocol::time::now();
+    request.issued_at = state.now();
     let signed_request = state
         .keys
         .sign(MessageType::AuthenticationRequest, &request)

@@ -185,9 +185,14 @@ impl Authentication {
         }
     }
 
-    /// The customer API's view.
+    /// The customer API's view (by the system clock; prefer [`Authentication::status_at`]).
     pub fn status(&self) -> AuthenticationStatus {
-        let otp_reason = self.otp_reason(tessera_protocol::time::now());
+        self.status_at(tessera_protocol::time::now())
+    }
+
+    /// The customer API's view at `now`.
+    pub fn status_at(&self, now: i64) -> AuthenticationStatus {
+        let otp_reason = self.otp_reason(now);
         AuthenticationStatus {
             otp_accepted: otp_reason.is_some(),
             otp_reason,

@@ -236,7 +236,7 @@ pub(super) async fn send(
             .apns_tokens
             .get(&cache_key, || async {
                 credentials
-                    .provider_token(tessera_protocol::time::now())
+                    .provider_token(state.now())
                     .map(|t| (t, PROVIDER_TOKEN_LIFETIME))
                     .map_err(|_| PushError::Permanent("the APNs key is unusable".into()))
             })

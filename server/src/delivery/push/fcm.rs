@@ -179,9 +179,10 @@ struct TokenAnswer {
 async fn fetch_access_token(
     client: &reqwest::Client,
     credentials: &FcmCredentials,
+    now: i64,
 ) -> Result<(Zeroizing<String>, Duration), PushError> {
     let assertion = credentials
-        .assertion(tessera_protocol::time::now())
+        .assertion(now)
         .map_err(|_| PushError::Permanent("the service account key is unusable".into()))?;
     let form = Zeroizing::new(
         url::form_urlencoded::Serializer::new(String::new())
@@ -254,7 +255,9 @@ pub(super) async fn send(
         let token = state
             .push
             .fcm_tokens
-            .get(&cache_key, || fetch_access_token(client, credentials))
+            .get(&cache_key, || {
+                fetch_access_token(client, credentials, state.now())
+            })
             .await?;
         let response = client
             .post(&url)

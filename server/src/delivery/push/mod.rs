@@ -341,7 +341,7 @@ async fn deliver_with(
             &state.db,
             &device.enrollment_id,
             &device.push,
-            tessera_protocol::time::now(),
+            state.now(),
         )
         .await;
         match marked {
