@@ -407,3 +407,11 @@ pub fn payment() -> tessera_protocol::api::CreateAuthenticationRequest {
         ..ask(AuthenticationKind::Transaction)
     }
 }
+
+/// Installs `ring` as the process's TLS crypto provider (reqwest is built without one);
+/// `false` if one was installed already.
+pub fn install_crypto_provider() -> bool {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_ok()
+}
