@@ -11,10 +11,11 @@ use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::authentication::{
     AccessContext, AuthenticationKind, AuthenticationState, DisplayField, DynamicParameters,
 };
-use tessera_protocol::ids::{ApplicationId, UserId};
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::DeviceRegistration;
 
 use super::authentication::Question;
+use super::events::Topic;
 use super::{Ctx, DomainError};
 use crate::store::applications::{self, AdditionalDevicePolicy};
 use crate::store::authentications::{self, Authentication};
@@ -80,13 +81,14 @@ pub(crate) fn question(
 }
 
 /// Applies an answered (or expired, or failed) verification request to the enrollment waiting
-/// for it; does nothing for other authentications.
+/// for it, then announces that enrollment's change (after the commit) to whoever waits for its
+/// status; does nothing for other authentications.
 pub(crate) async fn settle_verification(
     ctx: &Ctx,
     authentication: &Authentication,
 ) -> Result<(), DomainError> {
     let changed = match authentication.state {
-        AuthenticationState::Pending => false,
+        AuthenticationState::Pending => None,
         AuthenticationState::Approved => {
             enrollments::activate_verified(&ctx.db, &authentication.id).await?
         }
@@ -96,14 +98,23 @@ pub(crate) async fn settle_verification(
             enrollments::reject_verified(&ctx.db, &authentication.id).await?
         }
     };
-    if changed {
+    if let Some(enrollment) = changed {
         tracing::info!(
             authentication_id = %authentication.id,
+            enrollment_id = %enrollment,
             state = authentication.state.as_str(),
             "new device verification settled"
         );
+        announce(ctx, &enrollment).await;
     }
     Ok(())
+}
+
+/// Wakes the waiters on a pending enrollment that was just activated or rejected.
+async fn announce(ctx: &Ctx, enrollment: &EnrollmentId) {
+    ctx.events
+        .announce(&ctx.db, &[Topic::Enrollment(enrollment.to_string())])
+        .await;
 }
 
 /// The enrollment as it stands, after settling its verification if it was pending one that has
@@ -120,7 +131,9 @@ pub(crate) async fn settled(ctx: &Ctx, enrollment: Enrollment) -> Result<Enrollm
         Some(a) if a.state == AuthenticationState::Pending => return Ok(enrollment),
         Some(a) => settle_verification(ctx, &a).await?,
         None => {
-            enrollments::reject_verified(&ctx.db, verification).await?;
+            if let Some(rejected) = enrollments::reject_verified(&ctx.db, verification).await? {
+                announce(ctx, &rejected).await;
+            }
         }
     }
     Ok(enrollments::by_id(&ctx.db, &enrollment.enrollment_id)

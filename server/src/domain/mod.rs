@@ -9,11 +9,13 @@
 pub(crate) mod authentication;
 pub(crate) mod device_auth;
 pub(crate) mod device_verification;
+pub(crate) mod devices;
 pub mod error;
 pub mod events;
 pub(crate) mod fallback;
 pub(crate) mod methods;
 pub(crate) mod outcome;
+pub(crate) mod pairing;
 pub mod ports;
 pub(crate) mod ssrf;
 pub(crate) mod users;

@@ -1,24 +1,15 @@
-//! Device API: the server's keys, and calls a device signs with its possession key.
+//! Device API: the server's keys, and calls a device signs with its possession key. The rules
+//! are in [`crate::domain::devices`].
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use tessera_protocol::api::{
-    EnrollmentState, EnrollmentStatus, ServerKeysResponse, UpdatePushRequest,
-};
-use tessera_protocol::error::ErrorCode;
-use tessera_protocol::time;
+use tessera_protocol::api::{EnrollmentStatus, ServerKeysResponse, UpdatePushRequest};
 
-use super::extract::{WaitQuery, authenticate_device, same_enrollment};
-use crate::domain::Ctx;
-use crate::domain::authentication::MAX_WAIT_SECONDS;
-const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 use super::errors::ApiError;
-use super::extract::parse_json;
-use super::pairing::push_token_ok;
-use crate::domain::device_verification;
-use crate::store::enrollments::{self};
+use super::extract::{WaitQuery, authenticate_device, parse_json, same_enrollment};
+use crate::domain::{Ctx, devices};
 
 /// The server's current signing keys, plain and signed.
 #[utoipa::path(get, path = "/v1/server-keys", tag = "device",
@@ -26,15 +17,7 @@ use crate::store::enrollments::{self};
 pub(crate) async fn server_keys(
     State(state): State<Ctx>,
 ) -> Result<Json<ServerKeysResponse>, ApiError> {
-    let signed_key_set = state
-        .keys
-        .signed_key_set(&state.public_url, time::now())
-        .map_err(|_| ApiError::new(ErrorCode::InternalError, "internal error"))?;
-    Ok(Json(ServerKeysResponse {
-        issuer: state.public_url.clone(),
-        keys: state.keys.public_set(),
-        signed_key_set,
-    }))
+    Ok(Json(devices::server_keys(&state)?))
 }
 
 /// Whether the calling device's enrollment is active, waiting for the user's primary device to
@@ -54,25 +37,9 @@ pub(crate) async fn enrollment_status(
     headers: HeaderMap,
 ) -> Result<Json<EnrollmentStatus>, ApiError> {
     let enrollment = authenticate_device(&state, &headers, &method, uri.path(), b"").await?;
-    let id = same_enrollment(&enrollment, &enrollment_id)?;
-    let deadline = tokio::time::Instant::now()
-        + std::time::Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
-    let mut current = device_verification::settled(&state, enrollment).await?;
-    while current.status == EnrollmentState::PendingVerification
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(POLL_INTERVAL).await;
-        let Some(latest) = enrollments::by_id(&state.db, &id).await? else {
-            break;
-        };
-        current = device_verification::settled(&state, latest).await?;
-    }
-    Ok(Json(EnrollmentStatus {
-        enrollment_id: id,
-        user_id: current.user_id,
-        application_id: current.application_id,
-        status: current.status,
-    }))
+    same_enrollment(&enrollment, &enrollment_id)?;
+    let status = devices::enrollment_status(&state, enrollment, query.duration()).await?;
+    Ok(Json(status))
 }
 
 /// The calling device unpairs itself.
@@ -88,9 +55,8 @@ pub(crate) async fn unpair(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let enrollment = authenticate_device(&state, &headers, &method, uri.path(), b"").await?;
-    let id = same_enrollment(&enrollment, &enrollment_id)?;
-    enrollments::delete(&state.db, &enrollment.application_id, None, &id).await?;
-    tracing::info!(enrollment_id = %id, "device unpaired itself");
+    same_enrollment(&enrollment, &enrollment_id)?;
+    devices::unpair(&state, &enrollment).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -113,18 +79,6 @@ pub(crate) async fn update_push(
     let enrollment = authenticate_device(&state, &headers, &method, uri.path(), &body).await?;
     let id = same_enrollment(&enrollment, &enrollment_id)?;
     let request: UpdatePushRequest = parse_json(&body)?;
-    if !push_token_ok(&request.push) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "the push token is invalid",
-        ));
-    }
-    if !enrollments::set_push(&state.db, &id, &request.push).await? {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "a valid device signature is required",
-        ));
-    }
-    tracing::info!(enrollment_id = %id, provider = request.push.provider(), "device registered a push token");
+    devices::update_push(&state, &id, &request.push).await?;
     Ok(StatusCode::NO_CONTENT)
 }

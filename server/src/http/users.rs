@@ -1,23 +1,18 @@
-//! Customer API: users and their devices.
+//! Customer API: users and their devices. The rules are in [`crate::domain::devices`].
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use tessera_protocol::api::{CreateUserRequest, DeviceList, User};
-use tessera_protocol::error::ErrorCode;
-use tessera_protocol::ids::{EnrollmentId, UserId};
+use tessera_protocol::ids::UserId;
 
 use super::errors::ApiError;
 use super::extract::{ApiJson, AppAuth};
-use crate::domain::Ctx;
-use crate::store::StoreError;
-use crate::store::{enrollments, users};
-
-const MAX_DISPLAY_NAME: usize = 256;
+use crate::domain::{Ctx, devices};
 
 pub(crate) use super::extract::parse_user_id;
 
-/// The user, or `user_not_found`.
+/// The user, or `user_not_found` (for the handler modules that still check it themselves).
 pub(crate) async fn require_user(
     state: &Ctx,
     auth: &AppAuth,
@@ -36,33 +31,8 @@ pub(crate) async fn create_user(
     auth: AppAuth,
     ApiJson(body): ApiJson<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
-    if body
-        .display_name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > MAX_DISPLAY_NAME || n.chars().any(char::is_control))
-    {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "invalid display name",
-        ));
-    }
-    let now = tessera_protocol::time::now();
-    match users::insert(
-        &state.db,
-        &auth.0.id,
-        &body.user_id,
-        body.display_name.as_deref(),
-        now,
-    )
-    .await
-    {
-        Ok(user) => Ok((StatusCode::CREATED, Json(user))),
-        Err(StoreError::AlreadyExists(_)) => Err(ApiError::new(
-            ErrorCode::UserAlreadyExists,
-            "a user with this id already exists",
-        )),
-        Err(e) => Err(e.into()),
-    }
+    let user = devices::create_user(&state, &auth.0.id, &body).await?;
+    Ok((StatusCode::CREATED, Json(user)))
 }
 
 /// One user.
@@ -75,7 +45,7 @@ pub(crate) async fn get_user(
     Path(user_id): Path<String>,
 ) -> Result<Json<User>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    Ok(Json(require_user(&state, &auth, &user_id).await?))
+    Ok(Json(devices::get_user(&state, &auth.0.id, &user_id).await?))
 }
 
 /// The user's paired devices.
@@ -88,13 +58,9 @@ pub(crate) async fn list_devices(
     Path(user_id): Path<String>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    require_user(&state, &auth, &user_id).await?;
-    let devices = crate::domain::device_verification::user_devices(&state, &auth.0.id, &user_id)
-        .await?
-        .iter()
-        .map(enrollments::Enrollment::record)
-        .collect();
-    Ok(Json(DeviceList { devices }))
+    Ok(Json(
+        devices::user_devices(&state, &auth.0.id, &user_id).await?,
+    ))
 }
 
 /// Unpairs one of the user's devices.
@@ -108,14 +74,8 @@ pub(crate) async fn remove_device(
     Path((user_id, enrollment_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    let not_found = || ApiError::new(ErrorCode::DeviceNotFound, "no such device for this user");
-    let enrollment_id: EnrollmentId = enrollment_id.parse().map_err(|_| not_found())?;
-    if enrollments::delete(&state.db, &auth.0.id, Some(&user_id), &enrollment_id).await? {
-        tracing::info!(enrollment_id = %enrollment_id, "device unpaired by the customer");
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(not_found())
-    }
+    devices::remove_device(&state, &auth.0.id, &user_id, &enrollment_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Makes one of the user's devices the primary device: the one authentications go to by default.
@@ -130,15 +90,6 @@ pub(crate) async fn set_primary(
     Path((user_id, enrollment_id)): Path<(String, String)>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    let not_found = || ApiError::new(ErrorCode::DeviceNotFound, "no such device for this user");
-    let enrollment_id: EnrollmentId = enrollment_id.parse().map_err(|_| not_found())?;
-    if !enrollments::set_primary(&state.db, &auth.0.id, &user_id, &enrollment_id).await? {
-        return Err(not_found());
-    }
-    let devices = enrollments::list_for_user(&state.db, &auth.0.id, &user_id)
-        .await?
-        .iter()
-        .map(enrollments::Enrollment::record)
-        .collect();
-    Ok(Json(DeviceList { devices }))
+    let devices = devices::set_primary(&state, &auth.0.id, &user_id, &enrollment_id).await?;
+    Ok(Json(devices))
 }

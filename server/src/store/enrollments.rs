@@ -361,11 +361,11 @@ pub async fn set_primary(
 /// Activates the enrollment that the approved authentication `verification` verified: the
 /// device's earlier enrollments for the same user are replaced (as a re-pairing replaces
 /// them), and it becomes primary if it replaced the primary device or the user has none.
-/// Returns whether an enrollment was waiting for it.
+/// Returns the enrollment that was waiting for it, if any.
 pub async fn activate_verified(
     db: &Database,
     verification: &AuthenticationId,
-) -> Result<bool, StoreError> {
+) -> Result<Option<EnrollmentId>, StoreError> {
     let mut tx = db.begin_write().await?;
     // Write first, so SQLite takes its write lock before reading (see `db`).
     sqlx::query("UPDATE enrollments SET status = status WHERE verification_id = $1")
@@ -379,7 +379,7 @@ pub async fn activate_verified(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(pending) = row.as_ref().map(from_row).transpose()? else {
-        return Ok(false);
+        return Ok(None);
     };
     sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
@@ -417,23 +417,28 @@ pub async fn activate_verified(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(Some(pending.enrollment_id))
 }
 
 /// Rejects the enrollment waiting for the authentication `verification` (denied, expired or
-/// failed). Returns whether one was waiting.
+/// failed). Returns the enrollment that was waiting, if any.
 pub async fn reject_verified(
     db: &Database,
     verification: &AuthenticationId,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+) -> Result<Option<EnrollmentId>, StoreError> {
+    let row = sqlx::query(
         "UPDATE enrollments SET status = 'rejected', verification_id = NULL \
-         WHERE verification_id = $1 AND status = 'pending_verification'",
+         WHERE verification_id = $1 AND status = 'pending_verification' RETURNING enrollment_id",
     )
     .bind(verification.as_str())
-    .execute(db.writer())
+    .fetch_optional(db.writer())
     .await?;
-    Ok(done.rows_affected() > 0)
+    row.map(|r| {
+        r.try_get::<String, _>("enrollment_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("enrollment id"))
+    })
+    .transpose()
 }
 
 /// Marks the enrollment's push token stale (FCM or APNs said it is no longer valid), unless the

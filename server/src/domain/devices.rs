@@ -1,0 +1,227 @@
+//! Devices and users: what a paired device may do to its own enrollment (read its status, unpair,
+//! register a push token), the server's keys it pins, and what the customer may do to a user and
+//! their devices (create and read the user, list, remove, choose the primary device).
+
+use std::time::Duration;
+
+use tessera_protocol::api::{
+    CreateUserRequest, DeviceList, EnrollmentState, EnrollmentStatus, ServerKeysResponse, User,
+};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
+use tessera_protocol::pairing::PushRegistration;
+
+use super::events::{Topic, wait_for};
+use super::{Ctx, DomainError, device_verification};
+use crate::store::StoreError;
+use crate::store::authentications;
+use crate::store::enrollments::{self, Enrollment};
+use crate::store::users;
+
+const MAX_DISPLAY_NAME: usize = 256;
+
+/// The server's current signing keys, plain and signed for the device to pin.
+pub(crate) fn server_keys(ctx: &Ctx) -> Result<ServerKeysResponse, DomainError> {
+    let signed_key_set = ctx
+        .keys
+        .signed_key_set(&ctx.public_url, ctx.now())
+        .map_err(|_| DomainError::Internal("signing the key set failed"))?;
+    Ok(ServerKeysResponse {
+        issuer: ctx.public_url.clone(),
+        keys: ctx.keys.public_set(),
+        signed_key_set,
+    })
+}
+
+fn status_of(enrollment: Enrollment) -> EnrollmentStatus {
+    EnrollmentStatus {
+        enrollment_id: enrollment.enrollment_id,
+        user_id: enrollment.user_id,
+        application_id: enrollment.application_id,
+        status: enrollment.status,
+    }
+}
+
+/// Whether the (authenticated) device's `enrollment` is active, waiting for the user's primary
+/// device to approve it, or rejected. With `wait`, a pending verification is held until it is
+/// settled, until the verification request expires, or until `wait` has passed; waiting reads
+/// the database only when the enrollment is announced as changed (and once at the deadline).
+pub(crate) async fn enrollment_status(
+    ctx: &Ctx,
+    enrollment: Enrollment,
+    wait: Duration,
+) -> Result<EnrollmentStatus, DomainError> {
+    let current = device_verification::settled(ctx, enrollment).await?;
+    if current.status != EnrollmentState::PendingVerification || wait.is_zero() {
+        return Ok(status_of(current));
+    }
+    // An expiry nobody answered is settled by the next read: wait no longer than that.
+    let wait = match &current.verification_id {
+        Some(verification) => match authentications::get(&ctx.db, verification, ctx.now()).await? {
+            Some(request) => wait.min(until(ctx, request.expires_at)),
+            None => wait,
+        },
+        None => wait,
+    };
+    let id = current.enrollment_id.clone();
+    let latest = wait_for(
+        &ctx.events,
+        Topic::Enrollment(id.to_string()),
+        wait,
+        || async {
+            match enrollments::by_id(&ctx.db, &id).await? {
+                Some(latest) => device_verification::settled(ctx, latest).await.map(Some),
+                None => Ok::<_, DomainError>(None),
+            }
+        },
+        |latest| {
+            latest
+                .as_ref()
+                .is_none_or(|e| e.status != EnrollmentState::PendingVerification)
+        },
+    )
+    .await?;
+    // Gone meanwhile: answer what was last known.
+    Ok(status_of(latest.unwrap_or(current)))
+}
+
+/// How long until `at` (seconds since the epoch) by the server's clock, plus a moment so the
+/// final read sees it passed.
+fn until(ctx: &Ctx, at: i64) -> Duration {
+    let ms = at.saturating_mul(1000).saturating_sub(ctx.now_ms()).max(0) + 50;
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// The (authenticated) device unpairs itself.
+pub(crate) async fn unpair(ctx: &Ctx, enrollment: &Enrollment) -> Result<(), DomainError> {
+    enrollments::delete(
+        &ctx.db,
+        &enrollment.application_id,
+        None,
+        &enrollment.enrollment_id,
+    )
+    .await?;
+    tracing::info!(enrollment_id = %enrollment.enrollment_id, "device unpaired itself");
+    Ok(())
+}
+
+/// The (authenticated) device registers a new push token (or another provider, or none); a
+/// stale token is forgotten and pushes resume.
+pub(crate) async fn update_push(
+    ctx: &Ctx,
+    enrollment: &EnrollmentId,
+    push: &PushRegistration,
+) -> Result<(), DomainError> {
+    if !super::pairing::push_token_ok(push) {
+        return Err(DomainError::new(
+            ErrorCode::InvalidRequest,
+            "the push token is invalid",
+        ));
+    }
+    if !enrollments::set_push(&ctx.db, enrollment, push).await? {
+        return Err(DomainError::new(
+            ErrorCode::Unauthorized,
+            "a valid device signature is required",
+        ));
+    }
+    tracing::info!(enrollment_id = %enrollment, provider = push.provider(), "device registered a push token");
+    Ok(())
+}
+
+/// Creates a user of `app`; `user_already_exists` if the id is taken.
+pub(crate) async fn create_user(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    request: &CreateUserRequest,
+) -> Result<User, DomainError> {
+    if request
+        .display_name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_DISPLAY_NAME || n.chars().any(char::is_control))
+    {
+        return Err(DomainError::new(
+            ErrorCode::InvalidRequest,
+            "invalid display name",
+        ));
+    }
+    match users::insert(
+        &ctx.db,
+        app,
+        &request.user_id,
+        request.display_name.as_deref(),
+        ctx.now(),
+    )
+    .await
+    {
+        Ok(user) => Ok(user),
+        Err(StoreError::AlreadyExists(_)) => Err(DomainError::new(
+            ErrorCode::UserAlreadyExists,
+            "a user with this id already exists",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One user of `app`, or `user_not_found`.
+pub(crate) async fn get_user(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<User, DomainError> {
+    super::users::require_user(ctx, app, user_id).await
+}
+
+/// The user's paired devices (active and pending verification, pending ones settled).
+pub(crate) async fn user_devices(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<DeviceList, DomainError> {
+    super::users::require_user(ctx, app, user_id).await?;
+    let devices = device_verification::user_devices(ctx, app, user_id)
+        .await?
+        .iter()
+        .map(Enrollment::record)
+        .collect();
+    Ok(DeviceList { devices })
+}
+
+fn device_not_found() -> DomainError {
+    DomainError::new(ErrorCode::DeviceNotFound, "no such device for this user")
+}
+
+/// Unpairs one of the user's devices (`enrollment_id` as the customer sent it);
+/// `device_not_found` if it is not one of theirs.
+pub(crate) async fn remove_device(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+    enrollment_id: &str,
+) -> Result<(), DomainError> {
+    let enrollment_id: EnrollmentId = enrollment_id.parse().map_err(|_| device_not_found())?;
+    if !enrollments::delete(&ctx.db, app, Some(user_id), &enrollment_id).await? {
+        return Err(device_not_found());
+    }
+    tracing::info!(enrollment_id = %enrollment_id, "device unpaired by the customer");
+    Ok(())
+}
+
+/// Makes one of the user's active devices the primary device (the one authentications go to by
+/// default); answers the user's devices after the change.
+pub(crate) async fn set_primary(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+    enrollment_id: &str,
+) -> Result<DeviceList, DomainError> {
+    let enrollment_id: EnrollmentId = enrollment_id.parse().map_err(|_| device_not_found())?;
+    if !enrollments::set_primary(&ctx.db, app, user_id, &enrollment_id).await? {
+        return Err(device_not_found());
+    }
+    let devices = enrollments::list_for_user(&ctx.db, app, user_id)
+        .await?
+        .iter()
+        .map(Enrollment::record)
+        .collect();
+    Ok(DeviceList { devices })
+}

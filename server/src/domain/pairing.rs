@@ -1,0 +1,744 @@
+//! Pairing: codes for the customer, direct pairing for the device, relay pairing for the
+//! customer's backend. See docs/protocol.md for what each check protects.
+//!
+//! A registration is checked (signatures, keys, audience, freshness, descriptions, push token)
+//! before anything is stored; a code is consumed with one conditional update inside the
+//! transaction that inserts the enrollment, so of racing attempts exactly one pairs. Failed
+//! attempts by one client address are throttled. Under the policy "verify new devices with the
+//! primary device" a further device is inserted pending verification, next to the request that
+//! asks the primary device (see [`super::device_verification`]).
+
+use serde_json::Value;
+use tessera_protocol::PROTOCOL_VERSION;
+use tessera_protocol::api::{
+    DevicePairingRequest, DevicePairingResponse, EnrollmentState, RelayPairingRequest,
+    RelayPairingResponse, StartPairingResponse,
+};
+use tessera_protocol::canonical::Sha256Digest;
+use tessera_protocol::envelope::{self, MessageType};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
+use tessera_protocol::jwk::PublicJwk;
+use tessera_protocol::pairing::{
+    ApplicationInfo, DeviceRegistration, KeyProof, MAX_CLOCK_SKEW_SECONDS,
+    MAX_REGISTRATION_AGE_SECONDS, MobilePayload, PairingCode, PairingReply, PairingUri,
+    PushRegistration, ServerUrl,
+};
+
+use super::{Ctx, DomainError, device_verification, outcome};
+use crate::metrics::{ModeLabels, ReasonLabels};
+use crate::store::applications::{self, Application};
+use crate::store::authentications::{self, Authentication};
+use crate::store::enrollments::{self, Enrollment};
+use crate::store::{is_unique_violation, pairing_codes, throttle};
+
+const MAX_INFO_CHARS: usize = 128;
+const MAX_PUSH_TOKEN_CHARS: usize = 4096;
+const BAD_CODE: &str = "pairing code is invalid, expired or already used";
+
+/// Starts a pairing for a user: a single-use code (stored as its digest) and a URI for a QR
+/// code. `ttl_seconds` defaults to the configured lifetime and must be 60 to 86,400.
+pub(crate) async fn start(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+    ttl_seconds: Option<u32>,
+) -> Result<StartPairingResponse, DomainError> {
+    let ttl = ttl_seconds.unwrap_or(ctx.config.pairing_code_ttl_default);
+    if !(60..=86_400).contains(&ttl) {
+        return Err(DomainError::new(
+            ErrorCode::InvalidRequest,
+            "ttl_seconds must be between 60 and 86400",
+        ));
+    }
+    super::users::require_user(ctx, app, user_id).await?;
+    let now = ctx.now();
+    let code = PairingCode::generate();
+    let expires_at = now + i64::from(ttl);
+    pairing_codes::insert(
+        &ctx.db,
+        &code.digest().to_string(),
+        app,
+        user_id,
+        now,
+        expires_at,
+    )
+    .await?;
+    if rand::random::<u8>() < 4 {
+        pairing_codes::purge_expired(&ctx.db, now).await?;
+    }
+    let uri = PairingUri {
+        server: ctx.public_url.clone(),
+        code: code.clone(),
+    };
+    Ok(StartPairingResponse {
+        pairing_code: code.display_form().to_string(),
+        pairing_uri: uri.to_uri_string().to_string(),
+        expires_at,
+    })
+}
+
+/// A registration whose signatures and claims all checked out.
+pub(crate) struct VerifiedRegistration {
+    /// The registration.
+    pub registration: DeviceRegistration,
+    /// The envelope digest of the signed registration.
+    pub digest: Sha256Digest,
+}
+
+fn fail(code: ErrorCode, message: &str) -> DomainError {
+    DomainError::new(code, message)
+}
+
+/// Verifies a device-signed envelope whose `kid` must be the thumbprint of `key`.
+fn verify_signed<T: serde::de::DeserializeOwned>(
+    jws: &str,
+    typ: MessageType,
+    key: &PublicJwk,
+    what: &str,
+) -> Result<envelope::Verified<T>, DomainError> {
+    let header = envelope::inspect(jws).map_err(|_| {
+        DomainError::new(
+            ErrorCode::InvalidSignature,
+            format!("the {what} is not a valid signed message"),
+        )
+    })?;
+    if header.kid != key.thumbprint() {
+        return Err(DomainError::new(
+            ErrorCode::InvalidRegistration,
+            format!("the {what} is not signed by the key it should be"),
+        ));
+    }
+    envelope::verify::<T>(jws, typ, key).map_err(|_| {
+        DomainError::new(
+            ErrorCode::InvalidSignature,
+            format!("the {what}'s signature does not verify"),
+        )
+    })
+}
+
+/// Checks a device registration and its user-verification key proof against this server.
+pub(crate) fn verify_registration(
+    ctx: &Ctx,
+    registration_jws: &str,
+    proof_jws: &str,
+    now: i64,
+) -> Result<VerifiedRegistration, DomainError> {
+    check_registration(&ctx.public_url, registration_jws, proof_jws, now)
+}
+
+/// Checks a device registration and its user-verification key proof: both signatures, the two
+/// keys (valid, distinct), the protocol version, the audience `server`, the age at `now`, the
+/// device's descriptions and its push token.
+fn check_registration(
+    server: &ServerUrl,
+    registration_jws: &str,
+    proof_jws: &str,
+    now: i64,
+) -> Result<VerifiedRegistration, DomainError> {
+    let raw: Value = envelope::unverified_payload(registration_jws).map_err(|_| {
+        fail(
+            ErrorCode::InvalidSignature,
+            "the registration is not a valid signed message",
+        )
+    })?;
+    for member in ["possession_key", "user_verification_key"] {
+        if let Some(key) = raw.get(member)
+            && serde_json::from_value::<PublicJwk>(key.clone()).is_err()
+        {
+            return Err(fail(
+                ErrorCode::InvalidPublicKey,
+                "a public key is not a valid P-256 key",
+            ));
+        }
+    }
+    let claimed: DeviceRegistration = serde_json::from_value(raw).map_err(|_| {
+        fail(
+            ErrorCode::InvalidRegistration,
+            "the registration is incomplete or malformed",
+        )
+    })?;
+    let verified = verify_signed::<DeviceRegistration>(
+        registration_jws,
+        MessageType::Registration,
+        &claimed.possession_key,
+        "registration",
+    )?;
+    let registration = verified.payload;
+    let proof = verify_signed::<KeyProof>(
+        proof_jws,
+        MessageType::KeyProof,
+        &registration.user_verification_key,
+        "key proof",
+    )?;
+    if !proof.payload.registration_digest.ct_eq(&verified.digest) {
+        return Err(fail(
+            ErrorCode::InvalidRegistration,
+            "the key proof belongs to another registration",
+        ));
+    }
+    if registration
+        .possession_key
+        .same_key(&registration.user_verification_key)
+    {
+        return Err(fail(
+            ErrorCode::InvalidRegistration,
+            "the two device keys must differ",
+        ));
+    }
+    if registration.v != PROTOCOL_VERSION || proof.payload.v != PROTOCOL_VERSION {
+        return Err(fail(
+            ErrorCode::InvalidRegistration,
+            "unsupported protocol version",
+        ));
+    }
+    if &registration.audience != server {
+        return Err(fail(
+            ErrorCode::AudienceMismatch,
+            "the registration is meant for another server",
+        ));
+    }
+    if registration.issued_at < now - MAX_REGISTRATION_AGE_SECONDS
+        || registration.issued_at > now + MAX_CLOCK_SKEW_SECONDS
+    {
+        return Err(fail(
+            ErrorCode::StaleMessage,
+            "the registration is too old or from the future",
+        ));
+    }
+    let d = &registration.device;
+    let texts = [
+        &d.model,
+        &d.os_name,
+        &d.os_version,
+        &d.app_version,
+        &d.sdk_version,
+    ];
+    let too_long =
+        |s: &String| s.chars().count() > MAX_INFO_CHARS || s.chars().any(char::is_control);
+    if texts.into_iter().any(too_long)
+        || d.name.as_ref().is_some_and(too_long)
+        || registration.nonce.len() > 64
+    {
+        return Err(fail(
+            ErrorCode::InvalidRegistration,
+            "a device description field is too long or invalid",
+        ));
+    }
+    if !push_token_ok(&registration.push) {
+        return Err(fail(
+            ErrorCode::InvalidRegistration,
+            "the push token is invalid",
+        ));
+    }
+    Ok(VerifiedRegistration {
+        registration,
+        digest: verified.digest,
+    })
+}
+
+/// Whether a push registration's token is acceptable: non-empty printable ASCII of bounded
+/// length (it is used in a URL path by APNs).
+pub(crate) fn push_token_ok(push: &PushRegistration) -> bool {
+    match push {
+        PushRegistration::None => true,
+        PushRegistration::Fcm { token } | PushRegistration::Apns { token, .. } => {
+            !token.is_empty()
+                && token.len() <= MAX_PUSH_TOKEN_CHARS
+                && token.bytes().all(|b| b.is_ascii_graphic())
+        }
+    }
+}
+
+fn count_failure(ctx: &Ctx, reason: &'static str) {
+    ctx.metrics
+        .pairing_failures
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+fn count_pairing(ctx: &Ctx, mode: &'static str) {
+    ctx.metrics
+        .pairings
+        .get_or_create(&ModeLabels { mode })
+        .inc();
+}
+
+/// A new enrollment, and the verification request sent to the user's primary device when the
+/// application verifies new devices with it.
+struct Created {
+    enrollment: Enrollment,
+    verification: Option<(Authentication, Enrollment)>,
+}
+
+impl Created {
+    /// Announces the verification request, if any, to the primary device and pushes it there
+    /// (after the commit).
+    async fn push_verification(self, ctx: &Ctx) -> Enrollment {
+        if let Some((request, primary)) = self.verification {
+            tracing::info!(authentication_id = %request.id, enrollment_id = %self.enrollment.enrollment_id, "new device awaits the primary device's approval");
+            outcome::request_created(ctx, &request).await;
+            tokio::spawn(crate::delivery::push::deliver(
+                ctx.clone(),
+                request,
+                primary,
+            ));
+        }
+        self.enrollment
+    }
+}
+
+/// Builds, signs and inserts the enrollment inside `tx` (whose first statement was a write).
+/// Under the policy "verify new devices with the primary device", a user's further device is
+/// inserted pending verification, next to the request that asks the primary device, and the
+/// device's earlier enrollments stay until that is approved. The inner error is the insert's,
+/// so that a replay (unique violation) can be told apart.
+async fn create_enrollment(
+    ctx: &Ctx,
+    tx: &mut sqlx::AnyConnection,
+    app: &ApplicationInfo,
+    user_id: &UserId,
+    verified: &VerifiedRegistration,
+    client_ip: Option<&str>,
+    now: i64,
+) -> Result<Result<Created, sqlx::Error>, DomainError> {
+    let reg = &verified.registration;
+    let enrollment_id = EnrollmentId::generate();
+    let verifier = device_verification::verifier(tx, &app.id, user_id).await?;
+    let (is_primary, verification) = match &verifier {
+        Some(primary) => {
+            let question = device_verification::question(ctx, &app.name, reg, client_ip);
+            let request = super::authentication::new_authentication(
+                ctx, &app.id, user_id, primary, question,
+            )?;
+            (false, Some(request))
+        }
+        None => {
+            let was_primary =
+                enrollments::delete_same_device(tx, &app.id, user_id, &reg.device_id).await?;
+            (
+                was_primary || !enrollments::has_primary(tx, &app.id, user_id).await?,
+                None,
+            )
+        }
+    };
+    // The enrollment's OTP seed, sealed to the device's transport key.
+    let otp_seed = reg
+        .otp_transport_key
+        .as_ref()
+        .map(|_| tessera_protocol::otp::new_seed());
+    let sealed_otp = match (&reg.otp_transport_key, &otp_seed) {
+        (Some(key), Some(seed)) => Some(
+            tessera_protocol::otp::seal(seed, key, &enrollment_id).map_err(|_| {
+                DomainError::new(
+                    ErrorCode::InvalidRegistration,
+                    "the OTP transport key is not usable",
+                )
+            })?,
+        ),
+        _ => None,
+    };
+    let reply = PairingReply {
+        v: PROTOCOL_VERSION,
+        issuer: ctx.public_url.clone(),
+        application: app.clone(),
+        user_id: user_id.clone(),
+        enrollment_id: enrollment_id.clone(),
+        device_id: reg.device_id.clone(),
+        registration_digest: verified.digest,
+        server_keys: ctx.keys.public_set(),
+        pending_verification: verification.is_some(),
+        otp: sealed_otp,
+        issued_at: now,
+    };
+    let server_payload = ctx
+        .keys
+        .sign(MessageType::PairingReply, &reply)
+        .map_err(|_| DomainError::Internal("signing the pairing reply failed"))?;
+    let enrollment = Enrollment {
+        enrollment_id,
+        application_id: app.id.clone(),
+        user_id: user_id.clone(),
+        device_id: reg.device_id.clone(),
+        possession_key: reg.possession_key.clone(),
+        user_verification_key: reg.user_verification_key.clone(),
+        device_info: reg.device.clone(),
+        signals: reg.signals,
+        push: reg.push.clone(),
+        is_primary,
+        registration_digest: verified.digest.to_string(),
+        server_payload,
+        paired_at: now,
+        last_seen_at: now,
+        status: if verification.is_some() {
+            EnrollmentState::PendingVerification
+        } else {
+            EnrollmentState::Active
+        },
+        verification_id: verification.as_ref().map(|v| v.id.clone()),
+        push_stale_at: None,
+    };
+    if let Err(e) = enrollments::insert(tx, &enrollment).await {
+        return Ok(Err(e));
+    }
+    if let Some(seed) = &otp_seed {
+        crate::store::otp::set_seed(tx, &enrollment.enrollment_id, seed).await?;
+    }
+    if let Some(request) = &verification {
+        authentications::insert(&mut *tx, request).await?;
+    }
+    Ok(Ok(Created {
+        enrollment,
+        verification: verification.zip(verifier),
+    }))
+}
+
+async fn application_info(ctx: &Ctx, id: &ApplicationId) -> Result<ApplicationInfo, DomainError> {
+    let app = applications::get(&ctx.db, id)
+        .await?
+        .ok_or(DomainError::Internal(
+            "a pairing code's application vanished",
+        ))?;
+    Ok(ApplicationInfo {
+        id: app.id,
+        name: app.name,
+    })
+}
+
+/// A device pairs with a code, from the client address `client`. Too many failed attempts from
+/// one address in a minute are refused (`rate_limited`); a bad or used code counts as a
+/// failure. The identical registration retried after a lost reply gets the same answer.
+pub(crate) async fn pair_device(
+    ctx: &Ctx,
+    client: &str,
+    request: &DevicePairingRequest,
+) -> Result<DevicePairingResponse, DomainError> {
+    let now = ctx.now();
+    let limit = i64::from(ctx.config.pairing_failures_per_ip_per_minute);
+    if throttle::failures(&ctx.db, client, now).await? >= limit {
+        count_failure(ctx, "rate_limited");
+        return Err(DomainError::new(
+            ErrorCode::RateLimited,
+            "too many failed pairing attempts; retry in a minute",
+        ));
+    }
+    let verified = verify_registration(
+        ctx,
+        &request.registration,
+        &request.user_verification_proof,
+        now,
+    )
+    .inspect_err(|_| count_failure(ctx, "invalid_registration"))?;
+    let bad_code = || DomainError::new(ErrorCode::InvalidPairingCode, BAD_CODE);
+    let Ok(code) = PairingCode::parse(&request.pairing_code) else {
+        throttle::record_failure(&ctx.db, client, now).await?;
+        count_failure(ctx, "invalid_code");
+        return Err(bad_code());
+    };
+    let code_digest = code.digest().to_string();
+    let registration_digest = verified.digest.to_string();
+
+    let mut tx = ctx.db.begin_write().await?;
+    let consumed = pairing_codes::consume(&mut tx, &code_digest, &registration_digest, now).await?;
+    if let Some((app_id, user_id)) = consumed {
+        let app = application_info(ctx, &app_id).await?;
+        match create_enrollment(ctx, &mut tx, &app, &user_id, &verified, Some(client), now).await? {
+            Ok(created) => {
+                tx.commit().await?;
+                let enrollment = created.push_verification(ctx).await;
+                count_pairing(ctx, "direct");
+                tracing::info!(enrollment_id = %enrollment.enrollment_id, application_id = %app.id, "device paired");
+                return Ok(DevicePairingResponse {
+                    server_payload: enrollment.server_payload,
+                });
+            }
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                count_failure(ctx, "replayed");
+                return Err(DomainError::new(
+                    ErrorCode::ReplayedMessage,
+                    "this registration was already used",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(tx);
+    // Not consumable: the identical registration retried after a lost reply gets the same answer.
+    if pairing_codes::consumed_by(&ctx.db, &code_digest)
+        .await?
+        .as_deref()
+        == Some(registration_digest.as_str())
+        && let Some(existing) =
+            enrollments::by_registration_digest(&ctx.db, &registration_digest).await?
+    {
+        return Ok(DevicePairingResponse {
+            server_payload: existing.server_payload,
+        });
+    }
+    throttle::record_failure(&ctx.db, client, now).await?;
+    count_failure(ctx, "invalid_code");
+    Err(bad_code())
+}
+
+/// The customer's backend completes a relay pairing for its user with the app's mobile payload.
+/// The same payload again for the same user answers the same enrollment; for anyone else it is
+/// a replay.
+pub(crate) async fn relay(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    request: &RelayPairingRequest,
+) -> Result<RelayPairingResponse, DomainError> {
+    let now = ctx.now();
+    let invalid = || {
+        DomainError::new(
+            ErrorCode::InvalidMobilePayload,
+            "the mobile payload is malformed or does not verify",
+        )
+    };
+    let payload = MobilePayload::decode(&request.mobile_payload).map_err(|_| invalid())?;
+    let verified = verify_registration(
+        ctx,
+        &payload.registration,
+        &payload.user_verification_proof,
+        now,
+    )
+    .map_err(|e| match e.code() {
+        Some(ErrorCode::InvalidSignature | ErrorCode::InvalidRegistration) => invalid(),
+        _ => e,
+    })
+    .inspect_err(|_| count_failure(ctx, "invalid_mobile_payload"))?;
+    super::users::require_user(ctx, &app.id, user_id).await?;
+    let replayed = || {
+        DomainError::new(
+            ErrorCode::ReplayedMessage,
+            "this mobile payload was already used",
+        )
+    };
+    let digest = verified.digest.to_string();
+    if let Some(existing) = enrollments::by_registration_digest(&ctx.db, &digest).await? {
+        if existing.application_id == app.id && &existing.user_id == user_id {
+            return Ok(RelayPairingResponse {
+                device: existing.record(),
+                server_payload: existing.server_payload,
+            });
+        }
+        count_failure(ctx, "replayed");
+        return Err(replayed());
+    }
+    let info = ApplicationInfo {
+        id: app.id.clone(),
+        name: app.name.clone(),
+    };
+    let mut tx = ctx.db.begin_write().await?;
+    match create_enrollment(ctx, &mut tx, &info, user_id, &verified, None, now).await? {
+        Ok(created) => {
+            tx.commit().await?;
+            let enrollment = created.push_verification(ctx).await;
+            count_pairing(ctx, "relay");
+            tracing::info!(enrollment_id = %enrollment.enrollment_id, application_id = %info.id, "device paired (relay)");
+            Ok(RelayPairingResponse {
+                device: enrollment.record(),
+                server_payload: enrollment.server_payload,
+            })
+        }
+        Err(e) if is_unique_violation(&e) => {
+            drop(tx);
+            count_failure(ctx, "replayed");
+            Err(replayed())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_protocol::envelope::SoftwareSigningKey;
+    use tessera_protocol::ids::DeviceId;
+    use tessera_protocol::pairing::{DeviceInfo, DeviceSignals};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn server() -> ServerUrl {
+        ServerUrl::parse("https://auth.example.com").unwrap()
+    }
+
+    struct Device {
+        possession: SoftwareSigningKey,
+        user_verification: SoftwareSigningKey,
+    }
+
+    impl Device {
+        fn new() -> Self {
+            Self {
+                possession: SoftwareSigningKey::generate(),
+                user_verification: SoftwareSigningKey::generate(),
+            }
+        }
+
+        fn registration(&self) -> DeviceRegistration {
+            DeviceRegistration {
+                v: PROTOCOL_VERSION,
+                audience: server(),
+                device_id: DeviceId::generate(),
+                nonce: DeviceRegistration::new_nonce(),
+                issued_at: NOW,
+                possession_key: self.possession.public_jwk(),
+                user_verification_key: self.user_verification.public_jwk(),
+                device: DeviceInfo {
+                    model: "Pixel 9".into(),
+                    os_name: "Android".into(),
+                    os_version: "15".into(),
+                    app_version: "1.0".into(),
+                    sdk_version: "0.1".into(),
+                    name: None,
+                },
+                signals: DeviceSignals::default(),
+                push: PushRegistration::None,
+                otp_transport_key: None,
+            }
+        }
+
+        /// The signed registration and the key proof for it.
+        fn sign(&self, registration: &DeviceRegistration) -> (String, String) {
+            let jws =
+                envelope::sign(MessageType::Registration, registration, &self.possession).unwrap();
+            let digest = envelope::verify::<DeviceRegistration>(
+                &jws,
+                MessageType::Registration,
+                &registration.possession_key,
+            )
+            .unwrap()
+            .digest;
+            let proof = envelope::sign(
+                MessageType::KeyProof,
+                &KeyProof {
+                    v: PROTOCOL_VERSION,
+                    registration_digest: digest,
+                },
+                &self.user_verification,
+            )
+            .unwrap();
+            (jws, proof)
+        }
+    }
+
+    fn refusal(registration: &str, proof: &str, server: &ServerUrl, now: i64) -> Option<ErrorCode> {
+        check_registration(server, registration, proof, now)
+            .err()
+            .and_then(|e| e.code())
+    }
+
+    #[test]
+    fn push_tokens_are_printable_ascii_of_bounded_length() {
+        assert!(push_token_ok(&PushRegistration::None));
+        assert!(push_token_ok(&PushRegistration::Fcm {
+            token: "abc:DEF-123_x".into()
+        }));
+        assert!(push_token_ok(&PushRegistration::Apns {
+            token: "a".repeat(MAX_PUSH_TOKEN_CHARS),
+            sandbox: true,
+        }));
+        for bad in [
+            String::new(),
+            "with space".into(),
+            "new\nline".into(),
+            "é".into(),
+            "a".repeat(MAX_PUSH_TOKEN_CHARS + 1),
+        ] {
+            assert!(!push_token_ok(&PushRegistration::Fcm {
+                token: bad.clone()
+            }));
+            assert!(!push_token_ok(&PushRegistration::Apns {
+                token: bad,
+                sandbox: false
+            }));
+        }
+    }
+
+    #[test]
+    fn a_well_formed_registration_checks_out() {
+        let device = Device::new();
+        let registration = device.registration();
+        let (jws, proof) = device.sign(&registration);
+        let verified = check_registration(&server(), &jws, &proof, NOW).unwrap();
+        assert_eq!(verified.registration, registration);
+    }
+
+    #[test]
+    fn a_registration_for_another_server_or_time_is_refused() {
+        let device = Device::new();
+        let (jws, proof) = device.sign(&device.registration());
+        let elsewhere = ServerUrl::parse("https://other.example.com").unwrap();
+        assert_eq!(
+            refusal(&jws, &proof, &elsewhere, NOW),
+            Some(ErrorCode::AudienceMismatch)
+        );
+        assert_eq!(
+            refusal(
+                &jws,
+                &proof,
+                &server(),
+                NOW + MAX_REGISTRATION_AGE_SECONDS + 1
+            ),
+            Some(ErrorCode::StaleMessage)
+        );
+        assert_eq!(
+            refusal(&jws, &proof, &server(), NOW - MAX_CLOCK_SKEW_SECONDS - 1),
+            Some(ErrorCode::StaleMessage)
+        );
+    }
+
+    #[test]
+    fn a_proof_of_another_registration_or_key_is_refused() {
+        let device = Device::new();
+        let (jws, _) = device.sign(&device.registration());
+        let (_, other_proof) = device.sign(&device.registration());
+        assert_eq!(
+            refusal(&jws, &other_proof, &server(), NOW),
+            Some(ErrorCode::InvalidRegistration)
+        );
+        let stranger = Device::new();
+        let (_, strangers_proof) = stranger.sign(&stranger.registration());
+        assert_eq!(
+            refusal(&jws, &strangers_proof, &server(), NOW),
+            Some(ErrorCode::InvalidRegistration)
+        );
+        assert_eq!(
+            refusal("not a jws", &other_proof, &server(), NOW),
+            Some(ErrorCode::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn equal_keys_bad_descriptions_and_bad_push_tokens_are_refused() {
+        let device = Device::new();
+        let same = Device {
+            possession: device.possession.clone(),
+            user_verification: device.possession.clone(),
+        };
+        let (jws, proof) = same.sign(&same.registration());
+        assert_eq!(
+            refusal(&jws, &proof, &server(), NOW),
+            Some(ErrorCode::InvalidRegistration)
+        );
+
+        let mut long_model = device.registration();
+        long_model.device.model = "x".repeat(MAX_INFO_CHARS + 1);
+        let mut control_name = device.registration();
+        control_name.device.name = Some("evil\u{7}".into());
+        let mut bad_push = device.registration();
+        bad_push.push = PushRegistration::Fcm {
+            token: "has space".into(),
+        };
+        for registration in [long_model, control_name, bad_push] {
+            let (jws, proof) = device.sign(&registration);
+            assert_eq!(
+                refusal(&jws, &proof, &server(), NOW),
+                Some(ErrorCode::InvalidRegistration)
+            );
+        }
+    }
+}
