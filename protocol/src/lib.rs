@@ -61,6 +61,7 @@ pub mod authentication;
 pub mod canonical;
 pub mod ciba;
 pub mod device_auth;
+pub mod display;
 pub mod envelope;
 pub mod error;
 pub mod ids;

@@ -45,9 +45,12 @@ pub(crate) fn invalid(message: &str) -> DomainError {
 }
 
 pub(crate) fn check_text(text: &str, max: usize, what: &str) -> Result<(), DomainError> {
-    if text.chars().count() > max || text.chars().any(char::is_control) {
+    if text.chars().count() > max {
+        return Err(invalid(&format!("{what} is too long")));
+    }
+    if !tessera_protocol::display::is_displayable(text) {
         return Err(invalid(&format!(
-            "{what} is too long or has control characters"
+            "{what} has control, bidirectional or invisible format characters"
         )));
     }
     Ok(())
