@@ -64,6 +64,8 @@ impl Server {
             .as_ref()
             .and_then(crate::delivery::messages::SmtpNotifier::new)
             .map(|n| Arc::new(n) as Arc<dyn crate::domain::ports::Notifier>);
+        let push = Arc::new(crate::delivery::push::PushClients::new());
+        let messages = Arc::new(crate::delivery::messages::WebhookSender::new(push.client()));
         let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let state = Ctx {
@@ -76,7 +78,8 @@ impl Server {
             config: Arc::new(config),
             public_url: public_url.clone(),
             metrics: Arc::new(Metrics::new()),
-            push: Arc::new(crate::delivery::push::PushClients::new()),
+            push,
+            messages,
             ciba_notifier: crate::oidc::notify::NotifierHandle::default(),
         };
         let notifier = tokio::spawn(crate::oidc::notify::run(state.clone()));

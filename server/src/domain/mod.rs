@@ -7,14 +7,17 @@
 //! `delivery` implements `domain::ports`; `store` imports neither.
 
 pub(crate) mod authentication;
+pub(crate) mod backup;
 pub(crate) mod device_auth;
 pub(crate) mod device_verification;
 pub mod error;
 pub mod events;
 pub(crate) mod fallback;
 pub(crate) mod methods;
+pub(crate) mod otp;
 pub(crate) mod outcome;
 pub mod ports;
+pub(crate) mod qr;
 pub(crate) mod ssrf;
 pub(crate) mod users;
 
@@ -54,6 +57,8 @@ pub(crate) struct Ctx {
     pub ciba_notifier: crate::oidc::notify::NotifierHandle,
     /// The email notifier, when SMTP is configured.
     pub email: Option<Arc<dyn ports::Notifier>>,
+    /// Builds the SMS and voice notifier of an application's provider webhook.
+    pub messages: Arc<dyn ports::MessageSender>,
     /// What reacts to domain events (device verification, QR follow-up, CIBA notifications),
     /// registered when the server starts.
     pub follow_ups: Arc<[(&'static str, outcome::FollowUp)]>,
@@ -77,7 +82,7 @@ impl Ctx {
 pub(crate) fn follow_ups() -> Vec<(&'static str, outcome::FollowUp)> {
     vec![
         ("device_verification", device_verification::follow_up),
-        ("qr", crate::http::qr_follow_up),
+        ("qr", qr::follow_up),
         ("ciba", crate::oidc::notify::follow_up),
     ]
 }
