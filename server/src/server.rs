@@ -69,8 +69,11 @@ impl Server {
             .as_ref()
             .and_then(crate::delivery::messages::SmtpNotifier::new)
             .map(|n| Arc::new(n) as Arc<dyn crate::domain::ports::Notifier>);
-        let events = crate::domain::EventHub::new();
         let push_clients = Arc::new(crate::delivery::push::PushClients::new());
+        let messages = Arc::new(crate::delivery::messages::WebhookSender::new(
+            push_clients.client(),
+        ));
+        let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let state = Ctx {
             clock: config.clock.clone(),
@@ -82,8 +85,8 @@ impl Server {
             config: Arc::new(config),
             public_url: public_url.clone(),
             metrics: Arc::new(Metrics::new()),
-            push: Arc::clone(&push_clients),
             device_push: Arc::new(crate::delivery::push::PushDelivery::new(push_clients)),
+            messages,
             ciba_notifier: crate::oidc::notify::NotifierHandle::default(),
         };
         let notifier = tokio::spawn(crate::oidc::notify::run(state.clone()));

@@ -9,6 +9,7 @@
 //!
 //! Errors never carry the code, the destination or the provider's credentials.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::Mailbox;
@@ -17,7 +18,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 
 pub use crate::config::SmtpConfig;
-use crate::domain::ports::{Notice, Notifier, NotifyError, SendFuture};
+use crate::domain::ports::{MessageSender, Notice, Notifier, NotifyError, SendFuture};
 
 /// Email over SMTP.
 pub struct SmtpNotifier {
@@ -119,5 +120,24 @@ impl Notifier for WebhookNotifier {
                 status => Err(NotifyError::Provider(format!("HTTP {status}"))),
             }
         })
+    }
+}
+
+/// Builds [`WebhookNotifier`]s for applications' SMS and voice provider webhooks.
+pub struct WebhookSender {
+    client: Option<reqwest::Client>,
+}
+
+impl WebhookSender {
+    /// A sender posting with `client` (`None`: this server makes no outgoing HTTP calls).
+    pub fn new(client: Option<reqwest::Client>) -> Self {
+        Self { client }
+    }
+}
+
+impl MessageSender for WebhookSender {
+    fn sms_voice(&self, url: String) -> Option<Arc<dyn Notifier>> {
+        let client = self.client.clone()?;
+        Some(Arc::new(WebhookNotifier::new(client, url)))
     }
 }

@@ -12,7 +12,7 @@ use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::PushRegistration;
 
 use super::events::{Topic, wait_for};
-use super::{Ctx, DomainError, device_verification};
+use super::{Ctx, DomainError, device_verification, outcome};
 use crate::store::StoreError;
 use crate::store::authentications;
 use crate::store::enrollments::{self, Enrollment};
@@ -94,13 +94,15 @@ fn until(ctx: &Ctx, at: i64) -> Duration {
 
 /// The (authenticated) device unpairs itself.
 pub(crate) async fn unpair(ctx: &Ctx, enrollment: &Enrollment) -> Result<(), DomainError> {
-    enrollments::delete(
+    let failed = enrollments::delete(
         &ctx.db,
         &enrollment.application_id,
         None,
         &enrollment.enrollment_id,
     )
-    .await?;
+    .await?
+    .unwrap_or_default();
+    outcome::failed(ctx, &failed).await?;
     tracing::info!(enrollment_id = %enrollment.enrollment_id, "device unpaired itself");
     Ok(())
 }
@@ -199,9 +201,11 @@ pub(crate) async fn remove_device(
     enrollment_id: &str,
 ) -> Result<(), DomainError> {
     let enrollment_id: EnrollmentId = enrollment_id.parse().map_err(|_| device_not_found())?;
-    if !enrollments::delete(&ctx.db, app, Some(user_id), &enrollment_id).await? {
+    let Some(failed) = enrollments::delete(&ctx.db, app, Some(user_id), &enrollment_id).await?
+    else {
         return Err(device_not_found());
-    }
+    };
+    outcome::failed(ctx, &failed).await?;
     tracing::info!(enrollment_id = %enrollment_id, "device unpaired by the customer");
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! `delivery` implements `domain::ports`; `store` imports neither.
 
 pub(crate) mod authentication;
+pub(crate) mod backup;
 pub(crate) mod device_auth;
 pub(crate) mod device_verification;
 pub(crate) mod devices;
@@ -14,9 +15,11 @@ pub mod error;
 pub mod events;
 pub(crate) mod fallback;
 pub(crate) mod methods;
+pub(crate) mod otp;
 pub(crate) mod outcome;
 pub(crate) mod pairing;
 pub mod ports;
+pub(crate) mod qr;
 pub(crate) mod ssrf;
 pub(crate) mod users;
 
@@ -50,15 +53,14 @@ pub(crate) struct Ctx {
     pub events: EventHub,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
-    /// Push delivery's HTTP clients (transitional: the SMS/voice webhook notifier borrows
-    /// them until it gets its own factory).
-    pub push: Arc<crate::delivery::push::PushClients>,
     /// Pushes requests to devices.
     pub device_push: Arc<dyn ports::DevicePush>,
     /// Wakes the CIBA notifier.
     pub ciba_notifier: crate::oidc::notify::NotifierHandle,
     /// The email notifier, when SMTP is configured.
     pub email: Option<Arc<dyn ports::Notifier>>,
+    /// Builds the SMS and voice notifier of an application's provider webhook.
+    pub messages: Arc<dyn ports::MessageSender>,
     /// What reacts to domain events (device verification, QR follow-up, CIBA notifications),
     /// registered when the server starts.
     pub follow_ups: Arc<[(&'static str, outcome::FollowUp)]>,
@@ -82,7 +84,7 @@ impl Ctx {
 pub(crate) fn follow_ups() -> Vec<(&'static str, outcome::FollowUp)> {
     vec![
         ("device_verification", device_verification::follow_up),
-        ("qr", crate::http::qr_follow_up),
+        ("qr", qr::follow_up),
         ("ciba", crate::oidc::notify::follow_up),
     ]
 }

@@ -22,7 +22,8 @@ use crate::store::authentications::{self, Authentication};
 /// Something that happened, announced after it was stored.
 #[derive(Debug, Clone)]
 pub(crate) enum DomainEvent {
-    /// An authentication left `pending` (approved, denied); the record as stored after it.
+    /// An authentication left `pending` (approved, denied, failed); the record as stored after
+    /// it.
     AuthenticationEnded(Authentication),
 }
 
@@ -98,6 +99,19 @@ pub(crate) async fn ended(ctx: &Ctx, record: &Authentication) {
         .await;
     let event = DomainEvent::AuthenticationEnded(record.clone());
     dispatch(ctx, &event).await;
+}
+
+/// Announces authentications a change in storage failed (their device was unpaired while they
+/// waited), each once, like any other ending.
+pub(crate) async fn failed(ctx: &Ctx, ids: &[AuthenticationId]) -> Result<(), DomainError> {
+    let now = ctx.now();
+    for id in ids {
+        if let Some(record) = authentications::get(&ctx.db, id, now).await? {
+            tracing::info!(authentication_id = %id, "authentication failed: its device was unpaired");
+            ended(ctx, &record).await;
+        }
+    }
+    Ok(())
 }
 
 /// Hands `event` to every follow-up, in registration order.

@@ -278,11 +278,8 @@ impl Created {
         if let Some((request, primary)) = self.verification {
             tracing::info!(authentication_id = %request.id, enrollment_id = %self.enrollment.enrollment_id, "new device awaits the primary device's approval");
             outcome::request_created(ctx, &request).await;
-            tokio::spawn(crate::delivery::push::deliver(
-                ctx.clone(),
-                request,
-                primary,
-            ));
+            let push = ctx.device_push.push(ctx.clone(), request, primary);
+            tokio::spawn(push);
         }
         self.enrollment
     }

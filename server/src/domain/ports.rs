@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tessera_protocol::api::BackupChannel;
 use tessera_protocol::ids::{ApplicationId, UserId};
@@ -85,4 +86,12 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), NotifyError>> +
 pub trait Notifier: Send + Sync {
     /// Sends `notice`; resolves once the provider accepted it.
     fn send<'a>(&'a self, notice: &'a Notice) -> SendFuture<'a>;
+}
+
+/// Builds the notifiers whose provider depends on the application (its SMS and voice provider
+/// webhook).
+pub trait MessageSender: Send + Sync {
+    /// A notifier for SMS and voice posting to the provider webhook at `url`; `None` when this
+    /// server cannot make outgoing HTTP calls.
+    fn sms_voice(&self, url: String) -> Option<Arc<dyn Notifier>>;
 }

@@ -255,16 +255,3 @@ async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Resp
     );
     response
 }
-
-/// Transitional: the QR follow-up until it moves to `domain::qr`.
-pub(crate) fn qr_follow_up<'a>(
-    ctx: &'a Ctx,
-    event: &'a crate::domain::outcome::DomainEvent,
-) -> crate::domain::outcome::FollowUpFuture<'a> {
-    Box::pin(async move {
-        let crate::domain::outcome::DomainEvent::AuthenticationEnded(record) = event;
-        qr::settle_follow_up(ctx, record)
-            .await
-            .map_err(|_| crate::domain::DomainError::Internal("QR follow-up failed"))
-    })
-}

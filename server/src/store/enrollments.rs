@@ -262,13 +262,14 @@ pub async fn list_for_user(
 
 /// Deletes an enrollment of the given application (and user, if given); if it was the user's
 /// primary device, the oldest remaining active one becomes primary; requests still pending for
-/// it become `failed` (`device_unpaired`). Returns whether it existed.
+/// it become `failed` (`device_unpaired`). Returns `None` if it did not exist, else the
+/// authentications it failed.
 pub async fn delete(
     db: &Database,
     app: &ApplicationId,
     user: Option<&UserId>,
     id: &EnrollmentId,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Vec<AuthenticationId>>, StoreError> {
     let mut tx = db.begin_write().await?;
     let row = sqlx::query(
         "DELETE FROM enrollments WHERE enrollment_id = $1 AND application_id = $2 \
@@ -280,17 +281,25 @@ pub async fn delete(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
-        return Ok(false);
+        return Ok(None);
     };
     let user_id: String = row.try_get("user_id")?;
     // Requests still waiting for this device can no longer be answered.
-    sqlx::query(
+    let failed = sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
-         WHERE enrollment_id = $1 AND state = 'pending'",
+         WHERE enrollment_id = $1 AND state = 'pending' RETURNING id",
     )
     .bind(id.as_str())
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    let failed = failed
+        .iter()
+        .map(|r| {
+            r.try_get::<String, _>("id")?
+                .parse::<AuthenticationId>()
+                .map_err(|_| StoreError::Corrupted("authentication id"))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     sqlx::query(
         "UPDATE enrollments SET is_primary = 1 WHERE enrollment_id = ( \
            SELECT enrollment_id FROM enrollments WHERE application_id = $1 AND user_id = $2 \
@@ -302,7 +311,7 @@ pub async fn delete(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(Some(failed))
 }
 
 /// Records that the device called.

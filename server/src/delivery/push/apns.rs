@@ -231,8 +231,7 @@ pub(super) async fn send(
     );
     let mut refreshed = false;
     loop {
-        let token = state
-            .push
+        let token = clients
             .apns_tokens
             .get(&cache_key, || async {
                 credentials

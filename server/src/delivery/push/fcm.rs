@@ -252,8 +252,7 @@ pub(super) async fn send(
     );
     let mut refreshed = false;
     loop {
-        let token = state
-            .push
+        let token = clients
             .fcm_tokens
             .get(&cache_key, || {
                 fetch_access_token(client, credentials, state.now())

@@ -243,18 +243,6 @@ async fn route(state: &Ctx, device: &Enrollment) -> Result<Route, ServerError> {
     })
 }
 
-/// Delivers the push for a new authentication, retrying transient failures, records the
-/// outcome (`none`, `sent`, `failed`, `token_invalid`, `stale_token`) on the authentication and
-/// returns it (`None` if the application's push settings could not be read).
-pub(crate) async fn deliver(
-    state: Ctx,
-    record: Authentication,
-    device: Enrollment,
-) -> Option<&'static str> {
-    let clients = Arc::clone(&state.push);
-    deliver_with(state, &clients, record, device).await
-}
-
 /// Pushes through this process's clients; implements the domain's [`DevicePush`].
 pub(crate) struct PushDelivery {
     clients: Arc<PushClients>,

@@ -1,0 +1,626 @@
+//! One-time passcodes checked by the server.
+//!
+//! - **From the user's devices**: `MOBILE_APP_OTP` (TOTP from the seed each enrollment received
+//!   at pairing) and OATH tokens registered with a known seed (`DESKTOP_OTP`, `OATH_TOKEN`,
+//!   `YUBIKEY` in OATH mode, `AUTHENTICATOR_APP`): TOTP with a drift window of a step either
+//!   side, every code single use (only a later time step than the last accepted); HOTP with a
+//!   look-ahead window whose match resynchronises the counter.
+//! - **For a push authentication**: the app's code when the authentication has "use code" or
+//!   OTP fallback in force, or a backup code sent for it ([`super::backup`]). An accepted code
+//!   ends the authentication through [`outcome::record`], like a signed answer.
+//!
+//! Consecutive failures, wherever they happen, lock the user's passcode checks until the
+//! customer resets them. Seeds are never returned or logged.
+
+use std::collections::BTreeMap;
+
+use rand::RngCore;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tessera_protocol::api::{
+    AuthenticationStatus, OtpToken, OtpTokenKind, OtpTokenList, OtpVerified, RegisterOtpToken,
+};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
+use tessera_protocol::otp::{DIGITS, OtpHash, PERIOD_SECONDS, decode_base32, hotp};
+use zeroize::Zeroizing;
+
+use super::authentication::{accessing_attributes, load_for, require_pending};
+use super::outcome::{self, Ending};
+use super::users::require_user;
+use super::{Ctx, DomainError};
+use crate::store::otp::{self, EnrollmentSeed, OathToken};
+use crate::store::{enrollments, otp_challenges};
+
+/// Most OATH tokens one user may have.
+const MAX_TOKENS_PER_USER: usize = 20;
+
+fn internal() -> DomainError {
+    DomainError::new(ErrorCode::InternalError, "internal error")
+}
+
+/// `otp_locked`: the user's passcode checks are locked.
+pub(crate) fn locked() -> DomainError {
+    DomainError::new(
+        ErrorCode::OtpLocked,
+        "too many wrong passcodes; ask the service to unlock passcode sign-in",
+    )
+}
+
+/// The code as typed, without spaces.
+pub(crate) fn normalize(code: &str) -> String {
+    code.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// Whether `code` is `digits` ASCII digits.
+fn well_formed(code: &str, digits: u32) -> bool {
+    code.len() == digits as usize && code.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Constant-time comparison of an expected code and a submitted one.
+fn matches(expected: &str, code: &str) -> bool {
+    bool::from(expected.as_bytes().ct_eq(code.as_bytes()))
+}
+
+/// Refuses with `otp_locked` if the user's passcode checks are locked.
+pub(crate) async fn check_not_locked(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<(), DomainError> {
+    let max = i64::from(ctx.config.otp_max_failures.max(1));
+    if otp::failures(&ctx.db, app, user).await? >= max {
+        return Err(locked());
+    }
+    Ok(())
+}
+
+/// Counts a wrong passcode: `otp_invalid` with `message`, or `otp_locked` once the count
+/// reaches the limit.
+pub(crate) async fn refuse(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    message: &str,
+) -> DomainError {
+    let max = i64::from(ctx.config.otp_max_failures.max(1));
+    match otp::record_failure(&ctx.db, app, user).await {
+        Ok(failures) => {
+            tracing::info!(failures, "one-time passcode refused");
+            if failures >= max {
+                locked()
+            } else {
+                DomainError::new(ErrorCode::OtpInvalid, message)
+            }
+        }
+        Err(e) => e.into(),
+    }
+}
+
+/// What produced an accepted device passcode.
+pub(crate) enum DeviceSource {
+    /// An enrollment's provisioned seed.
+    Enrollment(EnrollmentId),
+    /// A registered OATH token.
+    Token {
+        /// Its id.
+        token_id: String,
+        /// Its kind.
+        kind: OtpTokenKind,
+    },
+}
+
+/// How checking a code against the user's devices went.
+pub(crate) enum DeviceMatch {
+    /// Accepted (and used up).
+    Accepted(DeviceSource),
+    /// It was right once, but is already used.
+    Replayed,
+    /// It matches nothing.
+    NoMatch,
+    /// The user has no device that makes passcodes.
+    NoSources,
+}
+
+/// The TOTP time steps (of `period` seconds) a code made at `now` may be from: `drift` steps
+/// either side (none before step 0).
+fn steps_around(now: i64, period: u32, drift: i64) -> impl Iterator<Item = (i64, u64)> {
+    let now_step = now.max(0) / i64::from(period.max(1));
+    ((now_step - drift)..=(now_step + drift))
+        .filter_map(|step| u64::try_from(step).ok().map(|u| (step, u)))
+}
+
+/// The time step of the enrollment seed `code` was made at, among the steps around `now`.
+fn seed_matches(
+    seed: &EnrollmentSeed,
+    code: &str,
+    now: i64,
+    drift: i64,
+) -> Result<Vec<i64>, DomainError> {
+    let mut found = Vec::new();
+    if !well_formed(code, DIGITS) {
+        return Ok(found);
+    }
+    for (step, step_u) in steps_around(now, PERIOD_SECONDS, drift) {
+        let expected = hotp(&seed.seed, OtpHash::Sha1, DIGITS, step_u).map_err(|_| internal())?;
+        if matches(&expected, code) {
+            found.push(step);
+        }
+    }
+    Ok(found)
+}
+
+/// The counter of an HOTP token `code` was made with, within `look_ahead` of its counter.
+fn hotp_match(
+    token: &OathToken,
+    counter: i64,
+    code: &str,
+    look_ahead: i64,
+) -> Result<Option<i64>, DomainError> {
+    for c in counter..=counter.saturating_add(look_ahead) {
+        let Ok(c_u) = u64::try_from(c) else {
+            continue;
+        };
+        let expected =
+            hotp(&token.seed, token.algorithm.hash(), token.digits, c_u).map_err(|_| internal())?;
+        if matches(&expected, code) {
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
+}
+
+/// The time steps of a TOTP token `code` was made at, among the steps around `now`.
+fn totp_token_matches(
+    token: &OathToken,
+    period: u32,
+    code: &str,
+    now: i64,
+    drift: i64,
+) -> Result<Vec<i64>, DomainError> {
+    let mut found = Vec::new();
+    for (step, step_u) in steps_around(now, period, drift) {
+        let expected = hotp(&token.seed, token.algorithm.hash(), token.digits, step_u)
+            .map_err(|_| internal())?;
+        if matches(&expected, code) {
+            found.push(step);
+        }
+    }
+    Ok(found)
+}
+
+/// Checks `code` against the user's enrollment seeds and OATH tokens; an accepted code's time
+/// step or counter is used up in the same step (one conditional update each).
+pub(crate) async fn match_device_code(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    code: &str,
+) -> Result<DeviceMatch, DomainError> {
+    let seeds = otp::seeds_for_user(&ctx.db, app, user).await?;
+    let tokens = otp::tokens_for_user(&ctx.db, app, user).await?;
+    if seeds.is_empty() && tokens.is_empty() {
+        return Ok(DeviceMatch::NoSources);
+    }
+    let now = ctx.now().max(0);
+    let drift = i64::from(ctx.config.otp_drift_steps);
+    let mut replayed = false;
+    for s in &seeds {
+        for step in seed_matches(s, code, now, drift)? {
+            if step > s.last_step && otp::accept_step(&ctx.db, &s.enrollment_id, step).await? {
+                return Ok(DeviceMatch::Accepted(DeviceSource::Enrollment(
+                    s.enrollment_id.clone(),
+                )));
+            }
+            replayed = true;
+        }
+    }
+    for t in &tokens {
+        if !well_formed(code, t.digits) {
+            continue;
+        }
+        match (t.counter, t.period) {
+            (Some(counter), _) => {
+                let look_ahead = i64::from(ctx.config.hotp_look_ahead);
+                if let Some(c) = hotp_match(t, counter, code, look_ahead)? {
+                    if otp::advance_counter(&ctx.db, &t.token_id, counter, c + 1).await? {
+                        return Ok(DeviceMatch::Accepted(token_source(t)));
+                    }
+                    replayed = true;
+                }
+            }
+            (None, Some(period)) => {
+                for step in totp_token_matches(t, period, code, now, drift)? {
+                    if step > t.last_step
+                        && otp::accept_token_step(&ctx.db, &t.token_id, step).await?
+                    {
+                        return Ok(DeviceMatch::Accepted(token_source(t)));
+                    }
+                    replayed = true;
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(if replayed {
+        DeviceMatch::Replayed
+    } else {
+        DeviceMatch::NoMatch
+    })
+}
+
+fn token_source(t: &OathToken) -> DeviceSource {
+    DeviceSource::Token {
+        token_id: t.token_id.clone(),
+        kind: t.kind,
+    }
+}
+
+/// The `pingid.authentication.*` attributes of a device passcode.
+pub(crate) async fn device_attributes(
+    ctx: &Ctx,
+    source: &DeviceSource,
+    accessing_ip: Option<&str>,
+) -> Result<BTreeMap<String, Value>, DomainError> {
+    let p = "pingid.authentication.";
+    let mut attributes = BTreeMap::new();
+    accessing_attributes(ctx, accessing_ip, &mut attributes);
+    match source {
+        DeviceSource::Enrollment(enrollment_id) => {
+            attributes.insert(format!("{p}type"), json!("MOBILE_APP_OTP"));
+            if let Some(device) = enrollments::by_id(&ctx.db, enrollment_id).await? {
+                let d = format!("{p}authenticating.device.");
+                attributes.insert(format!("{d}id"), json!(device.device_id));
+                attributes.insert(format!("{d}model"), json!(device.device_info.model));
+                attributes.insert(
+                    format!("{d}os.version"),
+                    json!(device.device_info.os_version),
+                );
+                attributes.insert(
+                    format!("{d}app.version"),
+                    json!(device.device_info.app_version),
+                );
+            }
+            attributes.insert(format!("{p}amr"), json!(["otp"]));
+        }
+        DeviceSource::Token { kind, .. } => {
+            attributes.insert(format!("{p}type"), json!(kind.authentication_type()));
+            attributes.insert(format!("{p}amr"), token_amr(*kind));
+        }
+    }
+    Ok(attributes)
+}
+
+/// The `amr` of a token's passcode: a YubiKey is also a hardware key.
+fn token_amr(kind: OtpTokenKind) -> Value {
+    if kind == OtpTokenKind::Yubikey {
+        json!(["hwk", "otp"])
+    } else {
+        json!(["otp"])
+    }
+}
+
+/// Checks a one-time passcode from one of the user's devices (the app, or a registered OATH
+/// token).
+pub(crate) async fn verify(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: UserId,
+    code: &str,
+) -> Result<OtpVerified, DomainError> {
+    require_user(ctx, app, &user_id).await?;
+    check_not_locked(ctx, app, &user_id).await?;
+    let code = normalize(code);
+    let source = match match_device_code(ctx, app, &user_id, &code).await? {
+        DeviceMatch::Accepted(source) => source,
+        DeviceMatch::NoSources => {
+            return Err(DomainError::new(
+                ErrorCode::NoDevice,
+                "the user has no device that makes passcodes",
+            ));
+        }
+        DeviceMatch::Replayed => {
+            return Err(refuse(
+                ctx,
+                app,
+                &user_id,
+                "this passcode was already used; wait for the next one",
+            )
+            .await);
+        }
+        DeviceMatch::NoMatch => {
+            return Err(refuse(ctx, app, &user_id, "the passcode is wrong or expired").await);
+        }
+    };
+    otp::reset_failures(&ctx.db, app, &user_id).await?;
+    let attributes = device_attributes(ctx, &source, None).await?;
+    let (enrollment_id, token_id) = match source {
+        DeviceSource::Enrollment(e) => (Some(e), None),
+        DeviceSource::Token { token_id, .. } => (None, Some(token_id)),
+    };
+    tracing::info!(
+        enrollment_id = ?enrollment_id,
+        token_id = ?token_id,
+        "one-time passcode accepted"
+    );
+    Ok(OtpVerified {
+        user_id,
+        enrollment_id,
+        token_id,
+        attributes,
+    })
+}
+
+/// Clears the user's count of wrong passcodes (unlocks passcode sign-in).
+pub(crate) async fn reset_failures(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<(), DomainError> {
+    require_user(ctx, app, user_id).await?;
+    otp::reset_failures(&ctx.db, app, user_id).await?;
+    Ok(())
+}
+
+/// Answers a push authentication with a one-time passcode: the app's (or a registered token's)
+/// when "use code" or OTP fallback is in force, or a backup code sent for it. An accepted code
+/// ends the authentication as approved with the passcode's attributes, through
+/// [`outcome::record`] (waiters wake, follow-ups run).
+pub(crate) async fn answer_authentication(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    id: &str,
+    code: &str,
+) -> Result<AuthenticationStatus, DomainError> {
+    let record = load_for(ctx, app, id).await?;
+    let now = ctx.now();
+    require_pending(&record)?;
+    let user = &record.user_id;
+    let app_code = record.otp_reason(now).is_some();
+    let max_attempts = i64::from(ctx.config.backup_code_attempts.max(1));
+    let challenges =
+        otp_challenges::open_for_authentication(&ctx.db, &record.id, now, max_attempts).await?;
+    if !app_code && challenges.is_empty() {
+        return Err(DomainError::new(
+            ErrorCode::OtpNotAllowed,
+            "this authentication does not accept a passcode (no use-code, no OTP fallback in force, no backup code sent)",
+        ));
+    }
+    check_not_locked(ctx, app, user).await?;
+    let code = normalize(code);
+    let mut attributes = None;
+    let mut replayed = false;
+    for c in &challenges {
+        if super::backup::code_matches(c, &code) {
+            if otp_challenges::mark_used(&ctx.db, &c.id, now, max_attempts).await? {
+                attributes = Some(super::backup::channel_attributes(
+                    ctx,
+                    c.channel,
+                    record.accessing_ip.as_deref(),
+                ));
+            } else {
+                replayed = true;
+            }
+            break;
+        }
+    }
+    if attributes.is_none() && app_code && !replayed {
+        match match_device_code(ctx, app, user, &code).await? {
+            DeviceMatch::Accepted(source) => {
+                attributes =
+                    Some(device_attributes(ctx, &source, record.accessing_ip.as_deref()).await?);
+            }
+            DeviceMatch::Replayed => replayed = true,
+            DeviceMatch::NoMatch | DeviceMatch::NoSources => {}
+        }
+    }
+    let Some(attributes) = attributes else {
+        for c in &challenges {
+            otp_challenges::record_attempt(&ctx.db, &c.id).await?;
+        }
+        let message = if replayed {
+            "this passcode was already used"
+        } else {
+            "the passcode is wrong or expired"
+        };
+        return Err(refuse(ctx, app, user, message).await);
+    };
+    otp::reset_failures(&ctx.db, app, user).await?;
+    let text = serde_json::to_string(&attributes).map_err(|_| internal())?;
+    let ending = Ending::Passcode { attributes: &text };
+    let current = match outcome::record(ctx, &record.id, ending).await? {
+        Some(recorded) => recorded,
+        None => {
+            // Answered or expired meanwhile: the passcode is spent, the outcome stands.
+            let current = load_for(ctx, app, id).await?;
+            require_pending(&current)?;
+            current
+        }
+    };
+    tracing::info!(authentication_id = %current.id, "authentication approved with a passcode");
+    Ok(current.status())
+}
+
+/// The seed of a registered token from its base32 text (spaces and dashes ignored).
+fn token_seed(secret: &str) -> Result<Zeroizing<Vec<u8>>, DomainError> {
+    let secret: Zeroizing<String> = Zeroizing::new(
+        secret
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect(),
+    );
+    let seed = decode_base32(&secret)
+        .ok_or_else(|| DomainError::invalid("the secret is not valid base32"))?;
+    if !(16..=64).contains(&seed.len()) {
+        return Err(DomainError::invalid(
+            "the secret must be 16 to 64 bytes (128 to 512 bits)",
+        ));
+    }
+    Ok(seed)
+}
+
+/// The digits, TOTP period and HOTP counter a registration asks for, checked.
+fn token_shape(body: &RegisterOtpToken) -> Result<(u32, Option<u32>, Option<i64>), DomainError> {
+    let invalid = DomainError::invalid;
+    let digits = body.digits.unwrap_or(6);
+    if !(6..=8).contains(&digits) {
+        return Err(invalid("digits must be 6, 7 or 8"));
+    }
+    let (period, counter) = match (body.period, body.counter) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "give a period (TOTP) or a counter (HOTP), not both",
+            ));
+        }
+        (None, Some(counter)) => (
+            None,
+            Some(i64::try_from(counter).map_err(|_| invalid("the counter is too large"))?),
+        ),
+        (period, None) => {
+            let period = period.unwrap_or(30);
+            if !(10..=300).contains(&period) {
+                return Err(invalid("the period must be 10 to 300 seconds"));
+            }
+            (Some(period), None)
+        }
+    };
+    Ok((digits, period, counter))
+}
+
+/// Registers an OATH token whose seed is known (desktop OTP, hardware token, YubiKey in OATH
+/// mode, authenticator app). The seed is never returned.
+pub(crate) async fn register_token(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+    body: RegisterOtpToken,
+) -> Result<OtpToken, DomainError> {
+    require_user(ctx, app, user_id).await?;
+    let seed = token_seed(&body.secret)?;
+    let (digits, period, counter) = token_shape(&body)?;
+    if otp::tokens_for_user(&ctx.db, app, user_id).await?.len() >= MAX_TOKENS_PER_USER {
+        return Err(DomainError::new(
+            ErrorCode::Conflict,
+            "the user has the most tokens allowed",
+        ));
+    }
+    let mut id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let token = OathToken {
+        token_id: format!("otk_{}", hex::encode(id)),
+        kind: body.kind,
+        seed,
+        algorithm: body.algorithm,
+        digits,
+        period,
+        counter,
+        last_step: 0,
+        created_at: ctx.now(),
+    };
+    otp::insert_token(&ctx.db, app, user_id, &token).await?;
+    tracing::info!(token_id = %token.token_id, kind = token.kind.as_str(), "OATH token registered");
+    Ok(token.record())
+}
+
+/// The user's OATH tokens (never their seeds).
+pub(crate) async fn list_tokens(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<OtpTokenList, DomainError> {
+    require_user(ctx, app, user_id).await?;
+    let tokens = otp::tokens_for_user(&ctx.db, app, user_id).await?;
+    Ok(OtpTokenList {
+        tokens: tokens.iter().map(OathToken::record).collect(),
+    })
+}
+
+/// Removes one of the user's OATH tokens.
+pub(crate) async fn remove_token(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+    token_id: &str,
+) -> Result<(), DomainError> {
+    require_user(ctx, app, user_id).await?;
+    if otp::delete_token(&ctx.db, app, user_id, token_id).await? {
+        Ok(())
+    } else {
+        Err(DomainError::new(
+            ErrorCode::OtpTokenNotFound,
+            "no such token for this user",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_normalized_and_checked_for_shape() {
+        assert_eq!(normalize(" 123 456\t"), "123456");
+        assert!(well_formed("123456", 6));
+        assert!(!well_formed("12345", 6));
+        assert!(!well_formed("12345a", 6));
+        assert!(well_formed("12345678", 8));
+        assert!(matches("123456", "123456"));
+        assert!(!matches("123456", "123457"));
+        assert!(!matches("123456", "1234567"));
+    }
+
+    #[test]
+    fn steps_cover_the_drift_window_and_never_go_negative() {
+        let steps: Vec<i64> = steps_around(90, 30, 1).map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![2, 3, 4]);
+        let steps: Vec<i64> = steps_around(10, 30, 1).map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![0, 1]);
+        let steps: Vec<i64> = steps_around(-5, 30, 0).map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![0]);
+    }
+
+    #[test]
+    fn an_enrollment_code_matches_its_time_step() {
+        let seed = EnrollmentSeed {
+            enrollment_id: EnrollmentId::generate(),
+            seed: Zeroizing::new(b"12345678901234567890".to_vec()),
+            last_step: 0,
+        };
+        // RFC 6238: at T = 59 s the SHA-1 TOTP is 94287082 (8 digits); its last 6 are 287082.
+        assert_eq!(seed_matches(&seed, "287082", 59, 0).unwrap(), vec![1]);
+        assert_eq!(seed_matches(&seed, "287082", 59 + 30, 1).unwrap(), vec![1]);
+        assert!(
+            seed_matches(&seed, "287082", 59 + 90, 1)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(seed_matches(&seed, "28708", 59, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn token_registrations_are_checked() {
+        let body = |digits, period, counter| RegisterOtpToken {
+            kind: OtpTokenKind::OathToken,
+            secret: String::new(),
+            algorithm: Default::default(),
+            digits,
+            period,
+            counter,
+        };
+        assert_eq!(
+            token_shape(&body(None, None, None)).unwrap(),
+            (6, Some(30), None)
+        );
+        assert_eq!(
+            token_shape(&body(Some(8), None, Some(5))).unwrap(),
+            (8, None, Some(5))
+        );
+        assert!(token_shape(&body(Some(9), None, None)).is_err());
+        assert!(token_shape(&body(None, Some(30), Some(1))).is_err());
+        assert!(token_shape(&body(None, Some(5), None)).is_err());
+        assert!(token_seed("GEZD GMZU-GY3T OOJQ GEZD GMZU GY3T OOJQ").is_ok());
+        assert!(token_seed("GEZDGMZU").is_err(), "too short");
+        assert!(token_seed("not base32!").is_err());
+        assert_eq!(token_amr(OtpTokenKind::Yubikey), json!(["hwk", "otp"]));
+    }
+}

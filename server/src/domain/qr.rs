@@ -1,0 +1,864 @@
+//! QR login: the customer creates a session, a web page shows its code (renewed every minute
+//! while nobody has scanned it), one trusted device claims it and one of that device's users
+//! answers with a signed response bound to the session, its nonce and the context shown.
+//! By application policy an approval is completed by a follow-up: a silent verification of the
+//! device, or a push approval to the user; when the follow-up ends, [`follow_up`] completes the
+//! session.
+//!
+//! Three kinds of caller: the customer (API key) creates sessions and reads results; the device
+//! (its enrollment keys) claims and answers; the browser (the session's browser token) reads
+//! progress and renews the code, nothing else.
+//!
+//! Every change of a session (scanned, answered, follow-up settled, code renewed) is announced
+//! on [`Topic::QrSession`] once stored; long-polls wait for those announcements and read the
+//! database only when woken (and once at their deadline). A follow-up that expires writes
+//! nothing when it expires, so reading a session settles a follow-up that ended meanwhile, and
+//! a wait on a session never outlasts the next change time alone makes (its expiry, or its
+//! follow-up's).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use tessera_protocol::PROTOCOL_VERSION;
+use tessera_protocol::api::{
+    ClaimQrSession, CreateQrSession, EnrollmentState, QrAnswerRecorded, QrBrowserStatus,
+    QrSessionClaimed, QrSessionCreated, QrSessionStatus,
+};
+use tessera_protocol::authentication::{
+    AccessContext, AuthenticationKind, AuthenticationState, Decision, DisplayField,
+    DynamicParameters,
+};
+use tessera_protocol::canonical::Sha256Digest;
+use tessera_protocol::envelope::{self, MessageType};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::ApplicationId;
+use tessera_protocol::pairing::{ApplicationInfo, DeviceRegistration};
+use tessera_protocol::qr::{
+    QrCandidate, QrResponse, QrSessionContext, QrSessionId, QrSessionState, QrToken, QrUri,
+};
+use zeroize::Zeroizing;
+
+use super::authentication::{
+    AnswerFacts, Question, USER_VERIFICATION_AMR, attributes_for, check_answer, check_text,
+    invalid, mismatch, new_authentication, verify_answer,
+};
+use super::events::{Topic, wait_for};
+use super::outcome::{self, DomainEvent, FollowUpFuture};
+use super::{Ctx, DomainError};
+use crate::store::applications::{self, Application, QrPolicy};
+use crate::store::authentications::{self, Authentication};
+use crate::store::enrollments::{self, Enrollment};
+use crate::store::qr_sessions::{self, NewQrSession, QrAnswer, QrSession};
+use crate::store::users;
+
+const DEFAULT_SESSION_SECONDS: u32 = 300;
+/// Most users a claim may list (a device with more enrollments on one server is unusual).
+const MAX_CLAIMED_ENROLLMENTS: usize = 32;
+/// Pixels of the rendered code (at least).
+const QR_PIXELS: u32 = 320;
+/// Characters of a browser token (32 random bytes, base64url without padding).
+const BROWSER_TOKEN_LENGTH: usize = 43;
+
+fn not_found() -> DomainError {
+    DomainError::new(ErrorCode::QrSessionNotFound, "no such QR session")
+}
+
+fn expired() -> DomainError {
+    DomainError::new(ErrorCode::QrSessionExpired, "the QR session has expired")
+}
+
+fn already_scanned() -> DomainError {
+    DomainError::new(
+        ErrorCode::QrAlreadyScanned,
+        "this QR code was already scanned by another device",
+    )
+}
+
+fn already_answered() -> DomainError {
+    DomainError::new(
+        ErrorCode::AlreadyAnswered,
+        "the QR session was already answered",
+    )
+}
+
+fn internal() -> DomainError {
+    DomainError::new(ErrorCode::InternalError, "internal error")
+}
+
+fn parse_id(raw: &str) -> Result<QrSessionId, DomainError> {
+    raw.parse().map_err(|_| not_found())
+}
+
+fn new_browser_token() -> Zeroizing<String> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+    Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_ref()))
+}
+
+fn qr_uri(ctx: &Ctx, token: &str) -> Result<Zeroizing<String>, DomainError> {
+    let token = QrToken::parse(token).map_err(|_| DomainError::Internal("stored QR token"))?;
+    Ok(QrUri {
+        server: ctx.public_url.clone(),
+        token,
+    }
+    .to_uri_string())
+}
+
+/// Tells waiters (here and in other instances) that the session changed.
+async fn announce(ctx: &Ctx, id: &QrSessionId) {
+    ctx.events
+        .announce(&ctx.db, &[Topic::QrSession(id.to_string())])
+        .await;
+}
+
+/// Checks a session request: its lifetime, its texts and its redirect URL.
+fn check_create(body: &CreateQrSession) -> Result<u32, DomainError> {
+    let expires_in = body.expires_in.unwrap_or(DEFAULT_SESSION_SECONDS);
+    if !(30..=900).contains(&expires_in) {
+        return Err(invalid("expires_in must be between 30 and 900 seconds"));
+    }
+    for (text, what) in [
+        (&body.accessing_ip, "accessing_ip"),
+        (&body.accessing_location, "accessing_location"),
+        (&body.application_icon_url, "application_icon_url"),
+    ] {
+        if let Some(t) = text {
+            check_text(t, 256, what)?;
+        }
+    }
+    if let Some(url) = &body.redirect_url {
+        check_text(url, 2048, "redirect_url")?;
+        let parsed = url::Url::parse(url).map_err(|_| invalid("redirect_url is not a URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.fragment().is_some() {
+            return Err(invalid(
+                "redirect_url must be an http(s) URL without a fragment",
+            ));
+        }
+    }
+    Ok(expires_in)
+}
+
+/// Creates a QR login session for `app`.
+pub(crate) async fn create_session(
+    ctx: &Ctx,
+    app: &Application,
+    body: CreateQrSession,
+) -> Result<QrSessionCreated, DomainError> {
+    let expires_in = check_create(&body)?;
+    if let Some(user) = &body.user_id {
+        super::users::require_user(ctx, &app.id, user).await?;
+    }
+    let now = ctx.now();
+    let id = QrSessionId::generate();
+    let token = QrToken::generate();
+    let browser_token = new_browser_token();
+    let context = AccessContext {
+        application_name: app.name.clone(),
+        application_icon_url: body.application_icon_url,
+        ip: body.accessing_ip,
+        location: body.accessing_location,
+    };
+    let expires_at = now + i64::from(expires_in);
+    qr_sessions::insert(
+        &ctx.db,
+        &NewQrSession {
+            id: &id,
+            application_id: &app.id,
+            restricted_user_id: body.user_id.as_ref(),
+            token: token.expose(),
+            token_digest: &token.digest().to_string(),
+            code_expires_at: (now + i64::from(ctx.config.qr_code_ttl)).min(expires_at),
+            browser_token_digest: &Sha256Digest::of_bytes(browser_token.as_bytes()).to_string(),
+            context: &context,
+            redirect_url: body.redirect_url.as_deref(),
+            created_at: now,
+            expires_at,
+        },
+    )
+    .await?;
+    tracing::info!(qr_session_id = %id, "QR session created");
+    let uri = QrUri {
+        server: ctx.public_url.clone(),
+        token,
+    };
+    Ok(QrSessionCreated {
+        session_id: id,
+        qr_uri: uri.to_uri_string().to_string(),
+        login_page_url: format!(
+            "{}#{}",
+            ctx.public_url.endpoint("/qr-login"),
+            browser_token.as_str()
+        ),
+        browser_token: browser_token.to_string(),
+        expires_at,
+    })
+}
+
+/// A session, with a pending follow-up settled if it has ended meanwhile.
+async fn load(ctx: &Ctx, id: &QrSessionId) -> Result<Option<QrSession>, DomainError> {
+    match qr_sessions::get(&ctx.db, id, ctx.now()).await? {
+        Some(session) => Ok(Some(settled(ctx, session).await?)),
+        None => Ok(None),
+    }
+}
+
+/// A session that must exist.
+async fn load_existing(ctx: &Ctx, id: &QrSessionId) -> Result<QrSession, DomainError> {
+    load(ctx, id).await?.ok_or_else(not_found)
+}
+
+/// The application's session `raw` (another application's reads as not found).
+async fn load_for(ctx: &Ctx, app: &ApplicationId, raw: &str) -> Result<QrSession, DomainError> {
+    let session = load_existing(ctx, &parse_id(raw)?).await?;
+    if &session.application_id != app {
+        return Err(not_found());
+    }
+    Ok(session)
+}
+
+/// The session as it stands once a follow-up answered (or expired) meanwhile is applied.
+async fn settled(ctx: &Ctx, session: QrSession) -> Result<QrSession, DomainError> {
+    if session.state == QrSessionState::Verifying
+        && let Some(follow_up) = &session.follow_up_id
+        && let Some(a) = authentications::get(&ctx.db, follow_up, ctx.now()).await?
+        && a.state != AuthenticationState::Pending
+    {
+        settle_follow_up(ctx, &a).await?;
+        return qr_sessions::get(&ctx.db, &session.id, ctx.now())
+            .await?
+            .ok_or_else(not_found);
+    }
+    Ok(session)
+}
+
+/// When the session next changes by time alone: it expires, or its pending follow-up does.
+async fn next_timed_change(ctx: &Ctx, session: &QrSession) -> Result<i64, DomainError> {
+    let mut at = session.expires_at;
+    if session.state == QrSessionState::Verifying
+        && let Some(follow_up) = &session.follow_up_id
+        && let Some(a) = authentications::get(&ctx.db, follow_up, ctx.now()).await?
+    {
+        at = at.min(a.expires_at);
+    }
+    Ok(at)
+}
+
+/// How long until `at` (seconds since the epoch) by the server's clock, plus a moment so the
+/// final read sees it passed.
+fn until(ctx: &Ctx, at: i64) -> Duration {
+    let ms = at.saturating_mul(1000).saturating_sub(ctx.now_ms()).max(0) + 50;
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// Whether a long-poll started at `start` (version and state) may answer with `session`.
+fn moved_on(start: (i64, QrSessionState), version: i64, state: QrSessionState) -> bool {
+    (version, state) != start || state.is_final()
+}
+
+/// Waits (up to `wait`) until the session differs from `first` (or, given `seen`, from that
+/// version), reading it again only when it is announced as changed, when time alone changes
+/// it, and at the deadline.
+async fn wait_for_change(
+    ctx: &Ctx,
+    first: QrSession,
+    wait: Duration,
+    seen: Option<i64>,
+) -> Result<QrSession, DomainError> {
+    let start = (seen.unwrap_or(first.version), first.state);
+    if wait.is_zero() || moved_on(start, first.version, first.state) {
+        return Ok(first);
+    }
+    let wait = wait.min(until(ctx, next_timed_change(ctx, &first).await?));
+    let id = first.id;
+    wait_for(
+        &ctx.events,
+        Topic::QrSession(id.to_string()),
+        wait,
+        || load_existing(ctx, &id),
+        |s| moved_on(start, s.version, s.state),
+    )
+    .await
+}
+
+/// A session's state and, once approved, the user, the attributes and the signed answer; with
+/// `wait`, answers once the state changes (or `wait` has passed).
+pub(crate) async fn status(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    id: &str,
+    wait: Duration,
+) -> Result<QrSessionStatus, DomainError> {
+    let session = load_for(ctx, app, id).await?;
+    let session = wait_for_change(ctx, session, wait, None).await?;
+    Ok(session.status())
+}
+
+/// How a code is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CodeImage {
+    /// A PNG image.
+    Png,
+    /// An SVG image.
+    Svg,
+}
+
+/// The session's current code as an image, while it can be scanned.
+pub(crate) async fn code_image(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    id: &str,
+    format: CodeImage,
+) -> Result<Vec<u8>, DomainError> {
+    let session = load_for(ctx, app, id).await?;
+    let uri = match (&session.token, session.scannable(ctx.now())) {
+        (Some(token), true) => qr_uri(ctx, token)?,
+        _ if session.state == QrSessionState::Expired => return Err(expired()),
+        _ => {
+            return Err(DomainError::new(
+                ErrorCode::Conflict,
+                "the code can no longer be scanned (scanned, answered or due for renewal)",
+            ));
+        }
+    };
+    let image = match format {
+        CodeImage::Png => crate::qr_render::png(&uri, QR_PIXELS),
+        CodeImage::Svg => crate::qr_render::svg(&uri, QR_PIXELS).map(String::into_bytes),
+    };
+    image.map_err(|_| DomainError::Internal("QR code rendering"))
+}
+
+/// The caller's users for `session`: active enrollments of the session's application on the
+/// caller's device (and of the session's user, if it names one), each once.
+async fn candidates(
+    ctx: &Ctx,
+    session: &QrSession,
+    caller: &Enrollment,
+    listed: &[tessera_protocol::ids::EnrollmentId],
+) -> Result<Vec<Enrollment>, DomainError> {
+    let mut candidates: Vec<Enrollment> = Vec::new();
+    for id in listed {
+        let Some(e) = enrollments::by_id(&ctx.db, id).await? else {
+            continue;
+        };
+        let eligible = e.status == EnrollmentState::Active
+            && e.device_id == caller.device_id
+            && e.application_id == session.application_id
+            && session
+                .restricted_user_id
+                .as_ref()
+                .is_none_or(|u| u == &e.user_id);
+        if eligible
+            && !candidates
+                .iter()
+                .any(|c| c.enrollment_id == e.enrollment_id)
+        {
+            candidates.push(e);
+        }
+    }
+    Ok(candidates)
+}
+
+/// The device `caller` claims the session its scanned code names, listing its enrollments; it
+/// gets the signed context to show. Of racing devices one wins; the same device scanning again
+/// gets the same context.
+pub(crate) async fn claim(
+    ctx: &Ctx,
+    caller: &Enrollment,
+    request: ClaimQrSession,
+) -> Result<QrSessionClaimed, DomainError> {
+    if request.enrollment_ids.is_empty() || request.enrollment_ids.len() > MAX_CLAIMED_ENROLLMENTS {
+        return Err(invalid("list between 1 and 32 enrollments"));
+    }
+    let token = QrToken::parse(&request.token).map_err(|_| not_found())?;
+    let digest = token.digest().to_string();
+    let now = ctx.now();
+    let session = qr_sessions::by_token_digest(&ctx.db, &digest, now)
+        .await?
+        .ok_or_else(not_found)?;
+    // The same device scanning again (a retry after a lost answer) gets the same context.
+    if session.state == QrSessionState::Scanned
+        && session.device_id.as_ref() == Some(&caller.device_id)
+        && let Some(context) = session.signed_context
+    {
+        return Ok(QrSessionClaimed { context });
+    }
+    match session.state {
+        QrSessionState::Created if now < session.code_expires_at => {}
+        QrSessionState::Created | QrSessionState::Expired => return Err(expired()),
+        _ => return Err(already_scanned()),
+    }
+    let candidates = candidates(ctx, &session, caller, &request.enrollment_ids).await?;
+    if candidates.is_empty() {
+        return Err(DomainError::new(
+            ErrorCode::NoEligibleUser,
+            "none of this device's users may answer this QR code",
+        ));
+    }
+    let app = applications::get(&ctx.db, &session.application_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let mut listed = Vec::with_capacity(candidates.len());
+    for e in &candidates {
+        let display_name = users::get(&ctx.db, &session.application_id, &e.user_id)
+            .await?
+            .and_then(|u| u.display_name);
+        listed.push(QrCandidate {
+            user_id: e.user_id.clone(),
+            enrollment_id: e.enrollment_id.clone(),
+            display_name,
+        });
+    }
+    let context = QrSessionContext {
+        v: PROTOCOL_VERSION,
+        session_id: session.id.clone(),
+        issuer: ctx.public_url.clone(),
+        application: ApplicationInfo {
+            id: app.id.clone(),
+            name: app.name.clone(),
+        },
+        context: session.context.clone(),
+        device_id: caller.device_id.clone(),
+        candidates: listed,
+        nonce: DeviceRegistration::new_nonce(),
+        issued_at: now,
+        expires_at: session.expires_at,
+    };
+    let signed = ctx
+        .keys
+        .sign(MessageType::QrSessionContext, &context)
+        .map_err(|_| internal())?;
+    let ids: Vec<_> = candidates.iter().map(|c| c.enrollment_id.clone()).collect();
+    if !qr_sessions::claim(
+        &ctx.db,
+        &session.id,
+        &digest,
+        &caller.device_id,
+        &ids,
+        &context.nonce,
+        &signed,
+        now,
+    )
+    .await?
+    {
+        // Another device won the race (or the code was renewed or expired meanwhile).
+        return Err(already_scanned());
+    }
+    tracing::info!(qr_session_id = %session.id, candidates = ids.len(), "QR session scanned");
+    announce(ctx, &session.id).await;
+    Ok(QrSessionClaimed { context: signed })
+}
+
+/// What an answer that was not recorded (the session had moved on) gets: the same answer again
+/// is idempotent, anything else is refused.
+fn not_recorded(
+    session: &QrSession,
+    response: &QrResponse,
+) -> Result<QrAnswerRecorded, DomainError> {
+    match session.state {
+        QrSessionState::Expired => Err(expired()),
+        QrSessionState::Created => Err(mismatch("the session was not scanned")),
+        _ if session.decision == Some(response.decision)
+            && session.enrollment_id.as_ref() == Some(&response.enrollment_id) =>
+        {
+            Ok(QrAnswerRecorded {
+                session_id: session.id.clone(),
+                state: session.state,
+                follow_up: session.follow_up_id.clone(),
+            })
+        }
+        _ => Err(already_answered()),
+    }
+}
+
+/// The device answers a session with a response signed by the chosen user's enrollment
+/// (`client`: the device's address, reported in the attributes). An approval may start the
+/// follow-up the application's QR policy asks for, pushed to the same device.
+pub(crate) async fn answer(
+    ctx: &Ctx,
+    id: &str,
+    signed_response: &str,
+    client: &str,
+) -> Result<QrAnswerRecorded, DomainError> {
+    let id = parse_id(id)?;
+    let session = load_existing(ctx, &id).await?;
+    let claimed: QrResponse = envelope::unverified_payload(signed_response).map_err(|_| {
+        DomainError::new(
+            ErrorCode::InvalidSignature,
+            "the response is not a valid signed message",
+        )
+    })?;
+    if !session.candidates.contains(&claimed.enrollment_id) {
+        return Err(DomainError::new(
+            ErrorCode::InvalidSignature,
+            "the response is not signed by a user of the device that scanned",
+        ));
+    }
+    let device = enrollments::by_id(&ctx.db, &claimed.enrollment_id)
+        .await?
+        .filter(|d| d.status == EnrollmentState::Active)
+        .ok_or_else(|| {
+            DomainError::new(ErrorCode::Unauthorized, "the device is no longer paired")
+        })?;
+    let (response, with_uv) = verify_answer::<QrResponse>(
+        signed_response,
+        MessageType::QrResponse,
+        &device,
+        "the response is not signed by the chosen user's device keys",
+    )?;
+    let context_digest = Sha256Digest::of_canonical(&session.context).map_err(|_| internal())?;
+    if response.v != PROTOCOL_VERSION
+        || response.session_id != session.id
+        || session.nonce.as_deref() != Some(response.session_nonce.as_str())
+    {
+        return Err(mismatch("the response answers another session"));
+    }
+    if response.context_digest != context_digest {
+        return Err(mismatch(
+            "the response approves another context than the one sent",
+        ));
+    }
+    let now = ctx.now();
+    check_answer(response.issued_at, &response.amr, response.location, now)?;
+    if with_uv
+        && response.decision == Decision::Approve
+        && !response
+            .amr
+            .iter()
+            .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str()))
+    {
+        return Err(mismatch(
+            "a user-verification signature needs a user-verification amr",
+        ));
+    }
+    // Already answered, or expired: the same answer again is idempotent.
+    if session.state != QrSessionState::Scanned {
+        return not_recorded(&session, &response);
+    }
+    let attrs = attributes_for(
+        ctx,
+        AuthenticationKind::Approval,
+        session.context.ip.as_deref(),
+        &device,
+        &AnswerFacts {
+            amr: &response.amr,
+            signals: response.signals,
+            location: response.location,
+        },
+        with_uv,
+        client,
+    );
+    let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
+    let policy = applications::qr_policy(&ctx.db, &session.application_id).await?;
+    let follow_up = if response.decision == Decision::Approve {
+        follow_up_request(ctx, &session, &device, policy, now)?
+    } else {
+        None
+    };
+    let next_state = match (response.decision, &follow_up) {
+        (Decision::Approve, Some(_)) => QrSessionState::Verifying,
+        (Decision::Approve, None) => QrSessionState::Approved,
+        (Decision::Deny | Decision::ReportFraud, _) => QrSessionState::Denied,
+    };
+    let mut tx = ctx.db.begin_write().await?;
+    let recorded = qr_sessions::record_answer(
+        &mut *tx,
+        &session.id,
+        &QrAnswer {
+            enrollment_id: &device.enrollment_id,
+            user_id: &device.user_id,
+            decision: response.decision,
+            signed_response,
+            attributes: &attrs_json,
+            state: next_state,
+            follow_up_id: follow_up.as_ref().map(|f| &f.id),
+        },
+        now,
+    )
+    .await?;
+    if !recorded {
+        drop(tx);
+        let current = load_existing(ctx, &id).await?;
+        return if current.state == QrSessionState::Expired {
+            Err(expired())
+        } else if current.decision == Some(response.decision)
+            && current.enrollment_id.as_ref() == Some(&response.enrollment_id)
+        {
+            Ok(QrAnswerRecorded {
+                session_id: current.id.clone(),
+                state: current.state,
+                follow_up: current.follow_up_id.clone(),
+            })
+        } else {
+            Err(already_answered())
+        };
+    }
+    if let Some(f) = &follow_up {
+        authentications::insert(&mut *tx, f).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(qr_session_id = %session.id, state = next_state.as_str(), "QR session answered");
+    announce(ctx, &session.id).await;
+    if let Some(f) = &follow_up {
+        outcome::request_created(ctx, f).await;
+        // Push is a hint, delivered in the background; the request is stored for pulling. It
+        // goes to the device that answered, with no fallback to others.
+        tokio::spawn(super::fallback::deliver(
+            ctx.clone(),
+            f.clone(),
+            device.clone(),
+            false,
+        ));
+    }
+    Ok(QrAnswerRecorded {
+        session_id: session.id.clone(),
+        state: next_state,
+        follow_up: follow_up.map(|f| f.id),
+    })
+}
+
+/// The follow-up the application's QR policy asks for after an approval.
+fn follow_up_request(
+    ctx: &Ctx,
+    session: &QrSession,
+    device: &Enrollment,
+    policy: QrPolicy,
+    now: i64,
+) -> Result<Option<Authentication>, DomainError> {
+    let left = u32::try_from((session.expires_at - now).clamp(10, 900)).unwrap_or(120);
+    let question = match policy {
+        QrPolicy::None => return Ok(None),
+        QrPolicy::ExtraVerification => Question {
+            kind: AuthenticationKind::Silent,
+            parameters: DynamicParameters::default(),
+            context: session.context.clone(),
+            number_matching: false,
+            require_user_verification: false,
+            ciba: None,
+            expires_in: left.min(120),
+        },
+        QrPolicy::UserApproval => Question {
+            kind: AuthenticationKind::Approval,
+            parameters: DynamicParameters {
+                message: format!(
+                    "Sign in to {} in your browser?",
+                    session.context.application_name
+                ),
+                fields: Vec::new(),
+                hidden_fields: vec![DisplayField {
+                    label: "qr_session".into(),
+                    value: session.id.to_string(),
+                }],
+            },
+            context: session.context.clone(),
+            number_matching: false,
+            require_user_verification: false,
+            ciba: None,
+            expires_in: left.min(300),
+        },
+    };
+    new_authentication(
+        ctx,
+        &session.application_id,
+        &device.user_id,
+        device,
+        question,
+    )
+    .map(Some)
+}
+
+/// The session state an ended follow-up leads to (`None` while it is pending).
+fn after_follow_up(state: AuthenticationState) -> Option<QrSessionState> {
+    match state {
+        AuthenticationState::Pending => None,
+        AuthenticationState::Approved => Some(QrSessionState::Approved),
+        AuthenticationState::Denied => Some(QrSessionState::Denied),
+        AuthenticationState::Expired | AuthenticationState::Failed => Some(QrSessionState::Expired),
+    }
+}
+
+/// Completes the QR session waiting for this follow-up, if any, and announces it.
+pub(crate) async fn settle_follow_up(
+    ctx: &Ctx,
+    authentication: &Authentication,
+) -> Result<(), DomainError> {
+    let Some(next) = after_follow_up(authentication.state) else {
+        return Ok(());
+    };
+    let Some(session) = qr_sessions::by_follow_up(&ctx.db, &authentication.id, ctx.now()).await?
+    else {
+        return Ok(());
+    };
+    if qr_sessions::settle_follow_up(&ctx.db, &authentication.id, next).await? {
+        tracing::info!(authentication_id = %authentication.id, state = next.as_str(), "QR follow-up settled");
+        announce(ctx, &session.id).await;
+    }
+    Ok(())
+}
+
+/// Follow-up: an ended follow-up request completes the QR session waiting for it.
+pub(crate) fn follow_up<'a>(ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFuture<'a> {
+    Box::pin(async move {
+        let DomainEvent::AuthenticationEnded(record) = event;
+        settle_follow_up(ctx, record).await
+    })
+}
+
+/// The browser's session, from its browser token.
+async fn browser_session(ctx: &Ctx, token: Option<&str>) -> Result<QrSession, DomainError> {
+    let unauthorized =
+        || DomainError::new(ErrorCode::Unauthorized, "this sign-in link is not valid");
+    let token = token
+        .filter(|t| t.len() == BROWSER_TOKEN_LENGTH)
+        .ok_or_else(unauthorized)?;
+    let digest = Sha256Digest::of_bytes(token.as_bytes()).to_string();
+    qr_sessions::by_browser_digest(&ctx.db, &digest, ctx.now())
+        .await?
+        .ok_or_else(unauthorized)
+}
+
+/// Where the login page goes once approved: the customer's URL naming the session.
+fn redirect_to(url: &str, session: &QrSessionId) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}qr_session={session}")
+}
+
+fn browser_view(ctx: &Ctx, session: &QrSession) -> Result<QrBrowserStatus, DomainError> {
+    let (qr_uri, qr_svg) = match &session.token {
+        Some(token) if session.scannable(ctx.now()) => {
+            let uri = qr_uri(ctx, token)?;
+            let svg = crate::qr_render::svg(&uri, QR_PIXELS)
+                .map_err(|_| DomainError::Internal("QR code rendering"))?;
+            (Some(uri.to_string()), Some(svg))
+        }
+        _ => (None, None),
+    };
+    Ok(QrBrowserStatus {
+        state: session.state,
+        version: session.version,
+        code_expires_at: qr_uri.as_ref().map(|_| session.code_expires_at),
+        qr_uri,
+        qr_svg,
+        expires_at: session.expires_at,
+        application_name: session.context.application_name.clone(),
+        redirect_url: session
+            .redirect_url
+            .as_deref()
+            .map(|u| redirect_to(u, &session.id)),
+    })
+}
+
+/// The login page's view of its session (by its browser token); with `wait`, answers once the
+/// version differs from `seen` (or the state changes), or `wait` has passed.
+pub(crate) async fn browser_status(
+    ctx: &Ctx,
+    token: Option<&str>,
+    wait: Duration,
+    seen: Option<i64>,
+) -> Result<QrBrowserStatus, DomainError> {
+    let session = settled(ctx, browser_session(ctx, token).await?).await?;
+    let session = wait_for_change(ctx, session, wait, seen).await?;
+    browser_view(ctx, &session)
+}
+
+/// The login page renews its code before it expires (only while nobody has scanned it); the
+/// old code stops working.
+pub(crate) async fn browser_renew(
+    ctx: &Ctx,
+    token: Option<&str>,
+) -> Result<QrBrowserStatus, DomainError> {
+    let session = browser_session(ctx, token).await?;
+    let now = ctx.now();
+    let token = QrToken::generate();
+    let renewed = session.state == QrSessionState::Created
+        && qr_sessions::renew_code(
+            &ctx.db,
+            &session.id,
+            token.expose(),
+            &token.digest().to_string(),
+            (now + i64::from(ctx.config.qr_code_ttl)).min(session.expires_at),
+            now,
+        )
+        .await?;
+    if renewed {
+        announce(ctx, &session.id).await;
+    }
+    let current = load_existing(ctx, &session.id).await?;
+    if !renewed {
+        return Err(DomainError::new(
+            ErrorCode::Conflict,
+            format!(
+                "the code cannot be renewed: the session is {}",
+                current.state
+            ),
+        ));
+    }
+    browser_view(ctx, &current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(expires_in: Option<u32>, redirect_url: Option<&str>) -> CreateQrSession {
+        CreateQrSession {
+            expires_in,
+            redirect_url: redirect_url.map(str::to_string),
+            ..CreateQrSession::default()
+        }
+    }
+
+    #[test]
+    fn session_requests_are_checked() {
+        assert_eq!(check_create(&create(None, None)).unwrap(), 300);
+        assert_eq!(check_create(&create(Some(30), None)).unwrap(), 30);
+        assert!(check_create(&create(Some(29), None)).is_err());
+        assert!(check_create(&create(Some(901), None)).is_err());
+        assert!(check_create(&create(None, Some("https://bank.example/done?x=1"))).is_ok());
+        assert!(check_create(&create(None, Some("javascript:alert(1)"))).is_err());
+        assert!(check_create(&create(None, Some("https://bank.example/#frag"))).is_err());
+        assert!(check_create(&create(None, Some("not a url"))).is_err());
+    }
+
+    #[test]
+    fn a_follow_up_settles_the_session_by_its_outcome() {
+        assert_eq!(after_follow_up(AuthenticationState::Pending), None);
+        assert_eq!(
+            after_follow_up(AuthenticationState::Approved),
+            Some(QrSessionState::Approved)
+        );
+        assert_eq!(
+            after_follow_up(AuthenticationState::Denied),
+            Some(QrSessionState::Denied)
+        );
+        assert_eq!(
+            after_follow_up(AuthenticationState::Failed),
+            Some(QrSessionState::Expired)
+        );
+    }
+
+    #[test]
+    fn the_redirect_names_the_session_and_browser_tokens_have_their_length() {
+        let id = QrSessionId::generate();
+        assert_eq!(
+            redirect_to("https://bank.example/done", &id),
+            format!("https://bank.example/done?qr_session={id}")
+        );
+        assert_eq!(
+            redirect_to("https://bank.example/done?a=1", &id),
+            format!("https://bank.example/done?a=1&qr_session={id}")
+        );
+        assert_eq!(new_browser_token().len(), BROWSER_TOKEN_LENGTH);
+    }
+
+    #[test]
+    fn a_waiter_answers_on_a_new_version_a_new_state_or_a_final_state() {
+        let start = (3, QrSessionState::Created);
+        let moved = |version, state| moved_on(start, version, state);
+        assert!(!moved(3, QrSessionState::Created));
+        assert!(moved(4, QrSessionState::Created));
+        assert!(moved(3, QrSessionState::Scanned));
+        assert!(moved(3, QrSessionState::Expired));
+    }
+}
