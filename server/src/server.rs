@@ -64,6 +64,12 @@ impl Server {
             .as_ref()
             .and_then(crate::delivery::messages::SmtpNotifier::new)
             .map(|n| Arc::new(n) as Arc<dyn crate::domain::ports::Notifier>);
+        let ciba_sender = Arc::new(crate::delivery::ciba::HttpsNotificationSender::new(
+            crate::domain::ssrf::TargetPolicy {
+                allow_loopback: config.ciba_allow_loopback_notifications,
+                allow_private: config.ciba_allow_private_notifications,
+            },
+        ));
         let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let state = Ctx {
@@ -77,9 +83,10 @@ impl Server {
             public_url: public_url.clone(),
             metrics: Arc::new(Metrics::new()),
             push: Arc::new(crate::delivery::push::PushClients::new()),
-            ciba_notifier: crate::oidc::notify::NotifierHandle::default(),
+            ciba_notifier: crate::domain::ciba::NotifierHandle::default(),
+            ciba_sender,
         };
-        let notifier = tokio::spawn(crate::oidc::notify::run(state.clone()));
+        let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

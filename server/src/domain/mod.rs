@@ -7,6 +7,7 @@
 //! `delivery` implements `domain::ports`; `store` imports neither.
 
 pub(crate) mod authentication;
+pub(crate) mod ciba;
 pub(crate) mod device_auth;
 pub(crate) mod device_verification;
 pub mod error;
@@ -51,7 +52,9 @@ pub(crate) struct Ctx {
     /// Push delivery.
     pub push: Arc<crate::delivery::push::PushClients>,
     /// Wakes the CIBA notifier.
-    pub ciba_notifier: crate::oidc::notify::NotifierHandle,
+    pub ciba_notifier: ciba::NotifierHandle,
+    /// Posts CIBA ping and push notifications.
+    pub ciba_sender: Arc<dyn ports::CibaNotificationSender>,
     /// The email notifier, when SMTP is configured.
     pub email: Option<Arc<dyn ports::Notifier>>,
     /// What reacts to domain events (device verification, QR follow-up, CIBA notifications),
@@ -78,6 +81,6 @@ pub(crate) fn follow_ups() -> Vec<(&'static str, outcome::FollowUp)> {
     vec![
         ("device_verification", device_verification::follow_up),
         ("qr", crate::http::qr_follow_up),
-        ("ciba", crate::oidc::notify::follow_up),
+        ("ciba", ciba::notify::follow_up),
     ]
 }
