@@ -73,6 +73,12 @@ impl Server {
         let messages = Arc::new(crate::delivery::messages::WebhookSender::new(
             push_clients.client(),
         ));
+        let ciba_sender = Arc::new(crate::delivery::ciba::HttpsNotificationSender::new(
+            crate::domain::ssrf::TargetPolicy {
+                allow_loopback: config.ciba_allow_loopback_notifications,
+                allow_private: config.ciba_allow_private_notifications,
+            },
+        ));
         let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let state = Ctx {
@@ -87,9 +93,10 @@ impl Server {
             metrics: Arc::new(Metrics::new()),
             device_push: Arc::new(crate::delivery::push::PushDelivery::new(push_clients)),
             messages,
-            ciba_notifier: crate::oidc::notify::NotifierHandle::default(),
+            ciba_notifier: crate::domain::ciba::NotifierHandle::default(),
+            ciba_sender,
         };
-        let notifier = tokio::spawn(crate::oidc::notify::run(state.clone()));
+        let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -8,6 +8,7 @@
 
 pub(crate) mod authentication;
 pub(crate) mod backup;
+pub(crate) mod ciba;
 pub(crate) mod device_auth;
 pub(crate) mod device_verification;
 pub(crate) mod devices;
@@ -56,7 +57,9 @@ pub(crate) struct Ctx {
     /// Pushes requests to devices.
     pub device_push: Arc<dyn ports::DevicePush>,
     /// Wakes the CIBA notifier.
-    pub ciba_notifier: crate::oidc::notify::NotifierHandle,
+    pub ciba_notifier: ciba::NotifierHandle,
+    /// Posts CIBA ping and push notifications.
+    pub ciba_sender: Arc<dyn ports::CibaNotificationSender>,
     /// The email notifier, when SMTP is configured.
     pub email: Option<Arc<dyn ports::Notifier>>,
     /// Builds the SMS and voice notifier of an application's provider webhook.
@@ -85,6 +88,6 @@ pub(crate) fn follow_ups() -> Vec<(&'static str, outcome::FollowUp)> {
     vec![
         ("device_verification", device_verification::follow_up),
         ("qr", qr::follow_up),
-        ("ciba", crate::oidc::notify::follow_up),
+        ("ciba", ciba::notify::follow_up),
     ]
 }

@@ -95,3 +95,39 @@ pub trait MessageSender: Send + Sync {
     /// server cannot make outgoing HTTP calls.
     fn sms_voice(&self, url: String) -> Option<Arc<dyn Notifier>>;
 }
+
+/// Why a CIBA notification was not delivered (safe to log: no token, no body).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotificationError {
+    /// The endpoint is not a target this server may call (or does not resolve).
+    #[error("{0}")]
+    Refused(String),
+    /// The endpoint did not answer in time.
+    #[error("timed out")]
+    TimedOut,
+    /// No connection could be made, or it broke.
+    #[error("connection failed")]
+    Connection,
+    /// The endpoint answered with a status other than 2xx (a redirect included).
+    #[error("answered {0}")]
+    Status(u16),
+    /// The HTTP client could not be set up.
+    #[error("HTTP client unavailable")]
+    Client,
+}
+
+/// The boxed future a notification sender returns.
+pub type NotificationFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), NotificationError>> + Send + 'a>>;
+
+/// Posts CIBA ping and push notifications to clients' notification endpoints.
+pub trait CibaNotificationSender: Send + Sync {
+    /// POSTs `body` as JSON to `endpoint` with `Authorization: Bearer <bearer>`; resolves once
+    /// the endpoint answered 2xx.
+    fn post<'a>(
+        &'a self,
+        endpoint: &'a url::Url,
+        bearer: &'a str,
+        body: &'a serde_json::Value,
+    ) -> NotificationFuture<'a>;
+}

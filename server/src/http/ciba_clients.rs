@@ -7,14 +7,11 @@ use axum::http::StatusCode;
 use tessera_protocol::ciba::{
     CibaClientList, CibaClientRegistered, RegisterCibaClient, SetUserCode,
 };
-use tessera_protocol::error::ErrorCode;
 
 use super::errors::ApiError;
-use super::extract::{ApiJson, AppAuth};
-use super::users::{parse_user_id, require_user};
+use super::extract::{ApiJson, AppAuth, parse_user_id};
 use crate::domain::Ctx;
-use crate::oidc::clients;
-use crate::store::ciba;
+use crate::domain::ciba::clients;
 
 /// Registers a CIBA client for the calling application.
 #[utoipa::path(post, path = "/v1/ciba/clients", tag = "customer", request_body = RegisterCibaClient,
@@ -25,15 +22,7 @@ pub(crate) async fn register(
     auth: AppAuth,
     ApiJson(body): ApiJson<RegisterCibaClient>,
 ) -> Result<(StatusCode, Json<CibaClientRegistered>), ApiError> {
-    let registered = clients::register(
-        &state.db,
-        &state.config,
-        &auth.0.id,
-        body,
-        tessera_protocol::time::now(),
-    )
-    .await?;
-    tracing::info!(client_id = %registered.client_id, "CIBA client registered");
+    let registered = clients::register_client(&state, &auth.0.id, body).await?;
     Ok((StatusCode::CREATED, Json(registered)))
 }
 
@@ -44,10 +33,7 @@ pub(crate) async fn list(
     State(state): State<Ctx>,
     auth: AppAuth,
 ) -> Result<Json<CibaClientList>, ApiError> {
-    let clients = ciba::clients(&state.db, &auth.0.id).await?;
-    Ok(Json(CibaClientList {
-        clients: clients.iter().map(ciba::CibaClient::info).collect(),
-    }))
+    Ok(Json(clients::list(&state, &auth.0.id).await?))
 }
 
 /// Removes a CIBA client with its pending requests and tokens.
@@ -59,11 +45,8 @@ pub(crate) async fn remove(
     auth: AppAuth,
     Path(client_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if ciba::delete_client(&state.db, &auth.0.id, &client_id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::new(ErrorCode::NotFound, "no such CIBA client"))
-    }
+    clients::remove(&state, &auth.0.id, &client_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Sets the user's CIBA user code.
@@ -78,7 +61,6 @@ pub(crate) async fn set_user_code(
     ApiJson(body): ApiJson<SetUserCode>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    require_user(&state, &auth, &user_id).await?;
-    clients::set_user_code(&state.db, &auth.0.id, &user_id, &body.user_code).await?;
+    clients::set_user_code(&state, &auth.0.id, &user_id, &body.user_code).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,6 +6,7 @@ mod ciba_clients;
 mod device;
 pub(crate) mod errors;
 mod extract;
+mod oidc;
 mod ops;
 mod otp;
 mod pairing;
@@ -22,7 +23,7 @@ use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use utoipa::OpenApi;
 
-use crate::domain::Ctx;
+use crate::domain::{Ctx, ciba};
 use crate::metrics::{RequestLabels, RouteLabels};
 
 #[derive(OpenApi)]
@@ -193,18 +194,15 @@ pub(crate) fn router(state: Ctx) -> Router {
         )
         .route(
             "/.well-known/openid-configuration",
-            get(crate::oidc::discovery::configuration),
+            get(oidc::discovery::configuration),
         )
         .route(
-            crate::oidc::BACKCHANNEL_PATH,
-            post(crate::oidc::backchannel::backchannel_authentication),
+            ciba::BACKCHANNEL_PATH,
+            post(oidc::backchannel::backchannel_authentication),
         )
-        .route(crate::oidc::TOKEN_PATH, post(crate::oidc::token::token))
-        .route(crate::oidc::JWKS_PATH, get(crate::oidc::discovery::jwks))
-        .route(
-            crate::oidc::USERINFO_PATH,
-            get(crate::oidc::token::userinfo),
-        )
+        .route(ciba::TOKEN_PATH, post(oidc::token::token))
+        .route(ciba::JWKS_PATH, get(oidc::discovery::jwks))
+        .route(ciba::USERINFO_PATH, get(oidc::userinfo::userinfo))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))

@@ -593,7 +593,7 @@ pub async fn record_user_code_attempt(
     sqlx::query(sql)
         .bind(app.as_str())
         .bind(user.as_str())
-        .execute(db.pool())
+        .execute(db.writer())
         .await?;
     Ok(())
 }

@@ -314,9 +314,16 @@ pub async fn delete(
     Ok(Some(failed))
 }
 
-/// Records that the device called.
+/// How precisely "last seen" is kept: a device calling again within this many seconds writes
+/// nothing.
+pub const LAST_SEEN_RESOLUTION: i64 = 60;
+
+/// Records that the device called (at most once per [`LAST_SEEN_RESOLUTION`]: a device's
+/// long-polls and answers do not each write).
 pub async fn touch(db: &Database, id: &EnrollmentId, now: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE enrollments SET last_seen_at = $1 WHERE enrollment_id = $2")
+    sqlx::query(
+        "UPDATE enrollments SET last_seen_at = $1 WHERE enrollment_id = $2 AND last_seen_at <= $1 - 60",
+    )
         .bind(now)
         .bind(id.as_str())
         .execute(db.writer())

@@ -1,24 +1,17 @@
-//! The token endpoint: the CIBA grant (poll and ping modes) and refresh tokens; the tokens
-//! issued (also pushed, in push mode); and the userinfo endpoint.
+//! The token grants: the CIBA grant (poll and ping modes) and refresh tokens; the tokens
+//! issued (also pushed, in push mode); and the userinfo claims.
 
-use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, header};
-use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rand::RngCore;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tessera_protocol::authentication::AuthenticationState;
 use tessera_protocol::ciba::{AUTH_REQ_ID_CLAIM, CIBA_GRANT_TYPE, DeliveryMode, TokenResponse};
-use tessera_protocol::time;
 
-use super::client_auth::{self, Form};
-use super::error::{OAuthCode, OAuthError, invalid_request, no_store};
+use super::client_auth::{self, BasicCredentials, Form};
+use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
 use super::{TOKEN_PATH, endpoint_url, issuer};
-use crate::domain::Ctx;
-use crate::error::ServerError;
+use crate::domain::{Ctx, DomainError};
 use crate::store::applications;
 use crate::store::authentications::{self, Authentication};
 use crate::store::ciba::{self, CibaClient, CibaRequest, IssuedToken};
@@ -64,8 +57,8 @@ fn amr_of(record: &Authentication) -> Vec<String> {
     amr
 }
 
-async fn issue(state: &Ctx, grant: Grant<'_>) -> Result<TokenResponse, ServerError> {
-    let now = time::now();
+async fn issue(state: &Ctx, grant: Grant<'_>) -> Result<TokenResponse, DomainError> {
+    let now = state.now();
     let ttl = i64::from(state.config.oidc_token_ttl);
     let access_token = random_token();
     let stored = |kind: &str, expires_at: i64| IssuedToken {
@@ -138,7 +131,7 @@ pub(crate) async fn tokens_for(
     client: &CibaClient,
     request: &CibaRequest,
     record: &Authentication,
-) -> Result<TokenResponse, ServerError> {
+) -> Result<TokenResponse, DomainError> {
     let push = client.delivery_mode == DeliveryMode::Push;
     issue(
         state,
@@ -155,25 +148,18 @@ pub(crate) async fn tokens_for(
     .await
 }
 
-fn token_response(tokens: TokenResponse) -> Response {
-    let mut response = Json(tokens).into_response();
-    no_store(&mut response);
-    response
-}
-
-/// `POST /oidc/token`.
-pub(crate) async fn token(
-    State(state): State<Ctx>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, OAuthError> {
-    let form = Form::parse(&headers, &body)?;
-    let audiences = [issuer(&state), endpoint_url(&state, TOKEN_PATH)];
-    let client = client_auth::authenticate_client(&state, &headers, &form, &audiences).await?;
+/// A token request: authenticates the client and answers its grant (`grant_type`).
+pub(crate) async fn exchange(
+    state: &Ctx,
+    basic: Option<BasicCredentials>,
+    form: &Form,
+) -> Result<TokenResponse, OAuthError> {
+    let audiences = [issuer(state), endpoint_url(state, TOKEN_PATH)];
+    let client = client_auth::authenticate_client(state, basic, form, &audiences).await?;
     match form.get("grant_type") {
         None => Err(invalid_request("grant_type is required")),
-        Some(CIBA_GRANT_TYPE) => ciba_grant(&state, &client, &form).await,
-        Some("refresh_token") => refresh_grant(&state, &client, &form).await,
+        Some(CIBA_GRANT_TYPE) => ciba_grant(state, &client, form).await,
+        Some("refresh_token") => refresh_grant(state, &client, form).await,
         Some(_) => Err(OAuthError::new(
             OAuthCode::UnsupportedGrantType,
             "supported grant types are urn:openid:params:grant-type:ciba and refresh_token",
@@ -185,7 +171,11 @@ fn invalid_grant(description: &str) -> OAuthError {
     OAuthError::new(OAuthCode::InvalidGrant, description)
 }
 
-async fn ciba_grant(state: &Ctx, client: &CibaClient, form: &Form) -> Result<Response, OAuthError> {
+async fn ciba_grant(
+    state: &Ctx,
+    client: &CibaClient,
+    form: &Form,
+) -> Result<TokenResponse, OAuthError> {
     if client.delivery_mode == DeliveryMode::Push {
         return Err(OAuthError::new(
             OAuthCode::UnauthorizedClient,
@@ -204,8 +194,8 @@ async fn ciba_grant(state: &Ctx, client: &CibaClient, form: &Form) -> Result<Res
             "this auth_req_id was already exchanged for tokens",
         ));
     }
-    let now = time::now();
-    let now_ms = time_ms();
+    let now = state.now();
+    let now_ms = state.now_ms();
     if !ciba::record_poll(&state.db, &request.auth_req_id, now_ms).await? {
         return Err(OAuthError::new(
             OAuthCode::SlowDown,
@@ -215,10 +205,10 @@ async fn ciba_grant(state: &Ctx, client: &CibaClient, form: &Form) -> Result<Res
     let authentication_id = request
         .authentication_id
         .parse()
-        .map_err(|_| OAuthError::from(ServerError::Corrupted("authentication id")))?;
+        .map_err(|_| server_error("authentication id"))?;
     let record = authentications::get(&state.db, &authentication_id, now)
         .await?
-        .ok_or_else(|| OAuthError::from(ServerError::Corrupted("CIBA authentication")))?;
+        .ok_or_else(|| server_error("CIBA authentication"))?;
     match record.state {
         AuthenticationState::Approved => {}
         AuthenticationState::Pending if now >= request.expires_at => {
@@ -251,7 +241,7 @@ async fn ciba_grant(state: &Ctx, client: &CibaClient, form: &Form) -> Result<Res
     }
     let tokens = tokens_for(state, client, &request, &record).await?;
     tracing::info!(client_id = %client.client_id, "CIBA tokens issued");
-    Ok(token_response(tokens))
+    Ok(tokens)
 }
 
 fn expired() -> OAuthError {
@@ -261,23 +251,16 @@ fn expired() -> OAuthError {
     )
 }
 
-pub(crate) fn time_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 async fn refresh_grant(
     state: &Ctx,
     client: &CibaClient,
     form: &Form,
-) -> Result<Response, OAuthError> {
+) -> Result<TokenResponse, OAuthError> {
     let token = form
         .get("refresh_token")
         .ok_or_else(|| invalid_request("refresh_token is required"))?;
     let digest = applications::api_key_digest(token);
-    let now = time::now();
+    let now = state.now();
     let stored = ciba::token(&state.db, &digest)
         .await?
         .filter(|t| t.kind == "refresh" && t.client_id == client.client_id)
@@ -302,23 +285,17 @@ async fn refresh_grant(
         },
     )
     .await?;
-    Ok(token_response(tokens))
+    Ok(tokens)
 }
 
-/// `GET /oidc/userinfo` with `Authorization: Bearer <access token>`.
-pub(crate) async fn userinfo(
-    State(state): State<Ctx>,
-    headers: HeaderMap,
-) -> Result<Response, OAuthError> {
+/// The userinfo claims for a bearer access token (`sub`, and `name` with the `profile` scope).
+pub(crate) async fn userinfo(state: &Ctx, bearer: Option<&str>) -> Result<Value, OAuthError> {
     let invalid = || OAuthError::new(OAuthCode::InvalidToken, "a valid access token is required");
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(invalid)?;
-    let stored = ciba::token(&state.db, &applications::api_key_digest(token.trim()))
+    let token = bearer.ok_or_else(invalid)?;
+    let now = state.now();
+    let stored = ciba::token(&state.db, &applications::api_key_digest(token))
         .await?
-        .filter(|t| t.kind == "access" && t.expires_at > time::now())
+        .filter(|t| t.kind == "access" && t.expires_at > now)
         .ok_or_else(invalid)?;
     let mut claims = json!({ "sub": stored.user_id });
     if stored.scope.split(' ').any(|s| s == "profile")
@@ -330,7 +307,5 @@ pub(crate) async fn userinfo(
     {
         claims["name"] = json!(name);
     }
-    let mut response = Json(claims).into_response();
-    no_store(&mut response);
-    Ok(response)
+    Ok(claims)
 }

@@ -1,13 +1,7 @@
-//! OAuth error responses (RFC 6749 §5.2 and CIBA Core §13): `{"error", "error_description"}`
-//! with the status each code takes, never cached.
-
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use tessera_protocol::ciba::OAuthErrorResponse;
+//! OAuth errors (RFC 6749 §5.2 and CIBA Core §13): a code and a description shown to the
+//! client. The HTTP answer (status, headers, body) is `http::oidc`'s.
 
 use crate::domain::DomainError;
-use crate::error::ServerError;
 use crate::store::StoreError;
 
 /// The OAuth and CIBA error codes this provider answers with.
@@ -34,6 +28,7 @@ pub(crate) enum OAuthCode {
 }
 
 impl OAuthCode {
+    /// The code as it goes on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             OAuthCode::InvalidRequest => "invalid_request",
@@ -56,28 +51,21 @@ impl OAuthCode {
             OAuthCode::TemporarilyUnavailable => "temporarily_unavailable",
         }
     }
-
-    fn status(self) -> StatusCode {
-        match self {
-            OAuthCode::InvalidClient | OAuthCode::InvalidToken => StatusCode::UNAUTHORIZED,
-            OAuthCode::AccessDenied => StatusCode::FORBIDDEN,
-            OAuthCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
-            OAuthCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
 }
 
 /// An OAuth error. The description is shown to the client: no secret, no submitted value.
 #[derive(Debug)]
 pub(crate) struct OAuthError {
+    /// The code.
     pub code: OAuthCode,
+    /// What to tell the client.
     pub description: String,
     /// For `invalid_client` after HTTP Basic: answer with a `WWW-Authenticate` challenge.
     pub basic_challenge: bool,
 }
 
 impl OAuthError {
+    /// An error with `code` and a safe `description`.
     pub fn new(code: OAuthCode, description: impl Into<String>) -> Self {
         Self {
             code,
@@ -87,42 +75,19 @@ impl OAuthError {
     }
 }
 
+/// `invalid_request` with `description`.
 pub(crate) fn invalid_request(description: impl Into<String>) -> OAuthError {
     OAuthError::new(OAuthCode::InvalidRequest, description)
 }
 
-pub(crate) fn no_store(response: &mut Response) {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-}
-
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let body = OAuthErrorResponse {
-            error: self.code.as_str().to_string(),
-            error_description: Some(self.description),
-            auth_req_id: None,
-        };
-        let mut response = (self.code.status(), Json(body)).into_response();
-        if self.code == OAuthCode::InvalidClient && self.basic_challenge {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"tessera\""),
-            );
-        }
-        if self.code == OAuthCode::InvalidToken {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-        }
-        no_store(&mut response);
-        response
-    }
+/// `server_error`, logged with what failed.
+pub(crate) fn server_error(what: &'static str) -> OAuthError {
+    OAuthError::from(DomainError::Internal(what))
 }
 
 impl From<DomainError> for OAuthError {
+    /// An unavailable database is `temporarily_unavailable` (503, to be retried), never a
+    /// refusal of the request.
     fn from(e: DomainError) -> Self {
         match e {
             DomainError::Unavailable(source) => {
@@ -149,20 +114,21 @@ impl From<StoreError> for OAuthError {
     }
 }
 
-impl From<ServerError> for OAuthError {
-    fn from(e: ServerError) -> Self {
-        match e {
-            ServerError::Store(e) => OAuthError::from(e),
-            other => {
-                tracing::error!(error = %other, "server error");
-                OAuthError::new(OAuthCode::ServerError, "internal error")
-            }
-        }
-    }
-}
-
 impl From<sqlx::Error> for OAuthError {
     fn from(e: sqlx::Error) -> Self {
         OAuthError::from(StoreError::from(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_database_is_temporarily_unavailable() {
+        let e = OAuthError::from(StoreError::from(sqlx::Error::PoolTimedOut));
+        assert_eq!(e.code, OAuthCode::TemporarilyUnavailable);
+        let e = OAuthError::from(DomainError::Internal("signing"));
+        assert_eq!(e.code, OAuthCode::ServerError);
     }
 }

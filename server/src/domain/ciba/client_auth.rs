@@ -1,8 +1,7 @@
-//! Form bodies, client authentication (`client_secret_basic`, `client_secret_post`,
+//! Form parameters, client authentication (`client_secret_basic`, `client_secret_post`,
 //! `private_key_jwt`) and the verification of JWTs a client signs (client assertions, signed
 //! requests, login hint tokens) with the keys it registered.
 
-use axum::http::{HeaderMap, header};
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -21,28 +20,13 @@ pub(crate) const MAX_JWT_LIFETIME: i64 = 3600;
 pub(crate) const CLOCK_SKEW: i64 = 30;
 const MAX_PARAM_BYTES: usize = 8 * 1024;
 
-/// An `application/x-www-form-urlencoded` body: every parameter at most once.
+/// A form body's parameters (`application/x-www-form-urlencoded`): every parameter at most
+/// once, none oversized.
 pub(crate) struct Form(Vec<(String, String)>);
 
 impl Form {
-    /// Parses a body; refuses another content type, a repeated parameter or an oversized value.
-    pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, OAuthError> {
-        let form_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| {
-                v.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
-        if !form_type {
-            return Err(invalid_request(
-                "the body must be application/x-www-form-urlencoded",
-            ));
-        }
-        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+    /// Checks decoded parameters; refuses a repeated parameter or an oversized value.
+    pub fn new(pairs: Vec<(String, String)>) -> Result<Self, OAuthError> {
         for (i, (name, value)) in pairs.iter().enumerate() {
             if pairs[..i].iter().any(|(n, _)| n == name) {
                 return Err(invalid_request(format!(
@@ -75,6 +59,14 @@ impl Form {
     }
 }
 
+/// HTTP Basic client credentials (RFC 6749 §2.3.1), already decoded.
+pub(crate) struct BasicCredentials {
+    /// The client id.
+    pub id: String,
+    /// The client secret.
+    pub secret: String,
+}
+
 /// A parameter name fit to echo in a message: known names only.
 fn safe_name(name: &str) -> &str {
     if name.len() <= 40 && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
@@ -92,44 +84,13 @@ pub(crate) const CLIENT_AUTH_PARAMS: &[&str] = &[
     "client_assertion_type",
 ];
 
-fn invalid_client(basic: bool) -> OAuthError {
+/// `invalid_client`; `basic`: the client tried HTTP Basic (answer with a challenge).
+pub(crate) fn invalid_client(basic: bool) -> OAuthError {
     OAuthError {
         code: OAuthCode::InvalidClient,
         description: "client authentication failed".into(),
         basic_challenge: basic,
     }
-}
-
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let value = value.to_str().map_err(|_| invalid_client(true))?;
-    let Some(encoded) = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))
-    else {
-        return Err(invalid_client(true));
-    };
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| invalid_client(true))?;
-    let decoded = String::from_utf8(decoded).map_err(|_| invalid_client(true))?;
-    let (id, secret) = decoded
-        .split_once(':')
-        .ok_or_else(|| invalid_client(true))?;
-    // RFC 6749 §2.3.1: both parts are form-urlencoded before joining.
-    let id = percent_decode(id).ok_or_else(|| invalid_client(true))?;
-    let secret = percent_decode(secret).ok_or_else(|| invalid_client(true))?;
-    Ok(Some((id, secret)))
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let plus = text.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
 }
 
 fn secret_matches(client: &CibaClient, secret: &str) -> bool {
@@ -146,11 +107,10 @@ fn secret_matches(client: &CibaClient, secret: &str) -> bool {
 /// values a client assertion's `aud` may hold (the issuer and this endpoint's URL).
 pub(crate) async fn authenticate_client(
     state: &Ctx,
-    headers: &HeaderMap,
+    basic: Option<BasicCredentials>,
     form: &Form,
     audiences: &[String],
 ) -> Result<CibaClient, OAuthError> {
-    let basic = basic_credentials(headers)?;
     let assertion = form.get("client_assertion");
     let post_secret = form.get("client_secret");
     let methods = usize::from(basic.is_some())
@@ -161,8 +121,8 @@ pub(crate) async fn authenticate_client(
             "use exactly one client authentication method",
         ));
     }
-    let now = tessera_protocol::time::now();
-    if let Some((id, secret)) = basic {
+    let now = state.now();
+    if let Some(BasicCredentials { id, secret }) = basic {
         if form.get("client_id").is_some_and(|form_id| form_id != id) {
             return Err(invalid_client(true));
         }
@@ -354,4 +314,164 @@ fn jwt_alg_is_none(jwt: &str) -> bool {
                 .map(|a| a.eq_ignore_ascii_case("none"))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+    use tessera_protocol::ciba::DeliveryMode;
+    use tessera_protocol::envelope::SoftwareSigningKey;
+    use tessera_protocol::ids::ApplicationId;
+
+    use super::*;
+
+    fn client_with(key: &SoftwareSigningKey) -> CibaClient {
+        let jwk = key.public_jwk();
+        let jwks = json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "x": jwk.x(), "y": jwk.y(), "kid": key.kid(),
+        }]});
+        CibaClient {
+            client_id: "cli_test".into(),
+            application_id: ApplicationId::generate(),
+            name: "Test".into(),
+            delivery_mode: DeliveryMode::Poll,
+            notification_endpoint: None,
+            auth_method: ClientAuthMethod::PrivateKeyJwt,
+            secret_digest: None,
+            jwks: Some(jwks.to_string()),
+            request_signing_alg: None,
+            user_code_required: false,
+            created_at: 0,
+        }
+    }
+
+    fn signed(key: &SoftwareSigningKey, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_string);
+        let der = key.to_pkcs8_der().unwrap();
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&der)).unwrap()
+    }
+
+    fn b64(value: &Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    }
+
+    #[test]
+    fn a_jwt_signed_with_a_registered_key_verifies() {
+        let key = SoftwareSigningKey::generate();
+        let client = client_with(&key);
+        let jwt = signed(&key, Some(key.kid()), &json!({"sub": "u1"}));
+        let claims = verify_client_jwt(&client, &jwt, None).unwrap();
+        assert_eq!(claims.get("sub"), Some(&json!("u1")));
+        // Without a kid, every registered key is tried.
+        let jwt = signed(&key, None, &json!({"sub": "u1"}));
+        assert!(verify_client_jwt(&client, &jwt, Some("ES256")).is_ok());
+    }
+
+    #[test]
+    fn other_keys_algorithms_and_garbage_are_refused() {
+        let key = SoftwareSigningKey::generate();
+        let client = client_with(&key);
+        let other = SoftwareSigningKey::generate();
+        let jwt = signed(&other, None, &json!({"sub": "u1"}));
+        assert_eq!(
+            verify_client_jwt(&client, &jwt, None),
+            Err(ClientJwtError::Signature)
+        );
+        let jwt = signed(&other, Some(other.kid()), &json!({"sub": "u1"}));
+        assert_eq!(
+            verify_client_jwt(&client, &jwt, None),
+            Err(ClientJwtError::NoKey)
+        );
+        let jwt = signed(&key, Some(key.kid()), &json!({"sub": "u1"}));
+        assert_eq!(
+            verify_client_jwt(&client, &jwt, Some("RS256")),
+            Err(ClientJwtError::Algorithm)
+        );
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": "u1"}),
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert_eq!(
+            verify_client_jwt(&client, &hs, None),
+            Err(ClientJwtError::Algorithm)
+        );
+        let none = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none"})),
+            b64(&json!({"sub": "u1"}))
+        );
+        assert_eq!(
+            verify_client_jwt(&client, &none, None),
+            Err(ClientJwtError::Algorithm)
+        );
+        let no_alg = format!(
+            "{}.{}.x",
+            b64(&json!({"typ": "JWT"})),
+            b64(&json!({"sub": "u1"}))
+        );
+        assert_eq!(
+            verify_client_jwt(&client, &no_alg, None),
+            Err(ClientJwtError::Malformed)
+        );
+        let mut keyless = client.clone();
+        keyless.jwks = None;
+        assert_eq!(
+            verify_client_jwt(&keyless, &jwt, None),
+            Err(ClientJwtError::NoKey)
+        );
+    }
+
+    #[test]
+    fn audiences_may_be_a_string_or_an_array() {
+        let expected = ["https://op".to_string()];
+        assert!(audience_matches(Some(&json!("https://op")), &expected));
+        assert!(audience_matches(
+            Some(&json!(["x", "https://op"])),
+            &expected
+        ));
+        assert!(!audience_matches(Some(&json!(["x"])), &expected));
+        assert!(!audience_matches(Some(&json!(1)), &expected));
+        assert!(!audience_matches(None, &expected));
+    }
+
+    #[test]
+    fn only_asymmetric_algorithms_are_accepted() {
+        assert_eq!(asymmetric_algorithm("ES256"), Some(Algorithm::ES256));
+        assert_eq!(asymmetric_algorithm("EdDSA"), Some(Algorithm::EdDSA));
+        assert_eq!(asymmetric_algorithm("HS256"), None);
+        assert_eq!(asymmetric_algorithm("none"), None);
+    }
+
+    #[test]
+    fn form_parameters_are_given_once_and_empty_ones_are_absent() {
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let form = Form::new(vec![pair("scope", "openid"), pair("user_code", "")]).unwrap();
+        assert_eq!(form.get("scope"), Some("openid"));
+        assert_eq!(form.get("user_code"), None);
+        assert_eq!(form.names().count(), 2);
+        let e = Form::new(vec![pair("scope", "a"), pair("scope", "b")])
+            .err()
+            .unwrap();
+        assert_eq!(e.description, "the parameter scope is given more than once");
+        let e = Form::new(vec![pair("Weird<name>", "a"), pair("Weird<name>", "b")])
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.description,
+            "the parameter (unnamed) is given more than once"
+        );
+        assert!(Form::new(vec![pair("scope", &"x".repeat(MAX_PARAM_BYTES + 1))]).is_err());
+    }
+
+    #[test]
+    fn replay_keys_do_not_reveal_the_jti() {
+        let key = jti_key("cli_a", "secret-jti");
+        assert!(key.starts_with("jti:"));
+        assert!(!key.contains("secret"));
+        assert_ne!(key, jti_key("cli_b", "secret-jti"));
+    }
 }

@@ -1,7 +1,5 @@
 //! Provider metadata (OpenID Connect Discovery 1.0 with the CIBA members) and the JWKS.
 
-use axum::Json;
-use axum::extract::State;
 use serde_json::{Value, json};
 use tessera_protocol::ciba::{ACR_MOBILE_USER_VERIFIED, AUTH_REQ_ID_CLAIM, CIBA_GRANT_TYPE};
 
@@ -16,14 +14,14 @@ pub(crate) const CLIENT_SIGNING_ALGS: &[&str] = &[
     "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
 ];
 
-/// `GET /.well-known/openid-configuration`.
-pub(crate) async fn configuration(State(state): State<Ctx>) -> Json<Value> {
-    Json(json!({
-        "issuer": issuer(&state),
-        "backchannel_authentication_endpoint": endpoint_url(&state, BACKCHANNEL_PATH),
-        "token_endpoint": endpoint_url(&state, TOKEN_PATH),
-        "jwks_uri": endpoint_url(&state, JWKS_PATH),
-        "userinfo_endpoint": endpoint_url(&state, USERINFO_PATH),
+/// The provider metadata document.
+pub(crate) fn configuration(state: &Ctx) -> Value {
+    json!({
+        "issuer": issuer(state),
+        "backchannel_authentication_endpoint": endpoint_url(state, BACKCHANNEL_PATH),
+        "token_endpoint": endpoint_url(state, TOKEN_PATH),
+        "jwks_uri": endpoint_url(state, JWKS_PATH),
+        "userinfo_endpoint": endpoint_url(state, USERINFO_PATH),
         "backchannel_token_delivery_modes_supported": ["poll", "ping", "push"],
         "backchannel_authentication_request_signing_alg_values_supported": CLIENT_SIGNING_ALGS,
         "backchannel_user_code_parameter_supported": true,
@@ -37,14 +35,12 @@ pub(crate) async fn configuration(State(state): State<Ctx>) -> Json<Value> {
         "scopes_supported": SUPPORTED_SCOPES,
         "acr_values_supported": [ACR_MOBILE_USER_VERIFIED],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "acr", "amr", "at_hash", "rt_hash", "name", AUTH_REQ_ID_CLAIM],
-    }))
+    })
 }
 
-/// `GET /oidc/jwks`: the ID token signing keys (the current one and those it replaced, until
-/// their tokens expire).
-pub(crate) async fn jwks(State(state): State<Ctx>) -> Result<Json<Value>, OAuthError> {
+/// The ID token signing keys (the current one and those it replaced, until their tokens
+/// expire), as a JWK Set.
+pub(crate) async fn jwks(state: &Ctx) -> Result<Value, OAuthError> {
     let ttl = i64::from(state.config.oidc_token_ttl);
-    Ok(Json(
-        super::keys::jwks(&state.db, tessera_protocol::time::now(), ttl).await?,
-    ))
+    Ok(super::keys::jwks(&state.db, state.now(), ttl).await?)
 }

@@ -2,57 +2,64 @@
 //!
 //! A finished request's notification becomes due in the database (at once when this instance
 //! recorded the answer, otherwise at the next sweep); one instance claims it with a conditional
-//! update, posts it with `Authorization: Bearer <client_notification_token>` to the addresses
-//! the endpoint resolves to (each checked against SSRF; redirects never followed), and retries
-//! with exponential backoff. A crashed instance's claim lapses and another instance resumes it.
+//! update, posts it with `Authorization: Bearer <client_notification_token>` through the
+//! [`CibaNotificationSender`](crate::domain::ports::CibaNotificationSender) (the addresses the
+//! endpoint resolves to, each checked against SSRF; redirects never followed), and retries with
+//! exponential backoff. A crashed instance's claim lapses and another instance resumes it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tessera_protocol::authentication::AuthenticationState;
+use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::ciba::{DeliveryMode, OAuthErrorResponse};
-use tessera_protocol::time;
 use tokio::sync::Notify;
 use url::Url;
 
-use super::token::{time_ms, tokens_for};
-use crate::domain::Ctx;
-use crate::domain::ssrf::{self, TargetPolicy};
-use crate::error::ServerError;
+use super::token::tokens_for;
+use crate::domain::outcome::{DomainEvent, FollowUpFuture};
+use crate::domain::{Ctx, DomainError};
 use crate::store::authentications::{self, Authentication};
 use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
 
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one notification POST may take (the sender's timeout; the lease covers it).
+pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH: i64 = 64;
 
-/// Wakes this instance's notifier.
+/// Wakes this instance's notifier loop.
 #[derive(Clone, Default)]
 pub(crate) struct NotifierHandle(Arc<Notify>);
 
 impl NotifierHandle {
-    fn wake(&self) {
+    /// Asks the notifier loop to sweep now.
+    pub(crate) fn wake(&self) {
         self.0.notify_one();
+    }
+
+    /// Resolves at the next wake-up.
+    async fn woken(&self) {
+        self.0.notified().await;
     }
 }
 
 /// After an answer was recorded: if it finishes a ping or push request, its notification is due
 /// now.
-pub(crate) async fn settle(state: &Ctx, record: &Authentication) -> Result<(), ServerError> {
-    if record.kind != tessera_protocol::authentication::AuthenticationKind::Ciba {
+pub(crate) async fn settle(state: &Ctx, record: &Authentication) -> Result<(), DomainError> {
+    if record.kind != AuthenticationKind::Ciba {
         return Ok(());
     }
-    if ciba::notification_due_for(&state.db, record.id.as_str(), time_ms()).await? {
+    if ciba::notification_due_for(&state.db, record.id.as_str(), state.now_ms()).await? {
         state.ciba_notifier.wake();
     }
     Ok(())
 }
 
-/// The notifier loop: sweeps every `ciba_notification_sweep`, or at once when woken.
+/// The notifier loop: sweeps every `ciba_notification_sweep`, or at once when woken. Runs until
+/// its task is aborted.
 pub(crate) async fn run(state: Ctx) {
     loop {
         tokio::select! {
-            _ = state.ciba_notifier.0.notified() => {}
+            _ = state.ciba_notifier.woken() => {}
             _ = tokio::time::sleep(state.config.ciba_notification_sweep) => {}
         }
         if let Err(e) = sweep(&state).await {
@@ -61,11 +68,17 @@ pub(crate) async fn run(state: Ctx) {
     }
 }
 
-async fn sweep(state: &Ctx) -> Result<(), ServerError> {
-    let now_ms = time_ms();
-    ciba::promote_finished(&state.db, time::now(), now_ms).await?;
+/// One sweep: finished requests' notifications become due; those due are claimed (one
+/// instance each) and delivered in the background.
+pub(crate) async fn sweep(state: &Ctx) -> Result<(), DomainError> {
+    let now_ms = state.now_ms();
+    ciba::promote_finished(&state.db, state.now(), now_ms).await?;
     for request in ciba::due_notifications(&state.db, now_ms, BATCH).await? {
-        let lease = now_ms + lease_ms(state, request.notify_attempts);
+        let lease = now_ms
+            + lease_ms(
+                state.config.ciba_notification_retry_base,
+                request.notify_attempts,
+            );
         if ciba::claim_notification(&state.db, &request, lease).await? {
             tokio::spawn(deliver(state.clone(), request));
         }
@@ -73,13 +86,17 @@ async fn sweep(state: &Ctx) -> Result<(), ServerError> {
     Ok(())
 }
 
-fn backoff(state: &Ctx, attempts_made: i64) -> Duration {
+/// The wait after attempt `attempts_made` failed: `base`, doubling with each further attempt
+/// (capped at 2^16 × `base`).
+fn backoff(base: Duration, attempts_made: i64) -> Duration {
     let exponent = u32::try_from(attempts_made.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-    state.config.ciba_notification_retry_base * 2u32.pow(exponent)
+    base * 2u32.pow(exponent)
 }
 
-fn lease_ms(state: &Ctx, attempts_made: i64) -> i64 {
-    let wait = DELIVERY_TIMEOUT + backoff(state, attempts_made + 1) + Duration::from_secs(5);
+/// How long a claim holds after `attempts_made` attempts: one POST, the wait before the next,
+/// and a margin. Past it, another instance may resume the delivery.
+fn lease_ms(base: Duration, attempts_made: i64) -> i64 {
+    let wait = DELIVERY_TIMEOUT + backoff(base, attempts_made + 1) + Duration::from_secs(5);
     i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
@@ -99,7 +116,7 @@ async fn deliver(state: Ctx, request: CibaRequest) {
     }
 }
 
-async fn deliver_with_retries(state: &Ctx, request: &CibaRequest) -> Result<bool, ServerError> {
+async fn deliver_with_retries(state: &Ctx, request: &CibaRequest) -> Result<bool, DomainError> {
     let Some(client) = ciba::client(&state.db, &request.client_id).await? else {
         return Ok(false);
     };
@@ -110,17 +127,14 @@ async fn deliver_with_retries(state: &Ctx, request: &CibaRequest) -> Result<bool
         return Ok(false);
     };
     let endpoint =
-        Url::parse(endpoint).map_err(|_| ServerError::Corrupted("notification endpoint"))?;
+        Url::parse(endpoint).map_err(|_| DomainError::Internal("notification endpoint"))?;
     let body = payload(state, &client, request).await?;
-    let policy = TargetPolicy {
-        allow_loopback: state.config.ciba_allow_loopback_notifications,
-        allow_private: state.config.ciba_allow_private_notifications,
-    };
+    let base = state.config.ciba_notification_retry_base;
     let max = i64::from(state.config.ciba_notification_attempts.max(1));
     // The claim counted the first attempt.
     let mut attempt = request.notify_attempts + 1;
     loop {
-        let delivered = post(&endpoint, token, &body, policy).await;
+        let delivered = state.ciba_sender.post(&endpoint, token, &body).await;
         let mode = client.delivery_mode.as_str();
         match delivered {
             Ok(()) => {
@@ -134,12 +148,12 @@ async fn deliver_with_retries(state: &Ctx, request: &CibaRequest) -> Result<bool
         if attempt >= max {
             return Ok(false);
         }
-        let wait = backoff(state, attempt);
+        let wait = backoff(base, attempt);
         ciba::renew_lease(
             &state.db,
             &request.auth_req_id,
             attempt + 1,
-            time_ms() + lease_ms(state, attempt + 1),
+            state.now_ms() + lease_ms(base, attempt + 1),
         )
         .await?;
         tokio::time::sleep(wait).await;
@@ -152,17 +166,17 @@ async fn payload(
     state: &Ctx,
     client: &CibaClient,
     request: &CibaRequest,
-) -> Result<Value, ServerError> {
+) -> Result<Value, DomainError> {
     if client.delivery_mode != DeliveryMode::Push {
         return Ok(json!({ "auth_req_id": request.auth_req_id }));
     }
     let id = request
         .authentication_id
         .parse()
-        .map_err(|_| ServerError::Corrupted("authentication id"))?;
-    let record = authentications::get(&state.db, &id, time::now())
+        .map_err(|_| DomainError::Internal("authentication id"))?;
+    let record = authentications::get(&state.db, &id, state.now())
         .await?
-        .ok_or(ServerError::Corrupted("CIBA authentication"))?;
+        .ok_or(DomainError::Internal("CIBA authentication"))?;
     let error = |code: &str, description: &str| {
         serde_json::to_value(OAuthErrorResponse {
             error: code.into(),
@@ -175,9 +189,9 @@ async fn payload(
         AuthenticationState::Approved => {
             // Push clients never call the token endpoint: the tokens are minted for this
             // delivery (a retry mints fresh ones) and the request is marked exchanged.
-            ciba::mark_tokens_issued(&state.db, &request.auth_req_id, time::now()).await?;
+            ciba::mark_tokens_issued(&state.db, &request.auth_req_id, state.now()).await?;
             let tokens = tokens_for(state, client, request, &record).await?;
-            serde_json::to_value(tokens).map_err(|_| ServerError::Corrupted("token response"))?
+            serde_json::to_value(tokens).map_err(|_| DomainError::Internal("token response"))?
         }
         AuthenticationState::Denied => error("access_denied", "the user denied the request"),
         AuthenticationState::Failed => error(
@@ -191,55 +205,35 @@ async fn payload(
     })
 }
 
-/// One POST; success is any 2xx. Redirects are failures, never followed.
-async fn post(
-    endpoint: &Url,
-    token: &str,
-    body: &Value,
-    policy: TargetPolicy,
-) -> Result<(), String> {
-    let addrs = ssrf::resolve_endpoint(endpoint, policy)
-        .await
-        .map_err(|e| e.to_string())?;
-    let host = endpoint.host_str().ok_or("no host")?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .timeout(DELIVERY_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve_to_addrs(host, &addrs)
-        .user_agent(concat!("tessera-server/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|_| "HTTP client unavailable".to_string())?;
-    let response = client
-        .post(endpoint.clone())
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                "timed out".to_string()
-            } else {
-                "connection failed".to_string()
-            }
-        })?;
-    let status = response.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("answered {}", status.as_u16()))
-    }
+/// Follow-up: a finished ping or push request's notification becomes due now.
+pub(crate) fn follow_up<'a>(ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFuture<'a> {
+    Box::pin(async move {
+        let DomainEvent::AuthenticationEnded(record) = event;
+        settle(ctx, record).await
+    })
 }
 
-/// Follow-up: a finished ping or push request's notification becomes due now.
-pub(crate) fn follow_up<'a>(
-    ctx: &'a Ctx,
-    event: &'a crate::domain::outcome::DomainEvent,
-) -> crate::domain::outcome::FollowUpFuture<'a> {
-    Box::pin(async move {
-        let crate::domain::outcome::DomainEvent::AuthenticationEnded(record) = event;
-        settle(ctx, record)
-            .await
-            .map_err(|_| crate::domain::DomainError::Internal("CIBA follow-up failed"))
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_and_is_capped() {
+        let base = Duration::from_secs(2);
+        assert_eq!(backoff(base, 0), base);
+        assert_eq!(backoff(base, 1), base);
+        assert_eq!(backoff(base, 2), base * 2);
+        assert_eq!(backoff(base, 4), base * 8);
+        assert_eq!(backoff(base, 17), base * 65536);
+        assert_eq!(backoff(base, 1000), base * 65536);
+    }
+
+    #[test]
+    fn a_lease_covers_a_post_and_the_next_wait() {
+        let base = Duration::from_secs(2);
+        // Claimed before the first attempt: 10 s POST + 2 s wait + 5 s margin.
+        assert_eq!(lease_ms(base, 0), 17_000);
+        // After the first attempt failed: the next wait is 4 s.
+        assert_eq!(lease_ms(base, 1), 10_000 + 4_000 + 5_000);
+    }
 }

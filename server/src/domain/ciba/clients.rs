@@ -9,9 +9,14 @@ use tessera_protocol::ciba::{
 };
 use tessera_protocol::ids::{ApplicationId, UserId};
 
+use tessera_protocol::ciba::CibaClientList;
+use tessera_protocol::error::ErrorCode;
+
+use super::admin_error;
 use super::client_auth::asymmetric_algorithm;
 use crate::config::ServerConfig;
 use crate::domain::ssrf::{self, TargetPolicy};
+use crate::domain::{Ctx, DomainError};
 use crate::error::ServerError;
 use crate::store::ciba::{self, CibaClient};
 use crate::store::{Database, applications};
@@ -19,11 +24,11 @@ use crate::store::{Database, applications};
 const MAX_CLIENT_NAME: usize = 64;
 const MAX_KEYS: usize = 10;
 
-fn invalid(message: &str) -> ServerError {
-    ServerError::InvalidInput(message.to_string())
+fn invalid(message: &str) -> DomainError {
+    DomainError::invalid(message)
 }
 
-fn check_jwks(jwks: &serde_json::Value) -> Result<String, ServerError> {
+fn check_jwks(jwks: &serde_json::Value) -> Result<String, DomainError> {
     let set: JwkSet = serde_json::from_value(jwks.clone())
         .map_err(|_| invalid("jwks must be a JWK Set ({\"keys\": [...]})"))?;
     if set.keys.is_empty() || set.keys.len() > MAX_KEYS {
@@ -41,8 +46,8 @@ fn check_jwks(jwks: &serde_json::Value) -> Result<String, ServerError> {
     serde_json::to_string(&set).map_err(|_| invalid("jwks cannot be encoded"))
 }
 
-/// Validates and stores a registration for `app`. The secret (secret-based methods) is
-/// returned once; only its digest is kept.
+/// Validates and stores a registration for `app` (the admin command line). The secret
+/// (secret-based methods) is returned once; only its digest is kept.
 pub async fn register(
     db: &Database,
     config: &ServerConfig,
@@ -50,6 +55,50 @@ pub async fn register(
     request: RegisterCibaClient,
     now: i64,
 ) -> Result<CibaClientRegistered, ServerError> {
+    registration(db, config, app, request, now)
+        .await
+        .map_err(|e| admin_error(e, "application"))
+}
+
+/// Validates and stores a registration for the calling application (the customer API).
+pub(crate) async fn register_client(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    request: RegisterCibaClient,
+) -> Result<CibaClientRegistered, DomainError> {
+    let registered = registration(&ctx.db, &ctx.config, app, request, ctx.now()).await?;
+    tracing::info!(client_id = %registered.client_id, "CIBA client registered");
+    Ok(registered)
+}
+
+/// The application's clients, oldest first.
+pub(crate) async fn list(ctx: &Ctx, app: &ApplicationId) -> Result<CibaClientList, DomainError> {
+    let clients = ciba::clients(&ctx.db, app).await?;
+    Ok(CibaClientList {
+        clients: clients.iter().map(CibaClient::info).collect(),
+    })
+}
+
+/// Removes the application's client with its pending requests and tokens.
+pub(crate) async fn remove(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    client_id: &str,
+) -> Result<(), DomainError> {
+    if ciba::delete_client(&ctx.db, app, client_id).await? {
+        Ok(())
+    } else {
+        Err(DomainError::new(ErrorCode::NotFound, "no such CIBA client"))
+    }
+}
+
+async fn registration(
+    db: &Database,
+    config: &ServerConfig,
+    app: &ApplicationId,
+    request: RegisterCibaClient,
+    now: i64,
+) -> Result<CibaClientRegistered, DomainError> {
     let name = request.client_name.trim();
     if name.is_empty()
         || name.chars().count() > MAX_CLIENT_NAME
@@ -79,7 +128,7 @@ pub async fn register(
                 allow_private: config.ciba_allow_private_notifications,
             };
             let url = ssrf::check_endpoint(raw, policy)
-                .map_err(|e| ServerError::InvalidInput(e.to_string()))?;
+                .map_err(|e| DomainError::invalid(e.to_string()))?;
             Some(url.to_string())
         }
     };
@@ -105,7 +154,10 @@ pub async fn register(
         }
     };
     if applications::get(db, app).await?.is_none() {
-        return Err(ServerError::NotFound("application"));
+        return Err(DomainError::new(
+            ErrorCode::NotFound,
+            "application not found",
+        ));
     }
     let mut id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut id);
@@ -140,24 +192,62 @@ pub async fn register(
 }
 
 /// Sets a user's CIBA user code (4 to 64 characters), clearing its failure count.
-pub async fn set_user_code(
-    db: &Database,
+pub(crate) async fn set_user_code(
+    ctx: &Ctx,
     app: &ApplicationId,
     user: &UserId,
     code: &str,
-) -> Result<(), ServerError> {
+) -> Result<(), DomainError> {
+    crate::domain::users::require_user(ctx, app, user).await?;
+    check_user_code(code)?;
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let salt = hex::encode(salt);
+    let digest = user_code_digest(&salt, code);
+    Ok(ciba::set_user_code(&ctx.db, app, user, &salt, &digest).await?)
+}
+
+fn check_user_code(code: &str) -> Result<(), DomainError> {
     let length = code.chars().count();
     if !(4..=64).contains(&length) || code.chars().any(char::is_control) {
         return Err(invalid(
             "user_code must be 4 to 64 characters without control characters",
         ));
     }
-    if crate::store::users::get(db, app, user).await?.is_none() {
-        return Err(ServerError::NotFound("user"));
+    Ok(())
+}
+
+/// Salted SHA-256 of a user code, base64url.
+pub(crate) fn user_code_digest(salt: &str, code: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{salt}\n{code}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_codes_are_4_to_64_characters_without_control_characters() {
+        assert!(check_user_code("1234").is_ok());
+        assert!(check_user_code("123").is_err());
+        assert!(check_user_code(&"x".repeat(64)).is_ok());
+        assert!(check_user_code(&"x".repeat(65)).is_err());
+        assert!(check_user_code("12\t34").is_err());
     }
-    let mut salt = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut salt);
-    let salt = hex::encode(salt);
-    let digest = super::backchannel::user_code_digest(&salt, code);
-    Ok(ciba::set_user_code(db, app, user, &salt, &digest).await?)
+
+    #[test]
+    fn user_code_digests_are_salted() {
+        assert_eq!(user_code_digest("a", "1234"), user_code_digest("a", "1234"));
+        assert_ne!(user_code_digest("a", "1234"), user_code_digest("b", "1234"));
+    }
+
+    #[test]
+    fn jwks_hold_public_asymmetric_keys_only() {
+        let symmetric = serde_json::json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]});
+        assert!(check_jwks(&symmetric).is_err());
+        assert!(check_jwks(&serde_json::json!({"keys": []})).is_err());
+        assert!(check_jwks(&serde_json::json!({"nokeys": 1})).is_err());
+    }
 }

@@ -1,11 +1,6 @@
-//! The backchannel authentication endpoint (CIBA Core §7): a relying party asks for a user;
+//! The backchannel authentication request (CIBA Core §7): a relying party asks for a user;
 //! the request reaches the user's device; the acknowledgement carries the `auth_req_id`.
 
-use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rand::RngCore;
 use serde_json::{Map, Value};
@@ -13,17 +8,17 @@ use subtle::ConstantTimeEq;
 use tessera_protocol::authentication::{AccessContext, AuthenticationKind, CibaDetails};
 use tessera_protocol::ciba::{ACR_MOBILE_USER_VERIFIED, BackchannelAcknowledgement, DeliveryMode};
 use tessera_protocol::ids::UserId;
-use tessera_protocol::time;
 
 use super::client_auth::{
-    self, CLIENT_AUTH_PARAMS, CLOCK_SKEW, ClientJwtError, Form, MAX_JWT_LIFETIME,
+    self, BasicCredentials, CLIENT_AUTH_PARAMS, CLOCK_SKEW, ClientJwtError, Form, MAX_JWT_LIFETIME,
 };
-use super::error::{OAuthCode, OAuthError, invalid_request, no_store};
+use super::clients::user_code_digest;
+use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
-use crate::domain::Ctx;
 use crate::domain::authentication::{
     Question, new_authentication, pick_device, push_bombing_limit,
 };
+use crate::domain::{Ctx, DomainError};
 use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
 use crate::store::{applications, authentications, nonces, users};
 
@@ -61,19 +56,16 @@ impl Params {
     }
 }
 
-/// `POST /oidc/backchannel`.
-pub(crate) async fn backchannel_authentication(
-    State(state): State<Ctx>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, OAuthError> {
-    let form = Form::parse(&headers, &body)?;
-    let audiences = [
-        issuer(&state),
-        endpoint_url(&state, super::BACKCHANNEL_PATH),
-    ];
-    let client = client_auth::authenticate_client(&state, &headers, &form, &audiences).await?;
-    let now = time::now();
+/// A backchannel authentication request: authenticates the client, reads the parameters (from
+/// the form or from a signed `request`), asks the user's device and stores the request.
+pub(crate) async fn authenticate(
+    state: &Ctx,
+    basic: Option<BasicCredentials>,
+    form: &Form,
+) -> Result<BackchannelAcknowledgement, OAuthError> {
+    let audiences = [issuer(state), endpoint_url(state, super::BACKCHANNEL_PATH)];
+    let client = client_auth::authenticate_client(state, basic, form, &audiences).await?;
+    let now = state.now();
     let params = if let Some(request) = form.get("request") {
         if let Some(extra) = form
             .names()
@@ -88,7 +80,7 @@ pub(crate) async fn backchannel_authentication(
                 "with a signed request, every parameter goes inside it ({extra} is outside)"
             )));
         }
-        signed_request_params(&state, &client, request, &audiences, now).await?
+        signed_request_params(state, &client, request, &audiences, now).await?
     } else {
         if client.request_signing_alg.is_some() {
             return Err(invalid_request(
@@ -103,10 +95,7 @@ pub(crate) async fn backchannel_authentication(
         }
         Params(map)
     };
-    let acknowledgement = start(&state, &client, &params, now).await?;
-    let mut response = Json(acknowledgement).into_response();
-    no_store(&mut response);
-    Ok(response)
+    start(state, &client, &params, now).await
 }
 
 /// Verifies a signed authentication request (CIBA Core §7.1.1) and returns its claims.
@@ -308,13 +297,6 @@ async fn resolve_user(
     Ok(user_id)
 }
 
-/// Salted SHA-256 of a user code, base64url.
-pub(crate) fn user_code_digest(salt: &str, code: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{salt}\n{code}").as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
-}
-
 async fn check_user_code(
     state: &Ctx,
     client: &CibaClient,
@@ -351,22 +333,8 @@ async fn check_user_code(
     if right { Ok(()) } else { Err(invalid()) }
 }
 
-fn new_auth_req_id() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Validates the parameters, asks the user's device and stores the request.
-async fn start(
-    state: &Ctx,
-    client: &CibaClient,
-    params: &Params,
-    now: i64,
-) -> Result<BackchannelAcknowledgement, OAuthError> {
-    let scope = params
-        .text("scope")?
-        .ok_or_else(|| invalid_request("scope is required"))?;
+/// The requested scopes: supported ones only, `openid` among them (first), no repeats.
+fn parse_scopes(scope: &str) -> Result<Vec<String>, OAuthError> {
     let mut scopes: Vec<String> = Vec::new();
     for s in scope.split(' ').filter(|s| !s.is_empty()) {
         if !SUPPORTED_SCOPES.contains(&s) {
@@ -386,6 +354,26 @@ async fn start(
         ));
     }
     scopes.sort_by_key(|s| s != "openid");
+    Ok(scopes)
+}
+
+fn new_auth_req_id() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Validates the parameters, asks the user's device and stores the request.
+async fn start(
+    state: &Ctx,
+    client: &CibaClient,
+    params: &Params,
+    now: i64,
+) -> Result<BackchannelAcknowledgement, OAuthError> {
+    let scope = params
+        .text("scope")?
+        .ok_or_else(|| invalid_request("scope is required"))?;
+    let scopes = parse_scopes(scope)?;
     let notification_token = params.text("client_notification_token")?;
     match (client.delivery_mode, notification_token) {
         (DeliveryMode::Poll, _) => {}
@@ -424,13 +412,15 @@ async fn start(
     }
     let user = resolve_user(state, client, params, now).await?;
     check_user_code(state, client, &user, params.text("user_code")?).await?;
+    // No device is a refusal; a database that cannot answer is not (temporarily_unavailable).
     let device = pick_device(state, &client.application_id, &user, None)
         .await
-        .map_err(|_| {
-            OAuthError::new(
+        .map_err(|e| match e {
+            DomainError::Refused { .. } => OAuthError::new(
                 OAuthCode::AccessDenied,
                 "the user has no paired device that can authenticate",
-            )
+            ),
+            other => OAuthError::from(other),
         })?;
     if push_bombing_limit(state, &client.application_id, &user, now)
         .await?
@@ -470,7 +460,10 @@ async fn start(
             ciba: Some(details),
         },
     )
-    .map_err(|_| OAuthError::new(OAuthCode::ServerError, "internal error"))?;
+    .map_err(|e| match e {
+        DomainError::Refused { .. } => server_error("CIBA request signing"),
+        other => OAuthError::from(other),
+    })?;
     let interval = i64::from(state.config.ciba_poll_interval.max(1));
     let request = CibaRequest {
         auth_req_id: new_auth_req_id(),
@@ -500,6 +493,7 @@ async fn start(
     ciba::insert_request(&mut *tx, &request).await?;
     tx.commit().await?;
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
+    crate::domain::outcome::request_created(state, &record).await;
     tokio::spawn(crate::domain::fallback::deliver(
         state.clone(),
         record.clone(),
@@ -524,6 +518,35 @@ mod tests {
         assert!(check_binding_message("line\nbreak").is_err());
         assert!(check_binding_message(&"x".repeat(MAX_BINDING_MESSAGE)).is_ok());
         assert!(check_binding_message(&"x".repeat(MAX_BINDING_MESSAGE + 1)).is_err());
+    }
+
+    #[test]
+    fn scopes_need_openid_first_and_supported_only() {
+        assert_eq!(
+            parse_scopes("profile  openid profile").unwrap(),
+            ["openid", "profile"]
+        );
+        let e = parse_scopes("profile").unwrap_err();
+        assert_eq!(e.code, OAuthCode::InvalidScope);
+        let e = parse_scopes("openid email").unwrap_err();
+        assert_eq!(e.code, OAuthCode::InvalidScope);
+        assert_eq!(
+            parse_scopes("offline_access openid").unwrap(),
+            ["openid", "offline_access"]
+        );
+    }
+
+    #[test]
+    fn signed_request_parameters_must_be_strings() {
+        let mut map = Map::new();
+        map.insert("scope".into(), Value::String("openid".into()));
+        map.insert("binding_message".into(), Value::from(3));
+        map.insert("user_code".into(), Value::String(String::new()));
+        let params = Params(map);
+        assert_eq!(params.text("scope").unwrap(), Some("openid"));
+        assert!(params.text("binding_message").is_err());
+        assert_eq!(params.text("user_code").unwrap(), None);
+        assert_eq!(params.text("login_hint").unwrap(), None);
     }
 
     #[test]

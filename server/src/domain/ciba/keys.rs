@@ -7,9 +7,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{Value, json};
 use tessera_protocol::envelope::SoftwareSigningKey;
 
+use crate::domain::DomainError;
 use crate::error::ServerError;
-use crate::store::Database;
 use crate::store::ciba::{self, StoredSigningKey};
+use crate::store::{Database, StoreError};
 
 /// A loaded key, with the PKCS#8 DER it was stored as (what the JWT encoder takes).
 struct LoadedKey {
@@ -18,10 +19,10 @@ struct LoadedKey {
     retired_at: Option<i64>,
 }
 
-fn load(stored: StoredSigningKey) -> Result<LoadedKey, ServerError> {
+fn load(stored: StoredSigningKey) -> Result<LoadedKey, DomainError> {
     Ok(LoadedKey {
         key: SoftwareSigningKey::from_pkcs8_der(&stored.private_key)
-            .map_err(|_| ServerError::Corrupted("ID token signing key"))?,
+            .map_err(|_| DomainError::Internal("ID token signing key"))?,
         der: stored.private_key,
         retired_at: stored.retired_at,
     })
@@ -32,14 +33,13 @@ async fn published(
     db: &Database,
     now: i64,
     max_token_ttl: i64,
-) -> Result<Vec<LoadedKey>, ServerError> {
+) -> Result<Vec<LoadedKey>, DomainError> {
     let mut stored = ciba::signing_keys(db).await?;
     if !stored.iter().any(|k| k.retired_at.is_none()) {
-        if let Err(e) = add_key(db, now).await {
+        match add_key(db, now).await {
             // Another instance created the first key at the same moment: use theirs.
-            if !matches!(e, ServerError::AlreadyExists(_)) {
-                return Err(e);
-            }
+            Ok(_) | Err(AddKeyError::Store(StoreError::AlreadyExists(_))) => {}
+            Err(e) => return Err(e.into()),
         }
         stored = ciba::signing_keys(db).await?;
     }
@@ -52,21 +52,40 @@ async fn published(
     Ok(keys)
 }
 
-async fn add_key(db: &Database, now: i64) -> Result<String, ServerError> {
+/// Why a key could not be added: kept apart so a concurrent first key is recognised.
+enum AddKeyError {
+    Store(StoreError),
+    Encoding(&'static str),
+}
+
+impl From<AddKeyError> for DomainError {
+    fn from(e: AddKeyError) -> Self {
+        match e {
+            AddKeyError::Store(e) => DomainError::from(e),
+            AddKeyError::Encoding(what) => DomainError::Internal(what),
+        }
+    }
+}
+
+async fn add_key(db: &Database, now: i64) -> Result<String, AddKeyError> {
     let key = SoftwareSigningKey::generate();
     let der = key
         .to_pkcs8_der()
-        .map_err(|_| ServerError::Corrupted("key encoding"))?;
-    let jwk =
-        serde_json::to_string(&public_jwk(&key)).map_err(|_| ServerError::Corrupted("jwk"))?;
-    ciba::add_signing_key(db, key.kid(), &der, &jwk, now).await?;
+        .map_err(|_| AddKeyError::Encoding("key encoding"))?;
+    let jwk = serde_json::to_string(&public_jwk(&key)).map_err(|_| AddKeyError::Encoding("jwk"))?;
+    ciba::add_signing_key(db, key.kid(), &der, &jwk, now)
+        .await
+        .map_err(AddKeyError::Store)?;
     Ok(key.kid().to_string())
 }
 
 /// Adds a new signing key and retires the current one (still published until its tokens
 /// expire). Returns the new key's id.
 pub async fn rotate(db: &Database, now: i64, max_token_ttl: i64) -> Result<String, ServerError> {
-    let kid = add_key(db, now).await?;
+    let kid = add_key(db, now).await.map_err(|e| match e {
+        AddKeyError::Store(e) => ServerError::Store(e),
+        AddKeyError::Encoding(what) => ServerError::Corrupted(what),
+    })?;
     ciba::drop_retired_keys(db, now - max_token_ttl).await?;
     Ok(kid)
 }
@@ -85,39 +104,43 @@ fn public_jwk(key: &SoftwareSigningKey) -> Value {
 }
 
 /// The JWK Set published at the JWKS endpoint.
-pub async fn jwks(db: &Database, now: i64, max_token_ttl: i64) -> Result<Value, ServerError> {
+pub(crate) async fn jwks(
+    db: &Database,
+    now: i64,
+    max_token_ttl: i64,
+) -> Result<Value, DomainError> {
     let keys = published(db, now, max_token_ttl).await?;
     Ok(json!({ "keys": keys.iter().map(|k| public_jwk(&k.key)).collect::<Vec<_>>() }))
 }
 
 /// Signs claims as a JWT with the current key.
-pub async fn sign(
+pub(crate) async fn sign(
     db: &Database,
     claims: &Value,
     now: i64,
     max_token_ttl: i64,
-) -> Result<String, ServerError> {
+) -> Result<String, DomainError> {
     let keys = published(db, now, max_token_ttl).await?;
     let current = keys
         .first()
         .filter(|k| k.retired_at.is_none())
-        .ok_or(ServerError::Corrupted("no ID token signing key"))?;
+        .ok_or(DomainError::Internal("no ID token signing key"))?;
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(current.key.kid().to_string());
     header.typ = Some("JWT".into());
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&current.der))
-        .map_err(|_| ServerError::Corrupted("ID token signing"))
+        .map_err(|_| DomainError::Internal("ID token signing"))
 }
 
 /// Verifies the signature of a JWT this provider signed (with any published key) and returns
 /// its claims; `None` if it is not one. Expiry is not checked: an ID token is a valid
 /// `id_token_hint` after it expires.
-pub async fn verify_own(
+pub(crate) async fn verify_own(
     db: &Database,
     jwt: &str,
     now: i64,
     max_token_ttl: i64,
-) -> Result<Option<Value>, ServerError> {
+) -> Result<Option<Value>, DomainError> {
     let Ok(header) = jsonwebtoken::decode_header(jwt) else {
         return Ok(None);
     };

@@ -1,0 +1,66 @@
+//! The server as an OpenID Provider for Client-Initiated Backchannel Authentication (OpenID
+//! Connect CIBA Core 1.0), with the user's paired device as the authentication device. The
+//! rules only: the HTTP endpoints live in `http::oidc`, the notification posts in
+//! `delivery::ciba`.
+//!
+//! - [`discovery`]: provider metadata and the JWKS.
+//! - [`clients`]: client registration (customer API and admin CLI) and users' CIBA user codes.
+//! - [`client_auth`]: form parameters, client authentication and client-signed JWTs.
+//! - [`backchannel`]: the backchannel authentication request.
+//! - [`token`]: the token grants, the tokens issued, and userinfo.
+//! - [`notify`]: the ping and push notification queue (claim, backoff, finish, sweep).
+//! - [`keys`]: ID token signing keys and their rotation.
+//! - [`error`]: the OAuth error (code and description).
+
+pub(crate) mod backchannel;
+pub(crate) mod client_auth;
+pub mod clients;
+pub(crate) mod discovery;
+pub(crate) mod error;
+pub mod keys;
+pub(crate) mod notify;
+pub(crate) mod token;
+
+pub(crate) use client_auth::{BasicCredentials, Form};
+pub(crate) use error::{OAuthCode, OAuthError};
+pub(crate) use notify::NotifierHandle;
+
+use super::{Ctx, DomainError};
+use crate::error::ServerError;
+
+/// Scopes a client may ask for.
+pub(crate) const SUPPORTED_SCOPES: &[&str] = &["openid", "profile", "offline_access"];
+/// The backchannel authentication endpoint's path.
+pub(crate) const BACKCHANNEL_PATH: &str = "/oidc/backchannel";
+/// The token endpoint's path.
+pub(crate) const TOKEN_PATH: &str = "/oidc/token";
+/// The JWKS endpoint's path.
+pub(crate) const JWKS_PATH: &str = "/oidc/jwks";
+/// The userinfo endpoint's path.
+pub(crate) const USERINFO_PATH: &str = "/oidc/userinfo";
+
+/// The issuer: the server's public URL.
+pub(crate) fn issuer(state: &Ctx) -> String {
+    state.public_url.as_str().to_string()
+}
+
+/// An endpoint's absolute URL.
+pub(crate) fn endpoint_url(state: &Ctx, path: &str) -> String {
+    format!("{}{path}", state.public_url.as_str())
+}
+
+/// The administration error for a domain error of the admin operations (registration, key
+/// rotation): `not_found` names what a `not_found` refusal is about.
+pub(crate) fn admin_error(e: DomainError, not_found: &'static str) -> ServerError {
+    match e {
+        DomainError::Refused { code, message, .. } => {
+            if code == tessera_protocol::error::ErrorCode::NotFound {
+                ServerError::NotFound(not_found)
+            } else {
+                ServerError::InvalidInput(message)
+            }
+        }
+        DomainError::Unavailable(e) | DomainError::Store(e) => ServerError::Store(e),
+        DomainError::Internal(what) => ServerError::Corrupted(what),
+    }
+}
