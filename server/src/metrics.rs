@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -43,6 +44,7 @@ pub(crate) struct Metrics {
     pub pairing_failures: Family<ReasonLabels, Counter>,
     pub pushes: Family<PushLabels, Counter>,
     pub authentications_ended: Family<EndLabels, Counter>,
+    pub waiting_topics: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +64,12 @@ impl Metrics {
         let pairing_failures = Family::<ReasonLabels, Counter>::default();
         let pushes = Family::<PushLabels, Counter>::default();
         let authentications_ended = Family::<EndLabels, Counter>::default();
+        let waiting_topics = Gauge::default();
+        registry.register(
+            "waiting_topics",
+            "Authentications, devices and QR sessions some request is waiting on in this process",
+            waiting_topics.clone(),
+        );
         registry.register(
             "authentications_ended",
             "Authentications that ended, by kind and outcome",
@@ -100,6 +108,7 @@ impl Metrics {
             pairing_failures,
             pushes,
             authentications_ended,
+            waiting_topics,
         }
     }
 

@@ -68,9 +68,6 @@ impl Notice {
 /// A provider refused or could not be reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotifyError {
-    /// No provider is configured for the channel.
-    #[error("no provider is configured for this channel")]
-    NotConfigured,
     /// The destination is not usable by the provider.
     #[error("the destination is not usable")]
     BadDestination,

@@ -25,15 +25,6 @@ impl ApiError {
             missing_methods: Vec::new(),
         }
     }
-
-    /// Adds the methods a `mandatory_methods_missing` error lists.
-    pub fn with_missing_methods(
-        mut self,
-        methods: Vec<tessera_protocol::api::AuthenticationMethod>,
-    ) -> Self {
-        self.missing_methods = methods;
-        self
-    }
 }
 
 impl IntoResponse for ApiError {

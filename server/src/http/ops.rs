@@ -32,7 +32,13 @@ pub(crate) async fn metrics(State(state): State<Ctx>) -> impl IntoResponse {
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        {
+            state
+                .metrics
+                .waiting_topics
+                .set(i64::try_from(state.events.waited_topics()).unwrap_or(i64::MAX));
+            state.metrics.render()
+        },
     )
 }
 

@@ -4,22 +4,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use tessera_protocol::api::{CreateUserRequest, DeviceList, User};
-use tessera_protocol::ids::UserId;
 
 use super::errors::ApiError;
 use super::extract::{ApiJson, AppAuth};
 use crate::domain::{Ctx, devices};
 
-pub(crate) use super::extract::parse_user_id;
-
-/// The user, or `user_not_found` (for the handler modules that still check it themselves).
-pub(crate) async fn require_user(
-    state: &Ctx,
-    auth: &AppAuth,
-    user_id: &UserId,
-) -> Result<User, ApiError> {
-    Ok(crate::domain::users::require_user(state, &auth.0.id, user_id).await?)
-}
+use super::extract::parse_user_id;
 
 /// Creates a user.
 #[utoipa::path(post, path = "/v1/users", tag = "customer", request_body = CreateUserRequest,

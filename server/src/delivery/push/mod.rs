@@ -39,8 +39,6 @@ use crate::metrics::PushLabels;
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
 
-/// FCM's default base URL.
-
 /// Push credentials an administrator gave are unusable. The messages name the problem, never
 /// the submitted values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

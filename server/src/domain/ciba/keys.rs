@@ -3,7 +3,7 @@
 //! the signing one in one transaction, so every instance signs with the newest key the next
 //! time it reads them.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Value, json};
 use tessera_protocol::envelope::SoftwareSigningKey;
 
@@ -12,10 +12,9 @@ use crate::error::ServerError;
 use crate::store::ciba::{self, StoredSigningKey};
 use crate::store::{Database, StoreError};
 
-/// A loaded key, with the PKCS#8 DER it was stored as (what the JWT encoder takes).
+/// A loaded key and when it was retired.
 struct LoadedKey {
     key: SoftwareSigningKey,
-    der: zeroize::Zeroizing<Vec<u8>>,
     retired_at: Option<i64>,
 }
 
@@ -23,7 +22,6 @@ fn load(stored: StoredSigningKey) -> Result<LoadedKey, DomainError> {
     Ok(LoadedKey {
         key: SoftwareSigningKey::from_pkcs8_der(&stored.private_key)
             .map_err(|_| DomainError::Internal("ID token signing key"))?,
-        der: stored.private_key,
         retired_at: stored.retired_at,
     })
 }
@@ -125,11 +123,32 @@ pub(crate) async fn sign(
         .first()
         .filter(|k| k.retired_at.is_none())
         .ok_or(DomainError::Internal("no ID token signing key"))?;
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(current.key.kid().to_string());
-    header.typ = Some("JWT".into());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&current.der))
-        .map_err(|_| DomainError::Internal("ID token signing"))
+    sign_jwt(&current.key, claims)
+}
+
+/// A compact JWS (`alg` ES256, `typ` JWT, `kid`) over `claims`, signed with `ring`.
+fn sign_jwt(key: &SoftwareSigningKey, claims: &Value) -> Result<String, DomainError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use tessera_protocol::envelope::{EnvelopeSigner, RingSigningKey};
+    let signer =
+        RingSigningKey::from_software(key).map_err(|_| DomainError::Internal("ID token key"))?;
+    let header = json!({"alg": "ES256", "kid": key.kid(), "typ": "JWT"});
+    let header =
+        serde_json::to_vec(&header).map_err(|_| DomainError::Internal("ID token header"))?;
+    let claims =
+        serde_json::to_vec(claims).map_err(|_| DomainError::Internal("ID token claims"))?;
+    let mut jwt = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let signature = signer
+        .sign(jwt.as_bytes())
+        .map_err(|_| DomainError::Internal("ID token signing"))?;
+    jwt.push('.');
+    jwt.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
+    Ok(jwt)
 }
 
 /// Verifies the signature of a JWT this provider signed (with any published key) and returns
@@ -165,4 +184,24 @@ pub(crate) async fn verify_own(
     Ok(jsonwebtoken::decode::<Value>(jwt, &decoding, &validation)
         .ok()
         .map(|data| data.claims))
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+
+    #[test]
+    fn an_id_token_signed_with_ring_verifies_as_es256() {
+        let key = SoftwareSigningKey::generate();
+        let claims = json!({"iss": "https://op.example", "sub": "alice", "exp": 2_000_000_000_u64});
+        let jwt = sign_jwt(&key, &claims).expect("sign");
+        let jwk = key.public_jwk();
+        let decoding = DecodingKey::from_ec_components(jwk.x(), jwk.y()).expect("key");
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<Value>(&jwt, &decoding, &validation).expect("verify");
+        assert_eq!(data.claims, claims);
+        assert_eq!(data.header.kid.as_deref(), Some(key.kid()));
+        assert_eq!(data.header.typ.as_deref(), Some("JWT"));
+    }
 }
