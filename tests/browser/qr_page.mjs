@@ -1,4 +1,4 @@
-// Drives Tessera's QR login page in headless Chromium for tests/tests/qr_browser.rs.
+// Drives Tessera's QR login page in headless Chromium for tests/tests/integration/qr_browser.rs.
 //
 //   node qr_page.mjs URL [--renew | --await-renewal] [--expect-redirect] [--out DIR]
 //                        [--page-shots] [--width PX] [--timeout S]

@@ -1,34 +1,12 @@
 //! Operations: health, metrics, the OpenAPI document, and logs that never carry a secret.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use tessera_protocol::pairing::{MobilePayload, PairingUri, PushRegistration};
 use tessera_tests::{Backend, TestDevice, TestServer, device_config};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Every flow at TRACE level, then a search of everything logged for every secret involved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn logs_never_contain_secrets() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .init();
+    crate::logs::capture();
 
     let server = TestServer::start(Backend::Sqlite).await;
     server.user("alice").await;
@@ -71,7 +49,7 @@ async fn logs_never_contain_secrets() {
         .await
         .unwrap();
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = crate::logs::captured();
     assert!(
         logs.contains("\"route\":\"/v1/device/pairings\""),
         "requests are logged"

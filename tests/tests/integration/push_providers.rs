@@ -41,7 +41,7 @@ on_each_backend! {
 }
 
 /// A test-only RSA key (see `tests/fixtures/README.md`).
-const RSA_KEY: &str = include_str!("../fixtures/test-only-fcm-rsa-key.pem");
+const RSA_KEY: &str = include_str!("../../fixtures/test-only-fcm-rsa-key.pem");
 const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 const PROJECT: &str = "tessera-test";
 const CLIENT_EMAIL: &str = "push@tessera-test.iam.gserviceaccount.com";
@@ -1001,36 +1001,17 @@ async fn apns_refresh_and_stale(backend: Backend) {
 // ---------------------------------------------------------------------------------------------
 // Logs.
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Both providers' flows at TRACE level (the other tests of this binary log into the same
-/// capture while they run), then a search of everything logged for keys, tokens and device
+/// capture while they run, see `crate::logs`), then a search of everything logged for keys, tokens and device
 /// tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn push_provider_logs_never_contain_secrets() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .init();
+    crate::logs::capture();
     fcm_stale_token(Backend::Sqlite).await;
     fcm_retries(Backend::Sqlite).await;
     apns_refresh_and_stale(Backend::Sqlite).await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = crate::logs::captured();
     assert!(
         logs.contains("push token marked stale"),
         "push events are logged"

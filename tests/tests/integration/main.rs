@@ -1,0 +1,22 @@
+//! Tessera's end-to-end tests, as one test binary: the real server on loopback, driven by the
+//! real device core, a customer backend and relying parties over HTTP. Each module is one area
+//! (its tests are named `module::test::backend`, e.g. `ciba::slow_down_is_enforced::sqlite`);
+//! the harness they share lives in `tests/src/lib.rs` (`tessera_tests`).
+//!
+//! `cargo test -p tessera-tests --test integration` runs them all; a filter picks an area, e.g.
+//! `cargo test -p tessera-tests --test integration qr_browser::`.
+
+mod additional_devices;
+mod authentication;
+mod ciba;
+mod device_protocol;
+mod http_errors;
+mod logs;
+mod operations;
+mod otp;
+mod otp_backup;
+mod pairing;
+mod push;
+mod push_providers;
+mod qr;
+mod qr_browser;
