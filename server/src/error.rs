@@ -33,8 +33,32 @@ pub enum ServerError {
     AlreadyExists(&'static str),
 }
 
+impl From<crate::ip_table::IpTableError> for ServerError {
+    fn from(e: crate::ip_table::IpTableError) -> Self {
+        ServerError::InvalidInput(e.0)
+    }
+}
+
 impl From<sqlx::Error> for ServerError {
     fn from(e: sqlx::Error) -> Self {
         ServerError::Store(StoreError::from(e))
+    }
+}
+
+/// The administration error for a domain error of the admin operations (registration, key
+/// rotation): `not_found` names what a `not_found` refusal is about.
+pub(crate) fn admin_error(e: crate::domain::DomainError, not_found: &'static str) -> ServerError {
+    match e {
+        crate::domain::DomainError::Refused { code, message, .. } => {
+            if code == tessera_protocol::error::ErrorCode::NotFound {
+                ServerError::NotFound(not_found)
+            } else {
+                ServerError::InvalidInput(message)
+            }
+        }
+        crate::domain::DomainError::Unavailable(e) | crate::domain::DomainError::Store(e) => {
+            ServerError::Store(e)
+        }
+        crate::domain::DomainError::Internal(what) => ServerError::Corrupted(what),
     }
 }

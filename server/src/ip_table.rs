@@ -17,7 +17,11 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use crate::error::ServerError;
+/// The IP table could not be read or has a bad line (the message names the line, never its
+/// content beyond what was wrong).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct IpTableError(pub String);
 
 /// How trustworthy an address is, as the table says (PingID's values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,16 +78,14 @@ pub struct IpTable {
 
 impl IpTable {
     /// Parses the CSV text; an error names the first bad line (its number, not its content).
-    pub fn from_csv(text: &str) -> Result<Self, ServerError> {
+    pub fn from_csv(text: &str) -> Result<Self, IpTableError> {
         let mut blocks = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = |what: &str| {
-                ServerError::InvalidInput(format!("IP table line {}: {what}", index + 1))
-            };
+            let bad = |what: &str| IpTableError(format!("IP table line {}: {what}", index + 1));
             let mut parts = line.split(',').map(str::trim);
             let (Some(cidr), Some(country), Some(reputation), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
@@ -122,9 +124,9 @@ impl IpTable {
     }
 
     /// Reads and parses a table file.
-    pub fn load(path: &Path) -> Result<Self, ServerError> {
+    pub fn load(path: &Path) -> Result<Self, IpTableError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ServerError::InvalidInput(format!("cannot read the IP table {}: {e}", path.display()))
+            IpTableError(format!("cannot read the IP table {}: {e}", path.display()))
         })?;
         Self::from_csv(&text)
     }

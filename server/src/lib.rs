@@ -32,8 +32,47 @@ mod keys;
 mod metrics;
 /// The OpenID Provider's administration: CIBA client registration and ID token key rotation
 /// (the rules live in the domain layer; the admin command line and tests reach them here).
+/// The OpenID Provider's administration: client registration and ID-token key rotation for the
+/// command line (the rules live in the domain layer).
 pub mod oidc {
-    pub use crate::domain::ciba::{clients, keys};
+    /// CIBA client registration.
+    pub mod clients {
+        use tessera_protocol::ciba::{CibaClientRegistered, RegisterCibaClient};
+        use tessera_protocol::ids::ApplicationId;
+
+        use crate::{Database, ServerConfig, ServerError};
+
+        /// Validates and stores a registration for `app`. The secret (secret-based methods) is
+        /// returned once; only its digest is kept.
+        pub async fn register(
+            db: &Database,
+            config: &ServerConfig,
+            app: &ApplicationId,
+            request: RegisterCibaClient,
+            now: i64,
+        ) -> Result<CibaClientRegistered, ServerError> {
+            crate::domain::ciba::clients::register(db, config, app, request, now)
+                .await
+                .map_err(|e| crate::error::admin_error(e, "application"))
+        }
+    }
+
+    /// ID-token signing keys.
+    pub mod keys {
+        use crate::{Database, ServerError};
+
+        /// Adds a new signing key and retires the current one (still published until its
+        /// tokens expire). Returns the new key's id.
+        pub async fn rotate(
+            db: &Database,
+            now: i64,
+            max_token_ttl: i64,
+        ) -> Result<String, ServerError> {
+            crate::domain::ciba::keys::rotate(db, now, max_token_ttl)
+                .await
+                .map_err(|e| crate::error::admin_error(e, "signing key"))
+        }
+    }
 }
 pub mod qr_render;
 mod server;

@@ -429,7 +429,7 @@ async fn main() -> ExitCode {
             };
             let accessing_ip_table = match ip_table.as_deref().map(IpTable::load).transpose() {
                 Ok(table) => table.unwrap_or_default(),
-                Err(e) => return fail(server_error_code(&e), e),
+                Err(e) => return fail("invalid_input", e),
             };
             let config = ServerConfig {
                 listen,

@@ -5,15 +5,24 @@ use image::ImageEncoder;
 use qrcode::render::svg;
 use qrcode::{EcLevel, QrCode};
 
-use crate::error::ServerError;
+/// A QR code could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QrRenderError {
+    /// The text does not fit in a QR code.
+    #[error("text too long for a QR code")]
+    TooLong,
+    /// The image could not be encoded.
+    #[error("the QR code could not be encoded")]
+    Encoding,
+}
 
-fn code(text: &str) -> Result<QrCode, ServerError> {
+fn code(text: &str) -> Result<QrCode, QrRenderError> {
     QrCode::with_error_correction_level(text.as_bytes(), EcLevel::M)
-        .map_err(|_| ServerError::InvalidInput("text too long for a QR code".into()))
+        .map_err(|_| QrRenderError::TooLong)
 }
 
 /// The code as a standalone SVG document, at least `min_size` pixels wide.
-pub fn svg(text: &str, min_size: u32) -> Result<String, ServerError> {
+pub fn svg(text: &str, min_size: u32) -> Result<String, QrRenderError> {
     Ok(code(text)?
         .render()
         .min_dimensions(min_size, min_size)
@@ -24,7 +33,7 @@ pub fn svg(text: &str, min_size: u32) -> Result<String, ServerError> {
 }
 
 /// The code as a grayscale PNG, at least `min_size` pixels wide.
-pub fn png(text: &str, min_size: u32) -> Result<Vec<u8>, ServerError> {
+pub fn png(text: &str, min_size: u32) -> Result<Vec<u8>, QrRenderError> {
     let image = code(text)?
         .render::<image::Luma<u8>>()
         .min_dimensions(min_size, min_size)
@@ -38,7 +47,7 @@ pub fn png(text: &str, min_size: u32) -> Result<Vec<u8>, ServerError> {
             image.height(),
             image::ExtendedColorType::L8,
         )
-        .map_err(|_| ServerError::InvalidInput("the QR code could not be encoded".into()))?;
+        .map_err(|_| QrRenderError::Encoding)?;
     Ok(out)
 }
 

@@ -17,7 +17,6 @@ use tessera_protocol::ids::EnrollmentId;
 use tessera_protocol::pairing::DeviceRegistration;
 
 use crate::domain::Ctx;
-use crate::error::ServerError;
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
 
@@ -96,7 +95,7 @@ async fn readdress(
     record: &Authentication,
     from: &Enrollment,
     tried: &[EnrollmentId],
-) -> Result<Option<(Authentication, Enrollment)>, ServerError> {
+) -> Result<Option<(Authentication, Enrollment)>, super::DomainError> {
     let mut devices: Vec<Enrollment> =
         enrollments::list_for_user(&state.db, &record.application_id, &record.user_id)
             .await?
@@ -110,14 +109,14 @@ async fn readdress(
     // The request as this server signed it (read back from its own database).
     let mut request: AuthenticationRequest =
         envelope::unverified_payload(&record.signed_request)
-            .map_err(|_| ServerError::Corrupted("signed request"))?;
+            .map_err(|_| super::DomainError::Internal("a stored signed request is unreadable"))?;
     request.enrollment_id = next.enrollment_id.clone();
     request.nonce = DeviceRegistration::new_nonce();
     request.issued_at = state.now();
     let signed_request = state
         .keys
         .sign(MessageType::AuthenticationRequest, &request)
-        .map_err(|_| ServerError::Corrupted("server key"))?;
+        .map_err(|_| super::DomainError::Internal("signing with the server key failed"))?;
     if !authentications::readdress(
         &state.db,
         &record.id,

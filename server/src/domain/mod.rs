@@ -6,6 +6,7 @@
 //! Layering (checked by `tests/layering.rs` of this crate): `http` → `domain` → `store`;
 //! `delivery` implements `domain::ports`; `store` imports neither.
 
+pub(crate) mod applications;
 pub(crate) mod authentication;
 pub(crate) mod backup;
 pub(crate) mod ciba;
@@ -34,6 +35,7 @@ use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::store::Database;
 
+pub(crate) use crate::store::enrollments::Enrollment;
 pub use error::DomainError;
 pub use events::EventHub;
 

@@ -6,8 +6,6 @@ use axum::response::{IntoResponse, Response};
 use tessera_protocol::error::{ErrorBody, ErrorCode};
 
 use crate::domain::DomainError;
-use crate::error::ServerError;
-use crate::store::StoreError;
 
 /// An API error. The message is shown to clients: it never holds a secret or a submitted value.
 #[derive(Debug)]
@@ -76,37 +74,6 @@ impl From<DomainError> for ApiError {
                 ApiError::new(ErrorCode::InternalError, "internal error")
             }
         }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ApiError::from(DomainError::from(e))
-    }
-}
-
-impl From<ServerError> for ApiError {
-    fn from(e: ServerError) -> Self {
-        match e {
-            ServerError::Store(e) => ApiError::from(e),
-            ServerError::NotFound(what) => {
-                ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
-            }
-            ServerError::AlreadyExists(what) => {
-                ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))
-            }
-            ServerError::InvalidInput(reason) => ApiError::new(ErrorCode::InvalidRequest, reason),
-            other => {
-                tracing::error!(error = %other, "server error");
-                ApiError::new(ErrorCode::InternalError, "internal error")
-            }
-        }
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        ApiError::from(StoreError::from(e))
     }
 }
 

@@ -11,7 +11,7 @@ use tessera_protocol::error::ErrorCode;
 
 use super::errors::ApiError;
 use crate::domain::Ctx;
-use crate::store::applications::{self, Application};
+use crate::domain::applications::{self, Application};
 
 /// A JSON body: `application/json` required (415), size-limited (413), syntax errors are
 /// `malformed_json`, shape errors `invalid_request`.
@@ -139,7 +139,7 @@ where
             .map(str::trim)
             .filter(|k| !k.is_empty() && k.len() <= 256)
             .ok_or_else(unauthorized)?;
-        match applications::by_api_key(&state.db, key).await? {
+        match applications::by_api_key(&state, key).await? {
             Some(app) => Ok(AppAuth(app)),
             None => Err(unauthorized()),
         }
@@ -188,7 +188,7 @@ pub(crate) async fn authenticate_device(
     method: &axum::http::Method,
     path: &str,
     body: &[u8],
-) -> Result<crate::store::enrollments::Enrollment, ApiError> {
+) -> Result<crate::domain::Enrollment, ApiError> {
     let call = crate::domain::device_auth::DeviceCall {
         authorization: headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()),
         method: method.as_str(),
@@ -200,7 +200,7 @@ pub(crate) async fn authenticate_device(
 
 /// The enrollment a device-signed call names in its path: the signing one, or `unauthorized`.
 pub(crate) fn same_enrollment(
-    enrollment: &crate::store::enrollments::Enrollment,
+    enrollment: &crate::domain::Enrollment,
     raw: &str,
 ) -> Result<tessera_protocol::ids::EnrollmentId, ApiError> {
     match raw.parse::<tessera_protocol::ids::EnrollmentId>() {

@@ -34,8 +34,8 @@ pub(crate) use fcm::FcmCredentials;
 
 use crate::domain::Ctx;
 use crate::domain::ports::{DevicePush, PushFuture};
-use crate::error::ServerError;
 use crate::metrics::PushLabels;
+use crate::store::StoreError;
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
 
@@ -211,7 +211,7 @@ pub(crate) fn device_data(record: &Authentication, max_bytes: usize) -> Value {
 
 /// Picks the provider: the webhook if the application has one; otherwise FCM or APNs as the
 /// device registered, if the application has credentials for it; otherwise none.
-async fn route(state: &Ctx, device: &Enrollment) -> Result<Route, ServerError> {
+async fn route(state: &Ctx, device: &Enrollment) -> Result<Route, StoreError> {
     let settings = crate::store::applications::push_settings(&state.db, &device.application_id)
         .await?
         .unwrap_or_default();
@@ -224,7 +224,7 @@ async fn route(state: &Ctx, device: &Enrollment) -> Result<Route, ServerError> {
         (PushRegistration::Fcm { token }, Some(stored), _) => Route::Fcm {
             credentials: Box::new(
                 FcmCredentials::from_stored(&stored)
-                    .map_err(|_| ServerError::Corrupted("push_fcm"))?,
+                    .map_err(|_| StoreError::Corrupted("push_fcm"))?,
             ),
             token: token.clone(),
         },
@@ -232,7 +232,7 @@ async fn route(state: &Ctx, device: &Enrollment) -> Result<Route, ServerError> {
         (PushRegistration::Apns { token, sandbox }, _, Some(stored)) => Route::Apns {
             credentials: Box::new(
                 ApnsCredentials::from_stored(&stored)
-                    .map_err(|_| ServerError::Corrupted("push_apns"))?,
+                    .map_err(|_| StoreError::Corrupted("push_apns"))?,
             ),
             token: token.clone(),
             sandbox: *sandbox,

@@ -12,12 +12,10 @@ use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::ciba::CibaClientList;
 use tessera_protocol::error::ErrorCode;
 
-use super::admin_error;
 use super::client_auth::asymmetric_algorithm;
 use crate::config::ServerConfig;
 use crate::domain::ssrf::{self, TargetPolicy};
 use crate::domain::{Ctx, DomainError};
-use crate::error::ServerError;
 use crate::store::ciba::{self, CibaClient};
 use crate::store::{Database, applications};
 
@@ -48,16 +46,14 @@ fn check_jwks(jwks: &serde_json::Value) -> Result<String, DomainError> {
 
 /// Validates and stores a registration for `app` (the admin command line). The secret
 /// (secret-based methods) is returned once; only its digest is kept.
-pub async fn register(
+pub(crate) async fn register(
     db: &Database,
     config: &ServerConfig,
     app: &ApplicationId,
     request: RegisterCibaClient,
     now: i64,
-) -> Result<CibaClientRegistered, ServerError> {
-    registration(db, config, app, request, now)
-        .await
-        .map_err(|e| admin_error(e, "application"))
+) -> Result<CibaClientRegistered, DomainError> {
+    registration(db, config, app, request, now).await
 }
 
 /// Validates and stores a registration for the calling application (the customer API).

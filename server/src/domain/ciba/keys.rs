@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 use tessera_protocol::envelope::SoftwareSigningKey;
 
 use crate::domain::DomainError;
-use crate::error::ServerError;
 use crate::store::ciba::{self, StoredSigningKey};
 use crate::store::{Database, StoreError};
 
@@ -79,10 +78,10 @@ async fn add_key(db: &Database, now: i64) -> Result<String, AddKeyError> {
 
 /// Adds a new signing key and retires the current one (still published until its tokens
 /// expire). Returns the new key's id.
-pub async fn rotate(db: &Database, now: i64, max_token_ttl: i64) -> Result<String, ServerError> {
+pub async fn rotate(db: &Database, now: i64, max_token_ttl: i64) -> Result<String, DomainError> {
     let kid = add_key(db, now).await.map_err(|e| match e {
-        AddKeyError::Store(e) => ServerError::Store(e),
-        AddKeyError::Encoding(what) => ServerError::Corrupted(what),
+        AddKeyError::Store(e) => DomainError::from(e),
+        AddKeyError::Encoding(what) => DomainError::Internal(what),
     })?;
     ciba::drop_retired_keys(db, now - max_token_ttl).await?;
     Ok(kid)

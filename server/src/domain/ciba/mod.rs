@@ -25,8 +25,7 @@ pub(crate) use client_auth::{BasicCredentials, Form};
 pub(crate) use error::{OAuthCode, OAuthError};
 pub(crate) use notify::NotifierHandle;
 
-use super::{Ctx, DomainError};
-use crate::error::ServerError;
+use super::Ctx;
 
 /// Scopes a client may ask for.
 pub(crate) const SUPPORTED_SCOPES: &[&str] = &["openid", "profile", "offline_access"];
@@ -47,20 +46,4 @@ pub(crate) fn issuer(state: &Ctx) -> String {
 /// An endpoint's absolute URL.
 pub(crate) fn endpoint_url(state: &Ctx, path: &str) -> String {
     format!("{}{path}", state.public_url.as_str())
-}
-
-/// The administration error for a domain error of the admin operations (registration, key
-/// rotation): `not_found` names what a `not_found` refusal is about.
-pub(crate) fn admin_error(e: DomainError, not_found: &'static str) -> ServerError {
-    match e {
-        DomainError::Refused { code, message, .. } => {
-            if code == tessera_protocol::error::ErrorCode::NotFound {
-                ServerError::NotFound(not_found)
-            } else {
-                ServerError::InvalidInput(message)
-            }
-        }
-        DomainError::Unavailable(e) | DomainError::Store(e) => ServerError::Store(e),
-        DomainError::Internal(what) => ServerError::Corrupted(what),
-    }
 }
