@@ -2,10 +2,12 @@
 //! paired with its own user) run full cycles concurrently. One cycle: the relying party creates
 //! an approval → the device pulls it (signed request verified against pinned keys) → the device
 //! approves (signed answer) → the relying party reads the approved result with its attributes.
-//! Prints cycles per second and p50/p99 cycle latency at 1, 16 and 64 concurrent devices, on
-//! SQLite and (with `DATABASE_URL=postgres://…`) PostgreSQL.
+//! Prints cycles per second and p50/p99 cycle latency at 1, 16, 64, 128 and 256 concurrent
+//! devices, on SQLite and (with `DATABASE_URL=postgres://…`) PostgreSQL.
 //!
-//! `cargo bench -p tessera-tests --bench auth_load` (`CYCLES_PER_DEVICE=N`, default 50).
+//! `cargo bench -p tessera-tests --bench auth_load` (`CYCLES_PER_DEVICE=N`, default 50;
+//! `LOAD_LEVELS=1,16` runs only those levels). Under `cargo test --all-targets` it makes a smoke
+//! run of 2 cycles at 1 and 2 devices.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,7 +88,7 @@ async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: u
 }
 
 fn main() {
-    let plan = plan("CYCLES_PER_DEVICE", 50, 2);
+    let plan = plan("CYCLES_PER_DEVICE", 50, 2).with_bench_levels(&[1, 16, 64, 128, 256]);
     let cycles = plan.per_client;
     runtime().block_on(async {
         println!("authentication cycles over loopback ({cycles} per device)");

@@ -8,8 +8,9 @@ use tokio::task::JoinHandle;
 use crate::Backend;
 
 /// How much one run does. `cargo bench` passes `--bench` (the full run at 1, 16 and 64
-/// concurrent clients); `cargo test --all-targets` runs the generator without it, and then only
-/// a short smoke run is made, as criterion does.
+/// concurrent clients, or the levels a generator asks for with [`Plan::with_bench_levels`]);
+/// `cargo test --all-targets` runs the generator without it, and then only a short smoke run at
+/// 1 and 2 clients is made, as criterion does. `LOAD_LEVELS=1,16` sets the levels of either run.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     /// Operations per client (`env_var` overrides it).
@@ -35,9 +36,37 @@ pub fn plan(env_var: &str, bench_default: usize, smoke_default: usize) -> Plan {
         .max(1);
     Plan {
         per_client,
-        levels: if benchmarking { &[1, 16, 64] } else { &[1, 2] },
+        levels: levels_from_env().unwrap_or(if benchmarking { &[1, 16, 64] } else { &[1, 2] }),
         benchmarking,
     }
+}
+
+impl Plan {
+    /// The full run's levels are `levels` (the smoke run and `LOAD_LEVELS` are unchanged).
+    pub fn with_bench_levels(self, levels: &'static [usize]) -> Plan {
+        Plan {
+            levels: if self.benchmarking && levels_from_env().is_none() {
+                levels
+            } else {
+                self.levels
+            },
+            ..self
+        }
+    }
+}
+
+/// `LOAD_LEVELS=1,16,64`: the concurrency levels to run, if set and valid.
+fn levels_from_env() -> Option<&'static [usize]> {
+    let levels: Vec<usize> = std::env::var("LOAD_LEVELS")
+        .ok()?
+        .split(',')
+        .map(|l| l.trim().parse().ok().filter(|&n| n > 0))
+        .collect::<Option<_>>()?;
+    if levels.is_empty() {
+        return None;
+    }
+    let leaked: &'static [usize] = levels.leak();
+    Some(leaked)
 }
 
 /// The multi-threaded runtime a generator runs on.

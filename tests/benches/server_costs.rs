@@ -1,0 +1,879 @@
+//! What the server costs while it waits and per approval, measured on the `tessera-server` binary
+//! running as a separate process (so its CPU time, memory and file descriptors are its own), over
+//! loopback, on a temporary SQLite file and (with `DATABASE_URL=postgres://…`) on PostgreSQL.
+//!
+//! 1. **Idle long-polls**: N devices (the real core, each paired with its own user) each hold a
+//!    device long-poll (`GET /v1/device/enrollments/{id}/requests?wait=30`). Once every poll is
+//!    established (all sent, and the server's and this process's CPU have gone quiet), over a
+//!    window: server CPU seconds per second (`/proc/<pid>/stat` utime+stime), server read/write syscalls
+//!    per second (`/proc/<pid>/io`: database files and sockets together), database statements
+//!    per second (PostgreSQL only: counted exactly, per message, at a small proxy between this
+//!    server and PostgreSQL — `Execute` of the extended protocol plus simple `Query`; and the
+//!    database-wide `pg_stat_database` transaction count, which includes every other client of
+//!    that database), and memory per waiting request (`VmRSS` once all polls wait, minus before
+//!    they started, divided by N). A poll that reaches its 30 s deadline does one final read and
+//!    the device polls again; how many did so inside the window is printed with the figures.
+//! 2. **Wake-up latency**: a relying party waits on `GET /v1/authentications/{id}?wait=30`; the
+//!    device pulls the request and approves it. Time from the core's `approve` returning (its
+//!    HTTP response plus the core's own work after it) to the waiter's response (negative: the
+//!    waiter was answered first), and from calling `approve` to the waiter's response; p50/p99. On one instance (SQLite, PostgreSQL) and across two server
+//!    processes on one PostgreSQL database (the device talks to instance A, the waiter waits on
+//!    instance B, which learns of the answer through LISTEN/NOTIFY).
+//! 3. **Server CPU per approval cycle**: server CPU time (and, on PostgreSQL, statements) over a
+//!    fixed number of sequential full cycles (create → device pulls → approves → relying party
+//!    reads the result), divided by the cycles.
+//!
+//! The binary: `TESSERA_SERVER_BIN`, else `target/release/tessera-server`, else
+//! `target/debug/tessera-server` (the path used is printed, with a warning when it is older than
+//! `server/src`). Build it first: `cargo build -p tessera-server --release`.
+//!
+//! `cargo bench -p tessera-tests --bench server_costs`. Sizes (full run / smoke run under
+//! `cargo test --all-targets`):
+//! - `SERVER_COSTS=idle,wake,cpu` — which parts to run (default all three);
+//! - `IDLE_DEVICES` — devices holding a long-poll (10000 / 2);
+//! - `IDLE_WINDOW_SECS` — the measuring window (10 / 1);
+//! - `PAIR_CONCURRENCY` — pairings in flight while the devices are set up (32);
+//! - `WAKE_ROUNDS` — rounds per wake-up figure (200 / 3);
+//! - `CPU_CYCLES` — approval cycles for the CPU figure (200 / 3).
+//!
+//! A user may be asked at most 20 times in 10 minutes (the binary's push-bombing limit), so the
+//! wake-up and CPU parts pair one device per 20 rounds.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use tempfile::TempDir;
+use tessera_examples::customer::CustomerApi;
+use tessera_protocol::api::CreatedApplication;
+use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
+use tessera_protocol::ids::EnrollmentId;
+use tessera_tests::load::runtime;
+use tessera_tests::{TestDevice, ask};
+
+/// Requests one user may receive in 10 minutes (the server's default).
+const PER_USER: usize = 20;
+
+struct Sizes {
+    parts: Vec<String>,
+    idle_devices: usize,
+    idle_window: Duration,
+    /// Pause after pairing (PostgreSQL flushes its statistics at most once a second), and the
+    /// sampling interval of the "gone quiet" check.
+    settle: Duration,
+    sample: Duration,
+    /// How long to wait at most for the polls to be established.
+    establish_cap: Duration,
+    pair_concurrency: usize,
+    wake_rounds: usize,
+    cpu_cycles: usize,
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .max(1)
+}
+
+impl Sizes {
+    fn from_env() -> Self {
+        let bench = std::env::args().any(|a| a == "--bench");
+        fn pick<T>(bench: bool, full: T, smoke: T) -> T {
+            if bench { full } else { smoke }
+        }
+        Sizes {
+            parts: std::env::var("SERVER_COSTS")
+                .unwrap_or_else(|_| "idle,wake,cpu".into())
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
+            idle_devices: env_usize("IDLE_DEVICES", pick(bench, 10_000, 2)),
+            idle_window: Duration::from_secs(
+                env_usize("IDLE_WINDOW_SECS", pick(bench, 10, 1)) as u64
+            ),
+            settle: pick(bench, Duration::from_secs(2), Duration::ZERO),
+            sample: pick(
+                bench,
+                Duration::from_millis(500),
+                Duration::from_millis(100),
+            ),
+            establish_cap: pick(bench, Duration::from_secs(120), Duration::from_secs(5)),
+            pair_concurrency: env_usize("PAIR_CONCURRENCY", 32),
+            wake_rounds: env_usize("WAKE_ROUNDS", pick(bench, 200, 3)),
+            cpu_cycles: env_usize("CPU_CYCLES", pick(bench, 200, 3)),
+        }
+    }
+
+    fn runs(&self, part: &str) -> bool {
+        self.parts.iter().any(|p| p == part)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server process and what /proc says about it.
+
+/// Which database a server process runs on.
+#[derive(Clone)]
+enum Db {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Db {
+    fn label(&self) -> &'static str {
+        match self {
+            Db::Sqlite => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+}
+
+struct ServerProcess {
+    child: Child,
+    pid: u32,
+    base_url: String,
+}
+
+impl ServerProcess {
+    /// Starts `serve` on a free loopback port and waits for its "listening on" line.
+    fn start(bin: &Path, database_url: &str, public_url: Option<&str>, log: &Path) -> Self {
+        let mut command = Command::new(bin);
+        command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                database_url,
+            ])
+            .args(["--pairing-failures-per-minute", "100000"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log file"));
+        if let Some(url) = public_url {
+            command.args(["--public-url", url]);
+        }
+        let mut child = command.spawn().expect("start tessera-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("server output");
+        // Keep reading, so the server never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let Some(base_url) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!(
+                "tessera-server did not start: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        };
+        let pid = child.id();
+        ServerProcess {
+            child,
+            pid,
+            base_url: base_url.to_string(),
+        }
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        cpu_seconds_of(&format!("/proc/{}/stat", self.pid))
+    }
+
+    /// Resident memory in KiB.
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// (read syscalls, write syscalls) so far.
+    fn syscalls(&self) -> (u64, u64) {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid)).unwrap_or_default();
+        let field = |name: &str| {
+            io.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("syscr:"), field("syscw:"))
+    }
+
+    /// Open sockets.
+    fn sockets(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// This bench process's user + system CPU seconds so far.
+fn own_cpu_seconds() -> f64 {
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// User + system CPU seconds from a `/proc/…/stat` file.
+fn cpu_seconds_of(stat: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// `tessera-server admin create-app`: the application and its API key.
+fn create_app(bin: &Path, database_url: &str) -> CreatedApplication {
+    let out = Command::new(bin)
+        .args([
+            "admin",
+            "--database",
+            database_url,
+            "create-app",
+            "Server costs",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("admin create-app");
+    assert!(
+        out.status.success(),
+        "create-app failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("create-app JSON")
+}
+
+/// The binary to measure, or `None` (with the reason printed).
+fn server_binary() -> Option<PathBuf> {
+    let usable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf();
+    let bin = match std::env::var_os("TESSERA_SERVER_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace.join("target"));
+            let release = target.join("release/tessera-server");
+            if usable(&release) {
+                release
+            } else {
+                target.join("debug/tessera-server")
+            }
+        }
+    };
+    if !usable(&bin) {
+        println!(
+            "server costs skipped: no tessera-server binary at {} (cargo build -p tessera-server --release, or set TESSERA_SERVER_BIN)",
+            bin.display()
+        );
+        return None;
+    }
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let newest_source = newest_modification(&workspace.join("server/src"));
+    println!("measuring {}", bin.display());
+    if let (Some(built), Some(source)) = (built, newest_source)
+        && built < source
+    {
+        println!("WARNING: the binary is older than server/src; rebuild it");
+    }
+    Some(bin)
+}
+
+fn newest_modification(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_modification(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counting the statements one server sends to PostgreSQL.
+
+/// Frontend messages seen by the proxy: extended-protocol `Execute` and simple `Query`.
+#[derive(Default)]
+struct Statements {
+    execute: AtomicU64,
+    simple: AtomicU64,
+}
+
+impl Statements {
+    fn read(&self) -> (u64, u64) {
+        (
+            self.execute.load(Ordering::Relaxed),
+            self.simple.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Follows the frontend's message framing: a startup packet (length, code), then typed messages
+/// (type byte, length). The server connects through the proxy with `sslmode=disable`, so the
+/// stream is plain.
+struct FrontendParser {
+    startup: bool,
+    skip: usize,
+    head: Vec<u8>,
+}
+
+impl FrontendParser {
+    fn feed(&mut self, mut data: &[u8], counts: &Statements) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let head_len = if self.startup { 8 } else { 5 };
+            let n = (head_len - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.head.len() < head_len {
+                return;
+            }
+            let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            if self.startup {
+                let code = be32(&self.head[4..8]);
+                // SSLRequest and GSSENCRequest are followed by another startup packet.
+                self.startup = code == 80877103 || code == 80877104;
+                self.skip = be32(&self.head[0..4]).saturating_sub(8);
+            } else {
+                match self.head[0] {
+                    b'E' => counts.execute.fetch_add(1, Ordering::Relaxed),
+                    b'Q' => counts.simple.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+                self.skip = be32(&self.head[1..5]).saturating_sub(4);
+            }
+            self.head.clear();
+        }
+    }
+}
+
+/// A counting TCP proxy in front of PostgreSQL; returns the URL to give the server.
+fn counting_proxy(database_url: &str) -> (String, Arc<Statements>) {
+    let mut url = reqwest::Url::parse(database_url).expect("DATABASE_URL");
+    let upstream = format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5432)
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").expect("proxy");
+    let port = listener.local_addr().expect("proxy addr").port();
+    let counts = Arc::new(Statements::default());
+    let counting = Arc::clone(&counts);
+    std::thread::spawn(move || {
+        for client in listener.incoming().filter_map(Result::ok) {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (mut client_in, mut server_out) = (client, server);
+            let (Ok(mut client_out), Ok(mut server_in)) =
+                (client_in.try_clone(), server_out.try_clone())
+            else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server_in, &mut client_out);
+                let _ = client_out.shutdown(std::net::Shutdown::Both);
+            });
+            let counts = Arc::clone(&counting);
+            std::thread::spawn(move || {
+                let mut parser = FrontendParser {
+                    startup: true,
+                    skip: 0,
+                    head: Vec::with_capacity(8),
+                };
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match client_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            parser.feed(&buf[..n], &counts);
+                            if server_out.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = server_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    url.set_host(Some("127.0.0.1")).expect("host");
+    url.set_port(Some(port)).expect("port");
+    let query: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "sslmode")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.query_pairs_mut()
+        .clear()
+        .extend_pairs(query)
+        .append_pair("sslmode", "disable");
+    (url.to_string(), counts)
+}
+
+/// `xact_commit + xact_rollback` and `tup_returned` of the whole database.
+async fn pg_database_stats(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (xact_commit + xact_rollback)::BIGINT, tup_returned::BIGINT \
+         FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_database")
+}
+
+// ---------------------------------------------------------------------------------------------
+// One server with an application, and paired devices.
+
+struct Setup {
+    server: ServerProcess,
+    customer: Arc<CustomerApi>,
+    app: CreatedApplication,
+    statements: Option<Arc<Statements>>,
+    database_url: String,
+    dir: TempDir,
+}
+
+impl Setup {
+    /// A server on `db` (through the counting proxy when `count` and on PostgreSQL).
+    fn start(bin: &Path, db: &Db, count: bool) -> Setup {
+        let dir = TempDir::new().expect("temp dir");
+        let (database_url, statements) = match db {
+            Db::Sqlite => (
+                format!("sqlite://{}", dir.path().join("tessera.db").display()),
+                None,
+            ),
+            Db::Postgres(url) if count => {
+                let (proxied, counts) = counting_proxy(url);
+                (proxied, Some(counts))
+            }
+            Db::Postgres(url) => (url.clone(), None),
+        };
+        let server = ServerProcess::start(bin, &database_url, None, &dir.path().join("a.log"));
+        let app = create_app(bin, &database_url);
+        let customer = Arc::new(CustomerApi::new(&server.base_url, &app.api_key));
+        Setup {
+            server,
+            customer,
+            app,
+            statements,
+            database_url,
+            dir,
+        }
+    }
+
+    /// `n` devices, each paired with its own user, `concurrency` pairings at a time.
+    async fn pair(
+        &self,
+        prefix: &str,
+        n: usize,
+        concurrency: usize,
+    ) -> Vec<(String, TestDevice, EnrollmentId)> {
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let customer = Arc::clone(&self.customer);
+                let user = format!("{prefix}-{i}");
+                async move {
+                    customer.create_user(&user, None).await.expect("user");
+                    // On a loaded machine a pairing may time out: try again with a new code.
+                    let mut attempt = 1;
+                    loop {
+                        let uri = customer
+                            .start_pairing(&user, None)
+                            .await
+                            .expect("pairing")
+                            .pairing_uri;
+                        let device = TestDevice::new().await;
+                        match device.auth.pair(&uri, None).await {
+                            Ok(_) => {
+                                let enrollment =
+                                    device.auth.enrollments().await.remove(0).enrollment_id;
+                                return (user, device, enrollment);
+                            }
+                            Err(e) if attempt < 3 => {
+                                eprintln!("pairing {user} failed ({e}); trying again");
+                                attempt += 1;
+                            }
+                            Err(e) => panic!("pairing {user} failed three times: {e}"),
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Idle long-polls.
+
+async fn idle(bin: &Path, db: &Db, sizes: &Sizes) {
+    let label = db.label();
+    let n = sizes.idle_devices;
+    let setup = Setup::start(bin, db, true);
+    let t0 = Instant::now();
+    let devices = setup.pair("idle", n, sizes.pair_concurrency).await;
+    println!(
+        "idle      {label:<9} {n} devices paired in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(sizes.settle).await;
+    let server = &setup.server;
+    let rss_before = server.rss_kib();
+    let returned = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for (i, (_, device, enrollment)) in devices.into_iter().enumerate() {
+        let (returned, failed, stop) = (
+            Arc::clone(&returned),
+            Arc::clone(&failed),
+            Arc::clone(&stop),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match device
+                    .auth
+                    .wait_for_requests(&enrollment, Duration::from_secs(30))
+                    .await
+                {
+                    Ok(_) => returned.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            drop(device);
+        }));
+        // Do not flood the listen backlog.
+        if i % 200 == 199 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Established: every poll has been sent and both processes have gone quiet (the devices
+    // signed their requests, the server verified them and subscribed).
+    let (mut last_server, mut last_self) = (server.cpu_seconds(), own_cpu_seconds());
+    let mut quiet_samples = 0;
+    while quiet_samples < 2 && started.elapsed() < sizes.establish_cap {
+        tokio::time::sleep(sizes.sample).await;
+        let (cpu, own) = (server.cpu_seconds(), own_cpu_seconds());
+        // Under 4% of a core (server) and 10% (this process).
+        let limit = sizes.sample.as_secs_f64();
+        let quiet = cpu - last_server < 0.04 * limit && own - last_self < 0.1 * limit;
+        (last_server, last_self) = (cpu, own);
+        quiet_samples = if quiet { quiet_samples + 1 } else { 0 };
+    }
+    let established = started.elapsed();
+    if quiet_samples < 2 {
+        println!(
+            "idle      {label:<9} WARNING: the processes did not go quiet within {} s; measuring anyway",
+            sizes.establish_cap.as_secs()
+        );
+    }
+    let rss_after = server.rss_kib();
+    let stats_pool = match db {
+        Db::Postgres(url) => Some(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
+                .await
+                .expect("stats connection"),
+        ),
+        Db::Sqlite => None,
+    };
+    let pg0 = match &stats_pool {
+        Some(pool) => Some(pg_database_stats(pool).await),
+        None => None,
+    };
+    let statements0 = setup.statements.as_ref().map(|s| s.read());
+    let (cpu0, io0, returned0) = (
+        server.cpu_seconds(),
+        server.syscalls(),
+        returned.load(Ordering::Relaxed),
+    );
+    let w0 = Instant::now();
+    tokio::time::sleep(sizes.idle_window).await;
+    let (cpu1, io1, returned1) = (
+        server.cpu_seconds(),
+        server.syscalls(),
+        returned.load(Ordering::Relaxed),
+    );
+    let statements1 = setup.statements.as_ref().map(|s| s.read());
+    let window = w0.elapsed().as_secs_f64();
+    let pg1 = match &stats_pool {
+        Some(pool) => Some(pg_database_stats(pool).await),
+        None => None,
+    };
+    stop.store(true, Ordering::Relaxed);
+    println!(
+        "idle      {label:<9} {n} long-polls established in {:.1} s (server holds {} sockets); window {window:.1} s, {} polls returned (30 s deadline) in it, {} failed in all",
+        established.as_secs_f64(),
+        server.sockets(),
+        returned1 - returned0,
+        failed.load(Ordering::Relaxed),
+    );
+    println!(
+        "idle      {label:<9} server CPU {:.4} s/s while {n} long-polls wait",
+        (cpu1 - cpu0) / window
+    );
+    println!(
+        "idle      {label:<9} server memory {:.1} KiB per waiting request (RSS {:.1} MiB before, {:.1} MiB with {n} waiting)",
+        (rss_after as f64 - rss_before as f64) / n as f64,
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+    );
+    println!(
+        "idle      {label:<9} server syscalls {:.1} reads/s, {:.1} writes/s (database files and sockets together)",
+        (io1.0 - io0.0) as f64 / window,
+        (io1.1 - io0.1) as f64 / window,
+    );
+    match (statements0, statements1) {
+        (Some((e0, q0)), Some((e1, q1))) => println!(
+            "idle      {label:<9} database statements from this server {:.2}/s ({} Execute + {} simple Query in {window:.1} s, counted at a proxy)",
+            ((e1 - e0) + (q1 - q0)) as f64 / window,
+            e1 - e0,
+            q1 - q0,
+        ),
+        _ => println!(
+            "idle      {label:<9} database statements: not counted on SQLite (in process); see the syscalls"
+        ),
+    }
+    if let (Some((x0, r0)), Some((x1, r1))) = (pg0, pg1) {
+        println!(
+            "idle      {label:<9} pg_stat_database {:.2} transactions/s, {:.0} tuples returned/s (whole database: includes other clients and this reader)",
+            (x1 - x0) as f64 / window,
+            (r1 - r0) as f64 / window,
+        );
+    }
+    for task in tasks {
+        task.abort();
+    }
+    drop(setup);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Wake-up latency.
+
+/// Signed milliseconds, sorted; p50 and p99 by nearest rank.
+fn p50_p99(mut values: Vec<f64>) -> String {
+    values.sort_by(f64::total_cmp);
+    let at = |p: f64| values[((values.len() as f64 - 1.0) * p).round() as usize];
+    format!("p50 {:.2} ms  p99 {:.2} ms", at(0.5), at(0.99))
+}
+
+async fn wake(bin: &Path, db: &Db, two_instances: bool, rounds: usize) {
+    let setup = Setup::start(bin, db, false);
+    // Instance B: the same database and the same public URL (the devices' pinned identity).
+    let other = two_instances.then(|| {
+        ServerProcess::start(
+            bin,
+            &setup.database_url,
+            Some(&setup.server.base_url),
+            &setup.dir.path().join("b.log"),
+        )
+    });
+    let waiter_api = Arc::new(match &other {
+        Some(b) => CustomerApi::new(&b.base_url, &setup.app.api_key),
+        None => CustomerApi::new(&setup.server.base_url, &setup.app.api_key),
+    });
+    let devices = setup.pair("wake", rounds.div_ceil(PER_USER), 8).await;
+    let (mut after_answer, mut after_send) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (user, device, enrollment) = &devices[round / PER_USER];
+        let created = setup
+            .customer
+            .create_authentication(user, &ask(AuthenticationKind::Approval))
+            .await
+            .expect("create");
+        let waiter = {
+            let api = Arc::clone(&waiter_api);
+            let id = created.authentication_id.clone();
+            tokio::spawn(async move {
+                let status = api.authentication(&id, 30).await.expect("wait");
+                (status, Instant::now())
+            })
+        };
+        let request = device
+            .auth
+            .wait_for_requests(enrollment, Duration::from_secs(10))
+            .await
+            .expect("pull")
+            .into_iter()
+            .find(|r| r.request_id == created.authentication_id)
+            .expect("the request");
+        // Let the waiter's request reach the server and subscribe.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let sent = Instant::now();
+        device
+            .auth
+            .approve(&request, vec![], None)
+            .await
+            .expect("approve");
+        let answered = Instant::now();
+        let (status, woke) = waiter.await.expect("waiter");
+        assert_eq!(status.state, AuthenticationState::Approved);
+        let signed_ms = |from: Instant| {
+            if woke >= from {
+                (woke - from).as_secs_f64() * 1000.0
+            } else {
+                -((from - woke).as_secs_f64() * 1000.0)
+            }
+        };
+        after_answer.push(signed_ms(answered));
+        after_send.push(signed_ms(sent));
+    }
+    let label = if two_instances {
+        "postgres, device on A, waiter on B"
+    } else {
+        db.label()
+    };
+    println!(
+        "wake-up   {label}: waiter's response after approve returned {}; after approve was sent {} ({rounds} rounds)",
+        p50_p99(after_answer),
+        p50_p99(after_send),
+    );
+    drop(other);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Server CPU per approval cycle.
+
+async fn cpu_per_cycle(bin: &Path, db: &Db, cycles: usize) {
+    let setup = Setup::start(bin, db, true);
+    let devices = setup.pair("cpu", cycles.div_ceil(PER_USER), 8).await;
+    // Measured from a process that has just paired the devices (pool connections open).
+    let statements0 = setup.statements.as_ref().map(|s| s.read());
+    let cpu0 = setup.server.cpu_seconds();
+    let started = Instant::now();
+    for cycle in 0..cycles {
+        let (user, device, enrollment) = &devices[cycle / PER_USER];
+        let created = setup
+            .customer
+            .create_authentication(user, &ask(AuthenticationKind::Approval))
+            .await
+            .expect("create");
+        let request = device
+            .auth
+            .wait_for_requests(enrollment, Duration::from_secs(10))
+            .await
+            .expect("pull")
+            .into_iter()
+            .find(|r| r.request_id == created.authentication_id)
+            .expect("the request");
+        device
+            .auth
+            .approve(&request, vec![], None)
+            .await
+            .expect("approve");
+        let status = setup
+            .customer
+            .authentication(&created.authentication_id, 10)
+            .await
+            .expect("status");
+        assert_eq!(status.state, AuthenticationState::Approved);
+    }
+    let elapsed = started.elapsed();
+    let cpu = setup.server.cpu_seconds() - cpu0;
+    let statements = match (statements0, setup.statements.as_ref().map(|s| s.read())) {
+        (Some((e0, q0)), Some((e1, q1))) => format!(
+            ", {:.1} database statements per cycle ({:.1} Execute + {:.1} simple Query)",
+            ((e1 - e0) + (q1 - q0)) as f64 / cycles as f64,
+            (e1 - e0) as f64 / cycles as f64,
+            (q1 - q0) as f64 / cycles as f64,
+        ),
+        _ => String::new(),
+    };
+    println!(
+        "cpu       {:<9} {:.2} ms server CPU per approval cycle ({cycles} sequential cycles in {:.1} s){statements}",
+        db.label(),
+        cpu * 1000.0 / cycles as f64,
+        elapsed.as_secs_f64(),
+    );
+}
+
+fn main() {
+    let sizes = Sizes::from_env();
+    let Some(bin) = server_binary() else {
+        return;
+    };
+    let mut dbs = vec![Db::Sqlite];
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => dbs.push(Db::Postgres(url)),
+        _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
+    }
+    runtime().block_on(async {
+        if sizes.runs("idle") {
+            for db in &dbs {
+                idle(&bin, db, &sizes).await;
+            }
+        }
+        if sizes.runs("wake") {
+            for db in &dbs {
+                wake(&bin, db, false, sizes.wake_rounds).await;
+            }
+            if let Some(db @ Db::Postgres(_)) = dbs.get(1) {
+                wake(&bin, db, true, sizes.wake_rounds).await;
+            }
+        }
+        if sizes.runs("cpu") {
+            for db in &dbs {
+                cpu_per_cycle(&bin, db, sizes.cpu_cycles).await;
+            }
+        }
+    });
+}
