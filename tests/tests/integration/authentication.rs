@@ -909,3 +909,38 @@ async fn primary_device(backend: Backend) {
     assert_eq!(devices.len(), 1);
     assert!(devices[0].primary);
 }
+
+on_each_backend! {
+    text_that_renders_differently_than_it_reads_is_refused => hidden_or_reordering_text;
+}
+
+/// A message or field with a bidirectional override, an isolate or a zero-width character
+/// would show the user something other than what the device signs: refused before anything is
+/// sent.
+async fn hidden_or_reordering_text(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("alice").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/users/alice/authentications", server.base_url);
+    for (message, label, value) in [
+        ("Pay 10\u{202E}00.1 EUR to ACME?", "Amount", "10.00 EUR"),
+        ("Pay ACME?", "Pay\u{200B}ee", "ACME"),
+        ("Pay ACME?", "Payee", "AC\u{2066}ME\u{2069}"),
+        ("Pay\u{FEFF} ACME?", "Payee", "ACME"),
+    ] {
+        let response = http
+            .post(&url)
+            .bearer_auth(&server.app.api_key)
+            .json(&serde_json::json!({
+                "kind": "transaction",
+                "message": message,
+                "fields": [{"label": label, "value": value}],
+            }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 400, "{message:?} {label:?} {value:?}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "invalid_request");
+    }
+}

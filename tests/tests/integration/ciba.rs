@@ -2,6 +2,7 @@
 //! user's paired device (the real core) as the authentication device, and local notification
 //! receivers for ping and push; on SQLite and PostgreSQL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -16,6 +17,7 @@ use tessera_protocol::ciba::{
     RegisterCibaClient,
 };
 use tessera_protocol::error::ErrorCode;
+use tessera_server::ManualClock;
 use tessera_tests::{Backend, TestDevice, TestServer, on_each_backend};
 
 on_each_backend! {
@@ -38,7 +40,18 @@ on_each_backend! {
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn start(backend: Backend) -> (TestServer, TestDevice) {
+    start_with_clock(backend, None).await
+}
+
+/// Like [`start`], with the server reading `clock` (tests move it instead of sleeping).
+async fn start_with_clock(
+    backend: Backend,
+    clock: Option<ManualClock>,
+) -> (TestServer, TestDevice) {
     let server = TestServer::start_with(backend, |c| {
+        if let Some(clock) = clock {
+            c.clock = Arc::new(clock);
+        }
         c.ciba_poll_interval = 1;
         c.ciba_allow_loopback_notifications = true;
         c.ciba_notification_retry_base = Duration::from_millis(50);
@@ -717,7 +730,8 @@ async fn token_errors(backend: Backend) {
 }
 
 async fn slow_down(backend: Backend) {
-    let (server, device) = start(backend).await;
+    let clock = ManualClock::new();
+    let (server, device) = start_with_clock(backend, Some(clock.clone())).await;
     let rp = poll_client(&server).await;
     let ack = rp.backchannel(ALICE).await.unwrap();
     // Polling at once, before the interval has passed since the acknowledgement.
@@ -726,7 +740,7 @@ async fn slow_down(backend: Backend) {
         (400, "slow_down".into())
     );
     // The interval grew by 5 seconds: one second later is still too soon.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     assert_eq!(
         oauth_error(rp.token(&ack.auth_req_id).await),
         (400, "slow_down".into())
@@ -738,14 +752,15 @@ async fn slow_down(backend: Backend) {
         .approve(&request, vec!["face".into()], None)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    clock.advance(Duration::from_secs(11));
     let tokens = rp.token(&ack.auth_req_id).await.unwrap();
     let claims = rp.verify_id_token(&tokens.id_token).await.unwrap();
     assert_eq!(claims["amr"], json!(["face", "mfa"]));
 }
 
 async fn expiry(backend: Backend) {
-    let (server, device) = start(backend).await;
+    let clock = ManualClock::new();
+    let (server, device) = start_with_clock(backend, Some(clock.clone())).await;
     let rp = poll_client(&server).await;
     let receiver = NotificationReceiver::start().await.unwrap();
     let mut reg = registration(DeliveryMode::Push, ClientAuthMethod::ClientSecretBasic);
@@ -771,13 +786,17 @@ async fn expiry(backend: Backend) {
     assert_eq!(ack.expires_in, 10);
     let pending = device.auth.pending_requests().await.unwrap();
     assert_eq!(pending.len(), 2);
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // The server's time moves on; the device's does not, so the server refuses the answer.
+    clock.advance(Duration::from_secs(11));
     assert!(matches!(
         device
             .auth
             .approve(&pending[0], vec!["fpt".into()], None)
             .await,
-        Err(CoreError::RequestExpired)
+        Err(CoreError::Server {
+            code: ErrorCode::AuthenticationExpired,
+            ..
+        })
     ));
     assert_eq!(
         oauth_error(rp.token(&ack.auth_req_id).await),

@@ -10,6 +10,7 @@ mod additional_devices;
 mod authentication;
 mod ciba;
 mod device_protocol;
+mod events;
 mod http_errors;
 mod logs;
 mod operations;

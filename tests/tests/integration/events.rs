@@ -1,0 +1,153 @@
+//! Waits driven by events: a long-poll is answered the moment what it waits for happens (on one
+//! instance, and across two instances sharing one PostgreSQL database), not at its deadline.
+
+use std::time::{Duration, Instant};
+
+use tessera_examples::customer::CustomerApi;
+use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
+use tessera_server::{Server, ServerConfig};
+use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
+
+/// Far below the 30-second deadline the waits ask for: an answer this fast was woken.
+const WOKEN: Duration = Duration::from_secs(5);
+
+on_each_backend! {
+    a_waiting_relying_party_is_answered_when_the_device_answers => relying_party_woken;
+    a_waiting_device_is_answered_when_a_request_is_created => device_woken;
+}
+
+async fn paired(server: &TestServer, user: &str) -> TestDevice {
+    server.user(user).await;
+    let device = TestDevice::new().await;
+    device
+        .auth
+        .pair(&server.pairing_uri(user).await, None)
+        .await
+        .expect("pair");
+    device
+}
+
+/// The device pulls its one request and approves it.
+async fn approve_one(device: &TestDevice) {
+    let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
+    let request = device
+        .auth
+        .wait_for_requests(&enrollment, Duration::from_secs(10))
+        .await
+        .expect("pull")
+        .into_iter()
+        .next()
+        .expect("a request");
+    device
+        .auth
+        .approve(&request, vec![], None)
+        .await
+        .expect("approve");
+}
+
+async fn relying_party_woken(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let device = paired(&server, "alice").await;
+    let created = server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create");
+    let waiter = {
+        let customer = server.customer.clone();
+        let id = created.authentication_id.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let status = customer.authentication(&id, 30).await.expect("status");
+            (status, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    approve_one(&device).await;
+    let (status, waited) = waiter.await.expect("waiter");
+    assert_eq!(status.state, AuthenticationState::Approved);
+    assert!(waited < WOKEN, "the waiter was answered after {waited:?}");
+}
+
+async fn device_woken(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let device = paired(&server, "bob").await;
+    let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let requests = device
+            .auth
+            .wait_for_requests(&enrollment, Duration::from_secs(30))
+            .await
+            .expect("pull");
+        (requests.len(), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server
+        .customer
+        .create_authentication("bob", &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create");
+    let (count, waited) = waiting.await.expect("device");
+    assert_eq!(count, 1);
+    assert!(waited < WOKEN, "the device was answered after {waited:?}");
+}
+
+/// A device answers through instance A while the relying party waits on instance B: B's waiter
+/// is woken through PostgreSQL's LISTEN/NOTIFY, not by its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_through_one_instance_wakes_a_waiter_on_another() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let a = TestServer::start(backend).await;
+    let b = Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        public_url: Some(a.server.public_url().clone()),
+        ..a.config().clone()
+    })
+    .await
+    .expect("second instance");
+    let b_customer = CustomerApi::new(&format!("http://{}", b.local_addr()), &a.app.api_key);
+    let device = paired(&a, "carol").await;
+    let created = a
+        .customer
+        .create_authentication("carol", &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create");
+    let waiter = {
+        let id = created.authentication_id.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let status = b_customer.authentication(&id, 30).await.expect("status");
+            (status, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    approve_one(&device).await;
+    let (status, waited) = waiter.await.expect("waiter");
+    assert_eq!(status.state, AuthenticationState::Approved);
+    assert!(
+        waited < WOKEN,
+        "instance B's waiter was answered after {waited:?}"
+    );
+    b.shutdown().await;
+}
+
+/// The SQLite database holds seeds and keys: only its owner may read it.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_sqlite_database_file_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start(Backend::Sqlite).await;
+    let path = server
+        .config()
+        .database_url
+        .trim_start_matches("sqlite://")
+        .to_string();
+    let mode = std::fs::metadata(&path)
+        .expect("database file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{path} has mode {:o}", mode & 0o777);
+}
