@@ -74,11 +74,8 @@ pub(crate) async fn record(
             authentications::record_passcode_answer(&ctx.db, id, attributes, now).await?
         }
     };
-    if !recorded {
+    let Some(record) = recorded else {
         return Ok(None);
-    }
-    let Some(record) = authentications::get(&ctx.db, id, now).await? else {
-        return Err(DomainError::Internal("a recorded authentication vanished"));
     };
     tracing::info!(authentication_id = %id, state = record.state.as_str(), "authentication ended");
     ended(ctx, &record).await;

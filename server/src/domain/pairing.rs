@@ -269,12 +269,17 @@ fn count_pairing(ctx: &Ctx, mode: &'static str) {
 struct Created {
     enrollment: Enrollment,
     verification: Option<(Authentication, Enrollment)>,
+    /// Requests the replaced enrollment of the same device could no longer answer.
+    failed: Vec<tessera_protocol::authentication::AuthenticationId>,
 }
 
 impl Created {
     /// Announces the verification request, if any, to the primary device and pushes it there
     /// (after the commit).
     async fn push_verification(self, ctx: &Ctx) -> Enrollment {
+        if let Err(e) = outcome::failed(ctx, &self.failed).await {
+            tracing::warn!(error = %e, "the replaced enrollment's requests could not be announced");
+        }
         if let Some((request, primary)) = self.verification {
             tracing::info!(authentication_id = %request.id, enrollment_id = %self.enrollment.enrollment_id, "new device awaits the primary device's approval");
             outcome::request_created(ctx, &request).await;
@@ -302,6 +307,7 @@ async fn create_enrollment(
     let reg = &verified.registration;
     let enrollment_id = EnrollmentId::generate();
     let verifier = device_verification::verifier(tx, &app.id, user_id).await?;
+    let mut failed = Vec::new();
     let (is_primary, verification) = match &verifier {
         Some(primary) => {
             let question = device_verification::question(ctx, &app.name, reg, client_ip);
@@ -311,8 +317,9 @@ async fn create_enrollment(
             (false, Some(request))
         }
         None => {
-            let was_primary =
+            let (was_primary, replaced_requests) =
                 enrollments::delete_same_device(tx, &app.id, user_id, &reg.device_id).await?;
+            failed = replaced_requests;
             (
                 was_primary || !enrollments::has_primary(tx, &app.id, user_id).await?,
                 None,
@@ -387,6 +394,7 @@ async fn create_enrollment(
     Ok(Ok(Created {
         enrollment,
         verification: verification.zip(verifier),
+        failed,
     }))
 }
 

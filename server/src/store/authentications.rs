@@ -292,8 +292,8 @@ pub async fn pending_for(
 }
 
 /// Records the answer if the authentication is still pending and unexpired: one conditional
-/// update, so of racing answers (and expiry) exactly one outcome is recorded. Returns whether
-/// this answer was the one recorded.
+/// update, so of racing answers (and expiry) exactly one outcome is recorded. Returns the record
+/// as stored after it when this answer was the one recorded (read back in the same statement).
 pub async fn record_answer(
     db: &Database,
     id: &AuthenticationId,
@@ -301,24 +301,24 @@ pub async fn record_answer(
     signed_response: &str,
     attributes: &str,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Authentication>, StoreError> {
     let state = match decision {
         Decision::Approve => AuthenticationState::Approved,
         Decision::Deny | Decision::ReportFraud => AuthenticationState::Denied,
     };
-    let done = sqlx::query(
+    let row = sqlx::query(&format!(
         "UPDATE authentications SET state = $1, decision = $2, signed_response = $3, attributes = $4, answered_at = $5 \
-         WHERE id = $6 AND state = 'pending' AND expires_at > $5",
-    )
+         WHERE id = $6 AND state = 'pending' AND expires_at > $5 RETURNING {READ_COLUMNS}"
+    ))
     .bind(state.as_str())
     .bind(to_word(&decision))
     .bind(signed_response)
     .bind(attributes)
     .bind(now)
     .bind(id.as_str())
-    .execute(db.writer())
+    .fetch_optional(db.writer())
     .await?;
-    Ok(done.rows_affected() == 1)
+    row.as_ref().map(|r| from_row(r, now)).transpose()
 }
 
 const USER_FACING_COUNTS: &str = "SELECT \
@@ -417,25 +417,25 @@ pub async fn readdress(
 }
 
 /// Records an approval by one-time passcode if the authentication is still pending and
-/// unexpired (one conditional update, racing the device's answer and expiry). Returns whether
-/// it was recorded.
+/// unexpired (one conditional update, racing the device's answer and expiry). Returns the
+/// record as stored after it when it was recorded.
 pub async fn record_passcode_answer(
     db: &Database,
     id: &AuthenticationId,
     attributes: &str,
     now: i64,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+) -> Result<Option<Authentication>, StoreError> {
+    let row = sqlx::query(&format!(
         "UPDATE authentications SET state = 'approved', decision = $1, attributes = $2, answered_at = $3 \
-         WHERE id = $4 AND state = 'pending' AND expires_at > $3",
-    )
+         WHERE id = $4 AND state = 'pending' AND expires_at > $3 RETURNING {READ_COLUMNS}"
+    ))
     .bind(to_word(&Decision::Approve))
     .bind(attributes)
     .bind(now)
     .bind(id.as_str())
-    .execute(db.writer())
+    .fetch_optional(db.writer())
     .await?;
-    Ok(done.rows_affected() == 1)
+    row.as_ref().map(|r| from_row(r, now)).transpose()
 }
 
 /// OTP fallback: the push could not be delivered, so a passcode is accepted from `now` on (if

@@ -153,23 +153,28 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
 }
 
 /// Deletes the user's earlier enrollment of the same device (re-pairing replaces it). Returns
-/// whether the deleted one was primary.
+/// whether the deleted one was primary, and the pending requests it failed.
 pub async fn delete_same_device(
     conn: &mut AnyConnection,
     app: &ApplicationId,
     user: &UserId,
     device: &DeviceId,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query(
+) -> Result<(bool, Vec<AuthenticationId>), sqlx::Error> {
+    let failed = sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
          WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
-         WHERE application_id = $1 AND user_id = $2 AND device_id = $3)",
+         WHERE application_id = $1 AND user_id = $2 AND device_id = $3) RETURNING id",
     )
     .bind(app.as_str())
     .bind(user.as_str())
     .bind(device.as_str())
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    // Ids this server wrote; one it cannot read is skipped, not fatal to the pairing.
+    let failed = failed
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>("id").ok()?.parse().ok())
+        .collect();
     let row = sqlx::query(
         "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
          RETURNING is_primary",
@@ -179,10 +184,11 @@ pub async fn delete_same_device(
     .bind(device.as_str())
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(match row {
+    let was_primary = match row {
         Some(r) => r.try_get::<i64, _>("is_primary")? != 0,
         None => false,
-    })
+    };
+    Ok((was_primary, failed))
 }
 
 /// Whether the user has a primary device.
