@@ -34,7 +34,7 @@ use tessera_protocol::ids::{ApplicationId, UserId};
 use zeroize::Zeroizing;
 
 use super::authentication::{accessing_attributes, load_for, require_pending};
-use super::otp::{check_not_locked, normalize, refuse};
+use super::otp::{normalize, refuse, take_attempt};
 use super::ports::{Notice, Notifier, NotifyError};
 use super::users::require_user;
 use super::{Ctx, DomainError};
@@ -441,19 +441,19 @@ pub(crate) async fn verify_challenge(
         ));
     }
     let user = &challenge.user_id;
-    check_not_locked(ctx, app, user).await?;
+    let attempt = take_attempt(ctx, app, user).await?;
     let now = ctx.now();
     let max_attempts = i64::from(ctx.config.backup_code_attempts.max(1));
     let code = normalize(code);
     if let Some(message) = spent(&challenge, now, max_attempts) {
-        return Err(refuse(ctx, app, user, message).await);
+        return Err(refuse(ctx, &attempt, message));
     }
     if !code_matches(&challenge, &code) {
         otp_challenges::record_attempt(&ctx.db, &challenge.id).await?;
-        return Err(refuse(ctx, app, user, "the code is wrong").await);
+        return Err(refuse(ctx, &attempt, "the code is wrong"));
     }
     if !otp_challenges::mark_used(&ctx.db, &challenge.id, now, max_attempts).await? {
-        return Err(refuse(ctx, app, user, "this code was already used").await);
+        return Err(refuse(ctx, &attempt, "this code was already used"));
     }
     otp::reset_failures(&ctx.db, app, user).await?;
     let mut attributes = channel_attributes(ctx, challenge.channel, None);

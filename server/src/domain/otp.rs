@@ -62,38 +62,37 @@ fn matches(expected: &str, code: &str) -> bool {
     bool::from(expected.as_bytes().ct_eq(code.as_bytes()))
 }
 
-/// Refuses with `otp_locked` if the user's passcode checks are locked.
-pub(crate) async fn check_not_locked(
-    ctx: &Ctx,
-    app: &ApplicationId,
-    user: &UserId,
-) -> Result<(), DomainError> {
-    let max = i64::from(ctx.config.otp_max_failures.max(1));
-    if otp::failures(&ctx.db, app, user).await? >= max {
-        return Err(locked());
-    }
-    Ok(())
+/// One passcode attempt, taken (counted) before the code is compared.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempt {
+    /// The user's count of unreset attempts, this one included.
+    failures: i64,
 }
 
-/// Counts a wrong passcode: `otp_invalid` with `message`, or `otp_locked` once the count
-/// reaches the limit.
-pub(crate) async fn refuse(
+/// Takes one passcode attempt for the user with one conditional update, before any code is
+/// compared: refused with `otp_locked` once the limit is reached, so concurrent guesses can never
+/// check more codes than the limit. A success resets the count; a wrong code leaves it counted.
+pub(crate) async fn take_attempt(
     ctx: &Ctx,
     app: &ApplicationId,
     user: &UserId,
-    message: &str,
-) -> DomainError {
+) -> Result<Attempt, DomainError> {
     let max = i64::from(ctx.config.otp_max_failures.max(1));
-    match otp::record_failure(&ctx.db, app, user).await {
-        Ok(failures) => {
-            tracing::info!(failures, "one-time passcode refused");
-            if failures >= max {
-                locked()
-            } else {
-                DomainError::new(ErrorCode::OtpInvalid, message)
-            }
-        }
-        Err(e) => e.into(),
+    match otp::take_attempt(&ctx.db, app, user, max).await? {
+        Some(failures) => Ok(Attempt { failures }),
+        None => Err(locked()),
+    }
+}
+
+/// A wrong passcode (its attempt is already counted): `otp_invalid` with `message`, or
+/// `otp_locked` when it was the last attempt allowed.
+pub(crate) fn refuse(ctx: &Ctx, attempt: &Attempt, message: &str) -> DomainError {
+    let max = i64::from(ctx.config.otp_max_failures.max(1));
+    tracing::info!(failures = attempt.failures, "one-time passcode refused");
+    if attempt.failures >= max {
+        locked()
+    } else {
+        DomainError::new(ErrorCode::OtpInvalid, message)
     }
 }
 
@@ -309,11 +308,12 @@ pub(crate) async fn verify(
     code: &str,
 ) -> Result<OtpVerified, DomainError> {
     require_user(ctx, app, &user_id).await?;
-    check_not_locked(ctx, app, &user_id).await?;
+    let attempt = take_attempt(ctx, app, &user_id).await?;
     let code = normalize(code);
     let source = match match_device_code(ctx, app, &user_id, &code).await? {
         DeviceMatch::Accepted(source) => source,
         DeviceMatch::NoSources => {
+            otp::refund_attempt(&ctx.db, app, &user_id).await?;
             return Err(DomainError::new(
                 ErrorCode::NoDevice,
                 "the user has no device that makes passcodes",
@@ -322,14 +322,12 @@ pub(crate) async fn verify(
         DeviceMatch::Replayed => {
             return Err(refuse(
                 ctx,
-                app,
-                &user_id,
+                &attempt,
                 "this passcode was already used; wait for the next one",
-            )
-            .await);
+            ));
         }
         DeviceMatch::NoMatch => {
-            return Err(refuse(ctx, app, &user_id, "the passcode is wrong or expired").await);
+            return Err(refuse(ctx, &attempt, "the passcode is wrong or expired"));
         }
     };
     otp::reset_failures(&ctx.db, app, &user_id).await?;
@@ -386,7 +384,7 @@ pub(crate) async fn answer_authentication(
             "this authentication does not accept a passcode (no use-code, no OTP fallback in force, no backup code sent)",
         ));
     }
-    check_not_locked(ctx, app, user).await?;
+    let attempt = take_attempt(ctx, app, user).await?;
     let code = normalize(code);
     let mut attributes = None;
     let mut replayed = false;
@@ -423,7 +421,7 @@ pub(crate) async fn answer_authentication(
         } else {
             "the passcode is wrong or expired"
         };
-        return Err(refuse(ctx, app, user, message).await);
+        return Err(refuse(ctx, &attempt, message));
     };
     otp::reset_failures(&ctx.db, app, user).await?;
     let text = serde_json::to_string(&attributes).map_err(|_| internal())?;

@@ -57,11 +57,16 @@ fn is_unavailability(e: &sqlx::Error) -> bool {
             let code = db.code();
             let code = code.as_deref().unwrap_or("");
             // PostgreSQL: class 08 (connection exception), 53 (insufficient resources),
-            // 57P01..57P03 (shutting down, cannot connect now). SQLite: 5 BUSY, 6 LOCKED,
+            // 57P01..57P03 (shutting down, cannot connect now), and what a new connection is
+            // refused with while the database is closed to connections (55000), gone (3D000)
+            // or its credentials no longer work (28000, 28P01). SQLite: 5 BUSY, 6 LOCKED,
             // 10 IOERR, 13 FULL and their extended codes (low byte).
             code.starts_with("08")
                 || code.starts_with("53")
-                || matches!(code, "57P01" | "57P02" | "57P03")
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "55000" | "3D000" | "28000" | "28P01"
+                )
                 || code
                     .parse::<i64>()
                     .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13))

@@ -86,38 +86,45 @@ pub async fn accept_step(
     Ok(done.rows_affected() == 1)
 }
 
-/// The user's consecutive OTP failures.
-pub async fn failures(
+/// Takes one passcode attempt for the user, atomically: counts it if fewer than `max` are
+/// counted already and returns the new count, or `None` (nothing counted) when the limit is
+/// reached. Concurrent attempts each take their own slot, so at most `max` codes are ever
+/// checked between resets.
+pub async fn take_attempt(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
-) -> Result<i64, StoreError> {
-    let row =
-        sqlx::query("SELECT otp_failures FROM users WHERE application_id = $1 AND user_id = $2")
-            .bind(app.as_str())
-            .bind(user.as_str())
-            .fetch_optional(db.pool())
-            .await?;
-    Ok(match row {
-        Some(r) => r.try_get("otp_failures")?,
-        None => 0,
-    })
+    max: i64,
+) -> Result<Option<i64>, StoreError> {
+    let row = sqlx::query(
+        "UPDATE users SET otp_failures = otp_failures + 1 \
+         WHERE application_id = $1 AND user_id = $2 AND otp_failures < $3 RETURNING otp_failures",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(max)
+    .fetch_optional(db.writer())
+    .await?;
+    row.map(|r| r.try_get::<i64, _>("otp_failures"))
+        .transpose()
+        .map_err(StoreError::from)
 }
 
-/// Counts one more failure; returns the new count.
-pub async fn record_failure(
+/// Gives back an attempt taken for a check that could not happen (no code to compare with).
+pub async fn refund_attempt(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
-) -> Result<i64, StoreError> {
+) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE users SET otp_failures = otp_failures + 1 WHERE application_id = $1 AND user_id = $2",
+        "UPDATE users SET otp_failures = otp_failures - 1 \
+         WHERE application_id = $1 AND user_id = $2 AND otp_failures > 0",
     )
     .bind(app.as_str())
     .bind(user.as_str())
     .execute(db.writer())
     .await?;
-    failures(db, app, user).await
+    Ok(())
 }
 
 /// Clears the user's failure count (after a success, or the customer's reset).

@@ -9,6 +9,52 @@ on_each_backend! {
     provisioned_codes_are_accepted_once_within_the_drift_window => single_use_and_drift;
     wrong_codes_lock_passcode_sign_in_until_reset => lockout;
     relayed_pairing_provisions_a_seed_the_backend_cannot_read => relayed;
+    a_concurrent_burst_of_guesses_checks_no_more_codes_than_the_limit => concurrent_burst;
+}
+
+/// 40 wrong codes at once against a limit of 5: each attempt is taken atomically before its
+/// code is compared, so at most 4 are answered "wrong" (the 5th locks) and every other one is
+/// refused as locked without being checked.
+async fn concurrent_burst(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.otp_max_failures = 5).await;
+    server.user("alice").await;
+    let device = TestDevice::new().await;
+    let enrollment = device
+        .auth
+        .pair(&server.pairing_uri("alice").await, None)
+        .await
+        .unwrap();
+    let account = device
+        .enrollment_otp_account(&enrollment.enrollment_id)
+        .await;
+    let good = device.otp_code_at(&account, now()).await;
+    let wrong = if good == "000000" { "111111" } else { "000000" };
+    let mut guesses = Vec::new();
+    for _ in 0..40 {
+        let customer = server.customer.clone();
+        let wrong = wrong.to_string();
+        guesses.push(tokio::spawn(async move {
+            customer.verify_otp("alice", &wrong).await.unwrap_err().code()
+        }));
+    }
+    let mut invalid = 0;
+    let mut locked = 0;
+    for guess in guesses {
+        match guess.await.unwrap() {
+            Some(ErrorCode::OtpInvalid) => invalid += 1,
+            Some(ErrorCode::OtpLocked) => locked += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(invalid <= 4, "{invalid} wrong codes were checked against a limit of 5");
+    assert_eq!(invalid + locked, 40);
+    // The limit is reached: the right code is refused until the backend resets the count.
+    let err = server
+        .customer
+        .verify_otp("alice", &good)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::OtpLocked));
 }
 
 async fn single_use_and_drift(backend: Backend) {
