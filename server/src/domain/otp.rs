@@ -436,7 +436,7 @@ pub(crate) async fn answer_authentication(
         }
     };
     tracing::info!(authentication_id = %current.id, "authentication approved with a passcode");
-    Ok(current.status())
+    Ok(current.status_at(ctx.now()))
 }
 
 /// The seed of a registered token from its base32 text (spaces and dashes ignored).

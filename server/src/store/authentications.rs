@@ -185,11 +185,6 @@ impl Authentication {
         }
     }
 
-    /// The customer API's view (by the system clock; prefer [`Authentication::status_at`]).
-    pub fn status(&self) -> AuthenticationStatus {
-        self.status_at(tessera_protocol::time::now())
-    }
-
     /// The customer API's view at `now`.
     pub fn status_at(&self, now: i64) -> AuthenticationStatus {
         let otp_reason = self.otp_reason(now);

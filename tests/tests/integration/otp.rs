@@ -34,7 +34,11 @@ async fn concurrent_burst(backend: Backend) {
         let customer = server.customer.clone();
         let wrong = wrong.to_string();
         guesses.push(tokio::spawn(async move {
-            customer.verify_otp("alice", &wrong).await.unwrap_err().code()
+            customer
+                .verify_otp("alice", &wrong)
+                .await
+                .unwrap_err()
+                .code()
         }));
     }
     let mut invalid = 0;
@@ -46,7 +50,10 @@ async fn concurrent_burst(backend: Backend) {
             other => panic!("unexpected answer {other:?}"),
         }
     }
-    assert!(invalid <= 4, "{invalid} wrong codes were checked against a limit of 5");
+    assert!(
+        invalid <= 4,
+        "{invalid} wrong codes were checked against a limit of 5"
+    );
     assert_eq!(invalid + locked, 40);
     // The limit is reached: the right code is refused until the backend resets the count.
     let err = server
