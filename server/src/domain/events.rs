@@ -147,12 +147,14 @@ impl EventHub {
         for topic in topics {
             self.wake_local(topic);
         }
-        for topic in topics {
-            let payload = format!("{}|{}", self.inner.instance, topic.encode());
-            if let Err(e) = store_events::notify(db, &payload).await {
-                tracing::warn!(error = %e, "change notification to other instances failed");
-                break;
-            }
+        if topics.is_empty() {
+            return;
+        }
+        // One notification for all of them: one statement, however many topics.
+        let encoded: Vec<String> = topics.iter().map(Topic::encode).collect();
+        let payload = format!("{}|{}", self.inner.instance, encoded.join(","));
+        if let Err(e) = store_events::notify(db, &payload).await {
+            tracing::warn!(error = %e, "change notification to other instances failed");
         }
     }
 
@@ -194,7 +196,7 @@ impl EventHub {
         if instance == self.inner.instance {
             return;
         }
-        if let Some(topic) = Topic::decode(topic) {
+        for topic in topic.split(',').filter_map(Topic::decode) {
             self.wake_local(&topic);
         }
     }
@@ -356,5 +358,11 @@ mod tests {
         hub.heard("someone-else|q:q1");
         assert!(sub.receiver.has_changed().unwrap());
         let _ = &mut sub;
+        let mut first = hub.subscribe(Topic::Authentication("a1".into()));
+        let mut second = hub.subscribe(Topic::Enrollment("e1".into()));
+        hub.heard("someone-else|a:a1,e:e1");
+        assert!(first.receiver.has_changed().unwrap());
+        assert!(second.receiver.has_changed().unwrap());
+        let _ = (&mut first, &mut second);
     }
 }
