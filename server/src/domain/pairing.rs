@@ -419,14 +419,37 @@ pub(crate) async fn pair_device(
     request: &DevicePairingRequest,
 ) -> Result<DevicePairingResponse, DomainError> {
     let now = ctx.now();
-    let limit = i64::from(ctx.config.pairing_failures_per_ip_per_minute);
-    if throttle::failures(&ctx.db, client, now).await? >= limit {
+    let limit = i64::from(ctx.config.pairing_failures_per_ip_per_minute.max(1));
+    // The attempt is taken before anything is checked, so concurrent guesses cannot all pass a
+    // limit read before any of them counted; what turns out not to be a guess is given back.
+    if !throttle::take_attempt(&ctx.db, client, now, limit).await? {
         count_failure(ctx, "rate_limited");
         return Err(DomainError::new(
             ErrorCode::RateLimited,
             "too many failed pairing attempts; retry in a minute",
         ));
     }
+    let result = pair_with_code(ctx, client, request, now).await;
+    let guessed_wrong = matches!(
+        &result,
+        Err(DomainError::Refused {
+            code: ErrorCode::InvalidPairingCode,
+            ..
+        })
+    );
+    if !guessed_wrong {
+        throttle::refund_attempt(&ctx.db, client, now).await?;
+    }
+    result
+}
+
+/// [`pair_device`] once its attempt is taken.
+async fn pair_with_code(
+    ctx: &Ctx,
+    client: &str,
+    request: &DevicePairingRequest,
+    now: i64,
+) -> Result<DevicePairingResponse, DomainError> {
     let verified = verify_registration(
         ctx,
         &request.registration,
@@ -436,7 +459,6 @@ pub(crate) async fn pair_device(
     .inspect_err(|_| count_failure(ctx, "invalid_registration"))?;
     let bad_code = || DomainError::new(ErrorCode::InvalidPairingCode, BAD_CODE);
     let Ok(code) = PairingCode::parse(&request.pairing_code) else {
-        throttle::record_failure(&ctx.db, client, now).await?;
         count_failure(ctx, "invalid_code");
         return Err(bad_code());
     };
@@ -481,7 +503,6 @@ pub(crate) async fn pair_device(
             server_payload: existing.server_payload,
         });
     }
-    throttle::record_failure(&ctx.db, client, now).await?;
     count_failure(ctx, "invalid_code");
     Err(bad_code())
 }

@@ -341,3 +341,40 @@ async fn pairing_code_guessing_is_throttled() {
         "{err:?}"
     );
 }
+
+/// 40 guesses at once from one address against a limit of 10: each takes its attempt atomically
+/// before its code is compared, so no more than 10 codes are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concurrent_burst_of_pairing_guesses_checks_no_more_codes_than_the_limit() {
+    // SQLite only, as above: the throttle counts per client address.
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.pairing_failures_per_ip_per_minute = 10;
+    })
+    .await;
+    server.user("alice").await;
+    let mut guesses = Vec::new();
+    for i in 0..40 {
+        let base_url = server.base_url.clone();
+        guesses.push(tokio::spawn(async move {
+            let device = TestDevice::new().await;
+            let guess = format!("ZZZZ-ZZZZ-{:04}", i);
+            match device.auth.pair(&guess, Some(&base_url)).await.unwrap_err() {
+                tessera_core::CoreError::Server { code, .. } => code.as_str().to_string(),
+                other => panic!("{other:?}"),
+            }
+        }));
+    }
+    let mut checked = 0;
+    for guess in guesses {
+        match guess.await.unwrap().as_str() {
+            "invalid_pairing_code" => checked += 1,
+            "rate_limited" => {}
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    assert!(
+        checked <= 10,
+        "{checked} codes were checked against a limit of 10"
+    );
+    assert!(checked >= 1, "some guesses were checked");
+}
