@@ -214,8 +214,9 @@ fn check_registration(
         &d.app_version,
         &d.sdk_version,
     ];
-    let too_long =
-        |s: &String| s.chars().count() > MAX_INFO_CHARS || s.chars().any(char::is_control);
+    let too_long = |s: &String| {
+        s.chars().count() > MAX_INFO_CHARS || !tessera_protocol::display::is_displayable(s)
+    };
     if texts.into_iter().any(too_long)
         || d.name.as_ref().is_some_and(too_long)
         || registration.nonce.len() > 64

@@ -417,6 +417,24 @@ async fn backchannel_errors(backend: Backend) {
             vec![
                 ("scope", "openid"),
                 ("login_hint", "alice"),
+                ("binding_message", "Call 47\u{202E}11"),
+            ],
+            400,
+            "invalid_binding_message",
+        ),
+        (
+            vec![
+                ("scope", "openid"),
+                ("login_hint", "alice"),
+                ("binding_message", "Call\u{200B}4711"),
+            ],
+            400,
+            "invalid_binding_message",
+        ),
+        (
+            vec![
+                ("scope", "openid"),
+                ("login_hint", "alice"),
                 ("binding_message", &"x".repeat(101)),
             ],
             400,

@@ -193,12 +193,12 @@ async fn signed_request_params(
 fn check_binding_message(message: &str) -> Result<(), OAuthError> {
     if message.trim().is_empty()
         || message.chars().count() > MAX_BINDING_MESSAGE
-        || message.chars().any(char::is_control)
+        || !tessera_protocol::display::is_displayable(message)
     {
         return Err(OAuthError::new(
             OAuthCode::InvalidBindingMessage,
             format!(
-                "the binding message must be 1 to {MAX_BINDING_MESSAGE} characters without control characters"
+                "the binding message must be 1 to {MAX_BINDING_MESSAGE} characters without control, bidirectional or invisible format characters"
             ),
         ));
     }

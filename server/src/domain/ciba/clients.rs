@@ -98,10 +98,10 @@ async fn registration(
     let name = request.client_name.trim();
     if name.is_empty()
         || name.chars().count() > MAX_CLIENT_NAME
-        || name.chars().any(char::is_control)
+        || !tessera_protocol::display::is_displayable(name)
     {
         return Err(invalid(
-            "client_name must be 1 to 64 characters without control characters",
+            "client_name must be 1 to 64 characters without control, bidirectional or invisible format characters",
         ));
     }
     let mode = request.backchannel_token_delivery_mode;
