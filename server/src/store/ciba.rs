@@ -579,6 +579,31 @@ pub async fn set_user_code(
 }
 
 /// Counts a wrong user code (`true`) or clears the count after a right one (`false`).
+/// Takes one user-code attempt atomically, before the code is compared: counts it and returns
+/// the user's salt and code digest if fewer than `max` wrong codes are counted, else `None`
+/// (nothing counted; also when the user has no code). A right code then clears the count with
+/// [`record_user_code_attempt`].
+pub async fn take_user_code_attempt(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    max: i64,
+) -> Result<Option<(String, String)>, StoreError> {
+    let row = sqlx::query(
+        "UPDATE ciba_user_codes SET failures = failures + 1 \
+         WHERE application_id = $1 AND user_id = $2 AND failures < $3 RETURNING salt, code_digest",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(max)
+    .fetch_optional(db.writer())
+    .await?;
+    row.map(|r| Ok((r.try_get("salt")?, r.try_get("code_digest")?)))
+        .transpose()
+}
+
+/// Records the outcome of a user-code check: a wrong code counts one failure, a right one
+/// clears them.
 pub async fn record_user_code_attempt(
     db: &Database,
     app: &ApplicationId,

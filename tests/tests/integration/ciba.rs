@@ -665,6 +665,33 @@ async fn user_codes(backend: Backend) {
         .await
         .unwrap();
     rp.backchannel(&with_code("2468")).await.unwrap();
+    // 20 wrong codes at once: each attempt is counted before its code is compared, so no more
+    // than the five allowed are ever compared ("not valid"); the others are refused as locked.
+    let rp = std::sync::Arc::new(rp);
+    let mut guesses = Vec::new();
+    for _ in 0..20 {
+        let rp = rp.clone();
+        guesses.push(tokio::spawn(async move {
+            match rp.backchannel(&with_code("0000")).await {
+                Err(RpError::OAuth {
+                    error, description, ..
+                }) => (error, description),
+                other => panic!("expected an OAuth error, got {other:?}"),
+            }
+        }));
+    }
+    let mut compared = 0;
+    for guess in guesses {
+        let (error, description) = guess.await.unwrap();
+        assert_eq!(error, "invalid_user_code");
+        if !description.contains("too many") {
+            compared += 1;
+        }
+    }
+    assert!(
+        compared <= 5,
+        "{compared} user codes were compared against a limit of 5"
+    );
 }
 
 async fn token_errors(backend: Backend) {

@@ -313,24 +313,41 @@ async fn check_user_code(
         return Ok(());
     };
     let invalid = || OAuthError::new(OAuthCode::InvalidUserCode, "the user_code is not valid");
-    let Some((salt, digest, failures)) =
-        ciba::user_code(&state.db, &client.application_id, user).await?
+    // The attempt is counted before the code is compared (one conditional update), so
+    // concurrent guesses cannot all pass a limit read before any of them counted.
+    let Some((salt, digest)) = ciba::take_user_code_attempt(
+        &state.db,
+        &client.application_id,
+        user,
+        MAX_USER_CODE_FAILURES,
+    )
+    .await?
     else {
-        return Err(invalid());
+        return Err(
+            if ciba::user_code(&state.db, &client.application_id, user)
+                .await?
+                .is_some()
+            {
+                OAuthError::new(
+                    OAuthCode::InvalidUserCode,
+                    "too many wrong user codes: the user must set a new one",
+                )
+            } else {
+                invalid()
+            },
+        );
     };
-    if failures >= MAX_USER_CODE_FAILURES {
-        return Err(OAuthError::new(
-            OAuthCode::InvalidUserCode,
-            "too many wrong user codes: the user must set a new one",
-        ));
-    }
     let right = bool::from(
         user_code_digest(&salt, code)
             .as_bytes()
             .ct_eq(digest.as_bytes()),
     );
-    ciba::record_user_code_attempt(&state.db, &client.application_id, user, !right).await?;
-    if right { Ok(()) } else { Err(invalid()) }
+    if right {
+        ciba::record_user_code_attempt(&state.db, &client.application_id, user, false).await?;
+        Ok(())
+    } else {
+        Err(invalid())
+    }
 }
 
 /// The requested scopes: supported ones only, `openid` among them (first), no repeats.
