@@ -14,6 +14,8 @@ pub(crate) struct KeyRing {
     keys: Arc<Vec<SoftwareSigningKey>>,
     /// The first key, for signing with `ring`.
     signer: Arc<RingSigningKey>,
+    /// The signed key set, signed once: the keys do not change while the server runs.
+    signed_key_set: Arc<std::sync::OnceLock<String>>,
 }
 
 impl KeyRing {
@@ -23,6 +25,7 @@ impl KeyRing {
         Some(Self {
             keys: Arc::new(keys),
             signer: Arc::new(signer),
+            signed_key_set: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -46,8 +49,17 @@ impl KeyRing {
         envelope::sign(typ, payload, self.signer.as_ref())
     }
 
-    /// The signed key set, as published at `/v1/server-keys`.
+    /// The signed key set, as published at `/v1/server-keys`: signed at its first request and
+    /// served as is afterwards (the ring and the issuer are fixed for the server's life).
     pub fn signed_key_set(&self, issuer: &ServerUrl, now: i64) -> Result<String, EnvelopeError> {
+        if let Some(signed) = self.signed_key_set.get() {
+            return Ok(signed.clone());
+        }
+        let signed = self.sign_key_set(issuer, now)?;
+        Ok(self.signed_key_set.get_or_init(|| signed).clone())
+    }
+
+    fn sign_key_set(&self, issuer: &ServerUrl, now: i64) -> Result<String, EnvelopeError> {
         self.sign(
             MessageType::ServerKeySet,
             &ServerKeySet {

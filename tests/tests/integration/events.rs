@@ -151,3 +151,29 @@ async fn the_sqlite_database_file_is_private_to_its_owner() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "{path} has mode {:o}", mode & 0o777);
 }
+
+/// The published key set is signed once, not afresh for every caller: the same signed text
+/// comes back, and it still verifies under the published keys.
+#[tokio::test]
+async fn the_published_key_set_is_signed_once() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let fetch = || async {
+        reqwest::get(format!("{}/v1/server-keys", server.base_url))
+            .await
+            .expect("get")
+            .json::<tessera_protocol::api::ServerKeysResponse>()
+            .await
+            .expect("json")
+    };
+    let first = fetch().await;
+    let second = fetch().await;
+    assert_eq!(first.signed_key_set, second.signed_key_set);
+    let verified =
+        tessera_protocol::envelope::verify_with_set::<tessera_protocol::pairing::ServerKeySet>(
+            &second.signed_key_set,
+            tessera_protocol::envelope::MessageType::ServerKeySet,
+            &second.keys,
+        )
+        .expect("verifies");
+    assert_eq!(&verified.payload.issuer, server.server.public_url());
+}
