@@ -10,11 +10,10 @@
 //! run of 2 cycles at 1 and 2 devices.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_tests::load::{Latencies, backends, plan, runtime};
-use tessera_tests::{Backend, TestDevice, TestServer, ask};
+use tessera_tests::{Backend, TestDevice, TestServer, approval_cycle};
 
 async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: usize) {
     let server = Arc::new(
@@ -45,30 +44,7 @@ async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: u
             let mut latencies = Vec::with_capacity(cycles_per_device);
             for _ in 0..cycles_per_device {
                 let t0 = Instant::now();
-                let created = server
-                    .customer
-                    .create_authentication(&user, &ask(AuthenticationKind::Approval))
-                    .await
-                    .expect("create");
-                let request = device
-                    .auth
-                    .wait_for_requests(&enrollment, Duration::from_secs(10))
-                    .await
-                    .expect("pull")
-                    .into_iter()
-                    .find(|r| r.request_id == created.authentication_id)
-                    .expect("the request");
-                device
-                    .auth
-                    .approve(&request, vec![], None)
-                    .await
-                    .expect("approve");
-                let status = server
-                    .customer
-                    .authentication(&created.authentication_id, 10)
-                    .await
-                    .expect("status");
-                assert_eq!(status.state, AuthenticationState::Approved);
+                approval_cycle(&server.customer, &user, &device, &enrollment).await;
                 latencies.push(t0.elapsed());
             }
             latencies

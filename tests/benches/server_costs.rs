@@ -54,7 +54,7 @@ use tessera_protocol::api::CreatedApplication;
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::ids::EnrollmentId;
 use tessera_tests::load::runtime;
-use tessera_tests::{TestDevice, ask};
+use tessera_tests::{TestDevice, approval_cycle, ask};
 
 /// Requests one user may receive in 10 minutes (the server's default).
 const PER_USER: usize = 20;
@@ -749,13 +749,8 @@ async fn wake(bin: &Path, db: &Db, two_instances: bool, rounds: usize) {
             })
         };
         let request = device
-            .auth
-            .wait_for_requests(enrollment, Duration::from_secs(10))
-            .await
-            .expect("pull")
-            .into_iter()
-            .find(|r| r.request_id == created.authentication_id)
-            .expect("the request");
+            .pull_request(enrollment, &created.authentication_id)
+            .await;
         // Let the waiter's request reach the server and subscribe.
         tokio::time::sleep(Duration::from_millis(30)).await;
         let sent = Instant::now();
@@ -802,30 +797,7 @@ async fn cpu_per_cycle(bin: &Path, db: &Db, cycles: usize) {
     let started = Instant::now();
     for cycle in 0..cycles {
         let (user, device, enrollment) = &devices[cycle / PER_USER];
-        let created = setup
-            .customer
-            .create_authentication(user, &ask(AuthenticationKind::Approval))
-            .await
-            .expect("create");
-        let request = device
-            .auth
-            .wait_for_requests(enrollment, Duration::from_secs(10))
-            .await
-            .expect("pull")
-            .into_iter()
-            .find(|r| r.request_id == created.authentication_id)
-            .expect("the request");
-        device
-            .auth
-            .approve(&request, vec![], None)
-            .await
-            .expect("approve");
-        let status = setup
-            .customer
-            .authentication(&created.authentication_id, 10)
-            .await
-            .expect("status");
-        assert_eq!(status.state, AuthenticationState::Approved);
+        approval_cycle(&setup.customer, user, device, enrollment).await;
     }
     let elapsed = started.elapsed();
     let cpu = setup.server.cpu_seconds() - cpu0;

@@ -191,6 +191,21 @@ pub struct TestDevice {
 }
 
 impl TestDevice {
+    /// The request `id`, pulled for `enrollment` (waiting up to 10 s for it).
+    pub async fn pull_request(
+        &self,
+        enrollment: &tessera_protocol::ids::EnrollmentId,
+        id: &tessera_protocol::authentication::AuthenticationId,
+    ) -> tessera_core::IncomingRequest {
+        self.auth
+            .wait_for_requests(enrollment, std::time::Duration::from_secs(10))
+            .await
+            .expect("pull")
+            .into_iter()
+            .find(|r| &r.request_id == id)
+            .expect("the request")
+    }
+
     /// The OTP account the server provisioned with `enrollment`.
     pub async fn enrollment_otp_account(
         &self,
@@ -386,6 +401,39 @@ pub fn ask(
     kind: tessera_protocol::authentication::AuthenticationKind,
 ) -> tessera_protocol::api::CreateAuthenticationRequest {
     tessera_protocol::api::CreateAuthenticationRequest::new(kind)
+}
+
+/// One full approval cycle: the relying party asks `user`'s `device` (paired as `enrollment`)
+/// for an approval, the device pulls and approves it, and the relying party reads it approved.
+pub async fn approval_cycle(
+    customer: &CustomerApi,
+    user: &str,
+    device: &TestDevice,
+    enrollment: &tessera_protocol::ids::EnrollmentId,
+) {
+    let created = customer
+        .create_authentication(
+            user,
+            &ask(tessera_protocol::authentication::AuthenticationKind::Approval),
+        )
+        .await
+        .expect("create");
+    let request = device
+        .pull_request(enrollment, &created.authentication_id)
+        .await;
+    device
+        .auth
+        .approve(&request, vec![], None)
+        .await
+        .expect("approve");
+    let status = customer
+        .authentication(&created.authentication_id, 10)
+        .await
+        .expect("status");
+    assert_eq!(
+        status.state,
+        tessera_protocol::authentication::AuthenticationState::Approved
+    );
 }
 
 /// A transaction: "Pay 120.00 EUR to ACME GmbH?" with amount, payee and IBAN, and a hidden

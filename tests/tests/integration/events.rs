@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tessera_examples::customer::CustomerApi;
-use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
+use tessera_protocol::authentication::{AuthenticationId, AuthenticationKind, AuthenticationState};
 use tessera_server::{Server, ServerConfig};
 use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
 
@@ -27,17 +27,10 @@ async fn paired(server: &TestServer, user: &str) -> TestDevice {
     device
 }
 
-/// The device pulls its one request and approves it.
-async fn approve_one(device: &TestDevice) {
+/// The device pulls request `id` and approves it.
+async fn approve(device: &TestDevice, id: &AuthenticationId) {
     let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
-    let request = device
-        .auth
-        .wait_for_requests(&enrollment, Duration::from_secs(10))
-        .await
-        .expect("pull")
-        .into_iter()
-        .next()
-        .expect("a request");
+    let request = device.pull_request(&enrollment, id).await;
     device
         .auth
         .approve(&request, vec![], None)
@@ -63,7 +56,7 @@ async fn relying_party_woken(backend: Backend) {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    approve_one(&device).await;
+    approve(&device, &created.authentication_id).await;
     let (status, waited) = waiter.await.expect("waiter");
     assert_eq!(status.state, AuthenticationState::Approved);
     assert!(waited < WOKEN, "the waiter was answered after {waited:?}");
@@ -124,7 +117,7 @@ async fn an_answer_through_one_instance_wakes_a_waiter_on_another() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    approve_one(&device).await;
+    approve(&device, &created.authentication_id).await;
     let (status, waited) = waiter.await.expect("waiter");
     assert_eq!(status.state, AuthenticationState::Approved);
     assert!(
