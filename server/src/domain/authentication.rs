@@ -41,7 +41,7 @@ pub(crate) const USER_VERIFICATION_AMR: &[&str] = &["face", "fpt", "iris", "reti
 const BIOMETRIC_AMR: &[&str] = &["face", "fpt", "iris", "retina"];
 
 pub(crate) fn invalid(message: &str) -> DomainError {
-    DomainError::new(ErrorCode::InvalidRequest, message)
+    DomainError::invalid(message)
 }
 
 pub(crate) fn check_text(text: &str, max: usize, what: &str) -> Result<(), DomainError> {
@@ -633,7 +633,7 @@ pub(crate) async fn status(
     if record.state != AuthenticationState::Pending || wait.is_zero() {
         return Ok(record.status_at(ctx.now()));
     }
-    let wait = wait.min(until(ctx, record.expires_at));
+    let wait = wait.min(ctx.until(record.expires_at));
     let id = record.id.clone();
     let record = wait_for(
         &ctx.events,
@@ -663,13 +663,6 @@ pub(crate) async fn pending_requests(
     )
     .await?;
     Ok(PendingRequests { requests })
-}
-
-/// How long until `at` (seconds since the epoch) by the server's clock, plus a moment so the
-/// final read sees it passed.
-fn until(ctx: &Ctx, at: i64) -> Duration {
-    let ms = at.saturating_mul(1000).saturating_sub(ctx.now_ms()).max(0) + 50;
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// Records a device's signed answer to an authentication: the signature by the device asked,

@@ -58,7 +58,7 @@ pub(crate) async fn enrollment_status(
     // An expiry nobody answered is settled by the next read: wait no longer than that.
     let wait = match &current.verification_id {
         Some(verification) => match authentications::get(&ctx.db, verification, ctx.now()).await? {
-            Some(request) => wait.min(until(ctx, request.expires_at)),
+            Some(request) => wait.min(ctx.until(request.expires_at)),
             None => wait,
         },
         None => wait,
@@ -83,13 +83,6 @@ pub(crate) async fn enrollment_status(
     .await?;
     // Gone meanwhile: answer what was last known.
     Ok(status_of(latest.unwrap_or(current)))
-}
-
-/// How long until `at` (seconds since the epoch) by the server's clock, plus a moment so the
-/// final read sees it passed.
-fn until(ctx: &Ctx, at: i64) -> Duration {
-    let ms = at.saturating_mul(1000).saturating_sub(ctx.now_ms()).max(0) + 50;
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// The (authenticated) device unpairs itself.

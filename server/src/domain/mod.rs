@@ -81,6 +81,14 @@ impl Ctx {
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
+
+    /// How long until `at` (seconds since the epoch) by the server's clock, plus a moment so a
+    /// wait that ends then reads the state after it passed (zero plus the moment if already
+    /// past).
+    pub fn until(&self, at: i64) -> std::time::Duration {
+        let ms = at.saturating_mul(1000).saturating_sub(self.now_ms()).max(0) + 50;
+        std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
 }
 
 /// The follow-ups every server runs on domain events, in order: a decided device verification

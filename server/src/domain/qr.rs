@@ -245,13 +245,6 @@ async fn next_timed_change(ctx: &Ctx, session: &QrSession) -> Result<i64, Domain
     Ok(at)
 }
 
-/// How long until `at` (seconds since the epoch) by the server's clock, plus a moment so the
-/// final read sees it passed.
-fn until(ctx: &Ctx, at: i64) -> Duration {
-    let ms = at.saturating_mul(1000).saturating_sub(ctx.now_ms()).max(0) + 50;
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
 /// Whether a long-poll started at `start` (version and state) may answer with `session`.
 fn moved_on(start: (i64, QrSessionState), version: i64, state: QrSessionState) -> bool {
     (version, state) != start || state.is_final()
@@ -270,7 +263,7 @@ async fn wait_for_change(
     if wait.is_zero() || moved_on(start, first.version, first.state) {
         return Ok(first);
     }
-    let wait = wait.min(until(ctx, next_timed_change(ctx, &first).await?));
+    let wait = wait.min(ctx.until(next_timed_change(ctx, &first).await?));
     let id = first.id;
     wait_for(
         &ctx.events,
