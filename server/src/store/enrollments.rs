@@ -328,12 +328,13 @@ pub const LAST_SEEN_RESOLUTION: i64 = 60;
 /// long-polls and answers do not each write).
 pub async fn touch(db: &Database, id: &EnrollmentId, now: i64) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE enrollments SET last_seen_at = $1 WHERE enrollment_id = $2 AND last_seen_at <= $1 - 60",
+        "UPDATE enrollments SET last_seen_at = $1 WHERE enrollment_id = $2 AND last_seen_at <= $1 - $3",
     )
-        .bind(now)
-        .bind(id.as_str())
-        .execute(db.writer())
-        .await?;
+    .bind(now)
+    .bind(id.as_str())
+    .bind(LAST_SEEN_RESOLUTION)
+    .execute(db.writer())
+    .await?;
     Ok(())
 }
 
@@ -346,7 +347,8 @@ pub async fn set_primary(
     id: &EnrollmentId,
 ) -> Result<bool, StoreError> {
     let mut tx = db.begin_write().await?;
-    // Write first, so SQLite takes its write lock before reading (see `db`).
+    // Lock the user's enrollments first: on PostgreSQL two changes of primary for one user then
+    // take turns (SQLite's `BEGIN IMMEDIATE` already holds the database's write lock).
     sqlx::query(
         "UPDATE enrollments SET is_primary = is_primary WHERE application_id = $1 AND user_id = $2",
     )
@@ -388,8 +390,22 @@ pub async fn activate_verified(
     db: &Database,
     verification: &AuthenticationId,
 ) -> Result<Option<EnrollmentId>, StoreError> {
+    // Every approved authentication comes here, and almost none verifies a device: look on a
+    // reader first (indexed), so they cost no write transaction. The pending enrollment is
+    // committed before its verification request exists, so a miss here is final.
+    let waiting = sqlx::query(
+        "SELECT 1 AS one FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'",
+    )
+    .bind(verification.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    if waiting.is_none() {
+        return Ok(None);
+    }
     let mut tx = db.begin_write().await?;
-    // Write first, so SQLite takes its write lock before reading (see `db`).
+    // Lock the waiting enrollment first: on PostgreSQL a concurrent activation (the follow-up
+    // and a lazy settle on read) then waits and finds it active (SQLite's `BEGIN IMMEDIATE`
+    // already holds the database's write lock).
     sqlx::query("UPDATE enrollments SET status = status WHERE verification_id = $1")
         .bind(verification.as_str())
         .execute(&mut *tx)
