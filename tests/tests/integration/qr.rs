@@ -2,6 +2,7 @@
 //! reused and foreign codes are refused with clear errors and record nothing; the browser's view
 //! and code renewal; the extra-verification and user-approval policies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::{CoreError, QrSessionState};
@@ -10,6 +11,7 @@ use tessera_protocol::authentication::Decision;
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::qr::QrResponse;
+use tessera_server::ManualClock;
 use tessera_server::store::applications::QrPolicy;
 use tessera_tests::{Backend, TestDevice, TestServer, device_config, on_each_backend};
 
@@ -186,7 +188,14 @@ async fn denied(backend: Backend) {
 }
 
 async fn refused(backend: Backend) {
-    let server = TestServer::start_with(backend, |c| c.qr_code_ttl = 1).await;
+    // The server's clock moves only when told: a code expires exactly when the test says, not
+    // when a slow run happens to cross a second boundary.
+    let clock = ManualClock::new();
+    let server = TestServer::start_with(backend, |c| {
+        c.qr_code_ttl = 30;
+        c.clock = Arc::new(clock.clone());
+    })
+    .await;
     let device = device_with(&server, &["alice"]).await;
 
     // Malformed text.
@@ -225,13 +234,13 @@ async fn refused(backend: Backend) {
         .unwrap_err();
     assert_eq!(server_code(&err), Some(ErrorCode::QrSessionNotFound));
 
-    // A code past its minute (here one second): refused, and the session is still waiting.
+    // A code past its lifetime (here 30 seconds): refused, and the session is still waiting.
     let created = server
         .customer
         .create_qr_session(&from_browser())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_secs(31));
     let err = device
         .auth
         .authenticate_with_qr(&created.qr_uri)
