@@ -132,6 +132,22 @@ impl Authenticator {
         Ok(self.core.create_mobile_payload(&server).await?)
     }
 
+    /// Seamless device authorization: signs the server flow's `authorization_nonce` with the
+    /// enrollment's possession key (no user interaction). The app hands the result to its web
+    /// view or backend for the flow's `authenticate` action; it is bound to that flow, lives 60
+    /// seconds and is accepted once.
+    pub async fn create_authorization_payload(
+        &self,
+        enrollment_id: String,
+        flow_nonce: String,
+    ) -> Result<String, TesseraError> {
+        let id = enrollment_id_from(&enrollment_id)?;
+        Ok(self
+            .core
+            .create_authorization_payload(&id, &flow_nonce)
+            .await?)
+    }
+
     /// Relay pairing, step 2: completes the pairing with the *server payload* the backend got.
     pub async fn complete_relay_pairing(
         &self,

@@ -15,6 +15,7 @@ use tessera_protocol::authentication::{
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
+use tessera_protocol::flows::DeviceAuthorization;
 use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{
@@ -67,6 +68,9 @@ pub struct Enrollment {
     /// this device (see [`Authenticator::wait_for_verification`]).
     pub status: EnrollmentState,
 }
+
+/// How long a seamless device authorization is accepted, in seconds.
+const AUTHORIZATION_LIFETIME_SECONDS: i64 = 60;
 
 impl From<&StoredEnrollment> for Enrollment {
     fn from(e: &StoredEnrollment) -> Self {
@@ -451,6 +455,39 @@ impl Authenticator {
             .device_call(&enrollment.server, call, id, &signer)
             .await?;
         Ok(())
+    }
+
+    /// Seamless device authorization: signs, with the enrollment's possession key and no user
+    /// interaction, an authorization of the server's flow whose `authorization_nonce` is
+    /// `flow_nonce`. The app hands the result to its web view or backend, which passes it to
+    /// the flow's `authenticate` action. It is bound to the flow, lives 60 seconds and is
+    /// accepted once.
+    pub async fn create_authorization_payload(
+        &self,
+        id: &EnrollmentId,
+        flow_nonce: &str,
+    ) -> Result<String, CoreError> {
+        if flow_nonce.is_empty() || flow_nonce.len() > 128 {
+            return Err(CoreError::InvalidInput(
+                "the flow nonce is malformed".into(),
+            ));
+        }
+        let enrollment = self.stored_enrollment(id).await?;
+        let issued_at = tessera_protocol::time::now();
+        let authorization = DeviceAuthorization {
+            v: tessera_protocol::PROTOCOL_VERSION,
+            audience: enrollment.server.clone(),
+            enrollment_id: enrollment.enrollment_id.clone(),
+            user_id: enrollment.user_id.clone(),
+            flow_nonce: flow_nonce.to_string(),
+            jti: tessera_protocol::pairing::DeviceRegistration::new_nonce(),
+            issued_at,
+            expires_at: issued_at + AUTHORIZATION_LIFETIME_SECONDS,
+        };
+        let signer =
+            KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
+        envelope::sign(MessageType::DeviceAuthorization, &authorization, &signer)
+            .map_err(|e| CoreError::KeyStore(e.to_string()))
     }
 
     /// Deletes an enrollment and its keys on this device only, without telling the server.

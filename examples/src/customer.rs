@@ -14,6 +14,9 @@ use tessera_protocol::ciba::{
     CibaClientList, CibaClientRegistered, RegisterCibaClient, SetUserCode,
 };
 use tessera_protocol::error::{ErrorBody, ErrorCode};
+use tessera_protocol::flows::{
+    CreateFlowRequest, FlowAction, FlowActionName, FlowHistory, FlowState,
+};
 use tessera_protocol::ids::{EnrollmentId, UserId};
 use tessera_protocol::qr::QrSessionId;
 
@@ -31,6 +34,8 @@ pub enum CustomerApiError {
         message: String,
         /// `mandatory_methods_missing`: what the user must register first.
         missing_methods: Vec<AuthenticationMethod>,
+        /// `action_not_allowed`: the flow actions allowed now.
+        allowed_actions: Vec<FlowActionName>,
     },
     /// The call did not complete or the answer was not understood.
     #[error("transport: {0}")]
@@ -52,6 +57,16 @@ impl CustomerApiError {
             CustomerApiError::Api {
                 missing_methods, ..
             } => missing_methods,
+            CustomerApiError::Transport(_) => &[],
+        }
+    }
+
+    /// The flow actions an `action_not_allowed` error lists.
+    pub fn allowed_actions(&self) -> &[FlowActionName] {
+        match self {
+            CustomerApiError::Api {
+                allowed_actions, ..
+            } => allowed_actions,
             CustomerApiError::Transport(_) => &[],
         }
     }
@@ -431,6 +446,45 @@ impl CustomerApi {
         .await
     }
 
+    /// `POST /v1/flows`: starts an authentication flow.
+    pub async fn create_flow(
+        &self,
+        body: &CreateFlowRequest,
+    ) -> Result<FlowState, CustomerApiError> {
+        self.send(reqwest::Method::POST, "/v1/flows", Some(body))
+            .await
+    }
+
+    /// `GET /v1/flows/{id}`.
+    pub async fn flow(&self, flow_id: &str) -> Result<FlowState, CustomerApiError> {
+        self.send::<(), _>(reqwest::Method::GET, &format!("/v1/flows/{flow_id}"), None)
+            .await
+    }
+
+    /// `POST /v1/flows/{id}`: applies one action.
+    pub async fn flow_action(
+        &self,
+        flow_id: &str,
+        action: &FlowAction,
+    ) -> Result<FlowState, CustomerApiError> {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/flows/{flow_id}"),
+            Some(action),
+        )
+        .await
+    }
+
+    /// `GET /v1/flows/{id}/events`.
+    pub async fn flow_events(&self, flow_id: &str) -> Result<FlowHistory, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/flows/{flow_id}/events"),
+            None,
+        )
+        .await
+    }
+
     async fn send_empty<B: Serialize>(
         &self,
         method: reqwest::Method,
@@ -502,6 +556,7 @@ async fn error_from(response: reqwest::Response) -> CustomerApiError {
             code: body.error.code,
             message: body.error.message,
             missing_methods: body.error.missing_methods,
+            allowed_actions: body.error.allowed_actions,
         },
         Err(_) => CustomerApiError::Transport(format!("HTTP {status} without an error body")),
     }

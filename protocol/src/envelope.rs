@@ -50,6 +50,8 @@ pub enum MessageType {
     QrSessionContext,
     /// A device's answer to a QR session.
     QrResponse,
+    /// A trusted device's authorization of a flow (seamless device authorization).
+    DeviceAuthorization,
 }
 
 impl MessageType {
@@ -65,6 +67,7 @@ impl MessageType {
             MessageType::AuthenticationResponse => "tessera-auth-response+jws",
             MessageType::QrSessionContext => "tessera-qr-context+jws",
             MessageType::QrResponse => "tessera-qr-response+jws",
+            MessageType::DeviceAuthorization => "tessera-device-authorization+jws",
         }
     }
 }

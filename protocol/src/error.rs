@@ -92,6 +92,13 @@ pub enum ErrorCode {
     /// The user lacks authentication methods the application makes mandatory; the error lists
     /// them in `missing_methods`.
     MandatoryMethodsMissing,
+    /// No such flow (or another application's).
+    FlowNotFound,
+    /// The flow expired.
+    FlowExpired,
+    /// The action is not allowed in the flow's status; the error lists the allowed ones in
+    /// `allowed_actions`.
+    ActionNotAllowed,
     /// An unexpected server error.
     InternalError,
     /// The server cannot serve now (database unavailable).
@@ -143,6 +150,9 @@ impl ErrorCode {
             ErrorCode::OtpChallengeNotFound => "otp_challenge_not_found",
             ErrorCode::OtpTokenNotFound => "otp_token_not_found",
             ErrorCode::MandatoryMethodsMissing => "mandatory_methods_missing",
+            ErrorCode::FlowNotFound => "flow_not_found",
+            ErrorCode::FlowExpired => "flow_expired",
+            ErrorCode::ActionNotAllowed => "action_not_allowed",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::Unknown => "unknown",
@@ -170,7 +180,8 @@ impl ErrorCode {
             | ErrorCode::AuthenticationNotFound
             | ErrorCode::QrSessionNotFound
             | ErrorCode::OtpChallengeNotFound
-            | ErrorCode::OtpTokenNotFound => 404,
+            | ErrorCode::OtpTokenNotFound
+            | ErrorCode::FlowNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::UserAlreadyExists
             | ErrorCode::Conflict
@@ -181,8 +192,11 @@ impl ErrorCode {
             | ErrorCode::NoEligibleUser
             | ErrorCode::OtpNotAllowed
             | ErrorCode::BackupChannelUnavailable
-            | ErrorCode::MandatoryMethodsMissing => 409,
-            ErrorCode::AuthenticationExpired | ErrorCode::QrSessionExpired => 410,
+            | ErrorCode::MandatoryMethodsMissing
+            | ErrorCode::ActionNotAllowed => 409,
+            ErrorCode::AuthenticationExpired
+            | ErrorCode::QrSessionExpired
+            | ErrorCode::FlowExpired => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::OtpLocked => 423,
             ErrorCode::UnsupportedMediaType => 415,
@@ -219,6 +233,9 @@ pub struct ErrorDetail {
     /// `mandatory_methods_missing`: the methods the user must register first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_methods: Vec<crate::api::AuthenticationMethod>,
+    /// `action_not_allowed`: the actions the flow allows now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_actions: Vec<crate::flows::FlowActionName>,
 }
 
 impl ErrorBody {
@@ -229,6 +246,7 @@ impl ErrorBody {
                 code,
                 message: message.into(),
                 missing_methods: Vec::new(),
+                allowed_actions: Vec::new(),
             },
         }
     }

@@ -100,6 +100,11 @@ random_id!(
     "enr_"
 );
 random_id!(
+    /// One authentication flow: the state machine a customer steps a user through.
+    FlowId,
+    "flw_"
+);
+random_id!(
     /// One QR login session: a code shown on a web page, scanned and answered by a device.
     QrSessionId,
     "qrs_"

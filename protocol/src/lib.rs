@@ -15,6 +15,7 @@
 //!   silent verification) and the device's signed answers.
 //! - [`qr`]: QR login: the QR URI and its one-time token, the signed session context the device
 //!   shows, and the device's signed answer.
+//! - [`flows`]: authentication flows, the state machine a customer backend steps through.
 //! - [`ciba`]: OpenID CIBA client registration and the relying party's OAuth messages.
 //! - [`device_auth`]: device-authenticated API calls (a request signed by the possession key).
 //! - [`api`]: request and response bodies of the customer API and the device API.
@@ -64,6 +65,7 @@ pub mod device_auth;
 pub mod display;
 pub mod envelope;
 pub mod error;
+pub mod flows;
 pub mod ids;
 pub mod jwk;
 pub mod otp;

@@ -164,6 +164,37 @@ class Flows(unittest.TestCase):
 
         run(flow())
 
+    def test_web_view_registration_and_seamless_authorization_through_a_server_flow(self):
+        async def flow():
+            device = await Device().open()
+            dana = self.user("dana")
+            # Automatic device registration: the app's mobile payload through a flow.
+            started = self.server.call("POST", "/v1/flows", {"user_id": dana})
+            payload = await device.create_mobile_payload(self.server.url)
+            pairing = self.server.call("POST", f"/v1/flows/{started['id']}",
+                                       {"action": "authenticate", "mobile_payload": payload})
+            self.assertEqual(pairing["status"], "MOBILE_PAIRING_REQUIRED")
+            enrollment = await device.complete_relay_pairing(pairing["pairing"]["server_payload"])
+            done = self.server.call("POST", f"/v1/flows/{started['id']}",
+                                    {"action": "continueAuthentication"})
+            self.assertEqual(done["status"], "MFA_COMPLETED")
+            self.assertEqual(done["result"]["status"], "device_paired")
+
+            # Seamless device authorization: the device signs the next flow's nonce.
+            login = self.server.call("POST", "/v1/flows", {"user_id": dana})
+            signed = await device.create_authorization_payload(
+                enrollment.enrollment_id, login["authorization_nonce"])
+            authorized = self.server.call("POST", f"/v1/flows/{login['id']}",
+                                          {"action": "authenticate",
+                                           "authorization_payload": signed})
+            self.assertEqual(authorized["status"], "MFA_COMPLETED")
+            self.assertEqual(authorized["result"]["attributes"]["pingid.authentication.type"],
+                             "DEVICE_AUTHORIZATION")
+            with self.assertRaises(t.TesseraError):
+                await device.create_authorization_payload("enr_" + "0" * 32, "nonce")
+
+        run(flow())
+
     def test_push_approval(self):
         async def flow():
             device = await Device().open()

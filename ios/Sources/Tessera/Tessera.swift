@@ -109,6 +109,14 @@ public final class Tessera: @unchecked Sendable {
         try await sdk.createMobilePayload(server: server)
     }
 
+    /// Seamless device authorization: signs the server flow's `authorization_nonce` with the
+    /// enrollment's key, without asking the user. Hand the result to the web view (the
+    /// `tessera.authorization` bridge message or your app-scheme redirect, see docs/flows.md) or
+    /// to your backend for the flow's `authenticate` action. Bound to that flow; lives 60 s; used once.
+    public func createAuthorizationPayload(enrollmentId: String, flowNonce: String) async throws -> String {
+        try await sdk.createAuthorizationPayload(enrollmentId: enrollmentId, flowNonce: flowNonce)
+    }
+
     /// Relay pairing, step 2: the server payload your backend got back.
     public func completeRelayPairing(_ serverPayload: String) async throws -> Enrollment {
         try await sdk.completeRelayPairing(serverPayload: serverPayload)

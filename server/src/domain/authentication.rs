@@ -56,7 +56,7 @@ pub(crate) fn check_text(text: &str, max: usize, what: &str) -> Result<(), Domai
     Ok(())
 }
 
-fn check_fields(fields: &[DisplayField]) -> Result<(), DomainError> {
+pub(crate) fn check_fields(fields: &[DisplayField]) -> Result<(), DomainError> {
     if fields.len() > MAX_FIELDS {
         return Err(invalid("too many fields"));
     }

@@ -410,6 +410,35 @@ pub(crate) async fn create_challenge(
     .await
 }
 
+/// Sends a one-time passcode through `channel` to the user's registered contact for an
+/// authentication flow, whose own options (the connector's `SMSBackup`, `phoneBackup`,
+/// `emailBackup`) decided that the channel is offered.
+pub(crate) async fn send_for_flow(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    channel: BackupChannel,
+) -> Result<OtpChallenge, DomainError> {
+    let contacts = users::contacts(&ctx.db, &app.id, user_id)
+        .await?
+        .unwrap_or_default();
+    let to = destination(&contacts, channel)
+        .ok_or_else(|| unavailable("the user has no contact registered for that channel"))?;
+    send_code(
+        ctx,
+        Send {
+            app: app.id.clone(),
+            application_name: app.name.clone(),
+            user: user_id.clone(),
+            channel,
+            to,
+            one_time_device: false,
+            authentication_id: None,
+        },
+    )
+    .await
+}
+
 /// Why a challenge can no longer be answered at `now`, if it cannot.
 fn spent(challenge: &Challenge, now: i64, max_attempts: i64) -> Option<&'static str> {
     if challenge.used_at.is_some() {

@@ -2,6 +2,7 @@
 
 use tessera_protocol::api::AuthenticationMethod;
 use tessera_protocol::error::ErrorCode;
+use tessera_protocol::flows::FlowActionName;
 
 use crate::store::StoreError;
 
@@ -18,6 +19,8 @@ pub enum DomainError {
         message: String,
         /// For `mandatory_methods_missing`: the methods to register first.
         missing_methods: Vec<AuthenticationMethod>,
+        /// For `action_not_allowed`: the flow actions allowed now.
+        allowed_actions: Vec<FlowActionName>,
     },
     /// The database is unavailable: the caller should retry later.
     #[error("the database is unavailable")]
@@ -37,6 +40,7 @@ impl DomainError {
             code,
             message: message.into(),
             missing_methods: Vec::new(),
+            allowed_actions: Vec::new(),
         }
     }
 
@@ -52,6 +56,17 @@ impl DomainError {
         } = &mut self
         {
             *missing_methods = methods;
+        }
+        self
+    }
+
+    /// Adds the actions an `action_not_allowed` refusal lists.
+    pub fn with_allowed_actions(mut self, actions: Vec<FlowActionName>) -> Self {
+        if let DomainError::Refused {
+            allowed_actions, ..
+        } = &mut self
+        {
+            *allowed_actions = actions;
         }
         self
     }

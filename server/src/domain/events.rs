@@ -34,6 +34,8 @@ pub enum Topic {
     Enrollment(String),
     /// A QR login session moved on (scanned, answered, renewed).
     QrSession(String),
+    /// An authentication flow moved to another status.
+    Flow(String),
 }
 
 impl Topic {
@@ -42,6 +44,7 @@ impl Topic {
             Topic::Authentication(id) => format!("a:{id}"),
             Topic::Enrollment(id) => format!("e:{id}"),
             Topic::QrSession(id) => format!("q:{id}"),
+            Topic::Flow(id) => format!("f:{id}"),
         }
     }
 
@@ -55,6 +58,7 @@ impl Topic {
             "a" => Some(Topic::Authentication(id)),
             "e" => Some(Topic::Enrollment(id)),
             "q" => Some(Topic::QrSession(id)),
+            "f" => Some(Topic::Flow(id)),
             _ => None,
         }
     }
@@ -278,6 +282,7 @@ mod tests {
             Topic::Authentication("aut_1".into()),
             Topic::Enrollment("enr_2".into()),
             Topic::QrSession("qrs_3".into()),
+            Topic::Flow("flw_4".into()),
         ] {
             assert_eq!(Topic::decode(&topic.encode()), Some(topic));
         }

@@ -16,6 +16,7 @@ pub(crate) mod devices;
 pub mod error;
 pub mod events;
 pub(crate) mod fallback;
+pub(crate) mod flows;
 pub(crate) mod methods;
 pub(crate) mod otp;
 pub(crate) mod outcome;
@@ -93,11 +94,13 @@ impl Ctx {
 
 /// The follow-ups every server runs on domain events, in order: a decided device verification
 /// activates or rejects the new enrollment; an answered QR follow-up completes its session; a
-/// finished CIBA request's ping or push notification becomes due.
+/// finished CIBA request's ping or push notification becomes due; a flow waiting for the push
+/// moves on.
 pub(crate) fn follow_ups() -> Vec<(&'static str, outcome::FollowUp)> {
     vec![
         ("device_verification", device_verification::follow_up),
         ("qr", qr::follow_up),
         ("ciba", ciba::notify::follow_up),
+        ("flows", flows::follow_up),
     ]
 }

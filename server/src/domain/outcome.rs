@@ -51,6 +51,8 @@ pub(crate) enum Ending<'a> {
         /// The attributes it yields (JSON).
         attributes: &'a str,
     },
+    /// Whoever asked withdrew it (its flow was cancelled): it fails with reason `canceled`.
+    Canceled,
 }
 
 /// Records `ending` if the authentication is still pending and unexpired, then announces it.
@@ -73,6 +75,7 @@ pub(crate) async fn record(
         Ending::Passcode { attributes } => {
             authentications::record_passcode_answer(&ctx.db, id, attributes, now).await?
         }
+        Ending::Canceled => authentications::record_cancellation(&ctx.db, id, now).await?,
     };
     let Some(record) = recorded else {
         return Ok(None);

@@ -13,6 +13,7 @@ pub(crate) struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub missing_methods: Vec<tessera_protocol::api::AuthenticationMethod>,
+    pub allowed_actions: Vec<tessera_protocol::flows::FlowActionName>,
 }
 
 impl ApiError {
@@ -21,6 +22,7 @@ impl ApiError {
             code,
             message: message.into(),
             missing_methods: Vec::new(),
+            allowed_actions: Vec::new(),
         }
     }
 }
@@ -32,6 +34,7 @@ impl IntoResponse for ApiError {
         let unavailable = self.code == ErrorCode::ServiceUnavailable;
         let mut body = ErrorBody::new(self.code, self.message);
         body.error.missing_methods = self.missing_methods;
+        body.error.allowed_actions = self.allowed_actions;
         let mut response = (status, Json(body)).into_response();
         if unavailable {
             response.headers_mut().insert(
@@ -53,10 +56,12 @@ impl From<DomainError> for ApiError {
                 code,
                 message,
                 missing_methods,
+                allowed_actions,
             } => ApiError {
                 code,
                 message,
                 missing_methods,
+                allowed_actions,
             },
             DomainError::Unavailable(source) => {
                 tracing::error!(error = %source, cause = ?std::error::Error::source(&source), "database unavailable");

@@ -6,6 +6,7 @@ mod ciba_clients;
 mod device;
 pub(crate) mod errors;
 mod extract;
+mod flows;
 mod oidc;
 mod ops;
 mod otp;
@@ -75,6 +76,10 @@ use crate::metrics::{RequestLabels, RouteLabels};
         ciba_clients::list,
         ciba_clients::remove,
         ciba_clients::set_user_code,
+        flows::create_flow,
+        flows::get_flow,
+        flows::act_on_flow,
+        flows::flow_events,
         ops::healthz,
         ops::metrics,
     ),
@@ -112,6 +117,12 @@ pub(crate) fn router(state: Ctx) -> Router {
             post(pairing::relay_pairing),
         )
         .route("/v1/device/pairings", post(pairing::device_pairing))
+        .route("/v1/flows", post(flows::create_flow))
+        .route(
+            "/v1/flows/{flow_id}",
+            get(flows::get_flow).post(flows::act_on_flow),
+        )
+        .route("/v1/flows/{flow_id}/events", get(flows::flow_events))
         .route(
             "/v1/users/{user_id}/authentications",
             post(authentications::create_authentication),

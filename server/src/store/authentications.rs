@@ -433,6 +433,24 @@ pub async fn record_passcode_answer(
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
 
+/// Ends a pending authentication as `failed` with reason `canceled` (the flow that asked was
+/// cancelled). Returns the record as stored after it, or `None` when it was no longer pending.
+pub async fn record_cancellation(
+    db: &Database,
+    id: &AuthenticationId,
+    now: i64,
+) -> Result<Option<Authentication>, StoreError> {
+    let row = sqlx::query(&format!(
+        "UPDATE authentications SET state = 'failed', failure_reason = 'canceled', answered_at = $1 \
+         WHERE id = $2 AND state = 'pending' AND expires_at > $1 RETURNING {READ_COLUMNS}"
+    ))
+    .bind(now)
+    .bind(id.as_str())
+    .fetch_optional(db.writer())
+    .await?;
+    row.as_ref().map(|r| from_row(r, now)).transpose()
+}
+
 /// OTP fallback: the push could not be delivered, so a passcode is accepted from `now` on (if
 /// the authentication has OTP fallback and it was not in force already).
 pub async fn offer_passcode_now(

@@ -9,6 +9,7 @@ pub mod applications;
 pub mod authentications;
 pub mod ciba;
 pub mod enrollments;
+pub mod flows;
 pub mod nonces;
 pub mod otp;
 pub mod otp_challenges;

@@ -11,6 +11,7 @@ mod authentication;
 mod ciba;
 mod device_protocol;
 mod events;
+mod flows;
 mod http_errors;
 mod logs;
 mod operations;

@@ -36,7 +36,7 @@ on_each_backend! {
 // A real SMTP server on a loopback port: the `mailin` SMTP state machine driven over tokio
 // sockets, keeping every message it receives (recipients, raw message).
 
-type Mails = Arc<Mutex<Vec<(Vec<String>, String)>>>;
+pub(crate) type Mails = Arc<Mutex<Vec<(Vec<String>, String)>>>;
 
 #[derive(Clone, Default)]
 struct MailSink {
@@ -74,7 +74,7 @@ impl mailin::Handler for MailSink {
 }
 
 /// Starts the SMTP server; returns its URL and the mails it receives.
-async fn smtp_server() -> (String, Mails) {
+pub(crate) async fn smtp_server() -> (String, Mails) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let mails = Mails::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -118,14 +118,14 @@ async fn smtp_server() -> (String, Mails) {
 }
 
 /// The six-digit code in a message ("… your sign-in code is 123456. …").
-fn code_in(text: &str) -> String {
+pub(crate) fn code_in(text: &str) -> String {
     let at = text.find("code is ").expect("a code in the message") + "code is ".len();
     let code: String = text[at..].chars().take(6).collect();
     assert!(code.chars().all(|c| c.is_ascii_digit()), "{text}");
     code
 }
 
-async fn wait_for_mail(mails: &Mails, n: usize) {
+pub(crate) async fn wait_for_mail(mails: &Mails, n: usize) {
     for _ in 0..100 {
         if mails.lock().unwrap().len() >= n {
             return;
@@ -396,7 +396,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .unwrap();
 }
 
-fn with_smtp(url: String) -> impl FnOnce(&mut ServerConfig) {
+pub(crate) fn with_smtp(url: String) -> impl FnOnce(&mut ServerConfig) {
     move |c| {
         c.smtp = Some(SmtpConfig {
             url: url.into(),

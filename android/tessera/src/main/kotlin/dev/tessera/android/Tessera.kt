@@ -140,6 +140,15 @@ class Tessera private constructor(val sdk: Authenticator) : AutoCloseable {
     /** Relay pairing, step 1: the payload for your backend to forward to the server. */
     suspend fun createMobilePayload(server: String): String = sdk.createMobilePayload(server)
 
+    /**
+     * Seamless device authorization: signs the server flow's `authorization_nonce` with the
+     * enrollment's key, without asking the user. Hand the result to the web view (the
+     * `tessera.authorization` bridge message or your app-scheme redirect, see docs/flows.md) or
+     * to your backend for the flow's `authenticate` action. Bound to that flow; lives 60 s; used once.
+     */
+    suspend fun createAuthorizationPayload(enrollmentId: String, flowNonce: String): String =
+        sdk.createAuthorizationPayload(enrollmentId, flowNonce)
+
     /** Relay pairing, step 2: the server payload your backend got back. */
     suspend fun completeRelayPairing(serverPayload: String): Enrollment = sdk.completeRelayPairing(serverPayload)
 

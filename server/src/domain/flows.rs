@@ -1,0 +1,1316 @@
+//! Authentication flows: the state machine a customer backend (or a PingFederate-style adapter)
+//! steps a user through, composed of the building blocks the other modules own (push
+//! authentications, the app's passcode, OATH tokens, SMS/voice/email codes, relay pairing).
+//!
+//! Rules:
+//! - Every move is taken with a conditional update on the flow's version and recorded with the
+//!   action that caused it ([`crate::store::flows`]); an action first *claims* the flow (bumps
+//!   its version), so two racing actions cannot both send a push or a code: the second is
+//!   refused with `conflict` before it does anything.
+//! - The flow follows its push: when the push ends (approved, denied, failed), the follow-up
+//!   [`follow_up`] moves the flow and wakes its pollers; reads also derive what changed (an
+//!   expired push or flow) so a missed event never loses an outcome.
+//! - An action not allowed in the current status is `action_not_allowed`, listing the allowed
+//!   ones; a refused attempt (a wrong passcode) is recorded without moving the flow.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tessera_protocol::api::{
+    AuthenticationMethod, BackupChannel, CreateAuthenticationRequest, EnrollmentState,
+    RelayPairingRequest,
+};
+use tessera_protocol::authentication::{
+    AuthenticationId, AuthenticationKind, AuthenticationState, DisplayField,
+};
+use tessera_protocol::envelope::{self, MessageType};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::flows::{
+    CreateFlowRequest, DEVICE_AUTHORIZATION_MAX_LIFETIME, DeviceAuthorization, DeviceSelection,
+    FlowAction, FlowActionName, FlowDevice, FlowDeviceType, FlowEventRecord, FlowHistory, FlowId,
+    FlowMfaSetup, FlowOtp, FlowOtpSource, FlowPairing, FlowPush, FlowResult, FlowResultStatus,
+    FlowState, FlowStatus,
+};
+use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
+use tessera_protocol::pairing::DeviceRegistration;
+
+use super::authentication::{MAX_WAIT_SECONDS, check_fields, check_text};
+use super::events::{Topic, wait_for};
+use super::outcome::{self, DomainEvent, Ending, FollowUpFuture};
+use super::{Ctx, DomainError, authentication, backup, device_verification, methods, otp, pairing};
+use crate::store::applications::{self, Application};
+use crate::store::authentications::{self, Authentication};
+use crate::store::flows::{self as store, FlowEvent, StoredFlow};
+use crate::store::{enrollments, nonces, otp as otp_store};
+
+/// A flow's lifetime when the request does not say, in seconds.
+const DEFAULT_TTL: u32 = 600;
+
+/// What the flow was asked to do, resolved against the application's settings at creation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Options {
+    application_name: String,
+    application_icon_url: Option<String>,
+    accessing_ip: Option<String>,
+    user_agent: Option<String>,
+    message: Option<String>,
+    fields: Vec<DisplayField>,
+    number_matching: bool,
+    use_code: bool,
+    otp_fallback: bool,
+    backup_channels: Vec<BackupChannel>,
+    admin_message: Option<String>,
+    mandatory_methods: Vec<AuthenticationMethod>,
+    device_selection: DeviceSelection,
+}
+
+/// The passcode a flow waits for, with what only the server may know (the challenge id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OtpStep {
+    source: FlowOtpSource,
+    destination: Option<String>,
+    /// The pending push the app's passcode answers ("use code").
+    authentication_id: Option<AuthenticationId>,
+    /// The SMS, voice or email challenge.
+    challenge_id: Option<String>,
+}
+
+/// The flow's model, stored as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Data {
+    options: Options,
+    /// What a trusted device signs to authorize this flow seamlessly.
+    authorization_nonce: String,
+    #[serde(default)]
+    devices: Vec<FlowDevice>,
+    #[serde(default)]
+    selected_device: Option<String>,
+    #[serde(default)]
+    push: Option<FlowPush>,
+    #[serde(default)]
+    otp: Option<OtpStep>,
+    #[serde(default)]
+    pairing: Option<FlowPairing>,
+    #[serde(default)]
+    mfa_setup: Option<FlowMfaSetup>,
+    #[serde(default)]
+    result: Option<FlowResult>,
+}
+
+/// A flow as loaded.
+#[derive(Debug, Clone)]
+struct Flow {
+    stored: StoredFlow,
+    status: FlowStatus,
+    data: Data,
+}
+
+impl Flow {
+    fn from_stored(stored: StoredFlow) -> Result<Self, DomainError> {
+        let status = FlowStatus::parse(&stored.status)
+            .ok_or(DomainError::Internal("a stored flow has an unknown status"))?;
+        let data: Data = serde_json::from_str(&stored.data)
+            .map_err(|_| DomainError::Internal("a stored flow's data does not parse"))?;
+        Ok(Self {
+            stored,
+            status,
+            data,
+        })
+    }
+
+    /// What the client sees.
+    fn state(&self) -> FlowState {
+        let d = &self.data;
+        FlowState {
+            id: self.stored.id.clone(),
+            status: self.status,
+            actions: allowed_actions(self),
+            user_id: self.stored.user_id.clone(),
+            expires_at: self.stored.expires_at,
+            authorization_nonce: d.authorization_nonce.clone(),
+            admin_message: d.options.admin_message.clone(),
+            devices: d.devices.clone(),
+            selected_device: d.selected_device.clone(),
+            push: d.push.clone(),
+            otp: d.otp.as_ref().map(|o| FlowOtp {
+                source: o.source,
+                destination: o.destination.clone(),
+            }),
+            pairing: d.pairing.clone(),
+            mfa_setup: d.mfa_setup.clone(),
+            result: d.result.clone(),
+        }
+    }
+
+    /// The push whose answer moves the flow now, if any.
+    fn watched_push(&self) -> Option<&AuthenticationId> {
+        match self.status {
+            FlowStatus::PushConfirmationWaiting => {
+                self.data.push.as_ref().map(|p| &p.authentication_id)
+            }
+            FlowStatus::OtpRequired => self
+                .data
+                .otp
+                .as_ref()
+                .and_then(|o| o.authentication_id.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+fn flow_not_found() -> DomainError {
+    DomainError::new(ErrorCode::FlowNotFound, "no such flow")
+}
+
+fn conflict() -> DomainError {
+    DomainError::new(
+        ErrorCode::Conflict,
+        "the flow moved meanwhile; read it again",
+    )
+}
+
+async fn load(ctx: &Ctx, app: &ApplicationId, id: &str) -> Result<Flow, DomainError> {
+    let id: FlowId = id.parse().map_err(|_| flow_not_found())?;
+    let stored = store::get(&ctx.db, &id)
+        .await?
+        .filter(|f| &f.application_id == app)
+        .ok_or_else(flow_not_found)?;
+    Flow::from_stored(stored)
+}
+
+async fn reload(ctx: &Ctx, flow: &Flow) -> Result<Flow, DomainError> {
+    let stored = store::get(&ctx.db, &flow.stored.id)
+        .await?
+        .ok_or_else(flow_not_found)?;
+    Flow::from_stored(stored)
+}
+
+/// The actions `flow` allows now.
+fn allowed_actions(flow: &Flow) -> Vec<FlowActionName> {
+    use FlowActionName::*;
+    let options = &flow.data.options;
+    let switch = flow.data.devices.len() > 1;
+    let mut actions = Vec::new();
+    let mut add = |ok: bool, action| {
+        if ok {
+            actions.push(action);
+        }
+    };
+    match flow.status {
+        FlowStatus::AuthenticationRequired => add(true, Authenticate),
+        FlowStatus::DeviceSelectionRequired => add(true, SelectDevice),
+        FlowStatus::PushConfirmationWaiting => {
+            add(true, Poll);
+            add(switch, SelectDevice);
+            add(options.use_code, UseCode);
+        }
+        FlowStatus::PushConfirmationRejected => {
+            add(true, Authenticate);
+            add(switch, SelectDevice);
+        }
+        FlowStatus::PushConfirmationTimedOut => {
+            add(true, Authenticate);
+            add(switch, SelectDevice);
+            add(options.otp_fallback, UseCode);
+        }
+        FlowStatus::OtpRequired => {
+            let otp = flow.data.otp.as_ref();
+            add(true, CheckOtp);
+            add(otp.is_some_and(|o| o.challenge_id.is_some()), ResendOtp);
+            add(switch, SelectDevice);
+            add(otp.is_some_and(|o| o.authentication_id.is_some()), Poll);
+        }
+        FlowStatus::MobilePairingRequired => {
+            add(true, Poll);
+            add(true, ContinueAuthentication);
+        }
+        FlowStatus::MfaSetupRequired => {
+            add(true, Authenticate);
+            add(true, ContinueAuthentication);
+        }
+        FlowStatus::MfaCompleted | FlowStatus::MfaFailed | FlowStatus::Canceled => {}
+    }
+    if !flow.status.is_final() {
+        actions.push(CancelAuthentication);
+    }
+    actions
+}
+
+fn not_allowed(flow: &Flow) -> DomainError {
+    let allowed = allowed_actions(flow);
+    let names: Vec<&str> = allowed.iter().map(|a| a.as_str()).collect();
+    let message = if names.is_empty() {
+        format!("the flow is {} and allows no action", flow.status.as_str())
+    } else {
+        format!(
+            "not allowed while the flow is {}; allowed: {}",
+            flow.status.as_str(),
+            names.join(", ")
+        )
+    };
+    DomainError::new(ErrorCode::ActionNotAllowed, message).with_allowed_actions(allowed)
+}
+
+fn event(ctx: &Ctx, action: &str, from: Option<FlowStatus>, to: FlowStatus) -> FlowEvent {
+    FlowEvent {
+        at: ctx.now(),
+        action: action.to_string(),
+        from_status: from.map(|s| s.as_str().to_string()),
+        to_status: to.as_str().to_string(),
+        error: None,
+    }
+}
+
+/// Moves `flow` (at its loaded version) to `status` with `data`, recording `action`, and wakes
+/// its pollers. `None` when another move came first.
+async fn move_to(
+    ctx: &Ctx,
+    flow: &Flow,
+    action: &str,
+    status: FlowStatus,
+    data: Data,
+) -> Result<Option<Flow>, DomainError> {
+    let mut stored = flow.stored.clone();
+    stored.status = status.as_str().to_string();
+    stored.version = flow.stored.version + 1;
+    stored.data = serde_json::to_string(&data)
+        .map_err(|_| DomainError::Internal("encoding a flow's data"))?;
+    stored.authentication_id = match status {
+        FlowStatus::PushConfirmationWaiting | FlowStatus::OtpRequired => data
+            .otp
+            .as_ref()
+            .and_then(|o| o.authentication_id.clone())
+            .or_else(|| data.push.as_ref().map(|p| p.authentication_id.clone())),
+        _ => None,
+    };
+    stored.updated_at = ctx.now();
+    let moved = store::transition(
+        &ctx.db,
+        &stored,
+        flow.stored.version,
+        &event(ctx, action, Some(flow.status), status),
+    )
+    .await?;
+    if !moved {
+        return Ok(None);
+    }
+    tracing::info!(
+        flow_id = %stored.id,
+        action,
+        from = flow.status.as_str(),
+        to = status.as_str(),
+        "flow moved"
+    );
+    ctx.events
+        .announce(&ctx.db, &[Topic::Flow(stored.id.to_string())])
+        .await;
+    Ok(Some(Flow {
+        stored,
+        status,
+        data,
+    }))
+}
+
+fn finished(mut data: Data, result: FlowResult) -> Data {
+    data.result = Some(result);
+    data
+}
+
+fn result(status: FlowResultStatus) -> FlowResult {
+    FlowResult {
+        status,
+        attributes: BTreeMap::new(),
+        authentication_id: None,
+        enrollment_id: None,
+    }
+}
+
+fn attributes_of(record: &Authentication) -> BTreeMap<String, serde_json::Value> {
+    record
+        .attributes
+        .as_deref()
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default()
+}
+
+/// What the flow's push ending means for the flow, if it moves it.
+fn after_push(flow: &Flow, record: &Authentication) -> Option<(&'static str, FlowStatus, Data)> {
+    let data = flow.data.clone();
+    match record.state {
+        AuthenticationState::Pending => None,
+        AuthenticationState::Approved => {
+            let mut done = result(FlowResultStatus::Authenticated);
+            done.attributes = attributes_of(record);
+            done.authentication_id = Some(record.id.clone());
+            Some((
+                "pushAnswered",
+                FlowStatus::MfaCompleted,
+                finished(data, done),
+            ))
+        }
+        AuthenticationState::Denied => {
+            let mut data = data;
+            data.otp = None;
+            Some(("pushAnswered", FlowStatus::PushConfirmationRejected, data))
+        }
+        AuthenticationState::Expired => {
+            let mut data = data;
+            data.otp = None;
+            Some(("pushExpired", FlowStatus::PushConfirmationTimedOut, data))
+        }
+        // A push this flow withdrew ends the flow by the action that withdrew it.
+        AuthenticationState::Failed if record.failure_reason.as_deref() == Some("canceled") => None,
+        AuthenticationState::Failed => {
+            let mut done = result(FlowResultStatus::Failed);
+            done.authentication_id = Some(record.id.clone());
+            Some(("pushFailed", FlowStatus::MfaFailed, finished(data, done)))
+        }
+    }
+}
+
+/// The move the server makes on its own, if one is due: the flow expired, its push ended, or
+/// the primary device decided on the device it pairs.
+async fn due_move(
+    ctx: &Ctx,
+    flow: &Flow,
+) -> Result<Option<(&'static str, FlowStatus, Data)>, DomainError> {
+    if flow.status.is_final() {
+        return Ok(None);
+    }
+    let now = ctx.now();
+    if now >= flow.stored.expires_at {
+        let data = finished(flow.data.clone(), result(FlowResultStatus::Expired));
+        return Ok(Some(("expire", FlowStatus::MfaFailed, data)));
+    }
+    if let Some(push) = flow.watched_push() {
+        if let Some(record) = authentications::get(&ctx.db, push, now).await? {
+            return Ok(after_push(flow, &record));
+        }
+        return Ok(None);
+    }
+    if flow.status == FlowStatus::MobilePairingRequired
+        && let Some(pairing) = &flow.data.pairing
+        && pairing.state == EnrollmentState::PendingVerification.as_str()
+    {
+        let state = match enrollments::by_id(&ctx.db, &pairing.enrollment_id).await? {
+            Some(e) => device_verification::settled(ctx, e).await?.status,
+            None => EnrollmentState::Rejected,
+        };
+        if state != EnrollmentState::PendingVerification {
+            let mut data = flow.data.clone();
+            if let Some(p) = data.pairing.as_mut() {
+                p.state = state.as_str().to_string();
+            }
+            return Ok(Some((
+                "pairingVerified",
+                FlowStatus::MobilePairingRequired,
+                data,
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Applies the moves that are due, then answers the flow as it stands.
+async fn refresh(ctx: &Ctx, mut flow: Flow) -> Result<Flow, DomainError> {
+    // A lost race means someone else moved it: read again and re-derive (bounded).
+    for _ in 0..4 {
+        let Some((action, status, data)) = due_move(ctx, &flow).await? else {
+            return Ok(flow);
+        };
+        match move_to(ctx, &flow, action, status, data).await? {
+            Some(next) => flow = next,
+            None => flow = reload(ctx, &flow).await?,
+        }
+    }
+    Ok(flow)
+}
+
+/// Starts a flow for a user the customer's first factor authenticated.
+pub(crate) async fn create(
+    ctx: &Ctx,
+    app: &Application,
+    body: CreateFlowRequest,
+) -> Result<FlowState, DomainError> {
+    super::users::require_user(ctx, &app.id, &body.user_id).await?;
+    let ttl = body.expires_in.unwrap_or(DEFAULT_TTL);
+    if !(60..=3600).contains(&ttl) {
+        return Err(DomainError::invalid(
+            "expires_in must be between 60 and 3600 seconds",
+        ));
+    }
+    check_fields(&body.fields)?;
+    for (text, max, what) in [
+        (&body.message, 256, "message"),
+        (&body.application_name, 128, "application_name"),
+        (&body.application_icon_url, 256, "application_icon_url"),
+        (&body.accessing_ip, 256, "accessing_ip"),
+        (&body.user_agent, 512, "user_agent"),
+        (&body.admin_message, 256, "admin_message"),
+    ] {
+        if let Some(t) = text {
+            check_text(t, max, what)?;
+        }
+    }
+    let policy = applications::otp_policy(&ctx.db, &app.id).await?;
+    let mut channels = policy.backup_channels.clone();
+    for (channel, choice) in [
+        (BackupChannel::Sms, body.sms_backup),
+        (BackupChannel::Voice, body.voice_backup),
+        (BackupChannel::Email, body.email_backup),
+    ] {
+        match choice {
+            Some(true) => channels.push(channel),
+            Some(false) => channels.retain(|c| *c != channel),
+            None => {}
+        }
+    }
+    channels.sort();
+    channels.dedup();
+    let mut mandatory = policy.mandatory_methods.clone();
+    mandatory.extend(body.mandatory_methods.iter().copied());
+    mandatory.sort();
+    mandatory.dedup();
+    let options = Options {
+        application_name: body.application_name.unwrap_or_else(|| app.name.clone()),
+        application_icon_url: body.application_icon_url,
+        accessing_ip: body.accessing_ip,
+        user_agent: body.user_agent,
+        message: body.message,
+        fields: body.fields,
+        number_matching: body.number_matching,
+        use_code: body.use_code.unwrap_or(policy.use_code),
+        otp_fallback: body.otp_fallback.unwrap_or(policy.otp_fallback),
+        backup_channels: channels,
+        admin_message: body.admin_message,
+        mandatory_methods: mandatory,
+        device_selection: body.device_selection.unwrap_or_default(),
+    };
+    let data = Data {
+        options,
+        authorization_nonce: DeviceRegistration::new_nonce(),
+        devices: Vec::new(),
+        selected_device: None,
+        push: None,
+        otp: None,
+        pairing: None,
+        mfa_setup: None,
+        result: None,
+    };
+    let now = ctx.now();
+    let status = FlowStatus::AuthenticationRequired;
+    let stored = StoredFlow {
+        id: FlowId::generate(),
+        application_id: app.id.clone(),
+        user_id: body.user_id,
+        status: status.as_str().to_string(),
+        version: 1,
+        data: serde_json::to_string(&data)
+            .map_err(|_| DomainError::Internal("encoding a flow's data"))?,
+        authentication_id: None,
+        created_at: now,
+        updated_at: now,
+        expires_at: now + i64::from(ttl),
+    };
+    store::insert(&ctx.db, &stored, &event(ctx, "create", None, status)).await?;
+    tracing::info!(flow_id = %stored.id, "flow created");
+    Ok(Flow {
+        stored,
+        status,
+        data,
+    }
+    .state())
+}
+
+/// A flow as it stands (moves that are due are applied first).
+pub(crate) async fn get(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    id: &str,
+) -> Result<FlowState, DomainError> {
+    let flow = refresh(ctx, load(ctx, app, id).await?).await?;
+    Ok(flow.state())
+}
+
+/// The flow's history, oldest first.
+pub(crate) async fn history(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    id: &str,
+) -> Result<FlowHistory, DomainError> {
+    let flow = load(ctx, app, id).await?;
+    let parse = |s: &str| {
+        FlowStatus::parse(s).ok_or(DomainError::Internal("a flow event has an unknown status"))
+    };
+    let events = store::events(&ctx.db, &flow.stored.id)
+        .await?
+        .into_iter()
+        .map(|e| {
+            Ok(FlowEventRecord {
+                at: e.at,
+                action: e.action,
+                from_status: e.from_status.as_deref().map(parse).transpose()?,
+                to_status: parse(&e.to_status)?,
+                error: e
+                    .error
+                    .map(|c| serde_json::from_value(serde_json::Value::String(c)))
+                    .transpose()
+                    .map_err(|_| DomainError::Internal("a flow event has an unknown error"))?,
+            })
+        })
+        .collect::<Result<_, DomainError>>()?;
+    Ok(FlowHistory { events })
+}
+
+/// Applies one action to a flow.
+pub(crate) async fn act(
+    ctx: &Ctx,
+    app: &Application,
+    id: &str,
+    action: FlowAction,
+) -> Result<FlowState, DomainError> {
+    let flow = refresh(ctx, load(ctx, &app.id, id).await?).await?;
+    // A poll is a read: it answers the flow as it stands, waiting only where a wait can end.
+    if let FlowAction::Poll { wait } = action {
+        if !allowed_actions(&flow).contains(&FlowActionName::Poll) {
+            return Ok(flow.state());
+        }
+        return poll(ctx, flow, wait.unwrap_or(0)).await;
+    }
+    if flow.status.is_final() {
+        if flow
+            .data
+            .result
+            .as_ref()
+            .is_some_and(|r| r.status == FlowResultStatus::Expired)
+        {
+            return Err(DomainError::new(ErrorCode::FlowExpired, "the flow expired"));
+        }
+        return Err(not_allowed(&flow));
+    }
+    if !allowed_actions(&flow).contains(&action.name()) {
+        return Err(not_allowed(&flow));
+    }
+    let name = action.name().as_str();
+    // Claim the flow before any side effect: a racing action on it is refused here.
+    if !store::claim(&ctx.db, &flow.stored.id, flow.stored.version).await? {
+        return Err(conflict());
+    }
+    let mut claimed = flow.clone();
+    claimed.stored.version += 1;
+    let step = match action {
+        FlowAction::Authenticate {
+            mobile_payload,
+            authorization_payload,
+        } => authenticate(ctx, app, &claimed, mobile_payload, authorization_payload).await,
+        FlowAction::SelectDevice { device_id } => {
+            let data = claimed.data.clone();
+            use_device(ctx, app, &claimed, data, &device_id).await
+        }
+        FlowAction::UseCode {} => Ok(use_code(&claimed)),
+        FlowAction::CheckOtp { otp } => check_otp(ctx, app, &claimed, &otp).await,
+        FlowAction::ResendOtp {} => resend_otp(ctx, app, &claimed).await,
+        FlowAction::CancelAuthentication {} => cancel(ctx, &claimed).await,
+        FlowAction::ContinueAuthentication {} => continue_authentication(ctx, app, &claimed).await,
+        FlowAction::Poll { .. } => return Err(not_allowed(&flow)),
+    };
+    let (status, data) = match step {
+        Ok(next) => next,
+        Err(e) => return Err(refused(ctx, &claimed, name, e).await),
+    };
+    let new_push = data
+        .push
+        .as_ref()
+        .filter(|p| flow.data.push.as_ref() != Some(*p))
+        .map(|p| p.authentication_id.clone());
+    match move_to(ctx, &claimed, name, status, data).await? {
+        Some(moved) => {
+            // The push may have been answered before the flow recorded it.
+            Ok(refresh(ctx, moved).await?.state())
+        }
+        None => {
+            // Someone moved it between the claim and now (its push was answered): withdraw a
+            // push this action sent, then answer the flow as it stands if it is over.
+            if let Some(push) = new_push {
+                outcome::record(ctx, &push, Ending::Canceled).await?;
+            }
+            let latest = refresh(ctx, reload(ctx, &claimed).await?).await?;
+            if latest.status.is_final() {
+                Ok(latest.state())
+            } else {
+                Err(conflict())
+            }
+        }
+    }
+}
+
+/// Records a refused action; a locked passcode check also ends the flow.
+async fn refused(ctx: &Ctx, flow: &Flow, action: &str, e: DomainError) -> DomainError {
+    let Some(code) = e.code() else {
+        return e;
+    };
+    if code == ErrorCode::OtpLocked {
+        let data = finished(flow.data.clone(), result(FlowResultStatus::OtpLocked));
+        if let Err(store_error) = move_to(ctx, flow, action, FlowStatus::MfaFailed, data).await {
+            tracing::warn!(error = %store_error, "could not end a locked flow");
+        }
+        return e;
+    }
+    let mut refusal = event(ctx, action, Some(flow.status), flow.status);
+    refusal.error = Some(code.as_str().to_string());
+    if let Err(store_error) = store::record_refusal(&ctx.db, &flow.stored.id, &refusal).await {
+        tracing::warn!(error = %store_error, "could not record a refused flow action");
+    }
+    e
+}
+
+/// `authenticate`: pairs the app's device (with a mobile payload), completes the flow with a
+/// trusted device's authorization (seamless; a refused one is recorded and the flow falls back
+/// to asking), or checks the mandatory methods and asks the default device (or the user to pick
+/// one).
+async fn authenticate(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    mobile_payload: Option<String>,
+    authorization_payload: Option<String>,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let mut data = flow.data.clone();
+    if mobile_payload.is_some() && authorization_payload.is_some() {
+        return Err(DomainError::invalid(
+            "send a mobile_payload or an authorization_payload, not both",
+        ));
+    }
+    if let Some(jws) = authorization_payload {
+        if flow.status == FlowStatus::MfaSetupRequired {
+            return Err(DomainError::invalid(
+                "while methods are missing, authenticate pairs the app's device: send its mobile_payload",
+            ));
+        }
+        match seamless(ctx, flow, &jws).await {
+            Ok(done) => return Ok((FlowStatus::MfaCompleted, finished(data, done))),
+            Err(DomainError::Refused { code, message, .. }) => {
+                tracing::info!(flow_id = %flow.stored.id, %code, message, "device authorization refused; asking instead");
+                let mut refusal = event(ctx, "authenticate", Some(flow.status), flow.status);
+                refusal.error = Some(code.as_str().to_string());
+                store::record_refusal(&ctx.db, &flow.stored.id, &refusal).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(mobile_payload) = mobile_payload {
+        let reply = pairing::relay(
+            ctx,
+            app,
+            &flow.stored.user_id,
+            &RelayPairingRequest { mobile_payload },
+        )
+        .await?;
+        data.pairing = Some(FlowPairing {
+            enrollment_id: reply.device.enrollment_id.clone(),
+            server_payload: reply.server_payload,
+            state: reply.device.status.as_str().to_string(),
+        });
+        data.push = None;
+        data.otp = None;
+        return Ok((FlowStatus::MobilePairingRequired, data));
+    }
+    if flow.status == FlowStatus::MfaSetupRequired {
+        return Err(DomainError::invalid(
+            "while methods are missing, authenticate pairs the app's device: send its mobile_payload",
+        ));
+    }
+    start(ctx, app, flow, data).await
+}
+
+/// Seamless device authorization: the flow's user's active device signed this flow's nonce with
+/// its possession key, recently, for this server, and never before.
+async fn seamless(ctx: &Ctx, flow: &Flow, jws: &str) -> Result<FlowResult, DomainError> {
+    let bad = || {
+        DomainError::new(
+            ErrorCode::InvalidSignature,
+            "the authorization payload is malformed or its signature does not verify",
+        )
+    };
+    if jws.len() > tessera_protocol::MAX_ENVELOPE_BYTES {
+        return Err(bad());
+    }
+    let claimed: DeviceAuthorization = envelope::unverified_payload(jws).map_err(|_| bad())?;
+    let not_theirs = || {
+        DomainError::new(
+            ErrorCode::DeviceNotFound,
+            "the authorizing device is not an active device of this flow's user",
+        )
+    };
+    let enrollment = enrollments::by_id(&ctx.db, &claimed.enrollment_id)
+        .await?
+        .filter(|e| {
+            e.application_id == flow.stored.application_id
+                && e.user_id == flow.stored.user_id
+                && e.status == EnrollmentState::Active
+        })
+        .ok_or_else(not_theirs)?;
+    let header = envelope::inspect(jws).map_err(|_| bad())?;
+    if header.kid != enrollment.possession_key.thumbprint() {
+        return Err(bad());
+    }
+    let claims = envelope::verify::<DeviceAuthorization>(
+        jws,
+        MessageType::DeviceAuthorization,
+        &enrollment.possession_key,
+    )
+    .map_err(|_| bad())?
+    .payload;
+    if claims.v != tessera_protocol::PROTOCOL_VERSION
+        || claims.enrollment_id != enrollment.enrollment_id
+        || claims.user_id != enrollment.user_id
+    {
+        return Err(bad());
+    }
+    if claims.audience != ctx.public_url {
+        return Err(DomainError::new(
+            ErrorCode::AudienceMismatch,
+            format!(
+                "the authorization is meant for another server, not {}",
+                ctx.public_url
+            ),
+        ));
+    }
+    let nonce_matches: bool = claims
+        .flow_nonce
+        .as_bytes()
+        .ct_eq(flow.data.authorization_nonce.as_bytes())
+        .into();
+    if !nonce_matches {
+        return Err(DomainError::new(
+            ErrorCode::ResponseMismatch,
+            "the authorization is bound to another flow",
+        ));
+    }
+    let now = ctx.now();
+    let lifetime = claims.expires_at - claims.issued_at;
+    if claims.issued_at > now + CLOCK_SKEW_SECONDS
+        || now >= claims.expires_at
+        || !(1..=DEVICE_AUTHORIZATION_MAX_LIFETIME).contains(&lifetime)
+    {
+        return Err(DomainError::new(
+            ErrorCode::StaleMessage,
+            "the authorization expired or is from the future",
+        ));
+    }
+    if claims.jti.is_empty() || claims.jti.len() > 64 {
+        return Err(bad());
+    }
+    let key = format!("authz:{}:{}", enrollment.enrollment_id, claims.jti);
+    if !nonces::record_once(&ctx.db, &key, claims.expires_at + CLOCK_SKEW_SECONDS, now).await? {
+        return Err(DomainError::new(
+            ErrorCode::ReplayedMessage,
+            "this authorization was already used",
+        ));
+    }
+    let p = "pingid.authentication.";
+    let mut attributes = otp::device_attributes(
+        ctx,
+        &otp::DeviceSource::Enrollment(enrollment.enrollment_id.clone()),
+        flow.data.options.accessing_ip.as_deref(),
+    )
+    .await?;
+    attributes.insert(
+        format!("{p}type"),
+        serde_json::json!("DEVICE_AUTHORIZATION"),
+    );
+    attributes.insert(format!("{p}amr"), serde_json::json!(["pop"]));
+    tracing::info!(flow_id = %flow.stored.id, enrollment_id = %enrollment.enrollment_id, "flow authorized by a trusted device");
+    Ok(FlowResult {
+        status: FlowResultStatus::Authenticated,
+        attributes,
+        authentication_id: None,
+        enrollment_id: Some(enrollment.enrollment_id),
+    })
+}
+
+/// Seconds a device's clock may run ahead of the server's.
+const CLOCK_SKEW_SECONDS: i64 = 60;
+
+/// Checks the mandatory methods, lists the devices, and asks the one to ask.
+async fn start(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    mut data: Data,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let user = &flow.stored.user_id;
+    let mandatory = &data.options.mandatory_methods;
+    if !mandatory.is_empty() {
+        let registered = methods::registered_methods(ctx, &app.id, user).await?;
+        let (done, missing): (Vec<_>, Vec<_>) =
+            mandatory.iter().partition(|m| registered.contains(m));
+        if !missing.is_empty() {
+            data.mfa_setup = Some(FlowMfaSetup {
+                mandatory: mandatory.clone(),
+                missing,
+                done,
+            });
+            return Ok((FlowStatus::MfaSetupRequired, data));
+        }
+    }
+    data.mfa_setup = None;
+    data.devices = list_devices(ctx, &app.id, user, &data.options).await?;
+    if data.devices.is_empty() {
+        let data = finished(data, result(FlowResultStatus::DeviceNotPaired));
+        return Ok((FlowStatus::MfaFailed, data));
+    }
+    let chosen = data
+        .selected_device
+        .clone()
+        .filter(|id| data.devices.iter().any(|d| &d.id == id))
+        .or_else(|| match data.options.device_selection {
+            DeviceSelection::DefaultToPrimary => data
+                .devices
+                .iter()
+                .find(|d| d.default)
+                .map(|d| d.id.clone()),
+            DeviceSelection::PromptUserToSelect => None,
+        })
+        .or_else(|| (data.devices.len() == 1).then(|| data.devices[0].id.clone()));
+    match chosen {
+        Some(device) => use_device(ctx, app, flow, data, &device).await,
+        None => Ok((FlowStatus::DeviceSelectionRequired, data)),
+    }
+}
+
+/// The user's devices a flow may use: active phones, OATH tokens, and the backup channels the
+/// flow offers that reach a registered contact.
+async fn list_devices(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    options: &Options,
+) -> Result<Vec<FlowDevice>, DomainError> {
+    let mut devices = Vec::new();
+    for e in enrollments::list_for_user(&ctx.db, app, user).await? {
+        if e.status != EnrollmentState::Active {
+            continue;
+        }
+        devices.push(FlowDevice {
+            id: format!("mobile:{}", e.enrollment_id),
+            device_type: FlowDeviceType::Mobile,
+            nickname: e
+                .device_info
+                .name
+                .clone()
+                .unwrap_or_else(|| e.device_info.model.clone()),
+            default: e.is_primary,
+        });
+    }
+    for token in otp_store::tokens_for_user(&ctx.db, app, user).await? {
+        let token = token.record();
+        devices.push(FlowDevice {
+            id: format!("oath:{}", token.token_id),
+            device_type: FlowDeviceType::OathToken,
+            nickname: token.kind.as_str().to_string(),
+            default: false,
+        });
+    }
+    let contacts = backup::get_contacts(ctx, app, user).await?;
+    for channel in &options.backup_channels {
+        let (device_type, to) = match channel {
+            BackupChannel::Sms => (FlowDeviceType::Sms, &contacts.phone),
+            BackupChannel::Voice => (FlowDeviceType::Voice, &contacts.phone),
+            BackupChannel::Email => (FlowDeviceType::Email, &contacts.email),
+        };
+        if let Some(to) = to {
+            devices.push(FlowDevice {
+                id: channel.as_str().to_string(),
+                device_type,
+                nickname: to.clone(),
+                default: false,
+            });
+        }
+    }
+    Ok(devices)
+}
+
+/// Asks `device_id` (one of the flow's devices): a push to a phone, a code by SMS, voice or
+/// email, or a passcode from an OATH token.
+async fn use_device(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    mut data: Data,
+    device_id: &str,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let device = data
+        .devices
+        .iter()
+        .find(|d| d.id == device_id)
+        .cloned()
+        .ok_or_else(|| {
+            DomainError::new(ErrorCode::DeviceNotFound, "no such device in this flow")
+        })?;
+    data.selected_device = Some(device.id.clone());
+    data.push = None;
+    data.otp = None;
+    let user = &flow.stored.user_id;
+    match device.device_type {
+        FlowDeviceType::Mobile => {
+            let enrollment: EnrollmentId = device
+                .id
+                .strip_prefix("mobile:")
+                .and_then(|e| e.parse().ok())
+                .ok_or(DomainError::Internal("a flow's phone id does not parse"))?;
+            let options = &data.options;
+            let kind = if options.fields.is_empty() {
+                AuthenticationKind::Approval
+            } else {
+                AuthenticationKind::Transaction
+            };
+            let mut body = CreateAuthenticationRequest::new(kind);
+            body.enrollment_id = Some(enrollment.clone());
+            body.message = options.message.clone();
+            body.fields = options.fields.clone();
+            body.accessing_ip = options.accessing_ip.clone();
+            body.application_icon_url = options.application_icon_url.clone();
+            body.number_matching = options.number_matching;
+            body.use_code = Some(options.use_code);
+            body.otp_fallback = Some(false);
+            body.backup_channels = Some(Vec::new());
+            body.expires_in = Some(expires_in(ctx, flow));
+            let shown_as = Application {
+                name: options.application_name.clone(),
+                ..app.clone()
+            };
+            let status = match authentication::create(ctx, &shown_as, user, body).await {
+                Err(e) if e.code() == Some(ErrorCode::MandatoryMethodsMissing) => {
+                    // The application's list changed since the flow checked it.
+                    return start_setup(ctx, &app.id, user, data).await;
+                }
+                other => other?,
+            };
+            data.push = Some(FlowPush {
+                authentication_id: status.authentication_id,
+                enrollment_id: enrollment,
+                number_to_show: status.number_to_show,
+                expires_at: status.expires_at,
+            });
+            Ok((FlowStatus::PushConfirmationWaiting, data))
+        }
+        FlowDeviceType::OathToken => {
+            data.otp = Some(OtpStep {
+                source: FlowOtpSource::OathToken,
+                destination: None,
+                authentication_id: None,
+                challenge_id: None,
+            });
+            Ok((FlowStatus::OtpRequired, data))
+        }
+        FlowDeviceType::Sms | FlowDeviceType::Voice | FlowDeviceType::Email => {
+            let channel = match device.device_type {
+                FlowDeviceType::Sms => BackupChannel::Sms,
+                FlowDeviceType::Voice => BackupChannel::Voice,
+                _ => BackupChannel::Email,
+            };
+            let challenge = backup::send_for_flow(ctx, app, user, channel).await?;
+            data.otp = Some(OtpStep {
+                source: channel.into(),
+                destination: Some(challenge.destination),
+                authentication_id: None,
+                challenge_id: Some(challenge.challenge_id),
+            });
+            Ok((FlowStatus::OtpRequired, data))
+        }
+    }
+}
+
+/// A push lives as long as the flow has left, within what a push may (10 to 120 seconds).
+fn expires_in(ctx: &Ctx, flow: &Flow) -> u32 {
+    let left = flow.stored.expires_at - ctx.now();
+    u32::try_from(left.clamp(10, 120)).unwrap_or(120)
+}
+
+async fn start_setup(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    mut data: Data,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let policy = applications::otp_policy(&ctx.db, app).await?;
+    let mut mandatory = data.options.mandatory_methods.clone();
+    mandatory.extend(policy.mandatory_methods);
+    mandatory.sort();
+    mandatory.dedup();
+    let registered = methods::registered_methods(ctx, app, user).await?;
+    let (done, missing): (Vec<_>, Vec<_>) = mandatory.iter().partition(|m| registered.contains(m));
+    data.push = None;
+    data.mfa_setup = Some(FlowMfaSetup {
+        mandatory,
+        missing,
+        done,
+    });
+    Ok((FlowStatus::MfaSetupRequired, data))
+}
+
+/// `useCode`: type the app's passcode instead of waiting for the push (which stays pending and
+/// still completes the flow if answered), or after it timed out (OTP fallback).
+fn use_code(flow: &Flow) -> (FlowStatus, Data) {
+    let mut data = flow.data.clone();
+    let pending_push = match flow.status {
+        FlowStatus::PushConfirmationWaiting => {
+            data.push.as_ref().map(|p| p.authentication_id.clone())
+        }
+        _ => None,
+    };
+    data.otp = Some(OtpStep {
+        source: FlowOtpSource::App,
+        destination: None,
+        authentication_id: pending_push,
+        challenge_id: None,
+    });
+    (FlowStatus::OtpRequired, data)
+}
+
+/// `checkOtp`: the passcode the flow waits for.
+async fn check_otp(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    code: &str,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let otp = flow.data.otp.clone().ok_or(DomainError::Internal(
+        "a flow waits for a passcode it lacks",
+    ))?;
+    let mut done = result(FlowResultStatus::Authenticated);
+    if let Some(push) = &otp.authentication_id {
+        // The app's passcode answers the pending push (and ends it as approved).
+        let status = otp::answer_authentication(ctx, &app.id, push.as_str(), code).await?;
+        done.attributes = status.attributes;
+        done.authentication_id = Some(status.authentication_id);
+    } else if let Some(challenge) = &otp.challenge_id {
+        let verified = backup::verify_challenge(ctx, &app.id, challenge, code).await?;
+        done.attributes = verified.attributes;
+    } else {
+        let verified = otp::verify(ctx, &app.id, flow.stored.user_id.clone(), code).await?;
+        done.attributes = verified.attributes;
+    }
+    let mut data = flow.data.clone();
+    data.otp = None;
+    Ok((FlowStatus::MfaCompleted, finished(data, done)))
+}
+
+/// `resendOtp`: a new SMS, voice or email code (the old one stops counting for the flow).
+async fn resend_otp(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let mut data = flow.data.clone();
+    let Some(otp) = data.otp.as_mut() else {
+        return Err(DomainError::Internal(
+            "a flow waits for a passcode it lacks",
+        ));
+    };
+    let channel = match otp.source {
+        FlowOtpSource::Sms => BackupChannel::Sms,
+        FlowOtpSource::Voice => BackupChannel::Voice,
+        FlowOtpSource::Email => BackupChannel::Email,
+        FlowOtpSource::App | FlowOtpSource::OathToken => return Err(not_allowed(flow)),
+    };
+    let challenge = backup::send_for_flow(ctx, app, &flow.stored.user_id, channel).await?;
+    otp.destination = Some(challenge.destination);
+    otp.challenge_id = Some(challenge.challenge_id);
+    Ok((FlowStatus::OtpRequired, data))
+}
+
+/// `cancelAuthentication`: ends the flow, withdrawing a push still pending on the phone.
+async fn cancel(ctx: &Ctx, flow: &Flow) -> Result<(FlowStatus, Data), DomainError> {
+    if let Some(push) = &flow.data.push {
+        outcome::record(ctx, &push.authentication_id, Ending::Canceled).await?;
+    }
+    let data = finished(flow.data.clone(), result(FlowResultStatus::Canceled));
+    Ok((FlowStatus::Canceled, data))
+}
+
+/// `continueAuthentication`: after the app completed its pairing (the flow ends with
+/// `device_paired` or `device_not_paired`), or after the user registered the missing methods.
+async fn continue_authentication(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+) -> Result<(FlowStatus, Data), DomainError> {
+    if flow.status == FlowStatus::MfaSetupRequired {
+        return start(ctx, app, flow, flow.data.clone()).await;
+    }
+    let pairing = flow
+        .data
+        .pairing
+        .clone()
+        .ok_or(DomainError::Internal("a pairing flow lacks its pairing"))?;
+    let state = match enrollments::by_id(&ctx.db, &pairing.enrollment_id).await? {
+        Some(e) => device_verification::settled(ctx, e).await?.status,
+        None => EnrollmentState::Rejected,
+    };
+    match state {
+        EnrollmentState::Active => {
+            let mut done = result(FlowResultStatus::DevicePaired);
+            done.enrollment_id = Some(pairing.enrollment_id);
+            Ok((FlowStatus::MfaCompleted, finished(flow.data.clone(), done)))
+        }
+        EnrollmentState::PendingVerification => Err(DomainError::new(
+            ErrorCode::Conflict,
+            "the user's primary device has not approved the new device yet; poll",
+        )),
+        _ => Ok((
+            FlowStatus::MfaFailed,
+            finished(flow.data.clone(), result(FlowResultStatus::DeviceNotPaired)),
+        )),
+    }
+}
+
+/// `poll`: waits up to `wait` seconds (at most 30) for the flow to move. Waiting reads nothing
+/// until the flow (or the pairing's enrollment) is announced as changed, and once at the end.
+async fn poll(ctx: &Ctx, flow: Flow, wait: u64) -> Result<FlowState, DomainError> {
+    let wait = Duration::from_secs(wait.min(MAX_WAIT_SECONDS));
+    if wait.is_zero() {
+        return Ok(flow.state());
+    }
+    let mut wait = wait.min(ctx.until(flow.stored.expires_at));
+    if let Some(push) = &flow.data.push {
+        wait = wait.min(ctx.until(push.expires_at));
+    }
+    let topic = match (&flow.status, &flow.data.pairing) {
+        (FlowStatus::MobilePairingRequired, Some(p)) => {
+            Topic::Enrollment(p.enrollment_id.to_string())
+        }
+        _ => Topic::Flow(flow.stored.id.to_string()),
+    };
+    let version = flow.stored.version;
+    let app = flow.stored.application_id.clone();
+    let id = flow.stored.id.to_string();
+    let latest = wait_for(
+        &ctx.events,
+        topic,
+        wait,
+        || async { refresh(ctx, load(ctx, &app, &id).await?).await },
+        |f| f.stored.version != version,
+    )
+    .await?;
+    Ok(latest.state())
+}
+
+/// Follow-up: a push a flow waits for ended; the flow moves and its pollers wake.
+pub(crate) fn follow_up<'a>(ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFuture<'a> {
+    Box::pin(async move {
+        let DomainEvent::AuthenticationEnded(record) = event;
+        if let Some(stored) = store::by_authentication(&ctx.db, &record.id).await? {
+            refresh(ctx, Flow::from_stored(stored)?).await?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(status: FlowStatus, devices: usize, use_code: bool) -> Flow {
+        let options = Options {
+            application_name: "Shop".into(),
+            application_icon_url: None,
+            accessing_ip: None,
+            user_agent: None,
+            message: None,
+            fields: Vec::new(),
+            number_matching: false,
+            use_code,
+            otp_fallback: false,
+            backup_channels: Vec::new(),
+            admin_message: None,
+            mandatory_methods: Vec::new(),
+            device_selection: DeviceSelection::DefaultToPrimary,
+        };
+        let device = |i: usize| FlowDevice {
+            id: format!("d{i}"),
+            device_type: FlowDeviceType::Sms,
+            nickname: "x".into(),
+            default: false,
+        };
+        let data = Data {
+            options,
+            authorization_nonce: "n".into(),
+            devices: (0..devices).map(device).collect(),
+            selected_device: None,
+            push: None,
+            otp: None,
+            pairing: None,
+            mfa_setup: None,
+            result: None,
+        };
+        Flow {
+            stored: StoredFlow {
+                id: FlowId::generate(),
+                application_id: ApplicationId::generate(),
+                user_id: UserId::try_from("alice".to_string()).unwrap(),
+                status: status.as_str().into(),
+                version: 1,
+                data: serde_json::to_string(&data).unwrap(),
+                authentication_id: None,
+                created_at: 0,
+                updated_at: 0,
+                expires_at: 600,
+            },
+            status,
+            data,
+        }
+    }
+
+    #[test]
+    fn each_status_allows_its_actions_and_final_ones_none() {
+        use FlowActionName::*;
+        assert_eq!(
+            allowed_actions(&flow(FlowStatus::AuthenticationRequired, 0, false)),
+            vec![Authenticate, CancelAuthentication]
+        );
+        assert_eq!(
+            allowed_actions(&flow(FlowStatus::PushConfirmationWaiting, 1, false)),
+            vec![Poll, CancelAuthentication]
+        );
+        assert_eq!(
+            allowed_actions(&flow(FlowStatus::PushConfirmationWaiting, 2, true)),
+            vec![Poll, SelectDevice, UseCode, CancelAuthentication]
+        );
+        for status in [
+            FlowStatus::MfaCompleted,
+            FlowStatus::MfaFailed,
+            FlowStatus::Canceled,
+        ] {
+            assert!(allowed_actions(&flow(status, 2, true)).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_allowed_actions() {
+        let e = not_allowed(&flow(FlowStatus::DeviceSelectionRequired, 2, false));
+        assert_eq!(e.code(), Some(ErrorCode::ActionNotAllowed));
+        let DomainError::Refused {
+            message,
+            allowed_actions,
+            ..
+        } = e
+        else {
+            panic!("a refusal")
+        };
+        assert!(
+            message.contains("selectDevice, cancelAuthentication"),
+            "{message}"
+        );
+        assert_eq!(
+            allowed_actions,
+            vec![
+                FlowActionName::SelectDevice,
+                FlowActionName::CancelAuthentication
+            ]
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! Authentication flows and their event history. The flow's model travels as JSON text the
+//! domain owns; this module only stores it, taking every transition with a conditional update
+//! on the flow's version.
+
+use sqlx::Row;
+use tessera_protocol::authentication::AuthenticationId;
+use tessera_protocol::flows::FlowId;
+use tessera_protocol::ids::{ApplicationId, UserId};
+
+use super::{Database, StoreError};
+
+/// A flow as stored.
+#[derive(Debug, Clone)]
+pub struct StoredFlow {
+    /// Its id.
+    pub id: FlowId,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user.
+    pub user_id: UserId,
+    /// The status' wire text.
+    pub status: String,
+    /// Changes with every transition.
+    pub version: i64,
+    /// The flow's model (JSON).
+    pub data: String,
+    /// The push it waits for, if any.
+    pub authentication_id: Option<AuthenticationId>,
+    /// When it was created.
+    pub created_at: i64,
+    /// When it last moved.
+    pub updated_at: i64,
+    /// When it expires.
+    pub expires_at: i64,
+}
+
+/// One action applied to a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// When.
+    pub at: i64,
+    /// The action's wire name (`create` for the creation, `expire` and `push_answered` for
+    /// the server's own moves).
+    pub action: String,
+    /// The status before (none at creation).
+    pub from_status: Option<String>,
+    /// The status after.
+    pub to_status: String,
+    /// The error code of a refused attempt (the status did not change).
+    pub error: Option<String>,
+}
+
+const COLUMNS: &str = "id, application_id, user_id, status, version, data, authentication_id, \
+    created_at, updated_at, expires_at";
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<StoredFlow, StoreError> {
+    let authentication_id: Option<String> = row.try_get("authentication_id")?;
+    Ok(StoredFlow {
+        id: row
+            .try_get::<String, _>("id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("flow id"))?,
+        application_id: row
+            .try_get::<String, _>("application_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("application id"))?,
+        user_id: UserId::try_from(row.try_get::<String, _>("user_id")?)
+            .map_err(|_| StoreError::Corrupted("user id"))?,
+        status: row.try_get("status")?,
+        version: row.try_get("version")?,
+        data: row.try_get("data")?,
+        authentication_id: authentication_id
+            .map(|a| {
+                a.parse()
+                    .map_err(|_| StoreError::Corrupted("authentication id"))
+            })
+            .transpose()?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+async fn add_event<'e, E>(executor: E, flow: &FlowId, event: &FlowEvent) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO flow_events (flow_id, at, action, from_status, to_status, error) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(flow.as_str())
+    .bind(event.at)
+    .bind(&event.action)
+    .bind(event.from_status.as_deref())
+    .bind(&event.to_status)
+    .bind(event.error.as_deref())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Stores a new flow with its creation event, in one transaction.
+pub async fn insert(db: &Database, flow: &StoredFlow, event: &FlowEvent) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query(&format!(
+        "INSERT INTO flows ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
+    .bind(flow.id.as_str())
+    .bind(flow.application_id.as_str())
+    .bind(flow.user_id.as_str())
+    .bind(&flow.status)
+    .bind(flow.version)
+    .bind(&flow.data)
+    .bind(
+        flow.authentication_id
+            .as_ref()
+            .map(AuthenticationId::as_str),
+    )
+    .bind(flow.created_at)
+    .bind(flow.updated_at)
+    .bind(flow.expires_at)
+    .execute(&mut *tx)
+    .await?;
+    add_event(&mut *tx, &flow.id, event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A flow by id.
+pub async fn get(db: &Database, id: &FlowId) -> Result<Option<StoredFlow>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM flows WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The flow waiting for the push `authentication`, if any.
+pub async fn by_authentication(
+    db: &Database,
+    authentication: &AuthenticationId,
+) -> Result<Option<StoredFlow>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM flows WHERE authentication_id = $1"
+    ))
+    .bind(authentication.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Claims a flow for one action: bumps its version if it is still at `expected_version`, so
+/// a racing action on the same version is refused before it does anything. `false` when
+/// another action or move came first.
+pub async fn claim(db: &Database, id: &FlowId, expected_version: i64) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE flows SET version = version + 1 WHERE id = $1 AND version = $2")
+        .bind(id.as_str())
+        .bind(expected_version)
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Moves a flow to `next` (its status, data and push) if it is still at `expected_version`,
+/// recording `event` in the same transaction. `false` when another transition came first.
+pub async fn transition(
+    db: &Database,
+    next: &StoredFlow,
+    expected_version: i64,
+    event: &FlowEvent,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let done = sqlx::query(
+        "UPDATE flows SET status = $1, version = $2, data = $3, authentication_id = $4, \
+         updated_at = $5 WHERE id = $6 AND version = $7",
+    )
+    .bind(&next.status)
+    .bind(next.version)
+    .bind(&next.data)
+    .bind(
+        next.authentication_id
+            .as_ref()
+            .map(AuthenticationId::as_str),
+    )
+    .bind(next.updated_at)
+    .bind(next.id.as_str())
+    .bind(expected_version)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    add_event(&mut *tx, &next.id, event).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Records a refused attempt (the flow did not move).
+pub async fn record_refusal(
+    db: &Database,
+    flow: &FlowId,
+    event: &FlowEvent,
+) -> Result<(), StoreError> {
+    add_event(db.writer(), flow, event).await
+}
+
+/// The flow's events, oldest first.
+pub async fn events(db: &Database, flow: &FlowId) -> Result<Vec<FlowEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT at, action, from_status, to_status, error FROM flow_events \
+         WHERE flow_id = $1 ORDER BY id",
+    )
+    .bind(flow.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(FlowEvent {
+                at: row.try_get("at")?,
+                action: row.try_get("action")?,
+                from_status: row.try_get("from_status")?,
+                to_status: row.try_get("to_status")?,
+                error: row.try_get("error")?,
+            })
+        })
+        .collect()
+}
