@@ -135,6 +135,23 @@ enum Command {
             env = "TESSERA_SMTP_FROM"
         )]
         smtp_from: String,
+        /// A reverse proxy (CIDR, or one address) whose Forwarded / X-Forwarded-For headers name
+        /// the client; repeatable. Headers from any other peer are ignored.
+        #[arg(
+            long = "trusted-proxy",
+            value_name = "CIDR",
+            env = "TESSERA_TRUSTED_PROXIES",
+            value_delimiter = ',',
+            value_parser = parse_trusted_proxy
+        )]
+        trusted_proxies: Vec<ipnet::IpNet>,
+        /// Failed pairing-code attempts allowed per code bucket per minute, from all addresses
+        /// together (bounds guessing however many addresses are used; see docs/security.md).
+        #[arg(long, default_value_t = 30)]
+        pairing_failures_per_code_bucket_per_minute: u32,
+        /// Serve /metrics on this address only (the main listener then answers it 404).
+        #[arg(long, env = "TESSERA_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -421,6 +438,9 @@ async fn main() -> ExitCode {
             ciba_allow_private_notifications,
             smtp_url,
             smtp_from,
+            trusted_proxies,
+            pairing_failures_per_code_bucket_per_minute,
+            metrics_listen,
         } => {
             init_logs(log_format);
             let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
@@ -446,6 +466,9 @@ async fn main() -> ExitCode {
                     url: zeroize::Zeroizing::new(url),
                     from: smtp_from,
                 }),
+                trusted_proxies,
+                pairing_failures_per_code_bucket_per_minute,
+                metrics_listen,
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -484,6 +507,16 @@ async fn main() -> ExitCode {
             Err(e) => fail("internal", e),
         },
     }
+}
+
+/// A `--trusted-proxy` value: a CIDR block, or one address (a block of one).
+fn parse_trusted_proxy(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("not a CIDR block or an address: {value}"))
 }
 
 fn parse_app(id: &str) -> Result<ApplicationId, ServerError> {

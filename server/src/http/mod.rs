@@ -214,8 +214,9 @@ pub(crate) fn router(state: Ctx) -> Router {
 }
 
 /// Counts, times and logs every request by its route template. Logs carry the method, the
-/// template (never the concrete path, which may name a user), the status and the duration:
-/// no header, body or query string.
+/// template (never the concrete path, which may name a user), the client address (resolved
+/// once here, through trusted proxies, for every later use), the status and the duration: no
+/// header, body or query string.
 async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -224,6 +225,19 @@ async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Resp
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let method = request.method().as_str().to_string();
+    let mut request = request;
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|axum::extract::ConnectInfo(peer)| {
+            extract::resolve_client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies)
+        });
+    if let Some(client) = client {
+        request
+            .extensions_mut()
+            .insert(extract::ResolvedClient(client));
+    }
+    let client = client.map(|ip| ip.to_string()).unwrap_or_default();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -247,6 +261,7 @@ async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Resp
         target: "tessera_server::http",
         %method,
         %route,
+        %client,
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
