@@ -9,6 +9,7 @@
 mod additional_devices;
 mod authentication;
 mod ciba;
+mod client_address;
 mod device_protocol;
 mod events;
 mod http_errors;
