@@ -92,9 +92,12 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The main listener's routes. `/metrics` is among them unless it has a listener of its own
+/// ([`metrics_router`], `--metrics-listen`); then the main listener answers it 404.
 pub(crate) fn router(state: Ctx) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    let metrics_here = state.config.metrics_listen.is_none();
+    let router = Router::new()
         .route("/v1/users", post(users::create_user))
         .route("/v1/users/{user_id}", get(users::get_user))
         .route("/v1/users/{user_id}/devices", get(users::list_devices))
@@ -204,12 +207,26 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route(ciba::JWKS_PATH, get(oidc::discovery::jwks))
         .route(ciba::USERINFO_PATH, get(oidc::userinfo::userinfo))
         .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
+        .route("/openapi.json", get(ops::openapi));
+    let router = if metrics_here {
+        router.route("/metrics", get(ops::metrics))
+    } else {
+        router
+    };
+    router
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The routes of the metrics listener (`--metrics-listen`): `/metrics` only.
+pub(crate) fn metrics_router(state: Ctx) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .fallback(errors::not_found)
+        .method_not_allowed_fallback(errors::method_not_allowed)
         .with_state(state)
 }
 

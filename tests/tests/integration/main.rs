@@ -14,6 +14,7 @@ mod device_protocol;
 mod events;
 mod http_errors;
 mod logs;
+mod metrics_listener;
 mod operations;
 mod otp;
 mod otp_backup;
