@@ -12,7 +12,7 @@
 //! tessera-server admin [--database URL] set-otp-policy APP_ID [--use-code] [--otp-fallback] [--fallback-after SECONDS]
 //! tessera-server admin [--database URL] set-backup-channels APP_ID [sms] [voice] [email]
 //! tessera-server admin [--database URL] set-mandatory-methods APP_ID [PINGID_MOBILE SMS ...]
-//! tessera-server admin [--database URL] set-sms-webhook APP_ID (URL | --clear)
+//! tessera-server admin [--database URL] set-sms-webhook APP_ID (URL [--allow-loopback] | --clear)
 //! tessera-server admin [--database URL] show-otp-policy APP_ID
 //! tessera-server admin [--database URL] set-fcm APP_ID --service-account FILE
 //! tessera-server admin [--database URL] set-apns APP_ID --team-id T --key-id K --key-file FILE --topic BUNDLE [--sandbox]
@@ -332,6 +332,9 @@ enum AdminCommand {
         /// Remove the webhook: no SMS or voice channel.
         #[arg(long, conflicts_with = "url")]
         clear: bool,
+        /// Accept a plain http:// webhook on loopback (development only).
+        #[arg(long)]
+        allow_loopback: bool,
     },
     /// Show the application's passcode settings.
     ShowOtpPolicy {
@@ -727,13 +730,15 @@ async fn run_admin(
             application_id,
             url,
             clear,
+            allow_loopback,
         } => {
             if url.is_none() && !clear {
                 return Err(ServerError::InvalidInput("give a URL or --clear".into()));
             }
             let app = parse_app(&application_id)?;
-            admin::set_sms_webhook(&db, &app, url.as_deref()).await?;
-            json!({"application_id": app, "sms_webhook": url})
+            let secret = admin::set_sms_webhook(&db, &app, url.as_deref(), allow_loopback).await?;
+            // The signing secret is shown this once; the provider verifies calls with it.
+            json!({"application_id": app, "sms_webhook": url, "signing_secret": secret.as_deref().map(String::as_str)})
         }
         AdminCommand::ShowOtpPolicy { application_id } => {
             let app = parse_app(&application_id)?;

@@ -18,6 +18,7 @@ mod metrics_listener;
 mod operations;
 mod otp;
 mod otp_backup;
+mod outbound_calls;
 mod pairing;
 mod push;
 mod push_providers;

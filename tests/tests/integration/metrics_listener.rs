@@ -40,6 +40,7 @@ async fn own_listener(backend: Backend) {
 async fn main_listener(backend: Backend) {
     let server = TestServer::start(backend).await;
     assert_eq!(server.server.metrics_addr(), None);
+    server.user("alice").await;
     let (status, body) = get(&format!("{}/metrics", server.base_url)).await;
     assert_eq!(status, 200);
     assert!(body.contains("tessera_http_requests"), "{body}");
