@@ -361,7 +361,7 @@ pub fn check_sms_webhook_url(url: &str, allow_loopback: bool) -> Result<(), Serv
 
 /// Sets or clears the application's SMS and voice provider webhook: every SMS or voice passcode
 /// is POSTed there as JSON, signed with HMAC-SHA256 (`Tessera-Signature`, see
-/// docs/operations.md). The URL must be `https://` (`http://` to loopback only with
+/// docs/network-security.md). The URL must be `https://` (`http://` to loopback only with
 /// `allow_loopback`, for development). Setting a webhook generates a new signing secret, which is
 /// returned here once (the server keeps it to sign with); clearing returns `None`.
 pub async fn set_sms_webhook(

@@ -98,7 +98,7 @@ pub struct ServerConfig {
     /// Where the server reads the time (the system clock; tests move a manual one).
     pub clock: std::sync::Arc<dyn Clock>,
     /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` headers name the client (empty:
-    /// every client address is the TCP peer's). See docs/operations.md, "Behind a reverse proxy".
+    /// every client address is the TCP peer's). See docs/network-security.md, "Behind a reverse proxy".
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Failed pairing-code attempts allowed per code bucket (the code's first two characters,
     /// 1,024 buckets) per minute from all addresses together: bounds the guesses checked

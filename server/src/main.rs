@@ -146,7 +146,7 @@ enum Command {
         )]
         trusted_proxies: Vec<ipnet::IpNet>,
         /// Failed pairing-code attempts allowed per code bucket per minute, from all addresses
-        /// together (bounds guessing however many addresses are used; see docs/security.md).
+        /// together (bounds guessing however many addresses are used; see docs/network-security.md).
         #[arg(long, default_value_t = 30)]
         pairing_failures_per_code_bucket_per_minute: u32,
         /// Serve /metrics on this address only (the main listener then answers it 404).

@@ -140,9 +140,14 @@ mod tests {
             allow_private: false,
         };
         // A CIBA ping notification, pinned to the checked address.
-        post(&endpoint, "token", &serde_json::json!({"auth_req_id": "x"}), policy)
-            .await
-            .expect("the notification reaches its receiver directly");
+        post(
+            &endpoint,
+            "token",
+            &serde_json::json!({"auth_req_id": "x"}),
+            policy,
+        )
+        .await
+        .expect("the notification reaches its receiver directly");
         // The client of push and SMS/voice webhooks.
         let client = crate::delivery::push::PushClients::new()
             .client()

@@ -8,7 +8,7 @@
 //!   `{"channel", "to", "code", "message", "application_id", "user_id", "expires_at"}`. Every
 //!   call is signed: `Tessera-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
 //!   `"<t>." + body` with the webhook's secret ([`webhook_signature`]; the receiver's check is in
-//!   docs/operations.md). Only `https://` webhooks are called, or `http://` on loopback
+//!   docs/network-security.md). Only `https://` webhooks are called, or `http://` on loopback
 //!   (development), and never through a proxy from the environment.
 //!
 //! Errors never carry the code, the destination or the provider's credentials.
@@ -157,8 +157,7 @@ impl Notifier for WebhookNotifier {
                 serde_json::to_vec(&Self::body(notice))
                     .map_err(|_| NotifyError::Provider("the body could not be encoded".into()))?,
             );
-            let signature =
-                webhook_signature(&self.secret, tessera_protocol::time::now(), &body);
+            let signature = webhook_signature(&self.secret, tessera_protocol::time::now(), &body);
             let response = self
                 .client
                 .post(&self.url)
@@ -214,8 +213,7 @@ mod tests {
         let signature = webhook_signature("whsec_test", 1_800_000_000, b"{\"a\":1}");
         let expected = {
             use hmac::Mac;
-            let mut mac =
-                <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(b"whsec_test").unwrap();
+            let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(b"whsec_test").unwrap();
             mac.update(b"1800000000.{\"a\":1}");
             hex::encode(mac.finalize().into_bytes())
         };

@@ -193,11 +193,14 @@ async fn notifier_for(
             .clone()
             .ok_or_else(|| unavailable("this server has no email (SMTP) provider configured")),
         BackupChannel::Sms | BackupChannel::Voice => {
-            let (url, secret) = applications::sms_webhook(&ctx.db, app)
-                .await?
-                .ok_or_else(|| {
-                    unavailable("this application has no SMS and voice provider webhook configured")
-                })?;
+            let (url, secret) =
+                applications::sms_webhook(&ctx.db, app)
+                    .await?
+                    .ok_or_else(|| {
+                        unavailable(
+                            "this application has no SMS and voice provider webhook configured",
+                        )
+                    })?;
             // Set before calls were signed: not called unsigned; the operator sets it again.
             let secret = secret.ok_or_else(|| {
                 tracing::warn!(application_id = %app, "the SMS and voice webhook has no signing secret; set it again with set-sms-webhook");

@@ -447,7 +447,7 @@ async fn take_attempt(ctx: &Ctx, keys: &(String, String), now: i64) -> Result<bo
 /// *within the code's bucket* (its first two characters), and the bucket across all addresses.
 /// So the codes checked per minute stay below 1,024 × the bucket limit however many addresses
 /// guess, and a neighbour's bad codes behind the same NAT address fill other buckets than a
-/// colleague's valid code (see docs/security.md, "Pairing-code guessing"). A refused attempt is
+/// colleague's valid code (see docs/network-security.md, "Pairing-code guessing"). A refused attempt is
 /// `rate_limited`; a bad or used code counts as a failure; what was not a guess (it paired, or
 /// the registration was refused first) is given back. A code that is not even well-formed is
 /// compared with nothing and takes no attempt. The identical registration retried after a lost

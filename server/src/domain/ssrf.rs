@@ -315,7 +315,13 @@ mod tests {
 
     #[test]
     fn site_local_and_discard_ranges_are_refused() {
-        for inside in ["fec0::1", "feff::1", "fed0:1::1", "100::", "100::ffff:ffff:ffff:ffff"] {
+        for inside in [
+            "fec0::1",
+            "feff::1",
+            "fed0:1::1",
+            "100::",
+            "100::ffff:ffff:ffff:ffff",
+        ] {
             assert_eq!(
                 check_address(inside.parse().unwrap(), DEV),
                 Err(TargetError::NonPublic),

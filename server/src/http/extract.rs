@@ -360,16 +360,24 @@ fn parse_node(node: &str) -> Result<Hop, ForwardingHeaderError> {
     }
     let port_ok = |port: &str| {
         port.is_empty()
-            || port
-                .strip_prefix(':')
-                .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            || port.strip_prefix(':').is_some_and(|p| {
+                !p.is_empty()
+                    && p.len() <= 5
+                    && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
     };
     let ip = if let Some(rest) = node.strip_prefix('[') {
-        let (inside, port) = rest.split_once(']').ok_or(ForwardingHeaderError::Malformed)?;
+        let (inside, port) = rest
+            .split_once(']')
+            .ok_or(ForwardingHeaderError::Malformed)?;
         if !port_ok(port) {
             return Err(ForwardingHeaderError::Malformed);
         }
-        IpAddr::V6(inside.parse().map_err(|_| ForwardingHeaderError::Malformed)?)
+        IpAddr::V6(
+            inside
+                .parse()
+                .map_err(|_| ForwardingHeaderError::Malformed)?,
+        )
     } else if let Ok(ip) = node.parse::<IpAddr>() {
         ip
     } else {
@@ -379,7 +387,11 @@ fn parse_node(node: &str) -> Result<Hop, ForwardingHeaderError> {
         if !port_ok(&format!(":{port}")) {
             return Err(ForwardingHeaderError::Malformed);
         }
-        IpAddr::V4(address.parse().map_err(|_| ForwardingHeaderError::Malformed)?)
+        IpAddr::V4(
+            address
+                .parse()
+                .map_err(|_| ForwardingHeaderError::Malformed)?,
+        )
     };
     Ok(Hop::Address(ip.to_canonical()))
 }
@@ -486,7 +498,10 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-for", "203.0.113.9:5123"),
             ("forwarded", "for=203.0.113.9"),
-            ("forwarded", "For=\"203.0.113.9:5123\";proto=https;by=10.0.0.5"),
+            (
+                "forwarded",
+                "For=\"203.0.113.9:5123\";proto=https;by=10.0.0.5",
+            ),
         ] {
             assert_eq!(
                 resolve_client_ip(ip(PROXY), &headers(&[(name, value)]), &trusted),
@@ -536,10 +551,7 @@ mod tests {
         );
         // Every hop trusted: the left-most one.
         let all = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
-        assert_eq!(
-            resolve_client_ip(ip(PROXY), &all, &trusted),
-            ip("10.1.1.1")
-        );
+        assert_eq!(resolve_client_ip(ip(PROXY), &all, &trusted), ip("10.1.1.1"));
         // A hop the proxy could not name ends the walk at that proxy.
         let unnamed = headers(&[("forwarded", "for=1.1.1.1, for=unknown, for=10.0.0.7")]);
         assert_eq!(

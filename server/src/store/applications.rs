@@ -475,12 +475,11 @@ pub async fn sms_webhook(
     db: &Database,
     id: &ApplicationId,
 ) -> Result<Option<(String, Option<zeroize::Zeroizing<String>>)>, StoreError> {
-    let row = sqlx::query(
-        "SELECT sms_webhook_url, sms_webhook_secret FROM applications WHERE id = $1",
-    )
-    .bind(id.as_str())
-    .fetch_optional(db.pool())
-    .await?;
+    let row =
+        sqlx::query("SELECT sms_webhook_url, sms_webhook_secret FROM applications WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(db.pool())
+            .await?;
     let Some(row) = row else {
         return Ok(None);
     };

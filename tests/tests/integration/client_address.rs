@@ -95,7 +95,11 @@ async fn untrusted_peer(backend: Backend) {
         .filter(|a| *a == "invalid_pairing_code")
         .count();
     assert!(checked <= 3, "{answers:?}");
-    assert_eq!(answers[3..], ["rate_limited", "rate_limited"], "{answers:?}");
+    assert_eq!(
+        answers[3..],
+        ["rate_limited", "rate_limited"],
+        "{answers:?}"
+    );
 }
 
 async fn trusted_proxy(backend: Backend) {
@@ -106,23 +110,43 @@ async fn trusted_proxy(backend: Backend) {
     let other = format!("{prefix}::6");
     for i in 0..3 {
         assert_eq!(
-            attempt(&server, &guess_in(&bucket, i), &[("x-forwarded-for", &noisy)]).await,
+            attempt(
+                &server,
+                &guess_in(&bucket, i),
+                &[("x-forwarded-for", &noisy)]
+            )
+            .await,
             "invalid_pairing_code"
         );
     }
     assert_eq!(
-        attempt(&server, &guess_in(&bucket, 3), &[("x-forwarded-for", &noisy)]).await,
+        attempt(
+            &server,
+            &guess_in(&bucket, 3),
+            &[("x-forwarded-for", &noisy)]
+        )
+        .await,
         "rate_limited"
     );
     // Another client behind the same proxy is counted on its own.
     assert_eq!(
-        attempt(&server, &guess_in(&bucket, 4), &[("x-forwarded-for", &other)]).await,
+        attempt(
+            &server,
+            &guess_in(&bucket, 4),
+            &[("x-forwarded-for", &other)]
+        )
+        .await,
         "invalid_pairing_code"
     );
     // The request log line carries the resolved address.
     crate::logs::capture();
     let logged = format!("{prefix}::7");
-    attempt(&server, &guess_in(&bucket, 5), &[("x-forwarded-for", &logged)]).await;
+    attempt(
+        &server,
+        &guess_in(&bucket, 5),
+        &[("x-forwarded-for", &logged)],
+    )
+    .await;
     let logs = crate::logs::captured();
     assert!(
         logs.lines()
@@ -141,13 +165,23 @@ async fn spoofed_chain(backend: Backend) {
         // The client wrote a random left-most entry; the proxies appended the real hops.
         let chain = format!("{prefix}::{:x}, {client}, 10.1.2.3", 100 + i);
         assert_eq!(
-            attempt(&server, &guess_in(&bucket, i), &[("x-forwarded-for", &chain)]).await,
+            attempt(
+                &server,
+                &guess_in(&bucket, i),
+                &[("x-forwarded-for", &chain)]
+            )
+            .await,
             "invalid_pairing_code"
         );
     }
     let chain = format!("{prefix}::ffff, {client}");
     assert_eq!(
-        attempt(&server, &guess_in(&bucket, 2), &[("x-forwarded-for", &chain)]).await,
+        attempt(
+            &server,
+            &guess_in(&bucket, 2),
+            &[("x-forwarded-for", &chain)]
+        )
+        .await,
         "rate_limited",
         "a new left-most entry does not make a new client"
     );
@@ -176,21 +210,41 @@ async fn ipv6_forms(backend: Backend) {
     let bare = format!("{prefix}::1");
     let with_port = format!("[{prefix}:0:0:0:1]:8443");
     assert_eq!(
-        attempt(&server, &guess_in(&bucket, 2), &[("x-forwarded-for", &bare)]).await,
+        attempt(
+            &server,
+            &guess_in(&bucket, 2),
+            &[("x-forwarded-for", &bare)]
+        )
+        .await,
         "rate_limited"
     );
     assert_eq!(
-        attempt(&server, &guess_in(&bucket, 3), &[("x-forwarded-for", &with_port)]).await,
+        attempt(
+            &server,
+            &guess_in(&bucket, 3),
+            &[("x-forwarded-for", &with_port)]
+        )
+        .await,
         "rate_limited"
     );
     let neighbour = format!("{prefix}::2");
     assert_eq!(
-        attempt(&server, &guess_in(&bucket, 4), &[("x-forwarded-for", &neighbour)]).await,
+        attempt(
+            &server,
+            &guess_in(&bucket, 4),
+            &[("x-forwarded-for", &neighbour)]
+        )
+        .await,
         "invalid_pairing_code"
     );
     // A malformed header from the trusted proxy: the proxy's own address is the client.
     assert_ne!(
-        attempt(&server, &guess_in(&bucket, 5), &[("forwarded", "for=\"[::1")]).await,
+        attempt(
+            &server,
+            &guess_in(&bucket, 5),
+            &[("forwarded", "for=\"[::1")]
+        )
+        .await,
         "paired"
     );
 }
@@ -202,7 +256,9 @@ async fn noisy_neighbour(backend: Backend) {
     let nat = format!("{}::1", random_v6_prefix());
     server.user("carol").await;
     let uri = server.pairing_uri("carol").await;
-    let code = tessera_protocol::pairing::PairingUri::parse(&uri).unwrap().code;
+    let code = tessera_protocol::pairing::PairingUri::parse(&uri)
+        .unwrap()
+        .code;
     let valid = code.display_form().to_string();
     let noisy_bucket = loop {
         let bucket = random_bucket();
@@ -212,7 +268,14 @@ async fn noisy_neighbour(backend: Backend) {
     };
     let mut answers = Vec::new();
     for i in 0..11 {
-        answers.push(attempt(&server, &guess_in(&noisy_bucket, i), &[("x-forwarded-for", &nat)]).await);
+        answers.push(
+            attempt(
+                &server,
+                &guess_in(&noisy_bucket, i),
+                &[("x-forwarded-for", &nat)],
+            )
+            .await,
+        );
     }
     assert_eq!(answers[10], "rate_limited", "{answers:?}");
     assert_eq!(
@@ -240,7 +303,12 @@ async fn many_addresses_burst(backend: Backend) {
         let bucket = bucket.clone();
         let address = format!("{prefix}::{:x}", i + 1);
         guesses.push(tokio::spawn(async move {
-            attempt(&server, &guess_in(&bucket, i), &[("x-forwarded-for", &address)]).await
+            attempt(
+                &server,
+                &guess_in(&bucket, i),
+                &[("x-forwarded-for", &address)],
+            )
+            .await
         }));
     }
     let mut checked = 0;
@@ -251,7 +319,10 @@ async fn many_addresses_burst(backend: Backend) {
             other => panic!("unexpected answer {other}"),
         }
     }
-    assert!(checked <= 5, "{checked} codes were checked against a bucket limit of 5");
+    assert!(
+        checked <= 5,
+        "{checked} codes were checked against a bucket limit of 5"
+    );
     assert!(checked >= 1, "some guesses were checked");
     // Another bucket is not affected.
     let other = loop {
@@ -262,7 +333,12 @@ async fn many_addresses_burst(backend: Backend) {
     };
     let address = format!("{prefix}::ffff");
     assert_eq!(
-        attempt(&server, &guess_in(&other, 0), &[("x-forwarded-for", &address)]).await,
+        attempt(
+            &server,
+            &guess_in(&other, 0),
+            &[("x-forwarded-for", &address)]
+        )
+        .await,
         "invalid_pairing_code"
     );
 }

@@ -311,7 +311,9 @@ async fn pairing_code_guessing_is_throttled() {
     .await;
     server.user("alice").await;
     let uri = server.pairing_uri("alice").await;
-    let code = tessera_protocol::pairing::PairingUri::parse(&uri).unwrap().code;
+    let code = tessera_protocol::pairing::PairingUri::parse(&uri)
+        .unwrap()
+        .code;
     // The guesses share a code bucket (the first two characters) other than the right code's.
     let prefix = if code.display_form().starts_with("ZZ") {
         "YYYY"

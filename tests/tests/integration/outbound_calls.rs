@@ -23,14 +23,14 @@ on_each_backend! {
 async fn embedded_addresses(backend: Backend) {
     let server = TestServer::start(backend).await;
     for endpoint in [
-        "https://[::10.0.0.8]/cb",             // IPv4-compatible
-        "https://[::ffff:169.254.169.254]/cb", // IPv4-mapped
-        "https://[2002:a9fe:a9fe::1]/cb",      // 6to4 of the metadata address
-        "https://[2002:c0a8:0114::1]/cb",      // 6to4 of 192.168.1.20
-        "https://[2001:0:0a00:8::1]/cb",       // Teredo, private server
+        "https://[::10.0.0.8]/cb",                  // IPv4-compatible
+        "https://[::ffff:169.254.169.254]/cb",      // IPv4-mapped
+        "https://[2002:a9fe:a9fe::1]/cb",           // 6to4 of the metadata address
+        "https://[2002:c0a8:0114::1]/cb",           // 6to4 of 192.168.1.20
+        "https://[2001:0:0a00:8::1]/cb",            // Teredo, private server
         "https://[2001:0:5ef5:79fb::f5ff:fff7]/cb", // Teredo, client 10.0.0.8
-        "https://[fec0::1]/cb",                // site-local
-        "https://[100::1]/cb",                 // discard-only
+        "https://[fec0::1]/cb",                     // site-local
+        "https://[100::1]/cb",                      // discard-only
     ] {
         let reg = RegisterCibaClient {
             client_name: "Call Centre".into(),
@@ -138,7 +138,13 @@ async fn signed_webhook(backend: Backend) {
         )
         .await
         .unwrap();
-    let (headers, body) = provider.calls.lock().unwrap().last().cloned().expect("a call");
+    let (headers, body) = provider
+        .calls
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .expect("a call");
     let signature = headers["tessera-signature"].to_str().unwrap().to_string();
     let now = tessera_protocol::time::now();
     assert!(verify(&secret, &signature, &body, now), "{signature}");
