@@ -82,18 +82,18 @@ pub const SIGNATURE_HEADER: &str = "Tessera-Signature";
 
 /// The `Tessera-Signature` value of a webhook call with `body` at `timestamp` (unix seconds):
 /// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`. The key is the secret's
-/// text as shown (`whsec_…`).
-pub fn webhook_signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+/// text as shown (`whsec_…`). `None` only if the MAC cannot be keyed (HMAC takes keys of any
+/// length, so never in practice).
+pub fn webhook_signature(secret: &str, timestamp: i64, body: &[u8]) -> Option<String> {
     use hmac::Mac;
-    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).ok()?;
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!(
+    Some(format!(
         "t={timestamp},v1={}",
         hex::encode(mac.finalize().into_bytes())
-    )
+    ))
 }
 
 /// Whether a stored webhook URL may be called: `https://`, or `http://` to loopback.
@@ -157,7 +157,9 @@ impl Notifier for WebhookNotifier {
                 serde_json::to_vec(&Self::body(notice))
                     .map_err(|_| NotifyError::Provider("the body could not be encoded".into()))?,
             );
-            let signature = webhook_signature(&self.secret, tessera_protocol::time::now(), &body);
+            let signature =
+                webhook_signature(&self.secret, tessera_protocol::time::now(), &body)
+                    .ok_or_else(|| NotifyError::Provider("the call could not be signed".into()))?;
             let response = self
                 .client
                 .post(&self.url)
@@ -210,7 +212,7 @@ mod tests {
     fn the_signature_is_hmac_sha256_over_the_timestamp_and_the_body() {
         // RFC 4231 does not cover this layout; the value is pinned so that a change is noticed
         // (receivers compute the same with any HMAC-SHA256).
-        let signature = webhook_signature("whsec_test", 1_800_000_000, b"{\"a\":1}");
+        let signature = webhook_signature("whsec_test", 1_800_000_000, b"{\"a\":1}").unwrap();
         let expected = {
             use hmac::Mac;
             let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(b"whsec_test").unwrap();
@@ -219,15 +221,15 @@ mod tests {
         };
         assert_eq!(signature, format!("t=1800000000,v1={expected}"));
         assert_ne!(
-            webhook_signature("whsec_test", 1_800_000_000, b"{\"a\":2}"),
+            webhook_signature("whsec_test", 1_800_000_000, b"{\"a\":2}").unwrap(),
             signature
         );
         assert_ne!(
-            webhook_signature("whsec_test", 1_800_000_001, b"{\"a\":1}"),
+            webhook_signature("whsec_test", 1_800_000_001, b"{\"a\":1}").unwrap(),
             signature
         );
         assert_ne!(
-            webhook_signature("whsec_other", 1_800_000_000, b"{\"a\":1}"),
+            webhook_signature("whsec_other", 1_800_000_000, b"{\"a\":1}").unwrap(),
             signature
         );
     }
