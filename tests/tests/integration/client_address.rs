@@ -59,9 +59,12 @@ async fn attempt(server: &TestServer, code: &str, headers: &[(&str, &str)]) -> S
     body["error"]["code"].as_str().expect("code").to_string()
 }
 
+/// A server whose clock stands still, so that a test's attempts all fall in one throttle minute
+/// (a slow run would otherwise cross into the next one and find fresh counters).
 async fn server_with(backend: Backend, trusted: &[&str], per_ip: u32) -> TestServer {
     let trusted: Vec<_> = trusted.iter().map(|n| n.parse().unwrap()).collect();
     TestServer::start_with(backend, move |c| {
+        c.clock = std::sync::Arc::new(tessera_server::ManualClock::new());
         c.trusted_proxies = trusted;
         c.pairing_failures_per_ip_per_minute = per_ip;
     })
@@ -289,6 +292,7 @@ async fn many_addresses_burst(backend: Backend) {
     // 40 guesses at once in one code bucket, each from its own address behind a trusted proxy,
     // against a bucket limit of 5: no more than 5 codes are checked, however many addresses.
     let server = TestServer::start_with(backend, |c| {
+        c.clock = std::sync::Arc::new(tessera_server::ManualClock::new());
         c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         c.pairing_failures_per_ip_per_minute = 100;
         c.pairing_failures_per_code_bucket_per_minute = 5;
