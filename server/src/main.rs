@@ -98,7 +98,7 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
-        /// Failed pairing-code attempts allowed per client address per minute.
+        /// Failed pairing-code attempts allowed per client address and code bucket per minute.
         #[arg(long, default_value_t = 10)]
         pairing_failures_per_minute: u32,
         /// CSV of address blocks (CIDR,COUNTRY,REPUTATION) giving accessing devices' country
