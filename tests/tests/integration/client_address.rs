@@ -13,6 +13,7 @@ on_each_backend! {
     ipv6_and_quoted_forwarded_forms_name_the_same_client => ipv6_forms;
     a_noisy_address_does_not_lock_out_a_valid_code_in_another_bucket => noisy_neighbour;
     guesses_from_many_addresses_at_once_check_no_more_codes_than_the_bucket_limit => many_addresses_burst;
+    the_primary_device_is_shown_the_resolved_address_of_a_new_device => verification_shows_client;
 }
 
 /// A random code bucket (two characters of the code alphabet), so tests sharing a PostgreSQL
@@ -346,4 +347,40 @@ async fn many_addresses_burst(backend: Backend) {
         .await,
         "invalid_pairing_code"
     );
+}
+
+async fn verification_shows_client(backend: Backend) {
+    // Under "verify new devices with the primary device", the primary device is asked about a
+    // new device and shown its address: the client behind the trusted proxy, not the proxy, and
+    // never what the client wrote at the left of its header.
+    let server = server_with(backend, &["127.0.0.1/32"], 10).await;
+    tessera_server::admin::set_additional_device_policy(
+        server.server.database(),
+        &server.app.application_id,
+        tessera_server::store::applications::AdditionalDevicePolicy::VerifyWithPrimary,
+    )
+    .await
+    .unwrap();
+    server.user("erin").await;
+    let phone = tessera_tests::TestDevice::new().await;
+    phone
+        .auth
+        .pair(&server.pairing_uri("erin").await, None)
+        .await
+        .unwrap();
+    let uri = server.pairing_uri("erin").await;
+    let code = tessera_protocol::pairing::PairingUri::parse(&uri)
+        .unwrap()
+        .code;
+    assert_eq!(
+        attempt(
+            &server,
+            &code.display_form(),
+            &[("x-forwarded-for", "198.51.100.1, 203.0.113.77")]
+        )
+        .await,
+        "paired"
+    );
+    let request = phone.auth.pending_requests().await.unwrap().remove(0);
+    assert_eq!(request.context.ip.as_deref(), Some("203.0.113.77"));
 }
