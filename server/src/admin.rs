@@ -317,22 +317,69 @@ pub async fn set_mandatory_methods(
     }
 }
 
-/// Sets or clears the application's SMS and voice provider webhook (`http(s)://…`): every SMS or
-/// voice passcode is POSTed there as JSON for the provider to send.
+/// A new SMS and voice webhook signing secret: `whsec_` and 32 random bytes, base64url.
+fn new_webhook_secret() -> Zeroizing<String> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+    Zeroizing::new(format!("whsec_{}", URL_SAFE_NO_PAD.encode(bytes.as_ref())))
+}
+
+/// Whether a webhook URL's host is a loopback address or name.
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(v4)) => v4.is_loopback(),
+        Some(url::Host::Ipv6(v6)) => v6.is_loopback(),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
+/// Checks an SMS and voice webhook URL: `https://`, or `http://` to a loopback host when
+/// `allow_loopback` (development only); no query or credentials.
+pub fn check_sms_webhook_url(url: &str, allow_loopback: bool) -> Result<(), ServerError> {
+    let invalid = || {
+        ServerError::InvalidInput(
+            "the webhook must be an http(s) URL without query or credentials".into(),
+        )
+    };
+    tessera_protocol::pairing::ServerUrl::parse(url).map_err(|_| invalid())?;
+    let parsed = url::Url::parse(url.trim()).map_err(|_| invalid())?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_loopback && is_loopback_host(&parsed) => Ok(()),
+        "http" if is_loopback_host(&parsed) => Err(ServerError::InvalidInput(
+            "a plain http:// webhook on loopback needs --allow-loopback (development only)".into(),
+        )),
+        _ => Err(ServerError::InvalidInput(
+            "the webhook must use https:// (the passcodes it receives are secrets)".into(),
+        )),
+    }
+}
+
+/// Sets or clears the application's SMS and voice provider webhook: every SMS or voice passcode
+/// is POSTed there as JSON, signed with HMAC-SHA256 (`Tessera-Signature`, see
+/// docs/network-security.md). The URL must be `https://` (`http://` to loopback only with
+/// `allow_loopback`, for development). Setting a webhook generates a new signing secret, which is
+/// returned here once (the server keeps it to sign with); clearing returns `None`.
 pub async fn set_sms_webhook(
     db: &Database,
     app: &ApplicationId,
     url: Option<&str>,
-) -> Result<(), ServerError> {
-    if let Some(url) = url {
-        tessera_protocol::pairing::ServerUrl::parse(url).map_err(|_| {
-            ServerError::InvalidInput(
-                "the webhook must be an http(s) URL without query or credentials".into(),
-            )
-        })?;
-    }
-    if applications::set_sms_webhook(db, app, url).await? {
-        Ok(())
+    allow_loopback: bool,
+) -> Result<Option<Zeroizing<String>>, ServerError> {
+    let secret = match url {
+        Some(url) => {
+            check_sms_webhook_url(url, allow_loopback)?;
+            Some(new_webhook_secret())
+        }
+        None => None,
+    };
+    let webhook = url.zip(secret.as_ref().map(|s| s.as_str()));
+    if applications::set_sms_webhook(db, app, webhook).await? {
+        Ok(secret)
     } else {
         Err(ServerError::NotFound("application"))
     }

@@ -23,7 +23,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Lifetime of a pairing code when the request does not say, in seconds.
     pub pairing_code_ttl_default: u32,
-    /// Failed pairing-code attempts allowed per client address per minute.
+    /// Failed pairing-code attempts allowed per client address and code bucket per minute (see
+    /// `pairing_failures_per_code_bucket_per_minute`).
     pub pairing_failures_per_ip_per_minute: u32,
     /// Largest database connection pool.
     pub max_connections: u32,
@@ -96,6 +97,15 @@ pub struct ServerConfig {
     pub oidc_refresh_token_ttl: u32,
     /// Where the server reads the time (the system clock; tests move a manual one).
     pub clock: std::sync::Arc<dyn Clock>,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` headers name the client (empty:
+    /// every client address is the TCP peer's). See docs/network-security.md, "Behind a reverse proxy".
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Failed pairing-code attempts allowed per code bucket (the code's first two characters,
+    /// 1,024 buckets) per minute from all addresses together: bounds the guesses checked
+    /// against live codes however many addresses a guesser uses.
+    pub pairing_failures_per_code_bucket_per_minute: u32,
+    /// Where `/metrics` is served instead of the main listener (`None`: on the main listener).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// FCM's production base URL.
@@ -141,6 +151,9 @@ impl Default for ServerConfig {
             ciba_notification_sweep: std::time::Duration::from_secs(1),
             oidc_token_ttl: 3600,
             oidc_refresh_token_ttl: 30 * 24 * 3600,
+            trusted_proxies: Vec::new(),
+            pairing_failures_per_code_bucket_per_minute: 30,
+            metrics_listen: None,
         }
     }
 }

@@ -12,7 +12,7 @@
 //! tessera-server admin [--database URL] set-otp-policy APP_ID [--use-code] [--otp-fallback] [--fallback-after SECONDS]
 //! tessera-server admin [--database URL] set-backup-channels APP_ID [sms] [voice] [email]
 //! tessera-server admin [--database URL] set-mandatory-methods APP_ID [PINGID_MOBILE SMS ...]
-//! tessera-server admin [--database URL] set-sms-webhook APP_ID (URL | --clear)
+//! tessera-server admin [--database URL] set-sms-webhook APP_ID (URL [--allow-loopback] | --clear)
 //! tessera-server admin [--database URL] show-otp-policy APP_ID
 //! tessera-server admin [--database URL] set-fcm APP_ID --service-account FILE
 //! tessera-server admin [--database URL] set-apns APP_ID --team-id T --key-id K --key-file FILE --topic BUNDLE [--sandbox]
@@ -98,7 +98,7 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
-        /// Failed pairing-code attempts allowed per client address per minute.
+        /// Failed pairing-code attempts allowed per client address and code bucket per minute.
         #[arg(long, default_value_t = 10)]
         pairing_failures_per_minute: u32,
         /// CSV of address blocks (CIDR,COUNTRY,REPUTATION) giving accessing devices' country
@@ -135,6 +135,23 @@ enum Command {
             env = "TESSERA_SMTP_FROM"
         )]
         smtp_from: String,
+        /// A reverse proxy (CIDR, or one address) whose Forwarded / X-Forwarded-For headers name
+        /// the client; repeatable. Headers from any other peer are ignored.
+        #[arg(
+            long = "trusted-proxy",
+            value_name = "CIDR",
+            env = "TESSERA_TRUSTED_PROXIES",
+            value_delimiter = ',',
+            value_parser = parse_trusted_proxy
+        )]
+        trusted_proxies: Vec<ipnet::IpNet>,
+        /// Failed pairing-code attempts allowed per code bucket per minute, from all addresses
+        /// together (bounds guessing however many addresses are used; see docs/network-security.md).
+        #[arg(long, default_value_t = 30)]
+        pairing_failures_per_code_bucket_per_minute: u32,
+        /// Serve /metrics on this address only (the main listener then answers it 404).
+        #[arg(long, env = "TESSERA_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -315,6 +332,9 @@ enum AdminCommand {
         /// Remove the webhook: no SMS or voice channel.
         #[arg(long, conflicts_with = "url")]
         clear: bool,
+        /// Accept a plain http:// webhook on loopback (development only).
+        #[arg(long)]
+        allow_loopback: bool,
     },
     /// Show the application's passcode settings.
     ShowOtpPolicy {
@@ -421,6 +441,9 @@ async fn main() -> ExitCode {
             ciba_allow_private_notifications,
             smtp_url,
             smtp_from,
+            trusted_proxies,
+            pairing_failures_per_code_bucket_per_minute,
+            metrics_listen,
         } => {
             init_logs(log_format);
             let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
@@ -446,6 +469,9 @@ async fn main() -> ExitCode {
                     url: zeroize::Zeroizing::new(url),
                     from: smtp_from,
                 }),
+                trusted_proxies,
+                pairing_failures_per_code_bucket_per_minute,
+                metrics_listen,
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -484,6 +510,16 @@ async fn main() -> ExitCode {
             Err(e) => fail("internal", e),
         },
     }
+}
+
+/// A `--trusted-proxy` value: a CIDR block, or one address (a block of one).
+fn parse_trusted_proxy(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("not a CIDR block or an address: {value}"))
 }
 
 fn parse_app(id: &str) -> Result<ApplicationId, ServerError> {
@@ -694,13 +730,15 @@ async fn run_admin(
             application_id,
             url,
             clear,
+            allow_loopback,
         } => {
             if url.is_none() && !clear {
                 return Err(ServerError::InvalidInput("give a URL or --clear".into()));
             }
             let app = parse_app(&application_id)?;
-            admin::set_sms_webhook(&db, &app, url.as_deref()).await?;
-            json!({"application_id": app, "sms_webhook": url})
+            let secret = admin::set_sms_webhook(&db, &app, url.as_deref(), allow_loopback).await?;
+            // The signing secret is shown this once; the provider verifies calls with it.
+            json!({"application_id": app, "sms_webhook": url, "signing_secret": secret.as_deref().map(String::as_str)})
         }
         AdminCommand::ShowOtpPolicy { application_id } => {
             let app = parse_app(&application_id)?;

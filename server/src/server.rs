@@ -29,6 +29,7 @@ pub struct RunningServer {
     task: JoinHandle<()>,
     notifier: JoinHandle<()>,
     listener: JoinHandle<()>,
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -59,6 +60,20 @@ impl Server {
             addr: config.listen,
             reason: e.to_string(),
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let bind_error = |e: std::io::Error| ServerError::Bind {
+                    addr,
+                    reason: e.to_string(),
+                };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_error)?;
+                let bound = listener.local_addr().map_err(bind_error)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
         let public_url = match &config.public_url {
             Some(url) => url.clone(),
             None => ServerUrl::parse(&format!("http://{local_addr}"))
@@ -97,6 +112,16 @@ impl Server {
             ciba_sender,
         };
         let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
+        let metrics = metrics_listener.map(|(listener, bound)| {
+            let app = crate::http::metrics_router(state.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "the metrics listener stopped with an error");
+                }
+            });
+            tracing::info!(metrics_addr = %bound, "metrics served on their own listener");
+            (bound, task)
+        });
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -118,6 +143,7 @@ impl Server {
             task,
             notifier,
             listener: change_listener,
+            metrics,
         })
     }
 }
@@ -126,6 +152,12 @@ impl RunningServer {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address `/metrics` is served on when it has a listener of its own
+    /// ([`ServerConfig::metrics_listen`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The server's identity (public base URL).
@@ -150,6 +182,9 @@ impl RunningServer {
         }
         let _ = (&mut self.task).await;
         self.notifier.abort();
+        if let Some((_, task)) = self.metrics.take() {
+            task.abort();
+        }
         self.listener.abort();
         self.db.close().await;
     }

@@ -112,6 +112,7 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().expect("addr"),
             database_url: database_url.clone(),
             pairing_failures_per_ip_per_minute: 100_000,
+            pairing_failures_per_code_bucket_per_minute: 100_000,
             ..ServerConfig::default()
         };
         adjust(&mut config);

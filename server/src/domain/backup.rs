@@ -193,14 +193,21 @@ async fn notifier_for(
             .clone()
             .ok_or_else(|| unavailable("this server has no email (SMTP) provider configured")),
         BackupChannel::Sms | BackupChannel::Voice => {
-            let url = applications::otp_policy(&ctx.db, app)
-                .await?
-                .sms_webhook_url
-                .ok_or_else(|| {
-                    unavailable("this application has no SMS and voice provider webhook configured")
-                })?;
+            let (url, secret) =
+                applications::sms_webhook(&ctx.db, app)
+                    .await?
+                    .ok_or_else(|| {
+                        unavailable(
+                            "this application has no SMS and voice provider webhook configured",
+                        )
+                    })?;
+            // Set before calls were signed: not called unsigned; the operator sets it again.
+            let secret = secret.ok_or_else(|| {
+                tracing::warn!(application_id = %app, "the SMS and voice webhook has no signing secret; set it again with set-sms-webhook");
+                unavailable("this application's SMS and voice provider webhook must be set again (it has no signing secret)")
+            })?;
             ctx.messages
-                .sms_voice(url)
+                .sms_voice(url, secret)
                 .ok_or_else(|| DomainError::new(ErrorCode::InternalError, "internal error"))
         }
     }

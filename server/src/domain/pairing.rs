@@ -4,7 +4,7 @@
 //! A registration is checked (signatures, keys, audience, freshness, descriptions, push token)
 //! before anything is stored; a code is consumed with one conditional update inside the
 //! transaction that inserts the enrollment, so of racing attempts exactly one pairs. Failed
-//! attempts by one client address are throttled. Under the policy "verify new devices with the
+//! attempts are throttled per client address and code bucket, and per code bucket. Under the policy "verify new devices with the
 //! primary device" a further device is inserted pending verification, next to the request that
 //! asks the primary device (see [`super::device_verification`]).
 
@@ -411,19 +411,60 @@ async fn application_info(ctx: &Ctx, id: &ApplicationId) -> Result<ApplicationIn
     })
 }
 
-/// A device pairs with a code, from the client address `client`. Too many failed attempts from
-/// one address in a minute are refused (`rate_limited`); a bad or used code counts as a
-/// failure. The identical registration retried after a lost reply gets the same answer.
+/// The throttle's code bucket of a code: its first two characters (uniformly random, so live
+/// codes spread evenly over the 1,024 buckets).
+fn code_bucket(code: &PairingCode) -> String {
+    code.display_form().chars().take(2).collect()
+}
+
+/// The throttle keys of an attempt: the client address within the code bucket, and the code
+/// bucket across all addresses.
+fn throttle_keys(client: &str, bucket: &str) -> (String, String) {
+    (format!("{client}#code:{bucket}"), format!("code:{bucket}"))
+}
+
+/// Takes one attempt from both throttle keys, each with one conditional statement before any
+/// code is compared; if the second is full, the first is given back. `true` if both were taken.
+async fn take_attempt(ctx: &Ctx, keys: &(String, String), now: i64) -> Result<bool, DomainError> {
+    let per_client = i64::from(ctx.config.pairing_failures_per_ip_per_minute.max(1));
+    let per_bucket = i64::from(
+        ctx.config
+            .pairing_failures_per_code_bucket_per_minute
+            .max(1),
+    );
+    if !throttle::take_attempt(&ctx.db, &keys.0, now, per_client).await? {
+        return Ok(false);
+    }
+    if !throttle::take_attempt(&ctx.db, &keys.1, now, per_bucket).await? {
+        throttle::refund_attempt(&ctx.db, &keys.0, now).await?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// A device pairs with a code, from the client address `client`. The throttle counts failed
+/// attempts per minute under two keys taken before the code is compared: the client address
+/// *within the code's bucket* (its first two characters), and the bucket across all addresses.
+/// So the codes checked per minute stay below 1,024 × the bucket limit however many addresses
+/// guess, and a neighbour's bad codes behind the same NAT address fill other buckets than a
+/// colleague's valid code (see docs/network-security.md, "Pairing-code guessing"). A refused attempt is
+/// `rate_limited`; a bad or used code counts as a failure; what was not a guess (it paired, or
+/// the registration was refused first) is given back. A code that is not even well-formed is
+/// compared with nothing and takes no attempt. The identical registration retried after a lost
+/// reply gets the same answer.
 pub(crate) async fn pair_device(
     ctx: &Ctx,
     client: &str,
     request: &DevicePairingRequest,
 ) -> Result<DevicePairingResponse, DomainError> {
     let now = ctx.now();
-    let limit = i64::from(ctx.config.pairing_failures_per_ip_per_minute.max(1));
+    let Ok(code) = PairingCode::parse(&request.pairing_code) else {
+        return pair_with_code(ctx, client, request, now).await;
+    };
+    let keys = throttle_keys(client, &code_bucket(&code));
     // The attempt is taken before anything is checked, so concurrent guesses cannot all pass a
     // limit read before any of them counted; what turns out not to be a guess is given back.
-    if !throttle::take_attempt(&ctx.db, client, now, limit).await? {
+    if !take_attempt(ctx, &keys, now).await? {
         count_failure(ctx, "rate_limited");
         return Err(DomainError::new(
             ErrorCode::RateLimited,
@@ -439,7 +480,8 @@ pub(crate) async fn pair_device(
         })
     );
     if !guessed_wrong {
-        throttle::refund_attempt(&ctx.db, client, now).await?;
+        throttle::refund_attempt(&ctx.db, &keys.0, now).await?;
+        throttle::refund_attempt(&ctx.db, &keys.1, now).await?;
     }
     result
 }
@@ -767,5 +809,23 @@ mod tests {
                 Some(ErrorCode::InvalidRegistration)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod throttle_key_tests {
+    use super::*;
+
+    #[test]
+    fn the_code_bucket_is_the_codes_first_two_characters_however_typed() {
+        let code = PairingCode::parse("ab7q-efgh-jkmn").unwrap();
+        assert_eq!(code_bucket(&code), "AB");
+        let same = PairingCode::parse("AB7QEFGHJKMN").unwrap();
+        assert_eq!(code_bucket(&same), "AB");
+        let read_aloud = PairingCode::parse("o1xx-xxxx-xxxx").unwrap();
+        assert_eq!(code_bucket(&read_aloud), "01");
+        let (client_key, bucket_key) = throttle_keys("203.0.113.9", "AB");
+        assert_eq!(client_key, "203.0.113.9#code:AB");
+        assert_eq!(bucket_key, "code:AB");
     }
 }

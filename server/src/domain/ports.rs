@@ -88,9 +88,9 @@ pub trait Notifier: Send + Sync {
 /// Builds the notifiers whose provider depends on the application (its SMS and voice provider
 /// webhook).
 pub trait MessageSender: Send + Sync {
-    /// A notifier for SMS and voice posting to the provider webhook at `url`; `None` when this
-    /// server cannot make outgoing HTTP calls.
-    fn sms_voice(&self, url: String) -> Option<Arc<dyn Notifier>>;
+    /// A notifier for SMS and voice posting to the provider webhook at `url`, each call signed
+    /// with `secret`; `None` when this server cannot make outgoing HTTP calls.
+    fn sms_voice(&self, url: String, secret: Zeroizing<String>) -> Option<Arc<dyn Notifier>>;
 }
 
 /// Why a CIBA notification was not delivered (safe to log: no token, no body).

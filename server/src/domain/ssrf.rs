@@ -62,12 +62,37 @@ fn is_non_public_v4(ip: Ipv4Addr) -> bool {
         || a >= 240 // reserved
 }
 
+/// The IPv4 addresses an IPv6 address carries and that a relay or the stack may end up
+/// connecting to: IPv4-compatible `::a.b.c.d` (deprecated), 6to4 `2002:AABB:CCDD::/48` and
+/// Teredo `2001:0:SSSS:SSSS:…:CCCC:CCCC` (the server, and the client stored inverted).
+fn embedded_ipv4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = ip.segments();
+    let v4 = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    if s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback() {
+        vec![v4(s[6], s[7])]
+    } else if s[0] == 0x2002 {
+        vec![v4(s[1], s[2])]
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        vec![v4(s[2], s[3]), v4(!s[6], !s[7])]
+    } else {
+        Vec::new()
+    }
+}
+
 fn is_non_public_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return is_non_public_v4(v4);
     }
+    if embedded_ipv4(ip)
+        .into_iter()
+        .any(|v4| v4.is_loopback() || is_non_public_v4(v4))
+    {
+        return true;
+    }
     let first = ip.segments()[0];
     ip.is_unspecified()
+        || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || ip.segments()[..4] == [0x0100, 0, 0, 0] // discard-only (RFC 6666)
         || ip.is_multicast()
         || (first & 0xfe00) == 0xfc00 // unique local
         || (first & 0xffc0) == 0xfe80 // link-local
@@ -249,6 +274,67 @@ mod tests {
             check_address("::ffff:127.0.0.1".parse().unwrap(), STRICT),
             Err(TargetError::Loopback)
         );
+    }
+
+    #[test]
+    fn ipv6_forms_embedding_a_refused_ipv4_address_are_refused() {
+        let refused = |addr: &str| check_address(addr.parse().unwrap(), DEV);
+        for inside in [
+            // IPv4-compatible.
+            "::10.0.0.1",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            // IPv4-mapped.
+            "::ffff:192.168.0.1",
+            "::ffff:169.254.169.254",
+            // 6to4 with a private, loopback or metadata address.
+            "2002:0a00:0001::1",
+            "2002:7f00:0001::",
+            "2002:a9fe:a9fe::1",
+            // Teredo with a private server, or a client (stored inverted) that is private.
+            "2001:0:0a00:0001::1",
+            "2001:0:5ef5:79fb:0:0:f5ff:fffe", // client 10.0.0.1
+            "2001:0:5ef5:79fb:0:0:80ff:fffe", // client 127.0.0.1
+        ] {
+            assert_eq!(refused(inside), Err(TargetError::NonPublic), "{inside}");
+        }
+        assert_eq!(
+            check_address("::ffff:127.0.0.1".parse().unwrap(), STRICT),
+            Err(TargetError::Loopback)
+        );
+        // The same forms embedding public addresses are fine.
+        for outside in [
+            "::93.184.216.34",
+            "::ffff:93.184.216.34",
+            "2002:5db8:d822::1",
+            "2001:0:5db8:d822:0:0:a247:27dd", // server 93.184.216.34, client 93.184.216.34
+        ] {
+            assert!(refused(outside).is_ok(), "{outside}");
+        }
+    }
+
+    #[test]
+    fn site_local_and_discard_ranges_are_refused() {
+        for inside in [
+            "fec0::1",
+            "feff::1",
+            "fed0:1::1",
+            "100::",
+            "100::ffff:ffff:ffff:ffff",
+        ] {
+            assert_eq!(
+                check_address(inside.parse().unwrap(), DEV),
+                Err(TargetError::NonPublic),
+                "{inside}"
+            );
+            assert_eq!(
+                check_endpoint(&format!("https://[{inside}]/cb"), DEV),
+                Err(TargetError::NonPublic),
+                "{inside}"
+            );
+        }
+        assert!(check_address("100:0:0:1::".parse().unwrap(), STRICT).is_ok());
+        assert!(check_address("ff00::1".parse().unwrap(), STRICT).is_err());
     }
 
     #[tokio::test]

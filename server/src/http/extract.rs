@@ -1,6 +1,8 @@
 //! Request extractors: JSON bodies with typed errors, API-key authentication, the client address.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
@@ -146,20 +148,252 @@ where
     }
 }
 
-/// The client's address, for the pairing throttle.
+/// The client's address as every part of the server uses it: the pairing throttle, the
+/// device addresses reported in authentication attributes and device-verification questions,
+/// and the request log line. Resolved once per request by [`resolve_client_ip`] (see there) and
+/// kept in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResolvedClient(pub IpAddr);
+
+/// The client's address (see [`ResolvedClient`]), as text.
 pub(crate) struct ClientAddr(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let addr = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(a)| a.ip().to_string())
-            .unwrap_or_else(|| "unknown".to_string());
+        let addr = match parts.extensions.get::<ResolvedClient>() {
+            Some(ResolvedClient(ip)) => ip.to_string(),
+            // Not resolved by the router's middleware (only in unit-level uses): the peer.
+            None => parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(a)| a.ip().to_canonical().to_string())
+                .unwrap_or_else(|| "unknown".to_string()),
+        };
         Ok(ClientAddr(addr))
     }
+}
+
+/// Longest forwarding header considered, in bytes (all values of the header together).
+const MAX_FORWARDING_HEADER_BYTES: usize = 8 * 1024;
+/// Most hops considered in a forwarding chain.
+const MAX_FORWARDING_HOPS: usize = 64;
+
+/// Why a trusted proxy's forwarding header could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ForwardingHeaderError {
+    /// Not visible ASCII, too long, or too many hops.
+    #[error("the forwarding header is not ASCII or is too long")]
+    Unreadable,
+    /// An element, pair or address that does not parse.
+    #[error("the forwarding header is malformed")]
+    Malformed,
+}
+
+/// One hop of a forwarding chain: an address, or a node the proxy could not or would not name
+/// (`unknown`, an obfuscated `_identifier`, or an element without `for=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    Address(IpAddr),
+    Unnamed,
+}
+
+/// The client address of a request whose TCP peer is `peer`.
+///
+/// `Forwarded` (RFC 7239, preferred when both are present) and `X-Forwarded-For` are read only
+/// when `peer` is inside one of the `trusted` ranges; otherwise they are ignored, whatever they
+/// say. The chain `header hops…, peer` is walked from the right: trusted proxies are skipped and
+/// the first address that is not a trusted proxy is the client, so an address a client puts at
+/// the left of its own header is never reached. A hop the proxy could not name ends the walk at
+/// the proxy that reported it. A malformed header from a trusted peer is logged (without its
+/// content) and the peer is the client. IPv4-mapped IPv6 addresses count as their IPv4 address.
+pub(crate) fn resolve_client_ip(
+    peer: IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let chain = if headers.contains_key(FORWARDED) {
+        forwarded_chain(headers)
+    } else if headers.contains_key(X_FORWARDED_FOR) {
+        x_forwarded_for_chain(headers)
+    } else {
+        return peer;
+    };
+    let chain = match chain {
+        Ok(chain) => chain,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "a trusted proxy sent an unusable forwarding header; using the proxy's address");
+            return peer;
+        }
+    };
+    let mut nearest = peer;
+    for hop in chain.iter().rev() {
+        match hop {
+            Hop::Address(ip) if is_trusted(ip) => nearest = *ip,
+            Hop::Address(ip) => return *ip,
+            Hop::Unnamed => return nearest,
+        }
+    }
+    nearest
+}
+
+const FORWARDED: &str = "forwarded";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// All values of a header joined by `,` (several header lines form one list).
+fn joined_header(
+    headers: &axum::http::HeaderMap,
+    name: &str,
+) -> Result<String, ForwardingHeaderError> {
+    let mut joined = String::new();
+    for value in headers.get_all(name) {
+        let text = value
+            .to_str()
+            .map_err(|_| ForwardingHeaderError::Unreadable)?;
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(text);
+        if joined.len() > MAX_FORWARDING_HEADER_BYTES {
+            return Err(ForwardingHeaderError::Unreadable);
+        }
+    }
+    Ok(joined)
+}
+
+/// Splits `text` at `separator` outside double-quoted strings.
+fn split_unquoted(text: &str, separator: char) -> Result<Vec<&str>, ForwardingHeaderError> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == separator && !quoted {
+            parts.push(&text[start..i]);
+            start = i + 1;
+        }
+    }
+    if quoted {
+        return Err(ForwardingHeaderError::Malformed);
+    }
+    parts.push(&text[start..]);
+    Ok(parts)
+}
+
+/// The hops of `Forwarded` (RFC 7239 §4): elements separated by `,`, pairs by `;`, the node in
+/// `for=` (a token or a quoted string: `192.0.2.60`, `"192.0.2.60:8080"`, `"[2001:db8::1]"`,
+/// `"[2001:db8::1]:443"`, `unknown`, `_hidden`).
+fn forwarded_chain(headers: &axum::http::HeaderMap) -> Result<Vec<Hop>, ForwardingHeaderError> {
+    let joined = joined_header(headers, FORWARDED)?;
+    let mut hops = Vec::new();
+    for element in split_unquoted(&joined, ',')? {
+        if element.trim().is_empty() {
+            continue;
+        }
+        let mut node = None;
+        for pair in split_unquoted(element, ';')? {
+            let pair = pair.trim();
+            if pair.is_empty() {
+                continue;
+            }
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or(ForwardingHeaderError::Malformed)?;
+            if name.trim().eq_ignore_ascii_case("for") {
+                if node.is_some() {
+                    return Err(ForwardingHeaderError::Malformed);
+                }
+                let value = value.trim();
+                let value = match value.strip_prefix('"') {
+                    Some(rest) => rest
+                        .strip_suffix('"')
+                        .filter(|inner| !inner.contains(['"', '\\']))
+                        .ok_or(ForwardingHeaderError::Malformed)?,
+                    None => value,
+                };
+                node = Some(parse_node(value)?);
+            }
+        }
+        hops.push(node.unwrap_or(Hop::Unnamed));
+        if hops.len() > MAX_FORWARDING_HOPS {
+            return Err(ForwardingHeaderError::Unreadable);
+        }
+    }
+    if hops.is_empty() {
+        return Err(ForwardingHeaderError::Malformed);
+    }
+    Ok(hops)
+}
+
+/// The hops of `X-Forwarded-For`: addresses separated by `,`, each optionally with a port.
+fn x_forwarded_for_chain(
+    headers: &axum::http::HeaderMap,
+) -> Result<Vec<Hop>, ForwardingHeaderError> {
+    let joined = joined_header(headers, X_FORWARDED_FOR)?;
+    let hops = joined
+        .split(',')
+        .map(|entry| parse_node(entry.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if hops.len() > MAX_FORWARDING_HOPS {
+        return Err(ForwardingHeaderError::Unreadable);
+    }
+    Ok(hops)
+}
+
+/// One node: `IPv4`, `IPv4:port`, `[IPv6]`, `[IPv6]:port`, a bare IPv6 address (as
+/// `X-Forwarded-For` writes it), `unknown` or an obfuscated `_identifier`.
+fn parse_node(node: &str) -> Result<Hop, ForwardingHeaderError> {
+    if node.eq_ignore_ascii_case("unknown") || node.starts_with('_') {
+        return Ok(Hop::Unnamed);
+    }
+    let port_ok = |port: &str| {
+        port.is_empty()
+            || port.strip_prefix(':').is_some_and(|p| {
+                !p.is_empty()
+                    && p.len() <= 5
+                    && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
+    };
+    let ip = if let Some(rest) = node.strip_prefix('[') {
+        let (inside, port) = rest
+            .split_once(']')
+            .ok_or(ForwardingHeaderError::Malformed)?;
+        if !port_ok(port) {
+            return Err(ForwardingHeaderError::Malformed);
+        }
+        IpAddr::V6(
+            inside
+                .parse()
+                .map_err(|_| ForwardingHeaderError::Malformed)?,
+        )
+    } else if let Ok(ip) = node.parse::<IpAddr>() {
+        ip
+    } else {
+        let (address, port) = node
+            .split_once(':')
+            .ok_or(ForwardingHeaderError::Malformed)?;
+        if !port_ok(&format!(":{port}")) {
+            return Err(ForwardingHeaderError::Malformed);
+        }
+        IpAddr::V4(
+            address
+                .parse()
+                .map_err(|_| ForwardingHeaderError::Malformed)?,
+        )
+    };
+    Ok(Hop::Address(ip.to_canonical()))
 }
 
 /// `?wait=SECONDS` for long-polls.
@@ -216,4 +450,179 @@ pub(crate) fn same_enrollment(
 pub(crate) fn parse_user_id(raw: &str) -> Result<tessera_protocol::ids::UserId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "invalid user id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    const PROXY: &str = "10.0.0.5";
+
+    #[test]
+    fn headers_from_an_untrusted_peer_are_ignored() {
+        let spoofed = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=198.51.100.1"),
+        ]);
+        assert_eq!(
+            resolve_client_ip(ip("192.0.2.44"), &spoofed, &nets(&["10.0.0.0/8"])),
+            ip("192.0.2.44")
+        );
+        assert_eq!(
+            resolve_client_ip(ip("192.0.2.44"), &spoofed, &[]),
+            ip("192.0.2.44")
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxys_header_names_the_client() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        for (name, value) in [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "203.0.113.9:5123"),
+            ("forwarded", "for=203.0.113.9"),
+            (
+                "forwarded",
+                "For=\"203.0.113.9:5123\";proto=https;by=10.0.0.5",
+            ),
+        ] {
+            assert_eq!(
+                resolve_client_ip(ip(PROXY), &headers(&[(name, value)]), &trusted),
+                ip("203.0.113.9"),
+                "{name}: {value}"
+            );
+        }
+        // No header: the proxy itself.
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &HeaderMap::new(), &trusted),
+            ip(PROXY)
+        );
+    }
+
+    #[test]
+    fn a_spoofed_left_most_entry_is_never_reached() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        // The client sent "X-Forwarded-For: 1.1.1.1"; the proxy appended its peer.
+        let chain = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9")]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &chain, &trusted),
+            ip("203.0.113.9")
+        );
+        // Two trusted proxies in a row are skipped; the first untrusted address is the client.
+        let chain = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.7")]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &chain, &trusted),
+            ip("203.0.113.9")
+        );
+        // Several header lines form one list.
+        let chain = headers(&[
+            ("forwarded", "for=1.1.1.1"),
+            ("forwarded", "for=203.0.113.9;proto=https"),
+        ]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &chain, &trusted),
+            ip("203.0.113.9")
+        );
+        // Forwarded wins over X-Forwarded-For when both are present.
+        let both = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &both, &trusted),
+            ip("203.0.113.9")
+        );
+        // Every hop trusted: the left-most one.
+        let all = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
+        assert_eq!(resolve_client_ip(ip(PROXY), &all, &trusted), ip("10.1.1.1"));
+        // A hop the proxy could not name ends the walk at that proxy.
+        let unnamed = headers(&[("forwarded", "for=1.1.1.1, for=unknown, for=10.0.0.7")]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &unnamed, &trusted),
+            ip("10.0.0.7")
+        );
+    }
+
+    #[test]
+    fn ipv6_forms_are_understood() {
+        let trusted = nets(&["10.0.0.0/8", "fd00::/8"]);
+        for (name, value) in [
+            ("forwarded", "for=\"[2001:db8::1]:443\""),
+            ("forwarded", "for=\"[2001:db8::1]\""),
+            ("x-forwarded-for", "2001:db8::1"),
+            ("x-forwarded-for", "[2001:db8::1]:443"),
+            ("x-forwarded-for", "1.1.1.1, 2001:db8::1, fd00::7"),
+        ] {
+            assert_eq!(
+                resolve_client_ip(ip(PROXY), &headers(&[(name, value)]), &trusted),
+                ip("2001:db8::1"),
+                "{name}: {value}"
+            );
+        }
+        // An IPv6 proxy, and an IPv4-mapped peer counted as its IPv4 address.
+        let chain = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(
+            resolve_client_ip(ip("fd00::5"), &chain, &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            resolve_client_ip(ip("::ffff:10.0.0.5"), &chain, &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            resolve_client_ip(ip("::ffff:192.0.2.1"), &chain, &trusted),
+            ip("192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn a_malformed_header_from_a_trusted_proxy_falls_back_to_the_proxy() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        for (name, value) in [
+            ("x-forwarded-for", "not-an-address"),
+            ("x-forwarded-for", "203.0.113.9,,"),
+            ("x-forwarded-for", ""),
+            ("forwarded", "for=\"[2001:db8::1]:443"),
+            ("forwarded", "for=[2001:db8::1]x"),
+            ("forwarded", "for"),
+            ("forwarded", "for=1.1.1.1;for=2.2.2.2"),
+            ("forwarded", "for=\"2001:db8::zz\""),
+            ("forwarded", ""),
+            ("forwarded", "for=1.2.3.4:99999999"),
+        ] {
+            assert_eq!(
+                resolve_client_ip(ip(PROXY), &headers(&[(name, value)]), &trusted),
+                ip(PROXY),
+                "{name}: {value}"
+            );
+        }
+        let long = vec!["203.0.113.9"; MAX_FORWARDING_HOPS + 1].join(",");
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &headers(&[("x-forwarded-for", &long)]), &trusted),
+            ip(PROXY)
+        );
+        let mut binary = HeaderMap::new();
+        binary.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.9\xff").unwrap(),
+        );
+        assert_eq!(resolve_client_ip(ip(PROXY), &binary, &trusted), ip(PROXY));
+    }
 }

@@ -97,9 +97,12 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The main listener's routes. `/metrics` is among them unless it has a listener of its own
+/// ([`metrics_router`], `--metrics-listen`); then the main listener answers it 404.
 pub(crate) fn router(state: Ctx) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    let metrics_here = state.config.metrics_listen.is_none();
+    let router = Router::new()
         .route("/v1/users", post(users::create_user))
         .route("/v1/users/{user_id}", get(users::get_user))
         .route("/v1/users/{user_id}/devices", get(users::list_devices))
@@ -215,8 +218,13 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route(ciba::JWKS_PATH, get(oidc::discovery::jwks))
         .route(ciba::USERINFO_PATH, get(oidc::userinfo::userinfo))
         .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
+        .route("/openapi.json", get(ops::openapi));
+    let router = if metrics_here {
+        router.route("/metrics", get(ops::metrics))
+    } else {
+        router
+    };
+    router
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -224,9 +232,19 @@ pub(crate) fn router(state: Ctx) -> Router {
         .with_state(state)
 }
 
+/// The routes of the metrics listener (`--metrics-listen`): `/metrics` only.
+pub(crate) fn metrics_router(state: Ctx) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .fallback(errors::not_found)
+        .method_not_allowed_fallback(errors::method_not_allowed)
+        .with_state(state)
+}
+
 /// Counts, times and logs every request by its route template. Logs carry the method, the
-/// template (never the concrete path, which may name a user), the status and the duration:
-/// no header, body or query string.
+/// template (never the concrete path, which may name a user), the client address (resolved
+/// once here, through trusted proxies, for every later use), the status and the duration: no
+/// header, body or query string.
 async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -235,6 +253,19 @@ async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Resp
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let method = request.method().as_str().to_string();
+    let mut request = request;
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|axum::extract::ConnectInfo(peer)| {
+            extract::resolve_client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies)
+        });
+    if let Some(client) = client {
+        request
+            .extensions_mut()
+            .insert(extract::ResolvedClient(client));
+    }
+    let client = client.map(|ip| ip.to_string()).unwrap_or_default();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -258,6 +289,7 @@ async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Resp
         target: "tessera_server::http",
         %method,
         %route,
+        %client,
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"

@@ -451,17 +451,39 @@ pub async fn set_mandatory_methods(
     Ok(done.rows_affected() == 1)
 }
 
-/// Sets (or, with `None`, removes) the SMS and voice provider webhook. Returns false if there is
-/// no such application.
+/// Sets (or, with `None`, removes) the SMS and voice provider webhook and the secret its calls
+/// are signed with. Returns false if there is no such application.
 pub async fn set_sms_webhook(
     db: &Database,
     id: &ApplicationId,
-    url: Option<&str>,
+    webhook: Option<(&str, &str)>,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query("UPDATE applications SET sms_webhook_url = $1 WHERE id = $2")
-        .bind(url)
-        .bind(id.as_str())
-        .execute(db.writer())
-        .await?;
+    let done = sqlx::query(
+        "UPDATE applications SET sms_webhook_url = $1, sms_webhook_secret = $2 WHERE id = $3",
+    )
+    .bind(webhook.map(|(url, _)| url))
+    .bind(webhook.map(|(_, secret)| secret))
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The application's SMS and voice provider webhook: its URL and signing secret (`None` for a
+/// webhook set before calls were signed).
+pub async fn sms_webhook(
+    db: &Database,
+    id: &ApplicationId,
+) -> Result<Option<(String, Option<zeroize::Zeroizing<String>>)>, StoreError> {
+    let row =
+        sqlx::query("SELECT sms_webhook_url, sms_webhook_secret FROM applications WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(db.pool())
+            .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let url: Option<String> = row.try_get("sms_webhook_url")?;
+    let secret: Option<String> = row.try_get("sms_webhook_secret")?;
+    Ok(url.map(|url| (url, secret.map(zeroize::Zeroizing::new))))
 }

@@ -311,10 +311,19 @@ async fn pairing_code_guessing_is_throttled() {
     .await;
     server.user("alice").await;
     let uri = server.pairing_uri("alice").await;
+    let code = tessera_protocol::pairing::PairingUri::parse(&uri)
+        .unwrap()
+        .code;
+    // The guesses share a code bucket (the first two characters) other than the right code's.
+    let prefix = if code.display_form().starts_with("ZZ") {
+        "YYYY"
+    } else {
+        "ZZZZ"
+    };
     let device = TestDevice::new().await;
     let mut statuses = Vec::new();
     for i in 0..8 {
-        let guess = format!("ZZZZ-ZZZZ-{:04}", i);
+        let guess = format!("{prefix}-ZZZZ-{:04}", i);
         let err = device
             .auth
             .pair(&guess, Some(&server.base_url))
@@ -327,19 +336,10 @@ async fn pairing_code_guessing_is_throttled() {
     }
     assert_eq!(&statuses[..5], ["invalid_pairing_code"; 5], "{statuses:?}");
     assert_eq!(&statuses[5..], ["rate_limited"; 3], "{statuses:?}");
-    // While throttled, even the right code is refused: guessing gains nothing.
-    let err = device.auth.pair(&uri, None).await.unwrap_err();
-    assert!(
-        err.to_string().contains("rate")
-            || matches!(
-                err,
-                tessera_core::CoreError::Server {
-                    code: tessera_protocol::error::ErrorCode::RateLimited,
-                    ..
-                }
-            ),
-        "{err:?}"
-    );
+    // While throttled, even the right code in the guessed bucket would be refused: guessing
+    // there gains nothing. A right code in another bucket pairs (a neighbour behind the same
+    // address is not locked out).
+    device.auth.pair(&uri, None).await.unwrap();
 }
 
 /// 40 guesses at once from one address against a limit of 10: each takes its attempt atomically

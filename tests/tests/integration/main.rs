@@ -9,14 +9,17 @@
 mod additional_devices;
 mod authentication;
 mod ciba;
+mod client_address;
 mod device_protocol;
 mod events;
 mod flows;
 mod http_errors;
 mod logs;
+mod metrics_listener;
 mod operations;
 mod otp;
 mod otp_backup;
+mod outbound_calls;
 mod pairing;
 mod push;
 mod push_providers;

@@ -554,7 +554,7 @@ async fn sms_and_voice(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BackupChannelUnavailable));
-    admin::set_sms_webhook(db(&server), &app, Some(&provider.url))
+    admin::set_sms_webhook(db(&server), &app, Some(&provider.url), true)
         .await
         .unwrap();
     // The provider fails: a clear error, and nothing half-done (no code is left to answer).
@@ -639,7 +639,7 @@ async fn expiry_reuse_rate_limit(backend: Backend) {
     .await;
     let app = server.app.application_id.clone();
     server.user("carol").await;
-    admin::set_sms_webhook(db(&server), &app, Some(&provider.url))
+    admin::set_sms_webhook(db(&server), &app, Some(&provider.url), true)
         .await
         .unwrap();
     admin::set_backup_channels(db(&server), &app, &[BackupChannel::Sms])
@@ -753,7 +753,7 @@ async fn one_time_device(backend: Backend) {
     let (smtp_url, mails) = smtp_server().await;
     let server = TestServer::start_with(backend, with_smtp(smtp_url)).await;
     let app = server.app.application_id.clone();
-    admin::set_sms_webhook(db(&server), &app, Some(&provider.url))
+    admin::set_sms_webhook(db(&server), &app, Some(&provider.url), true)
         .await
         .unwrap();
     // A user with no device and no contacts.

@@ -78,6 +78,9 @@ pub(crate) struct PushClients {
     http: Option<reqwest::Client>,
     /// HTTP/2 with prior knowledge: APNs at a plain `http://` endpoint (local test receivers).
     h2c: Option<reqwest::Client>,
+    /// Customer URLs (push and SMS/voice webhooks): never through a proxy from the environment
+    /// (`HTTPS_PROXY` and the like), which would resolve the name again on its side.
+    webhook: Option<reqwest::Client>,
     fcm_tokens: TokenCache,
     apns_tokens: TokenCache,
 }
@@ -94,14 +97,22 @@ impl PushClients {
         Self {
             http: builder().build().ok(),
             h2c: builder().http2_prior_knowledge().build().ok(),
+            webhook: builder().no_proxy().build().ok(),
             fcm_tokens: TokenCache::default(),
             apns_tokens: TokenCache::default(),
         }
     }
 
-    /// The HTTP client (also used for SMS and voice provider webhooks).
+    /// The HTTP client for customer URLs (push webhooks, SMS and voice provider webhooks): no
+    /// proxy.
     pub(crate) fn client(&self) -> Option<reqwest::Client> {
-        self.http.clone()
+        self.webhook.clone()
+    }
+
+    fn webhook(&self) -> Result<&reqwest::Client, PushError> {
+        self.webhook
+            .as_ref()
+            .ok_or_else(|| PushError::Permanent("no HTTP client".into()))
     }
 
     fn http(&self) -> Result<&reqwest::Client, PushError> {

@@ -27,7 +27,7 @@ pub(super) async fn send(
     url: &str,
     body: &Value,
 ) -> Result<(), PushError> {
-    let client = clients.http()?;
+    let client = clients.webhook()?;
     let response = client
         .post(url)
         .json(body)
