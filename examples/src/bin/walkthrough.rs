@@ -18,6 +18,7 @@ use tessera_protocol::api::{CreateAuthenticationRequest, CreateQrSession};
 use tessera_protocol::authentication::DeviceLocation;
 use tessera_protocol::authentication::{AuthenticationKind, DisplayField};
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+use tessera_protocol::flows::{CreateFlowRequest, FlowAction};
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
 use tessera_server::store::applications::AdditionalDevicePolicy;
 use tessera_server::{IpTable, Server, ServerConfig, admin};
@@ -652,6 +653,75 @@ async fn main() -> Result<()> {
 
     step(
         20,
+        "An authentication flow: the backend steps alice through /v1/flows (push, then poll)",
+    );
+    let flow = backend
+        .create_flow(&CreateFlowRequest {
+            number_matching: true,
+            ..CreateFlowRequest::new("alice".parse()?)
+        })
+        .await?;
+    say(format!("flow {} is {}", flow.id, flow.status.as_str()));
+    let plain = FlowAction::Authenticate {
+        mobile_payload: None,
+        authorization_payload: None,
+    };
+    let waiting = backend.flow_action(flow.id.as_str(), &plain).await?;
+    let push = waiting.push.clone().context("the flow's push")?;
+    say(format!(
+        "{}: the web page shows {:?}; actions now {:?}",
+        waiting.status.as_str(),
+        push.number_to_show,
+        waiting.actions
+    ));
+    let request = device
+        .pending_requests()
+        .await?
+        .into_iter()
+        .find(|r| r.request_id == push.authentication_id)
+        .context("the flow's push on the device")?;
+    device
+        .approve(&request, vec![], push.number_to_show)
+        .await?;
+    let done = backend
+        .flow_action(flow.id.as_str(), &FlowAction::Poll { wait: Some(10) })
+        .await?;
+    say(format!(
+        "{} ({})",
+        done.status.as_str(),
+        serde_json::to_string(&done.result.as_ref().map(|r| r.status))?
+    ));
+
+    step(
+        21,
+        "Seamless device authorization: alice's trusted app signs the next flow, no prompt",
+    );
+    let flow = backend
+        .create_flow(&CreateFlowRequest::new("alice".parse()?))
+        .await?;
+    let signed = device
+        .create_authorization_payload(&alice.enrollment_id, &flow.authorization_nonce)
+        .await?;
+    let done = backend
+        .flow_action(
+            flow.id.as_str(),
+            &FlowAction::Authenticate {
+                mobile_payload: None,
+                authorization_payload: Some(signed),
+            },
+        )
+        .await?;
+    say(format!(
+        "{} with {}; nothing was pushed",
+        done.status.as_str(),
+        done.result
+            .as_ref()
+            .map(|r| r.attributes["pingid.authentication.type"].to_string())
+            .unwrap_or_default()
+    ));
+
+    step(
+        22,
         "The app restarts: state is reloaded from encrypted storage",
     );
     drop(device);
@@ -661,7 +731,7 @@ async fn main() -> Result<()> {
         device.enrollments().await.len()
     ));
 
-    step(21, "The server restarts: enrollments survive");
+    step(23, "The server restarts: enrollments survive");
     let addr = server.local_addr();
     server.shutdown().await;
     let server = Server::start(ServerConfig {
@@ -677,7 +747,7 @@ async fn main() -> Result<()> {
         status.enrollment_id, status.status
     ));
 
-    step(22, "Bob unpairs from the device");
+    step(24, "Bob unpairs from the device");
     device.remove_enrollment(&bob.enrollment_id).await?;
     let left = backend.list_devices("bob").await?.devices.len();
     say(format!(
@@ -690,7 +760,8 @@ async fn main() -> Result<()> {
         "\nDone: direct and relay pairing, two users on one device, approvals with number matching, \
          a transaction, silent verification, a fraud report, a new device verified by the primary \
          device, a QR login, an offline passcode, OTP fallback after an undelivered push, CIBA in \
-         poll and ping modes, restarts on both sides."
+         poll and ping modes, an authentication flow and a seamless device authorization, \
+         restarts on both sides."
     );
     Ok(())
 }
