@@ -48,14 +48,16 @@ pub(crate) fn over_quota(what: &str, quota: u32) -> DomainError {
     )
 }
 
-/// Inserts `record` unless the application already has as many pending requests as its quota
-/// (counted and inserted in one serialised step, so a burst never overshoots), inside `tx`.
+/// Inserts `record` unless the application already has `quota` pending requests (counted and
+/// inserted in one serialised step, so a burst never overshoots), inside `tx`. The quota is read
+/// before the transaction begins: a transaction waiting for a second connection could exhaust
+/// the pool under a burst.
 pub(crate) async fn insert_within_pending_quota(
     ctx: &Ctx,
     tx: &mut sqlx::AnyConnection,
     record: &crate::store::authentications::Authentication,
+    quota: u32,
 ) -> Result<(), DomainError> {
-    let quota = quotas(ctx, &record.application_id).await?.pending_requests;
     applications::lock_for_quota(tx, ctx.db.engine(), &record.application_id).await?;
     let pending = crate::store::authentications::pending_for_application(
         tx,

@@ -338,7 +338,10 @@ async fn production_needs_a_key(backend: Backend) {
         .expect("hotp");
     let stopped = server.stop().await;
     let refused = stopped
-        .try_start(|_| {})
+        .try_start(|c| {
+            c.production = false;
+            c.master_key = None;
+        })
         .await
         .err()
         .expect("now protected");

@@ -501,8 +501,11 @@ async fn start(
         notify_attempts: 0,
         notify_due_at_ms: None,
     };
+    let quota = crate::domain::applications::quotas(state, &client.application_id)
+        .await?
+        .pending_requests;
     let mut tx = state.db.begin_write().await?;
-    crate::domain::applications::insert_within_pending_quota(state, &mut tx, &record)
+    crate::domain::applications::insert_within_pending_quota(state, &mut tx, &record, quota)
         .await
         .map_err(|e| match e {
             DomainError::Refused { message, .. } => {
