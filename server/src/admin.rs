@@ -372,13 +372,12 @@ pub async fn open_database(
     master_key: Option<&dyn KeyEncryptionKey>,
 ) -> Result<Database, ServerError> {
     let mut db = Database::connect(url, 2).await?;
-    let opened = db
-        .open_secrets(
-            master_key,
-            crate::clock::Clock::now(&crate::clock::SystemClock),
-        )
-        .await?;
-    crate::server::report_secrets(&opened);
+    // Quietly: admin commands print JSON only (the server's start says how secrets are kept).
+    db.open_secrets(
+        master_key,
+        crate::clock::Clock::now(&crate::clock::SystemClock),
+    )
+    .await?;
     Ok(db)
 }
 
