@@ -365,7 +365,7 @@ fn open_bytes(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<
     let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
     let mut buffer = Zeroizing::new(body.to_vec());
     let len = key
-        .open_in_place(nonce, Aad::from(aad), &mut *buffer)
+        .open_in_place(nonce, Aad::from(aad), &mut buffer)
         .ok()?
         .len();
     buffer.truncate(len);
