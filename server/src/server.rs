@@ -177,7 +177,7 @@ pub(crate) fn report_secrets(opened: &Opened) {
         Protection::Unprotected => tracing::warn!(
             "NO MASTER KEY: the database's secrets (OTP seeds, signing keys, push credentials) are \
              sealed with a data key stored UNPROTECTED in the same database. Anyone who reads the \
-             database or a backup of it can open them. Give --master-key-file (see docs/operations.md); \
+             database or a backup of it can open them. Give --master-key-file (see docs/secrets-and-retention.md); \
              --production refuses to start without one"
         ),
     }
