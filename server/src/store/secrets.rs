@@ -335,19 +335,25 @@ async fn seal_clear_values(db: &Database, key: &DataKey) -> Result<u64, StoreErr
                 continue;
             }
             let sealed_value = key.seal(place(c.table, c.column, &id), &value)?;
+            // Only if the value is still the clear one read (another instance's write wins).
             let update = format!(
-                "UPDATE {table} SET {col} = $1 WHERE {id} = $2",
+                "UPDATE {table} SET {col} = $1 WHERE {id} = $2 AND {col} = $3",
                 table = c.table,
                 col = c.column,
                 id = c.id_column
             );
             let query = sqlx::query(&update);
             let query = match c.kind {
-                ColumnKind::Text => query.bind(sealed_value),
-                ColumnKind::Bytes => query.bind(sealed_value.into_bytes()),
+                ColumnKind::Text => query
+                    .bind(sealed_value)
+                    .bind(&id)
+                    .bind(String::from_utf8_lossy(&value).into_owned()),
+                ColumnKind::Bytes => query
+                    .bind(sealed_value.into_bytes())
+                    .bind(&id)
+                    .bind(value.to_vec()),
             };
-            query.bind(&id).execute(&mut *tx).await?;
-            sealed += 1;
+            sealed += query.execute(&mut *tx).await?.rows_affected();
         }
     }
     tx.commit().await?;
