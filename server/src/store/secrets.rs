@@ -359,3 +359,56 @@ async fn seal_clear_values(db: &Database, key: &DataKey) -> Result<u64, StoreErr
     tx.commit().await?;
     Ok(sealed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::MasterKey;
+
+    #[tokio::test]
+    async fn a_data_key_is_protected_later_refused_without_its_key_and_rewrapped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("k.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        let (first, _) = MasterKey::generate().expect("key");
+        let (second, _) = MasterKey::generate().expect("key");
+
+        let (key, opened) = open(&db, None, 1).await.expect("open");
+        assert!(opened.created);
+        assert_eq!(opened.protection, Protection::Unprotected);
+        let sealed = key
+            .seal(place("otp_tokens", "seed", "otk_1"), b"seed")
+            .expect("seal");
+
+        let (again, opened) = open(&db, Some(&first), 2).await.expect("protect");
+        assert!(opened.protected_now);
+        assert_eq!(opened.protection, Protection::MasterKey(first.id()));
+        assert_eq!(
+            again
+                .open(place("otp_tokens", "seed", "otk_1"), sealed.as_bytes())
+                .expect("the same data key")
+                .as_slice(),
+            b"seed"
+        );
+        assert!(matches!(
+            open(&db, None, 3).await,
+            Err(StoreError::Secrets(SecretsError::MasterKeyMissing { .. }))
+        ));
+        assert!(matches!(
+            open(&db, Some(&second), 3).await,
+            Err(StoreError::Secrets(SecretsError::WrongMasterKey { .. }))
+        ));
+        assert_eq!(
+            rewrap(&db, Some(&first), &second, 4).await.expect("rewrap"),
+            second.id()
+        );
+        assert!(open(&db, Some(&first), 5).await.is_err());
+        let (last, opened) = open(&db, Some(&second), 5).await.expect("the new key");
+        assert!(!opened.created && !opened.protected_now);
+        assert!(
+            last.open(place("otp_tokens", "seed", "otk_1"), sealed.as_bytes())
+                .is_ok()
+        );
+        db.close().await;
+    }
+}
