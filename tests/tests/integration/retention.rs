@@ -18,6 +18,7 @@ on_each_backend! {
     the_background_task_purges_by_the_server_clock => background_purge;
     open_qr_sessions_never_exceed_the_quota_in_a_burst => qr_quota_burst;
     pending_requests_never_exceed_the_quota_in_a_burst => pending_quota_burst;
+    ciba_requests_count_against_the_pending_quota => ciba_quota;
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -261,4 +262,59 @@ async fn pending_quota_burst(backend: Backend) {
         .create_authentication("alice", &ask(AuthenticationKind::Approval))
         .await
         .expect("room again once they expired");
+}
+
+async fn ciba_quota(backend: Backend) {
+    use tessera_examples::relying_party::{ClientCredentials, RelyingParty, RpError};
+    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+    let clock = ManualClock::new();
+    let (server, _device) = start(backend, &clock, Duration::from_secs(3600)).await;
+    admin::set_quotas(
+        server.server.database(),
+        &server.app.application_id,
+        Quotas {
+            max_open_qr_sessions: None,
+            max_pending_requests: Some(1),
+        },
+    )
+    .await
+    .expect("quota");
+    let registered = server
+        .customer
+        .register_ciba_client(&RegisterCibaClient {
+            client_name: "Call Centre".into(),
+            backchannel_token_delivery_mode: DeliveryMode::Poll,
+            backchannel_client_notification_endpoint: None,
+            token_endpoint_auth_method: ClientAuthMethod::ClientSecretPost,
+            jwks: None,
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+        })
+        .await
+        .expect("client");
+    let rp = RelyingParty::discover(
+        &server.base_url,
+        &registered.client_id,
+        ClientCredentials::SecretPost(registered.client_secret.clone().expect("secret")),
+    )
+    .await
+    .expect("discover");
+    let hint = [("scope", "openid"), ("login_hint", "alice")];
+    rp.backchannel(&hint).await.expect("within the quota");
+    // The CIBA request is pending: neither another CIBA request nor a customer request fits.
+    match rp.backchannel(&hint).await {
+        Err(RpError::OAuth {
+            error, description, ..
+        }) => {
+            assert_eq!(error, "access_denied");
+            assert!(description.contains("quota"), "{description}");
+        }
+        other => panic!("expected access_denied, got {other:?}"),
+    }
+    let err = server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .expect_err("over quota");
+    assert_eq!(err.code(), Some(ErrorCode::QuotaExceeded));
 }
