@@ -103,6 +103,8 @@ pub enum ErrorCode {
     InternalError,
     /// The server cannot serve now (database unavailable).
     ServiceUnavailable,
+    /// The application has as many open QR sessions or pending requests as its quota allows.
+    QuotaExceeded,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -155,6 +157,7 @@ impl ErrorCode {
             ErrorCode::ActionNotAllowed => "action_not_allowed",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -200,7 +203,9 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::OtpLocked => 423,
             ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::RateLimited | ErrorCode::TooManyAuthentications => 429,
+            ErrorCode::RateLimited
+            | ErrorCode::TooManyAuthentications
+            | ErrorCode::QuotaExceeded => 429,
             ErrorCode::InternalError | ErrorCode::Unknown => 500,
             ErrorCode::DeliveryFailed => 502,
             ErrorCode::ServiceUnavailable => 503,

@@ -11,8 +11,9 @@ use zeroize::Zeroizing;
 
 use crate::delivery::push::{ApnsCredentials, ApnsEnvironment, FcmCredentials};
 use crate::error::ServerError;
+use crate::secrets::{KeyEncryptionKey, MasterKey};
 use crate::store::applications::{self, Application, api_key_digest};
-use crate::store::{Database, enrollments, users};
+use crate::store::{Database, StoreError, enrollments, users};
 
 fn new_api_key() -> Zeroizing<String> {
     let mut bytes = Zeroizing::new([0u8; 32]);
@@ -391,4 +392,99 @@ pub async fn otp_policy(
     app: &ApplicationId,
 ) -> Result<applications::OtpPolicy, ServerError> {
     Ok(applications::otp_policy(db, app).await?)
+}
+
+/// Reads the master key: from the file at `path` if given, otherwise from the environment
+/// variable `TESSERA_MASTER_KEY` (its base64 text, for containers), otherwise none.
+pub fn master_key_from(
+    path: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<dyn KeyEncryptionKey>>, ServerError> {
+    let key = match path {
+        Some(path) => MasterKey::from_file(path).map_err(StoreError::from)?,
+        None => match std::env::var("TESSERA_MASTER_KEY") {
+            Ok(text) if !text.trim().is_empty() => {
+                let text = Zeroizing::new(text);
+                MasterKey::from_base64(&text).map_err(StoreError::from)?
+            }
+            _ => return Ok(None),
+        },
+    };
+    Ok(Some(std::sync::Arc::new(key)))
+}
+
+/// Connects to the database for administration and opens its data key with the master key
+/// (required once the database is protected by one), sealing any secret still stored in clear.
+pub async fn open_database(
+    url: &str,
+    master_key: Option<&dyn KeyEncryptionKey>,
+) -> Result<Database, ServerError> {
+    let mut db = Database::connect(url, 2).await?;
+    // Quietly: admin commands print JSON only (the server's start says how secrets are kept).
+    db.open_secrets(
+        master_key,
+        crate::clock::Clock::now(&crate::clock::SystemClock),
+    )
+    .await?;
+    Ok(db)
+}
+
+/// A new master key (base64 text, shown once): store it outside the database and its backups.
+pub fn generate_master_key() -> Result<Zeroizing<String>, ServerError> {
+    let (key, text) = MasterKey::generate().map_err(StoreError::from)?;
+    drop(key);
+    Ok(text)
+}
+
+/// What `rewrap` did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rewrapped {
+    /// The id of the master key that now wraps the data key.
+    pub master_key: String,
+}
+
+/// Wraps the database's data key with `new` instead of `current` (the master key it is wrapped
+/// with now; `None` for a database started without one). Secret columns are not rewritten:
+/// after this only `new` opens the database. Keep `current` until every instance runs with
+/// `new`.
+pub async fn rewrap(
+    db: &Database,
+    current: Option<&dyn KeyEncryptionKey>,
+    new: &dyn KeyEncryptionKey,
+) -> Result<Rewrapped, ServerError> {
+    let master_key = crate::store::secrets::rewrap(
+        db,
+        current,
+        new,
+        crate::clock::Clock::now(&crate::clock::SystemClock),
+    )
+    .await?;
+    Ok(Rewrapped { master_key })
+}
+
+/// Purges what finished or expired more than `retention_days` days before `now` (0: nothing).
+pub async fn purge(
+    db: &Database,
+    retention_days: u32,
+    now: i64,
+) -> Result<crate::store::retention::Purged, ServerError> {
+    Ok(crate::store::retention::purge(db, retention_days, now).await?)
+}
+
+/// Sets the application's quotas of open QR sessions and pending requests (`None`: the
+/// server's default).
+pub async fn set_quotas(
+    db: &Database,
+    app: &ApplicationId,
+    quotas: applications::Quotas,
+) -> Result<(), ServerError> {
+    if quotas.max_open_qr_sessions == Some(0) || quotas.max_pending_requests == Some(0) {
+        return Err(ServerError::InvalidInput(
+            "a quota is at least 1 (leave it out for the server's default)".into(),
+        ));
+    }
+    if applications::set_quotas(db, app, quotas).await? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("application"))
+    }
 }

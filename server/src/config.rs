@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::Clock;
 use crate::ip_table::IpTable;
+use crate::secrets::KeyEncryptionKey;
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -106,6 +107,22 @@ pub struct ServerConfig {
     pub pairing_failures_per_code_bucket_per_minute: u32,
     /// Where `/metrics` is served instead of the main listener (`None`: on the main listener).
     pub metrics_listen: Option<SocketAddr>,
+    /// The key-encryption key ("master key") that wraps the database's data key, which seals
+    /// every secret column. `None`: the data key is stored unwrapped (a loud warning at start;
+    /// refused in production mode and once the database is protected by a master key).
+    pub master_key: Option<std::sync::Arc<dyn KeyEncryptionKey>>,
+    /// Production mode: refuse to start without a master key.
+    pub production: bool,
+    /// Days finished or expired authentications, QR sessions, passcode challenges, CIBA requests,
+    /// tokens and rejected enrollments are kept before they are purged (0: never purged).
+    pub retention_days: u32,
+    /// How often each instance purges what is past retention.
+    pub retention_sweep: std::time::Duration,
+    /// QR sessions open at once per application, unless the application sets its own quota.
+    pub max_open_qr_sessions_per_application: u32,
+    /// Authentication requests pending at once per application (customer API and CIBA), unless
+    /// the application sets its own quota.
+    pub max_pending_requests_per_application: u32,
 }
 
 /// FCM's production base URL.
@@ -154,6 +171,12 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             pairing_failures_per_code_bucket_per_minute: 30,
             metrics_listen: None,
+            master_key: None,
+            production: false,
+            retention_days: 30,
+            retention_sweep: std::time::Duration::from_secs(3600),
+            max_open_qr_sessions_per_application: 1000,
+            max_pending_requests_per_application: 10_000,
         }
     }
 }

@@ -75,6 +75,7 @@ pub mod oidc {
     }
 }
 pub mod qr_render;
+pub mod secrets;
 mod server;
 pub mod store;
 
@@ -84,5 +85,6 @@ pub use delivery::push::{ApnsEnvironment, PushCredentialsError};
 pub use error::ServerError;
 pub use http::openapi_document;
 pub use ip_table::IpTable;
+pub use secrets::{KeyEncryptionKey, MasterKey, SecretsError};
 pub use server::{RunningServer, Server};
 pub use store::{Database, StoreError};

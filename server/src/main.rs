@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! tessera-server serve [--listen 127.0.0.1:8080] [--database sqlite://tessera.db] [--public-url URL]
+//!     [--master-key-file PATH] [--production] [--retention-days DAYS]
 //! tessera-server admin [--database URL] create-app NAME
 //! tessera-server admin [--database URL] list-apps | rotate-api-key APP_ID
 //! tessera-server admin [--database URL] create-user APP_ID USER_ID [--display-name NAME]
@@ -22,6 +23,9 @@
 //!     [--jwks FILE] [--signing-alg ALG] [--user-code] [--allow-loopback-notifications] [--allow-private-notifications]
 //! tessera-server admin [--database URL] list-ciba-clients APP_ID | remove-ciba-client APP_ID CLIENT_ID
 //! tessera-server admin [--database URL] rotate-id-token-key
+//! tessera-server admin [--master-key-file PATH] generate-master-key | rewrap --new-master-key-file PATH
+//! tessera-server admin [--database URL] purge [--retention-days DAYS]
+//! tessera-server admin [--database URL] set-quotas APP_ID [--open-qr-sessions N] [--pending-requests N]
 //! tessera-server openapi
 //! ```
 
@@ -37,8 +41,8 @@ use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
 use tessera_server::store::applications::{AdditionalDevicePolicy, OtpPolicy, QrPolicy};
 use tessera_server::{
-    ApnsEnvironment, Database, IpTable, Server, ServerConfig, ServerError, SmtpConfig, StoreError,
-    admin,
+    ApnsEnvironment, IpTable, SecretsError, Server, ServerConfig, ServerError, SmtpConfig,
+    StoreError, admin,
 };
 
 #[derive(Parser)]
@@ -152,6 +156,22 @@ enum Command {
         /// Serve /metrics on this address only (the main listener then answers it 404).
         #[arg(long, env = "TESSERA_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        secrets: SecretsArgs,
+        /// Production mode (or TESSERA_ENV=production): refuse to start without a master key.
+        #[arg(long)]
+        production: bool,
+        /// Days finished or expired requests, sessions, challenges and tokens are kept before
+        /// they are purged (0: never).
+        #[arg(long, default_value_t = 30, env = "TESSERA_RETENTION_DAYS")]
+        retention_days: u32,
+        /// QR sessions open at once per application (unless the application sets its own).
+        #[arg(long, default_value_t = 1000)]
+        max_open_qr_sessions_per_app: u32,
+        /// Authentication requests pending at once per application (unless the application sets
+        /// its own).
+        #[arg(long, default_value_t = 10_000)]
+        max_pending_requests_per_app: u32,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -162,11 +182,22 @@ enum Command {
             env = "TESSERA_DATABASE_URL"
         )]
         database: String,
+        #[command(flatten)]
+        secrets: SecretsArgs,
         #[command(subcommand)]
         command: AdminCommand,
     },
     /// Print the OpenAPI document.
     Openapi,
+}
+
+/// Where the master key comes from.
+#[derive(clap::Args)]
+struct SecretsArgs {
+    /// File holding the master key (base64 of 32 bytes) that protects the database's secrets.
+    /// Without it, the key is read from TESSERA_MASTER_KEY (for containers), if set.
+    #[arg(long, env = "TESSERA_MASTER_KEY_FILE")]
+    master_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -376,6 +407,32 @@ enum AdminCommand {
         /// `fcm` or `apns`.
         provider: String,
     },
+    /// Print a new random master key (base64); store it outside the database and its backups.
+    GenerateMasterKey,
+    /// Wrap the database's data key with another master key (rotation of the master key, or
+    /// protecting a database started without one). Afterwards only the new key opens it.
+    Rewrap {
+        /// File holding the new master key.
+        #[arg(long)]
+        new_master_key_file: std::path::PathBuf,
+    },
+    /// Delete what finished or expired more than --retention-days days ago.
+    Purge {
+        /// Days to keep.
+        #[arg(long, default_value_t = 30, env = "TESSERA_RETENTION_DAYS")]
+        retention_days: u32,
+    },
+    /// Set an application's quotas; a quota left out is the server's default.
+    SetQuotas {
+        /// The application.
+        application_id: String,
+        /// QR sessions open at once.
+        #[arg(long)]
+        open_qr_sessions: Option<u32>,
+        /// Authentication requests pending at once.
+        #[arg(long)]
+        pending_requests: Option<u32>,
+    },
     /// List a user's devices.
     ListDevices {
         /// The application.
@@ -413,6 +470,17 @@ fn server_error_code(e: &ServerError) -> &'static str {
         ServerError::Store(StoreError::Corrupted(_)) => "corrupted",
         ServerError::Store(StoreError::NotFound(_)) => "not_found",
         ServerError::Store(StoreError::AlreadyExists(_)) => "already_exists",
+        ServerError::Store(StoreError::Secrets(SecretsError::MasterKeyRequired))
+        | ServerError::Store(StoreError::Secrets(SecretsError::MasterKeyMissing { .. })) => {
+            "master_key_required"
+        }
+        ServerError::Store(StoreError::Secrets(SecretsError::WrongMasterKey { .. })) => {
+            "wrong_master_key"
+        }
+        ServerError::Store(StoreError::Secrets(SecretsError::InvalidMasterKey(_))) => {
+            "invalid_master_key"
+        }
+        ServerError::Store(StoreError::Secrets(_)) => "secrets",
         ServerError::Store(_) => "database",
         ServerError::Bind { .. } => "bind",
         ServerError::Corrupted(_) => "corrupted",
@@ -444,8 +512,19 @@ async fn main() -> ExitCode {
             trusted_proxies,
             pairing_failures_per_code_bucket_per_minute,
             metrics_listen,
+            secrets,
+            production,
+            retention_days,
+            max_open_qr_sessions_per_app,
+            max_pending_requests_per_app,
         } => {
             init_logs(log_format);
+            let master_key = match admin::master_key_from(secrets.master_key_file.as_deref()) {
+                Ok(key) => key,
+                Err(e) => return fail(server_error_code(&e), e),
+            };
+            let production = production
+                || std::env::var("TESSERA_ENV").is_ok_and(|v| v.eq_ignore_ascii_case("production"));
             let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
                 Ok(u) => u,
                 Err(e) => return fail("invalid_input", e),
@@ -472,6 +551,11 @@ async fn main() -> ExitCode {
                 trusted_proxies,
                 pairing_failures_per_code_bucket_per_minute,
                 metrics_listen,
+                master_key,
+                production,
+                retention_days,
+                max_open_qr_sessions_per_application: max_open_qr_sessions_per_app,
+                max_pending_requests_per_application: max_pending_requests_per_app,
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -491,9 +575,13 @@ async fn main() -> ExitCode {
             server.shutdown().await;
             ExitCode::SUCCESS
         }
-        Command::Admin { database, command } => {
+        Command::Admin {
+            database,
+            secrets,
+            command,
+        } => {
             init_logs(LogFormat::Text);
-            match run_admin(&database, command).await {
+            match run_admin(&database, &secrets, command).await {
                 Ok(value) => {
                     println!("{value}");
                     ExitCode::SUCCESS
@@ -551,10 +639,41 @@ fn read_secret_file(
 
 async fn run_admin(
     database: &str,
+    secrets: &SecretsArgs,
     command: AdminCommand,
 ) -> Result<serde_json::Value, ServerError> {
-    let db = Database::connect(database, 2).await?;
+    if let AdminCommand::GenerateMasterKey = command {
+        let key = admin::generate_master_key()?;
+        return Ok(json!({"master_key": key.as_str()}));
+    }
+    let master_key = admin::master_key_from(secrets.master_key_file.as_deref())?;
+    let db = admin::open_database(database, master_key.as_deref()).await?;
     let value = match command {
+        AdminCommand::GenerateMasterKey => json!({}),
+        AdminCommand::Rewrap {
+            new_master_key_file,
+        } => {
+            let new = admin::master_key_from(Some(&new_master_key_file))?
+                .ok_or_else(|| ServerError::InvalidInput("no new master key".into()))?;
+            json!(admin::rewrap(&db, master_key.as_deref(), new.as_ref()).await?)
+        }
+        AdminCommand::Purge { retention_days } => {
+            let now = tessera_server::Clock::now(&tessera_server::SystemClock);
+            json!(admin::purge(&db, retention_days, now).await?)
+        }
+        AdminCommand::SetQuotas {
+            application_id,
+            open_qr_sessions,
+            pending_requests,
+        } => {
+            let app = parse_app(&application_id)?;
+            let quotas = tessera_server::store::applications::Quotas {
+                max_open_qr_sessions: open_qr_sessions,
+                max_pending_requests: pending_requests,
+            };
+            admin::set_quotas(&db, &app, quotas).await?;
+            json!({"application_id": app, "quotas": quotas})
+        }
         AdminCommand::RegisterCibaClient {
             application_id,
             name,

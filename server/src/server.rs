@@ -14,7 +14,9 @@ use crate::error::ServerError;
 use crate::http::router;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
-use crate::store::{Database, server_keys};
+use crate::secrets::SecretsError;
+use crate::store::secrets::{Opened, Protection};
+use crate::store::{Database, StoreError, server_keys};
 
 /// Starts servers.
 pub struct Server;
@@ -30,6 +32,7 @@ pub struct RunningServer {
     notifier: JoinHandle<()>,
     listener: JoinHandle<()>,
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    purger: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -42,12 +45,19 @@ impl Server {
     /// Connects to the database (running migrations), loads or creates the signing keys, binds
     /// the listen address and starts serving. When this returns, connections are accepted.
     pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
-        let db = Database::connect_with(
+        if config.production && config.master_key.is_none() {
+            return Err(StoreError::from(SecretsError::MasterKeyRequired).into());
+        }
+        let mut db = Database::connect_with(
             &config.database_url,
             config.max_connections,
             config.database_acquire_timeout,
         )
         .await?;
+        let opened = db
+            .open_secrets(config.master_key.as_deref(), config.clock.now())
+            .await?;
+        report_secrets(&opened);
         let keys = server_keys::load_or_create(&db, config.clock.now()).await?;
         let keys = KeyRing::new(keys).ok_or(ServerError::Corrupted("no server key"))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -122,6 +132,7 @@ impl Server {
             tracing::info!(metrics_addr = %bound, "metrics served on their own listener");
             (bound, task)
         });
+        let purger = tokio::spawn(crate::domain::retention::run(state.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -144,6 +155,7 @@ impl Server {
             notifier,
             listener: change_listener,
             metrics,
+            purger,
         })
     }
 }
@@ -186,6 +198,31 @@ impl RunningServer {
             task.abort();
         }
         self.listener.abort();
+        self.purger.abort();
         self.db.close().await;
+    }
+}
+
+/// Says how the database's secrets are protected: a warning nobody can miss without a master key.
+pub(crate) fn report_secrets(opened: &Opened) {
+    match &opened.protection {
+        Protection::MasterKey(kek_id) => {
+            tracing::info!(master_key = %kek_id, "secrets at rest sealed under the master key")
+        }
+        Protection::Unprotected => tracing::warn!(
+            "NO MASTER KEY: the database's secrets (OTP seeds, signing keys, push credentials) are \
+             sealed with a data key stored UNPROTECTED in the same database. Anyone who reads the \
+             database or a backup of it can open them. Give --master-key-file (see docs/secrets-and-retention.md); \
+             --production refuses to start without one"
+        ),
+    }
+    if opened.protected_now {
+        tracing::info!("the data key is now wrapped by the master key");
+    }
+    if opened.sealed_rows > 0 {
+        tracing::info!(
+            values = opened.sealed_rows,
+            "sealed secrets stored in clear"
+        );
     }
 }

@@ -437,3 +437,114 @@ fn admin_ciba_client_commands() {
         .to_string();
     assert_ne!(first, second);
 }
+
+#[test]
+fn master_key_commands_protect_rotate_and_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let key_file = |name: &str| {
+        let out = bin()
+            .args(["admin", "generate-master-key"])
+            .output()
+            .unwrap();
+        let key = json_of(&out)["master_key"].as_str().unwrap().to_string();
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{key}\n")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        (path.display().to_string(), key)
+    };
+    let (first, _) = key_file("first.key");
+    let (second, second_text) = key_file("second.key");
+    let admin = |key: Option<&str>, args: &[&str]| {
+        let mut command = bin();
+        command.args(["admin", "--database", &db]);
+        if let Some(key) = key {
+            command.args(["--master-key-file", key]);
+        }
+        command
+            .args(args)
+            .env_remove("TESSERA_MASTER_KEY")
+            .env_remove("TESSERA_MASTER_KEY_FILE")
+            .output()
+            .unwrap()
+    };
+    let error_code = |out: &std::process::Output| -> String {
+        assert!(!out.status.success());
+        let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+        err["error"]["code"].as_str().unwrap().to_string()
+    };
+
+    // Production mode without a master key does not start.
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+            "--production",
+        ])
+        .env_remove("TESSERA_MASTER_KEY")
+        .env_remove("TESSERA_MASTER_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("master_key_required"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let created = json_of(&admin(Some(&first), &["create-app", "Example Bank"]));
+    let app = created["application_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        error_code(&admin(None, &["list-apps"])),
+        "master_key_required"
+    );
+    assert_eq!(
+        error_code(&admin(Some(&second), &["list-apps"])),
+        "wrong_master_key"
+    );
+    json_of(&admin(Some(&first), &["list-apps"]));
+
+    // Rotation: after rewrap only the new key opens the database.
+    let rewrapped = json_of(&admin(
+        Some(&first),
+        &["rewrap", "--new-master-key-file", &second],
+    ));
+    assert!(
+        rewrapped["master_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("local:")
+    );
+    assert_eq!(
+        error_code(&admin(Some(&first), &["list-apps"])),
+        "wrong_master_key"
+    );
+    json_of(&admin(Some(&second), &["list-apps"]));
+    // The key itself in TESSERA_MASTER_KEY (containers).
+    let out = bin()
+        .args(["admin", "--database", &db, "list-apps"])
+        .env_remove("TESSERA_MASTER_KEY_FILE")
+        .env("TESSERA_MASTER_KEY", &second_text)
+        .output()
+        .unwrap();
+    json_of(&out);
+
+    let quotas = json_of(&admin(
+        Some(&second),
+        &["set-quotas", &app, "--open-qr-sessions", "50"],
+    ));
+    assert_eq!(quotas["quotas"]["max_open_qr_sessions"], 50);
+    assert_eq!(
+        quotas["quotas"]["max_pending_requests"],
+        serde_json::Value::Null
+    );
+    let purged = json_of(&admin(Some(&second), &["purge", "--retention-days", "30"]));
+    assert_eq!(purged["authentications"], 0);
+}

@@ -51,6 +51,7 @@ const LAYER_FILES: &[(&str, Layer)] = &[
     ("metrics.rs", Leaf),
     ("ip_table.rs", Leaf),
     ("qr_render.rs", Leaf),
+    ("secrets.rs", Leaf),
 ];
 
 /// The allowed graph: which other layers each layer may use (a layer may always use itself).

@@ -148,6 +148,38 @@ impl TestServer {
         &self.config
     }
 
+    /// [`TestServer::start_with`] on a database of this test's own: on PostgreSQL a new schema
+    /// of the `DATABASE_URL` database (its URL sets the `search_path`), so a test that protects
+    /// the database with a master key, or counts every row, leaves the shared schema alone. On
+    /// SQLite every test has its own file anyway.
+    pub async fn start_isolated_with(
+        backend: Backend,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let schema_url = match &backend {
+            Backend::Sqlite => None,
+            Backend::Postgres(url) => Some(isolated_postgres_schema(url).await),
+        };
+        Self::start_with(backend, |config| {
+            if let Some(url) = schema_url {
+                config.database_url = url;
+            }
+            adjust(config)
+        })
+        .await
+    }
+
+    /// Stops the server, keeping its database (and its SQLite folder) for another start.
+    pub async fn stop(self) -> StoppedServer {
+        self.server.shutdown().await;
+        StoppedServer {
+            config: self.config,
+            app: self.app,
+            backend: self.backend,
+            dir: self._dir,
+        }
+    }
+
     /// Creates a user and returns its id.
     pub async fn user(&self, user_id: &str) -> String {
         self.customer
@@ -165,6 +197,79 @@ impl TestServer {
             .expect("start pairing")
             .pairing_uri
     }
+}
+
+/// A test server that was stopped: its database and configuration, to start again.
+pub struct StoppedServer {
+    /// The configuration it ran with.
+    pub config: ServerConfig,
+    /// Its application.
+    pub app: CreatedApplication,
+    /// The backend.
+    pub backend: Backend,
+    dir: Arc<TempDir>,
+}
+
+impl StoppedServer {
+    /// Starts a server on the same database with the configuration adjusted by `adjust`, on a
+    /// free port; once, returning the error if it does not start.
+    pub async fn try_start(
+        &self,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Result<TestServer, tessera_server::ServerError> {
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        adjust(&mut config);
+        let server = Server::start(config.clone()).await?;
+        let base_url = format!("http://{}", server.local_addr());
+        let customer = CustomerApi::new(&base_url, &self.app.api_key);
+        Ok(TestServer {
+            server,
+            base_url,
+            app: self.app.clone(),
+            customer,
+            backend: self.backend.clone(),
+            config,
+            _dir: self.dir.clone(),
+        })
+    }
+
+    /// The SQLite database's files (the database, its WAL and shared memory), or nothing on
+    /// PostgreSQL.
+    pub fn sqlite_files(&self) -> Vec<PathBuf> {
+        match self.backend {
+            Backend::Sqlite => ["tessera.db", "tessera.db-wal", "tessera.db-shm"]
+                .iter()
+                .map(|name| self.dir.path().join(name))
+                .filter(|path| path.exists())
+                .collect(),
+            Backend::Postgres(_) => Vec::new(),
+        }
+    }
+}
+
+/// A new, empty schema of the PostgreSQL database at `url`, and a URL whose connections use it.
+pub async fn isolated_postgres_schema(url: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let schema = format!(
+        "test_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst),
+        nanos
+    );
+    let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .expect("create schema");
+    pool.close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
 }
 
 async fn start_server(config: ServerConfig) -> RunningServer {

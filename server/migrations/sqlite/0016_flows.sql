@@ -16,6 +16,8 @@ CREATE TABLE flows (
 );
 -- The follow-up that moves a flow when its push is answered finds it by the push.
 CREATE INDEX flows_by_authentication ON flows (authentication_id);
+-- Retention purges flows past their expiry.
+CREATE INDEX flows_by_expiry ON flows (expires_at);
 
 -- Every action applied to a flow, in order: the transitions, and the refused attempts (a wrong
 -- passcode) with their error code.

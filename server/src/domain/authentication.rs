@@ -605,7 +605,12 @@ pub(crate) async fn create(
         record.otp_after = Some(record.created_at + i64::from(after));
     }
     record.backup_channels = backup_channels;
-    authentications::insert(ctx.db.writer(), &record).await?;
+    let quota = super::applications::quotas(ctx, &app.id)
+        .await?
+        .pending_requests;
+    let mut tx = ctx.db.begin_write().await?;
+    super::applications::insert_within_pending_quota(ctx, &mut tx, &record, quota).await?;
+    tx.commit().await?;
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
     // Push is a hint, delivered in the background; the request is already stored for pulling.
     // Without a chosen device, the user's other devices are the fallback.

@@ -387,7 +387,7 @@ async fn create_enrollment(
         return Ok(Err(e));
     }
     if let Some(seed) = &otp_seed {
-        crate::store::otp::set_seed(tx, &enrollment.enrollment_id, seed).await?;
+        crate::store::otp::set_seed(tx, ctx.db.secrets()?, &enrollment.enrollment_id, seed).await?;
     }
     if let Some(request) = &verification {
         authentications::insert(&mut *tx, request).await?;

@@ -161,7 +161,10 @@ pub(crate) async fn create_session(
         location: body.accessing_location,
     };
     let expires_at = now + i64::from(expires_in);
-    qr_sessions::insert(
+    let quota = super::applications::quotas(ctx, &app.id)
+        .await?
+        .open_qr_sessions;
+    let inserted = qr_sessions::insert_within_quota(
         &ctx.db,
         &NewQrSession {
             id: &id,
@@ -176,8 +179,12 @@ pub(crate) async fn create_session(
             created_at: now,
             expires_at,
         },
+        quota,
     )
     .await?;
+    if !inserted {
+        return Err(super::applications::over_quota("open QR sessions", quota));
+    }
     tracing::info!(qr_session_id = %id, "QR session created");
     let uri = QrUri {
         server: ctx.public_url.clone(),

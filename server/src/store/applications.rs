@@ -5,7 +5,10 @@ use sqlx::Row;
 use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
 use tessera_protocol::ids::ApplicationId;
 
+use zeroize::Zeroizing;
+
 use super::Database;
+use super::secrets::{open_text, place, seal_text};
 use crate::store::StoreError;
 
 /// An application as stored.
@@ -196,9 +199,9 @@ pub struct PushSettings {
     /// The webhook URL, if any: it receives every push.
     pub webhook_url: Option<String>,
     /// FCM HTTP v1 credentials (JSON), if any.
-    pub fcm: Option<String>,
+    pub fcm: Option<Zeroizing<String>>,
     /// APNs token-auth credentials (JSON), if any.
-    pub apns: Option<String>,
+    pub apns: Option<Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for PushSettings {
@@ -222,11 +225,20 @@ pub async fn push_settings(
             .bind(id.as_str())
             .fetch_optional(db.pool())
             .await?;
+    let secrets = db.secrets()?;
     row.map(|r| {
         Ok(PushSettings {
             webhook_url: r.try_get("push_webhook_url")?,
-            fcm: r.try_get("push_fcm")?,
-            apns: r.try_get("push_apns")?,
+            fcm: open_text(
+                secrets,
+                place("applications", "push_fcm", id.as_str()),
+                r.try_get("push_fcm")?,
+            )?,
+            apns: open_text(
+                secrets,
+                place("applications", "push_apns", id.as_str()),
+                r.try_get("push_apns")?,
+            )?,
         })
     })
     .transpose()
@@ -239,8 +251,13 @@ pub async fn set_push_fcm(
     id: &ApplicationId,
     credentials: Option<&str>,
 ) -> Result<bool, StoreError> {
+    let sealed = seal_text(
+        db.secrets()?,
+        place("applications", "push_fcm", id.as_str()),
+        credentials,
+    )?;
     let done = sqlx::query("UPDATE applications SET push_fcm = $1 WHERE id = $2")
-        .bind(credentials)
+        .bind(sealed)
         .bind(id.as_str())
         .execute(db.writer())
         .await?;
@@ -314,8 +331,13 @@ pub async fn set_push_apns(
     id: &ApplicationId,
     credentials: Option<&str>,
 ) -> Result<bool, StoreError> {
+    let sealed = seal_text(
+        db.secrets()?,
+        place("applications", "push_apns", id.as_str()),
+        credentials,
+    )?;
     let done = sqlx::query("UPDATE applications SET push_apns = $1 WHERE id = $2")
-        .bind(credentials)
+        .bind(sealed)
         .bind(id.as_str())
         .execute(db.writer())
         .await?;
@@ -458,11 +480,16 @@ pub async fn set_sms_webhook(
     id: &ApplicationId,
     webhook: Option<(&str, &str)>,
 ) -> Result<bool, StoreError> {
+    let sealed = seal_text(
+        db.secrets()?,
+        place("applications", "sms_webhook_secret", id.as_str()),
+        webhook.map(|(_, secret)| secret),
+    )?;
     let done = sqlx::query(
         "UPDATE applications SET sms_webhook_url = $1, sms_webhook_secret = $2 WHERE id = $3",
     )
     .bind(webhook.map(|(url, _)| url))
-    .bind(webhook.map(|(_, secret)| secret))
+    .bind(sealed)
     .bind(id.as_str())
     .execute(db.writer())
     .await?;
@@ -484,6 +511,74 @@ pub async fn sms_webhook(
         return Ok(None);
     };
     let url: Option<String> = row.try_get("sms_webhook_url")?;
-    let secret: Option<String> = row.try_get("sms_webhook_secret")?;
-    Ok(url.map(|url| (url, secret.map(zeroize::Zeroizing::new))))
+    let secret = open_text(
+        db.secrets()?,
+        place("applications", "sms_webhook_secret", id.as_str()),
+        row.try_get("sms_webhook_secret")?,
+    )?;
+    Ok(url.map(|url| (url, secret)))
+}
+
+/// An application's own quotas (`None`: the server's default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Quotas {
+    /// QR sessions open at once.
+    pub max_open_qr_sessions: Option<u32>,
+    /// Authentication requests pending at once.
+    pub max_pending_requests: Option<u32>,
+}
+
+/// The application's own quotas.
+pub async fn quotas(db: &Database, id: &ApplicationId) -> Result<Quotas, StoreError> {
+    let row = sqlx::query(
+        "SELECT max_open_qr_sessions, max_pending_requests FROM applications WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or(StoreError::NotFound("application"))?;
+    let quota = |column: &'static str| -> Result<Option<u32>, StoreError> {
+        row.try_get::<Option<i64>, _>(column)?
+            .map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupted(column)))
+            .transpose()
+    };
+    Ok(Quotas {
+        max_open_qr_sessions: quota("max_open_qr_sessions")?,
+        max_pending_requests: quota("max_pending_requests")?,
+    })
+}
+
+/// Sets the application's own quotas. Returns false if there is no such application.
+pub async fn set_quotas(
+    db: &Database,
+    id: &ApplicationId,
+    quotas: Quotas,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE applications SET max_open_qr_sessions = $1, max_pending_requests = $2 WHERE id = $3",
+    )
+    .bind(quotas.max_open_qr_sessions.map(i64::from))
+    .bind(quotas.max_pending_requests.map(i64::from))
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Serialises quota checks of one application until the transaction ends, so a count followed
+/// by an insert cannot be overtaken by another: on PostgreSQL a `FOR NO KEY UPDATE` row lock on
+/// the application (which the foreign-key checks of other inserts do not wait for); on SQLite
+/// the write transaction already holds the database's write lock.
+pub async fn lock_for_quota(
+    conn: &mut sqlx::AnyConnection,
+    engine: super::Engine,
+    id: &ApplicationId,
+) -> Result<(), StoreError> {
+    if engine == super::Engine::Postgres {
+        sqlx::query("SELECT id FROM applications WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }

@@ -217,6 +217,24 @@ impl Authentication {
     }
 }
 
+/// How many authentications of the application are pending (not answered, not expired) at
+/// `now`. Run after [`super::applications::lock_for_quota`] in the transaction that inserts, so
+/// the count stays true until the insert.
+pub async fn pending_for_application(
+    conn: &mut sqlx::AnyConnection,
+    app: &ApplicationId,
+    now: i64,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM authentications WHERE application_id = $1 AND state = 'pending' \
+         AND expires_at > $2",
+    )
+    .bind(app.as_str())
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
 /// Records a new pending authentication (on the pool, or inside a transaction).
 pub async fn insert<'e, E>(executor: E, a: &Authentication) -> Result<(), StoreError>
 where

@@ -4,7 +4,9 @@ use sqlx::Row;
 use tessera_protocol::ciba::{CibaClientInfo, ClientAuthMethod, DeliveryMode};
 use tessera_protocol::ids::{ApplicationId, UserId};
 
+use super::secrets::{open_text, place, seal_text};
 use super::{Database, is_unique_violation};
+use crate::secrets::DataKey;
 use crate::store::StoreError;
 
 /// A registered client.
@@ -223,9 +225,16 @@ const REQUEST_COLUMNS: &str = "auth_req_id, client_id, authentication_id, applic
     scope, acr, client_notification_token, poll_interval, last_polled_at_ms, created_at, expires_at, \
     tokens_issued_at, notify_state, notify_attempts, notify_due_at_ms";
 
-fn request_from_row(row: &sqlx::any::AnyRow) -> Result<CibaRequest, StoreError> {
+fn request_from_row(secrets: &DataKey, row: &sqlx::any::AnyRow) -> Result<CibaRequest, StoreError> {
+    let auth_req_id: String = row.try_get("auth_req_id")?;
+    let client_notification_token = open_text(
+        secrets,
+        place("ciba_requests", "client_notification_token", &auth_req_id),
+        row.try_get("client_notification_token")?,
+    )?
+    .map(|t| t.as_str().to_string());
     Ok(CibaRequest {
-        auth_req_id: row.try_get("auth_req_id")?,
+        auth_req_id,
         client_id: row.try_get("client_id")?,
         authentication_id: row.try_get("authentication_id")?,
         application_id: row
@@ -238,7 +247,7 @@ fn request_from_row(row: &sqlx::any::AnyRow) -> Result<CibaRequest, StoreError> 
             .map_err(|_| StoreError::Corrupted("user id"))?,
         scope: row.try_get("scope")?,
         acr: row.try_get("acr")?,
-        client_notification_token: row.try_get("client_notification_token")?,
+        client_notification_token,
         poll_interval: row.try_get("poll_interval")?,
         last_polled_at_ms: row.try_get("last_polled_at_ms")?,
         created_at: row.try_get("created_at")?,
@@ -251,11 +260,20 @@ fn request_from_row(row: &sqlx::any::AnyRow) -> Result<CibaRequest, StoreError> 
     })
 }
 
-/// Stores a new request.
-pub async fn insert_request<'e, E>(executor: E, r: &CibaRequest) -> Result<(), StoreError>
+/// Stores a new request (its notification token sealed with `secrets`).
+pub async fn insert_request<'e, E>(
+    executor: E,
+    secrets: &DataKey,
+    r: &CibaRequest,
+) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
+    let notification_token = seal_text(
+        secrets,
+        place("ciba_requests", "client_notification_token", &r.auth_req_id),
+        r.client_notification_token.as_deref(),
+    )?;
     sqlx::query(&format!(
         "INSERT INTO ciba_requests ({REQUEST_COLUMNS}) VALUES \
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
@@ -267,7 +285,7 @@ where
     .bind(r.user_id.as_str())
     .bind(&r.scope)
     .bind(&r.acr)
-    .bind(r.client_notification_token.as_deref())
+    .bind(notification_token)
     .bind(r.poll_interval)
     .bind(r.last_polled_at_ms)
     .bind(r.created_at)
@@ -289,7 +307,10 @@ pub async fn request(db: &Database, auth_req_id: &str) -> Result<Option<CibaRequ
     .bind(auth_req_id)
     .fetch_optional(db.pool())
     .await?;
-    row.as_ref().map(request_from_row).transpose()
+    let secrets = db.secrets()?;
+    row.as_ref()
+        .map(|row| request_from_row(secrets, row))
+        .transpose()
 }
 
 /// Records a token request unless it comes sooner than the interval after the previous one;
@@ -386,7 +407,10 @@ pub async fn due_notifications(
     .bind(limit)
     .fetch_all(db.pool())
     .await?;
-    rows.iter().map(request_from_row).collect()
+    let secrets = db.secrets()?;
+    rows.iter()
+        .map(|row| request_from_row(secrets, row))
+        .collect()
 }
 
 /// Claims one due delivery for this instance until `lease_until` (so no other instance sends
@@ -642,11 +666,16 @@ pub async fn signing_keys(db: &Database) -> Result<Vec<StoredSigningKey>, StoreE
     )
     .fetch_all(db.pool())
     .await?;
+    let secrets = db.secrets()?;
     rows.iter()
         .map(|row| {
+            let kid: String = row.try_get("kid")?;
+            let sealed = zeroize::Zeroizing::new(row.try_get::<Vec<u8>, _>("private_key")?);
+            let private_key =
+                secrets.open(place("oidc_signing_keys", "private_key", &kid), &sealed)?;
             Ok(StoredSigningKey {
-                kid: row.try_get("kid")?,
-                private_key: zeroize::Zeroizing::new(row.try_get::<Vec<u8>, _>("private_key")?),
+                kid,
+                private_key,
                 created_at: row.try_get("created_at")?,
                 retired_at: row.try_get("retired_at")?,
             })
@@ -662,6 +691,9 @@ pub async fn add_signing_key(
     public_jwk: &str,
     now: i64,
 ) -> Result<(), StoreError> {
+    let sealed = db
+        .secrets()?
+        .seal(place("oidc_signing_keys", "private_key", kid), private_key)?;
     let mut tx = db.begin_write().await?;
     sqlx::query("UPDATE oidc_signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
         .bind(now)
@@ -671,7 +703,7 @@ pub async fn add_signing_key(
         "INSERT INTO oidc_signing_keys (kid, private_key, public_jwk, created_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(kid)
-    .bind(private_key)
+    .bind(sealed.into_bytes())
     .bind(public_jwk)
     .bind(now)
     .execute(&mut *tx)

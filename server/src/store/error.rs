@@ -25,6 +25,12 @@ pub enum StoreError {
     /// The thing already exists.
     #[error("already exists: {0}")]
     AlreadyExists(&'static str),
+    /// Secrets at rest: the master key is missing or wrong, or a stored secret does not open.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
+    /// A secret column was used before the data key was opened ([`super::Database::open_secrets`]).
+    #[error("the database's data key is not open")]
+    SecretsLocked,
 }
 
 impl StoreError {

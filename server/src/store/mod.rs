@@ -15,6 +15,8 @@ pub mod otp;
 pub mod otp_challenges;
 pub mod pairing_codes;
 pub mod qr_sessions;
+pub mod retention;
+pub mod secrets;
 pub mod server_keys;
 pub mod throttle;
 pub mod users;
@@ -58,6 +60,8 @@ pub struct Database {
     writer: AnyPool,
     engine: Engine,
     url: Arc<Zeroizing<String>>,
+    /// The data key sealing secret columns, once [`Database::open_secrets`] opened it.
+    secrets: Option<Arc<crate::secrets::DataKey>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -156,6 +160,7 @@ impl Database {
             writer,
             engine,
             url: Arc::new(Zeroizing::new(url)),
+            secrets: None,
         })
     }
 
@@ -177,6 +182,23 @@ impl Database {
             Engine::Postgres => "BEGIN",
         };
         Ok(self.writer.begin_with(begin).await?)
+    }
+
+    /// Opens the data key that seals secret columns (see [`secrets::open`]) with the master key,
+    /// if any, and keeps it for the store functions of this handle and its clones made after.
+    pub async fn open_secrets(
+        &mut self,
+        master_key: Option<&dyn crate::secrets::KeyEncryptionKey>,
+        now: i64,
+    ) -> Result<secrets::Opened, StoreError> {
+        let (key, opened) = secrets::open(self, master_key, now).await?;
+        self.secrets = Some(Arc::new(key));
+        Ok(opened)
+    }
+
+    /// The data key, or [`StoreError::SecretsLocked`] before [`Database::open_secrets`].
+    pub(crate) fn secrets(&self) -> Result<&crate::secrets::DataKey, StoreError> {
+        self.secrets.as_deref().ok_or(StoreError::SecretsLocked)
     }
 
     /// The engine.

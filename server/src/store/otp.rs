@@ -8,6 +8,8 @@ use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use zeroize::Zeroizing;
 
 use super::Database;
+use super::secrets::place;
+use crate::secrets::DataKey;
 use crate::store::StoreError;
 
 /// An active enrollment's seed, as the server checks codes against it.
@@ -23,12 +25,17 @@ pub struct EnrollmentSeed {
 /// Stores an enrollment's seed (inside the pairing transaction).
 pub async fn set_seed(
     conn: &mut AnyConnection,
+    secrets: &DataKey,
     enrollment: &EnrollmentId,
     seed: &[u8],
 ) -> Result<(), StoreError> {
     let encoded = Zeroizing::new(URL_SAFE_NO_PAD.encode(seed));
+    let sealed = secrets.seal(
+        place("enrollments", "otp_seed", enrollment.as_str()),
+        encoded.as_bytes(),
+    )?;
     sqlx::query("UPDATE enrollments SET otp_seed = $1 WHERE enrollment_id = $2")
-        .bind(encoded.as_str())
+        .bind(sealed)
         .bind(enrollment.as_str())
         .execute(&mut *conn)
         .await?;
@@ -50,17 +57,19 @@ pub async fn seeds_for_user(
     .bind(user.as_str())
     .fetch_all(db.pool())
     .await?;
+    let secrets = db.secrets()?;
     rows.iter()
         .map(|r| {
-            let seed: Zeroizing<String> = Zeroizing::new(r.try_get("otp_seed")?);
+            let id: String = r.try_get("enrollment_id")?;
+            let sealed: Zeroizing<String> = Zeroizing::new(r.try_get("otp_seed")?);
+            let seed = secrets.open(place("enrollments", "otp_seed", &id), sealed.as_bytes())?;
             Ok(EnrollmentSeed {
-                enrollment_id: r
-                    .try_get::<String, _>("enrollment_id")?
+                enrollment_id: id
                     .parse()
                     .map_err(|_| StoreError::Corrupted("enrollment id"))?,
                 seed: Zeroizing::new(
                     URL_SAFE_NO_PAD
-                        .decode(seed.as_bytes())
+                        .decode(seed.as_slice())
                         .map_err(|_| StoreError::Corrupted("otp seed"))?,
                 ),
                 last_step: r.try_get("otp_last_step")?,
@@ -195,6 +204,10 @@ pub async fn insert_token(
     token: &OathToken,
 ) -> Result<(), StoreError> {
     let encoded = Zeroizing::new(URL_SAFE_NO_PAD.encode(token.seed.as_slice()));
+    let sealed = db.secrets()?.seal(
+        place("otp_tokens", "seed", &token.token_id),
+        encoded.as_bytes(),
+    )?;
     sqlx::query(
         "INSERT INTO otp_tokens (token_id, application_id, user_id, kind, seed, algorithm, digits, \
          period, counter, last_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -203,7 +216,7 @@ pub async fn insert_token(
     .bind(app.as_str())
     .bind(user.as_str())
     .bind(token.kind.as_str())
-    .bind(encoded.as_str())
+    .bind(sealed)
     .bind(token.algorithm.as_str())
     .bind(i64::from(token.digits))
     .bind(token.period.map(i64::from))
@@ -229,17 +242,20 @@ pub async fn tokens_for_user(
     .bind(user.as_str())
     .fetch_all(db.pool())
     .await?;
+    let secrets = db.secrets()?;
     rows.iter()
         .map(|r| {
-            let seed: Zeroizing<String> = Zeroizing::new(r.try_get("seed")?);
+            let token_id: String = r.try_get("token_id")?;
+            let sealed: Zeroizing<String> = Zeroizing::new(r.try_get("seed")?);
+            let seed = secrets.open(place("otp_tokens", "seed", &token_id), sealed.as_bytes())?;
             let period: Option<i64> = r.try_get("period")?;
             Ok(OathToken {
-                token_id: r.try_get("token_id")?,
+                token_id,
                 kind: OtpTokenKind::parse(&r.try_get::<String, _>("kind")?)
                     .ok_or(StoreError::Corrupted("token kind"))?,
                 seed: Zeroizing::new(
                     URL_SAFE_NO_PAD
-                        .decode(seed.as_bytes())
+                        .decode(seed.as_slice())
                         .map_err(|_| StoreError::Corrupted("token seed"))?,
                 ),
                 algorithm: OtpAlgorithm::parse(&r.try_get::<String, _>("algorithm")?)

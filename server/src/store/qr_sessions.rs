@@ -8,6 +8,8 @@ use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
 use tessera_protocol::qr::{QrSessionId, QrSessionState};
 
 use super::Database;
+use super::secrets::{open_text, place};
+use crate::secrets::DataKey;
 use crate::store::StoreError;
 
 /// A QR session as stored.
@@ -72,7 +74,14 @@ fn parse_opt<T: std::str::FromStr>(
         .transpose()
 }
 
-fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<QrSession, StoreError> {
+fn from_row(secrets: &DataKey, row: &sqlx::any::AnyRow, now: i64) -> Result<QrSession, StoreError> {
+    let id: String = row.try_get("id")?;
+    let token = open_text(
+        secrets,
+        place("qr_sessions", "token", &id),
+        row.try_get("token")?,
+    )?
+    .map(|t| t.as_str().to_string());
     let state = QrSessionState::parse(&row.try_get::<String, _>("state")?)
         .ok_or(StoreError::Corrupted("qr state"))?;
     let expires_at: i64 = row.try_get("expires_at")?;
@@ -85,16 +94,13 @@ fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<QrSession, StoreError> 
     let candidates: Option<String> = row.try_get("candidates")?;
     let decision: Option<String> = row.try_get("decision")?;
     Ok(QrSession {
-        id: row
-            .try_get::<String, _>("id")?
-            .parse()
-            .map_err(|_| StoreError::Corrupted("qr id"))?,
+        id: id.parse().map_err(|_| StoreError::Corrupted("qr id"))?,
         application_id: row
             .try_get::<String, _>("application_id")?
             .parse()
             .map_err(|_| StoreError::Corrupted("application id"))?,
         restricted_user_id: parse_opt(row, "restricted_user_id")?,
-        token: row.try_get("token")?,
+        token,
         code_expires_at: row.try_get("code_expires_at")?,
         context: serde_json::from_str(&context).map_err(|_| StoreError::Corrupted("context"))?,
         redirect_url: row.try_get("redirect_url")?,
@@ -182,9 +188,50 @@ pub struct NewQrSession<'a> {
     pub expires_at: i64,
 }
 
+/// Stores a new session unless its application already has `quota` sessions open (not final
+/// and not expired at `s.created_at`); returns false then. The count and the insert are one
+/// serialised step per application, so a burst never overshoots the quota.
+pub async fn insert_within_quota(
+    db: &Database,
+    s: &NewQrSession<'_>,
+    quota: u32,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    super::applications::lock_for_quota(&mut tx, db.engine(), s.application_id).await?;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM qr_sessions WHERE application_id = $1 \
+         AND state IN ('created', 'scanned', 'verifying') AND expires_at > $2",
+    )
+    .bind(s.application_id.as_str())
+    .bind(s.created_at)
+    .fetch_one(&mut *tx)
+    .await?;
+    if open >= i64::from(quota) {
+        return Ok(false);
+    }
+    insert_with(&mut *tx, db.secrets()?, s).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Stores a new session.
 pub async fn insert(db: &Database, s: &NewQrSession<'_>) -> Result<(), StoreError> {
+    insert_with(db.writer(), db.secrets()?, s).await
+}
+
+async fn insert_with<'e, E>(
+    executor: E,
+    secrets: &DataKey,
+    s: &NewQrSession<'_>,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let context = serde_json::to_string(s.context).map_err(|_| StoreError::Corrupted("context"))?;
+    let token = secrets.seal(
+        place("qr_sessions", "token", s.id.as_str()),
+        s.token.as_bytes(),
+    )?;
     sqlx::query(
         "INSERT INTO qr_sessions (id, application_id, restricted_user_id, token, token_digest, \
          code_expires_at, browser_token_digest, context, redirect_url, state, version, created_at, expires_at) \
@@ -193,7 +240,7 @@ pub async fn insert(db: &Database, s: &NewQrSession<'_>) -> Result<(), StoreErro
     .bind(s.id.as_str())
     .bind(s.application_id.as_str())
     .bind(s.restricted_user_id.map(UserId::as_str))
-    .bind(s.token)
+    .bind(token)
     .bind(s.token_digest)
     .bind(s.code_expires_at)
     .bind(s.browser_token_digest)
@@ -201,7 +248,7 @@ pub async fn insert(db: &Database, s: &NewQrSession<'_>) -> Result<(), StoreErro
     .bind(s.redirect_url)
     .bind(s.created_at)
     .bind(s.expires_at)
-    .execute(db.writer())
+    .execute(executor)
     .await?;
     Ok(())
 }
@@ -218,7 +265,8 @@ async fn one(
     .bind(value)
     .fetch_optional(db.pool())
     .await?;
-    row.as_ref().map(|r| from_row(r, now)).transpose()
+    let secrets = db.secrets()?;
+    row.as_ref().map(|r| from_row(secrets, r, now)).transpose()
 }
 
 /// One session by id.
@@ -267,6 +315,9 @@ pub async fn renew_code(
     code_expires_at: i64,
     now: i64,
 ) -> Result<bool, StoreError> {
+    let token = db
+        .secrets()?
+        .seal(place("qr_sessions", "token", id.as_str()), token.as_bytes())?;
     let done = sqlx::query(
         "UPDATE qr_sessions SET token = $1, token_digest = $2, code_expires_at = $3, version = version + 1 \
          WHERE id = $4 AND state = 'created' AND expires_at > $5",

@@ -25,3 +25,5 @@ mod push;
 mod push_providers;
 mod qr;
 mod qr_browser;
+mod retention;
+mod secrets;

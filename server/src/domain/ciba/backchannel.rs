@@ -4,7 +4,6 @@
 use base64::Engine;
 use rand::RngCore;
 use serde_json::{Map, Value};
-use subtle::ConstantTimeEq;
 use tessera_protocol::authentication::{AccessContext, AuthenticationKind, CibaDetails};
 use tessera_protocol::ciba::{ACR_MOBILE_USER_VERIFIED, BackchannelAcknowledgement, DeliveryMode};
 use tessera_protocol::ids::UserId;
@@ -12,7 +11,7 @@ use tessera_protocol::ids::UserId;
 use super::client_auth::{
     self, BasicCredentials, CLIENT_AUTH_PARAMS, CLOCK_SKEW, ClientJwtError, Form, MAX_JWT_LIFETIME,
 };
-use super::clients::user_code_digest;
+use super::clients::user_code_matches;
 use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
 use crate::domain::authentication::{
@@ -20,7 +19,7 @@ use crate::domain::authentication::{
 };
 use crate::domain::{Ctx, DomainError};
 use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
-use crate::store::{applications, authentications, nonces, users};
+use crate::store::{applications, nonces, users};
 
 /// Longest binding message, in characters.
 pub(crate) const MAX_BINDING_MESSAGE: usize = 100;
@@ -337,11 +336,8 @@ async fn check_user_code(
             },
         );
     };
-    let right = bool::from(
-        user_code_digest(&salt, code)
-            .as_bytes()
-            .ct_eq(digest.as_bytes()),
-    );
+    let right =
+        user_code_matches(state, &client.application_id, user, &salt, &digest, code).await?;
     if right {
         ciba::record_user_code_attempt(&state.db, &client.application_id, user, false).await?;
         Ok(())
@@ -505,9 +501,19 @@ async fn start(
         notify_attempts: 0,
         notify_due_at_ms: None,
     };
+    let quota = crate::domain::applications::quotas(state, &client.application_id)
+        .await?
+        .pending_requests;
     let mut tx = state.db.begin_write().await?;
-    authentications::insert(&mut *tx, &record).await?;
-    ciba::insert_request(&mut *tx, &request).await?;
+    crate::domain::applications::insert_within_pending_quota(state, &mut tx, &record, quota)
+        .await
+        .map_err(|e| match e {
+            DomainError::Refused { message, .. } => {
+                OAuthError::new(OAuthCode::AccessDenied, message)
+            }
+            other => OAuthError::from(other),
+        })?;
+    ciba::insert_request(&mut *tx, state.db.secrets()?, &request).await?;
     tx.commit().await?;
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
     crate::domain::outcome::request_created(state, &record).await;

@@ -4,6 +4,7 @@
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use rand::RngCore;
+use subtle::ConstantTimeEq;
 use tessera_protocol::ciba::{
     CibaClientRegistered, ClientAuthMethod, DeliveryMode, RegisterCibaClient,
 };
@@ -16,6 +17,7 @@ use super::client_auth::asymmetric_algorithm;
 use crate::config::ServerConfig;
 use crate::domain::ssrf::{self, TargetPolicy};
 use crate::domain::{Ctx, DomainError};
+use crate::secrets::DataKey;
 use crate::store::ciba::{self, CibaClient};
 use crate::store::{Database, applications};
 
@@ -199,7 +201,7 @@ pub(crate) async fn set_user_code(
     let mut salt = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut salt);
     let salt = hex::encode(salt);
-    let digest = user_code_digest(&salt, code);
+    let digest = user_code_digest(ctx.db.secrets()?, app, user, &salt, code);
     Ok(ciba::set_user_code(&ctx.db, app, user, &salt, &digest).await?)
 }
 
@@ -213,11 +215,65 @@ fn check_user_code(code: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// Salted SHA-256 of a user code, base64url.
-pub(crate) fn user_code_digest(salt: &str, code: &str) -> String {
+/// What a user code's keyed digest starts with.
+const KEYED_DIGEST_PREFIX: &str = "mac1:";
+
+/// A user code's keyed digest: HMAC-SHA-256 under a key derived from the database's data key,
+/// over the application, the user, the salt and the code. Whoever reads the database without the
+/// master key cannot test guesses of a short code against it offline (a salted fast digest of a
+/// 4-digit code falls to 10,000 tries).
+pub(crate) fn user_code_digest(
+    secrets: &DataKey,
+    app: &ApplicationId,
+    user: &UserId,
+    salt: &str,
+    code: &str,
+) -> String {
+    let mac = secrets.keyed_digest(
+        "ciba user code",
+        &[
+            app.as_str().as_bytes(),
+            user.as_str().as_bytes(),
+            salt.as_bytes(),
+            code.as_bytes(),
+        ],
+    );
+    format!("{KEYED_DIGEST_PREFIX}{mac}")
+}
+
+/// The salted SHA-256 digest user codes were stored as before keyed digests: still accepted,
+/// and replaced by the keyed digest at the first right use.
+fn legacy_user_code_digest(salt: &str, code: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("{salt}\n{code}").as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+}
+
+/// Whether `code` is the user's code, compared in constant time with the stored digest. A right
+/// code stored under the legacy digest is re-stored under the keyed one.
+pub(crate) async fn user_code_matches(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    salt: &str,
+    stored: &str,
+    code: &str,
+) -> Result<bool, DomainError> {
+    let secrets = ctx.db.secrets()?;
+    if stored.starts_with(KEYED_DIGEST_PREFIX) {
+        let digest = user_code_digest(secrets, app, user, salt, code);
+        return Ok(bool::from(digest.as_bytes().ct_eq(stored.as_bytes())));
+    }
+    let right = bool::from(
+        legacy_user_code_digest(salt, code)
+            .as_bytes()
+            .ct_eq(stored.as_bytes()),
+    );
+    if right {
+        let digest = user_code_digest(secrets, app, user, salt, code);
+        ciba::set_user_code(&ctx.db, app, user, salt, &digest).await?;
+    }
+    Ok(right)
 }
 
 #[cfg(test)]
@@ -234,9 +290,22 @@ mod tests {
     }
 
     #[test]
-    fn user_code_digests_are_salted() {
-        assert_eq!(user_code_digest("a", "1234"), user_code_digest("a", "1234"));
-        assert_ne!(user_code_digest("a", "1234"), user_code_digest("b", "1234"));
+    fn user_code_digests_are_keyed_salted_and_bound_to_the_user() {
+        let key = DataKey::generate().expect("key");
+        let other_key = DataKey::generate().expect("key");
+        let app: ApplicationId = ApplicationId::generate();
+        let alice: UserId = "alice".parse().expect("user");
+        let bob: UserId = "bob".parse().expect("user");
+        let digest = user_code_digest(&key, &app, &alice, "a", "1234");
+        assert!(digest.starts_with(KEYED_DIGEST_PREFIX));
+        assert_eq!(digest, user_code_digest(&key, &app, &alice, "a", "1234"));
+        assert_ne!(digest, user_code_digest(&key, &app, &alice, "b", "1234"));
+        assert_ne!(digest, user_code_digest(&key, &app, &bob, "a", "1234"));
+        assert_ne!(
+            digest,
+            user_code_digest(&other_key, &app, &alice, "a", "1234")
+        );
+        assert_ne!(digest, legacy_user_code_digest("a", "1234"));
     }
 
     #[test]

@@ -1,0 +1,320 @@
+//! End to end: retention and quotas. What finished or expired longer ago than the retention
+//! period is purged (by `admin purge` and by the background task, both timed by the server's
+//! clock), and nothing pending or recent is; per-application quotas on open QR sessions and
+//! pending requests hold under concurrent bursts and answer `429 quota_exceeded`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_protocol::api::CreateQrSession;
+use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
+use tessera_protocol::error::ErrorCode;
+use tessera_server::store::applications::Quotas;
+use tessera_server::{Clock, ManualClock, admin};
+use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
+
+on_each_backend! {
+    purge_removes_exactly_what_is_old_and_finished => purge_old_and_finished;
+    the_background_task_purges_by_the_server_clock => background_purge;
+    open_qr_sessions_never_exceed_the_quota_in_a_burst => qr_quota_burst;
+    pending_requests_never_exceed_the_quota_in_a_burst => pending_quota_burst;
+    ciba_requests_count_against_the_pending_quota => ciba_quota;
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+async fn start(backend: Backend, clock: &ManualClock, sweep: Duration) -> (TestServer, TestDevice) {
+    let clock = clock.clone();
+    let server = TestServer::start_isolated_with(backend, move |c| {
+        c.clock = Arc::new(clock);
+        c.retention_days = 30;
+        c.retention_sweep = sweep;
+        c.max_pending_authentications_per_user = 1000;
+        c.max_recent_authentications_per_user = 1000;
+    })
+    .await;
+    server.user("alice").await;
+    let device = TestDevice::new().await;
+    device
+        .auth
+        .pair(&server.pairing_uri("alice").await, None)
+        .await
+        .expect("pair");
+    (server, device)
+}
+
+fn gone(
+    result: Result<impl std::fmt::Debug, tessera_examples::customer::CustomerApiError>,
+) -> bool {
+    match result {
+        Err(e) => matches!(
+            e.code(),
+            Some(
+                ErrorCode::AuthenticationNotFound
+                    | ErrorCode::NotFound
+                    | ErrorCode::QrSessionNotFound
+            )
+        ),
+        Ok(_) => false,
+    }
+}
+
+async fn purge_old_and_finished(backend: Backend) {
+    let clock = ManualClock::new();
+    let (server, device) = start(backend, &clock, Duration::from_secs(3600)).await;
+    let customer = &server.customer;
+    // Day 0: one approved request, one left pending (it expires), one QR session.
+    let approved = customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create");
+    let enrollment = device.auth.enrollments().await[0].enrollment_id.clone();
+    let request = device
+        .pull_request(&enrollment, &approved.authentication_id)
+        .await;
+    device
+        .auth
+        .approve(&request, vec![], None)
+        .await
+        .expect("approve");
+    let unanswered = customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create");
+    let old_qr = customer
+        .create_qr_session(&CreateQrSession::default())
+        .await
+        .expect("qr");
+    // Day 31: a pending request, a request that expired a moment ago, an open QR session.
+    clock.advance(31 * DAY);
+    let pending = customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create");
+    let mut short = ask(AuthenticationKind::Approval);
+    short.expires_in = Some(10);
+    let recently_expired = customer
+        .create_authentication("alice", &short)
+        .await
+        .expect("create");
+    let new_qr = customer
+        .create_qr_session(&CreateQrSession::default())
+        .await
+        .expect("qr");
+    clock.advance(Duration::from_secs(20));
+
+    let purged = admin::purge(server.server.database(), 30, clock.now())
+        .await
+        .expect("purge");
+    assert_eq!(purged.authentications, 2, "{purged:?}");
+    assert_eq!(purged.qr_sessions, 1, "{purged:?}");
+    assert!(gone(
+        customer
+            .authentication(&approved.authentication_id, 0)
+            .await
+    ));
+    assert!(gone(
+        customer
+            .authentication(&unanswered.authentication_id, 0)
+            .await
+    ));
+    assert!(gone(customer.qr_session(&old_qr.session_id, 0).await));
+    let still = customer
+        .authentication(&pending.authentication_id, 0)
+        .await
+        .expect("the pending request stays");
+    assert_eq!(still.state, AuthenticationState::Pending);
+    let expired = customer
+        .authentication(&recently_expired.authentication_id, 0)
+        .await
+        .expect("a recently expired request stays");
+    assert_eq!(expired.state, AuthenticationState::Expired);
+    customer
+        .qr_session(&new_qr.session_id, 0)
+        .await
+        .expect("the open QR session stays");
+    // Nothing more is old: a second purge deletes nothing.
+    let again = admin::purge(server.server.database(), 30, clock.now())
+        .await
+        .expect("purge");
+    assert_eq!(again, Default::default());
+}
+
+async fn background_purge(backend: Backend) {
+    let clock = ManualClock::new();
+    let (server, _device) = start(backend, &clock, Duration::from_millis(100)).await;
+    let created = server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create");
+    // Well within retention (a day later): kept.
+    clock.advance(DAY);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .customer
+        .authentication(&created.authentication_id, 0)
+        .await
+        .expect("kept within retention");
+    // Past retention by the server's clock: the background task purges it.
+    clock.advance(31 * DAY);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if gone(
+            server
+                .customer
+                .authentication(&created.authentication_id, 0)
+                .await,
+        ) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not purged by the background task"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn qr_quota_burst(backend: Backend) {
+    let clock = ManualClock::new();
+    let (server, _device) = start(backend, &clock, Duration::from_secs(3600)).await;
+    admin::set_quotas(
+        server.server.database(),
+        &server.app.application_id,
+        Quotas {
+            max_open_qr_sessions: Some(5),
+            max_pending_requests: None,
+        },
+    )
+    .await
+    .expect("quota");
+    let customer = Arc::new(server.customer.clone());
+    let burst: Vec<_> = (0..30)
+        .map(|_| {
+            let customer = customer.clone();
+            tokio::spawn(async move {
+                customer
+                    .create_qr_session(&CreateQrSession::default())
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in burst {
+        match attempt.await.expect("task") {
+            Ok(_) => created += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded), "{e:?}");
+                assert_eq!(ErrorCode::QuotaExceeded.http_status(), 429);
+            }
+        }
+    }
+    assert_eq!(
+        created, 5,
+        "{created} QR sessions opened against a quota of 5"
+    );
+    // Once the open sessions have expired, new ones fit again.
+    clock.advance(Duration::from_secs(600));
+    customer
+        .create_qr_session(&CreateQrSession::default())
+        .await
+        .expect("room again");
+}
+
+async fn pending_quota_burst(backend: Backend) {
+    let clock = ManualClock::new();
+    let (server, _device) = start(backend, &clock, Duration::from_secs(3600)).await;
+    admin::set_quotas(
+        server.server.database(),
+        &server.app.application_id,
+        Quotas {
+            max_open_qr_sessions: None,
+            max_pending_requests: Some(4),
+        },
+    )
+    .await
+    .expect("quota");
+    let customer = Arc::new(server.customer.clone());
+    let burst: Vec<_> = (0..30)
+        .map(|_| {
+            let customer = customer.clone();
+            tokio::spawn(async move {
+                customer
+                    .create_authentication("alice", &ask(AuthenticationKind::Approval))
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in burst {
+        match attempt.await.expect("task") {
+            Ok(_) => created += 1,
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded), "{e:?}"),
+        }
+    }
+    assert_eq!(
+        created, 4,
+        "{created} requests pending against a quota of 4"
+    );
+    clock.advance(Duration::from_secs(900));
+    customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .expect("room again once they expired");
+}
+
+async fn ciba_quota(backend: Backend) {
+    use tessera_examples::relying_party::{ClientCredentials, RelyingParty, RpError};
+    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+    let clock = ManualClock::new();
+    let (server, _device) = start(backend, &clock, Duration::from_secs(3600)).await;
+    admin::set_quotas(
+        server.server.database(),
+        &server.app.application_id,
+        Quotas {
+            max_open_qr_sessions: None,
+            max_pending_requests: Some(1),
+        },
+    )
+    .await
+    .expect("quota");
+    let registered = server
+        .customer
+        .register_ciba_client(&RegisterCibaClient {
+            client_name: "Call Centre".into(),
+            backchannel_token_delivery_mode: DeliveryMode::Poll,
+            backchannel_client_notification_endpoint: None,
+            token_endpoint_auth_method: ClientAuthMethod::ClientSecretPost,
+            jwks: None,
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+        })
+        .await
+        .expect("client");
+    let rp = RelyingParty::discover(
+        &server.base_url,
+        &registered.client_id,
+        ClientCredentials::SecretPost(registered.client_secret.clone().expect("secret")),
+    )
+    .await
+    .expect("discover");
+    let hint = [("scope", "openid"), ("login_hint", "alice")];
+    rp.backchannel(&hint).await.expect("within the quota");
+    // The CIBA request is pending: neither another CIBA request nor a customer request fits.
+    match rp.backchannel(&hint).await {
+        Err(RpError::OAuth {
+            error, description, ..
+        }) => {
+            assert_eq!(error, "access_denied");
+            assert!(description.contains("quota"), "{description}");
+        }
+        other => panic!("expected access_denied, got {other:?}"),
+    }
+    let err = server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .expect_err("over quota");
+    assert_eq!(err.code(), Some(ErrorCode::QuotaExceeded));
+}
