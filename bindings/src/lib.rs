@@ -238,8 +238,9 @@ impl Authenticator {
         })
     }
 
-    /// Approves a request. `selected_number` is the number the user picked when the request
-    /// has `number_choices`. When the request requires user verification (or the SDK was
+    /// Approves a request. `selected_number` is the number the user picked (number matching
+    /// `Choice`, one of `number_choices`) or typed (`Typed`); a wrong number ends the request as
+    /// denied (`ResponseRecorded.denial_reason` is `WrongNumber`). When the request requires user verification (or the SDK was
     /// opened with `verify_every_approval`), the [`UserVerifier`] prompts first and the answer
     /// is signed with the user-verification key; otherwise it is a swipe, signed with the
     /// possession key.

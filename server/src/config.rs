@@ -33,7 +33,9 @@ pub struct ServerConfig {
     /// Push-bombing limit: user-facing requests (approvals, transactions) pending at once per
     /// user. Silent verifications do not count: the user never sees them.
     pub max_pending_authentications_per_user: u32,
-    /// Push-bombing limit: user-facing requests per user per 10 minutes.
+    /// Push-bombing limit: unapproved user-facing requests (unanswered, expired or denied,
+    /// `wrong_number` included; approved ones do not count) per user within
+    /// `push_bombing_window_seconds`. Applications may set their own.
     pub max_recent_authentications_per_user: u32,
     /// Largest push payload that carries the signed request itself; larger requests are pushed
     /// as their id only and pulled by the device (FCM's data limit is 4 KiB).
@@ -96,6 +98,9 @@ pub struct ServerConfig {
     pub oidc_refresh_token_ttl: u32,
     /// Where the server reads the time (the system clock; tests move a manual one).
     pub clock: std::sync::Arc<dyn Clock>,
+    /// Push-bombing window of `max_recent_authentications_per_user`, in seconds (default 600).
+    /// Applications may set their own.
+    pub push_bombing_window_seconds: u32,
 }
 
 /// FCM's production base URL.
@@ -141,6 +146,7 @@ impl Default for ServerConfig {
             ciba_notification_sweep: std::time::Duration::from_secs(1),
             oidc_token_ttl: 3600,
             oidc_refresh_token_ttl: 30 * 24 * 3600,
+            push_bombing_window_seconds: 600,
         }
     }
 }

@@ -28,7 +28,7 @@ use tessera_protocol::api::{
 };
 use tessera_protocol::authentication::{
     AccessContext, AuthenticationKind, AuthenticationState, Decision, DisplayField,
-    DynamicParameters,
+    DynamicParameters, NumberMatching,
 };
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::envelope::{self, MessageType};
@@ -626,7 +626,7 @@ fn follow_up_request(
             kind: AuthenticationKind::Silent,
             parameters: DynamicParameters::default(),
             context: session.context.clone(),
-            number_matching: false,
+            number_matching: NumberMatching::Off,
             require_user_verification: false,
             ciba: None,
             expires_in: left.min(120),
@@ -645,7 +645,7 @@ fn follow_up_request(
                 }],
             },
             context: session.context.clone(),
-            number_matching: false,
+            number_matching: NumberMatching::Off,
             require_user_verification: false,
             ciba: None,
             expires_in: left.min(300),
