@@ -669,6 +669,14 @@ pub struct QrSessionStatus {
     /// The device-signed answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_response: Option<String>,
+    /// Number matching of the follow-up approval (state `verifying`): the number the page
+    /// shows; the user picks or types it on the phone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_to_show: Option<u32>,
+    /// Why it was denied (state `denied`): `declined` or `reported_fraud` on the QR answer or
+    /// the follow-up, `wrong_number` when the follow-up was answered with another number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial_reason: Option<DenialReason>,
 }
 
 /// `POST /v1/device/qr-sessions/claim` (device-signed): the scanning device claims the session
@@ -745,6 +753,12 @@ pub struct QrBrowserStatus {
     /// Where to go once approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_url: Option<String>,
+    /// Number matching of the follow-up approval (state `verifying`): the number to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_to_show: Option<u32>,
+    /// Why it was denied (state `denied`), e.g. `wrong_number`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial_reason: Option<DenialReason>,
 }
 
 /// `POST /v1/users/{user_id}/otp/verify`: check a one-time passcode from one of the user's

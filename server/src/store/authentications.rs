@@ -534,6 +534,102 @@ pub async fn offer_passcode_now(
 mod tests {
     use super::*;
 
+    fn pending(app: &ApplicationId, user: &UserId, created_at: i64) -> Authentication {
+        Authentication {
+            id: AuthenticationId::generate(),
+            application_id: app.clone(),
+            user_id: user.clone(),
+            enrollment_id: EnrollmentId::generate(),
+            kind: AuthenticationKind::Approval,
+            signed_request: "jws".into(),
+            parameters_digest: "digest".into(),
+            nonce: "nonce".into(),
+            number_to_show: None,
+            number_matching: NumberMatching::Off,
+            require_user_verification: false,
+            accessing_ip: None,
+            state: AuthenticationState::Pending,
+            decision: None,
+            signed_response: None,
+            attributes: None,
+            created_at,
+            expires_at: created_at + 120,
+            answered_at: None,
+            failure_reason: None,
+            denial_reason: None,
+            otp_mode: OtpMode::None,
+            otp_after: None,
+            backup_channels: Vec::new(),
+            push_state: "none".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_push_bombing_count_skips_approved_requests() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("count.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        let app = super::super::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        super::super::applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        let mut ids = Vec::new();
+        for _ in 0..7 {
+            let a = pending(&app.id, &user, now - 30);
+            insert(db.writer(), &a).await.expect("insert");
+            ids.push(a.id);
+        }
+        // 3 approved, 1 declined, 1 wrong number; 2 left pending.
+        for id in &ids[..3] {
+            record_answer(&db, id, Decision::Approve, "r", "{}", now - 20)
+                .await
+                .expect("approve")
+                .expect("recorded");
+        }
+        record_answer(&db, &ids[3], Decision::Deny, "r", "{}", now - 20)
+            .await
+            .expect("deny")
+            .expect("recorded");
+        let wrong = record_wrong_number(&db, &ids[4], "r", "{}", now - 20)
+            .await
+            .expect("wrong number")
+            .expect("recorded");
+        assert_eq!(wrong.state, AuthenticationState::Denied);
+        assert_eq!(wrong.decision, Some(Decision::Deny));
+        assert_eq!(wrong.denial_reason, Some(DenialReason::WrongNumber));
+        // An expired one, long unanswered, and one outside the window.
+        let mut expired = pending(&app.id, &user, now - 500);
+        expired.expires_at = now - 400;
+        insert(db.writer(), &expired).await.expect("insert");
+        insert(db.writer(), &pending(&app.id, &user, now - 700))
+            .await
+            .expect("insert");
+        let counts = user_facing_counts(&db, &app.id, &user, now, now - 900, now - 600)
+            .await
+            .expect("counts");
+        assert_eq!(
+            counts,
+            UserFacingCounts {
+                pending: 2,
+                recent: 5, // 2 pending + 1 declined + 1 wrong number + 1 expired
+            }
+        );
+        // A second ending loses: the state changes once.
+        assert!(
+            record_wrong_number(&db, &ids[0], "r", "{}", now)
+                .await
+                .expect("query")
+                .is_none()
+        );
+        db.close().await;
+    }
+
     #[tokio::test]
     async fn the_push_bombing_count_is_one_indexed_query() {
         let dir = tempfile::tempdir().expect("temporary folder");

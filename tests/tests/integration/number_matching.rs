@@ -13,6 +13,8 @@ use tessera_protocol::authentication::{
 };
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::error::ErrorCode;
+use tessera_protocol::qr::QrSessionState;
+use tessera_server::store::applications::QrPolicy;
 use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
 
 on_each_backend! {
@@ -20,6 +22,7 @@ on_each_backend! {
     typed_mode_sends_no_choices_and_ends_on_a_wrong_number => typed_mode;
     the_mode_comes_from_the_request_the_old_boolean_or_the_application => mode_choice;
     ciba_relying_parties_see_the_number_and_the_wrong_number_reason => ciba_wrong_number;
+    qr_follow_up_shows_the_number_and_the_session_the_wrong_number_reason => qr_wrong_number;
 }
 
 async fn paired(backend: Backend) -> (TestServer, TestDevice) {
@@ -384,4 +387,84 @@ async fn ciba_wrong_number(backend: Backend) {
         .await
         .unwrap();
     rp.poll(&ack).await.unwrap();
+}
+
+/// The login page's view of its session (`GET /v1/qr-browser` with its browser token).
+async fn browser_view(server: &TestServer, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/v1/qr-browser", server.base_url))
+        .header("authorization", format!("TesseraBrowser {token}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn qr_wrong_number(backend: Backend) {
+    let (server, device) = paired(backend).await;
+    tessera_server::admin::set_qr_policy(
+        server.server.database(),
+        &server.app.application_id,
+        QrPolicy::UserApproval,
+    )
+    .await
+    .unwrap();
+    server
+        .customer
+        .set_authentication_settings(&AuthenticationSettings {
+            number_matching: NumberMatching::Typed,
+            ..AuthenticationSettings::default()
+        })
+        .await
+        .unwrap();
+    let created = server
+        .customer
+        .create_qr_session(&Default::default())
+        .await
+        .unwrap();
+    let qr = device
+        .auth
+        .authenticate_with_qr(&created.qr_uri)
+        .await
+        .unwrap();
+    let recorded = device
+        .auth
+        .approve_qr(&qr, &qr.users[0].user_id, vec![])
+        .await
+        .unwrap();
+    assert_eq!(recorded.state, QrSessionState::Verifying);
+    // The customer and the login page both have the number to show.
+    let status = server
+        .customer
+        .qr_session(&created.session_id, 0)
+        .await
+        .unwrap();
+    let shown = status.number_to_show.expect("a number while verifying");
+    let page = browser_view(&server, &created.browser_token).await;
+    assert_eq!(page["state"], "verifying");
+    assert_eq!(page["number_to_show"], json!(shown));
+    let request = only_request(&device).await;
+    assert_eq!(Some(&request.request_id), recorded.follow_up.as_ref());
+    assert_eq!(request.number_matching, NumberMatching::Typed);
+    let wrong = if shown == 99 { 10 } else { shown + 1 };
+    let answer = device
+        .auth
+        .approve(&request, vec![], Some(wrong))
+        .await
+        .unwrap();
+    assert_eq!(answer.denial_reason, Some(DenialReason::WrongNumber));
+    // The session ends denied, with the reason, for the customer and for the page.
+    let status = server
+        .customer
+        .qr_session(&created.session_id, 5)
+        .await
+        .unwrap();
+    assert_eq!(status.state, QrSessionState::Denied);
+    assert_eq!(status.denial_reason, Some(DenialReason::WrongNumber));
+    assert_eq!(status.number_to_show, None);
+    let page = browser_view(&server, &created.browser_token).await;
+    assert_eq!(page["state"], "denied");
+    assert_eq!(page["denial_reason"], "wrong_number");
 }
