@@ -783,15 +783,17 @@ async fn browser_view(ctx: &Ctx, session: &QrSession) -> Result<QrBrowserStatus,
             .as_deref()
             .map(|u| redirect_to(u, &session.id)),
         number_to_show: facts.number_to_show,
-        denial_reason: facts.denial_reason.or(match (session.state, session.decision) {
-            (QrSessionState::Denied, Some(Decision::Deny)) => {
-                Some(tessera_protocol::authentication::DenialReason::Declined)
-            }
-            (QrSessionState::Denied, Some(Decision::ReportFraud)) => {
-                Some(tessera_protocol::authentication::DenialReason::ReportedFraud)
-            }
-            _ => None,
-        }),
+        denial_reason: facts
+            .denial_reason
+            .or(match (session.state, session.decision) {
+                (QrSessionState::Denied, Some(Decision::Deny)) => {
+                    Some(tessera_protocol::authentication::DenialReason::Declined)
+                }
+                (QrSessionState::Denied, Some(Decision::ReportFraud)) => {
+                    Some(tessera_protocol::authentication::DenialReason::ReportedFraud)
+                }
+                _ => None,
+            }),
     })
 }
 
