@@ -254,8 +254,9 @@ impl Authenticator {
         })
     }
 
-    /// Approves a request. `selected_number` is the number the user picked when the request
-    /// has `number_choices`. When the request requires user verification (or the SDK was
+    /// Approves a request. `selected_number` is the number the user picked (number matching
+    /// `Choice`, one of `number_choices`) or typed (`Typed`); a wrong number ends the request as
+    /// denied (`ResponseRecorded.denial_reason` is `WrongNumber`). When the request requires user verification (or the SDK was
     /// opened with `verify_every_approval`), the [`UserVerifier`] prompts first and the answer
     /// is signed with the user-verification key; otherwise it is a swipe, signed with the
     /// possession key.
@@ -271,6 +272,10 @@ impl Authenticator {
                 message: core.message.clone(),
                 user_id: core.user_id.to_string(),
                 required_by_server: core.require_user_verification,
+                key_alias: self
+                    .core
+                    .user_verification_key_alias(&core.enrollment_id)
+                    .await?,
             })
             .await?
         } else {
@@ -328,11 +333,18 @@ impl Authenticator {
         let user = user_id_from(&user_id)?;
         let core = &qr.handle.0;
         let amr = if self.verify_every_approval {
+            let enrollment = core
+                .users
+                .iter()
+                .find(|u| u.user_id == user)
+                .map(|u| u.enrollment_id.clone())
+                .ok_or_else(|| TesseraError::invalid_input("this user may not answer"))?;
             self.verify_user(VerificationReason {
                 application_name: core.application.name.clone(),
                 message: format!("Sign in to {}?", core.application.name),
                 user_id: user_id.clone(),
                 required_by_server: false,
+                key_alias: self.core.user_verification_key_alias(&enrollment).await?,
             })
             .await?
         } else {

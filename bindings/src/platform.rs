@@ -81,6 +81,10 @@ pub struct VerificationReason {
     pub user_id: String,
     /// Whether the server demands it (otherwise the app's own policy asked for it).
     pub required_by_server: bool,
+    /// The key-store alias of the user-verification key the answer is signed with right after
+    /// the prompt. A platform that authorizes each signature with its own prompt (Android:
+    /// `BiometricPrompt.CryptoObject` over a `Signature` with this key) prepares it first.
+    pub key_alias: String,
 }
 
 /// The user-verification prompt: Android `BiometricPrompt`, iOS `LAContext`. Called by the SDK

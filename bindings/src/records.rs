@@ -12,7 +12,10 @@ use tessera_core::{
     QrSessionState, ResponseRecorded as CoreRecorded,
 };
 use tessera_protocol::api::EnrollmentState as CoreEnrollmentState;
-use tessera_protocol::authentication::DeviceLocation as CoreLocation;
+use tessera_protocol::authentication::{
+    DenialReason as CoreDenialReason, DeviceLocation as CoreLocation,
+    NumberMatching as CoreNumberMatching,
+};
 use tessera_protocol::pairing::{
     DeviceInfo as CoreDeviceInfo, DeviceSignals as CoreSignals,
     PushRegistration as CorePushRegistration,
@@ -237,9 +240,18 @@ pub struct IncomingRequest {
     pub message: String,
     /// The fields to show, in order.
     pub fields: Vec<Field>,
+    /// Context the signature binds besides `fields` (the request's hidden fields), in order.
+    /// The user's approval covers them too: show them, or at least surface them (e.g. under
+    /// "Details"), labelled as additional context.
+    pub hidden_fields: Vec<Field>,
     /// Where the sign-in comes from.
     pub context: RequestContext,
-    /// Number matching: the numbers to offer; the user picks the one the web page shows.
+    /// Number matching: `Choice` (the user picks one of `number_choices`), `Typed` (the user
+    /// types the 2-digit number the web page shows; no choices) or `Off`. Pass the number to
+    /// `approve`; a wrong number ends the request as denied.
+    pub number_matching: NumberMatching,
+    /// Number matching (`Choice`): the numbers to offer; the user picks the one the web page
+    /// shows.
     pub number_choices: Option<Vec<u32>>,
     /// Approving needs biometrics or the device PIN.
     pub require_user_verification: bool,
@@ -263,7 +275,9 @@ impl From<CoreIncomingRequest> for IncomingRequest {
             kind: r.kind.into(),
             message: r.message.clone(),
             fields: r.fields.iter().map(Field::from).collect(),
+            hidden_fields: r.hidden_fields.iter().map(Field::from).collect(),
             context: RequestContext::from(&r.context),
+            number_matching: r.number_matching.into(),
             number_choices: r.number_choices.clone(),
             require_user_verification: r.require_user_verification,
             ciba: r.ciba.as_ref().map(|c| CibaDetails {
@@ -298,6 +312,48 @@ pub enum PushOutcome {
     NothingPending,
 }
 
+/// How the user gives the number the web page shows (number matching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum NumberMatching {
+    /// No number matching.
+    Off,
+    /// The user picks one of the request's `number_choices`.
+    Choice,
+    /// The user types the 2-digit number; no choices are offered.
+    Typed,
+}
+
+impl From<CoreNumberMatching> for NumberMatching {
+    fn from(m: CoreNumberMatching) -> Self {
+        match m {
+            CoreNumberMatching::Off => NumberMatching::Off,
+            CoreNumberMatching::Choice => NumberMatching::Choice,
+            CoreNumberMatching::Typed => NumberMatching::Typed,
+        }
+    }
+}
+
+/// Why the server denied a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum DenialReason {
+    /// The user declined.
+    Declined,
+    /// The user reported it as fraud.
+    ReportedFraud,
+    /// The approval carried another number than the one shown: the request ended.
+    WrongNumber,
+}
+
+impl From<CoreDenialReason> for DenialReason {
+    fn from(r: CoreDenialReason) -> Self {
+        match r {
+            CoreDenialReason::Declined => DenialReason::Declined,
+            CoreDenialReason::ReportedFraud => DenialReason::ReportedFraud,
+            CoreDenialReason::WrongNumber => DenialReason::WrongNumber,
+        }
+    }
+}
+
 /// What the server recorded for an answer.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ResponseRecorded {
@@ -305,6 +361,9 @@ pub struct ResponseRecorded {
     pub authentication_id: String,
     /// Its state after the answer.
     pub state: RequestState,
+    /// Why it is denied, when it is (`WrongNumber`: the number did not match; show the user
+    /// that the sign-in was refused).
+    pub denial_reason: Option<DenialReason>,
 }
 
 /// An authentication's state.
@@ -597,6 +656,7 @@ impl From<CoreRecorded> for ResponseRecorded {
         Self {
             authentication_id: r.authentication_id.to_string(),
             state: r.state.into(),
+            denial_reason: r.denial_reason.map(DenialReason::from),
         }
     }
 }

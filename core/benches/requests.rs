@@ -52,6 +52,7 @@ fn bench(c: &mut Criterion) {
         parameters,
         context: AccessContext::default(),
         number_choices: None,
+        number_matching: None,
         require_user_verification: true,
         ciba: None,
         nonce: "AAECAwQFBgcICQoLDA0ODw".into(),

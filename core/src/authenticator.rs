@@ -555,6 +555,20 @@ impl Authenticator {
             .map_err(|e| CoreError::KeyStore(e.to_string()))
     }
 
+    /// The key-store alias of an enrollment's user-verification key: the key an approval with
+    /// user verification is signed with. Platforms that authorize each signature with its own
+    /// prompt (Android `BiometricPrompt.CryptoObject`) prepare the signature for this alias
+    /// before prompting.
+    pub async fn user_verification_key_alias(
+        &self,
+        enrollment: &EnrollmentId,
+    ) -> Result<String, CoreError> {
+        Ok(self
+            .stored_enrollment(enrollment)
+            .await?
+            .user_verification_alias)
+    }
+
     async fn stored_enrollment(&self, id: &EnrollmentId) -> Result<StoredEnrollment, CoreError> {
         self.state
             .lock()

@@ -4,6 +4,7 @@ use tessera_protocol::PROTOCOL_VERSION;
 use tessera_protocol::authentication::{
     AccessContext, AuthenticationId, AuthenticationKind, AuthenticationRequest,
     AuthenticationResponse, CibaDetails, Decision, DeviceLocation, DisplayField,
+    NUMBER_MATCHING_MAX, NUMBER_MATCHING_MIN, NumberMatching,
 };
 use tessera_protocol::envelope::{self, EnvelopeError, MessageType};
 use tessera_protocol::ids::{EnrollmentId, UserId};
@@ -35,9 +36,17 @@ pub struct IncomingRequest {
     pub message: String,
     /// The fields to show, in order.
     pub fields: Vec<DisplayField>,
+    /// Context the signature binds besides the displayed fields (`hidden_fields` of the
+    /// request's parameters), in order. The user's approval covers them too: apps must show
+    /// them or at least surface them (e.g. under "Details"), labelled as additional context.
+    pub hidden_fields: Vec<DisplayField>,
     /// Where the sign-in comes from (application, accessing IP and location).
     pub context: AccessContext,
-    /// Number matching: the numbers to offer; the user picks the one the web page shows.
+    /// Number matching: how the user gives the number the web page shows (`Choice`: pick one
+    /// of `number_choices`; `Typed`: type it, no choices are offered; `Off`).
+    pub number_matching: NumberMatching,
+    /// Number matching (mode `Choice`): the numbers to offer; the user picks the one the web
+    /// page shows. A wrong pick ends the request as denied.
     pub number_choices: Option<Vec<u32>>,
     /// Whether approving needs biometrics or the device PIN.
     pub require_user_verification: bool,
@@ -92,13 +101,15 @@ pub fn verify_request(
     if now >= request.expires_at {
         return Err(CoreError::RequestExpired);
     }
+    let number_matching = request.number_matching_mode();
     if request.kind == AuthenticationKind::Silent
-        && (request.number_choices.is_some() || request.require_user_verification)
+        && (number_matching.is_on() || request.require_user_verification)
     {
         return Err(CoreError::ReplyMismatch(
             "a silent verification asks nothing of the user",
         ));
     }
+    check_number_matching(number_matching, request.number_choices.as_deref())?;
     match (&request.ciba, request.kind) {
         (Some(ciba), AuthenticationKind::Ciba) => {
             if ciba.display_parameters() != request.parameters || !request.require_user_verification
@@ -124,13 +135,45 @@ pub fn verify_request(
         kind: request.kind,
         message: request.parameters.message.clone(),
         fields: request.parameters.fields.clone(),
+        hidden_fields: request.parameters.hidden_fields.clone(),
         context: request.context.clone(),
+        number_matching,
         number_choices: request.number_choices.clone(),
         require_user_verification: request.require_user_verification,
         ciba: request.ciba.clone(),
         expires_at: request.expires_at,
         request,
     })
+}
+
+/// Whether a number is one number matching can show (two digits).
+fn is_matching_number(n: u32) -> bool {
+    (NUMBER_MATCHING_MIN..=NUMBER_MATCHING_MAX).contains(&n)
+}
+
+/// A request's number matching must be coherent: choices (distinct 2-digit numbers, at most
+/// 10) with `choice` only, none with `typed` or `off`.
+fn check_number_matching(mode: NumberMatching, choices: Option<&[u32]>) -> Result<(), CoreError> {
+    let coherent = match (mode, choices) {
+        (NumberMatching::Choice, Some(choices)) => {
+            !choices.is_empty()
+                && choices.len() <= 10
+                && choices.iter().all(|n| is_matching_number(*n))
+                && choices
+                    .iter()
+                    .enumerate()
+                    .all(|(i, n)| !choices[..i].contains(n))
+        }
+        (NumberMatching::Choice, None) => false,
+        (NumberMatching::Typed | NumberMatching::Off, choices) => choices.is_none(),
+    };
+    if coherent {
+        Ok(())
+    } else {
+        Err(CoreError::ReplyMismatch(
+            "the number matching of the request is malformed",
+        ))
+    }
 }
 
 /// The answer to sign for a request.
@@ -144,17 +187,30 @@ pub(crate) fn response_for(
     now: UnixSeconds,
 ) -> Result<AuthenticationResponse, CoreError> {
     if decision == Decision::Approve {
-        if let Some(choices) = &request.number_choices {
-            match selected_number {
-                Some(n) if choices.contains(&n) => {}
-                Some(_) => {
+        // A number the user could not have picked or typed is refused here (nothing is sent);
+        // a well-formed wrong number is sent, and the server ends the request as denied.
+        match (request.number_matching, selected_number) {
+            (NumberMatching::Off, _) => {}
+            (_, None) => {
+                return Err(CoreError::InvalidInput(
+                    "this request needs the number shown on the web page".into(),
+                ));
+            }
+            (NumberMatching::Choice, Some(n)) => {
+                if !request
+                    .number_choices
+                    .as_ref()
+                    .is_some_and(|choices| choices.contains(&n))
+                {
                     return Err(CoreError::InvalidInput(
                         "the selected number was not offered".into(),
                     ));
                 }
-                None => {
+            }
+            (NumberMatching::Typed, Some(n)) => {
+                if !is_matching_number(n) {
                     return Err(CoreError::InvalidInput(
-                        "this request needs the number shown on the web page".into(),
+                        "the number shown on the web page has two digits".into(),
                     ));
                 }
             }
@@ -181,7 +237,7 @@ pub(crate) fn response_for(
         request_nonce: request.request.nonce.clone(),
         decision,
         parameters_digest: request.request.parameters_digest,
-        selected_number: if decision == Decision::Approve {
+        selected_number: if decision == Decision::Approve && request.number_matching.is_on() {
             selected_number
         } else {
             None
@@ -241,6 +297,7 @@ mod tests {
             parameters,
             context: AccessContext::default(),
             number_choices: Some(vec![11, 22, 33]),
+            number_matching: Some(NumberMatching::Choice),
             require_user_verification: true,
             ciba: None,
             nonce: "n".into(),
@@ -415,5 +472,66 @@ mod tests {
         )
         .unwrap();
         assert_eq!(deny.selected_number, None, "a denial carries no number");
+    }
+
+    #[test]
+    fn typed_number_matching_offers_nothing_and_takes_any_two_digit_number() {
+        let f = fixture();
+        let mut typed = request(&f, 200);
+        typed.number_choices = None;
+        typed.number_matching = Some(NumberMatching::Typed);
+        let shown = check(&f, &typed, 150).unwrap();
+        assert_eq!(shown.number_matching, NumberMatching::Typed);
+        assert_eq!(shown.number_choices, None);
+        let answer = |n: Option<u32>| {
+            response_for(
+                &shown,
+                Decision::Approve,
+                n,
+                vec!["fpt".to_string()],
+                DeviceSignals::default(),
+                None,
+                150,
+            )
+        };
+        assert_eq!(answer(Some(47)).unwrap().selected_number, Some(47));
+        assert!(answer(None).is_err(), "typed mode needs a number");
+        assert!(answer(Some(7)).is_err(), "two digits");
+        assert!(answer(Some(100)).is_err(), "two digits");
+
+        // Choices with the typed mode, or the choice mode without choices, are malformed.
+        let mut typed_with_choices = typed.clone();
+        typed_with_choices.number_choices = Some(vec![11, 22, 33]);
+        assert!(matches!(
+            check(&f, &typed_with_choices, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+        let mut choice_without = typed.clone();
+        choice_without.number_matching = Some(NumberMatching::Choice);
+        assert!(matches!(
+            check(&f, &choice_without, 150),
+            Err(CoreError::ReplyMismatch(_))
+        ));
+        // A server before the typed mode sends choices without a mode: choice.
+        let mut older = request(&f, 200);
+        older.number_matching = None;
+        assert_eq!(
+            check(&f, &older, 150).unwrap().number_matching,
+            NumberMatching::Choice
+        );
+    }
+
+    #[test]
+    fn hidden_fields_reach_the_app_separately() {
+        let f = fixture();
+        let mut with_hidden = request(&f, 200);
+        with_hidden.parameters.hidden_fields = vec![DisplayField {
+            label: "Amount (booked)".into(),
+            value: "10000.00 EUR".into(),
+        }];
+        with_hidden.parameters_digest = with_hidden.parameters.digest().unwrap();
+        let shown = check(&f, &with_hidden, 150).unwrap();
+        assert_eq!(shown.fields, with_hidden.parameters.fields);
+        assert_eq!(shown.hidden_fields, with_hidden.parameters.hidden_fields);
     }
 }

@@ -485,6 +485,31 @@ impl CustomerApi {
         .await
     }
 
+    /// `GET /v1/application/authentication-settings`: number matching and push-bombing limits.
+    pub async fn authentication_settings(
+        &self,
+    ) -> Result<tessera_protocol::api::AuthenticationSettingsView, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            "/v1/application/authentication-settings",
+            None,
+        )
+        .await
+    }
+
+    /// `PUT /v1/application/authentication-settings`.
+    pub async fn set_authentication_settings(
+        &self,
+        settings: &tessera_protocol::api::AuthenticationSettings,
+    ) -> Result<tessera_protocol::api::AuthenticationSettingsView, CustomerApiError> {
+        self.send(
+            reqwest::Method::PUT,
+            "/v1/application/authentication-settings",
+            Some(settings),
+        )
+        .await
+    }
+
     async fn send_empty<B: Serialize>(
         &self,
         method: reqwest::Method,

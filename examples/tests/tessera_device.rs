@@ -129,7 +129,7 @@ async fn pending_approve_deny_and_watch() {
         accessing_location: None,
         application_icon_url: None,
         expires_in: None,
-        number_matching: false,
+        number_matching: None,
         require_user_verification: true,
         ..CreateAuthenticationRequest::new(AuthenticationKind::Approval)
     };

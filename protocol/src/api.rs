@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::authentication::{
-    AuthenticationId, AuthenticationKind, AuthenticationState, Decision, DisplayField,
+    AuthenticationId, AuthenticationKind, AuthenticationState, Decision, DenialReason,
+    DisplayField, NumberMatching,
 };
 use crate::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
 use crate::jwk::JwkSet;
@@ -277,9 +278,18 @@ pub struct CreateAuthenticationRequest {
     /// Seconds until it expires (10 to 900; default 120).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<u32>,
-    /// Number matching: the answer must carry the number the web page shows.
-    #[serde(default)]
-    pub number_matching: bool,
+    /// Number matching: the answer must carry the number the web page shows
+    /// (`number_to_show` in the status). `"choice"` (the device offers three numbers),
+    /// `"typed"` (the user types the number on the device) or `"off"`; the older booleans are
+    /// still accepted (`true` is `"choice"`, `false` is `"off"`). Absent: the application's
+    /// setting.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "number_matching_or_bool"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<NumberMatching>))]
+    pub number_matching: Option<NumberMatching>,
     /// The answer must be signed with the user-verification key (biometrics or device PIN).
     #[serde(default)]
     pub require_user_verification: bool,
@@ -317,7 +327,7 @@ impl CreateAuthenticationRequest {
             accessing_location: None,
             application_icon_url: None,
             expires_in: None,
-            number_matching: false,
+            number_matching: None,
             require_user_verification: false,
             use_code: None,
             otp_fallback: None,
@@ -325,6 +335,33 @@ impl CreateAuthenticationRequest {
             backup_channels: None,
         }
     }
+}
+
+/// `number_matching` as a mode word or, as before the typed mode, a boolean.
+pub(crate) fn number_matching_or_bool<'de, D>(
+    deserializer: D,
+) -> Result<Option<NumberMatching>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ModeOrBool {
+        Bool(bool),
+        Mode(NumberMatching),
+    }
+    Ok(
+        match Option::<ModeOrBool>::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "number_matching must be \"choice\", \"typed\", \"off\" or a boolean",
+            )
+        })? {
+            None => None,
+            Some(ModeOrBool::Bool(true)) => Some(NumberMatching::Choice),
+            Some(ModeOrBool::Bool(false)) => Some(NumberMatching::Off),
+            Some(ModeOrBool::Mode(mode)) => Some(mode),
+        },
+    )
 }
 
 /// A channel that carries a one-time passcode to the user when no device can be reached.
@@ -466,6 +503,14 @@ pub struct AuthenticationStatus {
     /// Number matching: the number to show on the web page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number_to_show: Option<u32>,
+    /// Number matching: how the user gives the number (`choice` or `typed`; `off` without
+    /// number matching).
+    #[serde(default)]
+    pub number_matching: NumberMatching,
+    /// Why it was denied, when its state is `denied`: `declined`, `reported_fraud`, or
+    /// `wrong_number` (the device answered with another number than the one shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial_reason: Option<DenialReason>,
     /// When it expires.
     pub expires_at: UnixSeconds,
     /// When it was answered.
@@ -529,6 +574,10 @@ pub struct ResponseRecorded {
     pub authentication_id: AuthenticationId,
     /// Its state after the answer.
     pub state: AuthenticationState,
+    /// Why it is denied, when it is: `wrong_number` when an approval carried another number
+    /// than the one shown (the request ended; it cannot be answered again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial_reason: Option<DenialReason>,
 }
 
 /// `POST /v1/qr-sessions`: a QR login session for a web page. Every field is optional.
@@ -622,6 +671,14 @@ pub struct QrSessionStatus {
     /// The device-signed answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_response: Option<String>,
+    /// Number matching of the follow-up approval (state `verifying`): the number the page
+    /// shows; the user picks or types it on the phone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_to_show: Option<u32>,
+    /// Why it was denied (state `denied`): `declined` or `reported_fraud` on the QR answer or
+    /// the follow-up, `wrong_number` when the follow-up was answered with another number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial_reason: Option<DenialReason>,
 }
 
 /// `POST /v1/device/qr-sessions/claim` (device-signed): the scanning device claims the session
@@ -698,6 +755,12 @@ pub struct QrBrowserStatus {
     /// Where to go once approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_url: Option<String>,
+    /// Number matching of the follow-up approval (state `verifying`): the number to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_to_show: Option<u32>,
+    /// Why it was denied (state `denied`), e.g. `wrong_number`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial_reason: Option<DenialReason>,
 }
 
 /// `POST /v1/users/{user_id}/otp/verify`: check a one-time passcode from one of the user's
@@ -994,4 +1057,49 @@ pub struct OtpToken {
 pub struct OtpTokenList {
     /// The user's tokens, oldest first.
     pub tokens: Vec<OtpToken>,
+}
+
+/// `GET` / `PUT /v1/application/authentication-settings`: the calling application's number
+/// matching mode and push-bombing limits. A limit left out (or `null`) uses the server-wide
+/// value (`--max-pending-authentications-per-user` and the like).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuthenticationSettings {
+    /// The number matching mode of push authentications, QR follow-up approvals and CIBA
+    /// requests that do not choose one (`off`, `choice` or `typed`).
+    #[serde(default)]
+    pub number_matching: NumberMatching,
+    /// How many user-facing requests one user may have pending at once (1 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_per_user: Option<u32>,
+    /// How many unanswered or denied user-facing requests one user may have had in the window
+    /// before more are refused (1 to 1000). Approved requests do not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unapproved_per_user: Option<u32>,
+    /// The window of `max_unapproved_per_user`, in seconds (60 to 86400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_bombing_window_seconds: Option<u32>,
+}
+
+/// The application's authentication settings as stored, and the limits in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuthenticationSettingsView {
+    /// The settings as stored (a limit left out uses the server-wide value).
+    pub settings: AuthenticationSettings,
+    /// The limits in force: the application's where set, else the server-wide values.
+    pub effective: PushBombingLimits,
+}
+
+/// The push-bombing limits in force for an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PushBombingLimits {
+    /// User-facing requests one user may have pending at once.
+    pub max_pending_per_user: u32,
+    /// Unanswered or denied user-facing requests one user may have had in the window.
+    pub max_unapproved_per_user: u32,
+    /// The window, in seconds.
+    pub window_seconds: u32,
 }

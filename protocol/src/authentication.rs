@@ -76,6 +76,92 @@ impl CibaDetails {
     }
 }
 
+/// How the user proves the sign-in they approve is the one in front of them.
+///
+/// The relying party (web page, CIBA consumption device, QR login page) shows a 2-digit number;
+/// the device's answer must carry the same number. A wrong number ends the request as `denied`
+/// with the reason [`DenialReason::WrongNumber`], so it cannot be guessed by trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum NumberMatching {
+    /// No number matching.
+    #[default]
+    Off,
+    /// The device offers three numbers ([`AuthenticationRequest::number_choices`]) and the
+    /// user picks the one the relying party shows: a third of random picks are right.
+    Choice,
+    /// The device offers nothing; the user types the 2-digit number the relying party shows
+    /// (one in 90 for a random answer).
+    Typed,
+}
+
+impl NumberMatching {
+    /// The wire and command-line word: `off`, `choice` or `typed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberMatching::Off => "off",
+            NumberMatching::Choice => "choice",
+            NumberMatching::Typed => "typed",
+        }
+    }
+
+    /// Parses the word.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(Self::Off),
+            "choice" => Some(Self::Choice),
+            "typed" => Some(Self::Typed),
+            _ => None,
+        }
+    }
+
+    /// Whether the answer must carry a number.
+    pub fn is_on(self) -> bool {
+        self != NumberMatching::Off
+    }
+}
+
+/// The smallest number number matching shows (numbers have two digits).
+pub const NUMBER_MATCHING_MIN: u32 = 10;
+/// The largest number number matching shows.
+pub const NUMBER_MATCHING_MAX: u32 = 99;
+
+/// Why an authentication was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum DenialReason {
+    /// The user declined on the device (decision `deny`).
+    Declined,
+    /// The user reported it as fraud (decision `report_fraud`).
+    ReportedFraud,
+    /// The device answered with a number other than the one shown (number matching): the
+    /// request ended at once, and counts as a fraud signal.
+    WrongNumber,
+}
+
+impl DenialReason {
+    /// The wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenialReason::Declined => "declined",
+            DenialReason::ReportedFraud => "reported_fraud",
+            DenialReason::WrongNumber => "wrong_number",
+        }
+    }
+
+    /// Parses the wire word.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "declined" => Some(Self::Declined),
+            "reported_fraud" => Some(Self::ReportedFraud),
+            "wrong_number" => Some(Self::WrongNumber),
+            _ => None,
+        }
+    }
+}
+
 /// One label/value line shown to (or, if hidden, bound for) the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +183,10 @@ pub struct DynamicParameters {
     /// Ordered fields shown to the user.
     #[serde(default)]
     pub fields: Vec<DisplayField>,
-    /// Fields bound by the signature but not shown.
+    /// Context bound by the signature but not part of the headline display (a reference, an
+    /// amount in another form). The device core hands these to the app separately
+    /// (`IncomingRequest::hidden_fields`): apps must show them, or at least surface them (e.g.
+    /// behind "Details"), because the user's approval covers them too.
     #[serde(default)]
     pub hidden_fields: Vec<DisplayField>,
 }
@@ -149,9 +238,15 @@ pub struct AuthenticationRequest {
     pub parameters_digest: Sha256Digest,
     /// Where the sign-in comes from.
     pub context: AccessContext,
-    /// Number matching: the numbers to offer; the web page shows the right one.
+    /// Number matching: the numbers to offer (mode `choice` only); the web page shows the
+    /// right one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number_choices: Option<Vec<u32>>,
+    /// Number matching mode: `choice` (pick one of `number_choices`) or `typed` (type the
+    /// number the web page shows; no choices are sent). Absent means `off`, or `choice` when
+    /// `number_choices` is present (requests of servers before the typed mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_matching: Option<NumberMatching>,
     /// Whether the answer must be signed with the user-verification key.
     pub require_user_verification: bool,
     /// For a [`AuthenticationKind::Ciba`] request: the relying party, binding message and scopes.
@@ -163,6 +258,17 @@ pub struct AuthenticationRequest {
     pub issued_at: UnixSeconds,
     /// When it expires.
     pub expires_at: UnixSeconds,
+}
+
+impl AuthenticationRequest {
+    /// The number matching mode this request asks for (see [`AuthenticationRequest::number_matching`]).
+    pub fn number_matching_mode(&self) -> NumberMatching {
+        match (self.number_matching, &self.number_choices) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => NumberMatching::Choice,
+            (None, None) => NumberMatching::Off,
+        }
+    }
 }
 
 /// The device's decision.
@@ -227,7 +333,9 @@ pub struct AuthenticationResponse {
     pub decision: Decision,
     /// Digest of the parameters exactly as shown.
     pub parameters_digest: Sha256Digest,
-    /// The number the user selected (number matching).
+    /// Number matching: the number the user selected (mode `choice`) or typed (mode `typed`).
+    /// Approvals only; an approval with another number than the one shown ends the request as
+    /// denied (`wrong_number`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_number: Option<u32>,
     /// RFC 8176 authentication method references the app reports (`fpt`, `face`, `pin`, `swk`, `hwk`, `user`).
@@ -313,6 +421,32 @@ mod tests {
         let mut changed = a.clone();
         changed.fields[0].value = "1200.00 EUR".into();
         assert_ne!(a.digest().unwrap(), changed.digest().unwrap());
+    }
+
+    #[test]
+    fn number_matching_and_denial_reasons_are_words() {
+        for mode in [
+            NumberMatching::Off,
+            NumberMatching::Choice,
+            NumberMatching::Typed,
+        ] {
+            assert_eq!(NumberMatching::parse(mode.as_str()), Some(mode));
+            assert_eq!(
+                serde_json::to_value(mode).unwrap(),
+                serde_json::json!(mode.as_str())
+            );
+        }
+        for reason in [
+            DenialReason::Declined,
+            DenialReason::ReportedFraud,
+            DenialReason::WrongNumber,
+        ] {
+            assert_eq!(DenialReason::parse(reason.as_str()), Some(reason));
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(reason.as_str())
+            );
+        }
     }
 
     #[test]

@@ -198,6 +198,11 @@ pub struct BackchannelAcknowledgement {
     pub expires_in: u64,
     /// Seconds the client must wait between token requests (always present).
     pub interval: u64,
+    /// Tessera extension, present when the application uses number matching: the number the
+    /// consumption device must show; the user picks or types it on the phone. A wrong number
+    /// ends the request (`access_denied`, "wrong_number" in the description).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_to_show: Option<u32>,
 }
 
 /// A successful token response (RFC 6749 §5.1, OpenID Connect Core §3.1.3.3); in push mode, the

@@ -215,9 +215,15 @@ pub struct CreateFlowRequest {
     /// Transaction fields shown on the phone, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<DisplayField>,
-    /// Number matching on the push.
-    #[serde(default)]
-    pub number_matching: bool,
+    /// Number matching on the push: `choice`, `typed` or `off` (or, as for authentications, a
+    /// boolean); by default the application's mode.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::number_matching_or_bool"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::authentication::NumberMatching>))]
+    pub number_matching: Option<crate::authentication::NumberMatching>,
     /// `useCode`: the user may type the app's passcode instead of waiting (default: the
     /// application's setting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,7 +269,7 @@ impl CreateFlowRequest {
             user_agent: None,
             message: None,
             fields: Vec::new(),
-            number_matching: false,
+            number_matching: None,
             use_code: None,
             otp_fallback: None,
             sms_backup: None,

@@ -125,7 +125,8 @@
   }
 
   // What the page says in each state.
-  function texts(state, app, hasRedirect) {
+  function texts(state, app, hasRedirect, status) {
+    const number = status && Number.isInteger(status.number_to_show) ? status.number_to_show : null;
     switch (state) {
       case "created":
         return { live: `Scan the QR code with the ${app} app to sign in.` };
@@ -136,6 +137,13 @@
           message: `Check the ${app} app on your phone and approve the sign-in.`,
         };
       case "verifying":
+        if (number !== null) {
+          return {
+            icon: "phone",
+            title: `Confirm ${number} on your phone`,
+            message: `Your phone asks to confirm the sign-in: enter or pick the number ${number} there.`,
+          };
+        }
         return {
           icon: "phone",
           title: "Approved on your phone. Finishing…",
@@ -150,6 +158,13 @@
             : `You are signed in to ${app}. You can close this page.`,
         };
       case "denied":
+        if (status && status.denial_reason === "wrong_number") {
+          return {
+            icon: "cross",
+            title: "Sign-in denied",
+            message: "The number given on your phone did not match. To try again, start a new sign-in.",
+          };
+        }
         return {
           icon: "cross",
           title: "Sign-in denied",
@@ -234,7 +249,7 @@
         this.svgSource = null;
         this.panel.replaceChildren();
         this.footer.hidden = state !== "created";
-        const t = texts(state, app, hasRedirect);
+        const t = texts(state, app, hasRedirect, status);
         if (state === "created") {
           this.buildCode(app, renewCode);
         } else {

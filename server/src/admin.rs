@@ -4,7 +4,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use tessera_protocol::api::{
-    AuthenticationMethod, BackupChannel, CreatedApplication, DeviceRecord, User,
+    AuthenticationMethod, AuthenticationSettings, BackupChannel, CreatedApplication, DeviceRecord,
+    User,
 };
 use tessera_protocol::ids::{ApplicationId, UserId};
 use zeroize::Zeroizing;
@@ -487,4 +488,38 @@ pub async fn set_quotas(
     } else {
         Err(ServerError::NotFound("application"))
     }
+}
+
+/// The application's number matching mode and push-bombing limits as stored (a limit of `null`
+/// uses the server-wide value of the running server).
+pub async fn authentication_settings(
+    db: &Database,
+    app: &ApplicationId,
+) -> Result<AuthenticationSettings, ServerError> {
+    let view = crate::domain::applications::authentication_settings(
+        db,
+        &crate::ServerConfig::default(),
+        app,
+    )
+    .await
+    .map_err(|e| crate::error::admin_error(e, "application"))?;
+    Ok(view.settings)
+}
+
+/// Replaces the application's number matching mode and push-bombing limits (each limit checked
+/// against its range); returns them as stored.
+pub async fn set_authentication_settings(
+    db: &Database,
+    app: &ApplicationId,
+    settings: AuthenticationSettings,
+) -> Result<AuthenticationSettings, ServerError> {
+    let view = crate::domain::applications::set_authentication_settings(
+        db,
+        &crate::ServerConfig::default(),
+        app,
+        settings,
+    )
+    .await
+    .map_err(|e| crate::error::admin_error(e, "application"))?;
+    Ok(view.settings)
 }

@@ -35,7 +35,9 @@ pub struct ServerConfig {
     /// Push-bombing limit: user-facing requests (approvals, transactions) pending at once per
     /// user. Silent verifications do not count: the user never sees them.
     pub max_pending_authentications_per_user: u32,
-    /// Push-bombing limit: user-facing requests per user per 10 minutes.
+    /// Push-bombing limit: unapproved user-facing requests (unanswered, expired or denied,
+    /// `wrong_number` included; approved ones do not count) per user within
+    /// `push_bombing_window_seconds`. Applications may set their own.
     pub max_recent_authentications_per_user: u32,
     /// Largest push payload that carries the signed request itself; larger requests are pushed
     /// as their id only and pulled by the device (FCM's data limit is 4 KiB).
@@ -123,6 +125,9 @@ pub struct ServerConfig {
     /// Authentication requests pending at once per application (customer API and CIBA), unless
     /// the application sets its own quota.
     pub max_pending_requests_per_application: u32,
+    /// Push-bombing window of `max_recent_authentications_per_user`, in seconds (default 600).
+    /// Applications may set their own.
+    pub push_bombing_window_seconds: u32,
 }
 
 /// FCM's production base URL.
@@ -177,6 +182,7 @@ impl Default for ServerConfig {
             retention_sweep: std::time::Duration::from_secs(3600),
             max_open_qr_sessions_per_application: 1000,
             max_pending_requests_per_application: 10_000,
+            push_bombing_window_seconds: 600,
         }
     }
 }

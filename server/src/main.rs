@@ -36,6 +36,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
+use tessera_protocol::authentication::NumberMatching;
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
@@ -172,6 +173,17 @@ enum Command {
         /// its own).
         #[arg(long, default_value_t = 10_000)]
         max_pending_requests_per_app: u32,
+        /// Push-bombing: user-facing requests one user may have pending at once (applications
+        /// may set their own).
+        #[arg(long, default_value_t = 3, env = "TESSERA_MAX_PENDING_PER_USER")]
+        max_pending_per_user: u32,
+        /// Push-bombing: unanswered or denied requests one user may have had within the window
+        /// (approved ones do not count; applications may set their own).
+        #[arg(long, default_value_t = 20, env = "TESSERA_MAX_UNAPPROVED_PER_USER")]
+        max_unapproved_per_user: u32,
+        /// Push-bombing: the window of --max-unapproved-per-user, in seconds.
+        #[arg(long, default_value_t = 600, env = "TESSERA_PUSH_BOMBING_WINDOW")]
+        push_bombing_window_seconds: u32,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -440,6 +452,37 @@ enum AdminCommand {
         /// The user.
         user_id: String,
     },
+    /// Number matching and push-bombing limits of the application's authentications (replaces
+    /// them all: a limit not given uses the server-wide value).
+    SetAuthenticationSettings {
+        /// The application.
+        application_id: String,
+        /// Number matching of requests that do not choose one: `off`, `choice` (pick one of
+        /// three numbers) or `typed` (type the 2-digit number).
+        #[arg(long, value_enum, default_value = "off")]
+        number_matching: NumberMatchingArg,
+        /// User-facing requests one user may have pending at once (1 to 100).
+        #[arg(long)]
+        max_pending_per_user: Option<u32>,
+        /// Unanswered or denied requests one user may have had within the window (1 to 1000).
+        #[arg(long)]
+        max_unapproved_per_user: Option<u32>,
+        /// The window of --max-unapproved-per-user, in seconds (60 to 86400).
+        #[arg(long)]
+        window_seconds: Option<u32>,
+    },
+    /// Show the application's number matching and push-bombing limits.
+    ShowAuthenticationSettings {
+        /// The application.
+        application_id: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NumberMatchingArg {
+    Off,
+    Choice,
+    Typed,
 }
 
 fn init_logs(format: LogFormat) {
@@ -517,6 +560,9 @@ async fn main() -> ExitCode {
             retention_days,
             max_open_qr_sessions_per_app,
             max_pending_requests_per_app,
+            max_pending_per_user,
+            max_unapproved_per_user,
+            push_bombing_window_seconds,
         } => {
             init_logs(log_format);
             let master_key = match admin::master_key_from(secrets.master_key_file.as_deref()) {
@@ -556,6 +602,9 @@ async fn main() -> ExitCode {
                 retention_days,
                 max_open_qr_sessions_per_application: max_open_qr_sessions_per_app,
                 max_pending_requests_per_application: max_pending_requests_per_app,
+                max_pending_authentications_per_user: max_pending_per_user,
+                max_recent_authentications_per_user: max_unapproved_per_user,
+                push_bombing_window_seconds,
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -905,6 +954,31 @@ async fn run_admin(
         } => json!({
             "devices": admin::list_devices(&db, &parse_app(&application_id)?, &parse_user(&user_id)?).await?
         }),
+        AdminCommand::SetAuthenticationSettings {
+            application_id,
+            number_matching,
+            max_pending_per_user,
+            max_unapproved_per_user,
+            window_seconds,
+        } => {
+            let settings = tessera_protocol::api::AuthenticationSettings {
+                number_matching: match number_matching {
+                    NumberMatchingArg::Off => NumberMatching::Off,
+                    NumberMatchingArg::Choice => NumberMatching::Choice,
+                    NumberMatchingArg::Typed => NumberMatching::Typed,
+                },
+                max_pending_per_user,
+                max_unapproved_per_user,
+                push_bombing_window_seconds: window_seconds,
+            };
+            json!(
+                admin::set_authentication_settings(&db, &parse_app(&application_id)?, settings)
+                    .await?
+            )
+        }
+        AdminCommand::ShowAuthenticationSettings { application_id } => {
+            json!(admin::authentication_settings(&db, &parse_app(&application_id)?).await?)
+        }
     };
     db.close().await;
     Ok(value)

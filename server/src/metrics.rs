@@ -45,6 +45,7 @@ pub(crate) struct Metrics {
     pub pushes: Family<PushLabels, Counter>,
     pub authentications_ended: Family<EndLabels, Counter>,
     pub waiting_topics: Gauge,
+    pub fraud_signals: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +66,12 @@ impl Metrics {
         let pushes = Family::<PushLabels, Counter>::default();
         let authentications_ended = Family::<EndLabels, Counter>::default();
         let waiting_topics = Gauge::default();
+        let fraud_signals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "authentication_fraud_signals",
+            "Authentications denied as a fraud signal, by reason (wrong_number: number matching answered with another number; reported_fraud)",
+            fraud_signals.clone(),
+        );
         registry.register(
             "waiting_topics",
             "Authentications, devices and QR sessions some request is waiting on in this process",
@@ -109,6 +116,7 @@ impl Metrics {
             pushes,
             authentications_ended,
             waiting_topics,
+            fraud_signals,
         }
     }
 

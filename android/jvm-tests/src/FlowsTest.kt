@@ -11,10 +11,12 @@ import dev.tessera.android.Tessera
 import dev.tessera.android.TesseraRequest
 import dev.tessera.android.errorCode
 import dev.tessera.ffi.AuthenticatorConfig
+import dev.tessera.ffi.DenialReason
 import dev.tessera.ffi.DeviceInfo
 import dev.tessera.ffi.DeviceSignals
 import dev.tessera.ffi.EnrollmentState
 import dev.tessera.ffi.KeyKind
+import dev.tessera.ffi.NumberMatching
 import dev.tessera.ffi.PlatformException
 import dev.tessera.ffi.PlatformKeyStore
 import dev.tessera.ffi.PushRegistration
@@ -287,7 +289,16 @@ val tests: List<Pair<String, suspend Env.() -> Unit>> = listOf(
         expectEqual(created["authentication_id"], request.id, "request from the flow")
         val shown = (created["number_to_show"] as Double).toInt()
         expect(request.numberChoices?.contains(shown) == true) { "number choices ${request.numberChoices}" }
+        expectEqual(NumberMatching.CHOICE, request.numberMatching, "mode")
         expectEqual(RequestState.APPROVED, phone.approve(request, selectedNumber = shown).state, "recorded")
+        // Typed: no choices; a wrong number ends the request as denied (wrong_number).
+        val typed = server.authenticate(alice, mapOf("kind" to "approval", "number_matching" to "typed"))
+        val typedRequest = withTimeout(20_000) { phone.requests(waitSeconds = 5).first() }
+        expectEqual(NumberMatching.TYPED, typedRequest.numberMatching, "typed mode")
+        expectEqual(null, typedRequest.numberChoices, "no choices")
+        val typedShown = (typed["number_to_show"] as Double).toInt()
+        val wrong = phone.approve(typedRequest, selectedNumber = if (typedShown == 99) 10 else typedShown + 1)
+        expectEqual(RequestState.DENIED to DenialReason.WRONG_NUMBER, wrong.state to wrong.denialReason, "wrong number")
     },
     "QR login with two users on one device" to {
         val phone = device()

@@ -258,6 +258,9 @@ class Flows(unittest.TestCase):
             self.assertEqual(request.message, "Pay 120.00 EUR to ACME GmbH?")
             self.assertEqual([(f.label, f.value) for f in request.fields],
                              [(f["label"], f["value"]) for f in fields])
+            # What the signature binds but the headline does not show reaches the app too.
+            self.assertEqual([(f.label, f.value) for f in request.hidden_fields],
+                             [("ref", "inv-7")])
             self.assertTrue(request.require_user_verification)
 
             keys.signed.clear()
@@ -268,6 +271,8 @@ class Flows(unittest.TestCase):
             self.assertEqual(reason.message, "Pay 120.00 EUR to ACME GmbH?")
             self.assertEqual(reason.application_name, "Example Bank")
             self.assertTrue(reason.required_by_server)
+            # The alias of the key that signs right after (Android prepares a CryptoObject).
+            self.assertEqual(keys.kinds.get(reason.key_alias), t.KeyKind.USER_VERIFICATION)
             self.assertEqual(keys.signed, [t.KeyKind.USER_VERIFICATION])
             status = self.server.authentication(created["authentication_id"], wait=5)
             self.assertEqual(status["state"], "approved")
@@ -342,13 +347,29 @@ class Flows(unittest.TestCase):
             enrollment = await self.paired(device, alice)
             created = self.server.authenticate(alice, number_matching=True)
             [request] = await device.wait_for_requests(enrollment.enrollment_id, 5)
+            self.assertEqual(request.number_matching, t.NumberMatching.CHOICE)
             self.assertIn(created["number_to_show"], request.number_choices)
-            wrong = next(n for n in request.number_choices if n != created["number_to_show"])
-            with self.assertRaises(t.TesseraError.Server) as refused:
-                await device.approve(request, wrong)
-            self.assertEqual(refused.exception.code, "response_mismatch")
             with self.assertRaises(t.TesseraError.InvalidInput):
                 await device.approve(request, None)
+            # A wrong pick ends the request: denied, wrong_number; the right one is refused after.
+            wrong = next(n for n in request.number_choices if n != created["number_to_show"])
+            recorded = await device.approve(request, wrong)
+            self.assertEqual(recorded.state, t.RequestState.DENIED)
+            self.assertEqual(recorded.denial_reason, t.DenialReason.WRONG_NUMBER)
+            with self.assertRaises(t.TesseraError.Server) as refused:
+                await device.approve(request, created["number_to_show"])
+            self.assertEqual(refused.exception.code, "already_answered")
+            status = self.server.authentication(created["authentication_id"])
+            self.assertEqual((status["state"], status["denial_reason"]), ("denied", "wrong_number"))
+
+            # Typed: no choices; the typed number approves.
+            created = self.server.authenticate(alice, number_matching="typed")
+            [request] = await device.wait_for_requests(enrollment.enrollment_id, 5)
+            self.assertEqual(request.number_matching, t.NumberMatching.TYPED)
+            self.assertIsNone(request.number_choices)
+            recorded = await device.approve(request, created["number_to_show"])
+            self.assertEqual(recorded.state, t.RequestState.APPROVED)
+            self.assertIsNone(recorded.denial_reason)
 
         run(flow())
 

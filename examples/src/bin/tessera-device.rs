@@ -346,7 +346,9 @@ fn request_json(r: &IncomingRequest) -> serde_json::Value {
         "kind": r.kind,
         "message": r.message,
         "fields": r.fields,
+        "hidden_fields": r.hidden_fields,
         "context": r.context,
+        "number_matching": r.number_matching,
         "number_choices": r.number_choices,
         "require_user_verification": r.require_user_verification,
         "ciba": r.ciba,
@@ -376,12 +378,20 @@ fn print_request(cli: &Cli, r: &IncomingRequest) {
     for f in &r.fields {
         println!("    {:<12} {}", f.label, f.value);
     }
+    if !r.hidden_fields.is_empty() {
+        println!("    also approved (additional context):");
+        for f in &r.hidden_fields {
+            println!("      {:<12} {}", f.label, f.value);
+        }
+    }
     if let Some(ip) = &r.context.ip {
         let place = r.context.location.as_deref().unwrap_or("unknown location");
         println!("    from {ip} ({place})");
     }
     if let Some(choices) = &r.number_choices {
         println!("    pick the number shown on the web page: {choices:?}");
+    } else if r.number_matching.is_on() {
+        println!("    type the number shown on the web page (--number N)");
     }
     if r.require_user_verification {
         println!("    needs biometrics or the device PIN (--amr fpt|face|pin)");
@@ -441,7 +451,7 @@ async fn watch(
             continue;
         }
         print_request(cli, &request);
-        if auto_approve && request.number_choices.is_some() {
+        if auto_approve && request.number_matching.is_on() {
             println!(
                 "    -> not approved automatically: it needs the number shown on the web page"
             );

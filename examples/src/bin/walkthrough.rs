@@ -198,7 +198,7 @@ async fn main() -> Result<()> {
         accessing_location: Some("Berlin, DE".into()),
         application_icon_url: None,
         expires_in: None,
-        number_matching: true,
+        number_matching: Some(tessera_protocol::authentication::NumberMatching::Choice),
         require_user_verification: false,
         ..CreateAuthenticationRequest::new(AuthenticationKind::Approval)
     };
@@ -262,7 +262,7 @@ async fn main() -> Result<()> {
         value: value.into(),
     };
     ask.kind = AuthenticationKind::Transaction;
-    ask.number_matching = false;
+    ask.number_matching = None;
     ask.require_user_verification = true;
     ask.message = Some("Pay 120.00 EUR to ACME GmbH?".into());
     ask.fields = vec![
@@ -657,7 +657,7 @@ async fn main() -> Result<()> {
     );
     let flow = backend
         .create_flow(&CreateFlowRequest {
-            number_matching: true,
+            number_matching: Some(tessera_protocol::authentication::NumberMatching::Choice),
             ..CreateFlowRequest::new("alice".parse()?)
         })
         .await?;

@@ -35,6 +35,15 @@ public enum TesseraRequest: Identifiable {
     public var message: String { raw.message }
     public var fields: [Field] { raw.fields }
     public var context: RequestContext { raw.context }
+    /// Context the signature binds besides `fields` (the request's hidden fields). The approval
+    /// covers them: show them, or at least surface them (e.g. under "Details"), labelled as
+    /// additional context.
+    public var hiddenFields: [Field] { raw.hiddenFields }
+    /// Number matching: `.choice` (offer `numberChoices`), `.typed` (a 2-digit input, no
+    /// choices) or `.off`. Pass the number to `approve`; a wrong number ends the request (the
+    /// result's `denialReason` is `.wrongNumber`).
+    public var numberMatching: NumberMatching { raw.numberMatching }
+    /// Number matching (`.choice`): the numbers to offer, or nil.
     public var numberChoices: [UInt32]? { raw.numberChoices }
     public var requiresUserVerification: Bool { raw.requireUserVerification }
     /// For a CIBA request: the relying party, binding message and scopes.

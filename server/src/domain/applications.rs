@@ -1,9 +1,14 @@
 //! Applications: the customer's API key identifies one.
 
+use tessera_protocol::api::{
+    AuthenticationSettings, AuthenticationSettingsView, PushBombingLimits,
+};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::ApplicationId;
 
 use super::{Ctx, DomainError};
+use crate::config::ServerConfig;
+use crate::store::Database;
 use crate::store::applications;
 
 pub(crate) use crate::store::applications::Application;
@@ -70,4 +75,141 @@ pub(crate) async fn insert_within_pending_quota(
     }
     crate::store::authentications::insert(&mut *tx, record).await?;
     Ok(())
+}
+
+/// Inclusive bounds of the push-bombing settings.
+const MAX_PENDING_RANGE: std::ops::RangeInclusive<u32> = 1..=100;
+const MAX_UNAPPROVED_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
+const WINDOW_RANGE: std::ops::RangeInclusive<u32> = 60..=86_400;
+
+/// The push-bombing limits in force: the application's where it set them, else the server's.
+pub(crate) fn push_bombing_limits(
+    config: &ServerConfig,
+    stored: &applications::AuthenticationSettings,
+) -> PushBombingLimits {
+    PushBombingLimits {
+        max_pending_per_user: stored
+            .max_pending_per_user
+            .unwrap_or(config.max_pending_authentications_per_user),
+        max_unapproved_per_user: stored
+            .max_unapproved_per_user
+            .unwrap_or(config.max_recent_authentications_per_user),
+        window_seconds: stored
+            .push_bombing_window_seconds
+            .unwrap_or(config.push_bombing_window_seconds),
+    }
+}
+
+fn check_range(
+    value: Option<u32>,
+    range: &std::ops::RangeInclusive<u32>,
+    what: &str,
+) -> Result<(), DomainError> {
+    match value {
+        Some(n) if !range.contains(&n) => Err(DomainError::invalid(format!(
+            "{what} must be between {} and {}",
+            range.start(),
+            range.end()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn view(
+    config: &ServerConfig,
+    stored: &applications::AuthenticationSettings,
+) -> AuthenticationSettingsView {
+    AuthenticationSettingsView {
+        settings: AuthenticationSettings {
+            number_matching: stored.number_matching,
+            max_pending_per_user: stored.max_pending_per_user,
+            max_unapproved_per_user: stored.max_unapproved_per_user,
+            push_bombing_window_seconds: stored.push_bombing_window_seconds,
+        },
+        effective: push_bombing_limits(config, stored),
+    }
+}
+
+/// The application's number matching mode and push-bombing limits, and the limits in force.
+pub(crate) async fn authentication_settings(
+    db: &Database,
+    config: &ServerConfig,
+    app: &ApplicationId,
+) -> Result<AuthenticationSettingsView, DomainError> {
+    let stored = applications::authentication_settings(db, app).await?;
+    Ok(view(config, &stored))
+}
+
+/// Replaces the application's number matching mode and push-bombing limits (each limit
+/// checked against its range; one left out uses the server-wide value).
+pub(crate) async fn set_authentication_settings(
+    db: &Database,
+    config: &ServerConfig,
+    app: &ApplicationId,
+    settings: AuthenticationSettings,
+) -> Result<AuthenticationSettingsView, DomainError> {
+    check_range(
+        settings.max_pending_per_user,
+        &MAX_PENDING_RANGE,
+        "max_pending_per_user",
+    )?;
+    check_range(
+        settings.max_unapproved_per_user,
+        &MAX_UNAPPROVED_RANGE,
+        "max_unapproved_per_user",
+    )?;
+    check_range(
+        settings.push_bombing_window_seconds,
+        &WINDOW_RANGE,
+        "push_bombing_window_seconds",
+    )?;
+    let stored = applications::AuthenticationSettings {
+        number_matching: settings.number_matching,
+        max_pending_per_user: settings.max_pending_per_user,
+        max_unapproved_per_user: settings.max_unapproved_per_user,
+        push_bombing_window_seconds: settings.push_bombing_window_seconds,
+    };
+    if !applications::set_authentication_settings(db, app, &stored).await? {
+        return Err(DomainError::new(ErrorCode::NotFound, "no such application"));
+    }
+    Ok(view(config, &stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_application_limit_replaces_the_server_value_and_none_keeps_it() {
+        let config = ServerConfig::default();
+        let server = push_bombing_limits(&config, &applications::AuthenticationSettings::default());
+        assert_eq!(
+            server,
+            PushBombingLimits {
+                max_pending_per_user: config.max_pending_authentications_per_user,
+                max_unapproved_per_user: config.max_recent_authentications_per_user,
+                window_seconds: config.push_bombing_window_seconds,
+            }
+        );
+        let own = push_bombing_limits(
+            &config,
+            &applications::AuthenticationSettings {
+                max_unapproved_per_user: Some(4),
+                push_bombing_window_seconds: Some(120),
+                ..Default::default()
+            },
+        );
+        assert_eq!(own.max_pending_per_user, server.max_pending_per_user);
+        assert_eq!(own.max_unapproved_per_user, 4);
+        assert_eq!(own.window_seconds, 120);
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused() {
+        assert!(check_range(Some(0), &MAX_PENDING_RANGE, "x").is_err());
+        assert!(check_range(Some(101), &MAX_PENDING_RANGE, "x").is_err());
+        assert!(check_range(Some(59), &WINDOW_RANGE, "x").is_err());
+        assert!(check_range(None, &WINDOW_RANGE, "x").is_ok());
+        assert!(check_range(Some(600), &WINDOW_RANGE, "x").is_ok());
+    }
 }

@@ -14,7 +14,7 @@ use tessera_protocol::api::{
 use tessera_protocol::authentication::{
     AccessContext, AuthenticationId, AuthenticationKind, AuthenticationRequest,
     AuthenticationResponse, AuthenticationState, CibaDetails, Decision, DeviceLocation,
-    DisplayField, DynamicParameters,
+    DisplayField, DynamicParameters, NUMBER_MATCHING_MAX, NUMBER_MATCHING_MIN, NumberMatching,
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
@@ -70,49 +70,68 @@ pub(crate) fn check_fields(fields: &[DisplayField]) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// Number matching: the number the page shows and three choices for the device, shuffled.
-fn number_matching() -> (u32, Vec<u32>) {
+/// Number matching: the number the page shows and, in mode `choice`, three distinct choices
+/// for the device (shuffled, the right one among them). In mode `typed` the device gets no
+/// choices: the user types the number. `None` for mode `off`.
+fn number_matching(mode: NumberMatching) -> Option<(u32, Option<Vec<u32>>)> {
     let mut rng = rand::rngs::OsRng;
-    let mut choices: Vec<u32> = Vec::with_capacity(3);
-    while choices.len() < 3 {
-        let n = rng.gen_range(10..100);
-        if !choices.contains(&n) {
-            choices.push(n);
+    let mut pick = || rng.gen_range(NUMBER_MATCHING_MIN..=NUMBER_MATCHING_MAX);
+    match mode {
+        NumberMatching::Off => None,
+        NumberMatching::Typed => Some((pick(), None)),
+        NumberMatching::Choice => {
+            let mut choices: Vec<u32> = Vec::with_capacity(3);
+            while choices.len() < 3 {
+                let n = pick();
+                if !choices.contains(&n) {
+                    choices.push(n);
+                }
+            }
+            let correct = choices[0];
+            choices.shuffle(&mut rand::rngs::OsRng);
+            Some((correct, Some(choices)))
         }
     }
-    let correct = choices[0];
-    choices.shuffle(&mut rng);
-    (correct, choices)
 }
 
+/// Requests live at most this long (`expires_in` up to 900 seconds), so a look-back this long
+/// sees every pending one.
+const LONGEST_REQUEST_SECONDS: i64 = 900;
+
 /// Push bombing: why one more user-facing request to this user is refused (too many pending,
-/// or too many in the last 10 minutes), or `None` when it is allowed. Silent verifications do not
-/// count. Used for every user-facing request, whoever asks (customer API or CIBA).
+/// or too many unapproved ones — unanswered, expired or denied, `wrong_number` included — in
+/// the application's window), or `None` when it is allowed. Approved requests and silent
+/// verifications do not count, so a user who signs in often is never locked out by their own
+/// approvals. The limits are the application's settings, else the server-wide values. Used for
+/// every user-facing request, whoever asks (customer API or CIBA).
 pub(crate) async fn push_bombing_limit(
     ctx: &Ctx,
     application_id: &ApplicationId,
     user_id: &UserId,
     now: i64,
-) -> Result<Option<&'static str>, DomainError> {
-    // Pending requests live at most 15 minutes, so a 15-minute look-back sees them all.
+) -> Result<Option<String>, DomainError> {
+    let stored =
+        crate::store::applications::authentication_settings(&ctx.db, application_id).await?;
+    let limits = super::applications::push_bombing_limits(&ctx.config, &stored);
     let counts = authentications::user_facing_counts(
         &ctx.db,
         application_id,
         user_id,
         now,
-        now - 900,
-        now - 600,
+        now - LONGEST_REQUEST_SECONDS,
+        now - i64::from(limits.window_seconds),
     )
     .await?;
-    if counts.pending >= i64::from(ctx.config.max_pending_authentications_per_user) {
+    if counts.pending >= i64::from(limits.max_pending_per_user) {
         return Ok(Some(
-            "this user already has the most pending requests allowed; wait for an answer or for them to expire",
+            "this user already has the most pending requests allowed; wait for an answer or for them to expire".into(),
         ));
     }
-    if counts.recent >= i64::from(ctx.config.max_recent_authentications_per_user) {
-        return Ok(Some(
-            "too many requests to this user in the last 10 minutes",
-        ));
+    if counts.recent >= i64::from(limits.max_unapproved_per_user) {
+        return Ok(Some(format!(
+            "too many unanswered or denied requests to this user in the last {} seconds",
+            limits.window_seconds
+        )));
     }
     Ok(None)
 }
@@ -125,8 +144,8 @@ pub(crate) struct Question {
     pub parameters: DynamicParameters,
     /// Where the sign-in comes from.
     pub context: AccessContext,
-    /// Whether the device user must pick the number the page shows.
-    pub number_matching: bool,
+    /// How the device user gives the number the page shows (or `Off`).
+    pub number_matching: NumberMatching,
     /// Whether the answer must be signed with the user-verification key.
     pub require_user_verification: bool,
     /// Seconds until it expires.
@@ -143,11 +162,9 @@ pub(crate) fn new_authentication(
     device: &Enrollment,
     question: Question,
 ) -> Result<Authentication, DomainError> {
-    let (number_to_show, number_choices) = if question.number_matching {
-        let (n, choices) = number_matching();
-        (Some(n), Some(choices))
-    } else {
-        (None, None)
+    let (number_to_show, number_choices) = match number_matching(question.number_matching) {
+        Some((n, choices)) => (Some(n), choices),
+        None => (None, None),
     };
     let now = ctx.now();
     let parameters_digest = question
@@ -166,6 +183,10 @@ pub(crate) fn new_authentication(
         parameters_digest,
         context: question.context,
         number_choices,
+        number_matching: question
+            .number_matching
+            .is_on()
+            .then_some(question.number_matching),
         require_user_verification: question.require_user_verification,
         ciba: question.ciba,
         nonce: DeviceRegistration::new_nonce(),
@@ -186,6 +207,7 @@ pub(crate) fn new_authentication(
         parameters_digest: parameters_digest.to_string(),
         nonce: request.nonce,
         number_to_show,
+        number_matching: question.number_matching,
         require_user_verification: question.require_user_verification,
         accessing_ip,
         state: AuthenticationState::Pending,
@@ -196,6 +218,7 @@ pub(crate) fn new_authentication(
         expires_at: request.expires_at,
         answered_at: None,
         failure_reason: None,
+        denial_reason: None,
         otp_mode: authentications::OtpMode::None,
         otp_after: None,
         backup_channels: Vec::new(),
@@ -516,7 +539,7 @@ pub(crate) async fn create(
             ));
         }
         AuthenticationKind::Silent => {
-            if body.number_matching
+            if body.number_matching.is_some_and(NumberMatching::is_on)
                 || body.require_user_verification
                 || body.message.is_some()
                 || !body.fields.is_empty()
@@ -569,6 +592,18 @@ pub(crate) async fn create(
     };
     backup_channels.sort();
     backup_channels.dedup();
+    let number_matching = if silent {
+        NumberMatching::Off
+    } else {
+        match body.number_matching {
+            Some(mode) => mode,
+            None => {
+                crate::store::applications::authentication_settings(&ctx.db, &app.id)
+                    .await?
+                    .number_matching
+            }
+        }
+    };
     let device = pick_device(ctx, &app.id, user_id, body.enrollment_id.as_ref()).await?;
     if body.kind != AuthenticationKind::Silent
         && let Some(reason) = push_bombing_limit(ctx, &app.id, user_id, ctx.now()).await?
@@ -589,7 +624,7 @@ pub(crate) async fn create(
                 ip: body.accessing_ip.clone(),
                 location: body.accessing_location.clone(),
             },
-            number_matching: body.number_matching,
+            number_matching,
             require_user_verification: body.require_user_verification,
             expires_in,
             ciba: None,
@@ -672,8 +707,10 @@ pub(crate) async fn pending_requests(
 
 /// Records a device's signed answer to an authentication: the signature by the device asked,
 /// the request, nonce and parameters it answers, its freshness, user verification and number
-/// matching where required. Of racing answers (and expiry) exactly one outcome is recorded;
-/// the same answer again is accepted, a different one refused.
+/// matching where required. An approval with another number than the one shown ends the
+/// authentication as denied (`wrong_number`): a number cannot be guessed by trying again. Of
+/// racing answers (and expiry) exactly one outcome is recorded; the same answer again is
+/// accepted, a different one refused.
 pub(crate) async fn answer(
     ctx: &Ctx,
     id: &str,
@@ -723,27 +760,54 @@ pub(crate) async fn answer(
         {
             return Err(mismatch("this approval requires user verification"));
         }
-        if record.number_to_show.is_some() && response.selected_number != record.number_to_show {
-            return Err(mismatch("the selected number is not the one shown"));
-        }
     } else if record.kind == AuthenticationKind::Silent {
         return Err(mismatch("a silent verification cannot be denied"));
     }
+    // Checked last, once the answer is otherwise valid: a wrong number (or none) ends the
+    // request, so a second answer with another number is refused as already answered.
+    let wrong_number = response.decision == Decision::Approve
+        && record.number_to_show.is_some()
+        && response.selected_number != record.number_to_show;
     let attrs = attributes(ctx, &record, &device, &response, with_uv, client);
     let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
-    let ending = Ending::Answer {
-        decision: response.decision,
-        signed_response,
-        attributes: &attrs_json,
+    let ending = if wrong_number {
+        Ending::WrongNumber {
+            signed_response,
+            attributes: &attrs_json,
+        }
+    } else {
+        Ending::Answer {
+            decision: response.decision,
+            signed_response,
+            attributes: &attrs_json,
+        }
     };
     if let Some(recorded) = outcome::record(ctx, &id, ending).await? {
+        if wrong_number {
+            tracing::warn!(authentication_id = %id, "number matching answered with another number: denied");
+        }
         return Ok(ResponseRecorded {
             authentication_id: id,
             state: recorded.state,
+            denial_reason: recorded.denial_reason,
         });
     }
     // Not recorded: expired, or answered before.
     let current = load(ctx, &id).await?;
+    if current.signed_response.as_deref() == Some(signed_response) {
+        // The very answer recorded (a retry after a lost reply): the same outcome again.
+        return Ok(ResponseRecorded {
+            authentication_id: id,
+            state: current.state,
+            denial_reason: current.denial_reason,
+        });
+    }
+    if wrong_number {
+        return Err(DomainError::new(
+            ErrorCode::AlreadyAnswered,
+            "the authentication was already answered",
+        ));
+    }
     match (current.state, current.decision) {
         (AuthenticationState::Expired, _) => Err(DomainError::new(
             ErrorCode::AuthenticationExpired,
@@ -753,10 +817,17 @@ pub(crate) async fn answer(
             ErrorCode::AuthenticationNotFound,
             "the authentication can no longer be answered",
         )),
-        (_, Some(previous)) if previous == response.decision => Ok(ResponseRecorded {
-            authentication_id: id,
-            state: current.state,
-        }),
+        (_, Some(previous))
+            if previous == response.decision
+                && current.denial_reason
+                    != Some(tessera_protocol::authentication::DenialReason::WrongNumber) =>
+        {
+            Ok(ResponseRecorded {
+                authentication_id: id,
+                state: current.state,
+                denial_reason: current.denial_reason,
+            })
+        }
         _ => Err(DomainError::new(
             ErrorCode::AlreadyAnswered,
             "the authentication was already answered",

@@ -73,7 +73,7 @@ pub(crate) fn question(
             ip: client_ip.map(str::to_string),
             location: None,
         },
-        number_matching: false,
+        number_matching: tessera_protocol::authentication::NumberMatching::Off,
         require_user_verification: false,
         ciba: None,
         expires_in: ctx.config.device_verification_ttl,

@@ -23,7 +23,7 @@ use tessera_protocol::api::{
     RelayPairingRequest,
 };
 use tessera_protocol::authentication::{
-    AuthenticationId, AuthenticationKind, AuthenticationState, DisplayField,
+    AuthenticationId, AuthenticationKind, AuthenticationState, DisplayField, NumberMatching,
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
@@ -57,7 +57,7 @@ struct Options {
     user_agent: Option<String>,
     message: Option<String>,
     fields: Vec<DisplayField>,
-    number_matching: bool,
+    number_matching: Option<NumberMatching>,
     use_code: bool,
     otp_fallback: bool,
     backup_channels: Vec<BackupChannel>,
@@ -1222,7 +1222,7 @@ mod tests {
             user_agent: None,
             message: None,
             fields: Vec::new(),
-            number_matching: false,
+            number_matching: None,
             use_code,
             otp_fallback: false,
             backup_channels: Vec::new(),

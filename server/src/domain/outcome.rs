@@ -12,11 +12,13 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tessera_protocol::authentication::{AuthenticationId, AuthenticationKind, Decision};
+use tessera_protocol::authentication::{
+    AuthenticationId, AuthenticationKind, Decision, DenialReason,
+};
 
 use super::events::Topic;
 use super::{Ctx, DomainError};
-use crate::metrics::EndLabels;
+use crate::metrics::{EndLabels, ReasonLabels};
 use crate::store::authentications::{self, Authentication};
 
 /// Something that happened, announced after it was stored.
@@ -42,6 +44,14 @@ pub(crate) enum Ending<'a> {
         /// Approve, deny or report fraud.
         decision: Decision,
         /// The signed answer as received.
+        signed_response: &'a str,
+        /// The attributes it yields (JSON).
+        attributes: &'a str,
+    },
+    /// The device approved with another number than the one shown (number matching): the
+    /// authentication ends denied, reason `wrong_number`, and counts as a fraud signal.
+    WrongNumber {
+        /// The signed answer as received (kept as evidence).
         signed_response: &'a str,
         /// The attributes it yields (JSON).
         attributes: &'a str,
@@ -72,6 +82,13 @@ pub(crate) async fn record(
             authentications::record_answer(&ctx.db, id, decision, signed_response, attributes, now)
                 .await?
         }
+        Ending::WrongNumber {
+            signed_response,
+            attributes,
+        } => {
+            authentications::record_wrong_number(&ctx.db, id, signed_response, attributes, now)
+                .await?
+        }
         Ending::Passcode { attributes } => {
             authentications::record_passcode_answer(&ctx.db, id, attributes, now).await?
         }
@@ -80,7 +97,12 @@ pub(crate) async fn record(
     let Some(record) = recorded else {
         return Ok(None);
     };
-    tracing::info!(authentication_id = %id, state = record.state.as_str(), "authentication ended");
+    tracing::info!(
+        authentication_id = %id,
+        state = record.state.as_str(),
+        denial_reason = record.denial_reason.map(DenialReason::as_str),
+        "authentication ended"
+    );
     ended(ctx, &record).await;
     Ok(Some(record))
 }
@@ -124,6 +146,17 @@ pub(crate) async fn dispatch(ctx: &Ctx, event: &DomainEvent) {
             state: record.state.as_str(),
         })
         .inc();
+    // Fraud signals: what a push-bombing attacker's target does (a wrong number, a report).
+    if let Some(reason @ (DenialReason::WrongNumber | DenialReason::ReportedFraud)) =
+        record.denial_reason
+    {
+        ctx.metrics
+            .fraud_signals
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
     for (name, follow_up) in ctx.follow_ups.iter() {
         if let Err(e) = follow_up(ctx, event).await {
             tracing::warn!(follow_up = name, error = %e, "follow-up failed; its sweep or the next read repairs it");

@@ -28,7 +28,7 @@ use tessera_protocol::api::{
 };
 use tessera_protocol::authentication::{
     AccessContext, AuthenticationKind, AuthenticationState, Decision, DisplayField,
-    DynamicParameters,
+    DynamicParameters, NumberMatching,
 };
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::envelope::{self, MessageType};
@@ -292,7 +292,43 @@ pub(crate) async fn status(
 ) -> Result<QrSessionStatus, DomainError> {
     let session = load_for(ctx, app, id).await?;
     let session = wait_for_change(ctx, session, wait, None).await?;
-    Ok(session.status())
+    let mut status = session.status();
+    let facts = follow_up_facts(ctx, &session).await?;
+    status.number_to_show = facts.number_to_show;
+    status.denial_reason = facts.denial_reason.or(status.denial_reason);
+    Ok(status)
+}
+
+/// What the follow-up approval adds to a session's view: the number the page shows while it
+/// waits (number matching), and why it was denied.
+#[derive(Debug, Default)]
+struct FollowUpFacts {
+    number_to_show: Option<u32>,
+    denial_reason: Option<tessera_protocol::authentication::DenialReason>,
+}
+
+async fn follow_up_facts(ctx: &Ctx, session: &QrSession) -> Result<FollowUpFacts, DomainError> {
+    let Some(id) = &session.follow_up_id else {
+        return Ok(FollowUpFacts::default());
+    };
+    if !matches!(
+        session.state,
+        QrSessionState::Verifying | QrSessionState::Denied
+    ) {
+        return Ok(FollowUpFacts::default());
+    }
+    let Some(follow_up) = authentications::get(&ctx.db, id, ctx.now()).await? else {
+        return Ok(FollowUpFacts::default());
+    };
+    Ok(FollowUpFacts {
+        number_to_show: (session.state == QrSessionState::Verifying
+            && follow_up.state == AuthenticationState::Pending)
+            .then_some(follow_up.number_to_show)
+            .flatten(),
+        denial_reason: (session.state == QrSessionState::Denied)
+            .then_some(follow_up.denial_reason)
+            .flatten(),
+    })
 }
 
 /// How a code is drawn.
@@ -552,7 +588,11 @@ pub(crate) async fn answer(
     let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
     let policy = applications::qr_policy(&ctx.db, &session.application_id).await?;
     let follow_up = if response.decision == Decision::Approve {
-        follow_up_request(ctx, &session, &device, policy, now)?
+        let number_matching =
+            applications::authentication_settings(&ctx.db, &session.application_id)
+                .await?
+                .number_matching;
+        follow_up_request(ctx, &session, &device, policy, number_matching, now)?
     } else {
         None
     };
@@ -624,6 +664,7 @@ fn follow_up_request(
     session: &QrSession,
     device: &Enrollment,
     policy: QrPolicy,
+    number_matching: NumberMatching,
     now: i64,
 ) -> Result<Option<Authentication>, DomainError> {
     let left = u32::try_from((session.expires_at - now).clamp(10, 900)).unwrap_or(120);
@@ -633,7 +674,7 @@ fn follow_up_request(
             kind: AuthenticationKind::Silent,
             parameters: DynamicParameters::default(),
             context: session.context.clone(),
-            number_matching: false,
+            number_matching: NumberMatching::Off,
             require_user_verification: false,
             ciba: None,
             expires_in: left.min(120),
@@ -652,7 +693,8 @@ fn follow_up_request(
                 }],
             },
             context: session.context.clone(),
-            number_matching: false,
+            // The login page shows the number (QrBrowserStatus::number_to_show).
+            number_matching,
             require_user_verification: false,
             ciba: None,
             expires_in: left.min(300),
@@ -724,7 +766,8 @@ fn redirect_to(url: &str, session: &QrSessionId) -> String {
     format!("{url}{sep}qr_session={session}")
 }
 
-fn browser_view(ctx: &Ctx, session: &QrSession) -> Result<QrBrowserStatus, DomainError> {
+async fn browser_view(ctx: &Ctx, session: &QrSession) -> Result<QrBrowserStatus, DomainError> {
+    let facts = follow_up_facts(ctx, session).await?;
     let (qr_uri, qr_svg) = match &session.token {
         Some(token) if session.scannable(ctx.now()) => {
             let uri = qr_uri(ctx, token)?;
@@ -746,6 +789,18 @@ fn browser_view(ctx: &Ctx, session: &QrSession) -> Result<QrBrowserStatus, Domai
             .redirect_url
             .as_deref()
             .map(|u| redirect_to(u, &session.id)),
+        number_to_show: facts.number_to_show,
+        denial_reason: facts
+            .denial_reason
+            .or(match (session.state, session.decision) {
+                (QrSessionState::Denied, Some(Decision::Deny)) => {
+                    Some(tessera_protocol::authentication::DenialReason::Declined)
+                }
+                (QrSessionState::Denied, Some(Decision::ReportFraud)) => {
+                    Some(tessera_protocol::authentication::DenialReason::ReportedFraud)
+                }
+                _ => None,
+            }),
     })
 }
 
@@ -759,7 +814,7 @@ pub(crate) async fn browser_status(
 ) -> Result<QrBrowserStatus, DomainError> {
     let session = settled(ctx, browser_session(ctx, token).await?).await?;
     let session = wait_for_change(ctx, session, wait, seen).await?;
-    browser_view(ctx, &session)
+    browser_view(ctx, &session).await
 }
 
 /// The login page renews its code before it expires (only while nobody has scanned it); the
@@ -794,7 +849,7 @@ pub(crate) async fn browser_renew(
             ),
         ));
     }
-    browser_view(ctx, &current)
+    browser_view(ctx, &current).await
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state, the OpenAPI document, and per-request metrics and logs.
 
+mod application_settings;
 pub(crate) mod authentications;
 mod backup;
 mod ciba_clients;
@@ -82,6 +83,8 @@ use crate::metrics::{RequestLabels, RouteLabels};
         flows::flow_events,
         ops::healthz,
         ops::metrics,
+        application_settings::get_settings,
+        application_settings::set_settings,
     ),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
@@ -217,6 +220,10 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route(ciba::TOKEN_PATH, post(oidc::token::token))
         .route(ciba::JWKS_PATH, get(oidc::discovery::jwks))
         .route(ciba::USERINFO_PATH, get(oidc::userinfo::userinfo))
+        .route(
+            "/v1/application/authentication-settings",
+            get(application_settings::get_settings).put(application_settings::set_settings),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/openapi.json", get(ops::openapi));
     let router = if metrics_here {

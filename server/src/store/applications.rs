@@ -3,6 +3,7 @@
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
+use tessera_protocol::authentication::NumberMatching;
 use tessera_protocol::ids::ApplicationId;
 
 use zeroize::Zeroizing;
@@ -581,4 +582,67 @@ pub async fn lock_for_quota(
             .await?;
     }
     Ok(())
+}
+
+/// An application's number matching mode and push-bombing limits as stored (a limit of `None`
+/// uses the server-wide value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuthenticationSettings {
+    /// The number matching mode of requests that do not choose one.
+    pub number_matching: NumberMatching,
+    /// User-facing requests one user may have pending at once.
+    pub max_pending_per_user: Option<u32>,
+    /// Unanswered or denied user-facing requests one user may have had in the window.
+    pub max_unapproved_per_user: Option<u32>,
+    /// The window of `max_unapproved_per_user`, in seconds.
+    pub push_bombing_window_seconds: Option<u32>,
+}
+
+fn optional_u32(row: &sqlx::any::AnyRow, column: &'static str) -> Result<Option<u32>, StoreError> {
+    row.try_get::<Option<i64>, _>(column)?
+        .map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupted(column)))
+        .transpose()
+}
+
+/// The application's authentication settings.
+pub async fn authentication_settings(
+    db: &Database,
+    id: &ApplicationId,
+) -> Result<AuthenticationSettings, StoreError> {
+    let row = sqlx::query(
+        "SELECT number_matching, max_pending_per_user, max_unapproved_per_user, \
+         push_bombing_window_seconds FROM applications WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or(StoreError::NotFound("application"))?;
+    Ok(AuthenticationSettings {
+        number_matching: NumberMatching::parse(&row.try_get::<String, _>("number_matching")?)
+            .ok_or(StoreError::Corrupted("number_matching"))?,
+        max_pending_per_user: optional_u32(&row, "max_pending_per_user")?,
+        max_unapproved_per_user: optional_u32(&row, "max_unapproved_per_user")?,
+        push_bombing_window_seconds: optional_u32(&row, "push_bombing_window_seconds")?,
+    })
+}
+
+/// Replaces the application's authentication settings. Returns false if there is no such
+/// application.
+pub async fn set_authentication_settings(
+    db: &Database,
+    id: &ApplicationId,
+    settings: &AuthenticationSettings,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE applications SET number_matching = $1, max_pending_per_user = $2, \
+         max_unapproved_per_user = $3, push_bombing_window_seconds = $4 WHERE id = $5",
+    )
+    .bind(settings.number_matching.as_str())
+    .bind(settings.max_pending_per_user.map(i64::from))
+    .bind(settings.max_unapproved_per_user.map(i64::from))
+    .bind(settings.push_bombing_window_seconds.map(i64::from))
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

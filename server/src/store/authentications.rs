@@ -3,7 +3,8 @@
 use sqlx::Row;
 use tessera_protocol::api::{AuthenticationStatus, BackupChannel, OtpReason};
 use tessera_protocol::authentication::{
-    AuthenticationId, AuthenticationKind, AuthenticationState, Decision,
+    AuthenticationId, AuthenticationKind, AuthenticationState, Decision, DenialReason,
+    NumberMatching,
 };
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 
@@ -31,6 +32,8 @@ pub struct Authentication {
     pub nonce: String,
     /// Number matching: the number the web page shows.
     pub number_to_show: Option<u32>,
+    /// Number matching: how the device gives the number (`Off` without `number_to_show`).
+    pub number_matching: NumberMatching,
     /// Whether the answer must be signed with the user-verification key.
     pub require_user_verification: bool,
     /// The accessing device's IP, if given.
@@ -51,6 +54,8 @@ pub struct Authentication {
     pub answered_at: Option<i64>,
     /// Why it failed, when its state is `failed`.
     pub failure_reason: Option<String>,
+    /// Why it was denied, when its state is `denied`.
+    pub denial_reason: Option<DenialReason>,
     /// Which app passcodes it accepts.
     pub otp_mode: OtpMode,
     /// From when an app passcode is accepted (with `otp_mode` other than `None`).
@@ -96,12 +101,12 @@ impl OtpMode {
 const READ_COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
     parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
     decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
-    otp_mode, otp_after, backup_channels, push_state";
+    otp_mode, otp_after, backup_channels, push_state, number_matching, denial_reason";
 
 const COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
     parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
     decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
-    otp_mode, otp_after, backup_channels";
+    otp_mode, otp_after, backup_channels, number_matching";
 
 fn word<T: serde::de::DeserializeOwned>(text: &str, what: &'static str) -> Result<T, StoreError> {
     serde_json::from_value(serde_json::Value::String(text.to_string()))
@@ -128,6 +133,19 @@ fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, StoreEr
     };
     let decision: Option<String> = row.try_get("decision")?;
     let number: Option<i64> = row.try_get("number_to_show")?;
+    let number_to_show = number.and_then(|n| u32::try_from(n).ok());
+    let number_matching = match row.try_get::<Option<String>, _>("number_matching")? {
+        Some(mode) => {
+            NumberMatching::parse(&mode).ok_or(StoreError::Corrupted("number_matching"))?
+        }
+        // Stored before the typed mode: choices whenever there is a number.
+        None if number_to_show.is_some() => NumberMatching::Choice,
+        None => NumberMatching::Off,
+    };
+    let denial_reason = row
+        .try_get::<Option<String>, _>("denial_reason")?
+        .map(|r| DenialReason::parse(&r).ok_or(StoreError::Corrupted("denial_reason")))
+        .transpose()?;
     Ok(Authentication {
         id: parse("id")?
             .parse()
@@ -145,7 +163,8 @@ fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, StoreEr
         signed_request: parse("signed_request")?,
         parameters_digest: parse("parameters_digest")?,
         nonce: parse("nonce")?,
-        number_to_show: number.and_then(|n| u32::try_from(n).ok()),
+        number_to_show,
+        number_matching,
         require_user_verification: row.try_get::<i64, _>("require_user_verification")? != 0,
         accessing_ip: row.try_get("accessing_ip")?,
         state,
@@ -156,6 +175,7 @@ fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, StoreEr
         expires_at,
         answered_at: row.try_get("answered_at")?,
         failure_reason: row.try_get("failure_reason")?,
+        denial_reason,
         otp_mode: OtpMode::parse(&parse("otp_mode")?).ok_or(StoreError::Corrupted("otp_mode"))?,
         otp_after: row.try_get("otp_after")?,
         backup_channels: super::applications::parse_channels(&parse("backup_channels")?)?,
@@ -203,6 +223,8 @@ impl Authentication {
             state: self.state,
             decision: self.decision,
             number_to_show: self.number_to_show,
+            number_matching: self.number_matching,
+            denial_reason: self.denial_reason,
             expires_at: self.expires_at,
             answered_at: self.answered_at,
             attributes: self
@@ -241,7 +263,7 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     sqlx::query(&format!(
-        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
     ))
     .bind(a.id.as_str())
     .bind(a.application_id.as_str())
@@ -265,6 +287,7 @@ where
     .bind(a.otp_mode.as_str())
     .bind(a.otp_after)
     .bind(super::applications::channels_text(&a.backup_channels))
+    .bind(a.number_matching.is_on().then(|| a.number_matching.as_str()))
     .execute(executor)
     .await?;
     Ok(())
@@ -315,12 +338,64 @@ pub async fn record_answer(
     attributes: &str,
     now: i64,
 ) -> Result<Option<Authentication>, StoreError> {
-    let state = match decision {
-        Decision::Approve => AuthenticationState::Approved,
-        Decision::Deny | Decision::ReportFraud => AuthenticationState::Denied,
+    let (state, reason) = match decision {
+        Decision::Approve => (AuthenticationState::Approved, None),
+        Decision::Deny => (AuthenticationState::Denied, Some(DenialReason::Declined)),
+        Decision::ReportFraud => (
+            AuthenticationState::Denied,
+            Some(DenialReason::ReportedFraud),
+        ),
     };
+    end_with(
+        db,
+        id,
+        state,
+        decision,
+        reason,
+        signed_response,
+        attributes,
+        now,
+    )
+    .await
+}
+
+/// Records that the device approved with another number than the one shown: the
+/// authentication ends `denied` (decision `deny`, reason `wrong_number`) if it is still pending
+/// and unexpired, in the same one conditional update as any answer. The signed answer is kept
+/// as evidence.
+pub async fn record_wrong_number(
+    db: &Database,
+    id: &AuthenticationId,
+    signed_response: &str,
+    attributes: &str,
+    now: i64,
+) -> Result<Option<Authentication>, StoreError> {
+    end_with(
+        db,
+        id,
+        AuthenticationState::Denied,
+        Decision::Deny,
+        Some(DenialReason::WrongNumber),
+        signed_response,
+        attributes,
+        now,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn end_with(
+    db: &Database,
+    id: &AuthenticationId,
+    state: AuthenticationState,
+    decision: Decision,
+    reason: Option<DenialReason>,
+    signed_response: &str,
+    attributes: &str,
+    now: i64,
+) -> Result<Option<Authentication>, StoreError> {
     let row = sqlx::query(&format!(
-        "UPDATE authentications SET state = $1, decision = $2, signed_response = $3, attributes = $4, answered_at = $5 \
+        "UPDATE authentications SET state = $1, decision = $2, signed_response = $3, attributes = $4, answered_at = $5, denial_reason = $7 \
          WHERE id = $6 AND state = 'pending' AND expires_at > $5 RETURNING {READ_COLUMNS}"
     ))
     .bind(state.as_str())
@@ -329,6 +404,7 @@ pub async fn record_answer(
     .bind(attributes)
     .bind(now)
     .bind(id.as_str())
+    .bind(reason.map(DenialReason::as_str))
     .fetch_optional(db.writer())
     .await?;
     row.as_ref().map(|r| from_row(r, now)).transpose()
@@ -336,7 +412,7 @@ pub async fn record_answer(
 
 const USER_FACING_COUNTS: &str = "SELECT \
            COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS pending, \
-           COALESCE(SUM(CASE WHEN created_at >= $5 THEN 1 ELSE 0 END), 0) AS recent \
+           COALESCE(SUM(CASE WHEN created_at >= $5 AND state IN ('pending', 'expired', 'denied') THEN 1 ELSE 0 END), 0) AS recent \
          FROM authentications \
          WHERE application_id = $1 AND user_id = $2 AND created_at >= $4 AND kind <> 'silent'";
 
@@ -345,13 +421,16 @@ const USER_FACING_COUNTS: &str = "SELECT \
 pub struct UserFacingCounts {
     /// Pending and unexpired now (created since `pending_since`).
     pub pending: i64,
-    /// Created since `recent_since`.
+    /// Created since `recent_since` and not approved: still pending, expired unanswered, or
+    /// denied (including `wrong_number`). Approved ones and failed ones (their device was
+    /// unpaired) do not count, so an active user is never locked out by their own sign-ins.
     pub recent: i64,
 }
 
 /// User-facing (not silent) requests to a user, counted in one query over the
 /// `authentications_by_user` index: those pending now among the ones created since
-/// `pending_since` (requests live at most that long), and those created since `recent_since`.
+/// `pending_since` (requests live at most that long), and the unapproved ones created since
+/// `recent_since`.
 pub async fn user_facing_counts(
     db: &Database,
     app: &ApplicationId,
@@ -490,6 +569,102 @@ pub async fn offer_passcode_now(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pending(app: &ApplicationId, user: &UserId, created_at: i64) -> Authentication {
+        Authentication {
+            id: AuthenticationId::generate(),
+            application_id: app.clone(),
+            user_id: user.clone(),
+            enrollment_id: EnrollmentId::generate(),
+            kind: AuthenticationKind::Approval,
+            signed_request: "jws".into(),
+            parameters_digest: "digest".into(),
+            nonce: "nonce".into(),
+            number_to_show: None,
+            number_matching: NumberMatching::Off,
+            require_user_verification: false,
+            accessing_ip: None,
+            state: AuthenticationState::Pending,
+            decision: None,
+            signed_response: None,
+            attributes: None,
+            created_at,
+            expires_at: created_at + 120,
+            answered_at: None,
+            failure_reason: None,
+            denial_reason: None,
+            otp_mode: OtpMode::None,
+            otp_after: None,
+            backup_channels: Vec::new(),
+            push_state: "none".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_push_bombing_count_skips_approved_requests() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("count.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        let app = super::super::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        super::super::applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        let mut ids = Vec::new();
+        for _ in 0..7 {
+            let a = pending(&app.id, &user, now - 30);
+            insert(db.writer(), &a).await.expect("insert");
+            ids.push(a.id);
+        }
+        // 3 approved, 1 declined, 1 wrong number; 2 left pending.
+        for id in &ids[..3] {
+            record_answer(&db, id, Decision::Approve, "r", "{}", now - 20)
+                .await
+                .expect("approve")
+                .expect("recorded");
+        }
+        record_answer(&db, &ids[3], Decision::Deny, "r", "{}", now - 20)
+            .await
+            .expect("deny")
+            .expect("recorded");
+        let wrong = record_wrong_number(&db, &ids[4], "r", "{}", now - 20)
+            .await
+            .expect("wrong number")
+            .expect("recorded");
+        assert_eq!(wrong.state, AuthenticationState::Denied);
+        assert_eq!(wrong.decision, Some(Decision::Deny));
+        assert_eq!(wrong.denial_reason, Some(DenialReason::WrongNumber));
+        // An expired one, long unanswered, and one outside the window.
+        let mut expired = pending(&app.id, &user, now - 500);
+        expired.expires_at = now - 400;
+        insert(db.writer(), &expired).await.expect("insert");
+        insert(db.writer(), &pending(&app.id, &user, now - 700))
+            .await
+            .expect("insert");
+        let counts = user_facing_counts(&db, &app.id, &user, now, now - 900, now - 600)
+            .await
+            .expect("counts");
+        assert_eq!(
+            counts,
+            UserFacingCounts {
+                pending: 2,
+                recent: 5, // 2 pending + 1 declined + 1 wrong number + 1 expired
+            }
+        );
+        // A second ending loses: the state changes once.
+        assert!(
+            record_wrong_number(&db, &ids[0], "r", "{}", now)
+                .await
+                .expect("query")
+                .is_none()
+        );
+        db.close().await;
+    }
 
     #[tokio::test]
     async fn the_push_bombing_count_is_one_indexed_query() {

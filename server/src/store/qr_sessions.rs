@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 use tessera_protocol::api::QrSessionStatus;
-use tessera_protocol::authentication::{AccessContext, AuthenticationId, Decision};
+use tessera_protocol::authentication::{AccessContext, AuthenticationId, Decision, DenialReason};
 use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
 use tessera_protocol::qr::{QrSessionId, QrSessionState};
 
@@ -153,6 +153,14 @@ impl QrSession {
             },
             signed_context: self.signed_context.clone(),
             signed_response: self.signed_response.clone(),
+            number_to_show: None,
+            denial_reason: match (self.state, self.decision) {
+                (QrSessionState::Denied, Some(Decision::Deny)) => Some(DenialReason::Declined),
+                (QrSessionState::Denied, Some(Decision::ReportFraud)) => {
+                    Some(DenialReason::ReportedFraud)
+                }
+                _ => None,
+            },
         }
     }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tessera_examples::customer::CustomerApi;
 use tessera_protocol::api::{AuthenticationMethod, BackupContacts};
-use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState, DisplayField};
+use tessera_protocol::authentication::{
+    AuthenticationKind, AuthenticationState, DisplayField, NumberMatching,
+};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::flows::{
     CreateFlowRequest, DeviceSelection, FlowAction, FlowActionName, FlowDeviceType, FlowOtpSource,
@@ -76,7 +78,7 @@ async fn push_approved(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (device, enrollment) = paired(&server, "alice").await;
     let mut request = flow_for("alice");
-    request.number_matching = true;
+    request.number_matching = Some(NumberMatching::Choice);
     request.message = Some("Pay 42.00 EUR to ACME?".into());
     request.fields = vec![DisplayField {
         label: "Amount".into(),

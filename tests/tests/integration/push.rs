@@ -328,7 +328,7 @@ async fn fallback(backend: Backend) {
         .create_authentication(
             "alice",
             &tessera_protocol::api::CreateAuthenticationRequest {
-                number_matching: true,
+                number_matching: Some(tessera_protocol::authentication::NumberMatching::Choice),
                 ..payment()
             },
         )

@@ -444,6 +444,9 @@ async fn start(
             "the user has too many pending requests; try again later",
         ));
     }
+    let number_matching = applications::authentication_settings(&state.db, &client.application_id)
+        .await?
+        .number_matching;
     let application_name = applications::get(&state.db, &client.application_id)
         .await?
         .map(|a| a.name)
@@ -467,7 +470,7 @@ async fn start(
                 ip: None,
                 location: None,
             },
-            number_matching: false,
+            number_matching,
             require_user_verification: true,
             expires_in,
             ciba: Some(details),
@@ -527,6 +530,7 @@ async fn start(
         auth_req_id: request.auth_req_id,
         expires_in: u64::from(expires_in),
         interval: interval.unsigned_abs(),
+        number_to_show: record.number_to_show,
     })
 }
 

@@ -47,3 +47,20 @@ pub(crate) fn issuer(state: &Ctx) -> String {
 pub(crate) fn endpoint_url(state: &Ctx, path: &str) -> String {
     format!("{}{path}", state.public_url.as_str())
 }
+
+/// The `access_denied` description of a denied request: its reason, so the relying party can
+/// tell a declined request from a wrong number (`wrong_number`, a fraud signal).
+pub(crate) fn denial_description(
+    reason: Option<tessera_protocol::authentication::DenialReason>,
+) -> &'static str {
+    use tessera_protocol::authentication::DenialReason;
+    match reason {
+        Some(DenialReason::WrongNumber) => {
+            "wrong_number: the user answered with another number than the one shown; the request is denied"
+        }
+        Some(DenialReason::ReportedFraud) => {
+            "reported_fraud: the user denied the request and reported it as fraud"
+        }
+        Some(DenialReason::Declined) | None => "the user denied the request",
+    }
+}

@@ -193,7 +193,10 @@ async fn payload(
             let tokens = tokens_for(state, client, request, &record).await?;
             serde_json::to_value(tokens).map_err(|_| DomainError::Internal("token response"))?
         }
-        AuthenticationState::Denied => error("access_denied", "the user denied the request"),
+        AuthenticationState::Denied => error(
+            "access_denied",
+            super::denial_description(record.denial_reason),
+        ),
         AuthenticationState::Failed => error(
             "transaction_failed",
             "the request could not be completed on the user's device",

@@ -224,7 +224,7 @@ async fn ciba_grant(
         AuthenticationState::Denied => {
             return Err(OAuthError::new(
                 OAuthCode::AccessDenied,
-                "the user denied the request",
+                super::denial_description(record.denial_reason),
             ));
         }
         AuthenticationState::Failed => {

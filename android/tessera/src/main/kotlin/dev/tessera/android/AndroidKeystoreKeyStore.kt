@@ -25,14 +25,22 @@ import javax.crypto.SecretKey
  * (StrongBox when the device has it, the TEE otherwise), and an AES-256-GCM key that seals the
  * SDK's state key.
  *
- * The user-verification key requires user authentication: it signs only within
- * [userVerificationWindowSeconds] after the user passed a strong biometric or the device
- * credential (the SDK's [BiometricUserVerifier] prompt runs right before it signs). It is
- * invalidated when a new biometric is enrolled; the user then pairs again.
+ * The user-verification key requires user authentication **for every signature**: it is created
+ * with `setUserAuthenticationParameters(0, BIOMETRIC_STRONG or DEVICE_CREDENTIAL)` (Android 11
+ * and later; before, `setUserAuthenticationValidityDurationSeconds(-1)`, strong biometrics
+ * only), so no time window exists in which other code could sign with it. Each approval's
+ * [BiometricUserVerifier] prompt authorizes one [Signature] through a
+ * `BiometricPrompt.CryptoObject` ([prepareSignature]) and hands it over in [signatures]; [sign]
+ * signs the answer with exactly that signature, as the iOS key with `.userPresence` does. The key
+ * is invalidated when a new biometric is enrolled; the user then pairs again.
+ *
+ * Keys created by earlier versions with a validity window keep working (the prompt opens their
+ * window) until the enrollment is paired again.
  */
 class AndroidKeystoreKeyStore(
     private val context: Context,
-    private val userVerificationWindowSeconds: Int = 15,
+    /** Where the prompt hands the authorized signature over; share it with the verifier. */
+    val signatures: UserVerificationSignatures = UserVerificationSignatures(),
 ) : PlatformKeyStore {
     private val keyStore: KeyStore = KeyStore.getInstance(PROVIDER).apply { load(null) }
     private val hasStrongBox: Boolean =
@@ -56,13 +64,16 @@ class AndroidKeystoreKeyStore(
             spec.setUserAuthenticationRequired(true)
             spec.setInvalidatedByBiometricEnrollment(true)
             if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.R) {
+                // 0: every use needs its own authentication, through a CryptoObject.
                 spec.setUserAuthenticationParameters(
-                    userVerificationWindowSeconds,
+                    0,
                     KeyProperties.AUTH_BIOMETRIC_STRONG or KeyProperties.AUTH_DEVICE_CREDENTIAL,
                 )
             } else {
+                // -1: every use needs its own strong-biometric authentication (the device
+                // credential cannot authorize a CryptoObject before Android 11).
                 @Suppress("DEPRECATION")
-                spec.setUserAuthenticationValidityDurationSeconds(userVerificationWindowSeconds)
+                spec.setUserAuthenticationValidityDurationSeconds(-1)
             }
         }
         val generator = KeyPairGenerator.getInstance(KeyProperties.KEY_ALGORITHM_EC, PROVIDER)
@@ -74,11 +85,31 @@ class AndroidKeystoreKeyStore(
         (keyStore.getCertificate(alias)?.publicKey as? ECPublicKey)?.let(Jca::uncompressedPoint)
     }
 
-    override fun sign(alias: String, data: ByteArray): ByteArray = Jca.guard {
+    /**
+     * A signature with the key [alias] for a `BiometricPrompt.CryptoObject`: the prompt
+     * authorizes it, and the next [sign] with [alias] uses it. Null when the key needs no
+     * per-use authorization (a key created with a validity window by an earlier version: the
+     * prompt alone opens its window).
+     */
+    fun prepareSignature(alias: String): Signature? = Jca.guard {
         val key = keyStore.getKey(alias, null) as? PrivateKey ?: throw PlatformException.NotFound()
         try {
-            Signature.getInstance("SHA256withECDSA").run {
-                initSign(key)
+            Signature.getInstance(SIGNATURE_ALGORITHM).apply { initSign(key) }
+        } catch (e: UserNotAuthenticatedException) {
+            null // time-bound key of an earlier version: authorized by the prompt's window
+        } catch (e: KeyPermanentlyInvalidatedException) {
+            throw PlatformException.Failed("the user-verification key was invalidated by a biometric change; pair again")
+        }
+    }
+
+    override fun sign(alias: String, data: ByteArray): ByteArray = Jca.guard {
+        // A signature a prompt authorized for this alias (per-use keys), else a fresh one.
+        val authorized = signatures.take(alias)
+        try {
+            val signature = authorized ?: Signature.getInstance(SIGNATURE_ALGORITHM).apply {
+                initSign(keyStore.getKey(alias, null) as? PrivateKey ?: throw PlatformException.NotFound())
+            }
+            signature.run {
                 update(data)
                 sign() // ASN.1 DER, as the SDK expects
             }
@@ -130,5 +161,6 @@ class AndroidKeystoreKeyStore(
 
     private companion object {
         const val PROVIDER = "AndroidKeyStore"
+        const val SIGNATURE_ALGORITHM = "SHA256withECDSA"
     }
 }

@@ -1,5 +1,6 @@
 package dev.tessera.android
 
+import android.os.Build
 import androidx.biometric.BiometricManager.Authenticators.BIOMETRIC_STRONG
 import androidx.biometric.BiometricManager.Authenticators.DEVICE_CREDENTIAL
 import androidx.biometric.BiometricPrompt
@@ -11,36 +12,63 @@ import dev.tessera.ffi.VerificationReason
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.suspendCancellableCoroutine
 import kotlinx.coroutines.withContext
+import java.security.Signature
 import kotlin.coroutines.resume
 import kotlin.coroutines.resumeWithException
 
 /** The prompt's texts, written by the app from what is being approved. */
-data class PromptText(val title: String, val subtitle: String? = null, val description: String? = null)
+data class PromptText(
+    val title: String,
+    val subtitle: String? = null,
+    val description: String? = null,
+    /** The cancel button, shown before Android 11 (where only a biometric can authorize a key). */
+    val cancel: String = "Cancel",
+)
 
 /**
- * The SDK's user-verification prompt on Android: a [BiometricPrompt] accepting a strong biometric
- * or the device credential, shown over the activity [activity] returns. The app writes the texts
- * ([text]) from the request, e.g. "Approve payment" / "120.00 EUR to ACME GmbH".
+ * The SDK's user-verification prompt on Android: a [BiometricPrompt] bound to the one signature
+ * the approval will make. Before prompting it prepares, in [keyStore], a [Signature] with the
+ * request's user-verification key ([VerificationReason.keyAlias]) and shows the prompt with it
+ * as a [BiometricPrompt.CryptoObject]; the authorized signature goes to
+ * [AndroidKeystoreKeyStore.signatures], and the SDK signs the answer with it right after. The
+ * key (created with `setUserAuthenticationParameters(0, …)`) signs nothing otherwise, so no
+ * window is left open for anything else. Share the key store with the SDK:
+ * `BiometricUserVerifier(activity, keyStore)`.
  *
- * On success the user-verification key may sign for its validity window (see
- * [AndroidKeystoreKeyStore]); the SDK signs right away. Android does not say which biometric was
- * used: a biometric is reported as [biometricAmr] (RFC 8176, default `fpt`), the device
- * credential as `pin`.
+ * Android 11 and later accept a strong biometric or the device credential; earlier versions a
+ * strong biometric only (the device credential cannot authorize a CryptoObject there). Android
+ * does not say which biometric was used: a biometric is reported as [biometricAmr] (RFC 8176,
+ * default `fpt`), the device credential as `pin`. The app writes the texts ([text]) from the
+ * request, e.g. "Approve payment" / "120.00 EUR to ACME GmbH".
  */
 class BiometricUserVerifier(
     private val activity: () -> FragmentActivity?,
+    private val keyStore: AndroidKeystoreKeyStore,
     private val biometricAmr: String = "fpt",
     private val text: (VerificationReason) -> PromptText = { PromptText("Confirm it's you", it.applicationName, it.message) },
 ) : UserVerifier {
     override suspend fun verifyUser(reason: VerificationReason): List<String> = withContext(Dispatchers.Main) {
         val host = activity() ?: throw PlatformException.Unavailable()
         val texts = text(reason)
+        keyStore.signatures.clear()
+        // Null only for a key of an earlier version with a validity window: the prompt opens it.
+        val signature: Signature? = keyStore.prepareSignature(reason.keyAlias)
         suspendCancellableCoroutine { continuation ->
             val prompt = BiometricPrompt(
                 host,
                 ContextCompat.getMainExecutor(host),
                 object : BiometricPrompt.AuthenticationCallback() {
                     override fun onAuthenticationSucceeded(result: BiometricPrompt.AuthenticationResult) {
+                        if (signature != null) {
+                            val authorized = result.cryptoObject?.signature
+                            if (authorized == null) {
+                                continuation.resumeWithException(
+                                    PlatformException.Failed("the prompt did not authorize the signature"),
+                                )
+                                return
+                            }
+                            keyStore.signatures.put(reason.keyAlias, authorized)
+                        }
                         val amr = if (result.authenticationType == BiometricPrompt.AUTHENTICATION_RESULT_TYPE_DEVICE_CREDENTIAL) {
                             "pin"
                         } else {
@@ -68,10 +96,21 @@ class BiometricUserVerifier(
                 .setTitle(texts.title)
                 .setSubtitle(texts.subtitle)
                 .setDescription(texts.description)
-                .setAllowedAuthenticators(BIOMETRIC_STRONG or DEVICE_CREDENTIAL)
-                .build()
-            prompt.authenticate(info)
-            continuation.invokeOnCancellation { prompt.cancelAuthentication() }
+            val perUseBeforeAndroid11 = signature != null && Build.VERSION.SDK_INT < Build.VERSION_CODES.R
+            if (perUseBeforeAndroid11) {
+                info.setAllowedAuthenticators(BIOMETRIC_STRONG).setNegativeButtonText(texts.cancel)
+            } else {
+                info.setAllowedAuthenticators(BIOMETRIC_STRONG or DEVICE_CREDENTIAL)
+            }
+            if (signature != null) {
+                prompt.authenticate(info.build(), BiometricPrompt.CryptoObject(signature))
+            } else {
+                prompt.authenticate(info.build())
+            }
+            continuation.invokeOnCancellation {
+                prompt.cancelAuthentication()
+                keyStore.signatures.clear()
+            }
         }
     }
 }

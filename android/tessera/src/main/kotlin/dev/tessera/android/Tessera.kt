@@ -6,6 +6,7 @@ import dev.tessera.ffi.Enrollment
 import dev.tessera.ffi.EnrollmentState
 import dev.tessera.ffi.Field
 import dev.tessera.ffi.IncomingRequest
+import dev.tessera.ffi.NumberMatching
 import dev.tessera.ffi.OneTimePasscode
 import dev.tessera.ffi.OtpAccount
 import dev.tessera.ffi.PlatformKeyStore
@@ -44,8 +45,20 @@ sealed class TesseraRequest {
     val message: String get() = raw.message
     /** Where the sign-in comes from. */
     val context: RequestContext get() = raw.context
-    /** Number matching: the numbers to offer, or null. */
+    /**
+     * Number matching: [NumberMatching.CHOICE] (offer [numberChoices]), [NumberMatching.TYPED]
+     * (a 2-digit input, no choices) or [NumberMatching.OFF]. Pass the number to `approve`; a
+     * wrong number ends the request (the result's `denialReason` is `WRONG_NUMBER`).
+     */
+    val numberMatching: NumberMatching get() = raw.numberMatching
+    /** Number matching ([NumberMatching.CHOICE]): the numbers to offer, or null. */
     val numberChoices: List<Int>? get() = raw.numberChoices?.map { it.toInt() }
+    /**
+     * Context the signature binds besides the displayed fields (the request's hidden fields).
+     * The approval covers them: show them, or at least surface them (e.g. under "Details"),
+     * labelled as additional context.
+     */
+    val hiddenFields: List<Field> get() = raw.hiddenFields
     /** Whether approving will ask for biometrics or the device PIN. */
     val requiresUserVerification: Boolean get() = raw.requireUserVerification
     /** When it expires (Unix seconds). */
