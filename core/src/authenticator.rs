@@ -568,7 +568,7 @@ impl Authenticator {
             possession_alias,
             user_verification_alias,
             created_at: now(),
-            otp_transport_secret: Some(signed.otp_transport_secret.to_string()),
+            otp_transport_secret: Some(signed.otp_transport_secret.clone()),
         };
         state.pending.push(pending.clone());
         if let Err(e) = self.store.save(state) {
@@ -1234,7 +1234,7 @@ fn provisioned_otp(
     use base64::Engine;
     let bytes = zeroize::Zeroizing::new(
         base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(secret)
+            .decode(secret.expose())
             .map_err(|_| CoreError::StateCorrupted)?,
     );
     let transport = p256::SecretKey::from_slice(&bytes).map_err(|_| CoreError::StateCorrupted)?;

@@ -15,9 +15,11 @@ use tessera_protocol::pairing::{DeviceRegistration, KeyProof, PairingReply, Serv
 use crate::config::AuthenticatorConfig;
 use crate::error::CoreError;
 use crate::key_store::{KeyPurpose, KeyStore};
+use crate::secret::TransportSecret;
 use crate::signer::KeyStoreSigner;
 
-/// A signed registration and its key proof, ready to send.
+/// A signed registration and its key proof, ready to send. Its `Debug` shows no secret: the
+/// transport secret prints `<redacted>` (and is zeroized when dropped).
 #[derive(Debug, Clone)]
 pub(crate) struct SignedRegistration {
     pub registration: String,
@@ -25,7 +27,7 @@ pub(crate) struct SignedRegistration {
     pub digest: Sha256Digest,
     /// The secret of the registration's OTP transport key (SEC1 scalar, base64url): kept with
     /// the pending pairing in the encrypted state until the reply opens the seed.
-    pub otp_transport_secret: zeroize::Zeroizing<String>,
+    pub otp_transport_secret: TransportSecret,
 }
 
 /// Creates the enrollment's two keys under the given aliases and signs a registration for
@@ -47,7 +49,7 @@ pub(crate) fn create_registration(
     let transport_public = tessera_protocol::jwk::PublicJwk::from_verifying_key(
         &p256::ecdsa::VerifyingKey::from(transport.public_key()),
     );
-    let otp_transport_secret = zeroize::Zeroizing::new({
+    let otp_transport_secret = TransportSecret::new({
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(transport.to_bytes())
     });
@@ -244,6 +246,16 @@ mod tests {
             envelope::inspect(&f.registration.registration).unwrap().kid,
             reg.possession_key.thumbprint()
         );
+    }
+
+    #[test]
+    fn debug_of_a_signed_registration_shows_no_secret() {
+        let f = fixture();
+        let secret = f.registration.otp_transport_secret.expose().to_string();
+        assert!(secret.len() >= 40, "a 256-bit scalar in base64url");
+        let shown = format!("{:?}", f.registration);
+        assert!(!shown.contains(&secret), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]

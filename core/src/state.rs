@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::error::CoreError;
 use crate::key_store::{KeyStore, KeyStoreError};
 use crate::otp::{OtpAccount, OtpAccountId, OtpAccountSource, OtpKey};
+use crate::secret::TransportSecret;
 use crate::storage::SecureStorage;
 
 const STATE_BLOB: &str = "state.bin";
@@ -156,9 +157,10 @@ pub(crate) struct PendingPairing {
     pub possession_alias: String,
     pub user_verification_alias: String,
     pub created_at: UnixSeconds,
-    /// The OTP transport key's secret (see `tessera_protocol::otp`), base64url.
+    /// The OTP transport key's secret (see `tessera_protocol::otp`), base64url: zeroized on
+    /// drop, `<redacted>` in `Debug`.
     #[serde(default)]
-    pub otp_transport_secret: Option<String>,
+    pub otp_transport_secret: Option<TransportSecret>,
 }
 
 impl DeviceState {
@@ -346,6 +348,32 @@ mod tests {
         let raw = std::fs::read(dir.path().join("state/state.bin")).unwrap();
         let text = String::from_utf8_lossy(&raw);
         assert!(!text.contains("alice") && !text.contains("counter"));
+    }
+
+    #[test]
+    fn debug_of_pending_pairings_and_state_shows_no_transport_secret() {
+        let secret = "U0VDUkVULVRSQU5TUE9SVC1TQ0FMQVItMTIzNDU2Nzg5MA";
+        let pending = PendingPairing {
+            id: "p".into(),
+            server: ServerUrl::parse("https://a.example").unwrap(),
+            mode: PendingMode::Relay,
+            registration: String::new(),
+            user_verification_proof: String::new(),
+            registration_digest: Sha256Digest::of_bytes(b"p"),
+            possession_alias: "p.p".into(),
+            user_verification_alias: "p.u".into(),
+            created_at: 1,
+            otp_transport_secret: Some(TransportSecret::new(secret.into())),
+        };
+        let mut state = DeviceState::new();
+        state.pending.push(pending.clone());
+        for shown in [format!("{pending:?}"), format!("{state:?}")] {
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains("<redacted>"));
+        }
+        // The stored form is unchanged: the plain base64url string.
+        let json = serde_json::to_value(&pending).unwrap();
+        assert_eq!(json["otp_transport_secret"], secret);
     }
 
     #[test]
