@@ -95,7 +95,9 @@ pub struct Authenticator {
     key_store: Arc<dyn KeyStore>,
     store: StateStore,
     state: Mutex<DeviceState>,
-    device_id: DeviceId,
+    /// The installation's device id as the state holds it (it changes once, when a device
+    /// paired before device keys existed gets its device key).
+    device_id: std::sync::RwLock<DeviceId>,
     transport: Transport,
     /// Signals and location as the app last reported them; every answer carries them.
     posture: std::sync::RwLock<Posture>,
@@ -109,7 +111,7 @@ struct Posture {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Authenticator({})", self.device_id)
+        write!(f, "Authenticator({})", self.device_id())
     }
 }
 
@@ -132,6 +134,14 @@ impl Authenticator {
             store.save(&state)?;
             delete_keys(key_store.as_ref(), &stale);
         }
+        // A device that never paired gets its device key (and so its lasting id) now; one that
+        // paired before device keys existed keeps its id until its next pairing.
+        if state.device_key_alias.is_none()
+            && state.enrollments.is_empty()
+            && state.pending.is_empty()
+        {
+            ensure_device_key(&key_store, &store, &mut state)?;
+        }
         let transport = Transport::new(config.http_timeout, config.allow_insecure_http)?;
         let device_id = state.device_id.clone();
         let posture = std::sync::RwLock::new(Posture {
@@ -144,14 +154,27 @@ impl Authenticator {
             key_store,
             store,
             state: Mutex::new(state),
-            device_id,
+            device_id: std::sync::RwLock::new(device_id),
             transport,
         })
     }
 
-    /// This installation's device id.
+    /// This installation's device id: derived from its device key (see
+    /// [`DeviceId::of_device_key`]). A device paired before device keys existed keeps its
+    /// earlier id until its next pairing creates the key; its earlier enrollments keep the id
+    /// they were paired with ([`Enrollment::device_id`]).
     pub fn device_id(&self) -> DeviceId {
-        self.device_id.clone()
+        match self.device_id.read() {
+            Ok(id) => id.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn remember_device_id(&self, id: &DeviceId) {
+        match self.device_id.write() {
+            Ok(mut current) => *current = id.clone(),
+            Err(poisoned) => *poisoned.into_inner() = id.clone(),
+        }
     }
 
     /// Reports the device's current posture (rooted, screen lock, MDM); every later answer
@@ -292,7 +315,7 @@ impl Authenticator {
                     &keys,
                 )
                 .map_err(|_| CoreError::UntrustedServerKey)?;
-                if reply.payload.device_id == self.device_id {
+                if reply.payload.device_id == done.device_id {
                     return Ok(Enrollment::from(done));
                 }
                 return Err(CoreError::ReplyMismatch("names another device"));
@@ -543,10 +566,12 @@ impl Authenticator {
         let possession_alias = format!("tessera.{id}.possession");
         let user_verification_alias = format!("tessera.{id}.user-verification");
         let aliases = [possession_alias.clone(), user_verification_alias.clone()];
+        let device_key = ensure_device_key(&self.key_store, &self.store, state)?;
+        self.remember_device_id(&state.device_id);
         let built = create_registration(
             &self.key_store,
             &self.config,
-            &self.device_id,
+            &device_key,
             server,
             &possession_alias,
             &user_verification_alias,
@@ -568,6 +593,7 @@ impl Authenticator {
             possession_alias,
             user_verification_alias,
             created_at: now(),
+            device_id: Some(state.device_id.clone()),
             otp_transport_secret: Some(signed.otp_transport_secret.clone()),
         };
         state.pending.push(pending.clone());
@@ -640,11 +666,15 @@ impl Authenticator {
             (None, Some(keys)) => ReplyTrust::Published(keys),
             (None, None) => ReplyTrust::FirstUseDirect,
         };
+        let device_id = pending
+            .device_id
+            .clone()
+            .unwrap_or_else(|| self.device_id());
         let reply = verify_pairing_reply(
             server_payload,
             &pending.server,
             &pending.registration_digest,
-            &self.device_id,
+            &device_id,
             trust,
         )?;
 
@@ -681,7 +711,7 @@ impl Authenticator {
                 server: pending.server.clone(),
                 application: reply.application.clone(),
                 user_id: reply.user_id.clone(),
-                device_id: self.device_id.clone(),
+                device_id: reply.device_id.clone(),
                 paired_at: now(),
                 possession_alias: pending.possession_alias.clone(),
                 user_verification_alias: pending.user_verification_alias.clone(),
@@ -987,7 +1017,15 @@ impl Authenticator {
             let pinned = state.pinned_keys(&uri.server).cloned();
             (held, pinned)
         };
-        let (Some(caller), Some(pinned)) = (held.first(), pinned) else {
+        // The server offers the caller's device's users: call as an enrollment of this
+        // installation's current identity (a device paired before device keys existed may
+        // still hold enrollments under its earlier id).
+        let current = self.device_id();
+        let caller = held
+            .iter()
+            .find(|e| e.device_id == current)
+            .or_else(|| held.first());
+        let (Some(caller), Some(pinned)) = (caller, pinned) else {
             return Err(CoreError::NotPairedWithServer);
         };
         let claim = ClaimQrSession {
@@ -1013,7 +1051,7 @@ impl Authenticator {
             &claimed.context,
             &uri.server,
             &pinned,
-            &self.device_id,
+            &caller.device_id,
             &pairs,
             now(),
         )
@@ -1287,6 +1325,49 @@ fn parse_pairing_input(
         })?;
         Ok((server, code))
     }
+}
+
+/// The key-store alias of the installation's device key.
+const DEVICE_KEY_ALIAS: &str = "tessera.device-key";
+
+/// The installation's device key, created (with the device id derived from it, saved in the
+/// state) if the state has none yet or the key store lost it. Called with the state lock held
+/// (or before the state is shared); on a failed save the state is left as it was.
+fn ensure_device_key(
+    key_store: &Arc<dyn KeyStore>,
+    store: &StateStore,
+    state: &mut DeviceState,
+) -> Result<KeyStoreSigner, CoreError> {
+    if let Some(alias) = &state.device_key_alias
+        && key_store.public_key(alias)?.is_some()
+    {
+        let signer = KeyStoreSigner::new(Arc::clone(key_store), alias)?;
+        let id = DeviceId::of_device_key(signer.public_jwk());
+        if id != state.device_id {
+            // The id follows the key: state that says otherwise is repaired, not trusted.
+            let previous = std::mem::replace(&mut state.device_id, id);
+            if let Err(e) = store.save(state) {
+                state.device_id = previous;
+                return Err(e);
+            }
+        }
+        return Ok(signer);
+    }
+    key_store.generate_signing_key(DEVICE_KEY_ALIAS, crate::key_store::KeyPurpose::Possession)?;
+    let signer = KeyStoreSigner::new(Arc::clone(key_store), DEVICE_KEY_ALIAS)?;
+    let previous = (
+        std::mem::replace(
+            &mut state.device_id,
+            DeviceId::of_device_key(signer.public_jwk()),
+        ),
+        state.device_key_alias.replace(DEVICE_KEY_ALIAS.to_string()),
+    );
+    if let Err(e) = store.save(state) {
+        (state.device_id, state.device_key_alias) = previous;
+        return Err(e);
+    }
+    tracing::info!(device_id = %state.device_id, "device key created");
+    Ok(signer)
 }
 
 /// Deletes keys, logging (without the alias' secrets — aliases are not secret) what fails.

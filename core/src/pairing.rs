@@ -31,11 +31,14 @@ pub(crate) struct SignedRegistration {
 }
 
 /// Creates the enrollment's two keys under the given aliases and signs a registration for
-/// `audience` with them.
+/// `audience` with them, naming the installation by `device_key` (the installation's device
+/// key, whose id is the device id) and proving it with a [`DeviceKeyProof`] signed by that key.
+///
+/// [`DeviceKeyProof`]: tessera_protocol::pairing::DeviceKeyProof
 pub(crate) fn create_registration(
     key_store: &Arc<dyn KeyStore>,
     config: &AuthenticatorConfig,
-    device_id: &DeviceId,
+    device_key: &KeyStoreSigner,
     audience: &ServerUrl,
     possession_alias: &str,
     user_verification_alias: &str,
@@ -53,10 +56,11 @@ pub(crate) fn create_registration(
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(transport.to_bytes())
     });
-    let registration = DeviceRegistration {
+    let device_key_jwk = device_key.public_jwk().clone();
+    let mut registration = DeviceRegistration {
         v: PROTOCOL_VERSION,
         audience: audience.clone(),
-        device_id: device_id.clone(),
+        device_id: DeviceId::of_device_key(&device_key_jwk),
         nonce: DeviceRegistration::new_nonce(),
         issued_at: tessera_protocol::time::now(),
         possession_key: possession.public_jwk().clone(),
@@ -65,7 +69,15 @@ pub(crate) fn create_registration(
         signals: config.signals,
         push: config.push.clone(),
         otp_transport_key: Some(transport_public),
+        device_key: device_key_jwk,
+        device_key_proof: String::new(),
     };
+    registration.device_key_proof = envelope::sign(
+        MessageType::DeviceKeyProof,
+        &registration.device_key_claims(),
+        device_key,
+    )
+    .map_err(signing_failed)?;
     let registration = envelope::sign(MessageType::Registration, &registration, &possession)
         .map_err(signing_failed)?;
     let digest = envelope::digest_of(&registration).map_err(signing_failed)?;
@@ -177,11 +189,14 @@ mod tests {
     fn fixture() -> Fixture {
         let ks: Arc<dyn KeyStore> = Arc::new(SoftwareKeyStore::in_memory());
         let issuer = ServerUrl::parse("https://auth.example.com").unwrap();
-        let device_id = DeviceId::generate();
+        ks.generate_signing_key("d", KeyPurpose::Possession)
+            .unwrap();
+        let device_key = KeyStoreSigner::new(Arc::clone(&ks), "d").unwrap();
+        let device_id = DeviceId::of_device_key(device_key.public_jwk());
         let registration = create_registration(
             &ks,
             &AuthenticatorConfig::default(),
-            &device_id,
+            &device_key,
             &issuer,
             "p",
             "u",
@@ -242,6 +257,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(proof.payload.registration_digest, f.registration.digest);
+        assert_eq!(reg.device_id, f.device_id);
+        assert_eq!(reg.check_device_key(), Ok(()), "the device key is proven");
         assert_eq!(
             envelope::inspect(&f.registration.registration).unwrap().kid,
             reg.possession_key.thumbprint()
