@@ -66,6 +66,10 @@ pub struct Enrollment {
     /// `Active`, or `PendingVerification` while the user's primary device has not yet approved
     /// this device (see [`Authenticator::wait_for_verification`]).
     pub status: EnrollmentState,
+    /// The server no longer knows it: the backend or an administrator unpaired it. Show it as
+    /// such (the user may pair again) and remove it with [`Authenticator::forget_enrollment`]
+    /// or [`Authenticator::remove_enrollment`]; its requests are no longer pulled.
+    pub removed: bool,
 }
 
 impl From<&StoredEnrollment> for Enrollment {
@@ -82,6 +86,7 @@ impl From<&StoredEnrollment> for Enrollment {
             } else {
                 EnrollmentState::Active
             },
+            removed: e.removed_at.is_some(),
         }
     }
 }
@@ -716,6 +721,7 @@ impl Authenticator {
                 possession_alias: pending.possession_alias.clone(),
                 user_verification_alias: pending.user_verification_alias.clone(),
                 pending_verification: reply.pending_verification,
+                removed_at: None,
             };
             state.enrollments.push(stored.clone());
             if let Some(account) = provisioned_otp(pending, &reply)? {
@@ -758,21 +764,34 @@ pub enum PushOutcome {
 impl Authenticator {
     /// Pending requests of every enrollment, checked against the pinned server keys. Silent
     /// verifications are answered on the way and not returned.
+    ///
+    /// An enrollment the server no longer knows (one user of a shared device unpaired by the
+    /// backend) does not hide the others' requests: it is marked removed
+    /// ([`Enrollment::removed`]) and skipped, here and from then on.
     pub async fn pending_requests(&self) -> Result<Vec<IncomingRequest>, CoreError> {
         let mut out = Vec::new();
         // Bound first: a guard in the `for` expression would be held for the whole loop.
         let enrollments = self.state.lock().await.enrollments.clone();
-        for enrollment in enrollments.iter().filter(|e| !e.pending_verification) {
-            out.extend(
-                self.fetch_requests(&enrollment.enrollment_id, Duration::ZERO)
-                    .await?,
-            );
+        for enrollment in enrollments
+            .iter()
+            .filter(|e| !e.pending_verification && e.removed_at.is_none())
+        {
+            match self
+                .fetch_requests(&enrollment.enrollment_id, Duration::ZERO)
+                .await
+            {
+                Ok(requests) => out.extend(requests),
+                Err(CoreError::EnrollmentRemoved) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
 
     /// Long-polls one enrollment's pending requests: returns as soon as there is one, or after
     /// `wait` (at most 30 seconds) with none. Silent verifications are answered on the way.
+    /// [`CoreError::EnrollmentRemoved`] when the server no longer knows the enrollment (it is
+    /// then marked removed): stop polling it.
     pub async fn wait_for_requests(
         &self,
         enrollment_id: &EnrollmentId,
@@ -780,6 +799,41 @@ impl Authenticator {
     ) -> Result<Vec<IncomingRequest>, CoreError> {
         self.fetch_requests(enrollment_id, wait.min(Duration::from_secs(30)))
             .await
+    }
+
+    /// Marks an enrollment removed by the server (or, `false`, present again) and saves.
+    async fn mark_removed(&self, id: &EnrollmentId, removed: bool) -> Result<(), CoreError> {
+        let mut state = self.state.lock().await;
+        let Some(e) = state
+            .enrollments
+            .iter_mut()
+            .find(|e| &e.enrollment_id == id)
+        else {
+            return Ok(());
+        };
+        let before = e.removed_at;
+        e.removed_at = if removed {
+            before.or_else(|| Some(now()))
+        } else {
+            None
+        };
+        if e.removed_at == before {
+            return Ok(());
+        }
+        if let Err(err) = self.store.save(&state) {
+            if let Some(e) = state
+                .enrollments
+                .iter_mut()
+                .find(|e| &e.enrollment_id == id)
+            {
+                e.removed_at = before;
+            }
+            return Err(err);
+        }
+        if removed {
+            tracing::info!(enrollment_id = %id, "the server no longer knows this enrollment");
+        }
+        Ok(())
     }
 
     async fn fetch_requests(
@@ -795,10 +849,25 @@ impl Authenticator {
         let mut call = DeviceCall::new(reqwest::Method::GET, &path);
         call.query = Some(&query);
         call.timeout = Some(wait + Duration::from_secs(15));
-        let body = self
+        let body = match self
             .transport
             .device_call(&enrollment.server, call, enrollment_id, &signer)
-            .await?;
+            .await
+        {
+            Ok(body) => body,
+            Err(CoreError::Server {
+                code: ErrorCode::Unauthorized | ErrorCode::DeviceNotFound,
+                ..
+            }) => {
+                self.mark_removed(enrollment_id, true).await?;
+                return Err(CoreError::EnrollmentRemoved);
+            }
+            Err(e) => return Err(e),
+        };
+        if enrollment.removed_at.is_some() {
+            // The server answers for it again: it was not removed after all.
+            self.mark_removed(enrollment_id, false).await?;
+        }
         let pending: PendingRequests = serde_json::from_slice(&body)
             .map_err(|_| CoreError::InvalidServerResponse("unexpected pending requests".into()))?;
         let mut out = Vec::new();
@@ -1011,7 +1080,9 @@ impl Authenticator {
             let held: Vec<StoredEnrollment> = state
                 .enrollments
                 .iter()
-                .filter(|e| e.server == uri.server && !e.pending_verification)
+                .filter(|e| {
+                    e.server == uri.server && !e.pending_verification && e.removed_at.is_none()
+                })
                 .cloned()
                 .collect();
             let pinned = state.pinned_keys(&uri.server).cloned();
@@ -1404,5 +1475,107 @@ mod tests {
         // Errors never echo the code.
         let err = parse_pairing_input("QRST-VWXY-Z123Z", Some("https://a.example")).unwrap_err();
         assert!(!err.to_string().contains("QRST"));
+    }
+}
+
+#[cfg(test)]
+mod device_key_tests {
+    use super::*;
+    use crate::key_store::SoftwareKeyStore;
+    use crate::storage::FileStorage;
+
+    fn platform(dir: &std::path::Path) -> (Arc<dyn KeyStore>, Arc<dyn SecureStorage>) {
+        (
+            Arc::new(SoftwareKeyStore::open(dir.join("keys")).unwrap()),
+            Arc::new(FileStorage::new(dir.join("state")).unwrap()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_new_device_has_its_device_key_and_keeps_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ks, storage) = platform(dir.path());
+        let auth = Authenticator::open(AuthenticatorConfig::default(), ks.clone(), storage.clone())
+            .await
+            .unwrap();
+        let id = auth.device_id();
+        let public = ks
+            .public_key(DEVICE_KEY_ALIAS)
+            .unwrap()
+            .expect("a device key");
+        let jwk = tessera_protocol::jwk::PublicJwk::from_sec1_bytes(&public).unwrap();
+        assert_eq!(id, DeviceId::of_device_key(&jwk));
+        drop(auth);
+        let again = Authenticator::open(AuthenticatorConfig::default(), ks, storage)
+            .await
+            .unwrap();
+        assert_eq!(again.device_id(), id, "the id lasts");
+        again
+            .create_mobile_payload("https://auth.example.com")
+            .await
+            .unwrap();
+        assert_eq!(again.device_id(), id, "pairing keeps it");
+    }
+
+    #[tokio::test]
+    async fn state_from_before_device_keys_loads_and_gets_a_key_on_the_next_pairing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ks, storage) = platform(dir.path());
+        // State as an earlier version wrote it: a random id, no device key, one enrollment.
+        let legacy_id = DeviceId::generate();
+        let old_enrollment = EnrollmentId::generate();
+        {
+            let (store, _) = StateStore::open(storage.clone(), ks.as_ref()).unwrap();
+            let mut state = DeviceState::new();
+            state.device_id = legacy_id.clone();
+            state.enrollments.push(StoredEnrollment {
+                enrollment_id: old_enrollment.clone(),
+                server: ServerUrl::parse("https://auth.example.com").unwrap(),
+                application: ApplicationInfo {
+                    id: tessera_protocol::ids::ApplicationId::generate(),
+                    name: "Bank".into(),
+                },
+                user_id: "alice".parse().unwrap(),
+                device_id: legacy_id.clone(),
+                paired_at: 1,
+                possession_alias: "old.p".into(),
+                user_verification_alias: "old.u".into(),
+                pending_verification: false,
+                removed_at: None,
+            });
+            let mut value = serde_json::to_value(&state).unwrap();
+            value.as_object_mut().unwrap().remove("device_key_alias");
+            let state: DeviceState = serde_json::from_value(value).unwrap();
+            store.save(&state).unwrap();
+        }
+        let auth = Authenticator::open(AuthenticatorConfig::default(), ks.clone(), storage)
+            .await
+            .unwrap();
+        assert_eq!(auth.device_id(), legacy_id, "kept until the next pairing");
+        assert!(ks.public_key(DEVICE_KEY_ALIAS).unwrap().is_none());
+
+        let payload = auth
+            .create_mobile_payload("https://auth.example.com")
+            .await
+            .unwrap();
+        let new_id = auth.device_id();
+        assert_ne!(new_id, legacy_id);
+        let public = ks
+            .public_key(DEVICE_KEY_ALIAS)
+            .unwrap()
+            .expect("a device key");
+        let jwk = tessera_protocol::jwk::PublicJwk::from_sec1_bytes(&public).unwrap();
+        assert_eq!(new_id, DeviceId::of_device_key(&jwk));
+        // The registration names and proves the new identity.
+        let mobile = MobilePayload::decode(&payload).unwrap();
+        let registration: tessera_protocol::pairing::DeviceRegistration =
+            envelope::unverified_payload(&mobile.registration).unwrap();
+        assert_eq!(registration.device_id, new_id);
+        assert_eq!(registration.check_device_key(), Ok(()));
+        // The earlier enrollment is still there, under the id it was paired with.
+        let enrollments = auth.enrollments().await;
+        assert_eq!(enrollments.len(), 1);
+        assert_eq!(enrollments[0].enrollment_id, old_enrollment);
+        assert_eq!(enrollments[0].device_id, legacy_id);
     }
 }

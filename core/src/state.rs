@@ -107,6 +107,11 @@ pub(crate) struct StoredEnrollment {
     /// Waiting for the user's primary device to approve it.
     #[serde(default)]
     pub pending_verification: bool,
+    /// When the server answered a call signed for it as for an enrollment it does not know
+    /// (the backend or an administrator unpaired it). Kept, marked, for the app to show until
+    /// it is removed; skipped when pulling requests.
+    #[serde(default)]
+    pub removed_at: Option<UnixSeconds>,
 }
 
 /// An offline OTP account. `Debug` never shows the seed.
