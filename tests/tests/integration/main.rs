@@ -9,6 +9,7 @@
 mod additional_devices;
 mod authentication;
 mod ciba;
+mod device_identity;
 mod device_protocol;
 mod events;
 mod http_errors;
