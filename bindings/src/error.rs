@@ -53,7 +53,8 @@ pub enum TesseraError {
         detail: String,
     },
     /// Nothing of that name on this device (`enrollment_not_found`, `unknown_pending_pairing`,
-    /// `not_paired_with_server`, `otp_account_not_found`).
+    /// `not_paired_with_server`, `otp_account_not_found`), or the server no longer knows the
+    /// enrollment (`enrollment_removed`: it was unpaired; it stays listed with `removed`).
     #[error("{code}: {detail}")]
     NotFound {
         /// Stable code.
@@ -143,6 +144,7 @@ impl From<CoreError> for TesseraError {
             | CoreError::ReplyMismatch(_) => TesseraError::UntrustedServer { code, detail },
             CoreError::UnknownPendingPairing
             | CoreError::EnrollmentNotFound
+            | CoreError::EnrollmentRemoved
             | CoreError::NotPairedWithServer
             | CoreError::OtpAccountNotFound => TesseraError::NotFound { code, detail },
             CoreError::RequestExpired => TesseraError::Expired { code, detail },
@@ -259,6 +261,8 @@ mod tests {
         assert!(
             matches!(&e, TesseraError::NotFound { code, .. } if code == "enrollment_not_found")
         );
+        let e = TesseraError::from(CoreError::EnrollmentRemoved);
+        assert!(matches!(&e, TesseraError::NotFound { code, .. } if code == "enrollment_removed"));
         let e = TesseraError::from(CoreError::Server {
             code: ErrorCode::InvalidPairingCode,
             message: "the pairing code is invalid".into(),

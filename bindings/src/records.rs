@@ -135,6 +135,9 @@ pub struct Enrollment {
     pub paired_at: i64,
     /// `Active`, or `PendingVerification` until the user's primary device approves it.
     pub status: EnrollmentState,
+    /// The server no longer knows it (the backend or an administrator unpaired it): show it as
+    /// unpaired and remove it; its requests are no longer pulled.
+    pub removed: bool,
 }
 
 /// Where an enrollment stands.
@@ -591,6 +594,7 @@ impl From<CoreEnrollment> for Enrollment {
             device_id: e.device_id.to_string(),
             paired_at: e.paired_at,
             status: e.status.into(),
+            removed: e.removed,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Device-side CPU of one pairing, without the network: create the two keys, sign the
-//! registration and the key proof, then verify the server's signed reply, all through the
+//! registration (with its device key proof) and the key proof, then verify the server's signed reply, all through the
 //! software key store.
 //!
 //! `cargo bench -p tessera-core --bench pairing`
@@ -18,13 +18,15 @@ use tessera_protocol::pairing::{
 
 fn sign_registration(ks: &Arc<dyn KeyStore>, server: &ServerUrl, device_id: &DeviceId) -> String {
     use tessera_core::{KeyPurpose, KeyStoreSigner};
+    // The installation's device key exists already (created once per installation).
+    let d = KeyStoreSigner::new(Arc::clone(ks), "d").unwrap();
     ks.generate_signing_key("p", KeyPurpose::Possession)
         .unwrap();
     ks.generate_signing_key("u", KeyPurpose::UserVerification)
         .unwrap();
     let p = KeyStoreSigner::new(Arc::clone(ks), "p").unwrap();
     let u = KeyStoreSigner::new(Arc::clone(ks), "u").unwrap();
-    let registration = DeviceRegistration {
+    let mut registration = DeviceRegistration {
         v: 1,
         audience: server.clone(),
         device_id: device_id.clone(),
@@ -36,7 +38,15 @@ fn sign_registration(ks: &Arc<dyn KeyStore>, server: &ServerUrl, device_id: &Dev
         signals: DeviceSignals::default(),
         push: PushRegistration::None,
         otp_transport_key: None,
+        device_key: d.public_jwk().clone(),
+        device_key_proof: String::new(),
     };
+    registration.device_key_proof = envelope::sign(
+        MessageType::DeviceKeyProof,
+        &registration.device_key_claims(),
+        &d,
+    )
+    .unwrap();
     let jws = envelope::sign(MessageType::Registration, &registration, &p).unwrap();
     let proof = KeyProof {
         v: 1,
@@ -48,9 +58,12 @@ fn sign_registration(ks: &Arc<dyn KeyStore>, server: &ServerUrl, device_id: &Dev
 
 fn bench(c: &mut Criterion) {
     let server = ServerUrl::parse("https://auth.example.com").unwrap();
-    let device_id = DeviceId::generate();
     let server_key = SoftwareSigningKey::generate();
     let ks: Arc<dyn KeyStore> = Arc::new(SoftwareKeyStore::in_memory());
+    let device_key = ks
+        .generate_signing_key("d", tessera_core::KeyPurpose::Possession)
+        .unwrap();
+    let device_id = DeviceId::of_device_key(&PublicJwk::from_sec1_bytes(&device_key).unwrap());
     let registration = sign_registration(&ks, &server, &device_id);
     let digest = envelope::digest_of(&registration).unwrap();
     let reply = PairingReply {

@@ -67,6 +67,10 @@ pub struct Enrollment {
     /// `Active`, or `PendingVerification` while the user's primary device has not yet approved
     /// this device (see [`Authenticator::wait_for_verification`]).
     pub status: EnrollmentState,
+    /// The server no longer knows it: the backend or an administrator unpaired it. Show it as
+    /// such (the user may pair again) and remove it with [`Authenticator::forget_enrollment`]
+    /// or [`Authenticator::remove_enrollment`]; its requests are no longer pulled.
+    pub removed: bool,
 }
 
 /// How long a seamless device authorization is accepted, in seconds.
@@ -86,6 +90,7 @@ impl From<&StoredEnrollment> for Enrollment {
             } else {
                 EnrollmentState::Active
             },
+            removed: e.removed_at.is_some(),
         }
     }
 }
@@ -99,7 +104,9 @@ pub struct Authenticator {
     key_store: Arc<dyn KeyStore>,
     store: StateStore,
     state: Mutex<DeviceState>,
-    device_id: DeviceId,
+    /// The installation's device id as the state holds it (it changes once, when a device
+    /// paired before device keys existed gets its device key).
+    device_id: std::sync::RwLock<DeviceId>,
     transport: Transport,
     /// Signals and location as the app last reported them; every answer carries them.
     posture: std::sync::RwLock<Posture>,
@@ -113,7 +120,7 @@ struct Posture {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Authenticator({})", self.device_id)
+        write!(f, "Authenticator({})", self.device_id())
     }
 }
 
@@ -136,6 +143,14 @@ impl Authenticator {
             store.save(&state)?;
             delete_keys(key_store.as_ref(), &stale);
         }
+        // A device that never paired gets its device key (and so its lasting id) now; one that
+        // paired before device keys existed keeps its id until its next pairing.
+        if state.device_key_alias.is_none()
+            && state.enrollments.is_empty()
+            && state.pending.is_empty()
+        {
+            ensure_device_key(&key_store, &store, &mut state)?;
+        }
         let transport = Transport::new(config.http_timeout, config.allow_insecure_http)?;
         let device_id = state.device_id.clone();
         let posture = std::sync::RwLock::new(Posture {
@@ -148,14 +163,27 @@ impl Authenticator {
             key_store,
             store,
             state: Mutex::new(state),
-            device_id,
+            device_id: std::sync::RwLock::new(device_id),
             transport,
         })
     }
 
-    /// This installation's device id.
+    /// This installation's device id: derived from its device key (see
+    /// [`DeviceId::of_device_key`]). A device paired before device keys existed keeps its
+    /// earlier id until its next pairing creates the key; its earlier enrollments keep the id
+    /// they were paired with ([`Enrollment::device_id`]).
     pub fn device_id(&self) -> DeviceId {
-        self.device_id.clone()
+        match self.device_id.read() {
+            Ok(id) => id.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn remember_device_id(&self, id: &DeviceId) {
+        match self.device_id.write() {
+            Ok(mut current) => *current = id.clone(),
+            Err(poisoned) => *poisoned.into_inner() = id.clone(),
+        }
     }
 
     /// Reports the device's current posture (rooted, screen lock, MDM); every later answer
@@ -296,7 +324,7 @@ impl Authenticator {
                     &keys,
                 )
                 .map_err(|_| CoreError::UntrustedServerKey)?;
-                if reply.payload.device_id == self.device_id {
+                if reply.payload.device_id == done.device_id {
                     return Ok(Enrollment::from(done));
                 }
                 return Err(CoreError::ReplyMismatch("names another device"));
@@ -594,10 +622,12 @@ impl Authenticator {
         let possession_alias = format!("tessera.{id}.possession");
         let user_verification_alias = format!("tessera.{id}.user-verification");
         let aliases = [possession_alias.clone(), user_verification_alias.clone()];
+        let device_key = ensure_device_key(&self.key_store, &self.store, state)?;
+        self.remember_device_id(&state.device_id);
         let built = create_registration(
             &self.key_store,
             &self.config,
-            &self.device_id,
+            &device_key,
             server,
             &possession_alias,
             &user_verification_alias,
@@ -619,7 +649,8 @@ impl Authenticator {
             possession_alias,
             user_verification_alias,
             created_at: now(),
-            otp_transport_secret: Some(signed.otp_transport_secret.to_string()),
+            device_id: Some(state.device_id.clone()),
+            otp_transport_secret: Some(signed.otp_transport_secret.clone()),
         };
         state.pending.push(pending.clone());
         if let Err(e) = self.store.save(state) {
@@ -691,11 +722,15 @@ impl Authenticator {
             (None, Some(keys)) => ReplyTrust::Published(keys),
             (None, None) => ReplyTrust::FirstUseDirect,
         };
+        let device_id = pending
+            .device_id
+            .clone()
+            .unwrap_or_else(|| self.device_id());
         let reply = verify_pairing_reply(
             server_payload,
             &pending.server,
             &pending.registration_digest,
-            &self.device_id,
+            &device_id,
             trust,
         )?;
 
@@ -732,11 +767,12 @@ impl Authenticator {
                 server: pending.server.clone(),
                 application: reply.application.clone(),
                 user_id: reply.user_id.clone(),
-                device_id: self.device_id.clone(),
+                device_id: reply.device_id.clone(),
                 paired_at: now(),
                 possession_alias: pending.possession_alias.clone(),
                 user_verification_alias: pending.user_verification_alias.clone(),
                 pending_verification: reply.pending_verification,
+                removed_at: None,
             };
             state.enrollments.push(stored.clone());
             if let Some(account) = provisioned_otp(pending, &reply)? {
@@ -779,21 +815,34 @@ pub enum PushOutcome {
 impl Authenticator {
     /// Pending requests of every enrollment, checked against the pinned server keys. Silent
     /// verifications are answered on the way and not returned.
+    ///
+    /// An enrollment the server no longer knows (one user of a shared device unpaired by the
+    /// backend) does not hide the others' requests: it is marked removed
+    /// ([`Enrollment::removed`]) and skipped, here and from then on.
     pub async fn pending_requests(&self) -> Result<Vec<IncomingRequest>, CoreError> {
         let mut out = Vec::new();
         // Bound first: a guard in the `for` expression would be held for the whole loop.
         let enrollments = self.state.lock().await.enrollments.clone();
-        for enrollment in enrollments.iter().filter(|e| !e.pending_verification) {
-            out.extend(
-                self.fetch_requests(&enrollment.enrollment_id, Duration::ZERO)
-                    .await?,
-            );
+        for enrollment in enrollments
+            .iter()
+            .filter(|e| !e.pending_verification && e.removed_at.is_none())
+        {
+            match self
+                .fetch_requests(&enrollment.enrollment_id, Duration::ZERO)
+                .await
+            {
+                Ok(requests) => out.extend(requests),
+                Err(CoreError::EnrollmentRemoved) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
 
     /// Long-polls one enrollment's pending requests: returns as soon as there is one, or after
     /// `wait` (at most 30 seconds) with none. Silent verifications are answered on the way.
+    /// [`CoreError::EnrollmentRemoved`] when the server no longer knows the enrollment (it is
+    /// then marked removed): stop polling it.
     pub async fn wait_for_requests(
         &self,
         enrollment_id: &EnrollmentId,
@@ -801,6 +850,41 @@ impl Authenticator {
     ) -> Result<Vec<IncomingRequest>, CoreError> {
         self.fetch_requests(enrollment_id, wait.min(Duration::from_secs(30)))
             .await
+    }
+
+    /// Marks an enrollment removed by the server (or, `false`, present again) and saves.
+    async fn mark_removed(&self, id: &EnrollmentId, removed: bool) -> Result<(), CoreError> {
+        let mut state = self.state.lock().await;
+        let Some(e) = state
+            .enrollments
+            .iter_mut()
+            .find(|e| &e.enrollment_id == id)
+        else {
+            return Ok(());
+        };
+        let before = e.removed_at;
+        e.removed_at = if removed {
+            before.or_else(|| Some(now()))
+        } else {
+            None
+        };
+        if e.removed_at == before {
+            return Ok(());
+        }
+        if let Err(err) = self.store.save(&state) {
+            if let Some(e) = state
+                .enrollments
+                .iter_mut()
+                .find(|e| &e.enrollment_id == id)
+            {
+                e.removed_at = before;
+            }
+            return Err(err);
+        }
+        if removed {
+            tracing::info!(enrollment_id = %id, "the server no longer knows this enrollment");
+        }
+        Ok(())
     }
 
     async fn fetch_requests(
@@ -816,10 +900,25 @@ impl Authenticator {
         let mut call = DeviceCall::new(reqwest::Method::GET, &path);
         call.query = Some(&query);
         call.timeout = Some(wait + Duration::from_secs(15));
-        let body = self
+        let body = match self
             .transport
             .device_call(&enrollment.server, call, enrollment_id, &signer)
-            .await?;
+            .await
+        {
+            Ok(body) => body,
+            Err(CoreError::Server {
+                code: ErrorCode::Unauthorized | ErrorCode::DeviceNotFound,
+                ..
+            }) => {
+                self.mark_removed(enrollment_id, true).await?;
+                return Err(CoreError::EnrollmentRemoved);
+            }
+            Err(e) => return Err(e),
+        };
+        if enrollment.removed_at.is_some() {
+            // The server answers for it again: it was not removed after all.
+            self.mark_removed(enrollment_id, false).await?;
+        }
         let pending: PendingRequests = serde_json::from_slice(&body)
             .map_err(|_| CoreError::InvalidServerResponse("unexpected pending requests".into()))?;
         let mut out = Vec::new();
@@ -1032,13 +1131,23 @@ impl Authenticator {
             let held: Vec<StoredEnrollment> = state
                 .enrollments
                 .iter()
-                .filter(|e| e.server == uri.server && !e.pending_verification)
+                .filter(|e| {
+                    e.server == uri.server && !e.pending_verification && e.removed_at.is_none()
+                })
                 .cloned()
                 .collect();
             let pinned = state.pinned_keys(&uri.server).cloned();
             (held, pinned)
         };
-        let (Some(caller), Some(pinned)) = (held.first(), pinned) else {
+        // The server offers the caller's device's users: call as an enrollment of this
+        // installation's current identity (a device paired before device keys existed may
+        // still hold enrollments under its earlier id).
+        let current = self.device_id();
+        let caller = held
+            .iter()
+            .find(|e| e.device_id == current)
+            .or_else(|| held.first());
+        let (Some(caller), Some(pinned)) = (caller, pinned) else {
             return Err(CoreError::NotPairedWithServer);
         };
         let claim = ClaimQrSession {
@@ -1064,7 +1173,7 @@ impl Authenticator {
             &claimed.context,
             &uri.server,
             &pinned,
-            &self.device_id,
+            &caller.device_id,
             &pairs,
             now(),
         )
@@ -1285,7 +1394,7 @@ fn provisioned_otp(
     use base64::Engine;
     let bytes = zeroize::Zeroizing::new(
         base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(secret)
+            .decode(secret.expose())
             .map_err(|_| CoreError::StateCorrupted)?,
     );
     let transport = p256::SecretKey::from_slice(&bytes).map_err(|_| CoreError::StateCorrupted)?;
@@ -1340,6 +1449,49 @@ fn parse_pairing_input(
     }
 }
 
+/// The key-store alias of the installation's device key.
+const DEVICE_KEY_ALIAS: &str = "tessera.device-key";
+
+/// The installation's device key, created (with the device id derived from it, saved in the
+/// state) if the state has none yet or the key store lost it. Called with the state lock held
+/// (or before the state is shared); on a failed save the state is left as it was.
+fn ensure_device_key(
+    key_store: &Arc<dyn KeyStore>,
+    store: &StateStore,
+    state: &mut DeviceState,
+) -> Result<KeyStoreSigner, CoreError> {
+    if let Some(alias) = &state.device_key_alias
+        && key_store.public_key(alias)?.is_some()
+    {
+        let signer = KeyStoreSigner::new(Arc::clone(key_store), alias)?;
+        let id = DeviceId::of_device_key(signer.public_jwk());
+        if id != state.device_id {
+            // The id follows the key: state that says otherwise is repaired, not trusted.
+            let previous = std::mem::replace(&mut state.device_id, id);
+            if let Err(e) = store.save(state) {
+                state.device_id = previous;
+                return Err(e);
+            }
+        }
+        return Ok(signer);
+    }
+    key_store.generate_signing_key(DEVICE_KEY_ALIAS, crate::key_store::KeyPurpose::Possession)?;
+    let signer = KeyStoreSigner::new(Arc::clone(key_store), DEVICE_KEY_ALIAS)?;
+    let previous = (
+        std::mem::replace(
+            &mut state.device_id,
+            DeviceId::of_device_key(signer.public_jwk()),
+        ),
+        state.device_key_alias.replace(DEVICE_KEY_ALIAS.to_string()),
+    );
+    if let Err(e) = store.save(state) {
+        (state.device_id, state.device_key_alias) = previous;
+        return Err(e);
+    }
+    tracing::info!(device_id = %state.device_id, "device key created");
+    Ok(signer)
+}
+
 /// Deletes keys, logging (without the alias' secrets — aliases are not secret) what fails.
 fn delete_keys(key_store: &dyn KeyStore, aliases: &[String]) {
     for alias in aliases {
@@ -1374,5 +1526,107 @@ mod tests {
         // Errors never echo the code.
         let err = parse_pairing_input("QRST-VWXY-Z123Z", Some("https://a.example")).unwrap_err();
         assert!(!err.to_string().contains("QRST"));
+    }
+}
+
+#[cfg(test)]
+mod device_key_tests {
+    use super::*;
+    use crate::key_store::SoftwareKeyStore;
+    use crate::storage::FileStorage;
+
+    fn platform(dir: &std::path::Path) -> (Arc<dyn KeyStore>, Arc<dyn SecureStorage>) {
+        (
+            Arc::new(SoftwareKeyStore::open(dir.join("keys")).unwrap()),
+            Arc::new(FileStorage::new(dir.join("state")).unwrap()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_new_device_has_its_device_key_and_keeps_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ks, storage) = platform(dir.path());
+        let auth = Authenticator::open(AuthenticatorConfig::default(), ks.clone(), storage.clone())
+            .await
+            .unwrap();
+        let id = auth.device_id();
+        let public = ks
+            .public_key(DEVICE_KEY_ALIAS)
+            .unwrap()
+            .expect("a device key");
+        let jwk = tessera_protocol::jwk::PublicJwk::from_sec1_bytes(&public).unwrap();
+        assert_eq!(id, DeviceId::of_device_key(&jwk));
+        drop(auth);
+        let again = Authenticator::open(AuthenticatorConfig::default(), ks, storage)
+            .await
+            .unwrap();
+        assert_eq!(again.device_id(), id, "the id lasts");
+        again
+            .create_mobile_payload("https://auth.example.com")
+            .await
+            .unwrap();
+        assert_eq!(again.device_id(), id, "pairing keeps it");
+    }
+
+    #[tokio::test]
+    async fn state_from_before_device_keys_loads_and_gets_a_key_on_the_next_pairing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ks, storage) = platform(dir.path());
+        // State as an earlier version wrote it: a random id, no device key, one enrollment.
+        let legacy_id = DeviceId::generate();
+        let old_enrollment = EnrollmentId::generate();
+        {
+            let (store, _) = StateStore::open(storage.clone(), ks.as_ref()).unwrap();
+            let mut state = DeviceState::new();
+            state.device_id = legacy_id.clone();
+            state.enrollments.push(StoredEnrollment {
+                enrollment_id: old_enrollment.clone(),
+                server: ServerUrl::parse("https://auth.example.com").unwrap(),
+                application: ApplicationInfo {
+                    id: tessera_protocol::ids::ApplicationId::generate(),
+                    name: "Bank".into(),
+                },
+                user_id: "alice".parse().unwrap(),
+                device_id: legacy_id.clone(),
+                paired_at: 1,
+                possession_alias: "old.p".into(),
+                user_verification_alias: "old.u".into(),
+                pending_verification: false,
+                removed_at: None,
+            });
+            let mut value = serde_json::to_value(&state).unwrap();
+            value.as_object_mut().unwrap().remove("device_key_alias");
+            let state: DeviceState = serde_json::from_value(value).unwrap();
+            store.save(&state).unwrap();
+        }
+        let auth = Authenticator::open(AuthenticatorConfig::default(), ks.clone(), storage)
+            .await
+            .unwrap();
+        assert_eq!(auth.device_id(), legacy_id, "kept until the next pairing");
+        assert!(ks.public_key(DEVICE_KEY_ALIAS).unwrap().is_none());
+
+        let payload = auth
+            .create_mobile_payload("https://auth.example.com")
+            .await
+            .unwrap();
+        let new_id = auth.device_id();
+        assert_ne!(new_id, legacy_id);
+        let public = ks
+            .public_key(DEVICE_KEY_ALIAS)
+            .unwrap()
+            .expect("a device key");
+        let jwk = tessera_protocol::jwk::PublicJwk::from_sec1_bytes(&public).unwrap();
+        assert_eq!(new_id, DeviceId::of_device_key(&jwk));
+        // The registration names and proves the new identity.
+        let mobile = MobilePayload::decode(&payload).unwrap();
+        let registration: tessera_protocol::pairing::DeviceRegistration =
+            envelope::unverified_payload(&mobile.registration).unwrap();
+        assert_eq!(registration.device_id, new_id);
+        assert_eq!(registration.check_device_key(), Ok(()));
+        // The earlier enrollment is still there, under the id it was paired with.
+        let enrollments = auth.enrollments().await;
+        assert_eq!(enrollments.len(), 1);
+        assert_eq!(enrollments[0].enrollment_id, old_enrollment);
+        assert_eq!(enrollments[0].device_id, legacy_id);
     }
 }

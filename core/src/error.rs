@@ -45,6 +45,11 @@ pub enum CoreError {
     /// No enrollment with this id on this device.
     #[error("no such enrollment on this device")]
     EnrollmentNotFound,
+    /// The server no longer knows this enrollment (the backend or an administrator unpaired
+    /// it); the device keeps it marked removed ([`crate::Enrollment::removed`]) until the app
+    /// removes it.
+    #[error("the server no longer knows this enrollment (it was unpaired)")]
+    EnrollmentRemoved,
     /// A scanned code names a server this device is not paired with.
     #[error("this device is not paired with the server that showed this code")]
     NotPairedWithServer,
@@ -83,6 +88,7 @@ impl CoreError {
             CoreError::ReplyMismatch(_) => "reply_mismatch",
             CoreError::UnknownPendingPairing => "unknown_pending_pairing",
             CoreError::EnrollmentNotFound => "enrollment_not_found",
+            CoreError::EnrollmentRemoved => "enrollment_removed",
             CoreError::NotPairedWithServer => "not_paired_with_server",
             CoreError::RequestExpired => "request_expired",
             CoreError::KeyStore(_) => "key_store",

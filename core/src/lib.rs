@@ -24,6 +24,7 @@ mod otp;
 mod pairing;
 mod qr;
 mod requests;
+mod secret;
 mod signer;
 mod state;
 mod storage;

@@ -15,9 +15,11 @@ use tessera_protocol::pairing::{DeviceRegistration, KeyProof, PairingReply, Serv
 use crate::config::AuthenticatorConfig;
 use crate::error::CoreError;
 use crate::key_store::{KeyPurpose, KeyStore};
+use crate::secret::TransportSecret;
 use crate::signer::KeyStoreSigner;
 
-/// A signed registration and its key proof, ready to send.
+/// A signed registration and its key proof, ready to send. Its `Debug` shows no secret: the
+/// transport secret prints `<redacted>` (and is zeroized when dropped).
 #[derive(Debug, Clone)]
 pub(crate) struct SignedRegistration {
     pub registration: String,
@@ -25,15 +27,18 @@ pub(crate) struct SignedRegistration {
     pub digest: Sha256Digest,
     /// The secret of the registration's OTP transport key (SEC1 scalar, base64url): kept with
     /// the pending pairing in the encrypted state until the reply opens the seed.
-    pub otp_transport_secret: zeroize::Zeroizing<String>,
+    pub otp_transport_secret: TransportSecret,
 }
 
 /// Creates the enrollment's two keys under the given aliases and signs a registration for
-/// `audience` with them.
+/// `audience` with them, naming the installation by `device_key` (the installation's device
+/// key, whose id is the device id) and proving it with a [`DeviceKeyProof`] signed by that key.
+///
+/// [`DeviceKeyProof`]: tessera_protocol::pairing::DeviceKeyProof
 pub(crate) fn create_registration(
     key_store: &Arc<dyn KeyStore>,
     config: &AuthenticatorConfig,
-    device_id: &DeviceId,
+    device_key: &KeyStoreSigner,
     audience: &ServerUrl,
     possession_alias: &str,
     user_verification_alias: &str,
@@ -47,14 +52,15 @@ pub(crate) fn create_registration(
     let transport_public = tessera_protocol::jwk::PublicJwk::from_verifying_key(
         &p256::ecdsa::VerifyingKey::from(transport.public_key()),
     );
-    let otp_transport_secret = zeroize::Zeroizing::new({
+    let otp_transport_secret = TransportSecret::new({
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(transport.to_bytes())
     });
-    let registration = DeviceRegistration {
+    let device_key_jwk = device_key.public_jwk().clone();
+    let mut registration = DeviceRegistration {
         v: PROTOCOL_VERSION,
         audience: audience.clone(),
-        device_id: device_id.clone(),
+        device_id: DeviceId::of_device_key(&device_key_jwk),
         nonce: DeviceRegistration::new_nonce(),
         issued_at: tessera_protocol::time::now(),
         possession_key: possession.public_jwk().clone(),
@@ -63,7 +69,15 @@ pub(crate) fn create_registration(
         signals: config.signals,
         push: config.push.clone(),
         otp_transport_key: Some(transport_public),
+        device_key: device_key_jwk,
+        device_key_proof: String::new(),
     };
+    registration.device_key_proof = envelope::sign(
+        MessageType::DeviceKeyProof,
+        &registration.device_key_claims(),
+        device_key,
+    )
+    .map_err(signing_failed)?;
     let registration = envelope::sign(MessageType::Registration, &registration, &possession)
         .map_err(signing_failed)?;
     let digest = envelope::digest_of(&registration).map_err(signing_failed)?;
@@ -175,11 +189,14 @@ mod tests {
     fn fixture() -> Fixture {
         let ks: Arc<dyn KeyStore> = Arc::new(SoftwareKeyStore::in_memory());
         let issuer = ServerUrl::parse("https://auth.example.com").unwrap();
-        let device_id = DeviceId::generate();
+        ks.generate_signing_key("d", KeyPurpose::Possession)
+            .unwrap();
+        let device_key = KeyStoreSigner::new(Arc::clone(&ks), "d").unwrap();
+        let device_id = DeviceId::of_device_key(device_key.public_jwk());
         let registration = create_registration(
             &ks,
             &AuthenticatorConfig::default(),
-            &device_id,
+            &device_key,
             &issuer,
             "p",
             "u",
@@ -240,10 +257,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(proof.payload.registration_digest, f.registration.digest);
+        assert_eq!(reg.device_id, f.device_id);
+        assert_eq!(reg.check_device_key(), Ok(()), "the device key is proven");
         assert_eq!(
             envelope::inspect(&f.registration.registration).unwrap().kid,
             reg.possession_key.thumbprint()
         );
+    }
+
+    #[test]
+    fn debug_of_a_signed_registration_shows_no_secret() {
+        let f = fixture();
+        let secret = f.registration.otp_transport_secret.expose().to_string();
+        assert!(secret.len() >= 40, "a 256-bit scalar in base64url");
+        let shown = format!("{:?}", f.registration);
+        assert!(!shown.contains(&secret), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]

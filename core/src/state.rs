@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::error::CoreError;
 use crate::key_store::{KeyStore, KeyStoreError};
 use crate::otp::{OtpAccount, OtpAccountId, OtpAccountSource, OtpKey};
+use crate::secret::TransportSecret;
 use crate::storage::SecureStorage;
 
 const STATE_BLOB: &str = "state.bin";
@@ -30,7 +31,13 @@ const AAD: &[u8] = b"tessera-device-state-v1";
 /// Everything the device remembers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DeviceState {
+    /// The installation's id: [`DeviceId::of_device_key`] of the device key once there is one
+    /// (a random placeholder before, as in state written before device keys existed).
     pub device_id: DeviceId,
+    /// The key-store alias of the installation's device key; absent in state written before
+    /// device keys existed (such a device gets one on its next pairing).
+    #[serde(default)]
+    pub device_key_alias: Option<String>,
     #[serde(default)]
     pub enrollments: Vec<StoredEnrollment>,
     #[serde(default)]
@@ -46,6 +53,7 @@ impl DeviceState {
     pub fn new() -> Self {
         Self {
             device_id: DeviceId::generate(),
+            device_key_alias: None,
             enrollments: Vec::new(),
             servers: Vec::new(),
             pending: Vec::new(),
@@ -69,11 +77,12 @@ impl DeviceState {
         });
     }
 
-    /// Removes pending pairings created before `cutoff`; returns their key aliases.
+    /// Removes pending pairings created before `cutoff`, and those begun before device keys
+    /// existed (their registration would be refused); returns their key aliases.
     pub fn take_expired_pending(&mut self, cutoff: UnixSeconds) -> Vec<String> {
         let mut aliases = Vec::new();
         self.pending.retain(|p| {
-            if p.created_at < cutoff {
+            if p.created_at < cutoff || p.device_id.is_none() {
                 aliases.extend(p.key_aliases());
                 false
             } else {
@@ -98,6 +107,11 @@ pub(crate) struct StoredEnrollment {
     /// Waiting for the user's primary device to approve it.
     #[serde(default)]
     pub pending_verification: bool,
+    /// When the server answered a call signed for it as for an enrollment it does not know
+    /// (the backend or an administrator unpaired it). Kept, marked, for the app to show until
+    /// it is removed; skipped when pulling requests.
+    #[serde(default)]
+    pub removed_at: Option<UnixSeconds>,
 }
 
 /// An offline OTP account. `Debug` never shows the seed.
@@ -156,9 +170,14 @@ pub(crate) struct PendingPairing {
     pub possession_alias: String,
     pub user_verification_alias: String,
     pub created_at: UnixSeconds,
-    /// The OTP transport key's secret (see `tessera_protocol::otp`), base64url.
+    /// The device id the registration names; absent for a pairing begun before device keys
+    /// existed (never sent again: a new registration replaces it).
     #[serde(default)]
-    pub otp_transport_secret: Option<String>,
+    pub device_id: Option<DeviceId>,
+    /// The OTP transport key's secret (see `tessera_protocol::otp`), base64url: zeroized on
+    /// drop, `<redacted>` in `Debug`.
+    #[serde(default)]
+    pub otp_transport_secret: Option<TransportSecret>,
 }
 
 impl DeviceState {
@@ -322,6 +341,7 @@ mod tests {
         let old = r#"{"device_id":"dev_0123456789abcdef0123456789abcdef","enrollments":[],"servers":[],"pending":[]}"#;
         let state: DeviceState = serde_json::from_str(old).unwrap();
         assert!(state.otp_accounts.is_empty());
+        assert!(state.device_key_alias.is_none(), "no device key yet");
     }
 
     #[test]
@@ -349,9 +369,40 @@ mod tests {
     }
 
     #[test]
+    fn debug_of_pending_pairings_and_state_shows_no_transport_secret() {
+        let secret = "U0VDUkVULVRSQU5TUE9SVC1TQ0FMQVItMTIzNDU2Nzg5MA";
+        let pending = PendingPairing {
+            id: "p".into(),
+            server: ServerUrl::parse("https://a.example").unwrap(),
+            mode: PendingMode::Relay,
+            registration: String::new(),
+            user_verification_proof: String::new(),
+            registration_digest: Sha256Digest::of_bytes(b"p"),
+            possession_alias: "p.p".into(),
+            user_verification_alias: "p.u".into(),
+            created_at: 1,
+            device_id: None,
+            otp_transport_secret: Some(TransportSecret::new(secret.into())),
+        };
+        let mut state = DeviceState::new();
+        state.pending.push(pending.clone());
+        for shown in [format!("{pending:?}"), format!("{state:?}")] {
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains("<redacted>"));
+        }
+        // The stored form is unchanged: the plain base64url string.
+        let json = serde_json::to_value(&pending).unwrap();
+        assert_eq!(json["otp_transport_secret"], secret);
+    }
+
+    #[test]
     fn expired_pending_pairings_are_taken_with_their_aliases() {
         let mut state = DeviceState::new();
-        for (id, created_at) in [("old", 10), ("new", 1000)] {
+        for (id, created_at, device_id) in [
+            ("old", 10, Some(DeviceId::generate())),
+            ("new", 1000, Some(DeviceId::generate())),
+            ("before-device-keys", 1000, None),
+        ] {
             state.pending.push(PendingPairing {
                 id: id.into(),
                 server: ServerUrl::parse("https://a.example").unwrap(),
@@ -362,10 +413,19 @@ mod tests {
                 possession_alias: format!("{id}.p"),
                 user_verification_alias: format!("{id}.u"),
                 created_at,
+                device_id,
                 otp_transport_secret: None,
             });
         }
-        assert_eq!(state.take_expired_pending(500), ["old.p", "old.u"]);
+        assert_eq!(
+            state.take_expired_pending(500),
+            [
+                "old.p",
+                "old.u",
+                "before-device-keys.p",
+                "before-device-keys.u"
+            ]
+        );
         assert_eq!(state.pending.len(), 1);
         assert_eq!(state.pending[0].id, "new");
     }

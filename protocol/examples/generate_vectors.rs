@@ -147,13 +147,12 @@ fn main() {
     let (possession, possession_d) = key("device possession key");
     let (user_verification, uv_d) = key("device user-verification key");
     let (server, server_d) = key("server signing key");
+    let (device_key, device_key_d) = key("device key");
     let server_url = ServerUrl::parse("https://auth.example.com").expect("url");
-    let registration = DeviceRegistration {
+    let mut registration = DeviceRegistration {
         v: 1,
         audience: server_url.clone(),
-        device_id: "dev_00112233445566778899aabbccddeeff"
-            .parse::<DeviceId>()
-            .expect("id"),
+        device_id: DeviceId::of_device_key(&device_key.public_jwk()),
         nonce: "AAECAwQFBgcICQoLDA0ODw".into(),
         issued_at: 1_767_225_600,
         possession_key: possession.public_jwk(),
@@ -175,7 +174,20 @@ fn main() {
             token: "fcm-registration-token-example".into(),
         },
         otp_transport_key: None,
+        device_key: device_key.public_jwk(),
+        device_key_proof: String::new(),
     };
+    let device_key_proof_vector = envelope_vector(
+        "device_key_proof",
+        MessageType::DeviceKeyProof,
+        &device_key,
+        &device_key_d,
+        &serde_json::to_value(registration.device_key_claims()).expect("value"),
+    );
+    registration.device_key_proof = device_key_proof_vector["jws"]
+        .as_str()
+        .expect("jws")
+        .to_string();
     let registration_value = serde_json::to_value(&registration).expect("value");
     let registration_vector = envelope_vector(
         "device_registration",
@@ -240,9 +252,9 @@ fn main() {
         &dir.join("envelopes.json"),
         &json!({
             "description": "Signed envelopes: compact JWS, ES256 (RFC 6979 deterministic ECDSA, so `jws` is reproducible from `signing_key.d`), header and payload in RFC 8785 canonical JSON. `envelope_digest` is SHA-256 over `signing_input`. Every `tampered` JWS must be refused; `error` names the refusal of the reference implementation.",
-            "vectors": [registration_vector, proof_vector, reply_vector],
+            "vectors": [registration_vector, proof_vector, reply_vector, device_key_proof_vector],
             "pairing": {
-                "description": "The three envelopes above form one pairing: the proof binds the registration's envelope digest, the reply binds it too and is signed by a key in its own server_keys. `mobile_payload` is the relay form of registration + proof.",
+                "description": "The envelopes above form one pairing: the device key proof names the registration's audience, device id, possession key thumbprint and nonce and is carried inside the registration as `device_key_proof`, whose `device_id` is the device key's id (`dev_` + the first 16 bytes of its RFC 7638 thumbprint, hex); the user-verification proof binds the registration's envelope digest, the reply binds it too and is signed by a key in its own server_keys. `mobile_payload` is the relay form of registration + proof.",
                 "server_url": server_url,
                 "mobile_payload": mobile_payload,
             }
@@ -264,14 +276,14 @@ fn main() {
         "ABCD_EFGH_JKMN",
         "",
     ];
-    let thumbprints: Vec<Value> = [(&possession, "device possession key"), (&server, "server signing key")]
+    let thumbprints: Vec<Value> = [(&possession, "device possession key"), (&server, "server signing key"), (&device_key, "device key")]
         .iter()
-        .map(|(k, label)| json!({"label": label, "public_jwk": k.public_jwk(), "thumbprint": k.public_jwk().thumbprint()}))
+        .map(|(k, label)| json!({"label": label, "public_jwk": k.public_jwk(), "thumbprint": k.public_jwk().thumbprint(), "device_id": DeviceId::of_device_key(&k.public_jwk())}))
         .collect();
     write(
         &dir.join("pairing_codes.json"),
         &json!({
-            "description": "Pairing codes: Crockford base32, 12 characters, case-insensitive, '-' and ' ' ignored, O→0, I/L→1. `digest` is SHA-256 of `normalized`, unpadded base64url. `thumbprints` are RFC 7638 JWK thumbprints.",
+            "description": "Pairing codes: Crockford base32, 12 characters, case-insensitive, '-' and ' ' ignored, O→0, I/L→1. `digest` is SHA-256 of `normalized`, unpadded base64url. `thumbprints` are RFC 7638 JWK thumbprints, each with the device id a device key with that thumbprint has (`dev_` + the thumbprint's first 16 bytes in lowercase hex).",
             "valid": codes,
             "invalid": invalid_codes,
             "thumbprints": thumbprints,

@@ -36,6 +36,8 @@ pub enum MessageType {
     Registration,
     /// Proof of possession of the user-verification key, bound to a registration.
     KeyProof,
+    /// Proof of possession of the installation's device key, bound to a registration.
+    DeviceKeyProof,
     /// The server's pairing reply (the *server payload*).
     PairingReply,
     /// The server's published key set.
@@ -60,6 +62,7 @@ impl MessageType {
         match self {
             MessageType::Registration => "tessera-registration+jws",
             MessageType::KeyProof => "tessera-key-proof+jws",
+            MessageType::DeviceKeyProof => "tessera-device-key-proof+jws",
             MessageType::PairingReply => "tessera-pairing-reply+jws",
             MessageType::ServerKeySet => "tessera-key-set+jws",
             MessageType::DeviceRequest => "tessera-device-request+jws",

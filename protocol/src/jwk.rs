@@ -174,6 +174,18 @@ impl PublicJwk {
             .unwrap_or_default()
     }
 
+    /// The RFC 7638 thumbprint as its 32 digest bytes (what [`PublicJwk::thumbprint`] encodes).
+    pub fn thumbprint_digest(&self) -> Sha256Digest {
+        // RFC 7638's input for an EC key: the required members in lexicographic order, no
+        // whitespace. `x` and `y` are base64url, which JSON never escapes, so this text is their
+        // canonical JSON.
+        let input = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            self.x, self.y
+        );
+        Sha256Digest::of_bytes(input.as_bytes())
+    }
+
     /// Whether two JWKs name the same key (ignoring `kid` and other metadata).
     pub fn same_key(&self, other: &PublicJwk) -> bool {
         self.key == other.key

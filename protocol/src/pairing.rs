@@ -344,6 +344,11 @@ impl fmt::Debug for PushRegistration {
 
 /// A device's registration, signed with its possession key ([`crate::envelope::MessageType::Registration`]).
 /// Its `kid` is the possession key's thumbprint.
+///
+/// The registration names the installation by its device key: `device_id` is
+/// [`DeviceId::of_device_key`] of `device_key`, and `device_key_proof` (a [`DeviceKeyProof`]
+/// signed with that key, naming this registration's possession key and nonce) proves the device
+/// holds it. [`DeviceRegistration::check_device_key`] checks both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRegistration {
@@ -352,7 +357,7 @@ pub struct DeviceRegistration {
     /// The server this registration is meant for: a registration for one server is refused by
     /// another.
     pub audience: ServerUrl,
-    /// The installation's id.
+    /// The installation's id: [`DeviceId::of_device_key`] of `device_key`.
     pub device_id: DeviceId,
     /// 128 random bits, base64url: makes every registration unique.
     pub nonce: String,
@@ -372,6 +377,30 @@ pub struct DeviceRegistration {
     /// ([`crate::otp`]); absent: no seed is provisioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otp_transport_key: Option<PublicJwk>,
+    /// The installation's device key: one P-256 key per installation, kept in the platform key
+    /// store for the life of the device state and used for nothing but these proofs. It is the
+    /// device's identity: the server treats two registrations as the same device only when they
+    /// prove the same device key.
+    pub device_key: PublicJwk,
+    /// The signed [`DeviceKeyProof`] for this registration.
+    pub device_key_proof: String,
+}
+
+/// Why a registration's device identity was refused ([`DeviceRegistration::check_device_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceKeyError {
+    /// `device_id` is not the id of `device_key`.
+    #[error("the device id is not the id of the device key")]
+    IdNotOfKey,
+    /// The device key is also the possession or the user-verification key.
+    #[error("the device key must differ from the enrollment's keys")]
+    SharedKey,
+    /// The proof is not a signed message, or is not signed with the device key.
+    #[error("the device key proof is not signed with the device key")]
+    BadSignature,
+    /// The proof verifies but names another registration, server, device or version.
+    #[error("the device key proof belongs to another registration")]
+    Mismatch,
 }
 
 impl DeviceRegistration {
@@ -381,6 +410,76 @@ impl DeviceRegistration {
         rand::rngs::OsRng.fill(&mut b);
         URL_SAFE_NO_PAD.encode(b)
     }
+
+    /// The [`DeviceKeyProof`] that binds this registration to its device key (what the device
+    /// signs with that key and puts in `device_key_proof`).
+    pub fn device_key_claims(&self) -> DeviceKeyProof {
+        DeviceKeyProof {
+            v: self.v,
+            audience: self.audience.clone(),
+            device_id: self.device_id.clone(),
+            possession_key: self.possession_key.thumbprint(),
+            nonce: self.nonce.clone(),
+        }
+    }
+
+    /// Checks the registration's device identity: `device_id` is the id of `device_key`, the
+    /// device key differs from the two enrollment keys, and `device_key_proof` is signed with the
+    /// device key (its `kid` the key's thumbprint) and names this registration (version,
+    /// audience, device id, possession key and nonce). Pure: the caller still verifies the
+    /// registration's own signature, which covers the proof.
+    pub fn check_device_key(&self) -> Result<(), DeviceKeyError> {
+        if DeviceId::of_device_key(&self.device_key) != self.device_id {
+            return Err(DeviceKeyError::IdNotOfKey);
+        }
+        if self.device_key.same_key(&self.possession_key)
+            || self.device_key.same_key(&self.user_verification_key)
+        {
+            return Err(DeviceKeyError::SharedKey);
+        }
+        let header = crate::envelope::inspect(&self.device_key_proof)
+            .map_err(|_| DeviceKeyError::BadSignature)?;
+        if header.kid != self.device_key.thumbprint() {
+            return Err(DeviceKeyError::BadSignature);
+        }
+        let proof = crate::envelope::verify::<DeviceKeyProof>(
+            &self.device_key_proof,
+            crate::envelope::MessageType::DeviceKeyProof,
+            &self.device_key,
+        )
+        .map_err(|e| match e {
+            crate::envelope::EnvelopeError::InvalidPayload(_) => DeviceKeyError::Mismatch,
+            _ => DeviceKeyError::BadSignature,
+        })?
+        .payload;
+        if proof != self.device_key_claims() {
+            return Err(DeviceKeyError::Mismatch);
+        }
+        Ok(())
+    }
+}
+
+/// Proof that the device holds its device key, bound to one registration: signed with the
+/// device key ([`crate::envelope::MessageType::DeviceKeyProof`], `kid` the device key's
+/// thumbprint) and carried inside the registration as `device_key_proof`.
+///
+/// It names the registration's possession key and nonce, and the registration is signed with
+/// that possession key: so the proof cannot be lifted into another registration (that would
+/// need the possession key it names, and a registration is used once), and a registration
+/// cannot name a device key its sender does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceKeyProof {
+    /// Protocol version (the registration's).
+    pub v: u32,
+    /// The registration's audience.
+    pub audience: ServerUrl,
+    /// The registration's device id.
+    pub device_id: DeviceId,
+    /// The RFC 7638 thumbprint of the registration's possession key.
+    pub possession_key: String,
+    /// The registration's nonce.
+    pub nonce: String,
 }
 
 /// Proof that the device holds the user-verification key: the registration's envelope digest,
@@ -550,6 +649,101 @@ mod tests {
             PairingUri::parse("tessera://pair?server=http%3A%2F%2Fx&code=ABCD-EFGH-JKMN&x=1")
                 .is_err()
         );
+    }
+
+    fn registration_of(
+        device_key: &crate::envelope::SoftwareSigningKey,
+    ) -> (DeviceRegistration, crate::envelope::SoftwareSigningKey) {
+        use crate::envelope::{MessageType, SoftwareSigningKey, sign};
+        let possession = SoftwareSigningKey::generate();
+        let mut registration = DeviceRegistration {
+            v: 1,
+            audience: ServerUrl::parse("https://auth.example.com").unwrap(),
+            device_id: DeviceId::of_device_key(&device_key.public_jwk()),
+            nonce: DeviceRegistration::new_nonce(),
+            issued_at: 1,
+            possession_key: possession.public_jwk(),
+            user_verification_key: SoftwareSigningKey::generate().public_jwk(),
+            device: DeviceInfo::default(),
+            signals: DeviceSignals::default(),
+            push: PushRegistration::None,
+            otp_transport_key: None,
+            device_key: device_key.public_jwk(),
+            device_key_proof: String::new(),
+        };
+        registration.device_key_proof = sign(
+            MessageType::DeviceKeyProof,
+            &registration.device_key_claims(),
+            device_key,
+        )
+        .unwrap();
+        (registration, possession)
+    }
+
+    #[test]
+    fn the_device_key_proof_binds_the_id_the_key_and_the_registration() {
+        use crate::envelope::{MessageType, SoftwareSigningKey, sign};
+        let device_key = SoftwareSigningKey::generate();
+        let (good, _) = registration_of(&device_key);
+        assert_eq!(good.check_device_key(), Ok(()));
+
+        // Another device's id, with this device's key and a genuine proof over that id.
+        let victim = DeviceId::generate();
+        let mut claimed = good.clone();
+        claimed.device_id = victim;
+        claimed.device_key_proof = sign(
+            MessageType::DeviceKeyProof,
+            &claimed.device_key_claims(),
+            &device_key,
+        )
+        .unwrap();
+        assert_eq!(claimed.check_device_key(), Err(DeviceKeyError::IdNotOfKey));
+
+        // Somebody else's device key (public) without its private half.
+        let victim_key = SoftwareSigningKey::generate();
+        let mut borrowed = good.clone();
+        borrowed.device_key = victim_key.public_jwk();
+        borrowed.device_id = DeviceId::of_device_key(&borrowed.device_key);
+        borrowed.device_key_proof = sign(
+            MessageType::DeviceKeyProof,
+            &borrowed.device_key_claims(),
+            &device_key,
+        )
+        .unwrap();
+        assert_eq!(
+            borrowed.check_device_key(),
+            Err(DeviceKeyError::BadSignature)
+        );
+
+        // A proof of the same key lifted from another registration.
+        let (other, _) = registration_of(&device_key);
+        let mut lifted = good.clone();
+        lifted.device_key_proof = other.device_key_proof.clone();
+        assert_eq!(lifted.check_device_key(), Err(DeviceKeyError::Mismatch));
+
+        // A proof of another type (a user-verification key proof's typ).
+        let mut wrong_type = good.clone();
+        wrong_type.device_key_proof = sign(
+            MessageType::KeyProof,
+            &good.device_key_claims(),
+            &device_key,
+        )
+        .unwrap();
+        assert_eq!(
+            wrong_type.check_device_key(),
+            Err(DeviceKeyError::BadSignature)
+        );
+
+        // Garbage, and the device key doubling as the possession key.
+        let mut garbage = good.clone();
+        garbage.device_key_proof = "not.a.jws".into();
+        assert_eq!(
+            garbage.check_device_key(),
+            Err(DeviceKeyError::BadSignature)
+        );
+        let mut shared = good.clone();
+        shared.possession_key = shared.device_key.clone();
+        assert_eq!(shared.check_device_key(), Err(DeviceKeyError::SharedKey));
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn message_type(typ: &str) -> MessageType {
     [
         MessageType::Registration,
         MessageType::KeyProof,
+        MessageType::DeviceKeyProof,
         MessageType::PairingReply,
         MessageType::ServerKeySet,
         MessageType::DeviceRequest,
@@ -124,6 +125,7 @@ fn pairing_vector_bindings_hold() {
     let reg = by_name("device_registration");
     let proof = by_name("user_verification_key_proof");
     let reply = by_name("pairing_reply");
+    let device_key_proof = by_name("device_key_proof");
 
     let registration: DeviceRegistration = serde_json::from_value(reg["payload"].clone()).unwrap();
     let key_proof: KeyProof = serde_json::from_value(proof["payload"].clone()).unwrap();
@@ -132,6 +134,16 @@ fn pairing_vector_bindings_hold() {
     assert_eq!(reg_digest, reg["envelope_digest"].as_str().unwrap());
     assert_eq!(String::from(pairing_reply.registration_digest), reg_digest);
     assert_eq!(pairing_reply.device_id, registration.device_id);
+    // The registration carries the device key proof and names the device by its key.
+    assert_eq!(
+        registration.device_key_proof,
+        device_key_proof["jws"].as_str().unwrap()
+    );
+    assert_eq!(registration.check_device_key(), Ok(()));
+    assert_eq!(
+        serde_json::to_value(registration.device_key_claims()).unwrap(),
+        device_key_proof["payload"]
+    );
     assert_eq!(pairing_reply.issuer, registration.audience);
     // The reply verifies against its own key set.
     envelope::verify_with_set::<PairingReply>(
@@ -165,6 +177,10 @@ fn pairing_code_vectors() {
     for t in file["thumbprints"].as_array().unwrap() {
         let jwk: PublicJwk = serde_json::from_value(t["public_jwk"].clone()).unwrap();
         assert_eq!(jwk.thumbprint(), t["thumbprint"].as_str().unwrap());
+        assert_eq!(
+            tessera_protocol::ids::DeviceId::of_device_key(&jwk).as_str(),
+            t["device_id"].as_str().unwrap()
+        );
     }
 }
 

@@ -403,7 +403,9 @@ pub struct RawDevice {
     pub possession: tessera_protocol::envelope::SoftwareSigningKey,
     /// The user-verification key.
     pub user_verification: tessera_protocol::envelope::SoftwareSigningKey,
-    /// The device id.
+    /// The installation's device key, which the registration proves.
+    pub device_key: tessera_protocol::envelope::SoftwareSigningKey,
+    /// The device id: the device key's id, unless a test claims another.
     pub device_id: tessera_protocol::ids::DeviceId,
 }
 
@@ -414,20 +416,23 @@ impl Default for RawDevice {
 }
 
 impl RawDevice {
-    /// Fresh keys and id.
+    /// Fresh keys, and the id of the device key.
     pub fn new() -> Self {
+        let device_key = tessera_protocol::envelope::SoftwareSigningKey::generate();
         Self {
             possession: tessera_protocol::envelope::SoftwareSigningKey::generate(),
             user_verification: tessera_protocol::envelope::SoftwareSigningKey::generate(),
-            device_id: tessera_protocol::ids::DeviceId::generate(),
+            device_id: tessera_protocol::ids::DeviceId::of_device_key(&device_key.public_jwk()),
+            device_key,
         }
     }
 
-    /// A signed registration and key proof for `audience`, issued at `issued_at`.
+    /// A signed registration (with its device key proof) and key proof for `audience`, issued
+    /// at `issued_at`.
     pub fn registration(&self, audience: &str, issued_at: i64) -> (String, String) {
         use tessera_protocol::envelope::{self, MessageType};
         use tessera_protocol::pairing::{DeviceRegistration, KeyProof, ServerUrl};
-        let registration = DeviceRegistration {
+        let mut registration = DeviceRegistration {
             v: 1,
             audience: ServerUrl::parse(audience).expect("url"),
             device_id: self.device_id.clone(),
@@ -442,7 +447,15 @@ impl RawDevice {
             signals: DeviceSignals::default(),
             push: PushRegistration::None,
             otp_transport_key: None,
+            device_key: self.device_key.public_jwk(),
+            device_key_proof: String::new(),
         };
+        registration.device_key_proof = envelope::sign(
+            MessageType::DeviceKeyProof,
+            &registration.device_key_claims(),
+            &self.device_key,
+        )
+        .expect("sign");
         let jws = envelope::sign(MessageType::Registration, &registration, &self.possession)
             .expect("sign");
         let proof = KeyProof {

@@ -163,20 +163,24 @@ public final class Tessera: @unchecked Sendable {
         }
     }
 
-    /// The requests waiting for an answer (pull: after a missed push, or without push).
+    /// The requests waiting for an answer (pull: after a missed push, or without push). An
+    /// enrollment the server no longer knows (a user of a shared device unpaired by the backend)
+    /// does not hide the others' requests: the SDK marks it `removed` and skips it.
     public func pendingRequests() async throws -> [TesseraRequest] {
         try await sdk.pendingRequests().compactMap(TesseraRequest.init)
     }
 
     /// The incoming requests while iterated: long-polls every active enrollment at once, yields
-    /// each request once, and retries after network errors; other errors end the stream.
+    /// each request once, and retries after network errors. An enrollment the server no longer
+    /// knows stops being polled (the SDK marks it `removed`) while the others go on; other errors
+    /// end the stream.
     public func requests(waitSeconds: UInt32 = 25) -> AsyncThrowingStream<TesseraRequest, Error> {
         let sdk = self.sdk
         return AsyncThrowingStream { continuation in
             let seen = SeenRequests()
             let task = Task {
                 do {
-                    let enrollments = await sdk.enrollments().filter { $0.status == .active }
+                    let enrollments = await sdk.enrollments().filter { $0.status == .active && !$0.removed }
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         for enrollment in enrollments {
                             group.addTask {
@@ -188,6 +192,10 @@ public final class Tessera: @unchecked Sendable {
                                     } catch TesseraError.Network {
                                         try await Task.sleep(nanoseconds: 2_000_000_000)
                                         continue
+                                    } catch TesseraError.NotFound {
+                                        // Unpaired by the backend (`enrollment_removed`) or
+                                        // removed on this device: the others go on.
+                                        return
                                     }
                                     for request in batch.compactMap(TesseraRequest.init) where seen.insert(request.id) {
                                         continuation.yield(request)

@@ -35,17 +35,97 @@ pub(crate) async fn verifier(
     Ok(enrollments::primary(conn, app, user).await?)
 }
 
+/// What the server itself knows about a registration it asks the primary device about: the
+/// prompt is phrased from these, never from what the new device says of itself alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VerificationFacts {
+    /// How many active devices the user has now.
+    pub active_devices: usize,
+    /// The user's active enrollment that proved the same device key, if any: the same device
+    /// pairing again, which approval replaces.
+    pub same_device: Option<SameDevice>,
+}
+
+/// The user's earlier enrollment of the device that is pairing again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SameDevice {
+    /// Whether it is the device being asked (the primary device pairing itself again).
+    pub is_asked_device: bool,
+    /// How it described itself when it paired.
+    pub label: String,
+}
+
+/// Gathers the [`VerificationFacts`] inside the pairing transaction: `primary` is the device
+/// that will be asked, `device_key_thumbprint` the key the new registration proved.
+pub(crate) async fn facts(
+    conn: &mut sqlx::AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+    primary: &Enrollment,
+    device_key_thumbprint: &str,
+) -> Result<VerificationFacts, DomainError> {
+    let active = enrollments::active_for_user(conn, app, user).await?;
+    let same_device = active
+        .iter()
+        .find(|e| e.device_key_thumbprint.as_deref() == Some(device_key_thumbprint))
+        .map(|e| SameDevice {
+            is_asked_device: e.enrollment_id == primary.enrollment_id,
+            label: device_label(&e.device_info),
+        });
+    Ok(VerificationFacts {
+        active_devices: active.len(),
+        same_device,
+    })
+}
+
+/// How a device is named in a prompt: the name it gave itself, else its model.
+fn device_label(info: &tessera_protocol::pairing::DeviceInfo) -> String {
+    info.name.clone().unwrap_or_else(|| info.model.clone())
+}
+
+/// "second", "third", … for the `n`th device (n ≥ 2); "device number n" past the tenth.
+fn ordinal_device(n: usize) -> String {
+    const ORDINALS: [&str; 9] = [
+        "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
+    ];
+    match n.checked_sub(2).and_then(|i| ORDINALS.get(i)) {
+        Some(word) => format!("a {word} device"),
+        None => format!("device number {n}"),
+    }
+}
+
+/// The prompt's headline: what approving will do, from the server's facts. The new device's
+/// own description is only the label, always marked `(new)` unless the server saw the same
+/// device key before, so a device cannot pass itself off as one the user already has.
+pub(crate) fn verification_message(
+    registration: &DeviceRegistration,
+    facts: &VerificationFacts,
+) -> String {
+    match &facts.same_device {
+        Some(same) if same.is_asked_device => {
+            "Pair this device again (replaces its current pairing)".to_string()
+        }
+        Some(same) => format!("Pair {} again (replaces its current pairing)", same.label),
+        None => format!(
+            "Add {} (new) as {}",
+            device_label(&registration.device),
+            ordinal_device(facts.active_devices + 1)
+        ),
+    }
+}
+
 /// The question the primary device is asked about a new device.
 pub(crate) fn question(
     ctx: &Ctx,
     application_name: &str,
     registration: &DeviceRegistration,
+    facts: &VerificationFacts,
     client_ip: Option<&str>,
 ) -> Question {
     let d = &registration.device;
     let mut fields = vec![DisplayField {
         label: "Device".into(),
-        value: d.name.clone().unwrap_or_else(|| d.model.clone()),
+        value: device_label(d),
     }];
     if d.name.is_some() {
         fields.push(DisplayField {
@@ -57,10 +137,14 @@ pub(crate) fn question(
         label: "System".into(),
         value: format!("{} {}", d.os_name, d.os_version).trim().to_string(),
     });
+    fields.push(DisplayField {
+        label: "Devices paired now".into(),
+        value: facts.active_devices.to_string(),
+    });
     Question {
         kind: AuthenticationKind::Approval,
         parameters: DynamicParameters {
-            message: format!("Add a new device to your {application_name} account?"),
+            message: verification_message(registration, facts),
             fields,
             hidden_fields: vec![DisplayField {
                 label: "device_id".into(),
@@ -173,4 +257,84 @@ pub(crate) fn follow_up<'a>(
         let super::outcome::DomainEvent::AuthenticationEnded(record) = event;
         settle_verification(ctx, record).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_protocol::envelope::SoftwareSigningKey;
+    use tessera_protocol::ids::DeviceId;
+    use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration, ServerUrl};
+
+    fn registration(model: &str, name: Option<&str>) -> DeviceRegistration {
+        let device_key = SoftwareSigningKey::generate().public_jwk();
+        DeviceRegistration {
+            v: 1,
+            audience: ServerUrl::parse("https://auth.example.com").unwrap(),
+            device_id: DeviceId::of_device_key(&device_key),
+            nonce: DeviceRegistration::new_nonce(),
+            issued_at: 1,
+            possession_key: SoftwareSigningKey::generate().public_jwk(),
+            user_verification_key: SoftwareSigningKey::generate().public_jwk(),
+            device: DeviceInfo {
+                model: model.into(),
+                name: name.map(str::to_string),
+                ..DeviceInfo::default()
+            },
+            signals: DeviceSignals::default(),
+            push: PushRegistration::None,
+            otp_transport_key: None,
+            device_key,
+            device_key_proof: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_new_device_is_announced_as_new_with_its_place_among_the_users_devices() {
+        let facts = |n| VerificationFacts {
+            active_devices: n,
+            same_device: None,
+        };
+        let iphone = registration("iPhone 16", Some("Carol's iPhone"));
+        assert_eq!(
+            verification_message(&iphone, &facts(1)),
+            "Add Carol's iPhone (new) as a second device"
+        );
+        assert_eq!(
+            verification_message(&registration("Pixel 9", None), &facts(2)),
+            "Add Pixel 9 (new) as a third device"
+        );
+        assert_eq!(
+            verification_message(&iphone, &facts(10)),
+            "Add Carol's iPhone (new) as device number 11"
+        );
+    }
+
+    #[test]
+    fn the_same_device_pairing_again_says_it_replaces_its_pairing() {
+        // It names itself like the asked phone; only the proven key makes it the same device.
+        let again = registration("Pixel 9", Some("Anything at all"));
+        let asked = VerificationFacts {
+            active_devices: 1,
+            same_device: Some(SameDevice {
+                is_asked_device: true,
+                label: "Carol's Pixel".into(),
+            }),
+        };
+        assert_eq!(
+            verification_message(&again, &asked),
+            "Pair this device again (replaces its current pairing)"
+        );
+        let other = VerificationFacts {
+            active_devices: 2,
+            same_device: Some(SameDevice {
+                is_asked_device: false,
+                label: "Carol's Pixel".into(),
+            }),
+        };
+        assert_eq!(
+            verification_message(&again, &other),
+            "Pair Carol's Pixel again (replaces its current pairing)"
+        );
+    }
 }

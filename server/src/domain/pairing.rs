@@ -20,7 +20,7 @@ use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::jwk::PublicJwk;
 use tessera_protocol::pairing::{
-    ApplicationInfo, DeviceRegistration, KeyProof, MAX_CLOCK_SKEW_SECONDS,
+    ApplicationInfo, DeviceKeyError, DeviceRegistration, KeyProof, MAX_CLOCK_SKEW_SECONDS,
     MAX_REGISTRATION_AGE_SECONDS, MobilePayload, PairingCode, PairingReply, PairingUri,
     PushRegistration, ServerUrl,
 };
@@ -142,7 +142,7 @@ fn check_registration(
             "the registration is not a valid signed message",
         )
     })?;
-    for member in ["possession_key", "user_verification_key"] {
+    for member in ["possession_key", "user_verification_key", "device_key"] {
         if let Some(key) = raw.get(member)
             && serde_json::from_value::<PublicJwk>(key.clone()).is_err()
         {
@@ -186,6 +186,26 @@ fn check_registration(
             "the two device keys must differ",
         ));
     }
+    // The device identity: `device_id` is the id of the device key, and the registration proves
+    // that key (a proof signed with it, naming this registration).
+    registration.check_device_key().map_err(|e| match e {
+        DeviceKeyError::IdNotOfKey => fail(
+            ErrorCode::InvalidRegistration,
+            "the device id is not the id of the registration's device key",
+        ),
+        DeviceKeyError::SharedKey => fail(
+            ErrorCode::InvalidRegistration,
+            "the device key must differ from the enrollment's keys",
+        ),
+        DeviceKeyError::BadSignature => fail(
+            ErrorCode::InvalidSignature,
+            "the device key proof's signature does not verify",
+        ),
+        DeviceKeyError::Mismatch => fail(
+            ErrorCode::InvalidRegistration,
+            "the device key proof belongs to another registration",
+        ),
+    })?;
     if registration.v != PROTOCOL_VERSION || proof.payload.v != PROTOCOL_VERSION {
         return Err(fail(
             ErrorCode::InvalidRegistration,
@@ -306,20 +326,32 @@ async fn create_enrollment(
     now: i64,
 ) -> Result<Result<Created, sqlx::Error>, DomainError> {
     let reg = &verified.registration;
+    let device_key_thumbprint = reg.device_key.thumbprint();
     let enrollment_id = EnrollmentId::generate();
     let verifier = device_verification::verifier(tx, &app.id, user_id).await?;
     let mut failed = Vec::new();
     let (is_primary, verification) = match &verifier {
         Some(primary) => {
-            let question = device_verification::question(ctx, &app.name, reg, client_ip);
+            let facts =
+                device_verification::facts(tx, &app.id, user_id, primary, &device_key_thumbprint)
+                    .await?;
+            let question = device_verification::question(ctx, &app.name, reg, &facts, client_ip);
             let request = super::authentication::new_authentication(
                 ctx, &app.id, user_id, primary, question,
             )?;
             (false, Some(request))
         }
         None => {
-            let (was_primary, replaced_requests) =
-                enrollments::delete_same_device(tx, &app.id, user_id, &reg.device_id).await?;
+            // Only the same proven device key replaces an earlier enrollment (and inherits its
+            // primary flag): a registration that merely names a device replaces nothing.
+            let (was_primary, replaced_requests) = enrollments::delete_same_device(
+                tx,
+                &app.id,
+                user_id,
+                &reg.device_id,
+                &device_key_thumbprint,
+            )
+            .await?;
             failed = replaced_requests;
             (
                 was_primary || !enrollments::has_primary(tx, &app.id, user_id).await?,
@@ -382,6 +414,7 @@ async fn create_enrollment(
         },
         verification_id: verification.as_ref().map(|v| v.id.clone()),
         push_stale_at: None,
+        device_key_thumbprint: Some(device_key_thumbprint),
     };
     if let Err(e) = enrollments::insert(tx, &enrollment).await {
         return Ok(Err(e));
@@ -637,6 +670,7 @@ mod tests {
     struct Device {
         possession: SoftwareSigningKey,
         user_verification: SoftwareSigningKey,
+        device_key: SoftwareSigningKey,
     }
 
     impl Device {
@@ -644,6 +678,7 @@ mod tests {
             Self {
                 possession: SoftwareSigningKey::generate(),
                 user_verification: SoftwareSigningKey::generate(),
+                device_key: SoftwareSigningKey::generate(),
             }
         }
 
@@ -651,7 +686,7 @@ mod tests {
             DeviceRegistration {
                 v: PROTOCOL_VERSION,
                 audience: server(),
-                device_id: DeviceId::generate(),
+                device_id: DeviceId::of_device_key(&self.device_key.public_jwk()),
                 nonce: DeviceRegistration::new_nonce(),
                 issued_at: NOW,
                 possession_key: self.possession.public_jwk(),
@@ -667,11 +702,29 @@ mod tests {
                 signals: DeviceSignals::default(),
                 push: PushRegistration::None,
                 otp_transport_key: None,
+                device_key: self.device_key.public_jwk(),
+                device_key_proof: String::new(),
             }
         }
 
-        /// The signed registration and the key proof for it.
+        /// The device key proof for `registration`, filled in.
+        fn prove_device_key(&self, registration: &mut DeviceRegistration) {
+            registration.device_key_proof = envelope::sign(
+                MessageType::DeviceKeyProof,
+                &registration.device_key_claims(),
+                &self.device_key,
+            )
+            .unwrap();
+        }
+
+        /// The signed registration (its device key proof filled in unless one is set) and the
+        /// key proof for it.
         fn sign(&self, registration: &DeviceRegistration) -> (String, String) {
+            let mut registration = registration.clone();
+            if registration.device_key_proof.is_empty() {
+                self.prove_device_key(&mut registration);
+            }
+            let registration = &registration;
             let jws =
                 envelope::sign(MessageType::Registration, registration, &self.possession).unwrap();
             let digest = envelope::verify::<DeviceRegistration>(
@@ -733,7 +786,11 @@ mod tests {
         let registration = device.registration();
         let (jws, proof) = device.sign(&registration);
         let verified = check_registration(&server(), &jws, &proof, NOW).unwrap();
-        assert_eq!(verified.registration, registration);
+        let mut expected = registration;
+        device.prove_device_key(&mut expected);
+        assert_eq!(verified.registration.device_id, expected.device_id);
+        assert_eq!(verified.registration.device_key, expected.device_key);
+        assert_eq!(verified.registration.nonce, expected.nonce);
     }
 
     #[test]
@@ -782,11 +839,46 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_device_id_or_an_unproven_device_key_is_refused() {
+        let device = Device::new();
+        // Another device's id, with this device's own key and a genuine proof over that id.
+        let mut claimed = device.registration();
+        claimed.device_id = DeviceId::of_device_key(&Device::new().device_key.public_jwk());
+        let (jws, proof) = device.sign(&claimed);
+        assert_eq!(
+            refusal(&jws, &proof, &server(), NOW),
+            Some(ErrorCode::InvalidRegistration)
+        );
+        // Another device's key and id, "proven" with this device's key.
+        let victim = Device::new();
+        let mut borrowed = device.registration();
+        borrowed.device_key = victim.device_key.public_jwk();
+        borrowed.device_id = DeviceId::of_device_key(&borrowed.device_key);
+        device.prove_device_key(&mut borrowed);
+        let (jws, proof) = device.sign(&borrowed);
+        assert_eq!(
+            refusal(&jws, &proof, &server(), NOW),
+            Some(ErrorCode::InvalidSignature)
+        );
+        // A genuine proof lifted from another registration of the same device.
+        let mut earlier = device.registration();
+        device.prove_device_key(&mut earlier);
+        let mut lifted = device.registration();
+        lifted.device_key_proof = earlier.device_key_proof;
+        let (jws, proof) = device.sign(&lifted);
+        assert_eq!(
+            refusal(&jws, &proof, &server(), NOW),
+            Some(ErrorCode::InvalidRegistration)
+        );
+    }
+
+    #[test]
     fn equal_keys_bad_descriptions_and_bad_push_tokens_are_refused() {
         let device = Device::new();
         let same = Device {
             possession: device.possession.clone(),
             user_verification: device.possession.clone(),
+            device_key: SoftwareSigningKey::generate(),
         };
         let (jws, proof) = same.sign(&same.registration());
         assert_eq!(

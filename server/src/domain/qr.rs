@@ -366,7 +366,10 @@ pub(crate) async fn code_image(
 }
 
 /// The caller's users for `session`: active enrollments of the session's application on the
-/// caller's device (and of the session's user, if it names one), each once.
+/// caller's device (and of the session's user, if it names one), each once. "The caller's
+/// device" is its proven identity: the same device id and the same device key (the id is
+/// derived from the key, which every registration proves; enrollments paired before device
+/// keys existed match only each other).
 async fn candidates(
     ctx: &Ctx,
     session: &QrSession,
@@ -380,6 +383,7 @@ async fn candidates(
         };
         let eligible = e.status == EnrollmentState::Active
             && e.device_id == caller.device_id
+            && e.device_key_thumbprint == caller.device_key_thumbprint
             && e.application_id == session.application_id
             && session
                 .restricted_user_id
@@ -413,7 +417,9 @@ pub(crate) async fn claim(
     let session = qr_sessions::by_token_digest(&ctx.db, &digest, now)
         .await?
         .ok_or_else(not_found)?;
-    // The same device scanning again (a retry after a lost answer) gets the same context.
+    // The same device scanning again (a retry after a lost answer) gets the same context. The
+    // device id is the proven identity here: it is derived from the device key the caller's
+    // enrollment proved at registration.
     if session.state == QrSessionState::Scanned
         && session.device_id.as_ref() == Some(&caller.device_id)
         && let Some(context) = session.signed_context

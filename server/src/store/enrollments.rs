@@ -47,6 +47,10 @@ pub struct Enrollment {
     /// When FCM or APNs said the push token is no longer valid; `None` while it is usable.
     /// Cleared when the device registers a new token.
     pub push_stale_at: Option<i64>,
+    /// RFC 7638 thumbprint of the device key the registration proved (the device's identity;
+    /// `device_id` is derived from it). `None` for enrollments paired before device keys
+    /// existed: those are never replaced by a registration.
+    pub device_key_thumbprint: Option<String>,
 }
 
 impl Enrollment {
@@ -71,7 +75,7 @@ impl Enrollment {
 const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, possession_key, \
     user_verification_key, device_info, signals, push, push_provider, is_primary, \
     registration_digest, server_payload, paired_at, last_seen_at, status, verification_id, \
-    push_stale_at";
+    push_stale_at, device_key_thumbprint";
 
 fn json<T: serde::de::DeserializeOwned>(
     row: &sqlx::any::AnyRow,
@@ -115,6 +119,7 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Enrollment, StoreError> {
             })
             .transpose()?,
         push_stale_at: row.try_get("push_stale_at")?,
+        device_key_thumbprint: row.try_get("device_key_thumbprint")?,
     })
 }
 
@@ -127,7 +132,7 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
     let encode =
         |r: Result<String, StoreError>| r.map_err(|_| sqlx::Error::Protocol("encode".into()));
     sqlx::query(&format!(
-        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
     ))
     .bind(e.enrollment_id.as_str())
     .bind(e.application_id.as_str())
@@ -147,27 +152,33 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
     .bind(e.status.as_str())
     .bind(e.verification_id.as_ref().map(AuthenticationId::as_str))
     .bind(e.push_stale_at)
+    .bind(e.device_key_thumbprint.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Deletes the user's earlier enrollment of the same device (re-pairing replaces it). Returns
-/// whether the deleted one was primary, and the pending requests it failed.
+/// Deletes the user's earlier enrollments of the same device (re-pairing replaces them): the
+/// same device id *and* the same proven device key, never a claimed id alone (an enrollment
+/// without a device key is never matched). Returns whether a deleted one was primary, and the
+/// pending requests they failed.
 pub async fn delete_same_device(
     conn: &mut AnyConnection,
     app: &ApplicationId,
     user: &UserId,
     device: &DeviceId,
+    device_key_thumbprint: &str,
 ) -> Result<(bool, Vec<AuthenticationId>), sqlx::Error> {
     let failed = sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
          WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
-         WHERE application_id = $1 AND user_id = $2 AND device_id = $3) RETURNING id",
+         WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
+         AND device_key_thumbprint = $4) RETURNING id",
     )
     .bind(app.as_str())
     .bind(user.as_str())
     .bind(device.as_str())
+    .bind(device_key_thumbprint)
     .fetch_all(&mut *conn)
     .await?;
     // Ids this server wrote; one it cannot read is skipped, not fatal to the pairing.
@@ -175,20 +186,39 @@ pub async fn delete_same_device(
         .iter()
         .filter_map(|r| r.try_get::<String, _>("id").ok()?.parse().ok())
         .collect();
-    let row = sqlx::query(
+    let rows = sqlx::query(
         "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
-         RETURNING is_primary",
+         AND device_key_thumbprint = $4 RETURNING is_primary",
     )
     .bind(app.as_str())
     .bind(user.as_str())
     .bind(device.as_str())
-    .fetch_optional(&mut *conn)
+    .bind(device_key_thumbprint)
+    .fetch_all(&mut *conn)
     .await?;
-    let was_primary = match row {
-        Some(r) => r.try_get::<i64, _>("is_primary")? != 0,
-        None => false,
-    };
+    let mut was_primary = false;
+    for r in &rows {
+        was_primary |= r.try_get::<i64, _>("is_primary")? != 0;
+    }
     Ok((was_primary, failed))
+}
+
+/// The user's active enrollments (in the pairing transaction), oldest first: what a device
+/// verification prompt counts and compares against.
+pub async fn active_for_user(
+    conn: &mut AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<Enrollment>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+         AND status = 'active' ORDER BY paired_at, enrollment_id"
+    ))
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(from_row).collect()
 }
 
 /// Whether the user has a primary device.
@@ -383,8 +413,9 @@ pub async fn set_primary(
 }
 
 /// Activates the enrollment that the approved authentication `verification` verified: the
-/// device's earlier enrollments for the same user are replaced (as a re-pairing replaces
-/// them), and it becomes primary if it replaced the primary device or the user has none.
+/// device's earlier enrollments for the same user (same device id and same proven device key)
+/// are replaced (as a re-pairing replaces them), and it becomes primary if it replaced the
+/// primary device or the user has none.
 /// Returns the enrollment that was waiting for it, if any.
 pub async fn activate_verified(
     db: &Database,
@@ -422,22 +453,25 @@ pub async fn activate_verified(
     sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
          WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
-         WHERE application_id = $1 AND user_id = $2 AND device_id = $3 AND enrollment_id <> $4)",
+         WHERE application_id = $1 AND user_id = $2 AND device_id = $3 AND enrollment_id <> $4 \
+         AND device_key_thumbprint = $5)",
     )
     .bind(pending.application_id.as_str())
     .bind(pending.user_id.as_str())
     .bind(pending.device_id.as_str())
     .bind(pending.enrollment_id.as_str())
+    .bind(pending.device_key_thumbprint.as_deref())
     .execute(&mut *tx)
     .await?;
     let replaced = sqlx::query(
         "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
-         AND enrollment_id <> $4 RETURNING is_primary",
+         AND enrollment_id <> $4 AND device_key_thumbprint = $5 RETURNING is_primary",
     )
     .bind(pending.application_id.as_str())
     .bind(pending.user_id.as_str())
     .bind(pending.device_id.as_str())
     .bind(pending.enrollment_id.as_str())
+    .bind(pending.device_key_thumbprint.as_deref())
     .fetch_all(&mut *tx)
     .await?;
     let mut was_primary = false;

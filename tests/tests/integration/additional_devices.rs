@@ -105,7 +105,7 @@ async fn verified_by_primary(backend: Backend) {
     assert_eq!(request.kind, AuthenticationKind::Approval);
     assert_eq!(
         request.message,
-        "Add a new device to your End-to-end Test App account?"
+        "Add Galaxy Tab S9 (new) as a second device"
     );
     assert!(
         request

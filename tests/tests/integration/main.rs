@@ -10,6 +10,7 @@ mod additional_devices;
 mod authentication;
 mod ciba;
 mod client_address;
+mod device_identity;
 mod device_protocol;
 mod events;
 mod flows;

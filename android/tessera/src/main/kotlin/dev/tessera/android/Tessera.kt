@@ -195,18 +195,25 @@ class Tessera private constructor(val sdk: Authenticator) : AutoCloseable {
             PushOutcome.NothingPending -> PushResult.NothingPending
         }
 
-    /** The requests waiting for an answer (pull: for apps without push, and after a missed push). */
+    /**
+     * The requests waiting for an answer (pull: for apps without push, and after a missed push).
+     * An enrollment the server no longer knows (a user of a shared device unpaired by the
+     * backend) does not hide the others' requests: the SDK marks it `removed` (see
+     * [enrollments]) and skips it.
+     */
     suspend fun pendingRequests(): List<TesseraRequest> = sdk.pendingRequests().mapNotNull(TesseraRequest::from)
 
     /**
-     * The incoming requests as a cold [Flow]: long-polls every enrollment (`waitSeconds` at a
-     * time) while collected, emits each request once, and keeps going across network errors
-     * (retrying after `retryDelayMillis`). Other errors end the flow with the exception.
-     * Collect it while a screen that shows requests is visible; push covers the rest.
+     * The incoming requests as a cold [Flow]: long-polls every active enrollment (`waitSeconds`
+     * at a time) while collected, emits each request once, and keeps going across network errors
+     * (retrying after `retryDelayMillis`). An enrollment the server no longer knows stops being
+     * polled (the SDK marks it `removed`) while the others go on. Other errors end the flow with
+     * the exception. Collect it while a screen that shows requests is visible; push covers the
+     * rest.
      */
     fun requests(waitSeconds: Int = 25, retryDelayMillis: Long = 2_000): Flow<TesseraRequest> = channelFlow {
         val seen = LinkedHashSet<String>()
-        for (enrollment in sdk.enrollments().filter { it.status == EnrollmentState.ACTIVE }) {
+        for (enrollment in sdk.enrollments().filter { it.status == EnrollmentState.ACTIVE && !it.removed }) {
             launch {
                 while (true) {
                     val batch = try {
@@ -214,6 +221,10 @@ class Tessera private constructor(val sdk: Authenticator) : AutoCloseable {
                     } catch (e: TesseraException.Network) {
                         delay(retryDelayMillis)
                         continue
+                    } catch (e: TesseraException.NotFound) {
+                        // Unpaired by the backend (`enrollment_removed`) or removed on this
+                        // device: this enrollment is done, the others go on.
+                        return@launch
                     }
                     for (raw in batch) {
                         val request = TesseraRequest.from(raw) ?: continue
