@@ -36,6 +36,7 @@ use crate::metrics::{RequestLabels, RouteLabels};
     paths(
         users::create_user,
         users::get_user,
+        users::remove_user,
         users::list_devices,
         users::remove_device,
         users::set_primary,
@@ -96,7 +97,10 @@ pub(crate) fn router(state: Ctx) -> Router {
     let max_body = state.config.max_body_bytes;
     Router::new()
         .route("/v1/users", post(users::create_user))
-        .route("/v1/users/{user_id}", get(users::get_user))
+        .route(
+            "/v1/users/{user_id}",
+            get(users::get_user).delete(users::remove_user),
+        )
         .route("/v1/users/{user_id}/devices", get(users::list_devices))
         .route(
             "/v1/users/{user_id}/devices/{enrollment_id}",

@@ -466,6 +466,8 @@ pub struct IssuedToken {
     pub expires_at: i64,
     /// When a refresh token was used.
     pub used_at: Option<i64>,
+    /// The grant the token descends from (tokens stored before families existed have none).
+    pub family_id: Option<String>,
 }
 
 /// Stores a token by its digest.
@@ -477,7 +479,7 @@ pub async fn insert_token(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO oidc_tokens (token_digest, kind, client_id, user_id, scope, acr, amr, auth_time, \
-         created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         created_at, expires_at, used_at, family_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(digest)
     .bind(&token.kind)
@@ -490,6 +492,7 @@ pub async fn insert_token(
     .bind(now)
     .bind(token.expires_at)
     .bind(token.used_at)
+    .bind(&token.family_id)
     .execute(db.writer())
     .await?;
     Ok(())
@@ -498,7 +501,7 @@ pub async fn insert_token(
 /// A token by its digest.
 pub async fn token(db: &Database, digest: &str) -> Result<Option<IssuedToken>, StoreError> {
     let row = sqlx::query(
-        "SELECT kind, client_id, user_id, scope, acr, amr, auth_time, expires_at, used_at \
+        "SELECT kind, client_id, user_id, scope, acr, amr, auth_time, expires_at, used_at, family_id \
          FROM oidc_tokens WHERE token_digest = $1",
     )
     .bind(digest)
@@ -515,9 +518,86 @@ pub async fn token(db: &Database, digest: &str) -> Result<Option<IssuedToken>, S
             auth_time: row.try_get("auth_time")?,
             expires_at: row.try_get("expires_at")?,
             used_at: row.try_get("used_at")?,
+            family_id: row.try_get("family_id")?,
         })
     })
     .transpose()
+}
+
+/// Uses a refresh token and stores the tokens that replace it, in one transaction: `false` (and
+/// nothing stored) if the token was used before, revoked, or is unknown. A concurrent use of
+/// the same token waits for this transaction and then finds it used.
+pub async fn rotate_refresh_token(
+    db: &Database,
+    used_digest: &str,
+    replacements: &[(String, IssuedToken)],
+    now: i64,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let used = sqlx::query(
+        "UPDATE oidc_tokens SET used_at = $2 WHERE token_digest = $1 AND kind = 'refresh' AND used_at IS NULL",
+    )
+    .bind(used_digest)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if used != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for (digest, token) in replacements {
+        sqlx::query(
+            "INSERT INTO oidc_tokens (token_digest, kind, client_id, user_id, scope, acr, amr, auth_time, \
+             created_at, expires_at, used_at, family_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(digest)
+        .bind(&token.kind)
+        .bind(&token.client_id)
+        .bind(&token.user_id)
+        .bind(&token.scope)
+        .bind(&token.acr)
+        .bind(&token.amr)
+        .bind(token.auth_time)
+        .bind(now)
+        .bind(token.expires_at)
+        .bind(token.used_at)
+        .bind(&token.family_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Revokes (deletes) every token of a family, the access tokens with the refresh tokens;
+/// returns how many there were.
+pub async fn revoke_family(db: &Database, family_id: &str) -> Result<u64, StoreError> {
+    Ok(sqlx::query("DELETE FROM oidc_tokens WHERE family_id = $1")
+        .bind(family_id)
+        .execute(db.writer())
+        .await?
+        .rows_affected())
+}
+
+/// Revokes (deletes) every token issued to `user` by the clients of `app`, if the user has no
+/// active device left in `app` (checked in the same statement); returns how many there were.
+pub async fn revoke_user_tokens_without_device(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "DELETE FROM oidc_tokens WHERE user_id = $1 \
+         AND client_id IN (SELECT client_id FROM ciba_clients WHERE application_id = $2) \
+         AND NOT EXISTS (SELECT 1 FROM enrollments WHERE application_id = $2 AND user_id = $1 \
+                         AND status = 'active')",
+    )
+    .bind(user.as_str())
+    .bind(app.as_str())
+    .execute(db.writer())
+    .await?
+    .rows_affected())
 }
 
 /// Marks a refresh token used; `false` if it was used before.

@@ -21,3 +21,4 @@ mod push;
 mod push_providers;
 mod qr;
 mod qr_browser;
+mod tokens;
