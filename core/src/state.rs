@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::JwkSet;
+use tessera_protocol::key_set::TrustedKeys;
 use tessera_protocol::pairing::{ApplicationInfo, ServerUrl};
 use tessera_protocol::time::UnixSeconds;
 use zeroize::Zeroizing;
@@ -60,13 +61,54 @@ impl DeviceState {
             .map(|s| &s.keys)
     }
 
+    pub fn pinned_server(&self, issuer: &ServerUrl) -> Option<&PinnedServer> {
+        self.servers.iter().find(|s| &s.issuer == issuer)
+    }
+
+    /// Pins the keys a verified pairing reply lists. Where the server was pinned already, how far
+    /// along its key set chain the device is and the keys it revoked are kept (a revoked key is
+    /// never pinned again).
     pub fn pin(&mut self, issuer: &ServerUrl, keys: JwkSet, now: UnixSeconds) {
+        let (sequence, revoked) = self
+            .pinned_server(issuer)
+            .map(|s| (s.sequence, s.revoked.clone()))
+            .unwrap_or_default();
+        let keys = JwkSet {
+            keys: keys
+                .keys
+                .into_iter()
+                .filter(|k| k.kid().is_none_or(|kid| !revoked.iter().any(|r| r == kid)))
+                .collect(),
+        };
         self.servers.retain(|s| &s.issuer != issuer);
         self.servers.push(PinnedServer {
             issuer: issuer.clone(),
             keys,
             pinned_at: now,
+            sequence,
+            revoked,
         });
+    }
+
+    /// Replaces a server's pins with what following its key set chain led to, if that is newer
+    /// than what is pinned now; `true` if it was.
+    pub fn advance_pins(
+        &mut self,
+        issuer: &ServerUrl,
+        trusted: TrustedKeys,
+        now: UnixSeconds,
+    ) -> bool {
+        let Some(server) = self.servers.iter_mut().find(|s| &s.issuer == issuer) else {
+            return false;
+        };
+        if trusted.sequence <= server.sequence {
+            return false;
+        }
+        server.keys = trusted.keys;
+        server.sequence = trusted.sequence;
+        server.revoked = trusted.revoked;
+        server.pinned_at = now;
+        true
     }
 
     /// Removes pending pairings created before `cutoff`; returns their key aliases.
@@ -126,12 +168,29 @@ impl From<&StoredOtpAccount> for OtpAccount {
     }
 }
 
-/// A server's keys, pinned at pairing.
+/// A server's keys, pinned at pairing and moved along the server's key set chain since.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PinnedServer {
     pub issuer: ServerUrl,
     pub keys: JwkSet,
     pub pinned_at: UnixSeconds,
+    /// The `sequence` of the key set the keys come from (0: pinned at pairing).
+    #[serde(default)]
+    pub sequence: u64,
+    /// Key ids the server revoked: never trusted again.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+}
+
+impl PinnedServer {
+    /// What the device trusts, in the protocol's terms.
+    pub fn trusted(&self) -> TrustedKeys {
+        TrustedKeys {
+            keys: self.keys.clone(),
+            sequence: self.sequence,
+            revoked: self.revoked.clone(),
+        }
+    }
 }
 
 /// How a pending pairing will complete.

@@ -66,6 +66,7 @@ pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod jwk;
+pub mod key_set;
 pub mod otp;
 pub mod pairing;
 pub mod qr;

@@ -96,6 +96,9 @@ pub struct ServerConfig {
     pub oidc_refresh_token_ttl: u32,
     /// Where the server reads the time (the system clock; tests move a manual one).
     pub clock: std::sync::Arc<dyn Clock>,
+    /// How often each instance reloads the device-facing server keys (a rotation, revocation or
+    /// the end of a grace period reaches every instance within this time, without a restart).
+    pub server_key_reload_interval: std::time::Duration,
 }
 
 /// FCM's production base URL.
@@ -141,6 +144,7 @@ impl Default for ServerConfig {
             ciba_notification_sweep: std::time::Duration::from_secs(1),
             oidc_token_ttl: 3600,
             oidc_refresh_token_ttl: 30 * 24 * 3600,
+            server_key_reload_interval: std::time::Duration::from_secs(30),
         }
     }
 }

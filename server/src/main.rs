@@ -135,6 +135,10 @@ enum Command {
             env = "TESSERA_SMTP_FROM"
         )]
         smtp_from: String,
+        /// Seconds between reloads of the device-facing server keys: a key rotation, revocation
+        /// or the end of a grace period reaches this instance within this time.
+        #[arg(long, default_value_t = 30)]
+        server_key_reload_seconds: u64,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -363,6 +367,20 @@ enum AdminCommand {
         /// The user.
         user_id: String,
     },
+    /// Rotate the device-facing server key: a new key signs from now on, announced in a key set
+    /// signed by the current key (devices follow it at their next signed exchange); the current
+    /// key keeps verifying for the grace period, then is retired.
+    RotateServerKey {
+        /// Seconds the current key keeps verifying (default 7 days).
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        grace_seconds: u32,
+    },
+    /// Revoke a device-facing server key at once: unpublished and never trusted again, not even
+    /// as a link of a chain of key sets (devices that pinned only it must pair again).
+    RevokeServerKey {
+        /// The key id (`kid`).
+        kid: String,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -421,6 +439,7 @@ async fn main() -> ExitCode {
             ciba_allow_private_notifications,
             smtp_url,
             smtp_from,
+            server_key_reload_seconds,
         } => {
             init_logs(log_format);
             let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
@@ -446,6 +465,9 @@ async fn main() -> ExitCode {
                     url: zeroize::Zeroizing::new(url),
                     from: smtp_from,
                 }),
+                server_key_reload_interval: std::time::Duration::from_secs(
+                    server_key_reload_seconds.max(1),
+                ),
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -748,6 +770,15 @@ async fn run_admin(
         } => json!({
             "devices": admin::list_devices(&db, &parse_app(&application_id)?, &parse_user(&user_id)?).await?
         }),
+        AdminCommand::RotateServerKey { grace_seconds } => {
+            let now = tessera_protocol::time::now();
+            let kid = admin::rotate_server_key(&db, now, i64::from(grace_seconds)).await?;
+            json!({"signing_kid": kid, "previous_key_retires_at": now + i64::from(grace_seconds)})
+        }
+        AdminCommand::RevokeServerKey { kid } => {
+            admin::revoke_server_key(&db, &kid, tessera_protocol::time::now()).await?;
+            json!({"revoked": kid})
+        }
     };
     db.close().await;
     Ok(value)

@@ -14,7 +14,7 @@ use crate::error::ServerError;
 use crate::http::router;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
-use crate::store::{Database, server_keys};
+use crate::store::Database;
 
 /// Starts servers.
 pub struct Server;
@@ -29,6 +29,7 @@ pub struct RunningServer {
     task: JoinHandle<()>,
     notifier: JoinHandle<()>,
     listener: JoinHandle<()>,
+    key_reloader: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -47,8 +48,6 @@ impl Server {
             config.database_acquire_timeout,
         )
         .await?;
-        let keys = server_keys::load_or_create(&db, config.clock.now()).await?;
-        let keys = KeyRing::new(keys).ok_or(ServerError::Corrupted("no server key"))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| ServerError::Bind {
@@ -64,6 +63,13 @@ impl Server {
             None => ServerUrl::parse(&format!("http://{local_addr}"))
                 .map_err(|_| ServerError::InvalidInput("listen address".into()))?,
         };
+        let keys = crate::domain::server_keys::load(&db, &public_url, config.clock.now())
+            .await
+            .map_err(|e| match e {
+                crate::domain::server_keys::KeyOperationError::Store(e) => ServerError::Store(e),
+                _ => ServerError::Corrupted("server keys"),
+            })?;
+        let keys = KeyRing::new(keys).ok_or(ServerError::Corrupted("no server key"))?;
         let email = config
             .smtp
             .as_ref()
@@ -97,6 +103,7 @@ impl Server {
             ciba_sender,
         };
         let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
+        let key_reloader = tokio::spawn(reload_server_keys(state.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -118,6 +125,7 @@ impl Server {
             task,
             notifier,
             listener: change_listener,
+            key_reloader,
         })
     }
 }
@@ -151,6 +159,28 @@ impl RunningServer {
         let _ = (&mut self.task).await;
         self.notifier.abort();
         self.listener.abort();
+        self.key_reloader.abort();
         self.db.close().await;
+    }
+}
+
+/// Reloads the device-facing server keys every `server_key_reload_interval`: a rotation,
+/// revocation or end of a grace period (which this also carries out) reaches this instance within
+/// one interval. A failed reload keeps the keys in use and is tried again at the next tick.
+async fn reload_server_keys(state: Ctx) {
+    let mut tick = tokio::time::interval(state.config.server_key_reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match crate::domain::server_keys::load(&state.db, &state.public_url, state.now()).await {
+            Ok(loaded) => {
+                let sequence = loaded.sequence;
+                if state.keys.replace(loaded) {
+                    tracing::info!(sequence, "server keys reloaded");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "server keys could not be reloaded"),
+        }
     }
 }

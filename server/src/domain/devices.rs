@@ -20,16 +20,15 @@ use crate::store::users;
 
 const MAX_DISPLAY_NAME: usize = 256;
 
-/// The server's current signing keys, plain and signed for the device to pin.
+/// The server's current signing keys, plain and signed for the device to pin, with the chain
+/// of signed key sets a device that pinned an older set follows (all signed once, when the keys
+/// changed).
 pub(crate) fn server_keys(ctx: &Ctx) -> Result<ServerKeysResponse, DomainError> {
-    let signed_key_set = ctx
-        .keys
-        .signed_key_set(&ctx.public_url, ctx.now())
-        .map_err(|_| DomainError::Internal("signing the key set failed"))?;
     Ok(ServerKeysResponse {
         issuer: ctx.public_url.clone(),
         keys: ctx.keys.public_set(),
-        signed_key_set,
+        signed_key_set: ctx.keys.signed_key_set(),
+        key_set_chain: ctx.keys.chain(),
     })
 }
 

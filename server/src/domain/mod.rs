@@ -22,6 +22,7 @@ pub(crate) mod outcome;
 pub(crate) mod pairing;
 pub mod ports;
 pub(crate) mod qr;
+pub(crate) mod server_keys;
 pub(crate) mod ssrf;
 pub(crate) mod users;
 

@@ -1,0 +1,267 @@
+//! The device-facing signing keys' life: creation, rotation, the grace period, retirement and
+//! revocation, and the signed key sets that announce each change.
+//!
+//! Every change of the published keys is one write transaction that also stores the new
+//! [`ServerKeySet`] with the next `sequence`, signed once, by a key of the previous set (for a
+//! rotation: the key that was signing until then, so a device can chain trust). Servers reload
+//! the ring every `server_key_reload_interval` ([`load`]); nothing is signed per request.
+
+use sqlx::{Any, Transaction};
+use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
+use tessera_protocol::jwk::JwkSet;
+use tessera_protocol::pairing::{ServerKeySet, ServerUrl};
+
+use super::DomainError;
+use crate::keys::KeyRingState;
+use crate::store::server_keys::{self, StoredKey, StoredKeySet};
+use crate::store::{Database, StoreError};
+
+/// Why a key operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyOperationError {
+    /// No published key has that id (or it is revoked already).
+    #[error("no such published server key")]
+    UnknownKey,
+    /// Revoking it would leave no key to sign with: rotate first.
+    #[error("this is the only published server key: rotate to a new key first, then revoke it")]
+    LastKey,
+    /// No key set was ever published (the server was never started on this database).
+    #[error("no key set has been published yet: start the server once first")]
+    NoKeySet,
+    /// Another change took the same key set number: try again.
+    #[error("another key change happened at the same time: try again")]
+    Concurrent,
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing or decoding failed.
+    #[error("key set: {0}")]
+    Internal(&'static str),
+}
+
+impl From<KeyOperationError> for DomainError {
+    fn from(e: KeyOperationError) -> Self {
+        match e {
+            KeyOperationError::Store(e) => DomainError::from(e),
+            _ => DomainError::Internal("server key operation failed"),
+        }
+    }
+}
+
+/// The signer among stored keys: the published key that became signer last; for keys from
+/// before rotation, the oldest published key.
+fn signer_of(keys: &[StoredKey]) -> Option<&StoredKey> {
+    let published = keys.iter().filter(|k| k.is_published());
+    published
+        .clone()
+        .filter(|k| k.signer_since.is_some())
+        .max_by_key(|k| (k.signer_since, k.created_at))
+        .or_else(|| published.min_by_key(|k| k.created_at))
+}
+
+fn published_set(keys: &[StoredKey]) -> JwkSet {
+    JwkSet {
+        keys: keys
+            .iter()
+            .filter(|k| k.is_published())
+            .filter_map(|k| k.key.as_ref().map(SoftwareSigningKey::public_jwk))
+            .collect(),
+    }
+}
+
+fn revoked_kids(keys: &[StoredKey]) -> Vec<String> {
+    keys.iter()
+        .filter(|k| k.revoked_at.is_some())
+        .map(|k| k.kid.clone())
+        .collect()
+}
+
+/// Signs and stores the set of the keys published now, numbered after `previous`, with `signer`.
+async fn announce(
+    tx: &mut Transaction<'static, Any>,
+    keys: &[StoredKey],
+    signer: &SoftwareSigningKey,
+    issuer: &ServerUrl,
+    previous: i64,
+    now: i64,
+) -> Result<(), KeyOperationError> {
+    let sequence = previous + 1;
+    let set = ServerKeySet {
+        v: tessera_protocol::PROTOCOL_VERSION,
+        issuer: issuer.clone(),
+        keys: published_set(keys),
+        issued_at: now,
+        sequence: u64::try_from(sequence).map_err(|_| KeyOperationError::Internal("sequence"))?,
+        revoked: revoked_kids(keys),
+    };
+    let signed = envelope::sign(MessageType::ServerKeySet, &set, signer)
+        .map_err(|_| KeyOperationError::Internal("signing"))?;
+    let stored = StoredKeySet {
+        sequence,
+        signer_kid: signer.kid().to_string(),
+        signed,
+    };
+    if !server_keys::insert_key_set(tx, &stored, now).await? {
+        return Err(KeyOperationError::Concurrent);
+    }
+    Ok(())
+}
+
+/// The issuer the newest key set names (admin commands have no server URL of their own).
+fn issuer_of(set: &StoredKeySet) -> Result<ServerUrl, KeyOperationError> {
+    envelope::unverified_payload::<ServerKeySet>(&set.signed)
+        .map(|s| s.issuer)
+        .map_err(|_| KeyOperationError::Internal("stored key set"))
+}
+
+/// Makes the stored keys current, as a server does at start and on every reload: creates the
+/// first key if there is none, retires keys whose grace period has ended, publishes the first
+/// key set if none was, and returns what the ring should hold.
+pub(crate) async fn load(
+    db: &Database,
+    issuer: &ServerUrl,
+    now: i64,
+) -> Result<KeyRingState, KeyOperationError> {
+    // The usual case, read only: keys published, a set announced, no grace period over.
+    let stored = server_keys::all_from_pool(db).await?;
+    let due = stored
+        .iter()
+        .any(|k| k.is_published() && k.retire_at.is_some_and(|at| at <= now));
+    if !due
+        && stored.iter().any(StoredKey::is_published)
+        && !server_keys::key_sets(db).await?.is_empty()
+    {
+        return state(db).await;
+    }
+    let mut tx = db.begin_write().await?;
+    if !server_keys::all(&mut tx)
+        .await?
+        .iter()
+        .any(StoredKey::is_published)
+    {
+        let key = SoftwareSigningKey::generate();
+        server_keys::insert(&mut tx, &key, true, now).await?;
+    }
+    let latest = server_keys::latest_key_set(&mut tx).await?;
+    let retired = server_keys::retire_due(&mut tx, now).await?;
+    if latest.is_none() || !retired.is_empty() {
+        let keys = server_keys::all(&mut tx).await?;
+        let signer = signer_of(&keys)
+            .and_then(|k| k.key.clone())
+            .ok_or(KeyOperationError::Internal("no signer"))?;
+        let previous = latest.as_ref().map_or(0, |l| l.sequence);
+        match announce(&mut tx, &keys, &signer, issuer, previous, now).await {
+            // Another instance announced first: read what it wrote.
+            Err(KeyOperationError::Concurrent) => {
+                tx.rollback().await.map_err(StoreError::from)?;
+                return state(db).await;
+            }
+            other => other?,
+        }
+        if !retired.is_empty() {
+            tracing::info!(retired = ?retired, "server keys retired after their grace period");
+        }
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    state(db).await
+}
+
+/// What the ring should hold, as stored (no changes).
+async fn state(db: &Database) -> Result<KeyRingState, KeyOperationError> {
+    let keys = server_keys::all_from_pool(db).await?;
+    let signer = signer_of(&keys)
+        .and_then(|k| k.key.clone())
+        .ok_or(KeyOperationError::Internal("no signer"))?;
+    let revoked = revoked_kids(&keys);
+    let sets = server_keys::key_sets(db).await?;
+    let sequence = sets
+        .last()
+        .map(|s| u64::try_from(s.sequence).unwrap_or(0))
+        .unwrap_or(0);
+    Ok(KeyRingState {
+        keys: keys
+            .into_iter()
+            .filter(StoredKey::is_published)
+            .filter_map(|k| k.key)
+            .collect(),
+        signer,
+        // A set signed by a revoked key is never published again.
+        chain: sets
+            .into_iter()
+            .filter(|s| !revoked.contains(&s.signer_kid))
+            .map(|s| s.signed)
+            .collect(),
+        sequence,
+    })
+}
+
+/// Rotates: a new key becomes the signer; the new set is announced signed by the key that was
+/// signing until now, which keeps verifying (stays published) for `grace_seconds` and is then
+/// retired by the next reload. Returns the new key's id.
+pub(crate) async fn rotate(
+    db: &Database,
+    now: i64,
+    grace_seconds: i64,
+) -> Result<String, KeyOperationError> {
+    let mut tx = db.begin_write().await?;
+    let latest = server_keys::latest_key_set(&mut tx)
+        .await?
+        .ok_or(KeyOperationError::NoKeySet)?;
+    let issuer = issuer_of(&latest)?;
+    let keys = server_keys::all(&mut tx).await?;
+    let previous = signer_of(&keys)
+        .and_then(|k| k.key.clone())
+        .ok_or(KeyOperationError::Internal("no signer"))?;
+    let key = SoftwareSigningKey::generate();
+    server_keys::insert(&mut tx, &key, true, now).await?;
+    server_keys::set_retire_at(&mut tx, previous.kid(), now + grace_seconds.max(0)).await?;
+    let keys = server_keys::all(&mut tx).await?;
+    announce(&mut tx, &keys, &previous, &issuer, latest.sequence, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(
+        kid = key.kid(),
+        previous = previous.kid(),
+        grace_seconds,
+        "server key rotated"
+    );
+    Ok(key.kid().to_string())
+}
+
+/// Revokes a key at once: unpublished, its private half wiped, never trusted again (devices drop
+/// it from their pins with the next set, and no set it signed is published any more). If it was
+/// the signer, the newest other published key signs from now on. The new set is signed by the
+/// signer after the revocation. Refused for the only published key.
+pub(crate) async fn revoke(db: &Database, kid: &str, now: i64) -> Result<(), KeyOperationError> {
+    let mut tx = db.begin_write().await?;
+    let latest = server_keys::latest_key_set(&mut tx)
+        .await?
+        .ok_or(KeyOperationError::NoKeySet)?;
+    let issuer = issuer_of(&latest)?;
+    let keys = server_keys::all(&mut tx).await?;
+    if !keys.iter().any(|k| k.kid == kid && k.is_published()) {
+        return Err(KeyOperationError::UnknownKey);
+    }
+    let Some(successor) = keys
+        .iter()
+        .filter(|k| k.kid != kid && k.is_published())
+        .max_by_key(|k| (k.signer_since, k.created_at))
+    else {
+        return Err(KeyOperationError::LastKey);
+    };
+    let was_signer = signer_of(&keys).is_some_and(|k| k.kid == kid);
+    let successor_kid = successor.kid.clone();
+    if !server_keys::revoke(&mut tx, kid, now).await? {
+        return Err(KeyOperationError::UnknownKey);
+    }
+    if was_signer {
+        server_keys::make_signer(&mut tx, &successor_kid, now).await?;
+    }
+    let keys = server_keys::all(&mut tx).await?;
+    let signer = signer_of(&keys)
+        .and_then(|k| k.key.clone())
+        .ok_or(KeyOperationError::Internal("no signer"))?;
+    announce(&mut tx, &keys, &signer, &issuer, latest.sequence, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::warn!(kid, "server key revoked");
+    Ok(())
+}
