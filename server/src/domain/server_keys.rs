@@ -173,7 +173,13 @@ async fn state(db: &Database) -> Result<KeyRingState, KeyOperationError> {
         .and_then(|k| k.key.clone())
         .ok_or(KeyOperationError::Internal("no signer"))?;
     let revoked = revoked_kids(&keys);
-    let sets = server_keys::key_sets(db).await?;
+    // A set signed by a revoked key is never published again. The signer is read from the
+    // signed set itself, not from the stored column.
+    let sets: Vec<StoredKeySet> = server_keys::key_sets(db)
+        .await?
+        .into_iter()
+        .filter(|s| envelope::inspect(&s.signed).is_ok_and(|h| !revoked.contains(&h.kid)))
+        .collect();
     let sequence = sets
         .last()
         .map(|s| u64::try_from(s.sequence).unwrap_or(0))
@@ -185,12 +191,7 @@ async fn state(db: &Database) -> Result<KeyRingState, KeyOperationError> {
             .filter_map(|k| k.key)
             .collect(),
         signer,
-        // A set signed by a revoked key is never published again.
-        chain: sets
-            .into_iter()
-            .filter(|s| !revoked.contains(&s.signer_kid))
-            .map(|s| s.signed)
-            .collect(),
+        chain: sets.into_iter().map(|s| s.signed).collect(),
         sequence,
     })
 }

@@ -12,6 +12,7 @@ mod ciba;
 mod device_protocol;
 mod events;
 mod http_errors;
+mod key_rotation;
 mod logs;
 mod operations;
 mod otp;
