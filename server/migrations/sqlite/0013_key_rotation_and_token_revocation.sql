@@ -7,12 +7,15 @@ ALTER TABLE server_keys ADD COLUMN retired_at BIGINT;
 ALTER TABLE server_keys ADD COLUMN revoked_at BIGINT;
 
 -- The published key sets, each signed once (never per request) by a key of the set before it,
--- so that a device pinning an older set can follow the chain. `sequence` numbers them.
+-- so that a device pinning an older set can follow the chain. `sequence` numbers them per issuer
+-- (the public URL the set names: instances on one database normally share one).
 CREATE TABLE server_key_sets (
-    sequence    BIGINT PRIMARY KEY,
+    issuer      TEXT NOT NULL,
+    sequence    BIGINT NOT NULL,
     signer_kid  TEXT NOT NULL,
     signed      TEXT NOT NULL,
-    created_at  BIGINT NOT NULL
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (issuer, sequence)
 );
 
 -- Every access and refresh token issued from one CIBA grant (and the refreshes after it) shares

@@ -97,6 +97,7 @@ async fn announce(
     let signed = envelope::sign(MessageType::ServerKeySet, &set, signer)
         .map_err(|_| KeyOperationError::Internal("signing"))?;
     let stored = StoredKeySet {
+        issuer: issuer.as_str().to_string(),
         sequence,
         signer_kid: signer.kid().to_string(),
         signed,
@@ -107,11 +108,28 @@ async fn announce(
     Ok(())
 }
 
-/// The issuer the newest key set names (admin commands have no server URL of their own).
-fn issuer_of(set: &StoredKeySet) -> Result<ServerUrl, KeyOperationError> {
-    envelope::unverified_payload::<ServerKeySet>(&set.signed)
-        .map(|s| s.issuer)
-        .map_err(|_| KeyOperationError::Internal("stored key set"))
+/// Announces the keys published now to every issuer that has key sets (instances on one
+/// database normally share one public URL; each URL has its own chain), signed by `signer`.
+/// `NoKeySet` if there is none yet.
+async fn announce_everywhere(
+    tx: &mut Transaction<'static, Any>,
+    keys: &[StoredKey],
+    signer: &SoftwareSigningKey,
+    now: i64,
+) -> Result<(), KeyOperationError> {
+    let issuers = server_keys::issuers(tx).await?;
+    if issuers.is_empty() {
+        return Err(KeyOperationError::NoKeySet);
+    }
+    for issuer in issuers {
+        let latest = server_keys::latest_key_set(tx, &issuer)
+            .await?
+            .map_or(0, |l| l.sequence);
+        let url =
+            ServerUrl::parse(&issuer).map_err(|_| KeyOperationError::Internal("stored issuer"))?;
+        announce(tx, keys, signer, &url, latest, now).await?;
+    }
+    Ok(())
 }
 
 /// Makes the stored keys current, as a server does at start and on every reload: creates the
@@ -129,9 +147,9 @@ pub(crate) async fn load(
         .any(|k| k.is_published() && k.retire_at.is_some_and(|at| at <= now));
     if !due
         && stored.iter().any(StoredKey::is_published)
-        && !server_keys::key_sets(db).await?.is_empty()
+        && !server_keys::key_sets(db, issuer.as_str()).await?.is_empty()
     {
-        return state(db).await;
+        return state(db, issuer).await;
     }
     let mut tx = db.begin_write().await?;
     if !server_keys::all(&mut tx)
@@ -142,19 +160,30 @@ pub(crate) async fn load(
         let key = SoftwareSigningKey::generate();
         server_keys::insert(&mut tx, &key, true, now).await?;
     }
-    let latest = server_keys::latest_key_set(&mut tx).await?;
+    let latest = server_keys::latest_key_set(&mut tx, issuer.as_str()).await?;
     let retired = server_keys::retire_due(&mut tx, now).await?;
     if latest.is_none() || !retired.is_empty() {
         let keys = server_keys::all(&mut tx).await?;
         let signer = signer_of(&keys)
             .and_then(|k| k.key.clone())
             .ok_or(KeyOperationError::Internal("no signer"))?;
-        let previous = latest.as_ref().map_or(0, |l| l.sequence);
-        match announce(&mut tx, &keys, &signer, issuer, previous, now).await {
-            // Another instance announced first: read what it wrote.
+        let announced = match latest {
+            // This issuer's first set.
+            None => announce(&mut tx, &keys, &signer, issuer, 0, now).await,
+            Some(_) => Ok(()),
+        };
+        let announced = match announced {
+            Ok(()) if !retired.is_empty() => {
+                announce_everywhere(&mut tx, &keys, &signer, now).await
+            }
+            other => other,
+        };
+        match announced {
+            // Another instance announced first: read what it wrote (a retirement left undone is
+            // retried at the next reload).
             Err(KeyOperationError::Concurrent) => {
                 tx.rollback().await.map_err(StoreError::from)?;
-                return state(db).await;
+                return state(db, issuer).await;
             }
             other => other?,
         }
@@ -163,11 +192,11 @@ pub(crate) async fn load(
         }
     }
     tx.commit().await.map_err(StoreError::from)?;
-    state(db).await
+    state(db, issuer).await
 }
 
 /// What the ring should hold, as stored (no changes).
-async fn state(db: &Database) -> Result<KeyRingState, KeyOperationError> {
+async fn state(db: &Database, issuer: &ServerUrl) -> Result<KeyRingState, KeyOperationError> {
     let keys = server_keys::all_from_pool(db).await?;
     let signer = signer_of(&keys)
         .and_then(|k| k.key.clone())
@@ -175,7 +204,7 @@ async fn state(db: &Database) -> Result<KeyRingState, KeyOperationError> {
     let revoked = revoked_kids(&keys);
     // A set signed by a revoked key is never published again. The signer is read from the
     // signed set itself, not from the stored column.
-    let sets: Vec<StoredKeySet> = server_keys::key_sets(db)
+    let sets: Vec<StoredKeySet> = server_keys::key_sets(db, issuer.as_str())
         .await?
         .into_iter()
         .filter(|s| envelope::inspect(&s.signed).is_ok_and(|h| !revoked.contains(&h.kid)))
@@ -205,10 +234,6 @@ pub(crate) async fn rotate(
     grace_seconds: i64,
 ) -> Result<String, KeyOperationError> {
     let mut tx = db.begin_write().await?;
-    let latest = server_keys::latest_key_set(&mut tx)
-        .await?
-        .ok_or(KeyOperationError::NoKeySet)?;
-    let issuer = issuer_of(&latest)?;
     let keys = server_keys::all(&mut tx).await?;
     let previous = signer_of(&keys)
         .and_then(|k| k.key.clone())
@@ -217,7 +242,7 @@ pub(crate) async fn rotate(
     server_keys::insert(&mut tx, &key, true, now).await?;
     server_keys::set_retire_at(&mut tx, previous.kid(), now + grace_seconds.max(0)).await?;
     let keys = server_keys::all(&mut tx).await?;
-    announce(&mut tx, &keys, &previous, &issuer, latest.sequence, now).await?;
+    announce_everywhere(&mut tx, &keys, &previous, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     tracing::info!(
         kid = key.kid(),
@@ -234,10 +259,6 @@ pub(crate) async fn rotate(
 /// signer after the revocation. Refused for the only published key.
 pub(crate) async fn revoke(db: &Database, kid: &str, now: i64) -> Result<(), KeyOperationError> {
     let mut tx = db.begin_write().await?;
-    let latest = server_keys::latest_key_set(&mut tx)
-        .await?
-        .ok_or(KeyOperationError::NoKeySet)?;
-    let issuer = issuer_of(&latest)?;
     let keys = server_keys::all(&mut tx).await?;
     if !keys.iter().any(|k| k.kid == kid && k.is_published()) {
         return Err(KeyOperationError::UnknownKey);
@@ -261,7 +282,7 @@ pub(crate) async fn revoke(db: &Database, kid: &str, now: i64) -> Result<(), Key
     let signer = signer_of(&keys)
         .and_then(|k| k.key.clone())
         .ok_or(KeyOperationError::Internal("no signer"))?;
-    announce(&mut tx, &keys, &signer, &issuer, latest.sequence, now).await?;
+    announce_everywhere(&mut tx, &keys, &signer, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     tracing::warn!(kid, "server key revoked");
     Ok(())

@@ -35,7 +35,9 @@ impl StoredKey {
 /// A signed key set as stored.
 #[derive(Debug, Clone)]
 pub struct StoredKeySet {
-    /// Its number.
+    /// The issuer (public URL) it names.
+    pub issuer: String,
+    /// Its number (per issuer).
     pub sequence: i64,
     /// The key that signed it.
     pub signer_kid: String,
@@ -179,29 +181,46 @@ pub async fn revoke(
         == 1)
 }
 
-/// The stored key sets, oldest first.
-pub async fn key_sets(db: &Database) -> Result<Vec<StoredKeySet>, StoreError> {
-    let rows =
-        sqlx::query("SELECT sequence, signer_kid, signed FROM server_key_sets ORDER BY sequence")
-            .fetch_all(db.pool())
-            .await?;
+/// The stored key sets of `issuer`, oldest first.
+pub async fn key_sets(db: &Database, issuer: &str) -> Result<Vec<StoredKeySet>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT issuer, sequence, signer_kid, signed FROM server_key_sets WHERE issuer = $1 \
+         ORDER BY sequence",
+    )
+    .bind(issuer)
+    .fetch_all(db.pool())
+    .await?;
     rows.iter().map(key_set_from_row).collect()
 }
 
-/// The newest stored key set, read inside a transaction.
+/// The newest stored key set of `issuer`, read inside a transaction.
 pub async fn latest_key_set(
     tx: &mut Transaction<'static, Any>,
+    issuer: &str,
 ) -> Result<Option<StoredKeySet>, StoreError> {
     let row = sqlx::query(
-        "SELECT sequence, signer_kid, signed FROM server_key_sets ORDER BY sequence DESC LIMIT 1",
+        "SELECT issuer, sequence, signer_kid, signed FROM server_key_sets WHERE issuer = $1 \
+         ORDER BY sequence DESC LIMIT 1",
     )
+    .bind(issuer)
     .fetch_optional(&mut **tx)
     .await?;
     row.as_ref().map(key_set_from_row).transpose()
 }
 
+/// Every issuer that has key sets.
+pub async fn issuers(tx: &mut Transaction<'static, Any>) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query("SELECT DISTINCT issuer FROM server_key_sets ORDER BY issuer")
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("issuer").map_err(StoreError::from))
+        .collect()
+}
+
 fn key_set_from_row(row: &sqlx::any::AnyRow) -> Result<StoredKeySet, StoreError> {
     Ok(StoredKeySet {
+        issuer: row.try_get("issuer")?,
         sequence: row.try_get("sequence")?,
         signer_kid: row.try_get("signer_kid")?,
         signed: row.try_get("signed")?,
@@ -215,9 +234,10 @@ pub async fn insert_key_set(
     now: i64,
 ) -> Result<bool, StoreError> {
     Ok(sqlx::query(
-        "INSERT INTO server_key_sets (sequence, signer_kid, signed, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (sequence) DO NOTHING",
+        "INSERT INTO server_key_sets (issuer, sequence, signer_kid, signed, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (issuer, sequence) DO NOTHING",
     )
+    .bind(&set.issuer)
     .bind(set.sequence)
     .bind(&set.signer_kid)
     .bind(&set.signed)

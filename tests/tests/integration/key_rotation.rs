@@ -353,12 +353,14 @@ async fn revocation(backend: Backend) {
     )
     .unwrap();
     sqlx::query(
-        "INSERT INTO server_key_sets (sequence, signer_kid, signed, created_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO server_key_sets (issuer, sequence, signer_kid, signed, created_at) \
+         VALUES ($5, $1, $2, $3, $4)",
     )
     .bind(i64::try_from(first_sequence + 3).unwrap())
     .bind(&k2) // the column lies; the signature does not
     .bind(&introduced)
     .bind(now())
+    .bind(&server.base_url)
     .execute(db(&server).writer())
     .await
     .unwrap();
@@ -420,12 +422,14 @@ async fn unknown_signer(backend: Backend) {
     )
     .unwrap();
     sqlx::query(
-        "INSERT INTO server_key_sets (sequence, signer_kid, signed, created_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO server_key_sets (issuer, sequence, signer_kid, signed, created_at) \
+         VALUES ($5, $1, $2, $3, $4)",
     )
     .bind(i64::try_from(first_sequence + 1).unwrap())
     .bind(attacker.kid())
     .bind(&forged)
     .bind(now())
+    .bind(&server.base_url)
     .execute(db(&server).writer())
     .await
     .unwrap();
