@@ -61,14 +61,23 @@ impl KeyRing {
         })
     }
 
-    /// Replaces what the ring holds if `state` is newer (a higher sequence); `true` if it did.
+    /// Replaces what the ring holds with `state` unless it is older (a lower sequence) or the
+    /// same; `true` if it did.
     pub fn replace(&self, state: KeyRingState) -> bool {
-        if state.sequence <= self.sequence() {
+        let held = self.snapshot();
+        if state.sequence < held.sequence {
             return false;
         }
         let Some(loaded) = Self::load(state) else {
             return false;
         };
+        if loaded.sequence == held.sequence
+            && loaded.chain == held.chain
+            && loaded.public == held.public
+            && loaded.signer.kid() == held.signer.kid()
+        {
+            return false;
+        }
         match self.current.write() {
             Ok(mut current) => {
                 *current = Arc::new(loaded);

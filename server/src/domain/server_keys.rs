@@ -197,15 +197,39 @@ pub(crate) async fn load(
 
 /// What the ring should hold, as stored (no changes).
 async fn state(db: &Database, issuer: &ServerUrl) -> Result<KeyRingState, KeyOperationError> {
-    let keys = server_keys::all_from_pool(db).await?;
+    // Keys, sets, keys again: every change writes the keys and its set in one transaction, so
+    // when both reads of the keys agree, the sets read between them belong to those keys.
+    let fingerprint =
+        |keys: &[StoredKey]| -> Vec<(String, Option<i64>, Option<i64>, Option<i64>, Option<i64>)> {
+            keys.iter()
+                .map(|k| {
+                    (
+                        k.kid.clone(),
+                        k.signer_since,
+                        k.retire_at,
+                        k.retired_at,
+                        k.revoked_at,
+                    )
+                })
+                .collect()
+        };
+    let mut attempts = 0;
+    let (keys, stored_sets) = loop {
+        let before = server_keys::all_from_pool(db).await?;
+        let sets = server_keys::key_sets(db, issuer.as_str()).await?;
+        let after = server_keys::all_from_pool(db).await?;
+        attempts += 1;
+        if fingerprint(&before) == fingerprint(&after) || attempts >= 5 {
+            break (after, sets);
+        }
+    };
     let signer = signer_of(&keys)
         .and_then(|k| k.key.clone())
         .ok_or(KeyOperationError::Internal("no signer"))?;
     let revoked = revoked_kids(&keys);
     // A set signed by a revoked key is never published again. The signer is read from the
     // signed set itself, not from the stored column.
-    let sets: Vec<StoredKeySet> = server_keys::key_sets(db, issuer.as_str())
-        .await?
+    let sets: Vec<StoredKeySet> = stored_sets
         .into_iter()
         .filter(|s| envelope::inspect(&s.signed).is_ok_and(|h| !revoked.contains(&h.kid)))
         .collect();
@@ -237,7 +261,7 @@ pub(crate) async fn rotate(
     let keys = server_keys::all(&mut tx).await?;
     let previous = signer_of(&keys)
         .and_then(|k| k.key.clone())
-        .ok_or(KeyOperationError::Internal("no signer"))?;
+        .ok_or(KeyOperationError::NoKeySet)?;
     let key = SoftwareSigningKey::generate();
     server_keys::insert(&mut tx, &key, true, now).await?;
     server_keys::set_retire_at(&mut tx, previous.kid(), now + grace_seconds.max(0)).await?;
@@ -286,4 +310,113 @@ pub(crate) async fn revoke(db: &Database, kid: &str, now: i64) -> Result<(), Key
     tx.commit().await.map_err(StoreError::from)?;
     tracing::warn!(kid, "server key revoked");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_protocol::key_set::{TrustedKeys, advance};
+
+    async fn database() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        (dir, db)
+    }
+
+    fn issuer() -> ServerUrl {
+        ServerUrl::parse("https://auth.example.com").expect("url")
+    }
+
+    fn kids(state: &KeyRingState) -> Vec<String> {
+        state.keys.iter().map(|k| k.kid().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_key_lives_rotates_retires_and_is_revoked_and_each_change_is_one_chained_set() {
+        let (_dir, db) = database().await;
+        assert!(matches!(
+            rotate(&db, 100, 10).await,
+            Err(KeyOperationError::NoKeySet)
+        ));
+        let first = load(&db, &issuer(), 100).await.expect("load");
+        assert_eq!((first.sequence, first.chain.len()), (1, 1));
+        let k1 = first.signer.kid().to_string();
+        // Loading again changes nothing (no write, no new set).
+        assert_eq!(load(&db, &issuer(), 101).await.expect("load").sequence, 1);
+        assert!(matches!(
+            revoke(&db, &k1, 100).await,
+            Err(KeyOperationError::LastKey)
+        ));
+
+        let k2 = rotate(&db, 200, 50).await.expect("rotate");
+        let rotated = load(&db, &issuer(), 200).await.expect("load");
+        assert_eq!(rotated.sequence, 2);
+        assert_eq!(kids(&rotated), vec![k1.clone(), k2.clone()]);
+        assert_eq!(rotated.signer.kid(), k2);
+        assert_eq!(
+            envelope::inspect(rotated.chain.last().expect("set"))
+                .expect("header")
+                .kid,
+            k1,
+            "announced by the key that was signing"
+        );
+        // The grace period ends at 250: the next load retires k1 with a set signed by k2.
+        assert_eq!(load(&db, &issuer(), 249).await.expect("load").sequence, 2);
+        let retired = load(&db, &issuer(), 250).await.expect("load");
+        assert_eq!((retired.sequence, kids(&retired)), (3, vec![k2.clone()]));
+
+        // A device that pinned the first set follows the chain to the current one.
+        let pinned = TrustedKeys {
+            keys: JwkSet {
+                keys: vec![first.signer.public_jwk()],
+            },
+            sequence: 1,
+            revoked: Vec::new(),
+        };
+        let followed = advance(&pinned, &issuer(), &retired.chain).expect("chain");
+        assert_eq!(followed.sequence, 3);
+
+        let k3 = rotate(&db, 300, 1000).await.expect("rotate");
+        assert!(matches!(
+            revoke(&db, "no-such-key", 300).await,
+            Err(KeyOperationError::UnknownKey)
+        ));
+        // Revoking the signer hands signing to the newest other key; the sets k3 signed are no
+        // longer published.
+        revoke(&db, &k3, 301).await.expect("revoke");
+        let after = load(&db, &issuer(), 301).await.expect("load");
+        assert_eq!(after.signer.kid(), k2);
+        assert_eq!(kids(&after), vec![k2.clone()]);
+        assert!(
+            after
+                .chain
+                .iter()
+                .all(|s| envelope::inspect(s).expect("header").kid != k3)
+        );
+        let newest: ServerKeySet =
+            envelope::unverified_payload(after.chain.last().expect("set")).expect("set");
+        assert_eq!(newest.revoked, vec![k3.clone()]);
+        assert!(matches!(
+            revoke(&db, &k3, 302).await,
+            Err(KeyOperationError::UnknownKey)
+        ));
+    }
+
+    #[tokio::test]
+    async fn every_issuer_on_a_database_gets_its_own_chain() {
+        let (_dir, db) = database().await;
+        let other = ServerUrl::parse("https://login.example.com").expect("url");
+        load(&db, &issuer(), 100).await.expect("load");
+        let first_other = load(&db, &other, 100).await.expect("load");
+        assert_eq!(first_other.sequence, 1);
+        rotate(&db, 200, 0).await.expect("rotate");
+        for url in [issuer(), other] {
+            let state = load(&db, &url, 200).await.expect("load");
+            assert_eq!(state.sequence, 3, "rotated and retired for {url:?}");
+            let newest: ServerKeySet =
+                envelope::unverified_payload(state.chain.last().expect("set")).expect("set");
+            assert_eq!(newest.issuer, url);
+        }
+    }
 }
