@@ -199,20 +199,16 @@ pub(crate) async fn load(
 async fn state(db: &Database, issuer: &ServerUrl) -> Result<KeyRingState, KeyOperationError> {
     // Keys, sets, keys again: every change writes the keys and its set in one transaction, so
     // when both reads of the keys agree, the sets read between them belong to those keys.
-    let fingerprint =
-        |keys: &[StoredKey]| -> Vec<(String, Option<i64>, Option<i64>, Option<i64>, Option<i64>)> {
-            keys.iter()
-                .map(|k| {
-                    (
-                        k.kid.clone(),
-                        k.signer_since,
-                        k.retire_at,
-                        k.retired_at,
-                        k.revoked_at,
-                    )
-                })
-                .collect()
-        };
+    let fingerprint = |keys: &[StoredKey]| {
+        keys.iter()
+            .map(|k| {
+                format!(
+                    "{}:{:?}:{:?}:{:?}:{:?}",
+                    k.kid, k.signer_since, k.retire_at, k.retired_at, k.revoked_at
+                )
+            })
+            .collect::<Vec<_>>()
+    };
     let mut attempts = 0;
     let (keys, stored_sets) = loop {
         let before = server_keys::all_from_pool(db).await?;

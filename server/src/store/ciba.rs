@@ -838,7 +838,9 @@ mod token_tests {
             let db = db.clone();
             tokio::spawn(async move {
                 let next = vec![(format!("r1-{i}"), token("refresh", "alice", "f"))];
-                rotate_refresh_token(&db, "r0", &next, 2).await.expect("rotate")
+                rotate_refresh_token(&db, "r0", &next, 2)
+                    .await
+                    .expect("rotate")
             })
         });
         let mut won = 0;
@@ -852,7 +854,10 @@ mod token_tests {
             .fetch_one(db.pool())
             .await
             .expect("count");
-        assert_eq!(stored, 2, "the used token and one successor: losers stored nothing");
+        assert_eq!(
+            stored, 2,
+            "the used token and one successor: losers stored nothing"
+        );
         assert_eq!(revoke_family(&db, "f").await.expect("revoke"), 2);
         assert!(token_exists(&db, "r0").await.is_none());
     }

@@ -40,23 +40,6 @@ pub(crate) const JWKS_PATH: &str = "/oidc/jwks";
 /// The userinfo endpoint's path.
 pub(crate) const USERINFO_PATH: &str = "/oidc/userinfo";
 
-#[cfg(test)]
-mod subject_tests {
-    use super::*;
-
-    #[test]
-    fn subjects_are_namespaced_by_application_and_read_back_only_there() {
-        let a: ApplicationId = ApplicationId::generate();
-        let b: ApplicationId = ApplicationId::generate();
-        assert_ne!(subject(&a, "alice"), subject(&b, "alice"));
-        assert_eq!(user_of_subject(&a, &subject(&a, "alice")), Some("alice"));
-        assert_eq!(user_of_subject(&a, &subject(&a, "a:b")), Some("a:b"));
-        assert_eq!(user_of_subject(&b, &subject(&a, "alice")), None);
-        assert_eq!(user_of_subject(&a, "alice"), None);
-        assert_eq!(user_of_subject(&a, a.as_str()), None);
-    }
-}
-
 /// The issuer: the server's public URL.
 pub(crate) fn issuer(state: &Ctx) -> String {
     state.public_url.as_str().to_string()
@@ -79,4 +62,21 @@ pub(crate) fn user_of_subject<'a>(app: &ApplicationId, sub: &'a str) -> Option<&
 /// An endpoint's absolute URL.
 pub(crate) fn endpoint_url(state: &Ctx, path: &str) -> String {
     format!("{}{path}", state.public_url.as_str())
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_namespaced_by_application_and_read_back_only_there() {
+        let a: ApplicationId = ApplicationId::generate();
+        let b: ApplicationId = ApplicationId::generate();
+        assert_ne!(subject(&a, "alice"), subject(&b, "alice"));
+        assert_eq!(user_of_subject(&a, &subject(&a, "alice")), Some("alice"));
+        assert_eq!(user_of_subject(&a, &subject(&a, "a:b")), Some("a:b"));
+        assert_eq!(user_of_subject(&b, &subject(&a, "alice")), None);
+        assert_eq!(user_of_subject(&a, "alice"), None);
+        assert_eq!(user_of_subject(&a, a.as_str()), None);
+    }
 }
