@@ -428,4 +428,44 @@ mod tests {
         assert_eq!(state.pending.len(), 1);
         assert_eq!(state.pending[0].id, "new");
     }
+
+    #[test]
+    fn pins_only_move_forward_and_a_revoked_key_is_never_pinned_again() {
+        use tessera_protocol::envelope::SoftwareSigningKey;
+        let issuer = ServerUrl::parse("https://auth.example.com").unwrap();
+        let [k1, k2, k3] = [(); 3].map(|_| SoftwareSigningKey::generate());
+        let set = |keys: &[&SoftwareSigningKey]| JwkSet {
+            keys: keys.iter().map(|k| k.public_jwk()).collect(),
+        };
+        // Pins from before key sets were numbered still load, at sequence 0.
+        let old = format!(
+            r#"{{"device_id":"dev_0123456789abcdef0123456789abcdef","servers":[{{"issuer":"{}","keys":{},"pinned_at":1}}]}}"#,
+            issuer.as_str(),
+            serde_json::to_string(&set(&[&k1])).unwrap()
+        );
+        let mut state: DeviceState = serde_json::from_str(&old).unwrap();
+        assert_eq!(state.pinned_server(&issuer).unwrap().sequence, 0);
+
+        let moved = TrustedKeys {
+            keys: set(&[&k2]),
+            sequence: 3,
+            revoked: vec![k1.kid().to_string()],
+        };
+        assert!(state.advance_pins(&issuer, moved.clone(), 10));
+        assert!(!state.advance_pins(&issuer, moved, 11), "not newer");
+        let older = TrustedKeys {
+            keys: set(&[&k1]),
+            sequence: 2,
+            revoked: Vec::new(),
+        };
+        assert!(!state.advance_pins(&issuer, older, 12), "never backwards");
+        // A later pairing reply listing the revoked key does not bring it back, nor resets the
+        // position in the chain.
+        state.pin(&issuer, set(&[&k1, &k2, &k3]), 13);
+        let pinned = state.pinned_server(&issuer).unwrap();
+        assert_eq!(pinned.sequence, 3);
+        assert!(pinned.keys.find(k1.kid()).is_none());
+        assert!(pinned.keys.find(k3.kid()).is_some());
+        assert_eq!(pinned.revoked, vec![k1.kid().to_string()]);
+    }
 }
