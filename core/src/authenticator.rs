@@ -380,8 +380,7 @@ impl Authenticator {
             call.query = Some(&query);
             call.timeout = Some(wait + Duration::from_secs(15));
             let body = self
-                .transport
-                .device_call(&enrollment.server, call, id, &signer)
+                .signed_call(&enrollment.server, call, id, &signer)
                 .await?;
             let status: EnrollmentStatus = serde_json::from_slice(&body).map_err(|_| {
                 CoreError::InvalidServerResponse("unexpected enrollment status".into())
@@ -479,8 +478,7 @@ impl Authenticator {
         })?;
         let mut call = DeviceCall::new(reqwest::Method::PUT, &path);
         call.body = Some(body);
-        self.transport
-            .device_call(&enrollment.server, call, id, &signer)
+        self.signed_call(&enrollment.server, call, id, &signer)
             .await?;
         Ok(())
     }
@@ -554,14 +552,109 @@ impl Authenticator {
         let signer =
             KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
         let path = format!("/v1/device/enrollments/{id}");
-        self.transport
-            .device_call(
-                &enrollment.server,
-                DeviceCall::new(method, &path),
-                id,
-                &signer,
-            )
+        self.signed_call(
+            &enrollment.server,
+            DeviceCall::new(method, &path),
+            id,
+            &signer,
+        )
+        .await
+    }
+
+    /// A device-signed call. When the answer announces a newer server key set than the one
+    /// pinned for that server, the pins are refreshed along the server's key set chain before
+    /// returning (a chain that does not verify is logged and changes nothing: the old pins stay).
+    async fn signed_call(
+        &self,
+        server: &ServerUrl,
+        call: DeviceCall<'_>,
+        enrollment_id: &EnrollmentId,
+        signer: &(dyn envelope::EnvelopeSigner + Sync),
+    ) -> Result<Vec<u8>, CoreError> {
+        let reply = self
+            .transport
+            .device_call(server, call, enrollment_id, signer)
+            .await?;
+        if let Some(announced) = reply.key_set_sequence {
+            let pinned = self
+                .state
+                .lock()
+                .await
+                .pinned_server(server)
+                .map(|s| s.sequence);
+            if pinned.is_some_and(|p| announced > p)
+                && let Err(e) = self.refresh_pins(server).await
+            {
+                tracing::warn!(error = %e, %server, "the server's new key set was not accepted");
+            }
+        }
+        Ok(reply.body)
+    }
+
+    /// Fetches the server's key set chain and follows it from the pinned keys
+    /// ([`tessera_protocol::key_set::advance`]): each newer set must be signed by a key trusted
+    /// at that point, and none by a revoked key. `true` if the pins moved on.
+    async fn refresh_pins(&self, server: &ServerUrl) -> Result<bool, CoreError> {
+        let published: ServerKeysResponse =
+            self.transport.get_json(server, "/v1/server-keys").await?;
+        if &published.issuer != server {
+            return Err(CoreError::ReplyMismatch("key set issued by another server"));
+        }
+        let trusted = self
+            .state
+            .lock()
             .await
+            .pinned_server(server)
+            .map(crate::state::PinnedServer::trusted)
+            .ok_or(CoreError::NotPairedWithServer)?;
+        let chain = if published.key_set_chain.is_empty() {
+            vec![published.signed_key_set]
+        } else {
+            published.key_set_chain
+        };
+        let advanced =
+            tessera_protocol::key_set::advance(&trusted, server, &chain).map_err(|e| {
+                tracing::warn!(error = %e, %server, "refused the server's key set chain");
+                CoreError::UntrustedServerKey
+            })?;
+        let mut state = self.state.lock().await;
+        let mut next = state.clone();
+        if !next.advance_pins(server, advanced, now()) {
+            return Ok(false);
+        }
+        self.store.save(&next)?;
+        *state = next;
+        tracing::info!(%server, "server keys refreshed along the key set chain");
+        Ok(true)
+    }
+
+    /// Refreshes the keys pinned for `server` (a paired server's URL) along the key set chain it
+    /// publishes, as every signed exchange that announces a newer set does by itself. Errors:
+    /// [`CoreError::UntrustedServerKey`] if the chain does not lead from the pinned keys to the
+    /// server's current set (a set signed by an unknown or revoked key), so nothing changed;
+    /// [`CoreError::NotPairedWithServer`].
+    pub async fn refresh_server_keys(&self, server: &str) -> Result<(), CoreError> {
+        let server =
+            ServerUrl::parse(server).map_err(|e| CoreError::InvalidInput(e.to_string()))?;
+        self.transport.check_server(&server)?;
+        self.refresh_pins(&server).await.map(|_| ())
+    }
+
+    /// The key ids this device trusts for `server` and the sequence of the key set they come
+    /// from (0: as pinned at pairing); `None` if it is not paired with that server.
+    pub async fn pinned_server_keys(&self, server: &str) -> Option<(Vec<String>, u64)> {
+        let server = ServerUrl::parse(server).ok()?;
+        let state = self.state.lock().await;
+        let pinned = state.pinned_server(&server)?;
+        Some((
+            pinned
+                .keys
+                .keys
+                .iter()
+                .filter_map(|k| k.kid().map(str::to_string))
+                .collect(),
+            pinned.sequence,
+        ))
     }
 
     /// Signs an answer with the enrollment's user-verification key (usable only after
@@ -726,13 +819,34 @@ impl Authenticator {
             .device_id
             .clone()
             .unwrap_or_else(|| self.device_id());
-        let reply = verify_pairing_reply(
+        let reply = match verify_pairing_reply(
             server_payload,
             &pending.server,
             &pending.registration_digest,
             &device_id,
             trust,
-        )?;
+        ) {
+            // Signed by a key not pinned yet: follow the server's key set chain, then retry.
+            Err(CoreError::UntrustedServerKey)
+                if pinned.is_some() && self.refresh_pins(&pending.server).await? =>
+            {
+                let keys = self
+                    .state
+                    .lock()
+                    .await
+                    .pinned_keys(&pending.server)
+                    .cloned()
+                    .ok_or(CoreError::UntrustedServerKey)?;
+                verify_pairing_reply(
+                    server_payload,
+                    &pending.server,
+                    &pending.registration_digest,
+                    &device_id,
+                    ReplyTrust::Pinned(&keys),
+                )?
+            }
+            other => other?,
+        };
 
         let (enrollment, replaced) = {
             let mut state = self.state.lock().await;
@@ -901,8 +1015,7 @@ impl Authenticator {
         call.query = Some(&query);
         call.timeout = Some(wait + Duration::from_secs(15));
         let body = match self
-            .transport
-            .device_call(&enrollment.server, call, enrollment_id, &signer)
+            .signed_call(&enrollment.server, call, enrollment_id, &signer)
             .await
         {
             Ok(body) => body,
@@ -984,8 +1097,7 @@ impl Authenticator {
                     KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
                 let path = format!("/v1/device/enrollments/{enrollment_id}/requests");
                 let body = self
-                    .transport
-                    .device_call(
+                    .signed_call(
                         &enrollment.server,
                         DeviceCall::new(reqwest::Method::GET, &path),
                         &enrollment_id,
@@ -1057,6 +1169,17 @@ impl Authenticator {
         enrollment: &StoredEnrollment,
         signed: &str,
     ) -> Result<IncomingRequest, CoreError> {
+        let verify = |pinned: &JwkSet| {
+            verify_request(
+                signed,
+                &enrollment.server,
+                pinned,
+                &enrollment.enrollment_id,
+                &enrollment.user_id,
+                &enrollment.application,
+                now(),
+            )
+        };
         let pinned = self
             .state
             .lock()
@@ -1064,15 +1187,24 @@ impl Authenticator {
             .pinned_keys(&enrollment.server)
             .cloned()
             .ok_or(CoreError::UntrustedServerKey)?;
-        verify_request(
-            signed,
-            &enrollment.server,
-            &pinned,
-            &enrollment.enrollment_id,
-            &enrollment.user_id,
-            &enrollment.application,
-            now(),
-        )
+        match verify(&pinned) {
+            // Signed by a key not pinned (yet): the server may have rotated. Follow its key set
+            // chain and try once more with what that leads to.
+            Err(CoreError::UntrustedServerKey) => {
+                if !self.refresh_pins(&enrollment.server).await? {
+                    return Err(CoreError::UntrustedServerKey);
+                }
+                let pinned = self
+                    .state
+                    .lock()
+                    .await
+                    .pinned_keys(&enrollment.server)
+                    .cloned()
+                    .ok_or(CoreError::UntrustedServerKey)?;
+                verify(&pinned)
+            }
+            other => other,
+        }
     }
 
     async fn answer(
@@ -1160,8 +1292,7 @@ impl Authenticator {
         let mut call = DeviceCall::new(reqwest::Method::POST, "/v1/device/qr-sessions/claim");
         call.body = Some(body);
         let answer = self
-            .transport
-            .device_call(&uri.server, call, &caller.enrollment_id, &signer)
+            .signed_call(&uri.server, call, &caller.enrollment_id, &signer)
             .await?;
         let claimed: QrSessionClaimed = serde_json::from_slice(&answer)
             .map_err(|_| CoreError::InvalidServerResponse("unexpected QR claim answer".into()))?;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::JwkSet;
+use tessera_protocol::key_set::TrustedKeys;
 use tessera_protocol::pairing::{ApplicationInfo, ServerUrl};
 use tessera_protocol::time::UnixSeconds;
 use zeroize::Zeroizing;
@@ -68,13 +69,54 @@ impl DeviceState {
             .map(|s| &s.keys)
     }
 
+    pub fn pinned_server(&self, issuer: &ServerUrl) -> Option<&PinnedServer> {
+        self.servers.iter().find(|s| &s.issuer == issuer)
+    }
+
+    /// Pins the keys a verified pairing reply lists. Where the server was pinned already, how far
+    /// along its key set chain the device is and the keys it revoked are kept (a revoked key is
+    /// never pinned again).
     pub fn pin(&mut self, issuer: &ServerUrl, keys: JwkSet, now: UnixSeconds) {
+        let (sequence, revoked) = self
+            .pinned_server(issuer)
+            .map(|s| (s.sequence, s.revoked.clone()))
+            .unwrap_or_default();
+        let keys = JwkSet {
+            keys: keys
+                .keys
+                .into_iter()
+                .filter(|k| k.kid().is_none_or(|kid| !revoked.iter().any(|r| r == kid)))
+                .collect(),
+        };
         self.servers.retain(|s| &s.issuer != issuer);
         self.servers.push(PinnedServer {
             issuer: issuer.clone(),
             keys,
             pinned_at: now,
+            sequence,
+            revoked,
         });
+    }
+
+    /// Replaces a server's pins with what following its key set chain led to, if that is newer
+    /// than what is pinned now; `true` if it was.
+    pub fn advance_pins(
+        &mut self,
+        issuer: &ServerUrl,
+        trusted: TrustedKeys,
+        now: UnixSeconds,
+    ) -> bool {
+        let Some(server) = self.servers.iter_mut().find(|s| &s.issuer == issuer) else {
+            return false;
+        };
+        if trusted.sequence <= server.sequence {
+            return false;
+        }
+        server.keys = trusted.keys;
+        server.sequence = trusted.sequence;
+        server.revoked = trusted.revoked;
+        server.pinned_at = now;
+        true
     }
 
     /// Removes pending pairings created before `cutoff`, and those begun before device keys
@@ -140,12 +182,29 @@ impl From<&StoredOtpAccount> for OtpAccount {
     }
 }
 
-/// A server's keys, pinned at pairing.
+/// A server's keys, pinned at pairing and moved along the server's key set chain since.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PinnedServer {
     pub issuer: ServerUrl,
     pub keys: JwkSet,
     pub pinned_at: UnixSeconds,
+    /// The `sequence` of the key set the keys come from (0: pinned at pairing).
+    #[serde(default)]
+    pub sequence: u64,
+    /// Key ids the server revoked: never trusted again.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+}
+
+impl PinnedServer {
+    /// What the device trusts, in the protocol's terms.
+    pub fn trusted(&self) -> TrustedKeys {
+        TrustedKeys {
+            keys: self.keys.clone(),
+            sequence: self.sequence,
+            revoked: self.revoked.clone(),
+        }
+    }
 }
 
 /// How a pending pairing will complete.
@@ -428,5 +487,45 @@ mod tests {
         );
         assert_eq!(state.pending.len(), 1);
         assert_eq!(state.pending[0].id, "new");
+    }
+
+    #[test]
+    fn pins_only_move_forward_and_a_revoked_key_is_never_pinned_again() {
+        use tessera_protocol::envelope::SoftwareSigningKey;
+        let issuer = ServerUrl::parse("https://auth.example.com").unwrap();
+        let [k1, k2, k3] = [(); 3].map(|_| SoftwareSigningKey::generate());
+        let set = |keys: &[&SoftwareSigningKey]| JwkSet {
+            keys: keys.iter().map(|k| k.public_jwk()).collect(),
+        };
+        // Pins from before key sets were numbered still load, at sequence 0.
+        let old = format!(
+            r#"{{"device_id":"dev_0123456789abcdef0123456789abcdef","servers":[{{"issuer":"{}","keys":{},"pinned_at":1}}]}}"#,
+            issuer.as_str(),
+            serde_json::to_string(&set(&[&k1])).unwrap()
+        );
+        let mut state: DeviceState = serde_json::from_str(&old).unwrap();
+        assert_eq!(state.pinned_server(&issuer).unwrap().sequence, 0);
+
+        let moved = TrustedKeys {
+            keys: set(&[&k2]),
+            sequence: 3,
+            revoked: vec![k1.kid().to_string()],
+        };
+        assert!(state.advance_pins(&issuer, moved.clone(), 10));
+        assert!(!state.advance_pins(&issuer, moved, 11), "not newer");
+        let older = TrustedKeys {
+            keys: set(&[&k1]),
+            sequence: 2,
+            revoked: Vec::new(),
+        };
+        assert!(!state.advance_pins(&issuer, older, 12), "never backwards");
+        // A later pairing reply listing the revoked key does not bring it back, nor resets the
+        // position in the chain.
+        state.pin(&issuer, set(&[&k1, &k2, &k3]), 13);
+        let pinned = state.pinned_server(&issuer).unwrap();
+        assert_eq!(pinned.sequence, 3);
+        assert!(pinned.keys.find(k1.kid()).is_none());
+        assert!(pinned.keys.find(k3.kid()).is_some());
+        assert_eq!(pinned.revoked, vec![k1.kid().to_string()]);
     }
 }

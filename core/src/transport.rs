@@ -83,14 +83,15 @@ impl Transport {
     }
 
     /// A call signed with the enrollment's possession key. Returns the response body bytes
-    /// (empty for `204`).
+    /// (empty for `204`) and the key set sequence the server announced
+    /// ([`tessera_protocol::key_set::KEY_SET_SEQUENCE_HEADER`]), if any.
     pub async fn device_call(
         &self,
         server: &ServerUrl,
         call: DeviceCall<'_>,
         enrollment_id: &EnrollmentId,
         signer: &(dyn EnvelopeSigner + Sync),
-    ) -> Result<Vec<u8>, CoreError> {
+    ) -> Result<DeviceReply, CoreError> {
         self.check_server(server)?;
         let body_bytes = call.body.unwrap_or_default();
         let claims = DeviceRequestClaims {
@@ -121,12 +122,28 @@ impl Transport {
                 .body(body_bytes);
         }
         let response = request.send().await.map_err(network)?;
+        let key_set_sequence = response
+            .headers()
+            .get(tessera_protocol::key_set::KEY_SET_SEQUENCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if response.status().is_success() {
-            read_limited(response).await
+            Ok(DeviceReply {
+                body: read_limited(response).await?,
+                key_set_sequence,
+            })
         } else {
             Err(server_error(response).await)
         }
     }
+}
+
+/// The answer to a device-signed call.
+pub(crate) struct DeviceReply {
+    /// The body (empty for `204`).
+    pub body: Vec<u8>,
+    /// The server's current key set sequence, as it announced it (a hint, trusted for nothing).
+    pub key_set_sequence: Option<u64>,
 }
 
 /// One device-signed call: what is signed (method, path, body) and what is not (query, timeout).

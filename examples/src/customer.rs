@@ -203,6 +203,13 @@ impl CustomerApi {
         .await
     }
 
+    /// `DELETE /v1/users/{user_id}`: removes the user, their devices and their tokens.
+    pub async fn remove_user(&self, user_id: &str) -> Result<(), CustomerApiError> {
+        let path = user_path(user_id, "");
+        self.send_empty::<()>(reqwest::Method::DELETE, &path, None)
+            .await
+    }
+
     /// `DELETE /v1/users/{user_id}/devices/{enrollment_id}`.
     pub async fn remove_device(
         &self,

@@ -166,8 +166,14 @@ pub struct ServerKeysResponse {
     pub issuer: ServerUrl,
     /// The keys, as a plain JWK set.
     pub keys: JwkSet,
-    /// The same set as a signed [`crate::pairing::ServerKeySet`].
+    /// The same set as a signed [`crate::pairing::ServerKeySet`] (the newest of
+    /// `key_set_chain`).
     pub signed_key_set: String,
+    /// Every signed [`crate::pairing::ServerKeySet`] the server still publishes, oldest first,
+    /// each signed by a key of an earlier one: a device that pinned an older set follows them
+    /// ([`crate::key_set::advance`]). Empty from servers before key rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_set_chain: Vec<String>,
 }
 
 /// `GET /v1/device/enrollments/{enrollment_id}` (device-authenticated).

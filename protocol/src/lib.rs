@@ -68,6 +68,7 @@ pub mod error;
 pub mod flows;
 pub mod ids;
 pub mod jwk;
+pub mod key_set;
 pub mod otp;
 pub mod pairing;
 pub mod qr;

@@ -581,6 +581,15 @@ pub struct ServerKeySet {
     pub keys: JwkSet,
     /// When it was signed.
     pub issued_at: UnixSeconds,
+    /// The set's number: each change of the published keys (rotation, retirement, revocation)
+    /// is announced by a set one number higher, signed by a key of the set before it (see
+    /// [`crate::key_set`]). Absent (0) in sets from before numbering.
+    #[serde(default, skip_serializing_if = "crate::key_set::is_unnumbered")]
+    pub sequence: u64,
+    /// Key ids revoked so far (cumulative): never to be trusted again, not even as a link of a
+    /// chain of key sets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
 }
 
 #[cfg(test)]

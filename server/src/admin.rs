@@ -523,3 +523,34 @@ pub async fn set_authentication_settings(
     .map_err(|e| crate::error::admin_error(e, "application"))?;
     Ok(view.settings)
 }
+
+/// Rotates the device-facing server key: a new key signs from now on, announced in a key set
+/// signed by the key that was signing, which keeps verifying for `grace_seconds` and is then
+/// retired. Running servers pick it up within their `server_key_reload_interval`. Returns the
+/// new key's id.
+pub async fn rotate_server_key(
+    db: &Database,
+    now: i64,
+    grace_seconds: i64,
+) -> Result<String, ServerError> {
+    crate::domain::server_keys::rotate(db, now, grace_seconds)
+        .await
+        .map_err(key_operation_error)
+}
+
+/// Revokes a device-facing server key at once: unpublished, never trusted again, not even as a
+/// link of a chain of key sets. Refused for the only published key (rotate first).
+pub async fn revoke_server_key(db: &Database, kid: &str, now: i64) -> Result<(), ServerError> {
+    crate::domain::server_keys::revoke(db, kid, now)
+        .await
+        .map_err(key_operation_error)
+}
+
+fn key_operation_error(e: crate::domain::server_keys::KeyOperationError) -> ServerError {
+    use crate::domain::server_keys::KeyOperationError;
+    match e {
+        KeyOperationError::Store(e) => ServerError::Store(e),
+        KeyOperationError::UnknownKey => ServerError::NotFound("published server key"),
+        other => ServerError::InvalidInput(other.to_string()),
+    }
+}

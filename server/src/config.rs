@@ -128,6 +128,9 @@ pub struct ServerConfig {
     /// Push-bombing window of `max_recent_authentications_per_user`, in seconds (default 600).
     /// Applications may set their own.
     pub push_bombing_window_seconds: u32,
+    /// How often each instance reloads the device-facing server keys (a rotation, revocation or
+    /// the end of a grace period reaches every instance within this time, without a restart).
+    pub server_key_reload_interval: std::time::Duration,
 }
 
 /// FCM's production base URL.
@@ -183,6 +186,7 @@ impl Default for ServerConfig {
             max_open_qr_sessions_per_application: 1000,
             max_pending_requests_per_application: 10_000,
             push_bombing_window_seconds: 600,
+            server_key_reload_interval: std::time::Duration::from_secs(30),
         }
     }
 }

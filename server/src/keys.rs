@@ -1,73 +1,126 @@
-//! The server's key ring: the keys it signs with and publishes.
+//! The server's key ring: the keys it signs device-facing messages with and publishes, and the
+//! signed key sets that announce them. Shared by every request of a server; replaced whole when
+//! the stored keys change (a rotation, retirement or revocation, picked up by the periodic
+//! reload), never re-signed per request.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tessera_protocol::envelope::{
     self, EnvelopeError, MessageType, RingSigningKey, SoftwareSigningKey,
 };
 use tessera_protocol::jwk::JwkSet;
-use tessera_protocol::pairing::{ServerKeySet, ServerUrl};
 
-/// The keys loaded at start. The first signs; all are published.
+/// What a ring holds at one moment.
+pub(crate) struct KeyRingState {
+    /// The published keys (they verify).
+    pub keys: Vec<SoftwareSigningKey>,
+    /// The published key that signs.
+    pub signer: SoftwareSigningKey,
+    /// The published signed key sets, oldest first; the last one is the current set.
+    pub chain: Vec<String>,
+    /// The current set's `sequence`.
+    pub sequence: u64,
+}
+
+struct Loaded {
+    public: JwkSet,
+    signer: RingSigningKey,
+    chain: Vec<String>,
+    sequence: u64,
+}
+
+/// The keys in use; clones share one ring.
 #[derive(Clone)]
 pub(crate) struct KeyRing {
-    keys: Arc<Vec<SoftwareSigningKey>>,
-    /// The first key, for signing with `ring`.
-    signer: Arc<RingSigningKey>,
-    /// The signed key set, signed once: the keys do not change while the server runs.
-    signed_key_set: Arc<std::sync::OnceLock<String>>,
+    current: Arc<RwLock<Arc<Loaded>>>,
 }
 
 impl KeyRing {
-    /// A ring over the stored keys (at least one).
-    pub fn new(keys: Vec<SoftwareSigningKey>) -> Option<Self> {
-        let signer = RingSigningKey::from_software(keys.first()?).ok()?;
+    /// A ring over a loaded state; `None` if it has no key set or its signer cannot sign.
+    pub fn new(state: KeyRingState) -> Option<Self> {
         Some(Self {
-            keys: Arc::new(keys),
-            signer: Arc::new(signer),
-            signed_key_set: Arc::new(std::sync::OnceLock::new()),
+            current: Arc::new(RwLock::new(Arc::new(Self::load(state)?))),
         })
     }
 
-    /// The public keys, each with its `kid`.
-    pub fn public_set(&self) -> JwkSet {
-        JwkSet {
-            keys: self
-                .keys
-                .iter()
-                .map(SoftwareSigningKey::public_jwk)
-                .collect(),
+    fn load(state: KeyRingState) -> Option<Loaded> {
+        if state.chain.is_empty() {
+            return None;
+        }
+        Some(Loaded {
+            public: JwkSet {
+                keys: state
+                    .keys
+                    .iter()
+                    .map(SoftwareSigningKey::public_jwk)
+                    .collect(),
+            },
+            signer: RingSigningKey::from_software(&state.signer).ok()?,
+            chain: state.chain,
+            sequence: state.sequence,
+        })
+    }
+
+    /// Replaces what the ring holds with `state` unless it is older (a lower sequence) or the
+    /// same; `true` if it did.
+    pub fn replace(&self, state: KeyRingState) -> bool {
+        let held = self.snapshot();
+        if state.sequence < held.sequence {
+            return false;
+        }
+        let Some(loaded) = Self::load(state) else {
+            return false;
+        };
+        if loaded.sequence == held.sequence
+            && loaded.chain == held.chain
+            && loaded.public == held.public
+            && loaded.signer.kid() == held.signer.kid()
+        {
+            return false;
+        }
+        match self.current.write() {
+            Ok(mut current) => {
+                *current = Arc::new(loaded);
+                true
+            }
+            Err(_) => false,
         }
     }
 
-    /// Signs a message with the current key.
+    fn snapshot(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(current) => Arc::clone(&current),
+            // A writer panicked mid-swap: the value is still a whole `Arc`.
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The published public keys, each with its `kid`.
+    pub fn public_set(&self) -> JwkSet {
+        self.snapshot().public.clone()
+    }
+
+    /// Signs a message with the current signing key.
     pub fn sign<T: serde::Serialize>(
         &self,
         typ: MessageType,
         payload: &T,
     ) -> Result<String, EnvelopeError> {
-        envelope::sign(typ, payload, self.signer.as_ref())
+        envelope::sign(typ, payload, &self.snapshot().signer)
     }
 
-    /// The signed key set, as published at `/v1/server-keys`: signed at its first request and
-    /// served as is afterwards (the ring and the issuer are fixed for the server's life).
-    pub fn signed_key_set(&self, issuer: &ServerUrl, now: i64) -> Result<String, EnvelopeError> {
-        if let Some(signed) = self.signed_key_set.get() {
-            return Ok(signed.clone());
-        }
-        let signed = self.sign_key_set(issuer, now)?;
-        Ok(self.signed_key_set.get_or_init(|| signed).clone())
+    /// The current signed key set (as published at `/v1/server-keys`).
+    pub fn signed_key_set(&self) -> String {
+        self.snapshot().chain.last().cloned().unwrap_or_default()
     }
 
-    fn sign_key_set(&self, issuer: &ServerUrl, now: i64) -> Result<String, EnvelopeError> {
-        self.sign(
-            MessageType::ServerKeySet,
-            &ServerKeySet {
-                v: tessera_protocol::PROTOCOL_VERSION,
-                issuer: issuer.clone(),
-                keys: self.public_set(),
-                issued_at: now,
-            },
-        )
+    /// Every published signed key set, oldest first.
+    pub fn chain(&self) -> Vec<String> {
+        self.snapshot().chain.clone()
+    }
+
+    /// The current key set's `sequence`.
+    pub fn sequence(&self) -> u64 {
+        self.snapshot().sequence
     }
 }

@@ -184,6 +184,10 @@ enum Command {
         /// Push-bombing: the window of --max-unapproved-per-user, in seconds.
         #[arg(long, default_value_t = 600, env = "TESSERA_PUSH_BOMBING_WINDOW")]
         push_bombing_window_seconds: u32,
+        /// Seconds between reloads of the device-facing server keys: a key rotation, revocation
+        /// or the end of a grace period reaches this instance within this time.
+        #[arg(long, default_value_t = 30)]
+        server_key_reload_seconds: u64,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -476,6 +480,20 @@ enum AdminCommand {
         /// The application.
         application_id: String,
     },
+    /// Rotate the device-facing server key: a new key signs from now on, announced in a key set
+    /// signed by the current key (devices follow it at their next signed exchange); the current
+    /// key keeps verifying for the grace period, then is retired.
+    RotateServerKey {
+        /// Seconds the current key keeps verifying (default 7 days).
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        grace_seconds: u32,
+    },
+    /// Revoke a device-facing server key at once: unpublished and never trusted again, not even
+    /// as a link of a chain of key sets (devices that pinned only it must pair again).
+    RevokeServerKey {
+        /// The key id (`kid`).
+        kid: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -563,6 +581,7 @@ async fn main() -> ExitCode {
             max_pending_per_user,
             max_unapproved_per_user,
             push_bombing_window_seconds,
+            server_key_reload_seconds,
         } => {
             init_logs(log_format);
             let master_key = match admin::master_key_from(secrets.master_key_file.as_deref()) {
@@ -605,6 +624,9 @@ async fn main() -> ExitCode {
                 max_pending_authentications_per_user: max_pending_per_user,
                 max_recent_authentications_per_user: max_unapproved_per_user,
                 push_bombing_window_seconds,
+                server_key_reload_interval: std::time::Duration::from_secs(
+                    server_key_reload_seconds.max(1),
+                ),
                 ..ServerConfig::default()
             };
             // Handlers first: a signal that arrives right after "listening on" must stop the
@@ -978,6 +1000,15 @@ async fn run_admin(
         }
         AdminCommand::ShowAuthenticationSettings { application_id } => {
             json!(admin::authentication_settings(&db, &parse_app(&application_id)?).await?)
+        }
+        AdminCommand::RotateServerKey { grace_seconds } => {
+            let now = tessera_protocol::time::now();
+            let kid = admin::rotate_server_key(&db, now, i64::from(grace_seconds)).await?;
+            json!({"signing_kid": kid, "previous_key_retires_at": now + i64::from(grace_seconds)})
+        }
+        AdminCommand::RevokeServerKey { kid } => {
+            admin::revoke_server_key(&db, &kid, tessera_protocol::time::now()).await?;
+            json!({"revoked": kid})
         }
     };
     db.close().await;

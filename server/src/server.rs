@@ -16,7 +16,7 @@ use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::secrets::SecretsError;
 use crate::store::secrets::{Opened, Protection};
-use crate::store::{Database, StoreError, server_keys};
+use crate::store::{Database, StoreError};
 
 /// Starts servers.
 pub struct Server;
@@ -33,6 +33,7 @@ pub struct RunningServer {
     listener: JoinHandle<()>,
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     purger: JoinHandle<()>,
+    key_reloader: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -58,8 +59,6 @@ impl Server {
             .open_secrets(config.master_key.as_deref(), config.clock.now())
             .await?;
         report_secrets(&opened);
-        let keys = server_keys::load_or_create(&db, config.clock.now()).await?;
-        let keys = KeyRing::new(keys).ok_or(ServerError::Corrupted("no server key"))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| ServerError::Bind {
@@ -89,6 +88,13 @@ impl Server {
             None => ServerUrl::parse(&format!("http://{local_addr}"))
                 .map_err(|_| ServerError::InvalidInput("listen address".into()))?,
         };
+        let keys = crate::domain::server_keys::load(&db, &public_url, config.clock.now())
+            .await
+            .map_err(|e| match e {
+                crate::domain::server_keys::KeyOperationError::Store(e) => ServerError::Store(e),
+                _ => ServerError::Corrupted("server keys"),
+            })?;
+        let keys = KeyRing::new(keys).ok_or(ServerError::Corrupted("no server key"))?;
         let email = config
             .smtp
             .as_ref()
@@ -133,6 +139,7 @@ impl Server {
             (bound, task)
         });
         let purger = tokio::spawn(crate::domain::retention::run(state.clone()));
+        let key_reloader = tokio::spawn(reload_server_keys(state.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -156,6 +163,7 @@ impl Server {
             listener: change_listener,
             metrics,
             purger,
+            key_reloader,
         })
     }
 }
@@ -199,6 +207,7 @@ impl RunningServer {
         }
         self.listener.abort();
         self.purger.abort();
+        self.key_reloader.abort();
         self.db.close().await;
     }
 }
@@ -224,5 +233,26 @@ pub(crate) fn report_secrets(opened: &Opened) {
             values = opened.sealed_rows,
             "sealed secrets stored in clear"
         );
+    }
+}
+
+/// Reloads the device-facing server keys every `server_key_reload_interval`: a rotation,
+/// revocation or end of a grace period (which this also carries out) reaches this instance within
+/// one interval. A failed reload keeps the keys in use and is tried again at the next tick.
+async fn reload_server_keys(state: Ctx) {
+    let mut tick = tokio::time::interval(state.config.server_key_reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match crate::domain::server_keys::load(&state.db, &state.public_url, state.now()).await {
+            Ok(loaded) => {
+                let sequence = loaded.sequence;
+                if state.keys.replace(loaded) {
+                    tracing::info!(sequence, "server keys reloaded");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "server keys could not be reloaded"),
+        }
     }
 }

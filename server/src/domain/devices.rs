@@ -20,16 +20,15 @@ use crate::store::users;
 
 const MAX_DISPLAY_NAME: usize = 256;
 
-/// The server's current signing keys, plain and signed for the device to pin.
+/// The server's current signing keys, plain and signed for the device to pin, with the chain
+/// of signed key sets a device that pinned an older set follows (all signed once, when the keys
+/// changed).
 pub(crate) fn server_keys(ctx: &Ctx) -> Result<ServerKeysResponse, DomainError> {
-    let signed_key_set = ctx
-        .keys
-        .signed_key_set(&ctx.public_url, ctx.now())
-        .map_err(|_| DomainError::Internal("signing the key set failed"))?;
     Ok(ServerKeysResponse {
         issuer: ctx.public_url.clone(),
         keys: ctx.keys.public_set(),
-        signed_key_set,
+        signed_key_set: ctx.keys.signed_key_set(),
+        key_set_chain: ctx.keys.chain(),
     })
 }
 
@@ -96,6 +95,7 @@ pub(crate) async fn unpair(ctx: &Ctx, enrollment: &Enrollment) -> Result<(), Dom
     .await?
     .unwrap_or_default();
     outcome::failed(ctx, &failed).await?;
+    revoke_tokens_if_last_device(ctx, &enrollment.application_id, &enrollment.user_id).await?;
     tracing::info!(enrollment_id = %enrollment.enrollment_id, "device unpaired itself");
     Ok(())
 }
@@ -199,7 +199,42 @@ pub(crate) async fn remove_device(
         return Err(device_not_found());
     };
     outcome::failed(ctx, &failed).await?;
+    revoke_tokens_if_last_device(ctx, app, user_id).await?;
     tracing::info!(enrollment_id = %enrollment_id, "device unpaired by the customer");
+    Ok(())
+}
+
+/// After an unpairing: if the user has no active device left in `app`, every OpenID access and
+/// refresh token issued for them by the application's clients is revoked (the device was what
+/// those tokens stood for).
+async fn revoke_tokens_if_last_device(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<(), DomainError> {
+    let revoked =
+        crate::store::ciba::revoke_user_tokens_without_device(&ctx.db, app, user_id).await?;
+    if revoked > 0 {
+        tracing::info!(application_id = %app, revoked, "last device unpaired: the user's tokens were revoked");
+    }
+    Ok(())
+}
+
+/// Removes a user of `app` (`user_not_found` if there is none): their devices, pairing codes,
+/// OATH tokens, CIBA user code and OpenID tokens go with them; their pending requests fail.
+pub(crate) async fn remove_user(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<(), DomainError> {
+    let Some(failed) = users::delete(&ctx.db, app, user_id).await? else {
+        return Err(DomainError::new(
+            ErrorCode::UserNotFound,
+            "no such user in this application",
+        ));
+    };
+    outcome::failed(ctx, &failed).await?;
+    tracing::info!(application_id = %app, "user removed");
     Ok(())
 }
 

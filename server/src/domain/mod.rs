@@ -24,6 +24,7 @@ pub(crate) mod pairing;
 pub mod ports;
 pub(crate) mod qr;
 pub(crate) mod retention;
+pub(crate) mod server_keys;
 pub(crate) mod ssrf;
 pub(crate) mod users;
 

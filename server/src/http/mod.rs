@@ -38,6 +38,7 @@ use crate::metrics::{RequestLabels, RouteLabels};
     paths(
         users::create_user,
         users::get_user,
+        users::remove_user,
         users::list_devices,
         users::remove_device,
         users::set_primary,
@@ -107,7 +108,10 @@ pub(crate) fn router(state: Ctx) -> Router {
     let metrics_here = state.config.metrics_listen.is_none();
     let router = Router::new()
         .route("/v1/users", post(users::create_user))
-        .route("/v1/users/{user_id}", get(users::get_user))
+        .route(
+            "/v1/users/{user_id}",
+            get(users::get_user).delete(users::remove_user),
+        )
         .route("/v1/users/{user_id}/devices", get(users::list_devices))
         .route(
             "/v1/users/{user_id}/devices/{enrollment_id}",
@@ -236,6 +240,10 @@ pub(crate) fn router(state: Ctx) -> Router {
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            announce_key_set,
+        ))
         .with_state(state)
 }
 
@@ -246,6 +254,20 @@ pub(crate) fn metrics_router(state: Ctx) -> Router {
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .with_state(state)
+}
+
+/// Tells devices, on every device-API answer, which key set is current
+/// (`tessera-key-set-sequence`), so they refresh their pins at their next signed exchange.
+async fn announce_key_set(State(state): State<Ctx>, request: Request, next: Next) -> Response {
+    let device_api = request.uri().path().starts_with("/v1/device/");
+    let mut response = next.run(request).await;
+    if device_api {
+        response.headers_mut().insert(
+            tessera_protocol::key_set::KEY_SET_SEQUENCE_HEADER,
+            axum::http::HeaderValue::from(state.keys.sequence()),
+        );
+    }
+    response
 }
 
 /// Counts, times and logs every request by its route template. Logs carry the method, the

@@ -38,6 +38,21 @@ pub(crate) async fn get_user(
     Ok(Json(devices::get_user(&state, &auth.0.id, &user_id).await?))
 }
 
+/// Removes a user: their devices are unpaired (pending requests fail), and their pairing codes,
+/// OATH tokens, CIBA user code and OpenID access and refresh tokens are revoked.
+#[utoipa::path(delete, path = "/v1/users/{user_id}", tag = "customer",
+    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    responses((status = 204, description = "Removed"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn remove_user(
+    State(state): State<Ctx>,
+    auth: AppAuth,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    devices::remove_user(&state, &auth.0.id, &user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The user's paired devices.
 #[utoipa::path(get, path = "/v1/users/{user_id}/devices", tag = "customer",
     params(("user_id" = String, Path, description = "The customer's id for the user")),

@@ -490,6 +490,8 @@ pub struct IssuedToken {
     pub expires_at: i64,
     /// When a refresh token was used.
     pub used_at: Option<i64>,
+    /// The grant the token descends from (tokens stored before families existed have none).
+    pub family_id: Option<String>,
 }
 
 /// Stores a token by its digest.
@@ -501,7 +503,7 @@ pub async fn insert_token(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO oidc_tokens (token_digest, kind, client_id, user_id, scope, acr, amr, auth_time, \
-         created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         created_at, expires_at, used_at, family_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(digest)
     .bind(&token.kind)
@@ -514,6 +516,7 @@ pub async fn insert_token(
     .bind(now)
     .bind(token.expires_at)
     .bind(token.used_at)
+    .bind(&token.family_id)
     .execute(db.writer())
     .await?;
     Ok(())
@@ -522,7 +525,7 @@ pub async fn insert_token(
 /// A token by its digest.
 pub async fn token(db: &Database, digest: &str) -> Result<Option<IssuedToken>, StoreError> {
     let row = sqlx::query(
-        "SELECT kind, client_id, user_id, scope, acr, amr, auth_time, expires_at, used_at \
+        "SELECT kind, client_id, user_id, scope, acr, amr, auth_time, expires_at, used_at, family_id \
          FROM oidc_tokens WHERE token_digest = $1",
     )
     .bind(digest)
@@ -539,9 +542,86 @@ pub async fn token(db: &Database, digest: &str) -> Result<Option<IssuedToken>, S
             auth_time: row.try_get("auth_time")?,
             expires_at: row.try_get("expires_at")?,
             used_at: row.try_get("used_at")?,
+            family_id: row.try_get("family_id")?,
         })
     })
     .transpose()
+}
+
+/// Uses a refresh token and stores the tokens that replace it, in one transaction: `false` (and
+/// nothing stored) if the token was used before, revoked, or is unknown. A concurrent use of
+/// the same token waits for this transaction and then finds it used.
+pub async fn rotate_refresh_token(
+    db: &Database,
+    used_digest: &str,
+    replacements: &[(String, IssuedToken)],
+    now: i64,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let used = sqlx::query(
+        "UPDATE oidc_tokens SET used_at = $2 WHERE token_digest = $1 AND kind = 'refresh' AND used_at IS NULL",
+    )
+    .bind(used_digest)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if used != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for (digest, token) in replacements {
+        sqlx::query(
+            "INSERT INTO oidc_tokens (token_digest, kind, client_id, user_id, scope, acr, amr, auth_time, \
+             created_at, expires_at, used_at, family_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(digest)
+        .bind(&token.kind)
+        .bind(&token.client_id)
+        .bind(&token.user_id)
+        .bind(&token.scope)
+        .bind(&token.acr)
+        .bind(&token.amr)
+        .bind(token.auth_time)
+        .bind(now)
+        .bind(token.expires_at)
+        .bind(token.used_at)
+        .bind(&token.family_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Revokes (deletes) every token of a family, the access tokens with the refresh tokens;
+/// returns how many there were.
+pub async fn revoke_family(db: &Database, family_id: &str) -> Result<u64, StoreError> {
+    Ok(sqlx::query("DELETE FROM oidc_tokens WHERE family_id = $1")
+        .bind(family_id)
+        .execute(db.writer())
+        .await?
+        .rows_affected())
+}
+
+/// Revokes (deletes) every token issued to `user` by the clients of `app`, if the user has no
+/// active device left in `app` (checked in the same statement); returns how many there were.
+pub async fn revoke_user_tokens_without_device(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "DELETE FROM oidc_tokens WHERE user_id = $1 \
+         AND client_id IN (SELECT client_id FROM ciba_clients WHERE application_id = $2) \
+         AND NOT EXISTS (SELECT 1 FROM enrollments WHERE application_id = $2 AND user_id = $1 \
+                         AND status = 'active')",
+    )
+    .bind(user.as_str())
+    .bind(app.as_str())
+    .execute(db.writer())
+    .await?
+    .rows_affected())
 }
 
 /// Marks a refresh token used; `false` if it was used before.
@@ -726,4 +806,154 @@ pub async fn drop_retired_keys(db: &Database, before: i64) -> Result<u64, StoreE
     .execute(db.writer())
     .await?
     .rows_affected())
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    async fn database() -> (tempfile::TempDir, Database, ApplicationId) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("tokens.db").display());
+        let db = Database::connect(&url, 4).await.expect("database");
+        let app = ApplicationId::generate();
+        sqlx::query(
+            "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ($1, 'A', 'd', 0)",
+        )
+        .bind(app.as_str())
+        .execute(db.writer())
+        .await
+        .expect("application");
+        insert_client(
+            &db,
+            &CibaClient {
+                client_id: "client".into(),
+                application_id: app.clone(),
+                name: "Call Centre".into(),
+                delivery_mode: DeliveryMode::Poll,
+                notification_endpoint: None,
+                auth_method: ClientAuthMethod::ClientSecretBasic,
+                secret_digest: Some("x".into()),
+                jwks: None,
+                request_signing_alg: None,
+                user_code_required: false,
+                created_at: 0,
+            },
+        )
+        .await
+        .expect("client");
+        (dir, db, app)
+    }
+
+    fn token(kind: &str, user: &str, family: &str) -> IssuedToken {
+        IssuedToken {
+            kind: kind.into(),
+            client_id: "client".into(),
+            user_id: user.into(),
+            scope: "openid offline_access".into(),
+            acr: "acr".into(),
+            amr: "[]".into(),
+            auth_time: 0,
+            expires_at: 10_000,
+            used_at: None,
+            family_id: Some(family.into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_rotates_once_even_when_used_concurrently() {
+        let (_dir, db, _) = database().await;
+        insert_token(&db, "r0", &token("refresh", "alice", "f"), 1)
+            .await
+            .expect("insert");
+        let uses = (0..8).map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let next = vec![(format!("r1-{i}"), token("refresh", "alice", "f"))];
+                rotate_refresh_token(&db, "r0", &next, 2)
+                    .await
+                    .expect("rotate")
+            })
+        });
+        let mut won = 0;
+        for use_ in uses {
+            if use_.await.expect("task") {
+                won += 1;
+            }
+        }
+        assert_eq!(won, 1);
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oidc_tokens")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        assert_eq!(
+            stored, 2,
+            "the used token and one successor: losers stored nothing"
+        );
+        assert_eq!(revoke_family(&db, "f").await.expect("revoke"), 2);
+        assert!(token_exists(&db, "r0").await.is_none());
+    }
+
+    async fn token_exists(db: &Database, digest: &str) -> Option<IssuedToken> {
+        super::token(db, digest).await.expect("read")
+    }
+
+    #[tokio::test]
+    async fn a_users_tokens_go_only_with_their_last_active_device() {
+        let (_dir, db, app) = database().await;
+        insert_token(&db, "a", &token("access", "alice", "f1"), 1)
+            .await
+            .expect("insert");
+        insert_token(&db, "b", &token("access", "bob", "f2"), 1)
+            .await
+            .expect("insert");
+        sqlx::query(
+            "INSERT INTO enrollments (enrollment_id, application_id, user_id, device_id, possession_key, \
+             user_verification_key, device_info, signals, push, push_provider, is_primary, \
+             registration_digest, server_payload, paired_at, last_seen_at, status) \
+             VALUES ('enr', $1, 'alice', 'dev', 'k', 'k', '{}', '{}', '{}', 'none', 1, 'digest', 'p', 0, 0, 'active')",
+        )
+        .bind(app.as_str())
+        .execute(db.writer())
+        .await
+        .expect("enrollment");
+        let alice: UserId = "alice".parse().expect("user");
+        let bob: UserId = "bob".parse().expect("user");
+        assert_eq!(
+            revoke_user_tokens_without_device(&db, &app, &alice)
+                .await
+                .expect("revoke"),
+            0,
+            "alice still has an active device"
+        );
+        assert_eq!(
+            revoke_user_tokens_without_device(&db, &app, &bob)
+                .await
+                .expect("revoke"),
+            1
+        );
+        sqlx::query("UPDATE enrollments SET status = 'pending_verification'")
+            .execute(db.writer())
+            .await
+            .expect("update");
+        assert_eq!(
+            revoke_user_tokens_without_device(&db, &app, &alice)
+                .await
+                .expect("revoke"),
+            1,
+            "a device waiting for verification does not keep tokens alive"
+        );
+        // Another application's user of the same id keeps theirs.
+        let other = ApplicationId::generate();
+        insert_token(&db, "c", &token("access", "alice", "f3"), 1)
+            .await
+            .expect("insert");
+        assert_eq!(
+            revoke_user_tokens_without_device(&db, &other, &alice)
+                .await
+                .expect("revoke"),
+            0
+        );
+        assert!(token_exists(&db, "c").await.is_some());
+    }
 }

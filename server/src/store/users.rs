@@ -151,3 +151,65 @@ pub async fn set_contacts(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Removes a user of `app` with everything that lets anyone act as them, in one transaction:
+/// their enrollments (requests still pending for them become `failed`, `device_unpaired`),
+/// pairing codes, OATH tokens, CIBA user code, and every access and refresh token the
+/// application's OpenID clients issued for them. Past authentications stay as the record of
+/// what happened. Returns `None` if there was no such user, else the authentications it failed.
+pub async fn delete(
+    db: &Database,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<Option<Vec<tessera_protocol::ids::AuthenticationId>>, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let removed = sqlx::query("DELETE FROM users WHERE application_id = $1 AND user_id = $2")
+        .bind(app.as_str())
+        .bind(user_id.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if removed == 0 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let failed = sqlx::query(
+        "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
+         WHERE application_id = $1 AND user_id = $2 AND state = 'pending' RETURNING id",
+    )
+    .bind(app.as_str())
+    .bind(user_id.as_str())
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(|r| {
+        r.try_get::<String, _>("id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("authentication id"))
+    })
+    .collect::<Result<Vec<_>, StoreError>>()?;
+    for table in [
+        "enrollments",
+        "pairing_codes",
+        "otp_tokens",
+        "ciba_user_codes",
+    ] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE application_id = $1 AND user_id = $2"
+        ))
+        .bind(app.as_str())
+        .bind(user_id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "DELETE FROM oidc_tokens WHERE user_id = $2 \
+         AND client_id IN (SELECT client_id FROM ciba_clients WHERE application_id = $1)",
+    )
+    .bind(app.as_str())
+    .bind(user_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(failed))
+}

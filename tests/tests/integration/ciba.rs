@@ -282,7 +282,10 @@ async fn poll_with_each_auth_method(backend: Backend) {
         assert_eq!(tokens.token_type, "Bearer");
         assert!(tokens.refresh_token.is_none(), "no offline_access asked");
         let claims = rp.verify_id_token(&tokens.id_token).await.unwrap();
-        assert_eq!(claims["sub"], "alice");
+        assert_eq!(
+            claims["sub"],
+            format!("{}:alice", server.app.application_id)
+        );
         assert_eq!(claims["aud"], json!(rp.client_id));
         assert_eq!(claims["acr"], ACR_MOBILE_USER_VERIFIED);
         assert_eq!(claims["amr"], json!(["fpt", "mfa"]));
@@ -305,7 +308,10 @@ async fn poll_with_each_auth_method(backend: Backend) {
             .unwrap();
         assert_eq!(userinfo.status(), 200);
         let userinfo: Value = userinfo.json().await.unwrap();
-        assert_eq!(userinfo, json!({"sub": "alice", "name": "Alice Example"}));
+        assert_eq!(
+            userinfo,
+            json!({"sub": format!("{}:alice", server.app.application_id), "name": "Alice Example"})
+        );
     }
     let bad = reqwest::Client::new()
         .get(format!("{}/oidc/userinfo", server.base_url))
@@ -1269,11 +1275,9 @@ async fn refresh_tokens(backend: Backend) {
     let renewed = rp.refresh(&refresh).await.unwrap();
     assert_ne!(renewed.access_token, tokens.access_token);
     let claims = rp.verify_id_token(&renewed.id_token).await.unwrap();
-    assert_eq!(claims["sub"], "alice");
     assert_eq!(
-        oauth_error(rp.refresh(&refresh).await),
-        (400, "invalid_grant".into()),
-        "a refresh token is used once"
+        claims["sub"],
+        format!("{}:alice", server.app.application_id)
     );
     let other = poll_client(&server).await;
     assert_eq!(
@@ -1282,9 +1286,24 @@ async fn refresh_tokens(backend: Backend) {
                 .refresh(renewed.refresh_token.as_deref().unwrap())
                 .await
         ),
-        (400, "invalid_grant".into())
+        (400, "invalid_grant".into()),
+        "another client cannot use it (and does not revoke it)"
     );
-    rp.refresh(renewed.refresh_token.as_deref().unwrap())
+    let renewed_again = rp
+        .refresh(renewed.refresh_token.as_deref().unwrap())
         .await
         .unwrap();
+    assert_eq!(
+        oauth_error(rp.refresh(&refresh).await),
+        (400, "invalid_grant".into()),
+        "a refresh token is used once"
+    );
+    assert_eq!(
+        oauth_error(
+            rp.refresh(renewed_again.refresh_token.as_deref().unwrap())
+                .await
+        ),
+        (400, "invalid_grant".into()),
+        "presenting a used one revokes its successors"
+    );
 }

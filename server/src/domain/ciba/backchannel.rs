@@ -256,9 +256,12 @@ async fn resolve_user(
                     "the id_token_hint was not issued to this client",
                 ));
             }
-            claims
+            // An ID token names the user by this application's subject.
+            let sub = claims
                 .get("sub")
                 .and_then(Value::as_str)
+                .ok_or_else(unknown_user)?;
+            super::user_of_subject(&client.application_id, sub)
                 .ok_or_else(unknown_user)?
                 .to_string()
         }
@@ -286,7 +289,19 @@ async fn resolve_user(
         }
         _ => return Err(unknown_user()),
     };
-    let user_id: UserId = subject.parse().map_err(|_| unknown_user())?;
+    // A login hint (or a login hint token's `sub`) is the application's user id, or the subject
+    // this provider's ID tokens carry for that user.
+    if let Ok(user_id) = subject.parse::<UserId>()
+        && users::get(&state.db, &client.application_id, &user_id)
+            .await?
+            .is_some()
+    {
+        return Ok(user_id);
+    }
+    let user_id: UserId = super::user_of_subject(&client.application_id, &subject)
+        .ok_or_else(unknown_user)?
+        .parse()
+        .map_err(|_| unknown_user())?;
     if users::get(&state.db, &client.application_id, &user_id)
         .await?
         .is_none()

@@ -29,7 +29,9 @@ pub(crate) fn configuration(state: &Ctx) -> Value {
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": CLIENT_SIGNING_ALGS,
         "id_token_signing_alg_values_supported": ["ES256"],
-        "subject_types_supported": ["public"],
+        // `sub` is `<application_id>:<user_id>`: one value for every client of an application,
+        // different values across applications (the application is the pairwise sector).
+        "subject_types_supported": ["pairwise"],
         // No authorization endpoint: CIBA is this provider's only way to authenticate.
         "response_types_supported": [],
         "scopes_supported": SUPPORTED_SCOPES,

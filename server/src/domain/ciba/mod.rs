@@ -25,6 +25,8 @@ pub(crate) use client_auth::{BasicCredentials, Form};
 pub(crate) use error::{OAuthCode, OAuthError};
 pub(crate) use notify::NotifierHandle;
 
+use tessera_protocol::ids::ApplicationId;
+
 use super::Ctx;
 
 /// Scopes a client may ask for.
@@ -41,6 +43,20 @@ pub(crate) const USERINFO_PATH: &str = "/oidc/userinfo";
 /// The issuer: the server's public URL.
 pub(crate) fn issuer(state: &Ctx) -> String {
     state.public_url.as_str().to_string()
+}
+
+/// The `sub` of a user's ID tokens and userinfo: the user id namespaced by its application
+/// (`<application_id>:<user_id>`), so that `iss` + `sub` name one person even when two
+/// applications of this server both have a user called `alice`. Every client of one
+/// application sees the same subject (the application is the sector of a pairwise subject).
+pub(crate) fn subject(app: &ApplicationId, user_id: &str) -> String {
+    format!("{}:{user_id}", app.as_str())
+}
+
+/// The user id of `app` that a [`subject`] names; `None` for a subject of another application
+/// or text that is not a subject.
+pub(crate) fn user_of_subject<'a>(app: &ApplicationId, sub: &'a str) -> Option<&'a str> {
+    sub.strip_prefix(app.as_str())?.strip_prefix(':')
 }
 
 /// An endpoint's absolute URL.
@@ -62,5 +78,22 @@ pub(crate) fn denial_description(
             "reported_fraud: the user denied the request and reported it as fraud"
         }
         Some(DenialReason::Declined) | None => "the user denied the request",
+    }
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_namespaced_by_application_and_read_back_only_there() {
+        let a: ApplicationId = ApplicationId::generate();
+        let b: ApplicationId = ApplicationId::generate();
+        assert_ne!(subject(&a, "alice"), subject(&b, "alice"));
+        assert_eq!(user_of_subject(&a, &subject(&a, "alice")), Some("alice"));
+        assert_eq!(user_of_subject(&a, &subject(&a, "a:b")), Some("a:b"));
+        assert_eq!(user_of_subject(&b, &subject(&a, "alice")), None);
+        assert_eq!(user_of_subject(&a, "alice"), None);
+        assert_eq!(user_of_subject(&a, a.as_str()), None);
     }
 }

@@ -10,11 +10,14 @@ use tessera_protocol::ciba::{AUTH_REQ_ID_CLAIM, CIBA_GRANT_TYPE, DeliveryMode, T
 
 use super::client_auth::{self, BasicCredentials, Form};
 use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
-use super::{TOKEN_PATH, endpoint_url, issuer};
+use super::{TOKEN_PATH, endpoint_url, issuer, subject};
 use crate::domain::{Ctx, DomainError};
 use crate::store::applications;
 use crate::store::authentications::{self, Authentication};
 use crate::store::ciba::{self, CibaClient, CibaRequest, IssuedToken};
+use crate::store::enrollments;
+use tessera_protocol::api::EnrollmentState;
+use tessera_protocol::ids::UserId;
 
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
@@ -57,11 +60,20 @@ fn amr_of(record: &Authentication) -> Vec<String> {
     amr
 }
 
-async fn issue(state: &Ctx, grant: Grant<'_>) -> Result<TokenResponse, DomainError> {
+/// Tokens minted for a grant, not stored yet: the response and the rows to store (digests).
+struct Minted {
+    response: TokenResponse,
+    stored: Vec<(String, IssuedToken)>,
+}
+
+/// Mints an access token, a refresh token with `offline_access`, and the signed ID token, all of
+/// `family_id`. Nothing is stored: the caller stores [`Minted::stored`] (with the refresh token
+/// it replaces, in one transaction).
+async fn mint(state: &Ctx, grant: Grant<'_>, family_id: &str) -> Result<Minted, DomainError> {
     let now = state.now();
     let ttl = i64::from(state.config.oidc_token_ttl);
     let access_token = random_token();
-    let stored = |kind: &str, expires_at: i64| IssuedToken {
+    let row = |kind: &str, expires_at: i64| IssuedToken {
         kind: kind.into(),
         client_id: grant.client.client_id.clone(),
         user_id: grant.user_id.to_string(),
@@ -71,33 +83,28 @@ async fn issue(state: &Ctx, grant: Grant<'_>) -> Result<TokenResponse, DomainErr
         auth_time: grant.auth_time,
         expires_at,
         used_at: None,
+        family_id: Some(family_id.to_string()),
     };
-    ciba::insert_token(
-        &state.db,
-        &applications::api_key_digest(&access_token),
-        &stored("access", now + ttl),
-        now,
-    )
-    .await?;
+    let mut stored = vec![(
+        applications::api_key_digest(&access_token),
+        row("access", now + ttl),
+    )];
     let refresh_token = if grant.scope.split(' ').any(|s| s == "offline_access") {
         let token = random_token();
-        ciba::insert_token(
-            &state.db,
-            &applications::api_key_digest(&token),
-            &stored(
+        stored.push((
+            applications::api_key_digest(&token),
+            row(
                 "refresh",
                 now + i64::from(state.config.oidc_refresh_token_ttl),
             ),
-            now,
-        )
-        .await?;
+        ));
         Some(token)
     } else {
         None
     };
     let mut claims = json!({
         "iss": issuer(state),
-        "sub": grant.user_id,
+        "sub": subject(&grant.client.application_id, grant.user_id),
         "aud": grant.client.client_id,
         "iat": now,
         "exp": now + ttl,
@@ -113,14 +120,17 @@ async fn issue(state: &Ctx, grant: Grant<'_>) -> Result<TokenResponse, DomainErr
         claims[AUTH_REQ_ID_CLAIM] = json!(id);
     }
     let id_token = super::keys::sign(&state.db, &claims, now, ttl).await?;
-    Ok(TokenResponse {
-        access_token,
-        token_type: "Bearer".into(),
-        expires_in: ttl.unsigned_abs(),
-        id_token,
-        refresh_token,
-        scope: grant.scope.to_string(),
-        auth_req_id: grant.auth_req_id.map(str::to_string),
+    Ok(Minted {
+        response: TokenResponse {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: ttl.unsigned_abs(),
+            id_token,
+            refresh_token,
+            scope: grant.scope.to_string(),
+            auth_req_id: grant.auth_req_id.map(str::to_string),
+        },
+        stored,
     })
 }
 
@@ -133,7 +143,9 @@ pub(crate) async fn tokens_for(
     record: &Authentication,
 ) -> Result<TokenResponse, DomainError> {
     let push = client.delivery_mode == DeliveryMode::Push;
-    issue(
+    // A new grant starts a new family.
+    let family_id = random_token();
+    let minted = mint(
         state,
         Grant {
             client,
@@ -144,8 +156,14 @@ pub(crate) async fn tokens_for(
             auth_time: record.answered_at.unwrap_or(record.created_at),
             auth_req_id: push.then_some(request.auth_req_id.as_str()),
         },
+        &family_id,
     )
-    .await
+    .await?;
+    let now = state.now();
+    for (digest, token) in &minted.stored {
+        ciba::insert_token(&state.db, digest, token, now).await?;
+    }
+    Ok(minted.response)
 }
 
 /// A token request: authenticates the client and answers its grant (`grant_type`).
@@ -265,14 +283,31 @@ async fn refresh_grant(
         .await?
         .filter(|t| t.kind == "refresh" && t.client_id == client.client_id)
         .ok_or_else(|| invalid_grant("unknown refresh token"))?;
+    let reused = || invalid_grant("the refresh token was already used");
+    if stored.used_at.is_some() {
+        // A used refresh token presented again: whoever holds it, the family is compromised.
+        revoke_family(state, &stored).await?;
+        return Err(reused());
+    }
     if stored.expires_at <= now {
         return Err(invalid_grant("the refresh token has expired"));
     }
-    // Rotation: a refresh token is used once.
-    if !ciba::use_refresh_token(&state.db, &digest, now).await? {
-        return Err(invalid_grant("the refresh token was already used"));
+    // Tokens stand for the user's device: none are renewed once the user has no active device
+    // (unpairing the last one revokes them; this closes the moment in between).
+    let user_id: UserId = stored
+        .user_id
+        .parse()
+        .map_err(|_| server_error("stored user id"))?;
+    let has_device = enrollments::list_for_user(&state.db, &client.application_id, &user_id)
+        .await?
+        .iter()
+        .any(|e| e.status == EnrollmentState::Active);
+    if !has_device {
+        return Err(invalid_grant("the user has no active device any more"));
     }
-    let tokens = issue(
+    // Tokens stored before families existed start one here.
+    let family_id = stored.family_id.clone().unwrap_or_else(random_token);
+    let minted = mint(
         state,
         Grant {
             client,
@@ -283,9 +318,30 @@ async fn refresh_grant(
             auth_time: stored.auth_time,
             auth_req_id: None,
         },
+        &family_id,
     )
     .await?;
-    Ok(tokens)
+    // Rotation: a refresh token is used once. Using it and storing its successors is one
+    // transaction, so a concurrent second use either wins alone or finds it used and revokes the
+    // successors with the family.
+    if !ciba::rotate_refresh_token(&state.db, &digest, &minted.stored, now).await? {
+        revoke_family(state, &stored).await?;
+        return Err(reused());
+    }
+    Ok(minted.response)
+}
+
+/// Revokes the family of a reused refresh token (the token itself if it has no family).
+async fn revoke_family(state: &Ctx, reused: &IssuedToken) -> Result<(), DomainError> {
+    if let Some(family) = &reused.family_id {
+        let revoked = ciba::revoke_family(&state.db, family).await?;
+        tracing::warn!(
+            client_id = %reused.client_id,
+            revoked,
+            "a used refresh token was presented again: its token family was revoked"
+        );
+    }
+    Ok(())
 }
 
 /// The userinfo claims for a bearer access token (`sub`, and `name` with the `profile` scope).
@@ -297,9 +353,11 @@ pub(crate) async fn userinfo(state: &Ctx, bearer: Option<&str>) -> Result<Value,
         .await?
         .filter(|t| t.kind == "access" && t.expires_at > now)
         .ok_or_else(invalid)?;
-    let mut claims = json!({ "sub": stored.user_id });
+    let client = ciba::client(&state.db, &stored.client_id)
+        .await?
+        .ok_or_else(invalid)?;
+    let mut claims = json!({ "sub": subject(&client.application_id, &stored.user_id) });
     if stored.scope.split(' ').any(|s| s == "profile")
-        && let Some(client) = ciba::client(&state.db, &stored.client_id).await?
         && let Ok(user_id) = stored.user_id.parse()
         && let Some(user) =
             crate::store::users::get(&state.db, &client.application_id, &user_id).await?
