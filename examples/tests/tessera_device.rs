@@ -444,6 +444,10 @@ async fn shows_and_answers_a_ciba_request() {
     assert_eq!(approved["state"], "approved");
     let tokens = rp.poll(&ack).await.unwrap();
     let claims = rp.verify_id_token(&tokens.id_token).await.unwrap();
-    assert_eq!(claims["sub"], "alice");
+    // The subject is namespaced by the application: one person per issuer and subject.
+    assert_eq!(
+        claims["sub"],
+        format!("{}:alice", app.application_id.as_str())
+    );
     server.shutdown().await;
 }

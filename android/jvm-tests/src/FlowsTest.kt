@@ -205,7 +205,8 @@ val tests: List<Pair<String, suspend Env.() -> Unit>> = listOf(
         expectEqual(200, tokenStatus, "token status: $tokens")
         val idToken = (tokens["id_token"] as String).split(".")[1]
         val claims = Json.parse(String(java.util.Base64.getUrlDecoder().decode(idToken))).obj()
-        expectEqual(alice, claims["sub"], "subject")
+        // The subject is namespaced by the application (one person per issuer and subject).
+        expectEqual("${server.applicationId}:$alice", claims["sub"], "subject")
         expectEqual(listOf("fpt", "mfa"), claims["amr"], "amr")
     },
     "push approval" to {

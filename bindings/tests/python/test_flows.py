@@ -312,7 +312,8 @@ class Flows(unittest.TestCase):
             self.assertEqual(status, 200, tokens)
             payload = tokens["id_token"].split(".")[1]
             claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            self.assertEqual(claims["sub"], alice)
+            # The subject is namespaced by the application (one person per issuer and subject).
+            self.assertEqual(claims["sub"], f"{self.server.application_id}:{alice}")
             self.assertEqual(claims["amr"], ["face", "mfa"])
 
         run(flow())

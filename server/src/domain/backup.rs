@@ -384,23 +384,14 @@ pub(crate) async fn create_challenge(
 ) -> Result<OtpChallenge, DomainError> {
     require_user(ctx, &app.id, &user_id).await?;
     let channel = body.channel;
-    let given = given_destination(body)?;
-    let one_time_device = given.is_some();
-    let to = match given {
-        Some(to) => to,
-        None => {
-            let policy = applications::otp_policy(&ctx.db, &app.id).await?;
-            if !policy.backup_channels.contains(&channel) {
-                return Err(unavailable(
-                    "that channel is not one of the application's backup channels",
-                ));
-            }
-            let contacts = users::contacts(&ctx.db, &app.id, &user_id)
-                .await?
-                .unwrap_or_default();
-            destination(&contacts, channel)
-                .ok_or_else(|| unavailable("the user has no contact registered for that channel"))?
+    let Some(to) = given_destination(body)? else {
+        let policy = applications::otp_policy(&ctx.db, &app.id).await?;
+        if !policy.backup_channels.contains(&channel) {
+            return Err(unavailable(
+                "that channel is not one of the application's backup channels",
+            ));
         }
+        return send_to_contact(ctx, app, &user_id, channel).await;
     };
     send_code(
         ctx,
@@ -410,17 +401,18 @@ pub(crate) async fn create_challenge(
             user: user_id,
             channel,
             to,
-            one_time_device,
+            one_time_device: true,
             authentication_id: None,
         },
     )
     .await
 }
 
-/// Sends a one-time passcode through `channel` to the user's registered contact for an
-/// authentication flow, whose own options (the connector's `SMSBackup`, `phoneBackup`,
-/// `emailBackup`) decided that the channel is offered.
-pub(crate) async fn send_for_flow(
+/// Sends a one-time passcode through `channel` to the user's registered contact, outside a push
+/// authentication. The caller decided that the channel is offered: the application's backup
+/// channels (a backup sign-in), or a flow's own options (the connector's `SMSBackup`,
+/// `phoneBackup`, `emailBackup`).
+pub(crate) async fn send_to_contact(
     ctx: &Ctx,
     app: &Application,
     user_id: &UserId,

@@ -1012,7 +1012,7 @@ async fn use_device(
                 FlowDeviceType::Voice => BackupChannel::Voice,
                 _ => BackupChannel::Email,
             };
-            let challenge = backup::send_for_flow(ctx, app, user, channel).await?;
+            let challenge = backup::send_to_contact(ctx, app, user, channel).await?;
             data.otp = Some(OtpStep {
                 source: channel.into(),
                 destination: Some(challenge.destination),
@@ -1117,7 +1117,7 @@ async fn resend_otp(
         FlowOtpSource::Email => BackupChannel::Email,
         FlowOtpSource::App | FlowOtpSource::OathToken => return Err(not_allowed(flow)),
     };
-    let challenge = backup::send_for_flow(ctx, app, &flow.stored.user_id, channel).await?;
+    let challenge = backup::send_to_contact(ctx, app, &flow.stored.user_id, channel).await?;
     otp.destination = Some(challenge.destination);
     otp.challenge_id = Some(challenge.challenge_id);
     Ok((FlowStatus::OtpRequired, data))

@@ -59,6 +59,16 @@ fn signer_of(keys: &[StoredKey]) -> Option<&StoredKey> {
         .or_else(|| published.min_by_key(|k| k.created_at))
 }
 
+/// When a key that becomes the signer at `now` starts signing: strictly after every earlier
+/// signer's start (times are in seconds, and a rotation within the second a key started signing
+/// must still name one signer).
+fn next_signer_since(keys: &[StoredKey], now: i64) -> i64 {
+    keys.iter()
+        .filter_map(|k| k.signer_since)
+        .max()
+        .map_or(now, |latest| now.max(latest + 1))
+}
+
 fn published_set(keys: &[StoredKey]) -> JwkSet {
     JwkSet {
         keys: keys
@@ -260,6 +270,7 @@ pub(crate) async fn rotate(
         .ok_or(KeyOperationError::NoKeySet)?;
     let key = SoftwareSigningKey::generate();
     server_keys::insert(&mut tx, db.secrets()?, &key, true, now).await?;
+    server_keys::make_signer(&mut tx, key.kid(), next_signer_since(&keys, now)).await?;
     server_keys::set_retire_at(&mut tx, previous.kid(), now + grace_seconds.max(0)).await?;
     let keys = server_keys::all(&mut tx, db.secrets()?).await?;
     announce_everywhere(&mut tx, &keys, &previous, now).await?;
@@ -296,7 +307,7 @@ pub(crate) async fn revoke(db: &Database, kid: &str, now: i64) -> Result<(), Key
         return Err(KeyOperationError::UnknownKey);
     }
     if was_signer {
-        server_keys::make_signer(&mut tx, &successor_kid, now).await?;
+        server_keys::make_signer(&mut tx, &successor_kid, next_signer_since(&keys, now)).await?;
     }
     let keys = server_keys::all(&mut tx, db.secrets()?).await?;
     let signer = signer_of(&keys)
@@ -316,7 +327,8 @@ mod tests {
     async fn database() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().expect("temporary folder");
         let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-        let db = Database::connect(&url, 2).await.expect("database");
+        let mut db = Database::connect(&url, 2).await.expect("database");
+        db.open_secrets(None, 0).await.expect("secrets");
         (dir, db)
     }
 

@@ -616,8 +616,15 @@ fn authorized(payload: String) -> FlowAction {
     }
 }
 
-/// The error codes of a flow's refused attempts, in order.
-async fn refusals(server: &TestServer, flow: &FlowState) -> Vec<ErrorCode> {
+/// Submits `payload` to `flow`, checks the flow fell back to a push, and returns the error
+/// codes of its refused attempts, in order.
+async fn refused_and_asked(
+    server: &TestServer,
+    flow: &FlowState,
+    payload: String,
+) -> Vec<ErrorCode> {
+    let asked = act(server, flow, authorized(payload)).await;
+    assert_eq!(asked.status, FlowStatus::PushConfirmationWaiting);
     server
         .customer
         .flow_events(flow.id.as_str())
@@ -668,10 +675,8 @@ async fn seamless(backend: Backend) {
         .create_flow(&flow_for("alice"))
         .await
         .unwrap();
-    let asked = act(&server, &second, authorized(payload)).await;
-    assert_eq!(asked.status, FlowStatus::PushConfirmationWaiting);
     assert_eq!(
-        refusals(&server, &second).await,
+        refused_and_asked(&server, &second, payload).await,
         vec![ErrorCode::ResponseMismatch]
     );
 
@@ -686,10 +691,8 @@ async fn seamless(backend: Backend) {
         .create_authorization_payload(&other_enrollment, &third.authorization_nonce)
         .await
         .unwrap();
-    let asked = act(&server, &third, authorized(foreign)).await;
-    assert_eq!(asked.status, FlowStatus::PushConfirmationWaiting);
     assert_eq!(
-        refusals(&server, &third).await,
+        refused_and_asked(&server, &third, foreign).await,
         vec![ErrorCode::DeviceNotFound]
     );
 
@@ -707,15 +710,8 @@ async fn seamless(backend: Backend) {
     let mut forged = genuine.clone().into_bytes();
     let last = forged.len() - 2;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-    let asked = act(
-        &server,
-        &fourth,
-        authorized(String::from_utf8(forged).unwrap()),
-    )
-    .await;
-    assert_eq!(asked.status, FlowStatus::PushConfirmationWaiting);
     assert_eq!(
-        refusals(&server, &fourth).await,
+        refused_and_asked(&server, &fourth, String::from_utf8(forged).unwrap()).await,
         vec![ErrorCode::InvalidSignature]
     );
 
@@ -732,10 +728,8 @@ async fn seamless(backend: Backend) {
         .await
         .unwrap();
     clock.advance(Duration::from_secs(120));
-    let asked = act(&server, &fifth, authorized(late)).await;
-    assert_eq!(asked.status, FlowStatus::PushConfirmationWaiting);
     assert_eq!(
-        refusals(&server, &fifth).await,
+        refused_and_asked(&server, &fifth, late).await,
         vec![ErrorCode::StaleMessage]
     );
 }
