@@ -668,11 +668,14 @@ async fn main() -> Result<()> {
     };
     let waiting = backend.flow_action(flow.id.as_str(), &plain).await?;
     let push = waiting.push.clone().context("the flow's push")?;
+    let actions: Vec<&str> = waiting.actions.iter().map(|a| a.as_str()).collect();
     say(format!(
-        "{}: the web page shows {:?}; actions now {:?}",
+        "{}: the web page shows {}; actions now: {}",
         waiting.status.as_str(),
-        push.number_to_show,
-        waiting.actions
+        push.number_to_show
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "no number".into()),
+        actions.join(", ")
     ));
     let request = device
         .pending_requests()
