@@ -12,6 +12,22 @@ use super::{Ctx, DomainError};
 use crate::store::enrollments::{self, Enrollment};
 use crate::store::nonces;
 
+/// Verifies `jws`, a message of type `typ`, with `enrollment`'s possession key (the key id it
+/// names must be that key's). Its payload, or `None` when it is malformed or does not verify.
+pub(crate) fn verify_possession_signed<T: serde::de::DeserializeOwned>(
+    jws: &str,
+    typ: MessageType,
+    enrollment: &Enrollment,
+) -> Option<T> {
+    let header = envelope::inspect(jws).ok()?;
+    if header.kid != enrollment.possession_key.thumbprint() {
+        return None;
+    }
+    envelope::verify::<T>(jws, typ, &enrollment.possession_key)
+        .ok()
+        .map(|verified| verified.payload)
+}
+
 /// What a device-signed call consists of.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DeviceCall<'a> {
@@ -48,17 +64,9 @@ pub(crate) async fn authenticate(
     let enrollment = enrollments::by_id(&ctx.db, &claimed.enrollment_id)
         .await?
         .ok_or_else(unauthorized)?;
-    let header = envelope::inspect(jws).map_err(|_| unauthorized())?;
-    if header.kid != enrollment.possession_key.thumbprint() {
-        return Err(unauthorized());
-    }
-    let claims = envelope::verify::<DeviceRequestClaims>(
-        jws,
-        MessageType::DeviceRequest,
-        &enrollment.possession_key,
-    )
-    .map_err(|_| unauthorized())?
-    .payload;
+    let claims: DeviceRequestClaims =
+        verify_possession_signed(jws, MessageType::DeviceRequest, &enrollment)
+            .ok_or_else(unauthorized)?;
     if claims.v != PROTOCOL_VERSION
         || claims.method != call.method
         || claims.path != call.path

@@ -37,6 +37,7 @@ use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::DeviceRegistration;
 
 use super::authentication::{MAX_WAIT_SECONDS, check_fields, check_text};
+use super::device_auth::verify_possession_signed;
 use super::events::{Topic, wait_for};
 use super::outcome::{self, DomainEvent, Ending, FollowUpFuture};
 use super::{Ctx, DomainError, authentication, backup, device_verification, methods, otp, pairing};
@@ -394,10 +395,7 @@ async fn due_move(
         && let Some(pairing) = &flow.data.pairing
         && pairing.state == EnrollmentState::PendingVerification.as_str()
     {
-        let state = match enrollments::by_id(&ctx.db, &pairing.enrollment_id).await? {
-            Some(e) => device_verification::settled(ctx, e).await?.status,
-            None => EnrollmentState::Rejected,
-        };
+        let state = pairing_state(ctx, &pairing.enrollment_id).await?;
         if state != EnrollmentState::PendingVerification {
             let mut data = flow.data.clone();
             if let Some(p) = data.pairing.as_mut() {
@@ -411,6 +409,15 @@ async fn due_move(
         }
     }
     Ok(None)
+}
+
+/// Where the enrollment a flow pairs stands (a decided verification settled first; a removed
+/// enrollment counts as rejected).
+async fn pairing_state(ctx: &Ctx, id: &EnrollmentId) -> Result<EnrollmentState, DomainError> {
+    Ok(match enrollments::by_id(&ctx.db, id).await? {
+        Some(e) => device_verification::settled(ctx, e).await?.status,
+        None => EnrollmentState::Rejected,
+    })
 }
 
 /// Applies the moves that are due, then answers the flow as it stands.
@@ -469,10 +476,7 @@ pub(crate) async fn create(
     }
     channels.sort();
     channels.dedup();
-    let mut mandatory = policy.mandatory_methods.clone();
-    mandatory.extend(body.mandatory_methods.iter().copied());
-    mandatory.sort();
-    mandatory.dedup();
+    let mandatory = merged(&policy.mandatory_methods, &body.mandatory_methods);
     let options = Options {
         application_name: body.application_name.unwrap_or_else(|| app.name.clone()),
         application_icon_url: body.application_icon_url,
@@ -658,12 +662,23 @@ async fn refused(ctx: &Ctx, flow: &Flow, action: &str, e: DomainError) -> Domain
         }
         return e;
     }
-    let mut refusal = event(ctx, action, Some(flow.status), flow.status);
-    refusal.error = Some(code.as_str().to_string());
-    if let Err(store_error) = store::record_refusal(&ctx.db, &flow.stored.id, &refusal).await {
+    if let Err(store_error) = record_refusal(ctx, flow, action, code).await {
         tracing::warn!(error = %store_error, "could not record a refused flow action");
     }
     e
+}
+
+/// Records that `action` was refused with `code` (the flow stays where it is).
+async fn record_refusal(
+    ctx: &Ctx,
+    flow: &Flow,
+    action: &str,
+    code: ErrorCode,
+) -> Result<(), DomainError> {
+    let mut refusal = event(ctx, action, Some(flow.status), flow.status);
+    refusal.error = Some(code.as_str().to_string());
+    store::record_refusal(&ctx.db, &flow.stored.id, &refusal).await?;
+    Ok(())
 }
 
 /// `authenticate`: pairs the app's device (with a mobile payload), completes the flow with a
@@ -693,9 +708,7 @@ async fn authenticate(
             Ok(done) => return Ok((FlowStatus::MfaCompleted, finished(data, done))),
             Err(DomainError::Refused { code, message, .. }) => {
                 tracing::info!(flow_id = %flow.stored.id, %code, message, "device authorization refused; asking instead");
-                let mut refusal = event(ctx, "authenticate", Some(flow.status), flow.status);
-                refusal.error = Some(code.as_str().to_string());
-                store::record_refusal(&ctx.db, &flow.stored.id, &refusal).await?;
+                record_refusal(ctx, flow, "authenticate", code).await?;
             }
             Err(e) => return Err(e),
         }
@@ -752,17 +765,9 @@ async fn seamless(ctx: &Ctx, flow: &Flow, jws: &str) -> Result<FlowResult, Domai
                 && e.status == EnrollmentState::Active
         })
         .ok_or_else(not_theirs)?;
-    let header = envelope::inspect(jws).map_err(|_| bad())?;
-    if header.kid != enrollment.possession_key.thumbprint() {
-        return Err(bad());
-    }
-    let claims = envelope::verify::<DeviceAuthorization>(
-        jws,
-        MessageType::DeviceAuthorization,
-        &enrollment.possession_key,
-    )
-    .map_err(|_| bad())?
-    .payload;
+    let claims: DeviceAuthorization =
+        verify_possession_signed(jws, MessageType::DeviceAuthorization, &enrollment)
+            .ok_or_else(bad)?;
     if claims.v != tessera_protocol::PROTOCOL_VERSION
         || claims.enrollment_id != enrollment.enrollment_id
         || claims.user_id != enrollment.user_id
@@ -842,17 +847,10 @@ async fn start(
     mut data: Data,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let user = &flow.stored.user_id;
-    let mandatory = &data.options.mandatory_methods;
-    if !mandatory.is_empty() {
-        let registered = methods::registered_methods(ctx, &app.id, user).await?;
-        let (done, missing): (Vec<_>, Vec<_>) =
-            mandatory.iter().partition(|m| registered.contains(m));
-        if !missing.is_empty() {
-            data.mfa_setup = Some(FlowMfaSetup {
-                mandatory: mandatory.clone(),
-                missing,
-                done,
-            });
+    if !data.options.mandatory_methods.is_empty() {
+        let setup = mfa_setup(ctx, &app.id, user, data.options.mandatory_methods.clone()).await?;
+        if !setup.missing.is_empty() {
+            data.mfa_setup = Some(setup);
             return Ok((FlowStatus::MfaSetupRequired, data));
         }
     }
@@ -1037,19 +1035,34 @@ async fn start_setup(
     mut data: Data,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let policy = applications::otp_policy(&ctx.db, app).await?;
-    let mut mandatory = data.options.mandatory_methods.clone();
-    mandatory.extend(policy.mandatory_methods);
-    mandatory.sort();
-    mandatory.dedup();
-    let registered = methods::registered_methods(ctx, app, user).await?;
-    let (done, missing): (Vec<_>, Vec<_>) = mandatory.iter().partition(|m| registered.contains(m));
+    let mandatory = merged(&data.options.mandatory_methods, &policy.mandatory_methods);
     data.push = None;
-    data.mfa_setup = Some(FlowMfaSetup {
+    data.mfa_setup = Some(mfa_setup(ctx, app, user, mandatory).await?);
+    Ok((FlowStatus::MfaSetupRequired, data))
+}
+
+/// The methods of both lists, once each, in order.
+fn merged(a: &[AuthenticationMethod], b: &[AuthenticationMethod]) -> Vec<AuthenticationMethod> {
+    let mut all: Vec<AuthenticationMethod> = a.iter().chain(b).copied().collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// The `mandatory` methods, split into those `user` has registered and those still missing.
+async fn mfa_setup(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    mandatory: Vec<AuthenticationMethod>,
+) -> Result<FlowMfaSetup, DomainError> {
+    let registered = methods::registered_methods(ctx, app, user).await?;
+    let (done, missing) = mandatory.iter().partition(|m| registered.contains(m));
+    Ok(FlowMfaSetup {
         mandatory,
         missing,
         done,
-    });
-    Ok((FlowStatus::MfaSetupRequired, data))
+    })
 }
 
 /// `useCode`: type the app's passcode instead of waiting for the push (which stays pending and
@@ -1147,10 +1160,7 @@ async fn continue_authentication(
         .pairing
         .clone()
         .ok_or(DomainError::Internal("a pairing flow lacks its pairing"))?;
-    let state = match enrollments::by_id(&ctx.db, &pairing.enrollment_id).await? {
-        Some(e) => device_verification::settled(ctx, e).await?.status,
-        None => EnrollmentState::Rejected,
-    };
+    let state = pairing_state(ctx, &pairing.enrollment_id).await?;
     match state {
         EnrollmentState::Active => {
             let mut done = result(FlowResultStatus::DevicePaired);
