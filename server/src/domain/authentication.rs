@@ -102,17 +102,17 @@ const LONGEST_REQUEST_SECONDS: i64 = 900;
 /// or too many unapproved ones — unanswered, expired or denied, `wrong_number` included — in
 /// the application's window), or `None` when it is allowed. Approved requests and silent
 /// verifications do not count, so a user who signs in often is never locked out by their own
-/// approvals. The limits are the application's settings, else the server-wide values. Used for
-/// every user-facing request, whoever asks (customer API or CIBA).
+/// approvals. The limits are the application's `settings` (as its caller read them, once per
+/// request), else the server-wide values. Used for every user-facing request, whoever asks
+/// (customer API or CIBA).
 pub(crate) async fn push_bombing_limit(
     ctx: &Ctx,
+    settings: &crate::store::applications::AuthenticationSettings,
     application_id: &ApplicationId,
     user_id: &UserId,
     now: i64,
 ) -> Result<Option<String>, DomainError> {
-    let stored =
-        crate::store::applications::authentication_settings(&ctx.db, application_id).await?;
-    let limits = super::applications::push_bombing_limits(&ctx.config, &stored);
+    let limits = super::applications::push_bombing_limits(&ctx.config, settings);
     let counts = authentications::user_facing_counts(
         &ctx.db,
         application_id,
@@ -592,21 +592,19 @@ pub(crate) async fn create(
     };
     backup_channels.sort();
     backup_channels.dedup();
-    let number_matching = if silent {
-        NumberMatching::Off
+    // A silent verification shows nothing and is not capped: no settings to read.
+    let settings = if silent {
+        None
     } else {
-        match body.number_matching {
-            Some(mode) => mode,
-            None => {
-                crate::store::applications::authentication_settings(&ctx.db, &app.id)
-                    .await?
-                    .number_matching
-            }
-        }
+        Some(crate::store::applications::authentication_settings(&ctx.db, &app.id).await?)
+    };
+    let number_matching = match &settings {
+        None => NumberMatching::Off,
+        Some(settings) => body.number_matching.unwrap_or(settings.number_matching),
     };
     let device = pick_device(ctx, &app.id, user_id, body.enrollment_id.as_ref()).await?;
-    if body.kind != AuthenticationKind::Silent
-        && let Some(reason) = push_bombing_limit(ctx, &app.id, user_id, ctx.now()).await?
+    if let Some(settings) = &settings
+        && let Some(reason) = push_bombing_limit(ctx, settings, &app.id, user_id, ctx.now()).await?
     {
         return Err(DomainError::new(ErrorCode::TooManyAuthentications, reason));
     }

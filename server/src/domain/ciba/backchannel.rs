@@ -450,7 +450,8 @@ async fn start(
             ),
             other => OAuthError::from(other),
         })?;
-    if push_bombing_limit(state, &client.application_id, &user, now)
+    let settings = applications::authentication_settings(&state.db, &client.application_id).await?;
+    if push_bombing_limit(state, &settings, &client.application_id, &user, now)
         .await?
         .is_some()
     {
@@ -459,9 +460,7 @@ async fn start(
             "the user has too many pending requests; try again later",
         ));
     }
-    let number_matching = applications::authentication_settings(&state.db, &client.application_id)
-        .await?
-        .number_matching;
+    let number_matching = settings.number_matching;
     let application_name = applications::get(&state.db, &client.application_id)
         .await?
         .map(|a| a.name)
