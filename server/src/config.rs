@@ -131,6 +131,23 @@ pub struct ServerConfig {
     /// How often each instance reloads the device-facing server keys (a rotation, revocation or
     /// the end of a grace period reaches every instance within this time, without a restart).
     pub server_key_reload_interval: std::time::Duration,
+    /// Serve HTTPS with these PEM files instead of plain HTTP (`None`: plain HTTP, e.g. behind a
+    /// TLS-terminating proxy). [`crate::RunningServer::reload_tls`] reads them again.
+    pub tls: Option<TlsFiles>,
+    /// On shutdown, how long requests in flight (long-polls included) may take to finish after
+    /// the listener stopped accepting; connections still open then are closed.
+    pub shutdown_grace: std::time::Duration,
+    /// The longest `/readyz` waits for the database before it answers not ready.
+    pub readiness_timeout: std::time::Duration,
+}
+
+/// The certificate chain and private key files of the TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain (PEM): the server's certificate first, then its intermediates.
+    pub cert_chain: std::path::PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of the first certificate.
+    pub private_key: std::path::PathBuf,
 }
 
 /// FCM's production base URL.
@@ -187,6 +204,9 @@ impl Default for ServerConfig {
             max_pending_requests_per_application: 10_000,
             push_bombing_window_seconds: 600,
             server_key_reload_interval: std::time::Duration::from_secs(30),
+            tls: None,
+            shutdown_grace: std::time::Duration::from_secs(30),
+            readiness_timeout: std::time::Duration::from_secs(2),
         }
     }
 }

@@ -31,6 +31,13 @@ pub enum ServerError {
     /// The thing already exists.
     #[error("already exists: {0}")]
     AlreadyExists(&'static str),
+    /// A setting is not usable (a URL that does not parse, a missing or unreadable file); the
+    /// message names the setting, never a secret it holds.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The TLS certificate chain or private key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl From<crate::ip_table::IpTableError> for ServerError {

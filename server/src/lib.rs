@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod clock;
 mod config;
+pub mod config_file;
 mod delivery;
 pub(crate) mod domain;
 mod error;
@@ -80,7 +81,7 @@ mod server;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{ServerConfig, SmtpConfig};
+pub use config::{ServerConfig, SmtpConfig, TlsFiles};
 pub use delivery::push::{ApnsEnvironment, PushCredentialsError};
 pub use error::ServerError;
 pub use http::openapi_document;

@@ -33,7 +33,7 @@ use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tessera_protocol::api::{AuthenticationMethod, BackupChannel};
 use tessera_protocol::authentication::NumberMatching;
@@ -42,8 +42,8 @@ use tessera_protocol::ids::{ApplicationId, UserId};
 use tessera_protocol::pairing::ServerUrl;
 use tessera_server::store::applications::{AdditionalDevicePolicy, OtpPolicy, QrPolicy};
 use tessera_server::{
-    ApnsEnvironment, IpTable, SecretsError, Server, ServerConfig, ServerError, SmtpConfig,
-    StoreError, admin,
+    ApnsEnvironment, IpTable, RunningServer, SecretsError, Server, ServerConfig, ServerError,
+    SmtpConfig, StoreError, TlsFiles, admin, config_file,
 };
 
 #[derive(Parser)]
@@ -188,6 +188,24 @@ enum Command {
         /// or the end of a grace period reaches this instance within this time.
         #[arg(long, default_value_t = 30)]
         server_key_reload_seconds: u64,
+        /// A TOML file of settings (keys: these flags' names in snake case). Flags win over
+        /// environment variables, which win over the file.
+        #[arg(long, value_name = "FILE", env = "TESSERA_CONFIG")]
+        config: Option<std::path::PathBuf>,
+        /// Check every setting (files exist and parse, URLs parse), print the result and exit:
+        /// 0 when the configuration is usable, 1 otherwise.
+        #[arg(long)]
+        check_config: bool,
+        /// Serve HTTPS with this certificate chain (PEM; with --tls-key). SIGHUP reloads it.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// On SIGTERM/SIGINT: seconds requests in flight (long-polls included) may take to
+        /// finish once new connections are refused.
+        #[arg(long, default_value_t = 30)]
+        shutdown_grace_seconds: u64,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -549,12 +567,17 @@ fn server_error_code(e: &ServerError) -> &'static str {
         ServerError::NotFound(_) => "not_found",
         ServerError::AlreadyExists(_) => "already_exists",
         ServerError::PushCredentials(_) => "invalid_push_credentials",
+        ServerError::Config(_) => "invalid_config",
+        ServerError::Tls(_) => "tls",
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(e) => return fail("invalid_config", e),
+    };
     match cli.command {
         Command::Serve {
             listen,
@@ -582,6 +605,11 @@ async fn main() -> ExitCode {
             max_unapproved_per_user,
             push_bombing_window_seconds,
             server_key_reload_seconds,
+            config: _,
+            check_config,
+            tls_cert,
+            tls_key,
+            shutdown_grace_seconds,
         } => {
             init_logs(log_format);
             let master_key = match admin::master_key_from(secrets.master_key_file.as_deref()) {
@@ -627,8 +655,31 @@ async fn main() -> ExitCode {
                 server_key_reload_interval: std::time::Duration::from_secs(
                     server_key_reload_seconds.max(1),
                 ),
+                tls: match (tls_cert, tls_key) {
+                    (Some(cert_chain), Some(private_key)) => Some(TlsFiles {
+                        cert_chain,
+                        private_key,
+                    }),
+                    (None, None) => None,
+                    _ => {
+                        return fail(
+                            "invalid_config",
+                            "--tls-cert and --tls-key go together: give both or neither",
+                        );
+                    }
+                },
+                shutdown_grace: std::time::Duration::from_secs(shutdown_grace_seconds),
                 ..ServerConfig::default()
             };
+            if check_config {
+                return match Server::check(&config).await {
+                    Ok(()) => {
+                        println!("{}", json!({"config": "valid"}));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(server_error_code(&e), e),
+                };
+            }
             // Handlers first: a signal that arrives right after "listening on" must stop the
             // server cleanly, not kill the process.
             let stop = match ShutdownSignal::install() {
@@ -639,9 +690,10 @@ async fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return fail(server_error_code(&e), e),
             };
-            println!("listening on http://{}", server.local_addr());
+            let scheme = if server.is_tls() { "https" } else { "http" };
+            println!("listening on {scheme}://{}", server.local_addr());
             let _ = std::io::stdout().flush();
-            stop.wait().await;
+            wait_reloading_tls(stop, &server).await;
             tracing::info!("shutting down");
             server.shutdown().await;
             ExitCode::SUCCESS
@@ -1025,6 +1077,75 @@ fn otp_policy_json(app: &ApplicationId, p: &OtpPolicy) -> serde_json::Value {
         "mandatory_methods": p.mandatory_methods,
         "sms_webhook": p.sms_webhook_url,
     })
+}
+
+/// The command line with its settings layers (see [`config_file`]): every `serve` setting also
+/// from `TESSERA_…` variables and from the `--config` file, flags first. Parse errors and
+/// `--help` exit here as clap does.
+fn parse_command_line() -> Result<Cli, config_file::ConfigFileError> {
+    let layered = |file: Option<&std::path::Path>| {
+        let mut command = Cli::command();
+        let serve = command
+            .find_subcommand("serve")
+            .cloned()
+            .map(config_file::with_environment);
+        let serve = match (serve, file) {
+            (Some(serve), Some(path)) => Some(config_file::apply_file(serve, path)?),
+            (serve, _) => serve,
+        };
+        if let Some(serve) = serve {
+            command = command.mut_subcommand("serve", |_| serve);
+        }
+        Ok::<_, config_file::ConfigFileError>(command)
+    };
+    let matches = layered(None)?.get_matches();
+    let file = matches
+        .subcommand_matches("serve")
+        .and_then(|serve| serve.get_one::<std::path::PathBuf>("config"))
+        .cloned();
+    let matches = match file {
+        Some(path) => layered(Some(&path))?.get_matches(),
+        None => matches,
+    };
+    Cli::from_arg_matches(&matches).map_err(|e| config_file::ConfigFileError::InvalidValue {
+        path: std::path::PathBuf::new(),
+        key: String::new(),
+        reason: e.to_string(),
+    })
+}
+
+/// Waits for SIGTERM or SIGINT; meanwhile each SIGHUP reloads the TLS certificate (a file that
+/// cannot be used keeps the current one, and the error is logged).
+async fn wait_reloading_tls(stop: ShutdownSignal, server: &RunningServer) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                let stopped = stop.wait();
+                tokio::pin!(stopped);
+                loop {
+                    tokio::select! {
+                        () = &mut stopped => return,
+                        _ = hangup.recv() => {
+                            if let Err(e) = server.reload_tls().await {
+                                tracing::error!(error = %e, "SIGHUP: the TLS certificate in use is kept");
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP cannot be listened for: no TLS reload");
+                stop.wait().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = server;
+        stop.wait().await;
+    }
 }
 
 /// SIGINT and SIGTERM, listened for from the moment it is installed.

@@ -8,7 +8,9 @@ use tessera_protocol::pairing::ServerUrl;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::ServerConfig;
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::config::{ServerConfig, TlsFiles};
 use crate::domain::Ctx;
 use crate::error::ServerError;
 use crate::http::router;
@@ -34,6 +36,8 @@ pub struct RunningServer {
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     purger: JoinHandle<()>,
     key_reloader: JoinHandle<()>,
+    tls: Option<(TlsFiles, RustlsConfig)>,
+    shutdown_grace: std::time::Duration,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -43,12 +47,39 @@ impl std::fmt::Debug for RunningServer {
 }
 
 impl Server {
-    /// Connects to the database (running migrations), loads or creates the signing keys, binds
-    /// the listen address and starts serving. When this returns, connections are accepted.
-    pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    /// Checks every setting that can be checked without serving: URLs parse, the SMTP settings
+    /// build a transport, the TLS files exist and hold a usable certificate chain and key, the
+    /// database URL names a supported database. The database itself is not contacted.
+    pub async fn check(config: &ServerConfig) -> Result<(), ServerError> {
+        check_database_url(&config.database_url)?;
+        url::Url::parse(&config.fcm_endpoint)
+            .map_err(|_| ServerError::Config("--fcm-endpoint is not a URL".into()))?;
+        if let Some(apns) = &config.apns_endpoint {
+            url::Url::parse(apns)
+                .map_err(|_| ServerError::Config("--apns-endpoint is not a URL".into()))?;
+        }
+        if let Some(smtp) = &config.smtp {
+            crate::delivery::messages::SmtpNotifier::new(smtp)
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+        }
+        if let Some(files) = &config.tls {
+            load_tls(files).await?;
+        }
         if config.production && config.master_key.is_none() {
             return Err(StoreError::from(SecretsError::MasterKeyRequired).into());
         }
+        Ok(())
+    }
+
+    /// Connects to the database (running migrations), loads or creates the signing keys, binds
+    /// the listen address and starts serving. When this returns, connections are accepted.
+    pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+        Self::check(&config).await?;
+        let tls = match &config.tls {
+            Some(files) => Some((files.clone(), load_tls(files).await?)),
+            None => None,
+        };
+        let shutdown_grace = config.shutdown_grace;
         let mut db = Database::connect_with(
             &config.database_url,
             config.max_connections,
@@ -95,11 +126,13 @@ impl Server {
                 _ => ServerError::Corrupted("server keys"),
             })?;
         let keys = KeyRing::new(keys).ok_or(ServerError::Corrupted("no server key"))?;
-        let email = config
-            .smtp
-            .as_ref()
-            .and_then(crate::delivery::messages::SmtpNotifier::new)
-            .map(|n| Arc::new(n) as Arc<dyn crate::domain::ports::Notifier>);
+        let email = match config.smtp.as_ref() {
+            Some(smtp) => Some(Arc::new(
+                crate::delivery::messages::SmtpNotifier::new(smtp)
+                    .map_err(|e| ServerError::Config(e.to_string()))?,
+            ) as Arc<dyn crate::domain::ports::Notifier>),
+            None => None,
+        };
         let push_clients = Arc::new(crate::delivery::push::PushClients::new());
         let messages = Arc::new(crate::delivery::messages::WebhookSender::new(
             push_clients.client(),
@@ -142,16 +175,47 @@ impl Server {
         let key_reloader = tokio::spawn(reload_server_keys(state.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
+        let task = match &tls {
+            None => tokio::spawn(async move {
+                let result = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "server stopped with an error");
+                }
+            }),
+            Some((_, rustls)) => {
+                let listener = listener.into_std().map_err(|e| ServerError::Bind {
+                    addr: local_addr,
+                    reason: e.to_string(),
+                })?;
+                let handle = axum_server::Handle::new();
+                let server = axum_server::tls_rustls::from_tcp_rustls(listener, rustls.clone())
+                    .map_err(|e| ServerError::Bind {
+                        addr: local_addr,
+                        reason: e.to_string(),
+                    })?
+                    .handle(handle.clone());
+                tokio::spawn(async move {
+                    let serving = server.serve(app);
+                    let drain = async {
+                        let _ = stopped.await;
+                        handle.graceful_shutdown(Some(shutdown_grace));
+                        std::future::pending::<()>().await;
+                    };
+                    tokio::select! {
+                        result = serving => {
+                            if let Err(e) = result {
+                                tracing::error!(error = %e, "server stopped with an error");
+                            }
+                        }
+                        () = drain => {}
+                    }
                 })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "server stopped with an error");
             }
-        });
+        };
         tracing::info!(%local_addr, %public_url, "server started");
         Ok(RunningServer {
             local_addr,
@@ -164,6 +228,8 @@ impl Server {
             metrics,
             purger,
             key_reloader,
+            tls,
+            shutdown_grace,
         })
     }
 }
@@ -195,12 +261,46 @@ impl RunningServer {
         crate::admin::create_application(&self.db, name).await
     }
 
-    /// Stops accepting connections, lets requests in flight finish, and closes the database.
+    /// Whether the main listener speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS certificate chain and key files again and serves new connections with
+    /// them; connections already open keep theirs. A file that cannot be used leaves the
+    /// current certificate in place and is reported. Without TLS, nothing to do.
+    pub async fn reload_tls(&self) -> Result<(), ServerError> {
+        let Some((files, rustls)) = &self.tls else {
+            return Ok(());
+        };
+        rustls
+            .reload_from_pem_file(&files.cert_chain, &files.private_key)
+            .await
+            .map_err(|e| ServerError::Tls(format!("the certificate was not reloaded: {e}")))?;
+        tracing::info!("TLS certificate reloaded");
+        Ok(())
+    }
+
+    /// Stops accepting connections, lets requests in flight finish (for at most
+    /// [`ServerConfig::shutdown_grace`]; connections still open then are closed), and closes
+    /// the database.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.task).await;
+        // Past the grace period (and a moment for the TLS listener to close its own), the
+        // remaining connections are dropped.
+        let deadline = self.shutdown_grace + std::time::Duration::from_millis(500);
+        if tokio::time::timeout(deadline, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_seconds = self.shutdown_grace.as_secs_f64(),
+                "requests still in flight at the end of the shutdown grace period were cut off"
+            );
+            self.task.abort();
+        }
         self.notifier.abort();
         if let Some((_, task)) = self.metrics.take() {
             task.abort();
@@ -210,6 +310,49 @@ impl RunningServer {
         self.key_reloader.abort();
         self.db.close().await;
     }
+}
+
+/// The TLS configuration from the certificate chain and key files.
+async fn load_tls(files: &TlsFiles) -> Result<RustlsConfig, ServerError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for (path, what) in [
+        (&files.cert_chain, "--tls-cert"),
+        (&files.private_key, "--tls-key"),
+    ] {
+        if !path.is_file() {
+            return Err(ServerError::Tls(format!(
+                "{what}: {} is not a readable file",
+                path.display()
+            )));
+        }
+    }
+    RustlsConfig::from_pem_file(&files.cert_chain, &files.private_key)
+        .await
+        .map_err(|e| {
+            ServerError::Tls(format!(
+                "the certificate chain {} and key {} cannot be used: {e}",
+                files.cert_chain.display(),
+                files.private_key.display()
+            ))
+        })
+}
+
+/// A database URL the store can open: `sqlite:` or `postgres(ql)://` that parses.
+fn check_database_url(url: &str) -> Result<(), ServerError> {
+    let known = url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://");
+    if !known {
+        return Err(ServerError::Config(
+            "--database must be sqlite://FILE or postgres://USER:PASS@HOST/DB".into(),
+        ));
+    }
+    if !url.starts_with("sqlite:") && url::Url::parse(url).is_err() {
+        return Err(ServerError::Config(
+            "--database is not a valid PostgreSQL URL".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Says how the database's secrets are protected: a warning nobody can miss without a master key.

@@ -46,6 +46,7 @@ const LAYER_FILES: &[(&str, Layer)] = &[
     ("admin.rs", Top),
     ("error.rs", Top),
     ("config.rs", Leaf),
+    ("config_file.rs", Leaf),
     ("clock.rs", Leaf),
     ("keys.rs", Leaf),
     ("metrics.rs", Leaf),

@@ -31,27 +31,40 @@ pub struct SmtpNotifier {
     from: Mailbox,
 }
 
+/// Why the SMTP settings cannot be used. Never carries the URL (it may hold credentials).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SmtpConfigError {
+    /// `--smtp-from` is not an email address.
+    #[error("--smtp-from is not a valid sender address (Name <user@example.com>)")]
+    InvalidSender,
+    /// `--smtp-url` has a scheme other than `smtp` or `smtps`.
+    #[error("--smtp-url must start with smtp:// or smtps://")]
+    UnknownScheme,
+    /// `--smtp-url` does not parse as an SMTP URL.
+    #[error(
+        "--smtp-url is not a valid SMTP URL (smtp://HOST:PORT, smtp://HOST:PORT?tls=required or smtps://USER:PASS@HOST:PORT)"
+    )]
+    InvalidUrl,
+}
+
 impl SmtpNotifier {
-    /// A notifier for `config`; `None` (with the reason logged, no secret) if the URL or the
-    /// sender is not usable.
-    pub fn new(config: &SmtpConfig) -> Option<Self> {
-        let from = match config.from.parse::<Mailbox>() {
-            Ok(from) => from,
-            Err(_) => {
-                tracing::error!("smtp: the sender address is not valid; email is off");
-                return None;
-            }
-        };
-        match AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.url) {
-            Ok(builder) => Some(Self {
-                transport: builder.timeout(Some(Duration::from_secs(10))).build(),
-                from,
-            }),
-            Err(_) => {
-                tracing::error!("smtp: the server URL is not valid; email is off");
-                None
-            }
+    /// A notifier for `config`, or why its URL or sender cannot be used: a mistyped setting
+    /// stops the server instead of silently turning email off.
+    pub fn new(config: &SmtpConfig) -> Result<Self, SmtpConfigError> {
+        let from = config
+            .from
+            .parse::<Mailbox>()
+            .map_err(|_| SmtpConfigError::InvalidSender)?;
+        let scheme = config.url.split_once("://").map(|(scheme, _)| scheme);
+        if !matches!(scheme, Some("smtp") | Some("smtps")) {
+            return Err(SmtpConfigError::UnknownScheme);
         }
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.url)
+            .map_err(|_| SmtpConfigError::InvalidUrl)?;
+        Ok(Self {
+            transport: builder.timeout(Some(Duration::from_secs(10))).build(),
+            from,
+        })
     }
 }
 

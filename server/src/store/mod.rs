@@ -217,6 +217,28 @@ impl Database {
         Ok(())
     }
 
+    /// How many of the migrations this build knows are not applied to the database (0: the
+    /// schema is current). Migrations applied by a newer build do not count.
+    pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        use sqlx::Row;
+        let migrator = match self.engine {
+            Engine::Sqlite => &SQLITE_MIGRATIONS,
+            Engine::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.readers)
+            .await?;
+        let applied = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<std::collections::HashSet<i64>, _>>()?;
+        Ok(migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .filter(|m| !applied.contains(&m.version))
+            .count())
+    }
+
     /// Closes the pools.
     pub async fn close(&self) {
         self.readers.close().await;
