@@ -53,6 +53,9 @@ pub enum ConfigFileError {
         /// The key.
         key: String,
     },
+    /// The command line or an environment variable has a value clap refuses.
+    #[error("{0}")]
+    CommandLine(String),
     /// A value has the wrong type or is refused by the setting's parser.
     #[error("config file {path}: key `{key}`: {reason}")]
     InvalidValue {
@@ -167,6 +170,28 @@ fn scalar(value: &toml::Value) -> Option<String> {
         toml::Value::Boolean(b) => Some(b.to_string()),
         toml::Value::Datetime(_) | toml::Value::Array(_) | toml::Value::Table(_) => None,
     }
+}
+
+/// clap's message about the command line on one line, without the refused value (an
+/// environment variable may hold a secret) and without the usage lines.
+pub fn describe_clap_error(message: &str) -> String {
+    let paragraph: Vec<&str> = message
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let joined = paragraph.join(" ");
+    let first = joined.trim_start_matches("error: ").trim();
+    let described = match (first.strip_prefix("invalid value '"), first.find("' for '")) {
+        (Some(_), Some(end)) => format!("invalid value for {}", &first[end + "' for ".len()..]),
+        _ => first.to_string(),
+    };
+    let mut described = described;
+    if let Some(possible) = message.lines().find(|l| l.contains("possible values")) {
+        described.push(' ');
+        described.push_str(possible.trim());
+    }
+    described
 }
 
 /// What clap says is wrong with a value, without the value (it may be a secret) and without

@@ -197,10 +197,10 @@ enum Command {
         #[arg(long)]
         check_config: bool,
         /// Serve HTTPS with this certificate chain (PEM; with --tls-key). SIGHUP reloads it.
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        #[arg(long, value_name = "FILE")]
         tls_cert: Option<std::path::PathBuf>,
         /// The private key (PEM) of --tls-cert.
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        #[arg(long, value_name = "FILE")]
         tls_key: Option<std::path::PathBuf>,
         /// On SIGTERM/SIGINT: seconds requests in flight (long-polls included) may take to
         /// finish once new connections are refused.
@@ -1098,19 +1098,32 @@ fn parse_command_line() -> Result<Cli, config_file::ConfigFileError> {
         }
         Ok::<_, config_file::ConfigFileError>(command)
     };
-    let matches = layered(None)?.get_matches();
+    let matches = try_matches(layered(None)?)?;
     let file = matches
         .subcommand_matches("serve")
         .and_then(|serve| serve.get_one::<std::path::PathBuf>("config"))
         .cloned();
     let matches = match file {
-        Some(path) => layered(Some(&path))?.get_matches(),
+        Some(path) => try_matches(layered(Some(&path))?)?,
         None => matches,
     };
-    Cli::from_arg_matches(&matches).map_err(|e| config_file::ConfigFileError::InvalidValue {
-        path: std::path::PathBuf::new(),
-        key: String::new(),
-        reason: e.to_string(),
+    Cli::from_arg_matches(&matches)
+        .map_err(|e| config_file::ConfigFileError::CommandLine(e.kind().to_string()))
+}
+
+/// The command line's matches; `--help` and `--version` print and exit as usual, and a value
+/// clap refuses (from a flag or an environment variable) is a configuration error (exit 1).
+fn try_matches(command: clap::Command) -> Result<clap::ArgMatches, config_file::ConfigFileError> {
+    command.try_get_matches().map_err(|e| {
+        use clap::error::ErrorKind;
+        match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+            _ => config_file::ConfigFileError::CommandLine(config_file::describe_clap_error(
+                &e.to_string(),
+            )),
+        }
     })
 }
 

@@ -23,6 +23,7 @@ pub(crate) mod outcome;
 pub(crate) mod pairing;
 pub mod ports;
 pub(crate) mod qr;
+pub(crate) mod readiness;
 pub(crate) mod retention;
 pub(crate) mod server_keys;
 pub(crate) mod ssrf;

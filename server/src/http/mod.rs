@@ -14,6 +14,7 @@ mod otp;
 mod pairing;
 mod qr;
 mod qr_page;
+mod request_id;
 mod users;
 
 use std::time::Instant;
@@ -84,6 +85,8 @@ use crate::metrics::{RequestLabels, RouteLabels};
         flows::flow_events,
         ops::healthz,
         ops::metrics,
+        ops::livez,
+        ops::readyz,
         application_settings::get_settings,
         application_settings::set_settings,
     ),
@@ -229,6 +232,8 @@ pub(crate) fn router(state: Ctx) -> Router {
             get(application_settings::get_settings).put(application_settings::set_settings),
         )
         .route("/healthz", get(ops::healthz))
+        .route("/livez", get(ops::livez))
+        .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(ops::openapi));
     let router = if metrics_here {
         router.route("/metrics", get(ops::metrics))
@@ -244,6 +249,14 @@ pub(crate) fn router(state: Ctx) -> Router {
             state.clone(),
             announce_key_set,
         ))
+        // Request ids (outermost, so every answer and log line has one): a malformed caller's
+        // id is dropped, a missing one generated, the id echoed and logged.
+        .layer(axum::middleware::from_fn(request_id::in_span))
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            request_id::GenerateRequestId,
+        ))
+        .layer(axum::middleware::from_fn(request_id::drop_malformed))
         .with_state(state)
 }
 
