@@ -139,3 +139,52 @@ async fn health_metrics_and_openapi() {
     );
     assert!(doc["components"]["schemas"].get("ErrorBody").is_some());
 }
+
+tessera_tests::on_each_backend! {
+    live_and_ready_probes_and_request_ids => probes_and_request_ids;
+}
+
+/// `/livez` and `/readyz` answer on a healthy server; every answer, error or not, carries a
+/// request id: the caller's when well formed, else a fresh one, distinct under a burst.
+async fn probes_and_request_ids(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let http = reqwest::Client::new();
+    for path in ["/livez", "/readyz", "/healthz"] {
+        let answer = http
+            .get(format!("{}{path}", server.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["status"], "ok", "{path}");
+    }
+    let echoed = http
+        .get(format!("{}/v1/users/alice", server.base_url))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), 401);
+    assert_eq!(echoed.headers()["x-request-id"], "trace-42");
+
+    let burst = (0..32).map(|i| {
+        let http = http.clone();
+        let url = format!("{}/livez", server.base_url);
+        async move {
+            let mut request = http.get(url);
+            if i % 2 == 0 {
+                request = request.header("x-request-id", "not well formed!");
+            }
+            let answer = request.send().await.unwrap();
+            answer.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    });
+    let ids: std::collections::HashSet<String> =
+        futures::future::join_all(burst).await.into_iter().collect();
+    assert_eq!(ids.len(), 32, "every request its own id");
+    assert!(ids.iter().all(|id| id.len() == 32));
+}
