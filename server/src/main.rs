@@ -223,6 +223,20 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Ask a running server whether it is up (for container health checks): GET the URL, exit 0
+    /// on a 2xx answer within the timeout, 1 otherwise.
+    Probe {
+        /// The probe to call.
+        #[arg(default_value = "http://127.0.0.1:8080/livez")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout_seconds: u64,
+        /// Accept any certificate (a TLS listener reached on a loopback address, whose
+        /// certificate names the public host); refused for any other host.
+        #[arg(long)]
+        insecure_loopback: bool,
+    },
 }
 
 /// Where the master key comes from.
@@ -712,6 +726,17 @@ async fn main() -> ExitCode {
                 Err(e) => fail(server_error_code(&e), e),
             }
         }
+        Command::Probe {
+            url,
+            timeout_seconds,
+            insecure_loopback,
+        } => match probe(&url, timeout_seconds, insecure_loopback).await {
+            Ok(status) => {
+                println!("{}", json!({"status": status}));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("probe", e),
+        },
         Command::Openapi => match serde_json::to_string_pretty(&tessera_server::openapi_document())
         {
             Ok(text) => {
@@ -720,6 +745,38 @@ async fn main() -> ExitCode {
             }
             Err(e) => fail("internal", e),
         },
+    }
+}
+
+/// GETs a health endpoint; the answer's status if it is 2xx.
+async fn probe(url: &str, timeout_seconds: u64, insecure_loopback: bool) -> Result<u16, String> {
+    let parsed = url::Url::parse(url).map_err(|_| "not a URL".to_string())?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    if insecure_loopback && !loopback {
+        return Err("--insecure-loopback is for loopback addresses only".into());
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(timeout_seconds.max(1)))
+        .danger_accept_invalid_certs(insecure_loopback)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let answer = client
+        .get(parsed)
+        .send()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = answer.status();
+    if status.is_success() {
+        Ok(status.as_u16())
+    } else {
+        Err(format!("answered {status}"))
     }
 }
 

@@ -458,6 +458,20 @@ async fn tls_listener_serves_and_reloads_its_certificate_on_sighup() {
             .unwrap_or(true)
     );
 
+    // The container health check: the probe reaches the TLS listener on loopback.
+    let probe = |extra: &[&str]| {
+        bin()
+            .args(["probe", &format!("https://{}/livez", served.addr)])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(probe(&["--insecure-loopback"]).status.success());
+    assert!(
+        !probe(&[]).status.success(),
+        "the certificate is checked by default"
+    );
+
     // A new certificate and SIGHUP: new connections get it; the open one keeps working.
     write_certificate(dir.path(), "server", &second);
     served.signal("HUP");
@@ -527,6 +541,15 @@ async fn readiness_follows_the_schema_on_sqlite() {
     assert!(body["message"].as_str().unwrap().contains('1'), "{body}");
     assert_eq!(get_json(&http, &served.url("/livez")).await.0, 200);
     assert_eq!(get_json(&http, &served.url("/healthz")).await.0, 200);
+    let probe = |path: &str| {
+        bin()
+            .args(["probe", &served.url(path)])
+            .output()
+            .unwrap()
+            .status
+    };
+    assert!(probe("/livez").success());
+    assert_eq!(probe("/readyz").code(), Some(1));
 
     // Migrated again: ready.
     sqlx::query("UPDATE _sqlx_migrations SET version = -version WHERE version = $1")
