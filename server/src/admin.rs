@@ -554,3 +554,36 @@ fn key_operation_error(e: crate::domain::server_keys::KeyOperationError) -> Serv
         other => ServerError::InvalidInput(other.to_string()),
     }
 }
+
+/// Copies a running SQLite database to `target` (a new file, readable by its owner only) with
+/// `VACUUM INTO`: consistent, without stopping the server. PostgreSQL is backed up with
+/// `pg_dump` (docs/operations.md). The copy holds the secrets as sealed in the database: keep
+/// the master key apart from it.
+pub async fn backup(db: &Database, target: &std::path::Path) -> Result<u64, ServerError> {
+    if db.engine() != crate::store::Engine::Sqlite {
+        return Err(ServerError::InvalidInput(
+            "only SQLite databases are copied by this command; back up PostgreSQL with pg_dump"
+                .into(),
+        ));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(target).map_err(|e| {
+        ServerError::InvalidInput(format!(
+            "the backup file {} cannot be created: {e}",
+            target.display()
+        ))
+    })?;
+    let path = target
+        .to_str()
+        .ok_or_else(|| ServerError::InvalidInput("the backup path is not UTF-8".into()))?;
+    if let Err(e) = db.backup_into(path).await {
+        let _ = std::fs::remove_file(target);
+        return Err(e.into());
+    }
+    std::fs::metadata(target)
+        .map(|m| m.len())
+        .map_err(|e| ServerError::InvalidInput(format!("the backup file: {e}")))
+}

@@ -206,6 +206,15 @@ enum Command {
         /// finish once new connections are refused.
         #[arg(long, default_value_t = 30)]
         shutdown_grace_seconds: u64,
+        /// Largest database connection pool of this instance.
+        #[arg(long, default_value_t = 16)]
+        database_max_connections: u32,
+        /// Seconds a request waits for a database connection before it is answered 503.
+        #[arg(long, default_value_t = 10)]
+        database_acquire_timeout_seconds: u64,
+        /// Seconds /readyz waits for the database before it answers not ready.
+        #[arg(long, default_value_t = 2)]
+        readiness_timeout_seconds: u64,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -520,6 +529,12 @@ enum AdminCommand {
         #[arg(long, default_value_t = 7 * 24 * 3600)]
         grace_seconds: u32,
     },
+    /// Copy a SQLite database, while the server runs, to a new file (VACUUM INTO); PostgreSQL is
+    /// backed up with pg_dump. The master key is not in the copy: keep it apart.
+    Backup {
+        /// The new file (must not exist).
+        to: std::path::PathBuf,
+    },
     /// Revoke a device-facing server key at once: unpublished and never trusted again, not even
     /// as a link of a chain of key sets (devices that pinned only it must pair again).
     RevokeServerKey {
@@ -624,6 +639,9 @@ async fn main() -> ExitCode {
             tls_cert,
             tls_key,
             shutdown_grace_seconds,
+            database_max_connections,
+            database_acquire_timeout_seconds,
+            readiness_timeout_seconds,
         } => {
             init_logs(log_format);
             let master_key = match admin::master_key_from(secrets.master_key_file.as_deref()) {
@@ -683,6 +701,11 @@ async fn main() -> ExitCode {
                     }
                 },
                 shutdown_grace: std::time::Duration::from_secs(shutdown_grace_seconds),
+                max_connections: database_max_connections.max(1),
+                database_acquire_timeout: std::time::Duration::from_secs(
+                    database_acquire_timeout_seconds.max(1),
+                ),
+                readiness_timeout: std::time::Duration::from_secs(readiness_timeout_seconds.max(1)),
                 ..ServerConfig::default()
             };
             if check_config {
@@ -826,10 +849,17 @@ async fn run_admin(
         let key = admin::generate_master_key()?;
         return Ok(json!({"master_key": key.as_str()}));
     }
+    if let AdminCommand::Backup { to } = &command {
+        // No secret is opened: the copy is of the sealed values.
+        let db = tessera_server::Database::connect(database, 2).await?;
+        let copied = admin::backup(&db, to).await;
+        db.close().await;
+        return Ok(json!({"backup": to, "bytes": copied?}));
+    }
     let master_key = admin::master_key_from(secrets.master_key_file.as_deref())?;
     let db = admin::open_database(database, master_key.as_deref()).await?;
     let value = match command {
-        AdminCommand::GenerateMasterKey => json!({}),
+        AdminCommand::GenerateMasterKey | AdminCommand::Backup { .. } => json!({}),
         AdminCommand::Rewrap {
             new_master_key_file,
         } => {

@@ -821,3 +821,103 @@ async fn the_drain_ends_at_its_deadline() {
     assert!(poll.await.unwrap().is_err(), "the connection was closed");
     served.wait_log("cut off");
 }
+
+#[test]
+fn the_shipped_config_file_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/tessera.toml");
+    let out = serve(dir.path())
+        .args(["--config", file, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_sqlite_database_is_backed_up_with_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = api_key(dir.path());
+    let served = Served::start({
+        let mut c = serve(dir.path());
+        c.args(["--listen", "127.0.0.1:0"]);
+        c
+    });
+    // A write in flight on the running server while the copy is taken.
+    let http = client();
+    let created = http
+        .post(served.url("/v1/users"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"user_id": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    let copy = dir.path().join("backup.db");
+    let out = bin()
+        .args([
+            "admin",
+            "--database",
+            &format!("sqlite://{}", dir.path().join("t.db").display()),
+            "backup",
+            copy.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(answer["bytes"].as_u64().unwrap() > 0);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the copy is its owner's only: {mode:o}");
+    }
+    // The copy is a whole database: the admin commands read the application and the user.
+    let listed = bin()
+        .args([
+            "admin",
+            "--database",
+            &format!("sqlite://{}", copy.display()),
+            "list-apps",
+        ])
+        .output()
+        .unwrap();
+    let apps: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let app = apps["applications"][0]["application_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let users = bin()
+        .args([
+            "admin",
+            "--database",
+            &format!("sqlite://{}", copy.display()),
+            "list-users",
+            &app,
+        ])
+        .output()
+        .unwrap();
+    let users: Value = serde_json::from_slice(&users.stdout).unwrap();
+    assert_eq!(users["users"][0]["user_id"], "alice", "{users}");
+    // An existing file is never overwritten.
+    let again = bin()
+        .args([
+            "admin",
+            "--database",
+            &format!("sqlite://{}", dir.path().join("t.db").display()),
+            "backup",
+            copy.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    drop(served);
+}

@@ -239,6 +239,20 @@ impl Database {
             .count())
     }
 
+    /// Writes a consistent copy of a SQLite database, while it is in use, to `path`
+    /// (`VACUUM INTO`: a new, compacted database file; the file must not exist or be empty).
+    /// PostgreSQL databases are copied with `pg_dump`: [`StoreError::UnsupportedDatabase`].
+    pub async fn backup_into(&self, path: &str) -> Result<(), StoreError> {
+        if self.engine != Engine::Sqlite {
+            return Err(StoreError::UnsupportedDatabase);
+        }
+        sqlx::query("VACUUM INTO $1")
+            .bind(path)
+            .execute(&self.readers)
+            .await?;
+        Ok(())
+    }
+
     /// Closes the pools.
     pub async fn close(&self) {
         self.readers.close().await;
