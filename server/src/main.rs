@@ -83,6 +83,8 @@ enum ChannelArg {
     Email,
 }
 
+// Parsed once per process: the size of `Serve`'s settings does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API until SIGINT or SIGTERM.
@@ -652,7 +654,7 @@ async fn main() -> ExitCode {
                 || std::env::var("TESSERA_ENV").is_ok_and(|v| v.eq_ignore_ascii_case("production"));
             let public_url = match public_url.map(|u| ServerUrl::parse(&u)).transpose() {
                 Ok(u) => u,
-                Err(e) => return fail("invalid_input", e),
+                Err(e) => return fail("invalid_input", format!("--public-url: {e}")),
             };
             let accessing_ip_table = match ip_table.as_deref().map(IpTable::load).transpose() {
                 Ok(table) => table.unwrap_or_default(),

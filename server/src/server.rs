@@ -308,7 +308,9 @@ impl RunningServer {
         self.listener.abort();
         self.purger.abort();
         self.key_reloader.abort();
-        self.db.close().await;
+        // A request cut off at the deadline may still hold a connection: closing waits for it
+        // a moment only (the process ends anyway).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await;
     }
 }
 
@@ -343,9 +345,7 @@ fn check_database_url(url: &str) -> Result<(), ServerError> {
         || url.starts_with("postgres://")
         || url.starts_with("postgresql://");
     if !known {
-        return Err(ServerError::Config(
-            "--database must be sqlite://FILE or postgres://USER:PASS@HOST/DB".into(),
-        ));
+        return Err(StoreError::UnsupportedDatabase.into());
     }
     if !url.starts_with("sqlite:") && url::Url::parse(url).is_err() {
         return Err(ServerError::Config(

@@ -294,7 +294,6 @@ fn check_config_accepts_a_good_configuration_and_names_what_is_wrong() {
             vec!["--fcm-endpoint".into(), "fcm".into()],
             "--fcm-endpoint",
         ),
-        (vec!["--database".into(), "mysql://x".into()], "--database"),
         (
             vec!["--master-key-file".into(), missing.display().to_string()],
             "master",
@@ -313,6 +312,14 @@ fn check_config_accepts_a_good_configuration_and_names_what_is_wrong() {
             "one JSON error: {e}"
         );
     }
+    // A database that is neither SQLite nor PostgreSQL.
+    let e = error_of(
+        &bin()
+            .args(["serve", "--check-config", "--database", "mysql://x"])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("unsupported_database"), "{e}");
     // A certificate without its key.
     let e = error_of(
         &serve(dir.path())
