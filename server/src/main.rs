@@ -1200,15 +1200,18 @@ fn parse_command_line() -> Result<Cli, config_file::ConfigFileError> {
         .map_err(|e| config_file::ConfigFileError::CommandLine(e.kind().to_string()))
 }
 
-/// The command line's matches; `--help` and `--version` print and exit as usual, and a value
-/// clap refuses (from a flag or an environment variable) is a configuration error (exit 1).
+/// The command line's matches. `--help` and `--version` print and exit as usual, and so does any
+/// other mistake outside `serve`; for `serve`, a value clap refuses (from a flag or an environment
+/// variable) is a configuration error like the others (one JSON line, exit 1).
 fn try_matches(command: clap::Command) -> Result<clap::ArgMatches, config_file::ConfigFileError> {
     command.try_get_matches().map_err(|e| {
         use clap::error::ErrorKind;
+        let serving = std::env::args().nth(1).as_deref() == Some("serve");
         match e.kind() {
             ErrorKind::DisplayHelp
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+            _ if !serving => e.exit(),
             _ => config_file::ConfigFileError::CommandLine(config_file::describe_clap_error(
                 &e.to_string(),
             )),
