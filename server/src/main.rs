@@ -27,6 +27,10 @@
 //! tessera-server admin [--database URL] purge [--retention-days DAYS]
 //! tessera-server admin [--database URL] set-quotas APP_ID [--open-qr-sessions N] [--pending-requests N]
 //! tessera-server openapi
+//! tessera-server serve [--config FILE] [--check-config] [--tls-cert FILE --tls-key FILE]
+//!     [--shutdown-grace-seconds N]   (every serve flag also TESSERA_<NAME> and a key of FILE)
+//! tessera-server admin [--database URL] backup FILE
+//! tessera-server probe [URL] [--insecure-loopback]
 //! ```
 
 use std::io::{IsTerminal, Write};
