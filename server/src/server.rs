@@ -34,6 +34,7 @@ pub struct RunningServer {
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     purger: JoinHandle<()>,
     key_reloader: JoinHandle<()>,
+    webhook_worker: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -110,6 +111,7 @@ impl Server {
                 allow_private: config.ciba_allow_private_notifications,
             },
         ));
+        let config_webhook_policy = (config.webhook_allow_loopback, config.webhook_allow_private);
         let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let state = Ctx {
@@ -126,8 +128,15 @@ impl Server {
             messages,
             ciba_notifier: crate::domain::ciba::NotifierHandle::default(),
             ciba_sender,
+            webhook_sender: Arc::new(crate::delivery::webhooks::HttpsWebhookSender::new(
+                crate::domain::ssrf::TargetPolicy {
+                    allow_loopback: config_webhook_policy.0,
+                    allow_private: config_webhook_policy.1,
+                },
+            )),
         };
         let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
+        let webhook_worker = tokio::spawn(crate::domain::webhooks::run(state.clone()));
         let metrics = metrics_listener.map(|(listener, bound)| {
             let app = crate::http::metrics_router(state.clone());
             let task = tokio::spawn(async move {
@@ -164,6 +173,7 @@ impl Server {
             metrics,
             purger,
             key_reloader,
+            webhook_worker,
         })
     }
 }
@@ -208,6 +218,8 @@ impl RunningServer {
         self.listener.abort();
         self.purger.abort();
         self.key_reloader.abort();
+        self.webhook_worker.abort();
+        let _ = (&mut self.webhook_worker).await;
         self.db.close().await;
     }
 }
