@@ -184,18 +184,15 @@ pub(crate) async fn set_authentication_settings(
     if !applications::set_authentication_settings(db, app, &stored).await? {
         return Err(DomainError::new(ErrorCode::NotFound, "no such application"));
     }
-    let event = super::audit::Event::new(
-        "policy.changed",
-        super::audit::Actor::Customer,
-        "success",
-    )
-    .app(app)
-    .details(serde_json::json!({
-        "number_matching": stored.number_matching,
-        "max_pending_per_user": stored.max_pending_per_user,
-        "max_unapproved_per_user": stored.max_unapproved_per_user,
-        "push_bombing_window_seconds": stored.push_bombing_window_seconds,
-    }));
+    let event =
+        super::audit::Event::new("policy.changed", super::audit::Actor::Customer, "success")
+            .app(app)
+            .details(serde_json::json!({
+                "number_matching": stored.number_matching,
+                "max_pending_per_user": stored.max_pending_per_user,
+                "max_unapproved_per_user": stored.max_unapproved_per_user,
+                "push_bombing_window_seconds": stored.push_bombing_window_seconds,
+            }));
     if let Err(e) =
         super::audit::append(db, &config.accessing_ip_table, config.clock.now_ms(), event).await
     {

@@ -21,7 +21,10 @@ use rand::RngCore;
 use serde_json::{Value, json};
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState, DenialReason};
 use tessera_protocol::error::ErrorCode;
-use tessera_protocol::events::{AuditPage, AuditRecord, EventType, WebhookEvent};
+use tessera_protocol::events::{
+    AuditPage, AuditRecord, AuthenticationHistory, AuthenticationHistoryEntry, EventType,
+    WebhookEvent,
+};
 
 use super::events::Topic;
 use super::{Ctx, DomainError};
@@ -192,11 +195,7 @@ pub(crate) enum RecordError {
 pub(crate) async fn record(ctx: &Ctx, event: Event) {
     let kind = event.kind;
     match append(&ctx.db, &ctx.config.accessing_ip_table, ctx.now_ms(), event).await {
-        Ok(true) => {
-            ctx.events
-                .announce(&ctx.db, &[Topic::WebhookOutbox])
-                .await
-        }
+        Ok(true) => ctx.events.announce(&ctx.db, &[Topic::WebhookOutbox]).await,
         Ok(false) => {}
         Err(e) => tracing::error!(kind, error = %e, "an audit record could not be written"),
     }
@@ -303,8 +302,8 @@ fn authentication_details(record: &Authentication) -> Value {
 
 /// A request was created for a device.
 pub(crate) async fn authentication_created(ctx: &Ctx, record: &Authentication) {
-    let event = Event::webhook(EventType::AuthenticationCreated, Actor::Customer, "pending")
-        .about(record);
+    let event =
+        Event::webhook(EventType::AuthenticationCreated, Actor::Customer, "pending").about(record);
     self::record(ctx, event).await;
 }
 
@@ -324,9 +323,13 @@ pub(crate) fn follow_up<'a>(
 
 async fn authentication_ended(ctx: &Ctx, record: &Authentication) {
     let (event_type, outcome, actor) = match record.state {
-        AuthenticationState::Approved => (EventType::AuthenticationApproved, "approved", Actor::User),
+        AuthenticationState::Approved => {
+            (EventType::AuthenticationApproved, "approved", Actor::User)
+        }
         AuthenticationState::Denied => (EventType::AuthenticationDenied, "denied", Actor::User),
-        AuthenticationState::Expired => (EventType::AuthenticationExpired, "expired", Actor::Server),
+        AuthenticationState::Expired => {
+            (EventType::AuthenticationExpired, "expired", Actor::Server)
+        }
         AuthenticationState::Failed => (EventType::AuthenticationFailed, "failed", Actor::Server),
         AuthenticationState::Pending => return,
     };
@@ -340,7 +343,11 @@ async fn record_ending(
     outcome: &'static str,
     actor: Actor,
 ) {
-    self::record(ctx, Event::webhook(event_type, actor, outcome).about(record)).await;
+    self::record(
+        ctx,
+        Event::webhook(event_type, actor, outcome).about(record),
+    )
+    .await;
     if let Some(reason @ (DenialReason::ReportedFraud | DenialReason::WrongNumber)) =
         record.denial_reason
     {
@@ -499,7 +506,11 @@ fn decode_cursor(cursor: &str) -> Result<i64, DomainError> {
     let bad = || DomainError::new(ErrorCode::InvalidRequest, "the cursor is not valid");
     let bytes = cursor
         .strip_prefix(CURSOR_PREFIX)
-        .and_then(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok())
+        .and_then(|c| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
         .ok_or_else(bad)?;
     let bytes: [u8; 8] = bytes.try_into().map_err(|_| bad())?;
     Ok(i64::from_be_bytes(bytes))
@@ -553,16 +564,13 @@ pub(crate) async fn page(
     })
 }
 
-/// The audit log as JSON lines, oldest first, from the records matching `filter`: calls
-/// `write` with each batch of lines until all are written.
-pub(crate) async fn export<F>(
+/// Sends the records matching `filter` as JSON lines, oldest first, in batches, until all are
+/// sent or the receiver is gone. Returns how many records were sent.
+pub(crate) async fn export(
     db: &Database,
     mut filter: Filter,
-    mut write: F,
-) -> Result<u64, StoreError>
-where
-    F: FnMut(String) -> bool,
-{
+    lines: tokio::sync::mpsc::Sender<String>,
+) -> Result<u64, StoreError> {
     let mut written = 0u64;
     loop {
         let rows = store::query(db, &filter, 500, true).await?;
@@ -572,15 +580,130 @@ where
         filter.after_seq = Some(last.seq);
         let mut batch = String::new();
         for row in rows {
-            let line = serde_json::to_string(&to_wire(row)).unwrap_or_default();
-            batch.push_str(&line);
-            batch.push('\n');
-            written += 1;
+            if let Ok(line) = serde_json::to_string(&to_wire(row)) {
+                batch.push_str(&line);
+                batch.push('\n');
+                written += 1;
+            }
         }
-        if !write(batch) {
+        if lines.send(batch).await.is_err() {
             return Ok(written);
         }
     }
+}
+
+/// The application's audit log as JSON lines (oldest first, filtered like [`page`] but
+/// without a cursor), streamed as it is read.
+pub(crate) fn export_stream(
+    ctx: &Ctx,
+    app: &tessera_protocol::ids::ApplicationId,
+    query: &Query,
+) -> tokio::sync::mpsc::Receiver<String> {
+    let filter = Filter {
+        application_id: Some(app.to_string()),
+        user_id: query.user_id.clone(),
+        kind: query.kind.clone(),
+        since_ms: query.since_ms,
+        until_ms: query.until_ms,
+        before_seq: None,
+        after_seq: None,
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let db = ctx.db.clone();
+    tokio::spawn(async move {
+        if let Err(e) = export(&db, filter, sender).await {
+            tracing::warn!(error = %e, "audit export stopped");
+        }
+    });
+    receiver
+}
+
+const HISTORY_CURSOR_PREFIX: &str = "h1.";
+
+fn encode_history_cursor(created_at: i64, id: &str) -> String {
+    let text = format!("{created_at}:{id}");
+    format!(
+        "{HISTORY_CURSOR_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    )
+}
+
+fn decode_history_cursor(cursor: &str) -> Result<(i64, String), DomainError> {
+    let bad = || DomainError::new(ErrorCode::InvalidRequest, "the cursor is not valid");
+    let bytes = cursor
+        .strip_prefix(HISTORY_CURSOR_PREFIX)
+        .and_then(|c| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
+        .ok_or_else(bad)?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (at, id) = text.split_once(':').ok_or_else(bad)?;
+    let at = at.parse::<i64>().map_err(|_| bad())?;
+    if id.is_empty() || id.len() > 128 {
+        return Err(bad());
+    }
+    Ok((at, id.to_string()))
+}
+
+/// One page of the user's authentications, newest first (`user_not_found` for an unknown
+/// user). The cursor names the last authentication answered, so authentications created
+/// meanwhile never shift the pages that follow.
+pub(crate) async fn authentication_history(
+    ctx: &Ctx,
+    app: &tessera_protocol::ids::ApplicationId,
+    user_id: &tessera_protocol::ids::UserId,
+    cursor: Option<&str>,
+    limit: Option<u32>,
+) -> Result<AuthenticationHistory, DomainError> {
+    super::users::require_user(ctx, app, user_id).await?;
+    let before = cursor.map(decode_history_cursor).transpose()?;
+    let limit = i64::from(limit.unwrap_or(50).clamp(1, MAX_PAGE));
+    let mut rows =
+        store::authentication_history(&ctx.db, app.as_str(), user_id.as_str(), before, limit + 1)
+            .await?;
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > page;
+    rows.truncate(page);
+    let now = ctx.now();
+    let next_cursor = more
+        .then(|| {
+            rows.last()
+                .map(|r| encode_history_cursor(r.created_at, &r.id))
+        })
+        .flatten();
+    Ok(AuthenticationHistory {
+        authentications: rows
+            .into_iter()
+            .map(|r| {
+                let status = if r.state == "pending" && now >= r.expires_at {
+                    "expired".to_string()
+                } else {
+                    r.state
+                };
+                let answer_type = match (r.signed, r.decision.is_some(), status.as_str()) {
+                    (true, _, _) => Some("device".to_string()),
+                    (false, true, "approved" | "denied") => Some("passcode".to_string()),
+                    _ => None,
+                };
+                AuthenticationHistoryEntry {
+                    authentication_id: r.id,
+                    kind: r.kind,
+                    status,
+                    answer_type,
+                    denial_reason: r.denial_reason,
+                    failure_reason: r.failure_reason,
+                    created_at: r.created_at,
+                    answered_at: r.answered_at,
+                    expires_at: r.expires_at,
+                    device_id: r.enrollment_id,
+                    accessing_ip: r.accessing_ip,
+                }
+            })
+            .collect(),
+        next_cursor,
+    })
 }
 
 #[cfg(test)]
@@ -594,6 +717,14 @@ mod tests {
         }
         for bad in ["", "a1.", "a1.!!!", "b1.AAAAAAAAAAE", "a1.AAAA"] {
             assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+        let cursor = encode_history_cursor(1_700_000_000, "aut_x:y");
+        assert_eq!(
+            decode_history_cursor(&cursor).unwrap(),
+            (1_700_000_000, "aut_x:y".to_string())
+        );
+        for bad in ["", "h1.", "h1.!!", &encode_cursor(3), "h1.YWJj"] {
+            assert!(decode_history_cursor(bad).is_err(), "{bad}");
         }
     }
 }

@@ -64,9 +64,11 @@ pub(crate) async fn authenticate(
     let enrollment = enrollments::by_id(&ctx.db, &claimed.enrollment_id)
         .await?
         .ok_or_else(unauthorized)?;
-    let Some(claims) =
-        verify_possession_signed::<DeviceRequestClaims>(jws, MessageType::DeviceRequest, &enrollment)
-    else {
+    let Some(claims) = verify_possession_signed::<DeviceRequestClaims>(
+        jws,
+        MessageType::DeviceRequest,
+        &enrollment,
+    ) else {
         super::audit::signature_failed(ctx, &enrollment, None, "device_request").await;
         return Err(unauthorized());
     };

@@ -254,7 +254,9 @@ pub(crate) async fn remove_user(
     let mut topics = Vec::new();
     for failed in &removed.failed {
         topics.push(super::events::Topic::Authentication(failed.id.clone()));
-        topics.push(super::events::Topic::Enrollment(failed.enrollment_id.clone()));
+        topics.push(super::events::Topic::Enrollment(
+            failed.enrollment_id.clone(),
+        ));
     }
     ctx.events.announce(&ctx.db, &topics).await;
     for failed in &removed.failed {

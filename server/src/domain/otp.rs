@@ -100,10 +100,13 @@ pub(crate) fn refuse(ctx: &Ctx, attempt: &Attempt, message: &str) -> DomainError
     if attempt.failures >= max {
         if attempt.failures == max {
             // The attempt that locked the user out: recorded once, after this answer.
-            let event = super::audit::Event::new("lockout", super::audit::Actor::Anonymous, "locked")
-                .app(&attempt.app)
-                .user(&attempt.user)
-                .details(serde_json::json!({ "failures": attempt.failures, "method": "passcode" }));
+            let event =
+                super::audit::Event::new("lockout", super::audit::Actor::Anonymous, "locked")
+                    .app(&attempt.app)
+                    .user(&attempt.user)
+                    .details(
+                        serde_json::json!({ "failures": attempt.failures, "method": "passcode" }),
+                    );
             let ctx = ctx.clone();
             tokio::spawn(async move { super::audit::record(&ctx, event).await });
         }

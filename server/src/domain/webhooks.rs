@@ -107,7 +107,8 @@ pub(crate) async fn create_endpoint(
     let url = ssrf::check_endpoint(&body.url, target_policy(ctx)).map_err(|e| {
         DomainError::new(
             ErrorCode::InvalidRequest,
-            e.to_string().replace("notification endpoint", "webhook URL"),
+            e.to_string()
+                .replace("notification endpoint", "webhook URL"),
         )
     })?;
     if store::endpoints(&ctx.db, app.as_str()).await?.len() >= MAX_ENDPOINTS {
@@ -213,7 +214,9 @@ pub(crate) fn retry_wait(
     jitter: f64,
 ) -> Duration {
     let exponent = u32::try_from(attempts_made.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-    let backoff = base.saturating_mul(2u32.saturating_pow(exponent)).min(MAX_RETRY_WAIT);
+    let backoff = base
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(MAX_RETRY_WAIT);
     let jittered = backoff.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
     match retry_after {
         Some(after) => jittered.max(after.min(MAX_RETRY_WAIT)),

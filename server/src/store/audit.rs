@@ -48,10 +48,7 @@ pub struct StoredRecord {
 }
 
 /// Appends `record` within `tx`.
-pub async fn append(
-    tx: &mut sqlx::AnyConnection,
-    record: &NewRecord,
-) -> Result<(), StoreError> {
+pub async fn append(tx: &mut sqlx::AnyConnection, record: &NewRecord) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, device_id, subject, \
          client_ip, accessing_ip, location, outcome, details) \
@@ -216,4 +213,92 @@ pub async fn claim_unreported_expired(
         }
     }
     Ok(expired)
+}
+
+/// One authentication as a user's history shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// The authentication.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its stored state (`pending` may have expired: see `expires_at`).
+    pub state: String,
+    /// Whether a signed answer was recorded.
+    pub signed: bool,
+    /// The decision recorded, if any.
+    pub decision: Option<String>,
+    /// Why it was denied.
+    pub denial_reason: Option<String>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Created (seconds).
+    pub created_at: i64,
+    /// Answered (seconds).
+    pub answered_at: Option<i64>,
+    /// Expires (seconds).
+    pub expires_at: i64,
+    /// The device asked.
+    pub enrollment_id: String,
+    /// The person's address.
+    pub accessing_ip: Option<String>,
+}
+
+/// Up to `limit` of the user's authentications, newest first, older than `before` (the
+/// `(created_at, id)` of the last row of the previous page).
+pub async fn authentication_history(
+    db: &Database,
+    application_id: &str,
+    user_id: &str,
+    before: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<HistoryRow>, StoreError> {
+    let columns = "id, kind, state, signed_response IS NOT NULL AS signed, decision, denial_reason, \
+                   failure_reason, created_at, answered_at, expires_at, enrollment_id, accessing_ip";
+    let rows =
+        match before {
+            Some((created_at, id)) => sqlx::query(&format!(
+                "SELECT {columns} FROM authentications WHERE application_id = $1 AND user_id = $2 \
+                 AND (created_at < $3 OR (created_at = $3 AND id < $4)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $5"
+            ))
+            .bind(application_id)
+            .bind(user_id)
+            .bind(created_at)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(db.pool())
+            .await?,
+            None => sqlx::query(&format!(
+                "SELECT {columns} FROM authentications WHERE application_id = $1 AND user_id = $2 \
+                 ORDER BY created_at DESC, id DESC LIMIT $3"
+            ))
+            .bind(application_id)
+            .bind(user_id)
+            .bind(limit)
+            .fetch_all(db.pool())
+            .await?,
+        };
+    rows.iter()
+        .map(|row| {
+            let signed: bool = match row.try_get::<bool, _>("signed") {
+                Ok(b) => b,
+                Err(_) => row.try_get::<i64, _>("signed")? != 0,
+            };
+            Ok(HistoryRow {
+                id: row.try_get("id")?,
+                kind: row.try_get("kind")?,
+                state: row.try_get("state")?,
+                signed,
+                decision: row.try_get("decision")?,
+                denial_reason: row.try_get("denial_reason")?,
+                failure_reason: row.try_get("failure_reason")?,
+                created_at: row.try_get("created_at")?,
+                answered_at: row.try_get("answered_at")?,
+                expires_at: row.try_get("expires_at")?,
+                enrollment_id: row.try_get("enrollment_id")?,
+                accessing_ip: row.try_get("accessing_ip")?,
+            })
+        })
+        .collect()
 }
