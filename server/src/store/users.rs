@@ -222,8 +222,11 @@ pub async fn delete(
     .map(|r| r.try_get::<String, _>("enrollment_id"))
     .collect::<Result<Vec<_>, _>>()?;
     for enrollment_id in &enrollment_ids {
-        sqlx::query("DELETE FROM device_nonces WHERE nonce_key LIKE $1")
-            .bind(format!("{}:%", like_escape(enrollment_id)))
+        // Nonce keys are `<enrollment id>:<nonce>`.
+        let prefix = format!("{enrollment_id}:");
+        sqlx::query("DELETE FROM device_nonces WHERE substr(nonce_key, 1, $2) = $1")
+            .bind(&prefix)
+            .bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
             .execute(&mut *tx)
             .await?;
     }
@@ -279,11 +282,4 @@ pub async fn delete(
         enrollment_ids,
         authentications,
     }))
-}
-
-/// `text` with the `LIKE` wildcards escaped (ids never hold them, but a pattern is a pattern).
-fn like_escape(text: &str) -> String {
-    text.chars()
-        .filter(|c| !matches!(c, '%' | '_' | '\\'))
-        .collect()
 }
