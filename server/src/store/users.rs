@@ -224,11 +224,13 @@ pub async fn delete(
     for enrollment_id in &enrollment_ids {
         // Nonce keys are `<enrollment id>:<nonce>`.
         let prefix = format!("{enrollment_id}:");
-        sqlx::query("DELETE FROM device_nonces WHERE substr(nonce_key, 1, CAST($2 AS INTEGER)) = $1")
-            .bind(&prefix)
-            .bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM device_nonces WHERE substr(nonce_key, 1, CAST($2 AS INTEGER)) = $1",
+        )
+        .bind(&prefix)
+        .bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
     }
     sqlx::query(
         "DELETE FROM flow_events WHERE flow_id IN \

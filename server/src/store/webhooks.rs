@@ -396,3 +396,123 @@ pub async fn endpoint_by_id(db: &Database, id: &str) -> Result<Option<Endpoint>,
     .await?;
     row.as_ref().map(row_to_endpoint).transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    async fn database_with_deliveries(n: usize) -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let mut db = Database::connect(&url, 4).await.expect("database");
+        db.open_secrets(None, 0).await.expect("data key");
+        sqlx::query(
+            "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ('app', 'A', 'd', 0)",
+        )
+        .execute(db.writer())
+        .await
+        .expect("application");
+        let endpoint = Endpoint {
+            id: "whe_1".into(),
+            application_id: "app".into(),
+            url: "https://hooks.example.com/x".into(),
+            event_types: String::new(),
+            created_at: 0,
+        };
+        insert_endpoint(&db, &endpoint, "whsec_x")
+            .await
+            .expect("endpoint");
+        let deliveries: Vec<NewDelivery> = (0..n)
+            .map(|i| NewDelivery {
+                id: format!("whd_{i}"),
+                endpoint_id: "whe_1".into(),
+                application_id: "app".into(),
+                event_id: format!("evt_{i}"),
+                event_type: "pairing.completed".into(),
+                payload: "{}".into(),
+                created_at_ms: 1_000,
+            })
+            .collect();
+        let mut tx = db.begin_write().await.expect("tx");
+        enqueue(&mut tx, &deliveries).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+        (dir, db)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claimers_each_get_distinct_rows_and_leases_hold_until_they_lapse() {
+        let (_dir, db) = database_with_deliveries(50).await;
+        let claimers: Vec<_> = (0..8)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        let got = claim_due(&db, &format!("w{i}"), 2_000, 60_000, 5)
+                            .await
+                            .expect("claim");
+                        if got.is_empty() {
+                            return mine;
+                        }
+                        mine.extend(got.into_iter().map(|d| d.id));
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for claimer in claimers {
+            all.extend(claimer.await.expect("claimer"));
+        }
+        assert_eq!(all.len(), 50, "every row claimed");
+        assert_eq!(all.iter().collect::<HashSet<_>>().len(), 50, "each once");
+        // Leased: nobody else gets them before the lease lapses, everybody after.
+        assert!(
+            claim_due(&db, "late", 59_999, 120_000, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let resumed = claim_due(&db, "late", 60_000, 120_000, 100).await.unwrap();
+        assert_eq!(resumed.len(), 50);
+        // Only the lease holder records an attempt.
+        let retry = AttemptResult::Retry {
+            status: Some(500),
+            error: "answered 500".into(),
+            next_attempt_at: 70_000,
+        };
+        assert!(
+            !record_attempt(&db, "whd_0", "w0", 60_001, &retry)
+                .await
+                .unwrap()
+        );
+        assert!(
+            record_attempt(&db, "whd_0", "late", 60_001, &retry)
+                .await
+                .unwrap()
+        );
+        let listed = deliveries(&db, "app", "whe_1", 100).await.unwrap();
+        let d0 = listed.iter().find(|d| d.id == "whd_0").unwrap();
+        assert_eq!((d0.attempts, d0.next_attempt_at), (1, 70_000));
+        assert_eq!(d0.last_status, Some(500));
+        // Not due yet, then due.
+        assert!(
+            claim_due(&db, "x", 69_999, 200_000, 100)
+                .await
+                .unwrap()
+                .iter()
+                .all(|d| d.id != "whd_0")
+        );
+        let due = claim_due(&db, "x", 130_000, 200_000, 100).await.unwrap();
+        assert!(due.iter().any(|d| d.id == "whd_0"));
+        // The secret is stored sealed and opens to what was stored.
+        assert_eq!(
+            endpoint_secret(&db, "whe_1")
+                .await
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "whsec_x"
+        );
+    }
+}

@@ -185,6 +185,23 @@ async fn each_event_kind(backend: Backend) {
         Some(expiring.authentication_id.as_str())
     );
     assert_eq!(expired.actor, "server");
+    // A flow, cancelled: completed.
+    let flow = customer
+        .create_flow(&tessera_protocol::flows::CreateFlowRequest::new(
+            "alice".parse().unwrap(),
+        ))
+        .await
+        .unwrap();
+    customer
+        .flow_action(
+            flow.id.as_str(),
+            &tessera_protocol::flows::FlowAction::CancelAuthentication {},
+        )
+        .await
+        .unwrap();
+    let completed = record_of(&server, "flow.completed").await;
+    assert_eq!(completed.subject.as_deref(), Some(flow.id.as_str()));
+    assert_eq!(completed.details["status"], "CANCELED");
     customer
         .remove_device("alice", &enrollment.parse().unwrap())
         .await
@@ -249,12 +266,16 @@ async fn each_event_kind(backend: Backend) {
     .await
     .unwrap();
     assert!(rejected >= 1);
-    // The user's records stay after the user is gone; records are per event, never merged.
-    let created = records
+    // One record per event, never merged: each request has its own creation record.
+    let created: HashSet<&str> = records
         .iter()
         .filter(|r| r.kind == "authentication.created")
-        .count();
-    assert_eq!(created, 4);
+        .filter_map(|r| r.subject.as_deref())
+        .collect();
+    for id in [&approved, &denied, &failed, &expiring] {
+        assert!(created.contains(id.authentication_id.as_str()));
+    }
+    assert!(kinds.contains("flow.completed"));
 }
 
 async fn append_only(backend: Backend) {
