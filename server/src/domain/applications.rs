@@ -21,8 +21,13 @@ pub(crate) async fn by_api_key(
     Ok(applications::by_api_key(&ctx.db, api_key).await?)
 }
 
-/// A call with a missing or unknown API key, from `client_ip`: recorded in the audit log.
+/// A call with a missing or unknown API key, from `client_ip`: recorded in the audit log (at
+/// most once a minute per address).
 pub(crate) async fn api_key_rejected(ctx: &Ctx, client_ip: Option<&str>, presented: bool) {
+    if !super::audit::unauthenticated_failure_due(ctx, "api_key.rejected", client_ip.unwrap_or(""))
+    {
+        return;
+    }
     let event = super::audit::Event::new(
         "api_key.rejected",
         super::audit::Actor::Anonymous,

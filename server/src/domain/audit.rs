@@ -168,6 +168,41 @@ impl Event {
     }
 }
 
+/// How often an unauthenticated caller's failures of one kind are recorded: at most once per
+/// key (caller address, device) per this many milliseconds, so a flood of forged calls cannot
+/// turn into a flood of writes.
+const UNAUTHENTICATED_RECORD_INTERVAL_MS: i64 = 60_000;
+/// The most keys remembered; past it, the memory is cleared (and a record may be repeated).
+const UNAUTHENTICATED_KEYS: usize = 10_000;
+
+/// Whether a failure by an unauthenticated caller, under `key`, should be recorded now (at most
+/// once per key per minute, per server). Each server (by its public URL) keeps its own memory.
+pub(crate) fn unauthenticated_failure_due(ctx: &Ctx, kind: &str, key: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static LAST: OnceLock<Mutex<HashMap<String, i64>>> = OnceLock::new();
+    let now = ctx.now_ms();
+    let mut last = LAST
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    due(&mut last, format!("{}|{kind}|{key}", ctx.public_url), now)
+}
+
+/// Whether `key` was last recorded (in `last`) long enough before `now`; notes `now` if so.
+fn due(last: &mut std::collections::HashMap<String, i64>, key: String, now: i64) -> bool {
+    if last.len() >= UNAUTHENTICATED_KEYS {
+        last.clear();
+    }
+    match last.get(&key) {
+        Some(at) if now.saturating_sub(*at) < UNAUTHENTICATED_RECORD_INTERVAL_MS => false,
+        _ => {
+            last.insert(key, now);
+            true
+        }
+    }
+}
+
 /// A random id with `prefix`.
 pub(crate) fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
@@ -402,6 +437,10 @@ pub(crate) async fn signature_failed(
     client_ip: Option<&str>,
     what: &'static str,
 ) {
+    let key = format!("{}|{}", device.enrollment_id, client_ip.unwrap_or(""));
+    if !unauthenticated_failure_due(ctx, "signature.failed", &key) {
+        return;
+    }
     let event = Event::new("signature.failed", Actor::Anonymous, "refused")
         .app(&device.application_id)
         .user(&device.user_id)
@@ -726,5 +765,21 @@ mod tests {
         for bad in ["", "h1.", "h1.!!", &encode_cursor(3), "h1.YWJj"] {
             assert!(decode_history_cursor(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn unauthenticated_failures_are_recorded_once_a_minute_per_key() {
+        let mut last = std::collections::HashMap::new();
+        assert!(due(&mut last, "a".into(), 1_000));
+        assert!(!due(&mut last, "a".into(), 60_999));
+        assert!(due(&mut last, "b".into(), 2_000));
+        assert!(due(&mut last, "a".into(), 61_000));
+        for i in 0..UNAUTHENTICATED_KEYS {
+            due(&mut last, format!("k{i}"), 0);
+        }
+        assert!(
+            last.len() <= UNAUTHENTICATED_KEYS,
+            "the memory stays bounded"
+        );
     }
 }
