@@ -23,6 +23,7 @@ on_each_backend! {
     queries_filter_and_page_with_cursors_stable_under_inserts_and_export_json_lines => queries_and_export;
     deleting_a_user_leaves_nothing_behind_and_their_devices_learn_it => user_deletion;
     the_authentication_history_pages_newest_first_with_a_cursor => history;
+    a_finished_ciba_request_is_recorded_as_ciba_completed => ciba_completed;
 }
 
 fn http() -> reqwest::Client {
@@ -620,4 +621,53 @@ async fn history(backend: Backend) {
     let (status, body) = get_json(&server, "/v1/users/hank/authentications?cursor=zzz").await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "invalid_request");
+}
+
+async fn ciba_completed(backend: Backend) {
+    use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
+    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+    let server = TestServer::start(backend).await;
+    server.user("ivy").await;
+    let (device, enrollment) = pair(&server, "ivy").await;
+    let registered = server
+        .customer
+        .register_ciba_client(&RegisterCibaClient {
+            client_name: "Call Centre".into(),
+            backchannel_token_delivery_mode: DeliveryMode::Poll,
+            backchannel_client_notification_endpoint: None,
+            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
+            jwks: None,
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+        })
+        .await
+        .unwrap();
+    let rp = RelyingParty::discover(
+        &server.base_url,
+        &registered.client_id,
+        ClientCredentials::SecretBasic(registered.client_secret.clone().unwrap()),
+    )
+    .await
+    .unwrap();
+    rp.backchannel(&[("scope", "openid"), ("login_hint", "ivy")])
+        .await
+        .unwrap();
+    let requests = device
+        .auth
+        .wait_for_requests(&enrollment.parse().unwrap(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    device
+        .auth
+        .approve(&requests[0], vec!["fpt".into()], None)
+        .await
+        .unwrap();
+    let completed = record_of(&server, "ciba.completed").await;
+    assert_eq!(completed.user_id.as_deref(), Some("ivy"));
+    assert_eq!(completed.outcome, "approved");
+    assert_eq!(
+        completed.subject.as_deref(),
+        Some(requests[0].request_id.as_str())
+    );
+    assert_eq!(completed.details["kind"], "ciba");
 }
