@@ -65,6 +65,7 @@ pub mod device_auth;
 pub mod display;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod flows;
 pub mod ids;
 pub mod jwk;

@@ -587,3 +587,56 @@ pub async fn backup(db: &Database, target: &std::path::Path) -> Result<u64, Serv
         .map(|m| m.len())
         .map_err(|e| ServerError::InvalidInput(format!("the backup file: {e}")))
 }
+
+/// Records an admin command in the audit log (`kind`: `admin.command`, or the key change it
+/// made), with the command's name, its application if one was named, and whether it succeeded.
+/// A failure to record is reported on standard error: the command already ran.
+pub async fn record_command(
+    db: &Database,
+    kind: &'static str,
+    command: &str,
+    application_id: Option<&str>,
+    succeeded: bool,
+) {
+    use crate::domain::audit::{Actor, Event, append};
+    let outcome = if succeeded { "success" } else { "failed" };
+    let mut event =
+        Event::new(kind, Actor::Admin, outcome).details(serde_json::json!({ "command": command }));
+    if let Some(app) = application_id {
+        event = event.app(app);
+    }
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    if let Err(e) = append(db, &crate::ip_table::IpTable::default(), now, event).await {
+        eprintln!("warning: the command could not be recorded in the audit log: {e}");
+    }
+}
+
+/// Writes the audit log (of `application`, or all of it) as JSON lines, oldest first, to `out`.
+/// Returns how many records were written.
+pub async fn export_audit(
+    db: &Database,
+    application: Option<&ApplicationId>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    out: &mut impl std::io::Write,
+) -> Result<u64, ServerError> {
+    let filter = crate::store::audit::Filter {
+        application_id: application.map(ToString::to_string),
+        since_ms,
+        until_ms,
+        ..Default::default()
+    };
+    let (sender, mut lines) = tokio::sync::mpsc::channel(4);
+    let export = crate::domain::audit::export(db, filter, sender);
+    let write = async {
+        while let Some(batch) = lines.recv().await {
+            out.write_all(batch.as_bytes())
+                .map_err(|e| ServerError::InvalidInput(format!("cannot write the export: {e}")))?;
+        }
+        out.flush()
+            .map_err(|e| ServerError::InvalidInput(format!("cannot write the export: {e}")))
+    };
+    let (exported, written) = tokio::join!(export, write);
+    written?;
+    Ok(exported?)
+}

@@ -139,6 +139,22 @@ pub struct ServerConfig {
     pub shutdown_grace: std::time::Duration,
     /// The longest `/readyz` waits for the database before it answers not ready.
     pub readiness_timeout: std::time::Duration,
+    /// Webhooks: whether endpoints may be on loopback (and then plain `http://`). For
+    /// development and tests only.
+    pub webhook_allow_loopback: bool,
+    /// Webhooks: whether endpoints may be in private, link-local or other non-public ranges.
+    pub webhook_allow_private: bool,
+    /// Webhooks: attempts at one delivery before it is given up.
+    pub webhook_attempts: u32,
+    /// Webhooks: the wait before the first retry; each further retry waits about twice longer
+    /// (with jitter, and never less than the receiver's `Retry-After`).
+    pub webhook_retry_base: std::time::Duration,
+    /// Webhooks: the fallback sweep of each instance's worker (it is woken at once when an
+    /// event is queued, and when a retry falls due).
+    pub webhook_sweep: std::time::Duration,
+    /// Webhooks: how long past one POST's timeout an instance's claim on a delivery holds
+    /// before another instance may resume it.
+    pub webhook_lease_margin: std::time::Duration,
 }
 
 /// The certificate chain and private key files of the TLS listener.
@@ -207,6 +223,12 @@ impl Default for ServerConfig {
             tls: None,
             shutdown_grace: std::time::Duration::from_secs(30),
             readiness_timeout: std::time::Duration::from_secs(2),
+            webhook_allow_loopback: false,
+            webhook_allow_private: false,
+            webhook_attempts: 10,
+            webhook_retry_base: std::time::Duration::from_secs(5),
+            webhook_sweep: std::time::Duration::from_secs(30),
+            webhook_lease_margin: std::time::Duration::from_secs(20),
         }
     }
 }

@@ -479,6 +479,18 @@ enum AdminCommand {
         #[arg(long)]
         new_master_key_file: std::path::PathBuf,
     },
+    /// Write the audit log as JSON lines (oldest first) to standard output.
+    ExportAudit {
+        /// Only this application's records (default: every application's and the server's).
+        #[arg(long)]
+        application_id: Option<String>,
+        /// Only records at or after this time (ms since the epoch).
+        #[arg(long)]
+        since_ms: Option<i64>,
+        /// Only records before this time (ms since the epoch).
+        #[arg(long)]
+        until_ms: Option<i64>,
+    },
     /// Delete what finished or expired more than --retention-days days ago.
     Purge {
         /// Days to keep.
@@ -748,6 +760,8 @@ async fn main() -> ExitCode {
         } => {
             init_logs(LogFormat::Text);
             match run_admin(&database, &secrets, command).await {
+                // Commands that wrote their own output (the audit export) answer null.
+                Ok(serde_json::Value::Null) => ExitCode::SUCCESS,
                 Ok(value) => {
                     println!("{value}");
                     ExitCode::SUCCESS
@@ -864,8 +878,22 @@ async fn run_admin(
     }
     let master_key = admin::master_key_from(secrets.master_key_file.as_deref())?;
     let db = admin::open_database(database, master_key.as_deref()).await?;
-    let value = match command {
+    // Every command but the export is recorded in the audit log, with how it ended.
+    let audited = !matches!(command, AdminCommand::ExportAudit { .. });
+    let (command_name, command_app) = admin_command_words();
+    let kind = admin_audit_kind(&command);
+    let result = async { Ok::<_, ServerError>(match command {
         AdminCommand::GenerateMasterKey | AdminCommand::Backup { .. } => json!({}),
+        AdminCommand::ExportAudit {
+            application_id,
+            since_ms,
+            until_ms,
+        } => {
+            let app = application_id.as_deref().map(parse_app).transpose()?;
+            let mut out = std::io::stdout().lock();
+            admin::export_audit(&db, app.as_ref(), since_ms, until_ms, &mut out).await?;
+            serde_json::Value::Null
+        }
         AdminCommand::Rewrap {
             new_master_key_file,
         } => {
@@ -1155,9 +1183,49 @@ async fn run_admin(
             admin::revoke_server_key(&db, &kid, tessera_protocol::time::now()).await?;
             json!({"revoked": kid})
         }
-    };
+    }) }
+    .await;
+    if audited {
+        admin::record_command(
+            &db,
+            kind,
+            &command_name,
+            command_app.as_deref(),
+            result.is_ok(),
+        )
+        .await;
+    }
     db.close().await;
-    Ok(value)
+    result
+}
+
+/// The admin subcommand's name as typed, and the first argument naming an application.
+fn admin_command_words() -> (String, Option<String>) {
+    let args: Vec<String> = std::env::args().collect();
+    let name = args
+        .iter()
+        .skip_while(|a| a.as_str() != "admin")
+        .skip(1)
+        .find(|a| !a.starts_with('-') && !a.contains("://"))
+        .cloned()
+        .unwrap_or_default();
+    let app = args
+        .iter()
+        .find(|a| a.parse::<ApplicationId>().is_ok())
+        .cloned();
+    (name, app)
+}
+
+/// The audit kind of an admin command: key changes have their own.
+fn admin_audit_kind(command: &AdminCommand) -> &'static str {
+    match command {
+        AdminCommand::RotateServerKey { .. } => "server_key.rotated",
+        AdminCommand::RevokeServerKey { .. } => "server_key.revoked",
+        AdminCommand::RotateIdTokenKey => "id_token_key.rotated",
+        AdminCommand::RotateApiKey { .. } => "api_key.rotated",
+        AdminCommand::Rewrap { .. } => "master_key.rewrapped",
+        _ => "admin.command",
+    }
 }
 
 fn otp_policy_json(app: &ApplicationId, p: &OtpPolicy) -> serde_json::Value {

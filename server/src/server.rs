@@ -38,6 +38,7 @@ pub struct RunningServer {
     key_reloader: JoinHandle<()>,
     tls: Option<(TlsFiles, RustlsConfig)>,
     shutdown_grace: std::time::Duration,
+    webhook_worker: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -143,6 +144,7 @@ impl Server {
                 allow_private: config.ciba_allow_private_notifications,
             },
         ));
+        let config_webhook_policy = (config.webhook_allow_loopback, config.webhook_allow_private);
         let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let state = Ctx {
@@ -159,8 +161,15 @@ impl Server {
             messages,
             ciba_notifier: crate::domain::ciba::NotifierHandle::default(),
             ciba_sender,
+            webhook_sender: Arc::new(crate::delivery::webhooks::HttpsWebhookSender::new(
+                crate::domain::ssrf::TargetPolicy {
+                    allow_loopback: config_webhook_policy.0,
+                    allow_private: config_webhook_policy.1,
+                },
+            )),
         };
         let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
+        let webhook_worker = tokio::spawn(crate::domain::webhooks::run(state.clone()));
         let metrics = metrics_listener.map(|(listener, bound)| {
             let app = crate::http::metrics_router(state.clone());
             let task = tokio::spawn(async move {
@@ -230,6 +239,7 @@ impl Server {
             key_reloader,
             tls,
             shutdown_grace,
+            webhook_worker,
         })
     }
 }
@@ -308,6 +318,8 @@ impl RunningServer {
         self.listener.abort();
         self.purger.abort();
         self.key_reloader.abort();
+        self.webhook_worker.abort();
+        let _ = (&mut self.webhook_worker).await;
         // A request cut off at the deadline may still hold a connection: closing waits for it
         // a moment only (the process ends anyway).
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await;

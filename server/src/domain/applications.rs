@@ -21,6 +21,23 @@ pub(crate) async fn by_api_key(
     Ok(applications::by_api_key(&ctx.db, api_key).await?)
 }
 
+/// A call with a missing or unknown API key, from `client_ip`: recorded in the audit log (at
+/// most once a minute per address).
+pub(crate) async fn api_key_rejected(ctx: &Ctx, client_ip: Option<&str>, presented: bool) {
+    if !super::audit::unauthenticated_failure_due(ctx, "api_key.rejected", client_ip.unwrap_or(""))
+    {
+        return;
+    }
+    let event = super::audit::Event::new(
+        "api_key.rejected",
+        super::audit::Actor::Anonymous,
+        "refused",
+    )
+    .client_ip(client_ip)
+    .details(serde_json::json!({ "key_presented": presented }));
+    super::audit::record(ctx, event).await;
+}
+
 /// The application's quotas in force: its own, or the server's defaults.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QuotasInForce {
@@ -171,6 +188,20 @@ pub(crate) async fn set_authentication_settings(
     };
     if !applications::set_authentication_settings(db, app, &stored).await? {
         return Err(DomainError::new(ErrorCode::NotFound, "no such application"));
+    }
+    let event =
+        super::audit::Event::new("policy.changed", super::audit::Actor::Customer, "success")
+            .app(app)
+            .details(serde_json::json!({
+                "number_matching": stored.number_matching,
+                "max_pending_per_user": stored.max_pending_per_user,
+                "max_unapproved_per_user": stored.max_unapproved_per_user,
+                "push_bombing_window_seconds": stored.push_bombing_window_seconds,
+            }));
+    if let Err(e) =
+        super::audit::append(db, &config.accessing_ip_table, config.clock.now_ms(), event).await
+    {
+        tracing::error!(error = %e, "an audit record could not be written");
     }
     Ok(view(config, &stored))
 }

@@ -723,12 +723,19 @@ pub(crate) async fn answer(
         .ok_or_else(|| {
             DomainError::new(ErrorCode::Unauthorized, "the device is no longer paired")
         })?;
-    let (response, with_uv) = verify_answer::<AuthenticationResponse>(
+    let (response, with_uv) = match verify_answer::<AuthenticationResponse>(
         signed_response,
         MessageType::AuthenticationResponse,
         &device,
         "the response is not signed by the device asked",
-    )?;
+    ) {
+        Ok(verified) => verified,
+        Err(e) => {
+            super::audit::signature_failed(ctx, &device, Some(client), "authentication_response")
+                .await;
+            return Err(e);
+        }
+    };
     if response.v != PROTOCOL_VERSION
         || response.request_id != record.id
         || response.enrollment_id != record.enrollment_id

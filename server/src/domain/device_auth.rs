@@ -64,9 +64,14 @@ pub(crate) async fn authenticate(
     let enrollment = enrollments::by_id(&ctx.db, &claimed.enrollment_id)
         .await?
         .ok_or_else(unauthorized)?;
-    let claims: DeviceRequestClaims =
-        verify_possession_signed(jws, MessageType::DeviceRequest, &enrollment)
-            .ok_or_else(unauthorized)?;
+    let Some(claims) = verify_possession_signed::<DeviceRequestClaims>(
+        jws,
+        MessageType::DeviceRequest,
+        &enrollment,
+    ) else {
+        super::audit::signature_failed(ctx, &enrollment, None, "device_request").await;
+        return Err(unauthorized());
+    };
     if claims.v != PROTOCOL_VERSION
         || claims.method != call.method
         || claims.path != call.path

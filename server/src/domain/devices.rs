@@ -95,6 +95,14 @@ pub(crate) async fn unpair(ctx: &Ctx, enrollment: &Enrollment) -> Result<(), Dom
     .await?
     .unwrap_or_default();
     outcome::failed(ctx, &failed).await?;
+    super::audit::device_removed(
+        ctx,
+        enrollment.application_id.as_str(),
+        enrollment.user_id.as_str(),
+        enrollment.enrollment_id.as_str(),
+        super::audit::Actor::Device,
+    )
+    .await;
     revoke_tokens_if_last_device(ctx, &enrollment.application_id, &enrollment.user_id).await?;
     tracing::info!(enrollment_id = %enrollment.enrollment_id, "device unpaired itself");
     Ok(())
@@ -199,6 +207,14 @@ pub(crate) async fn remove_device(
         return Err(device_not_found());
     };
     outcome::failed(ctx, &failed).await?;
+    super::audit::device_removed(
+        ctx,
+        app.as_str(),
+        user_id.as_str(),
+        enrollment_id.as_str(),
+        super::audit::Actor::Customer,
+    )
+    .await;
     revoke_tokens_if_last_device(ctx, app, user_id).await?;
     tracing::info!(enrollment_id = %enrollment_id, "device unpaired by the customer");
     Ok(())
@@ -227,13 +243,57 @@ pub(crate) async fn remove_user(
     app: &ApplicationId,
     user_id: &UserId,
 ) -> Result<(), DomainError> {
-    let Some(failed) = users::delete(&ctx.db, app, user_id).await? else {
+    let Some(removed) = users::delete(&ctx.db, app, user_id).await? else {
         return Err(DomainError::new(
             ErrorCode::UserNotFound,
             "no such user in this application",
         ));
     };
-    outcome::failed(ctx, &failed).await?;
+    // The failed requests' records went with the user: their waiters are woken (they read
+    // "not found") and the endings are recorded.
+    let mut topics = Vec::new();
+    for failed in &removed.failed {
+        topics.push(super::events::Topic::Authentication(failed.id.clone()));
+        topics.push(super::events::Topic::Enrollment(
+            failed.enrollment_id.clone(),
+        ));
+    }
+    ctx.events.announce(&ctx.db, &topics).await;
+    for failed in &removed.failed {
+        let event = super::audit::Event::webhook(
+            tessera_protocol::events::EventType::AuthenticationFailed,
+            super::audit::Actor::Customer,
+            "failed",
+        )
+        .app(app)
+        .user(user_id)
+        .device(&failed.enrollment_id)
+        .subject(&failed.id)
+        .details(serde_json::json!({
+            "authentication_id": failed.id,
+            "status": "failed",
+            "failure_reason": "user_deleted",
+        }));
+        super::audit::record(ctx, event).await;
+    }
+    for enrollment_id in &removed.enrollment_ids {
+        super::audit::device_removed(
+            ctx,
+            app.as_str(),
+            user_id.as_str(),
+            enrollment_id,
+            super::audit::Actor::Customer,
+        )
+        .await;
+    }
+    let event = super::audit::Event::new("user.deleted", super::audit::Actor::Customer, "success")
+        .app(app)
+        .user(user_id)
+        .details(serde_json::json!({
+            "devices": removed.enrollment_ids.len(),
+            "authentications": removed.authentications,
+        }));
+    super::audit::record(ctx, event).await;
     tracing::info!(application_id = %app, "user removed");
     Ok(())
 }

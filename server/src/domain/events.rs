@@ -36,6 +36,8 @@ pub enum Topic {
     QrSession(String),
     /// An authentication flow moved to another status.
     Flow(String),
+    /// Webhook deliveries were queued in the outbox.
+    WebhookOutbox,
 }
 
 impl Topic {
@@ -45,6 +47,7 @@ impl Topic {
             Topic::Enrollment(id) => format!("e:{id}"),
             Topic::QrSession(id) => format!("q:{id}"),
             Topic::Flow(id) => format!("f:{id}"),
+            Topic::WebhookOutbox => "w:outbox".to_string(),
         }
     }
 
@@ -59,6 +62,7 @@ impl Topic {
             "e" => Some(Topic::Enrollment(id)),
             "q" => Some(Topic::QrSession(id)),
             "f" => Some(Topic::Flow(id)),
+            "w" => Some(Topic::WebhookOutbox),
             _ => None,
         }
     }
@@ -283,6 +287,7 @@ mod tests {
             Topic::Enrollment("enr_2".into()),
             Topic::QrSession("qrs_3".into()),
             Topic::Flow("flw_4".into()),
+            Topic::WebhookOutbox,
         ] {
             assert_eq!(Topic::decode(&topic.encode()), Some(topic));
         }

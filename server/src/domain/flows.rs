@@ -307,6 +307,16 @@ async fn move_to(
     ctx.events
         .announce(&ctx.db, &[Topic::Flow(stored.id.to_string())])
         .await;
+    if status.is_final() {
+        super::audit::flow_completed(
+            ctx,
+            stored.application_id.as_str(),
+            stored.user_id.as_str(),
+            &stored.id.to_string(),
+            status.as_str(),
+        )
+        .await;
+    }
     Ok(Some(Flow {
         stored,
         status,

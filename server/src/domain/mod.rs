@@ -7,6 +7,7 @@
 //! `delivery` implements `domain::ports`; `store` imports neither.
 
 pub(crate) mod applications;
+pub(crate) mod audit;
 pub(crate) mod authentication;
 pub(crate) mod backup;
 pub(crate) mod ciba;
@@ -28,6 +29,7 @@ pub(crate) mod retention;
 pub(crate) mod server_keys;
 pub(crate) mod ssrf;
 pub(crate) mod users;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 
@@ -73,6 +75,8 @@ pub(crate) struct Ctx {
     /// What reacts to domain events (device verification, QR follow-up, CIBA notifications),
     /// registered when the server starts.
     pub follow_ups: Arc<[(&'static str, outcome::FollowUp)]>,
+    /// Posts signed event webhooks.
+    pub webhook_sender: Arc<dyn ports::WebhookSender>,
 }
 
 impl Ctx {
@@ -98,12 +102,13 @@ impl Ctx {
 /// The follow-ups every server runs on domain events, in order: a decided device verification
 /// activates or rejects the new enrollment; an answered QR follow-up completes its session; a
 /// finished CIBA request's ping or push notification becomes due; a flow waiting for the push
-/// moves on.
+/// moves on; the ending is recorded in the audit log and queued for the webhooks.
 pub(crate) fn follow_ups() -> Vec<(&'static str, outcome::FollowUp)> {
     vec![
         ("device_verification", device_verification::follow_up),
         ("qr", qr::follow_up),
         ("ciba", ciba::notify::follow_up),
         ("flows", flows::follow_up),
+        ("audit", audit::follow_up),
     ]
 }

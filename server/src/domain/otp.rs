@@ -63,10 +63,14 @@ fn matches(expected: &str, code: &str) -> bool {
 }
 
 /// One passcode attempt, taken (counted) before the code is compared.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Attempt {
     /// The user's count of unreset attempts, this one included.
     failures: i64,
+    /// The application.
+    app: ApplicationId,
+    /// The user.
+    user: UserId,
 }
 
 /// Takes one passcode attempt for the user with one conditional update, before any code is
@@ -79,7 +83,11 @@ pub(crate) async fn take_attempt(
 ) -> Result<Attempt, DomainError> {
     let max = i64::from(ctx.config.otp_max_failures.max(1));
     match otp::take_attempt(&ctx.db, app, user, max).await? {
-        Some(failures) => Ok(Attempt { failures }),
+        Some(failures) => Ok(Attempt {
+            failures,
+            app: app.clone(),
+            user: user.clone(),
+        }),
         None => Err(locked()),
     }
 }
@@ -90,6 +98,18 @@ pub(crate) fn refuse(ctx: &Ctx, attempt: &Attempt, message: &str) -> DomainError
     let max = i64::from(ctx.config.otp_max_failures.max(1));
     tracing::info!(failures = attempt.failures, "one-time passcode refused");
     if attempt.failures >= max {
+        if attempt.failures == max {
+            // The attempt that locked the user out: recorded once, after this answer.
+            let event =
+                super::audit::Event::new("lockout", super::audit::Actor::Anonymous, "locked")
+                    .app(&attempt.app)
+                    .user(&attempt.user)
+                    .details(
+                        serde_json::json!({ "failures": attempt.failures, "method": "passcode" }),
+                    );
+            let ctx = ctx.clone();
+            tokio::spawn(async move { super::audit::record(&ctx, event).await });
+        }
         locked()
     } else {
         DomainError::new(ErrorCode::OtpInvalid, message)

@@ -172,6 +172,7 @@ pub(crate) async fn request_created(ctx: &Ctx, record: &Authentication) {
             &[Topic::Enrollment(record.enrollment_id.to_string())],
         )
         .await;
+    super::audit::authentication_created(ctx, record).await;
 }
 
 fn kind_label(kind: AuthenticationKind) -> &'static str {

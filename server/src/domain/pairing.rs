@@ -301,6 +301,7 @@ impl Created {
         if let Err(e) = outcome::failed(ctx, &self.failed).await {
             tracing::warn!(error = %e, "the replaced enrollment's requests could not be announced");
         }
+        super::audit::pairing_completed(ctx, &self.enrollment).await;
         if let Some((request, primary)) = self.verification {
             tracing::info!(authentication_id = %request.id, enrollment_id = %self.enrollment.enrollment_id, "new device awaits the primary device's approval");
             outcome::request_created(ctx, &request).await;

@@ -128,3 +128,28 @@ pub trait CibaNotificationSender: Send + Sync {
         body: &'a serde_json::Value,
     ) -> NotificationFuture<'a>;
 }
+
+/// What a webhook endpoint answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WebhookAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// Its `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+}
+
+/// The boxed future a webhook sender returns.
+pub(crate) type WebhookFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<WebhookAnswer, NotificationError>> + Send + 'a>>;
+
+/// Posts signed event webhooks.
+pub(crate) trait WebhookSender: Send + Sync {
+    /// POSTs `body` (JSON) with `headers` to `endpoint`, under the SSRF policy; resolves with
+    /// the answer's status, whatever it is, or why no answer came.
+    fn post<'a>(
+        &'a self,
+        endpoint: &'a url::Url,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+    ) -> WebhookFuture<'a>;
+}

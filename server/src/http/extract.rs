@@ -133,17 +133,27 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = Ctx::from_ref(state);
         let unauthorized = || ApiError::new(ErrorCode::Unauthorized, "a valid API key is required");
+        let client = parts
+            .extensions
+            .get::<ResolvedClient>()
+            .map(|ResolvedClient(ip)| ip.to_string());
         let key = parts
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
-            .filter(|k| !k.is_empty() && k.len() <= 256)
-            .ok_or_else(unauthorized)?;
+            .filter(|k| !k.is_empty() && k.len() <= 256);
+        let Some(key) = key else {
+            applications::api_key_rejected(&state, client.as_deref(), false).await;
+            return Err(unauthorized());
+        };
         match applications::by_api_key(&state, key).await? {
             Some(app) => Ok(AppAuth(app)),
-            None => Err(unauthorized()),
+            None => {
+                applications::api_key_rejected(&state, client.as_deref(), true).await;
+                Err(unauthorized())
+            }
         }
     }
 }

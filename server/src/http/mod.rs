@@ -6,6 +6,7 @@ mod backup;
 mod ciba_clients;
 mod device;
 pub(crate) mod errors;
+mod events;
 mod extract;
 mod flows;
 mod oidc;
@@ -89,6 +90,13 @@ use crate::metrics::{RequestLabels, RouteLabels};
         ops::readyz,
         application_settings::get_settings,
         application_settings::set_settings,
+        events::create_webhook,
+        events::list_webhooks,
+        events::remove_webhook,
+        events::webhook_deliveries,
+        events::audit_page,
+        events::audit_export,
+        events::authentication_history,
     ),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
@@ -138,7 +146,7 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route("/v1/flows/{flow_id}/events", get(flows::flow_events))
         .route(
             "/v1/users/{user_id}/authentications",
-            post(authentications::create_authentication),
+            post(authentications::create_authentication).get(events::authentication_history),
         )
         .route(
             "/v1/authentications/{authentication_id}",
@@ -231,6 +239,17 @@ pub(crate) fn router(state: Ctx) -> Router {
             "/v1/application/authentication-settings",
             get(application_settings::get_settings).put(application_settings::set_settings),
         )
+        .route(
+            "/v1/webhooks",
+            post(events::create_webhook).get(events::list_webhooks),
+        )
+        .route("/v1/webhooks/{endpoint_id}", delete(events::remove_webhook))
+        .route(
+            "/v1/webhooks/{endpoint_id}/deliveries",
+            get(events::webhook_deliveries),
+        )
+        .route("/v1/audit", get(events::audit_page))
+        .route("/v1/audit/export", get(events::audit_export))
         .route("/healthz", get(ops::healthz))
         .route("/livez", get(ops::livez))
         .route("/readyz", get(ops::readyz))

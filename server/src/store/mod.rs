@@ -6,6 +6,7 @@
 //! writers never deadlock upgrading read locks.
 
 pub mod applications;
+pub mod audit;
 pub mod authentications;
 pub mod ciba;
 pub mod enrollments;
@@ -20,6 +21,7 @@ pub mod secrets;
 pub mod server_keys;
 pub mod throttle;
 pub mod users;
+pub mod webhooks;
 
 mod error;
 pub mod events;

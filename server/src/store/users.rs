@@ -152,16 +152,38 @@ pub async fn set_contacts(
     Ok(done.rows_affected() == 1)
 }
 
-/// Removes a user of `app` with everything that lets anyone act as them, in one transaction:
-/// their enrollments (requests still pending for them become `failed`, `device_unpaired`),
-/// pairing codes, OATH tokens, CIBA user code, and every access and refresh token the
-/// application's OpenID clients issued for them. Past authentications stay as the record of
-/// what happened. Returns `None` if there was no such user, else the authentications it failed.
+/// A request still pending when its user was removed: it failed with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRequest {
+    /// The authentication.
+    pub id: String,
+    /// The device it was for.
+    pub enrollment_id: String,
+}
+
+/// What removing a user took with them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Their requests that were still pending.
+    pub failed: Vec<FailedRequest>,
+    /// Their devices (enrollment ids).
+    pub enrollment_ids: Vec<String>,
+    /// How many authentications (of any state) were removed.
+    pub authentications: u64,
+}
+
+/// Removes a user of `app` and everything stored about them, in one transaction: their
+/// enrollments and the nonces of their devices' calls, pairing codes, OATH tokens, CIBA user
+/// code and requests, every access and refresh token the application's OpenID clients issued
+/// for them, their authentications (pending ones are returned: they failed with the user),
+/// passcode challenges, QR sessions and flows. Only the audit log (append-only) and the webhook
+/// outbox (events already sent, or to be sent, to the customer) keep their id. Returns `None`
+/// if there was no such user.
 pub async fn delete(
     db: &Database,
     app: &ApplicationId,
     user_id: &UserId,
-) -> Result<Option<Vec<tessera_protocol::ids::AuthenticationId>>, StoreError> {
+) -> Result<Option<Removed>, StoreError> {
     let mut tx = db.begin_write().await?;
     let removed = sqlx::query("DELETE FROM users WHERE application_id = $1 AND user_id = $2")
         .bind(app.as_str())
@@ -174,8 +196,8 @@ pub async fn delete(
         return Ok(None);
     }
     let failed = sqlx::query(
-        "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
-         WHERE application_id = $1 AND user_id = $2 AND state = 'pending' RETURNING id",
+        "SELECT id, enrollment_id FROM authentications \
+         WHERE application_id = $1 AND user_id = $2 AND state = 'pending'",
     )
     .bind(app.as_str())
     .bind(user_id.as_str())
@@ -183,25 +205,71 @@ pub async fn delete(
     .await?
     .iter()
     .map(|r| {
-        r.try_get::<String, _>("id")?
-            .parse()
-            .map_err(|_| StoreError::Corrupted("authentication id"))
+        Ok(FailedRequest {
+            id: r.try_get("id")?,
+            enrollment_id: r.try_get("enrollment_id")?,
+        })
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
+    let enrollment_ids = sqlx::query(
+        "SELECT enrollment_id FROM enrollments WHERE application_id = $1 AND user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user_id.as_str())
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(|r| r.try_get::<String, _>("enrollment_id"))
+    .collect::<Result<Vec<_>, _>>()?;
+    for enrollment_id in &enrollment_ids {
+        // Nonce keys are `<enrollment id>:<nonce>`.
+        let prefix = format!("{enrollment_id}:");
+        sqlx::query(
+            "DELETE FROM device_nonces WHERE substr(nonce_key, 1, CAST($2 AS INTEGER)) = $1",
+        )
+        .bind(&prefix)
+        .bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "DELETE FROM flow_events WHERE flow_id IN \
+         (SELECT id FROM flows WHERE application_id = $1 AND user_id = $2)",
+    )
+    .bind(app.as_str())
+    .bind(user_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    let mut authentications = 0;
     for table in [
+        "flows",
+        "ciba_requests",
+        "otp_challenges",
+        "authentications",
         "enrollments",
         "pairing_codes",
         "otp_tokens",
         "ciba_user_codes",
     ] {
-        sqlx::query(&format!(
+        let done = sqlx::query(&format!(
             "DELETE FROM {table} WHERE application_id = $1 AND user_id = $2"
         ))
         .bind(app.as_str())
         .bind(user_id.as_str())
         .execute(&mut *tx)
         .await?;
+        if table == "authentications" {
+            authentications = done.rows_affected();
+        }
     }
+    sqlx::query(
+        "DELETE FROM qr_sessions WHERE application_id = $1 \
+         AND (user_id = $2 OR restricted_user_id = $2)",
+    )
+    .bind(app.as_str())
+    .bind(user_id.as_str())
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "DELETE FROM oidc_tokens WHERE user_id = $2 \
          AND client_id IN (SELECT client_id FROM ciba_clients WHERE application_id = $1)",
@@ -211,5 +279,9 @@ pub async fn delete(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(failed))
+    Ok(Some(Removed {
+        failed,
+        enrollment_ids,
+        authentications,
+    }))
 }

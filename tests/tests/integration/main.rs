@@ -7,6 +7,7 @@
 //! `cargo test -p tessera-tests --test integration qr_browser::`.
 
 mod additional_devices;
+mod audit;
 mod authentication;
 mod ciba;
 mod client_address;
@@ -33,3 +34,4 @@ mod qr_browser;
 mod retention;
 mod secrets;
 mod tokens;
+mod webhooks;

@@ -1,0 +1,785 @@
+//! The audit log and the events that feed the webhooks.
+//!
+//! Every security-relevant event goes through [`record`]: one write transaction appends the
+//! audit record and, for the event types webhooks carry, queues one outbox row per endpoint of
+//! the application that wants the type (`store::webhooks`). The event hub then wakes the
+//! webhook worker of every instance ([`Topic::WebhookOutbox`]).
+//!
+//! The record is written right after the change it describes commits, not inside its
+//! transaction: the domain's changes are committed by the store functions of each flow (one
+//! conditional update decides which of racing endings wins), and the event is what that winner
+//! announces. A crash between the two loses the record of that one change; the change itself
+//! is never undone by a failing record. Expiries, which write nothing, are found by the webhook
+//! worker's sweep and recorded once (`authentications.expiry_reported`).
+//!
+//! Records are never changed or deleted: the schema refuses `UPDATE` and `DELETE` on
+//! `audit_log`. They keep the user id even after the user is deleted (the record of the
+//! deletion itself names them).
+
+use base64::Engine as _;
+use rand::RngCore;
+use serde_json::{Value, json};
+use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState, DenialReason};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::events::{
+    AuditPage, AuditRecord, AuthenticationHistory, AuthenticationHistoryEntry, EventType,
+    WebhookEvent,
+};
+
+use super::events::Topic;
+use super::{Ctx, DomainError};
+use crate::store::audit::{self as store, Filter, NewRecord};
+use crate::store::authentications::Authentication;
+use crate::store::enrollments::Enrollment;
+use crate::store::webhooks::{self, NewDelivery};
+use crate::store::{Database, StoreError};
+
+/// The most records one page answers.
+pub(crate) const MAX_PAGE: u32 = 200;
+
+/// Who did what an audit record records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Actor {
+    /// The customer's backend, with its API key.
+    Customer,
+    /// A device, with its possession key.
+    Device,
+    /// The person, answering on their device.
+    User,
+    /// An operator, through the admin command line.
+    Admin,
+    /// The server itself (expiry, sweeps).
+    Server,
+    /// Someone who did not authenticate.
+    Anonymous,
+}
+
+impl Actor {
+    fn as_str(self) -> &'static str {
+        match self {
+            Actor::Customer => "customer",
+            Actor::Device => "device",
+            Actor::User => "user",
+            Actor::Admin => "admin",
+            Actor::Server => "server",
+            Actor::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// Something security-relevant that happened.
+#[derive(Debug, Clone)]
+pub(crate) struct Event {
+    /// What happened (the webhook type's name for webhook events).
+    pub kind: &'static str,
+    /// The webhook type, when endpoints receive this event.
+    pub webhook: Option<EventType>,
+    /// Who did it.
+    pub actor: Actor,
+    /// The application.
+    pub application_id: Option<String>,
+    /// The user.
+    pub user_id: Option<String>,
+    /// The device (enrollment id).
+    pub device_id: Option<String>,
+    /// The object concerned.
+    pub subject: Option<String>,
+    /// The caller's address.
+    pub client_ip: Option<String>,
+    /// The person's address.
+    pub accessing_ip: Option<String>,
+    /// How it ended.
+    pub outcome: &'static str,
+    /// More (never a secret).
+    pub details: Value,
+}
+
+impl Event {
+    /// An event of `kind` by `actor` ending in `outcome`, with nothing else known yet.
+    pub(crate) fn new(kind: &'static str, actor: Actor, outcome: &'static str) -> Self {
+        Self {
+            kind,
+            webhook: None,
+            actor,
+            application_id: None,
+            user_id: None,
+            device_id: None,
+            subject: None,
+            client_ip: None,
+            accessing_ip: None,
+            outcome,
+            details: json!({}),
+        }
+    }
+
+    /// A webhook event of type `event_type`.
+    pub(crate) fn webhook(event_type: EventType, actor: Actor, outcome: &'static str) -> Self {
+        Self {
+            webhook: Some(event_type),
+            ..Self::new(event_type.as_str(), actor, outcome)
+        }
+    }
+
+    /// In application `app`.
+    pub(crate) fn app(mut self, app: impl ToString) -> Self {
+        self.application_id = Some(app.to_string());
+        self
+    }
+
+    /// Concerning user `user`.
+    pub(crate) fn user(mut self, user: impl ToString) -> Self {
+        self.user_id = Some(user.to_string());
+        self
+    }
+
+    /// Concerning device `device`.
+    pub(crate) fn device(mut self, device: impl ToString) -> Self {
+        self.device_id = Some(device.to_string());
+        self
+    }
+
+    /// Concerning `subject`.
+    pub(crate) fn subject(mut self, subject: impl ToString) -> Self {
+        self.subject = Some(subject.to_string());
+        self
+    }
+
+    /// Made from `ip`.
+    pub(crate) fn client_ip(mut self, ip: Option<&str>) -> Self {
+        self.client_ip = ip.map(str::to_string);
+        self
+    }
+
+    /// With these details.
+    pub(crate) fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// About authentication `record`: its application, user, device, id and accessing address.
+    pub(crate) fn about(mut self, record: &Authentication) -> Self {
+        self.application_id = Some(record.application_id.to_string());
+        self.user_id = Some(record.user_id.to_string());
+        self.device_id = Some(record.enrollment_id.to_string());
+        self.subject = Some(record.id.to_string());
+        self.accessing_ip = record.accessing_ip.clone();
+        self.details = authentication_details(record);
+        self
+    }
+}
+
+/// How often an unauthenticated caller's failures of one kind are recorded: at most once per
+/// key (caller address, device) per this many milliseconds, so a flood of forged calls cannot
+/// turn into a flood of writes.
+const UNAUTHENTICATED_RECORD_INTERVAL_MS: i64 = 60_000;
+/// The most keys remembered; past it, the memory is cleared (and a record may be repeated).
+const UNAUTHENTICATED_KEYS: usize = 10_000;
+
+/// Whether a failure by an unauthenticated caller, under `key`, should be recorded now (at most
+/// once per key per minute, per server). Each server (by its public URL) keeps its own memory.
+pub(crate) fn unauthenticated_failure_due(ctx: &Ctx, kind: &str, key: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static LAST: OnceLock<Mutex<HashMap<String, i64>>> = OnceLock::new();
+    let now = ctx.now_ms();
+    let mut last = LAST
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    due(&mut last, format!("{}|{kind}|{key}", ctx.public_url), now)
+}
+
+/// Whether `key` was last recorded (in `last`) long enough before `now`; notes `now` if so.
+fn due(last: &mut std::collections::HashMap<String, i64>, key: String, now: i64) -> bool {
+    if last.len() >= UNAUTHENTICATED_KEYS {
+        last.clear();
+    }
+    match last.get(&key) {
+        Some(at) if now.saturating_sub(*at) < UNAUTHENTICATED_RECORD_INTERVAL_MS => false,
+        _ => {
+            last.insert(key, now);
+            true
+        }
+    }
+}
+
+/// A random id with `prefix`.
+pub(crate) fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Why an event could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordError {
+    /// The database refused or was unavailable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event's body could not be encoded.
+    #[error("the event could not be encoded")]
+    Encoding,
+}
+
+/// Appends `event` to the audit log and queues its webhook deliveries, in one transaction;
+/// wakes the webhook workers when something was queued. A failure is logged, never returned:
+/// the change it records is already committed.
+pub(crate) async fn record(ctx: &Ctx, event: Event) {
+    let kind = event.kind;
+    match append(&ctx.db, &ctx.config.accessing_ip_table, ctx.now_ms(), event).await {
+        Ok(true) => ctx.events.announce(&ctx.db, &[Topic::WebhookOutbox]).await,
+        Ok(false) => {}
+        Err(e) => tracing::error!(kind, error = %e, "an audit record could not be written"),
+    }
+}
+
+/// [`record`]'s transaction, for callers without a [`Ctx`] (the admin command line). Returns
+/// whether webhook deliveries were queued.
+pub(crate) async fn append(
+    db: &Database,
+    ip_table: &crate::ip_table::IpTable,
+    now_ms: i64,
+    event: Event,
+) -> Result<bool, RecordError> {
+    let location = event
+        .accessing_ip
+        .as_deref()
+        .and_then(|ip| ip_table.lookup(ip))
+        .and_then(|facts| facts.country.clone());
+    let record = NewRecord {
+        id: new_id("aud_"),
+        at_ms: now_ms,
+        kind: event.kind.to_string(),
+        actor: event.actor.as_str().to_string(),
+        application_id: event.application_id.clone(),
+        user_id: event.user_id.clone(),
+        device_id: event.device_id.clone(),
+        subject: event.subject.clone(),
+        client_ip: event.client_ip.clone(),
+        accessing_ip: event.accessing_ip.clone(),
+        location,
+        outcome: event.outcome.to_string(),
+        details: event.details.to_string(),
+    };
+    let mut tx = db.begin_write().await?;
+    store::append(&mut tx, &record).await?;
+    let mut queued = false;
+    if let (Some(event_type), Some(app)) = (event.webhook, event.application_id.as_deref()) {
+        let endpoints: Vec<_> = webhooks::endpoints_in(&mut tx, app)
+            .await?
+            .into_iter()
+            .filter(|e| e.wants(event_type.as_str()))
+            .collect();
+        if !endpoints.is_empty() {
+            let event_id = new_id("evt_");
+            let mut data = event.details.clone();
+            if let Value::Object(map) = &mut data {
+                for (key, value) in [
+                    ("user_id", &event.user_id),
+                    ("device_id", &event.device_id),
+                    ("subject", &event.subject),
+                ] {
+                    if let Some(value) = value {
+                        map.entry(key).or_insert_with(|| json!(value));
+                    }
+                }
+                map.entry("outcome").or_insert_with(|| json!(event.outcome));
+            }
+            let body = serde_json::to_string(&WebhookEvent {
+                id: event_id.clone(),
+                event_type,
+                created_at_ms: now_ms,
+                application_id: app.to_string(),
+                data,
+            })
+            .map_err(|_| RecordError::Encoding)?;
+            let deliveries: Vec<NewDelivery> = endpoints
+                .iter()
+                .map(|endpoint| NewDelivery {
+                    id: new_id("whd_"),
+                    endpoint_id: endpoint.id.clone(),
+                    application_id: app.to_string(),
+                    event_id: event_id.clone(),
+                    event_type: event_type.as_str().to_string(),
+                    payload: body.clone(),
+                    created_at_ms: now_ms,
+                })
+                .collect();
+            webhooks::enqueue(&mut tx, &deliveries).await?;
+            queued = true;
+        }
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(queued)
+}
+
+fn kind_str(kind: AuthenticationKind) -> &'static str {
+    match kind {
+        AuthenticationKind::Approval => "approval",
+        AuthenticationKind::Transaction => "transaction",
+        AuthenticationKind::Silent => "silent",
+        AuthenticationKind::Ciba => "ciba",
+    }
+}
+
+fn authentication_details(record: &Authentication) -> Value {
+    json!({
+        "authentication_id": record.id.to_string(),
+        "kind": kind_str(record.kind),
+        "status": record.state.as_str(),
+        "denial_reason": record.denial_reason.map(DenialReason::as_str),
+        "failure_reason": record.failure_reason,
+    })
+}
+
+/// A request was created for a device.
+pub(crate) async fn authentication_created(ctx: &Ctx, record: &Authentication) {
+    let event =
+        Event::webhook(EventType::AuthenticationCreated, Actor::Customer, "pending").about(record);
+    self::record(ctx, event).await;
+}
+
+/// Follow-up: an ended authentication is recorded (approved, denied, failed), with a fraud
+/// report when the person reported it or approved with the wrong number, and a CIBA completion
+/// for CIBA requests.
+pub(crate) fn follow_up<'a>(
+    ctx: &'a Ctx,
+    event: &'a super::outcome::DomainEvent,
+) -> super::outcome::FollowUpFuture<'a> {
+    Box::pin(async move {
+        let super::outcome::DomainEvent::AuthenticationEnded(record) = event;
+        authentication_ended(ctx, record).await;
+        Ok(())
+    })
+}
+
+async fn authentication_ended(ctx: &Ctx, record: &Authentication) {
+    let (event_type, outcome, actor) = match record.state {
+        AuthenticationState::Approved => {
+            (EventType::AuthenticationApproved, "approved", Actor::User)
+        }
+        AuthenticationState::Denied => (EventType::AuthenticationDenied, "denied", Actor::User),
+        AuthenticationState::Expired => {
+            (EventType::AuthenticationExpired, "expired", Actor::Server)
+        }
+        AuthenticationState::Failed => (EventType::AuthenticationFailed, "failed", Actor::Server),
+        AuthenticationState::Pending => return,
+    };
+    record_ending(ctx, record, event_type, outcome, actor).await;
+}
+
+async fn record_ending(
+    ctx: &Ctx,
+    record: &Authentication,
+    event_type: EventType,
+    outcome: &'static str,
+    actor: Actor,
+) {
+    self::record(
+        ctx,
+        Event::webhook(event_type, actor, outcome).about(record),
+    )
+    .await;
+    if let Some(reason @ (DenialReason::ReportedFraud | DenialReason::WrongNumber)) =
+        record.denial_reason
+    {
+        let event = Event::webhook(EventType::FraudReported, Actor::User, "reported")
+            .about(record)
+            .details(json!({
+                "authentication_id": record.id.to_string(),
+                "reason": reason.as_str(),
+            }));
+        self::record(ctx, event).await;
+    }
+    if record.kind == AuthenticationKind::Ciba {
+        let event = Event::webhook(EventType::CibaCompleted, actor, outcome).about(record);
+        self::record(ctx, event).await;
+    }
+}
+
+/// Records the authentications that expired unanswered since the last sweep, each once
+/// (whichever instance marks it first records it).
+pub(crate) async fn sweep_expired(ctx: &Ctx) -> Result<usize, DomainError> {
+    let expired = store::claim_unreported_expired(&ctx.db, ctx.now(), 256).await?;
+    for record in &expired {
+        record_ending(
+            ctx,
+            record,
+            EventType::AuthenticationExpired,
+            "expired",
+            Actor::Server,
+        )
+        .await;
+    }
+    Ok(expired.len())
+}
+
+/// A device completed its pairing (active, or waiting for the primary device's approval).
+pub(crate) async fn pairing_completed(ctx: &Ctx, enrollment: &Enrollment) {
+    let event = Event::webhook(EventType::PairingCompleted, Actor::Device, "success")
+        .app(&enrollment.application_id)
+        .user(&enrollment.user_id)
+        .device(&enrollment.enrollment_id)
+        .details(json!({
+            "enrollment_id": enrollment.enrollment_id.to_string(),
+            "status": enrollment.status,
+        }));
+    record(ctx, event).await;
+}
+
+/// A signature by `device` did not verify (`what`: the message it was on).
+pub(crate) async fn signature_failed(
+    ctx: &Ctx,
+    device: &Enrollment,
+    client_ip: Option<&str>,
+    what: &'static str,
+) {
+    let key = format!("{}|{}", device.enrollment_id, client_ip.unwrap_or(""));
+    if !unauthenticated_failure_due(ctx, "signature.failed", &key) {
+        return;
+    }
+    let event = Event::new("signature.failed", Actor::Anonymous, "refused")
+        .app(&device.application_id)
+        .user(&device.user_id)
+        .device(&device.enrollment_id)
+        .client_ip(client_ip)
+        .details(json!({ "message": what }));
+    record(ctx, event).await;
+}
+
+/// A device was removed: by the customer, by itself, or with its user.
+pub(crate) async fn device_removed(
+    ctx: &Ctx,
+    app: &str,
+    user: &str,
+    enrollment_id: &str,
+    actor: Actor,
+) {
+    let event = Event::webhook(EventType::DeviceRemoved, actor, "success")
+        .app(app)
+        .user(user)
+        .device(enrollment_id)
+        .details(json!({ "enrollment_id": enrollment_id }));
+    record(ctx, event).await;
+}
+
+/// A flow reached a final status.
+pub(crate) async fn flow_completed(ctx: &Ctx, app: &str, user: &str, flow_id: &str, status: &str) {
+    let event = Event::webhook(EventType::FlowCompleted, Actor::Server, "completed")
+        .app(app)
+        .user(user)
+        .subject(flow_id)
+        .details(json!({ "flow_id": flow_id, "status": status }));
+    record(ctx, event).await;
+}
+
+/// What the policy engine decided for one authentication (or flow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(dead_code)] // Built by the policy engine, which is built separately.
+pub(crate) struct PolicyDecision {
+    /// The application.
+    pub application_id: String,
+    /// The user.
+    pub user_id: String,
+    /// What was decided on (an authentication or flow id).
+    pub subject: String,
+    /// The policy that decided.
+    pub policy: String,
+    /// What it decided (`allow`, `deny`, `step_up`, …).
+    pub decision: String,
+    /// Why, in words safe to show the customer.
+    pub reason: Option<String>,
+}
+
+/// POLICY ENGINE HOOK: the policy engine calls this once for every decision it takes. It is
+/// recorded in the audit log and sent to the webhooks as `policy.decided`.
+#[allow(dead_code)] // Called by the policy engine, which is built separately.
+pub(crate) async fn policy_decided(ctx: &Ctx, decision: &PolicyDecision) {
+    let outcome = match decision.decision.as_str() {
+        "allow" => "allowed",
+        "deny" => "denied",
+        _ => "decided",
+    };
+    let event = Event::webhook(EventType::PolicyDecided, Actor::Server, outcome)
+        .app(&decision.application_id)
+        .user(&decision.user_id)
+        .subject(&decision.subject)
+        .details(json!({
+            "policy": decision.policy,
+            "decision": decision.decision,
+            "reason": decision.reason,
+        }));
+    record(ctx, event).await;
+}
+
+/// What a customer asks of the audit log.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Query {
+    /// Only this user's.
+    pub user_id: Option<String>,
+    /// Only of this kind.
+    pub kind: Option<String>,
+    /// At or after (ms).
+    pub since_ms: Option<i64>,
+    /// Before (ms).
+    pub until_ms: Option<i64>,
+    /// The cursor of the previous page.
+    pub cursor: Option<String>,
+    /// How many (at most [`MAX_PAGE`]).
+    pub limit: Option<u32>,
+}
+
+const CURSOR_PREFIX: &str = "a1.";
+
+fn encode_cursor(seq: i64) -> String {
+    format!(
+        "{CURSOR_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seq.to_be_bytes())
+    )
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, DomainError> {
+    let bad = || DomainError::new(ErrorCode::InvalidRequest, "the cursor is not valid");
+    let bytes = cursor
+        .strip_prefix(CURSOR_PREFIX)
+        .and_then(|c| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
+        .ok_or_else(bad)?;
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| bad())?;
+    Ok(i64::from_be_bytes(bytes))
+}
+
+fn to_wire(stored: store::StoredRecord) -> AuditRecord {
+    let r = stored.record;
+    AuditRecord {
+        id: r.id,
+        at_ms: r.at_ms,
+        kind: r.kind,
+        actor: r.actor,
+        application_id: r.application_id,
+        user_id: r.user_id,
+        device_id: r.device_id,
+        subject: r.subject,
+        client_ip: r.client_ip,
+        accessing_ip: r.accessing_ip,
+        location: r.location,
+        outcome: r.outcome,
+        details: serde_json::from_str(&r.details).unwrap_or(Value::Null),
+    }
+}
+
+/// One page of the application's audit log, newest first. The cursor names the last record
+/// answered, so records appended meanwhile never shift the pages that follow.
+pub(crate) async fn page(
+    ctx: &Ctx,
+    app: &tessera_protocol::ids::ApplicationId,
+    query: &Query,
+) -> Result<AuditPage, DomainError> {
+    let limit = i64::from(query.limit.unwrap_or(50).clamp(1, MAX_PAGE));
+    let filter = Filter {
+        application_id: Some(app.to_string()),
+        user_id: query.user_id.clone(),
+        kind: query.kind.clone(),
+        since_ms: query.since_ms,
+        until_ms: query.until_ms,
+        before_seq: query.cursor.as_deref().map(decode_cursor).transpose()?,
+        after_seq: None,
+    };
+    let mut rows = store::query(&ctx.db, &filter, limit + 1, false).await?;
+    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = more
+        .then(|| rows.last().map(|r| encode_cursor(r.seq)))
+        .flatten();
+    Ok(AuditPage {
+        records: rows.into_iter().map(to_wire).collect(),
+        next_cursor,
+    })
+}
+
+/// Sends the records matching `filter` as JSON lines, oldest first, in batches, until all are
+/// sent or the receiver is gone. Returns how many records were sent.
+pub(crate) async fn export(
+    db: &Database,
+    mut filter: Filter,
+    lines: tokio::sync::mpsc::Sender<String>,
+) -> Result<u64, StoreError> {
+    let mut written = 0u64;
+    loop {
+        let rows = store::query(db, &filter, 500, true).await?;
+        let Some(last) = rows.last() else {
+            return Ok(written);
+        };
+        filter.after_seq = Some(last.seq);
+        let mut batch = String::new();
+        for row in rows {
+            if let Ok(line) = serde_json::to_string(&to_wire(row)) {
+                batch.push_str(&line);
+                batch.push('\n');
+                written += 1;
+            }
+        }
+        if lines.send(batch).await.is_err() {
+            return Ok(written);
+        }
+    }
+}
+
+/// The application's audit log as JSON lines (oldest first, filtered like [`page`] but
+/// without a cursor), streamed as it is read.
+pub(crate) fn export_stream(
+    ctx: &Ctx,
+    app: &tessera_protocol::ids::ApplicationId,
+    query: &Query,
+) -> tokio::sync::mpsc::Receiver<String> {
+    let filter = Filter {
+        application_id: Some(app.to_string()),
+        user_id: query.user_id.clone(),
+        kind: query.kind.clone(),
+        since_ms: query.since_ms,
+        until_ms: query.until_ms,
+        before_seq: None,
+        after_seq: None,
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let db = ctx.db.clone();
+    tokio::spawn(async move {
+        if let Err(e) = export(&db, filter, sender).await {
+            tracing::warn!(error = %e, "audit export stopped");
+        }
+    });
+    receiver
+}
+
+const HISTORY_CURSOR_PREFIX: &str = "h1.";
+
+fn encode_history_cursor(created_at: i64, id: &str) -> String {
+    let text = format!("{created_at}:{id}");
+    format!(
+        "{HISTORY_CURSOR_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    )
+}
+
+fn decode_history_cursor(cursor: &str) -> Result<(i64, String), DomainError> {
+    let bad = || DomainError::new(ErrorCode::InvalidRequest, "the cursor is not valid");
+    let bytes = cursor
+        .strip_prefix(HISTORY_CURSOR_PREFIX)
+        .and_then(|c| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
+        .ok_or_else(bad)?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (at, id) = text.split_once(':').ok_or_else(bad)?;
+    let at = at.parse::<i64>().map_err(|_| bad())?;
+    if id.is_empty() || id.len() > 128 {
+        return Err(bad());
+    }
+    Ok((at, id.to_string()))
+}
+
+/// One page of the user's authentications, newest first (`user_not_found` for an unknown
+/// user). The cursor names the last authentication answered, so authentications created
+/// meanwhile never shift the pages that follow.
+pub(crate) async fn authentication_history(
+    ctx: &Ctx,
+    app: &tessera_protocol::ids::ApplicationId,
+    user_id: &tessera_protocol::ids::UserId,
+    cursor: Option<&str>,
+    limit: Option<u32>,
+) -> Result<AuthenticationHistory, DomainError> {
+    super::users::require_user(ctx, app, user_id).await?;
+    let before = cursor.map(decode_history_cursor).transpose()?;
+    let limit = i64::from(limit.unwrap_or(50).clamp(1, MAX_PAGE));
+    let mut rows =
+        store::authentication_history(&ctx.db, app.as_str(), user_id.as_str(), before, limit + 1)
+            .await?;
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > page;
+    rows.truncate(page);
+    let now = ctx.now();
+    let next_cursor = more
+        .then(|| {
+            rows.last()
+                .map(|r| encode_history_cursor(r.created_at, &r.id))
+        })
+        .flatten();
+    Ok(AuthenticationHistory {
+        authentications: rows
+            .into_iter()
+            .map(|r| {
+                let status = if r.state == "pending" && now >= r.expires_at {
+                    "expired".to_string()
+                } else {
+                    r.state
+                };
+                let answer_type = match (r.signed, r.decision.is_some(), status.as_str()) {
+                    (true, _, _) => Some("device".to_string()),
+                    (false, true, "approved" | "denied") => Some("passcode".to_string()),
+                    _ => None,
+                };
+                AuthenticationHistoryEntry {
+                    authentication_id: r.id,
+                    kind: r.kind,
+                    status,
+                    answer_type,
+                    denial_reason: r.denial_reason,
+                    failure_reason: r.failure_reason,
+                    created_at: r.created_at,
+                    answered_at: r.answered_at,
+                    expires_at: r.expires_at,
+                    device_id: r.enrollment_id,
+                    accessing_ip: r.accessing_ip,
+                }
+            })
+            .collect(),
+        next_cursor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        for seq in [0, 1, 42, i64::MAX] {
+            assert_eq!(decode_cursor(&encode_cursor(seq)).unwrap(), seq);
+        }
+        for bad in ["", "a1.", "a1.!!!", "b1.AAAAAAAAAAE", "a1.AAAA"] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+        let cursor = encode_history_cursor(1_700_000_000, "aut_x:y");
+        assert_eq!(
+            decode_history_cursor(&cursor).unwrap(),
+            (1_700_000_000, "aut_x:y".to_string())
+        );
+        for bad in ["", "h1.", "h1.!!", &encode_cursor(3), "h1.YWJj"] {
+            assert!(decode_history_cursor(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unauthenticated_failures_are_recorded_once_a_minute_per_key() {
+        let mut last = std::collections::HashMap::new();
+        assert!(due(&mut last, "a".into(), 1_000));
+        assert!(!due(&mut last, "a".into(), 60_999));
+        assert!(due(&mut last, "b".into(), 2_000));
+        assert!(due(&mut last, "a".into(), 61_000));
+        for i in 0..UNAUTHENTICATED_KEYS {
+            due(&mut last, format!("k{i}"), 0);
+        }
+        assert!(
+            last.len() <= UNAUTHENTICATED_KEYS,
+            "the memory stays bounded"
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! Customer API: event webhooks (register, list, remove, deliveries), the audit log (query and
+//! JSON-lines export) and a user's authentication history. The rules are in
+//! [`crate::domain::webhooks`] and [`crate::domain::audit`].
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tessera_protocol::events::{
+    AuditPage, AuthenticationHistory, CreateWebhookEndpoint, CreatedWebhookEndpoint,
+    WebhookDeliveryList, WebhookEndpointList,
+};
+
+use super::errors::ApiError;
+use super::extract::{ApiJson, AppAuth, parse_user_id};
+use crate::domain::{Ctx, audit, webhooks};
+
+/// Registers a webhook endpoint. The answer carries its signing secret, shown this once.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "customer", request_body = CreateWebhookEndpoint,
+    security(("api_key" = [])),
+    responses((status = 201, body = CreatedWebhookEndpoint),
+              (status = 400, description = "invalid_request (URL refused by the outbound-call policy, too many endpoints)", body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn create_webhook(
+    State(ctx): State<Ctx>,
+    auth: AppAuth,
+    ApiJson(body): ApiJson<CreateWebhookEndpoint>,
+) -> Result<(StatusCode, Json<CreatedWebhookEndpoint>), ApiError> {
+    let created = webhooks::create_endpoint(&ctx, &auth.0.id, &body).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The application's webhook endpoints (without their secrets).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "customer", security(("api_key" = [])),
+    responses((status = 200, body = WebhookEndpointList)))]
+pub(crate) async fn list_webhooks(
+    State(ctx): State<Ctx>,
+    auth: AppAuth,
+) -> Result<Json<WebhookEndpointList>, ApiError> {
+    Ok(Json(webhooks::list_endpoints(&ctx, &auth.0.id).await?))
+}
+
+/// Removes a webhook endpoint and its queued deliveries.
+#[utoipa::path(delete, path = "/v1/webhooks/{endpoint_id}", tag = "customer", security(("api_key" = [])),
+    params(("endpoint_id" = String, Path, description = "The endpoint")),
+    responses((status = 204, description = "Removed"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn remove_webhook(
+    State(ctx): State<Ctx>,
+    auth: AppAuth,
+    Path(endpoint_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    webhooks::remove_endpoint(&ctx, &auth.0.id, &endpoint_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?limit=N` (at most 200).
+#[derive(Debug, serde::Deserialize, Default, utoipa::IntoParams)]
+pub(crate) struct LimitQuery {
+    /// How many, at most 200 (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// An endpoint's latest deliveries: state, attempts, last status and last error.
+#[utoipa::path(get, path = "/v1/webhooks/{endpoint_id}/deliveries", tag = "customer", security(("api_key" = [])),
+    params(("endpoint_id" = String, Path, description = "The endpoint"), LimitQuery),
+    responses((status = 200, body = WebhookDeliveryList), (status = 404, body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn webhook_deliveries(
+    State(ctx): State<Ctx>,
+    auth: AppAuth,
+    Path(endpoint_id): Path<String>,
+    Query(query): Query<LimitQuery>,
+) -> Result<Json<WebhookDeliveryList>, ApiError> {
+    Ok(Json(
+        webhooks::deliveries(&ctx, &auth.0.id, &endpoint_id, query.limit).await?,
+    ))
+}
+
+/// Filters of the audit log.
+#[derive(Debug, serde::Deserialize, Default, utoipa::IntoParams)]
+pub(crate) struct AuditQuery {
+    /// Only this user's records.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Only records of this kind (`authentication.approved`, `user.deleted`, …).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Only records at or after this time (ms since the epoch).
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    /// Only records before this time (ms since the epoch).
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// How many, at most 200 (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+impl AuditQuery {
+    fn into_domain(self) -> audit::Query {
+        audit::Query {
+            user_id: self.user_id,
+            kind: self.kind,
+            since_ms: self.since_ms,
+            until_ms: self.until_ms,
+            cursor: self.cursor,
+            limit: self.limit,
+        }
+    }
+}
+
+/// The application's audit log, newest first, filtered, with a cursor for the next page.
+#[utoipa::path(get, path = "/v1/audit", tag = "customer", security(("api_key" = [])),
+    params(AuditQuery),
+    responses((status = 200, body = AuditPage),
+              (status = 400, description = "invalid_request (a bad cursor)", body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn audit_page(
+    State(ctx): State<Ctx>,
+    auth: AppAuth,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    Ok(Json(
+        audit::page(&ctx, &auth.0.id, &query.into_domain()).await?,
+    ))
+}
+
+/// The application's audit log as JSON lines (`application/x-ndjson`), oldest first, streamed.
+#[utoipa::path(get, path = "/v1/audit/export", tag = "customer", security(("api_key" = [])),
+    params(AuditQuery),
+    responses((status = 200, description = "One audit record (JSON) per line", content_type = "application/x-ndjson", body = String)))]
+pub(crate) async fn audit_export(
+    State(ctx): State<Ctx>,
+    auth: AppAuth,
+    Query(query): Query<AuditQuery>,
+) -> Response {
+    let lines = audit::export_stream(&ctx, &auth.0.id, &query.into_domain());
+    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
+        lines
+            .recv()
+            .await
+            .map(|batch| (Ok::<_, Infallible>(batch), lines))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// `?cursor=…&limit=N`.
+#[derive(Debug, serde::Deserialize, Default, utoipa::IntoParams)]
+pub(crate) struct HistoryQuery {
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// How many, at most 200 (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// The user's authentications, newest first, with a cursor for the next page.
+#[utoipa::path(get, path = "/v1/users/{user_id}/authentications", tag = "customer", security(("api_key" = [])),
+    params(("user_id" = String, Path, description = "The customer's id for the user"), HistoryQuery),
+    responses((status = 200, body = AuthenticationHistory),
+              (status = 400, description = "invalid_request (a bad cursor)", body = tessera_protocol::error::ErrorBody),
+              (status = 404, description = "user_not_found", body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn authentication_history(
+    State(ctx): State<Ctx>,
+    auth: AppAuth,
+    Path(user_id): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<AuthenticationHistory>, ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    Ok(Json(
+        audit::authentication_history(
+            &ctx,
+            &auth.0.id,
+            &user_id,
+            query.cursor.as_deref(),
+            query.limit,
+        )
+        .await?,
+    ))
+}

@@ -1,0 +1,304 @@
+//! The audit log: appended to, never changed (the schema's triggers refuse `UPDATE` and
+//! `DELETE`). Records are numbered by `seq`, which only grows, so a cursor on it is stable
+//! under inserts.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Database, StoreError};
+
+/// One record to append.
+#[derive(Debug, Clone, Default)]
+pub struct NewRecord {
+    /// The record's id.
+    pub id: String,
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// What happened.
+    pub kind: String,
+    /// Who did it.
+    pub actor: String,
+    /// The application.
+    pub application_id: Option<String>,
+    /// The user.
+    pub user_id: Option<String>,
+    /// The device (enrollment id).
+    pub device_id: Option<String>,
+    /// The object concerned.
+    pub subject: Option<String>,
+    /// The caller's address.
+    pub client_ip: Option<String>,
+    /// The person's address.
+    pub accessing_ip: Option<String>,
+    /// The location of the person's address.
+    pub location: Option<String>,
+    /// How it ended.
+    pub outcome: String,
+    /// More (JSON).
+    pub details: String,
+}
+
+/// A stored record with its sequence number.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    /// Its place in the log.
+    pub seq: i64,
+    /// The record.
+    pub record: NewRecord,
+}
+
+/// Appends `record` within `tx`.
+pub async fn append(tx: &mut sqlx::AnyConnection, record: &NewRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, device_id, subject, \
+         client_ip, accessing_ip, location, outcome, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&record.id)
+    .bind(record.at_ms)
+    .bind(&record.kind)
+    .bind(&record.actor)
+    .bind(record.application_id.as_deref())
+    .bind(record.user_id.as_deref())
+    .bind(record.device_id.as_deref())
+    .bind(record.subject.as_deref())
+    .bind(record.client_ip.as_deref())
+    .bind(record.accessing_ip.as_deref())
+    .bind(record.location.as_deref())
+    .bind(&record.outcome)
+    .bind(&record.details)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Which records a query wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this application's (`None`: every application, for the admin export).
+    pub application_id: Option<String>,
+    /// Only this user's.
+    pub user_id: Option<String>,
+    /// Only of this kind.
+    pub kind: Option<String>,
+    /// At or after (ms).
+    pub since_ms: Option<i64>,
+    /// Before (ms).
+    pub until_ms: Option<i64>,
+    /// Older than this sequence number (a cursor).
+    pub before_seq: Option<i64>,
+    /// Newer than this sequence number (the export's position).
+    pub after_seq: Option<i64>,
+}
+
+const COLUMNS: &str = "seq, id, at_ms, kind, actor, application_id, user_id, device_id, subject, \
+                       client_ip, accessing_ip, location, outcome, details";
+
+/// Up to `limit` records matching `filter`: newest first, or oldest first with `oldest_first`.
+pub async fn query(
+    db: &Database,
+    filter: &Filter,
+    limit: i64,
+    oldest_first: bool,
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM audit_log WHERE 1 = 1");
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    let mut texts: Vec<String> = Vec::new();
+    let mut ints: Vec<(usize, i64)> = Vec::new();
+    // Binds are positional: keep the order of the text and integer conditions explicit.
+    let mut order: Vec<Bind> = Vec::new();
+    if let Some(app) = &filter.application_id {
+        sql.push_str(&format!(" AND application_id = ${}", next()));
+        texts.push(app.clone());
+        order.push(Bind::Text(texts.len() - 1));
+    }
+    if let Some(user) = &filter.user_id {
+        sql.push_str(&format!(" AND user_id = ${}", next()));
+        texts.push(user.clone());
+        order.push(Bind::Text(texts.len() - 1));
+    }
+    if let Some(kind) = &filter.kind {
+        sql.push_str(&format!(" AND kind = ${}", next()));
+        texts.push(kind.clone());
+        order.push(Bind::Text(texts.len() - 1));
+    }
+    for (value, condition) in [
+        (filter.since_ms, "at_ms >="),
+        (filter.until_ms, "at_ms <"),
+        (filter.before_seq, "seq <"),
+        (filter.after_seq, "seq >"),
+    ] {
+        if let Some(value) = value {
+            sql.push_str(&format!(" AND {condition} ${}", next()));
+            ints.push((ints.len(), value));
+            order.push(Bind::Int(ints.len() - 1));
+        }
+    }
+    sql.push_str(if oldest_first {
+        " ORDER BY seq ASC"
+    } else {
+        " ORDER BY seq DESC"
+    });
+    sql.push_str(&format!(" LIMIT ${}", next()));
+    let mut q = sqlx::query(&sql);
+    for bind in order {
+        q = match bind {
+            Bind::Text(i) => q.bind(texts[i].clone()),
+            Bind::Int(i) => q.bind(ints[i].1),
+        };
+    }
+    let rows = q.bind(limit).fetch_all(db.pool()).await?;
+    rows.iter().map(row_to_record).collect()
+}
+
+enum Bind {
+    Text(usize),
+    Int(usize),
+}
+
+fn row_to_record(row: &AnyRow) -> Result<StoredRecord, StoreError> {
+    Ok(StoredRecord {
+        seq: row.try_get("seq")?,
+        record: NewRecord {
+            id: row.try_get("id")?,
+            at_ms: row.try_get("at_ms")?,
+            kind: row.try_get("kind")?,
+            actor: row.try_get("actor")?,
+            application_id: row.try_get("application_id")?,
+            user_id: row.try_get("user_id")?,
+            device_id: row.try_get("device_id")?,
+            subject: row.try_get("subject")?,
+            client_ip: row.try_get("client_ip")?,
+            accessing_ip: row.try_get("accessing_ip")?,
+            location: row.try_get("location")?,
+            outcome: row.try_get("outcome")?,
+            details: row.try_get("details")?,
+        },
+    })
+}
+
+/// Marks up to `limit` authentications that expired unanswered (and were not yet reported) as
+/// reported, and returns them as read now. Each is returned to one caller only.
+pub async fn claim_unreported_expired(
+    db: &Database,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<super::authentications::Authentication>, StoreError> {
+    let lock = match db.engine() {
+        super::Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+        super::Engine::Sqlite => "",
+    };
+    let rows = sqlx::query(&format!(
+        "UPDATE authentications SET expiry_reported = 1 WHERE id IN \
+         (SELECT id FROM authentications WHERE state = 'pending' AND expiry_reported = 0 \
+          AND expires_at <= $1 ORDER BY expires_at LIMIT $2{lock}) \
+         AND state = 'pending' AND expiry_reported = 0 RETURNING id"
+    ))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db.writer())
+    .await?;
+    let mut expired = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let id = id
+            .parse()
+            .map_err(|_| StoreError::Corrupted("authentication id"))?;
+        if let Some(record) = super::authentications::get(db, &id, now).await? {
+            expired.push(record);
+        }
+    }
+    Ok(expired)
+}
+
+/// One authentication as a user's history shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// The authentication.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its stored state (`pending` may have expired: see `expires_at`).
+    pub state: String,
+    /// Whether a signed answer was recorded.
+    pub signed: bool,
+    /// The decision recorded, if any.
+    pub decision: Option<String>,
+    /// Why it was denied.
+    pub denial_reason: Option<String>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Created (seconds).
+    pub created_at: i64,
+    /// Answered (seconds).
+    pub answered_at: Option<i64>,
+    /// Expires (seconds).
+    pub expires_at: i64,
+    /// The device asked.
+    pub enrollment_id: String,
+    /// The person's address.
+    pub accessing_ip: Option<String>,
+}
+
+/// Up to `limit` of the user's authentications, newest first, older than `before` (the
+/// `(created_at, id)` of the last row of the previous page).
+pub async fn authentication_history(
+    db: &Database,
+    application_id: &str,
+    user_id: &str,
+    before: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<HistoryRow>, StoreError> {
+    let columns = "id, kind, state, signed_response IS NOT NULL AS signed, decision, denial_reason, \
+                   failure_reason, created_at, answered_at, expires_at, enrollment_id, accessing_ip";
+    let rows =
+        match before {
+            Some((created_at, id)) => sqlx::query(&format!(
+                "SELECT {columns} FROM authentications WHERE application_id = $1 AND user_id = $2 \
+                 AND (created_at < $3 OR (created_at = $3 AND id < $4)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $5"
+            ))
+            .bind(application_id)
+            .bind(user_id)
+            .bind(created_at)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(db.pool())
+            .await?,
+            None => sqlx::query(&format!(
+                "SELECT {columns} FROM authentications WHERE application_id = $1 AND user_id = $2 \
+                 ORDER BY created_at DESC, id DESC LIMIT $3"
+            ))
+            .bind(application_id)
+            .bind(user_id)
+            .bind(limit)
+            .fetch_all(db.pool())
+            .await?,
+        };
+    rows.iter()
+        .map(|row| {
+            let signed: bool = match row.try_get::<bool, _>("signed") {
+                Ok(b) => b,
+                Err(_) => row.try_get::<i64, _>("signed")? != 0,
+            };
+            Ok(HistoryRow {
+                id: row.try_get("id")?,
+                kind: row.try_get("kind")?,
+                state: row.try_get("state")?,
+                signed,
+                decision: row.try_get("decision")?,
+                denial_reason: row.try_get("denial_reason")?,
+                failure_reason: row.try_get("failure_reason")?,
+                created_at: row.try_get("created_at")?,
+                answered_at: row.try_get("answered_at")?,
+                expires_at: row.try_get("expires_at")?,
+                enrollment_id: row.try_get("enrollment_id")?,
+                accessing_ip: row.try_get("accessing_ip")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,518 @@
+//! Webhook endpoints (their signing secrets sealed with the data key) and the outbox of
+//! deliveries: one row per event and endpoint, claimed by one instance at a time with a lease
+//! (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: one conditional update, its writes being
+//! serialised), so any instance resumes what another left.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use zeroize::Zeroizing;
+
+use super::secrets::{open_text, place, seal_text};
+use super::{Database, Engine, StoreError};
+
+/// A registered endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its id.
+    pub id: String,
+    /// Its application.
+    pub application_id: String,
+    /// Where to POST.
+    pub url: String,
+    /// Comma-separated event types; empty: all.
+    pub event_types: String,
+    /// When it was registered (seconds).
+    pub created_at: i64,
+}
+
+impl Endpoint {
+    /// Whether this endpoint receives events of type `event_type`.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.split(',').any(|t| t == event_type)
+    }
+}
+
+/// Registers an endpoint, its secret sealed.
+pub async fn insert_endpoint(
+    db: &Database,
+    endpoint: &Endpoint,
+    secret: &str,
+) -> Result<(), StoreError> {
+    let sealed = seal_text(
+        db.secrets()?,
+        place("webhook_endpoints", "secret", &endpoint.id),
+        Some(secret),
+    )?;
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, application_id, url, secret, event_types, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&endpoint.id)
+    .bind(&endpoint.application_id)
+    .bind(&endpoint.url)
+    .bind(sealed)
+    .bind(&endpoint.event_types)
+    .bind(endpoint.created_at)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+fn row_to_endpoint(row: &AnyRow) -> Result<Endpoint, StoreError> {
+    Ok(Endpoint {
+        id: row.try_get("id")?,
+        application_id: row.try_get("application_id")?,
+        url: row.try_get("url")?,
+        event_types: row.try_get("event_types")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// The application's endpoints, oldest first.
+pub async fn endpoints(db: &Database, application_id: &str) -> Result<Vec<Endpoint>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, application_id, url, event_types, created_at FROM webhook_endpoints \
+         WHERE application_id = $1 ORDER BY created_at, id",
+    )
+    .bind(application_id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(row_to_endpoint).collect()
+}
+
+/// One endpoint of the application.
+pub async fn endpoint(
+    db: &Database,
+    application_id: &str,
+    id: &str,
+) -> Result<Option<Endpoint>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, application_id, url, event_types, created_at FROM webhook_endpoints \
+         WHERE application_id = $1 AND id = $2",
+    )
+    .bind(application_id)
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(row_to_endpoint).transpose()
+}
+
+/// The endpoint's signing secret.
+pub async fn endpoint_secret(
+    db: &Database,
+    id: &str,
+) -> Result<Option<Zeroizing<String>>, StoreError> {
+    let row = sqlx::query("SELECT secret FROM webhook_endpoints WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    open_text(
+        db.secrets()?,
+        place("webhook_endpoints", "secret", id),
+        row.try_get("secret")?,
+    )
+}
+
+/// Removes an endpoint and its deliveries. False if the application has no such endpoint.
+pub async fn delete_endpoint(
+    db: &Database,
+    application_id: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query(
+        "DELETE FROM webhook_deliveries WHERE endpoint_id IN \
+         (SELECT id FROM webhook_endpoints WHERE application_id = $1 AND id = $2)",
+    )
+    .bind(application_id)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    let done = sqlx::query("DELETE FROM webhook_endpoints WHERE application_id = $1 AND id = $2")
+        .bind(application_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One event queued for one endpoint.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// The delivery's id.
+    pub id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The application.
+    pub application_id: String,
+    /// The event's id.
+    pub event_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The body to POST.
+    pub payload: String,
+    /// When it was queued (ms), and first due.
+    pub created_at_ms: i64,
+}
+
+/// Queues deliveries within `tx` (the event's own transaction).
+pub async fn enqueue(
+    tx: &mut sqlx::AnyConnection,
+    deliveries: &[NewDelivery],
+) -> Result<(), StoreError> {
+    for d in deliveries {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, application_id, event_id, event_type, \
+             payload, state, attempts, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)",
+        )
+        .bind(&d.id)
+        .bind(&d.endpoint_id)
+        .bind(&d.application_id)
+        .bind(&d.event_id)
+        .bind(&d.event_type)
+        .bind(&d.payload)
+        .bind(d.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The endpoints of `application_id` within `tx`.
+pub async fn endpoints_in(
+    tx: &mut sqlx::AnyConnection,
+    application_id: &str,
+) -> Result<Vec<Endpoint>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, application_id, url, event_types, created_at FROM webhook_endpoints \
+         WHERE application_id = $1 ORDER BY created_at, id",
+    )
+    .bind(application_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter().map(row_to_endpoint).collect()
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its id.
+    pub id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The event's id.
+    pub event_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The body.
+    pub payload: String,
+    /// `pending`, `delivered`, `failed`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// When the next attempt is due (ms).
+    pub next_attempt_at: i64,
+    /// The last attempt's HTTP status.
+    pub last_status: Option<i64>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// When the last attempt was made (ms).
+    pub last_attempt_at: Option<i64>,
+    /// When it was delivered (ms).
+    pub delivered_at: Option<i64>,
+    /// When it was queued (ms).
+    pub created_at: i64,
+}
+
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_type, payload, state, attempts, \
+     next_attempt_at, last_status, last_error, last_attempt_at, delivered_at, created_at";
+
+fn row_to_delivery(row: &AnyRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        endpoint_id: row.try_get("endpoint_id")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        payload: row.try_get("payload")?,
+        state: row.try_get("state")?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        last_status: row.try_get("last_status")?,
+        last_error: row.try_get("last_error")?,
+        last_attempt_at: row.try_get("last_attempt_at")?,
+        delivered_at: row.try_get("delivered_at")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Claims up to `limit` due deliveries for `owner` until `lease_until` (ms): pending, due, and
+/// not leased by anyone else (or their lease lapsed). Each row goes to one claimer only.
+pub async fn claim_due(
+    db: &Database,
+    owner: &str,
+    now_ms: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<Delivery>, StoreError> {
+    let lock = match db.engine() {
+        Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+        Engine::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 \
+         WHERE id IN (SELECT id FROM webhook_deliveries \
+            WHERE state = 'pending' AND next_attempt_at <= $3 \
+            AND (lease_until IS NULL OR lease_until <= $3) \
+            ORDER BY next_attempt_at LIMIT $4{lock}) \
+         AND state = 'pending' AND (lease_until IS NULL OR lease_until <= $3) \
+         RETURNING {DELIVERY_COLUMNS}"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(db.writer())
+        .await?;
+    rows.iter().map(row_to_delivery).collect()
+}
+
+/// What an attempt ended as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// Delivered.
+    Delivered {
+        /// The answer's status.
+        status: i64,
+    },
+    /// Failed; try again at `next_attempt_at` (ms).
+    Retry {
+        /// The answer's status, if any.
+        status: Option<i64>,
+        /// Why.
+        error: String,
+        /// When to try again.
+        next_attempt_at: i64,
+    },
+    /// Failed for the last time.
+    GiveUp {
+        /// The answer's status, if any.
+        status: Option<i64>,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Records an attempt by `owner` and releases its lease. False if the lease was lost (another
+/// instance took the delivery over): nothing is written then.
+pub async fn record_attempt(
+    db: &Database,
+    id: &str,
+    owner: &str,
+    now_ms: i64,
+    result: &AttemptResult,
+) -> Result<bool, StoreError> {
+    let (state, status, error, next, delivered) = match result {
+        AttemptResult::Delivered { status } => {
+            ("delivered", Some(*status), None, None, Some(now_ms))
+        }
+        AttemptResult::Retry {
+            status,
+            error,
+            next_attempt_at,
+        } => (
+            "pending",
+            *status,
+            Some(error.as_str()),
+            Some(*next_attempt_at),
+            None,
+        ),
+        AttemptResult::GiveUp { status, error } => {
+            ("failed", *status, Some(error.as_str()), None, None)
+        }
+    };
+    let done = sqlx::query(
+        "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, last_status = $2, \
+         last_error = $3, last_attempt_at = $4, next_attempt_at = COALESCE($5, next_attempt_at), \
+         delivered_at = $6, lease_owner = NULL, lease_until = NULL \
+         WHERE id = $7 AND lease_owner = $8 AND state = 'pending'",
+    )
+    .bind(state)
+    .bind(status)
+    .bind(error)
+    .bind(now_ms)
+    .bind(next)
+    .bind(delivered)
+    .bind(id)
+    .bind(owner)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The earliest time (ms) a pending delivery becomes due or its lease lapses, if any.
+pub async fn next_due(db: &Database) -> Result<Option<i64>, StoreError> {
+    let row = sqlx::query(
+        "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at \
+         THEN lease_until ELSE next_attempt_at END) AS due \
+         FROM webhook_deliveries WHERE state = 'pending'",
+    )
+    .fetch_one(db.pool())
+    .await?;
+    Ok(row.try_get::<Option<i64>, _>("due")?)
+}
+
+/// The endpoint's deliveries, newest first, up to `limit`.
+pub async fn deliveries(
+    db: &Database,
+    application_id: &str,
+    endpoint_id: &str,
+    limit: i64,
+) -> Result<Vec<Delivery>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries \
+         WHERE application_id = $1 AND endpoint_id = $2 ORDER BY created_at DESC, id DESC LIMIT $3"
+    ))
+    .bind(application_id)
+    .bind(endpoint_id)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(row_to_delivery).collect()
+}
+
+/// One endpoint, whatever its application.
+pub async fn endpoint_by_id(db: &Database, id: &str) -> Result<Option<Endpoint>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, application_id, url, event_types, created_at FROM webhook_endpoints WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(row_to_endpoint).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    async fn database_with_deliveries(n: usize) -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let mut db = Database::connect(&url, 4).await.expect("database");
+        db.open_secrets(None, 0).await.expect("data key");
+        sqlx::query(
+            "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ('app', 'A', 'd', 0)",
+        )
+        .execute(db.writer())
+        .await
+        .expect("application");
+        let endpoint = Endpoint {
+            id: "whe_1".into(),
+            application_id: "app".into(),
+            url: "https://hooks.example.com/x".into(),
+            event_types: String::new(),
+            created_at: 0,
+        };
+        insert_endpoint(&db, &endpoint, "whsec_x")
+            .await
+            .expect("endpoint");
+        let deliveries: Vec<NewDelivery> = (0..n)
+            .map(|i| NewDelivery {
+                id: format!("whd_{i}"),
+                endpoint_id: "whe_1".into(),
+                application_id: "app".into(),
+                event_id: format!("evt_{i}"),
+                event_type: "pairing.completed".into(),
+                payload: "{}".into(),
+                created_at_ms: 1_000,
+            })
+            .collect();
+        let mut tx = db.begin_write().await.expect("tx");
+        enqueue(&mut tx, &deliveries).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+        (dir, db)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claimers_each_get_distinct_rows_and_leases_hold_until_they_lapse() {
+        let (_dir, db) = database_with_deliveries(50).await;
+        let claimers: Vec<_> = (0..8)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        let got = claim_due(&db, &format!("w{i}"), 2_000, 60_000, 5)
+                            .await
+                            .expect("claim");
+                        if got.is_empty() {
+                            return mine;
+                        }
+                        mine.extend(got.into_iter().map(|d| d.id));
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for claimer in claimers {
+            all.extend(claimer.await.expect("claimer"));
+        }
+        assert_eq!(all.len(), 50, "every row claimed");
+        assert_eq!(all.iter().collect::<HashSet<_>>().len(), 50, "each once");
+        // Leased: nobody else gets them before the lease lapses, everybody after.
+        assert!(
+            claim_due(&db, "late", 59_999, 120_000, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let resumed = claim_due(&db, "late", 60_000, 120_000, 100).await.unwrap();
+        assert_eq!(resumed.len(), 50);
+        // Only the lease holder records an attempt.
+        let retry = AttemptResult::Retry {
+            status: Some(500),
+            error: "answered 500".into(),
+            next_attempt_at: 70_000,
+        };
+        assert!(
+            !record_attempt(&db, "whd_0", "w0", 60_001, &retry)
+                .await
+                .unwrap()
+        );
+        assert!(
+            record_attempt(&db, "whd_0", "late", 60_001, &retry)
+                .await
+                .unwrap()
+        );
+        let listed = deliveries(&db, "app", "whe_1", 100).await.unwrap();
+        let d0 = listed.iter().find(|d| d.id == "whd_0").unwrap();
+        assert_eq!((d0.attempts, d0.next_attempt_at), (1, 70_000));
+        assert_eq!(d0.last_status, Some(500));
+        // Not due yet, then due.
+        assert!(
+            claim_due(&db, "x", 69_999, 200_000, 100)
+                .await
+                .unwrap()
+                .iter()
+                .all(|d| d.id != "whd_0")
+        );
+        let due = claim_due(&db, "x", 130_000, 200_000, 100).await.unwrap();
+        assert!(due.iter().any(|d| d.id == "whd_0"));
+        // The secret is stored sealed and opens to what was stored.
+        assert_eq!(
+            endpoint_secret(&db, "whe_1")
+                .await
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "whsec_x"
+        );
+    }
+}
