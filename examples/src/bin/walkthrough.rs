@@ -484,6 +484,8 @@ async fn main() -> Result<()> {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await?;
     let call_centre = RelyingParty::discover(
@@ -552,6 +554,8 @@ async fn main() -> Result<()> {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await?;
     let branch = RelyingParty::discover(

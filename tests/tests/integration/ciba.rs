@@ -81,6 +81,8 @@ fn registration(mode: DeliveryMode, method: ClientAuthMethod) -> RegisterCibaCli
         jwks: None,
         backchannel_authentication_request_signing_alg: None,
         backchannel_user_code_parameter: false,
+        redirect_uris: Vec::new(),
+        grant_types: Vec::new(),
     }
 }
 

@@ -458,6 +458,8 @@ async fn ciba_user_codes(backend: Backend) {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: true,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await
         .expect("client");
