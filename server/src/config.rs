@@ -131,6 +131,11 @@ pub struct ServerConfig {
     /// How often each instance reloads the device-facing server keys (a rotation, revocation or
     /// the end of a grace period reaches every instance within this time, without a restart).
     pub server_key_reload_interval: std::time::Duration,
+    /// Lifetime of an authorization code (OIDC redirect MFA), in seconds (default 60).
+    pub oidc_code_ttl: u32,
+    /// Lifetime of an authorization request's flow (the time the user has at the prompt), in
+    /// seconds (60–3600, default 600).
+    pub oidc_authorization_ttl: u32,
 }
 
 /// FCM's production base URL.
@@ -187,6 +192,8 @@ impl Default for ServerConfig {
             max_pending_requests_per_application: 10_000,
             push_bombing_window_seconds: 600,
             server_key_reload_interval: std::time::Duration::from_secs(30),
+            oidc_code_ttl: 60,
+            oidc_authorization_ttl: 600,
         }
     }
 }

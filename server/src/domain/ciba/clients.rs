@@ -64,7 +64,10 @@ fn check_redirect_uris(uris: &[String]) -> Result<(), DomainError> {
 }
 
 /// The grant types a registration asks for, checked against what it registered.
-fn grant_types(request: &RegisterCibaClient, has_jwks: bool) -> Result<Vec<GrantType>, DomainError> {
+fn grant_types(
+    request: &RegisterCibaClient,
+    has_jwks: bool,
+) -> Result<Vec<GrantType>, DomainError> {
     let mut grants = if request.grant_types.is_empty() {
         let mut grants = crate::store::ciba::LEGACY_GRANT_TYPES.to_vec();
         if !request.redirect_uris.is_empty() {
