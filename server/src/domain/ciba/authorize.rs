@@ -588,7 +588,7 @@ async fn start(
         .await
         .map_err(|e| match e {
             DomainError::Refused {
-                code: tessera_protocol::error::ErrorCode::NotFound,
+                code: tessera_protocol::error::ErrorCode::UserNotFound,
                 ..
             } => OAuthError::new(
                 OAuthCode::InvalidRequest,
@@ -648,11 +648,16 @@ fn hosted_prompt(_request: &mut CreateFlowRequest, _return_url: &str, _ui_locale
 /// INTEGRATION POINT (hosted prompt): the URL the browser is sent to for the flow. With the
 /// hosted prompt merged this returns the flow's `prompt_url`
 /// (`{public_url}/prompt#<browser token>`), which navigates to `return_url` exactly as given
-/// when the flow reaches a final status. Until then it names the prompt page and the flow
-/// (`{public_url}/prompt#flow=<flow id>`; a flow id alone lets nobody act on the flow: actions
-/// need the application's API key).
-fn start_prompt(ctx: &Ctx, flow: &FlowState, _return_url: &str, _ui_locales: &[String]) -> String {
-    format!("{}/prompt#flow={}", ctx.public_url.as_str(), flow.id)
+/// when the flow reaches a final status. Until then it names the prompt page, the flow and the
+/// return URL (`{public_url}/prompt#flow=<flow id>&return=<return_url>`, what the page will
+/// know; a flow id alone lets nobody act on the flow: actions need the application's API key,
+/// and the return URL needs this browser's cookie).
+fn start_prompt(ctx: &Ctx, flow: &FlowState, return_url: &str, _ui_locales: &[String]) -> String {
+    let fragment = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("flow", flow.id.as_str())
+        .append_pair("return", return_url)
+        .finish();
+    format!("{}/prompt#{fragment}", ctx.public_url.as_str())
 }
 
 // ---- The resume --------------------------------------------------------------------------
