@@ -221,3 +221,150 @@ pub async fn redeem(
     tx.commit().await?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode};
+    use tessera_protocol::ids::ApplicationId;
+
+    use super::*;
+    use crate::store::ciba::{CibaClient, LEGACY_GRANT_TYPES, insert_client};
+
+    async fn database() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("codes.db").display());
+        let db = Database::connect(&url, 4).await.expect("database");
+        let app = ApplicationId::generate();
+        sqlx::query(
+            "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ($1, 'A', 'd', 0)",
+        )
+        .bind(app.as_str())
+        .execute(db.writer())
+        .await
+        .expect("application");
+        insert_client(
+            &db,
+            &CibaClient {
+                client_id: "client".into(),
+                application_id: app.clone(),
+                name: "Portal".into(),
+                delivery_mode: DeliveryMode::Poll,
+                notification_endpoint: None,
+                auth_method: ClientAuthMethod::ClientSecretBasic,
+                secret_digest: Some("x".into()),
+                jwks: None,
+                request_signing_alg: None,
+                user_code_required: false,
+                created_at: 0,
+                redirect_uris: vec!["https://rp.example/cb".into()],
+                grant_types: LEGACY_GRANT_TYPES.to_vec(),
+            },
+        )
+        .await
+        .expect("client");
+        insert(
+            &db,
+            &StoredAuthorization {
+                id: "azr_1".into(),
+                client_id: "client".into(),
+                application_id: app.as_str().into(),
+                user_id: "alice".into(),
+                flow_id: "flow".into(),
+                redirect_uri: "https://rp.example/cb".into(),
+                state: Some("s".into()),
+                nonce: None,
+                code_challenge: "c".into(),
+                scope: "openid".into(),
+                acr_values: None,
+                browser_digest: "browser".into(),
+                family_id: "family".into(),
+                created_at: 0,
+                expires_at: 600,
+                resumed_at: None,
+                claims: None,
+                code_expires_at: None,
+                code_used_at: None,
+            },
+        )
+        .await
+        .expect("authorization");
+        (dir, db)
+    }
+
+    fn token(digest_kind: &str) -> IssuedToken {
+        IssuedToken {
+            kind: digest_kind.into(),
+            client_id: "client".into(),
+            user_id: "alice".into(),
+            scope: "openid".into(),
+            acr: "mfa".into(),
+            amr: "[]".into(),
+            auth_time: 0,
+            expires_at: 10_000,
+            used_at: None,
+            family_id: Some("family".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_resumes_once_and_only_in_its_browser() {
+        let (_dir, db) = database().await;
+        let resumed = resume(&db, "azr_1", "other", Some("{}"), Some(("code", 60)), 1)
+            .await
+            .expect("resume");
+        assert!(!resumed, "another browser's digest");
+        let attempts = (0..8).map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let code = format!("code-{i}");
+                resume(&db, "azr_1", "browser", Some("{}"), Some((&code, 60)), 1)
+                    .await
+                    .expect("resume")
+            })
+        });
+        let mut won = 0;
+        for attempt in attempts {
+            won += usize::from(attempt.await.expect("task"));
+        }
+        assert_eq!(won, 1);
+        let stored = get(&db, "azr_1").await.expect("read").expect("row");
+        assert_eq!(stored.resumed_at, Some(1));
+        assert_eq!(stored.code_expires_at, Some(60));
+    }
+
+    #[tokio::test]
+    async fn a_code_is_redeemed_once_and_losers_store_nothing() {
+        let (_dir, db) = database().await;
+        assert!(
+            resume(&db, "azr_1", "browser", Some("{}"), Some(("code", 60)), 1)
+                .await
+                .expect("resume")
+        );
+        let attempts = (0..8).map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let tokens = vec![(format!("access-{i}"), token("access"))];
+                redeem(&db, "code", &tokens, 2).await.expect("redeem")
+            })
+        });
+        let mut won = 0;
+        for attempt in attempts {
+            won += usize::from(attempt.await.expect("task"));
+        }
+        assert_eq!(won, 1);
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oidc_tokens")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        assert_eq!(stored, 1);
+        let used = by_code(&db, "code").await.expect("read").expect("row");
+        assert_eq!(used.code_used_at, Some(2));
+        assert_eq!(
+            claims_of_family(&db, "family")
+                .await
+                .expect("claims")
+                .as_deref(),
+            Some("{}")
+        );
+    }
+}

