@@ -429,6 +429,36 @@ impl RelyingParty {
         login_hint: &str,
         extra: Value,
     ) -> Result<AuthorizationStart, RpError> {
+        self.signed_authorization_url(&|claims| key.sign(claims), redirect_uri, login_hint, extra)
+    }
+
+    /// [`RelyingParty::authorization_url`] with the request object signed `HS512` with the
+    /// client's secret, as Duo's clients sign theirs (for clients registered with a secret).
+    pub fn authorization_url_with_secret(
+        &self,
+        secret: &str,
+        redirect_uri: &str,
+        login_hint: &str,
+        extra: Value,
+    ) -> Result<AuthorizationStart, RpError> {
+        let sign = |claims: &Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS512),
+                claims,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .map_err(transport)
+        };
+        self.signed_authorization_url(&sign, redirect_uri, login_hint, extra)
+    }
+
+    fn signed_authorization_url(
+        &self,
+        sign: &dyn Fn(&Value) -> Result<String, RpError>,
+        redirect_uri: &str,
+        login_hint: &str,
+        extra: Value,
+    ) -> Result<AuthorizationStart, RpError> {
         let endpoint = self.authorization_endpoint()?;
         let state = random_id();
         let nonce = random_id();
@@ -458,7 +488,7 @@ impl RelyingParty {
                 }
             }
         }
-        let request = key.sign(&claims)?;
+        let request = sign(&claims)?;
         let mut url = url::Url::parse(&endpoint).map_err(transport)?;
         {
             let mut query = url.query_pairs_mut();

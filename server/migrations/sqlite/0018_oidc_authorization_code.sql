@@ -3,6 +3,10 @@
 -- (the CIBA grant and refresh_token).
 ALTER TABLE ciba_clients ADD COLUMN redirect_uris TEXT;
 ALTER TABLE ciba_clients ADD COLUMN grant_types TEXT;
+-- The secret of a redirect MFA client with a secret-based method, sealed with the data key
+-- (unlike the digest in secret_digest it must be read back: it verifies the client's HMAC-signed
+-- request objects, as Duo's clients sign them).
+ALTER TABLE ciba_clients ADD COLUMN request_object_secret TEXT;
 
 -- One authorization request (GET /oidc/authorize): the flow it runs, the browser it is bound to
 -- (SHA-256 of the cookie's value only), and, once the flow ended and the browser came back, the

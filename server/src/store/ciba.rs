@@ -105,8 +105,27 @@ fn client_from_row(row: &sqlx::any::AnyRow) -> Result<CibaClient, StoreError> {
 
 /// Stores a new client.
 pub async fn insert_client(db: &Database, client: &CibaClient) -> Result<(), StoreError> {
+    insert_client_with_secret(db, client, None).await
+}
+
+/// Stores a new client with the secret its request objects are signed with (HMAC, redirect MFA
+/// clients with a secret-based method), sealed with the data key in the same statement.
+pub async fn insert_client_with_secret(
+    db: &Database,
+    client: &CibaClient,
+    request_object_secret: Option<&str>,
+) -> Result<(), StoreError> {
+    let sealed = match request_object_secret {
+        Some(secret) => seal_text(
+            db.secrets()?,
+            place("ciba_clients", "request_object_secret", &client.client_id),
+            Some(secret),
+        )?,
+        None => None,
+    };
     sqlx::query(&format!(
-        "INSERT INTO ciba_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        "INSERT INTO ciba_clients ({CLIENT_COLUMNS}, request_object_secret) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     ))
     .bind(&client.client_id)
     .bind(client.application_id.as_str())
@@ -127,9 +146,29 @@ pub async fn insert_client(db: &Database, client: &CibaClient) -> Result<(), Sto
         serde_json::to_string(&client.grant_types)
             .map_err(|_| StoreError::Corrupted("grant types"))?,
     )
+    .bind(sealed)
     .execute(db.writer())
     .await?;
     Ok(())
+}
+
+/// The secret a client's request objects may be signed with (HMAC), if it has one.
+pub async fn request_object_secret(
+    db: &Database,
+    client_id: &str,
+) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
+    let row = sqlx::query("SELECT request_object_secret FROM ciba_clients WHERE client_id = $1")
+        .bind(client_id)
+        .fetch_optional(db.pool())
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    open_text(
+        db.secrets()?,
+        place("ciba_clients", "request_object_secret", client_id),
+        row.try_get("request_object_secret")?,
+    )
 }
 
 /// One client.
@@ -169,7 +208,7 @@ pub async fn delete_client(
         .rows_affected()
         == 1;
     if done {
-        for table in ["ciba_requests", "oidc_tokens"] {
+        for table in ["ciba_requests", "oidc_tokens", "oidc_authorizations"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
                 .bind(client_id)
                 .execute(&mut *tx)

@@ -32,6 +32,7 @@ on_each_backend! {
     the_resume_needs_the_browser_that_started_and_a_finished_flow => other_browser;
     codes_expire_after_a_minute => expired_code;
     clients_use_only_their_registered_grants => grants;
+    a_client_with_a_secret_signs_its_request_objects_with_hmac => hmac_request_objects;
 }
 
 const REDIRECT: &str = "https://rp.example/callback";
@@ -902,4 +903,56 @@ async fn grants(backend: Backend) {
     plain_page(&Browser::new().get(&start.url).await, 400);
     let (_, error, _) = oauth_error(old_rp.exchange_code("x", REDIRECT, "y").await);
     assert_eq!(error, "unauthorized_client");
+}
+
+async fn hmac_request_objects(backend: Backend) {
+    let s = setup(backend).await;
+    // Registered with a secret and no keys, like a Duo client: its request objects are HS512.
+    let key = RpSigningKey::generate();
+    let mut reg = registration_with(&key, ClientAuthMethod::ClientSecretPost);
+    reg.jwks = None;
+    let registered = s.server.customer.register_ciba_client(&reg).await.unwrap();
+    let secret = registered.client_secret.clone().unwrap();
+    let rp = RelyingParty::discover(
+        &s.server.base_url,
+        &registered.client_id,
+        ClientCredentials::SecretPost(secret.clone()),
+    )
+    .await
+    .unwrap();
+    let mut browser = Browser::new();
+    let start = rp
+        .authorization_url_with_secret(&secret, REDIRECT, "alice", json!({}))
+        .unwrap();
+    let first = browser.get(&start.url).await;
+    assert_eq!(first.status, 303, "{}", first.body);
+    let (flow_id, return_url) = prompt_parts(&first.location.unwrap());
+    answer_push(&s, &flow_id, true).await;
+    let back = browser.get(&return_url).await;
+    let code = param(&back.location.unwrap(), "code").unwrap();
+    let tokens = rp
+        .exchange_code(&code, REDIRECT, &start.code_verifier)
+        .await
+        .unwrap();
+    let claims = rp.verify_id_token(&tokens.id_token).await.unwrap();
+    assert_eq!(claims["nonce"], json!(start.nonce));
+    // Another secret (this client's former one, or another client's) does not sign for it.
+    let forged = rp
+        .authorization_url_with_secret(&format!("{secret}x"), REDIRECT, "alice", json!({}))
+        .unwrap();
+    let answer = browser.get(&forged.url).await;
+    plain_page(&answer, 400);
+    assert!(
+        answer.body.contains("not signed by this client"),
+        "{}",
+        answer.body
+    );
+    // A client without a secret (private_key_jwt) cannot be impersonated with HMAC: the
+    // server holds nothing to verify one with (and never uses a public key as a secret).
+    let pk_key = RpSigningKey::generate();
+    let pk = register(&s.server, &pk_key).await;
+    let hs = pk
+        .authorization_url_with_secret("guess", REDIRECT, "alice", json!({}))
+        .unwrap();
+    plain_page(&browser.get(&hs.url).await, 400);
 }

@@ -287,20 +287,7 @@ pub(crate) async fn authorize(
             "Authorization requests must carry a request object signed by the client (request).",
         )
     })?;
-    let claims = client_auth::verify_client_jwt(&client, request, None).map_err(|e| {
-        page(
-            PageKind::Invalid,
-            match e {
-                ClientJwtError::Malformed => "The request object is malformed.",
-                ClientJwtError::Algorithm => {
-                    "The request object must be signed with an asymmetric algorithm (none and HS* are refused)."
-                }
-                ClientJwtError::NoKey | ClientJwtError::Signature => {
-                    "The request object is not signed by this client."
-                }
-            },
-        )
-    })?;
+    let claims = verify_request_object(ctx, &client, request).await?;
     // The redirect URI comes from the signed request and must be registered, exactly.
     let redirect_uri = text(&claims, "redirect_uri")
         .map_err(|m| page(PageKind::Invalid, m))?
@@ -343,6 +330,55 @@ pub(crate) async fn authorize(
         }
         Err(e) => Ok(errors.answer(e.code, &e.description)),
     }
+}
+
+/// HMAC algorithms a request object may be signed with, by a client that has a secret.
+const HMAC: &[jsonwebtoken::Algorithm] = &[
+    jsonwebtoken::Algorithm::HS256,
+    jsonwebtoken::Algorithm::HS384,
+    jsonwebtoken::Algorithm::HS512,
+];
+
+/// Verifies the request object's signature: with one of the client's registered keys
+/// (asymmetric algorithms), or, for a client registered with a secret, HMAC under that secret
+/// (HS256/384/512, as Duo's clients sign). Returns its claims (checked later).
+async fn verify_request_object(
+    ctx: &Ctx,
+    client: &CibaClient,
+    request: &str,
+) -> Result<Map<String, Value>, PageError> {
+    let not_signed = || {
+        page(
+            PageKind::Invalid,
+            "The request object is not signed by this client.",
+        )
+    };
+    let hmac = jsonwebtoken::decode_header(request)
+        .ok()
+        .map(|h| h.alg)
+        .filter(|alg| HMAC.contains(alg));
+    if let Some(alg) = hmac {
+        let secret = ciba_store::request_object_secret(&ctx.db, &client.client_id)
+            .await?
+            .ok_or_else(not_signed)?;
+        let mut validation = jsonwebtoken::Validation::new(alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes());
+        return jsonwebtoken::decode::<Map<String, Value>>(request, &key, &validation)
+            .map(|data| data.claims)
+            .map_err(|_| not_signed());
+    }
+    client_auth::verify_client_jwt(client, request, None).map_err(|e| match e {
+        ClientJwtError::Malformed => page(PageKind::Invalid, "The request object is malformed."),
+        ClientJwtError::Algorithm => page(
+            PageKind::Invalid,
+            "The request object must be signed with the client's registered keys or secret (alg none is refused).",
+        ),
+        ClientJwtError::NoKey | ClientJwtError::Signature => not_signed(),
+    })
 }
 
 /// Checks everything after the redirect URI: errors from here go back to the client.

@@ -88,9 +88,10 @@ fn grant_types(
             "redirect_uris are for the authorization_code grant, which grant_types leaves out",
         ));
     }
-    if code && !has_jwks {
+    let secret_based = request.token_endpoint_auth_method != ClientAuthMethod::PrivateKeyJwt;
+    if code && !has_jwks && !secret_based {
         return Err(invalid(
-            "the authorization_code grant needs jwks: authorization requests are request objects signed with the client's key",
+            "the authorization_code grant needs jwks or a client secret: authorization requests are request objects the client signs",
         ));
     }
     Ok(grants)
@@ -257,7 +258,12 @@ async fn registration(
         redirect_uris: request.redirect_uris.clone(),
         grant_types: grants,
     };
-    ciba::insert_client(db, &client).await?;
+    // A redirect MFA client with a secret may sign its request objects with it (HMAC): the
+    // secret is kept sealed for that, beside its digest.
+    let request_object_secret = secret
+        .as_deref()
+        .filter(|_| client.allows(GrantType::AuthorizationCode));
+    ciba::insert_client_with_secret(db, &client, request_object_secret).await?;
     Ok(CibaClientRegistered {
         client_id,
         client_secret: secret,
