@@ -367,4 +367,28 @@ mod tests {
             Some("{}")
         );
     }
+
+    #[tokio::test]
+    async fn authorizations_are_purged_only_once_their_tokens_are_gone() {
+        let (_dir, db) = database().await;
+        assert!(
+            resume(&db, "azr_1", "browser", Some("{}"), Some(("code", 60)), 1)
+                .await
+                .expect("resume")
+        );
+        let tokens = vec![("access".to_string(), token("access"))];
+        assert!(redeem(&db, "code", &tokens, 2).await.expect("redeem"));
+        let day = 86_400;
+        // The request (expired at 600) is past retention, its token (expires at 10,000) lives.
+        let purged = crate::store::retention::purge(&db, 1, 600 + day + 1)
+            .await
+            .expect("purge");
+        assert_eq!(purged.oidc_authorizations, 0);
+        assert!(get(&db, "azr_1").await.expect("read").is_some());
+        let purged = crate::store::retention::purge(&db, 1, 10_000 + day + 1)
+            .await
+            .expect("purge");
+        assert_eq!((purged.oidc_tokens, purged.oidc_authorizations), (1, 1));
+        assert!(get(&db, "azr_1").await.expect("read").is_none());
+    }
 }
