@@ -63,7 +63,21 @@ impl Browser {
     }
 
     async fn get(&mut self, url: &str) -> Answer {
-        let mut request = self.http.get(url);
+        let request = self.http.get(url);
+        self.send(request).await
+    }
+
+    /// A form post (an authorization request sent by an auto-submitting form).
+    async fn post_form(&mut self, url: &str, body: String) -> Answer {
+        let request = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        self.send(request).await
+    }
+
+    async fn send(&mut self, mut request: reqwest::RequestBuilder) -> Answer {
         if !self.cookies.is_empty() {
             let header: Vec<String> = self
                 .cookies
@@ -759,6 +773,21 @@ async fn prompt_and_max_age(backend: Backend) {
         redirected_error(&s, &browser.get(&conflict).await, Some(&start.state));
     assert_eq!(error, "invalid_request");
     assert!(description.contains("login_hint"), "{description}");
+
+    // The same request as a POST form (OpenID Connect Core §3.1.2.1) is accepted; a POST
+    // that is not a form is a plain page.
+    let start =
+        s.rp.authorization_url(&s.key, REDIRECT, "alice", json!({}))
+            .unwrap();
+    let (endpoint, form) = start.url.split_once('?').unwrap();
+    let posted = browser.post_form(endpoint, form.to_string()).await;
+    assert_eq!(posted.status, 303, "{}", posted.body);
+    assert!(posted.location.unwrap().contains("/prompt#flow="));
+    let mut not_form = Browser::new();
+    let answer = not_form
+        .send(not_form.http.post(endpoint).body(form.to_string()))
+        .await;
+    plain_page(&answer, 400);
 
     // prompt=login and max_age=0 are honoured: every sign-in asks afresh, auth_time is given.
     let (start, code, _) =
