@@ -41,6 +41,10 @@ pub(crate) const ACR_MFA: &str = "mfa";
 /// or a seamless device authorization): no typed or sent passcode. Asked for in `acr_values`,
 /// it also takes the passcode fallbacks out of the flow.
 pub(crate) const ACR_DEVICE_KEY: &str = "urn:tessera:acr:device-key";
+/// The acr of a flow that ended by registering the user's device (`device_paired`, automatic
+/// device registration): the user proved possession of a new device, not of an existing second
+/// factor. Never asked for; the relying party decides what it is worth.
+pub(crate) const ACR_DEVICE_REGISTRATION: &str = "urn:tessera:acr:device-registration";
 /// The acr values the authorization endpoint knows, in the order they are offered.
 pub(crate) const ACR_VALUES: &[&str] = &[ACR_MFA, ACR_DEVICE_KEY];
 /// The longest a request object may live (exp - now), in seconds.
@@ -853,7 +857,9 @@ async fn result_claims(
         amr.push("mfa".into());
     }
     let device_key = matches!(factor, "push" | "device_authorization");
-    let acr = if device_key && authenticated {
+    let acr = if !authenticated {
+        ACR_DEVICE_REGISTRATION
+    } else if device_key {
         if authorization
             .acr_values
             .as_deref()

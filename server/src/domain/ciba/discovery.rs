@@ -5,7 +5,7 @@ use tessera_protocol::ciba::{
     ACR_MOBILE_USER_VERIFIED, AUTH_REQ_ID_CLAIM, AUTHORIZATION_CODE_GRANT_TYPE, CIBA_GRANT_TYPE,
 };
 
-use super::authorize::{ACR_DEVICE_KEY, ACR_MFA, AUTHORIZE_PATH};
+use super::authorize::{ACR_DEVICE_KEY, ACR_DEVICE_REGISTRATION, ACR_MFA, AUTHORIZE_PATH};
 
 use super::error::OAuthError;
 use super::{
@@ -54,7 +54,7 @@ pub(crate) fn configuration(state: &Ctx) -> Value {
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "ui_locales_supported": UI_LOCALES,
         "scopes_supported": SUPPORTED_SCOPES,
-        "acr_values_supported": [ACR_MOBILE_USER_VERIFIED, ACR_MFA, ACR_DEVICE_KEY],
+        "acr_values_supported": [ACR_MOBILE_USER_VERIFIED, ACR_MFA, ACR_DEVICE_KEY, ACR_DEVICE_REGISTRATION],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "acr", "amr", "at_hash", "rt_hash", "name", "nonce", "preferred_username", "flow_status", "flow_result", "auth_result", "auth_context", AUTH_REQ_ID_CLAIM],
     })
 }
