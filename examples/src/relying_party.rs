@@ -1,7 +1,9 @@
 //! A CIBA relying party: discovers the provider, starts backchannel authentications (plain or as
 //! signed request objects), polls the token endpoint honouring `interval` and `slow_down`, and
 //! verifies ID tokens against the provider's JWKS. It authenticates with
-//! `client_secret_basic`, `client_secret_post` or `private_key_jwt`.
+//! `client_secret_basic`, `client_secret_post` or `private_key_jwt`. For redirect MFA it builds
+//! the authorization URL (a signed request object with `login_hint`, PKCE S256, `state` and
+//! `nonce`) and exchanges the code.
 
 use std::time::Duration;
 
@@ -378,6 +380,183 @@ impl RelyingParty {
         jsonwebtoken::decode::<Value>(id_token, &key, &validation)
             .map(|data| data.claims)
             .map_err(transport)
+    }
+}
+
+/// A redirect MFA sign-in the relying party started: where to send the browser, and what it
+/// keeps in its own session to finish (check `state`, `nonce`; send the verifier).
+#[derive(Debug, Clone)]
+pub struct AuthorizationStart {
+    /// The authorization URL (with `client_id`, `response_type`, `scope` and the signed
+    /// `request`).
+    pub url: String,
+    /// The `state` sent.
+    pub state: String,
+    /// The `nonce` sent.
+    pub nonce: String,
+    /// The PKCE code verifier.
+    pub code_verifier: String,
+}
+
+/// The PKCE S256 challenge of a verifier (RFC 7636 §4.2).
+pub fn pkce_challenge(verifier: &str) -> String {
+    use sha2::Digest;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+impl RelyingParty {
+    /// The provider's authorization endpoint, from discovery.
+    pub fn authorization_endpoint(&self) -> Result<String, RpError> {
+        self.provider
+            .document
+            .get("authorization_endpoint")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| RpError::Transport("discovery lacks authorization_endpoint".into()))
+    }
+
+    /// Builds a redirect MFA authorization URL for `login_hint` (the user the relying party's
+    /// own first factor authenticated): a request object signed with `key` holding `iss`, `aud`,
+    /// `iat`, `exp` (5 minutes), `jti`, `client_id`, `response_type=code`, `redirect_uri`,
+    /// `scope=openid`, a random `state` and `nonce`, and the S256 challenge of a random verifier.
+    /// `extra` members are added to the request object and override those (`null` removes one).
+    /// `client_id`, `response_type` and `scope` are repeated outside, as OAuth requires.
+    pub fn authorization_url(
+        &self,
+        key: &RpSigningKey,
+        redirect_uri: &str,
+        login_hint: &str,
+        extra: Value,
+    ) -> Result<AuthorizationStart, RpError> {
+        self.signed_authorization_url(&|claims| key.sign(claims), redirect_uri, login_hint, extra)
+    }
+
+    /// [`RelyingParty::authorization_url`] with the request object signed `HS512` with the
+    /// client's secret, as Duo's clients sign theirs (for clients registered with a secret).
+    pub fn authorization_url_with_secret(
+        &self,
+        secret: &str,
+        redirect_uri: &str,
+        login_hint: &str,
+        extra: Value,
+    ) -> Result<AuthorizationStart, RpError> {
+        let sign = |claims: &Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS512),
+                claims,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .map_err(transport)
+        };
+        self.signed_authorization_url(&sign, redirect_uri, login_hint, extra)
+    }
+
+    fn signed_authorization_url(
+        &self,
+        sign: &dyn Fn(&Value) -> Result<String, RpError>,
+        redirect_uri: &str,
+        login_hint: &str,
+        extra: Value,
+    ) -> Result<AuthorizationStart, RpError> {
+        let endpoint = self.authorization_endpoint()?;
+        let state = random_id();
+        let nonce = random_id();
+        let code_verifier = format!("{}{}", random_id(), random_id());
+        let mut claims = json!({
+            "iss": self.client_id,
+            "aud": self.provider.issuer,
+            "iat": now(),
+            "exp": now() + 300,
+            "jti": random_id(),
+            "client_id": self.client_id,
+            "response_type": "code",
+            "redirect_uri": redirect_uri,
+            "scope": "openid",
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": pkce_challenge(&code_verifier),
+            "code_challenge_method": "S256",
+            "login_hint": login_hint,
+        });
+        if let (Some(map), Value::Object(extra)) = (claims.as_object_mut(), extra) {
+            for (k, v) in extra {
+                if v.is_null() {
+                    map.remove(&k);
+                } else {
+                    map.insert(k, v);
+                }
+            }
+        }
+        let request = sign(&claims)?;
+        let mut url = url::Url::parse(&endpoint).map_err(transport)?;
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("client_id", &self.client_id);
+            for name in ["response_type", "scope"] {
+                if let Some(value) = claims.get(name).and_then(Value::as_str) {
+                    query.append_pair(name, value);
+                }
+            }
+            query.append_pair("request", &request);
+        }
+        Ok(AuthorizationStart {
+            url: url.to_string(),
+            state: claims
+                .get("state")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            nonce: claims
+                .get("nonce")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            code_verifier,
+        })
+    }
+
+    /// Exchanges an authorization code (`grant_type=authorization_code`) with its verifier.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<TokenResponse, RpError> {
+        let endpoint = self.provider.token_endpoint.clone();
+        let (status, body) = self
+            .post_form(
+                &endpoint,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", redirect_uri),
+                    ("code_verifier", code_verifier),
+                ],
+                true,
+            )
+            .await?;
+        Self::outcome(status, body)
+    }
+
+    /// The userinfo claims for an access token.
+    pub async fn userinfo(&self, access_token: &str) -> Result<Value, RpError> {
+        let endpoint = self
+            .provider
+            .document
+            .get("userinfo_endpoint")
+            .and_then(Value::as_str)
+            .ok_or_else(|| RpError::Transport("discovery lacks userinfo_endpoint".into()))?;
+        let response = self
+            .http
+            .get(endpoint)
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Self::outcome(status, body)
     }
 }
 

@@ -406,6 +406,8 @@ async fn shows_and_answers_a_ciba_request() {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await
         .unwrap();

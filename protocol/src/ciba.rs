@@ -115,6 +115,55 @@ pub struct RegisterCibaClient {
     /// `backchannel_user_code_parameter`: every request must carry the user's `user_code`.
     #[serde(default)]
     pub backchannel_user_code_parameter: bool,
+    /// `redirect_uris`: where the authorization endpoint may send the browser back (exact
+    /// match; `https://`, or `http://` to a loopback host). Required for the
+    /// `authorization_code` grant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
+    /// `grant_types` the client may use. Empty: the CIBA grant and `refresh_token`, plus
+    /// `authorization_code` when `redirect_uris` are given (registrations made before the
+    /// authorization endpoint existed keep their grants).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_types: Vec<GrantType>,
+}
+
+/// The authorization code grant type at the token endpoint.
+pub const AUTHORIZATION_CODE_GRANT_TYPE: &str = "authorization_code";
+
+/// A grant type a client may use at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum GrantType {
+    /// `urn:openid:params:grant-type:ciba` (and the backchannel authentication endpoint).
+    #[serde(rename = "urn:openid:params:grant-type:ciba")]
+    Ciba,
+    /// `authorization_code` (and the authorization endpoint: redirect MFA).
+    #[serde(rename = "authorization_code")]
+    AuthorizationCode,
+    /// `refresh_token`.
+    #[serde(rename = "refresh_token")]
+    RefreshToken,
+}
+
+impl GrantType {
+    /// The wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::Ciba => CIBA_GRANT_TYPE,
+            GrantType::AuthorizationCode => AUTHORIZATION_CODE_GRANT_TYPE,
+            GrantType::RefreshToken => "refresh_token",
+        }
+    }
+
+    /// Parses the wire word.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            CIBA_GRANT_TYPE => Some(Self::Ciba),
+            AUTHORIZATION_CODE_GRANT_TYPE => Some(Self::AuthorizationCode),
+            "refresh_token" => Some(Self::RefreshToken),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to a registration: the client id and, for secret-based methods, the secret (shown
@@ -162,6 +211,12 @@ pub struct CibaClientInfo {
     pub backchannel_user_code_parameter: bool,
     /// When it was registered (Unix seconds).
     pub created_at: i64,
+    /// Its registered redirect URIs (authorization code grant).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
+    /// The grant types it may use.
+    #[serde(default)]
+    pub grant_types: Vec<GrantType>,
 }
 
 /// The registered clients of an application.
@@ -270,6 +325,25 @@ mod tests {
             assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
         }
         assert_eq!(DeliveryMode::parse("pull"), None);
+        for g in [
+            GrantType::Ciba,
+            GrantType::AuthorizationCode,
+            GrantType::RefreshToken,
+        ] {
+            assert_eq!(GrantType::parse(g.as_str()), Some(g));
+            assert_eq!(serde_json::to_value(g).unwrap(), g.as_str());
+        }
+    }
+
+    #[test]
+    fn registrations_without_redirect_uris_still_parse() {
+        let old = serde_json::json!({
+            "client_name": "Call Centre",
+            "backchannel_token_delivery_mode": "poll",
+            "token_endpoint_auth_method": "client_secret_basic",
+        });
+        let parsed: RegisterCibaClient = serde_json::from_value(old).unwrap();
+        assert!(parsed.redirect_uris.is_empty() && parsed.grant_types.is_empty());
     }
 
     #[test]

@@ -155,6 +155,11 @@ pub struct ServerConfig {
     /// Webhooks: how long past one POST's timeout an instance's claim on a delivery holds
     /// before another instance may resume it.
     pub webhook_lease_margin: std::time::Duration,
+    /// Lifetime of an authorization code (OIDC redirect MFA), in seconds (default 60).
+    pub oidc_code_ttl: u32,
+    /// Lifetime of an authorization request's flow (the time the user has at the prompt), in
+    /// seconds (60–3600, default 600).
+    pub oidc_authorization_ttl: u32,
 }
 
 /// The certificate chain and private key files of the TLS listener.
@@ -229,6 +234,8 @@ impl Default for ServerConfig {
             webhook_retry_base: std::time::Duration::from_secs(5),
             webhook_sweep: std::time::Duration::from_secs(30),
             webhook_lease_margin: std::time::Duration::from_secs(20),
+            oidc_code_ttl: 60,
+            oidc_authorization_ttl: 600,
         }
     }
 }

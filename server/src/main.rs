@@ -311,6 +311,9 @@ enum AdminCommand {
         /// Accept a notification endpoint in a private address range.
         #[arg(long)]
         allow_private_notifications: bool,
+        /// A redirect URI for the authorization code grant (redirect MFA); repeat for several.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
     },
     /// List an application's CIBA clients.
     ListCibaClients {
@@ -929,6 +932,7 @@ async fn run_admin(
             user_code,
             allow_loopback_notifications,
             allow_private_notifications,
+            redirect_uris,
         } => {
             let app = parse_app(&application_id)?;
             let jwks =
@@ -957,6 +961,8 @@ async fn run_admin(
                 jwks,
                 backchannel_authentication_request_signing_alg: signing_alg,
                 backchannel_user_code_parameter: user_code,
+                redirect_uris,
+                grant_types: Vec::new(),
             };
             let config = ServerConfig {
                 ciba_allow_loopback_notifications: allow_loopback_notifications,

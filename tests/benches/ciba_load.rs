@@ -64,6 +64,8 @@ async fn party(server: &TestServer, i: usize, scenario: Scenario) -> Party {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await
         .expect("register");

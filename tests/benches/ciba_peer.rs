@@ -132,6 +132,8 @@ async fn tessera_party(server: &TestServer, i: usize) -> (RelyingParty, String) 
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await
         .expect("register");

@@ -23,6 +23,132 @@ use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
 use tessera_server::store::applications::AdditionalDevicePolicy;
 use tessera_server::{IpTable, Server, ServerConfig, admin};
 
+/// Redirect MFA: the walkthrough plays the relying party (a web portal whose own first factor
+/// authenticated alice) and her browser. The portal signs an authorization request with
+/// `login_hint`; the browser follows it to the prompt (bound by a cookie); the flow is approved
+/// on alice's phone (what the hosted prompt drives); the browser follows the resume URL back to
+/// the portal with a code; the portal exchanges it and reads the ID token.
+async fn redirect_sign_in(base: &str, backend: &CustomerApi, device: &Authenticator) -> Result<()> {
+    const REDIRECT: &str = "https://portal.example/callback";
+    let key = tessera_examples::relying_party::RpSigningKey::generate();
+    let registered = backend
+        .register_ciba_client(&RegisterCibaClient {
+            client_name: "Example Portal".into(),
+            backchannel_token_delivery_mode: DeliveryMode::Poll,
+            backchannel_client_notification_endpoint: None,
+            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
+            jwks: Some(key.jwks()),
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+            redirect_uris: vec![REDIRECT.into()],
+            grant_types: Vec::new(),
+        })
+        .await?;
+    let portal = RelyingParty::discover(
+        base,
+        &registered.client_id,
+        ClientCredentials::SecretBasic(registered.client_secret.context("a client secret")?),
+    )
+    .await?;
+    let start = portal.authorization_url(
+        &key,
+        REDIRECT,
+        "alice",
+        serde_json::json!({"scope": "openid profile", "ui_locales": "en"}),
+    )?;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let first = browser.get(&start.url).send().await?;
+    let header = |r: &reqwest::Response, name: &str| -> Result<String> {
+        Ok(r.headers()
+            .get(name)
+            .with_context(|| format!("no {name}"))?
+            .to_str()?
+            .to_string())
+    };
+    let prompt = header(&first, "location")?;
+    let cookie = header(&first, "set-cookie")?;
+    let cookie = cookie.split(';').next().unwrap_or_default().to_string();
+    say(format!(
+        "browser: {} → prompt, bound with {}=…",
+        first.status(),
+        cookie.split('=').next().unwrap_or_default()
+    ));
+    // The prompt's location names the flow and where to come back (the hosted prompt reads
+    // them; here the walkthrough drives the flow as the page would).
+    let fragment = url::Url::parse(&prompt)?
+        .fragment()
+        .unwrap_or_default()
+        .to_string();
+    let parts: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(fragment.as_bytes())
+            .into_owned()
+            .collect();
+    let flow_id = parts.get("flow").context("the prompt's flow")?;
+    let return_url = parts.get("return").context("the prompt's return URL")?;
+    let waiting = backend
+        .flow_action(
+            flow_id,
+            &FlowAction::Authenticate {
+                mobile_payload: None,
+                authorization_payload: None,
+            },
+        )
+        .await?;
+    let push = waiting.push.context("the flow's push")?;
+    let request = device
+        .pending_requests()
+        .await?
+        .into_iter()
+        .find(|r| r.request_id == push.authentication_id)
+        .context("the push on alice's phone")?;
+    device
+        .approve(&request, vec!["fpt".into()], push.number_to_show)
+        .await?;
+    let done = backend
+        .flow_action(flow_id, &FlowAction::Poll { wait: Some(10) })
+        .await?;
+    say(format!(
+        "phone: alice approves; the flow is {}",
+        done.status.as_str()
+    ));
+    let back = browser
+        .get(return_url)
+        .header("cookie", &cookie)
+        .send()
+        .await?;
+    let location = header(&back, "location")?;
+    let query: std::collections::HashMap<String, String> = url::Url::parse(&location)?
+        .query_pairs()
+        .into_owned()
+        .collect();
+    if query.get("state") != Some(&start.state) {
+        bail!("the state did not come back");
+    }
+    let code = query.get("code").context("a code")?;
+    say(format!(
+        "browser: back at the portal with a code (iss {})",
+        query.get("iss").map(String::as_str).unwrap_or("?")
+    ));
+    let tokens = portal
+        .exchange_code(code, REDIRECT, &start.code_verifier)
+        .await?;
+    let claims = portal.verify_id_token(&tokens.id_token).await?;
+    if claims["nonce"] != serde_json::json!(start.nonce) {
+        bail!("the nonce did not come back");
+    }
+    say(format!(
+        "portal: ID token for {} (acr {}, amr {}), auth_result {}, factor {}",
+        claims["sub"],
+        claims["acr"],
+        claims["amr"],
+        claims["auth_result"],
+        claims["auth_context"]["factor"]
+    ));
+    Ok(())
+}
+
 fn step(n: u32, title: &str) {
     println!("\n── {n}. {title}");
 }
@@ -484,6 +610,8 @@ async fn main() -> Result<()> {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await?;
     let call_centre = RelyingParty::discover(
@@ -552,6 +680,8 @@ async fn main() -> Result<()> {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await?;
     let branch = RelyingParty::discover(
@@ -725,6 +855,12 @@ async fn main() -> Result<()> {
 
     step(
         22,
+        "Redirect MFA (OIDC): a web portal sends alice's browser to /oidc/authorize",
+    );
+    redirect_sign_in(&base, &backend, &device).await?;
+
+    step(
+        23,
         "The app restarts: state is reloaded from encrypted storage",
     );
     drop(device);
@@ -734,7 +870,7 @@ async fn main() -> Result<()> {
         device.enrollments().await.len()
     ));
 
-    step(23, "The server restarts: enrollments survive");
+    step(24, "The server restarts: enrollments survive");
     let addr = server.local_addr();
     server.shutdown().await;
     let server = Server::start(ServerConfig {
@@ -750,7 +886,7 @@ async fn main() -> Result<()> {
         status.enrollment_id, status.status
     ));
 
-    step(24, "Bob unpairs from the device");
+    step(25, "Bob unpairs from the device");
     device.remove_enrollment(&bob.enrollment_id).await?;
     let left = backend.list_devices("bob").await?.devices.len();
     say(format!(
@@ -764,7 +900,7 @@ async fn main() -> Result<()> {
          a transaction, silent verification, a fraud report, a new device verified by the primary \
          device, a QR login, an offline passcode, OTP fallback after an undelivered push, CIBA in \
          poll and ping modes, an authentication flow and a seamless device authorization, \
-         restarts on both sides."
+         a redirect MFA sign-in, restarts on both sides."
     );
     Ok(())
 }

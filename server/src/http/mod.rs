@@ -236,6 +236,11 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route(ciba::JWKS_PATH, get(oidc::discovery::jwks))
         .route(ciba::USERINFO_PATH, get(oidc::userinfo::userinfo))
         .route(
+            ciba::authorize::AUTHORIZE_PATH,
+            get(oidc::authorize::authorize_get).post(oidc::authorize::authorize_post),
+        )
+        .route(ciba::authorize::RESUME_PATH, get(oidc::authorize::resume))
+        .route(
             "/v1/application/authentication-settings",
             get(application_settings::get_settings).put(application_settings::set_settings),
         )

@@ -1,7 +1,7 @@
 //! CIBA clients, backchannel requests, issued tokens, user codes and the ID token signing keys.
 
 use sqlx::Row;
-use tessera_protocol::ciba::{CibaClientInfo, ClientAuthMethod, DeliveryMode};
+use tessera_protocol::ciba::{CibaClientInfo, ClientAuthMethod, DeliveryMode, GrantType};
 use tessera_protocol::ids::{ApplicationId, UserId};
 
 use super::secrets::{open_text, place, seal_text};
@@ -34,9 +34,21 @@ pub struct CibaClient {
     pub user_code_required: bool,
     /// When it was registered.
     pub created_at: i64,
+    /// Its redirect URIs (authorization code grant), compared exactly.
+    pub redirect_uris: Vec<String>,
+    /// The grant types it may use.
+    pub grant_types: Vec<GrantType>,
 }
 
+/// The grants of a registration made before clients chose theirs.
+pub const LEGACY_GRANT_TYPES: &[GrantType] = &[GrantType::Ciba, GrantType::RefreshToken];
+
 impl CibaClient {
+    /// Whether the client may use `grant`.
+    pub fn allows(&self, grant: GrantType) -> bool {
+        self.grant_types.contains(&grant)
+    }
+
     /// The client as listed (no secret).
     pub fn info(&self) -> CibaClientInfo {
         CibaClientInfo {
@@ -48,12 +60,15 @@ impl CibaClient {
             backchannel_authentication_request_signing_alg: self.request_signing_alg.clone(),
             backchannel_user_code_parameter: self.user_code_required,
             created_at: self.created_at,
+            redirect_uris: self.redirect_uris.clone(),
+            grant_types: self.grant_types.clone(),
         }
     }
 }
 
 const CLIENT_COLUMNS: &str = "client_id, application_id, name, delivery_mode, notification_endpoint, \
-    auth_method, secret_digest, jwks, request_signing_alg, user_code_required, created_at";
+    auth_method, secret_digest, jwks, request_signing_alg, user_code_required, created_at, \
+    redirect_uris, grant_types";
 
 fn client_from_row(row: &sqlx::any::AnyRow) -> Result<CibaClient, StoreError> {
     Ok(CibaClient {
@@ -73,13 +88,44 @@ fn client_from_row(row: &sqlx::any::AnyRow) -> Result<CibaClient, StoreError> {
         request_signing_alg: row.try_get("request_signing_alg")?,
         user_code_required: row.try_get::<i64, _>("user_code_required")? != 0,
         created_at: row.try_get("created_at")?,
+        redirect_uris: match row.try_get::<Option<String>, _>("redirect_uris")? {
+            Some(json) => {
+                serde_json::from_str(&json).map_err(|_| StoreError::Corrupted("redirect uris"))?
+            }
+            None => Vec::new(),
+        },
+        grant_types: match row.try_get::<Option<String>, _>("grant_types")? {
+            Some(json) => {
+                serde_json::from_str(&json).map_err(|_| StoreError::Corrupted("grant types"))?
+            }
+            None => LEGACY_GRANT_TYPES.to_vec(),
+        },
     })
 }
 
 /// Stores a new client.
 pub async fn insert_client(db: &Database, client: &CibaClient) -> Result<(), StoreError> {
+    insert_client_with_secret(db, client, None).await
+}
+
+/// Stores a new client with the secret its request objects are signed with (HMAC, redirect MFA
+/// clients with a secret-based method), sealed with the data key in the same statement.
+pub async fn insert_client_with_secret(
+    db: &Database,
+    client: &CibaClient,
+    request_object_secret: Option<&str>,
+) -> Result<(), StoreError> {
+    let sealed = match request_object_secret {
+        Some(secret) => seal_text(
+            db.secrets()?,
+            place("ciba_clients", "request_object_secret", &client.client_id),
+            Some(secret),
+        )?,
+        None => None,
+    };
     sqlx::query(&format!(
-        "INSERT INTO ciba_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        "INSERT INTO ciba_clients ({CLIENT_COLUMNS}, request_object_secret) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     ))
     .bind(&client.client_id)
     .bind(client.application_id.as_str())
@@ -92,9 +138,37 @@ pub async fn insert_client(db: &Database, client: &CibaClient) -> Result<(), Sto
     .bind(client.request_signing_alg.as_deref())
     .bind(i64::from(client.user_code_required))
     .bind(client.created_at)
+    .bind(
+        serde_json::to_string(&client.redirect_uris)
+            .map_err(|_| StoreError::Corrupted("redirect uris"))?,
+    )
+    .bind(
+        serde_json::to_string(&client.grant_types)
+            .map_err(|_| StoreError::Corrupted("grant types"))?,
+    )
+    .bind(sealed)
     .execute(db.writer())
     .await?;
     Ok(())
+}
+
+/// The secret a client's request objects may be signed with (HMAC), if it has one.
+pub async fn request_object_secret(
+    db: &Database,
+    client_id: &str,
+) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
+    let row = sqlx::query("SELECT request_object_secret FROM ciba_clients WHERE client_id = $1")
+        .bind(client_id)
+        .fetch_optional(db.pool())
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    open_text(
+        db.secrets()?,
+        place("ciba_clients", "request_object_secret", client_id),
+        row.try_get("request_object_secret")?,
+    )
 }
 
 /// One client.
@@ -134,7 +208,7 @@ pub async fn delete_client(
         .rows_affected()
         == 1;
     if done {
-        for table in ["ciba_requests", "oidc_tokens"] {
+        for table in ["ciba_requests", "oidc_tokens", "oidc_authorizations"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
                 .bind(client_id)
                 .execute(&mut *tx)
@@ -838,6 +912,8 @@ mod token_tests {
                 request_signing_alg: None,
                 user_code_required: false,
                 created_at: 0,
+                redirect_uris: Vec::new(),
+                grant_types: crate::store::ciba::LEGACY_GRANT_TYPES.to_vec(),
             },
         )
         .await

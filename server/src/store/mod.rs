@@ -12,6 +12,7 @@ pub mod ciba;
 pub mod enrollments;
 pub mod flows;
 pub mod nonces;
+pub mod oidc_authorizations;
 pub mod otp;
 pub mod otp_challenges;
 pub mod pairing_codes;

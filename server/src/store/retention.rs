@@ -23,6 +23,8 @@ pub struct Purged {
     pub rejected_enrollments: u64,
     /// Authentication flows (with their events).
     pub flows: u64,
+    /// OIDC authorization requests (redirect MFA) whose tokens are gone.
+    pub oidc_authorizations: u64,
 }
 
 /// What is purged: each table with the condition that makes a row old and finished, given the
@@ -36,6 +38,13 @@ const PURGES: &[(&str, &str, &str)] = &[
     ("ciba_requests", "auth_req_id", "expires_at < $1"),
     ("oidc_tokens", "token_digest", "expires_at < $1"),
     ("flows", "id", "expires_at < $1"),
+    // Kept while a token issued from it lives: userinfo and refreshed ID tokens read its claims.
+    (
+        "oidc_authorizations",
+        "id",
+        "expires_at < $1 AND NOT EXISTS (SELECT 1 FROM oidc_tokens t \
+         WHERE t.family_id = oidc_authorizations.family_id)",
+    ),
     (
         "enrollments",
         "enrollment_id",
@@ -75,6 +84,7 @@ pub async fn purge(db: &Database, retention_days: u32, now: i64) -> Result<Purge
             "ciba_requests" => purged.ciba_requests = deleted,
             "oidc_tokens" => purged.oidc_tokens = deleted,
             "flows" => purged.flows = deleted,
+            "oidc_authorizations" => purged.oidc_authorizations = deleted,
             _ => purged.rejected_enrollments = deleted,
         }
     }

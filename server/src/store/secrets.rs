@@ -89,6 +89,12 @@ const SECRET_COLUMNS: &[SecretColumn] = &[
         id_column: "id",
         kind: ColumnKind::Text,
     },
+    SecretColumn {
+        table: "ciba_clients",
+        column: "request_object_secret",
+        id_column: "client_id",
+        kind: ColumnKind::Text,
+    },
 ];
 
 /// Where a secret of `table`.`column` in row `row` is sealed for.

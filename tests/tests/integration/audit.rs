@@ -639,6 +639,8 @@ async fn ciba_completed(backend: Backend) {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await
         .unwrap();

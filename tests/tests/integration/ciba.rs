@@ -81,6 +81,8 @@ fn registration(mode: DeliveryMode, method: ClientAuthMethod) -> RegisterCibaCli
         jwks: None,
         backchannel_authentication_request_signing_alg: None,
         backchannel_user_code_parameter: false,
+        redirect_uris: Vec::new(),
+        grant_types: Vec::new(),
     }
 }
 
@@ -714,7 +716,13 @@ async fn token_errors(backend: Backend) {
             "invalid_request",
         ),
         (
+            // A grant this (CIBA-only) client is not registered for.
             vec![("grant_type", "authorization_code"), ("code", "x")],
+            400,
+            "unauthorized_client",
+        ),
+        (
+            vec![("grant_type", "password"), ("username", "alice")],
             400,
             "unsupported_grant_type",
         ),

@@ -21,6 +21,7 @@ mod key_rotation;
 mod logs;
 mod metrics_listener;
 mod number_matching;
+mod oidc_redirect;
 mod operations;
 mod otp;
 mod otp_backup;

@@ -40,6 +40,8 @@ async fn embedded_addresses(backend: Backend) {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         };
         let refused = server
             .customer

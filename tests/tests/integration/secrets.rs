@@ -162,6 +162,27 @@ async fn raw_database_holds_no_secret(backend: Backend) {
     )
     .await
     .expect("set apns");
+    // A redirect MFA client with a secret: the secret is kept (sealed) to verify its HMAC
+    // request objects.
+    let mut client = RegisterCibaClient {
+        client_name: "Portal".into(),
+        backchannel_token_delivery_mode: DeliveryMode::Poll,
+        backchannel_client_notification_endpoint: None,
+        token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
+        jwks: None,
+        backchannel_authentication_request_signing_alg: None,
+        backchannel_user_code_parameter: false,
+        redirect_uris: Vec::new(),
+        grant_types: Vec::new(),
+    };
+    client.redirect_uris = vec!["https://portal.example/callback".into()];
+    let client_secret = server
+        .customer
+        .register_ciba_client(&client)
+        .await
+        .expect("register a redirect MFA client")
+        .client_secret
+        .expect("a secret");
     let db = server.server.database();
     // What the server holds, read through it (the data key opens them).
     let enrollment_seeds = tessera_server::store::otp::seeds_for_user(db, &app, &user("alice"))
@@ -214,6 +235,11 @@ async fn raw_database_holds_no_secret(backend: Backend) {
         assert_absent(&raw, "the server's private key", der);
     }
     assert_absent(&raw, "the APNs key", apns_der.as_bytes());
+    assert_absent(
+        &raw,
+        "a redirect MFA client's secret",
+        client_secret.as_bytes(),
+    );
     assert!(!contains(&raw, b"PRIVATE KEY"), "a PEM key in the database");
     for line in apns_pem.lines().filter(|l| !l.starts_with("-----")) {
         assert!(!contains(&raw, line.as_bytes()), "the APNs PEM is stored");
@@ -458,6 +484,8 @@ async fn ciba_user_codes(backend: Backend) {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: true,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await
         .expect("client");

@@ -30,6 +30,8 @@ async fn poll_client(base_url: &str, customer: &CustomerApi) -> RelyingParty {
             jwks: None,
             backchannel_authentication_request_signing_alg: None,
             backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
         })
         .await
         .unwrap();

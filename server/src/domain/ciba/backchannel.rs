@@ -64,6 +64,12 @@ pub(crate) async fn authenticate(
 ) -> Result<BackchannelAcknowledgement, OAuthError> {
     let audiences = [issuer(state), endpoint_url(state, super::BACKCHANNEL_PATH)];
     let client = client_auth::authenticate_client(state, basic, form, &audiences).await?;
+    if !client.allows(tessera_protocol::ciba::GrantType::Ciba) {
+        return Err(OAuthError::new(
+            OAuthCode::UnauthorizedClient,
+            "this client is not registered for the CIBA grant",
+        ));
+    }
     let now = state.now();
     let params = if let Some(request) = form.get("request") {
         if let Some(extra) = form

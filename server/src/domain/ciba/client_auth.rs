@@ -343,6 +343,8 @@ mod tests {
             request_signing_alg: None,
             user_code_required: false,
             created_at: 0,
+            redirect_uris: Vec::new(),
+            grant_types: crate::store::ciba::LEGACY_GRANT_TYPES.to_vec(),
         }
     }
 

@@ -6,7 +6,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 use tessera_protocol::ciba::{
-    CibaClientRegistered, ClientAuthMethod, DeliveryMode, RegisterCibaClient,
+    CibaClientRegistered, ClientAuthMethod, DeliveryMode, GrantType, RegisterCibaClient,
 };
 use tessera_protocol::ids::{ApplicationId, UserId};
 
@@ -23,6 +23,79 @@ use crate::store::{Database, applications};
 
 const MAX_CLIENT_NAME: usize = 64;
 const MAX_KEYS: usize = 10;
+const MAX_REDIRECT_URIS: usize = 10;
+const MAX_REDIRECT_URI_LENGTH: usize = 512;
+
+/// Checks redirect URIs (RFC 6749 §3.1.2, OAuth 2.0 Security BCP): absolute, `https://` (or
+/// `http://` to a loopback host, for development and native apps), no fragment, no user info,
+/// and written in their normal form, so the exact comparison at the authorization endpoint
+/// compares what a browser will load.
+fn check_redirect_uris(uris: &[String]) -> Result<(), DomainError> {
+    if uris.len() > MAX_REDIRECT_URIS {
+        return Err(invalid("at most 10 redirect_uris"));
+    }
+    for raw in uris {
+        let parsed = url::Url::parse(raw).ok().filter(|u| {
+            raw.len() <= MAX_REDIRECT_URI_LENGTH
+                && u.as_str() == raw
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && match u.scheme() {
+                    "https" => u.host().is_some(),
+                    "http" => matches!(
+                        u.host(),
+                        Some(url::Host::Domain("localhost"))
+                            | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
+                            | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+                    ),
+                    _ => false,
+                }
+        });
+        if parsed.is_none() {
+            return Err(invalid(
+                "each redirect_uri must be an absolute https:// URL (http:// only to a loopback host) \
+                 in normal form (as a browser writes it, e.g. with the path's /), without fragment or \
+                 user info, at most 512 characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The grant types a registration asks for, checked against what it registered.
+fn grant_types(
+    request: &RegisterCibaClient,
+    has_jwks: bool,
+) -> Result<Vec<GrantType>, DomainError> {
+    let mut grants = if request.grant_types.is_empty() {
+        let mut grants = crate::store::ciba::LEGACY_GRANT_TYPES.to_vec();
+        if !request.redirect_uris.is_empty() {
+            grants.push(GrantType::AuthorizationCode);
+        }
+        grants
+    } else {
+        request.grant_types.clone()
+    };
+    grants.sort();
+    grants.dedup();
+    let code = grants.contains(&GrantType::AuthorizationCode);
+    if code && request.redirect_uris.is_empty() {
+        return Err(invalid("the authorization_code grant needs redirect_uris"));
+    }
+    if !code && !request.redirect_uris.is_empty() {
+        return Err(invalid(
+            "redirect_uris are for the authorization_code grant, which grant_types leaves out",
+        ));
+    }
+    let secret_based = request.token_endpoint_auth_method != ClientAuthMethod::PrivateKeyJwt;
+    if code && !has_jwks && !secret_based {
+        return Err(invalid(
+            "the authorization_code grant needs jwks or a client secret: authorization requests are request objects the client signs",
+        ));
+    }
+    Ok(grants)
+}
 
 fn invalid(message: &str) -> DomainError {
     DomainError::invalid(message)
@@ -131,6 +204,8 @@ async fn registration(
         }
     };
     let jwks = request.jwks.as_ref().map(check_jwks).transpose()?;
+    check_redirect_uris(&request.redirect_uris)?;
+    let grants = grant_types(&request, jwks.is_some())?;
     if request.token_endpoint_auth_method == ClientAuthMethod::PrivateKeyJwt && jwks.is_none() {
         return Err(invalid("private_key_jwt needs jwks"));
     }
@@ -180,8 +255,15 @@ async fn registration(
         request_signing_alg: signing_alg,
         user_code_required: request.backchannel_user_code_parameter,
         created_at: now,
+        redirect_uris: request.redirect_uris.clone(),
+        grant_types: grants,
     };
-    ciba::insert_client(db, &client).await?;
+    // A redirect MFA client with a secret may sign its request objects with it (HMAC): the
+    // secret is kept sealed for that, beside its digest.
+    let request_object_secret = secret
+        .as_deref()
+        .filter(|_| client.allows(GrantType::AuthorizationCode));
+    ciba::insert_client_with_secret(db, &client, request_object_secret).await?;
     Ok(CibaClientRegistered {
         client_id,
         client_secret: secret,
@@ -279,6 +361,23 @@ pub(crate) async fn user_code_matches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_uris_are_https_or_loopback_in_normal_form() {
+        let ok = |u: &str| check_redirect_uris(&[u.to_string()]).is_ok();
+        assert!(ok("https://rp.example/callback"));
+        assert!(ok("https://rp.example/cb?tenant=a"));
+        assert!(ok("http://127.0.0.1:8080/cb"));
+        assert!(ok("http://localhost/cb"));
+        assert!(!ok("http://rp.example/cb"));
+        assert!(!ok("https://rp.example"), "not in normal form (no path /)");
+        assert!(!ok("https://RP.example/cb"), "not in normal form (case)");
+        assert!(!ok("https://rp.example/cb#frag"));
+        assert!(!ok("https://user@rp.example/cb"));
+        assert!(!ok("javascript:alert(1)"));
+        assert!(!ok("/cb"));
+        assert!(check_redirect_uris(&vec!["https://rp.example/".to_string(); 11]).is_err());
+    }
 
     #[test]
     fn user_codes_are_4_to_64_characters_without_control_characters() {

@@ -25,6 +25,9 @@ pub(crate) enum OAuthCode {
     InvalidToken,
     ServerError,
     TemporarilyUnavailable,
+    UnsupportedResponseType,
+    LoginRequired,
+    InvalidRequestObject,
 }
 
 impl OAuthCode {
@@ -49,6 +52,9 @@ impl OAuthCode {
             OAuthCode::InvalidToken => "invalid_token",
             OAuthCode::ServerError => "server_error",
             OAuthCode::TemporarilyUnavailable => "temporarily_unavailable",
+            OAuthCode::UnsupportedResponseType => "unsupported_response_type",
+            OAuthCode::LoginRequired => "login_required",
+            OAuthCode::InvalidRequestObject => "invalid_request_object",
         }
     }
 }

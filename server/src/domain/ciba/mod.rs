@@ -6,12 +6,15 @@
 //! - [`discovery`]: provider metadata and the JWKS.
 //! - [`clients`]: client registration (customer API and admin CLI) and users' CIBA user codes.
 //! - [`client_auth`]: form parameters, client authentication and client-signed JWTs.
+//! - [`authorize`]: redirect MFA: the authorization endpoint (code flow with PKCE and a signed
+//!   request object) and the resume that issues the code once the flow has ended.
 //! - [`backchannel`]: the backchannel authentication request.
 //! - [`token`]: the token grants, the tokens issued, and userinfo.
 //! - [`notify`]: the ping and push notification queue (claim, backoff, finish, sweep).
 //! - [`keys`]: ID token signing keys and their rotation.
 //! - [`error`]: the OAuth error (code and description).
 
+pub(crate) mod authorize;
 pub(crate) mod backchannel;
 pub(crate) mod client_auth;
 pub mod clients;

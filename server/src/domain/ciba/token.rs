@@ -6,7 +6,7 @@ use rand::RngCore;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tessera_protocol::authentication::AuthenticationState;
-use tessera_protocol::ciba::{AUTH_REQ_ID_CLAIM, CIBA_GRANT_TYPE, DeliveryMode, TokenResponse};
+use tessera_protocol::ciba::{AUTH_REQ_ID_CLAIM, DeliveryMode, GrantType, TokenResponse};
 
 use super::client_auth::{self, BasicCredentials, Form};
 use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
@@ -15,7 +15,7 @@ use crate::domain::{Ctx, DomainError};
 use crate::store::applications;
 use crate::store::authentications::{self, Authentication};
 use crate::store::ciba::{self, CibaClient, CibaRequest, IssuedToken};
-use crate::store::enrollments;
+use crate::store::{enrollments, oidc_authorizations};
 use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::ids::UserId;
 
@@ -42,6 +42,11 @@ struct Grant<'a> {
     auth_time: i64,
     /// Push mode: the request the tokens answer (an ID token claim and a body member).
     auth_req_id: Option<&'a str>,
+    /// The authorization request's `nonce` (authorization code grant).
+    nonce: Option<&'a str>,
+    /// Redirect MFA: the claims about the flow (its status, Duo's `auth_result` and
+    /// `auth_context`, `preferred_username`), added to the ID token.
+    result_claims: Option<&'a Value>,
 }
 
 /// The methods an approval reports: the device's RFC 8176 values and `mfa` (the device key
@@ -119,6 +124,16 @@ async fn mint(state: &Ctx, grant: Grant<'_>, family_id: &str) -> Result<Minted, 
     if let Some(id) = grant.auth_req_id {
         claims[AUTH_REQ_ID_CLAIM] = json!(id);
     }
+    if let Some(nonce) = grant.nonce {
+        claims["nonce"] = json!(nonce);
+    }
+    if let Some(Value::Object(extra)) = grant.result_claims {
+        for name in RESULT_ONLY_CLAIMS {
+            if let Some(value) = extra.get(*name) {
+                claims[*name] = value.clone();
+            }
+        }
+    }
     let id_token = super::keys::sign(&state.db, &claims, now, ttl).await?;
     Ok(Minted {
         response: TokenResponse {
@@ -155,6 +170,8 @@ pub(crate) async fn tokens_for(
             amr: amr_of(record),
             auth_time: record.answered_at.unwrap_or(record.created_at),
             auth_req_id: push.then_some(request.auth_req_id.as_str()),
+            nonce: None,
+            result_claims: None,
         },
         &family_id,
     )
@@ -176,13 +193,130 @@ pub(crate) async fn exchange(
     let client = client_auth::authenticate_client(state, basic, form, &audiences).await?;
     match form.get("grant_type") {
         None => Err(invalid_request("grant_type is required")),
-        Some(CIBA_GRANT_TYPE) => ciba_grant(state, &client, form).await,
-        Some("refresh_token") => refresh_grant(state, &client, form).await,
-        Some(_) => Err(OAuthError::new(
-            OAuthCode::UnsupportedGrantType,
-            "supported grant types are urn:openid:params:grant-type:ciba and refresh_token",
-        )),
+        Some(other) => {
+            let Some(grant) = GrantType::parse(other) else {
+                return Err(OAuthError::new(
+                    OAuthCode::UnsupportedGrantType,
+                    "supported grant types are urn:openid:params:grant-type:ciba, authorization_code and refresh_token",
+                ));
+            };
+            if !client.allows(grant) {
+                return Err(OAuthError::new(
+                    OAuthCode::UnauthorizedClient,
+                    "this client is not registered for this grant type",
+                ));
+            }
+            match grant {
+                GrantType::Ciba => ciba_grant(state, &client, form).await,
+                GrantType::AuthorizationCode => code_grant(state, &client, form).await,
+                GrantType::RefreshToken => refresh_grant(state, &client, form).await,
+            }
+        }
     }
+}
+
+/// The claims only redirect MFA's ID tokens carry, copied from the authorization request's
+/// stored result (standard claims are always this module's own).
+const RESULT_ONLY_CLAIMS: &[&str] = &[
+    "preferred_username",
+    "flow_status",
+    "flow_result",
+    "auth_result",
+    "auth_context",
+];
+
+/// The authorization code grant (RFC 6749 §4.1.3 with PKCE, RFC 7636): the code is the client's,
+/// unexpired, for this redirect URI, and the verifier hashes to its challenge; it is redeemed
+/// once, with the tokens it issues in the same transaction. A code presented again is refused
+/// and revokes every token issued from it (RFC 6749 §4.1.2).
+async fn code_grant(
+    state: &Ctx,
+    client: &CibaClient,
+    form: &Form,
+) -> Result<TokenResponse, OAuthError> {
+    let code = form
+        .get("code")
+        .ok_or_else(|| invalid_request("code is required"))?;
+    let redirect_uri = form
+        .get("redirect_uri")
+        .ok_or_else(|| invalid_request("redirect_uri is required"))?;
+    let verifier = form
+        .get("code_verifier")
+        .ok_or_else(|| invalid_request("code_verifier is required (PKCE)"))?;
+    let digest = applications::api_key_digest(code);
+    let now = state.now();
+    let authorization = oidc_authorizations::by_code(&state.db, &digest)
+        .await?
+        .filter(|a| a.client_id == client.client_id)
+        .ok_or_else(|| invalid_grant("unknown code"))?;
+    let reused =
+        || invalid_grant("the code was already used: the tokens issued from it are revoked");
+    if authorization.code_used_at.is_some() {
+        revoke_code_family(state, &authorization.family_id, &client.client_id).await?;
+        return Err(reused());
+    }
+    if authorization.code_expires_at.is_none_or(|at| at <= now) {
+        return Err(invalid_grant("the code has expired"));
+    }
+    if authorization.redirect_uri != redirect_uri {
+        return Err(invalid_grant(
+            "redirect_uri is not the one the code was issued for",
+        ));
+    }
+    if !super::authorize::pkce_matches(verifier, &authorization.code_challenge) {
+        return Err(invalid_grant(
+            "code_verifier does not match the code_challenge",
+        ));
+    }
+    let claims: Value = authorization
+        .claims
+        .as_deref()
+        .and_then(|c| serde_json::from_str(c).ok())
+        .ok_or_else(|| server_error("an authorization's claims"))?;
+    let amr: Vec<String> = claims
+        .get("amr")
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
+        .unwrap_or_default();
+    let minted = mint(
+        state,
+        Grant {
+            client,
+            user_id: &authorization.user_id,
+            scope: &authorization.scope,
+            acr: claims.get("acr").and_then(Value::as_str).unwrap_or("mfa"),
+            amr,
+            auth_time: claims
+                .get("auth_time")
+                .and_then(Value::as_i64)
+                .unwrap_or(authorization.created_at),
+            auth_req_id: None,
+            nonce: authorization.nonce.as_deref(),
+            result_claims: Some(&claims),
+        },
+        &authorization.family_id,
+    )
+    .await?;
+    if !oidc_authorizations::redeem(&state.db, &digest, &minted.stored, now).await? {
+        revoke_code_family(state, &authorization.family_id, &client.client_id).await?;
+        return Err(reused());
+    }
+    tracing::info!(client_id = %client.client_id, "authorization code redeemed");
+    Ok(minted.response)
+}
+
+/// Revokes the tokens issued from a code presented twice.
+async fn revoke_code_family(
+    state: &Ctx,
+    family_id: &str,
+    client_id: &str,
+) -> Result<(), DomainError> {
+    let revoked = ciba::revoke_family(&state.db, family_id).await?;
+    tracing::warn!(
+        client_id = %client_id,
+        revoked,
+        "an authorization code was presented again: the tokens issued from it were revoked"
+    );
+    Ok(())
 }
 
 fn invalid_grant(description: &str) -> OAuthError {
@@ -307,6 +441,7 @@ async fn refresh_grant(
     }
     // Tokens stored before families existed start one here.
     let family_id = stored.family_id.clone().unwrap_or_else(random_token);
+    let result_claims = family_claims(state, stored.family_id.as_deref()).await?;
     let minted = mint(
         state,
         Grant {
@@ -317,6 +452,8 @@ async fn refresh_grant(
             amr: serde_json::from_str(&stored.amr).unwrap_or_default(),
             auth_time: stored.auth_time,
             auth_req_id: None,
+            nonce: None,
+            result_claims: result_claims.as_ref(),
         },
         &family_id,
     )
@@ -365,5 +502,23 @@ pub(crate) async fn userinfo(state: &Ctx, bearer: Option<&str>) -> Result<Value,
     {
         claims["name"] = json!(name);
     }
+    // Redirect MFA: the same account of the authentication as the ID token.
+    if let Some(Value::Object(result)) = family_claims(state, stored.family_id.as_deref()).await? {
+        for name in ["acr", "amr", "auth_time"].iter().chain(RESULT_ONLY_CLAIMS) {
+            if let Some(value) = result.get(*name) {
+                claims[*name] = value.clone();
+            }
+        }
+    }
     Ok(claims)
+}
+
+/// The result claims of the authorization request a token family comes from (none for CIBA).
+async fn family_claims(state: &Ctx, family_id: Option<&str>) -> Result<Option<Value>, DomainError> {
+    let Some(family_id) = family_id else {
+        return Ok(None);
+    };
+    Ok(oidc_authorizations::claims_of_family(&state.db, family_id)
+        .await?
+        .and_then(|c| serde_json::from_str(&c).ok()))
 }

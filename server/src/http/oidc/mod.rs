@@ -4,6 +4,7 @@
 //! OAuth error answer (never cached; `WWW-Authenticate` on `invalid_client` after HTTP Basic
 //! and on `invalid_token`; `Retry-After` on `temporarily_unavailable`).
 
+pub(crate) mod authorize;
 pub(crate) mod backchannel;
 pub(crate) mod discovery;
 pub(crate) mod token;
