@@ -223,6 +223,7 @@ pub(crate) fn new_authentication(
         otp_after: None,
         backup_channels: Vec::new(),
         push_state: "none".into(),
+        policy: None,
     })
 }
 

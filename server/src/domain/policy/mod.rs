@@ -1,0 +1,455 @@
+//! Authentication policies: saving them (validated, every version kept), users' groups, and
+//! deciding for a request — the facts are gathered here (groups, recent authentications, push
+//! counts, the IP table, the previous location) and handed to the pure [`evaluate`] module;
+//! every decision is recorded with the values it looked at. See `docs/policy.md`.
+
+pub mod evaluate;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use rand::Rng;
+use tessera_protocol::authentication::DisplayField;
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::{ApplicationId, UserId};
+use tessera_protocol::policy::{
+    DeviceFacts, EvaluatePolicyRequest, PolicyDocument, PolicyEffect, PolicyEvaluation,
+    PolicyMethod, PolicyVersion, PolicyVersionList, RequestKind, UserGroups,
+};
+
+use super::{Ctx, DomainError};
+use crate::store::enrollments::Enrollment;
+use crate::store::policies::{self, StoredPolicy};
+use evaluate::{AccessingFacts, CompiledPolicy, PolicyDecision, PolicyInputs};
+
+/// Most groups a user may have.
+const MAX_GROUPS: usize = 50;
+/// The largest policy document accepted, in bytes of JSON.
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+fn to_version(stored: StoredPolicy) -> Result<PolicyVersion, DomainError> {
+    let policy: PolicyDocument = serde_json::from_str(&stored.document)
+        .map_err(|_| DomainError::Internal("a stored policy cannot be read"))?;
+    Ok(PolicyVersion {
+        version: stored.version,
+        created_at: stored.created_at,
+        policy,
+    })
+}
+
+/// Validates `document` and saves it as the application's next version. An invalid policy is
+/// refused (`invalid_request`) with the offending rule named, and nothing is saved.
+pub(crate) async fn save(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    document: &PolicyDocument,
+) -> Result<PolicyVersion, DomainError> {
+    CompiledPolicy::compile(0, document)
+        .map_err(|e| DomainError::invalid(format!("the policy is invalid: {e}")))?;
+    let text = serde_json::to_string(document)
+        .map_err(|_| DomainError::Internal("a policy cannot be encoded"))?;
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(DomainError::invalid("the policy is too large"));
+    }
+    let stored = policies::save(&ctx.db, app, &text, ctx.now()).await?;
+    tracing::info!(application_id = %app, version = stored.version, "policy saved");
+    to_version(stored)
+}
+
+/// The current version.
+pub(crate) async fn current(ctx: &Ctx, app: &ApplicationId) -> Result<PolicyVersion, DomainError> {
+    let stored = policies::current(&ctx.db, app)
+        .await?
+        .ok_or_else(|| DomainError::new(ErrorCode::NotFound, "the application has no policy"))?;
+    to_version(stored)
+}
+
+/// Every version, oldest first.
+pub(crate) async fn versions(
+    ctx: &Ctx,
+    app: &ApplicationId,
+) -> Result<PolicyVersionList, DomainError> {
+    let versions = policies::versions(&ctx.db, app)
+        .await?
+        .into_iter()
+        .map(to_version)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PolicyVersionList { versions })
+}
+
+/// Replaces the user's groups.
+pub(crate) async fn set_groups(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    body: &UserGroups,
+) -> Result<UserGroups, DomainError> {
+    super::users::require_user(ctx, app, user).await?;
+    if body.groups.len() > MAX_GROUPS {
+        return Err(DomainError::invalid(format!(
+            "a user has at most {MAX_GROUPS} groups"
+        )));
+    }
+    let mut groups: Vec<String> = Vec::with_capacity(body.groups.len());
+    for group in &body.groups {
+        if group.trim().is_empty() || group.chars().count() > 64 {
+            return Err(DomainError::invalid("a group name is 1 to 64 characters"));
+        }
+        if !tessera_protocol::display::is_displayable(group) {
+            return Err(DomainError::invalid(
+                "a group name has control, bidirectional or invisible format characters",
+            ));
+        }
+        groups.push(group.clone());
+    }
+    groups.sort();
+    groups.dedup();
+    policies::set_groups(&ctx.db, app, user, &groups).await?;
+    Ok(UserGroups { groups })
+}
+
+/// The user's groups.
+pub(crate) async fn groups(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<UserGroups, DomainError> {
+    super::users::require_user(ctx, app, user).await?;
+    Ok(UserGroups {
+        groups: policies::groups(&ctx.db, app, user).await?,
+    })
+}
+
+/// What a path asks the policy about.
+pub(crate) struct Request<'a> {
+    /// The kind of request.
+    pub kind: RequestKind,
+    /// The accessing IP, if known.
+    pub accessing_ip: Option<&'a str>,
+    /// The authenticating device's facts, if there is one.
+    pub device: Option<DeviceFacts>,
+    /// Transaction fields.
+    pub fields: &'a [DisplayField],
+}
+
+/// A device's facts as the policy reads them.
+pub(crate) fn device_facts(device: &Enrollment) -> DeviceFacts {
+    DeviceFacts {
+        platform: Some(device.device_info.os_name.to_ascii_lowercase()),
+        os_version: Some(device.device_info.os_version.clone()),
+        app_version: Some(device.device_info.app_version.clone()),
+        rooted: device.signals.rooted,
+        screen_lock: device.signals.screen_lock,
+        mdm: device.signals.mdm,
+    }
+}
+
+/// A decision with what is recorded beside it.
+#[derive(Debug, Clone)]
+pub(crate) struct Decided {
+    /// The decision.
+    pub decision: PolicyDecision,
+    /// The accessing location (recorded for later geovelocity checks).
+    pub location: Option<(f64, f64)>,
+    kind: RequestKind,
+}
+
+impl Decided {
+    /// The wire summary, as JSON text (stored with an authentication).
+    pub fn outcome_json(&self) -> Option<String> {
+        serde_json::to_string(&self.decision.outcome()).ok()
+    }
+
+    /// The refusal of a denied request (`policy_denied`, with the rule's reason).
+    pub fn refusal(&self) -> DomainError {
+        DomainError::new(ErrorCode::PolicyDenied, self.decision.reason.clone())
+    }
+
+    /// Refuses a request the decision does not let through with `method`: a denial, or a
+    /// `require` that names other methods. An `approve` lets any method through.
+    pub fn check_method(&self, method: PolicyMethod) -> Result<(), DomainError> {
+        match self.decision.effect {
+            PolicyEffect::Deny => Err(self.refusal()),
+            PolicyEffect::Approve => Ok(()),
+            PolicyEffect::Require if self.decision.allows(method) => Ok(()),
+            PolicyEffect::Require => Err(DomainError::new(
+                ErrorCode::PolicyDenied,
+                format!(
+                    "the policy requires {}: {} is not allowed here",
+                    self.decision
+                        .methods
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                    method.as_str()
+                ),
+            )),
+        }
+    }
+}
+
+async fn load_compiled(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    version: Option<u32>,
+) -> Result<Option<Result<CompiledPolicy, PolicyDecision>>, DomainError> {
+    let stored = match version {
+        None => policies::current(&ctx.db, app).await?,
+        Some(v) => Some(policies::version(&ctx.db, app, v).await?.ok_or_else(|| {
+            DomainError::new(ErrorCode::NotFound, "the application has no such policy version")
+        })?),
+    };
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    // A stored policy that no longer compiles (a time zone gone from the database, ...)
+    // denies: it fails closed.
+    let compiled = serde_json::from_str::<PolicyDocument>(&stored.document)
+        .map_err(|e| e.to_string())
+        .and_then(|doc| CompiledPolicy::compile(stored.version, &doc).map_err(|e| e.to_string()))
+        .map_err(|why| {
+            PolicyDecision::denied(
+                stored.version,
+                tessera_protocol::policy::DEFAULT_RULE,
+                format!("the policy cannot be evaluated: {why}"),
+            )
+        });
+    Ok(Some(compiled))
+}
+
+struct Gathered {
+    inputs: PolicyInputs,
+    location: Option<(f64, f64)>,
+}
+
+async fn gather(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    policy: &CompiledPolicy,
+    request: &Request<'_>,
+) -> Result<Result<Gathered, String>, DomainError> {
+    let now = ctx.now();
+    let accessing_ip = match request.accessing_ip.map(str::trim) {
+        None | Some("") => None,
+        Some(text) => match text.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
+            Ok(ip) => Some(ip),
+            // An accessing IP that is not an address cannot be judged: fail closed.
+            Err(_) => return Ok(Err("the accessing IP is not an IP address".into())),
+        },
+    };
+    let table = &ctx.config.accessing_ip_table;
+    let accessing = accessing_ip
+        .and_then(|ip| table.lookup(&ip.to_string()))
+        .map(|facts| AccessingFacts {
+            country: facts.country.clone(),
+            reputation: facts.reputation,
+            location: facts.location,
+        })
+        .unwrap_or_default();
+    let groups = policies::groups(&ctx.db, app, user).await?;
+    let known_groups: BTreeSet<String> = if policy.named_groups().is_empty() {
+        BTreeSet::new()
+    } else {
+        policies::known_groups(&ctx.db, app, policy.named_groups())
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let recent_successes = match policy.recent_lookback_seconds() {
+        0 => Vec::new(),
+        back => policies::recent_successes(&ctx.db, app, user, now - back)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, at)| ip.trim().parse::<IpAddr>().ok().map(|ip| (ip, at)))
+            .collect(),
+    };
+    let push_times = match policy.push_lookback_seconds() {
+        0 => Vec::new(),
+        back => policies::push_times(&ctx.db, app, user, now - back).await?,
+    };
+    let previous_location = if policy.uses_geovelocity() {
+        policies::previous_location(&ctx.db, app, user).await?
+    } else {
+        None
+    };
+    Ok(Ok(Gathered {
+        location: accessing.location,
+        inputs: PolicyInputs {
+            now,
+            request: Some(request.kind),
+            groups,
+            known_groups,
+            accessing_ip,
+            ip_table_loaded: !table.is_empty(),
+            accessing,
+            device: request.device.clone(),
+            attested_key: false,
+            recent_successes,
+            push_times,
+            previous_location,
+            fields: request
+                .fields
+                .iter()
+                .map(|f| (f.label.clone(), f.value.clone()))
+                .collect(),
+        },
+    }))
+}
+
+async fn decide_with(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    request: &Request<'_>,
+    version: Option<u32>,
+) -> Result<Option<Decided>, DomainError> {
+    let Some(compiled) = load_compiled(ctx, app, version).await? else {
+        return Ok(None);
+    };
+    let (decision, location) = match compiled {
+        Err(denied) => (denied, None),
+        Ok(policy) => match gather(ctx, app, user, &policy, request).await? {
+            Err(why) => (
+                PolicyDecision::denied(
+                    policy.version(),
+                    tessera_protocol::policy::DEFAULT_RULE,
+                    format!("the policy cannot be evaluated: {why}"),
+                ),
+                None,
+            ),
+            Ok(gathered) => (policy.evaluate(&gathered.inputs), gathered.location),
+        },
+    };
+    Ok(Some(Decided {
+        decision,
+        location,
+        kind: request.kind,
+    }))
+}
+
+/// What the application's current policy decides for `request` by `user`, or `None` when the
+/// application has no policy. Not recorded yet: [`record`] it once its subject exists.
+pub(crate) async fn decide(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    request: &Request<'_>,
+) -> Result<Option<Decided>, DomainError> {
+    let decided = decide_with(ctx, app, user, request, None).await?;
+    if let Some(d) = &decided {
+        tracing::info!(
+            application_id = %app,
+            request = request.kind.as_str(),
+            policy_version = d.decision.version,
+            rule = %d.decision.rule,
+            effect = ?d.decision.effect,
+            "policy decided"
+        );
+    }
+    Ok(decided)
+}
+
+/// Records a decision for `subject` (an authentication, QR session, flow or CIBA request id).
+pub(crate) async fn record(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    subject: Option<&str>,
+    decided: &Decided,
+) -> Result<(), DomainError> {
+    let id = format!("pd_{:032x}", rand::rngs::OsRng.r#gen::<u128>());
+    let inputs = serde_json::to_string(&decided.decision.looked_at)
+        .unwrap_or_else(|_| "{}".into());
+    let effect = match decided.decision.effect {
+        PolicyEffect::Approve => "approve",
+        PolicyEffect::Require => "require",
+        PolicyEffect::Deny => "deny",
+    };
+    policies::record_decision(
+        &ctx.db,
+        &policies::DecisionRecord {
+            id: &id,
+            application_id: app,
+            user_id: user,
+            request_kind: decided.kind.as_str(),
+            subject_id: subject,
+            policy_version: decided.decision.version,
+            rule: &decided.decision.rule,
+            action: decided.decision.action,
+            effect,
+            reason: &decided.decision.reason,
+            inputs: &inputs,
+            location: decided.location,
+            created_at: ctx.now(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Decides and records at once, for paths whose subject exists already (or has none).
+pub(crate) async fn decide_and_record(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    subject: Option<&str>,
+    request: &Request<'_>,
+) -> Result<Option<Decided>, DomainError> {
+    let decided = decide(ctx, app, user, request).await?;
+    if let Some(d) = &decided {
+        record(ctx, app, user, subject, d).await?;
+    }
+    Ok(decided)
+}
+
+/// A dry run: what the policy (the current version, or the one asked) would decide for the
+/// given facts, and the values it looked at. Nothing is sent and nothing is recorded. Facts not
+/// given are gathered as a real request would gather them (the user's primary device, groups,
+/// recent authentications, push counts).
+pub(crate) async fn evaluate(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    body: &EvaluatePolicyRequest,
+) -> Result<PolicyEvaluation, DomainError> {
+    super::users::require_user(ctx, app, &body.user_id).await?;
+    let kind = body
+        .request
+        .ok_or_else(|| DomainError::invalid("request (the kind of request) is required"))?;
+    if let Some(ip) = &body.accessing_ip {
+        super::authentication::check_text(ip, 256, "accessing_ip")?;
+    }
+    super::authentication::check_fields(&body.fields)?;
+    let device = match &body.device {
+        Some(d) => Some(d.clone()),
+        None => super::authentication::pick_device(ctx, app, &body.user_id, None)
+            .await
+            .ok()
+            .map(|d| device_facts(&d)),
+    };
+    let request = Request {
+        kind,
+        accessing_ip: body.accessing_ip.as_deref(),
+        device,
+        fields: &body.fields,
+    };
+    let decided = decide_with(ctx, app, &body.user_id, &request, body.version)
+        .await?
+        .ok_or_else(|| DomainError::new(ErrorCode::NotFound, "the application has no policy"))?;
+    Ok(PolicyEvaluation {
+        policy: decided.decision.outcome(),
+        inputs: decided.decision.looked_at,
+    })
+}
+
+/// The user's recorded decisions, newest first (for administrators).
+pub(crate) async fn decisions(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    limit: i64,
+) -> Result<Vec<policies::StoredDecision>, DomainError> {
+    Ok(policies::decisions(&ctx.db, app, user, limit).await?)
+}
