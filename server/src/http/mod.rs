@@ -12,6 +12,7 @@ mod oidc;
 mod ops;
 mod otp;
 mod pairing;
+mod policies;
 mod qr;
 mod qr_page;
 mod users;
@@ -86,6 +87,12 @@ use crate::metrics::{RequestLabels, RouteLabels};
         ops::metrics,
         application_settings::get_settings,
         application_settings::set_settings,
+        policies::save_policy,
+        policies::current_policy,
+        policies::policy_versions,
+        policies::evaluate_policy,
+        policies::set_groups,
+        policies::get_groups,
     ),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
@@ -229,7 +236,17 @@ pub(crate) fn router(state: Ctx) -> Router {
             get(application_settings::get_settings).put(application_settings::set_settings),
         )
         .route("/healthz", get(ops::healthz))
-        .route("/openapi.json", get(ops::openapi));
+        .route("/openapi.json", get(ops::openapi))
+        .route(
+            "/v1/policies",
+            get(policies::current_policy).put(policies::save_policy),
+        )
+        .route("/v1/policies/versions", get(policies::policy_versions))
+        .route("/v1/policies/evaluate", post(policies::evaluate_policy))
+        .route(
+            "/v1/users/{user_id}/groups",
+            get(policies::get_groups).put(policies::set_groups),
+        );
     let router = if metrics_here {
         router.route("/metrics", get(ops::metrics))
     } else {
