@@ -564,6 +564,18 @@ pub(crate) async fn create(
     user_id: &UserId,
     body: CreateAuthenticationRequest,
 ) -> Result<AuthenticationStatus, DomainError> {
+    create_as(ctx, app, user_id, body, true).await
+}
+
+/// [`create`], deciding the application's policy for it or not (`evaluate_policy` false: its
+/// caller, a flow, decided for the whole flow already).
+pub(crate) async fn create_as(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    body: CreateAuthenticationRequest,
+    evaluate_policy: bool,
+) -> Result<AuthenticationStatus, DomainError> {
     super::users::require_user(ctx, &app.id, user_id).await?;
     let expires_in = body.expires_in.unwrap_or(120);
     if !(10..=900).contains(&expires_in) {
@@ -677,7 +689,7 @@ pub(crate) async fn create(
     };
     let device = pick_device(ctx, &app.id, user_id, body.enrollment_id.as_ref()).await?;
     let decided = match body.kind {
-        AuthenticationKind::Approval | AuthenticationKind::Transaction => {
+        AuthenticationKind::Approval | AuthenticationKind::Transaction if evaluate_policy => {
             let kind = if body.kind == AuthenticationKind::Transaction {
                 RequestKind::Transaction
             } else {
