@@ -688,6 +688,9 @@ pub struct QrSessionStatus {
     /// the follow-up, `wrong_number` when the follow-up was answered with another number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denial_reason: Option<DenialReason>,
+    /// The application's latest policy decision for the session (made when it was scanned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyOutcome>,
 }
 
 /// `POST /v1/device/qr-sessions/claim` (device-signed): the scanning device claims the session

@@ -308,21 +308,7 @@ pub async fn decisions(
     .fetch_all(db.pool())
     .await?
     .iter()
-    .map(|r| {
-        let version: i64 = r.try_get("policy_version")?;
-        Ok(StoredDecision {
-            request_kind: r.try_get("request_kind")?,
-            subject_id: r.try_get("subject_id")?,
-            policy_version: u32::try_from(version)
-                .map_err(|_| StoreError::Corrupted("policy version"))?,
-            rule: r.try_get("rule")?,
-            action: r.try_get("action")?,
-            effect: r.try_get("effect")?,
-            reason: r.try_get("reason")?,
-            inputs: r.try_get("inputs")?,
-            created_at: r.try_get("created_at")?,
-        })
-    })
+    .map(decision_from_row)
     .collect()
 }
 
@@ -343,4 +329,34 @@ pub async fn previous_location(
     .await?;
     row.map(|r| Ok((r.try_get("latitude")?, r.try_get("longitude")?, r.try_get("created_at")?)))
         .transpose()
+}
+
+/// The latest decision recorded for `subject`.
+pub async fn latest_for_subject(
+    db: &Database,
+    subject: &str,
+) -> Result<Option<StoredDecision>, StoreError> {
+    let row = sqlx::query(
+        "SELECT request_kind, subject_id, policy_version, rule, action, effect, reason, inputs, \
+         created_at FROM policy_decisions WHERE subject_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(subject)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(decision_from_row).transpose()
+}
+
+fn decision_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDecision, StoreError> {
+    let version: i64 = r.try_get("policy_version")?;
+    Ok(StoredDecision {
+        request_kind: r.try_get("request_kind")?,
+        subject_id: r.try_get("subject_id")?,
+        policy_version: u32::try_from(version).map_err(|_| StoreError::Corrupted("policy version"))?,
+        rule: r.try_get("rule")?,
+        action: r.try_get("action")?,
+        effect: r.try_get("effect")?,
+        reason: r.try_get("reason")?,
+        inputs: r.try_get("inputs")?,
+        created_at: r.try_get("created_at")?,
+    })
 }

@@ -453,3 +453,39 @@ pub(crate) async fn decisions(
 ) -> Result<Vec<policies::StoredDecision>, DomainError> {
     Ok(policies::decisions(&ctx.db, app, user, limit).await?)
 }
+
+/// The latest decision recorded for `subject`, as answered with it.
+pub(crate) async fn outcome_for(
+    ctx: &Ctx,
+    subject: &str,
+) -> Result<Option<tessera_protocol::policy::PolicyOutcome>, DomainError> {
+    let Some(d) = policies::latest_for_subject(&ctx.db, subject).await? else {
+        return Ok(None);
+    };
+    let effect = match d.effect.as_str() {
+        "approve" => PolicyEffect::Approve,
+        "require" => PolicyEffect::Require,
+        _ => PolicyEffect::Deny,
+    };
+    Ok(Some(tessera_protocol::policy::PolicyOutcome {
+        version: d.policy_version,
+        rule: d.rule,
+        action: d.action,
+        effect,
+        reason: d.reason,
+        methods: Vec::new(),
+    }))
+}
+
+/// Refuses `user` on a path answered with the mobile app (QR, CIBA) when the decision denies,
+/// or requires methods none of which is the app's.
+pub(crate) fn check_mobile(decided: &Decided) -> Result<(), DomainError> {
+    match decided.decision.effect {
+        PolicyEffect::Deny => Err(decided.refusal()),
+        PolicyEffect::Approve => Ok(()),
+        PolicyEffect::Require => decided
+            .check_method(PolicyMethod::MobilePush)
+            .or_else(|_| decided.check_method(PolicyMethod::MobileBiometrics))
+            .or_else(|_| decided.check_method(PolicyMethod::MobilePasscode)),
+    }
+}
