@@ -489,3 +489,39 @@ pub(crate) fn check_mobile(decided: &Decided) -> Result<(), DomainError> {
             .or_else(|_| decided.check_method(PolicyMethod::MobilePasscode)),
     }
 }
+
+/// Decides and records the policy for a passcode or backup-code path, and refuses the request
+/// the decision does not let through with `method` (any method when `None`: only a denial
+/// refuses; the caller checks the method once it knows it). The user's primary device, if any,
+/// is the authenticating device. Returns the decision (`None` without a policy).
+pub(crate) async fn check_path(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    kind: RequestKind,
+    method: Option<PolicyMethod>,
+    subject: Option<&str>,
+) -> Result<Option<Decided>, DomainError> {
+    if policies::current(&ctx.db, app).await?.is_none() {
+        return Ok(None);
+    }
+    let device = super::authentication::pick_device(ctx, app, user, None)
+        .await
+        .ok()
+        .map(|d| device_facts(&d));
+    let request = Request {
+        kind,
+        accessing_ip: None,
+        device,
+        fields: &[],
+    };
+    let Some(decided) = decide_and_record(ctx, app, user, subject, &request).await? else {
+        return Ok(None);
+    };
+    match method {
+        Some(m) => decided.check_method(m)?,
+        None if decided.decision.effect == PolicyEffect::Deny => return Err(decided.refusal()),
+        None => {}
+    }
+    Ok(Some(decided))
+}
