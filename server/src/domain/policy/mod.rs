@@ -44,6 +44,16 @@ pub(crate) async fn save(
     app: &ApplicationId,
     document: &PolicyDocument,
 ) -> Result<PolicyVersion, DomainError> {
+    save_in(&ctx.db, app, document, ctx.now()).await
+}
+
+/// [`save`] on `db` at `now` (the admin command line).
+pub(crate) async fn save_in(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+    document: &PolicyDocument,
+    now: i64,
+) -> Result<PolicyVersion, DomainError> {
     CompiledPolicy::compile(0, document)
         .map_err(|e| DomainError::invalid(format!("the policy is invalid: {e}")))?;
     let text = serde_json::to_string(document)
@@ -51,14 +61,22 @@ pub(crate) async fn save(
     if text.len() > MAX_DOCUMENT_BYTES {
         return Err(DomainError::invalid("the policy is too large"));
     }
-    let stored = policies::save(&ctx.db, app, &text, ctx.now()).await?;
+    let stored = policies::save(db, app, &text, now).await?;
     tracing::info!(application_id = %app, version = stored.version, "policy saved");
     to_version(stored)
 }
 
 /// The current version.
 pub(crate) async fn current(ctx: &Ctx, app: &ApplicationId) -> Result<PolicyVersion, DomainError> {
-    let stored = policies::current(&ctx.db, app)
+    current_in(&ctx.db, app).await
+}
+
+/// [`current`] on `db`.
+pub(crate) async fn current_in(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+) -> Result<PolicyVersion, DomainError> {
+    let stored = policies::current(db, app)
         .await?
         .ok_or_else(|| DomainError::new(ErrorCode::NotFound, "the application has no policy"))?;
     to_version(stored)
@@ -69,7 +87,15 @@ pub(crate) async fn versions(
     ctx: &Ctx,
     app: &ApplicationId,
 ) -> Result<PolicyVersionList, DomainError> {
-    let versions = policies::versions(&ctx.db, app)
+    versions_in(&ctx.db, app).await
+}
+
+/// [`versions`] on `db`.
+pub(crate) async fn versions_in(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+) -> Result<PolicyVersionList, DomainError> {
+    let versions = policies::versions(db, app)
         .await?
         .into_iter()
         .map(to_version)
@@ -84,7 +110,22 @@ pub(crate) async fn set_groups(
     user: &UserId,
     body: &UserGroups,
 ) -> Result<UserGroups, DomainError> {
-    super::users::require_user(ctx, app, user).await?;
+    set_groups_in(&ctx.db, app, user, body).await
+}
+
+/// [`set_groups`] on `db`.
+pub(crate) async fn set_groups_in(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+    user: &UserId,
+    body: &UserGroups,
+) -> Result<UserGroups, DomainError> {
+    if crate::store::users::get(db, app, user).await?.is_none() {
+        return Err(DomainError::new(
+            ErrorCode::UserNotFound,
+            "no such user in this application",
+        ));
+    }
     if body.groups.len() > MAX_GROUPS {
         return Err(DomainError::invalid(format!(
             "a user has at most {MAX_GROUPS} groups"
@@ -104,7 +145,7 @@ pub(crate) async fn set_groups(
     }
     groups.sort();
     groups.dedup();
-    policies::set_groups(&ctx.db, app, user, &groups).await?;
+    policies::set_groups(db, app, user, &groups).await?;
     Ok(UserGroups { groups })
 }
 
@@ -118,6 +159,27 @@ pub(crate) async fn groups(
     Ok(UserGroups {
         groups: policies::groups(&ctx.db, app, user).await?,
     })
+}
+
+/// Where a decision's facts come from: the store, the IP table and the time.
+pub(crate) struct Env<'a> {
+    /// The database.
+    pub db: &'a crate::store::Database,
+    /// The accessing-IP table.
+    pub ip_table: &'a crate::ip_table::IpTable,
+    /// Now, seconds since the epoch.
+    pub now: i64,
+}
+
+impl<'a> Env<'a> {
+    /// The running server's.
+    pub fn of(ctx: &'a Ctx) -> Self {
+        Self {
+            db: &ctx.db,
+            ip_table: &ctx.config.accessing_ip_table,
+            now: ctx.now(),
+        }
+    }
 }
 
 /// What a path asks the policy about.
@@ -190,13 +252,13 @@ impl Decided {
 }
 
 async fn load_compiled(
-    ctx: &Ctx,
+    env: &Env<'_>,
     app: &ApplicationId,
     version: Option<u32>,
 ) -> Result<Option<Result<CompiledPolicy, PolicyDecision>>, DomainError> {
     let stored = match version {
-        None => policies::current(&ctx.db, app).await?,
-        Some(v) => Some(policies::version(&ctx.db, app, v).await?.ok_or_else(|| {
+        None => policies::current(env.db, app).await?,
+        Some(v) => Some(policies::version(env.db, app, v).await?.ok_or_else(|| {
             DomainError::new(ErrorCode::NotFound, "the application has no such policy version")
         })?),
     };
@@ -224,13 +286,13 @@ struct Gathered {
 }
 
 async fn gather(
-    ctx: &Ctx,
+    env: &Env<'_>,
     app: &ApplicationId,
     user: &UserId,
     policy: &CompiledPolicy,
     request: &Request<'_>,
 ) -> Result<Result<Gathered, String>, DomainError> {
-    let now = ctx.now();
+    let now = env.now;
     let accessing_ip = match request.accessing_ip.map(str::trim) {
         None | Some("") => None,
         Some(text) => match text.parse::<IpAddr>() {
@@ -240,7 +302,7 @@ async fn gather(
             Err(_) => return Ok(Err("the accessing IP is not an IP address".into())),
         },
     };
-    let table = &ctx.config.accessing_ip_table;
+    let table = env.ip_table;
     let accessing = accessing_ip
         .and_then(|ip| table.lookup(&ip.to_string()))
         .map(|facts| AccessingFacts {
@@ -249,18 +311,18 @@ async fn gather(
             location: facts.location,
         })
         .unwrap_or_default();
-    let groups = policies::groups(&ctx.db, app, user).await?;
+    let groups = policies::groups(env.db, app, user).await?;
     let known_groups: BTreeSet<String> = if policy.named_groups().is_empty() {
         BTreeSet::new()
     } else {
-        policies::known_groups(&ctx.db, app, policy.named_groups())
+        policies::known_groups(env.db, app, policy.named_groups())
             .await?
             .into_iter()
             .collect()
     };
     let recent_successes = match policy.recent_lookback_seconds() {
         0 => Vec::new(),
-        back => policies::recent_successes(&ctx.db, app, user, now - back)
+        back => policies::recent_successes(env.db, app, user, now - back)
             .await?
             .into_iter()
             .filter_map(|(ip, at)| ip.trim().parse::<IpAddr>().ok().map(|ip| (ip, at)))
@@ -268,10 +330,10 @@ async fn gather(
     };
     let push_times = match policy.push_lookback_seconds() {
         0 => Vec::new(),
-        back => policies::push_times(&ctx.db, app, user, now - back).await?,
+        back => policies::push_times(env.db, app, user, now - back).await?,
     };
     let previous_location = if policy.uses_geovelocity() {
-        policies::previous_location(&ctx.db, app, user).await?
+        policies::previous_location(env.db, app, user).await?
     } else {
         None
     };
@@ -300,18 +362,18 @@ async fn gather(
 }
 
 async fn decide_with(
-    ctx: &Ctx,
+    env: &Env<'_>,
     app: &ApplicationId,
     user: &UserId,
     request: &Request<'_>,
     version: Option<u32>,
 ) -> Result<Option<Decided>, DomainError> {
-    let Some(compiled) = load_compiled(ctx, app, version).await? else {
+    let Some(compiled) = load_compiled(env, app, version).await? else {
         return Ok(None);
     };
     let (decision, location) = match compiled {
         Err(denied) => (denied, None),
-        Ok(policy) => match gather(ctx, app, user, &policy, request).await? {
+        Ok(policy) => match gather(env, app, user, &policy, request).await? {
             Err(why) => (
                 PolicyDecision::denied(
                     policy.version(),
@@ -338,7 +400,7 @@ pub(crate) async fn decide(
     user: &UserId,
     request: &Request<'_>,
 ) -> Result<Option<Decided>, DomainError> {
-    let decided = decide_with(ctx, app, user, request, None).await?;
+    let decided = decide_with(&Env::of(ctx), app, user, request, None).await?;
     if let Some(d) = &decided {
         tracing::info!(
             application_id = %app,
@@ -414,7 +476,21 @@ pub(crate) async fn evaluate(
     app: &ApplicationId,
     body: &EvaluatePolicyRequest,
 ) -> Result<PolicyEvaluation, DomainError> {
-    super::users::require_user(ctx, app, &body.user_id).await?;
+    evaluate_in(&Env::of(ctx), app, body).await
+}
+
+/// [`evaluate`] with its facts from `env` (the admin command line has no running server).
+pub(crate) async fn evaluate_in(
+    env: &Env<'_>,
+    app: &ApplicationId,
+    body: &EvaluatePolicyRequest,
+) -> Result<PolicyEvaluation, DomainError> {
+    if crate::store::users::get(env.db, app, &body.user_id).await?.is_none() {
+        return Err(DomainError::new(
+            ErrorCode::UserNotFound,
+            "no such user in this application",
+        ));
+    }
     let kind = body
         .request
         .ok_or_else(|| DomainError::invalid("request (the kind of request) is required"))?;
@@ -424,10 +500,19 @@ pub(crate) async fn evaluate(
     super::authentication::check_fields(&body.fields)?;
     let device = match &body.device {
         Some(d) => Some(d.clone()),
-        None => super::authentication::pick_device(ctx, app, &body.user_id, None)
-            .await
-            .ok()
-            .map(|d| device_facts(&d)),
+        None => {
+            let devices: Vec<Enrollment> =
+                crate::store::enrollments::list_for_user(env.db, app, &body.user_id)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.status == tessera_protocol::api::EnrollmentState::Active)
+                    .collect();
+            devices
+                .iter()
+                .find(|d| d.is_primary)
+                .or(devices.first())
+                .map(device_facts)
+        }
     };
     let request = Request {
         kind,
@@ -435,7 +520,7 @@ pub(crate) async fn evaluate(
         device,
         fields: &body.fields,
     };
-    let decided = decide_with(ctx, app, &body.user_id, &request, body.version)
+    let decided = decide_with(env, app, &body.user_id, &request, body.version)
         .await?
         .ok_or_else(|| DomainError::new(ErrorCode::NotFound, "the application has no policy"))?;
     Ok(PolicyEvaluation {
@@ -446,12 +531,28 @@ pub(crate) async fn evaluate(
 
 /// The user's recorded decisions, newest first (for administrators).
 pub(crate) async fn decisions(
-    ctx: &Ctx,
+    db: &crate::store::Database,
     app: &ApplicationId,
     user: &UserId,
     limit: i64,
-) -> Result<Vec<policies::StoredDecision>, DomainError> {
-    Ok(policies::decisions(&ctx.db, app, user, limit).await?)
+) -> Result<Vec<serde_json::Value>, DomainError> {
+    Ok(policies::decisions(db, app, user, limit.clamp(1, 1000))
+        .await?
+        .into_iter()
+        .map(|d| {
+            serde_json::json!({
+                "request": d.request_kind,
+                "subject_id": d.subject_id,
+                "version": d.policy_version,
+                "rule": d.rule,
+                "action": d.action,
+                "effect": d.effect,
+                "reason": d.reason,
+                "inputs": serde_json::from_str::<serde_json::Value>(&d.inputs).unwrap_or_default(),
+                "at": d.created_at,
+            })
+        })
+        .collect())
 }
 
 /// The latest decision recorded for `subject`, as answered with it.
