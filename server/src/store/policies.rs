@@ -243,27 +243,35 @@ pub struct DecisionRecord<'a> {
 
 /// Records a decision.
 pub async fn record_decision(db: &Database, d: &DecisionRecord<'_>) -> Result<(), StoreError> {
-    sqlx::query(
+    // A missing location is written as a NULL literal, not bound: PostgreSQL refuses a NULL the
+    // `Any` driver binds untyped on a connection that prepared the statement for floats.
+    let (columns, values) = match d.location {
+        Some(_) => (", latitude, longitude", ", $12, $13"),
+        None => ("", ""),
+    };
+    let sql = format!(
         "INSERT INTO policy_decisions (id, application_id, user_id, request_kind, subject_id, \
-         policy_version, rule, action, effect, reason, inputs, latitude, longitude, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-    )
-    .bind(d.id)
-    .bind(d.application_id.as_str())
-    .bind(d.user_id.as_str())
-    .bind(d.request_kind)
-    .bind(d.subject_id)
-    .bind(i64::from(d.policy_version))
-    .bind(d.rule)
-    .bind(d.action)
-    .bind(d.effect)
-    .bind(d.reason)
-    .bind(d.inputs)
-    .bind(d.location.map(|l| l.0))
-    .bind(d.location.map(|l| l.1))
-    .bind(d.created_at)
-    .execute(db.writer())
-    .await?;
+         policy_version, rule, action, effect, reason, inputs, created_at{columns}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14{values})"
+    );
+    let sql = sql.replace("$14", if d.location.is_some() { "$14" } else { "$12" });
+    let query = sqlx::query(&sql)
+        .bind(d.id)
+        .bind(d.application_id.as_str())
+        .bind(d.user_id.as_str())
+        .bind(d.request_kind)
+        .bind(d.subject_id)
+        .bind(i64::from(d.policy_version))
+        .bind(d.rule)
+        .bind(d.action)
+        .bind(d.effect)
+        .bind(d.reason)
+        .bind(d.inputs);
+    let query = match d.location {
+        Some((latitude, longitude)) => query.bind(latitude).bind(longitude).bind(d.created_at),
+        None => query.bind(d.created_at),
+    };
+    query.execute(db.writer()).await?;
     Ok(())
 }
 
