@@ -65,13 +65,6 @@ async fn run_with(
         })
         .await,
     );
-    if with_policy {
-        server
-            .customer
-            .set_policy(&fifty_rule_policy())
-            .await
-            .expect("set the policy");
-    }
     let mut pool = Vec::new();
     for i in 0..devices {
         let user = format!("load-{i}");
@@ -83,6 +76,14 @@ async fn run_with(
             .await
             .expect("pair");
         pool.push((user, device));
+    }
+    // Saved once the devices are paired: its default denies what no rule matches.
+    if with_policy {
+        server
+            .customer
+            .set_policy(&fifty_rule_policy())
+            .await
+            .expect("set the policy");
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
