@@ -547,8 +547,12 @@ impl CustomerApi {
         &self,
         request: &tessera_protocol::policy::EvaluatePolicyRequest,
     ) -> Result<tessera_protocol::policy::PolicyEvaluation, CustomerApiError> {
-        self.send(reqwest::Method::POST, "/v1/policies/evaluate", Some(request))
-            .await
+        self.send(
+            reqwest::Method::POST,
+            "/v1/policies/evaluate",
+            Some(request),
+        )
+        .await
     }
 
     /// `PUT /v1/users/{user_id}/groups`.

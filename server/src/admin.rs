@@ -615,11 +615,7 @@ pub async fn evaluate_policy(
     now: i64,
 ) -> Result<tessera_protocol::policy::PolicyEvaluation, ServerError> {
     crate::domain::policy::evaluate_in(
-        &crate::domain::policy::Env {
-            db,
-            ip_table,
-            now,
-        },
+        &crate::domain::policy::Env { db, ip_table, now },
         app,
         request,
     )

@@ -241,7 +241,10 @@ mod tests {
             "203.0.113.0/24,DE,Low,52.52,13.40\n198.51.100.0/24,US,,,\n192.0.2.0/24,FR,High\n",
         )
         .unwrap();
-        assert_eq!(table.lookup("203.0.113.1").unwrap().location, Some((52.52, 13.40)));
+        assert_eq!(
+            table.lookup("203.0.113.1").unwrap().location,
+            Some((52.52, 13.40))
+        );
         assert_eq!(table.lookup("198.51.100.1").unwrap().location, None);
         assert_eq!(table.lookup("192.0.2.1").unwrap().location, None);
     }

@@ -1077,8 +1077,8 @@ async fn run_admin(
         } => {
             let app = parse_app(&application_id)?;
             let text = read_secret_file(&file, "policy file")?;
-            let document: tessera_protocol::policy::PolicyDocument =
-                serde_json::from_str(&text).map_err(|e| {
+            let document: tessera_protocol::policy::PolicyDocument = serde_json::from_str(&text)
+                .map_err(|e| {
                     ServerError::InvalidInput(format!("the policy file is not a policy: {e}"))
                 })?;
             json!(admin::set_policy(&db, &app, &document, tessera_protocol::time::now()).await?)

@@ -37,8 +37,10 @@ fn fifty_rule_policy() -> tessera_protocol::policy::PolicyDocument {
                                "then": {"action": "deny", "reason": "refused"}})
         })
         .collect();
-    rules.push(serde_json::json!({"name": "push", "when": {"requests": ["push"]},
-                                  "then": {"action": "require", "methods": ["mobile_push"]}}));
+    rules.push(
+        serde_json::json!({"name": "push", "when": {"requests": ["push"]},
+                                  "then": {"action": "require", "methods": ["mobile_push"]}}),
+    );
     serde_json::from_value(serde_json::json!({
         "networks": {"office": ["203.0.113.0/24"]},
         "rules": rules,

@@ -739,7 +739,10 @@ async fn main() -> Result<()> {
             "default": {"action": "require", "methods": ["mobile_push"]}
         }))?;
     let saved = backend.set_policy(&policy).await?;
-    say(format!("policy version {} saved (docs/policy.md)", saved.version));
+    say(format!(
+        "policy version {} saved (docs/policy.md)",
+        saved.version
+    ));
     let from = |ip: &str| CreateAuthenticationRequest {
         accessing_ip: Some(ip.into()),
         ..CreateAuthenticationRequest::new(AuthenticationKind::Approval)
@@ -756,7 +759,10 @@ async fn main() -> Result<()> {
         decided.version
     ));
 
-    step(23, "A sign-in from a high-risk address is denied by the policy");
+    step(
+        23,
+        "A sign-in from a high-risk address is denied by the policy",
+    );
     let risky = backend
         .create_authentication("alice", &from("198.51.100.7"))
         .await?;

@@ -710,10 +710,8 @@ pub(crate) async fn create_as(
         }
         _ => None,
     };
-    let (policy_ending, require_user_verification) = policy_shape(
-        decided.as_ref(),
-        body.require_user_verification,
-    );
+    let (policy_ending, require_user_verification) =
+        policy_shape(decided.as_ref(), body.require_user_verification);
     if policy_ending.is_none()
         && let Some(settings) = &settings
         && let Some(reason) = push_bombing_limit(ctx, settings, &app.id, user_id, ctx.now()).await?
@@ -741,7 +739,9 @@ pub(crate) async fn create_as(
         },
     )?;
     let mut record = record;
-    record.policy = decided.as_ref().and_then(super::policy::Decided::outcome_json);
+    record.policy = decided
+        .as_ref()
+        .and_then(super::policy::Decided::outcome_json);
     if let (Some(ending), Some(decided)) = (policy_ending, &decided) {
         end_by_policy(ctx, &mut record, ending);
         outcome::record_policy_ending(ctx, &record).await?;

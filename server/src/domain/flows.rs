@@ -43,11 +43,11 @@ use super::outcome::{self, DomainEvent, Ending, FollowUpFuture};
 use super::{
     Ctx, DomainError, authentication, backup, device_verification, methods, otp, pairing, policy,
 };
-use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, RequestKind};
 use crate::store::applications::{self, Application};
 use crate::store::authentications::{self, Authentication};
 use crate::store::flows::{self as store, FlowEvent, StoredFlow};
 use crate::store::{enrollments, nonces, otp as otp_store};
+use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, RequestKind};
 
 /// A flow's lifetime when the request does not say, in seconds.
 const DEFAULT_TTL: u32 = 600;
@@ -951,7 +951,10 @@ async fn apply_policy(
                 serde_json::json!("POLICY_APPROVE"),
             );
             done.policy = Some(outcome);
-            Ok(Some((FlowStatus::MfaCompleted, finished(data.clone(), done))))
+            Ok(Some((
+                FlowStatus::MfaCompleted,
+                finished(data.clone(), done),
+            )))
         }
     }
 }

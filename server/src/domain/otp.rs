@@ -25,13 +25,13 @@ use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::otp::{DIGITS, OtpHash, PERIOD_SECONDS, decode_base32, hotp};
 use zeroize::Zeroizing;
 
-use tessera_protocol::policy::{PolicyMethod, RequestKind};
 use super::authentication::{accessing_attributes, load_for, require_pending};
 use super::outcome::{self, Ending};
 use super::users::require_user;
 use super::{Ctx, DomainError};
 use crate::store::otp::{self, EnrollmentSeed, OathToken};
 use crate::store::{enrollments, otp_challenges};
+use tessera_protocol::policy::{PolicyMethod, RequestKind};
 
 /// Most OATH tokens one user may have.
 const MAX_TOKENS_PER_USER: usize = 20;

@@ -404,7 +404,11 @@ async fn candidates(
 /// Whether the user of enrollment `e` may be asked to approve `session`: their mandatory
 /// methods, then the application's policy (kind `qr`; recorded with the session's id). A QR
 /// login is always confirmed on the device: `approve` lets the user confirm like `require`.
-async fn admit_candidate(ctx: &Ctx, session: &QrSession, e: &Enrollment) -> Result<(), DomainError> {
+async fn admit_candidate(
+    ctx: &Ctx,
+    session: &QrSession,
+    e: &Enrollment,
+) -> Result<(), DomainError> {
     super::methods::require_mandatory(ctx, &session.application_id, &e.user_id).await?;
     let decided = super::policy::decide_and_record(
         ctx,

@@ -75,7 +75,9 @@ pub(crate) async fn set_groups(
     ApiJson(body): ApiJson<UserGroups>,
 ) -> Result<Json<UserGroups>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    Ok(Json(policy::set_groups(&ctx, &auth.0.id, &user_id, &body).await?))
+    Ok(Json(
+        policy::set_groups(&ctx, &auth.0.id, &user_id, &body).await?,
+    ))
 }
 
 /// The user's groups.

@@ -71,7 +71,10 @@ pub async fn save(
 }
 
 /// The latest version, if the application has a policy.
-pub async fn current(db: &Database, app: &ApplicationId) -> Result<Option<StoredPolicy>, StoreError> {
+pub async fn current(
+    db: &Database,
+    app: &ApplicationId,
+) -> Result<Option<StoredPolicy>, StoreError> {
     let row = sqlx::query(
         "SELECT version, document, created_at FROM policies WHERE application_id = $1 \
          ORDER BY version DESC LIMIT 1",
@@ -125,19 +128,25 @@ pub async fn set_groups(
         .execute(&mut *tx)
         .await?;
     for group in groups {
-        sqlx::query("INSERT INTO user_groups (application_id, user_id, group_name) VALUES ($1, $2, $3)")
-            .bind(app.as_str())
-            .bind(user.as_str())
-            .bind(group)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO user_groups (application_id, user_id, group_name) VALUES ($1, $2, $3)",
+        )
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .bind(group)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
 /// The user's groups, sorted.
-pub async fn groups(db: &Database, app: &ApplicationId, user: &UserId) -> Result<Vec<String>, StoreError> {
+pub async fn groups(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT group_name FROM user_groups WHERE application_id = $1 AND user_id = $2 ORDER BY group_name",
     )
@@ -185,7 +194,12 @@ pub async fn recent_successes(
     .fetch_all(db.pool())
     .await?
     .iter()
-    .map(|r| Ok((r.try_get("accessing_ip")?, r.try_get::<Option<i64>, _>("answered_at")?.unwrap_or(0))))
+    .map(|r| {
+        Ok((
+            r.try_get("accessing_ip")?,
+            r.try_get::<Option<i64>, _>("answered_at")?.unwrap_or(0),
+        ))
+    })
     .collect()
 }
 
@@ -335,8 +349,14 @@ pub async fn previous_location(
     .bind(user.as_str())
     .fetch_optional(db.pool())
     .await?;
-    row.map(|r| Ok((r.try_get("latitude")?, r.try_get("longitude")?, r.try_get("created_at")?)))
-        .transpose()
+    row.map(|r| {
+        Ok((
+            r.try_get("latitude")?,
+            r.try_get("longitude")?,
+            r.try_get("created_at")?,
+        ))
+    })
+    .transpose()
 }
 
 /// The latest decision recorded for `subject`.
@@ -359,7 +379,8 @@ fn decision_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDecision, StoreError
     Ok(StoredDecision {
         request_kind: r.try_get("request_kind")?,
         subject_id: r.try_get("subject_id")?,
-        policy_version: u32::try_from(version).map_err(|_| StoreError::Corrupted("policy version"))?,
+        policy_version: u32::try_from(version)
+            .map_err(|_| StoreError::Corrupted("policy version"))?,
         rule: r.try_get("rule")?,
         action: r.try_get("action")?,
         effect: r.try_get("effect")?,

@@ -36,7 +36,10 @@ const BERLIN_IP: &str = "192.0.2.10";
 const NEW_YORK_IP: &str = "192.0.2.200";
 
 async fn start(backend: Backend) -> TestServer {
-    let _ = tracing_subscriber::fmt().with_env_filter("tessera_server=warn").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("tessera_server=warn")
+        .with_test_writer()
+        .try_init();
     TestServer::start_with(backend, |c| {
         c.accessing_ip_table = IpTable::from_csv(IP_TABLE).unwrap();
     })
@@ -79,7 +82,11 @@ fn from(ip: &str) -> CreateAuthenticationRequest {
     }
 }
 
-async fn push(server: &TestServer, user: &str, body: &CreateAuthenticationRequest) -> AuthenticationStatus {
+async fn push(
+    server: &TestServer,
+    user: &str,
+    body: &CreateAuthenticationRequest,
+) -> AuthenticationStatus {
     server
         .customer
         .create_authentication(user, body)
@@ -96,7 +103,11 @@ fn assert_denied(status: &AuthenticationStatus, rule: &str) {
     assert_eq!(status.state, AuthenticationState::Failed, "{status:?}");
     assert_eq!(status.failure_reason.as_deref(), Some("policy_denied"));
     let p = policy_of(status);
-    assert_eq!((p.rule.as_str(), p.effect), (rule, PolicyEffect::Deny), "{p:?}");
+    assert_eq!(
+        (p.rule.as_str(), p.effect),
+        (rule, PolicyEffect::Deny),
+        "{p:?}"
+    );
 }
 
 /// The request went to the device (no rule of `denied_rules` stopped it).
@@ -134,7 +145,12 @@ mod management {
             Some(ErrorCode::NotFound)
         );
         // Without a policy nothing is decided.
-        assert!(push(&server, "alice", &from(OFFICE_IP)).await.policy.is_none());
+        assert!(
+            push(&server, "alice", &from(OFFICE_IP))
+                .await
+                .policy
+                .is_none()
+        );
         let v1 = set_rules(&server, json!([])).await;
         let first = push(&server, "alice", &from(OFFICE_IP)).await;
         let v2 = set_rules(
@@ -144,13 +160,26 @@ mod management {
         .await;
         assert_eq!((v1, v2), (1, 2));
         let second = push(&server, "alice", &from(OFFICE_IP)).await;
-        assert_eq!((policy_of(&first).version, policy_of(&first).rule.as_str()), (1, "default"));
-        assert_eq!((policy_of(&second).version, policy_of(&second).rule.as_str()), (2, "office"));
+        assert_eq!(
+            (policy_of(&first).version, policy_of(&first).rule.as_str()),
+            (1, "default")
+        );
+        assert_eq!(
+            (policy_of(&second).version, policy_of(&second).rule.as_str()),
+            (2, "office")
+        );
         // The first request reads as decided by version 1 still.
-        let again = server.customer.authentication(&first.authentication_id, 0).await.unwrap();
+        let again = server
+            .customer
+            .authentication(&first.authentication_id, 0)
+            .await
+            .unwrap();
         assert_eq!(policy_of(&again).version, 1);
         let versions = server.customer.policy_versions().await.unwrap().versions;
-        assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert!(versions[0].policy.rules.is_empty());
         assert_eq!(server.customer.policy().await.unwrap().version, 2);
     }
@@ -159,10 +188,22 @@ mod management {
         let server = start(backend).await;
         set_rules(&server, json!([])).await;
         for (rule, says) in [
-            (json!({"name": "home", "when": {"networks": ["home"]}, "then": {"action": "approve"}}), "home"),
-            (json!({"name": "tz", "when": {"time_of_day": {"from": "09:00", "to": "17:00", "time_zone": "Nowhere/City"}}, "then": {"action": "approve"}}), "time zone"),
-            (json!({"name": "fido", "then": {"action": "require", "methods": ["fido2"]}}), "fido2"),
-            (json!({"name": "mute", "then": {"action": "deny", "reason": ""}}), "reason"),
+            (
+                json!({"name": "home", "when": {"networks": ["home"]}, "then": {"action": "approve"}}),
+                "home",
+            ),
+            (
+                json!({"name": "tz", "when": {"time_of_day": {"from": "09:00", "to": "17:00", "time_zone": "Nowhere/City"}}, "then": {"action": "approve"}}),
+                "time zone",
+            ),
+            (
+                json!({"name": "fido", "then": {"action": "require", "methods": ["fido2"]}}),
+                "fido2",
+            ),
+            (
+                json!({"name": "mute", "then": {"action": "deny", "reason": ""}}),
+                "reason",
+            ),
         ] {
             let name = rule["name"].as_str().unwrap().to_string();
             let message = refused_with(
@@ -180,7 +221,16 @@ mod management {
             assert!(message.contains(says), "{message}");
         }
         // Nothing was saved.
-        assert_eq!(server.customer.policy_versions().await.unwrap().versions.len(), 1);
+        assert_eq!(
+            server
+                .customer
+                .policy_versions()
+                .await
+                .unwrap()
+                .versions
+                .len(),
+            1
+        );
     }
 
     async fn groups(backend: Backend) {
@@ -195,7 +245,10 @@ mod management {
         // No user is in `admins` yet: the group is unknown, and the policy fails closed.
         let status = push(&server, "bob", &from(BERLIN_IP)).await;
         assert_denied(&status, "admins");
-        assert!(policy_of(&status).reason.contains("no user has"), "{status:?}");
+        assert!(
+            policy_of(&status).reason.contains("no user has"),
+            "{status:?}"
+        );
         let set = server
             .customer
             .set_user_groups("alice", &["admins", "staff", "admins"])
@@ -209,7 +262,12 @@ mod management {
         );
         assert_asked(&push(&server, "bob", &from(BERLIN_IP)).await);
         assert_eq!(
-            server.customer.set_user_groups("nobody", &["x"]).await.unwrap_err().code(),
+            server
+                .customer
+                .set_user_groups("nobody", &["x"])
+                .await
+                .unwrap_err()
+                .code(),
             Some(ErrorCode::UserNotFound)
         );
     }
@@ -254,15 +312,26 @@ mod conditions {
     async fn request_kind(backend: Backend) {
         let server = start(backend).await;
         paired(&server, "alice").await;
-        set_rules(&server, deny_when("no transactions", json!({"requests": ["transaction"]}))).await;
+        set_rules(
+            &server,
+            deny_when("no transactions", json!({"requests": ["transaction"]})),
+        )
+        .await;
         assert_asked(&push(&server, "alice", &from(BERLIN_IP)).await);
-        assert_denied(&push(&server, "alice", &tessera_tests::payment()).await, "no transactions");
+        assert_denied(
+            &push(&server, "alice", &tessera_tests::payment()).await,
+            "no transactions",
+        );
     }
 
     async fn named_networks(backend: Backend) {
         let server = start(backend).await;
         paired(&server, "alice").await;
-        set_rules(&server, deny_when("outside", json!({"outside_networks": ["office"]}))).await;
+        set_rules(
+            &server,
+            deny_when("outside", json!({"outside_networks": ["office"]})),
+        )
+        .await;
         assert_asked(&push(&server, "alice", &from(OFFICE_IP)).await);
         assert_denied(&push(&server, "alice", &from(BERLIN_IP)).await, "outside");
     }
@@ -270,7 +339,11 @@ mod conditions {
     async fn country(backend: Backend) {
         let server = start(backend).await;
         paired(&server, "alice").await;
-        set_rules(&server, deny_when("abroad", json!({"countries": ["US", "RU"]}))).await;
+        set_rules(
+            &server,
+            deny_when("abroad", json!({"countries": ["US", "RU"]})),
+        )
+        .await;
         assert_asked(&push(&server, "alice", &from(BERLIN_IP)).await);
         let status = push(&server, "alice", &from(NEW_YORK_IP)).await;
         assert_denied(&status, "abroad");
@@ -279,7 +352,11 @@ mod conditions {
     async fn reputation(backend: Backend) {
         let server = start(backend).await;
         paired(&server, "alice").await;
-        set_rules(&server, deny_when("high risk", json!({"ip_reputation": ["High"]}))).await;
+        set_rules(
+            &server,
+            deny_when("high risk", json!({"ip_reputation": ["High"]})),
+        )
+        .await;
         assert_asked(&push(&server, "alice", &from(NEW_YORK_IP)).await);
         let status = push(&server, "alice", &from(HIGH_RISK_IP)).await;
         assert_denied(&status, "high risk");
@@ -287,10 +364,17 @@ mod conditions {
         // Without an IP table the same policy cannot be evaluated: it denies.
         let bare = TestServer::start(server.backend.clone()).await;
         paired(&bare, "alice").await;
-        set_rules(&bare, deny_when("high risk", json!({"ip_reputation": ["High"]}))).await;
+        set_rules(
+            &bare,
+            deny_when("high risk", json!({"ip_reputation": ["High"]})),
+        )
+        .await;
         let status = push(&bare, "alice", &from(BERLIN_IP)).await;
         assert_denied(&status, "high risk");
-        assert!(policy_of(&status).reason.contains("no IP table"), "{status:?}");
+        assert!(
+            policy_of(&status).reason.contains("no IP table"),
+            "{status:?}"
+        );
     }
 
     async fn versions(backend: Backend) {
@@ -338,10 +422,21 @@ mod conditions {
     async fn attested(backend: Backend) {
         let server = start(backend).await;
         paired(&server, "alice").await;
-        set_rules(&server, deny_when("attested", json!({"attested_key": true}))).await;
+        set_rules(
+            &server,
+            deny_when("attested", json!({"attested_key": true})),
+        )
+        .await;
         assert_asked(&push(&server, "alice", &from(BERLIN_IP)).await);
-        set_rules(&server, deny_when("unattested", json!({"attested_key": false}))).await;
-        assert_denied(&push(&server, "alice", &from(BERLIN_IP)).await, "unattested");
+        set_rules(
+            &server,
+            deny_when("unattested", json!({"attested_key": false})),
+        )
+        .await;
+        assert_denied(
+            &push(&server, "alice", &from(BERLIN_IP)).await,
+            "unattested",
+        );
     }
 
     async fn recent_authentication(backend: Backend) {
@@ -357,7 +452,9 @@ mod conditions {
         // Nothing recent: the push goes out; approved from the office.
         let first = push(&server, "alice", &from(OFFICE_IP)).await;
         assert_asked(&first);
-        let request = device.pull_request(&enrollment, &first.authentication_id).await;
+        let request = device
+            .pull_request(&enrollment, &first.authentication_id)
+            .await;
         device.auth.approve(&request, vec![], None).await.unwrap();
         // Now a sign-in from home is approved by the policy.
         let second = push(&server, "alice", &from(BERLIN_IP)).await;
@@ -370,7 +467,10 @@ mod conditions {
         paired(&server, "alice").await;
         set_rules(
             &server,
-            deny_when("busy", json!({"push_requests": {"at_least": 2, "window_seconds": 600}})),
+            deny_when(
+                "busy",
+                json!({"push_requests": {"at_least": 2, "window_seconds": 600}}),
+            ),
         )
         .await;
         assert_asked(&push(&server, "alice", &from(BERLIN_IP)).await);
@@ -418,7 +518,10 @@ mod conditions {
         paired(&server, "alice").await;
         set_rules(
             &server,
-            deny_when("impossible travel", json!({"geovelocity": {"max_kmh": 900}})),
+            deny_when(
+                "impossible travel",
+                json!({"geovelocity": {"max_kmh": 900}}),
+            ),
         )
         .await;
         // Berlin first (its location is recorded with the decision), New York a minute later.
@@ -453,8 +556,12 @@ mod conditions {
         let large = push(&server, "alice", &payment("1,500.00 EUR")).await;
         assert_eq!(policy_of(&small).rule, "default");
         assert_eq!(policy_of(&large).rule, "large payments");
-        let small = device.pull_request(&enrollment, &small.authentication_id).await;
-        let large = device.pull_request(&enrollment, &large.authentication_id).await;
+        let small = device
+            .pull_request(&enrollment, &small.authentication_id)
+            .await;
+        let large = device
+            .pull_request(&enrollment, &large.authentication_id)
+            .await;
         assert!(!small.require_user_verification);
         assert!(large.require_user_verification, "biometrics asked for");
     }
@@ -483,9 +590,15 @@ mod actions {
         assert_eq!(status.state, AuthenticationState::Approved);
         let p = "pingid.authentication.";
         assert_eq!(status.attributes[&format!("{p}type")], "POLICY_APPROVE");
-        assert_eq!(status.attributes[&format!("{p}accessing.device.ip")], OFFICE_IP);
+        assert_eq!(
+            status.attributes[&format!("{p}accessing.device.ip")],
+            OFFICE_IP
+        );
         assert!(
-            !status.attributes.keys().any(|k| k.contains("authenticating.device")),
+            !status
+                .attributes
+                .keys()
+                .any(|k| k.contains("authenticating.device")),
             "{:?}",
             status.attributes
         );
@@ -510,8 +623,15 @@ mod actions {
         .await;
         let status = push(&server, "alice", &from(HIGH_RISK_IP)).await;
         assert_denied(&status, "high risk");
-        assert_eq!(policy_of(&status).reason, "Sign-ins from this network are blocked");
-        let read = server.customer.authentication(&status.authentication_id, 0).await.unwrap();
+        assert_eq!(
+            policy_of(&status).reason,
+            "Sign-ins from this network are blocked"
+        );
+        let read = server
+            .customer
+            .authentication(&status.authentication_id, 0)
+            .await
+            .unwrap();
         assert_eq!(read.policy, status.policy);
         let pending = device
             .auth
@@ -531,7 +651,10 @@ mod actions {
         .await;
         let status = push(&server, "alice", &from(BERLIN_IP)).await;
         assert_eq!(status.state, AuthenticationState::Failed);
-        assert_eq!(status.failure_reason.as_deref(), Some("policy_requires_other_method"));
+        assert_eq!(
+            status.failure_reason.as_deref(),
+            Some("policy_requires_other_method")
+        );
         let p = policy_of(&status);
         assert_eq!(p.effect, PolicyEffect::Require);
         assert_eq!(
@@ -557,7 +680,10 @@ mod actions {
         assert_asked(&push(&server, "alice", &from(BERLIN_IP)).await);
         let third = push(&server, "alice", &from(BERLIN_IP)).await;
         assert_denied(&third, "default");
-        assert!(policy_of(&third).reason.contains("too many push requests"), "{third:?}");
+        assert!(
+            policy_of(&third).reason.contains("too many push requests"),
+            "{third:?}"
+        );
         assert_eq!(policy_of(&third).action, "limit_push");
     }
 }
@@ -595,11 +721,22 @@ mod paths {
             })
             .await
             .unwrap();
-        let err = device.auth.authenticate_with_qr(&risky.qr_uri).await.unwrap_err();
+        let err = device
+            .auth
+            .authenticate_with_qr(&risky.qr_uri)
+            .await
+            .unwrap_err();
         assert_eq!(err.server_code(), Some(ErrorCode::PolicyDenied), "{err}");
-        let status = server.customer.qr_session(&risky.session_id, 0).await.unwrap();
+        let status = server
+            .customer
+            .qr_session(&risky.session_id, 0)
+            .await
+            .unwrap();
         let p = status.policy.expect("the decision");
-        assert_eq!((p.rule.as_str(), p.effect, p.reason.as_str()), ("high risk", PolicyEffect::Deny, "blocked network"));
+        assert_eq!(
+            (p.rule.as_str(), p.effect, p.reason.as_str()),
+            ("high risk", PolicyEffect::Deny, "blocked network")
+        );
         // From elsewhere the user is asked as usual.
         let fine = server
             .customer
@@ -609,9 +746,17 @@ mod paths {
             })
             .await
             .unwrap();
-        let qr = device.auth.authenticate_with_qr(&fine.qr_uri).await.unwrap();
+        let qr = device
+            .auth
+            .authenticate_with_qr(&fine.qr_uri)
+            .await
+            .unwrap();
         assert_eq!(qr.users.len(), 1);
-        let status = server.customer.qr_session(&fine.session_id, 0).await.unwrap();
+        let status = server
+            .customer
+            .qr_session(&fine.session_id, 0)
+            .await
+            .unwrap();
         assert_eq!(status.policy.unwrap().effect, PolicyEffect::Require);
     }
 
@@ -648,11 +793,19 @@ mod paths {
         )
         .await;
         match rp.backchannel(&params).await {
-            Err(RpError::OAuth { error, description, .. }) => {
+            Err(RpError::OAuth {
+                error, description, ..
+            }) => {
                 assert_eq!(error, "access_denied");
-                assert!(description.contains("rule \"no call centre\""), "{description}");
+                assert!(
+                    description.contains("rule \"no call centre\""),
+                    "{description}"
+                );
                 assert!(description.contains("version 1"), "{description}");
-                assert!(description.contains("call the branch instead"), "{description}");
+                assert!(
+                    description.contains("call the branch instead"),
+                    "{description}"
+                );
             }
             other => panic!("expected access_denied, got {other:?}"),
         }
@@ -686,18 +839,29 @@ mod paths {
             async move { customer.flow_action(&flow, &action).await.unwrap() }
         };
         // deny: MFA_FAILED with the reason.
-        let flow = server.customer.create_flow(&flow_from(HIGH_RISK_IP)).await.unwrap();
+        let flow = server
+            .customer
+            .create_flow(&flow_from(HIGH_RISK_IP))
+            .await
+            .unwrap();
         let done = act(flow.id.to_string()).await;
         assert_eq!(done.status, FlowStatus::MfaFailed);
         let result = done.result.unwrap();
         assert_eq!(result.status, FlowResultStatus::Denied);
         assert_eq!(result.policy.unwrap().reason, "blocked network");
         // approve: completed with POLICY_APPROVE.
-        let flow = server.customer.create_flow(&flow_from(OFFICE_IP)).await.unwrap();
+        let flow = server
+            .customer
+            .create_flow(&flow_from(OFFICE_IP))
+            .await
+            .unwrap();
         let done = act(flow.id.to_string()).await;
         assert_eq!(done.status, FlowStatus::MfaCompleted);
         let result = done.result.unwrap();
-        assert_eq!(result.attributes["pingid.authentication.type"], "POLICY_APPROVE");
+        assert_eq!(
+            result.attributes["pingid.authentication.type"],
+            "POLICY_APPROVE"
+        );
         assert_eq!(result.policy.unwrap().rule, "office");
         // require: an OATH token first, then the phone.
         server
@@ -715,7 +879,11 @@ mod paths {
             )
             .await
             .unwrap();
-        let flow = server.customer.create_flow(&flow_from(NEW_YORK_IP)).await.unwrap();
+        let flow = server
+            .customer
+            .create_flow(&flow_from(NEW_YORK_IP))
+            .await
+            .unwrap();
         let asked = act(flow.id.to_string()).await;
         let kinds: Vec<_> = asked.devices.iter().map(|d| d.device_type).collect();
         assert_eq!(
@@ -760,7 +928,11 @@ mod paths {
         assert!(message.contains("email"), "{message}");
         // Without the rule the passcode is checked as usual (it is not the policy that refuses).
         set_rules(&server, json!([])).await;
-        let e = server.customer.verify_otp("alice", "000000").await.unwrap_err();
+        let e = server
+            .customer
+            .verify_otp("alice", "000000")
+            .await
+            .unwrap_err();
         assert_ne!(e.code(), Some(ErrorCode::PolicyDenied), "{e}");
     }
 
@@ -779,11 +951,28 @@ mod paths {
         let uri = server.pairing_uri("alice").await;
         let err = rooted.auth.pair(&uri, None).await.unwrap_err();
         assert_eq!(err.server_code(), Some(ErrorCode::PolicyDenied), "{err}");
-        assert!(server.customer.list_devices("alice").await.unwrap().devices.is_empty());
+        assert!(
+            server
+                .customer
+                .list_devices("alice")
+                .await
+                .unwrap()
+                .devices
+                .is_empty()
+        );
         // The code was not used up: a healthy phone pairs with it.
         let fine = TestDevice::new().await;
         fine.auth.pair(&uri, None).await.unwrap();
-        assert_eq!(server.customer.list_devices("alice").await.unwrap().devices.len(), 1);
+        assert_eq!(
+            server
+                .customer
+                .list_devices("alice")
+                .await
+                .unwrap()
+                .devices
+                .len(),
+            1
+        );
     }
 
     async fn mandatory(backend: Backend) {
@@ -793,7 +982,10 @@ mod paths {
         tessera_server::admin::set_mandatory_methods(
             server.server.database(),
             &server.app.application_id,
-            &[AuthenticationMethod::PingidMobile, AuthenticationMethod::Sms],
+            &[
+                AuthenticationMethod::PingidMobile,
+                AuthenticationMethod::Sms,
+            ],
         )
         .await
         .unwrap();
@@ -802,8 +994,16 @@ mod paths {
             .create_qr_session(&CreateQrSession::default())
             .await
             .unwrap();
-        let err = device.auth.authenticate_with_qr(&session.qr_uri).await.unwrap_err();
-        assert_eq!(err.server_code(), Some(ErrorCode::MandatoryMethodsMissing), "{err}");
+        let err = device
+            .auth
+            .authenticate_with_qr(&session.qr_uri)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.server_code(),
+            Some(ErrorCode::MandatoryMethodsMissing),
+            "{err}"
+        );
         refused_with(
             server
                 .customer
@@ -895,13 +1095,36 @@ mod dry_run {
             version: Some(9),
         };
         assert_eq!(
-            server.customer.evaluate_policy(&old).await.unwrap_err().code(),
+            server
+                .customer
+                .evaluate_policy(&old)
+                .await
+                .unwrap_err()
+                .code(),
             Some(ErrorCode::NotFound)
         );
         set_rules(&server, json!([])).await;
         old.version = Some(1);
-        assert_eq!(server.customer.evaluate_policy(&old).await.unwrap().policy.rule, "office");
+        assert_eq!(
+            server
+                .customer
+                .evaluate_policy(&old)
+                .await
+                .unwrap()
+                .policy
+                .rule,
+            "office"
+        );
         old.version = None;
-        assert_eq!(server.customer.evaluate_policy(&old).await.unwrap().policy.rule, "default");
+        assert_eq!(
+            server
+                .customer
+                .evaluate_policy(&old)
+                .await
+                .unwrap()
+                .policy
+                .rule,
+            "default"
+        );
     }
 }

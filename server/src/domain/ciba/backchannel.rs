@@ -477,8 +477,7 @@ async fn start(
         && let Err(DomainError::Refused { message, .. }) =
             crate::domain::policy::check_mobile(decided)
     {
-        crate::domain::policy::record(state, &client.application_id, &user, None, decided)
-            .await?;
+        crate::domain::policy::record(state, &client.application_id, &user, None, decided).await?;
         let d = &decided.decision;
         return Err(OAuthError::new(
             OAuthCode::AccessDenied,

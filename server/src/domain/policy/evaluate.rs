@@ -173,7 +173,10 @@ pub struct CompiledPolicy {
 
 fn check_name(place: &str, what: &str, name: &str) -> Result<(), PolicyError> {
     if name.trim().is_empty() || name.chars().count() > MAX_NAME {
-        return Err(refused(place, format!("{what} must be 1 to {MAX_NAME} characters")));
+        return Err(refused(
+            place,
+            format!("{what} must be 1 to {MAX_NAME} characters"),
+        ));
     }
     if !tessera_protocol::display::is_displayable(name) {
         return Err(refused(
@@ -227,10 +230,7 @@ fn check_action(place: &str, action: &PolicyAction) -> Result<(), PolicyError> {
                 return Err(refused(place, "require names no method"));
             }
             if methods.contains(&PolicyMethod::Fido2) {
-                return Err(refused(
-                    place,
-                    "fido2 is not available on this server yet",
-                ));
+                return Err(refused(place, "fido2 is not available on this server yet"));
             }
             let distinct: BTreeSet<&str> = methods.iter().map(|m| m.as_str()).collect();
             if distinct.len() != methods.len() {
@@ -277,7 +277,10 @@ impl CompiledPolicy {
             return Err(refused("rules", format!("at most {MAX_RULES} rules")));
         }
         if document.networks.len() > MAX_NETWORKS {
-            return Err(refused("networks", format!("at most {MAX_NETWORKS} networks")));
+            return Err(refused(
+                "networks",
+                format!("at most {MAX_NETWORKS} networks"),
+            ));
         }
         let mut networks = BTreeMap::new();
         for (name, blocks) in &document.networks {
@@ -292,9 +295,10 @@ impl CompiledPolicy {
             let parsed = blocks
                 .iter()
                 .map(|b| {
-                    b.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
-                        refused(&place, "a block is not CIDR, such as 203.0.113.0/24")
-                    })
+                    b.trim()
+                        .parse::<IpNet>()
+                        .map(|n| n.trunc())
+                        .map_err(|_| refused(&place, "a block is not CIDR, such as 203.0.113.0/24"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             networks.insert(name.clone(), parsed);
@@ -320,12 +324,12 @@ impl CompiledPolicy {
                 check_name(&place, "a group name", group)?;
                 groups.insert(group.clone());
             }
-            for network in when.networks.iter().chain(&when.outside_networks).chain(
-                when.recent_authentication
-                    .as_ref()
-                    .map(|r| &r.network)
-                    .into_iter(),
-            ) {
+            for network in when
+                .networks
+                .iter()
+                .chain(&when.outside_networks)
+                .chain(when.recent_authentication.as_ref().map(|r| &r.network))
+            {
                 if !networks.contains_key(network) {
                     return Err(refused(
                         &place,
@@ -335,10 +339,7 @@ impl CompiledPolicy {
             }
             for country in &when.countries {
                 if country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()) {
-                    return Err(refused(
-                        &place,
-                        "a country is a two-letter ISO 3166-1 code",
-                    ));
+                    return Err(refused(&place, "a country is a two-letter ISO 3166-1 code"));
                 }
             }
             for platform in &when.platforms {
@@ -348,7 +349,10 @@ impl CompiledPolicy {
                 text.as_deref()
                     .map(|t| {
                         parse_version(t).ok_or_else(|| {
-                            refused(&place, format!("{what} is not a dotted version such as 16.4"))
+                            refused(
+                                &place,
+                                format!("{what} is not a dotted version such as 16.4"),
+                            )
                         })
                     })
                     .transpose()
@@ -405,7 +409,10 @@ impl CompiledPolicy {
             if let Some(f) = &when.transaction_field_above {
                 check_name(&place, "a field name", &f.field)?;
                 if !f.above.is_finite() {
-                    return Err(refused(&place, "transaction_field_above.above must be a number"));
+                    return Err(refused(
+                        &place,
+                        "transaction_field_above.above must be a number",
+                    ));
                 }
             }
             check_action(&place, &rule.then)?;
@@ -525,7 +532,11 @@ impl CompiledPolicy {
                 PolicyEffect::Require,
                 format!(
                     "rule \"{rule}\" requires {}",
-                    methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(" or ")
+                    methods
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
                 ),
                 methods.clone(),
             ),
@@ -596,10 +607,7 @@ impl CompiledPolicy {
         }
         let ip = inputs.accessing_ip;
         if !w.networks.is_empty() || !w.outside_networks.is_empty() {
-            seen.insert(
-                "accessing_ip".into(),
-                json!(ip.map(|i| i.to_string())),
-            );
+            seen.insert("accessing_ip".into(), json!(ip.map(|i| i.to_string())));
         }
         if !w.networks.is_empty() {
             let Some(ip) = ip else { return Ok(false) };
@@ -749,8 +757,7 @@ impl CompiledPolicy {
                     rule.name
                 ));
             }
-            let (Some(here), Some(before)) =
-                (inputs.accessing.location, inputs.previous_location)
+            let (Some(here), Some(before)) = (inputs.accessing.location, inputs.previous_location)
             else {
                 seen.insert("geovelocity_kmh".into(), Value::Null);
                 return Ok(false);

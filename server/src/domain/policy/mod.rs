@@ -259,7 +259,10 @@ async fn load_compiled(
     let stored = match version {
         None => policies::current(env.db, app).await?,
         Some(v) => Some(policies::version(env.db, app, v).await?.ok_or_else(|| {
-            DomainError::new(ErrorCode::NotFound, "the application has no such policy version")
+            DomainError::new(
+                ErrorCode::NotFound,
+                "the application has no such policy version",
+            )
         })?),
     };
     let Some(stored) = stored else {
@@ -423,8 +426,7 @@ pub(crate) async fn record(
     decided: &Decided,
 ) -> Result<(), DomainError> {
     let id = format!("pd_{:032x}", rand::rngs::OsRng.r#gen::<u128>());
-    let inputs = serde_json::to_string(&decided.decision.looked_at)
-        .unwrap_or_else(|_| "{}".into());
+    let inputs = serde_json::to_string(&decided.decision.looked_at).unwrap_or_else(|_| "{}".into());
     let effect = match decided.decision.effect {
         PolicyEffect::Approve => "approve",
         PolicyEffect::Require => "require",
@@ -485,7 +487,10 @@ pub(crate) async fn evaluate_in(
     app: &ApplicationId,
     body: &EvaluatePolicyRequest,
 ) -> Result<PolicyEvaluation, DomainError> {
-    if crate::store::users::get(env.db, app, &body.user_id).await?.is_none() {
+    if crate::store::users::get(env.db, app, &body.user_id)
+        .await?
+        .is_none()
+    {
         return Err(DomainError::new(
             ErrorCode::UserNotFound,
             "no such user in this application",

@@ -51,11 +51,17 @@ fn the_first_matching_rule_wins_and_the_default_applies_otherwise() {
     let mut i = inputs(RequestKind::Push);
     i.accessing_ip = ip("203.0.113.9");
     let d = p.evaluate(&i);
-    assert_eq!((d.rule.as_str(), d.effect, d.version), ("office", PolicyEffect::Approve, 7));
+    assert_eq!(
+        (d.rule.as_str(), d.effect, d.version),
+        ("office", PolicyEffect::Approve, 7)
+    );
     assert_eq!(d.looked_at["accessing_ip"], json!("203.0.113.9"));
     i.accessing_ip = ip("198.51.100.1");
     let d = p.evaluate(&i);
-    assert_eq!((d.rule.as_str(), d.effect, d.reason.as_str()), ("push", PolicyEffect::Deny, "no"));
+    assert_eq!(
+        (d.rule.as_str(), d.effect, d.reason.as_str()),
+        ("push", PolicyEffect::Deny, "no")
+    );
     let d = p.evaluate(&inputs(RequestKind::Qr));
     assert_eq!((d.rule.as_str(), d.action), (DEFAULT_RULE, "require"));
     assert_eq!(d.methods, vec![PolicyMethod::Sms, PolicyMethod::Email]);
@@ -151,9 +157,11 @@ fn recent_authentication_from_a_network() {
     let mut i = inputs(RequestKind::Push);
     i.recent_successes = vec![("203.0.113.5".parse().unwrap(), i.now - 31 * 60)];
     assert!(!matched(&p, &i));
-    i.recent_successes.push(("198.51.100.1".parse().unwrap(), i.now - 60));
+    i.recent_successes
+        .push(("198.51.100.1".parse().unwrap(), i.now - 60));
     assert!(!matched(&p, &i));
-    i.recent_successes.push(("203.0.113.5".parse().unwrap(), i.now - 29 * 60));
+    i.recent_successes
+        .push(("203.0.113.5".parse().unwrap(), i.now - 29 * 60));
     assert!(matched(&p, &i));
     assert_eq!(p.recent_lookback_seconds(), 1800);
 }
@@ -185,7 +193,9 @@ fn push_counts_and_limit_push() {
 
 #[test]
 fn time_of_day_in_a_time_zone_follows_daylight_saving() {
-    let p = one_rule(json!({"time_of_day": {"from": "09:00", "to": "17:00", "time_zone": "Europe/Berlin"}}));
+    let p = one_rule(
+        json!({"time_of_day": {"from": "09:00", "to": "17:00", "time_zone": "Europe/Berlin"}}),
+    );
     let mut i = inputs(RequestKind::Push);
     // 2025-01-15 08:30 UTC is 09:30 in Berlin (CET, +1).
     i.now = 1_736_929_800;
@@ -230,7 +240,11 @@ fn transaction_field_thresholds() {
     i.fields = vec![("Amount".into(), "EUR 999".into())];
     assert!(!matched(&p, &i));
     i.fields = vec![("Amount".into(), "a lot".into())];
-    assert_eq!(p.evaluate(&i).effect, PolicyEffect::Deny, "not a number: fails closed");
+    assert_eq!(
+        p.evaluate(&i).effect,
+        PolicyEffect::Deny,
+        "not a number: fails closed"
+    );
 }
 
 #[test]
@@ -241,38 +255,93 @@ fn invalid_policies_name_the_rule_at_fault() {
             "default": {"action": "approve"}})
     };
     for (rule, says) in [
-        (json!({"name": "bad net", "when": {"networks": ["home"]}, "then": {"action": "approve"}}), "home"),
-        (json!({"name": "bad tz", "when": {"time_of_day": {"from": "09:00", "to": "17:00", "time_zone": "Mars/Olympus"}}, "then": {"action": "approve"}}), "time zone"),
-        (json!({"name": "bad clock", "when": {"time_of_day": {"from": "9", "to": "17:00", "time_zone": "UTC"}}, "then": {"action": "approve"}}), "HH:MM"),
-        (json!({"name": "empty", "then": {"action": "require", "methods": []}}), "no method"),
-        (json!({"name": "fido", "then": {"action": "require", "methods": ["fido2"]}}), "fido2"),
-        (json!({"name": "silent deny", "then": {"action": "deny", "reason": " "}}), "deny reason"),
-        (json!({"name": "hidden", "then": {"action": "deny", "reason": "ok\u{202e}"}}), "bidirectional"),
-        (json!({"name": "limit", "then": {"action": "limit_push", "max": 0, "window_seconds": 60}}), "limit_push"),
-        (json!({"name": "version", "when": {"os_version_below": "new"}, "then": {"action": "approve"}}), "os_version_below"),
-        (json!({"name": "country", "when": {"countries": ["Germany"]}, "then": {"action": "approve"}}), "country"),
-        (json!({"name": "fine", "then": {"action": "approve"}}), "two rules"),
-        (json!({"name": "default", "then": {"action": "approve"}}), "default"),
-        (json!({"name": "speed", "when": {"geovelocity": {"max_kmh": 0.0}}, "then": {"action": "approve"}}), "geovelocity"),
+        (
+            json!({"name": "bad net", "when": {"networks": ["home"]}, "then": {"action": "approve"}}),
+            "home",
+        ),
+        (
+            json!({"name": "bad tz", "when": {"time_of_day": {"from": "09:00", "to": "17:00", "time_zone": "Mars/Olympus"}}, "then": {"action": "approve"}}),
+            "time zone",
+        ),
+        (
+            json!({"name": "bad clock", "when": {"time_of_day": {"from": "9", "to": "17:00", "time_zone": "UTC"}}, "then": {"action": "approve"}}),
+            "HH:MM",
+        ),
+        (
+            json!({"name": "empty", "then": {"action": "require", "methods": []}}),
+            "no method",
+        ),
+        (
+            json!({"name": "fido", "then": {"action": "require", "methods": ["fido2"]}}),
+            "fido2",
+        ),
+        (
+            json!({"name": "silent deny", "then": {"action": "deny", "reason": " "}}),
+            "deny reason",
+        ),
+        (
+            json!({"name": "hidden", "then": {"action": "deny", "reason": "ok\u{202e}"}}),
+            "bidirectional",
+        ),
+        (
+            json!({"name": "limit", "then": {"action": "limit_push", "max": 0, "window_seconds": 60}}),
+            "limit_push",
+        ),
+        (
+            json!({"name": "version", "when": {"os_version_below": "new"}, "then": {"action": "approve"}}),
+            "os_version_below",
+        ),
+        (
+            json!({"name": "country", "when": {"countries": ["Germany"]}, "then": {"action": "approve"}}),
+            "country",
+        ),
+        (
+            json!({"name": "fine", "then": {"action": "approve"}}),
+            "two rules",
+        ),
+        (
+            json!({"name": "default", "then": {"action": "approve"}}),
+            "default",
+        ),
+        (
+            json!({"name": "speed", "when": {"geovelocity": {"max_kmh": 0.0}}, "then": {"action": "approve"}}),
+            "geovelocity",
+        ),
     ] {
         let name = rule["name"].as_str().unwrap().to_string();
         let e = refusal(base(rule));
         assert_eq!(e.place, format!("rule \"{name}\""), "{e}");
         assert!(e.to_string().contains(says), "{e}");
     }
-    let e = refusal(json!({"networks": {"office": ["not a block"]}, "rules": [], "default": {"action": "approve"}}));
+    let e = refusal(
+        json!({"networks": {"office": ["not a block"]}, "rules": [], "default": {"action": "approve"}}),
+    );
     assert_eq!(e.place, "network \"office\"");
     let e = refusal(json!({"rules": [], "default": {"action": "require", "methods": []}}));
     assert_eq!(e.place, "default");
     // Unknown fields are refused when the document is read.
-    assert!(serde_json::from_value::<PolicyDocument>(json!({"rules": [], "default": {"action": "approve"}, "extra": 1})).is_err());
+    assert!(
+        serde_json::from_value::<PolicyDocument>(
+            json!({"rules": [], "default": {"action": "approve"}, "extra": 1})
+        )
+        .is_err()
+    );
 }
 
 #[test]
 fn versions_compare_numerically() {
-    assert!(version_below(&parse_version("9.3").unwrap(), &parse_version("10").unwrap()));
-    assert!(!version_below(&parse_version("10.0.0").unwrap(), &parse_version("10").unwrap()));
-    assert!(version_below(&parse_version("16.4").unwrap(), &parse_version("16.4.1").unwrap()));
+    assert!(version_below(
+        &parse_version("9.3").unwrap(),
+        &parse_version("10").unwrap()
+    ));
+    assert!(!version_below(
+        &parse_version("10.0.0").unwrap(),
+        &parse_version("10").unwrap()
+    ));
+    assert!(version_below(
+        &parse_version("16.4").unwrap(),
+        &parse_version("16.4.1").unwrap()
+    ));
     assert_eq!(parse_version("2.0-beta"), Some(vec![2, 0]));
     assert_eq!(parse_version(""), None);
 }
@@ -282,7 +351,9 @@ fn a_fifty_rule_policy_decides_by_the_last_rule() {
     let mut rules: Vec<serde_json::Value> = (0..49)
         .map(|n| json!({"name": format!("r{n}"), "when": {"countries": ["FR"], "requests": ["push"]}, "then": {"action": "deny", "reason": "x"}}))
         .collect();
-    rules.push(json!({"name": "last", "when": {"requests": ["push"]}, "then": {"action": "approve"}}));
+    rules.push(
+        json!({"name": "last", "when": {"requests": ["push"]}, "then": {"action": "approve"}}),
+    );
     let p = policy(json!({"rules": rules, "default": {"action": "approve"}}));
     let mut i = inputs(RequestKind::Push);
     i.accessing_ip = ip("198.51.100.7");
