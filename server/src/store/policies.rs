@@ -26,8 +26,9 @@ fn to_policy(row: &sqlx::any::AnyRow) -> Result<StoredPolicy, StoreError> {
     })
 }
 
-/// Saves `document` as the application's next version (one more than the latest). Two saves at
-/// once cannot take the same number: the second's insert violates the key and is retried.
+/// Saves `document` as the application's next version (one more than the latest). Saves of one
+/// application are serialised (its row is locked on PostgreSQL; SQLite has one writer), so two
+/// saves at once take two numbers; a unique violation all the same is retried.
 pub async fn save(
     db: &Database,
     app: &ApplicationId,
@@ -36,6 +37,7 @@ pub async fn save(
 ) -> Result<StoredPolicy, StoreError> {
     for _ in 0..5 {
         let mut tx = db.begin_write().await?;
+        super::applications::lock_for_quota(&mut tx, db.engine(), app).await?;
         let latest: Option<i64> =
             sqlx::query_scalar("SELECT MAX(version) FROM policies WHERE application_id = $1")
                 .bind(app.as_str())

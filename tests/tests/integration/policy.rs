@@ -135,6 +135,31 @@ mod management {
         invalid_policies_are_refused_naming_the_rule_and_save_nothing => invalid;
         groups_come_from_the_customer_api_and_unknown_groups_fail_closed => groups;
         the_first_matching_rule_wins => rule_order;
+        concurrent_saves_each_get_their_own_version => concurrent_saves;
+    }
+
+    async fn concurrent_saves(backend: Backend) {
+        let server = start(backend).await;
+        let saves = (0..8).map(|n| {
+            let customer = server.customer.clone();
+            tokio::spawn(async move {
+                customer
+                    .set_policy(&document(json!({
+                        "rules": [{"name": format!("save {n}"), "then": {"action": "approve"}}],
+                        "default": {"action": "approve"}
+                    })))
+                    .await
+                    .unwrap()
+                    .version
+            })
+        });
+        let mut versions = Vec::new();
+        for save in saves {
+            versions.push(save.await.unwrap());
+        }
+        versions.sort_unstable();
+        assert_eq!(versions, (1..=8).collect::<Vec<u32>>());
+        assert_eq!(server.customer.policy_versions().await.unwrap().versions.len(), 8);
     }
 
     async fn versions(backend: Backend) {
