@@ -159,7 +159,16 @@ mod management {
         }
         versions.sort_unstable();
         assert_eq!(versions, (1..=8).collect::<Vec<u32>>());
-        assert_eq!(server.customer.policy_versions().await.unwrap().versions.len(), 8);
+        assert_eq!(
+            server
+                .customer
+                .policy_versions()
+                .await
+                .unwrap()
+                .versions
+                .len(),
+            8
+        );
     }
 
     async fn versions(backend: Backend) {
