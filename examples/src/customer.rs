@@ -517,6 +517,61 @@ impl CustomerApi {
         .await
     }
 
+    /// `PUT /v1/policies`: saves a new version of the application's policy.
+    pub async fn set_policy(
+        &self,
+        policy: &tessera_protocol::policy::PolicyDocument,
+    ) -> Result<tessera_protocol::policy::PolicyVersion, CustomerApiError> {
+        self.send(reqwest::Method::PUT, "/v1/policies", Some(policy))
+            .await
+    }
+
+    /// `GET /v1/policies`: the current policy.
+    pub async fn policy(
+        &self,
+    ) -> Result<tessera_protocol::policy::PolicyVersion, CustomerApiError> {
+        self.send::<(), _>(reqwest::Method::GET, "/v1/policies", None)
+            .await
+    }
+
+    /// `GET /v1/policies/versions`: every version.
+    pub async fn policy_versions(
+        &self,
+    ) -> Result<tessera_protocol::policy::PolicyVersionList, CustomerApiError> {
+        self.send::<(), _>(reqwest::Method::GET, "/v1/policies/versions", None)
+            .await
+    }
+
+    /// `POST /v1/policies/evaluate`: a dry run.
+    pub async fn evaluate_policy(
+        &self,
+        request: &tessera_protocol::policy::EvaluatePolicyRequest,
+    ) -> Result<tessera_protocol::policy::PolicyEvaluation, CustomerApiError> {
+        self.send(
+            reqwest::Method::POST,
+            "/v1/policies/evaluate",
+            Some(request),
+        )
+        .await
+    }
+
+    /// `PUT /v1/users/{user_id}/groups`.
+    pub async fn set_user_groups(
+        &self,
+        user_id: &str,
+        groups: &[&str],
+    ) -> Result<tessera_protocol::policy::UserGroups, CustomerApiError> {
+        let body = tessera_protocol::policy::UserGroups {
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        self.send(
+            reqwest::Method::PUT,
+            &user_path(user_id, "/groups"),
+            Some(&body),
+        )
+        .await
+    }
+
     async fn send_empty<B: Serialize>(
         &self,
         method: reqwest::Method,

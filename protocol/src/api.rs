@@ -543,6 +543,9 @@ pub struct AuthenticationStatus {
     /// The backup channels a passcode may be sent through for it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backup_channels: Vec<BackupChannel>,
+    /// The application's policy decision for it, when the application has a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyOutcome>,
 }
 
 /// `GET /v1/device/enrollments/{enrollment_id}/requests`: the device's pending requests.
@@ -685,6 +688,9 @@ pub struct QrSessionStatus {
     /// the follow-up, `wrong_number` when the follow-up was answered with another number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denial_reason: Option<DenialReason>,
+    /// The application's latest policy decision for the session (made when it was scanned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyOutcome>,
 }
 
 /// `POST /v1/device/qr-sessions/claim` (device-signed): the scanning device claims the session

@@ -105,6 +105,8 @@ pub enum ErrorCode {
     ServiceUnavailable,
     /// The application has as many open QR sessions or pending requests as its quota allows.
     QuotaExceeded,
+    /// The application's policy refused the request; the message says why (the rule's reason).
+    PolicyDenied,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -158,6 +160,7 @@ impl ErrorCode {
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -177,6 +180,7 @@ impl ErrorCode {
             | ErrorCode::ResponseMismatch
             | ErrorCode::OtpInvalid => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::PolicyDenied => 403,
             ErrorCode::NotFound
             | ErrorCode::UserNotFound
             | ErrorCode::DeviceNotFound

@@ -446,6 +446,9 @@ pub struct FlowResult {
     /// The device paired, for `device_paired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_id: Option<EnrollmentId>,
+    /// The application's policy decision for the flow, when the application has a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyOutcome>,
 }
 
 /// A flow as a client sees it: its status, the data that status needs, and what to do next.

@@ -72,6 +72,7 @@ pub mod jwk;
 pub mod key_set;
 pub mod otp;
 pub mod pairing;
+pub mod policy;
 pub mod qr;
 pub mod time;
 

@@ -640,3 +640,83 @@ pub async fn export_audit(
     written?;
     Ok(exported?)
 }
+
+/// Saves a new version of the application's authentication policy (validated: an invalid
+/// policy is refused with the offending rule named). See `docs/policy.md`.
+pub async fn set_policy(
+    db: &Database,
+    app: &ApplicationId,
+    document: &tessera_protocol::policy::PolicyDocument,
+    now: i64,
+) -> Result<tessera_protocol::policy::PolicyVersion, ServerError> {
+    crate::domain::policy::save_in(db, app, document, now)
+        .await
+        .map_err(|e| crate::error::admin_error(e, "application"))
+}
+
+/// The application's current policy.
+pub async fn policy(
+    db: &Database,
+    app: &ApplicationId,
+) -> Result<tessera_protocol::policy::PolicyVersion, ServerError> {
+    crate::domain::policy::current_in(db, app)
+        .await
+        .map_err(|e| crate::error::admin_error(e, "policy"))
+}
+
+/// Every version of the application's policy, oldest first.
+pub async fn policy_versions(
+    db: &Database,
+    app: &ApplicationId,
+) -> Result<tessera_protocol::policy::PolicyVersionList, ServerError> {
+    crate::domain::policy::versions_in(db, app)
+        .await
+        .map_err(|e| crate::error::admin_error(e, "application"))
+}
+
+/// Replaces a user's groups.
+pub async fn set_user_groups(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    groups: Vec<String>,
+) -> Result<tessera_protocol::policy::UserGroups, ServerError> {
+    crate::domain::policy::set_groups_in(
+        db,
+        app,
+        user,
+        &tessera_protocol::policy::UserGroups { groups },
+    )
+    .await
+    .map_err(|e| crate::error::admin_error(e, "user"))
+}
+
+/// A dry run of the application's policy (nothing sent, nothing recorded), with `ip_table` as
+/// the accessing-IP table.
+pub async fn evaluate_policy(
+    db: &Database,
+    ip_table: &crate::IpTable,
+    app: &ApplicationId,
+    request: &tessera_protocol::policy::EvaluatePolicyRequest,
+    now: i64,
+) -> Result<tessera_protocol::policy::PolicyEvaluation, ServerError> {
+    crate::domain::policy::evaluate_in(
+        &crate::domain::policy::Env { db, ip_table, now },
+        app,
+        request,
+    )
+    .await
+    .map_err(|e| crate::error::admin_error(e, "policy"))
+}
+
+/// A user's recorded policy decisions, newest first (the values each looked at included).
+pub async fn policy_decisions(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    limit: i64,
+) -> Result<Vec<serde_json::Value>, ServerError> {
+    crate::domain::policy::decisions(db, app, user, limit)
+        .await
+        .map_err(|e| crate::error::admin_error(e, "user"))
+}

@@ -1,9 +1,11 @@
 //! The accessing device's country and IP reputation, from a local table of address blocks
 //! (no cloud lookup): `pingid.authentication.accessing.device.country` and `.ip.reputation`.
 //!
-//! The table is CSV, one block a line: `CIDR,COUNTRY,REPUTATION`, where COUNTRY is an ISO 3166-1
-//! alpha-2 code (or empty) and REPUTATION is `Low`, `Medium`, `High` (or empty). Blank lines
-//! and lines starting with `#` are skipped. The most specific block containing an address wins.
+//! The table is CSV, one block a line: `CIDR,COUNTRY,REPUTATION[,LATITUDE,LONGITUDE]`, where
+//! COUNTRY is an ISO 3166-1 alpha-2 code (or empty), REPUTATION is `Low`, `Medium`, `High` (or
+//! empty), and the optional LATITUDE and LONGITUDE (degrees, both or neither, may be empty) place
+//! the block for policy geovelocity checks; three-column files load as before. Blank lines and
+//! lines starting with `#` are skipped. The most specific block containing an address wins.
 //!
 //! ```text
 //! # cidr,country,reputation
@@ -55,12 +57,14 @@ impl IpReputation {
 }
 
 /// What the table knows of one address.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct IpFacts {
     /// ISO 3166-1 alpha-2 country code.
     pub country: Option<String>,
     /// Reputation.
     pub reputation: Option<IpReputation>,
+    /// Where the block is: (latitude, longitude) in degrees.
+    pub location: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,10 +91,29 @@ impl IpTable {
             }
             let bad = |what: &str| IpTableError(format!("IP table line {}: {what}", index + 1));
             let mut parts = line.split(',').map(str::trim);
-            let (Some(cidr), Some(country), Some(reputation), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
+            let (Some(cidr), Some(country), Some(reputation)) =
+                (parts.next(), parts.next(), parts.next())
             else {
-                return Err(bad("expected CIDR,COUNTRY,REPUTATION"));
+                return Err(bad("expected CIDR,COUNTRY,REPUTATION[,LATITUDE,LONGITUDE]"));
+            };
+            let location = match (parts.next(), parts.next(), parts.next()) {
+                (None, None, None) => None,
+                (Some(""), Some(""), None) => None,
+                (Some(lat), Some(lon), None) => {
+                    let lat: f64 = lat
+                        .parse()
+                        .map_err(|_| bad("the latitude must be a number of degrees"))?;
+                    let lon: f64 = lon
+                        .parse()
+                        .map_err(|_| bad("the longitude must be a number of degrees"))?;
+                    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+                        return Err(bad("the location is out of range"));
+                    }
+                    Some((lat, lon))
+                }
+                _ => {
+                    return Err(bad("expected CIDR,COUNTRY,REPUTATION[,LATITUDE,LONGITUDE]"));
+                }
             };
             let net: IpNet = cidr
                 .parse()
@@ -115,6 +138,7 @@ impl IpTable {
                 facts: IpFacts {
                     country,
                     reputation,
+                    location,
                 },
             });
         }
@@ -202,10 +226,26 @@ mod tests {
             ("10.0.0.0/8,Germany,Low\n", 1),
             ("10.0.0.0/8,DE,Low\n10.0.0.0/8,DE,Risky\n", 2),
             ("10.0.0.0/8,DE,Low,extra\n", 1),
+            ("10.0.0.0/8,DE,Low,91,0\n", 1),
+            ("10.0.0.0/8,DE,Low,1,2,3\n", 1),
         ] {
             let err = IpTable::from_csv(text).unwrap_err().to_string();
             assert!(err.contains(&format!("line {line}:")), "{err}");
         }
         assert!(IpTable::from_csv("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn locations_are_optional_columns() {
+        let table = IpTable::from_csv(
+            "203.0.113.0/24,DE,Low,52.52,13.40\n198.51.100.0/24,US,,,\n192.0.2.0/24,FR,High\n",
+        )
+        .unwrap();
+        assert_eq!(
+            table.lookup("203.0.113.1").unwrap().location,
+            Some((52.52, 13.40))
+        );
+        assert_eq!(table.lookup("198.51.100.1").unwrap().location, None);
+        assert_eq!(table.lookup("192.0.2.1").unwrap().location, None);
     }
 }

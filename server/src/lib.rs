@@ -75,6 +75,15 @@ pub mod oidc {
         }
     }
 }
+/// The pure policy evaluator, for benchmarks and tools: [`policy::CompiledPolicy::compile`]
+/// validates a policy document, [`policy::CompiledPolicy::evaluate`] decides for inputs. The
+/// server gathers the inputs itself on every path that authenticates (`docs/policy.md`).
+pub mod policy {
+    pub use crate::domain::policy::evaluate::{
+        AccessingFacts, CompiledPolicy, PolicyDecision, PolicyError, PolicyInputs, distance_km,
+        parse_version,
+    };
+}
 pub mod qr_render;
 pub mod secrets;
 mod server;

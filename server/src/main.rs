@@ -26,6 +26,11 @@
 //! tessera-server admin [--master-key-file PATH] generate-master-key | rewrap --new-master-key-file PATH
 //! tessera-server admin [--database URL] purge [--retention-days DAYS]
 //! tessera-server admin [--database URL] set-quotas APP_ID [--open-qr-sessions N] [--pending-requests N]
+//! tessera-server admin [--database URL] set-policy APP_ID FILE | policy APP_ID | policy-versions APP_ID
+//! tessera-server admin [--database URL] set-groups APP_ID USER_ID [GROUP...]
+//! tessera-server admin [--database URL] evaluate APP_ID USER_ID --request KIND [--accessing-ip IP]
+//!     [--version N] [--ip-table FILE]
+//! tessera-server admin [--database URL] policy-decisions APP_ID USER_ID [--limit N]
 //! tessera-server openapi
 //! tessera-server serve [--config FILE] [--check-config] [--tls-cert FILE --tls-key FILE]
 //!     [--shutdown-grace-seconds N]   (every serve flag also TESSERA_<NAME> and a key of FILE)
@@ -561,6 +566,62 @@ enum AdminCommand {
     RevokeServerKey {
         /// The key id (`kid`).
         kid: String,
+    },
+    /// Save a new version of the application's authentication policy from a JSON file
+    /// (docs/policy.md); an invalid policy is refused with the offending rule named.
+    SetPolicy {
+        /// The application.
+        application_id: String,
+        /// The policy document (JSON).
+        file: std::path::PathBuf,
+    },
+    /// Show the application's current policy.
+    Policy {
+        /// The application.
+        application_id: String,
+    },
+    /// List every version of the application's policy.
+    PolicyVersions {
+        /// The application.
+        application_id: String,
+    },
+    /// Replace a user's groups (policies match on them).
+    SetGroups {
+        /// The application.
+        application_id: String,
+        /// The user.
+        user_id: String,
+        /// The groups (none: the user has no group).
+        groups: Vec<String>,
+    },
+    /// A dry run: what the policy would decide (nothing is sent or recorded).
+    Evaluate {
+        /// The application.
+        application_id: String,
+        /// The user.
+        user_id: String,
+        /// The kind of request: push, transaction, qr, ciba, flow, passcode, backup_code, pairing.
+        #[arg(long)]
+        request: String,
+        /// The accessing IP.
+        #[arg(long)]
+        accessing_ip: Option<String>,
+        /// A policy version other than the current one.
+        #[arg(long)]
+        version: Option<u32>,
+        /// The accessing-IP table (CSV) the server runs with.
+        #[arg(long)]
+        ip_table: Option<std::path::PathBuf>,
+    },
+    /// A user's recorded policy decisions, newest first.
+    PolicyDecisions {
+        /// The application.
+        application_id: String,
+        /// The user.
+        user_id: String,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
     },
 }
 
@@ -1189,6 +1250,89 @@ async fn run_admin(
             admin::revoke_server_key(&db, &kid, tessera_protocol::time::now()).await?;
             json!({"revoked": kid})
         }
+        AdminCommand::SetPolicy {
+            application_id,
+            file,
+        } => {
+            let app = parse_app(&application_id)?;
+            let text = read_secret_file(&file, "policy file")?;
+            let document: tessera_protocol::policy::PolicyDocument = serde_json::from_str(&text)
+                .map_err(|e| {
+                    ServerError::InvalidInput(format!("the policy file is not a policy: {e}"))
+                })?;
+            json!(admin::set_policy(&db, &app, &document, tessera_protocol::time::now()).await?)
+        }
+        AdminCommand::Policy { application_id } => {
+            json!(admin::policy(&db, &parse_app(&application_id)?).await?)
+        }
+        AdminCommand::PolicyVersions { application_id } => {
+            json!(admin::policy_versions(&db, &parse_app(&application_id)?).await?)
+        }
+        AdminCommand::SetGroups {
+            application_id,
+            user_id,
+            groups,
+        } => json!(
+            admin::set_user_groups(
+                &db,
+                &parse_app(&application_id)?,
+                &parse_user(&user_id)?,
+                groups
+            )
+            .await?
+        ),
+        AdminCommand::Evaluate {
+            application_id,
+            user_id,
+            request,
+            accessing_ip,
+            version,
+            ip_table,
+        } => {
+            let table = match ip_table {
+                Some(path) => {
+                    IpTable::load(&path).map_err(|e| ServerError::InvalidInput(e.to_string()))?
+                }
+                None => IpTable::default(),
+            };
+            let request = serde_json::from_value(json!(request)).map_err(|_| {
+                ServerError::InvalidInput(
+                    "--request is push, transaction, qr, ciba, flow, passcode, backup_code or pairing"
+                        .into(),
+                )
+            })?;
+            let body = tessera_protocol::policy::EvaluatePolicyRequest {
+                user_id: parse_user(&user_id)?,
+                request: Some(request),
+                accessing_ip,
+                device: None,
+                fields: Vec::new(),
+                version,
+            };
+            json!(
+                admin::evaluate_policy(
+                    &db,
+                    &table,
+                    &parse_app(&application_id)?,
+                    &body,
+                    tessera_protocol::time::now()
+                )
+                .await?
+            )
+        }
+        AdminCommand::PolicyDecisions {
+            application_id,
+            user_id,
+            limit,
+        } => json!(
+            admin::policy_decisions(
+                &db,
+                &parse_app(&application_id)?,
+                &parse_user(&user_id)?,
+                limit
+            )
+            .await?
+        ),
     }) }
     .await;
     if audited {
@@ -1230,6 +1374,7 @@ fn admin_audit_kind(command: &AdminCommand) -> &'static str {
         AdminCommand::RotateIdTokenKey => "id_token_key.rotated",
         AdminCommand::RotateApiKey { .. } => "api_key.rotated",
         AdminCommand::Rewrap { .. } => "master_key.rewrapped",
+        AdminCommand::SetPolicy { .. } => "policy.changed",
         _ => "admin.command",
     }
 }

@@ -8,6 +8,10 @@
 //! `cargo bench -p tessera-tests --bench auth_load` (`CYCLES_PER_DEVICE=N`, default 50;
 //! `LOAD_LEVELS=1,16` runs only those levels). Under `cargo test --all-targets` it makes a smoke
 //! run of 2 cycles at 1 and 2 devices.
+//!
+//! Each level runs twice: without a policy, and with a 50-rule authentication policy that every
+//! request is decided by (49 rules that do not match, the last requires a push; see
+//! `docs/policy.md`), so the cost of the policy shows as the difference.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +19,47 @@ use std::time::Instant;
 use tessera_tests::load::{Latencies, backends, plan, runtime};
 use tessera_tests::{Backend, TestDevice, TestServer, approval_cycle};
 
+/// A 50-rule policy: 49 rules with conditions that do not hold for the cycles (some read the
+/// user's recent authentications and push counts), the last requiring a push.
+fn fifty_rule_policy() -> tessera_protocol::policy::PolicyDocument {
+    let conditions = [
+        serde_json::json!({"networks": ["office"]}),
+        serde_json::json!({"requests": ["transaction"]}),
+        serde_json::json!({"platforms": ["ios"]}),
+        serde_json::json!({"os_version_below": "12"}),
+        serde_json::json!({"rooted": true}),
+        serde_json::json!({"push_requests": {"at_least": 100000, "window_seconds": 600}}),
+        serde_json::json!({"recent_authentication": {"network": "office", "within_minutes": 60}}),
+    ];
+    let mut rules: Vec<_> = (0..49)
+        .map(|n| {
+            serde_json::json!({"name": format!("rule {n}"), "when": conditions[n % conditions.len()],
+                               "then": {"action": "deny", "reason": "refused"}})
+        })
+        .collect();
+    rules.push(
+        serde_json::json!({"name": "push", "when": {"requests": ["push"]},
+                                  "then": {"action": "require", "methods": ["mobile_push"]}}),
+    );
+    serde_json::from_value(serde_json::json!({
+        "networks": {"office": ["203.0.113.0/24"]},
+        "rules": rules,
+        "default": {"action": "deny", "reason": "no rule matched"}
+    }))
+    .expect("the policy")
+}
+
 async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: usize) {
+    run_with(backend, label, devices, cycles_per_device, false).await;
+}
+
+async fn run_with(
+    backend: Backend,
+    label: &str,
+    devices: usize,
+    cycles_per_device: usize,
+    with_policy: bool,
+) {
     let server = Arc::new(
         TestServer::start_with(backend, |c| {
             c.max_recent_authentications_per_user = u32::MAX;
@@ -35,6 +79,14 @@ async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: u
             .expect("pair");
         pool.push((user, device));
     }
+    // Saved once the devices are paired: its default denies what no rule matches.
+    if with_policy {
+        server
+            .customer
+            .set_policy(&fifty_rule_policy())
+            .await
+            .expect("set the policy");
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (user, device) in pool {
@@ -51,8 +103,9 @@ async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: u
         }));
     }
     let all = Latencies::gather(started, tasks).await;
+    let policy = if with_policy { "50 rules" } else { "none" };
     println!(
-        "{label:<9} {devices:>3} devices  {:>6} cycles  {:>7.1} cycles/s  p50 {}  p99 {}",
+        "{label:<9} {devices:>3} devices  policy {policy:<8}  {:>6} cycles  {:>7.1} cycles/s  p50 {}  p99 {}",
         all.count(),
         all.per_second(),
         all.p50(),
@@ -71,6 +124,7 @@ fn main() {
         for (backend, label) in backends() {
             for &n in plan.levels {
                 run(backend.clone(), label, n, cycles).await;
+                run_with(backend.clone(), label, n, cycles, true).await;
             }
         }
     });

@@ -861,6 +861,58 @@ async fn main() -> Result<()> {
 
     step(
         23,
+        "An authentication policy: the office network signs in without a push",
+    );
+    let policy: tessera_protocol::policy::PolicyDocument =
+        serde_json::from_value(serde_json::json!({
+            "networks": {"office": ["203.0.113.0/24"]},
+            "rules": [
+                {"name": "office", "when": {"networks": ["office"]},
+                 "then": {"action": "approve"}},
+                {"name": "high risk", "when": {"ip_reputation": ["High"]},
+                 "then": {"action": "deny", "reason": "Sign-ins from this network are blocked"}}
+            ],
+            "default": {"action": "require", "methods": ["mobile_push"]}
+        }))?;
+    let saved = backend.set_policy(&policy).await?;
+    say(format!(
+        "policy version {} saved (docs/policy.md)",
+        saved.version
+    ));
+    let from = |ip: &str| CreateAuthenticationRequest {
+        accessing_ip: Some(ip.into()),
+        ..CreateAuthenticationRequest::new(AuthenticationKind::Approval)
+    };
+    let office = backend
+        .create_authentication("alice", &from("203.0.113.20"))
+        .await?;
+    let decided = office.policy.clone().context("a policy decision")?;
+    say(format!(
+        "from the office: {} at once, type {}, by rule \"{}\" of version {} (no push sent)",
+        office.state.as_str(),
+        office.attributes["pingid.authentication.type"],
+        decided.rule,
+        decided.version
+    ));
+
+    step(
+        24,
+        "A sign-in from a high-risk address is denied by the policy",
+    );
+    let risky = backend
+        .create_authentication("alice", &from("198.51.100.7"))
+        .await?;
+    let decided = risky.policy.clone().context("a policy decision")?;
+    say(format!(
+        "from 198.51.100.7 (reputation High): {} ({}), rule \"{}\": {}",
+        risky.state.as_str(),
+        risky.failure_reason.as_deref().unwrap_or_default(),
+        decided.rule,
+        decided.reason
+    ));
+
+    step(
+        25,
         "The app restarts: state is reloaded from encrypted storage",
     );
     drop(device);
@@ -870,7 +922,7 @@ async fn main() -> Result<()> {
         device.enrollments().await.len()
     ));
 
-    step(24, "The server restarts: enrollments survive");
+    step(26, "The server restarts: enrollments survive");
     let addr = server.local_addr();
     server.shutdown().await;
     let server = Server::start(ServerConfig {
@@ -886,7 +938,7 @@ async fn main() -> Result<()> {
         status.enrollment_id, status.status
     ));
 
-    step(25, "Bob unpairs from the device");
+    step(27, "Bob unpairs from the device");
     device.remove_enrollment(&bob.enrollment_id).await?;
     let left = backend.list_devices("bob").await?.devices.len();
     say(format!(
@@ -900,7 +952,8 @@ async fn main() -> Result<()> {
          a transaction, silent verification, a fraud report, a new device verified by the primary \
          device, a QR login, an offline passcode, OTP fallback after an undelivered push, CIBA in \
          poll and ping modes, an authentication flow and a seamless device authorization, \
-         a redirect MFA sign-in, restarts on both sides."
+         a redirect MFA sign-in, a policy that approves office sign-ins and denies high-risk ones,
+         restarts on both sides."
     );
     Ok(())
 }

@@ -486,9 +486,9 @@ pub(crate) struct PolicyDecision {
     pub user_id: String,
     /// What was decided on (an authentication or flow id).
     pub subject: String,
-    /// The policy that decided.
+    /// The policy version and rule that decided (`version 3, rule "office"`).
     pub policy: String,
-    /// What it decided (`allow`, `deny`, `step_up`, …).
+    /// What it decided: the rule's effect (`approve`, `require`, `deny`).
     pub decision: String,
     /// Why, in words safe to show the customer.
     pub reason: Option<String>,
@@ -496,10 +496,10 @@ pub(crate) struct PolicyDecision {
 
 /// POLICY ENGINE HOOK: the policy engine calls this once for every decision it takes. It is
 /// recorded in the audit log and sent to the webhooks as `policy.decided`.
-#[allow(dead_code)] // Called by the policy engine, which is built separately.
 pub(crate) async fn policy_decided(ctx: &Ctx, decision: &PolicyDecision) {
     let outcome = match decision.decision.as_str() {
-        "allow" => "allowed",
+        "approve" => "approved",
+        "require" => "required",
         "deny" => "denied",
         _ => "decided",
     };

@@ -20,6 +20,7 @@ use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::{DeviceRegistration, DeviceSignals};
+use tessera_protocol::policy::{PolicyEffect, PolicyMethod, RequestKind};
 
 use super::events::{Topic, wait_for};
 use super::outcome::{self, Ending};
@@ -223,6 +224,7 @@ pub(crate) fn new_authentication(
         otp_after: None,
         backup_channels: Vec::new(),
         push_state: "none".into(),
+        policy: None,
     })
 }
 
@@ -482,6 +484,77 @@ pub(crate) fn pending_error(state: AuthenticationState) -> Option<DomainError> {
     }
 }
 
+/// How the application's policy ends a request before anyone is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PolicyEnding {
+    /// Approved without user action (`POLICY_APPROVE`).
+    Approved,
+    /// Refused (`failed`, `policy_denied`).
+    Denied,
+    /// The policy requires methods a push cannot satisfy (`failed`,
+    /// `policy_requires_other_method`): the relying party offers one of them instead.
+    OtherMethodRequired,
+}
+
+/// What a decision means for a push: the ending it imposes, if any, and whether the answer
+/// must be signed with user verification (a `require` that prefers `mobile_biometrics` to
+/// `mobile_push`).
+pub(crate) fn policy_shape(
+    decided: Option<&super::policy::Decided>,
+    require_user_verification: bool,
+) -> (Option<PolicyEnding>, bool) {
+    let Some(decided) = decided else {
+        return (None, require_user_verification);
+    };
+    match decided.decision.effect {
+        PolicyEffect::Approve => (Some(PolicyEnding::Approved), require_user_verification),
+        PolicyEffect::Deny => (Some(PolicyEnding::Denied), require_user_verification),
+        PolicyEffect::Require => {
+            let methods = &decided.decision.methods;
+            match methods
+                .iter()
+                .find(|m| matches!(m, PolicyMethod::MobilePush | PolicyMethod::MobileBiometrics))
+            {
+                Some(PolicyMethod::MobileBiometrics) => (None, true),
+                Some(_) => (None, require_user_verification),
+                None if methods.is_empty() => (None, require_user_verification),
+                None => (
+                    Some(PolicyEnding::OtherMethodRequired),
+                    require_user_verification,
+                ),
+            }
+        }
+    }
+}
+
+/// Ends a not yet stored `record` as the policy says: approved with `POLICY_APPROVE` and no
+/// authenticating-device attributes (seed 003), or failed with the policy's reason code.
+pub(crate) fn end_by_policy(ctx: &Ctx, record: &mut Authentication, ending: PolicyEnding) {
+    let now = ctx.now();
+    record.answered_at = Some(now);
+    record.otp_mode = authentications::OtpMode::None;
+    record.otp_after = None;
+    record.backup_channels = Vec::new();
+    match ending {
+        PolicyEnding::Approved => {
+            let mut a = BTreeMap::new();
+            accessing_attributes(ctx, record.accessing_ip.as_deref(), &mut a);
+            a.insert("pingid.authentication.type".into(), json!("POLICY_APPROVE"));
+            record.state = AuthenticationState::Approved;
+            record.decision = Some(Decision::Approve);
+            record.attributes = serde_json::to_string(&a).ok();
+        }
+        PolicyEnding::Denied => {
+            record.state = AuthenticationState::Failed;
+            record.failure_reason = Some("policy_denied".into());
+        }
+        PolicyEnding::OtherMethodRequired => {
+            record.state = AuthenticationState::Failed;
+            record.failure_reason = Some("policy_requires_other_method".into());
+        }
+    }
+}
+
 /// Asks a user's device: checks the request, the application's mandatory methods and the
 /// push-bombing limits, signs the request to the chosen device, stores it for pulling, and
 /// pushes it in the background.
@@ -490,6 +563,18 @@ pub(crate) async fn create(
     app: &Application,
     user_id: &UserId,
     body: CreateAuthenticationRequest,
+) -> Result<AuthenticationStatus, DomainError> {
+    create_as(ctx, app, user_id, body, true).await
+}
+
+/// [`create`], deciding the application's policy for it or not (`evaluate_policy` false: its
+/// caller, a flow, decided for the whole flow already).
+pub(crate) async fn create_as(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    body: CreateAuthenticationRequest,
+    evaluate_policy: bool,
 ) -> Result<AuthenticationStatus, DomainError> {
     super::users::require_user(ctx, &app.id, user_id).await?;
     let expires_in = body.expires_in.unwrap_or(120);
@@ -603,7 +688,32 @@ pub(crate) async fn create(
         Some(settings) => body.number_matching.unwrap_or(settings.number_matching),
     };
     let device = pick_device(ctx, &app.id, user_id, body.enrollment_id.as_ref()).await?;
-    if let Some(settings) = &settings
+    let decided = match body.kind {
+        AuthenticationKind::Approval | AuthenticationKind::Transaction if evaluate_policy => {
+            let kind = if body.kind == AuthenticationKind::Transaction {
+                RequestKind::Transaction
+            } else {
+                RequestKind::Push
+            };
+            super::policy::decide(
+                ctx,
+                &app.id,
+                user_id,
+                &super::policy::Request {
+                    kind,
+                    accessing_ip: body.accessing_ip.as_deref(),
+                    device: Some(super::policy::device_facts(&device)),
+                    fields: &body.fields,
+                },
+            )
+            .await?
+        }
+        _ => None,
+    };
+    let (policy_ending, require_user_verification) =
+        policy_shape(decided.as_ref(), body.require_user_verification);
+    if policy_ending.is_none()
+        && let Some(settings) = &settings
         && let Some(reason) = push_bombing_limit(ctx, settings, &app.id, user_id, ctx.now()).await?
     {
         return Err(DomainError::new(ErrorCode::TooManyAuthentications, reason));
@@ -623,12 +733,21 @@ pub(crate) async fn create(
                 location: body.accessing_location.clone(),
             },
             number_matching,
-            require_user_verification: body.require_user_verification,
+            require_user_verification,
             expires_in,
             ciba: None,
         },
     )?;
     let mut record = record;
+    record.policy = decided
+        .as_ref()
+        .and_then(super::policy::Decided::outcome_json);
+    if let (Some(ending), Some(decided)) = (policy_ending, &decided) {
+        end_by_policy(ctx, &mut record, ending);
+        outcome::record_policy_ending(ctx, &record).await?;
+        super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), decided).await?;
+        return Ok(record.status_at(ctx.now()));
+    }
     if use_code {
         record.otp_mode = authentications::OtpMode::UseCode;
         record.otp_after = Some(record.created_at);
@@ -644,6 +763,9 @@ pub(crate) async fn create(
     let mut tx = ctx.db.begin_write().await?;
     super::applications::insert_within_pending_quota(ctx, &mut tx, &record, quota).await?;
     tx.commit().await?;
+    if let Some(decided) = &decided {
+        super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), decided).await?;
+    }
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
     // Push is a hint, delivered in the background; the request is already stored for pulling.
     // Without a chosen device, the user's other devices are the fallback.

@@ -384,6 +384,16 @@ pub(crate) async fn create_challenge(
 ) -> Result<OtpChallenge, DomainError> {
     require_user(ctx, &app.id, &user_id).await?;
     let channel = body.channel;
+    super::methods::require_mandatory(ctx, &app.id, &user_id).await?;
+    super::policy::check_path(
+        ctx,
+        &app.id,
+        &user_id,
+        tessera_protocol::policy::RequestKind::BackupCode,
+        Some(policy_method(channel)),
+        None,
+    )
+    .await?;
     let Some(to) = given_destination(body)? else {
         let policy = applications::otp_policy(&ctx.db, &app.id).await?;
         if !policy.backup_channels.contains(&channel) {
@@ -469,6 +479,15 @@ pub(crate) async fn verify_challenge(
         ));
     }
     let user = &challenge.user_id;
+    super::policy::check_path(
+        ctx,
+        app,
+        user,
+        tessera_protocol::policy::RequestKind::BackupCode,
+        Some(policy_method(challenge.channel)),
+        Some(challenge.id.as_str()),
+    )
+    .await?;
     let attempt = take_attempt(ctx, app, user).await?;
     let now = ctx.now();
     let max_attempts = i64::from(ctx.config.backup_code_attempts.max(1));
@@ -494,6 +513,16 @@ pub(crate) async fn verify_challenge(
         user_id: challenge.user_id,
         attributes,
     })
+}
+
+/// The policy method a backup channel is.
+fn policy_method(channel: BackupChannel) -> tessera_protocol::policy::PolicyMethod {
+    use tessera_protocol::policy::PolicyMethod;
+    match channel {
+        BackupChannel::Sms => PolicyMethod::Sms,
+        BackupChannel::Voice => PolicyMethod::Voice,
+        BackupChannel::Email => PolicyMethod::Email,
+    }
 }
 
 #[cfg(test)]

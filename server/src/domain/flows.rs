@@ -40,11 +40,14 @@ use super::authentication::{MAX_WAIT_SECONDS, check_fields, check_text};
 use super::device_auth::verify_possession_signed;
 use super::events::{Topic, wait_for};
 use super::outcome::{self, DomainEvent, Ending, FollowUpFuture};
-use super::{Ctx, DomainError, authentication, backup, device_verification, methods, otp, pairing};
+use super::{
+    Ctx, DomainError, authentication, backup, device_verification, methods, otp, pairing, policy,
+};
 use crate::store::applications::{self, Application};
 use crate::store::authentications::{self, Authentication};
 use crate::store::flows::{self as store, FlowEvent, StoredFlow};
 use crate::store::{enrollments, nonces, otp as otp_store};
+use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, RequestKind};
 
 /// A flow's lifetime when the request does not say, in seconds.
 const DEFAULT_TTL: u32 = 600;
@@ -98,6 +101,9 @@ struct Data {
     mfa_setup: Option<FlowMfaSetup>,
     #[serde(default)]
     result: Option<FlowResult>,
+    /// The application's policy decision for the flow, once made.
+    #[serde(default)]
+    policy: Option<PolicyOutcome>,
 }
 
 /// A flow as loaded.
@@ -335,6 +341,7 @@ fn result(status: FlowResultStatus) -> FlowResult {
         attributes: BTreeMap::new(),
         authentication_id: None,
         enrollment_id: None,
+        policy: None,
     }
 }
 
@@ -512,6 +519,7 @@ pub(crate) async fn create(
         pairing: None,
         mfa_setup: None,
         result: None,
+        policy: None,
     };
     let now = ctx.now();
     let status = FlowStatus::AuthenticationRequired;
@@ -714,6 +722,23 @@ async fn authenticate(
                 "while methods are missing, authenticate pairs the app's device: send its mobile_payload",
             ));
         }
+        if let Some(ended) = apply_policy(ctx, app, flow, &mut data).await? {
+            return Ok(ended);
+        }
+        if !data
+            .policy
+            .as_ref()
+            .is_none_or(|p| p.methods.is_empty() || p.methods.iter().any(|m| mobile_method(*m)))
+        {
+            return Err(DomainError::new(
+                ErrorCode::PolicyDenied,
+                "the policy does not allow the mobile app for this sign-in",
+            ));
+        }
+        let flow = &Flow {
+            data: data.clone(),
+            ..flow.clone()
+        };
         match seamless(ctx, flow, &jws).await {
             Ok(done) => return Ok((FlowStatus::MfaCompleted, finished(data, done))),
             Err(DomainError::Refused { code, message, .. }) => {
@@ -843,11 +868,106 @@ async fn seamless(ctx: &Ctx, flow: &Flow, jws: &str) -> Result<FlowResult, Domai
         attributes,
         authentication_id: None,
         enrollment_id: Some(enrollment.enrollment_id),
+        policy: flow.data.policy.clone(),
     })
 }
 
 /// Seconds a device's clock may run ahead of the server's.
 const CLOCK_SKEW_SECONDS: i64 = 60;
+
+/// Whether `method` is answered with the mobile app.
+fn mobile_method(method: PolicyMethod) -> bool {
+    matches!(
+        method,
+        PolicyMethod::MobilePush | PolicyMethod::MobileBiometrics | PolicyMethod::MobilePasscode
+    )
+}
+
+fn device_method_rank(device: &FlowDevice, methods: &[PolicyMethod]) -> Option<usize> {
+    methods.iter().position(|m| match device.device_type {
+        FlowDeviceType::Mobile => mobile_method(*m),
+        FlowDeviceType::Sms => *m == PolicyMethod::Sms,
+        FlowDeviceType::Voice => *m == PolicyMethod::Voice,
+        FlowDeviceType::Email => *m == PolicyMethod::Email,
+        FlowDeviceType::OathToken => *m == PolicyMethod::Oath,
+    })
+}
+
+/// The devices a `require` lets the flow offer, most preferred method first (all, in their
+/// order, when it names no method).
+fn shaped_devices(devices: Vec<FlowDevice>, methods: &[PolicyMethod]) -> Vec<FlowDevice> {
+    if methods.is_empty() {
+        return devices;
+    }
+    let mut ranked: Vec<(usize, FlowDevice)> = devices
+        .into_iter()
+        .filter_map(|d| device_method_rank(&d, methods).map(|rank| (rank, d)))
+        .collect();
+    ranked.sort_by_key(|(rank, _)| *rank);
+    ranked.into_iter().map(|(_, d)| d).collect()
+}
+
+/// Decides the application's policy for the flow (once; recorded with the flow's id): a
+/// `deny` ends it `MFA_FAILED` (result `denied`, with the reason), an `approve` completes it
+/// with `POLICY_APPROVE`; a `require` is kept in `data` to shape the offered methods.
+async fn apply_policy(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    data: &mut Data,
+) -> Result<Option<(FlowStatus, Data)>, DomainError> {
+    if data.policy.is_some() {
+        return Ok(None);
+    }
+    let user = &flow.stored.user_id;
+    let device = authentication::pick_device(ctx, &app.id, user, None)
+        .await
+        .ok()
+        .map(|d| policy::device_facts(&d));
+    let Some(decided) = policy::decide_and_record(
+        ctx,
+        &app.id,
+        user,
+        Some(flow.stored.id.as_str()),
+        &policy::Request {
+            kind: RequestKind::Flow,
+            accessing_ip: data.options.accessing_ip.as_deref(),
+            device,
+            fields: &data.options.fields,
+        },
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let outcome = decided.decision.outcome();
+    data.policy = Some(outcome.clone());
+    match decided.decision.effect {
+        PolicyEffect::Require => Ok(None),
+        PolicyEffect::Deny => {
+            let mut done = result(FlowResultStatus::Denied);
+            done.policy = Some(outcome);
+            Ok(Some((FlowStatus::MfaFailed, finished(data.clone(), done))))
+        }
+        PolicyEffect::Approve => {
+            let mut done = result(FlowResultStatus::Authenticated);
+            authentication::accessing_attributes(
+                ctx,
+                data.options.accessing_ip.as_deref(),
+                &mut done.attributes,
+            );
+            done.attributes.insert(
+                "pingid.authentication.type".into(),
+                serde_json::json!("POLICY_APPROVE"),
+            );
+            done.policy = Some(outcome);
+            Ok(Some((
+                FlowStatus::MfaCompleted,
+                finished(data.clone(), done),
+            )))
+        }
+    }
+}
 
 /// Checks the mandatory methods, lists the devices, and asks the one to ask.
 async fn start(
@@ -865,7 +985,13 @@ async fn start(
         }
     }
     data.mfa_setup = None;
+    if let Some(ended) = apply_policy(ctx, app, flow, &mut data).await? {
+        return Ok(ended);
+    }
     data.devices = list_devices(ctx, &app.id, user, &data.options).await?;
+    if let Some(policy) = &data.policy {
+        data.devices = shaped_devices(std::mem::take(&mut data.devices), &policy.methods);
+    }
     if data.devices.is_empty() {
         let data = finished(data, result(FlowResultStatus::DeviceNotPaired));
         return Ok((FlowStatus::MfaFailed, data));
@@ -986,11 +1112,19 @@ async fn use_device(
             body.otp_fallback = Some(false);
             body.backup_channels = Some(Vec::new());
             body.expires_in = Some(expires_in(ctx, flow));
+            // The flow's policy decided already; a preference for biometrics asks for user
+            // verification.
+            if let Some(policy) = &data.policy
+                && policy.methods.iter().find(|m| mobile_method(**m))
+                    == Some(&PolicyMethod::MobileBiometrics)
+            {
+                body.require_user_verification = true;
+            }
             let shown_as = Application {
                 name: options.application_name.clone(),
                 ..app.clone()
             };
-            let status = match authentication::create(ctx, &shown_as, user, body).await {
+            let status = match authentication::create_as(ctx, &shown_as, user, body, false).await {
                 Err(e) if e.code() == Some(ErrorCode::MandatoryMethodsMissing) => {
                     // The application's list changed since the flow checked it.
                     return start_setup(ctx, &app.id, user, data).await;
@@ -1266,6 +1400,7 @@ mod tests {
             pairing: None,
             mfa_setup: None,
             result: None,
+            policy: None,
         };
         Flow {
             stored: StoredFlow {

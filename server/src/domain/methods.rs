@@ -33,3 +33,35 @@ pub(crate) async fn registered_methods(
     }
     Ok(methods)
 }
+
+/// Refuses a user who lacks methods the application makes mandatory
+/// (`mandatory_methods_missing`, listing them), on every path that authenticates.
+pub(crate) async fn require_mandatory(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<(), DomainError> {
+    let policy = crate::store::applications::otp_policy(&ctx.db, app).await?;
+    if policy.mandatory_methods.is_empty() {
+        return Ok(());
+    }
+    let registered = registered_methods(ctx, app, user).await?;
+    let missing: Vec<tessera_protocol::api::AuthenticationMethod> = policy
+        .mandatory_methods
+        .iter()
+        .copied()
+        .filter(|m| !registered.contains(m))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|m| m.as_str()).collect();
+    Err(DomainError::new(
+        tessera_protocol::error::ErrorCode::MandatoryMethodsMissing,
+        format!(
+            "the user must register these authentication methods first: {}",
+            names.join(", ")
+        ),
+    )
+    .with_missing_methods(missing))
+}

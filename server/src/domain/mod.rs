@@ -22,6 +22,7 @@ pub(crate) mod methods;
 pub(crate) mod otp;
 pub(crate) mod outcome;
 pub(crate) mod pairing;
+pub(crate) mod policy;
 pub mod ports;
 pub(crate) mod qr;
 pub(crate) mod readiness;

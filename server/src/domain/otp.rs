@@ -31,6 +31,7 @@ use super::users::require_user;
 use super::{Ctx, DomainError};
 use crate::store::otp::{self, EnrollmentSeed, OathToken};
 use crate::store::{enrollments, otp_challenges};
+use tessera_protocol::policy::{PolicyMethod, RequestKind};
 
 /// Most OATH tokens one user may have.
 const MAX_TOKENS_PER_USER: usize = 20;
@@ -328,6 +329,11 @@ pub(crate) async fn verify(
     code: &str,
 ) -> Result<OtpVerified, DomainError> {
     require_user(ctx, app, &user_id).await?;
+    super::methods::require_mandatory(ctx, app, &user_id).await?;
+    // The policy (kind `passcode`) decides before an attempt is taken; which method the code
+    // came from is checked once it is known.
+    let decided =
+        super::policy::check_path(ctx, app, &user_id, RequestKind::Passcode, None, None).await?;
     let attempt = take_attempt(ctx, app, &user_id).await?;
     let code = normalize(code);
     let source = match match_device_code(ctx, app, &user_id, &code).await? {
@@ -351,6 +357,15 @@ pub(crate) async fn verify(
         }
     };
     otp::reset_failures(&ctx.db, app, &user_id).await?;
+    let method = match &source {
+        DeviceSource::Enrollment(_) => PolicyMethod::MobilePasscode,
+        DeviceSource::Token { .. } => PolicyMethod::Oath,
+    };
+    if let Some(decided) = &decided
+        && decided.decision.effect == tessera_protocol::policy::PolicyEffect::Require
+    {
+        decided.check_method(method)?;
+    }
     let attributes = device_attributes(ctx, &source, None).await?;
     let (enrollment_id, token_id) = match source {
         DeviceSource::Enrollment(e) => (Some(e), None),

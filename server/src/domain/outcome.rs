@@ -107,6 +107,24 @@ pub(crate) async fn record(
     Ok(Some(record))
 }
 
+/// Stores an authentication the application's policy ended before anyone was asked (approved
+/// without user action, `POLICY_APPROVE`, or refused: failed with `policy_denied`), then
+/// announces it like any other ending. Nothing is pushed to the device.
+pub(crate) async fn record_policy_ending(
+    ctx: &Ctx,
+    record: &Authentication,
+) -> Result<(), DomainError> {
+    authentications::insert(ctx.db.writer(), record).await?;
+    tracing::info!(
+        authentication_id = %record.id,
+        state = record.state.as_str(),
+        failure_reason = record.failure_reason.as_deref(),
+        "authentication ended by policy"
+    );
+    ended(ctx, record).await;
+    Ok(())
+}
+
 /// Announces an ended authentication: wakes its waiters and its device's, then runs each
 /// follow-up once.
 pub(crate) async fn ended(ctx: &Ctx, record: &Authentication) {

@@ -546,10 +546,29 @@ async fn pair_with_code(
     let consumed = pairing_codes::consume(&mut tx, &code_digest, &registration_digest, now).await?;
     if let Some((app_id, user_id)) = consumed {
         let app = application_info(ctx, &app_id).await?;
+        // The policy (kind `pairing`) may refuse the device (rooted, an old OS): the code is
+        // then not consumed, and the decision is recorded once the transaction is dropped.
+        let decided = pairing_policy(ctx, &app_id, &user_id, &verified, Some(client)).await?;
+        if let Some(decided) = decided.as_ref().filter(|d| refuses_pairing(d)) {
+            drop(tx);
+            super::policy::record(ctx, &app_id, &user_id, None, decided).await?;
+            count_failure(ctx, "policy_denied");
+            return Err(decided.refusal());
+        }
         match create_enrollment(ctx, &mut tx, &app, &user_id, &verified, Some(client), now).await? {
             Ok(created) => {
                 tx.commit().await?;
                 let enrollment = created.push_verification(ctx).await;
+                if let Some(decided) = &decided {
+                    super::policy::record(
+                        ctx,
+                        &app_id,
+                        &user_id,
+                        Some(enrollment.enrollment_id.as_str()),
+                        decided,
+                    )
+                    .await?;
+                }
                 count_pairing(ctx, "direct");
                 tracing::info!(enrollment_id = %enrollment.enrollment_id, application_id = %app.id, "device paired");
                 return Ok(DevicePairingResponse {
@@ -582,6 +601,43 @@ async fn pair_with_code(
     }
     count_failure(ctx, "invalid_code");
     Err(bad_code())
+}
+
+/// What the application's policy decides for pairing the registered device (kind `pairing`),
+/// not recorded yet.
+async fn pairing_policy(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    verified: &VerifiedRegistration,
+    client: Option<&str>,
+) -> Result<Option<super::policy::Decided>, DomainError> {
+    let reg = &verified.registration;
+    super::policy::decide(
+        ctx,
+        app,
+        user,
+        &super::policy::Request {
+            kind: tessera_protocol::policy::RequestKind::Pairing,
+            accessing_ip: client,
+            device: Some(tessera_protocol::policy::DeviceFacts {
+                platform: Some(reg.device.os_name.to_ascii_lowercase()),
+                os_version: Some(reg.device.os_version.clone()),
+                app_version: Some(reg.device.app_version.clone()),
+                rooted: reg.signals.rooted,
+                screen_lock: reg.signals.screen_lock,
+                mdm: reg.signals.mdm,
+            }),
+            fields: &[],
+        },
+    )
+    .await
+}
+
+/// Whether a decision refuses a pairing: only a denial does (`approve` and `require` let the
+/// device pair; what it may then be used for is decided when it authenticates).
+fn refuses_pairing(decided: &super::policy::Decided) -> bool {
+    decided.decision.effect == tessera_protocol::policy::PolicyEffect::Deny
 }
 
 /// The customer's backend completes a relay pairing for its user with the app's mobile payload.
@@ -634,6 +690,15 @@ pub(crate) async fn relay(
         id: app.id.clone(),
         name: app.name.clone(),
     };
+    let decided = pairing_policy(ctx, &app.id, user_id, &verified, None).await?;
+    if let Some(decided) = &decided {
+        let subject = verified.registration.device_id.to_string();
+        super::policy::record(ctx, &app.id, user_id, Some(subject.as_str()), decided).await?;
+        if refuses_pairing(decided) {
+            count_failure(ctx, "policy_denied");
+            return Err(decided.refusal());
+        }
+    }
     let mut tx = ctx.db.begin_write().await?;
     match create_enrollment(ctx, &mut tx, &info, user_id, &verified, None, now).await? {
         Ok(created) => {

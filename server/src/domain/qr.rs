@@ -293,6 +293,7 @@ pub(crate) async fn status(
     let session = load_for(ctx, app, id).await?;
     let session = wait_for_change(ctx, session, wait, None).await?;
     let mut status = session.status();
+    status.policy = super::policy::outcome_for(ctx, session.id.as_str()).await?;
     let facts = follow_up_facts(ctx, &session).await?;
     status.number_to_show = facts.number_to_show;
     status.denial_reason = facts.denial_reason.or(status.denial_reason);
@@ -400,6 +401,34 @@ async fn candidates(
     Ok(candidates)
 }
 
+/// Whether the user of enrollment `e` may be asked to approve `session`: their mandatory
+/// methods, then the application's policy (kind `qr`; recorded with the session's id). A QR
+/// login is always confirmed on the device: `approve` lets the user confirm like `require`.
+async fn admit_candidate(
+    ctx: &Ctx,
+    session: &QrSession,
+    e: &Enrollment,
+) -> Result<(), DomainError> {
+    super::methods::require_mandatory(ctx, &session.application_id, &e.user_id).await?;
+    let decided = super::policy::decide_and_record(
+        ctx,
+        &session.application_id,
+        &e.user_id,
+        Some(session.id.as_str()),
+        &super::policy::Request {
+            kind: tessera_protocol::policy::RequestKind::Qr,
+            accessing_ip: session.context.ip.as_deref(),
+            device: Some(super::policy::device_facts(e)),
+            fields: &[],
+        },
+    )
+    .await?;
+    match decided {
+        Some(d) => super::policy::check_mobile(&d),
+        None => Ok(()),
+    }
+}
+
 /// The device `caller` claims the session its scanned code names, listing its enrollments; it
 /// gets the signed context to show. Of racing devices one wins; the same device scanning again
 /// gets the same context.
@@ -431,12 +460,31 @@ pub(crate) async fn claim(
         QrSessionState::Created | QrSessionState::Expired => return Err(expired()),
         _ => return Err(already_scanned()),
     }
-    let candidates = candidates(ctx, &session, caller, &request.enrollment_ids).await?;
-    if candidates.is_empty() {
+    let listed_candidates = candidates(ctx, &session, caller, &request.enrollment_ids).await?;
+    if listed_candidates.is_empty() {
         return Err(DomainError::new(
             ErrorCode::NoEligibleUser,
             "none of this device's users may answer this QR code",
         ));
+    }
+    // After the scan, before the user is asked: each candidate must have the application's
+    // mandatory methods and be let through by its policy; the others are not offered.
+    let mut candidates = Vec::with_capacity(listed_candidates.len());
+    let mut refusal = None;
+    for e in listed_candidates {
+        match admit_candidate(ctx, &session, &e).await {
+            Ok(()) => candidates.push(e),
+            Err(e @ DomainError::Refused { .. }) => refusal = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    if candidates.is_empty() {
+        return Err(refusal.unwrap_or_else(|| {
+            DomainError::new(
+                ErrorCode::NoEligibleUser,
+                "none of this device's users may answer this QR code",
+            )
+        }));
     }
     let app = applications::get(&ctx.db, &session.application_id)
         .await?

@@ -13,6 +13,7 @@ mod oidc;
 mod ops;
 mod otp;
 mod pairing;
+mod policies;
 mod qr;
 mod qr_page;
 mod request_id;
@@ -97,6 +98,12 @@ use crate::metrics::{RequestLabels, RouteLabels};
         events::audit_page,
         events::audit_export,
         events::authentication_history,
+        policies::save_policy,
+        policies::current_policy,
+        policies::policy_versions,
+        policies::evaluate_policy,
+        policies::set_groups,
+        policies::get_groups,
     ),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
@@ -258,7 +265,17 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/livez", get(ops::livez))
         .route("/readyz", get(ops::readyz))
-        .route("/openapi.json", get(ops::openapi));
+        .route("/openapi.json", get(ops::openapi))
+        .route(
+            "/v1/policies",
+            get(policies::current_policy).put(policies::save_policy),
+        )
+        .route("/v1/policies/versions", get(policies::policy_versions))
+        .route("/v1/policies/evaluate", post(policies::evaluate_policy))
+        .route(
+            "/v1/users/{user_id}/groups",
+            get(policies::get_groups).put(policies::set_groups),
+        );
     let router = if metrics_here {
         router.route("/metrics", get(ops::metrics))
     } else {

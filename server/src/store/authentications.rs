@@ -64,6 +64,8 @@ pub struct Authentication {
     pub backup_channels: Vec<BackupChannel>,
     /// How its push went (`none`, `sent`, `failed`, `token_invalid`, `stale_token`).
     pub push_state: String,
+    /// The application's policy decision for it (a JSON `PolicyOutcome`), if any.
+    pub policy: Option<String>,
 }
 
 /// Which passcodes from the user's app an authentication accepts.
@@ -101,12 +103,12 @@ impl OtpMode {
 const READ_COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
     parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
     decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
-    otp_mode, otp_after, backup_channels, push_state, number_matching, denial_reason";
+    otp_mode, otp_after, backup_channels, push_state, number_matching, denial_reason, policy";
 
 const COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
     parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
     decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
-    otp_mode, otp_after, backup_channels, number_matching";
+    otp_mode, otp_after, backup_channels, number_matching, policy";
 
 fn word<T: serde::de::DeserializeOwned>(text: &str, what: &'static str) -> Result<T, StoreError> {
     serde_json::from_value(serde_json::Value::String(text.to_string()))
@@ -180,6 +182,7 @@ fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, StoreEr
         otp_after: row.try_get("otp_after")?,
         backup_channels: super::applications::parse_channels(&parse("backup_channels")?)?,
         push_state: parse("push_state")?,
+        policy: row.try_get("policy")?,
     })
 }
 
@@ -235,6 +238,10 @@ impl Authentication {
             signed_request: self.signed_request.clone(),
             signed_response: self.signed_response.clone(),
             failure_reason: self.failure_reason.clone(),
+            policy: self
+                .policy
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
         }
     }
 }
@@ -263,7 +270,7 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     sqlx::query(&format!(
-        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
     ))
     .bind(a.id.as_str())
     .bind(a.application_id.as_str())
@@ -288,6 +295,7 @@ where
     .bind(a.otp_after)
     .bind(super::applications::channels_text(&a.backup_channels))
     .bind(a.number_matching.is_on().then(|| a.number_matching.as_str()))
+    .bind(a.policy.as_deref())
     .execute(executor)
     .await?;
     Ok(())
@@ -597,6 +605,7 @@ mod tests {
             otp_after: None,
             backup_channels: Vec::new(),
             push_state: "none".into(),
+            policy: None,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod oidc_authorizations;
 pub mod otp;
 pub mod otp_challenges;
 pub mod pairing_codes;
+pub mod policies;
 pub mod qr_sessions;
 pub mod retention;
 pub mod secrets;

@@ -161,6 +161,7 @@ impl QrSession {
                 }
                 _ => None,
             },
+            policy: None,
         }
     }
 

@@ -250,6 +250,7 @@ pub async fn delete(
         "pairing_codes",
         "otp_tokens",
         "ciba_user_codes",
+        "user_groups",
     ] {
         let done = sqlx::query(&format!(
             "DELETE FROM {table} WHERE application_id = $1 AND user_id = $2"

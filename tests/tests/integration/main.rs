@@ -27,6 +27,7 @@ mod otp;
 mod otp_backup;
 mod outbound_calls;
 mod pairing;
+mod policy;
 mod push;
 mod push_bombing;
 mod push_providers;

@@ -456,6 +456,43 @@ async fn start(
             ),
             other => OAuthError::from(other),
         })?;
+    // The application's mandatory methods and policy (kind `ciba`), before the user is asked.
+    // A CIBA approval is always made on the device with user verification: `approve` lets the
+    // request go on like `require`.
+    crate::domain::methods::require_mandatory(state, &client.application_id, &user)
+        .await
+        .map_err(|e| match e {
+            DomainError::Refused { message, .. } => {
+                OAuthError::new(OAuthCode::AccessDenied, message)
+            }
+            other => OAuthError::from(other),
+        })?;
+    let decided = crate::domain::policy::decide(
+        state,
+        &client.application_id,
+        &user,
+        &crate::domain::policy::Request {
+            kind: tessera_protocol::policy::RequestKind::Ciba,
+            accessing_ip: None,
+            device: Some(crate::domain::policy::device_facts(&device)),
+            fields: &[],
+        },
+    )
+    .await?;
+    if let Some(decided) = &decided
+        && let Err(DomainError::Refused { message, .. }) =
+            crate::domain::policy::check_mobile(decided)
+    {
+        crate::domain::policy::record(state, &client.application_id, &user, None, decided).await?;
+        let d = &decided.decision;
+        return Err(OAuthError::new(
+            OAuthCode::AccessDenied,
+            format!(
+                "denied by the application's policy (version {}, rule \"{}\", action {}): {message}",
+                d.version, d.rule, d.action
+            ),
+        ));
+    }
     let settings = applications::authentication_settings(&state.db, &client.application_id).await?;
     if push_bombing_limit(state, &settings, &client.application_id, &user, now)
         .await?
@@ -538,6 +575,16 @@ async fn start(
         })?;
     ciba::insert_request(&mut *tx, state.db.secrets()?, &request).await?;
     tx.commit().await?;
+    if let Some(decided) = &decided {
+        crate::domain::policy::record(
+            state,
+            &client.application_id,
+            &request.user_id,
+            Some(record.id.as_str()),
+            decided,
+        )
+        .await?;
+    }
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
     crate::domain::outcome::request_created(state, &record).await;
     tokio::spawn(crate::domain::fallback::deliver(

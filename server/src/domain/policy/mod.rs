@@ -1,0 +1,648 @@
+//! Authentication policies: saving them (validated, every version kept), users' groups, and
+//! deciding for a request — the facts are gathered here (groups, recent authentications, push
+//! counts, the IP table, the previous location) and handed to the pure [`evaluate`] module;
+//! every decision is recorded with the values it looked at. See `docs/policy.md`.
+
+pub mod evaluate;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use rand::Rng;
+use tessera_protocol::authentication::DisplayField;
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::{ApplicationId, UserId};
+use tessera_protocol::policy::{
+    DeviceFacts, EvaluatePolicyRequest, PolicyDocument, PolicyEffect, PolicyEvaluation,
+    PolicyMethod, PolicyVersion, PolicyVersionList, RequestKind, UserGroups,
+};
+
+use super::{Ctx, DomainError};
+use crate::store::enrollments::Enrollment;
+use crate::store::policies::{self, StoredPolicy};
+use evaluate::{AccessingFacts, CompiledPolicy, PolicyDecision, PolicyInputs};
+
+/// Most groups a user may have.
+const MAX_GROUPS: usize = 50;
+/// The largest policy document accepted, in bytes of JSON.
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+fn to_version(stored: StoredPolicy) -> Result<PolicyVersion, DomainError> {
+    let policy: PolicyDocument = serde_json::from_str(&stored.document)
+        .map_err(|_| DomainError::Internal("a stored policy cannot be read"))?;
+    Ok(PolicyVersion {
+        version: stored.version,
+        created_at: stored.created_at,
+        policy,
+    })
+}
+
+/// Validates `document` and saves it as the application's next version. An invalid policy is
+/// refused (`invalid_request`) with the offending rule named, and nothing is saved.
+pub(crate) async fn save(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    document: &PolicyDocument,
+) -> Result<PolicyVersion, DomainError> {
+    save_in(&ctx.db, app, document, ctx.now()).await
+}
+
+/// [`save`] on `db` at `now` (the admin command line).
+pub(crate) async fn save_in(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+    document: &PolicyDocument,
+    now: i64,
+) -> Result<PolicyVersion, DomainError> {
+    CompiledPolicy::compile(0, document)
+        .map_err(|e| DomainError::invalid(format!("the policy is invalid: {e}")))?;
+    let text = serde_json::to_string(document)
+        .map_err(|_| DomainError::Internal("a policy cannot be encoded"))?;
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(DomainError::invalid("the policy is too large"));
+    }
+    let stored = policies::save(db, app, &text, now).await?;
+    tracing::info!(application_id = %app, version = stored.version, "policy saved");
+    to_version(stored)
+}
+
+/// The current version.
+pub(crate) async fn current(ctx: &Ctx, app: &ApplicationId) -> Result<PolicyVersion, DomainError> {
+    current_in(&ctx.db, app).await
+}
+
+/// [`current`] on `db`.
+pub(crate) async fn current_in(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+) -> Result<PolicyVersion, DomainError> {
+    let stored = policies::current(db, app)
+        .await?
+        .ok_or_else(|| DomainError::new(ErrorCode::NotFound, "the application has no policy"))?;
+    to_version(stored)
+}
+
+/// Every version, oldest first.
+pub(crate) async fn versions(
+    ctx: &Ctx,
+    app: &ApplicationId,
+) -> Result<PolicyVersionList, DomainError> {
+    versions_in(&ctx.db, app).await
+}
+
+/// [`versions`] on `db`.
+pub(crate) async fn versions_in(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+) -> Result<PolicyVersionList, DomainError> {
+    let versions = policies::versions(db, app)
+        .await?
+        .into_iter()
+        .map(to_version)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PolicyVersionList { versions })
+}
+
+/// Replaces the user's groups.
+pub(crate) async fn set_groups(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    body: &UserGroups,
+) -> Result<UserGroups, DomainError> {
+    set_groups_in(&ctx.db, app, user, body).await
+}
+
+/// [`set_groups`] on `db`.
+pub(crate) async fn set_groups_in(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+    user: &UserId,
+    body: &UserGroups,
+) -> Result<UserGroups, DomainError> {
+    if crate::store::users::get(db, app, user).await?.is_none() {
+        return Err(DomainError::new(
+            ErrorCode::UserNotFound,
+            "no such user in this application",
+        ));
+    }
+    if body.groups.len() > MAX_GROUPS {
+        return Err(DomainError::invalid(format!(
+            "a user has at most {MAX_GROUPS} groups"
+        )));
+    }
+    let mut groups: Vec<String> = Vec::with_capacity(body.groups.len());
+    for group in &body.groups {
+        if group.trim().is_empty() || group.chars().count() > 64 {
+            return Err(DomainError::invalid("a group name is 1 to 64 characters"));
+        }
+        if !tessera_protocol::display::is_displayable(group) {
+            return Err(DomainError::invalid(
+                "a group name has control, bidirectional or invisible format characters",
+            ));
+        }
+        groups.push(group.clone());
+    }
+    groups.sort();
+    groups.dedup();
+    policies::set_groups(db, app, user, &groups).await?;
+    Ok(UserGroups { groups })
+}
+
+/// The user's groups.
+pub(crate) async fn groups(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<UserGroups, DomainError> {
+    super::users::require_user(ctx, app, user).await?;
+    Ok(UserGroups {
+        groups: policies::groups(&ctx.db, app, user).await?,
+    })
+}
+
+/// Where a decision's facts come from: the store, the IP table and the time.
+pub(crate) struct Env<'a> {
+    /// The database.
+    pub db: &'a crate::store::Database,
+    /// The accessing-IP table.
+    pub ip_table: &'a crate::ip_table::IpTable,
+    /// Now, seconds since the epoch.
+    pub now: i64,
+}
+
+impl<'a> Env<'a> {
+    /// The running server's.
+    pub fn of(ctx: &'a Ctx) -> Self {
+        Self {
+            db: &ctx.db,
+            ip_table: &ctx.config.accessing_ip_table,
+            now: ctx.now(),
+        }
+    }
+}
+
+/// What a path asks the policy about.
+pub(crate) struct Request<'a> {
+    /// The kind of request.
+    pub kind: RequestKind,
+    /// The accessing IP, if known.
+    pub accessing_ip: Option<&'a str>,
+    /// The authenticating device's facts, if there is one.
+    pub device: Option<DeviceFacts>,
+    /// Transaction fields.
+    pub fields: &'a [DisplayField],
+}
+
+/// A device's facts as the policy reads them.
+pub(crate) fn device_facts(device: &Enrollment) -> DeviceFacts {
+    DeviceFacts {
+        platform: Some(device.device_info.os_name.to_ascii_lowercase()),
+        os_version: Some(device.device_info.os_version.clone()),
+        app_version: Some(device.device_info.app_version.clone()),
+        rooted: device.signals.rooted,
+        screen_lock: device.signals.screen_lock,
+        mdm: device.signals.mdm,
+    }
+}
+
+/// A decision with what is recorded beside it.
+#[derive(Debug, Clone)]
+pub(crate) struct Decided {
+    /// The decision.
+    pub decision: PolicyDecision,
+    /// The accessing location (recorded for later geovelocity checks).
+    pub location: Option<(f64, f64)>,
+    kind: RequestKind,
+}
+
+impl Decided {
+    /// The wire summary, as JSON text (stored with an authentication).
+    pub fn outcome_json(&self) -> Option<String> {
+        serde_json::to_string(&self.decision.outcome()).ok()
+    }
+
+    /// The refusal of a denied request (`policy_denied`, with the rule's reason).
+    pub fn refusal(&self) -> DomainError {
+        DomainError::new(ErrorCode::PolicyDenied, self.decision.reason.clone())
+    }
+
+    /// Refuses a request the decision does not let through with `method`: a denial, or a
+    /// `require` that names other methods. An `approve` lets any method through.
+    pub fn check_method(&self, method: PolicyMethod) -> Result<(), DomainError> {
+        match self.decision.effect {
+            PolicyEffect::Deny => Err(self.refusal()),
+            PolicyEffect::Approve => Ok(()),
+            PolicyEffect::Require if self.decision.allows(method) => Ok(()),
+            PolicyEffect::Require => Err(DomainError::new(
+                ErrorCode::PolicyDenied,
+                format!(
+                    "the policy requires {}: {} is not allowed here",
+                    self.decision
+                        .methods
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                    method.as_str()
+                ),
+            )),
+        }
+    }
+}
+
+async fn load_compiled(
+    env: &Env<'_>,
+    app: &ApplicationId,
+    version: Option<u32>,
+) -> Result<Option<Result<CompiledPolicy, PolicyDecision>>, DomainError> {
+    let stored = match version {
+        None => policies::current(env.db, app).await?,
+        Some(v) => Some(policies::version(env.db, app, v).await?.ok_or_else(|| {
+            DomainError::new(
+                ErrorCode::NotFound,
+                "the application has no such policy version",
+            )
+        })?),
+    };
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    // A stored policy that no longer compiles (a time zone gone from the database, ...)
+    // denies: it fails closed.
+    let compiled = serde_json::from_str::<PolicyDocument>(&stored.document)
+        .map_err(|e| e.to_string())
+        .and_then(|doc| CompiledPolicy::compile(stored.version, &doc).map_err(|e| e.to_string()))
+        .map_err(|why| {
+            PolicyDecision::denied(
+                stored.version,
+                tessera_protocol::policy::DEFAULT_RULE,
+                format!("the policy cannot be evaluated: {why}"),
+            )
+        });
+    Ok(Some(compiled))
+}
+
+struct Gathered {
+    inputs: PolicyInputs,
+    location: Option<(f64, f64)>,
+}
+
+async fn gather(
+    env: &Env<'_>,
+    app: &ApplicationId,
+    user: &UserId,
+    policy: &CompiledPolicy,
+    request: &Request<'_>,
+) -> Result<Result<Gathered, String>, DomainError> {
+    let now = env.now;
+    let accessing_ip = match request.accessing_ip.map(str::trim) {
+        None | Some("") => None,
+        Some(text) => match text.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
+            Ok(ip) => Some(ip),
+            // An accessing IP that is not an address cannot be judged: fail closed.
+            Err(_) => return Ok(Err("the accessing IP is not an IP address".into())),
+        },
+    };
+    let table = env.ip_table;
+    let accessing = accessing_ip
+        .and_then(|ip| table.lookup(&ip.to_string()))
+        .map(|facts| AccessingFacts {
+            country: facts.country.clone(),
+            reputation: facts.reputation,
+            location: facts.location,
+        })
+        .unwrap_or_default();
+    let groups = policies::groups(env.db, app, user).await?;
+    let known_groups: BTreeSet<String> = if policy.named_groups().is_empty() {
+        BTreeSet::new()
+    } else {
+        policies::known_groups(env.db, app, policy.named_groups())
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let recent_successes = match policy.recent_lookback_seconds() {
+        0 => Vec::new(),
+        back => policies::recent_successes(env.db, app, user, now - back)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, at)| ip.trim().parse::<IpAddr>().ok().map(|ip| (ip, at)))
+            .collect(),
+    };
+    let push_times = match policy.push_lookback_seconds() {
+        0 => Vec::new(),
+        back => policies::push_times(env.db, app, user, now - back).await?,
+    };
+    let previous_location = if policy.uses_geovelocity() {
+        policies::previous_location(env.db, app, user).await?
+    } else {
+        None
+    };
+    Ok(Ok(Gathered {
+        location: accessing.location,
+        inputs: PolicyInputs {
+            now,
+            request: Some(request.kind),
+            groups,
+            known_groups,
+            accessing_ip,
+            ip_table_loaded: !table.is_empty(),
+            accessing,
+            device: request.device.clone(),
+            attested_key: false,
+            recent_successes,
+            push_times,
+            previous_location,
+            fields: request
+                .fields
+                .iter()
+                .map(|f| (f.label.clone(), f.value.clone()))
+                .collect(),
+        },
+    }))
+}
+
+async fn decide_with(
+    env: &Env<'_>,
+    app: &ApplicationId,
+    user: &UserId,
+    request: &Request<'_>,
+    version: Option<u32>,
+) -> Result<Option<Decided>, DomainError> {
+    let Some(compiled) = load_compiled(env, app, version).await? else {
+        return Ok(None);
+    };
+    let (decision, location) = match compiled {
+        Err(denied) => (denied, None),
+        Ok(policy) => match gather(env, app, user, &policy, request).await? {
+            Err(why) => (
+                PolicyDecision::denied(
+                    policy.version(),
+                    tessera_protocol::policy::DEFAULT_RULE,
+                    format!("the policy cannot be evaluated: {why}"),
+                ),
+                None,
+            ),
+            Ok(gathered) => (policy.evaluate(&gathered.inputs), gathered.location),
+        },
+    };
+    Ok(Some(Decided {
+        decision,
+        location,
+        kind: request.kind,
+    }))
+}
+
+/// What the application's current policy decides for `request` by `user`, or `None` when the
+/// application has no policy. Not recorded yet: [`record`] it once its subject exists.
+pub(crate) async fn decide(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    request: &Request<'_>,
+) -> Result<Option<Decided>, DomainError> {
+    let decided = decide_with(&Env::of(ctx), app, user, request, None).await?;
+    if let Some(d) = &decided {
+        tracing::info!(
+            application_id = %app,
+            request = request.kind.as_str(),
+            policy_version = d.decision.version,
+            rule = %d.decision.rule,
+            effect = ?d.decision.effect,
+            "policy decided"
+        );
+    }
+    Ok(decided)
+}
+
+/// Records a decision for `subject` (an authentication, QR session, flow or CIBA request id).
+pub(crate) async fn record(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    subject: Option<&str>,
+    decided: &Decided,
+) -> Result<(), DomainError> {
+    let id = format!("pd_{:032x}", rand::rngs::OsRng.r#gen::<u128>());
+    let inputs = serde_json::to_string(&decided.decision.looked_at).unwrap_or_else(|_| "{}".into());
+    let effect = match decided.decision.effect {
+        PolicyEffect::Approve => "approve",
+        PolicyEffect::Require => "require",
+        PolicyEffect::Deny => "deny",
+    };
+    policies::record_decision(
+        &ctx.db,
+        &policies::DecisionRecord {
+            id: &id,
+            application_id: app,
+            user_id: user,
+            request_kind: decided.kind.as_str(),
+            subject_id: subject,
+            policy_version: decided.decision.version,
+            rule: &decided.decision.rule,
+            action: decided.decision.action,
+            effect,
+            reason: &decided.decision.reason,
+            inputs: &inputs,
+            location: decided.location,
+            created_at: ctx.now(),
+        },
+    )
+    .await?;
+    crate::domain::audit::policy_decided(
+        ctx,
+        &crate::domain::audit::PolicyDecision {
+            application_id: app.to_string(),
+            user_id: user.to_string(),
+            subject: subject.unwrap_or_default().to_string(),
+            policy: format!(
+                "version {}, rule \"{}\"",
+                decided.decision.version, decided.decision.rule
+            ),
+            decision: effect.to_string(),
+            reason: Some(decided.decision.reason.clone()),
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// Decides and records at once, for paths whose subject exists already (or has none).
+pub(crate) async fn decide_and_record(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    subject: Option<&str>,
+    request: &Request<'_>,
+) -> Result<Option<Decided>, DomainError> {
+    let decided = decide(ctx, app, user, request).await?;
+    if let Some(d) = &decided {
+        record(ctx, app, user, subject, d).await?;
+    }
+    Ok(decided)
+}
+
+/// A dry run: what the policy (the current version, or the one asked) would decide for the
+/// given facts, and the values it looked at. Nothing is sent and nothing is recorded. Facts not
+/// given are gathered as a real request would gather them (the user's primary device, groups,
+/// recent authentications, push counts).
+pub(crate) async fn evaluate(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    body: &EvaluatePolicyRequest,
+) -> Result<PolicyEvaluation, DomainError> {
+    evaluate_in(&Env::of(ctx), app, body).await
+}
+
+/// [`evaluate`] with its facts from `env` (the admin command line has no running server).
+pub(crate) async fn evaluate_in(
+    env: &Env<'_>,
+    app: &ApplicationId,
+    body: &EvaluatePolicyRequest,
+) -> Result<PolicyEvaluation, DomainError> {
+    if crate::store::users::get(env.db, app, &body.user_id)
+        .await?
+        .is_none()
+    {
+        return Err(DomainError::new(
+            ErrorCode::UserNotFound,
+            "no such user in this application",
+        ));
+    }
+    let kind = body
+        .request
+        .ok_or_else(|| DomainError::invalid("request (the kind of request) is required"))?;
+    if let Some(ip) = &body.accessing_ip {
+        super::authentication::check_text(ip, 256, "accessing_ip")?;
+    }
+    super::authentication::check_fields(&body.fields)?;
+    let device = match &body.device {
+        Some(d) => Some(d.clone()),
+        None => {
+            let devices: Vec<Enrollment> =
+                crate::store::enrollments::list_for_user(env.db, app, &body.user_id)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.status == tessera_protocol::api::EnrollmentState::Active)
+                    .collect();
+            devices
+                .iter()
+                .find(|d| d.is_primary)
+                .or(devices.first())
+                .map(device_facts)
+        }
+    };
+    let request = Request {
+        kind,
+        accessing_ip: body.accessing_ip.as_deref(),
+        device,
+        fields: &body.fields,
+    };
+    let decided = decide_with(env, app, &body.user_id, &request, body.version)
+        .await?
+        .ok_or_else(|| DomainError::new(ErrorCode::NotFound, "the application has no policy"))?;
+    Ok(PolicyEvaluation {
+        policy: decided.decision.outcome(),
+        inputs: decided.decision.looked_at,
+    })
+}
+
+/// The user's recorded decisions, newest first (for administrators).
+pub(crate) async fn decisions(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+    user: &UserId,
+    limit: i64,
+) -> Result<Vec<serde_json::Value>, DomainError> {
+    Ok(policies::decisions(db, app, user, limit.clamp(1, 1000))
+        .await?
+        .into_iter()
+        .map(|d| {
+            serde_json::json!({
+                "request": d.request_kind,
+                "subject_id": d.subject_id,
+                "version": d.policy_version,
+                "rule": d.rule,
+                "action": d.action,
+                "effect": d.effect,
+                "reason": d.reason,
+                "inputs": serde_json::from_str::<serde_json::Value>(&d.inputs).unwrap_or_default(),
+                "at": d.created_at,
+            })
+        })
+        .collect())
+}
+
+/// The latest decision recorded for `subject`, as answered with it.
+pub(crate) async fn outcome_for(
+    ctx: &Ctx,
+    subject: &str,
+) -> Result<Option<tessera_protocol::policy::PolicyOutcome>, DomainError> {
+    let Some(d) = policies::latest_for_subject(&ctx.db, subject).await? else {
+        return Ok(None);
+    };
+    let effect = match d.effect.as_str() {
+        "approve" => PolicyEffect::Approve,
+        "require" => PolicyEffect::Require,
+        _ => PolicyEffect::Deny,
+    };
+    Ok(Some(tessera_protocol::policy::PolicyOutcome {
+        version: d.policy_version,
+        rule: d.rule,
+        action: d.action,
+        effect,
+        reason: d.reason,
+        methods: Vec::new(),
+    }))
+}
+
+/// Refuses `user` on a path answered with the mobile app (QR, CIBA) when the decision denies,
+/// or requires methods none of which is the app's.
+pub(crate) fn check_mobile(decided: &Decided) -> Result<(), DomainError> {
+    match decided.decision.effect {
+        PolicyEffect::Deny => Err(decided.refusal()),
+        PolicyEffect::Approve => Ok(()),
+        PolicyEffect::Require => decided
+            .check_method(PolicyMethod::MobilePush)
+            .or_else(|_| decided.check_method(PolicyMethod::MobileBiometrics))
+            .or_else(|_| decided.check_method(PolicyMethod::MobilePasscode)),
+    }
+}
+
+/// Decides and records the policy for a passcode or backup-code path, and refuses the request
+/// the decision does not let through with `method` (any method when `None`: only a denial
+/// refuses; the caller checks the method once it knows it). The user's primary device, if any,
+/// is the authenticating device. Returns the decision (`None` without a policy).
+pub(crate) async fn check_path(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    kind: RequestKind,
+    method: Option<PolicyMethod>,
+    subject: Option<&str>,
+) -> Result<Option<Decided>, DomainError> {
+    if policies::current(&ctx.db, app).await?.is_none() {
+        return Ok(None);
+    }
+    let device = super::authentication::pick_device(ctx, app, user, None)
+        .await
+        .ok()
+        .map(|d| device_facts(&d));
+    let request = Request {
+        kind,
+        accessing_ip: None,
+        device,
+        fields: &[],
+    };
+    let Some(decided) = decide_and_record(ctx, app, user, subject, &request).await? else {
+        return Ok(None);
+    };
+    match method {
+        Some(m) => decided.check_method(m)?,
+        None if decided.decision.effect == PolicyEffect::Deny => return Err(decided.refusal()),
+        None => {}
+    }
+    Ok(Some(decided))
+}

@@ -1,0 +1,393 @@
+//! Policies (every version kept), users' groups, and the record of each policy decision.
+
+use sqlx::Row;
+use tessera_protocol::ids::{ApplicationId, UserId};
+
+use super::{Database, is_unique_violation};
+use crate::store::StoreError;
+
+/// One saved version of an application's policy.
+#[derive(Debug, Clone)]
+pub struct StoredPolicy {
+    /// The version (1, 2, ...).
+    pub version: u32,
+    /// The policy document (JSON).
+    pub document: String,
+    /// When it was saved.
+    pub created_at: i64,
+}
+
+fn to_policy(row: &sqlx::any::AnyRow) -> Result<StoredPolicy, StoreError> {
+    let version: i64 = row.try_get("version")?;
+    Ok(StoredPolicy {
+        version: u32::try_from(version).map_err(|_| StoreError::Corrupted("policy version"))?,
+        document: row.try_get("document")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Saves `document` as the application's next version (one more than the latest). Saves of one
+/// application are serialised (its row is locked on PostgreSQL; SQLite has one writer), so two
+/// saves at once take two numbers; a unique violation all the same is retried.
+pub async fn save(
+    db: &Database,
+    app: &ApplicationId,
+    document: &str,
+    now: i64,
+) -> Result<StoredPolicy, StoreError> {
+    for _ in 0..5 {
+        let mut tx = db.begin_write().await?;
+        super::applications::lock_for_quota(&mut tx, db.engine(), app).await?;
+        let latest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM policies WHERE application_id = $1")
+                .bind(app.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let version = latest.unwrap_or(0) + 1;
+        let inserted = sqlx::query(
+            "INSERT INTO policies (application_id, version, document, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(app.as_str())
+        .bind(version)
+        .bind(document)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {
+                tx.commit().await?;
+                return Ok(StoredPolicy {
+                    version: u32::try_from(version)
+                        .map_err(|_| StoreError::Corrupted("policy version"))?,
+                    document: document.to_string(),
+                    created_at: now,
+                });
+            }
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::AlreadyExists("policy version"))
+}
+
+/// The latest version, if the application has a policy.
+pub async fn current(
+    db: &Database,
+    app: &ApplicationId,
+) -> Result<Option<StoredPolicy>, StoreError> {
+    let row = sqlx::query(
+        "SELECT version, document, created_at FROM policies WHERE application_id = $1 \
+         ORDER BY version DESC LIMIT 1",
+    )
+    .bind(app.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(to_policy).transpose()
+}
+
+/// One version.
+pub async fn version(
+    db: &Database,
+    app: &ApplicationId,
+    version: u32,
+) -> Result<Option<StoredPolicy>, StoreError> {
+    let row = sqlx::query(
+        "SELECT version, document, created_at FROM policies WHERE application_id = $1 AND version = $2",
+    )
+    .bind(app.as_str())
+    .bind(i64::from(version))
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(to_policy).transpose()
+}
+
+/// Every version, oldest first.
+pub async fn versions(db: &Database, app: &ApplicationId) -> Result<Vec<StoredPolicy>, StoreError> {
+    sqlx::query(
+        "SELECT version, document, created_at FROM policies WHERE application_id = $1 ORDER BY version",
+    )
+    .bind(app.as_str())
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(to_policy)
+    .collect()
+}
+
+/// Replaces the user's groups (in one transaction).
+pub async fn set_groups(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    groups: &[String],
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("DELETE FROM user_groups WHERE application_id = $1 AND user_id = $2")
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .execute(&mut *tx)
+        .await?;
+    for group in groups {
+        sqlx::query(
+            "INSERT INTO user_groups (application_id, user_id, group_name) VALUES ($1, $2, $3)",
+        )
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .bind(group)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The user's groups, sorted.
+pub async fn groups(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT group_name FROM user_groups WHERE application_id = $1 AND user_id = $2 ORDER BY group_name",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_all(db.pool())
+    .await?)
+}
+
+/// Which of `names` some user of the application belongs to.
+pub async fn known_groups(
+    db: &Database,
+    app: &ApplicationId,
+    names: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut known = Vec::new();
+    for name in names {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT group_name FROM user_groups WHERE application_id = $1 AND group_name = $2 LIMIT 1",
+        )
+        .bind(app.as_str())
+        .bind(name)
+        .fetch_optional(db.pool())
+        .await?;
+        known.extend(found);
+    }
+    Ok(known)
+}
+
+/// The user's successful authentications since `since`, newest first: (accessing IP, when).
+pub async fn recent_successes(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    since: i64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    sqlx::query(
+        "SELECT accessing_ip, answered_at FROM authentications WHERE application_id = $1 \
+         AND user_id = $2 AND state = 'approved' AND accessing_ip IS NOT NULL \
+         AND answered_at >= $3 ORDER BY answered_at DESC LIMIT 100",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(since)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("accessing_ip")?,
+            r.try_get::<Option<i64>, _>("answered_at")?.unwrap_or(0),
+        ))
+    })
+    .collect()
+}
+
+/// When the user's push requests (approval, transaction, CIBA) since `since` were created.
+pub async fn push_times(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    since: i64,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT created_at FROM authentications WHERE application_id = $1 AND user_id = $2 \
+         AND kind IN ('approval', 'transaction', 'ciba') AND created_at >= $3 \
+         AND (policy IS NULL OR policy NOT LIKE '%\"effect\":\"deny\"%') \
+         AND (policy IS NULL OR policy NOT LIKE '%\"effect\":\"approve\"%') \
+         ORDER BY created_at DESC LIMIT 1000",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(since)
+    .fetch_all(db.pool())
+    .await?)
+}
+
+/// A decision to record.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// The application.
+    pub application_id: &'a ApplicationId,
+    /// The user.
+    pub user_id: &'a UserId,
+    /// The request kind (`push`, `qr`, ...).
+    pub request_kind: &'a str,
+    /// What it decided for (an authentication, QR session, flow or CIBA request id).
+    pub subject_id: Option<&'a str>,
+    /// The policy version.
+    pub policy_version: u32,
+    /// The rule.
+    pub rule: &'a str,
+    /// The rule's action.
+    pub action: &'a str,
+    /// What it did.
+    pub effect: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// The values looked at (JSON).
+    pub inputs: &'a str,
+    /// The accessing location, if known.
+    pub location: Option<(f64, f64)>,
+    /// When.
+    pub created_at: i64,
+}
+
+/// Records a decision.
+pub async fn record_decision(db: &Database, d: &DecisionRecord<'_>) -> Result<(), StoreError> {
+    // A missing location is written as a NULL literal, not bound: PostgreSQL refuses a NULL the
+    // `Any` driver binds untyped on a connection that prepared the statement for floats.
+    let (columns, values) = match d.location {
+        Some(_) => (", latitude, longitude", ", $12, $13"),
+        None => ("", ""),
+    };
+    let sql = format!(
+        "INSERT INTO policy_decisions (id, application_id, user_id, request_kind, subject_id, \
+         policy_version, rule, action, effect, reason, inputs, created_at{columns}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14{values})"
+    );
+    let sql = sql.replace("$14", if d.location.is_some() { "$14" } else { "$12" });
+    let query = sqlx::query(&sql)
+        .bind(d.id)
+        .bind(d.application_id.as_str())
+        .bind(d.user_id.as_str())
+        .bind(d.request_kind)
+        .bind(d.subject_id)
+        .bind(i64::from(d.policy_version))
+        .bind(d.rule)
+        .bind(d.action)
+        .bind(d.effect)
+        .bind(d.reason)
+        .bind(d.inputs);
+    let query = match d.location {
+        Some((latitude, longitude)) => query.bind(latitude).bind(longitude).bind(d.created_at),
+        None => query.bind(d.created_at),
+    };
+    query.execute(db.writer()).await?;
+    Ok(())
+}
+
+/// A recorded decision, as read back.
+#[derive(Debug, Clone)]
+pub struct StoredDecision {
+    /// The request kind.
+    pub request_kind: String,
+    /// What it decided for.
+    pub subject_id: Option<String>,
+    /// The policy version.
+    pub policy_version: u32,
+    /// The rule.
+    pub rule: String,
+    /// The action.
+    pub action: String,
+    /// What it did.
+    pub effect: String,
+    /// Why.
+    pub reason: String,
+    /// The values looked at (JSON).
+    pub inputs: String,
+    /// When.
+    pub created_at: i64,
+}
+
+/// The user's decisions, newest first (at most `limit`).
+pub async fn decisions(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    limit: i64,
+) -> Result<Vec<StoredDecision>, StoreError> {
+    sqlx::query(
+        "SELECT request_kind, subject_id, policy_version, rule, action, effect, reason, inputs, \
+         created_at FROM policy_decisions WHERE application_id = $1 AND user_id = $2 \
+         ORDER BY created_at DESC, id LIMIT $3",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(decision_from_row)
+    .collect()
+}
+
+/// The user's latest known accessing location before now: (latitude, longitude, when).
+pub async fn previous_location(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Option<(f64, f64, i64)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT latitude, longitude, created_at FROM policy_decisions WHERE application_id = $1 \
+         AND user_id = $2 AND latitude IS NOT NULL AND longitude IS NOT NULL \
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|r| {
+        Ok((
+            r.try_get("latitude")?,
+            r.try_get("longitude")?,
+            r.try_get("created_at")?,
+        ))
+    })
+    .transpose()
+}
+
+/// The latest decision recorded for `subject`.
+pub async fn latest_for_subject(
+    db: &Database,
+    subject: &str,
+) -> Result<Option<StoredDecision>, StoreError> {
+    let row = sqlx::query(
+        "SELECT request_kind, subject_id, policy_version, rule, action, effect, reason, inputs, \
+         created_at FROM policy_decisions WHERE subject_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(subject)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(decision_from_row).transpose()
+}
+
+fn decision_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDecision, StoreError> {
+    let version: i64 = r.try_get("policy_version")?;
+    Ok(StoredDecision {
+        request_kind: r.try_get("request_kind")?,
+        subject_id: r.try_get("subject_id")?,
+        policy_version: u32::try_from(version)
+            .map_err(|_| StoreError::Corrupted("policy version"))?,
+        rule: r.try_get("rule")?,
+        action: r.try_get("action")?,
+        effect: r.try_get("effect")?,
+        reason: r.try_get("reason")?,
+        inputs: r.try_get("inputs")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
