@@ -105,6 +105,9 @@ pub enum ErrorCode {
     ServiceUnavailable,
     /// The application has as many open QR sessions or pending requests as its quota allows.
     QuotaExceeded,
+    /// A browser request came from another site (its `Origin` or `Sec-Fetch-Site` names
+    /// another origin): the hosted prompt's API refuses cross-origin writes.
+    CrossOriginRefused,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -158,6 +161,7 @@ impl ErrorCode {
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::CrossOriginRefused => "cross_origin_refused",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -177,6 +181,7 @@ impl ErrorCode {
             | ErrorCode::ResponseMismatch
             | ErrorCode::OtpInvalid => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::CrossOriginRefused => 403,
             ErrorCode::NotFound
             | ErrorCode::UserNotFound
             | ErrorCode::DeviceNotFound

@@ -7,11 +7,13 @@ mod ciba_clients;
 mod device;
 pub(crate) mod errors;
 mod extract;
+mod flow_browser;
 mod flows;
 mod oidc;
 mod ops;
 mod otp;
 mod pairing;
+mod prompt_page;
 mod qr;
 mod qr_page;
 mod users;
@@ -86,6 +88,11 @@ use crate::metrics::{RequestLabels, RouteLabels};
         ops::metrics,
         application_settings::get_settings,
         application_settings::set_settings,
+        flow_browser::get_flow,
+        flow_browser::act_on_flow,
+        prompt_page::page,
+        prompt_page::script,
+        prompt_page::styles,
     ),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
@@ -228,6 +235,13 @@ pub(crate) fn router(state: Ctx) -> Router {
             "/v1/application/authentication-settings",
             get(application_settings::get_settings).put(application_settings::set_settings),
         )
+        .route(
+            "/v1/flow-browser",
+            get(flow_browser::get_flow).post(flow_browser::act_on_flow),
+        )
+        .route("/prompt", get(prompt_page::page))
+        .route("/prompt.js", get(prompt_page::script))
+        .route("/prompt.css", get(prompt_page::styles))
         .route("/healthz", get(ops::healthz))
         .route("/openapi.json", get(ops::openapi));
     let router = if metrics_here {
