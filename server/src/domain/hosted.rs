@@ -81,6 +81,16 @@ pub(crate) fn check_prompt(prompt: &HostedPrompt) -> Result<(), DomainError> {
     }
     let url = url::Url::parse(raw)
         .map_err(|_| DomainError::invalid("hosted.return_url must be an absolute URL"))?;
+    // What the URL parser would repair (`https:///host`, backslashes) reads differently than it
+    // navigates: refused rather than normalised.
+    let after_scheme = raw
+        .get(url.scheme().len()..)
+        .and_then(|rest| rest.strip_prefix("://"));
+    if raw.contains('\\') || after_scheme.is_none_or(|rest| rest.starts_with('/')) {
+        return Err(DomainError::invalid(
+            "hosted.return_url must be written as scheme://host/path",
+        ));
+    }
     let loopback = match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -295,6 +305,8 @@ mod tests {
             "https://rp.example/c b",
             "https://rp.example/\tcb",
             "https:///nohost",
+            "https:/rp.example/cb",
+            "https://rp.example\\@evil.example/",
             long.as_str(),
         ] {
             let e = check_prompt(&prompt(bad)).unwrap_err();
