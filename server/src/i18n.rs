@@ -135,7 +135,7 @@ impl Catalog {
     }
 
     fn language(&self, tag: &str) -> Option<&Language> {
-        self.languages.iter().find(|l| l.id.to_string() == tag)
+        self.languages.iter().find(|l| l.id == tag)
     }
 
     /// One message in `lang` (falling back to English for a message a translation lacks).

@@ -7,9 +7,11 @@
 //                            [--width PX] [--timeout S]
 //
 // Prints one line per event on stdout:
-//   METRICS bytes=<n> tti_ms=<n>   once the page shows its first flow state: the bytes of the
-//                                  page, its script and its styles, and the milliseconds from
-//                                  navigation start until it was interactive with that state
+//   METRICS bytes=<n> tti_ms=<n> first_state_ms=<n> dom_interactive_ms=<n>
+//                                  once the page first shows a control (button or field): the
+//                                  bytes of the page, its script and its styles; milliseconds from
+//                                  navigation start until that state was rendered (time to
+//                                  interactive), until the first flow state, and DOM interactive
 //   STATE <status> <json>          every change of the page's flow state (data-state or
 //                                  data-version), with what it shows: {"text", "number",
 //                                  "lang", "devices", "error", "heading"}
@@ -156,12 +158,12 @@ async function main() {
     else start();
   }, ROOT);
 
-  const startedAt = Date.now();
   const response = await page.goto(args.url, { waitUntil: "domcontentloaded" });
   if (!response || !response.ok()) await fail(`page load: HTTP ${response ? response.status() : "?"}`);
 
   let last = "";
   let metricsSaid = false;
+  let firstStateAt = null;
   let a11yChecked = false;
   let typedFromFile = false;
   let pickedAuto = false;
@@ -227,16 +229,7 @@ async function main() {
     const key = `${event.state} ${event.version} ${JSON.stringify(event.info)}`;
     if (key === last || event.state === "LOADING") continue;
     last = key;
-    if (!metricsSaid) {
-      metricsSaid = true;
-      const firstReady = await page.evaluate(() => performance.now());
-      const bytes = ["/prompt", "/prompt.js", "/prompt.css"].reduce((n, p) => n + (sizes.get(p) || 0), 0);
-      const nav = await page.evaluate(() => {
-        const e = performance.getEntriesByType("navigation")[0];
-        return e ? e.domInteractive : 0;
-      });
-      say(`METRICS bytes=${bytes} tti_ms=${Math.round(Math.min(event.at, firstReady))} dom_interactive_ms=${Math.round(nav)} wall_ms=${Date.now() - startedAt}`);
-    }
+    if (firstStateAt === null) firstStateAt = event.at;
     say(`STATE ${event.state} ${JSON.stringify(event.info)}`);
     if (FINAL.has(event.state)) {
       const text = await page.locator(ROOT).innerText();
@@ -251,6 +244,15 @@ async function main() {
       process.exit(0);
     }
     const hasControls = (await page.locator("#prompt button:visible, #prompt input:visible").count()) > 0;
+    if (!metricsSaid && hasControls) {
+      metricsSaid = true;
+      const bytes = ["/prompt", "/prompt.js", "/prompt.css"].reduce((n, p) => n + (sizes.get(p) || 0), 0);
+      const nav = await page.evaluate(() => {
+        const e = performance.getEntriesByType("navigation")[0];
+        return e ? e.domInteractive : 0;
+      });
+      say(`METRICS bytes=${bytes} tti_ms=${Math.round(event.at)} first_state_ms=${Math.round(firstStateAt)} dom_interactive_ms=${Math.round(nav)}`);
+    }
     if (!a11yChecked && hasControls) {
       a11yChecked = true;
       await checkA11y();
