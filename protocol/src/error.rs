@@ -107,6 +107,9 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// The application's policy refused the request; the message says why (the rule's reason).
     PolicyDenied,
+    /// A browser request came from another site (its `Origin` or `Sec-Fetch-Site` names
+    /// another origin): the hosted prompt's API refuses cross-origin writes.
+    CrossOriginRefused,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -161,6 +164,7 @@ impl ErrorCode {
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::CrossOriginRefused => "cross_origin_refused",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -181,6 +185,7 @@ impl ErrorCode {
             | ErrorCode::OtpInvalid => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::PolicyDenied => 403,
+            ErrorCode::CrossOriginRefused => 403,
             ErrorCode::NotFound
             | ErrorCode::UserNotFound
             | ErrorCode::DeviceNotFound

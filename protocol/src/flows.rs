@@ -256,6 +256,28 @@ pub struct CreateFlowRequest {
     /// a device first (default: `default_to_primary`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_selection: Option<DeviceSelection>,
+    /// Run the flow on the server's hosted prompt page: the answer's `prompt_url` is where to
+    /// send the user's browser; the page goes back to `return_url` once the flow is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosted: Option<HostedPrompt>,
+}
+
+/// The longest `return_url` a hosted prompt accepts, in bytes.
+pub const HOSTED_RETURN_URL_MAX_BYTES: usize = 2048;
+
+/// A flow run by the user's browser on the hosted prompt page (`{public_url}/prompt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostedPrompt {
+    /// Where the page sends the browser once the flow is over, exactly as given (nothing is
+    /// appended): an absolute `https` URL (`http` only on a loopback host), no fragment, at most
+    /// [`HOSTED_RETURN_URL_MAX_BYTES`] bytes. The caller checks the flow's status server-side.
+    pub return_url: String,
+    /// The languages to show the page in (BCP 47 tags, preferred first); without them, the
+    /// browser's `Accept-Language`; English when none is shipped.
+    #[serde(default)]
+    pub ui_locales: Vec<String>,
 }
 
 impl CreateFlowRequest {
@@ -279,6 +301,7 @@ impl CreateFlowRequest {
             mandatory_methods: Vec::new(),
             expires_in: None,
             device_selection: None,
+            hosted: None,
         }
     }
 }
@@ -492,6 +515,77 @@ pub struct FlowState {
     /// How it ended, once final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<FlowResult>,
+    /// A hosted flow's page: `{public_url}/prompt#<browser token>` (the token, the page's only
+    /// credential, in the fragment so it never reaches a `Referer` or an access log). Only in
+    /// the creation answer: the server keeps the token's hash, not the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_url: Option<String>,
+}
+
+/// The hosted prompt's view of its flow (`GET /v1/flow-browser`, with the browser token):
+/// what the page shows, no secret and nothing about any other flow or user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FlowBrowserState {
+    /// Changes with every move of the flow; `?seen=` waits for another.
+    pub version: i64,
+    /// Where the flow stands.
+    pub status: FlowStatus,
+    /// The actions allowed now.
+    pub actions: Vec<FlowActionName>,
+    /// When the flow expires.
+    pub expires_at: UnixSeconds,
+    /// The application's name as shown on the phone.
+    pub application_name: String,
+    /// The headline shown on the phone, if the flow has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The administrator's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_message: Option<String>,
+    /// The devices the user can pick.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<FlowDevice>,
+    /// The device picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_device: Option<String>,
+    /// Number matching: the number to show next to the prompt while the push waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_to_show: Option<u32>,
+    /// When the push waited for expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_expires_at: Option<UnixSeconds>,
+    /// The passcode expected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp: Option<FlowOtp>,
+    /// `MOBILE_PAIRING_REQUIRED`: what the app's core completes, as text and as a QR code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing: Option<FlowBrowserPairing>,
+    /// `MFA_SETUP_REQUIRED`: the mandatory methods and which are done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa_setup: Option<FlowMfaSetup>,
+    /// How the flow ended, once final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<FlowResultStatus>,
+    /// Where the page goes once the flow is over.
+    pub return_url: String,
+    /// The language of `texts` (a BCP 47 tag).
+    pub lang: String,
+    /// The page's texts in that language, by message id.
+    pub texts: BTreeMap<String, String>,
+}
+
+/// The pairing of the app's device as the hosted prompt shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FlowBrowserPairing {
+    /// Hand this to the app's core (`Authenticator::complete_relay_pairing`).
+    pub server_payload: String,
+    /// `server_payload` as an SVG QR code (none when it is too long for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr_svg: Option<String>,
+    /// `active`, or `pending_verification` while the primary device is asked.
+    pub state: String,
 }
 
 /// The longest a [`DeviceAuthorization`] may live, in seconds.

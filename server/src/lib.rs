@@ -28,6 +28,7 @@ mod delivery;
 pub(crate) mod domain;
 mod error;
 mod http;
+pub mod i18n;
 pub mod ip_table;
 mod keys;
 mod metrics;

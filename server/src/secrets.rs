@@ -229,6 +229,7 @@ impl SecretPlace<'_> {
                 "ciba_requests.client_notification_token"
             }
             ("qr_sessions", "token") => "qr_sessions.token",
+            ("flow_browser_tokens", "token") => "flow_browser_tokens.token",
             _ => "a secret column",
         }
     }

@@ -53,6 +53,7 @@ const LAYER_FILES: &[(&str, Layer)] = &[
     ("ip_table.rs", Leaf),
     ("qr_render.rs", Leaf),
     ("secrets.rs", Leaf),
+    ("i18n.rs", Leaf),
 ];
 
 /// The allowed graph: which other layers each layer may use (a layer may always use itself).

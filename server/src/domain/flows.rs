@@ -31,7 +31,7 @@ use tessera_protocol::flows::{
     CreateFlowRequest, DEVICE_AUTHORIZATION_MAX_LIFETIME, DeviceAuthorization, DeviceSelection,
     FlowAction, FlowActionName, FlowDevice, FlowDeviceType, FlowEventRecord, FlowHistory, FlowId,
     FlowMfaSetup, FlowOtp, FlowOtpSource, FlowPairing, FlowPush, FlowResult, FlowResultStatus,
-    FlowState, FlowStatus,
+    FlowState, FlowStatus, HostedPrompt,
 };
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::DeviceRegistration;
@@ -41,7 +41,8 @@ use super::device_auth::verify_possession_signed;
 use super::events::{Topic, wait_for};
 use super::outcome::{self, DomainEvent, Ending, FollowUpFuture};
 use super::{
-    Ctx, DomainError, authentication, backup, device_verification, methods, otp, pairing, policy,
+    Ctx, DomainError, authentication, backup, device_verification, hosted, methods, otp, pairing,
+    policy,
 };
 use crate::store::applications::{self, Application};
 use crate::store::authentications::{self, Authentication};
@@ -68,6 +69,9 @@ struct Options {
     admin_message: Option<String>,
     mandatory_methods: Vec<AuthenticationMethod>,
     device_selection: DeviceSelection,
+    /// A flow run on the hosted prompt page.
+    #[serde(default)]
+    hosted: Option<HostedPrompt>,
 }
 
 /// The passcode a flow waits for, with what only the server may know (the challenge id).
@@ -148,6 +152,7 @@ impl Flow {
             pairing: d.pairing.clone(),
             mfa_setup: d.mfa_setup.clone(),
             result: d.result.clone(),
+            prompt_url: None,
         }
     }
 
@@ -368,6 +373,15 @@ fn after_push(flow: &Flow, record: &Authentication) -> Option<(&'static str, Flo
                 finished(data, done),
             ))
         }
+        // On the hosted prompt a denial ends the flow: the user said no on their phone, and
+        // the page returns to the application with that answer.
+        AuthenticationState::Denied if flow.data.options.hosted.is_some() => {
+            let mut done = result(FlowResultStatus::Denied);
+            done.authentication_id = Some(record.id.clone());
+            let mut data = data;
+            data.otp = None;
+            Some(("pushAnswered", FlowStatus::MfaFailed, finished(data, done)))
+        }
         AuthenticationState::Denied => {
             let mut data = data;
             data.otp = None;
@@ -478,6 +492,9 @@ pub(crate) async fn create(
             check_text(t, max, what)?;
         }
     }
+    if let Some(prompt) = &body.hosted {
+        hosted::check_prompt(prompt)?;
+    }
     let policy = applications::otp_policy(&ctx.db, &app.id).await?;
     let mut channels = policy.backup_channels.clone();
     for (channel, choice) in [
@@ -508,6 +525,7 @@ pub(crate) async fn create(
         admin_message: body.admin_message,
         mandatory_methods: mandatory,
         device_selection: body.device_selection.unwrap_or_default(),
+        hosted: body.hosted,
     };
     let data = Data {
         options,
@@ -536,14 +554,35 @@ pub(crate) async fn create(
         updated_at: now,
         expires_at: now + i64::from(ttl),
     };
-    store::insert(&ctx.db, &stored, &event(ctx, "create", None, status)).await?;
-    tracing::info!(flow_id = %stored.id, "flow created");
-    Ok(Flow {
+    let browser_token = data
+        .options
+        .hosted
+        .is_some()
+        .then(hosted::new_browser_token);
+    let digest = browser_token.as_ref().map(|t| hosted::token_digest(t));
+    let token_row = match (&browser_token, &digest) {
+        (Some(token), Some(digest)) => Some(store::BrowserToken {
+            digest,
+            token: token.as_str(),
+        }),
+        _ => None,
+    };
+    store::insert_with_browser_token(
+        &ctx.db,
+        &stored,
+        &event(ctx, "create", None, status),
+        token_row,
+    )
+    .await?;
+    tracing::info!(flow_id = %stored.id, hosted = browser_token.is_some(), "flow created");
+    let mut state = Flow {
         stored,
         status,
         data,
     }
-    .state())
+    .state();
+    state.prompt_url = browser_token.map(|t| hosted::prompt_url(ctx, &t));
+    Ok(state)
 }
 
 /// A flow as it stands (moves that are due are applied first).
@@ -553,7 +592,79 @@ pub(crate) async fn get(
     id: &str,
 ) -> Result<FlowState, DomainError> {
     let flow = refresh(ctx, load(ctx, app, id).await?).await?;
-    Ok(flow.state())
+    let mut state = flow.state();
+    if flow.data.options.hosted.is_some() {
+        state.prompt_url = store::browser_token(&ctx.db, &flow.stored.id)
+            .await?
+            .map(|t| hosted::prompt_url(ctx, &t));
+    }
+    Ok(state)
+}
+
+/// What the hosted prompt page may see of a flow (before it is put into words).
+pub(crate) struct HostedView {
+    /// The flow as the customer API answers it (without its `prompt_url`).
+    pub state: FlowState,
+    /// Its version (changes with every move).
+    pub version: i64,
+    /// The application's name as shown on the phone.
+    pub application_name: String,
+    /// The headline shown on the phone.
+    pub message: Option<String>,
+    /// The hosted prompt's settings.
+    pub prompt: HostedPrompt,
+}
+
+/// A hosted flow as it stands; with `seen` equal to its version, waits up to `wait` for it to
+/// move (event driven: the flow's announcements, or its pairing's while the app's device
+/// pairs), bounded by the flow's and its push's expiry so their moves are seen on time.
+pub(crate) async fn hosted_view(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    id: &FlowId,
+    seen: Option<i64>,
+    wait: Duration,
+) -> Result<HostedView, DomainError> {
+    let id = id.to_string();
+    let flow = refresh(ctx, load(ctx, app, &id).await?).await?;
+    let flow = match seen {
+        Some(version) if version == flow.stored.version && !flow.status.is_final() => {
+            let mut wait = wait
+                .min(Duration::from_secs(MAX_WAIT_SECONDS))
+                .min(ctx.until(flow.stored.expires_at));
+            if let Some(push) = flow.watched_push().and(flow.data.push.as_ref()) {
+                wait = wait.min(ctx.until(push.expires_at));
+            }
+            let topic = match (&flow.status, &flow.data.pairing) {
+                (FlowStatus::MobilePairingRequired, Some(p)) => {
+                    Topic::Enrollment(p.enrollment_id.to_string())
+                }
+                _ => Topic::Flow(id.clone()),
+            };
+            wait_for(
+                &ctx.events,
+                topic,
+                wait,
+                || async { refresh(ctx, load(ctx, app, &id).await?).await },
+                |f| f.stored.version != version,
+            )
+            .await?
+        }
+        _ => flow,
+    };
+    let prompt = flow
+        .data
+        .options
+        .hosted
+        .clone()
+        .ok_or_else(flow_not_found)?;
+    Ok(HostedView {
+        state: flow.state(),
+        version: flow.stored.version,
+        application_name: flow.data.options.application_name.clone(),
+        message: flow.data.options.message.clone(),
+        prompt,
+    })
 }
 
 /// The flow's history, oldest first.
@@ -1383,6 +1494,7 @@ mod tests {
             admin_message: None,
             mandatory_methods: Vec::new(),
             device_selection: DeviceSelection::DefaultToPrimary,
+            hosted: None,
         };
         let device = |i: usize| FlowDevice {
             id: format!("d{i}"),

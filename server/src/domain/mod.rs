@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub(crate) mod fallback;
 pub(crate) mod flows;
+pub(crate) mod hosted;
 pub(crate) mod methods;
 pub(crate) mod otp;
 pub(crate) mod outcome;

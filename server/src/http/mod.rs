@@ -8,12 +8,14 @@ mod device;
 pub(crate) mod errors;
 mod events;
 mod extract;
+mod flow_browser;
 mod flows;
 mod oidc;
 mod ops;
 mod otp;
 mod pairing;
 mod policies;
+mod prompt_page;
 mod qr;
 mod qr_page;
 mod request_id;
@@ -104,6 +106,11 @@ use crate::metrics::{RequestLabels, RouteLabels};
         policies::evaluate_policy,
         policies::set_groups,
         policies::get_groups,
+        flow_browser::get_flow,
+        flow_browser::act_on_flow,
+        prompt_page::page,
+        prompt_page::script,
+        prompt_page::styles,
     ),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
@@ -262,6 +269,13 @@ pub(crate) fn router(state: Ctx) -> Router {
         )
         .route("/v1/audit", get(events::audit_page))
         .route("/v1/audit/export", get(events::audit_export))
+        .route(
+            "/v1/flow-browser",
+            get(flow_browser::get_flow).post(flow_browser::act_on_flow),
+        )
+        .route("/prompt", get(prompt_page::page))
+        .route("/prompt.js", get(prompt_page::script))
+        .route("/prompt.css", get(prompt_page::styles))
         .route("/healthz", get(ops::healthz))
         .route("/livez", get(ops::livez))
         .route("/readyz", get(ops::readyz))

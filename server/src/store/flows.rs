@@ -7,6 +7,9 @@ use tessera_protocol::authentication::AuthenticationId;
 use tessera_protocol::flows::FlowId;
 use tessera_protocol::ids::{ApplicationId, UserId};
 
+use zeroize::Zeroizing;
+
+use super::secrets::{open_text, place};
 use super::{Database, StoreError};
 
 /// A flow as stored.
@@ -102,6 +105,37 @@ where
 
 /// Stores a new flow with its creation event, in one transaction.
 pub async fn insert(db: &Database, flow: &StoredFlow, event: &FlowEvent) -> Result<(), StoreError> {
+    insert_with_browser_token(db, flow, event, None).await
+}
+
+/// A hosted flow's browser token: its SHA-256 digest (how the page's calls find the flow) and
+/// the token itself (sealed at rest).
+pub struct BrowserToken<'a> {
+    /// Hex SHA-256 of the token.
+    pub digest: &'a str,
+    /// The token.
+    pub token: &'a str,
+}
+
+/// Stores a new flow with its creation event and, for a hosted flow, its browser token, in one
+/// transaction.
+pub async fn insert_with_browser_token(
+    db: &Database,
+    flow: &StoredFlow,
+    event: &FlowEvent,
+    browser_token: Option<BrowserToken<'_>>,
+) -> Result<(), StoreError> {
+    let sealed = browser_token
+        .as_ref()
+        .map(|t| {
+            db.secrets()?
+                .seal(
+                    place("flow_browser_tokens", "token", flow.id.as_str()),
+                    t.token.as_bytes(),
+                )
+                .map_err(StoreError::from)
+        })
+        .transpose()?;
     let mut tx = db.begin_write().await?;
     sqlx::query(&format!(
         "INSERT INTO flows ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -123,8 +157,52 @@ pub async fn insert(db: &Database, flow: &StoredFlow, event: &FlowEvent) -> Resu
     .execute(&mut *tx)
     .await?;
     add_event(&mut *tx, &flow.id, event).await?;
+    if let (Some(token), Some(sealed)) = (&browser_token, sealed) {
+        sqlx::query(
+            "INSERT INTO flow_browser_tokens (flow_id, token_digest, token) VALUES ($1, $2, $3)",
+        )
+        .bind(flow.id.as_str())
+        .bind(token.digest)
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
+}
+
+/// The hosted flow whose browser token has this digest.
+pub async fn by_browser_token_digest(
+    db: &Database,
+    digest: &str,
+) -> Result<Option<StoredFlow>, StoreError> {
+    let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("f.{c}")).collect();
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM flows f JOIN flow_browser_tokens t ON t.flow_id = f.id \
+         WHERE t.token_digest = $1",
+        columns.join(", ")
+    ))
+    .bind(digest)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// A hosted flow's browser token (opened), if the flow has one.
+pub async fn browser_token(
+    db: &Database,
+    flow: &FlowId,
+) -> Result<Option<Zeroizing<String>>, StoreError> {
+    let sealed: Option<String> =
+        sqlx::query_scalar("SELECT token FROM flow_browser_tokens WHERE flow_id = $1")
+            .bind(flow.as_str())
+            .fetch_optional(db.pool())
+            .await?;
+    open_text(
+        db.secrets()?,
+        place("flow_browser_tokens", "token", flow.as_str()),
+        sealed,
+    )
 }
 
 /// A flow by id.

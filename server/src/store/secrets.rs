@@ -95,6 +95,12 @@ const SECRET_COLUMNS: &[SecretColumn] = &[
         id_column: "client_id",
         kind: ColumnKind::Text,
     },
+    SecretColumn {
+        table: "flow_browser_tokens",
+        column: "token",
+        id_column: "flow_id",
+        kind: ColumnKind::Text,
+    },
 ];
 
 /// Where a secret of `table`.`column` in row `row` is sealed for.

@@ -16,6 +16,8 @@ mod device_protocol;
 mod events;
 mod flows;
 mod hidden_fields;
+mod hosted;
+mod hosted_browser;
 mod http_errors;
 mod key_rotation;
 mod logs;

@@ -1,0 +1,444 @@
+/*
+ * Tessera hosted prompt: runs one authentication flow in the browser.
+ *
+ * The browser token arrives in the URL fragment (never sent to a server or in a Referer); the
+ * page keeps it for this tab only and calls /v1/flow-browser with it as a Bearer token. It
+ * follows the flow with an event-driven long poll (?wait=&seen=), shows what each status needs,
+ * sends the user's choices as flow actions, and, once the flow is over, shows the result briefly
+ * and goes back to the application's return_url exactly as the flow was given it.
+ *
+ * Every text comes from the server (Fluent, in the flow's language) and every value is put
+ * into the document as text (textContent), never as markup.
+ */
+(function () {
+  "use strict";
+
+  var API = "/v1/flow-browser";
+  var WAIT_SECONDS = 25;
+  var RESULT_PAUSE_MS = 1500;
+  var FINAL = { MFA_COMPLETED: true, MFA_FAILED: true, CANCELED: true };
+  var STORAGE_KEY = "tessera-prompt-token";
+
+  var root = document.getElementById("prompt");
+  var heading = document.getElementById("heading");
+  var appLine = document.getElementById("app");
+  var notes = document.getElementById("notes");
+  var body = document.getElementById("body");
+  var errorBox = document.getElementById("error");
+  var actionsBox = document.getElementById("actions");
+  var live = document.getElementById("live");
+
+  var texts = {};
+  try {
+    var initial = JSON.parse(document.getElementById("tessera-texts").textContent);
+    texts = initial[1] || {};
+  } catch (e) {
+    texts = {};
+  }
+
+  function t(id) {
+    return Object.prototype.hasOwnProperty.call(texts, id) ? texts[id] : id;
+  }
+
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    if (attrs) {
+      Object.keys(attrs).forEach(function (k) {
+        if (k === "hidden" || k === "disabled" || k === "readOnly" || k === "required") {
+          node[k] = !!attrs[k];
+        } else {
+          node.setAttribute(k, attrs[k]);
+        }
+      });
+    }
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  // The token: from the fragment (then removed from the address bar), or this tab's copy.
+  var token = (location.hash || "").replace(/^#/, "");
+  try {
+    if (token) {
+      sessionStorage.setItem(STORAGE_KEY, token);
+      history.replaceState(null, "", location.pathname + location.search);
+    } else {
+      token = sessionStorage.getItem(STORAGE_KEY) || "";
+    }
+  } catch (e) {
+    /* storage unavailable: keep the token in memory */
+  }
+
+  var state = null;
+  var busy = false;
+  var leaving = false;
+  var showDevices = false;
+  var startedOnce = false;
+  var lastAnnounced = "";
+
+  function announce(text) {
+    if (text && text !== lastAnnounced) {
+      lastAnnounced = text;
+      live.textContent = text;
+    }
+  }
+
+  function showError(text) {
+    if (text) {
+      errorBox.textContent = text;
+      errorBox.hidden = false;
+    } else {
+      errorBox.textContent = "";
+      errorBox.hidden = true;
+    }
+  }
+
+  function ApiFailure(status, code, message) {
+    this.status = status;
+    this.code = code;
+    this.message = message;
+  }
+
+  function call(method, query, payload) {
+    var init = {
+      method: method,
+      headers: { Authorization: "Bearer " + token, Accept: "application/json" },
+      cache: "no-store",
+      credentials: "omit",
+      referrerPolicy: "no-referrer",
+    };
+    if (payload) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(payload);
+    }
+    return fetch(API + (query || ""), init).then(function (response) {
+      return response.json().then(
+        function (json) {
+          if (response.ok) return json;
+          var err = (json && json.error) || {};
+          throw new ApiFailure(response.status, err.code || "unknown", err.message || "");
+        },
+        function () {
+          throw new ApiFailure(response.status, "unknown", "");
+        }
+      );
+    });
+  }
+
+  function invalidLink() {
+    leaving = true;
+    root.setAttribute("data-state", "INVALID");
+    root.setAttribute("aria-busy", "false");
+    clear(notes);
+    clear(actionsBox);
+    clear(body);
+    appLine.hidden = true;
+    heading.textContent = t("page-title");
+    body.appendChild(el("p", { class: "result bad", id: "result" }, t("invalid-link")));
+    announce(t("invalid-link"));
+  }
+
+  function fail(err) {
+    if (err instanceof ApiFailure) {
+      if (err.status === 401) return invalidLink();
+      if (err.code === "otp_invalid") return showError(t("otp-invalid"));
+      if (err.code === "otp_locked") return showError(t("result-otp_locked"));
+      return showError(t("error-generic"));
+    }
+    showError(t("error-network"));
+  }
+
+  function allowed(name) {
+    return !!state && state.actions.indexOf(name) >= 0;
+  }
+
+  function act(action, extra) {
+    if (busy || leaving) return Promise.resolve();
+    busy = true;
+    setDisabled(true);
+    var payload = { action: action };
+    if (extra) Object.keys(extra).forEach(function (k) { payload[k] = extra[k]; });
+    return call("POST", "", payload)
+      .then(function (next) {
+        showError("");
+        if (action === "resendOtp") announce(t("code-sent"));
+        accept(next, true);
+      })
+      .catch(function (err) {
+        fail(err);
+        // The flow may have moved (a locked passcode ends it): read it again.
+        return call("GET", "").then(function (next) { accept(next, false); }, function () {});
+      })
+      .then(function () {
+        busy = false;
+        setDisabled(false);
+      });
+  }
+
+  function setDisabled(on) {
+    var controls = root.querySelectorAll("button, input");
+    for (var i = 0; i < controls.length; i++) controls[i].disabled = on;
+  }
+
+  function button(label, onClick, primary, name) {
+    var b = el("button", { type: "button", class: primary ? "primary" : "" }, label);
+    if (name) b.setAttribute("data-action", name);
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function deviceLabel(device) {
+    var kind = {
+      MOBILE: "device-mobile",
+      SMS: "device-sms",
+      VOICE: "device-voice",
+      EMAIL: "device-email",
+      OATH_TOKEN: "device-oath",
+    }[device.type] || "device-mobile";
+    var label = t(kind) + " " + device.nickname;
+    if (device.default) label += " " + t("default-device");
+    return label;
+  }
+
+  function deviceList() {
+    var list = el("ul", { class: "devices", "aria-label": t("choose-device") });
+    state.devices.forEach(function (device, index) {
+      var item = el("li");
+      var b = button(deviceLabel(device), function () {
+        showDevices = false;
+        act("selectDevice", { device_id: device.id });
+      }, false, "selectDevice");
+      b.setAttribute("data-device-index", String(index));
+      b.setAttribute("data-device-type", device.type);
+      if (state.selected_device === device.id) b.setAttribute("aria-current", "true");
+      item.appendChild(b);
+      list.appendChild(item);
+    });
+    return list;
+  }
+
+  function otpForm() {
+    var form = el("form", { id: "otp-form", novalidate: "" });
+    var input = el("input", {
+      id: "otp",
+      name: "otp",
+      type: "text",
+      inputmode: "numeric",
+      autocomplete: "one-time-code",
+      autocapitalize: "off",
+      spellcheck: "false",
+      maxlength: "16",
+      required: true,
+    });
+    form.appendChild(el("label", { for: "otp" }, t("otp-label")));
+    form.appendChild(input);
+    var submit = el("button", { type: "submit", class: "primary", "data-action": "checkOtp" }, t("verify"));
+    form.appendChild(el("div", { class: "actions" })).appendChild(submit);
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var code = input.value.replace(/\s+/g, "");
+      if (!code) {
+        input.focus();
+        return;
+      }
+      act("checkOtp", { otp: code }).then(function () {
+        var again = document.getElementById("otp");
+        if (again) {
+          again.value = "";
+          again.focus();
+        }
+      });
+    });
+    return form;
+  }
+
+  function statusText(s) {
+    switch (s.status) {
+      case "DEVICE_SELECTION_REQUIRED": return t("choose-device");
+      case "PUSH_CONFIRMATION_WAITING": return t("push-waiting");
+      case "PUSH_CONFIRMATION_REJECTED": return t("push-rejected");
+      case "PUSH_CONFIRMATION_TIMED_OUT": return t("push-timed-out");
+      case "OTP_REQUIRED": {
+        var source = (s.otp && s.otp.source) || "app";
+        var key = { app: "otp-app", oath_token: "otp-oath", sms: "otp-sms", voice: "otp-voice", email: "otp-email" }[source] || "otp-app";
+        var text = t(key);
+        if (s.otp && s.otp.destination) text += " " + s.otp.destination;
+        return text;
+      }
+      case "MOBILE_PAIRING_REQUIRED": return t("pairing-title");
+      case "MFA_SETUP_REQUIRED": return t("setup-title");
+      default:
+        if (FINAL[s.status]) return t("result-" + (s.result || (s.status === "CANCELED" ? "canceled" : "failed")));
+        return t("loading");
+    }
+  }
+
+  function render() {
+    var s = state;
+    root.setAttribute("data-state", s.status);
+    root.setAttribute("data-version", String(s.version));
+    root.setAttribute("aria-busy", "false");
+    document.documentElement.lang = s.lang;
+    document.title = t("page-title");
+    heading.textContent = t("page-title");
+    appLine.textContent = t("signing-in-to") + " " + s.application_name;
+    appLine.hidden = false;
+
+    clear(notes);
+    if (s.admin_message) {
+      var note = el("div", { class: "note", id: "admin-message" });
+      note.appendChild(el("strong", null, t("admin-message")));
+      note.appendChild(el("span", null, s.admin_message));
+      notes.appendChild(note);
+    }
+    if (s.message) notes.appendChild(el("p", { class: "muted", id: "message" }, s.message));
+
+    clear(body);
+    clear(actionsBox);
+    var main = statusText(s);
+    body.appendChild(el("p", { id: "status-text" }, main));
+
+    switch (s.status) {
+      case "DEVICE_SELECTION_REQUIRED":
+        body.appendChild(deviceList());
+        break;
+      case "PUSH_CONFIRMATION_WAITING":
+        if (s.number_to_show !== undefined && s.number_to_show !== null) {
+          body.appendChild(el("p", { class: "muted" }, t("push-number")));
+          body.appendChild(el("p", { class: "number", id: "number", "aria-label": t("push-number") + " " + s.number_to_show }, s.number_to_show));
+        }
+        if (allowed("useCode")) actionsBox.appendChild(button(t("use-code"), function () { act("useCode"); }, false, "useCode"));
+        break;
+      case "PUSH_CONFIRMATION_REJECTED":
+      case "PUSH_CONFIRMATION_TIMED_OUT":
+        if (allowed("authenticate")) actionsBox.appendChild(button(t("send-again"), function () { act("authenticate"); }, true, "authenticate"));
+        if (allowed("useCode")) actionsBox.appendChild(button(t("use-code"), function () { act("useCode"); }, false, "useCode"));
+        break;
+      case "OTP_REQUIRED":
+        body.appendChild(otpForm());
+        if (allowed("resendOtp")) actionsBox.appendChild(button(t("resend"), function () { act("resendOtp"); }, false, "resendOtp"));
+        break;
+      case "MOBILE_PAIRING_REQUIRED":
+        if (s.pairing) {
+          body.appendChild(el("p", null, t("pairing-instructions")));
+          if (s.pairing.qr_svg) {
+            body.appendChild(el("img", {
+              class: "qr",
+              id: "pairing-qr",
+              alt: t("pairing-payload-label"),
+              src: "data:image/svg+xml;charset=utf-8," + encodeURIComponent(s.pairing.qr_svg),
+            }));
+          }
+          body.appendChild(el("label", { for: "pairing-payload" }, t("pairing-payload-label")));
+          var area = el("textarea", { id: "pairing-payload", readonly: "", rows: "4" });
+          area.value = s.pairing.server_payload;
+          body.appendChild(area);
+          body.appendChild(el("p", { class: "muted", id: "pairing-state" },
+            t(s.pairing.state === "pending_verification" ? "pairing-pending" : "pairing-active")));
+        }
+        if (allowed("continueAuthentication")) actionsBox.appendChild(button(t("continue"), function () { act("continueAuthentication"); }, true, "continueAuthentication"));
+        break;
+      case "MFA_SETUP_REQUIRED":
+        body.appendChild(el("p", null, t("setup-instructions")));
+        if (s.mfa_setup) {
+          var list = el("ul", { class: "methods", id: "methods" });
+          s.mfa_setup.mandatory.forEach(function (method) {
+            var done = s.mfa_setup.done.indexOf(method) >= 0;
+            var item = el("li");
+            item.appendChild(el("span", null, method));
+            item.appendChild(el("span", { class: done ? "done" : "missing" }, t(done ? "setup-done" : "setup-missing")));
+            list.appendChild(item);
+          });
+          body.appendChild(list);
+        }
+        if (allowed("continueAuthentication")) actionsBox.appendChild(button(t("continue"), function () { act("continueAuthentication"); }, true, "continueAuthentication"));
+        break;
+      default:
+        break;
+    }
+
+    if (FINAL[s.status]) {
+      clear(body);
+      var good = s.status === "MFA_COMPLETED";
+      body.appendChild(el("p", { class: "result " + (good ? "ok" : "bad"), id: "result" }, main));
+      body.appendChild(el("p", { class: "muted" }, t("returning")));
+      announce(main + " " + t("returning"));
+      leave();
+      return;
+    }
+
+    if (allowed("selectDevice") && s.status !== "DEVICE_SELECTION_REQUIRED" && s.devices.length > 1) {
+      if (showDevices) {
+        body.appendChild(deviceList());
+      } else {
+        actionsBox.appendChild(button(t("other-device"), function () {
+          showDevices = true;
+          render();
+          var first = body.querySelector("ul.devices button");
+          if (first) first.focus();
+        }, false, "otherDevice"));
+      }
+    }
+    if (allowed("cancelAuthentication")) {
+      actionsBox.appendChild(button(t("cancel"), function () { act("cancelAuthentication"); }, false, "cancelAuthentication"));
+    }
+    announce(main + (s.number_to_show !== undefined && s.number_to_show !== null ? " " + t("push-number") + " " + s.number_to_show : ""));
+  }
+
+  // Goes back to the application, to the return_url exactly as the flow was given it (the
+  // server checked it is an absolute https URL, or http on a loopback host).
+  function leave() {
+    if (leaving) return;
+    leaving = true;
+    try { sessionStorage.removeItem(STORAGE_KEY); } catch (e) { /* nothing kept */ }
+    var target = state.return_url;
+    if (!/^https?:\/\//i.test(target)) return;
+    setTimeout(function () { location.replace(target); }, RESULT_PAUSE_MS);
+  }
+
+  function accept(next, moveFocus) {
+    if (!next || leaving) return;
+    if (state && next.version < state.version) return; // an older answer overtaken by a newer
+    var changed = !state || state.version !== next.version || state.lang !== next.lang;
+    var statusChanged = !state || state.status !== next.status;
+    texts = next.texts || texts;
+    state = next;
+    if (changed) {
+      if (statusChanged) showDevices = false;
+      render();
+      if (statusChanged && moveFocus !== false) {
+        var input = document.getElementById("otp");
+        (input || heading).focus();
+      }
+    }
+    // A new flow starts by itself: the page asks the default device (or for a choice).
+    if (state.status === "AUTHENTICATION_REQUIRED" && allowed("authenticate") && !startedOnce) {
+      startedOnce = true;
+      act("authenticate");
+    }
+  }
+
+  function pollLoop() {
+    if (leaving) return;
+    var query = state ? "?wait=" + WAIT_SECONDS + "&seen=" + state.version : "";
+    call("GET", query)
+      .then(function (next) {
+        accept(next, true);
+        setTimeout(pollLoop, 0);
+      })
+      .catch(function (err) {
+        if (err instanceof ApiFailure && err.status === 401) return invalidLink();
+        fail(err);
+        setTimeout(pollLoop, 2000);
+      });
+  }
+
+  if (!token || !/^[A-Za-z0-9_-]{20,128}$/.test(token)) {
+    invalidLink();
+  } else {
+    pollLoop();
+  }
+})();

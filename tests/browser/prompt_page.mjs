@@ -1,0 +1,287 @@
+// Drives Tessera's hosted prompt page in headless Chromium for
+// tests/tests/integration/hosted_browser.rs. Generic on purpose: URL may be the prompt itself
+// (`/prompt#<browser token>`) or anything that redirects to it (e.g. `/oidc/authorize?...`).
+//
+//   node prompt_page.mjs URL [--return-prefix PREFIX] [--pick-device N] [--use-code]
+//                            [--type-code-from FILE] [--click ACTION] [--accept-language TAGS]
+//                            [--width PX] [--timeout S]
+//
+// Prints one line per event on stdout:
+//   METRICS bytes=<n> tti_ms=<n> first_state_ms=<n> dom_interactive_ms=<n>
+//                                  once the page first shows a control (button or field): the
+//                                  bytes of the page, its script and its styles; milliseconds from
+//                                  navigation start until that state was rendered (time to
+//                                  interactive), until the first flow state, and DOM interactive
+//   STATE <status> <json>          every change of the page's flow state (data-state or
+//                                  data-version), with what it shows: {"text", "number",
+//                                  "lang", "devices", "error", "heading"}
+//   A11Y ok                        labelled inputs, a live region, a focusable heading, keyboard
+//                                  reachable controls (checked on the first state with controls)
+//   FINAL <status>                 a final state (MFA_COMPLETED, MFA_FAILED, CANCELED, INVALID);
+//   TEXT <text>                    its visible text; then, unless INVALID,
+//   RETURNED <url>                 the URL the page navigated to (starting with --return-prefix)
+//   ERROR <message>                anything wrong (exit 1), including a CSP violation
+//
+// Commands, one per stdin line, applied when they can be (the test writes them as it goes):
+//   pick N            choose the N-th device in the list shown (opens "another method" first)
+//   click ACTION      press the button of that flow action (authenticate, useCode, resendOtp,
+//                     continueAuthentication, cancelAuthentication, …) with the keyboard
+//   type CODE         type CODE into the passcode field and press Enter
+// Flags do the same automatically: --pick-device N on DEVICE_SELECTION_REQUIRED, --use-code on
+// PUSH_CONFIRMATION_WAITING, --type-code-from FILE on OTP_REQUIRED (waits for FILE to hold a
+// code), --click ACTION on the first state offering it.
+
+import { existsSync, readFileSync } from "node:fs";
+import readline from "node:readline";
+import { chromium } from "playwright-core";
+
+const FINAL = new Set(["MFA_COMPLETED", "MFA_FAILED", "CANCELED", "INVALID"]);
+const ROOT = "#prompt";
+
+function parseArgs(argv) {
+  const args = { url: null, returnPrefix: null, pickDevice: null, useCode: false, codeFile: null, click: null, acceptLanguage: null, width: 360, timeout: 120 };
+  for (let i = 0; i < argv.length; i += 1) {
+    const a = argv[i];
+    if (a === "--return-prefix") args.returnPrefix = argv[++i];
+    else if (a === "--pick-device") args.pickDevice = Number(argv[++i]);
+    else if (a === "--use-code") args.useCode = true;
+    else if (a === "--type-code-from") args.codeFile = argv[++i];
+    else if (a === "--click") args.click = argv[++i];
+    else if (a === "--accept-language") args.acceptLanguage = argv[++i];
+    else if (a === "--width") args.width = Number(argv[++i]);
+    else if (a === "--timeout") args.timeout = Number(argv[++i]);
+    else if (!args.url && !a.startsWith("--")) args.url = a;
+    else throw new Error(`unknown argument ${a}`);
+  }
+  if (!args.url) throw new Error("usage: prompt_page.mjs URL [--return-prefix PREFIX] [...]");
+  return args;
+}
+
+const say = (line) => process.stdout.write(`${line.replace(/\s+/g, " ").trim()}\n`);
+
+let browser = null;
+
+async function fail(message) {
+  say(`ERROR ${message}`);
+  if (browser) await browser.close().catch(() => {});
+  process.exit(1);
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const deadline = setTimeout(() => fail(`timed out after ${args.timeout} s`), args.timeout * 1000);
+
+  browser = await chromium.launch({
+    executablePath: process.env.TESSERA_CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const context = await browser.newContext({
+    viewport: { width: args.width, height: 740 },
+    deviceScaleFactor: 1,
+    reducedMotion: "reduce",
+    extraHTTPHeaders: args.acceptLanguage ? { "Accept-Language": args.acceptLanguage } : {},
+  });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => fail(`page error: ${e.message}`));
+  page.on("console", (msg) => {
+    const text = msg.text();
+    if (/Content Security Policy/i.test(text)) fail(`CSP violation: ${text}`);
+    else if (msg.type() === "error" && !/Failed to load resource/.test(text)) say(`CONSOLE ${text}`);
+  });
+
+  // The page's own files, for its size.
+  const sizes = new Map();
+  page.on("response", async (response) => {
+    const u = new URL(response.url());
+    if (["/prompt", "/prompt.js", "/prompt.css"].includes(u.pathname)) {
+      try {
+        sizes.set(u.pathname, (await response.body()).length);
+      } catch {
+        /* a navigation away may drop the body */
+      }
+    }
+  });
+
+  // Every state change, in order, from a MutationObserver in the page.
+  const events = [];
+  let wakeUp = null;
+  await page.exposeFunction("__tesseraPrompt", (event) => {
+    events.push(event);
+    if (wakeUp) wakeUp();
+  });
+  const commands = [];
+  const rl = readline.createInterface({ input: process.stdin });
+  rl.on("line", (line) => {
+    if (line.trim()) {
+      commands.push(line.trim());
+      if (wakeUp) wakeUp();
+    }
+  });
+  const next = () =>
+    new Promise((resolve) => {
+      if (events.length || commands.length) resolve();
+      else
+        wakeUp = () => {
+          wakeUp = null;
+          resolve();
+        };
+    });
+
+  await page.addInitScript((selector) => {
+    const start = () => {
+      const root = document.querySelector(selector);
+      if (!root) return;
+      const report = () => {
+        const text = (id) => {
+          const n = document.getElementById(id);
+          return n && !n.hidden ? n.textContent : null;
+        };
+        window.__tesseraPrompt({
+          state: root.getAttribute("data-state"),
+          version: root.getAttribute("data-version"),
+          at: performance.now(),
+          info: {
+            text: text("status-text") || text("result"),
+            number: text("number"),
+            lang: document.documentElement.lang,
+            heading: text("heading"),
+            error: text("error"),
+            devices: document.querySelectorAll("ul.devices button").length,
+          },
+        });
+      };
+      new MutationObserver(report).observe(root, { attributes: true, attributeFilter: ["data-state", "data-version"], subtree: true, childList: true });
+      report();
+    };
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+    else start();
+  }, ROOT);
+
+  const response = await page.goto(args.url, { waitUntil: "domcontentloaded" });
+  if (!response || !response.ok()) await fail(`page load: HTTP ${response ? response.status() : "?"}`);
+
+  let last = "";
+  let metricsSaid = false;
+  let firstStateAt = null;
+  let a11yChecked = false;
+  let typedFromFile = false;
+  let pickedAuto = false;
+  let usedCode = false;
+  let clicked = false;
+
+  const act = async (command) => {
+    const [verb, ...rest] = command.split(" ");
+    const arg = rest.join(" ");
+    if (verb === "pick") {
+      const other = page.locator('button[data-action="otherDevice"]');
+      if (await other.count()) await other.first().click();
+      const b = page.locator(`ul.devices button[data-device-index="${Number(arg)}"]`);
+      await b.first().waitFor({ state: "visible", timeout: 10000 });
+      await b.first().focus();
+      await page.keyboard.press("Enter");
+    } else if (verb === "click") {
+      const b = page.locator(`button[data-action="${arg}"]`);
+      await b.first().waitFor({ state: "visible", timeout: 10000 });
+      await b.first().focus();
+      await page.keyboard.press("Enter");
+    } else if (verb === "type") {
+      const input = page.locator("#otp");
+      await input.waitFor({ state: "visible", timeout: 10000 });
+      await input.fill("");
+      await input.focus();
+      await page.keyboard.type(arg);
+      await page.keyboard.press("Enter");
+    } else {
+      await fail(`unknown command ${command}`);
+    }
+  };
+
+  const checkA11y = async () => {
+    const live = await page.locator('[aria-live="polite"]').count();
+    if (live < 1) await fail("no polite live region");
+    const heading = await page.locator("h1[tabindex='-1']").count();
+    if (heading < 1) await fail("no focusable heading");
+    const unlabelled = await page.evaluate(() =>
+      Array.from(document.querySelectorAll("input, textarea")).filter((i) => !document.querySelector(`label[for="${i.id}"]`)).length
+    );
+    if (unlabelled) await fail(`${unlabelled} input(s) without a label`);
+    const controls = await page.locator("#prompt button:visible, #prompt input:visible").count();
+    if (controls) {
+      await page.evaluate(() => document.activeElement && document.activeElement.blur());
+      await page.keyboard.press("Tab");
+      const tag = await page.evaluate(() => document.activeElement && document.activeElement.tagName);
+      if (!["BUTTON", "INPUT"].includes(tag)) await fail(`Tab reached ${tag}, not a control`);
+      const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+      if (outline === "none") await fail("the focused control shows no focus outline");
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+      if (overflow) await fail("the page is wider than the screen");
+      await page.evaluate(() => document.activeElement.blur());
+    }
+    say("A11Y ok");
+  };
+
+  for (;;) {
+    await next();
+    while (commands.length) await act(commands.shift());
+    if (!events.length) continue;
+    const event = events.shift();
+    const key = `${event.state} ${event.version} ${JSON.stringify(event.info)}`;
+    if (key === last || event.state === "LOADING") continue;
+    last = key;
+    if (firstStateAt === null) firstStateAt = event.at;
+    say(`STATE ${event.state} ${JSON.stringify(event.info)}`);
+    if (FINAL.has(event.state)) {
+      const text = await page.locator(ROOT).innerText();
+      say(`FINAL ${event.state}`);
+      say(`TEXT ${text}`);
+      if (event.state !== "INVALID" && args.returnPrefix) {
+        await page.waitForURL((u) => u.href.startsWith(args.returnPrefix), { timeout: 15000 });
+        say(`RETURNED ${page.url()}`);
+      }
+      clearTimeout(deadline);
+      await browser.close();
+      process.exit(0);
+    }
+    const hasControls = (await page.locator("#prompt button:visible, #prompt input:visible").count()) > 0;
+    if (!metricsSaid && hasControls) {
+      metricsSaid = true;
+      const bytes = ["/prompt", "/prompt.js", "/prompt.css"].reduce((n, p) => n + (sizes.get(p) || 0), 0);
+      const nav = await page.evaluate(() => {
+        const e = performance.getEntriesByType("navigation")[0];
+        return e ? e.domInteractive : 0;
+      });
+      say(`METRICS bytes=${bytes} tti_ms=${Math.round(event.at)} first_state_ms=${Math.round(firstStateAt)} dom_interactive_ms=${Math.round(nav)}`);
+    }
+    if (!a11yChecked && hasControls) {
+      a11yChecked = true;
+      await checkA11y();
+    }
+    if (event.state === "DEVICE_SELECTION_REQUIRED" && args.pickDevice !== null && !pickedAuto) {
+      pickedAuto = true;
+      await act(`pick ${args.pickDevice}`);
+    } else if (event.state === "PUSH_CONFIRMATION_WAITING" && args.useCode && !usedCode) {
+      usedCode = true;
+      await act("click useCode");
+    } else if (event.state === "OTP_REQUIRED" && args.codeFile && !typedFromFile) {
+      typedFromFile = true;
+      const code = await waitForFile(args.codeFile);
+      await act(`type ${code}`);
+    } else if (args.click && !clicked && (await page.locator(`button[data-action="${args.click}"]`).count())) {
+      clicked = true;
+      await act(`click ${args.click}`);
+    }
+  }
+}
+
+async function waitForFile(file) {
+  for (;;) {
+    if (existsSync(file)) {
+      const text = readFileSync(file, "utf8").trim();
+      if (text) return text;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+main().catch((e) => fail((e && e.message) || String(e)));
