@@ -527,6 +527,9 @@ pub struct FlowState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FlowBrowserState {
+    /// The flow's id, for support and for the customer's own records. It opens nothing by
+    /// itself: the customer API needs the application's API key, this API the browser token.
+    pub flow_id: FlowId,
     /// Changes with every move of the flow; `?seen=` waits for another.
     pub version: i64,
     /// Where the flow stands.

@@ -70,13 +70,25 @@ async fn one_sign_in(
         .next()
         .expect("a pair")
         .to_string();
-    let prompt = url::Url::parse(&location(&first)).expect("prompt URL");
-    let fragment = prompt.fragment().expect("fragment").to_string();
-    let parts: std::collections::HashMap<String, String> =
-        url::form_urlencoded::parse(fragment.as_bytes())
-            .into_owned()
-            .collect();
-    let flow_id = &parts["flow"];
+    let prompt = location(&first);
+    let (page, token) = prompt.split_once('#').expect("the prompt's token");
+    let shown: serde_json::Value = browser
+        .get(format!(
+            "{}/v1/flow-browser",
+            page.trim_end_matches("/prompt")
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the prompt's flow")
+        .json()
+        .await
+        .expect("JSON");
+    let flow_id = shown["flow_id"].as_str().expect("flow id");
+    let return_url = shown["return_url"]
+        .as_str()
+        .expect("return URL")
+        .to_string();
     let waiting = server
         .customer
         .flow_action(
@@ -104,7 +116,7 @@ async fn one_sign_in(
         .expect("poll");
     assert_eq!(done.status, FlowStatus::MfaCompleted);
     let back = browser
-        .get(&parts["return"])
+        .get(&return_url)
         .header("cookie", cookie)
         .send()
         .await

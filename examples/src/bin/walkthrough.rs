@@ -75,46 +75,70 @@ async fn redirect_sign_in(base: &str, backend: &CustomerApi, device: &Authentica
         first.status(),
         cookie.split('=').next().unwrap_or_default()
     ));
-    // The prompt's location names the flow and where to come back (the hosted prompt reads
-    // them; here the walkthrough drives the flow as the page would).
-    let fragment = url::Url::parse(&prompt)?
-        .fragment()
-        .unwrap_or_default()
-        .to_string();
-    let parts: std::collections::HashMap<String, String> =
-        url::form_urlencoded::parse(fragment.as_bytes())
-            .into_owned()
-            .collect();
-    let flow_id = parts.get("flow").context("the prompt's flow")?;
-    let return_url = parts.get("return").context("the prompt's return URL")?;
-    let waiting = backend
-        .flow_action(
-            flow_id,
-            &FlowAction::Authenticate {
-                mobile_payload: None,
-                authorization_payload: None,
-            },
-        )
+    // The hosted prompt runs the flow with the browser token from its URL's fragment; here the
+    // walkthrough calls the page's API as the page does.
+    let (page, token) = prompt.split_once('#').context("the prompt's token")?;
+    let api = format!(
+        "{}/v1/flow-browser",
+        page.strip_suffix("/prompt").context("the prompt page")?
+    );
+    let shown: serde_json::Value = browser
+        .get(&api)
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
         .await?;
-    let push = waiting.push.context("the flow's push")?;
+    let return_url = shown["return_url"]
+        .as_str()
+        .context("the prompt's return URL")?
+        .to_string();
+    let waiting: serde_json::Value = browser
+        .post(&api)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"action": "authenticate"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let number = waiting["number_to_show"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok());
+    say(format!(
+        "prompt ({}): {}{}",
+        shown["lang"].as_str().unwrap_or("?"),
+        waiting["status"].as_str().unwrap_or("?"),
+        number.map_or_else(String::new, |n| format!(", showing the number {n}"))
+    ));
     let request = device
         .pending_requests()
         .await?
         .into_iter()
-        .find(|r| r.request_id == push.authentication_id)
+        .filter(|r| {
+            number.is_none_or(|n| r.number_choices.as_ref().is_some_and(|c| c.contains(&n)))
+        })
+        .max_by_key(|r| r.expires_at)
         .context("the push on alice's phone")?;
-    device
-        .approve(&request, vec!["fpt".into()], push.number_to_show)
-        .await?;
-    let done = backend
-        .flow_action(flow_id, &FlowAction::Poll { wait: Some(10) })
+    device.approve(&request, vec!["fpt".into()], number).await?;
+    let done: serde_json::Value = browser
+        .get(format!(
+            "{api}?wait=10&seen={}",
+            waiting["version"].as_i64().unwrap_or_default()
+        ))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
         .await?;
     say(format!(
-        "phone: alice approves; the flow is {}",
-        done.status.as_str()
+        "phone: alice approves; the page sees {}",
+        done["status"].as_str().unwrap_or("?")
     ));
     let back = browser
-        .get(return_url)
+        .get(&return_url)
         .header("cookie", &cookie)
         .send()
         .await?;
@@ -952,7 +976,7 @@ async fn main() -> Result<()> {
          a transaction, silent verification, a fraud report, a new device verified by the primary \
          device, a QR login, an offline passcode, OTP fallback after an undelivered push, CIBA in \
          poll and ping modes, an authentication flow and a seamless device authorization, \
-         a redirect MFA sign-in, a policy that approves office sign-ins and denies high-risk ones,
+         a redirect MFA sign-in, a policy that approves office sign-ins and denies high-risk ones, \
          restarts on both sides."
     );
     Ok(())

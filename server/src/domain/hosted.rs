@@ -58,6 +58,21 @@ pub(crate) struct BrowserCaller<'a> {
     pub accept_language: Option<&'a str>,
 }
 
+/// Whether `tag` is a well-formed language tag of a sensible length.
+fn is_language_tag(tag: &str) -> bool {
+    tag.len() <= MAX_LANGUAGE_TAG_BYTES && tag.parse::<unic_langid::LanguageIdentifier>().is_ok()
+}
+
+/// The well-formed tags of a relying party's `ui_locales`, in order, as many as a hosted
+/// prompt takes (OpenID Connect: languages that cannot be used are ignored, not refused).
+pub(crate) fn usable_ui_locales(tags: &[String]) -> Vec<String> {
+    tags.iter()
+        .filter(|t| is_language_tag(t))
+        .take(MAX_REQUESTED_LANGUAGES)
+        .cloned()
+        .collect()
+}
+
 /// Checks a hosted prompt's settings: `return_url` is an absolute `https` URL (`http` only on a
 /// loopback host) with a host, no credentials, no fragment, nothing that reads differently than
 /// it navigates (spaces, control characters), at most [`HOSTED_RETURN_URL_MAX_BYTES`] bytes;
@@ -119,9 +134,7 @@ pub(crate) fn check_prompt(prompt: &HostedPrompt) -> Result<(), DomainError> {
         )));
     }
     for tag in &prompt.ui_locales {
-        let ok = tag.len() <= MAX_LANGUAGE_TAG_BYTES
-            && tag.parse::<unic_langid::LanguageIdentifier>().is_ok();
-        if !ok {
+        if !is_language_tag(tag) {
             return Err(DomainError::invalid(
                 "hosted.ui_locales must be BCP 47 language tags",
             ));
@@ -219,6 +232,7 @@ fn browser_state(
         state: p.state,
     });
     Ok(FlowBrowserState {
+        flow_id: state.id.clone(),
         version: view.version,
         status: state.status,
         actions: state.actions,

@@ -130,18 +130,26 @@ fn param(url: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// The flow id and return URL the (placeholder) prompt location names.
-fn prompt_parts(location: &str) -> (String, String) {
-    let fragment = url::Url::parse(location)
+/// The flow id and return URL of the hosted prompt the browser was sent to, as the page reads
+/// them: `GET /v1/flow-browser` with the browser token from the location's fragment.
+async fn prompt_parts(location: &str) -> (String, String) {
+    let (page, token) = location.split_once('#').unwrap();
+    let base = page.strip_suffix("/prompt").unwrap();
+    let state: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/flow-browser"))
+        .bearer_auth(token)
+        .send()
+        .await
         .unwrap()
-        .fragment()
+        .error_for_status()
         .unwrap()
-        .to_string();
-    let parts: Vec<(String, String)> = url::form_urlencoded::parse(fragment.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let get = |n: &str| parts.iter().find(|(k, _)| k == n).unwrap().1.clone();
-    (get("flow"), get("return"))
+        .json()
+        .await
+        .unwrap();
+    (
+        state["flow_id"].as_str().unwrap().to_string(),
+        state["return_url"].as_str().unwrap().to_string(),
+    )
 }
 
 struct Setup {
@@ -256,7 +264,7 @@ async fn authorize(
     assert_eq!(answer.status, 303, "{}", answer.body);
     let location = answer.location.unwrap();
     assert!(location.starts_with(&format!("{}/prompt#", s.server.base_url)));
-    let (flow_id, return_url) = prompt_parts(&location);
+    let (flow_id, return_url) = prompt_parts(&location).await;
     (start, flow_id, return_url)
 }
 
@@ -298,7 +306,7 @@ async fn answer_push(s: &Setup, flow_id: &str, approve: bool) -> FlowState {
     assert!(
         matches!(
             done.status,
-            FlowStatus::MfaCompleted | FlowStatus::PushConfirmationRejected
+            FlowStatus::MfaCompleted | FlowStatus::MfaFailed
         ),
         "{done:?}"
     );
@@ -423,7 +431,7 @@ async fn sign_in(backend: Backend) {
     for attribute in ["Path=/", "HttpOnly", "SameSite=Lax", "Secure"] {
         assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
     }
-    let (flow_id, return_url) = prompt_parts(&first.location.unwrap());
+    let (flow_id, return_url) = prompt_parts(&first.location.unwrap()).await;
     assert!(return_url.starts_with(&format!(
         "{}/oidc/authorize/resume?request=",
         s.server.base_url
@@ -531,8 +539,18 @@ async fn denial(backend: Backend) {
     let mut browser = Browser::new();
     let (start, flow_id, return_url) = authorize(&s, &mut browser, json!({})).await;
     let rejected = answer_push(&s, &flow_id, false).await;
-    assert_eq!(rejected.status, FlowStatus::PushConfirmationRejected);
-    // A denied push is not the end of the flow (the prompt offers a new push or cancel).
+    // A hosted flow ends with the denial, so the page can take the answer back at once.
+    assert_eq!(rejected.status, FlowStatus::MfaFailed);
+    let back = browser.get(&return_url).await;
+    let (error, description) = redirected_error(&s, &back, Some(&start.state));
+    assert_eq!(error, "access_denied");
+    assert!(description.starts_with("denied:"), "{description}");
+    // Once.
+    plain_page(&browser.get(&return_url).await, 409);
+
+    // A sign-in canceled at the prompt goes back as canceled; before it ends, the resume
+    // says the sign-in is not over.
+    let (start, flow_id, return_url) = authorize(&s, &mut browser, json!({})).await;
     plain_page(&browser.get(&return_url).await, 409);
     let canceled = s
         .server
@@ -545,8 +563,6 @@ async fn denial(backend: Backend) {
     let (error, description) = redirected_error(&s, &back, Some(&start.state));
     assert_eq!(error, "access_denied");
     assert!(description.starts_with("canceled:"), "{description}");
-    // Once.
-    plain_page(&browser.get(&return_url).await, 409);
 }
 
 async fn code_twice(backend: Backend) {
@@ -782,7 +798,7 @@ async fn prompt_and_max_age(backend: Backend) {
     let (endpoint, form) = start.url.split_once('?').unwrap();
     let posted = browser.post_form(endpoint, form.to_string()).await;
     assert_eq!(posted.status, 303, "{}", posted.body);
-    assert!(posted.location.unwrap().contains("/prompt#flow="));
+    assert!(posted.location.unwrap().contains("/prompt#"));
     let mut not_form = Browser::new();
     let answer = not_form
         .send(not_form.http.post(endpoint).body(form.to_string()))
@@ -955,7 +971,7 @@ async fn hmac_request_objects(backend: Backend) {
         .unwrap();
     let first = browser.get(&start.url).await;
     assert_eq!(first.status, 303, "{}", first.body);
-    let (flow_id, return_url) = prompt_parts(&first.location.unwrap());
+    let (flow_id, return_url) = prompt_parts(&first.location.unwrap()).await;
     answer_push(&s, &flow_id, true).await;
     let back = browser.get(&return_url).await;
     let code = param(&back.location.unwrap(), "code").unwrap();

@@ -665,7 +665,7 @@ async fn start(
     };
     store::insert(&ctx.db, &stored).await?;
     tracing::info!(client_id = %client.client_id, flow_id = %flow.id, "authorization request started");
-    let location = start_prompt(ctx, &flow, &return_url, &checked.ui_locales);
+    let location = start_prompt(&flow)?;
     Ok(AuthorizeAnswer::Prompt {
         location,
         cookie: BrowserCookie {
@@ -677,27 +677,23 @@ async fn start(
     })
 }
 
-// ---- The hosted prompt's interface (switched over when the hosted prompt is merged) --------
+// ---- The hosted prompt ------------------------------------------------------------------
 
-/// INTEGRATION POINT (hosted prompt): makes the flow a hosted one before it is created. With
-/// the hosted prompt merged this sets
-/// `request.hosted = Some(HostedPrompt { return_url, ui_locales })`; until then there is
-/// nothing to set (the flow is driven through the customer API or the device).
-fn hosted_prompt(_request: &mut CreateFlowRequest, _return_url: &str, _ui_locales: &[String]) {}
+/// Makes the flow a hosted one: the prompt page runs it and, once it is over, sends the
+/// browser to `return_url` (the resume endpoint, with this request's id) exactly as given.
+fn hosted_prompt(request: &mut CreateFlowRequest, return_url: &str, ui_locales: &[String]) {
+    request.hosted = Some(tessera_protocol::flows::HostedPrompt {
+        return_url: return_url.to_string(),
+        ui_locales: crate::domain::hosted::usable_ui_locales(ui_locales),
+    });
+}
 
-/// INTEGRATION POINT (hosted prompt): the URL the browser is sent to for the flow. With the
-/// hosted prompt merged this returns the flow's `prompt_url`
-/// (`{public_url}/prompt#<browser token>`), which navigates to `return_url` exactly as given
-/// when the flow reaches a final status. Until then it names the prompt page, the flow and the
-/// return URL (`{public_url}/prompt#flow=<flow id>&return=<return_url>`, what the page will
-/// know; a flow id alone lets nobody act on the flow: actions need the application's API key,
-/// and the return URL needs this browser's cookie).
-fn start_prompt(ctx: &Ctx, flow: &FlowState, return_url: &str, _ui_locales: &[String]) -> String {
-    let fragment = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("flow", flow.id.as_str())
-        .append_pair("return", return_url)
-        .finish();
-    format!("{}/prompt#{fragment}", ctx.public_url.as_str())
+/// The URL the browser is sent to for the flow: its `prompt_url`
+/// (`{public_url}/prompt#<browser token>`; the token never leaves the fragment).
+fn start_prompt(flow: &FlowState) -> Result<String, OAuthError> {
+    flow.prompt_url
+        .clone()
+        .ok_or_else(|| super::error::server_error("the hosted flow's prompt URL"))
 }
 
 // ---- The resume --------------------------------------------------------------------------
