@@ -10,7 +10,11 @@ use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::envelope::{self, EnvelopeError, MessageType};
 use tessera_protocol::ids::DeviceId;
 use tessera_protocol::jwk::JwkSet;
-use tessera_protocol::pairing::{DeviceRegistration, KeyProof, PairingReply, ServerUrl};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use tessera_protocol::pairing::{
+    DeviceRegistration, KeyProof, PairingReply, RegistrationAttestation, ServerUrl,
+};
 
 use crate::config::AuthenticatorConfig;
 use crate::error::CoreError;
@@ -43,8 +47,16 @@ pub(crate) fn create_registration(
     possession_alias: &str,
     user_verification_alias: &str,
 ) -> Result<SignedRegistration, CoreError> {
-    key_store.generate_signing_key(possession_alias, KeyPurpose::Possession)?;
-    key_store.generate_signing_key(user_verification_alias, KeyPurpose::UserVerification)?;
+    let device_key_jwk = device_key.public_jwk().clone();
+    let device_id = DeviceId::of_device_key(&device_key_jwk);
+    let nonce = DeviceRegistration::new_nonce();
+    let challenge = DeviceRegistration::attestation_challenge(audience, &device_id, &nonce);
+    let attestation = create_keys(
+        key_store,
+        challenge.as_bytes(),
+        possession_alias,
+        user_verification_alias,
+    )?;
     let possession = KeyStoreSigner::new(Arc::clone(key_store), possession_alias)?;
     let user_verification = KeyStoreSigner::new(Arc::clone(key_store), user_verification_alias)?;
     // A software key for this pairing only: the server seals the OTP seed to it.
@@ -56,12 +68,11 @@ pub(crate) fn create_registration(
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(transport.to_bytes())
     });
-    let device_key_jwk = device_key.public_jwk().clone();
     let mut registration = DeviceRegistration {
         v: PROTOCOL_VERSION,
         audience: audience.clone(),
-        device_id: DeviceId::of_device_key(&device_key_jwk),
-        nonce: DeviceRegistration::new_nonce(),
+        device_id,
+        nonce,
         issued_at: tessera_protocol::time::now(),
         possession_key: possession.public_jwk().clone(),
         user_verification_key: user_verification.public_jwk().clone(),
@@ -71,6 +82,7 @@ pub(crate) fn create_registration(
         otp_transport_key: Some(transport_public),
         device_key: device_key_jwk,
         device_key_proof: String::new(),
+        attestation,
     };
     registration.device_key_proof = envelope::sign(
         MessageType::DeviceKeyProof,
@@ -93,6 +105,46 @@ pub(crate) fn create_registration(
         digest,
         otp_transport_secret,
     })
+}
+
+/// Creates the enrollment's two keys, attested over `challenge` where the key store can: both
+/// with Android Key Attestation chains, or else with an Apple App Attest attestation of the app.
+/// A store that attests one key but not the other sends no chains (the server needs both).
+fn create_keys(
+    key_store: &Arc<dyn KeyStore>,
+    challenge: &[u8],
+    possession_alias: &str,
+    user_verification_alias: &str,
+) -> Result<Option<RegistrationAttestation>, CoreError> {
+    let possession_chain =
+        key_store.generate_attested_signing_key(possession_alias, KeyPurpose::Possession, challenge)?;
+    if possession_chain.is_none() {
+        key_store.generate_signing_key(possession_alias, KeyPurpose::Possession)?;
+    }
+    let user_verification_chain = key_store.generate_attested_signing_key(
+        user_verification_alias,
+        KeyPurpose::UserVerification,
+        challenge,
+    )?;
+    if user_verification_chain.is_none() {
+        key_store.generate_signing_key(user_verification_alias, KeyPurpose::UserVerification)?;
+    }
+    let encode = |chain: Vec<Vec<u8>>| -> Vec<String> {
+        chain.iter().map(|der| STANDARD.encode(der)).collect()
+    };
+    if let (Some(possession), Some(user_verification)) = (possession_chain, user_verification_chain)
+    {
+        return Ok(Some(RegistrationAttestation::AndroidKey {
+            possession_chain: encode(possession),
+            user_verification_chain: encode(user_verification),
+        }));
+    }
+    Ok(key_store.attest_app(challenge)?.map(|attested| {
+        RegistrationAttestation::AppleAppAttest {
+            key_id: STANDARD.encode(&attested.key_id),
+            attestation_object: STANDARD.encode(&attested.attestation_object),
+        }
+    }))
 }
 
 fn signing_failed(e: EnvelopeError) -> CoreError {

@@ -449,6 +449,7 @@ impl RawDevice {
             otp_transport_key: None,
             device_key: self.device_key.public_jwk(),
             device_key_proof: String::new(),
+            attestation: None,
         };
         registration.device_key_proof = envelope::sign(
             MessageType::DeviceKeyProof,

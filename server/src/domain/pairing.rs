@@ -704,6 +704,7 @@ mod tests {
                 otp_transport_key: None,
                 device_key: self.device_key.public_jwk(),
                 device_key_proof: String::new(),
+                attestation: None,
             }
         }
 
