@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use tessera_protocol::PROTOCOL_VERSION;
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::envelope::{self, EnvelopeError, MessageType};
 use tessera_protocol::ids::DeviceId;
 use tessera_protocol::jwk::JwkSet;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use tessera_protocol::pairing::{
     DeviceRegistration, KeyProof, PairingReply, RegistrationAttestation, ServerUrl,
 };
@@ -116,8 +116,11 @@ fn create_keys(
     possession_alias: &str,
     user_verification_alias: &str,
 ) -> Result<Option<RegistrationAttestation>, CoreError> {
-    let possession_chain =
-        key_store.generate_attested_signing_key(possession_alias, KeyPurpose::Possession, challenge)?;
+    let possession_chain = key_store.generate_attested_signing_key(
+        possession_alias,
+        KeyPurpose::Possession,
+        challenge,
+    )?;
     if possession_chain.is_none() {
         key_store.generate_signing_key(possession_alias, KeyPurpose::Possession)?;
     }
@@ -139,12 +142,12 @@ fn create_keys(
             user_verification_chain: encode(user_verification),
         }));
     }
-    Ok(key_store.attest_app(challenge)?.map(|attested| {
-        RegistrationAttestation::AppleAppAttest {
+    Ok(key_store
+        .attest_app(challenge)?
+        .map(|attested| RegistrationAttestation::AppleAppAttest {
             key_id: STANDARD.encode(&attested.key_id),
             attestation_object: STANDARD.encode(&attested.attestation_object),
-        }
-    }))
+        }))
 }
 
 fn signing_failed(e: EnvelopeError) -> CoreError {

@@ -105,6 +105,9 @@ pub enum ErrorCode {
     ServiceUnavailable,
     /// The application has as many open QR sessions or pending requests as its quota allows.
     QuotaExceeded,
+    /// The application requires a valid platform attestation at pairing and the registration
+    /// carried none, or one that failed a check (the message says which).
+    AttestationRequired,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -158,6 +161,7 @@ impl ErrorCode {
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::AttestationRequired => "attestation_required",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -175,7 +179,8 @@ impl ErrorCode {
             | ErrorCode::AudienceMismatch
             | ErrorCode::InvalidPairingCode
             | ErrorCode::ResponseMismatch
-            | ErrorCode::OtpInvalid => 400,
+            | ErrorCode::OtpInvalid
+            | ErrorCode::AttestationRequired => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::NotFound
             | ErrorCode::UserNotFound

@@ -131,6 +131,13 @@ pub struct ServerConfig {
     /// How often each instance reloads the device-facing server keys (a rotation, revocation or
     /// the end of a grace period reaches every instance within this time, without a restart).
     pub server_key_reload_interval: std::time::Duration,
+    /// Extra attestation trust anchors (PEM certificates), trusted for Android Key Attestation
+    /// and Apple App Attest chains next to the shipped Google and Apple roots
+    /// (`--attestation-root`).
+    pub attestation_extra_roots: Vec<String>,
+    /// The attestation revocation status list, in Google's JSON format
+    /// (`--attestation-revocation-list`); `None`: no certificate is considered revoked.
+    pub attestation_revocation_status: Option<String>,
 }
 
 /// FCM's production base URL.
@@ -187,6 +194,8 @@ impl Default for ServerConfig {
             max_pending_requests_per_application: 10_000,
             push_bombing_window_seconds: 600,
             server_key_reload_interval: std::time::Duration::from_secs(30),
+            attestation_extra_roots: Vec::new(),
+            attestation_revocation_status: None,
         }
     }
 }

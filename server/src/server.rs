@@ -110,6 +110,8 @@ impl Server {
                 allow_private: config.ciba_allow_private_notifications,
             },
         ));
+        let attestation = crate::domain::attestation::AttestationTrust::from_config(&config)
+            .map_err(|e| ServerError::InvalidInput(e.to_string()))?;
         let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let state = Ctx {
@@ -126,6 +128,7 @@ impl Server {
             messages,
             ciba_notifier: crate::domain::ciba::NotifierHandle::default(),
             ciba_sender,
+            attestation: Arc::new(attestation),
         };
         let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
         let metrics = metrics_listener.map(|(listener, bound)| {

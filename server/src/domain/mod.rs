@@ -7,6 +7,7 @@
 //! `delivery` implements `domain::ports`; `store` imports neither.
 
 pub(crate) mod applications;
+pub mod attestation;
 pub(crate) mod authentication;
 pub(crate) mod backup;
 pub(crate) mod ciba;
@@ -72,6 +73,8 @@ pub(crate) struct Ctx {
     /// What reacts to domain events (device verification, QR follow-up, CIBA notifications),
     /// registered when the server starts.
     pub follow_ups: Arc<[(&'static str, outcome::FollowUp)]>,
+    /// The trust anchors and revocation list attestations are verified against.
+    pub attestation: Arc<attestation::AttestationTrust>,
 }
 
 impl Ctx {

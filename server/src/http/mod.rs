@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, the OpenAPI document, and per-request metrics and logs.
 
 mod application_settings;
+mod attestation_settings;
 pub(crate) mod authentications;
 mod backup;
 mod ciba_clients;
@@ -86,6 +87,8 @@ use crate::metrics::{RequestLabels, RouteLabels};
         ops::metrics,
         application_settings::get_settings,
         application_settings::set_settings,
+        attestation_settings::get_attestation_settings,
+        attestation_settings::set_attestation_settings,
     ),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
@@ -229,7 +232,12 @@ pub(crate) fn router(state: Ctx) -> Router {
             get(application_settings::get_settings).put(application_settings::set_settings),
         )
         .route("/healthz", get(ops::healthz))
-        .route("/openapi.json", get(ops::openapi));
+        .route("/openapi.json", get(ops::openapi))
+        .route(
+            "/v1/application/attestation-settings",
+            get(attestation_settings::get_attestation_settings)
+                .put(attestation_settings::set_attestation_settings),
+        );
     let router = if metrics_here {
         router.route("/metrics", get(ops::metrics))
     } else {
