@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attestation;
 pub mod load;
 
 use std::path::PathBuf;

@@ -247,3 +247,9 @@ pub fn enrollment_attested(attestation: Option<&EnrollmentAttestation>) -> bool 
 pub fn user_verification_proven(attestation: Option<&EnrollmentAttestation>) -> bool {
     attestation.is_some_and(|a| a.user_verification_bound)
 }
+
+#[cfg(test)]
+#[path = "../../../../tests/src/attestation.rs"]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod tests;
