@@ -517,6 +517,31 @@ impl CustomerApi {
         .await
     }
 
+    /// `GET /v1/application/attestation-settings`: the attestation mode and registered apps.
+    pub async fn attestation_settings(
+        &self,
+    ) -> Result<tessera_protocol::api::AttestationSettings, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            "/v1/application/attestation-settings",
+            None,
+        )
+        .await
+    }
+
+    /// `PUT /v1/application/attestation-settings`.
+    pub async fn set_attestation_settings(
+        &self,
+        settings: &tessera_protocol::api::AttestationSettings,
+    ) -> Result<tessera_protocol::api::AttestationSettings, CustomerApiError> {
+        self.send(
+            reqwest::Method::PUT,
+            "/v1/application/attestation-settings",
+            Some(settings),
+        )
+        .await
+    }
+
     async fn send_empty<B: Serialize>(
         &self,
         method: reqwest::Method,
