@@ -7,8 +7,8 @@
 //! Android KeyDescription's fields (which tag means what) and App Attest's `authData` layout
 //! (fixed offsets Apple documents); see docs/attestation.md.
 
-pub(crate) mod android;
-pub(crate) mod apple;
+pub mod android;
+pub mod apple;
 mod chain;
 pub(crate) mod settings;
 
