@@ -228,7 +228,7 @@ pub fn verify_pairing_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key_store::SoftwareKeyStore;
+    use crate::key_store::{KeyStoreError, SoftwareKeyStore};
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use tessera_protocol::envelope::SoftwareSigningKey;
@@ -263,6 +263,132 @@ mod tests {
             device_id,
             registration,
         }
+    }
+
+    /// A key store that attests like Android: a fixed "chain" per key, recording the challenge.
+    struct Attesting {
+        inner: SoftwareKeyStore,
+        challenges: std::sync::Mutex<Vec<Vec<u8>>>,
+        android: bool,
+    }
+
+    impl KeyStore for Attesting {
+        fn generate_signing_key(
+            &self,
+            alias: &str,
+            purpose: KeyPurpose,
+        ) -> Result<Vec<u8>, KeyStoreError> {
+            self.inner.generate_signing_key(alias, purpose)
+        }
+        fn public_key(&self, alias: &str) -> Result<Option<Vec<u8>>, KeyStoreError> {
+            self.inner.public_key(alias)
+        }
+        fn sign(&self, alias: &str, data: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+            self.inner.sign(alias, data)
+        }
+        fn delete_key(&self, alias: &str) -> Result<(), KeyStoreError> {
+            self.inner.delete_key(alias)
+        }
+        fn seal(&self, alias: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+            self.inner.seal(alias, plaintext)
+        }
+        fn open(
+            &self,
+            alias: &str,
+            sealed: &[u8],
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyStoreError> {
+            self.inner.open(alias, sealed)
+        }
+        fn generate_attested_signing_key(
+            &self,
+            alias: &str,
+            purpose: KeyPurpose,
+            challenge: &[u8],
+        ) -> Result<Option<Vec<Vec<u8>>>, KeyStoreError> {
+            if !self.android {
+                return Ok(None);
+            }
+            self.challenges.lock().unwrap().push(challenge.to_vec());
+            self.inner.generate_signing_key(alias, purpose)?;
+            Ok(Some(vec![vec![1, 2, 3], vec![4]]))
+        }
+        fn attest_app(
+            &self,
+            client_data_hash: &[u8],
+        ) -> Result<Option<crate::key_store::AppAttestation>, KeyStoreError> {
+            self.challenges
+                .lock()
+                .unwrap()
+                .push(client_data_hash.to_vec());
+            Ok(Some(crate::key_store::AppAttestation {
+                key_id: vec![9],
+                attestation_object: vec![8, 7],
+            }))
+        }
+    }
+
+    fn attested_registration(android: bool) -> (DeviceRegistration, Vec<Vec<u8>>) {
+        let store = Arc::new(Attesting {
+            inner: SoftwareKeyStore::in_memory(),
+            challenges: std::sync::Mutex::new(Vec::new()),
+            android,
+        });
+        let ks: Arc<dyn KeyStore> = store.clone();
+        ks.generate_signing_key("d", KeyPurpose::Possession)
+            .unwrap();
+        let device_key = KeyStoreSigner::new(Arc::clone(&ks), "d").unwrap();
+        let signed = create_registration(
+            &ks,
+            &AuthenticatorConfig::default(),
+            &device_key,
+            &ServerUrl::parse("https://auth.example.com").unwrap(),
+            "p",
+            "u",
+        )
+        .unwrap();
+        let registration: DeviceRegistration =
+            envelope::unverified_payload(&signed.registration).unwrap();
+        let challenges = store.challenges.lock().unwrap().clone();
+        (registration, challenges)
+    }
+
+    #[test]
+    fn an_attesting_key_store_sends_both_chains_over_the_registration_challenge() {
+        let (registration, challenges) = attested_registration(true);
+        let expected = registration.own_attestation_challenge();
+        assert_eq!(challenges.len(), 2);
+        assert!(challenges.iter().all(|c| c == expected.as_bytes()));
+        assert_eq!(
+            registration.attestation,
+            Some(RegistrationAttestation::AndroidKey {
+                possession_chain: vec!["AQID".into(), "BA==".into()],
+                user_verification_chain: vec!["AQID".into(), "BA==".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn an_app_attesting_key_store_sends_the_attestation_object() {
+        let (registration, challenges) = attested_registration(false);
+        assert_eq!(
+            challenges,
+            vec![registration.own_attestation_challenge().as_bytes().to_vec()]
+        );
+        assert_eq!(
+            registration.attestation,
+            Some(RegistrationAttestation::AppleAppAttest {
+                key_id: "CQ==".into(),
+                attestation_object: "CAc=".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_software_key_store_sends_no_attestation() {
+        let f = fixture();
+        let registration: DeviceRegistration =
+            envelope::unverified_payload(&f.registration.registration).unwrap();
+        assert_eq!(registration.attestation, None);
     }
 
     fn reply(f: &Fixture) -> PairingReply {
