@@ -398,13 +398,16 @@ async fn open_device(dir: PathBuf, config: AuthenticatorConfig) -> Arc<Authentic
     )
 }
 
+/// Changes the KeyDescription of an Android test key of a purpose.
+pub type AdjustKeySpec = Box<dyn Fn(KeyPurpose, &mut attestation::KeySpec) + Send + Sync>;
+
 /// What an [`AttestingKeyStore`] attests.
 pub enum AttestationKind {
     /// Android Key Attestation chains under the root; `adjust` changes a key's KeyDescription
     /// (to craft a refusal).
     Android {
         /// Changes the KeySpec of the key of a purpose.
-        adjust: Box<dyn Fn(KeyPurpose, &mut attestation::KeySpec) + Send + Sync>,
+        adjust: AdjustKeySpec,
     },
     /// Apple App Attest objects under the root; `adjust` changes the object's spec.
     Apple {

@@ -48,7 +48,7 @@ pub(super) fn decode_base64_chain(chain: &[String]) -> Result<Vec<Vec<u8>>, Atte
 pub(super) fn parse_all(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, AttestationError> {
     ders.iter()
         .map(|der| match X509Certificate::from_der(der) {
-            Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+            Ok(([], cert)) => Ok(cert),
             _ => Err(AttestationError::Malformed(
                 "a certificate is not DER X.509",
             )),
