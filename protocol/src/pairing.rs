@@ -830,4 +830,29 @@ mod tests {
             serde_json::json!({"provider":"fcm","token":"secret-token"})
         );
     }
+    #[test]
+    fn the_attestation_challenge_matches_its_definition() {
+        // SHA-256("tessera-attestation-challenge-v1" 0x00 audience 0x00 device_id 0x00 nonce),
+        // computed independently (Python hashlib) for the registration of vectors/envelopes.json.
+        let challenge = DeviceRegistration::attestation_challenge(
+            &ServerUrl::parse("https://auth.example.com").unwrap(),
+            &"dev_4d31a6e1ccee90d5f6383718c0867d11".parse().unwrap(),
+            "AAECAwQFBgcICQoLDA0ODw",
+        );
+        assert_eq!(
+            hex_of(challenge.as_bytes()),
+            "c66f16d29bcdc944d5116e883d59e2c5accffe4da2f6c9eb9741882cf450d34c"
+        );
+        // Any other server, device or nonce gives another challenge.
+        let other = DeviceRegistration::attestation_challenge(
+            &ServerUrl::parse("https://other.example.com").unwrap(),
+            &"dev_4d31a6e1ccee90d5f6383718c0867d11".parse().unwrap(),
+            "AAECAwQFBgcICQoLDA0ODw",
+        );
+        assert_ne!(other, challenge);
+    }
+
+    fn hex_of(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
