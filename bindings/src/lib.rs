@@ -22,8 +22,8 @@ use tessera_protocol::ids::{EnrollmentId, UserId};
 
 pub use error::{PlatformError, TesseraError};
 pub use platform::{
-    KeyKind, PlatformKeyStore, PlatformStorage, UserVerifier, VerificationReason, file_storage,
-    software_key_store,
+    AppAttestationResult, KeyKind, PlatformKeyStore, PlatformStorage, UserVerifier,
+    VerificationReason, file_storage, software_key_store,
 };
 pub use records::*;
 

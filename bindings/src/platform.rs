@@ -53,6 +53,33 @@ pub trait PlatformKeyStore: Send + Sync {
     /// Decrypts what [`PlatformKeyStore::seal`] produced under the same alias;
     /// [`PlatformError::OpenFailed`] if it does not open.
     fn open(&self, alias: String, sealed: Vec<u8>) -> Result<Vec<u8>, PlatformError>;
+    /// Creates a P-256 signing key as [`PlatformKeyStore::generate_signing_key`] does, with key
+    /// attestation over `challenge` (Android: `setAttestationChallenge(challenge)`), and returns
+    /// its attestation certificate chain, leaf first, each certificate DER. Return an empty list
+    /// (creating no key) where the platform cannot attest keys: the SDK then calls
+    /// `generate_signing_key` and pairs without attestation.
+    fn generate_attested_signing_key(
+        &self,
+        alias: String,
+        kind: KeyKind,
+        challenge: Vec<u8>,
+    ) -> Result<Vec<Vec<u8>>, PlatformError>;
+    /// Attests the app with Apple App Attest over `client_data_hash`
+    /// (`DCAppAttestService.generateKey` then `attestKey(_:clientDataHash:)`). Return none where
+    /// App Attest is unavailable (Android, simulators, old iOS).
+    fn attest_app(
+        &self,
+        client_data_hash: Vec<u8>,
+    ) -> Result<Option<AppAttestationResult>, PlatformError>;
+}
+
+/// An Apple App Attest attestation ([`PlatformKeyStore::attest_app`]).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AppAttestationResult {
+    /// The App Attest key id (the raw bytes of the base64 key id `generateKey` returned).
+    pub key_id: Vec<u8>,
+    /// The attestation object `attestKey` returned.
+    pub attestation_object: Vec<u8>,
 }
 
 /// A few named blobs, each read and written whole; `write` must be atomic. The SDK encrypts
@@ -133,6 +160,33 @@ impl KeyStore for ForeignKeyStore {
             self.0.open(alias.to_string(), sealed.to_vec())?,
         ))
     }
+
+    fn generate_attested_signing_key(
+        &self,
+        alias: &str,
+        purpose: KeyPurpose,
+        challenge: &[u8],
+    ) -> Result<Option<Vec<Vec<u8>>>, KeyStoreError> {
+        let chain = self.0.generate_attested_signing_key(
+            alias.to_string(),
+            purpose.into(),
+            challenge.to_vec(),
+        )?;
+        Ok((!chain.is_empty()).then_some(chain))
+    }
+
+    fn attest_app(
+        &self,
+        client_data_hash: &[u8],
+    ) -> Result<Option<tessera_core::AppAttestation>, KeyStoreError> {
+        Ok(self
+            .0
+            .attest_app(client_data_hash.to_vec())?
+            .map(|a| tessera_core::AppAttestation {
+                key_id: a.key_id,
+                attestation_object: a.attestation_object,
+            }))
+    }
 }
 
 /// Adapts the foreign storage to the device core.
@@ -184,6 +238,23 @@ impl PlatformKeyStore for SoftwareKeys {
     fn open(&self, alias: String, sealed: Vec<u8>) -> Result<Vec<u8>, PlatformError> {
         // The foreign side receives a plain byte array; the copy here is wiped.
         Ok(self.0.open(&alias, &sealed)?.to_vec())
+    }
+
+    fn generate_attested_signing_key(
+        &self,
+        _alias: String,
+        _kind: KeyKind,
+        _challenge: Vec<u8>,
+    ) -> Result<Vec<Vec<u8>>, PlatformError> {
+        // Software keys cannot be attested.
+        Ok(Vec::new())
+    }
+
+    fn attest_app(
+        &self,
+        _client_data_hash: Vec<u8>,
+    ) -> Result<Option<AppAttestationResult>, PlatformError> {
+        Ok(None)
     }
 }
 

@@ -40,6 +40,7 @@ fn sign_registration(ks: &Arc<dyn KeyStore>, server: &ServerUrl, device_id: &Dev
         otp_transport_key: None,
         device_key: d.public_jwk().clone(),
         device_key_proof: String::new(),
+        attestation: None,
     };
     registration.device_key_proof = envelope::sign(
         MessageType::DeviceKeyProof,

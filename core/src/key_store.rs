@@ -67,6 +67,36 @@ pub trait KeyStore: Send + Sync {
     fn seal(&self, alias: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyStoreError>;
     /// Decrypts what [`KeyStore::seal`] produced with the same alias.
     fn open(&self, alias: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyStoreError>;
+    /// Creates a P-256 signing key under `alias` as [`KeyStore::generate_signing_key`] does, with
+    /// the platform's key attestation over `challenge` (Android: `setAttestationChallenge`), and
+    /// returns the attestation certificate chain, leaf first, each certificate DER.
+    ///
+    /// `Ok(None)` (the default): this store cannot attest keys and created nothing; the core
+    /// then creates the key with [`KeyStore::generate_signing_key`] and sends no chain.
+    fn generate_attested_signing_key(
+        &self,
+        alias: &str,
+        purpose: KeyPurpose,
+        challenge: &[u8],
+    ) -> Result<Option<Vec<Vec<u8>>>, KeyStoreError> {
+        let _ = (alias, purpose, challenge);
+        Ok(None)
+    }
+    /// Attests the app with Apple App Attest over `client_data_hash` (a new App Attest key,
+    /// `DCAppAttestService.attestKey`). `Ok(None)` (the default): the platform has no App Attest.
+    fn attest_app(&self, client_data_hash: &[u8]) -> Result<Option<AppAttestation>, KeyStoreError> {
+        let _ = client_data_hash;
+        Ok(None)
+    }
+}
+
+/// An Apple App Attest attestation ([`KeyStore::attest_app`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppAttestation {
+    /// The App Attest key id (SHA-256 of the key's public point).
+    pub key_id: Vec<u8>,
+    /// The attestation object (CBOR) Apple returned.
+    pub attestation_object: Vec<u8>,
 }
 
 #[derive(Default, Serialize, Deserialize)]

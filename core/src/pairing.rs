@@ -5,12 +5,16 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use tessera_protocol::PROTOCOL_VERSION;
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::envelope::{self, EnvelopeError, MessageType};
 use tessera_protocol::ids::DeviceId;
 use tessera_protocol::jwk::JwkSet;
-use tessera_protocol::pairing::{DeviceRegistration, KeyProof, PairingReply, ServerUrl};
+use tessera_protocol::pairing::{
+    DeviceRegistration, KeyProof, PairingReply, RegistrationAttestation, ServerUrl,
+};
 
 use crate::config::AuthenticatorConfig;
 use crate::error::CoreError;
@@ -43,8 +47,16 @@ pub(crate) fn create_registration(
     possession_alias: &str,
     user_verification_alias: &str,
 ) -> Result<SignedRegistration, CoreError> {
-    key_store.generate_signing_key(possession_alias, KeyPurpose::Possession)?;
-    key_store.generate_signing_key(user_verification_alias, KeyPurpose::UserVerification)?;
+    let device_key_jwk = device_key.public_jwk().clone();
+    let device_id = DeviceId::of_device_key(&device_key_jwk);
+    let nonce = DeviceRegistration::new_nonce();
+    let challenge = DeviceRegistration::attestation_challenge(audience, &device_id, &nonce);
+    let attestation = create_keys(
+        key_store,
+        challenge.as_bytes(),
+        possession_alias,
+        user_verification_alias,
+    )?;
     let possession = KeyStoreSigner::new(Arc::clone(key_store), possession_alias)?;
     let user_verification = KeyStoreSigner::new(Arc::clone(key_store), user_verification_alias)?;
     // A software key for this pairing only: the server seals the OTP seed to it.
@@ -56,12 +68,11 @@ pub(crate) fn create_registration(
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(transport.to_bytes())
     });
-    let device_key_jwk = device_key.public_jwk().clone();
     let mut registration = DeviceRegistration {
         v: PROTOCOL_VERSION,
         audience: audience.clone(),
-        device_id: DeviceId::of_device_key(&device_key_jwk),
-        nonce: DeviceRegistration::new_nonce(),
+        device_id,
+        nonce,
         issued_at: tessera_protocol::time::now(),
         possession_key: possession.public_jwk().clone(),
         user_verification_key: user_verification.public_jwk().clone(),
@@ -71,6 +82,7 @@ pub(crate) fn create_registration(
         otp_transport_key: Some(transport_public),
         device_key: device_key_jwk,
         device_key_proof: String::new(),
+        attestation,
     };
     registration.device_key_proof = envelope::sign(
         MessageType::DeviceKeyProof,
@@ -93,6 +105,49 @@ pub(crate) fn create_registration(
         digest,
         otp_transport_secret,
     })
+}
+
+/// Creates the enrollment's two keys, attested over `challenge` where the key store can: both
+/// with Android Key Attestation chains, or else with an Apple App Attest attestation of the app.
+/// A store that attests one key but not the other sends no chains (the server needs both).
+fn create_keys(
+    key_store: &Arc<dyn KeyStore>,
+    challenge: &[u8],
+    possession_alias: &str,
+    user_verification_alias: &str,
+) -> Result<Option<RegistrationAttestation>, CoreError> {
+    let possession_chain = key_store.generate_attested_signing_key(
+        possession_alias,
+        KeyPurpose::Possession,
+        challenge,
+    )?;
+    if possession_chain.is_none() {
+        key_store.generate_signing_key(possession_alias, KeyPurpose::Possession)?;
+    }
+    let user_verification_chain = key_store.generate_attested_signing_key(
+        user_verification_alias,
+        KeyPurpose::UserVerification,
+        challenge,
+    )?;
+    if user_verification_chain.is_none() {
+        key_store.generate_signing_key(user_verification_alias, KeyPurpose::UserVerification)?;
+    }
+    let encode = |chain: Vec<Vec<u8>>| -> Vec<String> {
+        chain.iter().map(|der| STANDARD.encode(der)).collect()
+    };
+    if let (Some(possession), Some(user_verification)) = (possession_chain, user_verification_chain)
+    {
+        return Ok(Some(RegistrationAttestation::AndroidKey {
+            possession_chain: encode(possession),
+            user_verification_chain: encode(user_verification),
+        }));
+    }
+    Ok(key_store
+        .attest_app(challenge)?
+        .map(|attested| RegistrationAttestation::AppleAppAttest {
+            key_id: STANDARD.encode(&attested.key_id),
+            attestation_object: STANDARD.encode(&attested.attestation_object),
+        }))
 }
 
 fn signing_failed(e: EnvelopeError) -> CoreError {
@@ -173,7 +228,7 @@ pub fn verify_pairing_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key_store::SoftwareKeyStore;
+    use crate::key_store::{KeyStoreError, SoftwareKeyStore};
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use tessera_protocol::envelope::SoftwareSigningKey;
@@ -208,6 +263,132 @@ mod tests {
             device_id,
             registration,
         }
+    }
+
+    /// A key store that attests like Android: a fixed "chain" per key, recording the challenge.
+    struct Attesting {
+        inner: SoftwareKeyStore,
+        challenges: std::sync::Mutex<Vec<Vec<u8>>>,
+        android: bool,
+    }
+
+    impl KeyStore for Attesting {
+        fn generate_signing_key(
+            &self,
+            alias: &str,
+            purpose: KeyPurpose,
+        ) -> Result<Vec<u8>, KeyStoreError> {
+            self.inner.generate_signing_key(alias, purpose)
+        }
+        fn public_key(&self, alias: &str) -> Result<Option<Vec<u8>>, KeyStoreError> {
+            self.inner.public_key(alias)
+        }
+        fn sign(&self, alias: &str, data: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+            self.inner.sign(alias, data)
+        }
+        fn delete_key(&self, alias: &str) -> Result<(), KeyStoreError> {
+            self.inner.delete_key(alias)
+        }
+        fn seal(&self, alias: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+            self.inner.seal(alias, plaintext)
+        }
+        fn open(
+            &self,
+            alias: &str,
+            sealed: &[u8],
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyStoreError> {
+            self.inner.open(alias, sealed)
+        }
+        fn generate_attested_signing_key(
+            &self,
+            alias: &str,
+            purpose: KeyPurpose,
+            challenge: &[u8],
+        ) -> Result<Option<Vec<Vec<u8>>>, KeyStoreError> {
+            if !self.android {
+                return Ok(None);
+            }
+            self.challenges.lock().unwrap().push(challenge.to_vec());
+            self.inner.generate_signing_key(alias, purpose)?;
+            Ok(Some(vec![vec![1, 2, 3], vec![4]]))
+        }
+        fn attest_app(
+            &self,
+            client_data_hash: &[u8],
+        ) -> Result<Option<crate::key_store::AppAttestation>, KeyStoreError> {
+            self.challenges
+                .lock()
+                .unwrap()
+                .push(client_data_hash.to_vec());
+            Ok(Some(crate::key_store::AppAttestation {
+                key_id: vec![9],
+                attestation_object: vec![8, 7],
+            }))
+        }
+    }
+
+    fn attested_registration(android: bool) -> (DeviceRegistration, Vec<Vec<u8>>) {
+        let store = Arc::new(Attesting {
+            inner: SoftwareKeyStore::in_memory(),
+            challenges: std::sync::Mutex::new(Vec::new()),
+            android,
+        });
+        let ks: Arc<dyn KeyStore> = store.clone();
+        ks.generate_signing_key("d", KeyPurpose::Possession)
+            .unwrap();
+        let device_key = KeyStoreSigner::new(Arc::clone(&ks), "d").unwrap();
+        let signed = create_registration(
+            &ks,
+            &AuthenticatorConfig::default(),
+            &device_key,
+            &ServerUrl::parse("https://auth.example.com").unwrap(),
+            "p",
+            "u",
+        )
+        .unwrap();
+        let registration: DeviceRegistration =
+            envelope::unverified_payload(&signed.registration).unwrap();
+        let challenges = store.challenges.lock().unwrap().clone();
+        (registration, challenges)
+    }
+
+    #[test]
+    fn an_attesting_key_store_sends_both_chains_over_the_registration_challenge() {
+        let (registration, challenges) = attested_registration(true);
+        let expected = registration.own_attestation_challenge();
+        assert_eq!(challenges.len(), 2);
+        assert!(challenges.iter().all(|c| c == expected.as_bytes()));
+        assert_eq!(
+            registration.attestation,
+            Some(RegistrationAttestation::AndroidKey {
+                possession_chain: vec!["AQID".into(), "BA==".into()],
+                user_verification_chain: vec!["AQID".into(), "BA==".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn an_app_attesting_key_store_sends_the_attestation_object() {
+        let (registration, challenges) = attested_registration(false);
+        assert_eq!(
+            challenges,
+            vec![registration.own_attestation_challenge().as_bytes().to_vec()]
+        );
+        assert_eq!(
+            registration.attestation,
+            Some(RegistrationAttestation::AppleAppAttest {
+                key_id: "CQ==".into(),
+                attestation_object: "CAc=".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_software_key_store_sends_no_attestation() {
+        let f = fixture();
+        let registration: DeviceRegistration =
+            envelope::unverified_payload(&f.registration.registration).unwrap();
+        assert_eq!(registration.attestation, None);
     }
 
     fn reply(f: &Fixture) -> PairingReply {

@@ -555,6 +555,18 @@ impl CustomerApi {
         .await
     }
 
+    /// `GET /v1/application/attestation-settings`: the attestation mode and registered apps.
+    pub async fn attestation_settings(
+        &self,
+    ) -> Result<tessera_protocol::api::AttestationSettings, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            "/v1/application/attestation-settings",
+            None,
+        )
+        .await
+    }
+
     /// `PUT /v1/users/{user_id}/groups`.
     pub async fn set_user_groups(
         &self,
@@ -568,6 +580,19 @@ impl CustomerApi {
             reqwest::Method::PUT,
             &user_path(user_id, "/groups"),
             Some(&body),
+        )
+        .await
+    }
+
+    /// `PUT /v1/application/attestation-settings`.
+    pub async fn set_attestation_settings(
+        &self,
+        settings: &tessera_protocol::api::AttestationSettings,
+    ) -> Result<tessera_protocol::api::AttestationSettings, CustomerApiError> {
+        self.send(
+            reqwest::Method::PUT,
+            "/v1/application/attestation-settings",
+            Some(settings),
         )
         .await
     }

@@ -176,6 +176,7 @@ fn main() {
         otp_transport_key: None,
         device_key: device_key.public_jwk(),
         device_key_proof: String::new(),
+        attestation: None,
     };
     let device_key_proof_vector = envelope_vector(
         "device_key_proof",

@@ -121,6 +121,10 @@ pub struct DeviceRecord {
     pub paired_at: UnixSeconds,
     /// When the device last called the server.
     pub last_seen_at: UnixSeconds,
+    /// What the pairing's platform attestation proved; absent when none was verified
+    /// (attestation off, or the device sent none or an invalid one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<EnrollmentAttestation>,
 }
 
 /// `GET /v1/users/{user_id}/devices`.
@@ -1114,4 +1118,128 @@ pub struct PushBombingLimits {
     pub max_unapproved_per_user: u32,
     /// The window, in seconds.
     pub window_seconds: u32,
+}
+
+/// What an application asks of platform attestation at pairing
+/// (`GET` / `PUT /v1/application/attestation-settings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum AttestationMode {
+    /// Attestations are ignored (not verified, nothing recorded).
+    #[default]
+    Off,
+    /// Attestations are verified and what they prove is recorded; a pairing without a valid one
+    /// is still accepted (and recorded as not attested).
+    Report,
+    /// A pairing is refused (`attestation_required`) unless it carries a valid attestation of
+    /// hardware-backed keys (Android: TEE or StrongBox, user-verification key bound to user
+    /// authentication, verified boot) or of the app (Apple App Attest) by a registered app.
+    Require,
+}
+
+/// An Android app whose key attestations an application accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AndroidAppIdentity {
+    /// The package name, e.g. `com.example.bank`.
+    pub package_name: String,
+    /// SHA-256 digests of the app's signing certificates, lowercase hex (64 characters); the
+    /// attested app must be signed by one of them.
+    pub signing_cert_digests: Vec<String>,
+}
+
+/// An iOS app whose App Attest attestations an application accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppleAppIdentity {
+    /// The Apple developer team id (10 characters).
+    pub team_id: String,
+    /// The bundle id, e.g. `com.example.bank`.
+    pub bundle_id: String,
+    /// `true`: the app uses the App Attest development environment (`appattestdevelop`);
+    /// `false`: production (`appattest`). Only the configured one is accepted.
+    #[serde(default)]
+    pub development: bool,
+}
+
+/// An application's attestation settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttestationSettings {
+    /// `off`, `report` or `require`.
+    #[serde(default)]
+    pub mode: AttestationMode,
+    /// The Android apps (package and signing certificate digests) accepted.
+    #[serde(default)]
+    pub android_apps: Vec<AndroidAppIdentity>,
+    /// The iOS apps (team and bundle id) accepted.
+    #[serde(default)]
+    pub apple_apps: Vec<AppleAppIdentity>,
+}
+
+/// The platform whose attestation an enrollment carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum AttestationPlatform {
+    /// Android Key Attestation of the two enrollment keys.
+    Android,
+    /// Apple App Attest of the app.
+    Ios,
+}
+
+/// Where attested keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum AttestationSecurityLevel {
+    /// Android software key store: no hardware protection.
+    Software,
+    /// Android Trusted Execution Environment.
+    TrustedEnvironment,
+    /// Android StrongBox (a separate secure element).
+    StrongBox,
+    /// The Apple Secure Enclave (App Attest keys).
+    SecureEnclave,
+}
+
+/// The verified-boot state an Android attestation reports (its RootOfTrust).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum BootState {
+    /// Locked bootloader, verified boot with the manufacturer's key.
+    Verified,
+    /// Locked bootloader, boot verified with a user-installed key.
+    SelfSigned,
+    /// Unlocked bootloader, or boot not verified.
+    Unverified,
+    /// Verification failed.
+    Failed,
+}
+
+/// What a pairing's platform attestation proved, as recorded on the enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollmentAttestation {
+    /// The attestation's platform.
+    pub platform: AttestationPlatform,
+    /// Where the attested keys live (the lower of the two Android keys).
+    pub security_level: AttestationSecurityLevel,
+    /// The user-verification key is proven to require user authentication (Android:
+    /// `userAuthType` set and `noAuthRequired` absent). App Attest does not prove it.
+    pub user_verification_bound: bool,
+    /// The attested app is one the application registered (package and signing certificate,
+    /// or team and bundle id).
+    pub app_verified: bool,
+    /// The verified-boot state (Android only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_state: Option<BootState>,
+    /// Everything `require` asks for holds: hardware keys, a verified app, and on Android a
+    /// user-verification key bound to user authentication and a verified boot.
+    pub attested: bool,
 }

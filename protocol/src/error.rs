@@ -110,6 +110,9 @@ pub enum ErrorCode {
     /// A browser request came from another site (its `Origin` or `Sec-Fetch-Site` names
     /// another origin): the hosted prompt's API refuses cross-origin writes.
     CrossOriginRefused,
+    /// The application requires a valid platform attestation at pairing and the registration
+    /// carried none, or one that failed a check (the message says which).
+    AttestationRequired,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -165,6 +168,7 @@ impl ErrorCode {
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::CrossOriginRefused => "cross_origin_refused",
+            ErrorCode::AttestationRequired => "attestation_required",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -182,7 +186,8 @@ impl ErrorCode {
             | ErrorCode::AudienceMismatch
             | ErrorCode::InvalidPairingCode
             | ErrorCode::ResponseMismatch
-            | ErrorCode::OtpInvalid => 400,
+            | ErrorCode::OtpInvalid
+            | ErrorCode::AttestationRequired => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::PolicyDenied => 403,
             ErrorCode::CrossOriginRefused => 403,

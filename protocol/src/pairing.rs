@@ -384,6 +384,68 @@ pub struct DeviceRegistration {
     pub device_key: PublicJwk,
     /// The signed [`DeviceKeyProof`] for this registration.
     pub device_key_proof: String,
+    /// The platform's attestation of the enrollment keys (Android Key Attestation) or of the app
+    /// (Apple App Attest), made over [`DeviceRegistration::attestation_challenge`]; absent when the
+    /// platform offers none. The server verifies it (see docs/attestation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<RegistrationAttestation>,
+}
+
+/// The domain separator of [`DeviceRegistration::attestation_challenge`].
+pub const ATTESTATION_CHALLENGE_CONTEXT: &[u8] = b"tessera-attestation-challenge-v1";
+
+/// A platform attestation carried by a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
+pub enum RegistrationAttestation {
+    /// Android Key Attestation: the certificate chains Android Keystore returned for the two
+    /// enrollment keys, each created with the registration's attestation challenge. Every chain
+    /// is leaf first, each certificate standard base64 of its DER.
+    AndroidKey {
+        /// The chain of the possession key.
+        possession_chain: Vec<String>,
+        /// The chain of the user-verification key.
+        user_verification_chain: Vec<String>,
+    },
+    /// Apple App Attest: an attestation object (CBOR, standard base64) of an App Attest key,
+    /// whose client data hash is the registration's attestation challenge.
+    AppleAppAttest {
+        /// The App Attest key id (standard base64 of SHA-256 of its public key).
+        key_id: String,
+        /// The attestation object, standard base64.
+        attestation_object: String,
+    },
+}
+
+impl DeviceRegistration {
+    /// The attestation challenge of a registration: SHA-256 over
+    /// `"tessera-attestation-challenge-v1" || 0x00 || audience || 0x00 || device_id || 0x00 || nonce`.
+    ///
+    /// It names the server, the installation (whose device key the registration proves) and the
+    /// registration's random nonce, all known before the enrollment keys are created, so a chain
+    /// or attestation object made for one registration fails in any other (see docs/protocol.md).
+    pub fn attestation_challenge(
+        audience: &ServerUrl,
+        device_id: &DeviceId,
+        nonce: &str,
+    ) -> Sha256Digest {
+        let mut input = Vec::with_capacity(
+            ATTESTATION_CHALLENGE_CONTEXT.len() + audience.as_str().len() + nonce.len() + 80,
+        );
+        input.extend_from_slice(ATTESTATION_CHALLENGE_CONTEXT);
+        input.push(0);
+        input.extend_from_slice(audience.as_str().as_bytes());
+        input.push(0);
+        input.extend_from_slice(device_id.as_str().as_bytes());
+        input.push(0);
+        input.extend_from_slice(nonce.as_bytes());
+        Sha256Digest::of_bytes(&input)
+    }
+
+    /// This registration's attestation challenge ([`DeviceRegistration::attestation_challenge`]).
+    pub fn own_attestation_challenge(&self) -> Sha256Digest {
+        Self::attestation_challenge(&self.audience, &self.device_id, &self.nonce)
+    }
 }
 
 /// Why a registration's device identity was refused ([`DeviceRegistration::check_device_key`]).
@@ -679,6 +741,7 @@ mod tests {
             otp_transport_key: None,
             device_key: device_key.public_jwk(),
             device_key_proof: String::new(),
+            attestation: None,
         };
         registration.device_key_proof = sign(
             MessageType::DeviceKeyProof,
@@ -766,5 +829,30 @@ mod tests {
             json,
             serde_json::json!({"provider":"fcm","token":"secret-token"})
         );
+    }
+    #[test]
+    fn the_attestation_challenge_matches_its_definition() {
+        // SHA-256("tessera-attestation-challenge-v1" 0x00 audience 0x00 device_id 0x00 nonce),
+        // computed independently (Python hashlib) for the registration of vectors/envelopes.json.
+        let challenge = DeviceRegistration::attestation_challenge(
+            &ServerUrl::parse("https://auth.example.com").unwrap(),
+            &"dev_4d31a6e1ccee90d5f6383718c0867d11".parse().unwrap(),
+            "AAECAwQFBgcICQoLDA0ODw",
+        );
+        assert_eq!(
+            hex_of(challenge.as_bytes()),
+            "c66f16d29bcdc944d5116e883d59e2c5accffe4da2f6c9eb9741882cf450d34c"
+        );
+        // Any other server, device or nonce gives another challenge.
+        let other = DeviceRegistration::attestation_challenge(
+            &ServerUrl::parse("https://other.example.com").unwrap(),
+            &"dev_4d31a6e1ccee90d5f6383718c0867d11".parse().unwrap(),
+            "AAECAwQFBgcICQoLDA0ODw",
+        );
+        assert_ne!(other, challenge);
+    }
+
+    fn hex_of(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }

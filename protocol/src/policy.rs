@@ -391,6 +391,10 @@ pub struct DeviceFacts {
     /// Managed by MDM.
     #[serde(default)]
     pub mdm: Option<bool>,
+    /// Whether the server verified the device's key attestation at pairing (Android Key
+    /// Attestation or App Attest; see `docs/attestation.md`). Absent: not attested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attested: Option<bool>,
 }
 
 /// `POST /v1/policies/evaluate`: what the policy would decide, and the values it looked at.

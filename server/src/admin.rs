@@ -654,6 +654,59 @@ pub async fn set_policy(
         .map_err(|e| crate::error::admin_error(e, "application"))
 }
 
+/// Attestation settings from the admin CLI's arguments: Android apps as
+/// `PACKAGE=DIGEST[,DIGEST...]`, iOS apps as `TEAMID.BUNDLEID` (production or development).
+pub fn attestation_settings_from_args(
+    mode: tessera_protocol::api::AttestationMode,
+    android_apps: &[String],
+    apple_apps: &[String],
+    apple_development_apps: &[String],
+) -> Result<tessera_protocol::api::AttestationSettings, ServerError> {
+    use tessera_protocol::api::{AndroidAppIdentity, AppleAppIdentity, AttestationSettings};
+    let android_apps = android_apps
+        .iter()
+        .map(|arg| {
+            let (package, digests) = arg.split_once('=').ok_or_else(|| {
+                ServerError::InvalidInput("--android-app is PACKAGE=DIGEST[,DIGEST...]".into())
+            })?;
+            Ok(AndroidAppIdentity {
+                package_name: package.to_string(),
+                signing_cert_digests: digests.split(',').map(str::to_string).collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, ServerError>>()?;
+    let apple = |arg: &String, development: bool| {
+        let (team_id, bundle_id) = arg
+            .split_once('.')
+            .ok_or_else(|| ServerError::InvalidInput("an iOS app is TEAMID.BUNDLEID".into()))?;
+        Ok(AppleAppIdentity {
+            team_id: team_id.to_string(),
+            bundle_id: bundle_id.to_string(),
+            development,
+        })
+    };
+    let apple_apps = apple_apps
+        .iter()
+        .map(|a| apple(a, false))
+        .chain(apple_development_apps.iter().map(|a| apple(a, true)))
+        .collect::<Result<Vec<_>, ServerError>>()?;
+    Ok(AttestationSettings {
+        mode,
+        android_apps,
+        apple_apps,
+    })
+}
+
+/// The application's attestation settings.
+pub async fn attestation_settings(
+    db: &Database,
+    app: &ApplicationId,
+) -> Result<tessera_protocol::api::AttestationSettings, ServerError> {
+    crate::domain::attestation::settings::get(db, app)
+        .await
+        .map_err(|e| crate::error::admin_error(e, "application"))
+}
+
 /// The application's current policy.
 pub async fn policy(
     db: &Database,
@@ -719,4 +772,16 @@ pub async fn policy_decisions(
     crate::domain::policy::decisions(db, app, user, limit)
         .await
         .map_err(|e| crate::error::admin_error(e, "user"))
+}
+
+/// Replaces the application's attestation settings (checked as the customer API checks them);
+/// returns them as stored.
+pub async fn set_attestation_settings(
+    db: &Database,
+    app: &ApplicationId,
+    settings: tessera_protocol::api::AttestationSettings,
+) -> Result<tessera_protocol::api::AttestationSettings, ServerError> {
+    crate::domain::attestation::settings::set(db, app, settings)
+        .await
+        .map_err(|e| crate::error::admin_error(e, "application"))
 }

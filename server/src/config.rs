@@ -160,6 +160,13 @@ pub struct ServerConfig {
     /// Lifetime of an authorization request's flow (the time the user has at the prompt), in
     /// seconds (60–3600, default 600).
     pub oidc_authorization_ttl: u32,
+    /// Extra attestation trust anchors (PEM certificates), trusted for Android Key Attestation
+    /// and Apple App Attest chains next to the shipped Google and Apple roots
+    /// (`--attestation-root`).
+    pub attestation_extra_roots: Vec<String>,
+    /// The attestation revocation status list, in Google's JSON format
+    /// (`--attestation-revocation-list`); `None`: no certificate is considered revoked.
+    pub attestation_revocation_status: Option<String>,
 }
 
 /// The certificate chain and private key files of the TLS listener.
@@ -236,6 +243,8 @@ impl Default for ServerConfig {
             webhook_lease_margin: std::time::Duration::from_secs(20),
             oidc_code_ttl: 60,
             oidc_authorization_ttl: 600,
+            attestation_extra_roots: Vec::new(),
+            attestation_revocation_status: None,
         }
     }
 }

@@ -85,6 +85,19 @@ pub mod policy {
         parse_version,
     };
 }
+
+/// Platform attestation: the verifiers of Android key attestation chains and Apple App Attest
+/// objects (the rules live in the domain layer; benches and tools reach them here).
+pub mod attestation {
+    pub use crate::domain::attestation::android::verify_registration_keys as verify_android_registration_keys;
+    pub use crate::domain::attestation::apple::{
+        VerifiedAppAttest, verify_attestation as verify_app_attest,
+    };
+    pub use crate::domain::attestation::{
+        AttestationError, AttestationTrust, TrustConfigError, enrollment_attested,
+        meets_requirements, parse_revocation_status, shortfall,
+    };
+}
 pub mod qr_render;
 pub mod secrets;
 mod server;

@@ -86,6 +86,23 @@ enum QrPolicyArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum AttestationModeArg {
+    Off,
+    Report,
+    Require,
+}
+
+impl From<AttestationModeArg> for tessera_protocol::api::AttestationMode {
+    fn from(mode: AttestationModeArg) -> Self {
+        match mode {
+            AttestationModeArg::Off => Self::Off,
+            AttestationModeArg::Report => Self::Report,
+            AttestationModeArg::Require => Self::Require,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ChannelArg {
     Sms,
     Voice,
@@ -226,6 +243,15 @@ enum Command {
         /// Seconds /readyz waits for the database before it answers not ready.
         #[arg(long, default_value_t = 2)]
         readiness_timeout_seconds: u64,
+        /// A PEM certificate trusted as an attestation root next to the shipped Google and Apple
+        /// roots, for Android Key Attestation and App Attest chains (repeatable).
+        #[arg(long = "attestation-root", value_name = "FILE")]
+        attestation_roots: Vec<std::path::PathBuf>,
+        /// Google's attestation revocation status list (JSON, as served at
+        /// https://android.googleapis.com/attestation/status), read at start: certificates
+        /// listed there are refused.
+        #[arg(long, value_name = "FILE")]
+        attestation_revocation_list: Option<std::path::PathBuf>,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -390,6 +416,30 @@ enum AdminCommand {
         /// `none`, `extra-verification` or `user-approval`.
         #[arg(value_enum)]
         policy: QrPolicyArg,
+    },
+    /// Replaces the application's attestation settings: the mode (`off`, `report`, `require`)
+    /// and the apps whose attestations it accepts (see docs/attestation.md).
+    SetAttestation {
+        /// The application.
+        application_id: String,
+        /// `off`, `report` or `require`.
+        #[arg(long, value_enum)]
+        mode: AttestationModeArg,
+        /// An Android app: `PACKAGE=SHA256HEX[,SHA256HEX...]`, the package name and the SHA-256
+        /// digests of its signing certificates (repeatable).
+        #[arg(long = "android-app", value_name = "PACKAGE=DIGESTS")]
+        android_apps: Vec<String>,
+        /// An iOS app in the App Attest production environment: `TEAMID.BUNDLEID` (repeatable).
+        #[arg(long = "apple-app", value_name = "TEAMID.BUNDLEID")]
+        apple_apps: Vec<String>,
+        /// An iOS app in the App Attest development environment: `TEAMID.BUNDLEID` (repeatable).
+        #[arg(long = "apple-development-app", value_name = "TEAMID.BUNDLEID")]
+        apple_development_apps: Vec<String>,
+    },
+    /// Shows the application's attestation settings.
+    Attestation {
+        /// The application.
+        application_id: String,
     },
     /// Passcode options of push authentications (each overridable per request): with
     /// --use-code a passcode from the app is accepted from the start; with --otp-fallback once
@@ -724,8 +774,31 @@ async fn main() -> ExitCode {
             database_max_connections,
             database_acquire_timeout_seconds,
             readiness_timeout_seconds,
+            attestation_roots,
+            attestation_revocation_list,
         } => {
             init_logs(log_format);
+            let attestation_extra_roots = match attestation_roots
+                .iter()
+                .map(std::fs::read_to_string)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(roots) => roots,
+                Err(e) => return fail("invalid_input", format!("--attestation-root: {e}")),
+            };
+            let attestation_revocation_status = match attestation_revocation_list
+                .as_deref()
+                .map(std::fs::read_to_string)
+                .transpose()
+            {
+                Ok(list) => list,
+                Err(e) => {
+                    return fail(
+                        "invalid_input",
+                        format!("--attestation-revocation-list: {e}"),
+                    );
+                }
+            };
             let master_key = match admin::master_key_from(secrets.master_key_file.as_deref()) {
                 Ok(key) => key,
                 Err(e) => return fail(server_error_code(&e), e),
@@ -788,6 +861,8 @@ async fn main() -> ExitCode {
                     database_acquire_timeout_seconds.max(1),
                 ),
                 readiness_timeout: std::time::Duration::from_secs(readiness_timeout_seconds.max(1)),
+                attestation_extra_roots,
+                attestation_revocation_status,
                 ..ServerConfig::default()
             };
             if check_config {
@@ -1098,6 +1173,28 @@ async fn run_admin(
             };
             admin::set_additional_device_policy(&db, &app, policy).await?;
             json!({"application_id": app, "additional_devices": policy.as_str()})
+        }
+        AdminCommand::SetAttestation {
+            application_id,
+            mode,
+            android_apps,
+            apple_apps,
+            apple_development_apps,
+        } => {
+            let app = parse_app(&application_id)?;
+            let settings = admin::attestation_settings_from_args(
+                mode.into(),
+                &android_apps,
+                &apple_apps,
+                &apple_development_apps,
+            )?;
+            let stored = admin::set_attestation_settings(&db, &app, settings).await?;
+            json!({"application_id": app, "attestation": stored})
+        }
+        AdminCommand::Attestation { application_id } => {
+            let app = parse_app(&application_id)?;
+            let stored = admin::attestation_settings(&db, &app).await?;
+            json!({"application_id": app, "attestation": stored})
         }
         AdminCommand::SetQrPolicy {
             application_id,

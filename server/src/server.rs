@@ -145,6 +145,8 @@ impl Server {
             },
         ));
         let config_webhook_policy = (config.webhook_allow_loopback, config.webhook_allow_private);
+        let attestation = crate::domain::attestation::AttestationTrust::from_config(&config)
+            .map_err(|e| ServerError::InvalidInput(e.to_string()))?;
         let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let state = Ctx {
@@ -167,6 +169,7 @@ impl Server {
                     allow_private: config_webhook_policy.1,
                 },
             )),
+            attestation: Arc::new(attestation),
         };
         let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
         let webhook_worker = tokio::spawn(crate::domain::webhooks::run(state.clone()));

@@ -548,3 +548,101 @@ fn master_key_commands_protect_rotate_and_refuse() {
     let purged = json_of(&admin(Some(&second), &["purge", "--retention-days", "30"]));
     assert_eq!(purged["authentications"], 0);
 }
+
+#[test]
+fn admin_attestation_commands_and_serve_attestation_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let created = json_of(
+        &bin()
+            .args(["admin", "--database", &db, "create-app", "Bank"])
+            .output()
+            .unwrap(),
+    );
+    let app = created["application_id"].as_str().unwrap().to_string();
+    let digest = "ab".repeat(32);
+    let set = json_of(
+        &bin()
+            .args([
+                "admin",
+                "--database",
+                &db,
+                "set-attestation",
+                &app,
+                "--mode",
+                "require",
+                "--android-app",
+                &format!("com.example.bank={}", digest.to_uppercase()),
+                "--apple-app",
+                "ABCDE12345.com.example.bank",
+                "--apple-development-app",
+                "ABCDE12345.com.example.bank.beta",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(set["attestation"]["mode"], "require");
+    assert_eq!(
+        set["attestation"]["android_apps"][0]["signing_cert_digests"][0],
+        digest.as_str(),
+        "digests are stored lowercase"
+    );
+    assert_eq!(set["attestation"]["apple_apps"][1]["development"], true);
+    let shown = json_of(
+        &bin()
+            .args(["admin", "--database", &db, "attestation", &app])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(shown["attestation"], set["attestation"]);
+    // A malformed digest or `require` without an app is refused, and nothing changes.
+    for args in [
+        vec!["--mode", "report", "--android-app", "com.example.bank=xyz"],
+        vec!["--mode", "require"],
+    ] {
+        let out = bin()
+            .args(["admin", "--database", &db, "set-attestation", &app])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+    }
+    let shown = json_of(
+        &bin()
+            .args(["admin", "--database", &db, "attestation", &app])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(shown["attestation"], set["attestation"]);
+
+    // `serve` refuses an attestation root that is not a certificate, and a revocation list
+    // that is not Google's format, before listening.
+    let not_a_root = dir.path().join("root.pem");
+    std::fs::write(&not_a_root, "not a certificate").unwrap();
+    let out = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+        .arg("--attestation-root")
+        .arg(&not_a_root)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("attestation root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad_list = dir.path().join("status.json");
+    std::fs::write(&bad_list, "{\"nothing\": 1}").unwrap();
+    let out = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+        .arg("--attestation-revocation-list")
+        .arg(&bad_list)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revocation status list"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

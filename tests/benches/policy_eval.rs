@@ -65,6 +65,7 @@ fn inputs() -> PolicyInputs {
             rooted: Some(false),
             screen_lock: Some(true),
             mdm: Some(false),
+            attested: Some(true),
         }),
         recent_successes: (0..20)
             .map(|i| ("198.51.100.1".parse().expect("ip"), now - i * 60))

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attestation;
 pub mod load;
 
 use std::path::PathBuf;
@@ -15,7 +16,8 @@ use std::sync::Arc;
 
 use tempfile::TempDir;
 use tessera_core::{
-    Authenticator, AuthenticatorConfig, FileStorage, KeyStore, SecureStorage, SoftwareKeyStore,
+    Authenticator, AuthenticatorConfig, FileStorage, KeyPurpose, KeyStore, KeyStoreError,
+    SecureStorage, SoftwareKeyStore,
 };
 use tessera_examples::customer::CustomerApi;
 use tessera_protocol::api::CreatedApplication;
@@ -396,6 +398,150 @@ async fn open_device(dir: PathBuf, config: AuthenticatorConfig) -> Arc<Authentic
     )
 }
 
+/// Changes the KeyDescription of an Android test key of a purpose.
+pub type AdjustKeySpec = Box<dyn Fn(KeyPurpose, &mut attestation::KeySpec) + Send + Sync>;
+
+/// What an [`AttestingKeyStore`] attests.
+pub enum AttestationKind {
+    /// Android Key Attestation chains under the root; `adjust` changes a key's KeyDescription
+    /// (to craft a refusal).
+    Android {
+        /// Changes the KeySpec of the key of a purpose.
+        adjust: AdjustKeySpec,
+    },
+    /// Apple App Attest objects under the root; `adjust` changes the object's spec.
+    Apple {
+        /// Changes the App Attest spec.
+        adjust: Box<dyn Fn(&mut attestation::AppAttestSpec) + Send + Sync>,
+    },
+}
+
+/// A key store that attests like a phone, under a TEST root: Android chains for the two
+/// enrollment keys, or an App Attest object. Keys are the persistent software store's.
+pub struct AttestingKeyStore {
+    inner: SoftwareKeyStore,
+    root: Arc<attestation::TestCa>,
+    kind: AttestationKind,
+    serial: std::sync::atomic::AtomicU64,
+}
+
+impl AttestingKeyStore {
+    /// Attests under `root` as `kind` says; keys live in `dir`. Leaf serial numbers count up
+    /// from `first_serial`.
+    pub fn new(
+        dir: &std::path::Path,
+        root: Arc<attestation::TestCa>,
+        kind: AttestationKind,
+        first_serial: u64,
+    ) -> Self {
+        Self {
+            inner: SoftwareKeyStore::open(dir).expect("key store"),
+            root,
+            kind,
+            serial: std::sync::atomic::AtomicU64::new(first_serial),
+        }
+    }
+}
+
+impl KeyStore for AttestingKeyStore {
+    fn generate_signing_key(
+        &self,
+        alias: &str,
+        purpose: KeyPurpose,
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        self.inner.generate_signing_key(alias, purpose)
+    }
+    fn public_key(&self, alias: &str) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        self.inner.public_key(alias)
+    }
+    fn sign(&self, alias: &str, data: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.inner.sign(alias, data)
+    }
+    fn delete_key(&self, alias: &str) -> Result<(), KeyStoreError> {
+        self.inner.delete_key(alias)
+    }
+    fn seal(&self, alias: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.inner.seal(alias, plaintext)
+    }
+    fn open(
+        &self,
+        alias: &str,
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyStoreError> {
+        self.inner.open(alias, sealed)
+    }
+    fn generate_attested_signing_key(
+        &self,
+        alias: &str,
+        purpose: KeyPurpose,
+        challenge: &[u8],
+    ) -> Result<Option<Vec<Vec<u8>>>, KeyStoreError> {
+        let AttestationKind::Android { adjust } = &self.kind else {
+            return Ok(None);
+        };
+        let point = self.inner.generate_signing_key(alias, purpose)?;
+        let mut spec =
+            attestation::KeySpec::hardware(challenge, purpose == KeyPurpose::UserVerification);
+        adjust(purpose, &mut spec);
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Some(attestation::android_chain(
+            &self.root, &point, &spec, serial,
+        )))
+    }
+    fn attest_app(
+        &self,
+        client_data_hash: &[u8],
+    ) -> Result<Option<tessera_core::AppAttestation>, KeyStoreError> {
+        let AttestationKind::Apple { adjust } = &self.kind else {
+            return Ok(None);
+        };
+        let mut spec = attestation::AppAttestSpec {
+            app_id: format!("{TEST_TEAM_ID}.{}", attestation::TEST_PACKAGE),
+            aaguid: *attestation::AAGUID_PRODUCTION,
+            counter: 0,
+            client_data_hash: client_data_hash.to_vec(),
+        };
+        adjust(&mut spec);
+        let (key_id, attestation_object) = attestation::app_attest_object(&self.root, &spec);
+        Ok(Some(tessera_core::AppAttestation {
+            key_id,
+            attestation_object,
+        }))
+    }
+}
+
+/// The Apple team id of the test app.
+pub const TEST_TEAM_ID: &str = "ABCDE12345";
+
+impl TestDevice {
+    /// A new device whose key store attests as `kind` says under `root` (leaf serials from
+    /// `first_serial`).
+    pub async fn attesting(
+        root: Arc<attestation::TestCa>,
+        kind: AttestationKind,
+        first_serial: u64,
+    ) -> TestDevice {
+        let dir = Arc::new(TempDir::new().expect("temp dir"));
+        let config = device_config("Pixel 8");
+        let key_store: Arc<dyn KeyStore> = Arc::new(AttestingKeyStore::new(
+            &dir.path().join("keys"),
+            root,
+            kind,
+            first_serial,
+        ));
+        let storage: Arc<dyn SecureStorage> =
+            Arc::new(FileStorage::new(dir.path().join("state")).expect("storage"));
+        let auth = Arc::new(
+            Authenticator::open(config.clone(), key_store, storage)
+                .await
+                .expect("open authenticator"),
+        );
+        TestDevice { auth, dir, config }
+    }
+}
+
 /// A device speaking the protocol directly with software keys, for tests that need to sign what
 /// the real core never would (replays, wrong paths, stale times).
 pub struct RawDevice {
@@ -449,6 +595,7 @@ impl RawDevice {
             otp_transport_key: None,
             device_key: self.device_key.public_jwk(),
             device_key_proof: String::new(),
+            attestation: None,
         };
         registration.device_key_proof = envelope::sign(
             MessageType::DeviceKeyProof,

@@ -10,6 +10,7 @@ import dev.tessera.android.PushResult
 import dev.tessera.android.Tessera
 import dev.tessera.android.TesseraRequest
 import dev.tessera.android.errorCode
+import dev.tessera.ffi.AppAttestationResult
 import dev.tessera.ffi.AuthenticatorConfig
 import dev.tessera.ffi.DenialReason
 import dev.tessera.ffi.DeviceInfo
@@ -83,6 +84,9 @@ class RecordingKeyStore : PlatformKeyStore {
     }
     override fun seal(alias: String, plaintext: ByteArray) = inner.seal(alias, plaintext)
     override fun open(alias: String, sealed: ByteArray) = inner.open(alias, sealed)
+    override fun generateAttestedSigningKey(alias: String, kind: KeyKind, challenge: ByteArray): List<ByteArray> =
+        emptyList()
+    override fun attestApp(clientDataHash: ByteArray): AppAttestationResult? = null
 }
 
 /**
@@ -114,6 +118,9 @@ class JcaKeyStore : PlatformKeyStore {
     }
     override fun open(alias: String, sealed: ByteArray): ByteArray =
         Jca.open(aes[alias] ?: throw PlatformException.NotFound(), sealed, alias.encodeToByteArray())
+    override fun generateAttestedSigningKey(alias: String, kind: KeyKind, challenge: ByteArray): List<ByteArray> =
+        emptyList()
+    override fun attestApp(clientDataHash: ByteArray): AppAttestationResult? = null
 }
 
 fun config() = AuthenticatorConfig(

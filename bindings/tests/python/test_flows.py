@@ -72,6 +72,12 @@ class RecordingKeyStore(t.PlatformKeyStore):
     def open(self, alias, sealed):
         return self.inner.open(alias, sealed)
 
+    def generate_attested_signing_key(self, alias, kind, challenge):
+        return []  # software keys: no attestation
+
+    def attest_app(self, client_data_hash):
+        return None
+
 
 def config(push=None):
     return t.AuthenticatorConfig(

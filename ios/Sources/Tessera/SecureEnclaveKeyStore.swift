@@ -1,6 +1,9 @@
 import Foundation
 import LocalAuthentication
 import Security
+#if canImport(DeviceCheck)
+import DeviceCheck
+#endif
 
 /// The SDK's key store on iOS: P-256 keys created inside the Secure Enclave (private keys never
 /// leave it), found by alias (the keychain application tag).
@@ -72,6 +75,50 @@ public final class SecureEnclaveKeyStore: PlatformKeyStore, @unchecked Sendable 
             throw PlatformError.OpenFailed
         }
         return plain as Data
+    }
+
+    // MARK: - Attestation
+
+    /// Secure Enclave keys have no per-key attestation on iOS: the app is attested instead, with
+    /// App Attest ([attestApp]).
+    public func generateAttestedSigningKey(alias: String, kind: KeyKind, challenge: Data) throws -> [Data] {
+        return []
+    }
+
+    /// Attests the app with App Attest: a new App Attest key, attested over `clientDataHash`
+    /// (the registration's attestation challenge). None where App Attest is unavailable (the
+    /// simulator, iOS before 14). Called by the SDK off the main thread; it waits for Apple's
+    /// answer.
+    public func attestApp(clientDataHash: Data) throws -> AppAttestationResult? {
+        #if canImport(DeviceCheck)
+        if #available(iOS 14.0, macOS 11.0, *) {
+            let service = DCAppAttestService.shared
+            guard service.isSupported else { return nil }
+            let keyId: String = try waitFor { service.generateKey(completionHandler: $0) }
+            let object: Data = try waitFor {
+                service.attestKey(keyId, clientDataHash: clientDataHash, completionHandler: $0)
+            }
+            guard let rawKeyId = Data(base64Encoded: keyId) else {
+                throw PlatformError.Failed(detail: "the App Attest key id is not base64")
+            }
+            return AppAttestationResult(keyId: rawKeyId, attestationObject: object)
+        }
+        #endif
+        return nil
+    }
+
+    private func waitFor<T>(_ call: (@escaping (T?, Error?) -> Void) -> Void) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        var value: T?
+        var failureText = "no result"
+        call { result, error in
+            value = result
+            if let error { failureText = error.localizedDescription }
+            done.signal()
+        }
+        done.wait()
+        guard let value else { throw PlatformError.Failed(detail: "App Attest failed: \(failureText)") }
+        return value
     }
 
     // MARK: - Keychain

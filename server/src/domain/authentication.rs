@@ -429,18 +429,33 @@ pub(crate) fn attributes_for(
         a.insert(format!("{p}type"), json!("POLICY_APPROVE"));
         return a;
     }
-    let auth_type = if signed_with_user_verification
+    // The device's claim of biometrics counts only when its user-verification key is proven
+    // (attested) to require user authentication; otherwise it is kept apart, as unverified.
+    let claims_biometrics = signed_with_user_verification
         && response
             .amr
             .iter()
-            .any(|m| BIOMETRIC_AMR.contains(&m.as_str()))
-    {
+            .any(|m| BIOMETRIC_AMR.contains(&m.as_str()));
+    let proven = super::attestation::user_verification_proven(device.attestation.as_ref());
+    let auth_type = if claims_biometrics && proven {
         "MOBILE_APP_BIOMETRICS"
     } else {
         "MOBILE_APP_SWIPE"
     };
     a.insert(format!("{p}type"), json!(auth_type));
+    if claims_biometrics && !proven {
+        a.insert(
+            format!("{p}unverified.type"),
+            json!("MOBILE_APP_BIOMETRICS"),
+        );
+    }
     let d = format!("{p}authenticating.device.");
+    a.insert(
+        format!("{d}attested"),
+        json!(super::attestation::enrollment_attested(
+            device.attestation.as_ref()
+        )),
+    );
     a.insert(format!("{d}id"), json!(device.device_id));
     a.insert(format!("{d}model"), json!(device.device_info.model));
     a.insert(

@@ -286,6 +286,7 @@ mod tests {
             otp_transport_key: None,
             device_key,
             device_key_proof: String::new(),
+            attestation: None,
         }
     }
 

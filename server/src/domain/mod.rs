@@ -7,6 +7,7 @@
 //! `delivery` implements `domain::ports`; `store` imports neither.
 
 pub(crate) mod applications;
+pub mod attestation;
 pub(crate) mod audit;
 pub(crate) mod authentication;
 pub(crate) mod backup;
@@ -79,6 +80,8 @@ pub(crate) struct Ctx {
     pub follow_ups: Arc<[(&'static str, outcome::FollowUp)]>,
     /// Posts signed event webhooks.
     pub webhook_sender: Arc<dyn ports::WebhookSender>,
+    /// The trust anchors and revocation list attestations are verified against.
+    pub attestation: Arc<attestation::AttestationTrust>,
 }
 
 impl Ctx {

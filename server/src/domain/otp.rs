@@ -300,6 +300,12 @@ pub(crate) async fn device_attributes(
                     format!("{d}app.version"),
                     json!(device.device_info.app_version),
                 );
+                attributes.insert(
+                    format!("{d}attested"),
+                    json!(super::attestation::enrollment_attested(
+                        device.attestation.as_ref()
+                    )),
+                );
             }
             attributes.insert(format!("{p}amr"), json!(["otp"]));
         }

@@ -327,6 +327,12 @@ async fn create_enrollment(
     now: i64,
 ) -> Result<Result<Created, sqlx::Error>, DomainError> {
     let reg = &verified.registration;
+    // The platform attestation, as the application's setting asks: under `require` a pairing
+    // without a valid one is refused here, before anything is written (the transaction, and
+    // with it the code's consumption, rolls back).
+    let attestation_settings = applications::attestation_settings(&ctx.db, &app.id).await?;
+    let attestation =
+        super::attestation::check_registration(&ctx.attestation, &attestation_settings, reg)?;
     let device_key_thumbprint = reg.device_key.thumbprint();
     let enrollment_id = EnrollmentId::generate();
     let verifier = device_verification::verifier(tx, &app.id, user_id).await?;
@@ -416,6 +422,7 @@ async fn create_enrollment(
         verification_id: verification.as_ref().map(|v| v.id.clone()),
         push_stale_at: None,
         device_key_thumbprint: Some(device_key_thumbprint),
+        attestation,
     };
     if let Err(e) = enrollments::insert(tx, &enrollment).await {
         return Ok(Err(e));
@@ -627,6 +634,7 @@ async fn pairing_policy(
                 rooted: reg.signals.rooted,
                 screen_lock: reg.signals.screen_lock,
                 mdm: reg.signals.mdm,
+                attested: None,
             }),
             fields: &[],
         },
@@ -770,6 +778,7 @@ mod tests {
                 otp_transport_key: None,
                 device_key: self.device_key.public_jwk(),
                 device_key_proof: String::new(),
+                attestation: None,
             }
         }
 

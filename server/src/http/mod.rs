@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, the OpenAPI document, and per-request metrics and logs.
 
 mod application_settings;
+mod attestation_settings;
 pub(crate) mod authentications;
 mod backup;
 mod ciba_clients;
@@ -111,6 +112,8 @@ use crate::metrics::{RequestLabels, RouteLabels};
         prompt_page::page,
         prompt_page::script,
         prompt_page::styles,
+        attestation_settings::get_attestation_settings,
+        attestation_settings::set_attestation_settings,
     ),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
@@ -289,6 +292,11 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route(
             "/v1/users/{user_id}/groups",
             get(policies::get_groups).put(policies::set_groups),
+        )
+        .route(
+            "/v1/application/attestation-settings",
+            get(attestation_settings::get_attestation_settings)
+                .put(attestation_settings::set_attestation_settings),
         );
     let router = if metrics_here {
         router.route("/metrics", get(ops::metrics))

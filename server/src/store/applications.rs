@@ -646,3 +646,38 @@ pub async fn set_authentication_settings(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The application's attestation settings (off when never set).
+pub async fn attestation_settings(
+    db: &Database,
+    id: &ApplicationId,
+) -> Result<tessera_protocol::api::AttestationSettings, StoreError> {
+    let row = sqlx::query("SELECT attestation_settings FROM applications WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or(StoreError::NotFound("application"))?;
+    match row.try_get::<Option<String>, _>("attestation_settings")? {
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|_| StoreError::Corrupted("attestation_settings"))
+        }
+        None => Ok(tessera_protocol::api::AttestationSettings::default()),
+    }
+}
+
+/// Replaces the application's attestation settings. Returns false if there is no such
+/// application.
+pub async fn set_attestation_settings(
+    db: &Database,
+    id: &ApplicationId,
+    settings: &tessera_protocol::api::AttestationSettings,
+) -> Result<bool, StoreError> {
+    let text = serde_json::to_string(settings)
+        .map_err(|_| StoreError::Corrupted("attestation_settings"))?;
+    let done = sqlx::query("UPDATE applications SET attestation_settings = $1 WHERE id = $2")
+        .bind(text)
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -51,6 +51,8 @@ pub struct Enrollment {
     /// `device_id` is derived from it). `None` for enrollments paired before device keys
     /// existed: those are never replaced by a registration.
     pub device_key_thumbprint: Option<String>,
+    /// What the pairing's platform attestation proved; `None`: nothing verified.
+    pub attestation: Option<tessera_protocol::api::EnrollmentAttestation>,
 }
 
 impl Enrollment {
@@ -68,6 +70,7 @@ impl Enrollment {
             status: self.status,
             paired_at: self.paired_at,
             last_seen_at: self.last_seen_at,
+            attestation: self.attestation.clone(),
         }
     }
 }
@@ -75,7 +78,7 @@ impl Enrollment {
 const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, possession_key, \
     user_verification_key, device_info, signals, push, push_provider, is_primary, \
     registration_digest, server_payload, paired_at, last_seen_at, status, verification_id, \
-    push_stale_at, device_key_thumbprint";
+    push_stale_at, device_key_thumbprint, attestation";
 
 fn json<T: serde::de::DeserializeOwned>(
     row: &sqlx::any::AnyRow,
@@ -120,6 +123,12 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Enrollment, StoreError> {
             .transpose()?,
         push_stale_at: row.try_get("push_stale_at")?,
         device_key_thumbprint: row.try_get("device_key_thumbprint")?,
+        attestation: row
+            .try_get::<Option<String>, _>("attestation")?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|_| StoreError::Corrupted("attestation"))
+            })
+            .transpose()?,
     })
 }
 
@@ -132,7 +141,7 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
     let encode =
         |r: Result<String, StoreError>| r.map_err(|_| sqlx::Error::Protocol("encode".into()));
     sqlx::query(&format!(
-        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
     ))
     .bind(e.enrollment_id.as_str())
     .bind(e.application_id.as_str())
@@ -153,6 +162,12 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
     .bind(e.verification_id.as_ref().map(AuthenticationId::as_str))
     .bind(e.push_stale_at)
     .bind(e.device_key_thumbprint.as_deref())
+    .bind(
+        e.attestation
+            .as_ref()
+            .map(|a| encode(to_json(a)))
+            .transpose()?,
+    )
     .execute(&mut *conn)
     .await?;
     Ok(())

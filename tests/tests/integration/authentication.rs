@@ -146,8 +146,14 @@ async fn approvals(backend: Backend) {
         .authentication(&created.authentication_id, 0)
         .await
         .unwrap();
+    // A software key store's user-verification key is not proven to need the user: the
+    // biometric claim is reported apart, as unverified (attestation.rs covers proven keys).
     assert_eq!(
         status.attributes["pingid.authentication.type"],
+        "MOBILE_APP_SWIPE"
+    );
+    assert_eq!(
+        status.attributes["pingid.authentication.unverified.type"],
         "MOBILE_APP_BIOMETRICS"
     );
     // Swipe answers are signed with the possession key, biometric ones with the other key.

@@ -119,7 +119,12 @@ async fn two_users(backend: Backend) {
     assert_eq!(status.user_id.as_ref(), Some(&bob));
     assert_eq!(status.decision, Some(Decision::Approve));
     let a = &status.attributes;
-    assert_eq!(a["pingid.authentication.type"], "MOBILE_APP_BIOMETRICS");
+    // Not attested: the biometric claim is the device's, reported apart.
+    assert_eq!(a["pingid.authentication.type"], "MOBILE_APP_SWIPE");
+    assert_eq!(
+        a["pingid.authentication.unverified.type"],
+        "MOBILE_APP_BIOMETRICS"
+    );
     assert_eq!(
         a["pingid.authentication.accessing.device.ip"],
         "203.0.113.7"

@@ -78,7 +78,8 @@ pub struct PolicyInputs {
     pub accessing: AccessingFacts,
     /// The authenticating device, when there is one.
     pub device: Option<DeviceFacts>,
-    /// Whether the device's key is attested (always false: attestation does not exist yet).
+    /// Whether the authenticating device's keys were attested at pairing (false without a
+    /// device, or for a pairing itself: the attestation is verified after the policy).
     pub attested_key: bool,
     /// The user's successful authentications: (accessing IP, when), any order.
     pub recent_successes: Vec<(IpAddr, i64)>,

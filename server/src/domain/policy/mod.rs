@@ -203,6 +203,9 @@ pub(crate) fn device_facts(device: &Enrollment) -> DeviceFacts {
         rooted: device.signals.rooted,
         screen_lock: device.signals.screen_lock,
         mdm: device.signals.mdm,
+        attested: Some(crate::domain::attestation::enrollment_attested(
+            device.attestation.as_ref(),
+        )),
     }
 }
 
@@ -351,7 +354,11 @@ async fn gather(
             ip_table_loaded: !table.is_empty(),
             accessing,
             device: request.device.clone(),
-            attested_key: false,
+            attested_key: request
+                .device
+                .as_ref()
+                .and_then(|d| d.attested)
+                .unwrap_or(false),
             recent_successes,
             push_times,
             previous_location,

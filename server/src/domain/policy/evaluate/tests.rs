@@ -130,6 +130,7 @@ fn device_platform_versions_and_posture() {
         rooted: Some(true),
         screen_lock: Some(true),
         mdm: None,
+        attested: None,
     });
     assert!(matched(&p, &i));
     i.device.as_mut().unwrap().os_version = Some("14.0.1".into());

@@ -8,6 +8,7 @@ import android.security.keystore.KeyPermanentlyInvalidatedException
 import android.security.keystore.KeyProperties
 import android.security.keystore.StrongBoxUnavailableException
 import android.security.keystore.UserNotAuthenticatedException
+import dev.tessera.ffi.AppAttestationResult
 import dev.tessera.ffi.KeyKind
 import dev.tessera.ffi.PlatformException
 import dev.tessera.ffi.PlatformKeyStore
@@ -55,11 +56,41 @@ class AndroidKeystoreKeyStore(
         Jca.uncompressedPoint(pair.public as ECPublicKey)
     }
 
-    private fun generate(alias: String, kind: KeyKind, strongBox: Boolean): java.security.KeyPair {
+    /**
+     * Creates the key with Android Key Attestation over [challenge] (the registration's
+     * attestation challenge) and returns its certificate chain, leaf first, DER. Empty (and no
+     * key left behind) when the device cannot attest: the SDK then creates a plain key.
+     */
+    override fun generateAttestedSigningKey(alias: String, kind: KeyKind, challenge: ByteArray): List<ByteArray> =
+        Jca.guard {
+            try {
+                try {
+                    generate(alias, kind, hasStrongBox, challenge)
+                } catch (e: StrongBoxUnavailableException) {
+                    generate(alias, kind, false, challenge)
+                }
+                keyStore.getCertificateChain(alias)?.map { it.encoded } ?: emptyList()
+            } catch (e: java.security.ProviderException) {
+                // Some devices fail to produce an attestation chain: pair without one.
+                if (keyStore.containsAlias(alias)) keyStore.deleteEntry(alias)
+                emptyList()
+            }
+        }
+
+    /** App Attest is Apple's: nothing to attest on Android. */
+    override fun attestApp(clientDataHash: ByteArray): AppAttestationResult? = null
+
+    private fun generate(
+        alias: String,
+        kind: KeyKind,
+        strongBox: Boolean,
+        attestationChallenge: ByteArray? = null,
+    ): java.security.KeyPair {
         val spec = KeyGenParameterSpec.Builder(alias, KeyProperties.PURPOSE_SIGN)
             .setAlgorithmParameterSpec(ECGenParameterSpec("secp256r1"))
             .setDigests(KeyProperties.DIGEST_SHA256)
             .setIsStrongBoxBacked(strongBox)
+        if (attestationChallenge != null) spec.setAttestationChallenge(attestationChallenge)
         if (kind == KeyKind.USER_VERIFICATION) {
             spec.setUserAuthenticationRequired(true)
             spec.setInvalidatedByBiometricEnrollment(true)
