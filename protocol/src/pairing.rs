@@ -287,6 +287,49 @@ pub struct DeviceInfo {
     pub name: Option<String>,
 }
 
+/// What every signed answer says about the device as it is now: the app, OS and model may
+/// change after pairing (an OS or app update), and the server keeps the enrollment's
+/// [`DeviceInfo`] current from these. Like [`DeviceInfo`], a claim of the device, never proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceVersions {
+    /// Hardware model, e.g. `Pixel 8`.
+    pub model: String,
+    /// Operating system version, e.g. `15`.
+    pub os_version: String,
+    /// Version of the app embedding the SDK.
+    pub app_version: String,
+}
+
+impl DeviceVersions {
+    /// The versions a [`DeviceInfo`] holds.
+    pub fn of(info: &DeviceInfo) -> Self {
+        Self {
+            model: info.model.clone(),
+            os_version: info.os_version.clone(),
+            app_version: info.app_version.clone(),
+        }
+    }
+
+    /// Whether `info` already says exactly this.
+    pub fn matches(&self, info: &DeviceInfo) -> bool {
+        self.model == info.model
+            && self.os_version == info.os_version
+            && self.app_version == info.app_version
+    }
+
+    /// `info` with these versions (its OS name, SDK version and name kept).
+    pub fn applied_to(&self, info: &DeviceInfo) -> DeviceInfo {
+        DeviceInfo {
+            model: self.model.clone(),
+            os_version: self.os_version.clone(),
+            app_version: self.app_version.clone(),
+            ..info.clone()
+        }
+    }
+}
+
 /// Device posture signals reported by the platform. `None` means "not known".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -300,6 +343,9 @@ pub struct DeviceSignals {
     /// The device is managed by an MDM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mdm: Option<bool>,
+    /// The app runs in an emulator or simulator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulator: Option<bool>,
 }
 
 /// How the server can reach the device with a push.

@@ -41,7 +41,7 @@ use tessera_protocol::qr::{
 use zeroize::Zeroizing;
 
 use super::authentication::{
-    AnswerFacts, Question, USER_VERIFICATION_AMR, attributes_for, check_answer, check_text,
+    AnswerFacts, Question, as_answered, remember_answered_device, USER_VERIFICATION_AMR, attributes_for, check_answer, check_text,
     invalid, mismatch, new_authentication, verify_answer,
 };
 use super::events::{Topic, wait_for};
@@ -562,7 +562,14 @@ pub(crate) async fn answer(
         ));
     }
     let now = ctx.now();
-    check_answer(response.issued_at, &response.amr, response.location, now)?;
+    check_answer(
+        response.issued_at,
+        &response.amr,
+        response.location,
+        response.device.as_ref(),
+        now,
+    )?;
+    let answered_device = as_answered(&device, response.device.as_ref(), response.signals);
     if with_uv
         && response.decision == Decision::Approve
         && !response
@@ -582,7 +589,7 @@ pub(crate) async fn answer(
         ctx,
         AuthenticationKind::Approval,
         session.context.ip.as_deref(),
-        &device,
+        &answered_device,
         &AnswerFacts {
             amr: &response.amr,
             signals: response.signals,
@@ -644,6 +651,7 @@ pub(crate) async fn answer(
         authentications::insert(&mut *tx, f).await?;
     }
     tx.commit().await?;
+    remember_answered_device(ctx, &device, &answered_device).await;
     tracing::info!(qr_session_id = %session.id, state = next_state.as_str(), "QR session answered");
     announce(ctx, &session.id).await;
     if let Some(f) = &follow_up {

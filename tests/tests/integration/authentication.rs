@@ -404,6 +404,7 @@ fn answer(
         amr: vec![],
         signals: Default::default(),
         location: None,
+        device: None,
         issued_at: now(),
     }
 }
