@@ -19,8 +19,8 @@ use tessera_protocol::flows::DeviceAuthorization;
 use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{
-    ApplicationInfo, DeviceSignals, DeviceVersions, MAX_REGISTRATION_AGE_SECONDS, MobilePayload, PairingCode,
-    PairingReply, PairingUri, PushRegistration, ServerKeySet, ServerUrl,
+    ApplicationInfo, DeviceSignals, DeviceVersions, MAX_REGISTRATION_AGE_SECONDS, MobilePayload,
+    PairingCode, PairingReply, PairingUri, PushRegistration, ServerKeySet, ServerUrl,
 };
 use tessera_protocol::qr::{QrSessionState, QrUri};
 use tessera_protocol::time::{UnixSeconds, now};

@@ -10,11 +10,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tessera_protocol::canonical::{Sha256Digest, to_canonical_vec};
-use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
 use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationResponse, Decision, DisplayField, DynamicParameters,
 };
+use tessera_protocol::canonical::{Sha256Digest, to_canonical_vec};
+use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
 use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, QrSessionId, UserId};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{

@@ -4,10 +4,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
+use tessera_protocol::authentication::AuthenticationResponse;
 use tessera_protocol::canonical::{Sha256Digest, to_canonical_vec};
 use tessera_protocol::envelope::{self, EnvelopeError, MessageType, SoftwareSigningKey};
 use tessera_protocol::jwk::PublicJwk;
-use tessera_protocol::authentication::AuthenticationResponse;
 use tessera_protocol::pairing::{
     DeviceRegistration, KeyProof, MobilePayload, PairingCode, PairingReply,
 };
@@ -95,7 +95,8 @@ fn answer_vectors_verify_and_carry_the_device_versions() {
     old.as_object_mut().unwrap().remove("device");
     let parsed: AuthenticationResponse = serde_json::from_value(old.clone()).unwrap();
     assert_eq!(parsed.device, None);
-    old["device"] = serde_json::json!({"model": "x", "os_version": "1", "app_version": "1", "extra": 1});
+    old["device"] =
+        serde_json::json!({"model": "x", "os_version": "1", "app_version": "1", "extra": 1});
     assert!(serde_json::from_value::<AuthenticationResponse>(old).is_err());
 }
 

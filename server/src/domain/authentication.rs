@@ -356,7 +356,10 @@ pub(crate) fn check_answer(
             s.chars().count() > super::pairing::MAX_INFO_CHARS
                 || !tessera_protocol::display::is_displayable(s)
         };
-        if [&v.model, &v.os_version, &v.app_version].into_iter().any(bad) {
+        if [&v.model, &v.os_version, &v.app_version]
+            .into_iter()
+            .any(bad)
+        {
             return Err(mismatch(
                 "the device's model, OS version or app version is too long or not displayable",
             ));

@@ -41,8 +41,8 @@ use tessera_protocol::qr::{
 use zeroize::Zeroizing;
 
 use super::authentication::{
-    AnswerFacts, Question, as_answered, remember_answered_device, USER_VERIFICATION_AMR, attributes_for, check_answer, check_text,
-    invalid, mismatch, new_authentication, verify_answer,
+    AnswerFacts, Question, USER_VERIFICATION_AMR, as_answered, attributes_for, check_answer,
+    check_text, invalid, mismatch, new_authentication, remember_answered_device, verify_answer,
 };
 use super::events::{Topic, wait_for};
 use super::outcome::{self, DomainEvent, FollowUpFuture};

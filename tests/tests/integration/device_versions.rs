@@ -101,7 +101,10 @@ async fn os_update(backend: Backend) {
         .unwrap();
     assert_eq!(record.device.os_version, "16");
     assert_eq!(record.device.app_version, "1.1.0");
-    assert_eq!(record.device.os_name, "Android", "what answers do not carry is kept");
+    assert_eq!(
+        record.device.os_name, "Android",
+        "what answers do not carry is kept"
+    );
     assert_eq!(record.signals.rooted, Some(true));
 
     // An app restart reports the versions of its configuration again (the state survives).
