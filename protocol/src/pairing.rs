@@ -643,6 +643,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn device_versions_update_only_what_answers_carry() {
+        let paired = DeviceInfo {
+            model: "Pixel 8".into(),
+            os_name: "Android".into(),
+            os_version: "15".into(),
+            app_version: "1.0".into(),
+            sdk_version: "0.1.0".into(),
+            name: Some("Work phone".into()),
+        };
+        let now = DeviceVersions {
+            model: "Pixel 8".into(),
+            os_version: "16".into(),
+            app_version: "1.1".into(),
+        };
+        assert!(DeviceVersions::of(&paired).matches(&paired));
+        assert!(!now.matches(&paired));
+        let updated = now.applied_to(&paired);
+        assert!(now.matches(&updated));
+        assert_eq!(updated.os_name, "Android");
+        assert_eq!(updated.sdk_version, "0.1.0");
+        assert_eq!(updated.name.as_deref(), Some("Work phone"));
+        // Strict on the wire: an unknown member is refused.
+        assert!(
+            serde_json::from_str::<DeviceVersions>(
+                r#"{"model":"x","os_version":"1","app_version":"1","rooted":true}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn codes_are_generated_and_parsed_forgivingly() {
         let code = PairingCode::generate();
         let shown = code.display_form();

@@ -896,3 +896,33 @@ pub(crate) async fn answer(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(os_version: &str) -> DeviceVersions {
+        DeviceVersions {
+            model: "Pixel 8".into(),
+            os_version: os_version.into(),
+            app_version: "1.0".into(),
+        }
+    }
+
+    #[test]
+    fn answers_with_readable_versions_pass_and_others_are_mismatches() {
+        let now = 1_767_225_600;
+        assert!(check_answer(now, &[], None, None, now).is_ok(), "no versions");
+        assert!(check_answer(now, &[], None, Some(&versions("16")), now).is_ok());
+        let at_limit = "9".repeat(super::super::pairing::MAX_INFO_CHARS);
+        assert!(check_answer(now, &[], None, Some(&versions(&at_limit)), now).is_ok());
+        for bad in [
+            "9".repeat(super::super::pairing::MAX_INFO_CHARS + 1),
+            "16\u{202e}".into(),
+            "1\u{200b}6".into(),
+        ] {
+            let err = check_answer(now, &[], None, Some(&versions(&bad)), now).unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::ResponseMismatch), "{bad:?}");
+        }
+    }
+}
