@@ -912,7 +912,10 @@ mod tests {
     #[test]
     fn answers_with_readable_versions_pass_and_others_are_mismatches() {
         let now = 1_767_225_600;
-        assert!(check_answer(now, &[], None, None, now).is_ok(), "no versions");
+        assert!(
+            check_answer(now, &[], None, None, now).is_ok(),
+            "no versions"
+        );
         assert!(check_answer(now, &[], None, Some(&versions("16")), now).is_ok());
         let at_limit = "9".repeat(super::super::pairing::MAX_INFO_CHARS);
         assert!(check_answer(now, &[], None, Some(&versions(&at_limit)), now).is_ok());

@@ -13,10 +13,14 @@ on_each_backend! {
     an_os_update_shows_in_the_next_answer_and_the_device_record => os_update;
     concurrent_answers_after_an_update_all_report_it => concurrent;
     unreadable_versions_are_refused_and_change_nothing => refused;
+    a_qr_login_answer_reports_and_records_the_current_versions => qr_login;
 }
 
 async fn paired(backend: Backend) -> (TestServer, TestDevice, EnrollmentId) {
-    let server = TestServer::start(backend).await;
+    paired_with(TestServer::start(backend).await).await
+}
+
+async fn paired_with(server: TestServer) -> (TestServer, TestDevice, EnrollmentId) {
     server.user("alice").await;
     let device = TestDevice::new().await;
     let enrollment = device
@@ -114,7 +118,10 @@ async fn os_update(backend: Backend) {
 }
 
 async fn concurrent(backend: Backend) {
-    let (server, device, enrollment) = paired(backend).await;
+    // Six requests pending at once: above the default push-bombing limit of three.
+    let server =
+        TestServer::start_with(backend, |c| c.max_pending_authentications_per_user = 10).await;
+    let (server, device, enrollment) = paired_with(server).await;
     device.auth.set_device_versions(DeviceVersions {
         model: "Pixel 8".into(),
         os_version: "16".into(),
@@ -158,4 +165,42 @@ async fn refused(backend: Backend) {
     }
     let devices = server.customer.list_devices("alice").await.unwrap();
     assert_eq!(devices.devices[0].device.os_version, "15");
+}
+
+async fn qr_login(backend: Backend) {
+    let (server, device, enrollment) = paired(backend).await;
+    device.auth.set_device_versions(DeviceVersions {
+        model: "Pixel 8".into(),
+        os_version: "16".into(),
+        app_version: "3.0.0".into(),
+    });
+    let created = server
+        .customer
+        .create_qr_session(&tessera_protocol::api::CreateQrSession::default())
+        .await
+        .unwrap();
+    let qr = device
+        .auth
+        .authenticate_with_qr(&created.qr_uri)
+        .await
+        .unwrap();
+    device
+        .auth
+        .approve_qr(&qr, &qr.users[0].user_id, vec![])
+        .await
+        .unwrap();
+    let status = server
+        .customer
+        .qr_session(&created.session_id, 0)
+        .await
+        .unwrap();
+    assert_eq!(status.attributes[&format!("{D}os.version")], "16");
+    assert_eq!(status.attributes[&format!("{D}app.version")], "3.0.0");
+    let devices = server.customer.list_devices("alice").await.unwrap();
+    let record = devices
+        .devices
+        .iter()
+        .find(|d| d.enrollment_id == enrollment)
+        .unwrap();
+    assert_eq!(record.device.app_version, "3.0.0");
 }
