@@ -42,7 +42,8 @@ val cargoNdk by tasks.registering(Exec::class) {
         "-t", "arm64-v8a", "-t", "armeabi-v7a", "-t", "x86_64",
         "--platform", "28",
         "-o", rustJniLibs.get().asFile.path,
-        "build", "--release", "--locked", "-p", "tessera-bindings",
+        // The size profile (Cargo.toml `[profile.ffi]`, docs/benchmarks.md "Library size").
+        "build", "--profile", "ffi", "--locked", "-p", "tessera-bindings",
     )
 }
 
@@ -50,7 +51,19 @@ tasks.named("preBuild") {
     dependsOn(generateBindings, cargoNdk)
 }
 
+// The Kotlin component of rustls-platform-verifier (org.rustls.platformverifier), which the Rust
+// library's TLS verifier calls through JNI (PlatformTls initialises it); its Maven repository is
+// declared in settings.gradle.kts. Its version must be the one of the
+// rustls-platform-verifier-android crate in Cargo.lock: read from there.
+
+val rustlsPlatformVerifierVersion: String = File(repo, "Cargo.lock").readLines().let { lines ->
+    val at = lines.indexOfFirst { it.trim() == "name = \"rustls-platform-verifier-android\"" }
+    check(at >= 0) { "rustls-platform-verifier-android not found in Cargo.lock" }
+    lines[at + 1].substringAfter('"').substringBefore('"')
+}
+
 dependencies {
+    implementation("rustls:rustls-platform-verifier:$rustlsPlatformVerifierVersion")
     implementation("net.java.dev.jna:jna:5.15.0@aar")
     implementation("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.8.1")
     implementation("androidx.biometric:biometric:1.1.0")

@@ -9,6 +9,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(target_os = "android")]
+mod android;
 mod error;
 mod platform;
 mod records;
@@ -94,6 +96,18 @@ impl Authenticator {
     /// Reports the device's posture; every later answer carries it, signed.
     pub fn set_signals(&self, signals: DeviceSignals) {
         self.core.set_signals(signals.into());
+    }
+
+    /// Reports the device's model, OS version and app version as they are now (e.g. after an
+    /// OS update while the app runs); every later answer carries them, signed, and the server
+    /// keeps the enrollment current. `open` starts from `AuthenticatorConfig.device`.
+    pub fn set_device_versions(&self, model: String, os_version: String, app_version: String) {
+        self.core
+            .set_device_versions(tessera_protocol::pairing::DeviceVersions {
+                model,
+                os_version,
+                app_version,
+            });
     }
 
     /// Reports where the device is (none: no fix or no permission); every later answer carries

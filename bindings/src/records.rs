@@ -67,6 +67,9 @@ pub struct DeviceSignals {
     /// Managed by an MDM.
     #[uniffi(default)]
     pub mdm: Option<bool>,
+    /// Running in an emulator or simulator.
+    #[uniffi(default)]
+    pub emulator: Option<bool>,
 }
 
 /// Where the device is.
@@ -546,6 +549,7 @@ impl From<DeviceSignals> for CoreSignals {
             rooted: s.rooted,
             screen_lock: s.screen_lock,
             mdm: s.mdm,
+            emulator: s.emulator,
         }
     }
 }

@@ -36,6 +36,31 @@ else
 fi
 export TESSERA_SERVER_BIN="$target_dir/debug/tessera-server"
 
+# HTTPS for the devices: a throwaway test CA and a certificate for localhost, served by a
+# TLS-terminating proxy each harness puts in front of the server (the server's --public-url is
+# the proxy's https://localhost:PORT). The SDK verifies it with the platform verifier
+# (rustls-platform-verifier), which on Linux reads the trusted roots from SSL_CERT_FILE: only
+# the test CA is trusted. untrusted.p12 is a self-signed certificate a test expects refused.
+tls="$target_dir/bindings-tls"
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+mkdir -p "$tls"
+(
+  cd "$tls"
+  ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  san="subjectAltName=DNS:localhost,IP:127.0.0.1"
+  openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 2 -subj "/CN=Tessera test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  openssl req "${ec[@]}" -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
+  printf '%s\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' "$san" > server.ext
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext \
+    -out server.pem 2>/dev/null
+  openssl pkcs12 -export -inkey server.key -in server.pem -certfile ca.pem -out server.p12 -passout pass:tessera
+  openssl req -x509 "${ec[@]}" -keyout untrusted.key -out untrusted.pem -days 2 -subj "/CN=localhost" \
+    -addext "$san" 2>/dev/null
+  openssl pkcs12 -export -inkey untrusted.key -in untrusted.pem -out untrusted.p12 -passout pass:tessera
+)
+export TESSERA_TEST_TLS_DIR="$tls" SSL_CERT_FILE="$tls/ca.pem"
+
 status=0
 if [ "$which" = "all" ] || [ "$which" = "python" ]; then
   echo "== bindings: Python"
@@ -66,6 +91,7 @@ if [ "$which" = "all" ] || [ "$which" = "kotlin" ]; then
     "$generated/kotlin/dev/tessera/ffi/tessera.kt" \
     android/tessera/src/main/kotlin/dev/tessera/android/Tessera.kt \
     android/tessera/src/main/kotlin/dev/tessera/android/Jca.kt \
+    android/tessera/src/main/kotlin/dev/tessera/android/SignalRules.kt \
     "$tests"/src/*.kt
   echo "kotlin compile time: $(( $(date +%s) - start )) s"
   java -Djna.library.path="$generated/lib" \

@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion) {
             altitude: Some(34.0),
             accuracy: Some(12.5),
         }),
+        device: None,
         issued_at: 1,
     };
 

@@ -19,8 +19,8 @@ use tessera_protocol::flows::DeviceAuthorization;
 use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{
-    ApplicationInfo, DeviceSignals, MAX_REGISTRATION_AGE_SECONDS, MobilePayload, PairingCode,
-    PairingReply, PairingUri, PushRegistration, ServerKeySet, ServerUrl,
+    ApplicationInfo, DeviceSignals, DeviceVersions, MAX_REGISTRATION_AGE_SECONDS, MobilePayload,
+    PairingCode, PairingReply, PairingUri, PushRegistration, ServerKeySet, ServerUrl,
 };
 use tessera_protocol::qr::{QrSessionState, QrUri};
 use tessera_protocol::time::{UnixSeconds, now};
@@ -112,10 +112,12 @@ pub struct Authenticator {
     posture: std::sync::RwLock<Posture>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Posture {
     signals: DeviceSignals,
     location: Option<DeviceLocation>,
+    /// Model, OS and app version as the app last reported them.
+    versions: DeviceVersions,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -156,6 +158,7 @@ impl Authenticator {
         let posture = std::sync::RwLock::new(Posture {
             signals: config.signals,
             location: None,
+            versions: DeviceVersions::of(&config.device),
         });
         Ok(Self {
             posture,
@@ -209,10 +212,20 @@ impl Authenticator {
         Ok(())
     }
 
+    /// Reports the device's model, OS version and app version as they are now (after an OS or
+    /// app update, when the app does not reopen the authenticator); every later answer carries
+    /// them, signed, and the server keeps the enrollment current from them. Starts as
+    /// [`AuthenticatorConfig::device`]'s.
+    pub fn set_device_versions(&self, versions: DeviceVersions) {
+        if let Ok(mut p) = self.posture.write() {
+            p.versions = versions;
+        }
+    }
+
     fn posture(&self) -> Posture {
         match self.posture.read() {
-            Ok(p) => *p,
-            Err(poisoned) => *poisoned.into_inner(),
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -1219,7 +1232,7 @@ impl Authenticator {
         }
         let enrollment = self.stored_enrollment(&request.enrollment_id).await?;
         let posture = self.posture();
-        let response = response_for(
+        let mut response = response_for(
             request,
             decision,
             selected_number,
@@ -1228,6 +1241,7 @@ impl Authenticator {
             posture.location,
             now(),
         )?;
+        response.device = Some(posture.versions);
         let with_user_verification = decision == Decision::Approve
             && (request.require_user_verification || verifies_user(&response.amr));
         let signed = self.sign_answer(
@@ -1366,7 +1380,7 @@ impl Authenticator {
         }
         let enrollment = self.stored_enrollment(&chosen.enrollment_id).await?;
         let posture = self.posture();
-        let response = qr_response_for(
+        let mut response = qr_response_for(
             qr,
             &chosen.enrollment_id,
             decision,
@@ -1375,6 +1389,7 @@ impl Authenticator {
             posture.location,
             now(),
         );
+        response.device = Some(posture.versions);
         let with_user_verification = decision == Decision::Approve && verifies_user(&response.amr);
         let signed = self.sign_answer(
             &enrollment,

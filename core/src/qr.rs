@@ -131,6 +131,7 @@ pub(crate) fn response_for(
         },
         signals,
         location,
+        device: None,
         issued_at: now,
     }
 }

@@ -245,6 +245,7 @@ pub(crate) fn response_for(
         amr,
         signals,
         location,
+        device: None,
         issued_at: now,
     })
 }

@@ -10,14 +10,18 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tessera_protocol::authentication::{
+    AuthenticationId, AuthenticationResponse, Decision, DisplayField, DynamicParameters,
+};
 use tessera_protocol::canonical::{Sha256Digest, to_canonical_vec};
 use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
-use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
+use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, QrSessionId, UserId};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{
-    ApplicationInfo, DeviceInfo, DeviceRegistration, DeviceSignals, KeyProof, MobilePayload,
-    PairingCode, PairingReply, PushRegistration, ServerUrl,
+    ApplicationInfo, DeviceInfo, DeviceRegistration, DeviceSignals, DeviceVersions, KeyProof,
+    MobilePayload, PairingCode, PairingReply, PushRegistration, ServerUrl,
 };
+use tessera_protocol::qr::QrResponse;
 
 fn key(label: &str) -> (SoftwareSigningKey, String) {
     let scalar: [u8; 32] = Sha256::digest(format!("tessera test vector key: {label}")).into();
@@ -169,6 +173,7 @@ fn main() {
             rooted: Some(false),
             screen_lock: Some(true),
             mdm: None,
+            emulator: None,
         },
         push: PushRegistration::Fcm {
             token: "fcm-registration-token-example".into(),
@@ -288,6 +293,79 @@ fn main() {
             "valid": codes,
             "invalid": invalid_codes,
             "thumbprints": thumbprints,
+        }),
+    );
+    // 4. Signed answers: every answer carries the device's current model, OS and app version.
+    let answer_parameters = DynamicParameters {
+        message: "Pay 120.00 EUR to ACME GmbH?".into(),
+        fields: vec![DisplayField {
+            label: "Amount".into(),
+            value: "120.00 EUR".into(),
+        }],
+        hidden_fields: Vec::new(),
+    };
+    let versions = DeviceVersions {
+        model: "Pixel 8".into(),
+        os_version: "16".into(),
+        app_version: "2.4.0".into(),
+    };
+    let answer_signals = DeviceSignals {
+        rooted: Some(false),
+        screen_lock: Some(true),
+        mdm: Some(false),
+        emulator: Some(false),
+    };
+    let authentication_response = AuthenticationResponse {
+        v: 1,
+        request_id: "aut_00112233445566778899aabbccddeeff"
+            .parse::<AuthenticationId>()
+            .expect("id"),
+        enrollment_id: reply.enrollment_id.clone(),
+        request_nonce: "CAkKCwwNDg8QERITFBUWFw".into(),
+        decision: Decision::Approve,
+        parameters_digest: answer_parameters.digest().expect("digest"),
+        selected_number: Some(42),
+        amr: vec!["fpt".into()],
+        signals: answer_signals,
+        location: None,
+        device: Some(versions.clone()),
+        issued_at: 1_767_225_700,
+    };
+    let qr_response = QrResponse {
+        v: 1,
+        session_id: "qrs_00112233445566778899aabbccddeeff"
+            .parse::<QrSessionId>()
+            .expect("id"),
+        enrollment_id: reply.enrollment_id.clone(),
+        session_nonce: "GBkaGxwdHh8gISIjJCUmJw".into(),
+        decision: Decision::Approve,
+        context_digest: Sha256Digest::of_bytes(b"the canonical JSON of the access context shown"),
+        amr: Vec::new(),
+        signals: answer_signals,
+        location: None,
+        device: Some(versions),
+        issued_at: 1_767_225_800,
+    };
+    write(
+        &dir.join("answers.json"),
+        &json!({
+            "description": "Signed answers of the device paired in envelopes.json (same keys): an approval signed with the user-verification key and a QR login approval signed with the possession key. Each carries `device`, the model, OS version and app version as the device is now (the server keeps the enrollment current from it); `device` is optional for devices built before it existed. Checked like envelopes.json, plus: the payload parses as the answer type.",
+            "vectors": [
+                envelope_vector(
+                    "authentication_response",
+                    MessageType::AuthenticationResponse,
+                    &user_verification,
+                    &uv_d,
+                    &serde_json::to_value(&authentication_response).expect("value"),
+                ),
+                envelope_vector(
+                    "qr_response",
+                    MessageType::QrResponse,
+                    &possession,
+                    &possession_d,
+                    &serde_json::to_value(&qr_response).expect("value"),
+                ),
+            ],
         }),
     );
     println!("wrote vectors to {}", dir.display());

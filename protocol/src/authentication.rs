@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::canonical::{CanonicalError, Sha256Digest};
 use crate::ids::{EnrollmentId, UserId};
-use crate::pairing::{DeviceSignals, ServerUrl};
+use crate::pairing::{DeviceSignals, DeviceVersions, ServerUrl};
 use crate::time::UnixSeconds;
 
 /// An authentication's id: `aut_` and 32 hex digits.
@@ -345,6 +345,10 @@ pub struct AuthenticationResponse {
     /// Where the device was, if the app reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<DeviceLocation>,
+    /// The model, OS version and app version as the device is now (absent from devices built
+    /// before it existed); the server updates the enrollment from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceVersions>,
     /// When the device signed it.
     pub issued_at: UnixSeconds,
 }

@@ -287,6 +287,49 @@ pub struct DeviceInfo {
     pub name: Option<String>,
 }
 
+/// What every signed answer says about the device as it is now: the app, OS and model may
+/// change after pairing (an OS or app update), and the server keeps the enrollment's
+/// [`DeviceInfo`] current from these. Like [`DeviceInfo`], a claim of the device, never proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceVersions {
+    /// Hardware model, e.g. `Pixel 8`.
+    pub model: String,
+    /// Operating system version, e.g. `15`.
+    pub os_version: String,
+    /// Version of the app embedding the SDK.
+    pub app_version: String,
+}
+
+impl DeviceVersions {
+    /// The versions a [`DeviceInfo`] holds.
+    pub fn of(info: &DeviceInfo) -> Self {
+        Self {
+            model: info.model.clone(),
+            os_version: info.os_version.clone(),
+            app_version: info.app_version.clone(),
+        }
+    }
+
+    /// Whether `info` already says exactly this.
+    pub fn matches(&self, info: &DeviceInfo) -> bool {
+        self.model == info.model
+            && self.os_version == info.os_version
+            && self.app_version == info.app_version
+    }
+
+    /// `info` with these versions (its OS name, SDK version and name kept).
+    pub fn applied_to(&self, info: &DeviceInfo) -> DeviceInfo {
+        DeviceInfo {
+            model: self.model.clone(),
+            os_version: self.os_version.clone(),
+            app_version: self.app_version.clone(),
+            ..info.clone()
+        }
+    }
+}
+
 /// Device posture signals reported by the platform. `None` means "not known".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -300,6 +343,9 @@ pub struct DeviceSignals {
     /// The device is managed by an MDM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mdm: Option<bool>,
+    /// The app runs in an emulator or simulator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulator: Option<bool>,
 }
 
 /// How the server can reach the device with a push.
@@ -657,6 +703,37 @@ pub struct ServerKeySet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_versions_update_only_what_answers_carry() {
+        let paired = DeviceInfo {
+            model: "Pixel 8".into(),
+            os_name: "Android".into(),
+            os_version: "15".into(),
+            app_version: "1.0".into(),
+            sdk_version: "0.1.0".into(),
+            name: Some("Work phone".into()),
+        };
+        let now = DeviceVersions {
+            model: "Pixel 8".into(),
+            os_version: "16".into(),
+            app_version: "1.1".into(),
+        };
+        assert!(DeviceVersions::of(&paired).matches(&paired));
+        assert!(!now.matches(&paired));
+        let updated = now.applied_to(&paired);
+        assert!(now.matches(&updated));
+        assert_eq!(updated.os_name, "Android");
+        assert_eq!(updated.sdk_version, "0.1.0");
+        assert_eq!(updated.name.as_deref(), Some("Work phone"));
+        // Strict on the wire: an unknown member is refused.
+        assert!(
+            serde_json::from_str::<DeviceVersions>(
+                r#"{"model":"x","os_version":"1","app_version":"1","rooted":true}"#
+            )
+            .is_err()
+        );
+    }
 
     #[test]
     fn codes_are_generated_and_parsed_forgivingly() {

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use crate::authentication::{AccessContext, Decision, DeviceLocation};
 use crate::canonical::Sha256Digest;
 use crate::ids::{DeviceId, EnrollmentId, UserId};
-use crate::pairing::{ApplicationInfo, DeviceSignals, ServerUrl};
+use crate::pairing::{ApplicationInfo, DeviceSignals, DeviceVersions, ServerUrl};
 use crate::time::UnixSeconds;
 
 /// A QR session's id: `qrs_` and 32 hex digits.
@@ -275,6 +275,10 @@ pub struct QrResponse {
     /// Where the device was, if the app reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<DeviceLocation>,
+    /// The model, OS version and app version as the device is now (absent from devices built
+    /// before it existed); the server updates the enrollment from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceVersions>,
     /// When the device signed it.
     pub issued_at: UnixSeconds,
 }

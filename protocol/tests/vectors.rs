@@ -4,12 +4,14 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
+use tessera_protocol::authentication::AuthenticationResponse;
 use tessera_protocol::canonical::{Sha256Digest, to_canonical_vec};
 use tessera_protocol::envelope::{self, EnvelopeError, MessageType, SoftwareSigningKey};
 use tessera_protocol::jwk::PublicJwk;
 use tessera_protocol::pairing::{
     DeviceRegistration, KeyProof, MobilePayload, PairingCode, PairingReply,
 };
+use tessera_protocol::qr::QrResponse;
 
 fn load(name: &str) -> Value {
     let path = format!("{}/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -25,6 +27,8 @@ fn message_type(typ: &str) -> MessageType {
         MessageType::PairingReply,
         MessageType::ServerKeySet,
         MessageType::DeviceRequest,
+        MessageType::AuthenticationResponse,
+        MessageType::QrResponse,
     ]
     .into_iter()
     .find(|t| t.as_str() == typ)
@@ -53,7 +57,51 @@ fn canonical_json_vectors() {
 
 #[test]
 fn envelope_vectors_sign_verify_and_refuse_tampering() {
-    let file = load("envelopes.json");
+    check_envelopes("envelopes.json");
+}
+
+#[test]
+fn answer_vectors_verify_and_carry_the_device_versions() {
+    check_envelopes("answers.json");
+    let file = load("answers.json");
+    let vectors = file["vectors"].as_array().unwrap();
+    let by_name = |n: &str| vectors.iter().find(|v| v["name"] == n).unwrap();
+    let answer: AuthenticationResponse =
+        serde_json::from_value(by_name("authentication_response")["payload"].clone()).unwrap();
+    let qr: QrResponse = serde_json::from_value(by_name("qr_response")["payload"].clone()).unwrap();
+    for versions in [answer.device.unwrap(), qr.device.unwrap()] {
+        assert_eq!(versions.os_version, "16");
+        assert_eq!(versions.app_version, "2.4.0");
+        assert_eq!(versions.model, "Pixel 8");
+    }
+    // Signed by the keys of the device the pairing vectors register.
+    let pairing = load("envelopes.json");
+    let registration = pairing["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "device_registration")
+        .unwrap();
+    assert_eq!(
+        by_name("authentication_response")["signing_key"]["public_jwk"],
+        registration["payload"]["user_verification_key"]
+    );
+    assert_eq!(
+        by_name("qr_response")["signing_key"]["public_jwk"],
+        registration["payload"]["possession_key"]
+    );
+    // An answer of a device built before `device` existed still parses; an unknown member does not.
+    let mut old = by_name("authentication_response")["payload"].clone();
+    old.as_object_mut().unwrap().remove("device");
+    let parsed: AuthenticationResponse = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(parsed.device, None);
+    old["device"] =
+        serde_json::json!({"model": "x", "os_version": "1", "app_version": "1", "extra": 1});
+    assert!(serde_json::from_value::<AuthenticationResponse>(old).is_err());
+}
+
+fn check_envelopes(name: &str) {
+    let file = load(name);
     for v in file["vectors"].as_array().unwrap() {
         let name = v["name"].as_str().unwrap();
         let typ = message_type(v["typ"].as_str().unwrap());

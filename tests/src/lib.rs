@@ -380,6 +380,7 @@ pub fn device_config(model: &str) -> AuthenticatorConfig {
             rooted: Some(false),
             screen_lock: Some(true),
             mdm: Some(false),
+            emulator: None,
         },
         push: PushRegistration::None,
         ..AuthenticatorConfig::default()

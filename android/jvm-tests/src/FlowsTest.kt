@@ -164,10 +164,10 @@ val tests: List<Pair<String, suspend Env.() -> Unit>> = listOf(
         expectEqual("Example Bank", byUri.applicationName, "application")
         expectEqual(phone.deviceId, byUri.deviceId, "device id")
         val code = server.call("POST", "/v1/users/$bob/pairings", emptyMap())["pairing_code"] as String
-        expectEqual(bob, phone.pair(code, server.url).userId, "paired by code")
+        expectEqual(bob, phone.pair(code, server.publicUrl).userId, "paired by code")
         val relayed = server.call(
             "POST", "/v1/users/$carol/relay-pairings",
-            mapOf("mobile_payload" to phone.createMobilePayload(server.url)),
+            mapOf("mobile_payload" to phone.createMobilePayload(server.publicUrl)),
         )
         val byRelay = phone.completeRelayPairing(relayed["server_payload"] as String)
         expectEqual(carol, byRelay.userId, "relay user")
@@ -342,7 +342,7 @@ val tests: List<Pair<String, suspend Env.() -> Unit>> = listOf(
     },
     "errors are Kotlin exceptions with stable codes" to {
         val phone = device()
-        val wrongCode = expectThrows<TesseraException.Server> { phone.pair("ABCD-EFGH-JKMN", server.url) }
+        val wrongCode = expectThrows<TesseraException.Server> { phone.pair("ABCD-EFGH-JKMN", server.publicUrl) }
         expectEqual("invalid_pairing_code", wrongCode.code, "wrong code")
         expect("ABCD" !in wrongCode.message.orEmpty()) { "the code leaked into the message" }
         val insecure = expectThrows<TesseraException.InvalidInput> { phone.pair("ABCD-EFGH-JKMN", "http://auth.example.com") }
@@ -395,7 +395,7 @@ fun main(args: Array<String>) {
     var failed = 0
     PushReceiver().use { pushes ->
         Server(pushes.url).use { server ->
-            tests.forEachIndexed { index, (name, test) ->
+            (tests + signalTests).forEachIndexed { index, (name, test) ->
                 val t0 = System.nanoTime()
                 try {
                     runBlocking { Env(server, pushes, "t$index").test() }

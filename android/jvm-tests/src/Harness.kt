@@ -117,6 +117,74 @@ class PushReceiver : AutoCloseable {
     override fun close() = http.stop(0)
 }
 
+/**
+ * A TLS-terminating proxy in front of the server's plain-HTTP listener: the device's calls go
+ * over HTTPS with a certificate from the test CA ($TESSERA_TEST_TLS_DIR, made by
+ * bindings/tests/run.sh), so the SDK's TLS path (reqwest, rustls, the platform verifier) runs as
+ * on a phone. [handshakes] counts completed TLS handshakes.
+ */
+class TlsProxy(private val targetPort: Int, p12: File, password: String = "tessera") : AutoCloseable {
+    private val socket: javax.net.ssl.SSLServerSocket
+    val port: Int
+    val handshakes = java.util.concurrent.atomic.AtomicInteger()
+    @Volatile private var closed = false
+
+    init {
+        val keys = java.security.KeyStore.getInstance("PKCS12")
+        p12.inputStream().use { keys.load(it, password.toCharArray()) }
+        val managers = javax.net.ssl.KeyManagerFactory.getInstance(javax.net.ssl.KeyManagerFactory.getDefaultAlgorithm())
+        managers.init(keys, password.toCharArray())
+        val context = javax.net.ssl.SSLContext.getInstance("TLS")
+        context.init(managers.keyManagers, null, null)
+        socket = context.serverSocketFactory.createServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress())
+            as javax.net.ssl.SSLServerSocket
+        port = socket.localPort
+        Thread { acceptLoop() }.apply { isDaemon = true }.start()
+    }
+
+    private fun acceptLoop() {
+        while (!closed) {
+            val client = try { socket.accept() as javax.net.ssl.SSLSocket } catch (e: java.io.IOException) { return }
+            Thread {
+                try {
+                    client.startHandshake()
+                    handshakes.incrementAndGet()
+                    java.net.Socket(java.net.InetAddress.getLoopbackAddress(), targetPort).use { upstream ->
+                        val up = Thread { pump(client.inputStream, upstream.outputStream, client, upstream) }
+                        up.isDaemon = true
+                        up.start()
+                        pump(upstream.inputStream, client.outputStream, client, upstream)
+                        up.join()
+                    }
+                } catch (e: java.io.IOException) {
+                    // A refused handshake (an untrusting client) or a closed connection.
+                } finally {
+                    client.close()
+                }
+            }.apply { isDaemon = true }.start()
+        }
+    }
+
+    private fun pump(from: java.io.InputStream, to: java.io.OutputStream, a: java.net.Socket, b: java.net.Socket) {
+        try {
+            from.copyTo(to)
+        } catch (e: java.io.IOException) {
+            // The other side closed.
+        } finally {
+            a.close()
+            b.close()
+        }
+    }
+
+    override fun close() {
+        closed = true
+        socket.close()
+    }
+}
+
+/** The test CA folder ($TESSERA_TEST_TLS_DIR), or null to run over plain HTTP. */
+val testTlsDir: File? = System.getenv("TESSERA_TEST_TLS_DIR")?.let(::File)
+
 class ApiException(val status: Int, val code: String, message: String) : Exception("$status $code: $message")
 
 /** `tessera-server serve` on SQLite in a temporary folder, with one application. */
@@ -127,6 +195,10 @@ class Server(webhook: String?) : AutoCloseable {
     val applicationId: String
     private val apiKey: String
     val url: String
+    /** The URL devices use: the TLS proxy's (https://localhost:…) when the test CA is there. */
+    val publicUrl: String
+    /** The TLS proxy in front of the server, if any. */
+    val tls: TlsProxy?
     private val process: Process
     private val http = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build()
 
@@ -137,8 +209,11 @@ class Server(webhook: String?) : AutoCloseable {
         if (webhook != null) admin("set-push-webhook", applicationId, webhook)
         val port = ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress()).use { it.localPort }
         url = "http://127.0.0.1:$port"
+        tls = testTlsDir?.let { TlsProxy(port, File(it, "server.p12")) }
+        publicUrl = tls?.let { "https://localhost:${it.port}" } ?: url
         process = ProcessBuilder(
             binary, "serve", "--listen", "127.0.0.1:$port", "--database", database, "--ciba-poll-interval", "1",
+            "--public-url", publicUrl,
         )
             .redirectErrorStream(true)
             .redirectOutput(File(dir, "server.log"))
@@ -228,6 +303,7 @@ class Server(webhook: String?) : AutoCloseable {
     }
 
     override fun close() {
+        tls?.close()
         process.destroy()
         process.waitFor(10, TimeUnit.SECONDS)
         dir.deleteRecursively()

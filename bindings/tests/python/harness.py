@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -59,8 +60,66 @@ class ApiError(Exception):
         self.status, self.code = status, code
 
 
+class TlsProxy:
+    """A TLS-terminating proxy in front of the server's plain-HTTP listener, with a certificate
+    from the test CA in $TESSERA_TEST_TLS_DIR (bindings/tests/run.sh makes it): the devices'
+    calls go over HTTPS, verified by the SDK's platform verifier. `handshakes` counts completed
+    TLS handshakes."""
+
+    def __init__(self, target_port, tls_dir, name="server"):
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(os.path.join(tls_dir, f"{name}.pem"),
+                                     os.path.join(tls_dir, f"{name}.key"))
+        self.target_port, self.handshakes, self.closed = target_port, 0, False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        try:
+            tls = self.context.wrap_socket(client, server_side=True)
+        except (OSError, ssl.SSLError):
+            client.close()
+            return
+        self.handshakes += 1
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            tls.close()
+            return
+
+        def pump(source, sink):
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (source, sink):
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pump, args=(tls, upstream), daemon=True).start()
+        pump(upstream, tls)
+
+    def close(self):
+        self.closed = True
+        self.listener.close()
+
+
 class Server:
-    """tessera-server serve on SQLite in a temporary folder, with one application."""
+    """tessera-server serve on SQLite in a temporary folder, with one application. With
+    $TESSERA_TEST_TLS_DIR, devices reach it through a TLS proxy (`public_url` is https)."""
 
     def __init__(self, webhook=None, qr_policy=None):
         binary = os.environ.get("TESSERA_SERVER_BIN", "tessera-server")
@@ -78,10 +137,13 @@ class Server:
                            check=True, capture_output=True)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        tls_dir = os.environ.get("TESSERA_TEST_TLS_DIR")
+        self.tls = TlsProxy(port, tls_dir) if tls_dir else None
+        self.public_url = f"https://localhost:{self.tls.port}" if self.tls else self.url
         self.log = open(os.path.join(self.dir.name, "server.log"), "w")
         self.process = subprocess.Popen(
             [binary, "serve", "--listen", f"127.0.0.1:{port}", "--database", database,
-             "--ciba-poll-interval", "1"],
+             "--ciba-poll-interval", "1", "--public-url", self.public_url],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while True:
@@ -94,6 +156,8 @@ class Server:
                 time.sleep(0.1)
 
     def close(self):
+        if self.tls:
+            self.tls.close()
         self.process.terminate()
         self.process.wait(timeout=10)
         self.log.close()

@@ -17,7 +17,7 @@ sys.path.insert(0, os.environ.get("TESSERA_PYTHON_BINDINGS", ""))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tessera as t  # noqa: E402  (the generated module)
-from harness import ApiError, PushReceiver, Server  # noqa: E402
+from harness import ApiError, PushReceiver, Server, TlsProxy  # noqa: E402
 
 
 def run(coroutine):
@@ -144,15 +144,15 @@ class Flows(unittest.TestCase):
             self.assertEqual(by_uri.user_id, alice)
             self.assertEqual(by_uri.status, t.EnrollmentState.ACTIVE)
             self.assertEqual(by_uri.application_name, "Example Bank")
-            self.assertEqual(by_uri.server, self.server.url)
+            self.assertEqual(by_uri.server, self.server.public_url)
             self.assertTrue(by_uri.enrollment_id.startswith("enr_"))
             self.assertEqual(by_uri.device_id, device.device_id())
 
             code = self.server.start_pairing(bob)["pairing_code"]
-            by_code = await device.pair(code.lower().replace("-", " "), self.server.url)
+            by_code = await device.pair(code.lower().replace("-", " "), self.server.public_url)
             self.assertEqual(by_code.user_id, bob)
 
-            payload = await device.create_mobile_payload(self.server.url)
+            payload = await device.create_mobile_payload(self.server.public_url)
             relayed = self.server.relay_pairing(carol, payload)
             by_relay = await device.complete_relay_pairing(relayed["server_payload"])
             self.assertEqual(by_relay.user_id, carol)
@@ -176,7 +176,7 @@ class Flows(unittest.TestCase):
             dana = self.user("dana")
             # Automatic device registration: the app's mobile payload through a flow.
             started = self.server.call("POST", "/v1/flows", {"user_id": dana})
-            payload = await device.create_mobile_payload(self.server.url)
+            payload = await device.create_mobile_payload(self.server.public_url)
             pairing = self.server.call("POST", f"/v1/flows/{started['id']}",
                                        {"action": "authenticate", "mobile_payload": payload})
             self.assertEqual(pairing["status"], "MOBILE_PAIRING_REQUIRED")
@@ -437,12 +437,34 @@ class Flows(unittest.TestCase):
 
         run(flow())
 
+    def test_devices_reach_the_server_over_https_through_the_test_ca(self):
+        if not self.server.tls:
+            self.fail("TESSERA_TEST_TLS_DIR is not set: the TLS path is not exercised")
+        tls_dir = os.environ["TESSERA_TEST_TLS_DIR"]
+
+        async def flow():
+            self.assertTrue(self.server.public_url.startswith("https://localhost:"))
+            before = self.server.tls.handshakes
+            await self.paired(await Device().open(), self.user("alice"))
+            self.assertGreater(self.server.tls.handshakes, before)
+            # The same server behind a self-signed certificate: refused by the verifier.
+            untrusted = TlsProxy(int(self.server.url.rsplit(":", 1)[1]), tls_dir, "untrusted")
+            try:
+                code = self.server.start_pairing(self.user("bob"))["pairing_code"]
+                with self.assertRaises(t.TesseraError.Network):
+                    await (await Device().open()).pair(code, f"https://localhost:{untrusted.port}")
+                self.assertEqual(untrusted.handshakes, 0)
+            finally:
+                untrusted.close()
+
+        run(flow())
+
     def test_errors_are_exceptions_with_stable_codes(self):
         async def flow():
             device = await Device().open()
             alice = self.user("alice")
             with self.assertRaises(t.TesseraError.Server) as wrong_code:
-                await device.pair("ABCD-EFGH-JKMN", self.server.url)
+                await device.pair("ABCD-EFGH-JKMN", self.server.public_url)
             self.assertEqual(wrong_code.exception.code, "invalid_pairing_code")
             self.assertNotIn("ABCD", str(wrong_code.exception))
             with self.assertRaises(t.TesseraError.InvalidInput) as insecure:

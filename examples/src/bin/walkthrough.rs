@@ -205,6 +205,7 @@ async fn open_named_device(
             rooted: Some(false),
             screen_lock: Some(true),
             mdm: Some(false),
+            emulator: None,
         },
         push: PushRegistration::None,
         ..AuthenticatorConfig::default()

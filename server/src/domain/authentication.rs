@@ -19,7 +19,7 @@ use tessera_protocol::authentication::{
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
-use tessera_protocol::pairing::{DeviceRegistration, DeviceSignals};
+use tessera_protocol::pairing::{DeviceRegistration, DeviceSignals, DeviceVersions};
 use tessera_protocol::policy::{PolicyEffect, PolicyMethod, RequestKind};
 
 use super::events::{Topic, wait_for};
@@ -332,11 +332,13 @@ pub(crate) fn verify_answer<T: serde::de::DeserializeOwned>(
 }
 
 /// What every device answer must satisfy: signed within 5 minutes of `now`, at most 8
-/// RFC 8176 `amr` values, and a location (if any) in range.
+/// RFC 8176 `amr` values, a location (if any) in range, and device versions (if any) that are
+/// short, displayable texts (as at pairing).
 pub(crate) fn check_answer(
     issued_at: i64,
     amr: &[String],
     location: Option<DeviceLocation>,
+    versions: Option<&DeviceVersions>,
     now: i64,
 ) -> Result<(), DomainError> {
     if (issued_at - now).abs() > 300 {
@@ -351,7 +353,58 @@ pub(crate) fn check_answer(
     if location.is_some_and(|l| !l.is_valid()) {
         return Err(mismatch("the location is out of range"));
     }
+    if let Some(v) = versions {
+        let bad = |s: &String| {
+            s.chars().count() > super::pairing::MAX_INFO_CHARS
+                || !tessera_protocol::display::is_displayable(s)
+        };
+        if [&v.model, &v.os_version, &v.app_version]
+            .into_iter()
+            .any(bad)
+        {
+            return Err(mismatch(
+                "the device's model, OS version or app version is too long or not displayable",
+            ));
+        }
+    }
     Ok(())
+}
+
+/// The enrollment as the device describes itself in a signed answer: the model, OS version and
+/// app version it reports now (when it does; devices built before answers carried them keep
+/// the enrollment's) and its current signals.
+pub(crate) fn as_answered(
+    device: &Enrollment,
+    versions: Option<&DeviceVersions>,
+    signals: DeviceSignals,
+) -> Enrollment {
+    let mut current = device.clone();
+    if let Some(v) = versions {
+        current.device_info = v.applied_to(&device.device_info);
+    }
+    current.signals = signals;
+    current
+}
+
+/// Keeps the enrollment's device info and signals as the device's recorded answer describes
+/// them (`as_answered`), writing only when something changed. The answer is already recorded:
+/// a failure here is logged, not returned (the device would otherwise retry an answer the
+/// server holds).
+pub(crate) async fn remember_answered_device(ctx: &Ctx, before: &Enrollment, now: &Enrollment) {
+    if before.device_info == now.device_info && before.signals == now.signals {
+        return;
+    }
+    if let Err(e) = enrollments::set_reported_state(
+        &ctx.db,
+        &before.enrollment_id,
+        &before.device_info,
+        &now.device_info,
+        &now.signals,
+    )
+    .await
+    {
+        tracing::warn!(enrollment_id = %before.enrollment_id, error = %e, "could not record the device's reported versions");
+    }
 }
 
 /// What a signed answer says that the attributes report.
@@ -470,6 +523,9 @@ pub(crate) fn attributes_for(
     a.insert(format!("{d}is.rooted"), json!(response.signals.rooted));
     a.insert(format!("{d}is.locked"), json!(response.signals.screen_lock));
     a.insert(format!("{d}is.mdm"), json!(response.signals.mdm));
+    if let Some(emulator) = response.signals.emulator {
+        a.insert(format!("{d}is.emulator"), json!(emulator));
+    }
     if let Some(location) = &response.location {
         a.insert(format!("{d}latitude"), json!(location.latitude));
         a.insert(format!("{d}longitude"), json!(location.longitude));
@@ -886,7 +942,14 @@ pub(crate) async fn answer(
         ));
     }
     let now = ctx.now();
-    check_answer(response.issued_at, &response.amr, response.location, now)?;
+    check_answer(
+        response.issued_at,
+        &response.amr,
+        response.location,
+        response.device.as_ref(),
+        now,
+    )?;
+    let answered_device = as_answered(&device, response.device.as_ref(), response.signals);
     if response.decision == Decision::Approve {
         if record.kind == AuthenticationKind::Silent && with_uv {
             return Err(mismatch(
@@ -910,7 +973,7 @@ pub(crate) async fn answer(
     let wrong_number = response.decision == Decision::Approve
         && record.number_to_show.is_some()
         && response.selected_number != record.number_to_show;
-    let attrs = attributes(ctx, &record, &device, &response, with_uv, client);
+    let attrs = attributes(ctx, &record, &answered_device, &response, with_uv, client);
     let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
     let ending = if wrong_number {
         Ending::WrongNumber {
@@ -925,6 +988,7 @@ pub(crate) async fn answer(
         }
     };
     if let Some(recorded) = outcome::record(ctx, &id, ending).await? {
+        remember_answered_device(ctx, &device, &answered_device).await;
         if wrong_number {
             tracing::warn!(authentication_id = %id, "number matching answered with another number: denied");
         }
@@ -974,5 +1038,38 @@ pub(crate) async fn answer(
             ErrorCode::AlreadyAnswered,
             "the authentication was already answered",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(os_version: &str) -> DeviceVersions {
+        DeviceVersions {
+            model: "Pixel 8".into(),
+            os_version: os_version.into(),
+            app_version: "1.0".into(),
+        }
+    }
+
+    #[test]
+    fn answers_with_readable_versions_pass_and_others_are_mismatches() {
+        let now = 1_767_225_600;
+        assert!(
+            check_answer(now, &[], None, None, now).is_ok(),
+            "no versions"
+        );
+        assert!(check_answer(now, &[], None, Some(&versions("16")), now).is_ok());
+        let at_limit = "9".repeat(super::super::pairing::MAX_INFO_CHARS);
+        assert!(check_answer(now, &[], None, Some(&versions(&at_limit)), now).is_ok());
+        for bad in [
+            "9".repeat(super::super::pairing::MAX_INFO_CHARS + 1),
+            "16\u{202e}".into(),
+            "1\u{200b}6".into(),
+        ] {
+            let err = check_answer(now, &[], None, Some(&versions(&bad)), now).unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::ResponseMismatch), "{bad:?}");
+        }
     }
 }

@@ -32,7 +32,7 @@ use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
 use crate::store::{is_unique_violation, pairing_codes, throttle};
 
-const MAX_INFO_CHARS: usize = 128;
+pub(crate) const MAX_INFO_CHARS: usize = 128;
 const MAX_PUSH_TOKEN_CHARS: usize = 4096;
 const BAD_CODE: &str = "pairing code is invalid, expired or already used";
 

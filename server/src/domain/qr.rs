@@ -41,8 +41,8 @@ use tessera_protocol::qr::{
 use zeroize::Zeroizing;
 
 use super::authentication::{
-    AnswerFacts, Question, USER_VERIFICATION_AMR, attributes_for, check_answer, check_text,
-    invalid, mismatch, new_authentication, verify_answer,
+    AnswerFacts, Question, USER_VERIFICATION_AMR, as_answered, attributes_for, check_answer,
+    check_text, invalid, mismatch, new_authentication, remember_answered_device, verify_answer,
 };
 use super::events::{Topic, wait_for};
 use super::outcome::{self, DomainEvent, FollowUpFuture};
@@ -610,7 +610,14 @@ pub(crate) async fn answer(
         ));
     }
     let now = ctx.now();
-    check_answer(response.issued_at, &response.amr, response.location, now)?;
+    check_answer(
+        response.issued_at,
+        &response.amr,
+        response.location,
+        response.device.as_ref(),
+        now,
+    )?;
+    let answered_device = as_answered(&device, response.device.as_ref(), response.signals);
     if with_uv
         && response.decision == Decision::Approve
         && !response
@@ -630,7 +637,7 @@ pub(crate) async fn answer(
         ctx,
         AuthenticationKind::Approval,
         session.context.ip.as_deref(),
-        &device,
+        &answered_device,
         &AnswerFacts {
             amr: &response.amr,
             signals: response.signals,
@@ -692,6 +699,7 @@ pub(crate) async fn answer(
         authentications::insert(&mut *tx, f).await?;
     }
     tx.commit().await?;
+    remember_answered_device(ctx, &device, &answered_device).await;
     tracing::info!(qr_session_id = %session.id, state = next_state.as_str(), "QR session answered");
     announce(ctx, &session.id).await;
     if let Some(f) = &follow_up {

@@ -548,6 +548,30 @@ pub async fn mark_push_stale(
     Ok(())
 }
 
+/// Records the device info and signals a device's signed answer reported, if the stored device
+/// info is still `expected` (a conditional update: of two answers racing with different
+/// versions, the one written first stays until the device's next answer). Returns whether it
+/// was written.
+pub async fn set_reported_state(
+    db: &Database,
+    id: &EnrollmentId,
+    expected: &DeviceInfo,
+    device_info: &DeviceInfo,
+    signals: &DeviceSignals,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET device_info = $1, signals = $2 \
+         WHERE enrollment_id = $3 AND device_info = $4",
+    )
+    .bind(to_json(device_info)?)
+    .bind(to_json(signals)?)
+    .bind(id.as_str())
+    .bind(to_json(expected)?)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Replaces the enrollment's push registration (the device registered a fresh token) and clears
 /// the stale mark. Returns false if there is no such enrollment.
 pub async fn set_push(

@@ -410,6 +410,7 @@ fn answer(
         amr: vec![],
         signals: Default::default(),
         location: None,
+        device: None,
         issued_at: now(),
     }
 }

@@ -14,6 +14,7 @@ mod ciba;
 mod client_address;
 mod device_identity;
 mod device_protocol;
+mod device_versions;
 mod events;
 mod flows;
 mod hidden_fields;

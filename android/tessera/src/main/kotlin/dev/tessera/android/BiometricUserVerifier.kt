@@ -1,8 +1,6 @@
 package dev.tessera.android
 
 import android.os.Build
-import androidx.biometric.BiometricManager.Authenticators.BIOMETRIC_STRONG
-import androidx.biometric.BiometricManager.Authenticators.DEVICE_CREDENTIAL
 import androidx.biometric.BiometricPrompt
 import androidx.core.content.ContextCompat
 import androidx.fragment.app.FragmentActivity
@@ -35,8 +33,10 @@ data class PromptText(
  * window is left open for anything else. Share the key store with the SDK:
  * `BiometricUserVerifier(activity, keyStore)`.
  *
- * Android 11 and later accept a strong biometric or the device credential; earlier versions a
- * strong biometric only (the device credential cannot authorize a CryptoObject there). Android
+ * Android 11 and later accept a strong biometric or the device credential; Android 9 and 10 a
+ * strong biometric only for the per-signature key (the device credential cannot authorize a
+ * CryptoObject there), and a biometric or the device credential for a time-bound key of an
+ * earlier version ([PromptAuthenticators]). Android
  * does not say which biometric was used: a biometric is reported as [biometricAmr] (RFC 8176,
  * default `fpt`), the device credential as `pin`. The app writes the texts ([text]) from the
  * request, e.g. "Approve payment" / "120.00 EUR to ACME GmbH".
@@ -96,12 +96,11 @@ class BiometricUserVerifier(
                 .setTitle(texts.title)
                 .setSubtitle(texts.subtitle)
                 .setDescription(texts.description)
-            val perUseBeforeAndroid11 = signature != null && Build.VERSION.SDK_INT < Build.VERSION_CODES.R
-            if (perUseBeforeAndroid11) {
-                info.setAllowedAuthenticators(BIOMETRIC_STRONG).setNegativeButtonText(texts.cancel)
-            } else {
-                info.setAllowedAuthenticators(BIOMETRIC_STRONG or DEVICE_CREDENTIAL)
-            }
+            // By API level (PromptAuthenticators, tested on the JVM): BIOMETRIC_STRONG |
+            // DEVICE_CREDENTIAL is refused before Android 11.
+            val allowed = PromptAuthenticators.forApi(Build.VERSION.SDK_INT, withCryptoObject = signature != null)
+            info.setAllowedAuthenticators(allowed.authenticators)
+            if (allowed.negativeButton) info.setNegativeButtonText(texts.cancel)
             if (signature != null) {
                 prompt.authenticate(info.build(), BiometricPrompt.CryptoObject(signature))
             } else {
