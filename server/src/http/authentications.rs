@@ -1,8 +1,9 @@
 //! Authentications: the customer asks a user's device; the device pulls its pending requests and
 //! answers with a signed response bound to exactly what it was shown.
 
+use super::extract::{ApiPath, ApiQuery};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use tessera_protocol::api::{
     AuthenticationStatus, CreateAuthenticationRequest, PendingRequests, ResponseRecorded,
@@ -25,7 +26,7 @@ use crate::domain::{Ctx, authentication};
 pub(crate) async fn create_authentication(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<CreateAuthenticationRequest>,
 ) -> Result<(StatusCode, Json<AuthenticationStatus>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -41,8 +42,8 @@ pub(crate) async fn create_authentication(
 pub(crate) async fn get_authentication(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<Json<AuthenticationStatus>, ApiError> {
     let status = authentication::status(&ctx, &auth.0.id, &id, query.duration()).await?;
     Ok(Json(status))
@@ -55,8 +56,8 @@ pub(crate) async fn get_authentication(
     responses((status = 200, body = PendingRequests), (status = 401, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn pending_requests(
     State(ctx): State<Ctx>,
-    Path(enrollment_id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    ApiPath(enrollment_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -78,7 +79,7 @@ pub(crate) async fn pending_requests(
 pub(crate) async fn submit_response(
     State(ctx): State<Ctx>,
     ClientAddr(client): ClientAddr,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SubmitResponse>,
 ) -> Result<Json<ResponseRecorded>, ApiError> {
     let recorded = authentication::answer(&ctx, &id, &body.response, &client).await?;

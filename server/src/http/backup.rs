@@ -2,8 +2,9 @@
 //! [`crate::domain::backup`]): the user's backup contacts, passcodes sent by SMS, voice call or
 //! email for a push authentication or outside one, and their verification.
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::api::{
     BackupContacts, CreateOtpChallenge, OtpChallenge, OtpChallengeVerified, SendBackupCode,
@@ -25,7 +26,7 @@ use crate::domain::backup;
 pub(crate) async fn set_contacts(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<BackupContacts>,
 ) -> Result<Json<BackupContacts>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -42,7 +43,7 @@ pub(crate) async fn set_contacts(
 pub(crate) async fn get_contacts(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<BackupContacts>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     Ok(Json(
@@ -64,7 +65,7 @@ pub(crate) async fn get_contacts(
 pub(crate) async fn send_for_authentication(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SendBackupCode>,
 ) -> Result<(StatusCode, Json<OtpChallenge>), ApiError> {
     let sent = backup::send_for_authentication(&state, &auth.0, &id, body.channel).await?;
@@ -86,7 +87,7 @@ pub(crate) async fn send_for_authentication(
 pub(crate) async fn create_challenge(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<CreateOtpChallenge>,
 ) -> Result<(StatusCode, Json<OtpChallenge>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -105,7 +106,7 @@ pub(crate) async fn create_challenge(
 pub(crate) async fn verify_challenge(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<VerifyOtpRequest>,
 ) -> Result<Json<OtpChallengeVerified>, ApiError> {
     Ok(Json(

@@ -1,9 +1,10 @@
 //! Device API: the server's keys, and calls a device signs with its possession key. The rules
 //! are in [`crate::domain::devices`].
 
+use super::extract::{ApiPath, ApiQuery};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use tessera_protocol::api::{EnrollmentStatus, ServerKeysResponse, UpdatePushRequest};
 
@@ -30,8 +31,8 @@ pub(crate) async fn server_keys(
               (status = 409, description = "replayed_message", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn enrollment_status(
     State(state): State<Ctx>,
-    Path(enrollment_id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    ApiPath(enrollment_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -49,7 +50,7 @@ pub(crate) async fn enrollment_status(
               (status = 401, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn unpair(
     State(state): State<Ctx>,
-    Path(enrollment_id): Path<String>,
+    ApiPath(enrollment_id): ApiPath<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -70,7 +71,7 @@ pub(crate) async fn unpair(
               (status = 401, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn update_push(
     State(state): State<Ctx>,
-    Path(enrollment_id): Path<String>,
+    ApiPath(enrollment_id): ApiPath<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,

@@ -1,8 +1,9 @@
 //! Authentication flows: start one, read where it stands, apply an action, read its history
 //! (the PingFederate Authentication API model; the rules are in `domain::flows`).
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::flows::{CreateFlowRequest, FlowAction, FlowHistory, FlowState};
 
@@ -33,7 +34,7 @@ pub(crate) async fn create_flow(
 pub(crate) async fn get_flow(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FlowState>, ApiError> {
     Ok(Json(flows::get(&ctx, &auth.0.id, &id).await?))
 }
@@ -53,7 +54,7 @@ pub(crate) async fn get_flow(
 pub(crate) async fn act_on_flow(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(action): ApiJson<FlowAction>,
 ) -> Result<Json<FlowState>, ApiError> {
     Ok(Json(flows::act(&ctx, &auth.0, &id, action).await?))
@@ -67,7 +68,7 @@ pub(crate) async fn act_on_flow(
 pub(crate) async fn flow_events(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FlowHistory>, ApiError> {
     Ok(Json(flows::history(&ctx, &auth.0.id, &id).await?))
 }

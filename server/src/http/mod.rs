@@ -238,6 +238,7 @@ pub(crate) fn router(state: Ctx) -> Router {
     router
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(axum::middleware::from_fn(errors::json_errors))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(axum::middleware::from_fn_with_state(
@@ -253,6 +254,7 @@ pub(crate) fn metrics_router(state: Ctx) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(axum::middleware::from_fn(errors::json_errors))
         .with_state(state)
 }
 

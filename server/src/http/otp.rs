@@ -2,8 +2,9 @@
 //! from the user's devices (the app's TOTP, registered OATH tokens), the answer to a push
 //! authentication with a passcode, and the user's OATH tokens.
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::api::{
     AuthenticationStatus, OtpToken, OtpTokenList, OtpVerified, RegisterOtpToken, VerifyOtpRequest,
@@ -27,7 +28,7 @@ use crate::domain::otp;
 pub(crate) async fn verify(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<VerifyOtpRequest>,
 ) -> Result<Json<OtpVerified>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -43,7 +44,7 @@ pub(crate) async fn verify(
 pub(crate) async fn reset_failures(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     otp::reset_failures(&state, &auth.0.id, &user_id).await?;
@@ -65,7 +66,7 @@ pub(crate) async fn reset_failures(
 pub(crate) async fn answer_authentication(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<VerifyOtpRequest>,
 ) -> Result<Json<AuthenticationStatus>, ApiError> {
     Ok(Json(
@@ -84,7 +85,7 @@ pub(crate) async fn answer_authentication(
 pub(crate) async fn register_token(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<RegisterOtpToken>,
 ) -> Result<(StatusCode, Json<OtpToken>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -99,7 +100,7 @@ pub(crate) async fn register_token(
 pub(crate) async fn list_tokens(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<OtpTokenList>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     Ok(Json(otp::list_tokens(&state, &auth.0.id, &user_id).await?))
@@ -113,7 +114,7 @@ pub(crate) async fn list_tokens(
 pub(crate) async fn remove_token(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path((user_id, token_id)): Path<(String, String)>,
+    ApiPath((user_id, token_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     otp::remove_token(&state, &auth.0.id, &user_id, &token_id).await?;

@@ -1,8 +1,9 @@
 //! Pairing: codes for the customer, direct pairing for the device, relay pairing for the
 //! customer's backend. The rules are in [`crate::domain::pairing`].
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::api::{
     DevicePairingRequest, DevicePairingResponse, RelayPairingRequest, RelayPairingResponse,
@@ -21,7 +22,7 @@ use crate::domain::{Ctx, pairing};
 pub(crate) async fn start_pairing(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     OptionalJson(body): OptionalJson<StartPairingRequest>,
 ) -> Result<(StatusCode, Json<StartPairingResponse>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -55,7 +56,7 @@ pub(crate) async fn device_pairing(
 pub(crate) async fn relay_pairing(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<RelayPairingRequest>,
 ) -> Result<(StatusCode, Json<RelayPairingResponse>), ApiError> {
     let user_id = parse_user_id(&user_id)?;

@@ -8,9 +8,10 @@
 //! (its enrollment keys) claims and answers; the browser (the session's browser token, sent in
 //! an `Authorization: TesseraBrowser` header) reads progress and renews the code, nothing else.
 
+use super::extract::{ApiPath, ApiQuery};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -69,8 +70,8 @@ impl QrWaitQuery {
 pub(crate) async fn get_session(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
-    Query(query): Query<QrWaitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<QrWaitQuery>,
 ) -> Result<Json<QrSessionStatus>, ApiError> {
     Ok(Json(
         qr::status(&state, &auth.0.id, &id, query.duration()).await?,
@@ -94,7 +95,7 @@ fn image_response(content_type: &'static str, body: Vec<u8>) -> Response {
 pub(crate) async fn qr_png(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let png = qr::code_image(&state, &auth.0.id, &id, CodeImage::Png).await?;
     Ok(image_response("image/png", png))
@@ -109,7 +110,7 @@ pub(crate) async fn qr_png(
 pub(crate) async fn qr_svg(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let svg = qr::code_image(&state, &auth.0.id, &id, CodeImage::Svg).await?;
     Ok(image_response("image/svg+xml", svg))
@@ -147,7 +148,7 @@ pub(crate) async fn claim(
 pub(crate) async fn submit_response(
     State(state): State<Ctx>,
     ClientAddr(client): ClientAddr,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SubmitQrResponse>,
 ) -> Result<Json<QrAnswerRecorded>, ApiError> {
     Ok(Json(
@@ -176,7 +177,7 @@ fn no_store(status: QrBrowserStatus) -> Response {
 pub(crate) async fn browser_get(
     State(state): State<Ctx>,
     headers: HeaderMap,
-    Query(query): Query<QrWaitQuery>,
+    ApiQuery(query): ApiQuery<QrWaitQuery>,
 ) -> Result<Response, ApiError> {
     let status = qr::browser_status(
         &state,

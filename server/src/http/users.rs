@@ -1,7 +1,8 @@
 //! Customer API: users and their devices. The rules are in [`crate::domain::devices`].
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::api::{CreateUserRequest, DeviceList, User};
 
@@ -32,7 +33,7 @@ pub(crate) async fn create_user(
 pub(crate) async fn get_user(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<User>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     Ok(Json(devices::get_user(&state, &auth.0.id, &user_id).await?))
@@ -46,7 +47,7 @@ pub(crate) async fn get_user(
 pub(crate) async fn remove_user(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     devices::remove_user(&state, &auth.0.id, &user_id).await?;
@@ -60,7 +61,7 @@ pub(crate) async fn remove_user(
 pub(crate) async fn list_devices(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     Ok(Json(
@@ -76,7 +77,7 @@ pub(crate) async fn list_devices(
 pub(crate) async fn remove_device(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path((user_id, enrollment_id)): Path<(String, String)>,
+    ApiPath((user_id, enrollment_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     devices::remove_device(&state, &auth.0.id, &user_id, &enrollment_id).await?;
@@ -92,7 +93,7 @@ pub(crate) async fn remove_device(
 pub(crate) async fn set_primary(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path((user_id, enrollment_id)): Path<(String, String)>,
+    ApiPath((user_id, enrollment_id)): ApiPath<(String, String)>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     let devices = devices::set_primary(&state, &auth.0.id, &user_id, &enrollment_id).await?;
