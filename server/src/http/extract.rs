@@ -474,9 +474,11 @@ where
 
 /// `?wait=SECONDS` for long-polls.
 #[derive(Debug, serde::Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WaitQuery {
     /// Seconds to wait for a change (at most 30).
     #[serde(default)]
+    #[param(minimum = 0, maximum = 30)]
     pub wait: Option<u64>,
 }
 

@@ -9,6 +9,7 @@ pub(crate) mod errors;
 mod extract;
 mod flows;
 mod oidc;
+mod openapi;
 mod ops;
 mod otp;
 mod pairing;
@@ -27,6 +28,7 @@ use utoipa::OpenApi;
 
 use crate::domain::{Ctx, ciba};
 use crate::metrics::{RequestLabels, RouteLabels};
+use openapi::Contract;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -86,12 +88,20 @@ use crate::metrics::{RequestLabels, RouteLabels};
         ops::metrics,
         application_settings::get_settings,
         application_settings::set_settings,
+        ops::openapi,
+        oidc::discovery::configuration,
+        oidc::discovery::jwks,
+        oidc::backchannel::backchannel_authentication,
+        oidc::token::token,
+        oidc::userinfo::userinfo,
     ),
+    modifiers(&Contract),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
         (name = "device", description = "Called by the device core"),
         (name = "browser", description = "Called by the QR login page with its session's browser token"),
-        (name = "operations", description = "Health, metrics, this document")
+        (name = "operations", description = "Health, metrics, this document"),
+        (name = "openid", description = "The OpenID Provider (CIBA): discovery, keys, backchannel authentication, token, userinfo; errors are OAuth error bodies")
     )
 )]
 struct ApiDoc;

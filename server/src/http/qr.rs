@@ -46,9 +46,11 @@ pub(crate) async fn create_session(
 
 /// `?wait=SECONDS` (and, for the browser, `&seen=VERSION`).
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct QrWaitQuery {
     /// Seconds to wait for a change (at most 30).
     #[serde(default)]
+    #[param(minimum = 0, maximum = 30)]
     pub wait: Option<u64>,
     /// The version the caller already shows; the answer waits for another.
     #[serde(default)]
@@ -138,7 +140,8 @@ pub(crate) async fn claim(
 }
 
 /// The device answers a QR session with a response signed by the chosen user's enrollment.
-#[utoipa::path(post, path = "/v1/device/qr-sessions/{session_id}/response", tag = "device",
+#[utoipa::path(post, operation_id = "submit_qr_response",
+    path = "/v1/device/qr-sessions/{session_id}/response", tag = "device",
     params(("session_id" = String, Path, description = "The session answered")),
     request_body = SubmitQrResponse,
     responses((status = 200, body = QrAnswerRecorded),
