@@ -18,7 +18,7 @@ use crate::domain::{Ctx, authentication};
 
 /// Asks a user's device.
 #[utoipa::path(post, path = "/v1/users/{user_id}/authentications", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = CreateAuthenticationRequest,
     responses((status = 201, body = AuthenticationStatus),
               (status = 404, description = "user_not_found, device_not_found", body = tessera_protocol::error::ErrorBody),
@@ -37,7 +37,7 @@ pub(crate) async fn create_authentication(
 /// An authentication's state; `?wait=N` holds the answer until it changes from pending (or N
 /// seconds pass, at most 30).
 #[utoipa::path(get, path = "/v1/authentications/{authentication_id}", tag = "customer",
-    params(("authentication_id" = String, Path, description = "The authentication"), WaitQuery),
+    params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication"), WaitQuery),
     responses((status = 200, body = AuthenticationStatus), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_authentication(
     State(ctx): State<Ctx>,
@@ -52,7 +52,7 @@ pub(crate) async fn get_authentication(
 /// The calling device's pending requests (device-signed); `?wait=N` holds the answer until
 /// there is one (or N seconds pass, at most 30).
 #[utoipa::path(get, path = "/v1/device/enrollments/{enrollment_id}/requests", tag = "device",
-    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for"), WaitQuery),
+    params(("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The enrollment the device speaks for"), WaitQuery),
     responses((status = 200, body = PendingRequests), (status = 401, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn pending_requests(
     State(ctx): State<Ctx>,
@@ -70,7 +70,7 @@ pub(crate) async fn pending_requests(
 
 /// The device answers an authentication with a signed response.
 #[utoipa::path(post, path = "/v1/device/authentications/{authentication_id}/response", tag = "device",
-    params(("authentication_id" = String, Path, description = "The authentication answered")),
+    params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication answered")),
     request_body = SubmitResponse,
     responses((status = 200, body = ResponseRecorded),
               (status = 400, description = "invalid_signature, response_mismatch, stale_message", body = tessera_protocol::error::ErrorBody),

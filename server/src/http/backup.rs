@@ -18,7 +18,7 @@ use crate::domain::backup;
 
 /// Registers (replaces) the user's backup contacts; answers them masked.
 #[utoipa::path(put, path = "/v1/users/{user_id}/backup-contacts", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = BackupContacts,
     responses((status = 200, body = BackupContacts),
               (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),
@@ -37,7 +37,7 @@ pub(crate) async fn set_contacts(
 
 /// The user's backup contacts, masked.
 #[utoipa::path(get, path = "/v1/users/{user_id}/backup-contacts", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 200, body = BackupContacts),
               (status = 404, description = "user_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_contacts(
@@ -54,7 +54,7 @@ pub(crate) async fn get_contacts(
 /// Sends a one-time passcode for a push authentication through one of its backup channels, to
 /// the user's registered contact. Answer it with `POST /v1/authentications/{id}/otp`.
 #[utoipa::path(post, path = "/v1/authentications/{authentication_id}/backup-codes", tag = "customer",
-    params(("authentication_id" = String, Path, description = "The authentication")),
+    params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication")),
     request_body = SendBackupCode,
     responses((status = 201, body = OtpChallenge),
               (status = 404, description = "authentication_not_found", body = tessera_protocol::error::ErrorBody),
@@ -76,7 +76,7 @@ pub(crate) async fn send_for_authentication(
 /// (backup sign-in), or to a phone number or email address given for this one sign-in
 /// (one-time device authentication).
 #[utoipa::path(post, path = "/v1/users/{user_id}/otp-challenges", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = CreateOtpChallenge,
     responses((status = 201, body = OtpChallenge),
               (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),

@@ -52,7 +52,7 @@ pub(crate) async fn remove(
 
 /// Sets the user's CIBA user code.
 #[utoipa::path(put, path = "/v1/users/{user_id}/ciba-user-code", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = SetUserCode,
     responses((status = 204), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn set_user_code(

@@ -25,7 +25,7 @@ pub(crate) async fn server_keys(
 /// approve it, or rejected. `?wait=N` holds the answer while it is pending verification (at
 /// most 30 seconds).
 #[utoipa::path(get, path = "/v1/device/enrollments/{enrollment_id}", tag = "device",
-    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for"), WaitQuery),
+    params(("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The enrollment the device speaks for"), WaitQuery),
     responses((status = 200, body = EnrollmentStatus),
               (status = 401, description = "unknown enrollment or bad signature", body = tessera_protocol::error::ErrorBody),
               (status = 409, description = "replayed_message", body = tessera_protocol::error::ErrorBody)))]
@@ -45,7 +45,7 @@ pub(crate) async fn enrollment_status(
 
 /// The calling device unpairs itself.
 #[utoipa::path(delete, path = "/v1/device/enrollments/{enrollment_id}", tag = "device",
-    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for")),
+    params(("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The enrollment the device speaks for")),
     responses((status = 204, description = "Unpaired"),
               (status = 401, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn unpair(
@@ -64,7 +64,7 @@ pub(crate) async fn unpair(
 /// The calling device registers a new push token (or another provider, or none); a stale token
 /// is forgotten and pushes resume.
 #[utoipa::path(put, path = "/v1/device/enrollments/{enrollment_id}/push", tag = "device",
-    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for")),
+    params(("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The enrollment the device speaks for")),
     request_body = UpdatePushRequest,
     responses((status = 204, description = "Registered"),
               (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),

@@ -28,7 +28,7 @@ pub(crate) async fn create_flow(
 
 /// Where a flow stands, with the actions allowed now.
 #[utoipa::path(get, path = "/v1/flows/{flow_id}", tag = "customer",
-    params(("flow_id" = String, Path, description = "The flow")),
+    params(("flow_id" = tessera_protocol::ids::FlowId, Path, description = "The flow")),
     responses((status = 200, body = FlowState),
               (status = 404, description = "flow_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_flow(
@@ -42,7 +42,7 @@ pub(crate) async fn get_flow(
 /// Applies one action (`{"action": "selectDevice", "device_id": …}`) and answers the flow as it
 /// stands after it.
 #[utoipa::path(post, path = "/v1/flows/{flow_id}", tag = "customer",
-    params(("flow_id" = String, Path, description = "The flow")),
+    params(("flow_id" = tessera_protocol::ids::FlowId, Path, description = "The flow")),
     request_body = FlowAction,
     responses((status = 200, body = FlowState),
               (status = 400, description = "invalid_request, otp_invalid", body = tessera_protocol::error::ErrorBody),
@@ -62,7 +62,7 @@ pub(crate) async fn act_on_flow(
 
 /// Every action applied to the flow, oldest first (transitions and refused attempts).
 #[utoipa::path(get, path = "/v1/flows/{flow_id}/events", tag = "customer",
-    params(("flow_id" = String, Path, description = "The flow")),
+    params(("flow_id" = tessera_protocol::ids::FlowId, Path, description = "The flow")),
     responses((status = 200, body = FlowHistory),
               (status = 404, description = "flow_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn flow_events(

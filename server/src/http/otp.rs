@@ -18,7 +18,7 @@ use crate::domain::otp;
 /// Checks a one-time passcode from one of the user's devices (the app, or a registered OATH
 /// token).
 #[utoipa::path(post, path = "/v1/users/{user_id}/otp/verify", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = VerifyOtpRequest,
     responses((status = 200, body = OtpVerified),
               (status = 400, description = "otp_invalid", body = tessera_protocol::error::ErrorBody),
@@ -39,7 +39,7 @@ pub(crate) async fn verify(
 
 /// Clears the user's count of wrong passcodes (unlocks passcode sign-in).
 #[utoipa::path(delete, path = "/v1/users/{user_id}/otp/failures", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 204, description = "Reset"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn reset_failures(
     State(state): State<Ctx>,
@@ -55,7 +55,7 @@ pub(crate) async fn reset_failures(
 /// when "use code" or OTP fallback is in force, or a backup code sent for it. Completes it as
 /// approved with the passcode's attributes.
 #[utoipa::path(post, path = "/v1/authentications/{authentication_id}/otp", tag = "customer",
-    params(("authentication_id" = String, Path, description = "The authentication")),
+    params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication")),
     request_body = VerifyOtpRequest,
     responses((status = 200, body = AuthenticationStatus),
               (status = 400, description = "otp_invalid", body = tessera_protocol::error::ErrorBody),
@@ -77,7 +77,7 @@ pub(crate) async fn answer_authentication(
 /// Registers an OATH token whose seed is known (desktop OTP, hardware token, YubiKey in OATH
 /// mode, authenticator app). The seed is never returned.
 #[utoipa::path(post, path = "/v1/users/{user_id}/otp-tokens", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = RegisterOtpToken,
     responses((status = 201, body = OtpToken),
               (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),
@@ -95,7 +95,7 @@ pub(crate) async fn register_token(
 
 /// The user's OATH tokens (never their seeds).
 #[utoipa::path(get, path = "/v1/users/{user_id}/otp-tokens", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 200, body = OtpTokenList), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn list_tokens(
     State(state): State<Ctx>,
@@ -108,7 +108,7 @@ pub(crate) async fn list_tokens(
 
 /// Removes one of the user's OATH tokens.
 #[utoipa::path(delete, path = "/v1/users/{user_id}/otp-tokens/{token_id}", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user"),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user"),
            ("token_id" = String, Path, description = "The token")),
     responses((status = 204, description = "Removed"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn remove_token(

@@ -16,7 +16,7 @@ use crate::domain::{Ctx, pairing};
 
 /// Starts a pairing for a user: a single-use code and a URI for a QR code.
 #[utoipa::path(post, path = "/v1/users/{user_id}/pairings", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body(content = StartPairingRequest, description = "Optional"),
     responses((status = 201, body = StartPairingResponse), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn start_pairing(
@@ -47,7 +47,7 @@ pub(crate) async fn device_pairing(
 
 /// The customer's backend completes a relay pairing with the app's mobile payload.
 #[utoipa::path(post, path = "/v1/users/{user_id}/relay-pairings", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = RelayPairingRequest,
     responses((status = 201, body = RelayPairingResponse),
               (status = 400, description = "invalid_mobile_payload, invalid_public_key, audience_mismatch, stale_message", body = tessera_protocol::error::ErrorBody),

@@ -67,7 +67,7 @@ impl QrWaitQuery {
 /// A QR session's state and, once approved, the user, the attributes and the signed answer.
 /// `?wait=N` holds the answer until the state changes (at most 30 seconds).
 #[utoipa::path(get, path = "/v1/qr-sessions/{session_id}", tag = "customer",
-    params(("session_id" = String, Path, description = "The session"), QrWaitQuery),
+    params(("session_id" = tessera_protocol::ids::QrSessionId, Path, description = "The session"), QrWaitQuery),
     responses((status = 200, body = QrSessionStatus), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_session(
     State(state): State<Ctx>,
@@ -90,7 +90,7 @@ fn image_response(content_type: &'static str, body: Vec<u8>) -> Response {
 
 /// The session's current code as a PNG image.
 #[utoipa::path(get, path = "/v1/qr-sessions/{session_id}/qr.png", tag = "customer",
-    params(("session_id" = String, Path, description = "The session")),
+    params(("session_id" = tessera_protocol::ids::QrSessionId, Path, description = "The session")),
     responses((status = 200, content_type = "image/png", description = "The QR code"),
               (status = 409, body = tessera_protocol::error::ErrorBody),
               (status = 410, body = tessera_protocol::error::ErrorBody)))]
@@ -105,7 +105,7 @@ pub(crate) async fn qr_png(
 
 /// The session's current code as an SVG image.
 #[utoipa::path(get, path = "/v1/qr-sessions/{session_id}/qr.svg", tag = "customer",
-    params(("session_id" = String, Path, description = "The session")),
+    params(("session_id" = tessera_protocol::ids::QrSessionId, Path, description = "The session")),
     responses((status = 200, content_type = "image/svg+xml", description = "The QR code"),
               (status = 409, body = tessera_protocol::error::ErrorBody),
               (status = 410, body = tessera_protocol::error::ErrorBody)))]
@@ -142,7 +142,7 @@ pub(crate) async fn claim(
 /// The device answers a QR session with a response signed by the chosen user's enrollment.
 #[utoipa::path(post, operation_id = "submit_qr_response",
     path = "/v1/device/qr-sessions/{session_id}/response", tag = "device",
-    params(("session_id" = String, Path, description = "The session answered")),
+    params(("session_id" = tessera_protocol::ids::QrSessionId, Path, description = "The session answered")),
     request_body = SubmitQrResponse,
     responses((status = 200, body = QrAnswerRecorded),
               (status = 400, description = "invalid_signature, response_mismatch, stale_message", body = tessera_protocol::error::ErrorBody),

@@ -28,7 +28,7 @@ pub(crate) async fn create_user(
 
 /// One user.
 #[utoipa::path(get, path = "/v1/users/{user_id}", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 200, body = User), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_user(
     State(state): State<Ctx>,
@@ -42,7 +42,7 @@ pub(crate) async fn get_user(
 /// Removes a user: their devices are unpaired (pending requests fail), and their pairing codes,
 /// OATH tokens, CIBA user code and OpenID access and refresh tokens are revoked.
 #[utoipa::path(delete, path = "/v1/users/{user_id}", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 204, description = "Removed"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn remove_user(
     State(state): State<Ctx>,
@@ -56,7 +56,7 @@ pub(crate) async fn remove_user(
 
 /// The user's paired devices.
 #[utoipa::path(get, path = "/v1/users/{user_id}/devices", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 200, body = DeviceList), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn list_devices(
     State(state): State<Ctx>,
@@ -71,8 +71,8 @@ pub(crate) async fn list_devices(
 
 /// Unpairs one of the user's devices.
 #[utoipa::path(delete, path = "/v1/users/{user_id}/devices/{enrollment_id}", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user"),
-           ("enrollment_id" = String, Path, description = "The device's enrollment id")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user"),
+           ("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The device's enrollment id")),
     responses((status = 204, description = "Unpaired"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn remove_device(
     State(state): State<Ctx>,
@@ -86,8 +86,8 @@ pub(crate) async fn remove_device(
 
 /// Makes one of the user's devices the primary device: the one authentications go to by default.
 #[utoipa::path(put, path = "/v1/users/{user_id}/devices/{enrollment_id}/primary", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user"),
-           ("enrollment_id" = String, Path, description = "The device's enrollment id")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user"),
+           ("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The device's enrollment id")),
     responses((status = 200, body = DeviceList, description = "The user's devices after the change"),
               (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn set_primary(

@@ -6,11 +6,15 @@
 
 use serde_json::json;
 use tessera_protocol::error::ErrorBody;
-use tessera_tests::{Backend, TestServer, on_each_backend};
+use tessera_core::CoreError;
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::pairing::PairingUri;
+use tessera_tests::{Backend, TestDevice, TestServer, on_each_backend};
 
 on_each_backend! {
     every_error_is_the_json_error_body => every_error_is_json;
     non_object_json_bodies_are_refused_and_write_nothing => non_object_bodies;
+    pairing_under_another_name_names_the_servers_url => audience_named;
 }
 
 async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> ErrorBody {
@@ -200,4 +204,42 @@ async fn non_object_bodies(backend: Backend) {
         .await
         .expect("send");
     assert_eq!(r.status(), 404);
+}
+
+/// A device that reaches the server as `localhost` while the server's identity (the URL devices
+/// pin and sign for) is `127.0.0.1` is refused with `audience_mismatch`, and the refusal names
+/// the URL to pair with instead, in the protocol error and in the core's error message.
+async fn audience_named(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("alice").await;
+    let uri = server.pairing_uri("alice").await;
+    let code = PairingUri::parse(&uri)
+        .expect("pairing URI")
+        .code
+        .display_form()
+        .to_string();
+    let expected = server.base_url.clone();
+    assert!(expected.starts_with("http://127.0.0.1:"), "{expected}");
+    let localhost = expected.replace("127.0.0.1", "localhost");
+    let device = TestDevice::new().await;
+    let refused = device
+        .auth
+        .pair(&code, Some(&localhost))
+        .await
+        .expect_err("another name for the server");
+    match &refused {
+        CoreError::Server { code, message } => {
+            assert_eq!(*code, ErrorCode::AudienceMismatch);
+            assert!(message.contains(&expected), "{message}");
+        }
+        other => panic!("expected audience_mismatch, got {other:?}"),
+    }
+    assert!(refused.to_string().contains(&expected), "{refused}");
+    // Under the server's own URL the same code pairs.
+    let enrollment = device
+        .auth
+        .pair(&code, Some(&expected))
+        .await
+        .expect("pairs under the server's URL");
+    assert_eq!(enrollment.user_id.as_str(), "alice");
 }
