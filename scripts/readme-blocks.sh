@@ -37,7 +37,8 @@ with open(out, "w", encoding="utf-8") as f:
         block = re.sub(r"cargo run (-q )?-p tessera-examples --bin tessera-device --", device, block)
         block = block.replace("8080", port)
         f.write(f"echo '== readme block {i} of {len(blocks)}'\n{block}\n")
-        f.write(f"echo 'readme block {i} ok'\n")
+        # A newline first: curl's answers end without one.
+        f.write(f"printf '\\nreadme block {i} ok\\n'\n")
 print(f"readme-blocks: {len(blocks)} blocks marked to run", file=sys.stderr)
 PY
 

@@ -5,8 +5,8 @@
 //! document.
 
 use serde_json::json;
-use tessera_protocol::error::ErrorBody;
 use tessera_core::CoreError;
+use tessera_protocol::error::ErrorBody;
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::pairing::PairingUri;
 use tessera_tests::{Backend, TestDevice, TestServer, on_each_backend};
