@@ -399,7 +399,7 @@ mod tests {
         let schemes = doc
             .components
             .as_ref()
-            .and_then(|c| Some(c.security_schemes.keys().cloned().collect::<BTreeSet<_>>()))
+            .map(|c| c.security_schemes.keys().cloned().collect::<BTreeSet<_>>())
             .unwrap_or_default();
         let mut ids: HashMap<String, usize> = HashMap::new();
         let json = serde_json::to_value(&doc).expect("the document serializes");
