@@ -203,6 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_plain_text_error_becomes_the_json_error_body() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let app = axum::Router::new()
             .route(
                 "/plain",
