@@ -3,7 +3,9 @@
 # command-line tests, the end-to-end tests (real server on loopback, real device core) on
 # SQLite and on PostgreSQL, and the binding tests (the generated Python module and the Kotlin
 # wrapper on the JVM against a real server process; bindings/tests/run.sh installs a JRE, JNA and
-# the Kotlin compiler when missing). Ends with one line: "tests: N passed, N failed".
+# the Kotlin compiler when missing), the API contract check (scripts/api-contract.sh) and the
+# README's command blocks marked to run (scripts/readme-blocks.sh). Ends with one line:
+# "tests: N passed, N failed".
 #
 # PostgreSQL: uses $DATABASE_URL when set; otherwise starts a local server with
 # scripts/start-postgres.sh (installing Debian's package if missing). Set TESSERA_SKIP_POSTGRES=1
@@ -41,7 +43,15 @@ status=0
 # The binding tests print "bindings-python: N passed, N failed" and "bindings-kotlin: …".
 bindings/tests/run.sh all 2>&1 | tee -a "$log" || status=1
 
+# The API contract (scripts/api-contract.sh: the OpenAPI document validated, fuzzed with
+# schemathesis against a running server, a generated client driven through a whole flow) and
+# the README's command blocks marked to run (scripts/readme-blocks.sh). Each prints
+# "api-contract: N passed, N failed" / "readme-blocks: N passed, N failed".
+./scripts/api-contract.sh 2>&1 | tee -a "$log" || status=1
+./scripts/readme-blocks.sh 2>&1 | tee -a "$log" || status=1
+
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      /^bindings-(python|kotlin): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+     /^(api-contract|readme-blocks): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -246,6 +246,7 @@ impl std::fmt::Debug for SetUserCode {
 
 /// The backchannel authentication endpoint's acknowledgement (CIBA Core §7.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackchannelAcknowledgement {
     /// The request's id (at least 160 bits of randomness).
     pub auth_req_id: String,
@@ -263,6 +264,7 @@ pub struct BackchannelAcknowledgement {
 /// A successful token response (RFC 6749 §5.1, OpenID Connect Core §3.1.3.3); in push mode, the
 /// body posted to the client's notification endpoint, with `auth_req_id`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// The access token.
     pub access_token: String,
@@ -296,6 +298,7 @@ impl std::fmt::Debug for TokenResponse {
 /// An OAuth error response (RFC 6749 §5.2, CIBA Core §13 and §11); in push mode, the body
 /// posted to the client's notification endpoint, with `auth_req_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OAuthErrorResponse {
     /// The error code, e.g. `authorization_pending`.
     pub error: String,

@@ -11,7 +11,14 @@ macro_rules! random_id {
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
-        crate::openapi_schema!($name, string, "Identifier: a prefix and 32 lowercase hex digits");
+        crate::openapi_schema!(
+            $name,
+            string,
+            "Identifier: a prefix and 32 lowercase hex digits",
+            pattern = concat!("^", $prefix, "[0-9a-f]{32}$"),
+            min_length = $prefix.len() + 32,
+            max_length = $prefix.len() + 32
+        );
 
         impl $name {
             /// The prefix every identifier of this kind starts with.
@@ -137,7 +144,10 @@ pub struct UserId(String);
 crate::openapi_schema!(
     UserId,
     string,
-    "The customer's id for a user: 1 to 128 characters"
+    "The customer's id for a user: 1 to 128 characters, no control characters, no leading or trailing whitespace",
+    pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$",
+    min_length = 1,
+    max_length = UserId::MAX_CHARS
 );
 
 impl UserId {

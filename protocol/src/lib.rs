@@ -41,6 +41,22 @@ macro_rules! openapi_schema {
         #[cfg(feature = "openapi")]
         impl utoipa::ToSchema for $ty {}
     };
+    ($ty:ty, string, $desc:literal, pattern = $pattern:expr, min_length = $min:expr, max_length = $max:expr) => {
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some($desc))
+                    .pattern(Some($pattern))
+                    .min_length(Some($min))
+                    .max_length(Some($max))
+                    .into()
+            }
+        }
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $ty {}
+    };
     ($ty:ty, object, $desc:literal) => {
         #[cfg(feature = "openapi")]
         impl utoipa::PartialSchema for $ty {

@@ -213,9 +213,14 @@ fn check_registration(
         ));
     }
     if &registration.audience != server {
+        // Names the URL the server answers to (its identity, never the submitted one): a device
+        // that reached it under another name (`localhost` for `127.0.0.1`, a proxy's host) knows
+        // what to pair with instead.
         return Err(fail(
             ErrorCode::AudienceMismatch,
-            "the registration is meant for another server",
+            &format!(
+                "the registration is meant for another server: this server's URL is {server}; pair using that URL"
+            ),
         ));
     }
     if registration.issued_at < now - MAX_REGISTRATION_AGE_SECONDS

@@ -1,8 +1,9 @@
 //! Authentications: the customer asks a user's device; the device pulls its pending requests and
 //! answers with a signed response bound to exactly what it was shown.
 
+use super::extract::{ApiPath, ApiQuery};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use tessera_protocol::api::{
     AuthenticationStatus, CreateAuthenticationRequest, PendingRequests, ResponseRecorded,
@@ -17,7 +18,7 @@ use crate::domain::{Ctx, authentication};
 
 /// Asks a user's device.
 #[utoipa::path(post, path = "/v1/users/{user_id}/authentications", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = CreateAuthenticationRequest,
     responses((status = 201, body = AuthenticationStatus),
               (status = 404, description = "user_not_found, device_not_found", body = tessera_protocol::error::ErrorBody),
@@ -25,7 +26,7 @@ use crate::domain::{Ctx, authentication};
 pub(crate) async fn create_authentication(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<CreateAuthenticationRequest>,
 ) -> Result<(StatusCode, Json<AuthenticationStatus>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -36,13 +37,13 @@ pub(crate) async fn create_authentication(
 /// An authentication's state; `?wait=N` holds the answer until it changes from pending (or N
 /// seconds pass, at most 30).
 #[utoipa::path(get, path = "/v1/authentications/{authentication_id}", tag = "customer",
-    params(("authentication_id" = String, Path, description = "The authentication"), WaitQuery),
+    params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication"), WaitQuery),
     responses((status = 200, body = AuthenticationStatus), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_authentication(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<Json<AuthenticationStatus>, ApiError> {
     let status = authentication::status(&ctx, &auth.0.id, &id, query.duration()).await?;
     Ok(Json(status))
@@ -51,12 +52,12 @@ pub(crate) async fn get_authentication(
 /// The calling device's pending requests (device-signed); `?wait=N` holds the answer until
 /// there is one (or N seconds pass, at most 30).
 #[utoipa::path(get, path = "/v1/device/enrollments/{enrollment_id}/requests", tag = "device",
-    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for"), WaitQuery),
+    params(("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The enrollment the device speaks for"), WaitQuery),
     responses((status = 200, body = PendingRequests), (status = 401, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn pending_requests(
     State(ctx): State<Ctx>,
-    Path(enrollment_id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    ApiPath(enrollment_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -69,7 +70,7 @@ pub(crate) async fn pending_requests(
 
 /// The device answers an authentication with a signed response.
 #[utoipa::path(post, path = "/v1/device/authentications/{authentication_id}/response", tag = "device",
-    params(("authentication_id" = String, Path, description = "The authentication answered")),
+    params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication answered")),
     request_body = SubmitResponse,
     responses((status = 200, body = ResponseRecorded),
               (status = 400, description = "invalid_signature, response_mismatch, stale_message", body = tessera_protocol::error::ErrorBody),
@@ -78,7 +79,7 @@ pub(crate) async fn pending_requests(
 pub(crate) async fn submit_response(
     State(ctx): State<Ctx>,
     ClientAddr(client): ClientAddr,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SubmitResponse>,
 ) -> Result<Json<ResponseRecorded>, ApiError> {
     let recorded = authentication::answer(&ctx, &id, &body.response, &client).await?;

@@ -2,8 +2,9 @@
 //! [`crate::domain::backup`]): the user's backup contacts, passcodes sent by SMS, voice call or
 //! email for a push authentication or outside one, and their verification.
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::api::{
     BackupContacts, CreateOtpChallenge, OtpChallenge, OtpChallengeVerified, SendBackupCode,
@@ -17,7 +18,7 @@ use crate::domain::backup;
 
 /// Registers (replaces) the user's backup contacts; answers them masked.
 #[utoipa::path(put, path = "/v1/users/{user_id}/backup-contacts", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = BackupContacts,
     responses((status = 200, body = BackupContacts),
               (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),
@@ -25,7 +26,7 @@ use crate::domain::backup;
 pub(crate) async fn set_contacts(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<BackupContacts>,
 ) -> Result<Json<BackupContacts>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -36,13 +37,13 @@ pub(crate) async fn set_contacts(
 
 /// The user's backup contacts, masked.
 #[utoipa::path(get, path = "/v1/users/{user_id}/backup-contacts", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 200, body = BackupContacts),
               (status = 404, description = "user_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_contacts(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<BackupContacts>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     Ok(Json(
@@ -53,7 +54,7 @@ pub(crate) async fn get_contacts(
 /// Sends a one-time passcode for a push authentication through one of its backup channels, to
 /// the user's registered contact. Answer it with `POST /v1/authentications/{id}/otp`.
 #[utoipa::path(post, path = "/v1/authentications/{authentication_id}/backup-codes", tag = "customer",
-    params(("authentication_id" = String, Path, description = "The authentication")),
+    params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication")),
     request_body = SendBackupCode,
     responses((status = 201, body = OtpChallenge),
               (status = 404, description = "authentication_not_found", body = tessera_protocol::error::ErrorBody),
@@ -64,7 +65,7 @@ pub(crate) async fn get_contacts(
 pub(crate) async fn send_for_authentication(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SendBackupCode>,
 ) -> Result<(StatusCode, Json<OtpChallenge>), ApiError> {
     let sent = backup::send_for_authentication(&state, &auth.0, &id, body.channel).await?;
@@ -75,7 +76,7 @@ pub(crate) async fn send_for_authentication(
 /// (backup sign-in), or to a phone number or email address given for this one sign-in
 /// (one-time device authentication).
 #[utoipa::path(post, path = "/v1/users/{user_id}/otp-challenges", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = CreateOtpChallenge,
     responses((status = 201, body = OtpChallenge),
               (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),
@@ -86,7 +87,7 @@ pub(crate) async fn send_for_authentication(
 pub(crate) async fn create_challenge(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<CreateOtpChallenge>,
 ) -> Result<(StatusCode, Json<OtpChallenge>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -105,7 +106,7 @@ pub(crate) async fn create_challenge(
 pub(crate) async fn verify_challenge(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<VerifyOtpRequest>,
 ) -> Result<Json<OtpChallengeVerified>, ApiError> {
     Ok(Json(

@@ -1,8 +1,9 @@
 //! Customer API: the application's CIBA clients (relying parties) and its users' CIBA user
 //! codes.
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::ciba::{
     CibaClientList, CibaClientRegistered, RegisterCibaClient, SetUserCode,
@@ -43,7 +44,7 @@ pub(crate) async fn list(
 pub(crate) async fn remove(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     clients::remove(&state, &auth.0.id, &client_id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -51,13 +52,13 @@ pub(crate) async fn remove(
 
 /// Sets the user's CIBA user code.
 #[utoipa::path(put, path = "/v1/users/{user_id}/ciba-user-code", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = SetUserCode,
     responses((status = 204), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn set_user_code(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<SetUserCode>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;

@@ -1,9 +1,10 @@
 //! Device API: the server's keys, and calls a device signs with its possession key. The rules
 //! are in [`crate::domain::devices`].
 
+use super::extract::{ApiPath, ApiQuery};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use tessera_protocol::api::{EnrollmentStatus, ServerKeysResponse, UpdatePushRequest};
 
@@ -24,14 +25,14 @@ pub(crate) async fn server_keys(
 /// approve it, or rejected. `?wait=N` holds the answer while it is pending verification (at
 /// most 30 seconds).
 #[utoipa::path(get, path = "/v1/device/enrollments/{enrollment_id}", tag = "device",
-    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for"), WaitQuery),
+    params(("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The enrollment the device speaks for"), WaitQuery),
     responses((status = 200, body = EnrollmentStatus),
               (status = 401, description = "unknown enrollment or bad signature", body = tessera_protocol::error::ErrorBody),
               (status = 409, description = "replayed_message", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn enrollment_status(
     State(state): State<Ctx>,
-    Path(enrollment_id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    ApiPath(enrollment_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -44,12 +45,12 @@ pub(crate) async fn enrollment_status(
 
 /// The calling device unpairs itself.
 #[utoipa::path(delete, path = "/v1/device/enrollments/{enrollment_id}", tag = "device",
-    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for")),
+    params(("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The enrollment the device speaks for")),
     responses((status = 204, description = "Unpaired"),
               (status = 401, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn unpair(
     State(state): State<Ctx>,
-    Path(enrollment_id): Path<String>,
+    ApiPath(enrollment_id): ApiPath<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -63,14 +64,14 @@ pub(crate) async fn unpair(
 /// The calling device registers a new push token (or another provider, or none); a stale token
 /// is forgotten and pushes resume.
 #[utoipa::path(put, path = "/v1/device/enrollments/{enrollment_id}/push", tag = "device",
-    params(("enrollment_id" = String, Path, description = "The enrollment the device speaks for")),
+    params(("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The enrollment the device speaks for")),
     request_body = UpdatePushRequest,
     responses((status = 204, description = "Registered"),
               (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),
               (status = 401, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn update_push(
     State(state): State<Ctx>,
-    Path(enrollment_id): Path<String>,
+    ApiPath(enrollment_id): ApiPath<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,

@@ -46,7 +46,23 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
     })
 }
 
+/// Parses a JSON request body. Every body the API takes is a JSON object: anything else (an
+/// array, which serde would otherwise read as a struct's fields in order, a string, a number,
+/// `null`) is `invalid_request`; text that is not JSON at all is `malformed_json`.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "invalid request: the body must be a JSON object",
+            )),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::MalformedJson,
+                "request body is not valid JSON",
+            )),
+        };
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -406,11 +422,73 @@ fn parse_node(node: &str) -> Result<Hop, ForwardingHeaderError> {
     Ok(Hop::Address(ip.to_canonical()))
 }
 
+/// Path parameters whose rejection (a segment that is not valid percent-encoded UTF-8, a
+/// missing or extra parameter) is the JSON error body, `invalid_request`, like every other error.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => {
+                if rejection.status().is_server_error() {
+                    tracing::error!(error = %rejection.body_text(), "path parameters unavailable");
+                    Err(ApiError::new(ErrorCode::InternalError, "internal error"))
+                } else {
+                    Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "invalid request: a path parameter is not valid",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A query string whose rejection (malformed, or a parameter of the wrong type) is the JSON
+/// error body, `invalid_request`, naming the parameter but never its value.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| {
+                // serde names the field and the expectation, never the submitted value.
+                let reason = e.to_string();
+                let reason = if reason.len() > 200 {
+                    "malformed query string".to_string()
+                } else {
+                    reason
+                };
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("invalid query string: {reason}"),
+                )
+            })
+    }
+}
+
 /// `?wait=SECONDS` for long-polls.
 #[derive(Debug, serde::Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WaitQuery {
     /// Seconds to wait for a change (at most 30).
     #[serde(default)]
+    #[param(minimum = 0, maximum = 30)]
     pub wait: Option<u64>,
 }
 

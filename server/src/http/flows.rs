@@ -1,8 +1,9 @@
 //! Authentication flows: start one, read where it stands, apply an action, read its history
 //! (the PingFederate Authentication API model; the rules are in `domain::flows`).
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::flows::{CreateFlowRequest, FlowAction, FlowHistory, FlowState};
 
@@ -27,13 +28,13 @@ pub(crate) async fn create_flow(
 
 /// Where a flow stands, with the actions allowed now.
 #[utoipa::path(get, path = "/v1/flows/{flow_id}", tag = "customer",
-    params(("flow_id" = String, Path, description = "The flow")),
+    params(("flow_id" = tessera_protocol::ids::FlowId, Path, description = "The flow")),
     responses((status = 200, body = FlowState),
               (status = 404, description = "flow_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_flow(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FlowState>, ApiError> {
     Ok(Json(flows::get(&ctx, &auth.0.id, &id).await?))
 }
@@ -41,7 +42,7 @@ pub(crate) async fn get_flow(
 /// Applies one action (`{"action": "selectDevice", "device_id": …}`) and answers the flow as it
 /// stands after it.
 #[utoipa::path(post, path = "/v1/flows/{flow_id}", tag = "customer",
-    params(("flow_id" = String, Path, description = "The flow")),
+    params(("flow_id" = tessera_protocol::ids::FlowId, Path, description = "The flow")),
     request_body = FlowAction,
     responses((status = 200, body = FlowState),
               (status = 400, description = "invalid_request, otp_invalid", body = tessera_protocol::error::ErrorBody),
@@ -53,7 +54,7 @@ pub(crate) async fn get_flow(
 pub(crate) async fn act_on_flow(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(action): ApiJson<FlowAction>,
 ) -> Result<Json<FlowState>, ApiError> {
     Ok(Json(flows::act(&ctx, &auth.0, &id, action).await?))
@@ -61,13 +62,13 @@ pub(crate) async fn act_on_flow(
 
 /// Every action applied to the flow, oldest first (transitions and refused attempts).
 #[utoipa::path(get, path = "/v1/flows/{flow_id}/events", tag = "customer",
-    params(("flow_id" = String, Path, description = "The flow")),
+    params(("flow_id" = tessera_protocol::ids::FlowId, Path, description = "The flow")),
     responses((status = 200, body = FlowHistory),
               (status = 404, description = "flow_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn flow_events(
     State(ctx): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FlowHistory>, ApiError> {
     Ok(Json(flows::history(&ctx, &auth.0.id, &id).await?))
 }

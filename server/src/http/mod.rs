@@ -12,6 +12,7 @@ mod extract;
 mod flow_browser;
 mod flows;
 mod oidc;
+mod openapi;
 mod ops;
 mod otp;
 mod pairing;
@@ -33,6 +34,7 @@ use utoipa::OpenApi;
 
 use crate::domain::{Ctx, ciba};
 use crate::metrics::{RequestLabels, RouteLabels};
+use openapi::Contract;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -114,12 +116,20 @@ use crate::metrics::{RequestLabels, RouteLabels};
         prompt_page::styles,
         attestation_settings::get_attestation_settings,
         attestation_settings::set_attestation_settings,
+        ops::openapi,
+        oidc::discovery::configuration,
+        oidc::discovery::jwks,
+        oidc::backchannel::backchannel_authentication,
+        oidc::token::token,
+        oidc::userinfo::userinfo,
     ),
+    modifiers(&Contract),
     tags(
         (name = "customer", description = "Called by the customer's backend with its API key"),
         (name = "device", description = "Called by the device core"),
         (name = "browser", description = "Called by the QR login page with its session's browser token"),
-        (name = "operations", description = "Health, metrics, this document")
+        (name = "operations", description = "Health, metrics, this document"),
+        (name = "openid", description = "The OpenID Provider (CIBA): discovery, keys, backchannel authentication, token, userinfo; errors are OAuth error bodies")
     )
 )]
 struct ApiDoc;
@@ -306,6 +316,7 @@ pub(crate) fn router(state: Ctx) -> Router {
     router
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(axum::middleware::from_fn(errors::json_errors))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(axum::middleware::from_fn_with_state(
@@ -329,6 +340,7 @@ pub(crate) fn metrics_router(state: Ctx) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(axum::middleware::from_fn(errors::json_errors))
         .with_state(state)
 }
 

@@ -13,7 +13,7 @@ use crate::domain::Ctx;
 
 /// Liveness and database reachability.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "The server and its database answer"),
+    responses((status = 200, description = "The server and its database answer: `{\"status\": \"ok\"}`", body = Object),
               (status = 503, description = "The database does not answer", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn healthz(State(state): State<Ctx>) -> Result<Json<serde_json::Value>, ApiError> {
     state
@@ -77,7 +77,7 @@ pub(crate) async fn readyz(State(state): State<Ctx>) -> (StatusCode, Json<Probe>
 
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus metrics, OpenMetrics text format", content_type = "application/openmetrics-text")))]
 pub(crate) async fn metrics(State(state): State<Ctx>) -> impl IntoResponse {
     (
         [(
@@ -95,6 +95,8 @@ pub(crate) async fn metrics(State(state): State<Ctx>) -> impl IntoResponse {
 }
 
 /// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi_document",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
 pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(super::openapi_document())
 }

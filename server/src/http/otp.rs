@@ -2,8 +2,9 @@
 //! from the user's devices (the app's TOTP, registered OATH tokens), the answer to a push
 //! authentication with a passcode, and the user's OATH tokens.
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::api::{
     AuthenticationStatus, OtpToken, OtpTokenList, OtpVerified, RegisterOtpToken, VerifyOtpRequest,
@@ -17,7 +18,7 @@ use crate::domain::otp;
 /// Checks a one-time passcode from one of the user's devices (the app, or a registered OATH
 /// token).
 #[utoipa::path(post, path = "/v1/users/{user_id}/otp/verify", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = VerifyOtpRequest,
     responses((status = 200, body = OtpVerified),
               (status = 400, description = "otp_invalid", body = tessera_protocol::error::ErrorBody),
@@ -27,7 +28,7 @@ use crate::domain::otp;
 pub(crate) async fn verify(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<VerifyOtpRequest>,
 ) -> Result<Json<OtpVerified>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -38,12 +39,12 @@ pub(crate) async fn verify(
 
 /// Clears the user's count of wrong passcodes (unlocks passcode sign-in).
 #[utoipa::path(delete, path = "/v1/users/{user_id}/otp/failures", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 204, description = "Reset"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn reset_failures(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     otp::reset_failures(&state, &auth.0.id, &user_id).await?;
@@ -54,7 +55,7 @@ pub(crate) async fn reset_failures(
 /// when "use code" or OTP fallback is in force, or a backup code sent for it. Completes it as
 /// approved with the passcode's attributes.
 #[utoipa::path(post, path = "/v1/authentications/{authentication_id}/otp", tag = "customer",
-    params(("authentication_id" = String, Path, description = "The authentication")),
+    params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication")),
     request_body = VerifyOtpRequest,
     responses((status = 200, body = AuthenticationStatus),
               (status = 400, description = "otp_invalid", body = tessera_protocol::error::ErrorBody),
@@ -65,7 +66,7 @@ pub(crate) async fn reset_failures(
 pub(crate) async fn answer_authentication(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<VerifyOtpRequest>,
 ) -> Result<Json<AuthenticationStatus>, ApiError> {
     Ok(Json(
@@ -76,7 +77,7 @@ pub(crate) async fn answer_authentication(
 /// Registers an OATH token whose seed is known (desktop OTP, hardware token, YubiKey in OATH
 /// mode, authenticator app). The seed is never returned.
 #[utoipa::path(post, path = "/v1/users/{user_id}/otp-tokens", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = RegisterOtpToken,
     responses((status = 201, body = OtpToken),
               (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),
@@ -84,7 +85,7 @@ pub(crate) async fn answer_authentication(
 pub(crate) async fn register_token(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<RegisterOtpToken>,
 ) -> Result<(StatusCode, Json<OtpToken>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -94,12 +95,12 @@ pub(crate) async fn register_token(
 
 /// The user's OATH tokens (never their seeds).
 #[utoipa::path(get, path = "/v1/users/{user_id}/otp-tokens", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 200, body = OtpTokenList), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn list_tokens(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<OtpTokenList>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     Ok(Json(otp::list_tokens(&state, &auth.0.id, &user_id).await?))
@@ -107,13 +108,13 @@ pub(crate) async fn list_tokens(
 
 /// Removes one of the user's OATH tokens.
 #[utoipa::path(delete, path = "/v1/users/{user_id}/otp-tokens/{token_id}", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user"),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user"),
            ("token_id" = String, Path, description = "The token")),
     responses((status = 204, description = "Removed"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn remove_token(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path((user_id, token_id)): Path<(String, String)>,
+    ApiPath((user_id, token_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     otp::remove_token(&state, &auth.0.id, &user_id, &token_id).await?;

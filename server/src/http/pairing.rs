@@ -1,8 +1,9 @@
 //! Pairing: codes for the customer, direct pairing for the device, relay pairing for the
 //! customer's backend. The rules are in [`crate::domain::pairing`].
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::api::{
     DevicePairingRequest, DevicePairingResponse, RelayPairingRequest, RelayPairingResponse,
@@ -15,13 +16,13 @@ use crate::domain::{Ctx, pairing};
 
 /// Starts a pairing for a user: a single-use code and a URI for a QR code.
 #[utoipa::path(post, path = "/v1/users/{user_id}/pairings", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body(content = StartPairingRequest, description = "Optional"),
     responses((status = 201, body = StartPairingResponse), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn start_pairing(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     OptionalJson(body): OptionalJson<StartPairingRequest>,
 ) -> Result<(StatusCode, Json<StartPairingResponse>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
@@ -46,7 +47,7 @@ pub(crate) async fn device_pairing(
 
 /// The customer's backend completes a relay pairing with the app's mobile payload.
 #[utoipa::path(post, path = "/v1/users/{user_id}/relay-pairings", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     request_body = RelayPairingRequest,
     responses((status = 201, body = RelayPairingResponse),
               (status = 400, description = "invalid_mobile_payload, invalid_public_key, audience_mismatch, stale_message", body = tessera_protocol::error::ErrorBody),
@@ -55,7 +56,7 @@ pub(crate) async fn device_pairing(
 pub(crate) async fn relay_pairing(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<RelayPairingRequest>,
 ) -> Result<(StatusCode, Json<RelayPairingResponse>), ApiError> {
     let user_id = parse_user_id(&user_id)?;

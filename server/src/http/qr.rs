@@ -8,9 +8,10 @@
 //! (its enrollment keys) claims and answers; the browser (the session's browser token, sent in
 //! an `Authorization: TesseraBrowser` header) reads progress and renews the code, nothing else.
 
+use super::extract::{ApiPath, ApiQuery};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -45,9 +46,11 @@ pub(crate) async fn create_session(
 
 /// `?wait=SECONDS` (and, for the browser, `&seen=VERSION`).
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct QrWaitQuery {
     /// Seconds to wait for a change (at most 30).
     #[serde(default)]
+    #[param(minimum = 0, maximum = 30)]
     pub wait: Option<u64>,
     /// The version the caller already shows; the answer waits for another.
     #[serde(default)]
@@ -64,13 +67,13 @@ impl QrWaitQuery {
 /// A QR session's state and, once approved, the user, the attributes and the signed answer.
 /// `?wait=N` holds the answer until the state changes (at most 30 seconds).
 #[utoipa::path(get, path = "/v1/qr-sessions/{session_id}", tag = "customer",
-    params(("session_id" = String, Path, description = "The session"), QrWaitQuery),
+    params(("session_id" = tessera_protocol::ids::QrSessionId, Path, description = "The session"), QrWaitQuery),
     responses((status = 200, body = QrSessionStatus), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_session(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
-    Query(query): Query<QrWaitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<QrWaitQuery>,
 ) -> Result<Json<QrSessionStatus>, ApiError> {
     Ok(Json(
         qr::status(&state, &auth.0.id, &id, query.duration()).await?,
@@ -87,14 +90,14 @@ fn image_response(content_type: &'static str, body: Vec<u8>) -> Response {
 
 /// The session's current code as a PNG image.
 #[utoipa::path(get, path = "/v1/qr-sessions/{session_id}/qr.png", tag = "customer",
-    params(("session_id" = String, Path, description = "The session")),
+    params(("session_id" = tessera_protocol::ids::QrSessionId, Path, description = "The session")),
     responses((status = 200, content_type = "image/png", description = "The QR code"),
               (status = 409, body = tessera_protocol::error::ErrorBody),
               (status = 410, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn qr_png(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let png = qr::code_image(&state, &auth.0.id, &id, CodeImage::Png).await?;
     Ok(image_response("image/png", png))
@@ -102,14 +105,14 @@ pub(crate) async fn qr_png(
 
 /// The session's current code as an SVG image.
 #[utoipa::path(get, path = "/v1/qr-sessions/{session_id}/qr.svg", tag = "customer",
-    params(("session_id" = String, Path, description = "The session")),
+    params(("session_id" = tessera_protocol::ids::QrSessionId, Path, description = "The session")),
     responses((status = 200, content_type = "image/svg+xml", description = "The QR code"),
               (status = 409, body = tessera_protocol::error::ErrorBody),
               (status = 410, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn qr_svg(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let svg = qr::code_image(&state, &auth.0.id, &id, CodeImage::Svg).await?;
     Ok(image_response("image/svg+xml", svg))
@@ -137,8 +140,9 @@ pub(crate) async fn claim(
 }
 
 /// The device answers a QR session with a response signed by the chosen user's enrollment.
-#[utoipa::path(post, path = "/v1/device/qr-sessions/{session_id}/response", tag = "device",
-    params(("session_id" = String, Path, description = "The session answered")),
+#[utoipa::path(post, operation_id = "submit_qr_response",
+    path = "/v1/device/qr-sessions/{session_id}/response", tag = "device",
+    params(("session_id" = tessera_protocol::ids::QrSessionId, Path, description = "The session answered")),
     request_body = SubmitQrResponse,
     responses((status = 200, body = QrAnswerRecorded),
               (status = 400, description = "invalid_signature, response_mismatch, stale_message", body = tessera_protocol::error::ErrorBody),
@@ -147,7 +151,7 @@ pub(crate) async fn claim(
 pub(crate) async fn submit_response(
     State(state): State<Ctx>,
     ClientAddr(client): ClientAddr,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SubmitQrResponse>,
 ) -> Result<Json<QrAnswerRecorded>, ApiError> {
     Ok(Json(
@@ -176,7 +180,7 @@ fn no_store(status: QrBrowserStatus) -> Response {
 pub(crate) async fn browser_get(
     State(state): State<Ctx>,
     headers: HeaderMap,
-    Query(query): Query<QrWaitQuery>,
+    ApiQuery(query): ApiQuery<QrWaitQuery>,
 ) -> Result<Response, ApiError> {
     let status = qr::browser_status(
         &state,

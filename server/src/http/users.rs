@@ -1,7 +1,8 @@
 //! Customer API: users and their devices. The rules are in [`crate::domain::devices`].
 
+use super::extract::ApiPath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use tessera_protocol::api::{CreateUserRequest, DeviceList, User};
 
@@ -27,12 +28,12 @@ pub(crate) async fn create_user(
 
 /// One user.
 #[utoipa::path(get, path = "/v1/users/{user_id}", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 200, body = User), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_user(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<User>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     Ok(Json(devices::get_user(&state, &auth.0.id, &user_id).await?))
@@ -41,12 +42,12 @@ pub(crate) async fn get_user(
 /// Removes a user: their devices are unpaired (pending requests fail), and their pairing codes,
 /// OATH tokens, CIBA user code and OpenID access and refresh tokens are revoked.
 #[utoipa::path(delete, path = "/v1/users/{user_id}", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 204, description = "Removed"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn remove_user(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     devices::remove_user(&state, &auth.0.id, &user_id).await?;
@@ -55,12 +56,12 @@ pub(crate) async fn remove_user(
 
 /// The user's paired devices.
 #[utoipa::path(get, path = "/v1/users/{user_id}/devices", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
     responses((status = 200, body = DeviceList), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn list_devices(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     Ok(Json(
@@ -70,13 +71,13 @@ pub(crate) async fn list_devices(
 
 /// Unpairs one of the user's devices.
 #[utoipa::path(delete, path = "/v1/users/{user_id}/devices/{enrollment_id}", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user"),
-           ("enrollment_id" = String, Path, description = "The device's enrollment id")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user"),
+           ("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The device's enrollment id")),
     responses((status = 204, description = "Unpaired"), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn remove_device(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path((user_id, enrollment_id)): Path<(String, String)>,
+    ApiPath((user_id, enrollment_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     devices::remove_device(&state, &auth.0.id, &user_id, &enrollment_id).await?;
@@ -85,14 +86,14 @@ pub(crate) async fn remove_device(
 
 /// Makes one of the user's devices the primary device: the one authentications go to by default.
 #[utoipa::path(put, path = "/v1/users/{user_id}/devices/{enrollment_id}/primary", tag = "customer",
-    params(("user_id" = String, Path, description = "The customer's id for the user"),
-           ("enrollment_id" = String, Path, description = "The device's enrollment id")),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user"),
+           ("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The device's enrollment id")),
     responses((status = 200, body = DeviceList, description = "The user's devices after the change"),
               (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn set_primary(
     State(state): State<Ctx>,
     auth: AppAuth,
-    Path((user_id, enrollment_id)): Path<(String, String)>,
+    ApiPath((user_id, enrollment_id)): ApiPath<(String, String)>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     let devices = devices::set_primary(&state, &auth.0.id, &user_id, &enrollment_id).await?;

@@ -387,13 +387,27 @@ pub async fn request(db: &Database, auth_req_id: &str) -> Result<Option<CibaRequ
         .transpose()
 }
 
-/// Records a token request unless it comes sooner than the interval after the previous one;
-/// `false` means "slow down" (and the interval grows by 5 seconds, as the client's must).
+/// What [`record_poll`] made of a token request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollRecorded {
+    /// The first token request, or one at least the interval after the previous one.
+    Accepted,
+    /// Sooner than the interval after the previous token request: "slow down". The interval
+    /// grew by 5 seconds, as the client's must; this is the interval now in force.
+    TooSoon {
+        /// The interval now in force, in seconds.
+        interval_seconds: i64,
+    },
+}
+
+/// Records a token request unless it comes sooner than the interval after the previous token
+/// request (only token requests count: the acknowledgement does not); a request too soon makes
+/// the interval grow by 5 seconds.
 pub async fn record_poll(
     db: &Database,
     auth_req_id: &str,
     now_ms: i64,
-) -> Result<bool, StoreError> {
+) -> Result<PollRecorded, StoreError> {
     let polled = sqlx::query(
         "UPDATE ciba_requests SET last_polled_at_ms = $2 WHERE auth_req_id = $1 \
          AND (last_polled_at_ms IS NULL OR last_polled_at_ms + poll_interval * 1000 <= $2)",
@@ -404,17 +418,20 @@ pub async fn record_poll(
     .await?
     .rows_affected()
         == 1;
-    if !polled {
-        sqlx::query(
-            "UPDATE ciba_requests SET poll_interval = poll_interval + 5, last_polled_at_ms = $2 \
-             WHERE auth_req_id = $1",
-        )
-        .bind(auth_req_id)
-        .bind(now_ms)
-        .execute(db.writer())
-        .await?;
+    if polled {
+        return Ok(PollRecorded::Accepted);
     }
-    Ok(polled)
+    let interval: Option<i64> = sqlx::query_scalar(
+        "UPDATE ciba_requests SET poll_interval = poll_interval + 5, last_polled_at_ms = $2 \
+         WHERE auth_req_id = $1 RETURNING poll_interval",
+    )
+    .bind(auth_req_id)
+    .bind(now_ms)
+    .fetch_optional(db.writer())
+    .await?;
+    Ok(PollRecorded::TooSoon {
+        interval_seconds: interval.unwrap_or(5),
+    })
 }
 
 /// Marks tokens issued; `false` if they were issued before (an `auth_req_id` is single use).

@@ -793,25 +793,46 @@ async fn slow_down(backend: Backend) {
     let (server, device) = start_with_clock(backend, Some(clock.clone())).await;
     let rp = poll_client(&server).await;
     let ack = rp.backchannel(ALICE).await.unwrap();
-    // Polling at once, before the interval has passed since the acknowledgement.
+    assert_eq!(ack.interval, 1);
+    // Only token requests count toward the interval: the first one, at once after the
+    // acknowledgement, is answered.
+    assert_eq!(
+        oauth_error(rp.token(&ack.auth_req_id).await),
+        (400, "authorization_pending".into())
+    );
+    // The next one too soon is told to slow down, with the interval now in force (1 + 5 s).
+    let too_soon = rp.token(&ack.auth_req_id).await;
+    assert_eq!(oauth_error(too_soon), (400, "slow_down".into()));
+    let (_, body) = rp
+        .post_form(
+            &rp.provider.token_endpoint.clone(),
+            &[
+                ("grant_type", CIBA_GRANT_TYPE),
+                ("auth_req_id", &ack.auth_req_id),
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(body["error"], "slow_down");
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.contains("now 11 seconds"),
+        "the description states the current interval: {description}"
+    );
+    // A client that honours the interval (11 s now) is answered.
+    clock.advance(Duration::from_millis(10_900));
     assert_eq!(
         oauth_error(rp.token(&ack.auth_req_id).await),
         (400, "slow_down".into())
     );
-    // The interval grew by 5 seconds: one second later is still too soon.
-    clock.advance(Duration::from_millis(1100));
-    assert_eq!(
-        oauth_error(rp.token(&ack.auth_req_id).await),
-        (400, "slow_down".into())
-    );
-    // A client that honours the interval (6 s, then 11 s after a further slow_down) is answered.
     let request = only_request(&device).await;
     device
         .auth
         .approve(&request, vec!["face".into()], None)
         .await
         .unwrap();
-    clock.advance(Duration::from_secs(11));
+    clock.advance(Duration::from_secs(16));
     let tokens = rp.token(&ack.auth_req_id).await.unwrap();
     let claims = rp.verify_id_token(&tokens.id_token).await.unwrap();
     assert_eq!(claims["amr"], json!(["face", "mfa"]));

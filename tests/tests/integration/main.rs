@@ -7,6 +7,7 @@
 //! `cargo test -p tessera-tests --test integration qr_browser::`.
 
 mod additional_devices;
+mod api_contract;
 mod attestation;
 mod audit;
 mod authentication;

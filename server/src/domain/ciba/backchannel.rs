@@ -548,8 +548,8 @@ async fn start(
         acr: ACR_MOBILE_USER_VERIFIED.to_string(),
         client_notification_token: notification_token.map(str::to_string),
         poll_interval: interval,
-        // Poll mode: the first token request may come one interval after the acknowledgement.
-        last_polled_at_ms: (client.delivery_mode == DeliveryMode::Poll).then_some(now * 1000),
+        // Only token requests count toward the interval: the first one may come at once.
+        last_polled_at_ms: None,
         created_at: now,
         expires_at: record.expires_at,
         tokens_issued_at: None,

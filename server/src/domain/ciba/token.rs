@@ -348,10 +348,14 @@ async fn ciba_grant(
     }
     let now = state.now();
     let now_ms = state.now_ms();
-    if !ciba::record_poll(&state.db, &request.auth_req_id, now_ms).await? {
+    if let ciba::PollRecorded::TooSoon { interval_seconds } =
+        ciba::record_poll(&state.db, &request.auth_req_id, now_ms).await?
+    {
         return Err(OAuthError::new(
             OAuthCode::SlowDown,
-            "polling faster than the interval: wait 5 seconds longer between requests",
+            format!(
+                "polling faster than the interval: the interval is now {interval_seconds} seconds between token requests"
+            ),
         ));
     }
     let authentication_id = request

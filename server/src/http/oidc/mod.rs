@@ -22,6 +22,72 @@ use crate::domain::ciba::client_auth::invalid_client;
 use crate::domain::ciba::error::invalid_request;
 use crate::domain::ciba::{BasicCredentials, Form, OAuthCode, OAuthError};
 
+/// The backchannel authentication request's form (CIBA Core §7.1), as documented in the OpenAPI
+/// document. The handler reads the form itself ([`form_and_credentials`]): this type only
+/// describes it. Client authentication: HTTP Basic, `client_secret` in the form, or a
+/// `private_key_jwt` assertion.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct BackchannelForm {
+    /// Must include `openid`.
+    #[schema(max_length = 1024)]
+    scope: String,
+    /// The user: the customer's user id (one of `login_hint`, `id_token_hint`, `login_hint_token`).
+    #[schema(max_length = 1024)]
+    login_hint: Option<String>,
+    /// An ID token this provider issued to the client, naming the user.
+    id_token_hint: Option<String>,
+    /// Not supported (refused with `invalid_request`).
+    login_hint_token: Option<String>,
+    /// Text shown on the device with the request.
+    #[schema(max_length = 1024)]
+    binding_message: Option<String>,
+    /// The user's secret code, when the client's registration requires one.
+    user_code: Option<String>,
+    /// Seconds the request may stay pending.
+    #[schema(minimum = 1)]
+    requested_expiry: Option<u64>,
+    /// Ping and push modes: the bearer token the provider sends with its notification.
+    #[schema(max_length = 1024)]
+    client_notification_token: Option<String>,
+    /// Requested authentication context classes.
+    acr_values: Option<String>,
+    /// A signed authentication request (CIBA Core §7.1.1) carrying the parameters above.
+    request: Option<String>,
+    /// The client's id (with `client_secret` or a client assertion, when not sent with HTTP Basic).
+    client_id: Option<String>,
+    /// The client's secret (`client_secret_post`).
+    client_secret: Option<String>,
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer` (`private_key_jwt`).
+    client_assertion_type: Option<String>,
+    /// The client's signed assertion (`private_key_jwt`).
+    client_assertion: Option<String>,
+}
+
+/// The token request's form: the CIBA grant (`urn:openid:params:grant-type:ciba` with
+/// `auth_req_id`) or `refresh_token` (with `refresh_token`). Documentation only, like
+/// [`BackchannelForm`]; client authentication as there.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct TokenForm {
+    /// `urn:openid:params:grant-type:ciba` or `refresh_token`.
+    grant_type: String,
+    /// The CIBA grant: the acknowledged request's id.
+    auth_req_id: Option<String>,
+    /// The refresh grant: the refresh token.
+    refresh_token: Option<String>,
+    /// The refresh grant: a narrower scope.
+    scope: Option<String>,
+    /// The client's id (with `client_secret` or a client assertion, when not sent with HTTP Basic).
+    client_id: Option<String>,
+    /// The client's secret (`client_secret_post`).
+    client_secret: Option<String>,
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer` (`private_key_jwt`).
+    client_assertion_type: Option<String>,
+    /// The client's signed assertion (`private_key_jwt`).
+    client_assertion: Option<String>,
+}
+
 fn status(code: OAuthCode) -> StatusCode {
     match code {
         OAuthCode::InvalidClient | OAuthCode::InvalidToken => StatusCode::UNAUTHORIZED,
