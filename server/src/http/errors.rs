@@ -156,19 +156,28 @@ fn message_for(code: ErrorCode) -> &'static str {
 const OAUTH_PREFIX: &str = "/oidc/";
 
 fn is_json_content(response: &Response) -> bool {
+    response_mime(response)
+        .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
+}
+
+/// Whether the answer is an HTML page meant for a person in a browser (the OpenID authorize
+/// endpoint's error pages): those stay pages, the browser shows them.
+fn is_html_page(response: &Response) -> bool {
+    response_mime(response).is_some_and(|mime| mime == "text/html")
+}
+
+fn response_mime(response: &Response) -> Option<String> {
     response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| {
-            let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || mime.ends_with("+json")
-        })
+        .map(|mime| mime.trim().to_ascii_lowercase())
 }
 
 /// Makes every error answer the documented JSON error body: an answer of status 400 or more
-/// that is not JSON (axum's own rejections, which are `text/plain`) is replaced by
+/// that is neither JSON nor an HTML page (axum's own rejections, which are `text/plain`) is
+/// replaced by
 /// `{"error": {"code", "message"}}` with the code its status stands for, or, on the OpenID
 /// endpoints (`/oidc/…`), by the OAuth error body `{"error", "error_description"}`. The original
 /// text is dropped (it may quote the request); headers that matter to the client (`Allow`,
@@ -180,7 +189,7 @@ pub(crate) async fn json_errors(
     let oauth = request.uri().path().starts_with(OAUTH_PREFIX);
     let response = next.run(request).await;
     let status = response.status();
-    if status.as_u16() < 400 || is_json_content(&response) {
+    if status.as_u16() < 400 || is_json_content(&response) || is_html_page(&response) {
         return response;
     }
     let code = code_for_status(status);

@@ -53,6 +53,7 @@ fn no_store(state: FlowBrowserState) -> Response {
 /// `?wait=N&seen=V` holds the answer while the flow is still at version V (at most 30
 /// seconds, woken by the flow's own events).
 #[utoipa::path(get, path = "/v1/flow-browser", tag = "browser",
+    operation_id = "flow_browser_state",
     params(FlowBrowserQuery),
     responses((status = 200, body = FlowBrowserState),
               (status = 401, description = "unauthorized", body = tessera_protocol::error::ErrorBody)))]
@@ -69,6 +70,7 @@ pub(crate) async fn get_flow(
 /// Applies one action from the page (`{"action": "checkOtp", "otp": …}`: the actions and errors
 /// of `POST /v1/flows/{id}`), only from the page's own origin.
 #[utoipa::path(post, path = "/v1/flow-browser", tag = "browser",
+    operation_id = "flow_browser_action",
     request_body = FlowAction,
     responses((status = 200, body = FlowBrowserState),
               (status = 400, description = "invalid_request, otp_invalid", body = tessera_protocol::error::ErrorBody),

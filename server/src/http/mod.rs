@@ -122,6 +122,9 @@ use openapi::Contract;
         oidc::backchannel::backchannel_authentication,
         oidc::token::token,
         oidc::userinfo::userinfo,
+        oidc::authorize::authorize_get,
+        oidc::authorize::authorize_post,
+        oidc::authorize::resume,
     ),
     modifiers(&Contract),
     tags(

@@ -57,6 +57,7 @@ fn html_escape(text: &str) -> String {
 
 /// The hosted prompt page.
 #[utoipa::path(get, path = "/prompt", tag = "browser",
+    operation_id = "prompt_page",
     responses((status = 200, description = "The hosted prompt page; the browser token follows in the URL fragment", content_type = "text/html")))]
 pub(crate) async fn page(headers: HeaderMap) -> Response {
     let Ok(catalog) = Catalog::shipped() else {
@@ -82,6 +83,7 @@ pub(crate) async fn page(headers: HeaderMap) -> Response {
 
 /// The page's script.
 #[utoipa::path(get, path = "/prompt.js", tag = "browser",
+    operation_id = "prompt_script",
     responses((status = 200, description = "The hosted prompt's script", content_type = "text/javascript")))]
 pub(crate) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT.to_string())
@@ -89,6 +91,7 @@ pub(crate) async fn script() -> Response {
 
 /// The page's styles.
 #[utoipa::path(get, path = "/prompt.css", tag = "browser",
+    operation_id = "prompt_styles",
     responses((status = 200, description = "The hosted prompt's styles", content_type = "text/css")))]
 pub(crate) async fn styles() -> Response {
     asset("text/css; charset=utf-8", STYLES.to_string())

@@ -155,6 +155,20 @@ fn too_large() -> Response {
 }
 
 /// `GET /oidc/authorize`.
+#[utoipa::path(get, path = "/oidc/authorize", tag = "openid",
+    operation_id = "oidc_authorize",
+    params(
+        ("client_id" = String, Query, description = "The registered client"),
+        ("response_type" = String, Query, description = "`code`"),
+        ("scope" = String, Query, description = "Contains `openid`"),
+        ("request" = String, Query, description = "The request object: a JWT signed by the client (its registered key, or HMAC with its secret) holding `redirect_uri`, `state`, `nonce`, `code_challenge` (S256), `login_hint` and the other parameters"),
+        ("redirect_uri" = Option<String>, Query, description = "If given, equal to the request object's"),
+        ("state" = Option<String>, Query, description = "If given, equal to the request object's"),
+    ),
+    responses(
+        (status = 303, description = "To the hosted prompt (with the `__Host-tessera-authorize` cookie), or back to the registered redirect URI with `error`, `error_description`, `state` and `iss`"),
+        (status = 400, description = "A request that cannot be sent back to the client (unknown client, unregistered redirect URI, unsigned request object): an HTML page", content_type = "text/html"),
+        (status = 503, description = "The service is unavailable: an HTML page", content_type = "text/html")))]
 pub(crate) async fn authorize_get(
     State(ctx): State<Ctx>,
     ClientAddr(ip): ClientAddr,
@@ -170,6 +184,14 @@ pub(crate) async fn authorize_get(
 }
 
 /// `POST /oidc/authorize` (form, OpenID Connect Core §3.1.2.1).
+#[utoipa::path(post, path = "/oidc/authorize", tag = "openid",
+    operation_id = "oidc_authorize_form",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "The parameters of `GET /oidc/authorize` as a form"),
+    responses(
+        (status = 303, description = "To the hosted prompt (with the `__Host-tessera-authorize` cookie), or back to the registered redirect URI with `error`, `error_description`, `state` and `iss`"),
+        (status = 400, description = "A request that cannot be sent back to the client (unknown client, unregistered redirect URI, unsigned request object): an HTML page", content_type = "text/html"),
+        (status = 503, description = "The service is unavailable: an HTML page", content_type = "text/html")))]
 pub(crate) async fn authorize_post(
     State(ctx): State<Ctx>,
     ClientAddr(ip): ClientAddr,
@@ -199,6 +221,15 @@ pub(crate) async fn authorize_post(
 
 /// `GET /oidc/authorize/resume?request=ID`: where the prompt sends the browser when the flow
 /// has ended.
+#[utoipa::path(get, path = "/oidc/authorize/resume", tag = "openid",
+    operation_id = "oidc_authorize_resume",
+    params(("request" = String, Query, description = "The authorization request's id (in the flow's return URL)")),
+    responses(
+        (status = 303, description = "Back to the client's redirect URI with `code`, `state` and `iss`, or with `access_denied`"),
+        (status = 400, description = "Unknown request: an HTML page", content_type = "text/html"),
+        (status = 403, description = "Another browser than the one the sign-in started in: an HTML page", content_type = "text/html"),
+        (status = 409, description = "The sign-in is not over, or was already resumed: an HTML page", content_type = "text/html"),
+        (status = 503, description = "The service is unavailable: an HTML page", content_type = "text/html")))]
 pub(crate) async fn resume(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
