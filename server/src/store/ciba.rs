@@ -585,13 +585,12 @@ pub struct IssuedToken {
     pub family_id: Option<String>,
 }
 
-/// Stores a token by its digest.
-pub async fn insert_token(
-    db: &Database,
-    digest: &str,
-    token: &IssuedToken,
+/// The statement that stores a token by its digest, to run on the pool or in a transaction.
+pub(super) fn insert_token_statement<'q>(
+    digest: &'q str,
+    token: &'q IssuedToken,
     now: i64,
-) -> Result<(), StoreError> {
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     sqlx::query(
         "INSERT INTO oidc_tokens (token_digest, kind, client_id, user_id, scope, acr, amr, auth_time, \
          created_at, expires_at, used_at, family_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -608,8 +607,18 @@ pub async fn insert_token(
     .bind(token.expires_at)
     .bind(token.used_at)
     .bind(&token.family_id)
-    .execute(db.writer())
-    .await?;
+}
+
+/// Stores a token by its digest.
+pub async fn insert_token(
+    db: &Database,
+    digest: &str,
+    token: &IssuedToken,
+    now: i64,
+) -> Result<(), StoreError> {
+    insert_token_statement(digest, token, now)
+        .execute(db.writer())
+        .await?;
     Ok(())
 }
 
@@ -662,24 +671,9 @@ pub async fn rotate_refresh_token(
         return Ok(false);
     }
     for (digest, token) in replacements {
-        sqlx::query(
-            "INSERT INTO oidc_tokens (token_digest, kind, client_id, user_id, scope, acr, amr, auth_time, \
-             created_at, expires_at, used_at, family_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(digest)
-        .bind(&token.kind)
-        .bind(&token.client_id)
-        .bind(&token.user_id)
-        .bind(&token.scope)
-        .bind(&token.acr)
-        .bind(&token.amr)
-        .bind(token.auth_time)
-        .bind(now)
-        .bind(token.expires_at)
-        .bind(token.used_at)
-        .bind(&token.family_id)
-        .execute(&mut *tx)
-        .await?;
+        insert_token_statement(digest, token, now)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(true)

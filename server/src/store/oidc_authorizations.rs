@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::ciba::IssuedToken;
+use super::ciba::{IssuedToken, insert_token_statement};
 use super::{Database, StoreError};
 
 /// An authorization request as stored.
@@ -199,24 +199,9 @@ pub async fn redeem(
         return Ok(false);
     }
     for (digest, token) in tokens {
-        sqlx::query(
-            "INSERT INTO oidc_tokens (token_digest, kind, client_id, user_id, scope, acr, amr, auth_time, \
-             created_at, expires_at, used_at, family_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(digest)
-        .bind(&token.kind)
-        .bind(&token.client_id)
-        .bind(&token.user_id)
-        .bind(&token.scope)
-        .bind(&token.acr)
-        .bind(&token.amr)
-        .bind(token.auth_time)
-        .bind(now)
-        .bind(token.expires_at)
-        .bind(token.used_at)
-        .bind(&token.family_id)
-        .execute(&mut *tx)
-        .await?;
+        insert_token_statement(digest, token, now)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(true)
