@@ -77,6 +77,19 @@ curl -sf "$base/openapi.json" -o "$run/openapi.json"
 
 step "openapi-spec-validator" "$venv/bin/openapi-spec-validator" "$run/openapi.json"
 
+# The generated client's flow runs first, on the application as seeded: the fuzzer then
+# changes its settings and policy at random.
+generated_client() {
+  rm -rf "$work/tessera_api_client"
+  # The generator warns about the image and metrics answers (not JSON): it leaves them out.
+  (cd "$work" && "$PWD/venv/bin/openapi-python-client" generate --path "$run/openapi.json" \
+    --output-path tessera_api_client --overwrite --meta none >"$run/generate.log" 2>&1) ||
+    { cat "$run/generate.log"; return 1; }
+  PYTHONPATH="$work" "$venv/bin/python" tests/api-contract/flow.py \
+      --base-url "$base" --api-key "$api_key" --device "$device_bin" --state "$run/device"
+}
+step "generated client flow" generated_client
+
 schemathesis() {
   # No stateful phase: it would find live resources and hold long-polls (?wait=30) open.
   "$venv/bin/st" --config-file tests/api-contract/schemathesis.toml \
@@ -90,17 +103,6 @@ schemathesis() {
     --no-color --suppress-health-check all
 }
 step "schemathesis" schemathesis
-
-generated_client() {
-  rm -rf "$work/tessera_api_client"
-  # The generator warns about the image and metrics answers (not JSON): it leaves them out.
-  (cd "$work" && "$PWD/venv/bin/openapi-python-client" generate --path "$run/openapi.json" \
-    --output-path tessera_api_client --overwrite --meta none >"$run/generate.log" 2>&1) ||
-    { cat "$run/generate.log"; return 1; }
-  PYTHONPATH="$work" "$venv/bin/python" tests/api-contract/flow.py \
-      --base-url "$base" --api-key "$api_key" --device "$device_bin" --state "$run/device"
-}
-step "generated client flow" generated_client
 
 kill "$server_pid" 2>/dev/null || true
 wait "$server_pid" 2>/dev/null || true

@@ -16,7 +16,7 @@ use tessera_protocol::events::{
 
 use super::errors::ApiError;
 use super::extract::{ApiJson, AppAuth, parse_user_id};
-use crate::domain::{Ctx, audit, webhooks};
+use crate::domain::{Ctx, DomainError, audit, webhooks};
 
 /// Registers a webhook endpoint. The answer carries its signing secret, shown this once.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "customer", request_body = CreateWebhookEndpoint,
@@ -55,11 +55,25 @@ pub(crate) async fn remove_webhook(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Most records one page may ask for.
+const MAX_PAGE_LIMIT: u32 = 200;
+
+/// A page size as asked: 1 to [`MAX_PAGE_LIMIT`], refused otherwise (never silently cut).
+fn page_limit(limit: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match limit {
+        Some(n) if n == 0 || n > MAX_PAGE_LIMIT => {
+            Err(DomainError::invalid(format!("limit must be 1 to {MAX_PAGE_LIMIT}")).into())
+        }
+        other => Ok(other),
+    }
+}
+
 /// `?limit=N` (at most 200).
 #[derive(Debug, serde::Deserialize, Default, utoipa::IntoParams)]
 pub(crate) struct LimitQuery {
-    /// How many, at most 200 (default 50).
+    /// How many, 1 to 200 (default 50); another number is refused.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -74,7 +88,7 @@ pub(crate) async fn webhook_deliveries(
     Query(query): Query<LimitQuery>,
 ) -> Result<Json<WebhookDeliveryList>, ApiError> {
     Ok(Json(
-        webhooks::deliveries(&ctx, &auth.0.id, &endpoint_id, query.limit).await?,
+        webhooks::deliveries(&ctx, &auth.0.id, &endpoint_id, page_limit(query.limit)?).await?,
     ))
 }
 
@@ -96,21 +110,22 @@ pub(crate) struct AuditQuery {
     /// The `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
-    /// How many, at most 200 (default 50).
+    /// How many, 1 to 200 (default 50); another number is refused.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
 impl AuditQuery {
-    fn into_domain(self) -> audit::Query {
-        audit::Query {
+    fn into_domain(self) -> Result<audit::Query, ApiError> {
+        Ok(audit::Query {
             user_id: self.user_id,
             kind: self.kind,
             since_ms: self.since_ms,
             until_ms: self.until_ms,
             cursor: self.cursor,
-            limit: self.limit,
-        }
+            limit: page_limit(self.limit)?,
+        })
     }
 }
 
@@ -125,31 +140,32 @@ pub(crate) async fn audit_page(
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     Ok(Json(
-        audit::page(&ctx, &auth.0.id, &query.into_domain()).await?,
+        audit::page(&ctx, &auth.0.id, &query.into_domain()?).await?,
     ))
 }
 
 /// The application's audit log as JSON lines (`application/x-ndjson`), oldest first, streamed.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "customer", security(("api_key" = [])),
     params(AuditQuery),
-    responses((status = 200, description = "One audit record (JSON) per line", content_type = "application/x-ndjson", body = String)))]
+    responses((status = 200, description = "One audit record (JSON) per line", content_type = "application/x-ndjson", body = String),
+              (status = 400, description = "invalid_request (a bad limit)", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn audit_export(
     State(ctx): State<Ctx>,
     auth: AppAuth,
     Query(query): Query<AuditQuery>,
-) -> Response {
-    let lines = audit::export_stream(&ctx, &auth.0.id, &query.into_domain());
+) -> Result<Response, ApiError> {
+    let lines = audit::export_stream(&ctx, &auth.0.id, &query.into_domain()?);
     let stream = futures_util::stream::unfold(lines, |mut lines| async move {
         lines
             .recv()
             .await
             .map(|batch| (Ok::<_, Infallible>(batch), lines))
     });
-    (
+    Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
     )
-        .into_response()
+        .into_response())
 }
 
 /// `?cursor=…&limit=N`.
@@ -158,8 +174,9 @@ pub(crate) struct HistoryQuery {
     /// The `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
-    /// How many, at most 200 (default 50).
+    /// How many, 1 to 200 (default 50); another number is refused.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -182,7 +199,7 @@ pub(crate) async fn authentication_history(
             &auth.0.id,
             &user_id,
             query.cursor.as_deref(),
-            query.limit,
+            page_limit(query.limit)?,
         )
         .await?,
     ))

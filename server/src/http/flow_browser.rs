@@ -53,7 +53,7 @@ fn no_store(state: FlowBrowserState) -> Response {
 /// `?wait=N&seen=V` holds the answer while the flow is still at version V (at most 30
 /// seconds, woken by the flow's own events).
 #[utoipa::path(get, path = "/v1/flow-browser", tag = "browser",
-    operation_id = "flow_browser_state",
+    operation_id = "flow_browser_state", security(("prompt_token" = [])),
     params(FlowBrowserQuery),
     responses((status = 200, body = FlowBrowserState),
               (status = 401, description = "unauthorized", body = tessera_protocol::error::ErrorBody)))]
@@ -70,7 +70,7 @@ pub(crate) async fn get_flow(
 /// Applies one action from the page (`{"action": "checkOtp", "otp": …}`: the actions and errors
 /// of `POST /v1/flows/{id}`), only from the page's own origin.
 #[utoipa::path(post, path = "/v1/flow-browser", tag = "browser",
-    operation_id = "flow_browser_action",
+    operation_id = "flow_browser_action", security(("prompt_token" = [])),
     request_body = FlowAction,
     responses((status = 200, body = FlowBrowserState),
               (status = 400, description = "invalid_request, otp_invalid", body = tessera_protocol::error::ErrorBody),

@@ -22,6 +22,8 @@ pub(crate) const API_KEY: &str = "api_key";
 pub(crate) const DEVICE_SIGNATURE: &str = "device_signature";
 /// The security scheme of the QR login page: `Authorization: TesseraBrowser <browser token>`.
 pub(crate) const BROWSER_TOKEN: &str = "browser_token";
+/// The security scheme of the hosted prompt's API: `Authorization: Bearer <browser token>`.
+pub(crate) const PROMPT_TOKEN: &str = "prompt_token";
 
 /// Device API operations signed with the enrollment's possession key. The other device
 /// operations carry their proof in the body (pairing code and registration, signed responses)
@@ -54,6 +56,9 @@ const MAY_BE_THROTTLED: &[&str] = &[
 const STATIC: &[&str] = &[
     "page",
     "script",
+    "prompt_page",
+    "prompt_script",
+    "prompt_styles",
     "openapi_document",
     "metrics",
     "oidc_discovery",
@@ -102,6 +107,11 @@ fn add_security_schemes(components: &mut Components) {
             "`Authorization: TesseraBrowser <browser token>`: the QR session's browser token, which the QR login page reads from its URL fragment.",
         ))),
     );
+    let mut prompt = Http::new(HttpAuthScheme::Bearer);
+    prompt.description = Some(
+        "`Authorization: Bearer <browser token>`: a hosted flow's browser token, which the hosted prompt reads from its URL fragment (`prompt_url`).".to_string(),
+    );
+    components.add_security_scheme(PROMPT_TOKEN, SecurityScheme::Http(prompt));
     let mut basic = Http::new(HttpAuthScheme::Basic);
     basic.description = Some(
         "OAuth client authentication `client_secret_basic`: the CIBA client's id and secret, each form-urlencoded (RFC 6749 §2.3.1).".to_string(),
