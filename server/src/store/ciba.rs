@@ -586,7 +586,7 @@ pub struct IssuedToken {
 }
 
 /// The statement that stores a token by its digest, to run on the pool or in a transaction.
-pub(super) fn insert_token_statement<'q>(
+fn insert_token_statement<'q>(
     digest: &'q str,
     token: &'q IssuedToken,
     now: i64,
@@ -607,6 +607,20 @@ pub(super) fn insert_token_statement<'q>(
     .bind(token.expires_at)
     .bind(token.used_at)
     .bind(&token.family_id)
+}
+
+/// Stores tokens by their digests inside `tx` (a grant's tokens land together or not at all).
+pub(super) async fn insert_tokens(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tokens: &[(String, IssuedToken)],
+    now: i64,
+) -> Result<(), StoreError> {
+    for (digest, token) in tokens {
+        insert_token_statement(digest, token, now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Stores a token by its digest.
@@ -670,11 +684,7 @@ pub async fn rotate_refresh_token(
         tx.rollback().await?;
         return Ok(false);
     }
-    for (digest, token) in replacements {
-        insert_token_statement(digest, token, now)
-            .execute(&mut *tx)
-            .await?;
-    }
+    insert_tokens(&mut tx, replacements, now).await?;
     tx.commit().await?;
     Ok(true)
 }

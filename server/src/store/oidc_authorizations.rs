@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::ciba::{IssuedToken, insert_token_statement};
+use super::ciba::{IssuedToken, insert_tokens};
 use super::{Database, StoreError};
 
 /// An authorization request as stored.
@@ -198,11 +198,7 @@ pub async fn redeem(
         tx.rollback().await?;
         return Ok(false);
     }
-    for (digest, token) in tokens {
-        insert_token_statement(digest, token, now)
-            .execute(&mut *tx)
-            .await?;
-    }
+    insert_tokens(&mut tx, tokens, now).await?;
     tx.commit().await?;
     Ok(true)
 }
