@@ -70,8 +70,10 @@ pub(crate) fn over_quota(what: &str, quota: u32) -> DomainError {
     )
 }
 
-/// Inserts `record` unless the application already has `quota` pending requests (counted and
-/// inserted in one serialised step, so a burst never overshoots), inside `tx`. The quota is read
+/// Inserts `record` unless the application already has `quota` pending requests, or the user is
+/// over `limits` (push bombing: refused with `too_many_authentications`; a policy's `limit_push`:
+/// [`Admission::PushLimited`]) — counted and inserted in one serialised step, so a burst never
+/// overshoots, inside `tx`. The quota is read
 /// before the transaction begins: a transaction waiting for a second connection could exhaust
 /// the pool under a burst.
 pub(crate) async fn insert_within_pending_quota(
@@ -79,7 +81,8 @@ pub(crate) async fn insert_within_pending_quota(
     tx: &mut sqlx::AnyConnection,
     record: &crate::store::authentications::Authentication,
     quota: u32,
-) -> Result<(), DomainError> {
+    limits: &UserLimits,
+) -> Result<Admission, DomainError> {
     applications::lock_for_quota(tx, ctx.db.engine(), &record.application_id).await?;
     let pending = crate::store::authentications::pending_for_application(
         tx,
@@ -90,8 +93,57 @@ pub(crate) async fn insert_within_pending_quota(
     if pending >= i64::from(quota) {
         return Err(over_quota("pending requests", quota));
     }
+    if let Some(push_bombing) = &limits.push_bombing
+        && let Some(reason) = super::authentication::push_bombing_limit(
+            ctx,
+            tx,
+            push_bombing,
+            &record.application_id,
+            &record.user_id,
+        )
+        .await?
+    {
+        return Err(DomainError::new(
+            ErrorCode::TooManyAuthentications,
+            reason,
+        ));
+    }
+    if let Some(limit) = &limits.push_limit {
+        let since = ctx.now() - i64::from(limit.window_seconds);
+        let count = crate::store::authentications::push_requests_since(
+            tx,
+            &record.application_id,
+            &record.user_id,
+            since,
+        )
+        .await?;
+        if count >= i64::from(limit.max) {
+            return Ok(Admission::PushLimited(limit.exceeded(count.unsigned_abs())));
+        }
+    }
     crate::store::authentications::insert(&mut *tx, record).await?;
-    Ok(())
+    Ok(Admission::Inserted)
+}
+
+/// The per-user limits a new request is taken under, checked in the transaction that inserts
+/// it after the application's lock (PostgreSQL locks the application's row; SQLite has one
+/// writer): count and insert are one atomic step, so a burst of requests at once never creates
+/// more than the limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct UserLimits {
+    /// The push-bombing limits (user-facing requests; `None` for a silent verification).
+    pub push_bombing: Option<PushBombingLimits>,
+    /// A policy's `limit_push` that let the request through at decision time.
+    pub push_limit: Option<crate::domain::policy::evaluate::PushLimit>,
+}
+
+/// What became of a request offered to [`insert_within_pending_quota`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Stored.
+    Inserted,
+    /// Not stored: the policy's `limit_push` was reached meanwhile (the reason given).
+    PushLimited(String),
 }
 
 /// Inclusive bounds of the push-bombing settings.

@@ -103,19 +103,21 @@ const LONGEST_REQUEST_SECONDS: i64 = 900;
 /// or too many unapproved ones — unanswered, expired or denied, `wrong_number` included — in
 /// the application's window), or `None` when it is allowed. Approved requests and silent
 /// verifications do not count, so a user who signs in often is never locked out by their own
-/// approvals. The limits are the application's `settings` (as its caller read them, once per
+/// approvals. The `limits` are the application's settings (as its caller read them, once per
 /// request), else the server-wide values. Used for every user-facing request, whoever asks
-/// (customer API or CIBA).
+/// (customer API, flows or CIBA), on `conn`: the transaction that inserts the request, after the
+/// application's lock (see `applications::insert_within_pending_quota`), so two requests at
+/// once cannot both pass the last free place.
 pub(crate) async fn push_bombing_limit(
     ctx: &Ctx,
-    settings: &crate::store::applications::AuthenticationSettings,
+    conn: &mut sqlx::AnyConnection,
+    limits: &tessera_protocol::api::PushBombingLimits,
     application_id: &ApplicationId,
     user_id: &UserId,
-    now: i64,
 ) -> Result<Option<String>, DomainError> {
-    let limits = super::applications::push_bombing_limits(&ctx.config, settings);
+    let now = ctx.now();
     let counts = authentications::user_facing_counts(
-        &ctx.db,
+        conn,
         application_id,
         user_id,
         now,
@@ -783,12 +785,6 @@ pub(crate) async fn create_as(
     };
     let (policy_ending, require_user_verification) =
         policy_shape(decided.as_ref(), body.require_user_verification);
-    if policy_ending.is_none()
-        && let Some(settings) = &settings
-        && let Some(reason) = push_bombing_limit(ctx, settings, &app.id, user_id, ctx.now()).await?
-    {
-        return Err(DomainError::new(ErrorCode::TooManyAuthentications, reason));
-    }
     let record = new_authentication(
         ctx,
         &app.id,
@@ -831,8 +827,30 @@ pub(crate) async fn create_as(
     let quota = super::applications::quotas(ctx, &app.id)
         .await?
         .pending_requests;
+    let limits = super::applications::UserLimits {
+        push_bombing: settings
+            .as_ref()
+            .map(|s| super::applications::push_bombing_limits(&ctx.config, s)),
+        push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
+    };
     let mut tx = ctx.db.begin_write().await?;
-    super::applications::insert_within_pending_quota(ctx, &mut tx, &record, quota).await?;
+    let admission =
+        super::applications::insert_within_pending_quota(ctx, &mut tx, &record, quota, &limits)
+            .await?;
+    if let super::applications::Admission::PushLimited(reason) = admission {
+        // Other requests took the last places of the policy's limit since it was decided: the
+        // policy denies this one, as it would have had they come first.
+        tx.rollback().await?;
+        let Some(mut decided) = decided else {
+            return Err(DomainError::Internal("a push limit without a policy decision"));
+        };
+        decided.limit_reached(reason);
+        record.policy = decided.outcome_json();
+        end_by_policy(ctx, &mut record, PolicyEnding::Denied);
+        outcome::record_policy_ending(ctx, &record).await?;
+        super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided).await?;
+        return Ok(record.status_at(ctx.now()));
+    }
     tx.commit().await?;
     if let Some(decided) = &decided {
         super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), decided).await?;

@@ -438,9 +438,10 @@ pub struct UserFacingCounts {
 /// User-facing (not silent) requests to a user, counted in one query over the
 /// `authentications_by_user` index: those pending now among the ones created since
 /// `pending_since` (requests live at most that long), and the unapproved ones created since
-/// `recent_since`.
+/// `recent_since`. Run on the connection of the transaction that inserts the next request (after
+/// the application's lock), so the count and the insert are one atomic take.
 pub async fn user_facing_counts(
-    db: &Database,
+    conn: &mut sqlx::AnyConnection,
     app: &ApplicationId,
     user: &UserId,
     now: i64,
@@ -453,12 +454,35 @@ pub async fn user_facing_counts(
         .bind(now)
         .bind(pending_since.min(recent_since))
         .bind(recent_since)
-        .fetch_one(db.pool())
+        .fetch_one(&mut *conn)
         .await?;
     Ok(UserFacingCounts {
         pending: row.try_get("pending")?,
         recent: row.try_get("recent")?,
     })
+}
+
+/// The user's push requests (approval, transaction, CIBA) created after `since` that a policy
+/// neither denied nor approved: what a policy's `limit_push` counts (the same requests as
+/// `store::policies::push_times`). Run inside the inserting transaction, after the
+/// application's lock.
+pub async fn push_requests_since(
+    conn: &mut sqlx::AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+    since: i64,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM authentications WHERE application_id = $1 AND user_id = $2 \
+         AND kind IN ('approval', 'transaction', 'ciba') AND created_at > $3 \
+         AND (policy IS NULL OR policy NOT LIKE '%\"effect\":\"deny\"%') \
+         AND (policy IS NULL OR policy NOT LIKE '%\"effect\":\"approve\"%')",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(since)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 /// Records how the push for an authentication went (`none`, `sent`, `failed`, `token_invalid`).
@@ -655,7 +679,8 @@ mod tests {
         insert(db.writer(), &pending(&app.id, &user, now - 700))
             .await
             .expect("insert");
-        let counts = user_facing_counts(&db, &app.id, &user, now, now - 900, now - 600)
+        let mut conn = db.writer().acquire().await.expect("connection");
+        let counts = user_facing_counts(&mut conn, &app.id, &user, now, now - 900, now - 600)
             .await
             .expect("counts");
         assert_eq!(

@@ -251,6 +251,8 @@ pub struct DecisionRecord<'a> {
     pub reason: &'a str,
     /// The values looked at (JSON).
     pub inputs: &'a str,
+    /// With `require`: the methods, most preferred first (comma-separated; empty otherwise).
+    pub methods: &'a str,
     /// The accessing location, if known.
     pub location: Option<(f64, f64)>,
     /// When.
@@ -262,15 +264,15 @@ pub async fn record_decision(db: &Database, d: &DecisionRecord<'_>) -> Result<()
     // A missing location is written as a NULL literal, not bound: PostgreSQL refuses a NULL the
     // `Any` driver binds untyped on a connection that prepared the statement for floats.
     let (columns, values) = match d.location {
-        Some(_) => (", latitude, longitude", ", $12, $13"),
+        Some(_) => (", latitude, longitude", ", $13, $14"),
         None => ("", ""),
     };
     let sql = format!(
         "INSERT INTO policy_decisions (id, application_id, user_id, request_kind, subject_id, \
-         policy_version, rule, action, effect, reason, inputs, created_at{columns}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14{values})"
+         policy_version, rule, action, effect, reason, inputs, methods, created_at{columns}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15{values})"
     );
-    let sql = sql.replace("$14", if d.location.is_some() { "$14" } else { "$12" });
+    let sql = sql.replace("$15", if d.location.is_some() { "$15" } else { "$13" });
     let query = sqlx::query(&sql)
         .bind(d.id)
         .bind(d.application_id.as_str())
@@ -282,7 +284,8 @@ pub async fn record_decision(db: &Database, d: &DecisionRecord<'_>) -> Result<()
         .bind(d.action)
         .bind(d.effect)
         .bind(d.reason)
-        .bind(d.inputs);
+        .bind(d.inputs)
+        .bind(d.methods);
     let query = match d.location {
         Some((latitude, longitude)) => query.bind(latitude).bind(longitude).bind(d.created_at),
         None => query.bind(d.created_at),
@@ -310,6 +313,8 @@ pub struct StoredDecision {
     pub reason: String,
     /// The values looked at (JSON).
     pub inputs: String,
+    /// With `require`: the methods, most preferred first (comma-separated; empty otherwise).
+    pub methods: String,
     /// When.
     pub created_at: i64,
 }
@@ -323,7 +328,7 @@ pub async fn decisions(
 ) -> Result<Vec<StoredDecision>, StoreError> {
     sqlx::query(
         "SELECT request_kind, subject_id, policy_version, rule, action, effect, reason, inputs, \
-         created_at FROM policy_decisions WHERE application_id = $1 AND user_id = $2 \
+         methods, created_at FROM policy_decisions WHERE application_id = $1 AND user_id = $2 \
          ORDER BY created_at DESC, id LIMIT $3",
     )
     .bind(app.as_str())
@@ -368,7 +373,7 @@ pub async fn latest_for_subject(
 ) -> Result<Option<StoredDecision>, StoreError> {
     let row = sqlx::query(
         "SELECT request_kind, subject_id, policy_version, rule, action, effect, reason, inputs, \
-         created_at FROM policy_decisions WHERE subject_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
+         methods, created_at FROM policy_decisions WHERE subject_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
     )
     .bind(subject)
     .fetch_optional(db.pool())
@@ -388,6 +393,7 @@ fn decision_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDecision, StoreError
         effect: r.try_get("effect")?,
         reason: r.try_get("reason")?,
         inputs: r.try_get("inputs")?,
+        methods: r.try_get("methods")?,
         created_at: r.try_get("created_at")?,
     })
 }

@@ -25,6 +25,8 @@ pub struct Purged {
     pub flows: u64,
     /// OIDC authorization requests (redirect MFA) whose tokens are gone.
     pub oidc_authorizations: u64,
+    /// Policy decisions (their subjects are purged by their own expiry).
+    pub policy_decisions: u64,
 }
 
 /// What is purged: each table with the condition that makes a row old and finished, given the
@@ -50,6 +52,9 @@ const PURGES: &[(&str, &str, &str)] = &[
         "enrollment_id",
         "status = 'rejected' AND paired_at < $1",
     ),
+    // A decision is final when it is made; geovelocity reads only the latest location, which
+    // is of no use once older than the retention period.
+    ("policy_decisions", "id", "created_at < $1"),
 ];
 
 /// Deletes what finished or expired before `now - retention_days` days. Nothing is deleted
@@ -85,6 +90,7 @@ pub async fn purge(db: &Database, retention_days: u32, now: i64) -> Result<Purge
             "oidc_tokens" => purged.oidc_tokens = deleted,
             "flows" => purged.flows = deleted,
             "oidc_authorizations" => purged.oidc_authorizations = deleted,
+            "policy_decisions" => purged.policy_decisions = deleted,
             _ => purged.rejected_enrollments = deleted,
         }
     }

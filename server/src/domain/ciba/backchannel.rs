@@ -15,7 +15,7 @@ use super::clients::user_code_matches;
 use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
 use crate::domain::authentication::{
-    Question, new_authentication, pick_device, push_bombing_limit,
+    Question, new_authentication, pick_device,
 };
 use crate::domain::{Ctx, DomainError};
 use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
@@ -494,15 +494,6 @@ async fn start(
         ));
     }
     let settings = applications::authentication_settings(&state.db, &client.application_id).await?;
-    if push_bombing_limit(state, &settings, &client.application_id, &user, now)
-        .await?
-        .is_some()
-    {
-        return Err(OAuthError::new(
-            OAuthCode::AccessDenied,
-            "the user has too many pending requests; try again later",
-        ));
-    }
     let number_matching = settings.number_matching;
     let application_name = applications::get(&state.db, &client.application_id)
         .await?
@@ -564,15 +555,47 @@ async fn start(
     let quota = crate::domain::applications::quotas(state, &client.application_id)
         .await?
         .pending_requests;
+    let limits = crate::domain::applications::UserLimits {
+        push_bombing: Some(crate::domain::applications::push_bombing_limits(
+            &state.config,
+            &settings,
+        )),
+        push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
+    };
     let mut tx = state.db.begin_write().await?;
-    crate::domain::applications::insert_within_pending_quota(state, &mut tx, &record, quota)
-        .await
-        .map_err(|e| match e {
-            DomainError::Refused { message, .. } => {
-                OAuthError::new(OAuthCode::AccessDenied, message)
-            }
-            other => OAuthError::from(other),
-        })?;
+    let admission = crate::domain::applications::insert_within_pending_quota(
+        state, &mut tx, &record, quota, &limits,
+    )
+    .await
+    .map_err(|e| match e {
+        DomainError::Refused {
+            code: tessera_protocol::error::ErrorCode::TooManyAuthentications,
+            ..
+        } => OAuthError::new(
+            OAuthCode::AccessDenied,
+            "the user has too many pending requests; try again later",
+        ),
+        DomainError::Refused { message, .. } => OAuthError::new(OAuthCode::AccessDenied, message),
+        other => OAuthError::from(other),
+    })?;
+    if let crate::domain::applications::Admission::PushLimited(reason) = admission {
+        // Other requests took the policy's last places since it was decided: denied, as it
+        // would have been had they come first.
+        tx.rollback().await?;
+        let Some(mut decided) = decided else {
+            return Err(server_error("a push limit without a policy decision"));
+        };
+        decided.limit_reached(reason);
+        crate::domain::policy::record(state, &client.application_id, &request.user_id, None, &decided).await?;
+        let d = &decided.decision;
+        return Err(OAuthError::new(
+            OAuthCode::AccessDenied,
+            format!(
+                "denied by the application's policy (version {}, rule \"{}\", action {}): {}",
+                d.version, d.rule, d.action, d.reason
+            ),
+        ));
+    }
     ciba::insert_request(&mut *tx, state.db.secrets()?, &request).await?;
     tx.commit().await?;
     if let Some(decided) = &decided {

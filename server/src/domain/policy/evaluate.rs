@@ -108,6 +108,29 @@ pub struct PolicyDecision {
     pub methods: Vec<PolicyMethod>,
     /// The values the decision looked at.
     pub looked_at: BTreeMap<String, Value>,
+    /// With a `limit_push` that let the request through: the limit, which the path takes again
+    /// atomically when it stores the request (the count here was read before: two requests at
+    /// once would both pass it).
+    pub push_limit: Option<PushLimit>,
+}
+
+/// A `limit_push` action's limit: at most `max` push requests in `window_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushLimit {
+    /// The most push requests in the window.
+    pub max: u32,
+    /// The window, in seconds.
+    pub window_seconds: u32,
+}
+
+impl PushLimit {
+    /// The refusal's reason once `count` requests are in the window.
+    pub fn exceeded(&self, count: u64) -> String {
+        format!(
+            "too many push requests: {count} in the last {} seconds (limit {})",
+            self.window_seconds, self.max
+        )
+    }
 }
 
 impl PolicyDecision {
@@ -133,6 +156,7 @@ impl PolicyDecision {
             reason: reason.into(),
             methods: Vec::new(),
             looked_at: BTreeMap::new(),
+            push_limit: None,
         }
     }
 
@@ -523,6 +547,7 @@ impl CompiledPolicy {
         inputs: &PolicyInputs,
         mut looked_at: BTreeMap<String, Value>,
     ) -> PolicyDecision {
+        let mut push_limit = None;
         let (effect, reason, methods) = match action {
             PolicyAction::Approve => (
                 PolicyEffect::Approve,
@@ -551,15 +576,14 @@ impl CompiledPolicy {
                     format!("push_requests_last_{window_seconds}s"),
                     json!(count),
                 );
+                let limit = PushLimit {
+                    max: *max,
+                    window_seconds: *window_seconds,
+                };
                 if count >= u64::from(*max) {
-                    (
-                        PolicyEffect::Deny,
-                        format!(
-                            "too many push requests: {count} in the last {window_seconds} seconds (limit {max})"
-                        ),
-                        Vec::new(),
-                    )
+                    (PolicyEffect::Deny, limit.exceeded(count), Vec::new())
                 } else {
+                    push_limit = Some(limit);
                     (
                         PolicyEffect::Require,
                         format!(
@@ -578,6 +602,7 @@ impl CompiledPolicy {
             reason,
             methods,
             looked_at,
+            push_limit,
         }
     }
 

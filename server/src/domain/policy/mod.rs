@@ -225,6 +225,18 @@ impl Decided {
         serde_json::to_string(&self.decision.outcome()).ok()
     }
 
+    /// Turns a `limit_push` that let the request through into the denial it becomes once the
+    /// limit, taken again when the request is stored, is found reached (`reason` says how).
+    pub fn limit_reached(&mut self, reason: String) {
+        self.decision.effect = PolicyEffect::Deny;
+        self.decision.reason = reason;
+        self.decision.methods.clear();
+        self.decision.push_limit = None;
+        self.decision
+            .looked_at
+            .insert("push_limit_reached_when_stored".into(), serde_json::json!(true));
+    }
+
     /// The refusal of a denied request (`policy_denied`, with the rule's reason).
     pub fn refusal(&self) -> DomainError {
         DomainError::new(ErrorCode::PolicyDenied, self.decision.reason.clone())
@@ -439,6 +451,13 @@ pub(crate) async fn record(
         PolicyEffect::Require => "require",
         PolicyEffect::Deny => "deny",
     };
+    let methods = decided
+        .decision
+        .methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     policies::record_decision(
         &ctx.db,
         &policies::DecisionRecord {
@@ -453,6 +472,7 @@ pub(crate) async fn record(
             effect,
             reason: &decided.decision.reason,
             inputs: &inputs,
+            methods: &methods,
             location: decided.location,
             created_at: ctx.now(),
         },
@@ -575,6 +595,7 @@ pub(crate) async fn decisions(
                 "action": d.action,
                 "effect": d.effect,
                 "reason": d.reason,
+                "methods": stored_methods(&d.methods),
                 "inputs": serde_json::from_str::<serde_json::Value>(&d.inputs).unwrap_or_default(),
                 "at": d.created_at,
             })
@@ -601,8 +622,17 @@ pub(crate) async fn outcome_for(
         action: d.action,
         effect,
         reason: d.reason,
-        methods: Vec::new(),
+        methods: stored_methods(&d.methods),
     }))
+}
+
+/// The methods of a recorded decision, as stored (comma-separated names; a name this build
+/// does not know is skipped).
+fn stored_methods(text: &str) -> Vec<PolicyMethod> {
+    text.split(',')
+        .filter(|name| !name.is_empty())
+        .filter_map(|name| serde_json::from_value(serde_json::Value::from(name)).ok())
+        .collect()
 }
 
 /// Refuses `user` on a path answered with the mobile app (QR, CIBA) when the decision denies,
