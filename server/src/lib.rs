@@ -91,7 +91,9 @@ pub mod policy {
 pub mod attestation {
     pub use crate::domain::attestation::android::verify_registration_keys as verify_android_registration_keys;
     pub use crate::domain::attestation::apple::{
-        VerifiedAppAttest, verify_attestation as verify_app_attest,
+        ParsedAssertion as ParsedAppAttestAssertion, VerifiedAppAttest,
+        VerifiedAssertion as VerifiedAppAttestAssertion, app_id_hash,
+        verify_assertion as verify_app_attest_assertion, verify_attestation as verify_app_attest,
     };
     pub use crate::domain::attestation::{
         AttestationError, AttestationTrust, TrustConfigError, enrollment_attested,

@@ -19,6 +19,7 @@ use tessera_protocol::pairing::{
 use tessera_server::ServerConfig;
 use tessera_server::attestation::{
     AttestationTrust, verify_android_registration_keys, verify_app_attest,
+    verify_app_attest_assertion,
 };
 use tessera_tests::attestation::{self, AppAttestSpec, KeySpec, TestCa};
 
@@ -170,6 +171,31 @@ fn bench(c: &mut Criterion) {
     c.bench_function("attestation/app_attest_object", |b| {
         b.iter(|| {
             verify_app_attest(&trust, &settings, &challenge, &key_id, black_box(&object)).unwrap()
+        })
+    });
+    // A later answer's assertion: CBOR, one P-256 signature, the RP id hash and the counter.
+    let app_key = attestation::AppAttestKey::new();
+    let app_id = format!("ABCDE12345.{}", attestation::TEST_PACKAGE);
+    let app_hashes = [tessera_server::attestation::app_id_hash(
+        &settings.apple_apps[0],
+    )];
+    let client_data_hash = [9u8; 32];
+    let assertion = STANDARD.encode(app_key.assertion(&app_id, 2, &client_data_hash));
+    let public_key = app_key.public_key();
+    println!(
+        "app attest assertion size (base64, bytes): {}",
+        assertion.len()
+    );
+    c.bench_function("attestation/app_attest_assertion", |b| {
+        b.iter(|| {
+            verify_app_attest_assertion(
+                &public_key,
+                &app_hashes,
+                &client_data_hash,
+                black_box(&assertion),
+                1,
+            )
+            .unwrap()
         })
     });
 }

@@ -241,54 +241,112 @@ pub struct AppAttestSpec {
 /// An App Attest attestation object (CBOR) of a fresh P-256 key under `root`: returns the key
 /// id and the object.
 pub fn app_attest_object(root: &TestCa, spec: &AppAttestSpec) -> (Vec<u8>, Vec<u8>) {
-    let credential_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let point = credential_key.public_key_raw().to_vec();
-    let key_id = Sha256::digest(&point).to_vec();
-    let mut auth_data = Vec::new();
-    auth_data.extend_from_slice(&Sha256::digest(spec.app_id.as_bytes()));
-    auth_data.push(0x40);
-    auth_data.extend_from_slice(&spec.counter.to_be_bytes());
-    auth_data.extend_from_slice(&spec.aaguid);
-    auth_data.extend_from_slice(&(key_id.len() as u16).to_be_bytes());
-    auth_data.extend_from_slice(&key_id);
-    let mut hasher = Sha256::new();
-    hasher.update(&auth_data);
-    hasher.update(&spec.client_data_hash);
-    let nonce = hasher.finalize().to_vec();
-    let extension_value = yasna::construct_der(|w: DERWriter<'_>| {
-        w.write_sequence(|w| {
-            w.next()
-                .write_tagged(Tag::context(1), |w| w.write_bytes(&nonce));
-        })
-    });
-    let intermediate = root.intermediate("Test App Attestation CA 1", 3);
-    let leaf = intermediate.leaf(
-        &point,
-        99,
-        CustomExtension::from_oid_content(APP_ATTEST_NONCE_OID, extension_value),
-    );
-    use ciborium::Value;
-    let object = Value::Map(vec![
-        (
-            Value::Text("fmt".into()),
-            Value::Text("apple-appattest".into()),
-        ),
-        (
-            Value::Text("attStmt".into()),
-            Value::Map(vec![
-                (
-                    Value::Text("x5c".into()),
-                    Value::Array(vec![
-                        Value::Bytes(leaf),
-                        Value::Bytes(intermediate.der.clone()),
-                    ]),
-                ),
-                (Value::Text("receipt".into()), Value::Bytes(vec![1, 2, 3])),
-            ]),
-        ),
-        (Value::Text("authData".into()), Value::Bytes(auth_data)),
-    ]);
-    let mut bytes = Vec::new();
-    ciborium::ser::into_writer(&object, &mut bytes).unwrap();
-    (key_id, bytes)
+    AppAttestKey::new().attestation_object(root, spec)
+}
+
+/// A test App Attest key (P-256, like the Secure Enclave's): it attests itself under a test
+/// root and makes assertions as `DCAppAttestService.generateAssertion` does.
+pub struct AppAttestKey {
+    key: KeyPair,
+}
+
+impl Default for AppAttestKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AppAttestKey {
+    /// A fresh key.
+    pub fn new() -> Self {
+        Self {
+            key: KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap(),
+        }
+    }
+
+    /// Its public key (uncompressed SEC1).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.key.public_key_raw().to_vec()
+    }
+
+    /// An assertion (its CBOR) for the app `app_id` (`teamId.bundleId`) with
+    /// `counter`, over `client_data_hash`: the signature is over
+    /// `SHA-256(authenticatorData || clientDataHash)`.
+    pub fn assertion(&self, app_id: &str, counter: u32, client_data_hash: &[u8]) -> Vec<u8> {
+        use ciborium::Value;
+        use rcgen::SigningKey;
+        let mut auth_data = Vec::new();
+        auth_data.extend_from_slice(&Sha256::digest(app_id.as_bytes()));
+        auth_data.push(0x40);
+        auth_data.extend_from_slice(&counter.to_be_bytes());
+        let mut hasher = Sha256::new();
+        hasher.update(&auth_data);
+        hasher.update(client_data_hash);
+        let nonce = hasher.finalize();
+        let signature = self.key.sign(&nonce).unwrap();
+        let object = Value::Map(vec![
+            (Value::Text("signature".into()), Value::Bytes(signature)),
+            (
+                Value::Text("authenticatorData".into()),
+                Value::Bytes(auth_data),
+            ),
+        ]);
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&object, &mut bytes).unwrap();
+        bytes
+    }
+
+    /// An attestation object (CBOR) of this key under `root`: returns the key id and the
+    /// object.
+    pub fn attestation_object(&self, root: &TestCa, spec: &AppAttestSpec) -> (Vec<u8>, Vec<u8>) {
+        let point = self.public_key();
+        let key_id = Sha256::digest(&point).to_vec();
+        let mut auth_data = Vec::new();
+        auth_data.extend_from_slice(&Sha256::digest(spec.app_id.as_bytes()));
+        auth_data.push(0x40);
+        auth_data.extend_from_slice(&spec.counter.to_be_bytes());
+        auth_data.extend_from_slice(&spec.aaguid);
+        auth_data.extend_from_slice(&(key_id.len() as u16).to_be_bytes());
+        auth_data.extend_from_slice(&key_id);
+        let mut hasher = Sha256::new();
+        hasher.update(&auth_data);
+        hasher.update(&spec.client_data_hash);
+        let nonce = hasher.finalize().to_vec();
+        let extension_value = yasna::construct_der(|w: DERWriter<'_>| {
+            w.write_sequence(|w| {
+                w.next()
+                    .write_tagged(Tag::context(1), |w| w.write_bytes(&nonce));
+            })
+        });
+        let intermediate = root.intermediate("Test App Attestation CA 1", 3);
+        let leaf = intermediate.leaf(
+            &point,
+            99,
+            CustomExtension::from_oid_content(APP_ATTEST_NONCE_OID, extension_value),
+        );
+        use ciborium::Value;
+        let object = Value::Map(vec![
+            (
+                Value::Text("fmt".into()),
+                Value::Text("apple-appattest".into()),
+            ),
+            (
+                Value::Text("attStmt".into()),
+                Value::Map(vec![
+                    (
+                        Value::Text("x5c".into()),
+                        Value::Array(vec![
+                            Value::Bytes(leaf),
+                            Value::Bytes(intermediate.der.clone()),
+                        ]),
+                    ),
+                    (Value::Text("receipt".into()), Value::Bytes(vec![1, 2, 3])),
+                ]),
+            ),
+            (Value::Text("authData".into()), Value::Bytes(auth_data)),
+        ]);
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&object, &mut bytes).unwrap();
+        (key_id, bytes)
+    }
 }

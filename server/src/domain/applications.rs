@@ -103,10 +103,7 @@ pub(crate) async fn insert_within_pending_quota(
         )
         .await?
     {
-        return Err(DomainError::new(
-            ErrorCode::TooManyAuthentications,
-            reason,
-        ));
+        return Err(DomainError::new(ErrorCode::TooManyAuthentications, reason));
     }
     if let Some(limit) = &limits.push_limit {
         let since = ctx.now() - i64::from(limit.window_seconds);

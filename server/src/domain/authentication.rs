@@ -842,7 +842,9 @@ pub(crate) async fn create_as(
         // policy denies this one, as it would have had they come first.
         tx.rollback().await?;
         let Some(mut decided) = decided else {
-            return Err(DomainError::Internal("a push limit without a policy decision"));
+            return Err(DomainError::Internal(
+                "a push limit without a policy decision",
+            ));
         };
         decided.limit_reached(reason);
         record.policy = decided.outcome_json();

@@ -701,6 +701,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn push_requests_count_what_limit_push_counts() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("push.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        let app = super::super::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        super::super::applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        // Counted: an approval, a transaction and a CIBA request in the window, one a policy
+        // let through with `require`.
+        let mut required = pending(&app.id, &user, now - 10);
+        required.policy = Some(r#"{"effect":"require","action":"limit_push"}"#.into());
+        let mut transaction = pending(&app.id, &user, now - 20);
+        transaction.kind = AuthenticationKind::Transaction;
+        let mut ciba = pending(&app.id, &user, now - 30);
+        ciba.kind = AuthenticationKind::Ciba;
+        // Not counted: at the window's edge, silent, ended by a policy's deny or approve,
+        // another user's.
+        let edge = pending(&app.id, &user, now - 600);
+        let mut silent = pending(&app.id, &user, now - 10);
+        silent.kind = AuthenticationKind::Silent;
+        let mut denied = pending(&app.id, &user, now - 10);
+        denied.policy = Some(r#"{"effect":"deny","action":"limit_push"}"#.into());
+        let mut approved = pending(&app.id, &user, now - 10);
+        approved.policy = Some(r#"{"effect":"approve","action":"approve"}"#.into());
+        let other = pending(&app.id, &"bob".parse().expect("user"), now - 10);
+        for a in [
+            &required,
+            &transaction,
+            &ciba,
+            &edge,
+            &silent,
+            &denied,
+            &approved,
+            &other,
+        ] {
+            insert(db.writer(), a).await.expect("insert");
+        }
+        let mut conn = db.writer().acquire().await.expect("connection");
+        let count = push_requests_since(&mut conn, &app.id, &user, now - 600)
+            .await
+            .expect("count");
+        assert_eq!(count, 3);
+        drop(conn);
+        db.close().await;
+    }
+
+    #[tokio::test]
     async fn the_push_bombing_count_is_one_indexed_query() {
         let dir = tempfile::tempdir().expect("temporary folder");
         let url = format!("sqlite://{}", dir.path().join("plan.db").display());

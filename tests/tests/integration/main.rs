@@ -35,6 +35,7 @@ mod pairing;
 mod policy;
 mod push;
 mod push_bombing;
+mod push_limit_bursts;
 mod push_providers;
 mod qr;
 mod qr_browser;

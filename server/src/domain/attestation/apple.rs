@@ -166,6 +166,104 @@ pub fn verify_attestation(
     Ok(VerifiedAppAttest { record, public_key })
 }
 
+/// The largest assertion accepted, in bytes.
+const MAX_ASSERTION_BYTES: usize = 4 * 1024;
+
+/// A verified App Attest assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedAssertion {
+    /// The assertion's counter: greater than the one stored, and to be stored in its place
+    /// (conditionally: only where the stored one is still lower, so of two answers with one
+    /// counter only one is accepted).
+    pub counter: u32,
+}
+
+/// The parts of an assertion (`{"signature": bytes, "authenticatorData": bytes}`, CBOR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedAssertion {
+    /// The signature (ECDSA P-256, ASN.1 DER).
+    pub signature: Vec<u8>,
+    /// The authenticator data: rpIdHash (32) | flags (1) | counter (4, big-endian) | ...
+    pub authenticator_data: Vec<u8>,
+}
+
+impl ParsedAssertion {
+    /// Parses an assertion (standard base64 of its CBOR).
+    pub fn parse(assertion_b64: &str) -> Result<Self, AttestationError> {
+        if assertion_b64.len() > MAX_ASSERTION_BYTES * 4 / 3 + 4 {
+            return Err(malformed("the assertion is too large"));
+        }
+        let bytes = STANDARD
+            .decode(assertion_b64)
+            .map_err(|_| malformed("the assertion is not base64"))?;
+        let value: Value = ciborium::de::from_reader(bytes.as_slice())
+            .map_err(|_| malformed("the assertion is not CBOR"))?;
+        let map = value
+            .as_map()
+            .ok_or(malformed("the assertion is not a map"))?;
+        let signature = map_get(map, "signature")
+            .and_then(Value::as_bytes)
+            .ok_or(malformed("the assertion has no signature"))?
+            .clone();
+        let authenticator_data = map_get(map, "authenticatorData")
+            .and_then(Value::as_bytes)
+            .ok_or(malformed("the assertion has no authenticatorData"))?
+            .clone();
+        if authenticator_data.len() < 37 {
+            return Err(malformed("the assertion's authenticatorData is too short"));
+        }
+        Ok(Self {
+            signature,
+            authenticator_data,
+        })
+    }
+
+    /// The RP id hash (SHA-256 of `teamId.bundleId`).
+    pub fn rp_id_hash(&self) -> &[u8] {
+        &self.authenticator_data[0..32]
+    }
+
+    /// The counter.
+    pub fn counter(&self) -> u32 {
+        let d = &self.authenticator_data;
+        u32::from_be_bytes([d[33], d[34], d[35], d[36]])
+    }
+}
+
+/// Verifies an App Attest assertion per Apple's steps ("Validating apps that connect to your
+/// server", assertions): the signature by the attested key (`public_key`, uncompressed SEC1, as
+/// the attestation gave it) over `nonce = SHA-256(authenticatorData || clientDataHash)`, the RP
+/// id hash (one of `app_id_hashes`, the application's registered apps), and a counter strictly
+/// greater than `stored_counter`. `client_data_hash` is SHA-256 of what the assertion vouches
+/// for (for an answer: its signed form, as sent).
+pub fn verify_assertion(
+    public_key: &[u8],
+    app_id_hashes: &[[u8; 32]],
+    client_data_hash: &[u8],
+    assertion_b64: &str,
+    stored_counter: u32,
+) -> Result<VerifiedAssertion, AttestationError> {
+    let assertion = ParsedAssertion::parse(assertion_b64)?;
+    let mut hasher = Sha256::new();
+    hasher.update(&assertion.authenticator_data);
+    hasher.update(client_data_hash);
+    let nonce = hasher.finalize();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, public_key)
+        .verify(&nonce, &assertion.signature)
+        .map_err(|_| AttestationError::AssertionSignature)?;
+    if !app_id_hashes
+        .iter()
+        .any(|h| h.as_slice() == assertion.rp_id_hash())
+    {
+        return Err(AttestationError::AssertionWrongApp);
+    }
+    let counter = assertion.counter();
+    if counter <= stored_counter {
+        return Err(AttestationError::CounterReplay);
+    }
+    Ok(VerifiedAssertion { counter })
+}
+
 /// The nonce inside the credential certificate's extension: `SEQUENCE { [1] EXPLICIT OCTET STRING }`.
 fn nonce_of_extension(der: &[u8]) -> Result<Vec<u8>, AttestationError> {
     let (_, sequence) =

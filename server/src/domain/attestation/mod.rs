@@ -64,6 +64,15 @@ pub enum AttestationError {
     /// App Attest: the environment (`appattest` / `appattestdevelop`) is not the application's.
     #[error("the App Attest environment is not the application's")]
     WrongEnvironment,
+    /// App Attest: an assertion's signature does not verify with the attested key.
+    #[error("the App Attest assertion is not signed by the attested key")]
+    AssertionSignature,
+    /// App Attest: an assertion is for another app than the application's.
+    #[error("the App Attest assertion is for another app")]
+    AssertionWrongApp,
+    /// App Attest: an assertion's counter is not greater than the last one accepted (a replay).
+    #[error("the App Attest assertion's counter is not greater than the last one accepted")]
+    CounterReplay,
 }
 
 /// Where trust in attestations comes from: the shipped roots plus the operator's, and the

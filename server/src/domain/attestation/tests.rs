@@ -385,6 +385,158 @@ fn app_attest_refusals() {
     ));
 }
 
+const APP_ID: &str = "ABCDE12345.com.example.tessera";
+
+fn app_hashes() -> Vec<[u8; 32]> {
+    settings()
+        .apple_apps
+        .iter()
+        .map(apple::app_id_hash)
+        .collect()
+}
+
+/// The attested key of a genuine attestation, as the server keeps it.
+fn attested(key: &fixtures::AppAttestKey) -> Vec<u8> {
+    let root = TestCa::root("Test Apple Root");
+    let trust = trust_with(&root, None);
+    let (key_id, object) = key.attestation_object(&root, &apple_spec());
+    apple::verify_attestation(
+        &trust,
+        &settings(),
+        &CHALLENGE,
+        &STANDARD.encode(key_id),
+        &STANDARD.encode(object),
+    )
+    .unwrap()
+    .public_key
+}
+
+#[test]
+fn an_assertion_with_a_greater_counter_is_accepted() {
+    let key = fixtures::AppAttestKey::new();
+    let public_key = attested(&key);
+    let hash = [7u8; 32];
+    let assertion = STANDARD.encode(key.assertion(APP_ID, 1, &hash));
+    let verified =
+        apple::verify_assertion(&public_key, &app_hashes(), &hash, &assertion, 0).unwrap();
+    assert_eq!(verified.counter, 1);
+    // The next one, with a counter that jumped (the device made assertions elsewhere).
+    let next = STANDARD.encode(key.assertion(APP_ID, 9, &hash));
+    assert_eq!(
+        apple::verify_assertion(&public_key, &app_hashes(), &hash, &next, 1)
+            .unwrap()
+            .counter,
+        9
+    );
+}
+
+#[test]
+fn assertion_refusals() {
+    let key = fixtures::AppAttestKey::new();
+    let public_key = attested(&key);
+    let hash = [7u8; 32];
+    let verify = |assertion: &str, stored: u32| {
+        apple::verify_assertion(&public_key, &app_hashes(), &hash, assertion, stored)
+    };
+    // A replayed (same) or lower counter.
+    let assertion = STANDARD.encode(key.assertion(APP_ID, 5, &hash));
+    assert_eq!(
+        verify(&assertion, 5).unwrap_err(),
+        AttestationError::CounterReplay
+    );
+    assert_eq!(
+        verify(&assertion, 6).unwrap_err(),
+        AttestationError::CounterReplay
+    );
+    // Another key's assertion.
+    let other = STANDARD.encode(fixtures::AppAttestKey::new().assertion(APP_ID, 6, &hash));
+    assert_eq!(
+        verify(&other, 5).unwrap_err(),
+        AttestationError::AssertionSignature
+    );
+    // Over other client data (another answer).
+    let elsewhere = STANDARD.encode(key.assertion(APP_ID, 6, &[8u8; 32]));
+    assert_eq!(
+        verify(&elsewhere, 5).unwrap_err(),
+        AttestationError::AssertionSignature
+    );
+    // Another app.
+    let clone = STANDARD.encode(key.assertion("ZZZZZ99999.com.evil.clone", 6, &hash));
+    assert_eq!(
+        verify(&clone, 5).unwrap_err(),
+        AttestationError::AssertionWrongApp
+    );
+    // A counter changed after signing.
+    let mut parsed =
+        apple::ParsedAssertion::parse(&STANDARD.encode(key.assertion(APP_ID, 6, &hash))).unwrap();
+    parsed.authenticator_data[36] = 7;
+    let tampered = {
+        use ciborium::Value;
+        let object = Value::Map(vec![
+            (
+                Value::Text("signature".into()),
+                Value::Bytes(parsed.signature),
+            ),
+            (
+                Value::Text("authenticatorData".into()),
+                Value::Bytes(parsed.authenticator_data),
+            ),
+        ]);
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&object, &mut bytes).unwrap();
+        STANDARD.encode(bytes)
+    };
+    assert_eq!(
+        verify(&tampered, 5).unwrap_err(),
+        AttestationError::AssertionSignature
+    );
+}
+
+#[test]
+fn the_assertion_parser_reads_apples_layout_and_refuses_garbage() {
+    let key = fixtures::AppAttestKey::new();
+    let parsed = apple::ParsedAssertion::parse(&STANDARD.encode(key.assertion(
+        APP_ID,
+        0x0102_0304,
+        &[1; 32],
+    )))
+    .unwrap();
+    assert_eq!(parsed.counter(), 0x0102_0304);
+    assert_eq!(parsed.rp_id_hash(), &app_hashes()[0][..]);
+    assert_eq!(parsed.authenticator_data.len(), 37);
+    let cbor = |value: ciborium::Value| {
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&value, &mut bytes).unwrap();
+        STANDARD.encode(bytes)
+    };
+    use ciborium::Value;
+    for bad in [
+        "not base64!".to_string(),
+        STANDARD.encode(b"\xff\xff"),
+        cbor(Value::Array(vec![])),
+        cbor(Value::Map(vec![(
+            Value::Text("signature".into()),
+            Value::Bytes(vec![1]),
+        )])),
+        cbor(Value::Map(vec![
+            (Value::Text("signature".into()), Value::Bytes(vec![1])),
+            (
+                Value::Text("authenticatorData".into()),
+                Value::Bytes(vec![0; 36]),
+            ),
+        ])),
+        "A".repeat(8 * 1024),
+    ] {
+        assert!(
+            matches!(
+                apple::ParsedAssertion::parse(&bad),
+                Err(AttestationError::Malformed(_))
+            ),
+            "{bad:.40}"
+        );
+    }
+}
+
 #[test]
 fn the_shipped_roots_parse_and_a_bad_revocation_list_is_refused() {
     let trust = AttestationTrust::from_config(&ServerConfig::default()).unwrap();

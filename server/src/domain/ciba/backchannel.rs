@@ -14,9 +14,7 @@ use super::client_auth::{
 use super::clients::user_code_matches;
 use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
-use crate::domain::authentication::{
-    Question, new_authentication, pick_device,
-};
+use crate::domain::authentication::{Question, new_authentication, pick_device};
 use crate::domain::{Ctx, DomainError};
 use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
 use crate::store::{applications, nonces, users};
@@ -586,7 +584,14 @@ async fn start(
             return Err(server_error("a push limit without a policy decision"));
         };
         decided.limit_reached(reason);
-        crate::domain::policy::record(state, &client.application_id, &request.user_id, None, &decided).await?;
+        crate::domain::policy::record(
+            state,
+            &client.application_id,
+            &request.user_id,
+            None,
+            &decided,
+        )
+        .await?;
         let d = &decided.decision;
         return Err(OAuthError::new(
             OAuthCode::AccessDenied,

@@ -232,9 +232,10 @@ impl Decided {
         self.decision.reason = reason;
         self.decision.methods.clear();
         self.decision.push_limit = None;
-        self.decision
-            .looked_at
-            .insert("push_limit_reached_when_stored".into(), serde_json::json!(true));
+        self.decision.looked_at.insert(
+            "push_limit_reached_when_stored".into(),
+            serde_json::json!(true),
+        );
     }
 
     /// The refusal of a denied request (`policy_denied`, with the rule's reason).
