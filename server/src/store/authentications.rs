@@ -683,6 +683,7 @@ mod tests {
         let counts = user_facing_counts(&mut conn, &app.id, &user, now, now - 900, now - 600)
             .await
             .expect("counts");
+        drop(conn);
         assert_eq!(
             counts,
             UserFacingCounts {

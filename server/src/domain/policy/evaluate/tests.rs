@@ -186,10 +186,20 @@ fn push_counts_and_limit_push() {
     let d = p.evaluate(&i);
     assert_eq!((d.action, d.effect), ("limit_push", PolicyEffect::Require));
     assert!(d.methods.is_empty() && d.allows(PolicyMethod::MobilePush));
+    // The limit goes with the decision, to be taken again atomically where the request is
+    // stored.
+    assert_eq!(
+        d.push_limit,
+        Some(super::PushLimit {
+            max: 2,
+            window_seconds: 300
+        })
+    );
     i.push_times.push(i.now - 299);
     let d = p.evaluate(&i);
     assert_eq!((d.action, d.effect), ("limit_push", PolicyEffect::Deny));
     assert!(d.reason.contains("too many push requests"), "{}", d.reason);
+    assert_eq!(d.push_limit, None);
 }
 
 #[test]
