@@ -47,6 +47,9 @@ use crate::store::{Database, otp as otp_store, users};
 pub(crate) const BYPASS_TYPE: &str = "BYPASS";
 /// The authentication type of an authentication completed with a recovery code.
 pub(crate) const RECOVERY_CODE_TYPE: &str = "RECOVERY_CODE";
+/// The `acr` of an OpenID grant whose authentication was bypassed: no factor was used (not
+/// `mfa`, not a device-key acr). Never asked for in `acr_values`.
+pub(crate) const ACR_BYPASS: &str = "urn:tessera:acr:bypass";
 /// How many recovery codes are issued at once.
 pub(crate) const RECOVERY_CODE_COUNT: usize = 10;
 /// The longest reason a bypass may give, in characters.
@@ -299,6 +302,18 @@ pub(crate) fn bypass_attributes(
         json!(bypass.until),
     );
     a
+}
+
+/// Whether an authentication's attributes (JSON) say it was bypassed.
+pub(crate) fn is_bypass(attributes: Option<&str>) -> bool {
+    attributes
+        .and_then(|a| serde_json::from_str::<Value>(a).ok())
+        .and_then(|a| {
+            a.get("pingid.authentication.type")
+                .and_then(Value::as_str)
+                .map(|t| t == BYPASS_TYPE)
+        })
+        .unwrap_or(false)
 }
 
 /// Ends a not yet stored `record` as bypassed: approved at once with [`bypass_attributes`],

@@ -493,10 +493,13 @@ async fn start(
             ),
         ));
     }
+    // A bypass (docs/bypass-and-recovery.md): the request completes at once, nothing is sent.
+    let bypass = crate::domain::bypass::active(state, &client.application_id, &user).await?;
     let settings = applications::authentication_settings(&state.db, &client.application_id).await?;
-    if push_bombing_limit(state, &settings, &client.application_id, &user, now)
-        .await?
-        .is_some()
+    if bypass.is_none()
+        && push_bombing_limit(state, &settings, &client.application_id, &user, now)
+            .await?
+            .is_some()
     {
         return Err(OAuthError::new(
             OAuthCode::AccessDenied,
@@ -513,7 +516,7 @@ async fn start(
         binding_message: binding_message.map(str::to_string),
         scopes: scopes.clone(),
     };
-    let record = new_authentication(
+    let mut record = new_authentication(
         state,
         &client.application_id,
         &user,
@@ -537,8 +540,11 @@ async fn start(
         DomainError::Refused { .. } => server_error("CIBA request signing"),
         other => OAuthError::from(other),
     })?;
+    if let Some(bypass) = &bypass {
+        crate::domain::bypass::end_by_bypass(state, &mut record, bypass);
+    }
     let interval = i64::from(state.config.ciba_poll_interval.max(1));
-    let request = CibaRequest {
+    let mut request = CibaRequest {
         auth_req_id: new_auth_req_id(),
         client_id: client.client_id.clone(),
         authentication_id: record.id.to_string(),
@@ -573,6 +579,9 @@ async fn start(
             }
             other => OAuthError::from(other),
         })?;
+    if bypass.is_some() {
+        request.acr = crate::domain::bypass::ACR_BYPASS.to_string();
+    }
     ciba::insert_request(&mut *tx, state.db.secrets()?, &request).await?;
     tx.commit().await?;
     if let Some(decided) = &decided {
@@ -586,13 +595,18 @@ async fn start(
         .await?;
     }
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
-    crate::domain::outcome::request_created(state, &record).await;
-    tokio::spawn(crate::domain::fallback::deliver(
-        state.clone(),
-        record.clone(),
-        device,
-        true,
-    ));
+    if bypass.is_some() {
+        tracing::info!(authentication_id = %record.id, "CIBA request bypassed");
+        crate::domain::outcome::ended(state, &record).await;
+    } else {
+        crate::domain::outcome::request_created(state, &record).await;
+        tokio::spawn(crate::domain::fallback::deliver(
+            state.clone(),
+            record.clone(),
+            device,
+            true,
+        ));
+    }
     Ok(BackchannelAcknowledgement {
         auth_req_id: request.auth_req_id,
         expires_in: u64::from(expires_in),
