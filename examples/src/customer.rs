@@ -617,12 +617,8 @@ impl CustomerApi {
         &self,
         user_id: &str,
     ) -> Result<tessera_protocol::bypass::BypassStatus, CustomerApiError> {
-        self.send::<(), _>(
-            reqwest::Method::GET,
-            &user_path(user_id, "/bypass"),
-            None,
-        )
-        .await
+        self.send::<(), _>(reqwest::Method::GET, &user_path(user_id, "/bypass"), None)
+            .await
     }
 
     /// `DELETE /v1/users/{user_id}/bypass`.

@@ -15,7 +15,6 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use tessera_examples::customer::CustomerApiError;
 use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
-use tessera_protocol::pairing::PushRegistration;
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::bypass::SetBypassRequest;
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
@@ -24,8 +23,11 @@ use tessera_protocol::flows::{
     CreateFlowRequest, FlowAction, FlowActionName, FlowResultStatus, FlowStatus,
 };
 use tessera_protocol::ids::EnrollmentId;
-use tessera_server::ManualClock;
-use tessera_tests::{Backend, TestDevice, TestServer, ask, device_config, on_each_backend, payment};
+use tessera_protocol::pairing::PushRegistration;
+use tessera_server::{Clock, ManualClock};
+use tessera_tests::{
+    Backend, TestDevice, TestServer, ask, device_config, on_each_backend, payment,
+};
 
 on_each_backend! {
     a_bypass_completes_pushes_without_the_device_until_the_clock_ends_it => bypass_push;
@@ -268,11 +270,13 @@ async fn bypass_refusals(backend: Backend) {
         ErrorCode::InvalidRequest,
     );
     refused(
-        c.set_bypass("bob", &for_seconds(60, &"x".repeat(257))).await,
+        c.set_bypass("bob", &for_seconds(60, &"x".repeat(257)))
+            .await,
         ErrorCode::InvalidRequest,
     );
     refused(
-        c.set_bypass("bob", &for_seconds(60, "reason \u{202e}txet")).await,
+        c.set_bypass("bob", &for_seconds(60, "reason \u{202e}txet"))
+            .await,
         ErrorCode::InvalidRequest,
     );
     refused(
@@ -339,7 +343,7 @@ async fn bypass_refusals(backend: Backend) {
     c.set_policy(
         &serde_json::from_value(json!({
             "rules": [],
-            "default": {"action": "deny"}
+            "default": {"action": "deny", "reason": "closed for maintenance"}
         }))
         .unwrap(),
     )
@@ -513,9 +517,7 @@ async fn recovery_codes(backend: Backend) {
         .unwrap();
     assert_eq!(waiting.status, FlowStatus::PushConfirmationWaiting);
     assert!(
-        waiting
-            .actions
-            .contains(&FlowActionName::CheckRecoveryCode),
+        waiting.actions.contains(&FlowActionName::CheckRecoveryCode),
         "{:?}",
         waiting.actions
     );
@@ -556,10 +558,7 @@ async fn recovery_codes(backend: Backend) {
         .await
         .unwrap();
     // Revoked: none left, none works.
-    assert_eq!(
-        c.revoke_recovery_codes("frank").await.unwrap().remaining,
-        0
-    );
+    assert_eq!(c.revoke_recovery_codes("frank").await.unwrap().remaining, 0);
     assert_eq!(c.recovery_codes("frank").await.unwrap().remaining, 0);
     let last = c
         .create_authentication("frank", &ask(AuthenticationKind::Approval))
