@@ -126,7 +126,7 @@ pub(crate) fn bypass_end(
         }
     };
     if until - now > i64::from(max_seconds) {
-        return Err(DomainError::invalid(&format!(
+        return Err(DomainError::invalid(format!(
             "a bypass lasts at most {max_seconds} seconds on this server"
         )));
     }
