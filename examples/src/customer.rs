@@ -597,6 +597,100 @@ impl CustomerApi {
         .await
     }
 
+    /// `PUT /v1/users/{user_id}/bypass`: the user's authentications complete without a device
+    /// until it ends.
+    pub async fn set_bypass(
+        &self,
+        user_id: &str,
+        body: &tessera_protocol::bypass::SetBypassRequest,
+    ) -> Result<tessera_protocol::bypass::BypassStatus, CustomerApiError> {
+        self.send(
+            reqwest::Method::PUT,
+            &user_path(user_id, "/bypass"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /v1/users/{user_id}/bypass`.
+    pub async fn bypass(
+        &self,
+        user_id: &str,
+    ) -> Result<tessera_protocol::bypass::BypassStatus, CustomerApiError> {
+        self.send::<(), _>(reqwest::Method::GET, &user_path(user_id, "/bypass"), None)
+            .await
+    }
+
+    /// `DELETE /v1/users/{user_id}/bypass`.
+    pub async fn clear_bypass(
+        &self,
+        user_id: &str,
+    ) -> Result<tessera_protocol::bypass::BypassStatus, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::DELETE,
+            &user_path(user_id, "/bypass"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/users/{user_id}/recovery-codes`: ten new codes, shown once.
+    pub async fn issue_recovery_codes(
+        &self,
+        user_id: &str,
+    ) -> Result<tessera_protocol::bypass::RecoveryCodesIssued, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::POST,
+            &user_path(user_id, "/recovery-codes"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/users/{user_id}/recovery-codes`: how many remain.
+    pub async fn recovery_codes(
+        &self,
+        user_id: &str,
+    ) -> Result<tessera_protocol::bypass::RecoveryCodesStatus, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::GET,
+            &user_path(user_id, "/recovery-codes"),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/users/{user_id}/recovery-codes`.
+    pub async fn revoke_recovery_codes(
+        &self,
+        user_id: &str,
+    ) -> Result<tessera_protocol::bypass::RecoveryCodesStatus, CustomerApiError> {
+        self.send::<(), _>(
+            reqwest::Method::DELETE,
+            &user_path(user_id, "/recovery-codes"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/authentications/{id}/recovery-code`: completes a pending authentication with
+    /// one of its user's recovery codes.
+    pub async fn answer_with_recovery_code(
+        &self,
+        id: &AuthenticationId,
+        code: &str,
+    ) -> Result<AuthenticationStatus, CustomerApiError> {
+        let body = tessera_protocol::bypass::UseRecoveryCode {
+            code: code.to_string(),
+        };
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/authentications/{id}/recovery-code"),
+            Some(&body),
+        )
+        .await
+    }
+
     async fn send_empty<B: Serialize>(
         &self,
         method: reqwest::Method,

@@ -114,6 +114,8 @@ pub enum FlowActionName {
     CancelAuthentication,
     /// Go on after the app paired, after a timed-out push, or after setting up methods.
     ContinueAuthentication,
+    /// Complete the flow with one of the user's single-use recovery codes.
+    CheckRecoveryCode,
 }
 
 impl FlowActionName {
@@ -128,6 +130,7 @@ impl FlowActionName {
             Self::Poll => "poll",
             Self::CancelAuthentication => "cancelAuthentication",
             Self::ContinueAuthentication => "continueAuthentication",
+            Self::CheckRecoveryCode => "checkRecoveryCode",
         }
     }
 }
@@ -172,6 +175,11 @@ pub enum FlowAction {
     CancelAuthentication {},
     /// Go on.
     ContinueAuthentication {},
+    /// Complete the flow with one of the user's single-use recovery codes.
+    CheckRecoveryCode {
+        /// The recovery code as typed (dashes, spaces and case are ignored).
+        recovery_code: String,
+    },
 }
 
 impl FlowAction {
@@ -186,6 +194,7 @@ impl FlowAction {
             Self::Poll { .. } => FlowActionName::Poll,
             Self::CancelAuthentication {} => FlowActionName::CancelAuthentication,
             Self::ContinueAuthentication {} => FlowActionName::ContinueAuthentication,
+            Self::CheckRecoveryCode { .. } => FlowActionName::CheckRecoveryCode,
         }
     }
 }
@@ -452,6 +461,9 @@ pub enum FlowResultStatus {
     Canceled,
     /// The push could not be completed (its device was unpaired).
     Failed,
+    /// The user has an administrator's bypass: the flow completed without a device (type
+    /// `BYPASS`; not a second factor).
+    Bypassed,
 }
 
 /// A finished flow's outcome.

@@ -75,6 +75,7 @@ pub(crate) use openapi_schema;
 
 pub mod api;
 pub mod authentication;
+pub mod bypass;
 pub mod canonical;
 pub mod ciba;
 pub mod device_auth;

@@ -255,6 +255,63 @@
     return form;
   }
 
+  // --- Recovery codes (docs/bypass-and-recovery.md) ------------------------------------------
+  // Where the flow offers checkRecoveryCode, a "use a recovery code" button opens a form of its
+  // own; the code is sent as the flow action and is never kept by the page.
+  var showRecoveryCode = false;
+
+  function recoveryCodeForm() {
+    var form = el("form", { id: "recovery-code-form", novalidate: "" });
+    var input = el("input", {
+      id: "recovery-code",
+      name: "recovery-code",
+      type: "text",
+      autocomplete: "off",
+      autocapitalize: "off",
+      spellcheck: "false",
+      maxlength: "32",
+      required: true,
+    });
+    form.appendChild(el("label", { for: "recovery-code" }, t("recovery-code-label")));
+    form.appendChild(input);
+    var submit = el("button", { type: "submit", class: "primary", "data-action": "checkRecoveryCode" }, t("verify"));
+    form.appendChild(el("div", { class: "actions" })).appendChild(submit);
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var code = input.value.replace(/\s+/g, "");
+      if (!code) {
+        input.focus();
+        return;
+      }
+      act("checkRecoveryCode", { recovery_code: code }).then(function () {
+        var again = document.getElementById("recovery-code");
+        if (again) {
+          again.value = "";
+          again.focus();
+        }
+      });
+    });
+    return form;
+  }
+
+  function addRecoveryCodeEntry() {
+    if (!allowed("checkRecoveryCode")) {
+      showRecoveryCode = false;
+      return;
+    }
+    if (showRecoveryCode) {
+      body.appendChild(recoveryCodeForm());
+      return;
+    }
+    actionsBox.appendChild(button(t("use-recovery-code"), function () {
+      showRecoveryCode = true;
+      render();
+      var input = document.getElementById("recovery-code");
+      if (input) input.focus();
+    }, false, "useRecoveryCode"));
+  }
+  // --- end of recovery codes -----------------------------------------------------------------
+
   function statusText(s) {
     switch (s.status) {
       case "DEVICE_SELECTION_REQUIRED": return t("choose-device");
@@ -382,6 +439,7 @@
         }, false, "otherDevice"));
       }
     }
+    addRecoveryCodeEntry();
     if (allowed("cancelAuthentication")) {
       actionsBox.appendChild(button(t("cancel"), function () { act("cancelAuthentication"); }, false, "cancelAuthentication"));
     }

@@ -785,3 +785,77 @@ pub async fn set_attestation_settings(
         .await
         .map_err(|e| crate::error::admin_error(e, "application"))
 }
+
+/// Grants (or replaces) a user's bypass from the admin command line: recorded in the audit log
+/// with the admin as actor, at most `max_seconds` long. See `docs/bypass-and-recovery.md`.
+pub async fn set_bypass(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    request: &tessera_protocol::bypass::SetBypassRequest,
+    max_seconds: u32,
+    now_ms: i64,
+) -> Result<tessera_protocol::bypass::BypassStatus, ServerError> {
+    crate::domain::bypass::grant_in(
+        db,
+        &crate::ip_table::IpTable::default(),
+        max_seconds,
+        app,
+        user,
+        request,
+        crate::domain::bypass::Granter::Admin,
+        now_ms,
+    )
+    .await
+    .map_err(|e| crate::error::admin_error(e, "user"))
+}
+
+/// A user's bypass as it stands at `now`.
+pub async fn bypass(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    now: i64,
+) -> Result<tessera_protocol::bypass::BypassStatus, ServerError> {
+    crate::domain::bypass::status_in(db, app, user, now)
+        .await
+        .map_err(|e| crate::error::admin_error(e, "user"))
+}
+
+/// Ends a user's bypass now (recorded in the audit log).
+pub async fn clear_bypass(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    now_ms: i64,
+) -> Result<tessera_protocol::bypass::BypassStatus, ServerError> {
+    crate::domain::bypass::clear_in(
+        db,
+        &crate::ip_table::IpTable::default(),
+        app,
+        user,
+        crate::domain::bypass::Granter::Admin,
+        now_ms,
+    )
+    .await
+    .map_err(|e| crate::error::admin_error(e, "user"))
+}
+
+/// Issues ten new recovery codes for a user (shown once), revoking the old ones.
+pub async fn issue_recovery_codes(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    now_ms: i64,
+) -> Result<tessera_protocol::bypass::RecoveryCodesIssued, ServerError> {
+    crate::domain::bypass::issue_codes_in(
+        db,
+        &crate::ip_table::IpTable::default(),
+        app,
+        user,
+        crate::domain::bypass::Granter::Admin,
+        now_ms,
+    )
+    .await
+    .map_err(|e| crate::error::admin_error(e, "user"))
+}

@@ -167,6 +167,9 @@ pub struct ServerConfig {
     /// The attestation revocation status list, in Google's JSON format
     /// (`--attestation-revocation-list`); `None`: no certificate is considered revoked.
     pub attestation_revocation_status: Option<String>,
+    /// The longest bypass an administrator may grant a user, in seconds (`--max-bypass-seconds`,
+    /// default 3600).
+    pub max_bypass_seconds: u32,
 }
 
 /// The certificate chain and private key files of the TLS listener.
@@ -245,6 +248,7 @@ impl Default for ServerConfig {
             oidc_authorization_ttl: 600,
             attestation_extra_roots: Vec::new(),
             attestation_revocation_status: None,
+            max_bypass_seconds: 3600,
         }
     }
 }

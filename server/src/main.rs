@@ -216,6 +216,10 @@ enum Command {
         /// or the end of a grace period reaches this instance within this time.
         #[arg(long, default_value_t = 30)]
         server_key_reload_seconds: u64,
+        /// The longest bypass an administrator may grant a user, in seconds (see
+        /// docs/bypass-and-recovery.md).
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u32).range(1..=2_592_000))]
+        max_bypass_seconds: u32,
         /// A TOML file of settings (keys: these flags' names in snake case). Flags win over
         /// environment variables, which win over the file.
         #[arg(long, value_name = "FILE", env = "TESSERA_CONFIG")]
@@ -673,6 +677,48 @@ enum AdminCommand {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+    /// Grant (or replace) a user's bypass: their authentications complete without a device
+    /// until it ends (docs/bypass-and-recovery.md).
+    SetBypass {
+        /// The application.
+        application_id: String,
+        /// The user.
+        user_id: String,
+        /// How long it lasts, in seconds.
+        #[arg(long, conflicts_with = "until", required_unless_present = "until")]
+        duration_seconds: Option<u32>,
+        /// When it ends (seconds since the epoch).
+        #[arg(long)]
+        until: Option<i64>,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// The longest bypass allowed (the server's --max-bypass-seconds).
+        #[arg(long, default_value_t = 3600, env = "TESSERA_MAX_BYPASS_SECONDS")]
+        max_bypass_seconds: u32,
+    },
+    /// A user's bypass as it stands.
+    Bypass {
+        /// The application.
+        application_id: String,
+        /// The user.
+        user_id: String,
+    },
+    /// End a user's bypass now.
+    ClearBypass {
+        /// The application.
+        application_id: String,
+        /// The user.
+        user_id: String,
+    },
+    /// Issue ten new single-use recovery codes for a user (printed once); the old ones stop
+    /// working.
+    IssueRecoveryCodes {
+        /// The application.
+        application_id: String,
+        /// The user.
+        user_id: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -766,6 +812,7 @@ async fn main() -> ExitCode {
             max_unapproved_per_user,
             push_bombing_window_seconds,
             server_key_reload_seconds,
+            max_bypass_seconds,
             config: _,
             check_config,
             tls_cert,
@@ -863,6 +910,7 @@ async fn main() -> ExitCode {
                 readiness_timeout: std::time::Duration::from_secs(readiness_timeout_seconds.max(1)),
                 attestation_extra_roots,
                 attestation_revocation_status,
+                max_bypass_seconds,
                 ..ServerConfig::default()
             };
             if check_config {
@@ -1427,6 +1475,64 @@ async fn run_admin(
                 &parse_app(&application_id)?,
                 &parse_user(&user_id)?,
                 limit
+            )
+            .await?
+        ),
+        AdminCommand::SetBypass {
+            application_id,
+            user_id,
+            duration_seconds,
+            until,
+            reason,
+            max_bypass_seconds,
+        } => json!(
+            admin::set_bypass(
+                &db,
+                &parse_app(&application_id)?,
+                &parse_user(&user_id)?,
+                &tessera_protocol::bypass::SetBypassRequest {
+                    duration_seconds,
+                    until,
+                    reason,
+                },
+                max_bypass_seconds,
+                tessera_server::Clock::now_ms(&tessera_server::SystemClock),
+            )
+            .await?
+        ),
+        AdminCommand::Bypass {
+            application_id,
+            user_id,
+        } => json!(
+            admin::bypass(
+                &db,
+                &parse_app(&application_id)?,
+                &parse_user(&user_id)?,
+                tessera_protocol::time::now(),
+            )
+            .await?
+        ),
+        AdminCommand::ClearBypass {
+            application_id,
+            user_id,
+        } => json!(
+            admin::clear_bypass(
+                &db,
+                &parse_app(&application_id)?,
+                &parse_user(&user_id)?,
+                tessera_server::Clock::now_ms(&tessera_server::SystemClock),
+            )
+            .await?
+        ),
+        AdminCommand::IssueRecoveryCodes {
+            application_id,
+            user_id,
+        } => json!(
+            admin::issue_recovery_codes(
+                &db,
+                &parse_app(&application_id)?,
+                &parse_user(&user_id)?,
+                tessera_server::Clock::now_ms(&tessera_server::SystemClock),
             )
             .await?
         ),

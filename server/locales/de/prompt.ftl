@@ -52,3 +52,7 @@ result-canceled = Anmeldung abgebrochen.
 result-failed = Die Bestätigung ist fehlgeschlagen.
 returning = Zurück zur Anwendung…
 expires-in = Verbleibende Zeit:
+# Recovery codes and bypass (docs/bypass-and-recovery.md)
+use-recovery-code = Einen Wiederherstellungscode verwenden
+recovery-code-label = Wiederherstellungscode
+result-bypassed = Sie sind mit einer Ausnahme des Administrators angemeldet.

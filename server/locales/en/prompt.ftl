@@ -52,3 +52,7 @@ result-canceled = Sign-in canceled.
 result-failed = Verification failed.
 returning = Returning to the application…
 expires-in = Time left:
+# Recovery codes and bypass (docs/bypass-and-recovery.md)
+use-recovery-code = Use a recovery code
+recovery-code-label = Recovery code
+result-bypassed = You signed in with an administrator's bypass.

@@ -52,3 +52,7 @@ result-canceled = Connexion annulée.
 result-failed = La vérification a échoué.
 returning = Retour à l’application…
 expires-in = Temps restant :
+# Recovery codes and bypass (docs/bypass-and-recovery.md)
+use-recovery-code = Utiliser un code de récupération
+recovery-code-label = Code de récupération
+result-bypassed = Vous êtes connecté grâce à une exemption de l'administrateur.

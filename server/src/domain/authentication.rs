@@ -785,6 +785,15 @@ pub(crate) async fn create_as(
     };
     let (policy_ending, require_user_verification) =
         policy_shape(decided.as_ref(), body.require_user_verification);
+    // A bypass (docs/bypass-and-recovery.md): a push or transaction the policy neither denies
+    // nor approves completes at once, with nothing sent to the device.
+    let bypass = match (body.kind, policy_ending) {
+        (
+            AuthenticationKind::Approval | AuthenticationKind::Transaction,
+            None | Some(PolicyEnding::OtherMethodRequired),
+        ) => super::bypass::active(ctx, &app.id, user_id).await?,
+        _ => None,
+    };
     let record = new_authentication(
         ctx,
         &app.id,
@@ -809,6 +818,15 @@ pub(crate) async fn create_as(
     record.policy = decided
         .as_ref()
         .and_then(super::policy::Decided::outcome_json);
+    if let Some(bypass) = &bypass {
+        super::bypass::end_by_bypass(ctx, &mut record, bypass);
+        outcome::record_policy_ending(ctx, &record).await?;
+        if let Some(decided) = &decided {
+            super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), decided).await?;
+        }
+        tracing::info!(authentication_id = %record.id, "authentication bypassed");
+        return Ok(record.status_at(ctx.now()));
+    }
     if let (Some(ending), Some(decided)) = (policy_ending, &decided) {
         end_by_policy(ctx, &mut record, ending);
         outcome::record_policy_ending(ctx, &record).await?;

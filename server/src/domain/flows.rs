@@ -41,8 +41,8 @@ use super::device_auth::verify_possession_signed;
 use super::events::{Topic, wait_for};
 use super::outcome::{self, DomainEvent, Ending, FollowUpFuture};
 use super::{
-    Ctx, DomainError, authentication, backup, device_verification, hosted, methods, otp, pairing,
-    policy,
+    Ctx, DomainError, authentication, backup, bypass, device_verification, hosted, methods, otp,
+    pairing, policy,
 };
 use crate::store::applications::{self, Application};
 use crate::store::authentications::{self, Authentication};
@@ -108,6 +108,9 @@ struct Data {
     /// The application's policy decision for the flow, once made.
     #[serde(default)]
     policy: Option<PolicyOutcome>,
+    /// The user had unused recovery codes when the flow started: `checkRecoveryCode` is offered.
+    #[serde(default)]
+    recovery_codes: bool,
 }
 
 /// A flow as loaded.
@@ -244,10 +247,27 @@ fn allowed_actions(flow: &Flow) -> Vec<FlowActionName> {
         }
         FlowStatus::MfaCompleted | FlowStatus::MfaFailed | FlowStatus::Canceled => {}
     }
+    if recovery_code_allowed(flow) {
+        actions.push(CheckRecoveryCode);
+    }
     if !flow.status.is_final() {
         actions.push(CancelAuthentication);
     }
     actions
+}
+
+/// Whether `checkRecoveryCode` is offered: the user had recovery codes when the flow started,
+/// and the flow waits for the user's device (a choice, a push or a passcode).
+fn recovery_code_allowed(flow: &Flow) -> bool {
+    flow.data.recovery_codes
+        && matches!(
+            flow.status,
+            FlowStatus::DeviceSelectionRequired
+                | FlowStatus::PushConfirmationWaiting
+                | FlowStatus::PushConfirmationRejected
+                | FlowStatus::PushConfirmationTimedOut
+                | FlowStatus::OtpRequired
+        )
 }
 
 fn not_allowed(flow: &Flow) -> DomainError {
@@ -538,6 +558,7 @@ pub(crate) async fn create(
         mfa_setup: None,
         result: None,
         policy: None,
+        recovery_codes: false,
     };
     let now = ctx.now();
     let status = FlowStatus::AuthenticationRequired;
@@ -747,6 +768,9 @@ pub(crate) async fn act(
         FlowAction::ResendOtp {} => resend_otp(ctx, app, &claimed).await,
         FlowAction::CancelAuthentication {} => cancel(ctx, &claimed).await,
         FlowAction::ContinueAuthentication {} => continue_authentication(ctx, app, &claimed).await,
+        FlowAction::CheckRecoveryCode { recovery_code } => {
+            check_recovery_code(ctx, app, &claimed, &recovery_code).await
+        }
         FlowAction::Poll { .. } => return Err(not_allowed(&flow)),
     };
     let (status, data) = match step {
@@ -1088,6 +1112,10 @@ async fn start(
     mut data: Data,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let user = &flow.stored.user_id;
+    if let Some(ended) = bypassed(ctx, app, flow, &mut data).await? {
+        return Ok(ended);
+    }
+    data.recovery_codes = bypass::codes_status(ctx, &app.id, user).await?.remaining > 0;
     if !data.options.mandatory_methods.is_empty() {
         let setup = mfa_setup(ctx, &app.id, user, data.options.mandatory_methods.clone()).await?;
         if !setup.missing.is_empty() {
@@ -1339,6 +1367,52 @@ fn use_code(flow: &Flow) -> (FlowStatus, Data) {
     (FlowStatus::OtpRequired, data)
 }
 
+/// A user's bypass ends the flow before any device is asked: `MFA_COMPLETED` with result
+/// `bypassed` and type `BYPASS` (docs/bypass-and-recovery.md). The application's policy is
+/// decided first: its `deny` still ends the flow `MFA_FAILED`, its `approve` completes it with
+/// `POLICY_APPROVE`.
+async fn bypassed(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    data: &mut Data,
+) -> Result<Option<(FlowStatus, Data)>, DomainError> {
+    let Some(active) = bypass::active(ctx, &app.id, &flow.stored.user_id).await? else {
+        return Ok(None);
+    };
+    if let Some(ended) = apply_policy(ctx, app, flow, data).await? {
+        return Ok(Some(ended));
+    }
+    let mut done = result(FlowResultStatus::Bypassed);
+    done.attributes = bypass::bypass_attributes(ctx, data.options.accessing_ip.as_deref(), &active);
+    done.policy = data.policy.clone();
+    tracing::info!(flow_id = %flow.stored.id, "flow bypassed");
+    Ok(Some((
+        FlowStatus::MfaCompleted,
+        finished(data.clone(), done),
+    )))
+}
+
+/// `checkRecoveryCode`: one of the user's recovery codes completes the flow (type
+/// `RECOVERY_CODE`); a push the flow waits for is withdrawn.
+async fn check_recovery_code(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    code: &str,
+) -> Result<(FlowStatus, Data), DomainError> {
+    bypass::spend(ctx, &app.id, &flow.stored.user_id, code).await?;
+    if let Some(push) = flow.watched_push() {
+        outcome::record(ctx, push, Ending::Canceled).await?;
+    }
+    let mut data = flow.data.clone();
+    let mut done = result(FlowResultStatus::Authenticated);
+    done.attributes = bypass::recovery_code_attributes(ctx, data.options.accessing_ip.as_deref());
+    done.policy = data.policy.clone();
+    data.otp = None;
+    Ok((FlowStatus::MfaCompleted, finished(data, done)))
+}
+
 /// `checkOtp`: the passcode the flow waits for.
 async fn check_otp(
     ctx: &Ctx,
@@ -1513,6 +1587,7 @@ mod tests {
             mfa_setup: None,
             result: None,
             policy: None,
+            recovery_codes: false,
         };
         Flow {
             stored: StoredFlow {

@@ -11,6 +11,7 @@ pub mod attestation;
 pub(crate) mod audit;
 pub(crate) mod authentication;
 pub(crate) mod backup;
+pub(crate) mod bypass;
 pub(crate) mod ciba;
 pub(crate) mod device_auth;
 pub(crate) mod device_verification;

@@ -4,6 +4,7 @@ mod application_settings;
 mod attestation_settings;
 pub(crate) mod authentications;
 mod backup;
+mod bypass;
 mod ciba_clients;
 mod device;
 pub(crate) mod errors;
@@ -125,6 +126,13 @@ use openapi::Contract;
         oidc::authorize::authorize_get,
         oidc::authorize::authorize_post,
         oidc::authorize::resume,
+        bypass::set_bypass,
+        bypass::get_bypass,
+        bypass::clear_bypass,
+        bypass::issue_recovery_codes,
+        bypass::recovery_codes_status,
+        bypass::revoke_recovery_codes,
+        bypass::answer_with_recovery_code,
     ),
     modifiers(&Contract),
     tags(
@@ -310,6 +318,22 @@ pub(crate) fn router(state: Ctx) -> Router {
             "/v1/application/attestation-settings",
             get(attestation_settings::get_attestation_settings)
                 .put(attestation_settings::set_attestation_settings),
+        )
+        .route(
+            "/v1/users/{user_id}/bypass",
+            put(bypass::set_bypass)
+                .get(bypass::get_bypass)
+                .delete(bypass::clear_bypass),
+        )
+        .route(
+            "/v1/users/{user_id}/recovery-codes",
+            post(bypass::issue_recovery_codes)
+                .get(bypass::recovery_codes_status)
+                .delete(bypass::revoke_recovery_codes),
+        )
+        .route(
+            "/v1/authentications/{authentication_id}/recovery-code",
+            post(bypass::answer_with_recovery_code),
         );
     let router = if metrics_here {
         router.route("/metrics", get(ops::metrics))

@@ -8,6 +8,7 @@
 pub mod applications;
 pub mod audit;
 pub mod authentications;
+pub mod bypass;
 pub mod ciba;
 pub mod enrollments;
 pub mod flows;

@@ -251,6 +251,8 @@ pub async fn delete(
         "otp_tokens",
         "ciba_user_codes",
         "user_groups",
+        "user_bypasses",
+        "recovery_codes",
     ] {
         let done = sqlx::query(&format!(
             "DELETE FROM {table} WHERE application_id = $1 AND user_id = $2"

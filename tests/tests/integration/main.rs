@@ -11,6 +11,7 @@ mod api_contract;
 mod attestation;
 mod audit;
 mod authentication;
+mod bypass;
 mod ciba;
 mod client_address;
 mod device_identity;

@@ -822,6 +822,8 @@ fn factor_of(auth_type: Option<&str>) -> (&'static str, &'static str) {
         Some("YUBIKEY") | Some("OATH_TOKEN") => ("hardware_token", "valid_passcode"),
         Some("AUTHENTICATOR_APP") | Some("DESKTOP_OTP") => ("passcode", "valid_passcode"),
         Some("POLICY_APPROVE") => ("policy", "allowed_by_policy"),
+        Some("BYPASS") => ("bypass", "bypass_user"),
+        Some("RECOVERY_CODE") => ("recovery_code", "valid_passcode"),
         _ => ("mfa", "completed"),
     }
 }
@@ -852,8 +854,15 @@ async fn result_claims(
     if authenticated && !amr.iter().any(|m| m == "mfa") {
         amr.push("mfa".into());
     }
+    // A bypassed flow used no factor: its own acr, no amr (docs/bypass-and-recovery.md).
+    let bypassed = result
+        .as_ref()
+        .is_some_and(|r| r.status == FlowResultStatus::Bypassed);
     let device_key = matches!(factor, "push" | "device_authorization");
-    let acr = if !authenticated {
+    let acr = if bypassed {
+        amr.clear();
+        crate::domain::bypass::ACR_BYPASS
+    } else if !authenticated {
         ACR_DEVICE_REGISTRATION
     } else if device_key {
         if authorization

@@ -491,6 +491,8 @@ async fn start(
             ),
         ));
     }
+    // A bypass (docs/bypass-and-recovery.md): the request completes at once, nothing is sent.
+    let bypass = crate::domain::bypass::active(state, &client.application_id, &user).await?;
     let settings = applications::authentication_settings(&state.db, &client.application_id).await?;
     let number_matching = settings.number_matching;
     let application_name = applications::get(&state.db, &client.application_id)
@@ -502,7 +504,7 @@ async fn start(
         binding_message: binding_message.map(str::to_string),
         scopes: scopes.clone(),
     };
-    let record = new_authentication(
+    let mut record = new_authentication(
         state,
         &client.application_id,
         &user,
@@ -526,8 +528,11 @@ async fn start(
         DomainError::Refused { .. } => server_error("CIBA request signing"),
         other => OAuthError::from(other),
     })?;
+    if let Some(bypass) = &bypass {
+        crate::domain::bypass::end_by_bypass(state, &mut record, bypass);
+    }
     let interval = i64::from(state.config.ciba_poll_interval.max(1));
-    let request = CibaRequest {
+    let mut request = CibaRequest {
         auth_req_id: new_auth_req_id(),
         client_id: client.client_id.clone(),
         authentication_id: record.id.to_string(),
@@ -554,10 +559,10 @@ async fn start(
         .await?
         .pending_requests;
     let limits = crate::domain::applications::UserLimits {
-        push_bombing: Some(crate::domain::applications::push_bombing_limits(
-            &state.config,
-            &settings,
-        )),
+        // Bypassed requests reach no device and do not count towards the cap.
+        push_bombing: bypass.is_none().then(|| {
+            crate::domain::applications::push_bombing_limits(&state.config, &settings)
+        }),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
     let mut tx = state.db.begin_write().await?;
@@ -601,6 +606,9 @@ async fn start(
             ),
         ));
     }
+    if bypass.is_some() {
+        request.acr = crate::domain::bypass::ACR_BYPASS.to_string();
+    }
     ciba::insert_request(&mut *tx, state.db.secrets()?, &request).await?;
     tx.commit().await?;
     if let Some(decided) = &decided {
@@ -614,13 +622,18 @@ async fn start(
         .await?;
     }
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
-    crate::domain::outcome::request_created(state, &record).await;
-    tokio::spawn(crate::domain::fallback::deliver(
-        state.clone(),
-        record.clone(),
-        device,
-        true,
-    ));
+    if bypass.is_some() {
+        tracing::info!(authentication_id = %record.id, "CIBA request bypassed");
+        crate::domain::outcome::ended(state, &record).await;
+    } else {
+        crate::domain::outcome::request_created(state, &record).await;
+        tokio::spawn(crate::domain::fallback::deliver(
+            state.clone(),
+            record.clone(),
+            device,
+            true,
+        ));
+    }
     Ok(BackchannelAcknowledgement {
         auth_req_id: request.auth_req_id,
         expires_in: u64::from(expires_in),

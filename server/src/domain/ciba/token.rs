@@ -59,6 +59,10 @@ fn amr_of(record: &Authentication) -> Vec<String> {
         .and_then(|a| a.get("pingid.authentication.amr").cloned())
         .and_then(|a| serde_json::from_value(a).ok())
         .unwrap_or_default();
+    // A bypass used no factor: no `amr` at all (docs/bypass-and-recovery.md).
+    if crate::domain::bypass::is_bypass(record.attributes.as_deref()) {
+        return Vec::new();
+    }
     if !amr.iter().any(|m| m == "mfa") {
         amr.push("mfa".into());
     }

@@ -1,0 +1,598 @@
+//! Bypass and recovery codes: two ways a user without their device still signs in, kept apart
+//! from a real second factor in every result.
+//!
+//! - **Bypass** ([`grant`], [`status`], [`clear`]): an administrator lets a user's
+//!   authentications complete without a device until a time, for a reason (required, recorded
+//!   in the audit log with who granted it), for at most [`crate::ServerConfig::max_bypass_seconds`].
+//!   While it lasts, a push or transaction authentication, a flow and a CIBA request complete
+//!   at once with type `BYPASS` and nothing is sent to a device ([`active`]). A policy `deny`
+//!   still wins over a bypass; a silent verification and a QR login (they prove the phone is
+//!   there) are never bypassed. Time comes from the server's clock: a bypass ends by itself.
+//! - **Recovery codes** ([`issue_codes`], [`codes_status`], [`revoke_codes`], [`spend`]): ten
+//!   single-use codes shown once; only a salted SHA-256 digest of each is kept (they carry 59
+//!   random bits each). Issuing new codes replaces the old ones in one transaction. A code
+//!   completes one authentication (type `RECOVERY_CODE`): the user's passcode attempt is taken
+//!   atomically before comparing (the passcode lockout applies), each digest is compared in
+//!   constant time, and a code is spent by one conditional update (of racing uses one wins).
+//!
+//! See `docs/bypass-and-recovery.md`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::{Rng, RngCore};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tessera_protocol::authentication::{AuthenticationState, Decision};
+use tessera_protocol::bypass::{
+    BypassStatus, RecoveryCodesIssued, RecoveryCodesStatus, SetBypassRequest,
+};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::{ApplicationId, UserId};
+use zeroize::Zeroizing;
+
+use super::audit::{Actor, Event};
+use super::authentication::{accessing_attributes, check_text, load_for, require_pending};
+use super::otp::{refuse, take_attempt};
+use super::outcome::{self, Ending};
+use super::{Ctx, DomainError};
+use crate::ip_table::IpTable;
+use crate::store::authentications::{self, Authentication};
+use crate::store::bypass::{self as store, Bypass, RecoveryCode};
+use crate::store::{Database, otp as otp_store, users};
+
+/// The authentication type of a bypassed authentication (seed 003).
+pub(crate) const BYPASS_TYPE: &str = "BYPASS";
+/// The authentication type of an authentication completed with a recovery code.
+pub(crate) const RECOVERY_CODE_TYPE: &str = "RECOVERY_CODE";
+/// The `acr` of an OpenID grant whose authentication was bypassed: no factor was used (not
+/// `mfa`, not a device-key acr). Never asked for in `acr_values`.
+pub(crate) const ACR_BYPASS: &str = "urn:tessera:acr:bypass";
+/// How many recovery codes are issued at once.
+pub(crate) const RECOVERY_CODE_COUNT: usize = 10;
+/// The longest reason a bypass may give, in characters.
+pub(crate) const MAX_REASON_CHARS: usize = 256;
+/// The characters of a recovery code: lower-case letters and digits without the look-alikes
+/// `0 1 i l o`.
+const CODE_ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyz";
+/// Characters of a recovery code (shown in groups of four).
+const CODE_CHARS: usize = 12;
+
+/// Who grants or ends a bypass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Granter {
+    /// The customer's backend, with its API key.
+    Api,
+    /// An operator, through the admin command line.
+    Admin,
+}
+
+impl Granter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Granter::Api => "api",
+            Granter::Admin => "admin",
+        }
+    }
+
+    fn actor(self) -> Actor {
+        match self {
+            Granter::Api => Actor::Customer,
+            Granter::Admin => Actor::Admin,
+        }
+    }
+}
+
+fn user_not_found() -> DomainError {
+    DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
+}
+
+async fn require_user_in(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<(), DomainError> {
+    users::get(db, app, user)
+        .await?
+        .map(|_| ())
+        .ok_or_else(user_not_found)
+}
+
+/// When a bypass asked for with `body` at `now` ends, checked against `max_seconds`.
+pub(crate) fn bypass_end(
+    body: &SetBypassRequest,
+    now: i64,
+    max_seconds: u32,
+) -> Result<i64, DomainError> {
+    let until = match (body.duration_seconds, body.until) {
+        (Some(seconds), None) => {
+            if seconds == 0 {
+                return Err(DomainError::invalid("duration_seconds must be at least 1"));
+            }
+            now.saturating_add(i64::from(seconds))
+        }
+        (None, Some(until)) => {
+            if until <= now {
+                return Err(DomainError::invalid("until must be in the future"));
+            }
+            until
+        }
+        _ => {
+            return Err(DomainError::invalid(
+                "give exactly one of duration_seconds and until",
+            ));
+        }
+    };
+    if until - now > i64::from(max_seconds) {
+        return Err(DomainError::invalid(format!(
+            "a bypass lasts at most {max_seconds} seconds on this server"
+        )));
+    }
+    Ok(until)
+}
+
+/// The reason of a bypass: required, at most [`MAX_REASON_CHARS`], displayable text only.
+pub(crate) fn check_reason(reason: &str) -> Result<String, DomainError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(DomainError::invalid("a bypass needs a reason"));
+    }
+    check_text(reason, MAX_REASON_CHARS, "reason")?;
+    Ok(reason.to_string())
+}
+
+fn status_of(bypass: Option<&Bypass>, now: i64) -> BypassStatus {
+    match bypass {
+        Some(b) => BypassStatus {
+            active: b.until > now,
+            until: Some(b.until),
+            granted_at: Some(b.granted_at),
+            reason: Some(b.reason.clone()),
+            granted_by: Some(b.granted_by.clone()),
+        },
+        None => BypassStatus {
+            active: false,
+            until: None,
+            granted_at: None,
+            reason: None,
+            granted_by: None,
+        },
+    }
+}
+
+/// [`grant`] for callers without a [`Ctx`] (the admin command line).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn grant_in(
+    db: &Database,
+    ip_table: &IpTable,
+    max_seconds: u32,
+    app: &ApplicationId,
+    user: &UserId,
+    body: &SetBypassRequest,
+    granter: Granter,
+    now_ms: i64,
+) -> Result<BypassStatus, DomainError> {
+    let now = now_ms.div_euclid(1000);
+    let reason = check_reason(&body.reason)?;
+    let until = bypass_end(body, now, max_seconds)?;
+    require_user_in(db, app, user).await?;
+    let bypass = Bypass {
+        granted_at: now,
+        until,
+        reason,
+        granted_by: granter.as_str().to_string(),
+    };
+    store::set(db, app, user, &bypass).await?;
+    tracing::info!(until, granted_by = granter.as_str(), "bypass granted");
+    let event = Event::new("bypass.granted", granter.actor(), "granted")
+        .app(app)
+        .user(user)
+        .details(json!({ "until": until, "reason": bypass.reason }));
+    if let Err(e) = super::audit::append(db, ip_table, now_ms, event).await {
+        tracing::error!(error = %e, "the bypass could not be recorded in the audit log");
+    }
+    Ok(status_of(Some(&bypass), now))
+}
+
+/// Grants (or replaces) a user's bypass (`PUT /v1/users/{id}/bypass`).
+pub(crate) async fn grant(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    body: &SetBypassRequest,
+) -> Result<BypassStatus, DomainError> {
+    grant_in(
+        &ctx.db,
+        &ctx.config.accessing_ip_table,
+        ctx.config.max_bypass_seconds,
+        app,
+        user,
+        body,
+        Granter::Api,
+        ctx.now_ms(),
+    )
+    .await
+}
+
+/// A user's bypass as it stands at `now`.
+pub(crate) async fn status_in(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    now: i64,
+) -> Result<BypassStatus, DomainError> {
+    require_user_in(db, app, user).await?;
+    Ok(status_of(store::get(db, app, user).await?.as_ref(), now))
+}
+
+/// A user's bypass as it stands now (`GET /v1/users/{id}/bypass`).
+pub(crate) async fn status(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<BypassStatus, DomainError> {
+    status_in(&ctx.db, app, user, ctx.now()).await
+}
+
+/// [`clear`] for callers without a [`Ctx`].
+pub(crate) async fn clear_in(
+    db: &Database,
+    ip_table: &IpTable,
+    app: &ApplicationId,
+    user: &UserId,
+    granter: Granter,
+    now_ms: i64,
+) -> Result<BypassStatus, DomainError> {
+    require_user_in(db, app, user).await?;
+    if store::clear(db, app, user).await? {
+        tracing::info!("bypass ended");
+        let event = Event::new("bypass.cleared", granter.actor(), "cleared")
+            .app(app)
+            .user(user);
+        if let Err(e) = super::audit::append(db, ip_table, now_ms, event).await {
+            tracing::error!(error = %e, "the bypass's end could not be recorded in the audit log");
+        }
+    }
+    Ok(status_of(None, now_ms.div_euclid(1000)))
+}
+
+/// Ends a user's bypass now (`DELETE /v1/users/{id}/bypass`).
+pub(crate) async fn clear(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<BypassStatus, DomainError> {
+    clear_in(
+        &ctx.db,
+        &ctx.config.accessing_ip_table,
+        app,
+        user,
+        Granter::Api,
+        ctx.now_ms(),
+    )
+    .await
+}
+
+/// The user's bypass if it is in force now.
+pub(crate) async fn active(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Option<Bypass>, DomainError> {
+    let now = ctx.now();
+    Ok(store::get(&ctx.db, app, user)
+        .await?
+        .filter(|b| b.until > now))
+}
+
+/// The attributes of a bypassed authentication: the accessing device's, the type `BYPASS`, when
+/// the bypass ends, and no authenticating device and no `amr` (no factor was used).
+pub(crate) fn bypass_attributes(
+    ctx: &Ctx,
+    accessing_ip: Option<&str>,
+    bypass: &Bypass,
+) -> BTreeMap<String, Value> {
+    let mut a = BTreeMap::new();
+    accessing_attributes(ctx, accessing_ip, &mut a);
+    a.insert("pingid.authentication.type".into(), json!(BYPASS_TYPE));
+    a.insert(
+        "pingid.authentication.bypass.until".into(),
+        json!(bypass.until),
+    );
+    a
+}
+
+/// Whether an authentication's attributes (JSON) say it was bypassed.
+pub(crate) fn is_bypass(attributes: Option<&str>) -> bool {
+    attributes
+        .and_then(|a| serde_json::from_str::<Value>(a).ok())
+        .and_then(|a| {
+            a.get("pingid.authentication.type")
+                .and_then(Value::as_str)
+                .map(|t| t == BYPASS_TYPE)
+        })
+        .unwrap_or(false)
+}
+
+/// Ends a not yet stored `record` as bypassed: approved at once with [`bypass_attributes`],
+/// nothing to pull or push.
+pub(crate) fn end_by_bypass(ctx: &Ctx, record: &mut Authentication, bypass: &Bypass) {
+    record.answered_at = Some(ctx.now());
+    record.otp_mode = authentications::OtpMode::None;
+    record.otp_after = None;
+    record.backup_channels = Vec::new();
+    record.state = AuthenticationState::Approved;
+    record.decision = Some(Decision::Approve);
+    let a = bypass_attributes(ctx, record.accessing_ip.as_deref(), bypass);
+    record.attributes = serde_json::to_string(&a).ok();
+}
+
+/// A new recovery code: [`CODE_CHARS`] characters of [`CODE_ALPHABET`].
+fn new_code() -> Zeroizing<String> {
+    let mut rng = rand::rngs::OsRng;
+    Zeroizing::new(
+        (0..CODE_CHARS)
+            .map(|_| char::from(CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())]))
+            .collect(),
+    )
+}
+
+/// `abcd-efgh-jkmn`.
+fn shown(code: &str) -> String {
+    let chars: Vec<char> = code.chars().collect();
+    chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// A typed code as compared: lower case, without spaces and dashes.
+pub(crate) fn normalize_code(code: &str) -> Zeroizing<String> {
+    Zeroizing::new(
+        code.chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect(),
+    )
+}
+
+fn digest(salt: &str, id: &str, code: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    h.update(b":");
+    h.update(id.as_bytes());
+    h.update(b":");
+    h.update(code.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The stored form of `code` (a fresh salt and id).
+fn stored_code(code: &str) -> RecoveryCode {
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let salt = URL_SAFE_NO_PAD.encode(salt);
+    let id = super::audit::new_id("rc_");
+    RecoveryCode {
+        digest: digest(&salt, &id, code),
+        id,
+        salt,
+    }
+}
+
+/// Whether `code` (normalized) is `stored`, compared in constant time over the digests.
+fn code_matches(stored: &RecoveryCode, code: &str) -> bool {
+    let d = digest(&stored.salt, &stored.id, code);
+    bool::from(d.as_bytes().ct_eq(stored.digest.as_bytes()))
+}
+
+/// [`issue_codes`] for callers without a [`Ctx`].
+pub(crate) async fn issue_codes_in(
+    db: &Database,
+    ip_table: &IpTable,
+    app: &ApplicationId,
+    user: &UserId,
+    granter: Granter,
+    now_ms: i64,
+) -> Result<RecoveryCodesIssued, DomainError> {
+    require_user_in(db, app, user).await?;
+    let codes: Vec<Zeroizing<String>> = (0..RECOVERY_CODE_COUNT).map(|_| new_code()).collect();
+    let stored: Vec<RecoveryCode> = codes.iter().map(|c| stored_code(c)).collect();
+    store::replace_codes(db, app, user, &stored, now_ms.div_euclid(1000)).await?;
+    tracing::info!(count = stored.len(), "recovery codes issued");
+    let event = Event::new("recovery_codes.issued", granter.actor(), "issued")
+        .app(app)
+        .user(user)
+        .details(json!({ "count": stored.len() }));
+    if let Err(e) = super::audit::append(db, ip_table, now_ms, event).await {
+        tracing::error!(error = %e, "the recovery codes' issue could not be recorded in the audit log");
+    }
+    Ok(RecoveryCodesIssued {
+        codes: codes.iter().map(|c| shown(c)).collect(),
+        remaining: u32::try_from(stored.len()).unwrap_or(u32::MAX),
+    })
+}
+
+/// Issues ten new recovery codes for the user, revoking the old ones (`POST
+/// /v1/users/{id}/recovery-codes`).
+pub(crate) async fn issue_codes(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<RecoveryCodesIssued, DomainError> {
+    issue_codes_in(
+        &ctx.db,
+        &ctx.config.accessing_ip_table,
+        app,
+        user,
+        Granter::Api,
+        ctx.now_ms(),
+    )
+    .await
+}
+
+/// How many unused recovery codes the user has.
+pub(crate) async fn codes_status(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<RecoveryCodesStatus, DomainError> {
+    require_user_in(&ctx.db, app, user).await?;
+    let remaining = store::unused_codes(&ctx.db, app, user).await?.len();
+    Ok(RecoveryCodesStatus {
+        remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+    })
+}
+
+/// Revokes all of the user's recovery codes.
+pub(crate) async fn revoke_codes(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<RecoveryCodesStatus, DomainError> {
+    require_user_in(&ctx.db, app, user).await?;
+    let revoked = store::revoke_codes(&ctx.db, app, user).await?;
+    let event = Event::new("recovery_codes.revoked", Actor::Customer, "revoked")
+        .app(app)
+        .user(user)
+        .details(json!({ "unused": revoked }));
+    super::audit::record(ctx, event).await;
+    Ok(RecoveryCodesStatus { remaining: 0 })
+}
+
+/// Spends one of the user's recovery codes: takes a passcode attempt first (atomically; the
+/// lockout applies), compares `code` with every unused code in constant time, and spends the
+/// match with one conditional update. `otp_invalid` (or `otp_locked`) otherwise, also when a
+/// racing use spent the same code first.
+pub(crate) async fn spend(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    code: &str,
+) -> Result<(), DomainError> {
+    let attempt = take_attempt(ctx, app, user).await?;
+    let code = normalize_code(code);
+    let codes = store::unused_codes(&ctx.db, app, user).await?;
+    // Every digest is computed and compared: the time does not tell which code matched.
+    let mut matched = None;
+    for stored in &codes {
+        if code_matches(stored, &code) && matched.is_none() {
+            matched = Some(stored.id.clone());
+        }
+    }
+    let spent = match matched {
+        Some(id) => store::spend_code(&ctx.db, &id, ctx.now()).await?,
+        None => false,
+    };
+    if !spent {
+        return Err(refuse(
+            ctx,
+            &attempt,
+            "the recovery code is wrong or was already used",
+        ));
+    }
+    otp_store::reset_failures(&ctx.db, app, user).await?;
+    tracing::info!("recovery code accepted");
+    Ok(())
+}
+
+/// The attributes of an authentication completed with a recovery code.
+pub(crate) fn recovery_code_attributes(
+    ctx: &Ctx,
+    accessing_ip: Option<&str>,
+) -> BTreeMap<String, Value> {
+    let mut a = BTreeMap::new();
+    accessing_attributes(ctx, accessing_ip, &mut a);
+    a.insert(
+        "pingid.authentication.type".into(),
+        json!(RECOVERY_CODE_TYPE),
+    );
+    a.insert("pingid.authentication.amr".into(), json!(["otp"]));
+    a
+}
+
+/// Completes a pending authentication with one of its user's recovery codes
+/// (`POST /v1/authentications/{id}/recovery-code`).
+pub(crate) async fn answer_authentication(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    id: &str,
+    code: &str,
+) -> Result<tessera_protocol::api::AuthenticationStatus, DomainError> {
+    let record = load_for(ctx, app, id).await?;
+    require_pending(&record)?;
+    spend(ctx, app, &record.user_id, code).await?;
+    let attributes = recovery_code_attributes(ctx, record.accessing_ip.as_deref());
+    let text = serde_json::to_string(&attributes)
+        .map_err(|_| DomainError::Internal("encoding attributes"))?;
+    let current =
+        match outcome::record(ctx, &record.id, Ending::Passcode { attributes: &text }).await? {
+            Some(recorded) => recorded,
+            None => {
+                // Answered or expired meanwhile: the code is spent, the outcome stands.
+                let current = load_for(ctx, app, id).await?;
+                require_pending(&current)?;
+                current
+            }
+        };
+    tracing::info!(authentication_id = %current.id, "authentication approved with a recovery code");
+    Ok(current.status_at(ctx.now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(duration: Option<u32>, until: Option<i64>) -> SetBypassRequest {
+        SetBypassRequest {
+            duration_seconds: duration,
+            until,
+            reason: "lost phone".into(),
+        }
+    }
+
+    #[test]
+    fn a_bypass_ends_within_the_maximum_and_in_the_future() {
+        assert_eq!(bypass_end(&body(Some(60), None), 1000, 3600).unwrap(), 1060);
+        assert_eq!(
+            bypass_end(&body(None, Some(4600)), 1000, 3600).unwrap(),
+            4600
+        );
+        assert!(bypass_end(&body(Some(3601), None), 1000, 3600).is_err());
+        assert!(bypass_end(&body(None, Some(4601)), 1000, 3600).is_err());
+        assert!(bypass_end(&body(None, Some(1000)), 1000, 3600).is_err());
+        assert!(bypass_end(&body(Some(0), None), 1000, 3600).is_err());
+        assert!(bypass_end(&body(None, None), 1000, 3600).is_err());
+        assert!(bypass_end(&body(Some(60), Some(2000)), 1000, 3600).is_err());
+    }
+
+    #[test]
+    fn a_reason_is_required_short_and_plain() {
+        assert!(check_reason("  ").is_err());
+        assert!(check_reason(&"x".repeat(MAX_REASON_CHARS + 1)).is_err());
+        assert!(check_reason("lost phone \u{202e}").is_err());
+        assert_eq!(check_reason(" lost phone ").unwrap(), "lost phone");
+    }
+
+    #[test]
+    fn codes_are_random_shown_in_groups_and_typed_loosely() {
+        let code = new_code();
+        assert_eq!(code.len(), CODE_CHARS);
+        assert!(code.bytes().all(|b| CODE_ALPHABET.contains(&b)));
+        assert_ne!(*code, *new_code());
+        let shown = shown(&code);
+        assert_eq!(shown.len(), CODE_CHARS + 2);
+        let stored = stored_code(&code);
+        assert!(!stored.digest.contains(code.as_str()));
+        assert!(code_matches(&stored, &normalize_code(&shown)));
+        assert!(code_matches(
+            &stored,
+            &normalize_code(&format!(" {} ", shown.to_uppercase()))
+        ));
+        assert!(!code_matches(&stored, &normalize_code("2222-2222-2222")));
+        // Another code's salt and id give another digest for the same code.
+        assert_ne!(stored.digest, stored_code(&code).digest);
+    }
+}
