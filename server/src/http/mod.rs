@@ -9,6 +9,7 @@ mod device;
 pub(crate) mod errors;
 mod events;
 mod extract;
+mod fido;
 mod flow_browser;
 mod flows;
 mod oidc;
@@ -125,6 +126,11 @@ use openapi::Contract;
         oidc::authorize::authorize_get,
         oidc::authorize::authorize_post,
         oidc::authorize::resume,
+        fido::get_fido_settings,
+        fido::set_fido_settings,
+        fido::list_fido_credentials,
+        fido::rename_fido_credential,
+        fido::remove_fido_credential,
     ),
     modifiers(&Contract),
     tags(
@@ -310,6 +316,18 @@ pub(crate) fn router(state: Ctx) -> Router {
             "/v1/application/attestation-settings",
             get(attestation_settings::get_attestation_settings)
                 .put(attestation_settings::set_attestation_settings),
+        )
+        .route(
+            "/v1/application/fido-settings",
+            get(fido::get_fido_settings).put(fido::set_fido_settings),
+        )
+        .route(
+            "/v1/users/{user_id}/fido-credentials",
+            get(fido::list_fido_credentials),
+        )
+        .route(
+            "/v1/users/{user_id}/fido-credentials/{credential_id}",
+            axum::routing::patch(fido::rename_fido_credential).delete(fido::remove_fido_credential),
         );
     let router = if metrics_here {
         router.route("/metrics", get(ops::metrics))

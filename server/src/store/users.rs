@@ -251,6 +251,8 @@ pub async fn delete(
         "otp_tokens",
         "ciba_user_codes",
         "user_groups",
+        "fido_credentials",
+        "fido_ceremonies",
     ] {
         let done = sqlx::query(&format!(
             "DELETE FROM {table} WHERE application_id = $1 AND user_id = $2"

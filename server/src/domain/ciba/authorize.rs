@@ -822,6 +822,9 @@ fn factor_of(auth_type: Option<&str>) -> (&'static str, &'static str) {
         Some("YUBIKEY") | Some("OATH_TOKEN") => ("hardware_token", "valid_passcode"),
         Some("AUTHENTICATOR_APP") | Some("DESKTOP_OTP") => ("passcode", "valid_passcode"),
         Some("POLICY_APPROVE") => ("policy", "allowed_by_policy"),
+        Some("SECURITY_KEY") | Some("PLATFORM") | Some("FIDO2_BIOMETRICS") => {
+            ("webauthn", "valid_webauthn")
+        }
         _ => ("mfa", "completed"),
     }
 }
