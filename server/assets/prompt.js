@@ -546,10 +546,21 @@
     if (!challenge || fidoRanForChallenge === challenge) return;
     fidoRanForChallenge = challenge;
     if (s.status === "ASSERTION_REQUIRED" && s.fido.request_options) {
-      setTimeout(runAssertion, 0);
+      whenIdle(runAssertion, challenge);
     } else if (s.status === "MFA_SETUP_REQUIRED" && s.fido.creation_options) {
-      setTimeout(runRegistration, 0);
+      whenIdle(runRegistration, challenge);
     }
+  }
+
+  // Runs `ceremony` once no action is under way, if the flow still waits for `challenge`.
+  function whenIdle(ceremony, challenge) {
+    if (leaving) return;
+    if (busy) {
+      setTimeout(function () { whenIdle(ceremony, challenge); }, 50);
+      return;
+    }
+    var options = state.fido && (state.fido.request_options || state.fido.creation_options);
+    if (options && options.publicKey && options.publicKey.challenge === challenge) ceremony();
   }
 
   // Goes back to the application, to the return_url exactly as the flow was given it (the

@@ -310,3 +310,132 @@ pub async fn take_ceremony(
     row.map(|r| r.try_get::<String, _>("state").map_err(StoreError::from))
         .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::applications::{self, Application};
+
+    async fn db_with_app() -> (tempfile::TempDir, Database, ApplicationId) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("fido.db").display());
+        let db = Database::connect(&url, 4).await.expect("database");
+        let app = Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        (dir, db, app.id)
+    }
+
+    fn credential(app: &ApplicationId, id: &str, credential_id: &str) -> StoredCredential {
+        StoredCredential {
+            id: id.into(),
+            application_id: app.clone(),
+            user_id: "alice".parse().expect("user"),
+            credential_id: credential_id.into(),
+            credential: "{}".into(),
+            kind: FidoCredentialType::SecurityKey,
+            aaguid: None,
+            counter: 5,
+            backup_eligible: false,
+            backup_state: false,
+            discoverable: false,
+            nickname: "Key".into(),
+            compromised_at: None,
+            created_at: 1,
+            last_used_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ceremony_is_taken_once_by_a_burst_of_answers() {
+        let (_dir, db, app) = db_with_app().await;
+        let ceremony = Ceremony {
+            id: "fca_1".into(),
+            application_id: app.clone(),
+            user_id: "alice".parse().expect("user"),
+            flow_id: "flw_1".into(),
+            purpose: "authentication".into(),
+            state: "{\"s\":1}".into(),
+            expires_at: 200,
+        };
+        insert_ceremony(&db, &ceremony, 100).await.expect("insert");
+        // Another flow, another purpose, an expired one: nothing.
+        assert!(
+            take_ceremony(&db, "fca_1", "flw_2", "authentication", 100)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            take_ceremony(&db, "fca_1", "flw_1", "registration", 100)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            take_ceremony(&db, "fca_1", "flw_1", "authentication", 200)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                take_ceremony(&db, "fca_1", "flw_1", "authentication", 100).await
+            }));
+        }
+        let mut taken = 0;
+        for t in tasks {
+            if t.await.expect("join").expect("take").is_some() {
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 1, "exactly one answer takes the ceremony");
+    }
+
+    #[tokio::test]
+    async fn the_counter_only_rises_and_one_of_a_burst_wins() {
+        let (_dir, db, app) = db_with_app().await;
+        assert!(
+            insert(&db, &credential(&app, "fido_a", "cid"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !insert(&db, &credential(&app, "fido_b", "cid"))
+                .await
+                .unwrap(),
+            "the same credential id twice"
+        );
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                record_use(&db, "fido_a", 6, false, "{}", 10).await
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            if t.await.expect("join").expect("record") {
+                won += 1;
+            }
+        }
+        assert_eq!(won, 1, "one assertion with counter 6 passes");
+        assert!(!record_use(&db, "fido_a", 4, false, "{}", 11).await.unwrap());
+        flag_compromised(&db, "fido_a", 12).await.unwrap();
+        assert!(
+            !record_use(&db, "fido_a", 9, false, "{}", 13).await.unwrap(),
+            "flagged"
+        );
+        let user: UserId = "alice".parse().unwrap();
+        let listed = list_for_user(&db, &app, &user).await.unwrap();
+        assert_eq!(listed[0].counter, 6);
+        assert_eq!(listed[0].compromised_at, Some(12));
+    }
+}

@@ -187,3 +187,64 @@ pub(crate) async fn finish(
     tracing::info!(credential = %stored.id, "FIDO assertion verified");
     Ok(attributes)
 }
+
+/// One assertion check as `checkAssertion` runs it, without its storage: for the benchmark of
+/// the server's verification time (`tests/benches/fido_assertion.rs`).
+pub struct AssertionCheck {
+    rp: webauthn_rs_core::WebauthnCore,
+    state: AuthenticationState,
+}
+
+/// Why a benchmarked assertion was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AssertionCheckError {
+    /// The stored credential or the response does not parse.
+    #[error("does not parse: {0}")]
+    Parse(String),
+    /// The response does not verify.
+    #[error("does not verify: {0}")]
+    Verify(String),
+}
+
+impl AssertionCheck {
+    /// A challenge for `credential` (as the server stores it: the library's JSON) at relying
+    /// party `rp_id` and `origin`; answers the check and the challenge (base64url) the
+    /// authenticator signs.
+    pub fn begin(
+        rp_id: &str,
+        origin: &str,
+        credential: &str,
+    ) -> Result<(Self, String), AssertionCheckError> {
+        let origin =
+            url::Url::parse(origin).map_err(|e| AssertionCheckError::Parse(e.to_string()))?;
+        let cred: Credential = serde_json::from_str(credential)
+            .map_err(|e| AssertionCheckError::Parse(e.to_string()))?;
+        let rp = webauthn_rs_core::WebauthnCore::new_unsafe_experts_only(
+            "bench",
+            rp_id,
+            vec![origin],
+            std::time::Duration::from_secs(super::CEREMONY_SECONDS as u64),
+            Some(false),
+            Some(false),
+        );
+        let builder = rp
+            .new_challenge_authenticate_builder(vec![cred], Some(UserVerificationPolicy::Preferred))
+            .map_err(|e| AssertionCheckError::Verify(e.to_string()))?;
+        let (options, state) = rp
+            .generate_challenge_authenticate(builder)
+            .map_err(|e| AssertionCheckError::Verify(e.to_string()))?;
+        let challenge = URL_SAFE_NO_PAD.encode(&options.public_key.challenge);
+        Ok((Self { rp, state }, challenge))
+    }
+
+    /// Parses and verifies the authenticator's answer (JSON, as the page posts it); answers
+    /// its signature counter.
+    pub fn verify(&self, response: &str) -> Result<u32, AssertionCheckError> {
+        let response: PublicKeyCredential = serde_json::from_str(response)
+            .map_err(|e| AssertionCheckError::Parse(e.to_string()))?;
+        self.rp
+            .authenticate_credential(&response, &self.state)
+            .map(|r| r.counter())
+            .map_err(|e| AssertionCheckError::Verify(describe(&e)))
+    }
+}
