@@ -189,23 +189,34 @@ async fn a_roaming_key_registers_and_signs_in(backend: Backend) {
     assert!(listed[0].get("aaguid").is_none(), "no attestation asked");
 
     // An ordinary sign-in now offers the key, and the mandatory method is satisfied.
-    let back = return_url(&server, "again");
-    let (flow_id, prompt) = hosted_flow(
-        &server,
-        "alice",
-        &back,
-        &[AuthenticationMethod::SecurityKey],
-    )
-    .await;
     let id = listed[0]["id"].as_str().unwrap().to_string();
-    // No authenticator in this browser: the page waits in ASSERTION_REQUIRED.
-    let mut page = PromptPage::open(&prompt, &["--return-prefix", &back]);
-    page.state("ASSERTION_REQUIRED").await;
-    drop(page);
-    let flow = server.customer.flow(&flow_id).await.unwrap();
+    let mut request = CreateFlowRequest::new("alice".parse().unwrap());
+    request.mandatory_methods = vec![AuthenticationMethod::SecurityKey];
+    let flow = server.customer.create_flow(&request).await.unwrap();
+    let flow = server
+        .customer
+        .flow_action(
+            flow.id.as_str(),
+            &FlowAction::Authenticate {
+                mobile_payload: None,
+                authorization_payload: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(flow.status, FlowStatus::AssertionRequired);
+    assert!(flow.actions.contains(&FlowActionName::CheckAssertion));
     assert_eq!(flow.devices.len(), 1);
     assert_eq!(flow.devices[0].id, format!("fido:{id}"));
-    assert!(flow.fido.unwrap().request_options.is_some());
+    let options = flow.fido.unwrap().request_options.unwrap();
+    assert_eq!(options["publicKey"]["rpId"], "localhost");
+    assert_eq!(
+        options["publicKey"]["allowCredentials"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Rename, then remove: the key is gone from the list and from the mandatory methods.
     let (status, renamed) = api(
@@ -321,7 +332,7 @@ async fn a_cloned_authenticator_is_caught_by_its_counter() {
     // One copy signs in (its counter rises past the stored one)…
     let back = return_url(&server, "first-copy");
     let (_, prompt) = hosted_flow(&server, "carl", &back, &[]).await;
-    let mut page = PromptPage::open(
+    let page = PromptPage::open(
         &prompt,
         &[
             "--return-prefix",
