@@ -357,6 +357,10 @@ async function addAuthenticator(context, page, args) {
       }
       const started = await page.evaluate(() => window.__tesseraFidoStart).catch(() => undefined);
       if (started !== undefined) say(`FIDO elapsed_ms=${Math.round(endedAt - started)}`);
+      // A virtual authenticator left attached holds the browser's shutdown for seconds.
+      await cdp.send("WebAuthn.removeVirtualAuthenticator", { authenticatorId }).catch(() => {});
+      await cdp.send("WebAuthn.disable").catch(() => {});
+      await cdp.detach().catch(() => {});
     },
   };
 }
