@@ -304,6 +304,11 @@ async fn a_platform_authenticator_with_user_verification(backend: Backend) {
         credentials(&server, "bea").await[0]["type"],
         "FIDO2_BIOMETRICS"
     );
+    // Deleting the user deletes their credentials: a new user of that id has none.
+    let (status, _) = api(&server, reqwest::Method::DELETE, "/v1/users/bea", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    server.user("bea").await;
+    assert!(credentials(&server, "bea").await.is_empty());
 }
 
 on_each_backend! {
