@@ -113,6 +113,15 @@ pub enum ErrorCode {
     /// The application requires a valid platform attestation at pairing and the registration
     /// carried none, or one that failed a check (the message says which).
     AttestationRequired,
+    /// A WebAuthn ceremony response did not verify (wrong origin, challenge, signature, user
+    /// verification, attestation or AAGUID, or a credential of someone else); the message says
+    /// which.
+    FidoVerificationFailed,
+    /// The FIDO credential's signature counter went backwards (a cloned authenticator): the
+    /// credential is flagged and refused until an administrator removes it.
+    FidoCredentialCompromised,
+    /// No such FIDO credential for this user.
+    FidoCredentialNotFound,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -169,6 +178,9 @@ impl ErrorCode {
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::CrossOriginRefused => "cross_origin_refused",
             ErrorCode::AttestationRequired => "attestation_required",
+            ErrorCode::FidoVerificationFailed => "fido_verification_failed",
+            ErrorCode::FidoCredentialCompromised => "fido_credential_compromised",
+            ErrorCode::FidoCredentialNotFound => "fido_credential_not_found",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -187,10 +199,13 @@ impl ErrorCode {
             | ErrorCode::InvalidPairingCode
             | ErrorCode::ResponseMismatch
             | ErrorCode::OtpInvalid
-            | ErrorCode::AttestationRequired => 400,
+            | ErrorCode::AttestationRequired
+            | ErrorCode::FidoVerificationFailed => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::PolicyDenied => 403,
             ErrorCode::CrossOriginRefused => 403,
+            ErrorCode::FidoCredentialCompromised => 403,
+            ErrorCode::FidoCredentialNotFound => 404,
             ErrorCode::NotFound
             | ErrorCode::UserNotFound
             | ErrorCode::DeviceNotFound

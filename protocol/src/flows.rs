@@ -47,11 +47,14 @@ pub enum FlowStatus {
     MfaFailed,
     /// Done: the flow was cancelled.
     Canceled,
+    /// A FIDO authenticator is asked: pass `fido.request_options` to
+    /// `navigator.credentials.get`, then `checkAssertion` with the credential.
+    AssertionRequired,
 }
 
 impl FlowStatus {
     /// Every status.
-    pub const ALL: [FlowStatus; 11] = [
+    pub const ALL: [FlowStatus; 12] = [
         Self::AuthenticationRequired,
         Self::DeviceSelectionRequired,
         Self::PushConfirmationWaiting,
@@ -63,6 +66,7 @@ impl FlowStatus {
         Self::MfaCompleted,
         Self::MfaFailed,
         Self::Canceled,
+        Self::AssertionRequired,
     ];
 
     /// The wire text.
@@ -79,6 +83,7 @@ impl FlowStatus {
             Self::MfaCompleted => "MFA_COMPLETED",
             Self::MfaFailed => "MFA_FAILED",
             Self::Canceled => "CANCELED",
+            Self::AssertionRequired => "ASSERTION_REQUIRED",
         }
     }
 
@@ -116,6 +121,13 @@ pub enum FlowActionName {
     ContinueAuthentication,
     /// Complete the flow with one of the user's single-use recovery codes.
     CheckRecoveryCode,
+    /// Check a FIDO assertion (`ASSERTION_REQUIRED`).
+    CheckAssertion,
+    /// Start registering a FIDO authenticator for a missing mandatory method
+    /// (`MFA_SETUP_REQUIRED`).
+    StartRegistration,
+    /// Check the new FIDO credential (`MFA_SETUP_REQUIRED`, after `startRegistration`).
+    CheckRegistration,
 }
 
 impl FlowActionName {
@@ -131,6 +143,9 @@ impl FlowActionName {
             Self::CancelAuthentication => "cancelAuthentication",
             Self::ContinueAuthentication => "continueAuthentication",
             Self::CheckRecoveryCode => "checkRecoveryCode",
+            Self::CheckAssertion => "checkAssertion",
+            Self::StartRegistration => "startRegistration",
+            Self::CheckRegistration => "checkRegistration",
         }
     }
 }
@@ -180,6 +195,29 @@ pub enum FlowAction {
         /// The recovery code as typed (dashes, spaces and case are ignored).
         recovery_code: String,
     },
+    /// Check a FIDO assertion: the credential `navigator.credentials.get` returned, as JSON
+    /// (`id`, `rawId`, `type`, `response` with `authenticatorData`, `clientDataJSON`,
+    /// `signature`, `userHandle`, all base64url).
+    CheckAssertion {
+        /// The credential, as JSON.
+        #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+        credential: serde_json::Value,
+    },
+    /// Start registering a FIDO authenticator for a missing mandatory method: `SECURITY_KEY`
+    /// (a roaming key) or `PLATFORM` (the device's own authenticator).
+    StartRegistration {
+        /// Which method.
+        method: AuthenticationMethod,
+    },
+    /// Check the new credential `navigator.credentials.create` returned, as JSON.
+    CheckRegistration {
+        /// The credential, as JSON.
+        #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+        credential: serde_json::Value,
+        /// A name for it (default: the kind of authenticator).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nickname: Option<String>,
+    },
 }
 
 impl FlowAction {
@@ -195,6 +233,9 @@ impl FlowAction {
             Self::CancelAuthentication {} => FlowActionName::CancelAuthentication,
             Self::ContinueAuthentication {} => FlowActionName::ContinueAuthentication,
             Self::CheckRecoveryCode { .. } => FlowActionName::CheckRecoveryCode,
+            Self::CheckAssertion { .. } => FlowActionName::CheckAssertion,
+            Self::StartRegistration { .. } => FlowActionName::StartRegistration,
+            Self::CheckRegistration { .. } => FlowActionName::CheckRegistration,
         }
     }
 }
@@ -342,6 +383,12 @@ pub enum FlowDeviceType {
     Email,
     /// A registered OATH token (TOTP app, YubiKey, hardware token, desktop).
     OathToken,
+    /// A FIDO security key (roaming authenticator).
+    SecurityKey,
+    /// A FIDO platform authenticator registered without user verification.
+    Platform,
+    /// A FIDO platform authenticator registered with user verification (biometrics or PIN).
+    Fido2Biometrics,
 }
 
 /// One device the user can pick.
@@ -527,6 +574,10 @@ pub struct FlowState {
     /// How it ended, once final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<FlowResult>,
+    /// The WebAuthn ceremony waited for (`ASSERTION_REQUIRED`, or `MFA_SETUP_REQUIRED` after
+    /// `startRegistration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fido: Option<FlowFido>,
     /// A hosted flow's page: `{public_url}/prompt#<browser token>` (the token, the page's only
     /// credential, in the fragment so it never reaches a `Referer` or an access log). Only in
     /// the creation answer: the server keeps the token's hash, not the token.
@@ -582,6 +633,9 @@ pub struct FlowBrowserState {
     /// How the flow ended, once final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<FlowResultStatus>,
+    /// The WebAuthn ceremony the page runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fido: Option<FlowFido>,
     /// Where the page goes once the flow is over.
     pub return_url: String,
     /// The language of `texts` (a BCP 47 tag).
@@ -680,4 +734,23 @@ mod tests {
         let extra = serde_json::from_str::<FlowAction>(r#"{"action":"useCode","otp":"1"}"#);
         assert!(extra.is_err(), "unknown members are refused");
     }
+}
+
+/// A WebAuthn ceremony a flow waits for: exactly one of the two option sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FlowFido {
+    /// `ASSERTION_REQUIRED`: `{"publicKey": …}` for `navigator.credentials.get` (binary
+    /// members base64url).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub request_options: Option<serde_json::Value>,
+    /// After `startRegistration`: `{"publicKey": …}` for `navigator.credentials.create`
+    /// (binary members base64url).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub creation_options: Option<serde_json::Value>,
+    /// The method being registered (`SECURITY_KEY` or `PLATFORM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registering: Option<AuthenticationMethod>,
 }

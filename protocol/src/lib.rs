@@ -83,6 +83,7 @@ pub mod display;
 pub mod envelope;
 pub mod error;
 pub mod events;
+pub mod fido;
 pub mod flows;
 pub mod ids;
 pub mod jwk;

@@ -146,6 +146,7 @@
       if (err.status === 401) return invalidLink();
       if (err.code === "otp_invalid") return showError(t("otp-invalid"));
       if (err.code === "otp_locked") return showError(t("result-otp_locked"));
+      if (/^fido_/.test(err.code)) return showFidoError(err.code);
       return showError(t("error-generic"));
     }
     showError(t("error-network"));
@@ -197,6 +198,9 @@
       VOICE: "device-voice",
       EMAIL: "device-email",
       OATH_TOKEN: "device-oath",
+      SECURITY_KEY: "device-security-key",
+      PLATFORM: "device-platform",
+      FIDO2_BIOMETRICS: "device-fido2-biometrics",
     }[device.type] || "device-mobile";
     var label = t(kind) + " " + device.nickname;
     if (device.default) label += " " + t("default-device");
@@ -327,6 +331,7 @@
       }
       case "MOBILE_PAIRING_REQUIRED": return t("pairing-title");
       case "MFA_SETUP_REQUIRED": return t("setup-title");
+      case "ASSERTION_REQUIRED": return t("fido-assertion");
       default:
         if (FINAL[s.status]) return t("result-" + (s.result || (s.status === "CANCELED" ? "canceled" : "failed")));
         return t("loading");
@@ -411,7 +416,11 @@
           });
           body.appendChild(list);
         }
+        fidoSetupControls(s);
         if (allowed("continueAuthentication")) actionsBox.appendChild(button(t("continue"), function () { act("continueAuthentication"); }, true, "continueAuthentication"));
+        break;
+      case "ASSERTION_REQUIRED":
+        fidoAssertionControls(s);
         break;
       default:
         break;
@@ -444,6 +453,172 @@
       actionsBox.appendChild(button(t("cancel"), function () { act("cancelAuthentication"); }, false, "cancelAuthentication"));
     }
     announce(main + (s.number_to_show !== undefined && s.number_to_show !== null ? " " + t("push-number") + " " + s.number_to_show : ""));
+    fidoAfterRender(s);
+  }
+
+  /* ---------------------------------------------------------------------------------------
+   * WebAuthn (FIDO2): the two ceremonies with navigator.credentials. The server sends the
+   * options as JSON with binary members in base64url; they become ArrayBuffers here, and the
+   * authenticator's answer goes back as JSON with base64url members (the shape the server's
+   * WebAuthn library reads). A ceremony runs by itself once per flow version (and again on the
+   * user's click), once per challenge; a refused one asks the server for a new challenge ("Try again").
+   * ------------------------------------------------------------------------------------- */
+
+  var fidoRanForChallenge = "";
+
+  function b64urlToBuffer(text) {
+    var base64 = String(text).replace(/-/g, "+").replace(/_/g, "/");
+    while (base64.length % 4) base64 += "=";
+    var binary = atob(base64);
+    var bytes = new Uint8Array(binary.length);
+    for (var i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    return bytes.buffer;
+  }
+
+  function bufferToB64url(buffer) {
+    if (!buffer) return null;
+    var bytes = new Uint8Array(buffer);
+    var binary = "";
+    for (var i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
+    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function descriptors(list) {
+    return (list || []).map(function (d) {
+      var out = { type: d.type, id: b64urlToBuffer(d.id) };
+      if (d.transports) out.transports = d.transports;
+      return out;
+    });
+  }
+
+  function requestOptions(options) {
+    var pk = Object.assign({}, options.publicKey);
+    pk.challenge = b64urlToBuffer(pk.challenge);
+    pk.allowCredentials = descriptors(pk.allowCredentials);
+    return { publicKey: pk };
+  }
+
+  function creationOptions(options) {
+    var pk = Object.assign({}, options.publicKey);
+    pk.challenge = b64urlToBuffer(pk.challenge);
+    pk.user = Object.assign({}, pk.user, { id: b64urlToBuffer(pk.user.id) });
+    pk.excludeCredentials = descriptors(pk.excludeCredentials);
+    return { publicKey: pk };
+  }
+
+  function extensionResults(credential) {
+    try { return credential.getClientExtensionResults() || {}; } catch (e) { return {}; }
+  }
+
+  function assertionJson(credential) {
+    var r = credential.response;
+    return {
+      id: credential.id,
+      rawId: bufferToB64url(credential.rawId),
+      type: credential.type,
+      response: {
+        authenticatorData: bufferToB64url(r.authenticatorData),
+        clientDataJSON: bufferToB64url(r.clientDataJSON),
+        signature: bufferToB64url(r.signature),
+        userHandle: bufferToB64url(r.userHandle),
+      },
+      extensions: extensionResults(credential),
+    };
+  }
+
+  function registrationJson(credential) {
+    var r = credential.response;
+    var out = {
+      id: credential.id,
+      rawId: bufferToB64url(credential.rawId),
+      type: credential.type,
+      response: {
+        attestationObject: bufferToB64url(r.attestationObject),
+        clientDataJSON: bufferToB64url(r.clientDataJSON),
+      },
+      extensions: extensionResults(credential),
+    };
+    if (typeof r.getTransports === "function") out.response.transports = r.getTransports();
+    return out;
+  }
+
+  function fidoSupported() {
+    return !!(window.PublicKeyCredential && navigator.credentials);
+  }
+
+  function showFidoError(code) {
+    showError(t("fido-failed"));
+    errorBox.setAttribute("data-code", code);
+  }
+
+  function runAssertion() {
+    var fido = state && state.fido;
+    if (!fido || !fido.request_options || busy) return;
+    if (!fidoSupported()) return showError(t("fido-unsupported"));
+    showError("");
+    errorBox.removeAttribute("data-code");
+    navigator.credentials.get(requestOptions(fido.request_options)).then(function (credential) {
+      return act("checkAssertion", { credential: assertionJson(credential) });
+    }, function () {
+      showFidoError("fido_ceremony_failed");
+    });
+  }
+
+  function runRegistration() {
+    var fido = state && state.fido;
+    if (!fido || !fido.creation_options || busy) return;
+    if (!fidoSupported()) return showError(t("fido-unsupported"));
+    showError("");
+    errorBox.removeAttribute("data-code");
+    navigator.credentials.create(creationOptions(fido.creation_options)).then(function (credential) {
+      return act("checkRegistration", { credential: registrationJson(credential) });
+    }, function () {
+      showFidoError("fido_ceremony_failed");
+    });
+  }
+
+  function fidoAssertionControls(s) {
+    if (s.fido && s.fido.request_options) {
+      actionsBox.appendChild(button(t("fido-start"), runAssertion, true, "checkAssertion"));
+    }
+    if (allowed("authenticate")) {
+      actionsBox.appendChild(button(t("fido-retry"), function () { act("authenticate"); }, false, "authenticate"));
+    }
+  }
+
+  function fidoSetupControls(s) {
+    if (!allowed("startRegistration") || !s.mfa_setup) return;
+    [["SECURITY_KEY", "fido-register-security-key"], ["PLATFORM", "fido-register-platform"]].forEach(function (pair) {
+      if (s.mfa_setup.missing.indexOf(pair[0]) < 0) return;
+      var b = button(t(pair[1]), function () { act("startRegistration", { method: pair[0] }); }, true, "startRegistration");
+      b.setAttribute("data-method", pair[0]);
+      actionsBox.appendChild(b);
+    });
+  }
+
+  // A ceremony the flow waits for starts by itself, once per challenge (a refused answer
+  // consumes the challenge: the user asks for a new one with "Try again").
+  function fidoAfterRender(s) {
+    var options = s.fido && (s.fido.request_options || s.fido.creation_options);
+    var challenge = options && options.publicKey && options.publicKey.challenge;
+    if (!challenge || fidoRanForChallenge === challenge) return;
+    fidoRanForChallenge = challenge;
+    if (s.status === "ASSERTION_REQUIRED" && s.fido.request_options) {
+      whenIdle(runAssertion, challenge);
+    } else if (s.status === "MFA_SETUP_REQUIRED" && s.fido.creation_options) {
+      whenIdle(runRegistration, challenge);
+    }
+  }
+
+  // Runs `ceremony` once no action is under way, if the flow still waits for `challenge`.
+  function whenIdle(ceremony, challenge) {
+    if (leaving) return;
+    if (busy) {
+      setTimeout(function () { whenIdle(ceremony, challenge); }, 50);
+      return;
+    }
+    var options = state.fido && (state.fido.request_options || state.fido.creation_options);
+    if (options && options.publicKey && options.publicKey.challenge === challenge) ceremony();
   }
 
   // Goes back to the application, to the return_url exactly as the flow was given it (the

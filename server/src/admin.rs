@@ -859,3 +859,62 @@ pub async fn issue_recovery_codes(
     .await
     .map_err(|e| crate::error::admin_error(e, "user"))
 }
+
+/// FIDO2 settings from the command line's words (`required`/`preferred`, `none`/`direct`).
+pub fn fido_settings_from_args(
+    rp_id: Option<String>,
+    allowed_origins: Vec<String>,
+    user_verification: &str,
+    attestation: &str,
+    allowed_aaguids: Vec<String>,
+    discoverable_credentials: bool,
+) -> Result<tessera_protocol::fido::FidoSettings, ServerError> {
+    use tessera_protocol::fido::{FidoAttestation, FidoUserVerification};
+    let user_verification = match user_verification {
+        "required" => FidoUserVerification::Required,
+        "preferred" => FidoUserVerification::Preferred,
+        _ => {
+            return Err(ServerError::InvalidInput(
+                "--user-verification must be required or preferred".into(),
+            ));
+        }
+    };
+    let attestation = match attestation {
+        "none" => FidoAttestation::None,
+        "direct" => FidoAttestation::Direct,
+        _ => {
+            return Err(ServerError::InvalidInput(
+                "--attestation must be none or direct".into(),
+            ));
+        }
+    };
+    Ok(tessera_protocol::fido::FidoSettings {
+        rp_id,
+        allowed_origins,
+        user_verification,
+        attestation,
+        allowed_aaguids,
+        discoverable_credentials,
+    })
+}
+
+/// The application's FIDO2 settings.
+pub async fn fido_settings(
+    db: &Database,
+    app: &ApplicationId,
+) -> Result<tessera_protocol::fido::FidoSettings, ServerError> {
+    crate::domain::fido::settings::get(db, app)
+        .await
+        .map_err(|e| crate::error::admin_error(e, "application"))
+}
+
+/// Replaces the application's FIDO2 settings (checked as the customer API checks them).
+pub async fn set_fido_settings(
+    db: &Database,
+    app: &ApplicationId,
+    settings: tessera_protocol::fido::FidoSettings,
+) -> Result<tessera_protocol::fido::FidoSettings, ServerError> {
+    crate::domain::fido::settings::set(db, app, settings)
+        .await
+        .map_err(|e| crate::error::admin_error(e, "application"))
+}

@@ -100,6 +100,10 @@ pub mod attestation {
         meets_requirements, parse_revocation_status, shortfall,
     };
 }
+/// FIDO2 / WebAuthn verification as the flows run it, for benchmarks.
+pub mod fido {
+    pub use crate::domain::fido::authentication::{AssertionCheck, AssertionCheckError};
+}
 pub mod qr_render;
 pub mod secrets;
 mod server;

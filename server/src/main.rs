@@ -719,6 +719,35 @@ enum AdminCommand {
         /// The user.
         user_id: String,
     },
+    /// Replaces the application's FIDO2 / WebAuthn settings (see docs/fido.md).
+    SetFido {
+        /// The application.
+        application_id: String,
+        /// The relying party id (default: the host of the public URL).
+        #[arg(long)]
+        rp_id: Option<String>,
+        /// An origin ceremonies may come from, `https://host[:port]` (repeatable; default: the
+        /// server's own).
+        #[arg(long = "origin")]
+        origins: Vec<String>,
+        /// `required` or `preferred` (the default).
+        #[arg(long, default_value = "preferred")]
+        user_verification: String,
+        /// `none` (the default) or `direct`.
+        #[arg(long, default_value = "none")]
+        attestation: String,
+        /// An authenticator model accepted with `direct` attestation (repeatable).
+        #[arg(long = "aaguid")]
+        aaguids: Vec<String>,
+        /// Register discoverable credentials (passkeys).
+        #[arg(long)]
+        discoverable: bool,
+    },
+    /// Shows the application's FIDO2 / WebAuthn settings.
+    Fido {
+        /// The application.
+        application_id: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -1243,6 +1272,32 @@ async fn run_admin(
             let app = parse_app(&application_id)?;
             let stored = admin::attestation_settings(&db, &app).await?;
             json!({"application_id": app, "attestation": stored})
+        }
+        AdminCommand::SetFido {
+            application_id,
+            rp_id,
+            origins,
+            user_verification,
+            attestation,
+            aaguids,
+            discoverable,
+        } => {
+            let app = parse_app(&application_id)?;
+            let settings = admin::fido_settings_from_args(
+                rp_id,
+                origins,
+                &user_verification,
+                &attestation,
+                aaguids,
+                discoverable,
+            )?;
+            let stored = admin::set_fido_settings(&db, &app, settings).await?;
+            json!({"application_id": app, "fido": stored})
+        }
+        AdminCommand::Fido { application_id } => {
+            let app = parse_app(&application_id)?;
+            let stored = admin::fido_settings(&db, &app).await?;
+            json!({"application_id": app, "fido": stored})
         }
         AdminCommand::SetQrPolicy {
             application_id,

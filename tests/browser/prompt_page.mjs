@@ -5,6 +5,17 @@
 //   node prompt_page.mjs URL [--return-prefix PREFIX] [--pick-device N] [--use-code]
 //                            [--type-code-from FILE] [--click ACTION] [--accept-language TAGS]
 //                            [--width PX] [--timeout S]
+//                            [--authenticator usb|internal[:uv]] [--import-credentials FILE]
+//                            [--export-credentials FILE] [--drop-allow-credentials]
+//
+// WebAuthn (FIDO2): --authenticator adds a virtual CTAP2 authenticator to the page through the
+// DevTools WebAuthn domain (usb: a roaming security key; internal: a platform authenticator;
+// :uv: it verifies the user); --import-credentials adds the credentials a file holds (as
+// WebAuthn.getCredentials answered them: a cloned authenticator), --export-credentials writes
+// the authenticator's credentials to a file when the page ends, and --drop-allow-credentials
+// makes navigator.credentials.get ignore the server's allow list (the authenticator then offers
+// any credential it holds, as an attacker's would). The FINAL line is followed by
+// `FIDO elapsed_ms=<n>` when an authenticator was used: from the first ceremony to the end.
 //
 // Prints one line per event on stdout:
 //   METRICS bytes=<n> tti_ms=<n> first_state_ms=<n> dom_interactive_ms=<n>
@@ -31,7 +42,7 @@
 // PUSH_CONFIRMATION_WAITING, --type-code-from FILE on OTP_REQUIRED (waits for FILE to hold a
 // code), --click ACTION on the first state offering it.
 
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import readline from "node:readline";
 import { chromium } from "playwright-core";
 
@@ -39,7 +50,7 @@ const FINAL = new Set(["MFA_COMPLETED", "MFA_FAILED", "CANCELED", "INVALID"]);
 const ROOT = "#prompt";
 
 function parseArgs(argv) {
-  const args = { url: null, returnPrefix: null, pickDevice: null, useCode: false, codeFile: null, click: null, acceptLanguage: null, width: 360, timeout: 120 };
+  const args = { url: null, returnPrefix: null, pickDevice: null, useCode: false, codeFile: null, click: null, acceptLanguage: null, width: 360, timeout: 120, authenticator: null, importCredentials: null, exportCredentials: null, dropAllowCredentials: false };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (a === "--return-prefix") args.returnPrefix = argv[++i];
@@ -50,6 +61,10 @@ function parseArgs(argv) {
     else if (a === "--accept-language") args.acceptLanguage = argv[++i];
     else if (a === "--width") args.width = Number(argv[++i]);
     else if (a === "--timeout") args.timeout = Number(argv[++i]);
+    else if (a === "--authenticator") args.authenticator = argv[++i];
+    else if (a === "--import-credentials") args.importCredentials = argv[++i];
+    else if (a === "--export-credentials") args.exportCredentials = argv[++i];
+    else if (a === "--drop-allow-credentials") args.dropAllowCredentials = true;
     else if (!args.url && !a.startsWith("--")) args.url = a;
     else throw new Error(`unknown argument ${a}`);
   }
@@ -158,6 +173,8 @@ async function main() {
     else start();
   }, ROOT);
 
+  const webauthn = await addAuthenticator(context, page, args);
+
   const response = await page.goto(args.url, { waitUntil: "domcontentloaded" });
   if (!response || !response.ok()) await fail(`page load: HTTP ${response ? response.status() : "?"}`);
 
@@ -243,6 +260,7 @@ async function main() {
       const text = await page.locator(ROOT).innerText();
       say(`FINAL ${event.state}`);
       say(`TEXT ${text}`);
+      if (webauthn) await webauthn.finish(event.at);
       if (event.state !== "INVALID" && args.returnPrefix) {
         await page.waitForURL((u) => u.href.startsWith(args.returnPrefix), { timeout: 15000 });
         say(`RETURNED ${page.url()}`);
@@ -280,6 +298,71 @@ async function main() {
       await act(`click ${args.click}`);
     }
   }
+}
+
+// The virtual authenticator (DevTools WebAuthn domain), if asked for.
+async function addAuthenticator(context, page, args) {
+  if (!args.authenticator) return null;
+  const [transport, flag] = args.authenticator.split(":");
+  const uv = flag === "uv";
+  if (args.dropAllowCredentials) {
+    await page.addInitScript(() => {
+      const get = navigator.credentials.get.bind(navigator.credentials);
+      navigator.credentials.get = (options) => {
+        if (options && options.publicKey) options.publicKey.allowCredentials = [];
+        return get(options);
+      };
+    });
+  }
+  await page.addInitScript(() => {
+    const wrap = (name) => {
+      const original = navigator.credentials[name].bind(navigator.credentials);
+      navigator.credentials[name] = (options) => {
+        if (window.__tesseraFidoStart === undefined) window.__tesseraFidoStart = performance.now();
+        return original(options);
+      };
+    };
+    wrap("get");
+    wrap("create");
+  });
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: {
+      protocol: "ctap2",
+      transport,
+      hasResidentKey: true,
+      hasUserVerification: uv,
+      isUserVerified: uv,
+      automaticPresenceSimulation: true,
+    },
+  });
+  if (args.importCredentials) {
+    const credentials = JSON.parse(readFileSync(args.importCredentials, "utf8"));
+    for (const credential of credentials) {
+      const copy = { ...credential };
+      if (args.dropAllowCredentials) {
+        // Offered without an allow list, so it must be discoverable.
+        copy.isResidentCredential = true;
+        copy.userHandle = copy.userHandle || Buffer.from("someone-else").toString("base64");
+      }
+      await cdp.send("WebAuthn.addCredential", { authenticatorId, credential: copy });
+    }
+  }
+  return {
+    async finish(endedAt) {
+      if (args.exportCredentials) {
+        const { credentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
+        writeFileSync(args.exportCredentials, JSON.stringify(credentials));
+      }
+      const started = await page.evaluate(() => window.__tesseraFidoStart).catch(() => undefined);
+      if (started !== undefined) say(`FIDO elapsed_ms=${Math.round(endedAt - started)}`);
+      // A virtual authenticator left attached holds the browser's shutdown for seconds.
+      await cdp.send("WebAuthn.removeVirtualAuthenticator", { authenticatorId }).catch(() => {});
+      await cdp.send("WebAuthn.disable").catch(() => {});
+      await cdp.detach().catch(() => {});
+    },
+  };
 }
 
 async function waitForFile(file) {

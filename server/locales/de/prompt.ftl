@@ -56,3 +56,14 @@ expires-in = Verbleibende Zeit:
 use-recovery-code = Einen Wiederherstellungscode verwenden
 recovery-code-label = Wiederherstellungscode
 result-bypassed = Sie sind mit einer Ausnahme des Administrators angemeldet.
+# FIDO2 / WebAuthn (docs/fido.md)
+device-security-key = Sicherheitsschlüssel
+device-platform = Dieses Gerät
+device-fido2-biometrics = Dieses Gerät (Fingerabdruck, Gesicht oder PIN)
+fido-assertion = Melden Sie sich mit Ihrem Sicherheitsschlüssel oder der Bildschirmsperre dieses Geräts an.
+fido-start = Sicherheitsschlüssel oder Gerät verwenden
+fido-retry = Erneut versuchen
+fido-failed = Das hat nicht funktioniert. Versuchen Sie es erneut oder wählen Sie eine andere Methode.
+fido-unsupported = Dieser Browser kann keine Sicherheitsschlüssel verwenden.
+fido-register-security-key = Sicherheitsschlüssel registrieren
+fido-register-platform = Dieses Gerät registrieren

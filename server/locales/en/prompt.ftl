@@ -56,3 +56,14 @@ expires-in = Time left:
 use-recovery-code = Use a recovery code
 recovery-code-label = Recovery code
 result-bypassed = You signed in with an administrator's bypass.
+# FIDO2 / WebAuthn (docs/fido.md)
+device-security-key = Security key
+device-platform = This device
+device-fido2-biometrics = This device (fingerprint, face or PIN)
+fido-assertion = Use your security key or this device's screen lock to sign in.
+fido-start = Use security key or device
+fido-retry = Try again
+fido-failed = That did not work. Try again or choose another method.
+fido-unsupported = This browser cannot use security keys.
+fido-register-security-key = Register a security key
+fido-register-platform = Register this device

@@ -56,3 +56,14 @@ expires-in = Temps restant :
 use-recovery-code = Utiliser un code de récupération
 recovery-code-label = Code de récupération
 result-bypassed = Vous êtes connecté grâce à une exemption de l'administrateur.
+# FIDO2 / WebAuthn (docs/fido.md)
+device-security-key = Clé de sécurité
+device-platform = Cet appareil
+device-fido2-biometrics = Cet appareil (empreinte, visage ou code)
+fido-assertion = Utilisez votre clé de sécurité ou le verrouillage d’écran de cet appareil pour vous connecter.
+fido-start = Utiliser la clé de sécurité ou l’appareil
+fido-retry = Réessayer
+fido-failed = Cela n’a pas fonctionné. Réessayez ou choisissez une autre méthode.
+fido-unsupported = Ce navigateur ne peut pas utiliser de clé de sécurité.
+fido-register-security-key = Enregistrer une clé de sécurité
+fido-register-platform = Enregistrer cet appareil

@@ -27,11 +27,12 @@ use tessera_protocol::authentication::{
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
+use tessera_protocol::fido::FidoCredentialType;
 use tessera_protocol::flows::{
     CreateFlowRequest, DEVICE_AUTHORIZATION_MAX_LIFETIME, DeviceAuthorization, DeviceSelection,
-    FlowAction, FlowActionName, FlowDevice, FlowDeviceType, FlowEventRecord, FlowHistory, FlowId,
-    FlowMfaSetup, FlowOtp, FlowOtpSource, FlowPairing, FlowPush, FlowResult, FlowResultStatus,
-    FlowState, FlowStatus, HostedPrompt,
+    FlowAction, FlowActionName, FlowDevice, FlowDeviceType, FlowEventRecord, FlowFido, FlowHistory,
+    FlowId, FlowMfaSetup, FlowOtp, FlowOtpSource, FlowPairing, FlowPush, FlowResult,
+    FlowResultStatus, FlowState, FlowStatus, HostedPrompt,
 };
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::DeviceRegistration;
@@ -41,8 +42,8 @@ use super::device_auth::verify_possession_signed;
 use super::events::{Topic, wait_for};
 use super::outcome::{self, DomainEvent, Ending, FollowUpFuture};
 use super::{
-    Ctx, DomainError, authentication, backup, bypass, device_verification, hosted, methods, otp,
-    pairing, policy,
+    Ctx, DomainError, authentication, backup, bypass, device_verification, fido, hosted, methods,
+    otp, pairing, policy,
 };
 use crate::store::applications::{self, Application};
 use crate::store::authentications::{self, Authentication};
@@ -85,6 +86,22 @@ struct OtpStep {
     challenge_id: Option<String>,
 }
 
+/// The WebAuthn ceremony a flow waits for, with what only the server may know (its id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FidoStep {
+    /// The stored ceremony (taken once by the response).
+    ceremony_id: String,
+    /// `ASSERTION_REQUIRED`: the options for `navigator.credentials.get`.
+    #[serde(default)]
+    request_options: Option<serde_json::Value>,
+    /// After `startRegistration`: the options for `navigator.credentials.create`.
+    #[serde(default)]
+    creation_options: Option<serde_json::Value>,
+    /// The method being registered.
+    #[serde(default)]
+    registering: Option<AuthenticationMethod>,
+}
+
 /// The flow's model, stored as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Data {
@@ -111,6 +128,9 @@ struct Data {
     /// The user had unused recovery codes when the flow started: `checkRecoveryCode` is offered.
     #[serde(default)]
     recovery_codes: bool,
+    /// The WebAuthn ceremony waited for.
+    #[serde(default)]
+    fido: Option<FidoStep>,
 }
 
 /// A flow as loaded.
@@ -155,6 +175,11 @@ impl Flow {
             pairing: d.pairing.clone(),
             mfa_setup: d.mfa_setup.clone(),
             result: d.result.clone(),
+            fido: d.fido.as_ref().map(|f| FlowFido {
+                request_options: f.request_options.clone(),
+                creation_options: f.creation_options.clone(),
+                registering: f.registering,
+            }),
             prompt_url: None,
         }
     }
@@ -244,6 +269,27 @@ fn allowed_actions(flow: &Flow) -> Vec<FlowActionName> {
         FlowStatus::MfaSetupRequired => {
             add(true, Authenticate);
             add(true, ContinueAuthentication);
+            let missing_fido = flow.data.mfa_setup.as_ref().is_some_and(|s| {
+                s.missing.iter().any(|m| {
+                    matches!(
+                        m,
+                        AuthenticationMethod::SecurityKey | AuthenticationMethod::Platform
+                    )
+                })
+            });
+            add(missing_fido, StartRegistration);
+            add(
+                flow.data
+                    .fido
+                    .as_ref()
+                    .is_some_and(|f| f.creation_options.is_some()),
+                CheckRegistration,
+            );
+        }
+        FlowStatus::AssertionRequired => {
+            add(true, CheckAssertion);
+            add(true, Authenticate);
+            add(switch, SelectDevice);
         }
         FlowStatus::MfaCompleted | FlowStatus::MfaFailed | FlowStatus::Canceled => {}
     }
@@ -559,6 +605,7 @@ pub(crate) async fn create(
         result: None,
         policy: None,
         recovery_codes: false,
+        fido: None,
     };
     let now = ctx.now();
     let status = FlowStatus::AuthenticationRequired;
@@ -771,6 +818,16 @@ pub(crate) async fn act(
         FlowAction::CheckRecoveryCode { recovery_code } => {
             check_recovery_code(ctx, app, &claimed, &recovery_code).await
         }
+        FlowAction::CheckAssertion { credential } => {
+            check_assertion(ctx, app, &claimed, credential).await
+        }
+        FlowAction::StartRegistration { method } => {
+            start_registration(ctx, app, &claimed, method).await
+        }
+        FlowAction::CheckRegistration {
+            credential,
+            nickname,
+        } => check_registration(ctx, app, &claimed, credential, nickname).await,
         FlowAction::Poll { .. } => return Err(not_allowed(&flow)),
     };
     let (status, data) = match step {
@@ -1025,6 +1082,9 @@ fn device_method_rank(device: &FlowDevice, methods: &[PolicyMethod]) -> Option<u
         FlowDeviceType::Voice => *m == PolicyMethod::Voice,
         FlowDeviceType::Email => *m == PolicyMethod::Email,
         FlowDeviceType::OathToken => *m == PolicyMethod::Oath,
+        FlowDeviceType::SecurityKey
+        | FlowDeviceType::Platform
+        | FlowDeviceType::Fido2Biometrics => *m == PolicyMethod::Fido2,
     })
 }
 
@@ -1187,6 +1247,21 @@ async fn list_devices(
             default: false,
         });
     }
+    for credential in crate::store::fido_credentials::list_for_user(&ctx.db, app, user).await? {
+        if !fido::authentication::usable(&credential) {
+            continue;
+        }
+        devices.push(FlowDevice {
+            id: format!("fido:{}", credential.id),
+            device_type: match credential.kind {
+                FidoCredentialType::SecurityKey => FlowDeviceType::SecurityKey,
+                FidoCredentialType::Platform => FlowDeviceType::Platform,
+                FidoCredentialType::Fido2Biometrics => FlowDeviceType::Fido2Biometrics,
+            },
+            nickname: credential.nickname.clone(),
+            default: false,
+        });
+    }
     let contacts = backup::get_contacts(ctx, app, user).await?;
     for channel in &options.backup_channels {
         let (device_type, to) = match channel {
@@ -1226,6 +1301,7 @@ async fn use_device(
     data.selected_device = Some(device.id.clone());
     data.push = None;
     data.otp = None;
+    data.fido = None;
     let user = &flow.stored.user_id;
     match device.device_type {
         FlowDeviceType::Mobile => {
@@ -1277,6 +1353,20 @@ async fn use_device(
                 expires_at: status.expires_at,
             });
             Ok((FlowStatus::PushConfirmationWaiting, data))
+        }
+        FlowDeviceType::SecurityKey
+        | FlowDeviceType::Platform
+        | FlowDeviceType::Fido2Biometrics => {
+            let only = device.id.strip_prefix("fido:");
+            let (options, ceremony_id) =
+                fido::authentication::start(ctx, app, user, flow.stored.id.as_str(), only).await?;
+            data.fido = Some(FidoStep {
+                ceremony_id,
+                request_options: Some(options),
+                creation_options: None,
+                registering: None,
+            });
+            Ok((FlowStatus::AssertionRequired, data))
         }
         FlowDeviceType::OathToken => {
             data.otp = Some(OtpStep {
@@ -1507,6 +1597,124 @@ async fn continue_authentication(
     }
 }
 
+/// `checkAssertion`: the FIDO assertion the flow waits for (its ceremony is taken once: a
+/// replayed answer, or one to an older challenge, is refused).
+async fn check_assertion(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    credential: serde_json::Value,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let step = flow
+        .data
+        .fido
+        .as_ref()
+        .filter(|f| f.request_options.is_some())
+        .ok_or(DomainError::Internal(
+            "a flow waits for an assertion it lacks",
+        ))?;
+    let attributes = fido::authentication::finish(
+        ctx,
+        app,
+        &flow.stored.user_id,
+        flow.stored.id.as_str(),
+        &step.ceremony_id,
+        credential,
+    )
+    .await?;
+    let mut done = result(FlowResultStatus::Authenticated);
+    done.attributes = attributes;
+    authentication::accessing_attributes(
+        ctx,
+        flow.data.options.accessing_ip.as_deref(),
+        &mut done.attributes,
+    );
+    done.policy = flow.data.policy.clone();
+    let mut data = flow.data.clone();
+    data.fido = None;
+    Ok((FlowStatus::MfaCompleted, finished(data, done)))
+}
+
+/// `startRegistration`: asks the browser to create a credential for a missing mandatory FIDO
+/// method (`SECURITY_KEY` or `PLATFORM`); the flow stays in `MFA_SETUP_REQUIRED` with the
+/// creation options.
+async fn start_registration(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    method: AuthenticationMethod,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let missing = flow
+        .data
+        .mfa_setup
+        .as_ref()
+        .is_some_and(|s| s.missing.contains(&method));
+    if !missing {
+        return Err(DomainError::invalid(
+            "startRegistration registers a missing mandatory method: SECURITY_KEY or PLATFORM",
+        ));
+    }
+    let (options, ceremony_id) = fido::registration::start(
+        ctx,
+        app,
+        &flow.stored.user_id,
+        flow.stored.id.as_str(),
+        method,
+    )
+    .await?;
+    let mut data = flow.data.clone();
+    data.fido = Some(FidoStep {
+        ceremony_id,
+        request_options: None,
+        creation_options: Some(options),
+        registering: Some(method),
+    });
+    Ok((FlowStatus::MfaSetupRequired, data))
+}
+
+/// `checkRegistration`: stores the new credential; once no mandatory method is missing, the
+/// flow goes on as `continueAuthentication` would (usually asking the new credential).
+async fn check_registration(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    credential: serde_json::Value,
+    nickname: Option<String>,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let step = flow
+        .data
+        .fido
+        .as_ref()
+        .filter(|f| f.creation_options.is_some())
+        .ok_or(DomainError::Internal(
+            "a flow waits for a registration it lacks",
+        ))?;
+    let user = &flow.stored.user_id;
+    fido::registration::finish(
+        ctx,
+        app,
+        user,
+        flow.stored.id.as_str(),
+        &step.ceremony_id,
+        credential,
+        nickname,
+    )
+    .await?;
+    let mut data = flow.data.clone();
+    data.fido = None;
+    let mandatory = data
+        .mfa_setup
+        .as_ref()
+        .map(|s| s.mandatory.clone())
+        .unwrap_or_default();
+    let setup = mfa_setup(ctx, &app.id, user, mandatory).await?;
+    if setup.missing.is_empty() {
+        return start(ctx, app, flow, data).await;
+    }
+    data.mfa_setup = Some(setup);
+    Ok((FlowStatus::MfaSetupRequired, data))
+}
+
 /// `poll`: waits up to `wait` seconds (at most 30) for the flow to move. Waiting reads nothing
 /// until the flow (or the pairing's enrollment) is announced as changed, and once at the end.
 async fn poll(ctx: &Ctx, flow: Flow, wait: u64) -> Result<FlowState, DomainError> {
@@ -1588,6 +1796,7 @@ mod tests {
             result: None,
             policy: None,
             recovery_codes: false,
+            fido: None,
         };
         Flow {
             stored: StoredFlow {

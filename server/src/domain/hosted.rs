@@ -254,6 +254,7 @@ fn browser_state(
         pairing,
         mfa_setup: state.mfa_setup,
         result: state.result.map(|r| r.status),
+        fido: state.fido,
         return_url: view.prompt.return_url,
         lang,
         texts,

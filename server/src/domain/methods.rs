@@ -31,6 +31,12 @@ pub(crate) async fn registered_methods(
     for token in otp::tokens_for_user(&ctx.db, app, user).await? {
         methods.push(token.kind.method());
     }
+    // FIDO credentials (a flagged, cloned one counts for nothing).
+    for credential in crate::store::fido_credentials::list_for_user(&ctx.db, app, user).await? {
+        if super::fido::authentication::usable(&credential) {
+            methods.push(credential.kind.method());
+        }
+    }
     Ok(methods)
 }
 

@@ -19,6 +19,7 @@ pub(crate) mod devices;
 pub mod error;
 pub mod events;
 pub(crate) mod fallback;
+pub(crate) mod fido;
 pub(crate) mod flows;
 pub(crate) mod hosted;
 pub(crate) mod methods;

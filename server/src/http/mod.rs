@@ -10,6 +10,7 @@ mod device;
 pub(crate) mod errors;
 mod events;
 mod extract;
+mod fido;
 mod flow_browser;
 mod flows;
 mod oidc;
@@ -133,6 +134,11 @@ use openapi::Contract;
         bypass::recovery_codes_status,
         bypass::revoke_recovery_codes,
         bypass::answer_with_recovery_code,
+        fido::get_fido_settings,
+        fido::set_fido_settings,
+        fido::list_fido_credentials,
+        fido::rename_fido_credential,
+        fido::remove_fido_credential,
     ),
     modifiers(&Contract),
     tags(
@@ -334,6 +340,18 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route(
             "/v1/authentications/{authentication_id}/recovery-code",
             post(bypass::answer_with_recovery_code),
+        )
+        .route(
+            "/v1/application/fido-settings",
+            get(fido::get_fido_settings).put(fido::set_fido_settings),
+        )
+        .route(
+            "/v1/users/{user_id}/fido-credentials",
+            get(fido::list_fido_credentials),
+        )
+        .route(
+            "/v1/users/{user_id}/fido-credentials/{credential_id}",
+            axum::routing::patch(fido::rename_fido_credential).delete(fido::remove_fido_credential),
         );
     let router = if metrics_here {
         router.route("/metrics", get(ops::metrics))

@@ -28,6 +28,7 @@ pub mod webhooks;
 
 mod error;
 pub mod events;
+pub mod fido_credentials;
 
 use std::str::FromStr;
 use std::sync::{Arc, Once};

@@ -253,6 +253,8 @@ pub async fn delete(
         "user_groups",
         "user_bypasses",
         "recovery_codes",
+        "fido_credentials",
+        "fido_ceremonies",
     ] {
         let done = sqlx::query(&format!(
             "DELETE FROM {table} WHERE application_id = $1 AND user_id = $2"

@@ -18,6 +18,7 @@ mod device_identity;
 mod device_protocol;
 mod device_versions;
 mod events;
+mod fido;
 mod flows;
 mod hidden_fields;
 mod hosted;

@@ -824,6 +824,9 @@ fn factor_of(auth_type: Option<&str>) -> (&'static str, &'static str) {
         Some("POLICY_APPROVE") => ("policy", "allowed_by_policy"),
         Some("BYPASS") => ("bypass", "bypass_user"),
         Some("RECOVERY_CODE") => ("recovery_code", "valid_passcode"),
+        Some("SECURITY_KEY") | Some("PLATFORM") | Some("FIDO2_BIOMETRICS") => {
+            ("webauthn", "valid_webauthn")
+        }
         _ => ("mfa", "completed"),
     }
 }

@@ -560,9 +560,9 @@ async fn start(
         .pending_requests;
     let limits = crate::domain::applications::UserLimits {
         // Bypassed requests reach no device and do not count towards the cap.
-        push_bombing: bypass.is_none().then(|| {
-            crate::domain::applications::push_bombing_limits(&state.config, &settings)
-        }),
+        push_bombing: bypass
+            .is_none()
+            .then(|| crate::domain::applications::push_bombing_limits(&state.config, &settings)),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
     let mut tx = state.db.begin_write().await?;

@@ -1,0 +1,250 @@
+//! The authentication ceremony: `ASSERTION_REQUIRED` carries the options for
+//! `navigator.credentials.get` (the user's usable credentials, or the one picked);
+//! `checkAssertion` verifies the answer (challenge, origin, RP id, signature, user
+//! verification as the settings require, the credential is this user's) and the signature
+//! counter: it must rise (a conditional update, so two racing assertions cannot both pass);
+//! one that goes backwards flags the credential as cloned, records it, and refuses it from then
+//! on.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::fido::FidoUserVerification;
+use tessera_protocol::ids::UserId;
+use webauthn_rs_core::error::WebauthnError;
+use webauthn_rs_core::proto::{
+    AuthenticationState, Credential, PublicKeyCredential, UserVerificationPolicy,
+};
+
+use super::super::audit::{Actor, Event, new_id, record};
+use super::super::{Ctx, DomainError};
+use super::{CEREMONY_SECONDS, describe, kind, refuse, relying_party, settings};
+use crate::store::applications::Application;
+use crate::store::fido_credentials::{self as store, Ceremony, StoredCredential};
+
+/// Whether the user can sign in with a FIDO credential now (one not flagged).
+pub(crate) fn usable(c: &StoredCredential) -> bool {
+    c.compromised_at.is_none()
+}
+
+fn parsed(c: &StoredCredential) -> Result<Credential, DomainError> {
+    serde_json::from_str(&c.credential)
+        .map_err(|_| DomainError::Internal("a stored FIDO credential does not parse"))
+}
+
+/// Starts an assertion with the user's usable credentials (only `only`, when given); answers
+/// the options for `navigator.credentials.get` and the ceremony's id.
+pub(crate) async fn start(
+    ctx: &Ctx,
+    app: &Application,
+    user: &UserId,
+    flow_id: &str,
+    only: Option<&str>,
+) -> Result<(Value, String), DomainError> {
+    let creds: Vec<Credential> = store::list_for_user(&ctx.db, &app.id, user)
+        .await?
+        .iter()
+        .filter(|c| usable(c) && only.is_none_or(|id| c.id == id))
+        .map(parsed)
+        .collect::<Result<_, _>>()?;
+    if creds.is_empty() {
+        return Err(DomainError::new(
+            ErrorCode::FidoCredentialNotFound,
+            "the user has no usable FIDO credential",
+        ));
+    }
+    let settings = settings::get(&ctx.db, &app.id).await?;
+    let rp = relying_party(ctx, &app.name, &settings)?;
+    let policy = match settings.user_verification {
+        FidoUserVerification::Required => UserVerificationPolicy::Required,
+        FidoUserVerification::Preferred => UserVerificationPolicy::Preferred,
+    };
+    let builder = rp
+        .new_challenge_authenticate_builder(creds, Some(policy))
+        .map_err(|_| DomainError::Internal("an authentication challenge could not be made"))?;
+    let (options, state) = rp
+        .generate_challenge_authenticate(builder)
+        .map_err(|_| DomainError::Internal("an authentication challenge could not be made"))?;
+    let ceremony = Ceremony {
+        id: new_id("fca_"),
+        application_id: app.id.clone(),
+        user_id: user.clone(),
+        flow_id: flow_id.to_string(),
+        purpose: "authentication".into(),
+        state: serde_json::to_string(&state)
+            .map_err(|_| DomainError::Internal("encoding a ceremony"))?,
+        expires_at: ctx.now() + CEREMONY_SECONDS,
+    };
+    store::insert_ceremony(&ctx.db, &ceremony, ctx.now()).await?;
+    let options = serde_json::to_value(&options)
+        .map_err(|_| DomainError::Internal("encoding assertion options"))?;
+    Ok((options, ceremony.id))
+}
+
+/// Flags a cloned credential and records it; answers the refusal.
+async fn compromised(
+    ctx: &Ctx,
+    app: &Application,
+    user: &UserId,
+    credential: &StoredCredential,
+) -> DomainError {
+    if let Err(e) = store::flag_compromised(&ctx.db, &credential.id, ctx.now()).await {
+        tracing::error!(error = %e, "a cloned FIDO credential could not be flagged");
+    }
+    let event = Event::new("fido.counter_regression", Actor::Anonymous, "refused")
+        .app(app.id.as_str())
+        .user(user.as_str())
+        .subject(&credential.id)
+        .details(json!({ "credential": credential.id, "stored_counter": credential.counter }));
+    record(ctx, event).await;
+    tracing::warn!(credential = %credential.id, "FIDO signature counter went backwards: credential flagged");
+    DomainError::new(
+        ErrorCode::FidoCredentialCompromised,
+        "this authenticator's signature counter went backwards (it may be cloned); it is blocked until an administrator removes it",
+    )
+}
+
+/// Verifies the assertion answering the ceremony `ceremony_id` of this flow (taken once);
+/// answers the result attributes (`pingid.authentication.type`, `amr`, the credential).
+pub(crate) async fn finish(
+    ctx: &Ctx,
+    app: &Application,
+    user: &UserId,
+    flow_id: &str,
+    ceremony_id: &str,
+    credential: Value,
+) -> Result<BTreeMap<String, Value>, DomainError> {
+    let response: PublicKeyCredential = serde_json::from_value(credential)
+        .map_err(|_| DomainError::invalid("credential is not a WebAuthn assertion"))?;
+    let state = store::take_ceremony(&ctx.db, ceremony_id, flow_id, "authentication", ctx.now())
+        .await?
+        .ok_or_else(|| {
+            super::verification_failed("this sign-in was already answered or expired; start again")
+        })?;
+    let state: AuthenticationState = serde_json::from_str(&state)
+        .map_err(|_| DomainError::Internal("a stored ceremony does not parse"))?;
+    let credential_id = URL_SAFE_NO_PAD.encode(&response.raw_id);
+    let Some(stored) = store::by_credential_id(&ctx.db, &app.id, &credential_id)
+        .await?
+        .filter(|c| &c.user_id == user)
+    else {
+        let message = "the credential is not one of this user's".to_string();
+        return Err(refuse(ctx, app, user, "authentication", message).await);
+    };
+    if !usable(&stored) {
+        return Err(DomainError::new(
+            ErrorCode::FidoCredentialCompromised,
+            "this authenticator is blocked (its signature counter went backwards)",
+        ));
+    }
+    let mut cred = parsed(&stored)?;
+    let settings = settings::get(&ctx.db, &app.id).await?;
+    let rp = relying_party(ctx, &app.name, &settings)?;
+    let result = match rp.authenticate_credential(&response, &state) {
+        Ok(result) => result,
+        Err(WebauthnError::CredentialPossibleCompromise) => {
+            return Err(compromised(ctx, app, user, &stored).await);
+        }
+        Err(e) => {
+            let message = format!("the assertion does not verify: {}", describe(&e));
+            return Err(refuse(ctx, app, user, "authentication", message).await);
+        }
+    };
+    cred.counter = result.counter();
+    cred.backup_state = result.backup_state();
+    let text =
+        serde_json::to_string(&cred).map_err(|_| DomainError::Internal("encoding a credential"))?;
+    let stored_counter = u32::try_from(stored.counter).unwrap_or(u32::MAX);
+    if !kind::counter_acceptable(stored_counter, result.counter())
+        || !store::record_use(
+            &ctx.db,
+            &stored.id,
+            i64::from(result.counter()),
+            result.backup_state(),
+            &text,
+            ctx.now(),
+        )
+        .await?
+    {
+        // Another assertion with this counter won the race, or the counter went back.
+        return Err(compromised(ctx, app, user, &stored).await);
+    }
+    let p = "pingid.authentication.";
+    let mut attributes = BTreeMap::new();
+    attributes.insert(format!("{p}type"), json!(stored.kind.as_str()));
+    attributes.insert(
+        format!("{p}amr"),
+        json!(kind::amr(cred.backup_eligible, result.user_verified())),
+    );
+    attributes.insert(format!("{p}fido.credential_id"), json!(stored.id));
+    attributes.insert(format!("{p}device.nickname"), json!(stored.nickname));
+    if let Some(aaguid) = &stored.aaguid {
+        attributes.insert(format!("{p}fido.aaguid"), json!(aaguid));
+    }
+    tracing::info!(credential = %stored.id, "FIDO assertion verified");
+    Ok(attributes)
+}
+
+/// One assertion check as `checkAssertion` runs it, without its storage: for the benchmark of
+/// the server's verification time (`tests/benches/fido_assertion.rs`).
+pub struct AssertionCheck {
+    rp: webauthn_rs_core::WebauthnCore,
+    state: AuthenticationState,
+}
+
+/// Why a benchmarked assertion was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AssertionCheckError {
+    /// The stored credential or the response does not parse.
+    #[error("does not parse: {0}")]
+    Parse(String),
+    /// The response does not verify.
+    #[error("does not verify: {0}")]
+    Verify(String),
+}
+
+impl AssertionCheck {
+    /// A challenge for `credential` (as the server stores it: the library's JSON) at relying
+    /// party `rp_id` and `origin`; answers the check and the challenge (base64url) the
+    /// authenticator signs.
+    pub fn begin(
+        rp_id: &str,
+        origin: &str,
+        credential: &str,
+    ) -> Result<(Self, String), AssertionCheckError> {
+        let origin =
+            url::Url::parse(origin).map_err(|e| AssertionCheckError::Parse(e.to_string()))?;
+        let cred: Credential = serde_json::from_str(credential)
+            .map_err(|e| AssertionCheckError::Parse(e.to_string()))?;
+        let rp = webauthn_rs_core::WebauthnCore::new_unsafe_experts_only(
+            "bench",
+            rp_id,
+            vec![origin],
+            std::time::Duration::from_secs(super::CEREMONY_SECONDS as u64),
+            Some(false),
+            Some(false),
+        );
+        let builder = rp
+            .new_challenge_authenticate_builder(vec![cred], Some(UserVerificationPolicy::Preferred))
+            .map_err(|e| AssertionCheckError::Verify(e.to_string()))?;
+        let (options, state) = rp
+            .generate_challenge_authenticate(builder)
+            .map_err(|e| AssertionCheckError::Verify(e.to_string()))?;
+        let challenge = URL_SAFE_NO_PAD.encode(&options.public_key.challenge);
+        Ok((Self { rp, state }, challenge))
+    }
+
+    /// Parses and verifies the authenticator's answer (JSON, as the page posts it); answers
+    /// its signature counter.
+    pub fn verify(&self, response: &str) -> Result<u32, AssertionCheckError> {
+        let response: PublicKeyCredential = serde_json::from_str(response)
+            .map_err(|e| AssertionCheckError::Parse(e.to_string()))?;
+        self.rp
+            .authenticate_credential(&response, &self.state)
+            .map(|r| r.counter())
+            .map_err(|e| AssertionCheckError::Verify(describe(&e)))
+    }
+}

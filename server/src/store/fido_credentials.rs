@@ -1,0 +1,441 @@
+//! FIDO2 / WebAuthn storage: an application's relying-party settings, its users' credentials,
+//! and the ceremonies under way (taken once, atomically, by the response that answers them).
+
+use sqlx::Row;
+use tessera_protocol::fido::{FidoCredentialType, FidoSettings};
+use tessera_protocol::ids::{ApplicationId, UserId};
+
+use super::Database;
+use crate::store::StoreError;
+
+/// A credential as stored.
+#[derive(Debug, Clone)]
+pub struct StoredCredential {
+    /// Its id on this server (`fido_…`).
+    pub id: String,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user.
+    pub user_id: UserId,
+    /// The WebAuthn credential id (base64url).
+    pub credential_id: String,
+    /// The credential as the WebAuthn library serialises it (JSON).
+    pub credential: String,
+    /// Its type.
+    pub kind: FidoCredentialType,
+    /// The authenticator model, when attested.
+    pub aaguid: Option<String>,
+    /// The last signature counter accepted.
+    pub counter: i64,
+    /// Backup eligible (may be synced).
+    pub backup_eligible: bool,
+    /// Backed up or synced now.
+    pub backup_state: bool,
+    /// Registered as discoverable (a passkey).
+    pub discoverable: bool,
+    /// Its name.
+    pub nickname: String,
+    /// When a counter regression flagged it.
+    pub compromised_at: Option<i64>,
+    /// When it was registered.
+    pub created_at: i64,
+    /// When it last signed in.
+    pub last_used_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, application_id, user_id, credential_id, credential, kind, aaguid, \
+    counter, backup_eligible, backup_state, discoverable, nickname, compromised_at, created_at, \
+    last_used_at";
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<StoredCredential, StoreError> {
+    Ok(StoredCredential {
+        id: r.try_get("id")?,
+        application_id: r
+            .try_get::<String, _>("application_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("application id"))?,
+        user_id: r
+            .try_get::<String, _>("user_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupted("user id"))?,
+        credential_id: r.try_get("credential_id")?,
+        credential: r.try_get("credential")?,
+        kind: FidoCredentialType::parse(&r.try_get::<String, _>("kind")?)
+            .ok_or(StoreError::Corrupted("fido credential kind"))?,
+        aaguid: r.try_get("aaguid")?,
+        counter: r.try_get("counter")?,
+        backup_eligible: r.try_get::<i64, _>("backup_eligible")? != 0,
+        backup_state: r.try_get::<i64, _>("backup_state")? != 0,
+        discoverable: r.try_get::<i64, _>("discoverable")? != 0,
+        nickname: r.try_get("nickname")?,
+        compromised_at: r.try_get("compromised_at")?,
+        created_at: r.try_get("created_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+    })
+}
+
+/// The application's FIDO settings (defaults when never set).
+pub async fn settings(db: &Database, app: &ApplicationId) -> Result<FidoSettings, StoreError> {
+    let row = sqlx::query("SELECT settings FROM fido_settings WHERE application_id = $1")
+        .bind(app.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    match row {
+        Some(r) => serde_json::from_str(&r.try_get::<String, _>("settings")?)
+            .map_err(|_| StoreError::Corrupted("fido_settings")),
+        None => Ok(FidoSettings::default()),
+    }
+}
+
+/// Replaces the application's FIDO settings.
+pub async fn set_settings(
+    db: &Database,
+    app: &ApplicationId,
+    settings: &FidoSettings,
+) -> Result<(), StoreError> {
+    let text =
+        serde_json::to_string(settings).map_err(|_| StoreError::Corrupted("fido_settings"))?;
+    let mut tx = db.begin_write().await?;
+    sqlx::query("DELETE FROM fido_settings WHERE application_id = $1")
+        .bind(app.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO fido_settings (application_id, settings) VALUES ($1, $2)")
+        .bind(app.as_str())
+        .bind(text)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Stores a new credential. False when the application already has a credential with this
+/// WebAuthn credential id (registered again, or to someone else).
+pub async fn insert(db: &Database, c: &StoredCredential) -> Result<bool, StoreError> {
+    let done = sqlx::query(&format!(
+        "INSERT INTO fido_credentials ({COLUMNS}) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+         WHERE NOT EXISTS (SELECT 1 FROM fido_credentials WHERE application_id = $2 AND credential_id = $4)"
+    ))
+    .bind(&c.id)
+    .bind(c.application_id.as_str())
+    .bind(c.user_id.as_str())
+    .bind(&c.credential_id)
+    .bind(&c.credential)
+    .bind(c.kind.as_str())
+    .bind(&c.aaguid)
+    .bind(c.counter)
+    .bind(i64::from(c.backup_eligible))
+    .bind(i64::from(c.backup_state))
+    .bind(i64::from(c.discoverable))
+    .bind(&c.nickname)
+    .bind(c.compromised_at)
+    .bind(c.created_at)
+    .bind(c.last_used_at)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A user's credentials, oldest first.
+pub async fn list_for_user(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<StoredCredential>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM fido_credentials WHERE application_id = $1 AND user_id = $2 \
+         ORDER BY created_at, id"
+    ))
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// The application's credential with this WebAuthn credential id, whoever's it is.
+pub async fn by_credential_id(
+    db: &Database,
+    app: &ApplicationId,
+    credential_id: &str,
+) -> Result<Option<StoredCredential>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM fido_credentials WHERE application_id = $1 AND credential_id = $2"
+    ))
+    .bind(app.as_str())
+    .bind(credential_id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Records a sign-in: the counter only ever rises (a conditional update, so two racing
+/// assertions with the same counter cannot both pass). False when the stored counter is
+/// already at or above `counter` (a regression: cloned) or the credential is flagged.
+pub async fn record_use(
+    db: &Database,
+    id: &str,
+    counter: i64,
+    backup_state: bool,
+    credential: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE fido_credentials SET counter = $1, backup_state = $2, credential = $3, \
+         last_used_at = $4 WHERE id = $5 AND compromised_at IS NULL AND (counter < $1 OR ($1 = 0 AND counter = 0))",
+    )
+    .bind(counter)
+    .bind(i64::from(backup_state))
+    .bind(credential)
+    .bind(now)
+    .bind(id)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Flags a credential whose counter went backwards.
+pub async fn flag_compromised(db: &Database, id: &str, now: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE fido_credentials SET compromised_at = $1 WHERE id = $2 AND compromised_at IS NULL",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
+/// Renames a user's credential. False when the user has no such credential.
+pub async fn rename(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    id: &str,
+    nickname: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE fido_credentials SET nickname = $1 WHERE application_id = $2 AND user_id = $3 AND id = $4",
+    )
+    .bind(nickname)
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(id)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Removes a user's credential. False when the user has no such credential.
+pub async fn remove(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    id: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM fido_credentials WHERE application_id = $1 AND user_id = $2 AND id = $3",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(id)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A ceremony under way.
+#[derive(Debug, Clone)]
+pub struct Ceremony {
+    /// Its id.
+    pub id: String,
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The user.
+    pub user_id: UserId,
+    /// The flow it belongs to.
+    pub flow_id: String,
+    /// `registration` or `authentication`.
+    pub purpose: String,
+    /// The library's state (JSON).
+    pub state: String,
+    /// When it expires.
+    pub expires_at: i64,
+}
+
+/// Stores a ceremony (and drops the expired ones).
+pub async fn insert_ceremony(db: &Database, c: &Ceremony, now: i64) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query(
+        "INSERT INTO fido_ceremonies (id, application_id, user_id, flow_id, purpose, state, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&c.id)
+    .bind(c.application_id.as_str())
+    .bind(c.user_id.as_str())
+    .bind(&c.flow_id)
+    .bind(&c.purpose)
+    .bind(&c.state)
+    .bind(c.expires_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM fido_ceremonies WHERE expires_at <= $1")
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Takes a ceremony of `flow_id` for `purpose` once: deletes it and returns its state; `None`
+/// when it is gone (already answered), expired, or belongs to another flow.
+pub async fn take_ceremony(
+    db: &Database,
+    id: &str,
+    flow_id: &str,
+    purpose: &str,
+    now: i64,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(
+        "DELETE FROM fido_ceremonies WHERE id = $1 AND flow_id = $2 AND purpose = $3 \
+         AND expires_at > $4 RETURNING state",
+    )
+    .bind(id)
+    .bind(flow_id)
+    .bind(purpose)
+    .bind(now)
+    .fetch_optional(db.writer())
+    .await?;
+    row.map(|r| r.try_get::<String, _>("state").map_err(StoreError::from))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::applications::{self, Application};
+
+    async fn db_with_app() -> (tempfile::TempDir, Database, ApplicationId) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("fido.db").display());
+        let db = Database::connect(&url, 4).await.expect("database");
+        let app = Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        (dir, db, app.id)
+    }
+
+    fn credential(app: &ApplicationId, id: &str, credential_id: &str) -> StoredCredential {
+        StoredCredential {
+            id: id.into(),
+            application_id: app.clone(),
+            user_id: "alice".parse().expect("user"),
+            credential_id: credential_id.into(),
+            credential: "{}".into(),
+            kind: FidoCredentialType::SecurityKey,
+            aaguid: None,
+            counter: 5,
+            backup_eligible: false,
+            backup_state: false,
+            discoverable: false,
+            nickname: "Key".into(),
+            compromised_at: None,
+            created_at: 1,
+            last_used_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ceremony_is_taken_once_by_a_burst_of_answers() {
+        let (_dir, db, app) = db_with_app().await;
+        let ceremony = Ceremony {
+            id: "fca_1".into(),
+            application_id: app.clone(),
+            user_id: "alice".parse().expect("user"),
+            flow_id: "flw_1".into(),
+            purpose: "authentication".into(),
+            state: "{\"s\":1}".into(),
+            expires_at: 200,
+        };
+        insert_ceremony(&db, &ceremony, 100).await.expect("insert");
+        // Another flow, another purpose, an expired one: nothing.
+        assert!(
+            take_ceremony(&db, "fca_1", "flw_2", "authentication", 100)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            take_ceremony(&db, "fca_1", "flw_1", "registration", 100)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            take_ceremony(&db, "fca_1", "flw_1", "authentication", 200)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                take_ceremony(&db, "fca_1", "flw_1", "authentication", 100).await
+            }));
+        }
+        let mut taken = 0;
+        for t in tasks {
+            if t.await.expect("join").expect("take").is_some() {
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 1, "exactly one answer takes the ceremony");
+    }
+
+    #[tokio::test]
+    async fn the_counter_only_rises_and_one_of_a_burst_wins() {
+        let (_dir, db, app) = db_with_app().await;
+        assert!(
+            insert(&db, &credential(&app, "fido_a", "cid"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !insert(&db, &credential(&app, "fido_b", "cid"))
+                .await
+                .unwrap(),
+            "the same credential id twice"
+        );
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                record_use(&db, "fido_a", 6, false, "{}", 10).await
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            if t.await.expect("join").expect("record") {
+                won += 1;
+            }
+        }
+        assert_eq!(won, 1, "one assertion with counter 6 passes");
+        assert!(!record_use(&db, "fido_a", 4, false, "{}", 11).await.unwrap());
+        flag_compromised(&db, "fido_a", 12).await.unwrap();
+        assert!(
+            !record_use(&db, "fido_a", 9, false, "{}", 13).await.unwrap(),
+            "flagged"
+        );
+        let user: UserId = "alice".parse().unwrap();
+        let listed = list_for_user(&db, &app, &user).await.unwrap();
+        assert_eq!(listed[0].counter, 6);
+        assert_eq!(listed[0].compromised_at, Some(12));
+    }
+}
