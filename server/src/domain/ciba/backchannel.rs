@@ -459,14 +459,19 @@ async fn start(
     // The application's mandatory methods and policy (kind `ciba`), before the user is asked.
     // A CIBA approval is always made on the device with user verification: `approve` lets the
     // request go on like `require`.
-    crate::domain::methods::require_mandatory(state, &client.application_id, &user)
-        .await
-        .map_err(|e| match e {
-            DomainError::Refused { message, .. } => {
-                OAuthError::new(OAuthCode::AccessDenied, message)
-            }
-            other => OAuthError::from(other),
-        })?;
+    // One read of the application's settings serves the whole request.
+    let app_settings = applications::request_settings(&state.db, &client.application_id).await?;
+    crate::domain::methods::require_mandatory_of(
+        state,
+        &client.application_id,
+        &user,
+        &app_settings.otp,
+    )
+    .await
+    .map_err(|e| match e {
+        DomainError::Refused { message, .. } => OAuthError::new(OAuthCode::AccessDenied, message),
+        other => OAuthError::from(other),
+    })?;
     let decided = crate::domain::policy::decide(
         state,
         &client.application_id,
@@ -493,7 +498,7 @@ async fn start(
             ),
         ));
     }
-    let settings = applications::authentication_settings(&state.db, &client.application_id).await?;
+    let settings = app_settings.authentication;
     if push_bombing_limit(state, &settings, &client.application_id, &user, now)
         .await?
         .is_some()
@@ -504,10 +509,7 @@ async fn start(
         ));
     }
     let number_matching = settings.number_matching;
-    let application_name = applications::get(&state.db, &client.application_id)
-        .await?
-        .map(|a| a.name)
-        .unwrap_or_default();
+    let application_name = app_settings.name;
     let details = CibaDetails {
         client_name: client.name.clone(),
         binding_message: binding_message.map(str::to_string),
@@ -561,9 +563,8 @@ async fn start(
         notify_attempts: 0,
         notify_due_at_ms: None,
     };
-    let quota = crate::domain::applications::quotas(state, &client.application_id)
-        .await?
-        .pending_requests;
+    let quota =
+        crate::domain::applications::quotas_in_force(state, app_settings.quotas).pending_requests;
     let mut tx = state.db.begin_write().await?;
     crate::domain::applications::insert_within_pending_quota(state, &mut tx, &record, quota)
         .await
