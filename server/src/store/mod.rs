@@ -27,6 +27,8 @@ pub mod webhooks;
 
 mod error;
 pub mod events;
+#[cfg(test)]
+mod query_plans;
 
 use std::str::FromStr;
 use std::sync::{Arc, Once};
