@@ -342,6 +342,14 @@ fn newest_modification(dir: &Path) -> Option<SystemTime> {
 struct Statements {
     execute: AtomicU64,
     simple: AtomicU64,
+    /// With `SQL_TRACE=1`: how many times each statement text was bound or sent (the texts
+    /// of prepared statements are learned from their `Parse` messages).
+    texts: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Whether the proxy keeps each statement's text (`SQL_TRACE=1`).
+fn sql_trace() -> bool {
+    std::env::var("SQL_TRACE").is_ok_and(|v| v == "1")
 }
 
 impl Statements {
@@ -351,6 +359,20 @@ impl Statements {
             self.simple.load(Ordering::Relaxed),
         )
     }
+
+    /// A copy of the statement texts and their counts (empty without `SQL_TRACE=1`).
+    fn texts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.texts.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+/// Reads a NUL-terminated string at the start of `b`, and the rest after it.
+fn c_string(b: &[u8]) -> (String, &[u8]) {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    (
+        String::from_utf8_lossy(&b[..end]).into_owned(),
+        b.get(end + 1..).unwrap_or(&[]),
+    )
 }
 
 /// Follows the frontend's message framing: a startup packet (length, code), then typed messages
@@ -360,15 +382,58 @@ struct FrontendParser {
     startup: bool,
     skip: usize,
     head: Vec<u8>,
+    /// With `SQL_TRACE=1`: the body of a `Parse`, `Bind` or `Query` message being read.
+    body: Option<(u8, Vec<u8>)>,
+    /// Prepared statement names to their texts (this connection's).
+    prepared: std::collections::HashMap<String, String>,
 }
 
 impl FrontendParser {
+    fn new() -> Self {
+        FrontendParser {
+            startup: true,
+            skip: 0,
+            head: Vec::with_capacity(8),
+            body: None,
+            prepared: std::collections::HashMap::new(),
+        }
+    }
+
+    /// A whole `Parse`, `Bind` or `Query` message body (`SQL_TRACE=1`).
+    fn traced(&mut self, kind: u8, body: &[u8], counts: &Statements) {
+        let text = match kind {
+            b'P' => {
+                let (name, rest) = c_string(body);
+                let (sql, _) = c_string(rest);
+                self.prepared.insert(name, sql);
+                return;
+            }
+            b'B' => {
+                let (_portal, rest) = c_string(body);
+                let (name, _) = c_string(rest);
+                self.prepared.get(&name).cloned().unwrap_or(name)
+            }
+            _ => c_string(body).0,
+        };
+        if let Ok(mut texts) = counts.texts.lock() {
+            *texts.entry(text).or_default() += 1;
+        }
+    }
+
     fn feed(&mut self, mut data: &[u8], counts: &Statements) {
         while !data.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(data.len());
                 self.skip -= n;
+                if let Some((_, body)) = &mut self.body {
+                    body.extend_from_slice(&data[..n]);
+                }
                 data = &data[n..];
+                if self.skip == 0
+                    && let Some((kind, body)) = self.body.take()
+                {
+                    self.traced(kind, &body, counts);
+                }
                 continue;
             }
             let head_len = if self.startup { 8 } else { 5 };
@@ -391,6 +456,13 @@ impl FrontendParser {
                     _ => 0,
                 };
                 self.skip = be32(&self.head[1..5]).saturating_sub(4);
+                if sql_trace() && matches!(self.head[0], b'P' | b'B' | b'Q') {
+                    if self.skip == 0 {
+                        self.traced(self.head[0], &[], counts);
+                    } else {
+                        self.body = Some((self.head[0], Vec::with_capacity(self.skip)));
+                    }
+                }
             }
             self.head.clear();
         }
@@ -428,11 +500,7 @@ fn counting_proxy(database_url: &str) -> (String, Arc<Statements>) {
             });
             let counts = Arc::clone(&counting);
             std::thread::spawn(move || {
-                let mut parser = FrontendParser {
-                    startup: true,
-                    skip: 0,
-                    head: Vec::with_capacity(8),
-                };
+                let mut parser = FrontendParser::new();
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
                     match client_in.read(&mut buf) {
@@ -793,6 +861,7 @@ async fn cpu_per_cycle(bin: &Path, db: &Db, cycles: usize) {
     let devices = setup.pair("cpu", cycles.div_ceil(PER_USER), 8).await;
     // Measured from a process that has just paired the devices (pool connections open).
     let statements0 = setup.statements.as_ref().map(|s| s.read());
+    let texts0 = setup.statements.as_ref().map(|s| s.texts());
     let cpu0 = setup.server.cpu_seconds();
     let started = Instant::now();
     for cycle in 0..cycles {
@@ -810,6 +879,18 @@ async fn cpu_per_cycle(bin: &Path, db: &Db, cycles: usize) {
         ),
         _ => String::new(),
     };
+    if let (Some(before), Some(after)) = (texts0, setup.statements.as_ref().map(|s| s.texts())) {
+        for (text, n) in after {
+            let n = n - before.get(&text).copied().unwrap_or(0);
+            if n > 0 {
+                println!(
+                    "sql       {:>6.2} per cycle: {}",
+                    n as f64 / cycles as f64,
+                    text.split_whitespace().collect::<Vec<_>>().join(" ")
+                );
+            }
+        }
+    }
     println!(
         "cpu       {:<9} {:.2} ms server CPU per approval cycle ({cycles} sequential cycles in {:.1} s){statements}",
         db.label(),

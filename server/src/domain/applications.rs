@@ -50,14 +50,19 @@ pub(crate) struct QuotasInForce {
 /// The quotas in force for `app`.
 pub(crate) async fn quotas(ctx: &Ctx, app: &ApplicationId) -> Result<QuotasInForce, DomainError> {
     let own = applications::quotas(&ctx.db, app).await?;
-    Ok(QuotasInForce {
+    Ok(quotas_in_force(ctx, own))
+}
+
+/// The quotas in force given the application's own (`own`, as read).
+pub(crate) fn quotas_in_force(ctx: &Ctx, own: applications::Quotas) -> QuotasInForce {
+    QuotasInForce {
         open_qr_sessions: own
             .max_open_qr_sessions
             .unwrap_or(ctx.config.max_open_qr_sessions_per_application),
         pending_requests: own
             .max_pending_requests
             .unwrap_or(ctx.config.max_pending_requests_per_application),
-    })
+    }
 }
 
 /// The refusal of a request over the application's quota of `what`.

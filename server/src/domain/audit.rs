@@ -236,7 +236,8 @@ pub(crate) async fn record(ctx: &Ctx, event: Event) {
     }
 }
 
-/// [`record`]'s transaction, for callers without a [`Ctx`] (the admin command line). Returns
+/// [`record`]'s write, for callers without a [`Ctx`] (the admin command line): one insert
+/// when no webhook endpoint wants the event, else one transaction with its deliveries. Returns
 /// whether webhook deliveries were queued.
 pub(crate) async fn append(
     db: &Database,
@@ -264,10 +265,32 @@ pub(crate) async fn append(
         outcome: event.outcome.to_string(),
         details: event.details.to_string(),
     };
+    // Most events have no endpoint that wants them: looked up first on a reader, such an event
+    // is one insert, without a transaction around it. Otherwise the record and its deliveries
+    // are written together, the endpoints read again inside the transaction.
+    let webhook = match (event.webhook, event.application_id.as_deref()) {
+        (Some(event_type), Some(app)) => Some((event_type, app)),
+        _ => None,
+    };
+    let wanted = match webhook {
+        Some((event_type, app)) => {
+            let mut reader = db.pool().acquire().await.map_err(StoreError::from)?;
+            webhooks::endpoints_in(&mut reader, app)
+                .await?
+                .iter()
+                .any(|e| e.wants(event_type.as_str()))
+        }
+        None => false,
+    };
+    if !wanted {
+        let mut writer = db.writer().acquire().await.map_err(StoreError::from)?;
+        store::append(&mut writer, &record).await?;
+        return Ok(false);
+    }
     let mut tx = db.begin_write().await?;
     store::append(&mut tx, &record).await?;
     let mut queued = false;
-    if let (Some(event_type), Some(app)) = (event.webhook, event.application_id.as_deref()) {
+    if let Some((event_type, app)) = webhook {
         let endpoints: Vec<_> = webhooks::endpoints_in(&mut tx, app)
             .await?
             .into_iter()
@@ -748,6 +771,73 @@ pub(crate) async fn authentication_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn count(db: &Database, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(db.pool())
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn an_event_no_endpoint_wants_is_one_insert_and_a_wanted_one_queues_deliveries() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let mut db = Database::connect(&url, 2).await.expect("database");
+        db.open_secrets(None, 0).await.expect("data key");
+        sqlx::query(
+            "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ('app', 'A', 'd', 0)",
+        )
+        .execute(db.writer())
+        .await
+        .expect("application");
+        let ip_table = crate::ip_table::IpTable::from_csv("").expect("empty table");
+        let event = || {
+            Event::webhook(EventType::AuthenticationCreated, Actor::Customer, "pending").app("app")
+        };
+        // No endpoint: recorded, nothing queued.
+        assert!(
+            !append(&db, &ip_table, 1_000, event())
+                .await
+                .expect("append")
+        );
+        assert_eq!(count(&db, "audit_log").await, 1);
+        // An endpoint for another type only: still nothing queued.
+        let endpoint = |id: &str, types: &str| webhooks::Endpoint {
+            id: id.into(),
+            application_id: "app".into(),
+            url: "https://hooks.example.com/x".into(),
+            event_types: types.into(),
+            created_at: 0,
+        };
+        webhooks::insert_endpoint(&db, &endpoint("whe_1", "pairing.completed"), "whsec_x")
+            .await
+            .expect("endpoint");
+        assert!(
+            !append(&db, &ip_table, 2_000, event())
+                .await
+                .expect("append")
+        );
+        assert_eq!(count(&db, "audit_log").await, 2);
+        assert_eq!(count(&db, "webhook_deliveries").await, 0);
+        // An endpoint for every type: the record and its delivery, together.
+        webhooks::insert_endpoint(&db, &endpoint("whe_2", ""), "whsec_y")
+            .await
+            .expect("endpoint");
+        assert!(
+            append(&db, &ip_table, 3_000, event())
+                .await
+                .expect("append")
+        );
+        assert_eq!(count(&db, "audit_log").await, 3);
+        assert_eq!(count(&db, "webhook_deliveries").await, 1);
+        // An event without a webhook type queues nothing.
+        let plain = Event::new("api_key.rejected", Actor::Anonymous, "refused").app("app");
+        assert!(!append(&db, &ip_table, 4_000, plain).await.expect("append"));
+        assert_eq!(count(&db, "audit_log").await, 4);
+        assert_eq!(count(&db, "webhook_deliveries").await, 1);
+        db.close().await;
+    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {

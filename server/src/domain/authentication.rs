@@ -709,7 +709,9 @@ pub(crate) async fn create_as(
             DynamicParameters::default()
         }
     };
-    let policy = crate::store::applications::otp_policy(&ctx.db, &app.id).await?;
+    // One read of the application's settings serves the whole request.
+    let app_settings = crate::store::applications::request_settings(&ctx.db, &app.id).await?;
+    let policy = &app_settings.otp;
     if !policy.mandatory_methods.is_empty() {
         let registered = super::methods::registered_methods(ctx, &app.id, user_id).await?;
         let missing: Vec<AuthenticationMethod> = policy
@@ -754,7 +756,7 @@ pub(crate) async fn create_as(
     let settings = if silent {
         None
     } else {
-        Some(crate::store::applications::authentication_settings(&ctx.db, &app.id).await?)
+        Some(app_settings.authentication)
     };
     let number_matching = match &settings {
         None => NumberMatching::Off,
@@ -842,9 +844,7 @@ pub(crate) async fn create_as(
         record.otp_after = Some(record.created_at + i64::from(after));
     }
     record.backup_channels = backup_channels;
-    let quota = super::applications::quotas(ctx, &app.id)
-        .await?
-        .pending_requests;
+    let quota = super::applications::quotas_in_force(ctx, app_settings.quotas).pending_requests;
     let limits = super::applications::UserLimits {
         push_bombing: settings
             .as_ref()

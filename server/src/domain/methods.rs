@@ -48,6 +48,16 @@ pub(crate) async fn require_mandatory(
     user: &UserId,
 ) -> Result<(), DomainError> {
     let policy = crate::store::applications::otp_policy(&ctx.db, app).await?;
+    require_mandatory_of(ctx, app, user, &policy).await
+}
+
+/// [`require_mandatory`] with the application's OTP settings already read.
+pub(crate) async fn require_mandatory_of(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    policy: &crate::store::applications::OtpPolicy,
+) -> Result<(), DomainError> {
     if policy.mandatory_methods.is_empty() {
         return Ok(());
     }

@@ -647,12 +647,10 @@ pub(crate) async fn answer(
         client,
     );
     let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
-    let policy = applications::qr_policy(&ctx.db, &session.application_id).await?;
+    let settings = applications::request_settings(&ctx.db, &session.application_id).await?;
+    let policy = settings.qr_policy;
     let follow_up = if response.decision == Decision::Approve {
-        let number_matching =
-            applications::authentication_settings(&ctx.db, &session.application_id)
-                .await?
-                .number_matching;
+        let number_matching = settings.authentication.number_matching;
         follow_up_request(ctx, &session, &device, policy, number_matching, now)?
     } else {
         None
@@ -662,22 +660,25 @@ pub(crate) async fn answer(
         (Decision::Approve, None) => QrSessionState::Approved,
         (Decision::Deny | Decision::ReportFraud, _) => QrSessionState::Denied,
     };
-    let mut tx = ctx.db.begin_write().await?;
-    let recorded = qr_sessions::record_answer(
-        &mut *tx,
-        &session.id,
-        &QrAnswer {
-            enrollment_id: &device.enrollment_id,
-            user_id: &device.user_id,
-            decision: response.decision,
-            signed_response,
-            attributes: &attrs_json,
-            state: next_state,
-            follow_up_id: follow_up.as_ref().map(|f| &f.id),
-        },
-        now,
-    )
-    .await?;
+    let answer = QrAnswer {
+        enrollment_id: &device.enrollment_id,
+        user_id: &device.user_id,
+        decision: response.decision,
+        signed_response,
+        attributes: &attrs_json,
+        state: next_state,
+        follow_up_id: follow_up.as_ref().map(|f| &f.id),
+    };
+    // With a follow-up, the answer and the follow-up's request are stored together; without,
+    // the answer is one conditional update.
+    let mut tx = match &follow_up {
+        Some(_) => Some(ctx.db.begin_write().await?),
+        None => None,
+    };
+    let recorded = match tx.as_mut() {
+        Some(tx) => qr_sessions::record_answer(&mut **tx, &session.id, &answer, now).await?,
+        None => qr_sessions::record_answer(ctx.db.writer(), &session.id, &answer, now).await?,
+    };
     if !recorded {
         drop(tx);
         let current = load_existing(ctx, &id).await?;
@@ -695,10 +696,10 @@ pub(crate) async fn answer(
             Err(already_answered())
         };
     }
-    if let Some(f) = &follow_up {
+    if let (Some(f), Some(mut tx)) = (&follow_up, tx) {
         authentications::insert(&mut *tx, f).await?;
+        tx.commit().await?;
     }
-    tx.commit().await?;
     remember_answered_device(ctx, &device, &answered_device).await;
     tracing::info!(qr_session_id = %session.id, state = next_state.as_str(), "QR session answered");
     announce(ctx, &session.id).await;

@@ -61,14 +61,17 @@ pub async fn insert(
     Ok(())
 }
 
+/// The statement of [`by_api_key`].
+pub(crate) const BY_API_KEY: &str =
+    "SELECT id, name, created_at FROM applications WHERE api_key_digest = $1";
+
 /// The application an API key belongs to. The lookup is by digest, so the secret itself is never
 /// compared (and never timed).
 pub async fn by_api_key(db: &Database, api_key: &str) -> Result<Option<Application>, StoreError> {
-    let row =
-        sqlx::query("SELECT id, name, created_at FROM applications WHERE api_key_digest = $1")
-            .bind(api_key_digest(api_key))
-            .fetch_optional(db.pool())
-            .await?;
+    let row = sqlx::query(BY_API_KEY)
+        .bind(api_key_digest(api_key))
+        .fetch_optional(db.pool())
+        .await?;
     row.as_ref().map(row_to_application).transpose()
 }
 
@@ -403,6 +406,10 @@ pub async fn otp_policy(db: &Database, id: &ApplicationId) -> Result<OtpPolicy, 
     .fetch_optional(db.pool())
     .await?
     .ok_or(StoreError::NotFound("application"))?;
+    otp_policy_of(&row)
+}
+
+fn otp_policy_of(row: &sqlx::any::AnyRow) -> Result<OtpPolicy, StoreError> {
     let methods: String = row.try_get("mandatory_methods")?;
     Ok(OtpPolicy {
         use_code: row.try_get::<i64, _>("use_code")? != 0,
@@ -538,6 +545,10 @@ pub async fn quotas(db: &Database, id: &ApplicationId) -> Result<Quotas, StoreEr
     .fetch_optional(db.pool())
     .await?
     .ok_or(StoreError::NotFound("application"))?;
+    quotas_of(&row)
+}
+
+fn quotas_of(row: &sqlx::any::AnyRow) -> Result<Quotas, StoreError> {
     let quota = |column: &'static str| -> Result<Option<u32>, StoreError> {
         row.try_get::<Option<i64>, _>(column)?
             .map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupted(column)))
@@ -617,12 +628,61 @@ pub async fn authentication_settings(
     .fetch_optional(db.pool())
     .await?
     .ok_or(StoreError::NotFound("application"))?;
+    authentication_settings_of(&row)
+}
+
+fn authentication_settings_of(
+    row: &sqlx::any::AnyRow,
+) -> Result<AuthenticationSettings, StoreError> {
     Ok(AuthenticationSettings {
         number_matching: NumberMatching::parse(&row.try_get::<String, _>("number_matching")?)
             .ok_or(StoreError::Corrupted("number_matching"))?,
-        max_pending_per_user: optional_u32(&row, "max_pending_per_user")?,
-        max_unapproved_per_user: optional_u32(&row, "max_unapproved_per_user")?,
-        push_bombing_window_seconds: optional_u32(&row, "push_bombing_window_seconds")?,
+        max_pending_per_user: optional_u32(row, "max_pending_per_user")?,
+        max_unapproved_per_user: optional_u32(row, "max_unapproved_per_user")?,
+        push_bombing_window_seconds: optional_u32(row, "push_bombing_window_seconds")?,
+    })
+}
+
+/// What asking a user (an authentication, a CIBA request, a QR answer) reads of its
+/// application, as one statement: its name, OTP settings, authentication settings, quotas and
+/// QR policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSettings {
+    /// The application's name.
+    pub name: String,
+    /// Its OTP settings ([`otp_policy`]).
+    pub otp: OtpPolicy,
+    /// Its number matching and push-bombing settings ([`authentication_settings`]).
+    pub authentication: AuthenticationSettings,
+    /// Its own quotas ([`quotas`]).
+    pub quotas: Quotas,
+    /// Its QR policy ([`qr_policy`]).
+    pub qr_policy: QrPolicy,
+}
+
+/// The statement of [`request_settings`] (a hot path: one row by primary key).
+pub(crate) const REQUEST_SETTINGS: &str = "SELECT name, use_code, otp_fallback, \
+    otp_fallback_after, backup_channels, mandatory_methods, sms_webhook_url, number_matching, \
+    max_pending_per_user, max_unapproved_per_user, push_bombing_window_seconds, \
+    max_open_qr_sessions, max_pending_requests, qr_policy FROM applications WHERE id = $1";
+
+/// The application's settings a new request needs, in one read.
+pub async fn request_settings(
+    db: &Database,
+    id: &ApplicationId,
+) -> Result<RequestSettings, StoreError> {
+    let row = sqlx::query(REQUEST_SETTINGS)
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or(StoreError::NotFound("application"))?;
+    Ok(RequestSettings {
+        name: row.try_get("name")?,
+        otp: otp_policy_of(&row)?,
+        authentication: authentication_settings_of(&row)?,
+        quotas: quotas_of(&row)?,
+        qr_policy: QrPolicy::parse(&row.try_get::<String, _>("qr_policy")?)
+            .ok_or(StoreError::Corrupted("qr_policy"))?,
     })
 }
 
@@ -680,4 +740,72 @@ pub async fn set_attestation_settings(
         .execute(db.writer())
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn request_settings_read_at_once_what_the_separate_reads_read() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("settings.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        let app = Application {
+            id: ApplicationId::generate(),
+            name: "Shop".into(),
+            created_at: 0,
+        };
+        insert(&db, &app, "digest").await.expect("application");
+        assert!(
+            set_otp_options(&db, &app.id, true, true, 45)
+                .await
+                .expect("otp")
+        );
+        assert!(
+            set_backup_channels(&db, &app.id, &[BackupChannel::Sms, BackupChannel::Email])
+                .await
+                .expect("channels")
+        );
+        let authentication = AuthenticationSettings {
+            number_matching: NumberMatching::Typed,
+            max_pending_per_user: Some(3),
+            max_unapproved_per_user: None,
+            push_bombing_window_seconds: Some(600),
+        };
+        assert!(
+            set_authentication_settings(&db, &app.id, &authentication)
+                .await
+                .expect("authentication settings")
+        );
+        let quotas = Quotas {
+            max_open_qr_sessions: Some(7),
+            max_pending_requests: None,
+        };
+        assert!(set_quotas(&db, &app.id, quotas).await.expect("quotas"));
+        assert!(
+            set_qr_policy(&db, &app.id, QrPolicy::UserApproval)
+                .await
+                .expect("qr policy")
+        );
+
+        let all = request_settings(&db, &app.id).await.expect("settings");
+        assert_eq!(all.name, "Shop");
+        assert_eq!(all.otp, otp_policy(&db, &app.id).await.expect("otp"));
+        assert!(all.otp.use_code && all.otp.otp_fallback);
+        assert_eq!(all.otp.otp_fallback_after, 45);
+        assert_eq!(all.authentication, authentication);
+        assert_eq!(
+            all.authentication,
+            authentication_settings(&db, &app.id).await.expect("read")
+        );
+        assert_eq!(all.quotas, quotas);
+        assert_eq!(all.quotas, super::quotas(&db, &app.id).await.expect("read"));
+        assert_eq!(all.qr_policy, QrPolicy::UserApproval);
+        assert_eq!(all.qr_policy, qr_policy(&db, &app.id).await.expect("read"));
+
+        let missing = request_settings(&db, &ApplicationId::generate()).await;
+        assert!(matches!(missing, Err(StoreError::NotFound("application"))));
+        db.close().await;
+    }
 }

@@ -246,6 +246,10 @@ impl Authentication {
     }
 }
 
+/// The statement of [`pending_for_application`].
+pub(crate) const PENDING_FOR_APPLICATION: &str = "SELECT COUNT(*) FROM authentications WHERE application_id = $1 \
+    AND state = 'pending' AND expires_at > $2";
+
 /// How many authentications of the application are pending (not answered, not expired) at
 /// `now`. Run after [`super::applications::lock_for_quota`] in the transaction that inserts, so
 /// the count stays true until the insert.
@@ -254,14 +258,11 @@ pub async fn pending_for_application(
     app: &ApplicationId,
     now: i64,
 ) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM authentications WHERE application_id = $1 AND state = 'pending' \
-         AND expires_at > $2",
-    )
-    .bind(app.as_str())
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?)
+    Ok(sqlx::query_scalar(PENDING_FOR_APPLICATION)
+        .bind(app.as_str())
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?)
 }
 
 /// Records a new pending authentication (on the pool, or inside a transaction).
@@ -301,20 +302,25 @@ where
     Ok(())
 }
 
+/// What [`get`] selects from (its statement: the columns, then this).
+pub(crate) const BY_ID: &str = "FROM authentications WHERE id = $1";
+
 /// One authentication.
 pub async fn get(
     db: &Database,
     id: &AuthenticationId,
     now: i64,
 ) -> Result<Option<Authentication>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {READ_COLUMNS} FROM authentications WHERE id = $1"
-    ))
-    .bind(id.as_str())
-    .fetch_optional(db.pool())
-    .await?;
+    let row = sqlx::query(&format!("SELECT {READ_COLUMNS} {BY_ID}"))
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
+
+/// The statement of [`pending_for`] (every device pull runs it).
+pub(crate) const PENDING_FOR: &str = "SELECT signed_request FROM authentications \
+    WHERE enrollment_id = $1 AND state = 'pending' AND expires_at > $2 ORDER BY created_at, id";
 
 /// The signed requests still pending for a device, oldest first.
 pub async fn pending_for(
@@ -322,14 +328,11 @@ pub async fn pending_for(
     enrollment: &EnrollmentId,
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT signed_request FROM authentications \
-         WHERE enrollment_id = $1 AND state = 'pending' AND expires_at > $2 ORDER BY created_at, id",
-    )
-    .bind(enrollment.as_str())
-    .bind(now)
-    .fetch_all(db.pool())
-    .await?;
+    let rows = sqlx::query(PENDING_FOR)
+        .bind(enrollment.as_str())
+        .bind(now)
+        .fetch_all(db.pool())
+        .await?;
     rows.iter()
         .map(|r| Ok(r.try_get::<String, _>("signed_request")?))
         .collect()
@@ -391,6 +394,11 @@ pub async fn record_wrong_number(
     .await
 }
 
+/// The conditional update that records an answer (its statement: this, then `RETURNING` the columns).
+pub(crate) const END_WITH: &str = "UPDATE authentications SET state = $1, decision = $2, signed_response = $3, \
+    attributes = $4, answered_at = $5, denial_reason = $7 \
+    WHERE id = $6 AND state = 'pending' AND expires_at > $5";
+
 #[allow(clippy::too_many_arguments)]
 async fn end_with(
     db: &Database,
@@ -402,23 +410,20 @@ async fn end_with(
     attributes: &str,
     now: i64,
 ) -> Result<Option<Authentication>, StoreError> {
-    let row = sqlx::query(&format!(
-        "UPDATE authentications SET state = $1, decision = $2, signed_response = $3, attributes = $4, answered_at = $5, denial_reason = $7 \
-         WHERE id = $6 AND state = 'pending' AND expires_at > $5 RETURNING {READ_COLUMNS}"
-    ))
-    .bind(state.as_str())
-    .bind(to_word(&decision))
-    .bind(signed_response)
-    .bind(attributes)
-    .bind(now)
-    .bind(id.as_str())
-    .bind(reason.map(DenialReason::as_str))
-    .fetch_optional(db.writer())
-    .await?;
+    let row = sqlx::query(&format!("{END_WITH} RETURNING {READ_COLUMNS}"))
+        .bind(state.as_str())
+        .bind(to_word(&decision))
+        .bind(signed_response)
+        .bind(attributes)
+        .bind(now)
+        .bind(id.as_str())
+        .bind(reason.map(DenialReason::as_str))
+        .fetch_optional(db.writer())
+        .await?;
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
 
-const USER_FACING_COUNTS: &str = "SELECT \
+pub(crate) const USER_FACING_COUNTS: &str = "SELECT \
            COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS pending, \
            COALESCE(SUM(CASE WHEN created_at >= $5 AND state IN ('pending', 'expired', 'denied') THEN 1 ELSE 0 END), 0) AS recent \
          FROM authentications \

@@ -171,14 +171,15 @@ pub async fn request_object_secret(
     )
 }
 
+/// What [`client`] selects from (its statement: the columns, then this).
+pub(crate) const CLIENT_BY_ID: &str = "FROM ciba_clients WHERE client_id = $1";
+
 /// One client.
 pub async fn client(db: &Database, client_id: &str) -> Result<Option<CibaClient>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {CLIENT_COLUMNS} FROM ciba_clients WHERE client_id = $1"
-    ))
-    .bind(client_id)
-    .fetch_optional(db.pool())
-    .await?;
+    let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} {CLIENT_BY_ID}"))
+        .bind(client_id)
+        .fetch_optional(db.pool())
+        .await?;
     row.as_ref().map(client_from_row).transpose()
 }
 
@@ -373,14 +374,15 @@ where
     Ok(())
 }
 
+/// What [`request`] selects from (its statement: the columns, then this).
+pub(crate) const REQUEST_BY_ID: &str = "FROM ciba_requests WHERE auth_req_id = $1";
+
 /// One request by its id.
 pub async fn request(db: &Database, auth_req_id: &str) -> Result<Option<CibaRequest>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {REQUEST_COLUMNS} FROM ciba_requests WHERE auth_req_id = $1"
-    ))
-    .bind(auth_req_id)
-    .fetch_optional(db.pool())
-    .await?;
+    let row = sqlx::query(&format!("SELECT {REQUEST_COLUMNS} {REQUEST_BY_ID}"))
+        .bind(auth_req_id)
+        .fetch_optional(db.pool())
+        .await?;
     let secrets = db.secrets()?;
     row.as_ref()
         .map(|row| request_from_row(secrets, row))
@@ -400,6 +402,10 @@ pub enum PollRecorded {
     },
 }
 
+/// The conditional update of [`record_poll`].
+pub(crate) const RECORD_POLL: &str = "UPDATE ciba_requests SET last_polled_at_ms = $2 WHERE auth_req_id = $1 \
+    AND (last_polled_at_ms IS NULL OR last_polled_at_ms + poll_interval * 1000 <= $2)";
+
 /// Records a token request unless it comes sooner than the interval after the previous token
 /// request (only token requests count: the acknowledgement does not); a request too soon makes
 /// the interval grow by 5 seconds.
@@ -408,15 +414,12 @@ pub async fn record_poll(
     auth_req_id: &str,
     now_ms: i64,
 ) -> Result<PollRecorded, StoreError> {
-    let polled = sqlx::query(
-        "UPDATE ciba_requests SET last_polled_at_ms = $2 WHERE auth_req_id = $1 \
-         AND (last_polled_at_ms IS NULL OR last_polled_at_ms + poll_interval * 1000 <= $2)",
-    )
-    .bind(auth_req_id)
-    .bind(now_ms)
-    .execute(db.writer())
-    .await?
-    .rows_affected()
+    let polled = sqlx::query(RECORD_POLL)
+        .bind(auth_req_id)
+        .bind(now_ms)
+        .execute(db.writer())
+        .await?
+        .rows_affected()
         == 1;
     if polled {
         return Ok(PollRecorded::Accepted);
@@ -434,20 +437,22 @@ pub async fn record_poll(
     })
 }
 
+/// The conditional update of [`mark_tokens_issued`].
+pub(crate) const MARK_TOKENS_ISSUED: &str = "UPDATE ciba_requests SET tokens_issued_at = $2 \
+    WHERE auth_req_id = $1 AND tokens_issued_at IS NULL";
+
 /// Marks tokens issued; `false` if they were issued before (an `auth_req_id` is single use).
 pub async fn mark_tokens_issued(
     db: &Database,
     auth_req_id: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE ciba_requests SET tokens_issued_at = $2 WHERE auth_req_id = $1 AND tokens_issued_at IS NULL",
-    )
-    .bind(auth_req_id)
-    .bind(now)
-    .execute(db.writer())
-    .await?
-    .rows_affected()
+    Ok(sqlx::query(MARK_TOKENS_ISSUED)
+        .bind(auth_req_id)
+        .bind(now)
+        .execute(db.writer())
+        .await?
+        .rows_affected()
         == 1)
 }
 

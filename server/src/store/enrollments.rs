@@ -283,16 +283,21 @@ pub async fn by_registration_digest(
     row.as_ref().map(from_row).transpose()
 }
 
+/// What [`by_id`] selects from (its statement: the columns, then this).
+pub(crate) const BY_ID: &str = "FROM enrollments WHERE enrollment_id = $1";
+
 /// One enrollment.
 pub async fn by_id(db: &Database, id: &EnrollmentId) -> Result<Option<Enrollment>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE enrollment_id = $1"
-    ))
-    .bind(id.as_str())
-    .fetch_optional(db.pool())
-    .await?;
+    let row = sqlx::query(&format!("SELECT {COLUMNS} {BY_ID}"))
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
     row.as_ref().map(from_row).transpose()
 }
+
+/// What [`list_for_user`] selects from (its statement: the columns, then this).
+pub(crate) const FOR_USER: &str = "FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+    AND status <> 'rejected' ORDER BY paired_at, enrollment_id";
 
 /// A user's enrollments, active and pending verification (not rejected), oldest first.
 pub async fn list_for_user(
@@ -300,14 +305,11 @@ pub async fn list_for_user(
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<Vec<Enrollment>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
-         AND status <> 'rejected' ORDER BY paired_at, enrollment_id"
-    ))
-    .bind(app.as_str())
-    .bind(user.as_str())
-    .fetch_all(db.pool())
-    .await?;
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} {FOR_USER}"))
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .fetch_all(db.pool())
+        .await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -369,17 +371,19 @@ pub async fn delete(
 /// nothing.
 pub const LAST_SEEN_RESOLUTION: i64 = 60;
 
+/// The statement of [`touch`].
+pub(crate) const TOUCH: &str =
+    "UPDATE enrollments SET last_seen_at = $1 WHERE enrollment_id = $2 AND last_seen_at <= $1 - $3";
+
 /// Records that the device called (at most once per [`LAST_SEEN_RESOLUTION`]: a device's
 /// long-polls and answers do not each write).
 pub async fn touch(db: &Database, id: &EnrollmentId, now: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE enrollments SET last_seen_at = $1 WHERE enrollment_id = $2 AND last_seen_at <= $1 - $3",
-    )
-    .bind(now)
-    .bind(id.as_str())
-    .bind(LAST_SEEN_RESOLUTION)
-    .execute(db.writer())
-    .await?;
+    sqlx::query(TOUCH)
+        .bind(now)
+        .bind(id.as_str())
+        .bind(LAST_SEEN_RESOLUTION)
+        .execute(db.writer())
+        .await?;
     Ok(())
 }
 
@@ -427,6 +431,9 @@ pub async fn set_primary(
     Ok(true)
 }
 
+/// The look-up [`activate_verified`] starts with (every approved authentication runs it).
+pub(crate) const VERIFICATION_WAITING: &str = "SELECT 1 AS one FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'";
+
 /// Activates the enrollment that the approved authentication `verification` verified: the
 /// device's earlier enrollments for the same user (same device id and same proven device key)
 /// are replaced (as a re-pairing replaces them), and it becomes primary if it replaced the
@@ -439,12 +446,10 @@ pub async fn activate_verified(
     // Every approved authentication comes here, and almost none verifies a device: look on a
     // reader first (indexed), so they cost no write transaction. The pending enrollment is
     // committed before its verification request exists, so a miss here is final.
-    let waiting = sqlx::query(
-        "SELECT 1 AS one FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'",
-    )
-    .bind(verification.as_str())
-    .fetch_optional(db.pool())
-    .await?;
+    let waiting = sqlx::query(VERIFICATION_WAITING)
+        .bind(verification.as_str())
+        .fetch_optional(db.pool())
+        .await?;
     if waiting.is_none() {
         return Ok(None);
     }

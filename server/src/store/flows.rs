@@ -214,17 +214,18 @@ pub async fn get(db: &Database, id: &FlowId) -> Result<Option<StoredFlow>, Store
     row.as_ref().map(from_row).transpose()
 }
 
+/// What [`by_authentication`] selects from (its statement: the columns, then this).
+pub(crate) const BY_AUTHENTICATION: &str = "FROM flows WHERE authentication_id = $1";
+
 /// The flow waiting for the push `authentication`, if any.
 pub async fn by_authentication(
     db: &Database,
     authentication: &AuthenticationId,
 ) -> Result<Option<StoredFlow>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM flows WHERE authentication_id = $1"
-    ))
-    .bind(authentication.as_str())
-    .fetch_optional(db.pool())
-    .await?;
+    let row = sqlx::query(&format!("SELECT {COLUMNS} {BY_AUTHENTICATION}"))
+        .bind(authentication.as_str())
+        .fetch_optional(db.pool())
+        .await?;
     row.as_ref().map(from_row).transpose()
 }
 

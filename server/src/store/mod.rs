@@ -29,6 +29,8 @@ pub mod webhooks;
 mod error;
 pub mod events;
 pub mod fido_credentials;
+#[cfg(test)]
+mod query_plans;
 
 use std::str::FromStr;
 use std::sync::{Arc, Once};

@@ -72,18 +72,19 @@ pub async fn save(
     Err(StoreError::AlreadyExists("policy version"))
 }
 
+/// The statement of [`current`].
+pub(crate) const CURRENT: &str = "SELECT version, document, created_at FROM policies WHERE application_id = $1 \
+    ORDER BY version DESC LIMIT 1";
+
 /// The latest version, if the application has a policy.
 pub async fn current(
     db: &Database,
     app: &ApplicationId,
 ) -> Result<Option<StoredPolicy>, StoreError> {
-    let row = sqlx::query(
-        "SELECT version, document, created_at FROM policies WHERE application_id = $1 \
-         ORDER BY version DESC LIMIT 1",
-    )
-    .bind(app.as_str())
-    .fetch_optional(db.pool())
-    .await?;
+    let row = sqlx::query(CURRENT)
+        .bind(app.as_str())
+        .fetch_optional(db.pool())
+        .await?;
     row.as_ref().map(to_policy).transpose()
 }
 

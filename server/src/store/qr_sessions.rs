@@ -197,6 +197,10 @@ pub struct NewQrSession<'a> {
     pub expires_at: i64,
 }
 
+/// The count of open sessions [`insert_within_quota`] checks.
+pub(crate) const OPEN_FOR_APPLICATION: &str = "SELECT COUNT(*) FROM qr_sessions WHERE application_id = $1 \
+    AND state IN ('created', 'scanned', 'verifying') AND expires_at > $2";
+
 /// Stores a new session unless its application already has `quota` sessions open (not final
 /// and not expired at `s.created_at`); returns false then. The count and the insert are one
 /// serialised step per application, so a burst never overshoots the quota.
@@ -207,14 +211,11 @@ pub async fn insert_within_quota(
 ) -> Result<bool, StoreError> {
     let mut tx = db.begin_write().await?;
     super::applications::lock_for_quota(&mut tx, db.engine(), s.application_id).await?;
-    let open: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM qr_sessions WHERE application_id = $1 \
-         AND state IN ('created', 'scanned', 'verifying') AND expires_at > $2",
-    )
-    .bind(s.application_id.as_str())
-    .bind(s.created_at)
-    .fetch_one(&mut *tx)
-    .await?;
+    let open: i64 = sqlx::query_scalar(OPEN_FOR_APPLICATION)
+        .bind(s.application_id.as_str())
+        .bind(s.created_at)
+        .fetch_one(&mut *tx)
+        .await?;
     if open >= i64::from(quota) {
         return Ok(false);
     }
@@ -262,18 +263,29 @@ where
     Ok(())
 }
 
+/// The columns a session is looked up by (each unique or indexed).
+pub(crate) const LOOKUP_COLUMNS: [&str; 4] =
+    ["id", "token_digest", "browser_token_digest", "follow_up_id"];
+
+/// The statement looking a session up by `column` (one of [`LOOKUP_COLUMNS`]).
+pub(crate) fn lookup_statement(column: &str) -> String {
+    format!("SELECT {COLUMNS} FROM qr_sessions WHERE {column} = $1")
+}
+
 async fn one(
     db: &Database,
     column: &str,
     value: &str,
     now: i64,
 ) -> Result<Option<QrSession>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM qr_sessions WHERE {column} = $1"
-    ))
-    .bind(value)
-    .fetch_optional(db.pool())
-    .await?;
+    debug_assert!(
+        LOOKUP_COLUMNS.contains(&column),
+        "{column} is not a look-up column"
+    );
+    let row = sqlx::query(&lookup_statement(column))
+        .bind(value)
+        .fetch_optional(db.pool())
+        .await?;
     let secrets = db.secrets()?;
     row.as_ref().map(|r| from_row(secrets, r, now)).transpose()
 }
@@ -341,6 +353,12 @@ pub async fn renew_code(
     Ok(done.rows_affected() == 1)
 }
 
+/// The conditional update of [`claim`].
+pub(crate) const CLAIM: &str = "UPDATE qr_sessions SET state = 'scanned', version = version + 1, \
+    token = NULL, device_id = $1, candidates = $2, nonce = $3, signed_context = $4 \
+    WHERE id = $5 AND token_digest = $6 AND state = 'created' AND expires_at > $7 \
+    AND code_expires_at > $7";
+
 /// Records the device that claimed the session (one conditional update: of racing devices,
 /// one wins). The token text is cleared: the code is spent.
 #[allow(clippy::too_many_arguments)]
@@ -356,20 +374,16 @@ pub async fn claim(
 ) -> Result<bool, StoreError> {
     let candidates =
         serde_json::to_string(candidates).map_err(|_| StoreError::Corrupted("candidates"))?;
-    let done = sqlx::query(
-        "UPDATE qr_sessions SET state = 'scanned', version = version + 1, token = NULL, \
-         device_id = $1, candidates = $2, nonce = $3, signed_context = $4 \
-         WHERE id = $5 AND token_digest = $6 AND state = 'created' AND expires_at > $7 AND code_expires_at > $7",
-    )
-    .bind(device.as_str())
-    .bind(candidates)
-    .bind(nonce)
-    .bind(signed_context)
-    .bind(id.as_str())
-    .bind(token_digest)
-    .bind(now)
-    .execute(db.writer())
-    .await?;
+    let done = sqlx::query(CLAIM)
+        .bind(device.as_str())
+        .bind(candidates)
+        .bind(nonce)
+        .bind(signed_context)
+        .bind(id.as_str())
+        .bind(token_digest)
+        .bind(now)
+        .execute(db.writer())
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -391,6 +405,11 @@ pub struct QrAnswer<'a> {
     pub follow_up_id: Option<&'a AuthenticationId>,
 }
 
+/// The conditional update of [`record_answer`].
+pub(crate) const RECORD_ANSWER: &str = "UPDATE qr_sessions SET state = $1, version = version + 1, \
+    enrollment_id = $2, user_id = $3, decision = $4, signed_response = $5, attributes = $6, \
+    follow_up_id = $7, answered_at = $8 WHERE id = $9 AND state = 'scanned' AND expires_at > $8";
+
 /// Records the answer if the session is still waiting for one (one conditional update).
 pub async fn record_answer<'e, E>(
     executor: E,
@@ -405,24 +424,24 @@ where
         Ok(serde_json::Value::String(s)) => s,
         _ => return Err(StoreError::Corrupted("decision")),
     };
-    let done = sqlx::query(
-        "UPDATE qr_sessions SET state = $1, version = version + 1, enrollment_id = $2, user_id = $3, \
-         decision = $4, signed_response = $5, attributes = $6, follow_up_id = $7, answered_at = $8 \
-         WHERE id = $9 AND state = 'scanned' AND expires_at > $8",
-    )
-    .bind(answer.state.as_str())
-    .bind(answer.enrollment_id.as_str())
-    .bind(answer.user_id.as_str())
-    .bind(decision)
-    .bind(answer.signed_response)
-    .bind(answer.attributes)
-    .bind(answer.follow_up_id.map(AuthenticationId::as_str))
-    .bind(now)
-    .bind(id.as_str())
-    .execute(executor)
-    .await?;
+    let done = sqlx::query(RECORD_ANSWER)
+        .bind(answer.state.as_str())
+        .bind(answer.enrollment_id.as_str())
+        .bind(answer.user_id.as_str())
+        .bind(decision)
+        .bind(answer.signed_response)
+        .bind(answer.attributes)
+        .bind(answer.follow_up_id.map(AuthenticationId::as_str))
+        .bind(now)
+        .bind(id.as_str())
+        .execute(executor)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The conditional update of [`settle_follow_up`].
+pub(crate) const SETTLE_FOLLOW_UP: &str = "UPDATE qr_sessions SET state = $1, version = version + 1 \
+    WHERE follow_up_id = $2 AND state = 'verifying'";
 
 /// Completes a session that waited for its follow-up.
 pub async fn settle_follow_up(
@@ -430,13 +449,10 @@ pub async fn settle_follow_up(
     follow_up: &AuthenticationId,
     state: QrSessionState,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE qr_sessions SET state = $1, version = version + 1 \
-         WHERE follow_up_id = $2 AND state = 'verifying'",
-    )
-    .bind(state.as_str())
-    .bind(follow_up.as_str())
-    .execute(db.writer())
-    .await?;
+    let done = sqlx::query(SETTLE_FOLLOW_UP)
+        .bind(state.as_str())
+        .bind(follow_up.as_str())
+        .execute(db.writer())
+        .await?;
     Ok(done.rows_affected() == 1)
 }

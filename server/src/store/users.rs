@@ -36,21 +36,23 @@ pub async fn insert(
     }
 }
 
+/// The statement of [`get`].
+pub(crate) const GET: &str = "SELECT u.user_id, u.display_name, u.created_at, \
+    (SELECT COUNT(*) FROM enrollments e WHERE e.application_id = u.application_id \
+    AND e.user_id = u.user_id) AS devices \
+    FROM users u WHERE u.application_id = $1 AND u.user_id = $2";
+
 /// One user with their device count.
 pub async fn get(
     db: &Database,
     app: &ApplicationId,
     user_id: &UserId,
 ) -> Result<Option<User>, StoreError> {
-    let row = sqlx::query(
-        "SELECT u.user_id, u.display_name, u.created_at, \
-         (SELECT COUNT(*) FROM enrollments e WHERE e.application_id = u.application_id AND e.user_id = u.user_id) AS devices \
-         FROM users u WHERE u.application_id = $1 AND u.user_id = $2",
-    )
-    .bind(app.as_str())
-    .bind(user_id.as_str())
-    .fetch_optional(db.pool())
-    .await?;
+    let row = sqlx::query(GET)
+        .bind(app.as_str())
+        .bind(user_id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
     row.as_ref().map(row_to_user).transpose()
 }
 

@@ -183,18 +183,19 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// The statement of [`endpoints_in`] (every audited event with a webhook type runs it).
+pub(crate) const ENDPOINTS_OF: &str = "SELECT id, application_id, url, event_types, created_at \
+    FROM webhook_endpoints WHERE application_id = $1 ORDER BY created_at, id";
+
 /// The endpoints of `application_id` within `tx`.
 pub async fn endpoints_in(
     tx: &mut sqlx::AnyConnection,
     application_id: &str,
 ) -> Result<Vec<Endpoint>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, application_id, url, event_types, created_at FROM webhook_endpoints \
-         WHERE application_id = $1 ORDER BY created_at, id",
-    )
-    .bind(application_id)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = sqlx::query(ENDPOINTS_OF)
+        .bind(application_id)
+        .fetch_all(&mut *tx)
+        .await?;
     rows.iter().map(row_to_endpoint).collect()
 }
 

@@ -19,7 +19,7 @@ use tessera_protocol::api::{
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::time::now;
-use tessera_server::{ServerConfig, SmtpConfig, admin};
+use tessera_server::{Clock, ManualClock, ServerConfig, SmtpConfig, admin};
 use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
 
 on_each_backend! {
@@ -199,15 +199,24 @@ fn db(server: &TestServer) -> &tessera_server::Database {
 }
 
 async fn use_code_and_fallback(backend: Backend) {
+    // The server's time moves only when the test says so: the fallback delays pass without
+    // waiting for them (the devices keep the real time, well inside their signatures' window).
+    let clock = ManualClock::new();
     let server = TestServer::start_with(backend, |c| {
         c.push_attempts = 1;
         c.max_pending_authentications_per_user = 10;
+        c.clock = Arc::new(clock.clone());
     })
     .await;
     let app = server.app.application_id.clone();
     let (device, account) = paired(&server, "alice").await;
     early_in_a_step().await;
     let t = now();
+    // The server reads the time `t` was taken at (it stays in `t`'s 30-second step: the test
+    // moves it 3.2 s at most).
+    clock.advance(Duration::from_millis(
+        u64::try_from(t * 1000 - clock.now_ms()).unwrap_or(0),
+    ));
 
     // By default an authentication accepts no passcode, not even the right one.
     let plain = server
@@ -361,7 +370,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .await
         .unwrap();
     assert!(!created.otp_accepted);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_millis(2100));
     let status = server
         .customer
         .authentication(&created.authentication_id, 0)
@@ -376,7 +385,7 @@ async fn use_code_and_fallback(backend: Backend) {
         .create_authentication("alice", &request)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     let err = server
         .customer
         .answer_with_otp(
@@ -630,7 +639,10 @@ async fn sms_and_voice(backend: Backend) {
 
 async fn expiry_reuse_rate_limit(backend: Backend) {
     let provider = provider().await;
+    // The code expires when the test moves the server's clock, without waiting.
+    let clock = ManualClock::new();
     let server = TestServer::start_with(backend, |c| {
+        c.clock = Arc::new(clock.clone());
         c.backup_code_ttl = 1;
         c.backup_codes_per_window = 3;
         c.backup_code_attempts = 2;
@@ -682,7 +694,7 @@ async fn expiry_reuse_rate_limit(backend: Backend) {
         .await
         .unwrap();
     let code = last_code();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_millis(2100));
     let err = server
         .customer
         .verify_otp_challenge(&expiring.challenge_id, &code)

@@ -417,6 +417,33 @@ async fn browser_call(
     (status, response.json().await.unwrap())
 }
 
+/// The server's `tessera_waiting_topics` gauge: the topics some request waits on now.
+async fn waiting_topics(server: &TestServer) -> i64 {
+    let text = reqwest::get(format!("{}/metrics", server.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("tessera_waiting_topics "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no waiting_topics gauge in {text}"))
+}
+
+/// Returns once at least `topics` topics have waiters in the server (the gauge is read as the
+/// server reports it; a poll that never arrives fails the test after 10 s).
+async fn until_waiting(server: &TestServer, topics: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while waiting_topics(server).await < topics {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long-poll never started waiting"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn browser(backend: Backend) {
     let server = TestServer::start(backend).await;
     let device = device_with(&server, &["alice"]).await;
@@ -462,6 +489,7 @@ async fn browser(backend: Backend) {
     assert_eq!(server_code(&err), Some(ErrorCode::QrSessionNotFound));
 
     // A long-poll returns as soon as the code is scanned.
+    let waiting_before = waiting_topics(&server).await;
     let poll = {
         let url = format!(
             "{}/v1/qr-browser?wait=20&seen={}",
@@ -482,7 +510,8 @@ async fn browser(backend: Backend) {
             (body, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Scanned once the poll waits on the session (so the wake-up is what answers it).
+    until_waiting(&server, waiting_before + 1).await;
     let qr = device.auth.authenticate_with_qr(&new_uri).await.unwrap();
     let (scanned, waited) = poll.await.unwrap();
     assert_eq!(scanned.state, QrSessionState::Scanned);

@@ -350,7 +350,12 @@ async fn deliver_with(
             Err(e) => tracing::warn!(error = %e, "push: could not mark the token stale"),
         }
     }
-    if let Err(e) = authentications::set_push_state(&state.db, &record.id, outcome, attempts).await
+    // A request is stored with push state "none" and no attempts: a device reached only by
+    // pulling leaves it as it is (no write that changes nothing, on every such request).
+    let unchanged = outcome == "none" && attempts == 0 && record.push_state == "none";
+    if !unchanged
+        && let Err(e) =
+            authentications::set_push_state(&state.db, &record.id, outcome, attempts).await
     {
         tracing::warn!(error = %e, "push: could not record the outcome");
     }

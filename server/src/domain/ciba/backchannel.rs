@@ -457,14 +457,19 @@ async fn start(
     // The application's mandatory methods and policy (kind `ciba`), before the user is asked.
     // A CIBA approval is always made on the device with user verification: `approve` lets the
     // request go on like `require`.
-    crate::domain::methods::require_mandatory(state, &client.application_id, &user)
-        .await
-        .map_err(|e| match e {
-            DomainError::Refused { message, .. } => {
-                OAuthError::new(OAuthCode::AccessDenied, message)
-            }
-            other => OAuthError::from(other),
-        })?;
+    // One read of the application's settings serves the whole request.
+    let app_settings = applications::request_settings(&state.db, &client.application_id).await?;
+    crate::domain::methods::require_mandatory_of(
+        state,
+        &client.application_id,
+        &user,
+        &app_settings.otp,
+    )
+    .await
+    .map_err(|e| match e {
+        DomainError::Refused { message, .. } => OAuthError::new(OAuthCode::AccessDenied, message),
+        other => OAuthError::from(other),
+    })?;
     let decided = crate::domain::policy::decide(
         state,
         &client.application_id,
@@ -493,12 +498,9 @@ async fn start(
     }
     // A bypass (docs/bypass-and-recovery.md): the request completes at once, nothing is sent.
     let bypass = crate::domain::bypass::active(state, &client.application_id, &user).await?;
-    let settings = applications::authentication_settings(&state.db, &client.application_id).await?;
+    let settings = app_settings.authentication;
     let number_matching = settings.number_matching;
-    let application_name = applications::get(&state.db, &client.application_id)
-        .await?
-        .map(|a| a.name)
-        .unwrap_or_default();
+    let application_name = app_settings.name;
     let details = CibaDetails {
         client_name: client.name.clone(),
         binding_message: binding_message.map(str::to_string),
@@ -555,9 +557,8 @@ async fn start(
         notify_attempts: 0,
         notify_due_at_ms: None,
     };
-    let quota = crate::domain::applications::quotas(state, &client.application_id)
-        .await?
-        .pending_requests;
+    let quota =
+        crate::domain::applications::quotas_in_force(state, app_settings.quotas).pending_requests;
     let limits = crate::domain::applications::UserLimits {
         // Bypassed requests reach no device and do not count towards the cap.
         push_bombing: bypass
