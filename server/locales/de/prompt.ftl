@@ -52,3 +52,10 @@ result-canceled = Anmeldung abgebrochen.
 result-failed = Die Bestätigung ist fehlgeschlagen.
 returning = Zurück zur Anwendung…
 expires-in = Verbleibende Zeit:
+
+## QR login as the alternative (useQrCode)
+qr-use = Stattdessen einen QR-Code mit der App scannen
+qr-instructions = Öffnen Sie die App auf Ihrem Telefon und scannen Sie diesen Code. Nur Ihre eigene App kann ihn verwenden.
+qr-image-label = QR-Code zum Scannen mit der App
+qr-new-code = Neuen Code anzeigen
+pairing-passcode = Um dieses Gerät freizugeben, geben Sie den Code ein, den wir gesendet haben an

@@ -52,3 +52,10 @@ result-canceled = Sign-in canceled.
 result-failed = Verification failed.
 returning = Returning to the application…
 expires-in = Time left:
+
+## QR login as the alternative (useQrCode)
+qr-use = Scan a QR code with the app instead
+qr-instructions = Open the app on your phone and scan this code. Only your own app can use it.
+qr-image-label = QR code to scan with the app
+qr-new-code = Show a new code
+pairing-passcode = To approve this device, enter the code we sent to

@@ -52,3 +52,10 @@ result-canceled = Connexion annulée.
 result-failed = La vérification a échoué.
 returning = Retour à l’application…
 expires-in = Temps restant :
+
+## QR login as the alternative (useQrCode)
+qr-use = Scanner plutôt un code QR avec l’application
+qr-instructions = Ouvrez l’application sur votre téléphone et scannez ce code. Seule votre propre application peut l’utiliser.
+qr-image-label = Code QR à scanner avec l’application
+qr-new-code = Afficher un nouveau code
+pairing-passcode = Pour approuver cet appareil, saisissez le code envoyé à

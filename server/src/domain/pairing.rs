@@ -330,6 +330,7 @@ async fn create_enrollment(
     verified: &VerifiedRegistration,
     client_ip: Option<&str>,
     now: i64,
+    hold_for_passcode: bool,
 ) -> Result<Result<Created, sqlx::Error>, DomainError> {
     let reg = &verified.registration;
     // The platform attestation, as the application's setting asks: under `require` a pairing
@@ -396,7 +397,7 @@ async fn create_enrollment(
         device_id: reg.device_id.clone(),
         registration_digest: verified.digest,
         server_keys: ctx.keys.public_set(),
-        pending_verification: verification.is_some(),
+        pending_verification: verification.is_some() || hold_for_passcode,
         otp: sealed_otp,
         issued_at: now,
     };
@@ -419,7 +420,7 @@ async fn create_enrollment(
         server_payload,
         paired_at: now,
         last_seen_at: now,
-        status: if verification.is_some() {
+        status: if verification.is_some() || hold_for_passcode {
             EnrollmentState::PendingVerification
         } else {
             EnrollmentState::Active
@@ -567,7 +568,7 @@ async fn pair_with_code(
             count_failure(ctx, "policy_denied");
             return Err(decided.refusal());
         }
-        match create_enrollment(ctx, &mut tx, &app, &user_id, &verified, Some(client), now).await? {
+        match create_enrollment(ctx, &mut tx, &app, &user_id, &verified, Some(client), now, false).await? {
             Ok(created) => {
                 tx.commit().await?;
                 let enrollment = created.push_verification(ctx).await;
@@ -662,6 +663,20 @@ pub(crate) async fn relay(
     user_id: &UserId,
     request: &RelayPairingRequest,
 ) -> Result<RelayPairingResponse, DomainError> {
+    relay_with(ctx, app, user_id, request, false).await
+}
+
+/// [`relay`], for a flow whose new device is approved by a passcode sent to the user's phone
+/// or email (`hold_for_passcode`): when no primary device verifies it, the enrollment is
+/// stored `pending_verification` with no verification request, until the flow activates it
+/// ([`approve_held`]) or rejects it ([`reject_held`]).
+pub(crate) async fn relay_with(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    request: &RelayPairingRequest,
+    hold_for_passcode: bool,
+) -> Result<RelayPairingResponse, DomainError> {
     let now = ctx.now();
     let invalid = || {
         DomainError::new(
@@ -713,7 +728,7 @@ pub(crate) async fn relay(
         }
     }
     let mut tx = ctx.db.begin_write().await?;
-    match create_enrollment(ctx, &mut tx, &info, user_id, &verified, None, now).await? {
+    match create_enrollment(ctx, &mut tx, &info, user_id, &verified, None, now, hold_for_passcode).await? {
         Ok(created) => {
             tx.commit().await?;
             let enrollment = created.push_verification(ctx).await;
@@ -731,6 +746,32 @@ pub(crate) async fn relay(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Activates a new device a flow held for passcode approval (the passcode was right); false if
+/// it is no longer held (rejected, or activated meanwhile). Wakes whoever waits on it.
+pub(crate) async fn approve_held(ctx: &Ctx, id: &EnrollmentId) -> Result<bool, DomainError> {
+    let done = enrollments::set_held_status(&ctx.db, id, EnrollmentState::Active).await?;
+    if done {
+        tracing::info!(enrollment_id = %id, "new device approved by passcode");
+        ctx.events
+            .announce(&ctx.db, &[super::events::Topic::Enrollment(id.to_string())])
+            .await;
+    }
+    Ok(done)
+}
+
+/// Rejects, for good, a new device a flow held for passcode approval (the flow ended without
+/// the passcode). Wakes whoever waits on it.
+pub(crate) async fn reject_held(ctx: &Ctx, id: &EnrollmentId) -> Result<bool, DomainError> {
+    let done = enrollments::set_held_status(&ctx.db, id, EnrollmentState::Rejected).await?;
+    if done {
+        tracing::info!(enrollment_id = %id, "new device held for a passcode rejected");
+        ctx.events
+            .announce(&ctx.db, &[super::events::Topic::Enrollment(id.to_string())])
+            .await;
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

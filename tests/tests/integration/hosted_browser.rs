@@ -32,7 +32,7 @@ fn browser_dir() -> PathBuf {
 }
 
 /// Whether the browser cases can run; panics when they must (`TESSERA_REQUIRE_BROWSER=1`).
-fn browser_available() -> bool {
+pub(crate) fn browser_available() -> bool {
     let node = Command::new("node")
         .arg("--version")
         .stdout(Stdio::null())
@@ -55,7 +55,7 @@ fn browser_available() -> bool {
 
 /// The page in headless Chromium: `prompt_page.mjs`'s output, one `KIND rest` line at a time,
 /// and its stdin for commands.
-struct PromptPage {
+pub(crate) struct PromptPage {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::UnboundedReceiver<String>,
@@ -63,7 +63,7 @@ struct PromptPage {
 }
 
 impl PromptPage {
-    fn open(url: &str, flags: &[&str]) -> PromptPage {
+    pub(crate) fn open(url: &str, flags: &[&str]) -> PromptPage {
         let mut child = Command::new("node")
             .arg(browser_dir().join("prompt_page.mjs"))
             .arg(url)
@@ -94,13 +94,13 @@ impl PromptPage {
     }
 
     /// Sends one command (`pick N`, `click ACTION`, `type CODE`).
-    fn send(&mut self, command: &str) {
+    pub(crate) fn send(&mut self, command: &str) {
         writeln!(self.stdin, "{command}").expect("write a command");
         self.stdin.flush().expect("flush");
     }
 
     /// The next line of one of `kinds` (others are logged and skipped); fails on `ERROR`.
-    async fn expect(&mut self, kinds: &[&str]) -> (String, String) {
+    pub(crate) async fn expect(&mut self, kinds: &[&str]) -> (String, String) {
         loop {
             let line = tokio::time::timeout(STEP_TIMEOUT, self.lines.recv())
                 .await
@@ -119,7 +119,7 @@ impl PromptPage {
     }
 
     /// Waits for `STATE <status> …` and answers what the page shows with it.
-    async fn state(&mut self, status: &str) -> serde_json::Value {
+    pub(crate) async fn state(&mut self, status: &str) -> serde_json::Value {
         loop {
             let (_, rest) = self.expect(&["STATE"]).await;
             let (got, info) = rest.split_once(' ').unwrap_or((rest.as_str(), "{}"));
@@ -135,7 +135,7 @@ impl PromptPage {
     }
 
     /// Waits for the final state, its text, and (unless `INVALID`) the URL the page went to.
-    async fn finish(mut self, status: &str) -> (String, String) {
+    pub(crate) async fn finish(mut self, status: &str) -> (String, String) {
         let (_, got) = self.expect(&["FINAL"]).await;
         assert_eq!(got, status, "{:#?}", self.log);
         let (_, text) = self.expect(&["TEXT"]).await;
@@ -161,7 +161,7 @@ impl Drop for PromptPage {
 }
 
 /// Where the page returns to: a page of the test server itself, so the navigation lands.
-fn return_url(server: &TestServer, tag: &str) -> String {
+pub(crate) fn return_url(server: &TestServer, tag: &str) -> String {
     format!("{}/healthz?rp={tag}&state=x%2Fy", server.base_url)
 }
 
