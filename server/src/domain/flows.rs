@@ -552,7 +552,11 @@ async fn after_qr(
             done.authentication_id = approval.follow_up_id;
             done.enrollment_id = Some(approval.enrollment_id);
             done.policy = data.policy.clone();
-            Ok(Some((QR_ANSWERED, FlowStatus::MfaCompleted, finished(data, done))))
+            Ok(Some((
+                QR_ANSWERED,
+                FlowStatus::MfaCompleted,
+                finished(data, done),
+            )))
         }
         // The session is restricted to the flow's user; anyone else never completes the flow.
         Ok(_) => {
@@ -562,7 +566,11 @@ async fn after_qr(
         Err(QrSessionState::Denied) if flow.data.options.hosted.is_some() => {
             let mut done = result(FlowResultStatus::Denied);
             done.policy = data.policy.clone();
-            Ok(Some((QR_ANSWERED, FlowStatus::MfaFailed, finished(data, done))))
+            Ok(Some((
+                QR_ANSWERED,
+                FlowStatus::MfaFailed,
+                finished(data, done),
+            )))
         }
         Err(QrSessionState::Denied) => Ok(Some((QR_ANSWERED, flow.status, data))),
         Err(_) => Ok(Some(("qrExpired", flow.status, data))),
@@ -950,9 +958,28 @@ async fn refused(ctx: &Ctx, flow: &Flow, action: &str, e: DomainError) -> Domain
         return e;
     };
     if code == ErrorCode::OtpLocked {
-        let data = finished(flow.data.clone(), result(FlowResultStatus::OtpLocked));
-        if let Err(store_error) = move_to(ctx, flow, action, FlowStatus::MfaFailed, data).await {
-            tracing::warn!(error = %store_error, "could not end a locked flow");
+        // A racing action may have claimed the flow meanwhile (its passcode taken before or
+        // after this one): the lock ends the flow whatever moved, so read again and retry.
+        let mut current = flow.clone();
+        for _ in 0..4 {
+            if current.status.is_final() {
+                break;
+            }
+            let data = finished(current.data.clone(), result(FlowResultStatus::OtpLocked));
+            match move_to(ctx, &current, action, FlowStatus::MfaFailed, data).await {
+                Ok(Some(_)) => break,
+                Ok(None) => match reload(ctx, &current).await {
+                    Ok(latest) => current = latest,
+                    Err(store_error) => {
+                        tracing::warn!(error = %store_error, "could not end a locked flow");
+                        break;
+                    }
+                },
+                Err(store_error) => {
+                    tracing::warn!(error = %store_error, "could not end a locked flow");
+                    break;
+                }
+            }
         }
         return e;
     }
@@ -1650,7 +1677,8 @@ async fn resend_otp(
     let challenge = backup::send_to_contact(ctx, app, &flow.stored.user_id, channel).await?;
     otp.destination = Some(challenge.destination);
     otp.challenge_id = Some(challenge.challenge_id);
-    Ok((FlowStatus::OtpRequired, data))
+    // Where it was: OTP_REQUIRED, or MOBILE_PAIRING_REQUIRED for a new device held for it.
+    Ok((flow.status, data))
 }
 
 /// `cancelAuthentication`: ends the flow, withdrawing a push still pending on the phone.
@@ -1823,6 +1851,81 @@ mod tests {
         ] {
             assert!(allowed_actions(&flow(status, 2, true)).is_empty());
         }
+    }
+
+    #[test]
+    fn the_qr_alternative_is_offered_on_hosted_flows_of_users_with_a_phone() {
+        use FlowActionName::*;
+        let mut f = flow(FlowStatus::PushConfirmationWaiting, 1, false);
+        f.data.devices[0].device_type = FlowDeviceType::Mobile;
+        assert!(!allowed_actions(&f).contains(&UseQrCode), "not hosted");
+        f.data.options.hosted = Some(HostedPrompt {
+            return_url: "https://rp.example/cb".into(),
+            ui_locales: Vec::new(),
+        });
+        assert_eq!(
+            allowed_actions(&f),
+            vec![Poll, UseQrCode, CancelAuthentication]
+        );
+        f.data.devices[0].device_type = FlowDeviceType::Sms;
+        assert!(!allowed_actions(&f).contains(&UseQrCode), "no phone");
+        f.data.devices[0].device_type = FlowDeviceType::Mobile;
+        for status in [
+            FlowStatus::AuthenticationRequired,
+            FlowStatus::MobilePairingRequired,
+            FlowStatus::MfaSetupRequired,
+            FlowStatus::MfaCompleted,
+        ] {
+            f.status = status;
+            assert!(!allowed_actions(&f).contains(&UseQrCode), "{status:?}");
+        }
+        // While a code is shown, the flow can be polled where it otherwise could not.
+        f.status = FlowStatus::PushConfirmationTimedOut;
+        assert!(!allowed_actions(&f).contains(&Poll));
+        f.data.qr = Some(QrSessionId::generate());
+        assert_eq!(
+            allowed_actions(&f),
+            vec![Authenticate, Poll, UseQrCode, CancelAuthentication]
+        );
+    }
+
+    #[test]
+    fn a_new_device_held_for_a_passcode_expects_it() {
+        use FlowActionName::*;
+        let mut f = flow(FlowStatus::MobilePairingRequired, 0, false);
+        assert_eq!(
+            allowed_actions(&f),
+            vec![Poll, ContinueAuthentication, CancelAuthentication]
+        );
+        f.data.pairing = Some(FlowPairing {
+            enrollment_id: EnrollmentId::generate(),
+            server_payload: "payload".into(),
+            state: EnrollmentState::PendingVerification.as_str().into(),
+        });
+        // Verified by the primary device: no passcode.
+        assert!(!held_for_passcode(&f.data));
+        f.data.otp = Some(OtpStep {
+            source: FlowOtpSource::Sms,
+            destination: Some("+*******4321".into()),
+            authentication_id: None,
+            challenge_id: Some("challenge".into()),
+        });
+        assert!(held_for_passcode(&f.data));
+        assert_eq!(
+            allowed_actions(&f),
+            vec![
+                Poll,
+                ContinueAuthentication,
+                CheckOtp,
+                ResendOtp,
+                CancelAuthentication
+            ]
+        );
+        if let Some(p) = f.data.pairing.as_mut() {
+            p.state = EnrollmentState::Active.as_str().into();
+        }
+        assert!(!held_for_passcode(&f.data));
+        assert!(!allowed_actions(&f).contains(&CheckOtp));
     }
 
     #[test]

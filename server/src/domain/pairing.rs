@@ -317,6 +317,14 @@ impl Created {
     }
 }
 
+/// How a registration arrives: the device's address (a direct pairing), and whether a flow
+/// holds the new device for a passcode approval (a relay pairing, see [`relay_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct How<'a> {
+    client_ip: Option<&'a str>,
+    hold_for_passcode: bool,
+}
+
 /// Builds, signs and inserts the enrollment inside `tx` (whose first statement was a write).
 /// Under the policy "verify new devices with the primary device", a user's further device is
 /// inserted pending verification, next to the request that asks the primary device, and the
@@ -328,10 +336,13 @@ async fn create_enrollment(
     app: &ApplicationInfo,
     user_id: &UserId,
     verified: &VerifiedRegistration,
-    client_ip: Option<&str>,
+    how: How<'_>,
     now: i64,
-    hold_for_passcode: bool,
 ) -> Result<Result<Created, sqlx::Error>, DomainError> {
+    let How {
+        client_ip,
+        hold_for_passcode,
+    } = how;
     let reg = &verified.registration;
     // The platform attestation, as the application's setting asks: under `require` a pairing
     // without a valid one is refused here, before anything is written (the transaction, and
@@ -568,7 +579,20 @@ async fn pair_with_code(
             count_failure(ctx, "policy_denied");
             return Err(decided.refusal());
         }
-        match create_enrollment(ctx, &mut tx, &app, &user_id, &verified, Some(client), now, false).await? {
+        match create_enrollment(
+            ctx,
+            &mut tx,
+            &app,
+            &user_id,
+            &verified,
+            How {
+                client_ip: Some(client),
+                hold_for_passcode: false,
+            },
+            now,
+        )
+        .await?
+        {
             Ok(created) => {
                 tx.commit().await?;
                 let enrollment = created.push_verification(ctx).await;
@@ -728,7 +752,20 @@ pub(crate) async fn relay_with(
         }
     }
     let mut tx = ctx.db.begin_write().await?;
-    match create_enrollment(ctx, &mut tx, &info, user_id, &verified, None, now, hold_for_passcode).await? {
+    match create_enrollment(
+        ctx,
+        &mut tx,
+        &info,
+        user_id,
+        &verified,
+        How {
+            client_ip: None,
+            hold_for_passcode,
+        },
+        now,
+    )
+    .await?
+    {
         Ok(created) => {
             tx.commit().await?;
             let enrollment = created.push_verification(ctx).await;

@@ -1050,7 +1050,11 @@ pub(crate) async fn flow_outcome(
                     .unwrap_or_default(),
                 follow_up_id: session.follow_up_id,
             })),
-            _ => return Err(DomainError::Internal("an approved QR session lacks its user")),
+            _ => {
+                return Err(DomainError::Internal(
+                    "an approved QR session lacks its user",
+                ));
+            }
         },
         QrSessionState::Denied | QrSessionState::Expired => Some(Err(session.state)),
         _ => None,

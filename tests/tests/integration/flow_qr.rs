@@ -78,10 +78,14 @@ async fn qr_completes_flow(backend: Backend) {
     let token = token_of(&flow);
     // The QR alternative is offered once the user is being asked, not before.
     assert!(!flow.actions.contains(&FlowActionName::UseQrCode));
-    let waiting = act(&server, &flow, FlowAction::Authenticate {
-        mobile_payload: None,
-        authorization_payload: None,
-    })
+    let waiting = act(
+        &server,
+        &flow,
+        FlowAction::Authenticate {
+            mobile_payload: None,
+            authorization_payload: None,
+        },
+    )
     .await;
     assert_eq!(waiting.status, FlowStatus::PushConfirmationWaiting);
     assert!(waiting.actions.contains(&FlowActionName::UseQrCode));
@@ -146,10 +150,15 @@ async fn qr_completes_flow(backend: Backend) {
         "MOBILE_APP_SWIPE"
     );
     assert!(done.qr.is_none(), "a finished flow shows no code");
+    let page = page_view(&server, &token, None).await;
+    assert_eq!(page.status, FlowStatus::MfaCompleted);
+    assert!(page.qr.is_none());
     let history = server.customer.flow_events(flow.id.as_str()).await.unwrap();
     assert!(
-        history.events.iter().any(|e| e.action == "qrAnswered"
-            && e.to_status == FlowStatus::MfaCompleted),
+        history
+            .events
+            .iter()
+            .any(|e| e.action == "qrAnswered" && e.to_status == FlowStatus::MfaCompleted),
         "{history:?}"
     );
 
@@ -182,17 +191,29 @@ async fn other_user_refused(backend: Backend) {
         .create_flow(&hosted_request("alice", "https://rp.example/cb", &[]))
         .await
         .unwrap();
-    act(&server, &flow, FlowAction::Authenticate {
-        mobile_payload: None,
-        authorization_payload: None,
-    })
+    act(
+        &server,
+        &flow,
+        FlowAction::Authenticate {
+            mobile_payload: None,
+            authorization_payload: None,
+        },
+    )
     .await;
     let shown = act(&server, &flow, FlowAction::UseQrCode {}).await;
     let uri = shown.qr.unwrap().qr_uri.unwrap();
 
     // Bob's phone scans Alice's code: none of its users may answer it.
-    let err = bob_device.auth.authenticate_with_qr(&uri).await.unwrap_err();
-    assert_eq!(err.server_code(), Some(ErrorCode::NoEligibleUser), "{err:?}");
+    let err = bob_device
+        .auth
+        .authenticate_with_qr(&uri)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.server_code(),
+        Some(ErrorCode::NoEligibleUser),
+        "{err:?}"
+    );
     let still = server.customer.flow(flow.id.as_str()).await.unwrap();
     assert_eq!(still.status, FlowStatus::PushConfirmationWaiting);
     assert_eq!(
@@ -215,7 +236,13 @@ async fn other_user_refused(backend: Backend) {
     assert_eq!(users, ["alice"]);
     // Answering as Bob is refused (his enrollment is no candidate) and completes nothing.
     let bob: tessera_protocol::ids::UserId = "bob".parse().unwrap();
-    assert!(shared.auth.approve_qr(&scanned, &bob, vec![]).await.is_err());
+    assert!(
+        shared
+            .auth
+            .approve_qr(&scanned, &bob, vec![])
+            .await
+            .is_err()
+    );
     let still = server.customer.flow(flow.id.as_str()).await.unwrap();
     assert!(!still.status.is_final());
     // Alice's answer completes it.
@@ -235,13 +262,23 @@ async fn fresh_and_expiry(backend: Backend) {
     let mut request = hosted_request("alice", "https://rp.example/cb", &[]);
     request.expires_in = Some(120);
     let flow = server.customer.create_flow(&request).await.unwrap();
-    act(&server, &flow, FlowAction::Authenticate {
-        mobile_payload: None,
-        authorization_payload: None,
-    })
+    act(
+        &server,
+        &flow,
+        FlowAction::Authenticate {
+            mobile_payload: None,
+            authorization_payload: None,
+        },
+    )
     .await;
-    let first = act(&server, &flow, FlowAction::UseQrCode {}).await.qr.unwrap();
-    let second = act(&server, &flow, FlowAction::UseQrCode {}).await.qr.unwrap();
+    let first = act(&server, &flow, FlowAction::UseQrCode {})
+        .await
+        .qr
+        .unwrap();
+    let second = act(&server, &flow, FlowAction::UseQrCode {})
+        .await
+        .qr
+        .unwrap();
     assert_ne!(first.session_id, second.session_id);
     // The old code stopped working; the new one lives no longer than the flow.
     let err = device
@@ -249,7 +286,11 @@ async fn fresh_and_expiry(backend: Backend) {
         .authenticate_with_qr(first.qr_uri.as_deref().unwrap())
         .await
         .unwrap_err();
-    assert_eq!(err.server_code(), Some(ErrorCode::QrSessionExpired), "{err:?}");
+    assert_eq!(
+        err.server_code(),
+        Some(ErrorCode::QrSessionExpired),
+        "{err:?}"
+    );
     assert!(second.code_expires_at.unwrap() <= flow.expires_at);
 
     // The flow expires (manual clock): so does its code.
@@ -262,7 +303,11 @@ async fn fresh_and_expiry(backend: Backend) {
         .authenticate_with_qr(second.qr_uri.as_deref().unwrap())
         .await
         .unwrap_err();
-    assert_eq!(err.server_code(), Some(ErrorCode::QrSessionExpired), "{err:?}");
+    assert_eq!(
+        err.server_code(),
+        Some(ErrorCode::QrSessionExpired),
+        "{err:?}"
+    );
     let err = server
         .customer
         .flow_action(flow.id.as_str(), &FlowAction::UseQrCode {})
@@ -279,19 +324,19 @@ async fn racing_codes(backend: Backend) {
         .create_flow(&hosted_request("alice", "https://rp.example/cb", &[]))
         .await
         .unwrap();
-    act(&server, &flow, FlowAction::Authenticate {
-        mobile_payload: None,
-        authorization_payload: None,
-    })
+    act(
+        &server,
+        &flow,
+        FlowAction::Authenticate {
+            mobile_payload: None,
+            authorization_payload: None,
+        },
+    )
     .await;
     let burst = (0..8).map(|_| {
         let customer = server.customer.clone();
         let id = flow.id.to_string();
-        tokio::spawn(async move {
-            customer
-                .flow_action(&id, &FlowAction::UseQrCode {})
-                .await
-        })
+        tokio::spawn(async move { customer.flow_action(&id, &FlowAction::UseQrCode {}).await })
     });
     let mut shown = Vec::new();
     for answer in futures::future::join_all(burst).await {
@@ -302,14 +347,24 @@ async fn racing_codes(backend: Backend) {
     }
     assert!(!shown.is_empty());
     // Whatever won last is the flow's code; every other code shown is retired.
-    let current = server.customer.flow(flow.id.as_str()).await.unwrap().qr.unwrap();
+    let current = server
+        .customer
+        .flow(flow.id.as_str())
+        .await
+        .unwrap()
+        .qr
+        .unwrap();
     for qr in shown.iter().filter(|q| q.session_id != current.session_id) {
         let err = device
             .auth
             .authenticate_with_qr(qr.qr_uri.as_deref().unwrap())
             .await
             .unwrap_err();
-        assert_eq!(err.server_code(), Some(ErrorCode::QrSessionExpired), "{err:?}");
+        assert_eq!(
+            err.server_code(),
+            Some(ErrorCode::QrSessionExpired),
+            "{err:?}"
+        );
     }
     let scanned = device
         .auth

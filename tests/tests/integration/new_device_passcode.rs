@@ -141,7 +141,11 @@ async fn approved_by_sms(backend: Backend) {
     let (provider, sent) = sms_provider().await;
     let server = TestServer::start(backend).await;
     setup(&server, &provider, true).await;
-    let flow = server.customer.create_flow(&flow_request(None)).await.unwrap();
+    let flow = server
+        .customer
+        .create_flow(&flow_request(None))
+        .await
+        .unwrap();
     let (phone, pairing) = register(&server, &flow).await;
     assert_eq!(pairing.status, FlowStatus::MobilePairingRequired);
     let p = pairing.pairing.clone().unwrap();
@@ -223,13 +227,23 @@ async fn bounded_and_locked(backend: Backend) {
     let (provider, sent) = sms_provider().await;
     let server = TestServer::start(backend).await;
     setup(&server, &provider, true).await;
-    let flow = server.customer.create_flow(&flow_request(None)).await.unwrap();
+    let flow = server
+        .customer
+        .create_flow(&flow_request(None))
+        .await
+        .unwrap();
     let (_phone, pairing) = register(&server, &flow).await;
     let right = last_code(&sent);
-    let wrong = if right == "000000" { "111111" } else { "000000" };
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
 
-    // A burst of wrong passcodes: one check at a time gets through, the rest are refused.
-    let mut checked = 0;
+    // Bursts of wrong passcodes until the user is locked out: every try is taken atomically
+    // against the user's OTP failure limit before a code is compared, so fewer than the limit
+    // are refused as wrong and the one reaching it locks.
+    let mut wrong_ones = 0;
     let mut locked = false;
     while !locked {
         let burst = (0..6).map(|_| {
@@ -244,18 +258,18 @@ async fn bounded_and_locked(backend: Backend) {
         for answer in futures::future::join_all(burst).await {
             let err = answer.unwrap().unwrap_err();
             match err.code() {
-                Some(ErrorCode::OtpInvalid) => checked += 1,
-                Some(ErrorCode::OtpLocked) => {
-                    checked += 1;
-                    locked = true;
-                }
+                Some(ErrorCode::OtpInvalid) => wrong_ones += 1,
+                Some(ErrorCode::OtpLocked) => locked = true,
                 Some(ErrorCode::Conflict | ErrorCode::ActionNotAllowed) => {}
                 other => panic!("unexpected refusal {other:?}: {err:?}"),
             }
         }
     }
     let limit = server.config().otp_max_failures as usize;
-    assert!(checked <= limit, "{checked} codes checked, limit {limit}");
+    assert!(
+        wrong_ones < limit,
+        "{wrong_ones} codes refused as wrong, limit {limit}"
+    );
     let ended = server.customer.flow(flow.id.as_str()).await.unwrap();
     assert_eq!(ended.status, FlowStatus::MfaFailed);
     assert_eq!(ended.result.unwrap().status, FlowResultStatus::OtpLocked);
@@ -301,7 +315,11 @@ async fn no_contact(backend: Backend) {
     let (provider, sent) = sms_provider().await;
     let server = TestServer::start(backend).await;
     setup(&server, &provider, false).await;
-    let flow = server.customer.create_flow(&flow_request(None)).await.unwrap();
+    let flow = server
+        .customer
+        .create_flow(&flow_request(None))
+        .await
+        .unwrap();
     let (_phone, pairing) = register(&server, &flow).await;
     assert_eq!(pairing.pairing.as_ref().unwrap().state, "active");
     assert!(pairing.otp.is_none());
