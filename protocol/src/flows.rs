@@ -128,6 +128,9 @@ pub enum FlowActionName {
     StartRegistration,
     /// Check the new FIDO credential (`MFA_SETUP_REQUIRED`, after `startRegistration`).
     CheckRegistration,
+    /// Sign in by scanning a QR code with the app instead (a QR login session bound to the
+    /// flow's user); again, a fresh code.
+    UseQrCode,
 }
 
 impl FlowActionName {
@@ -146,6 +149,7 @@ impl FlowActionName {
             Self::CheckAssertion => "checkAssertion",
             Self::StartRegistration => "startRegistration",
             Self::CheckRegistration => "checkRegistration",
+            Self::UseQrCode => "useQrCode",
         }
     }
 }
@@ -218,6 +222,8 @@ pub enum FlowAction {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         nickname: Option<String>,
     },
+    /// Show a QR code the flow's user scans with the app (a fresh one if one is shown).
+    UseQrCode {},
 }
 
 impl FlowAction {
@@ -236,6 +242,7 @@ impl FlowAction {
             Self::CheckAssertion { .. } => FlowActionName::CheckAssertion,
             Self::StartRegistration { .. } => FlowActionName::StartRegistration,
             Self::CheckRegistration { .. } => FlowActionName::CheckRegistration,
+            Self::UseQrCode {} => FlowActionName::UseQrCode,
         }
     }
 }
@@ -583,6 +590,32 @@ pub struct FlowState {
     /// the creation answer: the server keeps the token's hash, not the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_url: Option<String>,
+    /// The QR code the flow's user may scan with the app instead (after `useQrCode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr: Option<FlowQr>,
+}
+
+/// A QR login session bound to a flow (`useQrCode`): only the flow's user's app can answer it,
+/// it is answered once and it expires with the flow; its approval completes the flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FlowQr {
+    /// The QR session.
+    pub session_id: crate::qr::QrSessionId,
+    /// Where it stands (`created`, `scanned`, `verifying`, `approved`, `denied`, `expired`).
+    pub state: crate::qr::QrSessionState,
+    /// The code's text (`tessera-qr://…`), while it can be scanned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr_uri: Option<String>,
+    /// The code as an SVG image (the hosted prompt only), while it can be scanned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr_svg: Option<String>,
+    /// When the code stops working (`useQrCode` again shows a fresh one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_expires_at: Option<UnixSeconds>,
+    /// With number matching on the follow-up approval: the number to pick on the phone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_to_show: Option<u32>,
 }
 
 /// The hosted prompt's view of its flow (`GET /v1/flow-browser`, with the browser token):
@@ -642,6 +675,9 @@ pub struct FlowBrowserState {
     pub lang: String,
     /// The page's texts in that language, by message id.
     pub texts: BTreeMap<String, String>,
+    /// The QR code to scan with the app instead (after `useQrCode`), with its SVG image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr: Option<FlowQr>,
 }
 
 /// The pairing of the app's device as the hosted prompt shows it.

@@ -401,6 +401,7 @@
           body.appendChild(el("p", { class: "muted", id: "pairing-state" },
             t(s.pairing.state === "pending_verification" ? "pairing-pending" : "pairing-active")));
         }
+        pairingPasscode(s);
         if (allowed("continueAuthentication")) actionsBox.appendChild(button(t("continue"), function () { act("continueAuthentication"); }, true, "continueAuthentication"));
         break;
       case "MFA_SETUP_REQUIRED":
@@ -435,6 +436,8 @@
       leave();
       return;
     }
+
+    qrAlternative(s);
 
     if (allowed("selectDevice") && s.status !== "DEVICE_SELECTION_REQUIRED" && s.devices.length > 1) {
       if (showDevices) {
@@ -619,6 +622,56 @@
     }
     var options = state.fido && (state.fido.request_options || state.fido.creation_options);
     if (options && options.publicKey && options.publicKey.challenge === challenge) ceremony();
+  }
+
+  // ---- New-device approval by a passcode sent to the user's phone or email ----------------
+  // While the new device is held for it, the flow expects the passcode (checkOtp) right here.
+  function pairingPasscode(s) {
+    if (!s.otp || !allowed("checkOtp")) return;
+    var where = s.otp.destination ? " " + s.otp.destination : "";
+    body.appendChild(el("p", { id: "pairing-passcode" }, t("pairing-passcode") + where));
+    body.appendChild(otpForm());
+    if (allowed("resendOtp")) actionsBox.appendChild(button(t("resend"), function () { act("resendOtp"); }, false, "resendOtp"));
+  }
+
+  // ---- QR login as the alternative (useQrCode) ------------------------------------------
+  // The flow shows a QR code bound to it: only the flow's user's app can answer it, and its
+  // approval completes the flow (the long poll sees the flow move). A code that is due for
+  // renewal is replaced by a fresh one (useQrCode again) while the page stays open.
+  var qrRenewTimer = null;
+
+  function qrAlternative(s) {
+    if (qrRenewTimer) {
+      clearTimeout(qrRenewTimer);
+      qrRenewTimer = null;
+    }
+    var qr = s.qr;
+    if (qr && qr.qr_svg) {
+      var box = el("div", { id: "qr-alternative", "data-qr-state": qr.state });
+      box.appendChild(el("p", null, t("qr-instructions")));
+      box.appendChild(el("img", {
+        class: "qr",
+        id: "flow-qr",
+        alt: t("qr-image-label"),
+        src: "data:image/svg+xml;charset=utf-8," + encodeURIComponent(qr.qr_svg),
+      }));
+      body.appendChild(box);
+      if (qr.code_expires_at && allowed("useQrCode")) {
+        var delay = Math.min(Math.max(qr.code_expires_at * 1000 - Date.now() - 2000, 5000), 600000);
+        var shownSession = qr.session_id;
+        qrRenewTimer = setTimeout(function () {
+          if (state && state.qr && state.qr.session_id === shownSession && state.qr.state === "created") act("useQrCode");
+        }, delay);
+      }
+    } else if (qr && qr.number_to_show !== undefined && qr.number_to_show !== null) {
+      body.appendChild(el("p", { class: "muted" }, t("push-number")));
+      body.appendChild(el("p", { class: "number", id: "qr-number" }, qr.number_to_show));
+    } else if (qr && qr.state === "created" && allowed("useQrCode")) {
+      actionsBox.appendChild(button(t("qr-new-code"), function () { act("useQrCode"); }, false, "useQrCode"));
+    }
+    if (!qr && allowed("useQrCode")) {
+      actionsBox.appendChild(button(t("qr-use"), function () { act("useQrCode"); }, false, "useQrCode"));
+    }
   }
 
   // Goes back to the application, to the return_url exactly as the flow was given it (the

@@ -25,7 +25,8 @@
 //                                  interactive), until the first flow state, and DOM interactive
 //   STATE <status> <json>          every change of the page's flow state (data-state or
 //                                  data-version), with what it shows: {"text", "number",
-//                                  "lang", "devices", "error", "heading"}
+//                                  "lang", "devices", "error", "heading", "qr" (the flow's
+//                                  QR code to scan instead is shown)}
 //   A11Y ok                        labelled inputs, a live region, a focusable heading, keyboard
 //                                  reachable controls (checked on the first state with controls)
 //   FINAL <status>                 a final state (MFA_COMPLETED, MFA_FAILED, CANCELED, INVALID);
@@ -163,6 +164,7 @@ async function main() {
             heading: text("heading"),
             error: text("error"),
             devices: document.querySelectorAll("ul.devices button").length,
+            qr: !!document.getElementById("flow-qr"),
           },
         });
       };

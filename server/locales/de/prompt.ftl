@@ -67,3 +67,10 @@ fido-failed = Das hat nicht funktioniert. Versuchen Sie es erneut oder wählen S
 fido-unsupported = Dieser Browser kann keine Sicherheitsschlüssel verwenden.
 fido-register-security-key = Sicherheitsschlüssel registrieren
 fido-register-platform = Dieses Gerät registrieren
+
+## QR login as the alternative (useQrCode)
+qr-use = Stattdessen einen QR-Code mit der App scannen
+qr-instructions = Öffnen Sie die App auf Ihrem Telefon und scannen Sie diesen Code. Nur Ihre eigene App kann ihn verwenden.
+qr-image-label = QR-Code zum Scannen mit der App
+qr-new-code = Neuen Code anzeigen
+pairing-passcode = Um dieses Gerät freizugeben, geben Sie den Code ein, den wir gesendet haben an

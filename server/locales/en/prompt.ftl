@@ -67,3 +67,10 @@ fido-failed = That did not work. Try again or choose another method.
 fido-unsupported = This browser cannot use security keys.
 fido-register-security-key = Register a security key
 fido-register-platform = Register this device
+
+## QR login as the alternative (useQrCode)
+qr-use = Scan a QR code with the app instead
+qr-instructions = Open the app on your phone and scan this code. Only your own app can use it.
+qr-image-label = QR code to scan with the app
+qr-new-code = Show a new code
+pairing-passcode = To approve this device, enter the code we sent to

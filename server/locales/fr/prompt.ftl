@@ -67,3 +67,10 @@ fido-failed = Cela n’a pas fonctionné. Réessayez ou choisissez une autre mé
 fido-unsupported = Ce navigateur ne peut pas utiliser de clé de sécurité.
 fido-register-security-key = Enregistrer une clé de sécurité
 fido-register-platform = Enregistrer cet appareil
+
+## QR login as the alternative (useQrCode)
+qr-use = Scanner plutôt un code QR avec l’application
+qr-instructions = Ouvrez l’application sur votre téléphone et scannez ce code. Seule votre propre application peut l’utiliser.
+qr-image-label = Code QR à scanner avec l’application
+qr-new-code = Afficher un nouveau code
+pairing-passcode = Pour approuver cet appareil, saisissez le code envoyé à

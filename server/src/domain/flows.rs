@@ -36,6 +36,7 @@ use tessera_protocol::flows::{
 };
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::DeviceRegistration;
+use tessera_protocol::qr::{QrSessionId, QrSessionState};
 
 use super::authentication::{MAX_WAIT_SECONDS, check_fields, check_text};
 use super::device_auth::verify_possession_signed;
@@ -131,6 +132,10 @@ struct Data {
     /// The WebAuthn ceremony waited for.
     #[serde(default)]
     fido: Option<FidoStep>,
+    /// The QR login session shown as the alternative (`useQrCode`), while it may complete the
+    /// flow.
+    #[serde(default)]
+    qr: Option<QrSessionId>,
 }
 
 /// A flow as loaded.
@@ -181,6 +186,7 @@ impl Flow {
                 registering: f.registering,
             }),
             prompt_url: None,
+            qr: None,
         }
     }
 
@@ -265,6 +271,9 @@ fn allowed_actions(flow: &Flow) -> Vec<FlowActionName> {
         FlowStatus::MobilePairingRequired => {
             add(true, Poll);
             add(true, ContinueAuthentication);
+            let held = held_for_passcode(&flow.data);
+            add(held, CheckOtp);
+            add(held, ResendOtp);
         }
         FlowStatus::MfaSetupRequired => {
             add(true, Authenticate);
@@ -296,6 +305,12 @@ fn allowed_actions(flow: &Flow) -> Vec<FlowActionName> {
     if recovery_code_allowed(flow) {
         actions.push(CheckRecoveryCode);
     }
+    if offers_qr(flow) {
+        if flow.data.qr.is_some() && !actions.contains(&Poll) {
+            actions.push(Poll);
+        }
+        actions.push(UseQrCode);
+    }
     if !flow.status.is_final() {
         actions.push(CancelAuthentication);
     }
@@ -305,15 +320,31 @@ fn allowed_actions(flow: &Flow) -> Vec<FlowActionName> {
 /// Whether `checkRecoveryCode` is offered: the user had recovery codes when the flow started,
 /// and the flow waits for the user's device (a choice, a push or a passcode).
 fn recovery_code_allowed(flow: &Flow) -> bool {
-    flow.data.recovery_codes
-        && matches!(
-            flow.status,
-            FlowStatus::DeviceSelectionRequired
-                | FlowStatus::PushConfirmationWaiting
-                | FlowStatus::PushConfirmationRejected
-                | FlowStatus::PushConfirmationTimedOut
-                | FlowStatus::OtpRequired
-        )
+    flow.data.recovery_codes && waits_for_the_users_device(flow.status)
+}
+
+/// Whether the flow is asking the user for their device: a choice, a push or a passcode.
+fn waits_for_the_users_device(status: FlowStatus) -> bool {
+    matches!(
+        status,
+        FlowStatus::DeviceSelectionRequired
+            | FlowStatus::PushConfirmationWaiting
+            | FlowStatus::PushConfirmationRejected
+            | FlowStatus::PushConfirmationTimedOut
+            | FlowStatus::OtpRequired
+    )
+}
+
+/// Whether the flow offers a QR login as the alternative (`useQrCode`): on the hosted prompt,
+/// while the user is being asked, when they have a phone with the app.
+fn offers_qr(flow: &Flow) -> bool {
+    flow.data.options.hosted.is_some()
+        && waits_for_the_users_device(flow.status)
+        && flow
+            .data
+            .devices
+            .iter()
+            .any(|d| d.device_type == FlowDeviceType::Mobile)
 }
 
 fn not_allowed(flow: &Flow) -> DomainError {
@@ -384,6 +415,19 @@ async fn move_to(
     ctx.events
         .announce(&ctx.db, &[Topic::Flow(stored.id.to_string())])
         .await;
+    if status.is_final()
+        && held_for_passcode(&data)
+        && let Some(pairing) = &data.pairing
+        && let Err(e) = pairing::reject_held(ctx, &pairing.enrollment_id).await
+    {
+        tracing::warn!(error = %e, flow_id = %stored.id, "could not reject the flow's held device");
+    }
+    if status.is_final()
+        && let Some(qr_session) = &data.qr
+        && let Err(e) = super::qr::withdraw_for_flow(ctx, qr_session).await
+    {
+        tracing::warn!(error = %e, flow_id = %stored.id, "could not withdraw the flow's QR code");
+    }
     if status.is_final() {
         super::audit::flow_completed(
             ctx,
@@ -482,6 +526,9 @@ async fn due_move(
         let data = finished(flow.data.clone(), result(FlowResultStatus::Expired));
         return Ok(Some(("expire", FlowStatus::MfaFailed, data)));
     }
+    if let Some(due) = after_qr(ctx, flow).await? {
+        return Ok(Some(due));
+    }
     if let Some(push) = flow.watched_push() {
         if let Some(record) = authentications::get(&ctx.db, push, now).await? {
             return Ok(after_push(flow, &record));
@@ -524,12 +571,133 @@ async fn refresh(ctx: &Ctx, mut flow: Flow) -> Result<Flow, DomainError> {
         let Some((action, status, data)) = due_move(ctx, &flow).await? else {
             return Ok(flow);
         };
+        let pending_push = flow.watched_push().cloned();
         match move_to(ctx, &flow, action, status, data).await? {
-            Some(next) => flow = next,
+            Some(next) => {
+                // Signed in by the QR code: the push still on the phone is withdrawn.
+                if action == QR_ANSWERED
+                    && next.status.is_final()
+                    && let Some(push) = pending_push
+                {
+                    outcome::record(ctx, &push, Ending::Canceled).await?;
+                }
+                flow = next;
+            }
             None => flow = reload(ctx, &flow).await?,
         }
     }
     Ok(flow)
+}
+
+/// The flow's own move recording its QR session's answer.
+const QR_ANSWERED: &str = "qrAnswered";
+
+/// What the flow's QR session ending means for the flow, if it moves it: approved by the
+/// flow's user, the flow completes with the QR step's attributes; denied on the hosted prompt,
+/// it ends `denied`; expired or withdrawn, the code is no longer shown.
+async fn after_qr(
+    ctx: &Ctx,
+    flow: &Flow,
+) -> Result<Option<(&'static str, FlowStatus, Data)>, DomainError> {
+    let Some(session) = &flow.data.qr else {
+        return Ok(None);
+    };
+    let Some(ended) = super::qr::flow_outcome(ctx, &flow.stored.id, session).await? else {
+        return Ok(None);
+    };
+    let mut data = flow.data.clone();
+    data.qr = None;
+    match ended {
+        Ok(approval) if approval.user_id == flow.stored.user_id => {
+            data.otp = None;
+            let mut done = result(FlowResultStatus::Authenticated);
+            done.attributes = approval.attributes;
+            done.authentication_id = approval.follow_up_id;
+            done.enrollment_id = Some(approval.enrollment_id);
+            done.policy = data.policy.clone();
+            Ok(Some((
+                QR_ANSWERED,
+                FlowStatus::MfaCompleted,
+                finished(data, done),
+            )))
+        }
+        // The session is restricted to the flow's user; anyone else never completes the flow.
+        Ok(_) => {
+            tracing::warn!(flow_id = %flow.stored.id, "a QR approval by another user was ignored");
+            Ok(Some(("qrExpired", flow.status, data)))
+        }
+        Err(QrSessionState::Denied) if flow.data.options.hosted.is_some() => {
+            let mut done = result(FlowResultStatus::Denied);
+            done.policy = data.policy.clone();
+            Ok(Some((
+                QR_ANSWERED,
+                FlowStatus::MfaFailed,
+                finished(data, done),
+            )))
+        }
+        Err(QrSessionState::Denied) => Ok(Some((QR_ANSWERED, flow.status, data))),
+        Err(_) => Ok(Some(("qrExpired", flow.status, data))),
+    }
+}
+
+/// `useQrCode`: shows a QR code the flow's user scans with the app instead; again, a fresh one
+/// (the previous code stops working unless it was already answered, which the flow applies
+/// first).
+async fn use_qr_code(ctx: &Ctx, flow: &Flow) -> Result<(FlowStatus, Data), DomainError> {
+    let mut data = flow.data.clone();
+    if let Some(previous) = data.qr.take() {
+        super::qr::withdraw_for_flow(ctx, &previous).await?;
+    }
+    let options = &data.options;
+    let session = super::qr::create_for_flow(
+        ctx,
+        super::qr::FlowQrRequest {
+            application_id: &flow.stored.application_id,
+            flow_id: &flow.stored.id,
+            user_id: &flow.stored.user_id,
+            context: tessera_protocol::authentication::AccessContext {
+                application_name: options.application_name.clone(),
+                application_icon_url: options.application_icon_url.clone(),
+                ip: options.accessing_ip.clone(),
+                location: None,
+            },
+            expires_at: flow.stored.expires_at,
+        },
+    )
+    .await?;
+    data.qr = Some(session);
+    Ok((flow.status, data))
+}
+
+/// The flow as shown: its state and, while one is shown, its QR code (`with_image`: as SVG).
+async fn shown(ctx: &Ctx, flow: &Flow, with_image: bool) -> Result<FlowState, DomainError> {
+    let mut state = flow.state();
+    if let Some(session) = &flow.data.qr
+        && !flow.status.is_final()
+    {
+        state.qr = super::qr::flow_view(ctx, &flow.stored.id, session, with_image).await?;
+    }
+    Ok(state)
+}
+
+/// The flow's QR session moved (answered, or its follow-up settled): the flow follows it and
+/// its waiters wake. Failures are logged: reads derive the same move.
+/// (Boxed: the QR module calls it while settling, and the flow reads its QR session.)
+pub(crate) fn qr_session_moved<'a>(
+    ctx: &'a Ctx,
+    id: &'a FlowId,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        let moved = async {
+            if let Some(stored) = store::get(&ctx.db, id).await? {
+                refresh(ctx, Flow::from_stored(stored)?).await?;
+            }
+            Ok::<(), DomainError>(())
+        };
+        if let Err(e) = moved.await {
+            tracing::warn!(error = %e, flow_id = %id, "a flow could not follow its QR session");
+        }
+    })
 }
 
 /// Starts a flow for a user the customer's first factor authenticated.
@@ -606,6 +774,7 @@ pub(crate) async fn create(
         policy: None,
         recovery_codes: false,
         fido: None,
+        qr: None,
     };
     let now = ctx.now();
     let status = FlowStatus::AuthenticationRequired;
@@ -660,7 +829,7 @@ pub(crate) async fn get(
     id: &str,
 ) -> Result<FlowState, DomainError> {
     let flow = refresh(ctx, load(ctx, app, id).await?).await?;
-    let mut state = flow.state();
+    let mut state = shown(ctx, &flow, false).await?;
     if flow.data.options.hosted.is_some() {
         state.prompt_url = store::browser_token(&ctx.db, &flow.stored.id)
             .await?
@@ -727,7 +896,7 @@ pub(crate) async fn hosted_view(
         .clone()
         .ok_or_else(flow_not_found)?;
     Ok(HostedView {
-        state: flow.state(),
+        state: shown(ctx, &flow, true).await?,
         version: flow.stored.version,
         application_name: flow.data.options.application_name.clone(),
         message: flow.data.options.message.clone(),
@@ -776,7 +945,7 @@ pub(crate) async fn act(
     // A poll is a read: it answers the flow as it stands, waiting only where a wait can end.
     if let FlowAction::Poll { wait } = action {
         if !allowed_actions(&flow).contains(&FlowActionName::Poll) {
-            return Ok(flow.state());
+            return shown(ctx, &flow, false).await;
         }
         return poll(ctx, flow, wait.unwrap_or(0)).await;
     }
@@ -828,6 +997,7 @@ pub(crate) async fn act(
             credential,
             nickname,
         } => check_registration(ctx, app, &claimed, credential, nickname).await,
+        FlowAction::UseQrCode {} => use_qr_code(ctx, &claimed).await,
         FlowAction::Poll { .. } => return Err(not_allowed(&flow)),
     };
     let (status, data) = match step {
@@ -842,7 +1012,7 @@ pub(crate) async fn act(
     match move_to(ctx, &claimed, name, status, data).await? {
         Some(moved) => {
             // The push may have been answered before the flow recorded it.
-            Ok(refresh(ctx, moved).await?.state())
+            shown(ctx, &refresh(ctx, moved).await?, false).await
         }
         None => {
             // Someone moved it between the claim and now (its push was answered): withdraw a
@@ -852,7 +1022,7 @@ pub(crate) async fn act(
             }
             let latest = refresh(ctx, reload(ctx, &claimed).await?).await?;
             if latest.status.is_final() {
-                Ok(latest.state())
+                shown(ctx, &latest, false).await
             } else {
                 Err(conflict())
             }
@@ -866,9 +1036,28 @@ async fn refused(ctx: &Ctx, flow: &Flow, action: &str, e: DomainError) -> Domain
         return e;
     };
     if code == ErrorCode::OtpLocked {
-        let data = finished(flow.data.clone(), result(FlowResultStatus::OtpLocked));
-        if let Err(store_error) = move_to(ctx, flow, action, FlowStatus::MfaFailed, data).await {
-            tracing::warn!(error = %store_error, "could not end a locked flow");
+        // A racing action may have claimed the flow meanwhile (its passcode taken before or
+        // after this one): the lock ends the flow whatever moved, so read again and retry.
+        let mut current = flow.clone();
+        for _ in 0..4 {
+            if current.status.is_final() {
+                break;
+            }
+            let data = finished(current.data.clone(), result(FlowResultStatus::OtpLocked));
+            match move_to(ctx, &current, action, FlowStatus::MfaFailed, data).await {
+                Ok(Some(_)) => break,
+                Ok(None) => match reload(ctx, &current).await {
+                    Ok(latest) => current = latest,
+                    Err(store_error) => {
+                        tracing::warn!(error = %store_error, "could not end a locked flow");
+                        break;
+                    }
+                },
+                Err(store_error) => {
+                    tracing::warn!(error = %store_error, "could not end a locked flow");
+                    break;
+                }
+            }
         }
         return e;
     }
@@ -941,20 +1130,43 @@ async fn authenticate(
         }
     }
     if let Some(mobile_payload) = mobile_payload {
-        let reply = pairing::relay(
+        let user = &flow.stored.user_id;
+        let approve_by = passcode_channel(ctx, app, user, &data.options).await?;
+        let reply = pairing::relay_with(
             ctx,
             app,
-            &flow.stored.user_id,
+            user,
             &RelayPairingRequest { mobile_payload },
+            approve_by.is_some(),
         )
         .await?;
+        data.push = None;
+        data.otp = None;
+        if let Some(channel) = approve_by
+            && reply.device.status == EnrollmentState::PendingVerification
+        {
+            // The new device is approved by a passcode sent to the user's phone or email.
+            match backup::send_to_contact(ctx, app, user, channel).await {
+                Ok(challenge) => {
+                    data.otp = Some(OtpStep {
+                        source: channel.into(),
+                        destination: Some(challenge.destination),
+                        authentication_id: None,
+                        challenge_id: Some(challenge.challenge_id),
+                    });
+                }
+                Err(e) => {
+                    // Nothing half done: the held device is rejected with the refused action.
+                    pairing::reject_held(ctx, &reply.device.enrollment_id).await?;
+                    return Err(e);
+                }
+            }
+        }
         data.pairing = Some(FlowPairing {
             enrollment_id: reply.device.enrollment_id.clone(),
             server_payload: reply.server_payload,
             state: reply.device.status.as_str().to_string(),
         });
-        data.push = None;
-        data.otp = None;
         return Ok((FlowStatus::MobilePairingRequired, data));
     }
     if flow.status == FlowStatus::MfaSetupRequired {
@@ -963,6 +1175,48 @@ async fn authenticate(
         ));
     }
     start(ctx, app, flow, data).await
+}
+
+/// Whether the flow's new device waits for a passcode sent to the user's phone or email.
+fn held_for_passcode(data: &Data) -> bool {
+    data.pairing
+        .as_ref()
+        .is_some_and(|p| p.state == EnrollmentState::PendingVerification.as_str())
+        && data.otp.as_ref().is_some_and(|o| o.challenge_id.is_some())
+}
+
+/// The channel a new device pairing through this flow is approved by (seed 001: SMS, voice and
+/// email devices may approve a new device pairing): when the application verifies new devices
+/// but the user has no paired device to ask, the first of the flow's backup channels that
+/// reaches a registered contact. `None`: the pairing goes as it would anyway (verified by the
+/// primary device, or active at once).
+async fn passcode_channel(
+    ctx: &Ctx,
+    app: &Application,
+    user: &UserId,
+    options: &Options,
+) -> Result<Option<BackupChannel>, DomainError> {
+    if applications::additional_device_policy(ctx.db.pool(), &app.id).await?
+        != applications::AdditionalDevicePolicy::VerifyWithPrimary
+    {
+        return Ok(None);
+    }
+    let has_device = enrollments::list_for_user(&ctx.db, &app.id, user)
+        .await?
+        .iter()
+        .any(|e| e.status == EnrollmentState::Active);
+    if has_device {
+        return Ok(None);
+    }
+    let contacts = backup::get_contacts(ctx, &app.id, user).await?;
+    Ok(options
+        .backup_channels
+        .iter()
+        .copied()
+        .find(|channel| match channel {
+            BackupChannel::Sms | BackupChannel::Voice => contacts.phone.is_some(),
+            BackupChannel::Email => contacts.email.is_some(),
+        }))
 }
 
 /// Seamless device authorization: the flow's user's active device signed this flow's nonce with
@@ -1513,6 +1767,9 @@ async fn check_otp(
     let otp = flow.data.otp.clone().ok_or(DomainError::Internal(
         "a flow waits for a passcode it lacks",
     ))?;
+    if flow.status == FlowStatus::MobilePairingRequired {
+        return approve_pairing_by_passcode(ctx, app, flow, &otp, code).await;
+    }
     let mut done = result(FlowResultStatus::Authenticated);
     if let Some(push) = &otp.authentication_id {
         // The app's passcode answers the pending push (and ends it as approved).
@@ -1529,6 +1786,35 @@ async fn check_otp(
     let mut data = flow.data.clone();
     data.otp = None;
     Ok((FlowStatus::MfaCompleted, finished(data, done)))
+}
+
+/// `checkOtp` while a new device waits for its approval: the right passcode (attempts bounded
+/// by the challenge and by the user's OTP failure limit, expiry by the clock) activates it; the
+/// flow then ends `device_paired` with `continueAuthentication`.
+async fn approve_pairing_by_passcode(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    otp: &OtpStep,
+    code: &str,
+) -> Result<(FlowStatus, Data), DomainError> {
+    let challenge = otp
+        .challenge_id
+        .as_deref()
+        .ok_or(DomainError::Internal("a held pairing lacks its challenge"))?;
+    let mut data = flow.data.clone();
+    let pairing = data
+        .pairing
+        .as_mut()
+        .ok_or(DomainError::Internal("a pairing flow lacks its pairing"))?;
+    backup::verify_challenge(ctx, &app.id, challenge, code).await?;
+    pairing::approve_held(ctx, &pairing.enrollment_id).await?;
+    pairing.state = pairing_state(ctx, &pairing.enrollment_id)
+        .await?
+        .as_str()
+        .to_string();
+    data.otp = None;
+    Ok((FlowStatus::MobilePairingRequired, data))
 }
 
 /// `resendOtp`: a new SMS, voice or email code (the old one stops counting for the flow).
@@ -1552,7 +1838,8 @@ async fn resend_otp(
     let challenge = backup::send_to_contact(ctx, app, &flow.stored.user_id, channel).await?;
     otp.destination = Some(challenge.destination);
     otp.challenge_id = Some(challenge.challenge_id);
-    Ok((FlowStatus::OtpRequired, data))
+    // Where it was: OTP_REQUIRED, or MOBILE_PAIRING_REQUIRED for a new device held for it.
+    Ok((flow.status, data))
 }
 
 /// `cancelAuthentication`: ends the flow, withdrawing a push still pending on the phone.
@@ -1585,6 +1872,12 @@ async fn continue_authentication(
             let mut done = result(FlowResultStatus::DevicePaired);
             done.enrollment_id = Some(pairing.enrollment_id);
             Ok((FlowStatus::MfaCompleted, finished(flow.data.clone(), done)))
+        }
+        EnrollmentState::PendingVerification if held_for_passcode(&flow.data) => {
+            Err(DomainError::new(
+                ErrorCode::Conflict,
+                "the new device is approved by the passcode sent to the user; checkOtp first",
+            ))
         }
         EnrollmentState::PendingVerification => Err(DomainError::new(
             ErrorCode::Conflict,
@@ -1720,7 +2013,7 @@ async fn check_registration(
 async fn poll(ctx: &Ctx, flow: Flow, wait: u64) -> Result<FlowState, DomainError> {
     let wait = Duration::from_secs(wait.min(MAX_WAIT_SECONDS));
     if wait.is_zero() {
-        return Ok(flow.state());
+        return shown(ctx, &flow, false).await;
     }
     let mut wait = wait.min(ctx.until(flow.stored.expires_at));
     if let Some(push) = &flow.data.push {
@@ -1743,7 +2036,7 @@ async fn poll(ctx: &Ctx, flow: Flow, wait: u64) -> Result<FlowState, DomainError
         |f| f.stored.version != version,
     )
     .await?;
-    Ok(latest.state())
+    shown(ctx, &latest, false).await
 }
 
 /// Follow-up: a push a flow waits for ended; the flow moves and its pollers wake.
@@ -1797,6 +2090,7 @@ mod tests {
             policy: None,
             recovery_codes: false,
             fido: None,
+            qr: None,
         };
         Flow {
             stored: StoredFlow {
@@ -1838,6 +2132,81 @@ mod tests {
         ] {
             assert!(allowed_actions(&flow(status, 2, true)).is_empty());
         }
+    }
+
+    #[test]
+    fn the_qr_alternative_is_offered_on_hosted_flows_of_users_with_a_phone() {
+        use FlowActionName::*;
+        let mut f = flow(FlowStatus::PushConfirmationWaiting, 1, false);
+        f.data.devices[0].device_type = FlowDeviceType::Mobile;
+        assert!(!allowed_actions(&f).contains(&UseQrCode), "not hosted");
+        f.data.options.hosted = Some(HostedPrompt {
+            return_url: "https://rp.example/cb".into(),
+            ui_locales: Vec::new(),
+        });
+        assert_eq!(
+            allowed_actions(&f),
+            vec![Poll, UseQrCode, CancelAuthentication]
+        );
+        f.data.devices[0].device_type = FlowDeviceType::Sms;
+        assert!(!allowed_actions(&f).contains(&UseQrCode), "no phone");
+        f.data.devices[0].device_type = FlowDeviceType::Mobile;
+        for status in [
+            FlowStatus::AuthenticationRequired,
+            FlowStatus::MobilePairingRequired,
+            FlowStatus::MfaSetupRequired,
+            FlowStatus::MfaCompleted,
+        ] {
+            f.status = status;
+            assert!(!allowed_actions(&f).contains(&UseQrCode), "{status:?}");
+        }
+        // While a code is shown, the flow can be polled where it otherwise could not.
+        f.status = FlowStatus::PushConfirmationTimedOut;
+        assert!(!allowed_actions(&f).contains(&Poll));
+        f.data.qr = Some(QrSessionId::generate());
+        assert_eq!(
+            allowed_actions(&f),
+            vec![Authenticate, Poll, UseQrCode, CancelAuthentication]
+        );
+    }
+
+    #[test]
+    fn a_new_device_held_for_a_passcode_expects_it() {
+        use FlowActionName::*;
+        let mut f = flow(FlowStatus::MobilePairingRequired, 0, false);
+        assert_eq!(
+            allowed_actions(&f),
+            vec![Poll, ContinueAuthentication, CancelAuthentication]
+        );
+        f.data.pairing = Some(FlowPairing {
+            enrollment_id: EnrollmentId::generate(),
+            server_payload: "payload".into(),
+            state: EnrollmentState::PendingVerification.as_str().into(),
+        });
+        // Verified by the primary device: no passcode.
+        assert!(!held_for_passcode(&f.data));
+        f.data.otp = Some(OtpStep {
+            source: FlowOtpSource::Sms,
+            destination: Some("+*******4321".into()),
+            authentication_id: None,
+            challenge_id: Some("challenge".into()),
+        });
+        assert!(held_for_passcode(&f.data));
+        assert_eq!(
+            allowed_actions(&f),
+            vec![
+                Poll,
+                ContinueAuthentication,
+                CheckOtp,
+                ResendOtp,
+                CancelAuthentication
+            ]
+        );
+        if let Some(p) = f.data.pairing.as_mut() {
+            p.state = EnrollmentState::Active.as_str().into();
+        }
+        assert!(!held_for_passcode(&f.data));
+        assert!(!allowed_actions(&f).contains(&CheckOtp));
     }
 
     #[test]

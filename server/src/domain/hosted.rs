@@ -258,6 +258,7 @@ fn browser_state(
         return_url: view.prompt.return_url,
         lang,
         texts,
+        qr: state.qr,
     })
 }
 

@@ -317,6 +317,14 @@ impl Created {
     }
 }
 
+/// How a registration arrives: the device's address (a direct pairing), and whether a flow
+/// holds the new device for a passcode approval (a relay pairing, see [`relay_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct How<'a> {
+    client_ip: Option<&'a str>,
+    hold_for_passcode: bool,
+}
+
 /// Builds, signs and inserts the enrollment inside `tx` (whose first statement was a write).
 /// Under the policy "verify new devices with the primary device", a user's further device is
 /// inserted pending verification, next to the request that asks the primary device, and the
@@ -328,9 +336,13 @@ async fn create_enrollment(
     app: &ApplicationInfo,
     user_id: &UserId,
     verified: &VerifiedRegistration,
-    client_ip: Option<&str>,
+    how: How<'_>,
     now: i64,
 ) -> Result<Result<Created, sqlx::Error>, DomainError> {
+    let How {
+        client_ip,
+        hold_for_passcode,
+    } = how;
     let reg = &verified.registration;
     // The platform attestation, as the application's setting asks: under `require` a pairing
     // without a valid one is refused here, before anything is written (the transaction, and
@@ -396,7 +408,7 @@ async fn create_enrollment(
         device_id: reg.device_id.clone(),
         registration_digest: verified.digest,
         server_keys: ctx.keys.public_set(),
-        pending_verification: verification.is_some(),
+        pending_verification: verification.is_some() || hold_for_passcode,
         otp: sealed_otp,
         issued_at: now,
     };
@@ -419,7 +431,7 @@ async fn create_enrollment(
         server_payload,
         paired_at: now,
         last_seen_at: now,
-        status: if verification.is_some() {
+        status: if verification.is_some() || hold_for_passcode {
             EnrollmentState::PendingVerification
         } else {
             EnrollmentState::Active
@@ -567,7 +579,20 @@ async fn pair_with_code(
             count_failure(ctx, "policy_denied");
             return Err(decided.refusal());
         }
-        match create_enrollment(ctx, &mut tx, &app, &user_id, &verified, Some(client), now).await? {
+        match create_enrollment(
+            ctx,
+            &mut tx,
+            &app,
+            &user_id,
+            &verified,
+            How {
+                client_ip: Some(client),
+                hold_for_passcode: false,
+            },
+            now,
+        )
+        .await?
+        {
             Ok(created) => {
                 tx.commit().await?;
                 let enrollment = created.push_verification(ctx).await;
@@ -662,6 +687,20 @@ pub(crate) async fn relay(
     user_id: &UserId,
     request: &RelayPairingRequest,
 ) -> Result<RelayPairingResponse, DomainError> {
+    relay_with(ctx, app, user_id, request, false).await
+}
+
+/// [`relay`], for a flow whose new device is approved by a passcode sent to the user's phone
+/// or email (`hold_for_passcode`): when no primary device verifies it, the enrollment is
+/// stored `pending_verification` with no verification request, until the flow activates it
+/// ([`approve_held`]) or rejects it ([`reject_held`]).
+pub(crate) async fn relay_with(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    request: &RelayPairingRequest,
+    hold_for_passcode: bool,
+) -> Result<RelayPairingResponse, DomainError> {
     let now = ctx.now();
     let invalid = || {
         DomainError::new(
@@ -713,7 +752,20 @@ pub(crate) async fn relay(
         }
     }
     let mut tx = ctx.db.begin_write().await?;
-    match create_enrollment(ctx, &mut tx, &info, user_id, &verified, None, now).await? {
+    match create_enrollment(
+        ctx,
+        &mut tx,
+        &info,
+        user_id,
+        &verified,
+        How {
+            client_ip: None,
+            hold_for_passcode,
+        },
+        now,
+    )
+    .await?
+    {
         Ok(created) => {
             tx.commit().await?;
             let enrollment = created.push_verification(ctx).await;
@@ -731,6 +783,32 @@ pub(crate) async fn relay(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Activates a new device a flow held for passcode approval (the passcode was right); false if
+/// it is no longer held (rejected, or activated meanwhile). Wakes whoever waits on it.
+pub(crate) async fn approve_held(ctx: &Ctx, id: &EnrollmentId) -> Result<bool, DomainError> {
+    let done = enrollments::set_held_status(&ctx.db, id, EnrollmentState::Active).await?;
+    if done {
+        tracing::info!(enrollment_id = %id, "new device approved by passcode");
+        ctx.events
+            .announce(&ctx.db, &[super::events::Topic::Enrollment(id.to_string())])
+            .await;
+    }
+    Ok(done)
+}
+
+/// Rejects, for good, a new device a flow held for passcode approval (the flow ended without
+/// the passcode). Wakes whoever waits on it.
+pub(crate) async fn reject_held(ctx: &Ctx, id: &EnrollmentId) -> Result<bool, DomainError> {
+    let done = enrollments::set_held_status(&ctx.db, id, EnrollmentState::Rejected).await?;
+    if done {
+        tracing::info!(enrollment_id = %id, "new device held for a passcode rejected");
+        ctx.events
+            .announce(&ctx.db, &[super::events::Topic::Enrollment(id.to_string())])
+            .await;
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -178,6 +178,7 @@ pub(crate) async fn create_session(
             redirect_url: body.redirect_url.as_deref(),
             created_at: now,
             expires_at,
+            flow_id: None,
         },
         quota,
     )
@@ -703,6 +704,9 @@ pub(crate) async fn answer(
     remember_answered_device(ctx, &device, &answered_device).await;
     tracing::info!(qr_session_id = %session.id, state = next_state.as_str(), "QR session answered");
     announce(ctx, &session.id).await;
+    if let Some(flow) = &session.flow_id {
+        super::flows::qr_session_moved(ctx, flow).await;
+    }
     if let Some(f) = &follow_up {
         outcome::request_created(ctx, f).await;
         // Push is a hint, delivered in the background; the request is stored for pulling. It
@@ -798,6 +802,9 @@ pub(crate) async fn settle_follow_up(
     if qr_sessions::settle_follow_up(&ctx.db, &authentication.id, next).await? {
         tracing::info!(authentication_id = %authentication.id, state = next.as_str(), "QR follow-up settled");
         announce(ctx, &session.id).await;
+        if let Some(flow) = &session.flow_id {
+            super::flows::qr_session_moved(ctx, flow).await;
+        }
     }
     Ok(())
 }
@@ -913,6 +920,166 @@ pub(crate) async fn browser_renew(
         ));
     }
     browser_view(ctx, &current).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// QR login as a flow's alternative (`useQrCode`, see `flows`).
+
+/// What a flow needs to show a QR code bound to it.
+pub(crate) struct FlowQrRequest<'a> {
+    /// The flow's application.
+    pub application_id: &'a ApplicationId,
+    /// The flow.
+    pub flow_id: &'a tessera_protocol::flows::FlowId,
+    /// The flow's user: the only one who may answer.
+    pub user_id: &'a tessera_protocol::ids::UserId,
+    /// What the phone shows of where the sign-in comes from.
+    pub context: AccessContext,
+    /// The flow's expiry: the session's too.
+    pub expires_at: i64,
+}
+
+/// Creates the QR session a flow shows (`useQrCode`): restricted to the flow's user (another
+/// user's phone scanning it gets `no_eligible_user`), answered once, expiring with the flow,
+/// within the application's quota of open QR sessions. Its code renews like any other's (the
+/// flow asks for a fresh session instead); there is no login page and no browser token: the
+/// flow's page shows the code.
+pub(crate) async fn create_for_flow(
+    ctx: &Ctx,
+    request: FlowQrRequest<'_>,
+) -> Result<QrSessionId, DomainError> {
+    let now = ctx.now();
+    if request.expires_at <= now {
+        return Err(expired());
+    }
+    let id = QrSessionId::generate();
+    let token = QrToken::generate();
+    // Nobody holds a browser token for it: the digest of one thrown away.
+    let unused_browser_token = new_browser_token();
+    let quota = super::applications::quotas(ctx, request.application_id)
+        .await?
+        .open_qr_sessions;
+    let inserted = qr_sessions::insert_within_quota(
+        &ctx.db,
+        &NewQrSession {
+            id: &id,
+            application_id: request.application_id,
+            restricted_user_id: Some(request.user_id),
+            token: token.expose(),
+            token_digest: &token.digest().to_string(),
+            code_expires_at: (now + i64::from(ctx.config.qr_code_ttl)).min(request.expires_at),
+            browser_token_digest: &Sha256Digest::of_bytes(unused_browser_token.as_bytes())
+                .to_string(),
+            context: &request.context,
+            redirect_url: None,
+            created_at: now,
+            expires_at: request.expires_at,
+            flow_id: Some(request.flow_id),
+        },
+        quota,
+    )
+    .await?;
+    if !inserted {
+        return Err(super::applications::over_quota("open QR sessions", quota));
+    }
+    tracing::info!(qr_session_id = %id, flow_id = %request.flow_id, "QR session created for a flow");
+    Ok(id)
+}
+
+/// A flow's QR session as the flow shows it (`with_image`: its SVG too), if it belongs to
+/// `flow`.
+pub(crate) async fn flow_view(
+    ctx: &Ctx,
+    flow: &tessera_protocol::flows::FlowId,
+    id: &QrSessionId,
+    with_image: bool,
+) -> Result<Option<tessera_protocol::flows::FlowQr>, DomainError> {
+    let Some(session) = load(ctx, id).await? else {
+        return Ok(None);
+    };
+    if session.flow_id.as_ref() != Some(flow) {
+        return Ok(None);
+    }
+    let facts = follow_up_facts(ctx, &session).await?;
+    let (qr_uri, qr_svg) = match &session.token {
+        Some(token) if session.scannable(ctx.now()) => {
+            let uri = qr_uri(ctx, token)?;
+            let svg = if with_image {
+                Some(
+                    crate::qr_render::svg(&uri, QR_PIXELS)
+                        .map_err(|_| DomainError::Internal("QR code rendering"))?,
+                )
+            } else {
+                None
+            };
+            (Some(uri.to_string()), svg)
+        }
+        _ => (None, None),
+    };
+    Ok(Some(tessera_protocol::flows::FlowQr {
+        session_id: session.id.clone(),
+        state: session.state,
+        code_expires_at: qr_uri.as_ref().map(|_| session.code_expires_at),
+        qr_uri,
+        qr_svg,
+        number_to_show: facts.number_to_show,
+    }))
+}
+
+/// How a flow's QR session ended, once it has: the approving user, enrollment and attributes
+/// (`Ok(Some(Ok(..)))`), a denial or expiry (`Ok(Some(Err(state)))`), or still open (`None`).
+pub(crate) async fn flow_outcome(
+    ctx: &Ctx,
+    flow: &tessera_protocol::flows::FlowId,
+    id: &QrSessionId,
+) -> Result<Option<Result<FlowQrApproval, QrSessionState>>, DomainError> {
+    let Some(session) = load(ctx, id).await? else {
+        return Ok(Some(Err(QrSessionState::Expired)));
+    };
+    if session.flow_id.as_ref() != Some(flow) {
+        return Ok(Some(Err(QrSessionState::Expired)));
+    }
+    Ok(match session.state {
+        QrSessionState::Approved => match (session.user_id, session.enrollment_id) {
+            (Some(user_id), Some(enrollment_id)) => Some(Ok(FlowQrApproval {
+                user_id,
+                enrollment_id,
+                attributes: session
+                    .attributes
+                    .as_deref()
+                    .and_then(|a| serde_json::from_str(a).ok())
+                    .unwrap_or_default(),
+                follow_up_id: session.follow_up_id,
+            })),
+            _ => {
+                return Err(DomainError::Internal(
+                    "an approved QR session lacks its user",
+                ));
+            }
+        },
+        QrSessionState::Denied | QrSessionState::Expired => Some(Err(session.state)),
+        _ => None,
+    })
+}
+
+/// An approved QR session of a flow.
+pub(crate) struct FlowQrApproval {
+    /// Who approved (the session was restricted to the flow's user; checked again by the flow).
+    pub user_id: tessera_protocol::ids::UserId,
+    /// With which enrollment.
+    pub enrollment_id: tessera_protocol::ids::EnrollmentId,
+    /// The QR step's `pingid.authentication.*` attributes.
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The follow-up approval the application's QR policy asked for, if any.
+    pub follow_up_id: Option<tessera_protocol::authentication::AuthenticationId>,
+}
+
+/// Ends a flow's QR session nobody answered (the flow moved on or shows a fresh code).
+pub(crate) async fn withdraw_for_flow(ctx: &Ctx, id: &QrSessionId) -> Result<(), DomainError> {
+    if qr_sessions::withdraw_unanswered(&ctx.db, id).await? {
+        announce(ctx, id).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

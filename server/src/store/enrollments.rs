@@ -595,3 +595,22 @@ pub async fn set_push(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Sets the status (`active` or `rejected`) of an enrollment held `pending_verification` with
+/// no verification request (a new device a flow approves by passcode). Returns false when it is
+/// not held (any more): the one conditional update decides a race.
+pub async fn set_held_status(
+    db: &Database,
+    id: &EnrollmentId,
+    status: EnrollmentState,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET status = $1 \
+         WHERE enrollment_id = $2 AND status = 'pending_verification' AND verification_id IS NULL",
+    )
+    .bind(status.as_str())
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -4,7 +4,7 @@
 use sqlx::Row;
 use tessera_protocol::api::QrSessionStatus;
 use tessera_protocol::authentication::{AccessContext, AuthenticationId, Decision, DenialReason};
-use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, UserId};
+use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, FlowId, UserId};
 use tessera_protocol::qr::{QrSessionId, QrSessionState};
 
 use super::Database;
@@ -59,11 +59,14 @@ pub struct QrSession {
     pub expires_at: i64,
     /// When it was answered.
     pub answered_at: Option<i64>,
+    /// The flow this session is the QR alternative of (`useQrCode`), if any.
+    pub flow_id: Option<FlowId>,
 }
 
 const COLUMNS: &str = "id, application_id, restricted_user_id, token, code_expires_at, context, \
     redirect_url, state, version, device_id, candidates, nonce, signed_context, enrollment_id, \
-    user_id, decision, signed_response, attributes, follow_up_id, created_at, expires_at, answered_at";
+    user_id, decision, signed_response, attributes, follow_up_id, created_at, expires_at, answered_at, \
+    flow_id";
 
 fn parse_opt<T: std::str::FromStr>(
     row: &sqlx::any::AnyRow,
@@ -127,6 +130,7 @@ fn from_row(secrets: &DataKey, row: &sqlx::any::AnyRow, now: i64) -> Result<QrSe
         created_at: row.try_get("created_at")?,
         expires_at,
         answered_at: row.try_get("answered_at")?,
+        flow_id: parse_opt(row, "flow_id")?,
     })
 }
 
@@ -195,6 +199,8 @@ pub struct NewQrSession<'a> {
     pub created_at: i64,
     /// When it expires.
     pub expires_at: i64,
+    /// The flow it belongs to, if any.
+    pub flow_id: Option<&'a FlowId>,
 }
 
 /// The count of open sessions [`insert_within_quota`] checks.
@@ -244,8 +250,8 @@ where
     )?;
     sqlx::query(
         "INSERT INTO qr_sessions (id, application_id, restricted_user_id, token, token_digest, \
-         code_expires_at, browser_token_digest, context, redirect_url, state, version, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'created', 1, $10, $11)",
+         code_expires_at, browser_token_digest, context, redirect_url, state, version, created_at, expires_at, \
+         flow_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'created', 1, $10, $11, $12)",
     )
     .bind(s.id.as_str())
     .bind(s.application_id.as_str())
@@ -258,6 +264,7 @@ where
     .bind(s.redirect_url)
     .bind(s.created_at)
     .bind(s.expires_at)
+    .bind(s.flow_id.map(|f| f.to_string()))
     .execute(executor)
     .await?;
     Ok(())
@@ -454,5 +461,19 @@ pub async fn settle_follow_up(
         .bind(follow_up.as_str())
         .execute(db.writer())
         .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends a session nobody has answered yet (its flow showed a fresh code, or ended): it reads
+/// as expired from then on and can no longer be scanned or answered. Returns false if it was
+/// answered (or had ended) meanwhile.
+pub async fn withdraw_unanswered(db: &Database, id: &QrSessionId) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE qr_sessions SET state = 'expired', version = version + 1 \
+         WHERE id = $1 AND state IN ('created', 'scanned')",
+    )
+    .bind(id.as_str())
+    .execute(db.writer())
+    .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -161,7 +161,7 @@ impl Drop for PromptPage {
 }
 
 /// Where the page returns to: a page of the test server itself, so the navigation lands.
-fn return_url(server: &TestServer, tag: &str) -> String {
+pub(crate) fn return_url(server: &TestServer, tag: &str) -> String {
     format!("{}/healthz?rp={tag}&state=x%2Fy", server.base_url)
 }
 
