@@ -110,6 +110,7 @@ impl CustomerApi {
         let body = CreateUserRequest {
             user_id,
             display_name: display_name.map(str::to_string),
+            locale: None,
         };
         self.send(reqwest::Method::POST, "/v1/users", Some(&body))
             .await

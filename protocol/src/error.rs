@@ -113,6 +113,9 @@ pub enum ErrorCode {
     /// The application requires a valid platform attestation at pairing and the registration
     /// carried none, or one that failed a check (the message says which).
     AttestationRequired,
+    /// A `locale` is not a well-formed BCP 47 language tag (`de`, `fr-CA`). A well-formed tag
+    /// of a language the server does not ship is accepted and falls back to English.
+    InvalidLocale,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -169,6 +172,7 @@ impl ErrorCode {
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::CrossOriginRefused => "cross_origin_refused",
             ErrorCode::AttestationRequired => "attestation_required",
+            ErrorCode::InvalidLocale => "invalid_locale",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -187,7 +191,8 @@ impl ErrorCode {
             | ErrorCode::InvalidPairingCode
             | ErrorCode::ResponseMismatch
             | ErrorCode::OtpInvalid
-            | ErrorCode::AttestationRequired => 400,
+            | ErrorCode::AttestationRequired
+            | ErrorCode::InvalidLocale => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::PolicyDenied => 403,
             ErrorCode::CrossOriginRefused => 403,

@@ -49,6 +49,9 @@ public enum TesseraRequest: Identifiable {
     /// For a CIBA request: the relying party, binding message and scopes.
     public var cibaDetails: CibaDetails? { raw.ciba }
     public var expiresAt: Date { Date(timeIntervalSince1970: TimeInterval(raw.expiresAt)) }
+    /// The language (BCP 47, e.g. "de") the server wrote its own texts of this request in, as
+    /// signed; nil from older servers. Show your own labels (buttons, "Details") in it if you can.
+    public var locale: String? { raw.locale }
 }
 
 /// What a push turned out to be.

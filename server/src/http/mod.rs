@@ -50,6 +50,7 @@ use openapi::Contract;
         users::list_devices,
         users::remove_device,
         users::set_primary,
+        users::update_user,
         pairing::start_pairing,
         pairing::relay_pairing,
         pairing::device_pairing,
@@ -151,7 +152,9 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route("/v1/users", post(users::create_user))
         .route(
             "/v1/users/{user_id}",
-            get(users::get_user).delete(users::remove_user),
+            get(users::get_user)
+                .delete(users::remove_user)
+                .patch(users::update_user),
         )
         .route("/v1/users/{user_id}/devices", get(users::list_devices))
         .route(

@@ -63,6 +63,11 @@ sealed class TesseraRequest {
     val requiresUserVerification: Boolean get() = raw.requireUserVerification
     /** When it expires (Unix seconds). */
     val expiresAt: Long get() = raw.expiresAt
+    /**
+     * The language (BCP 47, e.g. "de") the server wrote its own texts of this request in, as
+     * signed; null from older servers. Show your own labels (buttons, "Details") in it if you can.
+     */
+    val locale: String? get() = raw.locale
 
     /** "Sign in to <app>?" */
     data class Approval(override val raw: IncomingRequest) : TesseraRequest()
