@@ -116,6 +116,25 @@ impl CustomerApi {
             .await
     }
 
+    /// `POST /v1/users` with every field of `body` (e.g. a preferred `locale`).
+    pub async fn create_user_with(
+        &self,
+        body: &CreateUserRequest,
+    ) -> Result<User, CustomerApiError> {
+        self.send(reqwest::Method::POST, "/v1/users", Some(body))
+            .await
+    }
+
+    /// `PATCH /v1/users/{user_id}`: the user's preferred `locale` (`None` removes it).
+    pub async fn update_user(
+        &self,
+        user_id: &str,
+        body: &tessera_protocol::api::UpdateUserRequest,
+    ) -> Result<User, CustomerApiError> {
+        self.send(reqwest::Method::PATCH, &user_path(user_id, ""), Some(body))
+            .await
+    }
+
     /// `GET /v1/users/{user_id}`.
     pub async fn get_user(&self, user_id: &str) -> Result<User, CustomerApiError> {
         self.send::<(), _>(reqwest::Method::GET, &user_path(user_id, ""), None)

@@ -173,6 +173,14 @@ public final class Tessera: @unchecked Sendable {
         try await sdk.pendingRequests().compactMap(TesseraRequest.init)
     }
 
+    /// One pending request by id, for a tapped notification (`enrollmentId` and `requestId` from
+    /// its payload), checked exactly as pulled requests are. Throws `TesseraError.Server` with
+    /// code `authentication_not_found`, `authentication_expired` or `already_answered` when it
+    /// cannot be answered any more.
+    public func request(enrollmentId: String, requestId: String) async throws -> TesseraRequest? {
+        TesseraRequest(try await sdk.request(enrollmentId: enrollmentId, requestId: requestId))
+    }
+
     /// The incoming requests while iterated: long-polls every active enrollment at once, yields
     /// each request once, and retries after network errors. An enrollment the server no longer
     /// knows stops being polled (the SDK marks it `removed`) while the others go on; other errors

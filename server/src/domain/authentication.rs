@@ -907,6 +907,28 @@ pub(crate) async fn pending_requests(
     Ok(PendingRequests { requests })
 }
 
+/// One request still pending for the calling device, by id (a tapped notification): the signed
+/// request, verified by the device as pulled ones are. `authentication_not_found` for an unknown
+/// id or one asked of another enrollment (indistinguishable), `authentication_expired` and
+/// `already_answered` for ended ones.
+pub(crate) async fn pending_request(
+    ctx: &Ctx,
+    enrollment: &EnrollmentId,
+    raw_id: &str,
+) -> Result<PendingRequests, DomainError> {
+    let record = load(ctx, &parse_id(raw_id)?).await?;
+    if &record.enrollment_id != enrollment {
+        return Err(DomainError::new(
+            ErrorCode::AuthenticationNotFound,
+            "no such authentication",
+        ));
+    }
+    require_pending(&record)?;
+    Ok(PendingRequests {
+        requests: vec![record.signed_request],
+    })
+}
+
 /// Records a device's signed answer to an authentication: the signature by the device asked,
 /// the request, nonce and parameters it answers, its freshness, user verification and number
 /// matching where required. An approval with another number than the one shown ends the

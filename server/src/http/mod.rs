@@ -57,6 +57,7 @@ use openapi::Contract;
         authentications::create_authentication,
         authentications::get_authentication,
         authentications::pending_requests,
+        authentications::pending_request,
         authentications::submit_response,
         device::server_keys,
         device::enrollment_status,
@@ -188,6 +189,10 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route(
             "/v1/device/enrollments/{enrollment_id}/requests",
             get(authentications::pending_requests),
+        )
+        .route(
+            "/v1/device/enrollments/{enrollment_id}/requests/{authentication_id}",
+            get(authentications::pending_request),
         )
         .route(
             "/v1/device/authentications/{authentication_id}/response",

@@ -209,6 +209,15 @@ class Tessera private constructor(val sdk: Authenticator) : AutoCloseable {
     suspend fun pendingRequests(): List<TesseraRequest> = sdk.pendingRequests().mapNotNull(TesseraRequest::from)
 
     /**
+     * One pending request by id, for a tapped notification (`enrollmentId` and `requestId` from
+     * its payload), checked exactly as pulled requests are. Throws [TesseraException.Server]
+     * with code `authentication_not_found`, `authentication_expired` or `already_answered` when
+     * it cannot be answered any more.
+     */
+    suspend fun request(enrollmentId: String, requestId: String): TesseraRequest? =
+        TesseraRequest.from(sdk.request(enrollmentId, requestId))
+
+    /**
      * The incoming requests as a cold [Flow]: long-polls every active enrollment (`waitSeconds`
      * at a time) while collected, emits each request once, and keeps going across network errors
      * (retrying after `retryDelayMillis`). An enrollment the server no longer knows stops being
