@@ -127,7 +127,9 @@ pub(crate) fn question(
     wanted: &[String],
 ) -> Result<Question, DomainError> {
     let (message, lang) = verification_message(registration, facts, wanted)?;
-    let label = |id: &str| super::users::localized(&[lang.clone()], id, &[]).map(|(text, _)| text);
+    let label = |id: &str| {
+        super::users::localized(std::slice::from_ref(&lang), id, &[]).map(|(text, _)| text)
+    };
     let d = &registration.device;
     let mut fields = vec![DisplayField {
         label: label("field-device")?,
