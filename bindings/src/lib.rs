@@ -233,6 +233,23 @@ impl Authenticator {
             .collect())
     }
 
+    /// One pending request of `enrollment_id` by its id (`aut_…`, from a tapped notification),
+    /// checked exactly as pulled requests are. Unknown, expired and answered requests are
+    /// `Server` errors with the codes `authentication_not_found`, `authentication_expired` and
+    /// `already_answered`.
+    pub async fn request(
+        &self,
+        enrollment_id: String,
+        request_id: String,
+    ) -> Result<IncomingRequest, TesseraError> {
+        let id = enrollment_id_from(&enrollment_id)?;
+        let request_id = tessera_protocol::authentication::AuthenticationId::from_str(&request_id)
+            .map_err(|_| TesseraError::invalid_input("malformed request id"))?;
+        Ok(IncomingRequest::from(
+            self.core.request(&id, &request_id).await?,
+        ))
+    }
+
     /// Long-polls one enrollment: returns as soon as a request is pending, or after
     /// `wait_seconds` (at most 30) with none.
     pub async fn wait_for_requests(

@@ -265,6 +265,9 @@ pub struct IncomingRequest {
     pub ciba: Option<CibaDetails>,
     /// When it expires (Unix seconds).
     pub expires_at: i64,
+    /// The language (BCP 47, e.g. `de`) the server wrote its own texts of this request in, as
+    /// signed; `None` from older servers. The app may show its own labels in it.
+    pub locale: Option<String>,
     /// The checked request, passed back to `approve` / `deny`.
     pub handle: Arc<RequestHandle>,
 }
@@ -292,6 +295,7 @@ impl From<CoreIncomingRequest> for IncomingRequest {
                 scopes: c.scopes.clone(),
             }),
             expires_at: r.expires_at,
+            locale: r.locale.clone(),
             handle: Arc::new(RequestHandle(r)),
         }
     }

@@ -55,6 +55,7 @@ fn bench(c: &mut Criterion) {
         number_matching: None,
         require_user_verification: true,
         ciba: None,
+        locale: None,
         nonce: "AAECAwQFBgcICQoLDA0ODw".into(),
         issued_at: 1,
         expires_at: 4_000_000_000,

@@ -979,6 +979,51 @@ impl Authenticator {
             .await
     }
 
+    /// One pending request of `enrollment_id` by its id (for a tapped notification), checked
+    /// exactly as pulled requests are (pinned server key, enrollment, user, digest, expiry).
+    /// Errors: [`CoreError::Server`] with `authentication_not_found` (unknown, or asked of
+    /// another enrollment), `authentication_expired` or `already_answered`;
+    /// [`CoreError::ReplyMismatch`] when the server hands back another request; a silent
+    /// verification is answered on the way and then reads as `already_answered`.
+    pub async fn request(
+        &self,
+        enrollment_id: &EnrollmentId,
+        request_id: &AuthenticationId,
+    ) -> Result<IncomingRequest, CoreError> {
+        let enrollment = self.stored_enrollment(enrollment_id).await?;
+        let signer =
+            KeyStoreSigner::new(Arc::clone(&self.key_store), &enrollment.possession_alias)?;
+        let path = format!("/v1/device/enrollments/{enrollment_id}/requests/{request_id}");
+        let body = self
+            .signed_call(
+                &enrollment.server,
+                DeviceCall::new(reqwest::Method::GET, &path),
+                enrollment_id,
+                &signer,
+            )
+            .await?;
+        let pending: PendingRequests = serde_json::from_slice(&body)
+            .map_err(|_| CoreError::InvalidServerResponse("unexpected pending request".into()))?;
+        let [signed] = pending.requests.as_slice() else {
+            return Err(CoreError::InvalidServerResponse(
+                "expected exactly one request".into(),
+            ));
+        };
+        let request = self.verify_incoming(&enrollment, signed).await?;
+        if &request.request_id != request_id {
+            return Err(CoreError::ReplyMismatch("the server sent another request"));
+        }
+        if request.kind == AuthenticationKind::Silent {
+            self.answer(&request, Decision::Approve, None, Vec::new())
+                .await?;
+            return Err(CoreError::Server {
+                code: ErrorCode::AlreadyAnswered,
+                message: "a silent verification was answered by the SDK".into(),
+            });
+        }
+        Ok(request)
+    }
+
     /// Marks an enrollment removed by the server (or, `false`, present again) and saves.
     async fn mark_removed(&self, id: &EnrollmentId, removed: bool) -> Result<(), CoreError> {
         let mut state = self.state.lock().await;

@@ -55,7 +55,23 @@ pub struct IncomingRequest {
     pub ciba: Option<CibaDetails>,
     /// When it expires.
     pub expires_at: UnixSeconds,
+    /// The language (BCP 47, e.g. `de`) the server wrote its own texts of this request in, as
+    /// signed in the request; `None` from servers before it existed or for a value that is not a
+    /// language tag. Apps may show their own labels (buttons, "Details") in it.
+    pub locale: Option<String>,
     pub(crate) request: AuthenticationRequest,
+}
+
+/// The signed `locale` if it looks like a language tag (letters, digits and `-`, at most 35
+/// bytes); anything else is dropped rather than handed to the app.
+fn usable_locale(locale: Option<&str>) -> Option<String> {
+    locale
+        .filter(|tag| {
+            !tag.is_empty()
+                && tag.len() <= 35
+                && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map(str::to_string)
 }
 
 /// Checks a signed request against the keys pinned for its server and the enrollment it names:
@@ -142,6 +158,7 @@ pub fn verify_request(
         require_user_verification: request.require_user_verification,
         ciba: request.ciba.clone(),
         expires_at: request.expires_at,
+        locale: usable_locale(request.locale.as_deref()),
         request,
     })
 }
@@ -301,10 +318,59 @@ mod tests {
             number_matching: Some(NumberMatching::Choice),
             require_user_verification: true,
             ciba: None,
+            locale: None,
             nonce: "n".into(),
             issued_at: 100,
             expires_at,
         }
+    }
+
+    #[test]
+    fn the_signed_locale_reaches_the_app_and_is_bound_by_the_signature() {
+        let f = fixture();
+        let mut german = request(&f, 200);
+        german.locale = Some("de".into());
+        assert_eq!(
+            check(&f, &german, 150).unwrap().locale.as_deref(),
+            Some("de")
+        );
+        assert_eq!(check(&f, &request(&f, 200), 150).unwrap().locale, None);
+        let mut odd = request(&f, 200);
+        odd.locale = Some("de\u{202e}<b>".into());
+        assert_eq!(check(&f, &odd, 150).unwrap().locale, None);
+        // Changing the locale after signing breaks the signature.
+        let signed = envelope::sign(MessageType::AuthenticationRequest, &german, &f.key).unwrap();
+        let parts: Vec<&str> = signed.split('.').collect();
+        let mut payload: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
+                .unwrap(),
+        )
+        .unwrap();
+        payload["locale"] = "fr".into();
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                serde_json::to_vec(&payload).unwrap()
+            ),
+            parts[2]
+        );
+        let pinned = JwkSet {
+            keys: vec![f.key.public_jwk()],
+        };
+        assert!(
+            verify_request(
+                &forged,
+                &f.server,
+                &pinned,
+                &f.enrollment,
+                &f.user,
+                &f.app,
+                150
+            )
+            .is_err()
+        );
     }
 
     fn check(

@@ -110,8 +110,28 @@ impl CustomerApi {
         let body = CreateUserRequest {
             user_id,
             display_name: display_name.map(str::to_string),
+            locale: None,
         };
         self.send(reqwest::Method::POST, "/v1/users", Some(&body))
+            .await
+    }
+
+    /// `POST /v1/users` with every field of `body` (e.g. a preferred `locale`).
+    pub async fn create_user_with(
+        &self,
+        body: &CreateUserRequest,
+    ) -> Result<User, CustomerApiError> {
+        self.send(reqwest::Method::POST, "/v1/users", Some(body))
+            .await
+    }
+
+    /// `PATCH /v1/users/{user_id}`: the user's preferred `locale` (`None` removes it).
+    pub async fn update_user(
+        &self,
+        user_id: &str,
+        body: &tessera_protocol::api::UpdateUserRequest,
+    ) -> Result<User, CustomerApiError> {
+        self.send(reqwest::Method::PATCH, &user_path(user_id, ""), Some(body))
             .await
     }
 

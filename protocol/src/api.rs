@@ -25,6 +25,21 @@ pub struct CreateUserRequest {
     /// A name to show, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// The user's preferred language for the server's own texts (push headline, SMS, voice and
+    /// email messages), a BCP 47 tag such as `de` or `fr-CA`. Absent: English unless a request
+    /// names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+}
+
+/// `PATCH /v1/users/{user_id}`: change a user's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpdateUserRequest {
+    /// The user's preferred language (BCP 47); `null` removes it (English unless a request names
+    /// another).
+    pub locale: Option<String>,
 }
 
 /// A user of an application.
@@ -39,6 +54,9 @@ pub struct User {
     pub created_at: UnixSeconds,
     /// How many devices are paired.
     pub device_count: u32,
+    /// The user's preferred language (BCP 47), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
 }
 
 /// `POST /v1/users/{user_id}/pairings`: start a pairing.
@@ -322,6 +340,11 @@ pub struct CreateAuthenticationRequest {
     /// application's list (the connector's `SMSBackup`, `phoneBackup`, `emailBackup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_channels: Option<Vec<BackupChannel>>,
+    /// The language (BCP 47) for the server's own texts in this request (the default headline,
+    /// backup-code messages); before the user's preferred language. Customer texts
+    /// (`message`, fields) are never translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
 }
 
 impl CreateAuthenticationRequest {
@@ -343,6 +366,7 @@ impl CreateAuthenticationRequest {
             otp_fallback: None,
             otp_fallback_after: None,
             backup_channels: None,
+            locale: None,
         }
     }
 }

@@ -252,6 +252,12 @@ pub struct AuthenticationRequest {
     /// For a [`AuthenticationKind::Ciba`] request: the relying party, binding message and scopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ciba: Option<CibaDetails>,
+    /// The language (a BCP 47 tag such as `de` or `fr`) the server wrote its own texts in (the
+    /// default headline); customer-supplied texts are in whatever language the customer wrote
+    /// them. Absent from requests of servers before it existed. Signed like every other member,
+    /// so an app may pick its own labels (buttons, "Details") in the same language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
     /// The server's nonce, echoed in the answer.
     pub nonce: String,
     /// When the server signed it.

@@ -122,6 +122,9 @@ pub enum ErrorCode {
     FidoCredentialCompromised,
     /// No such FIDO credential for this user.
     FidoCredentialNotFound,
+    /// A `locale` is not a well-formed BCP 47 language tag (`de`, `fr-CA`). A well-formed tag
+    /// of a language the server does not ship is accepted and falls back to English.
+    InvalidLocale,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -181,6 +184,7 @@ impl ErrorCode {
             ErrorCode::FidoVerificationFailed => "fido_verification_failed",
             ErrorCode::FidoCredentialCompromised => "fido_credential_compromised",
             ErrorCode::FidoCredentialNotFound => "fido_credential_not_found",
+            ErrorCode::InvalidLocale => "invalid_locale",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -200,7 +204,8 @@ impl ErrorCode {
             | ErrorCode::ResponseMismatch
             | ErrorCode::OtpInvalid
             | ErrorCode::AttestationRequired
-            | ErrorCode::FidoVerificationFailed => 400,
+            | ErrorCode::FidoVerificationFailed,
+            | ErrorCode::InvalidLocale => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::PolicyDenied => 403,
             ErrorCode::CrossOriginRefused => 403,

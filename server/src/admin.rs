@@ -86,6 +86,7 @@ pub async fn create_user(
         app,
         user_id,
         display_name,
+        None,
         crate::clock::Clock::now(&crate::clock::SystemClock),
     )
     .await?)

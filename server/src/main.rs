@@ -256,6 +256,32 @@ enum Command {
         /// listed there are refused.
         #[arg(long, value_name = "FILE")]
         attestation_revocation_list: Option<std::path::PathBuf>,
+        /// Event webhooks may be on loopback (and then plain http://): development and tests only.
+        #[arg(long)]
+        webhook_allow_loopback: bool,
+        /// Event webhooks may be in private, link-local or other non-public ranges.
+        #[arg(long)]
+        webhook_allow_private: bool,
+        /// Event webhooks: attempts at one delivery before it is given up.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+        webhook_attempts: u32,
+        /// Event webhooks: seconds before the first retry (each further one waits about twice
+        /// longer, with jitter, never less than the receiver's Retry-After).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        webhook_retry_base_seconds: u64,
+        /// Event webhooks: seconds between the fallback sweeps of this instance's worker.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        webhook_sweep_seconds: u64,
+        /// Event webhooks: seconds past one POST's timeout that an instance's claim on a delivery
+        /// holds before another instance may resume it.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        webhook_lease_margin_seconds: u64,
+        /// OpenID redirect: seconds an authorization code may be redeemed.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(10..=600))]
+        oidc_code_ttl: u32,
+        /// OpenID redirect: seconds the user has at the prompt for an authorization request.
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(60..=3600))]
+        oidc_authorization_ttl: u32,
     },
     /// Administer the database; every command prints JSON.
     Admin {
@@ -852,6 +878,14 @@ async fn main() -> ExitCode {
             readiness_timeout_seconds,
             attestation_roots,
             attestation_revocation_list,
+            webhook_allow_loopback,
+            webhook_allow_private,
+            webhook_attempts,
+            webhook_retry_base_seconds,
+            webhook_sweep_seconds,
+            webhook_lease_margin_seconds,
+            oidc_code_ttl,
+            oidc_authorization_ttl,
         } => {
             init_logs(log_format);
             let attestation_extra_roots = match attestation_roots
@@ -940,6 +974,14 @@ async fn main() -> ExitCode {
                 attestation_extra_roots,
                 attestation_revocation_status,
                 max_bypass_seconds,
+                webhook_allow_loopback,
+                webhook_allow_private,
+                webhook_attempts,
+                webhook_retry_base: std::time::Duration::from_secs(webhook_retry_base_seconds),
+                webhook_sweep: std::time::Duration::from_secs(webhook_sweep_seconds),
+                webhook_lease_margin: std::time::Duration::from_secs(webhook_lease_margin_seconds),
+                oidc_code_ttl,
+                oidc_authorization_ttl,
                 ..ServerConfig::default()
             };
             if check_config {

@@ -928,3 +928,83 @@ async fn a_running_sqlite_database_is_backed_up_with_one_command() {
     assert!(!again.status.success());
     drop(served);
 }
+
+#[test]
+fn webhook_and_openid_lifetimes_come_from_flags_then_environment_then_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tessera.toml");
+    std::fs::write(
+        &file,
+        "webhook_allow_loopback = true\n\
+         webhook_allow_private = false\n\
+         webhook_attempts = 3\n\
+         webhook_retry_base_seconds = 2\n\
+         webhook_sweep_seconds = 10\n\
+         webhook_lease_margin_seconds = 15\n\
+         oidc_code_ttl = 30\n\
+         oidc_authorization_ttl = 300\n",
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    // The file's keys are settings (an unknown key would be refused by name).
+    let out = serve(dir.path())
+        .args(["--config", config, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A value out of range in the file is refused naming its key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "oidc_code_ttl = 0\n").unwrap();
+    let e = error_of(
+        &serve(dir.path())
+            .args(["--config", bad.to_str().unwrap(), "--check-config"])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("oidc_code_ttl"), "{e}");
+    // The environment wins over the file: its bad value is the one refused.
+    for (var, flag) in [
+        ("TESSERA_OIDC_CODE_TTL", "oidc-code-ttl"),
+        ("TESSERA_OIDC_AUTHORIZATION_TTL", "oidc-authorization-ttl"),
+        ("TESSERA_WEBHOOK_ATTEMPTS", "webhook-attempts"),
+        (
+            "TESSERA_WEBHOOK_RETRY_BASE_SECONDS",
+            "webhook-retry-base-seconds",
+        ),
+        ("TESSERA_WEBHOOK_SWEEP_SECONDS", "webhook-sweep-seconds"),
+        (
+            "TESSERA_WEBHOOK_LEASE_MARGIN_SECONDS",
+            "webhook-lease-margin-seconds",
+        ),
+    ] {
+        let e = error_of(
+            &serve(dir.path())
+                .args(["--config", config, "--check-config"])
+                .env(var, "0")
+                .output()
+                .unwrap(),
+        );
+        assert!(e.contains(flag), "{var}: {e}");
+        // A flag wins over the environment: the bad variable is not read.
+        let out = serve(dir.path())
+            .args([
+                "--config",
+                config,
+                "--check-config",
+                &format!("--{flag}"),
+                "60",
+            ])
+            .env(var, "0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

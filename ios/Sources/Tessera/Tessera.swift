@@ -49,6 +49,9 @@ public enum TesseraRequest: Identifiable {
     /// For a CIBA request: the relying party, binding message and scopes.
     public var cibaDetails: CibaDetails? { raw.ciba }
     public var expiresAt: Date { Date(timeIntervalSince1970: TimeInterval(raw.expiresAt)) }
+    /// The language (BCP 47, e.g. "de") the server wrote its own texts of this request in, as
+    /// signed; nil from older servers. Show your own labels (buttons, "Details") in it if you can.
+    public var locale: String? { raw.locale }
 }
 
 /// What a push turned out to be.
@@ -168,6 +171,14 @@ public final class Tessera: @unchecked Sendable {
     /// does not hide the others' requests: the SDK marks it `removed` and skips it.
     public func pendingRequests() async throws -> [TesseraRequest] {
         try await sdk.pendingRequests().compactMap(TesseraRequest.init)
+    }
+
+    /// One pending request by id, for a tapped notification (`enrollmentId` and `requestId` from
+    /// its payload), checked exactly as pulled requests are. Throws `TesseraError.Server` with
+    /// code `authentication_not_found`, `authentication_expired` or `already_answered` when it
+    /// cannot be answered any more.
+    public func request(enrollmentId: String, requestId: String) async throws -> TesseraRequest? {
+        TesseraRequest(try await sdk.request(enrollmentId: enrollmentId, requestId: requestId))
     }
 
     /// The incoming requests while iterated: long-polls every active enrollment at once, yields

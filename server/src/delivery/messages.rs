@@ -5,7 +5,7 @@
 //!   whole server ([`crate::ServerConfig::smtp`]).
 //! - **SMS and voice** ([`WebhookNotifier`]): a JSON `POST` to the application's SMS provider
 //!   webhook (`set-sms-webhook`), which sends the text or places the call. The body is
-//!   `{"channel", "to", "code", "message", "application_id", "user_id", "expires_at"}`. Every
+//!   `{"channel", "to", "code", "message", "application_id", "user_id", "expires_at", "locale"}`. Every
 //!   call is signed: `Tessera-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
 //!   `"<t>." + body` with the webhook's secret ([`webhook_signature`]; the receiver's check is in
 //!   docs/network-security.md). Only `https://` webhooks are called, or `http://` on loopback
@@ -75,7 +75,7 @@ impl Notifier for SmtpNotifier {
             let message = lettre::Message::builder()
                 .from(self.from.clone())
                 .to(to)
-                .subject(format!("{} sign-in code", notice.application_name))
+                .subject(notice.subject())
                 .header(ContentType::TEXT_PLAIN)
                 .body(notice.text())
                 .map_err(|_| NotifyError::BadDestination)?;
@@ -153,6 +153,7 @@ impl WebhookNotifier {
             "application_id": notice.application_id,
             "user_id": notice.user_id,
             "expires_at": notice.expires_at,
+            "locale": notice.locale,
         })
     }
 }

@@ -155,6 +155,9 @@ pub(crate) struct Question {
     pub expires_in: u32,
     /// For a CIBA request: what it shows (`parameters` must be its display parameters).
     pub ciba: Option<CibaDetails>,
+    /// The shipped language the server's own texts in `parameters` are written in (signed into
+    /// the request as its `locale`), if the server chose one.
+    pub locale: Option<String>,
 }
 
 /// Signs a request to `device` and builds its pending record (not stored yet).
@@ -192,6 +195,7 @@ pub(crate) fn new_authentication(
             .then_some(question.number_matching),
         require_user_verification: question.require_user_verification,
         ciba: question.ciba,
+        locale: question.locale,
         nonce: DeviceRegistration::new_nonce(),
         issued_at: now,
         expires_at: now + i64::from(question.expires_in),
@@ -666,13 +670,19 @@ pub(crate) async fn create_as(
             check_text(t, 256, what)?;
         }
     }
+    super::users::check_locale(body.locale.as_deref())?;
     let app_name = app.name.clone();
+    // The server's own texts: the request's language, then the user's, then English.
+    let wanted =
+        super::users::wanted_languages(ctx, &app.id, user_id, body.locale.as_deref()).await;
+    let (default_prompt, lang) = super::users::localized(
+        &wanted,
+        "sign-in-prompt",
+        &[("application", crate::i18n::Arg::Text(&app_name))],
+    )?;
     let parameters = match body.kind {
         AuthenticationKind::Approval => DynamicParameters {
-            message: body
-                .message
-                .clone()
-                .unwrap_or_else(|| format!("Sign in to {app_name}?")),
+            message: body.message.clone().unwrap_or(default_prompt),
             fields: body.fields.clone(),
             hidden_fields: body.hidden_fields.clone(),
         },
@@ -814,6 +824,7 @@ pub(crate) async fn create_as(
             require_user_verification,
             expires_in,
             ciba: None,
+            locale: (body.kind != AuthenticationKind::Silent).then_some(lang),
         },
     )?;
     let mut record = record;
@@ -932,6 +943,28 @@ pub(crate) async fn pending_requests(
     )
     .await?;
     Ok(PendingRequests { requests })
+}
+
+/// One request still pending for the calling device, by id (a tapped notification): the signed
+/// request, verified by the device as pulled ones are. `authentication_not_found` for an unknown
+/// id or one asked of another enrollment (indistinguishable), `authentication_expired` and
+/// `already_answered` for ended ones.
+pub(crate) async fn pending_request(
+    ctx: &Ctx,
+    enrollment: &EnrollmentId,
+    raw_id: &str,
+) -> Result<PendingRequests, DomainError> {
+    let record = load(ctx, &parse_id(raw_id)?).await?;
+    if &record.enrollment_id != enrollment {
+        return Err(DomainError::new(
+            ErrorCode::AuthenticationNotFound,
+            "no such authentication",
+        ));
+    }
+    require_pending(&record)?;
+    Ok(PendingRequests {
+        requests: vec![record.signed_request],
+    })
 }
 
 /// Records a device's signed answer to an authentication: the signature by the device asked,

@@ -222,6 +222,8 @@ struct Send {
     to: String,
     one_time_device: bool,
     authentication_id: Option<AuthenticationId>,
+    /// The languages wanted for the message, most wanted first (English when none is shipped).
+    languages: Vec<String>,
 }
 
 /// The masked destination shown for `to` on `channel`.
@@ -283,6 +285,9 @@ async fn send_code(ctx: &Ctx, send: Send) -> Result<OtpChallenge, DomainError> {
         user_id: send.user,
         expires_at: challenge.expires_at,
         valid_minutes: (ttl + 59) / 60,
+        locale: crate::i18n::Catalog::shipped()
+            .map(|catalog| catalog.negotiate(&send.languages, None))
+            .unwrap_or_else(|_| crate::i18n::FALLBACK_LANGUAGE.to_string()),
     };
     if let Err(e) = notifier.send(&notice).await {
         otp_challenges::delete(&ctx.db, &id).await?;
@@ -331,6 +336,15 @@ pub(crate) async fn send_for_authentication(
         .unwrap_or_default();
     let to = destination(&contacts, channel)
         .ok_or_else(|| unavailable("the user has no contact registered for that channel"))?;
+    // The language the request was written in (its signed `locale`), then the user's.
+    let signed_locale = tessera_protocol::envelope::unverified_payload::<
+        tessera_protocol::authentication::AuthenticationRequest,
+    >(&record.signed_request)
+    .ok()
+    .and_then(|request| request.locale);
+    let languages =
+        super::users::wanted_languages(ctx, &app.id, &record.user_id, signed_locale.as_deref())
+            .await;
     send_code(
         ctx,
         Send {
@@ -341,6 +355,7 @@ pub(crate) async fn send_for_authentication(
             to,
             one_time_device: false,
             authentication_id: Some(record.id.clone()),
+            languages,
         },
     )
     .await
@@ -408,6 +423,7 @@ pub(crate) async fn create_challenge(
         Send {
             app: app.id.clone(),
             application_name: app.name.clone(),
+            languages: super::users::wanted_languages(ctx, &app.id, &user_id, None).await,
             user: user_id,
             channel,
             to,
@@ -443,6 +459,7 @@ pub(crate) async fn send_to_contact(
             to,
             one_time_device: false,
             authentication_id: None,
+            languages: super::users::wanted_languages(ctx, &app.id, user_id, None).await,
         },
     )
     .await

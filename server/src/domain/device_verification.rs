@@ -17,6 +17,7 @@ use tessera_protocol::pairing::DeviceRegistration;
 use super::authentication::Question;
 use super::events::Topic;
 use super::{Ctx, DomainError};
+use crate::i18n::Arg;
 use crate::store::applications::{self, AdditionalDevicePolicy};
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
@@ -83,68 +84,75 @@ fn device_label(info: &tessera_protocol::pairing::DeviceInfo) -> String {
     info.name.clone().unwrap_or_else(|| info.model.clone())
 }
 
-/// "second", "third", … for the `n`th device (n ≥ 2); "device number n" past the tenth.
-fn ordinal_device(n: usize) -> String {
-    const ORDINALS: [&str; 9] = [
-        "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
-    ];
-    match n.checked_sub(2).and_then(|i| ORDINALS.get(i)) {
-        Some(word) => format!("a {word} device"),
-        None => format!("device number {n}"),
-    }
-}
-
-/// The prompt's headline: what approving will do, from the server's facts. The new device's
-/// own description is only the label, always marked `(new)` unless the server saw the same
-/// device key before, so a device cannot pass itself off as one the user already has.
+/// The prompt's headline in the shipped language for `wanted`: what approving will do, from the
+/// server's facts. The new device's own description is only the label, always marked `(new)`
+/// unless the server saw the same device key before, so a device cannot pass itself off as one
+/// the user already has. Returns the headline and its language.
 pub(crate) fn verification_message(
     registration: &DeviceRegistration,
     facts: &VerificationFacts,
-) -> String {
+    wanted: &[String],
+) -> Result<(String, String), DomainError> {
     match &facts.same_device {
         Some(same) if same.is_asked_device => {
-            "Pair this device again (replaces its current pairing)".to_string()
+            super::users::localized(wanted, "pair-this-device-again", &[])
         }
-        Some(same) => format!("Pair {} again (replaces its current pairing)", same.label),
-        None => format!(
-            "Add {} (new) as {}",
-            device_label(&registration.device),
-            ordinal_device(facts.active_devices + 1)
+        Some(same) => super::users::localized(
+            wanted,
+            "pair-device-again",
+            &[("device", Arg::Text(&same.label))],
+        ),
+        None => super::users::localized(
+            wanted,
+            "add-device",
+            &[
+                ("device", Arg::Text(&device_label(&registration.device))),
+                (
+                    "count",
+                    Arg::Number(i64::try_from(facts.active_devices + 1).unwrap_or(i64::MAX)),
+                ),
+            ],
         ),
     }
 }
 
-/// The question the primary device is asked about a new device.
+/// The question the primary device is asked about a new device, in the shipped language for
+/// `wanted` (the user's preferred language; English when none fits).
 pub(crate) fn question(
     ctx: &Ctx,
     application_name: &str,
     registration: &DeviceRegistration,
     facts: &VerificationFacts,
     client_ip: Option<&str>,
-) -> Question {
+    wanted: &[String],
+) -> Result<Question, DomainError> {
+    let (message, lang) = verification_message(registration, facts, wanted)?;
+    let label = |id: &str| {
+        super::users::localized(std::slice::from_ref(&lang), id, &[]).map(|(text, _)| text)
+    };
     let d = &registration.device;
     let mut fields = vec![DisplayField {
-        label: "Device".into(),
+        label: label("field-device")?,
         value: device_label(d),
     }];
     if d.name.is_some() {
         fields.push(DisplayField {
-            label: "Model".into(),
+            label: label("field-model")?,
             value: d.model.clone(),
         });
     }
     fields.push(DisplayField {
-        label: "System".into(),
+        label: label("field-system")?,
         value: format!("{} {}", d.os_name, d.os_version).trim().to_string(),
     });
     fields.push(DisplayField {
-        label: "Devices paired now".into(),
+        label: label("field-devices-paired")?,
         value: facts.active_devices.to_string(),
     });
-    Question {
+    Ok(Question {
         kind: AuthenticationKind::Approval,
         parameters: DynamicParameters {
-            message: verification_message(registration, facts),
+            message,
             fields,
             hidden_fields: vec![DisplayField {
                 label: "device_id".into(),
@@ -161,7 +169,8 @@ pub(crate) fn question(
         require_user_verification: false,
         ciba: None,
         expires_in: ctx.config.device_verification_ttl,
-    }
+        locale: Some(lang),
+    })
 }
 
 /// Applies an answered (or expired, or failed) verification request to the enrollment waiting
@@ -298,15 +307,17 @@ mod tests {
         };
         let iphone = registration("iPhone 16", Some("Carol's iPhone"));
         assert_eq!(
-            verification_message(&iphone, &facts(1)),
+            verification_message(&iphone, &facts(1), &[]).unwrap().0,
             "Add Carol's iPhone (new) as a second device"
         );
         assert_eq!(
-            verification_message(&registration("Pixel 9", None), &facts(2)),
+            verification_message(&registration("Pixel 9", None), &facts(2), &[])
+                .unwrap()
+                .0,
             "Add Pixel 9 (new) as a third device"
         );
         assert_eq!(
-            verification_message(&iphone, &facts(10)),
+            verification_message(&iphone, &facts(10), &[]).unwrap().0,
             "Add Carol's iPhone (new) as device number 11"
         );
     }
@@ -323,7 +334,7 @@ mod tests {
             }),
         };
         assert_eq!(
-            verification_message(&again, &asked),
+            verification_message(&again, &asked, &[]).unwrap().0,
             "Pair this device again (replaces its current pairing)"
         );
         let other = VerificationFacts {
@@ -334,8 +345,29 @@ mod tests {
             }),
         };
         assert_eq!(
-            verification_message(&again, &other),
+            verification_message(&again, &other, &[]).unwrap().0,
             "Pair Carol's Pixel again (replaces its current pairing)"
         );
+    }
+
+    #[test]
+    fn the_prompt_is_in_the_users_language_with_english_as_the_fallback() {
+        let facts = VerificationFacts {
+            active_devices: 1,
+            same_device: None,
+        };
+        let pixel = registration("Pixel 9", None);
+        let (text, lang) = verification_message(&pixel, &facts, &["de-AT".to_string()]).unwrap();
+        assert_eq!(
+            (text.as_str(), lang.as_str()),
+            ("Pixel 9 (neu) hinzufügen als zweites Gerät", "de")
+        );
+        let (text, lang) = verification_message(&pixel, &facts, &["fr".to_string()]).unwrap();
+        assert_eq!(
+            (text.as_str(), lang.as_str()),
+            ("Ajouter Pixel 9 (nouveau) comme deuxième appareil", "fr")
+        );
+        let (_, lang) = verification_message(&pixel, &facts, &["ja".to_string()]).unwrap();
+        assert_eq!(lang, "en");
     }
 }

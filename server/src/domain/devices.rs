@@ -147,11 +147,13 @@ pub(crate) async fn create_user(
             "invalid display name",
         ));
     }
+    super::users::check_locale(request.locale.as_deref())?;
     match users::insert(
         &ctx.db,
         app,
         &request.user_id,
         request.display_name.as_deref(),
+        request.locale.as_deref(),
         ctx.now(),
     )
     .await

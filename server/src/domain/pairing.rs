@@ -359,7 +359,12 @@ async fn create_enrollment(
             let facts =
                 device_verification::facts(tx, &app.id, user_id, primary, &device_key_thumbprint)
                     .await?;
-            let question = device_verification::question(ctx, &app.name, reg, &facts, client_ip);
+            let wanted: Vec<String> = crate::store::users::locale(&mut *tx, &app.id, user_id)
+                .await?
+                .into_iter()
+                .collect();
+            let question =
+                device_verification::question(ctx, &app.name, reg, &facts, client_ip, &wanted)?;
             let request = super::authentication::new_authentication(
                 ctx, &app.id, user_id, primary, question,
             )?;

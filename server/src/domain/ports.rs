@@ -42,6 +42,8 @@ pub struct Notice {
     pub expires_at: i64,
     /// Minutes until it expires (shown in the message).
     pub valid_minutes: i64,
+    /// The shipped language the message is written in (`en`, `de`, `fr`; see docs/i18n.md).
+    pub locale: String,
 }
 
 impl std::fmt::Debug for Notice {
@@ -53,15 +55,44 @@ impl std::fmt::Debug for Notice {
 }
 
 impl Notice {
-    /// The text the person receives.
+    /// The text the person receives (SMS, voice call, email body), in [`Notice::locale`].
     pub fn text(&self) -> String {
-        format!(
-            "{}: your sign-in code is {}. It expires in {} minute{}. Never share it.",
-            self.application_name,
-            self.code.as_str(),
-            self.valid_minutes,
-            if self.valid_minutes == 1 { "" } else { "s" }
+        use crate::i18n::Arg;
+        self.localized(
+            "code-text",
+            &[
+                ("application", Arg::Text(&self.application_name)),
+                ("code", Arg::Text(self.code.as_str())),
+                ("minutes", Arg::Number(self.valid_minutes)),
+            ],
         )
+        .unwrap_or_else(|| {
+            format!(
+                "{}: your sign-in code is {}. It expires in {} minute{}. Never share it.",
+                self.application_name,
+                self.code.as_str(),
+                self.valid_minutes,
+                if self.valid_minutes == 1 { "" } else { "s" }
+            )
+        })
+    }
+
+    /// The email's subject, in [`Notice::locale`].
+    pub fn subject(&self) -> String {
+        self.localized(
+            "code-email-subject",
+            &[(
+                "application",
+                crate::i18n::Arg::Text(&self.application_name),
+            )],
+        )
+        .unwrap_or_else(|| format!("{} sign-in code", self.application_name))
+    }
+
+    fn localized(&self, id: &str, args: &[(&str, crate::i18n::Arg<'_>)]) -> Option<String> {
+        crate::i18n::Catalog::shipped()
+            .ok()?
+            .format(&self.locale, id, args)
     }
 }
 

@@ -652,7 +652,20 @@ pub(crate) async fn answer(
     let policy = settings.qr_policy;
     let follow_up = if response.decision == Decision::Approve {
         let number_matching = settings.authentication.number_matching;
-        follow_up_request(ctx, &session, &device, policy, number_matching, now)?
+        let wanted: Vec<String> =
+            users::locale(ctx.db.pool(), &session.application_id, &device.user_id)
+                .await?
+                .into_iter()
+                .collect();
+        follow_up_request(
+            ctx,
+            &session,
+            &device,
+            policy,
+            number_matching,
+            now,
+            &wanted,
+        )?
     } else {
         None
     };
@@ -733,6 +746,7 @@ fn follow_up_request(
     policy: QrPolicy,
     number_matching: NumberMatching,
     now: i64,
+    wanted: &[String],
 ) -> Result<Option<Authentication>, DomainError> {
     let left = u32::try_from((session.expires_at - now).clamp(10, 900)).unwrap_or(120);
     let question = match policy {
@@ -745,27 +759,36 @@ fn follow_up_request(
             require_user_verification: false,
             ciba: None,
             expires_in: left.min(120),
+            locale: None,
         },
-        QrPolicy::UserApproval => Question {
-            kind: AuthenticationKind::Approval,
-            parameters: DynamicParameters {
-                message: format!(
-                    "Sign in to {} in your browser?",
-                    session.context.application_name
-                ),
-                fields: Vec::new(),
-                hidden_fields: vec![DisplayField {
-                    label: "qr_session".into(),
-                    value: session.id.to_string(),
-                }],
-            },
-            context: session.context.clone(),
-            // The login page shows the number (QrBrowserStatus::number_to_show).
-            number_matching,
-            require_user_verification: false,
-            ciba: None,
-            expires_in: left.min(300),
-        },
+        QrPolicy::UserApproval => {
+            let (message, lang) = super::users::localized(
+                wanted,
+                "qr-sign-in-prompt",
+                &[(
+                    "application",
+                    crate::i18n::Arg::Text(&session.context.application_name),
+                )],
+            )?;
+            Question {
+                kind: AuthenticationKind::Approval,
+                parameters: DynamicParameters {
+                    message,
+                    fields: Vec::new(),
+                    hidden_fields: vec![DisplayField {
+                        label: "qr_session".into(),
+                        value: session.id.to_string(),
+                    }],
+                },
+                context: session.context.clone(),
+                // The login page shows the number (QrBrowserStatus::number_to_show).
+                number_matching,
+                require_user_verification: false,
+                ciba: None,
+                expires_in: left.min(300),
+                locale: Some(lang),
+            }
+        }
     };
     new_authentication(
         ctx,

@@ -17,3 +17,66 @@ pub(crate) async fn require_user(
         DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
     })
 }
+
+/// `locale` if it is a well-formed BCP 47 language tag, else `invalid_locale`.
+pub(crate) fn check_locale(locale: Option<&str>) -> Result<(), DomainError> {
+    match locale {
+        Some(tag) if !crate::i18n::is_language_tag(tag) => Err(DomainError::new(
+            ErrorCode::InvalidLocale,
+            "locale must be a BCP 47 language tag such as de or fr-CA",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Sets (or with `None` removes) the user's preferred language; `invalid_locale` for a tag that
+/// is not BCP 47, `user_not_found` for an unknown user.
+pub(crate) async fn update_user(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+    request: &tessera_protocol::api::UpdateUserRequest,
+) -> Result<User, DomainError> {
+    check_locale(request.locale.as_deref())?;
+    if !users::set_locale(&ctx.db, app, user_id, request.locale.as_deref()).await? {
+        return Err(DomainError::new(
+            ErrorCode::UserNotFound,
+            "no such user in this application",
+        ));
+    }
+    require_user(ctx, app, user_id).await
+}
+
+/// The languages wanted for the server's own texts to `user_id`, most wanted first: the
+/// request's `locale`, then the user's preferred one. An unreadable user locale is skipped (the
+/// text falls back to English rather than failing the request).
+pub(crate) async fn wanted_languages(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user_id: &UserId,
+    request_locale: Option<&str>,
+) -> Vec<String> {
+    let mut wanted: Vec<String> = request_locale.map(str::to_string).into_iter().collect();
+    match users::locale(ctx.db.pool(), app, user_id).await {
+        Ok(Some(tag)) => wanted.push(tag),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "the user's locale could not be read"),
+    }
+    wanted
+}
+
+/// One of the server's own texts in the best shipped language for `wanted` (English when none
+/// fits), with the language it is written in.
+pub(crate) fn localized(
+    wanted: &[String],
+    id: &str,
+    args: &[(&str, crate::i18n::Arg<'_>)],
+) -> Result<(String, String), DomainError> {
+    let catalog = crate::i18n::Catalog::shipped()
+        .map_err(|_| DomainError::Internal("the shipped texts do not load"))?;
+    let lang = catalog.negotiate(wanted, None);
+    let text = catalog
+        .format(&lang, id, args)
+        .ok_or(DomainError::Internal("a shipped text is missing"))?;
+    Ok((text, lang))
+}

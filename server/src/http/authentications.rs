@@ -49,6 +49,29 @@ pub(crate) async fn get_authentication(
     Ok(Json(status))
 }
 
+/// One pending request of the calling device, by id (device-signed; for a tapped
+/// notification): the same signed request a pull returns, as a one-element list.
+#[utoipa::path(get, path = "/v1/device/enrollments/{enrollment_id}/requests/{authentication_id}", tag = "device",
+    params(("enrollment_id" = tessera_protocol::ids::EnrollmentId, Path, description = "The enrollment the device speaks for"),
+           ("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The request")),
+    responses((status = 200, body = PendingRequests),
+              (status = 401, body = tessera_protocol::error::ErrorBody),
+              (status = 404, description = "authentication_not_found", body = tessera_protocol::error::ErrorBody),
+              (status = 409, description = "already_answered", body = tessera_protocol::error::ErrorBody),
+              (status = 410, description = "authentication_expired", body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn pending_request(
+    State(ctx): State<Ctx>,
+    ApiPath((enrollment_id, authentication_id)): ApiPath<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<PendingRequests>, ApiError> {
+    let enrollment = authenticate_device(&ctx, &headers, &method, uri.path(), b"").await?;
+    let enrollment_id = same_enrollment(&enrollment, &enrollment_id)?;
+    let pending = authentication::pending_request(&ctx, &enrollment_id, &authentication_id).await?;
+    Ok(Json(pending))
+}
+
 /// The calling device's pending requests (device-signed); `?wait=N` holds the answer until
 /// there is one (or N seconds pass, at most 30).
 #[utoipa::path(get, path = "/v1/device/enrollments/{enrollment_id}/requests", tag = "device",

@@ -52,12 +52,14 @@ use openapi::Contract;
         users::list_devices,
         users::remove_device,
         users::set_primary,
+        users::update_user,
         pairing::start_pairing,
         pairing::relay_pairing,
         pairing::device_pairing,
         authentications::create_authentication,
         authentications::get_authentication,
         authentications::pending_requests,
+        authentications::pending_request,
         authentications::submit_response,
         device::server_keys,
         device::enrollment_status,
@@ -165,7 +167,9 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route("/v1/users", post(users::create_user))
         .route(
             "/v1/users/{user_id}",
-            get(users::get_user).delete(users::remove_user),
+            get(users::get_user)
+                .delete(users::remove_user)
+                .patch(users::update_user),
         )
         .route("/v1/users/{user_id}/devices", get(users::list_devices))
         .route(
@@ -199,6 +203,10 @@ pub(crate) fn router(state: Ctx) -> Router {
         .route(
             "/v1/device/enrollments/{enrollment_id}/requests",
             get(authentications::pending_requests),
+        )
+        .route(
+            "/v1/device/enrollments/{enrollment_id}/requests/{authentication_id}",
+            get(authentications::pending_request),
         )
         .route(
             "/v1/device/authentications/{authentication_id}/response",

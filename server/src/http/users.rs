@@ -4,11 +4,11 @@ use super::extract::ApiPath;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use tessera_protocol::api::{CreateUserRequest, DeviceList, User};
+use tessera_protocol::api::{CreateUserRequest, DeviceList, UpdateUserRequest, User};
 
 use super::errors::ApiError;
 use super::extract::{ApiJson, AppAuth};
-use crate::domain::{Ctx, devices};
+use crate::domain::{Ctx, devices, users};
 
 use super::extract::parse_user_id;
 
@@ -37,6 +37,27 @@ pub(crate) async fn get_user(
 ) -> Result<Json<User>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     Ok(Json(devices::get_user(&state, &auth.0.id, &user_id).await?))
+}
+
+/// Changes a user's settings: the preferred language for the server's own texts (`locale`,
+/// BCP 47; `null` removes it).
+#[utoipa::path(patch, path = "/v1/users/{user_id}", tag = "customer",
+    request_body = UpdateUserRequest,
+    security(("api_key" = [])),
+    params(("user_id" = tessera_protocol::ids::UserId, Path, description = "The customer's id for the user")),
+    responses((status = 200, body = User),
+              (status = 400, description = "invalid_locale", body = tessera_protocol::error::ErrorBody),
+              (status = 404, description = "user_not_found", body = tessera_protocol::error::ErrorBody)))]
+pub(crate) async fn update_user(
+    State(state): State<Ctx>,
+    auth: AppAuth,
+    ApiPath(user_id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateUserRequest>,
+) -> Result<Json<User>, ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    Ok(Json(
+        users::update_user(&state, &auth.0.id, &user_id, &body).await?,
+    ))
 }
 
 /// Removes a user: their devices are unpaired (pending requests fail), and their pairing codes,

@@ -13,15 +13,17 @@ pub async fn insert(
     app: &ApplicationId,
     user_id: &UserId,
     display_name: Option<&str>,
+    locale: Option<&str>,
     now: i64,
 ) -> Result<User, StoreError> {
     let result = sqlx::query(
-        "INSERT INTO users (application_id, user_id, display_name, created_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO users (application_id, user_id, display_name, created_at, locale) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(app.as_str())
     .bind(user_id.as_str())
     .bind(display_name)
     .bind(now)
+    .bind(locale)
     .execute(db.writer())
     .await;
     match result {
@@ -30,6 +32,7 @@ pub async fn insert(
             display_name: display_name.map(str::to_string),
             created_at: now,
             device_count: 0,
+            locale: locale.map(str::to_string),
         }),
         Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists("user")),
         Err(e) => Err(e.into()),
@@ -37,7 +40,7 @@ pub async fn insert(
 }
 
 /// The statement of [`get`].
-pub(crate) const GET: &str = "SELECT u.user_id, u.display_name, u.created_at, \
+pub(crate) const GET: &str = "SELECT u.user_id, u.display_name, u.created_at, u.locale, \
     (SELECT COUNT(*) FROM enrollments e WHERE e.application_id = u.application_id \
     AND e.user_id = u.user_id) AS devices \
     FROM users u WHERE u.application_id = $1 AND u.user_id = $2";
@@ -59,7 +62,7 @@ pub async fn get(
 /// All users of an application.
 pub async fn list(db: &Database, app: &ApplicationId) -> Result<Vec<User>, StoreError> {
     let rows = sqlx::query(
-        "SELECT u.user_id, u.display_name, u.created_at, \
+        "SELECT u.user_id, u.display_name, u.created_at, u.locale, \
          (SELECT COUNT(*) FROM enrollments e WHERE e.application_id = u.application_id AND e.user_id = u.user_id) AS devices \
          FROM users u WHERE u.application_id = $1 ORDER BY u.created_at, u.user_id",
     )
@@ -79,6 +82,46 @@ fn row_to_user(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
         display_name: row.try_get("display_name")?,
         created_at: row.try_get("created_at")?,
         device_count: u32::try_from(devices).unwrap_or(u32::MAX),
+        locale: row.try_get("locale")?,
+    })
+}
+
+/// Sets (or with `None` removes) the user's preferred language. Returns false if there is no
+/// such user.
+pub async fn set_locale(
+    db: &Database,
+    app: &ApplicationId,
+    user_id: &UserId,
+    locale: Option<&str>,
+) -> Result<bool, StoreError> {
+    let done =
+        sqlx::query("UPDATE users SET locale = $1 WHERE application_id = $2 AND user_id = $3")
+            .bind(locale)
+            .bind(app.as_str())
+            .bind(user_id.as_str())
+            .execute(db.writer())
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The user's preferred language, if the user exists and has one (read through `executor`: the
+/// pool, or a connection inside a transaction).
+pub async fn locale<'c, E>(
+    executor: E,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<Option<String>, StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let row = sqlx::query("SELECT locale FROM users WHERE application_id = $1 AND user_id = $2")
+        .bind(app.as_str())
+        .bind(user_id.as_str())
+        .fetch_optional(executor)
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get("locale")?,
+        None => None,
     })
 }
 

@@ -524,6 +524,8 @@ async fn start(
             require_user_verification: true,
             expires_in,
             ciba: Some(details),
+            // CIBA texts are derived by the device from the details (CibaDetails::display_parameters).
+            locale: None,
         },
     )
     .map_err(|e| match e {

@@ -63,6 +63,11 @@ sealed class TesseraRequest {
     val requiresUserVerification: Boolean get() = raw.requireUserVerification
     /** When it expires (Unix seconds). */
     val expiresAt: Long get() = raw.expiresAt
+    /**
+     * The language (BCP 47, e.g. "de") the server wrote its own texts of this request in, as
+     * signed; null from older servers. Show your own labels (buttons, "Details") in it if you can.
+     */
+    val locale: String? get() = raw.locale
 
     /** "Sign in to <app>?" */
     data class Approval(override val raw: IncomingRequest) : TesseraRequest()
@@ -202,6 +207,15 @@ class Tessera private constructor(val sdk: Authenticator) : AutoCloseable {
      * [enrollments]) and skips it.
      */
     suspend fun pendingRequests(): List<TesseraRequest> = sdk.pendingRequests().mapNotNull(TesseraRequest::from)
+
+    /**
+     * One pending request by id, for a tapped notification (`enrollmentId` and `requestId` from
+     * its payload), checked exactly as pulled requests are. Throws [TesseraException.Server]
+     * with code `authentication_not_found`, `authentication_expired` or `already_answered` when
+     * it cannot be answered any more.
+     */
+    suspend fun request(enrollmentId: String, requestId: String): TesseraRequest? =
+        TesseraRequest.from(sdk.request(enrollmentId, requestId))
 
     /**
      * The incoming requests as a cold [Flow]: long-polls every active enrollment (`waitSeconds`
