@@ -204,7 +204,7 @@ impl ErrorCode {
             | ErrorCode::ResponseMismatch
             | ErrorCode::OtpInvalid
             | ErrorCode::AttestationRequired
-            | ErrorCode::FidoVerificationFailed,
+            | ErrorCode::FidoVerificationFailed
             | ErrorCode::InvalidLocale => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::PolicyDenied => 403,
