@@ -12,6 +12,7 @@
 #[cfg(target_os = "android")]
 mod android;
 mod error;
+mod logging;
 mod platform;
 mod records;
 
@@ -23,6 +24,7 @@ use tessera_core::{Authenticator as CoreAuthenticator, PushOutcome as CorePushOu
 use tessera_protocol::ids::{EnrollmentId, UserId};
 
 pub use error::{PlatformError, TesseraError};
+pub use logging::{LogLevel, LogRecord, Logger, set_logger};
 pub use platform::{
     AppAttestationResult, KeyKind, PlatformKeyStore, PlatformStorage, UserVerifier,
     VerificationReason, file_storage, software_key_store,

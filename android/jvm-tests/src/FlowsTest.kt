@@ -17,6 +17,8 @@ import dev.tessera.ffi.DeviceInfo
 import dev.tessera.ffi.DeviceSignals
 import dev.tessera.ffi.EnrollmentState
 import dev.tessera.ffi.KeyKind
+import dev.tessera.ffi.LogLevel
+import dev.tessera.ffi.LogRecord
 import dev.tessera.ffi.NumberMatching
 import dev.tessera.ffi.PlatformException
 import dev.tessera.ffi.PlatformKeyStore
@@ -229,6 +231,54 @@ val tests: List<Pair<String, suspend Env.() -> Unit>> = listOf(
         expectEqual("203.0.113.9", request.context.ip, "accessing ip")
         expectEqual(RequestState.APPROVED, phone.approve(request).state, "recorded")
         expectEqual("approved", server.authentication(request.id, wait = 5)["state"], "server state")
+    },
+    "a tapped notification's request, fetched by id" to {
+        val phone = device()
+        val alice = user("alice")
+        val enrollment = pair(phone, alice)
+        val created = server.authenticate(alice, mapOf("kind" to "approval", "accessing_ip" to "203.0.113.9"))
+        val id = created["authentication_id"] as String
+        val request = phone.request(enrollment.enrollmentId, id)
+        expect(request is TesseraRequest.Approval) { "expected an approval, got $request" }
+        expectEqual(id, request!!.id, "request id")
+        expectEqual("203.0.113.9", request.context.ip, "accessing ip")
+        expectEqual(RequestState.APPROVED, phone.approve(request).state, "recorded")
+        val answered = expectThrows<TesseraException.Server> { phone.request(enrollment.enrollmentId, id) }
+        expectEqual("already_answered", answered.code, "code")
+        expectThrows<TesseraException.InvalidInput> { phone.request(enrollment.enrollmentId, "not an id") }
+    },
+    "the app's logger receives the SDK's records, and no secret" to {
+        val records = java.util.Collections.synchronizedList(mutableListOf<LogRecord>())
+        Tessera.setLogger(LogLevel.TRACE) { records.add(it) }
+        val uri: String
+        val secret = "JBSWY3DPEHPK3PXP"
+        val code: String
+        try {
+            val phone = device()
+            val alice = user("alice")
+            uri = server.pairingUri(alice)
+            val enrollment = phone.pair(uri)
+            server.authenticate(alice, mapOf("kind" to "approval"))
+            phone.approve(phone.pendingRequests().single())
+            val account = phone.sdk.importOtpAccount("otpauth://totp/Example:alice?secret=$secret&issuer=Example")
+            code = phone.sdk.oneTimePasscode(account.id).code
+            phone.unpair(enrollment.enrollmentId)
+        } finally {
+            Tessera.setLogger(LogLevel.TRACE, null)
+        }
+        val lines = records.map { "${it.level} ${it.target} ${it.message}" }
+        expect(records.any { it.level == LogLevel.INFO && it.target.startsWith("tessera_core") && "device key created" in it.message }) {
+            "no record of the device key: $lines"
+        }
+        val pairingCode = uri.substringAfterLast("code=").substringBefore('&')
+        expect(pairingCode.length >= 8) { "pairing code from $uri" }
+        val everything = lines.joinToString("\n")
+        for (value in listOf(uri, pairingCode, pairingCode.replace("-", ""), secret, code)) {
+            expect(value !in everything) { "a secret reached the log: $value" }
+        }
+        val count = records.size
+        server.authenticate(user("bob"), mapOf("kind" to "approval"))
+        expectEqual(count, records.size, "records after the logger was removed")
     },
     "denial with a fraud report; a second answer is refused" to {
         val phone = device()

@@ -226,6 +226,76 @@ class Flows(unittest.TestCase):
 
         run(flow())
 
+    def test_a_tapped_notification_fetches_its_request_by_id(self):
+        async def flow():
+            device = await Device().open()
+            alice = self.user("alice")
+            enrollment = await self.paired(device, alice)
+            created = self.server.authenticate(alice, accessing_ip="203.0.113.9")
+            request = await device.request(enrollment.enrollment_id, created["authentication_id"])
+            self.assertEqual(request.request_id, created["authentication_id"])
+            self.assertEqual(request.user_id, alice)
+            self.assertEqual(request.context.ip, "203.0.113.9")
+            recorded = await device.approve(request, None)
+            self.assertEqual(recorded.state, t.RequestState.APPROVED)
+            with self.assertRaises(t.TesseraError.Server) as answered:
+                await device.request(enrollment.enrollment_id, created["authentication_id"])
+            self.assertEqual(answered.exception.code, "already_answered")
+            # Another phone's request is not this enrollment's to fetch.
+            other = await Device().open()
+            bob = self.user("bob")
+            await self.paired(other, bob)
+            bobs = self.server.authenticate(bob)
+            with self.assertRaises(t.TesseraError.Server) as foreign:
+                await device.request(enrollment.enrollment_id, bobs["authentication_id"])
+            self.assertEqual(foreign.exception.code, "authentication_not_found")
+            with self.assertRaises(t.TesseraError.InvalidInput):
+                await device.request(enrollment.enrollment_id, "not an id")
+
+        run(flow())
+
+    def test_the_apps_logger_receives_the_sdks_records_and_no_secret(self):
+        class Collect(t.Logger):
+            def __init__(self):
+                self.records = []
+
+            def log(self, record):
+                self.records.append(record)
+
+        async def flow():
+            logger = Collect()
+            t.set_logger(logger, t.LogLevel.TRACE)
+            try:
+                device = await Device().open()
+                alice = self.user("alice")
+                uri = self.server.start_pairing(alice)["pairing_uri"]
+                enrollment = await device.pair(uri, None)
+                created = self.server.authenticate(alice)
+                pending = await device.pending_requests()
+                await device.approve(pending[0], None)
+                secret = "JBSWY3DPEHPK3PXP"
+                account = await device.import_otp_account(
+                    f"otpauth://totp/Example:alice?secret={secret}&issuer=Example")
+                code = (await device.one_time_passcode(account.id)).code
+                await device.remove_enrollment(enrollment.enrollment_id)
+            finally:
+                t.set_logger(None, t.LogLevel.TRACE)
+            lines = [f"{r.level} {r.target} {r.message}" for r in logger.records]
+            self.assertTrue(any(r.level == t.LogLevel.INFO and r.target.startswith("tessera_core")
+                                and "device key created" in r.message for r in logger.records),
+                            lines)
+            self.assertTrue(any("OTP account imported" in line for line in lines), lines)
+            pairing_code = uri.rsplit("code=", 1)[-1].split("&", 1)[0]
+            everything = "\n".join(lines)
+            self.assertRegex(pairing_code, r"^[A-Z0-9-]{8,}$")
+            for value in (uri, pairing_code, pairing_code.replace("-", ""), secret, code):
+                self.assertNotIn(value, everything)
+            count = len(logger.records)
+            created = self.server.authenticate(self.user("bob"))
+            self.assertEqual(len(logger.records), count)  # unset: nothing more arrives
+
+        run(flow())
+
     def test_denial_and_fraud_report_refuse_a_second_answer(self):
         async def flow():
             device = await Device().open()

@@ -1,4 +1,5 @@
 import Foundation
+import os.log
 @_exported import TesseraFFI
 
 /// A request to show to the user, by kind. Silent verifications never appear here: the SDK
@@ -83,6 +84,31 @@ public final class Tessera: @unchecked Sendable {
     public let sdk: Authenticator
 
     private init(sdk: Authenticator) { self.sdk = sdk }
+
+    /// Sends the SDK's log records at `minLevel` and more severe to `logger`; `nil` stops.
+    /// A record has its level, target (the Rust module) and one line of text; the SDK never
+    /// logs secrets (keys, passcodes, pairing codes, tokens, payloads). `logger` runs on the
+    /// thread that logged: keep it quick and do not call the SDK from it. For `os_log`, pass
+    /// `Tessera.osLog(subsystem:)`.
+    public static func setLogger(minLevel: LogLevel = .info, _ logger: (@Sendable (LogRecord) -> Void)?) {
+        TesseraFFI.setLogger(logger: logger.map { ClosureLogger($0) }, minLevel: minLevel)
+    }
+
+    /// A logger that writes the SDK's records to the unified log under `subsystem`, category
+    /// `Tessera`.
+    public static func osLog(subsystem: String) -> @Sendable (LogRecord) -> Void {
+        let log = OSLog(subsystem: subsystem, category: "Tessera")
+        return { record in
+            let type: OSLogType
+            switch record.level {
+            case .error: type = .error
+            case .warn: type = .default
+            case .info: type = .info
+            case .debug, .trace: type = .debug
+            }
+            os_log("%{public}@: %{public}@", log: log, type: type, record.target, record.message)
+        }
+    }
 
     /// Opens the SDK with the platform's key store, storage and user-verification prompt.
     public static func open(
@@ -263,4 +289,13 @@ private final class SeenRequests: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         return ids.insert(id).inserted
     }
+}
+
+/// Adapts a closure to the SDK's `Logger` protocol.
+private final class ClosureLogger: Logger, @unchecked Sendable {
+    private let body: @Sendable (LogRecord) -> Void
+
+    init(_ body: @escaping @Sendable (LogRecord) -> Void) { self.body = body }
+
+    func log(record: LogRecord) { body(record) }
 }

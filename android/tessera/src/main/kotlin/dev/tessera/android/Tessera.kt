@@ -6,6 +6,9 @@ import dev.tessera.ffi.Enrollment
 import dev.tessera.ffi.EnrollmentState
 import dev.tessera.ffi.Field
 import dev.tessera.ffi.IncomingRequest
+import dev.tessera.ffi.LogLevel
+import dev.tessera.ffi.LogRecord
+import dev.tessera.ffi.Logger
 import dev.tessera.ffi.NumberMatching
 import dev.tessera.ffi.OneTimePasscode
 import dev.tessera.ffi.OtpAccount
@@ -130,6 +133,22 @@ class Tessera private constructor(val sdk: Authenticator) : AutoCloseable {
             userVerifier: UserVerifier?,
             verifyEveryApproval: Boolean = false,
         ): Tessera = Tessera(Authenticator.open(config, keyStore, storage, userVerifier, verifyEveryApproval))
+
+        /**
+         * Sends the SDK's log records at [minLevel] and more severe to [logger]; `null` stops.
+         * A record has its level, target (the Rust module) and one line of text; the SDK never
+         * logs secrets (keys, passcodes, pairing codes, tokens, payloads). [logger] runs on the
+         * thread that logged: keep it quick and do not call the SDK from it. On Android,
+         * [TesseraAndroid.logToLogcat] sends them to Logcat.
+         */
+        fun setLogger(minLevel: LogLevel = LogLevel.INFO, logger: ((LogRecord) -> Unit)?) {
+            val forward = logger?.let { log ->
+                object : Logger {
+                    override fun log(record: LogRecord) = log(record)
+                }
+            }
+            dev.tessera.ffi.setLogger(forward, minLevel)
+        }
 
         /** An FCM `data` map (or any string map) as the JSON object `handlePush` takes. */
         fun pushJson(data: Map<String, String>): String =

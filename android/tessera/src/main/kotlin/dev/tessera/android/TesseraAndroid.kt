@@ -1,6 +1,8 @@
 package dev.tessera.android
 
 import android.content.Context
+import android.util.Log
+import dev.tessera.ffi.LogLevel
 import dev.tessera.ffi.AuthenticatorConfig
 import dev.tessera.ffi.PlatformKeyStore
 import dev.tessera.ffi.PlatformStorage
@@ -33,6 +35,23 @@ object TesseraAndroid {
             httpTimeoutSeconds = httpTimeoutSeconds,
         )
         return Tessera.open(config, keyStore, storage, userVerifier, verifyEveryApproval)
+    }
+
+    /**
+     * Sends the SDK's log records at [minLevel] and more severe to Logcat under the tag
+     * `Tessera` (the record's target starts the message). Secrets are never in them.
+     */
+    fun logToLogcat(minLevel: LogLevel = LogLevel.INFO) {
+        Tessera.setLogger(minLevel) { record ->
+            val priority = when (record.level) {
+                LogLevel.ERROR -> Log.ERROR
+                LogLevel.WARN -> Log.WARN
+                LogLevel.INFO -> Log.INFO
+                LogLevel.DEBUG -> Log.DEBUG
+                LogLevel.TRACE -> Log.VERBOSE
+            }
+            Log.println(priority, "Tessera", "${record.target}: ${record.message}")
+        }
     }
 
     /** Measures the signals and versions again (e.g. in `onResume`); later answers carry them. */
