@@ -218,6 +218,43 @@ async fn a_roaming_key_registers_and_signs_in(backend: Backend) {
         1
     );
 
+    // A policy may require FIDO: with a phone paired too, only the key is offered.
+    let phone = tessera_tests::TestDevice::new().await;
+    phone
+        .auth
+        .pair(&server.pairing_uri("alice").await, None)
+        .await
+        .unwrap();
+    let policy: tessera_protocol::policy::PolicyDocument = serde_json::from_value(json!({
+        "default": {"action": "require", "methods": ["fido2"]}
+    }))
+    .unwrap();
+    server.customer.set_policy(&policy).await.unwrap();
+    let flow = server
+        .customer
+        .create_flow(&CreateFlowRequest::new("alice".parse().unwrap()))
+        .await
+        .unwrap();
+    let flow = server
+        .customer
+        .flow_action(
+            flow.id.as_str(),
+            &FlowAction::Authenticate {
+                mobile_payload: None,
+                authorization_payload: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(flow.status, FlowStatus::AssertionRequired, "{flow:?}");
+    let offered: Vec<&str> = flow.devices.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(offered, vec![format!("fido:{id}").as_str()]);
+    let policy: tessera_protocol::policy::PolicyDocument = serde_json::from_value(json!({
+        "default": {"action": "require", "methods": ["mobile_push", "fido2"]}
+    }))
+    .unwrap();
+    server.customer.set_policy(&policy).await.unwrap();
+
     // Rename, then remove: the key is gone from the list and from the mandatory methods.
     let (status, renamed) = api(
         &server,

@@ -254,9 +254,6 @@ fn check_action(place: &str, action: &PolicyAction) -> Result<(), PolicyError> {
             if methods.is_empty() {
                 return Err(refused(place, "require names no method"));
             }
-            if methods.contains(&PolicyMethod::Fido2) {
-                return Err(refused(place, "fido2 is not available on this server yet"));
-            }
             let distinct: BTreeSet<&str> = methods.iter().map(|m| m.as_str()).collect();
             if distinct.len() != methods.len() {
                 return Err(refused(place, "require names a method twice"));
