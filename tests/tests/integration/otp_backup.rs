@@ -602,6 +602,7 @@ async fn sms_and_voice(backend: Backend) {
             "application_id": app.as_str(),
             "user_id": "bob",
             "expires_at": sent.expires_at,
+            "locale": "en",
         })
     );
     let done = server
