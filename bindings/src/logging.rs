@@ -91,7 +91,11 @@ static INSTALL: Once = Once::new();
 /// subscriber (a Rust host app), that one keeps the records and this call changes nothing.
 #[uniffi::export]
 pub fn set_logger(logger: Option<Arc<dyn Logger>>, min_level: LogLevel) {
-    let rank = if logger.is_some() { min_level.rank() } else { 0 };
+    let rank = if logger.is_some() {
+        min_level.rank()
+    } else {
+        0
+    };
     match LOGGER.write() {
         Ok(mut slot) => *slot = logger,
         Err(poisoned) => *poisoned.into_inner() = logger,
@@ -221,7 +225,10 @@ mod tests {
 
     impl Collect {
         fn take(&self) -> Vec<LogRecord> {
-            self.0.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+            self.0
+                .lock()
+                .map(|mut r| std::mem::take(&mut *r))
+                .unwrap_or_default()
         }
     }
 
