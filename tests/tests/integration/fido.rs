@@ -74,6 +74,25 @@ async fn credentials(server: &TestServer, user: &str) -> Vec<Value> {
     body["credentials"].as_array().unwrap().clone()
 }
 
+/// Starts a flow for `request` and asks it to authenticate: the state the user meets first.
+async fn authenticate(
+    server: &TestServer,
+    request: &CreateFlowRequest,
+) -> tessera_protocol::flows::FlowState {
+    let flow = server.customer.create_flow(request).await.unwrap();
+    server
+        .customer
+        .flow_action(
+            flow.id.as_str(),
+            &FlowAction::Authenticate {
+                mobile_payload: None,
+                authorization_payload: None,
+            },
+        )
+        .await
+        .unwrap()
+}
+
 fn return_url(server: &TestServer, tag: &str) -> String {
     format!("{}/healthz?rp={tag}", server.base_url)
 }
@@ -192,18 +211,7 @@ async fn a_roaming_key_registers_and_signs_in(backend: Backend) {
     let id = listed[0]["id"].as_str().unwrap().to_string();
     let mut request = CreateFlowRequest::new("alice".parse().unwrap());
     request.mandatory_methods = vec![AuthenticationMethod::SecurityKey];
-    let flow = server.customer.create_flow(&request).await.unwrap();
-    let flow = server
-        .customer
-        .flow_action(
-            flow.id.as_str(),
-            &FlowAction::Authenticate {
-                mobile_payload: None,
-                authorization_payload: None,
-            },
-        )
-        .await
-        .unwrap();
+    let flow = authenticate(&server, &request).await;
     assert_eq!(flow.status, FlowStatus::AssertionRequired);
     assert!(flow.actions.contains(&FlowActionName::CheckAssertion));
     assert_eq!(flow.devices.len(), 1);
@@ -230,22 +238,7 @@ async fn a_roaming_key_registers_and_signs_in(backend: Backend) {
     }))
     .unwrap();
     server.customer.set_policy(&policy).await.unwrap();
-    let flow = server
-        .customer
-        .create_flow(&CreateFlowRequest::new("alice".parse().unwrap()))
-        .await
-        .unwrap();
-    let flow = server
-        .customer
-        .flow_action(
-            flow.id.as_str(),
-            &FlowAction::Authenticate {
-                mobile_payload: None,
-                authorization_payload: None,
-            },
-        )
-        .await
-        .unwrap();
+    let flow = authenticate(&server, &CreateFlowRequest::new("alice".parse().unwrap())).await;
     assert_eq!(flow.status, FlowStatus::AssertionRequired, "{flow:?}");
     let offered: Vec<&str> = flow.devices.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(offered, vec![format!("fido:{id}").as_str()]);
@@ -293,18 +286,7 @@ async fn a_roaming_key_registers_and_signs_in(backend: Backend) {
     assert_eq!(body["error"]["code"], "fido_credential_not_found");
     let mut request = CreateFlowRequest::new("alice".parse().unwrap());
     request.mandatory_methods = vec![AuthenticationMethod::SecurityKey];
-    let flow = server.customer.create_flow(&request).await.unwrap();
-    let flow = server
-        .customer
-        .flow_action(
-            flow.id.as_str(),
-            &FlowAction::Authenticate {
-                mobile_payload: None,
-                authorization_payload: None,
-            },
-        )
-        .await
-        .unwrap();
+    let flow = authenticate(&server, &request).await;
     assert_eq!(flow.status, FlowStatus::MfaSetupRequired);
 }
 
@@ -397,18 +379,7 @@ async fn a_cloned_authenticator_is_caught_by_its_counter() {
     // A flagged credential is no device any more and counts for no mandatory method.
     let mut request = CreateFlowRequest::new("carl".parse().unwrap());
     request.mandatory_methods = vec![AuthenticationMethod::SecurityKey];
-    let flow = server.customer.create_flow(&request).await.unwrap();
-    let flow = server
-        .customer
-        .flow_action(
-            flow.id.as_str(),
-            &FlowAction::Authenticate {
-                mobile_payload: None,
-                authorization_payload: None,
-            },
-        )
-        .await
-        .unwrap();
+    let flow = authenticate(&server, &request).await;
     assert_eq!(flow.status, FlowStatus::MfaSetupRequired);
     let (status, audit) = api(&server, reqwest::Method::GET, "/v1/audit?limit=200", None).await;
     assert_eq!(status, StatusCode::OK, "{audit}");
