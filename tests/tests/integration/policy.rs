@@ -231,8 +231,8 @@ mod management {
                 "time zone",
             ),
             (
-                json!({"name": "fido", "then": {"action": "require", "methods": ["fido2"]}}),
-                "fido2",
+                json!({"name": "fido", "then": {"action": "require", "methods": ["fido2", "fido2"]}}),
+                "twice",
             ),
             (
                 json!({"name": "mute", "then": {"action": "deny", "reason": ""}}),

@@ -283,8 +283,8 @@ fn invalid_policies_name_the_rule_at_fault() {
             "no method",
         ),
         (
-            json!({"name": "fido", "then": {"action": "require", "methods": ["fido2"]}}),
-            "fido2",
+            json!({"name": "fido", "then": {"action": "require", "methods": ["fido2", "fido2"]}}),
+            "twice",
         ),
         (
             json!({"name": "silent deny", "then": {"action": "deny", "reason": " "}}),
