@@ -224,22 +224,26 @@
     return list;
   }
 
-  function otpForm() {
-    var form = el("form", { id: "otp-form", novalidate: "" });
-    var input = el("input", {
-      id: "otp",
-      name: "otp",
+  // A form for one typed code: its input (`id`, extra input attributes), its label and the flow
+  // action it sends with the code under `field` (spaces removed); the field is emptied and
+  // focused again after each answer.
+  function codeForm(id, attributes, label, action, field) {
+    var form = el("form", { id: id + "-form", novalidate: "" });
+    var inputAttributes = {
+      id: id,
+      name: id,
       type: "text",
-      inputmode: "numeric",
-      autocomplete: "one-time-code",
       autocapitalize: "off",
       spellcheck: "false",
-      maxlength: "16",
       required: true,
+    };
+    Object.keys(attributes).forEach(function (name) {
+      inputAttributes[name] = attributes[name];
     });
-    form.appendChild(el("label", { for: "otp" }, t("otp-label")));
+    var input = el("input", inputAttributes);
+    form.appendChild(el("label", { for: id }, t(label)));
     form.appendChild(input);
-    var submit = el("button", { type: "submit", class: "primary", "data-action": "checkOtp" }, t("verify"));
+    var submit = el("button", { type: "submit", class: "primary", "data-action": action }, t("verify"));
     form.appendChild(el("div", { class: "actions" })).appendChild(submit);
     form.addEventListener("submit", function (event) {
       event.preventDefault();
@@ -248,8 +252,10 @@
         input.focus();
         return;
       }
-      act("checkOtp", { otp: code }).then(function () {
-        var again = document.getElementById("otp");
+      var body = {};
+      body[field] = code;
+      act(action, body).then(function () {
+        var again = document.getElementById(id);
         if (again) {
           again.value = "";
           again.focus();
@@ -259,43 +265,29 @@
     return form;
   }
 
+  function otpForm() {
+    return codeForm(
+      "otp",
+      { inputmode: "numeric", autocomplete: "one-time-code", maxlength: "16" },
+      "otp-label",
+      "checkOtp",
+      "otp"
+    );
+  }
+
   // --- Recovery codes (docs/bypass-and-recovery.md) ------------------------------------------
   // Where the flow offers checkRecoveryCode, a "use a recovery code" button opens a form of its
   // own; the code is sent as the flow action and is never kept by the page.
   var showRecoveryCode = false;
 
   function recoveryCodeForm() {
-    var form = el("form", { id: "recovery-code-form", novalidate: "" });
-    var input = el("input", {
-      id: "recovery-code",
-      name: "recovery-code",
-      type: "text",
-      autocomplete: "off",
-      autocapitalize: "off",
-      spellcheck: "false",
-      maxlength: "32",
-      required: true,
-    });
-    form.appendChild(el("label", { for: "recovery-code" }, t("recovery-code-label")));
-    form.appendChild(input);
-    var submit = el("button", { type: "submit", class: "primary", "data-action": "checkRecoveryCode" }, t("verify"));
-    form.appendChild(el("div", { class: "actions" })).appendChild(submit);
-    form.addEventListener("submit", function (event) {
-      event.preventDefault();
-      var code = input.value.replace(/\s+/g, "");
-      if (!code) {
-        input.focus();
-        return;
-      }
-      act("checkRecoveryCode", { recovery_code: code }).then(function () {
-        var again = document.getElementById("recovery-code");
-        if (again) {
-          again.value = "";
-          again.focus();
-        }
-      });
-    });
-    return form;
+    return codeForm(
+      "recovery-code",
+      { autocomplete: "off", maxlength: "32" },
+      "recovery-code-label",
+      "checkRecoveryCode",
+      "recovery_code"
+    );
   }
 
   function addRecoveryCodeEntry() {
