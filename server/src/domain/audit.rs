@@ -245,34 +245,11 @@ pub(crate) async fn append(
     now_ms: i64,
     event: Event,
 ) -> Result<bool, RecordError> {
-    let location = event
-        .accessing_ip
-        .as_deref()
-        .and_then(|ip| ip_table.lookup(ip))
-        .and_then(|facts| facts.country.clone());
-    let record = NewRecord {
-        id: new_id("aud_"),
-        at_ms: now_ms,
-        kind: event.kind.to_string(),
-        actor: event.actor.as_str().to_string(),
-        application_id: event.application_id.clone(),
-        user_id: event.user_id.clone(),
-        device_id: event.device_id.clone(),
-        subject: event.subject.clone(),
-        client_ip: event.client_ip.clone(),
-        accessing_ip: event.accessing_ip.clone(),
-        location,
-        outcome: event.outcome.to_string(),
-        details: event.details.to_string(),
-    };
+    let record = new_record(ip_table, now_ms, &event);
     // Most events have no endpoint that wants them: looked up first on a reader, such an event
     // is one insert, without a transaction around it. Otherwise the record and its deliveries
     // are written together, the endpoints read again inside the transaction.
-    let webhook = match (event.webhook, event.application_id.as_deref()) {
-        (Some(event_type), Some(app)) => Some((event_type, app)),
-        _ => None,
-    };
-    let wanted = match webhook {
+    let wanted = match webhook_of(&event) {
         Some((event_type, app)) => {
             let mut reader = db.pool().acquire().await.map_err(StoreError::from)?;
             webhooks::endpoints_in(&mut reader, app)
@@ -288,10 +265,80 @@ pub(crate) async fn append(
         return Ok(false);
     }
     let mut tx = db.begin_write().await?;
-    store::append(&mut tx, &record).await?;
+    let queued = write_in(&mut tx, &record, &event, now_ms).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(queued)
+}
+
+/// Appends `events` to the audit log inside the caller's transaction `tx` (with their webhook
+/// deliveries), so they commit or roll back with the change they record: the change and its
+/// record are one transaction, on one connection. Returns whether webhook deliveries were
+/// queued; the caller then wakes the webhook workers (`Topic::WebhookOutbox`) after its commit.
+pub(crate) async fn append_in(
+    ctx: &Ctx,
+    tx: &mut sqlx::AnyConnection,
+    events: Vec<Event>,
+) -> Result<bool, DomainError> {
+    let now_ms = ctx.now_ms();
     let mut queued = false;
-    if let Some((event_type, app)) = webhook {
-        let endpoints: Vec<_> = webhooks::endpoints_in(&mut tx, app)
+    for event in events {
+        let record = new_record(&ctx.config.accessing_ip_table, now_ms, &event);
+        queued |= write_in(tx, &record, &event, now_ms)
+            .await
+            .map_err(|e| match e {
+                RecordError::Store(e) => DomainError::from(e),
+                RecordError::Encoding => {
+                    DomainError::Internal("an audit record could not be encoded")
+                }
+            })?;
+    }
+    Ok(queued)
+}
+
+/// The webhook event type and application of `event`, when it is one a webhook may want.
+fn webhook_of(event: &Event) -> Option<(EventType, &str)> {
+    match (event.webhook, event.application_id.as_deref()) {
+        (Some(event_type), Some(app)) => Some((event_type, app)),
+        _ => None,
+    }
+}
+
+/// The audit record of `event` at `now_ms`.
+fn new_record(ip_table: &crate::ip_table::IpTable, now_ms: i64, event: &Event) -> NewRecord {
+    let location = event
+        .accessing_ip
+        .as_deref()
+        .and_then(|ip| ip_table.lookup(ip))
+        .and_then(|facts| facts.country.clone());
+    NewRecord {
+        id: new_id("aud_"),
+        at_ms: now_ms,
+        kind: event.kind.to_string(),
+        actor: event.actor.as_str().to_string(),
+        application_id: event.application_id.clone(),
+        user_id: event.user_id.clone(),
+        device_id: event.device_id.clone(),
+        subject: event.subject.clone(),
+        client_ip: event.client_ip.clone(),
+        accessing_ip: event.accessing_ip.clone(),
+        location,
+        outcome: event.outcome.to_string(),
+        details: event.details.to_string(),
+    }
+}
+
+/// Writes `record` and the webhook deliveries of `event` (to the endpoints that want it, read
+/// on `tx`) on `tx`. Returns whether deliveries were queued.
+async fn write_in(
+    tx: &mut sqlx::AnyConnection,
+    record: &NewRecord,
+    event: &Event,
+    now_ms: i64,
+) -> Result<bool, RecordError> {
+    store::append(tx, record).await?;
+    let mut queued = false;
+    if let Some((event_type, app)) = webhook_of(event) {
+        let endpoints: Vec<_> = webhooks::endpoints_in(&mut *tx, app)
             .await?
             .into_iter()
             .filter(|e| e.wants(event_type.as_str()))
@@ -331,11 +378,10 @@ pub(crate) async fn append(
                     created_at_ms: now_ms,
                 })
                 .collect();
-            webhooks::enqueue(&mut tx, &deliveries).await?;
+            webhooks::enqueue(&mut *tx, &deliveries).await?;
             queued = true;
         }
     }
-    tx.commit().await.map_err(StoreError::from)?;
     Ok(queued)
 }
 
@@ -360,9 +406,12 @@ fn authentication_details(record: &Authentication) -> Value {
 
 /// A request was created for a device.
 pub(crate) async fn authentication_created(ctx: &Ctx, record: &Authentication) {
-    let event =
-        Event::webhook(EventType::AuthenticationCreated, Actor::Customer, "pending").about(record);
-    self::record(ctx, event).await;
+    self::record(ctx, authentication_created_event(record)).await;
+}
+
+/// The audit event of a request created for a device.
+pub(crate) fn authentication_created_event(record: &Authentication) -> Event {
+    Event::webhook(EventType::AuthenticationCreated, Actor::Customer, "pending").about(record)
 }
 
 /// Follow-up: an ended authentication is recorded (approved, denied, failed), with a fraud
@@ -380,7 +429,15 @@ pub(crate) fn follow_up<'a>(
 }
 
 async fn authentication_ended(ctx: &Ctx, record: &Authentication) {
-    let (event_type, outcome, actor) = match record.state {
+    let Some((event_type, outcome, actor)) = ending_of(record) else {
+        return;
+    };
+    record_ending(ctx, record, event_type, outcome, actor).await;
+}
+
+/// The webhook event, outcome and actor of an ended authentication (`None`: still pending).
+fn ending_of(record: &Authentication) -> Option<(EventType, &'static str, Actor)> {
+    Some(match record.state {
         AuthenticationState::Approved => {
             (EventType::AuthenticationApproved, "approved", Actor::User)
         }
@@ -389,9 +446,8 @@ async fn authentication_ended(ctx: &Ctx, record: &Authentication) {
             (EventType::AuthenticationExpired, "expired", Actor::Server)
         }
         AuthenticationState::Failed => (EventType::AuthenticationFailed, "failed", Actor::Server),
-        AuthenticationState::Pending => return,
-    };
-    record_ending(ctx, record, event_type, outcome, actor).await;
+        AuthenticationState::Pending => return None,
+    })
 }
 
 async fn record_ending(
@@ -401,26 +457,44 @@ async fn record_ending(
     outcome: &'static str,
     actor: Actor,
 ) {
-    self::record(
-        ctx,
-        Event::webhook(event_type, actor, outcome).about(record),
-    )
-    .await;
+    for event in ending_events_as(record, event_type, outcome, actor) {
+        self::record(ctx, event).await;
+    }
+}
+
+/// The audit events of an ended authentication (what [`follow_up`] records): its ending, a
+/// fraud report when the person reported it or approved with the wrong number, and a CIBA
+/// completion for CIBA requests. None for a pending one.
+pub(crate) fn ending_events(record: &Authentication) -> Vec<Event> {
+    match ending_of(record) {
+        Some((event_type, outcome, actor)) => ending_events_as(record, event_type, outcome, actor),
+        None => Vec::new(),
+    }
+}
+
+fn ending_events_as(
+    record: &Authentication,
+    event_type: EventType,
+    outcome: &'static str,
+    actor: Actor,
+) -> Vec<Event> {
+    let mut events = vec![Event::webhook(event_type, actor, outcome).about(record)];
     if let Some(reason @ (DenialReason::ReportedFraud | DenialReason::WrongNumber)) =
         record.denial_reason
     {
-        let event = Event::webhook(EventType::FraudReported, Actor::User, "reported")
-            .about(record)
-            .details(json!({
-                "authentication_id": record.id.to_string(),
-                "reason": reason.as_str(),
-            }));
-        self::record(ctx, event).await;
+        events.push(
+            Event::webhook(EventType::FraudReported, Actor::User, "reported")
+                .about(record)
+                .details(json!({
+                    "authentication_id": record.id.to_string(),
+                    "reason": reason.as_str(),
+                })),
+        );
     }
     if record.kind == AuthenticationKind::Ciba {
-        let event = Event::webhook(EventType::CibaCompleted, actor, outcome).about(record);
-        self::record(ctx, event).await;
+        events.push(Event::webhook(EventType::CibaCompleted, actor, outcome).about(record));
     }
+    events
 }
 
 /// Records the authentications that expired unanswered since the last sweep, each once

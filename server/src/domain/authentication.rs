@@ -882,7 +882,11 @@ pub(crate) async fn create_as(
         super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided).await?;
         return Ok(record.status_at(ctx.now()));
     }
+    // The request, its announcement to the device's waiters and its audit record: one
+    // transaction.
+    let announced = outcome::request_created_in(ctx, &mut tx, &record).await?;
     tx.commit().await?;
+    announced.committed(ctx).await;
     if let Some(decided) = &decided {
         super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), decided).await?;
     }
@@ -890,7 +894,6 @@ pub(crate) async fn create_as(
     // Push is a hint, delivered in the background; the request is already stored for pulling.
     // Without a chosen device, the user's other devices are the fallback.
     let fall_back = body.enrollment_id.is_none();
-    outcome::request_created(ctx, &record).await;
     tokio::spawn(super::fallback::deliver(
         ctx.clone(),
         record.clone(),
@@ -926,19 +929,40 @@ pub(crate) async fn status(
     Ok(record.status_at(ctx.now()))
 }
 
-/// The signed requests pending for `enrollment`; with `wait`, answers once there is one (or
-/// `wait` has passed). Waiting reads the database only when the device is announced as having
-/// a new request (and once at the deadline).
-pub(crate) async fn pending_requests(
+/// A device's pull (`GET /v1/device/enrollments/{enrollment_id}/requests`): authenticates the
+/// device-signed `call` for the enrollment the path names (`enrollment_raw`), then answers the
+/// signed requests pending for it; with `wait`, once there is one (or `wait` has passed),
+/// reading again only when the device is announced as having a new request (and once at the
+/// deadline). One connection serves the request: the enrollment read, the nonce
+/// (on PostgreSQL) and the first read of the pending requests run on it, and it is given back
+/// before any wait (a waiting pull holds no connection).
+pub(crate) async fn pull(
     ctx: &Ctx,
-    enrollment: &EnrollmentId,
+    call: super::device_auth::DeviceCall<'_>,
+    enrollment_raw: &str,
     wait: Duration,
 ) -> Result<PendingRequests, DomainError> {
+    let conn = ctx.db.reader().await?;
+    let (device, conn) = super::device_auth::authenticate_on(ctx, conn, call).await?;
+    let enrollment = super::device_auth::same_enrollment(&device, enrollment_raw)?;
+    // The first read takes the request's connection; later reads (after a wake-up) the pool's.
+    let held = std::sync::Mutex::new(Some(conn));
     let requests = wait_for(
         &ctx.events,
         Topic::Enrollment(enrollment.to_string()),
         wait,
-        || async { authentications::pending_for(&ctx.db, enrollment, ctx.now()).await },
+        || {
+            let first = held.lock().ok().and_then(|mut held| held.take());
+            let enrollment = &enrollment;
+            async move {
+                match first {
+                    Some(mut conn) => {
+                        authentications::pending_for_on(&mut *conn, enrollment, ctx.now()).await
+                    }
+                    None => authentications::pending_for(&ctx.db, enrollment, ctx.now()).await,
+                }
+            }
+        },
         |requests| !requests.is_empty(),
     )
     .await?;
@@ -980,8 +1004,14 @@ pub(crate) async fn answer(
     client: &str,
 ) -> Result<ResponseRecorded, DomainError> {
     let id = parse_id(id)?;
-    let record = load(ctx, &id).await?;
-    let device = enrollments::by_id(&ctx.db, &record.enrollment_id)
+    // One connection for the request: its reads, then (on PostgreSQL) the ending's transaction.
+    let mut conn = ctx.db.reader().await?;
+    let record = authentications::get_on(&mut *conn, &id, ctx.now())
+        .await?
+        .ok_or_else(|| {
+            DomainError::new(ErrorCode::AuthenticationNotFound, "no such authentication")
+        })?;
+    let device = enrollments::by_id_on(&mut *conn, &record.enrollment_id)
         .await?
         .filter(|d| d.status == EnrollmentState::Active)
         .ok_or_else(|| {
@@ -995,6 +1025,8 @@ pub(crate) async fn answer(
     ) {
         Ok(verified) => verified,
         Err(e) => {
+            // Given back first: the audit record takes connections of its own.
+            drop(conn);
             super::audit::signature_failed(ctx, &device, Some(client), "authentication_response")
                 .await;
             return Err(e);
@@ -1058,7 +1090,7 @@ pub(crate) async fn answer(
             attributes: &attrs_json,
         }
     };
-    if let Some(recorded) = outcome::record(ctx, &id, ending).await? {
+    if let Some(recorded) = outcome::record_on(ctx, conn, &id, ending).await? {
         remember_answered_device(ctx, &device, &answered_device).await;
         if wrong_number {
             tracing::warn!(authentication_id = %id, "number matching answered with another number: denied");

@@ -7,6 +7,9 @@ use tessera_protocol::device_auth::{
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::EnrollmentId;
+use sqlx::Any;
+use sqlx::pool::PoolConnection;
 
 use super::{Ctx, DomainError};
 use crate::store::enrollments::{self, Enrollment};
@@ -48,6 +51,19 @@ pub(crate) async fn authenticate(
     ctx: &Ctx,
     call: DeviceCall<'_>,
 ) -> Result<Enrollment, DomainError> {
+    let conn = ctx.db.reader().await?;
+    Ok(authenticate_on(ctx, conn, call).await?.0)
+}
+
+/// [`authenticate`] on `conn`, a connection the request keeps for what it does next (returned
+/// with the enrollment): the enrollment is read on it and, on PostgreSQL, the call's nonce and
+/// last-seen time are written on it (on SQLite on the writer). On a failure the connection is
+/// given back to the pool before anything else (the audit record takes its own).
+pub(crate) async fn authenticate_on(
+    ctx: &Ctx,
+    mut conn: PoolConnection<Any>,
+    call: DeviceCall<'_>,
+) -> Result<(Enrollment, PoolConnection<Any>), DomainError> {
     let unauthorized = || {
         DomainError::new(
             ErrorCode::Unauthorized,
@@ -61,7 +77,7 @@ pub(crate) async fn authenticate(
         .ok_or_else(unauthorized)?;
     let claimed: DeviceRequestClaims =
         envelope::unverified_payload(jws).map_err(|_| unauthorized())?;
-    let enrollment = enrollments::by_id(&ctx.db, &claimed.enrollment_id)
+    let enrollment = enrollments::by_id_on(&mut *conn, &claimed.enrollment_id)
         .await?
         .ok_or_else(unauthorized)?;
     let Some(claims) = verify_possession_signed::<DeviceRequestClaims>(
@@ -69,6 +85,7 @@ pub(crate) async fn authenticate(
         MessageType::DeviceRequest,
         &enrollment,
     ) else {
+        drop(conn);
         super::audit::signature_failed(ctx, &enrollment, None, "device_request").await;
         return Err(unauthorized());
     };
@@ -94,15 +111,26 @@ pub(crate) async fn authenticate(
     }
     let nonce_key = format!("{}:{}", enrollment.enrollment_id, claims.nonce);
     let expires = claims.issued_at + DEVICE_REQUEST_WINDOW_SECONDS + 60;
-    if !nonces::record_once(&ctx.db, &nonce_key, expires, now).await? {
+    // "Last seen" is kept to the minute: most calls have nothing to write but their nonce.
+    let touch = (enrollment.last_seen_at <= now - enrollments::LAST_SEEN_RESOLUTION)
+        .then_some(&enrollment.enrollment_id);
+    if !nonces::record_call(&ctx.db, &mut conn, &nonce_key, expires, now, touch).await? {
         return Err(DomainError::new(
             ErrorCode::ReplayedMessage,
             "this device request was already used",
         ));
     }
-    // "Last seen" is kept to the minute: most calls have nothing to write.
-    if enrollment.last_seen_at <= now - enrollments::LAST_SEEN_RESOLUTION {
-        enrollments::touch(&ctx.db, &enrollment.enrollment_id, now).await?;
+    Ok((enrollment, conn))
+}
+
+/// The enrollment a device-signed call names in its path: the signing one, or `unauthorized`
+/// (as `http::extract::same_enrollment` answers).
+pub(crate) fn same_enrollment(enrollment: &Enrollment, raw: &str) -> Result<EnrollmentId, DomainError> {
+    match raw.parse::<EnrollmentId>() {
+        Ok(id) if id == enrollment.enrollment_id => Ok(id),
+        _ => Err(DomainError::new(
+            ErrorCode::Unauthorized,
+            "a valid device signature is required",
+        )),
     }
-    Ok(enrollment)
 }

@@ -116,6 +116,6 @@ pub(crate) fn follow_ups() -> Vec<(&'static str, outcome::FollowUp)> {
         ("qr", qr::follow_up),
         ("ciba", ciba::notify::follow_up),
         ("flows", flows::follow_up),
-        ("audit", audit::follow_up),
+        (outcome::AUDIT_FOLLOW_UP, audit::follow_up),
     ]
 }

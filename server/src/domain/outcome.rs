@@ -16,9 +16,13 @@ use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationKind, Decision, DenialReason,
 };
 
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, Transaction};
+
 use super::events::Topic;
 use super::{Ctx, DomainError};
 use crate::metrics::{EndLabels, ReasonLabels};
+use crate::store::{Engine, StoreError};
 use crate::store::authentications::{self, Authentication};
 
 /// Something that happened, announced after it was stored.
@@ -72,6 +76,49 @@ pub(crate) async fn record(
     id: &AuthenticationId,
     ending: Ending<'_>,
 ) -> Result<Option<Authentication>, DomainError> {
+    let tx = ctx.db.begin_write().await?;
+    let written = write_ending(ctx, tx, id, ending).await?;
+    Ok(match written {
+        Some((record, announced)) => Some(after_ending(ctx, record, announced).await),
+        None => None,
+    })
+}
+
+/// [`record`] for a request that holds `conn` (its reads ran on it): on PostgreSQL the
+/// ending's transaction runs on that same connection, so the whole request is one connection;
+/// on SQLite it runs on the writer, as every write does. The connection is given back to the
+/// pool before the follow-ups run (they take their own).
+pub(crate) async fn record_on(
+    ctx: &Ctx,
+    mut conn: PoolConnection<Any>,
+    id: &AuthenticationId,
+    ending: Ending<'_>,
+) -> Result<Option<Authentication>, DomainError> {
+    let written = if ctx.db.engine() == Engine::Postgres {
+        let tx = ctx.db.begin_write_on(&mut conn).await?;
+        let written = write_ending(ctx, tx, id, ending).await?;
+        drop(conn);
+        written
+    } else {
+        // SQLite writes on its one writer: the reader is given back before queueing for it.
+        drop(conn);
+        write_ending(ctx, ctx.db.begin_write().await?, id, ending).await?
+    };
+    Ok(match written {
+        Some((record, announced)) => Some(after_ending(ctx, record, announced).await),
+        None => None,
+    })
+}
+
+/// The one transaction of an ending: the conditional update, the notification to other
+/// instances and the audit records (with their webhook deliveries) commit together. `None`
+/// (nothing written) when another ending won or the authentication expired.
+async fn write_ending(
+    ctx: &Ctx,
+    mut tx: Transaction<'_, Any>,
+    id: &AuthenticationId,
+    ending: Ending<'_>,
+) -> Result<Option<(Authentication, Announced)>, DomainError> {
     let now = ctx.now();
     let recorded = match ending {
         Ending::Answer {
@@ -79,32 +126,78 @@ pub(crate) async fn record(
             signed_response,
             attributes,
         } => {
-            authentications::record_answer(&ctx.db, id, decision, signed_response, attributes, now)
-                .await?
+            authentications::record_answer(
+                &mut *tx,
+                id,
+                decision,
+                signed_response,
+                attributes,
+                now,
+            )
+            .await?
         }
         Ending::WrongNumber {
             signed_response,
             attributes,
         } => {
-            authentications::record_wrong_number(&ctx.db, id, signed_response, attributes, now)
+            authentications::record_wrong_number(&mut *tx, id, signed_response, attributes, now)
                 .await?
         }
         Ending::Passcode { attributes } => {
-            authentications::record_passcode_answer(&ctx.db, id, attributes, now).await?
+            authentications::record_passcode_answer(&mut *tx, id, attributes, now).await?
         }
-        Ending::Canceled => authentications::record_cancellation(&ctx.db, id, now).await?,
+        Ending::Canceled => authentications::record_cancellation(&mut *tx, id, now).await?,
     };
     let Some(record) = recorded else {
+        tx.rollback().await.map_err(StoreError::from)?;
         return Ok(None);
     };
+    let topics = ended_topics(&record).to_vec();
+    ctx.events.announce_in(&ctx.db, &mut tx, &topics).await?;
+    let webhooks_queued =
+        super::audit::append_in(ctx, &mut tx, super::audit::ending_events(&record)).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Some((
+        record,
+        Announced {
+            topics,
+            webhooks_queued,
+        },
+    )))
+}
+
+/// After an ending committed: wakes this process's waiters, then runs the follow-ups (the
+/// audit records are written already).
+async fn after_ending(ctx: &Ctx, record: Authentication, announced: Announced) -> Authentication {
+    announced.committed(ctx).await;
     tracing::info!(
-        authentication_id = %id,
+        authentication_id = %record.id,
         state = record.state.as_str(),
         denial_reason = record.denial_reason.map(DenialReason::as_str),
         "authentication ended"
     );
-    ended(ctx, &record).await;
-    Ok(Some(record))
+    let event = DomainEvent::AuthenticationEnded(record);
+    dispatch_to(ctx, &event, Audit::Recorded).await;
+    let DomainEvent::AuthenticationEnded(record) = event;
+    record
+}
+
+/// The topics an ended authentication wakes: its own and its device's.
+fn ended_topics(record: &Authentication) -> [Topic; 2] {
+    [
+        Topic::Authentication(record.id.to_string()),
+        Topic::Enrollment(record.enrollment_id.to_string()),
+    ]
+}
+
+/// Whether an event's audit records are still to be written by the `audit` follow-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audit {
+    /// The `audit` follow-up records it.
+    ByFollowUp,
+    /// Already recorded, in the transaction that made the change: the `audit` follow-up is
+    /// skipped.
+    Recorded,
 }
 
 /// Stores an authentication the application's policy ended before anyone was asked (approved
@@ -128,15 +221,7 @@ pub(crate) async fn record_policy_ending(
 /// Announces an ended authentication: wakes its waiters and its device's, then runs each
 /// follow-up once.
 pub(crate) async fn ended(ctx: &Ctx, record: &Authentication) {
-    ctx.events
-        .announce(
-            &ctx.db,
-            &[
-                Topic::Authentication(record.id.to_string()),
-                Topic::Enrollment(record.enrollment_id.to_string()),
-            ],
-        )
-        .await;
+    ctx.events.announce(&ctx.db, &ended_topics(record)).await;
     let event = DomainEvent::AuthenticationEnded(record.clone());
     dispatch(ctx, &event).await;
 }
@@ -156,6 +241,12 @@ pub(crate) async fn failed(ctx: &Ctx, ids: &[AuthenticationId]) -> Result<(), Do
 
 /// Hands `event` to every follow-up, in registration order.
 pub(crate) async fn dispatch(ctx: &Ctx, event: &DomainEvent) {
+    dispatch_to(ctx, event, Audit::ByFollowUp).await;
+}
+
+/// [`dispatch`], skipping the `audit` follow-up when the event's audit records were written in
+/// the transaction that made the change.
+async fn dispatch_to(ctx: &Ctx, event: &DomainEvent, audit: Audit) {
     let DomainEvent::AuthenticationEnded(record) = event;
     ctx.metrics
         .authentications_ended
@@ -176,8 +267,55 @@ pub(crate) async fn dispatch(ctx: &Ctx, event: &DomainEvent) {
             .inc();
     }
     for (name, follow_up) in ctx.follow_ups.iter() {
+        if audit == Audit::Recorded && *name == AUDIT_FOLLOW_UP {
+            continue;
+        }
         if let Err(e) = follow_up(ctx, event).await {
             tracing::warn!(follow_up = name, error = %e, "follow-up failed; its sweep or the next read repairs it");
+        }
+    }
+}
+
+/// The name the audit follow-up is registered under (`domain::follow_ups`).
+pub(crate) const AUDIT_FOLLOW_UP: &str = "audit";
+
+/// Announces, inside the transaction `tx` that stores the new request `record`, that its
+/// device has a request to pull, and appends its audit record there: the request, its
+/// announcement and its record commit together. Call [`Announced::committed`] after the commit.
+pub(crate) async fn request_created_in(
+    ctx: &Ctx,
+    tx: &mut sqlx::AnyConnection,
+    record: &Authentication,
+) -> Result<Announced, DomainError> {
+    let topics = vec![Topic::Enrollment(record.enrollment_id.to_string())];
+    ctx.events.announce_in(&ctx.db, tx, &topics).await?;
+    let webhooks_queued = super::audit::append_in(
+        ctx,
+        tx,
+        vec![super::audit::authentication_created_event(record)],
+    )
+    .await?;
+    Ok(Announced {
+        topics,
+        webhooks_queued,
+    })
+}
+
+/// What a transaction announced ([`request_created_in`]): woken once it committed.
+#[must_use = "wake the waiters once the transaction committed"]
+pub(crate) struct Announced {
+    topics: Vec<Topic>,
+    webhooks_queued: bool,
+}
+
+impl Announced {
+    /// Wakes this process's waiters, and the webhook workers when deliveries were queued.
+    pub(crate) async fn committed(self, ctx: &Ctx) {
+        ctx.events.wake_committed(&self.topics);
+        if self.webhooks_queued {
+            ctx.events
+                .announce(&ctx.db, &[Topic::WebhookOutbox])
+                .await;
         }
     }
 }

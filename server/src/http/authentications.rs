@@ -85,9 +85,15 @@ pub(crate) async fn pending_requests(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<PendingRequests>, ApiError> {
-    let enrollment = authenticate_device(&ctx, &headers, &method, uri.path(), b"").await?;
-    let enrollment_id = same_enrollment(&enrollment, &enrollment_id)?;
-    let pending = authentication::pending_requests(&ctx, &enrollment_id, query.duration()).await?;
+    let call = crate::domain::device_auth::DeviceCall {
+        authorization: headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        method: method.as_str(),
+        path: uri.path(),
+        body: b"",
+    };
+    let pending = authentication::pull(&ctx, call, &enrollment_id, query.duration()).await?;
     Ok(Json(pending))
 }
 

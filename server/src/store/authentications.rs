@@ -311,9 +311,21 @@ pub async fn get(
     id: &AuthenticationId,
     now: i64,
 ) -> Result<Option<Authentication>, StoreError> {
+    get_on(db.pool(), id, now).await
+}
+
+/// [`get`] on `executor` (a request's connection, or a transaction).
+pub async fn get_on<'e, E>(
+    executor: E,
+    id: &AuthenticationId,
+    now: i64,
+) -> Result<Option<Authentication>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query(&format!("SELECT {READ_COLUMNS} {BY_ID}"))
         .bind(id.as_str())
-        .fetch_optional(db.pool())
+        .fetch_optional(executor)
         .await?;
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
@@ -328,10 +340,22 @@ pub async fn pending_for(
     enrollment: &EnrollmentId,
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
+    pending_for_on(db.pool(), enrollment, now).await
+}
+
+/// [`pending_for`] on `executor` (a request's connection).
+pub async fn pending_for_on<'e, E>(
+    executor: E,
+    enrollment: &EnrollmentId,
+    now: i64,
+) -> Result<Vec<String>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let rows = sqlx::query(PENDING_FOR)
         .bind(enrollment.as_str())
         .bind(now)
-        .fetch_all(db.pool())
+        .fetch_all(executor)
         .await?;
     rows.iter()
         .map(|r| Ok(r.try_get::<String, _>("signed_request")?))
@@ -341,14 +365,17 @@ pub async fn pending_for(
 /// Records the answer if the authentication is still pending and unexpired: one conditional
 /// update, so of racing answers (and expiry) exactly one outcome is recorded. Returns the record
 /// as stored after it when this answer was the one recorded (read back in the same statement).
-pub async fn record_answer(
-    db: &Database,
+pub async fn record_answer<'e, E>(
+    executor: E,
     id: &AuthenticationId,
     decision: Decision,
     signed_response: &str,
     attributes: &str,
     now: i64,
-) -> Result<Option<Authentication>, StoreError> {
+) -> Result<Option<Authentication>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let (state, reason) = match decision {
         Decision::Approve => (AuthenticationState::Approved, None),
         Decision::Deny => (AuthenticationState::Denied, Some(DenialReason::Declined)),
@@ -358,7 +385,7 @@ pub async fn record_answer(
         ),
     };
     end_with(
-        db,
+        executor,
         id,
         state,
         decision,
@@ -374,15 +401,18 @@ pub async fn record_answer(
 /// authentication ends `denied` (decision `deny`, reason `wrong_number`) if it is still pending
 /// and unexpired, in the same one conditional update as any answer. The signed answer is kept
 /// as evidence.
-pub async fn record_wrong_number(
-    db: &Database,
+pub async fn record_wrong_number<'e, E>(
+    executor: E,
     id: &AuthenticationId,
     signed_response: &str,
     attributes: &str,
     now: i64,
-) -> Result<Option<Authentication>, StoreError> {
+) -> Result<Option<Authentication>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     end_with(
-        db,
+        executor,
         id,
         AuthenticationState::Denied,
         Decision::Deny,
@@ -400,8 +430,8 @@ pub(crate) const END_WITH: &str = "UPDATE authentications SET state = $1, decisi
     WHERE id = $6 AND state = 'pending' AND expires_at > $5";
 
 #[allow(clippy::too_many_arguments)]
-async fn end_with(
-    db: &Database,
+async fn end_with<'e, E>(
+    executor: E,
     id: &AuthenticationId,
     state: AuthenticationState,
     decision: Decision,
@@ -409,7 +439,10 @@ async fn end_with(
     signed_response: &str,
     attributes: &str,
     now: i64,
-) -> Result<Option<Authentication>, StoreError> {
+) -> Result<Option<Authentication>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query(&format!("{END_WITH} RETURNING {READ_COLUMNS}"))
         .bind(state.as_str())
         .bind(to_word(&decision))
@@ -418,7 +451,7 @@ async fn end_with(
         .bind(now)
         .bind(id.as_str())
         .bind(reason.map(DenialReason::as_str))
-        .fetch_optional(db.writer())
+        .fetch_optional(executor)
         .await?;
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
@@ -548,12 +581,15 @@ pub async fn readdress(
 /// Records an approval by one-time passcode if the authentication is still pending and
 /// unexpired (one conditional update, racing the device's answer and expiry). Returns the
 /// record as stored after it when it was recorded.
-pub async fn record_passcode_answer(
-    db: &Database,
+pub async fn record_passcode_answer<'e, E>(
+    executor: E,
     id: &AuthenticationId,
     attributes: &str,
     now: i64,
-) -> Result<Option<Authentication>, StoreError> {
+) -> Result<Option<Authentication>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query(&format!(
         "UPDATE authentications SET state = 'approved', decision = $1, attributes = $2, answered_at = $3 \
          WHERE id = $4 AND state = 'pending' AND expires_at > $3 RETURNING {READ_COLUMNS}"
@@ -562,25 +598,28 @@ pub async fn record_passcode_answer(
     .bind(attributes)
     .bind(now)
     .bind(id.as_str())
-    .fetch_optional(db.writer())
+    .fetch_optional(executor)
     .await?;
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
 
 /// Ends a pending authentication as `failed` with reason `canceled` (the flow that asked was
 /// cancelled). Returns the record as stored after it, or `None` when it was no longer pending.
-pub async fn record_cancellation(
-    db: &Database,
+pub async fn record_cancellation<'e, E>(
+    executor: E,
     id: &AuthenticationId,
     now: i64,
-) -> Result<Option<Authentication>, StoreError> {
+) -> Result<Option<Authentication>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query(&format!(
         "UPDATE authentications SET state = 'failed', failure_reason = 'canceled', answered_at = $1 \
          WHERE id = $2 AND state = 'pending' AND expires_at > $1 RETURNING {READ_COLUMNS}"
     ))
     .bind(now)
     .bind(id.as_str())
-    .fetch_optional(db.writer())
+    .fetch_optional(executor)
     .await?;
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
@@ -661,16 +700,16 @@ mod tests {
         }
         // 3 approved, 1 declined, 1 wrong number; 2 left pending.
         for id in &ids[..3] {
-            record_answer(&db, id, Decision::Approve, "r", "{}", now - 20)
+            record_answer(db.writer(), id, Decision::Approve, "r", "{}", now - 20)
                 .await
                 .expect("approve")
                 .expect("recorded");
         }
-        record_answer(&db, &ids[3], Decision::Deny, "r", "{}", now - 20)
+        record_answer(db.writer(), &ids[3], Decision::Deny, "r", "{}", now - 20)
             .await
             .expect("deny")
             .expect("recorded");
-        let wrong = record_wrong_number(&db, &ids[4], "r", "{}", now - 20)
+        let wrong = record_wrong_number(db.writer(), &ids[4], "r", "{}", now - 20)
             .await
             .expect("wrong number")
             .expect("recorded");
@@ -698,7 +737,7 @@ mod tests {
         );
         // A second ending loses: the state changes once.
         assert!(
-            record_wrong_number(&db, &ids[0], "r", "{}", now)
+            record_wrong_number(db.writer(), &ids[0], "r", "{}", now)
                 .await
                 .expect("query")
                 .is_none()

@@ -288,9 +288,17 @@ pub(crate) const BY_ID: &str = "FROM enrollments WHERE enrollment_id = $1";
 
 /// One enrollment.
 pub async fn by_id(db: &Database, id: &EnrollmentId) -> Result<Option<Enrollment>, StoreError> {
+    by_id_on(db.pool(), id).await
+}
+
+/// [`by_id`] on `executor` (a request's connection, or a transaction).
+pub async fn by_id_on<'e, E>(executor: E, id: &EnrollmentId) -> Result<Option<Enrollment>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query(&format!("SELECT {COLUMNS} {BY_ID}"))
         .bind(id.as_str())
-        .fetch_optional(db.pool())
+        .fetch_optional(executor)
         .await?;
     row.as_ref().map(from_row).transpose()
 }
@@ -378,11 +386,19 @@ pub(crate) const TOUCH: &str =
 /// Records that the device called (at most once per [`LAST_SEEN_RESOLUTION`]: a device's
 /// long-polls and answers do not each write).
 pub async fn touch(db: &Database, id: &EnrollmentId, now: i64) -> Result<(), StoreError> {
+    touch_on(db.writer(), id, now).await
+}
+
+/// [`touch`] on `executor` (inside a request's transaction).
+pub async fn touch_on<'e, E>(executor: E, id: &EnrollmentId, now: i64) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     sqlx::query(TOUCH)
         .bind(now)
         .bind(id.as_str())
         .bind(LAST_SEEN_RESOLUTION)
-        .execute(db.writer())
+        .execute(executor)
         .await?;
     Ok(())
 }

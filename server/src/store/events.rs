@@ -22,6 +22,25 @@ pub async fn notify(db: &Database, payload: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// [`notify`] on the caller's connection `conn`: inside a transaction, PostgreSQL delivers it
+/// when the transaction commits (and never if it rolls back), so the change and its
+/// announcement need no second statement round of their own.
+pub async fn notify_in(
+    conn: &mut sqlx::AnyConnection,
+    engine: Engine,
+    payload: &str,
+) -> Result<(), StoreError> {
+    if engine != Engine::Postgres {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// A connection listening for other instances' notifications.
 pub struct Listener(PgListener);
 

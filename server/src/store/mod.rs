@@ -37,6 +37,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 use zeroize::Zeroizing;
 
@@ -190,6 +191,27 @@ impl Database {
             Engine::Postgres => "BEGIN",
         };
         Ok(self.writer.begin_with(begin).await?)
+    }
+
+    /// One reader connection for a request that reads several things: its reads run on it, one
+    /// after the other, instead of each taking a pooled connection of its own; on PostgreSQL
+    /// its write transaction can run on it too ([`Database::begin_write_on`]).
+    pub async fn reader(&self) -> Result<PoolConnection<Any>, StoreError> {
+        Ok(self.readers.acquire().await?)
+    }
+
+    /// Starts the write transaction of a request that holds `conn` (from
+    /// [`Database::reader`]): on PostgreSQL on `conn` itself, so the request uses one
+    /// connection; on SQLite on the writer with `BEGIN IMMEDIATE`, as every write (readers
+    /// cannot write there).
+    pub async fn begin_write_on<'c>(
+        &self,
+        conn: &'c mut PoolConnection<Any>,
+    ) -> Result<Transaction<'c, Any>, StoreError> {
+        match self.engine {
+            Engine::Sqlite => Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?),
+            Engine::Postgres => Ok(sqlx::Connection::begin(&mut **conn).await?),
+        }
     }
 
     /// Opens the data key that seals secret columns (see [`secrets::open`]) with the master key,

@@ -1,6 +1,10 @@
 //! Nonces of device-signed calls: each accepted once.
 
-use super::{Database, is_unique_violation};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection};
+use tessera_protocol::ids::EnrollmentId;
+
+use super::{Database, Engine, is_unique_violation};
 use crate::store::StoreError;
 
 /// The insert of [`record_once`].
@@ -28,6 +32,64 @@ pub async fn record_once(
                 sqlx::query(FORGET_EXPIRED)
                     .bind(now)
                     .execute(db.writer())
+                    .await?;
+            }
+            Ok(true)
+        }
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records a device call made on `conn` (a request's connection, from [`Database::reader`]):
+/// its nonce once (`false`: seen before, a replay) and, with `touch`, the enrollment's last
+/// seen time. On PostgreSQL the writes run on `conn` itself; on SQLite on the writer. The two
+/// writes, when both are due, are one transaction; a nonce alone is one statement.
+pub async fn record_call(
+    db: &Database,
+    conn: &mut PoolConnection<Any>,
+    key: &str,
+    expires_at: i64,
+    now: i64,
+    touch: Option<&EnrollmentId>,
+) -> Result<bool, StoreError> {
+    if let Some(enrollment) = touch {
+        let mut tx = db.begin_write_on(conn).await?;
+        if !insert_nonce(&mut tx, key, expires_at, now).await? {
+            // The transaction is rolled back as it is dropped: nothing was written.
+            return Ok(false);
+        }
+        super::enrollments::touch_on(&mut *tx, enrollment, now).await?;
+        tx.commit().await?;
+        return Ok(true);
+    }
+    match db.engine() {
+        Engine::Postgres => insert_nonce(conn, key, expires_at, now).await,
+        Engine::Sqlite => {
+            let mut writer = db.writer().acquire().await?;
+            insert_nonce(&mut writer, key, expires_at, now).await
+        }
+    }
+}
+
+/// The nonce insert (and, now and then, the housekeeping) on `conn`.
+async fn insert_nonce(
+    conn: &mut AnyConnection,
+    key: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let result = sqlx::query(RECORD)
+        .bind(key)
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await;
+    match result {
+        Ok(_) => {
+            if rand::random::<u8>() < 8 {
+                sqlx::query(FORGET_EXPIRED)
+                    .bind(now)
+                    .execute(&mut *conn)
                     .await?;
             }
             Ok(true)

@@ -1,14 +1,22 @@
-//! The statements on the server's hot paths, in one place, and a check of each one's SQLite
-//! query plan: none may scan a whole table. A statement added to a hot path belongs in
+//! The statements on the server's hot paths, in one place, and a check of each one's query
+//! plan on both engines: none may scan a whole table. A statement added to a hot path belongs in
 //! [`hot_statements`]; a full scan that shows up here needs an index (a migration on both
 //! engines).
 //!
 //! The hot paths: the approval cycle (create an authentication, the device's pull, the signed
 //! answer and its follow-ups, the status read), the CIBA backchannel request and token poll, and
-//! the QR login. PostgreSQL's plans are not checked here: with a few rows in a fresh database its
-//! planner rightly prefers sequential scans, and `enable_seqscan = off` only makes them costly,
-//! so a plan test there would say more about the statistics than about the indexes
-//! (see docs/benchmarks.md). The indexes are the same on both engines (same migrations).
+//! the QR login.
+//!
+//! SQLite's plans are checked on an empty database (its planner picks an index whenever one
+//! fits). PostgreSQL's planner rightly prefers a sequential scan of a small table, so its check
+//! (run when `DATABASE_URL` names a PostgreSQL database, in a schema of its own that it drops
+//! afterwards) first fills every table the statements touch with [`PG_ROWS`] rows shaped like
+//! production data (a few rows per user and device, times spread over weeks, most requests
+//! ended), runs `ANALYZE`, then plans each statement with `EXPLAIN (FORMAT JSON) EXECUTE` on
+//! representative values: the time now for every integer parameter and a value no row holds for
+//! every text parameter, as a new request's id, digest or token is. A `Seq Scan` over a table of
+//! more than [`PG_TINY_ROWS`] rows fails it, and so does a statement touching a table the fill
+//! missed.
 
 use sqlx::Row;
 
@@ -171,4 +179,409 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("SELECT 1"), 0);
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(hot_statements().len(), 29);
+}
+
+#[test]
+fn parameters_in_arithmetic_are_declared_as_integers() {
+    assert_eq!(
+        pg_declared_types("UPDATE t SET a = $1 WHERE b = $2 AND a <= $1 - $3"),
+        ["bigint", "unknown", "bigint"]
+    );
+    assert!(pg_declared_types("SELECT 1").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL.
+
+/// Rows the PostgreSQL check puts in every table a hot statement touches.
+const PG_ROWS: i64 = 5_000;
+/// A table with fewer rows than this may be read whole (its few pages cost less than an index).
+const PG_TINY_ROWS: f64 = 1_000.0;
+/// "Now" for the PostgreSQL check's data and parameters (Unix seconds).
+const PG_NOW: i64 = 1_800_000_000;
+
+/// One column of a table, as `information_schema` describes it.
+struct PgColumn {
+    name: String,
+    data_type: String,
+    /// Part of the primary key or of a unique constraint.
+    unique: bool,
+    /// The referenced table and column, for a foreign key.
+    references: Option<(String, String)>,
+}
+
+async fn pg_columns(conn: &mut sqlx::PgConnection, table: &str) -> Vec<PgColumn> {
+    let rows = sqlx::query(
+        "SELECT c.column_name::text, c.data_type::text, \
+           EXISTS (SELECT 1 FROM information_schema.table_constraints tc \
+             JOIN information_schema.key_column_usage k ON k.constraint_name = tc.constraint_name \
+               AND k.table_schema = tc.table_schema \
+             WHERE tc.table_schema = c.table_schema AND tc.table_name = c.table_name \
+               AND k.column_name = c.column_name \
+               AND tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE')) AS is_unique, \
+           (SELECT u.table_name::text FROM information_schema.table_constraints tc \
+             JOIN information_schema.key_column_usage k ON k.constraint_name = tc.constraint_name \
+               AND k.table_schema = tc.table_schema \
+             JOIN information_schema.constraint_column_usage u \
+               ON u.constraint_name = tc.constraint_name AND u.table_schema = tc.table_schema \
+             WHERE tc.table_schema = c.table_schema AND tc.table_name = c.table_name \
+               AND k.column_name = c.column_name AND tc.constraint_type = 'FOREIGN KEY' \
+             LIMIT 1) AS ref_table, \
+           (SELECT u.column_name::text FROM information_schema.table_constraints tc \
+             JOIN information_schema.key_column_usage k ON k.constraint_name = tc.constraint_name \
+               AND k.table_schema = tc.table_schema \
+             JOIN information_schema.constraint_column_usage u \
+               ON u.constraint_name = tc.constraint_name AND u.table_schema = tc.table_schema \
+             WHERE tc.table_schema = c.table_schema AND tc.table_name = c.table_name \
+               AND k.column_name = c.column_name AND tc.constraint_type = 'FOREIGN KEY' \
+             LIMIT 1) AS ref_column \
+         FROM information_schema.columns c \
+         WHERE c.table_schema = current_schema() AND c.table_name = $1 \
+         ORDER BY c.ordinal_position",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_else(|e| panic!("columns of {table}: {e}"));
+    rows.iter()
+        .map(|row| {
+            let ref_table: Option<String> = row.get(3);
+            let ref_column: Option<String> = row.get(4);
+            PgColumn {
+                name: row.get(0),
+                data_type: row.get(1),
+                unique: row.get(2),
+                references: ref_table.zip(ref_column),
+            }
+        })
+        .collect()
+}
+
+/// The value of `column` in row `g` (a SQL expression over `g`): unique where the schema wants
+/// it, a few rows per user, device or other id otherwise, the first rows of the referenced table
+/// for a foreign key, times spread back over about a month from [`PG_NOW`] (expiries a few
+/// minutes after), most requests in an ended state.
+fn pg_fill_expression(table: &str, column: &PgColumn) -> String {
+    let name = column.name.as_str();
+    if let Some((_, ref_column)) = &column.references {
+        return format!("'{ref_column}-' || (1 + g % 20)");
+    }
+    match column.data_type.as_str() {
+        "bigint" | "integer" | "smallint" => {
+            let expiry = name.contains("expires");
+            if table == "device_nonces" && expiry {
+                // Housekeeping runs all the time: nonces on the table are fresh.
+                format!("{PG_NOW} + 1 + g % 300")
+            } else if column.unique {
+                "g".into()
+            } else if name.ends_with("_at_ms") {
+                format!("({PG_NOW} - g * 500 + {}) * 1000", if expiry { 300 } else { 0 })
+            } else if name.ends_with("_at") {
+                format!("{PG_NOW} - g * 500 + {}", if expiry { 300 } else { 0 })
+            } else {
+                "g % 2".into()
+            }
+        }
+        "double precision" | "real" | "numeric" => "g * 0.5".into(),
+        "bytea" => "decode(md5(g::text), 'hex')".into(),
+        "boolean" => "g % 2 = 0".into(),
+        _ if column.unique => format!("'{name}-' || g"),
+        _ if name == "state" || name == "status" => {
+            "CASE WHEN g % 10 = 0 THEN 'pending' ELSE 'approved' END".into()
+        }
+        _ if name.ends_with("_id") => format!("'{name}-' || (1 + g % 1000)"),
+        _ => format!("'{name}-' || g"),
+    }
+}
+
+/// Fills `tables` (and the tables their foreign keys reference, first) with [`PG_ROWS`] rows.
+async fn pg_fill(conn: &mut sqlx::PgConnection, tables: &std::collections::BTreeSet<String>) {
+    let mut wanted: Vec<String> = tables.iter().cloned().collect();
+    let mut columns = std::collections::BTreeMap::new();
+    while let Some(table) = wanted.pop() {
+        if columns.contains_key(&table) {
+            continue;
+        }
+        let table_columns = pg_columns(conn, &table).await;
+        for column in &table_columns {
+            if let Some((parent, _)) = &column.references {
+                wanted.push(parent.clone());
+            }
+        }
+        columns.insert(table, table_columns);
+    }
+    let mut filled = std::collections::BTreeSet::new();
+    while filled.len() < columns.len() {
+        let ready: Vec<String> = columns
+            .iter()
+            .filter(|(table, _)| !filled.contains(*table))
+            .filter(|(table, cols)| {
+                cols.iter().all(|c| match &c.references {
+                    Some((parent, _)) => parent == *table || filled.contains(parent),
+                    None => true,
+                })
+            })
+            .map(|(table, _)| table.clone())
+            .collect();
+        assert!(!ready.is_empty(), "foreign keys in a cycle: {columns:?}", columns = columns.keys());
+        for table in ready {
+            let cols = &columns[&table];
+            let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+            let values: Vec<String> = cols.iter().map(|c| pg_fill_expression(&table, c)).collect();
+            let insert = format!(
+                "INSERT INTO {table} ({}) SELECT {} FROM generate_series(1::bigint, {PG_ROWS}) AS g",
+                names.join(", "),
+                values.join(", ")
+            );
+            sqlx::query(&insert)
+                .execute(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("filling {table}: {e}\n    {insert}"));
+            filled.insert(table);
+        }
+    }
+    sqlx::query("ANALYZE")
+        .execute(&mut *conn)
+        .await
+        .expect("analyze");
+}
+
+/// A representative literal for a parameter of type `parameter_type`.
+fn pg_parameter_value(parameter_type: &str) -> String {
+    match parameter_type {
+        "bigint" | "integer" | "smallint" | "numeric" | "double precision" | "real" => {
+            PG_NOW.to_string()
+        }
+        "boolean" => "false".into(),
+        "bytea" => "'\\x00'".into(),
+        // text, and types the planner could not infer: a value no row holds.
+        _ => "'absent-value'".into(),
+    }
+}
+
+/// The parameter types to declare when preparing `sql`: `bigint` for a parameter in
+/// arithmetic (`$1 - $3`, which PostgreSQL cannot type from context; the server binds an `i64`
+/// there), `unknown` (inferred from context) for the others. Without a parameter, nothing.
+fn pg_declared_types(sql: &str) -> Vec<&'static str> {
+    let tokens: Vec<&str> = sql.split_whitespace().collect();
+    (1..=placeholders(sql))
+        .map(|n| {
+            let name = format!("${n}");
+            let in_arithmetic = tokens.iter().enumerate().any(|(i, token)| {
+                *token == name
+                    && [i.checked_sub(1), Some(i + 1)]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|j| tokens.get(j))
+                        .any(|next| ["+", "-", "*", "/"].contains(next))
+            });
+            if in_arithmetic { "bigint" } else { "unknown" }
+        })
+        .collect()
+}
+
+/// PostgreSQL's plan of `sql` (as JSON), planned with representative values.
+async fn pg_plan(conn: &mut sqlx::PgConnection, sql: &str) -> serde_json::Value {
+    let types = pg_declared_types(sql);
+    let declared = if types.is_empty() {
+        String::new()
+    } else {
+        format!("({})", types.join(", "))
+    };
+    sqlx::query(&format!("PREPARE hot_statement {declared} AS {sql}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("cannot prepare {sql}: {e}"));
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT t::text FROM pg_prepared_statements, unnest(parameter_types) AS t \
+         WHERE name = 'hot_statement'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("parameter types");
+    let values: Vec<String> = types.iter().map(|t| pg_parameter_value(t)).collect();
+    let execute = if values.is_empty() {
+        "EXECUTE hot_statement".to_string()
+    } else {
+        format!("EXECUTE hot_statement({})", values.join(", "))
+    };
+    let row = sqlx::query(&format!("EXPLAIN (FORMAT JSON) {execute}"))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("cannot plan {sql}: {e}"));
+    // `json` arrives as its UTF-8 text; sqlx is built without its JSON types.
+    let text: String = row.try_get_unchecked(0).expect("plan text");
+    sqlx::query("DEALLOCATE hot_statement")
+        .execute(&mut *conn)
+        .await
+        .expect("deallocate");
+    serde_json::from_str(&text).expect("plan JSON")
+}
+
+/// Every node of a plan: (node type, relation name).
+fn pg_plan_nodes(plan: &serde_json::Value, nodes: &mut Vec<(String, Option<String>)>) {
+    match plan {
+        serde_json::Value::Array(items) => items.iter().for_each(|p| pg_plan_nodes(p, nodes)),
+        serde_json::Value::Object(fields) => {
+            if let Some(node) = fields.get("Node Type").and_then(|v| v.as_str()) {
+                let relation = fields
+                    .get("Relation Name")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
+                nodes.push((node.to_string(), relation));
+            }
+            for key in ["Plan", "Plans"] {
+                if let Some(inner) = fields.get(key) {
+                    pg_plan_nodes(inner, nodes);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The rows PostgreSQL's statistics give each table of the current schema.
+async fn pg_table_rows(conn: &mut sqlx::PgConnection) -> std::collections::BTreeMap<String, f64> {
+    let rows = sqlx::query(
+        "SELECT c.relname::text, c.reltuples::float8 FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("table sizes");
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// A new schema of the database at `url`, and a URL whose connections use it.
+async fn pg_fresh_schema(url: &str) -> (String, String) {
+    use sqlx::Connection;
+    let schema = format!(
+        "query_plans_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let _ = conn.close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    (
+        format!("{url}{sep}options=-c%20search_path%3D{schema}"),
+        schema,
+    )
+}
+
+/// What the PostgreSQL check finds: statements reading a large table whole, and tables a
+/// statement touches that were not filled (their plans would prove nothing).
+async fn pg_scans(conn: &mut sqlx::PgConnection, statements: &[(String, String)]) -> Vec<String> {
+    // Plan once on the empty schema to learn which tables the statements touch.
+    let mut touched = std::collections::BTreeSet::new();
+    for (_, sql) in statements {
+        let mut nodes = Vec::new();
+        pg_plan_nodes(&pg_plan(conn, sql).await, &mut nodes);
+        touched.extend(nodes.into_iter().filter_map(|(_, relation)| relation));
+    }
+    pg_fill(conn, &touched).await;
+    let rows = pg_table_rows(conn).await;
+    let mut problems = Vec::new();
+    for (name, sql) in statements {
+        let mut nodes = Vec::new();
+        let plan = pg_plan(conn, sql).await;
+        pg_plan_nodes(&plan, &mut nodes);
+        let summary: Vec<String> = nodes
+            .iter()
+            .filter_map(|(node, relation)| relation.as_ref().map(|r| format!("{node} on {r}")))
+            .collect();
+        println!("{name}: {}", summary.join(", "));
+        for (node, relation) in nodes {
+            let Some(relation) = relation else { continue };
+            let size = rows.get(&relation).copied().unwrap_or(0.0);
+            if size < PG_TINY_ROWS {
+                problems.push(format!("{name}: touches {relation}, which the check did not fill"));
+            } else if node == "Seq Scan" {
+                problems.push(format!(
+                    "{name}: Seq Scan on {relation} ({size} rows)\n    {sql}\n    {plan}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Runs the PostgreSQL check on `statements` in a fresh, migrated schema of the `DATABASE_URL`
+/// database, dropped afterwards even when the check panics. `None` without a PostgreSQL
+/// `DATABASE_URL` (the check is skipped).
+async fn pg_check(statements: Vec<(String, String)>) -> Option<Vec<String>> {
+    use sqlx::Connection;
+    let Some(url) = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+    else {
+        eprintln!("skipped: set DATABASE_URL=postgres://... to check PostgreSQL's plans");
+        return None;
+    };
+    let (schema_url, schema) = pg_fresh_schema(&url).await;
+    let checked = tokio::spawn(async move {
+        // Migrates the schema.
+        let db = Database::connect(&schema_url, 1).await.expect("database");
+        db.close().await;
+        let mut conn = sqlx::PgConnection::connect(&schema_url)
+            .await
+            .expect("postgres");
+        let problems = pg_scans(&mut conn, &statements).await;
+        let _ = conn.close().await;
+        problems
+    })
+    .await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("postgres");
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .expect("drop schema");
+    let _ = conn.close().await;
+    match checked {
+        Ok(problems) => Some(problems),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[tokio::test]
+async fn no_hot_statement_scans_a_large_postgres_table() {
+    let Some(problems) = pg_check(hot_statements()).await else {
+        return;
+    };
+    assert!(
+        problems.is_empty(),
+        "hot statements PostgreSQL would answer by reading a whole table:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn the_postgres_check_sees_a_full_scan() {
+    let statements = vec![
+        // `details` has no index: a full scan.
+        (
+            "unindexed".to_string(),
+            "SELECT * FROM audit_log WHERE details = $1".to_string(),
+        ),
+        (
+            "by id".to_string(),
+            format!("SELECT * {}", authentications::BY_ID),
+        ),
+    ];
+    let Some(problems) = pg_check(statements).await else {
+        return;
+    };
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("unindexed: Seq Scan on audit_log"),
+        "{problems:#?}"
+    );
 }

@@ -48,5 +48,6 @@ mod qr_browser;
 mod request_by_id;
 mod retention;
 mod secrets;
+mod store_transactions;
 mod tokens;
 mod webhooks;
