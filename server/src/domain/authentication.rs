@@ -241,12 +241,20 @@ pub(crate) async fn pick_device(
     user_id: &tessera_protocol::ids::UserId,
     wanted: Option<&EnrollmentId>,
 ) -> Result<Enrollment, DomainError> {
-    let devices: Vec<Enrollment> =
-        super::device_verification::user_devices(ctx, application_id, user_id)
-            .await?
-            .into_iter()
-            .filter(|d| d.status == EnrollmentState::Active)
-            .collect();
+    let devices = super::device_verification::user_devices(ctx, application_id, user_id).await?;
+    pick_from(devices, wanted)
+}
+
+/// [`pick_device`] among the user's `devices` (as `device_verification::user_devices` lists
+/// them).
+fn pick_from(
+    devices: Vec<Enrollment>,
+    wanted: Option<&EnrollmentId>,
+) -> Result<Enrollment, DomainError> {
+    let devices: Vec<Enrollment> = devices
+        .into_iter()
+        .filter(|d| d.status == EnrollmentState::Active)
+        .collect();
     match wanted {
         Some(id) => devices
             .into_iter()
@@ -653,7 +661,18 @@ pub(crate) async fn create_as(
     body: CreateAuthenticationRequest,
     evaluate_policy: bool,
 ) -> Result<AuthenticationStatus, DomainError> {
-    super::users::require_user(ctx, &app.id, user_id).await?;
+    // The request's reads that need nothing else (the user with its language, the
+    // application's settings, the user's devices) run on one connection, given back before the
+    // policy reads and the write transaction take theirs.
+    let mut conn = ctx.db.reader().await?;
+    let user = crate::store::users::get_on(&mut *conn, &app.id, user_id)
+        .await?
+        .ok_or_else(|| {
+            DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
+        })?;
+    let app_settings = crate::store::applications::request_settings_on(&mut *conn, &app.id).await?;
+    let user_devices = enrollments::list_for_user_on(&mut *conn, &app.id, user_id).await?;
+    drop(conn);
     let expires_in = body.expires_in.unwrap_or(120);
     if !(10..=900).contains(&expires_in) {
         return Err(invalid("expires_in must be between 10 and 900 seconds"));
@@ -673,8 +692,8 @@ pub(crate) async fn create_as(
     super::users::check_locale(body.locale.as_deref())?;
     let app_name = app.name.clone();
     // The server's own texts: the request's language, then the user's, then English.
-    let wanted =
-        super::users::wanted_languages(ctx, &app.id, user_id, body.locale.as_deref()).await;
+    // The user's language came with the user (no second read).
+    let wanted = super::users::wanted_languages_of(&user, body.locale.as_deref());
     let (default_prompt, lang) = super::users::localized(
         &wanted,
         "sign-in-prompt",
@@ -719,8 +738,7 @@ pub(crate) async fn create_as(
             DynamicParameters::default()
         }
     };
-    // One read of the application's settings serves the whole request.
-    let app_settings = crate::store::applications::request_settings(&ctx.db, &app.id).await?;
+    // One read of the application's settings (above) serves the whole request.
     let policy = &app_settings.otp;
     if !policy.mandatory_methods.is_empty() {
         let registered = super::methods::registered_methods(ctx, &app.id, user_id).await?;
@@ -772,7 +790,9 @@ pub(crate) async fn create_as(
         None => NumberMatching::Off,
         Some(settings) => body.number_matching.unwrap_or(settings.number_matching),
     };
-    let device = pick_device(ctx, &app.id, user_id, body.enrollment_id.as_ref()).await?;
+    let user_devices =
+        super::device_verification::settled_devices(ctx, &app.id, user_id, user_devices).await?;
+    let device = pick_from(user_devices, body.enrollment_id.as_ref())?;
     let decided = match body.kind {
         AuthenticationKind::Approval | AuthenticationKind::Transaction if evaluate_policy => {
             let kind = if body.kind == AuthenticationKind::Transaction {

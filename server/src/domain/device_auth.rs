@@ -1,5 +1,7 @@
 //! Device-signed calls: a device proves each call with its enrollment's possession key.
 
+use sqlx::Any;
+use sqlx::pool::PoolConnection;
 use tessera_protocol::PROTOCOL_VERSION;
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::device_auth::{
@@ -8,8 +10,6 @@ use tessera_protocol::device_auth::{
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::EnrollmentId;
-use sqlx::Any;
-use sqlx::pool::PoolConnection;
 
 use super::{Ctx, DomainError};
 use crate::store::enrollments::{self, Enrollment};
@@ -125,7 +125,10 @@ pub(crate) async fn authenticate_on(
 
 /// The enrollment a device-signed call names in its path: the signing one, or `unauthorized`
 /// (as `http::extract::same_enrollment` answers).
-pub(crate) fn same_enrollment(enrollment: &Enrollment, raw: &str) -> Result<EnrollmentId, DomainError> {
+pub(crate) fn same_enrollment(
+    enrollment: &Enrollment,
+    raw: &str,
+) -> Result<EnrollmentId, DomainError> {
     match raw.parse::<EnrollmentId>() {
         Ok(id) if id == enrollment.enrollment_id => Ok(id),
         _ => Err(DomainError::new(

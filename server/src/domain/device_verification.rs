@@ -245,6 +245,17 @@ pub(crate) async fn user_devices(
     user: &UserId,
 ) -> Result<Vec<Enrollment>, DomainError> {
     let devices = enrollments::list_for_user(&ctx.db, app, user).await?;
+    settled_devices(ctx, app, user, devices).await
+}
+
+/// [`user_devices`] for a list already read (on the request's connection): returned as it is
+/// unless one of them is pending verification; then those are settled and the list read again.
+pub(crate) async fn settled_devices(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    devices: Vec<Enrollment>,
+) -> Result<Vec<Enrollment>, DomainError> {
     if devices
         .iter()
         .all(|d| d.status != EnrollmentState::PendingVerification)

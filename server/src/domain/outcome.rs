@@ -22,8 +22,8 @@ use sqlx::{Any, Transaction};
 use super::events::Topic;
 use super::{Ctx, DomainError};
 use crate::metrics::{EndLabels, ReasonLabels};
-use crate::store::{Engine, StoreError};
 use crate::store::authentications::{self, Authentication};
+use crate::store::{Engine, StoreError};
 
 /// Something that happened, announced after it was stored.
 #[derive(Debug, Clone)]
@@ -126,15 +126,8 @@ async fn write_ending(
             signed_response,
             attributes,
         } => {
-            authentications::record_answer(
-                &mut *tx,
-                id,
-                decision,
-                signed_response,
-                attributes,
-                now,
-            )
-            .await?
+            authentications::record_answer(&mut *tx, id, decision, signed_response, attributes, now)
+                .await?
         }
         Ending::WrongNumber {
             signed_response,
@@ -313,9 +306,7 @@ impl Announced {
     pub(crate) async fn committed(self, ctx: &Ctx) {
         ctx.events.wake_committed(&self.topics);
         if self.webhooks_queued {
-            ctx.events
-                .announce(&ctx.db, &[Topic::WebhookOutbox])
-                .await;
+            ctx.events.announce(&ctx.db, &[Topic::WebhookOutbox]).await;
         }
     }
 }

@@ -65,6 +65,15 @@ pub(crate) async fn wanted_languages(
     wanted
 }
 
+/// [`wanted_languages`] for a user already read (its `locale` came with it).
+pub(crate) fn wanted_languages_of(user: &User, request_locale: Option<&str>) -> Vec<String> {
+    request_locale
+        .map(str::to_string)
+        .into_iter()
+        .chain(user.locale.clone())
+        .collect()
+}
+
 /// One of the server's own texts in the best shipped language for `wanted` (English when none
 /// fits), with the language it is written in.
 pub(crate) fn localized(
@@ -79,4 +88,30 @@ pub(crate) fn localized(
         .format(&lang, id, args)
         .ok_or(DomainError::Internal("a shipped text is missing"))?;
     Ok((text, lang))
+}
+
+#[cfg(test)]
+mod wanted_language_tests {
+    use super::*;
+
+    fn user(locale: Option<&str>) -> User {
+        User {
+            user_id: "alice".parse().expect("user id"),
+            display_name: None,
+            created_at: 0,
+            device_count: 1,
+            locale: locale.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_requests_language_comes_before_the_users() {
+        assert_eq!(
+            wanted_languages_of(&user(Some("fr")), Some("de")),
+            ["de", "fr"]
+        );
+        assert_eq!(wanted_languages_of(&user(Some("fr")), None), ["fr"]);
+        assert_eq!(wanted_languages_of(&user(None), Some("de")), ["de"]);
+        assert!(wanted_languages_of(&user(None), None).is_empty());
+    }
 }

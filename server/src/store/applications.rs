@@ -671,9 +671,20 @@ pub async fn request_settings(
     db: &Database,
     id: &ApplicationId,
 ) -> Result<RequestSettings, StoreError> {
+    request_settings_on(db.pool(), id).await
+}
+
+/// [`request_settings`] on `executor` (a request's connection).
+pub async fn request_settings_on<'e, E>(
+    executor: E,
+    id: &ApplicationId,
+) -> Result<RequestSettings, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query(REQUEST_SETTINGS)
         .bind(id.as_str())
-        .fetch_optional(db.pool())
+        .fetch_optional(executor)
         .await?
         .ok_or(StoreError::NotFound("application"))?;
     Ok(RequestSettings {

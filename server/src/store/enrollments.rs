@@ -292,7 +292,10 @@ pub async fn by_id(db: &Database, id: &EnrollmentId) -> Result<Option<Enrollment
 }
 
 /// [`by_id`] on `executor` (a request's connection, or a transaction).
-pub async fn by_id_on<'e, E>(executor: E, id: &EnrollmentId) -> Result<Option<Enrollment>, StoreError>
+pub async fn by_id_on<'e, E>(
+    executor: E,
+    id: &EnrollmentId,
+) -> Result<Option<Enrollment>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -313,10 +316,22 @@ pub async fn list_for_user(
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<Vec<Enrollment>, StoreError> {
+    list_for_user_on(db.pool(), app, user).await
+}
+
+/// [`list_for_user`] on `executor` (a request's connection).
+pub async fn list_for_user_on<'e, E>(
+    executor: E,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<Vec<Enrollment>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let rows = sqlx::query(&format!("SELECT {COLUMNS} {FOR_USER}"))
         .bind(app.as_str())
         .bind(user.as_str())
-        .fetch_all(db.pool())
+        .fetch_all(executor)
         .await?;
     rows.iter().map(from_row).collect()
 }

@@ -275,7 +275,10 @@ fn pg_fill_expression(table: &str, column: &PgColumn) -> String {
             } else if column.unique {
                 "g".into()
             } else if name.ends_with("_at_ms") {
-                format!("({PG_NOW} - g * 500 + {}) * 1000", if expiry { 300 } else { 0 })
+                format!(
+                    "({PG_NOW} - g * 500 + {}) * 1000",
+                    if expiry { 300 } else { 0 }
+                )
             } else if name.ends_with("_at") {
                 format!("{PG_NOW} - g * 500 + {}", if expiry { 300 } else { 0 })
             } else {
@@ -323,7 +326,11 @@ async fn pg_fill(conn: &mut sqlx::PgConnection, tables: &std::collections::BTree
             })
             .map(|(table, _)| table.clone())
             .collect();
-        assert!(!ready.is_empty(), "foreign keys in a cycle: {columns:?}", columns = columns.keys());
+        assert!(
+            !ready.is_empty(),
+            "foreign keys in a cycle: {columns:?}",
+            columns = columns.keys()
+        );
         for table in ready {
             let cols = &columns[&table];
             let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
@@ -503,7 +510,9 @@ async fn pg_scans(conn: &mut sqlx::PgConnection, statements: &[(String, String)]
             let Some(relation) = relation else { continue };
             let size = rows.get(&relation).copied().unwrap_or(0.0);
             if size < PG_TINY_ROWS {
-                problems.push(format!("{name}: touches {relation}, which the check did not fill"));
+                problems.push(format!(
+                    "{name}: touches {relation}, which the check did not fill"
+                ));
             } else if node == "Seq Scan" {
                 problems.push(format!(
                     "{name}: Seq Scan on {relation} ({size} rows)\n    {sql}\n    {plan}"

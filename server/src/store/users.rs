@@ -51,10 +51,22 @@ pub async fn get(
     app: &ApplicationId,
     user_id: &UserId,
 ) -> Result<Option<User>, StoreError> {
+    get_on(db.pool(), app, user_id).await
+}
+
+/// [`get`] on `executor` (a request's connection).
+pub async fn get_on<'e, E>(
+    executor: E,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<Option<User>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query(GET)
         .bind(app.as_str())
         .bind(user_id.as_str())
-        .fetch_optional(db.pool())
+        .fetch_optional(executor)
         .await?;
     row.as_ref().map(row_to_user).transpose()
 }

@@ -84,10 +84,18 @@ async fn create_and_audit(backend: Backend) {
         .customer
         .create_authentication("alice", &ask(AuthenticationKind::Approval))
         .await;
-    assert!(refused.is_err(), "created without its audit record: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "created without its audit record: {refused:?}"
+    );
     // Nothing of it was stored: the device has nothing to pull.
     assert!(
-        device.auth.pending_requests().await.expect("pull").is_empty(),
+        device
+            .auth
+            .pending_requests()
+            .await
+            .expect("pull")
+            .is_empty(),
         "a request was stored though its audit record was refused"
     );
 
