@@ -6,7 +6,10 @@
 //! the authentication and on its device are woken (here and, on PostgreSQL, in every instance)
 //! and the follow-ups registered at start (device verification, QR follow-up, CIBA ping/push)
 //! each receive the event. A follow-up that fails is logged and repaired by its own sweep or
-//! on read; it never undoes the recorded outcome. Expiry needs no write: a pending request past
+//! on read; it never undoes the recorded outcome. The update, its notification to other
+//! instances (`pg_notify`, delivered at commit) and its audit records are one transaction, on
+//! the answering request's own connection on PostgreSQL; this process's waiters are woken and
+//! the other follow-ups run once it committed. Expiry needs no write: a pending request past
 //! its expiry reads as expired, and waiters' deadlines never pass its expiry.
 
 use std::future::Future;
