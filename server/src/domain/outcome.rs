@@ -20,6 +20,8 @@ use super::events::Topic;
 use super::{Ctx, DomainError};
 use crate::metrics::{EndLabels, ReasonLabels};
 use crate::store::authentications::{self, Authentication};
+use crate::store::enrollments;
+use tessera_protocol::ids::EnrollmentId;
 
 /// Something that happened, announced after it was stored.
 #[derive(Debug, Clone)]
@@ -65,6 +67,74 @@ pub(crate) enum Ending<'a> {
     Canceled,
 }
 
+/// What [`record_taking_counter`] did.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// The answer and the counter were recorded; the record as stored after it.
+    Recorded(Authentication),
+    /// Another ending won (or it expired): nothing was written.
+    NotRecorded,
+    /// The App Attest counter was not greater than the stored one (a replay, or a racing answer
+    /// with the same counter took it first): nothing was written.
+    CounterReplay,
+}
+
+/// Records a signed answer (`Ending::Answer` or `Ending::WrongNumber`) together with its App
+/// Attest assertion's counter, in one transaction: the counter is taken first, conditionally
+/// (`UPDATE … SET counter = $new WHERE … AND counter < $new`), then the answer's own conditional
+/// update; if either finds nothing to change, the transaction rolls back and nothing is written.
+/// Announces a recorded ending as [`record`] does.
+pub(crate) async fn record_taking_counter(
+    ctx: &Ctx,
+    id: &AuthenticationId,
+    ending: Ending<'_>,
+    enrollment: &EnrollmentId,
+    counter: u32,
+) -> Result<Taken, DomainError> {
+    let now = ctx.now();
+    let mut tx = ctx.db.begin_write().await?;
+    if !enrollments::take_app_attest_counter(&mut tx, enrollment, counter).await? {
+        tx.rollback().await?;
+        return Ok(Taken::CounterReplay);
+    }
+    let recorded = match ending {
+        Ending::Answer {
+            decision,
+            signed_response,
+            attributes,
+        } => {
+            authentications::record_answer_in(
+                &mut tx,
+                id,
+                decision,
+                signed_response,
+                attributes,
+                now,
+            )
+            .await?
+        }
+        Ending::WrongNumber {
+            signed_response,
+            attributes,
+        } => {
+            authentications::record_wrong_number_in(&mut tx, id, signed_response, attributes, now)
+                .await?
+        }
+        Ending::Passcode { .. } | Ending::Canceled => {
+            return Err(DomainError::Internal(
+                "only a signed answer carries an App Attest counter",
+            ));
+        }
+    };
+    let Some(record) = recorded else {
+        tx.rollback().await?;
+        return Ok(Taken::NotRecorded);
+    };
+    tx.commit().await?;
+    announce_recorded(ctx, id, &record).await;
+    Ok(Taken::Recorded(record))
+}
+
 /// Records `ending` if the authentication is still pending and unexpired, then announces it.
 /// Returns the record as stored after it, or `None` when another ending won (or it expired).
 pub(crate) async fn record(
@@ -97,14 +167,18 @@ pub(crate) async fn record(
     let Some(record) = recorded else {
         return Ok(None);
     };
+    announce_recorded(ctx, id, &record).await;
+    Ok(Some(record))
+}
+
+async fn announce_recorded(ctx: &Ctx, id: &AuthenticationId, record: &Authentication) {
     tracing::info!(
         authentication_id = %id,
         state = record.state.as_str(),
         denial_reason = record.denial_reason.map(DenialReason::as_str),
         "authentication ended"
     );
-    ended(ctx, &record).await;
-    Ok(Some(record))
+    ended(ctx, record).await;
 }
 
 /// Stores an authentication the application's policy ended before anyone was asked (approved

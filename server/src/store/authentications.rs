@@ -1,6 +1,6 @@
 //! Authentications and their single recorded outcome.
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 use tessera_protocol::api::{AuthenticationStatus, BackupChannel, OtpReason};
 use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationKind, AuthenticationState, Decision, DenialReason,
@@ -349,6 +349,32 @@ pub async fn record_answer(
     attributes: &str,
     now: i64,
 ) -> Result<Option<Authentication>, StoreError> {
+    record_answer_with(db.writer(), id, decision, signed_response, attributes, now).await
+}
+
+/// [`record_answer`] on `conn`, inside a transaction that writes more (an App Attest counter).
+pub async fn record_answer_in(
+    conn: &mut AnyConnection,
+    id: &AuthenticationId,
+    decision: Decision,
+    signed_response: &str,
+    attributes: &str,
+    now: i64,
+) -> Result<Option<Authentication>, StoreError> {
+    record_answer_with(conn, id, decision, signed_response, attributes, now).await
+}
+
+async fn record_answer_with<'c, E>(
+    executor: E,
+    id: &AuthenticationId,
+    decision: Decision,
+    signed_response: &str,
+    attributes: &str,
+    now: i64,
+) -> Result<Option<Authentication>, StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     let (state, reason) = match decision {
         Decision::Approve => (AuthenticationState::Approved, None),
         Decision::Deny => (AuthenticationState::Denied, Some(DenialReason::Declined)),
@@ -358,7 +384,7 @@ pub async fn record_answer(
         ),
     };
     end_with(
-        db,
+        executor,
         id,
         state,
         decision,
@@ -382,7 +408,29 @@ pub async fn record_wrong_number(
     now: i64,
 ) -> Result<Option<Authentication>, StoreError> {
     end_with(
-        db,
+        db.writer(),
+        id,
+        AuthenticationState::Denied,
+        Decision::Deny,
+        Some(DenialReason::WrongNumber),
+        signed_response,
+        attributes,
+        now,
+    )
+    .await
+}
+
+/// [`record_wrong_number`] on `conn`, inside a transaction that writes more (an App Attest
+/// counter).
+pub async fn record_wrong_number_in(
+    conn: &mut AnyConnection,
+    id: &AuthenticationId,
+    signed_response: &str,
+    attributes: &str,
+    now: i64,
+) -> Result<Option<Authentication>, StoreError> {
+    end_with(
+        conn,
         id,
         AuthenticationState::Denied,
         Decision::Deny,
@@ -400,8 +448,8 @@ pub(crate) const END_WITH: &str = "UPDATE authentications SET state = $1, decisi
     WHERE id = $6 AND state = 'pending' AND expires_at > $5";
 
 #[allow(clippy::too_many_arguments)]
-async fn end_with(
-    db: &Database,
+async fn end_with<'c, E>(
+    executor: E,
     id: &AuthenticationId,
     state: AuthenticationState,
     decision: Decision,
@@ -409,7 +457,10 @@ async fn end_with(
     signed_response: &str,
     attributes: &str,
     now: i64,
-) -> Result<Option<Authentication>, StoreError> {
+) -> Result<Option<Authentication>, StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     let row = sqlx::query(&format!("{END_WITH} RETURNING {READ_COLUMNS}"))
         .bind(state.as_str())
         .bind(to_word(&decision))
@@ -418,7 +469,7 @@ async fn end_with(
         .bind(now)
         .bind(id.as_str())
         .bind(reason.map(DenialReason::as_str))
-        .fetch_optional(db.writer())
+        .fetch_optional(executor)
         .await?;
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }

@@ -614,3 +614,83 @@ pub async fn set_held_status(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The App Attest key an enrollment's pairing attested, and the highest assertion counter
+/// accepted for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppAttestKey {
+    /// The key, an uncompressed SEC1 point (public).
+    pub public_key: Vec<u8>,
+    /// The highest assertion counter accepted (0: none yet, as the attestation left it).
+    pub counter: u32,
+}
+
+/// Keeps the App Attest key the pairing of `id` attested, with counter 0 (inside the pairing's
+/// transaction, after [`insert`]).
+pub async fn set_app_attest_key(
+    conn: &mut AnyConnection,
+    id: &EnrollmentId,
+    public_key: &[u8],
+) -> Result<(), StoreError> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key);
+    sqlx::query(
+        "UPDATE enrollments SET app_attest_public_key = $1, app_attest_counter = 0 \
+         WHERE enrollment_id = $2",
+    )
+    .bind(encoded)
+    .bind(id.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The App Attest key of enrollment `id`, if its pairing was App Attested.
+pub async fn app_attest_key(
+    db: &Database,
+    id: &EnrollmentId,
+) -> Result<Option<AppAttestKey>, StoreError> {
+    use base64::Engine;
+    let row = sqlx::query(
+        "SELECT app_attest_public_key, app_attest_counter FROM enrollments \
+         WHERE enrollment_id = $1 AND app_attest_public_key IS NOT NULL",
+    )
+    .bind(id.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let encoded: String = row.try_get("app_attest_public_key")?;
+    let counter: Option<i64> = row.try_get("app_attest_counter")?;
+    let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| StoreError::Corrupted("an App Attest key is not base64url"))?;
+    let counter = u32::try_from(counter.unwrap_or(0))
+        .map_err(|_| StoreError::Corrupted("an App Attest counter is out of range"))?;
+    Ok(Some(AppAttestKey {
+        public_key,
+        counter,
+    }))
+}
+
+/// Takes an App Attest assertion's counter for enrollment `id`: stores `counter` only where the
+/// stored one is lower, in one conditional update (run it inside the answer's transaction).
+/// `false`: the stored counter is already `counter` or higher (a replay, or a racing answer
+/// with the same counter took it first) and nothing changed.
+pub async fn take_app_attest_counter(
+    conn: &mut AnyConnection,
+    id: &EnrollmentId,
+    counter: u32,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET app_attest_counter = $1 \
+         WHERE enrollment_id = $2 AND app_attest_public_key IS NOT NULL \
+         AND app_attest_counter < $1",
+    )
+    .bind(i64::from(counter))
+    .bind(id.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
