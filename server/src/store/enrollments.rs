@@ -694,3 +694,86 @@ pub async fn take_app_attest_counter(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn enrollment_row(db: &Database, app: &ApplicationId, id: &EnrollmentId) {
+        sqlx::query(
+            "INSERT INTO enrollments (enrollment_id, application_id, user_id, device_id, \
+             possession_key, user_verification_key, device_info, signals, push, push_provider, \
+             is_primary, registration_digest, server_payload, paired_at, last_seen_at) \
+             VALUES ($1, $2, 'alice', 'dev', '{}', '{}', '{}', '{}', '{}', 'none', 1, $1, 'p', 0, 0)",
+        )
+        .bind(id.as_str())
+        .bind(app.as_str())
+        .execute(db.writer())
+        .await
+        .expect("enrollment");
+    }
+
+    async fn take(db: &Database, id: &EnrollmentId, counter: u32) -> bool {
+        let mut tx = db.begin_write().await.expect("transaction");
+        let taken = take_app_attest_counter(&mut tx, id, counter)
+            .await
+            .expect("take");
+        tx.commit().await.expect("commit");
+        taken
+    }
+
+    #[tokio::test]
+    async fn the_app_attest_counter_is_taken_once_and_only_upwards() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("counter.db").display());
+        let db = Database::connect(&url, 4).await.expect("database");
+        let app = super::super::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        super::super::applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        let attested = EnrollmentId::generate();
+        let plain = EnrollmentId::generate();
+        enrollment_row(&db, &app.id, &attested).await;
+        enrollment_row(&db, &app.id, &plain).await;
+        let key = vec![4u8; 65];
+        let mut conn = db.writer().acquire().await.expect("connection");
+        set_app_attest_key(&mut conn, &attested, &key)
+            .await
+            .expect("set");
+        drop(conn);
+        assert_eq!(
+            app_attest_key(&db, &attested).await.expect("read"),
+            Some(AppAttestKey {
+                public_key: key.clone(),
+                counter: 0
+            })
+        );
+        // An enrollment without an App Attest key has none, and takes nothing.
+        assert_eq!(app_attest_key(&db, &plain).await.expect("read"), None);
+        assert!(!take(&db, &plain, 1).await);
+        assert!(take(&db, &attested, 3).await);
+        assert!(!take(&db, &attested, 3).await, "the same counter again");
+        assert!(!take(&db, &attested, 2).await, "a lower counter");
+        assert!(take(&db, &attested, 4).await);
+        // A burst of takes of one counter: exactly one wins.
+        let takes = (0..8).map(|_| take(&db, &attested, 9));
+        let won = futures_util::future::join_all(takes)
+            .await
+            .into_iter()
+            .filter(|t| *t)
+            .count();
+        assert_eq!(won, 1);
+        assert_eq!(
+            app_attest_key(&db, &attested)
+                .await
+                .expect("read")
+                .map(|k| k.counter),
+            Some(9)
+        );
+        db.close().await;
+    }
+}
