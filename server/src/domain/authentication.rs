@@ -1091,7 +1091,7 @@ pub(crate) async fn answer(
             match outcome::record_taking_counter(ctx, &id, ending, &device.enrollment_id, counter)
                 .await?
             {
-                Taken::Recorded(recorded) => Some(recorded),
+                Taken::Recorded(recorded) => Some(*recorded),
                 Taken::NotRecorded => None,
                 Taken::CounterReplay => {
                     if let Some(again) = recorded_again(ctx, &id, signed_response).await? {

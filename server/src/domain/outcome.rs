@@ -71,7 +71,7 @@ pub(crate) enum Ending<'a> {
 #[derive(Debug)]
 pub(crate) enum Taken {
     /// The answer and the counter were recorded; the record as stored after it.
-    Recorded(Authentication),
+    Recorded(Box<Authentication>),
     /// Another ending won (or it expired): nothing was written.
     NotRecorded,
     /// The App Attest counter was not greater than the stored one (a replay, or a racing answer
@@ -132,7 +132,7 @@ pub(crate) async fn record_taking_counter(
     };
     tx.commit().await?;
     announce_recorded(ctx, id, &record).await;
-    Ok(Taken::Recorded(record))
+    Ok(Taken::Recorded(Box::new(record)))
 }
 
 /// Records `ending` if the authentication is still pending and unexpired, then announces it.
