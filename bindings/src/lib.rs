@@ -26,8 +26,8 @@ use tessera_protocol::ids::{EnrollmentId, UserId};
 pub use error::{PlatformError, TesseraError};
 pub use logging::{LogLevel, LogRecord, Logger, set_logger};
 pub use platform::{
-    AppAttestationResult, KeyKind, PlatformKeyStore, PlatformStorage, UserVerifier,
-    VerificationReason, file_storage, software_key_store,
+    AppAttestAsserter, AppAttestationResult, KeyKind, PlatformKeyStore, PlatformStorage,
+    UserVerifier, VerificationReason, file_storage, software_key_store,
 };
 pub use records::*;
 
@@ -98,6 +98,16 @@ impl Authenticator {
     /// Reports the device's posture; every later answer carries it, signed.
     pub fn set_signals(&self, signals: DeviceSignals) {
         self.core.set_signals(signals.into());
+    }
+
+    /// Sets (or with none removes) the app's App Attest asserter (iOS: the wrapper's
+    /// `AppAttestService`): answers of enrollments whose pairing was App Attested then carry an
+    /// assertion over the answer (`docs/attestation.md`).
+    pub fn set_app_attest_asserter(&self, asserter: Option<Arc<dyn AppAttestAsserter>>) {
+        self.core.set_app_attest_asserter(asserter.map(|a| {
+            Arc::new(platform::ForeignAppAttestAsserter(a))
+                as Arc<dyn tessera_core::AppAttestAsserter>
+        }));
     }
 
     /// Reports the device's model, OS version and app version as they are now (e.g. after an

@@ -73,6 +73,38 @@ pub trait PlatformKeyStore: Send + Sync {
     ) -> Result<Option<AppAttestationResult>, PlatformError>;
 }
 
+/// The app's Apple App Attest assertions (iOS: `DCAppAttestService.generateAssertion(keyId,
+/// clientDataHash:)`). Set with `Authenticator.set_app_attest_asserter`: answers of enrollments
+/// whose pairing was App Attested (`PlatformKeyStore::attest_app`) then carry an assertion, which
+/// an application with attestation `require` (or a policy asking for it) demands.
+#[uniffi::export(with_foreign)]
+pub trait AppAttestAsserter: Send + Sync {
+    /// An assertion of the App Attest key `key_id` (the raw bytes of the base64 key id
+    /// `generateKey` returned, as `attest_app` gave it) over `client_data_hash` (32 bytes):
+    /// Apple's CBOR, as `generateAssertion` returns it. Called off the main thread, before the
+    /// answer is signed; throw to send no answer.
+    fn generate_assertion(
+        &self,
+        key_id: Vec<u8>,
+        client_data_hash: Vec<u8>,
+    ) -> Result<Vec<u8>, PlatformError>;
+}
+
+/// Adapts the foreign asserter to the device core.
+pub(crate) struct ForeignAppAttestAsserter(pub(crate) Arc<dyn AppAttestAsserter>);
+
+impl tessera_core::AppAttestAsserter for ForeignAppAttestAsserter {
+    fn generate_assertion(
+        &self,
+        key_id: &[u8],
+        client_data_hash: &[u8],
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        Ok(self
+            .0
+            .generate_assertion(key_id.to_vec(), client_data_hash.to_vec())?)
+    }
+}
+
 /// An Apple App Attest attestation ([`PlatformKeyStore::attest_app`]).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct AppAttestationResult {

@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
         }),
         device: None,
         issued_at: 1,
+        app_attest_assertion: None,
     };
 
     let mut group = c.benchmark_group("authentication (device CPU)");

@@ -11,7 +11,8 @@ use tessera_protocol::api::{
     SubmitQrResponse, SubmitResponse, UpdatePushRequest,
 };
 use tessera_protocol::authentication::{
-    AuthenticationId, AuthenticationKind, AuthenticationRequest, Decision, DeviceLocation,
+    AuthenticationId, AuthenticationKind, AuthenticationRequest, AuthenticationResponse, Decision,
+    DeviceLocation,
 };
 use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
@@ -19,8 +20,9 @@ use tessera_protocol::flows::DeviceAuthorization;
 use tessera_protocol::ids::{DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{
-    ApplicationInfo, DeviceSignals, DeviceVersions, MAX_REGISTRATION_AGE_SECONDS, MobilePayload,
-    PairingCode, PairingReply, PairingUri, PushRegistration, ServerKeySet, ServerUrl,
+    ApplicationInfo, DeviceRegistration, DeviceSignals, DeviceVersions,
+    MAX_REGISTRATION_AGE_SECONDS, MobilePayload, PairingCode, PairingReply, PairingUri,
+    PushRegistration, RegistrationAttestation, ServerKeySet, ServerUrl,
 };
 use tessera_protocol::qr::{QrSessionState, QrUri};
 use tessera_protocol::time::{UnixSeconds, now};
@@ -28,7 +30,7 @@ use tokio::sync::Mutex;
 
 use crate::config::AuthenticatorConfig;
 use crate::error::CoreError;
-use crate::key_store::KeyStore;
+use crate::key_store::{AppAttestAsserter, KeyStore};
 use crate::otp::{
     OneTimePasscode, OtpAccount, OtpAccountId, OtpAccountSource, OtpAlgorithm, OtpDigits, OtpKey,
     OtpKind, OtpSeed, hotp, totp,
@@ -110,6 +112,8 @@ pub struct Authenticator {
     transport: Transport,
     /// Signals and location as the app last reported them; every answer carries them.
     posture: std::sync::RwLock<Posture>,
+    /// The app's App Attest assertions, if it makes them (iOS).
+    app_attest_asserter: std::sync::RwLock<Option<Arc<dyn AppAttestAsserter>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,7 +172,55 @@ impl Authenticator {
             state: Mutex::new(state),
             device_id: std::sync::RwLock::new(device_id),
             transport,
+            app_attest_asserter: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Sets (or with `None` removes) the app's App Attest asserter: answers of enrollments whose
+    /// pairing was App Attested then carry an assertion of that App Attest key over the answer
+    /// (`docs/attestation.md`). An application with attestation `require`, or whose policy asks
+    /// for assertions, refuses such answers without one.
+    pub fn set_app_attest_asserter(&self, asserter: Option<Arc<dyn AppAttestAsserter>>) {
+        match self.app_attest_asserter.write() {
+            Ok(mut current) => *current = asserter,
+            Err(poisoned) => *poisoned.into_inner() = asserter,
+        }
+    }
+
+    fn app_attest_asserter(&self) -> Option<Arc<dyn AppAttestAsserter>> {
+        match self.app_attest_asserter.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts an App Attest assertion into `response` when the enrollment's pairing was App
+    /// Attested and the app set an asserter; otherwise leaves it without one.
+    fn assert_app(
+        &self,
+        enrollment: &StoredEnrollment,
+        response: &mut AuthenticationResponse,
+    ) -> Result<(), CoreError> {
+        let (Some(key_id), Some(asserter)) = (
+            enrollment.app_attest_key_id.as_deref(),
+            self.app_attest_asserter(),
+        ) else {
+            return Ok(());
+        };
+        use base64::Engine;
+        let key_id = base64::engine::general_purpose::STANDARD
+            .decode(key_id)
+            .map_err(|_| {
+                CoreError::KeyStore("the stored App Attest key id is not base64".into())
+            })?;
+        response.app_attest_assertion = None;
+        let client_data_hash = response
+            .app_attest_client_data_hash()
+            .map_err(|e| CoreError::KeyStore(e.to_string()))?;
+        let assertion = asserter.generate_assertion(&key_id, client_data_hash.as_bytes())?;
+        response.app_attest_assertion =
+            Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(assertion));
+        Ok(())
     }
 
     /// This installation's device id: derived from its device key (see
@@ -900,6 +952,7 @@ impl Authenticator {
                 user_verification_alias: pending.user_verification_alias.clone(),
                 pending_verification: reply.pending_verification,
                 removed_at: None,
+                app_attest_key_id: app_attest_key_id(&pending.registration),
             };
             state.enrollments.push(stored.clone());
             if let Some(account) = provisioned_otp(pending, &reply)? {
@@ -1287,6 +1340,7 @@ impl Authenticator {
             now(),
         )?;
         response.device = Some(posture.versions);
+        self.assert_app(&enrollment, &mut response)?;
         let with_user_verification = decision == Decision::Approve
             && (request.require_user_verification || verifies_user(&response.amr));
         let signed = self.sign_answer(
@@ -1567,6 +1621,18 @@ impl Authenticator {
 }
 
 /// Whether the app reported a method that verifies the user (biometrics, PIN, password).
+/// The App Attest key id a registration (a signed JWS this device made) carries, if its pairing
+/// was App Attested.
+fn app_attest_key_id(registration: &str) -> Option<String> {
+    match envelope::unverified_payload::<DeviceRegistration>(registration)
+        .ok()?
+        .attestation?
+    {
+        RegistrationAttestation::AppleAppAttest { key_id, .. } => Some(key_id),
+        RegistrationAttestation::AndroidKey { .. } => None,
+    }
+}
+
 fn verifies_user(amr: &[String]) -> bool {
     amr.iter()
         .any(|m| USER_VERIFICATION_AMR.contains(&m.as_str()))
@@ -1784,6 +1850,7 @@ mod device_key_tests {
                 user_verification_alias: "old.u".into(),
                 pending_verification: false,
                 removed_at: None,
+                app_attest_key_id: None,
             });
             let mut value = serde_json::to_value(&state).unwrap();
             value.as_object_mut().unwrap().remove("device_key_alias");

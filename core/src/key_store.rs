@@ -90,6 +90,21 @@ pub trait KeyStore: Send + Sync {
     }
 }
 
+/// The app's App Attest assertions (iOS: `DCAppAttestService.generateAssertion(keyId,
+/// clientDataHash:)`), for the answers of enrollments whose pairing was App Attested
+/// ([`KeyStore::attest_app`]). Set with `Authenticator::set_app_attest_asserter`; without one
+/// answers carry no assertion (as on Android).
+pub trait AppAttestAsserter: Send + Sync {
+    /// An assertion (Apple's CBOR, as returned) of the App Attest key `key_id` (the raw key id
+    /// the attestation returned) over `client_data_hash` (32 bytes, the answer's
+    /// `app_attest_client_data_hash`). Called off the main thread, before the answer is signed.
+    fn generate_assertion(
+        &self,
+        key_id: &[u8],
+        client_data_hash: &[u8],
+    ) -> Result<Vec<u8>, KeyStoreError>;
+}
+
 /// An Apple App Attest attestation ([`KeyStore::attest_app`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppAttestation {

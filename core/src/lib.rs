@@ -33,7 +33,9 @@ mod transport;
 pub use authenticator::{Authenticator, Enrollment, PushOutcome};
 pub use config::AuthenticatorConfig;
 pub use error::CoreError;
-pub use key_store::{AppAttestation, KeyPurpose, KeyStore, KeyStoreError, SoftwareKeyStore};
+pub use key_store::{
+    AppAttestAsserter, AppAttestation, KeyPurpose, KeyStore, KeyStoreError, SoftwareKeyStore,
+};
 pub use otp::{
     MAX_PERIOD_SECONDS, MAX_SECRET_BITS, MIN_SECRET_BITS, OneTimePasscode, OtpAccount,
     OtpAccountId, OtpAccountSource, OtpAlgorithm, OtpDigits, OtpKey, OtpKind, OtpSeed, OtpUriError,

@@ -154,6 +154,10 @@ pub(crate) struct StoredEnrollment {
     /// it is removed; skipped when pulling requests.
     #[serde(default)]
     pub removed_at: Option<UnixSeconds>,
+    /// The App Attest key id (standard base64, as the registration sent it) when the pairing was
+    /// App Attested: later answers carry an assertion of that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_attest_key_id: Option<String>,
 }
 
 /// An offline OTP account. `Debug` never shows the seed.

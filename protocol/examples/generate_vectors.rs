@@ -96,6 +96,35 @@ fn envelope_vector(
     })
 }
 
+/// Apple's assertion format, CBOR `{"signature": bytes, "authenticatorData": bytes}` (written
+/// out by hand: two definite-length byte strings in a two-entry map), by the key with scalar `d`
+/// (base64url) for the app `app_id` (`teamId.bundleId`) at `counter`.
+fn app_attest_assertion(d: &str, app_id: &str, counter: u32, client_data_hash: &[u8]) -> Vec<u8> {
+    use p256::ecdsa::signature::Signer;
+    let scalar = URL_SAFE_NO_PAD.decode(d).expect("scalar");
+    let signing = p256::ecdsa::SigningKey::from_slice(&scalar).expect("key");
+    let mut authenticator_data = Sha256::digest(app_id.as_bytes()).to_vec();
+    authenticator_data.push(0);
+    authenticator_data.extend_from_slice(&counter.to_be_bytes());
+    let mut nonce_input = authenticator_data.clone();
+    nonce_input.extend_from_slice(client_data_hash);
+    let nonce = Sha256::digest(&nonce_input);
+    let signature: p256::ecdsa::Signature = signing.sign(&nonce);
+    let signature = signature.to_der();
+    let byte_string = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.push(0x58);
+        out.push(u8::try_from(bytes.len()).expect("short"));
+        out.extend_from_slice(bytes);
+    };
+    let mut cbor = vec![0xa2, 0x69];
+    cbor.extend_from_slice(b"signature");
+    byte_string(&mut cbor, signature.as_bytes());
+    cbor.push(0x71);
+    cbor.extend_from_slice(b"authenticatorData");
+    byte_string(&mut cbor, &authenticator_data);
+    cbor
+}
+
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors");
     std::fs::create_dir_all(&dir).expect("vectors dir");
@@ -330,7 +359,22 @@ fn main() {
         location: None,
         device: Some(versions.clone()),
         issued_at: 1_767_225_700,
+        app_attest_assertion: None,
     };
+    // The same approval from an iOS device whose pairing was App Attested: the assertion is made
+    // over the answer's canonical JSON without it, then signed into the answer.
+    let (app_attest_key, app_attest_d) = key("app attest key");
+    let app_attest_client_data_hash = authentication_response
+        .app_attest_client_data_hash()
+        .expect("client data hash");
+    let assertion = app_attest_assertion(
+        &app_attest_d,
+        "ABCDE12345.com.example.bank",
+        1,
+        app_attest_client_data_hash.as_bytes(),
+    );
+    let mut attested_response = authentication_response.clone();
+    attested_response.app_attest_assertion = Some(URL_SAFE_NO_PAD.encode(&assertion));
     let qr_response = QrResponse {
         v: 1,
         session_id: "qrs_00112233445566778899aabbccddeeff"
@@ -346,10 +390,24 @@ fn main() {
         device: Some(versions),
         issued_at: 1_767_225_800,
     };
+    let mut attested_vector = envelope_vector(
+        "authentication_response_with_app_attest_assertion",
+        MessageType::AuthenticationResponse,
+        &user_verification,
+        &uv_d,
+        &serde_json::to_value(&attested_response).expect("value"),
+    );
+    attested_vector["app_attest"] = json!({
+        "description": "client_data_hash is SHA-256 of the canonical JSON of the payload without app_attest_assertion (that is, of the authentication_response vector's canonical_payload); the assertion (CBOR {signature, authenticatorData}) is by the App Attest key below, app id ABCDE12345.com.example.bank, counter 1: signature = ECDSA P-256 SHA-256 (DER) over SHA-256(authenticatorData || client_data_hash).",
+        "client_data_hash": app_attest_client_data_hash,
+        "app_id": "ABCDE12345.com.example.bank",
+        "counter": 1,
+        "key": key_json("app attest key", &app_attest_key, &app_attest_d),
+    });
     write(
         &dir.join("answers.json"),
         &json!({
-            "description": "Signed answers of the device paired in envelopes.json (same keys): an approval signed with the user-verification key and a QR login approval signed with the possession key. Each carries `device`, the model, OS version and app version as the device is now (the server keeps the enrollment current from it); `device` is optional for devices built before it existed. Checked like envelopes.json, plus: the payload parses as the answer type.",
+            "description": "Signed answers of the device paired in envelopes.json (same keys): an approval signed with the user-verification key and a QR login approval signed with the possession key. Each carries `device`, the model, OS version and app version as the device is now (the server keeps the enrollment current from it); `device` is optional for devices built before it existed. The third is the first from an App Attested iOS device: it carries `app_attest_assertion`, made over SHA-256 of the answer's canonical JSON without it (see its `app_attest`). Checked like envelopes.json, plus: the payload parses as the answer type.",
             "vectors": [
                 envelope_vector(
                     "authentication_response",
@@ -365,6 +423,7 @@ fn main() {
                     &possession_d,
                     &serde_json::to_value(&qr_response).expect("value"),
                 ),
+                attested_vector,
             ],
         }),
     );

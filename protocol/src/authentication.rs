@@ -357,6 +357,25 @@ pub struct AuthenticationResponse {
     pub device: Option<DeviceVersions>,
     /// When the device signed it.
     pub issued_at: UnixSeconds,
+    /// Apple App Attest: an assertion of the App Attest key the enrollment's pairing attested
+    /// (`DCAppAttestService.generateAssertion`), unpadded base64url of Apple's CBOR
+    /// (`{"signature", "authenticatorData"}`), made over
+    /// [`AuthenticationResponse::app_attest_client_data_hash`]. Absent from devices without App
+    /// Attest (Android, simulators, devices built before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_attest_assertion: Option<String>,
+}
+
+impl AuthenticationResponse {
+    /// The `clientDataHash` an App Attest assertion of this answer is made over: SHA-256 of the
+    /// answer's canonical JSON without `app_attest_assertion` (which, being absent, is not
+    /// serialized). It binds the assertion to exactly this answer (request, nonce, decision,
+    /// number, amr, signals, time); the envelope's signature then covers the assertion too.
+    pub fn app_attest_client_data_hash(&self) -> Result<Sha256Digest, CanonicalError> {
+        let mut without = self.clone();
+        without.app_attest_assertion = None;
+        Sha256Digest::of_canonical(&without)
+    }
 }
 
 /// An authentication's state.

@@ -125,6 +125,15 @@ pub enum ErrorCode {
     /// A `locale` is not a well-formed BCP 47 language tag (`de`, `fr-CA`). A well-formed tag
     /// of a language the server does not ship is accepted and falls back to English.
     InvalidLocale,
+    /// The answer comes from an App Attested iOS enrollment without an App Attest assertion,
+    /// and the application (attestation `require`) or its policy asks for one.
+    AppAttestAssertionRequired,
+    /// The answer's App Attest assertion does not verify: malformed, not by the enrollment's
+    /// App Attest key, over other client data, or for another app (the message says which).
+    AppAttestAssertionInvalid,
+    /// The answer's App Attest assertion counter is not greater than the last one accepted (a
+    /// replayed assertion, or a racing answer took the counter first).
+    AppAttestCounterReplay,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -185,6 +194,9 @@ impl ErrorCode {
             ErrorCode::FidoCredentialCompromised => "fido_credential_compromised",
             ErrorCode::FidoCredentialNotFound => "fido_credential_not_found",
             ErrorCode::InvalidLocale => "invalid_locale",
+            ErrorCode::AppAttestAssertionRequired => "app_attest_assertion_required",
+            ErrorCode::AppAttestAssertionInvalid => "app_attest_assertion_invalid",
+            ErrorCode::AppAttestCounterReplay => "app_attest_counter_replay",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -205,7 +217,10 @@ impl ErrorCode {
             | ErrorCode::OtpInvalid
             | ErrorCode::AttestationRequired
             | ErrorCode::FidoVerificationFailed
-            | ErrorCode::InvalidLocale => 400,
+            | ErrorCode::InvalidLocale
+            | ErrorCode::AppAttestAssertionRequired
+            | ErrorCode::AppAttestAssertionInvalid => 400,
+            ErrorCode::AppAttestCounterReplay => 409,
             ErrorCode::Unauthorized => 401,
             ErrorCode::PolicyDenied => 403,
             ErrorCode::CrossOriginRefused => 403,

@@ -264,6 +264,11 @@ pub enum PolicyAction {
     Require {
         /// The methods, most preferred first.
         methods: Vec<PolicyMethod>,
+        /// Answers from an App Attested iOS enrollment must carry an App Attest assertion
+        /// (`docs/attestation.md`); refused with `app_attest_assertion_required` otherwise.
+        /// Other enrollments (Android, not App Attested) are unaffected.
+        #[serde(default, skip_serializing_if = "is_false")]
+        app_attest_assertion: bool,
     },
     /// Refused, with a reason shown to the user and returned to the relying party.
     Deny {
@@ -321,6 +326,14 @@ pub struct PolicyOutcome {
     /// With `require`: the methods allowed, most preferred first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<PolicyMethod>,
+    /// With `require`: answers from an App Attested iOS enrollment must carry an App Attest
+    /// assertion.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub app_attest_assertion: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// `GET /v1/policies` and each saved version.

@@ -424,6 +424,81 @@ pub struct AttestingKeyStore {
     root: Arc<attestation::TestCa>,
     kind: AttestationKind,
     serial: std::sync::atomic::AtomicU64,
+    /// The App Attest keys it attested, by key id (for [`TestAppAttester`]'s assertions).
+    app_attest_keys: AppAttestKeys,
+}
+
+/// App Attest keys by key id, shared by an [`AttestingKeyStore`] and its [`TestAppAttester`].
+pub type AppAttestKeys =
+    Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Arc<attestation::AppAttestKey>>>>;
+
+/// What a [`TestAppAttester`] makes of its next assertions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionMode {
+    /// Real assertions with the attested key, the counter rising by one each time (as Apple's).
+    Genuine,
+    /// Real assertions with the attested key, always with this counter (a replay, or a clone).
+    FixedCounter(u32),
+    /// Assertions by another App Attest key, counter rising.
+    OtherKey,
+    /// Bytes that are not an assertion.
+    Garbage,
+}
+
+/// A test App Attest asserter, as the iOS wrapper's `DCAppAttestService.generateAssertion`:
+/// real assertions (CBOR, ECDSA P-256) with the keys its [`AttestingKeyStore`] attested, or
+/// crafted ones as its [`AssertionMode`] says.
+pub struct TestAppAttester {
+    keys: AppAttestKeys,
+    counter: std::sync::atomic::AtomicU32,
+    mode: std::sync::Mutex<AssertionMode>,
+    other_key: attestation::AppAttestKey,
+    app_id: String,
+}
+
+impl TestAppAttester {
+    /// Makes the next assertions as `mode` says.
+    pub fn set_mode(&self, mode: AssertionMode) {
+        *self.mode.lock().expect("mode") = mode;
+    }
+
+    /// The counter the last genuine assertion carried.
+    pub fn last_counter(&self) -> u32 {
+        self.counter.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl tessera_core::AppAttestAsserter for TestAppAttester {
+    fn generate_assertion(
+        &self,
+        key_id: &[u8],
+        client_data_hash: &[u8],
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        let key = self
+            .keys
+            .lock()
+            .expect("keys")
+            .get(key_id)
+            .cloned()
+            .ok_or(KeyStoreError::NotFound)?;
+        let mode = *self.mode.lock().expect("mode");
+        let next = || {
+            self.counter
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1
+        };
+        Ok(match mode {
+            AssertionMode::Genuine => key.assertion(&self.app_id, next(), client_data_hash),
+            AssertionMode::FixedCounter(counter) => {
+                key.assertion(&self.app_id, counter, client_data_hash)
+            }
+            AssertionMode::OtherKey => {
+                self.other_key
+                    .assertion(&self.app_id, next(), client_data_hash)
+            }
+            AssertionMode::Garbage => vec![0xa2, 0x69, 0x73, 0x69, 0x67],
+        })
+    }
 }
 
 impl AttestingKeyStore {
@@ -440,7 +515,20 @@ impl AttestingKeyStore {
             root,
             kind,
             serial: std::sync::atomic::AtomicU64::new(first_serial),
+            app_attest_keys: AppAttestKeys::default(),
         }
+    }
+
+    /// An asserter with the App Attest keys this store attests (now and later), as the app id
+    /// the store attests for.
+    pub fn app_attester(&self) -> Arc<TestAppAttester> {
+        Arc::new(TestAppAttester {
+            keys: self.app_attest_keys.clone(),
+            counter: std::sync::atomic::AtomicU32::new(0),
+            mode: std::sync::Mutex::new(AssertionMode::Genuine),
+            other_key: attestation::AppAttestKey::new(),
+            app_id: format!("{TEST_TEAM_ID}.{}", attestation::TEST_PACKAGE),
+        })
     }
 }
 
@@ -505,7 +593,12 @@ impl KeyStore for AttestingKeyStore {
             client_data_hash: client_data_hash.to_vec(),
         };
         adjust(&mut spec);
-        let (key_id, attestation_object) = attestation::app_attest_object(&self.root, &spec);
+        let key = Arc::new(attestation::AppAttestKey::new());
+        let (key_id, attestation_object) = key.attestation_object(&self.root, &spec);
+        self.app_attest_keys
+            .lock()
+            .expect("keys")
+            .insert(key_id.clone(), key);
         Ok(Some(tessera_core::AppAttestation {
             key_id,
             attestation_object,
@@ -540,6 +633,34 @@ impl TestDevice {
                 .expect("open authenticator"),
         );
         TestDevice { auth, dir, config }
+    }
+
+    /// A new iOS device whose key store App Attests under `root` (as a registered app) and whose
+    /// app makes App Attest assertions with the returned test asserter (set on the device).
+    pub async fn app_attesting(
+        root: Arc<attestation::TestCa>,
+    ) -> (TestDevice, Arc<TestAppAttester>) {
+        let dir = Arc::new(TempDir::new().expect("temp dir"));
+        let config = device_config("iPhone 16");
+        let store = AttestingKeyStore::new(
+            &dir.path().join("keys"),
+            root,
+            AttestationKind::Apple {
+                adjust: Box::new(|_| {}),
+            },
+            0,
+        );
+        let attester = store.app_attester();
+        let key_store: Arc<dyn KeyStore> = Arc::new(store);
+        let storage: Arc<dyn SecureStorage> =
+            Arc::new(FileStorage::new(dir.path().join("state")).expect("storage"));
+        let auth = Arc::new(
+            Authenticator::open(config.clone(), key_store, storage)
+                .await
+                .expect("open authenticator"),
+        );
+        auth.set_app_attest_asserter(Some(attester.clone()));
+        (TestDevice { auth, dir, config }, attester)
     }
 }
 

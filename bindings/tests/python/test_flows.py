@@ -79,6 +79,27 @@ class RecordingKeyStore(t.PlatformKeyStore):
         return None
 
 
+class AppAttestingKeyStore(RecordingKeyStore):
+    """A key store that App Attests its pairings as an iPhone would (the object is not a real
+    one: the test server's attestation setting is `off`, so it is not verified)."""
+
+    KEY_ID = bytes(range(32))
+
+    def attest_app(self, client_data_hash):
+        return t.AppAttestationResult(key_id=self.KEY_ID, attestation_object=b"\xa0")
+
+
+class RecordingAsserter(t.AppAttestAsserter):
+    """The app's App Attest asserter (iOS: DCAppAttestService.generateAssertion)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate_assertion(self, key_id, client_data_hash):
+        self.calls.append((bytes(key_id), bytes(client_data_hash)))
+        return b"\xa2isignature@qauthenticatorData@"
+
+
 def config(push=None):
     return t.AuthenticatorConfig(
         device=t.DeviceInfo(model="Pixel 8", os_name="Android", os_version="15",
@@ -223,6 +244,34 @@ class Flows(unittest.TestCase):
             status = self.server.authentication(created["authentication_id"], wait=5)
             self.assertEqual(status["state"], "approved")
             self.assertEqual(status["decision"], "approve")
+
+        run(flow())
+
+    def test_an_app_attested_enrollments_answers_ask_the_apps_asserter(self):
+        async def flow():
+            device = await Device(key_store=AppAttestingKeyStore()).open()
+            asserter = RecordingAsserter()
+            device.set_app_attest_asserter(asserter)
+            erin = self.user("erin")
+            await self.paired(device, erin)
+            created = self.server.authenticate(erin)
+            push = self.next_push(created["authentication_id"])
+            outcome = await device.handle_push(json.dumps(push["data"]))
+            recorded = await device.approve(outcome.request, None)
+            self.assertEqual(recorded.state, t.RequestState.APPROVED)
+            # Asked once, for the attested key, with the answer's 32-byte client data hash.
+            self.assertEqual(len(asserter.calls), 1)
+            key_id, client_data_hash = asserter.calls[0]
+            self.assertEqual(key_id, AppAttestingKeyStore.KEY_ID)
+            self.assertEqual(len(client_data_hash), 32)
+            # Without an asserter the answer goes without an assertion.
+            device.set_app_attest_asserter(None)
+            created = self.server.authenticate(erin)
+            push = self.next_push(created["authentication_id"])
+            outcome = await device.handle_push(json.dumps(push["data"]))
+            recorded = await device.approve(outcome.request, None)
+            self.assertEqual(recorded.state, t.RequestState.APPROVED)
+            self.assertEqual(len(asserter.calls), 1)
 
         run(flow())
 

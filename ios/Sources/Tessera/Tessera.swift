@@ -128,14 +128,26 @@ public final class Tessera: @unchecked Sendable {
     /// Notification Service Extension, if it handles pushes too.
     public static func open(config: AuthenticatorConfig, accessGroup: String? = nil) async throws -> Tessera {
         let verifier = LocalAuthenticationVerifier()
-        return try await open(
+        let tessera = try await open(
             config: config,
             keyStore: SecureEnclaveKeyStore(accessGroup: accessGroup, authentication: verifier.authentication),
             storage: KeychainStorage(accessGroup: accessGroup),
             userVerifier: verifier)
+        // The Secure Enclave key store App Attests pairings where App Attest is supported; their
+        // answers then carry assertions.
+        tessera.setAppAttestAsserter(AppAttestService())
+        return tessera
     }
 
     public var deviceId: String { sdk.deviceId() }
+
+    /// Sets (or with nil removes) the App Attest asserter: answers of enrollments whose pairing
+    /// was App Attested then carry an assertion ([AppAttestService] uses `DCAppAttestService`).
+    /// An application with attestation `require`, or a policy asking for assertions, refuses such
+    /// answers without one.
+    public func setAppAttestAsserter(_ asserter: AppAttestAsserter?) {
+        sdk.setAppAttestAsserter(asserter: asserter)
+    }
 
     /// Pairs with a scanned `tessera://pair?…` URI, or a typed code plus the server's URL.
     public func pair(_ codeOrUri: String, server: String? = nil) async throws -> Enrollment {

@@ -547,6 +547,28 @@ pub(crate) async fn signature_failed(
     record(ctx, event).await;
 }
 
+/// An answer's App Attest assertion was refused (`code`: `app_attest_counter_replay`,
+/// `app_attest_assertion_invalid` or `app_attest_assertion_required`; `check`: which check,
+/// never a submitted value). The answer is signed by the enrollment's key, so this is recorded
+/// every time (a replay is worth seeing each time it happens).
+pub(crate) async fn app_attest_assertion_refused(
+    ctx: &Ctx,
+    device: &Enrollment,
+    authentication_id: &str,
+    client_ip: Option<&str>,
+    code: &'static str,
+    check: &str,
+) {
+    let event = Event::new("app_attest.assertion_refused", Actor::Device, "refused")
+        .app(&device.application_id)
+        .user(&device.user_id)
+        .device(&device.enrollment_id)
+        .subject(authentication_id)
+        .client_ip(client_ip)
+        .details(json!({ "code": code, "check": check }));
+    record(ctx, event).await;
+}
+
 /// A device was removed: by the customer, by itself, or with its user.
 pub(crate) async fn device_removed(
     ctx: &Ctx,

@@ -20,10 +20,11 @@ use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::{DeviceRegistration, DeviceSignals, DeviceVersions};
-use tessera_protocol::policy::{PolicyEffect, PolicyMethod, RequestKind};
+use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, RequestKind};
 
+use super::attestation::assertions::{self, AnswerAssertion, AssertionCheck};
 use super::events::{Topic, wait_for};
-use super::outcome::{self, Ending};
+use super::outcome::{self, Ending, Taken};
 use super::{Ctx, DomainError};
 use crate::store::applications::Application;
 use crate::store::authentications::{self, Authentication};
@@ -1110,7 +1111,60 @@ pub(crate) async fn answer(
             attributes: &attrs_json,
         }
     };
-    if let Some(recorded) = outcome::record_on(ctx, conn, &id, ending).await? {
+    // App Attest: an App Attested iOS enrollment proves the answer with an assertion (when it
+    // sends one, or the application or the request's policy asks for one). Its counter is taken
+    // in the answer's own write below.
+    let assertion = AnswerAssertion {
+        device: &device,
+        response: &response,
+        required_by_policy: record
+            .policy
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<PolicyOutcome>(p).ok())
+            .is_some_and(|p| p.app_attest_assertion),
+        authentication_id: id.as_str(),
+        client_ip: client,
+    };
+    let counter = match assertions::check_answer(&mut conn, &assertion).await? {
+        AssertionCheck::Nothing => None,
+        AssertionCheck::Take(counter) => Some(counter),
+        AssertionCheck::Refused(code, check) => {
+            // Given back first: the look-up of a retry and the audit record take their own.
+            drop(conn);
+            if code == ErrorCode::AppAttestCounterReplay
+                && let Some(again) = recorded_again(ctx, &id, signed_response).await?
+            {
+                return Ok(again);
+            }
+            return Err(assertions::refuse(ctx, &assertion, code, &check).await);
+        }
+    };
+    let recorded = match counter {
+        None => outcome::record_on(ctx, conn, &id, ending).await?,
+        Some(counter) => {
+            // The counter's transaction takes its own connection: give this one back first.
+            drop(conn);
+            match outcome::record_taking_counter(ctx, &id, ending, &device.enrollment_id, counter)
+                .await?
+            {
+                Taken::Recorded(recorded) => Some(*recorded),
+                Taken::NotRecorded => None,
+                Taken::CounterReplay => {
+                    if let Some(again) = recorded_again(ctx, &id, signed_response).await? {
+                        return Ok(again);
+                    }
+                    return Err(assertions::refuse(
+                        ctx,
+                        &assertion,
+                        ErrorCode::AppAttestCounterReplay,
+                        "the App Attest assertion's counter was taken by another answer",
+                    )
+                    .await);
+                }
+            }
+        }
+    };
+    if let Some(recorded) = recorded {
         remember_answered_device(ctx, &device, &answered_device).await;
         if wrong_number {
             tracing::warn!(authentication_id = %id, "number matching answered with another number: denied");
@@ -1162,6 +1216,23 @@ pub(crate) async fn answer(
             "the authentication was already answered",
         )),
     }
+}
+
+/// The outcome recorded for `id` when it was recorded with exactly `signed_response` (a retry
+/// of an answer whose reply was lost): its App Attest counter was taken then.
+async fn recorded_again(
+    ctx: &Ctx,
+    id: &AuthenticationId,
+    signed_response: &str,
+) -> Result<Option<ResponseRecorded>, DomainError> {
+    let current = load(ctx, id).await?;
+    Ok(
+        (current.signed_response.as_deref() == Some(signed_response)).then(|| ResponseRecorded {
+            authentication_id: id.clone(),
+            state: current.state,
+            denial_reason: current.denial_reason,
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -26,7 +26,9 @@ use super::events::Topic;
 use super::{Ctx, DomainError};
 use crate::metrics::{EndLabels, ReasonLabels};
 use crate::store::authentications::{self, Authentication};
+use crate::store::enrollments;
 use crate::store::{Engine, StoreError};
+use tessera_protocol::ids::EnrollmentId;
 
 /// Something that happened, announced after it was stored.
 #[derive(Debug, Clone)]
@@ -70,6 +72,50 @@ pub(crate) enum Ending<'a> {
     },
     /// Whoever asked withdrew it (its flow was cancelled): it fails with reason `canceled`.
     Canceled,
+}
+
+/// What [`record_taking_counter`] did.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// The answer and the counter were recorded; the record as stored after it.
+    Recorded(Box<Authentication>),
+    /// Another ending won (or it expired): nothing was written.
+    NotRecorded,
+    /// The App Attest counter was not greater than the stored one (a replay, or a racing answer
+    /// with the same counter took it first): nothing was written.
+    CounterReplay,
+}
+
+/// Records a signed answer (`Ending::Answer` or `Ending::WrongNumber`) together with its App
+/// Attest assertion's counter, in one transaction: the counter is taken first, conditionally
+/// (`UPDATE … SET counter = $new WHERE … AND counter < $new`), then the answer's own conditional
+/// update; if either finds nothing to change, the transaction rolls back and nothing is written.
+/// Announces a recorded ending as [`record`] does.
+pub(crate) async fn record_taking_counter(
+    ctx: &Ctx,
+    id: &AuthenticationId,
+    ending: Ending<'_>,
+    enrollment: &EnrollmentId,
+    counter: u32,
+) -> Result<Taken, DomainError> {
+    if !matches!(ending, Ending::Answer { .. } | Ending::WrongNumber { .. }) {
+        return Err(DomainError::Internal(
+            "only a signed answer carries an App Attest counter",
+        ));
+    }
+    let mut tx = ctx.db.begin_write().await?;
+    if !enrollments::take_app_attest_counter(&mut tx, enrollment, counter).await? {
+        tx.rollback().await.map_err(StoreError::from)?;
+        return Ok(Taken::CounterReplay);
+    }
+    // The ending's own write rolls the whole transaction back (the counter with it) when
+    // another ending won.
+    Ok(match write_ending(ctx, tx, id, ending).await? {
+        Some((record, announced)) => {
+            Taken::Recorded(Box::new(after_ending(ctx, record, announced).await))
+        }
+        None => Taken::NotRecorded,
+    })
 }
 
 /// Records `ending` if the authentication is still pending and unexpired, then announces it.

@@ -348,8 +348,12 @@ async fn create_enrollment(
     // without a valid one is refused here, before anything is written (the transaction, and
     // with it the code's consumption, rolls back).
     let attestation_settings = applications::attestation_settings(&ctx.db, &app.id).await?;
-    let attestation =
+    let checked_attestation =
         super::attestation::check_registration(&ctx.attestation, &attestation_settings, reg)?;
+    let (attestation, app_attest_key) = match checked_attestation {
+        Some(checked) => (Some(checked.record), checked.app_attest_key),
+        None => (None, None),
+    };
     let device_key_thumbprint = reg.device_key.thumbprint();
     let enrollment_id = EnrollmentId::generate();
     let verifier = device_verification::verifier(tx, &app.id, user_id).await?;
@@ -448,6 +452,9 @@ async fn create_enrollment(
     };
     if let Err(e) = enrollments::insert(tx, &enrollment).await {
         return Ok(Err(e));
+    }
+    if let Some(key) = &app_attest_key {
+        enrollments::set_app_attest_key(tx, &enrollment.enrollment_id, key).await?;
     }
     if let Some(seed) = &otp_seed {
         crate::store::otp::set_seed(tx, ctx.db.secrets()?, &enrollment.enrollment_id, seed).await?;

@@ -723,9 +723,20 @@ pub async fn attestation_settings(
     db: &Database,
     id: &ApplicationId,
 ) -> Result<tessera_protocol::api::AttestationSettings, StoreError> {
+    attestation_settings_on(db.pool(), id).await
+}
+
+/// [`attestation_settings`] on a connection the request already holds.
+pub async fn attestation_settings_on<'e, E>(
+    executor: E,
+    id: &ApplicationId,
+) -> Result<tessera_protocol::api::AttestationSettings, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query("SELECT attestation_settings FROM applications WHERE id = $1")
         .bind(id.as_str())
-        .fetch_optional(db.pool())
+        .fetch_optional(executor)
         .await?
         .ok_or(StoreError::NotFound("application"))?;
     match row.try_get::<Option<String>, _>("attestation_settings")? {

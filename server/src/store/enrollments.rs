@@ -645,3 +645,177 @@ pub async fn set_held_status(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The App Attest key an enrollment's pairing attested, and the highest assertion counter
+/// accepted for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppAttestKey {
+    /// The key, an uncompressed SEC1 point (public).
+    pub public_key: Vec<u8>,
+    /// The highest assertion counter accepted (0: none yet, as the attestation left it).
+    pub counter: u32,
+}
+
+/// Keeps the App Attest key the pairing of `id` attested, with counter 0 (inside the pairing's
+/// transaction, after [`insert`]).
+pub async fn set_app_attest_key(
+    conn: &mut AnyConnection,
+    id: &EnrollmentId,
+    public_key: &[u8],
+) -> Result<(), StoreError> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key);
+    sqlx::query(
+        "UPDATE enrollments SET app_attest_public_key = $1, app_attest_counter = 0 \
+         WHERE enrollment_id = $2",
+    )
+    .bind(encoded)
+    .bind(id.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The App Attest key of enrollment `id`, if its pairing was App Attested.
+pub async fn app_attest_key(
+    db: &Database,
+    id: &EnrollmentId,
+) -> Result<Option<AppAttestKey>, StoreError> {
+    app_attest_key_on(db.pool(), id).await
+}
+
+/// [`app_attest_key`] on a connection the request already holds.
+pub async fn app_attest_key_on<'e, E>(
+    executor: E,
+    id: &EnrollmentId,
+) -> Result<Option<AppAttestKey>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    use base64::Engine;
+    let row = sqlx::query(
+        "SELECT app_attest_public_key, app_attest_counter FROM enrollments \
+         WHERE enrollment_id = $1 AND app_attest_public_key IS NOT NULL",
+    )
+    .bind(id.as_str())
+    .fetch_optional(executor)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let encoded: String = row.try_get("app_attest_public_key")?;
+    let counter: Option<i64> = row.try_get("app_attest_counter")?;
+    let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| StoreError::Corrupted("an App Attest key is not base64url"))?;
+    let counter = u32::try_from(counter.unwrap_or(0))
+        .map_err(|_| StoreError::Corrupted("an App Attest counter is out of range"))?;
+    Ok(Some(AppAttestKey {
+        public_key,
+        counter,
+    }))
+}
+
+/// Takes an App Attest assertion's counter for enrollment `id`: stores `counter` only where the
+/// stored one is lower, in one conditional update (run it inside the answer's transaction).
+/// `false`: the stored counter is already `counter` or higher (a replay, or a racing answer
+/// with the same counter took it first) and nothing changed.
+pub async fn take_app_attest_counter(
+    conn: &mut AnyConnection,
+    id: &EnrollmentId,
+    counter: u32,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET app_attest_counter = $1 \
+         WHERE enrollment_id = $2 AND app_attest_public_key IS NOT NULL \
+         AND app_attest_counter < $1",
+    )
+    .bind(i64::from(counter))
+    .bind(id.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn enrollment_row(db: &Database, app: &ApplicationId, id: &EnrollmentId) {
+        sqlx::query(
+            "INSERT INTO enrollments (enrollment_id, application_id, user_id, device_id, \
+             possession_key, user_verification_key, device_info, signals, push, push_provider, \
+             is_primary, registration_digest, server_payload, paired_at, last_seen_at) \
+             VALUES ($1, $2, 'alice', 'dev', '{}', '{}', '{}', '{}', '{}', 'none', 1, $1, 'p', 0, 0)",
+        )
+        .bind(id.as_str())
+        .bind(app.as_str())
+        .execute(db.writer())
+        .await
+        .expect("enrollment");
+    }
+
+    async fn take(db: &Database, id: &EnrollmentId, counter: u32) -> bool {
+        let mut tx = db.begin_write().await.expect("transaction");
+        let taken = take_app_attest_counter(&mut tx, id, counter)
+            .await
+            .expect("take");
+        tx.commit().await.expect("commit");
+        taken
+    }
+
+    #[tokio::test]
+    async fn the_app_attest_counter_is_taken_once_and_only_upwards() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("counter.db").display());
+        let db = Database::connect(&url, 4).await.expect("database");
+        let app = super::super::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        super::super::applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        let attested = EnrollmentId::generate();
+        let plain = EnrollmentId::generate();
+        enrollment_row(&db, &app.id, &attested).await;
+        enrollment_row(&db, &app.id, &plain).await;
+        let key = vec![4u8; 65];
+        let mut conn = db.writer().acquire().await.expect("connection");
+        set_app_attest_key(&mut conn, &attested, &key)
+            .await
+            .expect("set");
+        drop(conn);
+        assert_eq!(
+            app_attest_key(&db, &attested).await.expect("read"),
+            Some(AppAttestKey {
+                public_key: key.clone(),
+                counter: 0
+            })
+        );
+        // An enrollment without an App Attest key has none, and takes nothing.
+        assert_eq!(app_attest_key(&db, &plain).await.expect("read"), None);
+        assert!(!take(&db, &plain, 1).await);
+        assert!(take(&db, &attested, 3).await);
+        assert!(!take(&db, &attested, 3).await, "the same counter again");
+        assert!(!take(&db, &attested, 2).await, "a lower counter");
+        assert!(take(&db, &attested, 4).await);
+        // A burst of takes of one counter: exactly one wins.
+        let takes = (0..8).map(|_| take(&db, &attested, 9));
+        let won = futures_util::future::join_all(takes)
+            .await
+            .into_iter()
+            .filter(|t| *t)
+            .count();
+        assert_eq!(won, 1);
+        assert_eq!(
+            app_attest_key(&db, &attested)
+                .await
+                .expect("read")
+                .map(|k| k.counter),
+            Some(9)
+        );
+        db.close().await;
+    }
+}

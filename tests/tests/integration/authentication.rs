@@ -412,6 +412,7 @@ fn answer(
         location: None,
         device: None,
         issued_at: now(),
+        app_attest_assertion: None,
     }
 }
 

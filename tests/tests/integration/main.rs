@@ -9,6 +9,7 @@
 mod additional_devices;
 mod api_contract;
 mod attestation;
+mod attestation_assertions;
 mod audit;
 mod authentication;
 mod bypass;

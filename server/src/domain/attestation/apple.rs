@@ -196,8 +196,16 @@ impl ParsedAssertion {
         let bytes = STANDARD
             .decode(assertion_b64)
             .map_err(|_| malformed("the assertion is not base64"))?;
-        let value: Value = ciborium::de::from_reader(bytes.as_slice())
-            .map_err(|_| malformed("the assertion is not CBOR"))?;
+        Self::from_cbor(&bytes)
+    }
+
+    /// Parses an assertion's CBOR bytes (as `generateAssertion` returns them).
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, AttestationError> {
+        if bytes.len() > MAX_ASSERTION_BYTES {
+            return Err(malformed("the assertion is too large"));
+        }
+        let value: Value =
+            ciborium::de::from_reader(bytes).map_err(|_| malformed("the assertion is not CBOR"))?;
         let map = value
             .as_map()
             .ok_or(malformed("the assertion is not a map"))?;
@@ -244,6 +252,41 @@ pub fn verify_assertion(
     stored_counter: u32,
 ) -> Result<VerifiedAssertion, AttestationError> {
     let assertion = ParsedAssertion::parse(assertion_b64)?;
+    verify_parsed_assertion(
+        public_key,
+        app_id_hashes,
+        client_data_hash,
+        &assertion,
+        stored_counter,
+    )
+}
+
+/// [`verify_assertion`] of an assertion's CBOR bytes (an answer's `app_attest_assertion`, once
+/// its base64url is decoded).
+pub fn verify_assertion_cbor(
+    public_key: &[u8],
+    app_id_hashes: &[[u8; 32]],
+    client_data_hash: &[u8],
+    assertion_cbor: &[u8],
+    stored_counter: u32,
+) -> Result<VerifiedAssertion, AttestationError> {
+    let assertion = ParsedAssertion::from_cbor(assertion_cbor)?;
+    verify_parsed_assertion(
+        public_key,
+        app_id_hashes,
+        client_data_hash,
+        &assertion,
+        stored_counter,
+    )
+}
+
+fn verify_parsed_assertion(
+    public_key: &[u8],
+    app_id_hashes: &[[u8; 32]],
+    client_data_hash: &[u8],
+    assertion: &ParsedAssertion,
+    stored_counter: u32,
+) -> Result<VerifiedAssertion, AttestationError> {
     let mut hasher = Sha256::new();
     hasher.update(&assertion.authenticator_data);
     hasher.update(client_data_hash);

@@ -9,6 +9,7 @@
 
 pub mod android;
 pub mod apple;
+pub(crate) mod assertions;
 mod chain;
 pub(crate) mod settings;
 
@@ -152,6 +153,16 @@ pub fn parse_revocation_status(json: &str) -> Result<HashSet<String>, TrustConfi
     Ok(serials)
 }
 
+/// What a pairing's attestation proved, and the App Attest key later answers' assertions are
+/// verified with (App Attest by an app the application registered only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CheckedAttestation {
+    /// What is recorded on the enrollment.
+    pub record: EnrollmentAttestation,
+    /// The attested App Attest key (uncompressed SEC1), to be kept with counter 0.
+    pub app_attest_key: Option<Vec<u8>>,
+}
+
 /// Verifies the registration's attestation for an application's settings. `Ok(None)`: nothing
 /// to record (mode `off`, or `report` and no or an invalid attestation). Under `require` a
 /// missing or failed attestation, or one that falls short of [`meets_requirements`], is refused
@@ -160,7 +171,7 @@ pub(crate) fn check_registration(
     trust: &AttestationTrust,
     settings: &AttestationSettings,
     registration: &DeviceRegistration,
-) -> Result<Option<EnrollmentAttestation>, DomainError> {
+) -> Result<Option<CheckedAttestation>, DomainError> {
     if settings.mode == AttestationMode::Off {
         return Ok(None);
     }
@@ -191,7 +202,11 @@ pub(crate) fn check_registration(
             user_verification_chain,
             &registration.possession_key,
             &registration.user_verification_key,
-        ),
+        )
+        .map(|record| CheckedAttestation {
+            record,
+            app_attest_key: None,
+        }),
         RegistrationAttestation::AppleAppAttest {
             key_id,
             attestation_object,
@@ -202,12 +217,16 @@ pub(crate) fn check_registration(
             key_id,
             attestation_object,
         )
-        .map(|verified| verified.record),
+        .map(|verified| CheckedAttestation {
+            // Assertions name their app by its hash: only a registered app's can be checked.
+            app_attest_key: verified.record.app_verified.then_some(verified.public_key),
+            record: verified.record,
+        }),
     };
     match verified {
-        Ok(record) => match shortfall(&record) {
+        Ok(checked) => match shortfall(&checked.record) {
             Some(why) if required => Err(refuse(why.into())),
-            _ => Ok(Some(record)),
+            _ => Ok(Some(checked)),
         },
         Err(e) => {
             tracing::info!(error = %e, "a pairing's attestation did not verify");

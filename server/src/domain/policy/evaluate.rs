@@ -106,6 +106,9 @@ pub struct PolicyDecision {
     pub reason: String,
     /// With `require`: the methods, most preferred first.
     pub methods: Vec<PolicyMethod>,
+    /// With `require`: answers from an App Attested iOS enrollment must carry an App Attest
+    /// assertion.
+    pub app_attest_assertion: bool,
     /// The values the decision looked at.
     pub looked_at: BTreeMap<String, Value>,
     /// With a `limit_push` that let the request through: the limit, which the path takes again
@@ -143,6 +146,7 @@ impl PolicyDecision {
             effect: self.effect,
             reason: self.reason.clone(),
             methods: self.methods.clone(),
+            app_attest_assertion: self.app_attest_assertion,
         }
     }
 
@@ -155,6 +159,7 @@ impl PolicyDecision {
             effect: PolicyEffect::Deny,
             reason: reason.into(),
             methods: Vec::new(),
+            app_attest_assertion: false,
             looked_at: BTreeMap::new(),
             push_limit: None,
         }
@@ -250,7 +255,7 @@ fn parse_clock(text: &str) -> Option<u32> {
 fn check_action(place: &str, action: &PolicyAction) -> Result<(), PolicyError> {
     match action {
         PolicyAction::Approve => Ok(()),
-        PolicyAction::Require { methods } => {
+        PolicyAction::Require { methods, .. } => {
             if methods.is_empty() {
                 return Err(refused(place, "require names no method"));
             }
@@ -551,7 +556,7 @@ impl CompiledPolicy {
                 format!("approved by rule \"{rule}\" without user action"),
                 Vec::new(),
             ),
-            PolicyAction::Require { methods } => (
+            PolicyAction::Require { methods, .. } => (
                 PolicyEffect::Require,
                 format!(
                     "rule \"{rule}\" requires {}",
@@ -591,6 +596,14 @@ impl CompiledPolicy {
                 }
             }
         };
+        let app_attest_assertion = effect == PolicyEffect::Require
+            && matches!(
+                action,
+                PolicyAction::Require {
+                    app_attest_assertion: true,
+                    ..
+                }
+            );
         PolicyDecision {
             version: self.version,
             rule: rule.to_string(),
@@ -598,6 +611,7 @@ impl CompiledPolicy {
             effect,
             reason,
             methods,
+            app_attest_assertion,
             looked_at,
             push_limit,
         }

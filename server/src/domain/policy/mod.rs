@@ -624,6 +624,8 @@ pub(crate) async fn outcome_for(
         effect,
         reason: d.reason,
         methods: stored_methods(&d.methods),
+        // Not kept with recorded decisions: it acts on the request's own copy of the outcome.
+        app_attest_assertion: false,
     }))
 }
 
