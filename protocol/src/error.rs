@@ -125,6 +125,9 @@ pub enum ErrorCode {
     /// A `locale` is not a well-formed BCP 47 language tag (`de`, `fr-CA`). A well-formed tag
     /// of a language the server does not ship is accepted and falls back to English.
     InvalidLocale,
+    /// A flow was asked to start without a user (a passkey sign-in) for an application whose
+    /// FIDO settings do not register discoverable credentials (`discoverable_credentials`).
+    PasskeysNotEnabled,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -185,6 +188,7 @@ impl ErrorCode {
             ErrorCode::FidoCredentialCompromised => "fido_credential_compromised",
             ErrorCode::FidoCredentialNotFound => "fido_credential_not_found",
             ErrorCode::InvalidLocale => "invalid_locale",
+            ErrorCode::PasskeysNotEnabled => "passkeys_not_enabled",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -210,6 +214,7 @@ impl ErrorCode {
             ErrorCode::PolicyDenied => 403,
             ErrorCode::CrossOriginRefused => 403,
             ErrorCode::FidoCredentialCompromised => 403,
+            ErrorCode::PasskeysNotEnabled => 403,
             ErrorCode::FidoCredentialNotFound => 404,
             ErrorCode::NotFound
             | ErrorCode::UserNotFound

@@ -39,9 +39,16 @@
 //   click ACTION      press the button of that flow action (authenticate, useCode, resendOtp,
 //                     continueAuthentication, cancelAuthentication, …) with the keyboard
 //   type CODE         type CODE into the passcode field and press Enter
+//   recovery CODE     open the recovery-code form ("use a recovery code") and submit CODE
+//   open URL          (with --stay) load another prompt URL in the same page, with the same
+//                     virtual authenticator and its credentials
 // Flags do the same automatically: --pick-device N on DEVICE_SELECTION_REQUIRED, --use-code on
 // PUSH_CONFIRMATION_WAITING, --type-code-from FILE on OTP_REQUIRED (waits for FILE to hold a
 // code), --click ACTION on the first state offering it.
+//
+// --stay keeps the browser after a final state (FINAL, TEXT, RETURNED are printed as usual, then
+// `READY`): the test sends `open URL` for the next page, so one browser serves a whole test
+// (Chromium's start and shutdown are the slow part). The script ends when stdin closes.
 
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import readline from "node:readline";
@@ -51,7 +58,7 @@ const FINAL = new Set(["MFA_COMPLETED", "MFA_FAILED", "CANCELED", "INVALID"]);
 const ROOT = "#prompt";
 
 function parseArgs(argv) {
-  const args = { url: null, returnPrefix: null, pickDevice: null, useCode: false, codeFile: null, click: null, acceptLanguage: null, width: 360, timeout: 120, authenticator: null, importCredentials: null, exportCredentials: null, dropAllowCredentials: false };
+  const args = { url: null, returnPrefix: null, pickDevice: null, useCode: false, codeFile: null, click: null, acceptLanguage: null, width: 360, timeout: 120, authenticator: null, importCredentials: null, exportCredentials: null, dropAllowCredentials: false, stay: false };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (a === "--return-prefix") args.returnPrefix = argv[++i];
@@ -66,6 +73,7 @@ function parseArgs(argv) {
     else if (a === "--import-credentials") args.importCredentials = argv[++i];
     else if (a === "--export-credentials") args.exportCredentials = argv[++i];
     else if (a === "--drop-allow-credentials") args.dropAllowCredentials = true;
+    else if (a === "--stay") args.stay = true;
     else if (!args.url && !a.startsWith("--")) args.url = a;
     else throw new Error(`unknown argument ${a}`);
   }
@@ -133,6 +141,12 @@ async function main() {
       commands.push(line.trim());
       if (wakeUp) wakeUp();
     }
+  });
+  rl.on("close", async () => {
+    if (!args.stay) return;
+    if (webauthn) await webauthn.finish(null).catch(() => {});
+    await browser.close().catch(() => {});
+    process.exit(0);
   });
   const next = () =>
     new Promise((resolve) => {
@@ -204,6 +218,29 @@ async function main() {
       await b.first().waitFor({ state: "visible", timeout: 10000 });
       await b.first().focus();
       await page.keyboard.press("Enter");
+    } else if (verb === "recovery") {
+      const open = page.locator('button[data-action="useRecoveryCode"]');
+      const input = page.locator("#recovery-code");
+      if (!(await input.count())) {
+        await open.first().waitFor({ state: "visible", timeout: 10000 });
+        await open.first().focus();
+        await page.keyboard.press("Enter");
+      }
+      await input.waitFor({ state: "visible", timeout: 10000 });
+      await input.fill("");
+      await input.focus();
+      await page.keyboard.type(arg);
+      await page.keyboard.press("Enter");
+    } else if (verb === "open" && args.stay) {
+      last = "";
+      firstStateAt = null;
+      typedFromFile = false;
+      pickedAuto = false;
+      usedCode = false;
+      clicked = false;
+      events.length = 0;
+      const next = await page.goto(arg, { waitUntil: "domcontentloaded" });
+      if (!next || !next.ok()) await fail(`page load: HTTP ${next ? next.status() : "?"}`);
     } else if (verb === "type") {
       const input = page.locator("#otp");
       await input.waitFor({ state: "visible", timeout: 10000 });
@@ -262,10 +299,14 @@ async function main() {
       const text = await page.locator(ROOT).innerText();
       say(`FINAL ${event.state}`);
       say(`TEXT ${text}`);
-      if (webauthn) await webauthn.finish(event.at);
+      if (webauthn) await webauthn.finish(event.at, args.stay);
       if (event.state !== "INVALID" && args.returnPrefix) {
         await page.waitForURL((u) => u.href.startsWith(args.returnPrefix), { timeout: 15000 });
         say(`RETURNED ${page.url()}`);
+      }
+      if (args.stay) {
+        say("READY");
+        continue;
       }
       clearTimeout(deadline);
       await browser.close();
@@ -352,13 +393,18 @@ async function addAuthenticator(context, page, args) {
     }
   }
   return {
-    async finish(endedAt) {
+    // The end of a page (endedAt: when it reached its final state; null when the script
+    // ends). With keep, the authenticator stays for the next page.
+    async finish(endedAt, keep) {
+      if (endedAt !== null) {
+        const started = await page.evaluate(() => window.__tesseraFidoStart).catch(() => undefined);
+        if (started !== undefined) say(`FIDO elapsed_ms=${Math.round(endedAt - started)}`);
+      }
+      if (keep) return;
       if (args.exportCredentials) {
         const { credentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
         writeFileSync(args.exportCredentials, JSON.stringify(credentials));
       }
-      const started = await page.evaluate(() => window.__tesseraFidoStart).catch(() => undefined);
-      if (started !== undefined) say(`FIDO elapsed_ms=${Math.round(endedAt - started)}`);
       // A virtual authenticator left attached holds the browser's shutdown for seconds.
       await cdp.send("WebAuthn.removeVirtualAuthenticator", { authenticatorId }).catch(() => {});
       await cdp.send("WebAuthn.disable").catch(() => {});

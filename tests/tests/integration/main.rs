@@ -50,3 +50,5 @@ mod retention;
 mod secrets;
 mod tokens;
 mod webhooks;
+mod passkey;
+mod recovery_browser;
