@@ -177,6 +177,7 @@ async function main() {
             lang: document.documentElement.lang,
             heading: text("heading"),
             error: text("error"),
+            code: (document.getElementById("error") || { getAttribute: () => null }).getAttribute("data-code"),
             devices: document.querySelectorAll("ul.devices button").length,
             qr: !!document.getElementById("flow-qr"),
           },
@@ -238,6 +239,9 @@ async function main() {
       pickedAuto = false;
       usedCode = false;
       clicked = false;
+      // Through a blank page: two prompt URLs differ only in their fragment, and going from
+      // one to the other would not load the page again.
+      await page.goto("about:blank");
       events.length = 0;
       const next = await page.goto(arg, { waitUntil: "domcontentloaded" });
       if (!next || !next.ok()) await fail(`page load: HTTP ${next ? next.status() : "?"}`);
@@ -350,6 +354,7 @@ async function addAuthenticator(context, page, args) {
   const uv = flag === "uv";
   if (args.dropAllowCredentials) {
     await page.addInitScript(() => {
+      if (!window.navigator.credentials) return;
       const get = navigator.credentials.get.bind(navigator.credentials);
       navigator.credentials.get = (options) => {
         if (options && options.publicKey) options.publicKey.allowCredentials = [];
@@ -358,6 +363,7 @@ async function addAuthenticator(context, page, args) {
     });
   }
   await page.addInitScript(() => {
+    if (!window.navigator.credentials) return; // not a secure context (about:blank)
     const wrap = (name) => {
       const original = navigator.credentials[name].bind(navigator.credentials);
       navigator.credentials[name] = (options) => {

@@ -152,10 +152,9 @@ struct Flow {
 impl Flow {
     /// The flow's user: every step past a passkey sign-in's assertion has one.
     fn user(&self) -> Result<&UserId, DomainError> {
-        self.stored
-            .user_id
-            .as_ref()
-            .ok_or(DomainError::Internal("a step needing a user reached a flow without one"))
+        self.stored.user_id.as_ref().ok_or(DomainError::Internal(
+            "a step needing a user reached a flow without one",
+        ))
     }
 
     /// A passkey sign-in still waiting for the passkey that names its user.
@@ -2064,14 +2063,8 @@ async fn start_registration(
             "startRegistration registers a missing mandatory method: SECURITY_KEY or PLATFORM",
         ));
     }
-    let (options, ceremony_id) = fido::registration::start(
-        ctx,
-        app,
-        flow.user()?,
-        flow.stored.id.as_str(),
-        method,
-    )
-    .await?;
+    let (options, ceremony_id) =
+        fido::registration::start(ctx, app, flow.user()?, flow.stored.id.as_str(), method).await?;
     let mut data = flow.data.clone();
     data.fido = Some(FidoStep {
         ceremony_id,

@@ -175,7 +175,10 @@ impl PromptPage {
     pub(crate) async fn error_in(&mut self, status: &str) -> serde_json::Value {
         loop {
             let shown = self.state(status).await;
-            if shown["error"].as_str().is_some_and(|e| !e.trim().is_empty()) {
+            if shown["error"]
+                .as_str()
+                .is_some_and(|e| !e.trim().is_empty())
+            {
                 return shown;
             }
         }

@@ -81,8 +81,10 @@ async fn a_recovery_code_typed_on_the_page_completes_one_flow_only() {
         .await
         .unwrap();
     assert!(
-        history.events.iter().any(|e| e.action == "checkRecoveryCode"
-            && e.error == Some(ErrorCode::OtpInvalid)),
+        history
+            .events
+            .iter()
+            .any(|e| e.action == "checkRecoveryCode" && e.error == Some(ErrorCode::OtpInvalid)),
         "{history:?}"
     );
     assert_eq!(

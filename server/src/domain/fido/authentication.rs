@@ -316,7 +316,9 @@ pub(crate) async fn finish_passkey(
         .await?
         .is_none()
     {
-        return Err(refuse_passkey(ctx, app, Some(&user), "the credential's user is deleted").await);
+        return Err(
+            refuse_passkey(ctx, app, Some(&user), "the credential's user is deleted").await,
+        );
     }
     // The ceremony allowed any credential: from here on, exactly the one found.
     state.set_allowed_credentials(vec![parsed(&stored)?]);
