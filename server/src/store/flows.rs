@@ -312,3 +312,75 @@ pub async fn events(db: &Database, flow: &FlowId) -> Result<Vec<FlowEvent>, Stor
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::applications::{self, Application};
+
+    fn event(action: &str, to: &str) -> FlowEvent {
+        FlowEvent {
+            at: 10,
+            action: action.into(),
+            from_status: None,
+            to_status: to.into(),
+            error: None,
+        }
+    }
+
+    /// A passkey sign-in is stored without a user and bound to one by the move that wins its
+    /// version, once: a racing move at the same version binds nobody else.
+    #[tokio::test]
+    async fn a_flow_without_a_user_is_bound_once_by_its_winning_move() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("flows.db").display());
+        let db = Database::connect(&url, 4).await.expect("database");
+        let app = Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        let flow = StoredFlow {
+            id: FlowId::generate(),
+            application_id: app.id.clone(),
+            user_id: None,
+            status: "ASSERTION_REQUIRED".into(),
+            version: 1,
+            data: "{}".into(),
+            authentication_id: None,
+            created_at: 10,
+            updated_at: 10,
+            expires_at: 100,
+        };
+        insert(&db, &flow, &event("create", "ASSERTION_REQUIRED"))
+            .await
+            .expect("insert");
+        let stored = get(&db, &flow.id).await.expect("get").expect("stored");
+        assert_eq!(stored.user_id, None);
+
+        let bound = |user: &str| StoredFlow {
+            user_id: Some(user.parse().expect("user")),
+            status: "MFA_COMPLETED".into(),
+            version: 2,
+            ..flow.clone()
+        };
+        let moves = futures_util::future::join_all(["pia", "mallory"].map(|user| {
+            let db = db.clone();
+            let next = bound(user);
+            async move {
+                transition(&db, &next, 1, &event("checkAssertion", "MFA_COMPLETED"))
+                    .await
+                    .expect("transition")
+            }
+        }))
+        .await;
+        assert_eq!(moves.iter().filter(|won| **won).count(), 1, "{moves:?}");
+        let winner = if moves[0] { "pia" } else { "mallory" };
+        let stored = get(&db, &flow.id).await.expect("get").expect("stored");
+        assert_eq!(stored.user_id.as_ref().map(UserId::as_str), Some(winner));
+        assert_eq!(stored.version, 2);
+    }
+}
