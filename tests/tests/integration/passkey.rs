@@ -12,7 +12,9 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tessera_examples::customer::{CustomerApi, CustomerApiError};
+use tessera_examples::relying_party::{ClientCredentials, RelyingParty, RpSigningKey};
 use tessera_protocol::api::AuthenticationMethod;
+use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::flows::{
     CreateFlowRequest, FlowAction, FlowActionName, FlowResultStatus, FlowStatus, HostedPrompt,
@@ -189,6 +191,36 @@ async fn a_passkey_signs_in_without_a_user_name() {
         .unwrap();
     assert!(amr.contains(&json!("user")), "{amr:?}");
 
+    // The OpenID redirect without login_hint: the prompt runs a passkey sign-in, and the ID
+    // token names the user the passkey named.
+    let oidc_back = format!("{}/healthz?rp=oidc", server.base_url);
+    let (rp, key) = redirect_client(&server, &oidc_back).await;
+    let start = rp
+        .authorization_url(
+            &key,
+            &oidc_back,
+            "",
+            json!({"login_hint": null, "scope": "openid profile"}),
+        )
+        .unwrap();
+    page.goto(&start.url);
+    let (_, landed) = page.finish_and_stay("MFA_COMPLETED").await;
+    assert!(landed.starts_with(&format!("{oidc_back}&")), "{landed}");
+    let landed = url::Url::parse(&landed).unwrap();
+    let code = landed
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.to_string())
+        .expect("a code");
+    let tokens = rp
+        .exchange_code(&code, &oidc_back, &start.code_verifier)
+        .await
+        .unwrap();
+    let claims = rp.verify_id_token(&tokens.id_token).await.unwrap();
+    assert_eq!(claims["preferred_username"], "pia", "{claims}");
+    assert_eq!(claims["auth_context"]["user"]["name"], "pia", "{claims}");
+    assert_eq!(claims["auth_context"]["factor"], "webauthn", "{claims}");
+
     // The same authenticator at another application (same RP id, passkeys on): its passkey
     // names nobody there.
     let other = server.server.create_application("Other App").await.unwrap();
@@ -230,6 +262,39 @@ async fn a_credential_that_is_not_a_passkey_is_not_offered() {
             &prefix,
         ],
     );
+    // The OpenID redirect without login_hint, while passkeys are off: refused as
+    // invalid_request, back at the client.
+    let oidc_back = format!("{}/healthz?rp=oidc", server.base_url);
+    let (rp, key) = redirect_client(&server, &oidc_back).await;
+    let start = rp
+        .authorization_url(&key, &oidc_back, "", json!({"login_hint": null}))
+        .unwrap();
+    let answer = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&start.url)
+        .send()
+        .await
+        .unwrap();
+    let location = answer
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        location.starts_with(&oidc_back),
+        "{} {location}",
+        answer.status()
+    );
+    let error = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "error")
+        .map(|(_, v)| v.to_string());
+    assert_eq!(error.as_deref(), Some("invalid_request"), "{location}");
+
     // Registered while the application did not ask for discoverable credentials.
     register_on(
         &mut page,
@@ -267,6 +332,35 @@ async fn refused_on_the_page_or_not_offered(
     assert_eq!(after.status, FlowStatus::AssertionRequired);
     assert!(after.user_id.is_none());
     assert!(after.result.is_none());
+}
+
+/// A redirect MFA client of the server's application returning to `redirect`.
+async fn redirect_client(server: &TestServer, redirect: &str) -> (RelyingParty, RpSigningKey) {
+    let key = RpSigningKey::generate();
+    let registered = server
+        .customer
+        .register_ciba_client(&RegisterCibaClient {
+            client_name: "Passkey Portal".into(),
+            backchannel_token_delivery_mode: DeliveryMode::Poll,
+            backchannel_client_notification_endpoint: None,
+            token_endpoint_auth_method: ClientAuthMethod::PrivateKeyJwt,
+            jwks: Some(key.jwks()),
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+            redirect_uris: vec![redirect.to_string()],
+            grant_types: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let issuer = server.config().public_url.clone().unwrap();
+    let rp = RelyingParty::discover(
+        issuer.as_str().trim_end_matches('/'),
+        &registered.client_id,
+        ClientCredentials::PrivateKeyJwt(key.clone()),
+    )
+    .await
+    .unwrap();
+    (rp, key)
 }
 
 on_each_backend! {
