@@ -2180,6 +2180,7 @@ mod tests {
             mandatory_methods: Vec::new(),
             device_selection: DeviceSelection::DefaultToPrimary,
             hosted: None,
+            passkey: false,
         };
         let device = |i: usize| FlowDevice {
             id: format!("d{i}"),
@@ -2206,7 +2207,7 @@ mod tests {
             stored: StoredFlow {
                 id: FlowId::generate(),
                 application_id: ApplicationId::generate(),
-                user_id: UserId::try_from("alice".to_string()).unwrap(),
+                user_id: Some(UserId::try_from("alice".to_string()).unwrap()),
                 status: status.as_str().into(),
                 version: 1,
                 data: serde_json::to_string(&data).unwrap(),
