@@ -134,6 +134,9 @@ pub enum ErrorCode {
     /// The answer's App Attest assertion counter is not greater than the last one accepted (a
     /// replayed assertion, or a racing answer took the counter first).
     AppAttestCounterReplay,
+    /// A flow was asked to start without a user (a passkey sign-in) for an application whose
+    /// FIDO settings do not register discoverable credentials (`discoverable_credentials`).
+    PasskeysNotEnabled,
     /// A code this client does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -197,6 +200,7 @@ impl ErrorCode {
             ErrorCode::AppAttestAssertionRequired => "app_attest_assertion_required",
             ErrorCode::AppAttestAssertionInvalid => "app_attest_assertion_invalid",
             ErrorCode::AppAttestCounterReplay => "app_attest_counter_replay",
+            ErrorCode::PasskeysNotEnabled => "passkeys_not_enabled",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -225,6 +229,7 @@ impl ErrorCode {
             ErrorCode::PolicyDenied => 403,
             ErrorCode::CrossOriginRefused => 403,
             ErrorCode::FidoCredentialCompromised => 403,
+            ErrorCode::PasskeysNotEnabled => 403,
             ErrorCode::FidoCredentialNotFound => 404,
             ErrorCode::NotFound
             | ErrorCode::UserNotFound

@@ -252,8 +252,10 @@ impl FlowAction {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateFlowRequest {
-    /// The customer's id for the user.
-    pub user_id: UserId,
+    /// The customer's id for the user (the one the customer's first factor authenticated).
+    /// Required, unless `passkey` starts a sign-in without a user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
     /// The application name shown on the phone (default: the application's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_name: Option<String>,
@@ -317,6 +319,13 @@ pub struct CreateFlowRequest {
     /// send the user's browser; the page goes back to `return_url` once the flow is over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosted: Option<HostedPrompt>,
+    /// Sign in with a passkey, without a user name: with no `user_id`, the flow starts in
+    /// `ASSERTION_REQUIRED` with an empty allow list and user verification required; the
+    /// passkey the user picks names the user (`user_id` of the flow once completed). Only for
+    /// applications whose FIDO settings have `discoverable_credentials` (else
+    /// `passkeys_not_enabled`); never together with `user_id`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passkey: bool,
 }
 
 /// The longest `return_url` a hosted prompt accepts, in bytes.
@@ -341,7 +350,17 @@ impl CreateFlowRequest {
     /// A flow for `user_id` with every option at its default.
     pub fn new(user_id: UserId) -> Self {
         Self {
-            user_id,
+            user_id: Some(user_id),
+            passkey: false,
+            ..Self::passkey()
+        }
+    }
+
+    /// A passkey sign-in without a user name (`passkey`, no `user_id`), every other option at
+    /// its default.
+    pub fn passkey() -> Self {
+        Self {
+            user_id: None,
             application_name: None,
             application_icon_url: None,
             accessing_ip: None,
@@ -359,6 +378,7 @@ impl CreateFlowRequest {
             expires_in: None,
             device_selection: None,
             hosted: None,
+            passkey: true,
         }
     }
 }
@@ -550,8 +570,10 @@ pub struct FlowState {
     pub status: FlowStatus,
     /// The actions allowed now.
     pub actions: Vec<FlowActionName>,
-    /// The user.
-    pub user_id: UserId,
+    /// The user; none while a passkey sign-in (started without a user) waits for the passkey
+    /// that names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
     /// When it expires.
     pub expires_at: UnixSeconds,
     /// The nonce a trusted device signs to authorize this flow seamlessly

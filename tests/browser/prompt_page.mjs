@@ -39,9 +39,16 @@
 //   click ACTION      press the button of that flow action (authenticate, useCode, resendOtp,
 //                     continueAuthentication, cancelAuthentication, …) with the keyboard
 //   type CODE         type CODE into the passcode field and press Enter
+//   recovery CODE     open the recovery-code form ("use a recovery code") and submit CODE
+//   open URL          (with --stay) load another prompt URL in the same page, with the same
+//                     virtual authenticator and its credentials
 // Flags do the same automatically: --pick-device N on DEVICE_SELECTION_REQUIRED, --use-code on
 // PUSH_CONFIRMATION_WAITING, --type-code-from FILE on OTP_REQUIRED (waits for FILE to hold a
 // code), --click ACTION on the first state offering it.
+//
+// --stay keeps the browser after a final state (FINAL, TEXT, RETURNED are printed as usual, then
+// `READY`): the test sends `open URL` for the next page, so one browser serves a whole test
+// (Chromium's start and shutdown are the slow part). The script ends when stdin closes.
 
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import readline from "node:readline";
@@ -51,7 +58,7 @@ const FINAL = new Set(["MFA_COMPLETED", "MFA_FAILED", "CANCELED", "INVALID"]);
 const ROOT = "#prompt";
 
 function parseArgs(argv) {
-  const args = { url: null, returnPrefix: null, pickDevice: null, useCode: false, codeFile: null, click: null, acceptLanguage: null, width: 360, timeout: 120, authenticator: null, importCredentials: null, exportCredentials: null, dropAllowCredentials: false };
+  const args = { url: null, returnPrefix: null, pickDevice: null, useCode: false, codeFile: null, click: null, acceptLanguage: null, width: 360, timeout: 120, authenticator: null, importCredentials: null, exportCredentials: null, dropAllowCredentials: false, stay: false };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (a === "--return-prefix") args.returnPrefix = argv[++i];
@@ -66,6 +73,7 @@ function parseArgs(argv) {
     else if (a === "--import-credentials") args.importCredentials = argv[++i];
     else if (a === "--export-credentials") args.exportCredentials = argv[++i];
     else if (a === "--drop-allow-credentials") args.dropAllowCredentials = true;
+    else if (a === "--stay") args.stay = true;
     else if (!args.url && !a.startsWith("--")) args.url = a;
     else throw new Error(`unknown argument ${a}`);
   }
@@ -134,6 +142,12 @@ async function main() {
       if (wakeUp) wakeUp();
     }
   });
+  rl.on("close", async () => {
+    if (!args.stay) return;
+    if (webauthn) await webauthn.finish(null).catch(() => {});
+    await browser.close().catch(() => {});
+    process.exit(0);
+  });
   const next = () =>
     new Promise((resolve) => {
       if (events.length || commands.length) resolve();
@@ -163,6 +177,7 @@ async function main() {
             lang: document.documentElement.lang,
             heading: text("heading"),
             error: text("error"),
+            code: (document.getElementById("error") || { getAttribute: () => null }).getAttribute("data-code"),
             devices: document.querySelectorAll("ul.devices button").length,
             qr: !!document.getElementById("flow-qr"),
           },
@@ -204,6 +219,32 @@ async function main() {
       await b.first().waitFor({ state: "visible", timeout: 10000 });
       await b.first().focus();
       await page.keyboard.press("Enter");
+    } else if (verb === "recovery") {
+      const open = page.locator('button[data-action="useRecoveryCode"]');
+      const input = page.locator("#recovery-code");
+      if (!(await input.count())) {
+        await open.first().waitFor({ state: "visible", timeout: 10000 });
+        await open.first().focus();
+        await page.keyboard.press("Enter");
+      }
+      await input.waitFor({ state: "visible", timeout: 10000 });
+      await input.fill("");
+      await input.focus();
+      await page.keyboard.type(arg);
+      await page.keyboard.press("Enter");
+    } else if (verb === "open" && args.stay) {
+      last = "";
+      firstStateAt = null;
+      typedFromFile = false;
+      pickedAuto = false;
+      usedCode = false;
+      clicked = false;
+      // Through a blank page: two prompt URLs differ only in their fragment, and going from
+      // one to the other would not load the page again.
+      await page.goto("about:blank");
+      events.length = 0;
+      const next = await page.goto(arg, { waitUntil: "domcontentloaded" });
+      if (!next || !next.ok()) await fail(`page load: HTTP ${next ? next.status() : "?"}`);
     } else if (verb === "type") {
       const input = page.locator("#otp");
       await input.waitFor({ state: "visible", timeout: 10000 });
@@ -262,10 +303,14 @@ async function main() {
       const text = await page.locator(ROOT).innerText();
       say(`FINAL ${event.state}`);
       say(`TEXT ${text}`);
-      if (webauthn) await webauthn.finish(event.at);
+      if (webauthn) await webauthn.finish(event.at, args.stay);
       if (event.state !== "INVALID" && args.returnPrefix) {
         await page.waitForURL((u) => u.href.startsWith(args.returnPrefix), { timeout: 15000 });
         say(`RETURNED ${page.url()}`);
+      }
+      if (args.stay) {
+        say("READY");
+        continue;
       }
       clearTimeout(deadline);
       await browser.close();
@@ -309,6 +354,7 @@ async function addAuthenticator(context, page, args) {
   const uv = flag === "uv";
   if (args.dropAllowCredentials) {
     await page.addInitScript(() => {
+      if (!window.navigator.credentials) return;
       const get = navigator.credentials.get.bind(navigator.credentials);
       navigator.credentials.get = (options) => {
         if (options && options.publicKey) options.publicKey.allowCredentials = [];
@@ -317,6 +363,7 @@ async function addAuthenticator(context, page, args) {
     });
   }
   await page.addInitScript(() => {
+    if (!window.navigator.credentials) return; // not a secure context (about:blank)
     const wrap = (name) => {
       const original = navigator.credentials[name].bind(navigator.credentials);
       navigator.credentials[name] = (options) => {
@@ -352,13 +399,18 @@ async function addAuthenticator(context, page, args) {
     }
   }
   return {
-    async finish(endedAt) {
+    // The end of a page (endedAt: when it reached its final state; null when the script
+    // ends). With keep, the authenticator stays for the next page.
+    async finish(endedAt, keep) {
+      if (endedAt !== null) {
+        const started = await page.evaluate(() => window.__tesseraFidoStart).catch(() => undefined);
+        if (started !== undefined) say(`FIDO elapsed_ms=${Math.round(endedAt - started)}`);
+      }
+      if (keep) return;
       if (args.exportCredentials) {
         const { credentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
         writeFileSync(args.exportCredentials, JSON.stringify(credentials));
       }
-      const started = await page.evaluate(() => window.__tesseraFidoStart).catch(() => undefined);
-      if (started !== undefined) say(`FIDO elapsed_ms=${Math.round(endedAt - started)}`);
       // A virtual authenticator left attached holds the browser's shutdown for seconds.
       await cdp.send("WebAuthn.removeVirtualAuthenticator", { authenticatorId }).catch(() => {});
       await cdp.send("WebAuthn.disable").catch(() => {});

@@ -74,6 +74,9 @@ struct Options {
     /// A flow run on the hosted prompt page.
     #[serde(default)]
     hosted: Option<HostedPrompt>,
+    /// A passkey sign-in: started without a user, bound to the one its passkey names.
+    #[serde(default)]
+    passkey: bool,
 }
 
 /// The passcode a flow waits for, with what only the server may know (the challenge id).
@@ -147,6 +150,18 @@ struct Flow {
 }
 
 impl Flow {
+    /// The flow's user: every step past a passkey sign-in's assertion has one.
+    fn user(&self) -> Result<&UserId, DomainError> {
+        self.stored.user_id.as_ref().ok_or(DomainError::Internal(
+            "a step needing a user reached a flow without one",
+        ))
+    }
+
+    /// A passkey sign-in still waiting for the passkey that names its user.
+    fn awaits_passkey(&self) -> bool {
+        self.stored.user_id.is_none()
+    }
+
     fn from_stored(stored: StoredFlow) -> Result<Self, DomainError> {
         let status = FlowStatus::parse(&stored.status)
             .ok_or(DomainError::Internal("a stored flow has an unknown status"))?;
@@ -432,7 +447,7 @@ async fn move_to(
         super::audit::flow_completed(
             ctx,
             stored.application_id.as_str(),
-            stored.user_id.as_str(),
+            stored.user_id.as_ref().map_or("", UserId::as_str),
             &stored.id.to_string(),
             status.as_str(),
         )
@@ -608,7 +623,7 @@ async fn after_qr(
     let mut data = flow.data.clone();
     data.qr = None;
     match ended {
-        Ok(approval) if approval.user_id == flow.stored.user_id => {
+        Ok(approval) if flow.stored.user_id.as_ref() == Some(&approval.user_id) => {
             data.otp = None;
             let mut done = result(FlowResultStatus::Authenticated);
             done.attributes = approval.attributes;
@@ -654,7 +669,7 @@ async fn use_qr_code(ctx: &Ctx, flow: &Flow) -> Result<(FlowStatus, Data), Domai
         super::qr::FlowQrRequest {
             application_id: &flow.stored.application_id,
             flow_id: &flow.stored.id,
-            user_id: &flow.stored.user_id,
+            user_id: flow.user()?,
             context: tessera_protocol::authentication::AccessContext {
                 application_name: options.application_name.clone(),
                 application_icon_url: options.application_icon_url.clone(),
@@ -700,13 +715,35 @@ pub(crate) fn qr_session_moved<'a>(
     })
 }
 
-/// Starts a flow for a user the customer's first factor authenticated.
+/// Starts a flow for a user the customer's first factor authenticated, or (with `passkey`
+/// and no user) a passkey sign-in that the passkey binds to its user.
 pub(crate) async fn create(
     ctx: &Ctx,
     app: &Application,
     body: CreateFlowRequest,
 ) -> Result<FlowState, DomainError> {
-    super::users::require_user(ctx, &app.id, &body.user_id).await?;
+    match (&body.user_id, body.passkey) {
+        (Some(user), false) => {
+            super::users::require_user(ctx, &app.id, user).await?;
+        }
+        (None, true) => {
+            if !body.mandatory_methods.is_empty() {
+                return Err(DomainError::invalid(
+                    "a passkey sign-in has no user to register methods for: leave mandatory_methods out",
+                ));
+            }
+        }
+        (Some(_), true) => {
+            return Err(DomainError::invalid(
+                "passkey starts a sign-in without a user name: leave user_id out",
+            ));
+        }
+        (None, false) => {
+            return Err(DomainError::invalid(
+                "user_id is required (or passkey: true for a passkey sign-in without a user name)",
+            ));
+        }
+    }
     let ttl = body.expires_in.unwrap_or(DEFAULT_TTL);
     if !(60..=3600).contains(&ttl) {
         return Err(DomainError::invalid(
@@ -760,8 +797,9 @@ pub(crate) async fn create(
         mandatory_methods: mandatory,
         device_selection: body.device_selection.unwrap_or_default(),
         hosted: body.hosted,
+        passkey: body.passkey,
     };
-    let data = Data {
+    let mut data = Data {
         options,
         authorization_nonce: DeviceRegistration::new_nonce(),
         devices: Vec::new(),
@@ -777,9 +815,23 @@ pub(crate) async fn create(
         qr: None,
     };
     let now = ctx.now();
-    let status = FlowStatus::AuthenticationRequired;
+    let id = FlowId::generate();
+    let status = if body.passkey {
+        // Nothing to choose without a user: the passkey ceremony starts straight away.
+        let (options, ceremony_id) =
+            fido::authentication::start_passkey(ctx, app, id.as_str()).await?;
+        data.fido = Some(FidoStep {
+            ceremony_id,
+            request_options: Some(options),
+            creation_options: None,
+            registering: None,
+        });
+        FlowStatus::AssertionRequired
+    } else {
+        FlowStatus::AuthenticationRequired
+    };
     let stored = StoredFlow {
-        id: FlowId::generate(),
+        id,
         application_id: app.id.clone(),
         user_id: body.user_id,
         status: status.as_str().to_string(),
@@ -971,6 +1023,16 @@ pub(crate) async fn act(
     let mut claimed = flow.clone();
     claimed.stored.version += 1;
     let step = match action {
+        FlowAction::CheckAssertion { credential } if claimed.awaits_passkey() => {
+            match check_passkey(ctx, app, &claimed, credential).await {
+                Ok((user, status, data)) => {
+                    // Bound by the move below, which only the claim's version can make.
+                    claimed.stored.user_id = Some(user);
+                    Ok((status, data))
+                }
+                Err(e) => Err(e),
+            }
+        }
         FlowAction::Authenticate {
             mobile_payload,
             authorization_payload,
@@ -1092,6 +1154,22 @@ async fn authenticate(
     authorization_payload: Option<String>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let mut data = flow.data.clone();
+    if flow.awaits_passkey() {
+        if mobile_payload.is_some() || authorization_payload.is_some() {
+            return Err(DomainError::invalid(
+                "a passkey sign-in has no user yet: authenticate asks for a new passkey challenge only",
+            ));
+        }
+        let (options, ceremony_id) =
+            fido::authentication::start_passkey(ctx, app, flow.stored.id.as_str()).await?;
+        data.fido = Some(FidoStep {
+            ceremony_id,
+            request_options: Some(options),
+            creation_options: None,
+            registering: None,
+        });
+        return Ok((FlowStatus::AssertionRequired, data));
+    }
     if mobile_payload.is_some() && authorization_payload.is_some() {
         return Err(DomainError::invalid(
             "send a mobile_payload or an authorization_payload, not both",
@@ -1130,7 +1208,7 @@ async fn authenticate(
         }
     }
     if let Some(mobile_payload) = mobile_payload {
-        let user = &flow.stored.user_id;
+        let user = flow.user()?;
         let approve_by = passcode_channel(ctx, app, user, &data.options).await?;
         let reply = pairing::relay_with(
             ctx,
@@ -1242,7 +1320,7 @@ async fn seamless(ctx: &Ctx, flow: &Flow, jws: &str) -> Result<FlowResult, Domai
         .await?
         .filter(|e| {
             e.application_id == flow.stored.application_id
-                && e.user_id == flow.stored.user_id
+                && flow.stored.user_id.as_ref() == Some(&e.user_id)
                 && e.status == EnrollmentState::Active
         })
         .ok_or_else(not_theirs)?;
@@ -1368,7 +1446,7 @@ async fn apply_policy(
     if data.policy.is_some() {
         return Ok(None);
     }
-    let user = &flow.stored.user_id;
+    let user = flow.user()?;
     let device = authentication::pick_device(ctx, &app.id, user, None)
         .await
         .ok()
@@ -1425,7 +1503,7 @@ async fn start(
     flow: &Flow,
     mut data: Data,
 ) -> Result<(FlowStatus, Data), DomainError> {
-    let user = &flow.stored.user_id;
+    let user = flow.user()?;
     if let Some(ended) = bypassed(ctx, app, flow, &mut data).await? {
         return Ok(ended);
     }
@@ -1556,7 +1634,7 @@ async fn use_device(
     data.push = None;
     data.otp = None;
     data.fido = None;
-    let user = &flow.stored.user_id;
+    let user = flow.user()?;
     match device.device_type {
         FlowDeviceType::Mobile => {
             let enrollment: EnrollmentId = device
@@ -1721,7 +1799,7 @@ async fn bypassed(
     flow: &Flow,
     data: &mut Data,
 ) -> Result<Option<(FlowStatus, Data)>, DomainError> {
-    let Some(active) = bypass::active(ctx, &app.id, &flow.stored.user_id).await? else {
+    let Some(active) = bypass::active(ctx, &app.id, flow.user()?).await? else {
         return Ok(None);
     };
     if let Some(ended) = apply_policy(ctx, app, flow, data).await? {
@@ -1745,7 +1823,7 @@ async fn check_recovery_code(
     flow: &Flow,
     code: &str,
 ) -> Result<(FlowStatus, Data), DomainError> {
-    bypass::spend(ctx, &app.id, &flow.stored.user_id, code).await?;
+    bypass::spend(ctx, &app.id, flow.user()?, code).await?;
     if let Some(push) = flow.watched_push() {
         outcome::record(ctx, push, Ending::Canceled).await?;
     }
@@ -1780,7 +1858,7 @@ async fn check_otp(
         let verified = backup::verify_challenge(ctx, &app.id, challenge, code).await?;
         done.attributes = verified.attributes;
     } else {
-        let verified = otp::verify(ctx, &app.id, flow.stored.user_id.clone(), code).await?;
+        let verified = otp::verify(ctx, &app.id, flow.user()?.clone(), code).await?;
         done.attributes = verified.attributes;
     }
     let mut data = flow.data.clone();
@@ -1835,7 +1913,7 @@ async fn resend_otp(
         FlowOtpSource::Email => BackupChannel::Email,
         FlowOtpSource::App | FlowOtpSource::OathToken => return Err(not_allowed(flow)),
     };
-    let challenge = backup::send_to_contact(ctx, app, &flow.stored.user_id, channel).await?;
+    let challenge = backup::send_to_contact(ctx, app, flow.user()?, channel).await?;
     otp.destination = Some(challenge.destination);
     otp.challenge_id = Some(challenge.challenge_id);
     // Where it was: OTP_REQUIRED, or MOBILE_PAIRING_REQUIRED for a new device held for it.
@@ -1909,12 +1987,50 @@ async fn check_assertion(
     let attributes = fido::authentication::finish(
         ctx,
         app,
-        &flow.stored.user_id,
+        flow.user()?,
         flow.stored.id.as_str(),
         &step.ceremony_id,
         credential,
     )
     .await?;
+    Ok(assertion_verified(ctx, flow, attributes))
+}
+
+/// `checkAssertion` on a passkey sign-in: the passkey names the user (checked against its
+/// user handle), answered with the move that binds the flow to them.
+async fn check_passkey(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    credential: serde_json::Value,
+) -> Result<(UserId, FlowStatus, Data), DomainError> {
+    let step = flow
+        .data
+        .fido
+        .as_ref()
+        .filter(|f| f.request_options.is_some())
+        .ok_or(DomainError::Internal(
+            "a passkey sign-in waits for an assertion it lacks",
+        ))?;
+    let (user, attributes) = fido::authentication::finish_passkey(
+        ctx,
+        app,
+        flow.stored.id.as_str(),
+        &step.ceremony_id,
+        credential,
+    )
+    .await?;
+    let (status, data) = assertion_verified(ctx, flow, attributes);
+    tracing::info!(flow_id = %flow.stored.id, "passkey sign-in verified; the flow is bound to its user");
+    Ok((user, status, data))
+}
+
+/// The flow completed by a verified assertion with its result `attributes`.
+fn assertion_verified(
+    ctx: &Ctx,
+    flow: &Flow,
+    attributes: BTreeMap<String, serde_json::Value>,
+) -> (FlowStatus, Data) {
     let mut done = result(FlowResultStatus::Authenticated);
     done.attributes = attributes;
     authentication::accessing_attributes(
@@ -1925,7 +2041,7 @@ async fn check_assertion(
     done.policy = flow.data.policy.clone();
     let mut data = flow.data.clone();
     data.fido = None;
-    Ok((FlowStatus::MfaCompleted, finished(data, done)))
+    (FlowStatus::MfaCompleted, finished(data, done))
 }
 
 /// `startRegistration`: asks the browser to create a credential for a missing mandatory FIDO
@@ -1947,14 +2063,8 @@ async fn start_registration(
             "startRegistration registers a missing mandatory method: SECURITY_KEY or PLATFORM",
         ));
     }
-    let (options, ceremony_id) = fido::registration::start(
-        ctx,
-        app,
-        &flow.stored.user_id,
-        flow.stored.id.as_str(),
-        method,
-    )
-    .await?;
+    let (options, ceremony_id) =
+        fido::registration::start(ctx, app, flow.user()?, flow.stored.id.as_str(), method).await?;
     let mut data = flow.data.clone();
     data.fido = Some(FidoStep {
         ceremony_id,
@@ -1982,7 +2092,7 @@ async fn check_registration(
         .ok_or(DomainError::Internal(
             "a flow waits for a registration it lacks",
         ))?;
-    let user = &flow.stored.user_id;
+    let user = flow.user()?;
     fido::registration::finish(
         ctx,
         app,
@@ -2070,6 +2180,7 @@ mod tests {
             mandatory_methods: Vec::new(),
             device_selection: DeviceSelection::DefaultToPrimary,
             hosted: None,
+            passkey: false,
         };
         let device = |i: usize| FlowDevice {
             id: format!("d{i}"),
@@ -2096,7 +2207,7 @@ mod tests {
             stored: StoredFlow {
                 id: FlowId::generate(),
                 application_id: ApplicationId::generate(),
-                user_id: UserId::try_from("alice".to_string()).unwrap(),
+                user_id: Some(UserId::try_from("alice".to_string()).unwrap()),
                 status: status.as_str().into(),
                 version: 1,
                 data: serde_json::to_string(&data).unwrap(),

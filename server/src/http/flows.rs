@@ -11,11 +11,13 @@ use super::errors::ApiError;
 use super::extract::{ApiJson, AppAuth};
 use crate::domain::{Ctx, flows};
 
-/// Starts a flow for a user the customer's first factor authenticated.
+/// Starts a flow for a user the customer's first factor authenticated, or (`passkey`, no
+/// `user_id`) a passkey sign-in without a user name.
 #[utoipa::path(post, path = "/v1/flows", tag = "customer",
     request_body = CreateFlowRequest,
     responses((status = 201, body = FlowState),
               (status = 400, description = "invalid_request", body = tessera_protocol::error::ErrorBody),
+              (status = 403, description = "passkeys_not_enabled", body = tessera_protocol::error::ErrorBody),
               (status = 404, description = "user_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn create_flow(
     State(ctx): State<Ctx>,

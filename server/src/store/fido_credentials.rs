@@ -252,8 +252,8 @@ pub struct Ceremony {
     pub id: String,
     /// The application.
     pub application_id: ApplicationId,
-    /// The user.
-    pub user_id: UserId,
+    /// The user; none for a passkey sign-in (the credential names the user).
+    pub user_id: Option<UserId>,
     /// The flow it belongs to.
     pub flow_id: String,
     /// `registration` or `authentication`.
@@ -273,7 +273,7 @@ pub async fn insert_ceremony(db: &Database, c: &Ceremony, now: i64) -> Result<()
     )
     .bind(&c.id)
     .bind(c.application_id.as_str())
-    .bind(c.user_id.as_str())
+    .bind(c.user_id.as_ref().map_or("", UserId::as_str))
     .bind(&c.flow_id)
     .bind(&c.purpose)
     .bind(&c.state)
@@ -357,7 +357,7 @@ mod tests {
         let ceremony = Ceremony {
             id: "fca_1".into(),
             application_id: app.clone(),
-            user_id: "alice".parse().expect("user"),
+            user_id: Some("alice".parse().expect("user")),
             flow_id: "flw_1".into(),
             purpose: "authentication".into(),
             state: "{\"s\":1}".into(),

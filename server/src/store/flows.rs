@@ -19,8 +19,9 @@ pub struct StoredFlow {
     pub id: FlowId,
     /// The application.
     pub application_id: ApplicationId,
-    /// The user.
-    pub user_id: UserId,
+    /// The user; none while a passkey sign-in waits for the passkey that names them (stored
+    /// as the empty text, which no user id can be).
+    pub user_id: Option<UserId>,
     /// The status' wire text.
     pub status: String,
     /// Changes with every transition.
@@ -67,8 +68,10 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<StoredFlow, StoreError> {
             .try_get::<String, _>("application_id")?
             .parse()
             .map_err(|_| StoreError::Corrupted("application id"))?,
-        user_id: UserId::try_from(row.try_get::<String, _>("user_id")?)
-            .map_err(|_| StoreError::Corrupted("user id"))?,
+        user_id: match row.try_get::<String, _>("user_id")? {
+            unbound if unbound.is_empty() => None,
+            text => Some(UserId::try_from(text).map_err(|_| StoreError::Corrupted("user id"))?),
+        },
         status: row.try_get("status")?,
         version: row.try_get("version")?,
         data: row.try_get("data")?,
@@ -142,7 +145,7 @@ pub async fn insert_with_browser_token(
     ))
     .bind(flow.id.as_str())
     .bind(flow.application_id.as_str())
-    .bind(flow.user_id.as_str())
+    .bind(flow.user_id.as_ref().map_or("", UserId::as_str))
     .bind(&flow.status)
     .bind(flow.version)
     .bind(&flow.data)
@@ -241,8 +244,10 @@ pub async fn claim(db: &Database, id: &FlowId, expected_version: i64) -> Result<
     Ok(done.rows_affected() == 1)
 }
 
-/// Moves a flow to `next` (its status, data and push) if it is still at `expected_version`,
-/// recording `event` in the same transaction. `false` when another transition came first.
+/// Moves a flow to `next` (its status, data, push and user) if it is still at
+/// `expected_version`, recording `event` in the same transaction. `false` when another
+/// transition came first. A passkey sign-in is bound to its user here: once, by the move that
+/// wins the version.
 pub async fn transition(
     db: &Database,
     next: &StoredFlow,
@@ -252,7 +257,7 @@ pub async fn transition(
     let mut tx = db.begin_write().await?;
     let done = sqlx::query(
         "UPDATE flows SET status = $1, version = $2, data = $3, authentication_id = $4, \
-         updated_at = $5 WHERE id = $6 AND version = $7",
+         updated_at = $5, user_id = $8 WHERE id = $6 AND version = $7",
     )
     .bind(&next.status)
     .bind(next.version)
@@ -265,6 +270,7 @@ pub async fn transition(
     .bind(next.updated_at)
     .bind(next.id.as_str())
     .bind(expected_version)
+    .bind(next.user_id.as_ref().map_or("", UserId::as_str))
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() != 1 {
@@ -305,4 +311,76 @@ pub async fn events(db: &Database, flow: &FlowId) -> Result<Vec<FlowEvent>, Stor
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::applications::{self, Application};
+
+    fn event(action: &str, to: &str) -> FlowEvent {
+        FlowEvent {
+            at: 10,
+            action: action.into(),
+            from_status: None,
+            to_status: to.into(),
+            error: None,
+        }
+    }
+
+    /// A passkey sign-in is stored without a user and bound to one by the move that wins its
+    /// version, once: a racing move at the same version binds nobody else.
+    #[tokio::test]
+    async fn a_flow_without_a_user_is_bound_once_by_its_winning_move() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("flows.db").display());
+        let db = Database::connect(&url, 4).await.expect("database");
+        let app = Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        let flow = StoredFlow {
+            id: FlowId::generate(),
+            application_id: app.id.clone(),
+            user_id: None,
+            status: "ASSERTION_REQUIRED".into(),
+            version: 1,
+            data: "{}".into(),
+            authentication_id: None,
+            created_at: 10,
+            updated_at: 10,
+            expires_at: 100,
+        };
+        insert(&db, &flow, &event("create", "ASSERTION_REQUIRED"))
+            .await
+            .expect("insert");
+        let stored = get(&db, &flow.id).await.expect("get").expect("stored");
+        assert_eq!(stored.user_id, None);
+
+        let bound = |user: &str| StoredFlow {
+            user_id: Some(user.parse().expect("user")),
+            status: "MFA_COMPLETED".into(),
+            version: 2,
+            ..flow.clone()
+        };
+        let moves = futures_util::future::join_all(["pia", "mallory"].map(|user| {
+            let db = db.clone();
+            let next = bound(user);
+            async move {
+                transition(&db, &next, 1, &event("checkAssertion", "MFA_COMPLETED"))
+                    .await
+                    .expect("transition")
+            }
+        }))
+        .await;
+        assert_eq!(moves.iter().filter(|won| **won).count(), 1, "{moves:?}");
+        let winner = if moves[0] { "pia" } else { "mallory" };
+        let stored = get(&db, &flow.id).await.expect("get").expect("stored");
+        assert_eq!(stored.user_id.as_ref().map(UserId::as_str), Some(winner));
+        assert_eq!(stored.version, 2);
+    }
 }

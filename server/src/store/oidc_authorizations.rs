@@ -150,19 +150,21 @@ pub async fn claims_of_family(
 }
 
 /// Takes the resume of an authorization request bound to `browser_digest`, once: stores the
-/// claims and, when the flow succeeded, the code's digest and expiry. `false` if it was
+/// claims, the user (a passkey sign-in learns it from its flow) and, when the flow succeeded,
+/// the code's digest and expiry. `false` if it was
 /// resumed before (or is another browser's): whoever comes second gets nothing.
 pub async fn resume(
     db: &Database,
     id: &str,
     browser_digest: &str,
+    user_id: &str,
     claims: Option<&str>,
     code: Option<(&str, i64)>,
     now: i64,
 ) -> Result<bool, StoreError> {
     Ok(sqlx::query(
         "UPDATE oidc_authorizations SET resumed_at = $3, claims = $4, code_digest = $5, \
-         code_expires_at = $6 WHERE id = $1 AND browser_digest = $2 AND resumed_at IS NULL",
+         code_expires_at = $6, user_id = $7 WHERE id = $1 AND browser_digest = $2 AND resumed_at IS NULL",
     )
     .bind(id)
     .bind(browser_digest)
@@ -170,6 +172,7 @@ pub async fn resume(
     .bind(claims)
     .bind(code.map(|(digest, _)| digest))
     .bind(code.map(|(_, expires_at)| expires_at))
+    .bind(user_id)
     .execute(db.writer())
     .await?
     .rows_affected()
@@ -290,17 +293,33 @@ mod tests {
     #[tokio::test]
     async fn a_request_resumes_once_and_only_in_its_browser() {
         let (_dir, db) = database().await;
-        let resumed = resume(&db, "azr_1", "other", Some("{}"), Some(("code", 60)), 1)
-            .await
-            .expect("resume");
+        let resumed = resume(
+            &db,
+            "azr_1",
+            "other",
+            "alice",
+            Some("{}"),
+            Some(("code", 60)),
+            1,
+        )
+        .await
+        .expect("resume");
         assert!(!resumed, "another browser's digest");
         let attempts = (0..8).map(|i| {
             let db = db.clone();
             tokio::spawn(async move {
                 let code = format!("code-{i}");
-                resume(&db, "azr_1", "browser", Some("{}"), Some((&code, 60)), 1)
-                    .await
-                    .expect("resume")
+                resume(
+                    &db,
+                    "azr_1",
+                    "browser",
+                    "alice",
+                    Some("{}"),
+                    Some((&code, 60)),
+                    1,
+                )
+                .await
+                .expect("resume")
             })
         });
         let mut won = 0;
@@ -317,9 +336,17 @@ mod tests {
     async fn a_code_is_redeemed_once_and_losers_store_nothing() {
         let (_dir, db) = database().await;
         assert!(
-            resume(&db, "azr_1", "browser", Some("{}"), Some(("code", 60)), 1)
-                .await
-                .expect("resume")
+            resume(
+                &db,
+                "azr_1",
+                "browser",
+                "alice",
+                Some("{}"),
+                Some(("code", 60)),
+                1
+            )
+            .await
+            .expect("resume")
         );
         let attempts = (0..8).map(|i| {
             let db = db.clone();
@@ -353,9 +380,17 @@ mod tests {
     async fn authorizations_are_purged_only_once_their_tokens_are_gone() {
         let (_dir, db) = database().await;
         assert!(
-            resume(&db, "azr_1", "browser", Some("{}"), Some(("code", 60)), 1)
-                .await
-                .expect("resume")
+            resume(
+                &db,
+                "azr_1",
+                "browser",
+                "alice",
+                Some("{}"),
+                Some(("code", 60)),
+                1
+            )
+            .await
+            .expect("resume")
         );
         let tokens = vec![("access".to_string(), token("access"))];
         assert!(redeem(&db, "code", &tokens, 2).await.expect("redeem"));

@@ -29,7 +29,7 @@ use crate::hosted_browser::{PromptPage, browser_available};
 const VIRTUAL_AAGUID: &str = "01020304-0506-0708-0102-030405060708";
 
 /// A server whose public URL is `http://localhost:PORT`.
-async fn localhost_server(backend: Backend) -> TestServer {
+pub(crate) async fn localhost_server(backend: Backend) -> TestServer {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -44,7 +44,7 @@ async fn localhost_server(backend: Backend) -> TestServer {
     .await
 }
 
-async fn api(
+pub(crate) async fn api(
     server: &TestServer,
     method: reqwest::Method,
     path: &str,
@@ -62,7 +62,7 @@ async fn api(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn credentials(server: &TestServer, user: &str) -> Vec<Value> {
+pub(crate) async fn credentials(server: &TestServer, user: &str) -> Vec<Value> {
     let (status, body) = api(
         server,
         reqwest::Method::GET,

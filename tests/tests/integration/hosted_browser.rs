@@ -153,6 +153,38 @@ impl PromptPage {
     }
 }
 
+impl PromptPage {
+    /// With `--stay`: waits for the final state, its text and the URL the page went to, then
+    /// for the driver to be ready for [`PromptPage::goto`] (the browser stays open).
+    pub(crate) async fn finish_and_stay(&mut self, status: &str) -> (String, String) {
+        let (_, got) = self.expect(&["FINAL"]).await;
+        assert_eq!(got, status, "{:#?}", self.log);
+        let (_, text) = self.expect(&["TEXT"]).await;
+        let url = self.expect(&["RETURNED"]).await.1;
+        self.expect(&["READY"]).await;
+        (text, url)
+    }
+
+    /// With `--stay`: loads `url` in the same page (the same browser and virtual
+    /// authenticator, with its credentials).
+    pub(crate) fn goto(&mut self, url: &str) {
+        self.send(&format!("open {url}"));
+    }
+
+    /// Waits until the page, in `status`, shows an error; answers what it shows.
+    pub(crate) async fn error_in(&mut self, status: &str) -> serde_json::Value {
+        loop {
+            let shown = self.state(status).await;
+            if shown["error"]
+                .as_str()
+                .is_some_and(|e| !e.trim().is_empty())
+            {
+                return shown;
+            }
+        }
+    }
+}
+
 impl Drop for PromptPage {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -257,7 +257,8 @@ fn text<'a>(claims: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str
 
 /// What a checked authorization request asks for.
 struct Checked {
-    user_id: UserId,
+    /// The `login_hint` user; none for a passkey sign-in (the passkey names the user).
+    user_id: Option<UserId>,
     scope: String,
     nonce: Option<String>,
     code_challenge: String,
@@ -572,12 +573,14 @@ async fn check(
         .take(10)
         .map(str::to_string)
         .collect();
-    let login_hint = read("login_hint")?.ok_or_else(|| {
-        invalid("login_hint (the user the client's first factor authenticated) is required")
-    })?;
-    let user_id: UserId = login_hint
-        .parse()
-        .map_err(|_| invalid("login_hint is not a valid user id"))?;
+    // Without login_hint, a passkey sign-in: the flow refuses it unless the application allows
+    // passkeys (discoverable credentials).
+    let user_id: Option<UserId> = read("login_hint")?
+        .map(|hint| {
+            hint.parse()
+                .map_err(|_| invalid("login_hint is not a valid user id"))
+        })
+        .transpose()?;
     Ok(Checked {
         user_id,
         scope: scopes.join(" "),
@@ -600,7 +603,10 @@ async fn start(
     let app = applications::get(&ctx.db, &client.application_id)
         .await?
         .ok_or_else(|| super::error::server_error("the client's application"))?;
-    let mut request = CreateFlowRequest::new(checked.user_id.clone());
+    let mut request = match &checked.user_id {
+        Some(user) => CreateFlowRequest::new(user.clone()),
+        None => CreateFlowRequest::passkey(),
+    };
     request.application_name = Some(client.name.clone());
     request.accessing_ip = browser.ip.clone();
     request.user_agent = browser
@@ -634,6 +640,13 @@ async fn start(
                 OAuthCode::InvalidRequest,
                 "login_hint names no user of this application",
             ),
+            DomainError::Refused {
+                code: tessera_protocol::error::ErrorCode::PasskeysNotEnabled,
+                ..
+            } => OAuthError::new(
+                OAuthCode::InvalidRequest,
+                "login_hint (the user the client's first factor authenticated) is required: this application does not allow passkey sign-in",
+            ),
             other => OAuthError::from(other),
         })?;
     let (name, secure) = cookie_name(ctx);
@@ -646,7 +659,11 @@ async fn start(
         id: id.clone(),
         client_id: client.client_id.clone(),
         application_id: client.application_id.as_str().to_string(),
-        user_id: checked.user_id.as_str().to_string(),
+        // Empty until a passkey sign-in names its user (set when the browser resumes).
+        user_id: checked
+            .user_id
+            .as_ref()
+            .map_or_else(String::new, |u| u.as_str().to_string()),
         flow_id: flow.id.as_str().to_string(),
         redirect_uri: redirect_uri.to_string(),
         state: state.map(str::to_string),
@@ -709,7 +726,7 @@ pub(crate) async fn resume(
     let id = request_id
         .filter(|id| id.len() <= 64)
         .ok_or_else(|| page(PageKind::Invalid, "The request parameter is missing."))?;
-    let authorization = store::get(&ctx.db, id)
+    let mut authorization = store::get(&ctx.db, id)
         .await?
         .ok_or_else(|| page(PageKind::Invalid, "Unknown sign-in request."))?;
     let same_browser = cookie.is_some_and(|c| {
@@ -750,6 +767,14 @@ pub(crate) async fn resume(
     let now = ctx.now();
     match flow.status {
         FlowStatus::MfaCompleted => {
+            if authorization.user_id.is_empty() {
+                // A passkey sign-in: the user is the one the flow's passkey named.
+                authorization.user_id = flow
+                    .user_id
+                    .as_ref()
+                    .map(|u| u.as_str().to_string())
+                    .ok_or_else(|| page(PageKind::Internal, "Internal error."))?;
+            }
             let claims = result_claims(ctx, &client, &authorization, &flow).await?;
             let claims_text = serde_json::to_string(&claims)
                 .map_err(|_| page(PageKind::Internal, "Internal error."))?;
@@ -760,6 +785,7 @@ pub(crate) async fn resume(
                 &ctx.db,
                 id,
                 &authorization.browser_digest,
+                &authorization.user_id,
                 Some(&claims_text),
                 Some((&digest, expires_at)),
                 now,
@@ -778,7 +804,17 @@ pub(crate) async fn resume(
             Ok(redirect_with(&authorization.redirect_uri, &params))
         }
         FlowStatus::MfaFailed | FlowStatus::Canceled => {
-            if !store::resume(&ctx.db, id, &authorization.browser_digest, None, None, now).await? {
+            if !store::resume(
+                &ctx.db,
+                id,
+                &authorization.browser_digest,
+                &authorization.user_id,
+                None,
+                None,
+                now,
+            )
+            .await?
+            {
                 return Err(already());
             }
             let description = denial(flow.result.as_ref().map(|r| r.status));

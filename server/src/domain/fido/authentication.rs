@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::fido::FidoUserVerification;
 use tessera_protocol::ids::UserId;
@@ -71,7 +72,7 @@ pub(crate) async fn start(
     let ceremony = Ceremony {
         id: new_id("fca_"),
         application_id: app.id.clone(),
-        user_id: user.clone(),
+        user_id: Some(user.clone()),
         flow_id: flow_id.to_string(),
         purpose: "authentication".into(),
         state: serde_json::to_string(&state)
@@ -134,19 +135,33 @@ pub(crate) async fn finish(
         let message = "the credential is not one of this user's".to_string();
         return Err(refuse(ctx, app, user, "authentication", message).await);
     };
-    if !usable(&stored) {
+    verified(ctx, app, user, &stored, &response, &state).await
+}
+
+/// Verifies `response` for the stored credential `stored` of `user` against the ceremony's
+/// `state` (the library checks challenge, origin, RP id, signature and user verification),
+/// then applies the counter rules; answers the result attributes.
+async fn verified(
+    ctx: &Ctx,
+    app: &Application,
+    user: &UserId,
+    stored: &StoredCredential,
+    response: &PublicKeyCredential,
+    state: &AuthenticationState,
+) -> Result<BTreeMap<String, Value>, DomainError> {
+    if !usable(stored) {
         return Err(DomainError::new(
             ErrorCode::FidoCredentialCompromised,
             "this authenticator is blocked (its signature counter went backwards)",
         ));
     }
-    let mut cred = parsed(&stored)?;
+    let mut cred = parsed(stored)?;
     let settings = settings::get(&ctx.db, &app.id).await?;
     let rp = relying_party(ctx, &app.name, &settings)?;
-    let result = match rp.authenticate_credential(&response, &state) {
+    let result = match rp.authenticate_credential(response, state) {
         Ok(result) => result,
         Err(WebauthnError::CredentialPossibleCompromise) => {
-            return Err(compromised(ctx, app, user, &stored).await);
+            return Err(compromised(ctx, app, user, stored).await);
         }
         Err(e) => {
             let message = format!("the assertion does not verify: {}", describe(&e));
@@ -170,7 +185,7 @@ pub(crate) async fn finish(
         .await?
     {
         // Another assertion with this counter won the race, or the counter went back.
-        return Err(compromised(ctx, app, user, &stored).await);
+        return Err(compromised(ctx, app, user, stored).await);
     }
     let p = "pingid.authentication.";
     let mut attributes = BTreeMap::new();
@@ -186,6 +201,129 @@ pub(crate) async fn finish(
     }
     tracing::info!(credential = %stored.id, "FIDO assertion verified");
     Ok(attributes)
+}
+
+/// The purpose of a passkey sign-in's ceremony (no user named; an ordinary authentication's
+/// ceremony cannot answer one, nor the other way round).
+const PASSKEY: &str = "passkey";
+
+/// The one answer to a passkey that names nobody here: the same words whatever the reason (an
+/// unknown credential, another application's, a deleted user's, a user handle that does not
+/// match, one not registered as a passkey), so the answer tells an attacker nothing about
+/// which users or credentials exist; the audit log records the reason.
+const NOT_A_PASSKEY_HERE: &str = "this passkey is not registered with this application";
+
+/// Starts a passkey sign-in (no user named): options for `navigator.credentials.get` with an
+/// empty allow list (the authenticator offers its discoverable credentials for the RP id) and
+/// user verification required; answers them and the ceremony's id. The options are the same
+/// for everyone: they name no user and no credential.
+pub(crate) async fn start_passkey(
+    ctx: &Ctx,
+    app: &Application,
+    flow_id: &str,
+) -> Result<(Value, String), DomainError> {
+    let settings = settings::get(&ctx.db, &app.id).await?;
+    if !settings.discoverable_credentials {
+        return Err(passkeys_not_enabled());
+    }
+    let rp = relying_party(ctx, &app.name, &settings)?;
+    let builder = rp
+        .new_challenge_authenticate_builder(Vec::new(), Some(UserVerificationPolicy::Required))
+        .map_err(|_| DomainError::Internal("a passkey challenge could not be made"))?;
+    let (options, state) = rp
+        .generate_challenge_authenticate(builder)
+        .map_err(|_| DomainError::Internal("a passkey challenge could not be made"))?;
+    let ceremony = Ceremony {
+        id: new_id("fcp_"),
+        application_id: app.id.clone(),
+        user_id: None,
+        flow_id: flow_id.to_string(),
+        purpose: PASSKEY.into(),
+        state: serde_json::to_string(&state)
+            .map_err(|_| DomainError::Internal("encoding a ceremony"))?,
+        expires_at: ctx.now() + CEREMONY_SECONDS,
+    };
+    store::insert_ceremony(&ctx.db, &ceremony, ctx.now()).await?;
+    let options = serde_json::to_value(&options)
+        .map_err(|_| DomainError::Internal("encoding assertion options"))?;
+    Ok((options, ceremony.id))
+}
+
+/// `passkeys_not_enabled`: the application does not register discoverable credentials.
+pub(crate) fn passkeys_not_enabled() -> DomainError {
+    DomainError::new(
+        ErrorCode::PasskeysNotEnabled,
+        "this application does not allow passkey sign-in (its FIDO settings have discoverable_credentials off)",
+    )
+}
+
+/// A refused passkey: recorded (`fido.refused`, with the reason and the credential's user when
+/// one is known), answered with [`NOT_A_PASSKEY_HERE`].
+async fn refuse_passkey(
+    ctx: &Ctx,
+    app: &Application,
+    user: Option<&UserId>,
+    reason: &'static str,
+) -> DomainError {
+    let mut event = Event::new("fido.refused", Actor::Anonymous, "refused")
+        .app(app.id.as_str())
+        .details(json!({ "ceremony": PASSKEY, "message": reason }));
+    if let Some(user) = user {
+        event = event.user(user.as_str());
+    }
+    record(ctx, event).await;
+    tracing::info!(reason, "passkey sign-in refused");
+    super::verification_failed(NOT_A_PASSKEY_HERE)
+}
+
+/// Verifies the answer to the passkey ceremony `ceremony_id` of this flow (taken once): the
+/// credential is found by its id among the application's, must be a discoverable one of a
+/// user who still exists, and the `userHandle` the authenticator returned must be that user's
+/// handle; then it is verified as any assertion (user verification required, counter rules).
+/// Answers the user it names and the result attributes.
+pub(crate) async fn finish_passkey(
+    ctx: &Ctx,
+    app: &Application,
+    flow_id: &str,
+    ceremony_id: &str,
+    credential: Value,
+) -> Result<(UserId, BTreeMap<String, Value>), DomainError> {
+    let response: PublicKeyCredential = serde_json::from_value(credential)
+        .map_err(|_| DomainError::invalid("credential is not a WebAuthn assertion"))?;
+    let state = store::take_ceremony(&ctx.db, ceremony_id, flow_id, PASSKEY, ctx.now())
+        .await?
+        .ok_or_else(|| {
+            super::verification_failed("this sign-in was already answered or expired; start again")
+        })?;
+    let mut state: AuthenticationState = serde_json::from_str(&state)
+        .map_err(|_| DomainError::Internal("a stored ceremony does not parse"))?;
+    let credential_id = URL_SAFE_NO_PAD.encode(&response.raw_id);
+    let Some(stored) = store::by_credential_id(&ctx.db, &app.id, &credential_id).await? else {
+        return Err(refuse_passkey(ctx, app, None, "unknown credential").await);
+    };
+    let user = stored.user_id.clone();
+    if !stored.discoverable {
+        return Err(refuse_passkey(ctx, app, Some(&user), "not registered as a passkey").await);
+    }
+    let expected = super::user_handle(&app.id, &user);
+    let matches = response
+        .get_user_unique_id()
+        .is_some_and(|handle| bool::from(handle.ct_eq(expected.as_slice())));
+    if !matches {
+        return Err(refuse_passkey(ctx, app, Some(&user), "user handle mismatch").await);
+    }
+    if crate::store::users::get(&ctx.db, &app.id, &user)
+        .await?
+        .is_none()
+    {
+        return Err(
+            refuse_passkey(ctx, app, Some(&user), "the credential's user is deleted").await,
+        );
+    }
+    // The ceremony allowed any credential: from here on, exactly the one found.
+    state.set_allowed_credentials(vec![parsed(&stored)?]);
+    let attributes = verified(ctx, app, &user, &stored, &response, &state).await?;
+    Ok((user, attributes))
 }
 
 /// One assertion check as `checkAssertion` runs it, without its storage: for the benchmark of

@@ -85,7 +85,7 @@ pub(crate) async fn start(
     let ceremony = Ceremony {
         id: new_id("fcr_"),
         application_id: app.id.clone(),
-        user_id: user.clone(),
+        user_id: Some(user.clone()),
         flow_id: flow_id.to_string(),
         purpose: "registration".into(),
         state: serde_json::to_string(&Pending { state, method })
