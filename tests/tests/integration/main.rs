@@ -50,3 +50,4 @@ mod retention;
 mod secrets;
 mod tokens;
 mod webhooks;
+mod web_view_browser;
