@@ -105,7 +105,9 @@ fn origin_of(url: &str) -> Option<String> {
 
 fn parse_question(message: &str) -> Result<Question, CoreError> {
     if message.len() > MAX_MESSAGE_BYTES {
-        return Err(CoreError::InvalidInput("the web-view message is too long".into()));
+        return Err(CoreError::InvalidInput(
+            "the web-view message is too long".into(),
+        ));
     }
     let question: Question = serde_json::from_str(message)
         .map_err(|_| CoreError::InvalidInput("not a Tessera web-view message".into()))?;
@@ -153,7 +155,9 @@ impl Authenticator {
         user_id: Option<&str>,
     ) -> Result<String, CoreError> {
         let question = parse_question(message)?;
-        let outcome = self.answer_question(&question, source_origin, user_id).await;
+        let outcome = self
+            .answer_question(&question, source_origin, user_id)
+            .await;
         Ok(answer(&question, outcome))
     }
 
@@ -200,11 +204,19 @@ impl Authenticator {
                 "the return URL is not on the server's origin".into(),
             ));
         }
-        let outcome = self.answer_question(&question, source_origin, user_id).await;
+        let outcome = self
+            .answer_question(&question, source_origin, user_id)
+            .await;
         let answer: Map<String, Value> =
             serde_json::from_str(&answer(&question, outcome)).map_err(|_| invalid())?;
+        // The question's names first (`type`, `flow_id`, `request_id`), then what answers it.
+        const FIRST: [&str; 3] = ["type", "flow_id", "request_id"];
         let mut fragment = url::form_urlencoded::Serializer::new(String::new());
-        for (key, value) in &answer {
+        let ordered = FIRST
+            .iter()
+            .filter_map(|k| answer.get_key_value(*k))
+            .chain(answer.iter().filter(|(k, _)| !FIRST.contains(&k.as_str())));
+        for (key, value) in ordered {
             if let Some(text) = value.as_str() {
                 fragment.append_pair(key, text);
             }
@@ -296,7 +308,8 @@ mod tests {
     #[test]
     fn answers_echo_the_question_and_carry_a_payload_or_an_error() {
         let q = question("tessera.register");
-        let ok: Value = serde_json::from_str(&answer(&q, Ok(("mobile_payload", "p".into())))).unwrap();
+        let ok: Value =
+            serde_json::from_str(&answer(&q, Ok(("mobile_payload", "p".into())))).unwrap();
         assert_eq!(ok["type"], "tessera.register.result");
         assert_eq!(ok["flow_id"], "flow-1");
         assert_eq!(ok["request_id"], "abc");
@@ -309,7 +322,9 @@ mod tests {
 
     #[test]
     fn only_tessera_questions_with_sane_ids_are_parsed() {
-        assert!(parse_question(r#"{"type":"tessera.register","flow_id":"f","request_id":"r"}"#).is_ok());
+        assert!(
+            parse_question(r#"{"type":"tessera.register","flow_id":"f","request_id":"r"}"#).is_ok()
+        );
         for bad in [
             "not json",
             r#"{"type":"other.register","flow_id":"f","request_id":"r"}"#,

@@ -290,7 +290,9 @@ fn browser_state(
         .map(|w| FlowBrowserWebView {
             mode: w.mode,
             scheme: w.scheme.clone(),
-            timeout_seconds: w.timeout_seconds.unwrap_or(WEB_VIEW_TIMEOUT_DEFAULT_SECONDS),
+            timeout_seconds: w
+                .timeout_seconds
+                .unwrap_or(WEB_VIEW_TIMEOUT_DEFAULT_SECONDS),
             server: ctx.public_url.as_str().to_string(),
             authorization_nonce: state.authorization_nonce.clone(),
         });
@@ -423,7 +425,11 @@ mod tests {
             web_view(WebViewMode::Bridge, None, None),
             web_view(WebViewMode::Bridge, None, Some(1)),
             web_view(WebViewMode::Scheme, Some("com.example.app"), None),
-            web_view(WebViewMode::Scheme, Some("com.example.my-app+v2"), Some(120)),
+            web_view(
+                WebViewMode::Scheme,
+                Some("com.example.my-app+v2"),
+                Some(120),
+            ),
         ] {
             p.web_view = Some(ok.clone());
             assert!(check_prompt(&p).is_ok(), "{ok:?}");

@@ -49,5 +49,5 @@ mod request_by_id;
 mod retention;
 mod secrets;
 mod tokens;
-mod webhooks;
 mod web_view_browser;
+mod webhooks;

@@ -13,6 +13,8 @@
 //! - an answer for another question (a forged `request_id`) is ignored; a replayed authorization
 //!   payload is refused by the server and the page falls back to the push;
 //! - an app that answers with an error: the page falls back to the push;
+//! - a registration the application verifies: the new device is held until the passcode sent
+//!   by SMS is typed on the page, then the page continues by itself (`device_paired`);
 //! - the scheme mode: the page navigates to `<scheme>://tessera/authorization?…`, the app loads
 //!   the return URL with the answer in the fragment.
 //!
@@ -39,7 +41,12 @@ on_each_backend! {
 const SCHEME: &str = "com.example.tessera-test";
 
 /// A hosted flow for `user` opened in an app's web view (`mode`).
-fn web_view_request(server: &TestServer, user: &str, tag: &str, mode: WebViewMode) -> CreateFlowRequest {
+fn web_view_request(
+    server: &TestServer,
+    user: &str,
+    tag: &str,
+    mode: WebViewMode,
+) -> CreateFlowRequest {
     let mut request = hosted_request(user, &return_url(server, tag), &[]);
     if let Some(hosted) = request.hosted.as_mut() {
         hosted.web_view = Some(WebViewPrompt {
@@ -92,7 +99,12 @@ async fn completed_by(server: &TestServer, flow_id: &str) -> (FlowResultStatus, 
 }
 
 /// The device approves the push the flow (on the page or not) is waiting for.
-async fn approve_the_push(server: &TestServer, flow_id: &str, device: &TestDevice, enrollment: &EnrollmentId) {
+async fn approve_the_push(
+    server: &TestServer,
+    flow_id: &str,
+    device: &TestDevice,
+    enrollment: &EnrollmentId,
+) {
     let push = server
         .customer
         .flow(flow_id)
@@ -100,7 +112,9 @@ async fn approve_the_push(server: &TestServer, flow_id: &str, device: &TestDevic
         .unwrap()
         .push
         .expect("the flow sent a push");
-    let incoming = device.pull_request(enrollment, &push.authentication_id).await;
+    let incoming = device
+        .pull_request(enrollment, &push.authentication_id)
+        .await;
     device.auth.approve(&incoming, vec![], None).await.unwrap();
 }
 
@@ -115,7 +129,12 @@ async fn a_web_view_registration_ends_device_paired_and_the_device_then_approves
     let origin = origin(&server);
     let flow = server
         .customer
-        .create_flow(&web_view_request(&server, "alice", "register", WebViewMode::Bridge))
+        .create_flow(&web_view_request(
+            &server,
+            "alice",
+            "register",
+            WebViewMode::Bridge,
+        ))
         .await
         .unwrap();
     let back = return_url(&server, "register");
@@ -128,7 +147,10 @@ async fn a_web_view_registration_ends_device_paired_and_the_device_then_approves
     let (question, answer) = answer_next(&mut page, &device, &origin).await;
     assert_eq!(question["type"], "tessera.authorization");
     assert_eq!(question["flow_id"], flow.id.as_str());
-    assert_eq!(question["authorization_nonce"], flow.authorization_nonce.as_str());
+    assert_eq!(
+        question["authorization_nonce"],
+        flow.authorization_nonce.as_str()
+    );
     assert_eq!(answer["error"], "not_paired");
     let (question, answer) = answer_next(&mut page, &device, &origin).await;
     assert_eq!(question["type"], "tessera.register");
@@ -158,10 +180,53 @@ async fn a_web_view_registration_ends_device_paired_and_the_device_then_approves
         .await
         .unwrap();
     assert_eq!(waiting.status, FlowStatus::PushConfirmationWaiting);
+    assert_eq!(
+        waiting.push.as_ref().map(|p| &p.enrollment_id),
+        Some(&enrollment),
+        "the push goes to the device registered on the page"
+    );
     approve_the_push(&server, next.id.as_str(), &device, &enrollment).await;
     let done = server.customer.flow(next.id.as_str()).await.unwrap();
     assert_eq!(done.status, FlowStatus::MfaCompleted);
-    assert_eq!(done.result.unwrap().enrollment_id, Some(enrollment));
+    assert_eq!(done.result.unwrap().status, FlowResultStatus::Authenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_web_view_registration_approved_by_a_passcode_sent_by_sms() {
+    if !browser_available() {
+        return;
+    }
+    let (provider, sent) = crate::new_device_passcode::sms_provider().await;
+    let server = TestServer::start(Backend::Sqlite).await;
+    // The application verifies new devices; carol has a phone number and no device.
+    crate::new_device_passcode::setup(&server, &provider, true).await;
+    let device = TestDevice::new().await;
+    let origin = origin(&server);
+    let mut request = web_view_request(&server, "carol", "held", WebViewMode::Bridge);
+    request.sms_backup = Some(true);
+    let flow = server.customer.create_flow(&request).await.unwrap();
+    let back = return_url(&server, "held");
+    let mut page = PromptPage::open(
+        flow.prompt_url.as_deref().unwrap(),
+        &["--return-prefix", &back, "--web-view-bridge"],
+    );
+    let (_, answer) = answer_next(&mut page, &device, &origin).await;
+    assert_eq!(answer["error"], "not_paired");
+    let (question, _) = answer_next(&mut page, &device, &origin).await;
+    assert_eq!(question["type"], "tessera.register");
+    let (question, answer) = answer_next(&mut page, &device, &origin).await;
+    assert_eq!(question["type"], "tessera.register.complete");
+    assert!(answer["enrollment_id"].is_string(), "{answer}");
+    // The new device is held until the passcode sent by SMS is typed on the page; then the
+    // page continues by itself.
+    let held = server.customer.flow(flow.id.as_str()).await.unwrap();
+    assert_eq!(held.status, FlowStatus::MobilePairingRequired);
+    assert_eq!(held.pairing.unwrap().state, "pending_verification");
+    let code = crate::new_device_passcode::last_code(&sent);
+    page.send(&format!("type {code}"));
+    page.finish("MFA_COMPLETED").await;
+    let (status, _) = completed_by(&server, flow.id.as_str()).await;
+    assert_eq!(status, FlowResultStatus::DevicePaired);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -174,7 +239,12 @@ async fn a_seamless_device_authorization_in_a_web_view_needs_no_user() {
     let origin = origin(&server);
     let flow = server
         .customer
-        .create_flow(&web_view_request(&server, "alice", "seamless", WebViewMode::Bridge))
+        .create_flow(&web_view_request(
+            &server,
+            "alice",
+            "seamless",
+            WebViewMode::Bridge,
+        ))
         .await
         .unwrap();
     let back = return_url(&server, "seamless");
@@ -234,7 +304,12 @@ async fn a_forged_or_replayed_authorization_falls_back_to_the_push() {
 
     let flow = server
         .customer
-        .create_flow(&web_view_request(&server, "alice", "replay", WebViewMode::Bridge))
+        .create_flow(&web_view_request(
+            &server,
+            "alice",
+            "replay",
+            WebViewMode::Bridge,
+        ))
         .await
         .unwrap();
     let back = return_url(&server, "replay");
@@ -294,7 +369,12 @@ async fn an_app_answering_an_error_gets_the_normal_prompt() {
     let origin = origin(&server);
     let flow = server
         .customer
-        .create_flow(&web_view_request(&server, "alice", "error", WebViewMode::Bridge))
+        .create_flow(&web_view_request(
+            &server,
+            "alice",
+            "error",
+            WebViewMode::Bridge,
+        ))
         .await
         .unwrap();
     let back = return_url(&server, "error");
@@ -329,7 +409,12 @@ async fn the_scheme_mode_answers_in_the_return_urls_fragment() {
     let origin = origin(&server);
     let flow = server
         .customer
-        .create_flow(&web_view_request(&server, "alice", "scheme", WebViewMode::Scheme))
+        .create_flow(&web_view_request(
+            &server,
+            "alice",
+            "scheme",
+            WebViewMode::Scheme,
+        ))
         .await
         .unwrap();
     let back = return_url(&server, "scheme");
@@ -345,16 +430,24 @@ async fn the_scheme_mode_answers_in_the_return_urls_fragment() {
     let parsed = url::Url::parse(&asked).unwrap();
     let query: std::collections::HashMap<_, _> = parsed.query_pairs().into_owned().collect();
     assert_eq!(query["flow_id"], flow.id.as_str());
-    assert_eq!(query["authorization_nonce"], flow.authorization_nonce.as_str());
+    assert_eq!(
+        query["authorization_nonce"],
+        flow.authorization_nonce.as_str()
+    );
     assert_eq!(query["return_url"], format!("{origin}/prompt"));
-    assert!(!asked.contains(&token_of(&flow)), "the browser token stays in the page");
+    assert!(
+        !asked.contains(&token_of(&flow)),
+        "the browser token stays in the page"
+    );
     let load = device
         .auth
         .handle_web_view_url(&asked, &origin, None)
         .await
         .expect("the app answers the page's question");
     assert!(
-        load.starts_with(&format!("{origin}/prompt#type=tessera.authorization.result&")),
+        load.starts_with(&format!(
+            "{origin}/prompt#type=tessera.authorization.result&"
+        )),
         "{load}"
     );
     page.send(&format!("load {load}"));
@@ -399,13 +492,21 @@ async fn settings(backend: Backend) {
 
     let flow = server
         .customer
-        .create_flow(&web_view_request(&server, "alice", "s", WebViewMode::Scheme))
+        .create_flow(&web_view_request(
+            &server,
+            "alice",
+            "s",
+            WebViewMode::Scheme,
+        ))
         .await
         .unwrap();
     let state = page_state(&server, &token_of(&flow)).await;
     assert_eq!(state["web_view"]["mode"], "scheme");
     assert_eq!(state["web_view"]["scheme"], SCHEME);
-    assert_eq!(state["web_view"]["server"], server.base_url.trim_end_matches('/'));
+    assert_eq!(
+        state["web_view"]["server"],
+        server.base_url.trim_end_matches('/')
+    );
     assert_eq!(
         state["web_view"]["authorization_nonce"],
         flow.authorization_nonce.as_str()
