@@ -308,7 +308,10 @@ async function main() {
       });
       say(`METRICS bytes=${bytes} tti_ms=${Math.round(event.at)} first_state_ms=${Math.round(firstStateAt)} dom_interactive_ms=${Math.round(nav)}`);
     }
-    if (!a11yChecked && hasControls) {
+    // The scheme mode's navigation to the app's scheme (an external protocol to Chromium) can
+    // take the keyboard focus from the page while the check tabs through it; the same page is
+    // checked by every other browser test.
+    if (!a11yChecked && hasControls && !args.webViewScheme) {
       a11yChecked = true;
       await checkA11y();
     }

@@ -276,7 +276,6 @@ async fn a_forged_or_replayed_authorization_falls_back_to_the_push() {
     }
     let server = TestServer::start(Backend::Sqlite).await;
     let (device, enrollment) = paired(&server, "alice").await;
-    let origin = origin(&server);
 
     // An authorization payload used once already, for another flow.
     let earlier = server
@@ -366,7 +365,6 @@ async fn an_app_answering_an_error_gets_the_normal_prompt() {
     }
     let server = TestServer::start(Backend::Sqlite).await;
     let (device, enrollment) = paired(&server, "alice").await;
-    let origin = origin(&server);
     let flow = server
         .customer
         .create_flow(&web_view_request(
@@ -396,7 +394,6 @@ async fn an_app_answering_an_error_gets_the_normal_prompt() {
     page.state("PUSH_CONFIRMATION_WAITING").await;
     approve_the_push(&server, flow.id.as_str(), &device, &enrollment).await;
     page.finish("MFA_COMPLETED").await;
-    let _ = origin;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
