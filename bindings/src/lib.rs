@@ -174,6 +174,38 @@ impl Authenticator {
             .await?)
     }
 
+    /// The hosted page in the app's web view asked something (a JavaScript bridge message, as
+    /// JSON): answers it with the core (seamless authorization, registration, its completion)
+    /// and returns the answer to deliver to the page, as JSON. `source_origin` is the origin of
+    /// the page that asked (questions from another origin than the server's are refused);
+    /// `user_id` picks the signed-in user's enrollment when the device holds several.
+    pub async fn handle_web_view_message(
+        &self,
+        message: String,
+        source_origin: String,
+        user_id: Option<String>,
+    ) -> Result<String, TesseraError> {
+        Ok(self
+            .core
+            .handle_web_view_message(&message, &source_origin, user_id.as_deref())
+            .await?)
+    }
+
+    /// The scheme mode: answers the page's navigation to `<scheme>://tessera/<name>?…` and
+    /// returns the URL to load in the web view (the page's return URL with the answer in the
+    /// fragment). `source_origin` is the origin of the web view's current page.
+    pub async fn handle_web_view_url(
+        &self,
+        url: String,
+        source_origin: String,
+        user_id: Option<String>,
+    ) -> Result<String, TesseraError> {
+        Ok(self
+            .core
+            .handle_web_view_url(&url, &source_origin, user_id.as_deref())
+            .await?)
+    }
+
     /// Relay pairing, step 2: completes the pairing with the *server payload* the backend got.
     pub async fn complete_relay_pairing(
         &self,

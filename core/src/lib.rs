@@ -29,6 +29,7 @@ mod signer;
 mod state;
 mod storage;
 mod transport;
+pub mod web_view;
 
 pub use authenticator::{Authenticator, Enrollment, PushOutcome};
 pub use config::AuthenticatorConfig;

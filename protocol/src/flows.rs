@@ -344,6 +344,69 @@ pub struct HostedPrompt {
     /// browser's `Accept-Language`; English when none is shipped.
     #[serde(default)]
     pub ui_locales: Vec<String>,
+    /// The page is opened in an app's web view and speaks the web-view contract with the app
+    /// (automatic device registration, seamless device authorization): see [`WebViewPrompt`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_view: Option<WebViewPrompt>,
+}
+
+/// The longest private-use URI scheme a web-view flow accepts, in bytes.
+pub const WEB_VIEW_SCHEME_MAX_BYTES: usize = 64;
+
+/// The longest an app may take to answer the page, in seconds (and the default).
+pub const WEB_VIEW_TIMEOUT_MAX_SECONDS: u32 = 120;
+/// How long the page waits for the app's answer by default, in seconds.
+pub const WEB_VIEW_TIMEOUT_DEFAULT_SECONDS: u32 = 15;
+
+/// How the hosted page and the app that shows it in its web view exchange payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum WebViewMode {
+    /// A JavaScript bridge: the page posts to `window.TesseraBridge` (Android
+    /// `addWebMessageListener`) or `window.webkit.messageHandlers.tessera` (iOS); the app
+    /// answers through `TesseraBridge.onmessage` or `window.TesseraPrompt.receive(…)`.
+    Bridge,
+    /// A redirect to the app's own private-use scheme (`<scheme>://tessera/<name>?…`); the
+    /// app answers by loading the page's return URL with the result in the fragment.
+    Scheme,
+}
+
+/// A hosted flow opened in an app's web view (`hosted.web_view`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebViewPrompt {
+    /// How the page talks to the app.
+    pub mode: WebViewMode,
+    /// `scheme` mode only (and then required): the app's private-use URI scheme in reverse
+    /// domain name form (RFC 8252 §7.1), e.g. `com.example.bank`: lowercase letters, digits,
+    /// `+`, `-`, `.`, with at least one `.`, at most [`WEB_VIEW_SCHEME_MAX_BYTES`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Seconds the page waits for each answer of the app before it falls back to the normal
+    /// prompt (1 to [`WEB_VIEW_TIMEOUT_MAX_SECONDS`]; default
+    /// [`WEB_VIEW_TIMEOUT_DEFAULT_SECONDS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// What the hosted page needs to speak the web-view contract (`FlowBrowserState::web_view`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FlowBrowserWebView {
+    /// How the page talks to the app.
+    pub mode: WebViewMode,
+    /// The app's scheme (`scheme` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Seconds the page waits for each answer of the app.
+    pub timeout_seconds: u32,
+    /// This server's URL, as the app's core names it (`createMobilePayload(server)`, the
+    /// enrollment to authorize with).
+    pub server: String,
+    /// The flow's nonce a seamless device authorization signs.
+    pub authorization_nonce: String,
 }
 
 impl CreateFlowRequest {
@@ -700,6 +763,10 @@ pub struct FlowBrowserState {
     /// The QR code to scan with the app instead (after `useQrCode`), with its SVG image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qr: Option<FlowQr>,
+    /// A flow opened in an app's web view: how the page talks to the app and what it hands
+    /// over (while the flow is not final).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_view: Option<FlowBrowserWebView>,
 }
 
 /// The pairing of the app's device as the hosted prompt shows it.

@@ -59,15 +59,18 @@
     while (node.firstChild) node.removeChild(node.firstChild);
   }
 
-  // The token: from the fragment (then removed from the address bar), or this tab's copy.
+  // The token: from the fragment (then removed from the address bar), or this tab's copy. A
+  // fragment with "=" is not a token but an app's answer in the web-view scheme mode (below).
   var token = (location.hash || "").replace(/^#/, "");
+  var arrivedFromApp = null;
+  if (token.indexOf("=") >= 0) {
+    arrivedFromApp = token;
+    token = "";
+  }
   try {
-    if (token) {
-      sessionStorage.setItem(STORAGE_KEY, token);
-      history.replaceState(null, "", location.pathname + location.search);
-    } else {
-      token = sessionStorage.getItem(STORAGE_KEY) || "";
-    }
+    if (token) sessionStorage.setItem(STORAGE_KEY, token);
+    else token = sessionStorage.getItem(STORAGE_KEY) || "";
+    if (location.hash) history.replaceState(null, "", location.pathname + location.search);
   } catch (e) {
     /* storage unavailable: keep the token in memory */
   }
@@ -377,8 +380,9 @@
         break;
       case "MOBILE_PAIRING_REQUIRED":
         if (s.pairing) {
-          body.appendChild(el("p", null, t("pairing-instructions")));
-          if (s.pairing.qr_svg) {
+          // In an app's web view the app gets the payload itself (webViewAfterRender).
+          if (!s.web_view) body.appendChild(el("p", null, t("pairing-instructions")));
+          if (s.pairing.qr_svg && !s.web_view) {
             body.appendChild(el("img", {
               class: "qr",
               id: "pairing-qr",
@@ -386,10 +390,12 @@
               src: "data:image/svg+xml;charset=utf-8," + encodeURIComponent(s.pairing.qr_svg),
             }));
           }
-          body.appendChild(el("label", { for: "pairing-payload" }, t("pairing-payload-label")));
-          var area = el("textarea", { id: "pairing-payload", readonly: "", rows: "4" });
-          area.value = s.pairing.server_payload;
-          body.appendChild(area);
+          if (!s.web_view) {
+            body.appendChild(el("label", { for: "pairing-payload" }, t("pairing-payload-label")));
+            var area = el("textarea", { id: "pairing-payload", readonly: "", rows: "4" });
+            area.value = s.pairing.server_payload;
+            body.appendChild(area);
+          }
           body.appendChild(el("p", { class: "muted", id: "pairing-state" },
             t(s.pairing.state === "pending_verification" ? "pairing-pending" : "pairing-active")));
         }
@@ -692,11 +698,243 @@
         (input || heading).focus();
       }
     }
-    // A new flow starts by itself: the page asks the default device (or for a choice).
+    // A new flow starts by itself: the page asks the default device (or for a choice); in an
+    // app's web view it first asks the app to authorize the flow (or to register).
     if (state.status === "AUTHENTICATION_REQUIRED" && allowed("authenticate") && !startedOnce) {
       startedOnce = true;
-      act("authenticate");
+      if (!webViewStart()) act("authenticate");
     }
+    webViewAfterRender();
+  }
+
+  /* ---------------------------------------------------------------------------------------
+   * The web-view contract (docs/flows.md, "The hosted page in an app's web view"). When the
+   * flow was created with hosted.web_view, the page asks the app that shows it, through a
+   * JavaScript bridge or the app's own scheme:
+   *   tessera.authorization {server, authorization_nonce}  -> {authorization_payload}
+   *     (an answer "not_paired" -> tessera.register; any other error or no answer in time ->
+   *     the normal prompt: authenticate, push or device selection)
+   *   tessera.register {server}                            -> {mobile_payload}
+   *   tessera.register.complete {server, server_payload}   -> {enrollment_id}
+   *     (then continueAuthentication once the pairing is active)
+   * Every message carries the flow's id and a fresh random request_id; an answer counts only
+   * with type "<type>.result", the same flow_id and that request_id, while it is awaited.
+   * Anything else is ignored. The page does not listen to window "message" events (any window
+   * could post those).
+   * ------------------------------------------------------------------------------------- */
+
+  var WEB_VIEW_PENDING_KEY = "tessera-prompt-web-view";
+  var PAYLOAD_MAX = 16384;
+  var PAYLOAD_SHAPE = /^[A-Za-z0-9._~+\/=-]+$/;
+  var SCHEME_SHAPE = /^[a-z][a-z0-9+-]*(\.[a-z][a-z0-9+-]*)+$/;
+  var webViewPending = null; // {type, request_id, timer}
+  var webViewAskedComplete = "";
+  var webViewPaired = "";
+  var webViewContinued = "";
+
+  function randomId() {
+    var bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.prototype.map.call(bytes, function (b) { return (b < 16 ? "0" : "") + b.toString(16); }).join("");
+  }
+
+  // The app's native side: Android's addWebMessageListener object, or iOS's message handler.
+  function nativeBridge() {
+    var android = window.TesseraBridge;
+    if (android && typeof android.postMessage === "function") {
+      if (!android.__tesseraListening) {
+        android.onmessage = function (event) { receiveFromApp(event && event.data); };
+        android.__tesseraListening = true;
+      }
+      return function (json) { android.postMessage(json); };
+    }
+    var ios = window.webkit && window.webkit.messageHandlers && window.webkit.messageHandlers.tessera;
+    if (ios && typeof ios.postMessage === "function") return function (json) { ios.postMessage(json); };
+    return null;
+  }
+
+  // iOS (and any app that evaluates JavaScript) answers with window.TesseraPrompt.receive(json).
+  try {
+    Object.defineProperty(window, "TesseraPrompt", {
+      value: Object.freeze({ receive: function (message) { receiveFromApp(message); } }),
+      writable: false,
+      configurable: false,
+    });
+  } catch (e) {
+    /* defined already: nothing to replace */
+  }
+
+  function rememberPending(pending) {
+    try {
+      if (pending) sessionStorage.setItem(WEB_VIEW_PENDING_KEY, JSON.stringify({ type: pending.type, request_id: pending.request_id }));
+      else sessionStorage.removeItem(WEB_VIEW_PENDING_KEY);
+    } catch (e) {
+      /* in memory only */
+    }
+  }
+
+  // Sends one message to the app; false when it cannot be sent (no bridge: no app).
+  function askApp(name, fields) {
+    var w = state && state.web_view;
+    if (!w || webViewPending) return false;
+    var message = { type: "tessera." + name, flow_id: state.flow_id, request_id: randomId() };
+    Object.keys(fields).forEach(function (k) { message[k] = fields[k]; });
+    var send;
+    if (w.mode === "bridge") {
+      send = nativeBridge();
+      if (!send) return false;
+    } else if (w.mode === "scheme" && SCHEME_SHAPE.test(w.scheme || "")) {
+      send = function () {
+        var query = new URLSearchParams();
+        Object.keys(message).forEach(function (k) { if (k !== "type") query.set(k, message[k]); });
+        query.set("return_url", location.origin + location.pathname);
+        location.href = w.scheme + "://tessera/" + name + "?" + query.toString();
+      };
+    } else {
+      return false;
+    }
+    var pending = { type: message.type, request_id: message.request_id, timer: null };
+    pending.timer = setTimeout(function () {
+      if (webViewPending === pending) {
+        webViewPending = null;
+        rememberPending(null);
+        onAppAnswer(pending.type, null);
+      }
+    }, Math.max(1, w.timeout_seconds) * 1000);
+    webViewPending = pending;
+    rememberPending(pending);
+    root.setAttribute("data-web-view", message.type);
+    send(JSON.stringify(message));
+    return true;
+  }
+
+  function receiveFromApp(raw) {
+    var message = raw;
+    if (typeof raw === "string") {
+      if (raw.length > 4 * PAYLOAD_MAX) return;
+      try { message = JSON.parse(raw); } catch (e) { return; }
+    }
+    var pending = webViewPending;
+    if (!pending || !state || !message || typeof message !== "object") return;
+    if (message.type !== pending.type + ".result" || message.flow_id !== state.flow_id ||
+        message.request_id !== pending.request_id) return;
+    clearTimeout(pending.timer);
+    webViewPending = null;
+    rememberPending(null);
+    onAppAnswer(pending.type, message);
+  }
+
+  function payloadIn(message, name) {
+    var value = message && message[name];
+    return typeof value === "string" && value.length <= PAYLOAD_MAX && PAYLOAD_SHAPE.test(value) ? value : null;
+  }
+
+  // Applies an action as soon as no other is under way.
+  function actWhenIdle(action, extra) {
+    if (leaving) return;
+    if (busy) {
+      setTimeout(function () { actWhenIdle(action, extra); }, 50);
+      return;
+    }
+    act(action, extra);
+  }
+
+  // What the page does with the app's answer (null: none in time).
+  function onAppAnswer(type, message) {
+    root.removeAttribute("data-web-view");
+    var w = state && state.web_view;
+    var starting = state && state.status === "AUTHENTICATION_REQUIRED" && allowed("authenticate");
+    if (type === "tessera.authorization" && starting) {
+      var authorization = payloadIn(message, "authorization_payload");
+      if (authorization) return actWhenIdle("authenticate", { authorization_payload: authorization });
+      if (message && message.error === "not_paired" && w && askApp("register", { server: w.server })) return;
+      return actWhenIdle("authenticate");
+    }
+    if (type === "tessera.register" && starting) {
+      var mobile = payloadIn(message, "mobile_payload");
+      return actWhenIdle("authenticate", mobile ? { mobile_payload: mobile } : undefined);
+    }
+    if (type === "tessera.register.complete") {
+      if (message && !message.error && state && state.pairing) {
+        webViewPaired = state.pairing.server_payload;
+        return continueWhenPaired();
+      }
+      showError(t("error-generic"));
+    }
+  }
+
+  function continueWhenPaired() {
+    var s = state;
+    if (!s || s.status !== "MOBILE_PAIRING_REQUIRED" || !s.pairing) return;
+    var payload = s.pairing.server_payload;
+    if (webViewPaired !== payload || webViewContinued === payload) return;
+    if (s.pairing.state !== "active" || !allowed("continueAuthentication")) return;
+    webViewContinued = payload;
+    actWhenIdle("continueAuthentication");
+  }
+
+  // A flow created for a web view starts by asking the app; false when there is no app.
+  function webViewStart() {
+    var w = state.web_view;
+    if (!w) return false;
+    return askApp("authorization", { server: w.server, authorization_nonce: w.authorization_nonce });
+  }
+
+  function webViewAfterRender() {
+    var s = state;
+    if (!s || !s.web_view || leaving) return;
+    if (s.status === "MOBILE_PAIRING_REQUIRED" && s.pairing && s.pairing.server_payload &&
+        webViewAskedComplete !== s.pairing.server_payload && !webViewPending) {
+      webViewAskedComplete = s.pairing.server_payload;
+      askApp("register.complete", { server: s.web_view.server, server_payload: s.pairing.server_payload });
+    }
+    continueWhenPaired();
+  }
+
+  // An answer in the fragment (scheme mode): the app loaded the return URL with "#type=…".
+  function answerInFragment(fragment) {
+    var answer = {};
+    new URLSearchParams(fragment).forEach(function (value, key) { answer[key] = value; });
+    return answer;
+  }
+
+  window.addEventListener("hashchange", function () {
+    var fragment = (location.hash || "").replace(/^#/, "");
+    if (fragment.indexOf("=") < 0) return;
+    try { history.replaceState(null, "", location.pathname + location.search); } catch (e) { /* kept */ }
+    receiveFromApp(answerInFragment(fragment));
+  });
+
+  // The page was loaded again with the answer (an app that loads the return URL afresh): the
+  // question it answers was kept in this tab's storage; the answer is taken once the flow is read.
+  var restoredQuestion = null;
+  try {
+    restoredQuestion = JSON.parse(sessionStorage.getItem(WEB_VIEW_PENDING_KEY) || "null");
+  } catch (e) {
+    restoredQuestion = null;
+  }
+  if (restoredQuestion && typeof restoredQuestion.type === "string" && typeof restoredQuestion.request_id === "string") {
+    startedOnce = true;
+  } else {
+    restoredQuestion = null;
+  }
+
+  function takeRestoredAnswer() {
+    if (!restoredQuestion || !state) return;
+    var question = restoredQuestion;
+    restoredQuestion = null;
+    webViewPending = { type: question.type, request_id: question.request_id, timer: null };
+    var timeout = (state.web_view && state.web_view.timeout_seconds) || 15;
+    var pending = webViewPending;
+    pending.timer = setTimeout(function () {
+      if (webViewPending === pending) {
+        webViewPending = null;
+        rememberPending(null);
+        onAppAnswer(pending.type, null);
+      }
+    }, timeout * 1000);
+    if (arrivedFromApp) receiveFromApp(answerInFragment(arrivedFromApp));
+    arrivedFromApp = null;
   }
 
   function pollLoop() {
@@ -705,6 +943,7 @@
     call("GET", query)
       .then(function (next) {
         accept(next, true);
+        takeRestoredAnswer();
         setTimeout(pollLoop, 0);
       })
       .catch(function (err) {

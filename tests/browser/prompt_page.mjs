@@ -17,6 +17,13 @@
 // any credential it holds, as an attacker's would). The FINAL line is followed by
 // `FIDO elapsed_ms=<n>` when an authenticator was used: from the first ceremony to the end.
 //
+// The app around the page (the web-view contract, docs/flows.md): --web-view-bridge injects the
+// Android bridge object (`window.TesseraBridge`, as addWebMessageListener does) and prints each
+// message the page posts to it as `APP <json>`; the command `deliver <json>` hands the app's
+// answer back through the object's onmessage, as the reply proxy does. --web-view-scheme SCHEME
+// watches the page's navigations to SCHEME:// and prints each as `APP_URL <url>`; the command
+// `load <url>` loads a URL in the page, as the app's WebView.loadUrl does.
+//
 // Prints one line per event on stdout:
 //   METRICS bytes=<n> tti_ms=<n> first_state_ms=<n> dom_interactive_ms=<n>
 //                                  once the page first shows a control (button or field): the
@@ -58,7 +65,7 @@ const FINAL = new Set(["MFA_COMPLETED", "MFA_FAILED", "CANCELED", "INVALID"]);
 const ROOT = "#prompt";
 
 function parseArgs(argv) {
-  const args = { url: null, returnPrefix: null, pickDevice: null, useCode: false, codeFile: null, click: null, acceptLanguage: null, width: 360, timeout: 120, authenticator: null, importCredentials: null, exportCredentials: null, dropAllowCredentials: false, stay: false };
+  const args = { url: null, returnPrefix: null, pickDevice: null, useCode: false, codeFile: null, click: null, acceptLanguage: null, width: 360, timeout: 120, authenticator: null, importCredentials: null, exportCredentials: null, dropAllowCredentials: false, stay: false, webViewBridge: false, webViewScheme: null };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (a === "--return-prefix") args.returnPrefix = argv[++i];
@@ -74,6 +81,8 @@ function parseArgs(argv) {
     else if (a === "--export-credentials") args.exportCredentials = argv[++i];
     else if (a === "--drop-allow-credentials") args.dropAllowCredentials = true;
     else if (a === "--stay") args.stay = true;
+    else if (a === "--web-view-bridge") args.webViewBridge = true;
+    else if (a === "--web-view-scheme") args.webViewScheme = argv[++i];
     else if (!args.url && !a.startsWith("--")) args.url = a;
     else throw new Error(`unknown argument ${a}`);
   }
@@ -192,6 +201,20 @@ async function main() {
 
   const webauthn = await addAuthenticator(context, page, args);
 
+  // The app's native side of the web-view contract.
+  if (args.webViewBridge) {
+    await page.exposeFunction("__tesseraApp", (json) => say(`APP ${json}`));
+    await page.addInitScript(() => {
+      window.TesseraBridge = { postMessage: (json) => window.__tesseraApp(String(json)), onmessage: null };
+    });
+  }
+  if (args.webViewScheme) {
+    const prefix = `${args.webViewScheme}://`;
+    page.on("request", (request) => {
+      if (request.url().startsWith(prefix)) say(`APP_URL ${request.url()}`);
+    });
+  }
+
   const response = await page.goto(args.url, { waitUntil: "domcontentloaded" });
   if (!response || !response.ok()) await fail(`page load: HTTP ${response ? response.status() : "?"}`);
 
@@ -252,6 +275,10 @@ async function main() {
       await input.focus();
       await page.keyboard.type(arg);
       await page.keyboard.press("Enter");
+    } else if (verb === "deliver") {
+      await page.evaluate((json) => window.TesseraBridge.onmessage({ data: json }), arg);
+    } else if (verb === "load") {
+      await page.goto(arg, { waitUntil: "commit" });
     } else {
       await fail(`unknown command ${command}`);
     }
@@ -326,7 +353,10 @@ async function main() {
       });
       say(`METRICS bytes=${bytes} tti_ms=${Math.round(event.at)} first_state_ms=${Math.round(firstStateAt)} dom_interactive_ms=${Math.round(nav)}`);
     }
-    if (!a11yChecked && hasControls) {
+    // The scheme mode's navigation to the app's scheme (an external protocol to Chromium) can
+    // take the keyboard focus from the page while the check tabs through it; the same page is
+    // checked by every other browser test.
+    if (!a11yChecked && hasControls && !args.webViewScheme) {
       a11yChecked = true;
       await checkA11y();
     }

@@ -177,6 +177,42 @@ val tests: List<Pair<String, suspend Env.() -> Unit>> = listOf(
         phone.unpair(byRelay.enrollmentId)
         expectEqual(2, phone.enrollments().size, "after unpairing")
     },
+    "web view: the hosted page's questions answered by handleWebViewMessage" to {
+        val phone = device()
+        val dana = user("dana")
+        val origin = server.publicUrl.trimEnd('/')
+        fun question(type: String, extra: Map<String, Any?> = emptyMap()) = Json.write(
+            mapOf("type" to type, "flow_id" to "flw_1", "request_id" to "r1", "server" to server.publicUrl) + extra,
+        )
+        val started = server.call("POST", "/v1/flows", mapOf("user_id" to dana))
+        val nonce = started["authorization_nonce"] as String
+        val notPaired = Json.parse(phone.handleWebViewMessage(
+            question("tessera.authorization", mapOf("authorization_nonce" to nonce)), origin)).obj()
+        expectEqual("tessera.authorization.result", notPaired["type"], "answer type")
+        expectEqual("r1", notPaired["request_id"], "request id echoed")
+        expectEqual("not_paired", notPaired["error"], "not paired yet")
+        val registered = Json.parse(phone.handleWebViewMessage(question("tessera.register"), origin)).obj()
+        val pairing = server.call(
+            "POST", "/v1/flows/${started["id"]}",
+            mapOf("action" to "authenticate", "mobile_payload" to registered["mobile_payload"]),
+        )
+        val serverPayload = pairing["pairing"].obj()["server_payload"] as String
+        val completed = Json.parse(phone.handleWebViewMessage(
+            question("tessera.register.complete", mapOf("server_payload" to serverPayload)), origin)).obj()
+        expect((completed["enrollment_id"] as String).startsWith("enr_")) { "completed: $completed" }
+        val done = server.call("POST", "/v1/flows/${started["id"]}", mapOf("action" to "continueAuthentication"))
+        expectEqual("device_paired", done["result"].obj()["status"], "flow result")
+        val login = server.call("POST", "/v1/flows", mapOf("user_id" to dana))
+        val ask = question("tessera.authorization", mapOf("authorization_nonce" to login["authorization_nonce"]))
+        val foreign = Json.parse(phone.handleWebViewMessage(ask, "https://evil.example")).obj()
+        expectEqual("origin_mismatch", foreign["error"], "a foreign page")
+        val signed = Json.parse(phone.handleWebViewMessage(ask, origin, dana)).obj()
+        val authorized = server.call(
+            "POST", "/v1/flows/${login["id"]}",
+            mapOf("action" to "authenticate", "authorization_payload" to signed["authorization_payload"]),
+        )
+        expectEqual("MFA_COMPLETED", authorized["status"], "seamless authorization")
+    },
     "CIBA poll: a relying party's backchannel request, approved with biometrics" to {
         val verifier = Verifier(listOf("fpt"))
         val phone = device(verifier)

@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import unittest
+from urllib.parse import quote
 
 sys.path.insert(0, os.environ.get("TESSERA_PYTHON_BINDINGS", ""))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -219,6 +220,69 @@ class Flows(unittest.TestCase):
                              "DEVICE_AUTHORIZATION")
             with self.assertRaises(t.TesseraError):
                 await device.create_authorization_payload("enr_" + "0" * 32, "nonce")
+
+        run(flow())
+
+    def test_web_view_questions_are_answered_by_the_core(self):
+        async def flow():
+            device = await Device().open()
+            erin = self.user("erin")
+            server = self.server.public_url
+            origin = server.rstrip("/")
+
+            def ask(kind, **fields):
+                return json.dumps({"type": kind, "flow_id": "flw_1", "request_id": "r1",
+                                   "server": server, **fields})
+
+            # Not paired yet: the page is told so and asks to register instead.
+            started = self.server.call("POST", "/v1/flows", {"user_id": erin})
+            question = ask("tessera.authorization",
+                           authorization_nonce=started["authorization_nonce"])
+            answer = json.loads(await device.handle_web_view_message(question, origin, None))
+            self.assertEqual(answer["type"], "tessera.authorization.result")
+            self.assertEqual((answer["flow_id"], answer["request_id"]), ("flw_1", "r1"))
+            self.assertEqual(answer["error"], "not_paired")
+            answer = json.loads(await device.handle_web_view_message(
+                ask("tessera.register"), origin, None))
+            pairing = self.server.call("POST", f"/v1/flows/{started['id']}",
+                                       {"action": "authenticate",
+                                        "mobile_payload": answer["mobile_payload"]})
+            answer = json.loads(await device.handle_web_view_message(
+                ask("tessera.register.complete",
+                    server_payload=pairing["pairing"]["server_payload"]), origin, None))
+            self.assertTrue(answer["enrollment_id"].startswith("enr_"))
+            done = self.server.call("POST", f"/v1/flows/{started['id']}",
+                                    {"action": "continueAuthentication"})
+            self.assertEqual(done["result"]["status"], "device_paired")
+
+            # Paired: a seamless authorization of the next flow.
+            login = self.server.call("POST", "/v1/flows", {"user_id": erin})
+            question = ask("tessera.authorization", authorization_nonce=login["authorization_nonce"])
+            answer = json.loads(await device.handle_web_view_message(question, origin, erin))
+            authorized = self.server.call("POST", f"/v1/flows/{login['id']}",
+                                          {"action": "authenticate",
+                                           "authorization_payload": answer["authorization_payload"]})
+            self.assertEqual(authorized["status"], "MFA_COMPLETED")
+
+            # Another page the web view shows cannot make the device sign.
+            answer = json.loads(await device.handle_web_view_message(
+                question, "https://evil.example", None))
+            self.assertEqual(answer["error"], "origin_mismatch")
+            self.assertNotIn("authorization_payload", answer)
+            with self.assertRaises(t.TesseraError):
+                await device.handle_web_view_message("not a question", origin, None)
+
+            # The scheme mode: the answer comes back in the return URL's fragment.
+            url = (f"com.example.app://tessera/authorization?flow_id=flw_2&request_id=r2"
+                   f"&server={quote(server, safe='')}&authorization_nonce=n"
+                   f"&return_url={quote(origin + '/prompt', safe='')}")
+            back = await device.handle_web_view_url(url, origin, None)
+            self.assertTrue(back.startswith(origin + "/prompt#type=tessera.authorization.result"))
+            self.assertIn("authorization_payload=", back)
+            elsewhere = url.replace(quote(origin + "/prompt", safe=""),
+                                    quote("https://evil.example/x", safe=""))
+            with self.assertRaises(t.TesseraError):
+                await device.handle_web_view_url(elsewhere, origin, None)
 
         run(flow())
 

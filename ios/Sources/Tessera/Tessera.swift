@@ -167,6 +167,25 @@ public final class Tessera: @unchecked Sendable {
         try await sdk.createAuthorizationPayload(enrollmentId: enrollmentId, flowNonce: flowNonce)
     }
 
+    /// The hosted page in your web view asked something (docs/flows.md, "The hosted page in an
+    /// app's web view"). Register a `WKScriptMessageHandler` named `tessera`; in
+    /// `userContentController(_:didReceive:)`, with `message.body as? String` and the frame's
+    /// `securityOrigin` as `sourceOrigin` (`protocol://host[:port]`), evaluate
+    /// `window.TesseraPrompt.receive(<answer as a JSON string literal>)` with the answer. Questions
+    /// from any origin but the server's are refused in it. `userId` picks the signed-in user's
+    /// enrollment when this device holds several on that server.
+    public func handleWebViewMessage(_ message: String, sourceOrigin: String, userId: String? = nil) async throws -> String {
+        try await sdk.handleWebViewMessage(message: message, sourceOrigin: sourceOrigin, userId: userId)
+    }
+
+    /// The scheme mode: in `webView(_:decidePolicyFor:decisionHandler:)`, for a
+    /// `<your scheme>://tessera/…` URL, cancel the navigation and load the URL this returns
+    /// (the page's return URL with the answer in its fragment). Throws (load nothing) when the
+    /// URL is not the page's question or its return URL is not on the server's origin.
+    public func handleWebViewUrl(_ url: String, sourceOrigin: String, userId: String? = nil) async throws -> String {
+        try await sdk.handleWebViewUrl(url: url, sourceOrigin: sourceOrigin, userId: userId)
+    }
+
     /// Relay pairing, step 2: the server payload your backend got back.
     public func completeRelayPairing(_ serverPayload: String) async throws -> Enrollment {
         try await sdk.completeRelayPairing(serverPayload: serverPayload)

@@ -2254,6 +2254,7 @@ mod tests {
         f.data.options.hosted = Some(HostedPrompt {
             return_url: "https://rp.example/cb".into(),
             ui_locales: Vec::new(),
+            web_view: None,
         });
         assert_eq!(
             allowed_actions(&f),

@@ -25,8 +25,9 @@ use rand::RngCore;
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::flows::{
-    FlowAction, FlowBrowserPairing, FlowBrowserState, FlowId, HOSTED_RETURN_URL_MAX_BYTES,
-    HostedPrompt,
+    FlowAction, FlowBrowserPairing, FlowBrowserState, FlowBrowserWebView, FlowId,
+    HOSTED_RETURN_URL_MAX_BYTES, HostedPrompt, WEB_VIEW_SCHEME_MAX_BYTES,
+    WEB_VIEW_TIMEOUT_DEFAULT_SECONDS, WEB_VIEW_TIMEOUT_MAX_SECONDS, WebViewMode, WebViewPrompt,
 };
 use zeroize::Zeroizing;
 
@@ -140,6 +141,59 @@ pub(crate) fn check_prompt(prompt: &HostedPrompt) -> Result<(), DomainError> {
             ));
         }
     }
+    if let Some(web_view) = &prompt.web_view {
+        check_web_view(web_view)?;
+    }
+    Ok(())
+}
+
+/// Whether `scheme` is a private-use URI scheme in reverse domain name form (RFC 8252 §7.1):
+/// lowercase RFC 3986 scheme characters, dot-separated labels that each start with a letter
+/// and are not empty, at least two labels. Such a scheme can never be `http`, `https`,
+/// `javascript`, `data`, `file` or any other scheme a browser gives a meaning of its own.
+pub(crate) fn is_private_use_scheme(scheme: &str) -> bool {
+    scheme.len() <= WEB_VIEW_SCHEME_MAX_BYTES
+        && scheme.contains('.')
+        && scheme.split('.').all(|label| {
+            label.starts_with(|c: char| c.is_ascii_lowercase())
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '+')
+        })
+}
+
+/// Checks a web-view flow's settings: a scheme exactly when the mode is `scheme`, a private-use
+/// one ([`is_private_use_scheme`]); a timeout within bounds.
+fn check_web_view(web_view: &WebViewPrompt) -> Result<(), DomainError> {
+    match (web_view.mode, web_view.scheme.as_deref()) {
+        (WebViewMode::Bridge, None) => {}
+        (WebViewMode::Bridge, Some(_)) => {
+            return Err(DomainError::invalid(
+                "hosted.web_view.scheme is for the scheme mode only",
+            ));
+        }
+        (WebViewMode::Scheme, None) => {
+            return Err(DomainError::invalid(
+                "hosted.web_view.scheme is required in the scheme mode",
+            ));
+        }
+        (WebViewMode::Scheme, Some(scheme)) => {
+            if !is_private_use_scheme(scheme) {
+                return Err(DomainError::invalid(format!(
+                    "hosted.web_view.scheme must be a private-use scheme in reverse domain name \
+                     form (RFC 8252), e.g. com.example.app, of at most \
+                     {WEB_VIEW_SCHEME_MAX_BYTES} bytes"
+                )));
+            }
+        }
+    }
+    if let Some(timeout) = web_view.timeout_seconds
+        && !(1..=WEB_VIEW_TIMEOUT_MAX_SECONDS).contains(&timeout)
+    {
+        return Err(DomainError::invalid(format!(
+            "hosted.web_view.timeout_seconds must be 1 to {WEB_VIEW_TIMEOUT_MAX_SECONDS}"
+        )));
+    }
     Ok(())
 }
 
@@ -216,6 +270,7 @@ fn check_same_origin(ctx: &Ctx, caller: &BrowserCaller<'_>) -> Result<(), Domain
 
 /// Puts a flow into the page's words.
 fn browser_state(
+    ctx: &Ctx,
     view: HostedView,
     accept_language: Option<&str>,
 ) -> Result<FlowBrowserState, DomainError> {
@@ -226,6 +281,21 @@ fn browser_state(
         .texts(&lang)
         .map_err(|_| DomainError::Internal("the shipped texts do not load"))?;
     let state = view.state;
+    // The app's part is over once the flow is: nothing more is handed over then.
+    let web_view = view
+        .prompt
+        .web_view
+        .as_ref()
+        .filter(|_| !state.status.is_final())
+        .map(|w| FlowBrowserWebView {
+            mode: w.mode,
+            scheme: w.scheme.clone(),
+            timeout_seconds: w
+                .timeout_seconds
+                .unwrap_or(WEB_VIEW_TIMEOUT_DEFAULT_SECONDS),
+            server: ctx.public_url.as_str().to_string(),
+            authorization_nonce: state.authorization_nonce.clone(),
+        });
     let pairing = state.pairing.map(|p| FlowBrowserPairing {
         qr_svg: crate::qr_render::svg(&p.server_payload, PAIRING_QR_PIXELS).ok(),
         server_payload: p.server_payload,
@@ -259,6 +329,7 @@ fn browser_state(
         lang,
         texts,
         qr: state.qr,
+        web_view,
     })
 }
 
@@ -272,7 +343,7 @@ pub(crate) async fn view(
 ) -> Result<FlowBrowserState, DomainError> {
     let (app, id) = flow_of(ctx, caller.token).await?;
     let view = flows::hosted_view(ctx, &app.id, &id, seen, wait).await?;
-    browser_state(view, caller.accept_language)
+    browser_state(ctx, view, caller.accept_language)
 }
 
 /// `POST /v1/flow-browser`: one action from the page (the customer API's actions and errors),
@@ -286,7 +357,7 @@ pub(crate) async fn act(
     let (app, id) = flow_of(ctx, caller.token).await?;
     flows::act(ctx, &app, id.as_str(), action).await?;
     let view = flows::hosted_view(ctx, &app.id, &id, None, Duration::ZERO).await?;
-    browser_state(view, caller.accept_language)
+    browser_state(ctx, view, caller.accept_language)
 }
 
 #[cfg(test)]
@@ -297,6 +368,7 @@ mod tests {
         HostedPrompt {
             return_url: url.to_string(),
             ui_locales: Vec::new(),
+            web_view: None,
         }
     }
 
@@ -339,6 +411,53 @@ mod tests {
         assert!(check_prompt(&p).is_err());
         p.ui_locales = vec!["en".into(); MAX_REQUESTED_LANGUAGES + 1];
         assert!(check_prompt(&p).is_err());
+    }
+
+    #[test]
+    fn web_view_schemes_are_private_use_reverse_domain_names() {
+        let mut p = prompt("https://rp.example/cb");
+        let web_view = |mode, scheme: Option<&str>, timeout| WebViewPrompt {
+            mode,
+            scheme: scheme.map(str::to_string),
+            timeout_seconds: timeout,
+        };
+        for ok in [
+            web_view(WebViewMode::Bridge, None, None),
+            web_view(WebViewMode::Bridge, None, Some(1)),
+            web_view(WebViewMode::Scheme, Some("com.example.app"), None),
+            web_view(
+                WebViewMode::Scheme,
+                Some("com.example.my-app+v2"),
+                Some(120),
+            ),
+        ] {
+            p.web_view = Some(ok.clone());
+            assert!(check_prompt(&p).is_ok(), "{ok:?}");
+        }
+        let long = format!("com.{}", "a".repeat(WEB_VIEW_SCHEME_MAX_BYTES));
+        for bad in [
+            web_view(WebViewMode::Bridge, Some("com.example.app"), None),
+            web_view(WebViewMode::Scheme, None, None),
+            web_view(WebViewMode::Scheme, Some("javascript"), None),
+            web_view(WebViewMode::Scheme, Some("http"), None),
+            web_view(WebViewMode::Scheme, Some("https"), None),
+            web_view(WebViewMode::Scheme, Some("myapp"), None),
+            web_view(WebViewMode::Scheme, Some("Com.Example.App"), None),
+            web_view(WebViewMode::Scheme, Some("com..example"), None),
+            web_view(WebViewMode::Scheme, Some(".com.example"), None),
+            web_view(WebViewMode::Scheme, Some("com.example."), None),
+            web_view(WebViewMode::Scheme, Some("1com.example"), None),
+            web_view(WebViewMode::Scheme, Some("com.example:x"), None),
+            web_view(WebViewMode::Scheme, Some("com.example/app"), None),
+            web_view(WebViewMode::Scheme, Some("com.exa mple"), None),
+            web_view(WebViewMode::Scheme, Some(long.as_str()), None),
+            web_view(WebViewMode::Bridge, None, Some(0)),
+            web_view(WebViewMode::Bridge, None, Some(121)),
+        ] {
+            p.web_view = Some(bad.clone());
+            let e = check_prompt(&p).unwrap_err();
+            assert_eq!(e.code(), Some(ErrorCode::InvalidRequest), "{bad:?}");
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub(crate) fn hosted_request(
     request.hosted = Some(HostedPrompt {
         return_url: return_url.to_string(),
         ui_locales: ui_locales.iter().map(|s| s.to_string()).collect(),
+        web_view: None,
     });
     request
 }

@@ -53,4 +53,5 @@ mod retention;
 mod secrets;
 mod store_transactions;
 mod tokens;
+mod web_view_browser;
 mod webhooks;

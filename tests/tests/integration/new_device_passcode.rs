@@ -29,7 +29,7 @@ on_each_backend! {
 }
 
 /// A local SMS provider: keeps the body of every request (the code is in `code`).
-async fn sms_provider() -> (String, Arc<Mutex<Vec<Value>>>) {
+pub(crate) async fn sms_provider() -> (String, Arc<Mutex<Vec<Value>>>) {
     let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
     let kept = Arc::clone(&bodies);
     let app = axum::Router::new().route(
@@ -52,7 +52,7 @@ async fn sms_provider() -> (String, Arc<Mutex<Vec<Value>>>) {
 
 /// A server whose application verifies new devices and sends SMS codes to `provider`; the
 /// user `carol` has a phone number and no device.
-async fn setup(server: &TestServer, provider: &str, phone: bool) {
+pub(crate) async fn setup(server: &TestServer, provider: &str, phone: bool) {
     let db = server.server.database();
     let app = &server.app.application_id;
     tessera_server::admin::set_additional_device_policy(
@@ -116,7 +116,7 @@ async fn register(server: &TestServer, flow: &FlowState) -> (TestDevice, FlowSta
     (phone, pairing)
 }
 
-fn last_code(sent: &Arc<Mutex<Vec<Value>>>) -> String {
+pub(crate) fn last_code(sent: &Arc<Mutex<Vec<Value>>>) -> String {
     let sent = sent.lock().unwrap();
     sent.last().expect("a code was sent")["code"]
         .as_str()

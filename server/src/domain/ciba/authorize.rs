@@ -702,6 +702,7 @@ fn hosted_prompt(request: &mut CreateFlowRequest, return_url: &str, ui_locales: 
     request.hosted = Some(tessera_protocol::flows::HostedPrompt {
         return_url: return_url.to_string(),
         ui_locales: crate::domain::hosted::usable_ui_locales(ui_locales),
+        web_view: None,
     });
 }
 

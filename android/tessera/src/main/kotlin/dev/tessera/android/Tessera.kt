@@ -186,6 +186,27 @@ class Tessera private constructor(val sdk: Authenticator) : AutoCloseable {
     suspend fun createAuthorizationPayload(enrollmentId: String, flowNonce: String): String =
         sdk.createAuthorizationPayload(enrollmentId, flowNonce)
 
+    /**
+     * The hosted page in your web view asked something (docs/flows.md, "The hosted page in an
+     * app's web view"). With `WebViewCompat.addWebMessageListener(webView, "TesseraBridge",
+     * setOf(serverOrigin), listener)`, in `onPostMessage(view, message, sourceOrigin, isMainFrame,
+     * replyProxy)`: `replyProxy.postMessage(tessera.handleWebViewMessage(message.data!!,
+     * sourceOrigin.toString()))`. The answer is JSON for the page; questions from any origin but
+     * the server's are refused in it. `userId` picks the signed-in user's enrollment when this
+     * device holds several on that server.
+     */
+    suspend fun handleWebViewMessage(message: String, sourceOrigin: String, userId: String? = null): String =
+        sdk.handleWebViewMessage(message, sourceOrigin, userId)
+
+    /**
+     * The scheme mode: in `shouldOverrideUrlLoading`, for a `<your scheme>://tessera/…` URL,
+     * `webView.loadUrl(tessera.handleWebViewUrl(url, originOf(webView.url)))` and return true.
+     * Throws (load nothing) when the URL is not the page's question or its return URL is not on
+     * the server's origin.
+     */
+    suspend fun handleWebViewUrl(url: String, sourceOrigin: String, userId: String? = null): String =
+        sdk.handleWebViewUrl(url, sourceOrigin, userId)
+
     /** Relay pairing, step 2: the server payload your backend got back. */
     suspend fun completeRelayPairing(serverPayload: String): Enrollment = sdk.completeRelayPairing(serverPayload)
 
