@@ -35,6 +35,7 @@ fn passkey_request(back: &str) -> CreateFlowRequest {
     request.hosted = Some(HostedPrompt {
         return_url: back.to_string(),
         ui_locales: Vec::new(),
+        web_view: None,
     });
     request
 }
