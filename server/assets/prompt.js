@@ -683,6 +683,32 @@
     setTimeout(function () { location.replace(target); }, RESULT_PAUSE_MS);
   }
 
+  function typedFields() {
+    var values = {};
+    Array.prototype.forEach.call(root.querySelectorAll("input[id]"), function (input) {
+      if (input.value) values[input.id] = input.value;
+    });
+    var active = document.activeElement;
+    var focused = active && active.tagName === "INPUT" && active.id && root.contains(active)
+      ? { id: active.id, start: active.selectionStart, end: active.selectionEnd }
+      : null;
+    return { values: values, focused: focused };
+  }
+
+  function restoreTyped(typed) {
+    Object.keys(typed.values).forEach(function (id) {
+      var input = document.getElementById(id);
+      if (input && !input.value) input.value = typed.values[id];
+    });
+    if (typed.focused) {
+      var again = document.getElementById(typed.focused.id);
+      if (again) {
+        again.focus();
+        try { again.setSelectionRange(typed.focused.start, typed.focused.end); } catch (e) { /* not a text field */ }
+      }
+    }
+  }
+
   function accept(next, moveFocus) {
     if (!next || leaving) return;
     if (state && next.version < state.version) return; // an older answer overtaken by a newer
@@ -692,7 +718,11 @@
     state = next;
     if (changed) {
       if (statusChanged) showDevices = false;
+      // The same state drawn again (its version moved: a pairing's progress, a resent code)
+      // keeps what the user is typing: the fields' values and the focused field's caret.
+      var typed = statusChanged ? null : typedFields();
       render();
+      if (typed) restoreTyped(typed);
       if (statusChanged && moveFocus !== false) {
         var input = document.getElementById("otp");
         (input || heading).focus();
