@@ -242,7 +242,8 @@ impl Authenticator {
             .map_err(|_| {
                 CoreError::KeyStore("the stored App Attest key id is not base64".into())
             })?;
-        let client_data_hash = client_data_hash().map_err(|e| CoreError::KeyStore(e.to_string()))?;
+        let client_data_hash =
+            client_data_hash().map_err(|e| CoreError::KeyStore(e.to_string()))?;
         let assertion = asserter.generate_assertion(&key_id, client_data_hash.as_bytes())?;
         Ok(Some(
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(assertion),

@@ -188,8 +188,7 @@ fn the_app_attest_qr_answer_vector_binds_its_assertion_to_the_qr_answer_without_
     assert_eq!(authenticator_data[33..37], 2u32.to_be_bytes());
     assert_eq!(
         attested["app_attest"]["key"]["public_jwk"],
-        by_name("authentication_response_with_app_attest_assertion")["app_attest"]["key"]
-            ["public_jwk"]
+        by_name("authentication_response_with_app_attest_assertion")["app_attest"]["key"]["public_jwk"]
     );
     let jwk: PublicJwk =
         serde_json::from_value(attested["app_attest"]["key"]["public_jwk"].clone()).unwrap();

@@ -136,8 +136,9 @@ fn verify(
     let cbor = URL_SAFE_NO_PAD
         .decode(encoded)
         .map_err(|_| AttestationError::Malformed("the assertion is not base64url"))?;
-    let client_data_hash = client_data_hash
-        .ok_or(AttestationError::Malformed("the answer has no canonical form"))?;
+    let client_data_hash = client_data_hash.ok_or(AttestationError::Malformed(
+        "the answer has no canonical form",
+    ))?;
     let verified = apple::verify_assertion_cbor(
         &key.public_key,
         app_id_hashes,

@@ -623,7 +623,9 @@ pub(crate) async fn recorded_asks_app_attest_assertion(
     }
     let stored = policies::version(&ctx.db, app, d.policy_version)
         .await?
-        .ok_or(DomainError::Internal("a decision's policy version is missing"))?;
+        .ok_or(DomainError::Internal(
+            "a decision's policy version is missing",
+        ))?;
     let document = to_version(stored)?.policy;
     Ok(rule_asks_app_attest_assertion(&document, &d.rule))
 }
