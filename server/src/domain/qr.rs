@@ -720,8 +720,7 @@ pub(crate) async fn answer(
         _ => Some(ctx.db.begin_write().await?),
     };
     if let (Some(open), Some(counter)) = (tx.as_mut(), counter)
-        && !enrollments::take_app_attest_counter(&mut **open, &device.enrollment_id, counter)
-            .await?
+        && !enrollments::take_app_attest_counter(open, &device.enrollment_id, counter).await?
     {
         if let Some(open) = tx {
             open.rollback().await?;
