@@ -201,11 +201,40 @@ impl Authenticator {
         enrollment: &StoredEnrollment,
         response: &mut AuthenticationResponse,
     ) -> Result<(), CoreError> {
+        response.app_attest_assertion = None;
+        response.app_attest_assertion =
+            self.app_assertion(enrollment, || response.app_attest_client_data_hash())?;
+        Ok(())
+    }
+
+    /// [`Authenticator::assert_app`] for a QR login answer: the same rule, over
+    /// [`tessera_protocol::qr::QrResponse::app_attest_client_data_hash`].
+    fn assert_app_qr(
+        &self,
+        enrollment: &StoredEnrollment,
+        response: &mut tessera_protocol::qr::QrResponse,
+    ) -> Result<(), CoreError> {
+        response.app_attest_assertion = None;
+        response.app_attest_assertion =
+            self.app_assertion(enrollment, || response.app_attest_client_data_hash())?;
+        Ok(())
+    }
+
+    /// The App Attest assertion (unpadded base64url) over the `clientDataHash` of an answer
+    /// without one, when the enrollment's pairing was App Attested and the app set an asserter.
+    fn app_assertion(
+        &self,
+        enrollment: &StoredEnrollment,
+        client_data_hash: impl FnOnce() -> Result<
+            tessera_protocol::canonical::Sha256Digest,
+            tessera_protocol::canonical::CanonicalError,
+        >,
+    ) -> Result<Option<String>, CoreError> {
         let (Some(key_id), Some(asserter)) = (
             enrollment.app_attest_key_id.as_deref(),
             self.app_attest_asserter(),
         ) else {
-            return Ok(());
+            return Ok(None);
         };
         use base64::Engine;
         let key_id = base64::engine::general_purpose::STANDARD
@@ -213,14 +242,12 @@ impl Authenticator {
             .map_err(|_| {
                 CoreError::KeyStore("the stored App Attest key id is not base64".into())
             })?;
-        response.app_attest_assertion = None;
-        let client_data_hash = response
-            .app_attest_client_data_hash()
-            .map_err(|e| CoreError::KeyStore(e.to_string()))?;
+        let client_data_hash =
+            client_data_hash().map_err(|e| CoreError::KeyStore(e.to_string()))?;
         let assertion = asserter.generate_assertion(&key_id, client_data_hash.as_bytes())?;
-        response.app_attest_assertion =
-            Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(assertion));
-        Ok(())
+        Ok(Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(assertion),
+        ))
     }
 
     /// This installation's device id: derived from its device key (see
@@ -1489,6 +1516,7 @@ impl Authenticator {
             now(),
         );
         response.device = Some(posture.versions);
+        self.assert_app_qr(&enrollment, &mut response)?;
         let with_user_verification = decision == Decision::Approve && verifies_user(&response.amr);
         let signed = self.sign_answer(
             &enrollment,

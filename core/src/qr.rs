@@ -133,5 +133,6 @@ pub(crate) fn response_for(
         location,
         device: None,
         issued_at: now,
+        app_attest_assertion: None,
     }
 }

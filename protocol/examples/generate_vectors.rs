@@ -389,7 +389,35 @@ fn main() {
         location: None,
         device: Some(versions),
         issued_at: 1_767_225_800,
+        app_attest_assertion: None,
     };
+    // The same QR approval from the App Attested iOS device (the next counter): the same rule,
+    // the assertion over the QR answer's canonical JSON without it.
+    let qr_client_data_hash = qr_response
+        .app_attest_client_data_hash()
+        .expect("client data hash");
+    let qr_assertion = app_attest_assertion(
+        &app_attest_d,
+        "ABCDE12345.com.example.bank",
+        2,
+        qr_client_data_hash.as_bytes(),
+    );
+    let mut attested_qr_response = qr_response.clone();
+    attested_qr_response.app_attest_assertion = Some(URL_SAFE_NO_PAD.encode(&qr_assertion));
+    let mut attested_qr_vector = envelope_vector(
+        "qr_response_with_app_attest_assertion",
+        MessageType::QrResponse,
+        &possession,
+        &possession_d,
+        &serde_json::to_value(&attested_qr_response).expect("value"),
+    );
+    attested_qr_vector["app_attest"] = json!({
+        "description": "client_data_hash is SHA-256 of the canonical JSON of the payload without app_attest_assertion (that is, of the qr_response vector's canonical_payload); the assertion is by the same App Attest key as authentication_response_with_app_attest_assertion, app id ABCDE12345.com.example.bank, counter 2 (one counter for push and QR answers).",
+        "client_data_hash": qr_client_data_hash,
+        "app_id": "ABCDE12345.com.example.bank",
+        "counter": 2,
+        "key": key_json("app attest key", &app_attest_key, &app_attest_d),
+    });
     let mut attested_vector = envelope_vector(
         "authentication_response_with_app_attest_assertion",
         MessageType::AuthenticationResponse,
@@ -407,7 +435,7 @@ fn main() {
     write(
         &dir.join("answers.json"),
         &json!({
-            "description": "Signed answers of the device paired in envelopes.json (same keys): an approval signed with the user-verification key and a QR login approval signed with the possession key. Each carries `device`, the model, OS version and app version as the device is now (the server keeps the enrollment current from it); `device` is optional for devices built before it existed. The third is the first from an App Attested iOS device: it carries `app_attest_assertion`, made over SHA-256 of the answer's canonical JSON without it (see its `app_attest`). Checked like envelopes.json, plus: the payload parses as the answer type.",
+            "description": "Signed answers of the device paired in envelopes.json (same keys): an approval signed with the user-verification key and a QR login approval signed with the possession key. Each carries `device`, the model, OS version and app version as the device is now (the server keeps the enrollment current from it); `device` is optional for devices built before it existed. The third and fourth are the first two from an App Attested iOS device (a push answer, then a QR answer): each carries `app_attest_assertion`, made over SHA-256 of the answer's canonical JSON without it (see its `app_attest`). Checked like envelopes.json, plus: the payload parses as the answer type.",
             "vectors": [
                 envelope_vector(
                     "authentication_response",
@@ -424,6 +452,7 @@ fn main() {
                     &serde_json::to_value(&qr_response).expect("value"),
                 ),
                 attested_vector,
+                attested_qr_vector,
             ],
         }),
     );

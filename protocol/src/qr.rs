@@ -281,6 +281,24 @@ pub struct QrResponse {
     pub device: Option<DeviceVersions>,
     /// When the device signed it.
     pub issued_at: UnixSeconds,
+    /// Apple App Attest: an assertion of the App Attest key the enrollment's pairing attested,
+    /// as in [`crate::authentication::AuthenticationResponse::app_attest_assertion`], made over
+    /// [`QrResponse::app_attest_client_data_hash`]. Absent from devices without App Attest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_attest_assertion: Option<String>,
+}
+
+impl QrResponse {
+    /// The `clientDataHash` an App Attest assertion of this answer is made over: SHA-256 of the
+    /// answer's canonical JSON without `app_attest_assertion` (the same rule as
+    /// [`crate::authentication::AuthenticationResponse::app_attest_client_data_hash`]).
+    pub fn app_attest_client_data_hash(
+        &self,
+    ) -> Result<Sha256Digest, crate::canonical::CanonicalError> {
+        let mut without = self.clone();
+        without.app_attest_assertion = None;
+        Sha256Digest::of_canonical(&without)
+    }
 }
 
 #[cfg(test)]

@@ -154,6 +154,71 @@ fn the_app_attest_answer_vector_binds_its_assertion_to_the_answer_without_it() {
     );
 }
 
+#[test]
+fn the_app_attest_qr_answer_vector_binds_its_assertion_to_the_qr_answer_without_it() {
+    let file = load("answers.json");
+    let vectors = file["vectors"].as_array().unwrap();
+    let by_name = |n: &str| vectors.iter().find(|v| v["name"] == n).unwrap();
+    let plain = by_name("qr_response");
+    let attested = by_name("qr_response_with_app_attest_assertion");
+    let answer: QrResponse = serde_json::from_value(attested["payload"].clone()).unwrap();
+    let expected = attested["app_attest"]["client_data_hash"].as_str().unwrap();
+    // The hash is over the QR answer without the assertion: the plain vector's canonical payload.
+    assert_eq!(
+        String::from(answer.app_attest_client_data_hash().unwrap()),
+        expected
+    );
+    assert_eq!(
+        String::from(Sha256Digest::of_bytes(
+            plain["canonical_payload"].as_str().unwrap().as_bytes()
+        )),
+        expected
+    );
+    // The assertion: CBOR {"signature", "authenticatorData"}, by the push vector's App Attest
+    // key, at the next counter.
+    let cbor = URL_SAFE_NO_PAD
+        .decode(answer.app_attest_assertion.as_deref().unwrap())
+        .unwrap();
+    assert_eq!(&cbor[..11], b"\xa2\x69signature");
+    let signature_len = usize::from(cbor[12]);
+    let signature = &cbor[13..13 + signature_len];
+    let rest = &cbor[13 + signature_len..];
+    assert_eq!(&rest[..18], b"\x71authenticatorData");
+    let authenticator_data = &rest[20..20 + usize::from(rest[19])];
+    assert_eq!(authenticator_data[33..37], 2u32.to_be_bytes());
+    assert_eq!(
+        attested["app_attest"]["key"]["public_jwk"],
+        by_name("authentication_response_with_app_attest_assertion")["app_attest"]["key"]["public_jwk"]
+    );
+    let jwk: PublicJwk =
+        serde_json::from_value(attested["app_attest"]["key"]["public_jwk"].clone()).unwrap();
+    let mut nonce_input = authenticator_data.to_vec();
+    nonce_input.extend_from_slice(answer.app_attest_client_data_hash().unwrap().as_bytes());
+    let nonce = Sha256Digest::of_bytes(&nonce_input);
+    use p256::ecdsa::signature::Verifier;
+    jwk.verifying_key()
+        .verify(
+            nonce.as_bytes(),
+            &p256::ecdsa::Signature::from_der(signature).unwrap(),
+        )
+        .unwrap();
+    // Another QR answer (another session nonce) does not hash the same.
+    let mut other = answer.clone();
+    other.session_nonce = "AAAAAAAAAAAAAAAAAAAAAA".into();
+    assert_ne!(
+        other.app_attest_client_data_hash().unwrap(),
+        answer.app_attest_client_data_hash().unwrap()
+    );
+    // A device without App Attest sends no member.
+    let mut without = answer.clone();
+    without.app_attest_assertion = None;
+    assert!(
+        !serde_json::to_string(&without)
+            .unwrap()
+            .contains("app_attest")
+    );
+}
+
 fn check_envelopes(name: &str) {
     let file = load(name);
     for v in file["vectors"].as_array().unwrap() {

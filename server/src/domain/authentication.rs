@@ -1116,13 +1116,14 @@ pub(crate) async fn answer(
     // in the answer's own write below.
     let assertion = AnswerAssertion {
         device: &device,
-        response: &response,
+        assertion: response.app_attest_assertion.as_deref(),
+        client_data_hash: response.app_attest_client_data_hash().ok(),
         required_by_policy: record
             .policy
             .as_deref()
             .and_then(|p| serde_json::from_str::<PolicyOutcome>(p).ok())
             .is_some_and(|p| p.app_attest_assertion),
-        authentication_id: id.as_str(),
+        answered_id: id.as_str(),
         client_ip: client,
     };
     let counter = match assertions::check_answer(&mut conn, &assertion).await? {

@@ -40,6 +40,7 @@ use tessera_protocol::qr::{
 };
 use zeroize::Zeroizing;
 
+use super::attestation::assertions::{self, AnswerAssertion, AssertionCheck};
 use super::authentication::{
     AnswerFacts, Question, USER_VERIFICATION_AMR, as_answered, attributes_for, check_answer,
     check_text, invalid, mismatch, new_authentication, remember_answered_device, verify_answer,
@@ -634,6 +635,34 @@ pub(crate) async fn answer(
     if session.state != QrSessionState::Scanned {
         return not_recorded(&session, &response);
     }
+    // App Attest, as on the push answer path: an App Attested iOS enrollment proves its answer
+    // with an assertion (when it sends one, or the application or the scan's policy decision
+    // for this user asks for one). Its counter is taken in the answer's own write below.
+    let assertion = AnswerAssertion {
+        device: &device,
+        assertion: response.app_attest_assertion.as_deref(),
+        client_data_hash: response.app_attest_client_data_hash().ok(),
+        required_by_policy: super::policy::recorded_asks_app_attest_assertion(
+            ctx,
+            &session.application_id,
+            &device.user_id,
+            session.id.as_str(),
+        )
+        .await?,
+        answered_id: session.id.as_str(),
+        client_ip: client,
+    };
+    let checked = {
+        let mut conn = ctx.db.reader().await?;
+        assertions::check_answer(&mut conn, &assertion).await?
+    };
+    let counter = match checked {
+        AssertionCheck::Nothing => None,
+        AssertionCheck::Take(counter) => Some(counter),
+        AssertionCheck::Refused(code, check) => {
+            return refused_assertion(ctx, &id, &response, &assertion, code, &check).await;
+        }
+    };
     let attrs = attributes_for(
         ctx,
         AuthenticationKind::Approval,
@@ -683,12 +712,29 @@ pub(crate) async fn answer(
         state: next_state,
         follow_up_id: follow_up.as_ref().map(|f| &f.id),
     };
-    // With a follow-up, the answer and the follow-up's request are stored together; without,
-    // the answer is one conditional update.
-    let mut tx = match &follow_up {
-        Some(_) => Some(ctx.db.begin_write().await?),
-        None => None,
+    // With a follow-up or an App Attest counter, the answer, the counter and the follow-up's
+    // request are stored together (the counter first, conditionally: a replayed or raced
+    // counter writes nothing); without, the answer is one conditional update.
+    let mut tx = match (&follow_up, counter) {
+        (None, None) => None,
+        _ => Some(ctx.db.begin_write().await?),
     };
+    if let (Some(open), Some(counter)) = (tx.as_mut(), counter)
+        && !enrollments::take_app_attest_counter(open, &device.enrollment_id, counter).await?
+    {
+        if let Some(open) = tx {
+            open.rollback().await?;
+        }
+        return refused_assertion(
+            ctx,
+            &id,
+            &response,
+            &assertion,
+            ErrorCode::AppAttestCounterReplay,
+            "the App Attest assertion's counter was taken by another answer",
+        )
+        .await;
+    }
     let recorded = match tx.as_mut() {
         Some(tx) => qr_sessions::record_answer(&mut **tx, &session.id, &answer, now).await?,
         None => qr_sessions::record_answer(ctx.db.writer(), &session.id, &answer, now).await?,
@@ -710,8 +756,10 @@ pub(crate) async fn answer(
             Err(already_answered())
         };
     }
-    if let (Some(f), Some(mut tx)) = (&follow_up, tx) {
-        authentications::insert(&mut *tx, f).await?;
+    if let Some(mut tx) = tx {
+        if let Some(f) = &follow_up {
+            authentications::insert(&mut *tx, f).await?;
+        }
         tx.commit().await?;
     }
     remember_answered_device(ctx, &device, &answered_device).await;
@@ -736,6 +784,26 @@ pub(crate) async fn answer(
         state: next_state,
         follow_up: follow_up.map(|f| f.id),
     })
+}
+
+/// What an answer whose App Attest assertion was refused gets: if the session has meanwhile
+/// moved on (answered, by this very answer racing itself, or expired), what any answer to it
+/// gets then ([`not_recorded`]); otherwise the refusal, audited.
+async fn refused_assertion(
+    ctx: &Ctx,
+    id: &QrSessionId,
+    response: &QrResponse,
+    assertion: &AnswerAssertion<'_>,
+    code: ErrorCode,
+    check: &str,
+) -> Result<QrAnswerRecorded, DomainError> {
+    if code == ErrorCode::AppAttestCounterReplay {
+        let current = load_existing(ctx, id).await?;
+        if current.state != QrSessionState::Scanned {
+            return not_recorded(&current, response);
+        }
+    }
+    Err(assertions::refuse(ctx, assertion, code, check).await)
 }
 
 /// The follow-up the application's QR policy asks for after an approval.

@@ -382,6 +382,25 @@ pub async fn latest_for_subject(
     row.as_ref().map(decision_from_row).transpose()
 }
 
+/// The latest decision recorded for `user` on `subject` (a QR session records one per user
+/// offered), if any.
+pub async fn latest_for_subject_and_user(
+    db: &Database,
+    subject: &str,
+    user: &UserId,
+) -> Result<Option<StoredDecision>, StoreError> {
+    let row = sqlx::query(
+        "SELECT request_kind, subject_id, policy_version, rule, action, effect, reason, inputs, \
+         methods, created_at FROM policy_decisions WHERE subject_id = $1 AND user_id = $2 \
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(subject)
+    .bind(user.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(decision_from_row).transpose()
+}
+
 fn decision_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDecision, StoreError> {
     let version: i64 = r.try_get("policy_version")?;
     Ok(StoredDecision {

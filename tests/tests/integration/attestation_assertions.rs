@@ -7,12 +7,15 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tessera_protocol::api::{AppleAppIdentity, AttestationMode, AttestationSettings};
+use tessera_protocol::api::{
+    AppleAppIdentity, AttestationMode, AttestationSettings, CreateQrSession,
+};
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::events::AuditPage;
 use tessera_protocol::ids::EnrollmentId;
 use tessera_protocol::policy::PolicyDocument;
+use tessera_protocol::qr::QrSessionState;
 use tessera_tests::attestation::{self, TestCa};
 use tessera_tests::{
     AssertionMode, TEST_TEAM_ID, TestAppAttester, TestDevice, TestServer, ask, on_each_backend,
@@ -25,6 +28,11 @@ on_each_backend! {
     require_refuses_an_answer_without_an_assertion => missing_under_require;
     a_policy_asks_for_assertions_under_report => policy_asks_for_it;
     of_two_answers_with_one_counter_exactly_one_is_accepted => concurrent_same_counter;
+    a_qr_answer_with_an_assertion_is_accepted_and_shares_the_counter_with_push_answers => qr_shared_counter;
+    require_refuses_a_qr_answer_without_an_assertion => qr_missing_under_require;
+    a_replayed_counter_on_a_qr_answer_is_refused_and_nothing_is_written => qr_replay_refused;
+    a_policy_asks_qr_answers_for_assertions_under_report => qr_policy_asks_for_it;
+    of_qr_and_push_answers_with_one_counter_exactly_one_is_accepted => qr_concurrent_same_counter;
 }
 
 fn settings(mode: AttestationMode) -> AttestationSettings {
@@ -312,4 +320,235 @@ async fn concurrent_same_counter(backend: tessera_tests::Backend) {
         states,
         vec![AuthenticationState::Approved, AuthenticationState::Pending]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// QR login answers: the same assertions, the same counter as push answers.
+
+/// A QR session the device has scanned, and the session's id.
+async fn scanned_qr(
+    server: &TestServer,
+    device: &TestDevice,
+) -> (
+    tessera_core::QrAuthentication,
+    tessera_protocol::qr::QrSessionId,
+) {
+    let created = server
+        .customer
+        .create_qr_session(&CreateQrSession::default())
+        .await
+        .expect("create a QR session");
+    let qr = device
+        .auth
+        .authenticate_with_qr(&created.qr_uri)
+        .await
+        .expect("scan");
+    (qr, created.session_id)
+}
+
+async fn qr_state(server: &TestServer, id: &tessera_protocol::qr::QrSessionId) -> QrSessionState {
+    server
+        .customer
+        .qr_session(id, 0)
+        .await
+        .expect("QR status")
+        .state
+}
+
+async fn approve_qr(
+    device: &TestDevice,
+    qr: &tessera_core::QrAuthentication,
+) -> Result<tessera_core::QrAnswerRecorded, tessera_core::CoreError> {
+    device
+        .auth
+        .approve_qr(qr, &qr.users[0].user_id, Vec::new())
+        .await
+}
+
+async fn qr_shared_counter(backend: tessera_tests::Backend) {
+    let (server, user, device, attester, enrollment) =
+        paired(backend, AttestationMode::Require).await;
+    // A push answer, then a QR answer, then a push answer: one counter, each one higher.
+    let (answered, _) = approve(&server, &user, &device, &enrollment).await;
+    answered.expect("push answer, counter 1");
+    assert_eq!(attester.last_counter(), 1);
+    let (qr, session) = scanned_qr(&server, &device).await;
+    let recorded = approve_qr(&device, &qr)
+        .await
+        .expect("an asserted QR answer is accepted");
+    assert_eq!(recorded.state, QrSessionState::Approved);
+    assert_eq!(attester.last_counter(), 2);
+    assert_eq!(qr_state(&server, &session).await, QrSessionState::Approved);
+    let (answered, _) = approve(&server, &user, &device, &enrollment).await;
+    answered.expect("push answer, counter 3");
+    assert_eq!(attester.last_counter(), 3);
+    // The QR answer's counter was stored: a QR answer with it again is a replay.
+    attester.set_mode(AssertionMode::FixedCounter(2));
+    let (qr, session) = scanned_qr(&server, &device).await;
+    let err = approve_qr(&device, &qr).await.expect_err("counter 2 again");
+    assert_eq!(
+        err.server_code(),
+        Some(ErrorCode::AppAttestCounterReplay),
+        "{err}"
+    );
+    assert_eq!(qr_state(&server, &session).await, QrSessionState::Scanned);
+    let refused = refusals(&server).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+}
+
+async fn qr_missing_under_require(backend: tessera_tests::Backend) {
+    let (server, _user, device, attester, _enrollment) =
+        paired(backend, AttestationMode::Require).await;
+    device.auth.set_app_attest_asserter(None);
+    let (qr, session) = scanned_qr(&server, &device).await;
+    let err = approve_qr(&device, &qr)
+        .await
+        .expect_err("refused without an assertion");
+    assert_eq!(
+        err.server_code(),
+        Some(ErrorCode::AppAttestAssertionRequired),
+        "{err}"
+    );
+    assert_eq!(qr_state(&server, &session).await, QrSessionState::Scanned);
+    let refused = refusals(&server).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["code"], json!("app_attest_assertion_required"));
+    // A denial is an answer too: it needs the assertion as well.
+    let err = device
+        .auth
+        .deny_qr(&qr, &qr.users[0].user_id, false)
+        .await
+        .expect_err("a denial without an assertion is refused too");
+    assert_eq!(
+        err.server_code(),
+        Some(ErrorCode::AppAttestAssertionRequired)
+    );
+    // With the asserter back, the same session is answered.
+    device.auth.set_app_attest_asserter(Some(attester.clone()));
+    let recorded = approve_qr(&device, &qr).await.expect("asserted");
+    assert_eq!(recorded.state, QrSessionState::Approved);
+}
+
+async fn qr_replay_refused(backend: tessera_tests::Backend) {
+    let (server, user, device, attester, enrollment) =
+        paired(backend, AttestationMode::Require).await;
+    let (answered, _) = approve(&server, &user, &device, &enrollment).await;
+    answered.expect("counter 1");
+    let (qr, _) = scanned_qr(&server, &device).await;
+    approve_qr(&device, &qr).await.expect("counter 2");
+    // The same counter again, and a lower one: refused, and the session stays scanned.
+    for replayed in [2, 1] {
+        attester.set_mode(AssertionMode::FixedCounter(replayed));
+        let (qr, session) = scanned_qr(&server, &device).await;
+        let err = approve_qr(&device, &qr)
+            .await
+            .expect_err("a replayed counter is refused");
+        assert_eq!(
+            err.server_code(),
+            Some(ErrorCode::AppAttestCounterReplay),
+            "{err}"
+        );
+        assert_eq!(qr_state(&server, &session).await, QrSessionState::Scanned);
+        // The genuine next assertion still answers it: nothing was taken by the refusal.
+        attester.set_mode(AssertionMode::Genuine);
+        let recorded = approve_qr(&device, &qr)
+            .await
+            .expect("the next counter is accepted");
+        assert_eq!(recorded.state, QrSessionState::Approved);
+    }
+    let refused = refusals(&server).await;
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|d| d["code"] == json!("app_attest_counter_replay"))
+    );
+}
+
+async fn qr_policy_asks_for_it(backend: tessera_tests::Backend) {
+    let (server, _user, device, attester, _enrollment) =
+        paired(backend, AttestationMode::Report).await;
+    // Under `report` a QR answer without an assertion is accepted...
+    device.auth.set_app_attest_asserter(None);
+    let (qr, _) = scanned_qr(&server, &device).await;
+    approve_qr(&device, &qr)
+        .await
+        .expect("report does not demand assertions");
+    // ...until the policy's `require` asks for one (decided at the scan).
+    let policy: PolicyDocument = serde_json::from_value(json!({
+        "rules": [],
+        "default": {"action": "require", "methods": ["mobile_push"], "app_attest_assertion": true}
+    }))
+    .unwrap();
+    server.customer.set_policy(&policy).await.expect("policy");
+    let (qr, session) = scanned_qr(&server, &device).await;
+    let err = approve_qr(&device, &qr)
+        .await
+        .expect_err("the policy asks for an assertion");
+    assert_eq!(
+        err.server_code(),
+        Some(ErrorCode::AppAttestAssertionRequired),
+        "{err}"
+    );
+    assert_eq!(qr_state(&server, &session).await, QrSessionState::Scanned);
+    device.auth.set_app_attest_asserter(Some(attester.clone()));
+    approve_qr(&device, &qr).await.expect("asserted");
+    // A rule without `app_attest_assertion` asks nothing.
+    let policy: PolicyDocument = serde_json::from_value(json!({
+        "rules": [],
+        "default": {"action": "require", "methods": ["mobile_push"]}
+    }))
+    .unwrap();
+    server.customer.set_policy(&policy).await.expect("policy");
+    device.auth.set_app_attest_asserter(None);
+    let (qr, _) = scanned_qr(&server, &device).await;
+    approve_qr(&device, &qr)
+        .await
+        .expect("this policy does not ask for an assertion");
+}
+
+async fn qr_concurrent_same_counter(backend: tessera_tests::Backend) {
+    let (server, user, device, attester, enrollment) =
+        paired(backend, AttestationMode::Require).await;
+    let (first_qr, first_session) = scanned_qr(&server, &device).await;
+    let (second_qr, second_session) = scanned_qr(&server, &device).await;
+    let created = server
+        .customer
+        .create_authentication(&user, &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create");
+    let request = device
+        .pull_request(&enrollment, &created.authentication_id)
+        .await;
+    // Three answers carry counter 7: each verifies against the stored 0, only one may take it.
+    attester.set_mode(AssertionMode::FixedCounter(7));
+    let (first, second, push) = tokio::join!(
+        approve_qr(&device, &first_qr),
+        approve_qr(&device, &second_qr),
+        device.auth.approve(&request, Vec::new(), None),
+    );
+    let accepted = [first.is_ok(), second.is_ok(), push.is_ok()];
+    let codes = [
+        first.as_ref().err().and_then(|e| e.server_code()),
+        second.as_ref().err().and_then(|e| e.server_code()),
+        push.as_ref().err().and_then(|e| e.server_code()),
+    ];
+    assert_eq!(
+        accepted.iter().filter(|a| **a).count(),
+        1,
+        "{first:?} {second:?} {push:?}"
+    );
+    for (ok, code) in accepted.iter().zip(codes) {
+        if !ok {
+            assert_eq!(code, Some(ErrorCode::AppAttestCounterReplay));
+        }
+    }
+    // Exactly the accepted one was written.
+    let written = [
+        qr_state(&server, &first_session).await == QrSessionState::Approved,
+        qr_state(&server, &second_session).await == QrSessionState::Approved,
+        state_of(&server, &created.authentication_id).await == AuthenticationState::Approved,
+    ];
+    assert_eq!(written, accepted);
+    assert_eq!(refusals(&server).await.len(), 2);
 }

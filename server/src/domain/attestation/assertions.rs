@@ -1,14 +1,15 @@
 //! App Attest assertions on answers: an iOS enrollment whose pairing was App Attested by a
-//! registered app proves each later answer with an assertion of that App Attest key, made over
-//! the answer's `clientDataHash` (SHA-256 of its canonical JSON without the assertion; see
-//! `AuthenticationResponse::app_attest_client_data_hash`). The counter the assertion carries is
-//! taken atomically by the answer's write (`store::enrollments::take_app_attest_counter`), so
-//! of two answers carrying one counter only one is accepted.
+//! registered app proves each later answer (to a push request or a QR login) with an assertion
+//! of that App Attest key, made over the answer's `clientDataHash` (SHA-256 of its canonical
+//! JSON without the assertion; see `AuthenticationResponse::app_attest_client_data_hash` and
+//! `QrResponse::app_attest_client_data_hash`). The counter the assertion carries is taken
+//! atomically by the answer's write (`store::enrollments::take_app_attest_counter`), so of two
+//! answers carrying one counter only one is accepted.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_protocol::api::AttestationMode;
-use tessera_protocol::authentication::AuthenticationResponse;
+use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::error::ErrorCode;
 
 use super::AttestationError;
@@ -34,18 +35,22 @@ pub(crate) enum AssertionCheck {
     Refused(ErrorCode, String),
 }
 
-/// Where an answer's App Attest check is made: the answer, and whether its request's policy
-/// asks for an assertion.
+/// Where an answer's App Attest check is made: the answer's assertion and the hash it must be
+/// made over, and whether its request's policy asks for an assertion.
 pub(crate) struct AnswerAssertion<'a> {
     /// The enrollment that answered.
     pub device: &'a Enrollment,
-    /// The answer (its signature already verified with the enrollment's key).
-    pub response: &'a AuthenticationResponse,
+    /// The answer's `app_attest_assertion` (the answer's signature already verified with the
+    /// enrollment's key).
+    pub assertion: Option<&'a str>,
+    /// The answer's `clientDataHash`: SHA-256 of its canonical JSON without the assertion
+    /// (`None` when the answer has no canonical form: an assertion is then refused as malformed).
+    pub client_data_hash: Option<Sha256Digest>,
     /// The policy decision of the request asked for an assertion (`require` with
     /// `app_attest_assertion: true`).
     pub required_by_policy: bool,
-    /// The authentication answered (for the audit record).
-    pub authentication_id: &'a str,
+    /// The authentication or QR session answered (the audit record's subject).
+    pub answered_id: &'a str,
     /// The device's address (for the audit record).
     pub client_ip: &'a str,
 }
@@ -70,7 +75,7 @@ pub(crate) async fn check_answer(
         return Ok(AssertionCheck::Nothing);
     }
     let required = settings.mode == AttestationMode::Require || answer.required_by_policy;
-    Ok(match answer.response.app_attest_assertion.as_deref() {
+    Ok(match answer.assertion {
         None if required => AssertionCheck::Refused(
             ErrorCode::AppAttestAssertionRequired,
             "the answer of an App Attested device carries no App Attest assertion".into(),
@@ -79,7 +84,7 @@ pub(crate) async fn check_answer(
         Some(encoded) => {
             let app_id_hashes: Vec<[u8; 32]> =
                 settings.apple_apps.iter().map(apple::app_id_hash).collect();
-            match verify(encoded, answer.response, &key, &app_id_hashes) {
+            match verify(encoded, answer.client_data_hash, &key, &app_id_hashes) {
                 Ok(counter) => AssertionCheck::Take(counter),
                 Err(e @ AttestationError::CounterReplay) => {
                     AssertionCheck::Refused(ErrorCode::AppAttestCounterReplay, e.to_string())
@@ -101,14 +106,14 @@ pub(crate) async fn refuse(
 ) -> DomainError {
     tracing::warn!(
         enrollment_id = %answer.device.enrollment_id,
-        authentication_id = answer.authentication_id,
+        answered_id = answer.answered_id,
         code = code.as_str(),
         "an answer's App Attest assertion was refused"
     );
     crate::domain::audit::app_attest_assertion_refused(
         ctx,
         answer.device,
-        answer.authentication_id,
+        answer.answered_id,
         Some(answer.client_ip),
         code.as_str(),
         check,
@@ -117,11 +122,11 @@ pub(crate) async fn refuse(
     DomainError::new(code, check)
 }
 
-/// Decodes and verifies `encoded` (unpadded base64url of Apple's CBOR) for `response` with the
-/// enrollment's App Attest key and stored counter.
+/// Decodes and verifies `encoded` (unpadded base64url of Apple's CBOR) over the answer's
+/// `client_data_hash` with the enrollment's App Attest key and stored counter.
 fn verify(
     encoded: &str,
-    response: &AuthenticationResponse,
+    client_data_hash: Option<Sha256Digest>,
     key: &enrollments::AppAttestKey,
     app_id_hashes: &[[u8; 32]],
 ) -> Result<u32, AttestationError> {
@@ -131,9 +136,9 @@ fn verify(
     let cbor = URL_SAFE_NO_PAD
         .decode(encoded)
         .map_err(|_| AttestationError::Malformed("the assertion is not base64url"))?;
-    let client_data_hash = response
-        .app_attest_client_data_hash()
-        .map_err(|_| AttestationError::Malformed("the answer has no canonical form"))?;
+    let client_data_hash = client_data_hash.ok_or(AttestationError::Malformed(
+        "the answer has no canonical form",
+    ))?;
     let verified = apple::verify_assertion_cbor(
         &key.public_key,
         app_id_hashes,

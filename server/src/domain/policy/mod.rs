@@ -604,6 +604,53 @@ pub(crate) async fn decisions(
         .collect())
 }
 
+/// Whether the decision recorded for `user` on `subject` (a QR session: one is recorded per
+/// user offered at the scan) asks answers for an App Attest assertion: its effect was `require`
+/// by a rule whose action, in the policy version decided under, says
+/// `"app_attest_assertion": true`. Recorded decisions do not keep the flag itself; the rule and
+/// the version do, and versions are never changed once saved.
+pub(crate) async fn recorded_asks_app_attest_assertion(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    subject: &str,
+) -> Result<bool, DomainError> {
+    let Some(d) = policies::latest_for_subject_and_user(&ctx.db, subject, user).await? else {
+        return Ok(false);
+    };
+    if d.effect != "require" {
+        return Ok(false);
+    }
+    let stored = policies::version(&ctx.db, app, d.policy_version)
+        .await?
+        .ok_or(DomainError::Internal(
+            "a decision's policy version is missing",
+        ))?;
+    let document = to_version(stored)?.policy;
+    Ok(rule_asks_app_attest_assertion(&document, &d.rule))
+}
+
+/// Whether `rule` of `document` (or its default, named [`tessera_protocol::policy::DEFAULT_RULE`])
+/// requires with `app_attest_assertion`.
+fn rule_asks_app_attest_assertion(document: &PolicyDocument, rule: &str) -> bool {
+    let action = if rule == tessera_protocol::policy::DEFAULT_RULE {
+        Some(&document.default)
+    } else {
+        document
+            .rules
+            .iter()
+            .find(|r| r.name == rule)
+            .map(|r| &r.then)
+    };
+    matches!(
+        action,
+        Some(tessera_protocol::policy::PolicyAction::Require {
+            app_attest_assertion: true,
+            ..
+        })
+    )
+}
+
 /// The latest decision recorded for `subject`, as answered with it.
 pub(crate) async fn outcome_for(
     ctx: &Ctx,
@@ -685,4 +732,30 @@ pub(crate) async fn check_path(
         None => {}
     }
     Ok(Some(decided))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_rule_asks_for_assertions_only_when_its_require_says_so() {
+        let document: PolicyDocument = serde_json::from_value(serde_json::json!({
+            "rules": [
+                {"name": "ios", "then": {"action": "require", "methods": ["mobile_push"], "app_attest_assertion": true}},
+                {"name": "plain", "then": {"action": "require", "methods": ["mobile_push"]}},
+                {"name": "open", "then": {"action": "approve"}}
+            ],
+            "default": {"action": "require", "methods": [], "app_attest_assertion": true}
+        }))
+        .expect("policy");
+        assert!(rule_asks_app_attest_assertion(&document, "ios"));
+        assert!(rule_asks_app_attest_assertion(
+            &document,
+            tessera_protocol::policy::DEFAULT_RULE
+        ));
+        assert!(!rule_asks_app_attest_assertion(&document, "plain"));
+        assert!(!rule_asks_app_attest_assertion(&document, "open"));
+        assert!(!rule_asks_app_attest_assertion(&document, "gone"));
+    }
 }
