@@ -1367,6 +1367,32 @@ async fn seamless(ctx: &Ctx, flow: &Flow, jws: &str) -> Result<FlowResult, Domai
     if claims.jti.is_empty() || claims.jti.len() > 64 {
         return Err(bad());
     }
+    // An App Attested device proves its answers with App Attest assertions where the
+    // application (attestation `require`) or the flow's policy asks for them. An authorization
+    // payload carries none, so there it is refused and the flow asks the device by push, whose
+    // answer carries one.
+    if enrollments::app_attest_key(&ctx.db, &enrollment.enrollment_id)
+        .await?
+        .is_some()
+    {
+        let by_policy = flow
+            .data
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.app_attest_assertion);
+        let mode = applications::attestation_settings(&ctx.db, &enrollment.application_id)
+            .await?
+            .mode;
+        if mode == tessera_protocol::api::AttestationMode::Require
+            || (by_policy && mode != tessera_protocol::api::AttestationMode::Off)
+        {
+            return Err(DomainError::new(
+                ErrorCode::AppAttestAssertionRequired,
+                "an App Attested device must answer with an App Attest assertion: an \
+                 authorization payload carries none",
+            ));
+        }
+    }
     let key = format!("authz:{}:{}", enrollment.enrollment_id, claims.jti);
     if !nonces::record_once(&ctx.db, &key, claims.expires_at + CLOCK_SKEW_SECONDS, now).await? {
         return Err(DomainError::new(

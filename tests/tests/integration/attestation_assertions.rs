@@ -33,6 +33,7 @@ on_each_backend! {
     a_replayed_counter_on_a_qr_answer_is_refused_and_nothing_is_written => qr_replay_refused;
     a_policy_asks_qr_answers_for_assertions_under_report => qr_policy_asks_for_it;
     of_qr_and_push_answers_with_one_counter_exactly_one_is_accepted => qr_concurrent_same_counter;
+    require_refuses_a_seamless_authorization_and_the_flow_asks_by_push => seamless_under_require;
 }
 
 fn settings(mode: AttestationMode) -> AttestationSettings {
@@ -551,4 +552,63 @@ async fn qr_concurrent_same_counter(backend: tessera_tests::Backend) {
     ];
     assert_eq!(written, accepted);
     assert_eq!(refusals(&server).await.len(), 2);
+}
+
+/// A device authorization payload carries no App Attest assertion: under `require` an App
+/// Attested device's payload is refused (typed, in the flow's history) and the flow falls back
+/// to a push, whose answer carries one; under `report` the same payload completes the flow.
+async fn seamless_under_require(backend: tessera_tests::Backend) {
+    use tessera_protocol::flows::{CreateFlowRequest, FlowAction, FlowStatus};
+    use tessera_protocol::ids::UserId;
+
+    let (server, user, device, _attester, enrollment) =
+        paired(backend, AttestationMode::Require).await;
+    let authorize = |flow: tessera_protocol::flows::FlowState| {
+        let device = &device;
+        let enrollment = &enrollment;
+        let server = &server;
+        async move {
+            let payload = device
+                .auth
+                .create_authorization_payload(enrollment, &flow.authorization_nonce)
+                .await
+                .expect("authorization payload");
+            server
+                .customer
+                .flow_action(
+                    flow.id.as_str(),
+                    &FlowAction::Authenticate {
+                        mobile_payload: None,
+                        authorization_payload: Some(payload),
+                    },
+                )
+                .await
+                .expect("the flow answers")
+        }
+    };
+    let request = CreateFlowRequest::new(user.parse::<UserId>().expect("user id"));
+    let flow = server.customer.create_flow(&request).await.unwrap();
+    let id = flow.id.clone();
+    let asked = authorize(flow).await;
+    assert_eq!(asked.status, FlowStatus::PushConfirmationWaiting);
+    let codes: Vec<ErrorCode> = server
+        .customer
+        .flow_events(id.as_str())
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .filter_map(|e| e.error)
+        .collect();
+    assert_eq!(codes, vec![ErrorCode::AppAttestAssertionRequired]);
+
+    // Under `report` the same kind of payload completes a flow with no push.
+    server
+        .customer
+        .set_attestation_settings(&settings(AttestationMode::Report))
+        .await
+        .expect("set attestation settings");
+    let flow = server.customer.create_flow(&request).await.unwrap();
+    let done = authorize(flow).await;
+    assert_eq!(done.status, FlowStatus::MfaCompleted);
 }
