@@ -38,6 +38,7 @@ use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::pairing::DeviceRegistration;
 use tessera_protocol::qr::{QrSessionId, QrSessionState};
 
+use super::attestation::assertions::{self, AnswerAssertion, AssertionCheck};
 use super::authentication::{MAX_WAIT_SECONDS, check_fields, check_text};
 use super::device_auth::verify_possession_signed;
 use super::events::{Topic, wait_for};
@@ -1370,28 +1371,36 @@ async fn seamless(ctx: &Ctx, flow: &Flow, jws: &str) -> Result<FlowResult, Domai
     // An App Attested device proves its answers with App Attest assertions where the
     // application (attestation `require`) or the flow's policy asks for them. An authorization
     // payload carries none, so there it is refused and the flow asks the device by push, whose
-    // answer carries one.
-    if enrollments::app_attest_key(&ctx.db, &enrollment.enrollment_id)
-        .await?
-        .is_some()
-    {
-        let by_policy = flow
-            .data
-            .policy
-            .as_ref()
-            .is_some_and(|p| p.app_attest_assertion);
-        let mode = applications::attestation_settings(&ctx.db, &enrollment.application_id)
-            .await?
-            .mode;
-        if mode == tessera_protocol::api::AttestationMode::Require
-            || (by_policy && mode != tessera_protocol::api::AttestationMode::Off)
-        {
-            return Err(DomainError::new(
-                ErrorCode::AppAttestAssertionRequired,
-                "an App Attested device must answer with an App Attest assertion: an \
-                 authorization payload carries none",
-            ));
-        }
+    // answer carries one. The rule is the answers' own (`assertions::check_answer`).
+    let mut conn = ctx.db.reader().await?;
+    let check = assertions::check_answer(
+        &mut conn,
+        &AnswerAssertion {
+            device: &enrollment,
+            assertion: None,
+            client_data_hash: None,
+            required_by_policy: flow
+                .data
+                .policy
+                .as_ref()
+                .is_some_and(|p| p.app_attest_assertion),
+            answered_id: flow.stored.id.as_str(),
+            client_ip: flow
+                .data
+                .options
+                .accessing_ip
+                .as_deref()
+                .unwrap_or_default(),
+        },
+    )
+    .await?;
+    drop(conn);
+    if let AssertionCheck::Refused(code, _) = check {
+        return Err(DomainError::new(
+            code,
+            "an App Attested device must answer with an App Attest assertion: an \
+             authorization payload carries none",
+        ));
     }
     let key = format!("authz:{}:{}", enrollment.enrollment_id, claims.jti);
     if !nonces::record_once(&ctx.db, &key, claims.expires_at + CLOCK_SKEW_SECONDS, now).await? {
