@@ -766,21 +766,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_app_attest_counter_is_taken_once_and_only_upwards() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("counter.db").display());
-        let db = Database::connect(&url, 4).await.expect("database");
-        let app = super::super::applications::Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        super::super::applications::insert(&db, &app, "digest")
-            .await
-            .expect("application");
+        let (_dir, db, app_id) = crate::store::test_db_with_app().await;
         let attested = EnrollmentId::generate();
         let plain = EnrollmentId::generate();
-        enrollment_row(&db, &app.id, &attested).await;
-        enrollment_row(&db, &app.id, &plain).await;
+        enrollment_row(&db, &app_id, &attested).await;
+        enrollment_row(&db, &app_id, &plain).await;
         let key = vec![4u8; 65];
         let mut conn = db.writer().acquire().await.expect("connection");
         set_app_attest_key(&mut conn, &attested, &key)

@@ -314,21 +314,9 @@ pub async fn take_ceremony(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::applications::{self, Application};
 
     async fn db_with_app() -> (tempfile::TempDir, Database, ApplicationId) {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("fido.db").display());
-        let db = Database::connect(&url, 4).await.expect("database");
-        let app = Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        applications::insert(&db, &app, "digest")
-            .await
-            .expect("application");
-        (dir, db, app.id)
+        crate::store::test_db_with_app().await
     }
 
     fn credential(app: &ApplicationId, id: &str, credential_id: &str) -> StoredCredential {

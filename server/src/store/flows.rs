@@ -316,7 +316,6 @@ pub async fn events(db: &Database, flow: &FlowId) -> Result<Vec<FlowEvent>, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::applications::{self, Application};
 
     fn event(action: &str, to: &str) -> FlowEvent {
         FlowEvent {
@@ -332,20 +331,10 @@ mod tests {
     /// version, once: a racing move at the same version binds nobody else.
     #[tokio::test]
     async fn a_flow_without_a_user_is_bound_once_by_its_winning_move() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("flows.db").display());
-        let db = Database::connect(&url, 4).await.expect("database");
-        let app = Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        applications::insert(&db, &app, "digest")
-            .await
-            .expect("application");
+        let (_dir, db, app_id) = crate::store::test_db_with_app().await;
         let flow = StoredFlow {
             id: FlowId::generate(),
-            application_id: app.id.clone(),
+            application_id: app_id,
             user_id: None,
             status: "ASSERTION_REQUIRED".into(),
             version: 1,

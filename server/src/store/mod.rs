@@ -32,6 +32,28 @@ pub mod fido_credentials;
 #[cfg(test)]
 mod query_plans;
 
+/// A fresh SQLite database in a temporary folder (kept while the `TempDir` lives) with one
+/// application, for the storage modules' unit tests.
+#[cfg(test)]
+pub(crate) async fn test_db_with_app() -> (
+    tempfile::TempDir,
+    Database,
+    tessera_protocol::ids::ApplicationId,
+) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let db = Database::connect(&url, 4).await.expect("database");
+    let app = applications::Application {
+        id: tessera_protocol::ids::ApplicationId::generate(),
+        name: "App".into(),
+        created_at: 0,
+    };
+    applications::insert(&db, &app, "digest")
+        .await
+        .expect("application");
+    (dir, db, app.id)
+}
+
 use std::str::FromStr;
 use std::sync::{Arc, Once};
 use std::time::Duration;
