@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_tests::load::{Latencies, backends, plan, runtime};
-use tessera_tests::{Backend, TestDevice, TestServer, approval_cycle};
+use tessera_tests::{Backend, TestDevice, TestServer, approval_cycle_steps};
 
 /// A 50-rule policy: 49 rules with conditions that do not hold for the cycles (some read the
 /// user's recent authentications and push counts), the last requiring a push.
@@ -94,10 +94,30 @@ async fn run_with(
         tasks.push(tokio::spawn(async move {
             let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
             let mut latencies = Vec::with_capacity(cycles_per_device);
+            let mut steps: [Vec<std::time::Duration>; 4] = Default::default();
             for _ in 0..cycles_per_device {
                 let t0 = Instant::now();
-                approval_cycle(&server.customer, &user, &device, &enrollment).await;
+                let took =
+                    approval_cycle_steps(&server.customer, &user, &device, &enrollment).await;
                 latencies.push(t0.elapsed());
+                for (list, step) in steps.iter_mut().zip(took) {
+                    list.push(step);
+                }
+            }
+            if devices == 1 {
+                // One device: where a cycle's time goes, request by request (p50 of each).
+                let p50 = |list: &mut Vec<std::time::Duration>| {
+                    list.sort();
+                    list[list.len() / 2]
+                };
+                let [create, pull, approve, status] = &mut steps;
+                println!(
+                    "  one device, p50 per request: create {:?}  pull {:?}  approve {:?}  status {:?}",
+                    p50(create),
+                    p50(pull),
+                    p50(approve),
+                    p50(status)
+                );
             }
             latencies
         }));

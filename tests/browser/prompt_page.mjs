@@ -180,6 +180,9 @@ async function main() {
           state: root.getAttribute("data-state"),
           version: root.getAttribute("data-version"),
           at: performance.now(),
+          // The whole visible text as rendered with this state: a final state's page may
+          // navigate away (back to the application) before the driver gets to read it.
+          rootText: root.innerText,
           info: {
             text: text("status-text") || text("result"),
             number: text("number"),
@@ -339,7 +342,7 @@ async function main() {
     if (firstStateAt === null) firstStateAt = event.at;
     say(`STATE ${event.state} ${JSON.stringify(event.info)}`);
     if (FINAL.has(event.state)) {
-      const text = await page.locator(ROOT).innerText();
+      const text = event.rootText;
       say(`FINAL ${event.state}`);
       say(`TEXT ${text}`);
       if (webauthn) await webauthn.finish(event.at, args.stay);

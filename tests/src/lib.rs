@@ -799,6 +799,18 @@ pub async fn approval_cycle(
     device: &TestDevice,
     enrollment: &tessera_protocol::ids::EnrollmentId,
 ) {
+    approval_cycle_steps(customer, user, device, enrollment).await;
+}
+
+/// [`approval_cycle`], answering how long each of its four requests took, as the caller saw
+/// it: the customer's create, the device's pull, the device's approval, the status read.
+pub async fn approval_cycle_steps(
+    customer: &CustomerApi,
+    user: &str,
+    device: &TestDevice,
+    enrollment: &tessera_protocol::ids::EnrollmentId,
+) -> [std::time::Duration; 4] {
+    let t0 = std::time::Instant::now();
     let created = customer
         .create_authentication(
             user,
@@ -806,22 +818,27 @@ pub async fn approval_cycle(
         )
         .await
         .expect("create");
+    let t1 = std::time::Instant::now();
     let request = device
         .pull_request(enrollment, &created.authentication_id)
         .await;
+    let t2 = std::time::Instant::now();
     device
         .auth
         .approve(&request, vec![], None)
         .await
         .expect("approve");
+    let t3 = std::time::Instant::now();
     let status = customer
         .authentication(&created.authentication_id, 10)
         .await
         .expect("status");
+    let t4 = std::time::Instant::now();
     assert_eq!(
         status.state,
         tessera_protocol::authentication::AuthenticationState::Approved
     );
+    [t1 - t0, t2 - t1, t3 - t2, t4 - t3]
 }
 
 /// A transaction: "Pay 120.00 EUR to ACME GmbH?" with amount, payee and IBAN, and a hidden

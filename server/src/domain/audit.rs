@@ -422,7 +422,7 @@ pub(crate) fn follow_up<'a>(
     event: &'a super::outcome::DomainEvent,
 ) -> super::outcome::FollowUpFuture<'a> {
     Box::pin(async move {
-        let super::outcome::DomainEvent::AuthenticationEnded(record) = event;
+        let (record, _) = event.ended();
         authentication_ended(ctx, record).await;
         Ok(())
     })

@@ -274,7 +274,10 @@ pub(crate) fn follow_up<'a>(
     event: &'a super::outcome::DomainEvent,
 ) -> super::outcome::FollowUpFuture<'a> {
     Box::pin(async move {
-        let super::outcome::DomainEvent::AuthenticationEnded(record) = event;
+        let (record, waiting) = event.ended();
+        if !waiting.device_verification {
+            return Ok(());
+        }
         settle_verification(ctx, record).await
     })
 }

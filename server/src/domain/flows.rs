@@ -2187,7 +2187,10 @@ async fn poll(ctx: &Ctx, flow: Flow, wait: u64) -> Result<FlowState, DomainError
 /// Follow-up: a push a flow waits for ended; the flow moves and its pollers wake.
 pub(crate) fn follow_up<'a>(ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFuture<'a> {
     Box::pin(async move {
-        let DomainEvent::AuthenticationEnded(record) = event;
+        let (record, waiting) = event.ended();
+        if !waiting.flow {
+            return Ok(());
+        }
         if let Some(stored) = store::by_authentication(&ctx.db, &record.id).await? {
             refresh(ctx, Flow::from_stored(stored)?).await?;
         }

@@ -27,15 +27,29 @@ use super::{Ctx, DomainError};
 use crate::metrics::{EndLabels, ReasonLabels};
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments;
+use crate::store::follow_ups::{self, Waiting};
 use crate::store::{Engine, StoreError};
 use tessera_protocol::ids::EnrollmentId;
 
 /// Something that happened, announced after it was stored.
 #[derive(Debug, Clone)]
 pub(crate) enum DomainEvent {
-    /// An authentication left `pending` (approved, denied, failed); the record as stored after
-    /// it.
-    AuthenticationEnded(Authentication),
+    /// An authentication left `pending` (approved, denied, failed).
+    AuthenticationEnded {
+        /// The record as stored after it.
+        record: Authentication,
+        /// Which follow-ups have something waiting for it (read in the ending's transaction;
+        /// [`Waiting::UNKNOWN`] where the ending was not written here).
+        waiting: Waiting,
+    },
+}
+
+impl DomainEvent {
+    /// The ended authentication and what waits for it.
+    pub(crate) fn ended(&self) -> (&Authentication, Waiting) {
+        let DomainEvent::AuthenticationEnded { record, waiting } = self;
+        (record, *waiting)
+    }
 }
 
 /// The future a follow-up returns.
@@ -111,9 +125,9 @@ pub(crate) async fn record_taking_counter(
     // The ending's own write rolls the whole transaction back (the counter with it) when
     // another ending won.
     Ok(match write_ending(ctx, tx, id, ending).await? {
-        Some((record, announced)) => {
-            Taken::Recorded(Box::new(after_ending(ctx, record, announced).await))
-        }
+        Some((record, announced, waiting)) => Taken::Recorded(Box::new(
+            after_ending(ctx, record, announced, waiting).await,
+        )),
         None => Taken::NotRecorded,
     })
 }
@@ -128,7 +142,9 @@ pub(crate) async fn record(
     let tx = ctx.db.begin_write().await?;
     let written = write_ending(ctx, tx, id, ending).await?;
     Ok(match written {
-        Some((record, announced)) => Some(after_ending(ctx, record, announced).await),
+        Some((record, announced, waiting)) => {
+            Some(after_ending(ctx, record, announced, waiting).await)
+        }
         None => None,
     })
 }
@@ -154,7 +170,9 @@ pub(crate) async fn record_on(
         write_ending(ctx, ctx.db.begin_write().await?, id, ending).await?
     };
     Ok(match written {
-        Some((record, announced)) => Some(after_ending(ctx, record, announced).await),
+        Some((record, announced, waiting)) => {
+            Some(after_ending(ctx, record, announced, waiting).await)
+        }
         None => None,
     })
 }
@@ -167,7 +185,7 @@ async fn write_ending(
     mut tx: Transaction<'_, Any>,
     id: &AuthenticationId,
     ending: Ending<'_>,
-) -> Result<Option<(Authentication, Announced)>, DomainError> {
+) -> Result<Option<(Authentication, Announced, Waiting)>, DomainError> {
     let now = ctx.now();
     let recorded = match ending {
         Ending::Answer {
@@ -194,6 +212,7 @@ async fn write_ending(
         tx.rollback().await.map_err(StoreError::from)?;
         return Ok(None);
     };
+    let waiting = follow_ups::waiting_on(&mut tx, id).await?;
     let topics = ended_topics(&record).to_vec();
     ctx.events.announce_in(&ctx.db, &mut tx, &topics).await?;
     let webhooks_queued =
@@ -205,12 +224,18 @@ async fn write_ending(
             topics,
             webhooks_queued,
         },
+        waiting,
     )))
 }
 
 /// After an ending committed: wakes this process's waiters, then runs the follow-ups (the
 /// audit records are written already).
-async fn after_ending(ctx: &Ctx, record: Authentication, announced: Announced) -> Authentication {
+async fn after_ending(
+    ctx: &Ctx,
+    record: Authentication,
+    announced: Announced,
+    waiting: Waiting,
+) -> Authentication {
     announced.committed(ctx).await;
     tracing::info!(
         authentication_id = %record.id,
@@ -218,9 +243,9 @@ async fn after_ending(ctx: &Ctx, record: Authentication, announced: Announced) -
         denial_reason = record.denial_reason.map(DenialReason::as_str),
         "authentication ended"
     );
-    let event = DomainEvent::AuthenticationEnded(record);
+    let event = DomainEvent::AuthenticationEnded { record, waiting };
     dispatch_to(ctx, &event, Audit::Recorded).await;
-    let DomainEvent::AuthenticationEnded(record) = event;
+    let DomainEvent::AuthenticationEnded { record, .. } = event;
     record
 }
 
@@ -264,7 +289,10 @@ pub(crate) async fn record_policy_ending(
 /// follow-up once.
 pub(crate) async fn ended(ctx: &Ctx, record: &Authentication) {
     ctx.events.announce(&ctx.db, &ended_topics(record)).await;
-    let event = DomainEvent::AuthenticationEnded(record.clone());
+    let event = DomainEvent::AuthenticationEnded {
+        record: record.clone(),
+        waiting: Waiting::UNKNOWN,
+    };
     dispatch(ctx, &event).await;
 }
 
@@ -289,7 +317,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, event: &DomainEvent) {
 /// [`dispatch`], skipping the `audit` follow-up when the event's audit records were written in
 /// the transaction that made the change.
 async fn dispatch_to(ctx: &Ctx, event: &DomainEvent, audit: Audit) {
-    let DomainEvent::AuthenticationEnded(record) = event;
+    let (record, _) = event.ended();
     ctx.metrics
         .authentications_ended
         .get_or_create(&EndLabels {

@@ -449,6 +449,12 @@ async fn create_enrollment(
         push_stale_at: None,
         device_key_thumbprint: Some(device_key_thumbprint),
         attestation,
+        app_attest: app_attest_key
+            .as_ref()
+            .map(|public_key| enrollments::AppAttestKey {
+                public_key: public_key.clone(),
+                counter: 0,
+            }),
     };
     if let Err(e) = enrollments::insert(tx, &enrollment).await {
         return Ok(Err(e));

@@ -903,7 +903,10 @@ pub(crate) async fn settle_follow_up(
 /// Follow-up: an ended follow-up request completes the QR session waiting for it.
 pub(crate) fn follow_up<'a>(ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFuture<'a> {
     Box::pin(async move {
-        let DomainEvent::AuthenticationEnded(record) = event;
+        let (record, waiting) = event.ended();
+        if !waiting.qr_follow_up {
+            return Ok(());
+        }
         settle_follow_up(ctx, record).await
     })
 }

@@ -53,6 +53,10 @@ pub struct Enrollment {
     pub device_key_thumbprint: Option<String>,
     /// What the pairing's platform attestation proved; `None`: nothing verified.
     pub attestation: Option<tessera_protocol::api::EnrollmentAttestation>,
+    /// The App Attest key its pairing attested, with the highest assertion counter accepted as
+    /// read; `None` for Android and for enrollments not App Attested. Never written by
+    /// [`insert`] (see [`set_app_attest_key`]).
+    pub app_attest: Option<AppAttestKey>,
 }
 
 impl Enrollment {
@@ -79,6 +83,13 @@ const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, posses
     user_verification_key, device_info, signals, push, push_provider, is_primary, \
     registration_digest, server_payload, paired_at, last_seen_at, status, verification_id, \
     push_stale_at, device_key_thumbprint, attestation";
+
+/// What a read of an enrollment selects: [`COLUMNS`] and the App Attest key with its counter
+/// (written after the insert, by [`set_app_attest_key`]).
+const READ_COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, possession_key, \
+    user_verification_key, device_info, signals, push, push_provider, is_primary, \
+    registration_digest, server_payload, paired_at, last_seen_at, status, verification_id, \
+    push_stale_at, device_key_thumbprint, attestation, app_attest_public_key, app_attest_counter";
 
 fn json<T: serde::de::DeserializeOwned>(
     row: &sqlx::any::AnyRow,
@@ -129,7 +140,26 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Enrollment, StoreError> {
                 serde_json::from_str(&text).map_err(|_| StoreError::Corrupted("attestation"))
             })
             .transpose()?,
+        app_attest: app_attest_from_row(row)?,
     })
+}
+
+/// The App Attest key of a row selecting `app_attest_public_key` and `app_attest_counter`.
+fn app_attest_from_row(row: &sqlx::any::AnyRow) -> Result<Option<AppAttestKey>, StoreError> {
+    use base64::Engine;
+    let Some(encoded) = row.try_get::<Option<String>, _>("app_attest_public_key")? else {
+        return Ok(None);
+    };
+    let counter: Option<i64> = row.try_get("app_attest_counter")?;
+    let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| StoreError::Corrupted("an App Attest key is not base64url"))?;
+    let counter = u32::try_from(counter.unwrap_or(0))
+        .map_err(|_| StoreError::Corrupted("an App Attest counter is out of range"))?;
+    Ok(Some(AppAttestKey {
+        public_key,
+        counter,
+    }))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
@@ -226,7 +256,7 @@ pub async fn active_for_user(
     user: &UserId,
 ) -> Result<Vec<Enrollment>, StoreError> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+        "SELECT {READ_COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
          AND status = 'active' ORDER BY paired_at, enrollment_id"
     ))
     .bind(app.as_str())
@@ -259,7 +289,7 @@ pub async fn primary(
     user: &UserId,
 ) -> Result<Option<Enrollment>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+        "SELECT {READ_COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
          AND is_primary = 1 AND status = 'active'"
     ))
     .bind(app.as_str())
@@ -275,7 +305,7 @@ pub async fn by_registration_digest(
     digest: &str,
 ) -> Result<Option<Enrollment>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE registration_digest = $1"
+        "SELECT {READ_COLUMNS} FROM enrollments WHERE registration_digest = $1"
     ))
     .bind(digest)
     .fetch_optional(db.pool())
@@ -299,7 +329,7 @@ pub async fn by_id_on<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} {BY_ID}"))
+    let row = sqlx::query(&format!("SELECT {READ_COLUMNS} {BY_ID}"))
         .bind(id.as_str())
         .fetch_optional(executor)
         .await?;
@@ -328,7 +358,7 @@ pub async fn list_for_user_on<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} {FOR_USER}"))
+    let rows = sqlx::query(&format!("SELECT {READ_COLUMNS} {FOR_USER}"))
         .bind(app.as_str())
         .bind(user.as_str())
         .fetch_all(executor)
@@ -493,7 +523,7 @@ pub async fn activate_verified(
         .execute(&mut *tx)
         .await?;
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
+        "SELECT {READ_COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
     ))
     .bind(verification.as_str())
     .fetch_optional(&mut *tx)
@@ -676,46 +706,6 @@ pub async fn set_app_attest_key(
     Ok(())
 }
 
-/// The App Attest key of enrollment `id`, if its pairing was App Attested.
-pub async fn app_attest_key(
-    db: &Database,
-    id: &EnrollmentId,
-) -> Result<Option<AppAttestKey>, StoreError> {
-    app_attest_key_on(db.pool(), id).await
-}
-
-/// [`app_attest_key`] on a connection the request already holds.
-pub async fn app_attest_key_on<'e, E>(
-    executor: E,
-    id: &EnrollmentId,
-) -> Result<Option<AppAttestKey>, StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    use base64::Engine;
-    let row = sqlx::query(
-        "SELECT app_attest_public_key, app_attest_counter FROM enrollments \
-         WHERE enrollment_id = $1 AND app_attest_public_key IS NOT NULL",
-    )
-    .bind(id.as_str())
-    .fetch_optional(executor)
-    .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let encoded: String = row.try_get("app_attest_public_key")?;
-    let counter: Option<i64> = row.try_get("app_attest_counter")?;
-    let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(encoded)
-        .map_err(|_| StoreError::Corrupted("an App Attest key is not base64url"))?;
-    let counter = u32::try_from(counter.unwrap_or(0))
-        .map_err(|_| StoreError::Corrupted("an App Attest counter is out of range"))?;
-    Ok(Some(AppAttestKey {
-        public_key,
-        counter,
-    }))
-}
-
 /// Takes an App Attest assertion's counter for enrollment `id`: stores `counter` only where the
 /// stored one is lower, in one conditional update (run it inside the answer's transaction).
 /// `false`: the stored counter is already `counter` or higher (a replay, or a racing answer
@@ -764,6 +754,20 @@ mod tests {
         taken
     }
 
+    /// The App Attest key of a row, as an enrollment read decodes it (the rows here are bare:
+    /// only the columns these tests need).
+    async fn app_attest_key(db: &Database, id: &EnrollmentId) -> Option<AppAttestKey> {
+        let row = sqlx::query(
+            "SELECT app_attest_public_key, app_attest_counter FROM enrollments \
+             WHERE enrollment_id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_one(db.pool())
+        .await
+        .expect("read");
+        app_attest_from_row(&row).expect("decode")
+    }
+
     #[tokio::test]
     async fn the_app_attest_counter_is_taken_once_and_only_upwards() {
         let (_dir, db, app_id) = crate::store::test_db_with_app().await;
@@ -778,14 +782,14 @@ mod tests {
             .expect("set");
         drop(conn);
         assert_eq!(
-            app_attest_key(&db, &attested).await.expect("read"),
+            app_attest_key(&db, &attested).await,
             Some(AppAttestKey {
                 public_key: key.clone(),
                 counter: 0
             })
         );
         // An enrollment without an App Attest key has none, and takes nothing.
-        assert_eq!(app_attest_key(&db, &plain).await.expect("read"), None);
+        assert_eq!(app_attest_key(&db, &plain).await, None);
         assert!(!take(&db, &plain, 1).await);
         assert!(take(&db, &attested, 3).await);
         assert!(!take(&db, &attested, 3).await, "the same counter again");
@@ -800,10 +804,7 @@ mod tests {
             .count();
         assert_eq!(won, 1);
         assert_eq!(
-            app_attest_key(&db, &attested)
-                .await
-                .expect("read")
-                .map(|k| k.counter),
+            app_attest_key(&db, &attested).await.map(|k| k.counter),
             Some(9)
         );
         db.close().await;

@@ -12,6 +12,7 @@ pub mod bypass;
 pub mod ciba;
 pub mod enrollments;
 pub mod flows;
+pub mod follow_ups;
 pub mod nonces;
 pub mod oidc_authorizations;
 pub mod otp;

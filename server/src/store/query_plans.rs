@@ -21,8 +21,8 @@
 use sqlx::Row;
 
 use super::{
-    Database, applications, authentications, ciba, enrollments, flows, nonces, policies,
-    qr_sessions, users, webhooks,
+    Database, applications, authentications, ciba, enrollments, flows, follow_ups, nonces,
+    policies, qr_sessions, users, webhooks,
 };
 
 /// Every hot statement, named by what runs it. Statements that select a long column list are
@@ -73,6 +73,10 @@ pub(crate) fn hot_statements() -> Vec<(String, String)> {
         (
             "flow waiting on an authentication",
             format!("SELECT * {}", flows::BY_AUTHENTICATION),
+        ),
+        (
+            "follow-ups waiting on an ended authentication",
+            follow_ups::WAITING_ON.into(),
         ),
         ("the application's policy", policies::CURRENT.into()),
         (
@@ -178,7 +182,7 @@ async fn the_check_sees_a_full_scan() {
 fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("SELECT 1"), 0);
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
-    assert_eq!(hot_statements().len(), 29);
+    assert_eq!(hot_statements().len(), 30);
 }
 
 #[test]

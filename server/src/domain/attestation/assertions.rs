@@ -63,10 +63,9 @@ pub(crate) async fn check_answer(
     conn: &mut sqlx::AnyConnection,
     answer: &AnswerAssertion<'_>,
 ) -> Result<AssertionCheck, DomainError> {
-    // The key first: most enrollments have none, and then the settings need no read.
-    let Some(key) =
-        enrollments::app_attest_key_on(&mut *conn, &answer.device.enrollment_id).await?
-    else {
+    // The key first (read with the enrollment): most enrollments have none, and then the
+    // settings need no read.
+    let Some(key) = &answer.device.app_attest else {
         return Ok(AssertionCheck::Nothing);
     };
     let settings =
@@ -84,7 +83,7 @@ pub(crate) async fn check_answer(
         Some(encoded) => {
             let app_id_hashes: Vec<[u8; 32]> =
                 settings.apple_apps.iter().map(apple::app_id_hash).collect();
-            match verify(encoded, answer.client_data_hash, &key, &app_id_hashes) {
+            match verify(encoded, answer.client_data_hash, key, &app_id_hashes) {
                 Ok(counter) => AssertionCheck::Take(counter),
                 Err(e @ AttestationError::CounterReplay) => {
                     AssertionCheck::Refused(ErrorCode::AppAttestCounterReplay, e.to_string())

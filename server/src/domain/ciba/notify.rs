@@ -211,7 +211,7 @@ async fn payload(
 /// Follow-up: a finished ping or push request's notification becomes due now.
 pub(crate) fn follow_up<'a>(ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFuture<'a> {
     Box::pin(async move {
-        let DomainEvent::AuthenticationEnded(record) = event;
+        let (record, _) = event.ended();
         settle(ctx, record).await
     })
 }
