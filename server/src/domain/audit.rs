@@ -616,13 +616,19 @@ pub(crate) struct PolicyDecision {
 /// POLICY ENGINE HOOK: the policy engine calls this once for every decision it takes. It is
 /// recorded in the audit log and sent to the webhooks as `policy.decided`.
 pub(crate) async fn policy_decided(ctx: &Ctx, decision: &PolicyDecision) {
+    record(ctx, policy_decided_event(decision)).await;
+}
+
+/// The audit record of a policy decision, to append inside the transaction that stores its
+/// subject ([`append_in`]).
+pub(crate) fn policy_decided_event(decision: &PolicyDecision) -> Event {
     let outcome = match decision.decision.as_str() {
         "approve" => "approved",
         "require" => "required",
         "deny" => "denied",
         _ => "decided",
     };
-    let event = Event::webhook(EventType::PolicyDecided, Actor::Server, outcome)
+    Event::webhook(EventType::PolicyDecided, Actor::Server, outcome)
         .app(&decision.application_id)
         .user(&decision.user_id)
         .subject(&decision.subject)
@@ -630,8 +636,7 @@ pub(crate) async fn policy_decided(ctx: &Ctx, decision: &PolicyDecision) {
             "policy": decision.policy,
             "decision": decision.decision,
             "reason": decision.reason,
-        }));
-    record(ctx, event).await;
+        }))
 }
 
 /// What a customer asks of the audit log.

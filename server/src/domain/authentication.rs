@@ -903,14 +903,23 @@ pub(crate) async fn create_as(
         super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided).await?;
         return Ok(record.status_at(ctx.now()));
     }
-    // The request, its announcement to the device's waiters and its audit record: one
-    // transaction.
-    let announced = outcome::request_created_in(ctx, &mut tx, &record).await?;
+    // The request, its announcement to the device's waiters, its audit record and the policy
+    // decision it was made under (with that decision's audit record): one transaction.
+    let mut announced = outcome::request_created_in(ctx, &mut tx, &record).await?;
+    if let Some(decided) = &decided {
+        let queued = super::policy::record_in(
+            ctx,
+            &mut tx,
+            &app.id,
+            user_id,
+            Some(record.id.as_str()),
+            decided,
+        )
+        .await?;
+        announced.webhooks_queued(queued);
+    }
     tx.commit().await?;
     announced.committed(ctx).await;
-    if let Some(decided) = &decided {
-        super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), decided).await?;
-    }
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
     // Push is a hint, delivered in the background; the request is already stored for pulling.
     // Without a chosen device, the user's other devices are the fallback.

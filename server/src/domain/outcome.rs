@@ -379,6 +379,11 @@ pub(crate) struct Announced {
 }
 
 impl Announced {
+    /// Notes that more of the transaction's audit records queued webhook deliveries.
+    pub(crate) fn webhooks_queued(&mut self, queued: bool) {
+        self.webhooks_queued |= queued;
+    }
+
     /// Wakes this process's waiters, and the webhook workers when deliveries were queued.
     pub(crate) async fn committed(self, ctx: &Ctx) {
         ctx.events.wake_committed(&self.topics);

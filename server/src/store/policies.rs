@@ -262,6 +262,17 @@ pub struct DecisionRecord<'a> {
 
 /// Records a decision.
 pub async fn record_decision(db: &Database, d: &DecisionRecord<'_>) -> Result<(), StoreError> {
+    record_decision_on(db.writer(), d).await
+}
+
+/// [`record_decision`] on `executor` (inside the transaction that stores its subject).
+pub async fn record_decision_on<'e, E>(
+    executor: E,
+    d: &DecisionRecord<'_>,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     // A missing location is written as a NULL literal, not bound: PostgreSQL refuses a NULL the
     // `Any` driver binds untyped on a connection that prepared the statement for floats.
     let (columns, values) = match d.location {
@@ -291,7 +302,7 @@ pub async fn record_decision(db: &Database, d: &DecisionRecord<'_>) -> Result<()
         Some((latitude, longitude)) => query.bind(latitude).bind(longitude).bind(d.created_at),
         None => query.bind(d.created_at),
     };
-    query.execute(db.writer()).await?;
+    query.execute(executor).await?;
     Ok(())
 }
 

@@ -613,29 +613,48 @@ async fn start(
         request.acr = crate::domain::bypass::ACR_BYPASS.to_string();
     }
     ciba::insert_request(&mut *tx, state.db.secrets()?, &request).await?;
-    tx.commit().await?;
+    // The request, the policy decision it was made under and (unless bypassed, which ends it
+    // at once) its announcement to the device and its audit record: one transaction.
+    let mut bypass_queued_webhooks = false;
+    let mut announced = match bypass {
+        Some(_) => None,
+        None => Some(crate::domain::outcome::request_created_in(state, &mut tx, &record).await?),
+    };
     if let Some(decided) = &decided {
-        crate::domain::policy::record(
+        let queued = crate::domain::policy::record_in(
             state,
+            &mut tx,
             &client.application_id,
             &request.user_id,
             Some(record.id.as_str()),
             decided,
         )
         .await?;
+        match announced.as_mut() {
+            Some(announced) => announced.webhooks_queued(queued),
+            None => bypass_queued_webhooks = queued,
+        }
     }
+    tx.commit().await?;
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
-    if bypass.is_some() {
-        tracing::info!(authentication_id = %record.id, "CIBA request bypassed");
-        crate::domain::outcome::ended(state, &record).await;
-    } else {
-        crate::domain::outcome::request_created(state, &record).await;
-        tokio::spawn(crate::domain::fallback::deliver(
-            state.clone(),
-            record.clone(),
-            device,
-            true,
-        ));
+    match announced {
+        Some(announced) => {
+            announced.committed(state).await;
+            tokio::spawn(crate::domain::fallback::deliver(
+                state.clone(),
+                record.clone(),
+                device,
+                true,
+            ));
+        }
+        None => {
+            tracing::info!(authentication_id = %record.id, "CIBA request bypassed");
+            if bypass_queued_webhooks {
+                let outbox = [crate::domain::events::Topic::WebhookOutbox];
+                state.events.announce(&state.db, &outbox).await;
+            }
+            crate::domain::outcome::ended(state, &record).await;
+        }
     }
     Ok(BackchannelAcknowledgement {
         auth_req_id: request.auth_req_id,

@@ -445,56 +445,105 @@ pub(crate) async fn record(
     subject: Option<&str>,
     decided: &Decided,
 ) -> Result<(), DomainError> {
-    let id = format!("pd_{:032x}", rand::rngs::OsRng.r#gen::<u128>());
-    let inputs = serde_json::to_string(&decided.decision.looked_at).unwrap_or_else(|_| "{}".into());
-    let effect = match decided.decision.effect {
-        PolicyEffect::Approve => "approve",
-        PolicyEffect::Require => "require",
-        PolicyEffect::Deny => "deny",
-    };
-    let methods = decided
-        .decision
-        .methods
-        .iter()
-        .map(|m| m.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    policies::record_decision(
-        &ctx.db,
-        &policies::DecisionRecord {
-            id: &id,
-            application_id: app,
-            user_id: user,
-            request_kind: decided.kind.as_str(),
-            subject_id: subject,
-            policy_version: decided.decision.version,
-            rule: &decided.decision.rule,
-            action: decided.decision.action,
-            effect,
-            reason: &decided.decision.reason,
-            inputs: &inputs,
-            methods: &methods,
-            location: decided.location,
-            created_at: ctx.now(),
-        },
-    )
-    .await?;
-    crate::domain::audit::policy_decided(
-        ctx,
-        &crate::domain::audit::PolicyDecision {
-            application_id: app.to_string(),
-            user_id: user.to_string(),
-            subject: subject.unwrap_or_default().to_string(),
-            policy: format!(
-                "version {}, rule \"{}\"",
-                decided.decision.version, decided.decision.rule
-            ),
-            decision: effect.to_string(),
-            reason: Some(decided.decision.reason.clone()),
-        },
-    )
-    .await;
+    let decision = Recorded::of(ctx, app, user, subject, decided);
+    policies::record_decision(&ctx.db, &decision.row()).await?;
+    crate::domain::audit::policy_decided(ctx, &decision.audit()).await;
     Ok(())
+}
+
+/// [`record`] inside the transaction `tx` that stores its subject: the decision and its audit
+/// record commit with it. Answers whether webhook deliveries were queued (announce the outbox
+/// once committed).
+pub(crate) async fn record_in(
+    ctx: &Ctx,
+    tx: &mut sqlx::AnyConnection,
+    app: &ApplicationId,
+    user: &UserId,
+    subject: Option<&str>,
+    decided: &Decided,
+) -> Result<bool, DomainError> {
+    let decision = Recorded::of(ctx, app, user, subject, decided);
+    policies::record_decision_on(&mut *tx, &decision.row()).await?;
+    let event = crate::domain::audit::policy_decided_event(&decision.audit());
+    crate::domain::audit::append_in(ctx, tx, vec![event]).await
+}
+
+/// A decision as it is recorded: its row and its audit record.
+struct Recorded<'a> {
+    id: String,
+    app: &'a ApplicationId,
+    user: &'a UserId,
+    subject: Option<&'a str>,
+    decided: &'a Decided,
+    inputs: String,
+    effect: &'static str,
+    methods: String,
+    now: i64,
+}
+
+impl<'a> Recorded<'a> {
+    fn of(
+        ctx: &Ctx,
+        app: &'a ApplicationId,
+        user: &'a UserId,
+        subject: Option<&'a str>,
+        decided: &'a Decided,
+    ) -> Self {
+        Recorded {
+            id: format!("pd_{:032x}", rand::rngs::OsRng.r#gen::<u128>()),
+            app,
+            user,
+            subject,
+            decided,
+            inputs: serde_json::to_string(&decided.decision.looked_at)
+                .unwrap_or_else(|_| "{}".into()),
+            effect: match decided.decision.effect {
+                PolicyEffect::Approve => "approve",
+                PolicyEffect::Require => "require",
+                PolicyEffect::Deny => "deny",
+            },
+            methods: decided
+                .decision
+                .methods
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            now: ctx.now(),
+        }
+    }
+
+    fn row(&self) -> policies::DecisionRecord<'_> {
+        let decision = &self.decided.decision;
+        policies::DecisionRecord {
+            id: &self.id,
+            application_id: self.app,
+            user_id: self.user,
+            request_kind: self.decided.kind.as_str(),
+            subject_id: self.subject,
+            policy_version: decision.version,
+            rule: &decision.rule,
+            action: decision.action,
+            effect: self.effect,
+            reason: &decision.reason,
+            inputs: &self.inputs,
+            methods: &self.methods,
+            location: self.decided.location,
+            created_at: self.now,
+        }
+    }
+
+    fn audit(&self) -> crate::domain::audit::PolicyDecision {
+        let decision = &self.decided.decision;
+        crate::domain::audit::PolicyDecision {
+            application_id: self.app.to_string(),
+            user_id: self.user.to_string(),
+            subject: self.subject.unwrap_or_default().to_string(),
+            policy: format!("version {}, rule \"{}\"", decision.version, decision.rule),
+            decision: self.effect.to_string(),
+            reason: Some(decision.reason.clone()),
+        }
+    }
 }
 
 /// Decides and records at once, for paths whose subject exists already (or has none).
