@@ -884,6 +884,24 @@ pub(crate) async fn create_as(
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
     let mut tx = ctx.db.begin_write().await?;
+    // The request's announcement to the device's waiters, its audit record and the policy
+    // decision it was made under (with that decision's audit record) are written first, then
+    // the application's lock is taken for the counts and the insert: on PostgreSQL the lock is
+    // held until the commit, so only the statements that need it run under it. A refused
+    // admission rolls all of it back.
+    let mut announced = outcome::request_created_in(ctx, &mut tx, &record).await?;
+    if let Some(decided) = &decided {
+        let queued = super::policy::record_in(
+            ctx,
+            &mut tx,
+            &app.id,
+            user_id,
+            Some(record.id.as_str()),
+            decided,
+        )
+        .await?;
+        announced.webhooks_queued(queued);
+    }
     let admission =
         super::applications::insert_within_pending_quota(ctx, &mut tx, &record, quota, &limits)
             .await?;
@@ -902,21 +920,6 @@ pub(crate) async fn create_as(
         outcome::record_policy_ending(ctx, &record).await?;
         super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided).await?;
         return Ok(record.status_at(ctx.now()));
-    }
-    // The request, its announcement to the device's waiters, its audit record and the policy
-    // decision it was made under (with that decision's audit record): one transaction.
-    let mut announced = outcome::request_created_in(ctx, &mut tx, &record).await?;
-    if let Some(decided) = &decided {
-        let queued = super::policy::record_in(
-            ctx,
-            &mut tx,
-            &app.id,
-            user_id,
-            Some(record.id.as_str()),
-            decided,
-        )
-        .await?;
-        announced.webhooks_queued(queued);
     }
     tx.commit().await?;
     announced.committed(ctx).await;

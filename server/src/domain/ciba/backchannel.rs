@@ -569,6 +569,31 @@ async fn start(
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
     let mut tx = state.db.begin_write().await?;
+    // The request, the policy decision it was made under and (unless bypassed, which ends it
+    // at once) its announcement to the device and its audit record: one transaction. All but
+    // the request are written before the application's lock is taken for the counts and the
+    // insert (on PostgreSQL the lock is held until the commit); a refused admission rolls all
+    // of it back.
+    let mut bypass_queued_webhooks = false;
+    let mut announced = match bypass {
+        Some(_) => None,
+        None => Some(crate::domain::outcome::request_created_in(state, &mut tx, &record).await?),
+    };
+    if let Some(decided) = &decided {
+        let queued = crate::domain::policy::record_in(
+            state,
+            &mut tx,
+            &client.application_id,
+            &request.user_id,
+            Some(record.id.as_str()),
+            decided,
+        )
+        .await?;
+        match announced.as_mut() {
+            Some(announced) => announced.webhooks_queued(queued),
+            None => bypass_queued_webhooks = queued,
+        }
+    }
     let admission = crate::domain::applications::insert_within_pending_quota(
         state, &mut tx, &record, quota, &limits,
     )
@@ -613,28 +638,6 @@ async fn start(
         request.acr = crate::domain::bypass::ACR_BYPASS.to_string();
     }
     ciba::insert_request(&mut *tx, state.db.secrets()?, &request).await?;
-    // The request, the policy decision it was made under and (unless bypassed, which ends it
-    // at once) its announcement to the device and its audit record: one transaction.
-    let mut bypass_queued_webhooks = false;
-    let mut announced = match bypass {
-        Some(_) => None,
-        None => Some(crate::domain::outcome::request_created_in(state, &mut tx, &record).await?),
-    };
-    if let Some(decided) = &decided {
-        let queued = crate::domain::policy::record_in(
-            state,
-            &mut tx,
-            &client.application_id,
-            &request.user_id,
-            Some(record.id.as_str()),
-            decided,
-        )
-        .await?;
-        match announced.as_mut() {
-            Some(announced) => announced.webhooks_queued(queued),
-            None => bypass_queued_webhooks = queued,
-        }
-    }
     tx.commit().await?;
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
     match announced {
