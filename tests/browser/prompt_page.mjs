@@ -272,12 +272,25 @@ async function main() {
       const next = await page.goto(arg, { waitUntil: "domcontentloaded" });
       if (!next || !next.ok()) await fail(`page load: HTTP ${next ? next.status() : "?"}`);
     } else if (verb === "type") {
+      // The page ignores a submit while an action of its own is under way (its controls are
+      // disabled then): type once the field is enabled, and type again if no request carrying
+      // the code went out.
       const input = page.locator("#otp");
-      await input.waitFor({ state: "visible", timeout: 10000 });
-      await input.fill("");
-      await input.focus();
-      await page.keyboard.type(arg);
-      await page.keyboard.press("Enter");
+      for (let attempt = 0; ; attempt += 1) {
+        await input.waitFor({ state: "visible", timeout: 10000 });
+        await page.waitForFunction(() => {
+          const field = document.getElementById("otp");
+          return field && !field.disabled;
+        }, null, { timeout: 30000 });
+        await input.fill("");
+        await input.focus();
+        await page.keyboard.type(arg);
+        const posted = page
+          .waitForRequest((r) => r.method() === "POST" && (r.postData() || "").includes(arg), { timeout: 3000 })
+          .then(() => true, () => false);
+        await page.keyboard.press("Enter");
+        if ((await posted) || attempt >= 4) break;
+      }
     } else if (verb === "deliver") {
       await page.evaluate((json) => window.TesseraBridge.onmessage({ data: json }), arg);
     } else if (verb === "load") {
