@@ -379,6 +379,15 @@ pub(crate) struct Announced {
 }
 
 impl Announced {
+    /// A transaction that wakes no waiter (so far): only the webhook workers, if
+    /// [`Announced::webhooks_queued`] notes deliveries.
+    pub(crate) fn nothing() -> Announced {
+        Announced {
+            topics: Vec::new(),
+            webhooks_queued: false,
+        }
+    }
+
     /// Notes that more of the transaction's audit records queued webhook deliveries.
     pub(crate) fn webhooks_queued(&mut self, queued: bool) {
         self.webhooks_queued |= queued;

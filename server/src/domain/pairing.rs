@@ -449,18 +449,13 @@ async fn create_enrollment(
         push_stale_at: None,
         device_key_thumbprint: Some(device_key_thumbprint),
         attestation,
-        app_attest: app_attest_key
-            .as_ref()
-            .map(|public_key| enrollments::AppAttestKey {
-                public_key: public_key.clone(),
-                counter: 0,
-            }),
+        app_attest: app_attest_key.map(|public_key| enrollments::AppAttestKey {
+            public_key,
+            counter: 0,
+        }),
     };
     if let Err(e) = enrollments::insert(tx, &enrollment).await {
         return Ok(Err(e));
-    }
-    if let Some(key) = &app_attest_key {
-        enrollments::set_app_attest_key(tx, &enrollment.enrollment_id, key).await?;
     }
     if let Some(seed) = &otp_seed {
         crate::store::otp::set_seed(tx, ctx.db.secrets()?, &enrollment.enrollment_id, seed).await?;

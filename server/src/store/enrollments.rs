@@ -54,8 +54,8 @@ pub struct Enrollment {
     /// What the pairing's platform attestation proved; `None`: nothing verified.
     pub attestation: Option<tessera_protocol::api::EnrollmentAttestation>,
     /// The App Attest key its pairing attested, with the highest assertion counter accepted as
-    /// read; `None` for Android and for enrollments not App Attested. Never written by
-    /// [`insert`] (see [`set_app_attest_key`]).
+    /// read; `None` for Android and for enrollments not App Attested. Later counters are taken
+    /// by [`take_app_attest_counter`], never by rewriting the enrollment.
     pub app_attest: Option<AppAttestKey>,
 }
 
@@ -80,13 +80,6 @@ impl Enrollment {
 }
 
 const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, possession_key, \
-    user_verification_key, device_info, signals, push, push_provider, is_primary, \
-    registration_digest, server_payload, paired_at, last_seen_at, status, verification_id, \
-    push_stale_at, device_key_thumbprint, attestation";
-
-/// What a read of an enrollment selects: [`COLUMNS`] and the App Attest key with its counter
-/// (written after the insert, by [`set_app_attest_key`]).
-const READ_COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, possession_key, \
     user_verification_key, device_info, signals, push, push_provider, is_primary, \
     registration_digest, server_payload, paired_at, last_seen_at, status, verification_id, \
     push_stale_at, device_key_thumbprint, attestation, app_attest_public_key, app_attest_counter";
@@ -171,7 +164,7 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
     let encode =
         |r: Result<String, StoreError>| r.map_err(|_| sqlx::Error::Protocol("encode".into()));
     sqlx::query(&format!(
-        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+        "INSERT INTO enrollments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     ))
     .bind(e.enrollment_id.as_str())
     .bind(e.application_id.as_str())
@@ -198,6 +191,8 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
             .map(|a| encode(to_json(a)))
             .transpose()?,
     )
+    .bind(e.app_attest.as_ref().map(|k| encode_app_attest_key(&k.public_key)))
+    .bind(e.app_attest.as_ref().map(|k| i64::from(k.counter)))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -256,7 +251,7 @@ pub async fn active_for_user(
     user: &UserId,
 ) -> Result<Vec<Enrollment>, StoreError> {
     let rows = sqlx::query(&format!(
-        "SELECT {READ_COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
          AND status = 'active' ORDER BY paired_at, enrollment_id"
     ))
     .bind(app.as_str())
@@ -289,7 +284,7 @@ pub async fn primary(
     user: &UserId,
 ) -> Result<Option<Enrollment>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {READ_COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+        "SELECT {COLUMNS} FROM enrollments WHERE application_id = $1 AND user_id = $2 \
          AND is_primary = 1 AND status = 'active'"
     ))
     .bind(app.as_str())
@@ -305,7 +300,7 @@ pub async fn by_registration_digest(
     digest: &str,
 ) -> Result<Option<Enrollment>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {READ_COLUMNS} FROM enrollments WHERE registration_digest = $1"
+        "SELECT {COLUMNS} FROM enrollments WHERE registration_digest = $1"
     ))
     .bind(digest)
     .fetch_optional(db.pool())
@@ -329,7 +324,7 @@ pub async fn by_id_on<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(&format!("SELECT {READ_COLUMNS} {BY_ID}"))
+    let row = sqlx::query(&format!("SELECT {COLUMNS} {BY_ID}"))
         .bind(id.as_str())
         .fetch_optional(executor)
         .await?;
@@ -358,7 +353,7 @@ pub async fn list_for_user_on<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let rows = sqlx::query(&format!("SELECT {READ_COLUMNS} {FOR_USER}"))
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} {FOR_USER}"))
         .bind(app.as_str())
         .bind(user.as_str())
         .fetch_all(executor)
@@ -523,7 +518,7 @@ pub async fn activate_verified(
         .execute(&mut *tx)
         .await?;
     let row = sqlx::query(&format!(
-        "SELECT {READ_COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
+        "SELECT {COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
     ))
     .bind(verification.as_str())
     .fetch_optional(&mut *tx)
@@ -686,24 +681,10 @@ pub struct AppAttestKey {
     pub counter: u32,
 }
 
-/// Keeps the App Attest key the pairing of `id` attested, with counter 0 (inside the pairing's
-/// transaction, after [`insert`]).
-pub async fn set_app_attest_key(
-    conn: &mut AnyConnection,
-    id: &EnrollmentId,
-    public_key: &[u8],
-) -> Result<(), StoreError> {
+/// An App Attest public key as stored (base64url, no padding).
+fn encode_app_attest_key(public_key: &[u8]) -> String {
     use base64::Engine;
-    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key);
-    sqlx::query(
-        "UPDATE enrollments SET app_attest_public_key = $1, app_attest_counter = 0 \
-         WHERE enrollment_id = $2",
-    )
-    .bind(encoded)
-    .bind(id.as_str())
-    .execute(conn)
-    .await?;
-    Ok(())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key)
 }
 
 /// Takes an App Attest assertion's counter for enrollment `id`: stores `counter` only where the
@@ -754,6 +735,19 @@ mod tests {
         taken
     }
 
+    /// Gives a bare row the App Attest key a pairing would have stored, with counter 0.
+    async fn set_app_attest_key(db: &Database, id: &EnrollmentId, public_key: &[u8]) {
+        sqlx::query(
+            "UPDATE enrollments SET app_attest_public_key = $1, app_attest_counter = 0 \
+             WHERE enrollment_id = $2",
+        )
+        .bind(encode_app_attest_key(public_key))
+        .bind(id.as_str())
+        .execute(db.writer())
+        .await
+        .expect("set");
+    }
+
     /// The App Attest key of a row, as an enrollment read decodes it (the rows here are bare:
     /// only the columns these tests need).
     async fn app_attest_key(db: &Database, id: &EnrollmentId) -> Option<AppAttestKey> {
@@ -776,11 +770,7 @@ mod tests {
         enrollment_row(&db, &app_id, &attested).await;
         enrollment_row(&db, &app_id, &plain).await;
         let key = vec![4u8; 65];
-        let mut conn = db.writer().acquire().await.expect("connection");
-        set_app_attest_key(&mut conn, &attested, &key)
-            .await
-            .expect("set");
-        drop(conn);
+        set_app_attest_key(&db, &attested, &key).await;
         assert_eq!(
             app_attest_key(&db, &attested).await,
             Some(AppAttestKey {

@@ -135,6 +135,16 @@ async fn refusals(server: &TestServer) -> Vec<Value> {
     page.records.into_iter().map(|r| r.details).collect()
 }
 
+/// Asserts that exactly `count` answers were refused so far, each with `code`.
+async fn assert_refused(server: &TestServer, count: usize, code: &str) {
+    let refused = refusals(server).await;
+    assert_eq!(refused.len(), count, "{refused:?}");
+    assert!(
+        refused.iter().all(|d| d["code"] == json!(code)),
+        "{refused:?}"
+    );
+}
+
 async fn accepted_and_rising(backend: tessera_tests::Backend) {
     let (server, user, device, attester, enrollment) =
         paired(backend, AttestationMode::Require).await;
@@ -180,13 +190,7 @@ async fn replay_refused(backend: tessera_tests::Backend) {
             .expect("the next counter is accepted");
         assert_eq!(recorded.state, AuthenticationState::Approved);
     }
-    let refused = refusals(&server).await;
-    assert_eq!(refused.len(), 2, "{refused:?}");
-    assert!(
-        refused
-            .iter()
-            .all(|d| d["code"] == json!("app_attest_counter_replay"))
-    );
+    assert_refused(&server, 2, "app_attest_counter_replay").await;
 }
 
 async fn other_key_and_garbage(backend: tessera_tests::Backend) {
@@ -203,13 +207,7 @@ async fn other_key_and_garbage(backend: tessera_tests::Backend) {
         );
         assert_eq!(state_of(&server, &id).await, AuthenticationState::Pending);
     }
-    let refused = refusals(&server).await;
-    assert_eq!(refused.len(), 2);
-    assert!(
-        refused
-            .iter()
-            .all(|d| d["code"] == json!("app_attest_assertion_invalid"))
-    );
+    assert_refused(&server, 2, "app_attest_assertion_invalid").await;
     // Back to genuine assertions: accepted.
     attester.set_mode(AssertionMode::Genuine);
     let (answered, _) = approve(&server, &user, &device, &enrollment).await;
@@ -411,9 +409,7 @@ async fn qr_missing_under_require(backend: tessera_tests::Backend) {
         "{err}"
     );
     assert_eq!(qr_state(&server, &session).await, QrSessionState::Scanned);
-    let refused = refusals(&server).await;
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(refused[0]["code"], json!("app_attest_assertion_required"));
+    assert_refused(&server, 1, "app_attest_assertion_required").await;
     // A denial is an answer too: it needs the assertion as well.
     let err = device
         .auth
@@ -457,13 +453,7 @@ async fn qr_replay_refused(backend: tessera_tests::Backend) {
             .expect("the next counter is accepted");
         assert_eq!(recorded.state, QrSessionState::Approved);
     }
-    let refused = refusals(&server).await;
-    assert_eq!(refused.len(), 2, "{refused:?}");
-    assert!(
-        refused
-            .iter()
-            .all(|d| d["code"] == json!("app_attest_counter_replay"))
-    );
+    assert_refused(&server, 2, "app_attest_counter_replay").await;
 }
 
 async fn qr_policy_asks_for_it(backend: tessera_tests::Backend) {

@@ -574,10 +574,9 @@ async fn start(
     // the request are written before the application's lock is taken for the counts and the
     // insert (on PostgreSQL the lock is held until the commit); a refused admission rolls all
     // of it back.
-    let mut bypass_queued_webhooks = false;
     let mut announced = match bypass {
-        Some(_) => None,
-        None => Some(crate::domain::outcome::request_created_in(state, &mut tx, &record).await?),
+        Some(_) => crate::domain::outcome::Announced::nothing(),
+        None => crate::domain::outcome::request_created_in(state, &mut tx, &record).await?,
     };
     if let Some(decided) = &decided {
         let queued = crate::domain::policy::record_in(
@@ -589,10 +588,7 @@ async fn start(
             decided,
         )
         .await?;
-        match announced.as_mut() {
-            Some(announced) => announced.webhooks_queued(queued),
-            None => bypass_queued_webhooks = queued,
-        }
+        announced.webhooks_queued(queued);
     }
     let admission = crate::domain::applications::insert_within_pending_quota(
         state, &mut tx, &record, quota, &limits,
@@ -640,24 +636,17 @@ async fn start(
     ciba::insert_request(&mut *tx, state.db.secrets()?, &request).await?;
     tx.commit().await?;
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
-    match announced {
-        Some(announced) => {
-            announced.committed(state).await;
-            tokio::spawn(crate::domain::fallback::deliver(
-                state.clone(),
-                record.clone(),
-                device,
-                true,
-            ));
-        }
-        None => {
-            tracing::info!(authentication_id = %record.id, "CIBA request bypassed");
-            if bypass_queued_webhooks {
-                let outbox = [crate::domain::events::Topic::WebhookOutbox];
-                state.events.announce(&state.db, &outbox).await;
-            }
-            crate::domain::outcome::ended(state, &record).await;
-        }
+    announced.committed(state).await;
+    if bypass.is_some() {
+        tracing::info!(authentication_id = %record.id, "CIBA request bypassed");
+        crate::domain::outcome::ended(state, &record).await;
+    } else {
+        tokio::spawn(crate::domain::fallback::deliver(
+            state.clone(),
+            record.clone(),
+            device,
+            true,
+        ));
     }
     Ok(BackchannelAcknowledgement {
         auth_req_id: request.auth_req_id,
