@@ -660,10 +660,9 @@ async fn after_qr(
 /// (the previous code stops working unless it was already answered, which the flow applies
 /// first).
 async fn use_qr_code(ctx: &Ctx, flow: &Flow) -> Result<(FlowStatus, Data), DomainError> {
+    // The code shown so far is withdrawn by `act` once the new one is stored: withdrawn
+    // earlier, a racing read would see the flow name a withdrawn code and drop it.
     let mut data = flow.data.clone();
-    if let Some(previous) = data.qr.take() {
-        super::qr::withdraw_for_flow(ctx, &previous).await?;
-    }
     let options = &data.options;
     let session = super::qr::create_for_flow(
         ctx,
@@ -1072,16 +1071,27 @@ pub(crate) async fn act(
         .as_ref()
         .filter(|p| flow.data.push.as_ref() != Some(*p))
         .map(|p| p.authentication_id.clone());
+    let new_qr = data.qr.clone().filter(|q| flow.data.qr.as_ref() != Some(q));
     match move_to(ctx, &claimed, name, status, data).await? {
         Some(moved) => {
+            // A code this action replaced is no longer shown: it stops working now.
+            if new_qr.is_some()
+                && let Some(previous) = &flow.data.qr
+            {
+                super::qr::withdraw_for_flow(ctx, previous).await?;
+            }
             // The push may have been answered before the flow recorded it.
             shown(ctx, &refresh(ctx, moved).await?, false).await
         }
         None => {
             // Someone moved it between the claim and now (its push was answered): withdraw a
-            // push this action sent, then answer the flow as it stands if it is over.
+            // push or a QR code this action made, then answer the flow as it stands if it is
+            // over.
             if let Some(push) = new_push {
                 outcome::record(ctx, &push, Ending::Canceled).await?;
+            }
+            if let Some(qr) = &new_qr {
+                super::qr::withdraw_for_flow(ctx, qr).await?;
             }
             let latest = refresh(ctx, reload(ctx, &claimed).await?).await?;
             if latest.status.is_final() {
