@@ -70,7 +70,8 @@ fn inputs() -> PolicyInputs {
         recent_successes: (0..20)
             .map(|i| ("198.51.100.1".parse().expect("ip"), now - i * 60))
             .collect(),
-        push_times: (0..20).map(|i| now - i * 30).collect(),
+        // 20 push requests in the last 10 minutes (below the rules' `at_least: 50`).
+        push_counts: [(600, 20)].into_iter().collect(),
         previous_location: Some((48.86, 2.35, now - 7200)),
         ..PolicyInputs::default()
     }

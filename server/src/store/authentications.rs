@@ -108,7 +108,7 @@ const READ_COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, si
 const COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
     parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
     decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
-    otp_mode, otp_after, backup_channels, number_matching, policy";
+    otp_mode, otp_after, backup_channels, number_matching, policy, push_counted";
 
 fn word<T: serde::de::DeserializeOwned>(text: &str, what: &'static str) -> Result<T, StoreError> {
     serde_json::from_value(serde_json::Value::String(text.to_string()))
@@ -271,7 +271,7 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     sqlx::query(&format!(
-        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
+        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
     ))
     .bind(a.id.as_str())
     .bind(a.application_id.as_str())
@@ -297,9 +297,31 @@ where
     .bind(super::applications::channels_text(&a.backup_channels))
     .bind(a.number_matching.is_on().then(|| a.number_matching.as_str()))
     .bind(a.policy.as_deref())
+    .bind(i64::from(counts_toward_push_limits(a)))
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// Whether `a` counts toward a policy's push counts (`push_requests`, `limit_push`): a push
+/// request (approval, transaction, CIBA) that no policy denied or approved outright. Stored
+/// with it as `push_counted`, which an index holds alone.
+fn counts_toward_push_limits(a: &Authentication) -> bool {
+    let push = match a.kind {
+        AuthenticationKind::Approval
+        | AuthenticationKind::Transaction
+        | AuthenticationKind::Ciba => true,
+        AuthenticationKind::Silent => false,
+    };
+    let decided_outright = a.policy.as_deref().is_some_and(|policy| {
+        serde_json::from_str::<serde_json::Value>(policy).is_ok_and(|p| {
+            matches!(
+                p.get("effect").and_then(|e| e.as_str()),
+                Some("deny" | "approve")
+            )
+        })
+    });
+    push && !decided_outright
 }
 
 /// What [`get`] selects from (its statement: the columns, then this).
@@ -500,9 +522,13 @@ pub async fn user_facing_counts(
     })
 }
 
+/// The statement of [`push_requests_since`] (over the `authentications_counted_pushes` index).
+pub(crate) const PUSH_REQUESTS_SINCE: &str = "SELECT COUNT(*) FROM authentications \
+    WHERE application_id = $1 AND user_id = $2 AND push_counted = 1 AND created_at > $3";
+
 /// The user's push requests (approval, transaction, CIBA) created after `since` that a policy
 /// neither denied nor approved: what a policy's `limit_push` counts (the same requests as
-/// `store::policies::push_times`). Run inside the inserting transaction, after the
+/// `store::policies::push_counts`). Run inside the inserting transaction, after the
 /// application's lock.
 pub async fn push_requests_since(
     conn: &mut sqlx::AnyConnection,
@@ -510,17 +536,12 @@ pub async fn push_requests_since(
     user: &UserId,
     since: i64,
 ) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM authentications WHERE application_id = $1 AND user_id = $2 \
-         AND kind IN ('approval', 'transaction', 'ciba') AND created_at > $3 \
-         AND (policy IS NULL OR policy NOT LIKE '%\"effect\":\"deny\"%') \
-         AND (policy IS NULL OR policy NOT LIKE '%\"effect\":\"approve\"%')",
-    )
-    .bind(app.as_str())
-    .bind(user.as_str())
-    .bind(since)
-    .fetch_one(&mut *conn)
-    .await?)
+    Ok(sqlx::query_scalar(PUSH_REQUESTS_SINCE)
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .bind(since)
+        .fetch_one(&mut *conn)
+        .await?)
 }
 
 /// Records how the push for an authentication went (`none`, `sent`, `failed`, `token_invalid`).
@@ -796,6 +817,39 @@ mod tests {
             .expect("count");
         assert_eq!(count, 3);
         drop(conn);
+        // A policy's windows are counted over the same requests, each window on its own.
+        let windows = [15, 25, 600].into_iter().collect();
+        let counts = super::super::policies::push_counts(&db, &app.id, &user, now, &windows)
+            .await
+            .expect("counts");
+        assert_eq!(counts, [(15, 1), (25, 2), (600, 3)].into_iter().collect());
+        assert!(
+            super::super::policies::push_counts(&db, &app.id, &user, now, &Default::default())
+                .await
+                .expect("no windows")
+                .is_empty()
+        );
+        // Recent approvals: each address once, with its latest approval in the window; denied
+        // ones and older ones are not approvals to go by.
+        let approved = |ip: &str, answered_at: i64, state: AuthenticationState| {
+            let mut a = pending(&app.id, &user, now - 5_000);
+            a.state = state;
+            a.accessing_ip = Some(ip.into());
+            a.answered_at = Some(answered_at);
+            a
+        };
+        for a in [
+            approved("203.0.113.5", now - 100, AuthenticationState::Approved),
+            approved("203.0.113.5", now - 50, AuthenticationState::Approved),
+            approved("198.51.100.1", now - 2_000, AuthenticationState::Approved),
+            approved("192.0.2.1", now - 10, AuthenticationState::Denied),
+        ] {
+            insert(db.writer(), &a).await.expect("insert");
+        }
+        let recent = super::super::policies::recent_successes(&db, &app.id, &user, now - 1_800)
+            .await
+            .expect("recent");
+        assert_eq!(recent, vec![("203.0.113.5".to_string(), now - 50)]);
         db.close().await;
     }
 

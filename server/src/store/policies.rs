@@ -1,5 +1,7 @@
 //! Policies (every version kept), users' groups, and the record of each policy decision.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use sqlx::Row;
 use tessera_protocol::ids::{ApplicationId, UserId};
 
@@ -179,52 +181,86 @@ pub async fn known_groups(
     Ok(known)
 }
 
-/// The user's successful authentications since `since`, newest first: (accessing IP, when).
+/// The statement of [`recent_successes`] (over the `authentications_approvals_by_user` index).
+pub(crate) const RECENT_SUCCESSES: &str = "SELECT accessing_ip, MAX(answered_at) AS answered_at \
+    FROM authentications WHERE application_id = $1 AND user_id = $2 AND state = 'approved' \
+    AND answered_at >= $3 AND accessing_ip IS NOT NULL \
+    GROUP BY accessing_ip ORDER BY answered_at DESC LIMIT 100";
+
+/// The addresses the user was approved from since `since`, each with its latest approval,
+/// newest first (at most 100 addresses): (accessing IP, when).
 pub async fn recent_successes(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
     since: i64,
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    sqlx::query(
-        "SELECT accessing_ip, answered_at FROM authentications WHERE application_id = $1 \
-         AND user_id = $2 AND state = 'approved' AND accessing_ip IS NOT NULL \
-         AND answered_at >= $3 ORDER BY answered_at DESC LIMIT 100",
-    )
-    .bind(app.as_str())
-    .bind(user.as_str())
-    .bind(since)
-    .fetch_all(db.pool())
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            r.try_get("accessing_ip")?,
-            r.try_get::<Option<i64>, _>("answered_at")?.unwrap_or(0),
-        ))
-    })
-    .collect()
+    sqlx::query(RECENT_SUCCESSES)
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .bind(since)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("accessing_ip")?,
+                r.try_get::<Option<i64>, _>("answered_at")?.unwrap_or(0),
+            ))
+        })
+        .collect()
 }
 
-/// When the user's push requests (approval, transaction, CIBA) since `since` were created.
-pub async fn push_times(
+/// The statement of [`push_counts`] for `windows` windows: one count per window over the
+/// `authentications_counted_pushes` index (`$3` the earliest start, `$4`.. each window's).
+pub(crate) fn push_counts_statement(windows: usize) -> String {
+    let counts: Vec<String> = (0..windows)
+        .map(|i| {
+            format!(
+                "COALESCE(SUM(CASE WHEN created_at > ${} THEN 1 ELSE 0 END), 0) AS w{i}",
+                i + 4
+            )
+        })
+        .collect();
+    format!(
+        "SELECT {} FROM authentications WHERE application_id = $1 AND user_id = $2 \
+         AND push_counted = 1 AND created_at > $3",
+        counts.join(", ")
+    )
+}
+
+/// How many of the user's push requests (approval, transaction, CIBA) that no policy denied
+/// or approved outright were created in each of `windows` (seconds) before `now`: counted by
+/// the database in one statement, whatever the user's history. The same requests a policy's
+/// `limit_push` counts when the request is stored
+/// (`store::authentications::push_requests_since`).
+pub async fn push_counts(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
-    since: i64,
-) -> Result<Vec<i64>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT created_at FROM authentications WHERE application_id = $1 AND user_id = $2 \
-         AND kind IN ('approval', 'transaction', 'ciba') AND created_at >= $3 \
-         AND (policy IS NULL OR policy NOT LIKE '%\"effect\":\"deny\"%') \
-         AND (policy IS NULL OR policy NOT LIKE '%\"effect\":\"approve\"%') \
-         ORDER BY created_at DESC LIMIT 1000",
-    )
-    .bind(app.as_str())
-    .bind(user.as_str())
-    .bind(since)
-    .fetch_all(db.pool())
-    .await?)
+    now: i64,
+    windows: &BTreeSet<u32>,
+) -> Result<BTreeMap<u32, u64>, StoreError> {
+    let Some(longest) = windows.last() else {
+        return Ok(BTreeMap::new());
+    };
+    let sql = push_counts_statement(windows.len());
+    let mut query = sqlx::query(&sql)
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .bind(now - i64::from(*longest));
+    for window in windows {
+        query = query.bind(now - i64::from(*window));
+    }
+    let row = query.fetch_one(db.pool()).await?;
+    windows
+        .iter()
+        .enumerate()
+        .map(|(i, window)| {
+            let count: i64 = row.try_get(i)?;
+            Ok((*window, count.unsigned_abs()))
+        })
+        .collect()
 }
 
 /// A decision to record.
@@ -353,21 +389,22 @@ pub async fn decisions(
     .collect()
 }
 
+/// The statement of [`previous_location`] (over the `policy_decisions_located_by_user` index).
+pub(crate) const PREVIOUS_LOCATION: &str = "SELECT latitude, longitude, created_at \
+    FROM policy_decisions WHERE application_id = $1 AND user_id = $2 \
+    AND latitude IS NOT NULL AND longitude IS NOT NULL ORDER BY created_at DESC LIMIT 1";
+
 /// The user's latest known accessing location before now: (latitude, longitude, when).
 pub async fn previous_location(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<Option<(f64, f64, i64)>, StoreError> {
-    let row = sqlx::query(
-        "SELECT latitude, longitude, created_at FROM policy_decisions WHERE application_id = $1 \
-         AND user_id = $2 AND latitude IS NOT NULL AND longitude IS NOT NULL \
-         ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(app.as_str())
-    .bind(user.as_str())
-    .fetch_optional(db.pool())
-    .await?;
+    let row = sqlx::query(PREVIOUS_LOCATION)
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .fetch_optional(db.pool())
+        .await?;
     row.map(|r| {
         Ok((
             r.try_get("latitude")?,

@@ -80,6 +80,22 @@ pub(crate) fn hot_statements() -> Vec<(String, String)> {
         ),
         ("the application's policy", policies::CURRENT.into()),
         (
+            "policy: push counts in two windows",
+            policies::push_counts_statement(2),
+        ),
+        (
+            "policy: limit_push taken at insert",
+            authentications::PUSH_REQUESTS_SINCE.into(),
+        ),
+        (
+            "policy: recent approvals by address",
+            policies::RECENT_SUCCESSES.into(),
+        ),
+        (
+            "policy: previous location",
+            policies::PREVIOUS_LOCATION.into(),
+        ),
+        (
             "webhook endpoints of an audited event",
             webhooks::ENDPOINTS_OF.into(),
         ),
@@ -182,7 +198,7 @@ async fn the_check_sees_a_full_scan() {
 fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("SELECT 1"), 0);
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
-    assert_eq!(hot_statements().len(), 30);
+    assert_eq!(hot_statements().len(), 34);
 }
 
 #[test]

@@ -83,8 +83,9 @@ pub struct PolicyInputs {
     pub attested_key: bool,
     /// The user's successful authentications: (accessing IP, when), any order.
     pub recent_successes: Vec<(IpAddr, i64)>,
-    /// When the user's push requests were created.
-    pub push_times: Vec<i64>,
+    /// How many of the user's push requests were created in each window the policy names
+    /// (window in seconds → count; [`Policy::push_windows`]), counted when gathered.
+    pub push_counts: BTreeMap<u32, u64>,
     /// The user's previous accessing location: (latitude, longitude, when).
     pub previous_location: Option<(f64, f64, i64)>,
     /// Transaction fields (label, value).
@@ -482,8 +483,9 @@ impl CompiledPolicy {
             .unwrap_or(0)
     }
 
-    /// The longest push-count window the rules need, in seconds.
-    pub fn push_lookback_seconds(&self) -> i64 {
+    /// The push-count windows the rules name, in seconds (what [`PolicyInputs::push_counts`]
+    /// must hold).
+    pub fn push_windows(&self) -> BTreeSet<u32> {
         self.rules
             .iter()
             .flat_map(|r| {
@@ -502,9 +504,7 @@ impl CompiledPolicy {
                 PolicyAction::LimitPush { window_seconds, .. } => Some(window_seconds),
                 _ => None,
             })
-            .map(i64::from)
-            .max()
-            .unwrap_or(0)
+            .collect()
     }
 
     /// Whether any rule checks geovelocity (the previous location is then read).
@@ -573,7 +573,7 @@ impl CompiledPolicy {
                 max,
                 window_seconds,
             } => {
-                let count = count_since(&inputs.push_times, inputs.now, *window_seconds);
+                let count = inputs.push_count(*window_seconds);
                 looked_at.insert(
                     format!("push_requests_last_{window_seconds}s"),
                     json!(count),
@@ -758,7 +758,7 @@ impl CompiledPolicy {
             }
         }
         if let Some(count) = &w.push_requests {
-            let n = count_since(&inputs.push_times, inputs.now, count.window_seconds);
+            let n = inputs.push_count(count.window_seconds);
             seen.insert(
                 format!("push_requests_last_{}s", count.window_seconds),
                 json!(n),
@@ -832,9 +832,12 @@ impl CompiledPolicy {
     }
 }
 
-fn count_since(times: &[i64], now: i64, window_seconds: u32) -> u64 {
-    let since = now - i64::from(window_seconds);
-    times.iter().filter(|t| **t > since).count() as u64
+impl PolicyInputs {
+    /// The user's push requests in the last `window_seconds`, as gathered (none gathered for a
+    /// window the policy does not name).
+    fn push_count(&self, window_seconds: u32) -> u64 {
+        self.push_counts.get(&window_seconds).copied().unwrap_or(0)
+    }
 }
 
 /// The great-circle distance between two (latitude, longitude) points, in km.

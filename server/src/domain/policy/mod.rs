@@ -347,10 +347,7 @@ async fn gather(
             .filter_map(|(ip, at)| ip.trim().parse::<IpAddr>().ok().map(|ip| (ip, at)))
             .collect(),
     };
-    let push_times = match policy.push_lookback_seconds() {
-        0 => Vec::new(),
-        back => policies::push_times(env.db, app, user, now - back).await?,
-    };
+    let push_counts = policies::push_counts(env.db, app, user, now, &policy.push_windows()).await?;
     let previous_location = if policy.uses_geovelocity() {
         policies::previous_location(env.db, app, user).await?
     } else {
@@ -373,7 +370,7 @@ async fn gather(
                 .and_then(|d| d.attested)
                 .unwrap_or(false),
             recent_successes,
-            push_times,
+            push_counts,
             previous_location,
             fields: request
                 .fields

@@ -171,18 +171,19 @@ fn recent_authentication_from_a_network() {
 fn push_counts_and_limit_push() {
     let p = one_rule(json!({"push_requests": {"at_least": 3, "window_seconds": 60}}));
     let mut i = inputs(RequestKind::Push);
-    i.push_times = vec![i.now - 10, i.now - 20, i.now - 61];
+    assert_eq!(p.push_windows(), BTreeSet::from([60]));
+    i.push_counts = BTreeMap::from([(60, 2)]);
     assert!(!matched(&p, &i));
-    i.push_times.push(i.now - 5);
+    i.push_counts = BTreeMap::from([(60, 3)]);
     assert!(matched(&p, &i));
 
     let p = policy(json!({
         "rules": [],
         "default": {"action": "limit_push", "max": 2, "window_seconds": 300}
     }));
-    assert_eq!(p.push_lookback_seconds(), 300);
+    assert_eq!(p.push_windows(), BTreeSet::from([300]));
     let mut i = inputs(RequestKind::Push);
-    i.push_times = vec![i.now - 10];
+    i.push_counts = BTreeMap::from([(300, 1)]);
     let d = p.evaluate(&i);
     assert_eq!((d.action, d.effect), ("limit_push", PolicyEffect::Require));
     assert!(d.methods.is_empty() && d.allows(PolicyMethod::MobilePush));
@@ -195,7 +196,7 @@ fn push_counts_and_limit_push() {
             window_seconds: 300
         })
     );
-    i.push_times.push(i.now - 299);
+    i.push_counts = BTreeMap::from([(300, 2)]);
     let d = p.evaluate(&i);
     assert_eq!((d.action, d.effect), ("limit_push", PolicyEffect::Deny));
     assert!(d.reason.contains("too many push requests"), "{}", d.reason);
