@@ -246,9 +246,12 @@ impl Authentication {
     }
 }
 
-/// The statement of [`pending_for_application`].
-pub(crate) const PENDING_FOR_APPLICATION: &str = "SELECT COUNT(*) FROM authentications WHERE application_id = $1 \
-    AND state = 'pending' AND expires_at > $2";
+/// The statement of [`pending_for_application`]: a sum over `pending_expiries`, which the
+/// database's triggers keep as requests start and end (migration `0030_pending_counts.sql`),
+/// one row per second of expiry and shard, so its cost is bounded by the requests' lifetime, not
+/// by how many are pending.
+pub(crate) const PENDING_FOR_APPLICATION: &str = "SELECT COALESCE(SUM(pending), 0) \
+    FROM pending_expiries WHERE application_id = $1 AND expires_at > $2";
 
 /// How many authentications of the application are pending (not answered, not expired) at
 /// `now`. Run after [`super::applications::lock_for_quota`] in the transaction that inserts, so

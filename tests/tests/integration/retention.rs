@@ -19,6 +19,7 @@ on_each_backend! {
     open_qr_sessions_never_exceed_the_quota_in_a_burst => qr_quota_burst;
     pending_requests_never_exceed_the_quota_in_a_burst => pending_quota_burst;
     ciba_requests_count_against_the_pending_quota => ciba_quota;
+    the_pending_count_follows_every_way_a_request_ends => pending_count_follows_endings;
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -319,4 +320,123 @@ async fn ciba_quota(backend: Backend) {
         .await
         .expect_err("over quota");
     assert_eq!(err.code(), Some(ErrorCode::QuotaExceeded));
+}
+
+/// The pending requests the quota sums (`pending_expiries`, kept by the database's triggers)
+/// against a count of the requests themselves, at the server's time; and no row is left for
+/// requests that all ended.
+async fn assert_pending_counted(server: &TestServer, clock: &ManualClock, expected: i64) {
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&server.config().database_url)
+        .await
+        .expect("database");
+    let app = server.app.application_id.to_string();
+    let now = clock.now();
+    let summed: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(pending), 0) FROM pending_expiries \
+         WHERE application_id = $1 AND expires_at > $2",
+    )
+    .bind(&app)
+    .bind(now)
+    .fetch_one(&db)
+    .await
+    .expect("sum");
+    let counted: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM authentications \
+         WHERE application_id = $1 AND state = 'pending' AND expires_at > $2",
+    )
+    .bind(&app)
+    .bind(now)
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    let empty_rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM pending_expiries WHERE pending <= 0")
+            .fetch_one(&db)
+            .await
+            .expect("empty rows");
+    db.close().await;
+    assert_eq!((summed, counted, empty_rows), (expected, expected, 0));
+}
+
+async fn pending_count_follows_endings(backend: Backend) {
+    let clock = ManualClock::new();
+    let (server, device) = start(backend, &clock, Duration::from_secs(3600)).await;
+    admin::set_quotas(
+        server.server.database(),
+        &server.app.application_id,
+        Quotas {
+            max_open_qr_sessions: None,
+            max_pending_requests: Some(3),
+        },
+    )
+    .await
+    .expect("quota");
+    let approval = ask(AuthenticationKind::Approval);
+    let create = || server.customer.create_authentication("alice", &approval);
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        created.push(create().await.expect("within the quota"));
+    }
+    assert_eq!(
+        create().await.unwrap_err().code(),
+        Some(ErrorCode::QuotaExceeded)
+    );
+    assert_pending_counted(&server, &clock, 3).await;
+
+    // An answer makes room for exactly one more.
+    let enrollment = created[0].enrollment_id.clone();
+    let request = device
+        .pull_request(&enrollment, &created[0].authentication_id)
+        .await;
+    device
+        .auth
+        .approve(&request, vec![], None)
+        .await
+        .expect("approve");
+    assert_pending_counted(&server, &clock, 2).await;
+    create().await.expect("room after an answer");
+    assert_eq!(
+        create().await.unwrap_err().code(),
+        Some(ErrorCode::QuotaExceeded)
+    );
+
+    // Unpairing the device ends its pending requests.
+    server
+        .customer
+        .remove_device("alice", &enrollment)
+        .await
+        .expect("unpair");
+    assert_pending_counted(&server, &clock, 0).await;
+
+    // Deleting the user removes theirs.
+    let pair = || async {
+        device
+            .auth
+            .pair(&server.pairing_uri("alice").await, None)
+            .await
+            .expect("pair again");
+    };
+    pair().await;
+    for _ in 0..3 {
+        create().await.expect("room after the unpairing");
+    }
+    assert_pending_counted(&server, &clock, 3).await;
+    server.customer.remove_user("alice").await.expect("remove");
+    assert_pending_counted(&server, &clock, 0).await;
+
+    // Expiry writes nothing, yet expired requests no longer count.
+    server.user("alice").await;
+    pair().await;
+    for _ in 0..3 {
+        create().await.expect("room after the user went");
+    }
+    assert_eq!(
+        create().await.unwrap_err().code(),
+        Some(ErrorCode::QuotaExceeded)
+    );
+    clock.advance(Duration::from_secs(900));
+    assert_pending_counted(&server, &clock, 0).await;
+    create().await.expect("room once they expired");
+    assert_pending_counted(&server, &clock, 1).await;
 }
