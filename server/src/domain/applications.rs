@@ -89,39 +89,36 @@ pub(crate) async fn insert_within_pending_quota(
     limits: &UserLimits,
 ) -> Result<Admission, DomainError> {
     applications::lock_for_quota(tx, ctx.db.engine(), &record.application_id).await?;
-    let pending = crate::store::authentications::pending_for_application(
+    let now = ctx.now();
+    let counts = crate::store::authentications::admission_counts(
         tx,
         &record.application_id,
-        ctx.now(),
+        &record.user_id,
+        crate::store::authentications::AdmissionWindows {
+            now,
+            pending_since: now - super::authentication::LONGEST_REQUEST_SECONDS,
+            recent_since: now
+                - limits
+                    .push_bombing
+                    .map_or(0, |l| i64::from(l.window_seconds)),
+            push_limit_since: limits.push_limit.map(|l| now - i64::from(l.window_seconds)),
+        },
     )
     .await?;
-    if pending >= i64::from(quota) {
+    if counts.application_pending >= i64::from(quota) {
         return Err(over_quota("pending requests", quota));
     }
     if let Some(push_bombing) = &limits.push_bombing
-        && let Some(reason) = super::authentication::push_bombing_limit(
-            ctx,
-            tx,
-            push_bombing,
-            &record.application_id,
-            &record.user_id,
-        )
-        .await?
+        && let Some(reason) = super::authentication::push_bombing_refusal(push_bombing, &counts)
     {
         return Err(DomainError::new(ErrorCode::TooManyAuthentications, reason));
     }
-    if let Some(limit) = &limits.push_limit {
-        let since = ctx.now() - i64::from(limit.window_seconds);
-        let count = crate::store::authentications::push_requests_since(
-            tx,
-            &record.application_id,
-            &record.user_id,
-            since,
-        )
-        .await?;
-        if count >= i64::from(limit.max) {
-            return Ok(Admission::PushLimited(limit.exceeded(count.unsigned_abs())));
-        }
+    if let Some(limit) = &limits.push_limit
+        && counts.pushes >= i64::from(limit.max)
+    {
+        return Ok(Admission::PushLimited(
+            limit.exceeded(counts.pushes.unsigned_abs()),
+        ));
     }
     crate::store::authentications::insert(&mut *tx, record).await?;
     Ok(Admission::Inserted)

@@ -98,7 +98,7 @@ fn number_matching(mode: NumberMatching) -> Option<(u32, Option<Vec<u32>>)> {
 
 /// Requests live at most this long (`expires_in` up to 900 seconds), so a look-back this long
 /// sees every pending one.
-const LONGEST_REQUEST_SECONDS: i64 = 900;
+pub(crate) const LONGEST_REQUEST_SECONDS: i64 = 900;
 
 /// Push bombing: why one more user-facing request to this user is refused (too many pending,
 /// or too many unapproved ones — unanswered, expired or denied, `wrong_number` included — in
@@ -106,38 +106,25 @@ const LONGEST_REQUEST_SECONDS: i64 = 900;
 /// verifications do not count, so a user who signs in often is never locked out by their own
 /// approvals. The `limits` are the application's settings (as its caller read them, once per
 /// request), else the server-wide values. Used for every user-facing request, whoever asks
-/// (customer API, flows or CIBA), on `conn`: the transaction that inserts the request, after the
-/// application's lock (see `applications::insert_within_pending_quota`), so two requests at
-/// once cannot both pass the last free place.
-pub(crate) async fn push_bombing_limit(
-    ctx: &Ctx,
-    conn: &mut sqlx::AnyConnection,
+/// (customer API, flows or CIBA), on the `counts` taken in the transaction that inserts the
+/// request, after the application's lock (see `applications::insert_within_pending_quota`), so
+/// two requests at once cannot both pass the last free place.
+pub(crate) fn push_bombing_refusal(
     limits: &tessera_protocol::api::PushBombingLimits,
-    application_id: &ApplicationId,
-    user_id: &UserId,
-) -> Result<Option<String>, DomainError> {
-    let now = ctx.now();
-    let counts = authentications::user_facing_counts(
-        conn,
-        application_id,
-        user_id,
-        now,
-        now - LONGEST_REQUEST_SECONDS,
-        now - i64::from(limits.window_seconds),
-    )
-    .await?;
-    if counts.pending >= i64::from(limits.max_pending_per_user) {
-        return Ok(Some(
+    counts: &authentications::AdmissionCounts,
+) -> Option<String> {
+    if counts.user_pending >= i64::from(limits.max_pending_per_user) {
+        return Some(
             "this user already has the most pending requests allowed; wait for an answer or for them to expire".into(),
-        ));
+        );
     }
-    if counts.recent >= i64::from(limits.max_unapproved_per_user) {
-        return Ok(Some(format!(
+    if counts.user_recent >= i64::from(limits.max_unapproved_per_user) {
+        return Some(format!(
             "too many unanswered or denied requests to this user in the last {} seconds",
             limits.window_seconds
-        )));
+        ));
     }
-    Ok(None)
+    None
 }
 
 /// What a new request asks.

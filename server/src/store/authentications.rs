@@ -246,28 +246,6 @@ impl Authentication {
     }
 }
 
-/// The statement of [`pending_for_application`]: a sum over `pending_expiries`, which the
-/// database's triggers keep as requests start and end (migration `0030_pending_counts.sql`),
-/// one row per second of expiry and shard, so its cost is bounded by the requests' lifetime, not
-/// by how many are pending.
-pub(crate) const PENDING_FOR_APPLICATION: &str = "SELECT COALESCE(SUM(pending), 0) \
-    FROM pending_expiries WHERE application_id = $1 AND expires_at > $2";
-
-/// How many authentications of the application are pending (not answered, not expired) at
-/// `now`. Run after [`super::applications::lock_for_quota`] in the transaction that inserts, so
-/// the count stays true until the insert.
-pub async fn pending_for_application(
-    conn: &mut sqlx::AnyConnection,
-    app: &ApplicationId,
-    now: i64,
-) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(PENDING_FOR_APPLICATION)
-        .bind(app.as_str())
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?)
-}
-
 /// Records a new pending authentication (on the pool, or inside a transaction).
 pub async fn insert<'e, E>(executor: E, a: &Authentication) -> Result<(), StoreError>
 where
@@ -481,70 +459,78 @@ where
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
 
-pub(crate) const USER_FACING_COUNTS: &str = "SELECT \
-           COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS pending, \
-           COALESCE(SUM(CASE WHEN created_at >= $5 AND state IN ('pending', 'expired', 'denied') THEN 1 ELSE 0 END), 0) AS recent \
-         FROM authentications \
-         WHERE application_id = $1 AND user_id = $2 AND created_at >= $4 AND kind <> 'silent'";
+/// The statement of [`admission_counts`]: the user's counts over the `authentications_by_user`
+/// index, the application's pending requests summed over `pending_expiries` (kept by the
+/// database's triggers, migration `0030_pending_counts.sql`: one row per second of expiry and
+/// shard, so its cost is bounded by the requests' lifetime, not by how many are pending), and
+/// the user's counted pushes over `authentications_counted_pushes`.
+pub(crate) const ADMISSION_COUNTS: &str = "SELECT \
+    COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS user_pending, \
+    COALESCE(SUM(CASE WHEN created_at >= $5 AND state IN ('pending', 'expired', 'denied') THEN 1 ELSE 0 END), 0) AS user_recent, \
+    (SELECT COALESCE(SUM(pending), 0) FROM pending_expiries \
+      WHERE application_id = $1 AND expires_at > $3) AS application_pending, \
+    (SELECT COUNT(*) FROM authentications \
+      WHERE application_id = $1 AND user_id = $2 AND push_counted = 1 AND created_at > $6) AS pushes \
+    FROM authentications \
+    WHERE application_id = $1 AND user_id = $2 AND created_at >= $4 AND kind <> 'silent'";
 
-/// How many user-facing (not silent) requests a user has now.
+/// The windows [`admission_counts`] counts in (Unix seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserFacingCounts {
-    /// Pending and unexpired now (created since `pending_since`).
-    pub pending: i64,
-    /// Created since `recent_since` and not approved: still pending, expired unanswered, or
-    /// denied (including `wrong_number`). Approved ones and failed ones (their device was
-    /// unpaired) do not count, so an active user is never locked out by their own sign-ins.
-    pub recent: i64,
+pub struct AdmissionWindows {
+    /// Now: what is pending has not expired by then.
+    pub now: i64,
+    /// The oldest a pending request can have been created (requests live at most that long).
+    pub pending_since: i64,
+    /// The start of the push-bombing window of unapproved requests.
+    pub recent_since: i64,
+    /// The start of a policy's `limit_push` window, if one is taken (its requests counted after
+    /// it).
+    pub push_limit_since: Option<i64>,
 }
 
-/// User-facing (not silent) requests to a user, counted in one query over the
-/// `authentications_by_user` index: those pending now among the ones created since
-/// `pending_since` (requests live at most that long), and the unapproved ones created since
-/// `recent_since`. Run on the connection of the transaction that inserts the next request (after
-/// the application's lock), so the count and the insert are one atomic take.
-pub async fn user_facing_counts(
+/// What a new request is admitted by, counted in one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionCounts {
+    /// The application's requests pending now (its `max_pending_requests` quota).
+    pub application_pending: i64,
+    /// The user's user-facing (not silent) requests pending now.
+    pub user_pending: i64,
+    /// The user's user-facing requests created since `recent_since` and not approved: still
+    /// pending, expired unanswered, or denied (including `wrong_number`). Approved ones and
+    /// failed ones (their device was unpaired) do not count, so an active user is never locked
+    /// out by their own sign-ins.
+    pub user_recent: i64,
+    /// The user's push requests (approval, transaction, CIBA) created after `push_limit_since`
+    /// that a policy neither denied nor approved: what a policy's `limit_push` counts (the same
+    /// requests as `store::policies::push_counts`); 0 without a window.
+    pub pushes: i64,
+}
+
+/// The counts a new request is admitted by (the application's pending quota, the user's
+/// push-bombing limits, a policy's `limit_push`), in one statement. Run on the connection of
+/// the transaction that inserts the request, after the application's lock, so the counts and
+/// the insert are one atomic take.
+pub async fn admission_counts(
     conn: &mut sqlx::AnyConnection,
     app: &ApplicationId,
     user: &UserId,
-    now: i64,
-    pending_since: i64,
-    recent_since: i64,
-) -> Result<UserFacingCounts, StoreError> {
-    let row = sqlx::query(USER_FACING_COUNTS)
+    windows: AdmissionWindows,
+) -> Result<AdmissionCounts, StoreError> {
+    let row = sqlx::query(ADMISSION_COUNTS)
         .bind(app.as_str())
         .bind(user.as_str())
-        .bind(now)
-        .bind(pending_since.min(recent_since))
-        .bind(recent_since)
+        .bind(windows.now)
+        .bind(windows.pending_since.min(windows.recent_since))
+        .bind(windows.recent_since)
+        .bind(windows.push_limit_since.unwrap_or(i64::MAX))
         .fetch_one(&mut *conn)
         .await?;
-    Ok(UserFacingCounts {
-        pending: row.try_get("pending")?,
-        recent: row.try_get("recent")?,
+    Ok(AdmissionCounts {
+        application_pending: row.try_get("application_pending")?,
+        user_pending: row.try_get("user_pending")?,
+        user_recent: row.try_get("user_recent")?,
+        pushes: row.try_get("pushes")?,
     })
-}
-
-/// The statement of [`push_requests_since`] (over the `authentications_counted_pushes` index).
-pub(crate) const PUSH_REQUESTS_SINCE: &str = "SELECT COUNT(*) FROM authentications \
-    WHERE application_id = $1 AND user_id = $2 AND push_counted = 1 AND created_at > $3";
-
-/// The user's push requests (approval, transaction, CIBA) created after `since` that a policy
-/// neither denied nor approved: what a policy's `limit_push` counts (the same requests as
-/// `store::policies::push_counts`). Run inside the inserting transaction, after the
-/// application's lock.
-pub async fn push_requests_since(
-    conn: &mut sqlx::AnyConnection,
-    app: &ApplicationId,
-    user: &UserId,
-    since: i64,
-) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(PUSH_REQUESTS_SINCE)
-        .bind(app.as_str())
-        .bind(user.as_str())
-        .bind(since)
-        .fetch_one(&mut *conn)
-        .await?)
 }
 
 /// Records how the push for an authentication went (`none`, `sent`, `failed`, `token_invalid`).
@@ -748,15 +734,23 @@ mod tests {
             .await
             .expect("insert");
         let mut conn = db.writer().acquire().await.expect("connection");
-        let counts = user_facing_counts(&mut conn, &app.id, &user, now, now - 900, now - 600)
+        let windows = AdmissionWindows {
+            now,
+            pending_since: now - 900,
+            recent_since: now - 600,
+            push_limit_since: None,
+        };
+        let counts = admission_counts(&mut conn, &app.id, &user, windows)
             .await
             .expect("counts");
         drop(conn);
         assert_eq!(
             counts,
-            UserFacingCounts {
-                pending: 2,
-                recent: 5, // 2 pending + 1 declined + 1 wrong number + 1 expired
+            AdmissionCounts {
+                application_pending: 2,
+                user_pending: 2,
+                user_recent: 5, // 2 pending + 1 declined + 1 wrong number + 1 expired
+                pushes: 0,      // no `limit_push` window
             }
         );
         // A second ending loses: the state changes once.
@@ -815,10 +809,16 @@ mod tests {
             insert(db.writer(), a).await.expect("insert");
         }
         let mut conn = db.writer().acquire().await.expect("connection");
-        let count = push_requests_since(&mut conn, &app.id, &user, now - 600)
+        let windows = AdmissionWindows {
+            now,
+            pending_since: now - 900,
+            recent_since: now - 600,
+            push_limit_since: Some(now - 600),
+        };
+        let counts = admission_counts(&mut conn, &app.id, &user, windows)
             .await
             .expect("count");
-        assert_eq!(count, 3);
+        assert_eq!(counts.pushes, 3);
         drop(conn);
         // A policy's windows are counted over the same requests, each window on its own.
         let windows = [15, 25, 600].into_iter().collect();
@@ -857,13 +857,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_push_bombing_count_is_one_indexed_query() {
+    async fn the_admission_counts_are_one_indexed_query() {
         let dir = tempfile::tempdir().expect("temporary folder");
         let url = format!("sqlite://{}", dir.path().join("plan.db").display());
         let db = Database::connect(&url, 2).await.expect("database");
-        let plan = sqlx::query(&format!("EXPLAIN QUERY PLAN {USER_FACING_COUNTS}"))
+        let plan = sqlx::query(&format!("EXPLAIN QUERY PLAN {ADMISSION_COUNTS}"))
             .bind("app")
             .bind("user")
+            .bind(0_i64)
             .bind(0_i64)
             .bind(0_i64)
             .bind(0_i64)
@@ -874,12 +875,16 @@ mod tests {
             .iter()
             .map(|row| row.try_get::<String, _>("detail").expect("detail"))
             .collect();
-        assert!(
-            details
-                .iter()
-                .any(|d| d.contains("USING INDEX authentications_by_user")),
-            "{details:?}"
-        );
+        for index in [
+            "authentications_by_user",
+            "sqlite_autoindex_pending_expiries_1",
+            "authentications_counted_pushes",
+        ] {
+            assert!(
+                details.iter().any(|d| d.contains(index)),
+                "{index}: {details:?}"
+            );
+        }
         assert!(
             !details.iter().any(|d| d.starts_with("SCAN")),
             "{details:?}"

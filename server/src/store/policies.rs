@@ -233,7 +233,7 @@ pub(crate) fn push_counts_statement(windows: usize) -> String {
 /// or approved outright were created in each of `windows` (seconds) before `now`: counted by
 /// the database in one statement, whatever the user's history. The same requests a policy's
 /// `limit_push` counts when the request is stored
-/// (`store::authentications::push_requests_since`).
+/// (`store::authentications::admission_counts`).
 pub async fn push_counts(
     db: &Database,
     app: &ApplicationId,

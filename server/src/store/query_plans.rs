@@ -62,12 +62,8 @@ pub(crate) fn hot_statements() -> Vec<(String, String)> {
             authentications::PENDING_FOR.into(),
         ),
         (
-            "pending requests of the application (quota)",
-            authentications::PENDING_FOR_APPLICATION.into(),
-        ),
-        (
-            "push-bombing count",
-            authentications::USER_FACING_COUNTS.into(),
+            "admission counts: quota, push bombing, limit_push",
+            authentications::ADMISSION_COUNTS.into(),
         ),
         ("recording an answer", authentications::END_WITH.into()),
         (
@@ -82,10 +78,6 @@ pub(crate) fn hot_statements() -> Vec<(String, String)> {
         (
             "policy: push counts in two windows",
             policies::push_counts_statement(2),
-        ),
-        (
-            "policy: limit_push taken at insert",
-            authentications::PUSH_REQUESTS_SINCE.into(),
         ),
         (
             "policy: recent approvals by address",
@@ -198,7 +190,7 @@ async fn the_check_sees_a_full_scan() {
 fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("SELECT 1"), 0);
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
-    assert_eq!(hot_statements().len(), 34);
+    assert_eq!(hot_statements().len(), 32);
 }
 
 #[test]
