@@ -36,10 +36,8 @@ const BERLIN_IP: &str = "192.0.2.10";
 const NEW_YORK_IP: &str = "192.0.2.200";
 
 async fn start(backend: Backend) -> TestServer {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("tessera_server=warn")
-        .with_test_writer()
-        .try_init();
+    // No log subscriber here: the test binary's one global subscriber is `logs::capture`'s,
+    // which the log-secrecy tests need to see every line.
     TestServer::start_with(backend, |c| {
         c.accessing_ip_table = IpTable::from_csv(IP_TABLE).unwrap();
     })
