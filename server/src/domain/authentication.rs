@@ -649,15 +649,17 @@ pub(crate) async fn create_as(
     body: CreateAuthenticationRequest,
     evaluate_policy: bool,
 ) -> Result<AuthenticationStatus, DomainError> {
-    // The request's reads that need nothing else (the user with its language, the
-    // application's settings, the user's devices) run on one connection, given back before the
-    // policy reads and the write transaction take theirs.
+    // The request's reads that need nothing else (the user with its language and bypass, the
+    // application's settings with its current policy, the user's devices) run on one
+    // connection, given back before the policy's history reads and the write transaction take
+    // theirs.
     let mut conn = ctx.db.reader().await?;
-    let user = crate::store::users::get_on(&mut *conn, &app.id, user_id)
-        .await?
-        .ok_or_else(|| {
-            DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
-        })?;
+    let (user, stored_bypass) =
+        crate::store::users::get_for_request_on(&mut *conn, &app.id, user_id)
+            .await?
+            .ok_or_else(|| {
+                DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
+            })?;
     let app_settings = crate::store::applications::request_settings_on(&mut *conn, &app.id).await?;
     let user_devices = enrollments::list_for_user_on(&mut *conn, &app.id, user_id).await?;
     drop(conn);
@@ -788,7 +790,7 @@ pub(crate) async fn create_as(
             } else {
                 RequestKind::Push
             };
-            super::policy::decide(
+            super::policy::decide_as_read(
                 ctx,
                 &app.id,
                 user_id,
@@ -798,6 +800,7 @@ pub(crate) async fn create_as(
                     device: Some(super::policy::device_facts(&device)),
                     fields: &body.fields,
                 },
+                app_settings.policy.as_ref(),
             )
             .await?
         }
@@ -811,7 +814,7 @@ pub(crate) async fn create_as(
         (
             AuthenticationKind::Approval | AuthenticationKind::Transaction,
             None | Some(PolicyEnding::OtherMethodRequired),
-        ) => super::bypass::active(ctx, &app.id, user_id).await?,
+        ) => super::bypass::in_force(ctx, stored_bypass),
         _ => None,
     };
     let record = new_authentication(

@@ -287,6 +287,11 @@ pub(crate) async fn active(
         .filter(|b| b.until > now))
 }
 
+/// The bypass `stored` for a user (as read with the user) if it is still in force.
+pub(crate) fn in_force(ctx: &Ctx, stored: Option<Bypass>) -> Option<Bypass> {
+    stored.filter(|b| b.until > ctx.now())
+}
+
 /// The attributes of a bypassed authentication: the accessing device's, the type `BYPASS`, when
 /// the bypass ends, and no authenticating device and no `amr` (no factor was used).
 pub(crate) fn bypass_attributes(

@@ -658,13 +658,21 @@ pub struct RequestSettings {
     pub quotas: Quotas,
     /// Its QR policy ([`qr_policy`]).
     pub qr_policy: QrPolicy,
+    /// Its current authentication policy, if it has one (`super::policies::current`).
+    pub policy: Option<super::policies::StoredPolicy>,
 }
 
-/// The statement of [`request_settings`] (a hot path: one row by primary key).
-pub(crate) const REQUEST_SETTINGS: &str = "SELECT name, use_code, otp_fallback, \
-    otp_fallback_after, backup_channels, mandatory_methods, sms_webhook_url, number_matching, \
-    max_pending_per_user, max_unapproved_per_user, push_bombing_window_seconds, \
-    max_open_qr_sessions, max_pending_requests, qr_policy FROM applications WHERE id = $1";
+/// The statement of [`request_settings`] (a hot path: one row by primary key, with the
+/// application's current policy version by `policies`' primary key).
+pub(crate) const REQUEST_SETTINGS: &str = "SELECT a.name, a.use_code, a.otp_fallback, \
+    a.otp_fallback_after, a.backup_channels, a.mandatory_methods, a.sms_webhook_url, \
+    a.number_matching, a.max_pending_per_user, a.max_unapproved_per_user, \
+    a.push_bombing_window_seconds, a.max_open_qr_sessions, a.max_pending_requests, a.qr_policy, \
+    p.version AS policy_version, p.document AS policy_document, \
+    p.created_at AS policy_created_at \
+    FROM applications a LEFT JOIN policies p ON p.application_id = a.id \
+    AND p.version = (SELECT MAX(version) FROM policies WHERE application_id = a.id) \
+    WHERE a.id = $1";
 
 /// The application's settings a new request needs, in one read.
 pub async fn request_settings(
@@ -694,6 +702,15 @@ where
         quotas: quotas_of(&row)?,
         qr_policy: QrPolicy::parse(&row.try_get::<String, _>("qr_policy")?)
             .ok_or(StoreError::Corrupted("qr_policy"))?,
+        policy: match row.try_get::<Option<i64>, _>("policy_version")? {
+            None => None,
+            Some(version) => Some(super::policies::StoredPolicy {
+                version: u32::try_from(version)
+                    .map_err(|_| StoreError::Corrupted("policy version"))?,
+                document: row.try_get("policy_document")?,
+                created_at: row.try_get("policy_created_at")?,
+            }),
+        },
     })
 }
 

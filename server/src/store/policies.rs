@@ -9,7 +9,7 @@ use super::{Database, is_unique_violation};
 use crate::store::StoreError;
 
 /// One saved version of an application's policy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPolicy {
     /// The version (1, 2, ...).
     pub version: u32,

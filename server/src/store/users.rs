@@ -71,6 +71,45 @@ where
     row.as_ref().map(row_to_user).transpose()
 }
 
+/// The statement of [`get_for_request_on`]: [`GET`] with the user's bypass, if one is stored.
+pub(crate) const GET_FOR_REQUEST: &str = "SELECT u.user_id, u.display_name, u.created_at, \
+    u.locale, (SELECT COUNT(*) FROM enrollments e WHERE e.application_id = u.application_id \
+    AND e.user_id = u.user_id) AS devices, b.granted_at AS bypass_granted_at, \
+    b.until AS bypass_until, b.reason AS bypass_reason, b.granted_by AS bypass_granted_by \
+    FROM users u LEFT JOIN user_bypasses b \
+    ON b.application_id = u.application_id AND b.user_id = u.user_id \
+    WHERE u.application_id = $1 AND u.user_id = $2";
+
+/// One user with their device count and their bypass as stored (whether it is still in force is
+/// the caller's to judge), in one read: what a new request needs of its user.
+pub async fn get_for_request_on<'e, E>(
+    executor: E,
+    app: &ApplicationId,
+    user_id: &UserId,
+) -> Result<Option<(User, Option<super::bypass::Bypass>)>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let Some(row) = sqlx::query(GET_FOR_REQUEST)
+        .bind(app.as_str())
+        .bind(user_id.as_str())
+        .fetch_optional(executor)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let bypass = match row.try_get::<Option<i64>, _>("bypass_until")? {
+        None => None,
+        Some(until) => Some(super::bypass::Bypass {
+            granted_at: row.try_get("bypass_granted_at")?,
+            until,
+            reason: row.try_get("bypass_reason")?,
+            granted_by: row.try_get("bypass_granted_by")?,
+        }),
+    };
+    Ok(Some((row_to_user(&row)?, bypass)))
+}
+
 /// All users of an application.
 pub async fn list(db: &Database, app: &ApplicationId) -> Result<Vec<User>, StoreError> {
     let rows = sqlx::query(

@@ -470,7 +470,7 @@ async fn start(
         DomainError::Refused { message, .. } => OAuthError::new(OAuthCode::AccessDenied, message),
         other => OAuthError::from(other),
     })?;
-    let decided = crate::domain::policy::decide(
+    let decided = crate::domain::policy::decide_as_read(
         state,
         &client.application_id,
         &user,
@@ -480,6 +480,7 @@ async fn start(
             device: Some(crate::domain::policy::device_facts(&device)),
             fields: &[],
         },
+        app_settings.policy.as_ref(),
     )
     .await?;
     if let Some(decided) = &decided

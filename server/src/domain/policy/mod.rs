@@ -267,19 +267,38 @@ impl Decided {
     }
 }
 
+/// Which policy a decision is made under.
+enum Under<'a> {
+    /// The application's current policy, read now.
+    Current,
+    /// The application's current policy as its caller read it (with the request's settings),
+    /// or `None`: the application has no policy.
+    Read(Option<&'a policies::StoredPolicy>),
+    /// A saved version (a dry run).
+    Version(u32),
+}
+
 async fn load_compiled(
     env: &Env<'_>,
     app: &ApplicationId,
-    version: Option<u32>,
+    under: Under<'_>,
 ) -> Result<Option<Result<CompiledPolicy, PolicyDecision>>, DomainError> {
-    let stored = match version {
-        None => policies::current(env.db, app).await?,
-        Some(v) => Some(policies::version(env.db, app, v).await?.ok_or_else(|| {
-            DomainError::new(
-                ErrorCode::NotFound,
-                "the application has no such policy version",
-            )
-        })?),
+    let read;
+    let stored = match under {
+        Under::Current => {
+            read = policies::current(env.db, app).await?;
+            read.as_ref()
+        }
+        Under::Read(stored) => stored,
+        Under::Version(v) => {
+            read = Some(policies::version(env.db, app, v).await?.ok_or_else(|| {
+                DomainError::new(
+                    ErrorCode::NotFound,
+                    "the application has no such policy version",
+                )
+            })?);
+            read.as_ref()
+        }
     };
     let Some(stored) = stored else {
         return Ok(None);
@@ -386,9 +405,9 @@ async fn decide_with(
     app: &ApplicationId,
     user: &UserId,
     request: &Request<'_>,
-    version: Option<u32>,
+    under: Under<'_>,
 ) -> Result<Option<Decided>, DomainError> {
-    let Some(compiled) = load_compiled(env, app, version).await? else {
+    let Some(compiled) = load_compiled(env, app, under).await? else {
         return Ok(None);
     };
     let (decision, location) = match compiled {
@@ -420,7 +439,30 @@ pub(crate) async fn decide(
     user: &UserId,
     request: &Request<'_>,
 ) -> Result<Option<Decided>, DomainError> {
-    let decided = decide_with(&Env::of(ctx), app, user, request, None).await?;
+    decide_under(ctx, app, user, request, Under::Current).await
+}
+
+/// [`decide`] under `current`, the application's current policy as the caller read it with the
+/// request's settings (`store::applications::request_settings`; `None`: it has none), without
+/// reading it again.
+pub(crate) async fn decide_as_read(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    request: &Request<'_>,
+    current: Option<&policies::StoredPolicy>,
+) -> Result<Option<Decided>, DomainError> {
+    decide_under(ctx, app, user, request, Under::Read(current)).await
+}
+
+async fn decide_under(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    request: &Request<'_>,
+    under: Under<'_>,
+) -> Result<Option<Decided>, DomainError> {
+    let decided = decide_with(&Env::of(ctx), app, user, request, under).await?;
     if let Some(d) = &decided {
         tracing::info!(
             application_id = %app,
@@ -614,7 +656,8 @@ pub(crate) async fn evaluate_in(
         device,
         fields: &body.fields,
     };
-    let decided = decide_with(env, app, &body.user_id, &request, body.version)
+    let under = body.version.map_or(Under::Current, Under::Version);
+    let decided = decide_with(env, app, &body.user_id, &request, under)
         .await?
         .ok_or_else(|| DomainError::new(ErrorCode::NotFound, "the application has no policy"))?;
     Ok(PolicyEvaluation {
