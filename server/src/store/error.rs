@@ -65,13 +65,23 @@ fn is_unavailability(e: &sqlx::Error) -> bool {
             // PostgreSQL: class 08 (connection exception), 53 (insufficient resources),
             // 57P01..57P03 (shutting down, cannot connect now), and what a new connection is
             // refused with while the database is closed to connections (55000), gone (3D000)
-            // or its credentials no longer work (28000, 28P01). SQLite: 5 BUSY, 6 LOCKED,
-            // 10 IOERR, 13 FULL and their extended codes (low byte).
+            // or its credentials no longer work (28000, 28P01); a deadlock it broke by refusing
+            // this transaction (40P01) or a serialization failure (40001), which a retry gets
+            // past. SQLite: 5 BUSY, 6 LOCKED, 10 IOERR, 13 FULL and their extended codes (low
+            // byte).
             code.starts_with("08")
                 || code.starts_with("53")
                 || matches!(
                     code,
-                    "57P01" | "57P02" | "57P03" | "55000" | "3D000" | "28000" | "28P01"
+                    "57P01"
+                        | "57P02"
+                        | "57P03"
+                        | "55000"
+                        | "3D000"
+                        | "28000"
+                        | "28P01"
+                        | "40P01"
+                        | "40001"
                 )
                 || code
                     .parse::<i64>()
@@ -92,5 +102,52 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert!(StoreError::from(sqlx::Error::Io(io)).is_unavailable());
         assert!(!StoreError::from(sqlx::Error::RowNotFound).is_unavailable());
+    }
+
+    /// A database's refusal with `code`, as the driver reports it.
+    #[derive(Debug)]
+    struct Refusal(&'static str);
+
+    impl std::fmt::Display for Refusal {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "refused with {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Refusal {}
+
+    impl sqlx::error::DatabaseError for Refusal {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn refused(code: &'static str) -> StoreError {
+        StoreError::from(sqlx::Error::Database(Box::new(Refusal(code))))
+    }
+
+    #[test]
+    fn a_broken_deadlock_is_retryable_and_a_constraint_is_not() {
+        for code in ["40P01", "40001", "57P01", "08006", "53300", "5", "517"] {
+            assert!(refused(code).is_unavailable(), "{code}");
+        }
+        for code in ["23505", "23503", "42P01", "19", "2067"] {
+            assert!(!refused(code).is_unavailable(), "{code}");
+        }
     }
 }
