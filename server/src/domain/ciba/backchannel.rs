@@ -224,12 +224,13 @@ fn unknown_user() -> OAuthError {
     )
 }
 
+/// The user the request names (by one of its hints), with their bypass as stored.
 async fn resolve_user(
     state: &Ctx,
     client: &CibaClient,
     params: &Params,
     now: i64,
-) -> Result<UserId, OAuthError> {
+) -> Result<(UserId, Option<crate::store::bypass::Bypass>), OAuthError> {
     let hints = [
         params.text("login_hint")?,
         params.text("id_token_hint")?,
@@ -294,25 +295,23 @@ async fn resolve_user(
         _ => return Err(unknown_user()),
     };
     // A login hint (or a login hint token's `sub`) is the application's user id, or the subject
-    // this provider's ID tokens carry for that user.
+    // this provider's ID tokens carry for that user. The user's bypass comes with the user.
     if let Ok(user_id) = subject.parse::<UserId>()
-        && users::get(&state.db, &client.application_id, &user_id)
-            .await?
-            .is_some()
+        && let Some((_, bypass)) =
+            users::get_for_request_on(state.db.pool(), &client.application_id, &user_id).await?
     {
-        return Ok(user_id);
+        return Ok((user_id, bypass));
     }
     let user_id: UserId = super::user_of_subject(&client.application_id, &subject)
         .ok_or_else(unknown_user)?
         .parse()
         .map_err(|_| unknown_user())?;
-    if users::get(&state.db, &client.application_id, &user_id)
-        .await?
-        .is_none()
-    {
+    let Some((_, bypass)) =
+        users::get_for_request_on(state.db.pool(), &client.application_id, &user_id).await?
+    else {
         return Err(unknown_user());
-    }
-    Ok(user_id)
+    };
+    Ok((user_id, bypass))
 }
 
 async fn check_user_code(
@@ -442,7 +441,7 @@ async fn start(
     {
         return Err(invalid_request("acr_values is too long"));
     }
-    let user = resolve_user(state, client, params, now).await?;
+    let (user, stored_bypass) = resolve_user(state, client, params, now).await?;
     check_user_code(state, client, &user, params.text("user_code")?).await?;
     // No device is a refusal; a database that cannot answer is not (temporarily_unavailable).
     let device = pick_device(state, &client.application_id, &user, None)
@@ -498,7 +497,7 @@ async fn start(
         ));
     }
     // A bypass (docs/bypass-and-recovery.md): the request completes at once, nothing is sent.
-    let bypass = crate::domain::bypass::active(state, &client.application_id, &user).await?;
+    let bypass = crate::domain::bypass::in_force(state, stored_bypass);
     let settings = app_settings.authentication;
     let number_matching = settings.number_matching;
     let application_name = app_settings.name;
