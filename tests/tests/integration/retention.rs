@@ -24,6 +24,20 @@ on_each_backend! {
 
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// Sets the application's own quotas (`None`: the server's default).
+async fn set_quotas(server: &TestServer, open_qr_sessions: Option<u32>, pending: Option<u32>) {
+    admin::set_quotas(
+        server.server.database(),
+        &server.app.application_id,
+        Quotas {
+            max_open_qr_sessions: open_qr_sessions,
+            max_pending_requests: pending,
+        },
+    )
+    .await
+    .expect("quota");
+}
+
 async fn start(backend: Backend, clock: &ManualClock, sweep: Duration) -> (TestServer, TestDevice) {
     let clock = clock.clone();
     let server = TestServer::start_isolated_with(backend, move |c| {
@@ -180,16 +194,7 @@ async fn background_purge(backend: Backend) {
 async fn qr_quota_burst(backend: Backend) {
     let clock = ManualClock::new();
     let (server, _device) = start(backend, &clock, Duration::from_secs(3600)).await;
-    admin::set_quotas(
-        server.server.database(),
-        &server.app.application_id,
-        Quotas {
-            max_open_qr_sessions: Some(5),
-            max_pending_requests: None,
-        },
-    )
-    .await
-    .expect("quota");
+    set_quotas(&server, Some(5), None).await;
     let customer = Arc::new(server.customer.clone());
     let burst: Vec<_> = (0..30)
         .map(|_| {
@@ -226,16 +231,7 @@ async fn qr_quota_burst(backend: Backend) {
 async fn pending_quota_burst(backend: Backend) {
     let clock = ManualClock::new();
     let (server, _device) = start(backend, &clock, Duration::from_secs(3600)).await;
-    admin::set_quotas(
-        server.server.database(),
-        &server.app.application_id,
-        Quotas {
-            max_open_qr_sessions: None,
-            max_pending_requests: Some(4),
-        },
-    )
-    .await
-    .expect("quota");
+    set_quotas(&server, None, Some(4)).await;
     let customer = Arc::new(server.customer.clone());
     let burst: Vec<_> = (0..30)
         .map(|_| {
@@ -270,16 +266,7 @@ async fn ciba_quota(backend: Backend) {
     use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
     let clock = ManualClock::new();
     let (server, _device) = start(backend, &clock, Duration::from_secs(3600)).await;
-    admin::set_quotas(
-        server.server.database(),
-        &server.app.application_id,
-        Quotas {
-            max_open_qr_sessions: None,
-            max_pending_requests: Some(1),
-        },
-    )
-    .await
-    .expect("quota");
+    set_quotas(&server, None, Some(1)).await;
     let registered = server
         .customer
         .register_ciba_client(&RegisterCibaClient {
@@ -362,16 +349,7 @@ async fn assert_pending_counted(server: &TestServer, clock: &ManualClock, expect
 async fn pending_count_follows_endings(backend: Backend) {
     let clock = ManualClock::new();
     let (server, device) = start(backend, &clock, Duration::from_secs(3600)).await;
-    admin::set_quotas(
-        server.server.database(),
-        &server.app.application_id,
-        Quotas {
-            max_open_qr_sessions: None,
-            max_pending_requests: Some(3),
-        },
-    )
-    .await
-    .expect("quota");
+    set_quotas(&server, None, Some(3)).await;
     let approval = ask(AuthenticationKind::Approval);
     let create = || server.customer.create_authentication("alice", &approval);
     let mut created = Vec::new();
