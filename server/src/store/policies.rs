@@ -161,22 +161,42 @@ pub async fn groups(
     .await?)
 }
 
-/// Which of `names` some user of the application belongs to.
+/// The statement of [`known_groups`] for `names` names: one column per name, 1 when some user
+/// of the application (`$1`) is in the group (`$2`, `$3`, …), each over the
+/// `user_groups_by_group` index.
+pub(crate) fn known_groups_statement(names: usize) -> String {
+    let columns: Vec<String> = (0..names)
+        .map(|i| {
+            format!(
+                "CAST(CASE WHEN EXISTS (SELECT 1 FROM user_groups WHERE application_id = $1 \
+                 AND group_name = ${}) THEN 1 ELSE 0 END AS BIGINT) AS g{i}",
+                i + 2
+            )
+        })
+        .collect();
+    format!("SELECT {}", columns.join(", "))
+}
+
+/// Which of `names` some user of the application belongs to, in one statement.
 pub async fn known_groups(
     db: &Database,
     app: &ApplicationId,
     names: &[String],
 ) -> Result<Vec<String>, StoreError> {
-    let mut known = Vec::new();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = known_groups_statement(names.len());
+    let mut query = sqlx::query(&sql).bind(app.as_str());
     for name in names {
-        let found: Option<String> = sqlx::query_scalar(
-            "SELECT group_name FROM user_groups WHERE application_id = $1 AND group_name = $2 LIMIT 1",
-        )
-        .bind(app.as_str())
-        .bind(name)
-        .fetch_optional(db.pool())
-        .await?;
-        known.extend(found);
+        query = query.bind(name);
+    }
+    let row = query.fetch_one(db.pool()).await?;
+    let mut known = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if row.try_get::<i64, _>(i)? > 0 {
+            known.push(name.clone());
+        }
     }
     Ok(known)
 }

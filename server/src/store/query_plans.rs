@@ -84,6 +84,10 @@ pub(crate) fn hot_statements() -> Vec<(String, String)> {
             policies::push_counts_statement(2),
         ),
         (
+            "policy: whether two named groups have members",
+            policies::known_groups_statement(2),
+        ),
+        (
             "policy: recent approvals by address",
             policies::RECENT_SUCCESSES.into(),
         ),
@@ -194,7 +198,7 @@ async fn the_check_sees_a_full_scan() {
 fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("SELECT 1"), 0);
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
-    assert_eq!(hot_statements().len(), 33);
+    assert_eq!(hot_statements().len(), 34);
 }
 
 #[test]
