@@ -335,9 +335,14 @@ async fn write_in(
     event: &Event,
     now_ms: i64,
 ) -> Result<bool, RecordError> {
-    store::append(tx, record).await?;
+    let Some((event_type, app)) = webhook_of(event) else {
+        store::append(tx, record).await?;
+        return Ok(false);
+    };
     let mut queued = false;
-    if let Some((event_type, app)) = webhook_of(event) {
+    // The insert answers whether the application has any endpoint: most have none, and then
+    // the endpoints are not read.
+    if store::append_counting_endpoints(tx, record).await? > 0 {
         let endpoints: Vec<_> = webhooks::endpoints_in(&mut *tx, app)
             .await?
             .into_iter()

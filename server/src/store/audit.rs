@@ -47,29 +47,55 @@ pub struct StoredRecord {
     pub record: NewRecord,
 }
 
+/// The statement of [`append`].
+const APPEND: &str = "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, \
+    device_id, subject, client_ip, accessing_ip, location, outcome, details) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+/// The statement of [`append_counting_endpoints`]: [`APPEND`] answering how many webhook
+/// endpoints the record's application has (over `webhook_endpoints`' index by application).
+pub(crate) const APPEND_COUNTING_ENDPOINTS: &str = "INSERT INTO audit_log (id, at_ms, kind, \
+    actor, application_id, user_id, device_id, subject, client_ip, accessing_ip, location, \
+    outcome, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+    RETURNING (SELECT COUNT(*) FROM webhook_endpoints \
+    WHERE webhook_endpoints.application_id = $5) AS webhook_endpoints";
+
+fn bind_record<'q>(
+    sql: &'q str,
+    record: &'q NewRecord,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql)
+        .bind(&record.id)
+        .bind(record.at_ms)
+        .bind(&record.kind)
+        .bind(&record.actor)
+        .bind(record.application_id.as_deref())
+        .bind(record.user_id.as_deref())
+        .bind(record.device_id.as_deref())
+        .bind(record.subject.as_deref())
+        .bind(record.client_ip.as_deref())
+        .bind(record.accessing_ip.as_deref())
+        .bind(record.location.as_deref())
+        .bind(&record.outcome)
+        .bind(&record.details)
+}
+
 /// Appends `record` within `tx`.
 pub async fn append(tx: &mut sqlx::AnyConnection, record: &NewRecord) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, device_id, subject, \
-         client_ip, accessing_ip, location, outcome, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(&record.id)
-    .bind(record.at_ms)
-    .bind(&record.kind)
-    .bind(&record.actor)
-    .bind(record.application_id.as_deref())
-    .bind(record.user_id.as_deref())
-    .bind(record.device_id.as_deref())
-    .bind(record.subject.as_deref())
-    .bind(record.client_ip.as_deref())
-    .bind(record.accessing_ip.as_deref())
-    .bind(record.location.as_deref())
-    .bind(&record.outcome)
-    .bind(&record.details)
-    .execute(&mut *tx)
-    .await?;
+    bind_record(APPEND, record).execute(&mut *tx).await?;
     Ok(())
+}
+
+/// Appends `record` within `tx` and answers how many webhook endpoints its application has, in
+/// one statement: a record no endpoint can want needs no second read.
+pub async fn append_counting_endpoints(
+    tx: &mut sqlx::AnyConnection,
+    record: &NewRecord,
+) -> Result<i64, StoreError> {
+    let row = bind_record(APPEND_COUNTING_ENDPOINTS, record)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(row.try_get("webhook_endpoints")?)
 }
 
 /// Which records a query wants.
