@@ -281,10 +281,7 @@ pub(crate) async fn active(
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<Option<Bypass>, DomainError> {
-    let now = ctx.now();
-    Ok(store::get(&ctx.db, app, user)
-        .await?
-        .filter(|b| b.until > now))
+    Ok(in_force(ctx, store::get(&ctx.db, app, user).await?))
 }
 
 /// The bypass `stored` for a user (as read with the user) if it is still in force.

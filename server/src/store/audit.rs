@@ -47,18 +47,25 @@ pub struct StoredRecord {
     pub record: NewRecord,
 }
 
+/// The insert of an audit record, shared by [`APPEND`] and [`APPEND_COUNTING_ENDPOINTS`].
+macro_rules! insert_record {
+    () => {
+        "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, device_id, \
+         subject, client_ip, accessing_ip, location, outcome, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    };
+}
+
 /// The statement of [`append`].
-const APPEND: &str = "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, \
-    device_id, subject, client_ip, accessing_ip, location, outcome, details) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+const APPEND: &str = insert_record!();
 
 /// The statement of [`append_counting_endpoints`]: [`APPEND`] answering how many webhook
 /// endpoints the record's application has (over `webhook_endpoints`' index by application).
-pub(crate) const APPEND_COUNTING_ENDPOINTS: &str = "INSERT INTO audit_log (id, at_ms, kind, \
-    actor, application_id, user_id, device_id, subject, client_ip, accessing_ip, location, \
-    outcome, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-    RETURNING (SELECT COUNT(*) FROM webhook_endpoints \
-    WHERE webhook_endpoints.application_id = $5) AS webhook_endpoints";
+pub(crate) const APPEND_COUNTING_ENDPOINTS: &str = concat!(
+    insert_record!(),
+    " RETURNING (SELECT COUNT(*) FROM webhook_endpoints \
+     WHERE webhook_endpoints.application_id = $5) AS webhook_endpoints"
+);
 
 fn bind_record<'q>(
     sql: &'q str,

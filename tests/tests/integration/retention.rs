@@ -24,6 +24,18 @@ on_each_backend! {
 
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// The device pulls `created` and approves it.
+async fn approve(device: &TestDevice, created: &tessera_protocol::api::AuthenticationStatus) {
+    let request = device
+        .pull_request(&created.enrollment_id, &created.authentication_id)
+        .await;
+    device
+        .auth
+        .approve(&request, vec![], None)
+        .await
+        .expect("approve");
+}
+
 /// Sets the application's own quotas (`None`: the server's default).
 async fn set_quotas(server: &TestServer, open_qr_sessions: Option<u32>, pending: Option<u32>) {
     admin::set_quotas(
@@ -83,15 +95,7 @@ async fn purge_old_and_finished(backend: Backend) {
         .create_authentication("alice", &ask(AuthenticationKind::Approval))
         .await
         .expect("create");
-    let enrollment = device.auth.enrollments().await[0].enrollment_id.clone();
-    let request = device
-        .pull_request(&enrollment, &approved.authentication_id)
-        .await;
-    device
-        .auth
-        .approve(&request, vec![], None)
-        .await
-        .expect("approve");
+    approve(&device, &approved).await;
     let unanswered = customer
         .create_authentication("alice", &ask(AuthenticationKind::Approval))
         .await
@@ -364,14 +368,7 @@ async fn pending_count_follows_endings(backend: Backend) {
 
     // An answer makes room for exactly one more.
     let enrollment = created[0].enrollment_id.clone();
-    let request = device
-        .pull_request(&enrollment, &created[0].authentication_id)
-        .await;
-    device
-        .auth
-        .approve(&request, vec![], None)
-        .await
-        .expect("approve");
+    approve(&device, &created[0]).await;
     assert_pending_counted(&server, &clock, 2).await;
     create().await.expect("room after an answer");
     assert_eq!(
