@@ -55,6 +55,11 @@ use tessera_server::{
     SmtpConfig, StoreError, TlsFiles, admin, config_file,
 };
 
+/// The process's allocator: mimalloc, for the many short-lived allocations of a request
+/// (docs/benchmarks.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tessera-server",
