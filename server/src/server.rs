@@ -149,7 +149,7 @@ impl Server {
             .map_err(|e| ServerError::InvalidInput(e.to_string()))?;
         let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
-        let state = Ctx {
+        let state = Ctx::new(crate::domain::CtxParts {
             clock: config.clock.clone(),
             follow_ups: Arc::from(crate::domain::follow_ups()),
             events,
@@ -170,7 +170,7 @@ impl Server {
                 },
             )),
             attestation: Arc::new(attestation),
-        };
+        });
         let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
         let webhook_worker = tokio::spawn(crate::domain::webhooks::run(state.clone()));
         let metrics = metrics_listener.map(|(listener, bound)| {

@@ -50,9 +50,28 @@ pub(crate) use crate::store::enrollments::Enrollment;
 pub use error::DomainError;
 pub use events::EventHub;
 
-/// Everything a domain operation can reach.
+/// Everything a domain operation can reach. Every request and background task holds one, and
+/// axum clones it for each extractor: cloning it is one reference count.
 #[derive(Clone)]
-pub(crate) struct Ctx {
+pub(crate) struct Ctx(Arc<CtxParts>);
+
+impl Ctx {
+    /// The context made of `parts`.
+    pub(crate) fn new(parts: CtxParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = CtxParts;
+
+    fn deref(&self) -> &CtxParts {
+        &self.0
+    }
+}
+
+/// What a [`Ctx`] holds.
+pub(crate) struct CtxParts {
     /// The database.
     pub db: Database,
     /// The keys the server signs device-facing messages with.
