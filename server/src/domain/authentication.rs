@@ -922,6 +922,7 @@ pub(crate) async fn create_as(
         record.clone(),
         device,
         fall_back,
+        app_settings.push,
     ));
     Ok(record.status_at(ctx.now()))
 }

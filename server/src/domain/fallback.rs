@@ -17,6 +17,7 @@ use tessera_protocol::ids::EnrollmentId;
 use tessera_protocol::pairing::DeviceRegistration;
 
 use crate::domain::Ctx;
+use crate::store::applications::SealedPushSettings;
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
 
@@ -25,20 +26,27 @@ fn undelivered(outcome: &str) -> bool {
     !matches!(outcome, "sent" | "none")
 }
 
-/// Delivers the push for a new authentication; with `fall_back`, moves it to the user's other
-/// devices in turn while pushes cannot be delivered.
+/// Delivers the push for a new authentication, through the application's push `settings` the
+/// request read with its others; with `fall_back`, moves it to the user's other devices in turn
+/// while pushes cannot be delivered.
 pub(crate) async fn deliver(
     state: Ctx,
     record: Authentication,
     device: Enrollment,
     fall_back: bool,
+    settings: SealedPushSettings,
 ) {
     let (mut record, mut device) = (record, device);
     let mut tried: Vec<EnrollmentId> = Vec::new();
     loop {
         let outcome = state
             .device_push
-            .push(state.clone(), record.clone(), device.clone())
+            .push(
+                state.clone(),
+                record.clone(),
+                device.clone(),
+                Some(settings.clone()),
+            )
             .await;
         let Some(outcome) = outcome.filter(|o| undelivered(o)) else {
             return;

@@ -310,7 +310,7 @@ impl Created {
         if let Some((request, primary)) = self.verification {
             tracing::info!(authentication_id = %request.id, enrollment_id = %self.enrollment.enrollment_id, "new device awaits the primary device's approval");
             outcome::request_created(ctx, &request).await;
-            let push = ctx.device_push.push(ctx.clone(), request, primary);
+            let push = ctx.device_push.push(ctx.clone(), request, primary, None);
             tokio::spawn(push);
         }
         self.enrollment

@@ -10,6 +10,7 @@ use tessera_protocol::ids::{ApplicationId, UserId};
 use zeroize::Zeroizing;
 
 use super::Ctx;
+use crate::store::applications::SealedPushSettings;
 use crate::store::authentications::Authentication;
 use crate::store::enrollments::Enrollment;
 
@@ -20,8 +21,15 @@ pub(crate) type PushFuture = Pin<Box<dyn Future<Output = Option<&'static str>> +
 /// Pushes a request to a device (FCM, APNs, the application's webhook, or nothing for a device
 /// that only pulls), retrying transient failures and recording the outcome.
 pub(crate) trait DevicePush: Send + Sync {
-    /// Pushes `record` to `device`.
-    fn push(&self, ctx: Ctx, record: Authentication, device: Enrollment) -> PushFuture;
+    /// Pushes `record` to `device`, through the application's `settings` when the request
+    /// already read them (`None`: the push reads them).
+    fn push(
+        &self,
+        ctx: Ctx,
+        record: Authentication,
+        device: Enrollment,
+        settings: Option<SealedPushSettings>,
+    ) -> PushFuture;
 }
 
 /// One passcode to deliver.

@@ -777,6 +777,7 @@ pub(crate) async fn answer(
             f.clone(),
             device.clone(),
             false,
+            settings.push.clone(),
         ));
     }
     Ok(QrAnswerRecorded {

@@ -219,6 +219,52 @@ impl std::fmt::Debug for PushSettings {
     }
 }
 
+/// An application's push settings as stored: the provider credentials still sealed. A new
+/// request reads them with its other settings ([`request_settings`]), and the push opens them
+/// ([`SealedPushSettings::open`]) only when it uses them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SealedPushSettings {
+    /// The application.
+    application_id: String,
+    webhook_url: Option<String>,
+    fcm: Option<String>,
+    apns: Option<String>,
+}
+
+impl std::fmt::Debug for SealedPushSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedPushSettings")
+            .field("webhook_url", &self.webhook_url.is_some())
+            .field("fcm", &self.fcm.is_some())
+            .field("apns", &self.apns.is_some())
+            .finish()
+    }
+}
+
+impl SealedPushSettings {
+    /// The settings of the application `id` read from `row` (its `push_webhook_url`,
+    /// `push_fcm` and `push_apns` columns).
+    fn of(id: &str, row: &sqlx::any::AnyRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            application_id: id.to_string(),
+            webhook_url: row.try_get("push_webhook_url")?,
+            fcm: row.try_get("push_fcm")?,
+            apns: row.try_get("push_apns")?,
+        })
+    }
+
+    /// The settings with their credentials opened by `db`'s data key.
+    pub fn open(self, db: &Database) -> Result<PushSettings, StoreError> {
+        let secrets = db.secrets()?;
+        let id = self.application_id.as_str();
+        Ok(PushSettings {
+            fcm: open_text(secrets, place("applications", "push_fcm", id), self.fcm)?,
+            apns: open_text(secrets, place("applications", "push_apns", id), self.apns)?,
+            webhook_url: self.webhook_url,
+        })
+    }
+}
+
 /// The application's push settings (`None` if there is no such application).
 pub async fn push_settings(
     db: &Database,
@@ -229,23 +275,8 @@ pub async fn push_settings(
             .bind(id.as_str())
             .fetch_optional(db.pool())
             .await?;
-    let secrets = db.secrets()?;
-    row.map(|r| {
-        Ok(PushSettings {
-            webhook_url: r.try_get("push_webhook_url")?,
-            fcm: open_text(
-                secrets,
-                place("applications", "push_fcm", id.as_str()),
-                r.try_get("push_fcm")?,
-            )?,
-            apns: open_text(
-                secrets,
-                place("applications", "push_apns", id.as_str()),
-                r.try_get("push_apns")?,
-            )?,
-        })
-    })
-    .transpose()
+    row.map(|r| SealedPushSettings::of(id.as_str(), &r)?.open(db))
+        .transpose()
 }
 
 /// Stores (or, with `None`, removes) the application's FCM credentials (JSON). Returns false if
@@ -660,6 +691,8 @@ pub struct RequestSettings {
     pub qr_policy: QrPolicy,
     /// Its current authentication policy, if it has one (`super::policies::current`).
     pub policy: Option<super::policies::StoredPolicy>,
+    /// Where the request's push goes ([`push_settings`], still sealed).
+    pub push: SealedPushSettings,
 }
 
 /// The statement of [`request_settings`] (a hot path: one row by primary key, with the
@@ -668,7 +701,7 @@ pub(crate) const REQUEST_SETTINGS: &str = "SELECT a.name, a.use_code, a.otp_fall
     a.otp_fallback_after, a.backup_channels, a.mandatory_methods, a.sms_webhook_url, \
     a.number_matching, a.max_pending_per_user, a.max_unapproved_per_user, \
     a.push_bombing_window_seconds, a.max_open_qr_sessions, a.max_pending_requests, a.qr_policy, \
-    p.version AS policy_version, p.document AS policy_document, \
+    a.push_webhook_url, a.push_fcm, a.push_apns, p.version AS policy_version, p.document AS policy_document, \
     p.created_at AS policy_created_at \
     FROM applications a LEFT JOIN policies p ON p.application_id = a.id \
     AND p.version = (SELECT MAX(version) FROM policies WHERE application_id = a.id) \
@@ -711,6 +744,7 @@ where
                 created_at: row.try_get("policy_created_at")?,
             }),
         },
+        push: SealedPushSettings::of(id.as_str(), &row)?,
     })
 }
 

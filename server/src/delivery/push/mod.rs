@@ -36,6 +36,7 @@ use crate::domain::Ctx;
 use crate::domain::ports::{DevicePush, PushFuture};
 use crate::metrics::PushLabels;
 use crate::store::StoreError;
+use crate::store::applications::SealedPushSettings;
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
 
@@ -222,10 +223,17 @@ pub(crate) fn device_data(record: &Authentication, max_bytes: usize) -> Value {
 
 /// Picks the provider: the webhook if the application has one; otherwise FCM or APNs as the
 /// device registered, if the application has credentials for it; otherwise none.
-async fn route(state: &Ctx, device: &Enrollment) -> Result<Route, StoreError> {
-    let settings = crate::store::applications::push_settings(&state.db, &device.application_id)
-        .await?
-        .unwrap_or_default();
+async fn route(
+    state: &Ctx,
+    device: &Enrollment,
+    settings: Option<SealedPushSettings>,
+) -> Result<Route, StoreError> {
+    let settings = match settings {
+        Some(sealed) => sealed.open(&state.db)?,
+        None => crate::store::applications::push_settings(&state.db, &device.application_id)
+            .await?
+            .unwrap_or_default(),
+    };
     if let Some(url) = settings.webhook_url {
         return Ok(Route::Webhook { url });
     }
@@ -265,9 +273,15 @@ impl PushDelivery {
 }
 
 impl DevicePush for PushDelivery {
-    fn push(&self, ctx: Ctx, record: Authentication, device: Enrollment) -> PushFuture {
+    fn push(
+        &self,
+        ctx: Ctx,
+        record: Authentication,
+        device: Enrollment,
+        settings: Option<SealedPushSettings>,
+    ) -> PushFuture {
         let clients = Arc::clone(&self.clients);
-        Box::pin(async move { deliver_with(ctx, &clients, record, device).await })
+        Box::pin(async move { deliver_with(ctx, &clients, record, device, settings).await })
     }
 }
 
@@ -276,8 +290,9 @@ async fn deliver_with(
     clients: &PushClients,
     record: Authentication,
     device: Enrollment,
+    settings: Option<SealedPushSettings>,
 ) -> Option<&'static str> {
-    let route = match route(&state, &device).await {
+    let route = match route(&state, &device, settings).await {
         Ok(route) => route,
         Err(e) => {
             tracing::warn!(error = %e, "push: could not read the application's provider");

@@ -499,6 +499,7 @@ async fn start(
     // A bypass (docs/bypass-and-recovery.md): the request completes at once, nothing is sent.
     let bypass = crate::domain::bypass::in_force(state, stored_bypass);
     let settings = app_settings.authentication;
+    let push_settings = app_settings.push;
     let number_matching = settings.number_matching;
     let application_name = app_settings.name;
     let details = CibaDetails {
@@ -646,6 +647,7 @@ async fn start(
             record.clone(),
             device,
             true,
+            push_settings,
         ));
     }
     Ok(BackchannelAcknowledgement {
