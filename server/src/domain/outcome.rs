@@ -27,7 +27,7 @@ use super::{Ctx, DomainError};
 use crate::metrics::{EndLabels, ReasonLabels};
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments;
-use crate::store::follow_ups::{self, Waiting};
+use crate::store::follow_ups::Waiting;
 use crate::store::{Engine, StoreError};
 use tessera_protocol::ids::EnrollmentId;
 
@@ -208,11 +208,10 @@ async fn write_ending(
         }
         Ending::Canceled => authentications::record_cancellation(&mut *tx, id, now).await?,
     };
-    let Some(record) = recorded else {
+    let Some((record, waiting)) = recorded else {
         tx.rollback().await.map_err(StoreError::from)?;
         return Ok(None);
     };
-    let waiting = follow_ups::waiting_on(&mut tx, id).await?;
     let topics = ended_topics(&record).to_vec();
     ctx.events.announce_in(&ctx.db, &mut tx, &topics).await?;
     let webhooks_queued =

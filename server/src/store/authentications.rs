@@ -9,6 +9,7 @@ use tessera_protocol::authentication::{
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 
 use super::Database;
+use super::follow_ups::Waiting;
 use crate::store::StoreError;
 
 /// An authentication as stored.
@@ -375,7 +376,7 @@ pub async fn record_answer<'e, E>(
     signed_response: &str,
     attributes: &str,
     now: i64,
-) -> Result<Option<Authentication>, StoreError>
+) -> Result<Option<(Authentication, Waiting)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -410,7 +411,7 @@ pub async fn record_wrong_number<'e, E>(
     signed_response: &str,
     attributes: &str,
     now: i64,
-) -> Result<Option<Authentication>, StoreError>
+) -> Result<Option<(Authentication, Waiting)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -442,11 +443,11 @@ async fn end_with<'e, E>(
     signed_response: &str,
     attributes: &str,
     now: i64,
-) -> Result<Option<Authentication>, StoreError>
+) -> Result<Option<(Authentication, Waiting)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(&format!("{END_WITH} RETURNING {READ_COLUMNS}"))
+    let row = sqlx::query(&ending_statement(END_WITH))
         .bind(state.as_str())
         .bind(to_word(&decision))
         .bind(signed_response)
@@ -456,7 +457,20 @@ where
         .bind(reason.map(DenialReason::as_str))
         .fetch_optional(executor)
         .await?;
-    row.as_ref().map(|r| from_row(r, now)).transpose()
+    row.as_ref().map(|r| ended_of(r, now)).transpose()
+}
+
+/// An ending's conditional `update`, returning the record and which follow-ups wait for it.
+pub(crate) fn ending_statement(update: &str) -> String {
+    format!(
+        "{update} RETURNING {READ_COLUMNS}, {}",
+        super::follow_ups::WAITING_COLUMNS
+    )
+}
+
+/// The record and the waiting follow-ups an ending's statement returned.
+fn ended_of(row: &sqlx::any::AnyRow, now: i64) -> Result<(Authentication, Waiting), StoreError> {
+    Ok((from_row(row, now)?, super::follow_ups::waiting_of(row)?))
 }
 
 /// The statement of [`admission_counts`]: the user's counts over the `authentications_by_user`
@@ -596,13 +610,13 @@ pub async fn record_passcode_answer<'e, E>(
     id: &AuthenticationId,
     attributes: &str,
     now: i64,
-) -> Result<Option<Authentication>, StoreError>
+) -> Result<Option<(Authentication, Waiting)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(&ending_statement(
         "UPDATE authentications SET state = 'approved', decision = $1, attributes = $2, answered_at = $3 \
-         WHERE id = $4 AND state = 'pending' AND expires_at > $3 RETURNING {READ_COLUMNS}"
+         WHERE id = $4 AND state = 'pending' AND expires_at > $3",
     ))
     .bind(to_word(&Decision::Approve))
     .bind(attributes)
@@ -610,7 +624,7 @@ where
     .bind(id.as_str())
     .fetch_optional(executor)
     .await?;
-    row.as_ref().map(|r| from_row(r, now)).transpose()
+    row.as_ref().map(|r| ended_of(r, now)).transpose()
 }
 
 /// Ends a pending authentication as `failed` with reason `canceled` (the flow that asked was
@@ -619,19 +633,19 @@ pub async fn record_cancellation<'e, E>(
     executor: E,
     id: &AuthenticationId,
     now: i64,
-) -> Result<Option<Authentication>, StoreError>
+) -> Result<Option<(Authentication, Waiting)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(&ending_statement(
         "UPDATE authentications SET state = 'failed', failure_reason = 'canceled', answered_at = $1 \
-         WHERE id = $2 AND state = 'pending' AND expires_at > $1 RETURNING {READ_COLUMNS}"
+         WHERE id = $2 AND state = 'pending' AND expires_at > $1",
     ))
     .bind(now)
     .bind(id.as_str())
     .fetch_optional(executor)
     .await?;
-    row.as_ref().map(|r| from_row(r, now)).transpose()
+    row.as_ref().map(|r| ended_of(r, now)).transpose()
 }
 
 /// OTP fallback: the push could not be delivered, so a passcode is accepted from `now` on (if
@@ -710,16 +724,25 @@ mod tests {
         }
         // 3 approved, 1 declined, 1 wrong number; 2 left pending.
         for id in &ids[..3] {
-            record_answer(db.writer(), id, Decision::Approve, "r", "{}", now - 20)
-                .await
-                .expect("approve")
-                .expect("recorded");
+            let (_, waiting) =
+                record_answer(db.writer(), id, Decision::Approve, "r", "{}", now - 20)
+                    .await
+                    .expect("approve")
+                    .expect("recorded");
+            assert_eq!(
+                waiting,
+                Waiting {
+                    device_verification: false,
+                    qr_follow_up: false,
+                    flow: false,
+                }
+            );
         }
         record_answer(db.writer(), &ids[3], Decision::Deny, "r", "{}", now - 20)
             .await
             .expect("deny")
             .expect("recorded");
-        let wrong = record_wrong_number(db.writer(), &ids[4], "r", "{}", now - 20)
+        let (wrong, _) = record_wrong_number(db.writer(), &ids[4], "r", "{}", now - 20)
             .await
             .expect("wrong number")
             .expect("recorded");

@@ -1,17 +1,20 @@
-//! Which follow-ups wait for an authentication's ending: one indexed read (each count uses its
-//! table's index on the authentication id) instead of one look-up per follow-up.
+//! Which follow-ups wait for an authentication's ending: counted in the ending's own conditional
+//! update (each count uses its table's index on the authentication id) instead of one look-up
+//! per follow-up.
 
-use sqlx::{AnyConnection, Row};
-use tessera_protocol::authentication::AuthenticationId;
+use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::StoreError;
 
-/// What [`waiting_on`] runs: how many enrollments wait for the authentication as their device
-/// verification, QR sessions as their follow-up, and flows as their push.
-pub(crate) const WAITING_ON: &str = "SELECT \
-    (SELECT COUNT(*) FROM enrollments WHERE verification_id = $1) AS device_verifications, \
-    (SELECT COUNT(*) FROM qr_sessions WHERE follow_up_id = $1) AS qr_follow_ups, \
-    (SELECT COUNT(*) FROM flows WHERE authentication_id = $1) AS flows";
+/// The columns an ending's conditional update returns beside the record (`RETURNING …,
+/// {WAITING_COLUMNS}`): how many enrollments wait for the ended authentication as their device
+/// verification, QR sessions as their follow-up, and flows as their push, each counted over its
+/// table's index on the authentication id, in the ending's own statement.
+pub(crate) const WAITING_COLUMNS: &str = "\
+    (SELECT COUNT(*) FROM enrollments WHERE verification_id = authentications.id) AS device_verifications, \
+    (SELECT COUNT(*) FROM qr_sessions WHERE follow_up_id = authentications.id) AS qr_follow_ups, \
+    (SELECT COUNT(*) FROM flows WHERE authentication_id = authentications.id) AS flows";
 
 /// Which follow-ups have something waiting for one authentication. A `false` is final for an
 /// ended authentication: whatever waits for one is stored before the authentication is created.
@@ -34,15 +37,8 @@ impl Waiting {
     };
 }
 
-/// Which follow-ups wait for `id`, read on `conn` (inside the ending's transaction).
-pub async fn waiting_on(
-    conn: &mut AnyConnection,
-    id: &AuthenticationId,
-) -> Result<Waiting, StoreError> {
-    let row = sqlx::query(WAITING_ON)
-        .bind(id.as_str())
-        .fetch_one(conn)
-        .await?;
+/// Which follow-ups wait, from a row that holds the [`WAITING_COLUMNS`].
+pub(crate) fn waiting_of(row: &AnyRow) -> Result<Waiting, StoreError> {
     Ok(Waiting {
         device_verification: row.try_get::<i64, _>("device_verifications")? > 0,
         qr_follow_up: row.try_get::<i64, _>("qr_follow_ups")? > 0,
