@@ -233,6 +233,20 @@ pub(crate) async fn pick_device(
     pick_from(devices, wanted)
 }
 
+/// [`pick_device`] among the user's `devices` as read on the request's connection
+/// (`enrollments::list_for_user_on`); those pending verification are settled first.
+pub(crate) async fn pick_device_among(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    user_id: &tessera_protocol::ids::UserId,
+    devices: Vec<Enrollment>,
+    wanted: Option<&EnrollmentId>,
+) -> Result<Enrollment, DomainError> {
+    let devices =
+        super::device_verification::settled_devices(ctx, application_id, user_id, devices).await?;
+    pick_from(devices, wanted)
+}
+
 /// [`pick_device`] among the user's `devices` (as `device_verification::user_devices` lists
 /// them).
 fn pick_from(
@@ -780,9 +794,14 @@ pub(crate) async fn create_as(
         None => NumberMatching::Off,
         Some(settings) => body.number_matching.unwrap_or(settings.number_matching),
     };
-    let user_devices =
-        super::device_verification::settled_devices(ctx, &app.id, user_id, user_devices).await?;
-    let device = pick_from(user_devices, body.enrollment_id.as_ref())?;
+    let device = pick_device_among(
+        ctx,
+        &app.id,
+        user_id,
+        user_devices,
+        body.enrollment_id.as_ref(),
+    )
+    .await?;
     let decided = match body.kind {
         AuthenticationKind::Approval | AuthenticationKind::Transaction if evaluate_policy => {
             let kind = if body.kind == AuthenticationKind::Transaction {

@@ -14,10 +14,10 @@ use super::client_auth::{
 use super::clients::user_code_matches;
 use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
-use crate::domain::authentication::{Question, new_authentication, pick_device};
+use crate::domain::authentication::{Question, new_authentication, pick_device_among};
 use crate::domain::{Ctx, DomainError};
 use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
-use crate::store::{applications, nonces, users};
+use crate::store::{applications, enrollments, nonces, users};
 
 /// Longest binding message, in characters.
 pub(crate) const MAX_BINDING_MESSAGE: usize = 100;
@@ -224,9 +224,11 @@ fn unknown_user() -> OAuthError {
     )
 }
 
-/// The user the request names (by one of its hints), with their bypass as stored.
+/// The user the request names (by one of its hints), with their bypass as stored, read on the
+/// request's connection `conn`.
 async fn resolve_user(
     state: &Ctx,
+    conn: &mut sqlx::AnyConnection,
     client: &CibaClient,
     params: &Params,
     now: i64,
@@ -298,7 +300,7 @@ async fn resolve_user(
     // this provider's ID tokens carry for that user. The user's bypass comes with the user.
     if let Ok(user_id) = subject.parse::<UserId>()
         && let Some((_, bypass)) =
-            users::get_for_request_on(state.db.pool(), &client.application_id, &user_id).await?
+            users::get_for_request_on(&mut *conn, &client.application_id, &user_id).await?
     {
         return Ok((user_id, bypass));
     }
@@ -307,7 +309,7 @@ async fn resolve_user(
         .parse()
         .map_err(|_| unknown_user())?;
     let Some((_, bypass)) =
-        users::get_for_request_on(state.db.pool(), &client.application_id, &user_id).await?
+        users::get_for_request_on(&mut *conn, &client.application_id, &user_id).await?
     else {
         return Err(unknown_user());
     };
@@ -441,10 +443,19 @@ async fn start(
     {
         return Err(invalid_request("acr_values is too long"));
     }
-    let (user, stored_bypass) = resolve_user(state, client, params, now).await?;
+    // The request's reads that need nothing else (the user with its bypass, the application's
+    // settings with its current policy and push settings, the user's devices) run on one
+    // connection, given back before the user code's attempt and the write transaction.
+    let mut conn = state.db.reader().await?;
+    let (user, stored_bypass) = resolve_user(state, &mut conn, client, params, now).await?;
+    let app_settings =
+        applications::request_settings_on(&mut *conn, &client.application_id).await?;
+    let user_devices =
+        enrollments::list_for_user_on(&mut *conn, &client.application_id, &user).await?;
+    drop(conn);
     check_user_code(state, client, &user, params.text("user_code")?).await?;
     // No device is a refusal; a database that cannot answer is not (temporarily_unavailable).
-    let device = pick_device(state, &client.application_id, &user, None)
+    let device = pick_device_among(state, &client.application_id, &user, user_devices, None)
         .await
         .map_err(|e| match e {
             DomainError::Refused { .. } => OAuthError::new(
@@ -456,8 +467,6 @@ async fn start(
     // The application's mandatory methods and policy (kind `ciba`), before the user is asked.
     // A CIBA approval is always made on the device with user verification: `approve` lets the
     // request go on like `require`.
-    // One read of the application's settings serves the whole request.
-    let app_settings = applications::request_settings(&state.db, &client.application_id).await?;
     crate::domain::methods::require_mandatory_of(
         state,
         &client.application_id,
