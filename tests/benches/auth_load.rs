@@ -136,6 +136,11 @@ async fn run_with(
     }
 }
 
+/// The allocator the server binary runs with (`server/src/main.rs`): the server here runs in
+/// this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let plan = plan("CYCLES_PER_DEVICE", 50, 2).with_bench_levels(&[1, 16, 64, 128, 256]);
     let cycles = plan.per_client;

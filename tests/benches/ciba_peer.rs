@@ -189,6 +189,11 @@ async fn run_tessera(backend: Backend, label: &str, clients: usize, per_client: 
     all.per_second()
 }
 
+/// The allocator the server binary runs with (`server/src/main.rs`): the server here runs in
+/// this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let plan = plan("REQUESTS_PER_CLIENT", 200, 2);
     let per_client = plan.per_client;
