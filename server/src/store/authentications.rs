@@ -368,7 +368,8 @@ where
 
 /// Records the answer if the authentication is still pending and unexpired: one conditional
 /// update, so of racing answers (and expiry) exactly one outcome is recorded. Returns the record
-/// as stored after it when this answer was the one recorded (read back in the same statement).
+/// as stored after it, with which follow-ups wait for it, when this answer was the one recorded
+/// (both read back in the same statement).
 pub async fn record_answer<'e, E>(
     executor: E,
     id: &AuthenticationId,
@@ -404,7 +405,7 @@ where
 /// Records that the device approved with another number than the one shown: the
 /// authentication ends `denied` (decision `deny`, reason `wrong_number`) if it is still pending
 /// and unexpired, in the same one conditional update as any answer. The signed answer is kept
-/// as evidence.
+/// as evidence. Returns what [`record_answer`] returns.
 pub async fn record_wrong_number<'e, E>(
     executor: E,
     id: &AuthenticationId,
@@ -604,7 +605,7 @@ pub async fn readdress(
 
 /// Records an approval by one-time passcode if the authentication is still pending and
 /// unexpired (one conditional update, racing the device's answer and expiry). Returns the
-/// record as stored after it when it was recorded.
+/// record as stored after it, with which follow-ups wait for it, when it was recorded.
 pub async fn record_passcode_answer<'e, E>(
     executor: E,
     id: &AuthenticationId,
@@ -628,7 +629,8 @@ where
 }
 
 /// Ends a pending authentication as `failed` with reason `canceled` (the flow that asked was
-/// cancelled). Returns the record as stored after it, or `None` when it was no longer pending.
+/// cancelled). Returns the record as stored after it, with which follow-ups wait for it, or
+/// `None` when it was no longer pending.
 pub async fn record_cancellation<'e, E>(
     executor: E,
     id: &AuthenticationId,
@@ -912,6 +914,95 @@ mod tests {
             !details.iter().any(|d| d.starts_with("SCAN")),
             "{details:?}"
         );
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_ending_returns_which_follow_ups_wait_for_it() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("waiting.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        let app = super::super::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        super::super::applications::insert(&db, &app, "digest")
+            .await
+            .expect("application");
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        let [all, flow_only, none, canceled] =
+            std::array::from_fn(|_| pending(&app.id, &user, now - 30));
+        for a in [&all, &flow_only, &none, &canceled] {
+            insert(db.writer(), a).await.expect("insert");
+        }
+        // What waits, stored as the flows, QR sessions and device verifications store it (only
+        // the columns the counts read are meaningful).
+        let waits_as_verification = |id: &AuthenticationId| {
+            format!(
+                "INSERT INTO enrollments (enrollment_id, application_id, user_id, device_id, \
+                 possession_key, user_verification_key, device_info, signals, push, push_provider, \
+                 is_primary, registration_digest, server_payload, paired_at, last_seen_at, status, \
+                 verification_id) VALUES ('{}', '{}', 'alice', 'd', '{{}}', '{{}}', '{{}}', '{{}}', \
+                 '{{}}', 'none', 0, 'r_{id}', 'x', 0, 0, 'pending_verification', '{id}')",
+                EnrollmentId::generate(),
+                app.id
+            )
+        };
+        let waits_as_qr_follow_up = |id: &AuthenticationId| {
+            format!(
+                "INSERT INTO qr_sessions (id, application_id, token_digest, code_expires_at, \
+                 browser_token_digest, context, state, version, created_at, expires_at, \
+                 follow_up_id) VALUES ('qr_{id}', '{}', 't_{id}', 0, 'b_{id}', '{{}}', 'pending', 0, 0, 0, \
+                 '{id}')",
+                app.id
+            )
+        };
+        let waits_as_flow = |id: &AuthenticationId| {
+            format!(
+                "INSERT INTO flows (id, application_id, user_id, status, version, data, created_at, \
+                 updated_at, expires_at, authentication_id) VALUES ('flw_{id}', '{}', 'alice', \
+                 'PUSH_PENDING', 0, '{{}}', 0, 0, 0, '{id}')",
+                app.id
+            )
+        };
+        for sql in [
+            waits_as_verification(&all.id),
+            waits_as_qr_follow_up(&all.id),
+            waits_as_flow(&all.id),
+            waits_as_flow(&flow_only.id),
+            waits_as_qr_follow_up(&canceled.id),
+        ] {
+            sqlx::query(&sql).execute(db.writer()).await.expect(&sql);
+        }
+        let waiting = |device_verification, qr_follow_up, flow| Waiting {
+            device_verification,
+            qr_follow_up,
+            flow,
+        };
+        let ended = record_answer(db.writer(), &all.id, Decision::Approve, "r", "{}", now)
+            .await
+            .expect("answer")
+            .expect("recorded");
+        assert_eq!(ended.0.state, AuthenticationState::Approved);
+        assert_eq!(ended.1, waiting(true, true, true));
+        let ended = record_wrong_number(db.writer(), &flow_only.id, "r", "{}", now)
+            .await
+            .expect("wrong number")
+            .expect("recorded");
+        assert_eq!(ended.1, waiting(false, false, true));
+        let ended = record_passcode_answer(db.writer(), &none.id, "{}", now)
+            .await
+            .expect("passcode")
+            .expect("recorded");
+        assert_eq!(ended.1, waiting(false, false, false));
+        let ended = record_cancellation(db.writer(), &canceled.id, now)
+            .await
+            .expect("cancellation")
+            .expect("recorded");
+        assert_eq!(ended.0.state, AuthenticationState::Failed);
+        assert_eq!(ended.1, waiting(false, true, false));
         db.close().await;
     }
 }
