@@ -703,10 +703,15 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_push_bombing_count_skips_approved_requests() {
+    /// A new SQLite database (in a folder kept while the first value lives) with one
+    /// application.
+    async fn database_with_application() -> (
+        tempfile::TempDir,
+        Database,
+        super::super::applications::Application,
+    ) {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("count.db").display());
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
         let db = Database::connect(&url, 2).await.expect("database");
         let app = super::super::applications::Application {
             id: ApplicationId::generate(),
@@ -716,6 +721,12 @@ mod tests {
         super::super::applications::insert(&db, &app, "digest")
             .await
             .expect("application");
+        (dir, db, app)
+    }
+
+    #[tokio::test]
+    async fn the_push_bombing_count_skips_approved_requests() {
+        let (_dir, db, app) = database_with_application().await;
         let user: UserId = "alice".parse().expect("user");
         let now = 10_000;
         let mut ids = Vec::new();
@@ -790,17 +801,7 @@ mod tests {
 
     #[tokio::test]
     async fn push_requests_count_what_limit_push_counts() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("push.db").display());
-        let db = Database::connect(&url, 2).await.expect("database");
-        let app = super::super::applications::Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        super::super::applications::insert(&db, &app, "digest")
-            .await
-            .expect("application");
+        let (_dir, db, app) = database_with_application().await;
         let user: UserId = "alice".parse().expect("user");
         let now = 10_000;
         // Counted: an approval, a transaction and a CIBA request in the window, one a policy
@@ -919,17 +920,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ending_returns_which_follow_ups_wait_for_it() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("waiting.db").display());
-        let db = Database::connect(&url, 2).await.expect("database");
-        let app = super::super::applications::Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        super::super::applications::insert(&db, &app, "digest")
-            .await
-            .expect("application");
+        let (_dir, db, app) = database_with_application().await;
         let user: UserId = "alice".parse().expect("user");
         let now = 10_000;
         let [all, flow_only, none, canceled] =
