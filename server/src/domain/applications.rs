@@ -88,23 +88,36 @@ pub(crate) async fn insert_within_pending_quota(
     quota: u32,
     limits: &UserLimits,
 ) -> Result<Admission, DomainError> {
+    use crate::store::authentications::{self, AdmissionLimits, AdmissionWindows};
     applications::lock_for_quota(tx, ctx.db.engine(), &record.application_id).await?;
     let now = ctx.now();
-    let counts = crate::store::authentications::admission_counts(
-        tx,
-        &record.application_id,
-        &record.user_id,
-        crate::store::authentications::AdmissionWindows {
-            now,
-            pending_since: now - super::authentication::LONGEST_REQUEST_SECONDS,
-            recent_since: now
-                - limits
-                    .push_bombing
-                    .map_or(0, |l| i64::from(l.window_seconds)),
-            push_limit_since: limits.push_limit.map(|l| now - i64::from(l.window_seconds)),
-        },
-    )
-    .await?;
+    let windows = AdmissionWindows {
+        now,
+        pending_since: now - super::authentication::LONGEST_REQUEST_SECONDS,
+        recent_since: now
+            - limits
+                .push_bombing
+                .map_or(0, |l| i64::from(l.window_seconds)),
+        push_limit_since: limits.push_limit.map(|l| now - i64::from(l.window_seconds)),
+    };
+    let most = AdmissionLimits {
+        application_pending: i64::from(quota),
+        user_pending: limits
+            .push_bombing
+            .map(|l| i64::from(l.max_pending_per_user)),
+        user_recent: limits
+            .push_bombing
+            .map(|l| i64::from(l.max_unapproved_per_user)),
+        pushes: limits.push_limit.map(|l| i64::from(l.max)),
+    };
+    if authentications::insert_if_admitted(tx, record, windows, most).await? {
+        return Ok(Admission::Inserted);
+    }
+    // Refused: the same counts, read again in the same transaction (the lock, or SQLite's one
+    // writer, keeps them as they were), tell which limit it was.
+    let counts =
+        authentications::admission_counts(tx, &record.application_id, &record.user_id, windows)
+            .await?;
     if counts.application_pending >= i64::from(quota) {
         return Err(over_quota("pending requests", quota));
     }
@@ -120,8 +133,9 @@ pub(crate) async fn insert_within_pending_quota(
             limit.exceeded(counts.pushes.unsigned_abs()),
         ));
     }
-    crate::store::authentications::insert(&mut *tx, record).await?;
-    Ok(Admission::Inserted)
+    Err(DomainError::Internal(
+        "a request was refused admission under none of its limits",
+    ))
 }
 
 /// The per-user limits a new request is taken under, checked in the transaction that inserts

@@ -252,37 +252,62 @@ pub async fn insert<'e, E>(executor: E, a: &Authentication) -> Result<(), StoreE
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query(&format!(
-        "INSERT INTO authentications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
-    ))
-    .bind(a.id.as_str())
-    .bind(a.application_id.as_str())
-    .bind(a.user_id.as_str())
-    .bind(a.enrollment_id.as_str())
-    .bind(to_word(&a.kind))
-    .bind(&a.signed_request)
-    .bind(&a.parameters_digest)
-    .bind(&a.nonce)
-    .bind(a.number_to_show.map(i64::from))
-    .bind(i64::from(a.require_user_verification))
-    .bind(a.accessing_ip.as_deref())
-    .bind(a.state.as_str())
-    .bind(a.decision.as_ref().map(to_word))
-    .bind(a.signed_response.as_deref())
-    .bind(a.attributes.as_deref())
-    .bind(a.created_at)
-    .bind(a.expires_at)
-    .bind(a.answered_at)
-    .bind(a.failure_reason.as_deref())
-    .bind(a.otp_mode.as_str())
-    .bind(a.otp_after)
-    .bind(super::applications::channels_text(&a.backup_channels))
-    .bind(a.number_matching.is_on().then(|| a.number_matching.as_str()))
-    .bind(a.policy.as_deref())
-    .bind(i64::from(counts_toward_push_limits(a)))
-    .execute(executor)
-    .await?;
+    let statement = format!(
+        "INSERT INTO authentications ({COLUMNS}) VALUES ({})",
+        placeholders(1, INSERTED_VALUES)
+    );
+    bind_values(sqlx::query(&statement), a)
+        .execute(executor)
+        .await?;
     Ok(())
+}
+
+/// How many values an insert binds ([`bind_values`]).
+const INSERTED_VALUES: usize = 25;
+
+/// `$first, …` for `count` placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Binds `a`'s [`COLUMNS`] in order ([`INSERTED_VALUES`] values) after what `query` bound.
+fn bind_values<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    a: &'q Authentication,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(a.id.as_str())
+        .bind(a.application_id.as_str())
+        .bind(a.user_id.as_str())
+        .bind(a.enrollment_id.as_str())
+        .bind(to_word(&a.kind))
+        .bind(&a.signed_request)
+        .bind(&a.parameters_digest)
+        .bind(&a.nonce)
+        .bind(a.number_to_show.map(i64::from))
+        .bind(i64::from(a.require_user_verification))
+        .bind(a.accessing_ip.as_deref())
+        .bind(a.state.as_str())
+        .bind(a.decision.as_ref().map(to_word))
+        .bind(a.signed_response.as_deref())
+        .bind(a.attributes.as_deref())
+        .bind(a.created_at)
+        .bind(a.expires_at)
+        .bind(a.answered_at)
+        .bind(a.failure_reason.as_deref())
+        .bind(a.otp_mode.as_str())
+        .bind(a.otp_after)
+        .bind(super::applications::channels_text(&a.backup_channels))
+        .bind(
+            a.number_matching
+                .is_on()
+                .then(|| a.number_matching.as_str()),
+        )
+        .bind(a.policy.as_deref())
+        .bind(i64::from(counts_toward_push_limits(a)))
 }
 
 /// Whether `a` counts toward a policy's push counts (`push_requests`, `limit_push`): a push
@@ -521,6 +546,78 @@ pub struct AdmissionCounts {
     pub pushes: i64,
 }
 
+/// The most of each [`AdmissionCounts`] a new request is admitted under: it is stored only while
+/// every count is below its limit (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    /// The application's `max_pending_requests` quota.
+    pub application_pending: i64,
+    /// The user's pending requests (push bombing).
+    pub user_pending: Option<i64>,
+    /// The user's recent unapproved requests (push bombing).
+    pub user_recent: Option<i64>,
+    /// A policy's `limit_push`.
+    pub pushes: Option<i64>,
+}
+
+/// Stores `a` if the [`admission_counts`] of its application and user are all below `limits`:
+/// the counts and the insert are one statement (an `INSERT … SELECT` of one row from the counts,
+/// kept only while each is under its limit). Returns whether it was stored; when it was not,
+/// [`admission_counts`] in the same transaction tells which limit refused it. Run on the
+/// connection of the transaction, after the application's lock.
+pub async fn insert_if_admitted(
+    conn: &mut sqlx::AnyConnection,
+    a: &Authentication,
+    windows: AdmissionWindows,
+    limits: AdmissionLimits,
+) -> Result<bool, StoreError> {
+    // The counts bind $1–$6 (as in ADMISSION_COUNTS), the row the next 25, the limits the last 4.
+    let limit = ADMISSION_PARAMETERS + INSERTED_VALUES;
+    let statement = format!(
+        "INSERT INTO authentications ({COLUMNS}) SELECT {} FROM ({ADMISSION_COUNTS}) admission \
+         WHERE admission.application_pending < ${} AND admission.user_pending < ${} \
+         AND admission.user_recent < ${} AND admission.pushes < ${}",
+        placeholders(ADMISSION_PARAMETERS + 1, INSERTED_VALUES),
+        limit + 1,
+        limit + 2,
+        limit + 3,
+        limit + 4,
+    );
+    let query = bind_admission(
+        sqlx::query(&statement),
+        &a.application_id,
+        &a.user_id,
+        windows,
+    );
+    let done = bind_values(query, a)
+        .bind(limits.application_pending)
+        .bind(limits.user_pending.unwrap_or(i64::MAX))
+        .bind(limits.user_recent.unwrap_or(i64::MAX))
+        .bind(limits.pushes.unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How many values [`ADMISSION_COUNTS`] binds ([`bind_admission`]).
+const ADMISSION_PARAMETERS: usize = 6;
+
+/// Binds [`ADMISSION_COUNTS`]' values ([`ADMISSION_PARAMETERS`]) after what `query` bound.
+fn bind_admission<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    app: &'q ApplicationId,
+    user: &'q UserId,
+    windows: AdmissionWindows,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .bind(windows.now)
+        .bind(windows.pending_since.min(windows.recent_since))
+        .bind(windows.recent_since)
+        .bind(windows.push_limit_since.unwrap_or(i64::MAX))
+}
+
 /// The counts a new request is admitted by (the application's pending quota, the user's
 /// push-bombing limits, a policy's `limit_push`), in one statement. Run on the connection of
 /// the transaction that inserts the request, after the application's lock, so the counts and
@@ -531,13 +628,7 @@ pub async fn admission_counts(
     user: &UserId,
     windows: AdmissionWindows,
 ) -> Result<AdmissionCounts, StoreError> {
-    let row = sqlx::query(ADMISSION_COUNTS)
-        .bind(app.as_str())
-        .bind(user.as_str())
-        .bind(windows.now)
-        .bind(windows.pending_since.min(windows.recent_since))
-        .bind(windows.recent_since)
-        .bind(windows.push_limit_since.unwrap_or(i64::MAX))
+    let row = bind_admission(sqlx::query(ADMISSION_COUNTS), app, user, windows)
         .fetch_one(&mut *conn)
         .await?;
     Ok(AdmissionCounts {
@@ -994,6 +1085,96 @@ mod tests {
             .expect("recorded");
         assert_eq!(ended.0.state, AuthenticationState::Failed);
         assert_eq!(ended.1, waiting(false, true, false));
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_request_is_stored_only_under_every_admission_limit() {
+        let (_dir, db, app) = database_with_application().await;
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        for created_at in [now - 30, now - 20] {
+            insert(db.writer(), &pending(&app.id, &user, created_at))
+                .await
+                .expect("insert");
+        }
+        let windows = AdmissionWindows {
+            now,
+            pending_since: now - 900,
+            recent_since: now - 600,
+            push_limit_since: Some(now - 600),
+        };
+        let open = AdmissionLimits {
+            application_pending: 3,
+            user_pending: Some(3),
+            user_recent: Some(3),
+            pushes: Some(3),
+        };
+        // Two pending, recent, counted pushes: a limit of 2 on any one count refuses.
+        let mut conn = db.writer().acquire().await.expect("connection");
+        for refusing in [
+            AdmissionLimits {
+                application_pending: 2,
+                ..open
+            },
+            AdmissionLimits {
+                user_pending: Some(2),
+                ..open
+            },
+            AdmissionLimits {
+                user_recent: Some(2),
+                ..open
+            },
+            AdmissionLimits {
+                pushes: Some(2),
+                ..open
+            },
+        ] {
+            let refused = pending(&app.id, &user, now);
+            assert!(
+                !insert_if_admitted(&mut conn, &refused, windows, refusing)
+                    .await
+                    .expect("admission"),
+                "{refusing:?}"
+            );
+            assert!(
+                get_on(&mut *conn, &refused.id, now)
+                    .await
+                    .expect("read")
+                    .is_none()
+            );
+        }
+        let admitted = pending(&app.id, &user, now);
+        assert!(
+            insert_if_admitted(&mut conn, &admitted, windows, open)
+                .await
+                .expect("admission")
+        );
+        let stored = get_on(&mut *conn, &admitted.id, now)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored.id, admitted.id);
+        // No limit but the quota.
+        let unlimited = AdmissionLimits {
+            application_pending: 4,
+            user_pending: None,
+            user_recent: None,
+            pushes: None,
+        };
+        assert!(
+            insert_if_admitted(&mut conn, &pending(&app.id, &user, now), windows, unlimited)
+                .await
+                .expect("admission")
+        );
+        assert_eq!(
+            admission_counts(&mut conn, &app.id, &user, windows)
+                .await
+                .expect("counts")
+                .application_pending,
+            4
+        );
+        drop(conn);
         db.close().await;
     }
 }
