@@ -222,7 +222,7 @@ impl std::fmt::Debug for PushSettings {
 /// An application's push settings as stored: the provider credentials still sealed. A new
 /// request reads them with its other settings ([`request_settings`]), and the push opens them
 /// ([`SealedPushSettings::open`]) only when it uses them.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SealedPushSettings {
     /// The application.
     application_id: String,

@@ -1,5 +1,7 @@
 //! Authentications and their single recorded outcome.
 
+use std::sync::LazyLock;
+
 use sqlx::Row;
 use tessera_protocol::api::{AuthenticationStatus, BackupChannel, OtpReason};
 use tessera_protocol::authentication::{
@@ -252,11 +254,7 @@ pub async fn insert<'e, E>(executor: E, a: &Authentication) -> Result<(), StoreE
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let statement = format!(
-        "INSERT INTO authentications ({COLUMNS}) VALUES ({})",
-        placeholders(1, INSERTED_VALUES)
-    );
-    bind_values(sqlx::query(&statement), a)
+    bind_values(sqlx::query(&INSERT), a)
         .execute(executor)
         .await?;
     Ok(())
@@ -264,6 +262,14 @@ where
 
 /// How many values an insert binds ([`bind_values`]).
 const INSERTED_VALUES: usize = 25;
+
+/// The statement of [`insert`], written once.
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO authentications ({COLUMNS}) VALUES ({})",
+        placeholders(1, INSERTED_VALUES)
+    )
+});
 
 /// `$first, …` for `count` placeholders.
 fn placeholders(first: usize, count: usize) -> String {
@@ -473,7 +479,7 @@ async fn end_with<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(&ending_statement(END_WITH))
+    let row = sqlx::query(&END_WITH_RETURNING)
         .bind(state.as_str())
         .bind(to_word(&decision))
         .bind(signed_response)
@@ -486,8 +492,12 @@ where
     row.as_ref().map(|r| ended_of(r, now)).transpose()
 }
 
+/// [`END_WITH`] as it runs ([`ending_statement`]), written once.
+pub(crate) static END_WITH_RETURNING: LazyLock<String> =
+    LazyLock::new(|| ending_statement(END_WITH));
+
 /// An ending's conditional `update`, returning the record and which follow-ups wait for it.
-pub(crate) fn ending_statement(update: &str) -> String {
+fn ending_statement(update: &str) -> String {
     format!(
         "{update} RETURNING {READ_COLUMNS}, {}",
         super::follow_ups::WAITING_COLUMNS
@@ -571,20 +581,8 @@ pub async fn insert_if_admitted(
     windows: AdmissionWindows,
     limits: AdmissionLimits,
 ) -> Result<bool, StoreError> {
-    // The counts bind $1–$6 (as in ADMISSION_COUNTS), the row the next 25, the limits the last 4.
-    let limit = ADMISSION_PARAMETERS + INSERTED_VALUES;
-    let statement = format!(
-        "INSERT INTO authentications ({COLUMNS}) SELECT {} FROM ({ADMISSION_COUNTS}) admission \
-         WHERE admission.application_pending < ${} AND admission.user_pending < ${} \
-         AND admission.user_recent < ${} AND admission.pushes < ${}",
-        placeholders(ADMISSION_PARAMETERS + 1, INSERTED_VALUES),
-        limit + 1,
-        limit + 2,
-        limit + 3,
-        limit + 4,
-    );
     let query = bind_admission(
-        sqlx::query(&statement),
+        sqlx::query(&INSERT_IF_ADMITTED),
         &a.application_id,
         &a.user_id,
         windows,
@@ -601,6 +599,22 @@ pub async fn insert_if_admitted(
 
 /// How many values [`ADMISSION_COUNTS`] binds ([`bind_admission`]).
 const ADMISSION_PARAMETERS: usize = 6;
+
+/// The statement of [`insert_if_admitted`], written once: the counts bind $1–$6 (as in
+/// [`ADMISSION_COUNTS`]), the row the next 25, the limits the last 4.
+static INSERT_IF_ADMITTED: LazyLock<String> = LazyLock::new(|| {
+    let limit = ADMISSION_PARAMETERS + INSERTED_VALUES;
+    format!(
+        "INSERT INTO authentications ({COLUMNS}) SELECT {} FROM ({ADMISSION_COUNTS}) admission \
+         WHERE admission.application_pending < ${} AND admission.user_pending < ${} \
+         AND admission.user_recent < ${} AND admission.pushes < ${}",
+        placeholders(ADMISSION_PARAMETERS + 1, INSERTED_VALUES),
+        limit + 1,
+        limit + 2,
+        limit + 3,
+        limit + 4,
+    )
+});
 
 /// Binds [`ADMISSION_COUNTS`]' values ([`ADMISSION_PARAMETERS`]) after what `query` bound.
 fn bind_admission<'q>(
@@ -706,16 +720,19 @@ pub async fn record_passcode_answer<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(&ending_statement(
-        "UPDATE authentications SET state = 'approved', decision = $1, attributes = $2, answered_at = $3 \
-         WHERE id = $4 AND state = 'pending' AND expires_at > $3",
-    ))
-    .bind(to_word(&Decision::Approve))
-    .bind(attributes)
-    .bind(now)
-    .bind(id.as_str())
-    .fetch_optional(executor)
-    .await?;
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        ending_statement(
+            "UPDATE authentications SET state = 'approved', decision = $1, attributes = $2, \
+             answered_at = $3 WHERE id = $4 AND state = 'pending' AND expires_at > $3",
+        )
+    });
+    let row = sqlx::query(&STATEMENT)
+        .bind(to_word(&Decision::Approve))
+        .bind(attributes)
+        .bind(now)
+        .bind(id.as_str())
+        .fetch_optional(executor)
+        .await?;
     row.as_ref().map(|r| ended_of(r, now)).transpose()
 }
 
@@ -730,14 +747,17 @@ pub async fn record_cancellation<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(&ending_statement(
-        "UPDATE authentications SET state = 'failed', failure_reason = 'canceled', answered_at = $1 \
-         WHERE id = $2 AND state = 'pending' AND expires_at > $1",
-    ))
-    .bind(now)
-    .bind(id.as_str())
-    .fetch_optional(executor)
-    .await?;
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        ending_statement(
+            "UPDATE authentications SET state = 'failed', failure_reason = 'canceled', \
+             answered_at = $1 WHERE id = $2 AND state = 'pending' AND expires_at > $1",
+        )
+    });
+    let row = sqlx::query(&STATEMENT)
+        .bind(now)
+        .bind(id.as_str())
+        .fetch_optional(executor)
+        .await?;
     row.as_ref().map(|r| ended_of(r, now)).transpose()
 }
 

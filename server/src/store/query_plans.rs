@@ -71,7 +71,7 @@ pub(crate) fn hot_statements() -> Vec<(String, String)> {
         ),
         (
             "recording an answer, with the follow-ups waiting on it",
-            authentications::ending_statement(authentications::END_WITH),
+            authentications::END_WITH_RETURNING.clone(),
         ),
         (
             "flow waiting on an authentication",
