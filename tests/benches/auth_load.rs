@@ -63,7 +63,7 @@ async fn run_with(
     let server = Arc::new(
         TestServer::start_with(backend, |c| {
             c.max_recent_authentications_per_user = u32::MAX;
-            c.max_connections = 32;
+            c.max_connections = tessera_tests::load::pool_size();
         })
         .await,
     );

@@ -130,7 +130,7 @@ async fn run(backend: Backend, label: &str, scenario: Scenario, parties: usize, 
         TestServer::start_with(backend, |c| {
             c.max_recent_authentications_per_user = u32::MAX;
             c.max_pending_authentications_per_user = u32::MAX;
-            c.max_connections = 32;
+            c.max_connections = tessera_tests::load::pool_size();
             c.ciba_poll_interval = 1;
             c.ciba_allow_loopback_notifications = true;
         })

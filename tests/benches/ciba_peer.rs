@@ -154,7 +154,7 @@ async fn run_tessera(backend: Backend, label: &str, clients: usize, per_client: 
         c.max_pending_authentications_per_user = u32::MAX;
         // Nobody answers these requests: at 64 clients they outnumber the default quota.
         c.max_pending_requests_per_application = u32::MAX;
-        c.max_connections = 32;
+        c.max_connections = tessera_tests::load::pool_size();
     })
     .await;
     let mut parties = Vec::new();

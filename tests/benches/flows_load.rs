@@ -111,7 +111,7 @@ async fn one_flow(
 async fn run(backend: Backend, label: &str, devices: usize, flows_per_device: usize, kind: Kind) {
     let server = Arc::new(
         TestServer::start_with(backend, |c| {
-            c.max_connections = 32;
+            c.max_connections = tessera_tests::load::pool_size();
             c.max_pending_authentications_per_user = 100;
         })
         .await,

@@ -128,7 +128,7 @@ async fn one_sign_in(
 async fn run(backend: Backend, label: &str, devices: usize, sign_ins_per_device: usize) {
     let server = Arc::new(
         TestServer::start_with(backend, |c| {
-            c.max_connections = 32;
+            c.max_connections = tessera_tests::load::pool_size();
             c.max_pending_authentications_per_user = 100;
         })
         .await,

@@ -39,7 +39,7 @@ fn base32(bytes: &[u8]) -> String {
 async fn run(backend: Backend, label: &str, clients: usize, per_client: usize) {
     let server = Arc::new(
         TestServer::start_with(backend, |c| {
-            c.max_connections = 32;
+            c.max_connections = tessera_tests::load::pool_size();
         })
         .await,
     );

@@ -19,7 +19,7 @@ use tessera_tests::{Backend, TestDevice, TestServer};
 async fn run(backend: Backend, label: &str, devices: usize, logins_per_device: usize) {
     let server = Arc::new(
         TestServer::start_with(backend, |c| {
-            c.max_connections = 32;
+            c.max_connections = tessera_tests::load::pool_size();
         })
         .await,
     );

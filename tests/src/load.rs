@@ -127,6 +127,16 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// The server's database pool size under load (`max_connections`): `POOL_SIZE` when set, else
+/// 32.
+pub fn pool_size() -> u32 {
+    std::env::var("POOL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(32)
+}
+
 /// SQLite, and PostgreSQL when `DATABASE_URL` points at one (otherwise says it is skipped).
 pub fn backends() -> Vec<(Backend, &'static str)> {
     let mut backends = vec![(Backend::Sqlite, "sqlite")];

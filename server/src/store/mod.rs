@@ -27,6 +27,7 @@ pub mod throttle;
 pub mod users;
 pub mod webhooks;
 
+mod checkpoint;
 mod error;
 pub mod events;
 pub mod fido_credentials;
@@ -94,6 +95,9 @@ pub struct Database {
     url: Arc<Zeroizing<String>>,
     /// The data key sealing secret columns, once [`Database::open_secrets`] opened it.
     secrets: Option<Arc<crate::secrets::DataKey>>,
+    /// SQLite: the WAL checkpoints, run beside the writer ([`checkpoint`]); stops with the last
+    /// clone of this handle.
+    checkpointer: Option<Arc<checkpoint::Checkpointer>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -147,6 +151,16 @@ impl Database {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        // Checkpoints run beside the writer (`checkpoint`); a commit
+                        // checkpoints by itself only if they fall this far behind.
+                        conn.execute(
+                            format!(
+                                "PRAGMA wal_autocheckpoint = {}",
+                                checkpoint::WRITER_AUTOCHECKPOINT_PAGES
+                            )
+                            .as_str(),
+                        )
+                        .await?;
                         Ok(())
                     })
                 })
@@ -154,7 +168,7 @@ impl Database {
                 options
             }
         };
-        let (readers, writer) = match engine {
+        let (readers, writer, checkpointer) = match engine {
             Engine::Sqlite => {
                 let writer = pool_options()
                     .max_connections(1)
@@ -169,11 +183,13 @@ impl Database {
                     .run(&writer)
                     .await
                     .map_err(StoreError::Migration)?;
+                let checkpointer =
+                    checkpoint::Checkpointer::start(options.clone(), writer.clone()).await?;
                 let readers = pool_options()
                     .max_connections(max_connections.max(1))
                     .connect_with(options)
                     .await?;
-                (readers, writer)
+                (readers, writer, Some(Arc::new(checkpointer)))
             }
             Engine::Postgres => {
                 let pool = pool_options()
@@ -184,7 +200,7 @@ impl Database {
                     .run(&pool)
                     .await
                     .map_err(StoreError::Migration)?;
-                (pool.clone(), pool)
+                (pool.clone(), pool, None)
             }
         };
         Ok(Self {
@@ -193,7 +209,15 @@ impl Database {
             engine,
             url: Arc::new(Zeroizing::new(url)),
             secrets: None,
+            checkpointer,
         })
+    }
+
+    /// How many background checkpoints copied pages into the database file so far (SQLite; 0
+    /// on PostgreSQL).
+    #[cfg(test)]
+    pub(crate) fn checkpoints_copied(&self) -> u64 {
+        self.checkpointer.as_ref().map_or(0, |c| c.copied())
     }
 
     /// The pool for reads.
@@ -306,8 +330,11 @@ impl Database {
         Ok(())
     }
 
-    /// Closes the pools.
+    /// Closes the pools and stops the checkpoints.
     pub async fn close(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop();
+        }
         self.readers.close().await;
         self.writer.close().await;
     }
