@@ -108,7 +108,7 @@ impl Checkpointer {
                     // starts the log from its beginning.
                     let held = async {
                         let mut held = writer.acquire().await?;
-                        checkpoint(&mut *held).await
+                        checkpoint(&mut held).await
                     };
                     match held.await {
                         Ok(_) => {
@@ -182,7 +182,7 @@ mod tests {
     /// Frames in the log, as a checkpoint on a connection of the test's own reports them.
     async fn log_frames(db: &crate::store::Database) -> i64 {
         let mut conn = db.reader().await.unwrap();
-        checkpoint(&mut *conn).await.unwrap().frames
+        checkpoint(&mut conn).await.unwrap().frames
     }
 
     #[tokio::test]
