@@ -213,13 +213,6 @@ impl Database {
         })
     }
 
-    /// How many background checkpoints copied pages into the database file so far (SQLite; 0
-    /// on PostgreSQL).
-    #[cfg(test)]
-    pub(crate) fn checkpoints_copied(&self) -> u64 {
-        self.checkpointer.as_ref().map_or(0, |c| c.copied())
-    }
-
     /// The pool for reads.
     pub fn pool(&self) -> &AnyPool {
         &self.readers
