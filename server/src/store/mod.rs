@@ -33,6 +33,7 @@ pub mod events;
 pub mod fido_credentials;
 #[cfg(test)]
 mod query_plans;
+pub mod write;
 
 /// A fresh SQLite database in a temporary folder (kept while the `TempDir` lives) with one
 /// application, for the storage modules' unit tests.
@@ -66,6 +67,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 use zeroize::Zeroizing;
 
 pub use error::StoreError;
+pub use write::{Committed, Ticket, Write};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -231,6 +233,28 @@ impl Database {
             Engine::Postgres => "BEGIN",
         };
         Ok(self.writer.begin_with(begin).await?)
+    }
+
+    /// Starts a [`Write`]: on SQLite on the writer, its `BEGIN IMMEDIATE` sent with its first
+    /// statement and its deferred statements with the next one or the `COMMIT`; on PostgreSQL
+    /// an ordinary transaction.
+    pub async fn write(&self) -> Result<Write<'static>, StoreError> {
+        match self.engine {
+            Engine::Sqlite => Ok(Write::sqlite(self.writer.acquire().await?)),
+            Engine::Postgres => Ok(Write::postgres(self.writer.begin().await?)),
+        }
+    }
+
+    /// [`Database::write`] for a request that holds `conn` (from [`Database::reader`]): on
+    /// PostgreSQL on `conn` itself; on SQLite on the writer, as every write.
+    pub async fn write_on<'c>(
+        &self,
+        conn: &'c mut PoolConnection<Any>,
+    ) -> Result<Write<'c>, StoreError> {
+        match self.engine {
+            Engine::Sqlite => Ok(Write::sqlite(self.writer.acquire().await?)),
+            Engine::Postgres => Ok(Write::postgres(sqlx::Connection::begin(&mut **conn).await?)),
+        }
     }
 
     /// One reader connection for a request that reads several things: its reads run on it, one
