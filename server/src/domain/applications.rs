@@ -83,13 +83,13 @@ pub(crate) fn over_quota(what: &str, quota: u32) -> DomainError {
 /// the pool under a burst.
 pub(crate) async fn insert_within_pending_quota(
     ctx: &Ctx,
-    tx: &mut sqlx::AnyConnection,
+    w: &mut crate::store::Write<'_>,
     record: &crate::store::authentications::Authentication,
     quota: u32,
     limits: &UserLimits,
 ) -> Result<Admission, DomainError> {
     use crate::store::authentications::{self, AdmissionLimits, AdmissionWindows};
-    applications::lock_for_quota(tx, ctx.db.engine(), &record.application_id).await?;
+    applications::lock_for_quota(&mut *w, ctx.db.engine(), &record.application_id).await?;
     let now = ctx.now();
     let windows = AdmissionWindows {
         now,
@@ -110,14 +110,18 @@ pub(crate) async fn insert_within_pending_quota(
             .map(|l| i64::from(l.max_unapproved_per_user)),
         pushes: limits.push_limit.map(|l| i64::from(l.max)),
     };
-    if authentications::insert_if_admitted(tx, record, windows, most).await? {
+    if authentications::insert_if_admitted(&mut *w, record, windows, most).await? {
         return Ok(Admission::Inserted);
     }
     // Refused: the same counts, read again in the same transaction (the lock, or SQLite's one
     // writer, keeps them as they were), tell which limit it was.
-    let counts =
-        authentications::admission_counts(tx, &record.application_id, &record.user_id, windows)
-            .await?;
+    let counts = authentications::admission_counts(
+        &mut *w,
+        &record.application_id,
+        &record.user_id,
+        windows,
+    )
+    .await?;
     if counts.application_pending >= i64::from(quota) {
         return Err(over_quota("pending requests", quota));
     }

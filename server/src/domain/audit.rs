@@ -1,16 +1,16 @@
 //! The audit log and the events that feed the webhooks.
 //!
-//! Every security-relevant event goes through [`record`]: one write transaction appends the
-//! audit record and, for the event types webhooks carry, queues one outbox row per endpoint of
-//! the application that wants the type (`store::webhooks`). The event hub then wakes the
-//! webhook worker of every instance ([`Topic::WebhookOutbox`]).
+//! Every security-relevant event goes through [`record`] or, inside the write that makes the
+//! change, [`append_deferred`]: the audit record is appended and, for the event types webhooks
+//! carry, one `INSERT … SELECT` queues an outbox row for each endpoint of the application that
+//! wants the type (`store::webhooks`), without reading the endpoints first. The event hub then
+//! wakes the webhook worker of every instance ([`Topic::WebhookOutbox`]).
 //!
-//! The record is written right after the change it describes commits, not inside its
-//! transaction: the domain's changes are committed by the store functions of each flow (one
-//! conditional update decides which of racing endings wins), and the event is what that winner
-//! announces. A crash between the two loses the record of that one change; the change itself
-//! is never undone by a failing record. Expiries, which write nothing, are found by the webhook
-//! worker's sweep and recorded once (`authentications.expiry_reported`).
+//! A new request and an ending are recorded inside their own write, so the change and its record
+//! commit together. Other events are recorded right after the change they describe commits: a
+//! crash between the two loses the record of that one change; the change itself is never undone
+//! by a failing record. Expiries, which write nothing, are found by the webhook worker's sweep
+//! and recorded once (`authentications.expiry_reported`).
 //!
 //! Records are never changed or deleted: the schema refuses `UPDATE` and `DELETE` on
 //! `audit_log`. They keep the user id even after the user is deleted (the record of the
@@ -31,8 +31,8 @@ use super::{Ctx, DomainError};
 use crate::store::audit::{self as store, Filter, NewRecord};
 use crate::store::authentications::Authentication;
 use crate::store::enrollments::Enrollment;
-use crate::store::webhooks::{self, NewDelivery};
-use crate::store::{Database, StoreError};
+use crate::store::webhooks::EventDeliveries;
+use crate::store::{Committed, Database, StoreError, Ticket, Write};
 
 /// The most records one page answers.
 pub(crate) const MAX_PAGE: u32 = 200;
@@ -236,9 +236,9 @@ pub(crate) async fn record(ctx: &Ctx, event: Event) {
     }
 }
 
-/// [`record`]'s write, for callers without a [`Ctx`] (the admin command line): one insert
-/// when no webhook endpoint wants the event, else one transaction with its deliveries. Returns
-/// whether webhook deliveries were queued.
+/// [`record`]'s write, for callers without a [`Ctx`] (the admin command line): the record and
+/// its deliveries in one write (on SQLite one hand-off to the writer; on PostgreSQL one
+/// statement). Returns whether webhook deliveries were queued.
 pub(crate) async fn append(
     db: &Database,
     ip_table: &crate::ip_table::IpTable,
@@ -246,53 +246,58 @@ pub(crate) async fn append(
     event: Event,
 ) -> Result<bool, RecordError> {
     let record = new_record(ip_table, now_ms, &event);
-    // Most events have no endpoint that wants them: looked up first on a reader, such an event
-    // is one insert, without a transaction around it. Otherwise the record and its deliveries
-    // are written together, the endpoints read again inside the transaction.
-    let wanted = match webhook_of(&event) {
-        Some((event_type, app)) => {
-            let mut reader = db.pool().acquire().await.map_err(StoreError::from)?;
-            webhooks::endpoints_in(&mut reader, app)
-                .await?
-                .iter()
-                .any(|e| e.wants(event_type.as_str()))
-        }
-        None => false,
-    };
-    if !wanted {
-        let mut writer = db.writer().acquire().await.map_err(StoreError::from)?;
-        store::append(&mut writer, &record).await?;
-        return Ok(false);
-    }
-    let mut tx = db.begin_write().await?;
-    let queued = write_in(&mut tx, &record, &event, now_ms).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(queued)
+    let deliveries = deliveries_of(&event, now_ms)?;
+    let mut w = db.write().await?;
+    let ticket = store::append_deferred(&mut w, &record, deliveries.as_ref()).await?;
+    let committed = w.commit().await?;
+    Ok(ticket.is_some_and(|t| committed.changes(t) > 0))
 }
 
-/// Appends `events` to the audit log inside the caller's transaction `tx` (with their webhook
-/// deliveries), so they commit or roll back with the change they record: the change and its
-/// record are one transaction, on one connection. Returns whether webhook deliveries were
-/// queued; the caller then wakes the webhook workers (`Topic::WebhookOutbox`) after its commit.
-pub(crate) async fn append_in(
+/// Appends `events` to the audit log inside the caller's write `w` (with their webhook
+/// deliveries), so they commit or roll back with the change they record. They are deferred:
+/// sent with the write's next statement or its commit. Whether deliveries were queued is known
+/// once it committed ([`Queued::any`]); the caller then wakes the webhook workers
+/// (`Topic::WebhookOutbox`).
+pub(crate) async fn append_deferred(
     ctx: &Ctx,
-    tx: &mut sqlx::AnyConnection,
+    w: &mut Write<'_>,
     events: Vec<Event>,
-) -> Result<bool, DomainError> {
+) -> Result<Queued, DomainError> {
     let now_ms = ctx.now_ms();
-    let mut queued = false;
+    let mut tickets = Vec::new();
     for event in events {
         let record = new_record(&ctx.config.accessing_ip_table, now_ms, &event);
-        queued |= write_in(tx, &record, &event, now_ms)
-            .await
-            .map_err(|e| match e {
-                RecordError::Store(e) => DomainError::from(e),
-                RecordError::Encoding => {
-                    DomainError::Internal("an audit record could not be encoded")
-                }
-            })?;
+        let deliveries = deliveries_of(&event, now_ms).map_err(RecordError::into_domain)?;
+        tickets.extend(store::append_deferred(w, &record, deliveries.as_ref()).await?);
     }
-    Ok(queued)
+    Ok(Queued { tickets })
+}
+
+/// The webhook deliveries [`append_deferred`] queued, known once the transaction committed.
+#[derive(Debug, Default)]
+pub(crate) struct Queued {
+    tickets: Vec<Ticket>,
+}
+
+impl Queued {
+    /// Whether any delivery was queued.
+    pub(crate) fn any(&self, committed: &Committed) -> bool {
+        self.tickets.iter().any(|t| committed.changes(*t) > 0)
+    }
+
+    /// Adds `other`'s deliveries to these.
+    pub(crate) fn extend(&mut self, other: Queued) {
+        self.tickets.extend(other.tickets);
+    }
+}
+
+impl RecordError {
+    fn into_domain(self) -> DomainError {
+        match self {
+            RecordError::Store(e) => DomainError::from(e),
+            RecordError::Encoding => DomainError::Internal("an audit record could not be encoded"),
+        }
+    }
 }
 
 /// The webhook event type and application of `event`, when it is one a webhook may want.
@@ -327,67 +332,43 @@ fn new_record(ip_table: &crate::ip_table::IpTable, now_ms: i64, event: &Event) -
     }
 }
 
-/// Writes `record` and the webhook deliveries of `event` (to the endpoints that want it, read
-/// on `tx`) on `tx`. Returns whether deliveries were queued.
-async fn write_in(
-    tx: &mut sqlx::AnyConnection,
-    record: &NewRecord,
-    event: &Event,
-    now_ms: i64,
-) -> Result<bool, RecordError> {
+/// The webhook deliveries of `event`, when it is of a type webhooks carry: one body for every
+/// endpoint of its application that wants the type (the endpoints are chosen by the statement
+/// that queues them).
+fn deliveries_of(event: &Event, now_ms: i64) -> Result<Option<EventDeliveries>, RecordError> {
     let Some((event_type, app)) = webhook_of(event) else {
-        store::append(tx, record).await?;
-        return Ok(false);
+        return Ok(None);
     };
-    let mut queued = false;
-    // The insert answers whether the application has any endpoint: most have none, and then
-    // the endpoints are not read.
-    if store::append_counting_endpoints(tx, record).await? > 0 {
-        let endpoints: Vec<_> = webhooks::endpoints_in(&mut *tx, app)
-            .await?
-            .into_iter()
-            .filter(|e| e.wants(event_type.as_str()))
-            .collect();
-        if !endpoints.is_empty() {
-            let event_id = new_id("evt_");
-            let mut data = event.details.clone();
-            if let Value::Object(map) = &mut data {
-                for (key, value) in [
-                    ("user_id", &event.user_id),
-                    ("device_id", &event.device_id),
-                    ("subject", &event.subject),
-                ] {
-                    if let Some(value) = value {
-                        map.entry(key).or_insert_with(|| json!(value));
-                    }
-                }
-                map.entry("outcome").or_insert_with(|| json!(event.outcome));
+    let event_id = new_id("evt_");
+    let mut data = event.details.clone();
+    if let Value::Object(map) = &mut data {
+        for (key, value) in [
+            ("user_id", &event.user_id),
+            ("device_id", &event.device_id),
+            ("subject", &event.subject),
+        ] {
+            if let Some(value) = value {
+                map.entry(key).or_insert_with(|| json!(value));
             }
-            let body = serde_json::to_string(&WebhookEvent {
-                id: event_id.clone(),
-                event_type,
-                created_at_ms: now_ms,
-                application_id: app.to_string(),
-                data,
-            })
-            .map_err(|_| RecordError::Encoding)?;
-            let deliveries: Vec<NewDelivery> = endpoints
-                .iter()
-                .map(|endpoint| NewDelivery {
-                    id: new_id("whd_"),
-                    endpoint_id: endpoint.id.clone(),
-                    application_id: app.to_string(),
-                    event_id: event_id.clone(),
-                    event_type: event_type.as_str().to_string(),
-                    payload: body.clone(),
-                    created_at_ms: now_ms,
-                })
-                .collect();
-            webhooks::enqueue(&mut *tx, &deliveries).await?;
-            queued = true;
         }
+        map.entry("outcome").or_insert_with(|| json!(event.outcome));
     }
-    Ok(queued)
+    let payload = serde_json::to_string(&WebhookEvent {
+        id: event_id.clone(),
+        event_type,
+        created_at_ms: now_ms,
+        application_id: app.to_string(),
+        data,
+    })
+    .map_err(|_| RecordError::Encoding)?;
+    Ok(Some(EventDeliveries {
+        id_prefix: format!("{}_", new_id("whd_")),
+        application_id: app.to_string(),
+        event_id,
+        event_type: event_type.as_str().to_string(),
+        payload,
+        created_at_ms: now_ms,
+    }))
 }
 
 fn kind_str(kind: AuthenticationKind) -> &'static str {
@@ -625,7 +606,7 @@ pub(crate) async fn policy_decided(ctx: &Ctx, decision: &PolicyDecision) {
 }
 
 /// The audit record of a policy decision, to append inside the transaction that stores its
-/// subject ([`append_in`]).
+/// subject ([`append_deferred`]).
 pub(crate) fn policy_decided_event(decision: &PolicyDecision) -> Event {
     let outcome = match decision.decision.as_str() {
         "approve" => "approved",
@@ -909,16 +890,20 @@ mod tests {
         );
         assert_eq!(count(&db, "audit_log").await, 1);
         // An endpoint for another type only: still nothing queued.
-        let endpoint = |id: &str, types: &str| webhooks::Endpoint {
+        let endpoint = |id: &str, types: &str| crate::store::webhooks::Endpoint {
             id: id.into(),
             application_id: "app".into(),
             url: "https://hooks.example.com/x".into(),
             event_types: types.into(),
             created_at: 0,
         };
-        webhooks::insert_endpoint(&db, &endpoint("whe_1", "pairing.completed"), "whsec_x")
-            .await
-            .expect("endpoint");
+        crate::store::webhooks::insert_endpoint(
+            &db,
+            &endpoint("whe_1", "pairing.completed"),
+            "whsec_x",
+        )
+        .await
+        .expect("endpoint");
         assert!(
             !append(&db, &ip_table, 2_000, event())
                 .await
@@ -927,7 +912,7 @@ mod tests {
         assert_eq!(count(&db, "audit_log").await, 2);
         assert_eq!(count(&db, "webhook_deliveries").await, 0);
         // An endpoint for every type: the record and its delivery, together.
-        webhooks::insert_endpoint(&db, &endpoint("whe_2", ""), "whsec_y")
+        crate::store::webhooks::insert_endpoint(&db, &endpoint("whe_2", ""), "whsec_y")
             .await
             .expect("endpoint");
         assert!(
@@ -942,6 +927,48 @@ mod tests {
         assert!(!append(&db, &ip_table, 4_000, plain).await.expect("append"));
         assert_eq!(count(&db, "audit_log").await, 4);
         assert_eq!(count(&db, "webhook_deliveries").await, 1);
+        // Endpoints naming the type among others, or a type it only starts, ends or contains.
+        for (id, types) in [
+            ("whe_3", "pairing.completed,authentication.created"),
+            ("whe_4", "authentication.created.x"),
+            ("whe_5", "authentication.create"),
+            ("whe_6", "x.authentication.created,AUTHENTICATION.CREATED"),
+        ] {
+            crate::store::webhooks::insert_endpoint(&db, &endpoint(id, types), "whsec_z")
+                .await
+                .expect("endpoint");
+        }
+        assert!(
+            append(&db, &ip_table, 5_000, event())
+                .await
+                .expect("append")
+        );
+        let queued: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, endpoint_id, payload FROM webhook_deliveries WHERE created_at = 5000 \
+             ORDER BY endpoint_id",
+        )
+        .fetch_all(db.pool())
+        .await
+        .expect("deliveries");
+        let endpoints: Vec<&str> = queued.iter().map(|(_, e, _)| e.as_str()).collect();
+        assert_eq!(
+            endpoints,
+            ["whe_2", "whe_3"],
+            "the same endpoints as Endpoint::wants"
+        );
+        let stored = crate::store::webhooks::endpoints(&db, "app")
+            .await
+            .expect("endpoints");
+        let wanting: Vec<&str> = stored
+            .iter()
+            .filter(|e| e.wants("authentication.created"))
+            .map(|e| e.id.as_str())
+            .collect();
+        assert_eq!(wanting, endpoints);
+        // One event: one body and event id for both, a delivery id of its own for each.
+        assert_eq!(queued[0].2, queued[1].2);
+        assert_ne!(queued[0].0, queued[1].0);
+        assert!(queued.iter().all(|(id, _, _)| id.starts_with("whd_")));
         db.close().await;
     }
 

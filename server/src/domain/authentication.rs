@@ -892,32 +892,33 @@ pub(crate) async fn create_as(
             .map(|s| super::applications::push_bombing_limits(&ctx.config, s)),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
-    let mut tx = ctx.db.begin_write().await?;
+    let mut w = ctx.db.write().await?;
     // The request's announcement to the device's waiters, its audit record and the policy
     // decision it was made under (with that decision's audit record) are written first, then
     // the application's lock is taken for the counts and the insert: on PostgreSQL the lock is
     // held until the commit, so only the statements that need it run under it. A refused
-    // admission rolls all of it back.
-    let mut announced = outcome::request_created_in(ctx, &mut tx, &record).await?;
+    // admission rolls all of it back. On SQLite the writes before the insert go with it (and
+    // `BEGIN IMMEDIATE`), in one hand-off to the writer, and the `COMMIT` is the second.
+    let mut announced = outcome::request_created_in(ctx, &mut w, &record).await?;
     if let Some(decided) = &decided {
         let queued = super::policy::record_in(
             ctx,
-            &mut tx,
+            &mut w,
             &app.id,
             user_id,
             Some(record.id.as_str()),
             decided,
         )
         .await?;
-        announced.webhooks_queued(queued);
+        announced = announced.with_webhooks(queued);
     }
     let admission =
-        super::applications::insert_within_pending_quota(ctx, &mut tx, &record, quota, &limits)
+        super::applications::insert_within_pending_quota(ctx, &mut w, &record, quota, &limits)
             .await?;
     if let super::applications::Admission::PushLimited(reason) = admission {
         // Other requests took the last places of the policy's limit since it was decided: the
         // policy denies this one, as it would have had they come first.
-        tx.rollback().await?;
+        w.rollback().await?;
         let Some(mut decided) = decided else {
             return Err(DomainError::Internal(
                 "a push limit without a policy decision",
@@ -930,7 +931,8 @@ pub(crate) async fn create_as(
         super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided).await?;
         return Ok(record.status_at(ctx.now()));
     }
-    tx.commit().await?;
+    let committed = w.commit().await?;
+    let announced = announced.resolved(&committed);
     announced.committed(ctx).await;
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
     // Push is a hint, delivered in the background; the request is already stored for pulling.

@@ -166,15 +166,14 @@ impl EventHub {
         }
     }
 
-    /// Announces a change from inside the transaction `tx` that makes it: other instances are
-    /// notified on `tx` itself (PostgreSQL delivers the notification when the transaction
+    /// Announces a change from inside the write `w` that makes it: other instances are
+    /// notified in `w` itself (PostgreSQL delivers the notification when the transaction
     /// commits, and drops it when it rolls back), with no statement or connection of its own.
     /// This process's waiters are woken by [`EventHub::wake_committed`], which the caller calls
     /// once the transaction committed (woken earlier, a waiter could read the old state).
     pub async fn announce_in(
         &self,
-        db: &Database,
-        tx: &mut sqlx::AnyConnection,
+        w: &mut crate::store::Write<'_>,
         topics: &[Topic],
     ) -> Result<(), StoreError> {
         if topics.is_empty() {
@@ -182,7 +181,7 @@ impl EventHub {
         }
         let encoded: Vec<String> = topics.iter().map(Topic::encode).collect();
         let payload = format!("{}|{}", self.inner.instance, encoded.join(","));
-        store_events::notify_in(tx, db.engine(), &payload).await
+        store_events::notify_in(w, &payload).await
     }
 
     /// Wakes this process's waiters on `topics`, whose change [`EventHub::announce_in`]

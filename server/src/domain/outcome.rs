@@ -19,8 +19,8 @@ use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationKind, Decision, DenialReason,
 };
 
+use sqlx::Any;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, Transaction};
 
 use super::events::Topic;
 use super::{Ctx, DomainError};
@@ -28,7 +28,7 @@ use crate::metrics::{EndLabels, ReasonLabels};
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments;
 use crate::store::follow_ups::Waiting;
-use crate::store::{Engine, StoreError};
+use crate::store::{Committed, Engine, Write};
 use tessera_protocol::ids::EnrollmentId;
 
 /// Something that happened, announced after it was stored.
@@ -117,14 +117,14 @@ pub(crate) async fn record_taking_counter(
             "only a signed answer carries an App Attest counter",
         ));
     }
-    let mut tx = ctx.db.begin_write().await?;
-    if !enrollments::take_app_attest_counter(&mut tx, enrollment, counter).await? {
-        tx.rollback().await.map_err(StoreError::from)?;
+    let mut w = ctx.db.write().await?;
+    if !enrollments::take_app_attest_counter(w.conn().await?, enrollment, counter).await? {
+        w.rollback().await?;
         return Ok(Taken::CounterReplay);
     }
     // The ending's own write rolls the whole transaction back (the counter with it) when
     // another ending won.
-    Ok(match write_ending(ctx, tx, id, ending).await? {
+    Ok(match write_ending(ctx, w, id, ending).await? {
         Some((record, announced, waiting)) => Taken::Recorded(Box::new(
             after_ending(ctx, record, announced, waiting).await,
         )),
@@ -139,8 +139,8 @@ pub(crate) async fn record(
     id: &AuthenticationId,
     ending: Ending<'_>,
 ) -> Result<Option<Authentication>, DomainError> {
-    let tx = ctx.db.begin_write().await?;
-    let written = write_ending(ctx, tx, id, ending).await?;
+    let w = ctx.db.write().await?;
+    let written = write_ending(ctx, w, id, ending).await?;
     Ok(match written {
         Some((record, announced, waiting)) => {
             Some(after_ending(ctx, record, announced, waiting).await)
@@ -160,14 +160,14 @@ pub(crate) async fn record_on(
     ending: Ending<'_>,
 ) -> Result<Option<Authentication>, DomainError> {
     let written = if ctx.db.engine() == Engine::Postgres {
-        let tx = ctx.db.begin_write_on(&mut conn).await?;
-        let written = write_ending(ctx, tx, id, ending).await?;
+        let w = ctx.db.write_on(&mut conn).await?;
+        let written = write_ending(ctx, w, id, ending).await?;
         drop(conn);
         written
     } else {
         // SQLite writes on its one writer: the reader is given back before queueing for it.
         drop(conn);
-        write_ending(ctx, ctx.db.begin_write().await?, id, ending).await?
+        write_ending(ctx, ctx.db.write().await?, id, ending).await?
     };
     Ok(match written {
         Some((record, announced, waiting)) => {
@@ -179,10 +179,12 @@ pub(crate) async fn record_on(
 
 /// The one transaction of an ending: the conditional update, the notification to other
 /// instances and the audit records (with their webhook deliveries) commit together. `None`
-/// (nothing written) when another ending won or the authentication expired.
+/// (nothing written) when another ending won or the authentication expired. On SQLite that is
+/// two hand-offs to the writer: `BEGIN IMMEDIATE` with the update, then the records with the
+/// `COMMIT`.
 async fn write_ending(
     ctx: &Ctx,
-    mut tx: Transaction<'_, Any>,
+    mut w: Write<'_>,
     id: &AuthenticationId,
     ending: Ending<'_>,
 ) -> Result<Option<(Authentication, Announced, Waiting)>, DomainError> {
@@ -193,35 +195,36 @@ async fn write_ending(
             signed_response,
             attributes,
         } => {
-            authentications::record_answer(&mut *tx, id, decision, signed_response, attributes, now)
+            authentications::record_answer(&mut w, id, decision, signed_response, attributes, now)
                 .await?
         }
         Ending::WrongNumber {
             signed_response,
             attributes,
         } => {
-            authentications::record_wrong_number(&mut *tx, id, signed_response, attributes, now)
+            authentications::record_wrong_number(&mut w, id, signed_response, attributes, now)
                 .await?
         }
         Ending::Passcode { attributes } => {
-            authentications::record_passcode_answer(&mut *tx, id, attributes, now).await?
+            authentications::record_passcode_answer(&mut w, id, attributes, now).await?
         }
-        Ending::Canceled => authentications::record_cancellation(&mut *tx, id, now).await?,
+        Ending::Canceled => authentications::record_cancellation(&mut w, id, now).await?,
     };
     let Some((record, waiting)) = recorded else {
-        tx.rollback().await.map_err(StoreError::from)?;
+        w.rollback().await?;
         return Ok(None);
     };
     let topics = ended_topics(&record).to_vec();
-    ctx.events.announce_in(&ctx.db, &mut tx, &topics).await?;
-    let webhooks_queued =
-        super::audit::append_in(ctx, &mut tx, super::audit::ending_events(&record)).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.events.announce_in(&mut w, &topics).await?;
+    let webhooks =
+        super::audit::append_deferred(ctx, &mut w, super::audit::ending_events(&record)).await?;
+    let committed = w.commit().await?;
     Ok(Some((
         record,
         Announced {
             topics,
-            webhooks_queued,
+            webhooks_queued: webhooks.any(&committed),
+            webhooks: super::audit::Queued::default(),
         },
         waiting,
     )))
@@ -348,25 +351,27 @@ async fn dispatch_to(ctx: &Ctx, event: &DomainEvent, audit: Audit) {
 /// The name the audit follow-up is registered under (`domain::follow_ups`).
 pub(crate) const AUDIT_FOLLOW_UP: &str = "audit";
 
-/// Announces, inside the transaction `tx` that stores the new request `record`, that its
-/// device has a request to pull, and appends its audit record there: the request, its
-/// announcement and its record commit together. Call [`Announced::committed`] after the commit.
+/// Announces, inside the write `w` that stores the new request `record`, that its device has a
+/// request to pull, and appends its audit record there (both deferred to the write's next
+/// statement or its commit): the request, its announcement and its record commit together.
+/// Call [`Announced::committed`] with the commit.
 pub(crate) async fn request_created_in(
     ctx: &Ctx,
-    tx: &mut sqlx::AnyConnection,
+    w: &mut Write<'_>,
     record: &Authentication,
 ) -> Result<Announced, DomainError> {
     let topics = vec![Topic::Enrollment(record.enrollment_id.to_string())];
-    ctx.events.announce_in(&ctx.db, tx, &topics).await?;
-    let webhooks_queued = super::audit::append_in(
+    ctx.events.announce_in(w, &topics).await?;
+    let webhooks = super::audit::append_deferred(
         ctx,
-        tx,
+        w,
         vec![super::audit::authentication_created_event(record)],
     )
     .await?;
     Ok(Announced {
         topics,
-        webhooks_queued,
+        webhooks_queued: false,
+        webhooks,
     })
 }
 
@@ -375,24 +380,36 @@ pub(crate) async fn request_created_in(
 pub(crate) struct Announced {
     topics: Vec<Topic>,
     webhooks_queued: bool,
+    /// Deliveries deferred in the write, known once it committed.
+    webhooks: super::audit::Queued,
 }
 
 impl Announced {
     /// A transaction that wakes no waiter (so far): only the webhook workers, if
-    /// [`Announced::webhooks_queued`] notes deliveries.
+    /// [`Announced::with_webhooks`] adds deliveries.
     pub(crate) fn nothing() -> Announced {
         Announced {
             topics: Vec::new(),
             webhooks_queued: false,
+            webhooks: super::audit::Queued::default(),
         }
     }
 
-    /// Notes that more of the transaction's audit records queued webhook deliveries.
-    pub(crate) fn webhooks_queued(&mut self, queued: bool) {
-        self.webhooks_queued |= queued;
+    /// Adds webhook deliveries the write deferred.
+    pub(crate) fn with_webhooks(mut self, queued: super::audit::Queued) -> Announced {
+        self.webhooks.extend(queued);
+        self
     }
 
-    /// Wakes this process's waiters, and the webhook workers when deliveries were queued.
+    /// Reads, from the write that `committed`, whether its deferred audit records queued
+    /// webhook deliveries.
+    pub(crate) fn resolved(mut self, committed: &Committed) -> Announced {
+        self.webhooks_queued |= self.webhooks.any(committed);
+        self
+    }
+
+    /// Wakes this process's waiters, and the webhook workers when deliveries were queued (call
+    /// [`Announced::resolved`] first when the write deferred audit records).
     pub(crate) async fn committed(self, ctx: &Ctx) {
         ctx.events.wake_committed(&self.topics);
         if self.webhooks_queued {

@@ -612,15 +612,18 @@ pub async fn set_quotas(
 /// by an insert cannot be overtaken by another: on PostgreSQL a `FOR NO KEY UPDATE` row lock on
 /// the application (which the foreign-key checks of other inserts do not wait for); on SQLite
 /// the write transaction already holds the database's write lock.
-pub async fn lock_for_quota(
-    conn: &mut sqlx::AnyConnection,
+pub async fn lock_for_quota<'e, E>(
+    executor: E,
     engine: super::Engine,
     id: &ApplicationId,
-) -> Result<(), StoreError> {
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     if engine == super::Engine::Postgres {
         sqlx::query("SELECT id FROM applications WHERE id = $1 FOR NO KEY UPDATE")
             .bind(id.as_str())
-            .fetch_optional(&mut *conn)
+            .fetch_optional(executor)
             .await?;
     }
     Ok(())

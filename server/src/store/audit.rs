@@ -5,7 +5,10 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Database, StoreError};
+use std::sync::LazyLock;
+
+use super::webhooks::{self, EventDeliveries};
+use super::{Database, Engine, StoreError, Ticket, Write};
 
 /// One record to append.
 #[derive(Debug, Clone, Default)]
@@ -47,25 +50,26 @@ pub struct StoredRecord {
     pub record: NewRecord,
 }
 
-/// The insert of an audit record, shared by [`APPEND`] and [`APPEND_COUNTING_ENDPOINTS`].
-macro_rules! insert_record {
-    () => {
-        "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, device_id, \
-         subject, client_ip, accessing_ip, location, outcome, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    };
-}
+/// The insert of an audit record.
+const APPEND: &str = "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, \
+     device_id, subject, client_ip, accessing_ip, location, outcome, details) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
-/// The statement of [`append`].
-const APPEND: &str = insert_record!();
+/// How many values [`APPEND`] binds.
+const APPEND_VALUES: usize = 13;
 
-/// The statement of [`append_counting_endpoints`]: [`APPEND`] answering how many webhook
-/// endpoints the record's application has (over `webhook_endpoints`' index by application).
-pub(crate) const APPEND_COUNTING_ENDPOINTS: &str = concat!(
-    insert_record!(),
-    " RETURNING (SELECT COUNT(*) FROM webhook_endpoints \
-     WHERE webhook_endpoints.application_id = $5) AS webhook_endpoints"
-);
+/// The queuing of an event's deliveries on SQLite, the statement after [`APPEND`].
+pub(crate) static ENQUEUE: LazyLock<String> =
+    LazyLock::new(|| webhooks::enqueue_statement(1, Engine::Sqlite));
+
+/// PostgreSQL: [`APPEND`] and the queuing of the event's deliveries as one statement (the
+/// insert as a data-modifying `WITH`, which runs whether or not anything reads it).
+pub(crate) static APPEND_AND_ENQUEUE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH recorded AS ({APPEND}) {}",
+        webhooks::enqueue_statement(APPEND_VALUES + 1, Engine::Postgres)
+    )
+});
 
 fn bind_record<'q>(
     sql: &'q str,
@@ -87,22 +91,43 @@ fn bind_record<'q>(
         .bind(&record.details)
 }
 
-/// Appends `record` within `tx`.
-pub async fn append(tx: &mut sqlx::AnyConnection, record: &NewRecord) -> Result<(), StoreError> {
-    bind_record(APPEND, record).execute(&mut *tx).await?;
-    Ok(())
+type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// The statements appending `record` and queuing `deliveries`: the last one changes as many
+/// rows as deliveries were queued (when there are `deliveries`). No endpoint is read first: the
+/// queuing selects the endpoints that want the event itself.
+fn statements<'q>(
+    engine: Engine,
+    record: &'q NewRecord,
+    deliveries: Option<&'q EventDeliveries>,
+) -> Vec<Statement<'q>> {
+    match (deliveries, engine) {
+        (None, _) => vec![bind_record(APPEND, record)],
+        (Some(d), Engine::Sqlite) => vec![
+            bind_record(APPEND, record),
+            webhooks::bind_enqueue(sqlx::query(&ENQUEUE), d),
+        ],
+        (Some(d), Engine::Postgres) => {
+            vec![webhooks::bind_enqueue(
+                bind_record(&APPEND_AND_ENQUEUE, record),
+                d,
+            )]
+        }
+    }
 }
 
-/// Appends `record` within `tx` and answers how many webhook endpoints its application has, in
-/// one statement: a record no endpoint can want needs no second read.
-pub async fn append_counting_endpoints(
-    tx: &mut sqlx::AnyConnection,
+/// Appends `record` and queues `deliveries` in `w`, deferred (sent with its next statement or
+/// its commit). Returns the ticket whose changes, once committed, are the deliveries queued.
+pub async fn append_deferred(
+    w: &mut Write<'_>,
     record: &NewRecord,
-) -> Result<i64, StoreError> {
-    let row = bind_record(APPEND_COUNTING_ENDPOINTS, record)
-        .fetch_one(&mut *tx)
-        .await?;
-    Ok(row.try_get("webhook_endpoints")?)
+    deliveries: Option<&EventDeliveries>,
+) -> Result<Option<Ticket>, StoreError> {
+    let mut last = None;
+    for statement in statements(w.engine(), record, deliveries) {
+        last = Some(w.defer(statement).await?);
+    }
+    Ok(last.filter(|_| deliveries.is_some()))
 }
 
 /// Which records a query wants.

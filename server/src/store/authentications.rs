@@ -575,12 +575,15 @@ pub struct AdmissionLimits {
 /// kept only while each is under its limit). Returns whether it was stored; when it was not,
 /// [`admission_counts`] in the same transaction tells which limit refused it. Run on the
 /// connection of the transaction, after the application's lock.
-pub async fn insert_if_admitted(
-    conn: &mut sqlx::AnyConnection,
+pub async fn insert_if_admitted<'e, E>(
+    executor: E,
     a: &Authentication,
     windows: AdmissionWindows,
     limits: AdmissionLimits,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let query = bind_admission(
         sqlx::query(&INSERT_IF_ADMITTED),
         &a.application_id,
@@ -592,7 +595,7 @@ pub async fn insert_if_admitted(
         .bind(limits.user_pending.unwrap_or(i64::MAX))
         .bind(limits.user_recent.unwrap_or(i64::MAX))
         .bind(limits.pushes.unwrap_or(i64::MAX))
-        .execute(&mut *conn)
+        .execute(executor)
         .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -636,14 +639,17 @@ fn bind_admission<'q>(
 /// push-bombing limits, a policy's `limit_push`), in one statement. Run on the connection of
 /// the transaction that inserts the request, after the application's lock, so the counts and
 /// the insert are one atomic take.
-pub async fn admission_counts(
-    conn: &mut sqlx::AnyConnection,
+pub async fn admission_counts<'e, E>(
+    executor: E,
     app: &ApplicationId,
     user: &UserId,
     windows: AdmissionWindows,
-) -> Result<AdmissionCounts, StoreError> {
+) -> Result<AdmissionCounts, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = bind_admission(sqlx::query(ADMISSION_COUNTS), app, user, windows)
-        .fetch_one(&mut *conn)
+        .fetch_one(executor)
         .await?;
     Ok(AdmissionCounts {
         application_pending: row.try_get("application_pending")?,
@@ -887,7 +893,7 @@ mod tests {
             recent_since: now - 600,
             push_limit_since: None,
         };
-        let counts = admission_counts(&mut conn, &app.id, &user, windows)
+        let counts = admission_counts(&mut *conn, &app.id, &user, windows)
             .await
             .expect("counts");
         drop(conn);
@@ -952,7 +958,7 @@ mod tests {
             recent_since: now - 600,
             push_limit_since: Some(now - 600),
         };
-        let counts = admission_counts(&mut conn, &app.id, &user, windows)
+        let counts = admission_counts(&mut *conn, &app.id, &user, windows)
             .await
             .expect("count");
         assert_eq!(counts.pushes, 3);
@@ -1152,7 +1158,7 @@ mod tests {
         ] {
             let refused = pending(&app.id, &user, now);
             assert!(
-                !insert_if_admitted(&mut conn, &refused, windows, refusing)
+                !insert_if_admitted(&mut *conn, &refused, windows, refusing)
                     .await
                     .expect("admission"),
                 "{refusing:?}"
@@ -1166,7 +1172,7 @@ mod tests {
         }
         let admitted = pending(&app.id, &user, now);
         assert!(
-            insert_if_admitted(&mut conn, &admitted, windows, open)
+            insert_if_admitted(&mut *conn, &admitted, windows, open)
                 .await
                 .expect("admission")
         );
@@ -1183,12 +1189,17 @@ mod tests {
             pushes: None,
         };
         assert!(
-            insert_if_admitted(&mut conn, &pending(&app.id, &user, now), windows, unlimited)
-                .await
-                .expect("admission")
+            insert_if_admitted(
+                &mut *conn,
+                &pending(&app.id, &user, now),
+                windows,
+                unlimited
+            )
+            .await
+            .expect("admission")
         );
         assert_eq!(
-            admission_counts(&mut conn, &app.id, &user, windows)
+            admission_counts(&mut *conn, &app.id, &user, windows)
                 .await
                 .expect("counts")
                 .application_pending,

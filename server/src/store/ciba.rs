@@ -344,34 +344,64 @@ pub async fn insert_request<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let notification_token = seal_text(
+    let notification_token = sealed_notification_token(secrets, r)?;
+    bind_request(r, notification_token)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// [`insert_request`] deferred in `w` (sent with its next statement or its commit).
+pub async fn insert_request_deferred(
+    w: &mut super::Write<'_>,
+    secrets: &DataKey,
+    r: &CibaRequest,
+) -> Result<(), StoreError> {
+    let notification_token = sealed_notification_token(secrets, r)?;
+    w.defer(bind_request(r, notification_token)).await?;
+    Ok(())
+}
+
+fn sealed_notification_token(
+    secrets: &DataKey,
+    r: &CibaRequest,
+) -> Result<Option<String>, StoreError> {
+    seal_text(
         secrets,
         place("ciba_requests", "client_notification_token", &r.auth_req_id),
         r.client_notification_token.as_deref(),
-    )?;
-    sqlx::query(&format!(
+    )
+}
+
+/// The insert of a request, written once.
+static INSERT_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
         "INSERT INTO ciba_requests ({REQUEST_COLUMNS}) VALUES \
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-    ))
-    .bind(&r.auth_req_id)
-    .bind(&r.client_id)
-    .bind(&r.authentication_id)
-    .bind(r.application_id.as_str())
-    .bind(r.user_id.as_str())
-    .bind(&r.scope)
-    .bind(&r.acr)
-    .bind(notification_token)
-    .bind(r.poll_interval)
-    .bind(r.last_polled_at_ms)
-    .bind(r.created_at)
-    .bind(r.expires_at)
-    .bind(r.tokens_issued_at)
-    .bind(r.notify_state.as_str())
-    .bind(r.notify_attempts)
-    .bind(r.notify_due_at_ms)
-    .execute(executor)
-    .await?;
-    Ok(())
+    )
+});
+
+fn bind_request(
+    r: &CibaRequest,
+    notification_token: Option<String>,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(&INSERT_REQUEST)
+        .bind(&r.auth_req_id)
+        .bind(&r.client_id)
+        .bind(&r.authentication_id)
+        .bind(r.application_id.as_str())
+        .bind(r.user_id.as_str())
+        .bind(&r.scope)
+        .bind(&r.acr)
+        .bind(notification_token)
+        .bind(r.poll_interval)
+        .bind(r.last_polled_at_ms)
+        .bind(r.created_at)
+        .bind(r.expires_at)
+        .bind(r.tokens_issued_at)
+        .bind(r.notify_state.as_str())
+        .bind(r.notify_attempts)
+        .bind(r.notify_due_at_ms)
 }
 
 /// What [`request`] selects from (its statement: the columns, then this).

@@ -22,22 +22,19 @@ pub async fn notify(db: &Database, payload: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// [`notify`] on the caller's connection `conn`: inside a transaction, PostgreSQL delivers it
-/// when the transaction commits (and never if it rolls back), so the change and its
-/// announcement need no second statement round of their own.
-pub async fn notify_in(
-    conn: &mut sqlx::AnyConnection,
-    engine: Engine,
-    payload: &str,
-) -> Result<(), StoreError> {
-    if engine != Engine::Postgres {
+/// [`notify`] inside the write `w`: PostgreSQL delivers it when the transaction commits (and
+/// never if it rolls back), so the change and its announcement need no statement round of
+/// their own. Nothing on SQLite.
+pub async fn notify_in(w: &mut super::Write<'_>, payload: &str) -> Result<(), StoreError> {
+    if w.engine() != Engine::Postgres {
         return Ok(());
     }
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload)
-        .execute(&mut *conn)
-        .await?;
+    w.defer(
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload),
+    )
+    .await?;
     Ok(())
 }
 

@@ -39,7 +39,7 @@ pub async fn save(
 ) -> Result<StoredPolicy, StoreError> {
     for _ in 0..5 {
         let mut tx = db.begin_write().await?;
-        super::applications::lock_for_quota(&mut tx, db.engine(), app).await?;
+        super::applications::lock_for_quota(&mut *tx, db.engine(), app).await?;
         let latest: Option<i64> =
             sqlx::query_scalar("SELECT MAX(version) FROM policies WHERE application_id = $1")
                 .bind(app.as_str())
@@ -329,6 +329,23 @@ pub async fn record_decision_on<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
+    let sql = decision_sql(d);
+    decision_query(&sql, d).execute(executor).await?;
+    Ok(())
+}
+
+/// [`record_decision`] deferred in `w` (sent with its next statement or its commit).
+pub async fn record_decision_deferred(
+    w: &mut super::Write<'_>,
+    d: &DecisionRecord<'_>,
+) -> Result<(), StoreError> {
+    let sql = decision_sql(d);
+    w.defer(decision_query(&sql, d)).await?;
+    Ok(())
+}
+
+/// The insert of `d`.
+fn decision_sql(d: &DecisionRecord<'_>) -> String {
     // A missing location is written as a NULL literal, not bound: PostgreSQL refuses a NULL the
     // `Any` driver binds untyped on a connection that prepared the statement for floats.
     let (columns, values) = match d.location {
@@ -340,8 +357,15 @@ where
          policy_version, rule, action, effect, reason, inputs, methods, created_at{columns}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15{values})"
     );
-    let sql = sql.replace("$15", if d.location.is_some() { "$15" } else { "$13" });
-    let query = sqlx::query(&sql)
+    sql.replace("$15", if d.location.is_some() { "$15" } else { "$13" })
+}
+
+/// [`decision_sql`] with `d`'s values bound.
+fn decision_query<'q>(
+    sql: &'q str,
+    d: &'q DecisionRecord<'_>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let query = sqlx::query(sql)
         .bind(d.id)
         .bind(d.application_id.as_str())
         .bind(d.user_id.as_str())
@@ -354,12 +378,10 @@ where
         .bind(d.reason)
         .bind(d.inputs)
         .bind(d.methods);
-    let query = match d.location {
+    match d.location {
         Some((latitude, longitude)) => query.bind(latitude).bind(longitude).bind(d.created_at),
         None => query.bind(d.created_at),
-    };
-    query.execute(executor).await?;
-    Ok(())
+    }
 }
 
 /// A recorded decision, as read back.

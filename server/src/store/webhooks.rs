@@ -140,13 +140,12 @@ pub async fn delete_endpoint(
     Ok(done.rows_affected() == 1)
 }
 
-/// One event queued for one endpoint.
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    /// The delivery's id.
-    pub id: String,
-    /// The endpoint.
-    pub endpoint_id: String,
+/// One event's deliveries: a row for each endpoint of its application that wants its type,
+/// queued by one statement ([`enqueue_statement`]) without reading the endpoints first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDeliveries {
+    /// The start of each delivery's id; the endpoint's id (without its `whe_`) completes it.
+    pub id_prefix: String,
     /// The application.
     pub application_id: String,
     /// The event's id.
@@ -155,48 +154,50 @@ pub struct NewDelivery {
     pub event_type: String,
     /// The body to POST.
     pub payload: String,
-    /// When it was queued (ms), and first due.
+    /// When they were queued (ms), and first due.
     pub created_at_ms: i64,
 }
 
-/// Queues deliveries within `tx` (the event's own transaction).
-pub async fn enqueue(
-    tx: &mut sqlx::AnyConnection,
-    deliveries: &[NewDelivery],
-) -> Result<(), StoreError> {
-    for d in deliveries {
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (id, endpoint_id, application_id, event_id, event_type, \
-             payload, state, attempts, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)",
-        )
-        .bind(&d.id)
-        .bind(&d.endpoint_id)
-        .bind(&d.application_id)
-        .bind(&d.event_id)
-        .bind(&d.event_type)
-        .bind(&d.payload)
-        .bind(d.created_at_ms)
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(())
+/// The `INSERT … SELECT` queuing an [`EventDeliveries`] on `engine`, its values bound from
+/// `$first`: one row per endpoint of the application whose types are empty (every type) or
+/// name the event's type between commas: the same test as [`Endpoint::wants`] (exact and
+/// case-sensitive: SQLite's `instr`, PostgreSQL's `strpos`).
+pub(crate) fn enqueue_statement(first: usize, engine: Engine) -> String {
+    let p = |n: usize| format!("${}", first + n);
+    let position = match engine {
+        Engine::Sqlite => "instr",
+        Engine::Postgres => "strpos",
+    };
+    format!(
+        "INSERT INTO webhook_deliveries (id, endpoint_id, application_id, event_id, event_type, \
+         payload, state, attempts, next_attempt_at, created_at) \
+         SELECT {id} || substr(webhook_endpoints.id, 5), webhook_endpoints.id, {app}, {event}, \
+         {kind}, {payload}, 'pending', 0, {at}, {at} FROM webhook_endpoints \
+         WHERE webhook_endpoints.application_id = {app} AND (webhook_endpoints.event_types = '' \
+         OR {position}(',' || webhook_endpoints.event_types || ',', {delimited}) > 0)",
+        id = p(0),
+        app = p(1),
+        event = p(2),
+        kind = p(3),
+        payload = p(4),
+        at = p(5),
+        delimited = p(6),
+    )
 }
 
-/// The statement of [`endpoints_in`] (every audited event with a webhook type runs it).
-pub(crate) const ENDPOINTS_OF: &str = "SELECT id, application_id, url, event_types, created_at \
-    FROM webhook_endpoints WHERE application_id = $1 ORDER BY created_at, id";
-
-/// The endpoints of `application_id` within `tx`.
-pub async fn endpoints_in(
-    tx: &mut sqlx::AnyConnection,
-    application_id: &str,
-) -> Result<Vec<Endpoint>, StoreError> {
-    let rows = sqlx::query(ENDPOINTS_OF)
-        .bind(application_id)
-        .fetch_all(&mut *tx)
-        .await?;
-    rows.iter().map(row_to_endpoint).collect()
+/// Binds an [`EventDeliveries`]' seven values after what `query` bound.
+pub(crate) fn bind_enqueue<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    d: &'q EventDeliveries,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(d.id_prefix.as_str())
+        .bind(d.application_id.as_str())
+        .bind(d.event_id.as_str())
+        .bind(d.event_type.as_str())
+        .bind(d.payload.as_str())
+        .bind(d.created_at_ms)
+        .bind(format!(",{},", d.event_type))
 }
 
 /// A delivery as stored.
@@ -424,19 +425,19 @@ mod tests {
         insert_endpoint(&db, &endpoint, "whsec_x")
             .await
             .expect("endpoint");
-        let deliveries: Vec<NewDelivery> = (0..n)
-            .map(|i| NewDelivery {
-                id: format!("whd_{i}"),
-                endpoint_id: "whe_1".into(),
-                application_id: "app".into(),
-                event_id: format!("evt_{i}"),
-                event_type: "pairing.completed".into(),
-                payload: "{}".into(),
-                created_at_ms: 1_000,
-            })
-            .collect();
         let mut tx = db.begin_write().await.expect("tx");
-        enqueue(&mut tx, &deliveries).await.expect("enqueue");
+        for i in 0..n {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, endpoint_id, application_id, event_id, \
+                 event_type, payload, state, attempts, next_attempt_at, created_at) \
+                 VALUES ($1, 'whe_1', 'app', $2, 'pairing.completed', '{}', 'pending', 0, 1000, 1000)",
+            )
+            .bind(format!("whd_{i}"))
+            .bind(format!("evt_{i}"))
+            .execute(&mut *tx)
+            .await
+            .expect("delivery");
+        }
         tx.commit().await.expect("commit");
         (dir, db)
     }

@@ -126,6 +126,14 @@ impl<'c> Write<'c> {
         }
     }
 
+    /// The engine the transaction runs on.
+    pub fn engine(&self) -> super::Engine {
+        match self.inner {
+            Inner::Sqlite(_) => super::Engine::Sqlite,
+            Inner::Postgres(_) => super::Engine::Postgres,
+        }
+    }
+
     /// Runs `query` when the next statement is sent, or at the commit (at once on PostgreSQL);
     /// its result is only what it changed, read from the [`Committed`] transaction.
     pub async fn defer<'q>(
@@ -346,9 +354,14 @@ impl Drop for Write<'_> {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    if let Err(e) = conn.execute("ROLLBACK").await {
-                        tracing::debug!(error = %e, "rolling back a dropped write");
-                        drop(conn.detach());
+                    match conn.execute("ROLLBACK").await {
+                        // Rolled back, or nothing was open (its `BEGIN` never ran, or its
+                        // `COMMIT` did before the caller stopped waiting).
+                        Ok(_) | Err(sqlx::Error::Database(_)) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "rolling back a dropped write");
+                            drop(conn.detach());
+                        }
                     }
                 });
             }

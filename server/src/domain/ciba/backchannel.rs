@@ -578,7 +578,7 @@ async fn start(
             .then(|| crate::domain::applications::push_bombing_limits(&state.config, &settings)),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
-    let mut tx = state.db.begin_write().await?;
+    let mut w = state.db.write().await?;
     // The request, the policy decision it was made under and (unless bypassed, which ends it
     // at once) its announcement to the device and its audit record: one transaction. All but
     // the request are written before the application's lock is taken for the counts and the
@@ -586,22 +586,22 @@ async fn start(
     // of it back.
     let mut announced = match bypass {
         Some(_) => crate::domain::outcome::Announced::nothing(),
-        None => crate::domain::outcome::request_created_in(state, &mut tx, &record).await?,
+        None => crate::domain::outcome::request_created_in(state, &mut w, &record).await?,
     };
     if let Some(decided) = &decided {
         let queued = crate::domain::policy::record_in(
             state,
-            &mut tx,
+            &mut w,
             &client.application_id,
             &request.user_id,
             Some(record.id.as_str()),
             decided,
         )
         .await?;
-        announced.webhooks_queued(queued);
+        announced = announced.with_webhooks(queued);
     }
     let admission = crate::domain::applications::insert_within_pending_quota(
-        state, &mut tx, &record, quota, &limits,
+        state, &mut w, &record, quota, &limits,
     )
     .await
     .map_err(|e| match e {
@@ -618,7 +618,7 @@ async fn start(
     if let crate::domain::applications::Admission::PushLimited(reason) = admission {
         // Other requests took the policy's last places since it was decided: denied, as it
         // would have been had they come first.
-        tx.rollback().await?;
+        w.rollback().await?;
         let Some(mut decided) = decided else {
             return Err(server_error("a push limit without a policy decision"));
         };
@@ -643,8 +643,9 @@ async fn start(
     if bypass.is_some() {
         request.acr = crate::domain::bypass::ACR_BYPASS.to_string();
     }
-    ciba::insert_request(&mut *tx, state.db.secrets()?, &request).await?;
-    tx.commit().await?;
+    ciba::insert_request_deferred(&mut w, state.db.secrets()?, &request).await?;
+    let committed = w.commit().await?;
+    let announced = announced.resolved(&committed);
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
     announced.committed(state).await;
     if bypass.is_some() {

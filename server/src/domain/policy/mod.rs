@@ -490,21 +490,21 @@ pub(crate) async fn record(
     Ok(())
 }
 
-/// [`record`] inside the transaction `tx` that stores its subject: the decision and its audit
-/// record commit with it. Answers whether webhook deliveries were queued (announce the outbox
-/// once committed).
+/// [`record`] inside the write `w` that stores its subject, deferred (sent with its next
+/// statement or its commit): the decision and its audit record commit with it. Answers the
+/// webhook deliveries queued, known once committed (announce the outbox then).
 pub(crate) async fn record_in(
     ctx: &Ctx,
-    tx: &mut sqlx::AnyConnection,
+    w: &mut crate::store::Write<'_>,
     app: &ApplicationId,
     user: &UserId,
     subject: Option<&str>,
     decided: &Decided,
-) -> Result<bool, DomainError> {
+) -> Result<crate::domain::audit::Queued, DomainError> {
     let decision = Recorded::of(ctx, app, user, subject, decided);
-    policies::record_decision_on(&mut *tx, &decision.row()).await?;
+    policies::record_decision_deferred(w, &decision.row()).await?;
     let event = crate::domain::audit::policy_decided_event(&decision.audit());
-    crate::domain::audit::append_in(ctx, tx, vec![event]).await
+    crate::domain::audit::append_deferred(ctx, w, vec![event]).await
 }
 
 /// A decision as it is recorded: its row and its audit record.
