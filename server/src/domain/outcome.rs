@@ -223,9 +223,10 @@ async fn write_ending(
         record,
         Announced {
             topics,
-            webhooks_queued: webhooks.any(&committed),
-            webhooks: super::audit::Queued::default(),
-        },
+            webhooks_queued: false,
+            webhooks,
+        }
+        .resolved(&committed),
         waiting,
     )))
 }

@@ -176,27 +176,17 @@ impl<'c> Write<'c> {
     pub async fn commit(mut self) -> Result<Committed, StoreError> {
         match &mut self.inner {
             Inner::Sqlite(w) => {
-                if w.stage == Stage::NotBegun && w.pending.is_empty() {
-                    // Nothing was written.
-                    w.stage = Stage::Finished;
-                } else {
+                // A write that sent nothing and defers nothing has nothing to commit.
+                if w.stage != Stage::NotBegun || !w.pending.is_empty() {
                     w.run(&mut self.changes, Some(("COMMIT", Vec::new())))
                         .await?;
-                    w.stage = Stage::Finished;
                 }
+                w.stage = Stage::Finished;
             }
             Inner::Postgres(_) => {
-                let Inner::Postgres(tx) = std::mem::replace(
-                    &mut self.inner,
-                    Inner::Sqlite(SqliteWrite {
-                        conn: None,
-                        stage: Stage::Finished,
-                        pending: Vec::new(),
-                    }),
-                ) else {
-                    unreachable!("matched above")
-                };
-                tx.commit().await?;
+                if let Some(tx) = self.take_postgres() {
+                    tx.commit().await?;
+                }
             }
         }
         Ok(Committed {
@@ -221,19 +211,25 @@ impl<'c> Write<'c> {
                 Ok(())
             }
             Inner::Postgres(_) => {
-                let Inner::Postgres(tx) = std::mem::replace(
-                    &mut self.inner,
-                    Inner::Sqlite(SqliteWrite {
-                        conn: None,
-                        stage: Stage::Finished,
-                        pending: Vec::new(),
-                    }),
-                ) else {
-                    unreachable!("matched above")
-                };
-                tx.rollback().await?;
+                if let Some(tx) = self.take_postgres() {
+                    tx.rollback().await?;
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// Takes the PostgreSQL transaction out (to commit or roll it back), leaving a finished
+    /// write behind.
+    fn take_postgres(&mut self) -> Option<Transaction<'c, Any>> {
+        let finished = Inner::Sqlite(SqliteWrite {
+            conn: None,
+            stage: Stage::Finished,
+            pending: Vec::new(),
+        });
+        match std::mem::replace(&mut self.inner, finished) {
+            Inner::Postgres(tx) => Some(tx),
+            Inner::Sqlite(_) => None,
         }
     }
 
@@ -275,25 +271,6 @@ impl SqliteWrite {
         }
         let begins = self.stage == Stage::NotBegun;
         let ends = matches!(&last, Some(("COMMIT", _)));
-        if !begins && self.pending.is_empty() {
-            // Nothing to send with it: the statement goes as it is.
-            let Some((sql, values)) = last else {
-                return Ok(Vec::new());
-            };
-            let conn = self.connection()?;
-            let result = conn
-                .fetch_many(sqlx::query_with(sql, arguments(values)))
-                .try_collect()
-                .await;
-            if ends {
-                self.stage = if result.is_ok() {
-                    Stage::Finished
-                } else {
-                    Stage::Unknown
-                };
-            }
-            return result;
-        }
         let mut text = String::new();
         let mut values: Vec<AnyValueKind<'static>> = Vec::new();
         let mut tickets = Vec::with_capacity(self.pending.len() + 1);
@@ -310,6 +287,9 @@ impl SqliteWrite {
         if let Some((sql, last_values)) = last {
             push_statement(&mut text, sql, values.len())?;
             values.extend(last_values);
+        }
+        if text.is_empty() {
+            return Ok(Vec::new());
         }
         if begins || ends {
             self.stage = Stage::Unknown;
@@ -407,11 +387,16 @@ fn arguments(values: Vec<AnyValueKind<'static>>) -> AnyArguments<'static> {
 
 /// Appends `sql` to `text` as its next statement, its `$N` placeholders moved up by `offset`
 /// (the values bound by the statements before it). Quoted text, quoted names and comments are
-/// copied as they are; an anonymous `?` placeholder cannot be renumbered and is refused.
+/// copied as they are; an anonymous `?` placeholder cannot be renumbered and is refused. With
+/// no value before it, the statement is copied as it is.
 fn push_statement(text: &mut String, sql: &str, offset: usize) -> Result<(), sqlx::Error> {
     let sql = sql.trim_end().trim_end_matches(';').trim_end();
     if !text.is_empty() {
         text.push_str(";\n");
+    }
+    if offset == 0 {
+        text.push_str(sql);
+        return Ok(());
     }
     let bytes = sql.as_bytes();
     let mut i = 0;
