@@ -28,7 +28,9 @@ pub mod users;
 pub mod webhooks;
 
 mod checkpoint;
+mod direct;
 mod error;
+mod reads;
 pub mod events;
 pub mod fido_credentials;
 #[cfg(test)]
@@ -67,6 +69,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 use zeroize::Zeroizing;
 
 pub use error::StoreError;
+pub use reads::Reads;
 pub use write::{Committed, Ticket, Write};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -92,6 +95,8 @@ pub enum Engine {
 #[derive(Clone)]
 pub struct Database {
     readers: AnyPool,
+    /// Where single reads run ([`Database::pool`]).
+    reads: Reads,
     writer: AnyPool,
     engine: Engine,
     url: Arc<Zeroizing<String>>,
@@ -170,7 +175,7 @@ impl Database {
                 options
             }
         };
-        let (readers, writer, checkpointer) = match engine {
+        let (readers, reads, writer, checkpointer) = match engine {
             Engine::Sqlite => {
                 let writer = pool_options()
                     .max_connections(1)
@@ -187,11 +192,18 @@ impl Database {
                     .map_err(StoreError::Migration)?;
                 let checkpointer =
                     checkpoint::Checkpointer::start(options.clone(), writer.clone()).await?;
+                let filename = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+                    .get_filename()
+                    .to_path_buf();
                 let readers = pool_options()
                     .max_connections(max_connections.max(1))
                     .connect_with(options)
                     .await?;
-                (readers, writer, Some(Arc::new(checkpointer)))
+                let reads = Reads::direct(
+                    Arc::new(direct::DirectSqlite::open(&filename)?),
+                    readers.clone(),
+                );
+                (readers, reads, writer, Some(Arc::new(checkpointer)))
             }
             Engine::Postgres => {
                 let pool = pool_options()
@@ -202,11 +214,12 @@ impl Database {
                     .run(&pool)
                     .await
                     .map_err(StoreError::Migration)?;
-                (pool.clone(), pool, None)
+                (pool.clone(), Reads::pool(pool.clone()), pool, None)
             }
         };
         Ok(Self {
             readers,
+            reads,
             writer,
             engine,
             url: Arc::new(Zeroizing::new(url)),
@@ -215,9 +228,10 @@ impl Database {
         })
     }
 
-    /// The pool for reads.
-    pub fn pool(&self) -> &AnyPool {
-        &self.readers
+    /// The executor for single reads (and the odd write that needs no transaction): on
+    /// PostgreSQL the pool, on SQLite connections used on the calling thread ([`Reads`]).
+    pub fn pool(&self) -> &Reads {
+        &self.reads
     }
 
     /// The pool for single-statement writes (on SQLite: the one writer connection).
@@ -352,6 +366,7 @@ impl Database {
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.stop();
         }
+        self.reads.close();
         self.readers.close().await;
         self.writer.close().await;
     }

@@ -351,7 +351,7 @@ impl Drop for Write<'_> {
 }
 
 /// Takes `query`'s bound values, owned.
-fn owned_values<'q>(
+pub(super) fn owned_values<'q>(
     query: &mut impl Execute<'q, Any>,
 ) -> Result<Vec<AnyValueKind<'static>>, sqlx::Error> {
     let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
@@ -590,7 +590,7 @@ mod tests {
 
     /// Whether another connection can take SQLite's write lock right now.
     async fn write_lock_free(db: &crate::store::Database) -> bool {
-        let mut conn = db.pool().acquire().await.expect("connection");
+        let mut conn = db.reader().await.expect("connection");
         conn.execute("PRAGMA busy_timeout = 0")
             .await
             .expect("pragma");

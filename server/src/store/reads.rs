@@ -1,0 +1,128 @@
+//! Where single reads run: [`Reads`], the executor that [`super::Database::pool`] hands out.
+
+use futures_util::stream::BoxStream;
+use futures_util::TryStreamExt;
+use sqlx::Describe;
+use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
+use sqlx::{Any, AnyPool, Either, Execute, Executor};
+use std::sync::Arc;
+
+use super::direct::DirectSqlite;
+use super::write::owned_values;
+
+/// The executor for statements that need no connection of their own: on PostgreSQL the pool;
+/// on SQLite the [`DirectSqlite`] connections, on the calling thread (the pool stays for
+/// preparing and describing statements, which nothing on a request path does).
+#[derive(Debug, Clone)]
+pub struct Reads(Inner);
+
+#[derive(Debug, Clone)]
+enum Inner {
+    /// Each statement on a pooled connection.
+    Pool(AnyPool),
+    /// Each statement on the calling thread.
+    Direct {
+        /// The connections statements run on.
+        direct: Arc<DirectSqlite>,
+        /// The pool, to prepare and describe statements.
+        pool: AnyPool,
+    },
+}
+
+impl Reads {
+    /// Each statement on a connection of `pool`.
+    pub(crate) fn pool(pool: AnyPool) -> Self {
+        Reads(Inner::Pool(pool))
+    }
+
+    /// Each statement on a connection of `direct`; `pool` prepares and describes statements.
+    pub(crate) fn direct(direct: Arc<DirectSqlite>, pool: AnyPool) -> Self {
+        Reads(Inner::Direct { direct, pool })
+    }
+
+    /// Closes the direct connections (the pool closes with the database's other pools).
+    pub(crate) fn close(&self) {
+        if let Inner::Direct { direct, .. } = &self.0 {
+            direct.close();
+        }
+    }
+
+    fn any_pool(&self) -> &AnyPool {
+        match &self.0 {
+            Inner::Pool(pool) | Inner::Direct { pool, .. } => pool,
+        }
+    }
+}
+
+impl<'c> Executor<'c> for &'c Reads {
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        mut query: E,
+    ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        match &self.0 {
+            Inner::Pool(pool) => pool.fetch_many(query),
+            Inner::Direct { direct, .. } => {
+                let values = owned_values(&mut query);
+                let sql = query.sql();
+                Box::pin(
+                    futures_util::stream::once(async move {
+                        let items = direct.run(sql, &values?)?;
+                        Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
+                    })
+                    .try_flatten(),
+                )
+            }
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        mut query: E,
+    ) -> futures_util::future::BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        match &self.0 {
+            Inner::Pool(pool) => pool.fetch_optional(query),
+            Inner::Direct { direct, .. } => {
+                let values = owned_values(&mut query);
+                let sql = query.sql();
+                Box::pin(async move {
+                    let items = direct.run(sql, &values?)?;
+                    Ok(items.into_iter().find_map(|item| match item {
+                        Either::Right(row) => Some(row),
+                        Either::Left(_) => None,
+                    }))
+                })
+            }
+        }
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [AnyTypeInfo],
+    ) -> futures_util::future::BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.any_pool().prepare_with(sql, parameters)
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> futures_util::future::BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.any_pool().describe(sql)
+    }
+}
