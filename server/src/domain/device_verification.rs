@@ -25,7 +25,7 @@ use crate::store::enrollments::{self, Enrollment};
 /// The device that must approve a new device of this user, if the application's policy asks
 /// for one and the user has an active primary device.
 pub(crate) async fn verifier(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::WriteConn<'_>,
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<Option<Enrollment>, DomainError> {
@@ -59,7 +59,7 @@ pub(crate) struct SameDevice {
 /// Gathers the [`VerificationFacts`] inside the pairing transaction: `primary` is the device
 /// that will be asked, `device_key_thumbprint` the key the new registration proved.
 pub(crate) async fn facts(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::WriteConn<'_>,
     app: &ApplicationId,
     user: &UserId,
     primary: &Enrollment,

@@ -332,7 +332,7 @@ struct How<'a> {
 /// so that a replay (unique violation) can be told apart.
 async fn create_enrollment(
     ctx: &Ctx,
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::WriteConn<'_>,
     app: &ApplicationInfo,
     user_id: &UserId,
     verified: &VerifiedRegistration,
@@ -579,7 +579,7 @@ async fn pair_with_code(
     let code_digest = code.digest().to_string();
     let registration_digest = verified.digest.to_string();
 
-    let mut tx = ctx.db.begin_write().await?;
+    let mut tx = ctx.db.write().await?;
     let consumed = pairing_codes::consume(&mut tx, &code_digest, &registration_digest, now).await?;
     if let Some((app_id, user_id)) = consumed {
         let app = application_info(ctx, &app_id).await?;
@@ -764,7 +764,7 @@ pub(crate) async fn relay_with(
             return Err(decided.refusal());
         }
     }
-    let mut tx = ctx.db.begin_write().await?;
+    let mut tx = ctx.db.write().await?;
     match create_enrollment(
         ctx,
         &mut tx,

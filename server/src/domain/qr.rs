@@ -717,7 +717,7 @@ pub(crate) async fn answer(
     // counter writes nothing); without, the answer is one conditional update.
     let mut tx = match (&follow_up, counter) {
         (None, None) => None,
-        _ => Some(ctx.db.begin_write().await?),
+        _ => Some(ctx.db.write().await?),
     };
     if let (Some(open), Some(counter)) = (tx.as_mut(), counter)
         && !enrollments::take_app_attest_counter(open, &device.enrollment_id, counter).await?

@@ -6,7 +6,7 @@
 //! rotation: the key that was signing until then, so a device can chain trust). Servers reload
 //! the ring every `server_key_reload_interval` ([`load`]); nothing is signed per request.
 
-use sqlx::{Any, Transaction};
+
 use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{ServerKeySet, ServerUrl};
@@ -88,7 +88,7 @@ fn revoked_kids(keys: &[StoredKey]) -> Vec<String> {
 
 /// Signs and stores the set of the keys published now, numbered after `previous`, with `signer`.
 async fn announce(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     keys: &[StoredKey],
     signer: &SoftwareSigningKey,
     issuer: &ServerUrl,
@@ -122,7 +122,7 @@ async fn announce(
 /// database normally share one public URL; each URL has its own chain), signed by `signer`.
 /// `NoKeySet` if there is none yet.
 async fn announce_everywhere(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     keys: &[StoredKey],
     signer: &SoftwareSigningKey,
     now: i64,
@@ -161,7 +161,7 @@ pub(crate) async fn load(
     {
         return state(db, issuer).await;
     }
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     if !server_keys::all(&mut tx, db.secrets()?)
         .await?
         .iter()
@@ -263,7 +263,7 @@ pub(crate) async fn rotate(
     now: i64,
     grace_seconds: i64,
 ) -> Result<String, KeyOperationError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let keys = server_keys::all(&mut tx, db.secrets()?).await?;
     let previous = signer_of(&keys)
         .and_then(|k| k.key.clone())
@@ -289,7 +289,7 @@ pub(crate) async fn rotate(
 /// the signer, the newest other published key signs from now on. The new set is signed by the
 /// signer after the revocation. Refused for the only published key.
 pub(crate) async fn revoke(db: &Database, kid: &str, now: i64) -> Result<(), KeyOperationError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let keys = server_keys::all(&mut tx, db.secrets()?).await?;
     if !keys.iter().any(|k| k.kid == kid && k.is_published()) {
         return Err(KeyOperationError::UnknownKey);

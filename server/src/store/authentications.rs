@@ -886,7 +886,7 @@ mod tests {
         insert(db.writer(), &pending(&app.id, &user, now - 700))
             .await
             .expect("insert");
-        let mut conn = db.writer().acquire().await.expect("connection");
+        let mut conn = db.write().await.expect("connection");
         let windows = AdmissionWindows {
             now,
             pending_since: now - 900,
@@ -951,7 +951,7 @@ mod tests {
         ] {
             insert(db.writer(), a).await.expect("insert");
         }
-        let mut conn = db.writer().acquire().await.expect("connection");
+        let mut conn = db.write().await.expect("connection");
         let windows = AdmissionWindows {
             now,
             pending_since: now - 900,
@@ -1137,7 +1137,7 @@ mod tests {
             pushes: Some(3),
         };
         // Two pending, recent, counted pushes: a limit of 2 on any one count refuses.
-        let mut conn = db.writer().acquire().await.expect("connection");
+        let mut conn = db.write().await.expect("connection");
         for refusing in [
             AdmissionLimits {
                 application_pending: 2,

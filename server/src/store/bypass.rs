@@ -99,7 +99,7 @@ pub async fn replace_codes(
     codes: &[RecoveryCode],
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     sqlx::query("DELETE FROM recovery_codes WHERE application_id = $1 AND user_id = $2")
         .bind(app.as_str())
         .bind(user.as_str())
@@ -166,7 +166,7 @@ pub async fn revoke_codes(
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<u64, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let unused = sqlx::query(
         "DELETE FROM recovery_codes WHERE application_id = $1 AND user_id = $2 AND used_at IS NULL",
     )

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::AnyConnectOptions;
-use sqlx::{AnyPool, ConnectOptions, Row};
+use sqlx::{ConnectOptions, Row};
 use tokio::sync::watch;
 
 /// How often the checkpointer copies the log back into the database file.
@@ -63,10 +63,10 @@ async fn checkpoint(conn: &mut sqlx::AnyConnection) -> Result<Log, sqlx::Error> 
 
 impl Checkpointer {
     /// Opens a connection of its own with `options` and starts checkpointing on it; `writer`
-    /// is the one writer connection's pool, taken when the log has grown long.
+    /// is the one writer connection, whose turn it takes when the log has grown long.
     pub(crate) async fn start(
         options: AnyConnectOptions,
-        writer: AnyPool,
+        writer: Arc<super::direct::DirectWriter>,
     ) -> Result<Self, sqlx::Error> {
         let mut conn = options.connect().await?;
         sqlx::Executor::execute(&mut conn, "PRAGMA busy_timeout = 10000").await?;
@@ -95,8 +95,10 @@ impl Checkpointer {
                     // once it is long, copy it while holding the writer, whose next transaction
                     // starts the log from its beginning.
                     let held = async {
-                        let mut held = writer.acquire().await?;
-                        checkpoint(&mut held).await
+                        // No writer writes while this turn is held: the copy reaches the end
+                        // of the log, and the next transaction starts it over.
+                        let _turn = writer.turn().await?;
+                        checkpoint(&mut conn).await
                     };
                     match held.await {
                         Ok(_) => {

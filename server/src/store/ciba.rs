@@ -200,7 +200,7 @@ pub async fn delete_client(
     app: &ApplicationId,
     client_id: &str,
 ) -> Result<bool, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let done = sqlx::query("DELETE FROM ciba_clients WHERE client_id = $1 AND application_id = $2")
         .bind(client_id)
         .bind(app.as_str())
@@ -646,7 +646,7 @@ fn insert_token_statement<'q>(
 
 /// Stores tokens by their digests inside `tx` (a grant's tokens land together or not at all).
 pub(super) async fn insert_tokens(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut crate::store::Write<'static>,
     tokens: &[(String, IssuedToken)],
     now: i64,
 ) -> Result<(), StoreError> {
@@ -706,7 +706,7 @@ pub async fn rotate_refresh_token(
     replacements: &[(String, IssuedToken)],
     now: i64,
 ) -> Result<bool, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let used = sqlx::query(
         "UPDATE oidc_tokens SET used_at = $2 WHERE token_digest = $1 AND kind = 'refresh' AND used_at IS NULL",
     )
@@ -904,7 +904,7 @@ pub async fn add_signing_key(
     let sealed = db
         .secrets()?
         .seal(place("oidc_signing_keys", "private_key", kid), private_key)?;
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     sqlx::query("UPDATE oidc_signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
         .bind(now)
         .execute(&mut *tx)

@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A statement's result item: a row, or (last) what it changed.
 pub(crate) type Item = Either<AnyQueryResult, AnyRow>;
@@ -82,17 +83,7 @@ impl DirectSqlite {
     }
 
     fn connect(&self) -> Result<DirectConnection, sqlx::Error> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&self.path, flags).map_err(failure)?;
-        conn.execute_batch(
-            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
-        )
-        .map_err(failure)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(DirectConnection {
-            conn,
-            columns: HashMap::new(),
-        })
+        DirectConnection::open(&self.path)
     }
 
     fn take(&self) -> Result<DirectConnection, sqlx::Error> {
@@ -136,7 +127,75 @@ impl DirectSqlite {
     }
 }
 
+/// The one connection that writes, with the writers waiting for it in the order they came.
+///
+/// A writer holds it for its whole transaction ([`super::Write`]) or for one statement
+/// ([`super::Writes`]) and runs its statements on its own thread; the others wait in
+/// `tokio`'s fair queue, asleep, without SQLite's `busy_timeout` sleeps.
+pub(crate) struct DirectWriter {
+    conn: Arc<tokio::sync::Mutex<DirectConnection>>,
+    /// How long a writer waits for its turn before the database counts as unavailable.
+    wait: Duration,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for DirectWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectWriter").finish_non_exhaustive()
+    }
+}
+
+/// A writer's turn: the writer connection, until dropped.
+pub(crate) type WriterTurn = tokio::sync::OwnedMutexGuard<DirectConnection>;
+
+impl DirectWriter {
+    /// The writer connection to the database file at `path`; a writer that waited `wait` for
+    /// its turn gives up as on a pool timeout.
+    pub(crate) fn open(path: &Path, wait: Duration) -> Result<Self, sqlx::Error> {
+        let conn = DirectConnection::open(path)?;
+        // As the pool's writer: a commit checkpoints by itself only far behind the checkpointer.
+        conn.conn
+            .pragma_update(None, "wal_autocheckpoint", super::checkpoint::WRITER_AUTOCHECKPOINT_PAGES)
+            .map_err(failure)?;
+        Ok(Self {
+            conn: Arc::new(tokio::sync::Mutex::new(conn)),
+            wait,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Waits for this writer's turn.
+    pub(crate) async fn turn(&self) -> Result<WriterTurn, sqlx::Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        tokio::time::timeout(self.wait, self.conn.clone().lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)
+    }
+
+    /// Refuses turns from now on.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
 impl DirectConnection {
+    /// A connection to the database file at `path`, set up as the pool's.
+    fn open(path: &Path) -> Result<Self, sqlx::Error> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(failure)?;
+        conn.execute_batch(
+            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+        )
+        .map_err(failure)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(DirectConnection {
+            conn,
+            columns: HashMap::new(),
+        })
+    }
+
     /// Runs one statement and returns its rows, then what it changed.
     pub(crate) fn run(
         &mut self,

@@ -1,6 +1,6 @@
 //! Enrollments: devices paired with users.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use tessera_protocol::api::{DeviceRecord, EnrollmentState};
 use tessera_protocol::ids::{ApplicationId, AuthenticationId, DeviceId, EnrollmentId, UserId};
 use tessera_protocol::jwk::PublicJwk;
@@ -160,7 +160,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 }
 
 /// Inserts an enrollment (inside the pairing transaction).
-pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx::Error> {
+pub async fn insert(conn: &mut crate::store::WriteConn<'_>, e: &Enrollment) -> Result<(), sqlx::Error> {
     let encode =
         |r: Result<String, StoreError>| r.map_err(|_| sqlx::Error::Protocol("encode".into()));
     sqlx::query(&format!(
@@ -203,7 +203,7 @@ pub async fn insert(conn: &mut AnyConnection, e: &Enrollment) -> Result<(), sqlx
 /// without a device key is never matched). Returns whether a deleted one was primary, and the
 /// pending requests they failed.
 pub async fn delete_same_device(
-    conn: &mut AnyConnection,
+    conn: &mut crate::store::WriteConn<'_>,
     app: &ApplicationId,
     user: &UserId,
     device: &DeviceId,
@@ -246,7 +246,7 @@ pub async fn delete_same_device(
 /// The user's active enrollments (in the pairing transaction), oldest first: what a device
 /// verification prompt counts and compares against.
 pub async fn active_for_user(
-    conn: &mut AnyConnection,
+    conn: &mut crate::store::WriteConn<'_>,
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<Vec<Enrollment>, StoreError> {
@@ -263,7 +263,7 @@ pub async fn active_for_user(
 
 /// Whether the user has a primary device.
 pub async fn has_primary(
-    conn: &mut AnyConnection,
+    conn: &mut crate::store::WriteConn<'_>,
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<bool, sqlx::Error> {
@@ -279,7 +279,7 @@ pub async fn has_primary(
 
 /// The user's active primary enrollment, if any.
 pub async fn primary(
-    conn: &mut AnyConnection,
+    conn: &mut crate::store::WriteConn<'_>,
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<Option<Enrollment>, StoreError> {
@@ -371,7 +371,7 @@ pub async fn delete(
     user: Option<&UserId>,
     id: &EnrollmentId,
 ) -> Result<Option<Vec<AuthenticationId>>, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let row = sqlx::query(
         "DELETE FROM enrollments WHERE enrollment_id = $1 AND application_id = $2 \
          AND ($3 = '' OR user_id = $3) RETURNING user_id",
@@ -451,7 +451,7 @@ pub async fn set_primary(
     user: &UserId,
     id: &EnrollmentId,
 ) -> Result<bool, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     // Lock the user's enrollments first: on PostgreSQL two changes of primary for one user then
     // take turns (SQLite's `BEGIN IMMEDIATE` already holds the database's write lock).
     sqlx::query(
@@ -509,7 +509,7 @@ pub async fn activate_verified(
     if waiting.is_none() {
         return Ok(None);
     }
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     // Lock the waiting enrollment first: on PostgreSQL a concurrent activation (the follow-up
     // and a lazy settle on read) then waits and finds it active (SQLite's `BEGIN IMMEDIATE`
     // already holds the database's write lock).
@@ -692,7 +692,7 @@ fn encode_app_attest_key(public_key: &[u8]) -> String {
 /// `false`: the stored counter is already `counter` or higher (a replay, or a racing answer
 /// with the same counter took it first) and nothing changed.
 pub async fn take_app_attest_counter(
-    conn: &mut AnyConnection,
+    conn: &mut crate::store::WriteConn<'_>,
     id: &EnrollmentId,
     counter: u32,
 ) -> Result<bool, StoreError> {
@@ -727,7 +727,7 @@ mod tests {
     }
 
     async fn take(db: &Database, id: &EnrollmentId, counter: u32) -> bool {
-        let mut tx = db.begin_write().await.expect("transaction");
+        let mut tx = db.write().await.expect("transaction");
         let taken = take_app_attest_counter(&mut tx, id, counter)
             .await
             .expect("take");

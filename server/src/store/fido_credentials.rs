@@ -95,7 +95,7 @@ pub async fn set_settings(
 ) -> Result<(), StoreError> {
     let text =
         serde_json::to_string(settings).map_err(|_| StoreError::Corrupted("fido_settings"))?;
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     sqlx::query("DELETE FROM fido_settings WHERE application_id = $1")
         .bind(app.as_str())
         .execute(&mut *tx)
@@ -266,7 +266,7 @@ pub struct Ceremony {
 
 /// Stores a ceremony (and drops the expired ones).
 pub async fn insert_ceremony(db: &Database, c: &Ceremony, now: i64) -> Result<(), StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     sqlx::query(
         "INSERT INTO fido_ceremonies (id, application_id, user_id, flow_id, purpose, state, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -139,7 +139,7 @@ pub async fn insert_with_browser_token(
                 .map_err(StoreError::from)
         })
         .transpose()?;
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     sqlx::query(&format!(
         "INSERT INTO flows ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
     ))
@@ -254,7 +254,7 @@ pub async fn transition(
     expected_version: i64,
     event: &FlowEvent,
 ) -> Result<bool, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let done = sqlx::query(
         "UPDATE flows SET status = $1, version = $2, data = $3, authentication_id = $4, \
          updated_at = $5, user_id = $8 WHERE id = $6 AND version = $7",

@@ -30,7 +30,7 @@ pub mod webhooks;
 mod checkpoint;
 mod direct;
 mod error;
-mod reads;
+mod executors;
 pub mod events;
 pub mod fido_credentials;
 #[cfg(test)]
@@ -65,12 +65,12 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
+use sqlx::{Any, AnyPool, ConnectOptions, Executor};
 use zeroize::Zeroizing;
 
 pub use error::StoreError;
-pub use reads::Reads;
-pub use write::{Committed, Ticket, Write};
+pub use executors::{Reads, Writes};
+pub use write::{Committed, Ticket, Write, WriteConn};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -97,6 +97,10 @@ pub struct Database {
     readers: AnyPool,
     /// Where single reads run ([`Database::pool`]).
     reads: Reads,
+    /// Where single writes run ([`Database::writer`]).
+    writes: Writes,
+    /// SQLite: the one writer connection every write transaction takes its turn on.
+    direct_writer: Option<Arc<direct::DirectWriter>>,
     writer: AnyPool,
     engine: Engine,
     url: Arc<Zeroizing<String>>,
@@ -175,7 +179,7 @@ impl Database {
                 options
             }
         };
-        let (readers, reads, writer, checkpointer) = match engine {
+        let (readers, reads, writer, writes, direct_writer, checkpointer) = match engine {
             Engine::Sqlite => {
                 let writer = pool_options()
                     .max_connections(1)
@@ -190,11 +194,16 @@ impl Database {
                     .run(&writer)
                     .await
                     .map_err(StoreError::Migration)?;
-                let checkpointer =
-                    checkpoint::Checkpointer::start(options.clone(), writer.clone()).await?;
                 let filename = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
                     .get_filename()
                     .to_path_buf();
+                // From here on the pool's writer only prepares and describes statements:
+                // every write takes its turn on this connection.
+                let direct_writer =
+                    Arc::new(direct::DirectWriter::open(&filename, acquire_timeout)?);
+                let checkpointer =
+                    checkpoint::Checkpointer::start(options.clone(), direct_writer.clone())
+                        .await?;
                 let readers = pool_options()
                     .max_connections(max_connections.max(1))
                     .connect_with(options)
@@ -203,7 +212,15 @@ impl Database {
                     Arc::new(direct::DirectSqlite::open(&filename)?),
                     readers.clone(),
                 );
-                (readers, reads, writer, Some(Arc::new(checkpointer)))
+                let writes = Writes::direct(direct_writer.clone(), writer.clone());
+                (
+                    readers,
+                    reads,
+                    writer,
+                    writes,
+                    Some(direct_writer),
+                    Some(Arc::new(checkpointer)),
+                )
             }
             Engine::Postgres => {
                 let pool = pool_options()
@@ -214,13 +231,22 @@ impl Database {
                     .run(&pool)
                     .await
                     .map_err(StoreError::Migration)?;
-                (pool.clone(), Reads::pool(pool.clone()), pool, None)
+                (
+                    pool.clone(),
+                    Reads::pool(pool.clone()),
+                    pool.clone(),
+                    Writes::pool(pool),
+                    None,
+                    None,
+                )
             }
         };
         Ok(Self {
             readers,
             reads,
             writer,
+            writes,
+            direct_writer,
             engine,
             url: Arc::new(Zeroizing::new(url)),
             secrets: None,
@@ -234,62 +260,39 @@ impl Database {
         &self.reads
     }
 
-    /// The pool for single-statement writes (on SQLite: the one writer connection).
-    pub fn writer(&self) -> &AnyPool {
-        &self.writer
+    /// The executor for single-statement writes, each committed by itself (on SQLite: in a
+    /// turn of the one writer connection).
+    pub fn writer(&self) -> &Writes {
+        &self.writes
     }
 
-    /// Starts a write transaction on the writer (`BEGIN IMMEDIATE` on SQLite: the write lock is
-    /// taken first, so the transaction never fails to upgrade a read lock).
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let begin = match self.engine {
-            Engine::Sqlite => "BEGIN IMMEDIATE",
-            Engine::Postgres => "BEGIN",
-        };
-        Ok(self.writer.begin_with(begin).await?)
-    }
-
-    /// Starts a [`Write`]: on SQLite on the writer, its `BEGIN IMMEDIATE` sent with its first
-    /// statement and its deferred statements with the next one or the `COMMIT`; on PostgreSQL
-    /// an ordinary transaction.
+    /// Starts a [`Write`]: on SQLite a turn of the writer connection, its `BEGIN IMMEDIATE`
+    /// sent with its first statement; on PostgreSQL an ordinary transaction.
     pub async fn write(&self) -> Result<Write<'static>, StoreError> {
-        match self.engine {
-            Engine::Sqlite => Ok(Write::sqlite(self.writer.acquire().await?)),
-            Engine::Postgres => Ok(Write::postgres(self.writer.begin().await?)),
+        match &self.direct_writer {
+            Some(writer) => Ok(Write::sqlite(writer.turn().await?)),
+            None => Ok(Write::postgres(self.writer.begin().await?)),
         }
     }
 
     /// [`Database::write`] for a request that holds `conn` (from [`Database::reader`]): on
-    /// PostgreSQL on `conn` itself; on SQLite on the writer, as every write.
+    /// PostgreSQL on `conn` itself, so the request uses one connection; on SQLite on the
+    /// writer, as every write.
     pub async fn write_on<'c>(
         &self,
         conn: &'c mut PoolConnection<Any>,
     ) -> Result<Write<'c>, StoreError> {
-        match self.engine {
-            Engine::Sqlite => Ok(Write::sqlite(self.writer.acquire().await?)),
-            Engine::Postgres => Ok(Write::postgres(sqlx::Connection::begin(&mut **conn).await?)),
+        match &self.direct_writer {
+            Some(writer) => Ok(Write::sqlite(writer.turn().await?)),
+            None => Ok(Write::postgres(sqlx::Connection::begin(&mut **conn).await?)),
         }
     }
 
     /// One reader connection for a request that reads several things: its reads run on it, one
     /// after the other, instead of each taking a pooled connection of its own; on PostgreSQL
-    /// its write transaction can run on it too ([`Database::begin_write_on`]).
+    /// its write transaction can run on it too ([`Database::write_on`]).
     pub async fn reader(&self) -> Result<PoolConnection<Any>, StoreError> {
         Ok(self.readers.acquire().await?)
-    }
-
-    /// Starts the write transaction of a request that holds `conn` (from
-    /// [`Database::reader`]): on PostgreSQL on `conn` itself, so the request uses one
-    /// connection; on SQLite on the writer with `BEGIN IMMEDIATE`, as every write (readers
-    /// cannot write there).
-    pub async fn begin_write_on<'c>(
-        &self,
-        conn: &'c mut PoolConnection<Any>,
-    ) -> Result<Transaction<'c, Any>, StoreError> {
-        match self.engine {
-            Engine::Sqlite => Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?),
-            Engine::Postgres => Ok(sqlx::Connection::begin(&mut **conn).await?),
-        }
     }
 
     /// Opens the data key that seals secret columns (see [`secrets::open`]) with the master key,
@@ -367,6 +370,9 @@ impl Database {
             checkpointer.stop();
         }
         self.reads.close();
+        if let Some(writer) = &self.direct_writer {
+            writer.close();
+        }
         self.readers.close().await;
         self.writer.close().await;
     }

@@ -1,7 +1,7 @@
 //! Nonces of device-signed calls: each accepted once.
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection};
+use sqlx::Any;
 use tessera_protocol::ids::EnrollmentId;
 
 use super::{Database, Engine, is_unique_violation};
@@ -53,47 +53,44 @@ pub async fn record_call(
     now: i64,
     touch: Option<&EnrollmentId>,
 ) -> Result<bool, StoreError> {
-    if let Some(enrollment) = touch {
-        let mut tx = db.begin_write_on(conn).await?;
-        if !insert_nonce(&mut tx, key, expires_at, now).await? {
+    let fresh = if let Some(enrollment) = touch {
+        let mut tx = db.write_on(conn).await?;
+        if !insert_nonce(&mut *tx, key, expires_at).await? {
             // The transaction is rolled back as it is dropped: nothing was written.
             return Ok(false);
         }
         super::enrollments::touch_on(&mut *tx, enrollment, now).await?;
         tx.commit().await?;
-        return Ok(true);
-    }
-    match db.engine() {
-        Engine::Postgres => insert_nonce(conn, key, expires_at, now).await,
-        Engine::Sqlite => {
-            let mut writer = db.writer().acquire().await?;
-            insert_nonce(&mut writer, key, expires_at, now).await
+        true
+    } else {
+        match db.engine() {
+            Engine::Postgres => insert_nonce(&mut **conn, key, expires_at).await?,
+            Engine::Sqlite => insert_nonce(db.writer(), key, expires_at).await?,
         }
+    };
+    // Now and then, the housekeeping: a statement of its own, after the call's.
+    if fresh && rand::random::<u8>() < 8 {
+        sqlx::query(FORGET_EXPIRED)
+            .bind(now)
+            .execute(db.writer())
+            .await?;
     }
+    Ok(fresh)
 }
 
-/// The nonce insert (and, now and then, the housekeeping) on `conn`.
-async fn insert_nonce(
-    conn: &mut AnyConnection,
+/// The nonce insert on `executor`: `false` if the nonce was seen before.
+async fn insert_nonce<'c>(
+    executor: impl sqlx::Executor<'c, Database = Any>,
     key: &str,
     expires_at: i64,
-    now: i64,
 ) -> Result<bool, StoreError> {
     let result = sqlx::query(RECORD)
         .bind(key)
         .bind(expires_at)
-        .execute(&mut *conn)
+        .execute(executor)
         .await;
     match result {
-        Ok(_) => {
-            if rand::random::<u8>() < 8 {
-                sqlx::query(FORGET_EXPIRED)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Ok(true)
-        }
+        Ok(_) => Ok(true),
         Err(e) if is_unique_violation(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }

@@ -188,7 +188,7 @@ pub async fn redeem(
     tokens: &[(String, IssuedToken)],
     now: i64,
 ) -> Result<bool, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let used = sqlx::query(
         "UPDATE oidc_authorizations SET code_used_at = $2 WHERE code_digest = $1 AND code_used_at IS NULL",
     )

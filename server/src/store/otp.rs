@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use tessera_protocol::api::{OtpAlgorithm, OtpToken, OtpTokenKind};
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use zeroize::Zeroizing;
@@ -24,7 +24,7 @@ pub struct EnrollmentSeed {
 
 /// Stores an enrollment's seed (inside the pairing transaction).
 pub async fn set_seed(
-    conn: &mut AnyConnection,
+    conn: &mut crate::store::WriteConn<'_>,
     secrets: &DataKey,
     enrollment: &EnrollmentId,
     seed: &[u8],

@@ -1,6 +1,6 @@
 //! Pairing codes: stored as digests, consumed atomically and once.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use tessera_protocol::ids::{ApplicationId, UserId};
 
 use super::Database;
@@ -32,7 +32,7 @@ pub async fn insert(
 /// Consumes an unused, unexpired code for a registration: one conditional update, so of any
 /// number of racing attempts exactly one succeeds. Returns the code's application and user.
 pub async fn consume(
-    conn: &mut AnyConnection,
+    conn: &mut crate::store::WriteConn<'_>,
     code_digest: &str,
     registration_digest: &str,
     now: i64,

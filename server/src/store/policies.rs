@@ -38,7 +38,7 @@ pub async fn save(
     now: i64,
 ) -> Result<StoredPolicy, StoreError> {
     for _ in 0..5 {
-        let mut tx = db.begin_write().await?;
+        let mut tx = db.write().await?;
         super::applications::lock_for_quota(&mut *tx, db.engine(), app).await?;
         let latest: Option<i64> =
             sqlx::query_scalar("SELECT MAX(version) FROM policies WHERE application_id = $1")
@@ -126,7 +126,7 @@ pub async fn set_groups(
     user: &UserId,
     groups: &[String],
 ) -> Result<(), StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     sqlx::query("DELETE FROM user_groups WHERE application_id = $1 AND user_id = $2")
         .bind(app.as_str())
         .bind(user.as_str())

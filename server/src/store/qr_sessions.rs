@@ -215,7 +215,7 @@ pub async fn insert_within_quota(
     s: &NewQrSession<'_>,
     quota: u32,
 ) -> Result<bool, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     super::applications::lock_for_quota(&mut *tx, db.engine(), s.application_id).await?;
     let open: i64 = sqlx::query_scalar(OPEN_FOR_APPLICATION)
         .bind(s.application_id.as_str())

@@ -330,7 +330,7 @@ pub async fn rewrap(
 
 /// Seals every clear value of every secret column, in one transaction. Returns how many.
 async fn seal_clear_values(db: &Database, key: &DataKey) -> Result<u64, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let mut sealed = 0u64;
     for c in SECRET_COLUMNS {
         let select = match c.kind {

@@ -1,7 +1,7 @@
 //! The server's device-facing signing keys (private keys sealed with the data key) and the
 //! signed key sets that announce them.
 
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 use tessera_protocol::envelope::SoftwareSigningKey;
 
 use super::Database;
@@ -50,7 +50,7 @@ pub struct StoredKeySet {
 
 /// Every stored key, oldest first. Pass a transaction to read inside it.
 pub async fn all(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     secrets: &DataKey,
 ) -> Result<Vec<StoredKey>, StoreError> {
     let rows = sqlx::query(
@@ -100,7 +100,7 @@ fn key_from_row(row: &sqlx::any::AnyRow, secrets: &DataKey) -> Result<StoredKey,
 
 /// Stores a new key; `signer` makes it the signer from `now`.
 pub async fn insert(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     secrets: &DataKey,
     key: &SoftwareSigningKey,
     signer: bool,
@@ -130,7 +130,7 @@ pub async fn insert(
 
 /// Makes a key the signer from `now`.
 pub async fn make_signer(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     kid: &str,
     now: i64,
 ) -> Result<(), StoreError> {
@@ -144,7 +144,7 @@ pub async fn make_signer(
 
 /// Starts a key's grace period: it is retired at `retire_at` (an earlier end is kept).
 pub async fn set_retire_at(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     kid: &str,
     retire_at: i64,
 ) -> Result<(), StoreError> {
@@ -161,7 +161,7 @@ pub async fn set_retire_at(
 /// Retires the published keys whose grace period has ended (one conditional update: of
 /// instances doing this at once, one retires each key). Returns their ids.
 pub async fn retire_due(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query(
@@ -179,7 +179,7 @@ pub async fn retire_due(
 /// Revokes a key and wipes its private half; `false` if there is no such key or it was
 /// revoked already.
 pub async fn revoke(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     kid: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
@@ -209,7 +209,7 @@ pub async fn key_sets(db: &Database, issuer: &str) -> Result<Vec<StoredKeySet>, 
 
 /// The newest stored key set of `issuer`, read inside a transaction.
 pub async fn latest_key_set(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     issuer: &str,
 ) -> Result<Option<StoredKeySet>, StoreError> {
     let row = sqlx::query(
@@ -223,7 +223,7 @@ pub async fn latest_key_set(
 }
 
 /// Every issuer that has key sets.
-pub async fn issuers(tx: &mut Transaction<'static, Any>) -> Result<Vec<String>, StoreError> {
+pub async fn issuers(tx: &mut crate::store::Write<'static>) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query("SELECT DISTINCT issuer FROM server_key_sets ORDER BY issuer")
         .fetch_all(&mut **tx)
         .await?;
@@ -243,7 +243,7 @@ fn key_set_from_row(row: &sqlx::any::AnyRow) -> Result<StoredKeySet, StoreError>
 
 /// Stores a signed key set; `false` if another one took this number first.
 pub async fn insert_key_set(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::store::Write<'static>,
     set: &StoredKeySet,
     now: i64,
 ) -> Result<bool, StoreError> {

@@ -280,7 +280,7 @@ pub async fn delete(
     app: &ApplicationId,
     user_id: &UserId,
 ) -> Result<Option<Removed>, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     let removed = sqlx::query("DELETE FROM users WHERE application_id = $1 AND user_id = $2")
         .bind(app.as_str())
         .bind(user_id.as_str())

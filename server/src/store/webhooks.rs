@@ -122,7 +122,7 @@ pub async fn delete_endpoint(
     application_id: &str,
     id: &str,
 ) -> Result<bool, StoreError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.write().await?;
     sqlx::query(
         "DELETE FROM webhook_deliveries WHERE endpoint_id IN \
          (SELECT id FROM webhook_endpoints WHERE application_id = $1 AND id = $2)",
@@ -425,7 +425,7 @@ mod tests {
         insert_endpoint(&db, &endpoint, "whsec_x")
             .await
             .expect("endpoint");
-        let mut tx = db.begin_write().await.expect("tx");
+        let mut tx = db.write().await.expect("tx");
         for i in 0..n {
             sqlx::query(
                 "INSERT INTO webhook_deliveries (id, endpoint_id, application_id, event_id, \

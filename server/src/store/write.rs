@@ -1,71 +1,50 @@
-//! Write transactions whose statements travel together.
+//! Write transactions.
 //!
-//! On SQLite every statement is a hand-off to the connection's worker thread and back, and a
-//! write transaction holds the one writer connection across all of them: under load each hand-off
-//! also waits for the requesting task to be scheduled again, while every other writer queues.
-//! A [`Write`] sends `BEGIN IMMEDIATE` with its first statement, lets statements whose result
-//! nobody needs before the commit wait ([`Write::defer`]) and sends them with the next statement
-//! or with the `COMMIT`: one hand-off carries several statements (SQLite runs a text of several
-//! statements one after the other, binding `$N` by its number across the whole text, so each
-//! statement's placeholders are renumbered after the values of those before it).
+//! On SQLite a [`Write`] holds the one writer connection ([`DirectWriter`]) for its whole
+//! transaction and runs its statements on the task's own thread: `BEGIN IMMEDIATE` goes with
+//! its first statement, so a write that turns out to write nothing takes no write lock, and
+//! writers wait for their turn in the order they came. On PostgreSQL it is an ordinary
+//! transaction.
 //!
-//! A deferred statement's error surfaces at the next statement sent, or at the commit, and fails
-//! the transaction there: defer only statements whose failure should fail the whole transaction.
+//! [`Write::defer`] runs a statement whose result nobody needs but what it changed, read from
+//! the [`Committed`] transaction: the storage functions that record an audit event or queue a
+//! webhook use it, whatever else the transaction does.
 //!
-//! On PostgreSQL each statement is a network round trip either way and a prepared statement holds
-//! one statement, so a [`Write`] is an ordinary transaction there: deferred statements run at once.
-//!
-//! `&mut Write` is a [`sqlx::Executor`], so the storage functions that take any executor run
-//! inside it unchanged (with whatever is deferred sent ahead of them).
+//! `&mut Write` and `&mut WriteConn` (what a `Write` dereferences to) are [`sqlx::Executor`]s,
+//! so the storage functions that take any executor run inside it unchanged.
 
+use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryStreamExt};
 use sqlx::Describe;
-use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, Either, Execute, Executor, Transaction};
+use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
+use sqlx::{Any, Either, Execute, Executor, Transaction};
 use sqlx_core::any::AnyValueKind;
 use std::borrow::Cow;
 
 use super::StoreError;
+use super::direct::{Item, WriterTurn};
 
 /// A write transaction (see the module documentation).
 pub struct Write<'c> {
-    inner: Inner<'c>,
-    /// The number of rows each deferred statement changed, by [`Ticket`], once it ran.
+    conn: WriteConn<'c>,
+    /// The number of rows each deferred statement changed, by [`Ticket`].
     changes: Vec<Option<u64>>,
 }
+
+/// The connection inside a [`Write`], for storage functions that run several statements in it.
+pub struct WriteConn<'c>(Inner<'c>);
 
 enum Inner<'c> {
     Sqlite(SqliteWrite),
     Postgres(Transaction<'c, Any>),
-}
-
-/// Where a SQLite write transaction stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// Nothing sent yet: `BEGIN IMMEDIATE` goes with the first statement.
-    NotBegun,
-    /// `BEGIN IMMEDIATE` ran.
-    Open,
-    /// A text holding `BEGIN IMMEDIATE` or `COMMIT` failed: the transaction may be open.
-    Unknown,
     /// Committed or rolled back.
     Finished,
 }
 
 struct SqliteWrite {
-    /// The writer connection (taken out only when a dropped transaction is rolled back).
-    conn: Option<PoolConnection<Any>>,
-    stage: Stage,
-    pending: Vec<Pending>,
-}
-
-/// A statement waiting to be sent.
-struct Pending {
-    sql: String,
-    values: Vec<AnyValueKind<'static>>,
-    ticket: usize,
+    turn: WriterTurn,
+    /// Whether `BEGIN IMMEDIATE` ran.
+    begun: bool,
 }
 
 /// A deferred statement, to read what it changed once the transaction committed
@@ -88,32 +67,43 @@ impl Committed {
 
 impl std::fmt::Debug for Write<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.inner {
-            Inner::Sqlite(w) => f
-                .debug_struct("Write")
-                .field("engine", &"sqlite")
-                .field("stage", &w.stage)
-                .field("pending", &w.pending.len())
-                .finish(),
-            Inner::Postgres(_) => f
-                .debug_struct("Write")
-                .field("engine", &"postgres")
-                .finish(),
-        }
+        self.conn.fmt(f)
     }
 }
 
-type Item = Either<AnyQueryResult, AnyRow>;
+impl std::fmt::Debug for WriteConn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (engine, open) = match &self.0 {
+            Inner::Sqlite(w) => ("sqlite", w.begun),
+            Inner::Postgres(_) => ("postgres", true),
+            Inner::Finished => ("finished", false),
+        };
+        f.debug_struct("Write")
+            .field("engine", &engine)
+            .field("open", &open)
+            .finish()
+    }
+}
+
+impl<'c> std::ops::Deref for Write<'c> {
+    type Target = WriteConn<'c>;
+
+    fn deref(&self) -> &WriteConn<'c> {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Write<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
 
 impl<'c> Write<'c> {
-    /// A write transaction on SQLite's writer connection `conn`.
-    pub(crate) fn sqlite(conn: PoolConnection<Any>) -> Write<'static> {
+    /// A write transaction on SQLite's writer connection, in its `turn`.
+    pub(crate) fn sqlite(turn: WriterTurn) -> Write<'static> {
         Write {
-            inner: Inner::Sqlite(SqliteWrite {
-                conn: Some(conn),
-                stage: Stage::NotBegun,
-                pending: Vec::new(),
-            }),
+            conn: WriteConn(Inner::Sqlite(SqliteWrite { turn, begun: false })),
             changes: Vec::new(),
         }
     }
@@ -121,231 +111,92 @@ impl<'c> Write<'c> {
     /// A write transaction that is the PostgreSQL transaction `tx`.
     pub(crate) fn postgres(tx: Transaction<'c, Any>) -> Write<'c> {
         Write {
-            inner: Inner::Postgres(tx),
+            conn: WriteConn(Inner::Postgres(tx)),
             changes: Vec::new(),
         }
     }
 
     /// The engine the transaction runs on.
     pub fn engine(&self) -> super::Engine {
-        match self.inner {
-            Inner::Sqlite(_) => super::Engine::Sqlite,
+        match self.conn.0 {
             Inner::Postgres(_) => super::Engine::Postgres,
+            Inner::Sqlite(_) | Inner::Finished => super::Engine::Sqlite,
         }
     }
 
-    /// Runs `query` when the next statement is sent, or at the commit (at once on PostgreSQL);
-    /// its result is only what it changed, read from the [`Committed`] transaction.
+    /// Runs `query` now; what it changed is read from the [`Committed`] transaction.
     pub async fn defer<'q>(
         &mut self,
-        mut query: impl Execute<'q, Any> + 'q,
+        query: impl Execute<'q, Any> + 'q,
     ) -> Result<Ticket, StoreError> {
-        let ticket = self.changes.len();
-        self.changes.push(None);
-        match &mut self.inner {
-            Inner::Sqlite(w) => {
-                let values = owned_values(&mut query)?;
-                w.pending.push(Pending {
-                    sql: query.sql().to_string(),
-                    values,
-                    ticket,
-                });
-            }
-            Inner::Postgres(tx) => {
-                let done = (&mut **tx).execute(query).await?;
-                self.changes[ticket] = Some(done.rows_affected());
-            }
-        }
-        Ok(Ticket(ticket))
+        let done = (&mut self.conn).execute(query).await?;
+        self.changes.push(Some(done.rows_affected()));
+        Ok(Ticket(self.changes.len() - 1))
     }
 
-    /// The connection, for storage functions that take one, with everything deferred sent first.
-    pub async fn conn(&mut self) -> Result<&mut AnyConnection, StoreError> {
-        match &mut self.inner {
-            Inner::Sqlite(w) => {
-                if w.stage == Stage::NotBegun || !w.pending.is_empty() {
-                    w.run(&mut self.changes, None).await?;
-                }
-                w.connection().map_err(StoreError::from)
-            }
-            Inner::Postgres(tx) => Ok(&mut **tx),
-        }
+    /// The connection, for storage functions that take one.
+    pub async fn conn(&mut self) -> Result<&mut WriteConn<'c>, StoreError> {
+        Ok(&mut self.conn)
     }
 
-    /// Commits, with whatever is still deferred sent in the same hand-off as the `COMMIT`.
+    /// Commits.
     pub async fn commit(mut self) -> Result<Committed, StoreError> {
-        match &mut self.inner {
-            Inner::Sqlite(w) => {
-                // A write that sent nothing and defers nothing has nothing to commit.
-                if w.stage != Stage::NotBegun || !w.pending.is_empty() {
-                    w.run(&mut self.changes, Some(("COMMIT", Vec::new())))
-                        .await?;
-                }
-                w.stage = Stage::Finished;
-            }
-            Inner::Postgres(_) => {
-                if let Some(tx) = self.take_postgres() {
-                    tx.commit().await?;
+        match std::mem::replace(&mut self.conn.0, Inner::Finished) {
+            Inner::Sqlite(mut w) => {
+                // A write that sent nothing has nothing to commit.
+                if w.begun {
+                    let committed = w.turn.run("COMMIT", &[]);
+                    if committed.is_err() {
+                        // Dropped with its transaction open: rolled back.
+                        self.conn.0 = Inner::Sqlite(w);
+                    }
+                    committed?;
                 }
             }
+            Inner::Postgres(tx) => tx.commit().await?,
+            Inner::Finished => return Err(StoreError::Query(sqlx::Error::PoolClosed)),
         }
         Ok(Committed {
             changes: std::mem::take(&mut self.changes),
         })
     }
 
-    /// Rolls back: nothing deferred runs, nothing sent stays.
+    /// Rolls back: nothing it ran stays.
     pub async fn rollback(mut self) -> Result<(), StoreError> {
-        match &mut self.inner {
-            Inner::Sqlite(w) => {
-                w.pending.clear();
-                if matches!(w.stage, Stage::Open | Stage::Unknown) {
-                    let conn = w.connection()?;
-                    let result = conn.execute("ROLLBACK").await;
-                    // A transaction whose `BEGIN` never ran has nothing to roll back.
-                    if w.stage == Stage::Open {
-                        result?;
-                    }
+        match std::mem::replace(&mut self.conn.0, Inner::Finished) {
+            Inner::Sqlite(mut w) => {
+                if w.begun {
+                    w.turn.run("ROLLBACK", &[])?;
                 }
-                w.stage = Stage::Finished;
-                Ok(())
             }
-            Inner::Postgres(_) => {
-                if let Some(tx) = self.take_postgres() {
-                    tx.rollback().await?;
-                }
-                Ok(())
-            }
+            Inner::Postgres(tx) => tx.rollback().await?,
+            Inner::Finished => {}
         }
-    }
-
-    /// Takes the PostgreSQL transaction out (to commit or roll it back), leaving a finished
-    /// write behind.
-    fn take_postgres(&mut self) -> Option<Transaction<'c, Any>> {
-        let finished = Inner::Sqlite(SqliteWrite {
-            conn: None,
-            stage: Stage::Finished,
-            pending: Vec::new(),
-        });
-        match std::mem::replace(&mut self.inner, finished) {
-            Inner::Postgres(tx) => Some(tx),
-            Inner::Sqlite(_) => None,
-        }
-    }
-
-    /// Runs `sql` with `values` (with what is deferred sent ahead of it) and returns its results.
-    async fn run_statement(
-        &mut self,
-        sql: &str,
-        values: Vec<AnyValueKind<'static>>,
-    ) -> Result<Vec<Item>, sqlx::Error> {
-        match &mut self.inner {
-            Inner::Sqlite(w) => w.run(&mut self.changes, Some((sql, values))).await,
-            Inner::Postgres(tx) => {
-                (&mut **tx)
-                    .fetch_many(sqlx::query_with(sql, arguments(values)))
-                    .try_collect()
-                    .await
-            }
-        }
+        Ok(())
     }
 }
 
 impl SqliteWrite {
-    fn connection(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
-        match self.conn.as_mut() {
-            Some(conn) => Ok(&mut **conn),
-            None => Err(sqlx::Error::PoolClosed),
+    /// Runs `sql`, after `BEGIN IMMEDIATE` if this is the transaction's first statement.
+    fn run(&mut self, sql: &str, values: &[AnyValueKind<'_>]) -> Result<Vec<Item>, sqlx::Error> {
+        if !self.begun {
+            self.turn.run("BEGIN IMMEDIATE", &[])?;
+            self.begun = true;
         }
-    }
-
-    /// Sends `BEGIN IMMEDIATE` if not sent yet, the deferred statements and `last` in one text,
-    /// notes what each deferred statement changed and returns `last`'s results.
-    async fn run(
-        &mut self,
-        changes: &mut [Option<u64>],
-        last: Option<(&str, Vec<AnyValueKind<'static>>)>,
-    ) -> Result<Vec<Item>, sqlx::Error> {
-        if self.stage == Stage::Finished {
-            return Err(sqlx::Error::WorkerCrashed);
-        }
-        let begins = self.stage == Stage::NotBegun;
-        let ends = matches!(&last, Some(("COMMIT", _)));
-        let mut text = String::new();
-        let mut values: Vec<AnyValueKind<'static>> = Vec::new();
-        let mut tickets = Vec::with_capacity(self.pending.len() + 1);
-        if begins {
-            text.push_str("BEGIN IMMEDIATE");
-            tickets.push(None);
-        }
-        for pending in self.pending.drain(..) {
-            push_statement(&mut text, &pending.sql, values.len())?;
-            values.extend(pending.values);
-            tickets.push(Some(pending.ticket));
-        }
-        let has_last = last.is_some();
-        if let Some((sql, last_values)) = last {
-            push_statement(&mut text, sql, values.len())?;
-            values.extend(last_values);
-        }
-        if text.is_empty() {
-            return Ok(Vec::new());
-        }
-        if begins || ends {
-            self.stage = Stage::Unknown;
-        }
-        let conn = self.connection()?;
-        let mut stream = conn.fetch_many(sqlx::query_with(&text, arguments(values)));
-        let mut ended = 0;
-        let mut results = Vec::new();
-        while let Some(item) = stream.next().await {
-            let item = item?;
-            if ended < tickets.len() {
-                if let Either::Left(done) = &item {
-                    if let Some(ticket) = tickets[ended] {
-                        changes[ticket] = Some(done.rows_affected());
-                    }
-                    ended += 1;
-                }
-            } else if has_last {
-                results.push(item);
-            }
-        }
-        drop(stream);
-        self.stage = if ends { Stage::Finished } else { Stage::Open };
-        Ok(results)
+        self.turn.run(sql, values)
     }
 }
 
-impl Drop for Write<'_> {
+impl Drop for WriteConn<'_> {
     fn drop(&mut self) {
-        let Inner::Sqlite(w) = &mut self.inner else {
-            // sqlx rolls a dropped transaction back.
-            return;
-        };
-        if !matches!(w.stage, Stage::Open | Stage::Unknown) {
-            return;
-        }
-        let Some(mut conn) = w.conn.take() else {
-            return;
-        };
-        // The connection goes back to the writer pool only once rolled back; without a runtime
-        // to do that on, it is closed instead (SQLite rolls back a closing connection).
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    match conn.execute("ROLLBACK").await {
-                        // Rolled back, or nothing was open (its `BEGIN` never ran, or its
-                        // `COMMIT` did before the caller stopped waiting).
-                        Ok(_) | Err(sqlx::Error::Database(_)) => {}
-                        Err(e) => {
-                            tracing::debug!(error = %e, "rolling back a dropped write");
-                            drop(conn.detach());
-                        }
-                    }
-                });
+        // sqlx rolls a dropped PostgreSQL transaction back; the SQLite writer is rolled back
+        // here, before the next writer's turn.
+        if let Inner::Sqlite(w) = &mut self.0 {
+            if w.begun {
+                if let Err(e) = w.turn.run("ROLLBACK", &[]) {
+                    tracing::debug!(error = %e, "rolling back a dropped write");
+                }
             }
-            Err(_) => drop(conn.detach()),
         }
     }
 }
@@ -379,77 +230,19 @@ fn owned_value(value: AnyValueKind<'_>) -> Result<AnyValueKind<'static>, sqlx::E
     })
 }
 
-fn arguments(values: Vec<AnyValueKind<'static>>) -> AnyArguments<'static> {
-    let mut arguments = AnyArguments::default();
-    arguments.values.0 = values;
-    arguments
+/// The first row among `items`.
+pub(super) fn first_row(items: Vec<Item>) -> Option<AnyRow> {
+    items.into_iter().find_map(|item| match item {
+        Either::Right(row) => Some(row),
+        Either::Left(_) => None,
+    })
 }
 
-/// Appends `sql` to `text` as its next statement, its `$N` placeholders moved up by `offset`
-/// (the values bound by the statements before it). Quoted text, quoted names and comments are
-/// copied as they are; an anonymous `?` placeholder cannot be renumbered and is refused. With
-/// no value before it, the statement is copied as it is.
-fn push_statement(text: &mut String, sql: &str, offset: usize) -> Result<(), sqlx::Error> {
-    let sql = sql.trim_end().trim_end_matches(';').trim_end();
-    if !text.is_empty() {
-        text.push_str(";\n");
-    }
-    if offset == 0 {
-        text.push_str(sql);
-        return Ok(());
-    }
-    let bytes = sql.as_bytes();
-    let mut i = 0;
-    let mut copied = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            quote @ (b'\'' | b'"') => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != quote {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 2;
-            }
-            b'?' => {
-                return Err(sqlx::Error::Protocol(
-                    "a deferred statement uses an anonymous `?` placeholder".into(),
-                ));
-            }
-            b'$' if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                let start = i + 1;
-                let mut end = start;
-                while end < bytes.len() && bytes[end].is_ascii_digit() {
-                    end += 1;
-                }
-                let number: usize = sql[start..end].parse().map_err(|_| {
-                    sqlx::Error::Protocol("a placeholder number is too large".into())
-                })?;
-                text.push_str(&sql[copied..i]);
-                text.push('$');
-                text.push_str(&(number + offset).to_string());
-                copied = end;
-                i = end;
-            }
-            _ => i += 1,
-        }
-    }
-    text.push_str(&sql[copied.min(sql.len())..]);
-    Ok(())
+fn finished() -> sqlx::Error {
+    sqlx::Error::Protocol("the write transaction has ended".into())
 }
 
-impl<'c, 't> Executor<'c> for &'c mut Write<'t> {
+impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
     type Database = Any;
 
     fn fetch_many<'e, 'q: 'e, E>(
@@ -460,15 +253,21 @@ impl<'c, 't> Executor<'c> for &'c mut Write<'t> {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        let values = owned_values(&mut query);
-        let sql = query.sql();
-        Box::pin(
-            futures_util::stream::once(async move {
-                let items = self.run_statement(sql, values?).await?;
-                Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
-            })
-            .try_flatten(),
-        )
+        match &mut self.0 {
+            Inner::Postgres(tx) => (&mut **tx).fetch_many(query),
+            Inner::Sqlite(w) => {
+                let values = owned_values(&mut query);
+                let sql = query.sql();
+                Box::pin(
+                    futures_util::stream::once(async move {
+                        let items = w.run(sql, &values?)?;
+                        Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
+                    })
+                    .try_flatten(),
+                )
+            }
+            Inner::Finished => Box::pin(futures_util::stream::once(async { Err(finished()) })),
+        }
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -479,15 +278,15 @@ impl<'c, 't> Executor<'c> for &'c mut Write<'t> {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        let values = owned_values(&mut query);
-        let sql = query.sql();
-        Box::pin(async move {
-            let items = self.run_statement(sql, values?).await?;
-            Ok(items.into_iter().find_map(|item| match item {
-                Either::Right(row) => Some(row),
-                Either::Left(_) => None,
-            }))
-        })
+        match &mut self.0 {
+            Inner::Postgres(tx) => (&mut **tx).fetch_optional(query),
+            Inner::Sqlite(w) => {
+                let values = owned_values(&mut query);
+                let sql = query.sql();
+                Box::pin(async move { Ok(first_row(w.run(sql, &values?)?)) })
+            }
+            Inner::Finished => Box::pin(async { Err(finished()) }),
+        }
     }
 
     fn prepare_with<'e, 'q: 'e>(
@@ -498,10 +297,14 @@ impl<'c, 't> Executor<'c> for &'c mut Write<'t> {
     where
         'c: 'e,
     {
-        Box::pin(async move {
-            let conn = self.conn().await.map_err(into_sqlx)?;
-            conn.prepare_with(sql, parameters).await
-        })
+        match &mut self.0 {
+            Inner::Postgres(tx) => (&mut **tx).prepare_with(sql, parameters),
+            _ => Box::pin(async {
+                Err(sqlx::Error::Protocol(
+                    "statements are not prepared ahead on SQLite's writer".into(),
+                ))
+            }),
+        }
     }
 
     fn describe<'e, 'q: 'e>(
@@ -511,67 +314,69 @@ impl<'c, 't> Executor<'c> for &'c mut Write<'t> {
     where
         'c: 'e,
     {
-        Box::pin(async move {
-            let conn = self.conn().await.map_err(into_sqlx)?;
-            conn.describe(sql).await
-        })
+        match &mut self.0 {
+            Inner::Postgres(tx) => (&mut **tx).describe(sql),
+            _ => Box::pin(async {
+                Err(sqlx::Error::Protocol(
+                    "statements are not described on SQLite's writer".into(),
+                ))
+            }),
+        }
     }
 }
 
-/// A storage error back as the driver's, for the [`Executor`] methods.
-fn into_sqlx(e: StoreError) -> sqlx::Error {
-    match e {
-        StoreError::Unavailable(e) | StoreError::Query(e) => e,
-        other => sqlx::Error::Protocol(other.to_string()),
+impl<'c, 't> Executor<'c> for &'c mut Write<'t> {
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        (&mut self.conn).fetch_many(query)
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::future::BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        (&mut self.conn).fetch_optional(query)
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [AnyTypeInfo],
+    ) -> futures_util::future::BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        (&mut self.conn).prepare_with(sql, parameters)
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> futures_util::future::BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        (&mut self.conn).describe(sql)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use sqlx::Executor;
 
-    fn renumbered(statements: &[(&str, usize)]) -> String {
-        let mut text = String::new();
-        for (sql, offset) in statements {
-            push_statement(&mut text, sql, *offset).expect("renumbered");
-        }
-        text
-    }
-
-    #[test]
-    fn placeholders_move_up_by_the_values_before_them() {
-        assert_eq!(
-            renumbered(&[
-                ("INSERT INTO t (a, b) VALUES ($1, $2);", 0),
-                ("UPDATE t SET a = $1 WHERE b = $2 OR c = $1", 2),
-                ("COMMIT", 4),
-            ]),
-            "INSERT INTO t (a, b) VALUES ($1, $2);\nUPDATE t SET a = $3 WHERE b = $4 OR c = $3;\nCOMMIT"
-        );
-        assert_eq!(
-            renumbered(&[("SELECT $9, $10, $11", 95)]),
-            "SELECT $104, $105, $106"
-        );
-    }
-
-    #[test]
-    fn quoted_text_names_and_comments_are_left_alone() {
-        assert_eq!(
-            renumbered(&[(
-                "SELECT '$1 ?', \"$2\", $1 -- $3 ?\n, $2 /* $4 ? */ FROM t",
-                10
-            )]),
-            "SELECT '$1 ?', \"$2\", $11 -- $3 ?\n, $12 /* $4 ? */ FROM t"
-        );
-    }
-
-    #[test]
-    fn anonymous_placeholders_are_refused() {
-        let mut text = String::new();
-        assert!(push_statement(&mut text, "SELECT ?", 1).is_err());
-    }
-
-    /// A table of its own in a fresh database, and a second connection to look from outside.
+    /// A table of its own in a fresh database.
     async fn fixture() -> (tempfile::TempDir, crate::store::Database) {
         let (dir, db, _) = crate::store::test_db_with_app().await;
         sqlx::query("CREATE TABLE write_test (k TEXT PRIMARY KEY, v BIGINT NOT NULL)")
@@ -604,39 +409,30 @@ mod tests {
         free
     }
 
+    fn insert(k: &'static str, v: i64) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
+        sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, $2)")
+            .bind(k)
+            .bind(v)
+    }
+
     #[tokio::test]
-    async fn deferred_statements_go_with_the_next_one_and_report_their_changes() {
+    async fn deferred_statements_report_their_changes_and_the_write_lock_waits_for_a_statement() {
         let (_dir, db) = fixture().await;
         let mut w = db.write().await.expect("write");
-        let a = w
-            .defer(
-                sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, $2)")
-                    .bind("a")
-                    .bind(1_i64),
-            )
-            .await
-            .expect("deferred");
-        let b = w
-            .defer(
-                sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, $2)")
-                    .bind("b")
-                    .bind(2_i64),
-            )
-            .await
-            .expect("deferred");
         // Nothing was sent yet, not even `BEGIN IMMEDIATE`.
         assert!(write_lock_free(&db).await);
-        // The next statement sees the deferred ones (they ran before it, in the transaction).
+        let a = w.defer(insert("a", 1)).await.expect("deferred");
+        assert!(
+            !write_lock_free(&db).await,
+            "the transaction holds the write lock"
+        );
+        let b = w.defer(insert("b", 2)).await.expect("deferred");
         let row = sqlx::query("SELECT SUM(v) AS total FROM write_test WHERE k <> $1")
             .bind("none")
             .fetch_one(&mut w)
             .await
             .expect("sum");
         assert_eq!(sqlx::Row::get::<i64, _>(&row, "total"), 3);
-        assert!(
-            !write_lock_free(&db).await,
-            "the transaction holds the write lock"
-        );
         let c = w
             .defer(
                 sqlx::query("UPDATE write_test SET v = v + $1 WHERE v > $2")
@@ -657,78 +453,59 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_deferred_statement_fails_the_next_and_the_dropped_write_rolls_back() {
+    async fn a_dropped_write_rolls_back_before_the_next_writer_s_turn() {
         let (_dir, db) = fixture().await;
-        sqlx::query("INSERT INTO write_test (k, v) VALUES ('taken', 0)")
-            .execute(db.writer())
-            .await
-            .expect("row");
+        insert("taken", 0).execute(db.writer()).await.expect("row");
         {
             let mut w = db.write().await.expect("write");
-            w.defer(
-                sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, $2)")
-                    .bind("new")
-                    .bind(1_i64),
-            )
-            .await
-            .expect("deferred");
-            w.defer(
-                sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, $2)")
-                    .bind("taken")
-                    .bind(2_i64),
-            )
-            .await
-            .expect("deferred");
-            let failed = sqlx::query("UPDATE write_test SET v = 5 WHERE k = $1")
-                .bind("taken")
-                .execute(&mut w)
-                .await;
+            w.defer(insert("new", 1)).await.expect("deferred");
+            let failed = insert("taken", 2).execute(&mut *w).await;
             assert!(failed.is_err_and(|e| crate::store::is_unique_violation(&e)));
             // Dropped here, its transaction open.
         }
-        // The writer comes back rolled back: the next write commits alone.
         let mut w = db.write().await.expect("write");
-        w.defer(
-            sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, $2)")
-                .bind("after")
-                .bind(3_i64),
-        )
-        .await
-        .expect("deferred");
+        w.defer(insert("after", 3)).await.expect("deferred");
         w.commit().await.expect("commit");
         assert_eq!(rows(&db).await, [("after".into(), 3), ("taken".into(), 0)]);
     }
 
     #[tokio::test]
-    async fn a_failing_commit_batch_leaves_nothing_and_rollback_discards() {
+    async fn rollback_discards_and_an_empty_write_commits_without_a_statement() {
         let (_dir, db) = fixture().await;
         let mut w = db.write().await.expect("write");
-        w.defer(
-            sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, $2)")
-                .bind("x")
-                .bind(1_i64),
-        )
-        .await
-        .expect("deferred");
-        w.defer(sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, NULL)").bind("y"))
-            .await
-            .expect("deferred");
-        assert!(
-            w.commit().await.is_err(),
-            "the NOT NULL violation fails the commit"
-        );
-        let mut w = db.write().await.expect("write");
-        sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, $2)")
-            .bind("z")
-            .bind(1_i64)
-            .execute(&mut w)
-            .await
-            .expect("insert");
+        insert("z", 1).execute(&mut w).await.expect("insert");
         w.rollback().await.expect("rollback");
         assert!(rows(&db).await.is_empty());
         assert!(write_lock_free(&db).await);
-        // A write that wrote nothing commits without a statement.
         let w = db.write().await.expect("write");
         w.commit().await.expect("empty commit");
+    }
+
+    #[tokio::test]
+    async fn writers_take_turns_in_the_order_they_came() {
+        let (_dir, db) = fixture().await;
+        let first = db.write().await.expect("first writer");
+        let mut waiting = Vec::new();
+        for i in 0..8_i64 {
+            let db = db.clone();
+            waiting.push(tokio::spawn(async move {
+                let mut w = db.write().await.expect("writer");
+                sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, (SELECT COUNT(*) FROM write_test))")
+                    .bind(format!("w{i}"))
+                    .execute(&mut w)
+                    .await
+                    .expect("insert");
+                w.commit().await.expect("commit");
+            }));
+            // Each writer is queued before the next one starts.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(first);
+        for writer in waiting {
+            writer.await.expect("writer");
+        }
+        let order: Vec<i64> = rows(&db).await.into_iter().map(|(_, v)| v).collect();
+        assert_eq!(order, (0..8).collect::<Vec<_>>(), "w0 wrote first, w7 last");
     }
 }

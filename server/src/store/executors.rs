@@ -1,4 +1,5 @@
-//! Where single reads run: [`Reads`], the executor that [`super::Database::pool`] hands out.
+//! Executors for statements that need no transaction: [`Reads`] ([`super::Database::pool`])
+//! and [`Writes`] ([`super::Database::writer`]).
 
 use futures_util::stream::BoxStream;
 use futures_util::TryStreamExt;
@@ -7,8 +8,8 @@ use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyPool, Either, Execute, Executor};
 use std::sync::Arc;
 
-use super::direct::DirectSqlite;
-use super::write::owned_values;
+use super::direct::{DirectSqlite, DirectWriter};
+use super::write::{first_row, owned_values};
 
 /// The executor for statements that need no connection of their own: on PostgreSQL the pool;
 /// on SQLite the [`DirectSqlite`] connections, on the calling thread (the pool stays for
@@ -94,12 +95,112 @@ impl<'c> Executor<'c> for &'c Reads {
             Inner::Direct { direct, .. } => {
                 let values = owned_values(&mut query);
                 let sql = query.sql();
+                Box::pin(async move { Ok(first_row(direct.run(sql, &values?)?)) })
+            }
+        }
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [AnyTypeInfo],
+    ) -> futures_util::future::BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.any_pool().prepare_with(sql, parameters)
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> futures_util::future::BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.any_pool().describe(sql)
+    }
+}
+
+/// The executor for single writes: on PostgreSQL the pool; on SQLite one statement in the
+/// writer's turn ([`DirectWriter`]), on the calling thread, committed by itself.
+#[derive(Debug, Clone)]
+pub struct Writes(WritesInner);
+
+#[derive(Debug, Clone)]
+enum WritesInner {
+    Pool(AnyPool),
+    Direct {
+        writer: Arc<DirectWriter>,
+        /// The pool, to prepare and describe statements.
+        pool: AnyPool,
+    },
+}
+
+impl Writes {
+    /// Each statement on a connection of `pool`.
+    pub(crate) fn pool(pool: AnyPool) -> Self {
+        Writes(WritesInner::Pool(pool))
+    }
+
+    /// Each statement in a turn of `writer`; `pool` prepares and describes statements.
+    pub(crate) fn direct(writer: Arc<DirectWriter>, pool: AnyPool) -> Self {
+        Writes(WritesInner::Direct { writer, pool })
+    }
+
+    fn any_pool(&self) -> &AnyPool {
+        match &self.0 {
+            WritesInner::Pool(pool) | WritesInner::Direct { pool, .. } => pool,
+        }
+    }
+}
+
+impl<'c> Executor<'c> for &'c Writes {
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        mut query: E,
+    ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        match &self.0 {
+            WritesInner::Pool(pool) => pool.fetch_many(query),
+            WritesInner::Direct { writer, .. } => {
+                let values = owned_values(&mut query);
+                let sql = query.sql();
+                Box::pin(
+                    futures_util::stream::once(async move {
+                        let values = values?;
+                        let mut turn = writer.turn().await?;
+                        let items = turn.run(sql, &values)?;
+                        Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
+                    })
+                    .try_flatten(),
+                )
+            }
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        mut query: E,
+    ) -> futures_util::future::BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        match &self.0 {
+            WritesInner::Pool(pool) => pool.fetch_optional(query),
+            WritesInner::Direct { writer, .. } => {
+                let values = owned_values(&mut query);
+                let sql = query.sql();
                 Box::pin(async move {
-                    let items = direct.run(sql, &values?)?;
-                    Ok(items.into_iter().find_map(|item| match item {
-                        Either::Right(row) => Some(row),
-                        Either::Left(_) => None,
-                    }))
+                    let values = values?;
+                    let mut turn = writer.turn().await?;
+                    Ok(first_row(turn.run(sql, &values)?))
                 })
             }
         }
