@@ -1,7 +1,5 @@
 //! Device-signed calls: a device proves each call with its enrollment's possession key.
 
-use sqlx::Any;
-use sqlx::pool::PoolConnection;
 use tessera_protocol::PROTOCOL_VERSION;
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::device_auth::{
@@ -61,9 +59,9 @@ pub(crate) async fn authenticate(
 /// given back to the pool before anything else (the audit record takes its own).
 pub(crate) async fn authenticate_on(
     ctx: &Ctx,
-    mut conn: PoolConnection<Any>,
+    mut conn: crate::store::ReadConn,
     call: DeviceCall<'_>,
-) -> Result<(Enrollment, PoolConnection<Any>), DomainError> {
+) -> Result<(Enrollment, crate::store::ReadConn), DomainError> {
     let unauthorized = || {
         DomainError::new(
             ErrorCode::Unauthorized,

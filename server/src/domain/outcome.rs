@@ -19,8 +19,6 @@ use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationKind, Decision, DenialReason,
 };
 
-use sqlx::Any;
-use sqlx::pool::PoolConnection;
 
 use super::events::Topic;
 use super::{Ctx, DomainError};
@@ -155,7 +153,7 @@ pub(crate) async fn record(
 /// pool before the follow-ups run (they take their own).
 pub(crate) async fn record_on(
     ctx: &Ctx,
-    mut conn: PoolConnection<Any>,
+    mut conn: crate::store::ReadConn,
     id: &AuthenticationId,
     ending: Ending<'_>,
 ) -> Result<Option<Authentication>, DomainError> {

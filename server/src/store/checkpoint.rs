@@ -51,7 +51,9 @@ struct Log {
 }
 
 /// One `PASSIVE` checkpoint on `conn`.
-async fn checkpoint(conn: &mut sqlx::AnyConnection) -> Result<Log, sqlx::Error> {
+async fn checkpoint<'c>(
+    conn: impl sqlx::Executor<'c, Database = sqlx::Any>,
+) -> Result<Log, sqlx::Error> {
     let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
         .fetch_one(conn)
         .await?;
@@ -198,7 +200,7 @@ mod tests {
     /// Frames in the log, as a checkpoint on a connection of the test's own reports them.
     async fn log_frames(db: &crate::store::Database) -> i64 {
         let mut conn = db.reader().await.unwrap();
-        checkpoint(&mut conn).await.unwrap().frames
+        checkpoint(&mut *conn).await.unwrap().frames
     }
 
     #[tokio::test]

@@ -86,7 +86,8 @@ impl DirectSqlite {
         DirectConnection::open(&self.path)
     }
 
-    fn take(&self) -> Result<DirectConnection, sqlx::Error> {
+    /// An idle connection, or a new one.
+    pub(crate) fn take(&self) -> Result<DirectConnection, sqlx::Error> {
         if self.closed.load(Ordering::Acquire) {
             return Err(sqlx::Error::PoolClosed);
         }
@@ -97,7 +98,8 @@ impl DirectSqlite {
         }
     }
 
-    fn give_back(&self, conn: DirectConnection) {
+    /// Gives `conn` back for the next statement (closed if the database was).
+    pub(crate) fn give_back(&self, conn: DirectConnection) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }

@@ -31,6 +31,7 @@ mod checkpoint;
 mod direct;
 mod error;
 mod executors;
+mod read_conn;
 pub mod events;
 pub mod fido_credentials;
 #[cfg(test)]
@@ -64,12 +65,12 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, ConnectOptions, Executor};
+use sqlx::{AnyPool, ConnectOptions, Executor};
 use zeroize::Zeroizing;
 
 pub use error::StoreError;
 pub use executors::{Reads, Writes};
+pub use read_conn::{ReadConn, ReadHandle};
 pub use write::{Committed, Ticket, Write, WriteConn};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -99,6 +100,8 @@ pub struct Database {
     reads: Reads,
     /// Where single writes run ([`Database::writer`]).
     writes: Writes,
+    /// SQLite: the connections reads run on, on the calling thread.
+    direct_readers: Option<Arc<direct::DirectSqlite>>,
     /// SQLite: the one writer connection every write transaction takes its turn on.
     direct_writer: Option<Arc<direct::DirectWriter>>,
     writer: AnyPool,
@@ -179,7 +182,8 @@ impl Database {
                 options
             }
         };
-        let (readers, reads, writer, writes, direct_writer, checkpointer) = match engine {
+        let (readers, reads, writer, writes, direct_readers, direct_writer, checkpointer) =
+            match engine {
             Engine::Sqlite => {
                 let writer = pool_options()
                     .max_connections(1)
@@ -208,16 +212,15 @@ impl Database {
                     .max_connections(max_connections.max(1))
                     .connect_with(options)
                     .await?;
-                let reads = Reads::direct(
-                    Arc::new(direct::DirectSqlite::open(&filename)?),
-                    readers.clone(),
-                );
+                let direct_readers = Arc::new(direct::DirectSqlite::open(&filename)?);
+                let reads = Reads::direct(direct_readers.clone(), readers.clone());
                 let writes = Writes::direct(direct_writer.clone(), writer.clone());
                 (
                     readers,
                     reads,
                     writer,
                     writes,
+                    Some(direct_readers),
                     Some(direct_writer),
                     Some(Arc::new(checkpointer)),
                 )
@@ -238,6 +241,7 @@ impl Database {
                     Writes::pool(pool),
                     None,
                     None,
+                    None,
                 )
             }
         };
@@ -246,6 +250,7 @@ impl Database {
             reads,
             writer,
             writes,
+            direct_readers,
             direct_writer,
             engine,
             url: Arc::new(Zeroizing::new(url)),
@@ -278,21 +283,24 @@ impl Database {
     /// [`Database::write`] for a request that holds `conn` (from [`Database::reader`]): on
     /// PostgreSQL on `conn` itself, so the request uses one connection; on SQLite on the
     /// writer, as every write.
-    pub async fn write_on<'c>(
-        &self,
-        conn: &'c mut PoolConnection<Any>,
-    ) -> Result<Write<'c>, StoreError> {
-        match &self.direct_writer {
-            Some(writer) => Ok(Write::sqlite(writer.turn().await?)),
-            None => Ok(Write::postgres(sqlx::Connection::begin(&mut **conn).await?)),
+    pub async fn write_on<'c>(&self, conn: &'c mut ReadConn) -> Result<Write<'c>, StoreError> {
+        if let Some(writer) = &self.direct_writer {
+            return Ok(Write::sqlite(writer.turn().await?));
+        }
+        match conn.pooled() {
+            Some(conn) => Ok(Write::postgres(sqlx::Connection::begin(&mut **conn).await?)),
+            None => Ok(Write::postgres(self.writer.begin().await?)),
         }
     }
 
     /// One reader connection for a request that reads several things: its reads run on it, one
     /// after the other, instead of each taking a pooled connection of its own; on PostgreSQL
     /// its write transaction can run on it too ([`Database::write_on`]).
-    pub async fn reader(&self) -> Result<PoolConnection<Any>, StoreError> {
-        Ok(self.readers.acquire().await?)
+    pub async fn reader(&self) -> Result<ReadConn, StoreError> {
+        match &self.direct_readers {
+            Some(direct) => Ok(ReadConn::direct(direct.clone())?),
+            None => Ok(ReadConn::pool(self.readers.acquire().await?)),
+        }
     }
 
     /// Opens the data key that seals secret columns (see [`secrets::open`]) with the master key,

@@ -1,6 +1,5 @@
 //! Nonces of device-signed calls: each accepted once.
 
-use sqlx::pool::PoolConnection;
 use sqlx::Any;
 use tessera_protocol::ids::EnrollmentId;
 
@@ -47,7 +46,7 @@ pub async fn record_once(
 /// writes, when both are due, are one transaction; a nonce alone is one statement.
 pub async fn record_call(
     db: &Database,
-    conn: &mut PoolConnection<Any>,
+    conn: &mut crate::store::ReadConn,
     key: &str,
     expires_at: i64,
     now: i64,

@@ -60,7 +60,7 @@ pub(crate) struct AnswerAssertion<'a> {
 /// `app_attest_counter_replay`); the caller turns one into its error with [`refuse`] (which
 /// audits it) unless the answer is the very one already recorded (a retry).
 pub(crate) async fn check_answer(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::ReadHandle,
     answer: &AnswerAssertion<'_>,
 ) -> Result<AssertionCheck, DomainError> {
     // The key first (read with the enrollment): most enrollments have none, and then the

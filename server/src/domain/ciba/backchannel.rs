@@ -228,7 +228,7 @@ fn unknown_user() -> OAuthError {
 /// request's connection `conn`.
 async fn resolve_user(
     state: &Ctx,
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::ReadHandle,
     client: &CibaClient,
     params: &Params,
     now: i64,
