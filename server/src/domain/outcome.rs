@@ -19,7 +19,6 @@ use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationKind, Decision, DenialReason,
 };
 
-
 use super::events::Topic;
 use super::{Ctx, DomainError};
 use crate::metrics::{EndLabels, ReasonLabels};

@@ -6,7 +6,6 @@
 //! rotation: the key that was signing until then, so a device can chain trust). Servers reload
 //! the ring every `server_key_reload_interval` ([`load`]); nothing is signed per request.
 
-
 use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
 use tessera_protocol::jwk::JwkSet;
 use tessera_protocol::pairing::{ServerKeySet, ServerUrl};
@@ -192,7 +191,7 @@ pub(crate) async fn load(
             // Another instance announced first: read what it wrote (a retirement left undone is
             // retried at the next reload).
             Err(KeyOperationError::Concurrent) => {
-                tx.rollback().await.map_err(StoreError::from)?;
+                tx.rollback().await?;
                 return state(db, issuer).await;
             }
             other => other?,
@@ -201,7 +200,7 @@ pub(crate) async fn load(
             tracing::info!(retired = ?retired, "server keys retired after their grace period");
         }
     }
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     state(db, issuer).await
 }
 
@@ -274,7 +273,7 @@ pub(crate) async fn rotate(
     server_keys::set_retire_at(&mut tx, previous.kid(), now + grace_seconds.max(0)).await?;
     let keys = server_keys::all(&mut tx, db.secrets()?).await?;
     announce_everywhere(&mut tx, &keys, &previous, now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     tracing::info!(
         kid = key.kid(),
         previous = previous.kid(),
@@ -314,7 +313,7 @@ pub(crate) async fn revoke(db: &Database, kid: &str, now: i64) -> Result<(), Key
         .and_then(|k| k.key.clone())
         .ok_or(KeyOperationError::Internal("no signer"))?;
     announce_everywhere(&mut tx, &keys, &signer, now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     tracing::warn!(kid, "server key revoked");
     Ok(())
 }

@@ -21,14 +21,18 @@
 //! This is written by hand because neither sqlx (its SQLite connection is its worker thread)
 //! nor rusqlite (no `Any` rows) offers it; rusqlite does the FFI and the statement cache.
 
+use futures_util::TryStreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags};
-use sqlx::Either;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyTypeInfo, AnyTypeInfoKind, AnyValue};
+use sqlx::{Any, Either, Execute};
 use sqlx_core::any::{AnyColumn, AnyValueKind};
 use sqlx_core::ext::ustr::UStr;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +40,61 @@ use std::time::Duration;
 
 /// A statement's result item: a row, or (last) what it changed.
 pub(crate) type Item = Either<AnyQueryResult, AnyRow>;
+
+/// The stream an executor returns for `query` run by `run` (on the calling thread, once
+/// polled): its rows, then what it changed.
+pub(super) fn stream_with<'e, 'q: 'e, E, F, Fut>(
+    mut query: E,
+    run: F,
+) -> BoxStream<'e, Result<Item, sqlx::Error>>
+where
+    E: 'q + Execute<'q, Any>,
+    F: FnOnce(&'q str, Vec<AnyValueKind<'static>>) -> Fut + Send + 'e,
+    Fut: Future<Output = Result<Vec<Item>, sqlx::Error>> + Send + 'e,
+{
+    let values = super::write::owned_values(&mut query);
+    let sql = query.sql();
+    Box::pin(
+        futures_util::stream::once(async move {
+            let items = run(sql, values?).await?;
+            Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
+        })
+        .try_flatten(),
+    )
+}
+
+/// The first row of `query` run by `run`, as an executor's `fetch_optional` returns it.
+pub(super) fn first_row_with<'e, 'q: 'e, E, F, Fut>(
+    mut query: E,
+    run: F,
+) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+where
+    E: 'q + Execute<'q, Any>,
+    F: FnOnce(&'q str, Vec<AnyValueKind<'static>>) -> Fut + Send + 'e,
+    Fut: Future<Output = Result<Vec<Item>, sqlx::Error>> + Send + 'e,
+{
+    let values = super::write::owned_values(&mut query);
+    let sql = query.sql();
+    Box::pin(async move {
+        let items = run(sql, values?).await?;
+        Ok(items.into_iter().find_map(|item| match item {
+            Either::Right(row) => Some(row),
+            Either::Left(_) => None,
+        }))
+    })
+}
+
+/// What an executor answers when asked to prepare or describe a statement on a direct
+/// connection (nothing on a request path does).
+pub(super) fn not_on_direct<'e, T: Send + 'e>(
+    what: &'static str,
+) -> BoxFuture<'e, Result<T, sqlx::Error>> {
+    Box::pin(async move {
+        Err(sqlx::Error::Protocol(format!(
+            "statements are not {what} on a direct SQLite connection"
+        )))
+    })
+}
 
 /// How many prepared statements each connection keeps.
 const STATEMENT_CACHE: usize = 256;
@@ -157,7 +216,11 @@ impl DirectWriter {
         let conn = DirectConnection::open(path)?;
         // As the pool's writer: a commit checkpoints by itself only far behind the checkpointer.
         conn.conn
-            .pragma_update(None, "wal_autocheckpoint", super::checkpoint::WRITER_AUTOCHECKPOINT_PAGES)
+            .pragma_update(
+                None,
+                "wal_autocheckpoint",
+                super::checkpoint::WRITER_AUTOCHECKPOINT_PAGES,
+            )
             .map_err(failure)?;
         Ok(Self {
             conn: Arc::new(tokio::sync::Mutex::new(conn)),
@@ -171,9 +234,15 @@ impl DirectWriter {
         if self.closed.load(Ordering::Acquire) {
             return Err(sqlx::Error::PoolClosed);
         }
-        tokio::time::timeout(self.wait, self.conn.clone().lock_owned())
+        let mut turn = tokio::time::timeout(self.wait, self.conn.clone().lock_owned())
             .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        // A transaction a previous turn could not roll back (its `ROLLBACK` failed) must not
+        // swallow this turn's statements.
+        if !turn.conn.is_autocommit() {
+            turn.conn.execute_batch("ROLLBACK").map_err(failure)?;
+        }
+        Ok(turn)
     }
 
     /// Refuses turns from now on.
@@ -480,6 +549,31 @@ mod tests {
             panic!("invalid UTF-8")
         };
         assert!(matches!(e, sqlx::Error::ColumnDecode { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_turn_never_starts_inside_a_transaction_left_open() {
+        let (dir, direct) = database();
+        let writer = DirectWriter::open(&dir.path().join("direct.db"), Duration::from_secs(1))
+            .expect("writer");
+        {
+            let mut turn = writer.turn().await.expect("turn");
+            turn.run("BEGIN IMMEDIATE", &[]).expect("begin");
+            turn.run("INSERT INTO t (id) VALUES ('left open')", &[])
+                .expect("insert");
+            // Given back without COMMIT or ROLLBACK.
+        }
+        let mut turn = writer.turn().await.expect("next turn");
+        turn.run("INSERT INTO t (id) VALUES ('next')", &[])
+            .expect("insert");
+        drop(turn);
+        let (found, _) = rows(direct.run("SELECT id FROM t", &[]).expect("select"));
+        let ids: Vec<String> = found.iter().map(|r| sqlx::Row::get(r, "id")).collect();
+        assert_eq!(
+            ids,
+            ["next"],
+            "the open transaction was rolled back, the next committed"
+        );
     }
 
     #[test]

@@ -160,7 +160,10 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 }
 
 /// Inserts an enrollment (inside the pairing transaction).
-pub async fn insert(conn: &mut crate::store::WriteConn<'_>, e: &Enrollment) -> Result<(), sqlx::Error> {
+pub async fn insert(
+    conn: &mut crate::store::WriteConn<'_>,
+    e: &Enrollment,
+) -> Result<(), sqlx::Error> {
     let encode =
         |r: Result<String, StoreError>| r.map_err(|_| sqlx::Error::Protocol("encode".into()));
     sqlx::query(&format!(

@@ -2,14 +2,12 @@
 //! and [`Writes`] ([`super::Database::writer`]).
 
 use futures_util::stream::BoxStream;
-use futures_util::TryStreamExt;
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyPool, Either, Execute, Executor};
 use std::sync::Arc;
 
-use super::direct::{DirectSqlite, DirectWriter};
-use super::write::{first_row, owned_values};
+use super::direct::{DirectSqlite, DirectWriter, first_row_with, stream_with};
 
 /// The executor for statements that need no connection of their own: on PostgreSQL the pool;
 /// on SQLite the [`DirectSqlite`] connections, on the calling thread (the pool stays for
@@ -60,7 +58,7 @@ impl<'c> Executor<'c> for &'c Reads {
 
     fn fetch_many<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
     where
         'c: 'e,
@@ -69,14 +67,9 @@ impl<'c> Executor<'c> for &'c Reads {
         match &self.0 {
             Inner::Pool(pool) => pool.fetch_many(query),
             Inner::Direct { direct, .. } => {
-                let values = owned_values(&mut query);
-                let sql = query.sql();
-                Box::pin(
-                    futures_util::stream::once(async move {
-                        let items = direct.run(sql, &values?)?;
-                        Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
-                    })
-                    .try_flatten(),
+                stream_with(
+                    query,
+                    move |sql, values| async move { direct.run(sql, &values) },
                 )
             }
         }
@@ -84,7 +77,7 @@ impl<'c> Executor<'c> for &'c Reads {
 
     fn fetch_optional<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> futures_util::future::BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
     where
         'c: 'e,
@@ -93,9 +86,10 @@ impl<'c> Executor<'c> for &'c Reads {
         match &self.0 {
             Inner::Pool(pool) => pool.fetch_optional(query),
             Inner::Direct { direct, .. } => {
-                let values = owned_values(&mut query);
-                let sql = query.sql();
-                Box::pin(async move { Ok(first_row(direct.run(sql, &values?)?)) })
+                first_row_with(
+                    query,
+                    move |sql, values| async move { direct.run(sql, &values) },
+                )
             }
         }
     }
@@ -160,7 +154,7 @@ impl<'c> Executor<'c> for &'c Writes {
 
     fn fetch_many<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
     where
         'c: 'e,
@@ -169,24 +163,16 @@ impl<'c> Executor<'c> for &'c Writes {
         match &self.0 {
             WritesInner::Pool(pool) => pool.fetch_many(query),
             WritesInner::Direct { writer, .. } => {
-                let values = owned_values(&mut query);
-                let sql = query.sql();
-                Box::pin(
-                    futures_util::stream::once(async move {
-                        let values = values?;
-                        let mut turn = writer.turn().await?;
-                        let items = turn.run(sql, &values)?;
-                        Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
-                    })
-                    .try_flatten(),
-                )
+                stream_with(query, move |sql, values| async move {
+                    writer.turn().await?.run(sql, &values)
+                })
             }
         }
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> futures_util::future::BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
     where
         'c: 'e,
@@ -195,12 +181,8 @@ impl<'c> Executor<'c> for &'c Writes {
         match &self.0 {
             WritesInner::Pool(pool) => pool.fetch_optional(query),
             WritesInner::Direct { writer, .. } => {
-                let values = owned_values(&mut query);
-                let sql = query.sql();
-                Box::pin(async move {
-                    let values = values?;
-                    let mut turn = writer.turn().await?;
-                    Ok(first_row(turn.run(sql, &values)?))
+                first_row_with(query, move |sql, values| async move {
+                    writer.turn().await?.run(sql, &values)
                 })
             }
         }

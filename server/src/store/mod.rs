@@ -30,12 +30,12 @@ pub mod webhooks;
 mod checkpoint;
 mod direct;
 mod error;
-mod executors;
-mod read_conn;
 pub mod events;
+mod executors;
 pub mod fido_credentials;
 #[cfg(test)]
 mod query_plans;
+mod read_conn;
 pub mod write;
 
 /// A fresh SQLite database in a temporary folder (kept while the `TempDir` lives) with one
@@ -184,67 +184,67 @@ impl Database {
         };
         let (readers, reads, writer, writes, direct_readers, direct_writer, checkpointer) =
             match engine {
-            Engine::Sqlite => {
-                let writer = pool_options()
-                    .max_connections(1)
-                    .connect_with(options.clone())
-                    .await?;
-                // Persistent per database file: readers never block the writer.
-                sqlx::query("PRAGMA journal_mode = WAL")
-                    .execute(&writer)
-                    .await?;
-                set_file_private(&url);
-                SQLITE_MIGRATIONS
-                    .run(&writer)
-                    .await
-                    .map_err(StoreError::Migration)?;
-                let filename = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
-                    .get_filename()
-                    .to_path_buf();
-                // From here on the pool's writer only prepares and describes statements:
-                // every write takes its turn on this connection.
-                let direct_writer =
-                    Arc::new(direct::DirectWriter::open(&filename, acquire_timeout)?);
-                let checkpointer =
-                    checkpoint::Checkpointer::start(options.clone(), direct_writer.clone())
+                Engine::Sqlite => {
+                    let writer = pool_options()
+                        .max_connections(1)
+                        .connect_with(options.clone())
                         .await?;
-                let readers = pool_options()
-                    .max_connections(max_connections.max(1))
-                    .connect_with(options)
-                    .await?;
-                let direct_readers = Arc::new(direct::DirectSqlite::open(&filename)?);
-                let reads = Reads::direct(direct_readers.clone(), readers.clone());
-                let writes = Writes::direct(direct_writer.clone(), writer.clone());
-                (
-                    readers,
-                    reads,
-                    writer,
-                    writes,
-                    Some(direct_readers),
-                    Some(direct_writer),
-                    Some(Arc::new(checkpointer)),
-                )
-            }
-            Engine::Postgres => {
-                let pool = pool_options()
-                    .max_connections(max_connections.max(1))
-                    .connect_with(options)
-                    .await?;
-                POSTGRES_MIGRATIONS
-                    .run(&pool)
-                    .await
-                    .map_err(StoreError::Migration)?;
-                (
-                    pool.clone(),
-                    Reads::pool(pool.clone()),
-                    pool.clone(),
-                    Writes::pool(pool),
-                    None,
-                    None,
-                    None,
-                )
-            }
-        };
+                    // Persistent per database file: readers never block the writer.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&writer)
+                        .await?;
+                    set_file_private(&url);
+                    SQLITE_MIGRATIONS
+                        .run(&writer)
+                        .await
+                        .map_err(StoreError::Migration)?;
+                    let filename = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+                        .get_filename()
+                        .to_path_buf();
+                    // From here on the pool's writer only prepares and describes statements:
+                    // every write takes its turn on this connection.
+                    let direct_writer =
+                        Arc::new(direct::DirectWriter::open(&filename, acquire_timeout)?);
+                    let checkpointer =
+                        checkpoint::Checkpointer::start(options.clone(), direct_writer.clone())
+                            .await?;
+                    let readers = pool_options()
+                        .max_connections(max_connections.max(1))
+                        .connect_with(options)
+                        .await?;
+                    let direct_readers = Arc::new(direct::DirectSqlite::open(&filename)?);
+                    let reads = Reads::direct(direct_readers.clone(), readers.clone());
+                    let writes = Writes::direct(direct_writer.clone(), writer.clone());
+                    (
+                        readers,
+                        reads,
+                        writer,
+                        writes,
+                        Some(direct_readers),
+                        Some(direct_writer),
+                        Some(Arc::new(checkpointer)),
+                    )
+                }
+                Engine::Postgres => {
+                    let pool = pool_options()
+                        .max_connections(max_connections.max(1))
+                        .connect_with(options)
+                        .await?;
+                    POSTGRES_MIGRATIONS
+                        .run(&pool)
+                        .await
+                        .map_err(StoreError::Migration)?;
+                    (
+                        pool.clone(),
+                        Reads::pool(pool.clone()),
+                        pool.clone(),
+                        Writes::pool(pool),
+                        None,
+                        None,
+                        None,
+                    )
+                }
+            };
         Ok(Self {
             readers,
             reads,

@@ -2,7 +2,6 @@
 //! connection its write transaction can run on too; on SQLite a direct connection
 //! ([`super::direct`]) its statements run on, on the calling thread.
 
-use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
@@ -10,8 +9,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, Either, Execute, Executor};
 use std::sync::Arc;
 
-use super::direct::{DirectConnection, DirectSqlite};
-use super::write::{first_row, owned_values};
+use super::direct::{DirectConnection, DirectSqlite, first_row_with, not_on_direct, stream_with};
 
 /// A request's read connection, given back when dropped. It dereferences to the
 /// [`ReadHandle`] storage functions take.
@@ -79,10 +77,10 @@ impl std::ops::DerefMut for ReadConn {
 
 impl Drop for ReadHandle {
     fn drop(&mut self) {
-        if let Inner::Direct { conn, owner } = &mut self.0 {
-            if let Some(conn) = conn.take() {
-                owner.give_back(conn);
-            }
+        if let Inner::Direct { conn, owner } = &mut self.0
+            && let Some(conn) = conn.take()
+        {
+            owner.give_back(conn);
         }
     }
 }
@@ -91,12 +89,11 @@ impl ReadHandle {
     fn run(
         conn: &mut Option<DirectConnection>,
         sql: &str,
-        values: Result<Vec<sqlx_core::any::AnyValueKind<'static>>, sqlx::Error>,
+        values: &[sqlx_core::any::AnyValueKind<'_>],
     ) -> Result<Vec<super::direct::Item>, sqlx::Error> {
-        let values = values?;
         conn.as_mut()
             .ok_or(sqlx::Error::PoolClosed)?
-            .run(sql, &values)
+            .run(sql, values)
     }
 }
 
@@ -105,7 +102,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
 
     fn fetch_many<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
     where
         'c: 'e,
@@ -113,23 +110,15 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).fetch_many(query),
-            Inner::Direct { conn, .. } => {
-                let values = owned_values(&mut query);
-                let sql = query.sql();
-                Box::pin(
-                    futures_util::stream::once(async move {
-                        let items = ReadHandle::run(conn, sql, values)?;
-                        Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
-                    })
-                    .try_flatten(),
-                )
-            }
+            Inner::Direct { conn, .. } => stream_with(query, move |sql, values| async move {
+                ReadHandle::run(conn, sql, &values)
+            }),
         }
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> futures_util::future::BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
     where
         'c: 'e,
@@ -137,11 +126,9 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).fetch_optional(query),
-            Inner::Direct { conn, .. } => {
-                let values = owned_values(&mut query);
-                let sql = query.sql();
-                Box::pin(async move { Ok(first_row(ReadHandle::run(conn, sql, values)?)) })
-            }
+            Inner::Direct { conn, .. } => first_row_with(query, move |sql, values| async move {
+                ReadHandle::run(conn, sql, &values)
+            }),
         }
     }
 
@@ -155,11 +142,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).prepare_with(sql, parameters),
-            Inner::Direct { .. } => Box::pin(async {
-                Err(sqlx::Error::Protocol(
-                    "statements are not prepared ahead on a direct SQLite connection".into(),
-                ))
-            }),
+            Inner::Direct { .. } => not_on_direct("prepared"),
         }
     }
 
@@ -172,11 +155,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).describe(sql),
-            Inner::Direct { .. } => Box::pin(async {
-                Err(sqlx::Error::Protocol(
-                    "statements are not described on a direct SQLite connection".into(),
-                ))
-            }),
+            Inner::Direct { .. } => not_on_direct("described"),
         }
     }
 }

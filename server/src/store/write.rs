@@ -13,7 +13,6 @@
 //! `&mut Write` and `&mut WriteConn` (what a `Write` dereferences to) are [`sqlx::Executor`]s,
 //! so the storage functions that take any executor run inside it unchanged.
 
-use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
@@ -22,7 +21,7 @@ use sqlx_core::any::AnyValueKind;
 use std::borrow::Cow;
 
 use super::StoreError;
-use super::direct::{Item, WriterTurn};
+use super::direct::{Item, WriterTurn, first_row_with, not_on_direct, stream_with};
 
 /// A write transaction (see the module documentation).
 pub struct Write<'c> {
@@ -191,12 +190,11 @@ impl Drop for WriteConn<'_> {
     fn drop(&mut self) {
         // sqlx rolls a dropped PostgreSQL transaction back; the SQLite writer is rolled back
         // here, before the next writer's turn.
-        if let Inner::Sqlite(w) = &mut self.0 {
-            if w.begun {
-                if let Err(e) = w.turn.run("ROLLBACK", &[]) {
-                    tracing::debug!(error = %e, "rolling back a dropped write");
-                }
-            }
+        if let Inner::Sqlite(w) = &mut self.0
+            && w.begun
+            && let Err(e) = w.turn.run("ROLLBACK", &[])
+        {
+            tracing::debug!(error = %e, "rolling back a dropped write");
         }
     }
 }
@@ -230,14 +228,6 @@ fn owned_value(value: AnyValueKind<'_>) -> Result<AnyValueKind<'static>, sqlx::E
     })
 }
 
-/// The first row among `items`.
-pub(super) fn first_row(items: Vec<Item>) -> Option<AnyRow> {
-    items.into_iter().find_map(|item| match item {
-        Either::Right(row) => Some(row),
-        Either::Left(_) => None,
-    })
-}
-
 fn finished() -> sqlx::Error {
     sqlx::Error::Protocol("the write transaction has ended".into())
 }
@@ -247,7 +237,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
 
     fn fetch_many<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
     where
         'c: 'e,
@@ -256,15 +246,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
         match &mut self.0 {
             Inner::Postgres(tx) => (&mut **tx).fetch_many(query),
             Inner::Sqlite(w) => {
-                let values = owned_values(&mut query);
-                let sql = query.sql();
-                Box::pin(
-                    futures_util::stream::once(async move {
-                        let items = w.run(sql, &values?)?;
-                        Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
-                    })
-                    .try_flatten(),
-                )
+                stream_with(query, move |sql, values| async move { w.run(sql, &values) })
             }
             Inner::Finished => Box::pin(futures_util::stream::once(async { Err(finished()) })),
         }
@@ -272,7 +254,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
 
     fn fetch_optional<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> futures_util::future::BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
     where
         'c: 'e,
@@ -281,9 +263,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
         match &mut self.0 {
             Inner::Postgres(tx) => (&mut **tx).fetch_optional(query),
             Inner::Sqlite(w) => {
-                let values = owned_values(&mut query);
-                let sql = query.sql();
-                Box::pin(async move { Ok(first_row(w.run(sql, &values?)?)) })
+                first_row_with(query, move |sql, values| async move { w.run(sql, &values) })
             }
             Inner::Finished => Box::pin(async { Err(finished()) }),
         }
@@ -299,11 +279,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
     {
         match &mut self.0 {
             Inner::Postgres(tx) => (&mut **tx).prepare_with(sql, parameters),
-            _ => Box::pin(async {
-                Err(sqlx::Error::Protocol(
-                    "statements are not prepared ahead on SQLite's writer".into(),
-                ))
-            }),
+            _ => not_on_direct("prepared"),
         }
     }
 
@@ -316,11 +292,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
     {
         match &mut self.0 {
             Inner::Postgres(tx) => (&mut **tx).describe(sql),
-            _ => Box::pin(async {
-                Err(sqlx::Error::Protocol(
-                    "statements are not described on SQLite's writer".into(),
-                ))
-            }),
+            _ => not_on_direct("described"),
         }
     }
 }
@@ -409,7 +381,10 @@ mod tests {
         free
     }
 
-    fn insert(k: &'static str, v: i64) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
+    fn insert(
+        k: &'static str,
+        v: i64,
+    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
         sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, $2)")
             .bind(k)
             .bind(v)
@@ -490,11 +465,13 @@ mod tests {
             let db = db.clone();
             waiting.push(tokio::spawn(async move {
                 let mut w = db.write().await.expect("writer");
-                sqlx::query("INSERT INTO write_test (k, v) VALUES ($1, (SELECT COUNT(*) FROM write_test))")
-                    .bind(format!("w{i}"))
-                    .execute(&mut w)
-                    .await
-                    .expect("insert");
+                sqlx::query(
+                    "INSERT INTO write_test (k, v) VALUES ($1, (SELECT COUNT(*) FROM write_test))",
+                )
+                .bind(format!("w{i}"))
+                .execute(&mut w)
+                .await
+                .expect("insert");
                 w.commit().await.expect("commit");
             }));
             // Each writer is queued before the next one starts.
