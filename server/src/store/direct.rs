@@ -234,7 +234,7 @@ impl DirectWriter {
         if self.closed.load(Ordering::Acquire) {
             return Err(sqlx::Error::PoolClosed);
         }
-        let mut turn = tokio::time::timeout(self.wait, self.conn.clone().lock_owned())
+        let turn = tokio::time::timeout(self.wait, self.conn.clone().lock_owned())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?;
         // A transaction a previous turn could not roll back (its `ROLLBACK` failed) must not

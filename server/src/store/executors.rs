@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::direct::{DirectSqlite, DirectWriter, first_row_with, stream_with};
 
 /// The executor for statements that need no connection of their own: on PostgreSQL the pool;
-/// on SQLite the [`DirectSqlite`] connections, on the calling thread (the pool stays for
+/// on SQLite the `DirectSqlite` connections (`store/direct.rs`), on the calling thread (the pool stays for
 /// preparing and describing statements, which nothing on a request path does).
 #[derive(Debug, Clone)]
 pub struct Reads(Inner);
@@ -117,7 +117,7 @@ impl<'c> Executor<'c> for &'c Reads {
 }
 
 /// The executor for single writes: on PostgreSQL the pool; on SQLite one statement in the
-/// writer's turn ([`DirectWriter`]), on the calling thread, committed by itself.
+/// writer's turn (`DirectWriter`, `store/direct.rs`), on the calling thread, committed by itself.
 #[derive(Debug, Clone)]
 pub struct Writes(WritesInner);
 

@@ -3,7 +3,9 @@
 //! drivers accept them), integers are `BIGINT`, times are Unix seconds.
 //!
 //! Transactions that write start with their write, so SQLite takes its write lock first and two
-//! writers never deadlock upgrading read locks.
+//! writers never deadlock upgrading read locks. On SQLite the statements run on the calling
+//! thread through rusqlite, answered in the `Any` driver's types (`store/direct.rs`), so the storage
+//! functions are the same for both engines.
 
 pub mod applications;
 pub mod audit;
@@ -85,12 +87,13 @@ pub enum Engine {
     Postgres,
 }
 
-/// The database: connection pools with the schema migrated.
+/// The database: connections with the schema migrated.
 ///
-/// On SQLite, writes go through one writer connection: writers queue for it in order (the
-/// pool's waiters are served first come, first served) and start their transactions with
-/// `BEGIN IMMEDIATE`, so no writer ever sleeps on `busy_timeout` waiting for another writer of
-/// this process; reads run on their own connections beside it (WAL). On PostgreSQL, reads and
+/// On SQLite, statements run on the calling thread (`store/direct.rs`): writes on one writer
+/// connection that writers take in turn, in the order they came, starting their transactions
+/// with `BEGIN IMMEDIATE`, so no writer ever sleeps on `busy_timeout` waiting for another writer
+/// of this process; reads on connections of their own beside it (WAL). sqlx's pools migrate the
+/// schema and serve the few statements that need a driver connection. On PostgreSQL, reads and
 /// writes share one pool. No connection is pinged before it is handed out: a dead connection
 /// fails its statement, which is answered as unavailability.
 #[derive(Clone)]

@@ -1,6 +1,6 @@
 //! A request's own read connection ([`super::Database::reader`]): on PostgreSQL a pooled
 //! connection its write transaction can run on too; on SQLite a direct connection
-//! ([`super::direct`]) its statements run on, on the calling thread.
+//! (`store/direct.rs`) its statements run on, on the calling thread.
 
 use futures_util::stream::BoxStream;
 use sqlx::Describe;

@@ -1,6 +1,6 @@
 //! Write transactions.
 //!
-//! On SQLite a [`Write`] holds the one writer connection ([`DirectWriter`]) for its whole
+//! On SQLite a [`Write`] holds the one writer connection (`DirectWriter`, `store/direct.rs`) for its whole
 //! transaction and runs its statements on the task's own thread: `BEGIN IMMEDIATE` goes with
 //! its first statement, so a write that turns out to write nothing takes no write lock, and
 //! writers wait for their turn in the order they came. On PostgreSQL it is an ordinary
