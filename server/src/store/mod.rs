@@ -301,7 +301,7 @@ impl Database {
     /// its write transaction can run on it too ([`Database::write_on`]).
     pub async fn reader(&self) -> Result<ReadConn, StoreError> {
         match &self.direct_readers {
-            Some(direct) => Ok(ReadConn::direct(direct.clone())?),
+            Some(direct) => Ok(ReadConn::direct(direct.clone())),
             None => Ok(ReadConn::pool(self.readers.acquire().await?)),
         }
     }

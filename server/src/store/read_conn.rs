@@ -1,6 +1,9 @@
 //! A request's own read connection ([`super::Database::reader`]): on PostgreSQL a pooled
-//! connection its write transaction can run on too; on SQLite a direct connection
-//! (`store/direct.rs`) its statements run on, on the calling thread.
+//! connection its write transaction can run on too; on SQLite the direct connections
+//! (`store/direct.rs`), each statement on whichever is idle, on the calling thread. A SQLite
+//! statement outside a transaction holds nothing after it ran, so a request keeps no connection
+//! between its statements there: connections stay as few as the threads running statements,
+//! and their page caches warm.
 
 use futures_util::stream::BoxStream;
 use sqlx::Describe;
@@ -9,7 +12,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, Either, Execute, Executor};
 use std::sync::Arc;
 
-use super::direct::{DirectConnection, DirectSqlite, first_row_with, not_on_direct, stream_with};
+use super::direct::{DirectSqlite, first_row_with, not_on_direct, stream_with};
 
 /// A request's read connection, given back when dropped. It dereferences to the
 /// [`ReadHandle`] storage functions take.
@@ -21,17 +24,14 @@ pub struct ReadHandle(Inner);
 
 enum Inner {
     Pool(PoolConnection<Any>),
-    Direct {
-        conn: Option<DirectConnection>,
-        owner: Arc<DirectSqlite>,
-    },
+    Direct(Arc<DirectSqlite>),
 }
 
 impl std::fmt::Debug for ReadHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.0 {
             Inner::Pool(_) => "pool",
-            Inner::Direct { .. } => "direct",
+            Inner::Direct(_) => "direct",
         };
         f.debug_tuple("ReadConn").field(&kind).finish()
     }
@@ -43,20 +43,16 @@ impl ReadConn {
         ReadConn(ReadHandle(Inner::Pool(conn)))
     }
 
-    /// A direct connection taken from `owner`, given back to it when dropped.
-    pub(crate) fn direct(owner: Arc<DirectSqlite>) -> Result<Self, sqlx::Error> {
-        let conn = owner.take()?;
-        Ok(ReadConn(ReadHandle(Inner::Direct {
-            conn: Some(conn),
-            owner,
-        })))
+    /// Statements on the connections of `direct`.
+    pub(crate) fn direct(direct: Arc<DirectSqlite>) -> Self {
+        ReadConn(ReadHandle(Inner::Direct(direct)))
     }
 
     /// The pooled connection, for a write transaction to run on (PostgreSQL).
     pub(crate) fn pooled(&mut self) -> Option<&mut PoolConnection<Any>> {
         match &mut self.0.0 {
             Inner::Pool(conn) => Some(conn),
-            Inner::Direct { .. } => None,
+            Inner::Direct(_) => None,
         }
     }
 }
@@ -75,28 +71,6 @@ impl std::ops::DerefMut for ReadConn {
     }
 }
 
-impl Drop for ReadHandle {
-    fn drop(&mut self) {
-        if let Inner::Direct { conn, owner } = &mut self.0
-            && let Some(conn) = conn.take()
-        {
-            owner.give_back(conn);
-        }
-    }
-}
-
-impl ReadHandle {
-    fn run(
-        conn: &mut Option<DirectConnection>,
-        sql: &str,
-        values: &[sqlx_core::any::AnyValueKind<'_>],
-    ) -> Result<Vec<super::direct::Item>, sqlx::Error> {
-        conn.as_mut()
-            .ok_or(sqlx::Error::PoolClosed)?
-            .run(sql, values)
-    }
-}
-
 impl<'c> Executor<'c> for &'c mut ReadHandle {
     type Database = Any;
 
@@ -110,9 +84,12 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).fetch_many(query),
-            Inner::Direct { conn, .. } => stream_with(query, move |sql, values| async move {
-                ReadHandle::run(conn, sql, &values)
-            }),
+            Inner::Direct(direct) => {
+                stream_with(
+                    query,
+                    move |sql, values| async move { direct.run(sql, &values) },
+                )
+            }
         }
     }
 
@@ -126,9 +103,12 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).fetch_optional(query),
-            Inner::Direct { conn, .. } => first_row_with(query, move |sql, values| async move {
-                ReadHandle::run(conn, sql, &values)
-            }),
+            Inner::Direct(direct) => {
+                first_row_with(
+                    query,
+                    move |sql, values| async move { direct.run(sql, &values) },
+                )
+            }
         }
     }
 
@@ -142,7 +122,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).prepare_with(sql, parameters),
-            Inner::Direct { .. } => not_on_direct("prepared"),
+            Inner::Direct(_) => not_on_direct("prepared"),
         }
     }
 
@@ -155,7 +135,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).describe(sql),
-            Inner::Direct { .. } => not_on_direct("described"),
+            Inner::Direct(_) => not_on_direct("described"),
         }
     }
 }
