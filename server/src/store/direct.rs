@@ -298,6 +298,11 @@ impl DirectConnection {
             Some(columns) => columns.clone(),
             None => {
                 let columns = Arc::new(columns_of(&statement));
+                // Statements built at run time (a list's placeholders) come in many texts:
+                // start over rather than keep them all.
+                if self.columns.len() >= STATEMENT_CACHE {
+                    self.columns.clear();
+                }
                 self.columns.insert(sql.into(), columns.clone());
                 columns
             }
@@ -574,6 +579,23 @@ mod tests {
             ["next"],
             "the open transaction was rolled back, the next committed"
         );
+    }
+
+    #[test]
+    fn many_statement_texts_keep_what_each_connection_learns_bounded() {
+        let (_dir, direct) = database();
+        for i in 0..(STATEMENT_CACHE * 2 + 3) {
+            let sql = format!("SELECT {i} AS n, id FROM t");
+            direct.run(&sql, &[]).expect("select");
+        }
+        let idle = direct.idle.lock().expect("idle");
+        let conn = idle.first().expect("a connection");
+        assert!(
+            conn.columns.len() <= STATEMENT_CACHE,
+            "{}",
+            conn.columns.len()
+        );
+        assert!(!conn.columns.is_empty());
     }
 
     #[test]
