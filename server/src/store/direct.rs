@@ -8,7 +8,7 @@
 //! less than the hand-off around it. So reads on SQLite run here, on the task's own thread,
 //! on connections this module keeps ([`DirectSqlite`]), and their results come back in the
 //! `Any` driver's types, so the storage functions that take any executor run unchanged
-//! ([`super::Reads`]).
+//! ([`super::Statements`]).
 //!
 //! What this keeps from sqlx's SQLite driver, so that a row reads the same either way: `$N`
 //! placeholders bind the N-th value wherever they stand; an integer value is `BigInt`, a real
@@ -52,7 +52,7 @@ where
     F: FnOnce(&'q str, Vec<AnyValueKind<'static>>) -> Fut + Send + 'e,
     Fut: Future<Output = Result<Vec<Item>, sqlx::Error>> + Send + 'e,
 {
-    let values = super::write::owned_values(&mut query);
+    let values = owned_values(&mut query);
     let sql = query.sql();
     Box::pin(
         futures_util::stream::once(async move {
@@ -73,7 +73,7 @@ where
     F: FnOnce(&'q str, Vec<AnyValueKind<'static>>) -> Fut + Send + 'e,
     Fut: Future<Output = Result<Vec<Item>, sqlx::Error>> + Send + 'e,
 {
-    let values = super::write::owned_values(&mut query);
+    let values = owned_values(&mut query);
     let sql = query.sql();
     Box::pin(async move {
         let items = run(sql, values?).await?;
@@ -93,6 +93,35 @@ pub(super) fn not_on_direct<'e, T: Send + 'e>(
         Err(sqlx::Error::Protocol(format!(
             "statements are not {what} on a direct SQLite connection"
         )))
+    })
+}
+
+/// Takes `query`'s bound values, owned.
+fn owned_values<'q>(
+    query: &mut impl Execute<'q, Any>,
+) -> Result<Vec<AnyValueKind<'static>>, sqlx::Error> {
+    let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
+    arguments
+        .map(|a| a.values.0.into_iter().map(owned_value).collect())
+        .unwrap_or(Ok(Vec::new()))
+}
+
+fn owned_value(value: AnyValueKind<'_>) -> Result<AnyValueKind<'static>, sqlx::Error> {
+    Ok(match value {
+        AnyValueKind::Null(kind) => AnyValueKind::Null(kind),
+        AnyValueKind::Bool(v) => AnyValueKind::Bool(v),
+        AnyValueKind::SmallInt(v) => AnyValueKind::SmallInt(v),
+        AnyValueKind::Integer(v) => AnyValueKind::Integer(v),
+        AnyValueKind::BigInt(v) => AnyValueKind::BigInt(v),
+        AnyValueKind::Real(v) => AnyValueKind::Real(v),
+        AnyValueKind::Double(v) => AnyValueKind::Double(v),
+        AnyValueKind::Text(v) => AnyValueKind::Text(Cow::Owned(v.into_owned())),
+        AnyValueKind::Blob(v) => AnyValueKind::Blob(Cow::Owned(v.into_owned())),
+        _ => {
+            return Err(sqlx::Error::Protocol(
+                "a value of a kind this version does not know".into(),
+            ));
+        }
     })
 }
 
@@ -191,7 +220,7 @@ impl DirectSqlite {
 /// The one connection that writes, with the writers waiting for it in the order they came.
 ///
 /// A writer holds it for its whole transaction ([`super::Write`]) or for one statement
-/// ([`super::Writes`]) and runs its statements on its own thread; the others wait in
+/// ([`super::Statements`]) and runs its statements on its own thread; the others wait in
 /// `tokio`'s fair queue, asleep, without SQLite's `busy_timeout` sleeps.
 pub(crate) struct DirectWriter {
     conn: Arc<tokio::sync::Mutex<DirectConnection>>,

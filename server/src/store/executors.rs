@@ -1,59 +1,78 @@
-//! Executors for statements that need no transaction: [`Reads`] ([`super::Database::pool`])
-//! and [`Writes`] ([`super::Database::writer`]).
+//! The executor for statements that need no transaction of their own: [`Statements`], which
+//! [`super::Database::pool`] (reads) and [`super::Database::writer`] (single writes) hand out.
 
 use futures_util::stream::BoxStream;
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyPool, Either, Execute, Executor};
+use sqlx_core::any::AnyValueKind;
 use std::sync::Arc;
 
-use super::direct::{DirectSqlite, DirectWriter, first_row_with, stream_with};
+use super::direct::{DirectSqlite, DirectWriter, Item, first_row_with, stream_with};
 
-/// The executor for statements that need no connection of their own: on PostgreSQL the pool;
-/// on SQLite the `DirectSqlite` connections (`store/direct.rs`), on the calling thread (the pool stays for
-/// preparing and describing statements, which nothing on a request path does).
+/// Where statements run: on PostgreSQL each on a pooled connection; on SQLite on the calling
+/// thread (`store/direct.rs`), a read on an idle direct connection, a write in a turn of the
+/// writer connection, committed by itself. The pool stays for preparing and describing
+/// statements, which nothing on a request path does.
 #[derive(Debug, Clone)]
-pub struct Reads(Inner);
-
-#[derive(Debug, Clone)]
-enum Inner {
-    /// Each statement on a pooled connection.
-    Pool(AnyPool),
-    /// Each statement on the calling thread.
-    Direct {
-        /// The connections statements run on.
-        direct: Arc<DirectSqlite>,
-        /// The pool, to prepare and describe statements.
-        pool: AnyPool,
-    },
+pub struct Statements {
+    pool: AnyPool,
+    direct: Option<Direct>,
 }
 
-impl Reads {
+#[derive(Debug, Clone)]
+enum Direct {
+    Reads(Arc<DirectSqlite>),
+    Writes(Arc<DirectWriter>),
+}
+
+impl Statements {
     /// Each statement on a connection of `pool`.
     pub(crate) fn pool(pool: AnyPool) -> Self {
-        Reads(Inner::Pool(pool))
+        Statements { pool, direct: None }
     }
 
-    /// Each statement on a connection of `direct`; `pool` prepares and describes statements.
-    pub(crate) fn direct(direct: Arc<DirectSqlite>, pool: AnyPool) -> Self {
-        Reads(Inner::Direct { direct, pool })
+    /// Reads on the connections of `direct`; `pool` prepares and describes statements.
+    pub(crate) fn direct_reads(direct: Arc<DirectSqlite>, pool: AnyPool) -> Self {
+        Statements {
+            pool,
+            direct: Some(Direct::Reads(direct)),
+        }
+    }
+
+    /// Writes in turns of `writer`; `pool` prepares and describes statements.
+    pub(crate) fn direct_writes(writer: Arc<DirectWriter>, pool: AnyPool) -> Self {
+        Statements {
+            pool,
+            direct: Some(Direct::Writes(writer)),
+        }
+    }
+
+    /// Whether statements run on the calling thread (SQLite).
+    pub(crate) fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Closes the direct connections (the pool closes with the database's other pools).
     pub(crate) fn close(&self) {
-        if let Inner::Direct { direct, .. } = &self.0 {
-            direct.close();
-        }
-    }
-
-    fn any_pool(&self) -> &AnyPool {
-        match &self.0 {
-            Inner::Pool(pool) | Inner::Direct { pool, .. } => pool,
+        match &self.direct {
+            Some(Direct::Reads(direct)) => direct.close(),
+            Some(Direct::Writes(writer)) => writer.close(),
+            None => {}
         }
     }
 }
 
-impl<'c> Executor<'c> for &'c Reads {
+impl Direct {
+    async fn run(&self, sql: &str, values: &[AnyValueKind<'_>]) -> Result<Vec<Item>, sqlx::Error> {
+        match self {
+            Direct::Reads(direct) => direct.run(sql, values),
+            Direct::Writes(writer) => writer.turn().await?.run(sql, values),
+        }
+    }
+}
+
+impl<'c> Executor<'c> for &'c Statements {
     type Database = Any;
 
     fn fetch_many<'e, 'q: 'e, E>(
@@ -64,14 +83,11 @@ impl<'c> Executor<'c> for &'c Reads {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &self.0 {
-            Inner::Pool(pool) => pool.fetch_many(query),
-            Inner::Direct { direct, .. } => {
-                stream_with(
-                    query,
-                    move |sql, values| async move { direct.run(sql, &values) },
-                )
-            }
+        match &self.direct {
+            None => self.pool.fetch_many(query),
+            Some(direct) => stream_with(query, move |sql, values| async move {
+                direct.run(sql, &values).await
+            }),
         }
     }
 
@@ -83,14 +99,11 @@ impl<'c> Executor<'c> for &'c Reads {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &self.0 {
-            Inner::Pool(pool) => pool.fetch_optional(query),
-            Inner::Direct { direct, .. } => {
-                first_row_with(
-                    query,
-                    move |sql, values| async move { direct.run(sql, &values) },
-                )
-            }
+        match &self.direct {
+            None => self.pool.fetch_optional(query),
+            Some(direct) => first_row_with(query, move |sql, values| async move {
+                direct.run(sql, &values).await
+            }),
         }
     }
 
@@ -102,7 +115,7 @@ impl<'c> Executor<'c> for &'c Reads {
     where
         'c: 'e,
     {
-        self.any_pool().prepare_with(sql, parameters)
+        self.pool.prepare_with(sql, parameters)
     }
 
     fn describe<'e, 'q: 'e>(
@@ -112,100 +125,6 @@ impl<'c> Executor<'c> for &'c Reads {
     where
         'c: 'e,
     {
-        self.any_pool().describe(sql)
-    }
-}
-
-/// The executor for single writes: on PostgreSQL the pool; on SQLite one statement in the
-/// writer's turn (`DirectWriter`, `store/direct.rs`), on the calling thread, committed by itself.
-#[derive(Debug, Clone)]
-pub struct Writes(WritesInner);
-
-#[derive(Debug, Clone)]
-enum WritesInner {
-    Pool(AnyPool),
-    Direct {
-        writer: Arc<DirectWriter>,
-        /// The pool, to prepare and describe statements.
-        pool: AnyPool,
-    },
-}
-
-impl Writes {
-    /// Each statement on a connection of `pool`.
-    pub(crate) fn pool(pool: AnyPool) -> Self {
-        Writes(WritesInner::Pool(pool))
-    }
-
-    /// Each statement in a turn of `writer`; `pool` prepares and describes statements.
-    pub(crate) fn direct(writer: Arc<DirectWriter>, pool: AnyPool) -> Self {
-        Writes(WritesInner::Direct { writer, pool })
-    }
-
-    fn any_pool(&self) -> &AnyPool {
-        match &self.0 {
-            WritesInner::Pool(pool) | WritesInner::Direct { pool, .. } => pool,
-        }
-    }
-}
-
-impl<'c> Executor<'c> for &'c Writes {
-    type Database = Any;
-
-    fn fetch_many<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
-    where
-        'c: 'e,
-        E: 'q + Execute<'q, Any>,
-    {
-        match &self.0 {
-            WritesInner::Pool(pool) => pool.fetch_many(query),
-            WritesInner::Direct { writer, .. } => {
-                stream_with(query, move |sql, values| async move {
-                    writer.turn().await?.run(sql, &values)
-                })
-            }
-        }
-    }
-
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> futures_util::future::BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
-    where
-        'c: 'e,
-        E: 'q + Execute<'q, Any>,
-    {
-        match &self.0 {
-            WritesInner::Pool(pool) => pool.fetch_optional(query),
-            WritesInner::Direct { writer, .. } => {
-                first_row_with(query, move |sql, values| async move {
-                    writer.turn().await?.run(sql, &values)
-                })
-            }
-        }
-    }
-
-    fn prepare_with<'e, 'q: 'e>(
-        self,
-        sql: &'q str,
-        parameters: &'e [AnyTypeInfo],
-    ) -> futures_util::future::BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
-    where
-        'c: 'e,
-    {
-        self.any_pool().prepare_with(sql, parameters)
-    }
-
-    fn describe<'e, 'q: 'e>(
-        self,
-        sql: &'q str,
-    ) -> futures_util::future::BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
-    where
-        'c: 'e,
-    {
-        self.any_pool().describe(sql)
+        self.pool.describe(sql)
     }
 }

@@ -71,7 +71,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 use zeroize::Zeroizing;
 
 pub use error::StoreError;
-pub use executors::{Reads, Writes};
+pub use executors::Statements;
 pub use read_conn::{ReadConn, ReadHandle};
 pub use write::{Committed, Ticket, Write, WriteConn};
 
@@ -100,11 +100,9 @@ pub enum Engine {
 pub struct Database {
     readers: AnyPool,
     /// Where single reads run ([`Database::pool`]).
-    reads: Reads,
+    reads: Statements,
     /// Where single writes run ([`Database::writer`]).
-    writes: Writes,
-    /// SQLite: the connections reads run on, on the calling thread.
-    direct_readers: Option<Arc<direct::DirectSqlite>>,
+    writes: Statements,
     /// SQLite: the one writer connection every write transaction takes its turn on.
     direct_writer: Option<Arc<direct::DirectWriter>>,
     writer: AnyPool,
@@ -185,75 +183,72 @@ impl Database {
                 options
             }
         };
-        let (readers, reads, writer, writes, direct_readers, direct_writer, checkpointer) =
-            match engine {
-                Engine::Sqlite => {
-                    let writer = pool_options()
-                        .max_connections(1)
-                        .connect_with(options.clone())
-                        .await?;
-                    // Persistent per database file: readers never block the writer.
-                    sqlx::query("PRAGMA journal_mode = WAL")
-                        .execute(&writer)
-                        .await?;
-                    set_file_private(&url);
-                    SQLITE_MIGRATIONS
-                        .run(&writer)
-                        .await
-                        .map_err(StoreError::Migration)?;
-                    let filename = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
-                        .get_filename()
-                        .to_path_buf();
-                    // From here on the pool's writer only prepares and describes statements:
-                    // every write takes its turn on this connection.
-                    let direct_writer =
-                        Arc::new(direct::DirectWriter::open(&filename, acquire_timeout)?);
-                    let checkpointer =
-                        checkpoint::Checkpointer::start(options.clone(), direct_writer.clone())
-                            .await?;
-                    let readers = pool_options()
-                        .max_connections(max_connections.max(1))
-                        .connect_with(options)
-                        .await?;
-                    let direct_readers = Arc::new(direct::DirectSqlite::open(&filename)?);
-                    let reads = Reads::direct(direct_readers.clone(), readers.clone());
-                    let writes = Writes::direct(direct_writer.clone(), writer.clone());
-                    (
-                        readers,
-                        reads,
-                        writer,
-                        writes,
-                        Some(direct_readers),
-                        Some(direct_writer),
-                        Some(Arc::new(checkpointer)),
-                    )
-                }
-                Engine::Postgres => {
-                    let pool = pool_options()
-                        .max_connections(max_connections.max(1))
-                        .connect_with(options)
-                        .await?;
-                    POSTGRES_MIGRATIONS
-                        .run(&pool)
-                        .await
-                        .map_err(StoreError::Migration)?;
-                    (
-                        pool.clone(),
-                        Reads::pool(pool.clone()),
-                        pool.clone(),
-                        Writes::pool(pool),
-                        None,
-                        None,
-                        None,
-                    )
-                }
-            };
+        let (readers, reads, writer, writes, direct_writer, checkpointer) = match engine {
+            Engine::Sqlite => {
+                let writer = pool_options()
+                    .max_connections(1)
+                    .connect_with(options.clone())
+                    .await?;
+                // Persistent per database file: readers never block the writer.
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&writer)
+                    .await?;
+                set_file_private(&url);
+                SQLITE_MIGRATIONS
+                    .run(&writer)
+                    .await
+                    .map_err(StoreError::Migration)?;
+                let filename = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+                    .get_filename()
+                    .to_path_buf();
+                // From here on the pool's writer only prepares and describes statements:
+                // every write takes its turn on this connection.
+                let direct_writer =
+                    Arc::new(direct::DirectWriter::open(&filename, acquire_timeout)?);
+                let checkpointer =
+                    checkpoint::Checkpointer::start(options.clone(), direct_writer.clone()).await?;
+                let readers = pool_options()
+                    .max_connections(max_connections.max(1))
+                    .connect_with(options)
+                    .await?;
+                let reads = Statements::direct_reads(
+                    Arc::new(direct::DirectSqlite::open(&filename)?),
+                    readers.clone(),
+                );
+                let writes = Statements::direct_writes(direct_writer.clone(), writer.clone());
+                (
+                    readers,
+                    reads,
+                    writer,
+                    writes,
+                    Some(direct_writer),
+                    Some(Arc::new(checkpointer)),
+                )
+            }
+            Engine::Postgres => {
+                let pool = pool_options()
+                    .max_connections(max_connections.max(1))
+                    .connect_with(options)
+                    .await?;
+                POSTGRES_MIGRATIONS
+                    .run(&pool)
+                    .await
+                    .map_err(StoreError::Migration)?;
+                (
+                    pool.clone(),
+                    Statements::pool(pool.clone()),
+                    pool.clone(),
+                    Statements::pool(pool),
+                    None,
+                    None,
+                )
+            }
+        };
         Ok(Self {
             readers,
             reads,
             writer,
             writes,
-            direct_readers,
             direct_writer,
             engine,
             url: Arc::new(Zeroizing::new(url)),
@@ -263,14 +258,14 @@ impl Database {
     }
 
     /// The executor for single reads (and the odd write that needs no transaction): on
-    /// PostgreSQL the pool, on SQLite connections used on the calling thread ([`Reads`]).
-    pub fn pool(&self) -> &Reads {
+    /// PostgreSQL the pool, on SQLite connections used on the calling thread ([`Statements`]).
+    pub fn pool(&self) -> &Statements {
         &self.reads
     }
 
     /// The executor for single-statement writes, each committed by itself (on SQLite: in a
     /// turn of the one writer connection).
-    pub fn writer(&self) -> &Writes {
+    pub fn writer(&self) -> &Statements {
         &self.writes
     }
 
@@ -300,10 +295,10 @@ impl Database {
     /// after the other, instead of each taking a pooled connection of its own; on PostgreSQL
     /// its write transaction can run on it too ([`Database::write_on`]).
     pub async fn reader(&self) -> Result<ReadConn, StoreError> {
-        match &self.direct_readers {
-            Some(direct) => Ok(ReadConn::direct(direct.clone())),
-            None => Ok(ReadConn::pool(self.readers.acquire().await?)),
+        if self.reads.is_direct() {
+            return Ok(ReadConn::direct(self.reads.clone()));
         }
+        Ok(ReadConn::pool(self.readers.acquire().await?))
     }
 
     /// Opens the data key that seals secret columns (see [`secrets::open`]) with the master key,
@@ -383,9 +378,7 @@ impl Database {
             checkpointer.stop();
         }
         self.reads.close();
-        if let Some(writer) = &self.direct_writer {
-            writer.close();
-        }
+        self.writes.close();
         self.readers.close().await;
         self.writer.close().await;
     }

@@ -10,9 +10,8 @@ use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Either, Execute, Executor};
-use std::sync::Arc;
 
-use super::direct::{DirectSqlite, first_row_with, not_on_direct, stream_with};
+use super::executors::Statements;
 
 /// A request's read connection, given back when dropped. It dereferences to the
 /// [`ReadHandle`] storage functions take.
@@ -24,7 +23,8 @@ pub struct ReadHandle(Inner);
 
 enum Inner {
     Pool(PoolConnection<Any>),
-    Direct(Arc<DirectSqlite>),
+    /// SQLite: each statement as a single read ([`super::Database::pool`]).
+    Direct(Statements),
 }
 
 impl std::fmt::Debug for ReadHandle {
@@ -43,9 +43,9 @@ impl ReadConn {
         ReadConn(ReadHandle(Inner::Pool(conn)))
     }
 
-    /// Statements on the connections of `direct`.
-    pub(crate) fn direct(direct: Arc<DirectSqlite>) -> Self {
-        ReadConn(ReadHandle(Inner::Direct(direct)))
+    /// Each statement as a single read of `reads` (SQLite's direct connections).
+    pub(crate) fn direct(reads: Statements) -> Self {
+        ReadConn(ReadHandle(Inner::Direct(reads)))
     }
 
     /// The pooled connection, for a write transaction to run on (PostgreSQL).
@@ -84,12 +84,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).fetch_many(query),
-            Inner::Direct(direct) => {
-                stream_with(
-                    query,
-                    move |sql, values| async move { direct.run(sql, &values) },
-                )
-            }
+            Inner::Direct(reads) => (&*reads).fetch_many(query),
         }
     }
 
@@ -103,12 +98,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).fetch_optional(query),
-            Inner::Direct(direct) => {
-                first_row_with(
-                    query,
-                    move |sql, values| async move { direct.run(sql, &values) },
-                )
-            }
+            Inner::Direct(reads) => (&*reads).fetch_optional(query),
         }
     }
 
@@ -122,7 +112,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).prepare_with(sql, parameters),
-            Inner::Direct(_) => not_on_direct("prepared"),
+            Inner::Direct(reads) => (&*reads).prepare_with(sql, parameters),
         }
     }
 
@@ -135,7 +125,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
     {
         match &mut self.0 {
             Inner::Pool(conn) => (&mut **conn).describe(sql),
-            Inner::Direct(_) => not_on_direct("described"),
+            Inner::Direct(reads) => (&*reads).describe(sql),
         }
     }
 }

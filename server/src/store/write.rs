@@ -18,7 +18,6 @@ use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, Either, Execute, Executor, Transaction};
 use sqlx_core::any::AnyValueKind;
-use std::borrow::Cow;
 
 use super::StoreError;
 use super::direct::{Item, WriterTurn, first_row_with, not_on_direct, stream_with};
@@ -197,35 +196,6 @@ impl Drop for WriteConn<'_> {
             tracing::debug!(error = %e, "rolling back a dropped write");
         }
     }
-}
-
-/// Takes `query`'s bound values, owned.
-pub(super) fn owned_values<'q>(
-    query: &mut impl Execute<'q, Any>,
-) -> Result<Vec<AnyValueKind<'static>>, sqlx::Error> {
-    let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
-    arguments
-        .map(|a| a.values.0.into_iter().map(owned_value).collect())
-        .unwrap_or(Ok(Vec::new()))
-}
-
-fn owned_value(value: AnyValueKind<'_>) -> Result<AnyValueKind<'static>, sqlx::Error> {
-    Ok(match value {
-        AnyValueKind::Null(kind) => AnyValueKind::Null(kind),
-        AnyValueKind::Bool(v) => AnyValueKind::Bool(v),
-        AnyValueKind::SmallInt(v) => AnyValueKind::SmallInt(v),
-        AnyValueKind::Integer(v) => AnyValueKind::Integer(v),
-        AnyValueKind::BigInt(v) => AnyValueKind::BigInt(v),
-        AnyValueKind::Real(v) => AnyValueKind::Real(v),
-        AnyValueKind::Double(v) => AnyValueKind::Double(v),
-        AnyValueKind::Text(v) => AnyValueKind::Text(Cow::Owned(v.into_owned())),
-        AnyValueKind::Blob(v) => AnyValueKind::Blob(Cow::Owned(v.into_owned())),
-        _ => {
-            return Err(sqlx::Error::Protocol(
-                "a value of a kind this version does not know".into(),
-            ));
-        }
-    })
 }
 
 fn finished() -> sqlx::Error {
