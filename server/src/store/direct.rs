@@ -274,6 +274,20 @@ impl DirectWriter {
         Ok(turn)
     }
 
+    /// A turn at once if the writer connection is free and nobody waits for it, for a
+    /// statement that only reads: the writer is the one connection whose page cache survives
+    /// the commits (another connection starts over from the file after every commit it did not
+    /// make), so a read on it reads memory instead of the file. The turn is held only while the
+    /// statement runs, without an await, so a writer that comes meanwhile waits microseconds.
+    pub(crate) fn try_turn(&self) -> Option<WriterTurn> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let turn = self.conn.clone().try_lock_owned().ok()?;
+        // A transaction left open is for the next real turn to roll back.
+        turn.conn.is_autocommit().then_some(turn)
+    }
+
     /// Refuses turns from now on.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -360,6 +374,26 @@ impl DirectConnection {
             last_insert_id: None,
         }));
         Ok(items)
+    }
+}
+
+impl DirectConnection {
+    /// [`DirectConnection::run`] for a statement that must leave no transaction open (a
+    /// statement on the writer connection outside a writer's own transaction): one that began
+    /// one is rolled back and refused, so the next writer's turn starts clean.
+    pub(crate) fn run_alone(
+        &mut self,
+        sql: &str,
+        values: &[AnyValueKind<'_>],
+    ) -> Result<Vec<Item>, sqlx::Error> {
+        let items = self.run(sql, values)?;
+        if self.conn.is_autocommit() {
+            return Ok(items);
+        }
+        self.conn.execute_batch("ROLLBACK").map_err(failure)?;
+        Err(sqlx::Error::Protocol(
+            "a transaction begins with Database::write, not in a single statement".into(),
+        ))
     }
 }
 
@@ -608,6 +642,48 @@ mod tests {
             ["next"],
             "the open transaction was rolled back, the next committed"
         );
+    }
+
+    #[tokio::test]
+    async fn reads_take_the_writer_only_while_it_is_free_and_leave_no_transaction() {
+        let (dir, _direct) = database();
+        let writer = DirectWriter::open(&dir.path().join("direct.db"), Duration::from_secs(1))
+            .expect("writer");
+        let turn = writer.turn().await.expect("turn");
+        assert!(writer.try_turn().is_none(), "a writer holds it");
+        drop(turn);
+        let mut free = writer.try_turn().expect("free");
+        free.run_alone("SELECT id FROM t", &[]).expect("read");
+        // A statement that begins a transaction is rolled back and refused.
+        let Err(e) = free.run_alone("BEGIN IMMEDIATE", &[]) else {
+            panic!("a transaction outside a write")
+        };
+        assert!(matches!(e, sqlx::Error::Protocol(_)), "{e}");
+        assert!(free.conn.is_autocommit());
+        drop(free);
+        // A writer queued for its turn: when the turn ends it passes to that writer, and a read
+        // does not jump the queue.
+        let held = writer.turn().await.expect("turn");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let queued = tokio::spawn({
+            let conn = writer.conn.clone();
+            async move {
+                let turn = conn.lock_owned().await;
+                let _ = released.await;
+                drop(turn);
+            }
+        });
+        // On the test's one thread, the spawned writer runs (and queues) while this one yields.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        assert!(writer.try_turn().is_none(), "the queued writer's turn");
+        let _ = release.send(());
+        queued.await.expect("queued writer");
+        assert!(writer.try_turn().is_some());
+        writer.close();
+        assert!(writer.try_turn().is_none(), "closed");
     }
 
     #[test]

@@ -22,7 +22,9 @@ pub struct Statements {
 
 #[derive(Debug, Clone)]
 enum Direct {
-    Reads(Arc<DirectSqlite>),
+    /// Reads on the writer connection when it is free ([`DirectWriter::try_turn`]), otherwise
+    /// on an idle reader.
+    Reads(Arc<DirectSqlite>, Arc<DirectWriter>),
     Writes(Arc<DirectWriter>),
 }
 
@@ -32,11 +34,16 @@ impl Statements {
         Statements { pool, direct: None }
     }
 
-    /// Reads on the connections of `direct`; `pool` prepares and describes statements.
-    pub(crate) fn direct_reads(direct: Arc<DirectSqlite>, pool: AnyPool) -> Self {
+    /// Reads on the connections of `direct`, or on `writer`'s while it is free; `pool`
+    /// prepares and describes statements.
+    pub(crate) fn direct_reads(
+        direct: Arc<DirectSqlite>,
+        writer: Arc<DirectWriter>,
+        pool: AnyPool,
+    ) -> Self {
         Statements {
             pool,
-            direct: Some(Direct::Reads(direct)),
+            direct: Some(Direct::Reads(direct, writer)),
         }
     }
 
@@ -56,7 +63,7 @@ impl Statements {
     /// Closes the direct connections (the pool closes with the database's other pools).
     pub(crate) fn close(&self) {
         match &self.direct {
-            Some(Direct::Reads(direct)) => direct.close(),
+            Some(Direct::Reads(direct, _)) => direct.close(),
             Some(Direct::Writes(writer)) => writer.close(),
             None => {}
         }
@@ -66,7 +73,10 @@ impl Statements {
 impl Direct {
     async fn run(&self, sql: &str, values: &[AnyValueKind<'_>]) -> Result<Vec<Item>, sqlx::Error> {
         match self {
-            Direct::Reads(direct) => direct.run(sql, values),
+            Direct::Reads(direct, writer) => match writer.try_turn() {
+                Some(mut turn) => turn.run_alone(sql, values),
+                None => direct.run(sql, values),
+            },
             Direct::Writes(writer) => writer.turn().await?.run(sql, values),
         }
     }

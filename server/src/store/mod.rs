@@ -213,6 +213,7 @@ impl Database {
                     .await?;
                 let reads = Statements::direct_reads(
                     Arc::new(direct::DirectSqlite::open(&filename)?),
+                    direct_writer.clone(),
                     readers.clone(),
                 );
                 let writes = Statements::direct_writes(direct_writer.clone(), writer.clone());

@@ -316,7 +316,6 @@ impl<'c, 't> Executor<'c> for &'c mut Write<'t> {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::Executor;
 
     /// A table of its own in a fresh database.
     async fn fixture() -> (tempfile::TempDir, crate::store::Database) {
@@ -335,19 +334,14 @@ mod tests {
             .expect("rows")
     }
 
-    /// Whether another connection can take SQLite's write lock right now.
-    async fn write_lock_free(db: &crate::store::Database) -> bool {
-        let mut conn = db.reader().await.expect("connection");
-        conn.execute("PRAGMA busy_timeout = 0")
-            .await
-            .expect("pragma");
-        let free = conn.execute("BEGIN IMMEDIATE").await.is_ok();
+    /// Whether another connection (one of its own, to the same file) can take SQLite's write
+    /// lock right now.
+    async fn write_lock_free(dir: &tempfile::TempDir) -> bool {
+        let conn = rusqlite::Connection::open(dir.path().join("store.db")).expect("connection");
+        let free = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
         if free {
-            conn.execute("ROLLBACK").await.expect("rollback");
+            conn.execute_batch("ROLLBACK").expect("rollback");
         }
-        conn.execute("PRAGMA busy_timeout = 10000")
-            .await
-            .expect("pragma");
         free
     }
 
@@ -362,13 +356,13 @@ mod tests {
 
     #[tokio::test]
     async fn deferred_statements_report_their_changes_and_the_write_lock_waits_for_a_statement() {
-        let (_dir, db) = fixture().await;
+        let (dir, db) = fixture().await;
         let mut w = db.write().await.expect("write");
         // Nothing was sent yet, not even `BEGIN IMMEDIATE`.
-        assert!(write_lock_free(&db).await);
+        assert!(write_lock_free(&dir).await);
         let a = w.defer(insert("a", 1)).await.expect("deferred");
         assert!(
-            !write_lock_free(&db).await,
+            !write_lock_free(&dir).await,
             "the transaction holds the write lock"
         );
         let b = w.defer(insert("b", 2)).await.expect("deferred");
@@ -394,7 +388,7 @@ mod tests {
         let committed = w.commit().await.expect("commit");
         assert_eq!([a, b, c, none].map(|t| committed.changes(t)), [1, 1, 2, 0]);
         assert_eq!(rows(&db).await, [("a".into(), 11), ("b".into(), 12)]);
-        assert!(write_lock_free(&db).await);
+        assert!(write_lock_free(&dir).await);
     }
 
     #[tokio::test]
@@ -416,12 +410,12 @@ mod tests {
 
     #[tokio::test]
     async fn rollback_discards_and_an_empty_write_commits_without_a_statement() {
-        let (_dir, db) = fixture().await;
+        let (dir, db) = fixture().await;
         let mut w = db.write().await.expect("write");
         insert("z", 1).execute(&mut w).await.expect("insert");
         w.rollback().await.expect("rollback");
         assert!(rows(&db).await.is_empty());
-        assert!(write_lock_free(&db).await);
+        assert!(write_lock_free(&dir).await);
         let w = db.write().await.expect("write");
         w.commit().await.expect("empty commit");
     }
