@@ -510,7 +510,7 @@ fn ended_of(row: &sqlx::any::AnyRow, now: i64) -> Result<(Authentication, Waitin
 }
 
 /// The statement of [`admission_counts`]: the user's counts over the `authentications_by_user`
-/// index, the application's pending requests summed over `pending_expiries` (kept by the
+/// index (which holds every column they read: migration `0032_admission_counts_covered.sql`), the application's pending requests summed over `pending_expiries` (kept by the
 /// database's triggers, migration `0030_pending_counts.sql`: one row per second of expiry and
 /// shard, so its cost is bounded by the requests' lifetime, not by how many are pending), and
 /// the user's counted pushes over `authentications_counted_pushes`.
@@ -1019,7 +1019,8 @@ mod tests {
             .map(|row| row.try_get::<String, _>("detail").expect("detail"))
             .collect();
         for index in [
-            "authentications_by_user",
+            // The user's requests are counted in the index alone, without their rows.
+            "USING COVERING INDEX authentications_by_user",
             "sqlite_autoindex_pending_expiries_1",
             "authentications_counted_pushes",
         ] {
