@@ -510,10 +510,11 @@ fn ended_of(row: &sqlx::any::AnyRow, now: i64) -> Result<(Authentication, Waitin
 }
 
 /// The statement of [`admission_counts`]: the user's counts over the `authentications_by_user`
-/// index (which holds every column they read: migration `0032_admission_counts_covered.sql`), the application's pending requests summed over `pending_expiries` (kept by the
-/// database's triggers, migration `0030_pending_counts.sql`: one row per second of expiry and
-/// shard, so its cost is bounded by the requests' lifetime, not by how many are pending), and
-/// the user's counted pushes over `authentications_counted_pushes`.
+/// index (which holds every column they read: migration `0032_authentication_indexes.sql`), the
+/// application's pending requests summed over `pending_expiries` (kept by the database's
+/// triggers, migration `0030_pending_counts.sql`: one row per second of expiry and shard, so its
+/// cost is bounded by the requests' lifetime, not by how many are pending), and the user's
+/// counted pushes over `authentications_counted_pushes`.
 pub(crate) const ADMISSION_COUNTS: &str = "SELECT \
     COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS user_pending, \
     COALESCE(SUM(CASE WHEN created_at >= $5 AND state IN ('pending', 'expired', 'denied') THEN 1 ELSE 0 END), 0) AS user_recent, \

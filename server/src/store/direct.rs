@@ -16,7 +16,7 @@
 //! statement's result (rows changed, 0 for a statement that only reads) last; an error carries
 //! SQLite's extended result code as its code, so outages and unique violations are told apart
 //! as before (`store::error`). The connections are set up as the pool's (`busy_timeout`,
-//! `foreign_keys`, `synchronous`).
+//! `foreign_keys`, `synchronous`, `temp_store`).
 //!
 //! This is written by hand because neither sqlx (its SQLite connection is its worker thread)
 //! nor rusqlite (no `Any` rows) offers it; rusqlite does the FFI and the statement cache.
@@ -300,7 +300,8 @@ impl DirectConnection {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(failure)?;
         conn.execute_batch(
-            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
+             PRAGMA temp_store = MEMORY;",
         )
         .map_err(failure)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -701,6 +702,21 @@ mod tests {
             conn.columns.len()
         );
         assert!(!conn.columns.is_empty());
+    }
+
+    #[test]
+    fn connections_are_set_up_as_the_pool_s() {
+        let (_dir, direct) = database();
+        for (pragma, expected) in [
+            ("foreign_keys", 1),
+            ("synchronous", 1), // NORMAL
+            ("temp_store", 2),  // MEMORY: no temporary files
+            ("busy_timeout", 10_000),
+        ] {
+            let (found, _) = rows(direct.run(&format!("PRAGMA {pragma}"), &[]).expect(pragma));
+            let value: i64 = sqlx::Row::get(&found[0], 0);
+            assert_eq!(value, expected, "{pragma}");
+        }
     }
 
     #[test]

@@ -166,6 +166,9 @@ impl Database {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        // A statement's transient tables and sorts stay in memory: on the
+                        // default, some create, write and delete a file in /var/tmp each time.
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
                         // Checkpoints run beside the writer (`checkpoint`); a commit
                         // checkpoints by itself only if they fall this far behind.
                         conn.execute(
