@@ -196,14 +196,16 @@ impl DirectSqlite {
         }
     }
 
-    /// Runs `sql` with `values` on an idle connection.
+    /// Runs `sql` with `values` on an idle connection, which it leaves outside any transaction
+    /// ([`DirectConnection::run_alone`]): a connection given back inside one would pin an old
+    /// snapshot for every later statement on it.
     pub(crate) fn run(
         &self,
         sql: &str,
         values: &[AnyValueKind<'_>],
     ) -> Result<Vec<Item>, sqlx::Error> {
         let mut conn = self.take()?;
-        let result = conn.run(sql, values);
+        let result = conn.run_alone(sql, values);
         self.give_back(conn);
         result
     }
@@ -376,12 +378,10 @@ impl DirectConnection {
         }));
         Ok(items)
     }
-}
 
-impl DirectConnection {
-    /// [`DirectConnection::run`] for a statement that must leave no transaction open (a
-    /// statement on the writer connection outside a writer's own transaction): one that began
-    /// one is rolled back and refused, so the next writer's turn starts clean.
+    /// [`DirectConnection::run`] for a statement that must leave no transaction open (any single
+    /// statement outside a writer's own transaction): one that began one is rolled back and
+    /// refused, so the connection's next statement starts clean.
     pub(crate) fn run_alone(
         &mut self,
         sql: &str,

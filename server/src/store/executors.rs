@@ -11,8 +11,9 @@ use std::sync::Arc;
 use super::direct::{DirectSqlite, DirectWriter, Item, first_row_with, stream_with};
 
 /// Where statements run: on PostgreSQL each on a pooled connection; on SQLite on the calling
-/// thread (`store/direct.rs`), a read on an idle direct connection, a write in a turn of the
-/// writer connection, committed by itself. The pool stays for preparing and describing
+/// thread (`store/direct.rs`), a read on the writer connection if it is free at that instant,
+/// otherwise on an idle direct connection, a write in a turn of the writer connection,
+/// committed by itself. Neither leaves a transaction open on the writer. The pool stays for preparing and describing
 /// statements, which nothing on a request path does.
 #[derive(Debug, Clone)]
 pub struct Statements {
@@ -77,7 +78,7 @@ impl Direct {
                 Some(mut turn) => turn.run_alone(sql, values),
                 None => direct.run(sql, values),
             },
-            Direct::Writes(writer) => writer.turn().await?.run(sql, values),
+            Direct::Writes(writer) => writer.turn().await?.run_alone(sql, values),
         }
     }
 }

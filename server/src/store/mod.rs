@@ -332,9 +332,9 @@ impl Database {
         self.url.as_str()
     }
 
-    /// A trivial query, for health checks, on the connections requests read on. Not in a
-    /// writer's turn: under load a health check would queue behind every writer and a load
-    /// balancer take a busy instance for a dead one.
+    /// A trivial query, for health checks, on the connections requests read on. It never waits
+    /// for a writer's turn: under load a health check would queue behind every writer and a
+    /// load balancer take a busy instance for a dead one.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(self.pool()).await?;
         Ok(())

@@ -409,6 +409,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_single_statement_never_leaves_a_transaction_open() {
+        let (dir, db) = fixture().await;
+        for executor in [db.writer(), db.pool()] {
+            let begun = sqlx::query("BEGIN IMMEDIATE").execute(executor).await;
+            assert!(matches!(begun, Err(sqlx::Error::Protocol(_))), "{begun:?}");
+            assert!(write_lock_free(&dir).await);
+        }
+        // Nor on a reader connection, the writer being busy.
+        let held = db.write().await.expect("write");
+        let begun = sqlx::query("BEGIN").execute(db.pool()).await;
+        assert!(matches!(begun, Err(sqlx::Error::Protocol(_))), "{begun:?}");
+        drop(held);
+        insert("after", 1)
+            .execute(db.writer())
+            .await
+            .expect("insert");
+        assert_eq!(rows(&db).await, [("after".into(), 1)]);
+    }
+
+    #[tokio::test]
     async fn rollback_discards_and_an_empty_write_commits_without_a_statement() {
         let (dir, db) = fixture().await;
         let mut w = db.write().await.expect("write");
