@@ -203,15 +203,16 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         max_open_qr_sessions_per_app: u32,
         /// Authentication requests pending at once per application (unless the application sets
-        /// its own).
+        /// its own; 4294967295: no quota, nothing counted).
         #[arg(long, default_value_t = 10_000)]
         max_pending_requests_per_app: u32,
         /// Push-bombing: user-facing requests one user may have pending at once (applications
-        /// may set their own).
+        /// may set their own; 4294967295: no limit, nothing counted).
         #[arg(long, default_value_t = 3, env = "TESSERA_MAX_PENDING_PER_USER")]
         max_pending_per_user: u32,
         /// Push-bombing: unanswered or denied requests one user may have had within the window
-        /// (approved ones do not count; applications may set their own).
+        /// (approved ones do not count; applications may set their own; 4294967295: no limit,
+        /// nothing counted).
         #[arg(long, default_value_t = 20, env = "TESSERA_MAX_UNAPPROVED_PER_USER")]
         max_unapproved_per_user: u32,
         /// Push-bombing: the window of --max-unapproved-per-user, in seconds.

@@ -101,14 +101,14 @@ pub(crate) async fn insert_within_pending_quota(
         push_limit_since: limits.push_limit.map(|l| now - i64::from(l.window_seconds)),
     };
     let most = AdmissionLimits {
-        application_pending: i64::from(quota),
+        application_pending: counted(quota),
         user_pending: limits
             .push_bombing
-            .map(|l| i64::from(l.max_pending_per_user)),
+            .and_then(|l| counted(l.max_pending_per_user)),
         user_recent: limits
             .push_bombing
-            .map(|l| i64::from(l.max_unapproved_per_user)),
-        pushes: limits.push_limit.map(|l| i64::from(l.max)),
+            .and_then(|l| counted(l.max_unapproved_per_user)),
+        pushes: limits.push_limit.and_then(|l| counted(l.max)),
     };
     if authentications::insert_if_admitted(&mut *w, record, windows, most).await? {
         return Ok(Admission::Inserted);
@@ -141,6 +141,15 @@ pub(crate) async fn insert_within_pending_quota(
         "a request was refused admission under none of its limits",
     ))
 }
+
+/// A limit as the admission counts take it: `u32::MAX` ([`NO_LIMIT`]) is none, and nothing is
+/// counted for it (no count of stored requests reaches it).
+fn counted(limit: u32) -> Option<i64> {
+    (limit != NO_LIMIT).then(|| i64::from(limit))
+}
+
+/// The value of a server setting that turns a per-user or per-application request limit off.
+pub(crate) const NO_LIMIT: u32 = u32::MAX;
 
 /// The per-user limits a new request is taken under, checked in the transaction that inserts
 /// it after the application's lock (PostgreSQL locks the application's row; SQLite has one
@@ -278,6 +287,14 @@ pub(crate) async fn set_authentication_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_largest_setting_turns_a_limit_off() {
+        assert_eq!(counted(NO_LIMIT), None);
+        assert_eq!(counted(NO_LIMIT - 1), Some(i64::from(u32::MAX - 1)));
+        assert_eq!(counted(0), Some(0));
+        assert_eq!(counted(3), Some(3));
+    }
 
     #[test]
     fn an_application_limit_replaces_the_server_value_and_none_keeps_it() {

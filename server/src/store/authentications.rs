@@ -558,11 +558,11 @@ pub struct AdmissionCounts {
 }
 
 /// The most of each [`AdmissionCounts`] a new request is admitted under: it is stored only while
-/// every count is below its limit (`None`: no limit).
+/// every count is below its limit. `None`: no limit, and nothing is counted for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionLimits {
     /// The application's `max_pending_requests` quota.
-    pub application_pending: i64,
+    pub application_pending: Option<i64>,
     /// The user's pending requests (push bombing).
     pub user_pending: Option<i64>,
     /// The user's recent unapproved requests (push bombing).
@@ -572,8 +572,10 @@ pub struct AdmissionLimits {
 }
 
 /// Stores `a` if the [`admission_counts`] of its application and user are all below `limits`:
-/// the counts and the insert are one statement (an `INSERT … SELECT` of one row from the counts,
-/// kept only while each is under its limit). Returns whether it was stored; when it was not,
+/// the counts and the insert are one statement (an `INSERT … SELECT` of one row, kept only while
+/// each count in force is under its limit). Only the limits in force are counted, and each of
+/// the user's counts stops at its limit: what a request costs is bounded by the limits, not by
+/// how many requests the user made. Returns whether it was stored; when it was not,
 /// [`admission_counts`] in the same transaction tells which limit refused it. Run on the
 /// connection of the transaction, after the application's lock.
 pub async fn insert_if_admitted<'e, E>(
@@ -585,42 +587,106 @@ pub async fn insert_if_admitted<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let query = bind_admission(
-        sqlx::query(&INSERT_IF_ADMITTED),
-        &a.application_id,
-        &a.user_id,
-        windows,
-    );
-    let done = bind_values(query, a)
-        .bind(limits.application_pending)
-        .bind(limits.user_pending.unwrap_or(i64::MAX))
-        .bind(limits.user_recent.unwrap_or(i64::MAX))
-        .bind(limits.pushes.unwrap_or(i64::MAX))
-        .execute(executor)
-        .await?;
+    let mut query = bind_values(sqlx::query(admitted_insert(&limits)), a);
+    let (app, user) = (a.application_id.as_str(), a.user_id.as_str());
+    if let Some(quota) = limits.application_pending {
+        query = query.bind(app).bind(windows.now).bind(quota);
+    }
+    if let Some(most) = limits.user_pending {
+        query = query
+            .bind(app)
+            .bind(user)
+            .bind(windows.pending_since)
+            .bind(windows.now)
+            .bind(most);
+    }
+    if let Some(most) = limits.user_recent {
+        query = query
+            .bind(app)
+            .bind(user)
+            .bind(windows.recent_since)
+            .bind(most);
+    }
+    if let Some(most) = limits.pushes {
+        query = query
+            .bind(app)
+            .bind(user)
+            .bind(windows.push_limit_since.unwrap_or(i64::MAX))
+            .bind(most);
+    }
+    let done = query.execute(executor).await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// How many values [`ADMISSION_COUNTS`] binds ([`bind_admission`]).
-const ADMISSION_PARAMETERS: usize = 6;
+/// The statement of [`insert_if_admitted`] for the limits in force in `limits`, written once for
+/// each combination.
+fn admitted_insert(limits: &AdmissionLimits) -> &'static str {
+    static STATEMENTS: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..16).map(admitted_insert_statement).collect());
+    let in_force = usize::from(limits.application_pending.is_some())
+        | usize::from(limits.user_pending.is_some()) << 1
+        | usize::from(limits.user_recent.is_some()) << 2
+        | usize::from(limits.pushes.is_some()) << 3;
+    STATEMENTS.get(in_force).map_or("", String::as_str)
+}
 
-/// The statement of [`insert_if_admitted`], written once: the counts bind $1–$6 (as in
-/// [`ADMISSION_COUNTS`]), the row the next 25, the limits the last 4.
-static INSERT_IF_ADMITTED: LazyLock<String> = LazyLock::new(|| {
-    let limit = ADMISSION_PARAMETERS + INSERTED_VALUES;
-    format!(
-        "INSERT INTO authentications ({COLUMNS}) SELECT {} FROM ({ADMISSION_COUNTS}) admission \
-         WHERE admission.application_pending < ${} AND admission.user_pending < ${} \
-         AND admission.user_recent < ${} AND admission.pushes < ${}",
-        placeholders(ADMISSION_PARAMETERS + 1, INSERTED_VALUES),
-        limit + 1,
-        limit + 2,
-        limit + 3,
-        limit + 4,
-    )
-});
+/// [`admitted_insert`] for the limits whose bits are set in `in_force` (1: the application's
+/// quota, 2: the user's pending, 4: the user's recent, 8: a policy's pushes). The row binds
+/// $1–$25, then each limit in force, in that order, the values [`insert_if_admitted`] gives it.
+/// The user's counts walk `authentications_by_user` (or the counted pushes' index) and stop at
+/// their limit (`LIMIT`): a count that reached it refuses, whatever lies beyond.
+pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
+    let mut next = INSERTED_VALUES;
+    let mut take = || {
+        next += 1;
+        next
+    };
+    let mut conditions = Vec::new();
+    if in_force & 1 != 0 {
+        let (app, now, quota) = (take(), take(), take());
+        conditions.push(format!(
+            "(SELECT COALESCE(SUM(pending), 0) FROM pending_expiries \
+             WHERE application_id = ${app} AND expires_at > ${now}) < ${quota}"
+        ));
+    }
+    if in_force & 2 != 0 {
+        let (app, user, since, now, most) = (take(), take(), take(), take(), take());
+        conditions.push(format!(
+            "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
+             WHERE application_id = ${app} AND user_id = ${user} AND created_at >= ${since} \
+             AND kind <> 'silent' AND state = 'pending' AND expires_at > ${now} \
+             LIMIT ${most}) user_pending) < ${most}"
+        ));
+    }
+    if in_force & 4 != 0 {
+        let (app, user, since, most) = (take(), take(), take(), take());
+        conditions.push(format!(
+            "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
+             WHERE application_id = ${app} AND user_id = ${user} AND created_at >= ${since} \
+             AND kind <> 'silent' AND state IN ('pending', 'expired', 'denied') \
+             LIMIT ${most}) user_recent) < ${most}"
+        ));
+    }
+    if in_force & 8 != 0 {
+        let (app, user, since, most) = (take(), take(), take(), take());
+        conditions.push(format!(
+            "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
+             WHERE application_id = ${app} AND user_id = ${user} AND push_counted = 1 \
+             AND created_at > ${since} LIMIT ${most}) pushes) < ${most}"
+        ));
+    }
+    let values = placeholders(1, INSERTED_VALUES);
+    if conditions.is_empty() {
+        format!("INSERT INTO authentications ({COLUMNS}) VALUES ({values})")
+    } else {
+        format!(
+            "INSERT INTO authentications ({COLUMNS}) SELECT {values} WHERE {}",
+            conditions.join(" AND ")
+        )
+    }
+}
 
-/// Binds [`ADMISSION_COUNTS`]' values ([`ADMISSION_PARAMETERS`]) after what `query` bound.
+/// Binds [`ADMISSION_COUNTS`]' six values after what `query` bound.
 fn bind_admission<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     app: &'q ApplicationId,
@@ -1133,7 +1199,7 @@ mod tests {
             push_limit_since: Some(now - 600),
         };
         let open = AdmissionLimits {
-            application_pending: 3,
+            application_pending: Some(3),
             user_pending: Some(3),
             user_recent: Some(3),
             pushes: Some(3),
@@ -1142,7 +1208,7 @@ mod tests {
         let mut conn = db.write().await.expect("connection");
         for refusing in [
             AdmissionLimits {
-                application_pending: 2,
+                application_pending: Some(2),
                 ..open
             },
             AdmissionLimits {
@@ -1185,7 +1251,7 @@ mod tests {
         assert_eq!(stored.id, admitted.id);
         // No limit but the quota.
         let unlimited = AdmissionLimits {
-            application_pending: 4,
+            application_pending: Some(4),
             user_pending: None,
             user_recent: None,
             pushes: None,
@@ -1209,5 +1275,101 @@ mod tests {
         );
         drop(conn);
         db.close().await;
+    }
+
+    #[tokio::test]
+    async fn every_combination_of_limits_admits_under_them_and_refuses_at_them() {
+        let (_dir, db, app) = database_with_application().await;
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        // Two requests that every count takes (pending, recent, counted pushes).
+        for created_at in [now - 30, now - 20] {
+            insert(db.writer(), &pending(&app.id, &user, created_at))
+                .await
+                .expect("insert");
+        }
+        let windows = AdmissionWindows {
+            now,
+            pending_since: now - 900,
+            recent_since: now - 600,
+            push_limit_since: Some(now - 600),
+        };
+        let mut conn = db.write().await.expect("connection");
+        for in_force in 0..16_usize {
+            let limit = |bit: usize, most: i64| (in_force & bit != 0).then_some(most);
+            let at = |most: i64| AdmissionLimits {
+                application_pending: limit(1, most),
+                user_pending: limit(2, most),
+                user_recent: limit(4, most),
+                pushes: limit(8, most),
+            };
+            // Each limit in force is at the two stored: refused, unless none is in force.
+            let refused = pending(&app.id, &user, now);
+            let stored = insert_if_admitted(&mut *conn, &refused, windows, at(2))
+                .await
+                .expect("admission");
+            assert_eq!(stored, in_force == 0, "limits {in_force:#06b}");
+            if stored {
+                delete_for_test(&mut conn, &refused.id).await;
+            }
+            // Far above the two: stored.
+            let admitted = pending(&app.id, &user, now);
+            assert!(
+                insert_if_admitted(&mut *conn, &admitted, windows, at(1_000))
+                    .await
+                    .expect("admission"),
+                "limits {in_force:#06b}"
+            );
+            delete_for_test(&mut conn, &admitted.id).await;
+        }
+        drop(conn);
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_user_counts_stop_at_their_limit_and_still_refuse_there() {
+        let (_dir, db, app) = database_with_application().await;
+        let user: UserId = "bob".parse().expect("user");
+        let now = 10_000;
+        for n in 0..40 {
+            insert(db.writer(), &pending(&app.id, &user, now - 100 + n))
+                .await
+                .expect("insert");
+        }
+        let windows = AdmissionWindows {
+            now,
+            pending_since: now - 900,
+            recent_since: now - 600,
+            push_limit_since: None,
+        };
+        let limits = |most: i64| AdmissionLimits {
+            application_pending: None,
+            user_pending: Some(most),
+            user_recent: Some(most),
+            pushes: None,
+        };
+        let mut conn = db.write().await.expect("connection");
+        // Forty stored: a limit of 40 (the count stops there) refuses, 41 admits.
+        for (most, admitted) in [(1, false), (39, false), (40, false), (41, true)] {
+            let a = pending(&app.id, &user, now);
+            assert_eq!(
+                insert_if_admitted(&mut *conn, &a, windows, limits(most))
+                    .await
+                    .expect("admission"),
+                admitted,
+                "limit {most}"
+            );
+        }
+        drop(conn);
+        db.close().await;
+    }
+
+    /// Removes a request a test stored, so the next round counts the same rows.
+    async fn delete_for_test(conn: &mut crate::store::Write<'_>, id: &AuthenticationId) {
+        sqlx::query("DELETE FROM authentications WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut **conn)
+            .await
+            .expect("delete");
     }
 }

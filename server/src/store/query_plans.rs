@@ -70,6 +70,10 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
             authentications::ADMISSION_COUNTS.into(),
         ),
         (
+            "a new request stored under every limit (quota, push bombing, limit_push)",
+            authentications::admitted_insert_statement(15),
+        ),
+        (
             "recording an answer, with the follow-ups waiting on it",
             authentications::END_WITH_RETURNING.clone(),
         ),
@@ -157,10 +161,24 @@ async fn sqlite_plan(db: &Database, sql: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether a plan line reads a whole table (or a whole index, in order): `SCAN t`, `SCAN t
-/// USING [COVERING] INDEX i`. A constant row or a subquery's result is not a table.
-fn is_full_scan(detail: &str) -> bool {
-    detail.starts_with("SCAN ") && !detail.starts_with("SCAN CONSTANT ROW")
+/// The lines of `plan` that read a whole table (or a whole index, in order): `SCAN t`, `SCAN t
+/// USING [COVERING] INDEX i`. A constant row is not a table, nor is a subquery's result (the
+/// plan names it in a `CO-ROUTINE name` or `MATERIALIZE name` line before scanning it).
+fn full_scans(plan: &[String]) -> Vec<&str> {
+    let subqueries: Vec<&str> = plan
+        .iter()
+        .filter_map(|d| {
+            d.strip_prefix("CO-ROUTINE ")
+                .or_else(|| d.strip_prefix("MATERIALIZE "))
+        })
+        .collect();
+    plan.iter()
+        .map(String::as_str)
+        .filter(|d| {
+            d.strip_prefix("SCAN ")
+                .is_some_and(|scanned| scanned != "CONSTANT ROW" && !subqueries.contains(&scanned))
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -171,7 +189,7 @@ async fn no_hot_statement_scans_a_whole_table() {
     let mut scans = Vec::new();
     for (name, sql) in hot_statements(super::Engine::Sqlite) {
         let plan = sqlite_plan(&db, &sql).await;
-        if plan.iter().any(|d| is_full_scan(d)) {
+        if !full_scans(&plan).is_empty() {
             scans.push(format!("{name}: {plan:?}\n    {sql}"));
         }
     }
@@ -190,9 +208,22 @@ async fn the_check_sees_a_full_scan() {
     let db = Database::connect(&url, 2).await.expect("database");
     // `details` has no index: the check must call this a full scan.
     let plan = sqlite_plan(&db, "SELECT * FROM audit_log WHERE details = $1").await;
-    assert!(plan.iter().any(|d| is_full_scan(d)), "{plan:?}");
+    assert!(!full_scans(&plan).is_empty(), "{plan:?}");
     let plan = sqlite_plan(&db, &format!("SELECT * {}", authentications::BY_ID)).await;
-    assert!(!plan.iter().any(|d| is_full_scan(d)), "{plan:?}");
+    assert!(full_scans(&plan).is_empty(), "{plan:?}");
+    // A subquery's rows are not a table; a table scanned inside one is.
+    let plan = sqlite_plan(
+        &db,
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM audit_log WHERE seq > $1 LIMIT 3) counted)",
+    )
+    .await;
+    assert!(full_scans(&plan).is_empty(), "{plan:?}");
+    let plan = sqlite_plan(
+        &db,
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM audit_log WHERE details = $1 LIMIT 3) counted)",
+    )
+    .await;
+    assert_eq!(full_scans(&plan), ["SCAN audit_log"], "{plan:?}");
     db.close().await;
 }
 
@@ -200,7 +231,7 @@ async fn the_check_sees_a_full_scan() {
 fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("SELECT 1"), 0);
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
-    assert_eq!(hot_statements(super::Engine::Sqlite).len(), 33);
+    assert_eq!(hot_statements(super::Engine::Sqlite).len(), 34);
 }
 
 #[test]
