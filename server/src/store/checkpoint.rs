@@ -75,7 +75,7 @@ impl Checkpointer {
     /// is the one writer connection, whose turn it takes when the log has grown long.
     pub(crate) async fn start(
         options: AnyConnectOptions,
-        writer: Arc<super::direct::DirectWriter>,
+        writer: Arc<super::writer::DirectWriter>,
     ) -> Result<Self, sqlx::Error> {
         let mut conn = options.connect().await?;
         sqlx::Executor::execute(&mut conn, "PRAGMA busy_timeout = 10000").await?;

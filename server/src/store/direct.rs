@@ -36,7 +36,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// A statement's result item: a row, or (last) what it changed.
 pub(crate) type Item = Either<AnyQueryResult, AnyRow>;
@@ -219,86 +218,9 @@ impl DirectSqlite {
     }
 }
 
-/// The one connection that writes, with the writers waiting for it in the order they came.
-///
-/// A writer holds it for its whole transaction ([`super::Write`]) or for one statement
-/// ([`super::Statements`]) and runs its statements on its own thread; the others wait in
-/// `tokio`'s fair queue, asleep, without SQLite's `busy_timeout` sleeps.
-pub(crate) struct DirectWriter {
-    conn: Arc<tokio::sync::Mutex<DirectConnection>>,
-    /// How long a writer waits for its turn before the database counts as unavailable.
-    wait: Duration,
-    closed: AtomicBool,
-}
-
-impl std::fmt::Debug for DirectWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirectWriter").finish_non_exhaustive()
-    }
-}
-
-/// A writer's turn: the writer connection, until dropped.
-pub(crate) type WriterTurn = tokio::sync::OwnedMutexGuard<DirectConnection>;
-
-impl DirectWriter {
-    /// The writer connection to the database file at `path`; a writer that waited `wait` for
-    /// its turn gives up as on a pool timeout.
-    pub(crate) fn open(path: &Path, wait: Duration) -> Result<Self, sqlx::Error> {
-        let conn = DirectConnection::open(path)?;
-        // As the pool's writer: a commit checkpoints by itself only far behind the checkpointer.
-        conn.conn
-            .pragma_update(
-                None,
-                "wal_autocheckpoint",
-                super::checkpoint::WRITER_AUTOCHECKPOINT_PAGES,
-            )
-            .map_err(failure)?;
-        Ok(Self {
-            conn: Arc::new(tokio::sync::Mutex::new(conn)),
-            wait,
-            closed: AtomicBool::new(false),
-        })
-    }
-
-    /// Waits for this writer's turn.
-    pub(crate) async fn turn(&self) -> Result<WriterTurn, sqlx::Error> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(sqlx::Error::PoolClosed);
-        }
-        let turn = tokio::time::timeout(self.wait, self.conn.clone().lock_owned())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?;
-        // A transaction a previous turn could not roll back (its `ROLLBACK` failed) must not
-        // swallow this turn's statements.
-        if !turn.conn.is_autocommit() {
-            turn.conn.execute_batch("ROLLBACK").map_err(failure)?;
-        }
-        Ok(turn)
-    }
-
-    /// A turn at once if the writer connection is free and nobody waits for it, for a
-    /// statement that only reads: the writer is the one connection whose page cache survives
-    /// the commits (another connection starts over from the file after every commit it did not
-    /// make), so a read on it reads memory instead of the file. The turn is held only while the
-    /// statement runs, without an await, so a writer that comes meanwhile waits microseconds.
-    pub(crate) fn try_turn(&self) -> Option<WriterTurn> {
-        if self.closed.load(Ordering::Acquire) {
-            return None;
-        }
-        let turn = self.conn.clone().try_lock_owned().ok()?;
-        // A transaction left open is for the next real turn to roll back.
-        turn.conn.is_autocommit().then_some(turn)
-    }
-
-    /// Refuses turns from now on.
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-    }
-}
-
 impl DirectConnection {
     /// A connection to the database file at `path`, set up as the pool's.
-    fn open(path: &Path) -> Result<Self, sqlx::Error> {
+    pub(super) fn open(path: &Path) -> Result<Self, sqlx::Error> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(failure)?;
         conn.execute_batch(
@@ -311,6 +233,18 @@ impl DirectConnection {
             conn,
             columns: HashMap::new(),
         })
+    }
+
+    /// Whether the connection is outside any transaction.
+    pub(super) fn is_autocommit(&self) -> bool {
+        self.conn.is_autocommit()
+    }
+
+    /// Sets the connection's `wal_autocheckpoint` (log pages after which a commit checkpoints).
+    pub(super) fn set_autocheckpoint(&self, pages: u32) -> Result<(), sqlx::Error> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", pages)
+            .map_err(failure)
     }
 
     /// Runs one statement and returns its rows, then what it changed.
@@ -618,73 +552,6 @@ mod tests {
             panic!("invalid UTF-8")
         };
         assert!(matches!(e, sqlx::Error::ColumnDecode { .. }), "{e}");
-    }
-
-    #[tokio::test]
-    async fn a_turn_never_starts_inside_a_transaction_left_open() {
-        let (dir, direct) = database();
-        let writer = DirectWriter::open(&dir.path().join("direct.db"), Duration::from_secs(1))
-            .expect("writer");
-        {
-            let mut turn = writer.turn().await.expect("turn");
-            turn.run("BEGIN IMMEDIATE", &[]).expect("begin");
-            turn.run("INSERT INTO t (id) VALUES ('left open')", &[])
-                .expect("insert");
-            // Given back without COMMIT or ROLLBACK.
-        }
-        let mut turn = writer.turn().await.expect("next turn");
-        turn.run("INSERT INTO t (id) VALUES ('next')", &[])
-            .expect("insert");
-        drop(turn);
-        let (found, _) = rows(direct.run("SELECT id FROM t", &[]).expect("select"));
-        let ids: Vec<String> = found.iter().map(|r| sqlx::Row::get(r, "id")).collect();
-        assert_eq!(
-            ids,
-            ["next"],
-            "the open transaction was rolled back, the next committed"
-        );
-    }
-
-    #[tokio::test]
-    async fn reads_take_the_writer_only_while_it_is_free_and_leave_no_transaction() {
-        let (dir, _direct) = database();
-        let writer = DirectWriter::open(&dir.path().join("direct.db"), Duration::from_secs(1))
-            .expect("writer");
-        let turn = writer.turn().await.expect("turn");
-        assert!(writer.try_turn().is_none(), "a writer holds it");
-        drop(turn);
-        let mut free = writer.try_turn().expect("free");
-        free.run_alone("SELECT id FROM t", &[]).expect("read");
-        // A statement that begins a transaction is rolled back and refused.
-        let Err(e) = free.run_alone("BEGIN IMMEDIATE", &[]) else {
-            panic!("a transaction outside a write")
-        };
-        assert!(matches!(e, sqlx::Error::Protocol(_)), "{e}");
-        assert!(free.conn.is_autocommit());
-        drop(free);
-        // A writer queued for its turn: when the turn ends it passes to that writer, and a read
-        // does not jump the queue.
-        let held = writer.turn().await.expect("turn");
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let queued = tokio::spawn({
-            let conn = writer.conn.clone();
-            async move {
-                let turn = conn.lock_owned().await;
-                let _ = released.await;
-                drop(turn);
-            }
-        });
-        // On the test's one thread, the spawned writer runs (and queues) while this one yields.
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        drop(held);
-        assert!(writer.try_turn().is_none(), "the queued writer's turn");
-        let _ = release.send(());
-        queued.await.expect("queued writer");
-        assert!(writer.try_turn().is_some());
-        writer.close();
-        assert!(writer.try_turn().is_none(), "closed");
     }
 
     #[test]

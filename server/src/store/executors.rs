@@ -8,7 +8,8 @@ use sqlx::{Any, AnyPool, Either, Execute, Executor};
 use sqlx_core::any::AnyValueKind;
 use std::sync::Arc;
 
-use super::direct::{DirectSqlite, DirectWriter, Item, first_row_with, stream_with};
+use super::direct::{DirectSqlite, Item, first_row_with, stream_with};
+use super::writer::DirectWriter;
 
 /// Where statements run: on PostgreSQL each on a pooled connection; on SQLite on the calling
 /// thread (`store/direct.rs`), a read on the writer connection if it is free at that instant,

@@ -39,6 +39,7 @@ pub mod fido_credentials;
 mod query_plans;
 mod read_conn;
 pub mod write;
+mod writer;
 
 /// A fresh SQLite database in a temporary folder (kept while the `TempDir` lives) with one
 /// application, for the storage modules' unit tests.
@@ -104,7 +105,7 @@ pub struct Database {
     /// Where single writes run ([`Database::writer`]).
     writes: Statements,
     /// SQLite: the one writer connection every write transaction takes its turn on.
-    direct_writer: Option<Arc<direct::DirectWriter>>,
+    direct_writer: Option<Arc<writer::DirectWriter>>,
     writer: AnyPool,
     engine: Engine,
     url: Arc<Zeroizing<String>>,
@@ -207,7 +208,7 @@ impl Database {
                 // From here on the pool's writer only prepares and describes statements:
                 // every write takes its turn on this connection.
                 let direct_writer =
-                    Arc::new(direct::DirectWriter::open(&filename, acquire_timeout)?);
+                    Arc::new(writer::DirectWriter::open(&filename, acquire_timeout)?);
                 let checkpointer =
                     checkpoint::Checkpointer::start(options.clone(), direct_writer.clone()).await?;
                 let readers = pool_options()
@@ -277,7 +278,7 @@ impl Database {
     /// sent with its first statement; on PostgreSQL an ordinary transaction.
     pub async fn write(&self) -> Result<Write<'static>, StoreError> {
         match &self.direct_writer {
-            Some(writer) => Ok(Write::sqlite(writer.turn().await?)),
+            Some(writer) => Ok(Write::sqlite(writer.write_turn().await?)),
             None => Ok(Write::postgres(self.writer.begin().await?)),
         }
     }
@@ -287,7 +288,7 @@ impl Database {
     /// writer, as every write.
     pub async fn write_on<'c>(&self, conn: &'c mut ReadConn) -> Result<Write<'c>, StoreError> {
         if let Some(writer) = &self.direct_writer {
-            return Ok(Write::sqlite(writer.turn().await?));
+            return Ok(Write::sqlite(writer.write_turn().await?));
         }
         match conn.pooled() {
             Some(conn) => Ok(Write::postgres(sqlx::Connection::begin(&mut **conn).await?)),

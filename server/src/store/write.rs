@@ -1,10 +1,12 @@
 //! Write transactions.
 //!
-//! On SQLite a [`Write`] holds the one writer connection (`DirectWriter`, `store/direct.rs`) for its whole
-//! transaction and runs its statements on the task's own thread: `BEGIN IMMEDIATE` goes with
-//! its first statement, so a write that turns out to write nothing takes no write lock, and
-//! writers wait for their turn in the order they came. On PostgreSQL it is an ordinary
-//! transaction.
+//! On SQLite a [`Write`] holds the one writer connection (`DirectWriter`, `store/writer.rs`) for its
+//! whole transaction and runs its statements on the task's own thread: `BEGIN IMMEDIATE` (or, in
+//! a group left open for it, `SAVEPOINT`) goes with its first statement, so a write that turns
+//! out to write nothing takes no write lock, and writers wait for their turn in the order they
+//! came. Its commit may be shared with the writers queued behind it (group commit,
+//! `store/writer.rs`): [`Write::commit`] returns once the `COMMIT` that holds it ran. On
+//! PostgreSQL it is an ordinary transaction.
 //!
 //! [`Write::defer`] runs a statement whose result nobody needs but what it changed, read from
 //! the [`Committed`] transaction: the storage functions that record an audit event or queue a
@@ -20,7 +22,8 @@ use sqlx::{Any, Either, Execute, Executor, Transaction};
 use sqlx_core::any::AnyValueKind;
 
 use super::StoreError;
-use super::direct::{Item, WriterTurn, first_row_with, not_on_direct, stream_with};
+use super::direct::{Item, first_row_with, not_on_direct, stream_with};
+use super::writer::WriterTurn;
 
 /// A write transaction (see the module documentation).
 pub struct Write<'c> {
@@ -41,8 +44,11 @@ enum Inner<'c> {
 
 struct SqliteWrite {
     turn: WriterTurn,
-    /// Whether `BEGIN IMMEDIATE` ran.
+    /// Whether the transaction began (`BEGIN IMMEDIATE`, or `SAVEPOINT` in a group).
     begun: bool,
+    /// Whether it joined a group another transaction began (its statements inside
+    /// `SAVEPOINT member`).
+    joined: bool,
 }
 
 /// A deferred statement, to read what it changed once the transaction committed
@@ -101,7 +107,11 @@ impl<'c> Write<'c> {
     /// A write transaction on SQLite's writer connection, in its `turn`.
     pub(crate) fn sqlite(turn: WriterTurn) -> Write<'static> {
         Write {
-            conn: WriteConn(Inner::Sqlite(SqliteWrite { turn, begun: false })),
+            conn: WriteConn(Inner::Sqlite(SqliteWrite {
+                turn,
+                begun: false,
+                joined: false,
+            })),
             changes: Vec::new(),
         }
     }
@@ -140,15 +150,10 @@ impl<'c> Write<'c> {
     /// Commits.
     pub async fn commit(mut self) -> Result<Committed, StoreError> {
         match std::mem::replace(&mut self.conn.0, Inner::Finished) {
-            Inner::Sqlite(mut w) => {
+            Inner::Sqlite(w) => {
                 // A write that sent nothing has nothing to commit.
                 if w.begun {
-                    let committed = w.turn.run("COMMIT", &[]);
-                    if committed.is_err() {
-                        // Dropped with its transaction open: rolled back.
-                        self.conn.0 = Inner::Sqlite(w);
-                    }
-                    committed?;
+                    w.turn.commit_member(w.joined).await?;
                 }
             }
             Inner::Postgres(tx) => tx.commit().await?,
@@ -164,7 +169,7 @@ impl<'c> Write<'c> {
         match std::mem::replace(&mut self.conn.0, Inner::Finished) {
             Inner::Sqlite(mut w) => {
                 if w.begun {
-                    w.turn.run("ROLLBACK", &[])?;
+                    w.turn.roll_back_member(w.joined)?;
                 }
             }
             Inner::Postgres(tx) => tx.rollback().await?,
@@ -175,13 +180,19 @@ impl<'c> Write<'c> {
 }
 
 impl SqliteWrite {
-    /// Runs `sql`, after `BEGIN IMMEDIATE` if this is the transaction's first statement.
+    /// Runs `sql`, after `BEGIN IMMEDIATE` (or `SAVEPOINT member` in a group left open) if this
+    /// is the transaction's first statement.
     fn run(&mut self, sql: &str, values: &[AnyValueKind<'_>]) -> Result<Vec<Item>, sqlx::Error> {
         if !self.begun {
-            self.turn.run("BEGIN IMMEDIATE", &[])?;
+            if self.turn.in_group() {
+                self.turn.run_in_group("SAVEPOINT member", &[])?;
+                self.joined = true;
+            } else {
+                self.turn.start_group()?;
+            }
             self.begun = true;
         }
-        self.turn.run(sql, values)
+        self.turn.run_in_group(sql, values)
     }
 }
 
@@ -191,7 +202,7 @@ impl Drop for WriteConn<'_> {
         // here, before the next writer's turn.
         if let Inner::Sqlite(w) = &mut self.0
             && w.begun
-            && let Err(e) = w.turn.run("ROLLBACK", &[])
+            && let Err(e) = w.turn.roll_back_member(w.joined)
         {
             tracing::debug!(error = %e, "rolling back a dropped write");
         }
@@ -468,5 +479,149 @@ mod tests {
         }
         let order: Vec<i64> = rows(&db).await.into_iter().map(|(_, v)| v).collect();
         assert_eq!(order, (0..8).collect::<Vec<_>>(), "w0 wrote first, w7 last");
+    }
+
+    /// Lets the spawned tasks run until they wait again (the tests run on one thread).
+    async fn let_others_run() {
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    #[tokio::test]
+    async fn writers_queued_at_a_commit_share_it_and_each_learns_it_only_then() {
+        let (dir, db) = fixture().await;
+        let mut first = db.write().await.expect("first writer");
+        insert("a", 1).execute(&mut first).await.expect("insert");
+        let (go, commit_second) = tokio::sync::oneshot::channel::<()>();
+        let second = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut w = db.write().await.expect("second writer");
+                insert("b", 2).execute(&mut w).await.expect("insert");
+                let _ = commit_second.await;
+                w.commit().await.map(drop)
+            }
+        });
+        let_others_run().await;
+        // A writer is queued: the first one's commit leaves the transaction open for it.
+        let first_commit = tokio::spawn(first.commit());
+        let_others_run().await;
+        assert!(!first_commit.is_finished(), "told before its COMMIT ran");
+        assert!(rows(&db).await.is_empty(), "nothing committed yet");
+        assert!(!write_lock_free(&dir).await, "the group holds the lock");
+        let _ = go.send(());
+        second.await.expect("second").expect("second commit");
+        first_commit.await.expect("first").expect("first commit");
+        assert_eq!(rows(&db).await, [("a".into(), 1), ("b".into(), 2)]);
+        assert!(write_lock_free(&dir).await);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_fails_is_rolled_back_alone() {
+        let (_dir, db) = fixture().await;
+        insert("taken", 0).execute(db.writer()).await.expect("row");
+        let mut first = db.write().await.expect("first writer");
+        insert("a", 1).execute(&mut first).await.expect("insert");
+        let second = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut w = db.write().await.expect("second writer");
+                insert("b", 2).execute(&mut w).await.expect("insert");
+                let failed = insert("taken", 3).execute(&mut w).await;
+                assert!(failed.is_err_and(|e| crate::store::is_unique_violation(&e)));
+                w.rollback().await.expect("rollback");
+            }
+        });
+        let_others_run().await;
+        let first_commit = tokio::spawn(first.commit());
+        second.await.expect("second");
+        first_commit.await.expect("first").expect("first commit");
+        assert_eq!(rows(&db).await, [("a".into(), 1), ("taken".into(), 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_group_the_queued_writer_left_is_committed_by_its_member() {
+        let (dir, db) = fixture().await;
+        let mut first = db.write().await.expect("first writer");
+        insert("a", 1).execute(&mut first).await.expect("insert");
+        let gives_up = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let _w = db.write().await;
+                std::future::pending::<()>().await;
+            }
+        });
+        let_others_run().await;
+        let first_commit = tokio::spawn(first.commit());
+        let_others_run().await;
+        assert!(!first_commit.is_finished());
+        // The writer it left the group open for gives up before its turn came.
+        gives_up.abort();
+        first_commit.await.expect("first").expect("first commit");
+        assert_eq!(rows(&db).await, [("a".into(), 1)]);
+        assert!(write_lock_free(&dir).await);
+    }
+
+    #[tokio::test]
+    async fn a_single_statement_commits_the_open_group_before_it_runs() {
+        let (_dir, db) = fixture().await;
+        let mut first = db.write().await.expect("first writer");
+        insert("a", 1).execute(&mut first).await.expect("insert");
+        let single = tokio::spawn({
+            let db = db.clone();
+            async move { insert("s", 2).execute(db.writer()).await.map(drop) }
+        });
+        let_others_run().await;
+        let first_commit = tokio::spawn(first.commit());
+        single.await.expect("single").expect("single statement");
+        first_commit.await.expect("first").expect("first commit");
+        assert_eq!(rows(&db).await, [("a".into(), 1), ("s".into(), 2)]);
+    }
+
+    #[tokio::test]
+    async fn when_the_group_s_commit_fails_every_member_is_told_and_nothing_stays() {
+        let (dir, db) = fixture().await;
+        // A constraint checked only at COMMIT: the second member's row breaks it.
+        sqlx::query(
+            "CREATE TABLE write_child (k TEXT REFERENCES write_test (k) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .execute(db.writer())
+        .await
+        .expect("table");
+        let mut first = db.write().await.expect("first writer");
+        insert("a", 1).execute(&mut first).await.expect("insert");
+        let second = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut w = db.write().await.expect("second writer");
+                sqlx::query("INSERT INTO write_child (k) VALUES ($1)")
+                    .bind("nobody")
+                    .execute(&mut w)
+                    .await
+                    .expect("insert, checked later");
+                w.commit().await.map(drop)
+            }
+        });
+        let_others_run().await;
+        let first_commit = tokio::spawn(first.commit());
+        let second = second.await.expect("second");
+        let first = first_commit.await.expect("first");
+        // The member that ran the COMMIT gets SQLite's error; the other one an outage to retry
+        // (it did nothing wrong).
+        assert!(second.is_err(), "{second:?}");
+        let Err(e) = first else {
+            panic!("a member was told its failed commit held")
+        };
+        assert!(e.is_unavailable(), "{e}");
+        assert!(rows(&db).await.is_empty());
+        assert!(write_lock_free(&dir).await);
+        // The writer goes on.
+        insert("after", 1)
+            .execute(db.writer())
+            .await
+            .expect("insert");
+        assert_eq!(rows(&db).await, [("after".into(), 1)]);
     }
 }
