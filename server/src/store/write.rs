@@ -624,4 +624,37 @@ mod tests {
             .expect("insert");
         assert_eq!(rows(&db).await, [("after".into(), 1)]);
     }
+
+    #[tokio::test]
+    async fn a_write_whose_transaction_the_database_rolled_back_runs_nothing_more() {
+        let (dir, db) = fixture().await;
+        let mut first = db.write().await.expect("first writer");
+        insert("a", 1).execute(&mut first).await.expect("insert");
+        let second = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut w = db.write().await.expect("second writer");
+                insert("b", 2).execute(&mut w).await.expect("insert");
+                // As SQLite does by itself after an I/O or disk-full error.
+                sqlx::query("ROLLBACK")
+                    .execute(&mut w)
+                    .await
+                    .expect("rolled back");
+                let refused = insert("c", 3).execute(&mut w).await;
+                assert!(
+                    refused.is_err(),
+                    "outside the transaction it would commit alone"
+                );
+            }
+        });
+        let_others_run().await;
+        let first_commit = tokio::spawn(first.commit());
+        second.await.expect("second");
+        let Err(e) = first_commit.await.expect("first") else {
+            panic!("told its rolled-back commit held")
+        };
+        assert!(e.is_unavailable(), "{e}");
+        assert!(rows(&db).await.is_empty());
+        assert!(write_lock_free(&dir).await);
+    }
 }

@@ -188,10 +188,15 @@ impl DirectWriter {
 }
 
 impl WriterTurn {
-    /// Commits the group left open, or rolls back a transaction left open by accident.
+    /// Commits the group left open, or rolls back a transaction left open by accident. A group
+    /// whose `COMMIT` fails is its members' failure (they are told), not this turn's: the turn
+    /// goes on, and its own statements meet whatever broke the commit.
     fn settle(&mut self) -> Result<(), sqlx::Error> {
         if self.guard.group.is_some() {
-            return self.finish_group();
+            if let Err(error) = self.finish_group() {
+                tracing::warn!(%error, "a group of write transactions failed to commit");
+            }
+            return Ok(());
         }
         if !self.is_autocommit() {
             self.run("ROLLBACK", &[])?;
