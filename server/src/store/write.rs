@@ -489,13 +489,28 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 
+    /// A write that inserted `a`, with `second` spawned to queue behind it; returns the first
+    /// write's commit, spawned once `second` is queued, and `second`'s handle.
+    async fn first_and_queued<T: Send + 'static>(
+        db: &crate::store::Database,
+        second: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> (
+        tokio::task::JoinHandle<Result<super::Committed, super::StoreError>>,
+        tokio::task::JoinHandle<T>,
+    ) {
+        let mut first = db.write().await.expect("first writer");
+        insert("a", 1).execute(&mut first).await.expect("insert");
+        let second = tokio::spawn(second);
+        let_others_run().await;
+        (tokio::spawn(first.commit()), second)
+    }
+
     #[tokio::test]
     async fn writers_queued_at_a_commit_share_it_and_each_learns_it_only_then() {
         let (dir, db) = fixture().await;
-        let mut first = db.write().await.expect("first writer");
-        insert("a", 1).execute(&mut first).await.expect("insert");
         let (go, commit_second) = tokio::sync::oneshot::channel::<()>();
-        let second = tokio::spawn({
+        // Queued behind the first: its commit leaves the transaction open for it.
+        let (first_commit, second) = first_and_queued(&db, {
             let db = db.clone();
             async move {
                 let mut w = db.write().await.expect("second writer");
@@ -503,10 +518,8 @@ mod tests {
                 let _ = commit_second.await;
                 w.commit().await.map(drop)
             }
-        });
-        let_others_run().await;
-        // A writer is queued: the first one's commit leaves the transaction open for it.
-        let first_commit = tokio::spawn(first.commit());
+        })
+        .await;
         let_others_run().await;
         assert!(!first_commit.is_finished(), "told before its COMMIT ran");
         assert!(rows(&db).await.is_empty(), "nothing committed yet");
@@ -522,9 +535,8 @@ mod tests {
     async fn a_member_that_fails_is_rolled_back_alone() {
         let (_dir, db) = fixture().await;
         insert("taken", 0).execute(db.writer()).await.expect("row");
-        let mut first = db.write().await.expect("first writer");
-        insert("a", 1).execute(&mut first).await.expect("insert");
-        let second = tokio::spawn({
+        // Queued behind the first: its commit leaves the transaction open for it.
+        let (first_commit, second) = first_and_queued(&db, {
             let db = db.clone();
             async move {
                 let mut w = db.write().await.expect("second writer");
@@ -533,9 +545,8 @@ mod tests {
                 assert!(failed.is_err_and(|e| crate::store::is_unique_violation(&e)));
                 w.rollback().await.expect("rollback");
             }
-        });
-        let_others_run().await;
-        let first_commit = tokio::spawn(first.commit());
+        })
+        .await;
         second.await.expect("second");
         first_commit.await.expect("first").expect("first commit");
         assert_eq!(rows(&db).await, [("a".into(), 1), ("taken".into(), 0)]);
@@ -544,17 +555,15 @@ mod tests {
     #[tokio::test]
     async fn a_group_the_queued_writer_left_is_committed_by_its_member() {
         let (dir, db) = fixture().await;
-        let mut first = db.write().await.expect("first writer");
-        insert("a", 1).execute(&mut first).await.expect("insert");
-        let gives_up = tokio::spawn({
+        // Queued behind the first: its commit leaves the transaction open for it.
+        let (first_commit, gives_up) = first_and_queued(&db, {
             let db = db.clone();
             async move {
                 let _w = db.write().await;
                 std::future::pending::<()>().await;
             }
-        });
-        let_others_run().await;
-        let first_commit = tokio::spawn(first.commit());
+        })
+        .await;
         let_others_run().await;
         assert!(!first_commit.is_finished());
         // The writer it left the group open for gives up before its turn came.
@@ -567,14 +576,12 @@ mod tests {
     #[tokio::test]
     async fn a_single_statement_commits_the_open_group_before_it_runs() {
         let (_dir, db) = fixture().await;
-        let mut first = db.write().await.expect("first writer");
-        insert("a", 1).execute(&mut first).await.expect("insert");
-        let single = tokio::spawn({
+        // Queued behind the first: its commit leaves the transaction open for it.
+        let (first_commit, single) = first_and_queued(&db, {
             let db = db.clone();
             async move { insert("s", 2).execute(db.writer()).await.map(drop) }
-        });
-        let_others_run().await;
-        let first_commit = tokio::spawn(first.commit());
+        })
+        .await;
         single.await.expect("single").expect("single statement");
         first_commit.await.expect("first").expect("first commit");
         assert_eq!(rows(&db).await, [("a".into(), 1), ("s".into(), 2)]);
@@ -590,9 +597,8 @@ mod tests {
         .execute(db.writer())
         .await
         .expect("table");
-        let mut first = db.write().await.expect("first writer");
-        insert("a", 1).execute(&mut first).await.expect("insert");
-        let second = tokio::spawn({
+        // Queued behind the first: its commit leaves the transaction open for it.
+        let (first_commit, second) = first_and_queued(&db, {
             let db = db.clone();
             async move {
                 let mut w = db.write().await.expect("second writer");
@@ -603,9 +609,8 @@ mod tests {
                     .expect("insert, checked later");
                 w.commit().await.map(drop)
             }
-        });
-        let_others_run().await;
-        let first_commit = tokio::spawn(first.commit());
+        })
+        .await;
         let second = second.await.expect("second");
         let first = first_commit.await.expect("first");
         // The member that ran the COMMIT gets SQLite's error; the other one an outage to retry
@@ -628,9 +633,8 @@ mod tests {
     #[tokio::test]
     async fn a_write_whose_transaction_the_database_rolled_back_runs_nothing_more() {
         let (dir, db) = fixture().await;
-        let mut first = db.write().await.expect("first writer");
-        insert("a", 1).execute(&mut first).await.expect("insert");
-        let second = tokio::spawn({
+        // Queued behind the first: its commit leaves the transaction open for it.
+        let (first_commit, second) = first_and_queued(&db, {
             let db = db.clone();
             async move {
                 let mut w = db.write().await.expect("second writer");
@@ -646,9 +650,8 @@ mod tests {
                     "outside the transaction it would commit alone"
                 );
             }
-        });
-        let_others_run().await;
-        let first_commit = tokio::spawn(first.commit());
+        })
+        .await;
         second.await.expect("second");
         let Err(e) = first_commit.await.expect("first") else {
             panic!("told its rolled-back commit held")
