@@ -66,11 +66,25 @@ fn user(id: &str) -> UserId {
 async fn raw_database(stopped: &StoppedServer) -> Vec<u8> {
     match &stopped.backend {
         Backend::Sqlite => {
-            let mut bytes = Vec::new();
-            for file in stopped.sqlite_files() {
-                bytes.extend(std::fs::read(file).expect("read the database file"));
+            // A connection a finished task dropped late may close now, checkpointing the log
+            // into the database file and deleting it: read every file again then, so that what
+            // moved from the log is read in the database file.
+            for _ in 0..50 {
+                let mut bytes = Vec::new();
+                let mut vanished = false;
+                for file in stopped.sqlite_files() {
+                    match std::fs::read(&file) {
+                        Ok(read) => bytes.extend(read),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vanished = true,
+                        Err(e) => panic!("read the database file {}: {e}", file.display()),
+                    }
+                }
+                if !vanished {
+                    return bytes;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            bytes
+            panic!("the database files kept changing while they were read")
         }
         Backend::Postgres(_) => {
             let pool = sqlx::PgPool::connect(&stopped.config.database_url)
