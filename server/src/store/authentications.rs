@@ -515,15 +515,30 @@ fn ended_of(row: &sqlx::any::AnyRow, now: i64) -> Result<(Authentication, Waitin
 /// triggers, migration `0030_pending_counts.sql`: one row per second of expiry and shard, so its
 /// cost is bounded by the requests' lifetime, not by how many are pending), and the user's
 /// counted pushes over `authentications_counted_pushes`.
-pub(crate) const ADMISSION_COUNTS: &str = "SELECT \
-    COALESCE(SUM(CASE WHEN state = 'pending' AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS user_pending, \
-    COALESCE(SUM(CASE WHEN created_at >= $5 AND state IN ('pending', 'expired', 'denied') THEN 1 ELSE 0 END), 0) AS user_recent, \
-    (SELECT COALESCE(SUM(pending), 0) FROM pending_expiries \
-      WHERE application_id = $1 AND expires_at > $3) AS application_pending, \
-    (SELECT COUNT(*) FROM authentications \
-      WHERE application_id = $1 AND user_id = $2 AND push_counted = 1 AND created_at > $6) AS pushes \
-    FROM authentications \
-    WHERE application_id = $1 AND user_id = $2 AND created_at >= $4 AND kind <> 'silent'";
+pub(crate) static ADMISSION_COUNTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT \
+         COALESCE(SUM(CASE WHEN {PENDING} AND expires_at > $3 THEN 1 ELSE 0 END), 0) AS user_pending, \
+         COALESCE(SUM(CASE WHEN created_at >= $5 AND {UNAPPROVED} THEN 1 ELSE 0 END), 0) AS user_recent, \
+         (SELECT COALESCE(SUM(pending), 0) FROM pending_expiries \
+          WHERE application_id = $1 AND expires_at > $3) AS application_pending, \
+         (SELECT COUNT(*) FROM authentications \
+          WHERE application_id = $1 AND user_id = $2 AND {COUNTED_PUSH} AND created_at > $6) AS pushes \
+         FROM authentications \
+         WHERE application_id = $1 AND user_id = $2 AND created_at >= $4 AND {USER_FACING}"
+    )
+});
+
+/// What the admission counts take of a user's requests, shared by [`ADMISSION_COUNTS`] and
+/// [`admitted_insert_statement`] so that the two count the same requests: user-facing ones
+/// (a silent verification is never seen by the user)…
+const USER_FACING: &str = "kind <> 'silent'";
+/// …still pending (`user_pending`, with an expiry after now)…
+const PENDING: &str = "state = 'pending'";
+/// …not approved: pending, expired unanswered or denied (`user_recent`)…
+const UNAPPROVED: &str = "state IN ('pending', 'expired', 'denied')";
+/// …and the pushes a policy's `limit_push` counts (`pushes`).
+const COUNTED_PUSH: &str = "push_counted = 1";
 
 /// The windows [`admission_counts`] counts in (Unix seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,7 +669,7 @@ pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
         conditions.push(format!(
             "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
              WHERE application_id = ${app} AND user_id = ${user} AND created_at >= ${since} \
-             AND kind <> 'silent' AND state = 'pending' AND expires_at > ${now} \
+             AND {USER_FACING} AND {PENDING} AND expires_at > ${now} \
              LIMIT ${most}) user_pending) < ${most}"
         ));
     }
@@ -663,15 +678,14 @@ pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
         conditions.push(format!(
             "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
              WHERE application_id = ${app} AND user_id = ${user} AND created_at >= ${since} \
-             AND kind <> 'silent' AND state IN ('pending', 'expired', 'denied') \
-             LIMIT ${most}) user_recent) < ${most}"
+             AND {USER_FACING} AND {UNAPPROVED} LIMIT ${most}) user_recent) < ${most}"
         ));
     }
     if in_force & 8 != 0 {
         let (app, user, since, most) = (take(), take(), take(), take());
         conditions.push(format!(
             "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
-             WHERE application_id = ${app} AND user_id = ${user} AND push_counted = 1 \
+             WHERE application_id = ${app} AND user_id = ${user} AND {COUNTED_PUSH} \
              AND created_at > ${since} LIMIT ${most}) pushes) < ${most}"
         ));
     }
@@ -715,7 +729,7 @@ pub async fn admission_counts<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = bind_admission(sqlx::query(ADMISSION_COUNTS), app, user, windows)
+    let row = bind_admission(sqlx::query(&ADMISSION_COUNTS), app, user, windows)
         .fetch_one(executor)
         .await?;
     Ok(AdmissionCounts {
@@ -887,6 +901,17 @@ mod tests {
         }
     }
 
+    /// The windows of the tests: pending requests of the last 900 seconds, push bombing and (if
+    /// `push_limit`) a policy's `limit_push` over the last 600.
+    fn windows_at(now: i64, push_limit: bool) -> AdmissionWindows {
+        AdmissionWindows {
+            now,
+            pending_since: now - 900,
+            recent_since: now - 600,
+            push_limit_since: push_limit.then_some(now - 600),
+        }
+    }
+
     /// A new SQLite database (in a folder kept while the first value lives) with one
     /// application.
     async fn database_with_application() -> (
@@ -954,12 +979,7 @@ mod tests {
             .await
             .expect("insert");
         let mut conn = db.write().await.expect("connection");
-        let windows = AdmissionWindows {
-            now,
-            pending_since: now - 900,
-            recent_since: now - 600,
-            push_limit_since: None,
-        };
+        let windows = windows_at(now, false);
         let counts = admission_counts(&mut *conn, &app.id, &user, windows)
             .await
             .expect("counts");
@@ -1019,12 +1039,7 @@ mod tests {
             insert(db.writer(), a).await.expect("insert");
         }
         let mut conn = db.write().await.expect("connection");
-        let windows = AdmissionWindows {
-            now,
-            pending_since: now - 900,
-            recent_since: now - 600,
-            push_limit_since: Some(now - 600),
-        };
+        let windows = windows_at(now, true);
         let counts = admission_counts(&mut *conn, &app.id, &user, windows)
             .await
             .expect("count");
@@ -1071,7 +1086,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary folder");
         let url = format!("sqlite://{}", dir.path().join("plan.db").display());
         let db = Database::connect(&url, 2).await.expect("database");
-        let plan = sqlx::query(&format!("EXPLAIN QUERY PLAN {ADMISSION_COUNTS}"))
+        let plan = sqlx::query(&format!("EXPLAIN QUERY PLAN {}", *ADMISSION_COUNTS))
             .bind("app")
             .bind("user")
             .bind(0_i64)
@@ -1192,12 +1207,7 @@ mod tests {
                 .await
                 .expect("insert");
         }
-        let windows = AdmissionWindows {
-            now,
-            pending_since: now - 900,
-            recent_since: now - 600,
-            push_limit_since: Some(now - 600),
-        };
+        let windows = windows_at(now, true);
         let open = AdmissionLimits {
             application_pending: Some(3),
             user_pending: Some(3),
@@ -1288,12 +1298,7 @@ mod tests {
                 .await
                 .expect("insert");
         }
-        let windows = AdmissionWindows {
-            now,
-            pending_since: now - 900,
-            recent_since: now - 600,
-            push_limit_since: Some(now - 600),
-        };
+        let windows = windows_at(now, true);
         let mut conn = db.write().await.expect("connection");
         for in_force in 0..16_usize {
             let limit = |bit: usize, most: i64| (in_force & bit != 0).then_some(most);
@@ -1336,12 +1341,7 @@ mod tests {
                 .await
                 .expect("insert");
         }
-        let windows = AdmissionWindows {
-            now,
-            pending_since: now - 900,
-            recent_since: now - 600,
-            push_limit_since: None,
-        };
+        let windows = windows_at(now, false);
         let limits = |most: i64| AdmissionLimits {
             application_pending: None,
             user_pending: Some(most),

@@ -67,7 +67,7 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         ),
         (
             "admission counts: quota, push bombing, limit_push",
-            authentications::ADMISSION_COUNTS.into(),
+            authentications::ADMISSION_COUNTS.clone(),
         ),
         (
             "a new request stored under every limit (quota, push bombing, limit_push)",
