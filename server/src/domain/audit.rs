@@ -230,7 +230,7 @@ pub(crate) enum RecordError {
 pub(crate) async fn record(ctx: &Ctx, event: Event) {
     let kind = event.kind;
     match append(&ctx.db, &ctx.config.accessing_ip_table, ctx.now_ms(), event).await {
-        Ok(true) => ctx.events.announce(&ctx.db, &[Topic::WebhookOutbox]).await,
+        Ok(true) => ctx.events.announce(&[Topic::WebhookOutbox]),
         Ok(false) => {}
         Err(e) => tracing::error!(kind, error = %e, "an audit record could not be written"),
     }

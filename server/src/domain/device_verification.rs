@@ -206,8 +206,7 @@ pub(crate) async fn settle_verification(
 /// Wakes the waiters on a pending enrollment that was just activated or rejected.
 async fn announce(ctx: &Ctx, enrollment: &EnrollmentId) {
     ctx.events
-        .announce(&ctx.db, &[Topic::Enrollment(enrollment.to_string())])
-        .await;
+        .announce(&[Topic::Enrollment(enrollment.to_string())]);
 }
 
 /// The enrollment as it stands, after settling its verification if it was pending one that has

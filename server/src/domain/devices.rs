@@ -260,7 +260,7 @@ pub(crate) async fn remove_user(
             failed.enrollment_id.clone(),
         ));
     }
-    ctx.events.announce(&ctx.db, &topics).await;
+    ctx.events.announce(&topics);
     for failed in &removed.failed {
         let event = super::audit::Event::webhook(
             tessera_protocol::events::EventType::AuthenticationFailed,

@@ -11,6 +11,16 @@
 //! (`store::events`); each instance's listener task hands them to its hub. When the listener's
 //! connection drops, notifications may be lost, so every waiter of that instance is woken to
 //! read again.
+//!
+//! A change is told to the other instances only after it committed, and not from inside its
+//! transaction: PostgreSQL serialises the commits of every transaction that ran `NOTIFY` on one
+//! database-wide lock, held through the commit's WAL flush, so a `NOTIFY` in each write would
+//! queue every write of every instance behind one another. Instead the hub collects the topics
+//! committed in this process and one forwarder task sends them, as few payloads as fit, in one
+//! statement after another: while one is sent the next batch gathers. A topic lost on the way
+//! (the process stops between the commit and the send, or the send fails) costs a remote waiter
+//! at most its wait: it reads once more at its deadline. A failed send is followed by a
+//! wake-everyone payload (`*`), as is a batch that outgrew [`MAX_QUEUED_TOPICS`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::RngCore;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::store::events::{self as store_events, Heard, Listener};
@@ -78,6 +88,31 @@ struct Inner {
     topics: Mutex<HashMap<Topic, watch::Sender<u64>>>,
     /// Marks this instance's own notifications, which it has already delivered locally.
     instance: String,
+    /// Topics committed here that the other instances have not been told of yet.
+    outbox: Mutex<Outbox>,
+    /// Signalled when the outbox gets a topic (a permit is kept if the forwarder is busy).
+    outbox_filled: Notify,
+}
+
+/// The most topics the outbox holds: beyond them (the database has been unreachable for a
+/// while) the batch is replaced by one payload that wakes every waiter of every instance.
+pub const MAX_QUEUED_TOPICS: usize = 65_536;
+
+/// The longest `NOTIFY` payload sent (PostgreSQL refuses 8,000 bytes and more).
+const MAX_PAYLOAD_BYTES: usize = 7_900;
+
+/// The topic that wakes every waiter of the instances that hear it.
+const EVERYONE: &str = "*";
+
+/// What the forwarder is to send next.
+#[derive(Default)]
+struct Outbox {
+    /// Whether a forwarder runs (PostgreSQL): without one, nothing is queued.
+    forwarding: bool,
+    /// Encoded topics, in the order they committed.
+    topics: Vec<String>,
+    /// Topics were dropped (too many, or a send failed): tell everyone to read again.
+    everyone: bool,
 }
 
 impl fmt::Debug for EventHub {
@@ -103,6 +138,8 @@ impl EventHub {
             inner: Arc::new(Inner {
                 topics: Mutex::new(HashMap::new()),
                 instance: hex::encode(id),
+                outbox: Mutex::new(Outbox::default()),
+                outbox_filled: Notify::new(),
             }),
         }
     }
@@ -111,6 +148,13 @@ impl EventHub {
         // A panic while holding the lock leaves a plain map behind: keep using it.
         self.inner
             .topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.inner
+            .outbox
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -148,48 +192,57 @@ impl EventHub {
         }
     }
 
-    /// Announces a committed change: wakes this process's waiters, then the other instances'
-    /// (PostgreSQL). A failed cross-instance announcement is logged, not returned: the change
-    /// is already stored, and remote waiters read it at their deadline.
-    pub async fn announce(&self, db: &Database, topics: &[Topic]) {
+    /// Announces a committed change: wakes this process's waiters at once, and queues the
+    /// topics for the other instances (PostgreSQL), which the forwarder tells shortly after
+    /// (see the module's documentation). Call it only once the change committed: woken
+    /// earlier, a waiter could read the old state.
+    pub fn announce(&self, topics: &[Topic]) {
         for topic in topics {
             self.wake_local(topic);
         }
+        self.queue_for_others(topics);
+    }
+
+    fn queue_for_others(&self, topics: &[Topic]) {
         if topics.is_empty() {
             return;
         }
-        // One notification for all of them: one statement, however many topics.
-        let encoded: Vec<String> = topics.iter().map(Topic::encode).collect();
-        let payload = format!("{}|{}", self.inner.instance, encoded.join(","));
-        if let Err(e) = store_events::notify(db, &payload).await {
-            tracing::warn!(error = %e, "change notification to other instances failed");
+        let mut outbox = self.outbox();
+        if !outbox.forwarding {
+            return;
         }
+        if outbox.everyone || outbox.topics.len() + topics.len() > MAX_QUEUED_TOPICS {
+            outbox.topics.clear();
+            outbox.everyone = true;
+        } else {
+            outbox.topics.extend(topics.iter().map(Topic::encode));
+        }
+        drop(outbox);
+        self.inner.outbox_filled.notify_one();
     }
 
-    /// Announces a change from inside the write `w` that makes it: other instances are
-    /// notified in `w` itself (PostgreSQL delivers the notification when the transaction
-    /// commits, and drops it when it rolls back), with no statement or connection of its own.
-    /// This process's waiters are woken by [`EventHub::wake_committed`], which the caller calls
-    /// once the transaction committed (woken earlier, a waiter could read the old state).
-    pub async fn announce_in(
-        &self,
-        w: &mut crate::store::Write<'_>,
-        topics: &[Topic],
-    ) -> Result<(), StoreError> {
-        if topics.is_empty() {
-            return Ok(());
+    /// The payloads that tell other instances of `topics` (and of everything, first, when
+    /// `everyone`): `instance|topic,topic,…`, each under PostgreSQL's size limit.
+    fn payloads(&self, topics: &[String], everyone: bool) -> Vec<String> {
+        let prefix = format!("{}|", self.inner.instance);
+        let mut payloads = Vec::new();
+        if everyone {
+            payloads.push(format!("{prefix}{EVERYONE}"));
         }
-        let encoded: Vec<String> = topics.iter().map(Topic::encode).collect();
-        let payload = format!("{}|{}", self.inner.instance, encoded.join(","));
-        store_events::notify_in(w, &payload).await
-    }
-
-    /// Wakes this process's waiters on `topics`, whose change [`EventHub::announce_in`]
-    /// announced inside a transaction that has now committed.
-    pub fn wake_committed(&self, topics: &[Topic]) {
+        let mut current = prefix.clone();
         for topic in topics {
-            self.wake_local(topic);
+            if current.len() > prefix.len() && current.len() + 1 + topic.len() > MAX_PAYLOAD_BYTES {
+                payloads.push(std::mem::replace(&mut current, prefix.clone()));
+            }
+            if current.len() > prefix.len() {
+                current.push(',');
+            }
+            current.push_str(topic);
         }
+        if current.len() > prefix.len() {
+            payloads.push(current);
+        }
+        payloads
     }
 
     /// How many topics have waiters now.
@@ -197,9 +250,17 @@ impl EventHub {
         self.lock().len()
     }
 
-    /// Hands other instances' announcements to this hub until the task is dropped. On SQLite
-    /// there are none, and this returns at once.
+    /// Connects this hub to the other instances until the task is dropped: hands their
+    /// announcements to this hub's waiters, and forwards this process's committed topics to
+    /// them. On SQLite there are no other instances, and this returns at once.
     pub async fn listen(self, db: Database) {
+        if db.engine() != crate::store::Engine::Postgres {
+            return;
+        }
+        tokio::join!(self.clone().receive(db.clone()), self.forward(db));
+    }
+
+    async fn receive(self, db: Database) {
         let mut listener = loop {
             match Listener::connect(&db).await {
                 Ok(Some(listener)) => break listener,
@@ -223,11 +284,40 @@ impl EventHub {
         }
     }
 
+    /// Sends the outbox's topics to the other instances, a batch at a time.
+    async fn forward(self, db: Database) {
+        self.outbox().forwarding = true;
+        loop {
+            self.inner.outbox_filled.notified().await;
+            let (topics, everyone) = {
+                let mut outbox = self.outbox();
+                (
+                    std::mem::take(&mut outbox.topics),
+                    std::mem::take(&mut outbox.everyone),
+                )
+            };
+            for payload in self.payloads(&topics, everyone) {
+                if let Err(e) = store_events::notify(&db, &payload).await {
+                    tracing::warn!(error = %e, "change notification to other instances failed; they read again at their deadline");
+                    // What was not sent is lost: tell everyone to read again once it works.
+                    self.outbox().everyone = true;
+                    self.inner.outbox_filled.notify_one();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+    }
+
     fn heard(&self, payload: &str) {
         let Some((instance, topic)) = payload.split_once('|') else {
             return;
         };
         if instance == self.inner.instance {
+            return;
+        }
+        if topic.split(',').any(|t| t == EVERYONE) {
+            self.wake_all_local();
             return;
         }
         for topic in topic.split(',').filter_map(Topic::decode) {
@@ -397,6 +487,75 @@ mod tests {
         let mut first = hub.subscribe(Topic::Authentication("a1".into()));
         let mut second = hub.subscribe(Topic::Enrollment("e1".into()));
         hub.heard("someone-else|a:a1,e:e1");
+        assert!(first.receiver.has_changed().unwrap());
+        assert!(second.receiver.has_changed().unwrap());
+        let _ = (&mut first, &mut second);
+    }
+
+    #[test]
+    fn nothing_is_queued_for_other_instances_without_a_forwarder() {
+        let hub = EventHub::new();
+        hub.announce(&[Topic::Authentication("a1".into())]);
+        let outbox = hub.outbox();
+        assert!(outbox.topics.is_empty() && !outbox.everyone);
+    }
+
+    #[test]
+    fn committed_topics_queue_in_order_and_a_backlog_turns_into_wake_everyone() {
+        let hub = EventHub::new();
+        hub.outbox().forwarding = true;
+        let mut sub = hub.subscribe(Topic::Enrollment("e1".into()));
+        hub.announce(&[
+            Topic::Authentication("a1".into()),
+            Topic::Enrollment("e1".into()),
+        ]);
+        assert!(
+            sub.receiver.has_changed().unwrap(),
+            "local waiters are woken at once"
+        );
+        let _ = &mut sub;
+        assert_eq!(hub.outbox().topics, ["a:a1", "e:e1"]);
+        let many: Vec<Topic> = (0..MAX_QUEUED_TOPICS)
+            .map(|n| Topic::Authentication(n.to_string()))
+            .collect();
+        hub.announce(&many);
+        {
+            let outbox = hub.outbox();
+            assert!(outbox.everyone && outbox.topics.is_empty());
+        }
+        hub.announce(&[Topic::QrSession("q".into())]);
+        assert!(
+            hub.outbox().topics.is_empty(),
+            "nothing more is queued once everyone will be told"
+        );
+    }
+
+    #[test]
+    fn payloads_stay_under_the_limit_and_carry_every_topic_once() {
+        let hub = EventHub::new();
+        let topics: Vec<String> = (0..1_000)
+            .map(|n| Topic::Authentication(format!("aut_{n:032}")).encode())
+            .collect();
+        let payloads = hub.payloads(&topics, true);
+        let prefix = format!("{}|", hub.inner.instance);
+        assert_eq!(payloads[0], format!("{prefix}*"));
+        assert!(payloads.len() > 2, "1,000 topics need several payloads");
+        let mut carried = Vec::new();
+        for payload in &payloads[1..] {
+            assert!(payload.len() <= MAX_PAYLOAD_BYTES, "{}", payload.len());
+            let list = payload.strip_prefix(&prefix).unwrap();
+            carried.extend(list.split(',').map(str::to_string));
+        }
+        assert_eq!(carried, topics);
+        assert!(hub.payloads(&[], false).is_empty());
+    }
+
+    #[test]
+    fn a_wake_everyone_payload_wakes_every_waiter() {
+        let hub = EventHub::new();
+        let mut first = hub.subscribe(Topic::Authentication("a1".into()));
+        let mut second = hub.subscribe(Topic::Flow("f1".into()));
+        hub.heard("someone-else|*");
         assert!(first.receiver.has_changed().unwrap());
         assert!(second.receiver.has_changed().unwrap());
         let _ = (&mut first, &mut second);

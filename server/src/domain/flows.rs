@@ -428,9 +428,7 @@ async fn move_to(
         to = status.as_str(),
         "flow moved"
     );
-    ctx.events
-        .announce(&ctx.db, &[Topic::Flow(stored.id.to_string())])
-        .await;
+    ctx.events.announce(&[Topic::Flow(stored.id.to_string())]);
     if status.is_final()
         && held_for_passcode(&data)
         && let Some(pairing) = &data.pairing

@@ -6,10 +6,10 @@
 //! the authentication and on its device are woken (here and, on PostgreSQL, in every instance)
 //! and the follow-ups registered at start (device verification, QR follow-up, CIBA ping/push)
 //! each receive the event. A follow-up that fails is logged and repaired by its own sweep or
-//! on read; it never undoes the recorded outcome. The update, its notification to other
-//! instances (`pg_notify`, delivered at commit) and its audit records are one transaction, on
-//! the answering request's own connection on PostgreSQL; this process's waiters are woken and
-//! the other follow-ups run once it committed. Expiry needs no write: a pending request past
+//! on read; it never undoes the recorded outcome. The update and its audit records are one
+//! transaction, on the answering request's own connection on PostgreSQL; once it committed,
+//! this process's waiters are woken, the other instances are told (`domain::events`), and the
+//! other follow-ups run. Expiry needs no write: a pending request past
 //! its expiry reads as expired, and waiters' deadlines never pass its expiry.
 
 use std::future::Future;
@@ -174,8 +174,8 @@ pub(crate) async fn record_on(
     })
 }
 
-/// The one transaction of an ending: the conditional update, the notification to other
-/// instances and the audit records (with their webhook deliveries) commit together. `None`
+/// The one transaction of an ending: the conditional update and the audit records (with their
+/// webhook deliveries) commit together; waiters here and in other instances are told after. `None`
 /// (nothing written) when another ending won or the authentication expired. On SQLite that is
 /// two hand-offs to the writer: `BEGIN IMMEDIATE` with the update, then the records with the
 /// `COMMIT`.
@@ -212,7 +212,6 @@ async fn write_ending(
         return Ok(None);
     };
     let topics = ended_topics(&record).to_vec();
-    ctx.events.announce_in(&mut w, &topics).await?;
     let webhooks =
         super::audit::append_deferred(ctx, &mut w, super::audit::ending_events(&record)).await?;
     let committed = w.commit().await?;
@@ -288,7 +287,7 @@ pub(crate) async fn record_policy_ending(
 /// Announces an ended authentication: wakes its waiters and its device's, then runs each
 /// follow-up once.
 pub(crate) async fn ended(ctx: &Ctx, record: &Authentication) {
-    ctx.events.announce(&ctx.db, &ended_topics(record)).await;
+    ctx.events.announce(&ended_topics(record));
     let event = DomainEvent::AuthenticationEnded {
         record: record.clone(),
         waiting: Waiting::UNKNOWN,
@@ -349,17 +348,16 @@ async fn dispatch_to(ctx: &Ctx, event: &DomainEvent, audit: Audit) {
 /// The name the audit follow-up is registered under (`domain::follow_ups`).
 pub(crate) const AUDIT_FOLLOW_UP: &str = "audit";
 
-/// Announces, inside the write `w` that stores the new request `record`, that its device has a
-/// request to pull, and appends its audit record there (both deferred to the write's next
-/// statement or its commit): the request, its announcement and its record commit together.
-/// Call [`Announced::committed`] with the commit.
+/// Appends, inside the write `w` that stores the new request `record`, its audit record
+/// (deferred to the write's next statement or its commit), so the request and its record
+/// commit together, and prepares the announcement that its device has a request to pull: call
+/// [`Announced::committed`] once the write committed.
 pub(crate) async fn request_created_in(
     ctx: &Ctx,
     w: &mut Write<'_>,
     record: &Authentication,
 ) -> Result<Announced, DomainError> {
     let topics = vec![Topic::Enrollment(record.enrollment_id.to_string())];
-    ctx.events.announce_in(w, &topics).await?;
     let webhooks = super::audit::append_deferred(
         ctx,
         w,
@@ -406,12 +404,13 @@ impl Announced {
         self
     }
 
-    /// Wakes this process's waiters, and the webhook workers when deliveries were queued (call
-    /// [`Announced::resolved`] first when the write deferred audit records).
+    /// Wakes the waiters of this process and of the other instances, and the webhook workers
+    /// when deliveries were queued (call [`Announced::resolved`] first when the write deferred
+    /// audit records).
     pub(crate) async fn committed(self, ctx: &Ctx) {
-        ctx.events.wake_committed(&self.topics);
+        ctx.events.announce(&self.topics);
         if self.webhooks_queued {
-            ctx.events.announce(&ctx.db, &[Topic::WebhookOutbox]).await;
+            ctx.events.announce(&[Topic::WebhookOutbox]);
         }
     }
 }
@@ -419,11 +418,7 @@ impl Announced {
 /// Announces that a device has a new request to pull.
 pub(crate) async fn request_created(ctx: &Ctx, record: &Authentication) {
     ctx.events
-        .announce(
-            &ctx.db,
-            &[Topic::Enrollment(record.enrollment_id.to_string())],
-        )
-        .await;
+        .announce(&[Topic::Enrollment(record.enrollment_id.to_string())]);
     super::audit::authentication_created(ctx, record).await;
 }
 

@@ -805,8 +805,7 @@ pub(crate) async fn approve_held(ctx: &Ctx, id: &EnrollmentId) -> Result<bool, D
     if done {
         tracing::info!(enrollment_id = %id, "new device approved by passcode");
         ctx.events
-            .announce(&ctx.db, &[super::events::Topic::Enrollment(id.to_string())])
-            .await;
+            .announce(&[super::events::Topic::Enrollment(id.to_string())]);
     }
     Ok(done)
 }
@@ -818,8 +817,7 @@ pub(crate) async fn reject_held(ctx: &Ctx, id: &EnrollmentId) -> Result<bool, Do
     if done {
         tracing::info!(enrollment_id = %id, "new device held for a passcode rejected");
         ctx.events
-            .announce(&ctx.db, &[super::events::Topic::Enrollment(id.to_string())])
-            .await;
+            .announce(&[super::events::Topic::Enrollment(id.to_string())]);
     }
     Ok(done)
 }

@@ -109,9 +109,7 @@ fn qr_uri(ctx: &Ctx, token: &str) -> Result<Zeroizing<String>, DomainError> {
 
 /// Tells waiters (here and in other instances) that the session changed.
 async fn announce(ctx: &Ctx, id: &QrSessionId) {
-    ctx.events
-        .announce(&ctx.db, &[Topic::QrSession(id.to_string())])
-        .await;
+    ctx.events.announce(&[Topic::QrSession(id.to_string())]);
 }
 
 /// Checks a session request: its lifetime, its texts and its redirect URL.

@@ -22,22 +22,6 @@ pub async fn notify(db: &Database, payload: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// [`notify`] inside the write `w`: PostgreSQL delivers it when the transaction commits (and
-/// never if it rolls back), so the change and its announcement need no statement round of
-/// their own. Nothing on SQLite.
-pub async fn notify_in(w: &mut super::Write<'_>, payload: &str) -> Result<(), StoreError> {
-    if w.engine() != Engine::Postgres {
-        return Ok(());
-    }
-    w.defer(
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(payload),
-    )
-    .await?;
-    Ok(())
-}
-
 /// A connection listening for other instances' notifications.
 pub struct Listener(PgListener);
 
