@@ -19,8 +19,9 @@
 //! committed in this process and one forwarder task sends them, as few payloads as fit, in one
 //! statement after another: while one is sent the next batch gathers. A topic lost on the way
 //! (the process stops between the commit and the send, or the send fails) costs a remote waiter
-//! at most its wait: it reads once more at its deadline. A failed send is followed by a
-//! wake-everyone payload (`*`), as is a batch that outgrew [`MAX_QUEUED_TOPICS`].
+//! at most its wait: it reads once more at its deadline. The batch after a failed send starts
+//! with a wake-everyone payload (`*`), and so does a batch that outgrew [`MAX_QUEUED_TOPICS`]
+//! (the topics are then dropped).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -299,9 +300,10 @@ impl EventHub {
             for payload in self.payloads(&topics, everyone) {
                 if let Err(e) = store_events::notify(&db, &payload).await {
                     tracing::warn!(error = %e, "change notification to other instances failed; they read again at their deadline");
-                    // What was not sent is lost: tell everyone to read again once it works.
+                    // What was not sent is lost: the next batch (the next change committed
+                    // here) first tells everyone to read again. No retry of its own, so a
+                    // database that is down is not asked twice a second by an idle server.
                     self.outbox().everyone = true;
-                    self.inner.outbox_filled.notify_one();
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
