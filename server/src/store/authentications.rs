@@ -1103,7 +1103,7 @@ mod tests {
         for index in [
             // The user's requests are counted in the index alone, without their rows.
             "USING COVERING INDEX authentications_by_user",
-            "sqlite_autoindex_pending_expiries_1",
+            "pending_expiries USING PRIMARY KEY",
             "authentications_counted_pushes",
         ] {
             assert!(

@@ -420,3 +420,130 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod migration_tests {
+    use super::SQLITE_MIGRATIONS;
+    use sqlx::migrate::Migrator;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+    use std::borrow::Cow;
+    use std::str::FromStr;
+
+    /// A database whose schema stops before migration `version`.
+    async fn migrated_before(version: i64) -> (tempfile::TempDir, SqlitePool) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .expect("url")
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePool::connect_with(options).await.expect("open");
+        let earlier = Migrator {
+            migrations: Cow::Owned(
+                SQLITE_MIGRATIONS
+                    .iter()
+                    .filter(|m| m.version < version)
+                    .cloned()
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        earlier.run(&pool).await.expect("earlier migrations");
+        (dir, pool)
+    }
+
+    async fn pending_rows(pool: &SqlitePool) -> Vec<(String, i64, i64, i64)> {
+        sqlx::query_as(
+            "SELECT application_id, expires_at, shard, pending FROM pending_expiries \
+             ORDER BY application_id, expires_at, shard",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("pending rows")
+    }
+
+    async fn insert_pending(pool: &SqlitePool, id: &str, expires_at: i64) {
+        sqlx::query(
+            "INSERT INTO authentications (id, application_id, user_id, enrollment_id, kind, \
+             signed_request, parameters_digest, nonce, require_user_verification, state, \
+             created_at, expires_at) \
+             VALUES ($1, 'app_1', 'alice', 'enr_1', 'approval', '', '', '', 0, 'pending', 1, $2)",
+        )
+        .bind(id)
+        .bind(expires_at)
+        .execute(pool)
+        .await
+        .expect("request");
+    }
+
+    #[tokio::test]
+    async fn the_key_ordered_tables_keep_their_rows_and_their_triggers() {
+        let (_dir, pool) = migrated_before(33).await;
+        sqlx::query(
+            "INSERT INTO applications (id, name, api_key_digest, created_at) \
+             VALUES ('app_1', 'App', 'digest', 1)",
+        )
+        .execute(&pool)
+        .await
+        .expect("application");
+        insert_pending(&pool, "aut_a", 1_000).await;
+        insert_pending(&pool, "aut_b", 1_000).await;
+        sqlx::query("INSERT INTO device_nonces (nonce_key, expires_at) VALUES ('n1', 500)")
+            .execute(&pool)
+            .await
+            .expect("nonce");
+        let before = pending_rows(&pool).await;
+        assert_eq!(before.iter().map(|r| r.3).sum::<i64>(), 2);
+
+        SQLITE_MIGRATIONS.run(&pool).await.expect("migration 0033");
+
+        assert_eq!(pending_rows(&pool).await, before, "the counts are kept");
+        let nonces: Vec<(String, i64)> =
+            sqlx::query_as("SELECT nonce_key, expires_at FROM device_nonces")
+                .fetch_all(&pool)
+                .await
+                .expect("nonces");
+        assert_eq!(nonces, [("n1".to_string(), 500)]);
+        for table in ["pending_expiries", "device_nonces"] {
+            let sql: String = sqlx::query_scalar(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = $1",
+            )
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .expect("schema");
+            assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        }
+        let expiry_index: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'device_nonces_by_expiry'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("index");
+        assert_eq!(expiry_index, 1);
+        assert!(
+            sqlx::query("INSERT INTO device_nonces (nonce_key, expires_at) VALUES ('n1', 900)")
+                .execute(&pool)
+                .await
+                .is_err(),
+            "a nonce is still recorded once"
+        );
+
+        // The triggers still count: a new request adds, an answer and a deletion take away,
+        // and the row goes with its last request.
+        insert_pending(&pool, "aut_c", 2_000).await;
+        assert_eq!(
+            pending_rows(&pool).await.iter().map(|r| r.3).sum::<i64>(),
+            3
+        );
+        sqlx::query("UPDATE authentications SET state = 'approved' WHERE id = 'aut_c'")
+            .execute(&pool)
+            .await
+            .expect("answer");
+        sqlx::query("DELETE FROM authentications WHERE id IN ('aut_a', 'aut_b')")
+            .execute(&pool)
+            .await
+            .expect("delete");
+        assert_eq!(pending_rows(&pool).await, []);
+    }
+}
