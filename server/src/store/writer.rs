@@ -328,8 +328,8 @@ impl WriterTurn {
         } else {
             self.run("COMMIT", &[]).map(drop)
         };
-        if result.is_err() && !self.is_autocommit() {
-            let _ = self.run("ROLLBACK", &[]);
+        if result.is_err() {
+            self.roll_back_open_transaction();
         }
         group
             .outcome
@@ -340,15 +340,21 @@ impl WriterTurn {
     /// Ends the open group as failed (rolled back if SQLite has not done so) and tells its
     /// members; returns the error for this turn's own transaction.
     fn abort_group(&mut self) -> sqlx::Error {
-        if !self.is_autocommit() {
-            let _ = self.run("ROLLBACK", &[]);
-        }
+        self.roll_back_open_transaction();
         if let Some(group) = self.guard.group.take() {
             group
                 .outcome
                 .send_replace(Some(Err(rolled_back().to_string())));
         }
         rolled_back()
+    }
+
+    /// Rolls back the transaction still open after a failure, if SQLite has not rolled it back
+    /// itself; a failing `ROLLBACK` leaves nothing more to undo here.
+    fn roll_back_open_transaction(&mut self) {
+        if !self.is_autocommit() {
+            let _ = self.run("ROLLBACK", &[]);
+        }
     }
 }
 
