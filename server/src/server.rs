@@ -39,6 +39,8 @@ pub struct RunningServer {
     tls: Option<(TlsFiles, RustlsConfig)>,
     shutdown_grace: std::time::Duration,
     webhook_worker: JoinHandle<()>,
+    /// Tells the other instances of the last changes at shutdown.
+    events: crate::domain::EventHub,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -149,6 +151,7 @@ impl Server {
             .map_err(|e| ServerError::InvalidInput(e.to_string()))?;
         let events = crate::domain::EventHub::new();
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
+        let events_at_shutdown = events.clone();
         let state = Ctx::new(crate::domain::CtxParts {
             clock: config.clock.clone(),
             follow_ups: Arc::from(crate::domain::follow_ups()),
@@ -243,6 +246,7 @@ impl Server {
             tls,
             shutdown_grace,
             webhook_worker,
+            events: events_at_shutdown,
         })
     }
 }
@@ -317,6 +321,18 @@ impl RunningServer {
         self.notifier.abort();
         if let Some((_, task)) = self.metrics.take() {
             task.abort();
+        }
+        // Changes committed by the last requests may still wait in the outbox: send them
+        // (a moment only), so waiters on other instances need not wait for their deadline.
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            self.events.send_queued(&self.db),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the last change notifications were not sent"),
+            Err(_) => tracing::warn!("the last change notifications were not sent in time"),
         }
         self.listener.abort();
         self.purger.abort();

@@ -290,25 +290,34 @@ impl EventHub {
         self.outbox().forwarding = true;
         loop {
             self.inner.outbox_filled.notified().await;
-            let (topics, everyone) = {
-                let mut outbox = self.outbox();
-                (
-                    std::mem::take(&mut outbox.topics),
-                    std::mem::take(&mut outbox.everyone),
-                )
-            };
-            for payload in self.payloads(&topics, everyone) {
-                if let Err(e) = store_events::notify(&db, &payload).await {
-                    tracing::warn!(error = %e, "change notification to other instances failed; they read again at their deadline");
-                    // What was not sent is lost: the next batch (the next change committed
-                    // here) first tells everyone to read again. No retry of its own, so a
-                    // database that is down is not asked twice a second by an idle server.
-                    self.outbox().everyone = true;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    break;
-                }
+            if let Err(e) = self.send_queued(&db).await {
+                tracing::warn!(error = %e, "change notification to other instances failed; they read again at their deadline");
+                // No retry of its own, so a database that is down is not asked twice a second
+                // by an idle server: the next batch (the next change committed here) first
+                // tells everyone to read again.
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+
+    /// Sends what the outbox holds now to the other instances (PostgreSQL). On failure, what
+    /// was not sent is dropped and the next batch starts with a wake-everyone payload. Called
+    /// by the forwarder, and once more at shutdown so the last changes are not left behind.
+    pub async fn send_queued(&self, db: &Database) -> Result<(), StoreError> {
+        let (topics, everyone) = {
+            let mut outbox = self.outbox();
+            (
+                std::mem::take(&mut outbox.topics),
+                std::mem::take(&mut outbox.everyone),
+            )
+        };
+        for payload in self.payloads(&topics, everyone) {
+            if let Err(e) = store_events::notify(db, &payload).await {
+                self.outbox().everyone = true;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn heard(&self, payload: &str) {
@@ -561,5 +570,50 @@ mod tests {
         assert!(first.receiver.has_changed().unwrap());
         assert!(second.receiver.has_changed().unwrap());
         let _ = (&mut first, &mut second);
+    }
+
+    /// On PostgreSQL (`DATABASE_URL`): what the outbox holds reaches a listening connection as
+    /// one payload, and a send that fails leaves a wake-everyone for the next batch.
+    #[tokio::test]
+    async fn queued_topics_reach_other_instances_and_a_failed_send_asks_everyone_to_read_again() {
+        let Some(url) = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|url| url.starts_with("postgres"))
+        else {
+            eprintln!("skipped: set DATABASE_URL=postgres://... to send notifications");
+            return;
+        };
+        let db = Database::connect(&url, 2).await.expect("database");
+        let mut listener = Listener::connect(&db)
+            .await
+            .expect("listener")
+            .expect("PostgreSQL listens");
+        let hub = EventHub::new();
+        hub.outbox().forwarding = true;
+        hub.announce(&[
+            Topic::Authentication("aut_sent".into()),
+            Topic::Enrollment("enr_sent".into()),
+        ]);
+        hub.send_queued(&db).await.expect("sent");
+        assert!(hub.outbox().topics.is_empty());
+        let expected = format!("{}|a:aut_sent,e:enr_sent", hub.inner.instance);
+        // Other tests may notify on the same channel meanwhile: wait for this hub's payload.
+        let heard = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match listener.recv().await.expect("listen") {
+                    Heard::Payload(payload) if payload == expected => break payload,
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .expect("the payload arrives");
+        assert_eq!(heard, expected);
+
+        db.close().await;
+        hub.announce(&[Topic::QrSession("qrs_lost".into())]);
+        assert!(hub.send_queued(&db).await.is_err());
+        let outbox = hub.outbox();
+        assert!(outbox.everyone && outbox.topics.is_empty());
     }
 }
