@@ -146,7 +146,7 @@ fn main() {
     let cycles = plan.per_client;
     runtime().block_on(async {
         println!("authentication cycles over loopback ({cycles} per device)");
-        for (backend, label) in backends() {
+        for (backend, label) in backends().await {
             for &n in plan.levels {
                 run(backend.clone(), label, n, cycles).await;
                 run_with(backend.clone(), label, n, cycles, true).await;

@@ -174,7 +174,7 @@ fn main() {
     let cycles = plan.per_client;
     runtime().block_on(async {
         println!("CIBA over loopback ({cycles} requests per client)");
-        for (backend, label) in backends() {
+        for (backend, label) in backends().await {
             for scenario in [Scenario::Backchannel, Scenario::Ping, Scenario::Poll] {
                 for &n in plan.levels {
                     run(backend.clone(), label, scenario, n, cycles).await;

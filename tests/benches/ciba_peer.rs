@@ -230,7 +230,7 @@ fn main() {
             } else {
                 None
             };
-            for (backend, label) in backends() {
+            for (backend, label) in backends().await {
                 let rate = run_tessera(backend, label, n, per_client).await;
                 if let Some(peer_rate) = peer_rate.filter(|r| *r > 0.0) {
                     println!(

@@ -163,7 +163,7 @@ fn main() {
     let flows = plan.per_client;
     runtime().block_on(async {
         println!("Authentication flows over loopback ({flows} per phone)");
-        for (backend, label) in backends() {
+        for (backend, label) in backends().await {
             for kind in [Kind::Push, Kind::Seamless] {
                 for &n in plan.levels {
                     run(backend.clone(), label, n, flows, kind).await;

@@ -204,7 +204,7 @@ fn main() {
     let per_device = plan.per_client;
     runtime().block_on(async {
         println!("OIDC redirect MFA sign-ins over loopback ({per_device} per phone)");
-        for (backend, label) in backends() {
+        for (backend, label) in backends().await {
             for &n in plan.levels {
                 run(backend.clone(), label, n, per_device).await;
             }

@@ -103,7 +103,7 @@ fn main() {
     let per_client = plan.per_client;
     runtime().block_on(async {
         println!("server OTP verifications over loopback ({per_client} per client)");
-        for (backend, label) in backends() {
+        for (backend, label) in backends().await {
             for &n in plan.levels {
                 run(backend.clone(), label, n, per_client).await;
             }

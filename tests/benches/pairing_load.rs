@@ -66,7 +66,7 @@ fn main() {
     let n = plan("PAIRINGS", 1000, 10).per_client;
     runtime().block_on(async {
         println!("pairing latency over loopback ({n} pairings per backend)");
-        for (backend, label) in backends() {
+        for (backend, label) in backends().await {
             run(backend, label, n).await;
         }
     });

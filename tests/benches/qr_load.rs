@@ -120,7 +120,7 @@ fn main() {
     render_figures(if plan.benchmarking { 200 } else { 3 });
     runtime().block_on(async {
         println!("QR logins over loopback ({logins} per phone)");
-        for (backend, label) in backends() {
+        for (backend, label) in backends().await {
             for &n in plan.levels {
                 run(backend.clone(), label, n, logins).await;
             }

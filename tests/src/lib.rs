@@ -252,6 +252,12 @@ impl StoppedServer {
 
 /// A new, empty schema of the PostgreSQL database at `url`, and a URL whose connections use it.
 pub async fn isolated_postgres_schema(url: &str) -> String {
+    new_postgres_schema(url, "test").await.0
+}
+
+/// Creates a new, empty schema in the `url` database, named from `prefix`, the process and a
+/// counter; answers a URL whose connections use it (`search_path`) and the schema's name.
+pub async fn new_postgres_schema(url: &str, prefix: &str) -> (String, String) {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
@@ -259,7 +265,7 @@ pub async fn isolated_postgres_schema(url: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let schema = format!(
-        "test_{}_{}_{}",
+        "{prefix}_{}_{}_{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::SeqCst),
         nanos
@@ -271,7 +277,10 @@ pub async fn isolated_postgres_schema(url: &str) -> String {
         .expect("create schema");
     pool.close().await;
     let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+    (
+        format!("{url}{sep}options=-c%20search_path%3D{schema}"),
+        schema,
+    )
 }
 
 async fn start_server(config: ServerConfig) -> RunningServer {

@@ -138,15 +138,75 @@ pub fn pool_size() -> u32 {
 }
 
 /// SQLite, and PostgreSQL when `DATABASE_URL` points at one (otherwise says it is skipped).
-pub fn backends() -> Vec<(Backend, &'static str)> {
-    let mut backends = vec![(Backend::Sqlite, "sqlite")];
+///
+/// On PostgreSQL the measurement runs in a schema of its own, dropped when the returned
+/// iterator is (after the loop over it): rows an earlier run left behind (thousands of
+/// unanswered requests) would otherwise be swept, expired and reported while this run is
+/// measured.
+pub async fn backends() -> Backends {
+    let mut items = vec![(Backend::Sqlite, "sqlite")];
+    let mut schema = None;
     match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => {
-            backends.push((Backend::Postgres(url), "postgres"))
+            let (schema_url, name) = crate::new_postgres_schema(&url, "bench").await;
+            items.push((Backend::Postgres(schema_url), "postgres"));
+            schema = Some(SchemaGuard { url, name });
         }
         _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
     }
-    backends
+    Backends {
+        items: items.into_iter(),
+        _schema: schema,
+    }
+}
+
+/// The backends to measure, in order; on PostgreSQL the bench's schema goes with the last of
+/// them.
+pub struct Backends {
+    items: std::vec::IntoIter<(Backend, &'static str)>,
+    _schema: Option<SchemaGuard>,
+}
+
+impl Iterator for Backends {
+    type Item = (Backend, &'static str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.items.next()
+    }
+}
+
+/// Drops a bench's PostgreSQL schema (with everything in it) when dropped.
+struct SchemaGuard {
+    url: String,
+    name: String,
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // Dropped inside the bench's runtime, which cannot be blocked on: a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let pool = sqlx::PgPool::connect(&url).await.ok()?;
+                let result = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+                    .execute(&pool)
+                    .await;
+                pool.close().await;
+                result.ok().map(drop)
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!(
+                "the bench's PostgreSQL schema {} was not dropped",
+                self.name
+            );
+        }
+    }
 }
 
 #[cfg(test)]
