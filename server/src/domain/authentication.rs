@@ -933,7 +933,7 @@ pub(crate) async fn create_as(
     }
     let committed = w.commit().await?;
     let announced = announced.resolved(&committed);
-    announced.committed(ctx).await;
+    announced.committed(ctx);
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
     // Push is a hint, delivered in the background; the request is already stored for pulling.
     // Without a chosen device, the user's other devices are the fallback.

@@ -235,7 +235,7 @@ async fn after_ending(
     announced: Announced,
     waiting: Waiting,
 ) -> Authentication {
-    announced.committed(ctx).await;
+    announced.committed(ctx);
     tracing::info!(
         authentication_id = %record.id,
         state = record.state.as_str(),
@@ -407,11 +407,11 @@ impl Announced {
     /// Wakes the waiters of this process and of the other instances, and the webhook workers
     /// when deliveries were queued (call [`Announced::resolved`] first when the write deferred
     /// audit records).
-    pub(crate) async fn committed(self, ctx: &Ctx) {
-        ctx.events.announce(&self.topics);
+    pub(crate) fn committed(mut self, ctx: &Ctx) {
         if self.webhooks_queued {
-            ctx.events.announce(&[Topic::WebhookOutbox]);
+            self.topics.push(Topic::WebhookOutbox);
         }
+        ctx.events.announce(&self.topics);
     }
 }
 

@@ -490,7 +490,8 @@ mod tests {
     }
 
     /// A write that inserted `a`, with `second` spawned to queue behind it; returns the first
-    /// write's commit, spawned once `second` is queued, and `second`'s handle.
+    /// write's commit, spawned once `second` is queued (so it leaves its transaction open for
+    /// `second`), and `second`'s handle.
     async fn first_and_queued<T: Send + 'static>(
         db: &crate::store::Database,
         second: impl std::future::Future<Output = T> + Send + 'static,
@@ -509,7 +510,6 @@ mod tests {
     async fn writers_queued_at_a_commit_share_it_and_each_learns_it_only_then() {
         let (dir, db) = fixture().await;
         let (go, commit_second) = tokio::sync::oneshot::channel::<()>();
-        // Queued behind the first: its commit leaves the transaction open for it.
         let (first_commit, second) = first_and_queued(&db, {
             let db = db.clone();
             async move {
@@ -535,7 +535,6 @@ mod tests {
     async fn a_member_that_fails_is_rolled_back_alone() {
         let (_dir, db) = fixture().await;
         insert("taken", 0).execute(db.writer()).await.expect("row");
-        // Queued behind the first: its commit leaves the transaction open for it.
         let (first_commit, second) = first_and_queued(&db, {
             let db = db.clone();
             async move {
@@ -555,7 +554,6 @@ mod tests {
     #[tokio::test]
     async fn a_group_the_queued_writer_left_is_committed_by_its_member() {
         let (dir, db) = fixture().await;
-        // Queued behind the first: its commit leaves the transaction open for it.
         let (first_commit, gives_up) = first_and_queued(&db, {
             let db = db.clone();
             async move {
@@ -576,7 +574,6 @@ mod tests {
     #[tokio::test]
     async fn a_single_statement_commits_the_open_group_before_it_runs() {
         let (_dir, db) = fixture().await;
-        // Queued behind the first: its commit leaves the transaction open for it.
         let (first_commit, single) = first_and_queued(&db, {
             let db = db.clone();
             async move { insert("s", 2).execute(db.writer()).await.map(drop) }
@@ -597,7 +594,6 @@ mod tests {
         .execute(db.writer())
         .await
         .expect("table");
-        // Queued behind the first: its commit leaves the transaction open for it.
         let (first_commit, second) = first_and_queued(&db, {
             let db = db.clone();
             async move {
@@ -633,7 +629,6 @@ mod tests {
     #[tokio::test]
     async fn a_write_whose_transaction_the_database_rolled_back_runs_nothing_more() {
         let (dir, db) = fixture().await;
-        // Queued behind the first: its commit leaves the transaction open for it.
         let (first_commit, second) = first_and_queued(&db, {
             let db = db.clone();
             async move {

@@ -647,7 +647,7 @@ async fn start(
     let committed = w.commit().await?;
     let announced = announced.resolved(&committed);
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
-    announced.committed(state).await;
+    announced.committed(state);
     if bypass.is_some() {
         tracing::info!(authentication_id = %record.id, "CIBA request bypassed");
         crate::domain::outcome::ended(state, &record).await;
