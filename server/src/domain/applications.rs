@@ -10,6 +10,7 @@ use super::{Ctx, DomainError};
 use crate::config::ServerConfig;
 use crate::store::Database;
 use crate::store::applications;
+pub(crate) use crate::store::authentications::AdmissionLock;
 
 pub(crate) use crate::store::applications::Application;
 
@@ -75,21 +76,66 @@ pub(crate) fn over_quota(what: &str, quota: u32) -> DomainError {
     )
 }
 
+/// The limits a request is admitted under, as the admission counts take them.
+fn admission_limits(
+    quota: u32,
+    limits: &UserLimits,
+) -> crate::store::authentications::AdmissionLimits {
+    crate::store::authentications::AdmissionLimits {
+        application_pending: counted(quota),
+        user_pending: limits
+            .push_bombing
+            .and_then(|l| counted(l.max_pending_per_user)),
+        user_recent: limits
+            .push_bombing
+            .and_then(|l| counted(l.max_unapproved_per_user)),
+        pushes: limits.push_limit.and_then(|l| counted(l.max)),
+    }
+}
+
+/// The lock a request's admission first tries under `quota` and `limits`
+/// (`store::authentications::AdmissionLock`): nothing when no limit is counted, the user's
+/// lock alone without an application quota, the application's lock shared when the quota is
+/// above the margin a shared lock checks it with (as the last one reported), else exclusive.
+pub(crate) fn admission_lock(ctx: &Ctx, quota: u32, limits: &UserLimits) -> AdmissionLock {
+    let most = admission_limits(quota, limits);
+    let user = most.user_pending.is_some() || most.user_recent.is_some() || most.pushes.is_some();
+    match most.application_pending {
+        None if user => AdmissionLock::User,
+        None => AdmissionLock::Nothing,
+        Some(quota) if quota > ctx.db.admission_margin_hint() => AdmissionLock::Shared { user },
+        Some(_) => AdmissionLock::Exclusive,
+    }
+}
+
 /// Inserts `record` unless the application already has `quota` pending requests, or the user is
 /// over `limits` (push bombing: refused with `too_many_authentications`; a policy's `limit_push`:
-/// [`Admission::PushLimited`]) — counted and inserted in one serialised step, so a burst never
-/// overshoots, inside `tx`. The quota is read
-/// before the transaction begins: a transaction waiting for a second connection could exhaust
-/// the pool under a burst.
+/// [`Admission::PushLimited`]) — counted and inserted in one step under `lock` (from
+/// [`admission_lock`]), so a burst never overshoots, inside `w`. Under a shared lock a request
+/// the quota's margin refuses is [`Admission::Contended`]: the caller rolls its transaction back
+/// and runs it again under [`AdmissionLock::Exclusive`]. The quota is read before the
+/// transaction begins: a transaction waiting for a second connection could exhaust the pool
+/// under a burst.
 pub(crate) async fn insert_within_pending_quota(
     ctx: &Ctx,
     w: &mut crate::store::Write<'_>,
     record: &crate::store::authentications::Authentication,
     quota: u32,
     limits: &UserLimits,
+    lock: AdmissionLock,
 ) -> Result<Admission, DomainError> {
-    use crate::store::authentications::{self, AdmissionLimits, AdmissionWindows};
-    applications::lock_for_quota(&mut *w, ctx.db.engine(), &record.application_id).await?;
+    use crate::store::authentications::{self, AdmissionWindows};
+    let margin = authentications::lock_for_admission(
+        &mut *w,
+        ctx.db.engine(),
+        &record.application_id,
+        &record.user_id,
+        lock,
+    )
+    .await?;
+    if matches!(lock, AdmissionLock::Shared { .. }) {
+        ctx.db.remember_admission_margin(margin);
+    }
     let now = ctx.now();
     let windows = AdmissionWindows {
         now,
@@ -100,21 +146,13 @@ pub(crate) async fn insert_within_pending_quota(
                 .map_or(0, |l| i64::from(l.window_seconds)),
         push_limit_since: limits.push_limit.map(|l| now - i64::from(l.window_seconds)),
     };
-    let most = AdmissionLimits {
-        application_pending: counted(quota),
-        user_pending: limits
-            .push_bombing
-            .and_then(|l| counted(l.max_pending_per_user)),
-        user_recent: limits
-            .push_bombing
-            .and_then(|l| counted(l.max_unapproved_per_user)),
-        pushes: limits.push_limit.and_then(|l| counted(l.max)),
-    };
+    let mut most = admission_limits(quota, limits);
+    most.application_pending = most.application_pending.map(|q| q - margin);
     if authentications::insert_if_admitted(&mut *w, record, windows, most).await? {
         return Ok(Admission::Inserted);
     }
-    // Refused: the same counts, read again in the same transaction (the lock, or SQLite's one
-    // writer, keeps them as they were), tell which limit it was.
+    // Refused: the same counts, read again in the same transaction (the locks, or SQLite's one
+    // writer, keep them as they were), tell which limit it was.
     let counts = authentications::admission_counts(
         &mut *w,
         &record.application_id,
@@ -137,6 +175,10 @@ pub(crate) async fn insert_within_pending_quota(
             limit.exceeded(counts.pushes.unsigned_abs()),
         ));
     }
+    if margin > 0 && counts.application_pending + margin >= i64::from(quota) {
+        // Under the quota, but within the margin of admissions that may not have committed.
+        return Ok(Admission::Contended);
+    }
     Err(DomainError::Internal(
         "a request was refused admission under none of its limits",
     ))
@@ -152,9 +194,9 @@ fn counted(limit: u32) -> Option<i64> {
 pub(crate) const NO_LIMIT: u32 = u32::MAX;
 
 /// The per-user limits a new request is taken under, checked in the transaction that inserts
-/// it after the application's lock (PostgreSQL locks the application's row; SQLite has one
-/// writer): count and insert are one atomic step, so a burst of requests at once never creates
-/// more than the limit.
+/// it after the admission's locks (PostgreSQL: the user's advisory lock, [`admission_lock`];
+/// SQLite has one writer): count and insert are one atomic step, so a burst of requests at once
+/// never creates more than the limit.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct UserLimits {
     /// The push-bombing limits (user-facing requests; `None` for a silent verification).
@@ -170,6 +212,9 @@ pub(crate) enum Admission {
     Inserted,
     /// Not stored: the policy's `limit_push` was reached meanwhile (the reason given).
     PushLimited(String),
+    /// Not stored: under a shared lock the application's quota was within its margin; the
+    /// transaction is to be rolled back and run again under [`AdmissionLock::Exclusive`].
+    Contended,
 }
 
 /// Inclusive bounds of the push-bombing settings.

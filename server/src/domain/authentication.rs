@@ -107,7 +107,7 @@ pub(crate) const LONGEST_REQUEST_SECONDS: i64 = 900;
 /// approvals. The `limits` are the application's settings (as its caller read them, once per
 /// request), else the server-wide values. Used for every user-facing request, whoever asks
 /// (customer API, flows or CIBA), on the `counts` taken in the transaction that inserts the
-/// request, after the application's lock (see `applications::insert_within_pending_quota`), so
+/// request, after the admission's locks (see `applications::insert_within_pending_quota`), so
 /// two requests at once cannot both pass the last free place.
 pub(crate) fn push_bombing_refusal(
     limits: &tessera_protocol::api::PushBombingLimits,
@@ -892,45 +892,65 @@ pub(crate) async fn create_as(
             .map(|s| super::applications::push_bombing_limits(&ctx.config, s)),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
-    let mut w = ctx.db.write().await?;
     // The request's announcement to the device's waiters, its audit record and the policy
     // decision it was made under (with that decision's audit record) are written first, then
-    // the application's lock is taken for the counts and the insert: on PostgreSQL the lock is
-    // held until the commit, so only the statements that need it run under it. A refused
-    // admission rolls all of it back. On SQLite the writes before the insert go with it (and
-    // `BEGIN IMMEDIATE`), in one hand-off to the writer, and the `COMMIT` is the second.
-    let mut announced = outcome::request_created_in(ctx, &mut w, &record).await?;
-    if let Some(decided) = &decided {
-        let queued = super::policy::record_in(
-            ctx,
-            &mut w,
-            &app.id,
-            user_id,
-            Some(record.id.as_str()),
-            decided,
+    // the admission's locks are taken for the counts and the insert: on PostgreSQL they are
+    // held until the commit, so only the statements that need them run under them. A refused
+    // admission rolls all of it back; one the quota's margin refused under a shared lock runs
+    // again, once, under the exclusive one. On SQLite the writes before the insert go with it
+    // (and `BEGIN IMMEDIATE`), in one hand-off to the writer, and the `COMMIT` is the second.
+    let mut lock = super::applications::admission_lock(ctx, quota, &limits);
+    let (w, announced) = loop {
+        let mut w = ctx.db.write().await?;
+        let mut announced = outcome::request_created_in(ctx, &mut w, &record).await?;
+        if let Some(decided) = &decided {
+            let queued = super::policy::record_in(
+                ctx,
+                &mut w,
+                &app.id,
+                user_id,
+                Some(record.id.as_str()),
+                decided,
+            )
+            .await?;
+            announced = announced.with_webhooks(queued);
+        }
+        let admission = super::applications::insert_within_pending_quota(
+            ctx, &mut w, &record, quota, &limits, lock,
         )
         .await?;
-        announced = announced.with_webhooks(queued);
-    }
-    let admission =
-        super::applications::insert_within_pending_quota(ctx, &mut w, &record, quota, &limits)
-            .await?;
-    if let super::applications::Admission::PushLimited(reason) = admission {
-        // Other requests took the last places of the policy's limit since it was decided: the
-        // policy denies this one, as it would have had they come first.
-        w.rollback().await?;
-        let Some(mut decided) = decided else {
-            return Err(DomainError::Internal(
-                "a push limit without a policy decision",
-            ));
-        };
-        decided.limit_reached(reason);
-        record.policy = decided.outcome_json();
-        end_by_policy(ctx, &mut record, PolicyEnding::Denied);
-        outcome::record_policy_ending(ctx, &record).await?;
-        super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided).await?;
-        return Ok(record.status_at(ctx.now()));
-    }
+        match admission {
+            super::applications::Admission::Inserted => break (w, announced),
+            super::applications::Admission::Contended
+                if lock != super::applications::AdmissionLock::Exclusive =>
+            {
+                w.rollback().await?;
+                lock = super::applications::AdmissionLock::Exclusive;
+            }
+            super::applications::Admission::Contended => {
+                return Err(DomainError::Internal(
+                    "an exclusive admission found its quota contended",
+                ));
+            }
+            super::applications::Admission::PushLimited(reason) => {
+                // Other requests took the last places of the policy's limit since it was
+                // decided: the policy denies this one, as it would have had they come first.
+                w.rollback().await?;
+                let Some(mut decided) = decided else {
+                    return Err(DomainError::Internal(
+                        "a push limit without a policy decision",
+                    ));
+                };
+                decided.limit_reached(reason);
+                record.policy = decided.outcome_json();
+                end_by_policy(ctx, &mut record, PolicyEnding::Denied);
+                outcome::record_policy_ending(ctx, &record).await?;
+                super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided)
+                    .await?;
+                return Ok(record.status_at(ctx.now()));
+            }
+        }
+    };
     let committed = w.commit().await?;
     let announced = announced.resolved(&committed);
     announced.committed(ctx);

@@ -608,8 +608,9 @@ pub async fn set_quotas(
     Ok(done.rows_affected() == 1)
 }
 
-/// Serialises quota checks of one application until the transaction ends, so a count followed
-/// by an insert cannot be overtaken by another: on PostgreSQL a `FOR NO KEY UPDATE` row lock on
+/// Serialises quota checks of one application (its open QR sessions, its policy versions; new
+/// requests take `authentications::lock_for_admission` instead) until the transaction ends, so
+/// a count followed by an insert cannot be overtaken by another: on PostgreSQL a `FOR NO KEY UPDATE` row lock on
 /// the application (which the foreign-key checks of other inserts do not wait for); on SQLite
 /// the write transaction already holds the database's write lock.
 pub async fn lock_for_quota<'e, E>(

@@ -586,13 +586,116 @@ pub struct AdmissionLimits {
     pub pushes: Option<i64>,
 }
 
+/// How a new request's admission is serialised with the other admissions of its application
+/// and user on PostgreSQL ([`lock_for_admission`]): counts read and an insert made while another
+/// transaction's insert is not yet committed would miss it, so transactions whose counts could
+/// overtake each other take turns, through advisory locks held until they end. SQLite's one
+/// writer already runs every write transaction alone; there nothing is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionLock {
+    /// No limit is counted: there is nothing to overtake, and no statement is sent.
+    Nothing,
+    /// Only per-user limits are counted: the user's lock alone, so the requests of different
+    /// users are admitted side by side.
+    User,
+    /// The application's quota lock in shared mode (and the user's lock when `user`, a per-user
+    /// limit being counted): the admissions of one application run side by side, and its quota
+    /// is checked with a margin of every transaction the server could be running at that
+    /// moment (`max_connections`), so the ones not yet committed cannot carry it past its
+    /// limit. A request the margin refuses is taken again under [`AdmissionLock::Exclusive`].
+    Shared {
+        /// Whether the user's lock is taken too.
+        user: bool,
+    },
+    /// The application's quota lock in exclusive mode: it waits until every admission of the
+    /// application that holds it in either mode has ended, and the quota is checked exactly.
+    Exclusive,
+}
+
+/// The first key of the advisory locks of a new request's admission, by what they serialise:
+/// the application's quota (the second key the application id's hash) and a user's limits (the
+/// second key the hash of the application and user ids). Two hashes that collide only make
+/// unrelated admissions take turns.
+const APPLICATION_ADMISSIONS: i32 = 0x7E55_A001;
+const USER_ADMISSIONS: i32 = 0x7E55_A002;
+
+/// The statement that takes `lock` on PostgreSQL (`None` for [`AdmissionLock::Nothing`]). The
+/// application's lock is taken before the user's (select-list items are evaluated in order), so
+/// two admissions never wait for each other's locks the other way round. A shared lock reads
+/// the margin of its quota check (`margin`) in the same statement.
+fn admission_lock_statement(lock: AdmissionLock) -> Option<&'static str> {
+    static STATEMENTS: LazyLock<[String; 4]> = LazyLock::new(|| {
+        let application = "hashtext($1)";
+        let user = "hashtext($1 || chr(1) || $2)";
+        let margin = "current_setting('max_connections')::BIGINT AS margin";
+        [
+            format!(
+                "SELECT pg_advisory_xact_lock({USER_ADMISSIONS}, {user}) IS NULL AS locked, \
+                 0::BIGINT AS margin"
+            ),
+            format!(
+                "SELECT pg_advisory_xact_lock_shared({APPLICATION_ADMISSIONS}, {application}) \
+                 IS NULL AS locked, {margin}"
+            ),
+            format!(
+                "SELECT pg_advisory_xact_lock_shared({APPLICATION_ADMISSIONS}, {application}) \
+                 IS NULL AS locked, pg_advisory_xact_lock({USER_ADMISSIONS}, {user}) IS NULL \
+                 AS user_locked, {margin}"
+            ),
+            format!(
+                "SELECT pg_advisory_xact_lock({APPLICATION_ADMISSIONS}, {application}) IS NULL \
+                 AS locked, 0::BIGINT AS margin"
+            ),
+        ]
+    });
+    let index = match lock {
+        AdmissionLock::Nothing => return None,
+        AdmissionLock::User => 0,
+        AdmissionLock::Shared { user: false } => 1,
+        AdmissionLock::Shared { user: true } => 2,
+        AdmissionLock::Exclusive => 3,
+    };
+    STATEMENTS.get(index).map(String::as_str)
+}
+
+/// Takes `lock` for a request of `app` and `user` in the transaction of `executor`, until it
+/// ends. Returns the margin the application's quota is to be checked with: PostgreSQL's
+/// `max_connections` under [`AdmissionLock::Shared`], else 0. On SQLite it sends nothing and
+/// returns 0.
+pub async fn lock_for_admission<'e, E>(
+    executor: E,
+    engine: super::Engine,
+    app: &ApplicationId,
+    user: &UserId,
+    lock: AdmissionLock,
+) -> Result<i64, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    if engine != super::Engine::Postgres {
+        return Ok(0);
+    }
+    let Some(statement) = admission_lock_statement(lock) else {
+        return Ok(0);
+    };
+    let mut query = sqlx::query(statement).bind(app.as_str());
+    if matches!(
+        lock,
+        AdmissionLock::User | AdmissionLock::Shared { user: true }
+    ) {
+        query = query.bind(user.as_str());
+    }
+    let row = query.fetch_one(executor).await?;
+    Ok(row.try_get("margin")?)
+}
+
 /// Stores `a` if the [`admission_counts`] of its application and user are all below `limits`:
 /// the counts and the insert are one statement (an `INSERT … SELECT` of one row, kept only while
 /// each count in force is under its limit). Only the limits in force are counted, and each of
 /// the user's counts stops at its limit: what a request costs is bounded by the limits, not by
 /// how many requests the user made. Returns whether it was stored; when it was not,
 /// [`admission_counts`] in the same transaction tells which limit refused it. Run on the
-/// connection of the transaction, after the application's lock.
+/// connection of the transaction, after [`lock_for_admission`].
 pub async fn insert_if_admitted<'e, E>(
     executor: E,
     a: &Authentication,
@@ -718,7 +821,7 @@ fn bind_admission<'q>(
 
 /// The counts a new request is admitted by (the application's pending quota, the user's
 /// push-bombing limits, a policy's `limit_push`), in one statement. Run on the connection of
-/// the transaction that inserts the request, after the application's lock, so the counts and
+/// the transaction that inserts the request, after [`lock_for_admission`], so the counts and
 /// the insert are one atomic take.
 pub async fn admission_counts<'e, E>(
     executor: E,
@@ -1371,5 +1474,162 @@ mod tests {
             .execute(&mut **conn)
             .await
             .expect("delete");
+    }
+
+    /// Whether `task` is still waiting after a moment: a lock it asked for is held elsewhere.
+    async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        !task.is_finished()
+    }
+
+    /// Takes `lock` for `user` of `app` in a transaction of its own, then waits for `release`
+    /// before committing; the task ends with the margin the lock reported.
+    fn hold(
+        db: &Database,
+        app: &ApplicationId,
+        user: &str,
+        lock: AdmissionLock,
+        release: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<i64> {
+        let (db, app) = (db.clone(), app.clone());
+        let user: UserId = user.parse().expect("user id");
+        tokio::spawn(async move {
+            let mut w = db.write().await.expect("write");
+            let margin = lock_for_admission(&mut w, db.engine(), &app, &user, lock)
+                .await
+                .expect("locked");
+            release.await.ok();
+            w.commit().await.expect("commit");
+            margin
+        })
+    }
+
+    #[tokio::test]
+    async fn admissions_of_one_application_share_its_lock_and_an_exclusive_one_waits_for_them() {
+        let Some(url) = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|url| url.starts_with("postgres"))
+        else {
+            eprintln!("skipped: set DATABASE_URL=postgres://... to take advisory locks");
+            return;
+        };
+        let db = Database::connect(&url, 8).await.expect("database");
+        let app = ApplicationId::generate();
+        let max_connections: i64 =
+            sqlx::query_scalar("SELECT current_setting('max_connections')::BIGINT")
+                .fetch_one(db.pool())
+                .await
+                .expect("max_connections");
+        let shared = AdmissionLock::Shared { user: true };
+        let deadline = std::time::Duration::from_secs(10);
+
+        // Two users side by side, each reporting the margin.
+        let (release_alice, alice_released) = tokio::sync::oneshot::channel();
+        let alice = hold(&db, &app, "alice", shared, alice_released);
+        let (release_bob, bob_released) = tokio::sync::oneshot::channel();
+        let bob = hold(&db, &app, "bob", shared, bob_released);
+        // One user's second admission waits for the first (the user's lock).
+        let (release_again, again_released) = tokio::sync::oneshot::channel();
+        let alice_again = hold(&db, &app, "alice", shared, again_released);
+        assert!(
+            still_waiting(&alice_again).await,
+            "one user, one admission at a time"
+        );
+        // An exclusive admission waits for every shared one; another application does not.
+        let (release_exclusive, exclusive_released) = tokio::sync::oneshot::channel();
+        let exclusive = hold(
+            &db,
+            &app,
+            "carol",
+            AdmissionLock::Exclusive,
+            exclusive_released,
+        );
+        let other_app = ApplicationId::generate();
+        let (release_other, other_released) = tokio::sync::oneshot::channel();
+        let other = hold(
+            &db,
+            &other_app,
+            "carol",
+            AdmissionLock::Exclusive,
+            other_released,
+        );
+        release_other.send(()).expect("other");
+        assert_eq!(
+            tokio::time::timeout(deadline, other)
+                .await
+                .expect("not kept")
+                .expect("task"),
+            0
+        );
+        release_bob.send(()).expect("bob");
+        assert_eq!(
+            tokio::time::timeout(deadline, bob)
+                .await
+                .expect("bob not kept")
+                .expect("task"),
+            max_connections
+        );
+        release_alice.send(()).expect("alice");
+        assert_eq!(
+            tokio::time::timeout(deadline, alice)
+                .await
+                .expect("alice not kept")
+                .expect("task"),
+            max_connections
+        );
+        // alice's second admission holds the shared lock now: the exclusive one still waits.
+        assert!(
+            still_waiting(&exclusive).await,
+            "an exclusive admission waits for shared ones"
+        );
+        // A shared admission asked for while an exclusive one waits queues behind it.
+        let (release_dave, dave_released) = tokio::sync::oneshot::channel();
+        let dave = hold(&db, &app, "dave", shared, dave_released);
+        assert!(
+            still_waiting(&dave).await,
+            "a shared admission does not overtake an exclusive one"
+        );
+        release_again.send(()).expect("again");
+        tokio::time::timeout(deadline, alice_again)
+            .await
+            .expect("not kept")
+            .expect("task");
+        release_exclusive.send(()).expect("exclusive");
+        assert_eq!(
+            tokio::time::timeout(deadline, exclusive)
+                .await
+                .expect("exclusive not kept")
+                .expect("task"),
+            0
+        );
+        release_dave.send(()).expect("dave");
+        tokio::time::timeout(deadline, dave)
+            .await
+            .expect("dave not kept")
+            .expect("task");
+    }
+
+    #[tokio::test]
+    async fn sqlite_admissions_take_no_lock() {
+        let (_dir, db, _) = crate::store::test_db_with_app().await;
+        let mut w = db.write().await.expect("write");
+        for lock in [
+            AdmissionLock::Nothing,
+            AdmissionLock::User,
+            AdmissionLock::Shared { user: true },
+            AdmissionLock::Exclusive,
+        ] {
+            let margin = lock_for_admission(
+                &mut w,
+                db.engine(),
+                &ApplicationId::generate(),
+                &"alice".parse().expect("user"),
+                lock,
+            )
+            .await
+            .expect("no lock");
+            assert_eq!(margin, 0);
+        }
+        w.commit().await.expect("commit");
     }
 }

@@ -64,6 +64,7 @@ pub(crate) async fn test_db_with_app() -> (
 }
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -114,6 +115,9 @@ pub struct Database {
     /// SQLite: the WAL checkpoints, run beside the writer ([`checkpoint`]); stops with the last
     /// clone of this handle.
     checkpointer: Option<Arc<checkpoint::Checkpointer>>,
+    /// PostgreSQL: the margin the last shared admission lock reported
+    /// (`authentications::lock_for_admission`), a hint for choosing the next one's mode.
+    admission_margin: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for Database {
@@ -259,6 +263,7 @@ impl Database {
             url: Arc::new(Zeroizing::new(url)),
             secrets: None,
             checkpointer,
+            admission_margin: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -326,6 +331,18 @@ impl Database {
     /// The engine.
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// The margin of the last shared admission lock taken through this handle or its clones
+    /// (0 before the first): a hint only, for choosing the mode of the next one
+    /// (`domain::applications::admission_lock`).
+    pub(crate) fn admission_margin_hint(&self) -> i64 {
+        self.admission_margin.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the margin a shared admission lock reported ([`Database::admission_margin_hint`]).
+    pub(crate) fn remember_admission_margin(&self, margin: i64) {
+        self.admission_margin.store(margin, Ordering::Relaxed);
     }
 
     /// The URL connected to (may hold a password: never log it).

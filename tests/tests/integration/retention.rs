@@ -18,6 +18,7 @@ on_each_backend! {
     the_background_task_purges_by_the_server_clock => background_purge;
     open_qr_sessions_never_exceed_the_quota_in_a_burst => qr_quota_burst;
     pending_requests_never_exceed_the_quota_in_a_burst => pending_quota_burst;
+    a_burst_of_several_users_across_the_shared_margin_holds_the_quota => pending_quota_margin_burst;
     ciba_requests_count_against_the_pending_quota => ciba_quota;
     the_pending_count_follows_every_way_a_request_ends => pending_count_follows_endings;
 }
@@ -263,6 +264,69 @@ async fn pending_quota_burst(backend: Backend) {
         .create_authentication("alice", &ask(AuthenticationKind::Approval))
         .await
         .expect("room again once they expired");
+}
+
+/// The margin a shared admission checks the application's quota with: PostgreSQL's
+/// `max_connections` (SQLite admits one request at a time, exactly: 0).
+async fn admission_margin(server: &TestServer) -> u32 {
+    let db = server.server.database();
+    match db.engine() {
+        tessera_server::store::Engine::Sqlite => 0,
+        tessera_server::store::Engine::Postgres => {
+            let margin: i64 =
+                sqlx::query_scalar("SELECT current_setting('max_connections')::BIGINT")
+                    .fetch_one(db.pool())
+                    .await
+                    .expect("max_connections");
+            u32::try_from(margin).expect("margin")
+        }
+    }
+}
+
+/// A quota just above the margin: the first requests of the burst are admitted side by side
+/// under the application's shared lock, the ones that find the quota within the margin run
+/// again under the exclusive lock, and those past the quota are refused. Four users, so the
+/// shared admissions do not queue on one user's lock.
+async fn pending_quota_margin_burst(backend: Backend) {
+    let clock = ManualClock::new();
+    let (server, _alice) = start(backend, &clock, Duration::from_secs(3600)).await;
+    let users = ["alice", "bob", "carol", "dave"];
+    let mut devices = Vec::new();
+    for user in &users[1..] {
+        server.user(user).await;
+        let device = TestDevice::new().await;
+        device
+            .auth
+            .pair(&server.pairing_uri(user).await, None)
+            .await
+            .expect("pair");
+        devices.push(device);
+    }
+    let quota = admission_margin(&server).await + 12;
+    set_quotas(&server, None, Some(quota)).await;
+    let customer = Arc::new(server.customer.clone());
+    let burst: Vec<_> = (0..quota as usize + 24)
+        .map(|i| {
+            let customer = customer.clone();
+            let user = users[i % users.len()];
+            tokio::spawn(async move {
+                customer
+                    .create_authentication(user, &ask(AuthenticationKind::Approval))
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in burst {
+        match attempt.await.expect("task") {
+            Ok(_) => created += 1,
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded), "{e:?}"),
+        }
+    }
+    assert_eq!(
+        created, quota,
+        "{created} requests pending against a quota of {quota}"
+    );
 }
 
 async fn ciba_quota(backend: Backend) {

@@ -578,68 +578,88 @@ async fn start(
             .then(|| crate::domain::applications::push_bombing_limits(&state.config, &settings)),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
-    let mut w = state.db.write().await?;
     // The request, the policy decision it was made under and (unless bypassed, which ends it
     // at once) its announcement to the device and its audit record: one transaction. All but
-    // the request are written before the application's lock is taken for the counts and the
-    // insert (on PostgreSQL the lock is held until the commit); a refused admission rolls all
-    // of it back.
-    let mut announced = match bypass {
-        Some(_) => crate::domain::outcome::Announced::nothing(),
-        None => crate::domain::outcome::request_created_in(state, &mut w, &record).await?,
-    };
-    if let Some(decided) = &decided {
-        let queued = crate::domain::policy::record_in(
-            state,
-            &mut w,
-            &client.application_id,
-            &request.user_id,
-            Some(record.id.as_str()),
-            decided,
-        )
-        .await?;
-        announced = announced.with_webhooks(queued);
-    }
-    let admission = crate::domain::applications::insert_within_pending_quota(
-        state, &mut w, &record, quota, &limits,
-    )
-    .await
-    .map_err(|e| match e {
-        DomainError::Refused {
-            code: tessera_protocol::error::ErrorCode::TooManyAuthentications,
-            ..
-        } => OAuthError::new(
-            OAuthCode::AccessDenied,
-            "the user has too many pending requests; try again later",
-        ),
-        DomainError::Refused { message, .. } => OAuthError::new(OAuthCode::AccessDenied, message),
-        other => OAuthError::from(other),
-    })?;
-    if let crate::domain::applications::Admission::PushLimited(reason) = admission {
-        // Other requests took the policy's last places since it was decided: denied, as it
-        // would have been had they come first.
-        w.rollback().await?;
-        let Some(mut decided) = decided else {
-            return Err(server_error("a push limit without a policy decision"));
+    // the request are written before the admission's locks are taken for the counts and the
+    // insert (on PostgreSQL they are held until the commit); a refused admission rolls all of
+    // it back, and one the quota's margin refused under a shared lock runs again, once, under
+    // the exclusive one.
+    let mut lock = crate::domain::applications::admission_lock(state, quota, &limits);
+    let (mut w, announced) = loop {
+        let mut w = state.db.write().await?;
+        let mut announced = match bypass {
+            Some(_) => crate::domain::outcome::Announced::nothing(),
+            None => crate::domain::outcome::request_created_in(state, &mut w, &record).await?,
         };
-        decided.limit_reached(reason);
-        crate::domain::policy::record(
-            state,
-            &client.application_id,
-            &request.user_id,
-            None,
-            &decided,
+        if let Some(decided) = &decided {
+            let queued = crate::domain::policy::record_in(
+                state,
+                &mut w,
+                &client.application_id,
+                &request.user_id,
+                Some(record.id.as_str()),
+                decided,
+            )
+            .await?;
+            announced = announced.with_webhooks(queued);
+        }
+        let admission = crate::domain::applications::insert_within_pending_quota(
+            state, &mut w, &record, quota, &limits, lock,
         )
-        .await?;
-        let d = &decided.decision;
-        return Err(OAuthError::new(
-            OAuthCode::AccessDenied,
-            format!(
-                "denied by the application's policy (version {}, rule \"{}\", action {}): {}",
-                d.version, d.rule, d.action, d.reason
+        .await
+        .map_err(|e| match e {
+            DomainError::Refused {
+                code: tessera_protocol::error::ErrorCode::TooManyAuthentications,
+                ..
+            } => OAuthError::new(
+                OAuthCode::AccessDenied,
+                "the user has too many pending requests; try again later",
             ),
-        ));
-    }
+            DomainError::Refused { message, .. } => {
+                OAuthError::new(OAuthCode::AccessDenied, message)
+            }
+            other => OAuthError::from(other),
+        })?;
+        match admission {
+            crate::domain::applications::Admission::Inserted => break (w, announced),
+            crate::domain::applications::Admission::Contended
+                if lock != crate::domain::applications::AdmissionLock::Exclusive =>
+            {
+                w.rollback().await?;
+                lock = crate::domain::applications::AdmissionLock::Exclusive;
+            }
+            crate::domain::applications::Admission::Contended => {
+                return Err(server_error(
+                    "an exclusive admission found its quota contended",
+                ));
+            }
+            crate::domain::applications::Admission::PushLimited(reason) => {
+                // Other requests took the policy's last places since it was decided: denied,
+                // as it would have been had they come first.
+                w.rollback().await?;
+                let Some(mut decided) = decided else {
+                    return Err(server_error("a push limit without a policy decision"));
+                };
+                decided.limit_reached(reason);
+                crate::domain::policy::record(
+                    state,
+                    &client.application_id,
+                    &request.user_id,
+                    None,
+                    &decided,
+                )
+                .await?;
+                let d = &decided.decision;
+                return Err(OAuthError::new(
+                    OAuthCode::AccessDenied,
+                    format!(
+                        "denied by the application's policy (version {}, rule \"{}\", action {}): {}",
+                        d.version, d.rule, d.action, d.reason
+                    ),
+                ));
+            }
+        }
+    };
     if bypass.is_some() {
         request.acr = crate::domain::bypass::ACR_BYPASS.to_string();
     }
