@@ -141,7 +141,7 @@ pub async fn delete_endpoint(
 }
 
 /// One event's deliveries: a row for each endpoint of its application that wants its type,
-/// queued by one statement ([`enqueue_statement`]) without reading the endpoints first.
+/// queued by one statement (`enqueue_statement`) without reading the endpoints first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventDeliveries {
     /// The start of each delivery's id; the endpoint's id (without its `whe_`) completes it.

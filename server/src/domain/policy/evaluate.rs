@@ -84,7 +84,7 @@ pub struct PolicyInputs {
     /// The user's successful authentications: (accessing IP, when), any order.
     pub recent_successes: Vec<(IpAddr, i64)>,
     /// How many of the user's push requests were created in each window the policy names
-    /// (window in seconds → count; [`Policy::push_windows`]), counted when gathered.
+    /// (window in seconds → count; [`CompiledPolicy::push_windows`]), counted when gathered.
     pub push_counts: BTreeMap<u32, u64>,
     /// The user's previous accessing location: (latitude, longitude, when).
     pub previous_location: Option<(f64, f64, i64)>,
