@@ -148,9 +148,9 @@ pub async fn backends() -> Backends {
     let mut schema = None;
     match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => {
-            let (schema_url, name) = crate::new_postgres_schema(&url, "bench").await;
+            let (schema_url, guard) = SchemaGuard::create(&url).await;
             items.push((Backend::Postgres(schema_url), "postgres"));
-            schema = Some(SchemaGuard { url, name });
+            schema = Some(guard);
         }
         _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
     }
@@ -176,9 +176,24 @@ impl Iterator for Backends {
 }
 
 /// Drops a bench's PostgreSQL schema (with everything in it) when dropped.
-struct SchemaGuard {
+pub struct SchemaGuard {
     url: String,
     name: String,
+}
+
+impl SchemaGuard {
+    /// Creates a fresh schema in the database at `url`: the URL that works in it (its
+    /// `search_path`) and the guard that drops it.
+    pub async fn create(url: &str) -> (String, SchemaGuard) {
+        let (schema_url, name) = crate::new_postgres_schema(url, "bench").await;
+        (
+            schema_url,
+            SchemaGuard {
+                url: url.to_string(),
+                name,
+            },
+        )
+    }
 }
 
 impl Drop for SchemaGuard {

@@ -148,41 +148,51 @@ pub(crate) async fn insert_within_pending_quota(
     };
     let mut most = admission_limits(quota, limits);
     most.application_pending = most.application_pending.map(|q| q - margin);
-    if authentications::insert_if_admitted(&mut *w, record, windows, most).await? {
-        return Ok(Admission::Inserted);
-    }
-    // Refused: the same counts, read again in the same transaction (the locks, or SQLite's one
-    // writer, keep them as they were), tell which limit it was.
-    let counts = authentications::admission_counts(
-        &mut *w,
-        &record.application_id,
-        &record.user_id,
-        windows,
-    )
-    .await?;
-    if counts.application_pending >= i64::from(quota) {
-        return Err(over_quota("pending requests", quota));
-    }
-    if let Some(push_bombing) = &limits.push_bombing
-        && let Some(reason) = super::authentication::push_bombing_refusal(push_bombing, &counts)
-    {
-        return Err(DomainError::new(ErrorCode::TooManyAuthentications, reason));
-    }
-    if let Some(limit) = &limits.push_limit
-        && counts.pushes >= i64::from(limit.max)
-    {
-        return Ok(Admission::PushLimited(
-            limit.exceeded(counts.pushes.unsigned_abs()),
-        ));
-    }
-    if margin > 0 && counts.application_pending + margin >= i64::from(quota) {
-        // Under the quota, but within the margin of admissions that may not have committed.
-        return Ok(Admission::Contended);
+    // Requests that end meanwhile can lower a count between the insert and its recount, so
+    // that nothing refuses the request any more: it is then offered again (the locks still
+    // held), a few times at most.
+    for _ in 0..ADMISSION_ATTEMPTS {
+        if authentications::insert_if_admitted(&mut *w, record, windows, most).await? {
+            return Ok(Admission::Inserted);
+        }
+        // Refused: the counts, read again in the same transaction, tell which limit it was.
+        // The user's cannot have grown meanwhile (the user's lock, or SQLite's one writer);
+        // under a shared lock the application's can have.
+        let counts = authentications::admission_counts(
+            &mut *w,
+            &record.application_id,
+            &record.user_id,
+            windows,
+        )
+        .await?;
+        if counts.application_pending >= i64::from(quota) {
+            return Err(over_quota("pending requests", quota));
+        }
+        if let Some(push_bombing) = &limits.push_bombing
+            && let Some(reason) = super::authentication::push_bombing_refusal(push_bombing, &counts)
+        {
+            return Err(DomainError::new(ErrorCode::TooManyAuthentications, reason));
+        }
+        if let Some(limit) = &limits.push_limit
+            && counts.pushes >= i64::from(limit.max)
+        {
+            return Ok(Admission::PushLimited(
+                limit.exceeded(counts.pushes.unsigned_abs()),
+            ));
+        }
+        if margin > 0 && counts.application_pending + margin >= i64::from(quota) {
+            // Under the quota, but within the margin of admissions that may not have committed.
+            return Ok(Admission::Contended);
+        }
     }
     Err(DomainError::Internal(
         "a request was refused admission under none of its limits",
     ))
 }
+
+/// How many times [`insert_within_pending_quota`] offers a request that its counts, read again,
+/// no longer refuse.
+const ADMISSION_ATTEMPTS: usize = 3;
 
 /// A limit as the admission counts take it: `u32::MAX` ([`NO_LIMIT`]) is none, and nothing is
 /// counted for it (no count of stored requests reaches it).
