@@ -1476,41 +1476,75 @@ mod tests {
             .expect("delete");
     }
 
-    /// Whether `task` is still waiting after a moment: a lock it asked for is held elsewhere.
-    async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        !task.is_finished()
+    /// An admission lock taken in a transaction of its own, held until released.
+    struct Holder {
+        /// The margin the lock reported, sent once it is taken.
+        locked: tokio::sync::oneshot::Receiver<i64>,
+        release: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<()>,
     }
 
-    /// Takes `lock` for `user` of `app` in a transaction of its own, then waits for `release`
-    /// before committing; the task ends with the margin the lock reported.
-    fn hold(
-        db: &Database,
-        app: &ApplicationId,
-        user: &str,
-        lock: AdmissionLock,
-        release: tokio::sync::oneshot::Receiver<()>,
-    ) -> tokio::task::JoinHandle<i64> {
-        let (db, app) = (db.clone(), app.clone());
-        let user: UserId = user.parse().expect("user id");
-        tokio::spawn(async move {
-            let mut w = db.write().await.expect("write");
-            let margin = lock_for_admission(&mut w, db.engine(), &app, &user, lock)
+    impl Holder {
+        /// Asks for `lock` for `user` of `app`.
+        fn start(db: &Database, app: &ApplicationId, user: &str, lock: AdmissionLock) -> Self {
+            let (db, app) = (db.clone(), app.clone());
+            let user: UserId = user.parse().expect("user id");
+            let (locked_tx, locked) = tokio::sync::oneshot::channel();
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let mut w = db.write().await.expect("write");
+                let margin = lock_for_admission(&mut w, db.engine(), &app, &user, lock)
+                    .await
+                    .expect("locked");
+                locked_tx.send(margin).ok();
+                released.await.ok();
+                w.commit().await.expect("commit");
+            });
+            Holder {
+                locked,
+                release,
+                task,
+            }
+        }
+
+        /// Whether the lock is still not taken after a moment (held elsewhere).
+        async fn waits(&mut self) -> bool {
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut self.locked)
                 .await
-                .expect("locked");
-            release.await.ok();
-            w.commit().await.expect("commit");
-            margin
-        })
+                .is_err()
+        }
+
+        /// The margin, once the lock is taken.
+        async fn taken(&mut self) -> i64 {
+            tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.locked)
+                .await
+                .expect("the lock was not taken")
+                .expect("holder")
+        }
+
+        /// Commits its transaction, which releases the lock.
+        async fn release(self) {
+            self.release.send(()).ok();
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
+                .await
+                .expect("not committed")
+                .expect("holder");
+        }
+    }
+
+    fn postgres_url() -> Option<String> {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|url| url.starts_with("postgres"));
+        if url.is_none() {
+            eprintln!("skipped: set DATABASE_URL=postgres://... to take advisory locks");
+        }
+        url
     }
 
     #[tokio::test]
     async fn admissions_of_one_application_share_its_lock_and_an_exclusive_one_waits_for_them() {
-        let Some(url) = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|url| url.starts_with("postgres"))
-        else {
-            eprintln!("skipped: set DATABASE_URL=postgres://... to take advisory locks");
+        let Some(url) = postgres_url() else {
             return;
         };
         let db = Database::connect(&url, 8).await.expect("database");
@@ -1521,92 +1555,80 @@ mod tests {
                 .await
                 .expect("max_connections");
         let shared = AdmissionLock::Shared { user: true };
-        let deadline = std::time::Duration::from_secs(10);
-
-        // Two users side by side, each reporting the margin.
-        let (release_alice, alice_released) = tokio::sync::oneshot::channel();
-        let alice = hold(&db, &app, "alice", shared, alice_released);
-        let (release_bob, bob_released) = tokio::sync::oneshot::channel();
-        let bob = hold(&db, &app, "bob", shared, bob_released);
-        // One user's second admission waits for the first (the user's lock).
-        let (release_again, again_released) = tokio::sync::oneshot::channel();
-        let alice_again = hold(&db, &app, "alice", shared, again_released);
+        // Two users side by side, each told the margin.
+        let mut alice = Holder::start(&db, &app, "alice", shared);
+        let mut bob = Holder::start(&db, &app, "bob", shared);
+        assert_eq!(alice.taken().await, max_connections);
+        assert_eq!(bob.taken().await, max_connections);
+        // One user's second admission waits for the first (the user's lock), holding the
+        // application's lock shared meanwhile.
+        let mut alice_again = Holder::start(&db, &app, "alice", shared);
         assert!(
-            still_waiting(&alice_again).await,
+            alice_again.waits().await,
             "one user, one admission at a time"
         );
-        // An exclusive admission waits for every shared one; another application does not.
-        let (release_exclusive, exclusive_released) = tokio::sync::oneshot::channel();
-        let exclusive = hold(
-            &db,
-            &app,
-            "carol",
-            AdmissionLock::Exclusive,
-            exclusive_released,
-        );
-        let other_app = ApplicationId::generate();
-        let (release_other, other_released) = tokio::sync::oneshot::channel();
-        let other = hold(
-            &db,
-            &other_app,
-            "carol",
-            AdmissionLock::Exclusive,
-            other_released,
-        );
-        release_other.send(()).expect("other");
-        assert_eq!(
-            tokio::time::timeout(deadline, other)
-                .await
-                .expect("not kept")
-                .expect("task"),
-            0
-        );
-        release_bob.send(()).expect("bob");
-        assert_eq!(
-            tokio::time::timeout(deadline, bob)
-                .await
-                .expect("bob not kept")
-                .expect("task"),
-            max_connections
-        );
-        release_alice.send(()).expect("alice");
-        assert_eq!(
-            tokio::time::timeout(deadline, alice)
-                .await
-                .expect("alice not kept")
-                .expect("task"),
-            max_connections
-        );
-        // alice's second admission holds the shared lock now: the exclusive one still waits.
+        // An exclusive admission waits for every shared one; one of another application does
+        // not.
+        let mut exclusive = Holder::start(&db, &app, "carol", AdmissionLock::Exclusive);
         assert!(
-            still_waiting(&exclusive).await,
+            exclusive.waits().await,
             "an exclusive admission waits for shared ones"
         );
+        let mut other = Holder::start(
+            &db,
+            &ApplicationId::generate(),
+            "carol",
+            AdmissionLock::Exclusive,
+        );
+        assert_eq!(other.taken().await, 0);
+        other.release().await;
         // A shared admission asked for while an exclusive one waits queues behind it.
-        let (release_dave, dave_released) = tokio::sync::oneshot::channel();
-        let dave = hold(&db, &app, "dave", shared, dave_released);
+        let mut dave = Holder::start(&db, &app, "dave", shared);
         assert!(
-            still_waiting(&dave).await,
+            dave.waits().await,
             "a shared admission does not overtake an exclusive one"
         );
-        release_again.send(()).expect("again");
-        tokio::time::timeout(deadline, alice_again)
-            .await
-            .expect("not kept")
-            .expect("task");
-        release_exclusive.send(()).expect("exclusive");
-        assert_eq!(
-            tokio::time::timeout(deadline, exclusive)
-                .await
-                .expect("exclusive not kept")
-                .expect("task"),
-            0
+        bob.release().await;
+        alice.release().await;
+        assert_eq!(alice_again.taken().await, max_connections);
+        assert!(
+            exclusive.waits().await,
+            "alice's second admission holds it shared"
         );
-        release_dave.send(()).expect("dave");
-        tokio::time::timeout(deadline, dave)
-            .await
-            .expect("dave not kept")
-            .expect("task");
+        alice_again.release().await;
+        assert_eq!(exclusive.taken().await, 0);
+        assert!(dave.waits().await, "the exclusive admission holds it");
+        exclusive.release().await;
+        assert_eq!(dave.taken().await, max_connections);
+        dave.release().await;
+    }
+
+    #[tokio::test]
+    async fn without_an_application_quota_only_one_user_s_admissions_take_turns() {
+        let Some(url) = postgres_url() else {
+            return;
+        };
+        let db = Database::connect(&url, 6).await.expect("database");
+        let app = ApplicationId::generate();
+        let mut alice = Holder::start(&db, &app, "alice", AdmissionLock::User);
+        assert_eq!(alice.taken().await, 0);
+        let mut alice_again = Holder::start(&db, &app, "alice", AdmissionLock::User);
+        assert!(
+            alice_again.waits().await,
+            "one user, one admission at a time"
+        );
+        // Another user, and an exclusive admission of the application: neither waits for
+        // alice's (the user's lock is not the application's).
+        let mut bob = Holder::start(&db, &app, "bob", AdmissionLock::User);
+        assert_eq!(bob.taken().await, 0);
+        let mut exclusive = Holder::start(&db, &app, "carol", AdmissionLock::Exclusive);
+        assert_eq!(exclusive.taken().await, 0);
+        bob.release().await;
+        exclusive.release().await;
+        assert!(alice_again.waits().await, "still behind alice's first");
+        alice.release().await;
+        assert_eq!(alice_again.taken().await, 0);
+        alice_again.release().await;
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
 
 on_each_backend! {
     a_burst_never_passes_the_push_bombing_cap => cap_burst;
+    without_an_application_quota_a_burst_never_passes_the_push_bombing_cap => cap_burst_without_quota;
     a_burst_never_passes_a_policy_limit_push => limit_push_burst;
     a_ciba_burst_never_passes_the_push_bombing_cap => ciba_cap_burst;
     a_ciba_burst_never_passes_a_policy_limit_push => ciba_limit_push_burst;
@@ -83,6 +84,33 @@ async fn cap_burst(backend: Backend) {
                 assert_eq!(status.state, AuthenticationState::Pending, "{status:?}");
                 created += 1;
             }
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::TooManyAuthentications), "{e}"),
+        }
+    }
+    assert_eq!(created, LIMIT, "requests created by a burst of {BURST}");
+}
+
+/// With the application's quota off, only the user's counts are taken (on PostgreSQL under the
+/// user's lock alone, no application lock): the burst still creates exactly the cap.
+async fn cap_burst_without_quota(backend: Backend) {
+    let (server, _device) = start(backend, LIMIT).await;
+    admin::set_quotas(
+        server.server.database(),
+        &server.app.application_id,
+        Quotas {
+            max_open_qr_sessions: None,
+            max_pending_requests: Some(u32::MAX),
+        },
+    )
+    .await
+    .expect("no quota");
+    let body = ask(AuthenticationKind::Approval);
+    let results =
+        join_all((0..BURST).map(|_| server.customer.create_authentication("alice", &body))).await;
+    let mut created = 0;
+    for result in results {
+        match result {
+            Ok(_) => created += 1,
             Err(e) => assert_eq!(e.code(), Some(ErrorCode::TooManyAuthentications), "{e}"),
         }
     }
