@@ -191,6 +191,18 @@ impl TestServer {
         user_id.to_string()
     }
 
+    /// Creates a user and pairs a new device with it (direct pairing).
+    pub async fn paired_user(&self, user_id: &str) -> TestDevice {
+        self.user(user_id).await;
+        let device = TestDevice::new().await;
+        device
+            .auth
+            .pair(&self.pairing_uri(user_id).await, None)
+            .await
+            .expect("pair");
+        device
+    }
+
     /// A pairing URI for the user.
     pub async fn pairing_uri(&self, user_id: &str) -> String {
         self.customer

@@ -32,13 +32,7 @@ on_each_backend! {
 
 async fn paired(backend: Backend, user: &str) -> (TestServer, TestDevice) {
     let server = TestServer::start(backend).await;
-    server.user(user).await;
-    let device = TestDevice::new().await;
-    device
-        .auth
-        .pair(&server.pairing_uri(user).await, None)
-        .await
-        .unwrap();
+    let device = server.paired_user(user).await;
     (server, device)
 }
 

@@ -16,17 +16,6 @@ on_each_backend! {
     a_waiting_device_is_answered_when_a_request_is_created => device_woken;
 }
 
-async fn paired(server: &TestServer, user: &str) -> TestDevice {
-    server.user(user).await;
-    let device = TestDevice::new().await;
-    device
-        .auth
-        .pair(&server.pairing_uri(user).await, None)
-        .await
-        .expect("pair");
-    device
-}
-
 /// The device pulls request `id` and approves it.
 async fn approve(device: &TestDevice, id: &AuthenticationId) {
     let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
@@ -40,7 +29,7 @@ async fn approve(device: &TestDevice, id: &AuthenticationId) {
 
 async fn relying_party_woken(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let device = paired(&server, "alice").await;
+    let device = server.paired_user("alice").await;
     let created = server
         .customer
         .create_authentication("alice", &ask(AuthenticationKind::Approval))
@@ -64,7 +53,7 @@ async fn relying_party_woken(backend: Backend) {
 
 async fn device_woken(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let device = paired(&server, "bob").await;
+    let device = server.paired_user("bob").await;
     let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
     let waiting = tokio::spawn(async move {
         let started = Instant::now();
@@ -102,7 +91,7 @@ async fn an_answer_through_one_instance_wakes_a_waiter_on_another() {
     .await
     .expect("second instance");
     let b_customer = CustomerApi::new(&format!("http://{}", b.local_addr()), &a.app.api_key);
-    let device = paired(&a, "carol").await;
+    let device = a.paired_user("carol").await;
     let created = a
         .customer
         .create_authentication("carol", &ask(AuthenticationKind::Approval))

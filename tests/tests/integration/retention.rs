@@ -233,17 +233,17 @@ async fn qr_quota_burst(backend: Backend) {
         .expect("room again");
 }
 
-async fn pending_quota_burst(backend: Backend) {
-    let clock = ManualClock::new();
-    let (server, _device) = start(backend, &clock, Duration::from_secs(3600)).await;
-    set_quotas(&server, None, Some(4)).await;
+/// Sends `count` requests at once, taking the users in turn; each is created or refused with
+/// `quota_exceeded`. How many were created.
+async fn pending_burst(server: &TestServer, users: &[&'static str], count: usize) -> u32 {
     let customer = Arc::new(server.customer.clone());
-    let burst: Vec<_> = (0..30)
-        .map(|_| {
+    let burst: Vec<_> = (0..count)
+        .map(|i| {
             let customer = customer.clone();
+            let user = users[i % users.len()];
             tokio::spawn(async move {
                 customer
-                    .create_authentication("alice", &ask(AuthenticationKind::Approval))
+                    .create_authentication(user, &ask(AuthenticationKind::Approval))
                     .await
             })
         })
@@ -255,12 +255,21 @@ async fn pending_quota_burst(backend: Backend) {
             Err(e) => assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded), "{e:?}"),
         }
     }
+    created
+}
+
+async fn pending_quota_burst(backend: Backend) {
+    let clock = ManualClock::new();
+    let (server, _device) = start(backend, &clock, Duration::from_secs(3600)).await;
+    set_quotas(&server, None, Some(4)).await;
+    let created = pending_burst(&server, &["alice"], 30).await;
     assert_eq!(
         created, 4,
         "{created} requests pending against a quota of 4"
     );
     clock.advance(Duration::from_secs(900));
-    customer
+    server
+        .customer
         .create_authentication("alice", &ask(AuthenticationKind::Approval))
         .await
         .expect("room again once they expired");
@@ -293,36 +302,11 @@ async fn pending_quota_margin_burst(backend: Backend) {
     let users = ["alice", "bob", "carol", "dave"];
     let mut devices = Vec::new();
     for user in &users[1..] {
-        server.user(user).await;
-        let device = TestDevice::new().await;
-        device
-            .auth
-            .pair(&server.pairing_uri(user).await, None)
-            .await
-            .expect("pair");
-        devices.push(device);
+        devices.push(server.paired_user(user).await);
     }
     let quota = admission_margin(&server).await + 12;
     set_quotas(&server, None, Some(quota)).await;
-    let customer = Arc::new(server.customer.clone());
-    let burst: Vec<_> = (0..quota as usize + 24)
-        .map(|i| {
-            let customer = customer.clone();
-            let user = users[i % users.len()];
-            tokio::spawn(async move {
-                customer
-                    .create_authentication(user, &ask(AuthenticationKind::Approval))
-                    .await
-            })
-        })
-        .collect();
-    let mut created = 0;
-    for attempt in burst {
-        match attempt.await.expect("task") {
-            Ok(_) => created += 1,
-            Err(e) => assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded), "{e:?}"),
-        }
-    }
+    let created = pending_burst(&server, &users, quota as usize + 24).await;
     assert_eq!(
         created, quota,
         "{created} requests pending against a quota of {quota}"

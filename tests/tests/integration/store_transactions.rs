@@ -9,7 +9,7 @@
 use sqlx::AnyPool;
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::events::AuditPage;
-use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
+use tessera_tests::{Backend, TestServer, ask, on_each_backend};
 
 on_each_backend! {
     a_new_request_and_its_audit_record_commit_together => create_and_audit;
@@ -63,20 +63,9 @@ async fn records(server: &TestServer, kind: &str, authentication_id: &str) -> us
         .count()
 }
 
-async fn paired(server: &TestServer, user: &str) -> TestDevice {
-    server.user(user).await;
-    let device = TestDevice::new().await;
-    device
-        .auth
-        .pair(&server.pairing_uri(user).await, None)
-        .await
-        .expect("pair");
-    device
-}
-
 async fn create_and_audit(backend: Backend) {
     let server = TestServer::start_isolated_with(backend, |_| {}).await;
-    let device = paired(&server, "alice").await;
+    let device = server.paired_user("alice").await;
     let db = database(&server).await;
 
     refuse_audit_kind(&server, &db, "authentication.created").await;
@@ -122,7 +111,7 @@ async fn create_and_audit(backend: Backend) {
 
 async fn answer_and_audit(backend: Backend) {
     let server = TestServer::start_isolated_with(backend, |_| {}).await;
-    let device = paired(&server, "alice").await;
+    let device = server.paired_user("alice").await;
     let db = database(&server).await;
     let created = server
         .customer

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tessera_protocol::events::{CreatedWebhookEndpoint, WebhookDelivery, WebhookDeliveryList};
 use tessera_server::{ManualClock, ServerConfig};
-use tessera_tests::{Backend, TestDevice, TestServer, on_each_backend};
+use tessera_tests::{Backend, TestServer, on_each_backend};
 use tokio::sync::mpsc;
 
 on_each_backend! {
@@ -180,17 +180,6 @@ async fn delivery_when(
     panic!("the delivery never reached the expected state");
 }
 
-async fn pair(server: &TestServer, user: &str) -> TestDevice {
-    server.user(user).await;
-    let device = TestDevice::new().await;
-    device
-        .auth
-        .pair(&server.pairing_uri(user).await, None)
-        .await
-        .expect("pair");
-    device
-}
-
 async fn retried_and_recovered(backend: Backend) {
     let clock = ManualClock::new();
     let server = TestServer::start_isolated_with(backend, |c| configure(c, &clock)).await;
@@ -202,7 +191,7 @@ async fn retried_and_recovered(backend: Backend) {
     let created = register(&server, &receiver.url, &["pairing.completed"]).await;
     assert!(created.secret.starts_with("whsec_"));
     let endpoint = created.endpoint.id.clone();
-    pair(&server, "alice").await;
+    server.paired_user("alice").await;
 
     // First attempt: signed, answered 500.
     let first = receiver.next().await;
@@ -266,7 +255,7 @@ async fn given_up(backend: Backend) {
     let created = register(&server, &receiver.url, &[]).await;
     let endpoint = created.endpoint.id.clone();
     // This endpoint wants every type; pairing sends exactly one event.
-    pair(&server, "bob").await;
+    server.paired_user("bob").await;
     for attempt in 1..=3 {
         let hit = receiver.next().await;
         verify_signature(&hit, &created.secret);
@@ -289,7 +278,7 @@ async fn resumed_by_next_instance(backend: Backend) {
     let mut receiver = Receiver::start(vec![Reply::Hang]).await;
     let created = register(&server, &receiver.url, &["pairing.completed"]).await;
     let endpoint = created.endpoint.id.clone();
-    pair(&server, "carol").await;
+    server.paired_user("carol").await;
     // The first instance's POST is in flight (the receiver never answers) when it stops.
     let first = receiver.next().await;
     let server = server.restart().await;
