@@ -908,15 +908,12 @@ fn main() {
         let mut dbs = vec![Db::Sqlite];
         // PostgreSQL is measured in a schema of this run's own, dropped at the end: rows an
         // earlier run left behind would otherwise be swept and expired while this one measures.
-        let mut _schema = None;
-        match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres") => {
-                let (schema_url, guard) = tessera_tests::load::SchemaGuard::create(&url).await;
-                dbs.push(Db::Postgres(schema_url));
-                _schema = Some(guard);
-            }
-            _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
-        }
+        let _schema = tessera_tests::load::postgres_schema_from_env()
+            .await
+            .map(|(url, guard)| {
+                dbs.push(Db::Postgres(url));
+                guard
+            });
         if sizes.runs("idle") {
             for db in &dbs {
                 idle(&bin, db, &sizes).await;

@@ -145,18 +145,26 @@ pub fn pool_size() -> u32 {
 /// measured.
 pub async fn backends() -> Backends {
     let mut items = vec![(Backend::Sqlite, "sqlite")];
-    let mut schema = None;
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => {
-            let (schema_url, guard) = SchemaGuard::create(&url).await;
-            items.push((Backend::Postgres(schema_url), "postgres"));
-            schema = Some(guard);
-        }
-        _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
-    }
+    let schema = postgres_schema_from_env().await.map(|(url, guard)| {
+        items.push((Backend::Postgres(url), "postgres"));
+        guard
+    });
     Backends {
         items: items.into_iter(),
         _schema: schema,
+    }
+}
+
+/// With `DATABASE_URL` pointing at PostgreSQL, a fresh schema of its database for a bench to
+/// measure in: the URL that works in it and the guard that drops it. Otherwise `None`, and the
+/// bench says PostgreSQL is skipped.
+pub async fn postgres_schema_from_env() -> Option<(String, SchemaGuard)> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => Some(SchemaGuard::create(&url).await),
+        _ => {
+            println!("postgres  skipped (set DATABASE_URL=postgres://...)");
+            None
+        }
     }
 }
 
@@ -184,7 +192,7 @@ pub struct SchemaGuard {
 impl SchemaGuard {
     /// Creates a fresh schema in the database at `url`: the URL that works in it (its
     /// `search_path`) and the guard that drops it.
-    pub async fn create(url: &str) -> (String, SchemaGuard) {
+    async fn create(url: &str) -> (String, SchemaGuard) {
         let (schema_url, name) = crate::new_postgres_schema(url, "bench").await;
         (
             schema_url,

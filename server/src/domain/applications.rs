@@ -108,6 +108,17 @@ pub(crate) fn admission_lock(ctx: &Ctx, quota: u32, limits: &UserLimits) -> Admi
     }
 }
 
+/// The lock an admission [`Admission::Contended`] under `lock` runs again with: the exclusive
+/// one, which counts exactly and is never contended (an error if it was).
+pub(crate) fn after_contention(lock: AdmissionLock) -> Result<AdmissionLock, DomainError> {
+    match lock {
+        AdmissionLock::Exclusive => Err(DomainError::Internal(
+            "an exclusive admission found its quota contended",
+        )),
+        _ => Ok(AdmissionLock::Exclusive),
+    }
+}
+
 /// Inserts `record` unless the application already has `quota` pending requests, or the user is
 /// over `limits` (push bombing: refused with `too_many_authentications`; a policy's `limit_push`:
 /// [`Admission::PushLimited`]) — counted and inserted in one step under `lock` (from

@@ -921,16 +921,10 @@ pub(crate) async fn create_as(
         .await?;
         match admission {
             super::applications::Admission::Inserted => break (w, announced),
-            super::applications::Admission::Contended
-                if lock != super::applications::AdmissionLock::Exclusive =>
-            {
-                w.rollback().await?;
-                lock = super::applications::AdmissionLock::Exclusive;
-            }
             super::applications::Admission::Contended => {
-                return Err(DomainError::Internal(
-                    "an exclusive admission found its quota contended",
-                ));
+                let next = super::applications::after_contention(lock)?;
+                w.rollback().await?;
+                lock = next;
             }
             super::applications::Admission::PushLimited(reason) => {
                 // Other requests took the last places of the policy's limit since it was

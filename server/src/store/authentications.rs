@@ -612,6 +612,16 @@ pub enum AdmissionLock {
     Exclusive,
 }
 
+impl AdmissionLock {
+    /// Whether the user's lock is among those taken.
+    pub fn locks_user(self) -> bool {
+        matches!(
+            self,
+            AdmissionLock::User | AdmissionLock::Shared { user: true }
+        )
+    }
+}
+
 /// The first key of the advisory locks of a new request's admission, by what they serialise:
 /// the application's quota (the second key the application id's hash) and a user's limits (the
 /// second key the hash of the application and user ids). Two hashes that collide only make
@@ -679,10 +689,7 @@ where
         return Ok(0);
     };
     let mut query = sqlx::query(statement).bind(app.as_str());
-    if matches!(
-        lock,
-        AdmissionLock::User | AdmissionLock::Shared { user: true }
-    ) {
+    if lock.locks_user() {
         query = query.bind(user.as_str());
     }
     let row = query.fetch_one(executor).await?;

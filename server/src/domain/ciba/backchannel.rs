@@ -622,16 +622,10 @@ async fn start(
         })?;
         match admission {
             crate::domain::applications::Admission::Inserted => break (w, announced),
-            crate::domain::applications::Admission::Contended
-                if lock != crate::domain::applications::AdmissionLock::Exclusive =>
-            {
-                w.rollback().await?;
-                lock = crate::domain::applications::AdmissionLock::Exclusive;
-            }
             crate::domain::applications::Admission::Contended => {
-                return Err(server_error(
-                    "an exclusive admission found its quota contended",
-                ));
+                let next = crate::domain::applications::after_contention(lock)?;
+                w.rollback().await?;
+                lock = next;
             }
             crate::domain::applications::Admission::PushLimited(reason) => {
                 // Other requests took the policy's last places since it was decided: denied,
