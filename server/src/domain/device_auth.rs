@@ -59,9 +59,80 @@ pub(crate) async fn authenticate(
 /// given back to the pool before anything else (the audit record takes its own).
 pub(crate) async fn authenticate_on(
     ctx: &Ctx,
-    mut conn: crate::store::ReadConn,
+    conn: crate::store::ReadConn,
     call: DeviceCall<'_>,
 ) -> Result<(Enrollment, crate::store::ReadConn), DomainError> {
+    let (enrollment, mut conn, nonce) = verify_on(ctx, conn, call).await?;
+    nonce.record(ctx, &mut conn).await?;
+    Ok((enrollment, conn))
+}
+
+/// [`authenticate_on`] for a call that goes on to read something of the signing enrollment:
+/// `read` (given the enrollment's id, run on a pooled connection of its own) is sent side by
+/// side with the call's nonce, so on PostgreSQL the request waits for one round trip where it
+/// waited for two. Its result reaches only a call whose signature verified and whose nonce was
+/// new: a replayed call gets `replayed_message` and nothing read.
+pub(crate) async fn authenticate_reading<T, Fut>(
+    ctx: &Ctx,
+    conn: crate::store::ReadConn,
+    call: DeviceCall<'_>,
+    read: impl FnOnce(EnrollmentId) -> Fut,
+) -> Result<(Enrollment, crate::store::ReadConn, T), DomainError>
+where
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let (enrollment, mut conn, nonce) = verify_on(ctx, conn, call).await?;
+    let ((), read) = tokio::try_join!(nonce.record(ctx, &mut conn), async {
+        read(enrollment.enrollment_id.clone())
+            .await
+            .map_err(DomainError::from)
+    },)?;
+    Ok((enrollment, conn, read))
+}
+
+/// A verified call's nonce, still to be recorded ([`CallNonce::record`]).
+struct CallNonce {
+    key: String,
+    expires_at: i64,
+    now: i64,
+    /// The enrollment whose last-seen time is due to be written with the nonce.
+    touch: Option<EnrollmentId>,
+}
+
+impl CallNonce {
+    /// Records the nonce (and the last-seen time when due) on `conn`: `replayed_message` if the
+    /// nonce was seen before.
+    async fn record(
+        &self,
+        ctx: &Ctx,
+        conn: &mut crate::store::ReadConn,
+    ) -> Result<(), DomainError> {
+        let fresh = nonces::record_call(
+            &ctx.db,
+            conn,
+            &self.key,
+            self.expires_at,
+            self.now,
+            self.touch.as_ref(),
+        )
+        .await?;
+        if fresh {
+            Ok(())
+        } else {
+            Err(DomainError::new(
+                ErrorCode::ReplayedMessage,
+                "this device request was already used",
+            ))
+        }
+    }
+}
+
+/// Everything [`authenticate_on`] checks but the nonce, which it returns to be recorded.
+async fn verify_on(
+    ctx: &Ctx,
+    mut conn: crate::store::ReadConn,
+    call: DeviceCall<'_>,
+) -> Result<(Enrollment, crate::store::ReadConn, CallNonce), DomainError> {
     let unauthorized = || {
         DomainError::new(
             ErrorCode::Unauthorized,
@@ -111,14 +182,14 @@ pub(crate) async fn authenticate_on(
     let expires = claims.issued_at + DEVICE_REQUEST_WINDOW_SECONDS + 60;
     // "Last seen" is kept to the minute: most calls have nothing to write but their nonce.
     let touch = (enrollment.last_seen_at <= now - enrollments::LAST_SEEN_RESOLUTION)
-        .then_some(&enrollment.enrollment_id);
-    if !nonces::record_call(&ctx.db, &mut conn, &nonce_key, expires, now, touch).await? {
-        return Err(DomainError::new(
-            ErrorCode::ReplayedMessage,
-            "this device request was already used",
-        ));
-    }
-    Ok((enrollment, conn))
+        .then(|| enrollment.enrollment_id.clone());
+    let nonce = CallNonce {
+        key: nonce_key,
+        expires_at: expires,
+        now,
+        touch,
+    };
+    Ok((enrollment, conn, nonce))
 }
 
 /// The enrollment a device-signed call names in its path: the signing one, or `unauthorized`

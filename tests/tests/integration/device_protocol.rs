@@ -108,6 +108,51 @@ async fn device_signed_calls(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(error_code(r).await, (401, ErrorCode::Unauthorized));
+
+    // A pull reads the device's pending requests beside its nonce: they reach a fresh call
+    // only. A replay gets the refusal and nothing read, and alice's device pulling on bob's
+    // path is refused though alice's own requests were read beside its nonce.
+    let created = server
+        .customer
+        .create_authentication(
+            "alice",
+            &tessera_tests::ask(tessera_protocol::authentication::AuthenticationKind::Approval),
+        )
+        .await
+        .unwrap();
+    let pull_path = format!("/v1/device/enrollments/{}/requests", alice.enrollment_id);
+    let pull = |auth: String| {
+        http.get(format!("{}{pull_path}", server.base_url))
+            .header("authorization", auth)
+            .send()
+    };
+    let good =
+        alice_device.authorization(&alice.enrollment_id, "GET", &pull_path, b"", now(), "p1");
+    let fresh = pull(good.clone()).await.unwrap();
+    assert_eq!(fresh.status().as_u16(), 200);
+    let pending: tessera_protocol::api::PendingRequests = fresh.json().await.unwrap();
+    assert_eq!(pending.requests.len(), 1);
+    let replayed = pull(good).await.unwrap();
+    let status = replayed.status().as_u16();
+    let body = replayed.text().await.unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        !body.contains(&pending.requests[0]) && !body.contains(created.authentication_id.as_str()),
+        "a replayed pull must carry nothing it read: {body}"
+    );
+    let bob_path = format!("/v1/device/enrollments/{}/requests", bob.enrollment_id);
+    let crossed =
+        alice_device.authorization(&alice.enrollment_id, "GET", &bob_path, b"", now(), "p2");
+    let r = http
+        .get(format!("{}{bob_path}", server.base_url))
+        .header("authorization", crossed)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains(&pending.requests[0]), "{body}");
 }
 
 async fn expired_codes(backend: Backend) {

@@ -14,10 +14,12 @@ use super::client_auth::{
 use super::clients::user_code_matches;
 use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
-use crate::domain::authentication::{Question, new_authentication, pick_device_among};
+use crate::domain::authentication::{
+    Question, RequestReads, new_authentication, pick_device_among, read_for_request,
+};
 use crate::domain::{Ctx, DomainError};
 use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
-use crate::store::{applications, enrollments, nonces, users};
+use crate::store::nonces;
 
 /// Longest binding message, in characters.
 pub(crate) const MAX_BINDING_MESSAGE: usize = 100;
@@ -224,15 +226,14 @@ fn unknown_user() -> OAuthError {
     )
 }
 
-/// The user the request names (by one of its hints), with their bypass as stored, read on the
-/// request's connection `conn`.
-async fn resolve_user(
+/// The subject the request names by its one hint: the application's user id, or the subject
+/// this provider's ID tokens carry for that user.
+async fn hinted_subject(
     state: &Ctx,
-    conn: &mut crate::store::ReadHandle,
     client: &CibaClient,
     params: &Params,
     now: i64,
-) -> Result<(UserId, Option<crate::store::bypass::Bypass>), OAuthError> {
+) -> Result<String, OAuthError> {
     let hints = [
         params.text("login_hint")?,
         params.text("id_token_hint")?,
@@ -296,24 +297,33 @@ async fn resolve_user(
         }
         _ => return Err(unknown_user()),
     };
-    // A login hint (or a login hint token's `sub`) is the application's user id, or the subject
-    // this provider's ID tokens carry for that user. The user's bypass comes with the user.
-    if let Ok(user_id) = subject.parse::<UserId>()
-        && let Some((_, bypass)) =
-            users::get_for_request_on(&mut *conn, &client.application_id, &user_id).await?
-    {
-        return Ok((user_id, bypass));
+    Ok(subject)
+}
+
+/// The user the request's hinted `subject` names, with their bypass as stored, and what the
+/// request reads with them (the application's settings, the user's devices). A login hint (or a
+/// login hint token's `sub`) is the application's user id, or the subject this provider's ID
+/// tokens carry for that user: the id is tried first, its reads side by side
+/// ([`read_for_request`]), then the subject's user.
+async fn read_hinted_user(
+    state: &Ctx,
+    client: &CibaClient,
+    subject: &str,
+) -> Result<(UserId, Option<crate::store::bypass::Bypass>, RequestReads), OAuthError> {
+    let app = &client.application_id;
+    if let Ok(user_id) = subject.parse::<UserId>() {
+        let mut reads = read_for_request(state, app, &user_id).await?;
+        if let Some((_, bypass)) = reads.user.take() {
+            return Ok((user_id, bypass, reads));
+        }
     }
-    let user_id: UserId = super::user_of_subject(&client.application_id, &subject)
+    let user_id: UserId = super::user_of_subject(app, subject)
         .ok_or_else(unknown_user)?
         .parse()
         .map_err(|_| unknown_user())?;
-    let Some((_, bypass)) =
-        users::get_for_request_on(&mut *conn, &client.application_id, &user_id).await?
-    else {
-        return Err(unknown_user());
-    };
-    Ok((user_id, bypass))
+    let mut reads = read_for_request(state, app, &user_id).await?;
+    let (_, bypass) = reads.user.take().ok_or_else(unknown_user)?;
+    Ok((user_id, bypass, reads))
 }
 
 async fn check_user_code(
@@ -444,15 +454,17 @@ async fn start(
         return Err(invalid_request("acr_values is too long"));
     }
     // The request's reads that need nothing else (the user with its bypass, the application's
-    // settings with its current policy and push settings, the user's devices) run on one
-    // connection, given back before the user code's attempt and the write transaction.
-    let mut conn = state.db.reader().await?;
-    let (user, stored_bypass) = resolve_user(state, &mut conn, client, params, now).await?;
-    let app_settings =
-        applications::request_settings_on(&mut *conn, &client.application_id).await?;
-    let user_devices =
-        enrollments::list_for_user_on(&mut *conn, &client.application_id, &user).await?;
-    drop(conn);
+    // settings with its current policy and push settings, the user's devices), side by side.
+    let subject = hinted_subject(state, client, params, now).await?;
+    let (
+        user,
+        stored_bypass,
+        RequestReads {
+            settings: app_settings,
+            devices: user_devices,
+            ..
+        },
+    ) = read_hinted_user(state, client, &subject).await?;
     check_user_code(state, client, &user, params.text("user_code")?).await?;
     // No device is a refusal; a database that cannot answer is not (temporarily_unavailable).
     let device = pick_device_among(state, &client.application_id, &user, user_devices, None)
