@@ -1090,6 +1090,13 @@ pub(crate) async fn pending_request(
     })
 }
 
+/// The one field of a signed response read before its signature is checked: the enrollment it
+/// names, so the device can be read beside the authentication ([`answer`]).
+#[derive(serde::Deserialize)]
+struct NamedEnrollment {
+    enrollment_id: EnrollmentId,
+}
+
 /// Records a device's signed answer to an authentication: the signature by the device asked,
 /// the request, nonce and parameters it answers, its freshness, user verification and number
 /// matching where required. An approval with another number than the one shown ends the
@@ -1103,19 +1110,32 @@ pub(crate) async fn answer(
     client: &str,
 ) -> Result<ResponseRecorded, DomainError> {
     let id = parse_id(id)?;
-    // One connection for the request: its reads, then (on PostgreSQL) the ending's transaction.
+    // The request's connection: the authentication's read, then (on PostgreSQL) the ending's
+    // transaction.
     let mut conn = ctx.db.reader().await?;
-    let record = authentications::get_on(&mut *conn, &id, ctx.now())
-        .await?
-        .ok_or_else(|| {
-            DomainError::new(ErrorCode::AuthenticationNotFound, "no such authentication")
-        })?;
-    let device = enrollments::by_id_on(&mut *conn, &record.enrollment_id)
-        .await?
-        .filter(|d| d.status == EnrollmentState::Active)
-        .ok_or_else(|| {
-            DomainError::new(ErrorCode::Unauthorized, "the device is no longer paired")
-        })?;
+    // The device the response names (unsigned yet: it only chooses what to read) is read
+    // beside the authentication. The device that counts is the authentication's: it is read
+    // again when the response named another one, or none.
+    let named = envelope::unverified_payload::<NamedEnrollment>(signed_response)
+        .ok()
+        .map(|named| named.enrollment_id);
+    let now = ctx.now();
+    let (record, named_device) = match &named {
+        Some(enrollment) => tokio::try_join!(
+            authentications::get_on(&mut *conn, &id, now),
+            enrollments::by_id_on(ctx.db.pool(), enrollment),
+        )?,
+        None => (authentications::get_on(&mut *conn, &id, now).await?, None),
+    };
+    let record = record.ok_or_else(|| {
+        DomainError::new(ErrorCode::AuthenticationNotFound, "no such authentication")
+    })?;
+    let device = match named_device.filter(|d| d.enrollment_id == record.enrollment_id) {
+        Some(device) => Some(device),
+        None => enrollments::by_id_on(&mut *conn, &record.enrollment_id).await?,
+    }
+    .filter(|d| d.status == EnrollmentState::Active)
+    .ok_or_else(|| DomainError::new(ErrorCode::Unauthorized, "the device is no longer paired"))?;
     let (response, with_uv) = match verify_answer::<AuthenticationResponse>(
         signed_response,
         MessageType::AuthenticationResponse,

@@ -417,7 +417,10 @@ async fn forged_answers(backend: Backend) {
     let alice = RawDevice::new();
     let bob = RawDevice::new();
     alice.pair(&server.pairing_uri("alice").await).await;
-    bob.pair(&server.pairing_uri("bob").await).await;
+    let bob_enrollment = bob
+        .pair(&server.pairing_uri("bob").await)
+        .await
+        .enrollment_id;
     let first = server
         .customer
         .create_authentication("alice", &payment())
@@ -435,6 +438,18 @@ async fn forged_answers(backend: Backend) {
     assert_eq!(
         post_response(&server, &id, &sign(&answer(&request), &bob.possession)).await,
         (400, Some(ErrorCode::InvalidSignature))
+    );
+    // Naming bob's enrollment: read beside the authentication, it is still alice's device
+    // that must have signed, and the response must name it.
+    let mut named_bob = answer(&request);
+    named_bob.enrollment_id = bob_enrollment.clone();
+    assert_eq!(
+        post_response(&server, &id, &sign(&named_bob, &bob.possession)).await,
+        (400, Some(ErrorCode::InvalidSignature))
+    );
+    assert_eq!(
+        post_response(&server, &id, &sign(&named_bob, &alice.possession)).await,
+        (400, Some(ErrorCode::ResponseMismatch))
     );
     // Other parameters than the ones sent (a device showing 12000 EUR).
     let mut other = answer(&request);
