@@ -222,15 +222,18 @@ pub(crate) fn new_authentication(
     })
 }
 
+/// A request's user and their bypass as stored, `None` when the application has no such user.
+type RequestUser = Option<(
+    tessera_protocol::api::User,
+    Option<crate::store::bypass::Bypass>,
+)>;
+
 /// What a new request reads before it decides: the user (with their language and bypass as
 /// stored; `None` when the application has no such user), the application's settings (with its
 /// current policy) and the user's devices.
 pub(crate) struct RequestReads {
     /// The user and their bypass as stored.
-    pub(crate) user: Option<(
-        tessera_protocol::api::User,
-        Option<crate::store::bypass::Bypass>,
-    )>,
+    pub(crate) user: RequestUser,
     /// The application's settings.
     pub(crate) settings: crate::store::applications::RequestSettings,
     /// The user's devices, as `enrollments::list_for_user_on` lists them.
@@ -247,17 +250,43 @@ pub(crate) async fn read_for_request(
     application_id: &ApplicationId,
     user_id: &UserId,
 ) -> Result<RequestReads, DomainError> {
-    let reads = ctx.db.pool();
-    let (user, settings, devices) = tokio::try_join!(
-        crate::store::users::get_for_request_on(reads, application_id, user_id),
-        crate::store::applications::request_settings_on(reads, application_id),
-        enrollments::list_for_user_on(reads, application_id, user_id),
+    let ((user, devices), settings) = tokio::try_join!(
+        user_and_devices(ctx, application_id, user_id),
+        crate::store::applications::request_settings_on(ctx.db.pool(), application_id),
     )?;
     Ok(RequestReads {
         user,
         settings,
         devices,
     })
+}
+
+impl RequestReads {
+    /// These reads for another user of the same application: the settings are kept, the user
+    /// and their devices are read (side by side).
+    pub(crate) async fn for_user(
+        mut self,
+        ctx: &Ctx,
+        application_id: &ApplicationId,
+        user_id: &UserId,
+    ) -> Result<RequestReads, DomainError> {
+        (self.user, self.devices) = user_and_devices(ctx, application_id, user_id).await?;
+        Ok(self)
+    }
+}
+
+/// The user-dependent half of [`RequestReads`]: the user with their bypass, and their devices,
+/// side by side.
+async fn user_and_devices(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    user_id: &UserId,
+) -> Result<(RequestUser, Vec<Enrollment>), crate::store::StoreError> {
+    let reads = ctx.db.pool();
+    tokio::try_join!(
+        crate::store::users::get_for_request_on(reads, application_id, user_id),
+        enrollments::list_for_user_on(reads, application_id, user_id),
+    )
 }
 
 /// The device to ask: `wanted`, or the user's primary (else first) active device.

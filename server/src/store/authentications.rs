@@ -375,22 +375,10 @@ pub async fn pending_for(
     enrollment: &EnrollmentId,
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
-    pending_for_on(db.pool(), enrollment, now).await
-}
-
-/// [`pending_for`] on `executor` (a request's connection).
-pub async fn pending_for_on<'e, E>(
-    executor: E,
-    enrollment: &EnrollmentId,
-    now: i64,
-) -> Result<Vec<String>, StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
     let rows = sqlx::query(PENDING_FOR)
         .bind(enrollment.as_str())
         .bind(now)
-        .fetch_all(executor)
+        .fetch_all(db.pool())
         .await?;
     rows.iter()
         .map(|r| Ok(r.try_get::<String, _>("signed_request")?))

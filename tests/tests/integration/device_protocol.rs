@@ -121,11 +121,12 @@ async fn device_signed_calls(backend: Backend) {
         .await
         .unwrap();
     let pull_path = format!("/v1/device/enrollments/{}/requests", alice.enrollment_id);
-    let pull = |auth: String| {
-        http.get(format!("{}{pull_path}", server.base_url))
+    let pull_at = |path: &str, auth: String| {
+        http.get(format!("{}{path}", server.base_url))
             .header("authorization", auth)
             .send()
     };
+    let pull = |auth: String| pull_at(&pull_path, auth);
     let good =
         alice_device.authorization(&alice.enrollment_id, "GET", &pull_path, b"", now(), "p1");
     let fresh = pull(good.clone()).await.unwrap();
@@ -143,12 +144,7 @@ async fn device_signed_calls(backend: Backend) {
     let bob_path = format!("/v1/device/enrollments/{}/requests", bob.enrollment_id);
     let crossed =
         alice_device.authorization(&alice.enrollment_id, "GET", &bob_path, b"", now(), "p2");
-    let r = http
-        .get(format!("{}{bob_path}", server.base_url))
-        .header("authorization", crossed)
-        .send()
-        .await
-        .unwrap();
+    let r = pull_at(&bob_path, crossed).await.unwrap();
     let status = r.status().as_u16();
     let body = r.text().await.unwrap();
     assert_eq!(status, 401, "{body}");

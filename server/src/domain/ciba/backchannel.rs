@@ -311,17 +311,24 @@ async fn read_hinted_user(
     subject: &str,
 ) -> Result<(UserId, Option<crate::store::bypass::Bypass>, RequestReads), OAuthError> {
     let app = &client.application_id;
+    let mut by_id = None;
     if let Ok(user_id) = subject.parse::<UserId>() {
         let mut reads = read_for_request(state, app, &user_id).await?;
         if let Some((_, bypass)) = reads.user.take() {
             return Ok((user_id, bypass, reads));
         }
+        by_id = Some(reads);
     }
     let user_id: UserId = super::user_of_subject(app, subject)
         .ok_or_else(unknown_user)?
         .parse()
         .map_err(|_| unknown_user())?;
-    let mut reads = read_for_request(state, app, &user_id).await?;
+    // A subject (`{application}:{user}`) is a valid user id too: its settings, read for it
+    // already, are kept.
+    let mut reads = match by_id {
+        Some(reads) => reads.for_user(state, app, &user_id).await?,
+        None => read_for_request(state, app, &user_id).await?,
+    };
     let (_, bypass) = reads.user.take().ok_or_else(unknown_user)?;
     Ok((user_id, bypass, reads))
 }
