@@ -263,14 +263,28 @@ pub(crate) async fn append_deferred(
     w: &mut Write<'_>,
     events: Vec<Event>,
 ) -> Result<Queued, DomainError> {
-    let now_ms = ctx.now_ms();
     let mut tickets = Vec::new();
-    for event in events {
-        let record = new_record(&ctx.config.accessing_ip_table, now_ms, &event);
-        let deliveries = deliveries_of(&event, now_ms).map_err(RecordError::into_domain)?;
-        tickets.extend(store::append_deferred(w, &record, deliveries.as_ref()).await?);
+    for appended in appended(ctx, events)? {
+        tickets.extend(
+            store::append_deferred(w, &appended.record, appended.deliveries.as_ref()).await?,
+        );
     }
     Ok(Queued { tickets })
+}
+
+/// `events` as the audit records (with their webhook deliveries) a storage function appends in
+/// the same statement as the change they record (`store::authentications::record_answer_with_audit`).
+pub(crate) fn appended(ctx: &Ctx, events: Vec<Event>) -> Result<Vec<store::Appended>, DomainError> {
+    let now_ms = ctx.now_ms();
+    events
+        .iter()
+        .map(|event| {
+            Ok(store::Appended {
+                record: new_record(&ctx.config.accessing_ip_table, now_ms, event),
+                deliveries: deliveries_of(event, now_ms).map_err(RecordError::into_domain)?,
+            })
+        })
+        .collect()
 }
 
 /// The webhook deliveries [`append_deferred`] queued, known once the transaction committed.

@@ -1228,11 +1228,13 @@ pub(crate) async fn answer(
     let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
     let ending = if wrong_number {
         Ending::WrongNumber {
+            answered: &record,
             signed_response,
             attributes: &attrs_json,
         }
     } else {
         Ending::Answer {
+            answered: &record,
             decision: response.decision,
             signed_response,
             attributes: &attrs_json,

@@ -22,7 +22,7 @@ use tessera_protocol::authentication::{
 use super::events::Topic;
 use super::{Ctx, DomainError};
 use crate::metrics::{EndLabels, ReasonLabels};
-use crate::store::authentications::{self, Authentication};
+use crate::store::authentications::{self, AnsweredRequest, Authentication};
 use crate::store::enrollments;
 use crate::store::follow_ups::Waiting;
 use crate::store::{Committed, Engine, Write};
@@ -61,6 +61,9 @@ pub(crate) type FollowUp = for<'a> fn(&'a Ctx, &'a DomainEvent) -> FollowUpFutur
 pub(crate) enum Ending<'a> {
     /// The device's signed answer.
     Answer {
+        /// The authentication as the answer was checked against it: the answer is recorded
+        /// only while it is still pending, addressed to the same device with the same nonce.
+        answered: &'a Authentication,
         /// Approve, deny or report fraud.
         decision: Decision,
         /// The signed answer as received.
@@ -71,6 +74,8 @@ pub(crate) enum Ending<'a> {
     /// The device approved with another number than the one shown (number matching): the
     /// authentication ends denied, reason `wrong_number`, and counts as a fraud signal.
     WrongNumber {
+        /// The authentication as the answer was checked against it.
+        answered: &'a Authentication,
         /// The signed answer as received (kept as evidence).
         signed_response: &'a str,
         /// The attributes it yields (JSON).
@@ -83,6 +88,44 @@ pub(crate) enum Ending<'a> {
     },
     /// Whoever asked withdrew it (its flow was cancelled): it fails with reason `canceled`.
     Canceled,
+}
+
+impl<'a> Ending<'a> {
+    /// A device's answer (`Answer`, `WrongNumber`) as its conditional update records it, with
+    /// the record it was checked against; `None` for the other endings.
+    fn answer(&self, now: i64) -> Option<(&'a Authentication, authentications::Answer<'a>)> {
+        match *self {
+            Ending::Answer {
+                answered,
+                decision,
+                signed_response,
+                attributes,
+            } => Some((
+                answered,
+                authentications::Answer::decided(
+                    AnsweredRequest::of(answered),
+                    decision,
+                    signed_response,
+                    attributes,
+                    now,
+                ),
+            )),
+            Ending::WrongNumber {
+                answered,
+                signed_response,
+                attributes,
+            } => Some((
+                answered,
+                authentications::Answer::wrong_number(
+                    AnsweredRequest::of(answered),
+                    signed_response,
+                    attributes,
+                    now,
+                ),
+            )),
+            Ending::Passcode { .. } | Ending::Canceled => None,
+        }
+    }
 }
 
 /// What [`record_taking_counter`] did.
@@ -147,9 +190,10 @@ pub(crate) async fn record(
 }
 
 /// [`record`] for a request that holds `conn` (its reads ran on it): on PostgreSQL the
-/// ending's transaction runs on that same connection, so the whole request is one connection;
-/// on SQLite it runs on the writer, as every write does. The connection is given back to the
-/// pool before the follow-ups run (they take their own).
+/// ending runs on that same connection, so the whole request is one connection — a device's
+/// answer as one statement with its audit records ([`write_answer_at_once`]), another ending as
+/// its transaction; on SQLite it runs on the writer, as every write does. The connection is
+/// given back to the pool before the follow-ups run (they take their own).
 pub(crate) async fn record_on(
     ctx: &Ctx,
     mut conn: crate::store::ReadConn,
@@ -157,8 +201,15 @@ pub(crate) async fn record_on(
     ending: Ending<'_>,
 ) -> Result<Option<Authentication>, DomainError> {
     let written = if ctx.db.engine() == Engine::Postgres {
-        let w = ctx.db.write_on(&mut conn).await?;
-        let written = write_ending(ctx, w, id, ending).await?;
+        let written = match (ending.answer(ctx.now()), conn.pooled()) {
+            (Some((answered, answer)), Some(pooled)) => {
+                write_answer_at_once(ctx, pooled, answered, &answer).await?
+            }
+            _ => {
+                let w = ctx.db.write_on(&mut conn).await?;
+                write_ending(ctx, w, id, ending).await?
+            }
+        };
         drop(conn);
         written
     } else {
@@ -187,21 +238,10 @@ async fn write_ending(
 ) -> Result<Option<(Authentication, Announced, Waiting)>, DomainError> {
     let now = ctx.now();
     let recorded = match ending {
-        Ending::Answer {
-            decision,
-            signed_response,
-            attributes,
-        } => {
-            authentications::record_answer(&mut w, id, decision, signed_response, attributes, now)
-                .await?
-        }
-        Ending::WrongNumber {
-            signed_response,
-            attributes,
-        } => {
-            authentications::record_wrong_number(&mut w, id, signed_response, attributes, now)
-                .await?
-        }
+        Ending::Answer { .. } | Ending::WrongNumber { .. } => match ending.answer(now) {
+            Some((_, answer)) => authentications::record_answer(&mut w, &answer).await?,
+            None => return Err(DomainError::Internal("an answer without its answer")),
+        },
         Ending::Passcode { attributes } => {
             authentications::record_passcode_answer(&mut w, id, attributes, now).await?
         }
@@ -223,6 +263,38 @@ async fn write_ending(
             webhooks,
         }
         .resolved(&committed),
+        waiting,
+    )))
+}
+
+/// PostgreSQL: a device's answer and its audit records (with their webhook deliveries) as one
+/// statement on `conn`, committed on its own: no `BEGIN` or `COMMIT`, one round trip where a
+/// transaction takes four. The records are those of `answered` as the answer's update stores
+/// it ([`authentications::Answer::applied_to`]): everything they hold is either set by the
+/// update or never changes while the request is pending (its device and nonce are conditions of
+/// the update), so they are the records [`write_ending`] writes from the returned row. `None`
+/// when another ending won (or it expired): then nothing is written.
+async fn write_answer_at_once(
+    ctx: &Ctx,
+    conn: &mut sqlx::AnyConnection,
+    answered: &Authentication,
+    answer: &authentications::Answer<'_>,
+) -> Result<Option<(Authentication, Announced, Waiting)>, DomainError> {
+    let stored = answer.applied_to(answered);
+    let records = super::audit::appended(ctx, super::audit::ending_events(&stored))?;
+    let Some((record, waiting, webhooks_queued)) =
+        authentications::record_answer_with_audit(conn, answer, &records).await?
+    else {
+        return Ok(None);
+    };
+    let topics = ended_topics(&record).to_vec();
+    Ok(Some((
+        record,
+        Announced {
+            topics,
+            webhooks_queued,
+            webhooks: super::audit::Queued::default(),
+        },
         waiting,
     )))
 }

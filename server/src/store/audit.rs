@@ -50,6 +50,10 @@ pub struct StoredRecord {
     pub record: NewRecord,
 }
 
+/// The columns an audit record is inserted with.
+const APPEND_COLUMNS: &str = "id, at_ms, kind, actor, application_id, user_id, device_id, \
+     subject, client_ip, accessing_ip, location, outcome, details";
+
 /// The insert of an audit record.
 const APPEND: &str = "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, \
      device_id, subject, client_ip, accessing_ip, location, outcome, details) \
@@ -75,7 +79,12 @@ fn bind_record<'q>(
     sql: &'q str,
     record: &'q NewRecord,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    sqlx::query(sql)
+    bind_values(sqlx::query(sql), record)
+}
+
+/// Binds `record`'s [`APPEND_VALUES`] values after what `query` bound.
+fn bind_values<'q>(query: Statement<'q>, record: &'q NewRecord) -> Statement<'q> {
+    query
         .bind(&record.id)
         .bind(record.at_ms)
         .bind(&record.kind)
@@ -128,6 +137,64 @@ pub async fn append_deferred(
         last = Some(w.defer(statement).await?);
     }
     Ok(last.filter(|_| deliveries.is_some()))
+}
+
+/// An audit record with its event's webhook deliveries, to append in one statement with the
+/// change it records ([`appended_items`]).
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The record.
+    pub record: NewRecord,
+    /// Its deliveries, for an event webhooks may want.
+    pub deliveries: Option<EventDeliveries>,
+}
+
+/// PostgreSQL: `records` as data-modifying `WITH` items of a statement, each inserted once for
+/// every row of `source` (an item named before them, returning zero or one row): the record and
+/// the queuing of its deliveries. Placeholders are numbered from `first`, in the order
+/// [`bind_appended`] binds them. Returns the items, and the names of those whose rows count the
+/// deliveries queued.
+pub(crate) fn appended_items(
+    records: &[Appended],
+    source: &str,
+    first: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut next = first;
+    let mut items = Vec::new();
+    let mut queued = Vec::new();
+    for (n, appended) in records.iter().enumerate() {
+        let values = (next..next + APPEND_VALUES)
+            .map(|p| format!("${p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        items.push(format!(
+            "recorded_{n} AS (INSERT INTO audit_log ({APPEND_COLUMNS}) SELECT {values} FROM {source})"
+        ));
+        next += APPEND_VALUES;
+        if appended.deliveries.is_some() {
+            items.push(format!(
+                "queued_{n} AS ({} AND EXISTS (SELECT 1 FROM {source}) RETURNING 1)",
+                webhooks::enqueue_statement(next, Engine::Postgres)
+            ));
+            queued.push(format!("queued_{n}"));
+            next += webhooks::ENQUEUE_VALUES;
+        }
+    }
+    (items, queued)
+}
+
+/// Binds the values of [`appended_items`] after what `query` bound.
+pub(crate) fn bind_appended<'q>(
+    mut query: Statement<'q>,
+    records: &'q [Appended],
+) -> Statement<'q> {
+    for appended in records {
+        query = bind_values(query, &appended.record);
+        if let Some(d) = &appended.deliveries {
+            query = webhooks::bind_enqueue(query, d);
+        }
+    }
+    query
 }
 
 /// Which records a query wants.

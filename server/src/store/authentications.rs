@@ -385,99 +385,197 @@ pub async fn pending_for(
         .collect()
 }
 
-/// Records the answer if the authentication is still pending and unexpired: one conditional
-/// update, so of racing answers (and expiry) exactly one outcome is recorded. Returns the record
-/// as stored after it, with which follow-ups wait for it, when this answer was the one recorded
-/// (both read back in the same statement).
+/// The request a device's answer was checked against: the answer is recorded only while the
+/// authentication is still addressed to that device with that nonce (the ones its signature
+/// covers), so a request moved to another device meanwhile (`readdress`) is not ended by an
+/// answer to its earlier form.
+#[derive(Debug, Clone, Copy)]
+pub struct AnsweredRequest<'a> {
+    /// The authentication.
+    pub id: &'a AuthenticationId,
+    /// The device it was addressed to.
+    pub enrollment_id: &'a EnrollmentId,
+    /// Its nonce.
+    pub nonce: &'a str,
+}
+
+impl<'a> AnsweredRequest<'a> {
+    /// The request as `record` holds it.
+    pub fn of(record: &'a Authentication) -> Self {
+        AnsweredRequest {
+            id: &record.id,
+            enrollment_id: &record.enrollment_id,
+            nonce: &record.nonce,
+        }
+    }
+}
+
+/// A device's answer as its conditional update records it ([`record_answer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    /// The request answered.
+    pub request: AnsweredRequest<'a>,
+    /// The state it ends in.
+    pub state: AuthenticationState,
+    /// The decision recorded.
+    pub decision: Decision,
+    /// Why it was denied.
+    pub denial_reason: Option<DenialReason>,
+    /// The signed answer as received.
+    pub signed_response: &'a str,
+    /// The attributes it yields (JSON).
+    pub attributes: &'a str,
+    /// When (seconds since the epoch).
+    pub now: i64,
+}
+
+impl<'a> Answer<'a> {
+    /// The device's `decision`: approved, or denied as declined or as reported fraud.
+    pub fn decided(
+        request: AnsweredRequest<'a>,
+        decision: Decision,
+        signed_response: &'a str,
+        attributes: &'a str,
+        now: i64,
+    ) -> Self {
+        let (state, denial_reason) = match decision {
+            Decision::Approve => (AuthenticationState::Approved, None),
+            Decision::Deny => (AuthenticationState::Denied, Some(DenialReason::Declined)),
+            Decision::ReportFraud => (
+                AuthenticationState::Denied,
+                Some(DenialReason::ReportedFraud),
+            ),
+        };
+        Answer {
+            request,
+            state,
+            decision,
+            denial_reason,
+            signed_response,
+            attributes,
+            now,
+        }
+    }
+
+    /// The device approved with another number than the one shown (number matching): the
+    /// authentication ends `denied` (decision `deny`, reason `wrong_number`); the signed answer
+    /// is kept as evidence.
+    pub fn wrong_number(
+        request: AnsweredRequest<'a>,
+        signed_response: &'a str,
+        attributes: &'a str,
+        now: i64,
+    ) -> Self {
+        Answer {
+            request,
+            state: AuthenticationState::Denied,
+            decision: Decision::Deny,
+            denial_reason: Some(DenialReason::WrongNumber),
+            signed_response,
+            attributes,
+            now,
+        }
+    }
+
+    /// `before` (the record the answer was checked against) as this answer's update stores
+    /// it: what the update sets, set; everything else as it was.
+    pub fn applied_to(&self, before: &Authentication) -> Authentication {
+        let mut after = before.clone();
+        after.state = self.state;
+        after.decision = Some(self.decision);
+        after.signed_response = Some(self.signed_response.to_string());
+        after.attributes = Some(self.attributes.to_string());
+        after.answered_at = Some(self.now);
+        after.denial_reason = self.denial_reason;
+        after
+    }
+
+    fn bind<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.state.as_str())
+            .bind(to_word(&self.decision))
+            .bind(self.signed_response)
+            .bind(self.attributes)
+            .bind(self.now)
+            .bind(self.request.id.as_str())
+            .bind(self.denial_reason.map(DenialReason::as_str))
+            .bind(self.request.enrollment_id.as_str())
+            .bind(self.request.nonce)
+    }
+}
+
+/// How many values [`END_WITH`] binds.
+const END_WITH_VALUES: usize = 9;
+
+/// The conditional update that records an answer (its statement: this, then `RETURNING` the
+/// columns).
+pub(crate) const END_WITH: &str = "UPDATE authentications SET state = $1, decision = $2, \
+    signed_response = $3, attributes = $4, answered_at = $5, denial_reason = $7 \
+    WHERE id = $6 AND state = 'pending' AND expires_at > $5 AND enrollment_id = $8 AND nonce = $9";
+
+/// Records `answer` if its request is still pending, unexpired and as the device saw it
+/// ([`AnsweredRequest`]): one conditional update, so of racing answers (and expiry) exactly
+/// one outcome is recorded. Returns the record as stored after it, with which follow-ups wait
+/// for it, when this answer was the one recorded (both read back in the same statement).
 pub async fn record_answer<'e, E>(
     executor: E,
-    id: &AuthenticationId,
-    decision: Decision,
-    signed_response: &str,
-    attributes: &str,
-    now: i64,
+    answer: &Answer<'_>,
 ) -> Result<Option<(Authentication, Waiting)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let (state, reason) = match decision {
-        Decision::Approve => (AuthenticationState::Approved, None),
-        Decision::Deny => (AuthenticationState::Denied, Some(DenialReason::Declined)),
-        Decision::ReportFraud => (
-            AuthenticationState::Denied,
-            Some(DenialReason::ReportedFraud),
-        ),
-    };
-    end_with(
-        executor,
-        id,
-        state,
-        decision,
-        reason,
-        signed_response,
-        attributes,
-        now,
-    )
-    .await
-}
-
-/// Records that the device approved with another number than the one shown: the
-/// authentication ends `denied` (decision `deny`, reason `wrong_number`) if it is still pending
-/// and unexpired, in the same one conditional update as any answer. The signed answer is kept
-/// as evidence. Returns what [`record_answer`] returns.
-pub async fn record_wrong_number<'e, E>(
-    executor: E,
-    id: &AuthenticationId,
-    signed_response: &str,
-    attributes: &str,
-    now: i64,
-) -> Result<Option<(Authentication, Waiting)>, StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    end_with(
-        executor,
-        id,
-        AuthenticationState::Denied,
-        Decision::Deny,
-        Some(DenialReason::WrongNumber),
-        signed_response,
-        attributes,
-        now,
-    )
-    .await
-}
-
-/// The conditional update that records an answer (its statement: this, then `RETURNING` the columns).
-pub(crate) const END_WITH: &str = "UPDATE authentications SET state = $1, decision = $2, signed_response = $3, \
-    attributes = $4, answered_at = $5, denial_reason = $7 \
-    WHERE id = $6 AND state = 'pending' AND expires_at > $5";
-
-#[allow(clippy::too_many_arguments)]
-async fn end_with<'e, E>(
-    executor: E,
-    id: &AuthenticationId,
-    state: AuthenticationState,
-    decision: Decision,
-    reason: Option<DenialReason>,
-    signed_response: &str,
-    attributes: &str,
-    now: i64,
-) -> Result<Option<(Authentication, Waiting)>, StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let row = sqlx::query(&END_WITH_RETURNING)
-        .bind(state.as_str())
-        .bind(to_word(&decision))
-        .bind(signed_response)
-        .bind(attributes)
-        .bind(now)
-        .bind(id.as_str())
-        .bind(reason.map(DenialReason::as_str))
+    let row = answer
+        .bind(sqlx::query(&END_WITH_RETURNING))
         .fetch_optional(executor)
         .await?;
-    row.as_ref().map(|r| ended_of(r, now)).transpose()
+    row.as_ref().map(|r| ended_of(r, answer.now)).transpose()
+}
+
+/// PostgreSQL: [`record_answer`] and the audit `records` of its ending (with their webhook
+/// deliveries) as one statement, committed on its own — no `BEGIN` or `COMMIT` around it: the
+/// update is a data-modifying `WITH` item, and each record is inserted once for the row it
+/// returned, so the records are written exactly when the answer was recorded. Returns what
+/// [`record_answer`] returns, and whether a webhook delivery was queued.
+pub async fn record_answer_with_audit(
+    conn: &mut sqlx::AnyConnection,
+    answer: &Answer<'_>,
+    records: &[super::audit::Appended],
+) -> Result<Option<(Authentication, Waiting, bool)>, StoreError> {
+    let (items, queued) = super::audit::appended_items(records, "ended", END_WITH_VALUES + 1);
+    let mut sql = format!(
+        "WITH ended AS ({END_WITH} RETURNING {READ_COLUMNS}, {})",
+        super::follow_ups::WAITING_COLUMNS
+    );
+    for item in &items {
+        sql.push_str(", ");
+        sql.push_str(item);
+    }
+    let queued = if queued.is_empty() {
+        "0".to_string()
+    } else {
+        queued
+            .iter()
+            .map(|name| format!("(SELECT COUNT(*) FROM {name})"))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    sql.push_str(&format!(" SELECT ended.*, {queued} AS queued FROM ended"));
+    let query = super::audit::bind_appended(answer.bind(sqlx::query(&sql)), records);
+    let Some(row) = query.fetch_optional(conn).await? else {
+        return Ok(None);
+    };
+    let (record, waiting) = ended_of(&row, answer.now)?;
+    Ok(Some((
+        record,
+        waiting,
+        row.try_get::<i64, _>("queued")? > 0,
+    )))
 }
 
 /// [`END_WITH`] as it runs ([`ending_statement`]), written once.
@@ -1031,6 +1129,16 @@ mod tests {
         (dir, db, app)
     }
 
+    /// The device's `decision` on `a`, as a test answers it.
+    fn decided(a: &Authentication, decision: Decision, now: i64) -> Answer<'_> {
+        Answer::decided(AnsweredRequest::of(a), decision, "r", "{}", now)
+    }
+
+    /// An approval of `a` with the wrong number, as a test answers it.
+    fn wrong_number(a: &Authentication, now: i64) -> Answer<'_> {
+        Answer::wrong_number(AnsweredRequest::of(a), "r", "{}", now)
+    }
+
     #[tokio::test]
     async fn the_push_bombing_count_skips_approved_requests() {
         let (_dir, db, app) = database_with_application().await;
@@ -1040,15 +1148,14 @@ mod tests {
         for _ in 0..7 {
             let a = pending(&app.id, &user, now - 30);
             insert(db.writer(), &a).await.expect("insert");
-            ids.push(a.id);
+            ids.push(a);
         }
         // 3 approved, 1 declined, 1 wrong number; 2 left pending.
-        for id in &ids[..3] {
-            let (_, waiting) =
-                record_answer(db.writer(), id, Decision::Approve, "r", "{}", now - 20)
-                    .await
-                    .expect("approve")
-                    .expect("recorded");
+        for a in &ids[..3] {
+            let (_, waiting) = record_answer(db.writer(), &decided(a, Decision::Approve, now - 20))
+                .await
+                .expect("approve")
+                .expect("recorded");
             assert_eq!(
                 waiting,
                 Waiting {
@@ -1058,11 +1165,11 @@ mod tests {
                 }
             );
         }
-        record_answer(db.writer(), &ids[3], Decision::Deny, "r", "{}", now - 20)
+        record_answer(db.writer(), &decided(&ids[3], Decision::Deny, now - 20))
             .await
             .expect("deny")
             .expect("recorded");
-        let (wrong, _) = record_wrong_number(db.writer(), &ids[4], "r", "{}", now - 20)
+        let (wrong, _) = record_answer(db.writer(), &wrong_number(&ids[4], now - 20))
             .await
             .expect("wrong number")
             .expect("recorded");
@@ -1093,7 +1200,7 @@ mod tests {
         );
         // A second ending loses: the state changes once.
         assert!(
-            record_wrong_number(db.writer(), &ids[0], "r", "{}", now)
+            record_answer(db.writer(), &wrong_number(&ids[0], now))
                 .await
                 .expect("query")
                 .is_none()
@@ -1270,13 +1377,13 @@ mod tests {
             qr_follow_up,
             flow,
         };
-        let ended = record_answer(db.writer(), &all.id, Decision::Approve, "r", "{}", now)
+        let ended = record_answer(db.writer(), &decided(&all, Decision::Approve, now))
             .await
             .expect("answer")
             .expect("recorded");
         assert_eq!(ended.0.state, AuthenticationState::Approved);
         assert_eq!(ended.1, waiting(true, true, true));
-        let ended = record_wrong_number(db.writer(), &flow_only.id, "r", "{}", now)
+        let ended = record_answer(db.writer(), &wrong_number(&flow_only, now))
             .await
             .expect("wrong number")
             .expect("recorded");
@@ -1535,6 +1642,171 @@ mod tests {
             eprintln!("skipped: set DATABASE_URL=postgres://... to take advisory locks");
         }
         url
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_recorded_only_on_the_request_it_was_checked_against() {
+        let (_dir, db, app) = database_with_application().await;
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        let a = pending(&app.id, &user, now - 10);
+        insert(db.writer(), &a).await.expect("insert");
+        // Moved to another device, or signed again with another nonce, since the answer was
+        // checked: nothing is recorded.
+        let mut elsewhere = a.clone();
+        elsewhere.enrollment_id = EnrollmentId::generate();
+        let mut signed_again = a.clone();
+        signed_again.nonce = "another nonce".into();
+        for stale in [&elsewhere, &signed_again] {
+            let answer = decided(stale, Decision::Approve, now);
+            assert!(
+                record_answer(db.writer(), &answer)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+        }
+        let stored = get(&db, &a.id, now).await.expect("read").expect("stored");
+        assert_eq!(stored.state, AuthenticationState::Pending);
+        // As checked: recorded, and stored as `applied_to` says.
+        let answer = decided(&a, Decision::ReportFraud, now);
+        let (after, _) = record_answer(db.writer(), &answer)
+            .await
+            .expect("query")
+            .expect("recorded");
+        assert_eq!(
+            (after.state, after.denial_reason),
+            (
+                AuthenticationState::Denied,
+                Some(DenialReason::ReportedFraud)
+            )
+        );
+        assert_eq!(format!("{after:?}"), format!("{:?}", answer.applied_to(&a)));
+    }
+
+    #[tokio::test]
+    async fn postgres_records_an_answer_and_its_audit_records_in_one_statement() {
+        use super::super::audit::{Appended, NewRecord};
+        use super::super::webhooks::EventDeliveries;
+        let Some(url) = postgres_url() else {
+            return;
+        };
+        let db = Database::connect(&url, 2).await.expect("database");
+        let app = super::super::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        super::super::applications::insert(&db, &app, &format!("digest {}", app.id))
+            .await
+            .expect("application");
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, application_id, url, secret, event_types, \
+             created_at) VALUES ($1, $2, 'https://hooks.example/a', 'sealed', '', 0)",
+        )
+        .bind(format!("whe_{}", app.id))
+        .bind(app.id.as_str())
+        .execute(db.pool())
+        .await
+        .expect("endpoint");
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        let mut a = pending(&app.id, &user, now - 10);
+        a.nonce = format!("nonce {}", a.id);
+        insert(db.pool(), &a).await.expect("insert");
+        let appended = |n: &str| {
+            let id = format!("evt_{n}_{}", a.id);
+            vec![
+                Appended {
+                    record: NewRecord {
+                        id: id.clone(),
+                        at_ms: now * 1000,
+                        kind: "authentication.approved".into(),
+                        actor: "user".into(),
+                        application_id: Some(app.id.to_string()),
+                        outcome: "approved".into(),
+                        details: "{}".into(),
+                        ..NewRecord::default()
+                    },
+                    deliveries: Some(EventDeliveries {
+                        id_prefix: format!("whd_{n}_{}_", a.id),
+                        application_id: app.id.to_string(),
+                        event_id: id,
+                        event_type: "authentication.approved".into(),
+                        payload: "{}".into(),
+                        created_at_ms: now * 1000,
+                    }),
+                },
+                Appended {
+                    record: NewRecord {
+                        id: format!("evt_{n}_second_{}", a.id),
+                        at_ms: now * 1000,
+                        kind: "fraud.reported".into(),
+                        actor: "user".into(),
+                        outcome: "reported".into(),
+                        details: "{}".into(),
+                        ..NewRecord::default()
+                    },
+                    deliveries: None,
+                },
+            ]
+        };
+        let written = |n: &'static str| {
+            let db = db.clone();
+            let id = a.id.clone();
+            async move {
+                let records: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE id LIKE $1")
+                        .bind(format!("evt_{n}_%{id}"))
+                        .fetch_one(db.pool())
+                        .await
+                        .expect("records");
+                let deliveries: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE id LIKE $1")
+                        .bind(format!("whd_{n}_{id}_%"))
+                        .fetch_one(db.pool())
+                        .await
+                        .expect("deliveries");
+                (records, deliveries)
+            }
+        };
+        let mut reader = db.reader().await.expect("connection");
+        let conn: &mut sqlx::AnyConnection = reader.pooled().expect("a pooled connection");
+        // Checked against another nonce: neither the answer nor its records are written.
+        let mut signed_again = a.clone();
+        signed_again.nonce = "another nonce".into();
+        let stale = decided(&signed_again, Decision::Approve, now);
+        let records = appended("stale");
+        assert!(
+            record_answer_with_audit(conn, &stale, &records)
+                .await
+                .expect("statement")
+                .is_none()
+        );
+        assert_eq!(written("stale").await, (0, 0));
+        // As checked: the answer, both records and the delivery, committed together.
+        let answer = decided(&a, Decision::Approve, now);
+        let records = appended("won");
+        let (after, waiting, queued) = record_answer_with_audit(conn, &answer, &records)
+            .await
+            .expect("statement")
+            .expect("recorded");
+        assert!(queued);
+        assert!(!waiting.flow && !waiting.qr_follow_up && !waiting.device_verification);
+        assert_eq!(format!("{after:?}"), format!("{:?}", answer.applied_to(&a)));
+        assert_eq!(written("won").await, (2, 1));
+        // Answered already: the second answer writes nothing.
+        let records = appended("late");
+        let late = decided(&a, Decision::Deny, now);
+        assert!(
+            record_answer_with_audit(conn, &late, &records)
+                .await
+                .expect("statement")
+                .is_none()
+        );
+        assert_eq!(written("late").await, (0, 0));
+        let stored = get(&db, &a.id, now).await.expect("read").expect("stored");
+        assert_eq!(stored.state, AuthenticationState::Approved);
     }
 
     #[tokio::test]

@@ -185,7 +185,10 @@ pub(crate) fn enqueue_statement(first: usize, engine: Engine) -> String {
     )
 }
 
-/// Binds an [`EventDeliveries`]' seven values after what `query` bound.
+/// How many values [`enqueue_statement`] binds.
+pub(crate) const ENQUEUE_VALUES: usize = 7;
+
+/// Binds an [`EventDeliveries`]' seven values ([`ENQUEUE_VALUES`]) after what `query` bound.
 pub(crate) fn bind_enqueue<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     d: &'q EventDeliveries,
