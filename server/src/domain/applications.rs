@@ -122,7 +122,9 @@ pub(crate) fn after_contention(lock: AdmissionLock) -> Result<AdmissionLock, Dom
 /// Inserts `record` unless the application already has `quota` pending requests, or the user is
 /// over `limits` (push bombing: refused with `too_many_authentications`; a policy's `limit_push`:
 /// [`Admission::PushLimited`]) — counted and inserted in one step under `lock` (from
-/// [`admission_lock`]), so a burst never overshoots, inside `w`. Under a shared lock a request
+/// [`admission_lock`]), so a burst never overshoots, inside `w`, with its audit `records`
+/// (written exactly when it is stored; on PostgreSQL in the insert's own statement). Under a
+/// shared lock a request
 /// the quota's margin refuses is [`Admission::Contended`]: the caller rolls its transaction back
 /// and runs it again under [`AdmissionLock::Exclusive`]. The quota is read before the
 /// transaction begins: a transaction waiting for a second connection could exhaust the pool
@@ -134,6 +136,7 @@ pub(crate) async fn insert_within_pending_quota(
     quota: u32,
     limits: &UserLimits,
     lock: AdmissionLock,
+    records: &[crate::store::audit::Appended],
 ) -> Result<Admission, DomainError> {
     use crate::store::authentications::{self, AdmissionWindows};
     let margin = authentications::lock_for_admission(
@@ -163,8 +166,10 @@ pub(crate) async fn insert_within_pending_quota(
     // that nothing refuses the request any more: it is then offered again (the locks still
     // held), a few times at most.
     for _ in 0..ADMISSION_ATTEMPTS {
-        if authentications::insert_if_admitted(&mut *w, record, windows, most).await? {
-            return Ok(Admission::Inserted);
+        if let Some(queued) =
+            authentications::insert_if_admitted(w, record, windows, most, records).await?
+        {
+            return Ok(Admission::Inserted(queued.into()));
         }
         // Refused: the counts, read again in the same transaction, tell which limit it was.
         // The user's cannot have grown meanwhile (the user's lock, or SQLite's one writer);
@@ -227,10 +232,10 @@ pub(crate) struct UserLimits {
 }
 
 /// What became of a request offered to [`insert_within_pending_quota`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Admission {
-    /// Stored.
-    Inserted,
+    /// Stored, with its audit records (what they queued).
+    Inserted(super::audit::Queued),
     /// Not stored: the policy's `limit_push` was reached meanwhile (the reason given).
     PushLimited(String),
     /// Not stored: under a shared lock the application's quota was within its margin; the

@@ -269,7 +269,10 @@ pub(crate) async fn append_deferred(
             store::append_deferred(w, &appended.record, appended.deliveries.as_ref()).await?,
         );
     }
-    Ok(Queued { tickets })
+    Ok(Queued {
+        tickets,
+        queued: false,
+    })
 }
 
 /// `events` as the audit records (with their webhook deliveries) a storage function appends in
@@ -287,21 +290,34 @@ pub(crate) fn appended(ctx: &Ctx, events: Vec<Event>) -> Result<Vec<store::Appen
         .collect()
 }
 
-/// The webhook deliveries [`append_deferred`] queued, known once the transaction committed.
+/// The webhook deliveries [`append_deferred`] (or a storage function appending [`appended`]
+/// records with its change) queued, known once the transaction committed.
 #[derive(Debug, Default)]
 pub(crate) struct Queued {
     tickets: Vec<Ticket>,
+    /// Known queued already (a PostgreSQL statement that counted them).
+    queued: bool,
+}
+
+impl From<store::AppendedQueue> for Queued {
+    fn from(appended: store::AppendedQueue) -> Self {
+        Queued {
+            tickets: appended.tickets,
+            queued: appended.queued,
+        }
+    }
 }
 
 impl Queued {
     /// Whether any delivery was queued.
     pub(crate) fn any(&self, committed: &Committed) -> bool {
-        self.tickets.iter().any(|t| committed.changes(*t) > 0)
+        self.queued || self.tickets.iter().any(|t| committed.changes(*t) > 0)
     }
 
     /// Adds `other`'s deliveries to these.
     pub(crate) fn extend(&mut self, other: Queued) {
         self.tickets.extend(other.tickets);
+        self.queued |= other.queued;
     }
 }
 

@@ -963,11 +963,12 @@ pub(crate) async fn create_as(
     // again, once, under the exclusive one. On SQLite the writes before the insert go with it
     // (and `BEGIN IMMEDIATE`), in one hand-off to the writer, and the `COMMIT` is the second.
     let mut lock = super::applications::admission_lock(ctx, quota, &limits);
+    let created = outcome::NewRequest::of(ctx, &record)?;
     let (w, announced) = loop {
         let mut w = ctx.db.write().await?;
-        let mut announced = outcome::request_created_in(ctx, &mut w, &record).await?;
+        let mut policy_queued = super::audit::Queued::default();
         if let Some(decided) = &decided {
-            let queued = super::policy::record_in(
+            policy_queued = super::policy::record_in(
                 ctx,
                 &mut w,
                 &app.id,
@@ -976,14 +977,21 @@ pub(crate) async fn create_as(
                 decided,
             )
             .await?;
-            announced = announced.with_webhooks(queued);
         }
         let admission = super::applications::insert_within_pending_quota(
-            ctx, &mut w, &record, quota, &limits, lock,
+            ctx,
+            &mut w,
+            &record,
+            quota,
+            &limits,
+            lock,
+            created.records(),
         )
         .await?;
         match admission {
-            super::applications::Admission::Inserted => break (w, announced),
+            super::applications::Admission::Inserted(queued) => {
+                break (w, created.announced(queued).with_webhooks(policy_queued));
+            }
             super::applications::Admission::Contended => {
                 let next = super::applications::after_contention(lock)?;
                 w.rollback().await?;

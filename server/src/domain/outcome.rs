@@ -420,30 +420,52 @@ async fn dispatch_to(ctx: &Ctx, event: &DomainEvent, audit: Audit) {
 /// The name the audit follow-up is registered under (`domain::follow_ups`).
 pub(crate) const AUDIT_FOLLOW_UP: &str = "audit";
 
-/// Appends, inside the write `w` that stores the new request `record`, its audit record
-/// (deferred to the write's next statement or its commit), so the request and its record
-/// commit together, and prepares the announcement that its device has a request to pull: call
-/// [`Announced::committed`] once the write committed.
-pub(crate) async fn request_created_in(
-    ctx: &Ctx,
-    w: &mut Write<'_>,
-    record: &Authentication,
-) -> Result<Announced, DomainError> {
-    let topics = vec![Topic::Enrollment(record.enrollment_id.to_string())];
-    let webhooks = super::audit::append_deferred(
-        ctx,
-        w,
-        vec![super::audit::authentication_created_event(record)],
-    )
-    .await?;
-    Ok(Announced {
-        topics,
-        webhooks_queued: false,
-        webhooks,
-    })
+/// A new request's audit record (with its webhook deliveries) and the announcement that its
+/// device has a request to pull. The record is written by the insert that stores the request
+/// (`applications::insert_within_pending_quota`), exactly when it is stored; the announcement
+/// ([`NewRequest::announced`]) is made once that write committed.
+pub(crate) struct NewRequest {
+    records: Vec<crate::store::audit::Appended>,
+    topics: Vec<Topic>,
 }
 
-/// What a transaction announced ([`request_created_in`]): woken once it committed.
+impl NewRequest {
+    /// The request `record` for its device.
+    pub(crate) fn of(ctx: &Ctx, record: &Authentication) -> Result<NewRequest, DomainError> {
+        Ok(NewRequest {
+            records: super::audit::appended(
+                ctx,
+                vec![super::audit::authentication_created_event(record)],
+            )?,
+            topics: vec![Topic::Enrollment(record.enrollment_id.to_string())],
+        })
+    }
+
+    /// A request that is neither recorded nor announced when stored (one that ends at once).
+    pub(crate) fn unannounced() -> NewRequest {
+        NewRequest {
+            records: Vec::new(),
+            topics: Vec::new(),
+        }
+    }
+
+    /// The audit records to write with the request.
+    pub(crate) fn records(&self) -> &[crate::store::audit::Appended] {
+        &self.records
+    }
+
+    /// What the write that stored the request announces once committed (`queued`: what its
+    /// records queued).
+    pub(crate) fn announced(&self, queued: super::audit::Queued) -> Announced {
+        Announced {
+            topics: self.topics.clone(),
+            webhooks_queued: false,
+            webhooks: queued,
+        }
+    }
+}
+
+/// What a transaction announced ([`NewRequest::announced`]): woken once it committed.
 #[must_use = "wake the waiters once the transaction committed"]
 pub(crate) struct Announced {
     topics: Vec<Topic>,
@@ -453,16 +475,6 @@ pub(crate) struct Announced {
 }
 
 impl Announced {
-    /// A transaction that wakes no waiter (so far): only the webhook workers, if
-    /// [`Announced::with_webhooks`] adds deliveries.
-    pub(crate) fn nothing() -> Announced {
-        Announced {
-            topics: Vec::new(),
-            webhooks_queued: false,
-            webhooks: super::audit::Queued::default(),
-        }
-    }
-
     /// Adds webhook deliveries the write deferred.
     pub(crate) fn with_webhooks(mut self, queued: super::audit::Queued) -> Announced {
         self.webhooks.extend(queued);

@@ -183,6 +183,28 @@ pub(crate) fn appended_items(
     (items, queued)
 }
 
+/// The expression counting the deliveries the [`appended_items`] named `queued` queued.
+pub(crate) fn queued_count(queued: &[String]) -> String {
+    if queued.is_empty() {
+        return "0".to_string();
+    }
+    queued
+        .iter()
+        .map(|name| format!("(SELECT COUNT(*) FROM {name})"))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// What records appended with a change queued: on SQLite the tickets of their deliveries' deferred
+/// statements (read once the write committed), on PostgreSQL whether the statement queued any.
+#[derive(Debug, Default)]
+pub struct AppendedQueue {
+    /// The deliveries' deferred statements.
+    pub tickets: Vec<Ticket>,
+    /// Whether a delivery was queued (known from the statement itself).
+    pub queued: bool,
+}
+
 /// Binds the values of [`appended_items`] after what `query` bound.
 pub(crate) fn bind_appended<'q>(
     mut query: Statement<'q>,

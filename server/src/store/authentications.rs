@@ -556,16 +556,10 @@ pub async fn record_answer_with_audit(
         sql.push_str(", ");
         sql.push_str(item);
     }
-    let queued = if queued.is_empty() {
-        "0".to_string()
-    } else {
-        queued
-            .iter()
-            .map(|name| format!("(SELECT COUNT(*) FROM {name})"))
-            .collect::<Vec<_>>()
-            .join(" + ")
-    };
-    sql.push_str(&format!(" SELECT ended.*, {queued} AS queued FROM ended"));
+    sql.push_str(&format!(
+        " SELECT ended.*, {} AS queued FROM ended",
+        super::audit::queued_count(&queued)
+    ));
     let query = super::audit::bind_appended(answer.bind(sqlx::query(&sql)), records);
     let Some(row) = query.fetch_optional(conn).await? else {
         return Ok(None);
@@ -786,19 +780,32 @@ where
 /// the counts and the insert are one statement (an `INSERT … SELECT` of one row, kept only while
 /// each count in force is under its limit). Only the limits in force are counted, and each of
 /// the user's counts stops at its limit: what a request costs is bounded by the limits, not by
-/// how many requests the user made. Returns whether it was stored; when it was not,
-/// [`admission_counts`] in the same transaction tells which limit refused it. Run on the
-/// connection of the transaction, after [`lock_for_admission`].
-pub async fn insert_if_admitted<'e, E>(
-    executor: E,
+/// how many requests the user made. `records` (the request's audit records, with their webhook
+/// deliveries) are written with it, exactly when it is stored: on PostgreSQL in the same
+/// statement (data-modifying `WITH` items inserted once for the row stored), on SQLite as the
+/// write's next statements. Returns what they queued when it was stored, `None` when it was
+/// not; [`admission_counts`] in the same transaction then tells which limit refused it. Run in
+/// the write that stores it, after [`lock_for_admission`].
+pub async fn insert_if_admitted(
+    w: &mut super::Write<'_>,
     a: &Authentication,
     windows: AdmissionWindows,
     limits: AdmissionLimits,
-) -> Result<bool, StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let mut query = bind_values(sqlx::query(admitted_insert(&limits)), a);
+    records: &[super::audit::Appended],
+) -> Result<Option<super::audit::AppendedQueue>, StoreError> {
+    let (insert, bound) = admitted_insert(&limits);
+    let postgres_items = (w.engine() == super::Engine::Postgres && !records.is_empty())
+        .then(|| super::audit::appended_items(records, "created", bound + 1));
+    let sql = match &postgres_items {
+        None => std::borrow::Cow::Borrowed(insert),
+        Some((items, queued)) => std::borrow::Cow::Owned(format!(
+            "WITH created AS ({insert} RETURNING 1), {} SELECT (SELECT COUNT(*) FROM created) \
+                 AS inserted, {} AS queued",
+            items.join(", "),
+            super::audit::queued_count(queued),
+        )),
+    };
+    let mut query = bind_values(sqlx::query(&sql), a);
     let (app, user) = (a.application_id.as_str(), a.user_id.as_str());
     if let Some(quota) = limits.application_pending {
         query = query.bind(app).bind(windows.now).bind(quota);
@@ -825,20 +832,52 @@ where
             .bind(windows.push_limit_since.unwrap_or(i64::MAX))
             .bind(most);
     }
-    let done = query.execute(executor).await?;
-    Ok(done.rows_affected() == 1)
+    if postgres_items.is_some() {
+        let row = super::audit::bind_appended(query, records)
+            .fetch_one(&mut **w)
+            .await?;
+        if row.try_get::<i64, _>("inserted")? != 1 {
+            return Ok(None);
+        }
+        return Ok(Some(super::audit::AppendedQueue {
+            tickets: Vec::new(),
+            queued: row.try_get::<i64, _>("queued")? > 0,
+        }));
+    }
+    if query.execute(&mut **w).await?.rows_affected() != 1 {
+        return Ok(None);
+    }
+    let mut tickets = Vec::new();
+    for appended in records {
+        tickets.extend(
+            super::audit::append_deferred(w, &appended.record, appended.deliveries.as_ref())
+                .await?,
+        );
+    }
+    Ok(Some(super::audit::AppendedQueue {
+        tickets,
+        queued: false,
+    }))
 }
 
 /// The statement of [`insert_if_admitted`] for the limits in force in `limits`, written once for
-/// each combination.
-fn admitted_insert(limits: &AdmissionLimits) -> &'static str {
-    static STATEMENTS: LazyLock<Vec<String>> =
-        LazyLock::new(|| (0..16).map(admitted_insert_statement).collect());
+/// each combination, and how many values it binds.
+fn admitted_insert(limits: &AdmissionLimits) -> (&'static str, usize) {
+    static STATEMENTS: LazyLock<Vec<(String, usize)>> =
+        LazyLock::new(|| (0..16).map(admitted_insert_binding).collect());
     let in_force = usize::from(limits.application_pending.is_some())
         | usize::from(limits.user_pending.is_some()) << 1
         | usize::from(limits.user_recent.is_some()) << 2
         | usize::from(limits.pushes.is_some()) << 3;
-    STATEMENTS.get(in_force).map_or("", String::as_str)
+    STATEMENTS
+        .get(in_force)
+        .map_or(("", 0), |(sql, bound)| (sql.as_str(), *bound))
+}
+
+/// [`admitted_insert_binding`]'s statement (its query plan is checked).
+#[cfg(test)]
+pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
+    admitted_insert_binding(in_force).0
 }
 
 /// [`admitted_insert`] for the limits whose bits are set in `in_force` (1: the application's
@@ -846,7 +885,7 @@ fn admitted_insert(limits: &AdmissionLimits) -> &'static str {
 /// $1–$25, then each limit in force, in that order, the values [`insert_if_admitted`] gives it.
 /// The user's counts walk `authentications_by_user` (or the counted pushes' index) and stop at
 /// their limit (`LIMIT`): a count that reached it refuses, whatever lies beyond.
-pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
+fn admitted_insert_binding(in_force: usize) -> (String, usize) {
     let mut next = INSERTED_VALUES;
     let mut take = || {
         next += 1;
@@ -886,14 +925,15 @@ pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
         ));
     }
     let values = placeholders(1, INSERTED_VALUES);
-    if conditions.is_empty() {
+    let sql = if conditions.is_empty() {
         format!("INSERT INTO authentications ({COLUMNS}) VALUES ({values})")
     } else {
         format!(
             "INSERT INTO authentications ({COLUMNS}) SELECT {values} WHERE {}",
             conditions.join(" AND ")
         )
-    }
+    };
+    (sql, next)
 }
 
 /// Binds [`ADMISSION_COUNTS`]' six values after what `query` bound.
@@ -1441,9 +1481,10 @@ mod tests {
         ] {
             let refused = pending(&app.id, &user, now);
             assert!(
-                !insert_if_admitted(&mut *conn, &refused, windows, refusing)
+                insert_if_admitted(&mut conn, &refused, windows, refusing, &[])
                     .await
-                    .expect("admission"),
+                    .expect("admission")
+                    .is_none(),
                 "{refusing:?}"
             );
             assert!(
@@ -1455,9 +1496,10 @@ mod tests {
         }
         let admitted = pending(&app.id, &user, now);
         assert!(
-            insert_if_admitted(&mut *conn, &admitted, windows, open)
+            insert_if_admitted(&mut conn, &admitted, windows, open, &[])
                 .await
                 .expect("admission")
+                .is_some()
         );
         let stored = get_on(&mut *conn, &admitted.id, now)
             .await
@@ -1473,13 +1515,15 @@ mod tests {
         };
         assert!(
             insert_if_admitted(
-                &mut *conn,
+                &mut conn,
                 &pending(&app.id, &user, now),
                 windows,
-                unlimited
+                unlimited,
+                &[]
             )
             .await
             .expect("admission")
+            .is_some()
         );
         assert_eq!(
             admission_counts(&mut *conn, &app.id, &user, windows)
@@ -1515,9 +1559,10 @@ mod tests {
             };
             // Each limit in force is at the two stored: refused, unless none is in force.
             let refused = pending(&app.id, &user, now);
-            let stored = insert_if_admitted(&mut *conn, &refused, windows, at(2))
+            let stored = insert_if_admitted(&mut conn, &refused, windows, at(2), &[])
                 .await
-                .expect("admission");
+                .expect("admission")
+                .is_some();
             assert_eq!(stored, in_force == 0, "limits {in_force:#06b}");
             if stored {
                 delete_for_test(&mut conn, &refused.id).await;
@@ -1525,9 +1570,10 @@ mod tests {
             // Far above the two: stored.
             let admitted = pending(&app.id, &user, now);
             assert!(
-                insert_if_admitted(&mut *conn, &admitted, windows, at(1_000))
+                insert_if_admitted(&mut conn, &admitted, windows, at(1_000), &[])
                     .await
-                    .expect("admission"),
+                    .expect("admission")
+                    .is_some(),
                 "limits {in_force:#06b}"
             );
             delete_for_test(&mut conn, &admitted.id).await;
@@ -1558,9 +1604,10 @@ mod tests {
         for (most, admitted) in [(1, false), (39, false), (40, false), (41, true)] {
             let a = pending(&app.id, &user, now);
             assert_eq!(
-                insert_if_admitted(&mut *conn, &a, windows, limits(most))
+                insert_if_admitted(&mut conn, &a, windows, limits(most), &[])
                     .await
-                    .expect("admission"),
+                    .expect("admission")
+                    .is_some(),
                 admitted,
                 "limit {most}"
             );
@@ -1684,14 +1731,11 @@ mod tests {
         assert_eq!(format!("{after:?}"), format!("{:?}", answer.applied_to(&a)));
     }
 
-    #[tokio::test]
-    async fn postgres_records_an_answer_and_its_audit_records_in_one_statement() {
-        use super::super::audit::{Appended, NewRecord};
-        use super::super::webhooks::EventDeliveries;
-        let Some(url) = postgres_url() else {
-            return;
-        };
-        let db = Database::connect(&url, 2).await.expect("database");
+    /// A PostgreSQL database (`url`) with a new application.
+    async fn postgres_with_application(
+        url: &str,
+    ) -> (Database, super::super::applications::Application) {
+        let db = Database::connect(url, 2).await.expect("database");
         let app = super::super::applications::Application {
             id: ApplicationId::generate(),
             name: "App".into(),
@@ -1700,6 +1744,100 @@ mod tests {
         super::super::applications::insert(&db, &app, &format!("digest {}", app.id))
             .await
             .expect("application");
+        (db, app)
+    }
+
+    /// A new request's audit record is written exactly when the request is stored.
+    async fn check_records_go_with_the_admitted_insert(
+        db: &Database,
+        app: &super::super::applications::Application,
+    ) {
+        use super::super::audit::{Appended, NewRecord};
+        let user: UserId = "carol".parse().expect("user");
+        let now = 10_000;
+        insert(db.writer(), &pending(&app.id, &user, now - 5))
+            .await
+            .expect("insert");
+        let record = |a: &Authentication| Appended {
+            record: NewRecord {
+                id: format!("evt_{}", a.id),
+                at_ms: now * 1000,
+                kind: "authentication.created".into(),
+                actor: "customer".into(),
+                application_id: Some(app.id.to_string()),
+                outcome: "pending".into(),
+                details: "{}".into(),
+                ..NewRecord::default()
+            },
+            deliveries: None,
+        };
+        let records_of = |a: &Authentication| {
+            let id = format!("evt_{}", a.id);
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_log WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(db.pool())
+                    .await
+                    .expect("records")
+            }
+        };
+        let one_pending = AdmissionLimits {
+            application_pending: None,
+            user_pending: Some(1),
+            user_recent: None,
+            pushes: None,
+        };
+        let windows = windows_at(now, false);
+        // Refused (the user has one pending already): neither the request nor its record.
+        let refused = pending(&app.id, &user, now);
+        let mut w = db.write().await.expect("write");
+        let stored =
+            insert_if_admitted(&mut w, &refused, windows, one_pending, &[record(&refused)])
+                .await
+                .expect("admission");
+        assert!(stored.is_none());
+        w.commit().await.expect("commit");
+        assert_eq!(records_of(&refused).await, 0);
+        // Admitted: both, in the same write.
+        let admitted = pending(&app.id, &user, now);
+        let mut w = db.write().await.expect("write");
+        let two_pending = AdmissionLimits {
+            user_pending: Some(2),
+            ..one_pending
+        };
+        let stored = insert_if_admitted(
+            &mut w,
+            &admitted,
+            windows,
+            two_pending,
+            &[record(&admitted)],
+        )
+        .await
+        .expect("admission");
+        assert!(stored.is_some());
+        w.commit().await.expect("commit");
+        assert_eq!(records_of(&admitted).await, 1);
+        assert!(get(db, &admitted.id, now).await.expect("read").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_new_request_s_audit_record_is_written_exactly_when_it_is_stored() {
+        let (_dir, db, app) = database_with_application().await;
+        check_records_go_with_the_admitted_insert(&db, &app).await;
+        if let Some(url) = postgres_url() {
+            let (db, app) = postgres_with_application(&url).await;
+            check_records_go_with_the_admitted_insert(&db, &app).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_records_an_answer_and_its_audit_records_in_one_statement() {
+        use super::super::audit::{Appended, NewRecord};
+        use super::super::webhooks::EventDeliveries;
+        let Some(url) = postgres_url() else {
+            return;
+        };
+        let (db, app) = postgres_with_application(&url).await;
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, application_id, url, secret, event_types, \
              created_at) VALUES ($1, $2, 'https://hooks.example/a', 'sealed', '', 0)",

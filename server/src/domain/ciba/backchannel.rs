@@ -604,14 +604,15 @@ async fn start(
     // it back, and one the quota's margin refused under a shared lock runs again, once, under
     // the exclusive one.
     let mut lock = crate::domain::applications::admission_lock(state, quota, &limits);
+    let created = match bypass {
+        Some(_) => crate::domain::outcome::NewRequest::unannounced(),
+        None => crate::domain::outcome::NewRequest::of(state, &record)?,
+    };
     let (mut w, announced) = loop {
         let mut w = state.db.write().await?;
-        let mut announced = match bypass {
-            Some(_) => crate::domain::outcome::Announced::nothing(),
-            None => crate::domain::outcome::request_created_in(state, &mut w, &record).await?,
-        };
+        let mut policy_queued = crate::domain::audit::Queued::default();
         if let Some(decided) = &decided {
-            let queued = crate::domain::policy::record_in(
+            policy_queued = crate::domain::policy::record_in(
                 state,
                 &mut w,
                 &client.application_id,
@@ -620,10 +621,15 @@ async fn start(
                 decided,
             )
             .await?;
-            announced = announced.with_webhooks(queued);
         }
         let admission = crate::domain::applications::insert_within_pending_quota(
-            state, &mut w, &record, quota, &limits, lock,
+            state,
+            &mut w,
+            &record,
+            quota,
+            &limits,
+            lock,
+            created.records(),
         )
         .await
         .map_err(|e| match e {
@@ -640,7 +646,9 @@ async fn start(
             other => OAuthError::from(other),
         })?;
         match admission {
-            crate::domain::applications::Admission::Inserted => break (w, announced),
+            crate::domain::applications::Admission::Inserted(queued) => {
+                break (w, created.announced(queued).with_webhooks(policy_queued));
+            }
             crate::domain::applications::Admission::Contended => {
                 let next = crate::domain::applications::after_contention(lock)?;
                 w.rollback().await?;
