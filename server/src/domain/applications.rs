@@ -96,14 +96,14 @@ fn admission_limits(
 /// The lock a request's admission first tries under `quota` and `limits`
 /// (`store::authentications::AdmissionLock`): nothing when no limit is counted, the user's
 /// lock alone without an application quota, the application's lock shared when the quota is
-/// above the margin a shared lock checks it with (as the last one reported), else exclusive.
+/// above the margin a shared lock checks it with, else exclusive.
 pub(crate) fn admission_lock(ctx: &Ctx, quota: u32, limits: &UserLimits) -> AdmissionLock {
     let most = admission_limits(quota, limits);
     let user = most.user_pending.is_some() || most.user_recent.is_some() || most.pushes.is_some();
     match most.application_pending {
         None if user => AdmissionLock::User,
         None => AdmissionLock::Nothing,
-        Some(quota) if quota > ctx.db.admission_margin_hint() => AdmissionLock::Shared { user },
+        Some(quota) if quota > ctx.db.admission_margin() => AdmissionLock::Shared { user },
         Some(_) => AdmissionLock::Exclusive,
     }
 }
@@ -119,16 +119,32 @@ pub(crate) fn after_contention(lock: AdmissionLock) -> Result<AdmissionLock, Dom
     }
 }
 
+/// Begins the write that admits `record` under `lock` (from [`admission_lock`]): on PostgreSQL
+/// its advisory locks are taken with `BEGIN` and held until the write ends
+/// (`store::authentications::begin_admission`). Then [`insert_within_pending_quota`].
+pub(crate) async fn begin_admission(
+    ctx: &Ctx,
+    record: &crate::store::authentications::Authentication,
+    lock: AdmissionLock,
+) -> Result<crate::store::Write<'static>, DomainError> {
+    Ok(crate::store::authentications::begin_admission(
+        &ctx.db,
+        &record.application_id,
+        &record.user_id,
+        lock,
+    )
+    .await?)
+}
+
 /// Inserts `record` unless the application already has `quota` pending requests, or the user is
 /// over `limits` (push bombing: refused with `too_many_authentications`; a policy's `limit_push`:
 /// [`Admission::PushLimited`]) — counted and inserted in one step under `lock` (from
-/// [`admission_lock`]), so a burst never overshoots, inside `w`, with its audit `records`
-/// (written exactly when it is stored; on PostgreSQL in the insert's own statement). Under a
-/// shared lock a request
-/// the quota's margin refuses is [`Admission::Contended`]: the caller rolls its transaction back
-/// and runs it again under [`AdmissionLock::Exclusive`]. The quota is read before the
-/// transaction begins: a transaction waiting for a second connection could exhaust the pool
-/// under a burst.
+/// [`admission_lock`], taken when [`begin_admission`] began `w`), so a burst never overshoots,
+/// with its audit `records` (written exactly when it is stored; on PostgreSQL in the insert's
+/// own statement). Under a shared lock a request the quota's margin refuses is
+/// [`Admission::Contended`]: the caller rolls its transaction back and runs it again under
+/// [`AdmissionLock::Exclusive`]. The quota is read before the transaction begins: a
+/// transaction waiting for a second connection could exhaust the pool under a burst.
 pub(crate) async fn insert_within_pending_quota(
     ctx: &Ctx,
     w: &mut crate::store::Write<'_>,
@@ -139,17 +155,10 @@ pub(crate) async fn insert_within_pending_quota(
     records: &[crate::store::audit::Appended],
 ) -> Result<Admission, DomainError> {
     use crate::store::authentications::{self, AdmissionWindows};
-    let margin = authentications::lock_for_admission(
-        &mut *w,
-        ctx.db.engine(),
-        &record.application_id,
-        &record.user_id,
-        lock,
-    )
-    .await?;
-    if matches!(lock, AdmissionLock::Shared { .. }) {
-        ctx.db.remember_admission_margin(margin);
-    }
+    let margin = match lock {
+        AdmissionLock::Shared { .. } => ctx.db.admission_margin(),
+        _ => 0,
+    };
     let now = ctx.now();
     let windows = AdmissionWindows {
         now,

@@ -955,17 +955,18 @@ pub(crate) async fn create_as(
             .map(|s| super::applications::push_bombing_limits(&ctx.config, s)),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
-    // The request's announcement to the device's waiters, its audit record and the policy
-    // decision it was made under (with that decision's audit record) are written first, then
-    // the admission's locks are taken for the counts and the insert: on PostgreSQL they are
-    // held until the commit, so only the statements that need them run under them. A refused
+    // One write: the policy decision the request was made under (with its audit record), then
+    // the counts and the insert, with the request's audit record, written only if it is
+    // stored. On PostgreSQL the admission's locks are taken with `BEGIN` (one round trip) and
+    // held until the commit, and the request and its record are one statement. A refused
     // admission rolls all of it back; one the quota's margin refused under a shared lock runs
-    // again, once, under the exclusive one. On SQLite the writes before the insert go with it
-    // (and `BEGIN IMMEDIATE`), in one hand-off to the writer, and the `COMMIT` is the second.
+    // again, once, under the exclusive one. The device's waiters are told once it committed.
+    // On SQLite the writes go with `BEGIN IMMEDIATE` in one hand-off to the writer, and the
+    // `COMMIT` is the second.
     let mut lock = super::applications::admission_lock(ctx, quota, &limits);
     let created = outcome::NewRequest::of(ctx, &record)?;
     let (w, announced) = loop {
-        let mut w = ctx.db.write().await?;
+        let mut w = super::applications::begin_admission(ctx, &record, lock).await?;
         let mut policy_queued = super::audit::Queued::default();
         if let Some(decided) = &decided {
             policy_queued = super::policy::record_in(

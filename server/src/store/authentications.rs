@@ -667,7 +667,7 @@ pub struct AdmissionLimits {
 }
 
 /// How a new request's admission is serialised with the other admissions of its application
-/// and user on PostgreSQL ([`lock_for_admission`]): counts read and an insert made while another
+/// and user on PostgreSQL ([`begin_admission`]): counts read and an insert made while another
 /// transaction's insert is not yet committed would miss it, so transactions whose counts could
 /// overtake each other take turns, through advisory locks held until they end. SQLite's one
 /// writer already runs every write transaction alone; there nothing is taken.
@@ -703,77 +703,66 @@ impl AdmissionLock {
 }
 
 /// The first key of the advisory locks of a new request's admission, by what they serialise:
-/// the application's quota (the second key the application id's hash) and a user's limits (the
-/// second key the hash of the application and user ids). Two hashes that collide only make
-/// unrelated admissions take turns.
+/// the application's quota (the second key [`lock_key`] of the application id) and a user's
+/// limits (the second key that of the application and user ids). Two keys that collide only
+/// make unrelated admissions take turns.
 const APPLICATION_ADMISSIONS: i32 = 0x7E55_A001;
 const USER_ADMISSIONS: i32 = 0x7E55_A002;
 
-/// The statement that takes `lock` on PostgreSQL (`None` for [`AdmissionLock::Nothing`]). The
-/// application's lock is taken before the user's (select-list items are evaluated in order), so
-/// two admissions never wait for each other's locks the other way round. A shared lock reads
-/// the margin of its quota check (`margin`) in the same statement.
-fn admission_lock_statement(lock: AdmissionLock) -> Option<&'static str> {
-    static STATEMENTS: LazyLock<[String; 4]> = LazyLock::new(|| {
-        let application = "hashtext($1)";
-        let user = "hashtext($1 || chr(1) || $2)";
-        let margin = "current_setting('max_connections')::BIGINT AS margin";
-        [
-            format!(
-                "SELECT pg_advisory_xact_lock({USER_ADMISSIONS}, {user}) IS NULL AS locked, \
-                 0::BIGINT AS margin"
-            ),
-            format!(
-                "SELECT pg_advisory_xact_lock_shared({APPLICATION_ADMISSIONS}, {application}) \
-                 IS NULL AS locked, {margin}"
-            ),
-            format!(
-                "SELECT pg_advisory_xact_lock_shared({APPLICATION_ADMISSIONS}, {application}) \
-                 IS NULL AS locked, pg_advisory_xact_lock({USER_ADMISSIONS}, {user}) IS NULL \
-                 AS user_locked, {margin}"
-            ),
-            format!(
-                "SELECT pg_advisory_xact_lock({APPLICATION_ADMISSIONS}, {application}) IS NULL \
-                 AS locked, 0::BIGINT AS margin"
-            ),
-        ]
-    });
-    let index = match lock {
-        AdmissionLock::Nothing => return None,
-        AdmissionLock::User => 0,
-        AdmissionLock::Shared { user: false } => 1,
-        AdmissionLock::Shared { user: true } => 2,
-        AdmissionLock::Exclusive => 3,
-    };
-    STATEMENTS.get(index).map(String::as_str)
+/// The second key of an advisory lock on `parts`: the first four bytes of the SHA-256 of the
+/// parts, each followed by a 0x01 byte. Computed here rather than by the database so that the
+/// keys can be written into [`admission_begin`] as numbers (no text of the request reaches
+/// the statement), and the same in every instance and version.
+fn lock_key(parts: &[&str]) -> i32 {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([1u8]);
+    }
+    let digest = hash.finalize();
+    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// Takes `lock` for a request of `app` and `user` in the transaction of `executor`, until it
-/// ends. Returns the margin the application's quota is to be checked with: PostgreSQL's
-/// `max_connections` under [`AdmissionLock::Shared`], else 0. On SQLite it sends nothing and
-/// returns 0.
-pub async fn lock_for_admission<'e, E>(
-    executor: E,
-    engine: super::Engine,
+/// The simple query that begins a PostgreSQL admission under `lock` for a request of `app` and
+/// `user`, taking its advisory locks in the same round trip (`None` for
+/// [`AdmissionLock::Nothing`]). The application's lock is taken before the user's, so two
+/// admissions never wait for each other's locks the other way round.
+fn admission_begin(lock: AdmissionLock, app: &ApplicationId, user: &UserId) -> Option<String> {
+    let application = lock_key(&[app.as_str()]);
+    let user = lock_key(&[app.as_str(), user.as_str()]);
+    let locks = match lock {
+        AdmissionLock::Nothing => return None,
+        AdmissionLock::User => format!("pg_advisory_xact_lock({USER_ADMISSIONS}, {user})"),
+        AdmissionLock::Shared { user: false } => {
+            format!("pg_advisory_xact_lock_shared({APPLICATION_ADMISSIONS}, {application})")
+        }
+        AdmissionLock::Shared { user: true } => format!(
+            "pg_advisory_xact_lock_shared({APPLICATION_ADMISSIONS}, {application}), \
+             pg_advisory_xact_lock({USER_ADMISSIONS}, {user})"
+        ),
+        AdmissionLock::Exclusive => {
+            format!("pg_advisory_xact_lock({APPLICATION_ADMISSIONS}, {application})")
+        }
+    };
+    Some(format!("BEGIN; SELECT {locks}"))
+}
+
+/// Begins the write that admits a new request of `app` and `user` under `lock`: on PostgreSQL
+/// `BEGIN` and the lock's advisory locks in one round trip, held until the write ends; on
+/// SQLite, whose one writer runs each write alone, an ordinary write ([`Database::write`]).
+/// Under [`AdmissionLock::Shared`] the application's quota is then checked with
+/// [`Database::admission_margin`].
+pub async fn begin_admission(
+    db: &Database,
     app: &ApplicationId,
     user: &UserId,
     lock: AdmissionLock,
-) -> Result<i64, StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    if engine != super::Engine::Postgres {
-        return Ok(0);
+) -> Result<super::Write<'static>, StoreError> {
+    match admission_begin(lock, app, user) {
+        Some(begin) if db.engine() == super::Engine::Postgres => db.write_begun_with(begin).await,
+        _ => db.write().await,
     }
-    let Some(statement) = admission_lock_statement(lock) else {
-        return Ok(0);
-    };
-    let mut query = sqlx::query(statement).bind(app.as_str());
-    if lock.locks_user() {
-        query = query.bind(user.as_str());
-    }
-    let row = query.fetch_one(executor).await?;
-    Ok(row.try_get("margin")?)
 }
 
 /// Stores `a` if the [`admission_counts`] of its application and user are all below `limits`:
@@ -785,7 +774,7 @@ where
 /// statement (data-modifying `WITH` items inserted once for the row stored), on SQLite as the
 /// write's next statements. Returns what they queued when it was stored, `None` when it was
 /// not; [`admission_counts`] in the same transaction then tells which limit refused it. Run in
-/// the write that stores it, after [`lock_for_admission`].
+/// the write [`begin_admission`] began.
 pub async fn insert_if_admitted(
     w: &mut super::Write<'_>,
     a: &Authentication,
@@ -954,7 +943,7 @@ fn bind_admission<'q>(
 
 /// The counts a new request is admitted by (the application's pending quota, the user's
 /// push-bombing limits, a policy's `limit_push`), in one statement. Run on the connection of
-/// the transaction that inserts the request, after [`lock_for_admission`], so the counts and
+/// the transaction that inserts the request ([`begin_admission`]), so the counts and
 /// the insert are one atomic take.
 pub async fn admission_counts<'e, E>(
     executor: E,
@@ -1641,10 +1630,13 @@ mod tests {
             let (locked_tx, locked) = tokio::sync::oneshot::channel();
             let (release, released) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {
-                let mut w = db.write().await.expect("write");
-                let margin = lock_for_admission(&mut w, db.engine(), &app, &user, lock)
+                let w = begin_admission(&db, &app, &user, lock)
                     .await
                     .expect("locked");
+                let margin = match lock {
+                    AdmissionLock::Shared { .. } => db.admission_margin(),
+                    _ => 0,
+                };
                 locked_tx.send(margin).ok();
                 released.await.ok();
                 w.commit().await.expect("commit");
@@ -2039,24 +2031,55 @@ mod tests {
     #[tokio::test]
     async fn sqlite_admissions_take_no_lock() {
         let (_dir, db, _) = crate::store::test_db_with_app().await;
-        let mut w = db.write().await.expect("write");
+        assert_eq!(db.admission_margin(), 0);
         for lock in [
             AdmissionLock::Nothing,
             AdmissionLock::User,
             AdmissionLock::Shared { user: true },
             AdmissionLock::Exclusive,
         ] {
-            let margin = lock_for_admission(
-                &mut w,
-                db.engine(),
+            let w = begin_admission(
+                &db,
                 &ApplicationId::generate(),
                 &"alice".parse().expect("user"),
                 lock,
             )
             .await
             .expect("no lock");
-            assert_eq!(margin, 0);
+            assert_eq!(w.engine(), crate::store::Engine::Sqlite);
+            w.commit().await.expect("commit");
         }
-        w.commit().await.expect("commit");
+    }
+
+    #[test]
+    fn admission_locks_are_begun_with_numbers_only() {
+        let app: ApplicationId = ApplicationId::generate();
+        let user: UserId = "o'brien; DROP TABLE x"
+            .parse()
+            .unwrap_or_else(|_| "obrien".parse().expect("user"));
+        for lock in [
+            AdmissionLock::User,
+            AdmissionLock::Shared { user: false },
+            AdmissionLock::Shared { user: true },
+            AdmissionLock::Exclusive,
+        ] {
+            let begin = admission_begin(lock, &app, &user).expect("a lock");
+            assert!(begin.starts_with("BEGIN; SELECT pg_advisory_xact_lock"));
+            assert!(
+                begin
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " ;_(),-".contains(c)),
+                "{begin}"
+            );
+            assert!(!begin.contains(app.as_str()));
+        }
+        assert_eq!(admission_begin(AdmissionLock::Nothing, &app, &user), None);
+        // One key per application, another per user of it; the same every time.
+        assert_eq!(lock_key(&[app.as_str()]), lock_key(&[app.as_str()]));
+        assert_ne!(
+            lock_key(&[app.as_str(), "alice"]),
+            lock_key(&[app.as_str(), "bob"])
+        );
+        assert_ne!(lock_key(&["ab", "c"]), lock_key(&["a", "bc"]));
     }
 }

@@ -64,7 +64,6 @@ pub(crate) async fn test_db_with_app() -> (
 }
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -115,9 +114,9 @@ pub struct Database {
     /// SQLite: the WAL checkpoints, run beside the writer ([`checkpoint`]); stops with the last
     /// clone of this handle.
     checkpointer: Option<Arc<checkpoint::Checkpointer>>,
-    /// PostgreSQL: the margin the last shared admission lock reported
-    /// (`authentications::lock_for_admission`), a hint for choosing the next one's mode.
-    admission_margin: Arc<AtomicI64>,
+    /// PostgreSQL: the margin of a quota checked under a shared admission lock
+    /// ([`Database::admission_margin`]).
+    admission_margin: i64,
 }
 
 impl std::fmt::Debug for Database {
@@ -191,6 +190,7 @@ impl Database {
                 options
             }
         };
+        let mut admission_margin = 0;
         let (readers, reads, writer, writes, direct_writer, checkpointer) = match engine {
             Engine::Sqlite => {
                 let writer = pool_options()
@@ -243,6 +243,10 @@ impl Database {
                     .run(&pool)
                     .await
                     .map_err(StoreError::Migration)?;
+                admission_margin =
+                    sqlx::query_scalar("SELECT current_setting('max_connections')::BIGINT")
+                        .fetch_one(&pool)
+                        .await?;
                 (
                     pool.clone(),
                     Statements::pool(pool.clone()),
@@ -263,7 +267,7 @@ impl Database {
             url: Arc::new(Zeroizing::new(url)),
             secrets: None,
             checkpointer,
-            admission_margin: Arc::new(AtomicI64::new(0)),
+            admission_margin,
         })
     }
 
@@ -333,16 +337,24 @@ impl Database {
         self.engine
     }
 
-    /// The margin of the last shared admission lock taken through this handle or its clones
-    /// (0 before the first): a hint only, for choosing the mode of the next one
-    /// (`domain::applications::admission_lock`).
-    pub(crate) fn admission_margin_hint(&self) -> i64 {
-        self.admission_margin.load(Ordering::Relaxed)
+    /// The margin an application's pending-request quota is checked with under a shared
+    /// admission lock (`authentications::AdmissionLock::Shared`): every transaction the
+    /// database could be running at once, PostgreSQL's `max_connections` (read when connecting);
+    /// 0 on SQLite.
+    pub(crate) fn admission_margin(&self) -> i64 {
+        self.admission_margin
     }
 
-    /// Keeps the margin a shared admission lock reported ([`Database::admission_margin_hint`]).
-    pub(crate) fn remember_admission_margin(&self, margin: i64) {
-        self.admission_margin.store(margin, Ordering::Relaxed);
+    /// [`Database::write`] on PostgreSQL begun with `begin`, a simple query that starts the
+    /// transaction and may run statements without values in it (one round trip for them all).
+    pub(crate) async fn write_begun_with(
+        &self,
+        begin: String,
+    ) -> Result<Write<'static>, StoreError> {
+        if self.direct_writer.is_some() {
+            return Err(StoreError::Query(sqlx::Error::BeginFailed));
+        }
+        Ok(Write::postgres(self.writer.begin_with(begin).await?))
     }
 
     /// The URL connected to (may hold a password: never log it).

@@ -598,18 +598,18 @@ async fn start(
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
     // The request, the policy decision it was made under and (unless bypassed, which ends it
-    // at once) its announcement to the device and its audit record: one transaction. All but
-    // the request are written before the admission's locks are taken for the counts and the
-    // insert (on PostgreSQL they are held until the commit); a refused admission rolls all of
-    // it back, and one the quota's margin refused under a shared lock runs again, once, under
-    // the exclusive one.
+    // at once) its audit record: one transaction, begun with the admission's locks (on
+    // PostgreSQL taken with `BEGIN` and held until the commit); the request's record is
+    // written only if it is stored, and its device told once it committed. A refused
+    // admission rolls all of it back, and one the quota's margin refused under a shared lock
+    // runs again, once, under the exclusive one.
     let mut lock = crate::domain::applications::admission_lock(state, quota, &limits);
     let created = match bypass {
         Some(_) => crate::domain::outcome::NewRequest::unannounced(),
         None => crate::domain::outcome::NewRequest::of(state, &record)?,
     };
     let (mut w, announced) = loop {
-        let mut w = state.db.write().await?;
+        let mut w = crate::domain::applications::begin_admission(state, &record, lock).await?;
         let mut policy_queued = crate::domain::audit::Queued::default();
         if let Some(decided) = &decided {
             policy_queued = crate::domain::policy::record_in(
