@@ -6,8 +6,9 @@
 //! the authentication and on its device are woken (here and, on PostgreSQL, in every instance)
 //! and the follow-ups registered at start (device verification, QR follow-up, CIBA ping/push)
 //! each receive the event. A follow-up that fails is logged and repaired by its own sweep or
-//! on read; it never undoes the recorded outcome. The update and its audit records are one
-//! transaction, on the answering request's own connection on PostgreSQL; once it committed,
+//! on read; it never undoes the recorded outcome. The update and its audit records commit
+//! together: one transaction, or on PostgreSQL, for a device's answer, one statement on the
+//! answering request's own connection (`write_answer_at_once`); once it committed,
 //! this process's waiters are woken, the other instances are told (`domain::events`), and the
 //! other follow-ups run. Expiry needs no write: a pending request past
 //! its expiry reads as expired, and waiters' deadlines never pass its expiry.
