@@ -9,6 +9,13 @@
 //! `LOAD_LEVELS=1,16` runs only those levels). Under `cargo test --all-targets` it makes a smoke
 //! run of 2 cycles at 1 and 2 devices.
 //!
+//! To compare the levels with each other (how much of the best level's rate the high levels
+//! keep), `CYCLES_PER_LEVEL=N` gives every level about N cycles, shared among its devices (at
+//! least one each), so that each is measured over a similar time (with `CYCLES_PER_DEVICE` a
+//! 16-device level runs for a second while a 256-device one runs for fifteen), and
+//! `LOAD_ROUNDS=N` runs the levels N times over, one round after the other; a summary then
+//! gives each level's median rate and its share of the best level's median.
+//!
 //! Each level runs twice: without a policy, and with a 50-rule authentication policy that every
 //! request is decided by (49 rules that do not match, the last requires a push; see
 //! `docs/policy.md`), so the cost of the policy shows as the difference.
@@ -49,17 +56,13 @@ fn fifty_rule_policy() -> tessera_protocol::policy::PolicyDocument {
     .expect("the policy")
 }
 
-async fn run(backend: Backend, label: &str, devices: usize, cycles_per_device: usize) {
-    run_with(backend, label, devices, cycles_per_device, false).await;
-}
-
 async fn run_with(
     backend: Backend,
     label: &str,
     devices: usize,
     cycles_per_device: usize,
     with_policy: bool,
-) {
+) -> f64 {
     let server = Arc::new(
         TestServer::start_with(backend, |c| {
             c.max_recent_authentications_per_user = u32::MAX;
@@ -134,6 +137,43 @@ async fn run_with(
     if let Ok(server) = Arc::try_unwrap(server) {
         server.server.shutdown().await;
     }
+    all.per_second()
+}
+
+/// A positive number from the environment variable `name`, if set.
+fn env_count(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+}
+
+/// The median of `rates` (not empty).
+fn median(rates: &[f64]) -> f64 {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
+}
+
+/// Prints each level's median rate over the rounds and its share of the best level's median.
+fn summarize(label: &str, policy: &str, levels: &[usize], rates: &[Vec<f64>]) {
+    let medians: Vec<f64> = rates.iter().map(|r| median(r)).collect();
+    let best = medians.iter().copied().fold(0.0, f64::max);
+    let rounds = rates.first().map_or(0, Vec::len);
+    let shares: Vec<String> = levels
+        .iter()
+        .zip(&medians)
+        .map(|(n, m)| format!("{n} {m:.1}/s {:.0} %", 100.0 * m / best))
+        .collect();
+    println!(
+        "{label:<9} policy {policy:<8}  median of {rounds} rounds, share of the best level: {}",
+        shares.join("  ")
+    );
 }
 
 /// The allocator the server binary runs with (`server/src/main.rs`): the server here runs in
@@ -144,12 +184,32 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let plan = plan("CYCLES_PER_DEVICE", 50, 2).with_bench_levels(&[1, 16, 64, 128, 256]);
     let cycles = plan.per_client;
+    let per_level = env_count("CYCLES_PER_LEVEL");
+    let rounds = env_count("LOAD_ROUNDS").unwrap_or(1);
+    let cycles_at = |devices: usize| per_level.map_or(cycles, |total| (total / devices).max(1));
     runtime().block_on(async {
-        println!("authentication cycles over loopback ({cycles} per device)");
+        match per_level {
+            Some(total) => println!(
+                "authentication cycles over loopback (about {total} per level, at least one per device)"
+            ),
+            None => println!("authentication cycles over loopback ({cycles} per device)"),
+        }
         for (backend, label) in backends().await {
-            for &n in plan.levels {
-                run(backend.clone(), label, n, cycles).await;
-                run_with(backend.clone(), label, n, cycles, true).await;
+            // Rates by policy (none, 50 rules), then by level, one per round.
+            let mut rates = vec![vec![Vec::new(); plan.levels.len()]; 2];
+            for _ in 0..rounds {
+                for (level, &n) in plan.levels.iter().enumerate() {
+                    for (with_policy, by_level) in [false, true].into_iter().zip(&mut rates) {
+                        let rate =
+                            run_with(backend.clone(), label, n, cycles_at(n), with_policy).await;
+                        by_level[level].push(rate);
+                    }
+                }
+            }
+            if rounds > 1 || per_level.is_some() {
+                for (policy, by_level) in ["none", "50 rules"].into_iter().zip(&rates) {
+                    summarize(label, policy, plan.levels, by_level);
+                }
             }
         }
     });
