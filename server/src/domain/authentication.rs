@@ -1074,15 +1074,13 @@ pub(crate) async fn pull(
     enrollment_raw: &str,
     wait: Duration,
 ) -> Result<PendingRequests, DomainError> {
-    let conn = ctx.db.reader().await?;
     // The first read of the signing device's pending requests goes out beside the call's nonce.
     let now = ctx.now();
-    let (device, conn, first) =
-        super::device_auth::authenticate_reading(ctx, conn, call, |enrollment| async move {
+    let (device, first) =
+        super::device_auth::authenticate_reading(ctx, call, |enrollment| async move {
             authentications::pending_for(&ctx.db, &enrollment, now).await
         })
         .await?;
-    drop(conn);
     let enrollment = super::device_auth::same_enrollment(&device, enrollment_raw)?;
     // The first read is the one made beside the nonce; later ones (after a wake-up) read again.
     let first = std::sync::Mutex::new(Some(first));
@@ -1148,23 +1146,27 @@ pub(crate) async fn answer(
     client: &str,
 ) -> Result<ResponseRecorded, DomainError> {
     let id = parse_id(id)?;
-    // The request's connection: the authentication's read, then (on PostgreSQL) the ending's
-    // transaction.
-    let mut conn = ctx.db.reader().await?;
     // The device the response names (unsigned yet: it only chooses what to read) is read
-    // beside the authentication. The device that counts is the authentication's: it is read
-    // again when the response named another one, or none.
+    // beside the authentication, each on a pooled connection of its own, given back once read.
+    // The device that counts is the authentication's: it is read again when the response named
+    // another one, or none.
     let named = envelope::unverified_payload::<NamedEnrollment>(signed_response)
         .ok()
         .map(|named| named.enrollment_id);
     let now = ctx.now();
     let (record, named_device) = match &named {
         Some(enrollment) => tokio::try_join!(
-            authentications::get_on(&mut *conn, &id, now),
+            authentications::get_on(ctx.db.pool(), &id, now),
             enrollments::by_id_on(ctx.db.pool(), enrollment),
         )?,
-        None => (authentications::get_on(&mut *conn, &id, now).await?, None),
+        None => (
+            authentications::get_on(ctx.db.pool(), &id, now).await?,
+            None,
+        ),
     };
+    // The request's connection, taken only now (a request never holds one connection while it
+    // waits for another): what is left to read, then (on PostgreSQL) the ending.
+    let mut conn = ctx.db.reader().await?;
     let record = record.ok_or_else(|| {
         DomainError::new(ErrorCode::AuthenticationNotFound, "no such authentication")
     })?;

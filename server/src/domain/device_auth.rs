@@ -67,27 +67,39 @@ pub(crate) async fn authenticate_on(
     Ok((enrollment, conn))
 }
 
-/// [`authenticate_on`] for a call that goes on to read something of the signing enrollment:
+/// [`authenticate`] for a call that goes on to read something of the signing enrollment:
 /// `read` (given the enrollment's id, run on a pooled connection of its own) is sent side by
 /// side with the call's nonce, so on PostgreSQL the request waits for one round trip where it
 /// waited for two. Its result reaches only a call whose signature verified and whose nonce was
 /// new: a replayed call gets `replayed_message` and nothing read.
+///
+/// The connection the enrollment was read on is given back before the two go out, and the
+/// nonce takes a connection of its own, given back as soon as it is recorded: a request that
+/// held one connection while it waited for another could, with as many such requests as the
+/// pool has connections, leave every connection held by a request waiting for one.
 pub(crate) async fn authenticate_reading<T, Fut>(
     ctx: &Ctx,
-    conn: crate::store::ReadConn,
     call: DeviceCall<'_>,
     read: impl FnOnce(EnrollmentId) -> Fut,
-) -> Result<(Enrollment, crate::store::ReadConn, T), DomainError>
+) -> Result<(Enrollment, T), DomainError>
 where
     Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
 {
-    let (enrollment, mut conn, nonce) = verify_on(ctx, conn, call).await?;
-    let ((), read) = tokio::try_join!(nonce.record(ctx, &mut conn), async {
-        read(enrollment.enrollment_id.clone())
-            .await
-            .map_err(DomainError::from)
-    },)?;
-    Ok((enrollment, conn, read))
+    let conn = ctx.db.reader().await?;
+    let (enrollment, conn, nonce) = verify_on(ctx, conn, call).await?;
+    drop(conn);
+    let ((), read) = tokio::try_join!(
+        async {
+            let mut conn = ctx.db.reader().await?;
+            nonce.record(ctx, &mut conn).await
+        },
+        async {
+            read(enrollment.enrollment_id.clone())
+                .await
+                .map_err(DomainError::from)
+        },
+    )?;
+    Ok((enrollment, read))
 }
 
 /// A verified call's nonce, still to be recorded ([`CallNonce::record`]).

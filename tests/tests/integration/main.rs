@@ -51,6 +51,7 @@ mod recovery_browser;
 mod request_by_id;
 mod retention;
 mod secrets;
+mod small_pool;
 mod store_transactions;
 mod tokens;
 mod web_view_browser;

@@ -1,0 +1,57 @@
+//! End to end: a server whose database pool has fewer connections than requests in flight still
+//! answers every one of them. A request that held one pooled connection while it waited for
+//! another (reads sent side by side beside the request's own connection) could, with as many
+//! such requests as the pool has connections, leave every connection held by a request waiting
+//! for one: each would then fail with `service_unavailable` once the pool's acquire timeout
+//! passed. Here eight devices run approval cycles at once against a pool of two connections. On
+//! SQLite and PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_tests::{Backend, TestDevice, TestServer, approval_cycle_steps, on_each_backend};
+
+on_each_backend! {
+    more_requests_in_flight_than_connections_all_complete => more_requests_than_connections;
+}
+
+async fn more_requests_than_connections(backend: Backend) {
+    let server = Arc::new(
+        TestServer::start_isolated_with(backend, |c| {
+            c.max_connections = 2;
+            // A request starved of connections fails fast instead of hanging the test.
+            c.database_acquire_timeout = Duration::from_secs(3);
+            c.max_recent_authentications_per_user = u32::MAX;
+        })
+        .await,
+    );
+    let mut devices = Vec::new();
+    for i in 0..8 {
+        let user = format!("pool-{i}");
+        server.user(&user).await;
+        let device = TestDevice::new().await;
+        device
+            .auth
+            .pair(&server.pairing_uri(&user).await, None)
+            .await
+            .expect("pair");
+        devices.push((user, device));
+    }
+    let mut tasks = Vec::new();
+    for (user, device) in devices {
+        let server = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
+            for _ in 0..4 {
+                approval_cycle_steps(&server.customer, &user, &device, &enrollment).await;
+            }
+        }));
+    }
+    let all = tokio::time::timeout(Duration::from_secs(120), async {
+        for task in tasks {
+            task.await.expect("every cycle completes");
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "the cycles did not complete in time");
+}
