@@ -347,7 +347,7 @@ async fn create_enrollment(
     // The platform attestation, as the application's setting asks: under `require` a pairing
     // without a valid one is refused here, before anything is written (the transaction, and
     // with it the code's consumption, rolls back).
-    let attestation_settings = applications::attestation_settings(&ctx.db, &app.id).await?;
+    let attestation_settings = applications::attestation_settings_on(&mut *tx, &app.id).await?;
     let checked_attestation =
         super::attestation::check_registration(&ctx.attestation, &attestation_settings, reg)?;
     let (attestation, app_attest_key) = match checked_attestation {
@@ -579,18 +579,36 @@ async fn pair_with_code(
     let code_digest = code.digest().to_string();
     let registration_digest = verified.digest.to_string();
 
+    // What the pairing needs to read (the application, the policy's decision) is read before
+    // the transaction that takes the code, for the application and user of the code while it is
+    // unused: a request never holds its transaction's connection while it waits for another
+    // (docs/architecture.md). The take itself stays the one conditional update in the
+    // transaction, and it must find the code of that same application and user.
+    let prepared = match pairing_codes::unused_holder(&ctx.db, &code_digest, now).await? {
+        Some((app_id, user_id)) => {
+            let app = application_info(ctx, &app_id).await?;
+            // The policy (kind `pairing`) may refuse the device (rooted, an old OS): the code is
+            // then not consumed, and the decision is recorded.
+            let decided = pairing_policy(ctx, &app_id, &user_id, &verified, Some(client)).await?;
+            if let Some(decided) = decided.as_ref().filter(|d| refuses_pairing(d)) {
+                super::policy::record(ctx, &app_id, &user_id, None, decided).await?;
+                count_failure(ctx, "policy_denied");
+                return Err(decided.refusal());
+            }
+            Some((app_id, user_id, app, decided))
+        }
+        None => None,
+    };
+    let Some((app_id, user_id, app, decided)) = prepared else {
+        return not_consumable(ctx, &code_digest, &registration_digest).await;
+    };
     let mut tx = ctx.db.write().await?;
     let consumed = pairing_codes::consume(&mut tx, &code_digest, &registration_digest, now).await?;
-    if let Some((app_id, user_id)) = consumed {
-        let app = application_info(ctx, &app_id).await?;
-        // The policy (kind `pairing`) may refuse the device (rooted, an old OS): the code is
-        // then not consumed, and the decision is recorded once the transaction is dropped.
-        let decided = pairing_policy(ctx, &app_id, &user_id, &verified, Some(client)).await?;
-        if let Some(decided) = decided.as_ref().filter(|d| refuses_pairing(d)) {
-            drop(tx);
-            super::policy::record(ctx, &app_id, &user_id, None, decided).await?;
-            count_failure(ctx, "policy_denied");
-            return Err(decided.refusal());
+    if let Some(taken) = consumed {
+        if taken != (app_id.clone(), user_id.clone()) {
+            return Err(DomainError::Internal(
+                "a pairing code changed its application or user",
+            ));
         }
         match create_enrollment(
             ctx,
@@ -637,20 +655,29 @@ async fn pair_with_code(
         }
     }
     drop(tx);
-    // Not consumable: the identical registration retried after a lost reply gets the same answer.
-    if pairing_codes::consumed_by(&ctx.db, &code_digest)
+    not_consumable(ctx, &code_digest, &registration_digest).await
+}
+
+/// A pairing whose code could not be taken: the identical registration retried after a lost
+/// reply gets the same answer; anything else `invalid_pairing_code`.
+async fn not_consumable(
+    ctx: &Ctx,
+    code_digest: &str,
+    registration_digest: &str,
+) -> Result<DevicePairingResponse, DomainError> {
+    if pairing_codes::consumed_by(&ctx.db, code_digest)
         .await?
         .as_deref()
-        == Some(registration_digest.as_str())
+        == Some(registration_digest)
         && let Some(existing) =
-            enrollments::by_registration_digest(&ctx.db, &registration_digest).await?
+            enrollments::by_registration_digest(&ctx.db, registration_digest).await?
     {
         return Ok(DevicePairingResponse {
             server_payload: existing.server_payload,
         });
     }
     count_failure(ctx, "invalid_code");
-    Err(bad_code())
+    Err(DomainError::new(ErrorCode::InvalidPairingCode, BAD_CODE))
 }
 
 /// What the application's policy decides for pairing the registered device (kind `pairing`),

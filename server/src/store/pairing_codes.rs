@@ -63,6 +63,33 @@ pub async fn consume(
     )))
 }
 
+/// The application and user of the code `code_digest` while it is unused and unexpired, read
+/// without taking it ([`consume`] takes it).
+pub async fn unused_holder(
+    db: &Database,
+    code_digest: &str,
+    now: i64,
+) -> Result<Option<(ApplicationId, UserId)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT application_id, user_id FROM pairing_codes \
+         WHERE code_digest = $1 AND consumed_at IS NULL AND expires_at > $2",
+    )
+    .bind(code_digest)
+    .bind(now)
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let app: String = row.try_get("application_id")?;
+    let user: String = row.try_get("user_id")?;
+    Ok(Some((
+        app.parse()
+            .map_err(|_| StoreError::Corrupted("application id"))?,
+        user.parse().map_err(|_| StoreError::Corrupted("user id"))?,
+    )))
+}
+
 /// The registration digest that consumed a code, if it was consumed.
 pub async fn consumed_by(db: &Database, code_digest: &str) -> Result<Option<String>, StoreError> {
     let row = sqlx::query(

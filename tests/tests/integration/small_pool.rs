@@ -3,8 +3,8 @@
 //! another (reads sent side by side beside the request's own connection) could, with as many
 //! such requests as the pool has connections, leave every connection held by a request waiting
 //! for one: each would then fail with `service_unavailable` once the pool's acquire timeout
-//! passed. Here eight devices run approval cycles at once against a pool of two connections. On
-//! SQLite and PostgreSQL.
+//! passed. Here eight devices pair, then run approval cycles, at once against a pool of two
+//! connections. On SQLite and PostgreSQL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,17 +25,25 @@ async fn more_requests_than_connections(backend: Backend) {
         })
         .await,
     );
-    let mut devices = Vec::new();
+    // The eight pair at once too.
+    let mut pairings = Vec::new();
     for i in 0..8 {
-        let user = format!("pool-{i}");
-        server.user(&user).await;
-        let device = TestDevice::new().await;
-        device
-            .auth
-            .pair(&server.pairing_uri(&user).await, None)
-            .await
-            .expect("pair");
-        devices.push((user, device));
+        let server = Arc::clone(&server);
+        pairings.push(tokio::spawn(async move {
+            let user = format!("pool-{i}");
+            server.user(&user).await;
+            let device = TestDevice::new().await;
+            device
+                .auth
+                .pair(&server.pairing_uri(&user).await, None)
+                .await
+                .expect("pair");
+            (user, device)
+        }));
+    }
+    let mut devices = Vec::new();
+    for pairing in pairings {
+        devices.push(pairing.await.expect("every pairing completes"));
     }
     let mut tasks = Vec::new();
     for (user, device) in devices {
