@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_tests::{Backend, TestDevice, TestServer, approval_cycle_steps, on_each_backend};
+use tessera_tests::{Backend, TestServer, approval_cycle_steps, on_each_backend};
 
 on_each_backend! {
     more_requests_in_flight_than_connections_all_complete => more_requests_than_connections;
@@ -31,13 +31,7 @@ async fn more_requests_than_connections(backend: Backend) {
         let server = Arc::clone(&server);
         pairings.push(tokio::spawn(async move {
             let user = format!("pool-{i}");
-            server.user(&user).await;
-            let device = TestDevice::new().await;
-            device
-                .auth
-                .pair(&server.pairing_uri(&user).await, None)
-                .await
-                .expect("pair");
+            let device = server.paired_user(&user).await;
             (user, device)
         }));
     }
