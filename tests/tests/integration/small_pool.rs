@@ -4,7 +4,8 @@
 //! such requests as the pool has connections, leave every connection held by a request waiting
 //! for one: each would then fail with `service_unavailable` once the pool's acquire timeout
 //! passed. Here eight devices pair, then run approval cycles, at once against a pool of two
-//! connections. On SQLite and PostgreSQL.
+//! connections, and eight CIBA requests are approved and their tokens polled at once. On SQLite
+//! and PostgreSQL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,4 +57,84 @@ async fn more_requests_than_connections(backend: Backend) {
     })
     .await;
     assert!(all.is_ok(), "the cycles did not complete in time");
+}
+
+on_each_backend! {
+    ciba_requests_in_flight_beyond_the_pool_all_complete => ciba_beyond_the_pool;
+}
+
+/// Eight CIBA requests (poll mode) at once on a pool of two: each is approved by its user's
+/// device and its tokens are polled.
+async fn ciba_beyond_the_pool(backend: Backend) {
+    use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
+    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+    let server = Arc::new(
+        TestServer::start_isolated_with(backend, |c| {
+            c.max_connections = 2;
+            c.database_acquire_timeout = Duration::from_secs(3);
+            c.max_recent_authentications_per_user = u32::MAX;
+            c.ciba_poll_interval = 1;
+        })
+        .await,
+    );
+    let registered = server
+        .customer
+        .register_ciba_client(&RegisterCibaClient {
+            client_name: "Small pool RP".into(),
+            backchannel_token_delivery_mode: DeliveryMode::Poll,
+            backchannel_client_notification_endpoint: None,
+            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
+            jwks: None,
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
+        })
+        .await
+        .expect("register");
+    let rp = Arc::new(
+        RelyingParty::discover(
+            &server.base_url,
+            &registered.client_id,
+            ClientCredentials::SecretBasic(registered.client_secret.expect("secret")),
+        )
+        .await
+        .expect("discover"),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (server, rp) = (Arc::clone(&server), Arc::clone(&rp));
+        tasks.push(tokio::spawn(async move {
+            let user = format!("ciba-pool-{i}");
+            let device = server.paired_user(&user).await;
+            let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
+            for _ in 0..2 {
+                let ack = rp
+                    .backchannel(&[("scope", "openid"), ("login_hint", user.as_str())])
+                    .await
+                    .expect("backchannel");
+                let request = device
+                    .auth
+                    .wait_for_requests(&enrollment, Duration::from_secs(10))
+                    .await
+                    .expect("pull")
+                    .into_iter()
+                    .next()
+                    .expect("the request");
+                device
+                    .auth
+                    .approve(&request, vec!["fpt".into()], None)
+                    .await
+                    .expect("approve");
+                rp.poll(&ack).await.expect("tokens");
+            }
+        }));
+    }
+    let all = tokio::time::timeout(Duration::from_secs(120), async {
+        for task in tasks {
+            task.await.expect("every request completes");
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "the requests did not complete in time");
 }
