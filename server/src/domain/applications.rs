@@ -97,7 +97,7 @@ fn admission_limits(
 /// (`store::authentications::AdmissionLock`): nothing when no limit is counted, the user's
 /// lock alone without an application quota, the application's lock shared when the quota is
 /// above the margin a shared lock checks it with, else exclusive.
-pub(crate) fn admission_lock(ctx: &Ctx, quota: u32, limits: &UserLimits) -> AdmissionLock {
+fn admission_lock(ctx: &Ctx, quota: u32, limits: &UserLimits) -> AdmissionLock {
     let most = admission_limits(quota, limits);
     let user = most.user_pending.is_some() || most.user_recent.is_some() || most.pushes.is_some();
     match most.application_pending {
@@ -110,7 +110,7 @@ pub(crate) fn admission_lock(ctx: &Ctx, quota: u32, limits: &UserLimits) -> Admi
 
 /// The lock an admission [`Admission::Contended`] under `lock` runs again with: the exclusive
 /// one, which counts exactly and is never contended (an error if it was).
-pub(crate) fn after_contention(lock: AdmissionLock) -> Result<AdmissionLock, DomainError> {
+fn after_contention(lock: AdmissionLock) -> Result<AdmissionLock, DomainError> {
     match lock {
         AdmissionLock::Exclusive => Err(DomainError::Internal(
             "an exclusive admission found its quota contended",
@@ -119,10 +119,76 @@ pub(crate) fn after_contention(lock: AdmissionLock) -> Result<AdmissionLock, Dom
     }
 }
 
+/// What [`admit`] did with a new request.
+pub(crate) enum Admitted {
+    /// Stored in the write (still to commit, with what else the caller writes), and what its
+    /// commit announces ([`super::outcome::Announced::resolved`], then `committed`).
+    Stored(crate::store::Write<'static>, super::outcome::Announced),
+    /// Not stored: other requests took the last places of the policy's `limit_push` since it
+    /// was decided (the reason given). The write was rolled back.
+    PushLimited(String),
+}
+
+/// Admits a new request `record` in one write: the policy decision it was made under (with its
+/// audit record), then the counts and the insert with the request's own audit record
+/// (`created`), under the admission's locks ([`admission_lock`]; on PostgreSQL taken with
+/// `BEGIN` and held until the commit). A refused admission rolls all of it back; one the
+/// quota's margin refused under a shared lock runs again, once, under the exclusive one.
+pub(crate) async fn admit(
+    ctx: &Ctx,
+    record: &crate::store::authentications::Authentication,
+    quota: u32,
+    limits: &UserLimits,
+    decided: Option<&super::policy::Decided>,
+    created: &super::outcome::NewRequest,
+) -> Result<Admitted, DomainError> {
+    let mut lock = admission_lock(ctx, quota, limits);
+    loop {
+        let mut w = begin_admission(ctx, record, lock).await?;
+        let mut policy_queued = super::audit::Queued::default();
+        if let Some(decided) = decided {
+            policy_queued = super::policy::record_in(
+                ctx,
+                &mut w,
+                &record.application_id,
+                &record.user_id,
+                Some(record.id.as_str()),
+                decided,
+            )
+            .await?;
+        }
+        match insert_within_pending_quota(
+            ctx,
+            &mut w,
+            record,
+            quota,
+            limits,
+            lock,
+            created.records(),
+        )
+        .await?
+        {
+            Admission::Inserted(queued) => {
+                let announced = created.announced(queued).with_webhooks(policy_queued);
+                return Ok(Admitted::Stored(w, announced));
+            }
+            Admission::Contended => {
+                let next = after_contention(lock)?;
+                w.rollback().await?;
+                lock = next;
+            }
+            Admission::PushLimited(reason) => {
+                w.rollback().await?;
+                return Ok(Admitted::PushLimited(reason));
+            }
+        }
+    }
+}
+
 /// Begins the write that admits `record` under `lock` (from [`admission_lock`]): on PostgreSQL
 /// its advisory locks are taken with `BEGIN` and held until the write ends
 /// (`store::authentications::begin_admission`). Then [`insert_within_pending_quota`].
-pub(crate) async fn begin_admission(
+async fn begin_admission(
     ctx: &Ctx,
     record: &crate::store::authentications::Authentication,
     lock: AdmissionLock,
@@ -145,7 +211,7 @@ pub(crate) async fn begin_admission(
 /// [`Admission::Contended`]: the caller rolls its transaction back and runs it again under
 /// [`AdmissionLock::Exclusive`]. The quota is read before the transaction begins: a
 /// transaction waiting for a second connection could exhaust the pool under a burst.
-pub(crate) async fn insert_within_pending_quota(
+async fn insert_within_pending_quota(
     ctx: &Ctx,
     w: &mut crate::store::Write<'_>,
     record: &crate::store::authentications::Authentication,
@@ -242,7 +308,7 @@ pub(crate) struct UserLimits {
 
 /// What became of a request offered to [`insert_within_pending_quota`].
 #[derive(Debug)]
-pub(crate) enum Admission {
+enum Admission {
     /// Stored, with its audit records (what they queued).
     Inserted(super::audit::Queued),
     /// Not stored: the policy's `limit_push` was reached meanwhile (the reason given).

@@ -107,7 +107,7 @@ pub(crate) const LONGEST_REQUEST_SECONDS: i64 = 900;
 /// approvals. The `limits` are the application's settings (as its caller read them, once per
 /// request), else the server-wide values. Used for every user-facing request, whoever asks
 /// (customer API, flows or CIBA), on the `counts` taken in the transaction that inserts the
-/// request, after the admission's locks (see `applications::insert_within_pending_quota`), so
+/// request, after the admission's locks (see `applications::admit`), so
 /// two requests at once cannot both pass the last free place.
 pub(crate) fn push_bombing_refusal(
     limits: &tessera_protocol::api::PushBombingLimits,
@@ -955,53 +955,19 @@ pub(crate) async fn create_as(
             .map(|s| super::applications::push_bombing_limits(&ctx.config, s)),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
-    // One write: the policy decision the request was made under (with its audit record), then
-    // the counts and the insert, with the request's audit record, written only if it is
-    // stored. On PostgreSQL the admission's locks are taken with `BEGIN` (one round trip) and
-    // held until the commit, and the request and its record are one statement. A refused
-    // admission rolls all of it back; one the quota's margin refused under a shared lock runs
-    // again, once, under the exclusive one. The device's waiters are told once it committed.
-    // On SQLite the writes go with `BEGIN IMMEDIATE` in one hand-off to the writer, and the
-    // `COMMIT` is the second.
-    let mut lock = super::applications::admission_lock(ctx, quota, &limits);
+    // One write (`applications::admit`): the policy decision with its record, then the request
+    // with its own, under the admission's locks. The device's waiters are told once it
+    // committed. On SQLite the writes go with `BEGIN IMMEDIATE` in one hand-off to the writer,
+    // and the `COMMIT` is the second.
     let created = outcome::NewRequest::of(ctx, &record)?;
-    let (w, announced) = loop {
-        let mut w = super::applications::begin_admission(ctx, &record, lock).await?;
-        let mut policy_queued = super::audit::Queued::default();
-        if let Some(decided) = &decided {
-            policy_queued = super::policy::record_in(
-                ctx,
-                &mut w,
-                &app.id,
-                user_id,
-                Some(record.id.as_str()),
-                decided,
-            )
-            .await?;
-        }
-        let admission = super::applications::insert_within_pending_quota(
-            ctx,
-            &mut w,
-            &record,
-            quota,
-            &limits,
-            lock,
-            created.records(),
-        )
-        .await?;
-        match admission {
-            super::applications::Admission::Inserted(queued) => {
-                break (w, created.announced(queued).with_webhooks(policy_queued));
-            }
-            super::applications::Admission::Contended => {
-                let next = super::applications::after_contention(lock)?;
-                w.rollback().await?;
-                lock = next;
-            }
-            super::applications::Admission::PushLimited(reason) => {
+    let (w, announced) =
+        match super::applications::admit(ctx, &record, quota, &limits, decided.as_ref(), &created)
+            .await?
+        {
+            super::applications::Admitted::Stored(w, announced) => (w, announced),
+            super::applications::Admitted::PushLimited(reason) => {
                 // Other requests took the last places of the policy's limit since it was
                 // decided: the policy denies this one, as it would have had they come first.
-                w.rollback().await?;
                 let Some(mut decided) = decided else {
                     return Err(DomainError::Internal(
                         "a push limit without a policy decision",
@@ -1015,8 +981,7 @@ pub(crate) async fn create_as(
                     .await?;
                 return Ok(record.status_at(ctx.now()));
             }
-        }
-    };
+        };
     let committed = w.commit().await?;
     let announced = announced.resolved(&committed);
     announced.committed(ctx);

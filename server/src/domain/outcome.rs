@@ -423,7 +423,7 @@ pub(crate) const AUDIT_FOLLOW_UP: &str = "audit";
 
 /// A new request's audit record (with its webhook deliveries) and the announcement that its
 /// device has a request to pull. The record is written by the insert that stores the request
-/// (`applications::insert_within_pending_quota`), exactly when it is stored; the announcement
+/// (`applications::admit`), exactly when it is stored; the announcement
 /// ([`NewRequest::announced`]) is made once that write committed.
 pub(crate) struct NewRequest {
     records: Vec<crate::store::audit::Appended>,

@@ -598,87 +598,57 @@ async fn start(
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
     // The request, the policy decision it was made under and (unless bypassed, which ends it
-    // at once) its audit record: one transaction, begun with the admission's locks (on
-    // PostgreSQL taken with `BEGIN` and held until the commit); the request's record is
-    // written only if it is stored, and its device told once it committed. A refused
-    // admission rolls all of it back, and one the quota's margin refused under a shared lock
-    // runs again, once, under the exclusive one.
-    let mut lock = crate::domain::applications::admission_lock(state, quota, &limits);
+    // at once) its audit record: one write (`applications::admit`), to which the CIBA row is
+    // added before it commits; its device is told once it committed.
     let created = match bypass {
         Some(_) => crate::domain::outcome::NewRequest::unannounced(),
         None => crate::domain::outcome::NewRequest::of(state, &record)?,
     };
-    let (mut w, announced) = loop {
-        let mut w = crate::domain::applications::begin_admission(state, &record, lock).await?;
-        let mut policy_queued = crate::domain::audit::Queued::default();
-        if let Some(decided) = &decided {
-            policy_queued = crate::domain::policy::record_in(
+    let admitted = crate::domain::applications::admit(
+        state,
+        &record,
+        quota,
+        &limits,
+        decided.as_ref(),
+        &created,
+    )
+    .await
+    .map_err(|e| match e {
+        DomainError::Refused {
+            code: tessera_protocol::error::ErrorCode::TooManyAuthentications,
+            ..
+        } => OAuthError::new(
+            OAuthCode::AccessDenied,
+            "the user has too many pending requests; try again later",
+        ),
+        DomainError::Refused { message, .. } => OAuthError::new(OAuthCode::AccessDenied, message),
+        other => OAuthError::from(other),
+    })?;
+    let (mut w, announced) = match admitted {
+        crate::domain::applications::Admitted::Stored(w, announced) => (w, announced),
+        crate::domain::applications::Admitted::PushLimited(reason) => {
+            // Other requests took the policy's last places since it was decided: denied, as it
+            // would have been had they come first.
+            let Some(mut decided) = decided else {
+                return Err(server_error("a push limit without a policy decision"));
+            };
+            decided.limit_reached(reason);
+            crate::domain::policy::record(
                 state,
-                &mut w,
                 &client.application_id,
                 &request.user_id,
-                Some(record.id.as_str()),
-                decided,
+                None,
+                &decided,
             )
             .await?;
-        }
-        let admission = crate::domain::applications::insert_within_pending_quota(
-            state,
-            &mut w,
-            &record,
-            quota,
-            &limits,
-            lock,
-            created.records(),
-        )
-        .await
-        .map_err(|e| match e {
-            DomainError::Refused {
-                code: tessera_protocol::error::ErrorCode::TooManyAuthentications,
-                ..
-            } => OAuthError::new(
+            let d = &decided.decision;
+            return Err(OAuthError::new(
                 OAuthCode::AccessDenied,
-                "the user has too many pending requests; try again later",
-            ),
-            DomainError::Refused { message, .. } => {
-                OAuthError::new(OAuthCode::AccessDenied, message)
-            }
-            other => OAuthError::from(other),
-        })?;
-        match admission {
-            crate::domain::applications::Admission::Inserted(queued) => {
-                break (w, created.announced(queued).with_webhooks(policy_queued));
-            }
-            crate::domain::applications::Admission::Contended => {
-                let next = crate::domain::applications::after_contention(lock)?;
-                w.rollback().await?;
-                lock = next;
-            }
-            crate::domain::applications::Admission::PushLimited(reason) => {
-                // Other requests took the policy's last places since it was decided: denied,
-                // as it would have been had they come first.
-                w.rollback().await?;
-                let Some(mut decided) = decided else {
-                    return Err(server_error("a push limit without a policy decision"));
-                };
-                decided.limit_reached(reason);
-                crate::domain::policy::record(
-                    state,
-                    &client.application_id,
-                    &request.user_id,
-                    None,
-                    &decided,
-                )
-                .await?;
-                let d = &decided.decision;
-                return Err(OAuthError::new(
-                    OAuthCode::AccessDenied,
-                    format!(
-                        "denied by the application's policy (version {}, rule \"{}\", action {}): {}",
-                        d.version, d.rule, d.action, d.reason
-                    ),
-                ));
-            }
+                format!(
+                    "denied by the application's policy (version {}, rule \"{}\", action {}): {}",
+                    d.version, d.rule, d.action, d.reason
+                ),
+            ));
         }
     };
     if bypass.is_some() {
