@@ -227,6 +227,34 @@ async fn the_check_sees_a_full_scan() {
     db.close().await;
 }
 
+/// A policy's look-backs at the user's history (docs/policy.md, "What a decision reads") may
+/// step over every request in their window: they must find what they read in the index, never
+/// in the request's row (thousands of row reads a decision for a user approved thousands of
+/// times within the hour).
+#[tokio::test]
+async fn policy_look_backs_read_their_index_alone() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let url = format!("sqlite://{}", dir.path().join("plans.db").display());
+    let db = Database::connect(&url, 2).await.expect("database");
+    for (sql, index) in [
+        (
+            policies::RECENT_SUCCESSES.to_string(),
+            "USING COVERING INDEX authentications_approvals_by_user",
+        ),
+        (
+            policies::push_counts_statement(2),
+            "USING COVERING INDEX authentications_counted_pushes",
+        ),
+    ] {
+        let plan = sqlite_plan(&db, &sql).await;
+        assert!(
+            plan.iter().any(|line| line.contains(index)),
+            "{sql}\n{plan:?}"
+        );
+    }
+    db.close().await;
+}
+
 #[test]
 fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("SELECT 1"), 0);
