@@ -24,7 +24,7 @@ use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, Reques
 
 use super::attestation::assertions::{self, AnswerAssertion, AssertionCheck};
 use super::events::{Topic, wait_for};
-use super::outcome::{self, Ending, Taken};
+use super::outcome::{self, Ending, SignedAnswer, Taken, Verdict};
 use super::{Ctx, DomainError};
 use crate::store::applications::Application;
 use crate::store::authentications::{self, Authentication};
@@ -1202,19 +1202,15 @@ pub(crate) async fn answer(
         && response.selected_number != record.number_to_show;
     let attrs = attributes(ctx, &record, &answered_device, &response, with_uv, client);
     let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
-    let ending = if wrong_number {
-        Ending::WrongNumber {
-            answered: &record,
-            signed_response,
-            attributes: &attrs_json,
-        }
-    } else {
-        Ending::Answer {
-            answered: &record,
-            decision: response.decision,
-            signed_response,
-            attributes: &attrs_json,
-        }
+    let signed = SignedAnswer {
+        answered: &record,
+        verdict: if wrong_number {
+            Verdict::WrongNumber
+        } else {
+            Verdict::Decided(response.decision)
+        },
+        signed_response,
+        attributes: &attrs_json,
     };
     // App Attest: an App Attested iOS enrollment proves the answer with an assertion (when it
     // sends one, or the application or the request's policy asks for one). Its counter is taken
@@ -1246,11 +1242,11 @@ pub(crate) async fn answer(
         }
     };
     let recorded = match counter {
-        None => outcome::record_on(ctx, conn, &id, ending).await?,
+        None => outcome::record_on(ctx, conn, &id, Ending::Signed(signed)).await?,
         Some(counter) => {
             // The counter's transaction takes its own connection: give this one back first.
             drop(conn);
-            match outcome::record_taking_counter(ctx, &id, ending, &device.enrollment_id, counter)
+            match outcome::record_taking_counter(ctx, &id, signed, &device.enrollment_id, counter)
                 .await?
             {
                 Taken::Recorded(recorded) => Some(*recorded),

@@ -61,27 +61,7 @@ pub(crate) type FollowUp = for<'a> fn(&'a Ctx, &'a DomainEvent) -> FollowUpFutur
 #[derive(Debug)]
 pub(crate) enum Ending<'a> {
     /// The device's signed answer.
-    Answer {
-        /// The authentication as the answer was checked against it: the answer is recorded
-        /// only while it is still pending, addressed to the same device with the same nonce.
-        answered: &'a Authentication,
-        /// Approve, deny or report fraud.
-        decision: Decision,
-        /// The signed answer as received.
-        signed_response: &'a str,
-        /// The attributes it yields (JSON).
-        attributes: &'a str,
-    },
-    /// The device approved with another number than the one shown (number matching): the
-    /// authentication ends denied, reason `wrong_number`, and counts as a fraud signal.
-    WrongNumber {
-        /// The authentication as the answer was checked against it.
-        answered: &'a Authentication,
-        /// The signed answer as received (kept as evidence).
-        signed_response: &'a str,
-        /// The attributes it yields (JSON).
-        attributes: &'a str,
-    },
+    Signed(SignedAnswer<'a>),
     /// A one-time passcode (the app's, or a backup code) approved it.
     Passcode {
         /// The attributes it yields (JSON).
@@ -91,40 +71,48 @@ pub(crate) enum Ending<'a> {
     Canceled,
 }
 
-impl<'a> Ending<'a> {
-    /// A device's answer (`Answer`, `WrongNumber`) as its conditional update records it, with
-    /// the record it was checked against; `None` for the other endings.
-    fn answer(&self, now: i64) -> Option<(&'a Authentication, authentications::Answer<'a>)> {
-        match *self {
-            Ending::Answer {
-                answered,
+/// A device's signed answer, as checked against the authentication it answers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SignedAnswer<'a> {
+    /// The authentication as the answer was checked against it: the answer is recorded only
+    /// while it is still pending, addressed to the same device with the same nonce.
+    pub answered: &'a Authentication,
+    /// What the answer does.
+    pub verdict: Verdict,
+    /// The signed answer as received (kept as evidence, also for a wrong number).
+    pub signed_response: &'a str,
+    /// The attributes it yields (JSON).
+    pub attributes: &'a str,
+}
+
+/// What a signed answer does to the authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Approve, deny or report fraud, as the device decided.
+    Decided(Decision),
+    /// The device approved with another number than the one shown (number matching): the
+    /// authentication ends denied, reason `wrong_number`, and counts as a fraud signal.
+    WrongNumber,
+}
+
+impl<'a> SignedAnswer<'a> {
+    /// The answer as its conditional update records it at `now`.
+    fn recorded_at(&self, now: i64) -> authentications::Answer<'a> {
+        let request = AnsweredRequest::of(self.answered);
+        match self.verdict {
+            Verdict::Decided(decision) => authentications::Answer::decided(
+                request,
                 decision,
-                signed_response,
-                attributes,
-            } => Some((
-                answered,
-                authentications::Answer::decided(
-                    AnsweredRequest::of(answered),
-                    decision,
-                    signed_response,
-                    attributes,
-                    now,
-                ),
-            )),
-            Ending::WrongNumber {
-                answered,
-                signed_response,
-                attributes,
-            } => Some((
-                answered,
-                authentications::Answer::wrong_number(
-                    AnsweredRequest::of(answered),
-                    signed_response,
-                    attributes,
-                    now,
-                ),
-            )),
-            Ending::Passcode { .. } | Ending::Canceled => None,
+                self.signed_response,
+                self.attributes,
+                now,
+            ),
+            Verdict::WrongNumber => authentications::Answer::wrong_number(
+                request,
+                self.signed_response,
+                self.attributes,
+                now,
+            ),
         }
     }
 }
@@ -141,23 +129,18 @@ pub(crate) enum Taken {
     CounterReplay,
 }
 
-/// Records a signed answer (`Ending::Answer` or `Ending::WrongNumber`) together with its App
-/// Attest assertion's counter, in one transaction: the counter is taken first, conditionally
+/// Records a signed answer together with its App Attest assertion's counter, in one
+/// transaction: the counter is taken first, conditionally
 /// (`UPDATE … SET counter = $new WHERE … AND counter < $new`), then the answer's own conditional
 /// update; if either finds nothing to change, the transaction rolls back and nothing is written.
 /// Announces a recorded ending as [`record`] does.
 pub(crate) async fn record_taking_counter(
     ctx: &Ctx,
     id: &AuthenticationId,
-    ending: Ending<'_>,
+    answer: SignedAnswer<'_>,
     enrollment: &EnrollmentId,
     counter: u32,
 ) -> Result<Taken, DomainError> {
-    if !matches!(ending, Ending::Answer { .. } | Ending::WrongNumber { .. }) {
-        return Err(DomainError::Internal(
-            "only a signed answer carries an App Attest counter",
-        ));
-    }
     let mut w = ctx.db.write().await?;
     if !enrollments::take_app_attest_counter(w.conn().await?, enrollment, counter).await? {
         w.rollback().await?;
@@ -165,12 +148,14 @@ pub(crate) async fn record_taking_counter(
     }
     // The ending's own write rolls the whole transaction back (the counter with it) when
     // another ending won.
-    Ok(match write_ending(ctx, w, id, ending).await? {
-        Some((record, announced, waiting)) => Taken::Recorded(Box::new(
-            after_ending(ctx, record, announced, waiting).await,
-        )),
-        None => Taken::NotRecorded,
-    })
+    Ok(
+        match write_ending(ctx, w, id, Ending::Signed(answer)).await? {
+            Some((record, announced, waiting)) => Taken::Recorded(Box::new(
+                after_ending(ctx, record, announced, waiting).await,
+            )),
+            None => Taken::NotRecorded,
+        },
+    )
 }
 
 /// Records `ending` if the authentication is still pending and unexpired, then announces it.
@@ -202,9 +187,10 @@ pub(crate) async fn record_on(
     ending: Ending<'_>,
 ) -> Result<Option<Authentication>, DomainError> {
     let written = if ctx.db.engine() == Engine::Postgres {
-        let written = match (ending.answer(ctx.now()), conn.pooled()) {
-            (Some((answered, answer)), Some(pooled)) => {
-                write_answer_at_once(ctx, pooled, answered, &answer).await?
+        let written = match (&ending, conn.pooled()) {
+            (Ending::Signed(signed), Some(pooled)) => {
+                let answer = signed.recorded_at(ctx.now());
+                write_answer_at_once(ctx, pooled, signed.answered, &answer).await?
             }
             _ => {
                 let w = ctx.db.write_on(&mut conn).await?;
@@ -239,10 +225,9 @@ async fn write_ending(
 ) -> Result<Option<(Authentication, Announced, Waiting)>, DomainError> {
     let now = ctx.now();
     let recorded = match ending {
-        Ending::Answer { .. } | Ending::WrongNumber { .. } => match ending.answer(now) {
-            Some((_, answer)) => authentications::record_answer(&mut w, &answer).await?,
-            None => return Err(DomainError::Internal("an answer without its answer")),
-        },
+        Ending::Signed(signed) => {
+            authentications::record_answer(&mut w, &signed.recorded_at(now)).await?
+        }
         Ending::Passcode { attributes } => {
             authentications::record_passcode_answer(&mut w, id, attributes, now).await?
         }
