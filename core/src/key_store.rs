@@ -11,8 +11,7 @@ use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use p256::ecdsa::signature::Signer;
-use p256::ecdsa::{Signature, SigningKey};
+use p256::ecdsa::SigningKey;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -130,8 +129,30 @@ impl Drop for StoredKeys {
     }
 }
 
+/// A software signing key: the P-256 scalar (what is persisted) and the same key prepared for
+/// `ring`, which makes the signatures (randomized ECDSA, as a hardware key store's are, and
+/// several times faster than a pure-Rust signer; docs/benchmarks.md, "Device signatures").
+struct SoftwareKey {
+    key: SigningKey,
+    pair: ring::signature::EcdsaKeyPair,
+}
+
+impl SoftwareKey {
+    fn new(key: SigningKey, rng: &ring::rand::SystemRandom) -> Result<Self, KeyStoreError> {
+        let scalar = Zeroizing::new(key.to_bytes().to_vec());
+        let pair = ring::signature::EcdsaKeyPair::from_private_key_and_public_key(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &scalar,
+            &public_point(&key),
+            rng,
+        )
+        .map_err(|_| KeyStoreError::Failed("not a usable P-256 key".into()))?;
+        Ok(Self { key, pair })
+    }
+}
+
 struct Keys {
-    signing: BTreeMap<String, SigningKey>,
+    signing: BTreeMap<String, SoftwareKey>,
     sealing: BTreeMap<String, Zeroizing<[u8; 32]>>,
 }
 
@@ -141,6 +162,7 @@ struct Keys {
 pub struct SoftwareKeyStore {
     keys: Mutex<Keys>,
     file: Option<PathBuf>,
+    rng: ring::rand::SystemRandom,
 }
 
 impl std::fmt::Debug for SoftwareKeyStore {
@@ -158,6 +180,7 @@ impl SoftwareKeyStore {
                 sealing: BTreeMap::new(),
             }),
             file: None,
+            rng: ring::rand::SystemRandom::new(),
         }
     }
 
@@ -166,6 +189,7 @@ impl SoftwareKeyStore {
         let dir = dir.into();
         create_private_dir(&dir).map_err(|e| KeyStoreError::Failed(e.to_string()))?;
         let file = dir.join("software-keys.json");
+        let rng = ring::rand::SystemRandom::new();
         let mut keys = Keys {
             signing: BTreeMap::new(),
             sealing: BTreeMap::new(),
@@ -179,7 +203,8 @@ impl SoftwareKeyStore {
                     let scalar = Zeroizing::new(decode(d)?);
                     let key = SigningKey::from_slice(&scalar)
                         .map_err(|_| KeyStoreError::Failed("key file is corrupted".into()))?;
-                    keys.signing.insert(alias.clone(), key);
+                    keys.signing
+                        .insert(alias.clone(), SoftwareKey::new(key, &rng)?);
                 }
                 for (alias, k) in &stored.sealing {
                     let raw = Zeroizing::new(decode(k)?);
@@ -196,6 +221,7 @@ impl SoftwareKeyStore {
         Ok(Self {
             keys: Mutex::new(keys),
             file: Some(file),
+            rng,
         })
     }
 
@@ -223,7 +249,7 @@ impl SoftwareKeyStore {
             signing: keys
                 .signing
                 .iter()
-                .map(|(a, k)| (a.clone(), URL_SAFE_NO_PAD.encode(k.to_bytes())))
+                .map(|(a, k)| (a.clone(), URL_SAFE_NO_PAD.encode(k.key.to_bytes())))
                 .collect(),
             sealing: keys
                 .sealing
@@ -261,20 +287,26 @@ impl KeyStore for SoftwareKeyStore {
         self.with_keys(true, |keys| {
             let key = SigningKey::random(&mut rand::rngs::OsRng);
             let public = public_point(&key);
-            keys.signing.insert(alias.to_string(), key);
+            keys.signing
+                .insert(alias.to_string(), SoftwareKey::new(key, &self.rng)?);
             Ok(public)
         })
     }
 
     fn public_key(&self, alias: &str) -> Result<Option<Vec<u8>>, KeyStoreError> {
-        self.with_keys(false, |keys| Ok(keys.signing.get(alias).map(public_point)))
+        self.with_keys(false, |keys| {
+            Ok(keys.signing.get(alias).map(|k| public_point(&k.key)))
+        })
     }
 
     fn sign(&self, alias: &str, data: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
         self.with_keys(false, |keys| {
             let key = keys.signing.get(alias).ok_or(KeyStoreError::NotFound)?;
-            let signature: Signature = key.sign(data);
-            Ok(signature.to_der().as_bytes().to_vec())
+            let signature = key
+                .pair
+                .sign(&self.rng, data)
+                .map_err(|_| KeyStoreError::Failed("signing failed".into()))?;
+            Ok(signature.as_ref().to_vec())
         })
     }
 
@@ -313,8 +345,35 @@ impl KeyStore for SoftwareKeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use p256::ecdsa::VerifyingKey;
     use p256::ecdsa::signature::Verifier;
+    use p256::ecdsa::{Signature, VerifyingKey};
+
+    #[test]
+    fn signatures_are_randomized_as_a_hardware_key_store_s_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SoftwareKeyStore::open(dir.path()).unwrap();
+        let public = store
+            .generate_signing_key("a", KeyPurpose::Possession)
+            .unwrap();
+        let first = store.sign("a", b"same input").unwrap();
+        let second = store.sign("a", b"same input").unwrap();
+        assert_ne!(first, second, "a fresh nonce for every signature");
+        // Reopened from its file: the same key signs.
+        let reopened = SoftwareKeyStore::open(dir.path()).unwrap();
+        let third = reopened.sign("a", b"same input").unwrap();
+        let vk = VerifyingKey::from_sec1_bytes(&public).unwrap();
+        for der in [first, second, third] {
+            vk.verify(b"same input", &Signature::from_der(&der).unwrap())
+                .unwrap();
+        }
+        assert!(
+            vk.verify(
+                b"other input",
+                &Signature::from_der(&store.sign("a", b"same input").unwrap()).unwrap()
+            )
+            .is_err()
+        );
+    }
 
     #[test]
     fn keys_sign_persist_and_delete() {

@@ -16,6 +16,8 @@ pub struct KeyStoreSigner {
     key_store: Arc<dyn KeyStore>,
     alias: String,
     public: PublicJwk,
+    /// The public key as an uncompressed SEC1 point, for checking each signature with `ring`.
+    point: Vec<u8>,
 }
 
 impl std::fmt::Debug for KeyStoreSigner {
@@ -35,10 +37,17 @@ impl KeyStoreSigner {
                 CoreError::KeyStore("the key store returned an invalid public key".into())
             })?
             .with_thumbprint_kid();
+        // Uncompressed whatever form the key store returned, as `ring` reads it.
+        let point = public
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
         Ok(Self {
             key_store,
             alias: alias.to_string(),
             public,
+            point,
         })
     }
 
@@ -72,11 +81,12 @@ impl EnvelopeSigner for KeyStoreSigner {
         let signature = parse_signature(&bytes)?;
         // A key store that signs with another key than it reported is caught here, not by the
         // server.
-        use p256::ecdsa::signature::Verifier;
-        self.public
-            .verifying_key()
-            .verify(signing_input, &signature)
-            .map_err(|_| SignError("the key store's signature does not verify".into()))?;
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            self.point.as_slice(),
+        )
+        .verify(signing_input, &signature.to_bytes())
+        .map_err(|_| SignError("the key store's signature does not verify".into()))?;
         Ok(signature)
     }
 }
@@ -124,5 +134,69 @@ mod tests {
         .unwrap();
         assert_eq!(v.kid, signer.public_jwk().thumbprint());
         assert!(KeyStoreSigner::new(store, "missing").is_err());
+    }
+
+    /// A key store that reports one key and signs with another (a broken platform key store,
+    /// or one whose key was replaced under the alias).
+    #[derive(Debug)]
+    struct SwappedKeys(SoftwareKeyStore);
+
+    impl KeyStore for SwappedKeys {
+        fn generate_signing_key(
+            &self,
+            alias: &str,
+            purpose: KeyPurpose,
+        ) -> Result<Vec<u8>, crate::key_store::KeyStoreError> {
+            self.0.generate_signing_key(alias, purpose)
+        }
+        fn public_key(
+            &self,
+            alias: &str,
+        ) -> Result<Option<Vec<u8>>, crate::key_store::KeyStoreError> {
+            self.0.public_key(alias)
+        }
+        fn sign(
+            &self,
+            _alias: &str,
+            data: &[u8],
+        ) -> Result<Vec<u8>, crate::key_store::KeyStoreError> {
+            self.0.sign("other", data)
+        }
+        fn delete_key(&self, alias: &str) -> Result<(), crate::key_store::KeyStoreError> {
+            self.0.delete_key(alias)
+        }
+        fn seal(
+            &self,
+            alias: &str,
+            plaintext: &[u8],
+        ) -> Result<Vec<u8>, crate::key_store::KeyStoreError> {
+            self.0.seal(alias, plaintext)
+        }
+        fn open(
+            &self,
+            alias: &str,
+            sealed: &[u8],
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::key_store::KeyStoreError> {
+            self.0.open(alias, sealed)
+        }
+    }
+
+    #[test]
+    fn a_signature_by_another_key_than_reported_is_refused() {
+        let inner = SoftwareKeyStore::in_memory();
+        inner
+            .generate_signing_key("k", KeyPurpose::Possession)
+            .unwrap();
+        inner
+            .generate_signing_key("other", KeyPurpose::Possession)
+            .unwrap();
+        let store: Arc<dyn KeyStore> = Arc::new(SwappedKeys(inner));
+        let signer = KeyStoreSigner::new(store, "k").unwrap();
+        let refused = envelope::sign(
+            MessageType::DeviceRequest,
+            &serde_json::json!({"a": 1}),
+            &signer,
+        );
+        assert!(refused.is_err(), "{refused:?}");
     }
 }
