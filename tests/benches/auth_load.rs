@@ -14,7 +14,10 @@
 //! least one each), so that each is measured over a similar time (with `CYCLES_PER_DEVICE` a
 //! 16-device level runs for a second while a 256-device one runs for fifteen), and
 //! `LOAD_ROUNDS=N` runs the levels N times over, one round after the other; a summary then
-//! gives each level's median rate and its share of the best level's median.
+//! gives each level's median rate and its share of the best level's median, over the whole
+//! runs and while every device ran (`steady`: from the last device's first completed cycle to
+//! the first device's last one, leaving out the ramp-up and the drain; each level line prints it
+//! too).
 //!
 //! Each level runs twice: without a policy, and with a 50-rule authentication policy that every
 //! request is decided by (49 rules that do not match, the last requires a push; see
@@ -23,7 +26,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tessera_tests::load::{Latencies, backends, plan, runtime};
+use tessera_tests::load::{Latencies, backends, plan, runtime, steady_rate};
 use tessera_tests::{Backend, TestDevice, TestServer, approval_cycle_steps};
 
 /// A 50-rule policy: 49 rules with conditions that do not hold for the cycles (some read the
@@ -62,7 +65,7 @@ async fn run_with(
     devices: usize,
     cycles_per_device: usize,
     with_policy: bool,
-) -> f64 {
+) -> Rates {
     let server = Arc::new(
         TestServer::start_with(backend, |c| {
             c.max_recent_authentications_per_user = u32::MAX;
@@ -97,12 +100,14 @@ async fn run_with(
         tasks.push(tokio::spawn(async move {
             let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
             let mut latencies = Vec::with_capacity(cycles_per_device);
+            let mut completions = Vec::with_capacity(cycles_per_device);
             let mut steps: [Vec<std::time::Duration>; 4] = Default::default();
             for _ in 0..cycles_per_device {
                 let t0 = Instant::now();
                 let took =
                     approval_cycle_steps(&server.customer, &user, &device, &enrollment).await;
                 latencies.push(t0.elapsed());
+                completions.push(Instant::now());
                 for (list, step) in steps.iter_mut().zip(took) {
                     list.push(step);
                 }
@@ -122,22 +127,41 @@ async fn run_with(
                     p50(status)
                 );
             }
-            latencies
+            (latencies, completions)
         }));
     }
-    let all = Latencies::gather(started, tasks).await;
+    let mut latencies = Vec::new();
+    let mut completions = Vec::new();
+    for task in tasks {
+        let (took, done) = task.await.expect("device task");
+        latencies.extend(took);
+        completions.push(done);
+    }
+    let all = Latencies::new(latencies, started.elapsed());
+    let steady = steady_rate(&completions);
     let policy = if with_policy { "50 rules" } else { "none" };
     println!(
-        "{label:<9} {devices:>3} devices  policy {policy:<8}  {:>6} cycles  {:>7.1} cycles/s  p50 {}  p99 {}",
+        "{label:<9} {devices:>3} devices  policy {policy:<8}  {:>6} cycles  {:>7.1} cycles/s  steady {}  p50 {}  p99 {}",
         all.count(),
         all.per_second(),
+        steady.map_or("-".to_string(), |r| format!("{r:.1}/s")),
         all.p50(),
         all.p99(),
     );
     if let Ok(server) = Arc::try_unwrap(server) {
         server.server.shutdown().await;
     }
-    all.per_second()
+    Rates {
+        whole: all.per_second(),
+        steady,
+    }
+}
+
+/// One level's rates: over the whole run, and while every device ran ([`steady_rate`]).
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    whole: f64,
+    steady: Option<f64>,
 }
 
 /// A positive number from the environment variable `name`, if set.
@@ -160,20 +184,30 @@ fn median(rates: &[f64]) -> f64 {
     }
 }
 
-/// Prints each level's median rate over the rounds and its share of the best level's median.
-fn summarize(label: &str, policy: &str, levels: &[usize], rates: &[Vec<f64>]) {
-    let medians: Vec<f64> = rates.iter().map(|r| median(r)).collect();
-    let best = medians.iter().copied().fold(0.0, f64::max);
+/// Prints each level's median rate over the rounds and its share of the best level's median:
+/// once over the whole runs, once while every device ran ([`steady_rate`]; a level without a
+/// steady window in some round counts its whole-run rate there).
+fn summarize(label: &str, policy: &str, levels: &[usize], rates: &[Vec<Rates>]) {
     let rounds = rates.first().map_or(0, Vec::len);
-    let shares: Vec<String> = levels
-        .iter()
-        .zip(&medians)
-        .map(|(n, m)| format!("{n} {m:.1}/s {:.0} %", 100.0 * m / best))
-        .collect();
-    println!(
-        "{label:<9} policy {policy:<8}  median of {rounds} rounds, share of the best level: {}",
-        shares.join("  ")
-    );
+    for (what, pick) in [
+        ("whole run", (|r: &Rates| r.whole) as fn(&Rates) -> f64),
+        ("steady", |r: &Rates| r.steady.unwrap_or(r.whole)),
+    ] {
+        let medians: Vec<f64> = rates
+            .iter()
+            .map(|r| median(&r.iter().map(pick).collect::<Vec<_>>()))
+            .collect();
+        let best = medians.iter().copied().fold(0.0, f64::max);
+        let shares: Vec<String> = levels
+            .iter()
+            .zip(&medians)
+            .map(|(n, m)| format!("{n} {m:.1}/s {:.0} %", 100.0 * m / best))
+            .collect();
+        println!(
+            "{label:<9} policy {policy:<8}  {what:<9}  median of {rounds} rounds, share of the best level: {}",
+            shares.join("  ")
+        );
+    }
 }
 
 /// The allocator the server binary runs with (`server/src/main.rs`): the server here runs in

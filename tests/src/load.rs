@@ -96,6 +96,15 @@ impl Latencies {
         Self { sorted, elapsed }
     }
 
+    /// Latencies measured by the caller, over `elapsed` of wall time.
+    pub fn new(mut latencies: Vec<Duration>, elapsed: Duration) -> Self {
+        latencies.sort();
+        Self {
+            sorted: latencies,
+            elapsed,
+        }
+    }
+
     /// How many operations completed.
     pub fn count(&self) -> usize {
         self.sorted.len()
@@ -115,6 +124,25 @@ impl Latencies {
     pub fn p99(&self) -> String {
         ms(percentile(&self.sorted, 0.99))
     }
+}
+
+/// Operations per second while every client was running, from each client's completion times
+/// (in order): from the moment the last client completed its first operation (every client has
+/// connected and warmed up) to the moment the first client completed its last one (none has
+/// stopped yet). A closed loop's whole-run rate also counts its ramp-up (each client's first
+/// connection and first operation) and its drain (the last clients' operations finishing with
+/// fewer clients left), which weigh more the fewer operations each client runs; this rate counts
+/// neither. `None` when the window holds no completed operation (too few per client).
+pub fn steady_rate(completions: &[Vec<Instant>]) -> Option<f64> {
+    let warm = completions.iter().map(|c| c.first()).max()??;
+    let drain = completions.iter().map(|c| c.last()).min()??;
+    let window = drain.checked_duration_since(*warm)?;
+    let done = completions
+        .iter()
+        .flatten()
+        .filter(|at| *at > warm && *at <= drain)
+        .count();
+    (done > 0 && !window.is_zero()).then(|| done as f64 / window.as_secs_f64())
 }
 
 /// The `p` quantile (0.0–1.0) of sorted latencies (nearest rank). Panics on an empty slice.
@@ -243,5 +271,21 @@ mod tests {
         assert_eq!(percentile(&sorted, 0.99), Duration::from_millis(99));
         assert_eq!(percentile(&sorted, 1.0), Duration::from_millis(100));
         assert_eq!(ms(Duration::from_micros(1500)), "1.50 ms");
+    }
+
+    #[test]
+    fn the_steady_rate_counts_only_while_every_client_runs() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Client a warms up slowly (first at 500 ms), b stops early (last at 1,500 ms): the
+        // window is (500, 1500], holding a's 1,000 and 1,500 and b's 600, 1,000 and 1,500.
+        let a = vec![at(500), at(1000), at(1500), at(2000), at(3000)];
+        let b = vec![at(100), at(200), at(600), at(1000), at(1500)];
+        let rate = steady_rate(&[a.clone(), b]).expect("a window");
+        assert!((rate - 5.0).abs() < 1e-9, "{rate}");
+        // One operation per client: no window.
+        assert_eq!(steady_rate(&[vec![at(1)], vec![at(2)]]), None);
+        assert_eq!(steady_rate(&[a, Vec::new()]), None);
+        assert_eq!(steady_rate(&[]), None);
     }
 }
