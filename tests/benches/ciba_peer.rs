@@ -19,8 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
-use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+use tessera_examples::relying_party::RelyingParty;
 use tessera_tests::load::{Latencies, backends, plan, runtime};
 use tessera_tests::{Backend, TestDevice, TestServer};
 
@@ -122,28 +121,7 @@ async fn tessera_party(server: &TestServer, i: usize) -> (RelyingParty, String) 
         .pair(&server.pairing_uri(&user).await, None)
         .await
         .expect("pair");
-    let registered = server
-        .customer
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: format!("Peer RP {i}"),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
-        .await
-        .expect("register");
-    let rp = RelyingParty::discover(
-        &server.base_url,
-        &registered.client_id,
-        ClientCredentials::SecretBasic(registered.client_secret.expect("secret")),
-    )
-    .await
-    .expect("discover");
+    let rp = server.poll_mode_relying_party(format!("Peer RP {i}")).await;
     (rp, user)
 }
 

@@ -203,6 +203,42 @@ impl TestServer {
         device
     }
 
+    /// A relying party registered as a CIBA client in poll mode that authenticates with
+    /// `client_secret_basic`, as most CIBA tests and benches use one, set up from the server's
+    /// discovery document.
+    pub async fn poll_mode_relying_party(
+        &self,
+        name: impl Into<String>,
+    ) -> tessera_examples::relying_party::RelyingParty {
+        use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
+        use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+        let registered = self
+            .customer
+            .register_ciba_client(&RegisterCibaClient {
+                client_name: name.into(),
+                backchannel_token_delivery_mode: DeliveryMode::Poll,
+                backchannel_client_notification_endpoint: None,
+                token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
+                jwks: None,
+                backchannel_authentication_request_signing_alg: None,
+                backchannel_user_code_parameter: false,
+                redirect_uris: Vec::new(),
+                grant_types: Vec::new(),
+            })
+            .await
+            .expect("register the CIBA client");
+        let secret = registered
+            .client_secret
+            .expect("a client_secret_basic client is given a secret");
+        RelyingParty::discover(
+            &self.base_url,
+            &registered.client_id,
+            ClientCredentials::SecretBasic(secret),
+        )
+        .await
+        .expect("discover the server")
+    }
+
     /// A pairing URI for the user.
     pub async fn pairing_uri(&self, user_id: &str) -> String {
         self.customer

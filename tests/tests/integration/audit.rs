@@ -624,33 +624,10 @@ async fn history(backend: Backend) {
 }
 
 async fn ciba_completed(backend: Backend) {
-    use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
-    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
     let server = TestServer::start(backend).await;
     server.user("ivy").await;
     let (device, enrollment) = pair(&server, "ivy").await;
-    let registered = server
-        .customer
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: "Call Centre".into(),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
-        .await
-        .unwrap();
-    let rp = RelyingParty::discover(
-        &server.base_url,
-        &registered.client_id,
-        ClientCredentials::SecretBasic(registered.client_secret.clone().unwrap()),
-    )
-    .await
-    .unwrap();
+    let rp = server.poll_mode_relying_party("Call Centre").await;
     rp.backchannel(&[("scope", "openid"), ("login_hint", "ivy")])
         .await
         .unwrap();

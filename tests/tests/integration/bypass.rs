@@ -14,10 +14,8 @@ use axum::extract::State;
 use axum::routing::post;
 use serde_json::{Value, json};
 use tessera_examples::customer::CustomerApiError;
-use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::bypass::SetBypassRequest;
-use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::flows::{
     CreateFlowRequest, FlowAction, FlowActionName, FlowResultStatus, FlowStatus,
@@ -414,28 +412,7 @@ async fn bypass_flow(backend: Backend) {
 async fn bypass_ciba(backend: Backend) {
     let server = start(backend, None).await;
     let (device, _) = paired(&server, "erin").await;
-    let registered = server
-        .customer
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: "Call Centre".into(),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
-        .await
-        .unwrap();
-    let rp = RelyingParty::discover(
-        &server.base_url,
-        &registered.client_id,
-        ClientCredentials::SecretBasic(registered.client_secret.clone().unwrap()),
-    )
-    .await
-    .unwrap();
+    let rp = server.poll_mode_relying_party("Call Centre").await;
     server
         .customer
         .set_bypass("erin", &for_seconds(300, "lost phone"))

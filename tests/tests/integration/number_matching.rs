@@ -6,12 +6,11 @@
 
 use serde_json::{Value, json};
 use tessera_core::CoreError;
-use tessera_examples::relying_party::{ClientCredentials, RelyingParty, RpError};
+use tessera_examples::relying_party::RpError;
 use tessera_protocol::api::{AuthenticationSettings, AuthenticationStatus};
 use tessera_protocol::authentication::{
     AuthenticationKind, AuthenticationState, Decision, DenialReason, NumberMatching,
 };
-use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::qr::QrSessionState;
 use tessera_server::store::applications::QrPolicy;
@@ -332,28 +331,7 @@ async fn ciba_wrong_number(backend: Backend) {
         })
         .await
         .unwrap();
-    let registered = server
-        .customer
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: "Call Centre".into(),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
-        .await
-        .unwrap();
-    let rp = RelyingParty::discover(
-        &server.base_url,
-        &registered.client_id,
-        ClientCredentials::SecretBasic(registered.client_secret.clone().unwrap()),
-    )
-    .await
-    .unwrap();
+    let rp = server.poll_mode_relying_party("Call Centre").await;
     let params: &[(&str, &str)] = &[("scope", "openid"), ("login_hint", "alice")];
 
     // The acknowledgement carries the number the consumption device shows.

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::json;
-use tessera_examples::relying_party::{ClientCredentials, RelyingParty, RpError};
+use tessera_examples::relying_party::{RelyingParty, RpError};
 use tessera_protocol::api::CreateQrSession;
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
-use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::policy::{PolicyDocument, PolicyEffect, PolicyMethod};
 use tessera_server::store::applications::Quotas;
@@ -157,31 +156,6 @@ async fn limit_push_burst(backend: Backend) {
     assert_eq!(again.state, AuthenticationState::Failed);
 }
 
-async fn relying_party(server: &TestServer) -> RelyingParty {
-    let registered = server
-        .customer
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: "Call Centre".into(),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
-        .await
-        .expect("client");
-    RelyingParty::discover(
-        &server.base_url,
-        &registered.client_id,
-        ClientCredentials::SecretBasic(registered.client_secret.expect("secret")),
-    )
-    .await
-    .expect("discovery")
-}
-
 /// Sends a burst of CIBA requests for alice; returns how many were accepted, checking that the
 /// others were refused with `access_denied` and a description containing `refusal`.
 async fn ciba_burst(rp: &RelyingParty, refusal: &str) -> u32 {
@@ -205,7 +179,7 @@ async fn ciba_burst(rp: &RelyingParty, refusal: &str) -> u32 {
 
 async fn ciba_cap_burst(backend: Backend) {
     let (server, _device) = start(backend, LIMIT).await;
-    let rp = relying_party(&server).await;
+    let rp = server.poll_mode_relying_party("Call Centre").await;
     let accepted = ciba_burst(&rp, "too many pending requests").await;
     assert_eq!(
         accepted, LIMIT,
@@ -216,7 +190,7 @@ async fn ciba_cap_burst(backend: Backend) {
 async fn ciba_limit_push_burst(backend: Backend) {
     let (server, _device) = start(backend, 1000).await;
     limit_pushes(&server).await;
-    let rp = relying_party(&server).await;
+    let rp = server.poll_mode_relying_party("Call Centre").await;
     let accepted = ciba_burst(&rp, "too many push requests").await;
     assert_eq!(
         accepted, LIMIT,

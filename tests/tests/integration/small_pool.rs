@@ -66,8 +66,6 @@ on_each_backend! {
 /// Eight CIBA requests (poll mode) at once on a pool of two: each is approved by its user's
 /// device and its tokens are polled.
 async fn ciba_beyond_the_pool(backend: Backend) {
-    use tessera_examples::relying_party::{ClientCredentials, RelyingParty};
-    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
     let server = Arc::new(
         TestServer::start_isolated_with(backend, |c| {
             c.max_connections = 2;
@@ -77,30 +75,7 @@ async fn ciba_beyond_the_pool(backend: Backend) {
         })
         .await,
     );
-    let registered = server
-        .customer
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: "Small pool RP".into(),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
-        .await
-        .expect("register");
-    let rp = Arc::new(
-        RelyingParty::discover(
-            &server.base_url,
-            &registered.client_id,
-            ClientCredentials::SecretBasic(registered.client_secret.expect("secret")),
-        )
-        .await
-        .expect("discover"),
-    );
+    let rp = Arc::new(server.poll_mode_relying_party("Small pool RP").await);
     let mut tasks = Vec::new();
     for i in 0..8 {
         let (server, rp) = (Arc::clone(&server), Arc::clone(&rp));
