@@ -106,8 +106,9 @@ async fn run_with(
                 let t0 = Instant::now();
                 let took =
                     approval_cycle_steps(&server.customer, &user, &device, &enrollment).await;
-                latencies.push(t0.elapsed());
-                completions.push(Instant::now());
+                let done = Instant::now();
+                latencies.push(done - t0);
+                completions.push(done);
                 for (list, step) in steps.iter_mut().zip(took) {
                     list.push(step);
                 }

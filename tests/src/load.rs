@@ -87,13 +87,11 @@ pub struct Latencies {
 impl Latencies {
     /// Waits for every client task (each returns its latencies) and measures from `started`.
     pub async fn gather(started: Instant, tasks: Vec<JoinHandle<Vec<Duration>>>) -> Self {
-        let mut sorted = Vec::new();
+        let mut latencies = Vec::new();
         for task in tasks {
-            sorted.extend(task.await.expect("client task"));
+            latencies.extend(task.await.expect("client task"));
         }
-        let elapsed = started.elapsed();
-        sorted.sort();
-        Self { sorted, elapsed }
+        Self::new(latencies, started.elapsed())
     }
 
     /// Latencies measured by the caller, over `elapsed` of wall time.
