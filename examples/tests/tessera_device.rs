@@ -398,17 +398,11 @@ async fn shows_and_answers_a_ciba_request() {
     json(&device(&state, &["--json", "pair", &uri]));
 
     let registered = api
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: "Branch Office".into(),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
+        .register_ciba_client(&RegisterCibaClient::new(
+            "Branch Office",
+            DeliveryMode::Poll,
+            ClientAuthMethod::ClientSecretBasic,
+        ))
         .await
         .unwrap();
     let rp = RelyingParty::discover(

@@ -127,6 +127,30 @@ pub struct RegisterCibaClient {
     pub grant_types: Vec<GrantType>,
 }
 
+impl RegisterCibaClient {
+    /// A registration named `client_name` with its delivery mode and token endpoint
+    /// authentication, and every optional setting at its default: no notification endpoint,
+    /// no keys, unsigned requests, no user code, no redirect URIs, the default grants. Set the
+    /// others with struct update syntax (`RegisterCibaClient { jwks, ..RegisterCibaClient::new(…) }`).
+    pub fn new(
+        client_name: impl Into<String>,
+        backchannel_token_delivery_mode: DeliveryMode,
+        token_endpoint_auth_method: ClientAuthMethod,
+    ) -> Self {
+        Self {
+            client_name: client_name.into(),
+            backchannel_token_delivery_mode,
+            backchannel_client_notification_endpoint: None,
+            token_endpoint_auth_method,
+            jwks: None,
+            backchannel_authentication_request_signing_alg: None,
+            backchannel_user_code_parameter: false,
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
+        }
+    }
+}
+
 /// The authorization code grant type at the token endpoint.
 pub const AUTHORIZATION_CODE_GRANT_TYPE: &str = "authorization_code";
 
@@ -313,6 +337,35 @@ pub struct OAuthErrorResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_registration_sends_only_what_it_names() {
+        let client = RegisterCibaClient::new(
+            "Call Centre",
+            DeliveryMode::Poll,
+            ClientAuthMethod::ClientSecretBasic,
+        );
+        let sent = serde_json::to_value(&client).unwrap();
+        let mut keys: Vec<&str> = sent
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "backchannel_token_delivery_mode",
+                "backchannel_user_code_parameter",
+                "client_name",
+                "token_endpoint_auth_method"
+            ]
+        );
+        assert_eq!(sent["client_name"], "Call Centre");
+        let read: RegisterCibaClient = serde_json::from_value(sent).unwrap();
+        assert_eq!(read, client);
+    }
 
     #[test]
     fn words_round_trip() {

@@ -214,17 +214,11 @@ impl TestServer {
         use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
         let registered = self
             .customer
-            .register_ciba_client(&RegisterCibaClient {
-                client_name: name.into(),
-                backchannel_token_delivery_mode: DeliveryMode::Poll,
-                backchannel_client_notification_endpoint: None,
-                token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-                jwks: None,
-                backchannel_authentication_request_signing_alg: None,
-                backchannel_user_code_parameter: false,
-                redirect_uris: Vec::new(),
-                grant_types: Vec::new(),
-            })
+            .register_ciba_client(&RegisterCibaClient::new(
+                name,
+                DeliveryMode::Poll,
+                ClientAuthMethod::ClientSecretBasic,
+            ))
             .await
             .expect("register the CIBA client");
         let secret = registered

@@ -627,17 +627,11 @@ async fn main() -> Result<()> {
         "CIBA, poll mode: a call centre asks alice to sign in through the backchannel",
     );
     let registered = backend
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: "Example Bank Call Centre".into(),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
+        .register_ciba_client(&RegisterCibaClient::new(
+            "Example Bank Call Centre",
+            DeliveryMode::Poll,
+            ClientAuthMethod::ClientSecretBasic,
+        ))
         .await?;
     let call_centre = RelyingParty::discover(
         &base,

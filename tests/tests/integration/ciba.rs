@@ -73,17 +73,7 @@ async fn start_with_clock(
 }
 
 fn registration(mode: DeliveryMode, method: ClientAuthMethod) -> RegisterCibaClient {
-    RegisterCibaClient {
-        client_name: "Call Centre".into(),
-        backchannel_token_delivery_mode: mode,
-        backchannel_client_notification_endpoint: None,
-        token_endpoint_auth_method: method,
-        jwks: None,
-        backchannel_authentication_request_signing_alg: None,
-        backchannel_user_code_parameter: false,
-        redirect_uris: Vec::new(),
-        grant_types: Vec::new(),
-    }
+    RegisterCibaClient::new("Call Centre", mode, method)
 }
 
 /// Registers a client and returns a relying party authenticated as it.

@@ -321,17 +321,11 @@ async fn ciba_quota(backend: Backend) {
     set_quotas(&server, None, Some(1)).await;
     let registered = server
         .customer
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: "Call Centre".into(),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretPost,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
+        .register_ciba_client(&RegisterCibaClient::new(
+            "Call Centre",
+            DeliveryMode::Poll,
+            ClientAuthMethod::ClientSecretPost,
+        ))
         .await
         .expect("client");
     let rp = RelyingParty::discover(

@@ -178,17 +178,11 @@ async fn raw_database_holds_no_secret(backend: Backend) {
     .expect("set apns");
     // A redirect MFA client with a secret: the secret is kept (sealed) to verify its HMAC
     // request objects.
-    let mut client = RegisterCibaClient {
-        client_name: "Portal".into(),
-        backchannel_token_delivery_mode: DeliveryMode::Poll,
-        backchannel_client_notification_endpoint: None,
-        token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-        jwks: None,
-        backchannel_authentication_request_signing_alg: None,
-        backchannel_user_code_parameter: false,
-        redirect_uris: Vec::new(),
-        grant_types: Vec::new(),
-    };
+    let mut client = RegisterCibaClient::new(
+        "Portal",
+        DeliveryMode::Poll,
+        ClientAuthMethod::ClientSecretBasic,
+    );
     client.redirect_uris = vec!["https://portal.example/callback".into()];
     let client_secret = server
         .customer

@@ -22,17 +22,11 @@ on_each_backend! {
 /// A poll-mode client of the application `customer` speaks for.
 async fn poll_client(base_url: &str, customer: &CustomerApi) -> RelyingParty {
     let registered = customer
-        .register_ciba_client(&RegisterCibaClient {
-            client_name: "Call Centre".into(),
-            backchannel_token_delivery_mode: DeliveryMode::Poll,
-            backchannel_client_notification_endpoint: None,
-            token_endpoint_auth_method: ClientAuthMethod::ClientSecretBasic,
-            jwks: None,
-            backchannel_authentication_request_signing_alg: None,
-            backchannel_user_code_parameter: false,
-            redirect_uris: Vec::new(),
-            grant_types: Vec::new(),
-        })
+        .register_ciba_client(&RegisterCibaClient::new(
+            "Call Centre",
+            DeliveryMode::Poll,
+            ClientAuthMethod::ClientSecretBasic,
+        ))
         .await
         .unwrap();
     RelyingParty::discover(
