@@ -69,8 +69,16 @@ fn levels_from_env() -> Option<&'static [usize]> {
     Some(leaked)
 }
 
-/// The multi-threaded runtime a generator runs on.
+/// The multi-threaded runtime a generator runs on (see the comment inside for `RUST_LOG`).
 pub fn runtime() -> tokio::runtime::Runtime {
+    // With `RUST_LOG` set, the in-process server's log goes to stderr (a bench that fails under
+    // load says why); without it the server logs nothing, as the figures assume.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

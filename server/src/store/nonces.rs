@@ -67,12 +67,16 @@ pub async fn record_call(
             Engine::Sqlite => insert_nonce(db.writer(), key, expires_at).await?,
         }
     };
-    // Now and then, the housekeeping: a statement of its own, after the call's.
+    // Now and then, the housekeeping: a statement of its own, after the call's, on the same
+    // connection. Taking another one from the pool while the request holds `conn` could, with
+    // as many such calls at once as the pool has connections, leave every connection held by a
+    // call waiting for one (until the pool's acquire timeout failed them all).
     if fresh && rand::random::<u8>() < 8 {
-        sqlx::query(FORGET_EXPIRED)
-            .bind(now)
-            .execute(db.writer())
-            .await?;
+        let forget = sqlx::query(FORGET_EXPIRED).bind(now);
+        match db.engine() {
+            Engine::Postgres => forget.execute(&mut **conn).await?,
+            Engine::Sqlite => forget.execute(db.writer()).await?,
+        };
     }
     Ok(fresh)
 }
@@ -92,5 +96,65 @@ async fn insert_nonce<'c>(
         Ok(_) => Ok(true),
         Err(e) if is_unique_violation(&e) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Enough calls that the housekeeping (one call in 32) runs many times over.
+    const CALLS: usize = 600;
+
+    /// Records `CALLS` calls on the one connection of a one-connection pool: a call that took
+    /// a second connection (its housekeeping) would wait for the one it holds itself and fail
+    /// once the acquire timeout passed.
+    async fn calls_hold_only_their_own_connection(url: &str) {
+        let db = Database::connect_with(url, 1, Duration::from_secs(1))
+            .await
+            .expect("database");
+        let now = 1_000_000;
+        // Expired ones, for the housekeeping to forget.
+        for n in 0..8 {
+            let key = format!("old-{n}-{}", rand::random::<u64>());
+            assert!(
+                record_once(&db, &key, now - 100, now - 200)
+                    .await
+                    .expect("record")
+            );
+        }
+        let mut conn = db.reader().await.expect("the pool's one connection");
+        for n in 0..CALLS {
+            let key = format!("call-{n}-{}", rand::random::<u64>());
+            let fresh = record_call(&db, &mut conn, &key, now + 300, now, None)
+                .await
+                .expect("recorded on the call's own connection");
+            assert!(fresh);
+            let replayed = record_call(&db, &mut conn, &key, now + 300, now, None)
+                .await
+                .expect("replay checked");
+            assert!(!replayed, "a nonce is accepted once");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_call_holds_only_its_own_connection_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        calls_hold_only_their_own_connection(&url).await;
+    }
+
+    #[tokio::test]
+    async fn a_device_call_holds_only_its_own_connection_on_postgres() {
+        let Some(url) = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|url| url.starts_with("postgres"))
+        else {
+            eprintln!("skipped: set DATABASE_URL=postgres://... to run it on PostgreSQL");
+            return;
+        };
+        calls_hold_only_their_own_connection(&url).await;
     }
 }

@@ -17,6 +17,38 @@ on_each_backend! {
 }
 
 async fn more_requests_than_connections(backend: Backend) {
+    cycles_beyond_the_pool(backend, false).await;
+}
+
+on_each_backend! {
+    cycles_under_a_policy_beyond_the_pool_all_complete => cycles_under_a_policy;
+}
+
+/// The same under a policy whose rules read the user's history (push counts, recent
+/// approvals, groups): those reads run beside the request's own.
+async fn cycles_under_a_policy(backend: Backend) {
+    cycles_beyond_the_pool(backend, true).await;
+}
+
+/// A policy whose first rules read the user's history and do not hold; the last requires a
+/// push.
+fn history_reading_policy() -> tessera_protocol::policy::PolicyDocument {
+    serde_json::from_value(serde_json::json!({
+        "networks": {"office": ["203.0.113.0/24"]},
+        "rules": [
+            {"name": "bursts", "when": {"push_requests": {"at_least": 100000, "window_seconds": 600}},
+             "then": {"action": "deny", "reason": "too many"}},
+            {"name": "office", "when": {"recent_authentication": {"network": "office", "within_minutes": 60}},
+             "then": {"action": "deny", "reason": "from the office"}},
+            {"name": "push", "when": {"requests": ["push"]},
+             "then": {"action": "require", "methods": ["mobile_push"]}}
+        ],
+        "default": {"action": "deny", "reason": "no rule matched"}
+    }))
+    .expect("the policy")
+}
+
+async fn cycles_beyond_the_pool(backend: Backend, with_policy: bool) {
     let server = Arc::new(
         TestServer::start_isolated_with(backend, |c| {
             c.max_connections = 2;
@@ -39,6 +71,13 @@ async fn more_requests_than_connections(backend: Backend) {
     let mut devices = Vec::new();
     for pairing in pairings {
         devices.push(pairing.await.expect("every pairing completes"));
+    }
+    if with_policy {
+        server
+            .customer
+            .set_policy(&history_reading_policy())
+            .await
+            .expect("set the policy");
     }
     let mut tasks = Vec::new();
     for (user, device) in devices {
