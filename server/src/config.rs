@@ -184,6 +184,19 @@ pub struct TlsFiles {
 /// FCM's production base URL.
 pub const FCM_DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
 
+/// The database pool's size when not configured: four connections per CPU core of this
+/// machine, at least 4 and at most 16. More connections than the database's cores can serve do
+/// not add throughput: the extra transactions wait inside the database instead of in the
+/// pool's queue, holding their row locks meanwhile, and the slowest requests wait longer
+/// (docs/benchmarks.md, "The database pool's size"). With PostgreSQL on a larger host of its
+/// own, set `--database-max-connections` from that host's cores.
+pub fn default_max_connections() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    u32::try_from(cores.saturating_mul(4))
+        .unwrap_or(u32::MAX)
+        .clamp(4, 16)
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -193,7 +206,7 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024,
             pairing_code_ttl_default: 600,
             pairing_failures_per_ip_per_minute: 10,
-            max_connections: 16,
+            max_connections: default_max_connections(),
             database_acquire_timeout: std::time::Duration::from_secs(10),
             max_pending_authentications_per_user: 3,
             max_recent_authentications_per_user: 20,

@@ -244,8 +244,9 @@ enum Command {
         /// finish once new connections are refused.
         #[arg(long, default_value_t = 30)]
         shutdown_grace_seconds: u64,
-        /// Largest database connection pool of this instance.
-        #[arg(long, default_value_t = 16)]
+        /// Largest database connection pool of this instance (default: four per CPU core, 4
+        /// to 16).
+        #[arg(long, default_value_t = tessera_server::default_max_connections())]
         database_max_connections: u32,
         /// Seconds a request waits for a database connection before it is answered 503.
         #[arg(long, default_value_t = 10)]

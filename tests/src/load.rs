@@ -162,13 +162,14 @@ pub fn ms(d: Duration) -> String {
 }
 
 /// The server's database pool size under load (`max_connections`): `POOL_SIZE` when set, else
-/// 32.
+/// the server's default (`tessera_server::default_max_connections`), so the figures are the server's
+/// as it ships.
 pub fn pool_size() -> u32 {
     std::env::var("POOL_SIZE")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(32)
+        .unwrap_or_else(tessera_server::default_max_connections)
 }
 
 /// SQLite, and PostgreSQL when `DATABASE_URL` points at one (otherwise says it is skipped).
