@@ -755,7 +755,12 @@ pub async fn evaluate_policy(
     now: i64,
 ) -> Result<tessera_protocol::policy::PolicyEvaluation, ServerError> {
     crate::domain::policy::evaluate_in(
-        &crate::domain::policy::Env { db, ip_table, now },
+        &crate::domain::policy::Env {
+            db,
+            ip_table,
+            now,
+            compiled: &Default::default(),
+        },
         app,
         request,
     )

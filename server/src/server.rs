@@ -153,6 +153,7 @@ impl Server {
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let events_at_shutdown = events.clone();
         let state = Ctx::new(crate::domain::CtxParts {
+            compiled_policies: Default::default(),
             clock: config.clock.clone(),
             follow_ups: Arc::from(crate::domain::follow_ups()),
             events,

@@ -143,20 +143,31 @@ pub(crate) async fn admit(
     created: &super::outcome::NewRequest,
 ) -> Result<Admitted, DomainError> {
     let mut lock = admission_lock(ctx, quota, limits);
-    loop {
-        let mut w = begin_admission(ctx, record, lock).await?;
-        let mut policy_queued = super::audit::Queued::default();
-        if let Some(decided) = decided {
-            policy_queued = super::policy::record_in(
+    // The policy decision and its audit record go with the request's own records: written
+    // exactly when it is stored (on PostgreSQL in the insert's own statement).
+    let decision = decided
+        .map(|decided| {
+            super::policy::recorded_with(
                 ctx,
-                &mut w,
                 &record.application_id,
                 &record.user_id,
                 Some(record.id.as_str()),
                 decided,
             )
-            .await?;
-        }
+        })
+        .transpose()?;
+    let records: Vec<crate::store::audit::Appended> = match &decision {
+        Some(decision) => decision
+            .audit
+            .iter()
+            .chain(created.records())
+            .cloned()
+            .collect(),
+        None => created.records().to_vec(),
+    };
+    let row = decision.as_ref().map(|d| d.row());
+    loop {
+        let mut w = begin_admission(ctx, record, lock).await?;
         match insert_within_pending_quota(
             ctx,
             &mut w,
@@ -164,12 +175,15 @@ pub(crate) async fn admit(
             quota,
             limits,
             lock,
-            created.records(),
+            Written {
+                records: &records,
+                decision: row.as_ref(),
+            },
         )
         .await?
         {
             Admission::Inserted(queued) => {
-                let announced = created.announced(queued).with_webhooks(policy_queued);
+                let announced = created.announced(queued);
                 return Ok(Admitted::Stored(w, announced));
             }
             Admission::Contended => {
@@ -183,6 +197,14 @@ pub(crate) async fn admit(
             }
         }
     }
+}
+
+/// What is written with an admitted request: its audit `records` and the policy `decision`
+/// that let it through.
+#[derive(Clone, Copy)]
+struct Written<'a> {
+    records: &'a [crate::store::audit::Appended],
+    decision: Option<&'a crate::store::policies::DecisionRecord<'a>>,
 }
 
 /// Begins the write that admits `record` under `lock` (from [`admission_lock`]): on PostgreSQL
@@ -218,7 +240,7 @@ async fn insert_within_pending_quota(
     quota: u32,
     limits: &UserLimits,
     lock: AdmissionLock,
-    records: &[crate::store::audit::Appended],
+    written: Written<'_>,
 ) -> Result<Admission, DomainError> {
     use crate::store::authentications::{self, AdmissionWindows};
     let margin = match lock {
@@ -241,8 +263,15 @@ async fn insert_within_pending_quota(
     // that nothing refuses the request any more: it is then offered again (the locks still
     // held), a few times at most.
     for _ in 0..ADMISSION_ATTEMPTS {
-        if let Some(queued) =
-            authentications::insert_if_admitted(w, record, windows, most, records).await?
+        if let Some(queued) = authentications::insert_if_admitted_deciding(
+            w,
+            record,
+            windows,
+            most,
+            written.records,
+            written.decision,
+        )
+        .await?
         {
             return Ok(Admission::Inserted(queued.into()));
         }

@@ -313,12 +313,6 @@ impl Queued {
     pub(crate) fn any(&self, committed: &Committed) -> bool {
         self.queued || self.tickets.iter().any(|t| committed.changes(*t) > 0)
     }
-
-    /// Adds `other`'s deliveries to these.
-    pub(crate) fn extend(&mut self, other: Queued) {
-        self.tickets.extend(other.tickets);
-        self.queued |= other.queued;
-    }
 }
 
 impl RecordError {

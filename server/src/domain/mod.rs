@@ -103,6 +103,8 @@ pub(crate) struct CtxParts {
     pub webhook_sender: Arc<dyn ports::WebhookSender>,
     /// The trust anchors and revocation list attestations are verified against.
     pub attestation: Arc<attestation::AttestationTrust>,
+    /// The policy versions compiled so far (`policy::compiled`).
+    pub compiled_policies: policy::compiled::CompiledPolicies,
 }
 
 impl Ctx {

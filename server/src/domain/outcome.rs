@@ -461,12 +461,6 @@ pub(crate) struct Announced {
 }
 
 impl Announced {
-    /// Adds webhook deliveries the write deferred.
-    pub(crate) fn with_webhooks(mut self, queued: super::audit::Queued) -> Announced {
-        self.webhooks.extend(queued);
-        self
-    }
-
     /// Reads, from the write that `committed`, whether its deferred audit records queued
     /// webhook deliveries.
     pub(crate) fn resolved(mut self, committed: &Committed) -> Announced {

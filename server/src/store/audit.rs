@@ -154,6 +154,10 @@ pub struct Appended {
 /// the queuing of its deliveries. Placeholders are numbered from `first`, in the order
 /// [`bind_appended`] binds them. Returns the items, and the names of those whose rows count the
 /// deliveries queued.
+///
+/// The records are written in their order (their sequence numbers follow it): each record's
+/// insert reads the row the one before it returned. Items that nothing reads would run in no
+/// order the statement promises (PostgreSQL finishes them last one first).
 pub(crate) fn appended_items(
     records: &[Appended],
     source: &str,
@@ -167,8 +171,13 @@ pub(crate) fn appended_items(
             .map(|p| format!("${p}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let after = match n {
+            0 => source.to_string(),
+            _ => format!("recorded_{}", n - 1),
+        };
         items.push(format!(
-            "recorded_{n} AS (INSERT INTO audit_log ({APPEND_COLUMNS}) SELECT {values} FROM {source})"
+            "recorded_{n} AS (INSERT INTO audit_log ({APPEND_COLUMNS}) SELECT {values} FROM {after} \
+             RETURNING 1)"
         ));
         next += APPEND_VALUES;
         if appended.deliveries.is_some() {
@@ -181,6 +190,19 @@ pub(crate) fn appended_items(
         }
     }
     (items, queued)
+}
+
+/// How many values the [`appended_items`] of `records` bind.
+pub(crate) fn appended_values(records: &[Appended]) -> usize {
+    records
+        .iter()
+        .map(|r| {
+            APPEND_VALUES
+                + r.deliveries
+                    .as_ref()
+                    .map_or(0, |_| webhooks::ENQUEUE_VALUES)
+        })
+        .sum()
 }
 
 /// The expression counting the deliveries the [`appended_items`] named `queued` queued.

@@ -782,9 +782,31 @@ pub async fn insert_if_admitted(
     limits: AdmissionLimits,
     records: &[super::audit::Appended],
 ) -> Result<Option<super::audit::AppendedQueue>, StoreError> {
+    insert_if_admitted_deciding(w, a, windows, limits, records, None).await
+}
+
+/// [`insert_if_admitted`] with the policy `decision` that let the request through, written
+/// exactly when the request is stored: on PostgreSQL in the insert's own statement (with the
+/// audit `records`), on SQLite after it in the same transaction.
+pub async fn insert_if_admitted_deciding(
+    w: &mut super::Write<'_>,
+    a: &Authentication,
+    windows: AdmissionWindows,
+    limits: AdmissionLimits,
+    records: &[super::audit::Appended],
+    decision: Option<&super::policies::DecisionRecord<'_>>,
+) -> Result<Option<super::audit::AppendedQueue>, StoreError> {
     let (insert, bound) = admitted_insert(&limits);
-    let postgres_items = (w.engine() == super::Engine::Postgres && !records.is_empty())
-        .then(|| super::audit::appended_items(records, "created", bound + 1));
+    let postgres_items = (w.engine() == super::Engine::Postgres
+        && (!records.is_empty() || decision.is_some()))
+    .then(|| {
+        let (mut items, queued) = super::audit::appended_items(records, "created", bound + 1);
+        if let Some(d) = decision {
+            let first = bound + 1 + super::audit::appended_values(records);
+            items.push(super::policies::decision_item(d, "created", first).0);
+        }
+        (items, queued)
+    });
     let sql = match &postgres_items {
         None => std::borrow::Cow::Borrowed(insert),
         Some((items, queued)) => std::borrow::Cow::Owned(format!(
@@ -822,9 +844,11 @@ pub async fn insert_if_admitted(
             .bind(most);
     }
     if postgres_items.is_some() {
-        let row = super::audit::bind_appended(query, records)
-            .fetch_one(&mut **w)
-            .await?;
+        let mut query = super::audit::bind_appended(query, records);
+        if let Some(d) = decision {
+            query = super::policies::bind_decision_item(query, d);
+        }
+        let row = query.fetch_one(&mut **w).await?;
         if row.try_get::<i64, _>("inserted")? != 1 {
             return Ok(None);
         }
@@ -835,6 +859,9 @@ pub async fn insert_if_admitted(
     }
     if query.execute(&mut **w).await?.rows_affected() != 1 {
         return Ok(None);
+    }
+    if let Some(d) = decision {
+        super::policies::record_decision_deferred(w, d).await?;
     }
     let mut tickets = Vec::new();
     for appended in records {
@@ -1739,7 +1766,8 @@ mod tests {
         (db, app)
     }
 
-    /// A new request's audit record is written exactly when the request is stored.
+    /// A new request's audit record and policy decision are written exactly when the request
+    /// is stored.
     async fn check_records_go_with_the_admitted_insert(
         db: &Database,
         app: &super::super::applications::Application,
@@ -1780,36 +1808,91 @@ mod tests {
             pushes: None,
         };
         let windows = windows_at(now, false);
-        // Refused (the user has one pending already): neither the request nor its record.
-        let refused = pending(&app.id, &user, now);
-        let mut w = db.write().await.expect("write");
-        let stored =
-            insert_if_admitted(&mut w, &refused, windows, one_pending, &[record(&refused)])
-                .await
-                .expect("admission");
-        assert!(stored.is_none());
-        w.commit().await.expect("commit");
-        assert_eq!(records_of(&refused).await, 0);
-        // Admitted: both, in the same write.
-        let admitted = pending(&app.id, &user, now);
-        let mut w = db.write().await.expect("write");
-        let two_pending = AdmissionLimits {
-            user_pending: Some(2),
-            ..one_pending
+        // The policy decision that let a request through, with or without a location.
+        let decision = |a: &Authentication, location: Option<(f64, f64)>| {
+            let (id, subject) = (format!("pd_{}", a.id), a.id.to_string());
+            (id, subject, location)
         };
-        let stored = insert_if_admitted(
+        fn decision_row<'a>(
+            app: &'a ApplicationId,
+            user: &'a UserId,
+            (id, subject, location): &'a (String, String, Option<(f64, f64)>),
+            now: i64,
+        ) -> super::super::policies::DecisionRecord<'a> {
+            super::super::policies::DecisionRecord {
+                id: id.as_str(),
+                application_id: app,
+                user_id: user,
+                request_kind: "push",
+                subject_id: Some(subject.as_str()),
+                policy_version: 1,
+                rule: "push",
+                action: "require",
+                effect: "require",
+                reason: "",
+                inputs: "{}",
+                methods: "mobile_push",
+                location: *location,
+                created_at: now,
+            }
+        }
+        let decided = |a: &Authentication| {
+            let id = format!("pd_{}", a.id);
+            async move {
+                sqlx::query_as::<_, (i64, Option<f64>)>(
+                    "SELECT COUNT(*), MAX(latitude) FROM policy_decisions WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_one(db.pool())
+                .await
+                .expect("decisions")
+            }
+        };
+        // Refused (the user has one pending already): neither the request nor its records.
+        let refused = pending(&app.id, &user, now);
+        let refused_decision = decision(&refused, None);
+        let mut w = db.write().await.expect("write");
+        let stored = insert_if_admitted_deciding(
             &mut w,
-            &admitted,
+            &refused,
             windows,
-            two_pending,
-            &[record(&admitted)],
+            one_pending,
+            &[record(&refused)],
+            Some(&decision_row(&app.id, &user, &refused_decision, now)),
         )
         .await
         .expect("admission");
-        assert!(stored.is_some());
+        assert!(stored.is_none());
         w.commit().await.expect("commit");
-        assert_eq!(records_of(&admitted).await, 1);
-        assert!(get(db, &admitted.id, now).await.expect("read").is_some());
+        assert_eq!(records_of(&refused).await, 0);
+        assert_eq!(decided(&refused).await.0, 0);
+        // Admitted: all of them, in the same write (with a located decision, then without).
+        let mut most = 1;
+        for location in [Some((52.52, 13.4)), None] {
+            most += 1;
+            let admitted = pending(&app.id, &user, now);
+            let admitted_decision = decision(&admitted, location);
+            let mut w = db.write().await.expect("write");
+            let limits = AdmissionLimits {
+                user_pending: Some(most),
+                ..one_pending
+            };
+            let stored = insert_if_admitted_deciding(
+                &mut w,
+                &admitted,
+                windows,
+                limits,
+                &[record(&admitted)],
+                Some(&decision_row(&app.id, &user, &admitted_decision, now)),
+            )
+            .await
+            .expect("admission");
+            assert!(stored.is_some());
+            w.commit().await.expect("commit");
+            assert_eq!(records_of(&admitted).await, 1);
+            assert_eq!(decided(&admitted).await, (1, location.map(|l| l.0)));
+            assert!(get(db, &admitted.id, now).await.expect("read").is_some());
+        }
     }
 
     #[tokio::test]

@@ -344,6 +344,54 @@ pub async fn record_decision_deferred(
     Ok(())
 }
 
+/// PostgreSQL: `d` as a data-modifying `WITH` item named `decided`, inserted once for every row
+/// of `source` (an item named before it, returning zero or one row), with its placeholders
+/// numbered from `first`, in the order [`bind_decision_item`] binds them; and how many it binds.
+pub(crate) fn decision_item(d: &DecisionRecord<'_>, source: &str, first: usize) -> (String, usize) {
+    // As in `decision_sql`, a missing location is left out, not bound as NULL.
+    let (columns, values) = match d.location {
+        Some(_) => (", latitude, longitude", 15),
+        None => ("", 13),
+    };
+    let placeholders = (first..first + values)
+        .map(|p| format!("${p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (
+        format!(
+            "decided AS (INSERT INTO policy_decisions (id, application_id, user_id, request_kind, \
+             subject_id, policy_version, rule, action, effect, reason, inputs, methods, \
+             created_at{columns}) SELECT {placeholders} FROM {source})"
+        ),
+        values,
+    )
+}
+
+/// Binds the values of [`decision_item`] after what `query` bound.
+pub(crate) fn bind_decision_item<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    d: &'q DecisionRecord<'_>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let query = query
+        .bind(d.id)
+        .bind(d.application_id.as_str())
+        .bind(d.user_id.as_str())
+        .bind(d.request_kind)
+        .bind(d.subject_id)
+        .bind(i64::from(d.policy_version))
+        .bind(d.rule)
+        .bind(d.action)
+        .bind(d.effect)
+        .bind(d.reason)
+        .bind(d.inputs)
+        .bind(d.methods)
+        .bind(d.created_at);
+    match d.location {
+        Some((latitude, longitude)) => query.bind(latitude).bind(longitude),
+        None => query,
+    }
+}
+
 /// The insert of `d`.
 fn decision_sql(d: &DecisionRecord<'_>) -> String {
     // A missing location is written as a NULL literal, not bound: PostgreSQL refuses a NULL the

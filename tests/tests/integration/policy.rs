@@ -335,6 +335,7 @@ mod conditions {
         time_of_day_in_a_time_zone => time_of_day;
         geovelocity_between_two_sign_ins => geovelocity;
         transactions_over_a_threshold_require_biometrics => threshold;
+        one_rule_sees_every_fact_read_from_the_database => every_fact;
     }
 
     fn deny_when(name: &str, when: Value) -> Value {
@@ -564,6 +565,107 @@ mod conditions {
         // Two days later the same trip is possible.
         clock.advance(Duration::from_secs(2 * 86_400));
         assert_asked(&push(&server, "alice", &from(BERLIN_IP)).await);
+    }
+
+    /// A rule that holds only when each fact read from the database (the user's groups, a
+    /// recent approval, the push count, the previous location) is there: the facts are read
+    /// side by side, and each one missing would let the request through.
+    async fn every_fact(backend: Backend) {
+        let clock = ManualClock::new();
+        let server = TestServer::start_with(backend, |c| {
+            c.accessing_ip_table = IpTable::from_csv(IP_TABLE).unwrap();
+            c.clock = Arc::new(clock.clone());
+        })
+        .await;
+        let (device, enrollment) = paired(&server, "alice").await;
+        server
+            .customer
+            .set_user_groups("alice", &["admins"])
+            .await
+            .unwrap();
+        set_rules(
+            &server,
+            deny_when(
+                "everything",
+                json!({
+                    "groups": ["admins"],
+                    "recent_authentication": {"network": "office", "within_minutes": 30},
+                    "push_requests": {"at_least": 2, "window_seconds": 600},
+                    "geovelocity": {"max_kmh": 900}
+                }),
+            ),
+        )
+        .await;
+        // An approval from the office (in Berlin), then one more push from there.
+        let first = push(&server, "alice", &from(OFFICE_IP)).await;
+        assert_asked(&first);
+        // The decision is recorded with the request it let through, and audited before it.
+        let audit: tessera_protocol::events::AuditPage = reqwest::Client::new()
+            .get(format!("{}/v1/audit?user_id=alice", server.base_url))
+            .bearer_auth(&server.app.api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let subject = first.authentication_id.to_string();
+        let kinds: Vec<&str> = audit
+            .records
+            .iter()
+            .rev()
+            .filter(|r| r.subject.as_deref() == Some(subject.as_str()))
+            .map(|r| r.kind.as_str())
+            .collect();
+        assert_eq!(kinds, ["policy.decided", "authentication.created"]);
+        let request = device
+            .pull_request(&enrollment, &first.authentication_id)
+            .await;
+        device.auth.approve(&request, vec![], None).await.unwrap();
+        assert_asked(&push(&server, "alice", &from(OFFICE_IP)).await);
+        // New York a minute later: every condition holds.
+        clock.advance(Duration::from_secs(60));
+        let dry_run = || async {
+            server
+                .customer
+                .evaluate_policy(&EvaluatePolicyRequest {
+                    user_id: "alice".parse().unwrap(),
+                    request: Some(RequestKind::Push),
+                    accessing_ip: Some(NEW_YORK_IP.into()),
+                    device: None,
+                    fields: Vec::new(),
+                    version: None,
+                })
+                .await
+                .unwrap()
+        };
+        let dry = dry_run().await;
+        assert_eq!(dry.policy.rule, "everything", "{:?}", dry.inputs);
+        assert_eq!(dry.inputs["groups"], json!(["admins"]));
+        assert_eq!(dry.inputs["recent_authentication_from_office"], json!(true));
+        assert_eq!(dry.inputs["push_requests_last_600s"], json!(2));
+        assert!(
+            dry.inputs["geovelocity_kmh"].as_f64().unwrap_or(0.0) > 900.0,
+            "{:?}",
+            dry.inputs
+        );
+        // Out of the group (which another user still has), the rule does not hold.
+        server.user("bob").await;
+        let customer = &server.customer;
+        let set_groups = |user: &'static str, groups: &'static [&'static str]| async move {
+            customer.set_user_groups(user, groups).await.unwrap()
+        };
+        set_groups("bob", &["admins"]).await;
+        set_groups("alice", &["staff"]).await;
+        let outside = dry_run().await;
+        assert_eq!(outside.policy.rule, tessera_protocol::policy::DEFAULT_RULE);
+        assert_eq!(outside.inputs["groups"], json!(["staff"]));
+        // Back in it, the real request is denied.
+        set_groups("alice", &["admins"]).await;
+        assert_denied(
+            &push(&server, "alice", &from(NEW_YORK_IP)).await,
+            "everything",
+        );
     }
 
     async fn threshold(backend: Backend) {

@@ -3,6 +3,7 @@
 //! counts, the IP table, the previous location) and handed to the pure [`evaluate`] module;
 //! every decision is recorded with the values it looked at. See `docs/policy.md`.
 
+pub mod compiled;
 pub mod evaluate;
 
 use std::collections::BTreeSet;
@@ -169,6 +170,8 @@ pub(crate) struct Env<'a> {
     pub ip_table: &'a crate::ip_table::IpTable,
     /// Now, seconds since the epoch.
     pub now: i64,
+    /// The policy versions compiled so far.
+    pub compiled: &'a compiled::CompiledPolicies,
 }
 
 impl<'a> Env<'a> {
@@ -178,6 +181,7 @@ impl<'a> Env<'a> {
             db: &ctx.db,
             ip_table: &ctx.config.accessing_ip_table,
             now: ctx.now(),
+            compiled: &ctx.compiled_policies,
         }
     }
 }
@@ -282,7 +286,7 @@ async fn load_compiled(
     env: &Env<'_>,
     app: &ApplicationId,
     under: Under<'_>,
-) -> Result<Option<Result<CompiledPolicy, PolicyDecision>>, DomainError> {
+) -> Result<Option<Result<std::sync::Arc<CompiledPolicy>, PolicyDecision>>, DomainError> {
     let read;
     let stored = match under {
         Under::Current => {
@@ -305,16 +309,13 @@ async fn load_compiled(
     };
     // A stored policy that no longer compiles (a time zone gone from the database, ...)
     // denies: it fails closed.
-    let compiled = serde_json::from_str::<PolicyDocument>(&stored.document)
-        .map_err(|e| e.to_string())
-        .and_then(|doc| CompiledPolicy::compile(stored.version, &doc).map_err(|e| e.to_string()))
-        .map_err(|why| {
-            PolicyDecision::denied(
-                stored.version,
-                tessera_protocol::policy::DEFAULT_RULE,
-                format!("the policy cannot be evaluated: {why}"),
-            )
-        });
+    let compiled = env.compiled.get_or_compile(app, stored).map_err(|why| {
+        PolicyDecision::denied(
+            stored.version,
+            tessera_protocol::policy::DEFAULT_RULE,
+            format!("the policy cannot be evaluated: {why}"),
+        )
+    });
     Ok(Some(compiled))
 }
 
@@ -349,29 +350,17 @@ async fn gather(
             location: facts.location,
         })
         .unwrap_or_default();
-    let groups = policies::groups(env.db, app, user).await?;
-    let known_groups: BTreeSet<String> = if policy.named_groups().is_empty() {
-        BTreeSet::new()
-    } else {
-        policies::known_groups(env.db, app, policy.named_groups())
-            .await?
-            .into_iter()
-            .collect()
-    };
-    let recent_successes = match policy.recent_lookback_seconds() {
-        0 => Vec::new(),
-        back => policies::recent_successes(env.db, app, user, now - back)
-            .await?
-            .into_iter()
-            .filter_map(|(ip, at)| ip.trim().parse::<IpAddr>().ok().map(|ip| (ip, at)))
-            .collect(),
-    };
-    let push_counts = policies::push_counts(env.db, app, user, now, &policy.push_windows()).await?;
-    let previous_location = if policy.uses_geovelocity() {
-        policies::previous_location(env.db, app, user).await?
-    } else {
-        None
-    };
+    let Facts {
+        groups,
+        known_groups,
+        recent_successes,
+        push_counts,
+        previous_location,
+    } = read_facts(env, app, user, policy).await?;
+    let recent_successes = recent_successes
+        .into_iter()
+        .filter_map(|(ip, at)| ip.trim().parse::<IpAddr>().ok().map(|ip| (ip, at)))
+        .collect();
     Ok(Ok(Gathered {
         location: accessing.location,
         inputs: PolicyInputs {
@@ -398,6 +387,75 @@ async fn gather(
                 .collect(),
         },
     }))
+}
+
+/// The facts of a decision that come from the database ([`read_facts`]).
+struct Facts {
+    /// The user's groups.
+    groups: Vec<String>,
+    /// The groups the policy names that some user of the application has.
+    known_groups: BTreeSet<String>,
+    /// The user's recent approvals: accessing IP (as stored), when.
+    recent_successes: Vec<(String, i64)>,
+    /// The user's push requests by window (seconds).
+    push_counts: std::collections::BTreeMap<u32, u64>,
+    /// The user's previous accessing location: latitude, longitude, when.
+    previous_location: Option<(f64, f64, i64)>,
+}
+
+/// The facts `policy` looks at, read from the database; only those its rules use (a policy that
+/// names no group reads no groups, one without a geovelocity rule no previous location, ...).
+/// The reads need nothing but the two ids, so they go out side by side, each on a pooled
+/// connection of its own (the caller holds none): on PostgreSQL a decision waits for one round
+/// trip instead of up to five in a row. They never shared a snapshot, so reading them apart
+/// changes nothing they can see.
+async fn read_facts(
+    env: &Env<'_>,
+    app: &ApplicationId,
+    user: &UserId,
+    policy: &CompiledPolicy,
+) -> Result<Facts, DomainError> {
+    let named_groups = policy.named_groups();
+    let lookback = policy.recent_lookback_seconds();
+    let windows = policy.push_windows();
+    let now = env.now;
+    let (groups, known_groups, recent_successes, push_counts, previous_location) = tokio::try_join!(
+        async {
+            if named_groups.is_empty() {
+                Ok(Vec::new())
+            } else {
+                policies::groups(env.db, app, user).await
+            }
+        },
+        async {
+            if named_groups.is_empty() {
+                Ok(Vec::new())
+            } else {
+                policies::known_groups(env.db, app, named_groups).await
+            }
+        },
+        async {
+            match lookback {
+                0 => Ok(Vec::new()),
+                back => policies::recent_successes(env.db, app, user, now - back).await,
+            }
+        },
+        policies::push_counts(env.db, app, user, now, &windows),
+        async {
+            if policy.uses_geovelocity() {
+                policies::previous_location(env.db, app, user).await
+            } else {
+                Ok(None)
+            }
+        },
+    )?;
+    Ok(Facts {
+        groups,
+        known_groups: known_groups.into_iter().collect(),
+        recent_successes,
+        push_counts,
+        previous_location,
+    })
 }
 
 async fn decide_with(
@@ -490,21 +548,35 @@ pub(crate) async fn record(
     Ok(())
 }
 
-/// [`record`] inside the write `w` that stores its subject, deferred (sent with its next
-/// statement or its commit): the decision and its audit record commit with it. Answers the
-/// webhook deliveries queued, known once committed (announce the outbox then).
-pub(crate) async fn record_in(
+/// A decision to record with the request it was made for, in the write that stores the
+/// request ([`recorded_with`]; `domain::applications::admit`).
+pub(crate) struct RecordedWith<'a> {
+    recorded: Recorded<'a>,
+    /// Its audit record, to append with the request's own.
+    pub audit: Vec<crate::store::audit::Appended>,
+}
+
+impl RecordedWith<'_> {
+    /// The decision's row.
+    pub(crate) fn row(&self) -> policies::DecisionRecord<'_> {
+        self.recorded.row()
+    }
+}
+
+/// `decided` for `subject`, as the write that stores the subject records it: its row and its
+/// audit record, both written exactly when the subject is (on PostgreSQL in the subject's own
+/// statement).
+pub(crate) fn recorded_with<'a>(
     ctx: &Ctx,
-    w: &mut crate::store::Write<'_>,
-    app: &ApplicationId,
-    user: &UserId,
-    subject: Option<&str>,
-    decided: &Decided,
-) -> Result<crate::domain::audit::Queued, DomainError> {
-    let decision = Recorded::of(ctx, app, user, subject, decided);
-    policies::record_decision_deferred(w, &decision.row()).await?;
-    let event = crate::domain::audit::policy_decided_event(&decision.audit());
-    crate::domain::audit::append_deferred(ctx, w, vec![event]).await
+    app: &'a ApplicationId,
+    user: &'a UserId,
+    subject: Option<&'a str>,
+    decided: &'a Decided,
+) -> Result<RecordedWith<'a>, DomainError> {
+    let recorded = Recorded::of(ctx, app, user, subject, decided);
+    let event = crate::domain::audit::policy_decided_event(&recorded.audit());
+    let audit = crate::domain::audit::appended(ctx, vec![event])?;
+    Ok(RecordedWith { recorded, audit })
 }
 
 /// A decision as it is recorded: its row and its audit record.
