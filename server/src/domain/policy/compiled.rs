@@ -3,62 +3,101 @@
 //! A saved policy version never changes (every change is a new version), so a version compiled
 //! once can serve every later decision under it: a request that a policy decides reads the
 //! version with its settings as before, and parses and compiles the document only the first
-//! time this process meets that version. Nothing can go stale, in this instance or another: a
-//! new version has a new key. The map is bounded; when full it is emptied, and the versions in
-//! use are compiled again as they are met.
+//! time this process meets that version. A kept version is used only for the same document
+//! text (compared by its SHA-256 digest): should a database ever give a version number another
+//! document (restored from a backup while servers run, and saved again), the new text is
+//! compiled, never the old one's rules applied. The map is bounded by versions and by the
+//! documents' size; when either is reached it is emptied, and the versions in use are compiled
+//! again as they are met.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::ids::ApplicationId;
 use tessera_protocol::policy::PolicyDocument;
 
 use super::evaluate::CompiledPolicy;
 use crate::store::policies::StoredPolicy;
 
-/// The most versions kept (each a few kilobytes for a large policy).
+/// The most versions kept.
 pub const CAPACITY: usize = 1024;
+
+/// The most document text (bytes) the kept versions were compiled from: about what they hold.
+pub const CAPACITY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Compiled policy versions of this process, by application and version.
 #[derive(Debug, Default)]
 pub struct CompiledPolicies {
-    versions: Mutex<HashMap<(ApplicationId, u32), Arc<CompiledPolicy>>>,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    versions: HashMap<(ApplicationId, u32), Entry>,
+    /// The sum of the kept versions' document lengths.
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The digest of the document text it was compiled from.
+    digest: Sha256Digest,
+    bytes: usize,
+    policy: Arc<CompiledPolicy>,
 }
 
 impl CompiledPolicies {
     /// `stored`, the application's policy version, compiled: from the map when this version
-    /// was compiled before, else parsed and compiled now (and kept). A document that does not
-    /// compile (a time zone gone from the database, ...) is not kept: why, as text.
+    /// was compiled from the same text before, else parsed and compiled now (and kept). A
+    /// document that does not compile (a time zone gone from the database, ...) is not kept:
+    /// why, as text.
     pub fn get_or_compile(
         &self,
         app: &ApplicationId,
         stored: &StoredPolicy,
     ) -> Result<Arc<CompiledPolicy>, String> {
         let key = (app.clone(), stored.version);
-        if let Some(compiled) = self.lock().get(&key) {
-            return Ok(Arc::clone(compiled));
+        let digest = Sha256Digest::of_bytes(stored.document.as_bytes());
+        if let Some(entry) = self.lock().versions.get(&key)
+            && entry.digest == digest
+        {
+            return Ok(Arc::clone(&entry.policy));
         }
         // Compiled without the lock held: two requests meeting a new version at once each
         // compile it, and the same policy is kept.
-        let compiled = Arc::new(
+        let policy = Arc::new(
             serde_json::from_str::<PolicyDocument>(&stored.document)
                 .map_err(|e| e.to_string())
                 .and_then(|doc| {
                     CompiledPolicy::compile(stored.version, &doc).map_err(|e| e.to_string())
                 })?,
         );
-        let mut versions = self.lock();
-        if versions.len() >= CAPACITY {
-            versions.clear();
+        let bytes = stored.document.len();
+        let mut kept = self.lock();
+        if let Some(replaced) = kept.versions.remove(&key) {
+            kept.bytes -= replaced.bytes;
         }
-        versions.insert(key, Arc::clone(&compiled));
-        Ok(compiled)
+        if kept.versions.len() >= CAPACITY || kept.bytes + bytes > CAPACITY_BYTES {
+            kept.versions.clear();
+            kept.bytes = 0;
+        }
+        kept.bytes += bytes;
+        kept.versions.insert(
+            key,
+            Entry {
+                digest,
+                bytes,
+                policy: Arc::clone(&policy),
+            },
+        );
+        Ok(policy)
     }
 
     /// How many versions are kept.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().versions.len()
     }
 
     /// Whether none is kept.
@@ -67,11 +106,9 @@ impl CompiledPolicies {
         self.len() == 0
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(ApplicationId, u32), Arc<CompiledPolicy>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         // A panic while holding the lock leaves a plain map behind: keep using it.
-        self.versions
+        self.kept
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -104,10 +141,16 @@ mod tests {
         let app = ApplicationId::generate();
         let other = ApplicationId::generate();
         let one = cache.get_or_compile(&app, &stored(1, "first")).unwrap();
-        // The same version again is the same compiled policy, whatever the text read with it.
-        let again = cache.get_or_compile(&app, &stored(1, "ignored")).unwrap();
+        // The same version again is the same compiled policy.
+        let again = cache.get_or_compile(&app, &stored(1, "first")).unwrap();
         assert!(Arc::ptr_eq(&one, &again));
         assert_eq!(first_rule(&again), "first");
+        // The same version number with another text (a database restored and saved again) is
+        // compiled from that text.
+        let other_text = cache.get_or_compile(&app, &stored(1, "restored")).unwrap();
+        assert_eq!(first_rule(&other_text), "restored");
+        let kept = cache.get_or_compile(&app, &stored(1, "restored")).unwrap();
+        assert!(Arc::ptr_eq(&other_text, &kept));
         // A new version, and another application's version 1, are compiled from their own text.
         let two = cache.get_or_compile(&app, &stored(2, "second")).unwrap();
         assert_eq!(first_rule(&two), "second");
@@ -130,12 +173,37 @@ mod tests {
     }
 
     #[test]
-    fn the_map_stays_bounded() {
+    fn the_map_stays_bounded_by_versions_and_by_size() {
         let cache = CompiledPolicies::default();
         let app = ApplicationId::generate();
         for version in 1..=u32::try_from(CAPACITY).unwrap() + 10 {
             cache.get_or_compile(&app, &stored(version, "r")).unwrap();
             assert!(cache.len() <= CAPACITY);
+        }
+        // Large documents: far fewer fit.
+        let cache = CompiledPolicies::default();
+        let long_reason = "x".repeat(200);
+        let large = |version: u32| {
+            let rules: Vec<_> = (0..200)
+                .map(|n| serde_json::json!({"name": format!("rule {n}"), "when": {"requests": ["transaction"]},
+                                            "then": {"action": "deny", "reason": long_reason}}))
+                .collect();
+            StoredPolicy {
+                version,
+                document: serde_json::json!({"rules": rules, "default": {"action": "approve"}})
+                    .to_string(),
+                created_at: 0,
+            }
+        };
+        let size = large(1).document.len();
+        for version in 1..=u32::try_from(CAPACITY_BYTES / size).unwrap() + 5 {
+            cache.get_or_compile(&app, &large(version)).unwrap();
+            let kept = cache.lock();
+            assert!(kept.bytes <= CAPACITY_BYTES);
+            assert_eq!(
+                kept.bytes,
+                kept.versions.values().map(|e| e.bytes).sum::<usize>()
+            );
         }
     }
 }
