@@ -182,6 +182,21 @@ impl TestServer {
         }
     }
 
+    /// A page of the application's audit log (`GET /v1/audit?{query}`, newest first); panics
+    /// unless it is answered 200.
+    pub async fn audit(&self, query: &str) -> tessera_protocol::events::AuditPage {
+        let response = reqwest::Client::new()
+            .get(format!("{}/v1/audit?{query}", self.base_url))
+            .bearer_auth(&self.app.api_key)
+            .send()
+            .await
+            .expect("audit");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("audit body");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("audit page")
+    }
+
     /// Creates a user and returns its id.
     pub async fn user(&self, user_id: &str) -> String {
         self.customer

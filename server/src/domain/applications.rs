@@ -156,14 +156,14 @@ pub(crate) async fn admit(
             )
         })
         .transpose()?;
-    let records: Vec<crate::store::audit::Appended> = match &decision {
+    let records: std::borrow::Cow<'_, [crate::store::audit::Appended]> = match &decision {
         Some(decision) => decision
             .audit
             .iter()
             .chain(created.records())
             .cloned()
             .collect(),
-        None => created.records().to_vec(),
+        None => created.records().into(),
     };
     let row = decision.as_ref().map(|d| d.row());
     loop {

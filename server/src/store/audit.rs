@@ -152,8 +152,8 @@ pub struct Appended {
 /// PostgreSQL: `records` as data-modifying `WITH` items of a statement, each inserted once for
 /// every row of `source` (an item named before them, returning zero or one row): the record and
 /// the queuing of its deliveries. Placeholders are numbered from `first`, in the order
-/// [`bind_appended`] binds them. Returns the items, and the names of those whose rows count the
-/// deliveries queued.
+/// [`bind_appended`] binds them. Returns the items, the names of those whose rows count the
+/// deliveries queued, and the first placeholder after theirs.
 ///
 /// The records are written in their order (their sequence numbers follow it): each record's
 /// insert reads the row the one before it returned. Items that nothing reads would run in no
@@ -162,7 +162,7 @@ pub(crate) fn appended_items(
     records: &[Appended],
     source: &str,
     first: usize,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<String>, usize) {
     let mut next = first;
     let mut items = Vec::new();
     let mut queued = Vec::new();
@@ -189,20 +189,7 @@ pub(crate) fn appended_items(
             next += webhooks::ENQUEUE_VALUES;
         }
     }
-    (items, queued)
-}
-
-/// How many values the [`appended_items`] of `records` bind.
-pub(crate) fn appended_values(records: &[Appended]) -> usize {
-    records
-        .iter()
-        .map(|r| {
-            APPEND_VALUES
-                + r.deliveries
-                    .as_ref()
-                    .map_or(0, |_| webhooks::ENQUEUE_VALUES)
-        })
-        .sum()
+    (items, queued, next)
 }
 
 /// The expression counting the deliveries the [`appended_items`] named `queued` queued.

@@ -547,7 +547,7 @@ pub async fn record_answer_with_audit(
     answer: &Answer<'_>,
     records: &[super::audit::Appended],
 ) -> Result<Option<(Authentication, Waiting, bool)>, StoreError> {
-    let (items, queued) = super::audit::appended_items(records, "ended", END_WITH_VALUES + 1);
+    let (items, queued, _) = super::audit::appended_items(records, "ended", END_WITH_VALUES + 1);
     let mut sql = format!(
         "WITH ended AS ({END_WITH} RETURNING {READ_COLUMNS}, {})",
         super::follow_ups::WAITING_COLUMNS
@@ -800,10 +800,9 @@ pub async fn insert_if_admitted_deciding(
     let postgres_items = (w.engine() == super::Engine::Postgres
         && (!records.is_empty() || decision.is_some()))
     .then(|| {
-        let (mut items, queued) = super::audit::appended_items(records, "created", bound + 1);
+        let (mut items, queued, next) = super::audit::appended_items(records, "created", bound + 1);
         if let Some(d) = decision {
-            let first = bound + 1 + super::audit::appended_values(records);
-            items.push(super::policies::decision_item(d, "created", first).0);
+            items.push(super::policies::decision_item(d, "created", next));
         }
         (items, queued)
     });
@@ -846,7 +845,7 @@ pub async fn insert_if_admitted_deciding(
     if postgres_items.is_some() {
         let mut query = super::audit::bind_appended(query, records);
         if let Some(d) = decision {
-            query = super::policies::bind_decision_item(query, d);
+            query = super::policies::bind_decision(query, d);
         }
         let row = query.fetch_one(&mut **w).await?;
         if row.try_get::<i64, _>("inserted")? != 1 {

@@ -330,7 +330,9 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let sql = decision_sql(d);
-    decision_query(&sql, d).execute(executor).await?;
+    bind_decision(sqlx::query(&sql), d)
+        .execute(executor)
+        .await?;
     Ok(())
 }
 
@@ -340,35 +342,53 @@ pub async fn record_decision_deferred(
     d: &DecisionRecord<'_>,
 ) -> Result<(), StoreError> {
     let sql = decision_sql(d);
-    w.defer(decision_query(&sql, d)).await?;
+    w.defer(bind_decision(sqlx::query(&sql), d)).await?;
     Ok(())
+}
+
+/// The columns of a decision's insert and how many values it binds, in the order
+/// [`bind_decision`] binds them. A missing location is left out, not bound: PostgreSQL refuses
+/// a NULL the `Any` driver binds untyped on a connection that prepared the statement for
+/// floats (the column's default NULL is written instead).
+fn decision_columns(d: &DecisionRecord<'_>) -> (String, usize) {
+    const COLUMNS: &str = "id, application_id, user_id, request_kind, subject_id, \
+        policy_version, rule, action, effect, reason, inputs, methods, created_at";
+    match d.location {
+        Some(_) => (format!("{COLUMNS}, latitude, longitude"), 15),
+        None => (COLUMNS.to_string(), 13),
+    }
+}
+
+/// `$first, …` for `count` placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|p| format!("${p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The insert of `d`.
+fn decision_sql(d: &DecisionRecord<'_>) -> String {
+    let (columns, values) = decision_columns(d);
+    format!(
+        "INSERT INTO policy_decisions ({columns}) VALUES ({})",
+        placeholders(1, values)
+    )
 }
 
 /// PostgreSQL: `d` as a data-modifying `WITH` item named `decided`, inserted once for every row
 /// of `source` (an item named before it, returning zero or one row), with its placeholders
-/// numbered from `first`, in the order [`bind_decision_item`] binds them; and how many it binds.
-pub(crate) fn decision_item(d: &DecisionRecord<'_>, source: &str, first: usize) -> (String, usize) {
-    // As in `decision_sql`, a missing location is left out, not bound as NULL.
-    let (columns, values) = match d.location {
-        Some(_) => (", latitude, longitude", 15),
-        None => ("", 13),
-    };
-    let placeholders = (first..first + values)
-        .map(|p| format!("${p}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    (
-        format!(
-            "decided AS (INSERT INTO policy_decisions (id, application_id, user_id, request_kind, \
-             subject_id, policy_version, rule, action, effect, reason, inputs, methods, \
-             created_at{columns}) SELECT {placeholders} FROM {source})"
-        ),
-        values,
+/// numbered from `first`, in the order [`bind_decision`] binds them.
+pub(crate) fn decision_item(d: &DecisionRecord<'_>, source: &str, first: usize) -> String {
+    let (columns, values) = decision_columns(d);
+    format!(
+        "decided AS (INSERT INTO policy_decisions ({columns}) SELECT {} FROM {source})",
+        placeholders(first, values)
     )
 }
 
-/// Binds the values of [`decision_item`] after what `query` bound.
-pub(crate) fn bind_decision_item<'q>(
+/// Binds `d`'s values (as [`decision_columns`] lists them) after what `query` bound.
+pub(crate) fn bind_decision<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     d: &'q DecisionRecord<'_>,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
@@ -389,46 +409,6 @@ pub(crate) fn bind_decision_item<'q>(
     match d.location {
         Some((latitude, longitude)) => query.bind(latitude).bind(longitude),
         None => query,
-    }
-}
-
-/// The insert of `d`.
-fn decision_sql(d: &DecisionRecord<'_>) -> String {
-    // A missing location is written as a NULL literal, not bound: PostgreSQL refuses a NULL the
-    // `Any` driver binds untyped on a connection that prepared the statement for floats.
-    let (columns, values) = match d.location {
-        Some(_) => (", latitude, longitude", ", $13, $14"),
-        None => ("", ""),
-    };
-    let sql = format!(
-        "INSERT INTO policy_decisions (id, application_id, user_id, request_kind, subject_id, \
-         policy_version, rule, action, effect, reason, inputs, methods, created_at{columns}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15{values})"
-    );
-    sql.replace("$15", if d.location.is_some() { "$15" } else { "$13" })
-}
-
-/// [`decision_sql`] with `d`'s values bound.
-fn decision_query<'q>(
-    sql: &'q str,
-    d: &'q DecisionRecord<'_>,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    let query = sqlx::query(sql)
-        .bind(d.id)
-        .bind(d.application_id.as_str())
-        .bind(d.user_id.as_str())
-        .bind(d.request_kind)
-        .bind(d.subject_id)
-        .bind(i64::from(d.policy_version))
-        .bind(d.rule)
-        .bind(d.action)
-        .bind(d.effect)
-        .bind(d.reason)
-        .bind(d.inputs)
-        .bind(d.methods);
-    match d.location {
-        Some((latitude, longitude)) => query.bind(latitude).bind(longitude).bind(d.created_at),
-        None => query.bind(d.created_at),
     }
 }
 

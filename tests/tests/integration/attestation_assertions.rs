@@ -12,7 +12,6 @@ use tessera_protocol::api::{
 };
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::error::ErrorCode;
-use tessera_protocol::events::AuditPage;
 use tessera_protocol::ids::EnrollmentId;
 use tessera_protocol::policy::PolicyDocument;
 use tessera_protocol::qr::QrSessionState;
@@ -121,17 +120,9 @@ async fn state_of(
 }
 
 async fn refusals(server: &TestServer) -> Vec<Value> {
-    let response = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/audit?kind=app_attest.assertion_refused&limit=200",
-            server.base_url
-        ))
-        .bearer_auth(&server.app.api_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let page: AuditPage = response.json().await.unwrap();
+    let page = server
+        .audit("kind=app_attest.assertion_refused&limit=200")
+        .await;
     page.records.into_iter().map(|r| r.details).collect()
 }
 

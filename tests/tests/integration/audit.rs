@@ -41,12 +41,6 @@ async fn get_json(server: &TestServer, path: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn audit(server: &TestServer, query: &str) -> AuditPage {
-    let (status, body) = get_json(server, &format!("/v1/audit?{query}")).await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_value(body).unwrap()
-}
-
 /// Every record of the application matching `query`, all pages.
 async fn all_records(server: &TestServer, query: &str) -> Vec<AuditRecord> {
     let mut records = Vec::new();
@@ -56,7 +50,7 @@ async fn all_records(server: &TestServer, query: &str) -> Vec<AuditRecord> {
             Some(c) => format!("{query}&limit=200&cursor={c}"),
             None => format!("{query}&limit=200"),
         };
-        let page = audit(server, &q).await;
+        let page = server.audit(&q).await;
         records.extend(page.records);
         match page.next_cursor {
             Some(c) => cursor = Some(c),
@@ -68,7 +62,7 @@ async fn all_records(server: &TestServer, query: &str) -> Vec<AuditRecord> {
 /// Waits (reading again) until a record of `kind` for the application exists.
 async fn record_of(server: &TestServer, kind: &str) -> AuditRecord {
     for _ in 0..400 {
-        if let Some(r) = audit(server, &format!("kind={kind}")).await.records.pop() {
+        if let Some(r) = server.audit(&format!("kind={kind}")).await.records.pop() {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -297,7 +291,7 @@ async fn append_only(backend: Backend) {
             "{statement} was allowed"
         );
     }
-    let page = audit(&server, "kind=policy.changed").await;
+    let page = server.audit("kind=policy.changed").await;
     assert_eq!(page.records.len(), 1);
     assert_eq!(page.records[0].outcome, "success");
 }
@@ -350,7 +344,7 @@ async fn queries_and_export(backend: Backend) {
         .into_iter()
         .map(|r| r.id)
         .collect();
-    let first = audit(&server, "kind=policy.changed&limit=3").await;
+    let first = server.audit("kind=policy.changed&limit=3").await;
     assert_eq!(first.records.len(), 3);
     for _ in 0..2 {
         change_setting(&server).await;
@@ -358,7 +352,9 @@ async fn queries_and_export(backend: Backend) {
     let mut seen: Vec<String> = first.records.iter().map(|r| r.id.clone()).collect();
     let mut cursor = first.next_cursor.clone();
     while let Some(c) = cursor {
-        let page = audit(&server, &format!("kind=policy.changed&limit=3&cursor={c}")).await;
+        let page = server
+            .audit(&format!("kind=policy.changed&limit=3&cursor={c}"))
+            .await;
         seen.extend(page.records.iter().map(|r| r.id.clone()));
         cursor = page.next_cursor;
     }
@@ -531,7 +527,9 @@ async fn user_deletion(backend: Backend) {
         );
     }
     // And an audit record says who deleted whom.
-    let deleted = audit(&server, &format!("kind=user.deleted&user_id={user}")).await;
+    let deleted = server
+        .audit(&format!("kind=user.deleted&user_id={user}"))
+        .await;
     assert_eq!(deleted.records.len(), 1);
     assert_eq!(deleted.records[0].actor, "customer");
     assert_eq!(deleted.records[0].details["devices"], 2);

@@ -600,15 +600,7 @@ mod conditions {
         let first = push(&server, "alice", &from(OFFICE_IP)).await;
         assert_asked(&first);
         // The decision is recorded with the request it let through, and audited before it.
-        let audit: tessera_protocol::events::AuditPage = reqwest::Client::new()
-            .get(format!("{}/v1/audit?user_id=alice", server.base_url))
-            .bearer_auth(&server.app.api_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let audit = server.audit("user_id=alice").await;
         let subject = first.authentication_id.to_string();
         let kinds: Vec<&str> = audit
             .records

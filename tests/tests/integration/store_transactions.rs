@@ -8,7 +8,6 @@
 
 use sqlx::AnyPool;
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
-use tessera_protocol::events::AuditPage;
 use tessera_tests::{Backend, TestServer, ask, on_each_backend};
 
 on_each_backend! {
@@ -49,14 +48,7 @@ async fn accept_audit_again(server: &TestServer, db: &AnyPool) {
 
 /// The application's audit records of `kind` about `authentication_id`.
 async fn records(server: &TestServer, kind: &str, authentication_id: &str) -> usize {
-    let response = reqwest::Client::new()
-        .get(format!("{}/v1/audit?limit=200", server.base_url))
-        .bearer_auth(&server.app.api_key)
-        .send()
-        .await
-        .expect("audit");
-    assert_eq!(response.status().as_u16(), 200);
-    let page: AuditPage = response.json().await.expect("audit page");
+    let page = server.audit("limit=200").await;
     page.records
         .iter()
         .filter(|r| r.kind == kind && r.subject.as_deref() == Some(authentication_id))

@@ -357,10 +357,6 @@ async fn gather(
         push_counts,
         previous_location,
     } = read_facts(env, app, user, policy).await?;
-    let recent_successes = recent_successes
-        .into_iter()
-        .filter_map(|(ip, at)| ip.trim().parse::<IpAddr>().ok().map(|ip| (ip, at)))
-        .collect();
     Ok(Ok(Gathered {
         location: accessing.location,
         inputs: PolicyInputs {
@@ -395,8 +391,9 @@ struct Facts {
     groups: Vec<String>,
     /// The groups the policy names that some user of the application has.
     known_groups: BTreeSet<String>,
-    /// The user's recent approvals: accessing IP (as stored), when.
-    recent_successes: Vec<(String, i64)>,
+    /// The user's recent approvals: accessing IP, when (stored addresses that do not parse
+    /// are left out).
+    recent_successes: Vec<(IpAddr, i64)>,
     /// The user's push requests by window (seconds).
     push_counts: std::collections::BTreeMap<u32, u64>,
     /// The user's previous accessing location: latitude, longitude, when.
@@ -452,7 +449,10 @@ async fn read_facts(
     Ok(Facts {
         groups,
         known_groups: known_groups.into_iter().collect(),
-        recent_successes,
+        recent_successes: recent_successes
+            .into_iter()
+            .filter_map(|(ip, at)| ip.trim().parse::<IpAddr>().ok().map(|ip| (ip, at)))
+            .collect(),
         push_counts,
         previous_location,
     })
