@@ -337,11 +337,14 @@ fn newest_modification(dir: &Path) -> Option<SystemTime> {
 // ---------------------------------------------------------------------------------------------
 // Counting the statements one server sends to PostgreSQL.
 
-/// Frontend messages seen by the proxy: extended-protocol `Execute` and simple `Query`.
+/// Frontend messages seen by the proxy: extended-protocol `Execute` and simple `Query`, and
+/// `Parse` (a statement prepared: the first use of its text on a connection, or again after
+/// the connection's statement cache dropped it).
 #[derive(Default)]
 struct Statements {
     execute: AtomicU64,
     simple: AtomicU64,
+    parse: AtomicU64,
     /// With `SQL_TRACE=1`: how many times each statement text was bound or sent (the texts
     /// of prepared statements are learned from their `Parse` messages).
     texts: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
@@ -353,10 +356,11 @@ fn sql_trace() -> bool {
 }
 
 impl Statements {
-    fn read(&self) -> (u64, u64) {
+    fn read(&self) -> (u64, u64, u64) {
         (
             self.execute.load(Ordering::Relaxed),
             self.simple.load(Ordering::Relaxed),
+            self.parse.load(Ordering::Relaxed),
         )
     }
 
@@ -453,6 +457,7 @@ impl FrontendParser {
                 match self.head[0] {
                     b'E' => counts.execute.fetch_add(1, Ordering::Relaxed),
                     b'Q' => counts.simple.fetch_add(1, Ordering::Relaxed),
+                    b'P' => counts.parse.fetch_add(1, Ordering::Relaxed),
                     _ => 0,
                 };
                 self.skip = be32(&self.head[1..5]).saturating_sub(4);
@@ -751,7 +756,7 @@ async fn idle(bin: &Path, db: &Db, sizes: &Sizes) {
         (io1.1 - io0.1) as f64 / window,
     );
     match (statements0, statements1) {
-        (Some((e0, q0)), Some((e1, q1))) => println!(
+        (Some((e0, q0, _)), Some((e1, q1, _))) => println!(
             "idle      {label:<9} database statements from this server {:.2}/s ({} Execute + {} simple Query in {window:.1} s, counted at a proxy)",
             ((e1 - e0) + (q1 - q0)) as f64 / window,
             e1 - e0,
@@ -871,11 +876,13 @@ async fn cpu_per_cycle(bin: &Path, db: &Db, cycles: usize) {
     let elapsed = started.elapsed();
     let cpu = setup.server.cpu_seconds() - cpu0;
     let statements = match (statements0, setup.statements.as_ref().map(|s| s.read())) {
-        (Some((e0, q0)), Some((e1, q1))) => format!(
-            ", {:.1} database statements per cycle ({:.1} Execute + {:.1} simple Query)",
+        (Some((e0, q0, p0)), Some((e1, q1, p1))) => format!(
+            ", {:.1} database statements per cycle ({:.1} Execute + {:.1} simple Query), \
+             {:.2} Parse",
             ((e1 - e0) + (q1 - q0)) as f64 / cycles as f64,
             (e1 - e0) as f64 / cycles as f64,
             (q1 - q0) as f64 / cycles as f64,
+            (p1 - p0) as f64 / cycles as f64,
         ),
         _ => String::new(),
     };

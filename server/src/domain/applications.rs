@@ -121,19 +121,21 @@ fn after_contention(lock: AdmissionLock) -> Result<AdmissionLock, DomainError> {
 
 /// What [`admit`] did with a new request.
 pub(crate) enum Admitted {
-    /// Stored in the write (still to commit, with what else the caller writes), and what its
-    /// commit announces ([`super::outcome::Announced::resolved`], then `committed`).
-    Stored(crate::store::Write<'static>, super::outcome::Announced),
+    /// Stored and committed, with everything written with it; what its commit announces
+    /// ([`super::outcome::Announced::committed`]).
+    Stored(super::outcome::Announced),
     /// Not stored: other requests took the last places of the policy's `limit_push` since it
-    /// was decided (the reason given). The write was rolled back.
+    /// was decided (the reason given). Nothing was written.
     PushLimited(String),
 }
 
-/// Admits a new request `record` in one write: the policy decision it was made under (with its
-/// audit record), then the counts and the insert with the request's own audit record
-/// (`created`), under the admission's locks ([`admission_lock`]; on PostgreSQL taken with
-/// `BEGIN` and held until the commit). A refused admission rolls all of it back; one the
-/// quota's margin refused under a shared lock runs again, once, under the exclusive one.
+/// Admits a new request `record` in one atomic write: the counts of its limits and its insert,
+/// with what goes with it (the policy decision it was made under and that decision's audit
+/// record, its own audit record `created`, and the CIBA request `ciba` it serves), all written
+/// exactly when it is stored, under the admission's locks ([`admission_lock`]). On PostgreSQL
+/// that is one statement committed on its own (`store::authentications::admit_at_once`); on
+/// SQLite, whose one writer runs each write alone, a write of its own. One the quota's margin
+/// refused under a shared lock runs again, once, under the exclusive one.
 pub(crate) async fn admit(
     ctx: &Ctx,
     record: &crate::store::authentications::Authentication,
@@ -141,10 +143,9 @@ pub(crate) async fn admit(
     limits: &UserLimits,
     decided: Option<&super::policy::Decided>,
     created: &super::outcome::NewRequest,
+    ciba: Option<&crate::store::ciba::CibaRequest>,
 ) -> Result<Admitted, DomainError> {
     let mut lock = admission_lock(ctx, quota, limits);
-    // The policy decision and its audit record go with the request's own records: written
-    // exactly when it is stored (on PostgreSQL in the insert's own statement).
     let decision = decided
         .map(|decided| {
             super::policy::recorded_with(
@@ -166,143 +167,136 @@ pub(crate) async fn admit(
         None => created.records().into(),
     };
     let row = decision.as_ref().map(|d| d.row());
+    let sealed = ciba
+        .map(|r| crate::store::ciba::sealed(ctx.db.secrets()?, r))
+        .transpose()?;
+    let with = crate::store::authentications::WrittenWith {
+        records: &records,
+        decision: row.as_ref(),
+        ciba: sealed.as_ref(),
+    };
     loop {
-        let mut w = begin_admission(ctx, record, lock).await?;
-        match insert_within_pending_quota(
-            ctx,
-            &mut w,
+        let offer = Offer {
             record,
             quota,
             limits,
             lock,
-            Written {
-                records: &records,
-                decision: row.as_ref(),
-            },
-        )
-        .await?
-        {
-            Admission::Inserted(queued) => {
-                let announced = created.announced(queued);
-                return Ok(Admitted::Stored(w, announced));
-            }
-            Admission::Contended => {
-                let next = after_contention(lock)?;
-                w.rollback().await?;
-                lock = next;
-            }
-            Admission::PushLimited(reason) => {
-                w.rollback().await?;
-                return Ok(Admitted::PushLimited(reason));
-            }
+            with,
+            created,
+        };
+        let offered = match ctx.db.engine() {
+            crate::store::Engine::Postgres => offer_at_once(ctx, offer).await?,
+            crate::store::Engine::Sqlite => offer_in_write(ctx, offer).await?,
+        };
+        match offered {
+            Admission::Inserted(announced) => return Ok(Admitted::Stored(announced)),
+            Admission::Contended => lock = after_contention(lock)?,
+            Admission::PushLimited(reason) => return Ok(Admitted::PushLimited(reason)),
         }
     }
 }
 
-/// What is written with an admitted request: its audit `records` and the policy `decision`
-/// that let it through.
+/// A request offered for admission under `lock`, with what is written `with` it.
 #[derive(Clone, Copy)]
-struct Written<'a> {
-    records: &'a [crate::store::audit::Appended],
-    decision: Option<&'a crate::store::policies::DecisionRecord<'a>>,
-}
-
-/// Begins the write that admits `record` under `lock` (from [`admission_lock`]): on PostgreSQL
-/// its advisory locks are taken with `BEGIN` and held until the write ends
-/// (`store::authentications::begin_admission`). Then [`insert_within_pending_quota`].
-async fn begin_admission(
-    ctx: &Ctx,
-    record: &crate::store::authentications::Authentication,
-    lock: AdmissionLock,
-) -> Result<crate::store::Write<'static>, DomainError> {
-    Ok(crate::store::authentications::begin_admission(
-        &ctx.db,
-        &record.application_id,
-        &record.user_id,
-        lock,
-    )
-    .await?)
-}
-
-/// Inserts `record` unless the application already has `quota` pending requests, or the user is
-/// over `limits` (push bombing: refused with `too_many_authentications`; a policy's `limit_push`:
-/// [`Admission::PushLimited`]) — counted and inserted in one step under `lock` (from
-/// [`admission_lock`], taken when [`begin_admission`] began `w`), so a burst never overshoots,
-/// with its audit `records` (written exactly when it is stored; on PostgreSQL in the insert's
-/// own statement). Under a shared lock a request the quota's margin refuses is
-/// [`Admission::Contended`]: the caller rolls its transaction back and runs it again under
-/// [`AdmissionLock::Exclusive`]. The quota is read before the transaction begins: a
-/// transaction waiting for a second connection could exhaust the pool under a burst.
-async fn insert_within_pending_quota(
-    ctx: &Ctx,
-    w: &mut crate::store::Write<'_>,
-    record: &crate::store::authentications::Authentication,
+struct Offer<'a> {
+    record: &'a crate::store::authentications::Authentication,
     quota: u32,
-    limits: &UserLimits,
+    limits: &'a UserLimits,
     lock: AdmissionLock,
-    written: Written<'_>,
-) -> Result<Admission, DomainError> {
-    use crate::store::authentications::{self, AdmissionWindows};
-    let margin = match lock {
-        AdmissionLock::Shared { .. } => ctx.db.admission_margin(),
-        _ => 0,
-    };
-    let now = ctx.now();
-    let windows = AdmissionWindows {
-        now,
-        pending_since: now - super::authentication::LONGEST_REQUEST_SECONDS,
-        recent_since: now
-            - limits
-                .push_bombing
-                .map_or(0, |l| i64::from(l.window_seconds)),
-        push_limit_since: limits.push_limit.map(|l| now - i64::from(l.window_seconds)),
-    };
-    let mut most = admission_limits(quota, limits);
-    most.application_pending = most.application_pending.map(|q| q - margin);
-    // Requests that end meanwhile can lower a count between the insert and its recount, so
-    // that nothing refuses the request any more: it is then offered again (the locks still
-    // held), a few times at most.
-    for _ in 0..ADMISSION_ATTEMPTS {
-        if let Some(queued) = authentications::insert_if_admitted_deciding(
-            w,
-            record,
-            windows,
-            most,
-            written.records,
-            written.decision,
-        )
-        .await?
+    with: crate::store::authentications::WrittenWith<'a>,
+    created: &'a super::outcome::NewRequest,
+}
+
+impl Offer<'_> {
+    /// The windows counted in and the limits counted against, now; under a shared lock the
+    /// application's quota is lowered by the margin (the transactions that may not have
+    /// committed), which is returned too.
+    fn counted_now(
+        &self,
+        ctx: &Ctx,
+    ) -> (
+        crate::store::authentications::AdmissionWindows,
+        crate::store::authentications::AdmissionLimits,
+        i64,
+    ) {
+        let margin = match self.lock {
+            AdmissionLock::Shared { .. } => ctx.db.admission_margin(),
+            _ => 0,
+        };
+        let now = ctx.now();
+        let windows = crate::store::authentications::AdmissionWindows {
+            now,
+            pending_since: now - super::authentication::LONGEST_REQUEST_SECONDS,
+            recent_since: now
+                - self
+                    .limits
+                    .push_bombing
+                    .map_or(0, |l| i64::from(l.window_seconds)),
+            push_limit_since: self
+                .limits
+                .push_limit
+                .map(|l| now - i64::from(l.window_seconds)),
+        };
+        let mut most = admission_limits(self.quota, self.limits);
+        most.application_pending = most.application_pending.map(|q| q - margin);
+        (windows, most, margin)
+    }
+
+    /// Which limit the `counts` of a refused offer refused it under: an error (the quota, push
+    /// bombing), the policy's push limit, or the quota's margin under a shared lock; `None`
+    /// when no count refuses it (any more).
+    fn refused_by(
+        &self,
+        counts: &crate::store::authentications::AdmissionCounts,
+        margin: i64,
+    ) -> Option<Result<Admission, DomainError>> {
+        if counts.application_pending >= i64::from(self.quota) {
+            return Some(Err(over_quota("pending requests", self.quota)));
+        }
+        if let Some(push_bombing) = &self.limits.push_bombing
+            && let Some(reason) = super::authentication::push_bombing_refusal(push_bombing, counts)
         {
-            return Ok(Admission::Inserted(queued.into()));
+            return Some(Err(DomainError::new(
+                ErrorCode::TooManyAuthentications,
+                reason,
+            )));
         }
-        // Refused: the counts, read again in the same transaction, tell which limit it was.
-        // The user's cannot have grown meanwhile (the user's lock, or SQLite's one writer);
-        // under a shared lock the application's can have.
-        let counts = authentications::admission_counts(
-            &mut *w,
-            &record.application_id,
-            &record.user_id,
-            windows,
-        )
-        .await?;
-        if counts.application_pending >= i64::from(quota) {
-            return Err(over_quota("pending requests", quota));
-        }
-        if let Some(push_bombing) = &limits.push_bombing
-            && let Some(reason) = super::authentication::push_bombing_refusal(push_bombing, &counts)
-        {
-            return Err(DomainError::new(ErrorCode::TooManyAuthentications, reason));
-        }
-        if let Some(limit) = &limits.push_limit
+        if let Some(limit) = &self.limits.push_limit
             && counts.pushes >= i64::from(limit.max)
         {
-            return Ok(Admission::PushLimited(
+            return Some(Ok(Admission::PushLimited(
                 limit.exceeded(counts.pushes.unsigned_abs()),
-            ));
+            )));
         }
-        if margin > 0 && counts.application_pending + margin >= i64::from(quota) {
+        if margin > 0 && counts.application_pending + margin >= i64::from(self.quota) {
             // Under the quota, but within the margin of admissions that may not have committed.
-            return Ok(Admission::Contended);
+            return Some(Ok(Admission::Contended));
+        }
+        None
+    }
+}
+
+/// PostgreSQL: offers the request in one statement that takes the locks, counts, and stores it
+/// with what goes with it when every count is below its limit, committed on its own
+/// (`store::authentications::admit_at_once`); a refusal is explained by the counts the
+/// statement read under its locks.
+async fn offer_at_once(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, DomainError> {
+    for _ in 0..ADMISSION_ATTEMPTS {
+        let (windows, most, margin) = offer.counted_now(ctx);
+        let verdict = crate::store::authentications::admit_at_once(
+            &ctx.db,
+            offer.record,
+            windows,
+            most,
+            offer.lock,
+            offer.with,
+        )
+        .await?;
+        if let Some(queued) = verdict.stored {
+            return Ok(Admission::Inserted(offer.created.announced(queued.into())));
+        }
+        if let Some(refused) = offer.refused_by(&verdict.counts, margin) {
+            return refused;
         }
     }
     Err(DomainError::Internal(
@@ -310,8 +304,52 @@ async fn insert_within_pending_quota(
     ))
 }
 
-/// How many times [`insert_within_pending_quota`] offers a request that its counts, read again,
-/// no longer refuse.
+/// SQLite: offers the request in a write of its own (the one writer runs it alone: no lock is
+/// taken): the counts and the insert are one statement, what goes with it the write's next
+/// statements. A refusal is explained by the counts read again in the same write; requests
+/// that end meanwhile cannot lower them there (nothing else writes), so the loop only guards.
+async fn offer_in_write(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, DomainError> {
+    use crate::store::authentications;
+    let mut w = ctx.db.write().await?;
+    for _ in 0..ADMISSION_ATTEMPTS {
+        let (windows, most, margin) = offer.counted_now(ctx);
+        if let Some(queued) = authentications::insert_if_admitted_deciding(
+            &mut w,
+            offer.record,
+            windows,
+            most,
+            offer.with.records,
+            offer.with.decision,
+        )
+        .await?
+        {
+            if let Some(ciba) = offer.with.ciba {
+                crate::store::ciba::insert_sealed_deferred(&mut w, ciba).await?;
+            }
+            let committed = w.commit().await?;
+            let announced = offer.created.announced(queued.into()).resolved(&committed);
+            return Ok(Admission::Inserted(announced));
+        }
+        let counts = authentications::admission_counts(
+            &mut w,
+            &offer.record.application_id,
+            &offer.record.user_id,
+            windows,
+        )
+        .await?;
+        if let Some(refused) = offer.refused_by(&counts, margin) {
+            w.rollback().await?;
+            return refused;
+        }
+    }
+    w.rollback().await?;
+    Err(DomainError::Internal(
+        "a request was refused admission under none of its limits",
+    ))
+}
+
+/// How many times a request is offered while the counts read after its refusal no longer
+/// refuse it.
 const ADMISSION_ATTEMPTS: usize = 3;
 
 /// A limit as the admission counts take it: `u32::MAX` ([`NO_LIMIT`]) is none, and nothing is
@@ -335,11 +373,10 @@ pub(crate) struct UserLimits {
     pub push_limit: Option<crate::domain::policy::evaluate::PushLimit>,
 }
 
-/// What became of a request offered to [`insert_within_pending_quota`].
-#[derive(Debug)]
+/// What became of a request offered for admission.
 enum Admission {
-    /// Stored, with its audit records (what they queued).
-    Inserted(super::audit::Queued),
+    /// Stored and committed; what its commit announces.
+    Inserted(super::outcome::Announced),
     /// Not stored: the policy's `limit_push` was reached meanwhile (the reason given).
     PushLimited(String),
     /// Not stored: under a shared lock the application's quota was within its margin; the

@@ -955,16 +955,22 @@ pub(crate) async fn create_as(
             .map(|s| super::applications::push_bombing_limits(&ctx.config, s)),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
-    // One write (`applications::admit`): the policy decision with its record, then the request
-    // with its own, under the admission's locks. The device's waiters are told once it
-    // committed. On SQLite the writes go with `BEGIN IMMEDIATE` in one hand-off to the writer,
-    // and the `COMMIT` is the second.
+    // One atomic write (`applications::admit`): the counts and the request, with its audit
+    // record and the policy decision with its own, under the admission's locks (on PostgreSQL
+    // one statement). The device's waiters are told once it committed.
     let created = outcome::NewRequest::of(ctx, &record)?;
-    let (w, announced) =
-        match super::applications::admit(ctx, &record, quota, &limits, decided.as_ref(), &created)
-            .await?
-        {
-            super::applications::Admitted::Stored(w, announced) => (w, announced),
+    let announced = match super::applications::admit(
+        ctx,
+        &record,
+        quota,
+        &limits,
+        decided.as_ref(),
+        &created,
+        None,
+    )
+    .await?
+    {
+        super::applications::Admitted::Stored(announced) => announced,
             super::applications::Admitted::PushLimited(reason) => {
                 // Other requests took the last places of the policy's limit since it was
                 // decided: the policy denies this one, as it would have had they come first.
@@ -982,8 +988,6 @@ pub(crate) async fn create_as(
                 return Ok(record.status_at(ctx.now()));
             }
         };
-    let committed = w.commit().await?;
-    let announced = announced.resolved(&committed);
     announced.committed(ctx);
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
     // Push is a hint, delivered in the background; the request is already stored for pulling.

@@ -609,7 +609,7 @@ pub async fn set_quotas(
 }
 
 /// Serialises quota checks of one application (its open QR sessions, its policy versions; new
-/// requests take `authentications::begin_admission` instead) until the transaction ends, so
+/// requests take the advisory locks of `authentications::admit_at_once` instead) until the transaction ends, so
 /// a count followed by an insert cannot be overtaken by another: on PostgreSQL a `FOR NO KEY UPDATE` row lock on
 /// the application (which the foreign-key checks of other inserts do not wait for); on SQLite
 /// the write transaction already holds the database's write lock.

@@ -667,13 +667,14 @@ pub struct AdmissionLimits {
 }
 
 /// How a new request's admission is serialised with the other admissions of its application
-/// and user on PostgreSQL ([`begin_admission`]): counts read and an insert made while another
-/// transaction's insert is not yet committed would miss it, so transactions whose counts could
-/// overtake each other take turns, through advisory locks held until they end. SQLite's one
-/// writer already runs every write transaction alone; there nothing is taken.
+/// and user on PostgreSQL ([`admit_at_once`], whose statement takes them through
+/// `admission_verdict`): counts read and an insert made while another admission's insert is not
+/// yet committed would miss it, so admissions whose counts could overtake each other take
+/// turns, through advisory locks held until they commit. SQLite's one writer already runs every
+/// write transaction alone; there nothing is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdmissionLock {
-    /// No limit is counted: there is nothing to overtake, and no statement is sent.
+    /// No limit is counted: there is nothing to overtake, and nothing is taken.
     Nothing,
     /// Only per-user limits are counted: the user's lock alone, so the requests of different
     /// users are admitted side by side.
@@ -710,9 +711,8 @@ const APPLICATION_ADMISSIONS: i32 = 0x7E55_A001;
 const USER_ADMISSIONS: i32 = 0x7E55_A002;
 
 /// The second key of an advisory lock on `parts`: the first four bytes of the SHA-256 of the
-/// parts, each followed by a 0x01 byte. Computed here rather than by the database so that the
-/// keys can be written into [`admission_begin`] as numbers (no text of the request reaches
-/// the statement), and the same in every instance and version.
+/// parts, each followed by a 0x01 byte. Computed here rather than by the database, so the
+/// same in every instance and version, and bound as numbers ([`bind_verdict`]).
 fn lock_key(parts: &[&str]) -> i32 {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
@@ -724,57 +724,16 @@ fn lock_key(parts: &[&str]) -> i32 {
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// The simple query that begins a PostgreSQL admission under `lock` for a request of `app` and
-/// `user`, taking its advisory locks in the same round trip (`None` for
-/// [`AdmissionLock::Nothing`]). The application's lock is taken before the user's, so two
-/// admissions never wait for each other's locks the other way round.
-fn admission_begin(lock: AdmissionLock, app: &ApplicationId, user: &UserId) -> Option<String> {
-    let application = lock_key(&[app.as_str()]);
-    let user = lock_key(&[app.as_str(), user.as_str()]);
-    let locks = match lock {
-        AdmissionLock::Nothing => return None,
-        AdmissionLock::User => format!("pg_advisory_xact_lock({USER_ADMISSIONS}, {user})"),
-        AdmissionLock::Shared { user: false } => {
-            format!("pg_advisory_xact_lock_shared({APPLICATION_ADMISSIONS}, {application})")
-        }
-        AdmissionLock::Shared { user: true } => format!(
-            "pg_advisory_xact_lock_shared({APPLICATION_ADMISSIONS}, {application}), \
-             pg_advisory_xact_lock({USER_ADMISSIONS}, {user})"
-        ),
-        AdmissionLock::Exclusive => {
-            format!("pg_advisory_xact_lock({APPLICATION_ADMISSIONS}, {application})")
-        }
-    };
-    Some(format!("BEGIN; SELECT {locks}"))
-}
-
-/// Begins the write that admits a new request of `app` and `user` under `lock`: on PostgreSQL
-/// `BEGIN` and the lock's advisory locks in one round trip, held until the write ends; on
-/// SQLite, whose one writer runs each write alone, an ordinary write ([`Database::write`]).
-/// Under [`AdmissionLock::Shared`] the application's quota is then checked with
-/// [`Database::admission_margin`].
-pub async fn begin_admission(
-    db: &Database,
-    app: &ApplicationId,
-    user: &UserId,
-    lock: AdmissionLock,
-) -> Result<super::Write<'static>, StoreError> {
-    match admission_begin(lock, app, user) {
-        Some(begin) if db.engine() == super::Engine::Postgres => db.write_begun_with(begin).await,
-        _ => db.write().await,
-    }
-}
-
-/// Stores `a` if the [`admission_counts`] of its application and user are all below `limits`:
-/// the counts and the insert are one statement (an `INSERT … SELECT` of one row, kept only while
-/// each count in force is under its limit). Only the limits in force are counted, and each of
-/// the user's counts stops at its limit: what a request costs is bounded by the limits, not by
-/// how many requests the user made. `records` (the request's audit records, with their webhook
-/// deliveries) are written with it, exactly when it is stored: on PostgreSQL in the same
-/// statement (data-modifying `WITH` items inserted once for the row stored), on SQLite as the
-/// write's next statements. Returns what they queued when it was stored, `None` when it was
-/// not; [`admission_counts`] in the same transaction then tells which limit refused it. Run in
-/// the write [`begin_admission`] began.
+/// Stores `a` in the write `w` if the [`admission_counts`] of its application and user are all
+/// below `limits`: the counts and the insert are one statement (an `INSERT … SELECT` of one row,
+/// kept only while each count in force is under its limit). Only the limits in force are
+/// counted, and each of the user's counts stops at its limit: what a request costs is bounded
+/// by the limits, not by how many requests the user made. `records` (the request's audit
+/// records, with their webhook deliveries) are written with it, exactly when it is stored, as
+/// the write's next statements. Returns what they queued when it was stored, `None` when it
+/// was not; [`admission_counts`] in the same write then tells which limit refused it. SQLite's
+/// admission, in a write of its own (its one writer runs it alone); PostgreSQL's is
+/// [`admit_at_once`], which takes the admission's locks.
 pub async fn insert_if_admitted(
     w: &mut super::Write<'_>,
     a: &Authentication,
@@ -786,8 +745,7 @@ pub async fn insert_if_admitted(
 }
 
 /// [`insert_if_admitted`] with the policy `decision` that let the request through, written
-/// exactly when the request is stored: on PostgreSQL in the insert's own statement (with the
-/// audit `records`), on SQLite after it in the same transaction.
+/// exactly when the request is stored (after it, in the same write).
 pub async fn insert_if_admitted_deciding(
     w: &mut super::Write<'_>,
     a: &Authentication,
@@ -796,26 +754,8 @@ pub async fn insert_if_admitted_deciding(
     records: &[super::audit::Appended],
     decision: Option<&super::policies::DecisionRecord<'_>>,
 ) -> Result<Option<super::audit::AppendedQueue>, StoreError> {
-    let (insert, bound) = admitted_insert(&limits);
-    let postgres_items = (w.engine() == super::Engine::Postgres
-        && (!records.is_empty() || decision.is_some()))
-    .then(|| {
-        let (mut items, queued, next) = super::audit::appended_items(records, "created", bound + 1);
-        if let Some(d) = decision {
-            items.push(super::policies::decision_item(d, "created", next));
-        }
-        (items, queued)
-    });
-    let sql = match &postgres_items {
-        None => std::borrow::Cow::Borrowed(insert),
-        Some((items, queued)) => std::borrow::Cow::Owned(format!(
-            "WITH created AS ({insert} RETURNING 1), {} SELECT (SELECT COUNT(*) FROM created) \
-                 AS inserted, {} AS queued",
-            items.join(", "),
-            super::audit::queued_count(queued),
-        )),
-    };
-    let mut query = bind_values(sqlx::query(&sql), a);
+    let (sql, _) = admitted_insert(&limits);
+    let mut query = bind_values(sqlx::query(sql), a);
     let (app, user) = (a.application_id.as_str(), a.user_id.as_str());
     if let Some(quota) = limits.application_pending {
         query = query.bind(app).bind(windows.now).bind(quota);
@@ -842,20 +782,6 @@ pub async fn insert_if_admitted_deciding(
             .bind(windows.push_limit_since.unwrap_or(i64::MAX))
             .bind(most);
     }
-    if postgres_items.is_some() {
-        let mut query = super::audit::bind_appended(query, records);
-        if let Some(d) = decision {
-            query = super::policies::bind_decision(query, d);
-        }
-        let row = query.fetch_one(&mut **w).await?;
-        if row.try_get::<i64, _>("inserted")? != 1 {
-            return Ok(None);
-        }
-        return Ok(Some(super::audit::AppendedQueue {
-            tickets: Vec::new(),
-            queued: row.try_get::<i64, _>("queued")? > 0,
-        }));
-    }
     if query.execute(&mut **w).await?.rows_affected() != 1 {
         return Ok(None);
     }
@@ -873,6 +799,138 @@ pub async fn insert_if_admitted_deciding(
         tickets,
         queued: false,
     }))
+}
+
+/// What is written with an admitted request, exactly when it is stored: its audit `records`
+/// (with their webhook deliveries), the policy `decision` that let it through, and the CIBA
+/// request it serves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WrittenWith<'a> {
+    /// The audit records.
+    pub records: &'a [super::audit::Appended],
+    /// The policy decision.
+    pub decision: Option<&'a super::policies::DecisionRecord<'a>>,
+    /// The CIBA request.
+    pub ciba: Option<&'a super::ciba::SealedRequest<'a>>,
+}
+
+/// What [`admit_at_once`] found.
+#[derive(Debug)]
+pub struct AdmissionVerdict {
+    /// Whether the request was stored (and committed), and what its records queued.
+    pub stored: Option<super::audit::AppendedQueue>,
+    /// The counts it was admitted or refused by, read under its locks: the application's
+    /// pending requests, and the user's counts each stopped at its limit (0 for a limit not in
+    /// force).
+    pub counts: AdmissionCounts,
+}
+
+/// PostgreSQL: admits `a` in one statement, committed on its own (one round trip where
+/// `BEGIN` with the locks, the insert and `COMMIT` took three). The statement calls
+/// `admission_verdict` (migration 0035), which takes the advisory locks of `lock` and then
+/// counts in a snapshot of its own, taken once they are granted, so the counts see what the
+/// admissions that held them committed; the insert and what goes `with` it are written only
+/// when every count is below its limit, and the locks are held until the statement commits.
+/// The verdict's counts tell which limit refused a request not stored.
+pub async fn admit_at_once(
+    db: &Database,
+    a: &Authentication,
+    windows: AdmissionWindows,
+    limits: AdmissionLimits,
+    lock: AdmissionLock,
+    with: WrittenWith<'_>,
+) -> Result<AdmissionVerdict, StoreError> {
+    let first = INSERTED_VALUES + 1;
+    let verdict = format!(
+        "verdict AS (SELECT * FROM admission_verdict({}))",
+        placeholders(first, VERDICT_VALUES)
+    );
+    let created = format!(
+        "created AS (INSERT INTO authentications ({COLUMNS}) SELECT {} FROM verdict \
+         WHERE verdict.admitted RETURNING 1)",
+        placeholders(1, INSERTED_VALUES)
+    );
+    let (mut items, queued, mut next) =
+        super::audit::appended_items(with.records, "created", first + VERDICT_VALUES);
+    items.insert(0, created);
+    items.insert(0, verdict);
+    if let Some(d) = with.decision {
+        items.push(super::policies::decision_item(d, "created", next));
+        next += super::policies::decision_values(d);
+    }
+    if with.ciba.is_some() {
+        items.push(super::ciba::request_item("created", next));
+    }
+    let sql = format!(
+        "WITH {} SELECT verdict.admitted, verdict.application_pending, verdict.user_pending, \
+         verdict.user_recent, verdict.pushes, (SELECT COUNT(*) FROM created) AS inserted, \
+         {} AS queued FROM verdict",
+        items.join(", "),
+        super::audit::queued_count(&queued),
+    );
+    let query = bind_values(sqlx::query(&sql), a);
+    let query = bind_verdict(query, &a.application_id, &a.user_id, windows, limits, lock);
+    let mut query = super::audit::bind_appended(query, with.records);
+    if let Some(d) = with.decision {
+        query = super::policies::bind_decision(query, d);
+    }
+    if let Some(ciba) = with.ciba {
+        query = super::ciba::bind_sealed(query, ciba);
+    }
+    let row = query.fetch_one(db.writer()).await?;
+    let counts = AdmissionCounts {
+        application_pending: row.try_get("application_pending")?,
+        user_pending: row.try_get("user_pending")?,
+        user_recent: row.try_get("user_recent")?,
+        pushes: row.try_get("pushes")?,
+    };
+    let queued = row.try_get::<i64, _>("queued")? > 0;
+    let stored = (row.try_get::<i64, _>("inserted")? == 1).then(|| super::audit::AppendedQueue {
+        tickets: Vec::new(),
+        queued,
+    });
+    Ok(AdmissionVerdict { stored, counts })
+}
+
+/// How many values `admission_verdict` takes: the lock's mode and keys, the application and
+/// user, now, and each limit with its window.
+const VERDICT_VALUES: usize = 15;
+
+/// Binds `admission_verdict`'s [`VERDICT_VALUES`] values after what `query` bound: the mode of
+/// `lock` and its keys (numbers computed here: no text of the request decides a lock), `app`
+/// and `user`, and each limit of `limits` (NULL when not in force) with its window.
+fn bind_verdict<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    app: &'q ApplicationId,
+    user: &'q UserId,
+    windows: AdmissionWindows,
+    limits: AdmissionLimits,
+    lock: AdmissionLock,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mode: i32 = match lock {
+        AdmissionLock::Nothing => 0,
+        AdmissionLock::User => 1,
+        AdmissionLock::Shared { user: false } => 2,
+        AdmissionLock::Shared { user: true } => 3,
+        AdmissionLock::Exclusive => 4,
+    };
+    let (app, user) = (app.as_str(), user.as_str());
+    query
+        .bind(mode)
+        .bind(APPLICATION_ADMISSIONS)
+        .bind(lock_key(&[app]))
+        .bind(USER_ADMISSIONS)
+        .bind(lock_key(&[app, user]))
+        .bind(app)
+        .bind(user)
+        .bind(windows.now)
+        .bind(limits.application_pending)
+        .bind(windows.pending_since)
+        .bind(limits.user_pending)
+        .bind(windows.recent_since)
+        .bind(limits.user_recent)
+        .bind(windows.push_limit_since.unwrap_or(i64::MAX))
+        .bind(limits.pushes)
 }
 
 /// The statement of [`insert_if_admitted`] for the limits in force in `limits`, written once for
@@ -968,9 +1026,8 @@ fn bind_admission<'q>(
 }
 
 /// The counts a new request is admitted by (the application's pending quota, the user's
-/// push-bombing limits, a policy's `limit_push`), in one statement. Run on the connection of
-/// the transaction that inserts the request ([`begin_admission`]), so the counts and
-/// the insert are one atomic take.
+/// push-bombing limits, a policy's `limit_push`), in one statement, each counted in full. Run
+/// in the write that offered a request ([`insert_if_admitted`]) to tell which limit refused it.
 pub async fn admission_counts<'e, E>(
     executor: E,
     app: &ApplicationId,
@@ -1640,6 +1697,31 @@ mod tests {
             .expect("delete");
     }
 
+    /// A PostgreSQL transaction that took `lock` for `user` of `app` as an admission does
+    /// (`admission_verdict`, bound by [`bind_verdict`], with no limit in force).
+    async fn begin_with_admission_locks(
+        db: &Database,
+        app: &ApplicationId,
+        user: &UserId,
+        lock: AdmissionLock,
+    ) -> crate::store::Write<'static> {
+        let mut w = db.write().await.expect("begin");
+        let sql = format!(
+            "SELECT admitted FROM admission_verdict({})",
+            placeholders(1, VERDICT_VALUES)
+        );
+        let none = AdmissionLimits {
+            application_pending: None,
+            user_pending: None,
+            user_recent: None,
+            pushes: None,
+        };
+        let query = bind_verdict(sqlx::query(&sql), app, user, windows_at(0, false), none, lock);
+        let row = query.fetch_one(&mut w).await.expect("locked");
+        assert!(row.try_get::<bool, _>("admitted").expect("admitted"));
+        w
+    }
+
     /// An admission lock taken in a transaction of its own, held until released.
     struct Holder {
         /// The margin the lock reported, sent once it is taken.
@@ -1656,9 +1738,7 @@ mod tests {
             let (locked_tx, locked) = tokio::sync::oneshot::channel();
             let (release, released) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {
-                let w = begin_admission(&db, &app, &user, lock)
-                    .await
-                    .expect("locked");
+                let w = begin_with_admission_locks(&db, &app, &user, lock).await;
                 let margin = match lock {
                     AdmissionLock::Shared { .. } => db.admission_margin(),
                     _ => 0,
@@ -1765,6 +1845,38 @@ mod tests {
         (db, app)
     }
 
+    /// Admits `a` the way the server does on `db`'s engine: on PostgreSQL in one statement
+    /// ([`admit_at_once`], under the user's lock), on SQLite in a write of its own. Whether it
+    /// was stored.
+    async fn admit_as_the_server_does(
+        db: &Database,
+        a: &Authentication,
+        windows: AdmissionWindows,
+        limits: AdmissionLimits,
+        with: WrittenWith<'_>,
+    ) -> bool {
+        if db.engine() == super::super::Engine::Postgres {
+            return admit_at_once(db, a, windows, limits, AdmissionLock::User, with)
+                .await
+                .expect("admission")
+                .stored
+                .is_some();
+        }
+        let mut w = db.write().await.expect("write");
+        let stored = insert_if_admitted_deciding(
+            &mut w,
+            a,
+            windows,
+            limits,
+            with.records,
+            with.decision,
+        )
+        .await
+        .expect("admission");
+        w.commit().await.expect("commit");
+        stored.is_some()
+    }
+
     /// A new request's audit record and policy decision are written exactly when the request
     /// is stored.
     async fn check_records_go_with_the_admitted_insert(
@@ -1850,19 +1962,19 @@ mod tests {
         // Refused (the user has one pending already): neither the request nor its records.
         let refused = pending(&app.id, &user, now);
         let refused_decision = decision(&refused, None);
-        let mut w = db.write().await.expect("write");
-        let stored = insert_if_admitted_deciding(
-            &mut w,
+        let stored = admit_as_the_server_does(
+            db,
             &refused,
             windows,
             one_pending,
-            &[record(&refused)],
-            Some(&decision_row(&app.id, &user, &refused_decision, now)),
+            WrittenWith {
+                records: &[record(&refused)],
+                decision: Some(&decision_row(&app.id, &user, &refused_decision, now)),
+                ciba: None,
+            },
         )
-        .await
-        .expect("admission");
-        assert!(stored.is_none());
-        w.commit().await.expect("commit");
+        .await;
+        assert!(!stored);
         assert_eq!(records_of(&refused).await, 0);
         assert_eq!(decided(&refused).await.0, 0);
         // Admitted: all of them, in the same write (with a located decision, then without).
@@ -1871,23 +1983,23 @@ mod tests {
             most += 1;
             let admitted = pending(&app.id, &user, now);
             let admitted_decision = decision(&admitted, location);
-            let mut w = db.write().await.expect("write");
             let limits = AdmissionLimits {
                 user_pending: Some(most),
                 ..one_pending
             };
-            let stored = insert_if_admitted_deciding(
-                &mut w,
+            let stored = admit_as_the_server_does(
+                db,
                 &admitted,
                 windows,
                 limits,
-                &[record(&admitted)],
-                Some(&decision_row(&app.id, &user, &admitted_decision, now)),
+                WrittenWith {
+                    records: &[record(&admitted)],
+                    decision: Some(&decision_row(&app.id, &user, &admitted_decision, now)),
+                    ciba: None,
+                },
             )
-            .await
-            .expect("admission");
-            assert!(stored.is_some());
-            w.commit().await.expect("commit");
+            .await;
+            assert!(stored);
             assert_eq!(records_of(&admitted).await, 1);
             assert_eq!(decided(&admitted).await, (1, location.map(|l| l.0)));
             assert!(get(db, &admitted.id, now).await.expect("read").is_some());
@@ -2111,51 +2223,153 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sqlite_admissions_take_no_lock() {
-        let (_dir, db, _) = crate::store::test_db_with_app().await;
-        assert_eq!(db.admission_margin(), 0);
-        for lock in [
-            AdmissionLock::Nothing,
-            AdmissionLock::User,
-            AdmissionLock::Shared { user: true },
-            AdmissionLock::Exclusive,
-        ] {
-            let w = begin_admission(
-                &db,
-                &ApplicationId::generate(),
-                &"alice".parse().expect("user"),
-                lock,
-            )
+    async fn a_verdict_counts_what_the_admission_that_held_its_locks_committed() {
+        let Some(url) = postgres_url() else {
+            return;
+        };
+        let db = Database::connect(&url, 4).await.expect("database");
+        let app = super::super::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        super::super::applications::insert(&db, &app, &format!("digest {}", app.id))
             .await
-            .expect("no lock");
-            assert_eq!(w.engine(), crate::store::Engine::Sqlite);
-            w.commit().await.expect("commit");
+            .expect("application");
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        let windows = windows_at(now, false);
+        let one_pending = AdmissionLimits {
+            application_pending: None,
+            user_pending: Some(1),
+            user_recent: None,
+            pushes: None,
+        };
+        // An admission holds alice's lock and has stored her first request, not yet committed.
+        let mut first_admission =
+            begin_with_admission_locks(&db, &app.id, &user, AdmissionLock::User).await;
+        let first = pending(&app.id, &user, now);
+        let stored = insert_if_admitted(&mut first_admission, &first, windows, one_pending, &[])
+            .await
+            .expect("first");
+        assert!(stored.is_some());
+        // A second one waits for the lock. Its statement began before the first committed: a
+        // count read in the statement's own snapshot would miss the first request and store a
+        // second one past the limit.
+        let second = pending(&app.id, &user, now);
+        let task = {
+            let (db, second) = (db.clone(), second.clone());
+            tokio::spawn(async move {
+                admit_at_once(
+                    &db,
+                    &second,
+                    windows,
+                    one_pending,
+                    AdmissionLock::User,
+                    WrittenWith::default(),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!task.is_finished(), "the second admission waits for the lock");
+        first_admission.commit().await.expect("commit");
+        let verdict = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("admitted after the commit")
+            .expect("task")
+            .expect("verdict");
+        assert!(verdict.stored.is_none(), "one pending request at most");
+        assert_eq!(verdict.counts.user_pending, 1);
+        assert!(get(&db, &second.id, now).await.expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_admissions_at_once_stores_no_more_than_each_limit() {
+        let Some(url) = postgres_url() else {
+            return;
+        };
+        let db = Database::connect(&url, 8).await.expect("database");
+        let app = super::super::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        super::super::applications::insert(&db, &app, &format!("digest {}", app.id))
+            .await
+            .expect("application");
+        let now = 10_000;
+        let windows = windows_at(now, false);
+        // One user's burst against the user's limit; many users' against the application's
+        // quota, exclusive (what the server falls back to under a shared lock).
+        let bursts = [
+            (
+                AdmissionLimits {
+                    application_pending: None,
+                    user_pending: Some(3),
+                    user_recent: None,
+                    pushes: None,
+                },
+                AdmissionLock::User,
+                false,
+                3,
+            ),
+            (
+                AdmissionLimits {
+                    application_pending: Some(3 + 5),
+                    user_pending: None,
+                    user_recent: None,
+                    pushes: None,
+                },
+                AdmissionLock::Exclusive,
+                true,
+                5,
+            ),
+        ];
+        for (limits, lock, many_users, expected) in bursts {
+            let mut tasks = Vec::new();
+            for n in 0..16 {
+                let user: UserId = if many_users {
+                    format!("user-{n}").parse().expect("user")
+                } else {
+                    "alice".parse().expect("user")
+                };
+                let (db, a) = (db.clone(), pending(&app.id, &user, now));
+                tasks.push(tokio::spawn(async move {
+                    admit_at_once(&db, &a, windows, limits, lock, WrittenWith::default())
+                        .await
+                        .expect("verdict")
+                }));
+            }
+            let mut stored = 0;
+            for task in tasks {
+                let verdict = task.await.expect("task");
+                if verdict.stored.is_some() {
+                    stored += 1;
+                } else if many_users {
+                    assert_eq!(verdict.counts.application_pending, 3 + 5);
+                } else {
+                    assert_eq!(verdict.counts.user_pending, 3);
+                }
+            }
+            assert_eq!(stored, expected, "{lock:?}");
         }
     }
 
     #[test]
-    fn admission_locks_are_begun_with_numbers_only() {
-        let app: ApplicationId = ApplicationId::generate();
-        let user: UserId = "o'brien; DROP TABLE x"
-            .parse()
-            .unwrap_or_else(|_| "obrien".parse().expect("user"));
-        for lock in [
-            AdmissionLock::User,
-            AdmissionLock::Shared { user: false },
-            AdmissionLock::Shared { user: true },
-            AdmissionLock::Exclusive,
-        ] {
-            let begin = admission_begin(lock, &app, &user).expect("a lock");
-            assert!(begin.starts_with("BEGIN; SELECT pg_advisory_xact_lock"));
+    fn the_verdict_counts_with_the_predicates_of_the_other_counts() {
+        let function = include_str!("../../migrations/postgres/0035_admission_verdict.sql");
+        for predicate in [USER_FACING, PENDING, UNAPPROVED, COUNTED_PUSH] {
             assert!(
-                begin
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || " ;_(),-".contains(c)),
-                "{begin}"
+                function.contains(&format!("a.{predicate}")),
+                "{predicate} is not counted by admission_verdict"
             );
-            assert!(!begin.contains(app.as_str()));
         }
-        assert_eq!(admission_begin(AdmissionLock::Nothing, &app, &user), None);
+    }
+
+    #[test]
+    fn admission_lock_keys_are_stable_and_apart() {
+        let app: ApplicationId = ApplicationId::generate();
         // One key per application, another per user of it; the same every time.
         assert_eq!(lock_key(&[app.as_str()]), lock_key(&[app.as_str()]));
         assert_ne!(

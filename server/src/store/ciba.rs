@@ -351,15 +351,60 @@ where
     Ok(())
 }
 
-/// [`insert_request`] deferred in `w` (sent with its next statement or its commit).
-pub async fn insert_request_deferred(
+/// A new request with its notification token sealed, to be written with the authentication it
+/// belongs to, exactly when that is stored (`store::authentications::admit_at_once` on
+/// PostgreSQL, [`insert_sealed_deferred`] in the admission's write on SQLite).
+#[derive(Debug)]
+pub struct SealedRequest<'a> {
+    request: &'a CibaRequest,
+    notification_token: Option<String>,
+}
+
+/// `r` with its notification token sealed with `secrets`.
+pub fn sealed<'a>(secrets: &DataKey, r: &'a CibaRequest) -> Result<SealedRequest<'a>, StoreError> {
+    Ok(SealedRequest {
+        request: r,
+        notification_token: sealed_notification_token(secrets, r)?,
+    })
+}
+
+/// [`insert_request`] of a [`SealedRequest`], deferred in `w` (sent with its next statement or
+/// its commit).
+pub async fn insert_sealed_deferred(
     w: &mut super::Write<'_>,
-    secrets: &DataKey,
-    r: &CibaRequest,
+    sealed: &SealedRequest<'_>,
 ) -> Result<(), StoreError> {
-    let notification_token = sealed_notification_token(secrets, r)?;
-    w.defer(bind_request(r, notification_token)).await?;
+    w.defer(bind_request_values(
+        sqlx::query(&INSERT_REQUEST),
+        sealed.request,
+        sealed.notification_token.clone(),
+    ))
+    .await?;
     Ok(())
+}
+
+/// How many values [`bind_sealed`] binds.
+pub(crate) const REQUEST_VALUES: usize = 16;
+
+/// PostgreSQL: the request as a data-modifying `WITH` item named `requested`, inserted once for
+/// every row of `source` (an item named before it, returning zero or one row), its
+/// placeholders numbered from `first` in the order [`bind_sealed`] binds them.
+pub(crate) fn request_item(source: &str, first: usize) -> String {
+    let values = (first..first + REQUEST_VALUES)
+        .map(|p| format!("${p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "requested AS (INSERT INTO ciba_requests ({REQUEST_COLUMNS}) SELECT {values} FROM {source})"
+    )
+}
+
+/// Binds the values of [`request_item`] after what `query` bound.
+pub(crate) fn bind_sealed<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    sealed: &'q SealedRequest<'_>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    bind_request_values(query, sealed.request, sealed.notification_token.clone())
 }
 
 fn sealed_notification_token(
@@ -385,7 +430,16 @@ fn bind_request(
     r: &CibaRequest,
     notification_token: Option<String>,
 ) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
-    sqlx::query(&INSERT_REQUEST)
+    bind_request_values(sqlx::query(&INSERT_REQUEST), r, notification_token)
+}
+
+/// Binds `r`'s [`REQUEST_COLUMNS`] ([`REQUEST_VALUES`] values) after what `query` bound.
+fn bind_request_values<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    r: &'q CibaRequest,
+    notification_token: Option<String>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
         .bind(&r.auth_req_id)
         .bind(&r.client_id)
         .bind(&r.authentication_id)

@@ -345,18 +345,6 @@ impl Database {
         self.admission_margin
     }
 
-    /// [`Database::write`] on PostgreSQL begun with `begin`, a simple query that starts the
-    /// transaction and may run statements without values in it (one round trip for them all).
-    pub(crate) async fn write_begun_with(
-        &self,
-        begin: String,
-    ) -> Result<Write<'static>, StoreError> {
-        if self.direct_writer.is_some() {
-            return Err(StoreError::Query(sqlx::Error::BeginFailed));
-        }
-        Ok(Write::postgres(self.writer.begin_with(begin).await?))
-    }
-
     /// The URL connected to (may hold a password: never log it).
     pub(crate) fn url(&self) -> &str {
         self.url.as_str()

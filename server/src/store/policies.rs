@@ -387,6 +387,11 @@ pub(crate) fn decision_item(d: &DecisionRecord<'_>, source: &str, first: usize) 
     )
 }
 
+/// How many values [`bind_decision`] binds for `d`.
+pub(crate) fn decision_values(d: &DecisionRecord<'_>) -> usize {
+    decision_columns(d).1
+}
+
 /// Binds `d`'s values (as [`decision_columns`] lists them) after what `query` bound.
 pub(crate) fn bind_decision<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,

@@ -597,9 +597,12 @@ async fn start(
             .then(|| crate::domain::applications::push_bombing_limits(&state.config, &settings)),
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
     };
-    // The request, the policy decision it was made under and (unless bypassed, which ends it
-    // at once) its audit record: one write (`applications::admit`), to which the CIBA row is
-    // added before it commits; its device is told once it committed.
+    // The request, the policy decision it was made under, (unless bypassed, which ends it at
+    // once) its audit record and the CIBA row: one atomic write (`applications::admit`; on
+    // PostgreSQL one statement); its device is told once it committed.
+    if bypass.is_some() {
+        request.acr = crate::domain::bypass::ACR_BYPASS.to_string();
+    }
     let created = match bypass {
         Some(_) => crate::domain::outcome::NewRequest::unannounced(),
         None => crate::domain::outcome::NewRequest::of(state, &record)?,
@@ -611,6 +614,7 @@ async fn start(
         &limits,
         decided.as_ref(),
         &created,
+        Some(&request),
     )
     .await
     .map_err(|e| match e {
@@ -624,8 +628,8 @@ async fn start(
         DomainError::Refused { message, .. } => OAuthError::new(OAuthCode::AccessDenied, message),
         other => OAuthError::from(other),
     })?;
-    let (mut w, announced) = match admitted {
-        crate::domain::applications::Admitted::Stored(w, announced) => (w, announced),
+    let announced = match admitted {
+        crate::domain::applications::Admitted::Stored(announced) => announced,
         crate::domain::applications::Admitted::PushLimited(reason) => {
             // Other requests took the policy's last places since it was decided: denied, as it
             // would have been had they come first.
@@ -651,12 +655,6 @@ async fn start(
             ));
         }
     };
-    if bypass.is_some() {
-        request.acr = crate::domain::bypass::ACR_BYPASS.to_string();
-    }
-    ciba::insert_request_deferred(&mut w, state.db.secrets()?, &request).await?;
-    let committed = w.commit().await?;
-    let announced = announced.resolved(&committed);
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
     announced.committed(state);
     if bypass.is_some() {
