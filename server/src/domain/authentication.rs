@@ -971,23 +971,23 @@ pub(crate) async fn create_as(
     .await?
     {
         super::applications::Admitted::Stored(announced) => announced,
-            super::applications::Admitted::PushLimited(reason) => {
-                // Other requests took the last places of the policy's limit since it was
-                // decided: the policy denies this one, as it would have had they come first.
-                let Some(mut decided) = decided else {
-                    return Err(DomainError::Internal(
-                        "a push limit without a policy decision",
-                    ));
-                };
-                decided.limit_reached(reason);
-                record.policy = decided.outcome_json();
-                end_by_policy(ctx, &mut record, PolicyEnding::Denied);
-                outcome::record_policy_ending(ctx, &record).await?;
-                super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided)
-                    .await?;
-                return Ok(record.status_at(ctx.now()));
-            }
-        };
+        super::applications::Admitted::PushLimited(reason) => {
+            // Other requests took the last places of the policy's limit since it was
+            // decided: the policy denies this one, as it would have had they come first.
+            let Some(mut decided) = decided else {
+                return Err(DomainError::Internal(
+                    "a push limit without a policy decision",
+                ));
+            };
+            decided.limit_reached(reason);
+            record.policy = decided.outcome_json();
+            end_by_policy(ctx, &mut record, PolicyEnding::Denied);
+            outcome::record_policy_ending(ctx, &record).await?;
+            super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided)
+                .await?;
+            return Ok(record.status_at(ctx.now()));
+        }
+    };
     announced.committed(ctx);
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");
     // Push is a hint, delivered in the background; the request is already stored for pulling.

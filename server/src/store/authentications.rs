@@ -693,16 +693,6 @@ pub enum AdmissionLock {
     Exclusive,
 }
 
-impl AdmissionLock {
-    /// Whether the user's lock is among those taken.
-    pub fn locks_user(self) -> bool {
-        matches!(
-            self,
-            AdmissionLock::User | AdmissionLock::Shared { user: true }
-        )
-    }
-}
-
 /// The first key of the advisory locks of a new request's admission, by what they serialise:
 /// the application's quota (the second key [`lock_key`] of the application id) and a user's
 /// limits (the second key that of the application and user ids). Two keys that collide only
@@ -1716,7 +1706,14 @@ mod tests {
             user_recent: None,
             pushes: None,
         };
-        let query = bind_verdict(sqlx::query(&sql), app, user, windows_at(0, false), none, lock);
+        let query = bind_verdict(
+            sqlx::query(&sql),
+            app,
+            user,
+            windows_at(0, false),
+            none,
+            lock,
+        );
         let row = query.fetch_one(&mut w).await.expect("locked");
         assert!(row.try_get::<bool, _>("admitted").expect("admitted"));
         w
@@ -1863,16 +1860,10 @@ mod tests {
                 .is_some();
         }
         let mut w = db.write().await.expect("write");
-        let stored = insert_if_admitted_deciding(
-            &mut w,
-            a,
-            windows,
-            limits,
-            with.records,
-            with.decision,
-        )
-        .await
-        .expect("admission");
+        let stored =
+            insert_if_admitted_deciding(&mut w, a, windows, limits, with.records, with.decision)
+                .await
+                .expect("admission");
         w.commit().await.expect("commit");
         stored.is_some()
     }
@@ -2272,7 +2263,10 @@ mod tests {
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert!(!task.is_finished(), "the second admission waits for the lock");
+        assert!(
+            !task.is_finished(),
+            "the second admission waits for the lock"
+        );
         first_admission.commit().await.expect("commit");
         let verdict = tokio::time::timeout(std::time::Duration::from_secs(10), task)
             .await
