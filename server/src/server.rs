@@ -154,6 +154,7 @@ impl Server {
         let events_at_shutdown = events.clone();
         let state = Ctx::new(crate::domain::CtxParts {
             compiled_policies: Default::default(),
+            api_key_hints: Default::default(),
             clock: config.clock.clone(),
             follow_ups: Arc::from(crate::domain::follow_ups()),
             events,

@@ -14,14 +14,6 @@ pub(crate) use crate::store::authentications::AdmissionLock;
 
 pub(crate) use crate::store::applications::Application;
 
-/// The application whose API key is `api_key`, if any.
-pub(crate) async fn by_api_key(
-    ctx: &Ctx,
-    api_key: &str,
-) -> Result<Option<Application>, DomainError> {
-    Ok(applications::by_api_key(&ctx.db, api_key).await?)
-}
-
 /// A call with a missing or unknown API key, from `client_ip`: recorded in the audit log (at
 /// most once a minute per address).
 pub(crate) async fn api_key_rejected(ctx: &Ctx, client_ip: Option<&str>, presented: bool) {

@@ -261,6 +261,31 @@ pub(crate) async fn read_for_request(
     })
 }
 
+/// [`read_for_request`] under the application `application_id` an API key was last found for
+/// (`super::api_keys`), its settings read only while its key has the digest `key_digest`:
+/// `None` when the key is no longer the application's (the user's reads, made beside it, are
+/// then dropped unseen).
+async fn read_for_request_by_key(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    key_digest: &str,
+    user_id: &UserId,
+) -> Result<Option<RequestReads>, DomainError> {
+    let ((user, devices), settings) = tokio::try_join!(
+        user_and_devices(ctx, application_id, user_id),
+        crate::store::applications::request_settings_with_key_on(
+            ctx.db.pool(),
+            application_id,
+            key_digest
+        ),
+    )?;
+    Ok(settings.map(|settings| RequestReads {
+        user,
+        settings,
+        devices,
+    }))
+}
+
 impl RequestReads {
     /// These reads for another user of the same application: the settings are kept, the user
     /// and their devices are read (side by side).
@@ -721,6 +746,33 @@ pub(crate) async fn create(
     create_as(ctx, app, user_id, body, true).await
 }
 
+/// [`create`] for a customer call that presents its API key unchecked (`presented`): under the
+/// application the key was last found for (`super::api_keys`), the key is checked by the read
+/// of the application's settings, which goes out beside the user's reads, so the request reads
+/// in one round trip where it took two. Without a hint, or when that read finds the key no
+/// longer the application's, the long way: the key looked up (401 when unknown), then
+/// [`create`].
+pub(crate) async fn create_by_key(
+    ctx: &Ctx,
+    presented: &super::api_keys::PresentedKey,
+    user_id: &UserId,
+    body: CreateAuthenticationRequest,
+) -> Result<AuthenticationStatus, DomainError> {
+    if let Some(digest) = presented.digest()
+        && let Some(app_id) = ctx.api_key_hints.application_of(&digest)
+    {
+        match read_for_request_by_key(ctx, &app_id, &digest, user_id).await? {
+            Some(reads) => {
+                let name = reads.settings.name.clone();
+                return create_from(ctx, (&app_id, &name), user_id, body, true, reads).await;
+            }
+            None => ctx.api_key_hints.forget(&digest),
+        }
+    }
+    let app = super::api_keys::authenticate(ctx, presented).await?;
+    create(ctx, &app, user_id, body).await
+}
+
 /// [`create`], deciding the application's policy for it or not (`evaluate_policy` false: its
 /// caller, a flow, decided for the whole flow already).
 pub(crate) async fn create_as(
@@ -732,11 +784,32 @@ pub(crate) async fn create_as(
 ) -> Result<AuthenticationStatus, DomainError> {
     // The request's reads that need nothing else (the user with its language and bypass, the
     // application's settings with its current policy, the user's devices), side by side.
+    let reads = read_for_request(ctx, &app.id, user_id).await?;
+    create_from(
+        ctx,
+        (&app.id, &app.name),
+        user_id,
+        body,
+        evaluate_policy,
+        reads,
+    )
+    .await
+}
+
+/// [`create_as`] for the application `(id, name)`, once its reads are made.
+async fn create_from(
+    ctx: &Ctx,
+    (app_id, app_name): (&ApplicationId, &str),
+    user_id: &UserId,
+    body: CreateAuthenticationRequest,
+    evaluate_policy: bool,
+    reads: RequestReads,
+) -> Result<AuthenticationStatus, DomainError> {
     let RequestReads {
         user,
         settings: app_settings,
         devices: user_devices,
-    } = read_for_request(ctx, &app.id, user_id).await?;
+    } = reads;
     let (user, stored_bypass) = user.ok_or_else(|| {
         DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
     })?;
@@ -757,7 +830,7 @@ pub(crate) async fn create_as(
         }
     }
     super::users::check_locale(body.locale.as_deref())?;
-    let app_name = app.name.clone();
+    let app_name = app_name.to_string();
     // The server's own texts: the request's language, then the user's, then English.
     // The user's language came with the user (no second read).
     let wanted = super::users::wanted_languages_of(&user, body.locale.as_deref());
@@ -808,7 +881,7 @@ pub(crate) async fn create_as(
     // One read of the application's settings (above) serves the whole request.
     let policy = &app_settings.otp;
     if !policy.mandatory_methods.is_empty() {
-        let registered = super::methods::registered_methods(ctx, &app.id, user_id).await?;
+        let registered = super::methods::registered_methods(ctx, app_id, user_id).await?;
         let missing: Vec<AuthenticationMethod> = policy
             .mandatory_methods
             .iter()
@@ -859,7 +932,7 @@ pub(crate) async fn create_as(
     };
     let device = pick_device_among(
         ctx,
-        &app.id,
+        app_id,
         user_id,
         user_devices,
         body.enrollment_id.as_ref(),
@@ -874,7 +947,7 @@ pub(crate) async fn create_as(
             };
             super::policy::decide_as_read(
                 ctx,
-                &app.id,
+                app_id,
                 user_id,
                 &super::policy::Request {
                     kind,
@@ -901,7 +974,7 @@ pub(crate) async fn create_as(
     };
     let record = new_authentication(
         ctx,
-        &app.id,
+        app_id,
         user_id,
         &device,
         Question {
@@ -928,7 +1001,7 @@ pub(crate) async fn create_as(
         super::bypass::end_by_bypass(ctx, &mut record, bypass);
         outcome::record_policy_ending(ctx, &record).await?;
         if let Some(decided) = &decided {
-            super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), decided).await?;
+            super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), decided).await?;
         }
         tracing::info!(authentication_id = %record.id, "authentication bypassed");
         return Ok(record.status_at(ctx.now()));
@@ -936,7 +1009,7 @@ pub(crate) async fn create_as(
     if let (Some(ending), Some(decided)) = (policy_ending, &decided) {
         end_by_policy(ctx, &mut record, ending);
         outcome::record_policy_ending(ctx, &record).await?;
-        super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), decided).await?;
+        super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), decided).await?;
         return Ok(record.status_at(ctx.now()));
     }
     if use_code {
@@ -983,7 +1056,7 @@ pub(crate) async fn create_as(
             record.policy = decided.outcome_json();
             end_by_policy(ctx, &mut record, PolicyEnding::Denied);
             outcome::record_policy_ending(ctx, &record).await?;
-            super::policy::record(ctx, &app.id, user_id, Some(record.id.as_str()), &decided)
+            super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), &decided)
                 .await?;
             return Ok(record.status_at(ctx.now()));
         }
@@ -1013,6 +1086,40 @@ pub(crate) async fn status(
     wait: Duration,
 ) -> Result<AuthenticationStatus, DomainError> {
     let record = load_for(ctx, application_id, id).await?;
+    status_of(ctx, record, wait).await
+}
+
+/// [`status`] for a customer call that presents its API key unchecked (`presented`): the key is
+/// checked in the statement that reads the authentication, under the application it was last
+/// found for (`super::api_keys`), so the call reads once where it would read twice. Without a
+/// hint, or when that read finds nothing (the key rotated, another application's request, no
+/// such request), the long way: the key looked up (refused with 401 when unknown), then
+/// [`status`] (404 when not the application's).
+pub(crate) async fn status_by_key(
+    ctx: &Ctx,
+    presented: &super::api_keys::PresentedKey,
+    id: &str,
+    wait: Duration,
+) -> Result<AuthenticationStatus, DomainError> {
+    if let Some(digest) = presented.digest()
+        && let Some(app) = ctx.api_key_hints.application_of(&digest)
+        && let Ok(parsed) = parse_id(id)
+    {
+        match authentications::get_with_key(&ctx.db, &parsed, &app, &digest, ctx.now()).await? {
+            Some(record) => return status_of(ctx, record, wait).await,
+            None => ctx.api_key_hints.forget(&digest),
+        }
+    }
+    let app = super::api_keys::authenticate(ctx, presented).await?;
+    status(ctx, &app.id, id, wait).await
+}
+
+/// The status of `record` as read; with `wait`, once it leaves `pending` (see [`status`]).
+async fn status_of(
+    ctx: &Ctx,
+    record: Authentication,
+    wait: Duration,
+) -> Result<AuthenticationStatus, DomainError> {
     if record.state != AuthenticationState::Pending || wait.is_zero() {
         return Ok(record.status_at(ctx.now()));
     }

@@ -6,6 +6,7 @@
 //! Layering (checked by `tests/layering.rs` of this crate): `http` → `domain` → `store`;
 //! `delivery` implements `domain::ports`; `store` imports neither.
 
+pub(crate) mod api_keys;
 pub(crate) mod applications;
 pub mod attestation;
 pub(crate) mod audit;
@@ -105,6 +106,9 @@ pub(crate) struct CtxParts {
     pub attestation: Arc<attestation::AttestationTrust>,
     /// The policy versions compiled so far (`policy::compiled`).
     pub compiled_policies: policy::compiled::CompiledPolicies,
+    /// The application of each API key found so far (`api_keys`: a hint, checked by the
+    /// statement that uses it).
+    pub api_key_hints: api_keys::ApiKeyHints,
 }
 
 impl Ctx {

@@ -12,9 +12,10 @@ use tessera_protocol::api::{
 
 use super::errors::ApiError;
 use super::extract::{
-    ApiJson, AppAuth, ClientAddr, WaitQuery, authenticate_device, parse_user_id, same_enrollment,
+    ApiJson, ApiKey, ClientAddr, WaitQuery, authenticate_device, parse_user_id,
+    same_enrollment,
 };
-use crate::domain::{Ctx, authentication};
+use crate::domain::{Ctx, api_keys, authentication};
 
 /// Asks a user's device.
 #[utoipa::path(post, path = "/v1/users/{user_id}/authentications", tag = "customer",
@@ -25,13 +26,23 @@ use crate::domain::{Ctx, authentication};
               (status = 409, description = "no_device", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn create_authentication(
     State(ctx): State<Ctx>,
-    auth: AppAuth,
+    ApiKey(key): ApiKey,
     ApiPath(user_id): ApiPath<String>,
-    ApiJson(body): ApiJson<CreateAuthenticationRequest>,
+    body: Result<ApiJson<CreateAuthenticationRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<AuthenticationStatus>), ApiError> {
-    let user_id = parse_user_id(&user_id)?;
-    let status = authentication::create(&ctx, &auth.0, &user_id, body).await?;
-    Ok((StatusCode::CREATED, Json(status)))
+    // The key is checked beside the request's first reads (`api_keys`); a bad body or user id
+    // is answered only once the key is known good, as every customer call answers 401 first.
+    let parsed = body.and_then(|ApiJson(body)| Ok((parse_user_id(&user_id)?, body)));
+    match parsed {
+        Ok((user_id, body)) => {
+            let status = authentication::create_by_key(&ctx, &key, &user_id, body).await?;
+            Ok((StatusCode::CREATED, Json(status)))
+        }
+        Err(bad_request) => {
+            api_keys::authenticate(&ctx, &key).await?;
+            Err(bad_request)
+        }
+    }
 }
 
 /// An authentication's state; `?wait=N` holds the answer until it changes from pending (or N
@@ -41,12 +52,22 @@ pub(crate) async fn create_authentication(
     responses((status = 200, body = AuthenticationStatus), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_authentication(
     State(ctx): State<Ctx>,
-    auth: AppAuth,
+    ApiKey(key): ApiKey,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<WaitQuery>,
+    query: Result<ApiQuery<WaitQuery>, ApiError>,
 ) -> Result<Json<AuthenticationStatus>, ApiError> {
-    let status = authentication::status(&ctx, &auth.0.id, &id, query.duration()).await?;
-    Ok(Json(status))
+    // The key is checked in the read itself (`api_keys`); a bad query is answered only once
+    // the key is known good, as every customer call answers 401 before 400.
+    match query {
+        Ok(ApiQuery(query)) => {
+            let status = authentication::status_by_key(&ctx, &key, &id, query.duration()).await?;
+            Ok(Json(status))
+        }
+        Err(bad_query) => {
+            api_keys::authenticate(&ctx, &key).await?;
+            Err(bad_query)
+        }
+    }
 }
 
 /// One pending request of the calling device, by id (device-signed; for a tapped

@@ -13,7 +13,8 @@ use tessera_protocol::error::ErrorCode;
 
 use super::errors::ApiError;
 use crate::domain::Ctx;
-use crate::domain::applications::{self, Application};
+use crate::domain::api_keys;
+use crate::domain::applications::Application;
 
 /// A JSON body: `application/json` required (415), size-limited (413), syntax errors are
 /// `malformed_json`, shape errors `invalid_request`.
@@ -147,31 +148,39 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = Ctx::from_ref(state);
-        let unauthorized = || ApiError::new(ErrorCode::Unauthorized, "a valid API key is required");
-        let client = parts
-            .extensions
-            .get::<ResolvedClient>()
-            .map(|ResolvedClient(ip)| ip.to_string());
-        let key = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty() && k.len() <= 256);
-        let Some(key) = key else {
-            applications::api_key_rejected(&state, client.as_deref(), false).await;
-            return Err(unauthorized());
-        };
-        match applications::by_api_key(&state, key).await? {
-            Some(app) => Ok(AppAuth(app)),
-            None => {
-                applications::api_key_rejected(&state, client.as_deref(), true).await;
-                Err(unauthorized())
-            }
-        }
+        let ctx = Ctx::from_ref(state);
+        let presented = presented_key(parts);
+        Ok(AppAuth(api_keys::authenticate(&ctx, &presented).await?))
     }
+}
+
+/// The API key a customer call presents (`Authorization: Bearer …`), not yet checked: for the
+/// calls that check it in the statement that reads what they ask for (`domain::api_keys`).
+pub(crate) struct ApiKey(pub api_keys::PresentedKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ApiKey(presented_key(parts)))
+    }
+}
+
+/// The bearer token of `parts` (at most 256 bytes, not empty) and the client's address.
+fn presented_key(parts: &Parts) -> api_keys::PresentedKey {
+    let client_ip = parts
+        .extensions
+        .get::<ResolvedClient>()
+        .map(|ResolvedClient(ip)| ip.to_string());
+    let key = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .map(str::to_string);
+    api_keys::PresentedKey { key, client_ip }
 }
 
 /// The client's address as every part of the server uses it: the pairing throttle, the

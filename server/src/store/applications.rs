@@ -68,8 +68,16 @@ pub(crate) const BY_API_KEY: &str =
 /// The application an API key belongs to. The lookup is by digest, so the secret itself is never
 /// compared (and never timed).
 pub async fn by_api_key(db: &Database, api_key: &str) -> Result<Option<Application>, StoreError> {
+    by_api_key_digest(db, &api_key_digest(api_key)).await
+}
+
+/// The application whose API key has `digest` ([`api_key_digest`]).
+pub async fn by_api_key_digest(
+    db: &Database,
+    digest: &str,
+) -> Result<Option<Application>, StoreError> {
     let row = sqlx::query(BY_API_KEY)
-        .bind(api_key_digest(api_key))
+        .bind(digest)
         .fetch_optional(db.pool())
         .await?;
     row.as_ref().map(row_to_application).transpose()
@@ -732,11 +740,38 @@ where
         .fetch_optional(executor)
         .await?
         .ok_or(StoreError::NotFound("application"))?;
+    request_settings_of(&row, id)
+}
+
+/// [`request_settings_on`], read only while the application's API key has the digest
+/// `key_digest` (`domain::api_keys`): `None` when it does not (or there is no such application).
+pub async fn request_settings_with_key_on<'e, E>(
+    executor: E,
+    id: &ApplicationId,
+    key_digest: &str,
+) -> Result<Option<RequestSettings>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    static WITH_KEY: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{REQUEST_SETTINGS} AND a.api_key_digest = $2"));
+    let row = sqlx::query(&WITH_KEY)
+        .bind(id.as_str())
+        .bind(key_digest)
+        .fetch_optional(executor)
+        .await?;
+    row.map(|row| request_settings_of(&row, id)).transpose()
+}
+
+fn request_settings_of(
+    row: &sqlx::any::AnyRow,
+    id: &ApplicationId,
+) -> Result<RequestSettings, StoreError> {
     Ok(RequestSettings {
         name: row.try_get("name")?,
-        otp: otp_policy_of(&row)?,
-        authentication: authentication_settings_of(&row)?,
-        quotas: quotas_of(&row)?,
+        otp: otp_policy_of(row)?,
+        authentication: authentication_settings_of(row)?,
+        quotas: quotas_of(row)?,
         qr_policy: QrPolicy::parse(&row.try_get::<String, _>("qr_policy")?)
             .ok_or(StoreError::Corrupted("qr_policy"))?,
         policy: match row.try_get::<Option<i64>, _>("policy_version")? {
@@ -748,7 +783,7 @@ where
                 created_at: row.try_get("policy_created_at")?,
             }),
         },
-        push: SealedPushSettings::of(id.as_str(), &row)?,
+        push: SealedPushSettings::of(id.as_str(), row)?,
     })
 }
 

@@ -349,6 +349,33 @@ pub async fn get(
     get_on(db.pool(), id, now).await
 }
 
+/// [`get`] for the application `app`, made only while its API key has the digest `key_digest`:
+/// the key's check and the read in one statement (`domain::api_keys`). `None` when the key is
+/// no longer the application's, or when the application has no such authentication.
+pub async fn get_with_key(
+    db: &Database,
+    id: &AuthenticationId,
+    app: &ApplicationId,
+    key_digest: &str,
+    now: i64,
+) -> Result<Option<Authentication>, StoreError> {
+    let row = sqlx::query(&BY_ID_WITH_KEY)
+        .bind(id.as_str())
+        .bind(app.as_str())
+        .bind(key_digest)
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(|r| from_row(r, now)).transpose()
+}
+
+/// The statement of [`get_with_key`].
+static BY_ID_WITH_KEY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {READ_COLUMNS} {BY_ID} AND application_id = $2 AND EXISTS \
+         (SELECT 1 FROM applications WHERE id = $2 AND api_key_digest = $3)"
+    )
+});
+
 /// [`get`] on `executor` (a request's connection, or a transaction).
 pub async fn get_on<'e, E>(
     executor: E,

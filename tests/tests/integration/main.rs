@@ -8,6 +8,7 @@
 
 mod additional_devices;
 mod api_contract;
+mod api_keys;
 mod attestation;
 mod attestation_assertions;
 mod audit;

@@ -1,0 +1,134 @@
+//! Customer API keys: the application a presented key belongs to.
+//!
+//! A customer call is authenticated by its API key's digest, looked up in the database
+//! ([`authenticate`]): one statement (on PostgreSQL a round trip) before the call's own. A call
+//! that reads one thing can instead check the key in the statement that reads it
+//! (`authentication::status_by_key`): [`ApiKeyHints`] names the application a digest belonged
+//! to when it was last found, and the read returns a row only while that application still has
+//! that digest. The hint is never trusted alone: a rotated key or a deleted application finds
+//! nothing, at once and on every instance, and a read that finds nothing is answered the long
+//! way ([`authenticate`], then the read), so its answer (401, or 404) is the one it would have
+//! been without the hint.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::ApplicationId;
+
+use super::{Ctx, DomainError};
+use crate::store::applications::{self, Application};
+
+/// An API key as a call presented it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PresentedKey {
+    /// The bearer token (`None`: missing, empty or longer than 256 bytes).
+    pub key: Option<String>,
+    /// The caller's address, for the audit record of a refused key.
+    pub client_ip: Option<String>,
+}
+
+impl PresentedKey {
+    /// The key's digest, as stored and looked up (`None` without a key).
+    pub(crate) fn digest(&self) -> Option<String> {
+        self.key.as_deref().map(applications::api_key_digest)
+    }
+}
+
+/// The refusal of a call without a valid API key.
+pub(crate) fn unauthorized() -> DomainError {
+    DomainError::new(ErrorCode::Unauthorized, "a valid API key is required")
+}
+
+/// The application `presented` authenticates, looked up by the key's digest (remembered in the
+/// hints when found). A missing or unknown key is refused and recorded in the audit log (at
+/// most once a minute per address).
+pub(crate) async fn authenticate(
+    ctx: &Ctx,
+    presented: &PresentedKey,
+) -> Result<Application, DomainError> {
+    let Some(digest) = presented.digest() else {
+        super::applications::api_key_rejected(ctx, presented.client_ip.as_deref(), false).await;
+        return Err(unauthorized());
+    };
+    match applications::by_api_key_digest(&ctx.db, &digest).await? {
+        Some(app) => {
+            ctx.api_key_hints.remember(digest, app.id.clone());
+            Ok(app)
+        }
+        None => {
+            super::applications::api_key_rejected(ctx, presented.client_ip.as_deref(), true)
+                .await;
+            Err(unauthorized())
+        }
+    }
+}
+
+/// The most digests remembered; when reached, the hints are emptied (and refilled by the keys
+/// in use as they are found again).
+pub const CAPACITY: usize = 4096;
+
+/// The application each API key digest belonged to when it was last found (see the module
+/// documentation): only keys that were found are kept, so a flood of wrong keys adds nothing.
+#[derive(Debug, Default)]
+pub struct ApiKeyHints {
+    kept: Mutex<HashMap<String, ApplicationId>>,
+}
+
+impl ApiKeyHints {
+    /// The application `digest` belonged to when last found, if it was.
+    pub fn application_of(&self, digest: &str) -> Option<ApplicationId> {
+        self.kept.lock().ok()?.get(digest).cloned()
+    }
+
+    /// Remembers that `digest` was found as `application`'s key.
+    pub fn remember(&self, digest: String, application: ApplicationId) {
+        let Ok(mut kept) = self.kept.lock() else {
+            return;
+        };
+        if kept.len() >= CAPACITY && !kept.contains_key(&digest) {
+            kept.clear();
+        }
+        kept.insert(digest, application);
+    }
+
+    /// Forgets `digest` (a read under its hint found nothing).
+    pub fn forget(&self, digest: &str) {
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.remove(digest);
+        }
+    }
+
+    /// How many digests are remembered.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.kept.lock().map(|k| k.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_are_bounded_and_name_the_last_application_found() {
+        let hints = ApiKeyHints::default();
+        let (a, b) = (ApplicationId::generate(), ApplicationId::generate());
+        assert_eq!(hints.application_of("d1"), None);
+        hints.remember("d1".into(), a.clone());
+        assert_eq!(hints.application_of("d1"), Some(a));
+        // The same digest found for another application (a restored database): the last one.
+        hints.remember("d1".into(), b.clone());
+        assert_eq!(hints.application_of("d1"), Some(b.clone()));
+        hints.forget("d1");
+        assert_eq!(hints.application_of("d1"), None);
+        for n in 0..CAPACITY + 10 {
+            hints.remember(format!("digest {n}"), b.clone());
+            assert!(hints.len() <= CAPACITY);
+        }
+        assert_eq!(
+            hints.application_of(&format!("digest {}", CAPACITY + 9)),
+            Some(b)
+        );
+    }
+}

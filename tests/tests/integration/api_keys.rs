@@ -1,0 +1,239 @@
+//! End to end: customer API keys on the calls that check them in their own reads
+//! (`domain::api_keys`): the status read (the key checked by the statement that reads the
+//! authentication) and a new request (by the read of the application's settings). A key that
+//! was found and remembered stops working the moment it is rotated; another application's key
+//! reads and asks nothing of this one; and the answers keep their order (401 before 400 before
+//! 404) whatever was remembered.
+
+use tessera_protocol::authentication::AuthenticationKind;
+use tessera_protocol::ids::AuthenticationId;
+use tessera_server::admin;
+use tessera_tests::{Backend, TestServer, ask, on_each_backend};
+
+on_each_backend! {
+    a_rotated_key_stops_reading_at_once => rotated_key;
+    another_application_s_key_reads_nothing_of_this_one => other_application;
+    a_status_read_answers_401_before_400_before_404 => answer_order;
+    a_new_request_answers_401_before_400 => create_answer_order;
+}
+
+/// `POST /v1/users/{user}/authentications` with `body` and `key`: the status and the error
+/// code, if any.
+async fn create(
+    server: &TestServer,
+    user: &str,
+    body: &str,
+    key: Option<&str>,
+) -> (u16, Option<String>) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/v1/users/{user}/authentications", server.base_url))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("create");
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("json");
+    let code = body["error"]["code"].as_str().map(str::to_string);
+    (status, code)
+}
+
+const APPROVAL: &str = r#"{"kind":"approval"}"#;
+
+/// `GET /v1/authentications/{id}{query}` with `key` (none without): the status and the error
+/// code, if any.
+async fn status_read(
+    server: &TestServer,
+    id: &str,
+    query: &str,
+    key: Option<&str>,
+) -> (u16, Option<String>) {
+    let mut request =
+        reqwest::Client::new().get(format!("{}/v1/authentications/{id}{query}", server.base_url));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("status read");
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("json");
+    let code = body["error"]["code"].as_str().map(str::to_string);
+    (status, code)
+}
+
+/// A server whose users may have many requests pending (these tests ask often).
+async fn start(backend: Backend) -> TestServer {
+    TestServer::start_with(backend, |c| {
+        c.max_pending_authentications_per_user = 100;
+        c.max_recent_authentications_per_user = 1000;
+    })
+    .await
+}
+
+/// A pending request for a paired user of `server`'s application.
+async fn pending_request(server: &TestServer) -> AuthenticationId {
+    let _device = server.paired_user("alice").await;
+    server
+        .customer
+        .create_authentication("alice", &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create")
+        .authentication_id
+}
+
+async fn rotated_key(backend: Backend) {
+    let server = start(backend).await;
+    let id = pending_request(&server).await;
+    let old_key = server.app.api_key.clone();
+    // Read twice: the key is found, then read under what was remembered of it.
+    for _ in 0..2 {
+        assert_eq!(
+            status_read(&server, id.as_str(), "", Some(&old_key)).await,
+            (200, None)
+        );
+    }
+    assert_eq!(
+        create(&server, "alice", APPROVAL, Some(&old_key)).await,
+        (201, None)
+    );
+    let rotated = admin::rotate_api_key(server.server.database(), &server.app.application_id)
+        .await
+        .expect("rotate");
+    assert_eq!(
+        create(&server, "alice", APPROVAL, Some(&old_key)).await,
+        (401, Some("unauthorized".into())),
+        "the old key still asked after its rotation"
+    );
+    assert_eq!(
+        status_read(&server, id.as_str(), "", Some(&old_key)).await,
+        (401, Some("unauthorized".into())),
+        "the old key still read after its rotation"
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            status_read(&server, id.as_str(), "", Some(&rotated.api_key)).await,
+            (200, None)
+        );
+    }
+    assert_eq!(
+        status_read(&server, id.as_str(), "", Some(&old_key)).await,
+        (401, Some("unauthorized".into()))
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            create(&server, "alice", APPROVAL, Some(&rotated.api_key)).await,
+            (201, None)
+        );
+    }
+}
+
+async fn other_application(backend: Backend) {
+    let server = start(backend).await;
+    let id = pending_request(&server).await;
+    let other = admin::create_application(server.server.database(), "Other")
+        .await
+        .expect("application");
+    // Its key is good (a request of its own that does not exist: 404), and remembered; this
+    // application's request stays unknown to it, read once or many times.
+    let missing = AuthenticationId::generate();
+    for _ in 0..2 {
+        assert_eq!(
+            status_read(&server, missing.as_str(), "", Some(&other.api_key)).await,
+            (404, Some("authentication_not_found".into()))
+        );
+        assert_eq!(
+            status_read(&server, id.as_str(), "", Some(&other.api_key)).await,
+            (404, Some("authentication_not_found".into()))
+        );
+    }
+    // Nor can it ask this application's user.
+    for _ in 0..2 {
+        assert_eq!(
+            create(&server, "alice", APPROVAL, Some(&other.api_key)).await,
+            (404, Some("user_not_found".into()))
+        );
+    }
+    assert_eq!(
+        status_read(&server, id.as_str(), "", Some(&server.app.api_key)).await,
+        (200, None)
+    );
+}
+
+async fn answer_order(backend: Backend) {
+    let server = start(backend).await;
+    let id = pending_request(&server).await;
+    let key = server.app.api_key.clone();
+    let missing = AuthenticationId::generate();
+    // Before and after the key is remembered.
+    for _ in 0..2 {
+        let unauthorized = (401, Some("unauthorized".to_string()));
+        let invalid = (400, Some("invalid_request".to_string()));
+        let not_found = (404, Some("authentication_not_found".to_string()));
+        assert_eq!(
+            status_read(&server, id.as_str(), "?wait=soon", None).await,
+            unauthorized
+        );
+        assert_eq!(
+            status_read(&server, id.as_str(), "?wait=soon", Some("tsk_wrong")).await,
+            unauthorized
+        );
+        assert_eq!(
+            status_read(&server, missing.as_str(), "?wait=soon", Some("tsk_wrong")).await,
+            unauthorized
+        );
+        assert_eq!(
+            status_read(&server, missing.as_str(), "?wait=soon", Some(&key)).await,
+            invalid
+        );
+        assert_eq!(
+            status_read(&server, "not-an-id", "", Some(&key)).await,
+            not_found
+        );
+        assert_eq!(
+            status_read(&server, missing.as_str(), "", Some(&key)).await,
+            not_found
+        );
+        assert_eq!(
+            status_read(&server, id.as_str(), "?wait=0", Some(&key)).await,
+            (200, None)
+        );
+    }
+}
+
+async fn create_answer_order(backend: Backend) {
+    let server = start(backend).await;
+    let _device = server.paired_user("alice").await;
+    let key = server.app.api_key.clone();
+    // Before and after the key is remembered (a good request remembers it).
+    for round in 0..2 {
+        let unauthorized = (401, Some("unauthorized".to_string()));
+        for bad_key in [None, Some("tsk_wrong")] {
+            assert_eq!(
+                create(&server, "alice", "{not json", bad_key).await,
+                unauthorized
+            );
+            assert_eq!(
+                create(&server, "not a user id!", APPROVAL, bad_key).await,
+                unauthorized
+            );
+            assert_eq!(create(&server, "alice", APPROVAL, bad_key).await, unauthorized);
+        }
+        assert_eq!(
+            create(&server, "alice", "{not json", Some(&key)).await.0,
+            400
+        );
+        assert_eq!(
+            create(&server, "not a user id!", APPROVAL, Some(&key)).await.0,
+            400
+        );
+        assert_eq!(
+            create(&server, "nobody", APPROVAL, Some(&key)).await,
+            (404, Some("user_not_found".into())),
+            "round {round}"
+        );
+        assert_eq!(
+            create(&server, "alice", APPROVAL, Some(&key)).await,
+            (201, None)
+        );
+    }
+}
