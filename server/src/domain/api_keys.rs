@@ -57,8 +57,7 @@ pub(crate) async fn authenticate(
             Ok(app)
         }
         None => {
-            super::applications::api_key_rejected(ctx, presented.client_ip.as_deref(), true)
-                .await;
+            super::applications::api_key_rejected(ctx, presented.client_ip.as_deref(), true).await;
             Err(unauthorized())
         }
     }

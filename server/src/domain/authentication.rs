@@ -1056,8 +1056,7 @@ async fn create_from(
             record.policy = decided.outcome_json();
             end_by_policy(ctx, &mut record, PolicyEnding::Denied);
             outcome::record_policy_ending(ctx, &record).await?;
-            super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), &decided)
-                .await?;
+            super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), &decided).await?;
             return Ok(record.status_at(ctx.now()));
         }
     };

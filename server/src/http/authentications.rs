@@ -12,8 +12,7 @@ use tessera_protocol::api::{
 
 use super::errors::ApiError;
 use super::extract::{
-    ApiJson, ApiKey, ClientAddr, WaitQuery, authenticate_device, parse_user_id,
-    same_enrollment,
+    ApiJson, ApiKey, ClientAddr, WaitQuery, authenticate_device, parse_user_id, same_enrollment,
 };
 use crate::domain::{Ctx, api_keys, authentication};
 
