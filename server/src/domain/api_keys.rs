@@ -19,19 +19,28 @@ use tessera_protocol::ids::ApplicationId;
 use super::{Ctx, DomainError};
 use crate::store::applications::{self, Application};
 
-/// An API key as a call presented it.
+/// An API key as a call presented it: its digest, computed once (the key itself is not kept).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PresentedKey {
-    /// The bearer token (`None`: missing, empty or longer than 256 bytes).
-    pub key: Option<String>,
+    /// The digest of the bearer token, as stored and looked up (`None`: missing, empty or
+    /// longer than 256 bytes).
+    digest: Option<String>,
     /// The caller's address, for the audit record of a refused key.
-    pub client_ip: Option<String>,
+    client_ip: Option<String>,
 }
 
 impl PresentedKey {
-    /// The key's digest, as stored and looked up (`None` without a key).
-    pub(crate) fn digest(&self) -> Option<String> {
-        self.key.as_deref().map(applications::api_key_digest)
+    /// The bearer token `key` (`None`: missing or unusable), from `client_ip`.
+    pub(crate) fn new(key: Option<&str>, client_ip: Option<String>) -> Self {
+        PresentedKey {
+            digest: key.map(applications::api_key_digest),
+            client_ip,
+        }
+    }
+
+    /// The key's digest (`None` without a key).
+    pub(crate) fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
     }
 }
 
@@ -51,9 +60,10 @@ pub(crate) async fn authenticate(
         super::applications::api_key_rejected(ctx, presented.client_ip.as_deref(), false).await;
         return Err(unauthorized());
     };
-    match applications::by_api_key_digest(&ctx.db, &digest).await? {
+    match applications::by_api_key_digest(&ctx.db, digest).await? {
         Some(app) => {
-            ctx.api_key_hints.remember(digest, app.id.clone());
+            ctx.api_key_hints
+                .remember(digest.to_string(), app.id.clone());
             Ok(app)
         }
         None => {

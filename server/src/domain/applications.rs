@@ -137,7 +137,6 @@ pub(crate) async fn admit(
     created: &super::outcome::NewRequest,
     ciba: Option<&crate::store::ciba::CibaRequest>,
 ) -> Result<Admitted, DomainError> {
-    let mut lock = admission_lock(ctx, quota, limits);
     let decision = decided
         .map(|decided| {
             super::policy::recorded_with(
@@ -167,22 +166,22 @@ pub(crate) async fn admit(
         decision: row.as_ref(),
         ciba: sealed.as_ref(),
     };
+    let mut offer = Offer {
+        record,
+        quota,
+        limits,
+        lock: admission_lock(ctx, quota, limits),
+        with,
+        created,
+    };
     loop {
-        let offer = Offer {
-            record,
-            quota,
-            limits,
-            lock,
-            with,
-            created,
-        };
         let offered = match ctx.db.engine() {
             crate::store::Engine::Postgres => offer_at_once(ctx, offer).await?,
             crate::store::Engine::Sqlite => offer_in_write(ctx, offer).await?,
         };
         match offered {
             Admission::Inserted(announced) => return Ok(Admitted::Stored(announced)),
-            Admission::Contended => lock = after_contention(lock)?,
+            Admission::Contended => offer.lock = after_contention(offer.lock)?,
             Admission::PushLimited(reason) => return Ok(Admitted::PushLimited(reason)),
         }
     }

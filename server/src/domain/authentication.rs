@@ -759,14 +759,14 @@ pub(crate) async fn create_by_key(
     body: CreateAuthenticationRequest,
 ) -> Result<AuthenticationStatus, DomainError> {
     if let Some(digest) = presented.digest()
-        && let Some(app_id) = ctx.api_key_hints.application_of(&digest)
+        && let Some(app_id) = ctx.api_key_hints.application_of(digest)
     {
-        match read_for_request_by_key(ctx, &app_id, &digest, user_id).await? {
+        match read_for_request_by_key(ctx, &app_id, digest, user_id).await? {
             Some(reads) => {
                 let name = reads.settings.name.clone();
                 return create_from(ctx, (&app_id, &name), user_id, body, true, reads).await;
             }
-            None => ctx.api_key_hints.forget(&digest),
+            None => ctx.api_key_hints.forget(digest),
         }
     }
     let app = super::api_keys::authenticate(ctx, presented).await?;
@@ -1101,12 +1101,12 @@ pub(crate) async fn status_by_key(
     wait: Duration,
 ) -> Result<AuthenticationStatus, DomainError> {
     if let Some(digest) = presented.digest()
-        && let Some(app) = ctx.api_key_hints.application_of(&digest)
+        && let Some(app) = ctx.api_key_hints.application_of(digest)
         && let Ok(parsed) = parse_id(id)
     {
-        match authentications::get_with_key(&ctx.db, &parsed, &app, &digest, ctx.now()).await? {
+        match authentications::get_with_key(&ctx.db, &parsed, &app, digest, ctx.now()).await? {
             Some(record) => return status_of(ctx, record, wait).await,
-            None => ctx.api_key_hints.forget(&digest),
+            None => ctx.api_key_hints.forget(digest),
         }
     }
     let app = super::api_keys::authenticate(ctx, presented).await?;

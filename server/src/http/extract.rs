@@ -178,9 +178,8 @@ fn presented_key(parts: &Parts) -> api_keys::PresentedKey {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 256)
-        .map(str::to_string);
-    api_keys::PresentedKey { key, client_ip }
+        .filter(|k| !k.is_empty() && k.len() <= 256);
+    api_keys::PresentedKey::new(key, client_ip)
 }
 
 /// The client's address as every part of the server uses it: the pairing throttle, the

@@ -771,8 +771,7 @@ pub async fn insert_if_admitted_deciding(
     records: &[super::audit::Appended],
     decision: Option<&super::policies::DecisionRecord<'_>>,
 ) -> Result<Option<super::audit::AppendedQueue>, StoreError> {
-    let (sql, _) = admitted_insert(&limits);
-    let mut query = bind_values(sqlx::query(sql), a);
+    let mut query = bind_values(sqlx::query(admitted_insert(&limits)), a);
     let (app, user) = (a.application_id.as_str(), a.user_id.as_str());
     if let Some(quota) = limits.application_pending {
         query = query.bind(app).bind(windows.now).bind(quota);
@@ -951,31 +950,24 @@ fn bind_verdict<'q>(
 }
 
 /// The statement of [`insert_if_admitted`] for the limits in force in `limits`, written once for
-/// each combination, and how many values it binds.
-fn admitted_insert(limits: &AdmissionLimits) -> (&'static str, usize) {
-    static STATEMENTS: LazyLock<Vec<(String, usize)>> =
-        LazyLock::new(|| (0..16).map(admitted_insert_binding).collect());
+/// each combination.
+fn admitted_insert(limits: &AdmissionLimits) -> &'static str {
+    static STATEMENTS: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..16).map(admitted_insert_statement).collect());
     let in_force = usize::from(limits.application_pending.is_some())
         | usize::from(limits.user_pending.is_some()) << 1
         | usize::from(limits.user_recent.is_some()) << 2
         | usize::from(limits.pushes.is_some()) << 3;
-    STATEMENTS
-        .get(in_force)
-        .map_or(("", 0), |(sql, bound)| (sql.as_str(), *bound))
-}
-
-/// [`admitted_insert_binding`]'s statement (its query plan is checked).
-#[cfg(test)]
-pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
-    admitted_insert_binding(in_force).0
+    STATEMENTS.get(in_force).map_or("", String::as_str)
 }
 
 /// [`admitted_insert`] for the limits whose bits are set in `in_force` (1: the application's
 /// quota, 2: the user's pending, 4: the user's recent, 8: a policy's pushes). The row binds
 /// $1–$25, then each limit in force, in that order, the values [`insert_if_admitted`] gives it.
 /// The user's counts walk `authentications_by_user` (or the counted pushes' index) and stop at
-/// their limit (`LIMIT`): a count that reached it refuses, whatever lies beyond.
-fn admitted_insert_binding(in_force: usize) -> (String, usize) {
+/// their limit (`LIMIT`): a count that reached it refuses, whatever lies beyond (its query plan
+/// is checked).
+pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
     let mut next = INSERTED_VALUES;
     let mut take = || {
         next += 1;
@@ -1015,15 +1007,14 @@ fn admitted_insert_binding(in_force: usize) -> (String, usize) {
         ));
     }
     let values = placeholders(1, INSERTED_VALUES);
-    let sql = if conditions.is_empty() {
+    if conditions.is_empty() {
         format!("INSERT INTO authentications ({COLUMNS}) VALUES ({values})")
     } else {
         format!(
             "INSERT INTO authentications ({COLUMNS}) SELECT {values} WHERE {}",
             conditions.join(" AND ")
         )
-    };
-    (sql, next)
+    }
 }
 
 /// Binds [`ADMISSION_COUNTS`]' six values after what `query` bound.
@@ -1853,11 +1844,12 @@ mod tests {
         assert_eq!(format!("{after:?}"), format!("{:?}", answer.applied_to(&a)));
     }
 
-    /// A PostgreSQL database (`url`) with a new application.
+    /// A PostgreSQL database (`url`, a pool of `connections`) with a new application.
     async fn postgres_with_application(
         url: &str,
+        connections: u32,
     ) -> (Database, super::super::applications::Application) {
-        let db = Database::connect(url, 2).await.expect("database");
+        let db = Database::connect(url, connections).await.expect("database");
         let app = super::super::applications::Application {
             id: ApplicationId::generate(),
             name: "App".into(),
@@ -2029,7 +2021,7 @@ mod tests {
         let (_dir, db, app) = database_with_application().await;
         check_records_go_with_the_admitted_insert(&db, &app).await;
         if let Some(url) = postgres_url() {
-            let (db, app) = postgres_with_application(&url).await;
+            let (db, app) = postgres_with_application(&url, 2).await;
             check_records_go_with_the_admitted_insert(&db, &app).await;
         }
     }
@@ -2041,7 +2033,7 @@ mod tests {
         let Some(url) = postgres_url() else {
             return;
         };
-        let (db, app) = postgres_with_application(&url).await;
+        let (db, app) = postgres_with_application(&url, 2).await;
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, application_id, url, secret, event_types, \
              created_at) VALUES ($1, $2, 'https://hooks.example/a', 'sealed', '', 0)",
@@ -2245,15 +2237,7 @@ mod tests {
         let Some(url) = postgres_url() else {
             return;
         };
-        let db = Database::connect(&url, 4).await.expect("database");
-        let app = super::super::applications::Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        super::super::applications::insert(&db, &app, &format!("digest {}", app.id))
-            .await
-            .expect("application");
+        let (db, app) = postgres_with_application(&url, 4).await;
         let user: UserId = "alice".parse().expect("user");
         let now = 10_000;
         let windows = windows_at(now, false);
@@ -2310,15 +2294,7 @@ mod tests {
         let Some(url) = postgres_url() else {
             return;
         };
-        let db = Database::connect(&url, 8).await.expect("database");
-        let app = super::super::applications::Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        super::super::applications::insert(&db, &app, &format!("digest {}", app.id))
-            .await
-            .expect("application");
+        let (db, app) = postgres_with_application(&url, 8).await;
         let now = 10_000;
         let windows = windows_at(now, false);
         // One user's burst against the user's limit; many users' against the application's

@@ -17,53 +17,49 @@ on_each_backend! {
     a_new_request_answers_401_before_400 => create_answer_order;
 }
 
-/// `POST /v1/users/{user}/authentications` with `body` and `key`: the status and the error
-/// code, if any.
-async fn create(
-    server: &TestServer,
-    user: &str,
-    body: &str,
-    key: Option<&str>,
-) -> (u16, Option<String>) {
-    let mut request = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/users/{user}/authentications",
-            server.base_url
-        ))
-        .header("content-type", "application/json")
-        .body(body.to_string());
+/// Sends `request` with `key` (none without): the status and the error code, if any.
+async fn sent(mut request: reqwest::RequestBuilder, key: Option<&str>) -> (u16, Option<String>) {
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
-    let response = request.send().await.expect("create");
+    let response = request.send().await.expect("sent");
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.expect("json");
     let code = body["error"]["code"].as_str().map(str::to_string);
     (status, code)
 }
 
+/// `POST /v1/users/{user}/authentications` with `body` and `key`.
+async fn create(
+    server: &TestServer,
+    user: &str,
+    body: &str,
+    key: Option<&str>,
+) -> (u16, Option<String>) {
+    let request = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/users/{user}/authentications",
+            server.base_url
+        ))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    sent(request, key).await
+}
+
 const APPROVAL: &str = r#"{"kind":"approval"}"#;
 
-/// `GET /v1/authentications/{id}{query}` with `key` (none without): the status and the error
-/// code, if any.
+/// `GET /v1/authentications/{id}{query}` with `key`.
 async fn status_read(
     server: &TestServer,
     id: &str,
     query: &str,
     key: Option<&str>,
 ) -> (u16, Option<String>) {
-    let mut request = reqwest::Client::new().get(format!(
+    let request = reqwest::Client::new().get(format!(
         "{}/v1/authentications/{id}{query}",
         server.base_url
     ));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    let response = request.send().await.expect("status read");
-    let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.expect("json");
-    let code = body["error"]["code"].as_str().map(str::to_string);
-    (status, code)
+    sent(request, key).await
 }
 
 /// A server whose users may have many requests pending (these tests ask often).

@@ -44,6 +44,17 @@ async fn start(backend: Backend) -> TestServer {
     .await
 }
 
+/// [`start`] on a clock the test moves.
+async fn start_on_a_clock(backend: Backend) -> (TestServer, ManualClock) {
+    let clock = ManualClock::new();
+    let server = TestServer::start_with(backend, |c| {
+        c.accessing_ip_table = IpTable::from_csv(IP_TABLE).unwrap();
+        c.clock = Arc::new(clock.clone());
+    })
+    .await;
+    (server, clock)
+}
+
 async fn paired(server: &TestServer, user: &str) -> (TestDevice, EnrollmentId) {
     server.user(user).await;
     let device = TestDevice::new().await;
@@ -542,12 +553,7 @@ mod conditions {
     }
 
     async fn geovelocity(backend: Backend) {
-        let clock = ManualClock::new();
-        let server = TestServer::start_with(backend, |c| {
-            c.accessing_ip_table = IpTable::from_csv(IP_TABLE).unwrap();
-            c.clock = Arc::new(clock.clone());
-        })
-        .await;
+        let (server, clock) = start_on_a_clock(backend).await;
         paired(&server, "alice").await;
         set_rules(
             &server,
@@ -571,12 +577,7 @@ mod conditions {
     /// recent approval, the push count, the previous location) is there: the facts are read
     /// side by side, and each one missing would let the request through.
     async fn every_fact(backend: Backend) {
-        let clock = ManualClock::new();
-        let server = TestServer::start_with(backend, |c| {
-            c.accessing_ip_table = IpTable::from_csv(IP_TABLE).unwrap();
-            c.clock = Arc::new(clock.clone());
-        })
-        .await;
+        let (server, clock) = start_on_a_clock(backend).await;
         let (device, enrollment) = paired(&server, "alice").await;
         server
             .customer
