@@ -616,8 +616,9 @@ fn ended_of(row: &sqlx::any::AnyRow, now: i64) -> Result<(Authentication, Waitin
     Ok((from_row(row, now)?, super::follow_ups::waiting_of(row)?))
 }
 
-/// The statement of [`admission_counts`]: the user's counts over the `authentications_by_user`
-/// index (which holds every column they read: migration `0032_authentication_indexes.sql`), the
+/// The statement of [`admission_counts`]: the user's counts over the
+/// `authentications_unapproved_by_user` index (which holds only the requests they can count, with
+/// every column they read: migration `0036_unapproved_by_user.sql`), the
 /// application's pending requests summed over `pending_expiries` (kept by the database's
 /// triggers, migration `0030_pending_counts.sql`: one row per second of expiry and shard, so its
 /// cost is bounded by the requests' lifetime, not by how many are pending), and the user's
@@ -632,7 +633,8 @@ pub(crate) static ADMISSION_COUNTS: LazyLock<String> = LazyLock::new(|| {
          (SELECT COUNT(*) FROM authentications \
           WHERE application_id = $1 AND user_id = $2 AND {COUNTED_PUSH} AND created_at > $6) AS pushes \
          FROM authentications \
-         WHERE application_id = $1 AND user_id = $2 AND created_at >= $4 AND {USER_FACING}"
+         WHERE application_id = $1 AND user_id = $2 AND created_at >= $4 AND {USER_FACING} \
+         AND {UNAPPROVED}"
     )
 });
 
@@ -964,9 +966,11 @@ fn admitted_insert(limits: &AdmissionLimits) -> &'static str {
 /// [`admitted_insert`] for the limits whose bits are set in `in_force` (1: the application's
 /// quota, 2: the user's pending, 4: the user's recent, 8: a policy's pushes). The row binds
 /// $1–$25, then each limit in force, in that order, the values [`insert_if_admitted`] gives it.
-/// The user's counts walk `authentications_by_user` (or the counted pushes' index) and stop at
-/// their limit (`LIMIT`): a count that reached it refuses, whatever lies beyond (its query plan
-/// is checked).
+/// The user's pending and recent counts walk `authentications_unapproved_by_user`, which holds
+/// no approved request (migration `0036_unapproved_by_user.sql`; the pending count repeats that
+/// index's condition, [`UNAPPROVED`], for SQLite to use it), the pushes the counted pushes'
+/// index; each stops at its limit (`LIMIT`): a count that reached it refuses, whatever lies
+/// beyond (their query plans are checked).
 pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
     let mut next = INSERTED_VALUES;
     let mut take = || {
@@ -986,7 +990,7 @@ pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
         conditions.push(format!(
             "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
              WHERE application_id = ${app} AND user_id = ${user} AND created_at >= ${since} \
-             AND {USER_FACING} AND {PENDING} AND expires_at > ${now} \
+             AND {USER_FACING} AND {UNAPPROVED} AND {PENDING} AND expires_at > ${now} \
              LIMIT ${most}) user_pending) < ${most}"
         ));
     }
@@ -1426,8 +1430,8 @@ mod tests {
             .map(|row| row.try_get::<String, _>("detail").expect("detail"))
             .collect();
         for index in [
-            // The user's requests are counted in the index alone, without their rows.
-            "USING COVERING INDEX authentications_by_user",
+            // The user's unapproved requests are counted in the index alone, without their rows.
+            "USING COVERING INDEX authentications_unapproved_by_user",
             "pending_expiries USING PRIMARY KEY",
             "authentications_counted_pushes",
         ] {
@@ -1440,6 +1444,38 @@ mod tests {
             !details.iter().any(|d| d.starts_with("SCAN")),
             "{details:?}"
         );
+        db.close().await;
+    }
+
+    /// The user's pending and recent counts of a new request walk the index of unapproved
+    /// requests, in the index alone: the approvals of the window are not in it (migration
+    /// `0036_unapproved_by_user.sql`; SQLite uses it only when the count repeats its condition).
+    #[tokio::test]
+    async fn the_push_bombing_counts_read_only_unapproved_requests() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        // The user's pending count binds five values, the recent count four.
+        for (in_force, values) in [(2, 5), (4, 4)] {
+            let explain = format!("EXPLAIN QUERY PLAN {}", admitted_insert_statement(in_force));
+            let mut plan = sqlx::query(&explain);
+            for _ in 0..(INSERTED_VALUES + values) {
+                plan = plan.bind(None::<String>);
+            }
+            let details: Vec<String> = plan
+                .fetch_all(db.pool())
+                .await
+                .expect("plan")
+                .iter()
+                .map(|row| row.try_get::<String, _>("detail").expect("detail"))
+                .collect();
+            assert!(
+                details
+                    .iter()
+                    .any(|d| d.contains("USING COVERING INDEX authentications_unapproved_by_user")),
+                "{in_force}: {details:?}"
+            );
+        }
         db.close().await;
     }
 
@@ -2351,6 +2387,133 @@ mod tests {
             }
             assert_eq!(stored, expected, "{lock:?}");
         }
+    }
+
+    /// The buffers PostgreSQL touched to run `admission_verdict` for `user` under the user's
+    /// pending and recent limits (no lock, no quota, no push limit) in a session that ran it
+    /// before, and the counts it gave.
+    async fn verdict_cost(
+        url: &str,
+        db: &Database,
+        app: &ApplicationId,
+        user: &UserId,
+        windows: AdmissionWindows,
+    ) -> (u64, i64, i64) {
+        use sqlx::Connection;
+        let call = format!(
+            "SELECT * FROM admission_verdict(0, 0, 0, 0, 0, '{app}', '{user}', {now}, NULL, \
+             {pending_since}, 100, {recent_since}, 100, NULL, NULL)",
+            now = windows.now,
+            pending_since = windows.pending_since,
+            recent_since = windows.recent_since,
+        );
+        // A session plans the function's statements on its first call (catalog reads, counted
+        // as buffers too): the second call is what every later one costs.
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
+        let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {call}");
+        sqlx::query(&explain)
+            .fetch_one(&mut conn)
+            .await
+            .expect("explain");
+        let explained = sqlx::query(&explain)
+            .fetch_one(&mut conn)
+            .await
+            .expect("explain");
+        let _ = conn.close().await;
+        // `json` arrives as its UTF-8 text; sqlx is built without its JSON types.
+        let text: String = explained.try_get_unchecked(0).expect("plan text");
+        let plan: serde_json::Value = serde_json::from_str(&text).expect("plan JSON");
+        let top = &plan[0]["Plan"];
+        let buffers = ["Shared Hit Blocks", "Shared Read Blocks"]
+            .iter()
+            .map(|k| top[*k].as_u64().expect("buffers"))
+            .sum();
+        let row = sqlx::query(&call)
+            .fetch_one(db.pool())
+            .await
+            .expect("verdict");
+        (
+            buffers,
+            row.try_get("user_pending").expect("pending"),
+            row.try_get("user_recent").expect("recent"),
+        )
+    }
+
+    /// A user who approved thousands of requests within the window (a shared account, a service
+    /// user, a busy phone) costs a new request's push-bombing counts nothing of them: the counts
+    /// walk `authentications_unapproved_by_user`, which an approval leaves, not every request
+    /// of the window. Fails without migration `0036_unapproved_by_user.sql` (an index entry, and
+    /// on a page not yet all-visible a visit of its row, for every approval).
+    #[tokio::test]
+    async fn the_push_bombing_counts_step_over_approved_requests() {
+        let Some(url) = postgres_url() else {
+            return;
+        };
+        let (db, app) = postgres_with_application(&url, 2).await;
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        let windows = windows_at(now, false);
+        // 3,000 requests of the last five minutes, stored pending and then approved a hundred
+        // at a time, each hundred followed by a new request's counts, as the server goes.
+        let first = pending(&app.id, &user, now - 300);
+        insert(db.writer(), &first).await.expect("insert");
+        let copied = format!(
+            "id || '-' || $2 || '-' || g, {}",
+            COLUMNS
+                .strip_prefix("id, ")
+                .expect("id first")
+                .replace("created_at", "created_at + $2")
+        );
+        let copies = format!(
+            "INSERT INTO authentications ({COLUMNS}) SELECT {copied} \
+             FROM authentications, generate_series(1, 100) g WHERE id = $1"
+        );
+        for batch in 0..30_i64 {
+            sqlx::query(&copies)
+                .bind(first.id.as_str())
+                .bind(batch)
+                .execute(db.pool())
+                .await
+                .expect("copies");
+            sqlx::query(
+                "UPDATE authentications SET state = 'approved', answered_at = $2 \
+                 WHERE application_id = $1 AND state = 'pending' AND id <> $3",
+            )
+            .bind(app.id.as_str())
+            .bind(now - 200)
+            .bind(first.id.as_str())
+            .execute(db.pool())
+            .await
+            .expect("approved");
+            let _ = verdict_cost(&url, &db, &app.id, &user, windows).await;
+        }
+        sqlx::query("UPDATE authentications SET state = 'approved' WHERE id = $1")
+            .bind(first.id.as_str())
+            .execute(db.pool())
+            .await
+            .expect("approved");
+        // Two still pending, one denied: what the counts count.
+        for _ in 0..2 {
+            insert(db.writer(), &pending(&app.id, &user, now - 100))
+                .await
+                .expect("pending");
+        }
+        let denied = pending(&app.id, &user, now - 100);
+        insert(db.writer(), &denied).await.expect("denied");
+        sqlx::query("UPDATE authentications SET state = 'denied' WHERE id = $1")
+            .bind(denied.id.as_str())
+            .execute(db.pool())
+            .await
+            .expect("deny");
+        let (buffers, user_pending, user_recent) =
+            verdict_cost(&url, &db, &app.id, &user, windows).await;
+        assert_eq!((user_pending, user_recent), (2, 3));
+        // About 80 here (the plans' look-ups included), about 600 over every request of the
+        // window.
+        assert!(
+            buffers < 200,
+            "{buffers} buffers to count 3 requests among 3,003"
+        );
     }
 
     #[test]
