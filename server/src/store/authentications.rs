@@ -1374,8 +1374,9 @@ mod tests {
             .expect("count");
         assert_eq!(counts.pushes, 3);
         drop(conn);
-        // A policy's windows are counted over the same requests, each window on its own.
-        let windows = [15, 25, 600].into_iter().collect();
+        // A policy's windows are counted over the same requests, each window on its own (below
+        // the numbers the rules compare them with: exactly).
+        let windows = [(15, 5), (25, 5), (600, 5)].into_iter().collect();
         let counts = super::super::policies::push_counts(&db, &app.id, &user, now, &windows)
             .await
             .expect("counts");
@@ -1407,6 +1408,54 @@ mod tests {
             .await
             .expect("recent");
         assert_eq!(recent, vec![("203.0.113.5".to_string(), now - 50)]);
+        db.close().await;
+    }
+
+    /// A policy's push counts walk the user's newest pushes no further than the largest number
+    /// a rule compares a count with: below its number a window's count is exact, at or above it
+    /// the window holds at least that many, whichever window the walk stopped in.
+    #[tokio::test]
+    async fn push_counts_stop_at_the_largest_number_compared() {
+        let (_dir, db, app) = database_with_application().await;
+        let user: UserId = "alice".parse().expect("user");
+        let now = 100_000;
+        // One push every 10 seconds over the last 1,000 seconds: 100, the newest at now - 5.
+        for i in 0..100 {
+            insert(db.writer(), &pending(&app.id, &user, now - 5 - 10 * i))
+                .await
+                .expect("insert");
+        }
+        let counts = |windows: &[(u32, u32)]| {
+            let windows = windows.iter().copied().collect();
+            let db = &db;
+            let (app, user) = (&app.id, &user);
+            async move {
+                super::super::policies::push_counts(db, app, user, now, &windows)
+                    .await
+                    .expect("counts")
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            }
+        };
+        // Everything below the numbers compared with: exact (30 seconds hold 3 pushes).
+        assert_eq!(
+            counts(&[(30, 10), (1_000, 200)]).await,
+            [(30, 3), (1_000, 100)]
+        );
+        // The walk stops after 20 pushes (200 seconds): the short window was covered whole and
+        // is exact; the long one holds at least its number.
+        assert_eq!(
+            counts(&[(30, 20), (1_000, 20)]).await,
+            [(30, 3), (1_000, 20)]
+        );
+        // Stopped within both windows: each at least its number (the walk goes as far as the
+        // largest, so the smaller number is passed).
+        assert_eq!(
+            counts(&[(300, 4), (1_000, 6)]).await,
+            [(300, 6), (1_000, 6)]
+        );
+        // A rule comparing with 0 needs no walk at all.
+        assert_eq!(counts(&[(1_000, 0)]).await, [(1_000, 0)]);
         db.close().await;
     }
 

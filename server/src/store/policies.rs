@@ -232,7 +232,9 @@ pub async fn recent_successes(
 }
 
 /// The statement of [`push_counts`] for `windows` windows: one count per window over the
-/// `authentications_counted_pushes` index (`$3` the earliest start, `$4`.. each window's).
+/// newest of the user's counted pushes, walked backwards along the
+/// `authentications_counted_pushes` index and no further than the last placeholder's number
+/// (`$3` the earliest start, `$4`.. each window's, then how many at most).
 pub(crate) fn push_counts_statement(windows: usize) -> String {
     let counts: Vec<String> = (0..windows)
         .map(|i| {
@@ -243,38 +245,44 @@ pub(crate) fn push_counts_statement(windows: usize) -> String {
         })
         .collect();
     format!(
-        "SELECT {} FROM authentications WHERE application_id = $1 AND user_id = $2 \
-         AND push_counted = 1 AND created_at > $3",
-        counts.join(", ")
+        "SELECT {} FROM (SELECT created_at FROM authentications \
+         WHERE application_id = $1 AND user_id = $2 AND push_counted = 1 AND created_at > $3 \
+         ORDER BY created_at DESC LIMIT ${}) newest",
+        counts.join(", "),
+        windows + 4
     )
 }
 
 /// How many of the user's push requests (approval, transaction, CIBA) that no policy denied
-/// or approved outright were created in each of `windows` (seconds) before `now`: counted by
-/// the database in one statement, whatever the user's history. The same requests a policy's
-/// `limit_push` counts when the request is stored
-/// (`store::authentications::admission_counts`).
+/// or approved outright were created in each of `windows` (seconds) before `now`, each counted
+/// up to its number in `windows` (at least): the database walks the user's newest pushes, no
+/// more of them than the largest of those numbers, in one statement, whatever the user's
+/// history. A count below its number is exact; one at or above it means at least that many (a
+/// walk that stopped early did so within every window it did not cover whole, so each such
+/// window holds at least as many as were walked). The same requests a policy's `limit_push`
+/// counts when the request is stored (`store::authentications::admission_counts`).
 pub async fn push_counts(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
     now: i64,
-    windows: &BTreeSet<u32>,
+    windows: &BTreeMap<u32, u32>,
 ) -> Result<BTreeMap<u32, u64>, StoreError> {
-    let Some(longest) = windows.last() else {
+    let Some(longest) = windows.keys().next_back() else {
         return Ok(BTreeMap::new());
     };
+    let most = windows.values().copied().max().unwrap_or(0);
     let sql = push_counts_statement(windows.len());
     let mut query = sqlx::query(&sql)
         .bind(app.as_str())
         .bind(user.as_str())
         .bind(now - i64::from(*longest));
-    for window in windows {
+    for window in windows.keys() {
         query = query.bind(now - i64::from(*window));
     }
-    let row = query.fetch_one(db.pool()).await?;
+    let row = query.bind(i64::from(most)).fetch_one(db.pool()).await?;
     windows
-        .iter()
+        .keys()
         .enumerate()
         .map(|(i, window)| {
             let count: i64 = row.try_get(i)?;

@@ -251,6 +251,11 @@ async fn policy_look_backs_read_their_index_alone() {
             plan.iter().any(|line| line.contains(index)),
             "{sql}\n{plan:?}"
         );
+        // The push counts walk their index newest first, as it is ordered: no sort.
+        assert!(
+            !plan.iter().any(|line| line.contains("TEMP B-TREE")),
+            "{sql}\n{plan:?}"
+        );
     }
     db.close().await;
 }

@@ -84,7 +84,9 @@ pub struct PolicyInputs {
     /// The user's successful authentications: (accessing IP, when), any order.
     pub recent_successes: Vec<(IpAddr, i64)>,
     /// How many of the user's push requests were created in each window the policy names
-    /// (window in seconds → count; [`CompiledPolicy::push_windows`]), counted when gathered.
+    /// (window in seconds → count; [`CompiledPolicy::push_windows`]), counted when gathered, up
+    /// to the largest number a rule compares one with: a count at or above it means at least
+    /// that many.
     pub push_counts: BTreeMap<u32, u64>,
     /// The user's previous accessing location: (latitude, longitude, when).
     pub previous_location: Option<(f64, f64, i64)>,
@@ -484,27 +486,35 @@ impl CompiledPolicy {
     }
 
     /// The push-count windows the rules name, in seconds (what [`PolicyInputs::push_counts`]
-    /// must hold).
-    pub fn push_windows(&self) -> BTreeSet<u32> {
-        self.rules
+    /// must hold), each with the largest number a rule compares its count with
+    /// (`push_requests.at_least`, `limit_push.max`): a count that reached it decides every
+    /// comparison, so it need not be counted further.
+    pub fn push_windows(&self) -> BTreeMap<u32, u32> {
+        let mut windows = BTreeMap::new();
+        let limit = |action: &PolicyAction| match action {
+            PolicyAction::LimitPush {
+                max,
+                window_seconds,
+            } => Some((*window_seconds, *max)),
+            _ => None,
+        };
+        let named = self
+            .rules
             .iter()
             .flat_map(|r| {
-                let limit = match r.then {
-                    PolicyAction::LimitPush { window_seconds, .. } => Some(window_seconds),
-                    _ => None,
-                };
                 r.when
                     .push_requests
                     .as_ref()
-                    .map(|c| c.window_seconds)
+                    .map(|c| (c.window_seconds, c.at_least))
                     .into_iter()
-                    .chain(limit)
+                    .chain(limit(&r.then))
             })
-            .chain(match self.default {
-                PolicyAction::LimitPush { window_seconds, .. } => Some(window_seconds),
-                _ => None,
-            })
-            .collect()
+            .chain(limit(&self.default));
+        for (window, compared_with) in named {
+            let most = windows.entry(window).or_insert(0);
+            *most = (*most).max(compared_with);
+        }
+        windows
     }
 
     /// Whether any rule checks geovelocity (the previous location is then read).
