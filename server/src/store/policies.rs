@@ -1,6 +1,6 @@
 //! Policies (every version kept), users' groups, and the record of each policy decision.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use sqlx::Row;
 use tessera_protocol::ids::{ApplicationId, UserId};

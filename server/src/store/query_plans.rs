@@ -253,7 +253,8 @@ async fn policy_look_backs_read_their_index_alone() {
         );
         // The push counts walk their index newest first, as it is ordered: no sort.
         assert!(
-            !plan.iter().any(|line| line.contains("TEMP B-TREE")),
+            !index.ends_with("counted_pushes")
+                || !plan.iter().any(|line| line.contains("TEMP B-TREE")),
             "{sql}\n{plan:?}"
         );
     }

@@ -167,11 +167,32 @@ fn recent_authentication_from_a_network() {
     assert_eq!(p.recent_lookback_seconds(), 1800);
 }
 
+/// Each window is counted up to the largest number a rule compares its count with, whether a
+/// condition (`at_least`) or a limit (`max`, of a rule or the default).
+#[test]
+fn push_windows_keep_the_largest_number_compared() {
+    let p = policy(json!({
+        "rules": [
+            {"name": "a", "when": {"push_requests": {"at_least": 3, "window_seconds": 60}},
+             "then": {"action": "limit_push", "max": 7, "window_seconds": 600}},
+            {"name": "b", "when": {"push_requests": {"at_least": 9, "window_seconds": 600}},
+             "then": {"action": "deny", "reason": "too many"}},
+            {"name": "c", "when": {"push_requests": {"at_least": 2, "window_seconds": 60}},
+             "then": {"action": "limit_push", "max": 1, "window_seconds": 30}}
+        ],
+        "default": {"action": "limit_push", "max": 5, "window_seconds": 60}
+    }));
+    assert_eq!(
+        p.push_windows(),
+        BTreeMap::from([(30, 1), (60, 5), (600, 9)])
+    );
+}
+
 #[test]
 fn push_counts_and_limit_push() {
     let p = one_rule(json!({"push_requests": {"at_least": 3, "window_seconds": 60}}));
     let mut i = inputs(RequestKind::Push);
-    assert_eq!(p.push_windows(), BTreeSet::from([60]));
+    assert_eq!(p.push_windows(), BTreeMap::from([(60, 3)]));
     i.push_counts = BTreeMap::from([(60, 2)]);
     assert!(!matched(&p, &i));
     i.push_counts = BTreeMap::from([(60, 3)]);
@@ -181,7 +202,7 @@ fn push_counts_and_limit_push() {
         "rules": [],
         "default": {"action": "limit_push", "max": 2, "window_seconds": 300}
     }));
-    assert_eq!(p.push_windows(), BTreeSet::from([300]));
+    assert_eq!(p.push_windows(), BTreeMap::from([(300, 2)]));
     let mut i = inputs(RequestKind::Push);
     i.push_counts = BTreeMap::from([(300, 1)]);
     let d = p.evaluate(&i);
