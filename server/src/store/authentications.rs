@@ -1411,9 +1411,9 @@ mod tests {
         db.close().await;
     }
 
-    /// A policy's push counts walk the user's newest pushes no further than the largest number
-    /// a rule compares a count with: below its number a window's count is exact, at or above it
-    /// the window holds at least that many, whichever window the walk stopped in.
+    /// A policy's push counts stop, each window on its own, at the largest number a rule
+    /// compares that window's count with: below it a count is exact, at it the window holds at
+    /// least that many.
     #[tokio::test]
     async fn push_counts_stop_at_the_largest_number_compared() {
         let (_dir, db, app) = database_with_application().await;
@@ -1442,17 +1442,15 @@ mod tests {
             counts(&[(30, 10), (1_000, 200)]).await,
             [(30, 3), (1_000, 100)]
         );
-        // The walk stops after 20 pushes (200 seconds): the short window was covered whole and
-        // is exact; the long one holds at least its number.
+        // The long window stops at 20 pushes; the short one, below its number, is exact.
         assert_eq!(
             counts(&[(30, 20), (1_000, 20)]).await,
             [(30, 3), (1_000, 20)]
         );
-        // Stopped within both windows: each at least its number (the walk goes as far as the
-        // largest, so the smaller number is passed).
+        // Both stop at their own numbers.
         assert_eq!(
             counts(&[(300, 4), (1_000, 6)]).await,
-            [(300, 6), (1_000, 6)]
+            [(300, 4), (1_000, 6)]
         );
         // A rule comparing with 0 needs no walk at all.
         assert_eq!(counts(&[(1_000, 0)]).await, [(1_000, 0)]);

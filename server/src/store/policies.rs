@@ -232,35 +232,29 @@ pub async fn recent_successes(
 }
 
 /// The statement of [`push_counts`] for `windows` windows: one count per window over the
-/// newest of the user's counted pushes, walked backwards along the
-/// `authentications_counted_pushes` index and no further than the last placeholder's number
-/// (`$3` the earliest start, `$4`.. each window's, then how many at most).
+/// `authentications_counted_pushes` index, each stopping at its own number (`LIMIT`): `$3`,
+/// `$5`.. each window's start, `$4`, `$6`.. how many it counts at most.
 pub(crate) fn push_counts_statement(windows: usize) -> String {
     let counts: Vec<String> = (0..windows)
         .map(|i| {
+            let (since, most) = (3 + 2 * i, 4 + 2 * i);
             format!(
-                "COALESCE(SUM(CASE WHEN created_at > ${} THEN 1 ELSE 0 END), 0) AS w{i}",
-                i + 4
+                "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
+                 WHERE application_id = $1 AND user_id = $2 AND push_counted = 1 \
+                 AND created_at > ${since} LIMIT ${most}) pushes) AS w{i}"
             )
         })
         .collect();
-    format!(
-        "SELECT {} FROM (SELECT created_at FROM authentications \
-         WHERE application_id = $1 AND user_id = $2 AND push_counted = 1 AND created_at > $3 \
-         ORDER BY created_at DESC LIMIT ${}) newest",
-        counts.join(", "),
-        windows + 4
-    )
+    format!("SELECT {}", counts.join(", "))
 }
 
 /// How many of the user's push requests (approval, transaction, CIBA) that no policy denied
 /// or approved outright were created in each of `windows` (seconds) before `now`, each counted
-/// up to its number in `windows` (at least): the database walks the user's newest pushes, no
-/// more of them than the largest of those numbers, in one statement, whatever the user's
-/// history. A count below its number is exact; one at or above it means at least that many (a
-/// walk that stopped early did so within every window it did not cover whole, so each such
-/// window holds at least as many as were walked). The same requests a policy's `limit_push`
-/// counts when the request is stored (`store::authentications::admission_counts`).
+/// up to its number in `windows` (the largest a rule compares that count with): the database
+/// walks each window's pushes and stops at that number, in one statement, so a user sent
+/// thousands of pushes costs no more than the rules' numbers. A count below its number is exact;
+/// one at its number means at least that many. The same requests a policy's `limit_push` counts
+/// when the request is stored (`store::authentications::admission_counts`).
 pub async fn push_counts(
     db: &Database,
     app: &ApplicationId,
@@ -268,19 +262,15 @@ pub async fn push_counts(
     now: i64,
     windows: &BTreeMap<u32, u32>,
 ) -> Result<BTreeMap<u32, u64>, StoreError> {
-    let Some(longest) = windows.keys().next_back() else {
+    if windows.is_empty() {
         return Ok(BTreeMap::new());
-    };
-    let most = windows.values().copied().max().unwrap_or(0);
-    let sql = push_counts_statement(windows.len());
-    let mut query = sqlx::query(&sql)
-        .bind(app.as_str())
-        .bind(user.as_str())
-        .bind(now - i64::from(*longest));
-    for window in windows.keys() {
-        query = query.bind(now - i64::from(*window));
     }
-    let row = query.bind(i64::from(most)).fetch_one(db.pool()).await?;
+    let sql = push_counts_statement(windows.len());
+    let mut query = sqlx::query(&sql).bind(app.as_str()).bind(user.as_str());
+    for (window, most) in windows {
+        query = query.bind(now - i64::from(*window)).bind(i64::from(*most));
+    }
+    let row = query.fetch_one(db.pool()).await?;
     windows
         .keys()
         .enumerate()
