@@ -1526,6 +1526,32 @@ mod tests {
         db.close().await;
     }
 
+    /// A device's pull finds its pending requests in `authentications_pending`, which holds
+    /// nothing else (migration `0037_pending_by_enrollment.sql`): the pull's condition names the
+    /// index's (`state = 'pending'`) as SQLite needs to use it.
+    #[tokio::test]
+    async fn a_pull_reads_the_index_of_pending_requests() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        let details: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {PENDING_FOR}"))
+            .bind("enr")
+            .bind(0_i64)
+            .fetch_all(db.pool())
+            .await
+            .expect("plan")
+            .iter()
+            .map(|row| row.try_get::<String, _>("detail").expect("detail"))
+            .collect();
+        assert!(
+            details.iter().any(|d| d.contains(
+                "SEARCH authentications USING INDEX authentications_pending (enrollment_id=? AND expires_at>?)"
+            )),
+            "{details:?}"
+        );
+        db.close().await;
+    }
+
     #[tokio::test]
     async fn an_ending_returns_which_follow_ups_wait_for_it() {
         let (_dir, db, app) = database_with_application().await;
