@@ -1457,25 +1457,19 @@ mod tests {
         db.close().await;
     }
 
-    #[tokio::test]
-    async fn the_admission_counts_are_one_indexed_query() {
+    /// SQLite's query plan of `sql` (each line's detail), in a new migrated database.
+    async fn sqlite_plan_of(sql: &str) -> Vec<String> {
         let dir = tempfile::tempdir().expect("temporary folder");
         let url = format!("sqlite://{}", dir.path().join("plan.db").display());
         let db = Database::connect(&url, 2).await.expect("database");
-        let plan = sqlx::query(&format!("EXPLAIN QUERY PLAN {}", *ADMISSION_COUNTS))
-            .bind("app")
-            .bind("user")
-            .bind(0_i64)
-            .bind(0_i64)
-            .bind(0_i64)
-            .bind(0_i64)
-            .fetch_all(db.pool())
-            .await
-            .expect("plan");
-        let details: Vec<String> = plan
-            .iter()
-            .map(|row| row.try_get::<String, _>("detail").expect("detail"))
-            .collect();
+        let plan = super::super::query_plans::sqlite_plan(&db, sql).await;
+        db.close().await;
+        plan
+    }
+
+    #[tokio::test]
+    async fn the_admission_counts_are_one_indexed_query() {
+        let details = sqlite_plan_of(&ADMISSION_COUNTS).await;
         for index in [
             // The user's unapproved requests are counted in the index alone, without their rows.
             "USING COVERING INDEX authentications_unapproved_by_user",
@@ -1491,7 +1485,6 @@ mod tests {
             !details.iter().any(|d| d.starts_with("SCAN")),
             "{details:?}"
         );
-        db.close().await;
     }
 
     /// The user's pending and recent counts of a new request walk the index of unapproved
@@ -1499,23 +1492,9 @@ mod tests {
     /// `0036_unapproved_by_user.sql`; SQLite uses it only when the count repeats its condition).
     #[tokio::test]
     async fn the_push_bombing_counts_read_only_unapproved_requests() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
-        let db = Database::connect(&url, 2).await.expect("database");
-        // The user's pending count binds five values, the recent count four.
-        for (in_force, values) in [(2, 5), (4, 4)] {
-            let explain = format!("EXPLAIN QUERY PLAN {}", admitted_insert_statement(in_force));
-            let mut plan = sqlx::query(&explain);
-            for _ in 0..(INSERTED_VALUES + values) {
-                plan = plan.bind(None::<String>);
-            }
-            let details: Vec<String> = plan
-                .fetch_all(db.pool())
-                .await
-                .expect("plan")
-                .iter()
-                .map(|row| row.try_get::<String, _>("detail").expect("detail"))
-                .collect();
+        // The user's pending count, then the recent count.
+        for in_force in [2, 4] {
+            let details = sqlite_plan_of(&admitted_insert_statement(in_force)).await;
             assert!(
                 details
                     .iter()
@@ -1523,7 +1502,6 @@ mod tests {
                 "{in_force}: {details:?}"
             );
         }
-        db.close().await;
     }
 
     /// A device's pull finds its pending requests in `authentications_pending`, which holds
@@ -1531,25 +1509,13 @@ mod tests {
     /// index's (`state = 'pending'`) as SQLite needs to use it.
     #[tokio::test]
     async fn a_pull_reads_the_index_of_pending_requests() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
-        let db = Database::connect(&url, 2).await.expect("database");
-        let details: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {PENDING_FOR}"))
-            .bind("enr")
-            .bind(0_i64)
-            .fetch_all(db.pool())
-            .await
-            .expect("plan")
-            .iter()
-            .map(|row| row.try_get::<String, _>("detail").expect("detail"))
-            .collect();
+        let details = sqlite_plan_of(PENDING_FOR).await;
         assert!(
             details.iter().any(|d| d.contains(
                 "SEARCH authentications USING INDEX authentications_pending (enrollment_id=? AND expires_at>?)"
             )),
             "{details:?}"
         );
-        db.close().await;
     }
 
     #[tokio::test]

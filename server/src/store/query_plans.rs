@@ -146,7 +146,7 @@ fn placeholders(sql: &str) -> usize {
 }
 
 /// The lines of SQLite's plan for `sql`.
-async fn sqlite_plan(db: &Database, sql: &str) -> Vec<String> {
+pub(crate) async fn sqlite_plan(db: &Database, sql: &str) -> Vec<String> {
     let explain = format!("EXPLAIN QUERY PLAN {sql}");
     let mut query = sqlx::query(&explain);
     for _ in 0..placeholders(sql) {
