@@ -145,6 +145,19 @@ impl TestServer {
         TestServer { server, ..self }
     }
 
+    /// Another instance of this server: the same configuration and database (its public URL
+    /// too), on a free loopback port. On PostgreSQL the two share one database as instances
+    /// behind a load balancer do.
+    pub async fn second_instance(&self) -> RunningServer {
+        Server::start(ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            public_url: Some(self.server.public_url().clone()),
+            ..self.config.clone()
+        })
+        .await
+        .expect("second instance")
+    }
+
     /// The configuration the server runs with.
     pub fn config(&self) -> &ServerConfig {
         &self.config

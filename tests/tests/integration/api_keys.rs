@@ -9,7 +9,6 @@
 use tessera_protocol::authentication::AuthenticationKind;
 use tessera_protocol::ids::AuthenticationId;
 use tessera_server::admin;
-use tessera_server::{Server, ServerConfig};
 use tessera_tests::{Backend, TestServer, ask, on_each_backend};
 
 on_each_backend! {
@@ -284,13 +283,7 @@ async fn a_key_rotated_elsewhere_stops_working_on_an_instance_that_remembered_it
         return;
     };
     let a = start(backend).await;
-    let b = Server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        public_url: Some(a.server.public_url().clone()),
-        ..a.config().clone()
-    })
-    .await
-    .expect("second instance");
+    let b = a.second_instance().await;
     let b_url = format!("http://{}", b.local_addr());
     let id = pending_request(&a).await;
     let app = a.app.application_id.clone();

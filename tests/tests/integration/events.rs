@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use tessera_examples::customer::CustomerApi;
 use tessera_protocol::authentication::{AuthenticationId, AuthenticationKind, AuthenticationState};
-use tessera_server::{Server, ServerConfig};
 use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
 
 /// Far below the 30-second deadline the waits ask for: an answer this fast was woken.
@@ -83,13 +82,7 @@ async fn an_answer_through_one_instance_wakes_a_waiter_on_another() {
         return;
     };
     let a = TestServer::start(backend).await;
-    let b = Server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        public_url: Some(a.server.public_url().clone()),
-        ..a.config().clone()
-    })
-    .await
-    .expect("second instance");
+    let b = a.second_instance().await;
     let b_customer = CustomerApi::new(&format!("http://{}", b.local_addr()), &a.app.api_key);
     let device = a.paired_user("carol").await;
     let created = a
