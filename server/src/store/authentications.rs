@@ -1005,9 +1005,8 @@ pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
     if in_force & 8 != 0 {
         let (app, user, since, most) = (take(), take(), take(), take());
         conditions.push(format!(
-            "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
-             WHERE application_id = ${app} AND user_id = ${user} AND {COUNTED_PUSH} \
-             AND created_at > ${since} LIMIT ${most}) pushes) < ${most}"
+            "{} < ${most}",
+            counted_pushes(app, user, since, most)
         ));
     }
     let values = placeholders(1, INSERTED_VALUES);
@@ -1019,6 +1018,18 @@ pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
             conditions.join(" AND ")
         )
     }
+}
+
+/// The count of the user's counted pushes ([`COUNTED_PUSH`]) created after `$since`, stopping
+/// at `$most` (a scalar subquery; the arguments are the placeholders' numbers). What a policy's
+/// `limit_push` counts, the same in the admission ([`admitted_insert_statement`]) and in a
+/// policy's look-back (`store::policies::push_counts`).
+pub(crate) fn counted_pushes(app: usize, user: usize, since: usize, most: usize) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
+         WHERE application_id = ${app} AND user_id = ${user} AND {COUNTED_PUSH} \
+         AND created_at > ${since} LIMIT ${most}) pushes)"
+    )
 }
 
 /// Binds [`ADMISSION_COUNTS`]' six values after what `query` bound.

@@ -239,9 +239,8 @@ pub(crate) fn push_counts_statement(windows: usize) -> String {
         .map(|i| {
             let (since, most) = (3 + 2 * i, 4 + 2 * i);
             format!(
-                "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
-                 WHERE application_id = $1 AND user_id = $2 AND push_counted = 1 \
-                 AND created_at > ${since} LIMIT ${most}) pushes) AS w{i}"
+                "{} AS w{i}",
+                super::authentications::counted_pushes(1, 2, since, most)
             )
         })
         .collect();
