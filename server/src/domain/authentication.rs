@@ -1448,6 +1448,9 @@ async fn recorded_again(
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

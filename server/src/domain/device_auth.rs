@@ -218,3 +218,6 @@ pub(crate) fn same_enrollment(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests;

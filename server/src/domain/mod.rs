@@ -34,6 +34,8 @@ pub(crate) mod readiness;
 pub(crate) mod retention;
 pub(crate) mod server_keys;
 pub(crate) mod ssrf;
+#[cfg(test)]
+pub(crate) mod testing;
 pub(crate) mod users;
 pub(crate) mod webhooks;
 

@@ -1,0 +1,337 @@
+//! The approval flow's rules called directly, without HTTP: on a real database (SQLite, and
+//! PostgreSQL when `DATABASE_URL` names one), with a clock the tests move instead of sleeping,
+//! and pushes recorded instead of sent.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tessera_protocol::authentication::{AuthenticationState, Decision};
+use tessera_protocol::error::ErrorCode;
+
+use super::super::outcome::{self, Ending};
+use super::super::testing::{TestDomain, endings_announced};
+use super::{answer, status};
+use crate::clock::Clock;
+
+/// Where the answers come from (the device's address as the server saw it).
+const CLIENT: &str = "198.51.100.7";
+
+/// Sends `signed` as the answer to `id` from a task of its own, so that answers sent side by
+/// side run in parallel on the test's worker threads.
+async fn spawn_answer(
+    domain: &TestDomain,
+    id: &tessera_protocol::authentication::AuthenticationId,
+    signed: String,
+) -> Result<tessera_protocol::api::ResponseRecorded, super::DomainError> {
+    let (ctx, id) = (domain.ctx.clone(), id.to_string());
+    tokio::spawn(async move { answer(&ctx, &id, &signed, CLIENT).await })
+        .await
+        .expect("the answer ran")
+}
+
+/// Asks `user`'s `device` for an approval and pulls it: the request as created and as the
+/// device verified it.
+async fn asked_and_pulled(
+    domain: &TestDomain,
+    user: &tessera_protocol::ids::UserId,
+    device: &super::super::testing::TestDevice,
+) -> (
+    tessera_protocol::api::AuthenticationStatus,
+    tessera_protocol::authentication::AuthenticationRequest,
+) {
+    let created = domain.ask(user, json!({})).await;
+    let request = domain
+        .pull(device)
+        .await
+        .into_iter()
+        .find(|r| r.request_id == created.authentication_id)
+        .expect("pulled");
+    (created, request)
+}
+
+fn code_of<T: std::fmt::Debug>(result: Result<T, super::DomainError>) -> ErrorCode {
+    result
+        .expect_err("refused")
+        .code()
+        .expect("a refusal with a code")
+}
+
+#[tokio::test]
+async fn an_approval_is_pushed_pulled_answered_and_announced_once() {
+    for domain in TestDomain::each_engine().await {
+        let (alice, phone) = domain.user_with_device("alice").await;
+        let created = domain.ask(&alice, json!({})).await;
+        let id = created.authentication_id.clone();
+        assert_eq!(created.state, AuthenticationState::Pending);
+        assert_eq!(created.enrollment_id, phone.enrollment.enrollment_id);
+        assert_eq!(
+            domain.pushes.at_least(1).await,
+            vec![(id.clone(), phone.enrollment.enrollment_id.clone())],
+            "one push, to the device asked"
+        );
+
+        let pulled = domain.pull(&phone).await;
+        assert_eq!(pulled.len(), 1);
+        let request = &pulled[0];
+        assert_eq!(request.request_id, id);
+        assert_eq!(request.enrollment_id, phone.enrollment.enrollment_id);
+        assert_eq!(request.user_id, alice);
+
+        let signed = phone.answer(
+            request,
+            Decision::Approve,
+            created.number_to_show,
+            domain.clock.now(),
+        );
+        let recorded = answer(&domain.ctx, id.as_str(), &signed, CLIENT)
+            .await
+            .expect("recorded");
+        assert_eq!(recorded.state, AuthenticationState::Approved);
+        assert_eq!(endings_announced(&id), 1);
+
+        let read = status(&domain.ctx, &domain.app.id, id.as_str(), Duration::ZERO)
+            .await
+            .expect("status");
+        assert_eq!(read.state, AuthenticationState::Approved);
+        assert_eq!(read.decision, Some(Decision::Approve));
+        assert!(
+            domain.pull(&phone).await.is_empty(),
+            "nothing left to answer"
+        );
+
+        // The same answer again (a retry after a lost reply) gets the same outcome, and the
+        // ending is not announced a second time.
+        let again = answer(&domain.ctx, id.as_str(), &signed, CLIENT)
+            .await
+            .expect("the same outcome");
+        assert_eq!(again.state, AuthenticationState::Approved);
+        assert_eq!(endings_announced(&id), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_request_expires_when_the_clock_passes_its_expiry() {
+    for domain in TestDomain::each_engine().await {
+        let (bob, phone) = domain.user_with_device("bob").await;
+        let created = domain.ask(&bob, json!({"expires_in": 30})).await;
+        let id = created.authentication_id.clone();
+        let pulled = domain.pull(&phone).await;
+        assert_eq!(pulled.len(), 1);
+
+        domain.clock.advance(Duration::from_secs(29));
+        let read = status(&domain.ctx, &domain.app.id, id.as_str(), Duration::ZERO)
+            .await
+            .expect("status");
+        assert_eq!(read.state, AuthenticationState::Pending, "not yet");
+
+        domain.clock.advance(Duration::from_secs(2));
+        let read = status(&domain.ctx, &domain.app.id, id.as_str(), Duration::ZERO)
+            .await
+            .expect("status");
+        assert_eq!(read.state, AuthenticationState::Expired);
+        assert!(
+            domain.pull(&phone).await.is_empty(),
+            "an expired request is not pulled"
+        );
+        let late = phone.answer(
+            &pulled[0],
+            Decision::Approve,
+            created.number_to_show,
+            domain.clock.now(),
+        );
+        assert_eq!(
+            code_of(answer(&domain.ctx, id.as_str(), &late, CLIENT).await),
+            ErrorCode::AuthenticationExpired
+        );
+        assert_eq!(
+            endings_announced(&id),
+            0,
+            "expiry writes and announces nothing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_an_approval_and_a_denial_sent_at_once_exactly_one_is_recorded() {
+    for domain in TestDomain::each_engine().await {
+        let (carol, phone) = domain.user_with_device("carol").await;
+        for _ in 0..8 {
+            let (created, request) = asked_and_pulled(&domain, &carol, &phone).await;
+            let id = created.authentication_id.clone();
+            let request = &request;
+            let now = domain.clock.now();
+            let approve = phone.answer(request, Decision::Approve, created.number_to_show, now);
+            let deny = phone.answer(request, Decision::Deny, None, now);
+            let (approved, denied) = tokio::join!(
+                spawn_answer(&domain, &id, approve),
+                spawn_answer(&domain, &id, deny),
+            );
+            let winner = match (approved, denied) {
+                (Ok(a), Err(e)) => {
+                    assert_eq!(e.code(), Some(ErrorCode::AlreadyAnswered));
+                    a.state
+                }
+                (Err(e), Ok(d)) => {
+                    assert_eq!(e.code(), Some(ErrorCode::AlreadyAnswered));
+                    d.state
+                }
+                (a, d) => panic!("exactly one answer wins: {a:?} / {d:?}"),
+            };
+            let read = status(&domain.ctx, &domain.app.id, id.as_str(), Duration::ZERO)
+                .await
+                .expect("status");
+            assert_eq!(read.state, winner, "the state is the winner's");
+            assert_eq!(endings_announced(&id), 1);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_and_an_answer_at_once_end_the_request_once() {
+    for domain in TestDomain::each_engine().await {
+        let (dave, phone) = domain.user_with_device("dave").await;
+        for _ in 0..8 {
+            let (created, request) = asked_and_pulled(&domain, &dave, &phone).await;
+            let id = created.authentication_id.clone();
+            let request = &request;
+            let approve = phone.answer(
+                request,
+                Decision::Approve,
+                created.number_to_show,
+                domain.clock.now(),
+            );
+            let cancel = {
+                let (ctx, id) = (domain.ctx.clone(), id.clone());
+                tokio::spawn(async move { outcome::record(&ctx, &id, Ending::Canceled).await })
+            };
+            let (answered, canceled) = tokio::join!(spawn_answer(&domain, &id, approve), cancel);
+            let canceled = canceled
+                .expect("the cancellation ran")
+                .expect("the cancellation was checked");
+            let read = status(&domain.ctx, &domain.app.id, id.as_str(), Duration::ZERO)
+                .await
+                .expect("status");
+            match (answered, canceled) {
+                (Ok(recorded), None) => {
+                    assert_eq!(recorded.state, AuthenticationState::Approved);
+                    assert_eq!(read.state, AuthenticationState::Approved);
+                }
+                (Err(_), Some(ended)) => {
+                    assert_eq!(ended.state, AuthenticationState::Failed);
+                    assert_eq!(read.state, AuthenticationState::Failed);
+                }
+                (a, c) => panic!("exactly one ending wins: {a:?} / {c:?}"),
+            }
+            assert_eq!(endings_announced(&id), 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_answer_the_device_asked_did_not_sign_changes_nothing() {
+    for domain in TestDomain::each_engine().await {
+        let (erin, phone) = domain.user_with_device("erin").await;
+        let tablet = domain.device_of(&erin, false).await;
+        let created = domain.ask(&erin, json!({})).await;
+        let id = created.authentication_id.clone();
+        let request = domain.pull(&phone).await.remove(0);
+        let now = domain.clock.now();
+
+        // The user's other device signs an answer naming the request and the phone.
+        let by_tablet = tablet.answer(&request, Decision::Approve, created.number_to_show, now);
+        assert!(
+            answer(&domain.ctx, id.as_str(), &by_tablet, CLIENT)
+                .await
+                .is_err()
+        );
+
+        // The phone approves other parameters than the ones it was sent.
+        let mut other = request.clone();
+        other.parameters_digest =
+            tessera_protocol::canonical::Sha256Digest::of_bytes(b"pay 10,000 EUR to Mallory");
+        let other = phone.answer(&other, Decision::Approve, created.number_to_show, now);
+        assert_eq!(
+            code_of(answer(&domain.ctx, id.as_str(), &other, CLIENT).await),
+            ErrorCode::ResponseMismatch
+        );
+
+        // The phone answers with the nonce of another request.
+        let mut replayed = request.clone();
+        replayed.nonce = "another request's nonce".into();
+        let replayed = phone.answer(&replayed, Decision::Approve, created.number_to_show, now);
+        assert_eq!(
+            code_of(answer(&domain.ctx, id.as_str(), &replayed, CLIENT).await),
+            ErrorCode::ResponseMismatch
+        );
+
+        let read = status(&domain.ctx, &domain.app.id, id.as_str(), Duration::ZERO)
+            .await
+            .expect("status");
+        assert_eq!(read.state, AuthenticationState::Pending, "still unanswered");
+        assert_eq!(endings_announced(&id), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_status_read_answers_when_the_device_does() {
+    for domain in TestDomain::each_engine().await {
+        let (frank, phone) = domain.user_with_device("frank").await;
+        let created = domain.ask(&frank, json!({})).await;
+        let id = created.authentication_id.clone();
+        let request = domain.pull(&phone).await.remove(0);
+        let waiter = {
+            let (ctx, app, id) = (domain.ctx.clone(), domain.app.id.clone(), id.clone());
+            tokio::spawn(
+                async move { status(&ctx, &app, id.as_str(), Duration::from_secs(60)).await },
+            )
+        };
+        // The waiter is subscribed before the answer (it returns only on an ending or at its
+        // deadline, sixty seconds away).
+        while domain.ctx.events.waited_topics() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let signed = phone.answer(
+            &request,
+            Decision::Approve,
+            created.number_to_show,
+            domain.clock.now(),
+        );
+        answer(&domain.ctx, id.as_str(), &signed, CLIENT)
+            .await
+            .expect("recorded");
+        let read = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by the answer, not its deadline")
+            .expect("the waiter ran")
+            .expect("status");
+        assert_eq!(read.state, AuthenticationState::Approved);
+    }
+}
+
+#[tokio::test]
+async fn an_approval_that_needs_user_verification_refuses_the_possession_key() {
+    for domain in TestDomain::each_engine().await {
+        let (grace, phone) = domain.user_with_device("grace").await;
+        let created = domain
+            .ask(&grace, json!({"require_user_verification": true}))
+            .await;
+        let id = created.authentication_id.clone();
+        let request = domain.pull(&phone).await.remove(0);
+        let now = domain.clock.now();
+        let without = phone.answer_with_possession_key(
+            &request,
+            Decision::Approve,
+            created.number_to_show,
+            now,
+        );
+        assert_eq!(
+            code_of(answer(&domain.ctx, id.as_str(), &without, CLIENT).await),
+            ErrorCode::ResponseMismatch
+        );
+        let with = phone.answer(&request, Decision::Approve, created.number_to_show, now);
+        let recorded = answer(&domain.ctx, id.as_str(), &with, CLIENT)
+            .await
+            .expect("recorded");
+        assert_eq!(recorded.state, AuthenticationState::Approved);
+    }
+}

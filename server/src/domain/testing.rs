@@ -1,0 +1,436 @@
+//! A domain context for unit tests: domain operations called directly, without HTTP, on a real
+//! database (a fresh SQLite file, or PostgreSQL when `DATABASE_URL` names one), with a clock that
+//! moves only when a test advances it, and delivery that records what it was asked to send
+//! instead of sending it (the clouds a push would reach are not reachable from a test).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tessera_protocol::api::{AuthenticationStatus, CreateAuthenticationRequest};
+use tessera_protocol::authentication::{AuthenticationRequest, AuthenticationResponse, Decision};
+use tessera_protocol::canonical::Sha256Digest;
+use tessera_protocol::device_auth::{AUTHORIZATION_SCHEME, DeviceRequestClaims};
+use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
+use tessera_protocol::ids::{ApplicationId, AuthenticationId, DeviceId, EnrollmentId, UserId};
+use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration, ServerUrl};
+use tessera_protocol::{PROTOCOL_VERSION, api::EnrollmentState};
+
+use super::outcome::{DomainEvent, FollowUpFuture};
+use super::ports::{
+    CibaNotificationSender, DevicePush, MessageSender, NotificationError, NotificationFuture,
+    Notifier, PushFuture, WebhookFuture, WebhookSender,
+};
+use super::{Ctx, CtxParts};
+use crate::clock::{Clock, ManualClock};
+use crate::config::ServerConfig;
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::store::Database;
+use crate::store::applications::{self, Application, SealedPushSettings};
+use crate::store::authentications::Authentication;
+use crate::store::enrollments::{self, Enrollment};
+
+/// The endings each test's follow-up saw, by authentication: a test reads its own ids only, so
+/// tests running side by side do not see each other's.
+static ENDINGS_SEEN: Mutex<Option<HashMap<AuthenticationId, usize>>> = Mutex::new(None);
+
+/// A follow-up registered beside the server's own: counts the endings announced per
+/// authentication.
+fn count_ending<'a>(_ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFuture<'a> {
+    let (record, _) = event.ended();
+    if let Ok(mut seen) = ENDINGS_SEEN.lock() {
+        *seen
+            .get_or_insert_with(HashMap::new)
+            .entry(record.id.clone())
+            .or_insert(0) += 1;
+    }
+    Box::pin(async { Ok(()) })
+}
+
+/// How many times the ending of `id` was announced to the follow-ups.
+pub(crate) fn endings_announced(id: &AuthenticationId) -> usize {
+    ENDINGS_SEEN
+        .lock()
+        .ok()
+        .and_then(|seen| seen.as_ref().and_then(|s| s.get(id).copied()))
+        .unwrap_or(0)
+}
+
+/// Device pushes asked of the delivery: the authentication and the device, in order. Pushes
+/// start after the request that asks for them returned, so tests wait for them.
+#[derive(Default)]
+pub(crate) struct RecordedPushes {
+    asked: Mutex<Vec<(AuthenticationId, EnrollmentId)>>,
+    pushed: tokio::sync::Notify,
+}
+
+impl RecordedPushes {
+    /// The pushes asked so far.
+    pub(crate) fn all(&self) -> Vec<(AuthenticationId, EnrollmentId)> {
+        self.asked.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// The pushes asked once there are at least `n` (panics after ten seconds without).
+    pub(crate) async fn at_least(&self, n: usize) -> Vec<(AuthenticationId, EnrollmentId)> {
+        loop {
+            let pushed = self.pushed.notified();
+            let all = self.all();
+            if all.len() >= n {
+                return all;
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(10), pushed)
+                .await
+                .expect("the push was asked for");
+        }
+    }
+}
+
+impl DevicePush for RecordedPushes {
+    fn push(
+        &self,
+        _ctx: Ctx,
+        record: Authentication,
+        device: Enrollment,
+        _settings: Option<SealedPushSettings>,
+    ) -> PushFuture {
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.push((record.id, device.enrollment_id));
+        }
+        self.pushed.notify_waiters();
+        Box::pin(async { Some("none") })
+    }
+}
+
+/// Sends nothing anywhere: CIBA notifications, webhooks and SMS are not what these tests are
+/// about (their own modules test them).
+struct NoOutgoingCalls;
+
+impl CibaNotificationSender for NoOutgoingCalls {
+    fn post<'a>(
+        &'a self,
+        _endpoint: &'a url::Url,
+        _bearer: &'a str,
+        _body: &'a serde_json::Value,
+    ) -> NotificationFuture<'a> {
+        Box::pin(async { Err(NotificationError::Client) })
+    }
+}
+
+impl WebhookSender for NoOutgoingCalls {
+    fn post<'a>(
+        &'a self,
+        _endpoint: &'a url::Url,
+        _headers: Vec<(&'static str, String)>,
+        _body: String,
+    ) -> WebhookFuture<'a> {
+        Box::pin(async { Err(NotificationError::Client) })
+    }
+}
+
+impl MessageSender for NoOutgoingCalls {
+    fn sms_voice(
+        &self,
+        _url: String,
+        _secret: zeroize::Zeroizing<String>,
+    ) -> Option<Arc<dyn Notifier>> {
+        None
+    }
+}
+
+/// A domain context over a fresh database with one application.
+pub(crate) struct TestDomain {
+    /// What the domain operations take.
+    pub ctx: Ctx,
+    /// The context's clock: tests move it instead of sleeping.
+    pub clock: ManualClock,
+    /// The device pushes the operations asked for.
+    pub pushes: Arc<RecordedPushes>,
+    /// The application the tests work in.
+    pub app: Application,
+    /// Keeps the SQLite file's folder while the test runs.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDomain {
+    /// A context on a fresh SQLite database.
+    pub(crate) async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        Self::on(&url, Some(dir)).await
+    }
+
+    /// A context on the PostgreSQL database `DATABASE_URL` names (a new application in it), or
+    /// `None` when it names none.
+    pub(crate) async fn postgres() -> Option<Self> {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|url| url.starts_with("postgres"))?;
+        Some(Self::on(&url, None).await)
+    }
+
+    /// Both engines: SQLite always, PostgreSQL when `DATABASE_URL` names it.
+    pub(crate) async fn each_engine() -> Vec<Self> {
+        let mut domains = vec![Self::sqlite().await];
+        if let Some(pg) = Self::postgres().await {
+            domains.push(pg);
+        }
+        domains
+    }
+
+    async fn on(url: &str, dir: Option<tempfile::TempDir>) -> Self {
+        let clock = ManualClock::new();
+        let mut db = Database::connect(url, 8).await.expect("database");
+        let public_url = ServerUrl::parse("https://auth.example.com").expect("server URL");
+        db.open_secrets(None, clock.now())
+            .await
+            .expect("the secrets' key");
+        let keys = super::server_keys::load(&db, &public_url, clock.now())
+            .await
+            .map_err(|e| e.to_string())
+            .map(KeyRing::new)
+            .expect("server keys")
+            .expect("a key ring");
+        let config = ServerConfig {
+            clock: Arc::new(clock.clone()),
+            ..ServerConfig::default()
+        };
+        let attestation =
+            super::attestation::AttestationTrust::from_config(&config).expect("attestation");
+        let mut follow_ups = super::follow_ups();
+        follow_ups.push(("count_ending", count_ending));
+        let pushes = Arc::new(RecordedPushes::default());
+        let ctx = Ctx::new(CtxParts {
+            db: db.clone(),
+            keys,
+            clock: Arc::new(clock.clone()),
+            config: Arc::new(config),
+            public_url,
+            events: super::EventHub::new(),
+            metrics: Arc::new(Metrics::new()),
+            device_push: pushes.clone(),
+            ciba_notifier: super::ciba::NotifierHandle::default(),
+            ciba_sender: Arc::new(NoOutgoingCalls),
+            email: None,
+            messages: Arc::new(NoOutgoingCalls),
+            follow_ups: Arc::from(follow_ups),
+            webhook_sender: Arc::new(NoOutgoingCalls),
+            attestation: Arc::new(attestation),
+            compiled_policies: Default::default(),
+            api_key_hints: Default::default(),
+        });
+        let app = Application {
+            id: ApplicationId::generate(),
+            name: "Bank".into(),
+            created_at: clock.now(),
+        };
+        applications::insert(&db, &app, &format!("digest {}", app.id))
+            .await
+            .expect("application");
+        Self {
+            ctx,
+            clock,
+            pushes,
+            app,
+            _dir: dir,
+        }
+    }
+
+    /// A new user of the application with one paired (active, primary) device.
+    pub(crate) async fn user_with_device(&self, name: &str) -> (UserId, TestDevice) {
+        let user: UserId = name.parse().expect("user id");
+        crate::store::users::insert(
+            &self.ctx.db,
+            &self.app.id,
+            &user,
+            None,
+            None,
+            self.clock.now(),
+        )
+        .await
+        .expect("user");
+        let device = self.device_of(&user, true).await;
+        (user, device)
+    }
+
+    /// Another device of `user`, paired now (`primary` or not).
+    pub(crate) async fn device_of(&self, user: &UserId, primary: bool) -> TestDevice {
+        let possession = SoftwareSigningKey::generate();
+        let user_verification = SoftwareSigningKey::generate();
+        let device_key = SoftwareSigningKey::generate().public_jwk();
+        let enrollment = Enrollment {
+            enrollment_id: EnrollmentId::generate(),
+            application_id: self.app.id.clone(),
+            user_id: user.clone(),
+            device_id: DeviceId::of_device_key(&device_key),
+            possession_key: possession.public_jwk(),
+            user_verification_key: user_verification.public_jwk(),
+            device_info: DeviceInfo {
+                model: "Pixel 9".into(),
+                ..DeviceInfo::default()
+            },
+            signals: DeviceSignals::default(),
+            push: PushRegistration::None,
+            is_primary: primary,
+            registration_digest: format!("registration {}", rand::random::<u64>()),
+            server_payload: String::new(),
+            paired_at: self.clock.now(),
+            last_seen_at: self.clock.now(),
+            status: EnrollmentState::Active,
+            verification_id: None,
+            push_stale_at: None,
+            device_key_thumbprint: None,
+            attestation: None,
+            app_attest: None,
+        };
+        let mut w = self.ctx.db.write().await.expect("write");
+        enrollments::insert(w.conn().await.expect("connection"), &enrollment)
+            .await
+            .expect("enrollment");
+        w.commit().await.expect("commit");
+        TestDevice {
+            enrollment,
+            possession,
+            user_verification,
+        }
+    }
+
+    /// Asks `user`'s primary device for an approval (the application's settings otherwise).
+    pub(crate) async fn ask(&self, user: &UserId, body: serde_json::Value) -> AuthenticationStatus {
+        let mut request = serde_json::json!({"kind": "approval"});
+        if let (Some(into), Some(from)) = (request.as_object_mut(), body.as_object()) {
+            into.extend(from.clone());
+        }
+        let request: CreateAuthenticationRequest =
+            serde_json::from_value(request).expect("a request");
+        super::authentication::create(&self.ctx, &self.app, user, request)
+            .await
+            .expect("created")
+    }
+
+    /// The signed requests `device` pulls now, verified with the server's published keys as a
+    /// device verifies them.
+    pub(crate) async fn pull(&self, device: &TestDevice) -> Vec<AuthenticationRequest> {
+        let path = format!(
+            "/v1/device/enrollments/{}/requests",
+            device.enrollment.enrollment_id
+        );
+        let authorization = device.call("GET", &path, b"", self.clock.now());
+        let call = super::device_auth::DeviceCall {
+            authorization: Some(&authorization),
+            method: "GET",
+            path: &path,
+            body: b"",
+        };
+        let pending = super::authentication::pull(
+            &self.ctx,
+            call,
+            device.enrollment.enrollment_id.as_str(),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .expect("pulled");
+        pending
+            .requests
+            .iter()
+            .map(|jws| self.verify_request(jws))
+            .collect()
+    }
+
+    /// A signed request verified with the server's published keys.
+    pub(crate) fn verify_request(&self, jws: &str) -> AuthenticationRequest {
+        let kid = envelope::inspect(jws).expect("a signed request").kid;
+        let published = self.ctx.keys.public_set();
+        let key = published.find(&kid).expect("signed by a published key");
+        envelope::verify::<AuthenticationRequest>(jws, MessageType::AuthenticationRequest, key)
+            .expect("a request the server signed")
+            .payload
+    }
+}
+
+/// A paired device: its enrollment as stored and the keys it signs with.
+pub(crate) struct TestDevice {
+    /// The enrollment.
+    pub enrollment: Enrollment,
+    /// The possession key (device calls, silent answers).
+    pub possession: SoftwareSigningKey,
+    /// The user-verification key (answers after biometrics).
+    pub user_verification: SoftwareSigningKey,
+}
+
+impl TestDevice {
+    /// The `Authorization` header of a device call `method path` with `body`, signed at `now`
+    /// with a fresh nonce.
+    pub(crate) fn call(&self, method: &str, path: &str, body: &[u8], now: i64) -> String {
+        let claims = DeviceRequestClaims {
+            v: PROTOCOL_VERSION,
+            enrollment_id: self.enrollment.enrollment_id.clone(),
+            method: method.into(),
+            path: path.into(),
+            body_digest: Sha256Digest::of_bytes(body),
+            issued_at: now,
+            nonce: format!("{:032x}", rand::random::<u128>()),
+        };
+        let jws =
+            envelope::sign(MessageType::DeviceRequest, &claims, &self.possession).expect("signed");
+        format!("{AUTHORIZATION_SCHEME} {jws}")
+    }
+
+    /// The device's answer to `request`, as the app makes it after the user confirmed with
+    /// biometrics (signed with the user-verification key, `amr` `fpt`) at `now`, choosing
+    /// `number` when the request matches numbers.
+    pub(crate) fn answer(
+        &self,
+        request: &AuthenticationRequest,
+        decision: Decision,
+        number: Option<u32>,
+        now: i64,
+    ) -> String {
+        self.answer_signed_by(
+            &self.user_verification,
+            &["fpt"],
+            request,
+            decision,
+            number,
+            now,
+        )
+    }
+
+    /// [`TestDevice::answer`] without the user's biometrics: signed with the possession key,
+    /// `amr` `swk`.
+    pub(crate) fn answer_with_possession_key(
+        &self,
+        request: &AuthenticationRequest,
+        decision: Decision,
+        number: Option<u32>,
+        now: i64,
+    ) -> String {
+        self.answer_signed_by(&self.possession, &["swk"], request, decision, number, now)
+    }
+
+    fn answer_signed_by(
+        &self,
+        key: &SoftwareSigningKey,
+        amr: &[&str],
+        request: &AuthenticationRequest,
+        decision: Decision,
+        number: Option<u32>,
+        now: i64,
+    ) -> String {
+        let response = AuthenticationResponse {
+            v: PROTOCOL_VERSION,
+            request_id: request.request_id.clone(),
+            enrollment_id: request.enrollment_id.clone(),
+            request_nonce: request.nonce.clone(),
+            decision,
+            parameters_digest: request.parameters_digest,
+            selected_number: number.filter(|_| decision == Decision::Approve),
+            amr: amr.iter().map(|m| (*m).to_string()).collect(),
+            signals: DeviceSignals::default(),
+            location: None,
+            device: None,
+            issued_at: now,
+            app_attest_assertion: None,
+        };
+        envelope::sign(MessageType::AuthenticationResponse, &response, key).expect("signed")
+    }
+}
