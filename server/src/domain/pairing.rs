@@ -850,6 +850,9 @@ pub(crate) async fn reject_held(ctx: &Ctx, id: &EnrollmentId) -> Result<bool, Do
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use tessera_protocol::envelope::SoftwareSigningKey;

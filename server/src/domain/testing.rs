@@ -6,13 +6,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tessera_protocol::api::DevicePairingRequest;
 use tessera_protocol::api::{AuthenticationStatus, CreateAuthenticationRequest};
 use tessera_protocol::authentication::{AuthenticationRequest, AuthenticationResponse, Decision};
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::device_auth::{AUTHORIZATION_SCHEME, DeviceRequestClaims};
 use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
 use tessera_protocol::ids::{ApplicationId, AuthenticationId, DeviceId, EnrollmentId, UserId};
-use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration, ServerUrl};
+use tessera_protocol::pairing::{
+    DeviceInfo, DeviceRegistration, DeviceSignals, KeyProof, PushRegistration, ServerUrl,
+};
 use tessera_protocol::{PROTOCOL_VERSION, api::EnrollmentState};
 
 use super::outcome::{DomainEvent, FollowUpFuture};
@@ -235,8 +238,8 @@ impl TestDomain {
         }
     }
 
-    /// A new user of the application with one paired (active, primary) device.
-    pub(crate) async fn user_with_device(&self, name: &str) -> (UserId, TestDevice) {
+    /// A new user of the application, with no device yet.
+    pub(crate) async fn user(&self, name: &str) -> UserId {
         let user: UserId = name.parse().expect("user id");
         crate::store::users::insert(
             &self.ctx.db,
@@ -248,6 +251,12 @@ impl TestDomain {
         )
         .await
         .expect("user");
+        user
+    }
+
+    /// A new user of the application with one paired (active, primary) device.
+    pub(crate) async fn user_with_device(&self, name: &str) -> (UserId, TestDevice) {
+        let user = self.user(name).await;
         let device = self.device_of(&user, true).await;
         (user, device)
     }
@@ -344,6 +353,98 @@ impl TestDomain {
         envelope::verify::<AuthenticationRequest>(jws, MessageType::AuthenticationRequest, key)
             .expect("a request the server signed")
             .payload
+    }
+}
+
+/// A device about to pair: its keys and the pairing request it sends.
+pub(crate) struct Registering {
+    /// What the device sends with the code.
+    pub request: DevicePairingRequest,
+    /// The registration's envelope digest (the enrollment is found by it once paired).
+    pub digest: Sha256Digest,
+    /// The possession key.
+    pub possession: SoftwareSigningKey,
+    /// The user-verification key.
+    pub user_verification: SoftwareSigningKey,
+}
+
+impl Registering {
+    /// A new device's registration for this server with `code`, signed at `now` as the core
+    /// signs it (its device key proves the device id; the possession key signs the registration;
+    /// the user-verification key signs its digest). `forge_device_key_proof`: the proof is
+    /// signed by another key than the device key it names.
+    pub(crate) fn new(
+        audience: &ServerUrl,
+        code: &str,
+        now: i64,
+        forge_device_key_proof: bool,
+    ) -> Self {
+        let device_key = SoftwareSigningKey::generate();
+        let possession = SoftwareSigningKey::generate();
+        let user_verification = SoftwareSigningKey::generate();
+        let mut registration = DeviceRegistration {
+            v: PROTOCOL_VERSION,
+            audience: audience.clone(),
+            device_id: DeviceId::of_device_key(&device_key.public_jwk()),
+            nonce: DeviceRegistration::new_nonce(),
+            issued_at: now,
+            possession_key: possession.public_jwk(),
+            user_verification_key: user_verification.public_jwk(),
+            device: DeviceInfo {
+                model: "Pixel 9".into(),
+                os_name: "Android".into(),
+                os_version: "15".into(),
+                app_version: "1.0".into(),
+                ..DeviceInfo::default()
+            },
+            signals: DeviceSignals::default(),
+            push: PushRegistration::None,
+            otp_transport_key: None,
+            device_key: device_key.public_jwk(),
+            device_key_proof: String::new(),
+            attestation: None,
+        };
+        let proof_signer = if forge_device_key_proof {
+            SoftwareSigningKey::generate()
+        } else {
+            device_key
+        };
+        registration.device_key_proof = envelope::sign(
+            MessageType::DeviceKeyProof,
+            &registration.device_key_claims(),
+            &proof_signer,
+        )
+        .expect("signed");
+        let registration =
+            envelope::sign(MessageType::Registration, &registration, &possession).expect("signed");
+        let digest = envelope::digest_of(&registration).expect("digest");
+        let proof = KeyProof {
+            v: PROTOCOL_VERSION,
+            registration_digest: digest,
+        };
+        let user_verification_proof =
+            envelope::sign(MessageType::KeyProof, &proof, &user_verification).expect("signed");
+        Self {
+            request: DevicePairingRequest {
+                pairing_code: code.to_string(),
+                registration,
+                user_verification_proof,
+            },
+            digest,
+            possession,
+            user_verification,
+        }
+    }
+}
+
+impl Registering {
+    /// The device once paired as `enrollment`, signing with the keys it registered.
+    pub(crate) fn paired(self, enrollment: Enrollment) -> TestDevice {
+        TestDevice {
+            enrollment,
+            possession: self.possession,
+            user_verification: self.user_verification,
+        }
     }
 }
 

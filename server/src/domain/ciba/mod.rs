@@ -85,6 +85,9 @@ pub(crate) fn denial_description(
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod subject_tests {
     use super::*;
 

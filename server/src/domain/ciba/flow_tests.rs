@@ -1,0 +1,286 @@
+//! CIBA in poll mode called directly, without HTTP: the backchannel request, the device's
+//! answer and the token request, on a real database (SQLite, and PostgreSQL when
+//! `DATABASE_URL` names one), with a clock the tests move instead of sleeping.
+
+use std::time::Duration;
+
+use tessera_protocol::authentication::{AuthenticationKind, Decision};
+use tessera_protocol::ciba::{
+    BackchannelAcknowledgement, CIBA_GRANT_TYPE, ClientAuthMethod, DeliveryMode,
+    RegisterCibaClient, TokenResponse,
+};
+
+use super::OAuthCode;
+use super::client_auth::{BasicCredentials, Form};
+use super::error::OAuthError;
+use crate::clock::Clock;
+use crate::domain::testing::{TestDevice, TestDomain};
+
+/// A relying party's credentials (poll mode, `client_secret_basic`).
+struct Client {
+    id: String,
+    secret: String,
+}
+
+impl Client {
+    async fn registered(domain: &TestDomain) -> Self {
+        let registered = super::clients::register_client(
+            &domain.ctx,
+            &domain.app.id,
+            RegisterCibaClient::new(
+                "Shop",
+                DeliveryMode::Poll,
+                ClientAuthMethod::ClientSecretBasic,
+            ),
+        )
+        .await
+        .expect("registered");
+        Self {
+            id: registered.client_id,
+            secret: registered.client_secret.expect("a secret"),
+        }
+    }
+
+    fn basic(&self) -> Option<BasicCredentials> {
+        Some(BasicCredentials {
+            id: self.id.clone(),
+            secret: self.secret.clone(),
+        })
+    }
+
+    /// A backchannel authentication request for `user`.
+    async fn ask(
+        &self,
+        domain: &TestDomain,
+        user: &str,
+    ) -> Result<BackchannelAcknowledgement, OAuthError> {
+        let form = form(&[("scope", "openid"), ("login_hint", user)]);
+        super::backchannel::authenticate(&domain.ctx, self.basic(), &form).await
+    }
+
+    /// A token request for `auth_req_id`.
+    async fn token(
+        &self,
+        domain: &TestDomain,
+        auth_req_id: &str,
+    ) -> Result<TokenResponse, OAuthError> {
+        let form = form(&[
+            ("grant_type", CIBA_GRANT_TYPE),
+            ("auth_req_id", auth_req_id),
+        ]);
+        super::token::exchange(&domain.ctx, self.basic(), &form).await
+    }
+}
+
+fn form(pairs: &[(&str, &str)]) -> Form {
+    Form::new(
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_string(), (*v).to_string()))
+            .collect(),
+    )
+    .expect("a form")
+}
+
+fn code_of<T: std::fmt::Debug>(result: Result<T, OAuthError>) -> OAuthCode {
+    result.expect_err("refused").code
+}
+
+/// The device pulls the CIBA request and answers it with `decision` after biometrics.
+async fn device_answers(domain: &TestDomain, device: &TestDevice, decision: Decision) {
+    let request = domain.pull(device).await.remove(0);
+    assert_eq!(request.kind, AuthenticationKind::Ciba);
+    assert!(request.require_user_verification);
+    let signed = device.answer(&request, decision, None, domain.clock.now());
+    crate::domain::authentication::answer(
+        &domain.ctx,
+        request.request_id.as_str(),
+        &signed,
+        "198.51.100.7",
+    )
+    .await
+    .expect("recorded");
+}
+
+#[tokio::test]
+async fn an_approved_request_gets_its_tokens_once() {
+    for domain in TestDomain::each_engine().await {
+        let (alice, phone) = domain.user_with_device("alice").await;
+        let shop = Client::registered(&domain).await;
+        let ack = shop
+            .ask(&domain, alice.as_str())
+            .await
+            .expect("acknowledged");
+        assert!(ack.expires_in > 0 && ack.interval > 0);
+        assert_eq!(
+            code_of(shop.token(&domain, &ack.auth_req_id).await),
+            OAuthCode::AuthorizationPending
+        );
+
+        device_answers(&domain, &phone, Decision::Approve).await;
+        domain.clock.advance(Duration::from_secs(ack.interval));
+        let tokens = shop.token(&domain, &ack.auth_req_id).await.expect("tokens");
+        assert_eq!(tokens.token_type, "Bearer");
+        assert!(!tokens.id_token.is_empty() && !tokens.access_token.is_empty());
+
+        // The same auth_req_id again: no second set of tokens.
+        domain.clock.advance(Duration::from_secs(ack.interval));
+        assert_eq!(
+            code_of(shop.token(&domain, &ack.auth_req_id).await),
+            OAuthCode::InvalidGrant
+        );
+        // Another client cannot redeem it either.
+        let other = Client::registered(&domain).await;
+        assert_eq!(
+            code_of(other.token(&domain, &ack.auth_req_id).await),
+            OAuthCode::InvalidGrant
+        );
+    }
+}
+
+/// Two guards stand between parallel token requests and a second set of tokens: the poll
+/// interval, taken by one conditional update (the other request is told to slow down), and the
+/// single-use mark of the `auth_req_id`. This shows the property both keep; the mark alone is
+/// tested below (`an_auth_req_id_is_marked_exchanged_once`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_token_requests_at_once_get_one_set_of_tokens() {
+    for domain in TestDomain::each_engine().await {
+        let (bob, phone) = domain.user_with_device("bob").await;
+        let shop = std::sync::Arc::new(Client::registered(&domain).await);
+        for _ in 0..4 {
+            let ack = shop.ask(&domain, bob.as_str()).await.expect("acknowledged");
+            device_answers(&domain, &phone, Decision::Approve).await;
+            domain.clock.advance(Duration::from_secs(ack.interval));
+            let redeem = || {
+                let (ctx, shop, id) = (domain.ctx.clone(), shop.clone(), ack.auth_req_id.clone());
+                tokio::spawn(async move {
+                    let form = form(&[("grant_type", CIBA_GRANT_TYPE), ("auth_req_id", &id)]);
+                    super::token::exchange(&ctx, shop.basic(), &form).await
+                })
+            };
+            let (first, second) = tokio::join!(redeem(), redeem());
+            let results = [first.expect("ran"), second.expect("ran")];
+            assert_eq!(
+                results.iter().filter(|r| r.is_ok()).count(),
+                1,
+                "{:?}",
+                results
+                    .iter()
+                    .map(|r| r.as_ref().err().map(|e| e.code))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_denied_request_is_access_denied_and_an_unanswered_one_expires_by_the_clock() {
+    for domain in TestDomain::each_engine().await {
+        let (carol, phone) = domain.user_with_device("carol").await;
+        let shop = Client::registered(&domain).await;
+
+        let denied = shop
+            .ask(&domain, carol.as_str())
+            .await
+            .expect("acknowledged");
+        device_answers(&domain, &phone, Decision::Deny).await;
+        domain.clock.advance(Duration::from_secs(denied.interval));
+        assert_eq!(
+            code_of(shop.token(&domain, &denied.auth_req_id).await),
+            OAuthCode::AccessDenied
+        );
+
+        let unanswered = shop
+            .ask(&domain, carol.as_str())
+            .await
+            .expect("acknowledged");
+        domain
+            .clock
+            .advance(Duration::from_secs(unanswered.expires_in + 1));
+        assert_eq!(
+            code_of(shop.token(&domain, &unanswered.auth_req_id).await),
+            OAuthCode::ExpiredToken
+        );
+    }
+}
+
+#[tokio::test]
+async fn polling_faster_than_the_interval_is_told_to_slow_down() {
+    for domain in TestDomain::each_engine().await {
+        let (dave, _phone) = domain.user_with_device("dave").await;
+        let shop = Client::registered(&domain).await;
+        let ack = shop
+            .ask(&domain, dave.as_str())
+            .await
+            .expect("acknowledged");
+        assert_eq!(
+            code_of(shop.token(&domain, &ack.auth_req_id).await),
+            OAuthCode::AuthorizationPending
+        );
+        assert_eq!(
+            code_of(shop.token(&domain, &ack.auth_req_id).await),
+            OAuthCode::SlowDown
+        );
+        domain.clock.advance(Duration::from_secs(ack.interval + 5));
+        assert_eq!(
+            code_of(shop.token(&domain, &ack.auth_req_id).await),
+            OAuthCode::AuthorizationPending
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_secret_or_an_unknown_user_gets_no_request() {
+    for domain in TestDomain::each_engine().await {
+        let (erin, _phone) = domain.user_with_device("erin").await;
+        let shop = Client::registered(&domain).await;
+        let impostor = Client {
+            id: shop.id.clone(),
+            secret: "not-the-secret-not-the-secret-00".into(),
+        };
+        assert_eq!(
+            code_of(impostor.ask(&domain, erin.as_str()).await),
+            OAuthCode::InvalidClient
+        );
+        assert_eq!(
+            code_of(shop.ask(&domain, "nobody").await),
+            OAuthCode::UnknownUserId
+        );
+        assert!(
+            domain.pushes.all().is_empty(),
+            "no device was asked for a refused request"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_auth_req_id_is_marked_exchanged_once() {
+    for domain in TestDomain::each_engine().await {
+        let (frank, _phone) = domain.user_with_device("frank").await;
+        let shop = Client::registered(&domain).await;
+        let ack = shop
+            .ask(&domain, frank.as_str())
+            .await
+            .expect("acknowledged");
+        let now = domain.clock.now();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (db, id) = (domain.ctx.db.clone(), ack.auth_req_id.clone());
+                tokio::spawn(
+                    async move { crate::store::ciba::mark_tokens_issued(&db, &id, now).await },
+                )
+            })
+            .collect();
+        let mut marked = 0;
+        for task in tasks {
+            marked += usize::from(task.await.expect("ran").expect("marked or not"));
+        }
+        assert_eq!(marked, 1, "one of the parallel marks wins");
+        assert!(
+            !crate::store::ciba::mark_tokens_issued(&domain.ctx.db, &ack.auth_req_id, now)
+                .await
+                .expect("checked"),
+            "and none after it"
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! Pairing by code called directly, without HTTP: on a real database (SQLite, and PostgreSQL
+//! when `DATABASE_URL` names one), with a clock the tests move instead of sleeping.
+
+use std::time::Duration;
+
+use tessera_protocol::api::EnrollmentState;
+use tessera_protocol::error::ErrorCode;
+
+use super::{pair_device, start};
+use crate::clock::Clock;
+use crate::domain::testing::{Registering, TestDomain};
+use crate::store::enrollments;
+
+/// Where the devices pair from.
+const CLIENT: &str = "203.0.113.9";
+
+/// A pairing code for a new user `name`.
+async fn code_for(domain: &TestDomain, name: &str, ttl: Option<u32>) -> String {
+    let user = domain.user(name).await;
+    start(&domain.ctx, &domain.app.id, &user, ttl)
+        .await
+        .expect("a code")
+        .pairing_code
+}
+
+fn registering(domain: &TestDomain, code: &str) -> Registering {
+    Registering::new(&domain.ctx.public_url, code, domain.clock.now(), false)
+}
+
+#[tokio::test]
+async fn a_code_pairs_one_device_and_the_same_registration_again_gets_the_same_answer() {
+    for domain in TestDomain::each_engine().await {
+        let code = code_for(&domain, "alice", None).await;
+        let phone = registering(&domain, &code);
+        let paired = pair_device(&domain.ctx, CLIENT, &phone.request)
+            .await
+            .expect("paired");
+        let enrollment =
+            enrollments::by_registration_digest(&domain.ctx.db, &phone.digest.to_string())
+                .await
+                .expect("read")
+                .expect("an enrollment");
+        assert_eq!(enrollment.status, EnrollmentState::Active);
+        assert_eq!(enrollment.user_id.as_str(), "alice");
+        assert_eq!(enrollment.possession_key, phone.possession.public_jwk());
+        assert!(
+            enrollment.is_primary,
+            "the user's first device is the primary one"
+        );
+        assert_eq!(paired.server_payload, enrollment.server_payload);
+
+        // A retry after a lost reply: the same answer, no second enrollment.
+        let again = pair_device(&domain.ctx, CLIENT, &phone.request)
+            .await
+            .expect("the same answer");
+        assert_eq!(again, paired);
+        // Another device with the used code.
+        let other = registering(&domain, &code);
+        let refused = pair_device(&domain.ctx, CLIENT, &other.request).await;
+        assert_eq!(
+            refused.expect_err("refused").code(),
+            Some(ErrorCode::InvalidPairingCode)
+        );
+        let devices =
+            enrollments::list_for_user(&domain.ctx.db, &domain.app.id, &enrollment.user_id)
+                .await
+                .expect("devices");
+        assert_eq!(devices.len(), 1);
+
+        // The paired device answers a request with the keys it registered.
+        let user = enrollment.user_id.clone();
+        let phone = phone.paired(enrollment);
+        let created = domain.ask(&user, serde_json::json!({})).await;
+        let request = domain.pull(&phone).await.remove(0);
+        let signed = phone.answer(
+            &request,
+            tessera_protocol::authentication::Decision::Approve,
+            created.number_to_show,
+            domain.clock.now(),
+        );
+        let recorded = crate::domain::authentication::answer(
+            &domain.ctx,
+            created.authentication_id.as_str(),
+            &signed,
+            CLIENT,
+        )
+        .await
+        .expect("recorded");
+        assert_eq!(
+            recorded.state,
+            tessera_protocol::authentication::AuthenticationState::Approved
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_devices_pairing_with_one_code_at_once_one_pairs() {
+    for domain in TestDomain::each_engine().await {
+        for n in 0..6 {
+            let name = format!("bob-{n}");
+            let code = code_for(&domain, &name, None).await;
+            // Signed first, sent together: each goes through its checks side by side.
+            let devices: Vec<_> = (0..8).map(|_| registering(&domain, &code)).collect();
+            let tasks: Vec<_> = devices
+                .into_iter()
+                .map(|device| {
+                    let ctx = domain.ctx.clone();
+                    tokio::spawn(async move { pair_device(&ctx, CLIENT, &device.request).await })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for task in tasks {
+                results.push(task.await.expect("ran"));
+            }
+            assert_eq!(
+                results.iter().filter(|r| r.is_ok()).count(),
+                1,
+                "{results:?}"
+            );
+            assert!(results.iter().filter(|r| r.is_err()).all(|r| {
+                r.as_ref()
+                    .is_err_and(|e| e.code() == Some(ErrorCode::InvalidPairingCode))
+            }));
+            let user = name.parse().expect("user");
+            let devices = enrollments::list_for_user(&domain.ctx.db, &domain.app.id, &user)
+                .await
+                .expect("devices");
+            assert_eq!(devices.len(), 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_code_expires_by_the_clock() {
+    for domain in TestDomain::each_engine().await {
+        let code = code_for(&domain, "carol", Some(60)).await;
+        domain.clock.advance(Duration::from_secs(61));
+        let late = registering(&domain, &code);
+        assert_eq!(
+            pair_device(&domain.ctx, CLIENT, &late.request)
+                .await
+                .expect_err("expired")
+                .code(),
+            Some(ErrorCode::InvalidPairingCode)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_forged_device_key_proof_is_refused_and_leaves_the_code_usable() {
+    for domain in TestDomain::each_engine().await {
+        let code = code_for(&domain, "dave", None).await;
+        let forged = Registering::new(&domain.ctx.public_url, &code, domain.clock.now(), true);
+        assert_eq!(
+            pair_device(&domain.ctx, CLIENT, &forged.request)
+                .await
+                .expect_err("refused")
+                .code(),
+            Some(ErrorCode::InvalidSignature)
+        );
+        // A registration made for another server.
+        let elsewhere = Registering::new(
+            &tessera_protocol::pairing::ServerUrl::parse("https://evil.example").expect("url"),
+            &code,
+            domain.clock.now(),
+            false,
+        );
+        assert_eq!(
+            pair_device(&domain.ctx, CLIENT, &elsewhere.request)
+                .await
+                .expect_err("refused")
+                .code(),
+            Some(ErrorCode::AudienceMismatch)
+        );
+        let genuine = registering(&domain, &code);
+        pair_device(&domain.ctx, CLIENT, &genuine.request)
+            .await
+            .expect("the code was not used up");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_sent_at_once_stop_at_the_limit_and_the_limit_passes_with_the_minute() {
+    for domain in TestDomain::each_engine().await {
+        let limit = domain.ctx.config.pairing_failures_per_ip_per_minute as usize;
+        let code = code_for(&domain, "erin", None).await;
+        // Well-formed codes of the real code's bucket (its first two characters) that are not
+        // the code: each is a guess.
+        let guesses: Vec<String> = (0..limit * 2)
+            .map(|n| {
+                let mut guess = code.clone();
+                let last = guess.pop().expect("a code");
+                let replacement = ['2', '3', '4', '5', '6', '7', '8', '9']
+                    .into_iter()
+                    .filter(|c| *c != last)
+                    .nth(n % 7)
+                    .expect("a character");
+                guess.push(replacement);
+                guess
+            })
+            .collect();
+        let client = format!("198.51.100.{}", rand::random::<u8>());
+        let tasks: Vec<_> = guesses
+            .into_iter()
+            .map(|guess| {
+                let (ctx, client) = (domain.ctx.clone(), client.clone());
+                let device = registering(&domain, &guess);
+                tokio::spawn(async move { pair_device(&ctx, &client, &device.request).await })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for task in tasks {
+            codes.push(task.await.expect("ran").expect_err("a guess").code());
+        }
+        let compared = codes
+            .iter()
+            .filter(|c| **c == Some(ErrorCode::InvalidPairingCode))
+            .count();
+        let limited = codes
+            .iter()
+            .filter(|c| **c == Some(ErrorCode::RateLimited))
+            .count();
+        assert_eq!((compared, limited), (limit, limit), "{codes:?}");
+
+        // The genuine code is refused from that address until the minute has passed.
+        let genuine = registering(&domain, &code);
+        assert_eq!(
+            pair_device(&domain.ctx, &client, &genuine.request)
+                .await
+                .expect_err("limited")
+                .code(),
+            Some(ErrorCode::RateLimited)
+        );
+        domain.clock.advance(Duration::from_secs(61));
+        let genuine = registering(&domain, &code);
+        pair_device(&domain.ctx, &client, &genuine.request)
+            .await
+            .expect("paired once the minute passed");
+    }
+}
