@@ -282,6 +282,9 @@ pub(crate) fn follow_up<'a>(
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use tessera_protocol::envelope::SoftwareSigningKey;

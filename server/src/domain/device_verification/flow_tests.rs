@@ -1,0 +1,151 @@
+//! A new device verified by the user's primary device, called directly without HTTP: the
+//! pairing holds the new enrollment, the primary device is asked, and its answer (through the
+//! one outcome path and the `device_verification` follow-up) activates or rejects it.
+
+use std::time::Duration;
+
+use tessera_protocol::api::EnrollmentState;
+use tessera_protocol::authentication::{AuthenticationRequest, Decision};
+use tessera_protocol::ids::UserId;
+
+use crate::clock::Clock;
+use crate::domain::pairing::{pair_device, start};
+use crate::domain::testing::{Registering, TestDevice, TestDomain};
+use crate::store::applications::{self, AdditionalDevicePolicy};
+use crate::store::enrollments::{self, Enrollment};
+
+const CLIENT: &str = "203.0.113.9";
+
+/// An application whose further devices pair only once the primary device approves, and one of
+/// its users with a primary device.
+async fn verifying_domains(name: &str) -> Vec<(TestDomain, UserId, TestDevice)> {
+    let mut out = Vec::new();
+    for domain in TestDomain::each_engine().await {
+        assert!(
+            applications::set_additional_device_policy(
+                &domain.ctx.db,
+                &domain.app.id,
+                AdditionalDevicePolicy::VerifyWithPrimary,
+            )
+            .await
+            .expect("set")
+        );
+        let (user, phone) = domain.user_with_device(name).await;
+        out.push((domain, user, phone));
+    }
+    out
+}
+
+/// A new device pairs with a fresh code for `user`: its enrollment as stored (held for the
+/// primary device's approval).
+async fn new_device_pairs(domain: &TestDomain, user: &UserId) -> Enrollment {
+    let code = start(&domain.ctx, &domain.app.id, user, None)
+        .await
+        .expect("a code")
+        .pairing_code;
+    let tablet = Registering::new(&domain.ctx.public_url, &code, domain.clock.now(), false);
+    pair_device(&domain.ctx, CLIENT, &tablet.request)
+        .await
+        .expect("held for verification");
+    enrollments::by_registration_digest(&domain.ctx.db, &tablet.digest.to_string())
+        .await
+        .expect("read")
+        .expect("stored")
+}
+
+/// The verification request the primary device pulls.
+async fn verification_for(
+    domain: &TestDomain,
+    phone: &TestDevice,
+    held: &Enrollment,
+) -> AuthenticationRequest {
+    let verification = held
+        .verification_id
+        .clone()
+        .expect("a verification request");
+    domain
+        .pull(phone)
+        .await
+        .into_iter()
+        .find(|r| r.request_id == verification)
+        .expect("the primary device is asked")
+}
+
+async fn answer(
+    domain: &TestDomain,
+    phone: &TestDevice,
+    request: &AuthenticationRequest,
+    decision: Decision,
+) {
+    // The number to choose, when it matches numbers, is the one the new device shows.
+    let number =
+        crate::store::authentications::get(&domain.ctx.db, &request.request_id, domain.clock.now())
+            .await
+            .expect("read")
+            .and_then(|a| a.number_to_show);
+    let signed = phone.answer(request, decision, number, domain.clock.now());
+    crate::domain::authentication::answer(
+        &domain.ctx,
+        request.request_id.as_str(),
+        &signed,
+        CLIENT,
+    )
+    .await
+    .expect("recorded");
+}
+
+async fn stored(domain: &TestDomain, enrollment: &Enrollment) -> Enrollment {
+    enrollments::by_id(&domain.ctx.db, &enrollment.enrollment_id)
+        .await
+        .expect("read")
+        .expect("stored")
+}
+
+#[tokio::test]
+async fn the_primary_devices_approval_activates_the_new_device() {
+    for (domain, alice, phone) in verifying_domains("alice").await {
+        let held = new_device_pairs(&domain, &alice).await;
+        assert_eq!(held.status, EnrollmentState::PendingVerification);
+        assert!(!held.is_primary);
+        let request = verification_for(&domain, &phone, &held).await;
+        assert!(
+            request.parameters.message.contains("(new)"),
+            "{:?}",
+            request.parameters.message
+        );
+        answer(&domain, &phone, &request, Decision::Approve).await;
+        // The follow-up ran on the answer's event: nothing needed reading it again.
+        let now = stored(&domain, &held).await;
+        assert_eq!(now.status, EnrollmentState::Active);
+    }
+}
+
+#[tokio::test]
+async fn the_primary_devices_denial_rejects_the_new_device() {
+    for (domain, bob, phone) in verifying_domains("bob").await {
+        let held = new_device_pairs(&domain, &bob).await;
+        let request = verification_for(&domain, &phone, &held).await;
+        answer(&domain, &phone, &request, Decision::Deny).await;
+        let now = stored(&domain, &held).await;
+        assert_eq!(now.status, EnrollmentState::Rejected);
+    }
+}
+
+#[tokio::test]
+async fn an_unanswered_verification_rejects_the_new_device_once_it_expired() {
+    for (domain, carol, phone) in verifying_domains("carol").await {
+        let held = new_device_pairs(&domain, &carol).await;
+        let _ = verification_for(&domain, &phone, &held).await;
+        domain.clock.advance(Duration::from_secs(24 * 3600));
+        // Expiry writes nothing: the enrollment is settled when it is read.
+        let settled =
+            crate::domain::device_verification::settled(&domain.ctx, stored(&domain, &held).await)
+                .await
+                .expect("settled");
+        assert_eq!(settled.status, EnrollmentState::Rejected);
+        assert_eq!(
+            stored(&domain, &held).await.status,
+            EnrollmentState::Rejected
+        );
+    }
+}
