@@ -593,6 +593,9 @@ pub(crate) async fn remove_token(
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,195 @@
+//! Passcodes answering a push authentication, called directly without HTTP: a registered OATH
+//! token's code ends the request through the one outcome path, once, and a code is used once.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tessera_protocol::api::{OtpAlgorithm, OtpTokenKind, RegisterOtpToken};
+use tessera_protocol::authentication::{AuthenticationState, Decision};
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::UserId;
+use tessera_protocol::otp::{OtpHash, decode_base32, hotp};
+
+use super::{answer_authentication, register_token};
+use crate::clock::Clock;
+use crate::domain::testing::{TestDomain, endings_announced};
+
+/// The token's seed (20 bytes, base32).
+const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+
+/// Registers an authenticator app (TOTP, SHA-1, six digits, thirty seconds) for `user`.
+async fn authenticator_app(domain: &TestDomain, user: &UserId) {
+    register_token(
+        &domain.ctx,
+        &domain.app.id,
+        user,
+        RegisterOtpToken {
+            kind: OtpTokenKind::Totp,
+            secret: SECRET.into(),
+            algorithm: OtpAlgorithm::default(),
+            digits: None,
+            period: None,
+            counter: None,
+        },
+    )
+    .await
+    .expect("registered");
+}
+
+/// The app's code now, by the domain's clock.
+fn code_now(domain: &TestDomain) -> String {
+    let seed = decode_base32(SECRET).expect("base32");
+    let step = u64::try_from(domain.clock.now() / 30).expect("after 1970");
+    hotp(&seed, OtpHash::Sha1, 6, step)
+        .expect("a code")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_token_code_approves_a_request_that_takes_codes_and_is_used_once() {
+    for domain in TestDomain::each_engine().await {
+        let (alice, _phone) = domain.user_with_device("alice").await;
+        authenticator_app(&domain, &alice).await;
+
+        let without = domain.ask(&alice, json!({})).await;
+        assert_eq!(
+            answer_authentication(
+                &domain.ctx,
+                &domain.app.id,
+                without.authentication_id.as_str(),
+                &code_now(&domain)
+            )
+            .await
+            .expect_err("no code taken")
+            .code(),
+            Some(ErrorCode::OtpNotAllowed)
+        );
+
+        let first = domain.ask(&alice, json!({"use_code": true})).await;
+        let id = first.authentication_id.clone();
+        let wrong = if code_now(&domain) == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        assert!(
+            answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), wrong)
+                .await
+                .is_err()
+        );
+        let code = code_now(&domain);
+        let approved = answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+            .await
+            .expect("approved");
+        assert_eq!(approved.state, AuthenticationState::Approved);
+        assert_eq!(endings_announced(&id), 1);
+
+        // The same code on the next request: its time step is used up.
+        let second = domain.ask(&alice, json!({"use_code": true})).await;
+        assert!(
+            answer_authentication(
+                &domain.ctx,
+                &domain.app.id,
+                second.authentication_id.as_str(),
+                &code
+            )
+            .await
+            .is_err(),
+            "a code is accepted once"
+        );
+        // The next step's code is accepted.
+        domain.clock.advance(Duration::from_secs(30));
+        let next = answer_authentication(
+            &domain.ctx,
+            &domain.app.id,
+            second.authentication_id.as_str(),
+            &code_now(&domain),
+        )
+        .await
+        .expect("approved");
+        assert_eq!(next.state, AuthenticationState::Approved);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_and_a_denial_from_the_device_at_once_end_the_request_once() {
+    for domain in TestDomain::each_engine().await {
+        let (bob, phone) = domain.user_with_device("bob").await;
+        authenticator_app(&domain, &bob).await;
+        for _ in 0..6 {
+            let created = domain.ask(&bob, json!({"use_code": true})).await;
+            let id = created.authentication_id.clone();
+            let request = domain
+                .pull(&phone)
+                .await
+                .into_iter()
+                .find(|r| r.request_id == id)
+                .expect("pulled");
+            let deny = phone.answer(&request, Decision::Deny, None, domain.clock.now());
+            let code = code_now(&domain);
+            let by_code = {
+                let (ctx, app, id) = (domain.ctx.clone(), domain.app.id.clone(), id.clone());
+                tokio::spawn(
+                    async move { answer_authentication(&ctx, &app, id.as_str(), &code).await },
+                )
+            };
+            let by_device = {
+                let (ctx, id) = (domain.ctx.clone(), id.clone());
+                tokio::spawn(async move {
+                    crate::domain::authentication::answer(&ctx, id.as_str(), &deny, "198.51.100.7")
+                        .await
+                })
+            };
+            let (by_code, by_device) = tokio::join!(by_code, by_device);
+            let (by_code, by_device) = (by_code.expect("ran"), by_device.expect("ran"));
+            match (&by_code, &by_device) {
+                (Ok(status), Err(_)) => assert_eq!(status.state, AuthenticationState::Approved),
+                (Err(_), Ok(recorded)) => assert_eq!(recorded.state, AuthenticationState::Denied),
+                _ => panic!("exactly one ending wins: {by_code:?} / {by_device:?}"),
+            }
+            assert_eq!(endings_announced(&id), 1);
+            // Each round's code is another step's.
+            domain.clock.advance(Duration::from_secs(30));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_code_sent_for_several_requests_at_once_is_accepted_once() {
+    for domain in TestDomain::each_engine().await {
+        for n in 0..6 {
+            // A user of their own each round: three requests is as many as a user may have
+            // pending (the push-bombing limit), and the unused ones stay pending.
+            let (carol, _phone) = domain.user_with_device(&format!("carol-{n}")).await;
+            authenticator_app(&domain, &carol).await;
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                let created = domain.ask(&carol, json!({"use_code": true})).await;
+                ids.push(created.authentication_id);
+            }
+            let code = code_now(&domain);
+            let tasks: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let (ctx, app, id, code) = (
+                        domain.ctx.clone(),
+                        domain.app.id.clone(),
+                        id.clone(),
+                        code.clone(),
+                    );
+                    tokio::spawn(async move {
+                        answer_authentication(&ctx, &app, id.as_str(), &code).await
+                    })
+                })
+                .collect();
+            let mut accepted = 0;
+            for task in tasks {
+                accepted += usize::from(task.await.expect("ran").is_ok());
+            }
+            assert_eq!(
+                accepted, 1,
+                "a code is used once, however many requests it is sent for"
+            );
+        }
+    }
+}
