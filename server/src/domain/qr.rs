@@ -1176,6 +1176,9 @@ pub(crate) async fn withdraw_for_flow(ctx: &Ctx, id: &QrSessionId) -> Result<(),
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -140,6 +140,16 @@ impl MessageSender for NoOutgoingCalls {
     }
 }
 
+/// The results of tasks spawned side by side, in the order they were spawned (each awaited;
+/// a task that panicked fails the test).
+pub(crate) async fn joined<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.expect("the task ran"));
+    }
+    results
+}
+
 /// A domain context over a fresh database with one application.
 pub(crate) struct TestDomain {
     /// What the domain operations take.

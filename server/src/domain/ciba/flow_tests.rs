@@ -14,7 +14,7 @@ use super::OAuthCode;
 use super::client_auth::{BasicCredentials, Form};
 use super::error::OAuthError;
 use crate::clock::Clock;
-use crate::domain::testing::{TestDevice, TestDomain};
+use crate::domain::testing::{TestDevice, TestDomain, joined};
 
 /// A relying party's credentials (poll mode, `client_secret_basic`).
 struct Client {
@@ -271,10 +271,11 @@ async fn an_auth_req_id_is_marked_exchanged_once() {
                 )
             })
             .collect();
-        let mut marked = 0;
-        for task in tasks {
-            marked += usize::from(task.await.expect("ran").expect("marked or not"));
-        }
+        let marked = joined(tasks)
+            .await
+            .into_iter()
+            .filter(|marked| *marked.as_ref().expect("marked or not"))
+            .count();
         assert_eq!(marked, 1, "one of the parallel marks wins");
         assert!(
             !crate::store::ciba::mark_tokens_issued(&domain.ctx.db, &ack.auth_req_id, now)

@@ -12,7 +12,7 @@ use tessera_protocol::otp::{OtpHash, decode_base32, hotp};
 
 use super::{answer_authentication, register_token};
 use crate::clock::Clock;
-use crate::domain::testing::{TestDomain, endings_announced};
+use crate::domain::testing::{TestDomain, endings_announced, joined};
 
 /// The token's seed (20 bytes, base32).
 const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
@@ -182,10 +182,7 @@ async fn one_code_sent_for_several_requests_at_once_is_accepted_once() {
                     })
                 })
                 .collect();
-            let mut accepted = 0;
-            for task in tasks {
-                accepted += usize::from(task.await.expect("ran").is_ok());
-            }
+            let accepted = joined(tasks).await.iter().filter(|r| r.is_ok()).count();
             assert_eq!(
                 accepted, 1,
                 "a code is used once, however many requests it is sent for"

@@ -8,7 +8,7 @@ use tessera_protocol::error::ErrorCode;
 
 use super::{pair_device, start};
 use crate::clock::Clock;
-use crate::domain::testing::{Registering, TestDomain};
+use crate::domain::testing::{Registering, TestDomain, joined};
 use crate::store::enrollments;
 
 /// Where the devices pair from.
@@ -112,10 +112,7 @@ async fn of_devices_pairing_with_one_code_at_once_one_pairs() {
                     tokio::spawn(async move { pair_device(&ctx, &client, &device.request).await })
                 })
                 .collect();
-            let mut results = Vec::new();
-            for task in tasks {
-                results.push(task.await.expect("ran"));
-            }
+            let results = joined(tasks).await;
             assert_eq!(
                 results.iter().filter(|r| r.is_ok()).count(),
                 1,
@@ -215,10 +212,11 @@ async fn guesses_sent_at_once_stop_at_the_limit_and_the_limit_passes_with_the_mi
                 tokio::spawn(async move { pair_device(&ctx, &client, &device.request).await })
             })
             .collect();
-        let mut codes = Vec::new();
-        for task in tasks {
-            codes.push(task.await.expect("ran").expect_err("a guess").code());
-        }
+        let codes: Vec<_> = joined(tasks)
+            .await
+            .into_iter()
+            .map(|r| r.expect_err("a guess").code())
+            .collect();
         let compared = codes
             .iter()
             .filter(|c| **c == Some(ErrorCode::InvalidPairingCode))
