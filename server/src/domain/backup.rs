@@ -543,6 +543,9 @@ fn policy_method(channel: BackupChannel) -> tessera_protocol::policy::PolicyMeth
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

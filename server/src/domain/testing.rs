@@ -104,8 +104,28 @@ impl DevicePush for RecordedPushes {
     }
 }
 
+/// Passcode messages asked of the email provider: the destination and the code, in order.
+#[derive(Default)]
+pub(crate) struct RecordedMessages(Mutex<Vec<(String, String)>>);
+
+impl RecordedMessages {
+    /// The messages sent so far.
+    pub(crate) fn all(&self) -> Vec<(String, String)> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+impl Notifier for RecordedMessages {
+    fn send<'a>(&'a self, notice: &'a super::ports::Notice) -> super::ports::SendFuture<'a> {
+        if let Ok(mut sent) = self.0.lock() {
+            sent.push((notice.to.clone(), notice.code.to_string()));
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// Sends nothing anywhere: CIBA notifications, webhooks and SMS are not what these tests are
-/// about (their own modules test them).
+/// about (their own modules test them; SMS goes through the provider webhook, email is recorded).
 struct NoOutgoingCalls;
 
 impl CibaNotificationSender for NoOutgoingCalls {
@@ -158,6 +178,8 @@ pub(crate) struct TestDomain {
     pub clock: ManualClock,
     /// The device pushes the operations asked for.
     pub pushes: Arc<RecordedPushes>,
+    /// The passcodes sent by email.
+    pub emails: Arc<RecordedMessages>,
     /// The application the tests work in.
     pub app: Application,
     /// Keeps the SQLite file's folder while the test runs.
@@ -212,6 +234,7 @@ impl TestDomain {
         let mut follow_ups = super::follow_ups();
         follow_ups.push(("count_ending", count_ending));
         let pushes = Arc::new(RecordedPushes::default());
+        let emails = Arc::new(RecordedMessages::default());
         let ctx = Ctx::new(CtxParts {
             db: db.clone(),
             keys,
@@ -223,7 +246,7 @@ impl TestDomain {
             device_push: pushes.clone(),
             ciba_notifier: super::ciba::NotifierHandle::default(),
             ciba_sender: Arc::new(NoOutgoingCalls),
-            email: None,
+            email: Some(emails.clone()),
             messages: Arc::new(NoOutgoingCalls),
             follow_ups: Arc::from(follow_ups),
             webhook_sender: Arc::new(NoOutgoingCalls),
@@ -243,6 +266,7 @@ impl TestDomain {
             ctx,
             clock,
             pushes,
+            emails,
             app,
             _dir: dir,
         }
