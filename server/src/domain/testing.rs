@@ -379,6 +379,29 @@ impl TestDomain {
             .collect()
     }
 
+    /// `device` answers `request` with `decision` after biometrics, choosing the number the
+    /// request shows when it matches numbers (as the user reads it from the other screen).
+    pub(crate) async fn answered_by(
+        &self,
+        device: &TestDevice,
+        request: &AuthenticationRequest,
+        decision: Decision,
+    ) -> Result<tessera_protocol::api::ResponseRecorded, super::DomainError> {
+        let number =
+            crate::store::authentications::get(&self.ctx.db, &request.request_id, self.clock.now())
+                .await
+                .expect("read")
+                .and_then(|a| a.number_to_show);
+        let signed = device.answer(request, decision, number, self.clock.now());
+        super::authentication::answer(
+            &self.ctx,
+            request.request_id.as_str(),
+            &signed,
+            "198.51.100.7",
+        )
+        .await
+    }
+
     /// A signed request verified with the server's published keys.
     pub(crate) fn verify_request(&self, jws: &str) -> AuthenticationRequest {
         let kid = envelope::inspect(jws).expect("a signed request").kid;

@@ -91,15 +91,10 @@ async fn device_answers(domain: &TestDomain, device: &TestDevice, decision: Deci
     let request = domain.pull(device).await.remove(0);
     assert_eq!(request.kind, AuthenticationKind::Ciba);
     assert!(request.require_user_verification);
-    let signed = device.answer(&request, decision, None, domain.clock.now());
-    crate::domain::authentication::answer(
-        &domain.ctx,
-        request.request_id.as_str(),
-        &signed,
-        "198.51.100.7",
-    )
-    .await
-    .expect("recorded");
+    domain
+        .answered_by(device, &request, decision)
+        .await
+        .expect("recorded");
 }
 
 #[tokio::test]

@@ -71,29 +71,6 @@ async fn verification_for(
         .expect("the primary device is asked")
 }
 
-async fn answer(
-    domain: &TestDomain,
-    phone: &TestDevice,
-    request: &AuthenticationRequest,
-    decision: Decision,
-) {
-    // The number to choose, when it matches numbers, is the one the new device shows.
-    let number =
-        crate::store::authentications::get(&domain.ctx.db, &request.request_id, domain.clock.now())
-            .await
-            .expect("read")
-            .and_then(|a| a.number_to_show);
-    let signed = phone.answer(request, decision, number, domain.clock.now());
-    crate::domain::authentication::answer(
-        &domain.ctx,
-        request.request_id.as_str(),
-        &signed,
-        CLIENT,
-    )
-    .await
-    .expect("recorded");
-}
-
 async fn stored(domain: &TestDomain, enrollment: &Enrollment) -> Enrollment {
     enrollments::by_id(&domain.ctx.db, &enrollment.enrollment_id)
         .await
@@ -113,7 +90,10 @@ async fn the_primary_devices_approval_activates_the_new_device() {
             "{:?}",
             request.parameters.message
         );
-        answer(&domain, &phone, &request, Decision::Approve).await;
+        domain
+            .answered_by(&phone, &request, Decision::Approve)
+            .await
+            .expect("recorded");
         // The follow-up ran on the answer's event: nothing needed reading it again.
         let now = stored(&domain, &held).await;
         assert_eq!(now.status, EnrollmentState::Active);
@@ -125,7 +105,10 @@ async fn the_primary_devices_denial_rejects_the_new_device() {
     for (domain, bob, phone) in verifying_domains("bob").await {
         let held = new_device_pairs(&domain, &bob).await;
         let request = verification_for(&domain, &phone, &held).await;
-        answer(&domain, &phone, &request, Decision::Deny).await;
+        domain
+            .answered_by(&phone, &request, Decision::Deny)
+            .await
+            .expect("recorded");
         let now = stored(&domain, &held).await;
         assert_eq!(now.status, EnrollmentState::Rejected);
     }
