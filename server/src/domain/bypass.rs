@@ -544,6 +544,9 @@ pub(crate) async fn answer_authentication(
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
