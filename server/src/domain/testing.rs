@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tessera_protocol::api::DevicePairingRequest;
-use tessera_protocol::api::{AuthenticationStatus, CreateAuthenticationRequest};
+use tessera_protocol::PROTOCOL_VERSION;
+use tessera_protocol::api::{
+    AuthenticationStatus, CreateAuthenticationRequest, DevicePairingRequest, EnrollmentState,
+};
 use tessera_protocol::authentication::{AuthenticationRequest, AuthenticationResponse, Decision};
 use tessera_protocol::canonical::Sha256Digest;
 use tessera_protocol::device_auth::{AUTHORIZATION_SCHEME, DeviceRequestClaims};
@@ -16,7 +18,6 @@ use tessera_protocol::ids::{ApplicationId, AuthenticationId, DeviceId, Enrollmen
 use tessera_protocol::pairing::{
     DeviceInfo, DeviceRegistration, DeviceSignals, KeyProof, PushRegistration, ServerUrl,
 };
-use tessera_protocol::{PROTOCOL_VERSION, api::EnrollmentState};
 
 use super::outcome::{DomainEvent, FollowUpFuture};
 use super::ports::{
