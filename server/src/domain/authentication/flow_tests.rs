@@ -335,3 +335,40 @@ async fn an_approval_that_needs_user_verification_refuses_the_possession_key() {
         assert_eq!(recorded.state, AuthenticationState::Approved);
     }
 }
+
+#[tokio::test]
+async fn a_request_of_a_device_that_unpairs_fails_once_and_takes_no_answer() {
+    for domain in TestDomain::each_engine().await {
+        let (heidi, phone) = domain.user_with_device("heidi").await;
+        let created = domain.ask(&heidi, json!({})).await;
+        let id = created.authentication_id.clone();
+        let request = domain.pull(&phone).await.remove(0);
+
+        crate::domain::devices::unpair(&domain.ctx, &phone.enrollment)
+            .await
+            .expect("unpaired");
+        let read = status(&domain.ctx, &domain.app.id, id.as_str(), Duration::ZERO)
+            .await
+            .expect("status");
+        assert_eq!(read.state, AuthenticationState::Failed);
+        assert_eq!(endings_announced(&id), 1, "the failure is announced once");
+
+        let late = phone.answer(
+            &request,
+            Decision::Approve,
+            created.number_to_show,
+            domain.clock.now(),
+        );
+        assert!(
+            answer(&domain.ctx, id.as_str(), &late, CLIENT)
+                .await
+                .is_err(),
+            "an unpaired device's answer is refused"
+        );
+        let read = status(&domain.ctx, &domain.app.id, id.as_str(), Duration::ZERO)
+            .await
+            .expect("status");
+        assert_eq!(read.state, AuthenticationState::Failed);
+        assert_eq!(endings_announced(&id), 1);
+    }
+}
