@@ -103,6 +103,27 @@ async fn scanned_by_new_user(
     (user, phone, created.session_id.to_string(), context)
 }
 
+/// The device approves the session `id` it scanned, showing `context` as it was sent: the
+/// signed answer and what was recorded.
+async fn approved(
+    domain: &TestDomain,
+    phone: &TestDevice,
+    id: &str,
+    context: &QrSessionContext,
+) -> (String, tessera_protocol::api::QrAnswerRecorded) {
+    let signed = answered(
+        phone,
+        context,
+        Decision::Approve,
+        &context.context,
+        domain.clock.now(),
+    );
+    let recorded = answer(&domain.ctx, id, &signed, CLIENT)
+        .await
+        .expect("recorded");
+    (signed, recorded)
+}
+
 #[tokio::test]
 async fn a_scanned_code_approved_on_the_device_signs_the_user_in() {
     for domain in TestDomain::each_engine().await {
@@ -115,16 +136,7 @@ async fn a_scanned_code_approved_on_the_device_signs_the_user_in() {
             .expect("status");
         assert_eq!(scanned.state, QrSessionState::Scanned);
 
-        let signed = answered(
-            &phone,
-            &context,
-            Decision::Approve,
-            &context.context,
-            domain.clock.now(),
-        );
-        let recorded = answer(&domain.ctx, &id, &signed, CLIENT)
-            .await
-            .expect("recorded");
+        let (signed, recorded) = approved(&domain, &phone, &id, &context).await;
         assert_eq!(recorded.state, QrSessionState::Approved);
         let done = status(&domain.ctx, &domain.app.id, &id, Duration::ZERO)
             .await
@@ -216,5 +228,49 @@ async fn a_code_not_scanned_in_time_is_refused() {
                 .code(),
             Some(ErrorCode::QrSessionExpired)
         );
+    }
+}
+
+#[tokio::test]
+async fn under_user_approval_the_push_that_follows_completes_the_session() {
+    for domain in TestDomain::each_engine().await {
+        assert!(
+            crate::store::applications::set_qr_policy(
+                &domain.ctx.db,
+                &domain.app.id,
+                crate::store::applications::QrPolicy::UserApproval,
+            )
+            .await
+            .expect("set")
+        );
+        for (name, decision, end) in [
+            ("erin", Decision::Approve, QrSessionState::Approved),
+            ("frank", Decision::Deny, QrSessionState::Denied),
+        ] {
+            let (_, phone, id, context) = scanned_by_new_user(&domain, name).await;
+            let (_, recorded) = approved(&domain, &phone, &id, &context).await;
+            assert_eq!(recorded.state, QrSessionState::Verifying);
+            let follow_up = recorded.follow_up.expect("a push follows");
+
+            let request = domain
+                .pull(&phone)
+                .await
+                .into_iter()
+                .find(|r| r.request_id == follow_up)
+                .expect("the push that follows");
+            domain
+                .answered_by(&phone, &request, decision)
+                .await
+                .expect("recorded");
+            // The `qr` follow-up completed the session when the push ended: stored so, before
+            // any read could settle it.
+            let session_id = id.parse().expect("a session id");
+            let stored =
+                crate::store::qr_sessions::get(&domain.ctx.db, &session_id, domain.clock.now())
+                    .await
+                    .expect("read")
+                    .expect("stored");
+            assert_eq!(stored.state, end, "{name}");
+        }
     }
 }
