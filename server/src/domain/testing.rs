@@ -376,7 +376,7 @@ impl TestDomain {
         pending
             .requests
             .iter()
-            .map(|jws| self.verify_request(jws))
+            .map(|jws| self.verified(jws, MessageType::AuthenticationRequest))
             .collect()
     }
 
@@ -403,13 +403,28 @@ impl TestDomain {
         .await
     }
 
-    /// A signed request verified with the server's published keys.
-    pub(crate) fn verify_request(&self, jws: &str) -> AuthenticationRequest {
-        let kid = envelope::inspect(jws).expect("a signed request").kid;
-        let published = self.ctx.keys.public_set();
-        let key = published.find(&kid).expect("signed by a published key");
-        envelope::verify::<AuthenticationRequest>(jws, MessageType::AuthenticationRequest, key)
-            .expect("a request the server signed")
+    /// The request `id` among those `device` pulls now (panics when it is not there).
+    pub(crate) async fn pulled(
+        &self,
+        device: &TestDevice,
+        id: &AuthenticationId,
+    ) -> AuthenticationRequest {
+        self.pull(device)
+            .await
+            .into_iter()
+            .find(|r| &r.request_id == id)
+            .expect("the device pulls it")
+    }
+
+    /// A message of type `typ` the server signed, verified with its published keys as a device
+    /// verifies it.
+    pub(crate) fn verified<T: serde::de::DeserializeOwned>(
+        &self,
+        jws: &str,
+        typ: MessageType,
+    ) -> T {
+        envelope::verify_with_set(jws, typ, &self.ctx.keys.public_set())
+            .expect("signed by a published key")
             .payload
     }
 }

@@ -40,12 +40,7 @@ async fn asked_and_pulled(
     tessera_protocol::authentication::AuthenticationRequest,
 ) {
     let created = domain.ask(user, json!({})).await;
-    let request = domain
-        .pull(device)
-        .await
-        .into_iter()
-        .find(|r| r.request_id == created.authentication_id)
-        .expect("pulled");
+    let request = domain.pulled(device, &created.authentication_id).await;
     (created, request)
 }
 

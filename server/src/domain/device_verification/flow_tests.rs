@@ -63,12 +63,8 @@ async fn verification_for(
         .verification_id
         .clone()
         .expect("a verification request");
-    domain
-        .pull(phone)
-        .await
-        .into_iter()
-        .find(|r| r.request_id == verification)
-        .expect("the primary device is asked")
+    // The primary device is asked.
+    domain.pulled(phone, &verification).await
 }
 
 async fn stored(domain: &TestDomain, enrollment: &Enrollment) -> Enrollment {

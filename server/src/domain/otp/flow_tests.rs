@@ -119,12 +119,7 @@ async fn a_code_and_a_denial_from_the_device_at_once_end_the_request_once() {
         for _ in 0..6 {
             let created = domain.ask(&bob, json!({"use_code": true})).await;
             let id = created.authentication_id.clone();
-            let request = domain
-                .pull(&phone)
-                .await
-                .into_iter()
-                .find(|r| r.request_id == id)
-                .expect("pulled");
+            let request = domain.pulled(&phone, &id).await;
             let deny = phone.answer(&request, Decision::Deny, None, domain.clock.now());
             let code = code_now(&domain);
             let by_code = {

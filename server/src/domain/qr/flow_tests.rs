@@ -45,15 +45,7 @@ async fn claimed(
         .await
         .expect("claimed")
         .context;
-    let kid = envelope::inspect(&signed).expect("signed").kid;
-    let published = domain.ctx.keys.public_set();
-    envelope::verify::<QrSessionContext>(
-        &signed,
-        MessageType::QrSessionContext,
-        published.find(&kid).expect("a published key"),
-    )
-    .expect("signed by the server")
-    .payload
+    domain.verified(&signed, MessageType::QrSessionContext)
 }
 
 /// The device's answer to `context` after biometrics, as the core makes it.
@@ -252,12 +244,8 @@ async fn under_user_approval_the_push_that_follows_completes_the_session() {
             assert_eq!(recorded.state, QrSessionState::Verifying);
             let follow_up = recorded.follow_up.expect("a push follows");
 
-            let request = domain
-                .pull(&phone)
-                .await
-                .into_iter()
-                .find(|r| r.request_id == follow_up)
-                .expect("the push that follows");
+            // The push that follows.
+            let request = domain.pulled(&phone, &follow_up).await;
             domain
                 .answered_by(&phone, &request, decision)
                 .await
