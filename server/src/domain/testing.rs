@@ -4,7 +4,7 @@
 //! instead of sending it (the clouds a push would reach are not reachable from a test).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use tessera_protocol::PROTOCOL_VERSION;
 use tessera_protocol::api::{
@@ -36,17 +36,15 @@ use crate::store::enrollments::{self, Enrollment};
 
 /// The endings each test's follow-up saw, by authentication: a test reads its own ids only, so
 /// tests running side by side do not see each other's.
-static ENDINGS_SEEN: Mutex<Option<HashMap<AuthenticationId, usize>>> = Mutex::new(None);
+static ENDINGS_SEEN: LazyLock<Mutex<HashMap<AuthenticationId, usize>>> =
+    LazyLock::new(Mutex::default);
 
 /// A follow-up registered beside the server's own: counts the endings announced per
 /// authentication.
 fn count_ending<'a>(_ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFuture<'a> {
     let (record, _) = event.ended();
     if let Ok(mut seen) = ENDINGS_SEEN.lock() {
-        *seen
-            .get_or_insert_with(HashMap::new)
-            .entry(record.id.clone())
-            .or_insert(0) += 1;
+        *seen.entry(record.id.clone()).or_insert(0) += 1;
     }
     Box::pin(async { Ok(()) })
 }
@@ -56,7 +54,7 @@ pub(crate) fn endings_announced(id: &AuthenticationId) -> usize {
     ENDINGS_SEEN
         .lock()
         .ok()
-        .and_then(|seen| seen.as_ref().and_then(|s| s.get(id).copied()))
+        .and_then(|seen| seen.get(id).copied())
         .unwrap_or(0)
 }
 
