@@ -361,6 +361,9 @@ pub(crate) async fn act(
 }
 
 #[cfg(test)]
+mod flow_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -8,7 +8,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use tessera_protocol::PROTOCOL_VERSION;
 use tessera_protocol::api::{
-    AuthenticationStatus, CreateAuthenticationRequest, DevicePairingRequest, EnrollmentState,
+    AuthenticationStatus, BackupChannel, CreateAuthenticationRequest, DevicePairingRequest,
+    EnrollmentState,
 };
 use tessera_protocol::authentication::{AuthenticationRequest, AuthenticationResponse, Decision};
 use tessera_protocol::canonical::Sha256Digest;
@@ -16,7 +17,8 @@ use tessera_protocol::device_auth::{AUTHORIZATION_SCHEME, DeviceRequestClaims};
 use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
 use tessera_protocol::ids::{ApplicationId, AuthenticationId, DeviceId, EnrollmentId, UserId};
 use tessera_protocol::pairing::{
-    DeviceInfo, DeviceRegistration, DeviceSignals, KeyProof, PushRegistration, ServerUrl,
+    DeviceInfo, DeviceRegistration, DeviceSignals, KeyProof, PushRegistration,
+    RegistrationAttestation, ServerUrl,
 };
 
 use super::outcome::{DomainEvent, FollowUpFuture};
@@ -103,13 +105,22 @@ impl DevicePush for RecordedPushes {
     }
 }
 
-/// Passcode messages asked of the email provider: the destination and the code, in order.
+/// Passcode messages asked of a provider (email, or the SMS and voice webhook): the channel,
+/// the destination and the code, in order.
 #[derive(Default)]
-pub(crate) struct RecordedMessages(Mutex<Vec<(String, String)>>);
+pub(crate) struct RecordedMessages(Mutex<Vec<(BackupChannel, String, String)>>);
 
 impl RecordedMessages {
-    /// The messages sent so far.
+    /// The messages sent so far: the destination and the code.
     pub(crate) fn all(&self) -> Vec<(String, String)> {
+        self.sent()
+            .into_iter()
+            .map(|(_, to, code)| (to, code))
+            .collect()
+    }
+
+    /// The messages sent so far, with the channel each was sent through.
+    pub(crate) fn sent(&self) -> Vec<(BackupChannel, String, String)> {
         self.0.lock().map(|m| m.clone()).unwrap_or_default()
     }
 }
@@ -117,14 +128,28 @@ impl RecordedMessages {
 impl Notifier for RecordedMessages {
     fn send<'a>(&'a self, notice: &'a super::ports::Notice) -> super::ports::SendFuture<'a> {
         if let Ok(mut sent) = self.0.lock() {
-            sent.push((notice.to.clone(), notice.code.to_string()));
+            sent.push((notice.channel, notice.to.clone(), notice.code.to_string()));
         }
         Box::pin(async { Ok(()) })
     }
 }
 
-/// Sends nothing anywhere: CIBA notifications, webhooks and SMS are not what these tests are
-/// about (their own modules test them; SMS goes through the provider webhook, email is recorded).
+/// The SMS and voice provider of every application's webhook: records the messages instead of
+/// posting them (the webhook must still be set on the application, as the server requires).
+struct RecordedSmsVoice(Arc<RecordedMessages>);
+
+impl MessageSender for RecordedSmsVoice {
+    fn sms_voice(
+        &self,
+        _url: String,
+        _secret: zeroize::Zeroizing<String>,
+    ) -> Option<Arc<dyn Notifier>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Sends nothing anywhere: CIBA notifications and webhooks are not what these tests are about
+/// (their own modules test them; passcodes by email, SMS and voice are recorded).
 struct NoOutgoingCalls;
 
 impl CibaNotificationSender for NoOutgoingCalls {
@@ -149,16 +174,6 @@ impl WebhookSender for NoOutgoingCalls {
     }
 }
 
-impl MessageSender for NoOutgoingCalls {
-    fn sms_voice(
-        &self,
-        _url: String,
-        _secret: zeroize::Zeroizing<String>,
-    ) -> Option<Arc<dyn Notifier>> {
-        None
-    }
-}
-
 /// The results of tasks spawned side by side, in the order they were spawned (each awaited;
 /// a task that panicked fails the test).
 pub(crate) async fn joined<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
@@ -179,6 +194,8 @@ pub(crate) struct TestDomain {
     pub pushes: Arc<RecordedPushes>,
     /// The passcodes sent by email.
     pub emails: Arc<RecordedMessages>,
+    /// The passcodes sent by SMS and voice call (through an application's provider webhook).
+    pub sms: Arc<RecordedMessages>,
     /// The application the tests work in.
     pub app: Application,
     /// Keeps the SQLite file's folder while the test runs.
@@ -188,18 +205,26 @@ pub(crate) struct TestDomain {
 impl TestDomain {
     /// A context on a fresh SQLite database.
     pub(crate) async fn sqlite() -> Self {
+        Self::sqlite_with(ServerConfig::default()).await
+    }
+
+    async fn sqlite_with(config: ServerConfig) -> Self {
         let dir = tempfile::tempdir().expect("temporary folder");
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        Self::on(&url, Some(dir)).await
+        Self::on(&url, Some(dir), config).await
     }
 
     /// A context on the PostgreSQL database `DATABASE_URL` names (a new application in it), or
     /// `None` when it names none.
     pub(crate) async fn postgres() -> Option<Self> {
+        Self::postgres_with(ServerConfig::default()).await
+    }
+
+    async fn postgres_with(config: ServerConfig) -> Option<Self> {
         let url = std::env::var("DATABASE_URL")
             .ok()
             .filter(|url| url.starts_with("postgres"))?;
-        Some(Self::on(&url, None).await)
+        Some(Self::on(&url, None, config).await)
     }
 
     /// Both engines: SQLite always, PostgreSQL when `DATABASE_URL` names it.
@@ -211,7 +236,22 @@ impl TestDomain {
         domains
     }
 
-    async fn on(url: &str, dir: Option<tempfile::TempDir>) -> Self {
+    /// [`TestDomain::each_engine`] with the attestation root `root_pem` trusted beside the
+    /// shipped ones (as the operator's `--attestation-root`), for attestations built under a
+    /// test root (`attestation::fixtures`).
+    pub(crate) async fn each_engine_trusting(root_pem: &str) -> Vec<Self> {
+        let config = || ServerConfig {
+            attestation_extra_roots: vec![root_pem.to_string()],
+            ..ServerConfig::default()
+        };
+        let mut domains = vec![Self::sqlite_with(config()).await];
+        if let Some(pg) = Self::postgres_with(config()).await {
+            domains.push(pg);
+        }
+        domains
+    }
+
+    async fn on(url: &str, dir: Option<tempfile::TempDir>, config: ServerConfig) -> Self {
         let clock = ManualClock::new();
         let mut db = Database::connect(url, 8).await.expect("database");
         let public_url = ServerUrl::parse("https://auth.example.com").expect("server URL");
@@ -226,7 +266,7 @@ impl TestDomain {
             .expect("a key ring");
         let config = ServerConfig {
             clock: Arc::new(clock.clone()),
-            ..ServerConfig::default()
+            ..config
         };
         let attestation =
             super::attestation::AttestationTrust::from_config(&config).expect("attestation");
@@ -234,6 +274,7 @@ impl TestDomain {
         follow_ups.push(("count_ending", count_ending));
         let pushes = Arc::new(RecordedPushes::default());
         let emails = Arc::new(RecordedMessages::default());
+        let sms = Arc::new(RecordedMessages::default());
         let ctx = Ctx::new(CtxParts {
             db: db.clone(),
             keys,
@@ -246,7 +287,7 @@ impl TestDomain {
             ciba_notifier: super::ciba::NotifierHandle::default(),
             ciba_sender: Arc::new(NoOutgoingCalls),
             email: Some(emails.clone()),
-            messages: Arc::new(NoOutgoingCalls),
+            messages: Arc::new(RecordedSmsVoice(sms.clone())),
             follow_ups: Arc::from(follow_ups),
             webhook_sender: Arc::new(NoOutgoingCalls),
             attestation: Arc::new(attestation),
@@ -266,6 +307,7 @@ impl TestDomain {
             clock,
             pushes,
             emails,
+            sms,
             app,
             _dir: dir,
         }
@@ -450,6 +492,27 @@ impl Registering {
         now: i64,
         forge_device_key_proof: bool,
     ) -> Self {
+        Self::signed(audience, code, now, forge_device_key_proof, |_| None)
+    }
+
+    /// [`Registering::new`] carrying the platform attestation `attest` makes for the
+    /// registration (whose attestation challenge and keys it reads).
+    pub(crate) fn attested(
+        audience: &ServerUrl,
+        code: &str,
+        now: i64,
+        attest: impl FnOnce(&DeviceRegistration) -> RegistrationAttestation,
+    ) -> Self {
+        Self::signed(audience, code, now, false, |r| Some(attest(r)))
+    }
+
+    fn signed(
+        audience: &ServerUrl,
+        code: &str,
+        now: i64,
+        forge_device_key_proof: bool,
+        attest: impl FnOnce(&DeviceRegistration) -> Option<RegistrationAttestation>,
+    ) -> Self {
         let device_key = SoftwareSigningKey::generate();
         let possession = SoftwareSigningKey::generate();
         let user_verification = SoftwareSigningKey::generate();
@@ -475,6 +538,7 @@ impl Registering {
             device_key_proof: String::new(),
             attestation: None,
         };
+        registration.attestation = attest(&registration);
         let proof_signer = if forge_device_key_proof {
             SoftwareSigningKey::generate()
         } else {

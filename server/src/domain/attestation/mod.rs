@@ -280,4 +280,6 @@ pub fn user_verification_proven(attestation: Option<&EnrollmentAttestation>) -> 
 #[path = "../../../../tests/src/attestation.rs"]
 pub(crate) mod fixtures;
 #[cfg(test)]
+mod flow_tests;
+#[cfg(test)]
 mod tests;

@@ -1,10 +1,14 @@
 //! Backup codes for a push authentication, called directly without HTTP: a code sent to the
 //! user's registered email address approves the request through the one outcome path, once,
-//! and wrong codes use up its attempts.
+//! and wrong codes use up its attempts; codes sent by SMS and by voice call (through the
+//! application's provider webhook, recorded by the test context) go to the registered phone
+//! number, approve their request once as that channel, and a channel the request does not offer
+//! sends nothing.
 
 use serde_json::json;
 use tessera_protocol::api::{BackupChannel, BackupContacts};
 use tessera_protocol::authentication::AuthenticationState;
+use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::UserId;
 
 use super::{send_for_authentication, set_contacts};
@@ -125,6 +129,147 @@ async fn a_channel_the_request_does_not_offer_sends_nothing() {
             .await
             .is_err()
         );
+        assert!(domain.emails.all().is_empty(), "no message sent");
+    }
+}
+
+/// The phone number the tests register first.
+const PHONE: &str = "+15551234567";
+
+/// A user with a device and a registered phone number `phone`, in an application whose SMS and
+/// voice provider webhook is set (the messages are recorded in `domain.sms`).
+async fn user_with_phone(domain: &TestDomain, name: &str, phone: &str) -> UserId {
+    let (user, _device) = domain.user_with_device(name).await;
+    set_contacts(
+        &domain.ctx,
+        &domain.app.id,
+        &user,
+        BackupContacts {
+            phone: Some(phone.into()),
+            email: None,
+        },
+    )
+    .await
+    .expect("contacts");
+    crate::store::applications::set_sms_webhook(
+        &domain.ctx.db,
+        &domain.app.id,
+        Some(("https://sms.example/send", "webhook signing secret")),
+    )
+    .await
+    .expect("webhook set");
+    user
+}
+
+#[tokio::test]
+async fn codes_by_sms_and_by_voice_go_to_the_phone_and_approve_their_request_once() {
+    for domain in TestDomain::each_engine().await {
+        let grace = user_with_phone(&domain, "grace", PHONE).await;
+        for (n, (channel, kind, amr)) in [
+            (BackupChannel::Sms, "SMS", json!(["sms", "otp"])),
+            (BackupChannel::Voice, "VOICE", json!(["tel", "otp"])),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let created = domain
+                .ask(&grace, json!({"backup_channels": ["sms", "voice"]}))
+                .await;
+            let id = created.authentication_id.clone();
+            let challenge = send_for_authentication(&domain.ctx, &domain.app, id.as_str(), channel)
+                .await
+                .expect("sent");
+            assert_eq!(challenge.channel, channel);
+            assert_eq!(challenge.destination, "+*******4567", "shown masked");
+            assert_eq!(challenge.authentication_id.as_ref(), Some(&id));
+            let sent = domain.sms.sent();
+            assert_eq!(sent.len(), n + 1, "one message per code");
+            let (through, to, code) = sent[n].clone();
+            assert_eq!((through, to.as_str()), (channel, PHONE));
+
+            let approved = answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+                .await
+                .expect("approved");
+            assert_eq!(approved.state, AuthenticationState::Approved);
+            assert_eq!(
+                approved.attributes["pingid.authentication.type"],
+                json!(kind)
+            );
+            assert_eq!(approved.attributes["pingid.authentication.amr"], amr);
+            assert_eq!(endings_announced(&id), 1);
+            // The same code again: refused, the request ended once.
+            assert!(
+                answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+                    .await
+                    .is_err()
+            );
+            assert_eq!(endings_announced(&id), 1);
+        }
+        assert!(domain.emails.all().is_empty(), "nothing went by email");
+
+        // A new number replaces the old one: the next code goes there, not to the old number.
+        set_contacts(
+            &domain.ctx,
+            &domain.app.id,
+            &grace,
+            BackupContacts {
+                phone: Some("+442071234999".into()),
+                email: None,
+            },
+        )
+        .await
+        .expect("contacts");
+        let created = domain
+            .ask(&grace, json!({"backup_channels": ["sms"]}))
+            .await;
+        let challenge = send_for_authentication(
+            &domain.ctx,
+            &domain.app,
+            created.authentication_id.as_str(),
+            BackupChannel::Sms,
+        )
+        .await
+        .expect("sent");
+        assert_eq!(challenge.destination, "+********4999");
+        assert_eq!(
+            domain.sms.sent().last().map(|(_, to, _)| to.clone()),
+            Some("+442071234999".to_string())
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_sms_or_voice_channel_the_request_does_not_offer_sends_nothing() {
+    for domain in TestDomain::each_engine().await {
+        for (n, (offered, refused)) in [
+            (json!(["email"]), BackupChannel::Sms),
+            (json!(["email"]), BackupChannel::Voice),
+            (json!(["sms"]), BackupChannel::Voice),
+            (json!(["voice"]), BackupChannel::Sms),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // A user per request: a user has few pending requests at a time.
+            let heidi = user_with_phone(&domain, &format!("heidi-{n}"), PHONE).await;
+            let created = domain
+                .ask(&heidi, json!({ "backup_channels": offered }))
+                .await;
+            let refusal = send_for_authentication(
+                &domain.ctx,
+                &domain.app,
+                created.authentication_id.as_str(),
+                refused,
+            )
+            .await
+            .expect_err("refused");
+            assert_eq!(
+                refusal.code(),
+                Some(ErrorCode::BackupChannelUnavailable),
+                "{refused:?} when {offered} is offered"
+            );
+        }
+        assert!(domain.sms.sent().is_empty(), "no message sent");
         assert!(domain.emails.all().is_empty(), "no message sent");
     }
 }

@@ -17,6 +17,9 @@ pub(crate) mod kind;
 pub(crate) mod registration;
 pub(crate) mod settings;
 
+#[cfg(test)]
+mod flow_tests;
+
 use std::time::Duration;
 
 use tessera_protocol::error::ErrorCode;
