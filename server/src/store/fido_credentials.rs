@@ -289,19 +289,31 @@ pub async fn insert_ceremony(db: &Database, c: &Ceremony, now: i64) -> Result<()
 }
 
 /// Takes a ceremony of `flow_id` for `purpose` once: deletes it and returns its state; `None`
-/// when it is gone (already answered), expired, or belongs to another flow.
+/// when it is gone (already answered), expired, belongs to another flow, or was started for
+/// another application or user than `app` and `user` (`None` for a passkey sign-in's, which
+/// names no user).
+///
+/// All of these are matched in the one `DELETE`, so a ceremony is taken only by an answer in
+/// its own application, flow and user's name, and an answer that does not match takes
+/// nothing: the ceremony stays for its own user (someone answering in another user's name
+/// cannot spend it), and the caller sees the same `None` as for an unknown or expired one.
 pub async fn take_ceremony(
     db: &Database,
     id: &str,
+    app: &ApplicationId,
+    user: Option<&UserId>,
     flow_id: &str,
     purpose: &str,
     now: i64,
 ) -> Result<Option<String>, StoreError> {
     let row = sqlx::query(
-        "DELETE FROM fido_ceremonies WHERE id = $1 AND flow_id = $2 AND purpose = $3 \
-         AND expires_at > $4 RETURNING state",
+        "DELETE FROM fido_ceremonies WHERE id = $1 AND application_id = $2 AND user_id = $3 \
+         AND flow_id = $4 AND purpose = $5 AND expires_at > $6 RETURNING state",
     )
     .bind(id)
+    .bind(app.as_str())
+    // As `insert_ceremony` stores it: empty when the ceremony names no user.
+    .bind(user.map_or("", UserId::as_str))
     .bind(flow_id)
     .bind(purpose)
     .bind(now)
@@ -352,30 +364,40 @@ mod tests {
             expires_at: 200,
         };
         insert_ceremony(&db, &ceremony, 100).await.expect("insert");
-        // Another flow, another purpose, an expired one: nothing.
-        assert!(
-            take_ceremony(&db, "fca_1", "flw_2", "authentication", 100)
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            take_ceremony(&db, "fca_1", "flw_1", "registration", 100)
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            take_ceremony(&db, "fca_1", "flw_1", "authentication", 200)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        let alice: UserId = "alice".parse().expect("user");
+        let bob: UserId = "bob".parse().expect("user");
+        let other_app = ApplicationId::generate();
+        // Another flow, another purpose, an expired one, another user, no user, another
+        // application: nothing, and the ceremony stays.
+        for (app, user, flow, purpose, now) in [
+            (&app, Some(&alice), "flw_2", "authentication", 100),
+            (&app, Some(&alice), "flw_1", "registration", 100),
+            (&app, Some(&alice), "flw_1", "authentication", 200),
+            (&app, Some(&bob), "flw_1", "authentication", 100),
+            (&app, None, "flw_1", "authentication", 100),
+            (&other_app, Some(&alice), "flw_1", "authentication", 100),
+        ] {
+            assert!(
+                take_ceremony(&db, "fca_1", app, user, flow, purpose, now)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
         let mut tasks = Vec::new();
         for _ in 0..8 {
-            let db = db.clone();
+            let (db, app, alice) = (db.clone(), app.clone(), alice.clone());
             tasks.push(tokio::spawn(async move {
-                take_ceremony(&db, "fca_1", "flw_1", "authentication", 100).await
+                take_ceremony(
+                    &db,
+                    "fca_1",
+                    &app,
+                    Some(&alice),
+                    "flw_1",
+                    "authentication",
+                    100,
+                )
+                .await
             }));
         }
         let mut taken = 0;

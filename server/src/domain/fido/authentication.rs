@@ -109,7 +109,9 @@ async fn compromised(
 }
 
 /// Verifies the assertion answering the ceremony `ceremony_id` of this flow (taken once);
-/// answers the result attributes (`pingid.authentication.type`, `amr`, the credential).
+/// answers the result attributes (`pingid.authentication.type`, `amr`, the credential). The
+/// ceremony must have been started for this application and `user`: one started for another
+/// user is refused as an unknown one (`fido_verification_failed`) and is left for its own user.
 pub(crate) async fn finish(
     ctx: &Ctx,
     app: &Application,
@@ -120,11 +122,22 @@ pub(crate) async fn finish(
 ) -> Result<BTreeMap<String, Value>, DomainError> {
     let response: PublicKeyCredential = serde_json::from_value(credential)
         .map_err(|_| DomainError::invalid("credential is not a WebAuthn assertion"))?;
-    let state = store::take_ceremony(&ctx.db, ceremony_id, flow_id, "authentication", ctx.now())
-        .await?
-        .ok_or_else(|| {
-            super::verification_failed("this sign-in was already answered or expired; start again")
-        })?;
+    // Taken only in the name it was started for (this application, flow and user): an answer
+    // in another user's name finds nothing, as an unknown or expired one does, and leaves the
+    // ceremony to its own user.
+    let state = store::take_ceremony(
+        &ctx.db,
+        ceremony_id,
+        &app.id,
+        Some(user),
+        flow_id,
+        "authentication",
+        ctx.now(),
+    )
+    .await?
+    .ok_or_else(|| {
+        super::verification_failed("this sign-in was already answered or expired; start again")
+    })?;
     let state: AuthenticationState = serde_json::from_str(&state)
         .map_err(|_| DomainError::Internal("a stored ceremony does not parse"))?;
     let credential_id = URL_SAFE_NO_PAD.encode(&response.raw_id);
@@ -290,11 +303,20 @@ pub(crate) async fn finish_passkey(
 ) -> Result<(UserId, BTreeMap<String, Value>), DomainError> {
     let response: PublicKeyCredential = serde_json::from_value(credential)
         .map_err(|_| DomainError::invalid("credential is not a WebAuthn assertion"))?;
-    let state = store::take_ceremony(&ctx.db, ceremony_id, flow_id, PASSKEY, ctx.now())
-        .await?
-        .ok_or_else(|| {
-            super::verification_failed("this sign-in was already answered or expired; start again")
-        })?;
+    // A passkey ceremony names no user: taken in this application's name only.
+    let state = store::take_ceremony(
+        &ctx.db,
+        ceremony_id,
+        &app.id,
+        None,
+        flow_id,
+        PASSKEY,
+        ctx.now(),
+    )
+    .await?
+    .ok_or_else(|| {
+        super::verification_failed("this sign-in was already answered or expired; start again")
+    })?;
     let mut state: AuthenticationState = serde_json::from_str(&state)
         .map_err(|_| DomainError::Internal("a stored ceremony does not parse"))?;
     let credential_id = URL_SAFE_NO_PAD.encode(&response.raw_id);

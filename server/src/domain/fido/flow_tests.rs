@@ -2,9 +2,9 @@
 //! and PostgreSQL when `DATABASE_URL` names one): a software authenticator built here (a P-256
 //! key, `none` attestation, authenticator data and client data as a browser passes them on, as
 //! the `fido_assertion` bench builds its assertions) answers the options the server made. A
-//! ceremony is taken once, dies with its time (by the clock) and belongs to its flow; an
-//! assertion's ceremony belongs to its user's credentials; a signature counter that goes back
-//! blocks the credential.
+//! ceremony is taken once, dies with its time (by the clock) and belongs to its flow and user
+//! (an answer in another user's name takes nothing); an assertion's ceremony belongs to its
+//! user's credentials; a signature counter that goes back blocks the credential.
 
 use std::time::Duration;
 
@@ -395,5 +395,106 @@ async fn an_assertion_answered_in_another_users_name_is_refused() {
             (0, None),
             "not used"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_registration_ceremony_answered_in_another_users_name_is_refused_and_left() {
+    for domain in TestDomain::each_engine().await {
+        let alice = domain.user("alice").await;
+        let bob = domain.user("bob").await;
+        let flow = flow();
+        let (options, ceremony) = registration::start(
+            &domain.ctx,
+            &domain.app,
+            &alice,
+            &flow,
+            AuthenticationMethod::SecurityKey,
+        )
+        .await
+        .expect("started");
+        let key = Authenticator::new();
+
+        // Alice's ceremony, in her flow, answered in Bob's name: refused as an unknown
+        // ceremony, and nothing registered for either.
+        assert_eq!(
+            code_of(
+                registration::finish(
+                    &domain.ctx,
+                    &domain.app,
+                    &bob,
+                    &flow,
+                    &ceremony,
+                    key.registration(&options),
+                    None,
+                )
+                .await
+            ),
+            Some(ErrorCode::FidoVerificationFailed)
+        );
+        assert!(credentials_of(&domain, &bob).await.is_empty());
+        assert!(credentials_of(&domain, &alice).await.is_empty());
+
+        // The refused answer did not take it: Alice still can.
+        let stored = registration::finish(
+            &domain.ctx,
+            &domain.app,
+            &alice,
+            &flow,
+            &ceremony,
+            key.registration(&options),
+            None,
+        )
+        .await
+        .expect("registered");
+        assert_eq!(stored.user_id, alice);
+        assert_eq!(credentials_of(&domain, &alice).await.len(), 1);
+        assert!(credentials_of(&domain, &bob).await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn an_assertion_ceremony_answered_in_another_users_name_is_refused_and_left() {
+    for domain in TestDomain::each_engine().await {
+        let frank = domain.user("frank").await;
+        let grace = domain.user("grace").await;
+        let (mut franks_key, _) = registered(&domain, &frank).await;
+        let (mut graces_key, _) = registered(&domain, &grace).await;
+
+        // Frank's ceremony, in his flow, answered by Grace's own key in Grace's name: refused
+        // as an unknown ceremony, Grace's key not used.
+        let flow = flow();
+        let (options, ceremony) =
+            authentication::start(&domain.ctx, &domain.app, &frank, &flow, None)
+                .await
+                .expect("started");
+        let graces_answer = graces_key.assertion(&options);
+        assert_eq!(
+            code_of(
+                authentication::finish(
+                    &domain.ctx,
+                    &domain.app,
+                    &grace,
+                    &flow,
+                    &ceremony,
+                    graces_answer
+                )
+                .await
+            ),
+            Some(ErrorCode::FidoVerificationFailed)
+        );
+        let graces = credentials_of(&domain, &grace).await;
+        assert_eq!(
+            (graces[0].counter, graces[0].last_used_at),
+            (0, None),
+            "not used"
+        );
+
+        // The refused answer did not take it: Frank's own answer still verifies.
+        let answer = franks_key.assertion(&options);
+        authentication::finish(&domain.ctx, &domain.app, &frank, &flow, &ceremony, answer)
+            .await
+            .expect("verified");
+        assert_eq!(credentials_of(&domain, &frank).await[0].counter, 1);
     }
 }

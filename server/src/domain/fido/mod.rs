@@ -6,8 +6,9 @@
 //! - [`settings`]: an application's relying party (RP id, origins, user verification,
 //!   attestation with an AAGUID allow-list, discoverable credentials).
 //! - [`registration`] and [`authentication`]: the two ceremonies. Their state is stored as a
-//!   ceremony bound to the flow and user, short-lived, and taken once (deleted by the response
-//!   that answers it), so a replayed response finds nothing.
+//!   ceremony bound to the application, flow and user, short-lived, and taken once (deleted by
+//!   the response that answers it), so a replayed response finds nothing; an answer in another
+//!   user's (or application's) name takes nothing and leaves the ceremony to its own user.
 //! - [`kind`]: what type a credential is and which `amr` an assertion earns.
 //! - [`credentials`]: the customer API's list, rename and remove.
 

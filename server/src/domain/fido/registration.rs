@@ -121,7 +121,9 @@ fn aaguid_of(reg: &RegisterPublicKeyCredential) -> Option<String> {
 }
 
 /// Verifies and stores the credential the browser created for the ceremony `ceremony_id`
-/// of this flow (taken once: a replayed response finds nothing).
+/// of this flow (taken once: a replayed response finds nothing). The ceremony must have been
+/// started for this application and `user`: one started for another user is refused as an
+/// unknown one (`fido_verification_failed`, nothing stored) and is left for its own user.
 pub(crate) async fn finish(
     ctx: &Ctx,
     app: &Application,
@@ -143,11 +145,22 @@ pub(crate) async fn finish(
     }
     let reg: RegisterPublicKeyCredential = serde_json::from_value(credential)
         .map_err(|_| DomainError::invalid("credential is not a WebAuthn registration response"))?;
-    let pending = store::take_ceremony(&ctx.db, ceremony_id, flow_id, "registration", ctx.now())
-        .await?
-        .ok_or_else(|| {
-            verification_failed("this registration was already answered or expired; start again")
-        })?;
+    // Taken only in the name it was started for (this application, flow and user): an answer
+    // in another user's name finds nothing, as an unknown or expired one does, and leaves the
+    // ceremony to its own user.
+    let pending = store::take_ceremony(
+        &ctx.db,
+        ceremony_id,
+        &app.id,
+        Some(user),
+        flow_id,
+        "registration",
+        ctx.now(),
+    )
+    .await?
+    .ok_or_else(|| {
+        verification_failed("this registration was already answered or expired; start again")
+    })?;
     let pending: Pending = serde_json::from_str(&pending)
         .map_err(|_| DomainError::Internal("a stored ceremony does not parse"))?;
     let settings = settings::get(&ctx.db, &app.id).await?;
