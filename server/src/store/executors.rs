@@ -2,6 +2,7 @@
 //! [`super::Database::pool`] (reads) and [`super::Database::writer`] (single writes) hand out.
 
 use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyPool, Either, Execute, Executor};
@@ -9,9 +10,11 @@ use sqlx_core::any::AnyValueKind;
 use std::sync::Arc;
 
 use super::direct::{DirectSqlite, Item, first_row_with, stream_with};
+use super::pg_connections::PgConnections;
 use super::writer::DirectWriter;
 
-/// Where statements run: on PostgreSQL each on a pooled connection; on SQLite on the calling
+/// Where statements run: on PostgreSQL each on a connection of the requests' own
+/// ([`PgConnections`], given back without a round trip); on SQLite on the calling
 /// thread (`store/direct.rs`), a read on the writer connection if it is free at that instant,
 /// otherwise on an idle direct connection, a write in a turn of the writer connection,
 /// committed by itself. Neither leaves a transaction open on the writer. The pool stays for preparing and describing
@@ -20,6 +23,8 @@ use super::writer::DirectWriter;
 pub struct Statements {
     pool: AnyPool,
     direct: Option<Direct>,
+    /// PostgreSQL: where statements run ([`Statements::postgres`]).
+    connections: Option<PgConnections>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,9 +36,14 @@ enum Direct {
 }
 
 impl Statements {
-    /// Each statement on a connection of `pool`.
-    pub(crate) fn pool(pool: AnyPool) -> Self {
-        Statements { pool, direct: None }
+    /// Each statement on a connection of `connections`; `pool` prepares and describes
+    /// statements.
+    pub(crate) fn postgres(connections: PgConnections, pool: AnyPool) -> Self {
+        Statements {
+            pool,
+            direct: None,
+            connections: Some(connections),
+        }
     }
 
     /// Reads on the connections of `direct`, or on `writer`'s while it is free; `pool`
@@ -46,6 +56,7 @@ impl Statements {
         Statements {
             pool,
             direct: Some(Direct::Reads(direct, writer)),
+            connections: None,
         }
     }
 
@@ -54,12 +65,8 @@ impl Statements {
         Statements {
             pool,
             direct: Some(Direct::Writes(writer)),
+            connections: None,
         }
-    }
-
-    /// Whether statements run on the calling thread (SQLite).
-    pub(crate) fn is_direct(&self) -> bool {
-        self.direct.is_some()
     }
 
     /// Closes the direct connections (the pool closes with the database's other pools).
@@ -95,11 +102,12 @@ impl<'c> Executor<'c> for &'c Statements {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &self.direct {
-            None => self.pool.fetch_many(query),
-            Some(direct) => stream_with(query, move |sql, values| async move {
+        match (&self.direct, &self.connections) {
+            (Some(direct), _) => stream_with(query, move |sql, values| async move {
                 direct.run(sql, &values).await
             }),
+            (None, Some(connections)) => all_on_held(connections.clone(), query),
+            (None, None) => self.pool.fetch_many(query),
         }
     }
 
@@ -111,11 +119,18 @@ impl<'c> Executor<'c> for &'c Statements {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &self.direct {
-            None => self.pool.fetch_optional(query),
-            Some(direct) => first_row_with(query, move |sql, values| async move {
+        match (&self.direct, &self.connections) {
+            (Some(direct), _) => first_row_with(query, move |sql, values| async move {
                 direct.run(sql, &values).await
             }),
+            (None, Some(connections)) => {
+                let connections = connections.clone();
+                Box::pin(async move {
+                    let mut held = connections.acquire().await?;
+                    held.fetch_optional(query).await
+                })
+            }
+            (None, None) => self.pool.fetch_optional(query),
         }
     }
 
@@ -139,4 +154,24 @@ impl<'c> Executor<'c> for &'c Statements {
     {
         self.pool.describe(sql)
     }
+}
+
+/// Runs `query` on a connection of `connections` and answers its results once all are read
+/// (as SQLite's direct statements do), the connection given back before the first is seen.
+fn all_on_held<'e, 'q: 'e, E>(
+    connections: PgConnections,
+    query: E,
+) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+where
+    E: 'q + Execute<'q, Any>,
+{
+    let items = async move {
+        let mut held = connections.acquire().await?;
+        let items: Vec<_> = held.fetch_many(query).try_collect().await?;
+        Ok::<_, sqlx::Error>(items)
+    };
+    futures_util::stream::once(items)
+        .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
 }

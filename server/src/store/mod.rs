@@ -35,6 +35,7 @@ mod error;
 pub mod events;
 mod executors;
 pub mod fido_credentials;
+mod pg_connections;
 #[cfg(test)]
 mod query_plans;
 mod read_conn;
@@ -94,9 +95,11 @@ pub enum Engine {
 /// connection that writers take in turn, in the order they came, starting their transactions
 /// with `BEGIN IMMEDIATE`, so no writer ever sleeps on `busy_timeout` waiting for another writer
 /// of this process; reads on connections of their own beside it (WAL). sqlx's pools migrate the
-/// schema and serve the few statements that need a driver connection. On PostgreSQL, reads and
-/// writes share one pool. No connection is pinged before it is handed out: a dead connection
-/// fails its statement, which is answered as unavailability.
+/// schema and serve the few statements that need a driver connection. On PostgreSQL, requests
+/// run their statements, reads and writes, on connections of their own, given back without a
+/// round trip (`store/pg_connections.rs`), their transactions too; sqlx's pool migrates the
+/// schema. No connection is pinged before it is
+/// handed out: a dead connection fails its statement, which is answered as unavailability.
 #[derive(Clone)]
 pub struct Database {
     readers: AnyPool,
@@ -117,6 +120,9 @@ pub struct Database {
     /// PostgreSQL: the margin of a quota checked under a shared admission lock
     /// ([`Database::admission_margin`]).
     admission_margin: i64,
+    /// PostgreSQL: the requests' connections, given back without a round trip
+    /// (`store/pg_connections.rs`).
+    connections: Option<pg_connections::PgConnections>,
 }
 
 impl std::fmt::Debug for Database {
@@ -191,6 +197,7 @@ impl Database {
             }
         };
         let mut admission_margin = 0;
+        let mut connections = None;
         let (readers, reads, writer, writes, direct_writer, checkpointer) = match engine {
             Engine::Sqlite => {
                 let writer = pool_options()
@@ -235,8 +242,17 @@ impl Database {
                 )
             }
             Engine::Postgres => {
+                // Requests run on connections of their own, given back without a round trip;
+                // sqlx's pool (a quarter as many more, at least one) migrates the schema and
+                // prepares statements.
+                let requests = pg_connections::PgConnections::new(
+                    options.clone(),
+                    max_connections,
+                    acquire_timeout,
+                );
+                connections = Some(requests.clone());
                 let pool = pool_options()
-                    .max_connections(max_connections.max(1))
+                    .max_connections((max_connections / 4).max(1))
                     .connect_with(options)
                     .await?;
                 POSTGRES_MIGRATIONS
@@ -247,11 +263,12 @@ impl Database {
                     sqlx::query_scalar("SELECT current_setting('max_connections')::BIGINT")
                         .fetch_one(&pool)
                         .await?;
+                let statements = Statements::postgres(requests, pool.clone());
                 (
                     pool.clone(),
-                    Statements::pool(pool.clone()),
-                    pool.clone(),
-                    Statements::pool(pool),
+                    statements.clone(),
+                    pool,
+                    statements,
                     None,
                     None,
                 )
@@ -268,6 +285,7 @@ impl Database {
             secrets: None,
             checkpointer,
             admission_margin,
+            connections,
         })
     }
 
@@ -286,9 +304,10 @@ impl Database {
     /// Starts a [`Write`]: on SQLite a turn of the writer connection, its `BEGIN IMMEDIATE`
     /// sent with its first statement; on PostgreSQL an ordinary transaction.
     pub async fn write(&self) -> Result<Write<'static>, StoreError> {
-        match &self.direct_writer {
-            Some(writer) => Ok(Write::sqlite(writer.write_turn().await?)),
-            None => Ok(Write::postgres(self.writer.begin().await?)),
+        match (&self.direct_writer, &self.connections) {
+            (Some(writer), _) => Ok(Write::sqlite(writer.write_turn().await?)),
+            (None, Some(connections)) => Write::postgres_held(connections.acquire().await?).await,
+            (None, None) => Ok(Write::postgres(self.writer.begin().await?)),
         }
     }
 
@@ -300,8 +319,8 @@ impl Database {
             return Ok(Write::sqlite(writer.write_turn().await?));
         }
         match conn.pooled() {
-            Some(conn) => Ok(Write::postgres(sqlx::Connection::begin(&mut **conn).await?)),
-            None => Ok(Write::postgres(self.writer.begin().await?)),
+            Some(conn) => Ok(Write::postgres(sqlx::Connection::begin(conn).await?)),
+            None => self.write().await,
         }
     }
 
@@ -309,10 +328,10 @@ impl Database {
     /// after the other, instead of each taking a pooled connection of its own; on PostgreSQL
     /// its write transaction can run on it too ([`Database::write_on`]).
     pub async fn reader(&self) -> Result<ReadConn, StoreError> {
-        if self.reads.is_direct() {
-            return Ok(ReadConn::direct(self.reads.clone()));
+        match &self.connections {
+            Some(connections) => Ok(ReadConn::pool(connections.acquire().await?)),
+            None => Ok(ReadConn::direct(self.reads.clone())),
         }
-        Ok(ReadConn::pool(self.readers.acquire().await?))
     }
 
     /// Opens the data key that seals secret columns (see [`secrets::open`]) with the master key,
@@ -401,6 +420,9 @@ impl Database {
         }
         self.reads.close();
         self.writes.close();
+        if let Some(connections) = &self.connections {
+            connections.close().await;
+        }
         self.readers.close().await;
         self.writer.close().await;
     }

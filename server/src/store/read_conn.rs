@@ -1,17 +1,18 @@
-//! A request's own read connection ([`super::Database::reader`]): on PostgreSQL a pooled
-//! connection its write transaction can run on too; on SQLite the direct connections
+//! A request's own read connection ([`super::Database::reader`]): on PostgreSQL a connection
+//! of the requests' own ([`super::pg_connections`]) its write transaction can run on too; on SQLite the direct connections
 //! (`store/direct.rs`), each statement on whichever is idle, on the calling thread. A SQLite
 //! statement outside a transaction holds nothing after it ran, so a request keeps no connection
 //! between its statements there: connections stay as few as the threads running statements,
 //! and their page caches warm.
 
 use futures_util::stream::BoxStream;
+use sqlx::AnyConnection;
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
-use sqlx::pool::PoolConnection;
 use sqlx::{Any, Either, Execute, Executor};
 
 use super::executors::Statements;
+use super::pg_connections::HeldConnection;
 
 /// A request's read connection, given back when dropped. It dereferences to the
 /// [`ReadHandle`] storage functions take.
@@ -22,7 +23,7 @@ pub struct ReadConn(ReadHandle);
 pub struct ReadHandle(Inner);
 
 enum Inner {
-    Pool(PoolConnection<Any>),
+    Pool(HeldConnection),
     /// SQLite: each statement as a single read ([`super::Database::pool`]).
     Direct(Statements),
 }
@@ -38,8 +39,8 @@ impl std::fmt::Debug for ReadHandle {
 }
 
 impl ReadConn {
-    /// A pooled connection.
-    pub(crate) fn pool(conn: PoolConnection<Any>) -> Self {
+    /// A connection of the requests' own (PostgreSQL).
+    pub(crate) fn pool(conn: HeldConnection) -> Self {
         ReadConn(ReadHandle(Inner::Pool(conn)))
     }
 
@@ -48,10 +49,10 @@ impl ReadConn {
         ReadConn(ReadHandle(Inner::Direct(reads)))
     }
 
-    /// The pooled connection, for a write transaction to run on (PostgreSQL).
-    pub(crate) fn pooled(&mut self) -> Option<&mut PoolConnection<Any>> {
+    /// The connection, for a write transaction to run on (PostgreSQL).
+    pub(crate) fn pooled(&mut self) -> Option<&mut AnyConnection> {
         match &mut self.0.0 {
-            Inner::Pool(conn) => Some(conn),
+            Inner::Pool(held) => held.connection(),
             Inner::Direct(_) => None,
         }
     }
@@ -83,7 +84,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
         E: 'q + Execute<'q, Any>,
     {
         match &mut self.0 {
-            Inner::Pool(conn) => (&mut **conn).fetch_many(query),
+            Inner::Pool(held) => held.fetch_many(query),
             Inner::Direct(reads) => (&*reads).fetch_many(query),
         }
     }
@@ -97,7 +98,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
         E: 'q + Execute<'q, Any>,
     {
         match &mut self.0 {
-            Inner::Pool(conn) => (&mut **conn).fetch_optional(query),
+            Inner::Pool(held) => held.fetch_optional(query),
             Inner::Direct(reads) => (&*reads).fetch_optional(query),
         }
     }
@@ -111,7 +112,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
         'c: 'e,
     {
         match &mut self.0 {
-            Inner::Pool(conn) => (&mut **conn).prepare_with(sql, parameters),
+            Inner::Pool(held) => held.prepare_with(sql, parameters),
             Inner::Direct(reads) => (&*reads).prepare_with(sql, parameters),
         }
     }
@@ -124,7 +125,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
         'c: 'e,
     {
         match &mut self.0 {
-            Inner::Pool(conn) => (&mut **conn).describe(sql),
+            Inner::Pool(held) => held.describe(sql),
             Inner::Direct(reads) => (&*reads).describe(sql),
         }
     }

@@ -6,7 +6,9 @@
 //! out to write nothing takes no write lock, and writers wait for their turn in the order they
 //! came. Its commit may be shared with the writers queued behind it (group commit,
 //! `store/writer.rs`): [`Write::commit`] returns once the `COMMIT` that holds it ran. On
-//! PostgreSQL it is an ordinary transaction.
+//! PostgreSQL it is an ordinary transaction: on a connection of the requests' own
+//! (`store/pg_connections.rs`), given back when the transaction ends, or on the connection a
+//! request already holds ([`super::Database::write_on`]).
 //!
 //! [`Write::defer`] runs a statement whose result nobody needs but what it changed, read from
 //! the [`Committed`] transaction: the storage functions that record an audit event or queue a
@@ -18,11 +20,12 @@
 use futures_util::stream::BoxStream;
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
-use sqlx::{Any, Either, Execute, Executor, Transaction};
+use sqlx::{Any, Either, Execute, Executor, Transaction, TransactionManager};
 use sqlx_core::any::AnyValueKind;
 
 use super::StoreError;
 use super::direct::{Item, first_row_with, not_on_direct, stream_with};
+use super::pg_connections::HeldConnection;
 use super::writer::WriterTurn;
 
 /// A write transaction (see the module documentation).
@@ -38,6 +41,8 @@ pub struct WriteConn<'c>(Inner<'c>);
 enum Inner<'c> {
     Sqlite(SqliteWrite),
     Postgres(Transaction<'c, Any>),
+    /// A transaction begun on a connection it holds: rolled back if dropped open.
+    PostgresHeld(HeldConnection),
     /// Committed or rolled back.
     Finished,
 }
@@ -79,7 +84,7 @@ impl std::fmt::Debug for WriteConn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (engine, open) = match &self.0 {
             Inner::Sqlite(w) => ("sqlite", w.begun),
-            Inner::Postgres(_) => ("postgres", true),
+            Inner::Postgres(_) | Inner::PostgresHeld(_) => ("postgres", true),
             Inner::Finished => ("finished", false),
         };
         f.debug_struct("Write")
@@ -124,10 +129,28 @@ impl<'c> Write<'c> {
         }
     }
 
+    /// A write transaction begun on `held` (PostgreSQL), which it gives back when it ends.
+    pub(crate) async fn postgres_held(
+        mut held: HeldConnection,
+    ) -> Result<Write<'static>, StoreError> {
+        let begun = match held.connection() {
+            Some(conn) => TransactionManagerOf::begin(conn, None).await,
+            None => Err(sqlx::Error::PoolClosed),
+        };
+        if let Err(error) = begun {
+            held.note(&error);
+            return Err(error.into());
+        }
+        Ok(Write {
+            conn: WriteConn(Inner::PostgresHeld(held)),
+            changes: Vec::new(),
+        })
+    }
+
     /// The engine the transaction runs on.
     pub fn engine(&self) -> super::Engine {
         match self.conn.0 {
-            Inner::Postgres(_) => super::Engine::Postgres,
+            Inner::Postgres(_) | Inner::PostgresHeld(_) => super::Engine::Postgres,
             Inner::Sqlite(_) | Inner::Finished => super::Engine::Sqlite,
         }
     }
@@ -157,6 +180,7 @@ impl<'c> Write<'c> {
                 }
             }
             Inner::Postgres(tx) => tx.commit().await?,
+            Inner::PostgresHeld(held) => end_held(held, true).await?,
             Inner::Finished => return Err(StoreError::Query(sqlx::Error::PoolClosed)),
         }
         Ok(Committed {
@@ -173,6 +197,7 @@ impl<'c> Write<'c> {
                 }
             }
             Inner::Postgres(tx) => tx.rollback().await?,
+            Inner::PostgresHeld(held) => end_held(held, false).await?,
             Inner::Finished => {}
         }
         Ok(())
@@ -196,15 +221,42 @@ impl SqliteWrite {
     }
 }
 
+/// The transaction manager of the store's connections.
+type TransactionManagerOf = <Any as sqlx::Database>::TransactionManager;
+
+/// Commits (or rolls back) the transaction `held` holds, then gives the connection back; a
+/// failure that leaves it unfit closes it.
+async fn end_held(mut held: HeldConnection, commit: bool) -> Result<(), sqlx::Error> {
+    let ended = match held.connection() {
+        Some(conn) if commit => TransactionManagerOf::commit(conn).await,
+        Some(conn) => TransactionManagerOf::rollback(conn).await,
+        None => Err(sqlx::Error::PoolClosed),
+    };
+    if let Err(error) = &ended {
+        held.note(error);
+    }
+    ended
+}
+
 impl Drop for WriteConn<'_> {
     fn drop(&mut self) {
-        // sqlx rolls a dropped PostgreSQL transaction back; the SQLite writer is rolled back
-        // here, before the next writer's turn.
-        if let Inner::Sqlite(w) = &mut self.0
-            && w.begun
-            && let Err(e) = w.turn.roll_back_member(w.joined)
-        {
-            tracing::debug!(error = %e, "rolling back a dropped write");
+        match &mut self.0 {
+            // The SQLite writer is rolled back here, before the next writer's turn.
+            Inner::Sqlite(w) if w.begun => {
+                if let Err(e) = w.turn.roll_back_member(w.joined) {
+                    tracing::debug!(error = %e, "rolling back a dropped write");
+                }
+            }
+            // Its `ROLLBACK` is queued on the connection, which is flushed before reuse
+            // (`store/pg_connections.rs`); sqlx does the same for a dropped `Transaction`.
+            Inner::PostgresHeld(held) => {
+                if let Some(conn) = held.connection()
+                    && TransactionManagerOf::get_transaction_depth(conn) > 0
+                {
+                    TransactionManagerOf::start_rollback(conn);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -226,6 +278,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
     {
         match &mut self.0 {
             Inner::Postgres(tx) => (&mut **tx).fetch_many(query),
+            Inner::PostgresHeld(held) => held.fetch_many(query),
             Inner::Sqlite(w) => {
                 stream_with(query, move |sql, values| async move { w.run(sql, &values) })
             }
@@ -243,6 +296,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
     {
         match &mut self.0 {
             Inner::Postgres(tx) => (&mut **tx).fetch_optional(query),
+            Inner::PostgresHeld(held) => held.fetch_optional(query),
             Inner::Sqlite(w) => {
                 first_row_with(query, move |sql, values| async move { w.run(sql, &values) })
             }
@@ -260,6 +314,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
     {
         match &mut self.0 {
             Inner::Postgres(tx) => (&mut **tx).prepare_with(sql, parameters),
+            Inner::PostgresHeld(held) => held.prepare_with(sql, parameters),
             _ => not_on_direct("prepared"),
         }
     }
@@ -273,6 +328,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
     {
         match &mut self.0 {
             Inner::Postgres(tx) => (&mut **tx).describe(sql),
+            Inner::PostgresHeld(held) => held.describe(sql),
             _ => not_on_direct("described"),
         }
     }
