@@ -337,14 +337,16 @@ fn newest_modification(dir: &Path) -> Option<SystemTime> {
 // ---------------------------------------------------------------------------------------------
 // Counting the statements one server sends to PostgreSQL.
 
-/// Frontend messages seen by the proxy: extended-protocol `Execute` and simple `Query`, and
+/// Frontend messages seen by the proxy: extended-protocol `Execute` and simple `Query`,
 /// `Parse` (a statement prepared: the first use of its text on a connection, or again after
-/// the connection's statement cache dropped it).
+/// the connection's statement cache dropped it) and `Sync` (each answered by a
+/// `ReadyForQuery`, as a simple `Query` is: with those, the round trips).
 #[derive(Default)]
 struct Statements {
     execute: AtomicU64,
     simple: AtomicU64,
     parse: AtomicU64,
+    sync: AtomicU64,
     /// With `SQL_TRACE=1`: how many times each statement text was bound or sent (the texts
     /// of prepared statements are learned from their `Parse` messages).
     texts: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
@@ -356,6 +358,11 @@ fn sql_trace() -> bool {
 }
 
 impl Statements {
+    /// How many `Sync` messages were sent.
+    fn syncs(&self) -> u64 {
+        self.sync.load(Ordering::Relaxed)
+    }
+
     fn read(&self) -> (u64, u64, u64) {
         (
             self.execute.load(Ordering::Relaxed),
@@ -458,6 +465,7 @@ impl FrontendParser {
                     b'E' => counts.execute.fetch_add(1, Ordering::Relaxed),
                     b'Q' => counts.simple.fetch_add(1, Ordering::Relaxed),
                     b'P' => counts.parse.fetch_add(1, Ordering::Relaxed),
+                    b'S' => counts.sync.fetch_add(1, Ordering::Relaxed),
                     _ => 0,
                 };
                 self.skip = be32(&self.head[1..5]).saturating_sub(4);
@@ -866,6 +874,7 @@ async fn cpu_per_cycle(bin: &Path, db: &Db, cycles: usize) {
     let devices = setup.pair("cpu", cycles.div_ceil(PER_USER), 8).await;
     // Measured from a process that has just paired the devices (pool connections open).
     let statements0 = setup.statements.as_ref().map(|s| s.read());
+    let syncs0 = setup.statements.as_ref().map(|s| s.syncs());
     let texts0 = setup.statements.as_ref().map(|s| s.texts());
     let cpu0 = setup.server.cpu_seconds();
     let started = Instant::now();
@@ -878,11 +887,14 @@ async fn cpu_per_cycle(bin: &Path, db: &Db, cycles: usize) {
     let statements = match (statements0, setup.statements.as_ref().map(|s| s.read())) {
         (Some((e0, q0, p0)), Some((e1, q1, p1))) => format!(
             ", {:.1} database statements per cycle ({:.1} Execute + {:.1} simple Query), \
-             {:.2} Parse",
+             {:.2} Parse, {:.1} round trips (Sync + simple Query)",
             ((e1 - e0) + (q1 - q0)) as f64 / cycles as f64,
             (e1 - e0) as f64 / cycles as f64,
             (q1 - q0) as f64 / cycles as f64,
             (p1 - p0) as f64 / cycles as f64,
+            (setup.statements.as_ref().map_or(0, |s| s.syncs()) - syncs0.unwrap_or(0) + (q1 - q0))
+                as f64
+                / cycles as f64,
         ),
         _ => String::new(),
     };
