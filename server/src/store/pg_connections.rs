@@ -20,7 +20,7 @@
 //! At most `max` connections are held or idle at once; a caller waits for its turn in arrival
 //! order ([`tokio::sync::Semaphore`] is fair) and gives up after the acquire timeout with
 //! [`sqlx::Error::PoolTimedOut`], which the store answers as unavailability, as it does sqlx's
-//! own pool timeouts. Idle connections are kept until they fail or the database handle closes.
+//! own pool timeouts. A connection idle for five minutes is closed instead of handed out.
 //!
 //! Written here, not taken from a library: sqlx 0.8's pool has no setting to leave the ping
 //! out, and the store's statements are sqlx's (`sqlx::Any`), so the connections must stay
@@ -41,13 +41,19 @@ use tokio::time::{Instant, timeout, timeout_at};
 /// answer a ping before it is closed.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a connection may stay idle and still be handed out: older ones are closed when a
+/// caller would otherwise get one (as sqlx's pool does after its idle timeout), so a session
+/// the server or a firewall ended while nobody used it is not the one a request fails on.
+const IDLE_LIMIT: Duration = Duration::from_secs(300);
+
 /// The requests' PostgreSQL connections (see the module's documentation). Clones share them.
 #[derive(Clone)]
 pub(crate) struct PgConnections(Arc<Shared>);
 
 struct Shared {
     options: AnyConnectOptions,
-    idle: Mutex<Vec<AnyConnection>>,
+    /// The idle connections, each with when it was given back; the most recent last.
+    idle: Mutex<Vec<(AnyConnection, Instant)>>,
     /// One permit per connection held, idle or being opened; closed with the database handle.
     places: Arc<Semaphore>,
     acquire_timeout: Duration,
@@ -84,7 +90,16 @@ impl PgConnections {
             Ok(Err(_)) => return Err(sqlx::Error::PoolClosed),
             Ok(Ok(place)) => place,
         };
-        let idle = self.0.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let idle = self.0.idle.lock().ok().and_then(|mut idle| {
+            // Given back in order, so once the most recent is too old, all are.
+            let (conn, since) = idle.pop()?;
+            if since.elapsed() < IDLE_LIMIT {
+                Some(conn)
+            } else {
+                idle.clear();
+                None
+            }
+        });
         let conn = match idle {
             Some(conn) => conn,
             None => match timeout_at(deadline, self.0.options.connect()).await {
@@ -115,7 +130,7 @@ impl PgConnections {
             .lock()
             .map(|mut idle| std::mem::take(&mut *idle))
             .unwrap_or_default();
-        for conn in idle {
+        for (conn, _) in idle {
             let _ = conn.close().await;
         }
     }
@@ -128,7 +143,7 @@ impl Shared {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
-            idle.push(conn);
+            idle.push((conn, Instant::now()));
         }
     }
 

@@ -275,3 +275,21 @@ async fn a_write_dropped_open_is_rolled_back_and_its_connection_waits_for_that()
     next.commit().await.expect("commit");
     db.close().await;
 }
+
+#[tokio::test]
+async fn a_connection_idle_too_long_is_closed_instead_of_handed_out() {
+    let Some(connections) = connections(2, Duration::from_secs(5)) else {
+        return;
+    };
+    let mut held = connections.acquire().await.expect("connection");
+    let first = backend(&mut held).await;
+    drop(held);
+    // Time moves past the limit while it is idle (paused only for the jump: the statements
+    // below wait on the network, which a paused clock would time out).
+    tokio::time::pause();
+    tokio::time::advance(super::IDLE_LIMIT + Duration::from_secs(1)).await;
+    tokio::time::resume();
+    let mut fresh = connections.acquire().await.expect("connection");
+    assert_ne!(backend(&mut fresh).await, first, "a new connection");
+    assert_eq!(connections.idle_count(), 0, "the old one closed");
+}
