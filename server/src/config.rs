@@ -27,7 +27,8 @@ pub struct ServerConfig {
     /// Failed pairing-code attempts allowed per client address and code bucket per minute (see
     /// `pairing_failures_per_code_bucket_per_minute`).
     pub pairing_failures_per_ip_per_minute: u32,
-    /// Largest database connection pool.
+    /// Most database connections the requests hold at once (`store/pg_connections.rs` on
+    /// PostgreSQL).
     pub max_connections: u32,
     /// How long a request waits for a database connection before it is answered
     /// `503 service_unavailable`.

@@ -244,8 +244,8 @@ enum Command {
         /// finish once new connections are refused.
         #[arg(long, default_value_t = 30)]
         shutdown_grace_seconds: u64,
-        /// Largest database connection pool of this instance (default: four per CPU core, 4
-        /// to 16).
+        /// Most database connections this instance's requests hold at once (default: four per
+        /// CPU core, 4 to 16); on PostgreSQL one more migrates the schema at start.
         #[arg(long, default_value_t = tessera_server::default_max_connections())]
         database_max_connections: u32,
         /// Seconds a request waits for a database connection before it is answered 503.

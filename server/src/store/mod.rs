@@ -243,8 +243,8 @@ impl Database {
             }
             Engine::Postgres => {
                 // Requests run on connections of their own, given back without a round trip;
-                // sqlx's pool (a quarter as many more, at least one) migrates the schema and
-                // prepares statements.
+                // sqlx's pool (one connection, closed a minute after its last use) migrates
+                // the schema when the server starts and prepares statements.
                 let requests = pg_connections::PgConnections::new(
                     options.clone(),
                     max_connections,
@@ -252,7 +252,8 @@ impl Database {
                 );
                 connections = Some(requests.clone());
                 let pool = pool_options()
-                    .max_connections((max_connections / 4).max(1))
+                    .max_connections(1)
+                    .idle_timeout(Duration::from_secs(60))
                     .connect_with(options)
                     .await?;
                 POSTGRES_MIGRATIONS
@@ -386,7 +387,7 @@ impl Database {
             Engine::Postgres => &POSTGRES_MIGRATIONS,
         };
         let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(&self.readers)
+            .fetch_all(self.pool())
             .await?;
         let applied = rows
             .iter()
