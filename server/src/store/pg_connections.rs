@@ -156,14 +156,15 @@ impl Shared {
 }
 
 /// Whether `error` leaves the connection it came from unfit for another statement: anything
-/// but the database's answer to the statement (a constraint, a serialization failure, a row
-/// that does not decode), or an answer that ends the session (class 57, operator intervention,
-/// and 08, connection exception).
+/// but the database's answer to the statement (a constraint, a serialization failure, a
+/// statement canceled by its timeout, a row that does not decode), or an answer that ends the
+/// session (class 57, operator intervention, but for `57014` query canceled; and 08, connection
+/// exception).
 pub(crate) fn leaves_connection_unusable(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("57") || code.starts_with("08")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            (code.starts_with("57") && code != "57014") || code.starts_with("08")
+        }),
         sqlx::Error::RowNotFound
         | sqlx::Error::TypeNotFound { .. }
         | sqlx::Error::ColumnIndexOutOfBounds { .. }

@@ -182,7 +182,7 @@ async fn a_lost_connection_is_closed_with_the_idle_ones_and_replaced() {
 }
 
 #[tokio::test]
-async fn a_statement_the_database_refuses_keeps_its_connection() {
+async fn a_statement_the_database_refuses_or_cancels_keeps_its_connection() {
     let Some(connections) = connections(1, Duration::from_secs(5)) else {
         return;
     };
@@ -194,6 +194,28 @@ async fn a_statement_the_database_refuses_keeps_its_connection() {
         .expect_err("division by zero");
     assert!(!leaves_connection_unusable(&refused), "{refused}");
     held.note(&refused);
+    // A statement canceled by its timeout (57014, of the class that otherwise ends sessions).
+    sqlx::query("SET statement_timeout = 20")
+        .execute(held.connection().expect("a connection"))
+        .await
+        .expect("set");
+    let canceled = sqlx::query("SELECT pg_sleep(1)")
+        .execute(held.connection().expect("a connection"))
+        .await
+        .expect_err("canceled");
+    assert!(
+        canceled
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "57014"),
+        "{canceled}"
+    );
+    assert!(!leaves_connection_unusable(&canceled), "{canceled}");
+    held.note(&canceled);
+    sqlx::query("RESET statement_timeout")
+        .execute(held.connection().expect("a connection"))
+        .await
+        .expect("reset");
     drop(held);
     let mut again = connections.acquire().await.expect("connection");
     assert_eq!(backend(&mut again).await, pid);
