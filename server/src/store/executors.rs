@@ -22,9 +22,16 @@ use super::writer::DirectWriter;
 #[derive(Debug, Clone)]
 pub struct Statements {
     pool: AnyPool,
-    direct: Option<Direct>,
-    /// PostgreSQL: where statements run ([`Statements::postgres`]).
-    connections: Option<PgConnections>,
+    on: On,
+}
+
+/// Where a [`Statements`]' statements run.
+#[derive(Debug, Clone)]
+enum On {
+    /// SQLite, on the calling thread.
+    Direct(Direct),
+    /// PostgreSQL, each on a connection of its own.
+    Postgres(PgConnections),
 }
 
 #[derive(Debug, Clone)]
@@ -41,8 +48,7 @@ impl Statements {
     pub(crate) fn postgres(connections: PgConnections, pool: AnyPool) -> Self {
         Statements {
             pool,
-            direct: None,
-            connections: Some(connections),
+            on: On::Postgres(connections),
         }
     }
 
@@ -55,8 +61,7 @@ impl Statements {
     ) -> Self {
         Statements {
             pool,
-            direct: Some(Direct::Reads(direct, writer)),
-            connections: None,
+            on: On::Direct(Direct::Reads(direct, writer)),
         }
     }
 
@@ -64,17 +69,17 @@ impl Statements {
     pub(crate) fn direct_writes(writer: Arc<DirectWriter>, pool: AnyPool) -> Self {
         Statements {
             pool,
-            direct: Some(Direct::Writes(writer)),
-            connections: None,
+            on: On::Direct(Direct::Writes(writer)),
         }
     }
 
-    /// Closes the direct connections (the pool closes with the database's other pools).
+    /// Closes the direct connections (the pool closes with the database's other pools, the
+    /// PostgreSQL connections with the database handle).
     pub(crate) fn close(&self) {
-        match &self.direct {
-            Some(Direct::Reads(direct, _)) => direct.close(),
-            Some(Direct::Writes(writer)) => writer.close(),
-            None => {}
+        match &self.on {
+            On::Direct(Direct::Reads(direct, _)) => direct.close(),
+            On::Direct(Direct::Writes(writer)) => writer.close(),
+            On::Postgres(_) => {}
         }
     }
 }
@@ -102,12 +107,11 @@ impl<'c> Executor<'c> for &'c Statements {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match (&self.direct, &self.connections) {
-            (Some(direct), _) => stream_with(query, move |sql, values| async move {
+        match &self.on {
+            On::Direct(direct) => stream_with(query, move |sql, values| async move {
                 direct.run(sql, &values).await
             }),
-            (None, Some(connections)) => all_on_held(connections.clone(), query),
-            (None, None) => self.pool.fetch_many(query),
+            On::Postgres(connections) => all_on_held(connections.clone(), query),
         }
     }
 
@@ -119,18 +123,17 @@ impl<'c> Executor<'c> for &'c Statements {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match (&self.direct, &self.connections) {
-            (Some(direct), _) => first_row_with(query, move |sql, values| async move {
+        match &self.on {
+            On::Direct(direct) => first_row_with(query, move |sql, values| async move {
                 direct.run(sql, &values).await
             }),
-            (None, Some(connections)) => {
+            On::Postgres(connections) => {
                 let connections = connections.clone();
                 Box::pin(async move {
                     let mut held = connections.acquire().await?;
                     held.fetch_optional(query).await
                 })
             }
-            (None, None) => self.pool.fetch_optional(query),
         }
     }
 

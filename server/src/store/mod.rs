@@ -98,8 +98,8 @@ pub enum Engine {
 /// schema and serve the few statements that need a driver connection. On PostgreSQL, requests
 /// run their statements, reads and writes, on connections of their own, given back without a
 /// round trip (`store/pg_connections.rs`), their transactions too; sqlx's pool migrates the
-/// schema. No connection is pinged before it is
-/// handed out: a dead connection fails its statement, which is answered as unavailability.
+/// schema. No connection is pinged before it is handed out: a dead connection fails its
+/// statement, which is answered as unavailability.
 #[derive(Clone)]
 pub struct Database {
     readers: AnyPool,
@@ -107,8 +107,8 @@ pub struct Database {
     reads: Statements,
     /// Where single writes run ([`Database::writer`]).
     writes: Statements,
-    /// SQLite: the one writer connection every write transaction takes its turn on.
-    direct_writer: Option<Arc<writer::DirectWriter>>,
+    /// Where write transactions and a request's own connection come from.
+    own: OwnConnections,
     writer: AnyPool,
     engine: Engine,
     url: Arc<Zeroizing<String>>,
@@ -120,9 +120,16 @@ pub struct Database {
     /// PostgreSQL: the margin of a quota checked under a shared admission lock
     /// ([`Database::admission_margin`]).
     admission_margin: i64,
-    /// PostgreSQL: the requests' connections, given back without a round trip
+}
+
+/// The connections the store keeps itself, by engine.
+#[derive(Clone)]
+enum OwnConnections {
+    /// The one writer connection every write transaction takes its turn on.
+    SqliteWriter(Arc<writer::DirectWriter>),
+    /// The requests' connections, given back without a round trip
     /// (`store/pg_connections.rs`).
-    connections: Option<pg_connections::PgConnections>,
+    Postgres(pg_connections::PgConnections),
 }
 
 impl std::fmt::Debug for Database {
@@ -197,8 +204,7 @@ impl Database {
             }
         };
         let mut admission_margin = 0;
-        let mut connections = None;
-        let (readers, reads, writer, writes, direct_writer, checkpointer) = match engine {
+        let (readers, reads, writer, writes, own, checkpointer) = match engine {
             Engine::Sqlite => {
                 let writer = pool_options()
                     .max_connections(1)
@@ -237,7 +243,7 @@ impl Database {
                     reads,
                     writer,
                     writes,
-                    Some(direct_writer),
+                    OwnConnections::SqliteWriter(direct_writer),
                     Some(Arc::new(checkpointer)),
                 )
             }
@@ -250,7 +256,6 @@ impl Database {
                     max_connections,
                     acquire_timeout,
                 );
-                connections = Some(requests.clone());
                 let pool = pool_options()
                     .max_connections(1)
                     .idle_timeout(Duration::from_secs(60))
@@ -264,13 +269,13 @@ impl Database {
                     sqlx::query_scalar("SELECT current_setting('max_connections')::BIGINT")
                         .fetch_one(&pool)
                         .await?;
-                let statements = Statements::postgres(requests, pool.clone());
+                let statements = Statements::postgres(requests.clone(), pool.clone());
                 (
                     pool.clone(),
                     statements.clone(),
                     pool,
                     statements,
-                    None,
+                    OwnConnections::Postgres(requests),
                     None,
                 )
             }
@@ -280,13 +285,12 @@ impl Database {
             reads,
             writer,
             writes,
-            direct_writer,
+            own,
             engine,
             url: Arc::new(Zeroizing::new(url)),
             secrets: None,
             checkpointer,
             admission_margin,
-            connections,
         })
     }
 
@@ -305,10 +309,11 @@ impl Database {
     /// Starts a [`Write`]: on SQLite a turn of the writer connection, its `BEGIN IMMEDIATE`
     /// sent with its first statement; on PostgreSQL an ordinary transaction.
     pub async fn write(&self) -> Result<Write<'static>, StoreError> {
-        match (&self.direct_writer, &self.connections) {
-            (Some(writer), _) => Ok(Write::sqlite(writer.write_turn().await?)),
-            (None, Some(connections)) => Write::postgres_held(connections.acquire().await?).await,
-            (None, None) => Ok(Write::postgres(self.writer.begin().await?)),
+        match &self.own {
+            OwnConnections::SqliteWriter(writer) => Ok(Write::sqlite(writer.write_turn().await?)),
+            OwnConnections::Postgres(connections) => {
+                Write::postgres_held(connections.acquire().await?).await
+            }
         }
     }
 
@@ -316,7 +321,7 @@ impl Database {
     /// PostgreSQL on `conn` itself, so the request uses one connection; on SQLite on the
     /// writer, as every write.
     pub async fn write_on<'c>(&self, conn: &'c mut ReadConn) -> Result<Write<'c>, StoreError> {
-        if let Some(writer) = &self.direct_writer {
+        if let OwnConnections::SqliteWriter(writer) = &self.own {
             return Ok(Write::sqlite(writer.write_turn().await?));
         }
         match conn.pooled() {
@@ -329,9 +334,11 @@ impl Database {
     /// after the other, instead of each taking a pooled connection of its own; on PostgreSQL
     /// its write transaction can run on it too ([`Database::write_on`]).
     pub async fn reader(&self) -> Result<ReadConn, StoreError> {
-        match &self.connections {
-            Some(connections) => Ok(ReadConn::pool(connections.acquire().await?)),
-            None => Ok(ReadConn::direct(self.reads.clone())),
+        match &self.own {
+            OwnConnections::Postgres(connections) => {
+                Ok(ReadConn::held(connections.acquire().await?))
+            }
+            OwnConnections::SqliteWriter(_) => Ok(ReadConn::direct(self.reads.clone())),
         }
     }
 
@@ -421,7 +428,7 @@ impl Database {
         }
         self.reads.close();
         self.writes.close();
-        if let Some(connections) = &self.connections {
+        if let OwnConnections::Postgres(connections) = &self.own {
             connections.close().await;
         }
         self.readers.close().await;

@@ -33,7 +33,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::any::{AnyConnectOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyConnection, Describe, Either, Execute, Executor};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, TransactionManager};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -213,7 +213,47 @@ impl HeldConnection {
             self.unusable = true;
         }
     }
+
+    /// Begins a transaction on the connection (`store::Write` on PostgreSQL).
+    pub(crate) async fn begin(&mut self) -> Result<(), sqlx::Error> {
+        let begun = match self.conn.as_mut() {
+            Some(conn) => Transactions::begin(conn, None).await,
+            None => Err(sqlx::Error::PoolClosed),
+        };
+        self.noted(begun)
+    }
+
+    /// Commits the transaction [`HeldConnection::begin`] began, or rolls it back.
+    pub(crate) async fn end(&mut self, commit: bool) -> Result<(), sqlx::Error> {
+        let ended = match self.conn.as_mut() {
+            Some(conn) if commit => Transactions::commit(conn).await,
+            Some(conn) => Transactions::rollback(conn).await,
+            None => Err(sqlx::Error::PoolClosed),
+        };
+        self.noted(ended)
+    }
+
+    /// Queues the `ROLLBACK` of a transaction left open (its owner dropped), sent before the
+    /// connection is used again (see [`Drop`]).
+    pub(crate) fn roll_back_if_open(&mut self) {
+        if let Some(conn) = self.conn.as_mut()
+            && Transactions::get_transaction_depth(conn) > 0
+        {
+            Transactions::start_rollback(conn);
+        }
+    }
+
+    /// `result`, its failure noted.
+    fn noted<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if let Err(error) = &result {
+            self.note(error);
+        }
+        result
+    }
 }
+
+/// The transaction manager of the store's connections.
+type Transactions = <Any as sqlx::Database>::TransactionManager;
 
 /// Statements run on the held connection; a failure that leaves it unfit is noted
 /// ([`HeldConnection::note`]).
@@ -254,10 +294,7 @@ impl<'c> Executor<'c> for &'c mut HeldConnection {
                 Some(conn) => conn.fetch_optional(query).await,
                 None => Err(sqlx::Error::PoolClosed),
             };
-            if let Err(error) = &row {
-                self.note(error);
-            }
-            row
+            self.noted(row)
         })
     }
 

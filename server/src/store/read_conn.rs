@@ -1,9 +1,9 @@
 //! A request's own read connection ([`super::Database::reader`]): on PostgreSQL a connection
-//! of the requests' own ([`super::pg_connections`]) its write transaction can run on too; on SQLite the direct connections
-//! (`store/direct.rs`), each statement on whichever is idle, on the calling thread. A SQLite
-//! statement outside a transaction holds nothing after it ran, so a request keeps no connection
-//! between its statements there: connections stay as few as the threads running statements,
-//! and their page caches warm.
+//! of the requests' own ([`super::pg_connections`]) its write transaction can run on too; on
+//! SQLite the direct connections (`store/direct.rs`), each statement on whichever is idle, on
+//! the calling thread. A SQLite statement outside a transaction holds nothing after it ran, so
+//! a request keeps no connection between its statements there: connections stay as few as the
+//! threads running statements, and their page caches warm.
 
 use futures_util::stream::BoxStream;
 use sqlx::AnyConnection;
@@ -23,7 +23,7 @@ pub struct ReadConn(ReadHandle);
 pub struct ReadHandle(Inner);
 
 enum Inner {
-    Pool(HeldConnection),
+    Held(HeldConnection),
     /// SQLite: each statement as a single read ([`super::Database::pool`]).
     Direct(Statements),
 }
@@ -31,7 +31,7 @@ enum Inner {
 impl std::fmt::Debug for ReadHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.0 {
-            Inner::Pool(_) => "pool",
+            Inner::Held(_) => "pool",
             Inner::Direct(_) => "direct",
         };
         f.debug_tuple("ReadConn").field(&kind).finish()
@@ -40,8 +40,8 @@ impl std::fmt::Debug for ReadHandle {
 
 impl ReadConn {
     /// A connection of the requests' own (PostgreSQL).
-    pub(crate) fn pool(conn: HeldConnection) -> Self {
-        ReadConn(ReadHandle(Inner::Pool(conn)))
+    pub(crate) fn held(conn: HeldConnection) -> Self {
+        ReadConn(ReadHandle(Inner::Held(conn)))
     }
 
     /// Each statement as a single read of `reads` (SQLite's direct connections).
@@ -52,7 +52,7 @@ impl ReadConn {
     /// The connection, for a write transaction to run on (PostgreSQL).
     pub(crate) fn pooled(&mut self) -> Option<&mut AnyConnection> {
         match &mut self.0.0 {
-            Inner::Pool(held) => held.connection(),
+            Inner::Held(held) => held.connection(),
             Inner::Direct(_) => None,
         }
     }
@@ -84,7 +84,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
         E: 'q + Execute<'q, Any>,
     {
         match &mut self.0 {
-            Inner::Pool(held) => held.fetch_many(query),
+            Inner::Held(held) => held.fetch_many(query),
             Inner::Direct(reads) => (&*reads).fetch_many(query),
         }
     }
@@ -98,7 +98,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
         E: 'q + Execute<'q, Any>,
     {
         match &mut self.0 {
-            Inner::Pool(held) => held.fetch_optional(query),
+            Inner::Held(held) => held.fetch_optional(query),
             Inner::Direct(reads) => (&*reads).fetch_optional(query),
         }
     }
@@ -112,7 +112,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
         'c: 'e,
     {
         match &mut self.0 {
-            Inner::Pool(held) => held.prepare_with(sql, parameters),
+            Inner::Held(held) => held.prepare_with(sql, parameters),
             Inner::Direct(reads) => (&*reads).prepare_with(sql, parameters),
         }
     }
@@ -125,7 +125,7 @@ impl<'c> Executor<'c> for &'c mut ReadHandle {
         'c: 'e,
     {
         match &mut self.0 {
-            Inner::Pool(held) => held.describe(sql),
+            Inner::Held(held) => held.describe(sql),
             Inner::Direct(reads) => (&*reads).describe(sql),
         }
     }

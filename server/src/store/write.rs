@@ -20,7 +20,7 @@
 use futures_util::stream::BoxStream;
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
-use sqlx::{Any, Either, Execute, Executor, Transaction, TransactionManager};
+use sqlx::{Any, Either, Execute, Executor, Transaction};
 use sqlx_core::any::AnyValueKind;
 
 use super::StoreError;
@@ -133,14 +133,7 @@ impl<'c> Write<'c> {
     pub(crate) async fn postgres_held(
         mut held: HeldConnection,
     ) -> Result<Write<'static>, StoreError> {
-        let begun = match held.connection() {
-            Some(conn) => TransactionManagerOf::begin(conn, None).await,
-            None => Err(sqlx::Error::PoolClosed),
-        };
-        if let Err(error) = begun {
-            held.note(&error);
-            return Err(error.into());
-        }
+        held.begin().await?;
         Ok(Write {
             conn: WriteConn(Inner::PostgresHeld(held)),
             changes: Vec::new(),
@@ -180,7 +173,7 @@ impl<'c> Write<'c> {
                 }
             }
             Inner::Postgres(tx) => tx.commit().await?,
-            Inner::PostgresHeld(held) => end_held(held, true).await?,
+            Inner::PostgresHeld(mut held) => held.end(true).await?,
             Inner::Finished => return Err(StoreError::Query(sqlx::Error::PoolClosed)),
         }
         Ok(Committed {
@@ -197,7 +190,7 @@ impl<'c> Write<'c> {
                 }
             }
             Inner::Postgres(tx) => tx.rollback().await?,
-            Inner::PostgresHeld(held) => end_held(held, false).await?,
+            Inner::PostgresHeld(mut held) => held.end(false).await?,
             Inner::Finished => {}
         }
         Ok(())
@@ -221,23 +214,6 @@ impl SqliteWrite {
     }
 }
 
-/// The transaction manager of the store's connections.
-type TransactionManagerOf = <Any as sqlx::Database>::TransactionManager;
-
-/// Commits (or rolls back) the transaction `held` holds, then gives the connection back; a
-/// failure that leaves it unfit closes it.
-async fn end_held(mut held: HeldConnection, commit: bool) -> Result<(), sqlx::Error> {
-    let ended = match held.connection() {
-        Some(conn) if commit => TransactionManagerOf::commit(conn).await,
-        Some(conn) => TransactionManagerOf::rollback(conn).await,
-        None => Err(sqlx::Error::PoolClosed),
-    };
-    if let Err(error) = &ended {
-        held.note(error);
-    }
-    ended
-}
-
 impl Drop for WriteConn<'_> {
     fn drop(&mut self) {
         match &mut self.0 {
@@ -249,13 +225,7 @@ impl Drop for WriteConn<'_> {
             }
             // Its `ROLLBACK` is queued on the connection, which is flushed before reuse
             // (`store/pg_connections.rs`); sqlx does the same for a dropped `Transaction`.
-            Inner::PostgresHeld(held) => {
-                if let Some(conn) = held.connection()
-                    && TransactionManagerOf::get_transaction_depth(conn) > 0
-                {
-                    TransactionManagerOf::start_rollback(conn);
-                }
-            }
+            Inner::PostgresHeld(held) => held.roll_back_if_open(),
             _ => {}
         }
     }
