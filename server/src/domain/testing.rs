@@ -313,6 +313,22 @@ impl TestDomain {
         }
     }
 
+    /// A relying party registered in the test application as `registration` asks: its client
+    /// id and secret.
+    pub(crate) async fn client(
+        &self,
+        registration: tessera_protocol::ciba::RegisterCibaClient,
+    ) -> (String, String) {
+        let registered =
+            super::ciba::clients::register_client(&self.ctx, &self.app.id, registration)
+                .await
+                .expect("registered");
+        (
+            registered.client_id,
+            registered.client_secret.expect("a secret"),
+        )
+    }
+
     /// A new user of the application, with no device yet.
     pub(crate) async fn user(&self, name: &str) -> UserId {
         let user: UserId = name.parse().expect("user id");

@@ -24,21 +24,14 @@ struct Client {
 
 impl Client {
     async fn registered(domain: &TestDomain) -> Self {
-        let registered = super::clients::register_client(
-            &domain.ctx,
-            &domain.app.id,
-            RegisterCibaClient::new(
+        let (id, secret) = domain
+            .client(RegisterCibaClient::new(
                 "Shop",
                 DeliveryMode::Poll,
                 ClientAuthMethod::ClientSecretBasic,
-            ),
-        )
-        .await
-        .expect("registered");
-        Self {
-            id: registered.client_id,
-            secret: registered.client_secret.expect("a secret"),
-        }
+            ))
+            .await;
+        Self { id, secret }
     }
 
     fn basic(&self) -> Option<BasicCredentials> {

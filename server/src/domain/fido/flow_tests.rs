@@ -159,30 +159,47 @@ async fn credentials_of(domain: &TestDomain, user: &UserId) -> Vec<StoredCredent
         .expect("read")
 }
 
+/// A security-key registration ceremony started for `user` in `flow`: its options and id.
+async fn registration_started(domain: &TestDomain, user: &UserId, flow: &str) -> (Value, String) {
+    registration::start(
+        &domain.ctx,
+        &domain.app,
+        user,
+        flow,
+        AuthenticationMethod::SecurityKey,
+    )
+    .await
+    .expect("started")
+}
+
+/// Answers `ceremony` of `flow` with `response`, in `user`'s name, the credential unnamed.
+async fn registration_finished(
+    domain: &TestDomain,
+    user: &UserId,
+    flow: &str,
+    ceremony: &str,
+    response: Value,
+) -> Result<StoredCredential, crate::domain::DomainError> {
+    registration::finish(
+        &domain.ctx,
+        &domain.app,
+        user,
+        flow,
+        ceremony,
+        response,
+        None,
+    )
+    .await
+}
+
 /// A new security key registered for `user` through a whole registration ceremony.
 async fn registered(domain: &TestDomain, user: &UserId) -> (Authenticator, StoredCredential) {
     let key = Authenticator::new();
     let flow = flow();
-    let (options, ceremony) = registration::start(
-        &domain.ctx,
-        &domain.app,
-        user,
-        &flow,
-        AuthenticationMethod::SecurityKey,
-    )
-    .await
-    .expect("started");
-    let stored = registration::finish(
-        &domain.ctx,
-        &domain.app,
-        user,
-        &flow,
-        &ceremony,
-        key.registration(&options),
-        None,
-    )
-    .await
-    .expect("registered");
+    let (options, ceremony) = registration_started(domain, user, &flow).await;
+    let stored = registration_finished(domain, user, &flow, &ceremony, key.registration(&options))
+        .await
+        .expect("registered");
     (key, stored)
 }
 
@@ -195,15 +212,7 @@ async fn a_registration_ceremony_is_answered_once() {
     for domain in TestDomain::each_engine().await {
         let alice = domain.user("alice").await;
         let flow = flow();
-        let (options, ceremony) = registration::start(
-            &domain.ctx,
-            &domain.app,
-            &alice,
-            &flow,
-            AuthenticationMethod::SecurityKey,
-        )
-        .await
-        .expect("started");
+        let (options, ceremony) = registration_started(&domain, &alice, &flow).await;
         assert_eq!(options["publicKey"]["rp"]["id"], json!(RP_ID));
         let key = Authenticator::new();
         let stored = registration::finish(
@@ -230,14 +239,12 @@ async fn a_registration_ceremony_is_answered_once() {
         let second = Authenticator::new();
         assert_eq!(
             code_of(
-                registration::finish(
-                    &domain.ctx,
-                    &domain.app,
+                registration_finished(
+                    &domain,
                     &alice,
                     &flow,
                     &ceremony,
-                    second.registration(&options),
-                    None,
+                    second.registration(&options)
                 )
                 .await
             ),
@@ -404,31 +411,15 @@ async fn a_registration_ceremony_answered_in_another_users_name_is_refused_and_l
         let alice = domain.user("alice").await;
         let bob = domain.user("bob").await;
         let flow = flow();
-        let (options, ceremony) = registration::start(
-            &domain.ctx,
-            &domain.app,
-            &alice,
-            &flow,
-            AuthenticationMethod::SecurityKey,
-        )
-        .await
-        .expect("started");
+        let (options, ceremony) = registration_started(&domain, &alice, &flow).await;
         let key = Authenticator::new();
 
         // Alice's ceremony, in her flow, answered in Bob's name: refused as an unknown
         // ceremony, and nothing registered for either.
         assert_eq!(
             code_of(
-                registration::finish(
-                    &domain.ctx,
-                    &domain.app,
-                    &bob,
-                    &flow,
-                    &ceremony,
-                    key.registration(&options),
-                    None,
-                )
-                .await
+                registration_finished(&domain, &bob, &flow, &ceremony, key.registration(&options))
+                    .await
             ),
             Some(ErrorCode::FidoVerificationFailed)
         );
@@ -436,14 +427,12 @@ async fn a_registration_ceremony_answered_in_another_users_name_is_refused_and_l
         assert!(credentials_of(&domain, &alice).await.is_empty());
 
         // The refused answer did not take it: Alice still can.
-        let stored = registration::finish(
-            &domain.ctx,
-            &domain.app,
+        let stored = registration_finished(
+            &domain,
             &alice,
             &flow,
             &ceremony,
             key.registration(&options),
-            None,
         )
         .await
         .expect("registered");

@@ -65,24 +65,17 @@ struct Portal {
 
 impl Portal {
     async fn registered(domain: &TestDomain) -> Self {
-        let registered = crate::domain::ciba::clients::register_client(
-            &domain.ctx,
-            &domain.app.id,
-            RegisterCibaClient {
+        let (id, secret) = domain
+            .client(RegisterCibaClient {
                 redirect_uris: vec![REDIRECT.into()],
                 ..RegisterCibaClient::new(
                     "Portal",
                     DeliveryMode::Poll,
                     ClientAuthMethod::ClientSecretBasic,
                 )
-            },
-        )
-        .await
-        .expect("registered");
-        Self {
-            id: registered.client_id,
-            secret: registered.client_secret.expect("a secret"),
-        }
+            })
+            .await;
+        Self { id, secret }
     }
 
     /// The request object's claims for `user`: code flow, PKCE S256 of [`VERIFIER`], `state`
