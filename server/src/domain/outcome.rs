@@ -187,7 +187,7 @@ pub(crate) async fn record_on(
     ending: Ending<'_>,
 ) -> Result<Option<Authentication>, DomainError> {
     let written = if ctx.db.engine() == Engine::Postgres {
-        let written = match (&ending, conn.pooled()) {
+        let written = match (&ending, conn.held_connection()) {
             (Ending::Signed(signed), Some(pooled)) => {
                 let answer = signed.recorded_at(ctx.now());
                 write_answer_at_once(ctx, pooled, signed.answered, &answer).await?
@@ -262,7 +262,7 @@ async fn write_ending(
 /// when another ending won (or it expired): then nothing is written.
 async fn write_answer_at_once(
     ctx: &Ctx,
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::HeldConnection,
     answered: &Authentication,
     answer: &authentications::Answer<'_>,
 ) -> Result<Option<(Authentication, Announced, Waiting)>, DomainError> {

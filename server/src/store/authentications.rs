@@ -569,8 +569,8 @@ where
 /// update is a data-modifying `WITH` item, and each record is inserted once for the row it
 /// returned, so the records are written exactly when the answer was recorded. Returns what
 /// [`record_answer`] returns, and whether a webhook delivery was queued.
-pub async fn record_answer_with_audit(
-    conn: &mut sqlx::AnyConnection,
+pub(crate) async fn record_answer_with_audit(
+    conn: &mut super::HeldConnection,
     answer: &Answer<'_>,
     records: &[super::audit::Appended],
 ) -> Result<Option<(Authentication, Waiting, bool)>, StoreError> {
@@ -2191,7 +2191,7 @@ mod tests {
             }
         };
         let mut reader = db.reader().await.expect("connection");
-        let conn: &mut sqlx::AnyConnection = reader.pooled().expect("a pooled connection");
+        let conn = reader.held_connection().expect("a held connection");
         // Checked against another nonce: neither the answer nor its records are written.
         let mut signed_again = a.clone();
         signed_again.nonce = "another nonce".into();
@@ -2227,6 +2227,51 @@ mod tests {
         assert_eq!(written("late").await, (0, 0));
         let stored = get(&db, &a.id, now).await.expect("read").expect("stored");
         assert_eq!(stored.state, AuthenticationState::Approved);
+    }
+
+    #[tokio::test]
+    async fn an_answer_on_a_lost_connection_closes_it_for_the_next_request() {
+        let Some(url) = postgres_url() else {
+            return;
+        };
+        let (db, app) = postgres_with_application(&url, 2).await;
+        let user: UserId = "alice".parse().expect("user");
+        let now = 10_000;
+        let a = pending(&app.id, &user, now - 10);
+        insert(db.pool(), &a).await.expect("insert");
+        let mut reader = db.reader().await.expect("connection");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *reader)
+            .await
+            .expect("pid");
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(db.pool())
+            .await
+            .expect("terminated");
+        assert!(ended);
+        let conn = reader.held_connection().expect("a held connection");
+        let answer = decided(&a, Decision::Approve, now);
+        record_answer_with_audit(conn, &answer, &[])
+            .await
+            .expect_err("the session is gone");
+        drop(reader);
+
+        // The next request gets a working connection (the lost one was closed, not kept idle),
+        // and the answer can still be recorded.
+        let mut next = db.reader().await.expect("connection");
+        let other: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *next)
+            .await
+            .expect("the next request's first statement");
+        assert_ne!(other, pid);
+        let conn = next.held_connection().expect("a held connection");
+        assert!(
+            record_answer_with_audit(conn, &answer, &[])
+                .await
+                .expect("statement")
+                .is_some()
+        );
     }
 
     #[tokio::test]

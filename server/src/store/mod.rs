@@ -74,6 +74,7 @@ use zeroize::Zeroizing;
 
 pub use error::StoreError;
 pub use executors::Statements;
+pub(crate) use pg_connections::HeldConnection;
 pub use read_conn::{ReadConn, ReadHandle};
 pub use write::{Committed, Ticket, Write, WriteConn};
 
@@ -324,8 +325,8 @@ impl Database {
         if let OwnConnections::SqliteWriter(writer) = &self.own {
             return Ok(Write::sqlite(writer.write_turn().await?));
         }
-        match conn.pooled() {
-            Some(conn) => Ok(Write::postgres(sqlx::Connection::begin(conn).await?)),
+        match conn.held_connection() {
+            Some(held) => Write::postgres_on(held).await,
             None => self.write().await,
         }
     }

@@ -6,7 +6,6 @@
 //! threads running statements, and their page caches warm.
 
 use futures_util::stream::BoxStream;
-use sqlx::AnyConnection;
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, Either, Execute, Executor};
@@ -49,10 +48,10 @@ impl ReadConn {
         ReadConn(ReadHandle(Inner::Direct(reads)))
     }
 
-    /// The connection, for a write transaction to run on (PostgreSQL).
-    pub(crate) fn pooled(&mut self) -> Option<&mut AnyConnection> {
+    /// The connection, for a write transaction or a single write to run on (PostgreSQL).
+    pub(crate) fn held_connection(&mut self) -> Option<&mut HeldConnection> {
         match &mut self.0.0 {
-            Inner::Held(held) => held.connection(),
+            Inner::Held(held) => Some(held),
             Inner::Direct(_) => None,
         }
     }

@@ -20,7 +20,7 @@
 use futures_util::stream::BoxStream;
 use sqlx::Describe;
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
-use sqlx::{Any, Either, Execute, Executor, Transaction};
+use sqlx::{Any, Either, Execute, Executor};
 use sqlx_core::any::AnyValueKind;
 
 use super::StoreError;
@@ -40,11 +40,29 @@ pub struct WriteConn<'c>(Inner<'c>);
 
 enum Inner<'c> {
     Sqlite(SqliteWrite),
-    Postgres(Transaction<'c, Any>),
-    /// A transaction begun on a connection it holds: rolled back if dropped open.
-    PostgresHeld(HeldConnection),
+    /// A transaction begun on a PostgreSQL connection of the requests' own: rolled back if
+    /// dropped open.
+    Postgres(Held<'c>),
     /// Committed or rolled back.
     Finished,
+}
+
+/// The connection a PostgreSQL write runs on: its own, or the one its request holds
+/// ([`super::Database::write_on`]). Either way its statements, `BEGIN`, `COMMIT` and a dropped
+/// transaction's `ROLLBACK` go through [`HeldConnection`], which notes a failure that leaves
+/// the connection unfit, so it is closed when given back.
+enum Held<'c> {
+    Own(HeldConnection),
+    Borrowed(&'c mut HeldConnection),
+}
+
+impl Held<'_> {
+    fn get(&mut self) -> &mut HeldConnection {
+        match self {
+            Held::Own(held) => held,
+            Held::Borrowed(held) => held,
+        }
+    }
 }
 
 struct SqliteWrite {
@@ -84,7 +102,7 @@ impl std::fmt::Debug for WriteConn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (engine, open) = match &self.0 {
             Inner::Sqlite(w) => ("sqlite", w.begun),
-            Inner::Postgres(_) | Inner::PostgresHeld(_) => ("postgres", true),
+            Inner::Postgres(_) => ("postgres", true),
             Inner::Finished => ("finished", false),
         };
         f.debug_struct("Write")
@@ -121,21 +139,21 @@ impl<'c> Write<'c> {
         }
     }
 
-    /// A write transaction that is the PostgreSQL transaction `tx`.
-    pub(crate) fn postgres(tx: Transaction<'c, Any>) -> Write<'c> {
-        Write {
-            conn: WriteConn(Inner::Postgres(tx)),
-            changes: Vec::new(),
-        }
+    /// A write transaction begun on `held` (PostgreSQL), which it gives back when it ends.
+    pub(crate) async fn postgres_held(held: HeldConnection) -> Result<Write<'static>, StoreError> {
+        Write::postgres_begun(Held::Own(held)).await
     }
 
-    /// A write transaction begun on `held` (PostgreSQL), which it gives back when it ends.
-    pub(crate) async fn postgres_held(
-        mut held: HeldConnection,
-    ) -> Result<Write<'static>, StoreError> {
-        held.begin().await?;
+    /// A write transaction begun on `held`, the connection a request holds (PostgreSQL); the
+    /// connection stays the request's after the transaction ends.
+    pub(crate) async fn postgres_on(held: &'c mut HeldConnection) -> Result<Write<'c>, StoreError> {
+        Write::postgres_begun(Held::Borrowed(held)).await
+    }
+
+    async fn postgres_begun(mut held: Held<'c>) -> Result<Write<'c>, StoreError> {
+        held.get().begin().await?;
         Ok(Write {
-            conn: WriteConn(Inner::PostgresHeld(held)),
+            conn: WriteConn(Inner::Postgres(held)),
             changes: Vec::new(),
         })
     }
@@ -143,7 +161,7 @@ impl<'c> Write<'c> {
     /// The engine the transaction runs on.
     pub fn engine(&self) -> super::Engine {
         match self.conn.0 {
-            Inner::Postgres(_) | Inner::PostgresHeld(_) => super::Engine::Postgres,
+            Inner::Postgres(_) => super::Engine::Postgres,
             Inner::Sqlite(_) | Inner::Finished => super::Engine::Sqlite,
         }
     }
@@ -172,8 +190,7 @@ impl<'c> Write<'c> {
                     w.turn.commit_member(w.joined).await?;
                 }
             }
-            Inner::Postgres(tx) => tx.commit().await?,
-            Inner::PostgresHeld(mut held) => held.end(true).await?,
+            Inner::Postgres(mut held) => held.get().end(true).await?,
             Inner::Finished => return Err(StoreError::Query(sqlx::Error::PoolClosed)),
         }
         Ok(Committed {
@@ -189,8 +206,7 @@ impl<'c> Write<'c> {
                     w.turn.roll_back_member(w.joined)?;
                 }
             }
-            Inner::Postgres(tx) => tx.rollback().await?,
-            Inner::PostgresHeld(mut held) => held.end(false).await?,
+            Inner::Postgres(mut held) => held.get().end(false).await?,
             Inner::Finished => {}
         }
         Ok(())
@@ -224,8 +240,8 @@ impl Drop for WriteConn<'_> {
                 }
             }
             // Its `ROLLBACK` is queued on the connection, which is flushed before reuse
-            // (`store/pg_connections.rs`); sqlx does the same for a dropped `Transaction`.
-            Inner::PostgresHeld(held) => held.roll_back_if_open(),
+            // (`store/pg_connections.rs`).
+            Inner::Postgres(held) => held.get().roll_back_if_open(),
             _ => {}
         }
     }
@@ -247,8 +263,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
         E: 'q + Execute<'q, Any>,
     {
         match &mut self.0 {
-            Inner::Postgres(tx) => (&mut **tx).fetch_many(query),
-            Inner::PostgresHeld(held) => held.fetch_many(query),
+            Inner::Postgres(held) => held.get().fetch_many(query),
             Inner::Sqlite(w) => {
                 stream_with(query, move |sql, values| async move { w.run(sql, &values) })
             }
@@ -265,8 +280,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
         E: 'q + Execute<'q, Any>,
     {
         match &mut self.0 {
-            Inner::Postgres(tx) => (&mut **tx).fetch_optional(query),
-            Inner::PostgresHeld(held) => held.fetch_optional(query),
+            Inner::Postgres(held) => held.get().fetch_optional(query),
             Inner::Sqlite(w) => {
                 first_row_with(query, move |sql, values| async move { w.run(sql, &values) })
             }
@@ -283,8 +297,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
         'c: 'e,
     {
         match &mut self.0 {
-            Inner::Postgres(tx) => (&mut **tx).prepare_with(sql, parameters),
-            Inner::PostgresHeld(held) => held.prepare_with(sql, parameters),
+            Inner::Postgres(held) => held.get().prepare_with(sql, parameters),
             _ => not_on_direct("prepared"),
         }
     }
@@ -297,8 +310,7 @@ impl<'c, 't> Executor<'c> for &'c mut WriteConn<'t> {
         'c: 'e,
     {
         match &mut self.0 {
-            Inner::Postgres(tx) => (&mut **tx).describe(sql),
-            Inner::PostgresHeld(held) => held.describe(sql),
+            Inner::Postgres(held) => held.get().describe(sql),
             _ => not_on_direct("described"),
         }
     }

@@ -315,3 +315,51 @@ async fn a_connection_idle_too_long_is_closed_instead_of_handed_out() {
     assert_ne!(backend(&mut fresh).await, first, "a new connection");
     assert_eq!(connections.idle_count(), 0, "the old one closed");
 }
+
+#[tokio::test]
+async fn a_write_on_a_requests_connection_that_is_lost_closes_it_for_the_next_request() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        return;
+    };
+    if !url.starts_with("postgres") {
+        return;
+    }
+    let db = crate::store::Database::connect(&url, 2)
+        .await
+        .expect("database");
+    let mut reader = db.reader().await.expect("reader");
+    let pid: i32 = sqlx::query("SELECT pg_backend_pid()")
+        .fetch_one(&mut *reader)
+        .await
+        .expect("pid")
+        .get(0);
+    {
+        let mut w = db.write_on(&mut reader).await.expect("write on the reader");
+        // The server ends the session from the other connection, inside the transaction.
+        let ended: bool = sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(db.pool())
+            .await
+            .expect("terminated")
+            .get(0);
+        assert!(ended);
+        sqlx::query("SELECT 1")
+            .execute(&mut w)
+            .await
+            .expect_err("the session is gone");
+        // Its rollback fails too, and leaves nothing queued on the connection.
+        let _ = w.rollback().await;
+    }
+    drop(reader);
+
+    // The next request gets a working connection, not the lost one.
+    let mut next = db.reader().await.expect("reader");
+    let other: i32 = sqlx::query("SELECT pg_backend_pid()")
+        .fetch_one(&mut *next)
+        .await
+        .expect("the next request's first statement")
+        .get(0);
+    assert_ne!(other, pid);
+    drop(next);
+    db.close().await;
+}
