@@ -187,7 +187,10 @@ pub fn describe_clap_error(message: &str) -> String {
         _ => first.to_string(),
     };
     let mut described = described;
-    if let Some(possible) = message.lines().find(|l| l.contains("possible values")) {
+    // Named once: the first paragraph may already end with them.
+    if let Some(possible) = message.lines().find(|l| l.contains("possible values"))
+        && !described.contains(possible.trim())
+    {
         described.push(' ');
         described.push_str(possible.trim());
     }
@@ -213,6 +216,23 @@ fn reason_of(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_choice_names_the_flag_and_its_choices_once_and_not_the_value() {
+        let command = Command::new("serve").arg(
+            clap::Arg::new("log_format")
+                .long("log-format")
+                .value_parser(["text", "json"]),
+        );
+        let error = command
+            .try_get_matches_from(["serve", "--log-format", "s3cret"])
+            .expect_err("refused");
+        let described = describe_clap_error(&error.render().to_string());
+        assert_eq!(
+            described,
+            "invalid value for '--log-format <log_format>' [possible values: text, json]"
+        );
+    }
     use clap::{Arg, ArgAction};
 
     fn serve() -> Command {
