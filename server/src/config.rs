@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// How long a request waits for a database connection before it is answered
     /// `503 service_unavailable`.
     pub database_acquire_timeout: std::time::Duration,
+    /// When a commit returns (flushed to disk, or written to the operating system); `None`:
+    /// each engine's own way ([`CommitDurability`]).
+    pub commit_durability: Option<CommitDurability>,
     /// Push-bombing limit: user-facing requests (approvals, transactions) pending at once per
     /// user. Silent verifications do not count: the user never sees them.
     pub max_pending_authentications_per_user: u32,
@@ -209,6 +212,7 @@ impl Default for ServerConfig {
             pairing_failures_per_ip_per_minute: 10,
             max_connections: default_max_connections(),
             database_acquire_timeout: std::time::Duration::from_secs(10),
+            commit_durability: None,
             max_pending_authentications_per_user: 3,
             max_recent_authentications_per_user: 20,
             push_max_payload_bytes: 4000,
@@ -283,4 +287,24 @@ impl std::fmt::Debug for SmtpConfig {
             .field("from", &self.from)
             .finish_non_exhaustive()
     }
+}
+
+/// When a write transaction's commit returns to the request that made it.
+///
+/// Unset (`None` where the store takes an `Option`), each engine keeps its own way: SQLite
+/// [`CommitDurability::Written`] (`synchronous = NORMAL` in WAL mode, the log synced at each
+/// checkpoint, every 200 ms), PostgreSQL whatever the database, role or server sets for
+/// `synchronous_commit` (`on` unless changed there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitDurability {
+    /// Once the commit is flushed to disk: it survives a power loss or a crash of the
+    /// operating system. SQLite `synchronous = FULL` (the log is synced at every commit),
+    /// PostgreSQL `synchronous_commit = on`.
+    Flushed,
+    /// Once the commit is written to the operating system: it survives a crash of the server
+    /// process, and a crash of the machine loses at most the last fraction of a second of
+    /// commits (never the database). SQLite `synchronous = NORMAL` (the log is synced at each
+    /// checkpoint, every 200 ms), PostgreSQL `synchronous_commit = off` (its WAL writer flushes
+    /// every `wal_writer_delay`, 200 ms unless changed, at most three times that late).
+    Written,
 }

@@ -110,7 +110,7 @@ mod server;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{ServerConfig, SmtpConfig, TlsFiles, default_max_connections};
+pub use config::{CommitDurability, ServerConfig, SmtpConfig, TlsFiles, default_max_connections};
 pub use delivery::push::{ApnsEnvironment, PushCredentialsError};
 pub use error::ServerError;
 pub use http::openapi_document;

@@ -77,6 +77,22 @@ enum LogFormat {
     Json,
 }
 
+/// `--commit-durability` (`tessera_server::CommitDurability`).
+#[derive(Clone, Copy, ValueEnum)]
+enum CommitDurabilityArg {
+    Flushed,
+    Written,
+}
+
+impl From<CommitDurabilityArg> for tessera_server::CommitDurability {
+    fn from(arg: CommitDurabilityArg) -> Self {
+        match arg {
+            CommitDurabilityArg::Flushed => Self::Flushed,
+            CommitDurabilityArg::Written => Self::Written,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum AdditionalDevices {
     Individual,
@@ -251,6 +267,14 @@ enum Command {
         /// Seconds a request waits for a database connection before it is answered 503.
         #[arg(long, default_value_t = 10)]
         database_acquire_timeout_seconds: u64,
+        /// When a commit returns: `flushed`, once on disk (it survives a power loss; SQLite
+        /// synchronous = FULL, PostgreSQL synchronous_commit = on), or `written`, once handed to
+        /// the operating system and flushed within a fraction of a second (it survives a crash
+        /// of the server, not of the machine; SQLite synchronous = NORMAL, PostgreSQL
+        /// synchronous_commit = off). Unset: SQLite `written`, PostgreSQL as the database sets
+        /// synchronous_commit (`on` unless changed).
+        #[arg(long, value_enum)]
+        commit_durability: Option<CommitDurabilityArg>,
         /// Seconds /readyz waits for the database before it answers not ready.
         #[arg(long, default_value_t = 2)]
         readiness_timeout_seconds: u64,
@@ -882,6 +906,7 @@ async fn main() -> ExitCode {
             shutdown_grace_seconds,
             database_max_connections,
             database_acquire_timeout_seconds,
+            commit_durability,
             readiness_timeout_seconds,
             attestation_roots,
             attestation_revocation_list,
@@ -977,6 +1002,7 @@ async fn main() -> ExitCode {
                 database_acquire_timeout: std::time::Duration::from_secs(
                     database_acquire_timeout_seconds.max(1),
                 ),
+                commit_durability: commit_durability.map(Into::into),
                 readiness_timeout: std::time::Duration::from_secs(readiness_timeout_seconds.max(1)),
                 attestation_extra_roots,
                 attestation_revocation_status,

@@ -87,6 +87,7 @@ impl Server {
             &config.database_url,
             config.max_connections,
             config.database_acquire_timeout,
+            config.commit_durability,
         )
         .await?;
         let opened = db

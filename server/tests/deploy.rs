@@ -252,7 +252,8 @@ fn check_config_accepts_a_good_configuration_and_names_what_is_wrong() {
              smtp_url = \"smtp://localhost:25\"\n\
              tls_cert = {cert:?}\n\
              tls_key = {key:?}\n\
-             shutdown_grace_seconds = 5\n"
+             shutdown_grace_seconds = 5\n\
+             commit_durability = \"flushed\"\n"
         ),
     )
     .unwrap();
@@ -297,6 +298,10 @@ fn check_config_accepts_a_good_configuration_and_names_what_is_wrong() {
         (
             vec!["--master-key-file".into(), missing.display().to_string()],
             "master",
+        ),
+        (
+            vec!["--commit-durability".into(), "sometimes".into()],
+            "--commit-durability",
         ),
     ];
     for (args, expected) in cases {

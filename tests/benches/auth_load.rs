@@ -22,6 +22,9 @@
 //! to three seconds, a 256-device level holds about twelve cycles per device, and the same
 //! binary's 256-device share moves between 73 and 97 % from run to run (docs/benchmarks.md).
 //!
+//! `COMMIT_DURABILITY=flushed` or `written` sets the server's `--commit-durability` (unset: each
+//! engine's own way).
+//!
 //! Each level runs twice: without a policy, and with a 50-rule authentication policy that every
 //! request is decided by (49 rules that do not match, the last requires a push; see
 //! `docs/policy.md`), so the cost of the policy shows as the difference.
@@ -73,6 +76,7 @@ async fn run_with(
         TestServer::start_with(backend, |c| {
             c.max_recent_authentications_per_user = u32::MAX;
             c.max_connections = tessera_tests::load::pool_size();
+            c.commit_durability = tessera_tests::load::commit_durability();
         })
         .await,
     );

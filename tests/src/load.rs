@@ -172,6 +172,16 @@ pub fn pool_size() -> u32 {
         .unwrap_or_else(tessera_server::default_max_connections)
 }
 
+/// The server's `--commit-durability` for a bench: `COMMIT_DURABILITY=flushed` or `written`;
+/// unset (or anything else), each engine's own way.
+pub fn commit_durability() -> Option<tessera_server::CommitDurability> {
+    match std::env::var("COMMIT_DURABILITY").ok().as_deref() {
+        Some("flushed") => Some(tessera_server::CommitDurability::Flushed),
+        Some("written") => Some(tessera_server::CommitDurability::Written),
+        _ => None,
+    }
+}
+
 /// SQLite, and PostgreSQL when `DATABASE_URL` points at one (otherwise says it is skipped).
 ///
 /// On PostgreSQL the measurement runs in a schema of its own, dropped when the returned

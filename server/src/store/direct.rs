@@ -133,6 +133,8 @@ const STATEMENT_CACHE: usize = 256;
 /// more connections than threads running statements at once.
 pub(crate) struct DirectSqlite {
     path: PathBuf,
+    /// The connections' `synchronous` (`store::durability`).
+    synchronous: &'static str,
     idle: Mutex<Vec<DirectConnection>>,
     closed: AtomicBool,
 }
@@ -156,10 +158,12 @@ struct Columns {
 }
 
 impl DirectSqlite {
-    /// Connections to the database file at `path` (which must exist: the pool created it).
-    pub(crate) fn open(path: &Path) -> Result<Self, sqlx::Error> {
+    /// Connections to the database file at `path` (which must exist: the pool created it),
+    /// with `synchronous` set as given.
+    pub(crate) fn open(path: &Path, synchronous: &'static str) -> Result<Self, sqlx::Error> {
         let direct = Self {
             path: path.to_path_buf(),
+            synchronous,
             idle: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         };
@@ -170,7 +174,7 @@ impl DirectSqlite {
     }
 
     fn connect(&self) -> Result<DirectConnection, sqlx::Error> {
-        DirectConnection::open(&self.path)
+        DirectConnection::open(&self.path, self.synchronous)
     }
 
     /// An idle connection, or a new one.
@@ -219,14 +223,15 @@ impl DirectSqlite {
 }
 
 impl DirectConnection {
-    /// A connection to the database file at `path`, set up as the pool's.
-    pub(super) fn open(path: &Path) -> Result<Self, sqlx::Error> {
+    /// A connection to the database file at `path`, set up as the pool's, with `synchronous`
+    /// (`NORMAL` or `FULL`: `store::durability`).
+    pub(super) fn open(path: &Path, synchronous: &'static str) -> Result<Self, sqlx::Error> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(failure)?;
-        conn.execute_batch(
-            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
-             PRAGMA temp_store = MEMORY;",
-        )
+        conn.execute_batch(&format!(
+            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+             PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY;"
+        ))
         .map_err(failure)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(DirectConnection {
@@ -467,7 +472,7 @@ mod tests {
         )
         .expect("table");
         drop(conn);
-        let direct = DirectSqlite::open(&path).expect("open");
+        let direct = DirectSqlite::open(&path, "NORMAL").expect("open");
         (dir, direct)
     }
 

@@ -31,6 +31,7 @@ pub mod webhooks;
 
 mod checkpoint;
 mod direct;
+mod durability;
 mod error;
 pub mod events;
 mod executors;
@@ -72,6 +73,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 use zeroize::Zeroizing;
 
+use crate::config::CommitDurability;
 pub use error::StoreError;
 pub use executors::Statements;
 pub(crate) use pg_connections::HeldConnection;
@@ -143,15 +145,17 @@ impl Database {
     /// Connects to `url` (`sqlite://FILE`, created if missing, or `postgres://…`) and runs the
     /// migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        Self::connect_with(url, max_connections, Duration::from_secs(10)).await
+        Self::connect_with(url, max_connections, Duration::from_secs(10), None).await
     }
 
     /// [`Database::connect`], giving up on a connection after `acquire_timeout` (the request
-    /// is then answered as unavailable).
+    /// is then answered as unavailable), its commits returning as `commit_durability` says
+    /// (unset: each engine's own way, see [`CommitDurability`]).
     pub async fn connect_with(
         url: &str,
         max_connections: u32,
         acquire_timeout: Duration,
+        commit_durability: Option<CommitDurability>,
     ) -> Result<Self, StoreError> {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
@@ -165,25 +169,30 @@ impl Database {
             };
             (Engine::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Engine::Postgres, url.to_string())
+            (
+                Engine::Postgres,
+                durability::postgres_url_with(url, commit_durability),
+            )
         } else {
             return Err(StoreError::UnsupportedDatabase);
         };
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|_| StoreError::UnsupportedDatabase)?
             .disable_statement_logging();
+        let synchronous = durability::sqlite_synchronous(commit_durability);
         let pool_options = || {
             let options = AnyPoolOptions::new()
                 .test_before_acquire(false)
                 .acquire_timeout(acquire_timeout);
             if engine == Engine::Sqlite {
-                options.after_connect(|conn, _| {
+                options.after_connect(move |conn, _| {
                     Box::pin(async move {
                         // Only another process (the admin command line) can hold the write
                         // lock this long; this process's writers queue for their connection.
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
+                            .await?;
                         // A statement's transient tables and sorts stay in memory: on the
                         // default, some create, write and delete a file in /var/tmp each time.
                         conn.execute("PRAGMA temp_store = MEMORY").await?;
@@ -225,8 +234,11 @@ impl Database {
                     .to_path_buf();
                 // From here on the pool's writer only prepares and describes statements:
                 // every write takes its turn on this connection.
-                let direct_writer =
-                    Arc::new(writer::DirectWriter::open(&filename, acquire_timeout)?);
+                let direct_writer = Arc::new(writer::DirectWriter::open(
+                    &filename,
+                    acquire_timeout,
+                    synchronous,
+                )?);
                 let checkpointer =
                     checkpoint::Checkpointer::start(options.clone(), direct_writer.clone()).await?;
                 let readers = pool_options()
@@ -234,7 +246,7 @@ impl Database {
                     .connect_with(options)
                     .await?;
                 let reads = Statements::direct_reads(
-                    Arc::new(direct::DirectSqlite::open(&filename)?),
+                    Arc::new(direct::DirectSqlite::open(&filename, synchronous)?),
                     direct_writer.clone(),
                     readers.clone(),
                 );

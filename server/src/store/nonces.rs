@@ -112,7 +112,7 @@ mod tests {
     /// a second connection (its housekeeping) would wait for the one it holds itself and fail
     /// once the acquire timeout passed.
     async fn calls_hold_only_their_own_connection(url: &str) {
-        let db = Database::connect_with(url, 1, Duration::from_secs(1))
+        let db = Database::connect_with(url, 1, Duration::from_secs(1), None)
             .await
             .expect("database");
         let now = 1_000_000;

@@ -107,10 +107,15 @@ impl Drop for Queued {
 }
 
 impl DirectWriter {
-    /// The writer connection to the database file at `path`; a writer that waited `wait` for
-    /// its turn gives up as on a pool timeout.
-    pub(crate) fn open(path: &Path, wait: Duration) -> Result<Self, sqlx::Error> {
-        let conn = DirectConnection::open(path)?;
+    /// The writer connection to the database file at `path`, with `synchronous` (when its
+    /// commits return: `store::durability`); a writer that waited `wait` for its turn gives up
+    /// as on a pool timeout.
+    pub(crate) fn open(
+        path: &Path,
+        wait: Duration,
+        synchronous: &'static str,
+    ) -> Result<Self, sqlx::Error> {
+        let conn = DirectConnection::open(path, synchronous)?;
         // As the pool's writer: a commit checkpoints by itself only far behind the checkpointer.
         conn.set_autocheckpoint(super::checkpoint::WRITER_AUTOCHECKPOINT_PAGES)?;
         Ok(Self {
@@ -389,7 +394,7 @@ mod tests {
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (id TEXT PRIMARY KEY)")
             .expect("table");
         drop(conn);
-        let direct = DirectSqlite::open(&path).expect("open");
+        let direct = DirectSqlite::open(&path, "NORMAL").expect("open");
         (dir, direct)
     }
 
@@ -407,8 +412,12 @@ mod tests {
     #[tokio::test]
     async fn a_turn_never_starts_inside_a_transaction_left_open() {
         let (dir, direct) = database();
-        let writer = DirectWriter::open(&dir.path().join("direct.db"), Duration::from_secs(1))
-            .expect("writer");
+        let writer = DirectWriter::open(
+            &dir.path().join("direct.db"),
+            Duration::from_secs(1),
+            "NORMAL",
+        )
+        .expect("writer");
         {
             let mut turn = writer.turn().await.expect("turn");
             turn.run("BEGIN IMMEDIATE", &[]).expect("begin");
@@ -431,8 +440,12 @@ mod tests {
     #[tokio::test]
     async fn reads_take_the_writer_only_while_it_is_free_and_leave_no_transaction() {
         let (dir, _direct) = database();
-        let writer = DirectWriter::open(&dir.path().join("direct.db"), Duration::from_secs(1))
-            .expect("writer");
+        let writer = DirectWriter::open(
+            &dir.path().join("direct.db"),
+            Duration::from_secs(1),
+            "NORMAL",
+        )
+        .expect("writer");
         let turn = writer.turn().await.expect("turn");
         assert!(writer.try_turn().is_none(), "a writer holds it");
         drop(turn);

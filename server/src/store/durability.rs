@@ -1,0 +1,143 @@
+//! When a commit returns, as far as the disk is concerned ([`CommitDurability`]): one setting
+//! for both engines, mapped to SQLite's `synchronous` and PostgreSQL's `synchronous_commit`.
+use crate::config::CommitDurability;
+
+/// SQLite's `synchronous` for `durability`.
+pub(crate) fn sqlite_synchronous(durability: Option<CommitDurability>) -> &'static str {
+    match durability {
+        Some(CommitDurability::Flushed) => "FULL",
+        Some(CommitDurability::Written) | None => "NORMAL",
+    }
+}
+
+/// The `synchronous_commit` PostgreSQL's sessions ask for, if any (unset: the database's own).
+pub(crate) fn postgres_synchronous_commit(
+    durability: Option<CommitDurability>,
+) -> Option<&'static str> {
+    match durability {
+        Some(CommitDurability::Flushed) => Some("on"),
+        Some(CommitDurability::Written) => Some("off"),
+        None => None,
+    }
+}
+
+/// `url` (a `postgres://` URL) with `durability`'s `synchronous_commit` added to the options
+/// its sessions start with, after any it already has (a later `-c` wins); unchanged when unset.
+pub(crate) fn postgres_url_with(url: &str, durability: Option<CommitDurability>) -> String {
+    match postgres_synchronous_commit(durability) {
+        Some(value) => {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}options%5Bsynchronous_commit%5D={value}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Database;
+    use std::time::Duration;
+
+    /// SQLite's `synchronous` on the writer and on a reader connection of a database opened
+    /// with `durability` (0 OFF, 1 NORMAL, 2 FULL).
+    async fn sqlite_settings(durability: Option<CommitDurability>) -> (i64, i64) {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("d.db").display());
+        let db = Database::connect_with(&url, 2, Duration::from_secs(5), durability)
+            .await
+            .expect("database");
+        let writer: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(db.writer())
+            .await
+            .expect("writer");
+        let reader: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(db.pool())
+            .await
+            .expect("reader");
+        db.close().await;
+        (writer, reader)
+    }
+
+    #[tokio::test]
+    async fn sqlite_commits_are_synced_only_when_flushed_is_asked_for() {
+        assert_eq!(sqlite_settings(None).await, (1, 1));
+        assert_eq!(
+            sqlite_settings(Some(CommitDurability::Written)).await,
+            (1, 1)
+        );
+        assert_eq!(
+            sqlite_settings(Some(CommitDurability::Flushed)).await,
+            (2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn postgres_sessions_ask_for_the_setting_or_keep_the_databases() {
+        let Ok(url) = std::env::var("DATABASE_URL") else {
+            return;
+        };
+        if !url.starts_with("postgres") {
+            return;
+        }
+        let setting = |durability| {
+            let url = url.clone();
+            async move {
+                let db = Database::connect_with(&url, 2, Duration::from_secs(5), durability)
+                    .await
+                    .expect("database");
+                // On a request's connection and inside a write transaction.
+                let read: String = sqlx::query_scalar("SHOW synchronous_commit")
+                    .fetch_one(db.pool())
+                    .await
+                    .expect("read");
+                let mut w = db.write().await.expect("write");
+                let written: String = sqlx::query_scalar("SHOW synchronous_commit")
+                    .fetch_one(&mut w)
+                    .await
+                    .expect("in a write");
+                w.commit().await.expect("commit");
+                db.close().await;
+                assert_eq!(read, written);
+                read
+            }
+        };
+        assert_eq!(setting(Some(CommitDurability::Written)).await, "off");
+        assert_eq!(setting(Some(CommitDurability::Flushed)).await, "on");
+        // Unset: what a session of this role on this database gets without asking.
+        let mut plain = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("plain connection");
+        let databases: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut plain)
+            .await
+            .expect("plain");
+        assert_eq!(setting(None).await, databases);
+    }
+
+    #[test]
+    fn each_setting_maps_to_both_engines() {
+        assert_eq!(sqlite_synchronous(None), "NORMAL");
+        assert_eq!(
+            sqlite_synchronous(Some(CommitDurability::Written)),
+            "NORMAL"
+        );
+        assert_eq!(sqlite_synchronous(Some(CommitDurability::Flushed)), "FULL");
+        assert_eq!(postgres_synchronous_commit(None), None);
+        assert_eq!(
+            postgres_url_with("postgres://u:p@h/db", None),
+            "postgres://u:p@h/db"
+        );
+        assert_eq!(
+            postgres_url_with("postgres://u:p@h/db", Some(CommitDurability::Written)),
+            "postgres://u:p@h/db?options%5Bsynchronous_commit%5D=off"
+        );
+        assert_eq!(
+            postgres_url_with(
+                "postgres://u:p@h/db?host=/run/postgresql",
+                Some(CommitDurability::Flushed)
+            ),
+            "postgres://u:p@h/db?host=/run/postgresql&options%5Bsynchronous_commit%5D=on"
+        );
+    }
+}
