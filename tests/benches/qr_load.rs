@@ -6,7 +6,8 @@
 //! completed, and p50/p99 login latency at 1, 16 and 64 concurrent phones, on SQLite and (with
 //! `DATABASE_URL=postgres://…`) PostgreSQL.
 //!
-//! `cargo bench -p tessera-tests --bench qr_load` (`LOGINS_PER_DEVICE=N`, default 30).
+//! `cargo bench -p tessera-tests --bench qr_load` (`LOGINS_PER_DEVICE=N`, default 30;
+//! `COMMIT_DURABILITY=flushed` or `written` sets the server's `--commit-durability`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +21,7 @@ async fn run(backend: Backend, label: &str, devices: usize, logins_per_device: u
     let server = Arc::new(
         TestServer::start_with(backend, |c| {
             c.max_connections = tessera_tests::load::pool_size();
+            c.commit_durability = tessera_tests::load::commit_durability();
         })
         .await,
     );
