@@ -308,3 +308,13 @@ pub enum CommitDurability {
     /// every `wal_writer_delay`, 200 ms unless changed, at most three times that late).
     Written,
 }
+
+impl CommitDurability {
+    /// The setting's value as `--commit-durability` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitDurability::Flushed => "flushed",
+            CommitDurability::Written => "written",
+        }
+    }
+}

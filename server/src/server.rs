@@ -94,6 +94,8 @@ impl Server {
             .open_secrets(config.master_key.as_deref(), config.clock.now())
             .await?;
         report_secrets(&opened);
+        // What the engine does with the setting (or, unset, on its own), for the operator.
+        let commits = db.commit_durability().await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| ServerError::Bind {
@@ -234,7 +236,13 @@ impl Server {
                 })
             }
         };
-        tracing::info!(%local_addr, %public_url, "server started");
+        tracing::info!(
+            %local_addr,
+            %public_url,
+            database = ?db.engine(),
+            commits = %commits.as_str(),
+            "server started"
+        );
         Ok(RunningServer {
             local_addr,
             public_url,

@@ -203,10 +203,17 @@ fn serve_announces_answers_and_stops_on_sigterm() {
         .read_to_string(&mut logs)
         .unwrap();
     assert!(logs.lines().any(|l| l.contains("shutting down")), "{logs}");
+    let mut started = None;
     for l in logs.lines() {
-        serde_json::from_str::<serde_json::Value>(l)
+        let line = serde_json::from_str::<serde_json::Value>(l)
             .unwrap_or_else(|_| panic!("log line is not JSON: {l}"));
+        if line["fields"]["message"] == "server started" {
+            started = Some(line);
+        }
     }
+    // It says when its commits return (SQLite's default: written, not flushed).
+    let started = started.unwrap_or_else(|| panic!("no `server started` line: {logs}"));
+    assert_eq!(started["fields"]["commits"], "written", "{started}");
 }
 
 #[test]

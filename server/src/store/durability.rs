@@ -33,6 +33,34 @@ pub(crate) fn postgres_url_with(url: &str, durability: Option<CommitDurability>)
     }
 }
 
+/// The durability a session of `db` runs with: SQLite's `synchronous` on the writer (`FULL` or
+/// above: flushed), PostgreSQL's `synchronous_commit` on a request's connection (`off`: written;
+/// `local`, `on`, `remote_write`, `remote_apply`: flushed, at least on this server).
+pub(crate) async fn in_effect(db: &super::Database) -> Result<CommitDurability, super::StoreError> {
+    Ok(match db.engine() {
+        super::Engine::Sqlite => {
+            let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(db.writer())
+                .await?;
+            if synchronous >= 2 {
+                CommitDurability::Flushed
+            } else {
+                CommitDurability::Written
+            }
+        }
+        super::Engine::Postgres => {
+            let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(db.pool())
+                .await?;
+            if setting == "off" {
+                CommitDurability::Written
+            } else {
+                CommitDurability::Flushed
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +83,14 @@ mod tests {
             .fetch_one(db.pool())
             .await
             .expect("reader");
+        assert_eq!(
+            in_effect(&db).await.expect("in effect"),
+            if writer == 2 {
+                CommitDurability::Flushed
+            } else {
+                CommitDurability::Written
+            }
+        );
         db.close().await;
         (writer, reader)
     }
@@ -97,7 +133,16 @@ mod tests {
                     .await
                     .expect("in a write");
                 w.commit().await.expect("commit");
+                let effective = in_effect(&db).await.expect("in effect");
                 db.close().await;
+                assert_eq!(
+                    effective,
+                    if read == "off" {
+                        CommitDurability::Written
+                    } else {
+                        CommitDurability::Flushed
+                    }
+                );
                 assert_eq!(read, written);
                 read
             }

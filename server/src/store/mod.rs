@@ -377,6 +377,12 @@ impl Database {
         self.engine
     }
 
+    /// When this database's commits return, as its sessions are set up (with
+    /// `--commit-durability` unset, PostgreSQL's is the database's or role's own setting).
+    pub async fn commit_durability(&self) -> Result<CommitDurability, StoreError> {
+        durability::in_effect(self).await
+    }
+
     /// The margin an application's pending-request quota is checked with under a shared
     /// admission lock (`authentications::AdmissionLock::Shared`): every transaction the
     /// database could be running at once, PostgreSQL's `max_connections` (read when connecting);
