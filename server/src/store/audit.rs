@@ -140,7 +140,7 @@ pub async fn append_deferred(
 }
 
 /// An audit record with its event's webhook deliveries, to append in one statement with the
-/// change it records ([`appended_items`]).
+/// change it records (`appended_items`).
 #[derive(Debug, Clone)]
 pub struct Appended {
     /// The record.

@@ -14,7 +14,7 @@ use super::pg_connections::PgConnections;
 use super::writer::DirectWriter;
 
 /// Where statements run: on PostgreSQL each on a connection of the requests' own
-/// ([`PgConnections`], given back without a round trip); on SQLite on the calling
+/// (`store::pg_connections`, given back without a round trip); on SQLite on the calling
 /// thread (`store/direct.rs`), a read on the writer connection if it is free at that instant,
 /// otherwise on an idle direct connection, a write in a turn of the writer connection,
 /// committed by itself. Neither leaves a transaction open on the writer. The pool stays for preparing and describing
