@@ -365,13 +365,19 @@ pub async fn get_with_key(
         .bind(key_digest)
         .fetch_optional(db.pool())
         .await?;
-    row.as_ref().map(|r| from_row(r, now)).transpose()
+    let found = row.as_ref().map(|r| from_row(r, now)).transpose()?;
+    // Another application's authentication is not this caller's to read.
+    Ok(found.filter(|a| &a.application_id == app))
 }
 
-/// The statement of [`get_with_key`].
+/// The statement of [`get_with_key`]. The authentication's application is compared after the
+/// read, not in the `WHERE`: with `application_id = $2` there, PostgreSQL's planner, before it
+/// has statistics for the table (a new database, or a table growing faster than autovacuum
+/// analyzes it), weighed `authentications_by_user` (which starts with the application) against
+/// the primary key as equals, took it, and walked the application's requests on every read.
 static BY_ID_WITH_KEY: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {READ_COLUMNS} {BY_ID} AND application_id = $2 AND EXISTS \
+        "SELECT {READ_COLUMNS} {BY_ID} AND EXISTS \
          (SELECT 1 FROM applications WHERE id = $2 AND api_key_digest = $3)"
     )
 });
@@ -2227,6 +2233,149 @@ mod tests {
         assert_eq!(written("late").await, (0, 0));
         let stored = get(&db, &a.id, now).await.expect("read").expect("stored");
         assert_eq!(stored.state, AuthenticationState::Approved);
+    }
+
+    /// The indexes PostgreSQL's plan of `sql` (parameters declared `text`) reads
+    /// `authentications` through, for `arguments`, with `plan_cache_mode` as given.
+    async fn pg_indexes_read(
+        conn: &mut sqlx::PgConnection,
+        sql: &str,
+        arguments: &[&str],
+        plan_cache_mode: &str,
+    ) -> Vec<String> {
+        fn walk(node: &serde_json::Value, found: &mut Vec<String>) {
+            if node["Relation Name"] == "authentications" {
+                found.push(
+                    node["Index Name"]
+                        .as_str()
+                        .unwrap_or(node["Node Type"].as_str().unwrap_or("?"))
+                        .to_string(),
+                );
+            }
+            for child in node["Plans"].as_array().into_iter().flatten() {
+                walk(child, found);
+            }
+        }
+        sqlx::query(&format!("SET plan_cache_mode = {plan_cache_mode}"))
+            .execute(&mut *conn)
+            .await
+            .expect("mode");
+        let types = vec!["text"; arguments.len()].join(", ");
+        let _ = sqlx::query("DEALLOCATE planned").execute(&mut *conn).await;
+        sqlx::query(&format!("PREPARE planned({types}) AS {sql}"))
+            .execute(&mut *conn)
+            .await
+            .expect("prepare");
+        let values: Vec<String> = arguments.iter().map(|a| format!("'{a}'")).collect();
+        let row = sqlx::query(&format!(
+            "EXPLAIN (FORMAT JSON) EXECUTE planned({})",
+            values.join(", ")
+        ))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("explain");
+        // `json` arrives as its UTF-8 text; sqlx is built without its JSON types.
+        let plan: String = sqlx::Row::try_get_unchecked(&row, 0).expect("plan text");
+        let plan: serde_json::Value = serde_json::from_str(&plan).expect("json");
+        let mut found = Vec::new();
+        walk(&plan[0]["Plan"], &mut found);
+        found
+    }
+
+    /// Before PostgreSQL has analyzed `authentications` (a new database, or one that grew
+    /// faster than autovacuum analyzes it), its planner weighed the primary key against
+    /// `authentications_by_user`, which starts with the application, as equals, and picked the
+    /// latter for the relying party's status read: each read walked the application's requests
+    /// (docs/benchmarks.md). The read must find its row by the key whatever the statistics, and
+    /// still only for the application whose key is presented.
+    #[tokio::test]
+    async fn the_status_read_finds_its_row_by_key_before_any_analyze() {
+        use sqlx::Connection;
+        let Some(url) = postgres_url() else {
+            return;
+        };
+        let schema = format!("status_read_{}_{}", std::process::id(), now_nanos());
+        let mut admin = sqlx::PgConnection::connect(&url).await.expect("postgres");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut admin)
+            .await
+            .expect("schema");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let schema_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+        let checked = tokio::spawn(async move {
+            let (db, app) = postgres_with_application(&schema_url, 2).await;
+            let (_, other) = postgres_with_application(&schema_url, 2).await;
+            let user: UserId = "alice".parse().expect("user");
+            let mut last = None;
+            for n in 0..300 {
+                let a = pending(&app.id, &user, 10_000 + n);
+                insert(db.pool(), &a).await.expect("insert");
+                last = Some(a);
+            }
+            let last = last.expect("rows");
+            let digest = format!("digest {}", app.id);
+            let read = |id: &AuthenticationId, app: &ApplicationId, digest: &str| {
+                let (db, id, app, digest) =
+                    (db.clone(), id.clone(), app.clone(), digest.to_string());
+                async move {
+                    get_with_key(&db, &id, &app, &digest, 10_000)
+                        .await
+                        .expect("read")
+                        .map(|a| a.id)
+                }
+            };
+            assert_eq!(
+                read(&last.id, &app.id, &digest).await,
+                Some(last.id.clone())
+            );
+            // Another application's own key does not read this application's request, nor
+            // does this application's id with the other's key.
+            let other_digest = format!("digest {}", other.id);
+            assert_eq!(read(&last.id, &other.id, &other_digest).await, None);
+            assert_eq!(read(&last.id, &app.id, &other_digest).await, None);
+
+            let mut conn = sqlx::PgConnection::connect(&schema_url)
+                .await
+                .expect("postgres");
+            let analyzed: Option<i64> = sqlx::query_scalar(
+                "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables \
+                 WHERE relname = 'authentications' AND schemaname = current_schema()",
+            )
+            .fetch_optional(&mut conn)
+            .await
+            .expect("statistics");
+            assert_eq!(
+                analyzed.unwrap_or(0),
+                0,
+                "the table must not be analyzed yet"
+            );
+            let arguments = [last.id.as_str(), app.id.as_str(), digest.as_str()];
+            for mode in ["force_custom_plan", "force_generic_plan"] {
+                assert_eq!(
+                    pg_indexes_read(&mut conn, &BY_ID_WITH_KEY, &arguments, mode).await,
+                    ["authentications_pkey"],
+                    "{mode}"
+                );
+            }
+            let _ = conn.close().await;
+            db.close().await;
+        })
+        .await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&mut admin)
+            .await
+            .expect("drop schema");
+        let _ = admin.close().await;
+        if let Err(e) = checked {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    fn now_nanos() -> u32 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
     }
 
     #[tokio::test]
