@@ -2235,16 +2235,18 @@ mod tests {
         assert_eq!(stored.state, AuthenticationState::Approved);
     }
 
-    /// The indexes PostgreSQL's plan of `sql` (parameters declared `text`) reads
-    /// `authentications` through, for `arguments`, with `plan_cache_mode` as given.
+    /// The indexes PostgreSQL's plan of `sql` (parameters declared `text`, or `bigint` where
+    /// an argument is a number) reads `relation` through, for `arguments`, with
+    /// `plan_cache_mode` as given.
     async fn pg_indexes_read(
         conn: &mut sqlx::PgConnection,
+        relation: &str,
         sql: &str,
         arguments: &[&str],
         plan_cache_mode: &str,
     ) -> Vec<String> {
-        fn walk(node: &serde_json::Value, found: &mut Vec<String>) {
-            if node["Relation Name"] == "authentications" {
+        fn walk(node: &serde_json::Value, relation: &str, found: &mut Vec<String>) {
+            if node["Relation Name"] == relation {
                 found.push(
                     node["Index Name"]
                         .as_str()
@@ -2253,14 +2255,24 @@ mod tests {
                 );
             }
             for child in node["Plans"].as_array().into_iter().flatten() {
-                walk(child, found);
+                walk(child, relation, found);
             }
         }
         sqlx::query(&format!("SET plan_cache_mode = {plan_cache_mode}"))
             .execute(&mut *conn)
             .await
             .expect("mode");
-        let types = vec!["text"; arguments.len()].join(", ");
+        let types: Vec<&str> = arguments
+            .iter()
+            .map(|a| {
+                if a.parse::<i64>().is_ok() {
+                    "bigint"
+                } else {
+                    "text"
+                }
+            })
+            .collect();
+        let types = types.join(", ");
         let _ = sqlx::query("DEALLOCATE planned").execute(&mut *conn).await;
         sqlx::query(&format!("PREPARE planned({types}) AS {sql}"))
             .execute(&mut *conn)
@@ -2278,7 +2290,7 @@ mod tests {
         let plan: String = sqlx::Row::try_get_unchecked(&row, 0).expect("plan text");
         let plan: serde_json::Value = serde_json::from_str(&plan).expect("json");
         let mut found = Vec::new();
-        walk(&plan[0]["Plan"], &mut found);
+        walk(&plan[0]["Plan"], relation, &mut found);
         found
     }
 
@@ -2352,8 +2364,86 @@ mod tests {
             let arguments = [last.id.as_str(), app.id.as_str(), digest.as_str()];
             for mode in ["force_custom_plan", "force_generic_plan"] {
                 assert_eq!(
-                    pg_indexes_read(&mut conn, &BY_ID_WITH_KEY, &arguments, mode).await,
+                    pg_indexes_read(
+                        &mut conn,
+                        "authentications",
+                        &BY_ID_WITH_KEY,
+                        &arguments,
+                        mode
+                    )
+                    .await,
                     ["authentications_pkey"],
+                    "{mode}"
+                );
+            }
+            let _ = conn.close().await;
+            db.close().await;
+        })
+        .await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&mut admin)
+            .await
+            .expect("drop schema");
+        let _ = admin.close().await;
+        if let Err(e) = checked {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    /// The count of an application's open QR sessions (every new session, under its quota
+    /// lock) reads only open sessions, before any `ANALYZE` too: through `qr_sessions_by_application`
+    /// PostgreSQL kept the states as a filter and walked every unexpired session of the
+    /// application, finished ones included (migration 0038).
+    #[tokio::test]
+    async fn the_open_qr_session_count_reads_only_open_sessions_before_any_analyze() {
+        use sqlx::Connection;
+        let Some(url) = postgres_url() else {
+            return;
+        };
+        let schema = format!("qr_open_{}_{}", std::process::id(), now_nanos());
+        let mut admin = sqlx::PgConnection::connect(&url).await.expect("postgres");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut admin)
+            .await
+            .expect("schema");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let schema_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+        let checked = tokio::spawn(async move {
+            let (db, app) = postgres_with_application(&schema_url, 2).await;
+            // 300 finished sessions and 2 open ones, none expired at 10,000.
+            sqlx::query(
+                "INSERT INTO qr_sessions (id, application_id, token_digest, code_expires_at, \
+                 browser_token_digest, context, state, version, created_at, expires_at) \
+                 SELECT 'qrs_' || n, $1, 'digest ' || n, 10300, 'browser ' || n, '{}', \
+                 CASE WHEN n <= 300 THEN 'approved' ELSE 'created' END, 1, 9900, 10300 \
+                 FROM generate_series(1, 302) AS n",
+            )
+            .bind(app.id.as_str())
+            .execute(db.pool())
+            .await
+            .expect("sessions");
+            let open: i64 = sqlx::query_scalar(super::super::qr_sessions::OPEN_FOR_APPLICATION)
+                .bind(app.id.as_str())
+                .bind(10_000_i64)
+                .fetch_one(db.pool())
+                .await
+                .expect("count");
+            assert_eq!(open, 2);
+            let mut conn = sqlx::PgConnection::connect(&schema_url)
+                .await
+                .expect("postgres");
+            let arguments = [app.id.as_str(), "10000"];
+            for mode in ["force_custom_plan", "force_generic_plan"] {
+                assert_eq!(
+                    pg_indexes_read(
+                        &mut conn,
+                        "qr_sessions",
+                        super::super::qr_sessions::OPEN_FOR_APPLICATION,
+                        &arguments,
+                        mode
+                    )
+                    .await,
+                    ["qr_sessions_open"],
                     "{mode}"
                 );
             }
