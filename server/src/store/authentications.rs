@@ -2302,18 +2302,10 @@ mod tests {
     /// still only for the application whose key is presented.
     #[tokio::test]
     async fn the_status_read_finds_its_row_by_key_before_any_analyze() {
-        use sqlx::Connection;
         let Some(url) = postgres_url() else {
             return;
         };
-        let schema = format!("status_read_{}_{}", std::process::id(), now_nanos());
-        let mut admin = sqlx::PgConnection::connect(&url).await.expect("postgres");
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .expect("schema");
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let schema_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+        let (schema_url, schema) = fresh_schema(&url).await;
         let checked = tokio::spawn(async move {
             let (db, app) = postgres_with_application(&schema_url, 2).await;
             let (_, other) = postgres_with_application(&schema_url, 2).await;
@@ -2346,7 +2338,7 @@ mod tests {
             assert_eq!(read(&last.id, &other.id, &other_digest).await, None);
             assert_eq!(read(&last.id, &app.id, &other_digest).await, None);
 
-            let mut conn = sqlx::PgConnection::connect(&schema_url)
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&schema_url)
                 .await
                 .expect("postgres");
             let analyzed: Option<i64> = sqlx::query_scalar(
@@ -2376,15 +2368,11 @@ mod tests {
                     "{mode}"
                 );
             }
-            let _ = conn.close().await;
+            let _ = sqlx::Connection::close(conn).await;
             db.close().await;
         })
         .await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&mut admin)
-            .await
-            .expect("drop schema");
-        let _ = admin.close().await;
+        drop_schema(&url, &schema).await;
         if let Err(e) = checked {
             std::panic::resume_unwind(e.into_panic());
         }
@@ -2396,18 +2384,10 @@ mod tests {
     /// application, finished ones included (migration 0038).
     #[tokio::test]
     async fn the_open_qr_session_count_reads_only_open_sessions_before_any_analyze() {
-        use sqlx::Connection;
         let Some(url) = postgres_url() else {
             return;
         };
-        let schema = format!("qr_open_{}_{}", std::process::id(), now_nanos());
-        let mut admin = sqlx::PgConnection::connect(&url).await.expect("postgres");
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .expect("schema");
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let schema_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+        let (schema_url, schema) = fresh_schema(&url).await;
         let checked = tokio::spawn(async move {
             let (db, app) = postgres_with_application(&schema_url, 2).await;
             // 300 finished sessions and 2 open ones, none expired at 10,000.
@@ -2429,7 +2409,7 @@ mod tests {
                 .await
                 .expect("count");
             assert_eq!(open, 2);
-            let mut conn = sqlx::PgConnection::connect(&schema_url)
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&schema_url)
                 .await
                 .expect("postgres");
             let arguments = [app.id.as_str(), "10000"];
@@ -2447,25 +2427,31 @@ mod tests {
                     "{mode}"
                 );
             }
-            let _ = conn.close().await;
+            let _ = sqlx::Connection::close(conn).await;
             db.close().await;
         })
         .await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&mut admin)
-            .await
-            .expect("drop schema");
-        let _ = admin.close().await;
+        drop_schema(&url, &schema).await;
         if let Err(e) = checked {
             std::panic::resume_unwind(e.into_panic());
         }
     }
 
-    fn now_nanos() -> u32 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
+    /// A new schema of the database at `url` that nothing has analyzed: a URL whose sessions
+    /// use it, and its name (for [`drop_schema`]).
+    async fn fresh_schema(url: &str) -> (String, String) {
+        super::super::query_plans::pg_fresh_schema(url).await
+    }
+
+    /// Drops a schema [`fresh_schema`] made.
+    async fn drop_schema(url: &str, schema: &str) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(url).await.expect("postgres");
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&mut admin)
+            .await
+            .expect("drop schema");
+        let _ = admin.close().await;
     }
 
     #[tokio::test]

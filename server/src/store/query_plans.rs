@@ -542,7 +542,7 @@ async fn pg_table_rows(conn: &mut sqlx::PgConnection) -> std::collections::BTree
 }
 
 /// A new schema of the database at `url`, and a URL whose connections use it.
-async fn pg_fresh_schema(url: &str) -> (String, String) {
+pub(super) async fn pg_fresh_schema(url: &str) -> (String, String) {
     use sqlx::Connection;
     let schema = format!(
         "query_plans_{}_{}",
