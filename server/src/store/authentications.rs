@@ -2294,6 +2294,24 @@ mod tests {
         found
     }
 
+    /// Asserts that PostgreSQL reads `relation` only through `index` for `sql` on `arguments`,
+    /// with a custom plan and with a generic one.
+    async fn assert_read_through(
+        conn: &mut sqlx::PgConnection,
+        relation: &str,
+        sql: &str,
+        arguments: &[&str],
+        index: &str,
+    ) {
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            assert_eq!(
+                pg_indexes_read(conn, relation, sql, arguments, mode).await,
+                [index],
+                "{mode}"
+            );
+        }
+    }
+
     /// Before PostgreSQL has analyzed `authentications` (a new database, or one that grew
     /// faster than autovacuum analyzes it), its planner weighed the primary key against
     /// `authentications_by_user`, which starts with the application, as equals, and picked the
@@ -2305,8 +2323,7 @@ mod tests {
         let Some(url) = postgres_url() else {
             return;
         };
-        let (schema_url, schema) = fresh_schema(&url).await;
-        let checked = tokio::spawn(async move {
+        super::super::query_plans::in_fresh_pg_schema(&url, |schema_url| async move {
             let (db, app) = postgres_with_application(&schema_url, 2).await;
             let (_, other) = postgres_with_application(&schema_url, 2).await;
             let user: UserId = "alice".parse().expect("user");
@@ -2354,28 +2371,18 @@ mod tests {
                 "the table must not be analyzed yet"
             );
             let arguments = [last.id.as_str(), app.id.as_str(), digest.as_str()];
-            for mode in ["force_custom_plan", "force_generic_plan"] {
-                assert_eq!(
-                    pg_indexes_read(
-                        &mut conn,
-                        "authentications",
-                        &BY_ID_WITH_KEY,
-                        &arguments,
-                        mode
-                    )
-                    .await,
-                    ["authentications_pkey"],
-                    "{mode}"
-                );
-            }
+            assert_read_through(
+                &mut conn,
+                "authentications",
+                &BY_ID_WITH_KEY,
+                &arguments,
+                "authentications_pkey",
+            )
+            .await;
             let _ = sqlx::Connection::close(conn).await;
             db.close().await;
         })
         .await;
-        drop_schema(&url, &schema).await;
-        if let Err(e) = checked {
-            std::panic::resume_unwind(e.into_panic());
-        }
     }
 
     /// The count of an application's open QR sessions (every new session, under its quota
@@ -2387,8 +2394,7 @@ mod tests {
         let Some(url) = postgres_url() else {
             return;
         };
-        let (schema_url, schema) = fresh_schema(&url).await;
-        let checked = tokio::spawn(async move {
+        super::super::query_plans::in_fresh_pg_schema(&url, |schema_url| async move {
             let (db, app) = postgres_with_application(&schema_url, 2).await;
             // 300 finished sessions and 2 open ones, none expired at 10,000.
             sqlx::query(
@@ -2413,45 +2419,18 @@ mod tests {
                 .await
                 .expect("postgres");
             let arguments = [app.id.as_str(), "10000"];
-            for mode in ["force_custom_plan", "force_generic_plan"] {
-                assert_eq!(
-                    pg_indexes_read(
-                        &mut conn,
-                        "qr_sessions",
-                        super::super::qr_sessions::OPEN_FOR_APPLICATION,
-                        &arguments,
-                        mode
-                    )
-                    .await,
-                    ["qr_sessions_open"],
-                    "{mode}"
-                );
-            }
+            assert_read_through(
+                &mut conn,
+                "qr_sessions",
+                super::super::qr_sessions::OPEN_FOR_APPLICATION,
+                &arguments,
+                "qr_sessions_open",
+            )
+            .await;
             let _ = sqlx::Connection::close(conn).await;
             db.close().await;
         })
         .await;
-        drop_schema(&url, &schema).await;
-        if let Err(e) = checked {
-            std::panic::resume_unwind(e.into_panic());
-        }
-    }
-
-    /// A new schema of the database at `url` that nothing has analyzed: a URL whose sessions
-    /// use it, and its name (for [`drop_schema`]).
-    async fn fresh_schema(url: &str) -> (String, String) {
-        super::super::query_plans::pg_fresh_schema(url).await
-    }
-
-    /// Drops a schema [`fresh_schema`] made.
-    async fn drop_schema(url: &str, schema: &str) {
-        use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(url).await.expect("postgres");
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&mut admin)
-            .await
-            .expect("drop schema");
-        let _ = admin.close().await;
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! When a commit returns, as far as the disk is concerned ([`CommitDurability`]): one setting
 //! for both engines, mapped to SQLite's `synchronous` and PostgreSQL's `synchronous_commit`.
+
 use crate::config::CommitDurability;
 
 /// SQLite's `synchronous` for `durability`.
@@ -68,8 +69,8 @@ mod tests {
     use std::time::Duration;
 
     /// SQLite's `synchronous` on the writer and on a reader connection of a database opened
-    /// with `durability` (0 OFF, 1 NORMAL, 2 FULL).
-    async fn sqlite_settings(durability: Option<CommitDurability>) -> (i64, i64) {
+    /// with `durability` (0 OFF, 1 NORMAL, 2 FULL), and the durability it reports.
+    async fn sqlite_settings(durability: Option<CommitDurability>) -> (i64, i64, CommitDurability) {
         let dir = tempfile::tempdir().expect("dir");
         let url = format!("sqlite://{}", dir.path().join("d.db").display());
         let db = Database::connect_with(&url, 2, Duration::from_secs(5), durability)
@@ -83,46 +84,36 @@ mod tests {
             .fetch_one(db.pool())
             .await
             .expect("reader");
-        assert_eq!(
-            in_effect(&db).await.expect("in effect"),
-            if writer == 2 {
-                CommitDurability::Flushed
-            } else {
-                CommitDurability::Written
-            }
-        );
+        let reported = in_effect(&db).await.expect("in effect");
         db.close().await;
-        (writer, reader)
+        (writer, reader, reported)
     }
 
     #[tokio::test]
     async fn sqlite_commits_are_synced_only_when_flushed_is_asked_for() {
-        assert_eq!(sqlite_settings(None).await, (1, 1));
-        assert_eq!(
-            sqlite_settings(Some(CommitDurability::Written)).await,
-            (1, 1)
-        );
-        assert_eq!(
-            sqlite_settings(Some(CommitDurability::Flushed)).await,
-            (2, 2)
-        );
+        use CommitDurability::{Flushed, Written};
+        assert_eq!(sqlite_settings(None).await, (1, 1, Written));
+        assert_eq!(sqlite_settings(Some(Written)).await, (1, 1, Written));
+        assert_eq!(sqlite_settings(Some(Flushed)).await, (2, 2, Flushed));
     }
 
     #[tokio::test]
     async fn postgres_sessions_ask_for_the_setting_or_keep_the_databases() {
-        let Ok(url) = std::env::var("DATABASE_URL") else {
+        use CommitDurability::{Flushed, Written};
+        let Some(url) = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|url| url.starts_with("postgres"))
+        else {
             return;
         };
-        if !url.starts_with("postgres") {
-            return;
-        }
+        // `synchronous_commit` on a request's connection and inside a write transaction (they
+        // must agree), and the durability the database reports.
         let setting = |durability| {
             let url = url.clone();
             async move {
                 let db = Database::connect_with(&url, 2, Duration::from_secs(5), durability)
                     .await
                     .expect("database");
-                // On a request's connection and inside a write transaction.
                 let read: String = sqlx::query_scalar("SHOW synchronous_commit")
                     .fetch_one(db.pool())
                     .await
@@ -133,22 +124,14 @@ mod tests {
                     .await
                     .expect("in a write");
                 w.commit().await.expect("commit");
-                let effective = in_effect(&db).await.expect("in effect");
+                let reported = in_effect(&db).await.expect("in effect");
                 db.close().await;
-                assert_eq!(
-                    effective,
-                    if read == "off" {
-                        CommitDurability::Written
-                    } else {
-                        CommitDurability::Flushed
-                    }
-                );
                 assert_eq!(read, written);
-                read
+                (read, reported)
             }
         };
-        assert_eq!(setting(Some(CommitDurability::Written)).await, "off");
-        assert_eq!(setting(Some(CommitDurability::Flushed)).await, "on");
+        assert_eq!(setting(Some(Written)).await, ("off".to_string(), Written));
+        assert_eq!(setting(Some(Flushed)).await, ("on".to_string(), Flushed));
         // Unset: what a session of this role on this database gets without asking.
         let mut plain = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
             .await
@@ -157,7 +140,8 @@ mod tests {
             .fetch_one(&mut plain)
             .await
             .expect("plain");
-        assert_eq!(setting(None).await, databases);
+        let expected = if databases == "off" { Written } else { Flushed };
+        assert_eq!(setting(None).await, (databases, expected));
     }
 
     #[test]

@@ -542,7 +542,7 @@ async fn pg_table_rows(conn: &mut sqlx::PgConnection) -> std::collections::BTree
 }
 
 /// A new schema of the database at `url`, and a URL whose connections use it.
-pub(super) async fn pg_fresh_schema(url: &str) -> (String, String) {
+async fn pg_fresh_schema(url: &str) -> (String, String) {
     use sqlx::Connection;
     let schema = format!(
         "query_plans_{}_{}",
@@ -604,9 +604,33 @@ async fn pg_scans(conn: &mut sqlx::PgConnection, statements: &[(String, String)]
     problems
 }
 
+/// Runs `check` with the URL of a fresh schema of the database at `url` (nothing migrated or
+/// analyzed in it yet), and drops the schema afterwards, even when `check` panics (the panic
+/// is raised again then).
+pub(super) async fn in_fresh_pg_schema<F, Fut, T>(url: &str, check: F) -> T
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    use sqlx::Connection;
+    let (schema_url, schema) = pg_fresh_schema(url).await;
+    let checked = tokio::spawn(check(schema_url)).await;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .expect("drop schema");
+    let _ = conn.close().await;
+    match checked {
+        Ok(result) => result,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// Runs the PostgreSQL check on `statements` in a fresh, migrated schema of the `DATABASE_URL`
-/// database, dropped afterwards even when the check panics. `None` without a PostgreSQL
-/// `DATABASE_URL` (the check is skipped).
+/// database ([`in_fresh_pg_schema`]). `None` without a PostgreSQL `DATABASE_URL` (the check is
+/// skipped).
 async fn pg_check(statements: Vec<(String, String)>) -> Option<Vec<String>> {
     use sqlx::Connection;
     let Some(url) = std::env::var("DATABASE_URL")
@@ -616,8 +640,7 @@ async fn pg_check(statements: Vec<(String, String)>) -> Option<Vec<String>> {
         eprintln!("skipped: set DATABASE_URL=postgres://... to check PostgreSQL's plans");
         return None;
     };
-    let (schema_url, schema) = pg_fresh_schema(&url).await;
-    let checked = tokio::spawn(async move {
+    let problems = in_fresh_pg_schema(&url, |schema_url| async move {
         // Migrates the schema.
         let db = Database::connect(&schema_url, 1).await.expect("database");
         db.close().await;
@@ -629,16 +652,7 @@ async fn pg_check(statements: Vec<(String, String)>) -> Option<Vec<String>> {
         problems
     })
     .await;
-    let mut conn = sqlx::PgConnection::connect(&url).await.expect("postgres");
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut conn)
-        .await
-        .expect("drop schema");
-    let _ = conn.close().await;
-    match checked {
-        Ok(problems) => Some(problems),
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    Some(problems)
 }
 
 #[tokio::test]

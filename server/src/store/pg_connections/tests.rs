@@ -10,11 +10,16 @@ use sqlx::{Connection, Row};
 
 use super::{PgConnections, leaves_connection_unusable};
 
+/// `DATABASE_URL` when it names a PostgreSQL database (the tests here are skipped without one).
+fn postgres_url() -> Option<String> {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| url.starts_with("postgres"))
+}
+
 /// Connections to the database `DATABASE_URL` names, at most `max`, or `None` without one.
 fn connections(max: u32, acquire_timeout: Duration) -> Option<PgConnections> {
-    let url = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|url| url.starts_with("postgres"))?;
+    let url = postgres_url()?;
     sqlx::any::install_default_drivers();
     let options = AnyConnectOptions::from_str(&url).expect("options");
     Some(PgConnections::new(options, max, acquire_timeout))
@@ -264,12 +269,9 @@ fn only_the_databases_answers_leave_a_connection_usable() {
 
 #[tokio::test]
 async fn a_write_dropped_open_is_rolled_back_and_its_connection_waits_for_that() {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
+    let Some(url) = postgres_url() else {
         return;
     };
-    if !url.starts_with("postgres") {
-        return;
-    }
     // One connection for requests: the next write must get the same one, once rolled back.
     let db = crate::store::Database::connect(&url, 1)
         .await
@@ -318,12 +320,9 @@ async fn a_connection_idle_too_long_is_closed_instead_of_handed_out() {
 
 #[tokio::test]
 async fn a_write_on_a_requests_connection_that_is_lost_closes_it_for_the_next_request() {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
+    let Some(url) = postgres_url() else {
         return;
     };
-    if !url.starts_with("postgres") {
-        return;
-    }
     let db = crate::store::Database::connect(&url, 2)
         .await
         .expect("database");
