@@ -1,4 +1,5 @@
-//! Typed identifiers. Identifiers minted by the server are random (128 bits) and carry a short
+//! Typed identifiers. Identifiers minted by the server are random (128 bits; an authentication's
+//! id starts with its creation time, [`AuthenticationId::generate_ordered`]) and carry a short
 //! prefix saying what they name, so one can never be passed where another is expected.
 
 use rand::RngCore;
@@ -118,6 +119,30 @@ random_id!(
     AuthenticationId,
     "aut_"
 );
+impl AuthenticationId {
+    /// A fresh identifier that sorts after every identifier minted at an earlier millisecond:
+    /// its first 12 hex digits are `unix_ms` (48 bits, big-endian; a negative time counts as
+    /// zero) and the other 20 are random (80 bits from the OS RNG). The text is the same shape
+    /// as [`AuthenticationId::generate`]'s.
+    ///
+    /// A store keeps its index of identifiers in order; random identifiers land on a random
+    /// page of that index, ordered ones on its last page, which the requests committed
+    /// together then share. An authentication id is not a credential (every read of one needs
+    /// the application's API key or the device's signature), so 80 random bits are enough
+    /// to keep two apart and to make one impossible to guess.
+    pub fn generate_ordered(unix_ms: i64) -> Self {
+        Self(format!("{}{}", Self::PREFIX, ordered_hex(unix_ms)))
+    }
+}
+
+/// 12 hex digits of `unix_ms` (clamped to 0..2^48) then 20 random hex digits: 32 lowercase hex
+/// digits whose order follows the time.
+fn ordered_hex(unix_ms: i64) -> String {
+    let ms = u64::try_from(unix_ms).unwrap_or(0).min((1 << 48) - 1);
+    let mut random = [0u8; 10];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    format!("{ms:012x}{}", hex_lower(&random))
+}
 random_id!(
     /// One pairing of one device with one user of one application.
     EnrollmentId,
@@ -208,6 +233,25 @@ mod tests {
         assert_eq!(d.as_str().parse::<DeviceId>().unwrap(), d);
         assert!(d.as_str().parse::<EnrollmentId>().is_err());
         assert!("dev_XYZ".parse::<DeviceId>().is_err());
+    }
+
+    #[test]
+    fn ordered_authentication_ids_sort_by_their_millisecond_and_differ_within_one() {
+        let early = AuthenticationId::generate_ordered(1_764_000_000_000);
+        let late = AuthenticationId::generate_ordered(1_764_000_000_001);
+        let twin = AuthenticationId::generate_ordered(1_764_000_000_001);
+        assert!(early < late && early < twin);
+        assert_ne!(late, twin);
+        assert_eq!(&late.as_str()[4..16], "019ab697e801");
+        for id in [&early, &late] {
+            assert_eq!(id.as_str().parse::<AuthenticationId>().unwrap(), *id);
+        }
+        // Out-of-range times clamp instead of overflowing the 12 digits.
+        let before_1970 = AuthenticationId::generate_ordered(-5);
+        assert_eq!(&before_1970.as_str()[4..16], "000000000000");
+        let far = AuthenticationId::generate_ordered(i64::MAX);
+        assert_eq!(&far.as_str()[4..16], "ffffffffffff");
+        assert!(far.as_str().parse::<AuthenticationId>().is_ok());
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub(crate) fn new_authentication(
     let accessing_ip = question.context.ip.clone();
     let request = AuthenticationRequest {
         v: PROTOCOL_VERSION,
-        request_id: AuthenticationId::generate(),
+        request_id: AuthenticationId::generate_ordered(ctx.now_ms()),
         issuer: ctx.public_url.clone(),
         enrollment_id: device.enrollment_id.clone(),
         user_id: user_id.clone(),

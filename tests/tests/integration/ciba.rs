@@ -242,7 +242,17 @@ async fn poll_with_each_auth_method(backend: Backend) {
             ])
             .await
             .unwrap();
-        assert!(ack.auth_req_id.len() >= 27, "at least 160 bits");
+        // The time in milliseconds (12 hex digits), then 256 random bits in base64url.
+        assert_eq!(ack.auth_req_id.len(), 12 + 43, "{}", ack.auth_req_id);
+        let minted_ms = i64::from_str_radix(&ack.auth_req_id[..12], 16).expect("hex time");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        assert!(
+            (now_ms - 60_000..=now_ms).contains(&minted_ms),
+            "{minted_ms}"
+        );
         assert_eq!(ack.interval, 1);
         assert_eq!(ack.expires_in, 120);
 

@@ -59,6 +59,12 @@ async fn an_approval_is_pushed_pulled_answered_and_announced_once() {
         let id = created.authentication_id.clone();
         assert_eq!(created.state, AuthenticationState::Pending);
         assert_eq!(created.enrollment_id, phone.enrollment.enrollment_id);
+        // The id starts with the clock's millisecond, so the store's index of ids grows at its
+        // end (docs/architecture.md, group commit).
+        assert_eq!(
+            &id.as_str()[4..16],
+            format!("{:012x}", domain.clock.now_ms())
+        );
         assert_eq!(
             domain.pushes.at_least(1).await,
             vec![(id.clone(), phone.enrollment.enrollment_id.clone())],

@@ -1,8 +1,6 @@
 //! The backchannel authentication request (CIBA Core §7): a relying party asks for a user;
 //! the request reaches the user's device; the acknowledgement carries the `auth_req_id`.
 
-use base64::Engine;
-use rand::RngCore;
 use serde_json::{Map, Value};
 use tessera_protocol::authentication::{AccessContext, AuthenticationKind, CibaDetails};
 use tessera_protocol::ciba::{ACR_MOBILE_USER_VERIFIED, BackchannelAcknowledgement, DeliveryMode};
@@ -407,10 +405,12 @@ fn parse_scopes(scope: &str) -> Result<Vec<String>, OAuthError> {
     Ok(scopes)
 }
 
-fn new_auth_req_id() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+/// A new `auth_req_id`: 12 hex digits of the time in milliseconds, then 256 random bits (43
+/// base64url characters). The random part is what makes it unguessable; the time in front keeps
+/// the store's index of these ids growing at its end, where the requests committed together
+/// share a page.
+fn new_auth_req_id(unix_ms: i64) -> String {
+    crate::domain::audit::new_ordered_id::<32>("", unix_ms)
 }
 
 /// Validates the parameters, asks the user's device and stores the request.
@@ -566,7 +566,7 @@ async fn start(
     }
     let interval = i64::from(state.config.ciba_poll_interval.max(1));
     let mut request = CibaRequest {
-        auth_req_id: new_auth_req_id(),
+        auth_req_id: new_auth_req_id(state.now_ms()),
         client_id: client.client_id.clone(),
         authentication_id: record.id.to_string(),
         application_id: client.application_id.clone(),
@@ -680,6 +680,22 @@ async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_req_ids_sort_by_their_millisecond_and_keep_256_random_bits() {
+        let early = new_auth_req_id(1_764_000_000_000);
+        let late = new_auth_req_id(1_764_000_000_001);
+        let twin = new_auth_req_id(1_764_000_000_001);
+        assert!(early < late && early < twin);
+        assert_ne!(late, twin);
+        assert!(late.starts_with("019ab697e801"));
+        use base64::Engine;
+        let random = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&late[12..])
+            .expect("base64url");
+        assert_eq!(random.len(), 32);
+        assert!(new_auth_req_id(-1).starts_with("000000000000"));
+    }
 
     #[test]
     fn binding_messages_allow_spaces_but_not_control_characters() {
