@@ -173,7 +173,7 @@ pub struct EnrollmentStatus {
 /// [`IncomingRequest`]), so the foreign `when` / `switch` over it is exhaustive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum RequestKind {
-    /// "Sign in to <app>?" with where the sign-in comes from.
+    /// "Sign in to `<app>`?" with where the sign-in comes from.
     Approval,
     /// A transaction: a message and ordered fields, signed exactly as shown.
     Transaction,

@@ -285,7 +285,7 @@ pub struct CreateAuthenticationRequest {
     /// The device to ask; by default the user's primary device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_id: Option<EnrollmentId>,
-    /// The headline shown (transactions; approvals default to "Sign in to <app>?").
+    /// The headline shown (transactions; approvals default to "Sign in to `<app>`?").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Ordered fields shown to the user (transactions).

@@ -24,7 +24,7 @@ pub use crate::ids::AuthenticationId;
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AuthenticationKind {
-    /// "Sign in to <app>?" with where the sign-in comes from.
+    /// "Sign in to `<app>`?" with where the sign-in comes from.
     Approval,
     /// A transaction with dynamic parameters: a message and ordered fields.
     Transaction,
