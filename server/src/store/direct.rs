@@ -463,6 +463,29 @@ impl sqlx::error::DatabaseError for SqliteFailure {
 mod tests {
     use super::*;
 
+    /// The bundled SQLite is compiled as the workspace's `.cargo/config.toml` asks: a page
+    /// cache per connection without the global lock of a shared one, and no memory statistics
+    /// (another global lock, on every allocation). A build without those settings still works;
+    /// this fails so that it is not shipped unnoticed.
+    #[test]
+    fn the_linked_sqlite_takes_no_global_lock_for_pages_or_allocations() {
+        let conn = Connection::open_in_memory().expect("open");
+        let mut statement = conn.prepare("PRAGMA compile_options").expect("prepare");
+        let options: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+
     fn database() -> (tempfile::TempDir, DirectSqlite) {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("direct.db");
