@@ -14,6 +14,11 @@
 //! PEER_NODE_OIDC_DIR=$d cargo bench -p tessera-tests --bench ciba_peer
 //! ```
 //! `REQUESTS_PER_CLIENT=N` (default 200). Without `PEER_NODE_OIDC_DIR` only Tessera is measured.
+//!
+//! Each level also measures the floor: the same loop against an in-process handler that reads
+//! the form and answers a fixed acknowledgement, with no authentication, storage or signature.
+//! It is what HTTP over loopback and the load generator cost on this machine, the most any
+//! server could reach here.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -52,9 +57,19 @@ impl Drop for Peer {
 }
 
 async fn peer_request(http: &reqwest::Client, client: &str, user: &str) -> Duration {
+    backchannel_request(http, PEER_URL, client, user).await
+}
+
+/// One backchannel request to `base` (HTTP Basic, the form body), timed to its whole answer.
+async fn backchannel_request(
+    http: &reqwest::Client,
+    base: &str,
+    client: &str,
+    user: &str,
+) -> Duration {
     let t0 = Instant::now();
     let response = http
-        .post(format!("{PEER_URL}/backchannel"))
+        .post(format!("{base}/backchannel"))
         .basic_auth(client, Some(PEER_SECRET))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("scope=openid&login_hint={user}"))
@@ -83,6 +98,57 @@ async fn wait_for_peer(http: &reqwest::Client) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// The floor's handler: reads the form and answers a fixed acknowledgement.
+async fn floor_backchannel(
+    axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "auth_req_id": format!("{:0>55}", form.len()),
+        "expires_in": 120,
+        "interval": 5,
+    }))
+}
+
+/// Starts the floor's server on a free loopback port; returns its base URL.
+async fn start_floor() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("floor port");
+    let address = listener.local_addr().expect("floor address");
+    let app = axum::Router::new().route("/backchannel", axum::routing::post(floor_backchannel));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{address}")
+}
+
+/// Requests/s of the floor at `clients` concurrent relying parties.
+async fn run_floor(http: &reqwest::Client, base: &str, clients: usize, per_client: usize) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (http, base) = (http.clone(), base.to_string());
+        tasks.push(tokio::spawn(async move {
+            let (client, user) = (format!("rp{i}"), format!("user{i}"));
+            let mut latencies = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                latencies.push(backchannel_request(&http, &base, &client, &user).await);
+            }
+            latencies
+        }));
+    }
+    let all = Latencies::gather(started, tasks).await;
+    println!(
+        "{:<9} {clients:>3} clients  {:>6} requests  {:>8.1} /s  p50 {}  p99 {}",
+        "floor",
+        all.count(),
+        all.per_second(),
+        all.p50(),
+        all.p99()
+    );
+    all.per_second()
 }
 
 /// Requests/s of the peer at `clients` concurrent relying parties.
@@ -202,7 +268,10 @@ fn main() {
             // Warm the peer's JIT before measuring.
             run_peer(&http, WARM_UP_CLIENTS, 50).await;
         }
+        let floor = start_floor().await;
+        run_floor(&http, &floor, WARM_UP_CLIENTS, 50).await;
         for &n in levels {
+            let floor_rate = run_floor(&http, &floor, n, per_client).await;
             let peer_rate = if peer_ready {
                 Some(run_peer(&http, n, per_client).await)
             } else {
@@ -210,6 +279,12 @@ fn main() {
             };
             for (backend, label) in backends().await {
                 let rate = run_tessera(backend, label, n, per_client).await;
+                if floor_rate > 0.0 {
+                    println!(
+                        "{label:<9} {n:>3} clients  Tessera / floor = {:.2}",
+                        rate / floor_rate
+                    );
+                }
                 if let Some(peer_rate) = peer_rate.filter(|r| *r > 0.0) {
                     println!(
                         "{label:<9} {n:>3} clients  Tessera / node-oidc-provider = {:.2}",
