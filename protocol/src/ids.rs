@@ -135,13 +135,19 @@ impl AuthenticationId {
     }
 }
 
-/// 12 hex digits of `unix_ms` (clamped to 0..2^48) then 20 random hex digits: 32 lowercase hex
-/// digits whose order follows the time.
-fn ordered_hex(unix_ms: i64) -> String {
+/// 12 lowercase hex digits of `unix_ms` (big-endian, clamped to 0..2^48; a negative time counts
+/// as zero): identifiers that start with it sort by the millisecond they were minted in.
+pub fn time_prefix(unix_ms: i64) -> String {
     let ms = u64::try_from(unix_ms).unwrap_or(0).min((1 << 48) - 1);
+    format!("{ms:012x}")
+}
+
+/// [`time_prefix`] then 20 random hex digits: 32 lowercase hex digits whose order follows the
+/// time.
+fn ordered_hex(unix_ms: i64) -> String {
     let mut random = [0u8; 10];
     rand::rngs::OsRng.fill_bytes(&mut random);
-    format!("{ms:012x}{}", hex_lower(&random))
+    format!("{}{}", time_prefix(unix_ms), hex_lower(&random))
 }
 random_id!(
     /// One pairing of one device with one user of one application.

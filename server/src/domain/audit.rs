@@ -213,15 +213,16 @@ pub(crate) fn new_id(prefix: &str) -> String {
     )
 }
 
-/// An id with `prefix` that sorts by `unix_ms`: 12 hex digits of the time (clamped to 48 bits),
-/// then `RANDOM_BYTES` random bytes in base64url. An index of such ids grows at its end, where
-/// the rows committed together share a page, instead of on a random page per row.
+/// An id with `prefix` that sorts by `unix_ms`: the time's 12 hex digits
+/// ([`tessera_protocol::ids::time_prefix`]), then `RANDOM_BYTES` random bytes in base64url. An
+/// index of such ids grows at its end, where the rows committed together share a page, instead
+/// of on a random page per row.
 pub(crate) fn new_ordered_id<const RANDOM_BYTES: usize>(prefix: &str, unix_ms: i64) -> String {
-    let ms = u64::try_from(unix_ms).unwrap_or(0).min((1 << 48) - 1);
     let mut bytes = [0u8; RANDOM_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     format!(
-        "{prefix}{ms:012x}{}",
+        "{prefix}{}{}",
+        tessera_protocol::ids::time_prefix(unix_ms),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     )
 }
