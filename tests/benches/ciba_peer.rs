@@ -56,10 +56,6 @@ impl Drop for Peer {
     }
 }
 
-async fn peer_request(http: &reqwest::Client, client: &str, user: &str) -> Duration {
-    backchannel_request(http, PEER_URL, client, user).await
-}
-
 /// One backchannel request to `base` (HTTP Basic, the form body), timed to its whole answer.
 async fn backchannel_request(
     http: &reqwest::Client,
@@ -75,10 +71,10 @@ async fn backchannel_request(
         .body(format!("scope=openid&login_hint={user}"))
         .send()
         .await
-        .expect("peer backchannel");
+        .expect("backchannel");
     assert!(
         response.status().is_success(),
-        "peer: {}",
+        "{base}: {}",
         response.status()
     );
     let _ = response.bytes().await;
@@ -124,8 +120,15 @@ async fn start_floor() -> String {
     format!("http://{address}")
 }
 
-/// Requests/s of the floor at `clients` concurrent relying parties.
-async fn run_floor(http: &reqwest::Client, base: &str, clients: usize, per_client: usize) -> f64 {
+/// Requests/s of the backchannel at `base` (node-oidc-provider or the floor, printed as
+/// `label`) at `clients` concurrent relying parties.
+async fn run_loop(
+    http: &reqwest::Client,
+    base: &str,
+    label: &str,
+    clients: usize,
+    per_client: usize,
+) -> f64 {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..clients {
@@ -141,35 +144,7 @@ async fn run_floor(http: &reqwest::Client, base: &str, clients: usize, per_clien
     }
     let all = Latencies::gather(started, tasks).await;
     println!(
-        "{:<9} {clients:>3} clients  {:>6} requests  {:>8.1} /s  p50 {}  p99 {}",
-        "floor",
-        all.count(),
-        all.per_second(),
-        all.p50(),
-        all.p99()
-    );
-    all.per_second()
-}
-
-/// Requests/s of the peer at `clients` concurrent relying parties.
-async fn run_peer(http: &reqwest::Client, clients: usize, per_client: usize) -> f64 {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..clients {
-        let http = http.clone();
-        tasks.push(tokio::spawn(async move {
-            let (client, user) = (format!("rp{i}"), format!("user{i}"));
-            let mut latencies = Vec::with_capacity(per_client);
-            for _ in 0..per_client {
-                latencies.push(peer_request(&http, &client, &user).await);
-            }
-            latencies
-        }));
-    }
-    let all = Latencies::gather(started, tasks).await;
-    println!(
-        "{:<9} {clients:>3} clients  {:>6} requests  {:>8.1} /s  p50 {}  p99 {}",
-        "node-oidc",
+        "{label:<9} {clients:>3} clients  {:>6} requests  {:>8.1} /s  p50 {}  p99 {}",
         all.count(),
         all.per_second(),
         all.p50(),
@@ -266,14 +241,14 @@ fn main() {
         };
         if peer_ready {
             // Warm the peer's JIT before measuring.
-            run_peer(&http, WARM_UP_CLIENTS, 50).await;
+            run_loop(&http, PEER_URL, "node-oidc", WARM_UP_CLIENTS, 50).await;
         }
         let floor = start_floor().await;
-        run_floor(&http, &floor, WARM_UP_CLIENTS, 50).await;
+        run_loop(&http, &floor, "floor", WARM_UP_CLIENTS, 50).await;
         for &n in levels {
-            let floor_rate = run_floor(&http, &floor, n, per_client).await;
+            let floor_rate = run_loop(&http, &floor, "floor", n, per_client).await;
             let peer_rate = if peer_ready {
-                Some(run_peer(&http, n, per_client).await)
+                Some(run_loop(&http, PEER_URL, "node-oidc", n, per_client).await)
             } else {
                 None
             };
