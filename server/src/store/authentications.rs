@@ -2294,22 +2294,40 @@ mod tests {
         found
     }
 
-    /// Asserts that PostgreSQL reads `relation` only through `index` for `sql` on `arguments`,
-    /// with a custom plan and with a generic one.
-    async fn assert_read_through(
-        conn: &mut sqlx::PgConnection,
+    /// On a connection to `schema_url`: asserts that PostgreSQL has not analyzed `relation` yet,
+    /// and that it reads `relation` only through `index` for `sql` on `arguments`, with a custom
+    /// plan and with a generic one.
+    async fn assert_unanalyzed_read_through(
+        schema_url: &str,
         relation: &str,
         sql: &str,
         arguments: &[&str],
         index: &str,
     ) {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(schema_url)
+            .await
+            .expect("postgres");
+        let analyzed: Option<i64> = sqlx::query_scalar(
+            "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables \
+             WHERE relname = $1 AND schemaname = current_schema()",
+        )
+        .bind(relation)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("statistics");
+        assert_eq!(
+            analyzed.unwrap_or(0),
+            0,
+            "{relation} must not be analyzed yet"
+        );
         for mode in ["force_custom_plan", "force_generic_plan"] {
             assert_eq!(
-                pg_indexes_read(conn, relation, sql, arguments, mode).await,
+                pg_indexes_read(&mut conn, relation, sql, arguments, mode).await,
                 [index],
                 "{mode}"
             );
         }
+        let _ = sqlx::Connection::close(conn).await;
     }
 
     /// Before PostgreSQL has analyzed `authentications` (a new database, or one that grew
@@ -2355,31 +2373,15 @@ mod tests {
             assert_eq!(read(&last.id, &other.id, &other_digest).await, None);
             assert_eq!(read(&last.id, &app.id, &other_digest).await, None);
 
-            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&schema_url)
-                .await
-                .expect("postgres");
-            let analyzed: Option<i64> = sqlx::query_scalar(
-                "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables \
-                 WHERE relname = 'authentications' AND schemaname = current_schema()",
-            )
-            .fetch_optional(&mut conn)
-            .await
-            .expect("statistics");
-            assert_eq!(
-                analyzed.unwrap_or(0),
-                0,
-                "the table must not be analyzed yet"
-            );
             let arguments = [last.id.as_str(), app.id.as_str(), digest.as_str()];
-            assert_read_through(
-                &mut conn,
+            assert_unanalyzed_read_through(
+                &schema_url,
                 "authentications",
                 &BY_ID_WITH_KEY,
                 &arguments,
                 "authentications_pkey",
             )
             .await;
-            let _ = sqlx::Connection::close(conn).await;
             db.close().await;
         })
         .await;
@@ -2415,19 +2417,15 @@ mod tests {
                 .await
                 .expect("count");
             assert_eq!(open, 2);
-            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&schema_url)
-                .await
-                .expect("postgres");
             let arguments = [app.id.as_str(), "10000"];
-            assert_read_through(
-                &mut conn,
+            assert_unanalyzed_read_through(
+                &schema_url,
                 "qr_sessions",
                 super::super::qr_sessions::OPEN_FOR_APPLICATION,
                 &arguments,
                 "qr_sessions_open",
             )
             .await;
-            let _ = sqlx::Connection::close(conn).await;
             db.close().await;
         })
         .await;

@@ -541,9 +541,16 @@ async fn pg_table_rows(conn: &mut sqlx::PgConnection) -> std::collections::BTree
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
 
+/// Runs `sql` on a connection of its own to the database at `url`.
+async fn pg_execute_alone(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
+    sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    let _ = conn.close().await;
+}
+
 /// A new schema of the database at `url`, and a URL whose connections use it.
 async fn pg_fresh_schema(url: &str) -> (String, String) {
-    use sqlx::Connection;
     let schema = format!(
         "query_plans_{}_{}",
         std::process::id(),
@@ -552,12 +559,7 @@ async fn pg_fresh_schema(url: &str) -> (String, String) {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0)
     );
-    let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let _ = conn.close().await;
+    pg_execute_alone(url, &format!("CREATE SCHEMA {schema}")).await;
     let sep = if url.contains('?') { '&' } else { '?' };
     (
         format!("{url}{sep}options=-c%20search_path%3D{schema}"),
@@ -613,15 +615,9 @@ where
     Fut: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
-    use sqlx::Connection;
     let (schema_url, schema) = pg_fresh_schema(url).await;
     let checked = tokio::spawn(check(schema_url)).await;
-    let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut conn)
-        .await
-        .expect("drop schema");
-    let _ = conn.close().await;
+    pg_execute_alone(url, &format!("DROP SCHEMA {schema} CASCADE")).await;
     match checked {
         Ok(result) => result,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
