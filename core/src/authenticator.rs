@@ -114,6 +114,69 @@ pub struct Authenticator {
     posture: std::sync::RwLock<Posture>,
     /// The app's App Attest assertions, if it makes them (iOS).
     app_attest_asserter: std::sync::RwLock<Option<Arc<dyn AppAttestAsserter>>>,
+    /// How many `pair` calls are sending each pending pairing right now (by its id): a refusal
+    /// of one call drops the pending pairing only if no other call is still waiting on it.
+    /// Changed only while `state` is locked, except when a cancelled call leaves.
+    pairings_in_flight: InFlightCalls,
+}
+
+/// The `pair` calls sending each pending pairing, by the pending pairing's id.
+type InFlightCalls = std::sync::Mutex<std::collections::HashMap<String, usize>>;
+
+/// One `pair` call's claim on a pending pairing it is sending ([`Authenticator::pair`]). Dropped
+/// without [`InFlight::leave`] (the call was cancelled), it gives its claim back all the same.
+struct InFlight<'a> {
+    calls: &'a InFlightCalls,
+    id: String,
+    left: bool,
+}
+
+impl<'a> InFlight<'a> {
+    /// Claims `id` (call with the state locked).
+    fn enter(calls: &'a InFlightCalls, id: &str) -> Self {
+        let mut map = calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry(id.to_string()).or_insert(0) += 1;
+        InFlight {
+            calls,
+            id: id.to_string(),
+            left: false,
+        }
+    }
+
+    /// Gives the claim back (call with the state locked): the number of calls still sending
+    /// this pending pairing.
+    fn leave(mut self) -> usize {
+        self.left = true;
+        self.release()
+    }
+
+    fn release(&self) -> usize {
+        let mut map = self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let remaining = match map.get_mut(&self.id) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if remaining == 0 {
+            map.remove(&self.id);
+        }
+        remaining
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.left {
+            self.release();
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +236,7 @@ impl Authenticator {
             device_id: std::sync::RwLock::new(device_id),
             transport,
             app_attest_asserter: std::sync::RwLock::new(None),
+            pairings_in_flight: InFlightCalls::default(),
         })
     }
 
@@ -333,17 +397,21 @@ impl Authenticator {
         self.transport.check_server(&server)?;
         let code_digest = code.digest();
         let mode = PendingMode::Direct { code_digest };
-        let pending = {
+        // A second call with the same code while the first is under way (a double tap, a retry
+        // after a timeout) sends the same registration: the server gives both the one answer.
+        let (pending, in_flight) = {
             let mut state = self.state.lock().await;
             self.clean_pending(&mut state)?;
-            match state
+            let pending = match state
                 .pending
                 .iter()
                 .find(|p| p.server == server && p.mode == mode)
             {
                 Some(p) => p.clone(),
                 None => self.new_pending(&mut state, &server, mode)?,
-            }
+            };
+            let in_flight = InFlight::enter(&self.pairings_in_flight, &pending.id);
+            (pending, in_flight)
         };
         let request = DevicePairingRequest {
             pairing_code: code.display_form().to_string(),
@@ -356,12 +424,17 @@ impl Authenticator {
             .await;
         match response {
             Ok(r) => {
-                self.complete(&pending, &r.server_payload, Completion::Direct)
-                    .await
+                let completed = self
+                    .complete(&pending, &r.server_payload, Completion::Direct)
+                    .await;
+                drop(in_flight);
+                completed
             }
             Err(e @ CoreError::Server { .. }) => {
-                // A definitive refusal: this registration will never be accepted.
-                self.drop_pending(&pending.id).await?;
+                // A refusal: this call will not pair with this registration. Another call still
+                // sending it may yet (its answer came first), so the pending pairing, and the
+                // keys the server may already hold, go only with the last call.
+                self.drop_pending_after(in_flight).await?;
                 Err(e)
             }
             // Network failure: keep the pending pairing for a retry.
@@ -855,9 +928,15 @@ impl Authenticator {
         Ok(())
     }
 
-    async fn drop_pending(&self, id: &str) -> Result<(), CoreError> {
+    /// Drops the pending pairing a refused `pair` call sent, unless another call is still
+    /// sending it.
+    async fn drop_pending_after(&self, in_flight: InFlight<'_>) -> Result<(), CoreError> {
         let aliases = {
             let mut state = self.state.lock().await;
+            let id = in_flight.id.clone();
+            if in_flight.leave() > 0 {
+                return Ok(());
+            }
             let Some(p) = state.pending.iter().find(|p| p.id == id).cloned() else {
                 return Ok(());
             };

@@ -143,7 +143,8 @@ pub(crate) async fn record_taking_counter(
 ) -> Result<Taken, DomainError> {
     let mut w = ctx.db.write().await?;
     if !enrollments::take_app_attest_counter(w.conn().await?, enrollment, counter).await? {
-        w.rollback().await?;
+        // The caller reads whether the same answer took it (a retry): see [`write_ending`].
+        w.rollback_after_others().await?;
         return Ok(Taken::CounterReplay);
     }
     // The ending's own write rolls the whole transaction back (the counter with it) when
@@ -234,7 +235,10 @@ async fn write_ending(
         Ending::Canceled => authentications::record_cancellation(&mut w, id, now).await?,
     };
     let Some((record, waiting)) = recorded else {
-        w.rollback().await?;
+        // Another ending won (or it expired). On SQLite the winner may be an earlier member of
+        // this write's group, not committed yet (`store/writer.rs`): the caller's read of the
+        // request, outside the transaction, must find it.
+        w.rollback_after_others().await?;
         return Ok(None);
     };
     let topics = ended_topics(&record).to_vec();

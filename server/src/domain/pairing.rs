@@ -654,7 +654,10 @@ async fn pair_with_code(
             Err(e) => return Err(e.into()),
         }
     }
-    drop(tx);
+    // Another attempt took the code. On SQLite it may be an earlier member of this write's
+    // group, not committed yet (`store/writer.rs`): the reads below, outside the transaction,
+    // would still find the code unused and refuse the same registration sent twice at once.
+    tx.rollback_after_others().await?;
     not_consumable(ctx, &code_digest, &registration_digest).await
 }
 

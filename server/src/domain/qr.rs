@@ -720,8 +720,9 @@ pub(crate) async fn answer(
     if let (Some(open), Some(counter)) = (tx.as_mut(), counter)
         && !enrollments::take_app_attest_counter(open, &device.enrollment_id, counter).await?
     {
+        // The refusal reads whether the same answer took it (a retry): see below.
         if let Some(open) = tx {
-            open.rollback().await?;
+            open.rollback_after_others().await?;
         }
         return refused_assertion(
             ctx,
@@ -738,7 +739,11 @@ pub(crate) async fn answer(
         None => qr_sessions::record_answer(ctx.db.writer(), &session.id, &answer, now).await?,
     };
     if !recorded {
-        drop(tx);
+        // Another answer came first. On SQLite it may be an earlier member of this write's group,
+        // not committed yet (`store/writer.rs`): the read below would not see it.
+        if let Some(open) = tx {
+            open.rollback_after_others().await?;
+        }
         let current = load_existing(ctx, &id).await?;
         return if current.state == QrSessionState::Expired {
             Err(expired())

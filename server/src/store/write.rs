@@ -198,6 +198,24 @@ impl<'c> Write<'c> {
         })
     }
 
+    /// Rolls back, as [`Self::rollback`], then returns once every write this one's statements
+    /// could see is committed (on SQLite, the members of its group before it: see
+    /// `store/writer.rs`; on PostgreSQL a statement sees only what is committed). For a write
+    /// whose conditional statement found its row taken by another, before it reads that row
+    /// from outside the transaction to answer.
+    pub async fn rollback_after_others(mut self) -> Result<(), StoreError> {
+        match std::mem::replace(&mut self.conn.0, Inner::Finished) {
+            Inner::Sqlite(w) => {
+                if w.begun {
+                    w.turn.roll_back_member_after_group(w.joined).await?;
+                }
+            }
+            Inner::Postgres(mut held) => held.get().end(false).await?,
+            Inner::Finished => {}
+        }
+        Ok(())
+    }
+
     /// Rolls back: nothing it ran stays.
     pub async fn rollback(mut self) -> Result<(), StoreError> {
         match std::mem::replace(&mut self.conn.0, Inner::Finished) {
@@ -587,6 +605,45 @@ mod tests {
         second.await.expect("second");
         first_commit.await.expect("first").expect("first commit");
         assert_eq!(rows(&db).await, [("a".into(), 1), ("taken".into(), 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_found_its_row_taken_reads_it_once_rolled_back_after_the_others() {
+        let (_dir, db) = fixture().await;
+        let (first_commit, second) = first_and_queued(&db, {
+            let db = db.clone();
+            async move {
+                let mut w = db.write().await.expect("second writer");
+                // The member before it took `a`: this one's conditional insert changes nothing.
+                let taken = sqlx::query(
+                    "INSERT INTO write_test (k, v) VALUES ('a', 2) ON CONFLICT (k) DO NOTHING",
+                )
+                .execute(&mut w)
+                .await
+                .expect("insert");
+                assert_eq!(taken.rows_affected(), 0, "it sees the first member's row");
+                // A third writer queues behind it: the group stays open for that one.
+                let third = tokio::spawn({
+                    let db = db.clone();
+                    async move {
+                        let mut w = db.write().await.expect("third writer");
+                        insert("c", 3).execute(&mut w).await.expect("insert");
+                        w.commit().await.expect("third commit");
+                    }
+                });
+                let_others_run().await;
+                w.rollback_after_others().await.expect("rollback");
+                // What it read inside, a read outside now finds.
+                let seen = rows(&db).await;
+                third.await.expect("third");
+                seen
+            }
+        })
+        .await;
+        let seen = second.await.expect("second");
+        first_commit.await.expect("first").expect("first commit");
+        assert!(seen.contains(&("a".into(), 1)), "{seen:?}");
+        assert_eq!(rows(&db).await, [("a".into(), 1), ("c".into(), 3)]);
     }
 
     #[tokio::test]

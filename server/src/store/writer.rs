@@ -26,6 +26,13 @@
 //! the checkpointer) commits it first, and a member waiting for the outcome queues for the turn
 //! itself, so if the writer that was waiting gave up, the member commits the group when its
 //! turn comes.
+//!
+//! What a member must mind: it sees the changes of the members before it (they share one
+//! transaction), while a read outside the transaction does not until the group commits. A
+//! write whose conditional statement found its row already changed, and which then reads that
+//! row elsewhere to answer, ends with [`super::Write::rollback_after_others`], which returns once
+//! the group's `COMMIT` ran ([`WriterTurn::roll_back_member_after_group`]): a pairing code's
+//! take, a QR session's answer, an authentication's ending.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -285,6 +292,23 @@ impl WriterTurn {
             self.finish_group()?;
         }
         Ok(())
+    }
+
+    /// Rolls back this turn's transaction as [`Self::roll_back_member`] does, then returns once
+    /// the members before it in its group are committed: what its statements saw of theirs is
+    /// then what a read outside the transaction sees. The group's failure is this call's error.
+    pub(crate) async fn roll_back_member_after_group(
+        mut self,
+        joined: bool,
+    ) -> Result<(), sqlx::Error> {
+        self.roll_back_member(joined)?;
+        // The group's first transaction saw no one else's rows; a group with no writer queued
+        // was committed by the rollback.
+        let Some(group) = self.guard.group.as_ref() else {
+            return Ok(());
+        };
+        let outcome = group.outcome.clone();
+        self.wait_for_group(outcome).await
     }
 
     /// Gives the turn to the writers queued and waits for the group's outcome. Should the turn

@@ -15,6 +15,7 @@ on_each_backend! {
     expired_codes_are_refused_like_wrong_ones => expired_codes;
     stale_and_foreign_registrations_are_refused => stale_and_foreign_registrations;
     a_lost_pairing_reply_is_recovered_by_retrying => lost_reply_retry;
+    a_refused_second_send_keeps_the_first_sends_pairing => refused_second_send;
     two_server_instances_share_one_database => two_instances;
 }
 
@@ -264,42 +265,144 @@ async fn lossy_proxy(listener: TcpListener, target: std::net::SocketAddr, drop_r
                 return;
             };
             if drop_this {
-                // Read one request (headers and body by Content-Length), forward it, wait for the
-                // server to answer, then close the client's connection without the answer.
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut got = 0;
-                loop {
-                    let Ok(n) = client.read(&mut buf[got..]).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    got += n;
-                    let text = String::from_utf8_lossy(&buf[..got]).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if got >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
-                let _ = upstream.write_all(&buf[..got]).await;
-                let mut answer = [0u8; 4096];
-                let _ = upstream.read(&mut answer).await;
+                // Forward one request, wait for the server to answer, then close the client's
+                // connection without the answer.
+                let Some(request) = read_message(&mut client).await else {
+                    return;
+                };
+                let _ = upstream.write_all(&request).await;
+                let _ = read_message(&mut upstream).await;
                 drop(client);
             } else {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             }
         });
     }
+}
+
+/// Reads one HTTP message (its head, then a body of its `Content-Length`) from `stream`;
+/// `None` if the stream ends first.
+async fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some(buf);
+            }
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A proxy in front of `target` for two pairing requests sent at once, each on a connection of
+/// its own: the first goes to the server, and its answer is held until the second has been
+/// refused with `429 rate_limited` (what the server answers a send from an address over its
+/// limit). Later connections pass through.
+async fn refuse_second_proxy(listener: TcpListener, target: std::net::SocketAddr) {
+    let (second_refused, refused) = tokio::sync::watch::channel(false);
+    let second_refused = std::sync::Arc::new(second_refused);
+    let mut accepted = 0;
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            return;
+        };
+        accepted += 1;
+        let first = accepted == 1;
+        if accepted > 2 {
+            // Later calls (after the app restarts) pass through.
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+            continue;
+        }
+        let (second_refused, mut refused) = (second_refused.clone(), refused.clone());
+        tokio::spawn(async move {
+            let Some(request) = read_message(&mut client).await else {
+                return;
+            };
+            if first {
+                let Ok(mut upstream) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = upstream.write_all(&request).await;
+                let Some(answer) = read_message(&mut upstream).await else {
+                    return;
+                };
+                let _ = refused.wait_for(|done| *done).await;
+                let _ = client.write_all(&answer).await;
+            } else {
+                let body = serde_json::to_vec(&ErrorBody::new(
+                    ErrorCode::RateLimited,
+                    "too many failed pairing attempts; retry in a minute",
+                ))
+                .expect("json");
+                let head = format!(
+                    "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = client.write_all(head.as_bytes()).await;
+                let _ = client.write_all(&body).await;
+                let _ = client.flush().await;
+                second_refused.send_replace(true);
+            }
+            // Keep the connection open until the client is done with it.
+            let mut rest = [0u8; 1024];
+            while matches!(client.read(&mut rest).await, Ok(n) if n > 0) {}
+        });
+    }
+}
+
+async fn refused_second_send(backend: Backend) {
+    // The app sends the pairing twice at once (a double tap). The first send pairs; the second
+    // is refused before the first's answer arrives. The refusal must not take the first's
+    // pending pairing, and its keys, away: the server holds an enrollment with those keys.
+    let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let public = tessera_protocol::pairing::ServerUrl::parse(&proxy_url).unwrap();
+    let server = TestServer::start_with(backend, |c| c.public_url = Some(public)).await;
+    tokio::spawn(refuse_second_proxy(proxy, server.server.local_addr()));
+    server.user("alice").await;
+    let uri = server.pairing_uri("alice").await;
+
+    let device = TestDevice::new().await;
+    let (a, b) = tokio::join!(device.auth.pair(&uri, None), device.auth.pair(&uri, None));
+    let (paired, refused) = match (a, b) {
+        (Ok(paired), Err(refused)) | (Err(refused), Ok(paired)) => (paired, refused),
+        other => panic!("one send pairs, one is refused: {other:?}"),
+    };
+    assert!(
+        matches!(
+            refused,
+            tessera_core::CoreError::Server {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let enrollments = device.auth.enrollments().await;
+    assert_eq!(enrollments.len(), 1);
+    assert_eq!(enrollments[0].enrollment_id, paired.enrollment_id);
+    // Its keys are still there: a call signed with them is accepted, after a restart too.
+    let device = device.reopen().await;
+    device
+        .auth
+        .enrollment_status(&paired.enrollment_id)
+        .await
+        .expect("the enrollment's keys sign");
 }
 
 async fn lost_reply_retry(backend: Backend) {

@@ -187,6 +187,41 @@ async fn of_an_approval_and_a_denial_sent_at_once_exactly_one_is_recorded() {
     }
 }
 
+/// A phone that sends its answer again while the first send is under way (a retry after a
+/// timeout): every copy gets the recorded outcome. On SQLite the copies that find the request
+/// answered may run in the winner's group, before its commit: the read that answers them must
+/// wait for that commit, or it finds the request still pending and calls it answered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_one_answer_sent_at_once_all_get_its_outcome() {
+    for domain in TestDomain::each_engine().await {
+        let (frank, phone) = domain.user_with_device("frank").await;
+        for _ in 0..12 {
+            let (created, request) = asked_and_pulled(&domain, &frank, &phone).await;
+            let id = created.authentication_id.clone();
+            let signed = phone.answer(
+                &request,
+                Decision::Approve,
+                created.number_to_show,
+                domain.clock.now(),
+            );
+            let copies: Vec<_> = (0..5)
+                .map(|_| {
+                    let (ctx, id, signed) = (domain.ctx.clone(), id.to_string(), signed.clone());
+                    tokio::spawn(async move { answer(&ctx, &id, &signed, CLIENT).await })
+                })
+                .collect();
+            for copy in copies {
+                let recorded = copy
+                    .await
+                    .expect("the answer ran")
+                    .expect("every copy gets the outcome");
+                assert_eq!(recorded.state, AuthenticationState::Approved);
+            }
+            assert_eq!(endings_announced(&id), 1);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_and_an_answer_at_once_end_the_request_once() {
     for domain in TestDomain::each_engine().await {

@@ -134,6 +134,53 @@ async fn of_devices_pairing_with_one_code_at_once_one_pairs() {
     }
 }
 
+/// A phone that sends its pairing again while the first is still under way (a double tap, a
+/// retry after a timeout): every copy of the one registration gets the pairing's answer, and
+/// none counts as a failed guess. On SQLite the copies that lose the code's take may run in the
+/// winner's group, before its commit: what they read to answer must wait for that commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_one_registration_sent_at_once_all_get_its_answer() {
+    for domain in TestDomain::each_engine().await {
+        let failures = || {
+            domain
+                .ctx
+                .metrics
+                .pairing_failures
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "invalid_code",
+                })
+                .get()
+        };
+        let failed_before = failures();
+        for n in 0..12 {
+            let name = format!("erin-{n}");
+            let code = code_for(&domain, &name, None).await;
+            let client = format!("2001:db8::{:x}", rand::random::<u32>());
+            let phone = registering(&domain, &code);
+            let tasks: Vec<_> = (0..6)
+                .map(|_| {
+                    let (ctx, client) = (domain.ctx.clone(), client.clone());
+                    let request = phone.request.clone();
+                    tokio::spawn(async move { pair_device(&ctx, &client, &request).await })
+                })
+                .collect();
+            let results = joined(tasks).await;
+            let answers: Vec<_> = results
+                .iter()
+                .map(|r| r.as_ref().expect("every copy gets the answer"))
+                .collect();
+            assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+            let user = name.parse().expect("user");
+            let devices = enrollments::list_for_user(&domain.ctx.db, &domain.app.id, &user)
+                .await
+                .expect("devices");
+            assert_eq!(devices.len(), 1);
+            assert_eq!(devices[0].server_payload, answers[0].server_payload);
+        }
+        assert_eq!(failures(), failed_before, "no copy counted as a bad code");
+    }
+}
+
 #[tokio::test]
 async fn a_code_expires_by_the_clock() {
     for domain in TestDomain::each_engine().await {
