@@ -262,3 +262,46 @@ async fn under_user_approval_the_push_that_follows_completes_the_session() {
         }
     }
 }
+
+/// Under user approval an answer is stored in one transaction with the push that follows. The
+/// same answer sent again while the first is under way gets the recorded outcome and the one
+/// follow-up; on SQLite the copies that find the session answered may run in the winner's
+/// group, before its commit, and must wait for it before they read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_one_answer_with_a_follow_up_all_get_its_outcome() {
+    for domain in TestDomain::each_engine().await {
+        assert!(
+            crate::store::applications::set_qr_policy(
+                &domain.ctx.db,
+                &domain.app.id,
+                crate::store::applications::QrPolicy::UserApproval,
+            )
+            .await
+            .expect("set")
+        );
+        for n in 0..10 {
+            let (_, phone, id, context) = scanned_by_new_user(&domain, &format!("gina-{n}")).await;
+            let signed = answered(
+                &phone,
+                &context,
+                Decision::Approve,
+                &context.context,
+                domain.clock.now(),
+            );
+            let copies: Vec<_> = (0..5)
+                .map(|_| {
+                    let (ctx, id, signed) = (domain.ctx.clone(), id.clone(), signed.clone());
+                    tokio::spawn(async move { answer(&ctx, &id, &signed, CLIENT).await })
+                })
+                .collect();
+            let recorded: Vec<_> = joined(copies)
+                .await
+                .into_iter()
+                .map(|r| r.expect("every copy gets the outcome"))
+                .collect();
+            assert!(recorded.iter().all(|r| *r == recorded[0]), "{recorded:?}");
+            assert_eq!(recorded[0].state, QrSessionState::Verifying);
+            assert!(recorded[0].follow_up.is_some());
+        }
+    }
+}
