@@ -274,7 +274,9 @@ pub async fn transition(
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() != 1 {
-        tx.rollback().await?;
+        // The caller reads the flow again: the move that won must be committed by then, also
+        // when it ran before this one in the same SQLite group (`store/writer.rs`).
+        tx.rollback_after_others().await?;
         return Ok(false);
     }
     add_event(&mut *tx, &next.id, event).await?;

@@ -32,7 +32,7 @@
 //! write whose conditional statement found its row already changed, and which then reads that
 //! row elsewhere to answer, ends with [`super::Write::rollback_after_others`], which returns once
 //! the group's `COMMIT` ran ([`WriterTurn::roll_back_member_after_group`]): a pairing code's
-//! take, a QR session's answer, an authentication's ending.
+//! take, a QR session's answer, an authentication's ending, a flow's move.
 
 use std::path::Path;
 use std::sync::Arc;
