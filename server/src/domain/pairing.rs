@@ -383,6 +383,7 @@ async fn create_enrollment(
                 user_id,
                 &reg.device_id,
                 &device_key_thumbprint,
+                &verified.digest.to_string(),
             )
             .await?;
             failed = replaced_requests;
@@ -764,22 +765,9 @@ pub(crate) async fn relay_with(
     })
     .inspect_err(|_| count_failure(ctx, "invalid_mobile_payload"))?;
     super::users::require_user(ctx, &app.id, user_id).await?;
-    let replayed = || {
-        DomainError::new(
-            ErrorCode::ReplayedMessage,
-            "this mobile payload was already used",
-        )
-    };
     let digest = verified.digest.to_string();
-    if let Some(existing) = enrollments::by_registration_digest(&ctx.db, &digest).await? {
-        if existing.application_id == app.id && &existing.user_id == user_id {
-            return Ok(RelayPairingResponse {
-                device: existing.record(),
-                server_payload: existing.server_payload,
-            });
-        }
-        count_failure(ctx, "replayed");
-        return Err(replayed());
+    if let Some(again) = relayed_before(ctx, app, user_id, &digest).await? {
+        return again;
     }
     let info = ApplicationInfo {
         id: app.id.clone(),
@@ -820,12 +808,48 @@ pub(crate) async fn relay_with(
             })
         }
         Err(e) if is_unique_violation(&e) => {
-            drop(tx);
-            count_failure(ctx, "replayed");
-            Err(replayed())
+            // A copy of this payload relayed at the same time paired it first (on SQLite
+            // possibly an earlier member of this write's group): its answer once committed.
+            tx.rollback_after_others().await?;
+            match relayed_before(ctx, app, user_id, &digest).await? {
+                Some(again) => again,
+                None => {
+                    count_failure(ctx, "replayed");
+                    Err(payload_replayed())
+                }
+            }
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The answer to a mobile payload already paired (`digest`, its registration's): for the same
+/// application and user the pairing's own answer (a retry, or a copy sent at the same time),
+/// for anyone else `replayed_message`. `None` if it is not paired.
+async fn relayed_before(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    digest: &str,
+) -> Result<Option<Result<RelayPairingResponse, DomainError>>, DomainError> {
+    let Some(existing) = enrollments::by_registration_digest(&ctx.db, digest).await? else {
+        return Ok(None);
+    };
+    if existing.application_id == app.id && &existing.user_id == user_id {
+        return Ok(Some(Ok(RelayPairingResponse {
+            device: existing.record(),
+            server_payload: existing.server_payload,
+        })));
+    }
+    count_failure(ctx, "replayed");
+    Ok(Some(Err(payload_replayed())))
+}
+
+fn payload_replayed() -> DomainError {
+    DomainError::new(
+        ErrorCode::ReplayedMessage,
+        "this mobile payload was already used",
+    )
 }
 
 /// Activates a new device a flow held for passcode approval (the passcode was right); false if

@@ -203,25 +203,29 @@ pub async fn insert(
 
 /// Deletes the user's earlier enrollments of the same device (re-pairing replaces them): the
 /// same device id *and* the same proven device key, never a claimed id alone (an enrollment
-/// without a device key is never matched). Returns whether a deleted one was primary, and the
-/// pending requests they failed.
+/// without a device key is never matched). An enrollment of the same registration
+/// (`registration_digest`) is not an earlier one: it is the same pairing, made by a copy of the
+/// request sent at the same time, and the insert that follows then fails on the unique digest.
+/// Returns whether a deleted one was primary, and the pending requests they failed.
 pub async fn delete_same_device(
     conn: &mut crate::store::WriteConn<'_>,
     app: &ApplicationId,
     user: &UserId,
     device: &DeviceId,
     device_key_thumbprint: &str,
+    registration_digest: &str,
 ) -> Result<(bool, Vec<AuthenticationId>), sqlx::Error> {
     let failed = sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
          WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
          WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
-         AND device_key_thumbprint = $4) RETURNING id",
+         AND device_key_thumbprint = $4 AND registration_digest <> $5) RETURNING id",
     )
     .bind(app.as_str())
     .bind(user.as_str())
     .bind(device.as_str())
     .bind(device_key_thumbprint)
+    .bind(registration_digest)
     .fetch_all(&mut *conn)
     .await?;
     // Ids this server wrote; one it cannot read is skipped, not fatal to the pairing.
@@ -231,12 +235,13 @@ pub async fn delete_same_device(
         .collect();
     let rows = sqlx::query(
         "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
-         AND device_key_thumbprint = $4 RETURNING is_primary",
+         AND device_key_thumbprint = $4 AND registration_digest <> $5 RETURNING is_primary",
     )
     .bind(app.as_str())
     .bind(user.as_str())
     .bind(device.as_str())
     .bind(device_key_thumbprint)
+    .bind(registration_digest)
     .fetch_all(&mut *conn)
     .await?;
     let mut was_primary = false;

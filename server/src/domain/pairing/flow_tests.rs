@@ -181,6 +181,69 @@ async fn copies_of_one_registration_sent_at_once_all_get_its_answer() {
     }
 }
 
+/// What a customer backend relays for a new device: its mobile payload (relay pairing uses no
+/// code; the registration is the one the device makes for it).
+fn relayed_payload(domain: &TestDomain) -> tessera_protocol::api::RelayPairingRequest {
+    let phone = registering(domain, "");
+    tessera_protocol::api::RelayPairingRequest {
+        mobile_payload: tessera_protocol::pairing::MobilePayload {
+            v: tessera_protocol::PROTOCOL_VERSION,
+            registration: phone.request.registration,
+            user_verification_proof: phone.request.user_verification_proof,
+        }
+        .encode()
+        .expect("a payload"),
+    }
+}
+
+/// A customer backend that relays one mobile payload again while the first relay is under way
+/// (a retry after a timeout): every copy gets the pairing's answer, as a later retry does, not
+/// `replayed_message`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_one_relayed_payload_sent_at_once_all_get_its_answer() {
+    for domain in TestDomain::each_engine().await {
+        for n in 0..12 {
+            let user = domain.user(&format!("hana-{n}")).await;
+            let relayed = relayed_payload(&domain);
+            let tasks: Vec<_> = (0..6)
+                .map(|_| {
+                    let (ctx, app, user, relayed) = (
+                        domain.ctx.clone(),
+                        domain.app.clone(),
+                        user.clone(),
+                        relayed.clone(),
+                    );
+                    tokio::spawn(async move { super::relay(&ctx, &app, &user, &relayed).await })
+                })
+                .collect();
+            let answers: Vec<_> = joined(tasks)
+                .await
+                .into_iter()
+                .map(|r| r.expect("every copy gets the answer"))
+                .collect();
+            assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+            let devices = enrollments::list_for_user(&domain.ctx.db, &domain.app.id, &user)
+                .await
+                .expect("devices");
+            assert_eq!(devices.len(), 1);
+        }
+        // Another user's relay of a payload already paired is still a replay.
+        let payload = relayed_payload(&domain);
+        let ivy = domain.user("ivy").await;
+        let jon = domain.user("jon").await;
+        super::relay(&domain.ctx, &domain.app, &ivy, &payload)
+            .await
+            .expect("paired");
+        assert_eq!(
+            super::relay(&domain.ctx, &domain.app, &jon, &payload)
+                .await
+                .expect_err("replayed")
+                .code(),
+            Some(ErrorCode::ReplayedMessage)
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_code_expires_by_the_clock() {
     for domain in TestDomain::each_engine().await {
