@@ -446,14 +446,8 @@ pub(crate) async fn claim(
     let session = qr_sessions::by_token_digest(&ctx.db, &digest, now)
         .await?
         .ok_or_else(not_found)?;
-    // The same device scanning again (a retry after a lost answer) gets the same context. The
-    // device id is the proven identity here: it is derived from the device key the caller's
-    // enrollment proved at registration.
-    if session.state == QrSessionState::Scanned
-        && session.device_id.as_ref() == Some(&caller.device_id)
-        && let Some(context) = session.signed_context
-    {
-        return Ok(QrSessionClaimed { context });
+    if let Some(again) = claimed_before(&session, caller) {
+        return Ok(again);
     }
     match session.state {
         QrSessionState::Created if now < session.code_expires_at => {}
@@ -532,8 +526,13 @@ pub(crate) async fn claim(
     )
     .await?
     {
-        // Another device won the race (or the code was renewed or expired meanwhile).
-        return Err(already_scanned());
+        // Another claim came first: the same device's copy of this one (a retry sent while the
+        // first was under way) gets its context; another device, or a code renewed or expired
+        // meanwhile, `already_scanned`. The claim is one statement, committed when it returns.
+        let now_claimed = qr_sessions::by_token_digest(&ctx.db, &digest, now).await?;
+        return now_claimed
+            .and_then(|current| claimed_before(&current, caller))
+            .ok_or_else(already_scanned);
     }
     tracing::info!(qr_session_id = %session.id, candidates = ids.len(), "QR session scanned");
     announce(ctx, &session.id).await;
@@ -808,6 +807,22 @@ async fn refused_assertion(
         }
     }
     Err(assertions::refuse(ctx, assertion, code, check).await)
+}
+
+/// The context `session` was claimed with, if the caller's device claimed it: the same device
+/// scanning again (a retry after a lost answer, or a copy sent at the same time) gets the same
+/// context. The device id is the proven identity here: it is derived from the device key the
+/// caller's enrollment proved at registration.
+fn claimed_before(session: &QrSession, caller: &Enrollment) -> Option<QrSessionClaimed> {
+    if session.state != QrSessionState::Scanned
+        || session.device_id.as_ref() != Some(&caller.device_id)
+    {
+        return None;
+    }
+    session
+        .signed_context
+        .clone()
+        .map(|context| QrSessionClaimed { context })
 }
 
 /// The follow-up the application's QR policy asks for after an approval.

@@ -205,6 +205,34 @@ async fn of_devices_scanning_one_code_at_once_one_claims_it() {
     }
 }
 
+/// The phone sends its claim again while the first is under way (a retry after a timeout):
+/// every copy gets the one context the session was claimed with, as a later retry does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_one_device_s_claim_sent_at_once_all_get_its_context() {
+    for domain in TestDomain::each_engine().await {
+        let (_, phone) = domain.user_with_device("kim").await;
+        for _ in 0..10 {
+            let created = session(&domain).await;
+            let tasks: Vec<_> = (0..5)
+                .map(|_| {
+                    let (ctx, enrollment, request) = (
+                        domain.ctx.clone(),
+                        phone.enrollment.clone(),
+                        scanned(&created, &phone),
+                    );
+                    tokio::spawn(async move { claim(&ctx, &enrollment, request).await })
+                })
+                .collect();
+            let claimed: Vec<_> = joined(tasks)
+                .await
+                .into_iter()
+                .map(|r| r.expect("every copy gets the context").context)
+                .collect();
+            assert!(claimed.iter().all(|c| *c == claimed[0]));
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_code_not_scanned_in_time_is_refused() {
     for domain in TestDomain::each_engine().await {
