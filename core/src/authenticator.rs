@@ -1870,6 +1870,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pending_pairing_counts_the_sends_in_flight_and_a_cancelled_one_gives_its_claim_back() {
+        let calls = InFlightCalls::default();
+        let first = InFlight::enter(&calls, "p1");
+        let second = InFlight::enter(&calls, "p1");
+        let other = InFlight::enter(&calls, "p2");
+        // The second send is cancelled (its future dropped): its claim goes with it.
+        drop(second);
+        // The first is refused: no other send of p1 is left, so it may drop the pending pairing.
+        assert_eq!(first.leave(), 0);
+        assert_eq!(other.leave(), 0);
+        assert!(calls.lock().unwrap().is_empty(), "nothing left behind");
+
+        // A refusal while another send still waits leaves the pending pairing to that one.
+        let waiting = InFlight::enter(&calls, "p3");
+        let refused = InFlight::enter(&calls, "p3");
+        assert_eq!(refused.leave(), 1);
+        drop(waiting);
+        assert!(calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn pairing_input_is_parsed_strictly() {
         let uri = "tessera://pair?server=https%3A%2F%2Fa.example&code=ABCD-EFGH-JKMN";
         let (server, code) = parse_pairing_input(uri, None).unwrap();
