@@ -355,6 +355,7 @@ async fn create_enrollment(
         None => (None, None),
     };
     let device_key_thumbprint = reg.device_key.thumbprint();
+    let registration_digest = verified.digest.to_string();
     let enrollment_id = EnrollmentId::generate();
     let verifier = device_verification::verifier(tx, &app.id, user_id).await?;
     let mut failed = Vec::new();
@@ -383,7 +384,7 @@ async fn create_enrollment(
                 user_id,
                 &reg.device_id,
                 &device_key_thumbprint,
-                &verified.digest.to_string(),
+                &registration_digest,
             )
             .await?;
             failed = replaced_requests;
@@ -437,7 +438,7 @@ async fn create_enrollment(
         signals: reg.signals,
         push: reg.push.clone(),
         is_primary,
-        registration_digest: verified.digest.to_string(),
+        registration_digest,
         server_payload,
         paired_at: now,
         last_seen_at: now,

@@ -203,29 +203,27 @@ impl<'c> Write<'c> {
     /// `store/writer.rs`; on PostgreSQL a statement sees only what is committed). For a write
     /// whose conditional statement found its row taken by another, before it reads that row
     /// from outside the transaction to answer.
-    pub async fn rollback_after_others(mut self) -> Result<(), StoreError> {
-        match std::mem::replace(&mut self.conn.0, Inner::Finished) {
-            Inner::Sqlite(w) => {
-                if w.begun {
-                    w.turn.roll_back_member_after_group(w.joined).await?;
-                }
-            }
-            Inner::Postgres(mut held) => held.get().end(false).await?,
-            Inner::Finished => {}
-        }
-        Ok(())
+    pub async fn rollback_after_others(self) -> Result<(), StoreError> {
+        self.roll_back(true).await
     }
 
     /// Rolls back: nothing it ran stays.
-    pub async fn rollback(mut self) -> Result<(), StoreError> {
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.roll_back(false).await
+    }
+
+    /// [`Self::rollback`], and with `after_others` [`Self::rollback_after_others`].
+    async fn roll_back(mut self, after_others: bool) -> Result<(), StoreError> {
         match std::mem::replace(&mut self.conn.0, Inner::Finished) {
-            Inner::Sqlite(mut w) => {
-                if w.begun {
+            Inner::Sqlite(mut w) if w.begun => {
+                if after_others {
+                    w.turn.roll_back_member_after_group(w.joined).await?;
+                } else {
                     w.turn.roll_back_member(w.joined)?;
                 }
             }
+            Inner::Sqlite(_) | Inner::Finished => {}
             Inner::Postgres(mut held) => held.get().end(false).await?,
-            Inner::Finished => {}
         }
         Ok(())
     }
