@@ -184,6 +184,17 @@ pub(crate) async fn joined<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> 
     results
 }
 
+/// `copies` sends of what `send` starts, each on a task of its own so that they run side by
+/// side on the test's worker threads (as copies of one request sent at once): their results,
+/// in order.
+pub(crate) async fn sent_at_once<T, F>(copies: usize, send: impl Fn() -> F) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    joined((0..copies).map(|_| tokio::spawn(send())).collect()).await
+}
+
 /// A domain context over a fresh database with one application.
 pub(crate) struct TestDomain {
     /// What the domain operations take.

@@ -9,7 +9,7 @@ use tessera_protocol::authentication::{AuthenticationState, Decision};
 use tessera_protocol::error::ErrorCode;
 
 use super::super::outcome::{self, Ending};
-use super::super::testing::{TestDomain, endings_announced};
+use super::super::testing::{TestDomain, endings_announced, sent_at_once};
 use super::{answer, status};
 use crate::clock::Clock;
 
@@ -204,17 +204,13 @@ async fn copies_of_one_answer_sent_at_once_all_get_its_outcome() {
                 created.number_to_show,
                 domain.clock.now(),
             );
-            let copies: Vec<_> = (0..5)
-                .map(|_| {
-                    let (ctx, id, signed) = (domain.ctx.clone(), id.to_string(), signed.clone());
-                    tokio::spawn(async move { answer(&ctx, &id, &signed, CLIENT).await })
-                })
-                .collect();
+            let copies = sent_at_once(5, || {
+                let (ctx, id, signed) = (domain.ctx.clone(), id.to_string(), signed.clone());
+                async move { answer(&ctx, &id, &signed, CLIENT).await }
+            })
+            .await;
             for copy in copies {
-                let recorded = copy
-                    .await
-                    .expect("the answer ran")
-                    .expect("every copy gets the outcome");
+                let recorded = copy.expect("every copy gets the outcome");
                 assert_eq!(recorded.state, AuthenticationState::Approved);
             }
             assert_eq!(endings_announced(&id), 1);

@@ -8,7 +8,7 @@ use tessera_protocol::error::ErrorCode;
 
 use super::{pair_device, start};
 use crate::clock::Clock;
-use crate::domain::testing::{Registering, TestDomain, joined};
+use crate::domain::testing::{Registering, TestDomain, joined, sent_at_once};
 use crate::store::enrollments;
 
 /// Where the devices pair from.
@@ -157,14 +157,12 @@ async fn copies_of_one_registration_sent_at_once_all_get_its_answer() {
             let code = code_for(&domain, &name, None).await;
             let client = format!("2001:db8::{:x}", rand::random::<u32>());
             let phone = registering(&domain, &code);
-            let tasks: Vec<_> = (0..6)
-                .map(|_| {
-                    let (ctx, client) = (domain.ctx.clone(), client.clone());
-                    let request = phone.request.clone();
-                    tokio::spawn(async move { pair_device(&ctx, &client, &request).await })
-                })
-                .collect();
-            let results = joined(tasks).await;
+            let results = sent_at_once(6, || {
+                let (ctx, client) = (domain.ctx.clone(), client.clone());
+                let request = phone.request.clone();
+                async move { pair_device(&ctx, &client, &request).await }
+            })
+            .await;
             let answers: Vec<_> = results
                 .iter()
                 .map(|r| r.as_ref().expect("every copy gets the answer"))
@@ -205,22 +203,19 @@ async fn copies_of_one_relayed_payload_sent_at_once_all_get_its_answer() {
         for n in 0..12 {
             let user = domain.user(&format!("hana-{n}")).await;
             let relayed = relayed_payload(&domain);
-            let tasks: Vec<_> = (0..6)
-                .map(|_| {
-                    let (ctx, app, user, relayed) = (
-                        domain.ctx.clone(),
-                        domain.app.clone(),
-                        user.clone(),
-                        relayed.clone(),
-                    );
-                    tokio::spawn(async move { super::relay(&ctx, &app, &user, &relayed).await })
-                })
-                .collect();
-            let answers: Vec<_> = joined(tasks)
-                .await
-                .into_iter()
-                .map(|r| r.expect("every copy gets the answer"))
-                .collect();
+            let answers: Vec<_> = sent_at_once(6, || {
+                let (ctx, app, user, relayed) = (
+                    domain.ctx.clone(),
+                    domain.app.clone(),
+                    user.clone(),
+                    relayed.clone(),
+                );
+                async move { super::relay(&ctx, &app, &user, &relayed).await }
+            })
+            .await
+            .into_iter()
+            .map(|r| r.expect("every copy gets the answer"))
+            .collect();
             assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
             let devices = enrollments::list_for_user(&domain.ctx.db, &domain.app.id, &user)
                 .await

@@ -16,7 +16,7 @@ use tessera_protocol::qr::{QrResponse, QrSessionContext, QrSessionState, QrUri};
 
 use super::{answer, claim, create_session, status};
 use crate::clock::Clock;
-use crate::domain::testing::{TestDevice, TestDomain, joined};
+use crate::domain::testing::{TestDevice, TestDomain, joined, sent_at_once};
 
 const CLIENT: &str = "198.51.100.7";
 
@@ -116,6 +116,19 @@ async fn approved(
     (signed, recorded)
 }
 
+/// Sets the application's QR policy to user approval: an approval is followed by a push.
+async fn ask_users_after_the_scan(domain: &TestDomain) {
+    assert!(
+        crate::store::applications::set_qr_policy(
+            &domain.ctx.db,
+            &domain.app.id,
+            crate::store::applications::QrPolicy::UserApproval,
+        )
+        .await
+        .expect("set")
+    );
+}
+
 #[tokio::test]
 async fn a_scanned_code_approved_on_the_device_signs_the_user_in() {
     for domain in TestDomain::each_engine().await {
@@ -213,21 +226,18 @@ async fn copies_of_one_device_s_claim_sent_at_once_all_get_its_context() {
         let (_, phone) = domain.user_with_device("kim").await;
         for _ in 0..10 {
             let created = session(&domain).await;
-            let tasks: Vec<_> = (0..5)
-                .map(|_| {
-                    let (ctx, enrollment, request) = (
-                        domain.ctx.clone(),
-                        phone.enrollment.clone(),
-                        scanned(&created, &phone),
-                    );
-                    tokio::spawn(async move { claim(&ctx, &enrollment, request).await })
-                })
-                .collect();
-            let claimed: Vec<_> = joined(tasks)
-                .await
-                .into_iter()
-                .map(|r| r.expect("every copy gets the context").context)
-                .collect();
+            let claimed: Vec<_> = sent_at_once(5, || {
+                let (ctx, enrollment, request) = (
+                    domain.ctx.clone(),
+                    phone.enrollment.clone(),
+                    scanned(&created, &phone),
+                );
+                async move { claim(&ctx, &enrollment, request).await }
+            })
+            .await
+            .into_iter()
+            .map(|r| r.expect("every copy gets the context").context)
+            .collect();
             assert!(claimed.iter().all(|c| *c == claimed[0]));
         }
     }
@@ -254,15 +264,7 @@ async fn a_code_not_scanned_in_time_is_refused() {
 #[tokio::test]
 async fn under_user_approval_the_push_that_follows_completes_the_session() {
     for domain in TestDomain::each_engine().await {
-        assert!(
-            crate::store::applications::set_qr_policy(
-                &domain.ctx.db,
-                &domain.app.id,
-                crate::store::applications::QrPolicy::UserApproval,
-            )
-            .await
-            .expect("set")
-        );
+        ask_users_after_the_scan(&domain).await;
         for (name, decision, end) in [
             ("erin", Decision::Approve, QrSessionState::Approved),
             ("frank", Decision::Deny, QrSessionState::Denied),
@@ -298,15 +300,7 @@ async fn under_user_approval_the_push_that_follows_completes_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copies_of_one_answer_with_a_follow_up_all_get_its_outcome() {
     for domain in TestDomain::each_engine().await {
-        assert!(
-            crate::store::applications::set_qr_policy(
-                &domain.ctx.db,
-                &domain.app.id,
-                crate::store::applications::QrPolicy::UserApproval,
-            )
-            .await
-            .expect("set")
-        );
+        ask_users_after_the_scan(&domain).await;
         for n in 0..10 {
             let (_, phone, id, context) = scanned_by_new_user(&domain, &format!("gina-{n}")).await;
             let signed = answered(
@@ -316,17 +310,14 @@ async fn copies_of_one_answer_with_a_follow_up_all_get_its_outcome() {
                 &context.context,
                 domain.clock.now(),
             );
-            let copies: Vec<_> = (0..5)
-                .map(|_| {
-                    let (ctx, id, signed) = (domain.ctx.clone(), id.clone(), signed.clone());
-                    tokio::spawn(async move { answer(&ctx, &id, &signed, CLIENT).await })
-                })
-                .collect();
-            let recorded: Vec<_> = joined(copies)
-                .await
-                .into_iter()
-                .map(|r| r.expect("every copy gets the outcome"))
-                .collect();
+            let recorded: Vec<_> = sent_at_once(5, || {
+                let (ctx, id, signed) = (domain.ctx.clone(), id.clone(), signed.clone());
+                async move { answer(&ctx, &id, &signed, CLIENT).await }
+            })
+            .await
+            .into_iter()
+            .map(|r| r.expect("every copy gets the outcome"))
+            .collect();
             assert!(recorded.iter().all(|r| *r == recorded[0]), "{recorded:?}");
             assert_eq!(recorded[0].state, QrSessionState::Verifying);
             assert!(recorded[0].follow_up.is_some());
