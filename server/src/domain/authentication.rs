@@ -1448,6 +1448,8 @@ async fn recorded_again(
 }
 
 #[cfg(test)]
+mod crowd_tests;
+#[cfg(test)]
 mod flow_tests;
 
 #[cfg(test)]

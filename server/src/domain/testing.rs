@@ -251,10 +251,15 @@ impl TestDomain {
     /// shipped ones (as the operator's `--attestation-root`), for attestations built under a
     /// test root (`attestation::fixtures`).
     pub(crate) async fn each_engine_trusting(root_pem: &str) -> Vec<Self> {
-        let config = || ServerConfig {
+        Self::each_engine_with(|| ServerConfig {
             attestation_extra_roots: vec![root_pem.to_string()],
             ..ServerConfig::default()
-        };
+        })
+        .await
+    }
+
+    /// [`TestDomain::each_engine`], each configured as `config` makes it.
+    pub(crate) async fn each_engine_with(config: impl Fn() -> ServerConfig) -> Vec<Self> {
         let mut domains = vec![Self::sqlite_with(config()).await];
         if let Some(pg) = Self::postgres_with(config()).await {
             domains.push(pg);
