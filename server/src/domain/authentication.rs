@@ -23,7 +23,7 @@ use tessera_protocol::pairing::{DeviceRegistration, DeviceSignals, DeviceVersion
 use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, RequestKind};
 
 use super::attestation::assertions::{self, AnswerAssertion, AssertionCheck};
-use super::events::{Topic, wait_for};
+use super::events::{Topic, wait_for, wait_subscribed};
 use super::outcome::{self, Ending, SignedAnswer, Taken, Verdict};
 use super::{Ctx, DomainError};
 use crate::store::applications::Application;
@@ -1150,18 +1150,24 @@ pub(crate) async fn pull(
     wait: Duration,
 ) -> Result<PendingRequests, DomainError> {
     // The first read of the signing device's pending requests goes out beside the call's nonce.
+    // A waiting pull subscribes to its device's announcements before that read: a request made
+    // after the subscription wakes it, one made before is in the first read.
     let now = ctx.now();
-    let (device, first) =
+    let (device, (subscription, first)) =
         super::device_auth::authenticate_reading(ctx, call, |enrollment| async move {
-            authentications::pending_for(&ctx.db, &enrollment, now).await
+            let subscription = (!wait.is_zero()).then(|| {
+                ctx.events
+                    .subscribe(Topic::Enrollment(enrollment.to_string()))
+            });
+            let first = authentications::pending_for(&ctx.db, &enrollment, now).await?;
+            Ok((subscription, first))
         })
         .await?;
     let enrollment = super::device_auth::same_enrollment(&device, enrollment_raw)?;
     // The first read is the one made beside the nonce; later ones (after a wake-up) read again.
     let first = std::sync::Mutex::new(Some(first));
-    let requests = wait_for(
-        &ctx.events,
-        Topic::Enrollment(enrollment.to_string()),
+    let requests = wait_subscribed(
+        subscription,
         wait,
         || {
             let first = first.lock().ok().and_then(|mut first| first.take());

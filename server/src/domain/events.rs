@@ -251,6 +251,14 @@ impl EventHub {
         self.lock().len()
     }
 
+    /// How many subscriptions wait on `topic` now (tests: to start a race once a waiter waits).
+    #[cfg(test)]
+    pub(crate) fn waiters_on(&self, topic: &Topic) -> usize {
+        self.lock()
+            .get(topic)
+            .map_or(0, watch::Sender::receiver_count)
+    }
+
     /// Connects this hub to the other instances until the task is dropped: hands their
     /// announcements to this hub's waiters, and forwards this process's committed topics to
     /// them. On SQLite there are no other instances, and this returns at once.
@@ -378,6 +386,25 @@ pub async fn wait_for<T, E, R, Fut>(
     hub: &EventHub,
     topic: Topic,
     wait: Duration,
+    read: R,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, E>
+where
+    R: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let subscription = (!wait.is_zero()).then(|| hub.subscribe(topic));
+    wait_subscribed(subscription, wait, read, done).await
+}
+
+/// [`wait_for`] on a `subscription` taken before `read`'s first value was read (a read that
+/// went out before the wait began, beside something else): whatever is announced after the
+/// subscription wakes the wait, and whatever committed before it is in that first value. Taken
+/// after the first read instead, an announcement between the two would be missed until the
+/// deadline. Without a subscription (no wait), the first value is the answer.
+pub async fn wait_subscribed<T, E, R, Fut>(
+    mut subscription: Option<Subscription>,
+    wait: Duration,
     mut read: R,
     done: impl Fn(&T) -> bool,
 ) -> Result<T, E>
@@ -386,7 +413,6 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let deadline = Instant::now() + wait;
-    let mut subscription = (!wait.is_zero()).then(|| hub.subscribe(topic));
     loop {
         let value = read().await?;
         let Some(sub) = subscription.as_mut() else {

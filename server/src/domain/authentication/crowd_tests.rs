@@ -11,6 +11,7 @@
 //!   an answer with the decision recorded is accepted again);
 //! - the relying party reads that outcome, and so does a waiter that was waiting before the
 //!   race began;
+//! - a device waiting for its next request is woken by it;
 //! - the follow-ups hear of the ending once;
 //! - the audit log holds one record of its creation and one of its ending;
 //! - its device has nothing left to pull.
@@ -25,12 +26,17 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tessera_protocol::authentication::{AuthenticationId, AuthenticationState, Decision};
+use tessera_protocol::authentication::{
+    AuthenticationId, AuthenticationRequest, AuthenticationState, Decision,
+};
+use tessera_protocol::envelope::{self, MessageType};
 use tessera_protocol::ids::UserId;
 
+use super::super::device_auth::DeviceCall;
+use super::super::events::Topic;
 use super::super::outcome::{self, Ending};
 use super::super::testing::{TestDevice, TestDomain, endings_announced, joined};
-use super::{answer, status};
+use super::{answer, pull, status};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::store::audit::{self, Filter};
@@ -193,6 +199,18 @@ async fn run_user(
             _ => None,
         };
         let device = second.as_ref().unwrap_or(phone);
+        // A device with nothing pending waits for its next request before it is made: the new
+        // request must wake it (and be there to read once it is woken).
+        let nothing_pending =
+            second.is_some() || !ran.iter().any(|r: &Ran| r.race == Race::Unanswered);
+        let puller = nothing_pending.then(|| waiting_pull(domain, device));
+        if puller.is_some() {
+            until_waited(
+                domain,
+                Topic::Enrollment(device.enrollment.enrollment_id.to_string()),
+            )
+            .await;
+        }
         let created = domain
             .ask(
                 user,
@@ -203,6 +221,13 @@ async fn run_user(
             )
             .await;
         let id = created.authentication_id.clone();
+        if let Some(puller) = puller {
+            let woken = puller.await.expect("the waiting pull ran");
+            assert!(
+                woken.iter().any(|r| r.request_id == id),
+                "the waiting pull is woken with the new request"
+            );
+        }
         let request = domain.pulled(device, &id).await;
         let now = domain.clock.now();
         let approval = device.answer(&request, Decision::Approve, created.number_to_show, now);
@@ -215,8 +240,9 @@ async fn run_user(
                     .state
             })
         });
-        // Let the waiter start waiting before the race.
-        tokio::task::yield_now().await;
+        if waiter.is_some() {
+            until_waited(domain, Topic::Authentication(id.to_string())).await;
+        }
         let told = match race {
             Race::Approval => joined(vec![spawn_answer(domain, &id, approval)]).await,
             Race::Copies => {
@@ -277,6 +303,50 @@ async fn run_user(
         "only the unanswered are left to pull"
     );
     ran
+}
+
+/// Returns once a waiter waits on `topic` (it subscribes before its first read, so what is
+/// announced from then on wakes it).
+async fn until_waited(domain: &TestDomain, topic: Topic) {
+    for _ in 0..5_000 {
+        if domain.ctx.events.waiters_on(&topic) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("nobody waits on {topic:?}");
+}
+
+/// `device`'s pull of its pending requests, waiting up to 20 seconds for one, on a task of its
+/// own: the requests, verified with the server's published keys as a device verifies them.
+fn waiting_pull(
+    domain: &TestDomain,
+    device: &TestDevice,
+) -> tokio::task::JoinHandle<Vec<AuthenticationRequest>> {
+    let enrollment = device.enrollment.enrollment_id.to_string();
+    let path = format!("/v1/device/enrollments/{enrollment}/requests");
+    let authorization = device.call("GET", &path, b"", domain.clock.now());
+    let (ctx, keys) = (domain.ctx.clone(), domain.ctx.keys.public_set());
+    tokio::spawn(async move {
+        let call = DeviceCall {
+            authorization: Some(&authorization),
+            method: "GET",
+            path: &path,
+            body: b"",
+        };
+        let pending = pull(&ctx, call, &enrollment, Duration::from_secs(20))
+            .await
+            .expect("pulled");
+        pending
+            .requests
+            .iter()
+            .map(|jws| {
+                envelope::verify_with_set(jws, MessageType::AuthenticationRequest, &keys)
+                    .expect("signed by a published key")
+                    .payload
+            })
+            .collect()
+    })
 }
 
 /// The device's signed answer `signed` to `id`, as told, on a task of its own, so that racing

@@ -404,3 +404,45 @@ async fn a_request_of_a_device_that_unpairs_fails_once_and_takes_no_answer() {
         assert_eq!(endings_announced(&id), 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_made_while_a_waiting_pull_starts_wakes_it() {
+    for domain in TestDomain::each_engine().await {
+        let domain = std::sync::Arc::new(domain);
+        for n in 0..40 {
+            let (user, phone) = domain.user_with_device(&format!("ivan-{n}")).await;
+            let path = format!(
+                "/v1/device/enrollments/{}/requests",
+                phone.enrollment.enrollment_id
+            );
+            let authorization = phone.call("GET", &path, b"", domain.clock.now());
+            let enrollment = phone.enrollment.enrollment_id.to_string();
+            let pulling = {
+                let ctx = domain.ctx.clone();
+                tokio::spawn(async move {
+                    let call = super::super::device_auth::DeviceCall {
+                        authorization: Some(&authorization),
+                        method: "GET",
+                        path: &path,
+                        body: b"",
+                    };
+                    super::pull(&ctx, call, &enrollment, Duration::from_secs(30))
+                        .await
+                        .expect("pulled")
+                        .requests
+                        .len()
+                })
+            };
+            let asking = {
+                let domain = domain.clone();
+                tokio::spawn(async move { domain.ask(&user, json!({})).await })
+            };
+            asking.await.expect("asked");
+            let pulled = tokio::time::timeout(Duration::from_secs(10), pulling)
+                .await
+                .unwrap_or_else(|_| panic!("round {n}: the new request did not wake the pull"))
+                .expect("the pull ran");
+            assert_eq!(pulled, 1, "round {n}");
+        }
+    }
+}
