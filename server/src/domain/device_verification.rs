@@ -282,6 +282,8 @@ pub(crate) fn follow_up<'a>(
 }
 
 #[cfg(test)]
+mod crowd_tests;
+#[cfg(test)]
 mod flow_tests;
 
 #[cfg(test)]

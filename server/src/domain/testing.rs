@@ -195,6 +195,32 @@ where
     joined((0..copies).map(|_| tokio::spawn(send())).collect()).await
 }
 
+/// How long the tests' waiters wait: far longer than any wake-up takes, so that a waiter that
+/// answers only at its deadline ([`woken`]) shows a change that woke nobody.
+pub(crate) const WAITER_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What a waiter spawned with [`WAITER_WAIT`] read, which must come well before its deadline:
+/// its final read at the deadline would find the change all the same, so only the time shows
+/// an announcement that woke nobody.
+pub(crate) async fn woken<T>(waiter: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(WAITER_WAIT / 2, waiter)
+        .await
+        .expect("woken before its deadline")
+        .expect("the waiter ran")
+}
+
+/// Returns once a waiter waits on `topic` (waiters subscribe before they read, so what is
+/// announced from then on wakes them).
+pub(crate) async fn until_waited(ctx: &Ctx, topic: &super::events::Topic) {
+    for _ in 0..5_000 {
+        if ctx.events.waiters_on(topic) > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("nobody waits on {topic:?}");
+}
+
 /// A domain context over a fresh database with one application.
 pub(crate) struct TestDomain {
     /// What the domain operations take.

@@ -35,7 +35,9 @@ use tessera_protocol::ids::UserId;
 use super::super::device_auth::DeviceCall;
 use super::super::events::Topic;
 use super::super::outcome::{self, Ending};
-use super::super::testing::{TestDevice, TestDomain, endings_announced, joined};
+use super::super::testing::{
+    TestDevice, TestDomain, WAITER_WAIT, endings_announced, joined, until_waited, woken,
+};
 use super::{answer, pull, status};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
@@ -205,11 +207,8 @@ async fn run_user(
             second.is_some() || !ran.iter().any(|r: &Ran| r.race == Race::Unanswered);
         let puller = nothing_pending.then(|| waiting_pull(domain, device));
         if puller.is_some() {
-            until_waited(
-                domain,
-                Topic::Enrollment(device.enrollment.enrollment_id.to_string()),
-            )
-            .await;
+            let topic = Topic::Enrollment(device.enrollment.enrollment_id.to_string());
+            until_waited(&domain.ctx, &topic).await;
         }
         let created = domain
             .ask(
@@ -222,7 +221,7 @@ async fn run_user(
             .await;
         let id = created.authentication_id.clone();
         if let Some(puller) = puller {
-            let woken = puller.await.expect("the waiting pull ran");
+            let woken = woken(puller).await;
             assert!(
                 woken.iter().any(|r| r.request_id == id),
                 "the waiting pull is woken with the new request"
@@ -234,14 +233,14 @@ async fn run_user(
         let waiter = (race != Race::Unanswered).then(|| {
             let (ctx, app, id) = (domain.ctx.clone(), domain.app.id.clone(), id.clone());
             tokio::spawn(async move {
-                status(&ctx, &app, id.as_str(), Duration::from_secs(20))
+                status(&ctx, &app, id.as_str(), WAITER_WAIT)
                     .await
                     .expect("the waiter's status")
                     .state
             })
         });
         if waiter.is_some() {
-            until_waited(domain, Topic::Authentication(id.to_string())).await;
+            until_waited(&domain.ctx, &Topic::Authentication(id.to_string())).await;
         }
         let told = match race {
             Race::Approval => joined(vec![spawn_answer(domain, &id, approval)]).await,
@@ -284,7 +283,7 @@ async fn run_user(
             Race::Unanswered => Vec::new(),
         };
         let waited = match waiter {
-            Some(waiter) => Some(waiter.await.expect("the waiter ran")),
+            Some(waiter) => Some(woken(waiter).await),
             None => None,
         };
         ran.push(Ran {
@@ -305,18 +304,6 @@ async fn run_user(
     ran
 }
 
-/// Returns once a waiter waits on `topic` (it subscribes before its first read, so what is
-/// announced from then on wakes it).
-async fn until_waited(domain: &TestDomain, topic: Topic) {
-    for _ in 0..5_000 {
-        if domain.ctx.events.waiters_on(&topic) > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("nobody waits on {topic:?}");
-}
-
 /// `device`'s pull of its pending requests, waiting up to 20 seconds for one, on a task of its
 /// own: the requests, verified with the server's published keys as a device verifies them.
 fn waiting_pull(
@@ -334,7 +321,7 @@ fn waiting_pull(
             path: &path,
             body: b"",
         };
-        let pending = pull(&ctx, call, &enrollment, Duration::from_secs(20))
+        let pending = pull(&ctx, call, &enrollment, WAITER_WAIT)
             .await
             .expect("pulled");
         pending
