@@ -1963,10 +1963,20 @@ async fn resend_otp(
     Ok((flow.status, data))
 }
 
-/// `cancelAuthentication`: ends the flow, withdrawing a push still pending on the phone.
+/// `cancelAuthentication`: ends the flow, withdrawing a push still pending on the phone. A push
+/// the flow waits for that ended first in a way that ends the flow (approved, say) wins: the
+/// flow follows it (its follow-up moves it), and the cancellation is refused with `conflict`.
 async fn cancel(ctx: &Ctx, flow: &Flow) -> Result<(FlowStatus, Data), DomainError> {
     if let Some(push) = &flow.data.push {
-        outcome::record(ctx, &push.authentication_id, Ending::Canceled).await?;
+        let withdrawn = outcome::record(ctx, &push.authentication_id, Ending::Canceled).await?;
+        if withdrawn.is_none()
+            && flow.watched_push() == Some(&push.authentication_id)
+            && let Some(ended) =
+                authentications::get(&ctx.db, &push.authentication_id, ctx.now()).await?
+            && after_push(flow, &ended).is_some_and(|(_, status, _)| status.is_final())
+        {
+            return Err(conflict());
+        }
     }
     let data = finished(flow.data.clone(), result(FlowResultStatus::Canceled));
     Ok((FlowStatus::Canceled, data))
@@ -2205,6 +2215,9 @@ pub(crate) fn follow_up<'a>(ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFut
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod crowd_tests;
 
 #[cfg(test)]
 mod flow_tests;
