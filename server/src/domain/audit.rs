@@ -25,6 +25,7 @@ use tessera_protocol::events::{
     AuditPage, AuditRecord, AuthenticationHistory, AuthenticationHistoryEntry, EventType,
     WebhookEvent,
 };
+use tessera_protocol::ids::ApplicationId;
 
 use super::events::Topic;
 use super::{Ctx, DomainError};
@@ -524,7 +525,19 @@ fn ending_events_as(
 /// Records the authentications that expired unanswered since the last sweep, each once
 /// (whichever instance marks it first records it).
 pub(crate) async fn sweep_expired(ctx: &Ctx) -> Result<usize, DomainError> {
-    let expired = store::claim_unreported_expired(&ctx.db, ctx.now(), 256).await?;
+    sweep_expired_of(ctx, None).await
+}
+
+/// [`sweep_expired`] for one `application` only, or (`None`) for every one. Tests that share a
+/// database and each move a clock of their own sweep their own application: a sweep by another
+/// test's clock would find their requests expired.
+pub(crate) async fn sweep_expired_of(
+    ctx: &Ctx,
+    application: Option<&ApplicationId>,
+) -> Result<usize, DomainError> {
+    let expired =
+        store::claim_unreported_expired(&ctx.db, ctx.now(), 256, application.map(|a| a.as_str()))
+            .await?;
     for record in &expired {
         record_ending(
             ctx,

@@ -221,6 +221,17 @@ pub(crate) async fn until_waited(ctx: &Ctx, topic: &super::events::Topic) {
     panic!("nobody waits on {topic:?}");
 }
 
+/// A crowd test's seed: `TESSERA_CROWD_SEED` when set (to replay a failing run), else a random
+/// one; printed either way.
+pub(crate) fn crowd_seed() -> u64 {
+    let seed = std::env::var("TESSERA_CROWD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("TESSERA_CROWD_SEED={seed}");
+    seed
+}
+
 /// A domain context over a fresh database with one application.
 pub(crate) struct TestDomain {
     /// What the domain operations take.
@@ -240,6 +251,60 @@ pub(crate) struct TestDomain {
 }
 
 impl TestDomain {
+    /// Both engines, configured for a crowd test: no push-bombing limit refuses a request (a
+    /// crowd's unanswered requests stay pending until its end).
+    pub(crate) async fn each_engine_for_crowds() -> Vec<Arc<Self>> {
+        Self::each_engine_with(|| ServerConfig {
+            max_pending_authentications_per_user: u32::MAX,
+            max_recent_authentications_per_user: u32::MAX,
+            ..ServerConfig::default()
+        })
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect()
+    }
+
+    /// A crowd: `users` users of the application, each with a paired device, each running `run`
+    /// with a generator of its own seeded from `seed`, all side by side on tasks of their own.
+    /// Each user with what its run returned, in order.
+    pub(crate) async fn crowd<T, Fut>(
+        self: &Arc<Self>,
+        users: usize,
+        seed: u64,
+        run: impl Fn(Arc<Self>, UserId, TestDevice, rand::rngs::StdRng) -> Fut,
+    ) -> Vec<(UserId, T)>
+    where
+        Fut: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        use rand::SeedableRng;
+        let mut tasks = Vec::with_capacity(users);
+        for u in 0..users {
+            let (user, device) = self.user_with_device(&format!("crowd-{u}")).await;
+            let rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(u as u64));
+            let ran = run(self.clone(), user.clone(), device, rng);
+            tasks.push(tokio::spawn(async move { (user, ran.await) }));
+        }
+        joined(tasks).await
+    }
+
+    /// Records the expiries of the application's requests that expired unanswered by this
+    /// context's clock (the server's sweep, limited to this test's application: tests that
+    /// share a database each move a clock of their own). How many it recorded.
+    pub(crate) async fn sweep_expired(&self) -> usize {
+        let mut swept = 0;
+        loop {
+            let n = super::audit::sweep_expired_of(&self.ctx, Some(&self.app.id))
+                .await
+                .expect("swept");
+            if n == 0 {
+                return swept;
+            }
+            swept += n;
+        }
+    }
+
     /// A context on a fresh SQLite database.
     pub(crate) async fn sqlite() -> Self {
         Self::sqlite_with(ServerConfig::default()).await

@@ -338,26 +338,34 @@ fn row_to_record(row: &AnyRow) -> Result<StoredRecord, StoreError> {
 }
 
 /// Marks up to `limit` authentications that expired unanswered (and were not yet reported) as
-/// reported, and returns them as read now. Each is returned to one caller only.
+/// reported, and returns them as read now. Each is returned to one caller only. `application`
+/// limits it to one application's (`None`: every application's).
 pub async fn claim_unreported_expired(
     db: &Database,
     now: i64,
     limit: i64,
+    application: Option<&str>,
 ) -> Result<Vec<super::authentications::Authentication>, StoreError> {
     let lock = match db.engine() {
         super::Engine::Postgres => " FOR UPDATE SKIP LOCKED",
         super::Engine::Sqlite => "",
     };
-    let rows = sqlx::query(&format!(
+    let of_application = if application.is_some() {
+        " AND application_id = $3"
+    } else {
+        ""
+    };
+    let sql = format!(
         "UPDATE authentications SET expiry_reported = 1 WHERE id IN \
          (SELECT id FROM authentications WHERE state = 'pending' AND expiry_reported = 0 \
-          AND expires_at <= $1 ORDER BY expires_at LIMIT $2{lock}) \
+          AND expires_at <= $1{of_application} ORDER BY expires_at LIMIT $2{lock}) \
          AND state = 'pending' AND expiry_reported = 0 RETURNING id"
-    ))
-    .bind(now)
-    .bind(limit)
-    .fetch_all(db.writer())
-    .await?;
+    );
+    let mut query = sqlx::query(&sql).bind(now).bind(limit);
+    if let Some(application) = application {
+        query = query.bind(application);
+    }
+    let rows = query.fetch_all(db.writer()).await?;
     let mut expired = Vec::with_capacity(rows.len());
     for row in rows {
         let id: String = row.try_get("id")?;

@@ -547,10 +547,14 @@ impl<'a> Answer<'a> {
 const END_WITH_VALUES: usize = 9;
 
 /// The conditional update that records an answer (its statement: this, then `RETURNING` the
-/// columns).
+/// columns). Like every ending's update, it also requires that the expiry sweep has not claimed
+/// the request (`expiry_reported = 0`): an answer whose time was read before the expiry but
+/// written after the sweep recorded and announced the expiry is not recorded, so a request
+/// never ends twice.
 pub(crate) const END_WITH: &str = "UPDATE authentications SET state = $1, decision = $2, \
     signed_response = $3, attributes = $4, answered_at = $5, denial_reason = $7 \
-    WHERE id = $6 AND state = 'pending' AND expires_at > $5 AND enrollment_id = $8 AND nonce = $9";
+    WHERE id = $6 AND state = 'pending' AND expires_at > $5 AND expiry_reported = 0 \
+    AND enrollment_id = $8 AND nonce = $9";
 
 /// Records `answer` if its request is still pending, unexpired and as the device saw it
 /// ([`AnsweredRequest`]): one conditional update, so of racing answers (and expiry) exactly
@@ -1147,7 +1151,8 @@ where
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         ending_statement(
             "UPDATE authentications SET state = 'approved', decision = $1, attributes = $2, \
-             answered_at = $3 WHERE id = $4 AND state = 'pending' AND expires_at > $3",
+             answered_at = $3 WHERE id = $4 AND state = 'pending' AND expires_at > $3 \
+             AND expiry_reported = 0",
         )
     });
     let row = sqlx::query(&STATEMENT)
@@ -1174,7 +1179,8 @@ where
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         ending_statement(
             "UPDATE authentications SET state = 'failed', failure_reason = 'canceled', \
-             answered_at = $1 WHERE id = $2 AND state = 'pending' AND expires_at > $1",
+             answered_at = $1 WHERE id = $2 AND state = 'pending' AND expires_at > $1 \
+             AND expiry_reported = 0",
         )
     });
     let row = sqlx::query(&STATEMENT)

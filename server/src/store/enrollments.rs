@@ -396,7 +396,7 @@ pub async fn delete(
     // Requests still waiting for this device can no longer be answered.
     let failed = sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
-         WHERE enrollment_id = $1 AND state = 'pending' RETURNING id",
+         WHERE enrollment_id = $1 AND state = 'pending' AND expiry_reported = 0 RETURNING id",
     )
     .bind(id.as_str())
     .fetch_all(&mut *tx)

@@ -20,11 +20,10 @@
 //! time. `TESSERA_CROWD_SEED` replays a failing run (the seed is printed).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationRequest, AuthenticationState, Decision,
@@ -36,11 +35,10 @@ use super::super::device_auth::DeviceCall;
 use super::super::events::Topic;
 use super::super::outcome::{self, Ending};
 use super::super::testing::{
-    TestDevice, TestDomain, WAITER_WAIT, endings_announced, joined, until_waited, woken,
+    TestDevice, TestDomain, WAITER_WAIT, crowd_seed, endings_announced, joined, until_waited, woken,
 };
 use super::{answer, pull, status};
 use crate::clock::Clock;
-use crate::config::ServerConfig;
 use crate::store::audit::{self, Filter};
 
 /// Users whose requests run side by side.
@@ -102,31 +100,14 @@ struct Ran {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crowd_of_requests_ended_every_way_at_once_each_end_once() {
-    let seed = std::env::var("TESSERA_CROWD_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("TESSERA_CROWD_SEED={seed}");
-    let domains = TestDomain::each_engine_with(|| ServerConfig {
-        // Unanswered requests stay pending until the end: no push-bombing limit may refuse the
-        // next one.
-        max_pending_authentications_per_user: u32::MAX,
-        max_recent_authentications_per_user: u32::MAX,
-        ..ServerConfig::default()
-    })
-    .await;
-    for domain in domains {
-        let domain = Arc::new(domain);
-        let mut users = Vec::new();
-        for u in 0..USERS {
-            let (user, phone) = domain.user_with_device(&format!("crowd-{u}")).await;
-            let rng = StdRng::seed_from_u64(seed.wrapping_add(u as u64));
-            let domain = domain.clone();
-            users.push(tokio::spawn(async move {
+    let seed = crowd_seed();
+    for domain in TestDomain::each_engine_for_crowds().await {
+        let users = domain
+            .crowd(USERS, seed, |domain, user, phone, rng| async move {
                 run_user(&domain, &user, &phone, rng).await
-            }));
-        }
-        let ran: Vec<Ran> = joined(users).await.into_iter().flatten().collect();
+            })
+            .await;
+        let ran: Vec<Ran> = users.into_iter().flat_map(|(_, ran)| ran).collect();
         assert_eq!(ran.len(), USERS * ROUNDS);
 
         for r in &ran {
@@ -138,11 +119,7 @@ async fn a_crowd_of_requests_ended_every_way_at_once_each_end_once() {
 
         // The unanswered ones expire; the sweep records each expiry once.
         domain.clock.advance(Duration::from_secs(EXPIRES_IN + 1));
-        while crate::domain::audit::sweep_expired(&domain.ctx)
-            .await
-            .expect("swept")
-            > 0
-        {}
+        domain.sweep_expired().await;
         let records = audit::query(
             &domain.ctx.db,
             &Filter {

@@ -446,3 +446,80 @@ async fn a_request_made_while_a_waiting_pull_starts_wakes_it() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_ending_timed_before_the_expiry_but_written_after_its_sweep_is_not_recorded() {
+    use crate::store::authentications::{self, Answer, AnsweredRequest};
+    for domain in TestDomain::each_engine().await {
+        let (judy, phone) = domain.user_with_device("judy").await;
+        let created = domain.ask(&judy, json!({"expires_in": 30})).await;
+        let id = created.authentication_id.clone();
+        let _ = domain.pulled(&phone, &id).await;
+        // The time an ending reads first, before the request expired.
+        let before = domain.clock.now();
+        let record = authentications::get(&domain.ctx.db, &id, before)
+            .await
+            .expect("read")
+            .expect("stored");
+        domain.clock.advance(Duration::from_secs(31));
+        assert_eq!(domain.sweep_expired().await, 1, "the expiry is recorded");
+
+        // Each ending, written now with the time it read before the expiry, finds the expiry
+        // recorded and writes nothing.
+        let mut w = domain.ctx.db.write().await.expect("write");
+        let answer = Answer::decided(
+            AnsweredRequest::of(&record),
+            Decision::Approve,
+            "signed",
+            "{}",
+            before,
+        );
+        assert!(
+            authentications::record_answer(&mut w, &answer)
+                .await
+                .expect("ran")
+                .is_none(),
+            "the device's answer"
+        );
+        w.rollback().await.expect("rolled back");
+        let passcode =
+            authentications::record_passcode_answer(domain.ctx.db.writer(), &id, "{}", before)
+                .await
+                .expect("ran");
+        assert!(passcode.is_none(), "a passcode");
+        let canceled = authentications::record_cancellation(domain.ctx.db.writer(), &id, before)
+            .await
+            .expect("ran");
+        assert!(canceled.is_none(), "a cancellation");
+        crate::domain::devices::unpair(&domain.ctx, &phone.enrollment)
+            .await
+            .expect("unpaired");
+        assert_eq!(endings_announced(&id), 0, "no ending after the expiry");
+
+        let read = status(&domain.ctx, &domain.app.id, id.as_str(), Duration::ZERO)
+            .await
+            .expect("status");
+        assert_eq!(read.state, AuthenticationState::Expired);
+        let records = crate::store::audit::query(
+            &domain.ctx.db,
+            &crate::store::audit::Filter {
+                application_id: Some(domain.app.id.to_string()),
+                ..Default::default()
+            },
+            100,
+            true,
+        )
+        .await
+        .expect("the audit log");
+        let kinds: Vec<&str> = records
+            .iter()
+            .filter(|r| r.record.subject.as_deref() == Some(id.as_str()))
+            .map(|r| r.record.kind.as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["authentication.created", "authentication.expired"],
+            "one ending"
+        );
+    }
+}

@@ -85,6 +85,8 @@ pub(crate) fn denial_description(
 }
 
 #[cfg(test)]
+mod crowd_tests;
+#[cfg(test)]
 mod flow_tests;
 
 #[cfg(test)]

@@ -394,7 +394,10 @@ async fn ciba_grant(
             ));
         }
     }
-    if !ciba::mark_tokens_issued(&state.db, &request.auth_req_id, now).await? {
+    // Marked at the time of the mark, not when the token request came: the approval just read
+    // may have been recorded since (a token request racing the device's answer), and tokens are
+    // never marked issued before the approval they are issued for.
+    if !ciba::mark_tokens_issued(&state.db, &request.auth_req_id, state.now()).await? {
         return Err(invalid_grant(
             "this auth_req_id was already exchanged for tokens",
         ));

@@ -16,22 +16,20 @@
 //!
 //! `TESSERA_CROWD_SEED` replays a failing run (the seed is printed).
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::authentication::{AuthenticationState, Decision};
 use tessera_protocol::ids::UserId;
 
 use crate::clock::Clock;
-use crate::config::ServerConfig;
 use crate::domain::events::Topic;
 use crate::domain::pairing::{pair_device, start};
 use crate::domain::testing::{
-    Registering, TestDevice, TestDomain, WAITER_WAIT, endings_announced, joined, until_waited,
-    woken,
+    Registering, TestDevice, TestDomain, WAITER_WAIT, crowd_seed, endings_announced, joined,
+    until_waited, woken,
 };
 use crate::store::applications::{self, AdditionalDevicePolicy};
 use crate::store::authentications;
@@ -83,19 +81,8 @@ struct Ran {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crowd_of_new_devices_settled_every_way_at_once_each_settle_once() {
-    let seed = std::env::var("TESSERA_CROWD_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("TESSERA_CROWD_SEED={seed}");
-    let domains = TestDomain::each_engine_with(|| ServerConfig {
-        // Unanswered verification requests stay pending until the end.
-        max_pending_authentications_per_user: u32::MAX,
-        max_recent_authentications_per_user: u32::MAX,
-        ..ServerConfig::default()
-    })
-    .await;
-    for domain in domains {
+    let seed = crowd_seed();
+    for domain in TestDomain::each_engine_for_crowds().await {
         assert!(
             applications::set_additional_device_policy(
                 &domain.ctx.db,
@@ -105,18 +92,11 @@ async fn a_crowd_of_new_devices_settled_every_way_at_once_each_settle_once() {
             .await
             .expect("set")
         );
-        let domain = Arc::new(domain);
-        let mut users = Vec::new();
-        for u in 0..USERS {
-            let (user, phone) = domain.user_with_device(&format!("crowd-{u}")).await;
-            let rng = StdRng::seed_from_u64(seed.wrapping_add(u as u64));
-            let domain = domain.clone();
-            users.push(tokio::spawn(async move {
-                let ran = run_user(&domain, &user, &phone, rng).await;
-                (user, ran)
-            }));
-        }
-        let users = joined(users).await;
+        let users = domain
+            .crowd(USERS, seed, |domain, user, phone, rng| async move {
+                run_user(&domain, &user, &phone, rng).await
+            })
+            .await;
         assert_eq!(
             users.iter().map(|(_, ran)| ran.len()).sum::<usize>(),
             USERS * ROUNDS

@@ -22,11 +22,10 @@
 //! time. `TESSERA_CROWD_SEED` replays a failing run (the seed is printed).
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tessera_protocol::authentication::{AuthenticationId, AuthenticationState, Decision};
 use tessera_protocol::error::ErrorCode;
@@ -37,11 +36,10 @@ use tessera_protocol::ids::UserId;
 
 use super::{act, create, get, history};
 use crate::clock::Clock;
-use crate::config::ServerConfig;
 use crate::domain::DomainError;
 use crate::domain::authentication::{answer, status};
 use crate::domain::events::Topic;
-use crate::domain::testing::{TestDevice, TestDomain, endings_announced, joined};
+use crate::domain::testing::{TestDevice, TestDomain, crowd_seed, endings_announced, joined};
 
 /// Users whose flows run side by side.
 const USERS: usize = 10;
@@ -127,31 +125,14 @@ struct Ran {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crowd_of_flows_stepped_every_way_at_once_each_end_one_way() {
-    let seed = std::env::var("TESSERA_CROWD_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("TESSERA_CROWD_SEED={seed}");
-    let domains = TestDomain::each_engine_with(|| ServerConfig {
-        // Unanswered pushes stay pending until the end: no push-bombing limit may refuse the
-        // next one.
-        max_pending_authentications_per_user: u32::MAX,
-        max_recent_authentications_per_user: u32::MAX,
-        ..ServerConfig::default()
-    })
-    .await;
-    for domain in domains {
-        let domain = Arc::new(domain);
-        let mut users = Vec::new();
-        for u in 0..USERS {
-            let (user, phone) = domain.user_with_device(&format!("flow-crowd-{u}")).await;
-            let rng = StdRng::seed_from_u64(seed.wrapping_add(u as u64));
-            let domain = domain.clone();
-            users.push(tokio::spawn(async move {
+    let seed = crowd_seed();
+    for domain in TestDomain::each_engine_for_crowds().await {
+        let users = domain
+            .crowd(USERS, seed, move |domain, user, phone, rng| async move {
                 run_user(&domain, &user, &phone, rng, seed).await
-            }));
-        }
-        let ran: Vec<Ran> = joined(users).await.into_iter().flatten().collect();
+            })
+            .await;
+        let ran: Vec<Ran> = users.into_iter().flat_map(|(_, ran)| ran).collect();
         assert_eq!(ran.len(), USERS * ROUNDS);
 
         // Before the clock moves, nobody answered the unanswered ones: they still wait.
