@@ -254,10 +254,21 @@ impl TestDomain {
     /// Both engines, configured for a crowd test: no push-bombing limit refuses a request (a
     /// crowd's unanswered requests stay pending until its end).
     pub(crate) async fn each_engine_for_crowds() -> Vec<Arc<Self>> {
-        Self::each_engine_with(|| ServerConfig {
-            max_pending_authentications_per_user: u32::MAX,
-            max_recent_authentications_per_user: u32::MAX,
-            ..ServerConfig::default()
+        Self::each_engine_for_crowds_with(|_| {}).await
+    }
+
+    /// [`TestDomain::each_engine_for_crowds`], each configuration changed by `change` too.
+    pub(crate) async fn each_engine_for_crowds_with(
+        change: impl Fn(&mut ServerConfig),
+    ) -> Vec<Arc<Self>> {
+        Self::each_engine_with(|| {
+            let mut config = ServerConfig {
+                max_pending_authentications_per_user: u32::MAX,
+                max_recent_authentications_per_user: u32::MAX,
+                ..ServerConfig::default()
+            };
+            change(&mut config);
+            config
         })
         .await
         .into_iter()

@@ -29,23 +29,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tessera_protocol::authentication::{AuthenticationId, AuthenticationState, Decision};
-use tessera_protocol::ciba::{
-    BackchannelAcknowledgement, CIBA_GRANT_TYPE, ClientAuthMethod, DeliveryMode,
-    RegisterCibaClient, TokenResponse,
-};
+use tessera_protocol::ciba::{BackchannelAcknowledgement, CIBA_GRANT_TYPE, TokenResponse};
 use tessera_protocol::ids::UserId;
 
 use super::OAuthCode;
-use super::client_auth::{BasicCredentials, Form};
+use super::flow_tests::form;
 use crate::clock::Clock;
-use crate::config::ServerConfig;
 use crate::domain::Ctx;
 use crate::domain::outcome::{self, Ending};
-use crate::domain::testing::{TestDevice, TestDomain, endings_announced, joined};
+use crate::domain::testing::{TestDevice, TestDomain, crowd_seed, endings_announced, joined};
 use crate::store::audit::{self, Filter};
 use crate::store::authentications::{self, Authentication};
 use crate::store::ciba::{self, CibaRequest};
@@ -165,99 +161,53 @@ impl Ran {
 
 /// The relying party every request comes from: one poll-mode client authenticating with
 /// `client_secret_basic`.
-struct RelyingParty {
-    id: String,
-    secret: String,
+type RelyingParty = super::flow_tests::Client;
+
+/// `shop`'s backchannel authentication request for `user`, living [`REQUESTED_EXPIRY`] seconds.
+async fn ask(shop: &RelyingParty, ctx: &Ctx, user: &UserId) -> BackchannelAcknowledgement {
+    let expiry = REQUESTED_EXPIRY.to_string();
+    let form = form(&[
+        ("scope", "openid"),
+        ("login_hint", user.as_str()),
+        ("requested_expiry", &expiry),
+    ]);
+    super::backchannel::authenticate(ctx, shop.basic(), &form)
+        .await
+        .expect("acknowledged")
 }
 
-impl RelyingParty {
-    /// The relying party registered in the test application.
-    async fn registered(domain: &TestDomain) -> Self {
-        let (id, secret) = domain
-            .client(RegisterCibaClient::new(
-                "Shop",
-                DeliveryMode::Poll,
-                ClientAuthMethod::ClientSecretBasic,
-            ))
-            .await;
-        Self { id, secret }
+/// `shop`'s token request for `auth_req_id`.
+async fn token(shop: &RelyingParty, ctx: &Ctx, auth_req_id: &str) -> Polled {
+    let form = form(&[
+        ("grant_type", CIBA_GRANT_TYPE),
+        ("auth_req_id", auth_req_id),
+    ]);
+    match super::token::exchange(ctx, shop.basic(), &form).await {
+        Ok(tokens) => Polled::Tokens(Box::new(tokens)),
+        Err(e) => Polled::Refused(e.code, e.description),
     }
-
-    /// Its credentials, as sent in the `Authorization` header.
-    fn basic(&self) -> Option<BasicCredentials> {
-        Some(BasicCredentials {
-            id: self.id.clone(),
-            secret: self.secret.clone(),
-        })
-    }
-
-    /// A backchannel authentication request for `user`, living [`REQUESTED_EXPIRY`] seconds.
-    async fn ask(&self, ctx: &Ctx, user: &UserId) -> BackchannelAcknowledgement {
-        let expiry = REQUESTED_EXPIRY.to_string();
-        let form = form(&[
-            ("scope", "openid"),
-            ("login_hint", user.as_str()),
-            ("requested_expiry", &expiry),
-        ]);
-        super::backchannel::authenticate(ctx, self.basic(), &form)
-            .await
-            .expect("acknowledged")
-    }
-
-    /// A token request for `auth_req_id`.
-    async fn token(&self, ctx: &Ctx, auth_req_id: &str) -> Polled {
-        let form = form(&[
-            ("grant_type", CIBA_GRANT_TYPE),
-            ("auth_req_id", auth_req_id),
-        ]);
-        match super::token::exchange(ctx, self.basic(), &form).await {
-            Ok(tokens) => Polled::Tokens(Box::new(tokens)),
-            Err(e) => Polled::Refused(e.code, e.description),
-        }
-    }
-}
-
-/// The form of `pairs`.
-fn form(pairs: &[(&str, &str)]) -> Form {
-    Form::new(
-        pairs
-            .iter()
-            .map(|(n, v)| ((*n).to_string(), (*v).to_string()))
-            .collect(),
-    )
-    .expect("a form")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crowd_of_ciba_requests_raced_every_way_gets_tokens_once_per_approval() {
-    let seed = std::env::var("TESSERA_CROWD_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("TESSERA_CROWD_SEED={seed}");
-    let domains = TestDomain::each_engine_with(|| ServerConfig {
-        // Unanswered requests stay pending until the end: no push-bombing limit may refuse the
-        // next one.
-        max_pending_authentications_per_user: u32::MAX,
-        max_recent_authentications_per_user: u32::MAX,
-        ciba_poll_interval: POLL_INTERVAL,
-        ..ServerConfig::default()
+    let seed = crowd_seed();
+    let domains = TestDomain::each_engine_for_crowds_with(|config| {
+        config.ciba_poll_interval = POLL_INTERVAL;
     })
     .await;
     for domain in domains {
         let run: Arc<str> = format!("seed {seed} on {:?}", domain.ctx.db.engine()).into();
-        let domain = Arc::new(domain);
         let shop = Arc::new(RelyingParty::registered(&domain).await);
-        let mut users = Vec::new();
-        for u in 0..USERS {
-            let (user, phone) = domain.user_with_device(&format!("ciba-crowd-{u}")).await;
-            let rng = StdRng::seed_from_u64(seed.wrapping_add(u as u64));
-            let (domain, shop, run) = (domain.clone(), shop.clone(), run.clone());
-            users.push(tokio::spawn(async move {
-                run_user(&domain, &shop, &user, &phone, rng, &run).await
-            }));
-        }
-        let ran: Vec<Ran> = joined(users).await.into_iter().flatten().collect();
+        let users = {
+            let (shop, run) = (shop.clone(), run.clone());
+            domain
+                .crowd(USERS, seed, move |domain, user, phone, rng| {
+                    let (shop, run) = (shop.clone(), run.clone());
+                    async move { run_user(&domain, &shop, &user, &phone, rng, &run).await }
+                })
+                .await
+        };
+        let ran: Vec<Ran> = users.into_iter().flat_map(|(_, ran)| ran).collect();
         assert_eq!(ran.len(), USERS * ROUNDS);
 
         // Once every race is over: what each request was told still holds, and the tokens
@@ -271,7 +221,7 @@ async fn a_crowd_of_ciba_requests_raced_every_way_gets_tokens_once_per_approval(
             }
         }
         for u in 0..USERS {
-            let user = format!("ciba-crowd-{u}");
+            let user = format!("crowd-{u}");
             assert_eq!(
                 access_tokens_stored(&domain, &shop, &user).await,
                 approved_of.get(user.as_str()).copied().unwrap_or(0),
@@ -285,7 +235,7 @@ async fn a_crowd_of_ciba_requests_raced_every_way_gets_tokens_once_per_approval(
             .clock
             .advance(Duration::from_secs(REQUESTED_EXPIRY + 1));
         for r in &ran {
-            let late = shop.token(&domain.ctx, &r.auth_req_id).await;
+            let late = token(&shop, &domain.ctx, &r.auth_req_id).await;
             let record = read(&domain, &r.id).await;
             let expected = match record.state {
                 AuthenticationState::Approved => OAuthCode::InvalidGrant,
@@ -367,7 +317,7 @@ async fn run_user(
     let mut ran = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let race = RACES[rng.gen_range(0..RACES.len())];
-        let ack = shop.ask(ctx, user).await;
+        let ack = ask(shop, ctx, user).await;
         let auth_req_id = ack.auth_req_id.clone();
         let id: AuthenticationId = stored_request(domain, &auth_req_id)
             .await
@@ -422,9 +372,9 @@ async fn run_user(
         // The next token request, once the interval since the last one has passed: what the
         // stored outcome says (checked in `check_ran`); if it got the tokens, one more at once.
         wait_out_the_interval(domain, &auth_req_id).await;
-        let mut after = vec![shop.token(ctx, &auth_req_id).await];
+        let mut after = vec![token(shop, ctx, &auth_req_id).await];
         if after[0].tokens().is_some() {
-            after.push(shop.token(ctx, &auth_req_id).await);
+            after.push(token(shop, ctx, &auth_req_id).await);
         }
         let r = Ran {
             race,
@@ -467,7 +417,7 @@ async fn at_once(
             .map(|_| {
                 let (ctx, shop, auth_req_id) =
                     (domain.ctx.clone(), shop.clone(), auth_req_id.to_string());
-                tokio::spawn(async move { shop.token(&ctx, &auth_req_id).await })
+                tokio::spawn(async move { token(&shop, &ctx, &auth_req_id).await })
             })
             .collect()
     };

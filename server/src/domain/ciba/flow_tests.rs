@@ -17,13 +17,14 @@ use crate::clock::Clock;
 use crate::domain::testing::{TestDevice, TestDomain, joined};
 
 /// A relying party's credentials (poll mode, `client_secret_basic`).
-struct Client {
-    id: String,
+pub(super) struct Client {
+    pub(super) id: String,
     secret: String,
 }
 
 impl Client {
-    async fn registered(domain: &TestDomain) -> Self {
+    /// A relying party registered in the test application.
+    pub(super) async fn registered(domain: &TestDomain) -> Self {
         let (id, secret) = domain
             .client(RegisterCibaClient::new(
                 "Shop",
@@ -34,7 +35,8 @@ impl Client {
         Self { id, secret }
     }
 
-    fn basic(&self) -> Option<BasicCredentials> {
+    /// Its credentials, as sent in the `Authorization` header.
+    pub(super) fn basic(&self) -> Option<BasicCredentials> {
         Some(BasicCredentials {
             id: self.id.clone(),
             secret: self.secret.clone(),
@@ -65,7 +67,8 @@ impl Client {
     }
 }
 
-fn form(pairs: &[(&str, &str)]) -> Form {
+/// The form of `pairs`.
+pub(super) fn form(pairs: &[(&str, &str)]) -> Form {
     Form::new(
         pairs
             .iter()

@@ -24,12 +24,11 @@ use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::authentication::{AuthenticationState, Decision};
 use tessera_protocol::ids::UserId;
 
+use super::flow_tests::new_device_pairs;
 use crate::clock::Clock;
 use crate::domain::events::Topic;
-use crate::domain::pairing::{pair_device, start};
 use crate::domain::testing::{
-    Registering, TestDevice, TestDomain, WAITER_WAIT, crowd_seed, endings_announced, joined,
-    until_waited, woken,
+    TestDevice, TestDomain, WAITER_WAIT, crowd_seed, endings_announced, joined, until_waited, woken,
 };
 use crate::store::applications::{self, AdditionalDevicePolicy};
 use crate::store::authentications;
@@ -201,23 +200,6 @@ async fn run_user(
         });
     }
     ran
-}
-
-/// A new device of `user` pairs with a fresh code: its enrollment as stored, held for the
-/// primary device's approval.
-async fn new_device_pairs(domain: &TestDomain, user: &UserId) -> Enrollment {
-    let code = start(&domain.ctx, &domain.app.id, user, None)
-        .await
-        .expect("a code")
-        .pairing_code;
-    let tablet = Registering::new(&domain.ctx.public_url, &code, domain.clock.now(), false);
-    pair_device(&domain.ctx, CLIENT, &tablet.request)
-        .await
-        .expect("held for verification");
-    enrollments::by_registration_digest(&domain.ctx.db, &tablet.digest.to_string())
-        .await
-        .expect("read")
-        .expect("stored")
 }
 
 /// The primary device's signed answer `signed` to the verification `id`, on a task of its own:

@@ -38,7 +38,7 @@ async fn verifying_domains(name: &str) -> Vec<(TestDomain, UserId, TestDevice)> 
 
 /// A new device pairs with a fresh code for `user`: its enrollment as stored (held for the
 /// primary device's approval).
-async fn new_device_pairs(domain: &TestDomain, user: &UserId) -> Enrollment {
+pub(super) async fn new_device_pairs(domain: &TestDomain, user: &UserId) -> Enrollment {
     let code = start(&domain.ctx, &domain.app.id, user, None)
         .await
         .expect("a code")
