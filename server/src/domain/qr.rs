@@ -84,6 +84,10 @@ fn already_answered() -> DomainError {
     )
 }
 
+fn no_longer_paired() -> DomainError {
+    DomainError::new(ErrorCode::Unauthorized, "the device is no longer paired")
+}
+
 fn internal() -> DomainError {
     DomainError::new(ErrorCode::InternalError, "internal error")
 }
@@ -587,9 +591,7 @@ pub(crate) async fn answer(
     let device = enrollments::by_id(&ctx.db, &claimed.enrollment_id)
         .await?
         .filter(|d| d.status == EnrollmentState::Active)
-        .ok_or_else(|| {
-            DomainError::new(ErrorCode::Unauthorized, "the device is no longer paired")
-        })?;
+        .ok_or_else(no_longer_paired)?;
     let (response, with_uv) = verify_answer::<QrResponse>(
         signed_response,
         MessageType::QrResponse,
@@ -734,18 +736,28 @@ pub(crate) async fn answer(
         .await;
     }
     let recorded = match tx.as_mut() {
-        Some(tx) => qr_sessions::record_answer(&mut **tx, &session.id, &answer, now).await?,
-        None => qr_sessions::record_answer(ctx.db.writer(), &session.id, &answer, now).await?,
+        Some(tx) => {
+            qr_sessions::record_answer(&mut **tx, ctx.db.engine(), &session.id, &answer, now)
+                .await?
+        }
+        None => {
+            qr_sessions::record_answer(ctx.db.writer(), ctx.db.engine(), &session.id, &answer, now)
+                .await?
+        }
     };
     if !recorded {
-        // Another answer came first. On SQLite it may be an earlier member of this write's group,
-        // not committed yet (`store/writer.rs`): the read below would not see it.
+        // Another answer came first, or the device was unpaired since it was read above. On
+        // SQLite the other write may be an earlier member of this write's group, not committed
+        // yet (`store/writer.rs`): the read below would not see it.
         if let Some(open) = tx {
             open.rollback_after_others().await?;
         }
         let current = load_existing(ctx, &id).await?;
         return if current.state == QrSessionState::Expired {
             Err(expired())
+        } else if current.state == QrSessionState::Scanned {
+            // Still waiting for an answer: this one's enrollment is gone.
+            Err(no_longer_paired())
         } else if current.decision == Some(response.decision)
             && current.enrollment_id.as_ref() == Some(&response.enrollment_id)
         {
@@ -1195,6 +1207,8 @@ pub(crate) async fn withdraw_for_flow(ctx: &Ctx, id: &QrSessionId) -> Result<(),
     Ok(())
 }
 
+#[cfg(test)]
+mod crowd_tests;
 #[cfg(test)]
 mod flow_tests;
 

@@ -7,8 +7,8 @@ use tessera_protocol::authentication::{AccessContext, AuthenticationId, Decision
 use tessera_protocol::ids::{ApplicationId, DeviceId, EnrollmentId, FlowId, UserId};
 use tessera_protocol::qr::{QrSessionId, QrSessionState};
 
-use super::Database;
 use super::secrets::{open_text, place};
+use super::{Database, Engine};
 use crate::secrets::DataKey;
 use crate::store::StoreError;
 
@@ -412,14 +412,38 @@ pub struct QrAnswer<'a> {
     pub follow_up_id: Option<&'a AuthenticationId>,
 }
 
-/// The conditional update of [`record_answer`].
+/// The conditional update of [`record_answer`] (as SQLite runs it): the session still waits
+/// for an answer, and the answering enrollment is still paired. An unpairing deletes the
+/// enrollment and fails the requests pending for it in one write; with the enrollment checked
+/// in the answer's own statement, either the unpairing comes first and the answer is not
+/// recorded, or the answer does, and the follow-up it stores in the same write is pending when
+/// the unpairing fails what is pending. (Checked only before, an answer could be recorded after
+/// the unpairing, with a follow-up left pending for a device that is gone.)
 pub(crate) const RECORD_ANSWER: &str = "UPDATE qr_sessions SET state = $1, version = version + 1, \
     enrollment_id = $2, user_id = $3, decision = $4, signed_response = $5, attributes = $6, \
-    follow_up_id = $7, answered_at = $8 WHERE id = $9 AND state = 'scanned' AND expires_at > $8";
+    follow_up_id = $7, answered_at = $8 WHERE id = $9 AND state = 'scanned' AND expires_at > $8 \
+    AND EXISTS (SELECT 1 FROM enrollments WHERE enrollment_id = $2 AND status = 'active')";
 
-/// Records the answer if the session is still waiting for one (one conditional update).
+/// [`RECORD_ANSWER`] as `engine` runs it. SQLite runs one write at a time. On PostgreSQL the
+/// check locks the enrollment's row against its deletion until the answer commits
+/// (`FOR KEY SHARE`, which ordinary updates of the row do not wait for): an unpairing that
+/// deleted it first is waited for, and the check then finds no row; one that comes after waits
+/// for the answer's commit, and then finds its follow-up pending.
+fn record_answer_statement(engine: Engine) -> std::borrow::Cow<'static, str> {
+    match engine {
+        Engine::Sqlite => RECORD_ANSWER.into(),
+        Engine::Postgres => {
+            let check = RECORD_ANSWER.strip_suffix(')').unwrap_or(RECORD_ANSWER);
+            format!("{check} FOR KEY SHARE)").into()
+        }
+    }
+}
+
+/// Records the answer if the session is still waiting for one and the answering enrollment is
+/// still paired (one conditional update, on `engine`).
 pub async fn record_answer<'e, E>(
     executor: E,
+    engine: Engine,
     id: &QrSessionId,
     answer: &QrAnswer<'_>,
     now: i64,
@@ -431,7 +455,8 @@ where
         Ok(serde_json::Value::String(s)) => s,
         _ => return Err(StoreError::Corrupted("decision")),
     };
-    let done = sqlx::query(RECORD_ANSWER)
+    let statement = record_answer_statement(engine);
+    let done = sqlx::query(statement.as_ref())
         .bind(answer.state.as_str())
         .bind(answer.enrollment_id.as_str())
         .bind(answer.user_id.as_str())

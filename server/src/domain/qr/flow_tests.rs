@@ -49,7 +49,7 @@ async fn claimed(
 }
 
 /// The device's answer to `context` after biometrics, as the core makes it.
-fn answered(
+pub(super) fn answered(
     device: &TestDevice,
     context: &QrSessionContext,
     decision: Decision,
