@@ -2808,11 +2808,21 @@ mod tests {
             .execute(db.pool())
             .await
             .expect("deny");
-        let (buffers, user_pending, user_recent) =
-            verdict_cost(&url, &db, &app.id, &user, windows).await;
-        assert_eq!((user_pending, user_recent), (2, 3));
         // About 80 here (the plans' look-ups included), about 600 over every request of the
-        // window.
+        // window. The approvals' old index entries are skipped once no transaction can still see
+        // them: while another test's transaction that began before them runs (the tests share
+        // the database), a count visits them all, so it is measured again until that has passed.
+        let mut buffers = u64::MAX;
+        for _ in 0..40 {
+            let (cost, user_pending, user_recent) =
+                verdict_cost(&url, &db, &app.id, &user, windows).await;
+            assert_eq!((user_pending, user_recent), (2, 3));
+            buffers = cost;
+            if buffers < 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
         assert!(
             buffers < 200,
             "{buffers} buffers to count 3 requests among 3,003"
