@@ -276,3 +276,34 @@ async fn an_auth_req_id_is_marked_exchanged_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn one_id_token_signing_key_signs_at_a_time() {
+    for domain in TestDomain::each_engine().await {
+        let now = domain.clock.now();
+        // The first read of the key set makes the first key (or finds the database's).
+        let published = super::keys::jwks(&domain.ctx.db, now, 3600)
+            .await
+            .expect("the key set");
+        assert!(!published["keys"].as_array().expect("keys").is_empty());
+        // A second signing key beside it, as two first requests at once would each add one, is
+        // refused by the store: the one that came second uses the first's.
+        let second = sqlx::query(
+            "INSERT INTO oidc_signing_keys (kid, private_key, public_jwk, created_at) \
+             VALUES ($1, $2, '{}', $3)",
+        )
+        .bind(format!("second-{}", rand::random::<u64>()))
+        .bind(vec![0u8; 8])
+        .bind(now)
+        .execute(domain.ctx.db.writer())
+        .await;
+        assert!(second.is_err(), "a second signing key is refused");
+        let signing = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM oidc_signing_keys WHERE retired_at IS NULL",
+        )
+        .fetch_one(domain.ctx.db.pool())
+        .await
+        .expect("counted");
+        assert_eq!(signing, 1, "one key signs");
+    }
+}
