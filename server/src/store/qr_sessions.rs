@@ -429,13 +429,14 @@ pub(crate) const RECORD_ANSWER: &str = "UPDATE qr_sessions SET state = $1, versi
 /// (`FOR KEY SHARE`, which ordinary updates of the row do not wait for): an unpairing that
 /// deleted it first is waited for, and the check then finds no row; one that comes after waits
 /// for the answer's commit, and then finds its follow-up pending.
-fn record_answer_statement(engine: Engine) -> std::borrow::Cow<'static, str> {
+fn record_answer_statement(engine: Engine) -> &'static str {
+    static POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let check = RECORD_ANSWER.strip_suffix(')').unwrap_or(RECORD_ANSWER);
+        format!("{check} FOR KEY SHARE)")
+    });
     match engine {
-        Engine::Sqlite => RECORD_ANSWER.into(),
-        Engine::Postgres => {
-            let check = RECORD_ANSWER.strip_suffix(')').unwrap_or(RECORD_ANSWER);
-            format!("{check} FOR KEY SHARE)").into()
-        }
+        Engine::Sqlite => RECORD_ANSWER,
+        Engine::Postgres => POSTGRES.as_str(),
     }
 }
 
@@ -455,8 +456,7 @@ where
         Ok(serde_json::Value::String(s)) => s,
         _ => return Err(StoreError::Corrupted("decision")),
     };
-    let statement = record_answer_statement(engine);
-    let done = sqlx::query(statement.as_ref())
+    let done = sqlx::query(record_answer_statement(engine))
         .bind(answer.state.as_str())
         .bind(answer.enrollment_id.as_str())
         .bind(answer.user_id.as_str())

@@ -24,13 +24,12 @@ use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::authentication::{AuthenticationState, Decision};
 use tessera_protocol::ids::UserId;
 
-use super::flow_tests::new_device_pairs;
+use super::flow_tests::{new_device_pairs, verify_with_primary};
 use crate::clock::Clock;
 use crate::domain::events::Topic;
 use crate::domain::testing::{
     TestDevice, TestDomain, WAITER_WAIT, crowd_seed, endings_announced, joined, until_waited, woken,
 };
-use crate::store::applications::{self, AdditionalDevicePolicy};
 use crate::store::authentications;
 use crate::store::enrollments::{self, Enrollment};
 
@@ -82,15 +81,7 @@ struct Ran {
 async fn a_crowd_of_new_devices_settled_every_way_at_once_each_settle_once() {
     let seed = crowd_seed();
     for domain in TestDomain::each_engine_for_crowds().await {
-        assert!(
-            applications::set_additional_device_policy(
-                &domain.ctx.db,
-                &domain.app.id,
-                AdditionalDevicePolicy::VerifyWithPrimary,
-            )
-            .await
-            .expect("set")
-        );
+        verify_with_primary(&domain).await;
         let users = domain
             .crowd(USERS, seed, |domain, user, phone, rng| async move {
                 run_user(&domain, &user, &phone, rng).await

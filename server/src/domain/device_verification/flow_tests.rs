@@ -21,19 +21,24 @@ const CLIENT: &str = "203.0.113.9";
 async fn verifying_domains(name: &str) -> Vec<(TestDomain, UserId, TestDevice)> {
     let mut out = Vec::new();
     for domain in TestDomain::each_engine().await {
-        assert!(
-            applications::set_additional_device_policy(
-                &domain.ctx.db,
-                &domain.app.id,
-                AdditionalDevicePolicy::VerifyWithPrimary,
-            )
-            .await
-            .expect("set")
-        );
+        verify_with_primary(&domain).await;
         let (user, phone) = domain.user_with_device(name).await;
         out.push((domain, user, phone));
     }
     out
+}
+
+/// The test application's further devices pair only once the user's primary device approves.
+pub(super) async fn verify_with_primary(domain: &TestDomain) {
+    assert!(
+        applications::set_additional_device_policy(
+            &domain.ctx.db,
+            &domain.app.id,
+            AdditionalDevicePolicy::VerifyWithPrimary,
+        )
+        .await
+        .expect("set")
+    );
 }
 
 /// A new device pairs with a fresh code for `user`: its enrollment as stored (held for the

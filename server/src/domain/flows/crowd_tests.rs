@@ -39,7 +39,9 @@ use crate::clock::Clock;
 use crate::domain::DomainError;
 use crate::domain::authentication::{answer, status};
 use crate::domain::events::Topic;
-use crate::domain::testing::{TestDevice, TestDomain, crowd_seed, endings_announced, joined};
+use crate::domain::testing::{
+    TestDevice, TestDomain, crowd_seed, endings_announced, joined, until_waited,
+};
 
 /// Users whose flows run side by side.
 const USERS: usize = 10;
@@ -225,7 +227,7 @@ async fn run_user(
                         wait: Some(POLL_WAIT),
                     },
                 );
-                until_waited(domain, Topic::Flow(id.clone())).await;
+                until_waited(&domain.ctx, &Topic::Flow(id.clone())).await;
                 let denied = spawn_answer(domain, &push_id, denial);
                 told.push(polled.await.expect("the poll ran"));
                 Some(denied.await.expect("the answer ran"))
@@ -309,18 +311,6 @@ async fn pushes_of(domain: &TestDomain, user: &UserId) -> HashSet<Authentication
 fn spawn_act(domain: &TestDomain, id: &str, action: FlowAction) -> tokio::task::JoinHandle<Told> {
     let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), id.to_string());
     tokio::spawn(async move { Told::of(act(&ctx, &app, &id, action).await) })
-}
-
-/// Returns once a waiter waits on `topic` (a poll subscribes before its first read, so what is
-/// announced from then on wakes it).
-async fn until_waited(domain: &TestDomain, topic: Topic) {
-    for _ in 0..5_000 {
-        if domain.ctx.events.waiters_on(&topic) > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("nobody waits on {topic:?}");
 }
 
 /// The device's signed answer `signed` to the push `id`, on a task of its own: whether it was
