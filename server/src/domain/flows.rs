@@ -55,6 +55,10 @@ use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, Reques
 
 /// A flow's lifetime when the request does not say, in seconds.
 const DEFAULT_TTL: u32 = 600;
+/// How long an action's claim on a flow holds if the action never ends it (its process
+/// stopped): longer than any action takes, the slowest being a passcode sent with the message
+/// gateway's 10 s timeout.
+const CLAIM_LEASE_MS: i64 = 30_000;
 
 /// What the flow was asked to do, resolved against the application's settings at creation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1015,11 +1019,11 @@ pub(crate) async fn act(
     }
     let name = action.name().as_str();
     // Claim the flow before any side effect: a racing action on it is refused here.
-    if !store::claim(&ctx.db, &flow.stored.id, flow.stored.version).await? {
+    let Some(claim) = Claim::take(ctx, &flow).await? else {
         return Err(conflict());
-    }
+    };
     let mut claimed = flow.clone();
-    claimed.stored.version += 1;
+    claimed.stored.version = claim.version;
     let step = match action {
         FlowAction::CheckAssertion { credential } if claimed.awaits_passkey() => {
             match check_passkey(ctx, app, &claimed, credential).await {
@@ -1062,7 +1066,11 @@ pub(crate) async fn act(
     };
     let (status, data) = match step {
         Ok(next) => next,
-        Err(e) => return Err(refused(ctx, &claimed, name, e).await),
+        Err(e) => {
+            let e = refused(ctx, &claimed, name, e).await;
+            claim.release().await;
+            return Err(e);
+        }
     };
     let new_push = data
         .push
@@ -1070,7 +1078,9 @@ pub(crate) async fn act(
         .filter(|p| flow.data.push.as_ref() != Some(*p))
         .map(|p| p.authentication_id.clone());
     let new_qr = data.qr.clone().filter(|q| flow.data.qr.as_ref() != Some(q));
-    match move_to(ctx, &claimed, name, status, data).await? {
+    let moved = move_to(ctx, &claimed, name, status, data).await?;
+    claim.ended_by_move();
+    match moved {
         Some(moved) => {
             // A code this action replaced is no longer shown: it stops working now.
             if new_qr.is_some()
@@ -1097,6 +1107,71 @@ pub(crate) async fn act(
             } else {
                 Err(conflict())
             }
+        }
+    }
+}
+
+/// One action's hold on a flow, from its claim to its move or refusal. While it holds, other
+/// actions on the flow are refused with `conflict`, also those that read the flow after the
+/// claim; without it, each racing action could claim the flow from the one before and make
+/// its move fail, and all of them be refused.
+struct Claim {
+    db: crate::store::Database,
+    id: FlowId,
+    version: i64,
+    held: bool,
+}
+
+impl Claim {
+    /// Claims `flow` at the version it was read at; `None` when another action holds it or it
+    /// moved since.
+    async fn take(ctx: &Ctx, flow: &Flow) -> Result<Option<Self>, DomainError> {
+        let now = ctx.now_ms();
+        let taken = store::claim(
+            &ctx.db,
+            &flow.stored.id,
+            flow.stored.version,
+            now,
+            now.saturating_add(CLAIM_LEASE_MS),
+        )
+        .await?;
+        Ok(taken.then(|| Self {
+            db: ctx.db.clone(),
+            id: flow.stored.id.clone(),
+            version: flow.stored.version + 1,
+            held: true,
+        }))
+    }
+
+    /// The action moved the flow, or the flow moved under it: a move ends the claim.
+    fn ended_by_move(mut self) {
+        self.held = false;
+    }
+
+    /// Ends the claim without a move (the action was refused).
+    async fn release(mut self) {
+        self.held = false;
+        release_claim(&self.db, &self.id, self.version).await;
+    }
+}
+
+/// Ends the claim that moved flow `id` to `version`; a failure leaves it to lapse.
+async fn release_claim(db: &crate::store::Database, id: &FlowId, version: i64) {
+    if let Err(e) = store::release(db, id, version).await {
+        tracing::warn!(error = %e, flow_id = %id, "could not release a flow's claim");
+    }
+}
+
+impl Drop for Claim {
+    /// An action that stopped before its move (an error on the way, or its caller gone)
+    /// releases its claim in the background; if even that cannot run, the claim lapses.
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (db, id, version) = (self.db.clone(), self.id.clone(), self.version);
+            runtime.spawn(async move { release_claim(&db, &id, version).await });
         }
     }
 }

@@ -232,22 +232,49 @@ pub async fn by_authentication(
     row.as_ref().map(from_row).transpose()
 }
 
-/// Claims a flow for one action: bumps its version if it is still at `expected_version`, so
-/// a racing action on the same version is refused before it does anything. `false` when
-/// another action or move came first.
-pub async fn claim(db: &Database, id: &FlowId, expected_version: i64) -> Result<bool, StoreError> {
-    let done = sqlx::query("UPDATE flows SET version = version + 1 WHERE id = $1 AND version = $2")
-        .bind(id.as_str())
-        .bind(expected_version)
-        .execute(db.writer())
-        .await?;
+/// Claims a flow for one action until `claimed_until_ms`: bumps its version if it is still at
+/// `expected_version` and no other claim holds (one that lapsed before `now_ms` does not), so a
+/// racing action is refused before it does anything, also one that read the flow after this
+/// claim. `false` when another action or move came first, or another action holds the flow.
+/// The claim ends with the action's move ([`transition`]) or with [`release`].
+pub async fn claim(
+    db: &Database,
+    id: &FlowId,
+    expected_version: i64,
+    now_ms: i64,
+    claimed_until_ms: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE flows SET version = version + 1, claimed_until = $3 \
+         WHERE id = $1 AND version = $2 AND (claimed_until IS NULL OR claimed_until <= $4)",
+    )
+    .bind(id.as_str())
+    .bind(expected_version)
+    .bind(claimed_until_ms)
+    .bind(now_ms)
+    .execute(db.writer())
+    .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Ends the claim that moved the flow to `claimed_version`, if the flow has not moved since
+/// (a move ends the claim itself).
+pub async fn release(db: &Database, id: &FlowId, claimed_version: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE flows SET claimed_until = NULL \
+         WHERE id = $1 AND version = $2 AND claimed_until IS NOT NULL",
+    )
+    .bind(id.as_str())
+    .bind(claimed_version)
+    .execute(db.writer())
+    .await?;
+    Ok(())
 }
 
 /// Moves a flow to `next` (its status, data, push and user) if it is still at
 /// `expected_version`, recording `event` in the same transaction. `false` when another
 /// transition came first. A passkey sign-in is bound to its user here: once, by the move that
-/// wins the version.
+/// wins the version. The move ends any claim on the flow.
 pub async fn transition(
     db: &Database,
     next: &StoredFlow,
@@ -257,7 +284,7 @@ pub async fn transition(
     let mut tx = db.write().await?;
     let done = sqlx::query(
         "UPDATE flows SET status = $1, version = $2, data = $3, authentication_id = $4, \
-         updated_at = $5, user_id = $8 WHERE id = $6 AND version = $7",
+         updated_at = $5, user_id = $8, claimed_until = NULL WHERE id = $6 AND version = $7",
     )
     .bind(&next.status)
     .bind(next.version)
@@ -329,23 +356,31 @@ mod tests {
         }
     }
 
-    /// A passkey sign-in is stored without a user and bound to one by the move that wins its
-    /// version, once: a racing move at the same version binds nobody else.
-    #[tokio::test]
-    async fn a_flow_without_a_user_is_bound_once_by_its_winning_move() {
-        let (_dir, db, app_id) = crate::store::test_db_with_app().await;
-        let flow = StoredFlow {
+    fn new_flow(
+        application_id: ApplicationId,
+        user_id: Option<UserId>,
+        status: &str,
+    ) -> StoredFlow {
+        StoredFlow {
             id: FlowId::generate(),
-            application_id: app_id,
-            user_id: None,
-            status: "ASSERTION_REQUIRED".into(),
+            application_id,
+            user_id,
+            status: status.into(),
             version: 1,
             data: "{}".into(),
             authentication_id: None,
             created_at: 10,
             updated_at: 10,
             expires_at: 100,
-        };
+        }
+    }
+
+    /// A passkey sign-in is stored without a user and bound to one by the move that wins its
+    /// version, once: a racing move at the same version binds nobody else.
+    #[tokio::test]
+    async fn a_flow_without_a_user_is_bound_once_by_its_winning_move() {
+        let (_dir, db, app_id) = crate::store::test_db_with_app().await;
+        let flow = new_flow(app_id, None, "ASSERTION_REQUIRED");
         insert(&db, &flow, &event("create", "ASSERTION_REQUIRED"))
             .await
             .expect("insert");
@@ -373,5 +408,51 @@ mod tests {
         let stored = get(&db, &flow.id).await.expect("get").expect("stored");
         assert_eq!(stored.user_id.as_ref().map(UserId::as_str), Some(winner));
         assert_eq!(stored.version, 2);
+    }
+
+    /// An action's claim holds until its move or its release: another action is refused until
+    /// then, also one that read the flow after the claim (at the claimed version); a release
+    /// ends only its own claim; a claim whose action never came back lapses at its time.
+    #[tokio::test]
+    async fn a_claim_refuses_other_actions_until_its_move_or_release() {
+        let (_dir, db, app_id) = crate::store::test_db_with_app().await;
+        let flow = new_flow(app_id, Some("pia".parse().expect("user")), "OTP_REQUIRED");
+        insert(&db, &flow, &event("create", "OTP_REQUIRED"))
+            .await
+            .expect("insert");
+        let id = &flow.id;
+        let claim_at = |version: i64, now: i64| {
+            let db = db.clone();
+            async move {
+                claim(&db, id, version, now, now + 30_000)
+                    .await
+                    .expect("claim")
+            }
+        };
+        assert!(claim_at(1, 1_000).await, "the first claim");
+        assert!(!claim_at(1, 1_001).await, "read before the claim");
+        assert!(!claim_at(2, 1_001).await, "read after the claim");
+
+        release(&db, id, 2).await.expect("release");
+        assert!(claim_at(2, 1_002).await, "claimable once released");
+        assert!(!claim_at(3, 1_003).await, "held again");
+
+        let moved = StoredFlow {
+            status: "MFA_COMPLETED".into(),
+            version: 4,
+            ..flow.clone()
+        };
+        assert!(
+            transition(&db, &moved, 3, &event("checkOtp", "MFA_COMPLETED"))
+                .await
+                .expect("transition")
+        );
+        assert!(claim_at(4, 1_004).await, "the move ended the claim");
+
+        assert!(!claim_at(5, 31_003).await, "held until its time");
+        assert!(claim_at(5, 31_004).await, "lapsed at its time");
+        release(&db, id, 5).await.expect("an old claim's release");
+        assert!(!claim_at(6, 31_005).await, "the newer claim still holds");
+        assert_eq!(get(&db, id).await.expect("get").expect("stored").version, 6);
     }
 }
