@@ -24,7 +24,7 @@ use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, Reques
 
 use super::attestation::assertions::{self, AnswerAssertion, AssertionCheck};
 use super::events::{Topic, wait_for, wait_subscribed};
-use super::outcome::{self, Ending, SignedAnswer, Taken, Verdict};
+use super::outcome::{self, Ending, SignedAnswer, Take, Taken, Verdict};
 use super::{Ctx, DomainError};
 use crate::store::applications::Application;
 use crate::store::authentications::{self, Authentication};
@@ -1362,12 +1362,14 @@ pub(crate) async fn answer(
         Some(counter) => {
             // The counter's transaction takes its own connection: give this one back first.
             drop(conn);
-            match outcome::record_taking_counter(ctx, &id, signed, &device.enrollment_id, counter)
-                .await?
-            {
+            let take = Take::AppAttestCounter {
+                enrollment: &device.enrollment_id,
+                counter,
+            };
+            match outcome::record_taking(ctx, &id, take, Ending::Signed(signed)).await? {
                 Taken::Recorded(recorded) => Some(*recorded),
                 Taken::NotRecorded => None,
-                Taken::CounterReplay => {
+                Taken::UsedUp => {
                     if let Some(again) = recorded_again(ctx, &id, signed_response).await? {
                         return Ok(again);
                     }

@@ -516,7 +516,7 @@ pub(crate) async fn verify_challenge(
         otp_challenges::record_attempt(&ctx.db, &challenge.id).await?;
         return Err(refuse(ctx, &attempt, "the code is wrong"));
     }
-    if !otp_challenges::mark_used(&ctx.db, &challenge.id, now, max_attempts).await? {
+    if !otp_challenges::mark_used(ctx.db.writer(), &challenge.id, now, max_attempts).await? {
         return Err(refuse(ctx, &attempt, "this code was already used"));
     }
     otp::reset_failures(&ctx.db, app, user).await?;

@@ -529,16 +529,19 @@ pub(crate) async fn answer_authentication(
     let attributes = recovery_code_attributes(ctx, record.accessing_ip.as_deref());
     let text = serde_json::to_string(&attributes)
         .map_err(|_| DomainError::Internal("encoding attributes"))?;
-    let current =
-        match outcome::record(ctx, &record.id, Ending::Passcode { attributes: &text }).await? {
-            Some(recorded) => recorded,
-            None => {
-                // Answered or expired meanwhile: the code is spent, the outcome stands.
-                let current = load_for(ctx, app, id).await?;
-                require_pending(&current)?;
-                current
-            }
-        };
+    let ending = Ending::Passcode {
+        attributes: &text,
+        code_digest: None,
+    };
+    let current = match outcome::record(ctx, &record.id, ending).await? {
+        Some(recorded) => recorded,
+        None => {
+            // Answered or expired meanwhile: the code is spent, the outcome stands.
+            let current = load_for(ctx, app, id).await?;
+            require_pending(&current)?;
+            current
+        }
+    };
     tracing::info!(authentication_id = %current.id, "authentication approved with a recovery code");
     Ok(current.status_at(ctx.now()))
 }

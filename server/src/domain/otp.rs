@@ -20,16 +20,18 @@ use subtle::ConstantTimeEq;
 use tessera_protocol::api::{
     AuthenticationStatus, OtpToken, OtpTokenKind, OtpTokenList, OtpVerified, RegisterOtpToken,
 };
+use tessera_protocol::authentication::{AuthenticationId, AuthenticationState};
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 use tessera_protocol::otp::{DIGITS, OtpHash, PERIOD_SECONDS, decode_base32, hotp};
 use zeroize::Zeroizing;
 
 use super::authentication::{accessing_attributes, load_for, require_pending};
-use super::outcome::{self, Ending};
+use super::outcome::{self, Ending, Take, Taken};
 use super::users::require_user;
 use super::{Ctx, DomainError};
-use crate::store::otp::{self, EnrollmentSeed, OathToken};
+use crate::store::authentications::{self, Authentication};
+use crate::store::otp::{self, EnrollmentSeed, OathToken, PasscodeSpend};
 use crate::store::{enrollments, otp_challenges};
 use tessera_protocol::policy::{PolicyMethod, RequestKind};
 
@@ -132,8 +134,10 @@ pub(crate) enum DeviceSource {
 
 /// How checking a code against the user's devices went.
 pub(crate) enum DeviceMatch {
-    /// Accepted (and used up).
-    Accepted(DeviceSource),
+    /// Accepted: the code and how to use it up. [`find_device_code`] leaves it unspent (the
+    /// caller spends it in the write that records what it approves);
+    /// [`match_device_code`] has spent it.
+    Accepted(DeviceSource, PasscodeSpend),
     /// It was right once, but is already used.
     Replayed,
     /// It matches nothing.
@@ -209,16 +213,39 @@ fn totp_token_matches(
     Ok(found)
 }
 
-/// Checks `code` against the user's enrollment seeds and OATH tokens; an accepted code's time
-/// step or counter is used up in the same step (one conditional update each).
+/// Checks `code` against the user's enrollment seeds and OATH tokens, and uses an accepted
+/// one up at once (one conditional update: of two racing uses, one takes it).
 pub(crate) async fn match_device_code(
     ctx: &Ctx,
     app: &ApplicationId,
     user: &UserId,
     code: &str,
 ) -> Result<DeviceMatch, DomainError> {
-    let seeds = otp::seeds_for_user(&ctx.db, app, user).await?;
-    let tokens = otp::tokens_for_user(&ctx.db, app, user).await?;
+    Ok(match find_device_code(ctx, app, user, code).await? {
+        DeviceMatch::Accepted(source, spend) => {
+            if spend.take(ctx.db.writer()).await? {
+                DeviceMatch::Accepted(source, spend)
+            } else {
+                DeviceMatch::Replayed
+            }
+        }
+        other => other,
+    })
+}
+
+/// Checks `code` against the user's enrollment seeds and OATH tokens, without using it up: an
+/// accepted code comes with the [`PasscodeSpend`] that takes it (its time step, later than the
+/// last accepted, or its HOTP counter).
+pub(crate) async fn find_device_code(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    code: &str,
+) -> Result<DeviceMatch, DomainError> {
+    let (seeds, tokens) = tokio::try_join!(
+        otp::seeds_for_user(&ctx.db, app, user),
+        otp::tokens_for_user(&ctx.db, app, user),
+    )?;
     if seeds.is_empty() && tokens.is_empty() {
         return Ok(DeviceMatch::NoSources);
     }
@@ -227,10 +254,15 @@ pub(crate) async fn match_device_code(
     let mut replayed = false;
     for s in &seeds {
         for step in seed_matches(s, code, now, drift)? {
-            if step > s.last_step && otp::accept_step(&ctx.db, &s.enrollment_id, step).await? {
-                return Ok(DeviceMatch::Accepted(DeviceSource::Enrollment(
-                    s.enrollment_id.clone(),
-                )));
+            if step > s.last_step {
+                let spend = PasscodeSpend::EnrollmentStep {
+                    enrollment: s.enrollment_id.clone(),
+                    step,
+                };
+                return Ok(DeviceMatch::Accepted(
+                    DeviceSource::Enrollment(s.enrollment_id.clone()),
+                    spend,
+                ));
             }
             replayed = true;
         }
@@ -243,18 +275,22 @@ pub(crate) async fn match_device_code(
             (Some(counter), _) => {
                 let look_ahead = i64::from(ctx.config.hotp_look_ahead);
                 if let Some(c) = hotp_match(t, counter, code, look_ahead)? {
-                    if otp::advance_counter(&ctx.db, &t.token_id, counter, c + 1).await? {
-                        return Ok(DeviceMatch::Accepted(token_source(t)));
-                    }
-                    replayed = true;
+                    let spend = PasscodeSpend::TokenCounter {
+                        token_id: t.token_id.clone(),
+                        expected: counter,
+                        next: c + 1,
+                    };
+                    return Ok(DeviceMatch::Accepted(token_source(t), spend));
                 }
             }
             (None, Some(period)) => {
                 for step in totp_token_matches(t, period, code, now, drift)? {
-                    if step > t.last_step
-                        && otp::accept_token_step(&ctx.db, &t.token_id, step).await?
-                    {
-                        return Ok(DeviceMatch::Accepted(token_source(t)));
+                    if step > t.last_step {
+                        let spend = PasscodeSpend::TokenStep {
+                            token_id: t.token_id.clone(),
+                            step,
+                        };
+                        return Ok(DeviceMatch::Accepted(token_source(t), spend));
                     }
                     replayed = true;
                 }
@@ -343,7 +379,7 @@ pub(crate) async fn verify(
     let attempt = take_attempt(ctx, app, &user_id).await?;
     let code = normalize(code);
     let source = match match_device_code(ctx, app, &user_id, &code).await? {
-        DeviceMatch::Accepted(source) => source,
+        DeviceMatch::Accepted(source, _spent) => source,
         DeviceMatch::NoSources => {
             otp::refund_attempt(&ctx.db, app, &user_id).await?;
             return Err(DomainError::new(
@@ -404,7 +440,11 @@ pub(crate) async fn reset_failures(
 /// Answers a push authentication with a one-time passcode: the app's (or a registered token's)
 /// when "use code" or OTP fallback is in force, or a backup code sent for it. An accepted code
 /// ends the authentication as approved with the passcode's attributes, through
-/// [`outcome::record`] (waiters wake, follow-ups run).
+/// [`outcome::record_taking`] (waiters wake, follow-ups run): the code is used up in the same
+/// transaction, so it is spent only when it approves, and the authentication keeps the code's
+/// digest ([`passcode_digest`]). A copy of that code for the same authentication (the same
+/// form sent twice, or a retry after a lost answer) is answered with the approval: it is not
+/// refused as spent, nor counted as a wrong passcode.
 pub(crate) async fn answer_authentication(
     ctx: &Ctx,
     app: &ApplicationId,
@@ -412,8 +452,15 @@ pub(crate) async fn answer_authentication(
     code: &str,
 ) -> Result<AuthenticationStatus, DomainError> {
     let record = load_for(ctx, app, id).await?;
+    let code = normalize(code);
+    let digest = passcode_digest(&record.id, &code);
+    if let Err(ended) = require_pending(&record) {
+        return match approval_by(ctx, &record, &digest).await? {
+            Some(status) => Ok(status),
+            None => Err(ended),
+        };
+    }
     let now = ctx.now();
-    require_pending(&record)?;
     let user = &record.user_id;
     let app_code = record.otp_reason(now).is_some();
     let max_attempts = i64::from(ctx.config.backup_code_attempts.max(1));
@@ -426,34 +473,35 @@ pub(crate) async fn answer_authentication(
         ));
     }
     let attempt = take_attempt(ctx, app, user).await?;
-    let code = normalize(code);
-    let mut attributes = None;
+    let mut accepted = challenges
+        .iter()
+        .find(|c| super::backup::code_matches(c, &code))
+        .map(|c| {
+            let spend = PasscodeSpend::Challenge {
+                id: c.id.clone(),
+                now,
+                max_attempts,
+            };
+            let attributes =
+                super::backup::channel_attributes(ctx, c.channel, record.accessing_ip.as_deref());
+            (spend, attributes)
+        });
     let mut replayed = false;
-    for c in &challenges {
-        if super::backup::code_matches(c, &code) {
-            if otp_challenges::mark_used(&ctx.db, &c.id, now, max_attempts).await? {
-                attributes = Some(super::backup::channel_attributes(
-                    ctx,
-                    c.channel,
-                    record.accessing_ip.as_deref(),
-                ));
-            } else {
-                replayed = true;
-            }
-            break;
-        }
-    }
-    if attributes.is_none() && app_code && !replayed {
-        match match_device_code(ctx, app, user, &code).await? {
-            DeviceMatch::Accepted(source) => {
-                attributes =
-                    Some(device_attributes(ctx, &source, record.accessing_ip.as_deref()).await?);
+    if accepted.is_none() && app_code {
+        match find_device_code(ctx, app, user, &code).await? {
+            DeviceMatch::Accepted(source, spend) => {
+                let attributes =
+                    device_attributes(ctx, &source, record.accessing_ip.as_deref()).await?;
+                accepted = Some((spend, attributes));
             }
             DeviceMatch::Replayed => replayed = true,
             DeviceMatch::NoMatch | DeviceMatch::NoSources => {}
         }
     }
-    let Some(attributes) = attributes else {
+    let Some((spend, attributes)) = accepted else {
+        if replayed && let Some(status) = copy_answered(ctx, app, &record, &digest).await? {
+            return Ok(status);
+        }
         for c in &challenges {
             otp_challenges::record_attempt(&ctx.db, &c.id).await?;
         }
@@ -464,20 +512,87 @@ pub(crate) async fn answer_authentication(
         };
         return Err(refuse(ctx, &attempt, message));
     };
-    otp::reset_failures(&ctx.db, app, user).await?;
     let text = serde_json::to_string(&attributes).map_err(|_| internal())?;
-    let ending = Ending::Passcode { attributes: &text };
-    let current = match outcome::record(ctx, &record.id, ending).await? {
-        Some(recorded) => recorded,
-        None => {
-            // Answered or expired meanwhile: the passcode is spent, the outcome stands.
-            let current = load_for(ctx, app, id).await?;
-            require_pending(&current)?;
-            current
-        }
+    let ending = Ending::Passcode {
+        attributes: &text,
+        code_digest: Some(&digest),
     };
+    let current =
+        match outcome::record_taking(ctx, &record.id, Take::Passcode(&spend), ending).await? {
+            Taken::Recorded(recorded) => {
+                otp::reset_failures(&ctx.db, app, user).await?;
+                *recorded
+            }
+            Taken::NotRecorded => {
+                // Answered or expired meanwhile: the passcode is not spent (it was right, so its
+                // attempt is not counted either); a copy of it may be what answered.
+                otp::refund_attempt(&ctx.db, app, user).await?;
+                let current = load_for(ctx, app, id).await?;
+                if let Some(status) = approval_by(ctx, &current, &digest).await? {
+                    return Ok(status);
+                }
+                require_pending(&current)?;
+                current
+            }
+            Taken::UsedUp => {
+                // Spent since it was read: by a copy of it that approved this authentication, or by
+                // another use.
+                if let Some(status) = copy_answered(ctx, app, &record, &digest).await? {
+                    return Ok(status);
+                }
+                for c in &challenges {
+                    otp_challenges::record_attempt(&ctx.db, &c.id).await?;
+                }
+                return Err(refuse(ctx, &attempt, "this passcode was already used"));
+            }
+        };
     tracing::info!(authentication_id = %current.id, "authentication approved with a passcode");
     Ok(current.status_at(ctx.now()))
+}
+
+/// The digest of passcode `code` answering authentication `id`, as the authentication keeps it
+/// once the code approves it: SHA-256 over a label, the id and the code. The code is spent by
+/// then (its step, counter or challenge used up), so the digest names nothing that still works.
+fn passcode_digest(id: &AuthenticationId, code: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"tessera/passcode-answer/v1\0");
+    h.update(id.as_str().as_bytes());
+    h.update(b"\0");
+    h.update(code.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The status of `record` if the passcode with `digest` approved it (a copy of it, answered
+/// again).
+async fn approval_by(
+    ctx: &Ctx,
+    record: &Authentication,
+    digest: &str,
+) -> Result<Option<AuthenticationStatus>, DomainError> {
+    if record.state != AuthenticationState::Approved
+        || !authentications::approved_by_passcode(&ctx.db, &record.id, digest).await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(record.status_at(ctx.now())))
+}
+
+/// A spent passcode for `record`, read while it was pending: if a copy of it approved the
+/// authentication meanwhile, that approval (and the attempt this copy took is given back);
+/// `None` when it was spent elsewhere.
+async fn copy_answered(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    record: &Authentication,
+    digest: &str,
+) -> Result<Option<AuthenticationStatus>, DomainError> {
+    let current = load_for(ctx, app, record.id.as_str()).await?;
+    let status = approval_by(ctx, &current, digest).await?;
+    if status.is_some() {
+        otp::refund_attempt(&ctx.db, app, &record.user_id).await?;
+    }
+    Ok(status)
 }
 
 /// The seed of a registered token from its base32 text (spaces and dashes ignored).

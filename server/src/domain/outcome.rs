@@ -26,6 +26,7 @@ use crate::metrics::{EndLabels, ReasonLabels};
 use crate::store::authentications::{self, AnsweredRequest, Authentication};
 use crate::store::enrollments;
 use crate::store::follow_ups::Waiting;
+use crate::store::otp::PasscodeSpend;
 use crate::store::{Committed, Engine, Write};
 use tessera_protocol::ids::EnrollmentId;
 
@@ -66,6 +67,9 @@ pub(crate) enum Ending<'a> {
     Passcode {
         /// The attributes it yields (JSON).
         attributes: &'a str,
+        /// The passcode's digest over the authentication's id (`otp::passcode_digest`), by
+        /// which a copy of it is answered with this approval; none for a recovery code.
+        code_digest: Option<&'a str>,
     },
     /// Whoever asked withdrew it (its flow was cancelled): it fails with reason `canceled`.
     Canceled,
@@ -117,46 +121,67 @@ impl<'a> SignedAnswer<'a> {
     }
 }
 
-/// What [`record_taking_counter`] did.
-#[derive(Debug)]
-pub(crate) enum Taken {
-    /// The answer and the counter were recorded; the record as stored after it.
-    Recorded(Box<Authentication>),
-    /// Another ending won (or it expired): nothing was written.
-    NotRecorded,
-    /// The App Attest counter was not greater than the stored one (a replay, or a racing answer
-    /// with the same counter took it first): nothing was written.
-    CounterReplay,
+/// What an ending takes with it, in its transaction: taken first, conditionally, so that of
+/// two racing uses one takes it; if the ending is then not recorded, the take rolls back with
+/// it and nothing is used up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Take<'a> {
+    /// A signed answer's App Attest assertion counter
+    /// (`UPDATE … SET counter = $new WHERE … AND counter < $new`).
+    AppAttestCounter {
+        /// The enrollment whose counter it is.
+        enrollment: &'a EnrollmentId,
+        /// The assertion's counter.
+        counter: u32,
+    },
+    /// The passcode that answers it (its time step, counter or backup challenge).
+    Passcode(&'a PasscodeSpend),
 }
 
-/// Records a signed answer together with its App Attest assertion's counter, in one
-/// transaction: the counter is taken first, conditionally
-/// (`UPDATE … SET counter = $new WHERE … AND counter < $new`), then the answer's own conditional
-/// update; if either finds nothing to change, the transaction rolls back and nothing is written.
-/// Announces a recorded ending as [`record`] does.
-pub(crate) async fn record_taking_counter(
+/// What [`record_taking`] did.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// The ending and what it takes were recorded; the record as stored after it.
+    Recorded(Box<Authentication>),
+    /// Another ending won (or it expired): nothing was written, nothing taken.
+    NotRecorded,
+    /// Another use took it first (an App Attest counter not greater than the stored one: a
+    /// replay, or a racing answer with the same counter; a passcode already spent): nothing
+    /// was written.
+    UsedUp,
+}
+
+/// Records `ending` together with what it takes ([`Take`]), in one transaction: the take
+/// first, then the ending's own conditional update; if either finds nothing to change, the
+/// transaction rolls back and nothing is written. Announces a recorded ending as [`record`]
+/// does.
+pub(crate) async fn record_taking(
     ctx: &Ctx,
     id: &AuthenticationId,
-    answer: SignedAnswer<'_>,
-    enrollment: &EnrollmentId,
-    counter: u32,
+    take: Take<'_>,
+    ending: Ending<'_>,
 ) -> Result<Taken, DomainError> {
     let mut w = ctx.db.write().await?;
-    if !enrollments::take_app_attest_counter(w.conn().await?, enrollment, counter).await? {
+    let taken = match take {
+        Take::AppAttestCounter {
+            enrollment,
+            counter,
+        } => enrollments::take_app_attest_counter(w.conn().await?, enrollment, counter).await?,
+        Take::Passcode(spend) => spend.take(w.conn().await?).await?,
+    };
+    if !taken {
         // The caller reads whether the same answer took it (a retry): see [`write_ending`].
         w.rollback_after_others().await?;
-        return Ok(Taken::CounterReplay);
+        return Ok(Taken::UsedUp);
     }
-    // The ending's own write rolls the whole transaction back (the counter with it) when
-    // another ending won.
-    Ok(
-        match write_ending(ctx, w, id, Ending::Signed(answer)).await? {
-            Some((record, announced, waiting)) => Taken::Recorded(Box::new(
-                after_ending(ctx, record, announced, waiting).await,
-            )),
-            None => Taken::NotRecorded,
-        },
-    )
+    // The ending's own write rolls the whole transaction back (the take with it) when another
+    // ending won.
+    Ok(match write_ending(ctx, w, id, ending).await? {
+        Some((record, announced, waiting)) => Taken::Recorded(Box::new(
+            after_ending(ctx, record, announced, waiting).await,
+        )),
+        None => Taken::NotRecorded,
+    })
 }
 
 /// Records `ending` if the authentication is still pending and unexpired, then announces it.
@@ -229,8 +254,12 @@ async fn write_ending(
         Ending::Signed(signed) => {
             authentications::record_answer(&mut w, &signed.recorded_at(now)).await?
         }
-        Ending::Passcode { attributes } => {
-            authentications::record_passcode_answer(&mut w, id, attributes, now).await?
+        Ending::Passcode {
+            attributes,
+            code_digest,
+        } => {
+            authentications::record_passcode_answer(&mut w, id, attributes, code_digest, now)
+                .await?
         }
         Ending::Canceled => authentications::record_cancellation(&mut w, id, now).await?,
     };

@@ -1143,6 +1143,7 @@ pub async fn record_passcode_answer<'e, E>(
     executor: E,
     id: &AuthenticationId,
     attributes: &str,
+    passcode_digest: Option<&str>,
     now: i64,
 ) -> Result<Option<(Authentication, Waiting)>, StoreError>
 where
@@ -1151,8 +1152,8 @@ where
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         ending_statement(
             "UPDATE authentications SET state = 'approved', decision = $1, attributes = $2, \
-             answered_at = $3 WHERE id = $4 AND state = 'pending' AND expires_at > $3 \
-             AND expiry_reported = 0",
+             answered_at = $3, passcode_digest = $5 WHERE id = $4 AND state = 'pending' \
+             AND expires_at > $3 AND expiry_reported = 0",
         )
     });
     let row = sqlx::query(&STATEMENT)
@@ -1160,9 +1161,28 @@ where
         .bind(attributes)
         .bind(now)
         .bind(id.as_str())
+        .bind(passcode_digest)
         .fetch_optional(executor)
         .await?;
     row.as_ref().map(|r| ended_of(r, now)).transpose()
+}
+
+/// Whether the authentication was approved by the passcode whose digest is `passcode_digest`
+/// (as [`record_passcode_answer`] stored it).
+pub async fn approved_by_passcode(
+    db: &Database,
+    id: &AuthenticationId,
+    passcode_digest: &str,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "SELECT 1 AS one FROM authentications \
+         WHERE id = $1 AND state = 'approved' AND passcode_digest = $2",
+    )
+    .bind(id.as_str())
+    .bind(passcode_digest)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.is_some())
 }
 
 /// Ends a pending authentication as `failed` with reason `canceled` (the flow that asked was
@@ -1606,7 +1626,7 @@ mod tests {
             .expect("wrong number")
             .expect("recorded");
         assert_eq!(ended.1, waiting(false, false, true));
-        let ended = record_passcode_answer(db.writer(), &none.id, "{}", now)
+        let ended = record_passcode_answer(db.writer(), &none.id, "{}", None, now)
             .await
             .expect("passcode")
             .expect("recorded");

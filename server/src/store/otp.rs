@@ -80,17 +80,20 @@ pub async fn seeds_for_user(
 
 /// Accepts time step `step` for the enrollment if it is later than the last one accepted (one
 /// conditional update: of two racing uses of a code, one wins).
-pub async fn accept_step(
-    db: &Database,
+pub async fn accept_step<'e, E>(
+    executor: E,
     enrollment: &EnrollmentId,
     step: i64,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let done = sqlx::query(
         "UPDATE enrollments SET otp_last_step = $1 WHERE enrollment_id = $2 AND otp_last_step < $1",
     )
     .bind(step)
     .bind(enrollment.as_str())
-    .execute(db.writer())
+    .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -292,35 +295,108 @@ pub async fn delete_token(
     Ok(done.rows_affected() == 1)
 }
 
+/// How an accepted passcode is used up: the one conditional update that takes it, run inside
+/// the write that records what the passcode approved (so a passcode is spent only when it
+/// approves something, and of two racing uses of it one takes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasscodeSpend {
+    /// An enrollment seed's time step ([`accept_step`]).
+    EnrollmentStep {
+        /// The enrollment.
+        enrollment: EnrollmentId,
+        /// The step the code was made at.
+        step: i64,
+    },
+    /// A TOTP token's time step ([`accept_token_step`]).
+    TokenStep {
+        /// The token.
+        token_id: String,
+        /// The step the code was made at.
+        step: i64,
+    },
+    /// An HOTP token's counter ([`advance_counter`]).
+    TokenCounter {
+        /// The token.
+        token_id: String,
+        /// The counter as it was read.
+        expected: i64,
+        /// The counter after the one the code was made with.
+        next: i64,
+    },
+    /// A backup code's challenge ([`super::otp_challenges::mark_used`]).
+    Challenge {
+        /// The challenge.
+        id: String,
+        /// When (seconds since the epoch).
+        now: i64,
+        /// The attempts a challenge allows.
+        max_attempts: i64,
+    },
+}
+
+impl PasscodeSpend {
+    /// Takes the passcode; `false` when another use took it first (or its challenge expired
+    /// or ran out of attempts).
+    pub async fn take<'e, E>(&self, executor: E) -> Result<bool, StoreError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        match self {
+            Self::EnrollmentStep { enrollment, step } => {
+                accept_step(executor, enrollment, *step).await
+            }
+            Self::TokenStep { token_id, step } => {
+                accept_token_step(executor, token_id, *step).await
+            }
+            Self::TokenCounter {
+                token_id,
+                expected,
+                next,
+            } => advance_counter(executor, token_id, *expected, *next).await,
+            Self::Challenge {
+                id,
+                now,
+                max_attempts,
+            } => super::otp_challenges::mark_used(executor, id, *now, *max_attempts).await,
+        }
+    }
+}
+
 /// TOTP: accepts `step` if later than the token's last accepted one (one conditional update).
-pub async fn accept_token_step(
-    db: &Database,
+pub async fn accept_token_step<'e, E>(
+    executor: E,
     token_id: &str,
     step: i64,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let done =
         sqlx::query("UPDATE otp_tokens SET last_step = $1 WHERE token_id = $2 AND last_step < $1")
             .bind(step)
             .bind(token_id)
-            .execute(db.writer())
+            .execute(executor)
             .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// HOTP: moves the token's counter from `expected` to `next` (the counter after the matching
 /// one: look-ahead resynchronisation). False if another use moved it first.
-pub async fn advance_counter(
-    db: &Database,
+pub async fn advance_counter<'e, E>(
+    executor: E,
     token_id: &str,
     expected: i64,
     next: i64,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let done =
         sqlx::query("UPDATE otp_tokens SET counter = $1 WHERE token_id = $2 AND counter = $3")
             .bind(next)
             .bind(token_id)
             .bind(expected)
-            .execute(db.writer())
+            .execute(executor)
             .await?;
     Ok(done.rows_affected() == 1)
 }

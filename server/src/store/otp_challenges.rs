@@ -159,12 +159,15 @@ pub async fn sent_since(
 
 /// Marks the challenge used if it still can be (one conditional update: of two racing uses of
 /// a code, one wins). Returns whether this use won.
-pub async fn mark_used(
-    db: &Database,
+pub async fn mark_used<'e, E>(
+    executor: E,
     id: &str,
     now: i64,
     max_attempts: i64,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let done = sqlx::query(
         "UPDATE otp_challenges SET used_at = $1 \
          WHERE id = $2 AND used_at IS NULL AND expires_at > $1 AND attempts < $3",
@@ -172,7 +175,7 @@ pub async fn mark_used(
     .bind(now)
     .bind(id)
     .bind(max_attempts)
-    .execute(db.writer())
+    .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)
 }

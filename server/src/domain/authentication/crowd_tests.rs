@@ -339,7 +339,10 @@ fn spawn_ending(
     let (ctx, id) = (domain.ctx.clone(), id.clone());
     tokio::spawn(async move {
         let ending = if passcode {
-            Ending::Passcode { attributes: "{}" }
+            Ending::Passcode {
+                attributes: "{}",
+                code_digest: None,
+            }
         } else {
             Ending::Canceled
         };

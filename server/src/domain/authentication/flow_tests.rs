@@ -482,10 +482,15 @@ async fn an_ending_timed_before_the_expiry_but_written_after_its_sweep_is_not_re
             "the device's answer"
         );
         w.rollback().await.expect("rolled back");
-        let passcode =
-            authentications::record_passcode_answer(domain.ctx.db.writer(), &id, "{}", before)
-                .await
-                .expect("ran");
+        let passcode = authentications::record_passcode_answer(
+            domain.ctx.db.writer(),
+            &id,
+            "{}",
+            None,
+            before,
+        )
+        .await
+        .expect("ran");
         assert!(passcode.is_none(), "a passcode");
         let canceled = authentications::record_cancellation(domain.ctx.db.writer(), &id, before)
             .await

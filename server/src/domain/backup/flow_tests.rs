@@ -197,11 +197,22 @@ async fn codes_by_sms_and_by_voice_go_to_the_phone_and_approve_their_request_onc
             );
             assert_eq!(approved.attributes["pingid.authentication.amr"], amr);
             assert_eq!(endings_announced(&id), 1);
-            // The same code again: refused, the request ended once.
-            assert!(
-                answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+            // The same code again (a retry): told the same approval; the request ended once.
+            let again = answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+                .await
+                .expect("the approval, again");
+            assert_eq!(
+                (again.state, &again.attributes),
+                (approved.state, &approved.attributes)
+            );
+            // Another code now: the request is answered.
+            let other = if code == "000000" { "111111" } else { "000000" };
+            assert_eq!(
+                answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), other)
                     .await
-                    .is_err()
+                    .expect_err("answered")
+                    .code(),
+                Some(ErrorCode::AlreadyAnswered)
             );
             assert_eq!(endings_announced(&id), 1);
         }

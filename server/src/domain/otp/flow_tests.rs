@@ -10,9 +10,10 @@ use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::UserId;
 use tessera_protocol::otp::{OtpHash, decode_base32, hotp};
 
-use super::{answer_authentication, register_token};
+use super::{DeviceMatch, answer_authentication, find_device_code, register_token};
 use crate::clock::Clock;
-use crate::domain::testing::{TestDomain, endings_announced, joined};
+use crate::domain::outcome::{self, Ending, Take, Taken};
+use crate::domain::testing::{TestDomain, endings_announced, joined, sent_at_once};
 
 /// The token's seed (20 bytes, base32).
 const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
@@ -183,5 +184,117 @@ async fn one_code_sent_for_several_requests_at_once_is_accepted_once() {
                 "a code is used once, however many requests it is sent for"
             );
         }
+    }
+}
+
+/// The user's count of wrong passcodes.
+async fn failures_of(domain: &TestDomain, user: &UserId) -> i64 {
+    use sqlx::Row;
+    sqlx::query("SELECT otp_failures FROM users WHERE application_id = $1 AND user_id = $2")
+        .bind(domain.app.id.as_str())
+        .bind(user.as_str())
+        .fetch_one(domain.ctx.db.pool())
+        .await
+        .expect("the user")
+        .try_get("otp_failures")
+        .expect("a count")
+}
+
+/// The same passcode form sent several times at once (a double tap), and again later (a retry
+/// after a lost answer): every copy is told the one approval, the request ends once, and no
+/// copy counts as a wrong passcode. Another code for the answered request is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_the_passcode_that_approved_a_request_are_told_its_approval() {
+    for domain in TestDomain::each_engine().await {
+        let (dave, _phone) = domain.user_with_device("dave").await;
+        authenticator_app(&domain, &dave).await;
+        for round in 0..8 {
+            let created = domain.ask(&dave, json!({"use_code": true})).await;
+            let id = created.authentication_id.clone();
+            let code = code_now(&domain);
+            let told = sent_at_once(4, || {
+                let (ctx, app, id, code) = (
+                    domain.ctx.clone(),
+                    domain.app.id.clone(),
+                    id.clone(),
+                    code.clone(),
+                );
+                async move { answer_authentication(&ctx, &app, id.as_str(), &code).await }
+            })
+            .await;
+            for status in &told {
+                let status = status.as_ref().expect("every copy is told the approval");
+                assert_eq!(status.state, AuthenticationState::Approved, "round {round}");
+                assert_eq!(
+                    status.attributes["pingid.authentication.type"],
+                    json!("AUTHENTICATOR_APP")
+                );
+            }
+            assert_eq!(endings_announced(&id), 1, "round {round}");
+            assert_eq!(failures_of(&domain, &dave).await, 0, "round {round}");
+
+            let retried = answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+                .await
+                .expect("a retry is told the approval");
+            assert_eq!(retried.state, AuthenticationState::Approved);
+            let other = if code == "000000" { "111111" } else { "000000" };
+            assert_eq!(
+                answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), other)
+                    .await
+                    .expect_err("another code")
+                    .code(),
+                Some(ErrorCode::AlreadyAnswered)
+            );
+            assert_eq!(endings_announced(&id), 1, "round {round}");
+            domain.clock.advance(Duration::from_secs(30));
+        }
+    }
+}
+
+/// A passcode is spent only by the write that records its approval: when another ending came
+/// first, nothing is used up, and the same code still approves another request.
+#[tokio::test]
+async fn a_passcode_whose_request_ended_first_is_not_spent() {
+    for domain in TestDomain::each_engine().await {
+        let (erin, _phone) = domain.user_with_device("erin").await;
+        authenticator_app(&domain, &erin).await;
+        let first = domain.ask(&erin, json!({"use_code": true})).await;
+        let code = code_now(&domain);
+        let DeviceMatch::Accepted(_, spend) =
+            find_device_code(&domain.ctx, &domain.app.id, &erin, &code)
+                .await
+                .expect("checked")
+        else {
+            panic!("the code matches");
+        };
+        // The request is withdrawn after the code was checked, before its approval is written.
+        outcome::record(&domain.ctx, &first.authentication_id, Ending::Canceled)
+            .await
+            .expect("recorded")
+            .expect("canceled");
+        let ending = Ending::Passcode {
+            attributes: "{}",
+            code_digest: None,
+        };
+        let taken = outcome::record_taking(
+            &domain.ctx,
+            &first.authentication_id,
+            Take::Passcode(&spend),
+            ending,
+        )
+        .await
+        .expect("written or not");
+        assert!(matches!(taken, Taken::NotRecorded), "{taken:?}");
+
+        let second = domain.ask(&erin, json!({"use_code": true})).await;
+        let approved = answer_authentication(
+            &domain.ctx,
+            &domain.app.id,
+            second.authentication_id.as_str(),
+            &code,
+        )
+        .await
+        .expect("the code was not spent");
+        assert_eq!(approved.state, AuthenticationState::Approved);
     }
 }
