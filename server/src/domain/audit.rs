@@ -429,11 +429,6 @@ fn authentication_details(record: &Authentication) -> Value {
     })
 }
 
-/// A request was created for a device.
-pub(crate) async fn authentication_created(ctx: &Ctx, record: &Authentication) {
-    self::record(ctx, authentication_created_event(record)).await;
-}
-
 /// The audit event of a request created for a device.
 pub(crate) fn authentication_created_event(record: &Authentication) -> Event {
     Event::webhook(EventType::AuthenticationCreated, Actor::Customer, "pending").about(record)

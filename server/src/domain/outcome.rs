@@ -512,11 +512,26 @@ impl Announced {
     }
 }
 
-/// Announces that a device has a new request to pull.
-pub(crate) async fn request_created(ctx: &Ctx, record: &Authentication) {
-    ctx.events
-        .announce(&[Topic::Enrollment(record.enrollment_id.to_string())]);
-    super::audit::authentication_created(ctx, record).await;
+/// Writes the audit record (with its webhook deliveries) of request `record`, stored by the
+/// write `w`, inside that write: the creation is recorded exactly when the request is, so
+/// nothing that ends the request (which needs it committed) is recorded before it. The returned
+/// announcement (the device has a request to pull) is made once `w` committed.
+pub(crate) async fn request_created_in(
+    ctx: &Ctx,
+    w: &mut Write<'_>,
+    record: &Authentication,
+) -> Result<Announced, DomainError> {
+    let webhooks = super::audit::append_deferred(
+        ctx,
+        w,
+        vec![super::audit::authentication_created_event(record)],
+    )
+    .await?;
+    Ok(Announced {
+        topics: vec![Topic::Enrollment(record.enrollment_id.to_string())],
+        webhooks_queued: false,
+        webhooks,
+    })
 }
 
 fn kind_label(kind: AuthenticationKind) -> &'static str {

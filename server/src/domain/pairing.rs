@@ -27,6 +27,7 @@ use tessera_protocol::pairing::{
 
 use super::{Ctx, DomainError, device_verification, outcome};
 use crate::metrics::{ModeLabels, ReasonLabels};
+use crate::store::Committed;
 use crate::store::applications::{self, Application};
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
@@ -295,21 +296,25 @@ fn count_pairing(ctx: &Ctx, mode: &'static str) {
 struct Created {
     enrollment: Enrollment,
     verification: Option<(Authentication, Enrollment)>,
+    /// The verification request's announcement, made once the write that stored it committed.
+    verification_created: Option<outcome::Announced>,
     /// Requests the replaced enrollment of the same device could no longer answer.
     failed: Vec<tessera_protocol::authentication::AuthenticationId>,
 }
 
 impl Created {
     /// Announces the verification request, if any, to the primary device and pushes it there
-    /// (after the commit).
-    async fn push_verification(self, ctx: &Ctx) -> Enrollment {
+    /// (after the write that stored it `committed`).
+    async fn push_verification(self, ctx: &Ctx, committed: &Committed) -> Enrollment {
         if let Err(e) = outcome::failed(ctx, &self.failed).await {
             tracing::warn!(error = %e, "the replaced enrollment's requests could not be announced");
         }
         super::audit::pairing_completed(ctx, &self.enrollment).await;
         if let Some((request, primary)) = self.verification {
             tracing::info!(authentication_id = %request.id, enrollment_id = %self.enrollment.enrollment_id, "new device awaits the primary device's approval");
-            outcome::request_created(ctx, &request).await;
+            if let Some(created) = self.verification_created {
+                created.resolved(committed).committed(ctx);
+            }
             let push = ctx.device_push.push(ctx.clone(), request, primary, None);
             tokio::spawn(push);
         }
@@ -332,7 +337,7 @@ struct How<'a> {
 /// so that a replay (unique violation) can be told apart.
 async fn create_enrollment(
     ctx: &Ctx,
-    tx: &mut crate::store::WriteConn<'_>,
+    w: &mut crate::store::Write<'_>,
     app: &ApplicationInfo,
     user_id: &UserId,
     verified: &VerifiedRegistration,
@@ -347,7 +352,7 @@ async fn create_enrollment(
     // The platform attestation, as the application's setting asks: under `require` a pairing
     // without a valid one is refused here, before anything is written (the transaction, and
     // with it the code's consumption, rolls back).
-    let attestation_settings = applications::attestation_settings_on(&mut *tx, &app.id).await?;
+    let attestation_settings = applications::attestation_settings_on(&mut **w, &app.id).await?;
     let checked_attestation =
         super::attestation::check_registration(&ctx.attestation, &attestation_settings, reg)?;
     let (attestation, app_attest_key) = match checked_attestation {
@@ -357,14 +362,14 @@ async fn create_enrollment(
     let device_key_thumbprint = reg.device_key.thumbprint();
     let registration_digest = verified.digest.to_string();
     let enrollment_id = EnrollmentId::generate();
-    let verifier = device_verification::verifier(tx, &app.id, user_id).await?;
+    let verifier = device_verification::verifier(w, &app.id, user_id).await?;
     let mut failed = Vec::new();
     let (is_primary, verification) = match &verifier {
         Some(primary) => {
             let facts =
-                device_verification::facts(tx, &app.id, user_id, primary, &device_key_thumbprint)
+                device_verification::facts(w, &app.id, user_id, primary, &device_key_thumbprint)
                     .await?;
-            let wanted: Vec<String> = crate::store::users::locale(&mut *tx, &app.id, user_id)
+            let wanted: Vec<String> = crate::store::users::locale(&mut **w, &app.id, user_id)
                 .await?
                 .into_iter()
                 .collect();
@@ -379,7 +384,7 @@ async fn create_enrollment(
             // Only the same proven device key replaces an earlier enrollment (and inherits its
             // primary flag): a registration that merely names a device replaces nothing.
             let (was_primary, replaced_requests) = enrollments::delete_same_device(
-                tx,
+                w,
                 &app.id,
                 user_id,
                 &reg.device_id,
@@ -389,7 +394,7 @@ async fn create_enrollment(
             .await?;
             failed = replaced_requests;
             (
-                was_primary || !enrollments::has_primary(tx, &app.id, user_id).await?,
+                was_primary || !enrollments::has_primary(w, &app.id, user_id).await?,
                 None,
             )
         }
@@ -456,18 +461,23 @@ async fn create_enrollment(
             counter: 0,
         }),
     };
-    if let Err(e) = enrollments::insert(tx, &enrollment).await {
+    if let Err(e) = enrollments::insert(w, &enrollment).await {
         return Ok(Err(e));
     }
     if let Some(seed) = &otp_seed {
-        crate::store::otp::set_seed(tx, ctx.db.secrets()?, &enrollment.enrollment_id, seed).await?;
+        crate::store::otp::set_seed(w, ctx.db.secrets()?, &enrollment.enrollment_id, seed).await?;
     }
+    let mut verification_created = None;
     if let Some(request) = &verification {
-        authentications::insert(&mut *tx, request).await?;
+        authentications::insert(&mut **w, request).await?;
+        // Recorded in the write that stores it: an unpairing of the primary device right after
+        // (which fails the request) cannot record its ending first.
+        verification_created = Some(outcome::request_created_in(ctx, w, request).await?);
     }
     Ok(Ok(Created {
         enrollment,
         verification: verification.zip(verifier),
+        verification_created,
         failed,
     }))
 }
@@ -627,8 +637,8 @@ async fn pair_with_code(
         .await?
         {
             Ok(created) => {
-                tx.commit().await?;
-                let enrollment = created.push_verification(ctx).await;
+                let committed = tx.commit().await?;
+                let enrollment = created.push_verification(ctx, &committed).await;
                 if let Some(decided) = &decided {
                     super::policy::record(
                         ctx,
@@ -799,8 +809,8 @@ pub(crate) async fn relay_with(
     .await?
     {
         Ok(created) => {
-            tx.commit().await?;
-            let enrollment = created.push_verification(ctx).await;
+            let committed = tx.commit().await?;
+            let enrollment = created.push_verification(ctx, &committed).await;
             count_pairing(ctx, "relay");
             tracing::info!(enrollment_id = %enrollment.enrollment_id, application_id = %info.id, "device paired (relay)");
             Ok(RelayPairingResponse {

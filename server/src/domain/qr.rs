@@ -770,11 +770,16 @@ pub(crate) async fn answer(
             Err(already_answered())
         };
     }
+    // The follow-up's creation is recorded in the write that stores it, so that an unpairing
+    // right after (which fails it) cannot record its ending first.
+    let mut follow_up_created = None;
     if let Some(mut tx) = tx {
         if let Some(f) = &follow_up {
             authentications::insert(&mut *tx, f).await?;
+            follow_up_created = Some(outcome::request_created_in(ctx, &mut tx, f).await?);
         }
-        tx.commit().await?;
+        let committed = tx.commit().await?;
+        follow_up_created = follow_up_created.map(|created| created.resolved(&committed));
     }
     remember_answered_device(ctx, &device, &answered_device).await;
     tracing::info!(qr_session_id = %session.id, state = next_state.as_str(), "QR session answered");
@@ -783,7 +788,9 @@ pub(crate) async fn answer(
         super::flows::qr_session_moved(ctx, flow).await;
     }
     if let Some(f) = &follow_up {
-        outcome::request_created(ctx, f).await;
+        if let Some(created) = follow_up_created {
+            created.committed(ctx);
+        }
         // Push is a hint, delivered in the background; the request is stored for pulling. It
         // goes to the device that answered, with no fallback to others.
         tokio::spawn(super::fallback::deliver(

@@ -32,13 +32,10 @@
 //! - once time passes, a session whose follow-up expired reads expired (the reads that notice it
 //!   settle it, racing each other), then every session that had not ended reads expired, and a
 //!   late scan of a code nobody scanned is told so;
-//! - the audit log holds one record of each follow-up's creation and one of its ending, and no
-//!   record twice for a session (QR sessions write none of their own: `domain/audit.rs`).
-//!
-//! Not checked: the order of a follow-up's two records when the unpairing of its device ends
-//! it. Its creation is recorded after the answer's write commits (`outcome::request_created`),
-//! not in that write, so the unpairing (which waits only for that write) may record the ending
-//! first.
+//! - the audit log holds one record of each follow-up's creation and then one of its ending,
+//!   also when the unpairing of its device ends it (the creation is recorded in the answer's
+//!   write), and no record twice for a session (QR sessions write none of their own:
+//!   `domain/audit.rs`).
 //!
 //! Session lifetimes are the longest allowed, and the clock moves only once every login ran,
 //! since all users share it. The pairwise races are tested one by one in `flow_tests`; this
@@ -439,11 +436,7 @@ async fn the_crowd_ends_as_time_passes(
                 .expect("stored")
                 .state;
             let ending = format!("authentication.{}", ended.as_str());
-            let mut of_follow_up = kinds.get(f.id.as_str()).cloned().unwrap_or_default();
-            if f.race == FollowUpAnswer::DeviceUnpaired {
-                // In either order (see the module's documentation).
-                of_follow_up.sort_by_key(|kind| *kind != "authentication.created");
-            }
+            let of_follow_up = kinds.get(f.id.as_str()).cloned().unwrap_or_default();
             assert_eq!(
                 of_follow_up,
                 vec!["authentication.created".to_string(), ending],
