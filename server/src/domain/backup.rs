@@ -238,15 +238,6 @@ fn destination_hint(channel: BackupChannel, to: &str) -> String {
 /// challenge is removed again.
 async fn send_code(ctx: &Ctx, send: Send) -> Result<OtpChallenge, DomainError> {
     let now = ctx.now();
-    let since = now - i64::from(ctx.config.backup_code_window);
-    let sent =
-        otp_challenges::sent_since(&ctx.db, &send.app, &send.user, send.channel, since).await?;
-    if sent >= i64::from(ctx.config.backup_codes_per_window) {
-        return Err(DomainError::new(
-            ErrorCode::RateLimited,
-            "too many codes were sent to this user through this channel; try again later",
-        ));
-    }
     let notifier = notifier_for(ctx, &send.app, send.channel).await?;
     let mut id = [0u8; 16];
     let mut salt = [0u8; 16];
@@ -275,7 +266,15 @@ async fn send_code(ctx: &Ctx, send: Send) -> Result<OtpChallenge, DomainError> {
         expires_at: now + ttl,
         used_at: None,
     };
-    otp_challenges::insert(&ctx.db, &challenge).await?;
+    // The limit is taken with the insert: sends at once cannot all pass one count.
+    let since = now - i64::from(ctx.config.backup_code_window);
+    let limit = i64::from(ctx.config.backup_codes_per_window);
+    if !otp_challenges::insert_within_limit(&ctx.db, &challenge, since, limit).await? {
+        return Err(DomainError::new(
+            ErrorCode::RateLimited,
+            "too many codes were sent to this user through this channel; try again later",
+        ));
+    }
     let notice = Notice {
         channel: send.channel,
         to: send.to,

@@ -12,6 +12,7 @@ use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 
 use super::Database;
 use super::follow_ups::Waiting;
+use super::lock_key;
 use crate::store::StoreError;
 
 /// An authentication as stored.
@@ -733,25 +734,12 @@ pub enum AdmissionLock {
 }
 
 /// The first key of the advisory locks of a new request's admission, by what they serialise:
-/// the application's quota (the second key [`lock_key`] of the application id) and a user's
+/// the application's quota (the second key [`lock_key`] of the application id, bound as numbers
+/// by [`bind_verdict`]) and a user's
 /// limits (the second key that of the application and user ids). Two keys that collide only
 /// make unrelated admissions take turns.
 const APPLICATION_ADMISSIONS: i32 = 0x7E55_A001;
 const USER_ADMISSIONS: i32 = 0x7E55_A002;
-
-/// The second key of an advisory lock on `parts`: the first four bytes of the SHA-256 of the
-/// parts, each followed by a 0x01 byte. Computed here rather than by the database, so the
-/// same in every instance and version, and bound as numbers ([`bind_verdict`]).
-fn lock_key(parts: &[&str]) -> i32 {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    for part in parts {
-        hash.update(part.as_bytes());
-        hash.update([1u8]);
-    }
-    let digest = hash.finalize();
-    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
-}
 
 /// Stores `a` in the write `w` if the [`admission_counts`] of its application and user are all
 /// below `limits`: the counts and the insert are one statement (an `INSERT … SELECT` of one row,

@@ -80,6 +80,21 @@ pub(crate) use pg_connections::HeldConnection;
 pub use read_conn::{ReadConn, ReadHandle};
 pub use write::{Committed, Ticket, Write, WriteConn};
 
+/// The second key of a PostgreSQL advisory lock on `parts` (the first key says what the lock
+/// serialises): the first four bytes of the SHA-256 of the parts, each followed by a 0x01 byte.
+/// Computed here rather than by the database, so the same in every instance and version. Two
+/// keys that collide only make unrelated writes take turns.
+pub(crate) fn lock_key(parts: &[&str]) -> i32 {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([1u8]);
+    }
+    let digest = hash.finalize();
+    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

@@ -73,10 +73,42 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Challenge, StoreError> {
     })
 }
 
-/// Stores a new challenge.
-pub async fn insert(db: &Database, c: &Challenge) -> Result<(), StoreError> {
-    sqlx::query(&format!(
-        "INSERT INTO otp_challenges ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+/// The first key of the advisory lock that makes the sends of one user's codes through one
+/// channel take turns (PostgreSQL; [`super::lock_key`] of the application, user and channel is
+/// the second).
+const USER_CHANNEL_SENDS: i32 = 0x7E55_B001;
+
+/// Stores `c` only if fewer than `limit` codes were sent to its user through its channel since
+/// `since`: the count and the insert are one statement (an `INSERT … SELECT` kept only while the
+/// count is under the limit), so sends at once cannot all pass a count read before any of them
+/// was stored. On PostgreSQL, whose concurrent statements would each miss the others'
+/// uncommitted inserts, the sends to one user and channel first take turns on an advisory lock
+/// (held until the commit); the insert's own snapshot, taken once the lock is granted, sees
+/// what the send before committed. `false` when the limit is reached (nothing stored).
+pub async fn insert_within_limit(
+    db: &Database,
+    c: &Challenge,
+    since: i64,
+    limit: i64,
+) -> Result<bool, StoreError> {
+    let mut w = db.write().await?;
+    if db.engine() == super::Engine::Postgres {
+        let key = super::lock_key(&[
+            c.application_id.as_str(),
+            c.user_id.as_str(),
+            c.channel.as_str(),
+        ]);
+        sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1, $2)")
+            .bind(USER_CHANNEL_SENDS)
+            .bind(key)
+            .fetch_one(&mut *w)
+            .await?;
+    }
+    let done = sqlx::query(&format!(
+        "INSERT INTO otp_challenges ({COLUMNS}) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+         WHERE (SELECT COUNT(*) FROM otp_challenges \
+                WHERE application_id = $2 AND user_id = $3 AND channel = $5 AND created_at >= $14) < $15"
     ))
     .bind(&c.id)
     .bind(c.application_id.as_str())
@@ -91,9 +123,16 @@ pub async fn insert(db: &Database, c: &Challenge) -> Result<(), StoreError> {
     .bind(c.created_at)
     .bind(c.expires_at)
     .bind(c.used_at)
-    .execute(db.writer())
+    .bind(since)
+    .bind(limit)
+    .execute(&mut *w)
     .await?;
-    Ok(())
+    if done.rows_affected() != 1 {
+        w.rollback().await?;
+        return Ok(false);
+    }
+    w.commit().await?;
+    Ok(true)
 }
 
 /// Removes a challenge whose code could not be delivered.
@@ -134,27 +173,6 @@ pub async fn open_for_authentication(
     .fetch_all(db.pool())
     .await?;
     rows.iter().map(from_row).collect()
-}
-
-/// How many challenges went to the user through `channel` since `since` (the rate limit).
-pub async fn sent_since(
-    db: &Database,
-    app: &ApplicationId,
-    user: &UserId,
-    channel: BackupChannel,
-    since: i64,
-) -> Result<i64, StoreError> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM otp_challenges \
-         WHERE application_id = $1 AND user_id = $2 AND channel = $3 AND created_at >= $4",
-    )
-    .bind(app.as_str())
-    .bind(user.as_str())
-    .bind(channel.as_str())
-    .bind(since)
-    .fetch_one(db.pool())
-    .await?;
-    Ok(row.try_get("n")?)
 }
 
 /// Marks the challenge used if it still can be (one conditional update: of two racing uses of

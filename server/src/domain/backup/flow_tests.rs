@@ -13,7 +13,7 @@ use tessera_protocol::ids::UserId;
 
 use super::{send_for_authentication, set_contacts};
 use crate::domain::otp::answer_authentication;
-use crate::domain::testing::{TestDomain, endings_announced};
+use crate::domain::testing::{TestDomain, endings_announced, sent_at_once};
 
 /// A user with a device and a registered email address.
 async fn user_with_email(domain: &TestDomain, name: &str) -> UserId {
@@ -282,5 +282,42 @@ async fn an_sms_or_voice_channel_the_request_does_not_offer_sends_nothing() {
         }
         assert!(domain.sms.sent().is_empty(), "no message sent");
         assert!(domain.emails.all().is_empty(), "no message sent");
+    }
+}
+
+/// Codes asked for at once (a script hammering "send me a code", each message a cost) are sent
+/// no more than the user's limit per channel: the limit is taken with each code's insert, so
+/// the sends cannot all pass one count made before any of them was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn codes_asked_for_at_once_are_sent_no_more_than_the_limit() {
+    for domain in TestDomain::each_engine().await {
+        let limit = usize::try_from(domain.ctx.config.backup_codes_per_window).expect("small");
+        for round in 0..4 {
+            let user = user_with_email(&domain, &format!("frank-{round}")).await;
+            let created = domain
+                .ask(&user, json!({"backup_channels": ["email"]}))
+                .await;
+            let id = created.authentication_id.to_string();
+            let before = domain.emails.all().len();
+            let sends = sent_at_once(10, || {
+                let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), id.clone());
+                async move {
+                    send_for_authentication(&ctx, &app, &id, BackupChannel::Email)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.code())
+                }
+            })
+            .await;
+            let sent = sends.iter().filter(|s| s.is_ok()).count();
+            assert_eq!(sent, limit, "round {round}: {sends:?}");
+            assert!(
+                sends
+                    .iter()
+                    .all(|s| s.is_ok() || *s == Err(Some(ErrorCode::RateLimited))),
+                "{sends:?}"
+            );
+            assert_eq!(domain.emails.all().len() - before, limit, "messages sent");
+        }
     }
 }
