@@ -7,7 +7,8 @@
 //!   look-ahead window whose match resynchronises the counter.
 //! - **For a push authentication**: the app's code when the authentication has "use code" or
 //!   OTP fallback in force, or a backup code sent for it ([`super::backup`]). An accepted code
-//!   ends the authentication through [`outcome::record`], like a signed answer.
+//!   ends the authentication through the one outcome path, like a signed answer, and is used up
+//!   in the same transaction ([`outcome::record_taking`]).
 //!
 //! Consecutive failures, wherever they happen, lock the user's passcode checks until the
 //! customer resets them. Seeds are never returned or logged.
