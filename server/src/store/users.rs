@@ -268,6 +268,51 @@ pub struct Removed {
     pub authentications: u64,
 }
 
+/// How a write holds the user it writes for, until it commits ([`lock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserLock {
+    /// The user is not deleted while the write runs; other writes for them go on (PostgreSQL
+    /// `FOR KEY SHARE`). For a write that adds a record of the user's.
+    KeepsUser,
+    /// As [`UserLock::KeepsUser`], and the other writes for the user that take this lock wait
+    /// for this one to commit (PostgreSQL `FOR NO KEY UPDATE`). For a write that replaces a set
+    /// of the user's records, or checks a cap by counting them.
+    TakesTurns,
+}
+
+/// Locks user `user_id` of `app` for the rest of the write `executor` runs in, and tells
+/// whether the user exists. [`delete`] removes the user's row first, so a write that found the
+/// user holds the deletion off until it commits (and the deletion then removes what it wrote),
+/// and a write that comes after finds no user. On PostgreSQL a row lock; SQLite's one writer
+/// runs writes one at a time, so the read inside the write is enough.
+pub async fn lock<'e, E>(
+    executor: E,
+    engine: super::Engine,
+    app: &ApplicationId,
+    user_id: &UserId,
+    how: UserLock,
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    const FIND: &str = "SELECT 1 AS one FROM users WHERE application_id = $1 AND user_id = $2";
+    const KEEPS: &str =
+        "SELECT 1 AS one FROM users WHERE application_id = $1 AND user_id = $2 FOR KEY SHARE";
+    const TURNS: &str =
+        "SELECT 1 AS one FROM users WHERE application_id = $1 AND user_id = $2 FOR NO KEY UPDATE";
+    let statement = match (engine, how) {
+        (super::Engine::Sqlite, _) => FIND,
+        (super::Engine::Postgres, UserLock::KeepsUser) => KEEPS,
+        (super::Engine::Postgres, UserLock::TakesTurns) => TURNS,
+    };
+    let row = sqlx::query(statement)
+        .bind(app.as_str())
+        .bind(user_id.as_str())
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
+}
+
 /// Removes a user of `app` and everything stored about them, in one transaction: their
 /// enrollments and the nonces of their devices' calls, pairing codes, OATH tokens, CIBA user
 /// code and requests, every access and refresh token the application's OpenID clients issued
