@@ -31,6 +31,7 @@ use crate::store::Committed;
 use crate::store::applications::{self, Application};
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
+use crate::store::users::UserLock;
 use crate::store::{is_unique_violation, pairing_codes, throttle};
 
 pub(crate) const MAX_INFO_CHARS: usize = 128;
@@ -52,12 +53,15 @@ pub(crate) async fn start(
             "ttl_seconds must be between 60 and 86400",
         ));
     }
-    super::users::require_user(ctx, app, user_id).await?;
     let now = ctx.now();
     let code = PairingCode::generate();
     let expires_at = now + i64::from(ttl);
+    // The code is stored only for a user who exists, and kept from a deletion until stored: a
+    // code left behind by a deletion would pair a device to a user re-created with the same id.
+    let mut w = ctx.db.write().await?;
+    super::users::lock_in(&mut w, app, user_id, UserLock::KeepsUser).await?;
     pairing_codes::insert(
-        &ctx.db,
+        &mut *w,
         &code.digest().to_string(),
         app,
         user_id,
@@ -65,6 +69,7 @@ pub(crate) async fn start(
         expires_at,
     )
     .await?;
+    w.commit().await?;
     if rand::random::<u8>() < 4 {
         pairing_codes::purge_expired(&ctx.db, now).await?;
     }
@@ -615,6 +620,16 @@ async fn pair_with_code(
         return not_consumable(ctx, &code_digest, &registration_digest).await;
     };
     let mut tx = ctx.db.write().await?;
+    // The user first, then the code: the pairing's choice of primary device takes turns with
+    // every other write that makes one for the user (`store::users::lock`), and a user deleted
+    // meanwhile (their codes with them) gets nothing paired.
+    if super::users::lock_in(&mut tx, &app_id, &user_id, UserLock::TakesTurns)
+        .await
+        .is_err()
+    {
+        drop(tx);
+        return not_consumable(ctx, &code_digest, &registration_digest).await;
+    }
     let consumed = pairing_codes::consume(&mut tx, &code_digest, &registration_digest, now).await?;
     if let Some(taken) = consumed {
         if taken != (app_id.clone(), user_id.clone()) {
@@ -794,6 +809,9 @@ pub(crate) async fn relay_with(
         }
     }
     let mut tx = ctx.db.write().await?;
+    // The user's check above is made again inside the write, which keeps them from a deletion
+    // until it commits, and takes turns with the other writes that choose a primary device.
+    super::users::lock_in(&mut tx, &app.id, user_id, UserLock::TakesTurns).await?;
     match create_enrollment(
         ctx,
         &mut tx,

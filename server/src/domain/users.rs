@@ -18,6 +18,26 @@ pub(crate) async fn require_user(
     })
 }
 
+/// Locks `user_id` for the write `w` ([`users::lock`], held until it commits):
+/// `user_not_found` when there is no such user (a deletion that came first); the write is then
+/// the caller's to drop.
+pub(crate) async fn lock_in(
+    w: &mut crate::store::Write<'_>,
+    app: &ApplicationId,
+    user_id: &UserId,
+    how: users::UserLock,
+) -> Result<(), DomainError> {
+    let engine = w.engine();
+    if users::lock(&mut **w, engine, app, user_id, how).await? {
+        Ok(())
+    } else {
+        Err(DomainError::new(
+            ErrorCode::UserNotFound,
+            "no such user in this application",
+        ))
+    }
+}
+
 /// `locale` if it is a well-formed BCP 47 language tag, else `invalid_locale`.
 pub(crate) fn check_locale(locale: Option<&str>) -> Result<(), DomainError> {
     match locale {

@@ -7,6 +7,7 @@ use tessera_protocol::jwk::PublicJwk;
 use tessera_protocol::pairing::{DeviceInfo, DeviceSignals, PushRegistration};
 
 use super::Database;
+use super::users::UserLock;
 use crate::store::StoreError;
 
 /// An enrollment as stored.
@@ -380,19 +381,39 @@ pub async fn delete(
     id: &EnrollmentId,
 ) -> Result<Option<Vec<AuthenticationId>>, StoreError> {
     let mut tx = db.write().await?;
-    let row = sqlx::query(
-        "DELETE FROM enrollments WHERE enrollment_id = $1 AND application_id = $2 \
-         AND ($3 = '' OR user_id = $3) RETURNING user_id",
+    // The user is locked before the enrollment: the choice of the next primary device takes
+    // turns with every other write that decides one (pairings, activations, a change of
+    // primary, another unpairing), which lock the user first too. Two unpairings at once could
+    // otherwise each see the other's device still primary and promote none.
+    let Some(holder) = sqlx::query(
+        "SELECT user_id FROM enrollments WHERE enrollment_id = $1 AND application_id = $2 \
+         AND ($3 = '' OR user_id = $3)",
     )
     .bind(id.as_str())
     .bind(app.as_str())
     .bind(user.map(UserId::as_str).unwrap_or(""))
     .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
+    .await?
+    else {
         return Ok(None);
     };
-    let user_id: String = row.try_get("user_id")?;
+    let user_id: String = holder.try_get("user_id")?;
+    let holder_id =
+        UserId::try_from(user_id.clone()).map_err(|_| StoreError::Corrupted("user id"))?;
+    super::users::lock(&mut *tx, db.engine(), app, &holder_id, UserLock::TakesTurns).await?;
+    let row = sqlx::query(
+        "DELETE FROM enrollments WHERE enrollment_id = $1 AND application_id = $2 \
+         AND user_id = $3 RETURNING user_id",
+    )
+    .bind(id.as_str())
+    .bind(app.as_str())
+    .bind(&user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if row.is_none() {
+        // Unpaired by another write meanwhile.
+        return Ok(None);
+    }
     // Requests still waiting for this device can no longer be answered.
     let failed = sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
@@ -460,15 +481,9 @@ pub async fn set_primary(
     id: &EnrollmentId,
 ) -> Result<bool, StoreError> {
     let mut tx = db.write().await?;
-    // Lock the user's enrollments first: on PostgreSQL two changes of primary for one user then
-    // take turns (SQLite's `BEGIN IMMEDIATE` already holds the database's write lock).
-    sqlx::query(
-        "UPDATE enrollments SET is_primary = is_primary WHERE application_id = $1 AND user_id = $2",
-    )
-    .bind(app.as_str())
-    .bind(user.as_str())
-    .execute(&mut *tx)
-    .await?;
+    // Lock the user first: on PostgreSQL every write that decides the primary device for one
+    // user then takes turns (SQLite's one writer already runs them one at a time).
+    super::users::lock(&mut *tx, db.engine(), app, user, UserLock::TakesTurns).await?;
     let exists = sqlx::query(
         "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 \
          AND enrollment_id = $3 AND status = 'active'",
@@ -496,7 +511,7 @@ pub async fn set_primary(
 }
 
 /// The look-up [`activate_verified`] starts with (every approved authentication runs it).
-pub(crate) const VERIFICATION_WAITING: &str = "SELECT 1 AS one FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'";
+pub(crate) const VERIFICATION_WAITING: &str = "SELECT application_id, user_id FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'";
 
 /// Activates the enrollment that the approved authentication `verification` verified: the
 /// device's earlier enrollments for the same user (same device id and same proven device key)
@@ -510,21 +525,25 @@ pub async fn activate_verified(
     // Every approved authentication comes here, and almost none verifies a device: look on a
     // reader first (indexed), so they cost no write transaction. The pending enrollment is
     // committed before its verification request exists, so a miss here is final.
-    let waiting = sqlx::query(VERIFICATION_WAITING)
+    let Some(waiting) = sqlx::query(VERIFICATION_WAITING)
         .bind(verification.as_str())
         .fetch_optional(db.pool())
-        .await?;
-    if waiting.is_none() {
+        .await?
+    else {
         return Ok(None);
-    }
+    };
+    let app: ApplicationId = waiting
+        .try_get::<String, _>("application_id")?
+        .parse()
+        .map_err(|_| StoreError::Corrupted("application id"))?;
+    let user = UserId::try_from(waiting.try_get::<String, _>("user_id")?)
+        .map_err(|_| StoreError::Corrupted("user id"))?;
     let mut tx = db.write().await?;
-    // Lock the waiting enrollment first: on PostgreSQL a concurrent activation (the follow-up
-    // and a lazy settle on read) then waits and finds it active (SQLite's `BEGIN IMMEDIATE`
-    // already holds the database's write lock).
-    sqlx::query("UPDATE enrollments SET status = status WHERE verification_id = $1")
-        .bind(verification.as_str())
-        .execute(&mut *tx)
-        .await?;
+    // Lock the user first: on PostgreSQL a concurrent activation (the follow-up and a lazy
+    // settle on read) then waits and finds it active, and the choice of primary below takes
+    // turns with every other write that makes one (SQLite's one writer already runs them one
+    // at a time).
+    super::users::lock(&mut *tx, db.engine(), &app, &user, UserLock::TakesTurns).await?;
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
     ))

@@ -7,14 +7,17 @@ use super::Database;
 use crate::store::StoreError;
 
 /// Records a new code (its digest only).
-pub async fn insert(
-    db: &Database,
+pub async fn insert<'e, E>(
+    executor: E,
     code_digest: &str,
     app: &ApplicationId,
     user_id: &UserId,
     now: i64,
     expires_at: i64,
-) -> Result<(), StoreError> {
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     sqlx::query(
         "INSERT INTO pairing_codes (code_digest, application_id, user_id, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5)",
@@ -24,7 +27,7 @@ pub async fn insert(
     .bind(user_id.as_str())
     .bind(now)
     .bind(expires_at)
-    .execute(db.writer())
+    .execute(executor)
     .await?;
     Ok(())
 }

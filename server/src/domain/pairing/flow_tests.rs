@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::UserId;
 
 use super::{pair_device, start};
 use crate::clock::Clock;
@@ -346,5 +347,107 @@ async fn guesses_sent_at_once_stop_at_the_limit_and_the_limit_passes_with_the_mi
         pair_device(&domain.ctx, &client, &genuine.request)
             .await
             .expect("paired once the minute passed");
+    }
+}
+
+/// The rows `table` holds for `user` of the test's application.
+async fn rows_of(domain: &TestDomain, table: &str, user: &UserId) -> i64 {
+    use sqlx::Row;
+    sqlx::query(&format!(
+        "SELECT COUNT(*) AS n FROM {table} WHERE application_id = $1 AND user_id = $2"
+    ))
+    .bind(domain.app.id.as_str())
+    .bind(user.as_str())
+    .fetch_one(domain.ctx.db.pool())
+    .await
+    .expect("counted")
+    .try_get("n")
+    .expect("a count")
+}
+
+/// A user's deletion racing a pairing by code and the start of another leaves nothing of the
+/// user behind: either the pairing (or the new code) came first and the deletion removed it, or
+/// the deletion came first and nothing was paired (or stored). A device or code left behind
+/// would belong to a user re-created with the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_users_deletion_racing_a_pairing_leaves_nothing_of_them_behind() {
+    for domain in TestDomain::each_engine().await {
+        for round in 0..12 {
+            let name = format!("gone-{round}");
+            let code = code_for(&domain, &name, None).await;
+            let user: UserId = name.parse().expect("user id");
+            let phone = registering(&domain, &code);
+            let pairing = {
+                let ctx = domain.ctx.clone();
+                tokio::spawn(async move { pair_device(&ctx, CLIENT, &phone.request).await })
+            };
+            let another_code = {
+                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
+                tokio::spawn(async move { start(&ctx, &app, &user, None).await })
+            };
+            let deletion = {
+                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
+                tokio::spawn(
+                    async move { crate::domain::devices::remove_user(&ctx, &app, &user).await },
+                )
+            };
+            let (paired, started, deleted) = tokio::join!(pairing, another_code, deletion);
+            deleted.expect("ran").expect("the user was removed");
+            if let Err(e) = paired.expect("ran") {
+                assert_eq!(
+                    e.code(),
+                    Some(ErrorCode::InvalidPairingCode),
+                    "round {round}"
+                );
+            }
+            if let Err(e) = started.expect("ran") {
+                assert_eq!(e.code(), Some(ErrorCode::UserNotFound), "round {round}");
+            }
+            assert_eq!(
+                rows_of(&domain, "enrollments", &user).await,
+                0,
+                "round {round}"
+            );
+            assert_eq!(
+                rows_of(&domain, "pairing_codes", &user).await,
+                0,
+                "round {round}"
+            );
+        }
+    }
+}
+
+/// Two of a user's devices unpaired at once, one of them primary: the device left becomes
+/// primary. The choice of the next primary takes turns (`store::users::lock`); each unpairing
+/// could otherwise see the other's device still there and promote none (PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_devices_unpaired_at_once_leave_the_third_primary() {
+    for domain in TestDomain::each_engine().await {
+        for round in 0..12 {
+            let (user, first) = domain.user_with_device(&format!("hana-{round}")).await;
+            let second = domain.device_of(&user, false).await;
+            let third = domain.device_of(&user, false).await;
+            let unpairings: Vec<_> = [first.enrollment.clone(), second.enrollment.clone()]
+                .into_iter()
+                .map(|enrollment| {
+                    let ctx = domain.ctx.clone();
+                    tokio::spawn(
+                        async move { crate::domain::devices::unpair(&ctx, &enrollment).await },
+                    )
+                })
+                .collect();
+            for unpaired in joined(unpairings).await {
+                unpaired.expect("unpaired");
+            }
+            let left = enrollments::list_for_user(&domain.ctx.db, &domain.app.id, &user)
+                .await
+                .expect("listed");
+            assert_eq!(left.len(), 1, "round {round}");
+            assert_eq!(left[0].enrollment_id, third.enrollment.enrollment_id);
+            assert!(
+                left[0].is_primary,
+                "round {round}: the device left is primary"
+            );
+        }
     }
 }
