@@ -8,12 +8,17 @@
 //!   at once with type `BYPASS` and nothing is sent to a device ([`active`]). A policy `deny`
 //!   still wins over a bypass; a silent verification and a QR login (they prove the phone is
 //!   there) are never bypassed. Time comes from the server's clock: a bypass ends by itself.
+//!   Grants and code issues look the user up inside their own write, under the user's row lock
+//!   (`store::users::lock`), so a user deleted meanwhile leaves nothing for a later user of the
+//!   same id.
 //! - **Recovery codes** ([`issue_codes`], [`codes_status`], [`revoke_codes`], [`spend`]): ten
 //!   single-use codes shown once; only a salted SHA-256 digest of each is kept (they carry 59
-//!   random bits each). Issuing new codes replaces the old ones in one transaction. A code
-//!   completes one authentication (type `RECOVERY_CODE`): the user's passcode attempt is taken
-//!   atomically before comparing (the passcode lockout applies), each digest is compared in
-//!   constant time, and a code is spent by one conditional update (of racing uses one wins).
+//!   random bits each). Issuing new codes replaces the old ones in one transaction, which takes
+//!   its turn on the user's row (as a revoke does): of issues and revokes at once, the last to
+//!   commit decides which codes work, never a mix of sets. A code completes one authentication
+//!   (type `RECOVERY_CODE`): the user's passcode attempt is taken atomically before comparing
+//!   (the passcode lockout applies), each digest is compared in constant time, and a code is
+//!   spent by one conditional update (of racing uses one wins).
 //!
 //! See `docs/bypass-and-recovery.md`.
 
@@ -177,14 +182,17 @@ pub(crate) async fn grant_in(
     let now = now_ms.div_euclid(1000);
     let reason = check_reason(&body.reason)?;
     let until = bypass_end(body, now, max_seconds)?;
-    require_user_in(db, app, user).await?;
     let bypass = Bypass {
         granted_at: now,
         until,
         reason,
         granted_by: granter.as_str().to_string(),
     };
-    store::set(db, app, user, &bypass).await?;
+    // The user is looked up inside the write that stores the bypass (not by a read before it):
+    // a deletion in between would otherwise leave the bypass to a later user of the same id.
+    if !store::set(db, app, user, &bypass).await? {
+        return Err(user_not_found());
+    }
     tracing::info!(until, granted_by = granter.as_str(), "bypass granted");
     let event = Event::new("bypass.granted", granter.actor(), "granted")
         .app(app)
@@ -399,10 +407,14 @@ pub(crate) async fn issue_codes_in(
     granter: Granter,
     now_ms: i64,
 ) -> Result<RecoveryCodesIssued, DomainError> {
-    require_user_in(db, app, user).await?;
     let codes: Vec<Zeroizing<String>> = (0..RECOVERY_CODE_COUNT).map(|_| new_code()).collect();
     let stored: Vec<RecoveryCode> = codes.iter().map(|c| stored_code(c)).collect();
-    store::replace_codes(db, app, user, &stored, now_ms.div_euclid(1000)).await?;
+    // The user is looked up inside the write that replaces the codes (see
+    // `store::bypass::replace_codes`): a deletion racing the issue leaves no codes behind, and
+    // issues at once take turns, so only the last one's codes work.
+    if !store::replace_codes(db, app, user, &stored, now_ms.div_euclid(1000)).await? {
+        return Err(user_not_found());
+    }
     tracing::info!(count = stored.len(), "recovery codes issued");
     let event = Event::new("recovery_codes.issued", granter.actor(), "issued")
         .app(app)
@@ -418,7 +430,8 @@ pub(crate) async fn issue_codes_in(
 }
 
 /// Issues ten new recovery codes for the user, revoking the old ones (`POST
-/// /v1/users/{id}/recovery-codes`).
+/// /v1/users/{id}/recovery-codes`). Of issues at once, the one that commits last wins: only
+/// its codes work.
 pub(crate) async fn issue_codes(
     ctx: &Ctx,
     app: &ApplicationId,
@@ -454,8 +467,11 @@ pub(crate) async fn revoke_codes(
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<RecoveryCodesStatus, DomainError> {
-    require_user_in(&ctx.db, app, user).await?;
-    let revoked = store::revoke_codes(&ctx.db, app, user).await?;
+    // Looked up inside the revoke's write, which takes turns with the issues (see
+    // `store::bypass::revoke_codes`).
+    let revoked = store::revoke_codes(&ctx.db, app, user)
+        .await?
+        .ok_or_else(user_not_found)?;
     let event = Event::new("recovery_codes.revoked", Actor::Customer, "revoked")
         .app(app)
         .user(user)

@@ -5,6 +5,7 @@ use sqlx::Row;
 use tessera_protocol::ids::{ApplicationId, UserId};
 
 use super::Database;
+use super::users::{self, UserLock};
 use crate::store::StoreError;
 
 /// A user's bypass as stored.
@@ -20,13 +21,22 @@ pub struct Bypass {
     pub granted_by: String,
 }
 
-/// Grants (or replaces) the user's bypass.
+/// Grants (or replaces) the user's bypass. False, and nothing written, when there is no such
+/// user: the user is looked up in the same write, under [`users::lock`], so a deletion racing
+/// the grant either waits for it (and then removes the bypass with the user) or has removed the
+/// user first, and no bypass is left for a user of the same id created later.
 pub async fn set(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
     bypass: &Bypass,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let mut w = db.write().await?;
+    // One row per user, upserted: concurrent grants need not take turns, only keep the user.
+    if !users::lock(&mut *w, db.engine(), app, user, UserLock::KeepsUser).await? {
+        w.rollback().await?;
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO user_bypasses (application_id, user_id, granted_at, until, reason, granted_by) \
          VALUES ($1, $2, $3, $4, $5, $6) \
@@ -39,9 +49,10 @@ pub async fn set(
     .bind(bypass.until)
     .bind(&bypass.reason)
     .bind(&bypass.granted_by)
-    .execute(db.writer())
+    .execute(&mut *w)
     .await?;
-    Ok(())
+    w.commit().await?;
+    Ok(true)
 }
 
 /// The user's bypass, if one was granted (it may have ended: compare `until` with now).
@@ -91,15 +102,27 @@ pub struct RecoveryCode {
 }
 
 /// Replaces the user's recovery codes with `codes`, in one transaction: the old ones (used or
-/// not) stop working at the moment the new ones start.
+/// not) stop working at the moment the new ones start. False, and nothing written, when there
+/// is no such user.
+///
+/// The write first takes its turn on the user ([`UserLock::TakesTurns`]): on PostgreSQL a
+/// `DELETE` does not see the rows another transaction inserted and has not committed, so two
+/// replaces at once (or a replace and a [`revoke_codes`]) would each delete only the codes
+/// committed before them and leave both new sets valid. Taking turns, the second one's
+/// `DELETE` runs after the first committed and removes its codes. The same lock keeps the user
+/// from being deleted meanwhile (a deletion after it removes these codes with the user).
 pub async fn replace_codes(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
     codes: &[RecoveryCode],
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut tx = db.write().await?;
+    if !users::lock(&mut *tx, db.engine(), app, user, UserLock::TakesTurns).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
     sqlx::query("DELETE FROM recovery_codes WHERE application_id = $1 AND user_id = $2")
         .bind(app.as_str())
         .bind(user.as_str())
@@ -120,7 +143,7 @@ pub async fn replace_codes(
         .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// The user's unused recovery codes.
@@ -160,13 +183,19 @@ pub async fn spend_code(db: &Database, id: &str, now: i64) -> Result<bool, Store
     Ok(done.rows_affected() == 1)
 }
 
-/// Revokes all of the user's recovery codes; how many were unused.
+/// Revokes all of the user's recovery codes; how many were unused, or `None` (nothing
+/// written) when there is no such user. Takes its turn on the user as [`replace_codes`] does,
+/// so a revoke that commits after a replace also removes the codes that replace issued.
 pub async fn revoke_codes(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
-) -> Result<u64, StoreError> {
+) -> Result<Option<u64>, StoreError> {
     let mut tx = db.write().await?;
+    if !users::lock(&mut *tx, db.engine(), app, user, UserLock::TakesTurns).await? {
+        tx.rollback().await?;
+        return Ok(None);
+    }
     let unused = sqlx::query(
         "DELETE FROM recovery_codes WHERE application_id = $1 AND user_id = $2 AND used_at IS NULL",
     )
@@ -181,5 +210,5 @@ pub async fn revoke_codes(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(unused)
+    Ok(Some(unused))
 }

@@ -5,7 +5,8 @@ use sqlx::Row;
 use tessera_protocol::fido::{FidoCredentialType, FidoSettings};
 use tessera_protocol::ids::{ApplicationId, UserId};
 
-use super::Database;
+use super::users::{self, UserLock};
+use super::{Database, is_unique_violation};
 use crate::store::StoreError;
 
 /// A credential as stored.
@@ -87,7 +88,9 @@ pub async fn settings(db: &Database, app: &ApplicationId) -> Result<FidoSettings
     }
 }
 
-/// Replaces the application's FIDO settings.
+/// Replaces the application's FIDO settings, in one upsert: two replaces at once on
+/// PostgreSQL each write in turn (a delete then an insert would let both delete nothing and the
+/// second insert fail on the primary key).
 pub async fn set_settings(
     db: &Database,
     app: &ApplicationId,
@@ -95,23 +98,54 @@ pub async fn set_settings(
 ) -> Result<(), StoreError> {
     let text =
         serde_json::to_string(settings).map_err(|_| StoreError::Corrupted("fido_settings"))?;
-    let mut tx = db.write().await?;
-    sqlx::query("DELETE FROM fido_settings WHERE application_id = $1")
-        .bind(app.as_str())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO fido_settings (application_id, settings) VALUES ($1, $2)")
-        .bind(app.as_str())
-        .bind(text)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    sqlx::query(
+        "INSERT INTO fido_settings (application_id, settings) VALUES ($1, $2) \
+         ON CONFLICT (application_id) DO UPDATE SET settings = $2",
+    )
+    .bind(app.as_str())
+    .bind(text)
+    .execute(db.writer())
+    .await?;
     Ok(())
 }
 
-/// Stores a new credential. False when the application already has a credential with this
-/// WebAuthn credential id (registered again, or to someone else).
-pub async fn insert(db: &Database, c: &StoredCredential) -> Result<bool, StoreError> {
+/// What [`insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The credential is stored.
+    Stored,
+    /// The application already has a credential with this WebAuthn credential id (registered
+    /// again, or to someone else): nothing stored.
+    Duplicate,
+    /// The credential's user does not exist (deleted while the registration ran): nothing
+    /// stored.
+    NoSuchUser,
+}
+
+/// Stores a new credential, unless the application already has one with this WebAuthn
+/// credential id ([`Inserted::Duplicate`]) or its user does not exist
+/// ([`Inserted::NoSuchUser`]).
+///
+/// The user is looked up in the insert's own transaction under [`users::lock`]
+/// ([`UserLock::KeepsUser`]): a deletion of the user racing the registration either waits for
+/// the insert to commit (and then removes the credential with the user) or has removed the
+/// user first, and the insert then stores nothing. The duplicate check is the statement's
+/// `NOT EXISTS`; two inserts of one credential at once on PostgreSQL both pass it, and the
+/// second then fails on the unique index: the same duplicate.
+pub async fn insert(db: &Database, c: &StoredCredential) -> Result<Inserted, StoreError> {
+    let mut w = db.write().await?;
+    let found = users::lock(
+        &mut *w,
+        db.engine(),
+        &c.application_id,
+        &c.user_id,
+        UserLock::KeepsUser,
+    )
+    .await?;
+    if !found {
+        w.rollback().await?;
+        return Ok(Inserted::NoSuchUser);
+    }
     let done = sqlx::query(&format!(
         "INSERT INTO fido_credentials ({COLUMNS}) \
          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
@@ -132,9 +166,23 @@ pub async fn insert(db: &Database, c: &StoredCredential) -> Result<bool, StoreEr
     .bind(c.compromised_at)
     .bind(c.created_at)
     .bind(c.last_used_at)
-    .execute(db.writer())
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .execute(&mut *w)
+    .await;
+    match done {
+        Ok(done) if done.rows_affected() == 1 => {
+            w.commit().await?;
+            Ok(Inserted::Stored)
+        }
+        Ok(_) => {
+            w.rollback().await?;
+            Ok(Inserted::Duplicate)
+        }
+        Err(e) if is_unique_violation(&e) => {
+            w.rollback().await?;
+            Ok(Inserted::Duplicate)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A user's credentials, oldest first.
@@ -331,11 +379,70 @@ mod tests {
         crate::store::test_db_with_app().await
     }
 
+    /// SQLite always, and PostgreSQL when `DATABASE_URL` names it: each with a new application
+    /// (the folder keeps the SQLite file while the test runs).
+    async fn each_engine() -> Vec<(Option<tempfile::TempDir>, Database, ApplicationId)> {
+        let (dir, db, app) = db_with_app().await;
+        let mut engines = vec![(Some(dir), db, app)];
+        if let Some(url) = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|url| url.starts_with("postgres"))
+        {
+            let db = Database::connect(&url, 8).await.expect("database");
+            let app = crate::store::applications::Application {
+                id: ApplicationId::generate(),
+                name: "App".into(),
+                created_at: 0,
+            };
+            crate::store::applications::insert(&db, &app, &format!("digest {}", app.id))
+                .await
+                .expect("application");
+            engines.push((None, db, app.id));
+        }
+        engines
+    }
+
+    /// A new user `name` of `app`.
+    async fn user(db: &Database, app: &ApplicationId, name: &str) -> UserId {
+        let user: UserId = name.parse().expect("user id");
+        crate::store::users::insert(db, app, &user, None, None, 1)
+            .await
+            .expect("user");
+        user
+    }
+
+    /// How many credentials `user` of `app` has, read directly.
+    async fn credential_rows(db: &Database, app: &ApplicationId, user: &UserId) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM fido_credentials WHERE application_id = $1 AND user_id = $2",
+        )
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+    }
+
+    /// A credential id on this server no earlier run left in a shared PostgreSQL database
+    /// (the `id` column is unique across applications).
+    fn fresh_id() -> String {
+        format!("fido_{:032x}", rand::random::<u128>())
+    }
+
     fn credential(app: &ApplicationId, id: &str, credential_id: &str) -> StoredCredential {
+        credential_of(app, "alice", id, credential_id)
+    }
+
+    fn credential_of(
+        app: &ApplicationId,
+        user: &str,
+        id: &str,
+        credential_id: &str,
+    ) -> StoredCredential {
         StoredCredential {
             id: id.into(),
             application_id: app.clone(),
-            user_id: "alice".parse().expect("user"),
+            user_id: user.parse().expect("user"),
             credential_id: credential_id.into(),
             credential: "{}".into(),
             kind: FidoCredentialType::SecurityKey,
@@ -412,15 +519,21 @@ mod tests {
     #[tokio::test]
     async fn the_counter_only_rises_and_one_of_a_burst_wins() {
         let (_dir, db, app) = db_with_app().await;
-        assert!(
+        let alice: UserId = "alice".parse().expect("user");
+        crate::store::users::insert(&db, &app, &alice, None, None, 1)
+            .await
+            .expect("user");
+        assert_eq!(
             insert(&db, &credential(&app, "fido_a", "cid"))
                 .await
-                .unwrap()
+                .unwrap(),
+            Inserted::Stored
         );
-        assert!(
-            !insert(&db, &credential(&app, "fido_b", "cid"))
+        assert_eq!(
+            insert(&db, &credential(&app, "fido_b", "cid"))
                 .await
                 .unwrap(),
+            Inserted::Duplicate,
             "the same credential id twice"
         );
         let mut tasks = Vec::new();
@@ -447,5 +560,112 @@ mod tests {
         let listed = list_for_user(&db, &app, &user).await.unwrap();
         assert_eq!(listed[0].counter, 6);
         assert_eq!(listed[0].compromised_at, Some(12));
+    }
+
+    #[tokio::test]
+    async fn a_credential_is_stored_only_for_a_user_that_exists() {
+        for (_dir, db, app) in each_engine().await {
+            let nobody: UserId = "nobody".parse().expect("user id");
+            let refused = insert(&db, &credential_of(&app, "nobody", &fresh_id(), "cid_n"))
+                .await
+                .expect("insert");
+            assert_eq!(refused, Inserted::NoSuchUser);
+            assert_eq!(credential_rows(&db, &app, &nobody).await, 0);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_credential_stored_while_its_user_is_deleted_does_not_outlive_them() {
+        for (_dir, db, app) in each_engine().await {
+            let engine = db.engine();
+            for round in 0..30 {
+                let name = format!("ivan-{round}");
+                let user = user(&db, &app, &name).await;
+                let stored = tokio::spawn({
+                    let (db, c) = (db.clone(), credential_of(&app, &name, &fresh_id(), &name));
+                    async move { insert(&db, &c).await.expect("insert") }
+                });
+                let removed = tokio::spawn({
+                    let (db, app, user) = (db.clone(), app.clone(), user.clone());
+                    async move { crate::store::users::delete(&db, &app, &user).await }
+                });
+                let stored = stored.await.expect("the insert ran");
+                let removed = removed.await.expect("the deletion ran").expect("deleted");
+                assert!(
+                    removed.is_some(),
+                    "{engine:?} round {round}: the user was there"
+                );
+                assert!(
+                    matches!(stored, Inserted::Stored | Inserted::NoSuchUser),
+                    "{engine:?} round {round}: {stored:?}"
+                );
+                assert_eq!(
+                    credential_rows(&db, &app, &user).await,
+                    0,
+                    "{engine:?} round {round}: a credential outlived its user"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_one_credential_registered_at_once_one_is_stored_and_the_others_are_duplicates() {
+        for (_dir, db, app) in each_engine().await {
+            let judy = user(&db, &app, "judy").await;
+            let engine = db.engine();
+            for round in 0..4 {
+                let mut tasks = Vec::new();
+                for _ in 0..8 {
+                    let (db, c) = (
+                        db.clone(),
+                        credential_of(&app, "judy", &fresh_id(), &format!("cid_{round}")),
+                    );
+                    tasks.push(tokio::spawn(async move { insert(&db, &c).await }));
+                }
+                let mut outcomes = Vec::new();
+                for task in tasks {
+                    // On PostgreSQL copies that all passed the NOT EXISTS meet the unique
+                    // index: a duplicate all the same, not a failed statement.
+                    outcomes.push(task.await.expect("the insert ran").expect("inserted"));
+                }
+                let stored = outcomes.iter().filter(|o| **o == Inserted::Stored).count();
+                assert_eq!(stored, 1, "{engine:?} round {round}: {outcomes:?}");
+                assert!(
+                    outcomes
+                        .iter()
+                        .all(|o| matches!(o, Inserted::Stored | Inserted::Duplicate)),
+                    "{engine:?} round {round}: {outcomes:?}"
+                );
+            }
+            assert_eq!(credential_rows(&db, &app, &judy).await, 4);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn settings_replaced_at_once_all_succeed_and_one_stands() {
+        for (_dir, db, app) in each_engine().await {
+            let engine = db.engine();
+            for round in 0..4 {
+                let asked: Vec<FidoSettings> = (0..8)
+                    .map(|copy| FidoSettings {
+                        rp_id: Some(format!("rp{round}-{copy}.example.com")),
+                        ..FidoSettings::default()
+                    })
+                    .collect();
+                let mut tasks = Vec::new();
+                for wanted in &asked {
+                    let (db, app, wanted) = (db.clone(), app.clone(), wanted.clone());
+                    tasks.push(tokio::spawn(async move {
+                        set_settings(&db, &app, &wanted).await
+                    }));
+                }
+                for task in tasks {
+                    // A delete and an insert at once on PostgreSQL met on the primary key.
+                    task.await.expect("the write ran").expect("replaced");
+                }
+                let now = settings(&db, &app).await.expect("settings");
+                assert!(asked.contains(&now), "{engine:?} round {round}: {now:?}");
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 use tessera_protocol::ids::{ApplicationId, UserId};
 
+use super::users::{self, UserLock};
 use super::{Database, is_unique_violation};
 use crate::store::StoreError;
 
@@ -119,14 +120,26 @@ pub async fn versions(db: &Database, app: &ApplicationId) -> Result<Vec<StoredPo
     .collect()
 }
 
-/// Replaces the user's groups (in one transaction).
+/// Replaces the user's groups (in one transaction). False, and nothing written, when there is
+/// no such user.
+///
+/// The write first takes its turn on the user ([`UserLock::TakesTurns`]): on PostgreSQL a
+/// `DELETE` does not see the rows another transaction inserted and has not committed, so two
+/// replaces at once would each keep the other's groups (their union, past the domain's cap) or
+/// collide on the primary key. Taking turns, the second one deletes what the first wrote. The
+/// lock also keeps a deletion of the user from running meanwhile (it then removes these groups
+/// with the user), and a write after a deletion finds no user.
 pub async fn set_groups(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
     groups: &[String],
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut tx = db.write().await?;
+    if !users::lock(&mut *tx, db.engine(), app, user, UserLock::TakesTurns).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
     sqlx::query("DELETE FROM user_groups WHERE application_id = $1 AND user_id = $2")
         .bind(app.as_str())
         .bind(user.as_str())
@@ -143,7 +156,7 @@ pub async fn set_groups(
         .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// The user's groups, sorted.

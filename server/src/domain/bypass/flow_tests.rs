@@ -1,6 +1,8 @@
 //! A user's bypass called directly, without HTTP: while it lasts, a push or transaction
 //! completes at once and nothing reaches the device; once it ends (by the clock, or cleared),
-//! requests are pushed again; a silent verification never bypasses.
+//! requests are pushed again; a silent verification never bypasses. Recovery codes issued and
+//! revoked at once take turns (one set of codes works, never a mix), and neither a bypass nor
+//! codes written while their user is deleted outlive the user.
 
 use std::time::Duration;
 
@@ -8,8 +10,16 @@ use serde_json::json;
 use tessera_protocol::authentication::AuthenticationState;
 use tessera_protocol::bypass::SetBypassRequest;
 
-use super::{clear, grant};
-use crate::domain::testing::{TestDomain, endings_announced};
+use tessera_protocol::bypass::RecoveryCodesIssued;
+use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::UserId;
+
+use super::{
+    RECOVERY_CODE_COUNT, clear, code_matches, codes_status, grant, issue_codes, normalize_code,
+    revoke_codes,
+};
+use crate::domain::testing::{TestDomain, endings_announced, sent_at_once};
+use crate::store::bypass as store;
 
 fn for_seconds(seconds: u32) -> SetBypassRequest {
     SetBypassRequest {
@@ -78,5 +88,195 @@ async fn a_cleared_bypass_bypasses_nothing() {
         let asked = domain.ask(&bob, json!({})).await;
         assert_eq!(asked.state, AuthenticationState::Pending);
         assert_eq!(domain.pushes.at_least(1).await.len(), 1, "pushed");
+    }
+}
+
+/// How many rows `table` holds for `user` of the test's application, read directly.
+async fn rows_of(domain: &TestDomain, table: &str, user: &UserId) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM {table} WHERE application_id = $1 AND user_id = $2"
+    ))
+    .bind(domain.app.id.as_str())
+    .bind(user.as_str())
+    .fetch_one(domain.ctx.db.pool())
+    .await
+    .expect("count")
+}
+
+/// How many of the codes `issued` shows are among the user's unused codes as stored.
+async fn working(domain: &TestDomain, user: &UserId, issued: &RecoveryCodesIssued) -> usize {
+    let stored = store::unused_codes(&domain.ctx.db, &domain.app.id, user)
+        .await
+        .expect("codes");
+    issued
+        .codes
+        .iter()
+        .filter(|code| {
+            let code = normalize_code(code);
+            stored.iter().any(|s| code_matches(s, &code))
+        })
+        .count()
+}
+
+/// The user's unused codes as `codes_status` counts them.
+async fn remaining(domain: &TestDomain, user: &UserId) -> usize {
+    let status = codes_status(&domain.ctx, &domain.app.id, user)
+        .await
+        .expect("status");
+    usize::try_from(status.remaining).expect("small")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery_codes_issued_at_once_leave_one_set_that_works() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        for round in 0..4 {
+            let user = domain.user(&format!("carol-{round}")).await;
+            let issues = sent_at_once(8, || {
+                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
+                async move { issue_codes(&ctx, &app, &user).await.expect("issued") }
+            })
+            .await;
+            // On PostgreSQL each issue's DELETE would miss the others' uncommitted codes: up to
+            // eight sets would work. Taking turns, the last one's codes replace all the others.
+            assert_eq!(
+                remaining(&domain, &user).await,
+                RECOVERY_CODE_COUNT,
+                "{engine:?} round {round}"
+            );
+            let mut sets_working = 0;
+            for issued in &issues {
+                assert_eq!(issued.codes.len(), RECOVERY_CODE_COUNT);
+                match working(&domain, &user, issued).await {
+                    0 => {}
+                    n if n == RECOVERY_CODE_COUNT => sets_working += 1,
+                    n => panic!("{engine:?} round {round}: {n} codes of one set work"),
+                }
+            }
+            assert_eq!(sets_working, 1, "{engine:?} round {round}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoke_racing_an_issue_revokes_the_codes_before_it() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        for round in 0..10 {
+            let user = domain.user(&format!("dave-{round}")).await;
+            issue_codes(&domain.ctx, &domain.app.id, &user)
+                .await
+                .expect("first codes");
+            let issue = tokio::spawn({
+                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
+                async move { issue_codes(&ctx, &app, &user).await.expect("issued") }
+            });
+            let revoke = tokio::spawn({
+                let (db, app, user) = (domain.ctx.db.clone(), domain.app.id.clone(), user.clone());
+                async move {
+                    store::revoke_codes(&db, &app, &user)
+                        .await
+                        .expect("revoked")
+                }
+            });
+            let issued = issue.await.expect("issue ran");
+            let revoked = revoke.await.expect("revoke ran");
+            // Before or after the issue, the revoke finds a whole set unused: the first codes,
+            // or the issue's. On PostgreSQL without turns, a revoke that waited for the issue's
+            // delete found the first codes gone and missed the new ones: it revoked nothing
+            // and the new codes stayed.
+            assert_eq!(
+                revoked,
+                Some(u64::try_from(RECOVERY_CODE_COUNT).expect("small")),
+                "{engine:?} round {round}"
+            );
+            let left = remaining(&domain, &user).await;
+            assert_eq!(
+                left,
+                working(&domain, &user, &issued).await,
+                "{engine:?} round {round}"
+            );
+            assert!(
+                left == 0 || left == RECOVERY_CODE_COUNT,
+                "{engine:?} round {round}: {left}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_user_gets_no_bypass_and_no_codes() {
+    for domain in TestDomain::each_engine().await {
+        let nobody: UserId = "nobody".parse().expect("user id");
+        let (ctx, app) = (&domain.ctx, &domain.app.id);
+        let refused = [
+            grant(ctx, app, &nobody, &for_seconds(60)).await.err(),
+            issue_codes(ctx, app, &nobody).await.err(),
+            revoke_codes(ctx, app, &nobody).await.err(),
+        ];
+        for error in refused {
+            assert_eq!(error.and_then(|e| e.code()), Some(ErrorCode::UserNotFound));
+        }
+        for table in ["user_bypasses", "recovery_codes"] {
+            assert_eq!(rows_of(&domain, table, &nobody).await, 0, "{table}");
+        }
+    }
+}
+
+/// Runs `write` (for the round's new user) and the user's deletion at once, `rounds` times,
+/// and checks after each that the write either found no user or that the deletion removed
+/// what it wrote: `table` holds nothing of the deleted user's.
+async fn raced_with_deletion<F, Fut>(domain: &TestDomain, rounds: usize, table: &str, write: F)
+where
+    F: Fn(crate::domain::Ctx, tessera_protocol::ids::ApplicationId, UserId) -> Fut,
+    Fut: std::future::Future<Output = Result<(), super::DomainError>> + Send + 'static,
+{
+    let engine = domain.ctx.db.engine();
+    for round in 0..rounds {
+        let user = domain.user(&format!("erin-{round}")).await;
+        let (ctx, app) = (domain.ctx.clone(), domain.app.id.clone());
+        let written = tokio::spawn(write(ctx.clone(), app.clone(), user.clone()));
+        let removed = tokio::spawn({
+            let user = user.clone();
+            async move { crate::domain::devices::remove_user(&ctx, &app, &user).await }
+        });
+        let written = written.await.expect("the write ran");
+        removed
+            .await
+            .expect("the deletion ran")
+            .expect("the user was there to remove");
+        match written {
+            Ok(()) => {}
+            Err(e) => assert_eq!(
+                e.code(),
+                Some(ErrorCode::UserNotFound),
+                "{engine:?} round {round}"
+            ),
+        }
+        assert_eq!(
+            rows_of(domain, table, &user).await,
+            0,
+            "{engine:?} round {round}: {table} outlived the user"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bypass_granted_while_the_user_is_deleted_does_not_outlive_them() {
+    for domain in TestDomain::each_engine().await {
+        raced_with_deletion(&domain, 30, "user_bypasses", |ctx, app, user| async move {
+            grant(&ctx, &app, &user, &for_seconds(60)).await.map(drop)
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn codes_issued_while_the_user_is_deleted_do_not_outlive_them() {
+    for domain in TestDomain::each_engine().await {
+        raced_with_deletion(&domain, 30, "recovery_codes", |ctx, app, user| async move {
+            issue_codes(&ctx, &app, &user).await.map(drop)
+        })
+        .await;
     }
 }

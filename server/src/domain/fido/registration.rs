@@ -25,7 +25,7 @@ use super::{
     verification_failed,
 };
 use crate::store::applications::Application;
-use crate::store::fido_credentials::{self as store, Ceremony, StoredCredential};
+use crate::store::fido_credentials::{self as store, Ceremony, Inserted, StoredCredential};
 
 /// What a registration ceremony keeps until its response comes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,7 +123,8 @@ fn aaguid_of(reg: &RegisterPublicKeyCredential) -> Option<String> {
 /// Verifies and stores the credential the browser created for the ceremony `ceremony_id`
 /// of this flow (taken once: a replayed response finds nothing). The ceremony must have been
 /// started for this application and `user`: one started for another user is refused as an
-/// unknown one (`fido_verification_failed`, nothing stored) and is left for its own user.
+/// unknown one (`fido_verification_failed`, nothing stored) and is left for its own user. A
+/// user deleted while the ceremony ran is `user_not_found`, nothing stored.
 pub(crate) async fn finish(
     ctx: &Ctx,
     app: &Application,
@@ -216,11 +217,22 @@ pub(crate) async fn finish(
         created_at: ctx.now(),
         last_used_at: None,
     };
-    if !store::insert(&ctx.db, &stored).await? {
-        return Err(DomainError::new(
-            ErrorCode::Conflict,
-            "this authenticator's credential is already registered",
-        ));
+    // The insert looks the user up under their row lock: a user deleted while the ceremony ran
+    // gets no credential (one stored would outlive them, for a later user of the same id).
+    match store::insert(&ctx.db, &stored).await? {
+        Inserted::Stored => {}
+        Inserted::Duplicate => {
+            return Err(DomainError::new(
+                ErrorCode::Conflict,
+                "this authenticator's credential is already registered",
+            ));
+        }
+        Inserted::NoSuchUser => {
+            return Err(DomainError::new(
+                ErrorCode::UserNotFound,
+                "no such user in this application",
+            ));
+        }
     }
     let event = Event::new("fido.registered", Actor::Server, "success")
         .app(app.id.as_str())

@@ -121,11 +121,11 @@ pub(crate) async fn set_groups_in(
     user: &UserId,
     body: &UserGroups,
 ) -> Result<UserGroups, DomainError> {
+    // Read first so that an unknown user is told so before the groups are judged; the write
+    // below looks again under the user's lock, which is what keeps a deletion in between from
+    // leaving the groups to a later user of the same id.
     if crate::store::users::get(db, app, user).await?.is_none() {
-        return Err(DomainError::new(
-            ErrorCode::UserNotFound,
-            "no such user in this application",
-        ));
+        return Err(user_not_found());
     }
     if body.groups.len() > MAX_GROUPS {
         return Err(DomainError::invalid(format!(
@@ -146,8 +146,17 @@ pub(crate) async fn set_groups_in(
     }
     groups.sort();
     groups.dedup();
-    policies::set_groups(db, app, user, &groups).await?;
+    // Replaces take turns on the user's row (`store::policies::set_groups`): of replaces at
+    // once, the last to commit stands alone, within MAX_GROUPS.
+    if !policies::set_groups(db, app, user, &groups).await? {
+        return Err(user_not_found());
+    }
     Ok(UserGroups { groups })
+}
+
+/// `user_not_found`: the application has no such user.
+fn user_not_found() -> DomainError {
+    DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
 }
 
 /// The user's groups.
@@ -894,6 +903,9 @@ pub(crate) async fn check_path(
     }
     Ok(Some(decided))
 }
+
+#[cfg(test)]
+mod groups_tests;
 
 #[cfg(test)]
 mod tests {
