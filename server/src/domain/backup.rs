@@ -13,8 +13,10 @@
 //! Codes are 6 random digits stored as a salted SHA-256 digest, expire
 //! ([`crate::ServerConfig::backup_code_ttl`]), are single use, allow
 //! [`crate::ServerConfig::backup_code_attempts`] wrong tries, and are rate-limited per user and
-//! channel. Wrong codes also count towards the user's passcode lockout. Codes travel through the
-//! [`Notifier`](super::ports::Notifier)s of [`super::ports`].
+//! channel. Each try takes one of its challenge's attempts (one conditional update) before the
+//! code is compared, so guesses sent at once cannot compare more codes than that; a right code
+//! gives its attempt back as it is used. Wrong codes also count towards the user's passcode
+//! lockout. Codes travel through the [`Notifier`](super::ports::Notifier)s of [`super::ports`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -464,6 +466,9 @@ pub(crate) async fn send_to_contact(
     .await
 }
 
+/// The refusal of a code whose challenge has no attempt left.
+const TOO_MANY_TRIES: &str = "too many wrong tries for this code; request a new one";
+
 /// Why a challenge can no longer be answered at `now`, if it cannot.
 fn spent(challenge: &Challenge, now: i64, max_attempts: i64) -> Option<&'static str> {
     if challenge.used_at.is_some() {
@@ -471,7 +476,7 @@ fn spent(challenge: &Challenge, now: i64, max_attempts: i64) -> Option<&'static 
     } else if now >= challenge.expires_at {
         Some("this code expired; request a new one")
     } else if challenge.attempts >= max_attempts {
-        Some("too many wrong tries for this code; request a new one")
+        Some(TOO_MANY_TRIES)
     } else {
         None
     }
@@ -511,10 +516,21 @@ pub(crate) async fn verify_challenge(
     if let Some(message) = spent(&challenge, now, max_attempts) {
         return Err(refuse(ctx, &attempt, message));
     }
+    // The challenge's attempt is taken (one conditional update) before the code is compared:
+    // the `attempts` read above may be stale, and guesses sent at once would all pass it.
+    if !otp_challenges::take_attempt(&ctx.db, &challenge.id, now, max_attempts).await? {
+        let message = otp_challenges::get(&ctx.db, &challenge.id)
+            .await?
+            .and_then(|c| spent(&c, now, max_attempts))
+            .unwrap_or(TOO_MANY_TRIES);
+        return Err(refuse(ctx, &attempt, message));
+    }
     if !code_matches(&challenge, &code) {
-        otp_challenges::record_attempt(&ctx.db, &challenge.id).await?;
+        // Its attempt stays counted.
         return Err(refuse(ctx, &attempt, "the code is wrong"));
     }
+    // Used with the attempt it took given back: a right code that took the last attempt is
+    // still accepted, once.
     if !otp_challenges::mark_used(ctx.db.writer(), &challenge.id, now, max_attempts).await? {
         return Err(refuse(ctx, &attempt, "this code was already used"));
     }

@@ -8,7 +8,12 @@
 //! - **For a push authentication**: the app's code when the authentication has "use code" or
 //!   OTP fallback in force, or a backup code sent for it ([`super::backup`]). An accepted code
 //!   ends the authentication through the one outcome path, like a signed answer, and is used up
-//!   in the same transaction ([`outcome::record_taking`]).
+//!   in the same transaction ([`outcome::record_taking`]). A code is compared with a backup
+//!   code's challenge only after taking one of the challenge's attempts (one conditional
+//!   update), so guesses sent at once are compared no more times than a challenge allows.
+//! - **OATH tokens**: a user has at most `MAX_TOKENS_PER_USER`; a registration counts them and
+//!   stores the new one in one write under the user's row lock (`store::users::lock`), so
+//!   registrations at once stop at the cap, and a user deleted meanwhile is left no token.
 //!
 //! Consecutive failures, wherever they happen, lock the user's passcode checks until the
 //! customer resets them. Seeds are never returned or logged.
@@ -32,15 +37,28 @@ use super::outcome::{self, Ending, Take, Taken};
 use super::users::require_user;
 use super::{Ctx, DomainError};
 use crate::store::authentications::{self, Authentication};
-use crate::store::otp::{self, EnrollmentSeed, OathToken, PasscodeSpend};
+use crate::store::otp::{self, EnrollmentSeed, OathToken, PasscodeSpend, TokenInsert};
 use crate::store::{enrollments, otp_challenges};
 use tessera_protocol::policy::{PolicyMethod, RequestKind};
 
 /// Most OATH tokens one user may have.
-const MAX_TOKENS_PER_USER: usize = 20;
+const MAX_TOKENS_PER_USER: i64 = 20;
 
 fn internal() -> DomainError {
     DomainError::new(ErrorCode::InternalError, "internal error")
+}
+
+/// `otp_not_allowed`: the authentication takes no passcode now.
+fn not_allowed() -> DomainError {
+    DomainError::new(
+        ErrorCode::OtpNotAllowed,
+        "this authentication does not accept a passcode (no use-code, no OTP fallback in force, no backup code sent)",
+    )
+}
+
+/// `user_not_found`, as [`require_user`] answers it: for a user found missing inside a write.
+fn user_not_found() -> DomainError {
+    DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
 }
 
 /// `otp_locked`: the user's passcode checks are locked.
@@ -465,15 +483,27 @@ pub(crate) async fn answer_authentication(
     let user = &record.user_id;
     let app_code = record.otp_reason(now).is_some();
     let max_attempts = i64::from(ctx.config.backup_code_attempts.max(1));
-    let challenges =
+    let open =
         otp_challenges::open_for_authentication(&ctx.db, &record.id, now, max_attempts).await?;
-    if !app_code && challenges.is_empty() {
-        return Err(DomainError::new(
-            ErrorCode::OtpNotAllowed,
-            "this authentication does not accept a passcode (no use-code, no OTP fallback in force, no backup code sent)",
-        ));
+    if !app_code && open.is_empty() {
+        return Err(not_allowed());
     }
     let attempt = take_attempt(ctx, app, user).await?;
+    // The code is compared only with the challenges whose attempt it took (one conditional
+    // update each, before comparing): the count read with them above would let guesses sent at
+    // once all be compared, more of them than a challenge allows.
+    let mut challenges = Vec::with_capacity(open.len());
+    for c in open {
+        if otp_challenges::take_attempt(&ctx.db, &c.id, now, max_attempts).await? {
+            challenges.push(c);
+        }
+    }
+    if !app_code && challenges.is_empty() {
+        // Their attempts were used up by guesses since they were read: answered as if read
+        // after those, when nothing is compared and no attempt of the user's is counted.
+        otp::refund_attempt(&ctx.db, app, user).await?;
+        return Err(not_allowed());
+    }
     let mut accepted = challenges
         .iter()
         .find(|c| super::backup::code_matches(c, &code))
@@ -503,9 +533,7 @@ pub(crate) async fn answer_authentication(
         if replayed && let Some(status) = copy_answered(ctx, app, &record, &digest).await? {
             return Ok(status);
         }
-        for c in &challenges {
-            otp_challenges::record_attempt(&ctx.db, &c.id).await?;
-        }
+        // The challenges' attempts were taken before comparing: they stay counted.
         let message = if replayed {
             "this passcode was already used"
         } else {
@@ -526,8 +554,12 @@ pub(crate) async fn answer_authentication(
             }
             Taken::NotRecorded => {
                 // Answered or expired meanwhile: the passcode is not spent (it was right, so its
-                // attempt is not counted either); a copy of it may be what answered.
+                // attempt is not counted either, nor are the challenges' it took); a copy of it
+                // may be what answered.
                 otp::refund_attempt(&ctx.db, app, user).await?;
+                for c in &challenges {
+                    otp_challenges::give_back_attempt(&ctx.db, &c.id).await?;
+                }
                 let current = load_for(ctx, app, id).await?;
                 if let Some(status) = approval_by(ctx, &current, &digest).await? {
                     return Ok(status);
@@ -541,9 +573,7 @@ pub(crate) async fn answer_authentication(
                 if let Some(status) = copy_answered(ctx, app, &record, &digest).await? {
                     return Ok(status);
                 }
-                for c in &challenges {
-                    otp_challenges::record_attempt(&ctx.db, &c.id).await?;
-                }
+                // The challenges' attempts, taken before comparing, stay counted.
                 return Err(refuse(ctx, &attempt, "this passcode was already used"));
             }
         };
@@ -650,15 +680,8 @@ pub(crate) async fn register_token(
     user_id: &UserId,
     body: RegisterOtpToken,
 ) -> Result<OtpToken, DomainError> {
-    require_user(ctx, app, user_id).await?;
     let seed = token_seed(&body.secret)?;
     let (digits, period, counter) = token_shape(&body)?;
-    if otp::tokens_for_user(&ctx.db, app, user_id).await?.len() >= MAX_TOKENS_PER_USER {
-        return Err(DomainError::new(
-            ErrorCode::Conflict,
-            "the user has the most tokens allowed",
-        ));
-    }
     let mut id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut id);
     let token = OathToken {
@@ -672,7 +695,22 @@ pub(crate) async fn register_token(
         last_step: 0,
         created_at: ctx.now(),
     };
-    otp::insert_token(&ctx.db, app, user_id, &token).await?;
+    // The user is looked up, their tokens counted and the token stored in one write that takes
+    // its turn on the user: a count read before would let registrations at once all pass the
+    // cap (each passcode check then compares more tokens, and a guess matches more of them),
+    // and a lookup before would let a deletion in between leave the token to a later user of
+    // the same id.
+    match otp::insert_token_within_limit(&ctx.db, app, user_id, &token, MAX_TOKENS_PER_USER).await?
+    {
+        TokenInsert::Stored => {}
+        TokenInsert::NoUser => return Err(user_not_found()),
+        TokenInsert::AtLimit => {
+            return Err(DomainError::new(
+                ErrorCode::Conflict,
+                "the user has the most tokens allowed",
+            ));
+        }
+    }
     tracing::info!(token_id = %token.token_id, kind = token.kind.as_str(), "OATH token registered");
     Ok(token.record())
 }
@@ -709,7 +747,7 @@ pub(crate) async fn remove_token(
 }
 
 #[cfg(test)]
-mod flow_tests;
+pub(crate) mod flow_tests;
 
 #[cfg(test)]
 mod tests {

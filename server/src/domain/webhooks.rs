@@ -37,7 +37,7 @@ use crate::store::webhooks::{self as store, AttemptResult, Delivery, Endpoint};
 /// The longest one POST may take.
 pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most endpoints one application may register.
-const MAX_ENDPOINTS: usize = 16;
+const MAX_ENDPOINTS: i64 = 16;
 /// The most deliveries one sweep claims.
 const BATCH: i64 = 32;
 /// The longest wait between retries, whatever the backoff or `Retry-After` says.
@@ -111,12 +111,6 @@ pub(crate) async fn create_endpoint(
                 .replace("notification endpoint", "webhook URL"),
         )
     })?;
-    if store::endpoints(&ctx.db, app.as_str()).await?.len() >= MAX_ENDPOINTS {
-        return Err(DomainError::new(
-            ErrorCode::InvalidRequest,
-            format!("an application may register at most {MAX_ENDPOINTS} webhook endpoints"),
-        ));
-    }
     let mut types: Vec<&str> = body.event_types.iter().map(|t| t.as_str()).collect();
     types.sort_unstable();
     types.dedup();
@@ -128,7 +122,15 @@ pub(crate) async fn create_endpoint(
         created_at: ctx.now(),
     };
     let secret = new_secret();
-    store::insert_endpoint(&ctx.db, &endpoint, &secret).await?;
+    // The cap is checked by the insert's own write (a count read before it would let
+    // registrations sent at once all pass it).
+    if !store::insert_endpoint_within_limit(&ctx.db, app, &endpoint, &secret, MAX_ENDPOINTS).await?
+    {
+        return Err(DomainError::new(
+            ErrorCode::InvalidRequest,
+            format!("an application may register at most {MAX_ENDPOINTS} webhook endpoints"),
+        ));
+    }
     let event = Event::new("webhook.created", Actor::Customer, "success")
         .app(app)
         .subject(&endpoint.id)
@@ -378,6 +380,70 @@ mod tests {
             retry_wait(base, 1, Some(Duration::from_secs(u64::MAX / 4)), 1.0),
             MAX_RETRY_WAIT
         );
+    }
+
+    /// The results of `copies` registrations sent at once for the application of `domain`.
+    async fn registered_at_once(
+        domain: &crate::domain::testing::TestDomain,
+        app: &ApplicationId,
+        copies: usize,
+    ) -> Vec<Result<(), Option<ErrorCode>>> {
+        crate::domain::testing::sent_at_once(copies, || {
+            let (ctx, app) = (domain.ctx.clone(), app.clone());
+            async move {
+                let body = CreateWebhookEndpoint {
+                    url: "https://hooks.example/tessera".into(),
+                    event_types: Vec::new(),
+                };
+                create_endpoint(&ctx, &app, &body)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.code())
+            }
+        })
+        .await
+    }
+
+    /// Endpoints registered at once for one application stop at the cap: the count and the
+    /// insert are one write under the application's quota lock, so the registrations cannot all
+    /// pass a count read before any of them was stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn endpoints_registered_at_once_stop_at_the_cap() {
+        for domain in crate::domain::testing::TestDomain::each_engine().await {
+            let engine = domain.ctx.db.engine();
+            for round in 0..3 {
+                // An application per round: the cap is the application's.
+                let app = crate::store::applications::Application {
+                    id: ApplicationId::generate(),
+                    name: format!("Shop {round}"),
+                    created_at: domain.ctx.now(),
+                };
+                crate::store::applications::insert(
+                    &domain.ctx.db,
+                    &app,
+                    &format!("digest {}", app.id),
+                )
+                .await
+                .expect("application");
+                let results = registered_at_once(&domain, &app.id, 20).await;
+                let cap = usize::try_from(MAX_ENDPOINTS).expect("small");
+                assert_eq!(
+                    results.iter().filter(|r| r.is_ok()).count(),
+                    cap,
+                    "{engine:?}, round {round}: {results:?}"
+                );
+                assert!(
+                    results
+                        .iter()
+                        .all(|r| r.is_ok() || *r == Err(Some(ErrorCode::InvalidRequest))),
+                    "{engine:?}, round {round}: {results:?}"
+                );
+                let stored = store::endpoints(&domain.ctx.db, app.id.as_str())
+                    .await
+                    .expect("endpoints");
+                assert_eq!(stored.len(), cap, "{engine:?}, round {round}");
+            }
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use tessera_protocol::ciba::{CibaClientInfo, ClientAuthMethod, DeliveryMode, Gra
 use tessera_protocol::ids::{ApplicationId, UserId};
 
 use super::secrets::{open_text, place, seal_text};
+use super::users::{self, UserLock};
 use super::{Database, is_unique_violation};
 use crate::secrets::DataKey;
 use crate::store::StoreError;
@@ -844,14 +845,24 @@ pub async fn user_code(
     .transpose()
 }
 
-/// Sets (or replaces) a user's code, clearing its failures.
+/// Sets (or replaces) a user's code, clearing its failures. False, and nothing written, when
+/// there is no such user: the user is looked up inside the write, under [`users::lock`]
+/// ([`UserLock::KeepsUser`]), so a deletion racing it either waits for it (and then removes the
+/// code with the user) or came first, and no code is left for a later user of the same id.
 pub async fn set_user_code(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
     salt: &str,
     digest: &str,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let mut w = db.write().await?;
+    // One row per user, upserted: codes set at once need not take turns (the last one
+    // committed is the code), only keep the user.
+    if !users::lock(&mut *w, db.engine(), app, user, UserLock::KeepsUser).await? {
+        w.rollback().await?;
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO ciba_user_codes (application_id, user_id, salt, code_digest, failures) \
          VALUES ($1, $2, $3, $4, 0) ON CONFLICT (application_id, user_id) \
@@ -861,9 +872,37 @@ pub async fn set_user_code(
     .bind(user.as_str())
     .bind(salt)
     .bind(digest)
+    .execute(&mut *w)
+    .await?;
+    w.commit().await?;
+    Ok(true)
+}
+
+/// Replaces the user's code digest `legacy` (with salt `salt`), as it was read before the code
+/// was compared, with `keyed`, the same code's digest in the current form; its failures are
+/// left as they are. One conditional update: when the code was set again (or removed) since it
+/// was read, nothing is written (an unconditional write would put the old code back over the
+/// new one). Returns whether it was replaced.
+pub async fn upgrade_user_code_digest(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    salt: &str,
+    legacy: &str,
+    keyed: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE ciba_user_codes SET code_digest = $5 \
+         WHERE application_id = $1 AND user_id = $2 AND salt = $3 AND code_digest = $4",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(salt)
+    .bind(legacy)
+    .bind(keyed)
     .execute(db.writer())
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Counts a wrong user code (`true`) or clears the count after a right one (`false`).

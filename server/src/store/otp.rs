@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::Database;
 use super::secrets::place;
+use super::users::{self, UserLock};
 use crate::secrets::DataKey;
 use crate::store::StoreError;
 
@@ -199,18 +200,53 @@ impl OathToken {
     }
 }
 
-/// Registers a token.
-pub async fn insert_token(
+/// How [`insert_token_within_limit`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenInsert {
+    /// The token is stored.
+    Stored,
+    /// There is no such user (or a deletion of theirs came first): nothing stored.
+    NoUser,
+    /// The user already has the most tokens allowed: nothing stored.
+    AtLimit,
+}
+
+/// Registers a token for `user` unless they have `limit` tokens already, in one write that
+/// first takes its turn on the user ([`super::users::lock`], [`UserLock::TakesTurns`]): the
+/// user is looked up, their tokens counted and the token inserted under that lock, so
+/// registrations at once count one after the other (a burst at `limit - 1` stores one token,
+/// not one per request), and a deletion of the user either waits for the registration (and
+/// then removes its token with the user) or came first (the registration finds no user, and no
+/// token is left for a later user of the same id). On SQLite the one writer already runs the
+/// writes one at a time; the read inside the write sees the ones before it.
+pub async fn insert_token_within_limit(
     db: &Database,
     app: &ApplicationId,
     user: &UserId,
     token: &OathToken,
-) -> Result<(), StoreError> {
+    limit: i64,
+) -> Result<TokenInsert, StoreError> {
     let encoded = Zeroizing::new(URL_SAFE_NO_PAD.encode(token.seed.as_slice()));
     let sealed = db.secrets()?.seal(
         place("otp_tokens", "seed", &token.token_id),
         encoded.as_bytes(),
     )?;
+    let mut w = db.write().await?;
+    if !users::lock(&mut *w, db.engine(), app, user, UserLock::TakesTurns).await? {
+        w.rollback().await?;
+        return Ok(TokenInsert::NoUser);
+    }
+    let held: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM otp_tokens WHERE application_id = $1 AND user_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .fetch_one(&mut *w)
+    .await?;
+    if held >= limit {
+        w.rollback().await?;
+        return Ok(TokenInsert::AtLimit);
+    }
     sqlx::query(
         "INSERT INTO otp_tokens (token_id, application_id, user_id, kind, seed, algorithm, digits, \
          period, counter, last_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -226,9 +262,10 @@ pub async fn insert_token(
     .bind(token.counter)
     .bind(token.last_step)
     .bind(token.created_at)
-    .execute(db.writer())
+    .execute(&mut *w)
     .await?;
-    Ok(())
+    w.commit().await?;
+    Ok(TokenInsert::Stored)
 }
 
 /// The user's tokens, oldest first.
@@ -323,7 +360,9 @@ pub enum PasscodeSpend {
         /// The counter after the one the code was made with.
         next: i64,
     },
-    /// A backup code's challenge ([`super::otp_challenges::mark_used`]).
+    /// A backup code's challenge, whose attempt the code took before it was compared
+    /// ([`super::otp_challenges::take_attempt`]); using it gives that attempt back
+    /// ([`super::otp_challenges::mark_used`]).
     Challenge {
         /// The challenge.
         id: String,

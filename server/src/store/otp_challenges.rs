@@ -31,7 +31,8 @@ pub struct Challenge {
     pub code_salt: String,
     /// SHA-256 over salt, id and code (hex).
     pub code_digest: String,
-    /// Wrong codes tried.
+    /// Attempts taken: the wrong codes tried, and the codes being compared right now (a right
+    /// one gives its attempt back when it is used, [`mark_used`]).
     pub attempts: i64,
     /// When it was sent.
     pub created_at: i64,
@@ -175,8 +176,50 @@ pub async fn open_for_authentication(
     rows.iter().map(from_row).collect()
 }
 
-/// Marks the challenge used if it still can be (one conditional update: of two racing uses of
-/// a code, one wins). Returns whether this use won.
+/// Takes one attempt at the challenge's code, before the code is compared: one conditional
+/// update counts it only while the challenge is unused, unexpired at `now` and has fewer than
+/// `max_attempts` attempts counted. Returns whether this attempt was taken; a code whose attempt
+/// was not taken must not be compared. Guesses sent at once each take their own attempt, so no
+/// more than `max_attempts` codes are ever compared with one challenge (a check of `attempts`
+/// read before comparing would let them all through). A right code gives its attempt back when
+/// it is used ([`mark_used`]), or with [`give_back_attempt`] when it could not be used.
+pub async fn take_attempt(
+    db: &Database,
+    id: &str,
+    now: i64,
+    max_attempts: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE otp_challenges SET attempts = attempts + 1 \
+         WHERE id = $1 AND used_at IS NULL AND expires_at > $2 AND attempts < $3",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(max_attempts)
+    .execute(db.writer())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives back an attempt [`take_attempt`] took for a code that was right but not used (what it
+/// would have approved ended first): `attempts` counts wrong codes only.
+pub async fn give_back_attempt(db: &Database, id: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE otp_challenges SET attempts = attempts - 1 WHERE id = $1 AND attempts > 0")
+        .bind(id)
+        .execute(db.writer())
+        .await?;
+    Ok(())
+}
+
+/// Marks the challenge used by a right code whose attempt was taken ([`take_attempt`]), if it
+/// still can be (one conditional update: of two racing uses of a code, one wins), and gives
+/// that attempt back in the same update: `attempts` counts wrong codes only. Returns whether
+/// this use won.
+///
+/// The attempt taken for this code is among the `attempts` counted, so the condition is
+/// `attempts <= max_attempts`, not `<`: a right code that took the last attempt (after
+/// `max_attempts - 1` wrong ones) is accepted; after `max_attempts` wrong ones no attempt is
+/// left to take, and the code is never compared.
 pub async fn mark_used<'e, E>(
     executor: E,
     id: &str,
@@ -187,8 +230,9 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let done = sqlx::query(
-        "UPDATE otp_challenges SET used_at = $1 \
-         WHERE id = $2 AND used_at IS NULL AND expires_at > $1 AND attempts < $3",
+        "UPDATE otp_challenges SET used_at = $1, attempts = attempts - 1 \
+         WHERE id = $2 AND used_at IS NULL AND expires_at > $1 AND attempts > 0 \
+         AND attempts <= $3",
     )
     .bind(now)
     .bind(id)
@@ -196,13 +240,4 @@ where
     .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)
-}
-
-/// Counts a wrong code against the challenge.
-pub async fn record_attempt(db: &Database, id: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE otp_challenges SET attempts = attempts + 1 WHERE id = $1")
-        .bind(id)
-        .execute(db.writer())
-        .await?;
-    Ok(())
 }

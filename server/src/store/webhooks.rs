@@ -5,6 +5,7 @@
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use tessera_protocol::ids::ApplicationId;
 use zeroize::Zeroizing;
 
 use super::secrets::{open_text, place, seal_text};
@@ -32,12 +33,58 @@ impl Endpoint {
     }
 }
 
-/// Registers an endpoint, its secret sealed.
+/// Registers an endpoint, its secret sealed (no cap: [`insert_endpoint_within_limit`] is what
+/// the customer API uses).
 pub async fn insert_endpoint(
     db: &Database,
     endpoint: &Endpoint,
     secret: &str,
 ) -> Result<(), StoreError> {
+    insert_endpoint_with(db.writer(), db, endpoint, secret).await
+}
+
+/// The number of endpoints [`insert_endpoint_within_limit`] checks.
+const ENDPOINTS_OF_APPLICATION: &str =
+    "SELECT COUNT(*) FROM webhook_endpoints WHERE application_id = $1";
+
+/// Registers `endpoint` for application `app` (its `application_id`) unless the application
+/// has `limit` endpoints already; returns false then (nothing stored). The count and the
+/// insert are one write that first takes the application's quota lock
+/// ([`super::applications::lock_for_quota`]: a row lock on PostgreSQL, where concurrent
+/// transactions would each miss the others' uncommitted inserts; SQLite's one writer runs the
+/// writes one at a time), so registrations at once count one after the other and never go
+/// past the cap.
+pub async fn insert_endpoint_within_limit(
+    db: &Database,
+    app: &ApplicationId,
+    endpoint: &Endpoint,
+    secret: &str,
+    limit: i64,
+) -> Result<bool, StoreError> {
+    let mut w = db.write().await?;
+    super::applications::lock_for_quota(&mut *w, db.engine(), app).await?;
+    let registered: i64 = sqlx::query_scalar(ENDPOINTS_OF_APPLICATION)
+        .bind(app.as_str())
+        .fetch_one(&mut *w)
+        .await?;
+    if registered >= limit {
+        w.rollback().await?;
+        return Ok(false);
+    }
+    insert_endpoint_with(&mut *w, db, endpoint, secret).await?;
+    w.commit().await?;
+    Ok(true)
+}
+
+async fn insert_endpoint_with<'e, E>(
+    executor: E,
+    db: &Database,
+    endpoint: &Endpoint,
+    secret: &str,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let sealed = seal_text(
         db.secrets()?,
         place("webhook_endpoints", "secret", &endpoint.id),
@@ -53,7 +100,7 @@ pub async fn insert_endpoint(
     .bind(sealed)
     .bind(&endpoint.event_types)
     .bind(endpoint.created_at)
-    .execute(db.writer())
+    .execute(executor)
     .await?;
     Ok(())
 }

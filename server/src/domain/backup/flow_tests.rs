@@ -3,15 +3,17 @@
 //! and wrong codes use up its attempts; codes sent by SMS and by voice call (through the
 //! application's provider webhook, recorded by the test context) go to the registered phone
 //! number, approve their request once as that channel, and a channel the request does not offer
-//! sends nothing.
+//! sends nothing. Codes sent outside an authentication are checked with `verify_challenge`; for
+//! both, wrong codes sent at once are compared no more times than a code allows, and a right code
+//! is still accepted with the last attempt.
 
 use serde_json::json;
-use tessera_protocol::api::{BackupChannel, BackupContacts};
+use tessera_protocol::api::{BackupChannel, BackupContacts, CreateOtpChallenge};
 use tessera_protocol::authentication::AuthenticationState;
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::UserId;
 
-use super::{send_for_authentication, set_contacts};
+use super::{create_challenge, send_for_authentication, set_contacts, verify_challenge};
 use crate::domain::otp::answer_authentication;
 use crate::domain::testing::{TestDomain, endings_announced, sent_at_once};
 
@@ -319,5 +321,254 @@ async fn codes_asked_for_at_once_are_sent_no_more_than_the_limit() {
             );
             assert_eq!(domain.emails.all().len() - before, limit, "messages sent");
         }
+    }
+}
+
+/// Both engines, with a user's passcode lockout far above a challenge's attempts: what limits
+/// the guesses below is the challenge alone.
+async fn each_engine_without_lockout() -> Vec<TestDomain> {
+    TestDomain::each_engine_with(|| crate::config::ServerConfig {
+        otp_max_failures: 100,
+        ..crate::config::ServerConfig::default()
+    })
+    .await
+}
+
+/// A code other than `code`, of its length.
+fn wrong_for(code: &str) -> String {
+    let wrong = if code.starts_with('0') {
+        "11111111"
+    } else {
+        "00000000"
+    };
+    wrong[..code.len()].to_string()
+}
+
+/// The attempts counted on challenge `id`.
+async fn attempts_of(domain: &TestDomain, id: &str) -> i64 {
+    crate::store::otp_challenges::get(&domain.ctx.db, id)
+        .await
+        .expect("read")
+        .expect("the challenge")
+        .attempts
+}
+
+/// A code sent to `user` outside an authentication (to an email address given for this one
+/// sign-in): the challenge's id and the code.
+async fn challenge_for(domain: &TestDomain, user: &UserId) -> (String, String) {
+    let before = domain.emails.all().len();
+    let sent = create_challenge(
+        &domain.ctx,
+        &domain.app,
+        user.clone(),
+        CreateOtpChallenge {
+            channel: BackupChannel::Email,
+            phone: None,
+            email: Some(format!("{user}@example.com")),
+        },
+    )
+    .await
+    .expect("sent");
+    let messages = domain.emails.all();
+    assert_eq!(messages.len(), before + 1, "one message");
+    (sent.challenge_id, messages[before].1.clone())
+}
+
+/// Checks `code` for challenge `id`: the error's code when refused.
+async fn verified(
+    ctx: &crate::domain::Ctx,
+    app: &tessera_protocol::ids::ApplicationId,
+    id: &str,
+    code: &str,
+) -> Result<(), Option<ErrorCode>> {
+    verify_challenge(ctx, app, id, code)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.code())
+}
+
+/// Wrong codes sent at once for one challenge are compared no more times than the challenge
+/// allows: each takes one of its attempts (a conditional update) before it is compared, so
+/// they cannot all pass a count of attempts read before any of them was counted. The right code
+/// then finds no attempt left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guesses_at_once_at_a_challenge_compare_no_more_codes_than_it_allows() {
+    for domain in each_engine_without_lockout().await {
+        let engine = domain.ctx.db.engine();
+        let max = i64::from(domain.ctx.config.backup_code_attempts);
+        for round in 0..8 {
+            let user = domain.user(&format!("ivan-{round}")).await;
+            let (id, code) = challenge_for(&domain, &user).await;
+            let wrong = wrong_for(&code);
+            let guesses = sent_at_once(8, || {
+                let (ctx, app, id, wrong) = (
+                    domain.ctx.clone(),
+                    domain.app.id.clone(),
+                    id.clone(),
+                    wrong.clone(),
+                );
+                async move { verified(&ctx, &app, &id, &wrong).await }
+            })
+            .await;
+            assert!(
+                guesses
+                    .iter()
+                    .all(|g| *g == Err(Some(ErrorCode::OtpInvalid))),
+                "{engine:?}, round {round}: {guesses:?}"
+            );
+            assert_eq!(
+                attempts_of(&domain, &id).await,
+                max,
+                "{engine:?}, round {round}: codes compared"
+            );
+            assert_eq!(
+                verified(&domain.ctx, &domain.app.id, &id, &code).await,
+                Err(Some(ErrorCode::OtpInvalid)),
+                "{engine:?}, round {round}: the right code finds the challenge used up"
+            );
+        }
+    }
+}
+
+/// The attempt a right code takes before it is compared is given back as it is used: after one
+/// wrong code fewer than the challenge allows, the right code is accepted (once); after as many
+/// wrong codes as it allows, it is refused.
+#[tokio::test]
+async fn a_right_code_is_accepted_while_its_challenge_has_an_attempt_left() {
+    for domain in TestDomain::each_engine().await {
+        let max = i64::from(domain.ctx.config.backup_code_attempts);
+        let judy = domain.user("judy").await;
+        let (id, code) = challenge_for(&domain, &judy).await;
+        for _ in 1..max {
+            assert_eq!(
+                verified(&domain.ctx, &domain.app.id, &id, &wrong_for(&code)).await,
+                Err(Some(ErrorCode::OtpInvalid))
+            );
+        }
+        verified(&domain.ctx, &domain.app.id, &id, &code)
+            .await
+            .expect("accepted with the last attempt");
+        assert_eq!(attempts_of(&domain, &id).await, max - 1, "wrong codes only");
+        assert!(
+            verified(&domain.ctx, &domain.app.id, &id, &code)
+                .await
+                .is_err(),
+            "accepted once"
+        );
+
+        let ken = domain.user("ken").await;
+        let (id, code) = challenge_for(&domain, &ken).await;
+        for _ in 0..max {
+            assert!(
+                verified(&domain.ctx, &domain.app.id, &id, &wrong_for(&code))
+                    .await
+                    .is_err()
+            );
+        }
+        assert!(
+            verified(&domain.ctx, &domain.app.id, &id, &code)
+                .await
+                .is_err(),
+            "no attempt left"
+        );
+        assert_eq!(attempts_of(&domain, &id).await, max);
+    }
+}
+
+/// Sends the email code for authentication `id`: the challenge's id and the code.
+async fn emailed_challenge(domain: &TestDomain, id: &str) -> (String, String) {
+    let before = domain.emails.all().len();
+    let sent = send_for_authentication(&domain.ctx, &domain.app, id, BackupChannel::Email)
+        .await
+        .expect("sent");
+    let messages = domain.emails.all();
+    assert_eq!(messages.len(), before + 1, "one message");
+    (sent.challenge_id, messages[before].1.clone())
+}
+
+/// Wrong codes sent at once for a push authentication's emailed code are compared with it no
+/// more times than it allows, as for a challenge outside an authentication; the right code then
+/// finds no code to compare with, and the request stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guesses_at_once_at_a_requests_code_compare_no_more_codes_than_it_allows() {
+    for domain in each_engine_without_lockout().await {
+        let engine = domain.ctx.db.engine();
+        let max = i64::from(domain.ctx.config.backup_code_attempts);
+        for round in 0..8 {
+            let user = user_with_email(&domain, &format!("leo-{round}")).await;
+            let created = domain
+                .ask(&user, json!({"backup_channels": ["email"]}))
+                .await;
+            let id = created.authentication_id.clone();
+            let (challenge, code) = emailed_challenge(&domain, id.as_str()).await;
+            let wrong = wrong_for(&code);
+            let guesses = sent_at_once(8, || {
+                let (ctx, app, id, wrong) = (
+                    domain.ctx.clone(),
+                    domain.app.id.clone(),
+                    id.clone(),
+                    wrong.clone(),
+                );
+                async move {
+                    answer_authentication(&ctx, &app, id.as_str(), &wrong)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.code())
+                }
+            })
+            .await;
+            assert!(
+                guesses.iter().all(|g| matches!(
+                    g,
+                    Err(Some(ErrorCode::OtpInvalid | ErrorCode::OtpNotAllowed))
+                )),
+                "{engine:?}, round {round}: {guesses:?}"
+            );
+            assert_eq!(
+                attempts_of(&domain, &challenge).await,
+                max,
+                "{engine:?}, round {round}: codes compared"
+            );
+            assert_eq!(
+                answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.code()),
+                Err(Some(ErrorCode::OtpNotAllowed)),
+                "{engine:?}, round {round}: the right code finds the code used up"
+            );
+            assert_eq!(endings_announced(&id), 0);
+        }
+    }
+}
+
+/// A push authentication's emailed code is accepted with its last attempt, as a challenge's is.
+#[tokio::test]
+async fn a_requests_code_is_accepted_with_its_last_attempt() {
+    for domain in TestDomain::each_engine().await {
+        let max = domain.ctx.config.backup_code_attempts;
+        let mia = user_with_email(&domain, "mia").await;
+        let created = domain
+            .ask(&mia, json!({"backup_channels": ["email"]}))
+            .await;
+        let id = created.authentication_id.clone();
+        let (challenge, code) = emailed_challenge(&domain, id.as_str()).await;
+        for _ in 1..max {
+            assert!(
+                answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &wrong_for(&code))
+                    .await
+                    .is_err()
+            );
+        }
+        let approved = answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+            .await
+            .expect("approved with the last attempt");
+        assert_eq!(approved.state, AuthenticationState::Approved);
+        assert_eq!(endings_announced(&id), 1);
+        assert_eq!(
+            attempts_of(&domain, &challenge).await,
+            i64::from(max) - 1,
+            "wrong codes only"
+        );
     }
 }

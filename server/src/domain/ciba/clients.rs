@@ -278,13 +278,20 @@ pub(crate) async fn set_user_code(
     user: &UserId,
     code: &str,
 ) -> Result<(), DomainError> {
-    crate::domain::users::require_user(ctx, app, user).await?;
     check_user_code(code)?;
     let mut salt = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut salt);
     let salt = hex::encode(salt);
     let digest = user_code_digest(ctx.db.secrets()?, app, user, &salt, code);
-    Ok(ciba::set_user_code(&ctx.db, app, user, &salt, &digest).await?)
+    // The user is looked up inside the write that stores the code (not by a read before it): a
+    // deletion in between would otherwise leave the code to a later user of the same id.
+    if !ciba::set_user_code(&ctx.db, app, user, &salt, &digest).await? {
+        return Err(DomainError::new(
+            ErrorCode::UserNotFound,
+            "no such user in this application",
+        ));
+    }
+    Ok(())
 }
 
 fn check_user_code(code: &str) -> Result<(), DomainError> {
@@ -332,7 +339,9 @@ fn legacy_user_code_digest(salt: &str, code: &str) -> String {
 }
 
 /// Whether `code` is the user's code, compared in constant time with the stored digest. A right
-/// code stored under the legacy digest is re-stored under the keyed one.
+/// code stored under the legacy digest is re-stored under the keyed one, only if the stored
+/// digest is still `stored` (the customer may have set a new code since it was read: that one
+/// stays).
 pub(crate) async fn user_code_matches(
     ctx: &Ctx,
     app: &ApplicationId,
@@ -353,7 +362,11 @@ pub(crate) async fn user_code_matches(
     );
     if right {
         let digest = user_code_digest(secrets, app, user, salt, code);
-        ciba::set_user_code(&ctx.db, app, user, salt, &digest).await?;
+        // Conditional on the legacy digest read, and without touching the failures: an
+        // unconditional upsert would write this (old) code back over a code set meanwhile.
+        if !ciba::upgrade_user_code_digest(&ctx.db, app, user, salt, stored, &digest).await? {
+            tracing::info!("a legacy user code was replaced before its digest was upgraded");
+        }
     }
     Ok(right)
 }

@@ -307,3 +307,125 @@ async fn one_id_token_signing_key_signs_at_a_time() {
         assert_eq!(signing, 1, "one key signs");
     }
 }
+
+/// The digest user codes were stored as before keyed digests (salted SHA-256, base64url), as an
+/// older server wrote it.
+fn legacy_digest(salt: &str, code: &str) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(Sha256::digest(format!("{salt}\n{code}").as_bytes()))
+}
+
+/// The user's stored user code: salt, digest and failures.
+async fn stored_code(
+    domain: &TestDomain,
+    user: &tessera_protocol::ids::UserId,
+) -> Option<(String, String, i64)> {
+    crate::store::ciba::user_code(&domain.ctx.db, &domain.app.id, user)
+        .await
+        .expect("read")
+}
+
+/// Whether `code` is `user`'s user code now.
+async fn code_is(domain: &TestDomain, user: &tessera_protocol::ids::UserId, code: &str) -> bool {
+    let (salt, digest, _) = stored_code(domain, user).await.expect("a code");
+    super::clients::user_code_matches(&domain.ctx, &domain.app.id, user, &salt, &digest, code)
+        .await
+        .expect("compared")
+}
+
+/// A right user code stored under the legacy digest is re-stored under the keyed one (its
+/// failures as they were), but only while the digest is the one read: when the customer set a
+/// new code between the read and the upgrade, the new code stays and the old one no longer
+/// works (an unconditional write would put the old code back).
+#[tokio::test]
+async fn a_legacy_user_code_upgrade_never_writes_over_a_new_code() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (app, db) = (&domain.app.id, &domain.ctx.db);
+
+        // Nothing raced: the digest is upgraded, the failures left as they were.
+        let olga = domain.user("olga").await;
+        assert!(
+            crate::store::ciba::set_user_code(db, app, &olga, "s1", &legacy_digest("s1", "1234"))
+                .await
+                .expect("stored")
+        );
+        let (salt, digest) = crate::store::ciba::take_user_code_attempt(db, app, &olga, 5)
+            .await
+            .expect("taken")
+            .expect("an attempt");
+        assert!(
+            super::clients::user_code_matches(&domain.ctx, app, &olga, &salt, &digest, "1234")
+                .await
+                .expect("compared")
+        );
+        let (_, upgraded, failures) = stored_code(&domain, &olga).await.expect("a code");
+        assert!(upgraded.starts_with("mac1:"), "{engine:?}: {upgraded}");
+        assert_eq!(failures, 1, "{engine:?}: the upgrade leaves the failures");
+        assert!(code_is(&domain, &olga, "1234").await, "{engine:?}");
+
+        // The customer sets a new code after the legacy digest was read, before the upgrade.
+        let pete = domain.user("pete").await;
+        assert!(
+            crate::store::ciba::set_user_code(db, app, &pete, "s2", &legacy_digest("s2", "1234"))
+                .await
+                .expect("stored")
+        );
+        let (salt, digest) = crate::store::ciba::take_user_code_attempt(db, app, &pete, 5)
+            .await
+            .expect("taken")
+            .expect("an attempt");
+        super::clients::set_user_code(&domain.ctx, app, &pete, "5678")
+            .await
+            .expect("the new code");
+        // The attempt compares the code with the digest it read: right, as it was.
+        assert!(
+            super::clients::user_code_matches(&domain.ctx, app, &pete, &salt, &digest, "1234")
+                .await
+                .expect("compared")
+        );
+        assert!(
+            code_is(&domain, &pete, "5678").await,
+            "{engine:?}: the new code stays"
+        );
+        assert!(
+            !code_is(&domain, &pete, "1234").await,
+            "{engine:?}: the old code is not written back"
+        );
+        assert_eq!(
+            stored_code(&domain, &pete).await.map(|(_, _, f)| f),
+            Some(0),
+            "{engine:?}: the new code's failures"
+        );
+    }
+}
+
+/// A user code set while the user is being deleted is refused as for an unknown user, and no
+/// code is left behind for a later user of the same id: the user is looked up inside the
+/// write that stores the code, under the user's row lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_code_set_during_the_users_deletion_is_not_left_behind() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let user = domain.user("quinn").await;
+        let set = crate::domain::otp::flow_tests::racing_a_deletion(&domain, &user, {
+            let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
+            async move {
+                super::clients::set_user_code(&ctx, &app, &user, "2468")
+                    .await
+                    .map_err(|e| e.code())
+            }
+        })
+        .await;
+        assert_eq!(
+            (set, stored_code(&domain, &user).await.is_some()),
+            (
+                Err(Some(tessera_protocol::error::ErrorCode::UserNotFound)),
+                false
+            ),
+            "{engine:?}: refused, and no code left"
+        );
+    }
+}
