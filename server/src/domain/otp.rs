@@ -486,6 +486,12 @@ pub(crate) async fn answer_authentication(
     let open =
         otp_challenges::open_for_authentication(&ctx.db, &record.id, now, max_attempts).await?;
     if !app_code && open.is_empty() {
+        // Its challenge may have been used by a copy of this code since the request was read:
+        // that copy's approval is the answer.
+        let current = load_for(ctx, app, id).await?;
+        if let Some(status) = approval_by(ctx, &current, &digest).await? {
+            return Ok(status);
+        }
         return Err(not_allowed());
     }
     let attempt = take_attempt(ctx, app, user).await?;
@@ -499,9 +505,24 @@ pub(crate) async fn answer_authentication(
         }
     }
     if !app_code && challenges.is_empty() {
-        // Their attempts were used up by guesses since they were read: answered as if read
-        // after those, when nothing is compared and no attempt of the user's is counted.
+        // Their attempts were used up since they were read: by a copy of this code that
+        // approved the request (it is told that approval), or by guesses (answered as if read
+        // after those, when nothing is compared and no attempt of the user's is counted).
+        // On SQLite that copy may be an earlier member of the write group this attempt joined,
+        // not committed yet: its approval is waited for (it is announced once committed), a
+        // second at most.
+        let current = super::events::wait_for(
+            &ctx.events,
+            super::events::Topic::Authentication(record.id.to_string()),
+            std::time::Duration::from_secs(1),
+            || load_for(ctx, app, id),
+            |current: &Authentication| current.state != AuthenticationState::Pending,
+        )
+        .await?;
         otp::refund_attempt(&ctx.db, app, user).await?;
+        if let Some(status) = approval_by(ctx, &current, &digest).await? {
+            return Ok(status);
+        }
         return Err(not_allowed());
     }
     let mut accepted = challenges

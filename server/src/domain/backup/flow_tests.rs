@@ -572,3 +572,38 @@ async fn a_requests_code_is_accepted_with_its_last_attempt() {
         );
     }
 }
+
+/// Copies of one backup code sent at once (the form sent twice) are each told the approval the
+/// first made, whichever step of it they reached when it committed: the request ends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_a_backup_code_sent_at_once_are_told_its_approval() {
+    for domain in TestDomain::each_engine().await {
+        let user = user_with_email(&domain, "iris").await;
+        for round in 0..6 {
+            let created = domain
+                .ask(&user, json!({"backup_channels": ["email"]}))
+                .await;
+            let id = created.authentication_id.clone();
+            let code = emailed_code(&domain, id.as_str()).await;
+            let told = sent_at_once(4, || {
+                let (ctx, app, id, code) = (
+                    domain.ctx.clone(),
+                    domain.app.id.clone(),
+                    id.clone(),
+                    code.clone(),
+                );
+                async move { answer_authentication(&ctx, &app, id.as_str(), &code).await }
+            })
+            .await;
+            for status in &told {
+                let status = status.as_ref().expect("every copy is told the approval");
+                assert_eq!(status.state, AuthenticationState::Approved, "round {round}");
+            }
+            assert_eq!(endings_announced(&id), 1, "round {round}");
+            // A fresh window for the next round's message.
+            domain.clock.advance(std::time::Duration::from_secs(
+                u64::from(domain.ctx.config.backup_code_window) + 1,
+            ));
+        }
+    }
+}
