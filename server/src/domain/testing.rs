@@ -512,6 +512,26 @@ impl TestDomain {
         }
     }
 
+    /// `copies` copies of passcode `code` answering authentication `id`, sent at once (each on
+    /// a task of its own): what each was told, in order.
+    pub(crate) async fn passcode_sent_at_once(
+        &self,
+        id: &AuthenticationId,
+        code: &str,
+        copies: usize,
+    ) -> Vec<Result<AuthenticationStatus, super::DomainError>> {
+        sent_at_once(copies, || {
+            let (ctx, app, id, code) = (
+                self.ctx.clone(),
+                self.app.id.clone(),
+                id.clone(),
+                code.to_string(),
+            );
+            async move { super::otp::answer_authentication(&ctx, &app, id.as_str(), &code).await }
+        })
+        .await
+    }
+
     /// Asks `user`'s primary device for an approval (the application's settings otherwise).
     pub(crate) async fn ask(&self, user: &UserId, body: serde_json::Value) -> AuthenticationStatus {
         let mut request = serde_json::json!({"kind": "approval"});

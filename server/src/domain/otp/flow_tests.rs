@@ -212,16 +212,7 @@ async fn copies_of_the_passcode_that_approved_a_request_are_told_its_approval() 
             let created = domain.ask(&dave, json!({"use_code": true})).await;
             let id = created.authentication_id.clone();
             let code = code_now(&domain);
-            let told = sent_at_once(4, || {
-                let (ctx, app, id, code) = (
-                    domain.ctx.clone(),
-                    domain.app.id.clone(),
-                    id.clone(),
-                    code.clone(),
-                );
-                async move { answer_authentication(&ctx, &app, id.as_str(), &code).await }
-            })
-            .await;
+            let told = domain.passcode_sent_at_once(&id, &code, 4).await;
             for status in &told {
                 let status = status.as_ref().expect("every copy is told the approval");
                 assert_eq!(status.state, AuthenticationState::Approved, "round {round}");
