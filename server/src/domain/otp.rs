@@ -509,12 +509,12 @@ pub(crate) async fn answer_authentication(
         // approved the request (it is told that approval), or by guesses (answered as if read
         // after those, when nothing is compared and no attempt of the user's is counted).
         // On SQLite that copy may be an earlier member of the write group this attempt joined,
-        // not committed yet: its approval is waited for (it is announced once committed), a
-        // second at most.
+        // not committed yet: its approval is waited for (it is announced once committed), two
+        // seconds at most.
         let current = super::events::wait_for(
             &ctx.events,
             super::events::Topic::Authentication(record.id.to_string()),
-            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(2),
             || load_for(ctx, app, id),
             |current: &Authentication| current.state != AuthenticationState::Pending,
         )
