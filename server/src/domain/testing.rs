@@ -512,6 +512,19 @@ impl TestDomain {
         }
     }
 
+    /// How many rows `table` holds for `user` of the test's application, read directly (what
+    /// a deletion left behind, or a cap let through).
+    pub(crate) async fn rows_of(&self, table: &str, user: &UserId) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE application_id = $1 AND user_id = $2"
+        ))
+        .bind(self.app.id.as_str())
+        .bind(user.as_str())
+        .fetch_one(self.ctx.db.pool())
+        .await
+        .expect("count")
+    }
+
     /// `copies` copies of passcode `code` answering authentication `id`, sent at once (each on
     /// a task of its own): what each was told, in order.
     pub(crate) async fn passcode_sent_at_once(

@@ -91,18 +91,6 @@ async fn a_cleared_bypass_bypasses_nothing() {
     }
 }
 
-/// How many rows `table` holds for `user` of the test's application, read directly.
-async fn rows_of(domain: &TestDomain, table: &str, user: &UserId) -> i64 {
-    sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM {table} WHERE application_id = $1 AND user_id = $2"
-    ))
-    .bind(domain.app.id.as_str())
-    .bind(user.as_str())
-    .fetch_one(domain.ctx.db.pool())
-    .await
-    .expect("count")
-}
-
 /// How many of the codes `issued` shows are among the user's unused codes as stored.
 async fn working(domain: &TestDomain, user: &UserId, issued: &RecoveryCodesIssued) -> usize {
     let stored = store::unused_codes(&domain.ctx.db, &domain.app.id, user)
@@ -218,7 +206,7 @@ async fn a_missing_user_gets_no_bypass_and_no_codes() {
             assert_eq!(error.and_then(|e| e.code()), Some(ErrorCode::UserNotFound));
         }
         for table in ["user_bypasses", "recovery_codes"] {
-            assert_eq!(rows_of(&domain, table, &nobody).await, 0, "{table}");
+            assert_eq!(domain.rows_of(table, &nobody).await, 0, "{table}");
         }
     }
 }
@@ -254,7 +242,7 @@ where
             ),
         }
         assert_eq!(
-            rows_of(domain, table, &user).await,
+            domain.rows_of(table, &user).await,
             0,
             "{engine:?} round {round}: {table} outlived the user"
         );

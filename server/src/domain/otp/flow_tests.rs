@@ -314,16 +314,6 @@ async fn register(
     .map_err(|e| e.code())
 }
 
-/// The rows `otp_tokens` holds for `user` (whatever the user's own row says).
-async fn tokens_stored(domain: &TestDomain, user: &UserId) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM otp_tokens WHERE application_id = $1 AND user_id = $2")
-        .bind(domain.app.id.as_str())
-        .bind(user.as_str())
-        .fetch_one(domain.ctx.db.pool())
-        .await
-        .expect("a count")
-}
-
 /// Registrations sent at once for a user three tokens short of the cap store three tokens: the
 /// count and the insert are one write that takes its turn on the user, so the registrations
 /// cannot all pass a count read before any of them was stored.
@@ -352,7 +342,7 @@ async fn tokens_registered_at_once_stop_at_the_cap() {
                 "{engine:?}, round {round}: {results:?}"
             );
             assert_eq!(
-                tokens_stored(&domain, &user).await,
+                domain.rows_of("otp_tokens", &user).await,
                 super::MAX_TOKENS_PER_USER,
                 "{engine:?}, round {round}"
             );
@@ -440,12 +430,12 @@ async fn a_token_registered_during_the_users_deletion_is_not_left_behind() {
         })
         .await;
         assert_eq!(
-            (registered, tokens_stored(&domain, &user).await),
+            (registered, domain.rows_of("otp_tokens", &user).await),
             (Err(Some(ErrorCode::UserNotFound)), 0),
             "{engine:?}: refused, and no token left"
         );
         // A user created again with the id starts with no token.
         let again = domain.user("grace").await;
-        assert_eq!(tokens_stored(&domain, &again).await, 0);
+        assert_eq!(domain.rows_of("otp_tokens", &again).await, 0);
     }
 }

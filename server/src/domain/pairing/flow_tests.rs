@@ -350,21 +350,6 @@ async fn guesses_sent_at_once_stop_at_the_limit_and_the_limit_passes_with_the_mi
     }
 }
 
-/// The rows `table` holds for `user` of the test's application.
-async fn rows_of(domain: &TestDomain, table: &str, user: &UserId) -> i64 {
-    use sqlx::Row;
-    sqlx::query(&format!(
-        "SELECT COUNT(*) AS n FROM {table} WHERE application_id = $1 AND user_id = $2"
-    ))
-    .bind(domain.app.id.as_str())
-    .bind(user.as_str())
-    .fetch_one(domain.ctx.db.pool())
-    .await
-    .expect("counted")
-    .try_get("n")
-    .expect("a count")
-}
-
 /// A user's deletion racing a pairing by code and the start of another leaves nothing of the
 /// user behind: either the pairing (or the new code) came first and the deletion removed it, or
 /// the deletion came first and nothing was paired (or stored). A device or code left behind
@@ -404,12 +389,12 @@ async fn a_users_deletion_racing_a_pairing_leaves_nothing_of_them_behind() {
                 assert_eq!(e.code(), Some(ErrorCode::UserNotFound), "round {round}");
             }
             assert_eq!(
-                rows_of(&domain, "enrollments", &user).await,
+                domain.rows_of("enrollments", &user).await,
                 0,
                 "round {round}"
             );
             assert_eq!(
-                rows_of(&domain, "pairing_codes", &user).await,
+                domain.rows_of("pairing_codes", &user).await,
                 0,
                 "round {round}"
             );

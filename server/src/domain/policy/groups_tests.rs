@@ -4,23 +4,10 @@
 //! and groups written while the user is deleted do not outlive them.
 
 use tessera_protocol::error::ErrorCode;
-use tessera_protocol::ids::UserId;
 use tessera_protocol::policy::UserGroups;
 
 use super::{MAX_GROUPS, groups, set_groups};
 use crate::domain::testing::{TestDomain, joined};
-
-/// How many rows `user_groups` holds for `user` of the test's application, read directly.
-async fn group_rows(domain: &TestDomain, user: &UserId) -> i64 {
-    sqlx::query_scalar(
-        "SELECT COUNT(*) FROM user_groups WHERE application_id = $1 AND user_id = $2",
-    )
-    .bind(domain.app.id.as_str())
-    .bind(user.as_str())
-    .fetch_one(domain.ctx.db.pool())
-    .await
-    .expect("count")
-}
 
 /// The groups copy `copy` asks for: twenty every copy shares and twenty of its own (sorted, as
 /// they are stored). Two copies together are past [`MAX_GROUPS`], and they overlap.
@@ -105,7 +92,7 @@ async fn groups_set_while_the_user_is_deleted_do_not_outlive_them() {
                 );
             }
             assert_eq!(
-                group_rows(&domain, &user).await,
+                domain.rows_of("user_groups", &user).await,
                 0,
                 "{engine:?} round {round}: groups outlived the user"
             );
