@@ -34,7 +34,6 @@ use tessera_protocol::authentication::{AuthenticationState, Decision};
 use tessera_protocol::bypass::{
     BypassStatus, RecoveryCodesIssued, RecoveryCodesStatus, SetBypassRequest,
 };
-use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{ApplicationId, UserId};
 use zeroize::Zeroizing;
 
@@ -42,6 +41,7 @@ use super::audit::{Actor, Event};
 use super::authentication::{accessing_attributes, check_text, load_for, require_pending};
 use super::otp::{refuse, take_attempt};
 use super::outcome::{self, Ending};
+use super::users::user_not_found;
 use super::{Ctx, DomainError};
 use crate::ip_table::IpTable;
 use crate::store::authentications::{self, Authentication};
@@ -88,10 +88,6 @@ impl Granter {
             Granter::Admin => Actor::Admin,
         }
     }
-}
-
-fn user_not_found() -> DomainError {
-    DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
 }
 
 async fn require_user_in(

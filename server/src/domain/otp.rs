@@ -34,7 +34,7 @@ use zeroize::Zeroizing;
 
 use super::authentication::{accessing_attributes, load_for, require_pending};
 use super::outcome::{self, Ending, Take, Taken};
-use super::users::require_user;
+use super::users::{require_user, user_not_found};
 use super::{Ctx, DomainError};
 use crate::store::authentications::{self, Authentication};
 use crate::store::otp::{self, EnrollmentSeed, OathToken, PasscodeSpend, TokenInsert};
@@ -54,11 +54,6 @@ fn not_allowed() -> DomainError {
         ErrorCode::OtpNotAllowed,
         "this authentication does not accept a passcode (no use-code, no OTP fallback in force, no backup code sent)",
     )
-}
-
-/// `user_not_found`, as [`require_user`] answers it: for a user found missing inside a write.
-fn user_not_found() -> DomainError {
-    DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
 }
 
 /// `otp_locked`: the user's passcode checks are locked.

@@ -7,15 +7,21 @@ use tessera_protocol::ids::{ApplicationId, UserId};
 use super::{Ctx, DomainError};
 use crate::store::users;
 
+/// `user_not_found`: the application has no such user (none was found, or a deletion came
+/// first).
+pub(crate) fn user_not_found() -> DomainError {
+    DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
+}
+
 /// The user, or `user_not_found`.
 pub(crate) async fn require_user(
     ctx: &Ctx,
     app: &ApplicationId,
     user_id: &UserId,
 ) -> Result<User, DomainError> {
-    users::get(&ctx.db, app, user_id).await?.ok_or_else(|| {
-        DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
-    })
+    users::get(&ctx.db, app, user_id)
+        .await?
+        .ok_or_else(user_not_found)
 }
 
 /// Locks `user_id` for the write `w` ([`users::lock`], held until it commits):
@@ -31,10 +37,7 @@ pub(crate) async fn lock_in(
     if users::lock(&mut **w, engine, app, user_id, how).await? {
         Ok(())
     } else {
-        Err(DomainError::new(
-            ErrorCode::UserNotFound,
-            "no such user in this application",
-        ))
+        Err(user_not_found())
     }
 }
 

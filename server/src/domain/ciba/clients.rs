@@ -286,10 +286,7 @@ pub(crate) async fn set_user_code(
     // The user is looked up inside the write that stores the code (not by a read before it): a
     // deletion in between would otherwise leave the code to a later user of the same id.
     if !ciba::set_user_code(&ctx.db, app, user, &salt, &digest).await? {
-        return Err(DomainError::new(
-            ErrorCode::UserNotFound,
-            "no such user in this application",
-        ));
+        return Err(crate::domain::users::user_not_found());
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use tessera_protocol::policy::{
     PolicyMethod, PolicyVersion, PolicyVersionList, RequestKind, UserGroups,
 };
 
+use super::users::user_not_found;
 use super::{Ctx, DomainError};
 use crate::store::enrollments::Enrollment;
 use crate::store::policies::{self, StoredPolicy};
@@ -152,11 +153,6 @@ pub(crate) async fn set_groups_in(
         return Err(user_not_found());
     }
     Ok(UserGroups { groups })
-}
-
-/// `user_not_found`: the application has no such user.
-fn user_not_found() -> DomainError {
-    DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
 }
 
 /// The user's groups.
@@ -703,10 +699,7 @@ pub(crate) async fn evaluate_in(
         .await?
         .is_none()
     {
-        return Err(DomainError::new(
-            ErrorCode::UserNotFound,
-            "no such user in this application",
-        ));
+        return Err(user_not_found());
     }
     let kind = body
         .request
