@@ -86,7 +86,7 @@ pub(crate) async fn enrollment_status(
 
 /// The (authenticated) device unpairs itself.
 pub(crate) async fn unpair(ctx: &Ctx, enrollment: &Enrollment) -> Result<(), DomainError> {
-    let failed = enrollments::delete(
+    let unpaired = enrollments::delete(
         &ctx.db,
         &enrollment.application_id,
         None,
@@ -94,7 +94,7 @@ pub(crate) async fn unpair(ctx: &Ctx, enrollment: &Enrollment) -> Result<(), Dom
     )
     .await?
     .unwrap_or_default();
-    outcome::failed(ctx, &failed).await?;
+    outcome::failed(ctx, &unpaired.failed).await?;
     super::audit::device_removed(
         ctx,
         enrollment.application_id.as_str(),
@@ -103,7 +103,7 @@ pub(crate) async fn unpair(ctx: &Ctx, enrollment: &Enrollment) -> Result<(), Dom
         super::audit::Actor::Device,
     )
     .await;
-    revoke_tokens_if_last_device(ctx, &enrollment.application_id, &enrollment.user_id).await?;
+    tokens_revoked(&enrollment.application_id, &unpaired);
     tracing::info!(enrollment_id = %enrollment.enrollment_id, "device unpaired itself");
     Ok(())
 }
@@ -204,11 +204,11 @@ pub(crate) async fn remove_device(
     enrollment_id: &str,
 ) -> Result<(), DomainError> {
     let enrollment_id: EnrollmentId = enrollment_id.parse().map_err(|_| device_not_found())?;
-    let Some(failed) = enrollments::delete(&ctx.db, app, Some(user_id), &enrollment_id).await?
+    let Some(unpaired) = enrollments::delete(&ctx.db, app, Some(user_id), &enrollment_id).await?
     else {
         return Err(device_not_found());
     };
-    outcome::failed(ctx, &failed).await?;
+    outcome::failed(ctx, &unpaired.failed).await?;
     super::audit::device_removed(
         ctx,
         app.as_str(),
@@ -217,25 +217,18 @@ pub(crate) async fn remove_device(
         super::audit::Actor::Customer,
     )
     .await;
-    revoke_tokens_if_last_device(ctx, app, user_id).await?;
+    tokens_revoked(app, &unpaired);
     tracing::info!(enrollment_id = %enrollment_id, "device unpaired by the customer");
     Ok(())
 }
 
-/// After an unpairing: if the user has no active device left in `app`, every OpenID access and
-/// refresh token issued for them by the application's clients is revoked (the device was what
-/// those tokens stood for).
-async fn revoke_tokens_if_last_device(
-    ctx: &Ctx,
-    app: &ApplicationId,
-    user_id: &UserId,
-) -> Result<(), DomainError> {
-    let revoked =
-        crate::store::ciba::revoke_user_tokens_without_device(&ctx.db, app, user_id).await?;
-    if revoked > 0 {
-        tracing::info!(application_id = %app, revoked, "last device unpaired: the user's tokens were revoked");
+/// Logs the OpenID tokens an unpairing revoked: with the user's last active device, every
+/// access and refresh token issued for them by the application's clients (the device was what
+/// those tokens stood for), in the unpairing's own write.
+fn tokens_revoked(app: &ApplicationId, unpaired: &enrollments::Unpaired) {
+    if unpaired.tokens_revoked > 0 {
+        tracing::info!(application_id = %app, revoked = unpaired.tokens_revoked, "last device unpaired: the user's tokens were revoked");
     }
-    Ok(())
 }
 
 /// Removes a user of `app` (`user_not_found` if there is none): their devices, pairing codes,

@@ -763,7 +763,7 @@ pub(crate) async fn remove_token(
 }
 
 #[cfg(test)]
-pub(crate) mod flow_tests;
+mod flow_tests;
 
 #[cfg(test)]
 mod tests {

@@ -525,6 +525,19 @@ impl TestDomain {
         .expect("count")
     }
 
+    /// How many OpenID tokens the application's clients hold for `user`.
+    pub(crate) async fn tokens_of(&self, user: &UserId) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM oidc_tokens t JOIN ciba_clients c ON c.client_id = t.client_id \
+             WHERE c.application_id = $1 AND t.user_id = $2",
+        )
+        .bind(self.app.id.as_str())
+        .bind(user.as_str())
+        .fetch_one(self.ctx.db.pool())
+        .await
+        .expect("count")
+    }
+
     /// `copies` copies of passcode `code` answering authentication `id`, sent at once (each on
     /// a task of its own): what each was told, in order.
     pub(crate) async fn passcode_sent_at_once(
@@ -836,4 +849,73 @@ impl TestDevice {
         };
         envelope::sign(MessageType::AuthenticationResponse, &response, key).expect("signed")
     }
+}
+
+/// Runs `write` while a deletion of `user` is under way (begun, not yet committed), and returns
+/// what it returned once both ended; the deletion must have removed the user.
+///
+/// PostgreSQL: `store::users::delete` removes the user's row first and `fido_ceremonies` last,
+/// so a lock on that table taken before stops the deletion just before it commits, holding the
+/// user's row; `write` starts once the row is locked. A write that looked the user up outside
+/// its own write (a read before it) would see the user still there and store what it stores at
+/// once, after the deletion removed the table's rows. SQLite: the deletion waits for the writer,
+/// held here; `write`'s reads outside a write see the user, and its own write comes after the
+/// deletion's.
+pub(crate) async fn racing_a_deletion<T, F>(domain: &TestDomain, user: &UserId, write: F) -> T
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    /// Long enough for a spawned task to reach the statement it waits at.
+    const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+    let db = domain.ctx.db.clone();
+    let postgres = db.engine() == crate::store::Engine::Postgres;
+    let mut hold = db.write().await.expect("a write");
+    if postgres {
+        sqlx::query("LOCK TABLE fido_ceremonies IN EXCLUSIVE MODE")
+            .execute(&mut hold)
+            .await
+            .expect("locked");
+    }
+    let deletion = tokio::spawn({
+        let (db, app, user) = (db.clone(), domain.app.id.clone(), user.clone());
+        async move { crate::store::users::delete(&db, &app, &user).await }
+    });
+    if postgres {
+        // Waits until the deletion holds the user's row (a lock a fixed write waits for), then
+        // a little more for it to reach the table held here.
+        let mut tries = 0;
+        loop {
+            let probe = sqlx::query(
+                "SELECT 1 AS one FROM users WHERE application_id = $1 AND user_id = $2 \
+                 FOR KEY SHARE NOWAIT",
+            )
+            .bind(domain.app.id.as_str())
+            .bind(user.as_str())
+            .fetch_optional(db.writer())
+            .await;
+            match probe {
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => break,
+                Ok(Some(_)) if tries < 1000 => tries += 1,
+                other => panic!(
+                    "the deletion never locked the user: {:?}",
+                    other.map(|row| row.is_some())
+                ),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(SETTLE).await;
+    let racing = tokio::spawn(write);
+    tokio::time::sleep(SETTLE).await;
+    // Were `users::delete` to stop touching the held table before it commits, it would not
+    // wait here, and the write would not race it: that must fail, not pass untested.
+    assert!(
+        !deletion.is_finished(),
+        "the deletion did not wait at the held table: hold another that it writes last"
+    );
+    hold.rollback().await.expect("released");
+    let removed = deletion.await.expect("the deletion ran").expect("deleted");
+    assert!(removed.is_some(), "the user was there to delete");
+    racing.await.expect("the write ran")
 }

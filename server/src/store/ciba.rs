@@ -522,24 +522,10 @@ pub async fn record_poll(
     })
 }
 
-/// The conditional update of [`mark_tokens_issued`].
+/// The conditional update that marks a request's tokens issued, once: an `auth_req_id` is
+/// single use (`oidc_tokens::issue` runs it with the tokens it stores).
 pub(crate) const MARK_TOKENS_ISSUED: &str = "UPDATE ciba_requests SET tokens_issued_at = $2 \
     WHERE auth_req_id = $1 AND tokens_issued_at IS NULL";
-
-/// Marks tokens issued; `false` if they were issued before (an `auth_req_id` is single use).
-pub async fn mark_tokens_issued(
-    db: &Database,
-    auth_req_id: &str,
-    now: i64,
-) -> Result<bool, StoreError> {
-    Ok(sqlx::query(MARK_TOKENS_ISSUED)
-        .bind(auth_req_id)
-        .bind(now)
-        .execute(db.writer())
-        .await?
-        .rows_affected()
-        == 1)
-}
 
 /// Makes the notification of the request driving `authentication_id` due now (if it waits).
 pub async fn notification_due_for(
@@ -594,14 +580,27 @@ pub async fn due_notifications(
         .collect()
 }
 
+/// The hold of the instance delivering a request's notification: the attempts counted when it
+/// last claimed or renewed it, and the time (milliseconds) its claim holds until. Each later
+/// write for the delivery holds only while the row still carries both: an instance that claimed
+/// the delivery after this lease lapsed changed them, and the lapsed holder then writes nothing
+/// (it stops, and mints no tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The attempts counted, this one included.
+    pub attempts: i64,
+    /// When the claim lapses (milliseconds).
+    pub until_ms: i64,
+}
+
 /// Claims one due delivery for this instance until `lease_until` (so no other instance sends
-/// it meanwhile); `false` if another instance claimed it first.
+/// it meanwhile), counting one more attempt; `None` if another instance claimed it first.
 pub async fn claim_notification(
     db: &Database,
     r: &CibaRequest,
     lease_until: i64,
-) -> Result<bool, StoreError> {
-    Ok(sqlx::query(
+) -> Result<Option<Lease>, StoreError> {
+    let claimed = sqlx::query(
         "UPDATE ciba_requests SET notify_due_at_ms = $2, notify_attempts = notify_attempts + 1 \
          WHERE auth_req_id = $1 AND notify_state = 'due' AND notify_due_at_ms = $3 AND notify_attempts = $4",
     )
@@ -612,210 +611,64 @@ pub async fn claim_notification(
     .execute(db.writer())
     .await?
     .rows_affected()
-        == 1)
+        == 1;
+    Ok(claimed.then_some(Lease {
+        attempts: r.notify_attempts + 1,
+        until_ms: lease_until,
+    }))
 }
 
-/// Counts one more attempt by the instance holding the delivery, and extends its lease.
+/// The condition that a delivery's row still carries `held` (placeholders `$first` and the
+/// next).
+pub(crate) fn held_by(first: usize) -> String {
+    format!(
+        "notify_state = 'due' AND notify_attempts = ${first} AND notify_due_at_ms = ${}",
+        first + 1
+    )
+}
+
+/// Counts one more attempt by the instance holding the delivery under `held`, and extends its
+/// lease to `next`; `false` (and nothing written) if another instance took the delivery over.
 pub async fn renew_lease(
     db: &Database,
     auth_req_id: &str,
-    attempts: i64,
-    lease_until_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE ciba_requests SET notify_attempts = $2, notify_due_at_ms = $3 WHERE auth_req_id = $1",
-    )
+    held: Lease,
+    next: Lease,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(&format!(
+        "UPDATE ciba_requests SET notify_attempts = $2, notify_due_at_ms = $3 \
+         WHERE auth_req_id = $1 AND {}",
+        held_by(4)
+    ))
     .bind(auth_req_id)
-    .bind(attempts)
-    .bind(lease_until_ms)
+    .bind(next.attempts)
+    .bind(next.until_ms)
+    .bind(held.attempts)
+    .bind(held.until_ms)
     .execute(db.writer())
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected()
+        == 1)
 }
 
-/// Records a delivery's final outcome (done, or failed after every attempt); the instance that
-/// held it retried in-process before.
+/// Records a delivery's final outcome (done, or failed after every attempt) by the instance
+/// holding it under `held`, which retried in-process before; `false` (and nothing written) if
+/// another instance took the delivery over.
 pub async fn finish_notification(
     db: &Database,
     auth_req_id: &str,
+    held: Lease,
     state: NotifyState,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE ciba_requests SET notify_state = $2, notify_due_at_ms = NULL WHERE auth_req_id = $1",
-    )
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(&format!(
+        "UPDATE ciba_requests SET notify_state = $2, notify_due_at_ms = NULL \
+         WHERE auth_req_id = $1 AND {}",
+        held_by(3)
+    ))
     .bind(auth_req_id)
     .bind(state.as_str())
-    .execute(db.writer())
-    .await?;
-    Ok(())
-}
-
-/// An access or refresh token, as stored.
-#[derive(Debug, Clone)]
-pub struct IssuedToken {
-    /// `access` or `refresh`.
-    pub kind: String,
-    /// The client.
-    pub client_id: String,
-    /// The user.
-    pub user_id: String,
-    /// The granted scopes.
-    pub scope: String,
-    /// The authentication context class.
-    pub acr: String,
-    /// The methods (JSON array).
-    pub amr: String,
-    /// When the user authenticated.
-    pub auth_time: i64,
-    /// When it expires.
-    pub expires_at: i64,
-    /// When a refresh token was used.
-    pub used_at: Option<i64>,
-    /// The grant the token descends from (tokens stored before families existed have none).
-    pub family_id: Option<String>,
-}
-
-/// The statement that stores a token by its digest, to run on the pool or in a transaction.
-fn insert_token_statement<'q>(
-    digest: &'q str,
-    token: &'q IssuedToken,
-    now: i64,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    sqlx::query(
-        "INSERT INTO oidc_tokens (token_digest, kind, client_id, user_id, scope, acr, amr, auth_time, \
-         created_at, expires_at, used_at, family_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(digest)
-    .bind(&token.kind)
-    .bind(&token.client_id)
-    .bind(&token.user_id)
-    .bind(&token.scope)
-    .bind(&token.acr)
-    .bind(&token.amr)
-    .bind(token.auth_time)
-    .bind(now)
-    .bind(token.expires_at)
-    .bind(token.used_at)
-    .bind(&token.family_id)
-}
-
-/// Stores tokens by their digests inside `tx` (a grant's tokens land together or not at all).
-pub(super) async fn insert_tokens(
-    tx: &mut crate::store::Write<'static>,
-    tokens: &[(String, IssuedToken)],
-    now: i64,
-) -> Result<(), StoreError> {
-    for (digest, token) in tokens {
-        insert_token_statement(digest, token, now)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Stores a token by its digest.
-pub async fn insert_token(
-    db: &Database,
-    digest: &str,
-    token: &IssuedToken,
-    now: i64,
-) -> Result<(), StoreError> {
-    insert_token_statement(digest, token, now)
-        .execute(db.writer())
-        .await?;
-    Ok(())
-}
-
-/// A token by its digest.
-pub async fn token(db: &Database, digest: &str) -> Result<Option<IssuedToken>, StoreError> {
-    let row = sqlx::query(
-        "SELECT kind, client_id, user_id, scope, acr, amr, auth_time, expires_at, used_at, family_id \
-         FROM oidc_tokens WHERE token_digest = $1",
-    )
-    .bind(digest)
-    .fetch_optional(db.pool())
-    .await?;
-    row.map(|row| {
-        Ok(IssuedToken {
-            kind: row.try_get("kind")?,
-            client_id: row.try_get("client_id")?,
-            user_id: row.try_get("user_id")?,
-            scope: row.try_get("scope")?,
-            acr: row.try_get("acr")?,
-            amr: row.try_get("amr")?,
-            auth_time: row.try_get("auth_time")?,
-            expires_at: row.try_get("expires_at")?,
-            used_at: row.try_get("used_at")?,
-            family_id: row.try_get("family_id")?,
-        })
-    })
-    .transpose()
-}
-
-/// Uses a refresh token and stores the tokens that replace it, in one transaction: `false` (and
-/// nothing stored) if the token was used before, revoked, or is unknown. A concurrent use of
-/// the same token waits for this transaction and then finds it used.
-pub async fn rotate_refresh_token(
-    db: &Database,
-    used_digest: &str,
-    replacements: &[(String, IssuedToken)],
-    now: i64,
-) -> Result<bool, StoreError> {
-    let mut tx = db.write().await?;
-    let used = sqlx::query(
-        "UPDATE oidc_tokens SET used_at = $2 WHERE token_digest = $1 AND kind = 'refresh' AND used_at IS NULL",
-    )
-    .bind(used_digest)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if used != 1 {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    insert_tokens(&mut tx, replacements, now).await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
-/// Revokes (deletes) every token of a family, the access tokens with the refresh tokens;
-/// returns how many there were.
-pub async fn revoke_family(db: &Database, family_id: &str) -> Result<u64, StoreError> {
-    Ok(sqlx::query("DELETE FROM oidc_tokens WHERE family_id = $1")
-        .bind(family_id)
-        .execute(db.writer())
-        .await?
-        .rows_affected())
-}
-
-/// Revokes (deletes) every token issued to `user` by the clients of `app`, if the user has no
-/// active device left in `app` (checked in the same statement); returns how many there were.
-pub async fn revoke_user_tokens_without_device(
-    db: &Database,
-    app: &ApplicationId,
-    user: &UserId,
-) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
-        "DELETE FROM oidc_tokens WHERE user_id = $1 \
-         AND client_id IN (SELECT client_id FROM ciba_clients WHERE application_id = $2) \
-         AND NOT EXISTS (SELECT 1 FROM enrollments WHERE application_id = $2 AND user_id = $1 \
-                         AND status = 'active')",
-    )
-    .bind(user.as_str())
-    .bind(app.as_str())
-    .execute(db.writer())
-    .await?
-    .rows_affected())
-}
-
-/// Marks a refresh token used; `false` if it was used before.
-pub async fn use_refresh_token(db: &Database, digest: &str, now: i64) -> Result<bool, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE oidc_tokens SET used_at = $2 WHERE token_digest = $1 AND kind = 'refresh' AND used_at IS NULL",
-    )
-    .bind(digest)
-    .bind(now)
+    .bind(held.attempts)
+    .bind(held.until_ms)
     .execute(db.writer())
     .await?
     .rows_affected()
@@ -1029,156 +882,4 @@ pub async fn drop_retired_keys(db: &Database, before: i64) -> Result<u64, StoreE
     .execute(db.writer())
     .await?
     .rows_affected())
-}
-
-#[cfg(test)]
-mod token_tests {
-    use super::*;
-
-    async fn database() -> (tempfile::TempDir, Database, ApplicationId) {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("tokens.db").display());
-        let db = Database::connect(&url, 4).await.expect("database");
-        let app = ApplicationId::generate();
-        sqlx::query(
-            "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ($1, 'A', 'd', 0)",
-        )
-        .bind(app.as_str())
-        .execute(db.writer())
-        .await
-        .expect("application");
-        insert_client(
-            &db,
-            &CibaClient {
-                client_id: "client".into(),
-                application_id: app.clone(),
-                name: "Call Centre".into(),
-                delivery_mode: DeliveryMode::Poll,
-                notification_endpoint: None,
-                auth_method: ClientAuthMethod::ClientSecretBasic,
-                secret_digest: Some("x".into()),
-                jwks: None,
-                request_signing_alg: None,
-                user_code_required: false,
-                created_at: 0,
-                redirect_uris: Vec::new(),
-                grant_types: crate::store::ciba::LEGACY_GRANT_TYPES.to_vec(),
-            },
-        )
-        .await
-        .expect("client");
-        (dir, db, app)
-    }
-
-    fn token(kind: &str, user: &str, family: &str) -> IssuedToken {
-        IssuedToken {
-            kind: kind.into(),
-            client_id: "client".into(),
-            user_id: user.into(),
-            scope: "openid offline_access".into(),
-            acr: "acr".into(),
-            amr: "[]".into(),
-            auth_time: 0,
-            expires_at: 10_000,
-            used_at: None,
-            family_id: Some(family.into()),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_refresh_token_rotates_once_even_when_used_concurrently() {
-        let (_dir, db, _) = database().await;
-        insert_token(&db, "r0", &token("refresh", "alice", "f"), 1)
-            .await
-            .expect("insert");
-        let uses = (0..8).map(|i| {
-            let db = db.clone();
-            tokio::spawn(async move {
-                let next = vec![(format!("r1-{i}"), token("refresh", "alice", "f"))];
-                rotate_refresh_token(&db, "r0", &next, 2)
-                    .await
-                    .expect("rotate")
-            })
-        });
-        let mut won = 0;
-        for use_ in uses {
-            if use_.await.expect("task") {
-                won += 1;
-            }
-        }
-        assert_eq!(won, 1);
-        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oidc_tokens")
-            .fetch_one(db.pool())
-            .await
-            .expect("count");
-        assert_eq!(
-            stored, 2,
-            "the used token and one successor: losers stored nothing"
-        );
-        assert_eq!(revoke_family(&db, "f").await.expect("revoke"), 2);
-        assert!(token_exists(&db, "r0").await.is_none());
-    }
-
-    async fn token_exists(db: &Database, digest: &str) -> Option<IssuedToken> {
-        super::token(db, digest).await.expect("read")
-    }
-
-    #[tokio::test]
-    async fn a_users_tokens_go_only_with_their_last_active_device() {
-        let (_dir, db, app) = database().await;
-        insert_token(&db, "a", &token("access", "alice", "f1"), 1)
-            .await
-            .expect("insert");
-        insert_token(&db, "b", &token("access", "bob", "f2"), 1)
-            .await
-            .expect("insert");
-        sqlx::query(
-            "INSERT INTO enrollments (enrollment_id, application_id, user_id, device_id, possession_key, \
-             user_verification_key, device_info, signals, push, push_provider, is_primary, \
-             registration_digest, server_payload, paired_at, last_seen_at, status) \
-             VALUES ('enr', $1, 'alice', 'dev', 'k', 'k', '{}', '{}', '{}', 'none', 1, 'digest', 'p', 0, 0, 'active')",
-        )
-        .bind(app.as_str())
-        .execute(db.writer())
-        .await
-        .expect("enrollment");
-        let alice: UserId = "alice".parse().expect("user");
-        let bob: UserId = "bob".parse().expect("user");
-        assert_eq!(
-            revoke_user_tokens_without_device(&db, &app, &alice)
-                .await
-                .expect("revoke"),
-            0,
-            "alice still has an active device"
-        );
-        assert_eq!(
-            revoke_user_tokens_without_device(&db, &app, &bob)
-                .await
-                .expect("revoke"),
-            1
-        );
-        sqlx::query("UPDATE enrollments SET status = 'pending_verification'")
-            .execute(db.writer())
-            .await
-            .expect("update");
-        assert_eq!(
-            revoke_user_tokens_without_device(&db, &app, &alice)
-                .await
-                .expect("revoke"),
-            1,
-            "a device waiting for verification does not keep tokens alive"
-        );
-        // Another application's user of the same id keeps theirs.
-        let other = ApplicationId::generate();
-        insert_token(&db, "c", &token("access", "alice", "f3"), 1)
-            .await
-            .expect("insert");
-        assert_eq!(
-            revoke_user_tokens_without_device(&db, &other, &alice)
-                .await
-                .expect("revoke"),
-            0
-        );
-        assert!(token_exists(&db, "c").await.is_some());
-    }
 }

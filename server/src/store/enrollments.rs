@@ -372,14 +372,14 @@ where
 
 /// Deletes an enrollment of the given application (and user, if given); if it was the user's
 /// primary device, the oldest remaining active one becomes primary; requests still pending for
-/// it become `failed` (`device_unpaired`). Returns `None` if it did not exist, else the
-/// authentications it failed.
+/// it become `failed` (`device_unpaired`); if the user has no active device left, the OpenID
+/// tokens issued for them go too. Returns `None` if it did not exist, else what it did.
 pub async fn delete(
     db: &Database,
     app: &ApplicationId,
     user: Option<&UserId>,
     id: &EnrollmentId,
-) -> Result<Option<Vec<AuthenticationId>>, StoreError> {
+) -> Result<Option<Unpaired>, StoreError> {
     let mut tx = db.write().await?;
     // The user is locked before the enrollment: the choice of the next primary device takes
     // turns with every other write that decides one (pairings, activations, a change of
@@ -440,8 +440,25 @@ pub async fn delete(
     .bind(&user_id)
     .execute(&mut *tx)
     .await?;
+    // The user's tokens stood for their devices: with the last active one gone, they go in the
+    // same write. A grant issuing tokens locks the user too, so it issued them before (and they
+    // go here) or finds no device after.
+    let tokens_revoked =
+        super::oidc_tokens::revoke_without_device_in(&mut *tx, app, &holder_id).await?;
     tx.commit().await?;
-    Ok(Some(failed))
+    Ok(Some(Unpaired {
+        failed,
+        tokens_revoked,
+    }))
+}
+
+/// What an unpairing ([`delete`]) did besides removing the enrollment.
+#[derive(Debug, Default)]
+pub struct Unpaired {
+    /// The pending requests addressed to the device, failed.
+    pub failed: Vec<AuthenticationId>,
+    /// The OpenID tokens revoked because the user has no active device left.
+    pub tokens_revoked: u64,
 }
 
 /// How precisely "last seen" is kept: a device calling again within this many seconds writes

@@ -17,6 +17,7 @@ pub mod flows;
 pub mod follow_ups;
 pub mod nonces;
 pub mod oidc_authorizations;
+pub mod oidc_tokens;
 pub mod otp;
 pub mod otp_challenges;
 pub mod pairing_codes;

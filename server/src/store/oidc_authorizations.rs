@@ -1,11 +1,11 @@
 //! OIDC authorization requests (redirect MFA): the flow each one runs, the browser it is bound
 //! to, the code issued once when the browser comes back, and the code's single redemption. The
 //! race-prone steps are conditional updates: resuming (`resumed_at IS NULL`) and redeeming
-//! (`code_used_at IS NULL`, in one transaction with the tokens it issues).
+//! (`code_used_at IS NULL`, in one transaction with the tokens it issues:
+//! `oidc_tokens::issue` with `Spend::Code`).
 
 use sqlx::Row;
 
-use super::ciba::{IssuedToken, insert_tokens};
 use super::{Database, StoreError};
 
 /// An authorization request as stored.
@@ -179,73 +179,32 @@ pub async fn resume(
         == 1)
 }
 
-/// Redeems a code once and stores the tokens it issues, in one transaction: `false` (and
-/// nothing stored) if it was redeemed before. A concurrent redemption waits for this
-/// transaction and then finds the code used.
-pub async fn redeem(
-    db: &Database,
-    code_digest: &str,
-    tokens: &[(String, IssuedToken)],
-    now: i64,
-) -> Result<bool, StoreError> {
-    let mut tx = db.write().await?;
-    let used = sqlx::query(
-        "UPDATE oidc_authorizations SET code_used_at = $2 WHERE code_digest = $1 AND code_used_at IS NULL",
-    )
-    .bind(code_digest)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if used != 1 {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    insert_tokens(&mut tx, tokens, now).await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
-    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode};
     use tessera_protocol::ids::ApplicationId;
 
     use super::*;
-    use crate::store::ciba::{CibaClient, LEGACY_GRANT_TYPES, insert_client};
+    use crate::store::oidc_tokens::{Issued, IssuedToken, Spend, issue};
+
+    /// Redeems `code` for `tokens`, as the token endpoint does; `true` if it was not used.
+    async fn redeem(
+        db: &Database,
+        code: &str,
+        tokens: &[(String, IssuedToken)],
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let app: String = sqlx::query_scalar("SELECT id FROM applications")
+            .fetch_one(db.pool())
+            .await?;
+        let app: ApplicationId = app.parse().expect("application id");
+        let alice = "alice".parse().expect("user id");
+        let issued = issue(db, &app, &alice, Spend::Code { digest: code }, tokens, now).await?;
+        Ok(issued == Issued::Stored)
+    }
 
     async fn database() -> (tempfile::TempDir, Database) {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("codes.db").display());
-        let db = Database::connect(&url, 4).await.expect("database");
-        let app = ApplicationId::generate();
-        sqlx::query(
-            "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ($1, 'A', 'd', 0)",
-        )
-        .bind(app.as_str())
-        .execute(db.writer())
-        .await
-        .expect("application");
-        insert_client(
-            &db,
-            &CibaClient {
-                client_id: "client".into(),
-                application_id: app.clone(),
-                name: "Portal".into(),
-                delivery_mode: DeliveryMode::Poll,
-                notification_endpoint: None,
-                auth_method: ClientAuthMethod::ClientSecretBasic,
-                secret_digest: Some("x".into()),
-                jwks: None,
-                request_signing_alg: None,
-                user_code_required: false,
-                created_at: 0,
-                redirect_uris: vec!["https://rp.example/cb".into()],
-                grant_types: LEGACY_GRANT_TYPES.to_vec(),
-            },
-        )
-        .await
-        .expect("client");
+        let redirect_uris = vec!["https://rp.example/cb".into()];
+        let (dir, db, app) = crate::store::oidc_tokens::with_client(redirect_uris).await;
         insert(
             &db,
             &StoredAuthorization {

@@ -15,6 +15,7 @@ use super::client_auth::{BasicCredentials, Form};
 use super::error::OAuthError;
 use crate::clock::Clock;
 use crate::domain::testing::{TestDevice, TestDomain, joined};
+use crate::store::oidc_tokens::{self, Issued, IssuedToken, Spend};
 
 /// A relying party's credentials (poll mode, `client_secret_basic`).
 pub(super) struct Client {
@@ -244,6 +245,22 @@ async fn a_wrong_secret_or_an_unknown_user_gets_no_request() {
     }
 }
 
+/// An access token row for `user`, to issue in a test.
+fn access_token_of(user: &tessera_protocol::ids::UserId, client: &str) -> IssuedToken {
+    IssuedToken {
+        kind: "access".into(),
+        client_id: client.into(),
+        user_id: user.as_str().into(),
+        scope: "openid".into(),
+        acr: "acr".into(),
+        amr: "[]".into(),
+        auth_time: 0,
+        expires_at: i64::MAX / 2,
+        used_at: None,
+        family_id: Some(format!("family-{}", rand::random::<u64>())),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_auth_req_id_is_marked_exchanged_once() {
     for domain in TestDomain::each_engine().await {
@@ -254,26 +271,38 @@ async fn an_auth_req_id_is_marked_exchanged_once() {
             .await
             .expect("acknowledged");
         let now = domain.clock.now();
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let (db, id) = (domain.ctx.db.clone(), ack.auth_req_id.clone());
-                tokio::spawn(
-                    async move { crate::store::ciba::mark_tokens_issued(&db, &id, now).await },
-                )
-            })
-            .collect();
-        let marked = joined(tasks)
+        let issue = |copy: usize| {
+            let (db, app, user) = (domain.ctx.db.clone(), domain.app.id.clone(), frank.clone());
+            let (id, client) = (ack.auth_req_id.clone(), shop.id.clone());
+            async move {
+                let digest = format!("copy-{copy}-{}", rand::random::<u64>());
+                let tokens = vec![(digest, access_token_of(&user, &client))];
+                let spend = Spend::CibaRequest { auth_req_id: &id };
+                oidc_tokens::issue(&db, &app, &user, spend, &tokens, now).await
+            }
+        };
+        let tasks: Vec<_> = (0..8).map(|copy| tokio::spawn(issue(copy))).collect();
+        let issued = joined(tasks)
             .await
             .into_iter()
-            .filter(|marked| *marked.as_ref().expect("marked or not"))
-            .count();
-        assert_eq!(marked, 1, "one of the parallel marks wins");
+            .map(|issued| issued.expect("issued or not"))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            issued.iter().filter(|i| **i == Issued::Stored).count(),
+            1,
+            "one of the parallel exchanges wins: {issued:?}"
+        );
         assert!(
-            !crate::store::ciba::mark_tokens_issued(&domain.ctx.db, &ack.auth_req_id, now)
-                .await
-                .expect("checked"),
+            issued
+                .iter()
+                .all(|i| matches!(i, Issued::Stored | Issued::Spent))
+        );
+        assert_eq!(
+            issue(8).await.expect("checked"),
+            Issued::Spent,
             "and none after it"
         );
+        assert_eq!(domain.tokens_of(&frank).await, 1, "losers stored nothing");
     }
 }
 
@@ -410,7 +439,7 @@ async fn a_user_code_set_during_the_users_deletion_is_not_left_behind() {
     for domain in TestDomain::each_engine().await {
         let engine = domain.ctx.db.engine();
         let user = domain.user("quinn").await;
-        let set = crate::domain::otp::flow_tests::racing_a_deletion(&domain, &user, {
+        let set = crate::domain::testing::racing_a_deletion(&domain, &user, {
             let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
             async move {
                 super::clients::set_user_code(&ctx, &app, &user, "2468")
@@ -427,5 +456,157 @@ async fn a_user_code_set_during_the_users_deletion_is_not_left_behind() {
             ),
             "{engine:?}: refused, and no code left"
         );
+    }
+}
+
+/// A refresh token of `user` for `shop`'s grant, stored as a grant would have left it.
+async fn refresh_token_of(
+    domain: &TestDomain,
+    shop: &Client,
+    user: &tessera_protocol::ids::UserId,
+) -> String {
+    let token = format!("refresh-{}", rand::random::<u64>());
+    let row = IssuedToken {
+        kind: "refresh".into(),
+        scope: "openid offline_access".into(),
+        ..access_token_of(user, &shop.id)
+    };
+    let digest = crate::store::applications::api_key_digest(&token);
+    oidc_tokens::insert_token(&domain.ctx.db, &digest, &row, domain.clock.now())
+        .await
+        .expect("stored");
+    token
+}
+
+/// `user`'s device unpaired by the customer, on a task of its own, after `yields` yields.
+fn unpaired(
+    domain: &TestDomain,
+    user: &tessera_protocol::ids::UserId,
+    device: &TestDevice,
+    yields: u64,
+) -> tokio::task::JoinHandle<()> {
+    let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
+    let enrollment = device.enrollment.enrollment_id.clone();
+    tokio::spawn(async move {
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
+        crate::domain::devices::remove_device(&ctx, &app, &user, enrollment.as_str())
+            .await
+            .expect("unpaired");
+    })
+}
+
+/// Rounds of a race whose window is a few statements wide.
+const RACE_ROUNDS: u64 = 24;
+
+/// Unpairing a user's last device revokes their tokens; a refresh racing it must not leave
+/// fresh ones behind. The rotation looks for the device and stores its tokens under the user's
+/// lock, and the unpairing revokes in its own write under that lock: the rotation comes first
+/// (its tokens are revoked) or finds no device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_racing_the_unpairing_of_the_last_device_leaves_no_tokens() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let shop = Client::registered(&domain).await;
+        for round in 0..RACE_ROUNDS {
+            let (user, phone) = domain.user_with_device(&format!("rita-{round}")).await;
+            let token = refresh_token_of(&domain, &shop, &user).await;
+            let refresh = tokio::spawn({
+                let (ctx, basic) = (domain.ctx.clone(), shop.basic());
+                async move {
+                    let form = form(&[("grant_type", "refresh_token"), ("refresh_token", &token)]);
+                    super::token::exchange(&ctx, basic, &form).await
+                }
+            });
+            let unpairing = unpaired(&domain, &user, &phone, round % 4);
+            let (refreshed, unpairing) = tokio::join!(refresh, unpairing);
+            unpairing.expect("the unpairing ran");
+            if let Err(e) = refreshed.expect("the refresh ran") {
+                assert_eq!(e.code, OAuthCode::InvalidGrant, "{engine:?}, round {round}");
+            }
+            assert_eq!(
+                domain.tokens_of(&user).await,
+                0,
+                "{engine:?}, round {round}: tokens outlived the last device"
+            );
+        }
+    }
+}
+
+/// The same for an approved CIBA request's token request racing the unpairing: the tokens are
+/// issued before it (and revoked with it), or refused `access_denied`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ciba_token_request_racing_the_unpairing_of_the_last_device_leaves_no_tokens() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let shop = std::sync::Arc::new(Client::registered(&domain).await);
+        let (mut issued, mut refused) = (0, 0);
+        for round in 0..RACE_ROUNDS {
+            let (user, phone) = domain.user_with_device(&format!("sam-{round}")).await;
+            let ack = shop
+                .ask(&domain, user.as_str())
+                .await
+                .expect("acknowledged");
+            device_answers(&domain, &phone, Decision::Approve).await;
+            domain.clock.advance(Duration::from_secs(ack.interval));
+            let exchange = tokio::spawn({
+                let (ctx, shop, id) = (domain.ctx.clone(), shop.clone(), ack.auth_req_id.clone());
+                async move {
+                    let form = form(&[("grant_type", CIBA_GRANT_TYPE), ("auth_req_id", &id)]);
+                    super::token::exchange(&ctx, shop.basic(), &form).await
+                }
+            });
+            let unpairing = unpaired(&domain, &user, &phone, round % 4);
+            let (exchanged, unpairing) = tokio::join!(exchange, unpairing);
+            unpairing.expect("the unpairing ran");
+            match exchanged.expect("the exchange ran") {
+                Ok(_) => issued += 1,
+                Err(e) => {
+                    assert_eq!(e.code, OAuthCode::AccessDenied, "{engine:?}, round {round}");
+                    refused += 1;
+                }
+            }
+            assert_eq!(
+                domain.tokens_of(&user).await,
+                0,
+                "{engine:?}, round {round}: tokens outlived the last device"
+            );
+        }
+        println!("{engine:?}: {issued} issued before the unpairing, {refused} refused after it");
+    }
+}
+
+/// Tokens issued while the user is being deleted do not outlive them: a refresh and an
+/// authorization code's redemption are refused, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_issued_while_the_user_is_deleted_do_not_outlive_them() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let shop = Client::registered(&domain).await;
+        for (name, code) in [("tess", false), ("uma", true)] {
+            let (user, _phone) = domain.user_with_device(name).await;
+            let refresh = refresh_token_of(&domain, &shop, &user).await;
+            let issued = crate::domain::testing::racing_a_deletion(&domain, &user, {
+                let (db, app, user) = (domain.ctx.db.clone(), domain.app.id.clone(), user.clone());
+                let row = access_token_of(&user, &shop.id);
+                async move {
+                    let digest = crate::store::applications::api_key_digest(&refresh);
+                    // No code row is needed to show the order: the user is looked up first.
+                    let spend = if code {
+                        Spend::Code { digest: "code" }
+                    } else {
+                        Spend::RefreshToken { digest: &digest }
+                    };
+                    let tokens = vec![(format!("successor-{}", rand::random::<u64>()), row)];
+                    oidc_tokens::issue(&db, &app, &user, spend, &tokens, 0)
+                        .await
+                        .expect("issued or not")
+                }
+            })
+            .await;
+            assert_eq!(issued, Issued::NoUser, "{engine:?}, code {code}");
+            assert_eq!(domain.tokens_of(&user).await, 0, "{engine:?}: nothing left");
+        }
     }
 }

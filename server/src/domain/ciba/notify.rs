@@ -6,6 +6,11 @@
 //! [`CibaNotificationSender`](crate::domain::ports::CibaNotificationSender) (the addresses the
 //! endpoint resolves to, each checked against SSRF; redirects never followed), and retries with
 //! exponential backoff. A crashed instance's claim lapses and another instance resumes it.
+//! The claim is a lease (`store::ciba::Lease`): every later write of the delivery (renewing it,
+//! minting push tokens, recording the outcome) holds only while the lease does, so an instance
+//! whose lease lapsed stops instead of delivering beside the one that took over. A push
+//! delivery's tokens are minted once per delivery; a delivery taken over mints afresh and
+//! revokes the earlier delivery's tokens (`oidc_tokens::Spend::CibaPush`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +21,11 @@ use tessera_protocol::ciba::{DeliveryMode, OAuthErrorResponse};
 use tokio::sync::Notify;
 use url::Url;
 
-use super::token::tokens_for;
+use super::token::{DEVICE_GONE, NotIssued, RequestGrant, tokens_for};
 use crate::domain::outcome::{DomainEvent, FollowUpFuture};
 use crate::domain::{Ctx, DomainError};
 use crate::store::authentications::{self, Authentication};
-use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
+use crate::store::ciba::{self, CibaClient, CibaRequest, Lease, NotifyState};
 
 /// The longest one notification POST may take (the sender's timeout; the lease covers it).
 pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,8 +84,8 @@ pub(crate) async fn sweep(state: &Ctx) -> Result<(), DomainError> {
                 state.config.ciba_notification_retry_base,
                 request.notify_attempts,
             );
-        if ciba::claim_notification(&state.db, &request, lease).await? {
-            tokio::spawn(deliver(state.clone(), request));
+        if let Some(lease) = ciba::claim_notification(&state.db, &request, lease).await? {
+            tokio::spawn(deliver(state.clone(), request, lease));
         }
     }
     Ok(())
@@ -100,75 +105,104 @@ fn lease_ms(base: Duration, attempts_made: i64) -> i64 {
     i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-/// Delivers one claimed notification, retrying with backoff.
-async fn deliver(state: Ctx, request: CibaRequest) {
-    let outcome = deliver_with_retries(&state, &request).await;
-    let final_state = match outcome {
-        Ok(true) => NotifyState::Done,
-        Ok(false) => NotifyState::Failed,
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// The endpoint took it.
+    Delivered,
+    /// Every attempt failed (or there is nowhere to deliver).
+    GaveUp,
+    /// Another instance took the delivery over (this instance's lease lapsed): it records the
+    /// outcome.
+    TakenOver,
+}
+
+/// Delivers one notification claimed under `lease`, retrying with backoff.
+async fn deliver(state: Ctx, request: CibaRequest, lease: Lease) {
+    let outcome = deliver_with_retries(&state, &request, lease).await;
+    let (final_state, held) = match outcome {
+        Ok((Delivery::Delivered, held)) => (NotifyState::Done, held),
+        Ok((Delivery::GaveUp, held)) => (NotifyState::Failed, held),
+        Ok((Delivery::TakenOver, _)) => {
+            tracing::info!("CIBA notification taken over by another instance");
+            return;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "CIBA notification could not be prepared");
-            NotifyState::Failed
+            (NotifyState::Failed, lease)
         }
     };
-    if let Err(e) = ciba::finish_notification(&state.db, &request.auth_req_id, final_state).await {
-        tracing::warn!(error = %e, "CIBA notification outcome not recorded");
+    match ciba::finish_notification(&state.db, &request.auth_req_id, held, final_state).await {
+        Ok(true) => {}
+        Ok(false) => tracing::info!("CIBA notification taken over by another instance"),
+        Err(e) => tracing::warn!(error = %e, "CIBA notification outcome not recorded"),
     }
 }
 
-async fn deliver_with_retries(state: &Ctx, request: &CibaRequest) -> Result<bool, DomainError> {
+/// Delivers under `lease`, renewing it before each retry; returns how it ended and the lease
+/// held at the end.
+async fn deliver_with_retries(
+    state: &Ctx,
+    request: &CibaRequest,
+    lease: Lease,
+) -> Result<(Delivery, Lease), DomainError> {
     let Some(client) = ciba::client(&state.db, &request.client_id).await? else {
-        return Ok(false);
+        return Ok((Delivery::GaveUp, lease));
     };
     let (Some(endpoint), Some(token)) = (
         client.notification_endpoint.as_deref(),
         request.client_notification_token.as_deref(),
     ) else {
-        return Ok(false);
+        return Ok((Delivery::GaveUp, lease));
     };
     let endpoint =
         Url::parse(endpoint).map_err(|_| DomainError::Internal("notification endpoint"))?;
-    let body = payload(state, &client, request).await?;
+    let Some(body) = payload(state, &client, request, lease).await? else {
+        return Ok((Delivery::TakenOver, lease));
+    };
     let base = state.config.ciba_notification_retry_base;
     let max = i64::from(state.config.ciba_notification_attempts.max(1));
     // The claim counted the first attempt.
-    let mut attempt = request.notify_attempts + 1;
+    let mut held = lease;
     loop {
+        let attempt = held.attempts;
         let delivered = state.ciba_sender.post(&endpoint, token, &body).await;
         let mode = client.delivery_mode.as_str();
         match delivered {
             Ok(()) => {
                 tracing::info!(mode, attempt, "CIBA notification delivered");
-                return Ok(true);
+                return Ok((Delivery::Delivered, held));
             }
             Err(reason) => {
                 tracing::warn!(mode, attempt, %reason, "CIBA notification not delivered");
             }
         }
         if attempt >= max {
-            return Ok(false);
+            return Ok((Delivery::GaveUp, held));
         }
         let wait = backoff(base, attempt);
-        ciba::renew_lease(
-            &state.db,
-            &request.auth_req_id,
-            attempt + 1,
-            state.now_ms() + lease_ms(base, attempt + 1),
-        )
-        .await?;
+        let next = Lease {
+            attempts: attempt + 1,
+            until_ms: state.now_ms() + lease_ms(base, attempt + 1),
+        };
+        if !ciba::renew_lease(&state.db, &request.auth_req_id, held, next).await? {
+            return Ok((Delivery::TakenOver, held));
+        }
+        held = next;
         tokio::time::sleep(wait).await;
-        attempt += 1;
     }
 }
 
-/// The body to send: a ping, or (push) the tokens or the error.
+/// The body to send under `lease`: a ping, or (push) the tokens or the error; `None` if
+/// another instance took the delivery over before the tokens were minted.
 async fn payload(
     state: &Ctx,
     client: &CibaClient,
     request: &CibaRequest,
-) -> Result<Value, DomainError> {
+    lease: Lease,
+) -> Result<Option<Value>, DomainError> {
     if client.delivery_mode != DeliveryMode::Push {
-        return Ok(json!({ "auth_req_id": request.auth_req_id }));
+        return Ok(Some(json!({ "auth_req_id": request.auth_req_id })));
     }
     let id = request
         .authentication_id
@@ -185,13 +219,16 @@ async fn payload(
         })
         .unwrap_or(Value::Null)
     };
-    Ok(match record.state {
+    Ok(Some(match record.state {
         AuthenticationState::Approved => {
             // Push clients never call the token endpoint: the tokens are minted for this
-            // delivery (a retry mints fresh ones) and the request is marked exchanged.
-            ciba::mark_tokens_issued(&state.db, &request.auth_req_id, state.now()).await?;
-            let tokens = tokens_for(state, client, request, &record).await?;
-            serde_json::to_value(tokens).map_err(|_| DomainError::Internal("token response"))?
+            // delivery, under its lease (a delivery taken over mints afresh, revoking these).
+            match tokens_for(state, client, request, &record, RequestGrant::Push(lease)).await? {
+                Ok(tokens) => serde_json::to_value(tokens)
+                    .map_err(|_| DomainError::Internal("token response"))?,
+                Err(NotIssued::Spent) => return Ok(None),
+                Err(NotIssued::DeviceGone) => error("access_denied", DEVICE_GONE),
+            }
         }
         AuthenticationState::Denied => error(
             "access_denied",
@@ -205,7 +242,7 @@ async fn payload(
             "expired_token",
             "the request expired before the user answered",
         ),
-    })
+    }))
 }
 
 /// Follow-up: a finished ping or push request's notification becomes due now.

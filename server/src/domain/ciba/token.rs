@@ -14,9 +14,9 @@ use super::{TOKEN_PATH, endpoint_url, issuer, subject};
 use crate::domain::{Ctx, DomainError};
 use crate::store::applications;
 use crate::store::authentications::{self, Authentication};
-use crate::store::ciba::{self, CibaClient, CibaRequest, IssuedToken};
-use crate::store::{enrollments, oidc_authorizations};
-use tessera_protocol::api::EnrollmentState;
+use crate::store::ciba::{self, CibaClient, CibaRequest, Lease};
+use crate::store::oidc_authorizations;
+use crate::store::oidc_tokens::{self, Issued, IssuedToken, Spend};
 use tessera_protocol::ids::UserId;
 
 fn random_token() -> String {
@@ -76,8 +76,8 @@ struct Minted {
 }
 
 /// Mints an access token, a refresh token with `offline_access`, and the signed ID token, all of
-/// `family_id`. Nothing is stored: the caller stores [`Minted::stored`] (with the refresh token
-/// it replaces, in one transaction).
+/// `family_id`. Nothing is stored: the caller issues [`Minted::stored`] with what the grant
+/// spends, in one transaction (`oidc_tokens::issue`).
 async fn mint(state: &Ctx, grant: Grant<'_>, family_id: &str) -> Result<Minted, DomainError> {
     let now = state.now();
     let ttl = i64::from(state.config.oidc_token_ttl);
@@ -153,14 +153,34 @@ async fn mint(state: &Ctx, grant: Grant<'_>, family_id: &str) -> Result<Minted, 
     })
 }
 
-/// Tokens for an approved CIBA request. In push mode the `auth_req_id` goes into the ID token
-/// and the body.
+/// How an approved CIBA request's tokens are issued.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RequestGrant {
+    /// Exchanged at the token endpoint (poll and ping modes): once per request.
+    Exchange,
+    /// Pushed to the client's notification endpoint by the instance holding the delivery under
+    /// this lease; a later delivery's tokens replace an earlier one's.
+    Push(Lease),
+}
+
+/// Why an approved CIBA request's tokens were not issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotIssued {
+    /// Exchanged before; in push mode, the delivery was taken over by another instance.
+    Spent,
+    /// The user's last device was unpaired (or the user deleted) since the approval.
+    DeviceGone,
+}
+
+/// Tokens for an approved CIBA request, minted and issued as `how` says. In push mode the
+/// `auth_req_id` goes into the ID token and the body.
 pub(crate) async fn tokens_for(
     state: &Ctx,
     client: &CibaClient,
     request: &CibaRequest,
     record: &Authentication,
-) -> Result<TokenResponse, DomainError> {
+    how: RequestGrant,
+) -> Result<Result<TokenResponse, NotIssued>, DomainError> {
     let push = client.delivery_mode == DeliveryMode::Push;
     // A new grant starts a new family.
     let family_id = random_token();
@@ -180,12 +200,54 @@ pub(crate) async fn tokens_for(
         &family_id,
     )
     .await?;
-    let now = state.now();
-    for (digest, token) in &minted.stored {
-        ciba::insert_token(&state.db, digest, token, now).await?;
-    }
-    Ok(minted.response)
+    let spend = match how {
+        RequestGrant::Exchange => Spend::CibaRequest {
+            auth_req_id: &request.auth_req_id,
+        },
+        RequestGrant::Push(lease) => Spend::CibaPush {
+            auth_req_id: &request.auth_req_id,
+            lease,
+            family_id: &family_id,
+        },
+    };
+    // Marked issued at the time of the write, not when the token request came: the approval
+    // just read may have been recorded since (a token request racing the device's answer), and
+    // tokens are never marked issued before the approval they are issued for.
+    Ok(
+        match issue(state, client, request.user_id.as_str(), spend, &minted).await? {
+            Issued::Stored => Ok(minted.response),
+            Issued::Spent => Err(NotIssued::Spent),
+            Issued::NoActiveDevice | Issued::NoUser => Err(NotIssued::DeviceGone),
+        },
+    )
 }
+
+/// Issues `minted` for the user stored as `user_id`, spending `spend`, in one write
+/// (`oidc_tokens::issue`, at the time of the write).
+async fn issue(
+    state: &Ctx,
+    client: &CibaClient,
+    user_id: &str,
+    spend: Spend<'_>,
+    minted: &Minted,
+) -> Result<Issued, DomainError> {
+    let user: UserId = user_id
+        .parse()
+        .map_err(|_| DomainError::Internal("stored user id"))?;
+    Ok(oidc_tokens::issue(
+        &state.db,
+        &client.application_id,
+        &user,
+        spend,
+        &minted.stored,
+        state.now(),
+    )
+    .await?)
+}
+
+/// Why no tokens go to a user whose device (or who) is gone since they approved.
+pub(crate) const DEVICE_GONE: &str =
+    "the user's device was unpaired since the approval: no tokens are issued";
 
 /// A token request: authenticates the client and answers its grant (`grant_type`).
 pub(crate) async fn exchange(
@@ -300,9 +362,16 @@ async fn code_grant(
         &authorization.family_id,
     )
     .await?;
-    if !oidc_authorizations::redeem(&state.db, &digest, &minted.stored, now).await? {
-        revoke_code_family(state, &authorization.family_id, &client.client_id).await?;
-        return Err(reused());
+    let spend = Spend::Code { digest: &digest };
+    match issue(state, client, &authorization.user_id, spend, &minted).await? {
+        Issued::Stored => {}
+        Issued::Spent => {
+            revoke_code_family(state, &authorization.family_id, &client.client_id).await?;
+            return Err(reused());
+        }
+        Issued::NoUser | Issued::NoActiveDevice => {
+            return Err(invalid_grant("the user no longer exists"));
+        }
     }
     tracing::info!(client_id = %client.client_id, "authorization code redeemed");
     Ok(minted.response)
@@ -314,7 +383,7 @@ async fn revoke_code_family(
     family_id: &str,
     client_id: &str,
 ) -> Result<(), DomainError> {
-    let revoked = ciba::revoke_family(&state.db, family_id).await?;
+    let revoked = oidc_tokens::revoke_family(&state.db, family_id).await?;
     tracing::warn!(
         client_id = %client_id,
         revoked,
@@ -394,17 +463,16 @@ async fn ciba_grant(
             ));
         }
     }
-    // Marked at the time of the mark, not when the token request came: the approval just read
-    // may have been recorded since (a token request racing the device's answer), and tokens are
-    // never marked issued before the approval they are issued for.
-    if !ciba::mark_tokens_issued(&state.db, &request.auth_req_id, state.now()).await? {
-        return Err(invalid_grant(
+    match tokens_for(state, client, &request, &record, RequestGrant::Exchange).await? {
+        Ok(tokens) => {
+            tracing::info!(client_id = %client.client_id, "CIBA tokens issued");
+            Ok(tokens)
+        }
+        Err(NotIssued::Spent) => Err(invalid_grant(
             "this auth_req_id was already exchanged for tokens",
-        ));
+        )),
+        Err(NotIssued::DeviceGone) => Err(OAuthError::new(OAuthCode::AccessDenied, DEVICE_GONE)),
     }
-    let tokens = tokens_for(state, client, &request, &record).await?;
-    tracing::info!(client_id = %client.client_id, "CIBA tokens issued");
-    Ok(tokens)
 }
 
 fn expired() -> OAuthError {
@@ -424,7 +492,7 @@ async fn refresh_grant(
         .ok_or_else(|| invalid_request("refresh_token is required"))?;
     let digest = applications::api_key_digest(token);
     let now = state.now();
-    let stored = ciba::token(&state.db, &digest)
+    let stored = oidc_tokens::token(&state.db, &digest)
         .await?
         .filter(|t| t.kind == "refresh" && t.client_id == client.client_id)
         .ok_or_else(|| invalid_grant("unknown refresh token"))?;
@@ -436,19 +504,6 @@ async fn refresh_grant(
     }
     if stored.expires_at <= now {
         return Err(invalid_grant("the refresh token has expired"));
-    }
-    // Tokens stand for the user's device: none are renewed once the user has no active device
-    // (unpairing the last one revokes them; this closes the moment in between).
-    let user_id: UserId = stored
-        .user_id
-        .parse()
-        .map_err(|_| server_error("stored user id"))?;
-    let has_device = enrollments::list_for_user(&state.db, &client.application_id, &user_id)
-        .await?
-        .iter()
-        .any(|e| e.status == EnrollmentState::Active);
-    if !has_device {
-        return Err(invalid_grant("the user has no active device any more"));
     }
     // Tokens stored before families existed start one here.
     let family_id = stored.family_id.clone().unwrap_or_else(random_token);
@@ -471,18 +526,26 @@ async fn refresh_grant(
     .await?;
     // Rotation: a refresh token is used once. Using it and storing its successors is one
     // transaction, so a concurrent second use either wins alone or finds it used and revokes the
-    // successors with the family.
-    if !ciba::rotate_refresh_token(&state.db, &digest, &minted.stored, now).await? {
-        revoke_family(state, &stored).await?;
-        return Err(reused());
+    // successors with the family. Tokens stand for the user's device: none are renewed once the
+    // user has no active device; the write looks, under the user's lock, so an unpairing of the
+    // last device either revokes the successors with it or comes first.
+    let spend = Spend::RefreshToken { digest: &digest };
+    match issue(state, client, &stored.user_id, spend, &minted).await? {
+        Issued::Stored => Ok(minted.response),
+        Issued::Spent => {
+            revoke_family(state, &stored).await?;
+            Err(reused())
+        }
+        Issued::NoActiveDevice | Issued::NoUser => {
+            Err(invalid_grant("the user has no active device any more"))
+        }
     }
-    Ok(minted.response)
 }
 
 /// Revokes the family of a reused refresh token (the token itself if it has no family).
 async fn revoke_family(state: &Ctx, reused: &IssuedToken) -> Result<(), DomainError> {
     if let Some(family) = &reused.family_id {
-        let revoked = ciba::revoke_family(&state.db, family).await?;
+        let revoked = oidc_tokens::revoke_family(&state.db, family).await?;
         tracing::warn!(
             client_id = %reused.client_id,
             revoked,
@@ -497,7 +560,7 @@ pub(crate) async fn userinfo(state: &Ctx, bearer: Option<&str>) -> Result<Value,
     let invalid = || OAuthError::new(OAuthCode::InvalidToken, "a valid access token is required");
     let token = bearer.ok_or_else(invalid)?;
     let now = state.now();
-    let stored = ciba::token(&state.db, &applications::api_key_digest(token))
+    let stored = oidc_tokens::token(&state.db, &applications::api_key_digest(token))
         .await?
         .filter(|t| t.kind == "access" && t.expires_at > now)
         .ok_or_else(invalid)?;

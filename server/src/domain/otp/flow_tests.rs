@@ -350,69 +350,6 @@ async fn tokens_registered_at_once_stop_at_the_cap() {
     }
 }
 
-/// Runs `write` while a deletion of `user` is under way (begun, not yet committed), and returns
-/// what it returned once both ended; the deletion must have removed the user.
-///
-/// PostgreSQL: `store::users::delete` removes the user's row first and `fido_ceremonies` last,
-/// so a lock on that table taken before stops the deletion just before it commits, holding the
-/// user's row; `write` starts once the row is locked. A write that looked the user up outside
-/// its own write (a read before it) would see the user still there and store what it stores at
-/// once, after the deletion removed the table's rows. SQLite: the deletion waits for the writer,
-/// held here; `write`'s reads outside a write see the user, and its own write comes after the
-/// deletion's.
-pub(crate) async fn racing_a_deletion<T, F>(domain: &TestDomain, user: &UserId, write: F) -> T
-where
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    /// Long enough for a spawned task to reach the statement it waits at.
-    const SETTLE: Duration = Duration::from_millis(200);
-    let db = domain.ctx.db.clone();
-    let postgres = db.engine() == crate::store::Engine::Postgres;
-    let mut hold = db.write().await.expect("a write");
-    if postgres {
-        sqlx::query("LOCK TABLE fido_ceremonies IN EXCLUSIVE MODE")
-            .execute(&mut hold)
-            .await
-            .expect("locked");
-    }
-    let deletion = tokio::spawn({
-        let (db, app, user) = (db.clone(), domain.app.id.clone(), user.clone());
-        async move { crate::store::users::delete(&db, &app, &user).await }
-    });
-    if postgres {
-        // Waits until the deletion holds the user's row (a lock a fixed write waits for), then
-        // a little more for it to reach the table held here.
-        let mut tries = 0;
-        loop {
-            let probe = sqlx::query(
-                "SELECT 1 AS one FROM users WHERE application_id = $1 AND user_id = $2 \
-                 FOR KEY SHARE NOWAIT",
-            )
-            .bind(domain.app.id.as_str())
-            .bind(user.as_str())
-            .fetch_optional(db.writer())
-            .await;
-            match probe {
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => break,
-                Ok(Some(_)) if tries < 1000 => tries += 1,
-                other => panic!(
-                    "the deletion never locked the user: {:?}",
-                    other.map(|row| row.is_some())
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    tokio::time::sleep(SETTLE).await;
-    let racing = tokio::spawn(write);
-    tokio::time::sleep(SETTLE).await;
-    hold.rollback().await.expect("released");
-    let removed = deletion.await.expect("the deletion ran").expect("deleted");
-    assert!(removed.is_some(), "the user was there to delete");
-    racing.await.expect("the write ran")
-}
-
 /// A token registered while the user is being deleted is refused as for an unknown user, and
 /// no token is left behind (a user created later with the same id would inherit it): the user
 /// is looked up inside the registration's write, under the user's row lock.
@@ -424,7 +361,7 @@ async fn a_token_registered_during_the_users_deletion_is_not_left_behind() {
         register(&domain.ctx, &domain.app.id, &user)
             .await
             .expect("registered");
-        let registered = racing_a_deletion(&domain, &user, {
+        let registered = crate::domain::testing::racing_a_deletion(&domain, &user, {
             let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
             async move { register(&ctx, &app, &user).await }
         })
