@@ -18,7 +18,7 @@ use tessera_protocol::pairing::DeviceRegistration;
 
 use crate::domain::Ctx;
 use crate::store::applications::SealedPushSettings;
-use crate::store::authentications::{self, Authentication};
+use crate::store::authentications::{self, Authentication, Readdressed};
 use crate::store::enrollments::{self, Enrollment};
 
 /// Push outcomes after which another device is tried.
@@ -97,7 +97,8 @@ async fn offer_passcode(state: &Ctx, record: &Authentication) {
 
 /// Re-addresses a pending request from `from` to the user's next active device not yet tried
 /// (the primary first, then by pairing time). `None` when there is no such device, or the
-/// request is no longer pending for `from`.
+/// request is no longer pending for `from`. A device unpaired between its choice and the move
+/// is not moved to (`Readdressed::DeviceGone`): the next one is tried.
 async fn readdress(
     state: &Ctx,
     record: &Authentication,
@@ -111,37 +112,41 @@ async fn readdress(
             .filter(|d| d.status == EnrollmentState::Active && !tried.contains(&d.enrollment_id))
             .collect();
     devices.sort_by_key(|d| (!d.is_primary, d.paired_at));
-    let Some(next) = devices.into_iter().next() else {
-        return Ok(None);
-    };
-    // The request as this server signed it (read back from its own database).
-    let mut request: AuthenticationRequest =
-        envelope::unverified_payload(&record.signed_request)
-            .map_err(|_| super::DomainError::Internal("a stored signed request is unreadable"))?;
-    request.enrollment_id = next.enrollment_id.clone();
-    request.nonce = DeviceRegistration::new_nonce();
-    request.issued_at = state.now();
-    let signed_request = state
-        .keys
-        .sign(MessageType::AuthenticationRequest, &request)
-        .map_err(|_| super::DomainError::Internal("signing with the server key failed"))?;
-    if !authentications::readdress(
-        &state.db,
-        &record.id,
-        &from.enrollment_id,
-        &next.enrollment_id,
-        &signed_request,
-        &request.nonce,
-    )
-    .await?
-    {
-        return Ok(None);
+    for next in devices {
+        // The request as this server signed it (read back from its own database).
+        let mut request: AuthenticationRequest =
+            envelope::unverified_payload(&record.signed_request).map_err(|_| {
+                super::DomainError::Internal("a stored signed request is unreadable")
+            })?;
+        request.enrollment_id = next.enrollment_id.clone();
+        request.nonce = DeviceRegistration::new_nonce();
+        request.issued_at = state.now();
+        let signed_request = state
+            .keys
+            .sign(MessageType::AuthenticationRequest, &request)
+            .map_err(|_| super::DomainError::Internal("signing with the server key failed"))?;
+        let moved = authentications::readdress(
+            &state.db,
+            &record.id,
+            &from.enrollment_id,
+            &next.enrollment_id,
+            &signed_request,
+            &request.nonce,
+        )
+        .await?;
+        match moved {
+            Readdressed::Moved => {
+                let moved = Authentication {
+                    enrollment_id: next.enrollment_id.clone(),
+                    signed_request,
+                    nonce: request.nonce,
+                    ..record.clone()
+                };
+                return Ok(Some((moved, next)));
+            }
+            Readdressed::NotPendingThere => return Ok(None),
+            Readdressed::DeviceGone => {}
+        }
     }
-    let moved = Authentication {
-        enrollment_id: next.enrollment_id.clone(),
-        signed_request,
-        nonce: request.nonce,
-        ..record.clone()
-    };
-    Ok(Some((moved, next)))
+    Ok(None)
 }

@@ -10,9 +10,9 @@ use tessera_protocol::authentication::{
 };
 use tessera_protocol::ids::{ApplicationId, EnrollmentId, UserId};
 
-use super::Database;
 use super::follow_ups::Waiting;
 use super::lock_key;
+use super::{Database, Engine};
 use crate::store::StoreError;
 
 /// An authentication as stored.
@@ -1098,9 +1098,43 @@ pub async fn push_state(
         .transpose()
 }
 
-/// Moves a pending request from one enrollment to another with its newly signed form and nonce.
-/// Returns false (and changes nothing) if it is no longer pending or no longer addressed to
-/// `from`.
+/// What [`readdress`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readdressed {
+    /// The request is now addressed to the new device.
+    Moved,
+    /// The request is no longer pending for the device it was moved from (answered, ended, or
+    /// moved by another instance): nothing changed.
+    NotPendingThere,
+    /// The new device is no longer paired and active (unpaired since it was chosen): nothing
+    /// changed; another device may be tried.
+    DeviceGone,
+}
+
+/// The statement of [`readdress`]: the new enrollment must still be active. On PostgreSQL its
+/// row is locked against deletion until the move commits (`FOR KEY SHARE`, as the QR answer
+/// does): an unpairing that deleted it first is waited for, and the check then finds no row; one
+/// that comes after waits for the move's commit, and then fails the request it finds pending.
+/// (Checked only when the device was chosen, a request could be moved to a device unpaired
+/// meanwhile, and wait there, pending, until it expired.)
+fn readdress_statement(engine: Engine) -> &'static str {
+    const SQLITE: &str = "UPDATE authentications SET enrollment_id = $1, signed_request = $2, \
+        nonce = $3, push_state = 'none', push_attempts = 0 \
+        WHERE id = $4 AND enrollment_id = $5 AND state = 'pending' \
+        AND EXISTS (SELECT 1 FROM enrollments WHERE enrollment_id = $1 AND status = 'active')";
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
+        let check = SQLITE.strip_suffix(')').unwrap_or(SQLITE);
+        format!("{check} FOR KEY SHARE)")
+    });
+    match engine {
+        Engine::Sqlite => SQLITE,
+        Engine::Postgres => POSTGRES.as_str(),
+    }
+}
+
+/// Moves a pending request from one enrollment to another with its newly signed form and nonce,
+/// if it is still pending for `from` and `to` is still paired and active (one conditional
+/// update, see [`readdress_statement`]).
 pub async fn readdress(
     db: &Database,
     id: &AuthenticationId,
@@ -1108,20 +1142,32 @@ pub async fn readdress(
     to: &EnrollmentId,
     signed_request: &str,
     nonce: &str,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE authentications SET enrollment_id = $1, signed_request = $2, nonce = $3, \
-         push_state = 'none', push_attempts = 0 \
-         WHERE id = $4 AND enrollment_id = $5 AND state = 'pending'",
+) -> Result<Readdressed, StoreError> {
+    let done = sqlx::query(readdress_statement(db.engine()))
+        .bind(to.as_str())
+        .bind(signed_request)
+        .bind(nonce)
+        .bind(id.as_str())
+        .bind(from.as_str())
+        .execute(db.writer())
+        .await?;
+    if done.rows_affected() == 1 {
+        return Ok(Readdressed::Moved);
+    }
+    // Not moved: tell a gone device (another may be tried) from a request no longer there.
+    let still_there = sqlx::query(
+        "SELECT 1 AS one FROM authentications WHERE id = $1 AND enrollment_id = $2 \
+         AND state = 'pending'",
     )
-    .bind(to.as_str())
-    .bind(signed_request)
-    .bind(nonce)
     .bind(id.as_str())
     .bind(from.as_str())
-    .execute(db.writer())
+    .fetch_optional(db.pool())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(if still_there.is_some() {
+        Readdressed::DeviceGone
+    } else {
+        Readdressed::NotPendingThere
+    })
 }
 
 /// Records an approval by one-time passcode if the authentication is still pending and

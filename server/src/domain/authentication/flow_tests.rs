@@ -9,7 +9,7 @@ use tessera_protocol::authentication::{AuthenticationState, Decision};
 use tessera_protocol::error::ErrorCode;
 
 use super::super::outcome::{self, Ending};
-use super::super::testing::{TestDomain, endings_announced, sent_at_once};
+use super::super::testing::{TestDevice, TestDomain, endings_announced, sent_at_once};
 use super::{answer, status};
 use crate::clock::Clock;
 
@@ -526,5 +526,129 @@ async fn an_ending_timed_before_the_expiry_but_written_after_its_sweep_is_not_re
             ["authentication.created", "authentication.expired"],
             "one ending"
         );
+    }
+}
+
+/// The request `status` names, as stored now.
+async fn stored_request(
+    domain: &TestDomain,
+    status: &tessera_protocol::api::AuthenticationStatus,
+) -> crate::store::authentications::Authentication {
+    crate::store::authentications::get(
+        &domain.ctx.db,
+        &status.authentication_id,
+        domain.clock.now(),
+    )
+    .await
+    .expect("read")
+    .expect("stored")
+}
+
+/// A request whose push could not be delivered falls back to the user's next device; one
+/// unpaired since it was chosen is not moved to (the request would wait there, pending, until it
+/// expired), and the next is tried.
+#[tokio::test]
+async fn a_request_is_not_moved_to_a_device_unpaired_since_it_was_chosen() {
+    use crate::store::authentications::{Readdressed, readdress};
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (user, primary) = domain.user_with_device("vera").await;
+        let second = domain.device_of(&user, false).await;
+        let third = domain.device_of(&user, false).await;
+        let asked = domain.ask(&user, json!({})).await;
+        let from = stored_request(&domain, &asked).await.enrollment_id;
+        assert_eq!(
+            from, primary.enrollment.enrollment_id,
+            "the primary is asked first"
+        );
+        crate::domain::devices::remove_device(
+            &domain.ctx,
+            &domain.app.id,
+            &user,
+            second.enrollment.enrollment_id.as_str(),
+        )
+        .await
+        .expect("unpaired");
+        let move_to = |to: &TestDevice| {
+            let (db, id, from) = (
+                domain.ctx.db.clone(),
+                asked.authentication_id.clone(),
+                from.clone(),
+            );
+            let to = to.enrollment.enrollment_id.clone();
+            async move {
+                readdress(&db, &id, &from, &to, "signed", "nonce")
+                    .await
+                    .expect("readdress")
+            }
+        };
+        assert_eq!(
+            move_to(&second).await,
+            Readdressed::DeviceGone,
+            "{engine:?}"
+        );
+        assert_eq!(stored_request(&domain, &asked).await.enrollment_id, from);
+        assert_eq!(move_to(&third).await, Readdressed::Moved, "{engine:?}");
+        assert_eq!(
+            move_to(&third).await,
+            Readdressed::NotPendingThere,
+            "{engine:?}: moved already"
+        );
+    }
+}
+
+/// The same race run at once: a move to a device and that device's unpairing. The move waits
+/// for the unpairing (and is refused) or the unpairing for the move (and fails the request it
+/// finds there); never is a request left pending for a device that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_racing_the_unpairing_of_its_device_leaves_nothing_pending_there() {
+    use crate::store::authentications::{Readdressed, readdress};
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (mut moved, mut refused) = (0, 0);
+        for round in 0..24u64 {
+            let (user, _primary) = domain.user_with_device(&format!("wes-{round}")).await;
+            let second = domain.device_of(&user, false).await;
+            let asked = domain.ask(&user, json!({})).await;
+            let from = stored_request(&domain, &asked).await.enrollment_id;
+            let to = second.enrollment.enrollment_id.clone();
+            let move_ = tokio::spawn({
+                let (db, id, to) = (
+                    domain.ctx.db.clone(),
+                    asked.authentication_id.clone(),
+                    to.clone(),
+                );
+                async move {
+                    // Started a little later in some rounds, so that either side comes first.
+                    tokio::time::sleep(Duration::from_millis(round % 3)).await;
+                    readdress(&db, &id, &from, &to, "signed", "nonce").await
+                }
+            });
+            let unpairing = tokio::spawn({
+                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
+                async move {
+                    for _ in 0..round % 4 {
+                        tokio::task::yield_now().await;
+                    }
+                    crate::domain::devices::remove_device(&ctx, &app, &user, to.as_str()).await
+                }
+            });
+            let (move_, unpairing) = tokio::join!(move_, unpairing);
+            unpairing.expect("ran").expect("unpaired");
+            match move_.expect("ran").expect("readdress") {
+                Readdressed::Moved => moved += 1,
+                Readdressed::DeviceGone => refused += 1,
+                Readdressed::NotPendingThere => {
+                    panic!("{engine:?}, round {round}: nothing else moved it")
+                }
+            }
+            let stored = stored_request(&domain, &asked).await;
+            assert!(
+                stored.enrollment_id != second.enrollment.enrollment_id
+                    || stored.state != AuthenticationState::Pending,
+                "{engine:?}, round {round}: left pending for the unpaired device"
+            );
+        }
+        println!("{engine:?}: {moved} moved before the unpairing, {refused} refused after it");
     }
 }
