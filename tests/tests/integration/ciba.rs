@@ -35,6 +35,7 @@ on_each_backend! {
     notifications_retry_with_backoff_and_never_follow_redirects => retries_and_redirects;
     notification_endpoints_are_checked_against_ssrf => ssrf_refusals;
     refresh_tokens_rotate_once => refresh_tokens;
+    no_token_outlives_the_last_device_whatever_races_its_unpairing => refresh_racing_unpairing;
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -1335,4 +1336,59 @@ async fn refresh_tokens(backend: Backend) {
         (400, "invalid_grant".into()),
         "presenting a used one revokes its successors"
     );
+}
+
+/// Over HTTP: a refresh sent at the same moment as the customer unpairs the user's last
+/// device. Whichever comes first, nothing
+/// the grant issued works afterwards: what was issued before the unpairing was revoked with it,
+/// and what came after was refused.
+async fn refresh_racing_unpairing(backend: Backend) {
+    let (server, _alice) = start(backend).await;
+    let rp = poll_client(&server).await;
+    for round in 0..6 {
+        let user = format!("rhea-{round}");
+        let device = server.paired_user(&user).await;
+        let ack = rp
+            .backchannel(&[("scope", "openid offline_access"), ("login_hint", &user)])
+            .await
+            .unwrap();
+        device
+            .auth
+            .approve(&only_request(&device).await, vec!["fpt".into()], None)
+            .await
+            .unwrap();
+        let tokens = rp.poll(&ack).await.unwrap();
+        let refresh = tokens.refresh_token.clone().unwrap();
+        let devices = server.customer.list_devices(&user).await.unwrap();
+        let enrollment = devices.devices[0].enrollment_id.clone();
+        let (refreshed, removed) = tokio::join!(
+            rp.refresh(&refresh),
+            server.customer.remove_device(&user, &enrollment)
+        );
+        removed.unwrap();
+        assert_eq!(
+            oauth_error(rp.userinfo(&tokens.access_token).await).0,
+            401,
+            "round {round}: the first access token is revoked"
+        );
+        match refreshed {
+            Ok(renewed) => {
+                assert_eq!(
+                    oauth_error(rp.userinfo(&renewed.access_token).await).0,
+                    401,
+                    "round {round}: the refreshed access token went with the device"
+                );
+                assert_eq!(
+                    oauth_error(rp.refresh(renewed.refresh_token.as_deref().unwrap()).await),
+                    (400, "invalid_grant".into()),
+                    "round {round}: so did its refresh token"
+                );
+            }
+            Err(refused) => assert_eq!(
+                oauth_error(Err::<(), _>(refused)),
+                (400, "invalid_grant".into()),
+                "round {round}"
+            ),
+        }
+    }
 }
