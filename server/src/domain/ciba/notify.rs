@@ -119,17 +119,17 @@ enum Delivery {
 
 /// Delivers one notification claimed under `lease`, retrying with backoff.
 async fn deliver(state: Ctx, request: CibaRequest, lease: Lease) {
-    let outcome = deliver_with_retries(&state, &request, lease).await;
-    let (final_state, held) = match outcome {
-        Ok((Delivery::Delivered, held)) => (NotifyState::Done, held),
-        Ok((Delivery::GaveUp, held)) => (NotifyState::Failed, held),
-        Ok((Delivery::TakenOver, _)) => {
+    let mut held = lease;
+    let final_state = match deliver_with_retries(&state, &request, &mut held).await {
+        Ok(Delivery::Delivered) => NotifyState::Done,
+        Ok(Delivery::GaveUp) => NotifyState::Failed,
+        Ok(Delivery::TakenOver) => {
             tracing::info!("CIBA notification taken over by another instance");
             return;
         }
         Err(e) => {
             tracing::warn!(error = %e, "CIBA notification could not be prepared");
-            (NotifyState::Failed, lease)
+            NotifyState::Failed
         }
     };
     match ciba::finish_notification(&state.db, &request.auth_req_id, held, final_state).await {
@@ -139,31 +139,29 @@ async fn deliver(state: Ctx, request: CibaRequest, lease: Lease) {
     }
 }
 
-/// Delivers under `lease`, renewing it before each retry; returns how it ended and the lease
-/// held at the end.
+/// Delivers under the lease `held`, renewing it (in place) before each retry.
 async fn deliver_with_retries(
     state: &Ctx,
     request: &CibaRequest,
-    lease: Lease,
-) -> Result<(Delivery, Lease), DomainError> {
+    held: &mut Lease,
+) -> Result<Delivery, DomainError> {
     let Some(client) = ciba::client(&state.db, &request.client_id).await? else {
-        return Ok((Delivery::GaveUp, lease));
+        return Ok(Delivery::GaveUp);
     };
     let (Some(endpoint), Some(token)) = (
         client.notification_endpoint.as_deref(),
         request.client_notification_token.as_deref(),
     ) else {
-        return Ok((Delivery::GaveUp, lease));
+        return Ok(Delivery::GaveUp);
     };
     let endpoint =
         Url::parse(endpoint).map_err(|_| DomainError::Internal("notification endpoint"))?;
-    let Some(body) = payload(state, &client, request, lease).await? else {
-        return Ok((Delivery::TakenOver, lease));
+    let Some(body) = payload(state, &client, request, *held).await? else {
+        return Ok(Delivery::TakenOver);
     };
     let base = state.config.ciba_notification_retry_base;
     let max = i64::from(state.config.ciba_notification_attempts.max(1));
     // The claim counted the first attempt.
-    let mut held = lease;
     loop {
         let attempt = held.attempts;
         let delivered = state.ciba_sender.post(&endpoint, token, &body).await;
@@ -171,24 +169,24 @@ async fn deliver_with_retries(
         match delivered {
             Ok(()) => {
                 tracing::info!(mode, attempt, "CIBA notification delivered");
-                return Ok((Delivery::Delivered, held));
+                return Ok(Delivery::Delivered);
             }
             Err(reason) => {
                 tracing::warn!(mode, attempt, %reason, "CIBA notification not delivered");
             }
         }
         if attempt >= max {
-            return Ok((Delivery::GaveUp, held));
+            return Ok(Delivery::GaveUp);
         }
         let wait = backoff(base, attempt);
         let next = Lease {
             attempts: attempt + 1,
             until_ms: state.now_ms() + lease_ms(base, attempt + 1),
         };
-        if !ciba::renew_lease(&state.db, &request.auth_req_id, held, next).await? {
-            return Ok((Delivery::TakenOver, held));
+        if !ciba::renew_lease(&state.db, &request.auth_req_id, *held, next).await? {
+            return Ok(Delivery::TakenOver);
         }
-        held = next;
+        *held = next;
         tokio::time::sleep(wait).await;
     }
 }
