@@ -183,6 +183,12 @@ pub(crate) async fn admit(
             Admission::Inserted(announced) => return Ok(Admitted::Stored(announced)),
             Admission::Contended => offer.lock = after_contention(offer.lock)?,
             Admission::PushLimited(reason) => return Ok(Admitted::PushLimited(reason)),
+            Admission::DeviceGone => {
+                return Err(DomainError::new(
+                    ErrorCode::DeviceNotFound,
+                    "the device was unpaired as the request was made",
+                ));
+            }
         }
     }
 }
@@ -286,6 +292,9 @@ async fn offer_at_once(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, DomainE
         if let Some(queued) = verdict.stored {
             return Ok(Admission::Inserted(offer.created.announced(queued.into())));
         }
+        if verdict.device_gone {
+            return Ok(Admission::DeviceGone);
+        }
         if let Some(refused) = offer.refused_by(&verdict.counts, margin) {
             return refused;
         }
@@ -332,6 +341,10 @@ async fn offer_in_write(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, Domain
             w.rollback().await?;
             return refused;
         }
+        if !authentications::device_active(&mut w, &offer.record.enrollment_id).await? {
+            w.rollback().await?;
+            return Ok(Admission::DeviceGone);
+        }
     }
     w.rollback().await?;
     Err(DomainError::Internal(
@@ -373,6 +386,8 @@ enum Admission {
     /// Not stored: under a shared lock the application's quota was within its margin; the
     /// transaction is to be rolled back and run again under [`AdmissionLock::Exclusive`].
     Contended,
+    /// Not stored: the device asked was unpaired since it was picked.
+    DeviceGone,
 }
 
 /// Inclusive bounds of the push-bombing settings.

@@ -839,6 +839,8 @@ pub struct AdmissionVerdict {
     /// pending requests, and the user's counts each stopped at its limit (0 for a limit not in
     /// force).
     pub counts: AdmissionCounts,
+    /// Admitted by every count, but not stored: its device is no longer paired and active.
+    pub device_gone: bool,
 }
 
 /// PostgreSQL: admits `a` in one statement, committed on its own (one round trip where
@@ -861,9 +863,13 @@ pub async fn admit_at_once(
         "verdict AS (SELECT * FROM admission_verdict({}))",
         placeholders(first, VERDICT_VALUES)
     );
+    // The device's row is locked against its deletion until the statement commits (as the QR
+    // answer and the fallback's move do): an unpairing that deleted it first is waited for, and
+    // the check then finds no row; one that comes after waits, and then fails the request.
+    let device_check = DEVICE_ACTIVE.strip_suffix(')').unwrap_or(DEVICE_ACTIVE);
     let created = format!(
         "created AS (INSERT INTO authentications ({COLUMNS}) SELECT {} FROM verdict \
-         WHERE verdict.admitted RETURNING 1)",
+         WHERE verdict.admitted AND {device_check} FOR KEY SHARE) RETURNING 1)",
         placeholders(1, INSERTED_VALUES)
     );
     let (mut items, queued, mut next) =
@@ -901,11 +907,17 @@ pub async fn admit_at_once(
         pushes: row.try_get("pushes")?,
     };
     let queued = row.try_get::<i64, _>("queued")? > 0;
-    let stored = (row.try_get::<i64, _>("inserted")? == 1).then(|| super::audit::AppendedQueue {
+    let inserted = row.try_get::<i64, _>("inserted")? == 1;
+    let stored = inserted.then(|| super::audit::AppendedQueue {
         tickets: Vec::new(),
         queued,
     });
-    Ok(AdmissionVerdict { stored, counts })
+    let device_gone = !inserted && row.try_get::<bool, _>("admitted")?;
+    Ok(AdmissionVerdict {
+        stored,
+        counts,
+        device_gone,
+    })
 }
 
 /// How many values `admission_verdict` takes: the lock's mode and keys, the application and
@@ -1007,15 +1019,34 @@ pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
             counted_pushes(app, user, since, most)
         ));
     }
+    // The device asked must still be paired and active (`$4` is the request's enrollment):
+    // one unpaired since it was picked fails the requests it finds pending, and one inserted
+    // after would wait for it until it expired. SQLite's one writer runs this alone.
+    conditions.push(DEVICE_ACTIVE.into());
     let values = placeholders(1, INSERTED_VALUES);
-    if conditions.is_empty() {
-        format!("INSERT INTO authentications ({COLUMNS}) VALUES ({values})")
-    } else {
-        format!(
-            "INSERT INTO authentications ({COLUMNS}) SELECT {values} WHERE {}",
-            conditions.join(" AND ")
-        )
-    }
+    format!(
+        "INSERT INTO authentications ({COLUMNS}) SELECT {values} WHERE {}",
+        conditions.join(" AND ")
+    )
+}
+
+/// The admission's condition that the request's device (`$4`) is still paired and active.
+const DEVICE_ACTIVE: &str =
+    "EXISTS (SELECT 1 FROM enrollments WHERE enrollment_id = $4 AND status = 'active')";
+
+/// Whether enrollment `id` is paired and active, read in `w` (after an admission that stored
+/// nothing and that no count refused: its device was unpaired meanwhile).
+pub async fn device_active(
+    w: &mut super::Write<'_>,
+    id: &EnrollmentId,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "SELECT 1 AS one FROM enrollments WHERE enrollment_id = $1 AND status = 'active'",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut **w)
+    .await?
+    .is_some())
 }
 
 /// The count of the user's counted pushes ([`COUNTED_PUSH`]) created after `$since`, stopping
@@ -1267,12 +1298,40 @@ pub async fn offer_passcode_now(
 mod tests {
     use super::*;
 
+    /// The one device the tests' requests of `user` of `app` are addressed to (the same id each
+    /// time; [`paired`] stores it, as an admission needs it paired and active).
+    fn device_of(app: &ApplicationId, user: &UserId) -> EnrollmentId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{app}/{user}").as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}{hex}", EnrollmentId::PREFIX)
+            .parse()
+            .expect("an enrollment id")
+    }
+
+    /// Stores [`device_of`] `user` of `app` as a paired, active device (once).
+    async fn paired(db: &Database, app: &ApplicationId, user: &UserId) {
+        sqlx::query(
+            "INSERT INTO enrollments (enrollment_id, application_id, user_id, device_id, \
+             possession_key, user_verification_key, device_info, signals, push, push_provider, \
+             is_primary, registration_digest, server_payload, paired_at, last_seen_at, status) \
+             VALUES ($1, $2, $3, 'd', '{}', '{}', '{}', '{}', '{}', 'none', 1, $1, 'x', 0, 0, \
+             'active') ON CONFLICT DO NOTHING",
+        )
+        .bind(device_of(app, user).as_str())
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .execute(db.writer())
+        .await
+        .expect("a device");
+    }
+
     fn pending(app: &ApplicationId, user: &UserId, created_at: i64) -> Authentication {
         Authentication {
             id: AuthenticationId::generate(),
             application_id: app.clone(),
             user_id: user.clone(),
-            enrollment_id: EnrollmentId::generate(),
+            enrollment_id: device_of(app, user),
             kind: AuthenticationKind::Approval,
             signed_request: "jws".into(),
             parameters_digest: "digest".into(),
@@ -1678,6 +1737,7 @@ mod tests {
     async fn a_request_is_stored_only_under_every_admission_limit() {
         let (_dir, db, app) = database_with_application().await;
         let user: UserId = "alice".parse().expect("user");
+        paired(&db, &app.id, &user).await;
         let now = 10_000;
         for created_at in [now - 30, now - 20] {
             insert(db.writer(), &pending(&app.id, &user, created_at))
@@ -1772,6 +1832,7 @@ mod tests {
     async fn every_combination_of_limits_admits_under_them_and_refuses_at_them() {
         let (_dir, db, app) = database_with_application().await;
         let user: UserId = "alice".parse().expect("user");
+        paired(&db, &app.id, &user).await;
         let now = 10_000;
         // Two requests that every count takes (pending, recent, counted pushes).
         for created_at in [now - 30, now - 20] {
@@ -1818,6 +1879,7 @@ mod tests {
     async fn the_user_counts_stop_at_their_limit_and_still_refuse_there() {
         let (_dir, db, app) = database_with_application().await;
         let user: UserId = "bob".parse().expect("user");
+        paired(&db, &app.id, &user).await;
         let now = 10_000;
         for n in 0..40 {
             insert(db.writer(), &pending(&app.id, &user, now - 100 + n))
@@ -2047,6 +2109,7 @@ mod tests {
     ) {
         use super::super::audit::{Appended, NewRecord};
         let user: UserId = "carol".parse().expect("user");
+        paired(db, &app.id, &user).await;
         let now = 10_000;
         insert(db.writer(), &pending(&app.id, &user, now - 5))
             .await
@@ -2632,6 +2695,7 @@ mod tests {
         };
         let (db, app) = postgres_with_application(&url, 4).await;
         let user: UserId = "alice".parse().expect("user");
+        paired(&db, &app.id, &user).await;
         let now = 10_000;
         let windows = windows_at(now, false);
         let one_pending = AdmissionLimits {
@@ -2724,6 +2788,7 @@ mod tests {
                 } else {
                     "alice".parse().expect("user")
                 };
+                paired(&db, &app.id, &user).await;
                 let (db, a) = (db.clone(), pending(&app.id, &user, now));
                 tasks.push(tokio::spawn(async move {
                     admit_at_once(&db, &a, windows, limits, lock, WrittenWith::default())

@@ -652,3 +652,62 @@ async fn a_move_racing_the_unpairing_of_its_device_leaves_nothing_pending_there(
         println!("{engine:?}: {moved} moved before the unpairing, {refused} refused after it");
     }
 }
+
+/// A request made for a device at the moment it is unpaired. The request's admission locks the
+/// device's row (PostgreSQL) or runs alone (SQLite) and requires it active: it comes before the
+/// unpairing, which then fails it, or after, and is refused. Never is a request stored pending
+/// for a device that is gone (it would wait there until it expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_made_as_its_device_is_unpaired_is_not_left_pending_for_it() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (mut failed, mut refused, mut gone) = (0, 0, 0);
+        for round in 0..24u64 {
+            let (user, phone) = domain.user_with_device(&format!("xena-{round}")).await;
+            let create = tokio::spawn({
+                let (ctx, app, user) = (domain.ctx.clone(), domain.app.clone(), user.clone());
+                async move {
+                    let request =
+                        serde_json::from_value(json!({"kind": "approval"})).expect("a request");
+                    super::create(&ctx, &app, &user, request).await
+                }
+            });
+            let unpairing = tokio::spawn({
+                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
+                let device = phone.enrollment.enrollment_id.clone();
+                async move {
+                    // Started later in most rounds: a request's creation takes longer than an
+                    // unpairing, and either must come first in some rounds.
+                    tokio::time::sleep(Duration::from_micros(500 * (round % 6))).await;
+                    crate::domain::devices::remove_device(&ctx, &app, &user, device.as_str()).await
+                }
+            });
+            let (created, unpairing) = tokio::join!(create, unpairing);
+            unpairing.expect("ran").expect("unpaired");
+            match created.expect("ran") {
+                Ok(status) => {
+                    let stored = stored_request(&domain, &status).await;
+                    assert_eq!(
+                        (stored.state, stored.failure_reason.as_deref()),
+                        (AuthenticationState::Failed, Some("device_unpaired")),
+                        "{engine:?}, round {round}: stored before the unpairing, failed by it"
+                    );
+                    failed += 1;
+                }
+                Err(super::DomainError::Refused { code, .. }) => {
+                    assert!(
+                        matches!(code, ErrorCode::NoDevice | ErrorCode::DeviceNotFound),
+                        "{engine:?}, round {round}: {code:?}"
+                    );
+                    refused += 1;
+                    gone += usize::from(code == ErrorCode::DeviceNotFound);
+                }
+                Err(other) => panic!("{engine:?}, round {round}: {other:?}"),
+            }
+        }
+        println!(
+            "{engine:?}: {failed} stored and failed by the unpairing, {refused} refused \
+             ({gone} of them picked before it and refused at admission)"
+        );
+    }
+}
