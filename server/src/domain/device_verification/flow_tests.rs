@@ -133,3 +133,68 @@ async fn an_unanswered_verification_rejects_the_new_device_once_it_expired() {
         );
     }
 }
+
+/// A new device pairing at the moment the user's primary device is unpaired. The pairing picks
+/// the primary device that will verify it inside its write, under the user's lock, which the
+/// unpairing takes too: it comes first, and the unpairing then fails its verification request;
+/// or it comes after, and finds no primary device to ask. Never is a verification request left
+/// pending for a primary device that is gone (the new device would wait until it expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pairing_racing_the_primary_devices_unpairing_leaves_nothing_pending_for_it() {
+    for domain in TestDomain::each_engine().await {
+        verify_with_primary(&domain).await;
+        let engine = domain.ctx.db.engine();
+        let (mut asked, mut not_asked) = (0, 0);
+        for round in 0..24u64 {
+            let (user, phone) = domain.user_with_device(&format!("yara-{round}")).await;
+            let code = start(&domain.ctx, &domain.app.id, &user, None)
+                .await
+                .expect("a code")
+                .pairing_code;
+            let tablet = Registering::new(&domain.ctx.public_url, &code, domain.clock.now(), false);
+            let pairing = tokio::spawn({
+                let (ctx, request) = (domain.ctx.clone(), tablet.request.clone());
+                async move { pair_device(&ctx, CLIENT, &request).await }
+            });
+            let primary = phone.enrollment.enrollment_id.clone();
+            let unpairing = tokio::spawn({
+                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
+                let primary = primary.clone();
+                async move {
+                    // Started later in most rounds, so that either side comes first.
+                    tokio::time::sleep(Duration::from_micros(500 * (round % 6))).await;
+                    crate::domain::devices::remove_device(&ctx, &app, &user, primary.as_str()).await
+                }
+            });
+            let (paired, unpaired) = tokio::join!(pairing, unpairing);
+            unpaired.expect("ran").expect("unpaired");
+            paired.expect("ran").expect("paired");
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM authentications WHERE enrollment_id = $1 AND state = 'pending'",
+            )
+            .bind(primary.as_str())
+            .fetch_one(domain.ctx.db.pool())
+            .await
+            .expect("count");
+            assert_eq!(
+                pending, 0,
+                "{engine:?}, round {round}: a verification request waits for a removed device"
+            );
+            let tablet =
+                enrollments::by_registration_digest(&domain.ctx.db, &tablet.digest.to_string())
+                    .await
+                    .expect("read")
+                    .expect("stored");
+            // Asked, the new device was rejected with its verification (the device that was
+            // to verify it is gone); not asked, it is the user's device now.
+            match tablet.status {
+                EnrollmentState::Rejected => asked += 1,
+                EnrollmentState::Active => not_asked += 1,
+                other => panic!("{engine:?}, round {round}: {other:?}"),
+            }
+        }
+        println!(
+            "{engine:?}: {asked} asked the primary device before it went, {not_asked} paired after it"
+        );
+    }
+}
