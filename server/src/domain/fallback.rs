@@ -112,12 +112,14 @@ async fn readdress(
             .filter(|d| d.status == EnrollmentState::Active && !tried.contains(&d.enrollment_id))
             .collect();
     devices.sort_by_key(|d| (!d.is_primary, d.paired_at));
+    if devices.is_empty() {
+        return Ok(None);
+    }
+    // The request as this server signed it (read back from its own database).
+    let signed: AuthenticationRequest = envelope::unverified_payload(&record.signed_request)
+        .map_err(|_| super::DomainError::Internal("a stored signed request is unreadable"))?;
     for next in devices {
-        // The request as this server signed it (read back from its own database).
-        let mut request: AuthenticationRequest =
-            envelope::unverified_payload(&record.signed_request).map_err(|_| {
-                super::DomainError::Internal("a stored signed request is unreadable")
-            })?;
+        let mut request = signed.clone();
         request.enrollment_id = next.enrollment_id.clone();
         request.nonce = DeviceRegistration::new_nonce();
         request.issued_at = state.now();

@@ -866,11 +866,11 @@ pub async fn admit_at_once(
     // The device's row is locked against its deletion until the statement commits (as the QR
     // answer and the fallback's move do): an unpairing that deleted it first is waited for, and
     // the check then finds no row; one that comes after waits, and then fails the request.
-    let device_check = DEVICE_ACTIVE.strip_suffix(')').unwrap_or(DEVICE_ACTIVE);
     let created = format!(
         "created AS (INSERT INTO authentications ({COLUMNS}) SELECT {} FROM verdict \
-         WHERE verdict.admitted AND {device_check} FOR KEY SHARE) RETURNING 1)",
-        placeholders(1, INSERTED_VALUES)
+         WHERE verdict.admitted AND {} RETURNING 1)",
+        placeholders(1, INSERTED_VALUES),
+        super::key_share_locked(DEVICE_ACTIVE)
     );
     let (mut items, queued, mut next) =
         super::audit::appended_items(with.records, "created", first + VERDICT_VALUES);
@@ -1153,10 +1153,7 @@ fn readdress_statement(engine: Engine) -> &'static str {
         nonce = $3, push_state = 'none', push_attempts = 0 \
         WHERE id = $4 AND enrollment_id = $5 AND state = 'pending' \
         AND EXISTS (SELECT 1 FROM enrollments WHERE enrollment_id = $1 AND status = 'active')";
-    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
-        let check = SQLITE.strip_suffix(')').unwrap_or(SQLITE);
-        format!("{check} FOR KEY SHARE)")
-    });
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| super::key_share_locked(SQLITE));
     match engine {
         Engine::Sqlite => SQLITE,
         Engine::Postgres => POSTGRES.as_str(),

@@ -81,6 +81,16 @@ pub(crate) use pg_connections::HeldConnection;
 pub use read_conn::{ReadConn, ReadHandle};
 pub use write::{Committed, Ticket, Write, WriteConn};
 
+/// `condition`, a parenthesised `EXISTS (SELECT …)` that a PostgreSQL write ends with, with the
+/// rows it finds locked against deletion until the write commits (`FOR KEY SHARE`, which
+/// ordinary updates of those rows do not wait for). A deletion that came first is waited for,
+/// and the check then finds no row; one that comes after waits for the write's commit. The QR
+/// answer, the fallback's move and a request's admission check their device this way.
+pub(crate) fn key_share_locked(condition: &str) -> String {
+    let open = condition.strip_suffix(')').unwrap_or(condition);
+    format!("{open} FOR KEY SHARE)")
+}
+
 /// The second key of a PostgreSQL advisory lock on `parts` (the first key says what the lock
 /// serialises): the first four bytes of the SHA-256 of the parts, each followed by a 0x01 byte.
 /// Computed here rather than by the database, so the same in every instance and version. Two

@@ -430,10 +430,8 @@ pub(crate) const RECORD_ANSWER: &str = "UPDATE qr_sessions SET state = $1, versi
 /// deleted it first is waited for, and the check then finds no row; one that comes after waits
 /// for the answer's commit, and then finds its follow-up pending.
 fn record_answer_statement(engine: Engine) -> &'static str {
-    static POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let check = RECORD_ANSWER.strip_suffix(')').unwrap_or(RECORD_ANSWER);
-        format!("{check} FOR KEY SHARE)")
-    });
+    static POSTGRES: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| super::key_share_locked(RECORD_ANSWER));
     match engine {
         Engine::Sqlite => RECORD_ANSWER,
         Engine::Postgres => POSTGRES.as_str(),

@@ -206,12 +206,21 @@ async fn discovery_and_rotation(backend: Backend) {
     rp.verify_id_token(&second.id_token).await.unwrap();
 }
 
-/// One full poll-mode flow: request, device approval with a fingerprint, tokens.
+/// One full poll-mode flow for alice: request, device approval with a fingerprint, tokens.
 async fn approved_tokens(
     rp: &RelyingParty,
     device: &TestDevice,
 ) -> tessera_protocol::ciba::TokenResponse {
-    let ack = rp.backchannel(ALICE).await.unwrap();
+    approved_tokens_for(rp, device, ALICE).await
+}
+
+/// [`approved_tokens`] for the backchannel request `params`.
+async fn approved_tokens_for(
+    rp: &RelyingParty,
+    device: &TestDevice,
+    params: &[(&str, &str)],
+) -> tessera_protocol::ciba::TokenResponse {
+    let ack = rp.backchannel(params).await.unwrap();
     let request = only_request(device).await;
     device
         .auth
@@ -1291,16 +1300,8 @@ async fn ssrf_refusals(backend: Backend) {
 async fn refresh_tokens(backend: Backend) {
     let (server, device) = start(backend).await;
     let rp = poll_client(&server).await;
-    let ack = rp
-        .backchannel(&[("scope", "openid offline_access"), ("login_hint", "alice")])
-        .await
-        .unwrap();
-    device
-        .auth
-        .approve(&only_request(&device).await, vec!["fpt".into()], None)
-        .await
-        .unwrap();
-    let tokens = rp.poll(&ack).await.unwrap();
+    let offline = [("scope", "openid offline_access"), ("login_hint", "alice")];
+    let tokens = approved_tokens_for(&rp, &device, &offline).await;
     let refresh = tokens.refresh_token.clone().unwrap();
     let renewed = rp.refresh(&refresh).await.unwrap();
     assert_ne!(renewed.access_token, tokens.access_token);
@@ -1348,16 +1349,11 @@ async fn refresh_racing_unpairing(backend: Backend) {
     for round in 0..6 {
         let user = format!("rhea-{round}");
         let device = server.paired_user(&user).await;
-        let ack = rp
-            .backchannel(&[("scope", "openid offline_access"), ("login_hint", &user)])
-            .await
-            .unwrap();
-        device
-            .auth
-            .approve(&only_request(&device).await, vec!["fpt".into()], None)
-            .await
-            .unwrap();
-        let tokens = rp.poll(&ack).await.unwrap();
+        let offline = [
+            ("scope", "openid offline_access"),
+            ("login_hint", user.as_str()),
+        ];
+        let tokens = approved_tokens_for(&rp, &device, &offline).await;
         let refresh = tokens.refresh_token.clone().unwrap();
         let devices = server.customer.list_devices(&user).await.unwrap();
         let enrollment = devices.devices[0].enrollment_id.clone();

@@ -18,20 +18,25 @@ use crate::domain::testing::{TestDomain, endings_announced, joined, sent_at_once
 /// The token's seed (20 bytes, base32).
 const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 
+/// A registration of a token of `kind` with [`SECRET`] (SHA-1, six digits, thirty seconds).
+fn token_of(kind: OtpTokenKind) -> RegisterOtpToken {
+    RegisterOtpToken {
+        kind,
+        secret: SECRET.into(),
+        algorithm: OtpAlgorithm::default(),
+        digits: None,
+        period: None,
+        counter: None,
+    }
+}
+
 /// Registers an authenticator app (TOTP, SHA-1, six digits, thirty seconds) for `user`.
 async fn authenticator_app(domain: &TestDomain, user: &UserId) {
     register_token(
         &domain.ctx,
         &domain.app.id,
         user,
-        RegisterOtpToken {
-            kind: OtpTokenKind::Totp,
-            secret: SECRET.into(),
-            algorithm: OtpAlgorithm::default(),
-            digits: None,
-            period: None,
-            counter: None,
-        },
+        token_of(OtpTokenKind::Totp),
     )
     .await
     .expect("registered");
@@ -290,28 +295,16 @@ async fn a_passcode_whose_request_ended_first_is_not_spent() {
     }
 }
 
-/// Registers a TOTP token for `user`: the registration's result.
+/// Registers an OATH hardware token for `user`: the registration's result.
 async fn register(
     ctx: &crate::domain::Ctx,
     app: &tessera_protocol::ids::ApplicationId,
     user: &UserId,
 ) -> Result<(), Option<ErrorCode>> {
-    register_token(
-        ctx,
-        app,
-        user,
-        RegisterOtpToken {
-            kind: OtpTokenKind::OathToken,
-            secret: SECRET.into(),
-            algorithm: OtpAlgorithm::default(),
-            digits: None,
-            period: None,
-            counter: None,
-        },
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| e.code())
+    register_token(ctx, app, user, token_of(OtpTokenKind::OathToken))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.code())
 }
 
 /// Registrations sent at once for a user three tokens short of the cap store three tokens: the
