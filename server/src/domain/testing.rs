@@ -525,6 +525,24 @@ impl TestDomain {
         .expect("count")
     }
 
+    /// `user`'s device `enrollment` unpaired by the customer, on a task of its own, once
+    /// `pause` has passed (so that what races it comes first in some rounds).
+    pub(crate) fn unpairing_after(
+        &self,
+        user: &UserId,
+        enrollment: &EnrollmentId,
+        pause: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let (ctx, app, user) = (self.ctx.clone(), self.app.id.clone(), user.clone());
+        let enrollment = enrollment.clone();
+        tokio::spawn(async move {
+            pause.await;
+            super::devices::remove_device(&ctx, &app, &user, enrollment.as_str())
+                .await
+                .expect("unpaired");
+        })
+    }
+
     /// How many OpenID tokens the application's clients hold for `user`.
     pub(crate) async fn tokens_of(&self, user: &UserId) -> i64 {
         sqlx::query_scalar(
@@ -918,4 +936,11 @@ where
     let removed = deletion.await.expect("the deletion ran").expect("deleted");
     assert!(removed.is_some(), "the user was there to delete");
     racing.await.expect("the write ran")
+}
+
+/// Yields to the runtime `times` times: a pause shorter than any timer's.
+pub(crate) async fn yields(times: u64) {
+    for _ in 0..times {
+        tokio::task::yield_now().await;
+    }
 }

@@ -9,7 +9,7 @@ use tessera_protocol::authentication::{AuthenticationState, Decision};
 use tessera_protocol::error::ErrorCode;
 
 use super::super::outcome::{self, Ending};
-use super::super::testing::{TestDevice, TestDomain, endings_announced, sent_at_once};
+use super::super::testing::{TestDevice, TestDomain, endings_announced, sent_at_once, yields};
 use super::{answer, status};
 use crate::clock::Clock;
 
@@ -624,17 +624,9 @@ async fn a_move_racing_the_unpairing_of_its_device_leaves_nothing_pending_there(
                     readdress(&db, &id, &from, &to, "signed", "nonce").await
                 }
             });
-            let unpairing = tokio::spawn({
-                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
-                async move {
-                    for _ in 0..round % 4 {
-                        tokio::task::yield_now().await;
-                    }
-                    crate::domain::devices::remove_device(&ctx, &app, &user, to.as_str()).await
-                }
-            });
+            let unpairing = domain.unpairing_after(&user, &to, yields(round % 4));
             let (move_, unpairing) = tokio::join!(move_, unpairing);
-            unpairing.expect("ran").expect("unpaired");
+            unpairing.expect("ran");
             match move_.expect("ran").expect("readdress") {
                 Readdressed::Moved => moved += 1,
                 Readdressed::DeviceGone => refused += 1,
@@ -672,18 +664,12 @@ async fn a_request_made_as_its_device_is_unpaired_is_not_left_pending_for_it() {
                     super::create(&ctx, &app, &user, request).await
                 }
             });
-            let unpairing = tokio::spawn({
-                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
-                let device = phone.enrollment.enrollment_id.clone();
-                async move {
-                    // Started later in most rounds: a request's creation takes longer than an
-                    // unpairing, and either must come first in some rounds.
-                    tokio::time::sleep(Duration::from_micros(500 * (round % 6))).await;
-                    crate::domain::devices::remove_device(&ctx, &app, &user, device.as_str()).await
-                }
-            });
+            // Started later in most rounds: a request's creation takes longer than an
+            // unpairing, and either must come first in some rounds.
+            let pause = tokio::time::sleep(Duration::from_micros(500 * (round % 6)));
+            let unpairing = domain.unpairing_after(&user, &phone.enrollment.enrollment_id, pause);
             let (created, unpairing) = tokio::join!(create, unpairing);
-            unpairing.expect("ran").expect("unpaired");
+            unpairing.expect("ran");
             match created.expect("ran") {
                 Ok(status) => {
                     let stored = stored_request(&domain, &status).await;

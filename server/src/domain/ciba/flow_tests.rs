@@ -14,7 +14,7 @@ use super::OAuthCode;
 use super::client_auth::{BasicCredentials, Form};
 use super::error::OAuthError;
 use crate::clock::Clock;
-use crate::domain::testing::{TestDevice, TestDomain, joined};
+use crate::domain::testing::{TestDevice, TestDomain, joined, yields};
 use crate::store::oidc_tokens::{self, Issued, IssuedToken, Spend};
 
 /// A relying party's credentials (poll mode, `client_secret_basic`).
@@ -478,25 +478,6 @@ async fn refresh_token_of(
     token
 }
 
-/// `user`'s device unpaired by the customer, on a task of its own, after `yields` yields.
-fn unpaired(
-    domain: &TestDomain,
-    user: &tessera_protocol::ids::UserId,
-    device: &TestDevice,
-    yields: u64,
-) -> tokio::task::JoinHandle<()> {
-    let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
-    let enrollment = device.enrollment.enrollment_id.clone();
-    tokio::spawn(async move {
-        for _ in 0..yields {
-            tokio::task::yield_now().await;
-        }
-        crate::domain::devices::remove_device(&ctx, &app, &user, enrollment.as_str())
-            .await
-            .expect("unpaired");
-    })
-}
-
 /// Rounds of a race whose window is a few statements wide.
 const RACE_ROUNDS: u64 = 24;
 
@@ -519,7 +500,8 @@ async fn a_refresh_racing_the_unpairing_of_the_last_device_leaves_no_tokens() {
                     super::token::exchange(&ctx, basic, &form).await
                 }
             });
-            let unpairing = unpaired(&domain, &user, &phone, round % 4);
+            let unpairing =
+                domain.unpairing_after(&user, &phone.enrollment.enrollment_id, yields(round % 4));
             let (refreshed, unpairing) = tokio::join!(refresh, unpairing);
             unpairing.expect("the unpairing ran");
             if let Err(e) = refreshed.expect("the refresh ran") {
@@ -557,7 +539,8 @@ async fn a_ciba_token_request_racing_the_unpairing_of_the_last_device_leaves_no_
                     super::token::exchange(&ctx, shop.basic(), &form).await
                 }
             });
-            let unpairing = unpaired(&domain, &user, &phone, round % 4);
+            let unpairing =
+                domain.unpairing_after(&user, &phone.enrollment.enrollment_id, yields(round % 4));
             let (exchanged, unpairing) = tokio::join!(exchange, unpairing);
             unpairing.expect("the unpairing ran");
             match exchanged.expect("the exchange ran") {

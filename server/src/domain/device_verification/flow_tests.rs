@@ -157,17 +157,11 @@ async fn a_pairing_racing_the_primary_devices_unpairing_leaves_nothing_pending_f
                 async move { pair_device(&ctx, CLIENT, &request).await }
             });
             let primary = phone.enrollment.enrollment_id.clone();
-            let unpairing = tokio::spawn({
-                let (ctx, app, user) = (domain.ctx.clone(), domain.app.id.clone(), user.clone());
-                let primary = primary.clone();
-                async move {
-                    // Started later in most rounds, so that either side comes first.
-                    tokio::time::sleep(Duration::from_micros(500 * (round % 6))).await;
-                    crate::domain::devices::remove_device(&ctx, &app, &user, primary.as_str()).await
-                }
-            });
+            // Started later in most rounds, so that either side comes first.
+            let pause = tokio::time::sleep(Duration::from_micros(500 * (round % 6)));
+            let unpairing = domain.unpairing_after(&user, &primary, pause);
             let (paired, unpaired) = tokio::join!(pairing, unpairing);
-            unpaired.expect("ran").expect("unpaired");
+            unpaired.expect("ran");
             paired.expect("ran").expect("paired");
             let pending: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM authentications WHERE enrollment_id = $1 AND state = 'pending'",
