@@ -446,6 +446,67 @@ mod tests {
         }
     }
 
+    /// Requests made while the application's webhook endpoint is deleted all succeed: their
+    /// statements queue a delivery for the endpoint when it still stands and skip it once it
+    /// is gone. On PostgreSQL a statement that read the endpoint in its snapshot while the
+    /// deletion was uncommitted failed on the deliveries' foreign key, and the request with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn requests_made_while_an_endpoint_is_deleted_all_succeed() {
+        for domain in crate::domain::testing::TestDomain::each_engine_for_crowds().await {
+            let engine = domain.ctx.db.engine();
+            let (user, _phone) = domain.user_with_device("ann").await;
+            for round in 0..24u64 {
+                let body = CreateWebhookEndpoint {
+                    url: "https://hooks.example/tessera".into(),
+                    event_types: Vec::new(),
+                };
+                let endpoint = create_endpoint(&domain.ctx, &domain.app.id, &body)
+                    .await
+                    .expect("endpoint")
+                    .endpoint
+                    .id;
+                let asks: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (ctx, app, user) =
+                            (domain.ctx.clone(), domain.app.clone(), user.clone());
+                        tokio::spawn(async move {
+                            let request =
+                                serde_json::from_value(serde_json::json!({"kind": "approval"}))
+                                    .expect("a request");
+                            crate::domain::authentication::create(&ctx, &app, &user, request)
+                                .await
+                                .map(|created| created.authentication_id)
+                                .map_err(|e| e.to_string())
+                        })
+                    })
+                    .collect();
+                let removal = {
+                    let (ctx, app, endpoint) =
+                        (domain.ctx.clone(), domain.app.id.clone(), endpoint.clone());
+                    tokio::spawn(async move {
+                        crate::domain::testing::yields(round % 4).await;
+                        remove_endpoint(&ctx, &app, &endpoint).await
+                    })
+                };
+                for ask in asks {
+                    let created = ask.await.expect("ran");
+                    assert!(created.is_ok(), "{engine:?}, round {round}: {created:?}");
+                }
+                removal.await.expect("ran").expect("removed");
+                // Deliveries queued before the deletion went with the endpoint.
+                let left =
+                    store::deliveries(&domain.ctx.db, domain.app.id.as_str(), &endpoint, 100)
+                        .await
+                        .expect("deliveries");
+                assert!(left.is_empty(), "{engine:?}, round {round}: {left:?}");
+                let stored = store::endpoints(&domain.ctx.db, domain.app.id.as_str())
+                    .await
+                    .expect("endpoints");
+                assert!(stored.is_empty(), "{engine:?}, round {round}");
+            }
+        }
+    }
+
     #[test]
     fn retry_after_is_read_as_seconds() {
         assert_eq!(parse_retry_after(Some("7")), Some(Duration::from_secs(7)));

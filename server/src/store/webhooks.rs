@@ -210,18 +210,34 @@ pub struct EventDeliveries {
 /// name the event's type between commas: the same test as [`Endpoint::wants`] (exact and
 /// case-sensitive: SQLite's `instr`, PostgreSQL's `strpos`).
 pub(crate) fn enqueue_statement(first: usize, engine: Engine) -> String {
+    enqueue_statement_when(first, engine, None)
+}
+
+/// [`enqueue_statement`], queuing only when `condition` (an SQL expression) holds.
+///
+/// On PostgreSQL the endpoints are read `FOR KEY SHARE`, as the deliveries' foreign key would
+/// lock them anyway: an endpoint being deleted by a transaction not yet committed is waited
+/// for and then, deleted, skipped. Read without the lock, it would be in the statement's
+/// snapshot, and the foreign key's own check, after the wait, would fail the whole statement:
+/// the device's answer or the request the event records would fail with it.
+pub(crate) fn enqueue_statement_when(
+    first: usize,
+    engine: Engine,
+    condition: Option<&str>,
+) -> String {
     let p = |n: usize| format!("${}", first + n);
-    let position = match engine {
-        Engine::Sqlite => "instr",
-        Engine::Postgres => "strpos",
+    let (position, lock) = match engine {
+        Engine::Sqlite => ("instr", ""),
+        Engine::Postgres => ("strpos", " FOR KEY SHARE OF webhook_endpoints"),
     };
+    let condition = condition.map(|c| format!(" AND {c}")).unwrap_or_default();
     format!(
         "INSERT INTO webhook_deliveries (id, endpoint_id, application_id, event_id, event_type, \
          payload, state, attempts, next_attempt_at, created_at) \
          SELECT {id} || substr(webhook_endpoints.id, 5), webhook_endpoints.id, {app}, {event}, \
          {kind}, {payload}, 'pending', 0, {at}, {at} FROM webhook_endpoints \
          WHERE webhook_endpoints.application_id = {app} AND (webhook_endpoints.event_types = '' \
-         OR {position}(',' || webhook_endpoints.event_types || ',', {delimited}) > 0)",
+         OR {position}(',' || webhook_endpoints.event_types || ',', {delimited}) > 0){condition}{lock}",
         id = p(0),
         app = p(1),
         event = p(2),
