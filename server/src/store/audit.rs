@@ -182,8 +182,12 @@ pub(crate) fn appended_items(
         next += APPEND_VALUES;
         if appended.deliveries.is_some() {
             items.push(format!(
-                "queued_{n} AS ({} AND EXISTS (SELECT 1 FROM {source}) RETURNING 1)",
-                webhooks::enqueue_statement(next, Engine::Postgres)
+                "queued_{n} AS ({} RETURNING 1)",
+                webhooks::enqueue_statement_when(
+                    next,
+                    Engine::Postgres,
+                    Some(&format!("EXISTS (SELECT 1 FROM {source})"))
+                )
             ));
             queued.push(format!("queued_{n}"));
             next += webhooks::ENQUEUE_VALUES;
@@ -338,15 +342,17 @@ fn row_to_record(row: &AnyRow) -> Result<StoredRecord, StoreError> {
 }
 
 /// Marks up to `limit` authentications that expired unanswered (and were not yet reported) as
-/// reported, and returns them as read now. Each is returned to one caller only. `application`
-/// limits it to one application's (`None`: every application's).
+/// reported, inside the write `w`, and returns them as they stand at `now`. Each is returned to
+/// one caller only. `application` limits it to one application's (`None`: every application's).
+/// The caller appends their records in the same write, so a crash or an error before its commit
+/// leaves them unreported for the next sweep: they are never marked without their records.
 pub async fn claim_unreported_expired(
-    db: &Database,
+    w: &mut Write<'_>,
     now: i64,
     limit: i64,
     application: Option<&str>,
 ) -> Result<Vec<super::authentications::Authentication>, StoreError> {
-    let lock = match db.engine() {
+    let lock = match w.engine() {
         super::Engine::Postgres => " FOR UPDATE SKIP LOCKED",
         super::Engine::Sqlite => "",
     };
@@ -359,23 +365,20 @@ pub async fn claim_unreported_expired(
         "UPDATE authentications SET expiry_reported = 1 WHERE id IN \
          (SELECT id FROM authentications WHERE state = 'pending' AND expiry_reported = 0 \
           AND expires_at <= $1{of_application} ORDER BY expires_at LIMIT $2{lock}) \
-         AND state = 'pending' AND expiry_reported = 0 RETURNING id"
+         AND state = 'pending' AND expiry_reported = 0 RETURNING {}",
+        super::authentications::READ_COLUMNS
     );
     let mut query = sqlx::query(&sql).bind(now).bind(limit);
     if let Some(application) = application {
         query = query.bind(application);
     }
-    let rows = query.fetch_all(db.writer()).await?;
-    let mut expired = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id: String = row.try_get("id")?;
-        let id = id
-            .parse()
-            .map_err(|_| StoreError::Corrupted("authentication id"))?;
-        if let Some(record) = super::authentications::get(db, &id, now).await? {
-            expired.push(record);
-        }
-    }
+    let rows = query.fetch_all(&mut **w).await?;
+    let mut expired = rows
+        .iter()
+        .map(|row| super::authentications::from_row(row, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    // In the order they expired (`RETURNING` promises none), so their records follow it.
+    expired.sort_by(|a, b| (a.expires_at, a.id.as_str()).cmp(&(b.expires_at, b.id.as_str())));
     Ok(expired)
 }
 

@@ -104,7 +104,8 @@ impl OtpMode {
     }
 }
 
-const READ_COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
+/// The columns [`from_row`] reads.
+pub(super) const READ_COLUMNS: &str = "id, application_id, user_id, enrollment_id, kind, signed_request, \
     parameters_digest, nonce, number_to_show, require_user_verification, accessing_ip, state, \
     decision, signed_response, attributes, created_at, expires_at, answered_at, failure_reason, \
     otp_mode, otp_after, backup_channels, push_state, number_matching, denial_reason, policy";
@@ -126,7 +127,9 @@ fn to_word<T: serde::Serialize>(value: &T) -> String {
     }
 }
 
-fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, StoreError> {
+/// An authentication from a row of [`READ_COLUMNS`], its state as it stands at `now` (a pending
+/// one past its expiry reads as expired).
+pub(super) fn from_row(row: &sqlx::any::AnyRow, now: i64) -> Result<Authentication, StoreError> {
     let parse =
         |col: &'static str| -> Result<String, StoreError> { Ok(row.try_get::<String, _>(col)?) };
     let state =

@@ -529,6 +529,72 @@ async fn an_ending_timed_before_the_expiry_but_written_after_its_sweep_is_not_re
     }
 }
 
+#[tokio::test]
+async fn an_expiry_claimed_by_a_sweep_that_does_not_commit_is_recorded_by_the_next() {
+    for domain in TestDomain::each_engine().await {
+        let (kim, _phone) = domain.user_with_device("kim").await;
+        let created = domain.ask(&kim, json!({"expires_in": 30})).await;
+        let id = created.authentication_id.clone();
+        domain.clock.advance(Duration::from_secs(31));
+
+        // A sweep that claims the request, then stops before its commit (a crash, an error
+        // while writing the records).
+        let mut w = domain.ctx.db.write().await.expect("write");
+        let claimed = crate::store::audit::claim_unreported_expired(
+            &mut w,
+            domain.clock.now(),
+            256,
+            Some(domain.app.id.as_str()),
+        )
+        .await
+        .expect("claimed");
+        assert_eq!(
+            claimed.len(),
+            1,
+            "{:?}: the sweep claims it",
+            domain.ctx.db.engine()
+        );
+        assert_eq!(claimed[0].state, AuthenticationState::Expired);
+        w.rollback().await.expect("rolled back");
+
+        // The next sweep finds it still unreported and records it, once.
+        assert_eq!(
+            domain.sweep_expired().await,
+            1,
+            "{:?}",
+            domain.ctx.db.engine()
+        );
+        assert_eq!(
+            domain.sweep_expired().await,
+            0,
+            "{:?}",
+            domain.ctx.db.engine()
+        );
+        let records = crate::store::audit::query(
+            &domain.ctx.db,
+            &crate::store::audit::Filter {
+                application_id: Some(domain.app.id.to_string()),
+                ..Default::default()
+            },
+            100,
+            true,
+        )
+        .await
+        .expect("the audit log");
+        let kinds: Vec<&str> = records
+            .iter()
+            .filter(|r| r.record.subject.as_deref() == Some(id.as_str()))
+            .map(|r| r.record.kind.as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["authentication.created", "authentication.expired"],
+            "{:?}: recorded once",
+            domain.ctx.db.engine()
+        );
+    }
+}
+
 /// The request `status` names, as stored now.
 async fn stored_request(
     domain: &TestDomain,
