@@ -998,13 +998,18 @@ async fn create_from(
         .as_ref()
         .and_then(super::policy::Decided::outcome_json);
     if let Some(bypass) = &bypass {
-        super::bypass::end_by_bypass(ctx, &mut record, bypass);
-        outcome::record_policy_ending(ctx, &record).await?;
-        if let Some(decided) = &decided {
-            super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), decided).await?;
+        let mut bypassed = record.clone();
+        super::bypass::end_by_bypass(ctx, &mut bypassed, bypass);
+        if outcome::record_bypass_ending(ctx, &bypassed).await? {
+            if let Some(decided) = &decided {
+                let subject = Some(bypassed.id.as_str());
+                super::policy::record(ctx, app_id, user_id, subject, decided).await?;
+            }
+            return Ok(bypassed.status_at(ctx.now()));
         }
-        tracing::info!(authentication_id = %record.id, "authentication bypassed");
-        return Ok(record.status_at(ctx.now()));
+        // The bypass was cleared as the request was made: the device is asked, as it would
+        // have been had the clearing come first.
+        tracing::info!(authentication_id = %record.id, "bypass cleared meanwhile: device asked");
     }
     if let (Some(ending), Some(decided)) = (policy_ending, &decided) {
         end_by_policy(ctx, &mut record, ending);

@@ -375,6 +375,21 @@ pub(crate) async fn record_policy_ending(
     Ok(())
 }
 
+/// Records `record`, ended by the user's bypass, only while the bypass is in force (see
+/// `authentications::insert_while_bypassed`), then announces it as [`record_policy_ending`]
+/// does. False (nothing recorded) when the bypass was cleared, or ended, since it was read.
+pub(crate) async fn record_bypass_ending(
+    ctx: &Ctx,
+    record: &Authentication,
+) -> Result<bool, DomainError> {
+    if !authentications::insert_while_bypassed(&ctx.db, record, ctx.now()).await? {
+        return Ok(false);
+    }
+    tracing::info!(authentication_id = %record.id, "authentication bypassed");
+    ended(ctx, record).await;
+    Ok(true)
+}
+
 /// Announces an ended authentication: wakes its waiters and its device's, then runs each
 /// follow-up once.
 pub(crate) async fn ended(ctx: &Ctx, record: &Authentication) {

@@ -264,6 +264,33 @@ where
     Ok(())
 }
 
+/// Records `a`, ended by the user's bypass, only while that bypass is in force at `now` (its
+/// `until` after it); whether it was recorded. A bypass cleared as the request was made is
+/// waited for on PostgreSQL (its row is read `FOR KEY SHARE`, which its deletion must wait
+/// for, and which waits for a deletion in flight), so no request ends by a bypass once its
+/// clearing has committed. SQLite's one writer runs the insert alone.
+pub async fn insert_while_bypassed(
+    db: &Database,
+    a: &Authentication,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let bypassed = "EXISTS (SELECT 1 FROM user_bypasses WHERE application_id = $2 \
+                    AND user_id = $3 AND until > $26)";
+    let condition = match db.engine() {
+        super::Engine::Sqlite => bypassed.to_string(),
+        super::Engine::Postgres => super::key_share_locked(bypassed),
+    };
+    let sql = format!(
+        "INSERT INTO authentications ({COLUMNS}) SELECT {} WHERE {condition}",
+        placeholders(1, INSERTED_VALUES)
+    );
+    let done = bind_values(sqlx::query(&sql), a)
+        .bind(now)
+        .execute(db.writer())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// How many values an insert binds ([`bind_values`]).
 const INSERTED_VALUES: usize = 25;
 

@@ -268,3 +268,75 @@ async fn codes_issued_while_the_user_is_deleted_do_not_outlive_them() {
         .await;
     }
 }
+
+/// A request the bypass ends is recorded only while the bypass stands
+/// (`authentications::insert_while_bypassed`): a bypass cleared since the request read it ends
+/// nothing, and a clearing in flight is waited for, then ends nothing either. Before, the
+/// request was stored approved from the bypass it had read, after its clearing was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bypass_cleared_since_a_request_read_it_ends_no_request() {
+    use crate::store::authentications;
+    use tessera_protocol::ids::AuthenticationId;
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (bob, _phone) = domain.user_with_device("bob").await;
+        grant(&domain.ctx, &domain.app.id, &bob, &for_seconds(3600))
+            .await
+            .expect("granted");
+        let asked = domain.ask(&bob, json!({})).await;
+        assert_eq!(asked.state, AuthenticationState::Approved, "{engine:?}");
+        // Copies of that request as `create` makes it, each ended by the bypass it read.
+        let bypassed =
+            authentications::get(&domain.ctx.db, &asked.authentication_id, domain.ctx.now())
+                .await
+                .expect("read")
+                .expect("stored");
+        let copy = || {
+            let mut copy = bypassed.clone();
+            copy.id = AuthenticationId::generate_ordered(domain.ctx.now_ms());
+            copy
+        };
+        let now = domain.ctx.now();
+        assert!(
+            authentications::insert_while_bypassed(&domain.ctx.db, &copy(), now)
+                .await
+                .expect("ran"),
+            "{engine:?}: recorded while the bypass stands"
+        );
+
+        // A clearing in flight: the request waits for it, then records nothing.
+        let mut clearing = domain.ctx.db.write().await.expect("write");
+        sqlx::query("DELETE FROM user_bypasses WHERE application_id = $1 AND user_id = $2")
+            .bind(domain.app.id.as_str())
+            .bind(bob.as_str())
+            .execute(&mut *clearing)
+            .await
+            .expect("deleted");
+        let request = {
+            let (db, copy) = (domain.ctx.db.clone(), copy());
+            tokio::spawn(
+                async move { authentications::insert_while_bypassed(&db, &copy, now).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !request.is_finished(),
+            "{engine:?}: the request waits for the clearing in flight"
+        );
+        clearing.commit().await.expect("cleared");
+        assert!(
+            !request.await.expect("ran").expect("ran"),
+            "{engine:?}: nothing recorded once the clearing committed"
+        );
+        // And one read before a clearing that has committed records nothing.
+        assert!(
+            !authentications::insert_while_bypassed(&domain.ctx.db, &copy(), now)
+                .await
+                .expect("ran"),
+            "{engine:?}"
+        );
+        // The request made now asks the device.
+        let asked = domain.ask(&bob, json!({})).await;
+        assert_eq!(asked.state, AuthenticationState::Pending, "{engine:?}");
+    }
+}
