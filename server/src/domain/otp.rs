@@ -288,11 +288,15 @@ pub(crate) async fn find_device_code(
         match (t.counter, t.period) {
             (Some(counter), _) => {
                 let look_ahead = i64::from(ctx.config.hotp_look_ahead);
-                if let Some(c) = hotp_match(t, counter, code, look_ahead)? {
+                // A counter at the end of its range has no next value to move to: such a code
+                // cannot be spent (registrations keep counters far below it).
+                if let Some(next) =
+                    hotp_match(t, counter, code, look_ahead)?.and_then(|c| c.checked_add(1))
+                {
                     let spend = PasscodeSpend::TokenCounter {
                         token_id: t.token_id.clone(),
                         expected: counter,
-                        next: c + 1,
+                        next,
                     };
                     return Ok(DeviceMatch::Accepted(token_source(t), spend));
                 }
@@ -660,6 +664,11 @@ fn token_seed(secret: &str) -> Result<Zeroizing<Vec<u8>>, DomainError> {
     Ok(seed)
 }
 
+/// The largest HOTP counter a token may be registered with: far beyond any device's (one code
+/// a second for 285 million years), and far enough below `i64::MAX` that the look-ahead and
+/// the spent code's next counter never overflow.
+const MAX_HOTP_COUNTER: i64 = 1 << 53;
+
 /// The digits, TOTP period and HOTP counter a registration asks for, checked.
 fn token_shape(body: &RegisterOtpToken) -> Result<(u32, Option<u32>, Option<i64>), DomainError> {
     let invalid = DomainError::invalid;
@@ -675,7 +684,12 @@ fn token_shape(body: &RegisterOtpToken) -> Result<(u32, Option<u32>, Option<i64>
         }
         (None, Some(counter)) => (
             None,
-            Some(i64::try_from(counter).map_err(|_| invalid("the counter is too large"))?),
+            Some(
+                i64::try_from(counter)
+                    .ok()
+                    .filter(|c| *c <= MAX_HOTP_COUNTER)
+                    .ok_or_else(|| invalid("the counter is too large"))?,
+            ),
         ),
         (period, None) => {
             let period = period.unwrap_or(30);
@@ -828,6 +842,10 @@ mod tests {
             (8, None, Some(5))
         );
         assert!(token_shape(&body(Some(9), None, None)).is_err());
+        let largest = u64::try_from(MAX_HOTP_COUNTER).unwrap();
+        assert!(token_shape(&body(None, None, Some(largest))).is_ok());
+        assert!(token_shape(&body(None, None, Some(largest + 1))).is_err());
+        assert!(token_shape(&body(None, None, Some(u64::MAX))).is_err());
         assert!(token_shape(&body(None, Some(30), Some(1))).is_err());
         assert!(token_shape(&body(None, Some(5), None)).is_err());
         assert!(token_seed("GEZD GMZU-GY3T OOJQ GEZD GMZU GY3T OOJQ").is_ok());
