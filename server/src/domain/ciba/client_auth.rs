@@ -19,16 +19,27 @@ pub(crate) const MAX_JWT_LIFETIME: i64 = 3600;
 /// Clock skew tolerated on `iat` and `nbf`.
 pub(crate) const CLOCK_SKEW: i64 = 30;
 const MAX_PARAM_BYTES: usize = 8 * 1024;
+/// Most parameters a form may have: an OAuth request has a dozen or two.
+pub(crate) const MAX_PARAMS: usize = 100;
 
 /// A form body's parameters (`application/x-www-form-urlencoded`): every parameter at most
 /// once, none oversized.
 pub(crate) struct Form(Vec<(String, String)>);
 
 impl Form {
-    /// Checks decoded parameters; refuses a repeated parameter or an oversized value.
+    /// Checks decoded parameters; refuses more than [`MAX_PARAMS`] of them, a repeated
+    /// parameter or an oversized value. Before any client is authenticated: the checks are
+    /// linear in the body (a body of thousands of short names compared each with all the
+    /// others would hold a worker for a while).
     pub fn new(pairs: Vec<(String, String)>) -> Result<Self, OAuthError> {
-        for (i, (name, value)) in pairs.iter().enumerate() {
-            if pairs[..i].iter().any(|(n, _)| n == name) {
+        if pairs.len() > MAX_PARAMS {
+            return Err(invalid_request(format!(
+                "at most {MAX_PARAMS} parameters are accepted"
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+        for (name, value) in &pairs {
+            if !seen.insert(name.as_str()) {
                 return Err(invalid_request(format!(
                     "the parameter {} is given more than once",
                     safe_name(name)
@@ -467,6 +478,18 @@ mod tests {
             "the parameter (unnamed) is given more than once"
         );
         assert!(Form::new(vec![pair("scope", &"x".repeat(MAX_PARAM_BYTES + 1))]).is_err());
+        let many = |n: usize| {
+            (0..n)
+                .map(|i| pair(&format!("p{i}"), "v"))
+                .collect::<Vec<_>>()
+        };
+        assert!(Form::new(many(MAX_PARAMS)).is_ok());
+        let e = Form::new(many(MAX_PARAMS + 1)).err().expect("too many");
+        assert!(e.description.contains("at most"), "{}", e.description);
+        assert!(
+            Form::new(many(20_000)).is_err(),
+            "refused before any comparison"
+        );
     }
 
     #[test]
