@@ -57,6 +57,9 @@ use crate::store::users;
 const DEFAULT_SESSION_SECONDS: u32 = 300;
 /// Most users a claim may list (a device with more enrollments on one server is unusual).
 const MAX_CLAIMED_ENROLLMENTS: usize = 32;
+/// The least time a follow-up is given: an approval with less of its session left is refused
+/// as expired (the follow-up never outlives its session).
+const MIN_FOLLOW_UP_SECONDS: i64 = 10;
 /// Pixels of the rendered code (at least).
 const QR_PIXELS: u32 = 320;
 /// Characters of a browser token (32 random bytes, base64url without padding).
@@ -297,7 +300,7 @@ pub(crate) async fn status(
     let session = load_for(ctx, app, id).await?;
     let session = wait_for_change(ctx, session, wait, None).await?;
     let mut status = session.status();
-    status.policy = super::policy::outcome_for(ctx, session.id.as_str()).await?;
+    status.policy = session_policy(ctx, &session).await?;
     let facts = follow_up_facts(ctx, &session).await?;
     status.number_to_show = facts.number_to_show;
     status.denial_reason = facts.denial_reason.or(status.denial_reason);
@@ -405,32 +408,137 @@ async fn candidates(
     Ok(candidates)
 }
 
+/// What the scan made of one of the device's users: the policy's decision for them (`None`
+/// without a policy, or when a mandatory method refused them first) and, if they may not be
+/// asked, why.
+struct Judged {
+    enrollment: Enrollment,
+    decided: Option<super::policy::Decided>,
+    refusal: Option<DomainError>,
+}
+
 /// Whether the user of enrollment `e` may be asked to approve `session`: their mandatory
-/// methods, then the application's policy (kind `qr`; recorded with the session's id). A QR
-/// login is always confirmed on the device: `approve` lets the user confirm like `require`.
-async fn admit_candidate(
+/// methods, then the application's policy (kind `qr`). A QR login is always confirmed on the
+/// device: `approve` lets the user confirm like `require`. The decision is not recorded here:
+/// the claim records it with the claim itself ([`claim`]), so that a scan that loses the race
+/// leaves no decision that could be read as the session's.
+async fn judge_candidate(
     ctx: &Ctx,
     session: &QrSession,
-    e: &Enrollment,
-) -> Result<(), DomainError> {
-    super::methods::require_mandatory(ctx, &session.application_id, &e.user_id).await?;
-    let decided = super::policy::decide_and_record(
+    e: Enrollment,
+) -> Result<Judged, DomainError> {
+    if let Err(refused) =
+        super::methods::require_mandatory(ctx, &session.application_id, &e.user_id).await
+    {
+        return match refused {
+            DomainError::Refused { .. } => Ok(Judged {
+                enrollment: e,
+                decided: None,
+                refusal: Some(refused),
+            }),
+            other => Err(other),
+        };
+    }
+    let decided = super::policy::decide(
         ctx,
         &session.application_id,
         &e.user_id,
-        Some(session.id.as_str()),
         &super::policy::Request {
             kind: tessera_protocol::policy::RequestKind::Qr,
             accessing_ip: session.context.ip.as_deref(),
-            device: Some(super::policy::device_facts(e)),
+            device: Some(super::policy::device_facts(&e)),
             fields: &[],
         },
     )
     .await?;
-    match decided {
-        Some(d) => super::policy::check_mobile(&d),
-        None => Ok(()),
+    let refusal = match &decided {
+        Some(d) => super::policy::check_mobile(d).err(),
+        None => None,
+    };
+    Ok(Judged {
+        enrollment: e,
+        decided,
+        refusal,
+    })
+}
+
+/// The id of the policy decision that admitted `enrollment` to the claim of `session` made
+/// with `nonce`: derived from the three, so that the answer and the status find the decision
+/// of the claim that won, never one of a scan that lost (whose nonce differs) or that was
+/// refused (recorded under a random id).
+fn claim_decision_id(
+    session: &QrSessionId,
+    nonce: &str,
+    enrollment: &tessera_protocol::ids::EnrollmentId,
+) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for part in [
+        "tessera qr claim decision",
+        session.as_str(),
+        nonce,
+        enrollment.as_str(),
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0u8]);
     }
+    format!("pd_{}", hex::encode(&hash.finalize()[..16]))
+}
+
+/// The decision id of the claim of `session` for `enrollment`, once claimed.
+fn claimed_decision_id(
+    session: &QrSession,
+    enrollment: &tessera_protocol::ids::EnrollmentId,
+) -> Option<String> {
+    session
+        .nonce
+        .as_deref()
+        .map(|nonce| claim_decision_id(&session.id, nonce, enrollment))
+}
+
+/// The policy decision `status` reports: once claimed, the one the claim recorded for the user
+/// who answered (before an answer, for the first user offered); before any claim, the latest
+/// recorded for the session (a scan the policy refused).
+async fn session_policy(
+    ctx: &Ctx,
+    session: &QrSession,
+) -> Result<Option<tessera_protocol::policy::PolicyOutcome>, DomainError> {
+    let Some(nonce) = session.nonce.as_deref() else {
+        return super::policy::outcome_for(ctx, session.id.as_str()).await;
+    };
+    match session
+        .enrollment_id
+        .as_ref()
+        .or(session.candidates.first())
+    {
+        Some(enrollment) => {
+            super::policy::outcome_by_id(ctx, &claim_decision_id(&session.id, nonce, enrollment))
+                .await
+        }
+        None => Ok(None),
+    }
+}
+
+/// Records the decisions of a scan the policy refused outright (no user of the device may be
+/// asked): nothing is claimed, the refusal is on record.
+async fn record_refused_scan(
+    ctx: &Ctx,
+    session: &QrSession,
+    judged: &[Judged],
+) -> Result<(), DomainError> {
+    for j in judged {
+        if let Some(decided) = &j.decided {
+            super::policy::record(
+                ctx,
+                &session.application_id,
+                &j.enrollment.user_id,
+                Some(session.id.as_str()),
+                decided,
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The device `caller` claims the session its scanned code names, listing its enrollments; it
@@ -467,16 +575,18 @@ pub(crate) async fn claim(
     }
     // After the scan, before the user is asked: each candidate must have the application's
     // mandatory methods and be let through by its policy; the others are not offered.
-    let mut candidates = Vec::with_capacity(listed_candidates.len());
-    let mut refusal = None;
+    let mut judged = Vec::with_capacity(listed_candidates.len());
     for e in listed_candidates {
-        match admit_candidate(ctx, &session, &e).await {
-            Ok(()) => candidates.push(e),
-            Err(e @ DomainError::Refused { .. }) => refusal = Some(e),
-            Err(e) => return Err(e),
-        }
+        judged.push(judge_candidate(ctx, &session, e).await?);
     }
+    let candidates: Vec<&Enrollment> = judged
+        .iter()
+        .filter(|j| j.refusal.is_none())
+        .map(|j| &j.enrollment)
+        .collect();
     if candidates.is_empty() {
+        record_refused_scan(ctx, &session, &judged).await?;
+        let refusal = judged.iter_mut().rev().find_map(|j| j.refusal.take());
         return Err(refusal.unwrap_or_else(|| {
             DomainError::new(
                 ErrorCode::NoEligibleUser,
@@ -488,7 +598,7 @@ pub(crate) async fn claim(
         .await?
         .ok_or_else(not_found)?;
     let mut listed = Vec::with_capacity(candidates.len());
-    for e in &candidates {
+    for e in candidates.iter().copied() {
         let display_name = users::get(&ctx.db, &session.application_id, &e.user_id)
             .await?
             .and_then(|u| u.display_name);
@@ -518,21 +628,61 @@ pub(crate) async fn claim(
         .sign(MessageType::QrSessionContext, &context)
         .map_err(|_| internal())?;
     let ids: Vec<_> = candidates.iter().map(|c| c.enrollment_id.clone()).collect();
-    if !qr_sessions::claim(
-        &ctx.db,
-        &session.id,
-        &digest,
-        &caller.device_id,
-        &ids,
-        &context.nonce,
-        &signed,
-        now,
-    )
-    .await?
-    {
+    // The scan's decisions are recorded in the claim's own write, exactly when it wins: a scan
+    // that loses leaves none. Those that admitted a user are recorded under an id derived from
+    // the claim (its nonce) and the user's enrollment: the answer reads its user's by that id
+    // (whether it needs an App Attest assertion), the status the answering user's.
+    let mut decisions = Vec::new();
+    for j in &judged {
+        let Some(decided) = &j.decided else {
+            continue;
+        };
+        let (app, user, subject) = (
+            &session.application_id,
+            &j.enrollment.user_id,
+            Some(session.id.as_str()),
+        );
+        decisions.push(match j.refusal {
+            None => super::policy::recorded_with_id(
+                ctx,
+                app,
+                user,
+                subject,
+                decided,
+                claim_decision_id(&session.id, &context.nonce, &j.enrollment.enrollment_id),
+            )?,
+            Some(_) => super::policy::recorded_with(ctx, app, user, subject, decided)?,
+        });
+    }
+    let recorded_claim = qr_sessions::QrClaim {
+        device: &caller.device_id,
+        candidates: &ids,
+        nonce: &context.nonce,
+        signed_context: &signed,
+    };
+    let claimed = if decisions.is_empty() {
+        // One statement, committed when it returns.
+        qr_sessions::claim(ctx.db.writer(), &session.id, &digest, &recorded_claim, now).await?
+    } else {
+        let mut w = ctx.db.write().await?;
+        if qr_sessions::claim(&mut *w, &session.id, &digest, &recorded_claim, now).await? {
+            let queued = super::policy::record_in(&mut w, &decisions).await?;
+            let committed = w.commit().await?;
+            if queued.any(&committed) {
+                ctx.events.announce(&[Topic::WebhookOutbox]);
+            }
+            true
+        } else {
+            // On SQLite the claim that came first may be an earlier member of this write's
+            // group, not committed yet (`store/writer.rs`): the read below would not see it.
+            w.rollback_after_others().await?;
+            false
+        }
+    };
+    if !claimed {
         // Another claim came first: the same device's copy of this one (a retry sent while the
         // first was under way) gets its context; another device, or a code renewed or expired
-        // meanwhile, `already_scanned`. The claim is one statement, committed when it returns.
+        // meanwhile, `already_scanned`.
         let now_claimed = qr_sessions::by_token_digest(&ctx.db, &digest, now).await?;
         return now_claimed
             .and_then(|current| claimed_before(&current, caller))
@@ -635,19 +785,36 @@ pub(crate) async fn answer(
         return not_recorded(&session, &response);
     }
     // App Attest, as on the push answer path: an App Attested iOS enrollment proves its answer
-    // with an assertion (when it sends one, or the application or the scan's policy decision
-    // for this user asks for one). Its counter is taken in the answer's own write below.
+    // with an assertion (when it sends one, or the application or the policy decision the
+    // claim recorded for this user asks for one). Its counter is taken in the answer's own
+    // write below.
+    let recorded_decision = match claimed_decision_id(&session, &device.enrollment_id) {
+        Some(id) => {
+            super::policy::decision_asks_app_attest_assertion(ctx, &session.application_id, &id)
+                .await?
+        }
+        None => None,
+    };
+    let required_by_policy = match recorded_decision {
+        Some(asks) => asks,
+        // No decision under the claim's id: none was made (no policy at the scan), or the
+        // session was claimed by an instance of an earlier build, which recorded the scan's
+        // decisions under random ids; the user's latest on the session then speaks for it.
+        None => {
+            super::policy::recorded_asks_app_attest_assertion(
+                ctx,
+                &session.application_id,
+                &device.user_id,
+                session.id.as_str(),
+            )
+            .await?
+        }
+    };
     let assertion = AnswerAssertion {
         device: &device,
         assertion: response.app_attest_assertion.as_deref(),
         client_data_hash: response.app_attest_client_data_hash().ok(),
-        required_by_policy: super::policy::recorded_asks_app_attest_assertion(
-            ctx,
-            &session.application_id,
-            &device.user_id,
-            session.id.as_str(),
-        )
-        .await?,
+        required_by_policy,
         answered_id: session.id.as_str(),
         client_ip: client,
     };
@@ -854,7 +1021,19 @@ fn follow_up_request(
     now: i64,
     wanted: &[String],
 ) -> Result<Option<Authentication>, DomainError> {
-    let left = u32::try_from((session.expires_at - now).clamp(10, 900)).unwrap_or(120);
+    if policy == QrPolicy::None {
+        return Ok(None);
+    }
+    // The follow-up never outlives its session: the session must not read as expired (a final
+    // state) and then turn approved or denied when a follow-up answered later settles it.
+    let left = session.expires_at - now;
+    if left < MIN_FOLLOW_UP_SECONDS {
+        return Err(DomainError::new(
+            ErrorCode::QrSessionExpired,
+            "the QR session expires before its follow-up could be answered",
+        ));
+    }
+    let left = u32::try_from(left.min(900)).unwrap_or(120);
     let question = match policy {
         QrPolicy::None => return Ok(None),
         QrPolicy::ExtraVerification => Question {
@@ -928,7 +1107,7 @@ pub(crate) async fn settle_follow_up(
     else {
         return Ok(());
     };
-    if qr_sessions::settle_follow_up(&ctx.db, &authentication.id, next).await? {
+    if qr_sessions::settle_follow_up(&ctx.db, &authentication.id, next, ctx.now()).await? {
         tracing::info!(authentication_id = %authentication.id, state = next.as_str(), "QR follow-up settled");
         announce(ctx, &session.id).await;
         if let Some(flow) = &session.flow_id {

@@ -515,6 +515,18 @@ pub async fn latest_for_subject(
     row.as_ref().map(decision_from_row).transpose()
 }
 
+/// The decision recorded under `id` (its key), if any.
+pub async fn decision_by_id(db: &Database, id: &str) -> Result<Option<StoredDecision>, StoreError> {
+    let row = sqlx::query(
+        "SELECT request_kind, subject_id, policy_version, rule, action, effect, reason, inputs, \
+         methods, created_at FROM policy_decisions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(decision_from_row).transpose()
+}
+
 /// The latest decision recorded for `user` on `subject` (a QR session records one per user
 /// offered), if any.
 pub async fn latest_for_subject_and_user(

@@ -366,30 +366,42 @@ pub(crate) const CLAIM: &str = "UPDATE qr_sessions SET state = 'scanned', versio
     WHERE id = $5 AND token_digest = $6 AND state = 'created' AND expires_at > $7 \
     AND code_expires_at > $7";
 
+/// A device's claim of a session, as [`claim`] records it.
+pub struct QrClaim<'a> {
+    /// The device that claims.
+    pub device: &'a DeviceId,
+    /// The enrollments of that device that may answer.
+    pub candidates: &'a [EnrollmentId],
+    /// The nonce of the signed context.
+    pub nonce: &'a str,
+    /// The signed context the device is given.
+    pub signed_context: &'a str,
+}
+
 /// Records the device that claimed the session (one conditional update: of racing devices,
-/// one wins). The token text is cleared: the code is spent.
-#[allow(clippy::too_many_arguments)]
-pub async fn claim(
-    db: &Database,
+/// one wins), on `executor` (the write that records the claim's policy decisions with it, or
+/// the writer). The token text is cleared: the code is spent.
+pub async fn claim<'e, E>(
+    executor: E,
     id: &QrSessionId,
     token_digest: &str,
-    device: &DeviceId,
-    candidates: &[EnrollmentId],
-    nonce: &str,
-    signed_context: &str,
+    claim: &QrClaim<'_>,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let candidates =
-        serde_json::to_string(candidates).map_err(|_| StoreError::Corrupted("candidates"))?;
+        serde_json::to_string(claim.candidates).map_err(|_| StoreError::Corrupted("candidates"))?;
     let done = sqlx::query(CLAIM)
-        .bind(device.as_str())
+        .bind(claim.device.as_str())
         .bind(candidates)
-        .bind(nonce)
-        .bind(signed_context)
+        .bind(claim.nonce)
+        .bind(claim.signed_context)
         .bind(id.as_str())
         .bind(token_digest)
         .bind(now)
-        .execute(db.writer())
+        .execute(executor)
         .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -469,19 +481,22 @@ where
     Ok(done.rows_affected() == 1)
 }
 
-/// The conditional update of [`settle_follow_up`].
+/// The conditional update of [`settle_follow_up`]: only a session that has not expired, since
+/// one past its expiry already reads as expired, a final state.
 pub(crate) const SETTLE_FOLLOW_UP: &str = "UPDATE qr_sessions SET state = $1, version = version + 1 \
-    WHERE follow_up_id = $2 AND state = 'verifying'";
+    WHERE follow_up_id = $2 AND state = 'verifying' AND expires_at > $3";
 
-/// Completes a session that waited for its follow-up.
+/// Completes a session that waited for its follow-up, if it has not expired by `now`.
 pub async fn settle_follow_up(
     db: &Database,
     follow_up: &AuthenticationId,
     state: QrSessionState,
+    now: i64,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(SETTLE_FOLLOW_UP)
         .bind(state.as_str())
         .bind(follow_up.as_str())
+        .bind(now)
         .execute(db.writer())
         .await?;
     Ok(done.rows_affected() == 1)

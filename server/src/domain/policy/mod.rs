@@ -547,7 +547,7 @@ pub(crate) async fn record(
     subject: Option<&str>,
     decided: &Decided,
 ) -> Result<(), DomainError> {
-    let decision = Recorded::of(ctx, app, user, subject, decided);
+    let decision = Recorded::of(ctx, app, user, subject, decided, new_decision_id());
     policies::record_decision(&ctx.db, &decision.row()).await?;
     crate::domain::audit::policy_decided(ctx, &decision.audit()).await;
     Ok(())
@@ -578,10 +578,57 @@ pub(crate) fn recorded_with<'a>(
     subject: Option<&'a str>,
     decided: &'a Decided,
 ) -> Result<RecordedWith<'a>, DomainError> {
-    let recorded = Recorded::of(ctx, app, user, subject, decided);
+    recorded_with_id(ctx, app, user, subject, decided, new_decision_id())
+}
+
+/// [`recorded_with`] under the id `id`, which the caller derives from what the decision is
+/// bound to (a QR claim's decisions are found again by their claim: see `domain::qr`). The id
+/// must be unique: it is the row's key.
+pub(crate) fn recorded_with_id<'a>(
+    ctx: &Ctx,
+    app: &'a ApplicationId,
+    user: &'a UserId,
+    subject: Option<&'a str>,
+    decided: &'a Decided,
+    id: String,
+) -> Result<RecordedWith<'a>, DomainError> {
+    let recorded = Recorded::of(ctx, app, user, subject, decided, id);
     let event = crate::domain::audit::policy_decided_event(&recorded.audit());
     let audit = crate::domain::audit::appended(ctx, vec![event])?;
     Ok(RecordedWith { recorded, audit })
+}
+
+/// Records `decisions` (each row and its audit record) inside the caller's write `w`, so they
+/// commit or roll back with the change they were made for. Whether webhook deliveries were
+/// queued is known once `w` committed ([`crate::domain::audit::Queued::any`]).
+pub(crate) async fn record_in(
+    w: &mut crate::store::Write<'_>,
+    decisions: &[RecordedWith<'_>],
+) -> Result<crate::domain::audit::Queued, DomainError> {
+    let mut tickets = Vec::new();
+    for decision in decisions {
+        policies::record_decision_deferred(w, &decision.row()).await?;
+        for appended in &decision.audit {
+            tickets.extend(
+                crate::store::audit::append_deferred(
+                    w,
+                    &appended.record,
+                    appended.deliveries.as_ref(),
+                )
+                .await?,
+            );
+        }
+    }
+    Ok(crate::store::audit::AppendedQueue {
+        tickets,
+        queued: false,
+    }
+    .into())
+}
+
+/// A new random decision id.
+fn new_decision_id() -> String {
+    format!("pd_{:032x}", rand::rngs::OsRng.r#gen::<u128>())
 }
 
 /// A decision as it is recorded: its row and its audit record.
@@ -604,9 +651,10 @@ impl<'a> Recorded<'a> {
         user: &'a UserId,
         subject: Option<&'a str>,
         decided: &'a Decided,
+        id: String,
     ) -> Self {
         Recorded {
-            id: format!("pd_{:032x}", rand::rngs::OsRng.r#gen::<u128>()),
+            id,
             app,
             user,
             subject,
@@ -778,9 +826,31 @@ pub(crate) async fn recorded_asks_app_attest_assertion(
     user: &UserId,
     subject: &str,
 ) -> Result<bool, DomainError> {
-    let Some(d) = policies::latest_for_subject_and_user(&ctx.db, subject, user).await? else {
-        return Ok(false);
-    };
+    match policies::latest_for_subject_and_user(&ctx.db, subject, user).await? {
+        Some(d) => asks_app_attest_assertion(ctx, app, &d).await,
+        None => Ok(false),
+    }
+}
+
+/// Whether the decision recorded under `id` asks answers for an App Attest assertion (as
+/// [`recorded_asks_app_attest_assertion`] judges one), or `None` when no decision has that id.
+pub(crate) async fn decision_asks_app_attest_assertion(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    id: &str,
+) -> Result<Option<bool>, DomainError> {
+    match policies::decision_by_id(&ctx.db, id).await? {
+        Some(d) => Ok(Some(asks_app_attest_assertion(ctx, app, &d).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Whether the recorded decision `d` asks for an App Attest assertion.
+async fn asks_app_attest_assertion(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    d: &policies::StoredDecision,
+) -> Result<bool, DomainError> {
     if d.effect != "require" {
         return Ok(false);
     }
@@ -819,15 +889,27 @@ pub(crate) async fn outcome_for(
     ctx: &Ctx,
     subject: &str,
 ) -> Result<Option<tessera_protocol::policy::PolicyOutcome>, DomainError> {
-    let Some(d) = policies::latest_for_subject(&ctx.db, subject).await? else {
-        return Ok(None);
-    };
+    Ok(policies::latest_for_subject(&ctx.db, subject)
+        .await?
+        .map(outcome_of))
+}
+
+/// The decision recorded under `id`, if any, as answered with its subject.
+pub(crate) async fn outcome_by_id(
+    ctx: &Ctx,
+    id: &str,
+) -> Result<Option<tessera_protocol::policy::PolicyOutcome>, DomainError> {
+    Ok(policies::decision_by_id(&ctx.db, id).await?.map(outcome_of))
+}
+
+/// A recorded decision as answered with its subject.
+fn outcome_of(d: policies::StoredDecision) -> tessera_protocol::policy::PolicyOutcome {
     let effect = match d.effect.as_str() {
         "approve" => PolicyEffect::Approve,
         "require" => PolicyEffect::Require,
         _ => PolicyEffect::Deny,
     };
-    Ok(Some(tessera_protocol::policy::PolicyOutcome {
+    tessera_protocol::policy::PolicyOutcome {
         version: d.policy_version,
         rule: d.rule,
         action: d.action,
@@ -836,7 +918,7 @@ pub(crate) async fn outcome_for(
         methods: stored_methods(&d.methods),
         // Not kept with recorded decisions: it acts on the request's own copy of the outcome.
         app_attest_assertion: false,
-    }))
+    }
 }
 
 /// The methods of a recorded decision, as stored (comma-separated names; a name this build

@@ -17,6 +17,7 @@ use tessera_protocol::qr::{QrResponse, QrSessionContext, QrSessionState, QrUri};
 use super::{answer, claim, create_session, status};
 use crate::clock::Clock;
 use crate::domain::testing::{TestDevice, TestDomain, joined, sent_at_once};
+use tessera_protocol::ids::UserId;
 
 const CLIENT: &str = "198.51.100.7";
 
@@ -321,6 +322,219 @@ async fn copies_of_one_answer_with_a_follow_up_all_get_its_outcome() {
             assert!(recorded.iter().all(|r| *r == recorded[0]), "{recorded:?}");
             assert_eq!(recorded[0].state, QrSessionState::Verifying);
             assert!(recorded[0].follow_up.is_some());
+        }
+    }
+}
+
+/// A new phone of `user` reporting `os_name`, holding an App Attest key (as a pairing App
+/// Attested by a registered app leaves it; whether the key is genuine does not matter here:
+/// answers carry no assertion, and only whether one is asked for is looked at).
+async fn app_attest_phone(domain: &TestDomain, user: &UserId, os_name: &str) -> TestDevice {
+    let mut phone = domain.device_of(user, false).await;
+    let device_info = tessera_protocol::pairing::DeviceInfo {
+        os_name: os_name.into(),
+        ..phone.enrollment.device_info.clone()
+    };
+    sqlx::query(
+        "UPDATE enrollments SET device_info = $1, app_attest_public_key = $2, \
+         app_attest_counter = 0 WHERE enrollment_id = $3",
+    )
+    .bind(serde_json::to_string(&device_info).expect("encoded"))
+    .bind("BAECAwQF")
+    .bind(phone.enrollment.enrollment_id.as_str())
+    .execute(domain.ctx.db.writer())
+    .await
+    .expect("updated");
+    phone.enrollment =
+        crate::store::enrollments::by_id(&domain.ctx.db, &phone.enrollment.enrollment_id)
+            .await
+            .expect("read")
+            .expect("stored");
+    phone
+}
+
+/// The application asks App Attested iOS phones' answers for an App Attest assertion by policy
+/// (rule `ios`), and other phones' for none (its attestation mode `report` asks for none).
+async fn assertions_asked_of_iphones(domain: &TestDomain) {
+    let policy = serde_json::from_value(serde_json::json!({
+        "rules": [{
+            "name": "ios",
+            "when": {"platforms": ["ios"]},
+            "then": {"action": "require", "methods": ["mobile_push"], "app_attest_assertion": true}
+        }],
+        "default": {"action": "require", "methods": ["mobile_push"]}
+    }))
+    .expect("a policy");
+    crate::domain::policy::save(&domain.ctx, &domain.app.id, &policy)
+        .await
+        .expect("saved");
+    let settings = tessera_protocol::api::AttestationSettings {
+        mode: tessera_protocol::api::AttestationMode::Report,
+        ..Default::default()
+    };
+    assert!(
+        crate::store::applications::set_attestation_settings(
+            &domain.ctx.db,
+            &domain.app.id,
+            &settings
+        )
+        .await
+        .expect("set")
+    );
+}
+
+/// One user's iPhone and Android phone scan one code at once (the clock stands still: every
+/// decision is recorded in the same second). Each scan is decided for its own phone; whichever
+/// claims the session, its answer needs an App Attest assertion exactly when its own decision
+/// asked for one, and the session reports that decision: the losing scan's decision is not the
+/// session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_one_user_s_phones_scanning_at_once_the_winner_s_own_decision_holds() {
+    for domain in TestDomain::each_engine().await {
+        assertions_asked_of_iphones(&domain).await;
+        let user = domain.user("ivy").await;
+        let iphone = app_attest_phone(&domain, &user, "iOS").await;
+        let android = app_attest_phone(&domain, &user, "Android").await;
+        let phones = [&iphone, &android];
+        let mut wins = [0usize; 2];
+        for round in 0..24 {
+            let created = session(&domain).await;
+            // Each phone goes first in every other round.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let claims: Vec<_> = order
+                .iter()
+                .map(|&n| {
+                    let phone = phones[n];
+                    let (ctx, enrollment, request) = (
+                        domain.ctx.clone(),
+                        phone.enrollment.clone(),
+                        scanned(&created, phone),
+                    );
+                    tokio::spawn(async move { claim(&ctx, &enrollment, request).await })
+                })
+                .collect();
+            let claims = joined(claims).await;
+            assert_eq!(
+                claims.iter().filter(|c| c.is_ok()).count(),
+                1,
+                "round {round}: {claims:?}"
+            );
+            let first = claims.iter().position(Result::is_ok).expect("a winner");
+            let winner = order[first];
+            wins[winner] += 1;
+            let signed = claims[first].as_ref().expect("claimed").context.clone();
+            let context: QrSessionContext = domain.verified(&signed, MessageType::QrSessionContext);
+            let id = created.session_id.to_string();
+            let scanned_status = status(&domain.ctx, &domain.app.id, &id, Duration::ZERO)
+                .await
+                .expect("status");
+            let recorded: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM policy_decisions WHERE subject_id = $1")
+                    .bind(&id)
+                    .fetch_one(domain.ctx.db.pool())
+                    .await
+                    .expect("counted");
+            assert_eq!(
+                recorded, 1,
+                "round {round}: only the claim's decision is recorded"
+            );
+            let asks_assertion = winner == 0;
+            assert_eq!(
+                scanned_status.policy.map(|p| p.rule),
+                Some(if asks_assertion { "ios" } else { "default" }.to_string()),
+                "round {round}: the session reports its claim's decision"
+            );
+            let answer_signed = answered(
+                phones[winner],
+                &context,
+                Decision::Approve,
+                &context.context,
+                domain.clock.now(),
+            );
+            let answered = answer(&domain.ctx, &id, &answer_signed, CLIENT).await;
+            if asks_assertion {
+                assert_eq!(
+                    answered.expect_err("an assertion is asked for").code(),
+                    Some(ErrorCode::AppAttestAssertionRequired),
+                    "round {round}: the iPhone claimed"
+                );
+            } else {
+                assert_eq!(
+                    answered.expect("no assertion is asked for").state,
+                    QrSessionState::Approved,
+                    "round {round}: the Android phone claimed"
+                );
+            }
+        }
+        println!(
+            "{:?}: the iPhone claimed {} rounds, the Android phone {}",
+            domain.ctx.db.engine(),
+            wins[0],
+            wins[1]
+        );
+    }
+}
+
+/// Under user approval the push that follows an approval never outlives its session: answered
+/// 15 seconds before the session's end it lasts as long as the session; 5 seconds before,
+/// there is no time for a push and the answer is refused as expired. A session read as
+/// expired (final) stays expired, however its push is answered afterwards.
+#[tokio::test]
+async fn a_follow_up_never_outlives_its_session() {
+    for domain in TestDomain::each_engine().await {
+        ask_users_after_the_scan(&domain).await;
+        for (n, left) in [15u64, 5].into_iter().enumerate() {
+            let (_, phone) = domain.user_with_device(&format!("lena-{n}")).await;
+            let created = create_session(
+                &domain.ctx,
+                &domain.app,
+                CreateQrSession {
+                    expires_in: Some(30),
+                    ..CreateQrSession::default()
+                },
+            )
+            .await
+            .expect("a session");
+            let id = created.session_id.to_string();
+            let context = claimed(&domain, &created, &phone).await;
+            domain.clock.advance(Duration::from_secs(30 - left));
+            let signed = answered(
+                &phone,
+                &context,
+                Decision::Approve,
+                &context.context,
+                domain.clock.now(),
+            );
+            let follow_up = match answer(&domain.ctx, &id, &signed, CLIENT).await {
+                Ok(recorded) => recorded.follow_up.expect("a push follows"),
+                Err(refused) => {
+                    assert_eq!(refused.code(), Some(ErrorCode::QrSessionExpired), "{left}");
+                    assert_eq!(left, 5, "only an answer too late for a push is refused");
+                    continue;
+                }
+            };
+            let request = domain.pulled(&phone, &follow_up).await;
+            domain.clock.advance(Duration::from_secs(left));
+            let read = status(&domain.ctx, &domain.app.id, &id, Duration::ZERO)
+                .await
+                .expect("status");
+            assert_eq!(
+                read.state,
+                QrSessionState::Expired,
+                "{left}: the session ended"
+            );
+            // The push answered once the session ended (refused if it ended with it).
+            let _ = domain
+                .answered_by(&phone, &request, Decision::Approve)
+                .await;
+            let read = status(&domain.ctx, &domain.app.id, &id, Duration::ZERO)
+                .await
+                .expect("status");
+            assert_eq!(
+                read.state,
+                QrSessionState::Expired,
+                "{left}: an expired session stays expired"
+            );
         }
     }
 }
