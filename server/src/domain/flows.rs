@@ -433,12 +433,15 @@ async fn move_to(
         "flow moved"
     );
     ctx.events.announce(&[Topic::Flow(stored.id.to_string())]);
-    if status.is_final()
-        && held_for_passcode(&data)
-        && let Some(pairing) = &data.pairing
-        && let Err(e) = pairing::reject_held(ctx, &pairing.enrollment_id).await
-    {
-        tracing::warn!(error = %e, flow_id = %stored.id, "could not reject the flow's held device");
+    if status.is_final() {
+        // A device held for a passcode is rejected however the flow ends: also by a move whose
+        // own data no longer shows the hold (a QR approval drops the passcode step), so the
+        // flow as it stood before the move is looked at too.
+        for held in held_pairings(&flow.data, &data) {
+            if let Err(e) = pairing::reject_held(ctx, held).await {
+                tracing::warn!(error = %e, flow_id = %stored.id, "could not reject the flow's held device");
+            }
+        }
     }
     if status.is_final()
         && let Some(qr_session) = &data.qr
@@ -1078,6 +1081,16 @@ pub(crate) async fn act(
         .filter(|p| flow.data.push.as_ref() != Some(*p))
         .map(|p| p.authentication_id.clone());
     let new_qr = data.qr.clone().filter(|q| flow.data.qr.as_ref() != Some(q));
+    // A device this action paired and holds for a passcode (`authenticate` with a mobile
+    // payload): rejected if the move is lost, as nothing would ever approve or reject it.
+    let new_held = data
+        .pairing
+        .as_ref()
+        .filter(|p| {
+            held_for_passcode(&data)
+                && flow.data.pairing.as_ref().map(|q| &q.enrollment_id) != Some(&p.enrollment_id)
+        })
+        .map(|p| p.enrollment_id.clone());
     let moved = move_to(ctx, &claimed, name, status, data).await?;
     claim.ended_by_move();
     match moved {
@@ -1100,6 +1113,9 @@ pub(crate) async fn act(
             }
             if let Some(qr) = &new_qr {
                 super::qr::withdraw_for_flow(ctx, qr).await?;
+            }
+            if let Some(held) = &new_held {
+                pairing::reject_held(ctx, held).await?;
             }
             let latest = refresh(ctx, reload(ctx, &claimed).await?).await?;
             if latest.status.is_final() {
@@ -1337,6 +1353,20 @@ async fn authenticate(
         ));
     }
     start(ctx, app, flow, data).await
+}
+
+/// The devices held for a passcode by a flow that moves from `before` to `after`: each once.
+fn held_pairings<'a>(before: &'a Data, after: &'a Data) -> Vec<&'a EnrollmentId> {
+    let mut held: Vec<&EnrollmentId> = Vec::new();
+    for data in [before, after] {
+        if held_for_passcode(data)
+            && let Some(pairing) = &data.pairing
+            && !held.contains(&&pairing.enrollment_id)
+        {
+            held.push(&pairing.enrollment_id);
+        }
+    }
+    held
 }
 
 /// Whether the flow's new device waits for a passcode sent to the user's phone or email.

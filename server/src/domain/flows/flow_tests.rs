@@ -148,3 +148,139 @@ async fn an_unanswered_push_times_the_flow_out_and_a_canceled_flow_takes_no_answ
         assert_eq!(read.status, FlowStatus::Canceled);
     }
 }
+
+/// The flow `id` as it stands once it holds `held` (a new device of its user) for a passcode
+/// sent by email, as `authenticate` with a mobile payload leaves it, while it shows the QR code
+/// of `qr` (if any).
+async fn holding_for_a_passcode(
+    domain: &TestDomain,
+    id: &str,
+    held: &TestDevice,
+    qr: Option<tessera_protocol::qr::QrSessionId>,
+) {
+    sqlx::query("UPDATE enrollments SET status = 'pending_verification' WHERE enrollment_id = $1")
+        .bind(held.enrollment.enrollment_id.as_str())
+        .execute(domain.ctx.db.writer())
+        .await
+        .expect("held");
+    let flow = super::load(&domain.ctx, &domain.app.id, id)
+        .await
+        .expect("loaded");
+    let mut data = flow.data.clone();
+    data.pairing = Some(tessera_protocol::flows::FlowPairing {
+        enrollment_id: held.enrollment.enrollment_id.clone(),
+        server_payload: String::new(),
+        state: "pending_verification".into(),
+    });
+    data.otp = Some(super::OtpStep {
+        source: tessera_protocol::flows::FlowOtpSource::Email,
+        destination: None,
+        authentication_id: None,
+        challenge_id: Some("a challenge".into()),
+    });
+    data.qr = qr;
+    super::move_to(
+        &domain.ctx,
+        &flow,
+        "authenticate",
+        FlowStatus::MobilePairingRequired,
+        data,
+    )
+    .await
+    .expect("moved")
+    .expect("not raced");
+}
+
+/// The status of `device`'s enrollment as stored.
+async fn enrollment_status(
+    domain: &TestDomain,
+    device: &TestDevice,
+) -> tessera_protocol::api::EnrollmentState {
+    crate::store::enrollments::by_id(&domain.ctx.db, &device.enrollment.enrollment_id)
+        .await
+        .expect("read")
+        .expect("stored")
+        .status
+}
+
+/// A flow holds a new device for a passcode while it shows a QR code, and the user's phone
+/// approves the code: the flow completes, and the device held for the passcode nobody will
+/// check any more is rejected (the QR approval's move drops the passcode step from the flow).
+#[tokio::test]
+async fn a_qr_approval_ending_a_flow_rejects_the_device_it_held_for_a_passcode() {
+    use tessera_protocol::qr::{QrResponse, QrSessionContext, QrUri};
+    for domain in TestDomain::each_engine().await {
+        let (user, phone) = domain.user_with_device("mia").await;
+        let held = domain.device_of(&user, false).await;
+        let flow = flow_for(&domain, &user).await;
+        let id = flow.id.to_string();
+        let qr = crate::domain::qr::create_for_flow(
+            &domain.ctx,
+            crate::domain::qr::FlowQrRequest {
+                application_id: &domain.app.id,
+                flow_id: &flow.id,
+                user_id: &user,
+                context: tessera_protocol::authentication::AccessContext {
+                    application_name: domain.app.name.clone(),
+                    ..Default::default()
+                },
+                expires_at: flow.expires_at,
+            },
+        )
+        .await
+        .expect("a QR session");
+        holding_for_a_passcode(&domain, &id, &held, Some(qr.clone())).await;
+        let shown = crate::domain::qr::flow_view(&domain.ctx, &flow.id, &qr, false)
+            .await
+            .expect("read")
+            .expect("shown");
+        let uri = QrUri::parse(&shown.qr_uri.expect("a code")).expect("a QR URI");
+        let claimed = crate::domain::qr::claim(
+            &domain.ctx,
+            &phone.enrollment,
+            tessera_protocol::api::ClaimQrSession {
+                token: uri.token.expose().to_string(),
+                enrollment_ids: vec![phone.enrollment.enrollment_id.clone()],
+            },
+        )
+        .await
+        .expect("claimed");
+        let context: QrSessionContext = domain.verified(
+            &claimed.context,
+            tessera_protocol::envelope::MessageType::QrSessionContext,
+        );
+        let response = QrResponse {
+            v: tessera_protocol::PROTOCOL_VERSION,
+            session_id: context.session_id.clone(),
+            enrollment_id: phone.enrollment.enrollment_id.clone(),
+            session_nonce: context.nonce.clone(),
+            decision: Decision::Approve,
+            context_digest: tessera_protocol::canonical::Sha256Digest::of_canonical(
+                &context.context,
+            )
+            .expect("digest"),
+            amr: vec!["fpt".into()],
+            signals: Default::default(),
+            location: None,
+            device: None,
+            issued_at: domain.clock.now(),
+            app_attest_assertion: None,
+        };
+        let signed = tessera_protocol::envelope::sign(
+            tessera_protocol::envelope::MessageType::QrResponse,
+            &response,
+            &phone.user_verification,
+        )
+        .expect("signed");
+        crate::domain::qr::answer(&domain.ctx, qr.as_str(), &signed, "198.51.100.7")
+            .await
+            .expect("approved");
+        let read = get(&domain.ctx, &domain.app.id, &id).await.expect("read");
+        assert_eq!(read.status, FlowStatus::MfaCompleted);
+        assert_eq!(
+            enrollment_status(&domain, &held).await,
+            tessera_protocol::api::EnrollmentState::Rejected,
+            "the held device is rejected with the flow's end"
+        );
+    }
+}
