@@ -180,27 +180,87 @@ pub(crate) async fn settle_verification(
     ctx: &Ctx,
     authentication: &Authentication,
 ) -> Result<(), DomainError> {
-    let changed = match authentication.state {
-        AuthenticationState::Pending => None,
-        AuthenticationState::Approved => {
-            enrollments::activate_verified(&ctx.db, &authentication.id).await?
-        }
-        AuthenticationState::Denied
-        | AuthenticationState::Expired
-        | AuthenticationState::Failed => {
-            enrollments::reject_verified(&ctx.db, &authentication.id).await?
-        }
+    let (changed, state) = match authentication.state {
+        AuthenticationState::Expired => match settle_expiry(ctx, authentication).await? {
+            Some(changed) => (changed, authentication.state),
+            None => {
+                // Answered before its expiry could be claimed: the answer settles it.
+                match authentications::get(&ctx.db, &authentication.id, ctx.now()).await? {
+                    Some(answered) => (settle_ended(ctx, &answered).await?, answered.state),
+                    None => (None, authentication.state),
+                }
+            }
+        },
+        _ => (
+            settle_ended(ctx, authentication).await?,
+            authentication.state,
+        ),
     };
     if let Some(enrollment) = changed {
         tracing::info!(
             authentication_id = %authentication.id,
             enrollment_id = %enrollment,
-            state = authentication.state.as_str(),
+            state = state.as_str(),
             "new device verification settled"
         );
         announce(ctx, &enrollment).await;
     }
     Ok(())
+}
+
+/// Applies a verification request's stored outcome (approved, denied, failed) to the enrollment
+/// waiting for it: the enrollment that changed, if any. An expiry is not stored: it is applied
+/// only once claimed ([`settle_expiry`]).
+async fn settle_ended(
+    ctx: &Ctx,
+    authentication: &Authentication,
+) -> Result<Option<EnrollmentId>, DomainError> {
+    Ok(match authentication.state {
+        AuthenticationState::Pending | AuthenticationState::Expired => None,
+        AuthenticationState::Approved => {
+            enrollments::activate_verified(&ctx.db, &authentication.id).await?
+        }
+        AuthenticationState::Denied | AuthenticationState::Failed => {
+            enrollments::reject_verified(&ctx.db, &authentication.id).await?
+        }
+    })
+}
+
+/// Rejects the enrollment whose verification request read as expired, once its expiry is
+/// claimed (`enrollments::claim_verification_expiry`), in the write that claims it and records
+/// it (what the expiry sweep would have recorded). A read of the clock alone is not final: the
+/// primary device's approval, its time read just before the expiry, may be recorded after it,
+/// and the new device would be rejected while its request ends approved. `Some`: the expiry
+/// stands (with the enrollment it rejected, if any); `None`: the request was answered first.
+async fn settle_expiry(
+    ctx: &Ctx,
+    authentication: &Authentication,
+) -> Result<Option<Option<EnrollmentId>>, DomainError> {
+    let mut w = ctx.db.write().await?;
+    let claimed = match enrollments::claim_verification_expiry(
+        &mut w,
+        &authentication.id,
+        ctx.now(),
+    )
+    .await?
+    {
+        enrollments::VerificationExpiry::Claimed(record) => Some(record),
+        enrollments::VerificationExpiry::AlreadyFinal => None,
+        enrollments::VerificationExpiry::NotExpired => return Ok(None),
+    };
+    let queued = match &claimed {
+        Some(record) => {
+            let events = super::audit::ending_events(record);
+            Some(super::audit::append_deferred(ctx, &mut w, events).await?)
+        }
+        None => None,
+    };
+    let rejected = enrollments::reject_verified_in(&mut w, &authentication.id).await?;
+    let committed = w.commit().await?;
+    if queued.is_some_and(|queued| queued.any(&committed)) {
+        ctx.events.announce(&[Topic::WebhookOutbox]);
+    }
+    Ok(Some(rejected))
 }
 
 /// Wakes the waiters on a pending enrollment that was just activated or rejected.

@@ -84,16 +84,21 @@ pub(crate) async fn enrollment_status(
     Ok(status_of(latest.unwrap_or(current)))
 }
 
-/// The (authenticated) device unpairs itself.
+/// The (authenticated) device unpairs itself. Unpaired meanwhile by another call (the
+/// customer's, or a copy of this one), it is answered the same, and nothing more is recorded:
+/// the unpairing that removed it recorded its removal.
 pub(crate) async fn unpair(ctx: &Ctx, enrollment: &Enrollment) -> Result<(), DomainError> {
-    let unpaired = enrollments::delete(
+    let Some(unpaired) = enrollments::delete(
         &ctx.db,
         &enrollment.application_id,
         None,
         &enrollment.enrollment_id,
     )
     .await?
-    .unwrap_or_default();
+    else {
+        tracing::info!(enrollment_id = %enrollment.enrollment_id, "device unpaired itself: already unpaired");
+        return Ok(());
+    };
     outcome::failed(ctx, &unpaired.failed).await?;
     super::audit::device_removed(
         ctx,
@@ -311,4 +316,57 @@ pub(crate) async fn set_primary(
         .map(Enrollment::record)
         .collect();
     Ok(DeviceList { devices })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::testing::{TestDomain, sent_at_once};
+
+    /// How many `device.removed` records name `enrollment`.
+    async fn removals_recorded(domain: &TestDomain, enrollment: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE kind = 'device.removed' AND device_id = $1",
+        )
+        .bind(enrollment)
+        .fetch_one(domain.ctx.db.pool())
+        .await
+        .expect("count")
+    }
+
+    /// A device that unpairs itself again (a retry after a lost reply, or copies sent at once)
+    /// is answered as the first time, and its removal is recorded (and sent to the customer's
+    /// webhook) once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_device_unpairing_itself_again_records_its_removal_once() {
+        for domain in TestDomain::each_engine().await {
+            let engine = domain.ctx.db.engine();
+            let (_, phone) = domain.user_with_device("quinn").await;
+            super::unpair(&domain.ctx, &phone.enrollment)
+                .await
+                .expect("unpaired");
+            super::unpair(&domain.ctx, &phone.enrollment)
+                .await
+                .expect("answered as before");
+            let id = phone.enrollment.enrollment_id.to_string();
+            assert_eq!(
+                removals_recorded(&domain, &id).await,
+                1,
+                "{engine:?}: a retry"
+            );
+
+            let (_, tablet) = domain.user_with_device("rosa").await;
+            let answers = sent_at_once(4, || {
+                let (ctx, enrollment) = (domain.ctx.clone(), tablet.enrollment.clone());
+                async move { super::unpair(&ctx, &enrollment).await }
+            })
+            .await;
+            assert!(answers.iter().all(Result::is_ok), "{engine:?}: {answers:?}");
+            let id = tablet.enrollment.enrollment_id.to_string();
+            assert_eq!(
+                removals_recorded(&domain, &id).await,
+                1,
+                "{engine:?}: copies sent at once"
+            );
+        }
+    }
 }

@@ -398,10 +398,13 @@ async fn create_enrollment(
             )
             .await?;
             failed = replaced_requests;
-            (
-                was_primary || !enrollments::has_primary(w, &app.id, user_id).await?,
-                None,
-            )
+            // A device held for a passcode is not active, so never primary: it would keep the
+            // flag if the flow rejected it, and the user's later devices would find a primary
+            // device, none active to verify them, and pair unverified. Whether it becomes
+            // primary is decided when it is activated (`enrollments::set_held_status`).
+            let is_primary = !hold_for_passcode
+                && (was_primary || !enrollments::has_primary(w, &app.id, user_id).await?);
+            (is_primary, None)
         }
     };
     // The enrollment's OTP seed, sealed to the device's transport key.
@@ -622,13 +625,16 @@ async fn pair_with_code(
     let mut tx = ctx.db.write().await?;
     // The user first, then the code: the pairing's choice of primary device takes turns with
     // every other write that makes one for the user (`store::users::lock`), and a user deleted
-    // meanwhile (their codes with them) gets nothing paired.
-    if super::users::lock_in(&mut tx, &app_id, &user_id, UserLock::TakesTurns)
-        .await
-        .is_err()
-    {
-        drop(tx);
-        return not_consumable(ctx, &code_digest, &registration_digest).await;
+    // meanwhile (their codes with them) gets nothing paired. Only a user not found makes the
+    // code not consumable: any other error is the storage's, passed up as it is, and no failed
+    // guess is counted for it (`pair_device` gives the attempt back).
+    match super::users::lock_in(&mut tx, &app_id, &user_id, UserLock::TakesTurns).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(ErrorCode::UserNotFound) => {
+            drop(tx);
+            return not_consumable(ctx, &code_digest, &registration_digest).await;
+        }
+        Err(e) => return Err(e),
     }
     let consumed = pairing_codes::consume(&mut tx, &code_digest, &registration_digest, now).await?;
     if let Some(taken) = consumed {
@@ -882,7 +888,8 @@ fn payload_replayed() -> DomainError {
 }
 
 /// Activates a new device a flow held for passcode approval (the passcode was right); false if
-/// it is no longer held (rejected, or activated meanwhile). Wakes whoever waits on it.
+/// it is no longer held (rejected, or activated meanwhile). It becomes the user's primary device
+/// if they have no active one by then. Wakes whoever waits on it.
 pub(crate) async fn approve_held(ctx: &Ctx, id: &EnrollmentId) -> Result<bool, DomainError> {
     let done = enrollments::set_held_status(&ctx.db, id, EnrollmentState::Active).await?;
     if done {

@@ -236,7 +236,8 @@ pub async fn delete_same_device(
         .collect();
     let rows = sqlx::query(
         "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
-         AND device_key_thumbprint = $4 AND registration_digest <> $5 RETURNING is_primary",
+         AND device_key_thumbprint = $4 AND registration_digest <> $5 \
+         RETURNING is_primary, status",
     )
     .bind(app.as_str())
     .bind(user.as_str())
@@ -245,11 +246,7 @@ pub async fn delete_same_device(
     .bind(registration_digest)
     .fetch_all(&mut *conn)
     .await?;
-    let mut was_primary = false;
-    for r in &rows {
-        was_primary |= r.try_get::<i64, _>("is_primary")? != 0;
-    }
-    Ok((was_primary, failed))
+    Ok((replaced_the_primary(&rows)?, failed))
 }
 
 /// The user's active enrollments (in the pairing transaction), oldest first: what a device
@@ -270,14 +267,31 @@ pub async fn active_for_user(
     rows.iter().map(from_row).collect()
 }
 
-/// Whether the user has a primary device.
+/// Whether deleted enrollments (rows `RETURNING is_primary, status`) held the user's primary
+/// device: only an active one counts. A flag left on a device that never became active (stored
+/// before non-active devices were kept from it) must not pass to its replacement, or the user
+/// would have two primary devices.
+fn replaced_the_primary(rows: &[sqlx::any::AnyRow]) -> Result<bool, sqlx::Error> {
+    let mut was_primary = false;
+    for r in rows {
+        let active = r.try_get::<String, _>("status")? == EnrollmentState::Active.as_str();
+        was_primary |= active && r.try_get::<i64, _>("is_primary")? != 0;
+    }
+    Ok(was_primary)
+}
+
+/// Whether the user has an active primary device. A device pending verification (by the
+/// primary device, or held for a passcode) or rejected is never primary: were it counted, a
+/// user whose only "primary" was such a device would have no device to verify new ones, and
+/// every later device would pair without approval.
 pub async fn has_primary(
     conn: &mut crate::store::WriteConn<'_>,
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<bool, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 AND is_primary = 1",
+        "SELECT 1 AS one FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+         AND is_primary = 1 AND status = 'active'",
     )
     .bind(app.as_str())
     .bind(user.as_str())
@@ -430,16 +444,7 @@ pub async fn delete(
                 .map_err(|_| StoreError::Corrupted("authentication id"))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    sqlx::query(
-        "UPDATE enrollments SET is_primary = 1 WHERE enrollment_id = ( \
-           SELECT enrollment_id FROM enrollments WHERE application_id = $1 AND user_id = $2 \
-           AND status = 'active' ORDER BY paired_at, enrollment_id LIMIT 1) \
-         AND NOT EXISTS (SELECT 1 FROM enrollments WHERE application_id = $1 AND user_id = $2 AND is_primary = 1)",
-    )
-    .bind(app.as_str())
-    .bind(&user_id)
-    .execute(&mut *tx)
-    .await?;
+    promote_if_no_primary(&mut tx, app, &holder_id).await?;
     // The user's tokens stood for their devices: with the last active one gone, they go in the
     // same write. A grant issuing tokens locks the user too, so it issued them before (and they
     // go here) or finds no device after.
@@ -450,6 +455,29 @@ pub async fn delete(
         failed,
         tokens_revoked,
     }))
+}
+
+/// Makes the user's oldest active enrollment primary when no active one is (the user's primary
+/// device was unpaired, or a device that took its place was rejected). Run it under the user's
+/// lock ([`super::users::lock`], [`UserLock::TakesTurns`]), as every write that chooses the
+/// primary device does.
+async fn promote_if_no_primary(
+    conn: &mut crate::store::WriteConn<'_>,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE enrollments SET is_primary = 1 WHERE enrollment_id = ( \
+           SELECT enrollment_id FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+           AND status = 'active' ORDER BY paired_at, enrollment_id LIMIT 1) \
+         AND NOT EXISTS (SELECT 1 FROM enrollments WHERE application_id = $1 AND user_id = $2 \
+           AND is_primary = 1 AND status = 'active')",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// What an unpairing ([`delete`]) did besides removing the enrollment.
@@ -561,13 +589,20 @@ pub async fn activate_verified(
     // turns with every other write that makes one (SQLite's one writer already runs them one
     // at a time).
     super::users::lock(&mut *tx, db.engine(), &app, &user, UserLock::TakesTurns).await?;
+    // The pending enrollment is activated first, by one conditional update, and nothing else is
+    // written unless it changed: a rejection of the same enrollment (the verification read as
+    // expired by a status poll, [`reject_verified`]) takes no user lock, and on PostgreSQL it
+    // may commit after a read here and before the writes below. Had the device's earlier
+    // enrollments been deleted first, it would be left with neither.
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE verification_id = $1 AND status = 'pending_verification'"
+        "UPDATE enrollments SET status = 'active', verification_id = NULL, is_primary = 0 \
+         WHERE verification_id = $1 AND status = 'pending_verification' RETURNING {COLUMNS}"
     ))
     .bind(verification.as_str())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(pending) = row.as_ref().map(from_row).transpose()? else {
+    let Some(activated) = row.as_ref().map(from_row).transpose()? else {
+        // Activated or rejected meanwhile: the transaction is dropped, nothing written.
         return Ok(None);
     };
     sqlx::query(
@@ -576,61 +611,132 @@ pub async fn activate_verified(
          WHERE application_id = $1 AND user_id = $2 AND device_id = $3 AND enrollment_id <> $4 \
          AND device_key_thumbprint = $5)",
     )
-    .bind(pending.application_id.as_str())
-    .bind(pending.user_id.as_str())
-    .bind(pending.device_id.as_str())
-    .bind(pending.enrollment_id.as_str())
-    .bind(pending.device_key_thumbprint.as_deref())
+    .bind(activated.application_id.as_str())
+    .bind(activated.user_id.as_str())
+    .bind(activated.device_id.as_str())
+    .bind(activated.enrollment_id.as_str())
+    .bind(activated.device_key_thumbprint.as_deref())
     .execute(&mut *tx)
     .await?;
     let replaced = sqlx::query(
         "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
-         AND enrollment_id <> $4 AND device_key_thumbprint = $5 RETURNING is_primary",
+         AND enrollment_id <> $4 AND device_key_thumbprint = $5 RETURNING is_primary, status",
     )
-    .bind(pending.application_id.as_str())
-    .bind(pending.user_id.as_str())
-    .bind(pending.device_id.as_str())
-    .bind(pending.enrollment_id.as_str())
-    .bind(pending.device_key_thumbprint.as_deref())
+    .bind(activated.application_id.as_str())
+    .bind(activated.user_id.as_str())
+    .bind(activated.device_id.as_str())
+    .bind(activated.enrollment_id.as_str())
+    .bind(activated.device_key_thumbprint.as_deref())
     .fetch_all(&mut *tx)
     .await?;
-    let mut was_primary = false;
-    for r in &replaced {
-        was_primary |= r.try_get::<i64, _>("is_primary")? != 0;
+    // The activated enrollment is not primary yet, so `has_primary` looks at the others only.
+    let primary = replaced_the_primary(&replaced)?
+        || !has_primary(&mut tx, &activated.application_id, &activated.user_id).await?;
+    if primary {
+        sqlx::query("UPDATE enrollments SET is_primary = 1 WHERE enrollment_id = $1")
+            .bind(activated.enrollment_id.as_str())
+            .execute(&mut *tx)
+            .await?;
     }
-    let primary =
-        was_primary || !has_primary(&mut tx, &pending.application_id, &pending.user_id).await?;
-    sqlx::query(
-        "UPDATE enrollments SET status = 'active', verification_id = NULL, is_primary = $1 \
-         WHERE enrollment_id = $2 AND status = 'pending_verification'",
-    )
-    .bind(i64::from(primary))
-    .bind(pending.enrollment_id.as_str())
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await?;
-    Ok(Some(pending.enrollment_id))
+    Ok(Some(activated.enrollment_id))
 }
 
-/// Rejects the enrollment waiting for the authentication `verification` (denied, expired or
-/// failed). Returns the enrollment that was waiting, if any.
+/// The statement of [`reject_verified`] and [`reject_verified_in`].
+const REJECT_VERIFIED: &str = "UPDATE enrollments SET status = 'rejected', \
+    verification_id = NULL, is_primary = 0 \
+    WHERE verification_id = $1 AND status = 'pending_verification' RETURNING enrollment_id";
+
+/// Rejects the enrollment waiting for the authentication `verification` (denied, failed, gone,
+/// or expired with its expiry claimed: see [`claim_verification_expiry`]). Returns the
+/// enrollment that was waiting, if any.
 pub async fn reject_verified(
     db: &Database,
     verification: &AuthenticationId,
 ) -> Result<Option<EnrollmentId>, StoreError> {
-    let row = sqlx::query(
-        "UPDATE enrollments SET status = 'rejected', verification_id = NULL \
-         WHERE verification_id = $1 AND status = 'pending_verification' RETURNING enrollment_id",
-    )
-    .bind(verification.as_str())
-    .fetch_optional(db.writer())
-    .await?;
+    let row = sqlx::query(REJECT_VERIFIED)
+        .bind(verification.as_str())
+        .fetch_optional(db.writer())
+        .await?;
+    rejected_enrollment(row)
+}
+
+/// [`reject_verified`] inside the write `conn` (the one that claimed the expiry).
+pub async fn reject_verified_in(
+    conn: &mut crate::store::WriteConn<'_>,
+    verification: &AuthenticationId,
+) -> Result<Option<EnrollmentId>, StoreError> {
+    let row = sqlx::query(REJECT_VERIFIED)
+        .bind(verification.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    rejected_enrollment(row)
+}
+
+/// The enrollment id a [`REJECT_VERIFIED`] returned.
+fn rejected_enrollment(row: Option<sqlx::any::AnyRow>) -> Result<Option<EnrollmentId>, StoreError> {
     row.map(|r| {
         r.try_get::<String, _>("enrollment_id")?
             .parse()
             .map_err(|_| StoreError::Corrupted("enrollment id"))
     })
     .transpose()
+}
+
+/// What [`claim_verification_expiry`] found of a verification request that read as expired.
+#[derive(Debug)]
+pub enum VerificationExpiry {
+    /// Its expiry is claimed by this write, which records it (as the expiry sweep records what
+    /// it claims): no answer can be recorded any more.
+    Claimed(Box<super::authentications::Authentication>),
+    /// Final already: its expiry was claimed before (by the sweep, or another read), or the
+    /// request is gone. Nothing is left to record.
+    AlreadyFinal,
+    /// Not expired: it was answered (or ended otherwise) before its expiry could be claimed, or
+    /// its expiry is not reached by `now`. What is stored stands.
+    NotExpired,
+}
+
+/// Claims the expiry of the verification request `verification`, inside the write `conn`, as
+/// the expiry sweep claims expiries (`expiry_reported`): a request read as expired (pending,
+/// past its expiry) may still be answered by an answer whose time was read before the expiry,
+/// and only a claimed expiry keeps every answer from being recorded. Its enrollment is rejected
+/// only then; rejected on the read alone, it could be rejected while its request ends approved.
+pub async fn claim_verification_expiry(
+    conn: &mut crate::store::WriteConn<'_>,
+    verification: &AuthenticationId,
+    now: i64,
+) -> Result<VerificationExpiry, StoreError> {
+    let claimed = sqlx::query(&format!(
+        "UPDATE authentications SET expiry_reported = 1 WHERE id = $1 AND state = 'pending' \
+         AND expiry_reported = 0 AND expires_at <= $2 RETURNING {}",
+        super::authentications::READ_COLUMNS
+    ))
+    .bind(verification.as_str())
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = claimed {
+        return Ok(VerificationExpiry::Claimed(Box::new(
+            super::authentications::from_row(&row, now)?,
+        )));
+    }
+    // On PostgreSQL the update above waited for an answer under way and then found it recorded;
+    // this read, a statement of its own, sees it committed.
+    let stored = sqlx::query("SELECT state, expiry_reported FROM authentications WHERE id = $1")
+        .bind(verification.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(stored) = stored else {
+        return Ok(VerificationExpiry::AlreadyFinal);
+    };
+    let state: String = stored.try_get("state")?;
+    let expiry_reported: i64 = stored.try_get("expiry_reported")?;
+    Ok(if state == "pending" && expiry_reported != 0 {
+        VerificationExpiry::AlreadyFinal
+    } else {
+        VerificationExpiry::NotExpired
+    })
 }
 
 /// Marks the enrollment's push token stale (FCM or APNs said it is no longer valid), unless the
@@ -699,20 +805,55 @@ pub async fn set_push(
 /// Sets the status (`active` or `rejected`) of an enrollment held `pending_verification` with
 /// no verification request (a new device a flow approves by passcode). Returns false when it is
 /// not held (any more): the one conditional update decides a race.
+///
+/// A held device is never primary. Activated, it becomes primary if the user has no active
+/// primary device then; rejected, it leaves the user's oldest active device primary if none is
+/// (its pairing may have replaced the primary device's earlier enrollment). Either choice is
+/// made under the user's lock, taking turns with every other write that chooses one.
 pub async fn set_held_status(
     db: &Database,
     id: &EnrollmentId,
     status: EnrollmentState,
 ) -> Result<bool, StoreError> {
+    let mut tx = db.write().await?;
+    let Some(holder) =
+        sqlx::query("SELECT application_id, user_id FROM enrollments WHERE enrollment_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(false);
+    };
+    let app: ApplicationId = holder
+        .try_get::<String, _>("application_id")?
+        .parse()
+        .map_err(|_| StoreError::Corrupted("application id"))?;
+    let user = UserId::try_from(holder.try_get::<String, _>("user_id")?)
+        .map_err(|_| StoreError::Corrupted("user id"))?;
+    if !super::users::lock(&mut *tx, db.engine(), &app, &user, UserLock::TakesTurns).await? {
+        // The user was deleted, and the enrollment with them.
+        return Ok(false);
+    }
     let done = sqlx::query(
-        "UPDATE enrollments SET status = $1 \
+        "UPDATE enrollments SET status = $1, is_primary = CASE WHEN $1 = 'active' \
+           AND NOT EXISTS (SELECT 1 FROM enrollments WHERE application_id = $3 AND user_id = $4 \
+             AND is_primary = 1 AND status = 'active') THEN 1 ELSE 0 END \
          WHERE enrollment_id = $2 AND status = 'pending_verification' AND verification_id IS NULL",
     )
     .bind(status.as_str())
     .bind(id.as_str())
-    .execute(db.writer())
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    if status != EnrollmentState::Active {
+        promote_if_no_primary(&mut tx, &app, &user).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// The App Attest key an enrollment's pairing attested, and the highest assertion counter

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tessera_protocol::api::EnrollmentState;
-use tessera_protocol::authentication::{AuthenticationRequest, Decision};
+use tessera_protocol::authentication::{AuthenticationRequest, AuthenticationState, Decision};
 use tessera_protocol::ids::UserId;
 
 use crate::clock::Clock;
@@ -189,6 +189,138 @@ async fn a_pairing_racing_the_primary_devices_unpairing_leaves_nothing_pending_f
         }
         println!(
             "{engine:?}: {asked} asked the primary device before it went, {not_asked} paired after it"
+        );
+    }
+}
+
+/// How many audit records tell the ending of authentication `id` (approved or expired).
+async fn endings_recorded(
+    domain: &TestDomain,
+    id: &tessera_protocol::ids::AuthenticationId,
+) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE subject = $1 \
+         AND kind IN ('authentication.approved', 'authentication.expired')",
+    )
+    .bind(id.as_str())
+    .fetch_one(domain.ctx.db.pool())
+    .await
+    .expect("count")
+}
+
+/// The primary device approves a device pairing again (its earlier enrollment, same device key,
+/// is replaced on approval) a second before the verification expires, while the new device's
+/// status poll runs with the clock moved past the expiry. The poll may read the request still
+/// pending after its expiry and settle it as expired while the approval, its time read before
+/// the expiry, is being recorded. Whichever comes first, the request's outcome and the device's
+/// agree: approved, the new enrollment is active and the earlier one replaced; expired, the new
+/// one is rejected and the earlier one kept (never both lost), and the ending is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_at_the_expiry_racing_a_status_poll_is_applied_whole_or_not_at_all() {
+    for (domain, user, phone) in verifying_domains("mara").await {
+        let engine = domain.ctx.db.engine();
+        let (mut approved, mut expired) = (0, 0);
+        for round in 0..24u64 {
+            let held = new_device_pairs(&domain, &user).await;
+            let verification = held.verification_id.clone().expect("a verification");
+            // The same device's earlier enrollment, which the approval replaces.
+            let earlier = Enrollment {
+                enrollment_id: tessera_protocol::ids::EnrollmentId::generate(),
+                registration_digest: format!("earlier {}", rand::random::<u64>()),
+                status: EnrollmentState::Active,
+                verification_id: None,
+                is_primary: false,
+                paired_at: held.paired_at - 1,
+                ..held.clone()
+            };
+            let mut w = domain.ctx.db.write().await.expect("write");
+            enrollments::insert(w.conn().await.expect("connection"), &earlier)
+                .await
+                .expect("inserted");
+            w.commit().await.expect("committed");
+            let request = verification_for(&domain, &phone, &held).await;
+            let expires_at = crate::store::authentications::get(
+                &domain.ctx.db,
+                &verification,
+                domain.clock.now(),
+            )
+            .await
+            .expect("read")
+            .expect("stored")
+            .expires_at;
+            let to_last_second = expires_at - 1 - domain.clock.now();
+            domain.clock.advance(Duration::from_secs(
+                u64::try_from(to_last_second).expect("ahead"),
+            ));
+            let signed = phone.answer(&request, Decision::Approve, None, domain.clock.now());
+            let approval = {
+                let (ctx, id) = (domain.ctx.clone(), verification.clone());
+                tokio::spawn(async move {
+                    crate::domain::authentication::answer(&ctx, id.as_str(), &signed, CLIENT).await
+                })
+            };
+            // The clock passes the expiry while the approval is under way (before it read the
+            // time in some rounds: it is then refused as expired).
+            crate::domain::testing::yields(round % 6).await;
+            domain.clock.advance(Duration::from_secs(2));
+            let poll = {
+                let ctx = domain.ctx.clone();
+                let id = held.enrollment_id.clone();
+                tokio::spawn(async move {
+                    let current = enrollments::by_id(&ctx.db, &id)
+                        .await
+                        .expect("read")
+                        .expect("stored");
+                    crate::domain::device_verification::settled(&ctx, current)
+                        .await
+                        .expect("settled")
+                })
+            };
+            let (answered, polled) = tokio::join!(approval, poll);
+            let _ = answered.expect("ran");
+            polled.expect("ran");
+            domain.sweep_expired().await;
+            let outcome = crate::store::authentications::get(
+                &domain.ctx.db,
+                &verification,
+                domain.clock.now(),
+            )
+            .await
+            .expect("read")
+            .expect("stored")
+            .state;
+            let new = stored(&domain, &held).await.status;
+            let earlier_kept = enrollments::by_id(&domain.ctx.db, &earlier.enrollment_id)
+                .await
+                .expect("read")
+                .is_some();
+            match outcome {
+                AuthenticationState::Approved => {
+                    approved += 1;
+                    assert_eq!(
+                        (new, earlier_kept),
+                        (EnrollmentState::Active, false),
+                        "{engine:?}, round {round}: approved, the new enrollment replaces the earlier one"
+                    );
+                }
+                AuthenticationState::Expired => {
+                    expired += 1;
+                    assert_eq!(
+                        (new, earlier_kept),
+                        (EnrollmentState::Rejected, true),
+                        "{engine:?}, round {round}: expired, the new enrollment is rejected and the earlier one kept"
+                    );
+                }
+                other => panic!("{engine:?}, round {round}: {other:?}"),
+            }
+            assert_eq!(
+                endings_recorded(&domain, &verification).await,
+                1,
+                "{engine:?}, round {round}: the ending is recorded once"
+            );
+        }
+        println!(
+            "{engine:?}: the approval came first {approved} times, the expiry {expired} times"
         );
     }
 }
