@@ -119,14 +119,31 @@ pub async fn token(db: &Database, digest: &str) -> Result<Option<IssuedToken>, S
     .transpose()
 }
 
-/// Revokes (deletes) every token of a family, the access tokens with the refresh tokens;
-/// returns how many there were.
-pub async fn revoke_family(db: &Database, family_id: &str) -> Result<u64, StoreError> {
-    Ok(sqlx::query("DELETE FROM oidc_tokens WHERE family_id = $1")
+/// Revokes (deletes) every token of a family, the access tokens with the refresh tokens, issued
+/// to `user` of `app` (the family's user, whose lock [`issue`] takes); returns how many there
+/// were.
+///
+/// The user is locked first ([`UserLock::TakesTurns`], as a rotation locks them), so a rotation
+/// of the family under way commits before the deletion reads the family, and its successors
+/// are deleted with it; a rotation after it finds its refresh token gone. (A bare `DELETE` on
+/// PostgreSQL would wait for the rotated token's row, then skip the successors inserted by a
+/// transaction that had not committed when it began.) A user who is gone has no rotation to
+/// wait for: the family is deleted all the same.
+pub async fn revoke_family(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    family_id: &str,
+) -> Result<u64, StoreError> {
+    let mut tx = db.write().await?;
+    users::lock(&mut *tx, db.engine(), app, user, UserLock::TakesTurns).await?;
+    let revoked = sqlx::query("DELETE FROM oidc_tokens WHERE family_id = $1")
         .bind(family_id)
-        .execute(db.writer())
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+    tx.commit().await?;
+    Ok(revoked)
 }
 
 /// What issuing a grant's tokens spends, in the write that stores them. Each can be spent once.
@@ -452,7 +469,12 @@ mod tests {
             2,
             "the used token and one successor: losers stored nothing"
         );
-        assert_eq!(revoke_family(&db, "f").await.expect("revoke"), 2);
+        assert_eq!(
+            revoke_family(&db, &app, &user_id("alice"), "f")
+                .await
+                .expect("revoke"),
+            2
+        );
         assert!(token(&db, "r0").await.expect("read").is_none());
     }
 

@@ -593,3 +593,97 @@ async fn tokens_issued_while_the_user_is_deleted_do_not_outlive_them() {
         }
     }
 }
+
+/// A refresh token exchanged by `shop` at the token endpoint: the grant's answer.
+async fn refreshed(
+    ctx: crate::domain::Ctx,
+    basic: Option<BasicCredentials>,
+    token: String,
+) -> Result<TokenResponse, OAuthError> {
+    let form = form(&[("grant_type", "refresh_token"), ("refresh_token", &token)]);
+    super::token::exchange(&ctx, basic, &form).await
+}
+
+/// The tokens of `family` that would still work: access tokens, and refresh tokens not used.
+async fn working_tokens_of_family(domain: &TestDomain, family: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM oidc_tokens WHERE family_id = $1 \
+         AND (kind = 'access' OR used_at IS NULL)",
+    )
+    .bind(family)
+    .fetch_one(domain.ctx.db.pool())
+    .await
+    .expect("counted")
+}
+
+/// Yields to the runtime until `pause` has passed: a pause finer than a timer's millisecond.
+async fn yields_for(pause: Duration) {
+    let until = std::time::Instant::now() + pause;
+    while std::time::Instant::now() < until {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A used refresh token presented while the family's current one is being rotated revokes the
+/// whole family, the rotation's successors too. The revocation locks the user as the rotation
+/// does, so it waits for a rotation under way to commit and then deletes its tokens, or comes
+/// first and the rotation finds its refresh token gone; a bare `DELETE` on PostgreSQL would
+/// skip the successors a rotation had inserted but not committed when it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_used_refresh_token_presented_during_a_rotation_revokes_the_successors_too() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let shop = Client::registered(&domain).await;
+        let (mut rotated_first, mut revoked_first) = (0, 0);
+        for round in 0..RACE_ROUNDS {
+            let (user, _phone) = domain.user_with_device(&format!("vera-{round}")).await;
+            let first = refresh_token_of(&domain, &shop, &user).await;
+            let family = oidc_tokens::token(
+                &domain.ctx.db,
+                &crate::store::applications::api_key_digest(&first),
+            )
+            .await
+            .expect("read")
+            .and_then(|t| t.family_id)
+            .expect("a family");
+            // The first rotation, timed: the replay below starts at a point within the length
+            // of the next one, later each round, to land in the rotation's write in some.
+            let started = std::time::Instant::now();
+            let current = refreshed(domain.ctx.clone(), shop.basic(), first.clone())
+                .await
+                .expect("rotated")
+                .refresh_token
+                .expect("a successor");
+            let pause = started.elapsed() * (12 + (round as u32 % 12)) / 24;
+            let rotation = tokio::spawn(refreshed(domain.ctx.clone(), shop.basic(), current));
+            let replay = tokio::spawn({
+                let (ctx, basic) = (domain.ctx.clone(), shop.basic());
+                async move {
+                    yields_for(pause).await;
+                    refreshed(ctx, basic, first).await
+                }
+            });
+            let (rotation, replay) = tokio::join!(rotation, replay);
+            assert_eq!(
+                code_of(replay.expect("the replay ran")),
+                OAuthCode::InvalidGrant,
+                "{engine:?}, round {round}"
+            );
+            match rotation.expect("the rotation ran") {
+                Ok(_) => rotated_first += 1,
+                Err(e) => {
+                    assert_eq!(e.code, OAuthCode::InvalidGrant, "{engine:?}, round {round}");
+                    revoked_first += 1;
+                }
+            }
+            assert_eq!(
+                working_tokens_of_family(&domain, &family).await,
+                0,
+                "{engine:?}, round {round}: a token of the revoked family still works"
+            );
+        }
+        println!(
+            "{engine:?}: {rotated_first} rotated before the revocation, {revoked_first} refused after it"
+        );
+    }
+}

@@ -231,9 +231,7 @@ async fn issue(
     spend: Spend<'_>,
     minted: &Minted,
 ) -> Result<Issued, DomainError> {
-    let user: UserId = user_id
-        .parse()
-        .map_err(|_| DomainError::Internal("stored user id"))?;
+    let user = stored_user_id(user_id)?;
     Ok(oidc_tokens::issue(
         &state.db,
         &client.application_id,
@@ -243,6 +241,13 @@ async fn issue(
         state.now(),
     )
     .await?)
+}
+
+/// The user id a token or grant was stored with.
+fn stored_user_id(user_id: &str) -> Result<UserId, DomainError> {
+    user_id
+        .parse()
+        .map_err(|_| DomainError::Internal("stored user id"))
 }
 
 /// Why no tokens go to a user whose device (or who) is gone since they approved.
@@ -318,7 +323,7 @@ async fn code_grant(
     let reused =
         || invalid_grant("the code was already used: the tokens issued from it are revoked");
     if authorization.code_used_at.is_some() {
-        revoke_code_family(state, &authorization.family_id, &client.client_id).await?;
+        revoke_code_family(state, client, &authorization).await?;
         return Err(reused());
     }
     if authorization.code_expires_at.is_none_or(|at| at <= now) {
@@ -366,7 +371,7 @@ async fn code_grant(
     match issue(state, client, &authorization.user_id, spend, &minted).await? {
         Issued::Stored => {}
         Issued::Spent => {
-            revoke_code_family(state, &authorization.family_id, &client.client_id).await?;
+            revoke_code_family(state, client, &authorization).await?;
             return Err(reused());
         }
         Issued::NoUser | Issued::NoActiveDevice => {
@@ -377,15 +382,23 @@ async fn code_grant(
     Ok(minted.response)
 }
 
-/// Revokes the tokens issued from a code presented twice.
+/// Revokes the tokens issued from a code presented twice (`authorization`'s family, issued by
+/// `client`).
 async fn revoke_code_family(
     state: &Ctx,
-    family_id: &str,
-    client_id: &str,
+    client: &CibaClient,
+    authorization: &oidc_authorizations::StoredAuthorization,
 ) -> Result<(), DomainError> {
-    let revoked = oidc_tokens::revoke_family(&state.db, family_id).await?;
+    let user = stored_user_id(&authorization.user_id)?;
+    let revoked = oidc_tokens::revoke_family(
+        &state.db,
+        &client.application_id,
+        &user,
+        &authorization.family_id,
+    )
+    .await?;
     tracing::warn!(
-        client_id = %client_id,
+        client_id = %client.client_id,
         revoked,
         "an authorization code was presented again: the tokens issued from it were revoked"
     );
@@ -499,7 +512,7 @@ async fn refresh_grant(
     let reused = || invalid_grant("the refresh token was already used");
     if stored.used_at.is_some() {
         // A used refresh token presented again: whoever holds it, the family is compromised.
-        revoke_family(state, &stored).await?;
+        revoke_family(state, client, &stored).await?;
         return Err(reused());
     }
     if stored.expires_at <= now {
@@ -533,7 +546,7 @@ async fn refresh_grant(
     match issue(state, client, &stored.user_id, spend, &minted).await? {
         Issued::Stored => Ok(minted.response),
         Issued::Spent => {
-            revoke_family(state, &stored).await?;
+            revoke_family(state, client, &stored).await?;
             Err(reused())
         }
         Issued::NoActiveDevice | Issued::NoUser => {
@@ -542,10 +555,17 @@ async fn refresh_grant(
     }
 }
 
-/// Revokes the family of a reused refresh token (the token itself if it has no family).
-async fn revoke_family(state: &Ctx, reused: &IssuedToken) -> Result<(), DomainError> {
+/// Revokes the family of a reused refresh token issued by `client` (nothing if it has no
+/// family), under the lock of the user it was issued to, as its rotations take it.
+async fn revoke_family(
+    state: &Ctx,
+    client: &CibaClient,
+    reused: &IssuedToken,
+) -> Result<(), DomainError> {
     if let Some(family) = &reused.family_id {
-        let revoked = oidc_tokens::revoke_family(&state.db, family).await?;
+        let user = stored_user_id(&reused.user_id)?;
+        let revoked =
+            oidc_tokens::revoke_family(&state.db, &client.application_id, &user, family).await?;
         tracing::warn!(
             client_id = %reused.client_id,
             revoked,
