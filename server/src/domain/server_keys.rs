@@ -3,8 +3,10 @@
 //!
 //! Every change of the published keys is one write transaction that also stores the new
 //! [`ServerKeySet`] with the next `sequence`, signed once, by a key of the previous set (for a
-//! rotation: the key that was signing until then, so a device can chain trust). Servers reload
-//! the ring every `server_key_reload_interval` ([`load`]); nothing is signed per request.
+//! rotation: the key that was signing until then, so a device can chain trust). Changes take
+//! turns (`server_keys::take_turns_changing_keys`, first in their write), so each reads the keys
+//! as the change before left them. Servers reload the ring every `server_key_reload_interval`
+//! ([`load`]); nothing is signed per request.
 
 use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
 use tessera_protocol::jwk::JwkSet;
@@ -161,6 +163,7 @@ pub(crate) async fn load(
         return state(db, issuer).await;
     }
     let mut tx = db.write().await?;
+    server_keys::take_turns_changing_keys(&mut tx).await?;
     if !server_keys::all(&mut tx, db.secrets()?)
         .await?
         .iter()
@@ -263,6 +266,7 @@ pub(crate) async fn rotate(
     grace_seconds: i64,
 ) -> Result<String, KeyOperationError> {
     let mut tx = db.write().await?;
+    server_keys::take_turns_changing_keys(&mut tx).await?;
     let keys = server_keys::all(&mut tx, db.secrets()?).await?;
     let previous = signer_of(&keys)
         .and_then(|k| k.key.clone())
@@ -289,6 +293,7 @@ pub(crate) async fn rotate(
 /// signer after the revocation. Refused for the only published key.
 pub(crate) async fn revoke(db: &Database, kid: &str, now: i64) -> Result<(), KeyOperationError> {
     let mut tx = db.write().await?;
+    server_keys::take_turns_changing_keys(&mut tx).await?;
     let keys = server_keys::all(&mut tx, db.secrets()?).await?;
     if !keys.iter().any(|k| k.kid == kid && k.is_published()) {
         return Err(KeyOperationError::UnknownKey);
@@ -424,6 +429,141 @@ mod tests {
             let newest: ServerKeySet =
                 envelope::unverified_payload(state.chain.last().expect("set")).expect("set");
             assert_eq!(newest.issuer, url);
+        }
+    }
+
+    /// The keys' ids in a signed key set.
+    fn kids_in(set: &str) -> Vec<String> {
+        let set: ServerKeySet = envelope::unverified_payload(set).expect("a key set");
+        let mut kids: Vec<String> = set
+            .keys
+            .keys
+            .iter()
+            .filter_map(|k| k.kid().map(str::to_string))
+            .collect();
+        kids.sort();
+        kids
+    }
+
+    /// The announced chain of `issuer` as stored, checked: numbered 1, 2, 3…; each set signed
+    /// by a key of the set before it (what a device pinned then trusts); the newest announcing
+    /// exactly the keys published now, the signer among them. How many sets there are.
+    async fn checked_chain(db: &Database, issuer: &ServerUrl, at: &str) -> usize {
+        let sets = server_keys::key_sets(db, issuer.as_str())
+            .await
+            .expect("the key sets");
+        for (index, set) in sets.iter().enumerate() {
+            assert_eq!(set.sequence, index as i64 + 1, "{at}: the sets' numbers");
+        }
+        for pair in sets.windows(2) {
+            let signer = envelope::inspect(&pair[1].signed).expect("a header").kid;
+            assert!(
+                kids_in(&pair[0].signed).contains(&signer),
+                "{at}: set {} is signed by {signer}, which set {} does not announce ({:?})",
+                pair[1].sequence,
+                pair[0].sequence,
+                kids_in(&pair[0].signed)
+            );
+        }
+        let keys = server_keys::all_from_pool(db).await.expect("the keys");
+        let mut published: Vec<String> = keys
+            .iter()
+            .filter(|k| k.is_published())
+            .map(|k| k.kid.clone())
+            .collect();
+        published.sort();
+        let newest = sets.last().expect("a set");
+        assert_eq!(
+            kids_in(&newest.signed),
+            published,
+            "{at}: the newest set (number {}) announces the keys published now",
+            newest.sequence
+        );
+        let signer = signer_of(&keys).expect("a signer");
+        assert!(
+            published.contains(&signer.kid),
+            "{at}: the signer is published"
+        );
+        sets.len()
+    }
+
+    /// Rounds of key changes at once, on two instances of the database at `url`: rotations,
+    /// reloads that retire the keys rotated out (no grace period) and revocations, 8 at once.
+    /// After each round the announced chain must hold together ([`checked_chain`]). What
+    /// happened, to print.
+    async fn key_changes_at_once(url: String) -> String {
+        const ROUNDS: i64 = 6;
+        const AT_ONCE: usize = 8;
+        let mut instances = Vec::new();
+        for _ in 0..2 {
+            let mut db = Database::connect(&url, 4).await.expect("database");
+            db.open_secrets(None, 0).await.expect("secrets");
+            instances.push(db);
+        }
+        let engine = instances[0].engine();
+        load(&instances[0], &issuer(), 100).await.expect("load");
+        let (mut changed, mut refused, mut concurrent) = (0, 0, 0);
+        for round in 0..ROUNDS {
+            let now = 1_000 + round * 10;
+            let at = format!("{engine:?}, round {round}");
+            let published: Vec<String> = server_keys::all_from_pool(&instances[0])
+                .await
+                .expect("the keys")
+                .into_iter()
+                .filter(StoredKey::is_published)
+                .map(|k| k.kid)
+                .collect();
+            let tasks = (0..AT_ONCE).map(|i| {
+                let db = instances[i % instances.len()].clone();
+                let kid = published[i % published.len()].clone();
+                tokio::spawn(async move {
+                    match i % 3 {
+                        0 => rotate(&db, now, 0).await.map(|_| ()),
+                        1 => load(&db, &issuer(), now).await.map(|_| ()),
+                        _ => revoke(&db, &kid, now).await,
+                    }
+                })
+            });
+            for done in crate::domain::testing::joined(tasks.collect()).await {
+                match done {
+                    Ok(()) => changed += 1,
+                    Err(KeyOperationError::Concurrent) => concurrent += 1,
+                    Err(KeyOperationError::UnknownKey | KeyOperationError::LastKey) => refused += 1,
+                    Err(e) => panic!("{at}: {e}"),
+                }
+            }
+            checked_chain(&instances[0], &issuer(), &at).await;
+            // A reload after the round retires what the round rotated out: its set too must
+            // be signed by a key of the set before it.
+            load(&instances[1], &issuer(), now + 5).await.expect("load");
+            checked_chain(&instances[0], &issuer(), &format!("{at}, reloaded")).await;
+        }
+        let sets = checked_chain(&instances[0], &issuer(), "at the end").await;
+        for db in instances {
+            db.close().await;
+        }
+        format!(
+            "{engine:?}: {changed} changes done, {refused} refused (the key was gone), \
+             {concurrent} told to try again; {sets} sets announced"
+        )
+    }
+
+    /// Key changes at once (an administrator's rotations and revocations, instances' reloads
+    /// retiring keys) are announced one after the other, each from the keys as the change
+    /// before left them: on PostgreSQL they take turns on one lock before they read the keys.
+    /// Without it, a change that read the keys before another committed would announce the
+    /// next number with stale keys (a set without the key that signs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn key_changes_at_once_announce_a_chain_that_holds_together() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let sqlite = format!("sqlite://{}", dir.path().join("keys.db").display());
+        println!("{}", key_changes_at_once(sqlite).await);
+        if let Some(url) = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| u.starts_with("postgres"))
+        {
+            let figures = server_keys::in_fresh_postgres_schema(&url, key_changes_at_once).await;
+            println!("{figures}");
         }
     }
 }

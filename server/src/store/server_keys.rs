@@ -9,6 +9,30 @@ use super::secrets::place;
 use crate::secrets::DataKey;
 use crate::store::StoreError;
 
+/// The first key of the PostgreSQL advisory lock the changes of the server keys take turns on
+/// (its second key is 0: there is one set of server keys per database).
+const SERVER_KEY_CHANGES: i32 = 0x7E55_C001;
+
+/// Makes the changes of the server keys (an instance's first key and retirements, an
+/// administrator's rotations and revocations) take turns, for the rest of the write `tx`: call
+/// it first, before the write reads the keys. Each change reads the keys and the newest key
+/// set and announces the next set from them; were two to run side by side, one could announce
+/// the number after the other's set with the keys it read before that set (dropping the key
+/// the other made the signer). On PostgreSQL a transaction-scoped advisory lock (each
+/// statement after it sees what the change before committed); SQLite's one writer already
+/// runs writes one at a time.
+pub async fn take_turns_changing_keys(
+    tx: &mut crate::store::Write<'static>,
+) -> Result<(), StoreError> {
+    if tx.engine() == super::Engine::Postgres {
+        sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1, 0)")
+            .bind(SERVER_KEY_CHANGES)
+            .fetch_one(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// A stored key and where it is in its life.
 #[derive(Debug)]
 pub struct StoredKey {
@@ -260,4 +284,17 @@ pub async fn insert_key_set(
     .await?
     .rows_affected()
         == 1)
+}
+
+/// Runs `check` with the URL of a fresh, empty schema of the PostgreSQL database at `url`
+/// (migrated by the first connection), dropped afterwards: for tests of the server keys, which
+/// are the whole database's, not an application's, so that other tests' keys are left alone.
+#[cfg(test)]
+pub(crate) async fn in_fresh_postgres_schema<F, Fut, T>(url: &str, check: F) -> T
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    super::query_plans::in_fresh_pg_schema(url, check).await
 }
