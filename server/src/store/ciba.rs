@@ -651,6 +651,30 @@ pub async fn renew_lease(
         == 1)
 }
 
+/// Puts a delivery held under `held` back among the due ones, to be claimed again from
+/// `due_at_ms` (the attempt it made stays counted), after a failure the instance holding it
+/// cannot get past now (the database failing for a moment); `false` (and nothing written) if
+/// another instance took the delivery over.
+pub async fn retry_notification_at(
+    db: &Database,
+    auth_req_id: &str,
+    held: Lease,
+    due_at_ms: i64,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(&format!(
+        "UPDATE ciba_requests SET notify_due_at_ms = $2 WHERE auth_req_id = $1 AND {}",
+        held_by(3)
+    ))
+    .bind(auth_req_id)
+    .bind(due_at_ms)
+    .bind(held.attempts)
+    .bind(held.until_ms)
+    .execute(db.writer())
+    .await?
+    .rows_affected()
+        == 1)
+}
+
 /// Records a delivery's final outcome (done, or failed after every attempt) by the instance
 /// holding it under `held`, which retried in-process before; `false` (and nothing written) if
 /// another instance took the delivery over.

@@ -24,6 +24,7 @@ use url::Url;
 use super::token::{DEVICE_GONE, NotIssued, RequestGrant, tokens_for};
 use crate::domain::outcome::{DomainEvent, FollowUpFuture};
 use crate::domain::{Ctx, DomainError};
+use crate::store::StoreError;
 use crate::store::authentications::{self, Authentication};
 use crate::store::ciba::{self, CibaClient, CibaRequest, Lease, NotifyState};
 
@@ -117,7 +118,22 @@ enum Delivery {
     TakenOver,
 }
 
-/// Delivers one notification claimed under `lease`, retrying with backoff.
+/// Whether a delivery that failed with `e` may succeed if tried again later: the database
+/// failed (unavailable, or a statement refused: a deadlock broken, a transaction cut off),
+/// rather than something no retry changes (data that does not decode, a signing failure).
+fn worth_retrying(e: &DomainError) -> bool {
+    match e {
+        DomainError::Unavailable(_) => true,
+        DomainError::Store(e) => matches!(e, StoreError::Query(_) | StoreError::Unavailable(_)),
+        DomainError::Refused { .. } | DomainError::Internal(_) => false,
+    }
+}
+
+/// Delivers one notification claimed under `lease`, retrying with backoff. A database failure
+/// on the way (reading the client, minting a push delivery's tokens, renewing the lease) puts
+/// the delivery back among the due ones after a backoff, as a failed POST is retried, until
+/// the attempts run out: a sweep never resumes a failed delivery, and a failure for a moment
+/// must not lose the user's answer.
 async fn deliver(state: Ctx, request: CibaRequest, lease: Lease) {
     let mut held = lease;
     let final_state = match deliver_with_retries(&state, &request, &mut held).await {
@@ -125,6 +141,10 @@ async fn deliver(state: Ctx, request: CibaRequest, lease: Lease) {
         Ok(Delivery::GaveUp) => NotifyState::Failed,
         Ok(Delivery::TakenOver) => {
             tracing::info!("CIBA notification taken over by another instance");
+            return;
+        }
+        Err(e) if worth_retrying(&e) && held.attempts < max_attempts(&state) => {
+            retry_later(&state, &request, held, &e).await;
             return;
         }
         Err(e) => {
@@ -136,6 +156,35 @@ async fn deliver(state: Ctx, request: CibaRequest, lease: Lease) {
         Ok(true) => {}
         Ok(false) => tracing::info!("CIBA notification taken over by another instance"),
         Err(e) => tracing::warn!(error = %e, "CIBA notification outcome not recorded"),
+    }
+}
+
+/// How many attempts a delivery gets (at least one).
+fn max_attempts(state: &Ctx) -> i64 {
+    i64::from(state.config.ciba_notification_attempts.max(1))
+}
+
+/// Puts the delivery held under `held`, which failed with `e`, back among the due ones after
+/// the backoff of the attempts made. Were this write to fail too, the lease would lapse and a
+/// sweep would resume the delivery all the same.
+async fn retry_later(state: &Ctx, request: &CibaRequest, held: Lease, e: &DomainError) {
+    let wait = backoff(state.config.ciba_notification_retry_base, held.attempts);
+    let due_at_ms = state
+        .now_ms()
+        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2));
+    let attempt = held.attempts;
+    match ciba::retry_notification_at(&state.db, &request.auth_req_id, held, due_at_ms).await {
+        Ok(true) => tracing::warn!(
+            error = %e,
+            attempt,
+            "CIBA notification not delivered: the database failed, tried again later"
+        ),
+        Ok(false) => tracing::info!("CIBA notification taken over by another instance"),
+        Err(again) => tracing::warn!(
+            error = %again,
+            attempt,
+            "CIBA notification not delivered: the database failed, resumed once the lease lapses"
+        ),
     }
 }
 
@@ -160,7 +209,7 @@ async fn deliver_with_retries(
         return Ok(Delivery::TakenOver);
     };
     let base = state.config.ciba_notification_retry_base;
-    let max = i64::from(state.config.ciba_notification_attempts.max(1));
+    let max = max_attempts(state);
     // The claim counted the first attempt.
     loop {
         let attempt = held.attempts;
@@ -273,5 +322,257 @@ mod tests {
         assert_eq!(lease_ms(base, 0), 17_000);
         // After the first attempt failed: the next wait is 4 s.
         assert_eq!(lease_ms(base, 1), 10_000 + 4_000 + 5_000);
+    }
+
+    use std::sync::Mutex;
+
+    use tessera_protocol::authentication::Decision;
+    use tessera_protocol::ciba::{ClientAuthMethod, RegisterCibaClient};
+
+    use super::super::client_auth::{BasicCredentials, Form};
+    use crate::domain::CtxParts;
+    use crate::domain::ports::NotificationFuture;
+    use crate::domain::testing::TestDomain;
+    use crate::store::Engine;
+
+    /// A relying party's notification endpoint that takes every notification: the bodies it
+    /// was sent, in order.
+    #[derive(Default)]
+    struct TakenNotifications(Mutex<Vec<Value>>);
+
+    impl TakenNotifications {
+        fn all(&self) -> Vec<Value> {
+            self.0.lock().map(|t| t.clone()).unwrap_or_default()
+        }
+    }
+
+    impl crate::domain::ports::CibaNotificationSender for TakenNotifications {
+        fn post<'a>(
+            &'a self,
+            _endpoint: &'a Url,
+            _bearer: &'a str,
+            body: &'a Value,
+        ) -> NotificationFuture<'a> {
+            if let Ok(mut taken) = self.0.lock() {
+                taken.push(body.clone());
+            }
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// `ctx` posting its notifications through `sender`.
+    fn posting_through(ctx: &Ctx, sender: Arc<TakenNotifications>) -> Ctx {
+        Ctx::new(CtxParts {
+            db: ctx.db.clone(),
+            keys: ctx.keys.clone(),
+            config: ctx.config.clone(),
+            public_url: ctx.public_url.clone(),
+            clock: ctx.clock.clone(),
+            events: ctx.events.clone(),
+            metrics: ctx.metrics.clone(),
+            device_push: ctx.device_push.clone(),
+            ciba_notifier: ctx.ciba_notifier.clone(),
+            ciba_sender: sender,
+            email: ctx.email.clone(),
+            messages: ctx.messages.clone(),
+            follow_ups: ctx.follow_ups.clone(),
+            webhook_sender: ctx.webhook_sender.clone(),
+            attestation: ctx.attestation.clone(),
+            compiled_policies: Default::default(),
+            api_key_hints: Default::default(),
+        })
+    }
+
+    /// Makes the database refuse to store tokens for `client_id` (a trigger raising an error),
+    /// as a database failing for a moment refuses the write that mints a push delivery's tokens.
+    async fn refuse_tokens_for(db: &crate::store::Database, client_id: &str, refuse: bool) {
+        assert!(
+            client_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "a client id to name in a statement: {client_id}"
+        );
+        let name = format!("refuse_{}", client_id.replace('-', "_"));
+        let statements = match (db.engine(), refuse) {
+            (Engine::Sqlite, true) => vec![format!(
+                "CREATE TRIGGER {name} BEFORE INSERT ON oidc_tokens \
+                 WHEN NEW.client_id = '{client_id}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )],
+            (Engine::Sqlite, false) => vec![format!("DROP TRIGGER {name}")],
+            (Engine::Postgres, true) => vec![
+                format!(
+                    "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS \
+                     $body$ BEGIN RAISE EXCEPTION 'refused'; END $body$"
+                ),
+                format!(
+                    "CREATE TRIGGER {name} BEFORE INSERT ON oidc_tokens FOR EACH ROW \
+                     WHEN (NEW.client_id = '{client_id}') EXECUTE FUNCTION {name}()"
+                ),
+            ],
+            (Engine::Postgres, false) => vec![
+                format!("DROP TRIGGER {name} ON oidc_tokens"),
+                format!("DROP FUNCTION {name}()"),
+            ],
+        };
+        for statement in statements {
+            sqlx::query(&statement)
+                .execute(db.writer())
+                .await
+                .expect("the trigger");
+        }
+    }
+
+    /// What a sweep does for the request `auth_req_id` once its notification is due: claims
+    /// it and delivers it (here awaited, and only this request: tests share the database).
+    /// Whether it was due.
+    async fn swept(ctx: &Ctx, auth_req_id: &str) -> bool {
+        let due = ciba::due_notifications(&ctx.db, ctx.now_ms(), i64::MAX / 2)
+            .await
+            .expect("the due notifications")
+            .into_iter()
+            .find(|r| r.auth_req_id == auth_req_id);
+        let Some(request) = due else {
+            return false;
+        };
+        let until = ctx.now_ms() + lease_ms(ctx.config.ciba_notification_retry_base, 0);
+        let lease = ciba::claim_notification(&ctx.db, &request, until)
+            .await
+            .expect("claimed")
+            .expect("not claimed by another instance");
+        deliver(ctx.clone(), request, lease).await;
+        true
+    }
+
+    /// A push-mode relying party's request for a new user `name`, approved on their device:
+    /// the client's id, the `auth_req_id` and the user.
+    async fn approved_push_request(
+        domain: &TestDomain,
+        ctx: &Ctx,
+        name: &str,
+    ) -> (String, String, tessera_protocol::ids::UserId) {
+        let (client_id, secret) = domain
+            .client(RegisterCibaClient {
+                backchannel_client_notification_endpoint: Some(
+                    "https://rp.example.com/ciba".into(),
+                ),
+                ..RegisterCibaClient::new(
+                    "Shop",
+                    DeliveryMode::Push,
+                    ClientAuthMethod::ClientSecretBasic,
+                )
+            })
+            .await;
+        let (user, phone) = domain.user_with_device(name).await;
+        let form = Form::new(
+            [
+                ("scope", "openid"),
+                ("login_hint", user.as_str()),
+                ("client_notification_token", "notification-token-0123456789"),
+            ]
+            .iter()
+            .map(|(n, v)| ((*n).to_string(), (*v).to_string()))
+            .collect(),
+        )
+        .expect("a form");
+        let basic = BasicCredentials {
+            id: client_id.clone(),
+            secret,
+        };
+        let ack = super::super::backchannel::authenticate(ctx, Some(basic), &form)
+            .await
+            .expect("acknowledged");
+        let request = domain.pull(&phone).await.remove(0);
+        domain
+            .answered_by(&phone, &request, Decision::Approve)
+            .await
+            .expect("approved");
+        (client_id, ack.auth_req_id, user)
+    }
+
+    /// A push delivery whose tokens could not be minted because the database failed for a
+    /// moment is tried again after a backoff, and the relying party gets the tokens from a
+    /// later sweep: the failure is not the end of the delivery (the sweep never resumes a
+    /// failed one, and the user's approval would be lost).
+    #[tokio::test]
+    async fn a_push_delivery_the_database_failed_once_is_delivered_on_a_later_sweep() {
+        for domain in TestDomain::each_engine().await {
+            let engine = domain.ctx.db.engine();
+            let taken = Arc::new(TakenNotifications::default());
+            let ctx = posting_through(&domain.ctx, taken.clone());
+            let (client_id, auth_req_id, user) =
+                approved_push_request(&domain, &ctx, "wanda").await;
+            refuse_tokens_for(&ctx.db, &client_id, true).await;
+            assert!(swept(&ctx, &auth_req_id).await, "{engine:?}: due at once");
+            refuse_tokens_for(&ctx.db, &client_id, false).await;
+            let stored = ciba::request(&ctx.db, &auth_req_id)
+                .await
+                .expect("read")
+                .expect("the request");
+            assert_eq!(
+                (stored.notify_state, stored.notify_attempts),
+                (NotifyState::Due, 1),
+                "{engine:?}: the delivery waits for another attempt"
+            );
+            assert!(taken.all().is_empty(), "{engine:?}: nothing was sent");
+
+            // Not before the backoff; then the next sweep delivers the tokens.
+            assert!(
+                !swept(&ctx, &auth_req_id).await,
+                "{engine:?}: not due before the backoff"
+            );
+            domain
+                .clock
+                .advance(backoff(ctx.config.ciba_notification_retry_base, 1));
+            assert!(swept(&ctx, &auth_req_id).await, "{engine:?}: due again");
+            let sent = taken.all();
+            assert_eq!(sent.len(), 1, "{engine:?}: {sent:?}");
+            assert!(
+                sent[0].get("access_token").is_some(),
+                "{engine:?}: the tokens: {}",
+                sent[0]
+            );
+            let stored = ciba::request(&ctx.db, &auth_req_id)
+                .await
+                .expect("read")
+                .expect("the request");
+            assert_eq!(stored.notify_state, NotifyState::Done, "{engine:?}");
+            assert_eq!(
+                domain.tokens_of(&user).await,
+                1,
+                "{engine:?}: one access token"
+            );
+        }
+    }
+
+    /// A database failing at every attempt does not keep a delivery due for ever: once the
+    /// attempts run out, it ends failed.
+    #[tokio::test]
+    async fn a_push_delivery_the_database_fails_at_every_attempt_ends_failed() {
+        for domain in TestDomain::each_engine().await {
+            let engine = domain.ctx.db.engine();
+            let taken = Arc::new(TakenNotifications::default());
+            let ctx = posting_through(&domain.ctx, taken.clone());
+            let (client_id, auth_req_id, _user) =
+                approved_push_request(&domain, &ctx, "xena").await;
+            refuse_tokens_for(&ctx.db, &client_id, true).await;
+            let mut sweeps = 0;
+            while swept(&ctx, &auth_req_id).await {
+                sweeps += 1;
+                domain
+                    .clock
+                    .advance(backoff(ctx.config.ciba_notification_retry_base, sweeps));
+            }
+            refuse_tokens_for(&ctx.db, &client_id, false).await;
+            let stored = ciba::request(&ctx.db, &auth_req_id)
+                .await
+                .expect("read")
+                .expect("the request");
+            assert_eq!(
+                (stored.notify_state, sweeps),
+                (NotifyState::Failed, max_attempts(&ctx)),
+                "{engine:?}: failed after every attempt"
+            );
+            assert!(taken.all().is_empty(), "{engine:?}: nothing was sent");
+        }
     }
 }
