@@ -9,8 +9,31 @@ use crate::store::StoreError;
 /// The insert of [`record_once`].
 pub(crate) const RECORD: &str = "INSERT INTO device_nonces (nonce_key, expires_at) VALUES ($1, $2)";
 
-/// The housekeeping of [`record_once`]: nonces that can no longer be fresh.
+/// The housekeeping of [`record_once`]: nonces that can no longer be fresh (those that expired
+/// before `$1`, [`forget_expired`]'s cutoff).
 pub(crate) const FORGET_EXPIRED: &str = "DELETE FROM device_nonces WHERE expires_at < $1";
+
+/// How long after its expiry a nonce is kept (seconds): the clock difference between instances
+/// the server tolerates, as large as the largest skew it allows on a message's times (60 s on
+/// request objects and flow authorizations, 30 s on client assertions). A message is accepted
+/// until its expiry by the clock of the instance that checks it; an instance whose clock is
+/// behind another's still accepts it after the other's clock passed its expiry, and must then
+/// still find its nonce, or it would accept a replay. Device calls' nonces already expire a
+/// minute after their window; this margin comes on top.
+pub(crate) const KEPT_AFTER_EXPIRY: i64 = 60;
+
+/// Forgets, on `executor`, the nonces expired more than [`KEPT_AFTER_EXPIRY`] before `now`:
+/// those no instance can take for fresh any more.
+async fn forget_expired<'c>(
+    executor: impl sqlx::Executor<'c, Database = Any>,
+    now: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(FORGET_EXPIRED)
+        .bind(now.saturating_sub(KEPT_AFTER_EXPIRY))
+        .execute(executor)
+        .await?
+        .rows_affected())
+}
 
 /// Records a nonce; `false` if it was seen before (a replay).
 pub async fn record_once(
@@ -28,10 +51,7 @@ pub async fn record_once(
         Ok(_) => {
             // Cheap housekeeping: forget nonces that could no longer be fresh.
             if rand::random::<u8>() < 8 {
-                sqlx::query(FORGET_EXPIRED)
-                    .bind(now)
-                    .execute(db.writer())
-                    .await?;
+                forget_expired(db.writer(), now).await?;
             }
             Ok(true)
         }
@@ -72,10 +92,9 @@ pub async fn record_call(
     // as many such calls at once as the pool has connections, leave every connection held by a
     // call waiting for one (until the pool's acquire timeout failed them all).
     if fresh && rand::random::<u8>() < 8 {
-        let forget = sqlx::query(FORGET_EXPIRED).bind(now);
         match db.engine() {
-            Engine::Postgres => forget.execute(&mut **conn).await?,
-            Engine::Sqlite => forget.execute(db.writer()).await?,
+            Engine::Postgres => forget_expired(&mut **conn, now).await?,
+            Engine::Sqlite => forget_expired(db.writer(), now).await?,
         };
     }
     Ok(fresh)
@@ -156,5 +175,56 @@ mod tests {
             return;
         };
         calls_hold_only_their_own_connection(&url).await;
+    }
+
+    /// A nonce expired by this instance's clock, but not by the clock of an instance up to
+    /// [`KEPT_AFTER_EXPIRY`] behind, survives the housekeeping, and a replay of it is still
+    /// refused; one expired longer ago is forgotten.
+    async fn housekeeping_keeps_nonces_another_instance_still_takes_for_fresh(db: &Database) {
+        let now = 2_000_000;
+        let key = |what: &str| format!("{what}-{}", rand::random::<u64>());
+        let (just_expired, long_expired) = (key("just-expired"), key("long-expired"));
+        for (nonce, expires_at) in [
+            (&just_expired, now - KEPT_AFTER_EXPIRY + 1),
+            (&long_expired, now - KEPT_AFTER_EXPIRY - 1),
+        ] {
+            assert!(
+                record_once(db, nonce, expires_at, expires_at - 300)
+                    .await
+                    .expect("record")
+            );
+        }
+        forget_expired(db.writer(), now)
+            .await
+            .expect("housekeeping");
+        assert!(
+            !record_once(db, &just_expired, now + 300, now - KEPT_AFTER_EXPIRY)
+                .await
+                .expect("replay checked"),
+            "a replay on an instance whose clock is behind is refused"
+        );
+        assert!(
+            record_once(db, &long_expired, now + 300, now)
+                .await
+                .expect("recorded again"),
+            "a nonce long expired is forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn nonces_are_kept_for_the_clock_skew_after_they_expire() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let mut urls = vec![url];
+        urls.extend(
+            std::env::var("DATABASE_URL")
+                .ok()
+                .filter(|url| url.starts_with("postgres")),
+        );
+        for url in urls {
+            let db = Database::connect(&url, 2).await.expect("database");
+            housekeeping_keeps_nonces_another_instance_still_takes_for_fresh(&db).await;
+            db.close().await;
+        }
     }
 }
