@@ -114,6 +114,9 @@ pub(crate) fn localized(
 }
 
 #[cfg(test)]
+mod deletion_tests;
+
+#[cfg(test)]
 mod wanted_language_tests {
     use super::*;
 
