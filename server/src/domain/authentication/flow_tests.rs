@@ -505,22 +505,7 @@ async fn an_ending_timed_before_the_expiry_but_written_after_its_sweep_is_not_re
             .await
             .expect("status");
         assert_eq!(read.state, AuthenticationState::Expired);
-        let records = crate::store::audit::query(
-            &domain.ctx.db,
-            &crate::store::audit::Filter {
-                application_id: Some(domain.app.id.to_string()),
-                ..Default::default()
-            },
-            100,
-            true,
-        )
-        .await
-        .expect("the audit log");
-        let kinds: Vec<&str> = records
-            .iter()
-            .filter(|r| r.record.subject.as_deref() == Some(id.as_str()))
-            .map(|r| r.record.kind.as_str())
-            .collect();
+        let kinds = kinds_recorded_for(&domain, &id).await;
         assert_eq!(
             kinds,
             ["authentication.created", "authentication.expired"],
@@ -570,22 +555,7 @@ async fn an_expiry_claimed_by_a_sweep_that_does_not_commit_is_recorded_by_the_ne
             "{:?}",
             domain.ctx.db.engine()
         );
-        let records = crate::store::audit::query(
-            &domain.ctx.db,
-            &crate::store::audit::Filter {
-                application_id: Some(domain.app.id.to_string()),
-                ..Default::default()
-            },
-            100,
-            true,
-        )
-        .await
-        .expect("the audit log");
-        let kinds: Vec<&str> = records
-            .iter()
-            .filter(|r| r.record.subject.as_deref() == Some(id.as_str()))
-            .map(|r| r.record.kind.as_str())
-            .collect();
+        let kinds = kinds_recorded_for(&domain, &id).await;
         assert_eq!(
             kinds,
             ["authentication.created", "authentication.expired"],
@@ -593,6 +563,29 @@ async fn an_expiry_claimed_by_a_sweep_that_does_not_commit_is_recorded_by_the_ne
             domain.ctx.db.engine()
         );
     }
+}
+
+/// The kinds of the audit records about authentication `id`, oldest first.
+async fn kinds_recorded_for(
+    domain: &TestDomain,
+    id: &tessera_protocol::authentication::AuthenticationId,
+) -> Vec<String> {
+    let records = crate::store::audit::query(
+        &domain.ctx.db,
+        &crate::store::audit::Filter {
+            application_id: Some(domain.app.id.to_string()),
+            ..Default::default()
+        },
+        100,
+        true,
+    )
+    .await
+    .expect("the audit log");
+    records
+        .into_iter()
+        .filter(|r| r.record.subject.as_deref() == Some(id.as_str()))
+        .map(|r| r.record.kind)
+        .collect()
 }
 
 /// The request `status` names, as stored now.
