@@ -530,33 +530,26 @@ pub(crate) async fn sweep_expired_of(
     ctx: &Ctx,
     application: Option<&ApplicationId>,
 ) -> Result<usize, DomainError> {
-    let now_ms = ctx.now_ms();
     // The claim and the records in one write: a crash or an error before the commit leaves the
     // requests unclaimed for the next sweep, never claimed without their records.
     let mut w = ctx.db.write().await?;
     let expired =
         store::claim_unreported_expired(&mut w, ctx.now(), 256, application.map(|a| a.as_str()))
             .await?;
-    let mut tickets = Vec::new();
-    for record in &expired {
-        let events = ending_events_as(
-            record,
-            EventType::AuthenticationExpired,
-            "expired",
-            Actor::Server,
-        );
-        for event in events {
-            let entry = new_record(&ctx.config.accessing_ip_table, now_ms, &event);
-            let deliveries = deliveries_of(&event, now_ms).unwrap_or_else(|e| {
-                // Its record is kept; only the webhook is lost, never the sweep's other records.
-                tracing::error!(kind = event.kind, error = %e, "a webhook could not be queued");
-                None
-            });
-            tickets.extend(store::append_deferred(&mut w, &entry, deliveries.as_ref()).await?);
-        }
-    }
+    let events = expired
+        .iter()
+        .flat_map(|record| {
+            ending_events_as(
+                record,
+                EventType::AuthenticationExpired,
+                "expired",
+                Actor::Server,
+            )
+        })
+        .collect();
+    let queued = append_deferred(ctx, &mut w, events).await?;
     let committed = w.commit().await?;
-    if tickets.iter().any(|t| committed.changes(*t) > 0) {
+    if queued.any(&committed) {
         ctx.events.announce(&[Topic::WebhookOutbox]);
     }
     Ok(expired.len())
