@@ -1309,8 +1309,10 @@ async fn authenticate(
     }
     if let Some(mobile_payload) = mobile_payload {
         let user = flow.user()?;
+        // Whether the device is held for the passcode (the user has no active device to verify
+        // it) is decided in the pairing's own write, not from a read made before it.
         let approve_by = passcode_channel(ctx, app, user, &data.options).await?;
-        let reply = pairing::relay_with(
+        let relayed = pairing::relay_with(
             ctx,
             app,
             user,
@@ -1318,10 +1320,11 @@ async fn authenticate(
             approve_by.is_some(),
         )
         .await?;
+        let reply = relayed.response;
         data.push = None;
         data.otp = None;
         if let Some(channel) = approve_by
-            && reply.device.status == EnrollmentState::PendingVerification
+            && relayed.held
         {
             // The new device is approved by a passcode sent to the user's phone or email.
             match backup::send_to_contact(ctx, app, user, channel).await {
@@ -1378,9 +1381,10 @@ fn held_for_passcode(data: &Data) -> bool {
 }
 
 /// The channel a new device pairing through this flow is approved by (seed 001: SMS, voice and
-/// email devices may approve a new device pairing): when the application verifies new devices
-/// but the user has no paired device to ask, the first of the flow's backup channels that
-/// reaches a registered contact. `None`: the pairing goes as it would anyway (verified by the
+/// email devices may approve a new device pairing): when the application verifies new devices,
+/// the first of the flow's backup channels that reaches a registered contact. It is used only
+/// if the user has no active device to ask, which the pairing's write decides
+/// ([`pairing::Relayed::held`]). `None`: the pairing goes as it would anyway (verified by the
 /// primary device, or active at once).
 async fn passcode_channel(
     ctx: &Ctx,
@@ -1391,13 +1395,6 @@ async fn passcode_channel(
     if applications::additional_device_policy(ctx.db.pool(), &app.id).await?
         != applications::AdditionalDevicePolicy::VerifyWithPrimary
     {
-        return Ok(None);
-    }
-    let has_device = enrollments::list_for_user(&ctx.db, &app.id, user)
-        .await?
-        .iter()
-        .any(|e| e.status == EnrollmentState::Active);
-    if has_device {
         return Ok(None);
     }
     let contacts = backup::get_contacts(ctx, &app.id, user).await?;

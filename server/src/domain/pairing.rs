@@ -763,20 +763,51 @@ pub(crate) async fn relay(
     user_id: &UserId,
     request: &RelayPairingRequest,
 ) -> Result<RelayPairingResponse, DomainError> {
-    relay_with(ctx, app, user_id, request, false).await
+    relay_with(ctx, app, user_id, request, false)
+        .await
+        .map(|relayed| relayed.response)
+}
+
+/// What [`relay_with`] paired: the customer's answer, and whether the device is held for a
+/// passcode (stored `pending_verification` with no primary device asked).
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    /// The answer the customer backend relays to the device.
+    pub response: RelayPairingResponse,
+    /// Whether the device waits for a flow's passcode ([`approve_held`], [`reject_held`]):
+    /// only then does the flow send one. A device the user's primary device is asked to verify
+    /// is pending too, but not held.
+    pub held: bool,
+}
+
+impl Relayed {
+    fn of(enrollment: Enrollment) -> Self {
+        let held = enrollment.status == EnrollmentState::PendingVerification
+            && enrollment.verification_id.is_none();
+        Self {
+            response: RelayPairingResponse {
+                device: enrollment.record(),
+                server_payload: enrollment.server_payload,
+            },
+            held,
+        }
+    }
 }
 
 /// [`relay`], for a flow whose new device is approved by a passcode sent to the user's phone
 /// or email (`hold_for_passcode`): when no primary device verifies it, the enrollment is
 /// stored `pending_verification` with no verification request, until the flow activates it
-/// ([`approve_held`]) or rejects it ([`reject_held`]).
+/// ([`approve_held`]) or rejects it ([`reject_held`]). Whether a primary device verifies it is
+/// decided inside the write that stores it, under the user's lock: a flow that read the user's
+/// devices before cannot pair a device active, unverified and without its passcode because the
+/// user's only device was unpaired meanwhile. [`Relayed::held`] says which it was.
 pub(crate) async fn relay_with(
     ctx: &Ctx,
     app: &Application,
     user_id: &UserId,
     request: &RelayPairingRequest,
     hold_for_passcode: bool,
-) -> Result<RelayPairingResponse, DomainError> {
+) -> Result<Relayed, DomainError> {
     let now = ctx.now();
     let invalid = || {
         DomainError::new(
@@ -799,7 +830,7 @@ pub(crate) async fn relay_with(
     super::users::require_user(ctx, &app.id, user_id).await?;
     let digest = verified.digest.to_string();
     if let Some(again) = relayed_before(ctx, app, user_id, &digest).await? {
-        return again;
+        return again.map(Relayed::of);
     }
     let info = ApplicationInfo {
         id: app.id.clone(),
@@ -837,17 +868,14 @@ pub(crate) async fn relay_with(
             let enrollment = created.push_verification(ctx, &committed).await;
             count_pairing(ctx, "relay");
             tracing::info!(enrollment_id = %enrollment.enrollment_id, application_id = %info.id, "device paired (relay)");
-            Ok(RelayPairingResponse {
-                device: enrollment.record(),
-                server_payload: enrollment.server_payload,
-            })
+            Ok(Relayed::of(enrollment))
         }
         Err(e) if is_unique_violation(&e) => {
             // A copy of this payload relayed at the same time paired it first (on SQLite
             // possibly an earlier member of this write's group): its answer once committed.
             tx.rollback_after_others().await?;
             match relayed_before(ctx, app, user_id, &digest).await? {
-                Some(again) => again,
+                Some(again) => again.map(Relayed::of),
                 None => {
                     count_failure(ctx, "replayed");
                     Err(payload_replayed())
@@ -866,15 +894,12 @@ async fn relayed_before(
     app: &Application,
     user_id: &UserId,
     digest: &str,
-) -> Result<Option<Result<RelayPairingResponse, DomainError>>, DomainError> {
+) -> Result<Option<Result<Enrollment, DomainError>>, DomainError> {
     let Some(existing) = enrollments::by_registration_digest(&ctx.db, digest).await? else {
         return Ok(None);
     };
     if existing.application_id == app.id && &existing.user_id == user_id {
-        return Ok(Some(Ok(RelayPairingResponse {
-            device: existing.record(),
-            server_payload: existing.server_payload,
-        })));
+        return Ok(Some(Ok(existing)));
     }
     count_failure(ctx, "replayed");
     Ok(Some(Err(payload_replayed())))

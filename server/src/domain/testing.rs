@@ -543,6 +543,35 @@ impl TestDomain {
         })
     }
 
+    /// The test application's further devices pair only once the user's primary device
+    /// approves ("verify new devices with the primary device").
+    pub(crate) async fn verify_new_devices_with_primary(&self) {
+        assert!(
+            crate::store::applications::set_additional_device_policy(
+                &self.ctx.db,
+                &self.app.id,
+                crate::store::applications::AdditionalDevicePolicy::VerifyWithPrimary,
+            )
+            .await
+            .expect("set")
+        );
+    }
+
+    /// What a customer backend relays for a new device: its mobile payload (relay pairing uses
+    /// no code; the registration is the one the device makes for it).
+    pub(crate) fn relayed_payload(&self) -> tessera_protocol::api::RelayPairingRequest {
+        let phone = Registering::new(&self.ctx.public_url, "", self.clock.now(), false);
+        tessera_protocol::api::RelayPairingRequest {
+            mobile_payload: tessera_protocol::pairing::MobilePayload {
+                v: tessera_protocol::PROTOCOL_VERSION,
+                registration: phone.request.registration,
+                user_verification_proof: phone.request.user_verification_proof,
+            }
+            .encode()
+            .expect("a payload"),
+        }
+    }
+
     /// How many OpenID tokens the application's clients hold for `user`.
     pub(crate) async fn tokens_of(&self, user: &UserId) -> i64 {
         sqlx::query_scalar(

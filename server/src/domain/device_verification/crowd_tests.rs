@@ -24,7 +24,7 @@ use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::authentication::{AuthenticationState, Decision};
 use tessera_protocol::ids::UserId;
 
-use super::flow_tests::{new_device_pairs, verify_with_primary};
+use super::flow_tests::new_device_pairs;
 use crate::clock::Clock;
 use crate::domain::events::Topic;
 use crate::domain::testing::{
@@ -81,7 +81,7 @@ struct Ran {
 async fn a_crowd_of_new_devices_settled_every_way_at_once_each_settle_once() {
     let seed = crowd_seed();
     for domain in TestDomain::each_engine_for_crowds().await {
-        verify_with_primary(&domain).await;
+        domain.verify_new_devices_with_primary().await;
         let users = domain
             .crowd(USERS, seed, |domain, user, phone, rng| async move {
                 run_user(&domain, &user, &phone, rng).await

@@ -11,7 +11,6 @@ use tessera_protocol::ids::UserId;
 use crate::clock::Clock;
 use crate::domain::pairing::{pair_device, start};
 use crate::domain::testing::{Registering, TestDevice, TestDomain};
-use crate::store::applications::{self, AdditionalDevicePolicy};
 use crate::store::enrollments::{self, Enrollment};
 
 const CLIENT: &str = "203.0.113.9";
@@ -21,24 +20,11 @@ const CLIENT: &str = "203.0.113.9";
 async fn verifying_domains(name: &str) -> Vec<(TestDomain, UserId, TestDevice)> {
     let mut out = Vec::new();
     for domain in TestDomain::each_engine().await {
-        verify_with_primary(&domain).await;
+        domain.verify_new_devices_with_primary().await;
         let (user, phone) = domain.user_with_device(name).await;
         out.push((domain, user, phone));
     }
     out
-}
-
-/// The test application's further devices pair only once the user's primary device approves.
-pub(super) async fn verify_with_primary(domain: &TestDomain) {
-    assert!(
-        applications::set_additional_device_policy(
-            &domain.ctx.db,
-            &domain.app.id,
-            AdditionalDevicePolicy::VerifyWithPrimary,
-        )
-        .await
-        .expect("set")
-    );
 }
 
 /// A new device pairs with a fresh code for `user`: its enrollment as stored (held for the
@@ -142,7 +128,7 @@ async fn an_unanswered_verification_rejects_the_new_device_once_it_expired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pairing_racing_the_primary_devices_unpairing_leaves_nothing_pending_for_it() {
     for domain in TestDomain::each_engine().await {
-        verify_with_primary(&domain).await;
+        domain.verify_new_devices_with_primary().await;
         let engine = domain.ctx.db.engine();
         let (mut asked, mut not_asked) = (0, 0);
         for round in 0..24u64 {

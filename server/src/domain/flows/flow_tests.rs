@@ -284,3 +284,98 @@ async fn a_qr_approval_ending_a_flow_rejects_the_device_it_held_for_a_passcode()
         );
     }
 }
+
+/// A flow for `user` that offers a passcode by email as the new device's approval.
+async fn emailing_flow_for(domain: &TestDomain, user: &UserId) -> FlowState {
+    crate::domain::backup::set_contacts(
+        &domain.ctx,
+        &domain.app.id,
+        user,
+        tessera_protocol::api::BackupContacts {
+            phone: None,
+            email: Some(format!("{user}@example.com")),
+        },
+    )
+    .await
+    .expect("contacts");
+    let body: CreateFlowRequest =
+        serde_json::from_value(json!({"user_id": user, "email_backup": true}))
+            .expect("a flow request");
+    create(&domain.ctx, &domain.app, body)
+        .await
+        .expect("created")
+}
+
+/// Under "verify new devices with the primary device", a flow pairs a new device for a user
+/// whose only device is unpaired at the same moment. Whether the new device waits for the
+/// primary device or for a passcode is decided in the pairing's own write: a flow that read
+/// the user's devices first and chose "the primary device verifies it" would store it, in a
+/// write that found no primary device any more, active at once: unverified, and no passcode
+/// asked. However the two fall, the new device is never active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flow_pairing_a_device_as_the_user_s_only_device_is_unpaired_never_pairs_it_unverified() {
+    use tessera_protocol::api::EnrollmentState;
+    for domain in TestDomain::each_engine().await {
+        domain.verify_new_devices_with_primary().await;
+        let engine = domain.ctx.db.engine();
+        let (mut held, mut asked) = (0, 0);
+        for round in 0..24u64 {
+            let (user, phone) = domain.user_with_device(&format!("lea-{round}")).await;
+            let flow = emailing_flow_for(&domain, &user).await;
+            let emails = domain.emails.all().len();
+            let mobile_payload = domain.relayed_payload().mobile_payload;
+            let pairing = tokio::spawn({
+                let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), flow.id.to_string());
+                async move {
+                    let action = FlowAction::Authenticate {
+                        mobile_payload: Some(mobile_payload),
+                        authorization_payload: None,
+                    };
+                    act(&ctx, &app, &id, action).await
+                }
+            });
+            let pause = Duration::from_micros(round % 12 * 400);
+            domain
+                .unpairing_after(&user, &phone.enrollment.enrollment_id, async move {
+                    tokio::time::sleep(pause).await;
+                })
+                .await
+                .expect("unpaired");
+            let moved = pairing.await.expect("the action ran");
+            let moved = match moved {
+                Ok(moved) => moved,
+                Err(e) => panic!("{engine:?}, round {round}: the pairing failed: {e:?}"),
+            };
+            let pairing = moved.pairing.as_ref().expect("the flow pairs a device");
+            let new = crate::store::enrollments::by_id(&domain.ctx.db, &pairing.enrollment_id)
+                .await
+                .expect("read")
+                .expect("stored");
+            assert_ne!(
+                new.status,
+                EnrollmentState::Active,
+                "{engine:?}, round {round}: the new device paired unverified ({moved:?})"
+            );
+            if new.verification_id.is_none() && new.status == EnrollmentState::PendingVerification {
+                held += 1;
+                assert_eq!(
+                    domain.emails.all().len(),
+                    emails + 1,
+                    "{engine:?}, round {round}: the passcode was sent"
+                );
+                assert!(
+                    moved.otp.is_some(),
+                    "{engine:?}, round {round}: the flow asks for it"
+                );
+            } else {
+                asked += 1;
+                assert_eq!(
+                    domain.emails.all().len(),
+                    emails,
+                    "{engine:?}, round {round}: no passcode"
+                );
+            }
+        }
+        println!("{engine:?}: {held} held for a passcode, {asked} asked of the primary device");
+    }
+}

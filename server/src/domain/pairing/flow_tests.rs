@@ -180,21 +180,6 @@ async fn copies_of_one_registration_sent_at_once_all_get_its_answer() {
     }
 }
 
-/// What a customer backend relays for a new device: its mobile payload (relay pairing uses no
-/// code; the registration is the one the device makes for it).
-fn relayed_payload(domain: &TestDomain) -> tessera_protocol::api::RelayPairingRequest {
-    let phone = registering(domain, "");
-    tessera_protocol::api::RelayPairingRequest {
-        mobile_payload: tessera_protocol::pairing::MobilePayload {
-            v: tessera_protocol::PROTOCOL_VERSION,
-            registration: phone.request.registration,
-            user_verification_proof: phone.request.user_verification_proof,
-        }
-        .encode()
-        .expect("a payload"),
-    }
-}
-
 /// A customer backend that relays one mobile payload again while the first relay is under way
 /// (a retry after a timeout): every copy gets the pairing's answer, as a later retry does, not
 /// `replayed_message`.
@@ -203,7 +188,7 @@ async fn copies_of_one_relayed_payload_sent_at_once_all_get_its_answer() {
     for domain in TestDomain::each_engine().await {
         for n in 0..12 {
             let user = domain.user(&format!("hana-{n}")).await;
-            let relayed = relayed_payload(&domain);
+            let relayed = domain.relayed_payload();
             let answers: Vec<_> = sent_at_once(6, || {
                 let (ctx, app, user, relayed) = (
                     domain.ctx.clone(),
@@ -224,7 +209,7 @@ async fn copies_of_one_relayed_payload_sent_at_once_all_get_its_answer() {
             assert_eq!(devices.len(), 1);
         }
         // Another user's relay of a payload already paired is still a replay.
-        let payload = relayed_payload(&domain);
+        let payload = domain.relayed_payload();
         let ivy = domain.user("ivy").await;
         let jon = domain.user("jon").await;
         super::relay(&domain.ctx, &domain.app, &ivy, &payload)
@@ -437,19 +422,6 @@ async fn two_devices_unpaired_at_once_leave_the_third_primary() {
     }
 }
 
-/// The test application's further devices pair only once the user's primary device approves.
-async fn verify_with_primary(domain: &TestDomain) {
-    assert!(
-        crate::store::applications::set_additional_device_policy(
-            &domain.ctx.db,
-            &domain.app.id,
-            crate::store::applications::AdditionalDevicePolicy::VerifyWithPrimary,
-        )
-        .await
-        .expect("set")
-    );
-}
-
 /// A device of `user` pairs with a fresh code: its enrollment as stored.
 async fn pairs_by_code(domain: &TestDomain, user: &UserId) -> enrollments::Enrollment {
     let code = start(&domain.ctx, &domain.app.id, user, None)
@@ -472,12 +444,12 @@ async fn held_for_a_passcode(domain: &TestDomain, user: &UserId) -> enrollments:
         &domain.ctx,
         &domain.app,
         user,
-        &relayed_payload(domain),
+        &domain.relayed_payload(),
         true,
     )
     .await
     .expect("held");
-    enrollments::by_id(&domain.ctx.db, &reply.device.enrollment_id)
+    enrollments::by_id(&domain.ctx.db, &reply.response.device.enrollment_id)
         .await
         .expect("read")
         .expect("stored")
@@ -492,7 +464,7 @@ async fn held_for_a_passcode(domain: &TestDomain, user: &UserId) -> enrollments:
 #[tokio::test]
 async fn a_device_held_for_a_passcode_never_takes_the_primary_flag() {
     for domain in TestDomain::each_engine().await {
-        verify_with_primary(&domain).await;
+        domain.verify_new_devices_with_primary().await;
         let engine = domain.ctx.db.engine();
         // Rejected: the flow ended without the passcode.
         let user = domain.user("ines").await;
@@ -574,7 +546,7 @@ async fn a_device_held_for_a_passcode_never_takes_the_primary_flag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_device_approved_as_another_pairs_leaves_one_primary() {
     for domain in TestDomain::each_engine().await {
-        verify_with_primary(&domain).await;
+        domain.verify_new_devices_with_primary().await;
         let engine = domain.ctx.db.engine();
         let (mut held_first, mut paired_first) = (0, 0);
         for round in 0..24u64 {
