@@ -1091,7 +1091,18 @@ pub(crate) async fn act(
                 && flow.data.pairing.as_ref().map(|q| &q.enrollment_id) != Some(&p.enrollment_id)
         })
         .map(|p| p.enrollment_id.clone());
-    let moved = move_to(ctx, &claimed, name, status, data).await?;
+    let ending = status.is_final().then(|| data.clone());
+    let moved = match move_to(ctx, &claimed, name, status, data).await? {
+        Some(moved) => Some(moved),
+        // An action that ends the flow (a recovery code, a passcode or a passkey spent, a
+        // cancellation) ends it also when the server moved it meanwhile to a step that does
+        // not (its push answered no, its QR code expired): what the user spent is not wasted
+        // on a `conflict`, and a flow whose push this action withdrew is not left waiting on it.
+        None => match ending {
+            Some(data) => end_on_latest(ctx, &claimed, name, status, data).await?,
+            None => None,
+        },
+    };
     claim.ended_by_move();
     match moved {
         Some(moved) => {
@@ -1125,6 +1136,36 @@ pub(crate) async fn act(
             }
         }
     }
+}
+
+/// Moves the flow `claimed` was claimed from to `status` (final) with `data`, as it stands
+/// now: another move (the server's own, [`due_move`]) came between the action's claim and its
+/// move. `None` when the flow has ended meanwhile. A passkey sign-in's user, bound by the
+/// claimed action, is bound by this move.
+async fn end_on_latest(
+    ctx: &Ctx,
+    claimed: &Flow,
+    action: &str,
+    status: FlowStatus,
+    data: Data,
+) -> Result<Option<Flow>, DomainError> {
+    let mut current = claimed.clone();
+    // Bounded, as `refresh` is: each round lost to yet another move reads the flow again.
+    for _ in 0..4 {
+        let mut latest = refresh(ctx, reload(ctx, &current).await?).await?;
+        if latest.status.is_final() {
+            return Ok(None);
+        }
+        if claimed.stored.user_id.is_some() {
+            latest.stored.user_id = claimed.stored.user_id.clone();
+        }
+        if let Some(moved) = move_to(ctx, &latest, action, status, data.clone()).await? {
+            tracing::info!(flow_id = %moved.stored.id, action, "flow ended on its latest version");
+            return Ok(Some(moved));
+        }
+        current = latest;
+    }
+    Ok(None)
 }
 
 /// One action's hold on a flow, from its claim to its move or refusal. While it holds, other

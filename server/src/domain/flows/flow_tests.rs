@@ -379,3 +379,90 @@ async fn a_flow_pairing_a_device_as_the_user_s_only_device_is_unpaired_never_pai
         println!("{engine:?}: {held} held for a passcode, {asked} asked of the primary device");
     }
 }
+
+/// The user types a recovery code as their phone says no to the flow's push. The code is
+/// spent (and the push withdrawn) before the flow moves; the denial's move can come between
+/// the action's claim and its move. Then the flow still completes by the code: a code spent
+/// on a `conflict` would be lost, and the flow left waiting on the push the code withdrew.
+/// However the two fall, the action either completes the flow or is refused before it spent
+/// anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recovery_code_typed_as_the_phone_says_no_is_never_spent_for_nothing() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (mut completed, mut refused_unspent) = (0, 0);
+        for round in 0..48u64 {
+            let (user, phone) = domain.user_with_device(&format!("noor-{round}")).await;
+            let codes = crate::domain::bypass::issue_codes(&domain.ctx, &domain.app.id, &user)
+                .await
+                .expect("issued")
+                .codes;
+            let flow = flow_for(&domain, &user).await;
+            let id = flow.id.to_string();
+            act(&domain.ctx, &domain.app, &id, authenticate())
+                .await
+                .expect("pushed");
+            let request = pushed(&domain, &phone).await;
+            let typed = tokio::spawn({
+                let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), id.clone());
+                let recovery_code = codes[0].clone();
+                async move {
+                    act(
+                        &ctx,
+                        &app,
+                        &id,
+                        FlowAction::CheckRecoveryCode { recovery_code },
+                    )
+                    .await
+                }
+            });
+            tokio::time::sleep(Duration::from_micros(round % 8 * 25)).await;
+            // Refused when the code withdrew the push first.
+            let _ = domain.answered_by(&phone, &request, Decision::Deny).await;
+            let typed = typed.await.expect("the action ran");
+            let remaining = crate::domain::bypass::codes_status(&domain.ctx, &domain.app.id, &user)
+                .await
+                .expect("read")
+                .remaining;
+            match typed {
+                Ok(state) => {
+                    assert_eq!(
+                        state.status,
+                        FlowStatus::MfaCompleted,
+                        "{engine:?}, round {round}"
+                    );
+                    assert_eq!(remaining, 9, "{engine:?}, round {round}: one code spent");
+                    let read = get(&domain.ctx, &domain.app.id, &id).await.expect("read");
+                    assert_eq!(
+                        read.status,
+                        FlowStatus::MfaCompleted,
+                        "{engine:?}, round {round}"
+                    );
+                    completed += 1;
+                }
+                Err(e) => {
+                    assert_eq!(
+                        e.code(),
+                        Some(ErrorCode::Conflict),
+                        "{engine:?}, round {round}: {e:?}"
+                    );
+                    assert_eq!(
+                        remaining, 10,
+                        "{engine:?}, round {round}: refused after the code was spent"
+                    );
+                    // The denial moved the flow first; the code is still offered.
+                    let read = get(&domain.ctx, &domain.app.id, &id).await.expect("read");
+                    assert_eq!(
+                        read.status,
+                        FlowStatus::PushConfirmationRejected,
+                        "{engine:?}, round {round}"
+                    );
+                    refused_unspent += 1;
+                }
+            }
+        }
+        println!(
+            "{engine:?}: {completed} completed by the code, {refused_unspent} refused before spending it"
+        );
+    }
+}
