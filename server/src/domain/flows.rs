@@ -393,7 +393,8 @@ fn event(ctx: &Ctx, action: &str, from: Option<FlowStatus>, to: FlowStatus) -> F
 }
 
 /// Moves `flow` (at its loaded version) to `status` with `data`, recording `action`, and wakes
-/// its pollers. `None` when another move came first.
+/// its pollers. `None` when another move came first, or when the move ends the flow by the
+/// user's bypass and the bypass is no longer in force ([`try_move`] tells the two apart).
 async fn move_to(
     ctx: &Ctx,
     flow: &Flow,
@@ -401,6 +402,37 @@ async fn move_to(
     status: FlowStatus,
     data: Data,
 ) -> Result<Option<Flow>, DomainError> {
+    Ok(match try_move(ctx, flow, action, status, data).await? {
+        Move::Moved(moved) => Some(*moved),
+        Move::Lost | Move::BypassCleared => None,
+    })
+}
+
+/// What [`try_move`] did.
+enum Move {
+    /// The flow moved: as it now stands (boxed: a flow is large beside the other variants).
+    Moved(Box<Flow>),
+    /// Another move came first.
+    Lost,
+    /// The move ended the flow by the user's bypass, which was cleared since the action read
+    /// it: the flow did not move.
+    BypassCleared,
+}
+
+/// [`move_to`], telling a lost move from a bypass cleared since it was read. A move that ends
+/// the flow by the user's bypass is made only while that bypass is in force, checked by the
+/// move's own write, so no flow ends by a bypass once its clearing has been answered.
+async fn try_move(
+    ctx: &Ctx,
+    flow: &Flow,
+    action: &str,
+    status: FlowStatus,
+    data: Data,
+) -> Result<Move, DomainError> {
+    let by_bypass = data
+        .result
+        .as_ref()
+        .is_some_and(|r| r.status == FlowResultStatus::Bypassed);
     let mut stored = flow.stored.clone();
     stored.status = status.as_str().to_string();
     stored.version = flow.stored.version + 1;
@@ -415,15 +447,27 @@ async fn move_to(
         _ => None,
     };
     stored.updated_at = ctx.now();
+    let while_bypassed = match (by_bypass, &stored.user_id) {
+        (true, Some(user_id)) => Some(store::WhileBypassed {
+            application_id: &stored.application_id,
+            user_id,
+            now: ctx.now(),
+        }),
+        (true, None) => return Err(DomainError::Internal("a bypassed flow without its user")),
+        (false, _) => None,
+    };
     let moved = store::transition(
         &ctx.db,
         &stored,
         flow.stored.version,
         &event(ctx, action, Some(flow.status), status),
+        while_bypassed,
     )
     .await?;
-    if !moved {
-        return Ok(None);
+    match moved {
+        store::Transitioned::Moved => {}
+        store::Transitioned::Lost => return Ok(Move::Lost),
+        store::Transitioned::BypassCleared => return Ok(Move::BypassCleared),
     }
     tracing::info!(
         flow_id = %stored.id,
@@ -459,11 +503,11 @@ async fn move_to(
         )
         .await;
     }
-    Ok(Some(Flow {
+    Ok(Move::Moved(Box::new(Flow {
         stored,
         status,
         data,
-    }))
+    })))
 }
 
 fn finished(mut data: Data, result: FlowResult) -> Data {
@@ -1027,9 +1071,102 @@ pub(crate) async fn act(
     };
     let mut claimed = flow.clone();
     claimed.stored.version = claim.version;
-    let step = match action {
+    let mut step = take_step(ctx, app, &mut claimed, action.clone()).await;
+    let mut reruns = 0;
+    loop {
+        let (status, data) = match step {
+            Ok(next) => next,
+            Err(e) => {
+                let e = refused(ctx, &claimed, name, e).await;
+                claim.release().await;
+                return Err(e);
+            }
+        };
+        let new_push = data
+            .push
+            .as_ref()
+            .filter(|p| flow.data.push.as_ref() != Some(*p))
+            .map(|p| p.authentication_id.clone());
+        let new_qr = data.qr.clone().filter(|q| flow.data.qr.as_ref() != Some(q));
+        // A device this action paired and holds for a passcode (`authenticate` with a mobile
+        // payload): rejected if the move is lost, as nothing would ever approve or reject it.
+        let new_held = data
+            .pairing
+            .as_ref()
+            .filter(|p| {
+                held_for_passcode(&data)
+                    && flow.data.pairing.as_ref().map(|q| &q.enrollment_id)
+                        != Some(&p.enrollment_id)
+            })
+            .map(|p| p.enrollment_id.clone());
+        let ending = status.is_final().then(|| data.clone());
+        let moved = match try_move(ctx, &claimed, name, status, data).await? {
+            Move::Moved(moved) => Some(*moved),
+            // The step ended the flow by the user's bypass, cleared since the step read it: the
+            // step is taken again, as it would have been had the clearing come first (the device
+            // is asked).
+            Move::BypassCleared if reruns < MAX_BYPASS_RERUNS => {
+                reruns += 1;
+                tracing::info!(flow_id = %claimed.stored.id, "bypass cleared meanwhile: the step is taken again");
+                step = take_step(ctx, app, &mut claimed, action.clone()).await;
+                continue;
+            }
+            // An action that ends the flow (a recovery code, a passcode or a passkey spent, a
+            // cancellation) ends it also when the server moved it meanwhile to a step that does
+            // not (its push answered no, its QR code expired): what the user spent is not wasted
+            // on a `conflict`, and a flow whose push this action withdrew is not left waiting on it.
+            Move::Lost | Move::BypassCleared => match ending {
+                Some(data) => end_on_latest(ctx, &claimed, name, status, data).await?,
+                None => None,
+            },
+        };
+        claim.ended_by_move();
+        return match moved {
+            Some(moved) => {
+                // A code this action replaced is no longer shown: it stops working now.
+                if new_qr.is_some()
+                    && let Some(previous) = &flow.data.qr
+                {
+                    super::qr::withdraw_for_flow(ctx, previous).await?;
+                }
+                // The push may have been answered before the flow recorded it.
+                shown(ctx, &refresh(ctx, moved).await?, false).await
+            }
+            None => {
+                // Someone moved it between the claim and now (its push was answered): withdraw a
+                // push or a QR code this action made, then answer the flow as it stands if it is
+                // over.
+                if let Some(push) = new_push {
+                    outcome::record(ctx, &push, Ending::Canceled).await?;
+                }
+                if let Some(qr) = &new_qr {
+                    super::qr::withdraw_for_flow(ctx, qr).await?;
+                }
+                if let Some(held) = &new_held {
+                    pairing::reject_held(ctx, held).await?;
+                }
+                let latest = refresh(ctx, reload(ctx, &claimed).await?).await?;
+                if latest.status.is_final() {
+                    shown(ctx, &latest, false).await
+                } else {
+                    Err(conflict())
+                }
+            }
+        };
+    }
+}
+
+/// The step `action` takes on the flow `claimed` (claimed by it): where the flow moves and
+/// with what. A passkey sign-in binds its user in `claimed`, which its move then records.
+async fn take_step(
+    ctx: &Ctx,
+    app: &Application,
+    claimed: &mut Flow,
+    action: FlowAction,
+) -> Result<(FlowStatus, Data), DomainError> {
+    match action {
         FlowAction::CheckAssertion { credential } if claimed.awaits_passkey() => {
-            match check_passkey(ctx, app, &claimed, credential).await {
+            match check_passkey(ctx, app, claimed, credential).await {
                 Ok((user, status, data)) => {
                     // Bound by the move below, which only the claim's version can make.
                     claimed.stored.user_id = Some(user);
@@ -1041,102 +1178,38 @@ pub(crate) async fn act(
         FlowAction::Authenticate {
             mobile_payload,
             authorization_payload,
-        } => authenticate(ctx, app, &claimed, mobile_payload, authorization_payload).await,
+        } => authenticate(ctx, app, claimed, mobile_payload, authorization_payload).await,
         FlowAction::SelectDevice { device_id } => {
             let data = claimed.data.clone();
-            use_device(ctx, app, &claimed, data, &device_id).await
+            use_device(ctx, app, claimed, data, &device_id).await
         }
-        FlowAction::UseCode {} => Ok(use_code(&claimed)),
-        FlowAction::CheckOtp { otp } => check_otp(ctx, app, &claimed, &otp).await,
-        FlowAction::ResendOtp {} => resend_otp(ctx, app, &claimed).await,
-        FlowAction::CancelAuthentication {} => cancel(ctx, &claimed).await,
-        FlowAction::ContinueAuthentication {} => continue_authentication(ctx, app, &claimed).await,
+        FlowAction::UseCode {} => Ok(use_code(claimed)),
+        FlowAction::CheckOtp { otp } => check_otp(ctx, app, claimed, &otp).await,
+        FlowAction::ResendOtp {} => resend_otp(ctx, app, claimed).await,
+        FlowAction::CancelAuthentication {} => cancel(ctx, claimed).await,
+        FlowAction::ContinueAuthentication {} => continue_authentication(ctx, app, claimed).await,
         FlowAction::CheckRecoveryCode { recovery_code } => {
-            check_recovery_code(ctx, app, &claimed, &recovery_code).await
+            check_recovery_code(ctx, app, claimed, &recovery_code).await
         }
         FlowAction::CheckAssertion { credential } => {
-            check_assertion(ctx, app, &claimed, credential).await
+            check_assertion(ctx, app, claimed, credential).await
         }
         FlowAction::StartRegistration { method } => {
-            start_registration(ctx, app, &claimed, method).await
+            start_registration(ctx, app, claimed, method).await
         }
         FlowAction::CheckRegistration {
             credential,
             nickname,
-        } => check_registration(ctx, app, &claimed, credential, nickname).await,
-        FlowAction::UseQrCode {} => use_qr_code(ctx, &claimed).await,
-        FlowAction::Poll { .. } => return Err(not_allowed(&flow)),
-    };
-    let (status, data) = match step {
-        Ok(next) => next,
-        Err(e) => {
-            let e = refused(ctx, &claimed, name, e).await;
-            claim.release().await;
-            return Err(e);
-        }
-    };
-    let new_push = data
-        .push
-        .as_ref()
-        .filter(|p| flow.data.push.as_ref() != Some(*p))
-        .map(|p| p.authentication_id.clone());
-    let new_qr = data.qr.clone().filter(|q| flow.data.qr.as_ref() != Some(q));
-    // A device this action paired and holds for a passcode (`authenticate` with a mobile
-    // payload): rejected if the move is lost, as nothing would ever approve or reject it.
-    let new_held = data
-        .pairing
-        .as_ref()
-        .filter(|p| {
-            held_for_passcode(&data)
-                && flow.data.pairing.as_ref().map(|q| &q.enrollment_id) != Some(&p.enrollment_id)
-        })
-        .map(|p| p.enrollment_id.clone());
-    let ending = status.is_final().then(|| data.clone());
-    let moved = match move_to(ctx, &claimed, name, status, data).await? {
-        Some(moved) => Some(moved),
-        // An action that ends the flow (a recovery code, a passcode or a passkey spent, a
-        // cancellation) ends it also when the server moved it meanwhile to a step that does
-        // not (its push answered no, its QR code expired): what the user spent is not wasted
-        // on a `conflict`, and a flow whose push this action withdrew is not left waiting on it.
-        None => match ending {
-            Some(data) => end_on_latest(ctx, &claimed, name, status, data).await?,
-            None => None,
-        },
-    };
-    claim.ended_by_move();
-    match moved {
-        Some(moved) => {
-            // A code this action replaced is no longer shown: it stops working now.
-            if new_qr.is_some()
-                && let Some(previous) = &flow.data.qr
-            {
-                super::qr::withdraw_for_flow(ctx, previous).await?;
-            }
-            // The push may have been answered before the flow recorded it.
-            shown(ctx, &refresh(ctx, moved).await?, false).await
-        }
-        None => {
-            // Someone moved it between the claim and now (its push was answered): withdraw a
-            // push or a QR code this action made, then answer the flow as it stands if it is
-            // over.
-            if let Some(push) = new_push {
-                outcome::record(ctx, &push, Ending::Canceled).await?;
-            }
-            if let Some(qr) = &new_qr {
-                super::qr::withdraw_for_flow(ctx, qr).await?;
-            }
-            if let Some(held) = &new_held {
-                pairing::reject_held(ctx, held).await?;
-            }
-            let latest = refresh(ctx, reload(ctx, &claimed).await?).await?;
-            if latest.status.is_final() {
-                shown(ctx, &latest, false).await
-            } else {
-                Err(conflict())
-            }
-        }
+        } => check_registration(ctx, app, claimed, credential, nickname).await,
+        FlowAction::UseQrCode {} => use_qr_code(ctx, claimed).await,
+        FlowAction::Poll { .. } => Err(not_allowed(claimed)),
     }
 }
+
+/// How many times an action's step is taken again because a bypass it ended the flow by was
+/// cleared before its move (each time, another bypass granted meanwhile would have to be
+/// cleared again before the move).
+const MAX_BYPASS_RERUNS: u32 = 2;
 
 /// Moves the flow `claimed` was claimed from to `status` (final) with `data`, as it stands
 /// now: another move (the server's own, [`due_move`]) came between the action's claim and its

@@ -271,44 +271,102 @@ pub async fn release(db: &Database, id: &FlowId, claimed_version: i64) -> Result
     Ok(())
 }
 
+/// A condition on a move that ends a flow by the user's bypass: the bypass must still be in
+/// force (its `until` after `now`) when the move is written.
+#[derive(Debug, Clone, Copy)]
+pub struct WhileBypassed<'a> {
+    /// The flow's application.
+    pub application_id: &'a ApplicationId,
+    /// The flow's user, whose bypass ends it.
+    pub user_id: &'a UserId,
+    /// The time the bypass must still be in force at.
+    pub now: i64,
+}
+
+/// What [`transition`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transitioned {
+    /// The flow moved.
+    Moved,
+    /// Another transition came first: the flow is no longer at the expected version.
+    Lost,
+    /// The flow is still at the expected version, but the bypass the move required is no longer
+    /// in force (cleared, or lapsed, since it was read).
+    BypassCleared,
+}
+
 /// Moves a flow to `next` (its status, data, push and user) if it is still at
-/// `expected_version`, recording `event` in the same transaction. `false` when another
-/// transition came first. A passkey sign-in is bound to its user here: once, by the move that
-/// wins the version. The move ends any claim on the flow.
+/// `expected_version` and, with `while_bypassed`, only while the user's bypass is in force,
+/// recording `event` in the same transaction. A passkey sign-in is bound to its user here:
+/// once, by the move that wins the version. The move ends any claim on the flow. On
+/// PostgreSQL the bypass is read `FOR KEY SHARE`, so a clearing in flight is waited for and no
+/// flow ends by a bypass once its clearing has committed; SQLite's one writer runs the move
+/// alone.
 pub async fn transition(
     db: &Database,
     next: &StoredFlow,
     expected_version: i64,
     event: &FlowEvent,
-) -> Result<bool, StoreError> {
-    let mut tx = db.write().await?;
-    let done = sqlx::query(
+    while_bypassed: Option<WhileBypassed<'_>>,
+) -> Result<Transitioned, StoreError> {
+    let mut sql = String::from(
         "UPDATE flows SET status = $1, version = $2, data = $3, authentication_id = $4, \
          updated_at = $5, user_id = $8, claimed_until = NULL WHERE id = $6 AND version = $7",
-    )
-    .bind(&next.status)
-    .bind(next.version)
-    .bind(&next.data)
-    .bind(
-        next.authentication_id
-            .as_ref()
-            .map(AuthenticationId::as_str),
-    )
-    .bind(next.updated_at)
-    .bind(next.id.as_str())
-    .bind(expected_version)
-    .bind(next.user_id.as_ref().map_or("", UserId::as_str))
-    .execute(&mut *tx)
-    .await?;
+    );
+    if while_bypassed.is_some() {
+        let bypassed = "EXISTS (SELECT 1 FROM user_bypasses WHERE application_id = $9 \
+                        AND user_id = $10 AND until > $11)";
+        sql.push_str(" AND ");
+        match db.engine() {
+            super::Engine::Sqlite => sql.push_str(bypassed),
+            super::Engine::Postgres => sql.push_str(&super::key_share_locked(bypassed)),
+        }
+    }
+    let mut tx = db.write().await?;
+    let mut update = sqlx::query(&sql)
+        .bind(&next.status)
+        .bind(next.version)
+        .bind(&next.data)
+        .bind(
+            next.authentication_id
+                .as_ref()
+                .map(AuthenticationId::as_str),
+        )
+        .bind(next.updated_at)
+        .bind(next.id.as_str())
+        .bind(expected_version)
+        .bind(next.user_id.as_ref().map_or("", UserId::as_str));
+    if let Some(bypass) = &while_bypassed {
+        update = update
+            .bind(bypass.application_id.as_str())
+            .bind(bypass.user_id.as_str())
+            .bind(bypass.now);
+    }
+    let done = update.execute(&mut *tx).await?;
     if done.rows_affected() != 1 {
+        let outcome = match while_bypassed {
+            None => Transitioned::Lost,
+            Some(_) => {
+                let version: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM flows WHERE id = $1")
+                        .bind(next.id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if version == Some(expected_version) {
+                    Transitioned::BypassCleared
+                } else {
+                    Transitioned::Lost
+                }
+            }
+        };
         // The caller reads the flow again: the move that won must be committed by then, also
         // when it ran before this one in the same SQLite group (`store/writer.rs`).
         tx.rollback_after_others().await?;
-        return Ok(false);
+        return Ok(outcome);
     }
     add_event(&mut *tx, &next.id, event).await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(Transitioned::Moved)
 }
 
 /// Records a refused attempt (the flow did not move).
@@ -397,9 +455,16 @@ mod tests {
             let db = db.clone();
             let next = bound(user);
             async move {
-                transition(&db, &next, 1, &event("checkAssertion", "MFA_COMPLETED"))
-                    .await
-                    .expect("transition")
+                transition(
+                    &db,
+                    &next,
+                    1,
+                    &event("checkAssertion", "MFA_COMPLETED"),
+                    None,
+                )
+                .await
+                .expect("transition")
+                    == Transitioned::Moved
             }
         }))
         .await;
@@ -408,6 +473,77 @@ mod tests {
         let stored = get(&db, &flow.id).await.expect("get").expect("stored");
         assert_eq!(stored.user_id.as_ref().map(UserId::as_str), Some(winner));
         assert_eq!(stored.version, 2);
+    }
+
+    /// A move that ends a flow by the user's bypass is made only while the bypass is in force:
+    /// with none, or one that lapsed, the flow stays where it is (`BypassCleared`, told apart
+    /// from a move that lost its version).
+    #[tokio::test]
+    async fn a_move_by_a_bypass_is_made_only_while_the_bypass_is_in_force() {
+        let (_dir, db, app_id) = crate::store::test_db_with_app().await;
+        let pia: UserId = "pia".parse().expect("user");
+        let flow = new_flow(app_id.clone(), Some(pia.clone()), "AUTHENTICATION_REQUIRED");
+        insert(&db, &flow, &event("create", "AUTHENTICATION_REQUIRED"))
+            .await
+            .expect("insert");
+        let moves = |version: i64, now: i64| {
+            let (db, app_id, pia) = (db.clone(), app_id.clone(), pia.clone());
+            let next = StoredFlow {
+                status: "MFA_COMPLETED".into(),
+                version: version + 1,
+                ..flow.clone()
+            };
+            async move {
+                let bypassed = WhileBypassed {
+                    application_id: &app_id,
+                    user_id: &pia,
+                    now,
+                };
+                transition(
+                    &db,
+                    &next,
+                    version,
+                    &event("authenticate", "MFA_COMPLETED"),
+                    Some(bypassed),
+                )
+                .await
+                .expect("transition")
+            }
+        };
+        assert_eq!(moves(1, 50).await, Transitioned::BypassCleared, "no bypass");
+        sqlx::query(
+            "INSERT INTO user_bypasses (application_id, user_id, granted_at, until, reason, \
+             granted_by) VALUES ($1, $2, 10, 60, 'lost phone', 'api')",
+        )
+        .bind(app_id.as_str())
+        .bind(pia.as_str())
+        .execute(db.writer())
+        .await
+        .expect("granted");
+        assert_eq!(
+            moves(1, 60).await,
+            Transitioned::BypassCleared,
+            "lapsed at its end"
+        );
+        assert_eq!(
+            moves(2, 50).await,
+            Transitioned::Lost,
+            "not at that version"
+        );
+        assert_eq!(
+            get(&db, &flow.id)
+                .await
+                .expect("get")
+                .expect("stored")
+                .version,
+            1
+        );
+        assert_eq!(moves(1, 50).await, Transitioned::Moved, "in force");
+        let stored = get(&db, &flow.id).await.expect("get").expect("stored");
+        assert_eq!(
+            (stored.version, stored.status.as_str()),
+            (2, "MFA_COMPLETED")
+        );
     }
 
     /// An action's claim holds until its move or its release: another action is refused until
@@ -442,10 +578,11 @@ mod tests {
             version: 4,
             ..flow.clone()
         };
-        assert!(
-            transition(&db, &moved, 3, &event("checkOtp", "MFA_COMPLETED"))
+        assert_eq!(
+            transition(&db, &moved, 3, &event("checkOtp", "MFA_COMPLETED"), None)
                 .await
-                .expect("transition")
+                .expect("transition"),
+            Transitioned::Moved
         );
         assert!(claim_at(4, 1_004).await, "the move ended the claim");
 

@@ -466,3 +466,65 @@ async fn a_recovery_code_typed_as_the_phone_says_no_is_never_spent_for_nothing()
         );
     }
 }
+
+/// A flow ends by the user's bypass only while the bypass stands: the move that ends it checks
+/// the bypass in its own write (PostgreSQL reads it `FOR KEY SHARE`, so a clearing in flight
+/// is waited for). A bypass cleared as the flow read it makes the flow take its step again,
+/// and the user's device is asked, as it would have been had the clearing come first. Before,
+/// the flow completed `bypassed` from the bypass it had read, after its clearing was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bypass_cleared_as_a_flow_reads_it_ends_no_flow() {
+    use tessera_protocol::flows::FlowResultStatus;
+    let for_an_hour = || tessera_protocol::bypass::SetBypassRequest {
+        duration_seconds: Some(3600),
+        until: None,
+        reason: "lost phone".into(),
+    };
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (user, phone) = domain.user_with_device("olga").await;
+        crate::domain::bypass::grant(&domain.ctx, &domain.app.id, &user, &for_an_hour())
+            .await
+            .expect("granted");
+        // While the bypass stands, it ends the flow.
+        let flow = flow_for(&domain, &user).await;
+        let ended = act(&domain.ctx, &domain.app, flow.id.as_str(), authenticate())
+            .await
+            .expect("ended");
+        assert_eq!(ended.status, FlowStatus::MfaCompleted, "{engine:?}");
+        assert_eq!(
+            ended.result.map(|r| r.status),
+            Some(FlowResultStatus::Bypassed),
+            "{engine:?}"
+        );
+
+        // A clearing in flight as the next flow acts: the flow's move waits for it (on SQLite
+        // the flow's claim waits for the writer), then the device is asked.
+        let flow = flow_for(&domain, &user).await;
+        let mut clearing = domain.ctx.db.write().await.expect("write");
+        sqlx::query("DELETE FROM user_bypasses WHERE application_id = $1 AND user_id = $2")
+            .bind(domain.app.id.as_str())
+            .bind(user.as_str())
+            .execute(&mut *clearing)
+            .await
+            .expect("deleted");
+        let acting = tokio::spawn({
+            let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), flow.id.to_string());
+            async move { act(&ctx, &app, &id, authenticate()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !acting.is_finished(),
+            "{engine:?}: the flow waits for the clearing in flight"
+        );
+        clearing.commit().await.expect("cleared");
+        let acted = acting.await.expect("ran").expect("acted");
+        assert_eq!(
+            acted.status,
+            FlowStatus::PushConfirmationWaiting,
+            "{engine:?}: the device is asked once the clearing committed ({:?})",
+            acted.result
+        );
+        assert_eq!(domain.pull(&phone).await.len(), 1, "{engine:?}: one push");
+    }
+}
