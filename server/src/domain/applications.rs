@@ -10,6 +10,7 @@ use super::{Ctx, DomainError};
 use crate::config::ServerConfig;
 use crate::store::Database;
 use crate::store::applications;
+use crate::store::authentications::AdmissionCondition;
 pub(crate) use crate::store::authentications::AdmissionLock;
 
 pub(crate) use crate::store::applications::Application;
@@ -119,6 +120,10 @@ pub(crate) enum Admitted {
     /// Not stored: other requests took the last places of the policy's `limit_push` since it
     /// was decided (the reason given). Nothing was written.
     PushLimited(String),
+    /// Not stored: the request was ended by the user's bypass, and that bypass is no longer in
+    /// force (cleared, or ended, since it was read). Nothing was written; the request is to be
+    /// made again without the bypass, as it would have been had the clearing come first.
+    BypassCleared,
 }
 
 /// Admits a new request `record` in one atomic write: the counts of its limits and its insert,
@@ -128,6 +133,12 @@ pub(crate) enum Admitted {
 /// that is one statement committed on its own (`store::authentications::admit_at_once`); on
 /// SQLite, whose one writer runs each write alone, a write of its own. One the quota's margin
 /// refused under a shared lock runs again, once, under the exclusive one.
+///
+/// A `record` ended by the user's bypass ([`super::bypass::end_by_bypass`]) is stored only while
+/// that bypass is in force, checked in the same statement
+/// (`store::authentications::AdmissionCondition::BypassInForce`; on PostgreSQL a clearing in
+/// flight is waited for): one cleared since it was read stores nothing, and is
+/// [`Admitted::BypassCleared`].
 pub(crate) async fn admit(
     ctx: &Ctx,
     record: &crate::store::authentications::Authentication,
@@ -166,11 +177,17 @@ pub(crate) async fn admit(
         decision: row.as_ref(),
         ciba: sealed.as_ref(),
     };
+    let condition = if super::bypass::is_bypass(record.attributes.as_deref()) {
+        AdmissionCondition::BypassInForce
+    } else {
+        AdmissionCondition::Unconditional
+    };
     let mut offer = Offer {
         record,
         quota,
         limits,
         lock: admission_lock(ctx, quota, limits),
+        condition,
         with,
         created,
     };
@@ -183,6 +200,7 @@ pub(crate) async fn admit(
             Admission::Inserted(announced) => return Ok(Admitted::Stored(announced)),
             Admission::Contended => offer.lock = after_contention(offer.lock)?,
             Admission::PushLimited(reason) => return Ok(Admitted::PushLimited(reason)),
+            Admission::BypassCleared => return Ok(Admitted::BypassCleared),
             Admission::DeviceGone => {
                 return Err(DomainError::new(
                     ErrorCode::DeviceNotFound,
@@ -200,6 +218,7 @@ struct Offer<'a> {
     quota: u32,
     limits: &'a UserLimits,
     lock: AdmissionLock,
+    condition: AdmissionCondition,
     with: crate::store::authentications::WrittenWith<'a>,
     created: &'a super::outcome::NewRequest,
 }
@@ -286,11 +305,16 @@ async fn offer_at_once(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, DomainE
             windows,
             most,
             offer.lock,
+            offer.condition,
             offer.with,
         )
         .await?;
         if let Some(queued) = verdict.stored {
             return Ok(Admission::Inserted(offer.created.announced(queued.into())));
+        }
+        // Without its bypass the request is another one, whose own limits then decide.
+        if verdict.bypass_gone {
+            return Ok(Admission::BypassCleared);
         }
         if verdict.device_gone {
             return Ok(Admission::DeviceGone);
@@ -318,6 +342,7 @@ async fn offer_in_write(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, Domain
             offer.record,
             windows,
             most,
+            offer.condition,
             offer.with.records,
             offer.with.decision,
         )
@@ -329,6 +354,19 @@ async fn offer_in_write(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, Domain
             let committed = w.commit().await?;
             let announced = offer.created.announced(queued.into()).resolved(&committed);
             return Ok(Admission::Inserted(announced));
+        }
+        // Without its bypass the request is another one, whose own limits then decide.
+        if offer.condition == AdmissionCondition::BypassInForce
+            && !authentications::bypass_in_force(
+                &mut w,
+                &offer.record.application_id,
+                &offer.record.user_id,
+                windows.now,
+            )
+            .await?
+        {
+            w.rollback().await?;
+            return Ok(Admission::BypassCleared);
         }
         let counts = authentications::admission_counts(
             &mut w,
@@ -388,6 +426,8 @@ enum Admission {
     Contended,
     /// Not stored: the device asked was unpaired since it was picked.
     DeviceGone,
+    /// Not stored: the bypass that ended the request is no longer in force.
+    BypassCleared,
 }
 
 /// Inclusive bounds of the push-bombing settings.

@@ -1064,6 +1064,13 @@ async fn create_from(
             super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), &decided).await?;
             return Ok(record.status_at(ctx.now()));
         }
+        // Only a request the bypass ended is admitted while the bypass stands: this one is
+        // recorded by `outcome::record_bypass_ending` above.
+        super::applications::Admitted::BypassCleared => {
+            return Err(DomainError::Internal(
+                "a request not ended by a bypass was refused for its bypass",
+            ));
+        }
     };
     announced.committed(ctx);
     tracing::info!(authentication_id = %record.id, kind = ?record.kind, "authentication created");

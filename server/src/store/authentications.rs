@@ -274,11 +274,10 @@ pub async fn insert_while_bypassed(
     a: &Authentication,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let bypassed = "EXISTS (SELECT 1 FROM user_bypasses WHERE application_id = $2 \
-                    AND user_id = $3 AND until > $26)";
+    let bypassed = format!("EXISTS ({})", bypass_standing(INSERTED_VALUES + 1));
     let condition = match db.engine() {
-        super::Engine::Sqlite => bypassed.to_string(),
-        super::Engine::Postgres => super::key_share_locked(bypassed),
+        super::Engine::Sqlite => bypassed,
+        super::Engine::Postgres => super::key_share_locked(&bypassed),
     };
     let sql = format!(
         "INSERT INTO authentications ({COLUMNS}) SELECT {} WHERE {condition}",
@@ -293,6 +292,17 @@ pub async fn insert_while_bypassed(
 
 /// How many values an insert binds ([`bind_values`]).
 const INSERTED_VALUES: usize = 25;
+
+/// The row of the user's bypass while it is in force: the bypass of the inserted request's
+/// application (`$2`) and user (`$3`) whose `until` is after now (`$now`, the placeholder's
+/// number). What [`insert_while_bypassed`] and an admission under
+/// [`AdmissionCondition::BypassInForce`] check.
+fn bypass_standing(now: usize) -> String {
+    format!(
+        "SELECT 1 FROM user_bypasses WHERE application_id = $2 AND user_id = $3 \
+         AND until > ${now}"
+    )
+}
 
 /// The statement of [`insert`], written once.
 static INSERT: LazyLock<String> = LazyLock::new(|| {
@@ -771,6 +781,21 @@ pub enum AdmissionLock {
 const APPLICATION_ADMISSIONS: i32 = 0x7E55_A001;
 const USER_ADMISSIONS: i32 = 0x7E55_A002;
 
+/// What a new request's admission asks of the stored state besides its limits and its device,
+/// checked in the statement that stores it ([`admit_at_once`], [`insert_if_admitted_deciding`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdmissionCondition {
+    /// Nothing more.
+    #[default]
+    Unconditional,
+    /// The user's bypass, in force at the admission's `now` (its `until` after it): a request
+    /// the bypass ended is stored only while the bypass stands, as [`insert_while_bypassed`]
+    /// stores one. On PostgreSQL the bypass's row is read `FOR KEY SHARE`, so a clearing in
+    /// flight is waited for, and then nothing is stored; SQLite's one writer runs the
+    /// admission alone. A clearing that committed before the admission leaves it unstored.
+    BypassInForce,
+}
+
 /// Stores `a` in the write `w` if the [`admission_counts`] of its application and user are all
 /// below `limits`: the counts and the insert are one statement (an `INSERT … SELECT` of one row,
 /// kept only while each count in force is under its limit). Only the limits in force are
@@ -788,20 +813,24 @@ pub async fn insert_if_admitted(
     limits: AdmissionLimits,
     records: &[super::audit::Appended],
 ) -> Result<Option<super::audit::AppendedQueue>, StoreError> {
-    insert_if_admitted_deciding(w, a, windows, limits, records, None).await
+    let condition = AdmissionCondition::Unconditional;
+    insert_if_admitted_deciding(w, a, windows, limits, condition, records, None).await
 }
 
-/// [`insert_if_admitted`] with the policy `decision` that let the request through, written
-/// exactly when the request is stored (after it, in the same write).
+/// [`insert_if_admitted`] under `condition` (checked in the same statement, with `windows.now`
+/// as now; [`bypass_in_force`] in the same write then tells whether it refused the request),
+/// with the policy `decision` that let the request through, written exactly when the request
+/// is stored (after it, in the same write).
 pub async fn insert_if_admitted_deciding(
     w: &mut super::Write<'_>,
     a: &Authentication,
     windows: AdmissionWindows,
     limits: AdmissionLimits,
+    condition: AdmissionCondition,
     records: &[super::audit::Appended],
     decision: Option<&super::policies::DecisionRecord<'_>>,
 ) -> Result<Option<super::audit::AppendedQueue>, StoreError> {
-    let mut query = bind_values(sqlx::query(admitted_insert(&limits)), a);
+    let mut query = bind_values(sqlx::query(admitted_insert(&limits, condition)), a);
     let (app, user) = (a.application_id.as_str(), a.user_id.as_str());
     if let Some(quota) = limits.application_pending {
         query = query.bind(app).bind(windows.now).bind(quota);
@@ -827,6 +856,9 @@ pub async fn insert_if_admitted_deciding(
             .bind(user)
             .bind(windows.push_limit_since.unwrap_or(i64::MAX))
             .bind(most);
+    }
+    if condition == AdmissionCondition::BypassInForce {
+        query = query.bind(windows.now);
     }
     if query.execute(&mut **w).await?.rows_affected() != 1 {
         return Ok(None);
@@ -871,6 +903,9 @@ pub struct AdmissionVerdict {
     pub counts: AdmissionCounts,
     /// Admitted by every count, but not stored: its device is no longer paired and active.
     pub device_gone: bool,
+    /// Not stored: admitted under [`AdmissionCondition::BypassInForce`], the user's bypass was
+    /// not in force (cleared, or ended, since it was read).
+    pub bypass_gone: bool,
 }
 
 /// PostgreSQL: admits `a` in one statement, committed on its own (one round trip where
@@ -879,13 +914,17 @@ pub struct AdmissionVerdict {
 /// counts in a snapshot of its own, taken once they are granted, so the counts see what the
 /// admissions that held them committed; the insert and what goes `with` it are written only
 /// when every count is below its limit, and the locks are held until the statement commits.
-/// The verdict's counts tell which limit refused a request not stored.
+/// The verdict's counts tell which limit refused a request not stored. Under `condition`
+/// [`AdmissionCondition::BypassInForce`] the statement also reads the user's bypass, in force at
+/// `windows.now`, locked `FOR KEY SHARE` until it commits (a clearing in flight is waited for,
+/// and then finds the request unstored), and stores the request only if it found it.
 pub async fn admit_at_once(
     db: &Database,
     a: &Authentication,
     windows: AdmissionWindows,
     limits: AdmissionLimits,
     lock: AdmissionLock,
+    condition: AdmissionCondition,
     with: WrittenWith<'_>,
 ) -> Result<AdmissionVerdict, StoreError> {
     let first = INSERTED_VALUES + 1;
@@ -893,18 +932,37 @@ pub async fn admit_at_once(
         "verdict AS (SELECT * FROM admission_verdict({}))",
         placeholders(first, VERDICT_VALUES)
     );
+    // The bypass's row (now bound after the verdict's values), read once (a `WITH` item
+    // referenced twice is computed once) and locked against its deletion: the insert needs it
+    // found, and the answer tells whether it was.
+    let (bypass, bypassed, bypass_found, next) = match condition {
+        AdmissionCondition::Unconditional => {
+            (None, "", "CAST(1 AS BIGINT)", first + VERDICT_VALUES)
+        }
+        AdmissionCondition::BypassInForce => (
+            Some(format!(
+                "bypass AS ({} FOR KEY SHARE)",
+                bypass_standing(first + VERDICT_VALUES)
+            )),
+            " AND EXISTS (SELECT 1 FROM bypass)",
+            "(SELECT COUNT(*) FROM bypass)",
+            first + VERDICT_VALUES + 1,
+        ),
+    };
     // The device's row is locked against its deletion until the statement commits (as the QR
     // answer and the fallback's move do): an unpairing that deleted it first is waited for, and
     // the check then finds no row; one that comes after waits, and then fails the request.
     let created = format!(
         "created AS (INSERT INTO authentications ({COLUMNS}) SELECT {} FROM verdict \
-         WHERE verdict.admitted AND {} RETURNING 1)",
+         WHERE verdict.admitted AND {}{bypassed} RETURNING 1)",
         placeholders(1, INSERTED_VALUES),
         super::key_share_locked(DEVICE_ACTIVE)
     );
-    let (mut items, queued, mut next) =
-        super::audit::appended_items(with.records, "created", first + VERDICT_VALUES);
+    let (mut items, queued, mut next) = super::audit::appended_items(with.records, "created", next);
     items.insert(0, created);
+    if let Some(bypass) = bypass {
+        items.insert(0, bypass);
+    }
     items.insert(0, verdict);
     if let Some(d) = with.decision {
         items.push(super::policies::decision_item(d, "created", next));
@@ -916,12 +974,15 @@ pub async fn admit_at_once(
     let sql = format!(
         "WITH {} SELECT verdict.admitted, verdict.application_pending, verdict.user_pending, \
          verdict.user_recent, verdict.pushes, (SELECT COUNT(*) FROM created) AS inserted, \
-         {} AS queued FROM verdict",
+         {bypass_found} AS bypassed, {} AS queued FROM verdict",
         items.join(", "),
         super::audit::queued_count(&queued),
     );
     let query = bind_values(sqlx::query(&sql), a);
-    let query = bind_verdict(query, &a.application_id, &a.user_id, windows, limits, lock);
+    let mut query = bind_verdict(query, &a.application_id, &a.user_id, windows, limits, lock);
+    if condition == AdmissionCondition::BypassInForce {
+        query = query.bind(windows.now);
+    }
     let mut query = super::audit::bind_appended(query, with.records);
     if let Some(d) = with.decision {
         query = super::policies::bind_decision(query, d);
@@ -942,11 +1003,13 @@ pub async fn admit_at_once(
         tickets: Vec::new(),
         queued,
     });
-    let device_gone = !inserted && row.try_get::<bool, _>("admitted")?;
+    let bypass_gone = row.try_get::<i64, _>("bypassed")? == 0;
+    let device_gone = !inserted && !bypass_gone && row.try_get::<bool, _>("admitted")?;
     Ok(AdmissionVerdict {
         stored,
         counts,
         device_gone,
+        bypass_gone,
     })
 }
 
@@ -991,21 +1054,24 @@ fn bind_verdict<'q>(
         .bind(limits.pushes)
 }
 
-/// The statement of [`insert_if_admitted`] for the limits in force in `limits`, written once for
-/// each combination.
-fn admitted_insert(limits: &AdmissionLimits) -> &'static str {
+/// The statement of [`insert_if_admitted_deciding`] for the limits in force in `limits` and
+/// `condition`, written once for each combination.
+fn admitted_insert(limits: &AdmissionLimits, condition: AdmissionCondition) -> &'static str {
     static STATEMENTS: LazyLock<Vec<String>> =
-        LazyLock::new(|| (0..16).map(admitted_insert_statement).collect());
+        LazyLock::new(|| (0..32).map(admitted_insert_statement).collect());
     let in_force = usize::from(limits.application_pending.is_some())
         | usize::from(limits.user_pending.is_some()) << 1
         | usize::from(limits.user_recent.is_some()) << 2
-        | usize::from(limits.pushes.is_some()) << 3;
+        | usize::from(limits.pushes.is_some()) << 3
+        | usize::from(condition == AdmissionCondition::BypassInForce) << 4;
     STATEMENTS.get(in_force).map_or("", String::as_str)
 }
 
-/// [`admitted_insert`] for the limits whose bits are set in `in_force` (1: the application's
-/// quota, 2: the user's pending, 4: the user's recent, 8: a policy's pushes). The row binds
-/// $1–$25, then each limit in force, in that order, the values [`insert_if_admitted`] gives it.
+/// [`admitted_insert`] for the limits and condition whose bits are set in `in_force` (1: the
+/// application's quota, 2: the user's pending, 4: the user's recent, 8: a policy's pushes, 16:
+/// the user's bypass in force, [`AdmissionCondition::BypassInForce`]). The row binds $1–$25,
+/// then each limit in force, in that order, the values [`insert_if_admitted_deciding`] gives
+/// it, then now for the bypass.
 /// The user's pending and recent counts walk `authentications_unapproved_by_user`, which holds
 /// no approved request (migration `0036_unapproved_by_user.sql`; the pending count repeats that
 /// index's condition, [`UNAPPROVED`], for SQLite to use it), the pushes the counted pushes'
@@ -1049,6 +1115,9 @@ pub(crate) fn admitted_insert_statement(in_force: usize) -> String {
             counted_pushes(app, user, since, most)
         ));
     }
+    if in_force & 16 != 0 {
+        conditions.push(format!("EXISTS ({})", bypass_standing(take())));
+    }
     // The device asked must still be paired and active (`$4` is the request's enrollment):
     // one unpaired since it was picked fails the requests it finds pending, and one inserted
     // after would wait for it until it expired. SQLite's one writer runs this alone.
@@ -1074,6 +1143,27 @@ pub async fn device_active(
         "SELECT 1 AS one FROM enrollments WHERE enrollment_id = $1 AND status = 'active'",
     )
     .bind(id.as_str())
+    .fetch_optional(&mut **w)
+    .await?
+    .is_some())
+}
+
+/// Whether the bypass of `user` of `app` is in force at `now`, read in `w` (after an admission
+/// under [`AdmissionCondition::BypassInForce`] that stored nothing: the bypass was cleared, or
+/// ended, since it was read).
+pub async fn bypass_in_force(
+    w: &mut super::Write<'_>,
+    app: &ApplicationId,
+    user: &UserId,
+    now: i64,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "SELECT 1 AS one FROM user_bypasses WHERE application_id = $1 AND user_id = $2 \
+         AND until > $3",
+    )
+    .bind(app.as_str())
+    .bind(user.as_str())
+    .bind(now)
     .fetch_optional(&mut **w)
     .await?
     .is_some())
@@ -2112,20 +2202,51 @@ mod tests {
         limits: AdmissionLimits,
         with: WrittenWith<'_>,
     ) -> bool {
+        let condition = AdmissionCondition::Unconditional;
+        refused_as_the_server_does(db, a, windows, limits, condition, with)
+            .await
+            .is_none()
+    }
+
+    /// [`admit_as_the_server_does`] under `condition`, answering whether it was refused: `None`
+    /// when stored, else whether the bypass the condition asks for was found gone (as the
+    /// server tells why it refused).
+    async fn refused_as_the_server_does(
+        db: &Database,
+        a: &Authentication,
+        windows: AdmissionWindows,
+        limits: AdmissionLimits,
+        condition: AdmissionCondition,
+        with: WrittenWith<'_>,
+    ) -> Option<bool> {
         if db.engine() == super::super::Engine::Postgres {
-            return admit_at_once(db, a, windows, limits, AdmissionLock::User, with)
-                .await
-                .expect("admission")
-                .stored
-                .is_some();
+            let verdict =
+                admit_at_once(db, a, windows, limits, AdmissionLock::User, condition, with)
+                    .await
+                    .expect("admission");
+            return verdict.stored.is_none().then_some(verdict.bypass_gone);
         }
         let mut w = db.write().await.expect("write");
-        let stored =
-            insert_if_admitted_deciding(&mut w, a, windows, limits, with.records, with.decision)
-                .await
-                .expect("admission");
-        w.commit().await.expect("commit");
-        stored.is_some()
+        let stored = insert_if_admitted_deciding(
+            &mut w,
+            a,
+            windows,
+            limits,
+            condition,
+            with.records,
+            with.decision,
+        )
+        .await
+        .expect("admission");
+        if stored.is_some() {
+            w.commit().await.expect("commit");
+            return None;
+        }
+        let standing = bypass_in_force(&mut w, &a.application_id, &a.user_id, windows.now)
+            .await
+            .expect("read");
+        w.rollback().await.expect("rollback");
+        Some(condition == AdmissionCondition::BypassInForce && !standing)
     }
 
     /// A new request's audit record and policy decision are written exactly when the request
@@ -2265,6 +2386,105 @@ mod tests {
         if let Some(url) = postgres_url() {
             let (db, app) = postgres_with_application(&url, 2).await;
             check_records_go_with_the_admitted_insert(&db, &app).await;
+        }
+    }
+
+    /// A request admitted under [`AdmissionCondition::BypassInForce`] is stored only while the
+    /// user's bypass is in force at the admission's now, and the admission tells a missing
+    /// bypass from a limit's refusal; a clearing under way is waited for, then stores nothing.
+    async fn check_a_bypassed_admission_needs_the_bypass(
+        db: &Database,
+        app: &super::super::applications::Application,
+    ) {
+        let engine = db.engine();
+        let user: UserId = "dora".parse().expect("user");
+        paired(db, &app.id, &user).await;
+        let now = 10_000;
+        let windows = windows_at(now, false);
+        let open = AdmissionLimits {
+            application_pending: None,
+            user_pending: None,
+            user_recent: None,
+            pushes: None,
+        };
+        let bypass_until = |until: i64| {
+            sqlx::query(
+                "INSERT INTO user_bypasses (application_id, user_id, granted_at, until, reason, \
+                 granted_by) VALUES ($1, $2, 0, $3, 'test', 'api') \
+                 ON CONFLICT (application_id, user_id) DO UPDATE SET until = $3",
+            )
+            .bind(app.id.as_str())
+            .bind(user.as_str())
+            .bind(until)
+            .execute(db.writer())
+        };
+        let bypassed = || Authentication {
+            state: AuthenticationState::Approved,
+            answered_at: Some(now),
+            ..pending(&app.id, &user, now)
+        };
+        let admitted = |a: Authentication, limits: AdmissionLimits| async move {
+            let condition = AdmissionCondition::BypassInForce;
+            let gone =
+                refused_as_the_server_does(db, &a, windows, limits, condition, Default::default())
+                    .await;
+            let stored = get(db, &a.id, now).await.expect("read").is_some();
+            assert_eq!(stored, gone.is_none(), "{engine:?}");
+            gone
+        };
+        // No bypass, or one that ended: nothing stored, for the bypass.
+        assert_eq!(admitted(bypassed(), open).await, Some(true), "{engine:?}");
+        bypass_until(now).await.expect("granted");
+        assert_eq!(admitted(bypassed(), open).await, Some(true), "{engine:?}");
+        // In force: stored; refused by a limit, not for the bypass.
+        bypass_until(now + 60).await.expect("granted");
+        assert_eq!(admitted(bypassed(), open).await, None, "{engine:?}");
+        let none_pending = AdmissionLimits {
+            user_pending: Some(0),
+            ..open
+        };
+        assert_eq!(
+            admitted(bypassed(), none_pending).await,
+            Some(false),
+            "{engine:?}"
+        );
+        // A clearing under way: the admission waits for it, then stores nothing.
+        let mut clearing = db.write().await.expect("write");
+        sqlx::query("DELETE FROM user_bypasses WHERE application_id = $1 AND user_id = $2")
+            .bind(app.id.as_str())
+            .bind(user.as_str())
+            .execute(&mut *clearing)
+            .await
+            .expect("deleted");
+        let a = bypassed();
+        let admission = {
+            let (db, a) = (db.clone(), a.clone());
+            tokio::spawn(async move {
+                let condition = AdmissionCondition::BypassInForce;
+                refused_as_the_server_does(&db, &a, windows, open, condition, Default::default())
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !admission.is_finished(),
+            "{engine:?}: waits for the clearing"
+        );
+        clearing.commit().await.expect("cleared");
+        assert_eq!(admission.await.expect("ran"), Some(true), "{engine:?}");
+        assert!(
+            get(db, &a.id, now).await.expect("read").is_none(),
+            "{engine:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_admitted_while_bypassed_is_stored_only_while_the_bypass_stands() {
+        let (_dir, db, app) = database_with_application().await;
+        check_a_bypassed_admission_needs_the_bypass(&db, &app).await;
+        if let Some(url) = postgres_url() {
+            let (db, app) = postgres_with_application(&url, 4).await;
+            check_a_bypassed_admission_needs_the_bypass(&db, &app).await;
         }
     }
 
@@ -2752,6 +2972,7 @@ mod tests {
                     windows,
                     one_pending,
                     AdmissionLock::User,
+                    AdmissionCondition::Unconditional,
                     WrittenWith::default(),
                 )
                 .await
@@ -2818,7 +3039,9 @@ mod tests {
                 paired(&db, &app.id, &user).await;
                 let (db, a) = (db.clone(), pending(&app.id, &user, now));
                 tasks.push(tokio::spawn(async move {
-                    admit_at_once(&db, &a, windows, limits, lock, WrittenWith::default())
+                    let (condition, with) =
+                        (AdmissionCondition::Unconditional, WrittenWith::default());
+                    admit_at_once(&db, &a, windows, limits, lock, condition, with)
                         .await
                         .expect("verdict")
                 }));

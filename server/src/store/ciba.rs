@@ -522,10 +522,17 @@ pub async fn record_poll(
     })
 }
 
-/// The conditional update that marks a request's tokens issued, once: an `auth_req_id` is
-/// single use (`oidc_tokens::issue` runs it with the tokens it stores).
+/// The conditional update that marks a request's tokens issued (at `$2`, now), once and only
+/// before the request expires: an `auth_req_id` is single use, and one past its `expires_at` is
+/// exchanged for nothing (CIBA Core §11, `expired_token`). `oidc_tokens::issue` runs it with the
+/// tokens it stores, so no exchange that loses a race with the expiry stores any.
 pub(crate) const MARK_TOKENS_ISSUED: &str = "UPDATE ciba_requests SET tokens_issued_at = $2 \
-    WHERE auth_req_id = $1 AND tokens_issued_at IS NULL";
+    WHERE auth_req_id = $1 AND tokens_issued_at IS NULL AND expires_at > $2";
+
+/// Why [`MARK_TOKENS_ISSUED`] changed nothing, read in the same write: whether the request is
+/// still unexchanged and past its expiry at `$2`.
+pub(crate) const EXPIRED_UNEXCHANGED: &str = "SELECT 1 AS one FROM ciba_requests \
+    WHERE auth_req_id = $1 AND tokens_issued_at IS NULL AND expires_at <= $2";
 
 /// Makes the notification of the request driving `authentication_id` due now (if it waits).
 pub async fn notification_due_for(

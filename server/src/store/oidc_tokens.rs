@@ -12,7 +12,7 @@
 use sqlx::Row;
 use tessera_protocol::ids::{ApplicationId, UserId};
 
-use super::ciba::{Lease, MARK_TOKENS_ISSUED, held_by};
+use super::ciba::{EXPIRED_UNEXCHANGED, Lease, MARK_TOKENS_ISSUED, held_by};
 use super::users::{self, UserLock};
 use super::{Database, Engine, StoreError};
 
@@ -159,7 +159,8 @@ pub enum Spend<'a> {
         /// The code's digest.
         digest: &'a str,
     },
-    /// A CIBA request in poll or ping mode, exchanged at the token endpoint: marked issued.
+    /// A CIBA request in poll or ping mode, exchanged at the token endpoint: marked issued,
+    /// only before its `expires_at` ([`Issued::Expired`] after it).
     CibaRequest {
         /// The request's `auth_req_id`.
         auth_req_id: &'a str,
@@ -199,6 +200,9 @@ pub enum Issued {
     /// The grant needs the user's active device, and they have none (the last one was
     /// unpaired): nothing stored.
     NoActiveDevice,
+    /// A CIBA request exchanged at the token endpoint ([`Spend::CibaRequest`]) was past its
+    /// `expires_at`, and not exchanged before: nothing stored.
+    Expired,
 }
 
 /// Issues `tokens` for `user` of `app`, spending `spend`, in one transaction (see the module
@@ -237,22 +241,23 @@ pub async fn issue(
             return Ok(Issued::NoActiveDevice);
         }
     }
-    if !spent(&mut tx, db.engine(), spend, now).await? {
+    if let Err(refused) = spent(&mut tx, db.engine(), spend, now).await? {
         tx.rollback().await?;
-        return Ok(Issued::Spent);
+        return Ok(refused);
     }
     insert_tokens(&mut tx, tokens, now).await?;
     tx.commit().await?;
     Ok(Issued::Stored)
 }
 
-/// Spends `spend` inside `tx`; `false` if it was spent before.
+/// Spends `spend` inside `tx` at `now`; why not when it was not: [`Issued::Spent`] (spent
+/// before), or [`Issued::Expired`] (a CIBA request past its expiry, not exchanged).
 async fn spent(
     tx: &mut crate::store::Write<'static>,
     engine: Engine,
     spend: Spend<'_>,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Result<(), Issued>, StoreError> {
     let once =
         |statement: &'static str, key: &str| sqlx::query(statement).bind(key.to_string()).bind(now);
     let changed = match spend {
@@ -272,10 +277,21 @@ async fn spent(
         .execute(&mut **tx)
         .await?
         .rows_affected(),
-        Spend::CibaRequest { auth_req_id } => once(MARK_TOKENS_ISSUED, auth_req_id)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected(),
+        Spend::CibaRequest { auth_req_id } => {
+            let marked = once(MARK_TOKENS_ISSUED, auth_req_id)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            if marked != 1
+                && once(EXPIRED_UNEXCHANGED, auth_req_id)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .is_some()
+            {
+                return Ok(Err(Issued::Expired));
+            }
+            marked
+        }
         Spend::CibaPush {
             auth_req_id,
             lease,
@@ -296,7 +312,7 @@ async fn spent(
             .fetch_optional(&mut **tx)
             .await?;
             let Some(held) = held else {
-                return Ok(false);
+                return Ok(Err(Issued::Spent));
             };
             if let Some(earlier) = held.try_get::<Option<String>, _>("push_token_family")? {
                 sqlx::query("DELETE FROM oidc_tokens WHERE family_id = $1")
@@ -316,7 +332,11 @@ async fn spent(
             .rows_affected()
         }
     };
-    Ok(changed == 1)
+    Ok(if changed == 1 {
+        Ok(())
+    } else {
+        Err(Issued::Spent)
+    })
 }
 
 /// The statement of [`revoke_without_device_in`].

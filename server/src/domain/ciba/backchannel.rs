@@ -12,6 +12,7 @@ use super::client_auth::{
 use super::clients::user_code_matches;
 use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
+use crate::domain::applications::Admitted;
 use crate::domain::authentication::{
     Question, RequestReads, new_authentication, pick_device_among, read_for_request,
 };
@@ -524,7 +525,8 @@ async fn start(
             ),
         ));
     }
-    // A bypass (docs/bypass-and-recovery.md): the request completes at once, nothing is sent.
+    // A bypass (docs/bypass-and-recovery.md): the request completes at once, nothing is sent,
+    // provided the bypass still stands when the request is stored (below).
     let bypass = crate::domain::bypass::in_force(state, stored_bypass);
     let settings = app_settings.authentication;
     let push_settings = app_settings.push;
@@ -535,7 +537,7 @@ async fn start(
         binding_message: binding_message.map(str::to_string),
         scopes: scopes.clone(),
     };
-    let mut record = new_authentication(
+    let record = new_authentication(
         state,
         &client.application_id,
         &user,
@@ -561,11 +563,8 @@ async fn start(
         DomainError::Refused { .. } => server_error("CIBA request signing"),
         other => OAuthError::from(other),
     })?;
-    if let Some(bypass) = &bypass {
-        crate::domain::bypass::end_by_bypass(state, &mut record, bypass);
-    }
     let interval = i64::from(state.config.ciba_poll_interval.max(1));
-    let mut request = CibaRequest {
+    let request = CibaRequest {
         auth_req_id: new_auth_req_id(state.now_ms()),
         client_id: client.client_id.clone(),
         authentication_id: record.id.to_string(),
@@ -588,49 +587,52 @@ async fn start(
         notify_attempts: 0,
         notify_due_at_ms: None,
     };
-    let quota =
-        crate::domain::applications::quotas_in_force(state, app_settings.quotas).pending_requests;
-    let limits = crate::domain::applications::UserLimits {
-        // Bypassed requests reach no device and do not count towards the cap.
-        push_bombing: bypass
-            .is_none()
-            .then(|| crate::domain::applications::push_bombing_limits(&state.config, &settings)),
+    let admission = Admission {
+        quota: crate::domain::applications::quotas_in_force(state, app_settings.quotas)
+            .pending_requests,
         push_limit: decided.as_ref().and_then(|d| d.decision.push_limit),
+        decided: decided.as_ref(),
     };
     // The request, the policy decision it was made under, (unless bypassed, which ends it at
     // once) its audit record and the CIBA row: one atomic write (`applications::admit`; on
-    // PostgreSQL one statement); its device is told once it committed.
-    if bypass.is_some() {
-        request.acr = crate::domain::bypass::ACR_BYPASS.to_string();
+    // PostgreSQL one statement); its device is told once it committed. A bypassed request is
+    // stored only while the bypass stands, checked in that write: one cleared since it was read
+    // asks the device instead, as it would have had the clearing come first.
+    let mut bypassed_admission = None;
+    if let Some(bypass) = &bypass {
+        let mut bypassed = record.clone();
+        crate::domain::bypass::end_by_bypass(state, &mut bypassed, bypass);
+        let bypassed_request = CibaRequest {
+            acr: crate::domain::bypass::ACR_BYPASS.to_string(),
+            ..request.clone()
+        };
+        // Bypassed requests reach no device and do not count towards the push-bombing cap.
+        let created = crate::domain::outcome::NewRequest::unannounced();
+        match admission
+            .admit(state, &bypassed, &bypassed_request, None, &created)
+            .await?
+        {
+            Admitted::BypassCleared => {
+                tracing::info!(authentication_id = %record.id, "bypass cleared meanwhile: device asked");
+            }
+            admitted => bypassed_admission = Some((admitted, bypassed)),
+        }
     }
-    let created = match bypass {
-        Some(_) => crate::domain::outcome::NewRequest::unannounced(),
-        None => crate::domain::outcome::NewRequest::of(state, &record)?,
+    let (admitted, bypassed) = match bypassed_admission {
+        Some((admitted, bypassed)) => (admitted, Some(bypassed)),
+        None => {
+            let push_bombing =
+                crate::domain::applications::push_bombing_limits(&state.config, &settings);
+            let created = crate::domain::outcome::NewRequest::of(state, &record)?;
+            let admitted = admission
+                .admit(state, &record, &request, Some(push_bombing), &created)
+                .await?;
+            (admitted, None)
+        }
     };
-    let admitted = crate::domain::applications::admit(
-        state,
-        &record,
-        quota,
-        &limits,
-        decided.as_ref(),
-        &created,
-        Some(&request),
-    )
-    .await
-    .map_err(|e| match e {
-        DomainError::Refused {
-            code: tessera_protocol::error::ErrorCode::TooManyAuthentications,
-            ..
-        } => OAuthError::new(
-            OAuthCode::AccessDenied,
-            "the user has too many pending requests; try again later",
-        ),
-        DomainError::Refused { message, .. } => OAuthError::new(OAuthCode::AccessDenied, message),
-        other => OAuthError::from(other),
-    })?;
     let announced = match admitted {
-        crate::domain::applications::Admitted::Stored(announced) => announced,
-        crate::domain::applications::Admitted::PushLimited(reason) => {
+        Admitted::Stored(announced) => announced,
+        Admitted::PushLimited(reason) => {
             // Other requests took the policy's last places since it was decided: denied, as it
             // would have been had they come first.
             let Some(mut decided) = decided else {
@@ -654,12 +656,18 @@ async fn start(
                 ),
             ));
         }
+        // Only a request the bypass ended is admitted while the bypass stands.
+        Admitted::BypassCleared => {
+            return Err(server_error(
+                "a request without a bypass refused for its bypass",
+            ));
+        }
     };
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
     announced.committed(state);
-    if bypass.is_some() {
+    if let Some(bypassed) = &bypassed {
         tracing::info!(authentication_id = %record.id, "CIBA request bypassed");
-        crate::domain::outcome::ended(state, &record).await;
+        crate::domain::outcome::ended(state, bypassed).await;
     } else {
         tokio::spawn(crate::domain::fallback::deliver(
             state.clone(),
@@ -675,6 +683,59 @@ async fn start(
         interval: interval.unsigned_abs(),
         number_to_show: record.number_to_show,
     })
+}
+
+/// What a new CIBA request is admitted under, bypassed or not
+/// ([`crate::domain::applications::admit`]).
+struct Admission<'a> {
+    /// The application's quota of pending requests in force.
+    quota: u32,
+    /// A policy's `limit_push` that let the request through.
+    push_limit: Option<crate::domain::policy::evaluate::PushLimit>,
+    /// The policy decision the request was made under.
+    decided: Option<&'a crate::domain::policy::Decided>,
+}
+
+impl Admission<'_> {
+    /// Admits `record` with its CIBA row `request`, under the push-bombing limits
+    /// `push_bombing` (none for a bypassed request, which reaches no device) and with its audit
+    /// records `created`; the refusals the client is told are answered as OAuth errors.
+    async fn admit(
+        &self,
+        state: &Ctx,
+        record: &crate::store::authentications::Authentication,
+        request: &CibaRequest,
+        push_bombing: Option<tessera_protocol::api::PushBombingLimits>,
+        created: &crate::domain::outcome::NewRequest,
+    ) -> Result<Admitted, OAuthError> {
+        let limits = crate::domain::applications::UserLimits {
+            push_bombing,
+            push_limit: self.push_limit,
+        };
+        crate::domain::applications::admit(
+            state,
+            record,
+            self.quota,
+            &limits,
+            self.decided,
+            created,
+            Some(request),
+        )
+        .await
+        .map_err(|e| match e {
+            DomainError::Refused {
+                code: tessera_protocol::error::ErrorCode::TooManyAuthentications,
+                ..
+            } => OAuthError::new(
+                OAuthCode::AccessDenied,
+                "the user has too many pending requests; try again later",
+            ),
+            DomainError::Refused { message, .. } => {
+                OAuthError::new(OAuthCode::AccessDenied, message)
+            }
+            other => OAuthError::from(other),
+        })
+    }
 }
 
 #[cfg(test)]

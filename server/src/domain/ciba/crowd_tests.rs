@@ -19,8 +19,8 @@
 //!   interval later, gets what the stored outcome says;
 //! - the follow-ups hear of each ending once; the audit log holds, per request, one record of its
 //!   creation, one of its ending and one of its CIBA completion;
-//! - past its expiry, an unanswered request is `expired_token`, an exchanged one `invalid_grant`,
-//!   a denied or canceled one `access_denied`.
+//! - past its expiry, an exchanged request is `invalid_grant`, and every other one (unanswered,
+//!   denied or canceled) `expired_token` (CIBA Core §11).
 //!
 //! The pairwise races are tested one by one in `flow_tests`; this test mixes them, many at a
 //! time. `TESSERA_CROWD_SEED` replays a failing run (the seed is printed).
@@ -229,8 +229,8 @@ async fn a_crowd_of_ciba_requests_raced_every_way_gets_tokens_once_per_approval(
             );
         }
 
-        // Past every request's expiry: the unanswered ones are expired, the others keep their
-        // ending, and none gets tokens now.
+        // Past every request's expiry: the exchanged ones (every approved one) stay spent, every
+        // other one is expired whatever its ending, and none gets tokens now.
         domain
             .clock
             .advance(Duration::from_secs(REQUESTED_EXPIRY + 1));
@@ -239,12 +239,10 @@ async fn a_crowd_of_ciba_requests_raced_every_way_gets_tokens_once_per_approval(
             let record = read(&domain, &r.id).await;
             let expected = match record.state {
                 AuthenticationState::Approved => OAuthCode::InvalidGrant,
-                AuthenticationState::Denied | AuthenticationState::Failed => {
-                    OAuthCode::AccessDenied
-                }
-                AuthenticationState::Expired | AuthenticationState::Pending => {
-                    OAuthCode::ExpiredToken
-                }
+                AuthenticationState::Denied
+                | AuthenticationState::Failed
+                | AuthenticationState::Expired
+                | AuthenticationState::Pending => OAuthCode::ExpiredToken,
             };
             assert_eq!(late.code(), Some(expected), "{run}: {late:?}, {r:?}");
             if r.race == Race::Unanswered {

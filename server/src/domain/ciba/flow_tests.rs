@@ -196,6 +196,116 @@ async fn a_denied_request_is_access_denied_and_an_unanswered_one_expires_by_the_
     }
 }
 
+/// Past its `expires_at`, an `auth_req_id` not exchanged yet is `expired_token` whatever its
+/// request's state (CIBA Core §11: the client makes a new request), an approved one too, and
+/// no tokens are stored for it; one exchanged before stays `invalid_grant`. Before, an
+/// approved request's tokens were issued until retention purged it.
+#[tokio::test]
+async fn past_its_expiry_an_auth_req_id_not_exchanged_is_expired_token_whatever_its_state() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (hugo, phone) = domain.user_with_device("hugo").await;
+        let shop = Client::registered(&domain).await;
+        // Approved, not exchanged: expired once its expiry has come.
+        let approved = shop
+            .ask(&domain, hugo.as_str())
+            .await
+            .expect("acknowledged");
+        device_answers(&domain, &phone, Decision::Approve).await;
+        // Exchanged before its expiry.
+        let exchanged = shop
+            .ask(&domain, hugo.as_str())
+            .await
+            .expect("acknowledged");
+        device_answers(&domain, &phone, Decision::Approve).await;
+        shop.token(&domain, &exchanged.auth_req_id)
+            .await
+            .expect("tokens");
+        // Denied: no longer access_denied once expired.
+        let denied = shop
+            .ask(&domain, hugo.as_str())
+            .await
+            .expect("acknowledged");
+        device_answers(&domain, &phone, Decision::Deny).await;
+
+        domain
+            .clock
+            .advance(Duration::from_secs(approved.expires_in));
+        for (ack, expected) in [
+            (&approved, OAuthCode::ExpiredToken),
+            (&denied, OAuthCode::ExpiredToken),
+            (&exchanged, OAuthCode::InvalidGrant),
+        ] {
+            assert_eq!(
+                code_of(shop.token(&domain, &ack.auth_req_id).await),
+                expected,
+                "{engine:?}"
+            );
+        }
+        assert_eq!(
+            domain.tokens_of(&hugo).await,
+            1,
+            "{engine:?}: only the exchange before the expiry stored tokens"
+        );
+        let stored = crate::store::ciba::request(&domain.ctx.db, &approved.auth_req_id)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored.tokens_issued_at, None, "{engine:?}");
+    }
+}
+
+/// The expiry is checked by the write that issues the tokens, with the single use: an exchange
+/// that read its request before the expiry and writes after it stores nothing
+/// (`Issued::Expired`), and one spent before stays spent past its expiry.
+#[tokio::test]
+async fn the_write_that_issues_a_ciba_requests_tokens_checks_its_expiry() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (ines, phone) = domain.user_with_device("ines").await;
+        let shop = Client::registered(&domain).await;
+        let issue = |auth_req_id: &str, at: i64| {
+            let (db, app, user) = (domain.ctx.db.clone(), domain.app.id.clone(), ines.clone());
+            let (id, row) = (auth_req_id.to_string(), access_token_of(&ines, &shop.id));
+            async move {
+                let tokens = vec![(format!("token-{}", rand::random::<u64>()), row)];
+                let spend = Spend::CibaRequest { auth_req_id: &id };
+                oidc_tokens::issue(&db, &app, &user, spend, &tokens, at)
+                    .await
+                    .expect("issued or not")
+            }
+        };
+        let ack = shop
+            .ask(&domain, ines.as_str())
+            .await
+            .expect("acknowledged");
+        device_answers(&domain, &phone, Decision::Approve).await;
+        let expires_at = crate::store::ciba::request(&domain.ctx.db, &ack.auth_req_id)
+            .await
+            .expect("read")
+            .expect("stored")
+            .expires_at;
+        assert_eq!(
+            issue(&ack.auth_req_id, expires_at).await,
+            Issued::Expired,
+            "{engine:?}: at its expiry"
+        );
+        assert_eq!(domain.tokens_of(&ines).await, 0, "{engine:?}");
+        // Spent a second before its expiry, then spent past it.
+        assert_eq!(
+            issue(&ack.auth_req_id, expires_at - 1).await,
+            Issued::Stored,
+            "{engine:?}"
+        );
+        assert_eq!(
+            issue(&ack.auth_req_id, expires_at + 1).await,
+            Issued::Spent,
+            "{engine:?}"
+        );
+        assert_eq!(domain.tokens_of(&ines).await, 1, "{engine:?}");
+    }
+}
+
 #[tokio::test]
 async fn polling_faster_than_the_interval_is_told_to_slow_down() {
     for domain in TestDomain::each_engine().await {
@@ -684,6 +794,115 @@ async fn a_used_refresh_token_presented_during_a_rotation_revokes_the_successors
         }
         println!(
             "{engine:?}: {rotated_first} rotated before the revocation, {revoked_first} refused after it"
+        );
+    }
+}
+
+/// The `acr` of the ID token in `tokens`.
+async fn acr_of(domain: &TestDomain, tokens: &TokenResponse) -> String {
+    let ttl = i64::from(domain.ctx.config.oidc_token_ttl);
+    let claims = super::keys::verify_own(&domain.ctx.db, &tokens.id_token, domain.clock.now(), ttl)
+        .await
+        .expect("verified")
+        .expect("signed by a published key");
+    claims["acr"].as_str().expect("an acr").to_string()
+}
+
+/// A CIBA request the user's bypass ends is stored only while the bypass stands, checked in the
+/// write that admits it (`store::authentications::AdmissionCondition::BypassInForce`). Here the
+/// customer's clearing is under way (deleted, not committed) when the request reads the bypass,
+/// so the read still finds it; the admission waits for the clearing (PostgreSQL: the bypass's
+/// row is read `FOR KEY SHARE`; SQLite: the clearing holds the one writer) and then finds no
+/// bypass, and the request asks the device as an ordinary one, as it would have had the
+/// clearing come first. Before, it was stored approved by the bypass it had read, after the
+/// clearing was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bypass_cleared_as_a_ciba_request_reads_it_leaves_the_request_to_the_device() {
+    use crate::domain::bypass::ACR_BYPASS;
+    use tessera_protocol::authentication::AuthenticationState;
+    use tessera_protocol::ciba::ACR_MOBILE_USER_VERIFIED;
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (gina, phone) = domain.user_with_device("gina").await;
+        let shop = Client::registered(&domain).await;
+        let for_an_hour = tessera_protocol::bypass::SetBypassRequest {
+            duration_seconds: Some(3600),
+            until: None,
+            reason: "lost phone".into(),
+        };
+        crate::domain::bypass::grant(&domain.ctx, &domain.app.id, &gina, &for_an_hour)
+            .await
+            .expect("granted");
+        // While the bypass stands: approved at once, without the device.
+        let bypassed = shop
+            .ask(&domain, gina.as_str())
+            .await
+            .expect("acknowledged");
+        let tokens = shop
+            .token(&domain, &bypassed.auth_req_id)
+            .await
+            .expect("tokens at once");
+        assert_eq!(acr_of(&domain, &tokens).await, ACR_BYPASS, "{engine:?}");
+        assert!(domain.pull(&phone).await.is_empty(), "{engine:?}");
+
+        // The clearing, under way as the next request reads the bypass.
+        let mut clearing = domain.ctx.db.write().await.expect("write");
+        sqlx::query("DELETE FROM user_bypasses WHERE application_id = $1 AND user_id = $2")
+            .bind(domain.app.id.as_str())
+            .bind(gina.as_str())
+            .execute(&mut *clearing)
+            .await
+            .expect("deleted");
+        let request = tokio::spawn({
+            let (ctx, basic, user) = (domain.ctx.clone(), shop.basic(), gina.to_string());
+            async move {
+                let form = form(&[("scope", "openid"), ("login_hint", &user)]);
+                super::backchannel::authenticate(&ctx, basic, &form).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let waited = !request.is_finished();
+        clearing.commit().await.expect("cleared");
+        let ack = request.await.expect("ran").expect("acknowledged");
+
+        // An ordinary request: pending, its device asked, its acr the device's.
+        let stored = crate::store::ciba::request(&domain.ctx.db, &ack.auth_req_id)
+            .await
+            .expect("read")
+            .expect("stored");
+        let record = crate::store::authentications::get(
+            &domain.ctx.db,
+            &stored.authentication_id.parse().expect("an id"),
+            domain.clock.now(),
+        )
+        .await
+        .expect("read")
+        .expect("stored");
+        assert_eq!(
+            (record.state, stored.acr.as_str()),
+            (AuthenticationState::Pending, ACR_MOBILE_USER_VERIFIED),
+            "{engine:?}: the request was stored bypassed after the bypass's clearing"
+        );
+        assert!(
+            !crate::domain::bypass::is_bypass(record.attributes.as_deref()),
+            "{engine:?}"
+        );
+        assert_eq!(
+            code_of(shop.token(&domain, &ack.auth_req_id).await),
+            OAuthCode::AuthorizationPending,
+            "{engine:?}"
+        );
+        assert!(
+            waited,
+            "{engine:?}: the admission waits for the clearing under way"
+        );
+        domain.clock.advance(Duration::from_secs(ack.interval));
+        device_answers(&domain, &phone, Decision::Approve).await;
+        let tokens = shop.token(&domain, &ack.auth_req_id).await.expect("tokens");
+        assert_eq!(
+            acr_of(&domain, &tokens).await,
+            ACR_MOBILE_USER_VERIFIED,
+            "{engine:?}"
         );
     }
 }

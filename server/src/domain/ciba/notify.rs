@@ -275,6 +275,12 @@ async fn payload(
                     .map_err(|_| DomainError::Internal("token response"))?,
                 Err(NotIssued::Spent) => return Ok(None),
                 Err(NotIssued::DeviceGone) => error("access_denied", DEVICE_GONE),
+                // A push delivery's tokens are minted whenever it runs (`Spend::CibaPush` has
+                // no expiry): only an exchange at the token endpoint expires.
+                Err(NotIssued::Expired) => error(
+                    "expired_token",
+                    "the request expired before its tokens were issued",
+                ),
             }
         }
         AuthenticationState::Denied => error(

@@ -170,6 +170,9 @@ pub(crate) enum NotIssued {
     Spent,
     /// The user's last device was unpaired (or the user deleted) since the approval.
     DeviceGone,
+    /// Exchanged at the token endpoint past the request's `expires_at` (the expiry and the
+    /// exchange are checked in the write that would issue the tokens).
+    Expired,
 }
 
 /// Tokens for an approved CIBA request, minted and issued as `how` says. In push mode the
@@ -218,6 +221,7 @@ pub(crate) async fn tokens_for(
             Issued::Stored => Ok(minted.response),
             Issued::Spent => Err(NotIssued::Spent),
             Issued::NoActiveDevice | Issued::NoUser => Err(NotIssued::DeviceGone),
+            Issued::Expired => Err(NotIssued::Expired),
         },
     )
 }
@@ -377,6 +381,8 @@ async fn code_grant(
         Issued::NoUser | Issued::NoActiveDevice => {
             return Err(invalid_grant("the user no longer exists"));
         }
+        // Only a CIBA exchange expires in the write; a code's expiry is checked above.
+        Issued::Expired => return Err(invalid_grant("the code has expired")),
     }
     tracing::info!(client_id = %client.client_id, "authorization code redeemed");
     Ok(minted.response)
@@ -433,6 +439,12 @@ async fn ciba_grant(
         ));
     }
     let now = state.now();
+    // Past its expiry, a request not exchanged is `expired_token` whatever its state (CIBA Core
+    // §11): approved or not, the client starts a new one. The write that would issue the tokens
+    // checks the expiry again (`oidc_tokens::issue`), so an exchange racing it gets none.
+    if now >= request.expires_at {
+        return Err(expired());
+    }
     let now_ms = state.now_ms();
     if let ciba::PollRecorded::TooSoon { interval_seconds } =
         ciba::record_poll(&state.db, &request.auth_req_id, now_ms).await?
@@ -453,9 +465,6 @@ async fn ciba_grant(
         .ok_or_else(|| server_error("CIBA authentication"))?;
     match record.state {
         AuthenticationState::Approved => {}
-        AuthenticationState::Pending if now >= request.expires_at => {
-            return Err(expired());
-        }
         AuthenticationState::Pending => {
             return Err(OAuthError::new(
                 OAuthCode::AuthorizationPending,
@@ -485,6 +494,7 @@ async fn ciba_grant(
             "this auth_req_id was already exchanged for tokens",
         )),
         Err(NotIssued::DeviceGone) => Err(OAuthError::new(OAuthCode::AccessDenied, DEVICE_GONE)),
+        Err(NotIssued::Expired) => Err(expired()),
     }
 }
 
@@ -552,6 +562,8 @@ async fn refresh_grant(
         Issued::NoActiveDevice | Issued::NoUser => {
             Err(invalid_grant("the user has no active device any more"))
         }
+        // Only a CIBA exchange expires in the write; a refresh token's expiry is checked above.
+        Issued::Expired => Err(invalid_grant("the refresh token has expired")),
     }
 }
 
