@@ -306,6 +306,22 @@ async fn emailing_flow_for(domain: &TestDomain, user: &UserId) -> FlowState {
         .expect("created")
 }
 
+/// `authenticate` on `flow` with the mobile payload of a new device, on a task of its own.
+fn pairing_through(
+    domain: &TestDomain,
+    flow: &FlowState,
+) -> tokio::task::JoinHandle<Result<FlowState, crate::domain::DomainError>> {
+    let mobile_payload = domain.relayed_payload().mobile_payload;
+    let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), flow.id.to_string());
+    tokio::spawn(async move {
+        let action = FlowAction::Authenticate {
+            mobile_payload: Some(mobile_payload),
+            authorization_payload: None,
+        };
+        act(&ctx, &app, &id, action).await
+    })
+}
+
 /// Under "verify new devices with the primary device", a flow pairs a new device for a user
 /// whose only device is unpaired at the same moment. Whether the new device waits for the
 /// primary device or for a passcode is decided in the pairing's own write: a flow that read
@@ -323,17 +339,7 @@ async fn a_flow_pairing_a_device_as_the_user_s_only_device_is_unpaired_never_pai
             let (user, phone) = domain.user_with_device(&format!("lea-{round}")).await;
             let flow = emailing_flow_for(&domain, &user).await;
             let emails = domain.emails.all().len();
-            let mobile_payload = domain.relayed_payload().mobile_payload;
-            let pairing = tokio::spawn({
-                let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), flow.id.to_string());
-                async move {
-                    let action = FlowAction::Authenticate {
-                        mobile_payload: Some(mobile_payload),
-                        authorization_payload: None,
-                    };
-                    act(&ctx, &app, &id, action).await
-                }
-            });
+            let pairing = pairing_through(&domain, &flow);
             let pause = Duration::from_micros(round % 12 * 400);
             domain
                 .unpairing_after(&user, &phone.enrollment.enrollment_id, async move {
@@ -526,5 +532,91 @@ async fn a_bypass_cleared_as_a_flow_reads_it_ends_no_flow() {
             acted.result
         );
         assert_eq!(domain.pull(&phone).await.len(), 1, "{engine:?}: one push");
+    }
+}
+
+/// A flow pairs a new device for a user with none and holds it for a passcode, as the flow
+/// expires: the expiry's move comes between the action's claim and its own move, which is then
+/// lost. Nothing would ever approve or reject the held device after that, so the action rejects
+/// it. PostgreSQL: the user's row, held locked here, stops the pairing's write (which takes
+/// turns on it) after the claim, while the flow expires. SQLite's one writer would run the
+/// expiry's move after the pairing's write, never between the claim and the move, so it runs
+/// there without the interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_held_by_an_action_that_lost_its_move_is_rejected() {
+    use tessera_protocol::api::EnrollmentState;
+    for domain in TestDomain::each_engine().await {
+        domain.verify_new_devices_with_primary().await;
+        let engine = domain.ctx.db.engine();
+        let postgres = engine == crate::store::Engine::Postgres;
+        let user = domain.user("rosa").await;
+        let flow = emailing_flow_for(&domain, &user).await;
+        let hold = if postgres {
+            let mut hold = domain.ctx.db.write().await.expect("a write");
+            crate::store::users::lock(
+                &mut *hold,
+                engine,
+                &domain.app.id,
+                &user,
+                crate::store::users::UserLock::TakesTurns,
+            )
+            .await
+            .expect("locked");
+            Some(hold)
+        } else {
+            None
+        };
+        let pairing = pairing_through(&domain, &flow);
+        if let Some(hold) = hold {
+            // Long enough for the action to claim the flow and reach the pairing's write.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !pairing.is_finished(),
+                "the pairing waits for the user's row"
+            );
+            let left = u64::try_from(flow.expires_at - domain.clock.now()).unwrap_or(0);
+            domain.clock.advance(Duration::from_secs(left + 1));
+            let expired = get(&domain.ctx, &domain.app.id, flow.id.as_str())
+                .await
+                .expect("read");
+            assert_eq!(expired.status, FlowStatus::MfaFailed);
+            hold.rollback().await.expect("released");
+        }
+        let paired = pairing.await.expect("the action ran").expect("answered");
+        let state = paired
+            .pairing
+            .as_ref()
+            .map(|p| p.state.as_str())
+            .unwrap_or_default();
+        let stored = sqlx::query_scalar::<_, String>(
+            "SELECT status FROM enrollments WHERE application_id = $1 AND user_id = $2",
+        )
+        .bind(domain.app.id.as_str())
+        .bind(user.as_str())
+        .fetch_all(domain.ctx.db.pool())
+        .await
+        .expect("read");
+        if postgres {
+            // The action answers the flow as it ended (expired), and the device it held is
+            // rejected for good.
+            assert_eq!(paired.status, FlowStatus::MfaFailed, "{engine:?}");
+            assert_eq!(stored, [EnrollmentState::Rejected.as_str()], "{engine:?}");
+        } else {
+            assert_eq!(
+                paired.status,
+                FlowStatus::MobilePairingRequired,
+                "{engine:?}"
+            );
+            assert_eq!(
+                state,
+                EnrollmentState::PendingVerification.as_str(),
+                "{engine:?}"
+            );
+            assert_eq!(
+                stored,
+                [EnrollmentState::PendingVerification.as_str()],
+                "{engine:?}"
+            );
+        }
     }
 }
