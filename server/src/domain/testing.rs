@@ -557,6 +557,22 @@ impl TestDomain {
         );
     }
 
+    /// `user`'s bypass cleared in a write left open: a clearing in flight, committed (or rolled
+    /// back) by the caller once what races it has started.
+    pub(crate) async fn clearing_bypass_in_flight(
+        &self,
+        user: &UserId,
+    ) -> crate::store::Write<'static> {
+        let mut clearing = self.ctx.db.write().await.expect("write");
+        sqlx::query("DELETE FROM user_bypasses WHERE application_id = $1 AND user_id = $2")
+            .bind(self.app.id.as_str())
+            .bind(user.as_str())
+            .execute(&mut *clearing)
+            .await
+            .expect("deleted");
+        clearing
+    }
+
     /// What a customer backend relays for a new device: its mobile payload (relay pairing uses
     /// no code; the registration is the one the device makes for it).
     pub(crate) fn relayed_payload(&self) -> tessera_protocol::api::RelayPairingRequest {

@@ -305,13 +305,7 @@ async fn a_bypass_cleared_since_a_request_read_it_ends_no_request() {
         );
 
         // A clearing in flight: the request waits for it, then records nothing.
-        let mut clearing = domain.ctx.db.write().await.expect("write");
-        sqlx::query("DELETE FROM user_bypasses WHERE application_id = $1 AND user_id = $2")
-            .bind(domain.app.id.as_str())
-            .bind(bob.as_str())
-            .execute(&mut *clearing)
-            .await
-            .expect("deleted");
+        let clearing = domain.clearing_bypass_in_flight(&bob).await;
         let request = {
             let (db, copy) = (domain.ctx.db.clone(), copy());
             tokio::spawn(

@@ -846,13 +846,7 @@ async fn a_bypass_cleared_as_a_ciba_request_reads_it_leaves_the_request_to_the_d
         assert!(domain.pull(&phone).await.is_empty(), "{engine:?}");
 
         // The clearing, under way as the next request reads the bypass.
-        let mut clearing = domain.ctx.db.write().await.expect("write");
-        sqlx::query("DELETE FROM user_bypasses WHERE application_id = $1 AND user_id = $2")
-            .bind(domain.app.id.as_str())
-            .bind(gina.as_str())
-            .execute(&mut *clearing)
-            .await
-            .expect("deleted");
+        let clearing = domain.clearing_bypass_in_flight(&gina).await;
         let request = tokio::spawn({
             let (ctx, basic, user) = (domain.ctx.clone(), shop.basic(), gina.to_string());
             async move {

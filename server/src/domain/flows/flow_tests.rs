@@ -507,13 +507,7 @@ async fn a_bypass_cleared_as_a_flow_reads_it_ends_no_flow() {
         // A clearing in flight as the next flow acts: the flow's move waits for it (on SQLite
         // the flow's claim waits for the writer), then the device is asked.
         let flow = flow_for(&domain, &user).await;
-        let mut clearing = domain.ctx.db.write().await.expect("write");
-        sqlx::query("DELETE FROM user_bypasses WHERE application_id = $1 AND user_id = $2")
-            .bind(domain.app.id.as_str())
-            .bind(user.as_str())
-            .execute(&mut *clearing)
-            .await
-            .expect("deleted");
+        let clearing = domain.clearing_bypass_in_flight(&user).await;
         let acting = tokio::spawn({
             let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), flow.id.to_string());
             async move { act(&ctx, &app, &id, authenticate()).await }
