@@ -1100,14 +1100,16 @@ pub(crate) async fn act(
             })
             .map(|p| p.enrollment_id.clone());
         let ending = status.is_final().then(|| data.clone());
+        let decided = data.policy.clone();
         let moved = match try_move(ctx, &claimed, name, status, data).await? {
             Move::Moved(moved) => Some(*moved),
             // The step ended the flow by the user's bypass, cleared since the step read it: the
             // step is taken again, as it would have been had the clearing come first (the device
-            // is asked).
+            // is asked). The policy decided (and recorded) before the bypass counts for it.
             Move::BypassCleared if reruns < MAX_BYPASS_RERUNS => {
                 reruns += 1;
                 tracing::info!(flow_id = %claimed.stored.id, "bypass cleared meanwhile: the step is taken again");
+                claimed.data.policy = decided;
                 step = take_step(ctx, app, &mut claimed, action.clone()).await;
                 continue;
             }

@@ -488,6 +488,15 @@ async fn a_bypass_cleared_as_a_flow_reads_it_ends_no_flow() {
     };
     for domain in TestDomain::each_engine().await {
         let engine = domain.ctx.db.engine();
+        // A policy, decided (and recorded) once per flow, before the bypass is looked at.
+        let policy = serde_json::from_value(json!({
+            "rules": [],
+            "default": {"action": "require", "methods": ["mobile_push"]}
+        }))
+        .expect("a policy");
+        crate::domain::policy::save(&domain.ctx, &domain.app.id, &policy)
+            .await
+            .expect("saved");
         let (user, phone) = domain.user_with_device("olga").await;
         crate::domain::bypass::grant(&domain.ctx, &domain.app.id, &user, &for_an_hour())
             .await
@@ -526,6 +535,12 @@ async fn a_bypass_cleared_as_a_flow_reads_it_ends_no_flow() {
             acted.result
         );
         assert_eq!(domain.pull(&phone).await.len(), 1, "{engine:?}: one push");
+        // The step taken again keeps the decision made before the bypass was found cleared.
+        assert_eq!(
+            domain.rows_of("policy_decisions", &user).await,
+            2,
+            "{engine:?}: one policy decision for each flow"
+        );
     }
 }
 
