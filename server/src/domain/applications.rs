@@ -357,7 +357,7 @@ async fn offer_in_write(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, Domain
         }
         // Without its bypass the request is another one, whose own limits then decide.
         if offer.condition == AdmissionCondition::BypassInForce
-            && !authentications::bypass_in_force(
+            && !crate::store::bypass::in_force(
                 &mut w,
                 &offer.record.application_id,
                 &offer.record.user_id,

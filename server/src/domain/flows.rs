@@ -451,7 +451,7 @@ async fn try_move(
         (true, Some(user_id)) => Some(store::WhileBypassed {
             application_id: &stored.application_id,
             user_id,
-            now: ctx.now(),
+            now: stored.updated_at,
         }),
         (true, None) => return Err(DomainError::Internal("a bypassed flow without its user")),
         (false, _) => None,

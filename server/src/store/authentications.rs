@@ -298,10 +298,7 @@ const INSERTED_VALUES: usize = 25;
 /// number). What [`insert_while_bypassed`] and an admission under
 /// [`AdmissionCondition::BypassInForce`] check.
 fn bypass_standing(now: usize) -> String {
-    format!(
-        "SELECT 1 FROM user_bypasses WHERE application_id = $2 AND user_id = $3 \
-         AND until > ${now}"
-    )
+    super::bypass::standing(2, 3, now)
 }
 
 /// The statement of [`insert`], written once.
@@ -818,7 +815,7 @@ pub async fn insert_if_admitted(
 }
 
 /// [`insert_if_admitted`] under `condition` (checked in the same statement, with `windows.now`
-/// as now; [`bypass_in_force`] in the same write then tells whether it refused the request),
+/// as now; [`super::bypass::in_force`] in the same write then tells whether it refused the request),
 /// with the policy `decision` that let the request through, written exactly when the request
 /// is stored (after it, in the same write).
 pub async fn insert_if_admitted_deciding(
@@ -1143,27 +1140,6 @@ pub async fn device_active(
         "SELECT 1 AS one FROM enrollments WHERE enrollment_id = $1 AND status = 'active'",
     )
     .bind(id.as_str())
-    .fetch_optional(&mut **w)
-    .await?
-    .is_some())
-}
-
-/// Whether the bypass of `user` of `app` is in force at `now`, read in `w` (after an admission
-/// under [`AdmissionCondition::BypassInForce`] that stored nothing: the bypass was cleared, or
-/// ended, since it was read).
-pub async fn bypass_in_force(
-    w: &mut super::Write<'_>,
-    app: &ApplicationId,
-    user: &UserId,
-    now: i64,
-) -> Result<bool, StoreError> {
-    Ok(sqlx::query(
-        "SELECT 1 AS one FROM user_bypasses WHERE application_id = $1 AND user_id = $2 \
-         AND until > $3",
-    )
-    .bind(app.as_str())
-    .bind(user.as_str())
-    .bind(now)
     .fetch_optional(&mut **w)
     .await?
     .is_some())
@@ -2242,9 +2218,10 @@ mod tests {
             w.commit().await.expect("commit");
             return None;
         }
-        let standing = bypass_in_force(&mut w, &a.application_id, &a.user_id, windows.now)
-            .await
-            .expect("read");
+        let standing =
+            crate::store::bypass::in_force(&mut w, &a.application_id, &a.user_id, windows.now)
+                .await
+                .expect("read");
         w.rollback().await.expect("rollback");
         Some(condition == AdmissionCondition::BypassInForce && !standing)
     }

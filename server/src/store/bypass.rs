@@ -80,6 +80,35 @@ pub async fn get(
     .transpose()
 }
 
+/// The statement that finds the user's bypass while it is in force: the bypass of application
+/// `$app` and user `$user` whose `until` is after `$now` (the arguments are the placeholders'
+/// numbers). The one condition every write checks that ends a request or a flow by a bypass
+/// (`authentications::insert_while_bypassed`, a bypassed admission, a flow's bypassed move).
+pub(crate) fn standing(app: usize, user: usize, now: usize) -> String {
+    format!(
+        "SELECT 1 FROM user_bypasses WHERE application_id = ${app} AND user_id = ${user} \
+         AND until > ${now}"
+    )
+}
+
+/// Whether the bypass of `user` of `app` is in force at `now`, read in `w` (after an admission
+/// under `authentications::AdmissionCondition::BypassInForce` that stored nothing: the bypass
+/// was cleared, or ended, since it was read).
+pub async fn in_force(
+    w: &mut super::Write<'_>,
+    app: &ApplicationId,
+    user: &UserId,
+    now: i64,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(&standing(1, 2, 3))
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .bind(now)
+        .fetch_optional(&mut **w)
+        .await?
+        .is_some())
+}
+
 /// Ends the user's bypass; whether there was one.
 pub async fn clear(db: &Database, app: &ApplicationId, user: &UserId) -> Result<bool, StoreError> {
     let done = sqlx::query("DELETE FROM user_bypasses WHERE application_id = $1 AND user_id = $2")

@@ -314,12 +314,11 @@ pub async fn transition(
          updated_at = $5, user_id = $8, claimed_until = NULL WHERE id = $6 AND version = $7",
     );
     if while_bypassed.is_some() {
-        let bypassed = "EXISTS (SELECT 1 FROM user_bypasses WHERE application_id = $9 \
-                        AND user_id = $10 AND until > $11)";
+        let bypassed = format!("EXISTS ({})", super::bypass::standing(9, 10, 11));
         sql.push_str(" AND ");
         match db.engine() {
-            super::Engine::Sqlite => sql.push_str(bypassed),
-            super::Engine::Postgres => sql.push_str(&super::key_share_locked(bypassed)),
+            super::Engine::Sqlite => sql.push_str(&bypassed),
+            super::Engine::Postgres => sql.push_str(&super::key_share_locked(&bypassed)),
         }
     }
     let mut tx = db.write().await?;
