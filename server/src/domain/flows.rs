@@ -1118,7 +1118,7 @@ pub(crate) async fn act(
             // not (its push answered no, its QR code expired): what the user spent is not wasted
             // on a `conflict`, and a flow whose push this action withdrew is not left waiting on it.
             Move::Lost | Move::BypassCleared => match ending {
-                Some(data) => end_on_latest(ctx, &claimed, name, status, data).await?,
+                Some(data) => end_on_latest(ctx, &claimed, name, status, |_| data.clone()).await?,
                 None => None,
             },
         };
@@ -1213,16 +1213,17 @@ async fn take_step(
 /// cleared again before the move).
 const MAX_BYPASS_RERUNS: u32 = 2;
 
-/// Moves the flow `claimed` was claimed from to `status` (final) with `data`, as it stands
-/// now: another move (the server's own, [`due_move`]) came between the action's claim and its
-/// move. `None` when the flow has ended meanwhile. A passkey sign-in's user, bound by the
-/// claimed action, is bound by this move.
+/// Moves the flow `claimed` was claimed from to `status` (final) with `data` made from the flow
+/// as it stands now (read again, its due moves applied): another move (the server's own,
+/// [`due_move`], or a racing action's) may have come since the action's claim. `None` when the
+/// flow has ended meanwhile. A passkey sign-in's user, bound by the claimed action, is bound by
+/// this move.
 async fn end_on_latest(
     ctx: &Ctx,
     claimed: &Flow,
     action: &str,
     status: FlowStatus,
-    data: Data,
+    data: impl Fn(&Flow) -> Data,
 ) -> Result<Option<Flow>, DomainError> {
     let mut current = claimed.clone();
     // Bounded, as `refresh` is: each round lost to yet another move reads the flow again.
@@ -1234,7 +1235,8 @@ async fn end_on_latest(
         if claimed.stored.user_id.is_some() {
             latest.stored.user_id = claimed.stored.user_id.clone();
         }
-        if let Some(moved) = move_to(ctx, &latest, action, status, data.clone()).await? {
+        let ending = data(&latest);
+        if let Some(moved) = move_to(ctx, &latest, action, status, ending).await? {
             tracing::info!(flow_id = %moved.stored.id, action, "flow ended on its latest version");
             return Ok(Some(moved));
         }
@@ -1315,27 +1317,13 @@ async fn refused(ctx: &Ctx, flow: &Flow, action: &str, e: DomainError) -> Domain
     };
     if code == ErrorCode::OtpLocked {
         // A racing action may have claimed the flow meanwhile (its passcode taken before or
-        // after this one): the lock ends the flow whatever moved, so read again and retry.
-        let mut current = flow.clone();
-        for _ in 0..4 {
-            if current.status.is_final() {
-                break;
-            }
-            let data = finished(current.data.clone(), result(FlowResultStatus::OtpLocked));
-            match move_to(ctx, &current, action, FlowStatus::MfaFailed, data).await {
-                Ok(Some(_)) => break,
-                Ok(None) => match reload(ctx, &current).await {
-                    Ok(latest) => current = latest,
-                    Err(store_error) => {
-                        tracing::warn!(error = %store_error, "could not end a locked flow");
-                        break;
-                    }
-                },
-                Err(store_error) => {
-                    tracing::warn!(error = %store_error, "could not end a locked flow");
-                    break;
-                }
-            }
+        // after this one): the lock ends the flow whatever moved since, unless that ended it.
+        let locked =
+            |latest: &Flow| finished(latest.data.clone(), result(FlowResultStatus::OtpLocked));
+        if let Err(store_error) =
+            end_on_latest(ctx, flow, action, FlowStatus::MfaFailed, locked).await
+        {
+            tracing::warn!(error = %store_error, "could not end a locked flow");
         }
         return e;
     }
