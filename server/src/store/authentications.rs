@@ -356,7 +356,8 @@ fn bind_values<'q>(
 
 /// Whether `a` counts toward a policy's push counts (`push_requests`, `limit_push`): a push
 /// request (approval, transaction, CIBA) that no policy denied or approved outright. Stored
-/// with it as `push_counted`, which an index holds alone.
+/// with it as `push_counted`; the database's triggers tally those per user and second
+/// (`push_tallies`, which the counts read: [`counted_pushes`]).
 fn counts_toward_push_limits(a: &Authentication) -> bool {
     let push = match a.kind {
         AuthenticationKind::Approval
@@ -670,7 +671,7 @@ fn ended_of(row: &sqlx::any::AnyRow, now: i64) -> Result<(Authentication, Waitin
 /// application's pending requests summed over `pending_expiries` (kept by the database's
 /// triggers, migration `0030_pending_counts.sql`: one row per second of expiry and shard, so its
 /// cost is bounded by the requests' lifetime, not by how many are pending), and the user's
-/// counted pushes over `authentications_counted_pushes`.
+/// counted pushes summed over `push_tallies` (likewise, one row per second: [`counted_pushes`]).
 pub(crate) static ADMISSION_COUNTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT \
@@ -678,8 +679,8 @@ pub(crate) static ADMISSION_COUNTS: LazyLock<String> = LazyLock::new(|| {
          COALESCE(SUM(CASE WHEN created_at >= $5 AND {UNAPPROVED} THEN 1 ELSE 0 END), 0) AS user_recent, \
          (SELECT COALESCE(SUM(pending), 0) FROM pending_expiries \
           WHERE application_id = $1 AND expires_at > $3) AS application_pending, \
-         (SELECT COUNT(*) FROM authentications \
-          WHERE application_id = $1 AND user_id = $2 AND {COUNTED_PUSH} AND created_at > $6) AS pushes \
+         (SELECT COALESCE(SUM(t.pushes), 0) FROM push_tallies t \
+          WHERE t.application_id = $1 AND t.user_id = $2 AND t.created_at > $6) AS pushes \
          FROM authentications \
          WHERE application_id = $1 AND user_id = $2 AND created_at >= $4 AND {USER_FACING} \
          AND {UNAPPROVED}"
@@ -694,7 +695,10 @@ const USER_FACING: &str = "kind <> 'silent'";
 const PENDING: &str = "state = 'pending'";
 /// …not approved: pending, expired unanswered or denied (`user_recent`)…
 const UNAPPROVED: &str = "state IN ('pending', 'expired', 'denied')";
-/// …and the pushes a policy's `limit_push` counts (`pushes`).
+/// …and the pushes a policy's `limit_push` counts (`pushes`): those the database's triggers
+/// tally in `push_tallies` (migration `0045_push_tallies.sql`), which the counts read instead of
+/// the requests (a test checks that the triggers tally by this predicate).
+#[cfg(test)]
 const COUNTED_PUSH: &str = "push_counted = 1";
 
 /// The windows [`admission_counts`] counts in (Unix seconds).
@@ -1145,15 +1149,23 @@ pub async fn device_active(
     .is_some())
 }
 
-/// The count of the user's counted pushes ([`COUNTED_PUSH`]) created after `$since`, stopping
+/// The count of the user's counted pushes (`push_counted = 1`) created after `$since`, stopping
 /// at `$most` (a scalar subquery; the arguments are the placeholders' numbers). What a policy's
-/// `limit_push` counts, the same in the admission ([`admitted_insert_statement`]) and in a
-/// policy's look-back (`store::policies::push_counts`).
+/// `limit_push` counts, the same in the admission ([`admitted_insert_statement`], and on
+/// PostgreSQL `admission_verdict`) and in a policy's look-back (`store::policies::push_counts`).
+///
+/// Summed from `push_tallies` (migration `0045_push_tallies.sql`): one row per second in which
+/// the user was sent counted pushes, kept by the database's triggers. At most `$most` seconds
+/// are read, each holding one push or more, so the walk is bounded by the number the count is
+/// compared with and by the seconds in the window, whichever is fewer; the sum is capped at
+/// `$most`, so a count below it is exact and one at it means at least that many.
 pub(crate) fn counted_pushes(app: usize, user: usize, since: usize, most: usize) -> String {
     format!(
-        "(SELECT COUNT(*) FROM (SELECT 1 AS counted FROM authentications \
-         WHERE application_id = ${app} AND user_id = ${user} AND {COUNTED_PUSH} \
-         AND created_at > ${since} LIMIT ${most}) pushes)"
+        "(SELECT CASE WHEN COALESCE(SUM(tallied.pushes), 0) > ${most} THEN ${most} \
+         ELSE COALESCE(SUM(tallied.pushes), 0) END \
+         FROM (SELECT t.pushes FROM push_tallies t \
+         WHERE t.application_id = ${app} AND t.user_id = ${user} \
+         AND t.created_at > ${since} LIMIT ${most}) tallied)"
     )
 }
 
@@ -1561,6 +1573,155 @@ mod tests {
         db.close().await;
     }
 
+    /// The application's tallies of pushes as stored, and as counted from its requests: the
+    /// two must always agree.
+    async fn tallies_and_recount(
+        db: &Database,
+        app: &ApplicationId,
+    ) -> (Vec<(String, i64, i64)>, Vec<(String, i64, i64)>) {
+        let rows = |sql: &'static str| async move {
+            sqlx::query(sql)
+                .bind(app.as_str())
+                .fetch_all(db.pool())
+                .await
+                .expect("read")
+                .iter()
+                .map(|r| {
+                    (
+                        r.try_get::<String, _>(0).expect("user"),
+                        r.try_get::<i64, _>(1).expect("second"),
+                        r.try_get::<i64, _>(2).expect("pushes"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        (
+            rows(
+                "SELECT user_id, created_at, CAST(pushes AS BIGINT) FROM push_tallies \
+                 WHERE application_id = $1 ORDER BY user_id, created_at",
+            )
+            .await,
+            rows(
+                "SELECT user_id, created_at, COUNT(*) FROM authentications \
+                 WHERE application_id = $1 AND push_counted = 1 \
+                 GROUP BY user_id, created_at ORDER BY user_id, created_at",
+            )
+            .await,
+        )
+    }
+
+    /// The tallies the push counts read (`push_tallies`, kept by triggers) follow every insert,
+    /// delete and re-keying of a request, and a count summed from them is the count of the
+    /// requests, capped at the number it is compared with.
+    #[tokio::test]
+    async fn push_tallies_follow_every_stored_and_removed_request() {
+        let (dir, db, app) = database_with_application().await;
+        let mut engines = vec![(Some(dir), db, app)];
+        if let Some(url) = postgres_url() {
+            let (db, app) = postgres_with_application(&url, 2).await;
+            engines.push((None, db, app));
+        }
+        for (_dir, db, app) in engines {
+            let engine = db.engine();
+            let (alice, bob): (UserId, UserId) =
+                ("alice".parse().expect("user"), "bob".parse().expect("user"));
+            let now = 50_000;
+            let mut stored = Vec::new();
+            // Five pushes to Alice in one second, three in others, one to Bob; a silent one and
+            // one a policy denied outright are not counted.
+            for (user, at) in [
+                (&alice, now - 5),
+                (&alice, now - 5),
+                (&alice, now - 5),
+                (&alice, now - 5),
+                (&alice, now - 5),
+                (&alice, now - 50),
+                (&alice, now - 400),
+                (&alice, now - 700),
+                (&bob, now - 5),
+            ] {
+                stored.push(pending(&app.id, user, at));
+            }
+            let mut silent = pending(&app.id, &alice, now - 5);
+            silent.kind = AuthenticationKind::Silent;
+            let mut denied = pending(&app.id, &alice, now - 5);
+            denied.policy = Some(r#"{"effect":"deny","action":"limit_push"}"#.into());
+            stored.push(silent);
+            stored.push(denied);
+            for a in &stored {
+                insert(db.writer(), a).await.expect("insert");
+            }
+            let (tallies, recount) = tallies_and_recount(&db, &app.id).await;
+            assert_eq!(tallies, recount, "{engine:?}: after the inserts");
+            assert_eq!(
+                tallies.iter().map(|t| t.2).sum::<i64>(),
+                9,
+                "{engine:?}: nine counted pushes"
+            );
+            // The counts: exact below their number, capped at it, also when one second holds
+            // more pushes than the number.
+            let counts = |windows: &[(u32, u32)]| {
+                let windows = windows.iter().copied().collect();
+                let (db, app, alice) = (&db, &app, &alice);
+                async move {
+                    super::super::policies::push_counts(db, &app.id, alice, now, &windows)
+                        .await
+                        .expect("counts")
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(
+                counts(&[(10, 100), (100, 100), (600, 100), (3_600, 100)]).await,
+                [(10, 5), (100, 6), (600, 7), (3_600, 8)],
+                "{engine:?}"
+            );
+            assert_eq!(
+                counts(&[(10, 3), (600, 6)]).await,
+                [(10, 3), (600, 6)],
+                "{engine:?}: capped"
+            );
+            // Removed one by one (a user's deletion and retention delete rows the same way),
+            // and re-keyed: the tallies follow, and a second left empty goes.
+            for a in &stored[..4] {
+                sqlx::query("DELETE FROM authentications WHERE id = $1")
+                    .bind(a.id.as_str())
+                    .execute(db.pool())
+                    .await
+                    .expect("delete");
+            }
+            sqlx::query("UPDATE authentications SET created_at = created_at + 1 WHERE id = $1")
+                .bind(stored[6].id.as_str())
+                .execute(db.pool())
+                .await
+                .expect("re-key");
+            sqlx::query("DELETE FROM authentications WHERE id = $1")
+                .bind(stored[8].id.as_str())
+                .execute(db.pool())
+                .await
+                .expect("delete");
+            let (tallies, recount) = tallies_and_recount(&db, &app.id).await;
+            assert_eq!(tallies, recount, "{engine:?}: after the deletes");
+            assert!(
+                !tallies.iter().any(|(user, _, _)| user == "bob"),
+                "{engine:?}: Bob's one second went with his one push"
+            );
+            assert_eq!(
+                counts(&[(10, 100), (600, 100)]).await,
+                [(10, 1), (600, 3)],
+                "{engine:?}"
+            );
+            sqlx::query("DELETE FROM authentications WHERE application_id = $1")
+                .bind(app.id.as_str())
+                .execute(db.pool())
+                .await
+                .expect("delete all");
+            let (tallies, _) = tallies_and_recount(&db, &app.id).await;
+            assert!(tallies.is_empty(), "{engine:?}: {tallies:?}");
+            db.close().await;
+        }
+    }
+
     #[tokio::test]
     async fn push_requests_count_what_limit_push_counts() {
         let (_dir, db, app) = database_with_application().await;
@@ -1703,7 +1864,7 @@ mod tests {
             // The user's unapproved requests are counted in the index alone, without their rows.
             "USING COVERING INDEX authentications_unapproved_by_user",
             "pending_expiries USING PRIMARY KEY",
-            "authentications_counted_pushes",
+            "t USING PRIMARY KEY",
         ] {
             assert!(
                 details.iter().any(|d| d.contains(index)),
@@ -3178,12 +3339,26 @@ mod tests {
     #[test]
     fn the_verdict_counts_with_the_predicates_of_the_other_counts() {
         let function = include_str!("../../migrations/postgres/0035_admission_verdict.sql");
-        for predicate in [USER_FACING, PENDING, UNAPPROVED, COUNTED_PUSH] {
+        for predicate in [USER_FACING, PENDING, UNAPPROVED] {
             assert!(
                 function.contains(&format!("a.{predicate}")),
                 "{predicate} is not counted by admission_verdict"
             );
         }
+        // The pushes are tallied by what the request stores as `push_counted`, and counted
+        // from the tallies (0045 replaces the function).
+        for migration in [
+            include_str!("../../migrations/postgres/0045_push_tallies.sql"),
+            include_str!("../../migrations/sqlite/0045_push_tallies.sql"),
+        ] {
+            assert!(
+                migration.contains(&format!("NEW.{COUNTED_PUSH}")),
+                "{COUNTED_PUSH} is not what the tallies count"
+            );
+        }
+        let replaced = include_str!("../../migrations/postgres/0045_push_tallies.sql");
+        assert!(replaced.contains("CREATE OR REPLACE FUNCTION admission_verdict("));
+        assert!(replaced.contains("FROM push_tallies t"));
     }
 
     #[test]

@@ -245,7 +245,7 @@ pub async fn recent_successes(
 }
 
 /// The statement of [`push_counts`] for `windows` windows: one count per window over the
-/// `authentications_counted_pushes` index, each stopping at its own number (`LIMIT`): `$3`,
+/// user's tallies of pushes per second (`push_tallies`), each stopping at its own number: `$3`,
 /// `$5`.. each window's start, `$4`, `$6`.. how many it counts at most.
 pub(crate) fn push_counts_statement(windows: usize) -> String {
     let counts: Vec<String> = (0..windows)
@@ -263,8 +263,9 @@ pub(crate) fn push_counts_statement(windows: usize) -> String {
 /// How many of the user's push requests (approval, transaction, CIBA) that no policy denied
 /// or approved outright were created in each of `windows` (seconds) before `now`, each counted
 /// up to its number in `windows` (the largest a rule compares that count with): the database
-/// walks each window's pushes and stops at that number, in one statement, so a user sent
-/// thousands of pushes costs no more than the rules' numbers. A count below its number is exact;
+/// sums each window's tallies (one row per second with pushes) and stops at that number of
+/// rows, in one statement, so a user sent thousands of pushes costs no more than the rules'
+/// numbers or the seconds of the window, whichever is fewer. A count below its number is exact;
 /// one at its number means at least that many. The same requests a policy's `limit_push` counts
 /// when the request is stored (`store::authentications::admission_counts`).
 pub async fn push_counts(
