@@ -568,6 +568,59 @@ mod migration_tests {
         .expect("request");
     }
 
+    /// Migration 0045 tallies the pushes already stored, so the counts read from the tallies
+    /// start where the counts of the requests stood.
+    #[tokio::test]
+    async fn the_push_tallies_start_from_the_pushes_already_stored() {
+        let (_dir, pool) = migrated_before(45).await;
+        sqlx::query(
+            "INSERT INTO applications (id, name, api_key_digest, created_at) \
+             VALUES ('app_1', 'App', 'digest', 1)",
+        )
+        .execute(&pool)
+        .await
+        .expect("application");
+        for (id, user, created_at, counted) in [
+            ("aut_a", "alice", 100, 1),
+            ("aut_b", "alice", 100, 1),
+            ("aut_c", "alice", 101, 1),
+            ("aut_d", "alice", 101, 0),
+            ("aut_e", "bob", 100, 1),
+        ] {
+            sqlx::query(
+                "INSERT INTO authentications (id, application_id, user_id, enrollment_id, kind, \
+                 signed_request, parameters_digest, nonce, require_user_verification, state, \
+                 created_at, expires_at, push_counted) \
+                 VALUES ($1, 'app_1', $2, 'enr_1', 'approval', '', '', '', 0, 'pending', $3, \
+                 1000, $4)",
+            )
+            .bind(id)
+            .bind(user)
+            .bind(created_at)
+            .bind(counted)
+            .execute(&pool)
+            .await
+            .expect("request");
+        }
+
+        SQLITE_MIGRATIONS.run(&pool).await.expect("migration 0045");
+
+        let tallies: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT user_id, created_at, pushes FROM push_tallies ORDER BY user_id, created_at",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("tallies");
+        assert_eq!(
+            tallies,
+            [
+                ("alice".to_string(), 100, 2),
+                ("alice".to_string(), 101, 1),
+                ("bob".to_string(), 100, 1)
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn the_key_ordered_tables_keep_their_rows_and_their_triggers() {
         let (_dir, pool) = migrated_before(33).await;
