@@ -554,6 +554,17 @@ mod migration_tests {
         .expect("pending rows")
     }
 
+    /// The application `app_1`, which the requests of these tests belong to.
+    async fn insert_application(pool: &SqlitePool) {
+        sqlx::query(
+            "INSERT INTO applications (id, name, api_key_digest, created_at) \
+             VALUES ('app_1', 'App', 'digest', 1)",
+        )
+        .execute(pool)
+        .await
+        .expect("application");
+    }
+
     async fn insert_pending(pool: &SqlitePool, id: &str, expires_at: i64) {
         sqlx::query(
             "INSERT INTO authentications (id, application_id, user_id, enrollment_id, kind, \
@@ -573,13 +584,7 @@ mod migration_tests {
     #[tokio::test]
     async fn the_push_tallies_start_from_the_pushes_already_stored() {
         let (_dir, pool) = migrated_before(45).await;
-        sqlx::query(
-            "INSERT INTO applications (id, name, api_key_digest, created_at) \
-             VALUES ('app_1', 'App', 'digest', 1)",
-        )
-        .execute(&pool)
-        .await
-        .expect("application");
+        insert_application(&pool).await;
         for (id, user, created_at, counted) in [
             ("aut_a", "alice", 100, 1),
             ("aut_b", "alice", 100, 1),
@@ -624,13 +629,7 @@ mod migration_tests {
     #[tokio::test]
     async fn the_key_ordered_tables_keep_their_rows_and_their_triggers() {
         let (_dir, pool) = migrated_before(33).await;
-        sqlx::query(
-            "INSERT INTO applications (id, name, api_key_digest, created_at) \
-             VALUES ('app_1', 'App', 'digest', 1)",
-        )
-        .execute(&pool)
-        .await
-        .expect("application");
+        insert_application(&pool).await;
         insert_pending(&pool, "aut_a", 1_000).await;
         insert_pending(&pool, "aut_b", 1_000).await;
         sqlx::query("INSERT INTO device_nonces (nonce_key, expires_at) VALUES ('n1', 500)")
