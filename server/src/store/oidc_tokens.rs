@@ -168,7 +168,9 @@ pub enum Spend<'a> {
     /// A push-mode CIBA request's tokens, minted for the delivery held under `lease`. The
     /// request is marked issued (if it was not yet), and the tokens an earlier delivery of it
     /// minted (an instance whose lease lapsed after it sent them, or died) are revoked: one
-    /// family per request is ever valid, `family_id`.
+    /// family per request is ever valid, `family_id`. Only before the request's `expires_at`:
+    /// after it ([`Issued::Expired`]) nothing is minted, and the earlier tokens are revoked
+    /// all the same (the delivery never ended, so the endpoint never took them).
     CibaPush {
         /// The request's `auth_req_id`.
         auth_req_id: &'a str,
@@ -201,7 +203,9 @@ pub enum Issued {
     /// unpaired): nothing stored.
     NoActiveDevice,
     /// A CIBA request exchanged at the token endpoint ([`Spend::CibaRequest`]) was past its
-    /// `expires_at`, and not exchanged before: nothing stored.
+    /// `expires_at`, and not exchanged before: nothing stored. For a push delivery
+    /// ([`Spend::CibaPush`]): past its `expires_at`, nothing stored and the tokens earlier
+    /// attempts minted revoked.
     Expired,
 }
 
@@ -242,7 +246,13 @@ pub async fn issue(
         }
     }
     if let Err(refused) = spent(&mut tx, db.engine(), spend, now).await? {
-        tx.rollback().await?;
+        // A push delivery past its request's expiry revoked what earlier attempts minted: that
+        // stands. Any other refusal wrote nothing.
+        if matches!((spend, refused), (Spend::CibaPush { .. }, Issued::Expired)) {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
         return Ok(refused);
     }
     insert_tokens(&mut tx, tokens, now).await?;
@@ -251,7 +261,8 @@ pub async fn issue(
 }
 
 /// Spends `spend` inside `tx` at `now`; why not when it was not: [`Issued::Spent`] (spent
-/// before), or [`Issued::Expired`] (a CIBA request past its expiry, not exchanged).
+/// before), or [`Issued::Expired`] (a CIBA request past its expiry, not exchanged; a push
+/// delivery past its request's expiry, whose earlier tokens this revoked).
 async fn spent(
     tx: &mut crate::store::Write<'static>,
     engine: Engine,
@@ -303,7 +314,8 @@ async fn spent(
                 Engine::Sqlite => "",
             };
             let held = sqlx::query(&format!(
-                "SELECT push_token_family FROM ciba_requests WHERE auth_req_id = $1 AND {}{lock}",
+                "SELECT push_token_family, expires_at FROM ciba_requests \
+                 WHERE auth_req_id = $1 AND {}{lock}",
                 held_by(2)
             ))
             .bind(auth_req_id)
@@ -314,11 +326,25 @@ async fn spent(
             let Some(held) = held else {
                 return Ok(Err(Issued::Spent));
             };
-            if let Some(earlier) = held.try_get::<Option<String>, _>("push_token_family")? {
+            let earlier = held.try_get::<Option<String>, _>("push_token_family")?;
+            if let Some(earlier) = &earlier {
                 sqlx::query("DELETE FROM oidc_tokens WHERE family_id = $1")
                     .bind(earlier)
                     .execute(&mut **tx)
                     .await?;
+            }
+            // Past the request's expiry a delivery mints nothing, and what an earlier attempt
+            // minted (the endpoint never took it, or the delivery would have ended) is revoked.
+            if held.try_get::<i64, _>("expires_at")? <= now {
+                if earlier.is_some() {
+                    sqlx::query(
+                        "UPDATE ciba_requests SET push_token_family = NULL WHERE auth_req_id = $1",
+                    )
+                    .bind(auth_req_id)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                return Ok(Err(Issued::Expired));
             }
             sqlx::query(
                 "UPDATE ciba_requests SET push_token_family = $2, \
@@ -571,6 +597,29 @@ mod tests {
         .expect("request");
     }
 
+    /// A push delivery of alice's request `req` under `lease` at `now`, minting the access
+    /// token `<family>-access` of `family`.
+    async fn mint_pushed(
+        db: &Database,
+        app: &ApplicationId,
+        family: &'static str,
+        lease: Lease,
+        now: i64,
+    ) -> Issued {
+        let tokens = vec![(
+            format!("{family}-access"),
+            issued("access", "alice", family),
+        )];
+        let spend = Spend::CibaPush {
+            auth_req_id: "req",
+            lease,
+            family_id: family,
+        };
+        issue(db, app, &user_id("alice"), spend, &tokens, now)
+            .await
+            .expect("issue")
+    }
+
     /// Only the instance holding a push delivery's lease mints its tokens; a delivery that took
     /// the lease over from one that minted (and lapsed, or died) revokes the earlier family.
     #[tokio::test]
@@ -581,24 +630,7 @@ mod tests {
             until_ms: 1_000,
         };
         push_request(&db, &app, "req", first).await;
-        let alice = user_id("alice");
-        let mint = |family: &'static str, lease: Lease| {
-            let (db, app, alice) = (db.clone(), app.clone(), alice.clone());
-            async move {
-                let tokens = vec![(
-                    format!("{family}-access"),
-                    issued("access", "alice", family),
-                )];
-                let spend = Spend::CibaPush {
-                    auth_req_id: "req",
-                    lease,
-                    family_id: family,
-                };
-                issue(&db, &app, &alice, spend, &tokens, 5)
-                    .await
-                    .expect("issue")
-            }
-        };
+        let mint = |family: &'static str, lease: Lease| mint_pushed(&db, &app, family, lease, 5);
         assert_eq!(mint("f1", first).await, Issued::Stored);
         let issued_at: Option<i64> = sqlx::query_scalar(
             "SELECT tokens_issued_at FROM ciba_requests WHERE auth_req_id = 'req'",
@@ -653,6 +685,53 @@ mod tests {
                 .await
                 .expect("finish")
         );
+    }
+
+    /// Past its request's `expires_at` a push delivery mints nothing, even under the lease it
+    /// holds, and the tokens an earlier attempt minted (the endpoint never took them) are
+    /// revoked in the same write; a lapsed lease is still refused first.
+    #[tokio::test]
+    async fn a_push_delivery_past_its_requests_expiry_mints_nothing_and_revokes_earlier_tokens() {
+        let (_dir, db, app) = database().await;
+        let held = Lease {
+            attempts: 1,
+            until_ms: 1_000,
+        };
+        push_request(&db, &app, "req", held).await;
+        let mint = |family: &'static str, lease: Lease, now: i64| {
+            mint_pushed(&db, &app, family, lease, now)
+        };
+        // The request expires at 600: a second before it, the delivery mints.
+        assert_eq!(mint("f1", held, 599).await, Issued::Stored);
+        assert_eq!(stored(&db).await, vec!["f1-access".to_string()]);
+        let lapsed = Lease {
+            attempts: 0,
+            until_ms: 1_000,
+        };
+        assert_eq!(
+            mint("f0", lapsed, 600).await,
+            Issued::Spent,
+            "a lease not held is refused before the expiry is looked at"
+        );
+        assert_eq!(stored(&db).await, vec!["f1-access".to_string()]);
+        assert_eq!(
+            mint("f2", held, 600).await,
+            Issued::Expired,
+            "at its expiry, nothing is minted"
+        );
+        assert!(
+            stored(&db).await.is_empty(),
+            "the tokens minted before the expiry are revoked"
+        );
+        let family: Option<String> = sqlx::query_scalar(
+            "SELECT push_token_family FROM ciba_requests WHERE auth_req_id = 'req'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("read");
+        assert_eq!(family, None, "no family is left standing");
+        assert_eq!(mint("f3", held, 601).await, Issued::Expired);
+        assert!(stored(&db).await.is_empty());
     }
 
     #[tokio::test]

@@ -10,7 +10,9 @@
 //! minting push tokens, recording the outcome) holds only while the lease does, so an instance
 //! whose lease lapsed stops instead of delivering beside the one that took over. A push
 //! delivery's tokens are minted once per delivery; a delivery taken over mints afresh and
-//! revokes the earlier delivery's tokens (`oidc_tokens::Spend::CibaPush`).
+//! revokes the earlier delivery's tokens (`oidc_tokens::Spend::CibaPush`). Tokens go out only
+//! before the request's expiry: past it, a delivery sends `expired_token`, and the write that
+//! refuses to mint revokes what earlier attempts minted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,7 +207,7 @@ async fn deliver_with_retries(
     };
     let endpoint =
         Url::parse(endpoint).map_err(|_| DomainError::Internal("notification endpoint"))?;
-    let Some(body) = payload(state, &client, request, *held).await? else {
+    let Some(mut body) = payload(state, &client, request, *held).await? else {
         return Ok(Delivery::TakenOver);
     };
     let base = state.config.ciba_notification_retry_base;
@@ -213,7 +215,15 @@ async fn deliver_with_retries(
     // The claim counted the first attempt.
     loop {
         let attempt = held.attempts;
-        let delivered = state.ciba_sender.post(&endpoint, token, &body).await;
+        // Tokens go out only while the request lives: a retry past its expiry sends the error
+        // instead, and the write that would have minted revokes the tokens already minted.
+        if body.carries_tokens && state.now() >= request.expires_at {
+            let Some(expired) = payload(state, &client, request, *held).await? else {
+                return Ok(Delivery::TakenOver);
+            };
+            body = expired;
+        }
+        let delivered = state.ciba_sender.post(&endpoint, token, &body.json).await;
         let mode = client.delivery_mode.as_str();
         match delivered {
             Ok(()) => {
@@ -240,16 +250,39 @@ async fn deliver_with_retries(
     }
 }
 
+/// What a delivery posts.
+struct Payload {
+    /// The JSON body.
+    json: Value,
+    /// Whether it holds tokens (push mode, approved), which go out only before the request's
+    /// expiry.
+    carries_tokens: bool,
+}
+
+impl Payload {
+    /// A body without tokens: a ping, or a push delivery's error.
+    fn without_tokens(json: Value) -> Self {
+        Self {
+            json,
+            carries_tokens: false,
+        }
+    }
+}
+
 /// The body to send under `lease`: a ping, or (push) the tokens or the error; `None` if
-/// another instance took the delivery over before the tokens were minted.
+/// another instance took the delivery over before the tokens were minted. Past the request's
+/// expiry, a push delivery's approval is `expired_token` (and the tokens an earlier attempt
+/// minted are revoked by the write that refuses to mint more).
 async fn payload(
     state: &Ctx,
     client: &CibaClient,
     request: &CibaRequest,
     lease: Lease,
-) -> Result<Option<Value>, DomainError> {
+) -> Result<Option<Payload>, DomainError> {
     if client.delivery_mode != DeliveryMode::Push {
-        return Ok(Some(json!({ "auth_req_id": request.auth_req_id })));
+        return Ok(Some(Payload::without_tokens(
+            json!({ "auth_req_id": request.auth_req_id }),
+        )));
     }
     let id = request
         .authentication_id
@@ -266,20 +299,24 @@ async fn payload(
         })
         .unwrap_or(Value::Null)
     };
-    Ok(Some(match record.state {
+    let json = match record.state {
         AuthenticationState::Approved => {
             // Push clients never call the token endpoint: the tokens are minted for this
-            // delivery, under its lease (a delivery taken over mints afresh, revoking these).
+            // delivery, under its lease (a delivery taken over mints afresh, revoking these),
+            // before the request's expiry (checked in the write that mints).
             match tokens_for(state, client, request, &record, RequestGrant::Push(lease)).await? {
-                Ok(tokens) => serde_json::to_value(tokens)
-                    .map_err(|_| DomainError::Internal("token response"))?,
+                Ok(tokens) => {
+                    return Ok(Some(Payload {
+                        json: serde_json::to_value(tokens)
+                            .map_err(|_| DomainError::Internal("token response"))?,
+                        carries_tokens: true,
+                    }));
+                }
                 Err(NotIssued::Spent) => return Ok(None),
                 Err(NotIssued::DeviceGone) => error("access_denied", DEVICE_GONE),
-                // A push delivery's tokens are minted whenever it runs (`Spend::CibaPush` has
-                // no expiry): only an exchange at the token endpoint expires.
                 Err(NotIssued::Expired) => error(
                     "expired_token",
-                    "the request expired before its tokens were issued",
+                    "the request expired before its tokens were delivered",
                 ),
             }
         }
@@ -295,7 +332,8 @@ async fn payload(
             "expired_token",
             "the request expired before the user answered",
         ),
-    }))
+    };
+    Ok(Some(Payload::without_tokens(json)))
 }
 
 /// Follow-up: a finished ping or push request's notification becomes due now.
@@ -350,6 +388,17 @@ mod tests {
         fn all(&self) -> Vec<Value> {
             self.0.lock().map(|t| t.clone()).unwrap_or_default()
         }
+
+        /// Records `body`; how many were sent, this one included.
+        fn record(&self, body: &Value) -> usize {
+            self.0
+                .lock()
+                .map(|mut taken| {
+                    taken.push(body.clone());
+                    taken.len()
+                })
+                .unwrap_or(0)
+        }
     }
 
     impl crate::domain::ports::CibaNotificationSender for TakenNotifications {
@@ -359,15 +408,46 @@ mod tests {
             _bearer: &'a str,
             body: &'a Value,
         ) -> NotificationFuture<'a> {
-            if let Ok(mut taken) = self.0.lock() {
-                taken.push(body.clone());
-            }
+            self.record(body);
             Box::pin(async { Ok(()) })
         }
     }
 
+    /// A relying party's notification endpoint that is down for the first notification (it
+    /// answers 503), for as long as `down_for` on the server's clock, then takes every one:
+    /// the bodies it was sent, in order, the refused one first.
+    struct DownAtFirst {
+        sent: TakenNotifications,
+        clock: crate::clock::ManualClock,
+        down_for: Duration,
+    }
+
+    impl crate::domain::ports::CibaNotificationSender for DownAtFirst {
+        fn post<'a>(
+            &'a self,
+            _endpoint: &'a Url,
+            _bearer: &'a str,
+            body: &'a Value,
+        ) -> NotificationFuture<'a> {
+            let first = self.sent.record(body) == 1;
+            if first {
+                self.clock.advance(self.down_for);
+            }
+            Box::pin(async move {
+                if first {
+                    Err(crate::domain::ports::NotificationError::Status(503))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
     /// `ctx` posting its notifications through `sender`.
-    fn posting_through(ctx: &Ctx, sender: Arc<TakenNotifications>) -> Ctx {
+    fn posting_through(
+        ctx: &Ctx,
+        sender: Arc<dyn crate::domain::ports::CibaNotificationSender>,
+    ) -> Ctx {
         Ctx::new(CtxParts {
             db: ctx.db.clone(),
             keys: ctx.keys.clone(),
@@ -495,6 +575,28 @@ mod tests {
         (client_id, ack.auth_req_id, user)
     }
 
+    /// A push request for a new user `name`, approved, whose first delivery (due at once) the
+    /// database failed: the endpoint's notifications (none yet), the context posting to it,
+    /// the `auth_req_id` and the user.
+    async fn push_failed_once(
+        domain: &TestDomain,
+        name: &str,
+    ) -> (
+        Arc<TakenNotifications>,
+        Ctx,
+        String,
+        tessera_protocol::ids::UserId,
+    ) {
+        let taken = Arc::new(TakenNotifications::default());
+        let ctx = posting_through(&domain.ctx, taken.clone());
+        let (client_id, auth_req_id, user) = approved_push_request(domain, &ctx, name).await;
+        refuse_tokens_for(&ctx.db, &client_id, true).await;
+        assert!(swept(&ctx, &auth_req_id).await, "due at once");
+        refuse_tokens_for(&ctx.db, &client_id, false).await;
+        assert!(taken.all().is_empty(), "nothing was sent");
+        (taken, ctx, auth_req_id, user)
+    }
+
     /// A push delivery whose tokens could not be minted because the database failed for a
     /// moment is tried again after a backoff, and the relying party gets the tokens from a
     /// later sweep: the failure is not the end of the delivery (the sweep never resumes a
@@ -503,13 +605,7 @@ mod tests {
     async fn a_push_delivery_the_database_failed_once_is_delivered_on_a_later_sweep() {
         for domain in TestDomain::each_engine().await {
             let engine = domain.ctx.db.engine();
-            let taken = Arc::new(TakenNotifications::default());
-            let ctx = posting_through(&domain.ctx, taken.clone());
-            let (client_id, auth_req_id, user) =
-                approved_push_request(&domain, &ctx, "wanda").await;
-            refuse_tokens_for(&ctx.db, &client_id, true).await;
-            assert!(swept(&ctx, &auth_req_id).await, "{engine:?}: due at once");
-            refuse_tokens_for(&ctx.db, &client_id, false).await;
+            let (taken, ctx, auth_req_id, user) = push_failed_once(&domain, "wanda").await;
             let stored = ciba::request(&ctx.db, &auth_req_id)
                 .await
                 .expect("read")
@@ -579,6 +675,77 @@ mod tests {
                 "{engine:?}: failed after every attempt"
             );
             assert!(taken.all().is_empty(), "{engine:?}: nothing was sent");
+        }
+    }
+
+    /// The request's expiry passes while the endpoint is down: the retry sends `expired_token`
+    /// instead of the tokens the first attempt carried, and those tokens are revoked (the
+    /// endpoint never took them). Without the check, the retry sent the tokens after the
+    /// `auth_req_id` had expired, and they stayed valid.
+    #[tokio::test]
+    async fn a_push_delivery_retried_past_the_requests_expiry_sends_expired_token_and_revokes_its_tokens()
+     {
+        let config = || crate::config::ServerConfig {
+            ciba_notification_retry_base: Duration::from_millis(10),
+            ..crate::config::ServerConfig::default()
+        };
+        for domain in TestDomain::each_engine_with(config).await {
+            let engine = domain.ctx.db.engine();
+            let endpoint = Arc::new(DownAtFirst {
+                sent: TakenNotifications::default(),
+                clock: domain.clock.clone(),
+                down_for: Duration::from_secs(u64::from(domain.ctx.config.ciba_default_expiry)),
+            });
+            let ctx = posting_through(&domain.ctx, endpoint.clone());
+            let (_client_id, auth_req_id, user) =
+                approved_push_request(&domain, &ctx, "yara").await;
+            assert!(swept(&ctx, &auth_req_id).await, "{engine:?}: due at once");
+            let sent = endpoint.sent.all();
+            assert_eq!(sent.len(), 2, "{engine:?}: {sent:?}");
+            assert!(
+                sent[0].get("access_token").is_some(),
+                "{engine:?}: the first attempt carried the tokens: {}",
+                sent[0]
+            );
+            assert_eq!(
+                sent[1],
+                json!({
+                    "auth_req_id": auth_req_id,
+                    "error": "expired_token",
+                    "error_description": "the request expired before its tokens were delivered",
+                }),
+                "{engine:?}"
+            );
+            assert_eq!(
+                domain.tokens_of(&user).await,
+                0,
+                "{engine:?}: the tokens the endpoint never took are revoked"
+            );
+            let stored = ciba::request(&ctx.db, &auth_req_id)
+                .await
+                .expect("read")
+                .expect("the request");
+            assert_eq!(stored.notify_state, NotifyState::Done, "{engine:?}");
+        }
+    }
+
+    /// A delivery the database failed resumes on a sweep after the request expired: it mints
+    /// nothing and sends `expired_token`. Without the check in the write that mints, the
+    /// resumed delivery minted and sent tokens for an expired `auth_req_id`.
+    #[tokio::test]
+    async fn a_push_delivery_resumed_past_the_requests_expiry_mints_nothing() {
+        for domain in TestDomain::each_engine().await {
+            let engine = domain.ctx.db.engine();
+            let (taken, ctx, auth_req_id, user) = push_failed_once(&domain, "zelda").await;
+            domain.clock.advance(Duration::from_secs(u64::from(
+                ctx.config.ciba_default_expiry,
+            )));
+            assert!(swept(&ctx, &auth_req_id).await, "{engine:?}: due again");
+            let sent = taken.all();
+            assert_eq!(sent.len(), 1, "{engine:?}: {sent:?}");
+            assert_eq!(sent[0]["error"], "expired_token", "{engine:?}: {}", sent[0]);
+            assert!(sent[0].get("access_token").is_none(), "{engine:?}");
+            assert_eq!(domain.tokens_of(&user).await, 0, "{engine:?}: no tokens");
         }
     }
 }
