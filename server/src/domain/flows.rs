@@ -1118,7 +1118,10 @@ pub(crate) async fn act(
             // not (its push answered no, its QR code expired): what the user spent is not wasted
             // on a `conflict`, and a flow whose push this action withdrew is not left waiting on it.
             Move::Lost | Move::BypassCleared => match ending {
-                Some(data) => end_on_latest(ctx, &claimed, name, status, |_| data.clone()).await?,
+                Some(data) => {
+                    let data = |_: &Flow| data.clone();
+                    end_on_latest(ctx, &claimed, name, status, data, OtherClaims::WaitFor).await?
+                }
                 None => None,
             },
         };
@@ -1215,22 +1218,56 @@ const MAX_BYPASS_RERUNS: u32 = 2;
 
 /// Moves the flow `claimed` was claimed from to `status` (final) with `data` made from the flow
 /// as it stands now (read again, its due moves applied): another move (the server's own,
-/// [`due_move`], or a racing action's) may have come since the action's claim. `None` when the
-/// flow has ended meanwhile. A passkey sign-in's user, bound by the claimed action, is bound by
-/// this move.
+/// [`due_move`], or a racing action's) may have come since the action's claim. The server's
+/// move ends the action's claim, so another action may have claimed the flow since: `others`
+/// says whether this waits for that action to move the flow or let it go. `None` when the flow
+/// has ended meanwhile (or other actions kept holding it). A passkey sign-in's user, bound by
+/// the claimed action, is bound by this move.
 async fn end_on_latest(
     ctx: &Ctx,
     claimed: &Flow,
     action: &str,
     status: FlowStatus,
     data: impl Fn(&Flow) -> Data,
+    others: OtherClaims,
 ) -> Result<Option<Flow>, DomainError> {
+    let topic = Topic::Flow(claimed.stored.id.to_string());
     let mut current = claimed.clone();
+    let mut waits = 0;
     // Bounded, as `refresh` is: each round lost to yet another move reads the flow again.
-    for _ in 0..4 {
+    let mut lost = 0;
+    while lost < 4 {
+        // Subscribed before the read: a claim released after it still wakes the wait below.
+        let mut announced = ctx.events.subscribe(topic.clone());
         let mut latest = refresh(ctx, reload(ctx, &current).await?).await?;
         if latest.status.is_final() {
             return Ok(None);
+        }
+        // A claim at a version other than the one this action's claim made is another
+        // action's (a move ends every claim, and a claim needs the flow unclaimed): it moves
+        // the flow or is released first. Taken after this read, it changed the version, and
+        // the move below is lost.
+        if others == OtherClaims::WaitFor
+            && latest.stored.version != claimed.stored.version
+            && let Some(until_ms) = store::claim_held_until(
+                &ctx.db,
+                &latest.stored.id,
+                latest.stored.version,
+                ctx.now_ms(),
+            )
+            .await?
+        {
+            if waits == MAX_CLAIM_WAITS {
+                tracing::info!(flow_id = %latest.stored.id, action, "flow held by other actions: not ended");
+                return Ok(None);
+            }
+            waits += 1;
+            let left = u64::try_from(until_ms.saturating_sub(ctx.now_ms())).unwrap_or(0);
+            announced
+                .wait(tokio::time::Instant::now() + Duration::from_millis(left))
+                .await;
+            current = latest;
+            continue;
         }
         if claimed.stored.user_id.is_some() {
             latest.stored.user_id = claimed.stored.user_id.clone();
@@ -1240,10 +1277,26 @@ async fn end_on_latest(
             tracing::info!(flow_id = %moved.stored.id, action, "flow ended on its latest version");
             return Ok(Some(moved));
         }
+        lost += 1;
         current = latest;
     }
     Ok(None)
 }
+
+/// What [`end_on_latest`] does when another action holds the flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OtherClaims {
+    /// Waits for that action's move or release (or for its claim to lapse), then ends the flow
+    /// if that action did not: an action that spent something (a recovery code, a passkey
+    /// assertion) never moves the flow from under another that is spending its own.
+    WaitFor,
+    /// Ends the flow all the same: a passcode locked out ends the flow whatever holds it.
+    Override,
+}
+
+/// How many other actions' claims [`end_on_latest`] waits out before it leaves the flow to
+/// them.
+const MAX_CLAIM_WAITS: u32 = 4;
 
 /// One action's hold on a flow, from its claim to its move or refusal. While it holds, other
 /// actions on the flow are refused with `conflict`, also those that read the flow after the
@@ -1251,6 +1304,7 @@ async fn end_on_latest(
 /// its move fail, and all of them be refused.
 struct Claim {
     db: crate::store::Database,
+    events: super::events::EventHub,
     id: FlowId,
     version: i64,
     held: bool,
@@ -1271,6 +1325,7 @@ impl Claim {
         .await?;
         Ok(taken.then(|| Self {
             db: ctx.db.clone(),
+            events: ctx.events.clone(),
             id: flow.stored.id.clone(),
             version: flow.stored.version + 1,
             held: true,
@@ -1285,14 +1340,21 @@ impl Claim {
     /// Ends the claim without a move (the action was refused).
     async fn release(mut self) {
         self.held = false;
-        release_claim(&self.db, &self.id, self.version).await;
+        release_claim(&self.db, &self.events, &self.id, self.version).await;
     }
 }
 
-/// Ends the claim that moved flow `id` to `version`; a failure leaves it to lapse.
-async fn release_claim(db: &crate::store::Database, id: &FlowId, version: i64) {
-    if let Err(e) = store::release(db, id, version).await {
-        tracing::warn!(error = %e, flow_id = %id, "could not release a flow's claim");
+/// Ends the claim that moved flow `id` to `version`, and tells an action waiting for it
+/// ([`end_on_latest`]); a failure leaves it to lapse.
+async fn release_claim(
+    db: &crate::store::Database,
+    events: &super::events::EventHub,
+    id: &FlowId,
+    version: i64,
+) {
+    match store::release(db, id, version).await {
+        Ok(()) => events.announce(&[Topic::Flow(id.to_string())]),
+        Err(e) => tracing::warn!(error = %e, flow_id = %id, "could not release a flow's claim"),
     }
 }
 
@@ -1304,8 +1366,9 @@ impl Drop for Claim {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (db, id, version) = (self.db.clone(), self.id.clone(), self.version);
-            runtime.spawn(async move { release_claim(&db, &id, version).await });
+            let (db, events) = (self.db.clone(), self.events.clone());
+            let (id, version) = (self.id.clone(), self.version);
+            runtime.spawn(async move { release_claim(&db, &events, &id, version).await });
         }
     }
 }
@@ -1320,8 +1383,15 @@ async fn refused(ctx: &Ctx, flow: &Flow, action: &str, e: DomainError) -> Domain
         // after this one): the lock ends the flow whatever moved since, unless that ended it.
         let locked =
             |latest: &Flow| finished(latest.data.clone(), result(FlowResultStatus::OtpLocked));
-        if let Err(store_error) =
-            end_on_latest(ctx, flow, action, FlowStatus::MfaFailed, locked).await
+        if let Err(store_error) = end_on_latest(
+            ctx,
+            flow,
+            action,
+            FlowStatus::MfaFailed,
+            locked,
+            OtherClaims::Override,
+        )
+        .await
         {
             tracing::warn!(error = %store_error, "could not end a locked flow");
         }

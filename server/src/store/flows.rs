@@ -257,6 +257,24 @@ pub async fn claim(
     Ok(done.rows_affected() == 1)
 }
 
+/// When the claim holding flow `id` at `version` ends (milliseconds), if one holds it at
+/// `now_ms`: an action claimed it and has neither moved it nor released it yet.
+pub async fn claim_held_until(
+    db: &Database,
+    id: &FlowId,
+    version: i64,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT claimed_until FROM flows WHERE id = $1 AND version = $2 AND claimed_until > $3",
+    )
+    .bind(id.as_str())
+    .bind(version)
+    .bind(now_ms)
+    .fetch_optional(db.pool())
+    .await?)
+}
+
 /// Ends the claim that moved the flow to `claimed_version`, if the flow has not moved since
 /// (a move ends the claim itself).
 pub async fn release(db: &Database, id: &FlowId, claimed_version: i64) -> Result<(), StoreError> {

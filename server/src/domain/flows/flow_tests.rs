@@ -629,3 +629,114 @@ async fn a_device_held_by_an_action_that_lost_its_move_is_rejected() {
         }
     }
 }
+
+/// An action that spent something (here a recovery code's action, its move beaten by the
+/// server's when the phone said no) ends the flow on its latest version, but never from under
+/// another action that claimed the flow since: it waits for that action, then ends the flow if
+/// that action let it go, or leaves it as that action ended it. Before, it moved the flow while
+/// the other action held it, and what that action was spending went to a flow already ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_ending_a_flow_on_its_latest_version_waits_for_another_actions_claim() {
+    use tessera_protocol::flows::FlowResultStatus;
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        for other_ends_it in [false, true] {
+            let (user, phone) = domain
+                .user_with_device(&format!("opal-{other_ends_it}"))
+                .await;
+            let id = flow_for(&domain, &user).await.id.to_string();
+            act(&domain.ctx, &domain.app, &id, authenticate())
+                .await
+                .expect("pushed");
+            let request = pushed(&domain, &phone).await;
+            // The code's action claims the flow...
+            let flow = super::load(&domain.ctx, &domain.app.id, &id)
+                .await
+                .expect("read");
+            let first = super::Claim::take(&domain.ctx, &flow)
+                .await
+                .expect("claim")
+                .expect("claimed");
+            let mut claimed = flow.clone();
+            claimed.stored.version = first.version;
+            // ...the phone says no, and the server's move ends that claim...
+            domain
+                .answered_by(&phone, &request, Decision::Deny)
+                .await
+                .expect("denied");
+            let latest = super::reload(&domain.ctx, &flow).await.expect("read");
+            let rejected = super::refresh(&domain.ctx, latest).await.expect("moved");
+            assert_eq!(rejected.status, FlowStatus::PushConfirmationRejected);
+            first.ended_by_move();
+            // ...and another action claims the flow before the code's action ends it.
+            let second = super::Claim::take(&domain.ctx, &rejected)
+                .await
+                .expect("claim")
+                .expect("claimed");
+            let ending = tokio::spawn({
+                let ctx = domain.ctx.clone();
+                async move {
+                    let completed = |latest: &super::Flow| {
+                        super::finished(
+                            latest.data.clone(),
+                            super::result(FlowResultStatus::Authenticated),
+                        )
+                    };
+                    super::end_on_latest(
+                        &ctx,
+                        &claimed,
+                        "checkRecoveryCode",
+                        FlowStatus::MfaCompleted,
+                        completed,
+                        super::OtherClaims::WaitFor,
+                    )
+                    .await
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let read = get(&domain.ctx, &domain.app.id, &id).await.expect("read");
+            assert_eq!(
+                read.status,
+                FlowStatus::PushConfirmationRejected,
+                "{engine:?}: the flow is left to the action holding it"
+            );
+            assert!(
+                !ending.is_finished(),
+                "{engine:?}: it waits for that action"
+            );
+            let ended = if other_ends_it {
+                let mut held = rejected.clone();
+                held.stored.version = second.version;
+                let canceled =
+                    super::finished(held.data.clone(), super::result(FlowResultStatus::Canceled));
+                super::move_to(
+                    &domain.ctx,
+                    &held,
+                    "cancelAuthentication",
+                    FlowStatus::Canceled,
+                    canceled,
+                )
+                .await
+                .expect("moved")
+                .expect("the holder's move");
+                second.ended_by_move();
+                FlowStatus::Canceled
+            } else {
+                second.release().await;
+                FlowStatus::MfaCompleted
+            };
+            let moved = tokio::time::timeout(Duration::from_secs(10), ending)
+                .await
+                .expect("woken by the other action's move or release")
+                .expect("ran")
+                .expect("ended");
+            assert_eq!(
+                moved.map(|f| f.status),
+                (!other_ends_it).then_some(FlowStatus::MfaCompleted),
+                "{engine:?}"
+            );
+            let read = get(&domain.ctx, &domain.app.id, &id).await.expect("read");
+            assert_eq!(read.status, ended, "{engine:?}");
+        }
+    }
+}
