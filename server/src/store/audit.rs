@@ -361,11 +361,11 @@ pub async fn claim_unreported_expired(
     } else {
         ""
     };
+    let unreported = super::authentications::unreported_expired(1);
     let sql = format!(
         "UPDATE authentications SET expiry_reported = 1 WHERE id IN \
-         (SELECT id FROM authentications WHERE state = 'pending' AND expiry_reported = 0 \
-          AND expires_at <= $1{of_application} ORDER BY expires_at LIMIT $2{lock}) \
-         AND state = 'pending' AND expiry_reported = 0 RETURNING {}",
+         (SELECT id FROM authentications WHERE {unreported}{of_application} \
+          ORDER BY expires_at LIMIT $2{lock}) AND {unreported} RETURNING {}",
         super::authentications::READ_COLUMNS
     );
     let mut query = sqlx::query(&sql).bind(now).bind(limit);

@@ -437,6 +437,16 @@ where
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
 
+/// A request still pending past its expiry at `$now`, whose expiry nobody has reported yet:
+/// what the expiry sweep claims (`audit::claim_unreported_expired`) and what a device
+/// verification's own expiry claims (`enrollments::claim_verification_expiry`), each marking
+/// it reported in the same statement, so the expiry is reported once whichever comes first.
+/// Its first two terms are those of the partial index `authentications_unreported_expiry`,
+/// written as the index writes them for SQLite to use it.
+pub(crate) fn unreported_expired(now: usize) -> String {
+    format!("state = 'pending' AND expiry_reported = 0 AND expires_at <= ${now}")
+}
+
 /// The statement of [`pending_for`] (every device pull runs it).
 pub(crate) const PENDING_FOR: &str = "SELECT signed_request FROM authentications \
     WHERE enrollment_id = $1 AND state = 'pending' AND expires_at > $2 ORDER BY created_at, id";

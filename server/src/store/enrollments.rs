@@ -708,8 +708,8 @@ pub async fn claim_verification_expiry(
     now: i64,
 ) -> Result<VerificationExpiry, StoreError> {
     let claimed = sqlx::query(&format!(
-        "UPDATE authentications SET expiry_reported = 1 WHERE id = $1 AND state = 'pending' \
-         AND expiry_reported = 0 AND expires_at <= $2 RETURNING {}",
+        "UPDATE authentications SET expiry_reported = 1 WHERE id = $1 AND {} RETURNING {}",
+        super::authentications::unreported_expired(2),
         super::authentications::READ_COLUMNS
     ))
     .bind(verification.as_str())
