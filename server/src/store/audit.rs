@@ -1,6 +1,8 @@
 //! The audit log: appended to, never changed (the schema's triggers refuse `UPDATE` and
 //! `DELETE`). Records are numbered by `seq`, which only grows, so a cursor on it is stable
-//! under inserts.
+//! under inserts. On SQLite `seq` is a plain `INTEGER PRIMARY KEY` (max + 1, migration 0046):
+//! no record is ever deleted, so no number is given twice, and no `sqlite_sequence` row is
+//! written with each append. Nothing here may depend on `sqlite_sequence`.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;

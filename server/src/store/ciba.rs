@@ -534,38 +534,56 @@ pub(crate) const MARK_TOKENS_ISSUED: &str = "UPDATE ciba_requests SET tokens_iss
 pub(crate) const EXPIRED_UNEXCHANGED: &str = "SELECT 1 AS one FROM ciba_requests \
     WHERE auth_req_id = $1 AND tokens_issued_at IS NULL AND expires_at <= $2";
 
+// The statements below that read requests by their notification state name the state as a
+// literal (`notify_state = 'waiting'`, `notify_state = 'due'`): `ciba_requests_notify` holds the
+// waiting and due requests only (migration 0047), and SQLite uses a partial index only for a
+// WHERE that contains its terms. `store::query_plans` checks their plans.
+
+/// The update of [`notification_due_for`].
+pub(crate) const NOTIFICATION_DUE_FOR: &str = "UPDATE ciba_requests SET notify_state = 'due', \
+    notify_due_at_ms = $2 WHERE authentication_id = $1 AND notify_state = 'waiting'";
+
 /// Makes the notification of the request driving `authentication_id` due now (if it waits).
 pub async fn notification_due_for(
     db: &Database,
     authentication_id: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE ciba_requests SET notify_state = 'due', notify_due_at_ms = $2 \
-         WHERE authentication_id = $1 AND notify_state = 'waiting'",
-    )
-    .bind(authentication_id)
-    .bind(now)
-    .execute(db.writer())
-    .await?
-    .rows_affected()
+    Ok(sqlx::query(NOTIFICATION_DUE_FOR)
+        .bind(authentication_id)
+        .bind(now)
+        .execute(db.writer())
+        .await?
+        .rows_affected()
         == 1)
 }
+
+/// The update of [`promote_finished`]: it visits the waiting requests only, through
+/// `ciba_requests_notify`, and looks up each one's authentication by its key. The state is read
+/// by a scalar subquery, not `EXISTS (… AND a.state <> 'pending')` (the same answer: one row or
+/// none, and no row is not finished either way): PostgreSQL may answer an `EXISTS` under an `OR`
+/// by hashing every finished authentication, a read of the whole table, which it cannot do with
+/// a scalar subquery.
+pub(crate) const PROMOTE_FINISHED: &str = "UPDATE ciba_requests SET notify_state = 'due', \
+    notify_due_at_ms = $2 WHERE notify_state = 'waiting' AND (expires_at <= $1 OR \
+    (SELECT a.state FROM authentications a WHERE a.id = ciba_requests.authentication_id) \
+    <> 'pending')";
 
 /// Makes every waiting notification whose request finished (answered elsewhere, failed or
 /// expired) due now.
 pub async fn promote_finished(db: &Database, now: i64, now_ms: i64) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE ciba_requests SET notify_state = 'due', notify_due_at_ms = $2 \
-         WHERE notify_state = 'waiting' AND (expires_at <= $1 OR EXISTS (SELECT 1 FROM \
-         authentications a WHERE a.id = ciba_requests.authentication_id AND a.state <> 'pending'))",
-    )
-    .bind(now)
-    .bind(now_ms)
-    .execute(db.writer())
-    .await?
-    .rows_affected())
+    Ok(sqlx::query(PROMOTE_FINISHED)
+        .bind(now)
+        .bind(now_ms)
+        .execute(db.writer())
+        .await?
+        .rows_affected())
 }
+
+/// What [`due_notifications`] selects from (its statement: the columns, then this), in the
+/// order of `ciba_requests_notify`.
+pub(crate) const DUE_NOTIFICATIONS: &str = "FROM ciba_requests WHERE notify_state = 'due' \
+    AND notify_due_at_ms <= $1 ORDER BY notify_due_at_ms LIMIT $2";
 
 /// Notifications due at `now`, oldest first.
 pub async fn due_notifications(
@@ -573,14 +591,11 @@ pub async fn due_notifications(
     now: i64,
     limit: i64,
 ) -> Result<Vec<CibaRequest>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {REQUEST_COLUMNS} FROM ciba_requests WHERE notify_state = 'due' AND notify_due_at_ms <= $1 \
-         ORDER BY notify_due_at_ms LIMIT $2"
-    ))
-    .bind(now)
-    .bind(limit)
-    .fetch_all(db.pool())
-    .await?;
+    let rows = sqlx::query(&format!("SELECT {REQUEST_COLUMNS} {DUE_NOTIFICATIONS}"))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await?;
     let secrets = db.secrets()?;
     rows.iter()
         .map(|row| request_from_row(secrets, row))
@@ -600,6 +615,11 @@ pub struct Lease {
     pub until_ms: i64,
 }
 
+/// The conditional update of [`claim_notification`].
+pub(crate) const CLAIM_NOTIFICATION: &str = "UPDATE ciba_requests SET notify_due_at_ms = $2, \
+    notify_attempts = notify_attempts + 1 WHERE auth_req_id = $1 AND notify_state = 'due' \
+    AND notify_due_at_ms = $3 AND notify_attempts = $4";
+
 /// Claims one due delivery for this instance until `lease_until` (so no other instance sends
 /// it meanwhile), counting one more attempt; `None` if another instance claimed it first.
 pub async fn claim_notification(
@@ -607,17 +627,14 @@ pub async fn claim_notification(
     r: &CibaRequest,
     lease_until: i64,
 ) -> Result<Option<Lease>, StoreError> {
-    let claimed = sqlx::query(
-        "UPDATE ciba_requests SET notify_due_at_ms = $2, notify_attempts = notify_attempts + 1 \
-         WHERE auth_req_id = $1 AND notify_state = 'due' AND notify_due_at_ms = $3 AND notify_attempts = $4",
-    )
-    .bind(&r.auth_req_id)
-    .bind(lease_until)
-    .bind(r.notify_due_at_ms)
-    .bind(r.notify_attempts)
-    .execute(db.writer())
-    .await?
-    .rows_affected()
+    let claimed = sqlx::query(CLAIM_NOTIFICATION)
+        .bind(&r.auth_req_id)
+        .bind(lease_until)
+        .bind(r.notify_due_at_ms)
+        .bind(r.notify_attempts)
+        .execute(db.writer())
+        .await?
+        .rows_affected()
         == 1;
     Ok(claimed.then_some(Lease {
         attempts: r.notify_attempts + 1,
@@ -634,6 +651,15 @@ pub(crate) fn held_by(first: usize) -> String {
     )
 }
 
+/// The conditional update of [`renew_lease`].
+pub(crate) static RENEW_LEASE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE ciba_requests SET notify_attempts = $2, notify_due_at_ms = $3 \
+         WHERE auth_req_id = $1 AND {}",
+        held_by(4)
+    )
+});
+
 /// Counts one more attempt by the instance holding the delivery under `held`, and extends its
 /// lease to `next`; `false` (and nothing written) if another instance took the delivery over.
 pub async fn renew_lease(
@@ -642,21 +668,26 @@ pub async fn renew_lease(
     held: Lease,
     next: Lease,
 ) -> Result<bool, StoreError> {
-    Ok(sqlx::query(&format!(
-        "UPDATE ciba_requests SET notify_attempts = $2, notify_due_at_ms = $3 \
-         WHERE auth_req_id = $1 AND {}",
-        held_by(4)
-    ))
-    .bind(auth_req_id)
-    .bind(next.attempts)
-    .bind(next.until_ms)
-    .bind(held.attempts)
-    .bind(held.until_ms)
-    .execute(db.writer())
-    .await?
-    .rows_affected()
+    Ok(sqlx::query(&RENEW_LEASE)
+        .bind(auth_req_id)
+        .bind(next.attempts)
+        .bind(next.until_ms)
+        .bind(held.attempts)
+        .bind(held.until_ms)
+        .execute(db.writer())
+        .await?
+        .rows_affected()
         == 1)
 }
+
+/// The conditional update of [`retry_notification_at`].
+pub(crate) static RETRY_NOTIFICATION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE ciba_requests SET notify_due_at_ms = $2 WHERE auth_req_id = $1 AND {}",
+            held_by(3)
+        )
+    });
 
 /// Puts a delivery held under `held` back among the due ones, to be claimed again from
 /// `due_at_ms` (the attempt it made stays counted), after a failure the instance holding it
@@ -668,19 +699,26 @@ pub async fn retry_notification_at(
     held: Lease,
     due_at_ms: i64,
 ) -> Result<bool, StoreError> {
-    Ok(sqlx::query(&format!(
-        "UPDATE ciba_requests SET notify_due_at_ms = $2 WHERE auth_req_id = $1 AND {}",
-        held_by(3)
-    ))
-    .bind(auth_req_id)
-    .bind(due_at_ms)
-    .bind(held.attempts)
-    .bind(held.until_ms)
-    .execute(db.writer())
-    .await?
-    .rows_affected()
+    Ok(sqlx::query(&RETRY_NOTIFICATION)
+        .bind(auth_req_id)
+        .bind(due_at_ms)
+        .bind(held.attempts)
+        .bind(held.until_ms)
+        .execute(db.writer())
+        .await?
+        .rows_affected()
         == 1)
 }
+
+/// The conditional update of [`finish_notification`].
+pub(crate) static FINISH_NOTIFICATION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE ciba_requests SET notify_state = $2, notify_due_at_ms = NULL \
+             WHERE auth_req_id = $1 AND {}",
+            held_by(3)
+        )
+    });
 
 /// Records a delivery's final outcome (done, or failed after every attempt) by the instance
 /// holding it under `held`, which retried in-process before; `false` (and nothing written) if
@@ -691,18 +729,14 @@ pub async fn finish_notification(
     held: Lease,
     state: NotifyState,
 ) -> Result<bool, StoreError> {
-    Ok(sqlx::query(&format!(
-        "UPDATE ciba_requests SET notify_state = $2, notify_due_at_ms = NULL \
-         WHERE auth_req_id = $1 AND {}",
-        held_by(3)
-    ))
-    .bind(auth_req_id)
-    .bind(state.as_str())
-    .bind(held.attempts)
-    .bind(held.until_ms)
-    .execute(db.writer())
-    .await?
-    .rows_affected()
+    Ok(sqlx::query(&FINISH_NOTIFICATION)
+        .bind(auth_req_id)
+        .bind(state.as_str())
+        .bind(held.attempts)
+        .bind(held.until_ms)
+        .execute(db.writer())
+        .await?
+        .rows_affected()
         == 1)
 }
 

@@ -626,6 +626,136 @@ mod migration_tests {
         );
     }
 
+    /// Every column of every audit record, in `seq` order.
+    async fn audit_rows(pool: &SqlitePool) -> Vec<Vec<Option<String>>> {
+        let columns = "seq, id, at_ms, kind, actor, application_id, user_id, device_id, subject, \
+                       client_ip, accessing_ip, location, outcome, details";
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM audit_log ORDER BY seq",
+            columns
+                .split(", ")
+                .map(|c| format!("CAST({c} AS TEXT)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .fetch_all(pool)
+        .await
+        .expect("audit rows");
+        rows.iter()
+            .map(|row| {
+                (0..14)
+                    .map(|i| sqlx::Row::get::<Option<String>, _>(row, i))
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn append_audit(pool: &SqlitePool, id: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, user_id, outcome, \
+             details) VALUES ($1, 5, 'request.created', 'api', 'app_1', 'alice', 'ok', '{}') \
+             RETURNING seq",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+    }
+
+    /// Migration 0046 rebuilds the audit log without AUTOINCREMENT: every record keeps its
+    /// columns and its seq, a new record is numbered after the highest, and the log stays
+    /// append-only.
+    #[tokio::test]
+    async fn the_audit_log_keeps_its_records_and_their_numbers_without_autoincrement() {
+        let (_dir, pool) = migrated_before(46).await;
+        for id in ["aud_a", "aud_b", "aud_c"] {
+            append_audit(&pool, id).await.expect("record");
+        }
+        // A record with every optional column, numbered far ahead, and one refused (the id is
+        // taken) whose number is not kept.
+        sqlx::query(
+            "INSERT INTO audit_log (seq, id, at_ms, kind, actor, application_id, user_id, \
+             device_id, subject, client_ip, accessing_ip, location, outcome, details) VALUES \
+             (40, 'aud_d', 7, 'device.removed', 'device', 'app_1', 'bob', 'enr_1', 'aut_1', \
+             '10.0.0.1', '10.0.0.2', 'Paris', 'ok', '{\"n\":1}')",
+        )
+        .execute(&pool)
+        .await
+        .expect("record");
+        assert!(
+            append_audit(&pool, "aud_a").await.is_err(),
+            "ids are unique"
+        );
+        let before = audit_rows(&pool).await;
+        let seqs: Vec<Option<String>> = before.iter().map(|r| r[0].clone()).collect();
+        assert_eq!(seqs, ["1", "2", "3", "40"].map(|s| Some(s.to_string())));
+
+        SQLITE_MIGRATIONS.run(&pool).await.expect("migration 0046");
+
+        assert_eq!(
+            audit_rows(&pool).await,
+            before,
+            "every record, with its seq"
+        );
+        let table: String = sqlx::query_scalar(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'audit_log'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("schema");
+        assert!(!table.contains("AUTOINCREMENT"), "{table}");
+        let sequences: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'audit_log'")
+                .fetch_one(&pool)
+                .await
+                .expect("sqlite_sequence");
+        assert_eq!(sequences, 0);
+        let mut objects: Vec<(String, String)> = sqlx::query_as(
+            "SELECT type, name FROM sqlite_schema WHERE tbl_name = 'audit_log' ORDER BY type, name",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("schema");
+        objects.sort();
+        assert_eq!(
+            objects,
+            [
+                ("index", "audit_log_by_application"),
+                ("index", "audit_log_by_user"),
+                ("index", "sqlite_autoindex_audit_log_1"),
+                ("table", "audit_log"),
+                ("trigger", "audit_log_no_delete"),
+                ("trigger", "audit_log_no_update"),
+            ]
+            .map(|(t, n)| (t.to_string(), n.to_string()))
+        );
+
+        // New records are numbered after the highest, as before.
+        assert_eq!(append_audit(&pool, "aud_e").await.expect("record"), 41);
+        assert!(
+            append_audit(&pool, "aud_e").await.is_err(),
+            "ids are unique"
+        );
+        assert_eq!(append_audit(&pool, "aud_f").await.expect("record"), 42);
+
+        // Still append-only.
+        for change in [
+            "UPDATE audit_log SET outcome = 'changed' WHERE id = 'aud_a'",
+            "DELETE FROM audit_log WHERE id = 'aud_f'",
+            "DELETE FROM audit_log",
+        ] {
+            let refused = sqlx::query(change)
+                .execute(&pool)
+                .await
+                .expect_err("refused");
+            assert!(
+                refused.to_string().contains("audit_log is append-only"),
+                "{change}: {refused}"
+            );
+        }
+        assert_eq!(audit_rows(&pool).await.len(), 6);
+        assert_eq!(append_audit(&pool, "aud_g").await.expect("record"), 43);
+    }
+
     #[tokio::test]
     async fn the_key_ordered_tables_keep_their_rows_and_their_triggers() {
         let (_dir, pool) = migrated_before(33).await;

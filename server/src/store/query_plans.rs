@@ -4,8 +4,8 @@
 //! engines).
 //!
 //! The hot paths: the approval cycle (create an authentication, the device's pull, the signed
-//! answer and its follow-ups, the status read), the CIBA backchannel request and token poll, and
-//! the QR login.
+//! answer and its follow-ups, the status read), the CIBA backchannel request, token poll and
+//! ping/push notification sweep, and the QR login.
 //!
 //! SQLite's plans are checked on an empty database (its planner picks an index whenever one
 //! fits). PostgreSQL's planner rightly prefers a sequential scan of a small table, so its check
@@ -109,6 +109,28 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         ("CIBA request", format!("SELECT * {}", ciba::REQUEST_BY_ID)),
         ("CIBA token poll", ciba::RECORD_POLL.into()),
         ("CIBA tokens issued", ciba::MARK_TOKENS_ISSUED.into()),
+        (
+            "CIBA notification made due by its request's answer",
+            ciba::NOTIFICATION_DUE_FOR.into(),
+        ),
+        (
+            "CIBA notifications of finished requests made due (every sweep)",
+            ciba::PROMOTE_FINISHED.into(),
+        ),
+        (
+            "CIBA notifications due (every sweep)",
+            format!("SELECT * {}", ciba::DUE_NOTIFICATIONS),
+        ),
+        ("CIBA notification claimed", ciba::CLAIM_NOTIFICATION.into()),
+        ("CIBA notification lease renewed", ciba::RENEW_LEASE.clone()),
+        (
+            "CIBA notification put back",
+            ciba::RETRY_NOTIFICATION.clone(),
+        ),
+        (
+            "CIBA notification finished",
+            ciba::FINISH_NOTIFICATION.clone(),
+        ),
         (
             "open QR sessions of the application (quota)",
             qr_sessions::OPEN_FOR_APPLICATION.into(),
@@ -255,11 +277,61 @@ async fn policy_look_backs_read_their_index_alone() {
     db.close().await;
 }
 
+/// The CIBA notification sweep finds the waiting and the due requests through
+/// `ciba_requests_notify`, which holds only those (migration 0047): SQLite uses a partial index
+/// only for a WHERE that names its terms, so a statement that stopped naming its state as a
+/// literal would read the whole table. PostgreSQL's side is
+/// [`ciba_notifications_are_read_through_their_partial_index_on_postgres`].
+#[tokio::test]
+async fn ciba_notifications_are_read_through_their_partial_index() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let url = format!("sqlite://{}", dir.path().join("plans.db").display());
+    let db = Database::connect(&url, 2).await.expect("database");
+    let index: String = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = 'ciba_requests_notify'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .expect("the index");
+    assert!(
+        index.contains("WHERE notify_state = 'waiting' OR notify_state = 'due'"),
+        "{index}"
+    );
+    for (sql, searched) in [
+        (
+            ciba::PROMOTE_FINISHED.to_string(),
+            "SEARCH ciba_requests USING INDEX ciba_requests_notify (notify_state=?)",
+        ),
+        (
+            format!("SELECT * {}", ciba::DUE_NOTIFICATIONS),
+            "SEARCH ciba_requests USING INDEX ciba_requests_notify \
+             (notify_state=? AND notify_due_at_ms<?)",
+        ),
+    ] {
+        let plan = sqlite_plan(&db, &sql).await;
+        assert!(plan.iter().any(|line| line == searched), "{sql}\n{plan:?}");
+        // Read in the index's order: no sort.
+        assert!(
+            !plan.iter().any(|line| line.contains("TEMP B-TREE")),
+            "{sql}\n{plan:?}"
+        );
+    }
+    // A state the index does not hold, or one not named as a literal, cannot use it.
+    for sql in [
+        "SELECT * FROM ciba_requests WHERE notify_state = 'none' AND notify_due_at_ms <= $1",
+        "SELECT * FROM ciba_requests WHERE notify_state = $2 AND notify_due_at_ms <= $1",
+    ] {
+        let plan = sqlite_plan(&db, sql).await;
+        assert_eq!(full_scans(&plan), ["SCAN ciba_requests"], "{sql}\n{plan:?}");
+    }
+    db.close().await;
+}
+
 #[test]
 fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("SELECT 1"), 0);
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
-    assert_eq!(hot_statements(super::Engine::Sqlite).len(), 34);
+    assert_eq!(hot_statements(super::Engine::Sqlite).len(), 41);
 }
 
 #[test]
@@ -370,6 +442,10 @@ fn pg_fill_expression(table: &str, column: &PgColumn) -> String {
         "bytea" => "decode(md5(g::text), 'hex')".into(),
         "boolean" => "g % 2 = 0".into(),
         _ if column.unique => format!("'{name}-' || g"),
+        // A CIBA request's notification: most are poll mode or delivered, few in flight.
+        _ if name == "notify_state" => "CASE g % 100 WHEN 0 THEN 'waiting' WHEN 1 THEN 'due' \
+             ELSE CASE WHEN g % 2 = 0 THEN 'none' ELSE 'done' END END"
+            .into(),
         _ if name == "state" || name == "status" => {
             "CASE WHEN g % 10 = 0 THEN 'pending' ELSE 'approved' END".into()
         }
@@ -528,6 +604,24 @@ fn pg_plan_nodes(plan: &serde_json::Value, nodes: &mut Vec<(String, Option<Strin
     }
 }
 
+/// The indexes a plan reads ("Index Name" of its nodes).
+fn pg_plan_indexes(plan: &serde_json::Value, indexes: &mut Vec<String>) {
+    match plan {
+        serde_json::Value::Array(items) => items.iter().for_each(|p| pg_plan_indexes(p, indexes)),
+        serde_json::Value::Object(fields) => {
+            if let Some(index) = fields.get("Index Name").and_then(|v| v.as_str()) {
+                indexes.push(index.to_string());
+            }
+            for key in ["Plan", "Plans"] {
+                if let Some(inner) = fields.get(key) {
+                    pg_plan_indexes(inner, indexes);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The rows PostgreSQL's statistics give each table of the current schema.
 async fn pg_table_rows(conn: &mut sqlx::PgConnection) -> std::collections::BTreeMap<String, f64> {
     let rows = sqlx::query(
@@ -567,10 +661,9 @@ async fn pg_fresh_schema(url: &str) -> (String, String) {
     )
 }
 
-/// What the PostgreSQL check finds: statements reading a large table whole, and tables a
-/// statement touches that were not filled (their plans would prove nothing).
-async fn pg_scans(conn: &mut sqlx::PgConnection, statements: &[(String, String)]) -> Vec<String> {
-    // Plan once on the empty schema to learn which tables the statements touch.
+/// Fills (with [`pg_fill`]) every table `statements` touch, learnt by planning them once on the
+/// empty schema.
+async fn pg_fill_touched(conn: &mut sqlx::PgConnection, statements: &[(String, String)]) {
     let mut touched = std::collections::BTreeSet::new();
     for (_, sql) in statements {
         let mut nodes = Vec::new();
@@ -578,6 +671,12 @@ async fn pg_scans(conn: &mut sqlx::PgConnection, statements: &[(String, String)]
         touched.extend(nodes.into_iter().filter_map(|(_, relation)| relation));
     }
     pg_fill(conn, &touched).await;
+}
+
+/// What the PostgreSQL check finds: statements reading a large table whole, and tables a
+/// statement touches that were not filled (their plans would prove nothing).
+async fn pg_scans(conn: &mut sqlx::PgConnection, statements: &[(String, String)]) -> Vec<String> {
+    pg_fill_touched(conn, statements).await;
     let rows = pg_table_rows(conn).await;
     let mut problems = Vec::new();
     for (name, sql) in statements {
@@ -684,4 +783,69 @@ async fn the_postgres_check_sees_a_full_scan() {
         problems[0].starts_with("unindexed: Seq Scan on audit_log"),
         "{problems:#?}"
     );
+}
+
+/// PostgreSQL reads the waiting and the due CIBA notifications through `ciba_requests_notify`
+/// (which holds only those) in a filled schema, where one request in a hundred waits and one is
+/// due: a full scan of the table would be flagged by [`no_hot_statement_scans_a_large_postgres_table`],
+/// this checks the index it reads.
+#[tokio::test]
+async fn ciba_notifications_are_read_through_their_partial_index_on_postgres() {
+    use sqlx::Connection;
+    let Some(url) = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+    else {
+        eprintln!("skipped: set DATABASE_URL=postgres://... to check PostgreSQL's plans");
+        return;
+    };
+    let statements = vec![
+        ("promote".to_string(), ciba::PROMOTE_FINISHED.to_string()),
+        (
+            "due".to_string(),
+            format!("SELECT * {}", ciba::DUE_NOTIFICATIONS),
+        ),
+    ];
+    let plans = in_fresh_pg_schema(&url, |schema_url| async move {
+        let db = Database::connect(&schema_url, 1).await.expect("database");
+        db.close().await;
+        let mut conn = sqlx::PgConnection::connect(&schema_url)
+            .await
+            .expect("postgres");
+        let index: String = sqlx::query_scalar(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
+             AND indexname = 'ciba_requests_notify'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("the index");
+        assert!(
+            index.contains(
+                "WHERE ((notify_state = 'waiting'::text) OR (notify_state = 'due'::text))"
+            ),
+            "{index}"
+        );
+        pg_fill_touched(&mut conn, &statements).await;
+        let mut plans = Vec::new();
+        for (name, sql) in &statements {
+            plans.push((name.clone(), pg_plan(&mut conn, sql).await));
+        }
+        let _ = conn.close().await;
+        plans
+    })
+    .await;
+    for (name, plan) in plans {
+        let mut indexes = Vec::new();
+        pg_plan_indexes(&plan, &mut indexes);
+        assert!(
+            indexes.iter().any(|i| i == "ciba_requests_notify"),
+            "{name}: {plan}"
+        );
+        let mut nodes = Vec::new();
+        pg_plan_nodes(&plan, &mut nodes);
+        assert!(
+            !nodes.iter().any(|(node, _)| node == "Seq Scan"),
+            "{name}: {plan}"
+        );
+    }
 }
