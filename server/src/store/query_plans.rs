@@ -5,7 +5,8 @@
 //!
 //! The hot paths: the approval cycle (create an authentication, the device's pull, the signed
 //! answer and its follow-ups, the status read), the CIBA backchannel request, token poll and
-//! ping/push notification sweep, and the QR login.
+//! ping/push notification sweep, and the QR login; and a user's deletion, rare but one
+//! transaction over every table (on SQLite it holds the only writer while it runs).
 //!
 //! SQLite's plans are checked on an empty database (its planner picks an index whenever one
 //! fits). PostgreSQL's planner rightly prefers a sequential scan of a small table, so its check
@@ -139,6 +140,12 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         ("QR answer", qr_sessions::RECORD_ANSWER.into()),
         ("QR follow-up settled", qr_sessions::SETTLE_FOLLOW_UP.into()),
     ];
+    // A user's deletion is one transaction (SQLite's only writer): each of its statements
+    // reads the user's rows only.
+    let deletion = users::DELETION
+        .iter()
+        .enumerate()
+        .map(|(n, (table, sql))| (format!("a user's deletion, {n}: {table}"), sql.clone()));
     let lookups: Vec<(String, String)> = qr_sessions::LOOKUP_COLUMNS
         .iter()
         .map(|column| {
@@ -152,6 +159,7 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         .into_iter()
         .map(|(name, sql)| (name.to_string(), sql))
         .chain(lookups)
+        .chain(deletion)
         .collect()
 }
 
@@ -331,7 +339,10 @@ async fn ciba_notifications_are_read_through_their_partial_index() {
 fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("SELECT 1"), 0);
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
-    assert_eq!(hot_statements(super::Engine::Sqlite).len(), 41);
+    assert_eq!(
+        hot_statements(super::Engine::Sqlite).len(),
+        41 + users::DELETION.len()
+    );
 }
 
 #[test]

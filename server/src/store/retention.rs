@@ -33,11 +33,14 @@ pub struct Purged {
 /// cutoff as `$1`. Every row of these tables is finished once it has expired (a pending
 /// authentication, a QR session, a challenge, a CIBA request and a token all have an expiry);
 /// a rejected enrollment is final when it is rejected.
+/// A CIBA request goes before its authentication (they expire together), so no request is ever
+/// left without one: a user's deletion finds the user's requests by their authentications
+/// (`users::DELETION`).
 const PURGES: &[(&str, &str, &str)] = &[
+    ("ciba_requests", "auth_req_id", "expires_at < $1"),
     ("authentications", "id", "expires_at < $1"),
     ("qr_sessions", "id", "expires_at < $1"),
     ("otp_challenges", "id", "expires_at < $1"),
-    ("ciba_requests", "auth_req_id", "expires_at < $1"),
     ("oidc_tokens", "token_digest", "expires_at < $1"),
     ("flows", "id", "expires_at < $1"),
     // Kept while a token issued from it lives: userinfo and refreshed ID tokens read its claims.

@@ -1,5 +1,7 @@
 //! Users of an application.
 
+use std::sync::LazyLock;
+
 use sqlx::Row;
 use tessera_protocol::api::User;
 use tessera_protocol::ids::{ApplicationId, UserId};
@@ -313,8 +315,76 @@ where
     Ok(row.is_some())
 }
 
+/// The statements [`delete`] removes a user's rows with once their user row and enrollments are
+/// gone, in order, each with the table it deletes from (`$1` the application, `$2` the user).
+/// Each reads the user's rows through an index, never a whole table (`store::query_plans`
+/// checks them): the deletion is one transaction, which on SQLite holds the only writer.
+/// - A CIBA request is found by its authentication (before those go): every request has one,
+///   stored with it, and retention purges requests before authentications.
+/// - `fido_ceremonies` goes last (`domain::testing::racing_a_deletion` holds that table to
+///   pause a deletion once everything else is removed).
+/// - The nonces of the user's devices' calls are left to expire (within minutes, with the
+///   housekeeping): keyed by an enrollment id never given again, they hold nothing of the user.
+pub(crate) static DELETION: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
+    let of_user =
+        |table: &str| format!("DELETE FROM {table} WHERE application_id = $1 AND user_id = $2");
+    let mut statements = vec![(
+        "flow_events",
+        "DELETE FROM flow_events WHERE flow_id IN \
+         (SELECT id FROM flows WHERE application_id = $1 AND user_id = $2)"
+            .to_string(),
+    )];
+    statements.push(("flows", of_user("flows")));
+    statements.push((
+        "ciba_requests",
+        "DELETE FROM ciba_requests WHERE authentication_id IN \
+         (SELECT id FROM authentications WHERE application_id = $1 AND user_id = $2)"
+            .to_string(),
+    ));
+    for table in [
+        "otp_challenges",
+        "authentications",
+        "pairing_codes",
+        "otp_tokens",
+        "ciba_user_codes",
+        "user_groups",
+        "user_bypasses",
+        "recovery_codes",
+        "fido_credentials",
+        "policy_decisions",
+    ] {
+        statements.push((table, of_user(table)));
+    }
+    statements.extend([
+        // A code issued and not redeemed would be redeemed for a user re-created with the same
+        // id.
+        (
+            "oidc_authorizations",
+            "DELETE FROM oidc_authorizations WHERE application_id = $1 AND user_id = $2 \
+             AND code_used_at IS NULL"
+                .to_string(),
+        ),
+        // Sessions claimed by the user, and those restricted to them: one statement each, so
+        // each reads its own index.
+        ("qr_sessions", of_user("qr_sessions")),
+        (
+            "qr_sessions",
+            "DELETE FROM qr_sessions WHERE application_id = $1 AND restricted_user_id = $2"
+                .to_string(),
+        ),
+        (
+            "oidc_tokens",
+            "DELETE FROM oidc_tokens WHERE user_id = $2 \
+             AND client_id IN (SELECT client_id FROM ciba_clients WHERE application_id = $1)"
+                .to_string(),
+        ),
+        ("fido_ceremonies", of_user("fido_ceremonies")),
+    ]);
+    statements
+});
+
 /// Removes a user of `app` and everything stored about them, in one transaction: their
-/// enrollments and the nonces of their devices' calls, pairing codes, OATH tokens, CIBA user
+/// enrollments, pairing codes, OATH tokens, CIBA user
 /// code and requests, every access and refresh token the application's OpenID clients issued
 /// for them and the authorization codes not redeemed yet, their authentications (pending ones
 /// are returned: they failed with the user), passcode challenges, QR sessions, flows and policy
@@ -373,81 +443,17 @@ pub async fn delete(
         })
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
-    for enrollment_id in &enrollment_ids {
-        // Nonce keys are `<enrollment id>:<nonce>`.
-        let prefix = format!("{enrollment_id}:");
-        sqlx::query(
-            "DELETE FROM device_nonces WHERE substr(nonce_key, 1, CAST($2 AS INTEGER)) = $1",
-        )
-        .bind(&prefix)
-        .bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query(
-        "DELETE FROM flow_events WHERE flow_id IN \
-         (SELECT id FROM flows WHERE application_id = $1 AND user_id = $2)",
-    )
-    .bind(app.as_str())
-    .bind(user_id.as_str())
-    .execute(&mut *tx)
-    .await?;
     let mut authentications = 0;
-    for table in [
-        "flows",
-        "ciba_requests",
-        "otp_challenges",
-        "authentications",
-        "pairing_codes",
-        "otp_tokens",
-        "ciba_user_codes",
-        "user_groups",
-        "user_bypasses",
-        "recovery_codes",
-        "fido_credentials",
-        "policy_decisions",
-    ] {
-        let done = sqlx::query(&format!(
-            "DELETE FROM {table} WHERE application_id = $1 AND user_id = $2"
-        ))
-        .bind(app.as_str())
-        .bind(user_id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if table == "authentications" {
+    for (table, statement) in DELETION.iter() {
+        let done = sqlx::query(statement)
+            .bind(app.as_str())
+            .bind(user_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if *table == "authentications" {
             authentications = done.rows_affected();
         }
     }
-    // A code issued and not redeemed would be redeemed for a user re-created with the same id.
-    sqlx::query(
-        "DELETE FROM oidc_authorizations WHERE application_id = $1 AND user_id = $2 \
-         AND code_used_at IS NULL",
-    )
-    .bind(app.as_str())
-    .bind(user_id.as_str())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "DELETE FROM qr_sessions WHERE application_id = $1 \
-         AND (user_id = $2 OR restricted_user_id = $2)",
-    )
-    .bind(app.as_str())
-    .bind(user_id.as_str())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "DELETE FROM oidc_tokens WHERE user_id = $2 \
-         AND client_id IN (SELECT client_id FROM ciba_clients WHERE application_id = $1)",
-    )
-    .bind(app.as_str())
-    .bind(user_id.as_str())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM fido_ceremonies WHERE application_id = $1 AND user_id = $2")
-        .bind(app.as_str())
-        .bind(user_id.as_str())
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     Ok(Some(Removed {
         failed,

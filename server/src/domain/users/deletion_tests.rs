@@ -176,3 +176,79 @@ async fn a_request_made_as_its_user_is_deleted_is_removed_with_them_or_refused()
         );
     }
 }
+
+/// A user's CIBA requests go with them: the deletion finds them by their authentications (it
+/// reads the user's rows through an index, never a whole table), and so do QR sessions
+/// restricted to the user and flows of the user.
+#[tokio::test]
+async fn a_deleted_users_ciba_requests_qr_sessions_and_flows_go_with_them() {
+    use crate::domain::ciba::{BasicCredentials, Form};
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (user, _phone) = domain.user_with_device("quinn").await;
+        let (id, secret) = domain
+            .client(RegisterCibaClient::new(
+                "Portal",
+                DeliveryMode::Poll,
+                ClientAuthMethod::ClientSecretBasic,
+            ))
+            .await;
+        let form = Form::new(vec![
+            ("scope".to_string(), "openid".to_string()),
+            ("login_hint".to_string(), user.to_string()),
+        ])
+        .expect("a form");
+        crate::domain::ciba::backchannel::authenticate(
+            &domain.ctx,
+            Some(BasicCredentials { id, secret }),
+            &form,
+        )
+        .await
+        .expect("acknowledged");
+        let flow: tessera_protocol::flows::CreateFlowRequest =
+            serde_json::from_value(serde_json::json!({"user_id": user})).expect("a flow request");
+        crate::domain::flows::create(&domain.ctx, &domain.app, flow)
+            .await
+            .expect("a flow");
+        sqlx::query(
+            "INSERT INTO qr_sessions (id, application_id, token_digest, code_expires_at, \
+             browser_token_digest, context, state, version, expires_at, restricted_user_id, \
+             created_at) VALUES ($1, $2, $3, 0, $3, '{}', 'created', 1, 0, $4, 0)",
+        )
+        .bind(format!("qrs_{}", rand::random::<u64>()))
+        .bind(domain.app.id.as_str())
+        .bind(format!("digest {}", rand::random::<u64>()))
+        .bind(user.as_str())
+        .execute(domain.ctx.db.writer())
+        .await
+        .expect("a session restricted to the user");
+        let restricted = || {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM qr_sessions WHERE application_id = $1 \
+                 AND restricted_user_id = $2",
+            )
+            .bind(domain.app.id.as_str())
+            .bind(user.as_str())
+            .fetch_one(domain.ctx.db.pool())
+        };
+        assert_eq!(
+            domain.rows_of("ciba_requests", &user).await,
+            1,
+            "{engine:?}"
+        );
+        assert_eq!(domain.rows_of("flows", &user).await, 1, "{engine:?}");
+        assert_eq!(restricted().await.expect("count"), 1, "{engine:?}");
+
+        crate::domain::devices::remove_user(&domain.ctx, &domain.app.id, &user)
+            .await
+            .expect("removed");
+        for table in ["ciba_requests", "flows", "authentications"] {
+            assert_eq!(
+                domain.rows_of(table, &user).await,
+                0,
+                "{engine:?}: {table} left behind"
+            );
+        }
+        assert_eq!(restricted().await.expect("count"), 0, "{engine:?}");
+    }
+}
