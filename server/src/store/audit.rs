@@ -343,6 +343,31 @@ fn row_to_record(row: &AnyRow) -> Result<StoredRecord, StoreError> {
     })
 }
 
+/// The statement of [`claim_unreported_expired`] on `engine` (`$1` now, `$2` the limit and, for
+/// `of_application`, `$3` the application): the expiry sweep's, run every second, which reads
+/// the partial index `authentications_unreported_expiry`.
+pub(crate) fn claim_unreported_expired_statement(
+    engine: super::Engine,
+    of_application: bool,
+) -> String {
+    let lock = match engine {
+        super::Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+        super::Engine::Sqlite => "",
+    };
+    let of_application = if of_application {
+        " AND application_id = $3"
+    } else {
+        ""
+    };
+    let unreported = super::authentications::unreported_expired(1);
+    format!(
+        "UPDATE authentications SET expiry_reported = 1 WHERE id IN \
+         (SELECT id FROM authentications WHERE {unreported}{of_application} \
+          ORDER BY expires_at LIMIT $2{lock}) AND {unreported} RETURNING {}",
+        super::authentications::READ_COLUMNS
+    )
+}
+
 /// Marks up to `limit` authentications that expired unanswered (and were not yet reported) as
 /// reported, inside the write `w`, and returns them as they stand at `now`. Each is returned to
 /// one caller only. `application` limits it to one application's (`None`: every application's).
@@ -354,22 +379,7 @@ pub async fn claim_unreported_expired(
     limit: i64,
     application: Option<&str>,
 ) -> Result<Vec<super::authentications::Authentication>, StoreError> {
-    let lock = match w.engine() {
-        super::Engine::Postgres => " FOR UPDATE SKIP LOCKED",
-        super::Engine::Sqlite => "",
-    };
-    let of_application = if application.is_some() {
-        " AND application_id = $3"
-    } else {
-        ""
-    };
-    let unreported = super::authentications::unreported_expired(1);
-    let sql = format!(
-        "UPDATE authentications SET expiry_reported = 1 WHERE id IN \
-         (SELECT id FROM authentications WHERE {unreported}{of_application} \
-          ORDER BY expires_at LIMIT $2{lock}) AND {unreported} RETURNING {}",
-        super::authentications::READ_COLUMNS
-    );
+    let sql = claim_unreported_expired_statement(w.engine(), application.is_some());
     let mut query = sqlx::query(&sql).bind(now).bind(limit);
     if let Some(application) = application {
         query = query.bind(application);
