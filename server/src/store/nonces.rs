@@ -13,6 +13,20 @@ pub(crate) const RECORD: &str = "INSERT INTO device_nonces (nonce_key, expires_a
 /// before `$1`, [`forget_expired`]'s cutoff).
 pub(crate) const FORGET_EXPIRED: &str = "DELETE FROM device_nonces WHERE expires_at < $1";
 
+/// Forgets the nonces of one enrollment's calls (keyed `<enrollment id>:<nonce>`,
+/// [`enrollment_range`]): the keys from `$1` up to `$2`, a range of the primary key compared
+/// byte by byte (SQLite's `BINARY`; on PostgreSQL the key's collation is `C`, migration
+/// `0049_nonce_keys_in_byte_order.sql`), so a user's deletion reads only those nonces.
+pub(crate) const FORGET_ENROLLMENT: &str =
+    "DELETE FROM device_nonces WHERE nonce_key >= $1 AND nonce_key < $2";
+
+/// The keys [`FORGET_ENROLLMENT`] deletes for `enrollment`: from `<enrollment id>:` up to, not
+/// including, `<enrollment id>;` (`;` follows `:` in byte order), which holds exactly the keys
+/// that begin with `<enrollment id>:`.
+pub(crate) fn enrollment_range(enrollment: &str) -> (String, String) {
+    (format!("{enrollment}:"), format!("{enrollment};"))
+}
+
 /// How long after its expiry a nonce is kept (seconds): the clock difference between instances
 /// the server tolerates, as large as the largest skew it allows on a message's times (60 s on
 /// request objects and flow authorizations, 30 s on client assertions). A message is accepted
@@ -211,9 +225,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn nonces_are_kept_for_the_clock_skew_after_they_expire() {
-        let dir = tempfile::tempdir().expect("temporary folder");
+    /// A SQLite database in `dir`, and the PostgreSQL one `DATABASE_URL` names, if any.
+    fn engine_urls(dir: &tempfile::TempDir) -> Vec<String> {
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
         let mut urls = vec![url];
         urls.extend(
@@ -221,9 +234,69 @@ mod tests {
                 .ok()
                 .filter(|url| url.starts_with("postgres")),
         );
-        for url in urls {
+        urls
+    }
+
+    #[tokio::test]
+    async fn nonces_are_kept_for_the_clock_skew_after_they_expire() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        for url in engine_urls(&dir) {
             let db = Database::connect(&url, 2).await.expect("database");
             housekeeping_keeps_nonces_another_instance_still_takes_for_fresh(&db).await;
+            db.close().await;
+        }
+    }
+
+    /// One enrollment's nonces go by the range of their keys, and only theirs: not those of an
+    /// enrollment whose id extends it, nor keys beside the range's ends. On PostgreSQL the key
+    /// compares byte by byte whatever the database's collation (migration 0049).
+    #[tokio::test]
+    async fn an_enrollments_nonces_go_by_the_range_of_their_keys_and_only_theirs() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        for url in engine_urls(&dir) {
+            let db = Database::connect(&url, 2).await.expect("database");
+            let enrollment = format!("enr_{:032x}", rand::random::<u128>());
+            let keys = [
+                format!("{enrollment}:nonce-1"),
+                format!("{enrollment}:Nonce_2-x"),
+                format!("{enrollment}:"),
+                format!("{enrollment}a:nonce-1"),
+                format!("{enrollment}_:nonce-1"),
+                format!("{enrollment};"),
+                enrollment.clone(),
+            ];
+            for key in &keys {
+                assert!(record_once(&db, key, 2_000, 1_000).await.expect("record"));
+            }
+            let (from, to) = enrollment_range(&enrollment);
+            let forgotten = sqlx::query(FORGET_ENROLLMENT)
+                .bind(from)
+                .bind(to)
+                .execute(db.writer())
+                .await
+                .expect("forget")
+                .rows_affected();
+            assert_eq!(forgotten, 3, "{url}");
+            for (n, key) in keys.iter().enumerate() {
+                let kept: Option<String> =
+                    sqlx::query_scalar("SELECT nonce_key FROM device_nonces WHERE nonce_key = $1")
+                        .bind(key)
+                        .fetch_optional(db.pool())
+                        .await
+                        .expect("read");
+                assert_eq!(kept.is_some(), n >= 3, "{url}: {key}");
+            }
+            if db.engine() == Engine::Postgres {
+                let collation: Option<String> = sqlx::query_scalar(
+                    "SELECT collation_name::text FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = 'device_nonces' \
+                     AND column_name = 'nonce_key'",
+                )
+                .fetch_one(db.pool())
+                .await
+                .expect("the key's collation");
+                assert_eq!(collation.as_deref(), Some("C"));
+            }
             db.close().await;
         }
     }

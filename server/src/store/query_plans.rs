@@ -59,6 +59,10 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         ("nonce of a device call", nonces::RECORD.into()),
         ("nonce housekeeping", nonces::FORGET_EXPIRED.into()),
         (
+            "a user's deletion: a device's call nonces",
+            nonces::FORGET_ENROLLMENT.into(),
+        ),
+        (
             "authentication by id",
             format!("SELECT * {}", authentications::BY_ID),
         ),
@@ -345,7 +349,7 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(
         hot_statements(super::Engine::Sqlite).len(),
-        42 + users::DELETION.len()
+        43 + users::DELETION.len()
     );
 }
 

@@ -323,8 +323,9 @@ where
 ///   stored with it, and retention purges requests before authentications.
 /// - `fido_ceremonies` goes last (`domain::testing::racing_a_deletion` holds that table to
 ///   pause a deletion once everything else is removed).
-/// - The nonces of the user's devices' calls are left to expire (within minutes, with the
-///   housekeeping): keyed by an enrollment id never given again, they hold nothing of the user.
+///
+/// The nonces of the user's devices' calls go before these, by a range of their keys
+/// (`nonces::FORGET_ENROLLMENT`, one statement per device).
 pub(crate) static DELETION: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
     let of_user =
         |table: &str| format!("DELETE FROM {table} WHERE application_id = $1 AND user_id = $2");
@@ -384,7 +385,7 @@ pub(crate) static DELETION: LazyLock<Vec<(&'static str, String)>> = LazyLock::ne
 });
 
 /// Removes a user of `app` and everything stored about them, in one transaction: their
-/// enrollments, pairing codes, OATH tokens, CIBA user
+/// enrollments and the nonces of their devices' calls, pairing codes, OATH tokens, CIBA user
 /// code and requests, every access and refresh token the application's OpenID clients issued
 /// for them and the authorization codes not redeemed yet, their authentications (pending ones
 /// are returned: they failed with the user), passcode challenges, QR sessions, flows and policy
@@ -443,6 +444,14 @@ pub async fn delete(
         })
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
+    for enrollment_id in &enrollment_ids {
+        let (from, to) = super::nonces::enrollment_range(enrollment_id);
+        sqlx::query(super::nonces::FORGET_ENROLLMENT)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+    }
     let mut authentications = 0;
     for (table, statement) in DELETION.iter() {
         let done = sqlx::query(statement)
