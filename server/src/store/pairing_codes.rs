@@ -107,9 +107,12 @@ pub async fn consumed_by(db: &Database, code_digest: &str) -> Result<Option<Stri
     })
 }
 
+/// The statement of [`purge_expired`], which reads `pairing_codes_by_expiry`.
+pub(crate) const PURGE_EXPIRED: &str = "DELETE FROM pairing_codes WHERE expires_at < $1";
+
 /// Deletes codes that expired more than a day ago.
 pub async fn purge_expired(db: &Database, now: i64) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM pairing_codes WHERE expires_at < $1")
+    sqlx::query(PURGE_EXPIRED)
         .bind(now - 86_400)
         .execute(db.writer())
         .await?;

@@ -22,8 +22,8 @@
 use sqlx::Row;
 
 use super::{
-    Database, applications, audit, authentications, ciba, enrollments, flows, nonces, policies,
-    qr_sessions, users,
+    Database, applications, audit, authentications, ciba, enrollments, flows, nonces,
+    pairing_codes, policies, qr_sessions, throttle, users,
 };
 
 /// Every hot statement, named by what runs it. Statements that select a long column list are
@@ -58,6 +58,14 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         ),
         ("nonce of a device call", nonces::RECORD.into()),
         ("nonce housekeeping", nonces::FORGET_EXPIRED.into()),
+        (
+            "pairing code housekeeping (one new code in 64)",
+            pairing_codes::PURGE_EXPIRED.into(),
+        ),
+        (
+            "pairing throttle housekeeping (one attempt in 32)",
+            throttle::FORGET_OLD_WINDOWS.into(),
+        ),
         (
             "a user's deletion: a device's call nonces",
             nonces::FORGET_ENROLLMENT.into(),
@@ -349,7 +357,7 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(
         hot_statements(super::Engine::Sqlite).len(),
-        43 + users::DELETION.len()
+        45 + users::DELETION.len()
     );
 }
 
@@ -441,8 +449,14 @@ fn pg_fill_expression(table: &str, column: &PgColumn) -> String {
     match column.data_type.as_str() {
         "bigint" | "integer" | "smallint" => {
             let expiry = name.contains("expires");
-            if table == "device_nonces" && expiry {
-                // Housekeeping runs all the time: nonces on the table are fresh.
+            let housekept = matches!(
+                (table, name),
+                ("device_nonces" | "pairing_codes", "expires_at")
+                    | ("pairing_failures", "window_start")
+            );
+            if housekept {
+                // Housekeeping runs all the time: the rows on the table are fresh, and a
+                // cutoff of now finds none of them.
                 format!("{PG_NOW} + 1 + g % 300")
             } else if column.unique {
                 "g".into()

@@ -7,6 +7,11 @@ use crate::store::StoreError;
 
 const WINDOW_SECONDS: i64 = 60;
 
+/// The housekeeping of [`take_attempt`]: the windows older than an hour, read through
+/// `pairing_failures_by_window` (a pairing attempt from each of many addresses writes a row,
+/// so the table grows with an attack, and the housekeeping must not read it whole).
+pub(crate) const FORGET_OLD_WINDOWS: &str = "DELETE FROM pairing_failures WHERE window_start < $1";
+
 fn window(now: i64) -> i64 {
     now - now.rem_euclid(WINDOW_SECONDS)
 }
@@ -34,7 +39,7 @@ pub async fn take_attempt(
     .await?
     .is_some();
     if rand::random::<u8>() < 8 {
-        sqlx::query("DELETE FROM pairing_failures WHERE window_start < $1")
+        sqlx::query(FORGET_OLD_WINDOWS)
             .bind(window(now) - 3600)
             .execute(db.writer())
             .await?;
