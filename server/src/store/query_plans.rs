@@ -615,21 +615,20 @@ async fn pg_plan(conn: &mut sqlx::PgConnection, sql: &str) -> serde_json::Value 
     serde_json::from_str(&text).expect("plan JSON")
 }
 
-/// Every node of a plan: (node type, relation name).
-fn pg_plan_nodes(plan: &serde_json::Value, nodes: &mut Vec<(String, Option<String>)>) {
+/// Calls `visit` with every node of a plan (the JSON object of each, its sub-plans after it).
+fn pg_plan_walk(
+    plan: &serde_json::Value,
+    visit: &mut impl FnMut(&serde_json::Map<String, serde_json::Value>),
+) {
     match plan {
-        serde_json::Value::Array(items) => items.iter().for_each(|p| pg_plan_nodes(p, nodes)),
+        serde_json::Value::Array(items) => items.iter().for_each(|p| pg_plan_walk(p, visit)),
         serde_json::Value::Object(fields) => {
-            if let Some(node) = fields.get("Node Type").and_then(|v| v.as_str()) {
-                let relation = fields
-                    .get("Relation Name")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string);
-                nodes.push((node.to_string(), relation));
+            if fields.contains_key("Node Type") {
+                visit(fields);
             }
             for key in ["Plan", "Plans"] {
                 if let Some(inner) = fields.get(key) {
-                    pg_plan_nodes(inner, nodes);
+                    pg_plan_walk(inner, visit);
                 }
             }
         }
@@ -637,22 +636,25 @@ fn pg_plan_nodes(plan: &serde_json::Value, nodes: &mut Vec<(String, Option<Strin
     }
 }
 
+/// The text of `field` in a plan node, if it has one.
+fn pg_plan_text(node: &serde_json::Map<String, serde_json::Value>, field: &str) -> Option<String> {
+    node.get(field).and_then(|v| v.as_str()).map(str::to_string)
+}
+
+/// Every node of a plan: (node type, relation name).
+fn pg_plan_nodes(plan: &serde_json::Value, nodes: &mut Vec<(String, Option<String>)>) {
+    pg_plan_walk(plan, &mut |node| {
+        if let Some(kind) = pg_plan_text(node, "Node Type") {
+            nodes.push((kind, pg_plan_text(node, "Relation Name")));
+        }
+    });
+}
+
 /// The indexes a plan reads ("Index Name" of its nodes).
 fn pg_plan_indexes(plan: &serde_json::Value, indexes: &mut Vec<String>) {
-    match plan {
-        serde_json::Value::Array(items) => items.iter().for_each(|p| pg_plan_indexes(p, indexes)),
-        serde_json::Value::Object(fields) => {
-            if let Some(index) = fields.get("Index Name").and_then(|v| v.as_str()) {
-                indexes.push(index.to_string());
-            }
-            for key in ["Plan", "Plans"] {
-                if let Some(inner) = fields.get(key) {
-                    pg_plan_indexes(inner, indexes);
-                }
-            }
-        }
-        _ => {}
-    }
+    pg_plan_walk(plan, &mut |node| {
+        indexes.extend(pg_plan_text(node, "Index Name"))
+    });
 }
 
 /// The rows PostgreSQL's statistics give each table of the current schema.
@@ -760,6 +762,22 @@ where
 /// database ([`in_fresh_pg_schema`]). `None` without a PostgreSQL `DATABASE_URL` (the check is
 /// skipped).
 async fn pg_check(statements: Vec<(String, String)>) -> Option<Vec<String>> {
+    in_migrated_pg_schema(|mut conn| async move {
+        let problems = pg_scans(&mut conn, &statements).await;
+        let _ = sqlx::Connection::close(conn).await;
+        problems
+    })
+    .await
+}
+
+/// Runs `check` on a connection to a fresh schema of the `DATABASE_URL` database, migrated
+/// ([`in_fresh_pg_schema`]); `None` without a PostgreSQL `DATABASE_URL` (the check is skipped).
+async fn in_migrated_pg_schema<F, Fut, T>(check: F) -> Option<T>
+where
+    F: FnOnce(sqlx::PgConnection) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
     use sqlx::Connection;
     let Some(url) = std::env::var("DATABASE_URL")
         .ok()
@@ -768,19 +786,17 @@ async fn pg_check(statements: Vec<(String, String)>) -> Option<Vec<String>> {
         eprintln!("skipped: set DATABASE_URL=postgres://... to check PostgreSQL's plans");
         return None;
     };
-    let problems = in_fresh_pg_schema(&url, |schema_url| async move {
+    let checked = in_fresh_pg_schema(&url, |schema_url| async move {
         // Migrates the schema.
         let db = Database::connect(&schema_url, 1).await.expect("database");
         db.close().await;
-        let mut conn = sqlx::PgConnection::connect(&schema_url)
+        let conn = sqlx::PgConnection::connect(&schema_url)
             .await
             .expect("postgres");
-        let problems = pg_scans(&mut conn, &statements).await;
-        let _ = conn.close().await;
-        problems
+        check(conn).await
     })
     .await;
-    Some(problems)
+    Some(checked)
 }
 
 #[tokio::test]
@@ -824,14 +840,6 @@ async fn the_postgres_check_sees_a_full_scan() {
 /// this checks the index it reads.
 #[tokio::test]
 async fn ciba_notifications_are_read_through_their_partial_index_on_postgres() {
-    use sqlx::Connection;
-    let Some(url) = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| u.starts_with("postgres"))
-    else {
-        eprintln!("skipped: set DATABASE_URL=postgres://... to check PostgreSQL's plans");
-        return;
-    };
     let statements = vec![
         ("promote".to_string(), ciba::PROMOTE_FINISHED.to_string()),
         (
@@ -839,12 +847,7 @@ async fn ciba_notifications_are_read_through_their_partial_index_on_postgres() {
             format!("SELECT * {}", ciba::DUE_NOTIFICATIONS),
         ),
     ];
-    let plans = in_fresh_pg_schema(&url, |schema_url| async move {
-        let db = Database::connect(&schema_url, 1).await.expect("database");
-        db.close().await;
-        let mut conn = sqlx::PgConnection::connect(&schema_url)
-            .await
-            .expect("postgres");
+    let Some(plans) = in_migrated_pg_schema(|mut conn| async move {
         let index: String = sqlx::query_scalar(
             "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
              AND indexname = 'ciba_requests_notify'",
@@ -863,10 +866,13 @@ async fn ciba_notifications_are_read_through_their_partial_index_on_postgres() {
         for (name, sql) in &statements {
             plans.push((name.clone(), pg_plan(&mut conn, sql).await));
         }
-        let _ = conn.close().await;
+        let _ = sqlx::Connection::close(conn).await;
         plans
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     for (name, plan) in plans {
         let mut indexes = Vec::new();
         pg_plan_indexes(&plan, &mut indexes);
