@@ -190,7 +190,7 @@ async fn verify_on(
     if claims.nonce.is_empty() || claims.nonce.len() > 64 {
         return Err(unauthorized());
     }
-    let nonce_key = format!("{}:{}", enrollment.enrollment_id, claims.nonce);
+    let nonce_key = nonces::call_key(enrollment.enrollment_id.as_str(), &claims.nonce);
     let expires = claims.issued_at + DEVICE_REQUEST_WINDOW_SECONDS + 60;
     // "Last seen" is kept to the minute: most calls have nothing to write but their nonce.
     let touch = (enrollment.last_seen_at <= now - enrollments::LAST_SEEN_RESOLUTION)
