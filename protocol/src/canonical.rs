@@ -9,14 +9,19 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+mod encoder;
+
 /// A value could not be encoded canonically (for example a float that is not finite).
 #[derive(Debug, thiserror::Error)]
 #[error("value cannot be encoded as canonical JSON")]
 pub struct CanonicalError;
 
 /// Serializes `value` as RFC 8785 canonical JSON bytes.
-pub fn to_canonical_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, CanonicalError> {
-    serde_json_canonicalizer::to_vec(value).map_err(|_| CanonicalError)
+///
+/// Fails on a value JSON cannot hold (a NaN or infinite float, a map key that is not a string,
+/// a number or a boolean) and on an object with the same member name twice.
+pub fn to_canonical_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
+    encoder::to_vec(value).map_err(|_| CanonicalError)
 }
 
 /// A SHA-256 digest, carried on the wire as unpadded base64url (43 characters).
