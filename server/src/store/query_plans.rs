@@ -537,7 +537,16 @@ async fn pg_fill(conn: &mut sqlx::PgConnection, tables: &std::collections::BTree
             filled.insert(table);
         }
     }
-    sqlx::query("ANALYZE")
+    // This schema's tables only: a database-wide `ANALYZE` also visits the schemas of tests
+    // running beside this one, and fails when one of them drops its schema meanwhile
+    // ("relation with OID … does not exist").
+    let own: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = current_schema()",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("the schema's tables");
+    sqlx::query(&format!("ANALYZE {}", own.join(", ")))
         .execute(&mut *conn)
         .await
         .expect("analyze");
