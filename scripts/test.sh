@@ -32,6 +32,19 @@ if command -v node >/dev/null 2>&1 && [ -x /usr/bin/chromium ] && [ ! -d tests/b
   (cd tests/browser && npm ci --no-audit --no-fund) || echo "browser test: npm ci failed; it will be skipped"
 fi
 
+# The reverse proxy test runs the server behind Debian's nginx: installed when missing and this
+# user may (root, or sudo without a password); otherwise that test is skipped with a note, unless
+# TESSERA_REQUIRE_NGINX=1.
+if [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null 2>&1; then
+  sudo_cmd=none
+  if [ "$(id -u)" -eq 0 ]; then sudo_cmd=""; elif sudo -n true 2>/dev/null; then sudo_cmd=sudo; fi
+  if [ "$sudo_cmd" != none ]; then
+    { $sudo_cmd apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends nginx-light; } >/dev/null 2>&1 ||
+      echo "reverse proxy test: nginx-light could not be installed; it will be skipped"
+  fi
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

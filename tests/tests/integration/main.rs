@@ -51,6 +51,7 @@ mod qr_browser;
 mod recovery_browser;
 mod request_by_id;
 mod retention;
+mod reverse_proxy;
 mod secrets;
 mod small_pool;
 mod store_transactions;
