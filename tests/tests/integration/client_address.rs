@@ -40,10 +40,29 @@ fn guess_in(bucket: &str, n: usize) -> String {
 /// One pairing attempt with a valid registration and `code`, with extra request headers;
 /// returns the error code (or `paired`).
 async fn attempt(server: &TestServer, code: &str, headers: &[(&str, &str)]) -> String {
+    attempt_through(
+        &reqwest::Client::new(),
+        &server.base_url,
+        &server.base_url,
+        code,
+        headers,
+    )
+    .await
+}
+
+/// [`attempt`] sent by `client` to `base` (a proxy in front of the server, say), with a
+/// registration signed for `audience` (the server's public URL).
+pub(crate) async fn attempt_through(
+    client: &reqwest::Client,
+    base: &str,
+    audience: &str,
+    code: &str,
+    headers: &[(&str, &str)],
+) -> String {
     let (registration, proof) =
-        RawDevice::new().registration(&server.base_url, tessera_protocol::time::now());
-    let mut request = reqwest::Client::new()
-        .post(format!("{}/v1/device/pairings", server.base_url))
+        RawDevice::new().registration(audience, tessera_protocol::time::now());
+    let mut request = client
+        .post(format!("{base}/v1/device/pairings"))
         .json(&serde_json::json!({
             "pairing_code": code,
             "registration": registration,

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
-use tessera_tests::{Backend, RawDevice, TestDevice, TestServer};
+use tessera_tests::{Backend, TestDevice, TestServer};
+
+use crate::client_address::attempt_through;
 
 const NGINX: &str = "/usr/sbin/nginx";
 
@@ -304,21 +306,18 @@ async fn the_server_works_behind_nginx_and_its_clients_cannot_forge_their_addres
     let guesser = client(&ca_pem, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)), https);
     let mut outcomes = Vec::new();
     for n in 0..=per_ip {
-        let (registration, proof) =
-            RawDevice::new().registration(&public, tessera_protocol::time::now());
-        let response = guesser
-            .post(format!("{tls}/v1/device/pairings"))
-            .header("X-Forwarded-For", format!("203.0.113.{}", 10 + n))
-            .json(&serde_json::json!({
-                "pairing_code": format!("QQZZ-ZZZZ-{n:04}"),
-                "registration": registration,
-                "user_verification_proof": proof,
-            }))
-            .send()
-            .await
-            .expect("a guess through the proxy");
-        let body: serde_json::Value = response.json().await.expect("its JSON");
-        outcomes.push(body["error"]["code"].as_str().unwrap_or("none").to_string());
+        let forged = format!("203.0.113.{}", 10 + n);
+        let code = format!("QQZZ-ZZZZ-{n:04}");
+        outcomes.push(
+            attempt_through(
+                &guesser,
+                &tls,
+                &public,
+                &code,
+                &[("X-Forwarded-For", &forged)],
+            )
+            .await,
+        );
     }
     let mut expected = vec!["invalid_pairing_code".to_string(); per_ip as usize];
     expected.push("rate_limited".into());
@@ -328,20 +327,8 @@ async fn the_server_works_behind_nginx_and_its_clients_cannot_forge_their_addres
     );
     // Another client behind the same proxy is not held back by the guesser's count.
     let neighbour = client(&ca_pem, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)), https);
-    let (registration, proof) =
-        RawDevice::new().registration(&public, tessera_protocol::time::now());
-    let body: serde_json::Value = neighbour
-        .post(format!("{tls}/v1/device/pairings"))
-        .json(&serde_json::json!({
-            "pairing_code": "QRZZ-ZZZZ-0001",
-            "registration": registration,
-            "user_verification_proof": proof,
-        }))
-        .send()
-        .await
-        .expect("a neighbour's attempt")
-        .json()
-        .await
-        .expect("its JSON");
-    assert_eq!(body["error"]["code"], "invalid_pairing_code", "{body}");
+    assert_eq!(
+        attempt_through(&neighbour, &tls, &public, "QRZZ-ZZZZ-0001", &[]).await,
+        "invalid_pairing_code"
+    );
 }
