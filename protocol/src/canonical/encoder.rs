@@ -138,6 +138,18 @@ fn utf16_order(a: &str, b: &str) -> Ordering {
     }
 }
 
+/// Opens the object an enum variant with content is wrapped in, `{"variant":`, when there is
+/// one; returns whether it did (the caller closes it with `}`).
+fn open_variant(out: &mut Vec<u8>, variant: Option<&'static str>) -> bool {
+    let Some(variant) = variant else {
+        return false;
+    };
+    out.push(b'{');
+    write_str(out, variant);
+    out.push(b':');
+    true
+}
+
 /// A member's name: a struct's field names are static, a map's keys are built.
 enum Name {
     Static(&'static str),
@@ -161,23 +173,19 @@ struct ObjectEncoder<'a> {
     values: Vec<u8>,
     /// A map's key, between `serialize_key` and `serialize_value`.
     pending_key: Option<String>,
-    /// Set for a struct or tuple variant: the object is wrapped as `{"variant": …}`.
-    variant: Option<&'static str>,
+    /// Set for a struct variant: the object is wrapped as `{"variant": …}`.
+    in_variant: bool,
 }
 
 impl<'a> ObjectEncoder<'a> {
     fn new(out: &'a mut Vec<u8>, len: usize, variant: Option<&'static str>) -> Self {
-        if let Some(variant) = variant {
-            out.push(b'{');
-            write_str(out, variant);
-            out.push(b':');
-        }
+        let in_variant = open_variant(out, variant);
         Self {
             out,
             members: Vec::with_capacity(len),
             values: Vec::with_capacity(64 * len),
             pending_key: None,
-            variant,
+            in_variant,
         }
     }
 
@@ -212,7 +220,7 @@ impl<'a> ObjectEncoder<'a> {
             out.extend_from_slice(&self.values[range.clone()]);
         }
         out.push(b'}');
-        if self.variant.is_some() {
+        if self.in_variant {
             out.push(b'}');
         }
         Ok(())
@@ -224,21 +232,17 @@ struct ArrayEncoder<'a> {
     out: &'a mut Vec<u8>,
     first: bool,
     /// Set for a tuple variant: the array is wrapped as `{"variant": […]}`.
-    variant: bool,
+    in_variant: bool,
 }
 
 impl<'a> ArrayEncoder<'a> {
     fn new(out: &'a mut Vec<u8>, variant: Option<&'static str>) -> Self {
-        if let Some(variant) = variant {
-            out.push(b'{');
-            write_str(out, variant);
-            out.push(b':');
-        }
+        let in_variant = open_variant(out, variant);
         out.push(b'[');
         Self {
             out,
             first: true,
-            variant: variant.is_some(),
+            in_variant,
         }
     }
 
@@ -254,7 +258,7 @@ impl<'a> ArrayEncoder<'a> {
 
     fn finish(self) -> Result<(), EncodeError> {
         self.out.push(b']');
-        if self.variant {
+        if self.in_variant {
             self.out.push(b'}');
         }
         Ok(())
@@ -365,9 +369,7 @@ impl<'a> ser::Serializer for Encoder<'a> {
         variant: &'static str,
         value: &T,
     ) -> Result<(), EncodeError> {
-        self.out.push(b'{');
-        write_str(self.out, variant);
-        self.out.push(b':');
+        open_variant(self.out, Some(variant));
         value.serialize(Encoder {
             out: &mut *self.out,
         })?;
