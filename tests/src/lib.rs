@@ -88,6 +88,9 @@ pub struct TestServer {
     pub backend: Backend,
     config: ServerConfig,
     _dir: Arc<TempDir>,
+    /// The schema of its own ([`TestServer::start_isolated_with`]), dropped with the last server
+    /// that uses it.
+    schema: Option<Arc<SchemaGuard>>,
 }
 
 impl TestServer {
@@ -133,6 +136,7 @@ impl TestServer {
             backend,
             config,
             _dir: dir,
+            schema: None,
         }
     }
 
@@ -171,17 +175,22 @@ impl TestServer {
         backend: Backend,
         adjust: impl FnOnce(&mut ServerConfig),
     ) -> TestServer {
-        let schema_url = match &backend {
-            Backend::Sqlite => None,
-            Backend::Postgres(url) => Some(isolated_postgres_schema(url).await),
+        let (schema_url, schema) = match &backend {
+            Backend::Sqlite => (None, None),
+            Backend::Postgres(url) => {
+                let (schema_url, guard) = SchemaGuard::create(url, "test").await;
+                (Some(schema_url), Some(Arc::new(guard)))
+            }
         };
-        Self::start_with(backend, |config| {
+        let mut server = Self::start_with(backend, |config| {
             if let Some(url) = schema_url {
                 config.database_url = url;
             }
             adjust(config)
         })
-        .await
+        .await;
+        server.schema = schema;
+        server
     }
 
     /// Stops the server, keeping its database (and its SQLite folder) for another start.
@@ -192,6 +201,7 @@ impl TestServer {
             app: self.app,
             backend: self.backend,
             dir: self._dir,
+            schema: self.schema,
         }
     }
 
@@ -280,6 +290,7 @@ pub struct StoppedServer {
     /// The backend.
     pub backend: Backend,
     dir: Arc<TempDir>,
+    schema: Option<Arc<SchemaGuard>>,
 }
 
 impl StoppedServer {
@@ -303,6 +314,7 @@ impl StoppedServer {
             backend: self.backend.clone(),
             config,
             _dir: self.dir.clone(),
+            schema: self.schema.clone(),
         })
     }
 
@@ -320,37 +332,141 @@ impl StoppedServer {
     }
 }
 
-/// A new, empty schema of the PostgreSQL database at `url`, and a URL whose connections use it.
-pub async fn isolated_postgres_schema(url: &str) -> String {
-    new_postgres_schema(url, "test").await.0
+/// A PostgreSQL schema of one test's or bench's own, dropped (with everything in it) when the
+/// guard is dropped: by the last [`TestServer`] or [`StoppedServer`] that uses it, or at the end
+/// of a bench. A schema a killed run left behind is dropped by a later run
+/// ([`SchemaGuard::create`]).
+pub struct SchemaGuard {
+    url: String,
+    name: String,
 }
 
-/// Creates a new, empty schema in the `url` database, named from `prefix`, the process and a
-/// counter; answers a URL whose connections use it (`search_path`) and the schema's name.
-pub async fn new_postgres_schema(url: &str, prefix: &str) -> (String, String) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let schema = format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst),
-        nanos
-    );
-    let pool = sqlx::PgPool::connect(url).await.expect("postgres");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .expect("create schema");
-    pool.close().await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    (
-        format!("{url}{sep}options=-c%20search_path%3D{schema}"),
-        schema,
+/// How long a schema a run left behind is kept before a later run drops it: longer than any run
+/// of the suite or a bench, so that a run beside this one (another `cargo test` on the same
+/// database) keeps its schemas.
+const LEFT_BEHIND_AFTER_SECS: u64 = 6 * 60 * 60;
+
+impl SchemaGuard {
+    /// Creates a new, empty schema in the `url` database, named from `prefix`, the time, the
+    /// process and a counter; answers a URL whose connections use it (`search_path`) and the
+    /// guard that drops it. The first schema a process creates first drops the schemas of
+    /// earlier runs (named as this one names them) older than six hours: a run that was killed
+    /// could not drop its own.
+    pub async fn create(url: &str, prefix: &str) -> (String, SchemaGuard) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let name = format!(
+            "{prefix}_{}_{}_{}",
+            now.as_secs(),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst),
+        );
+        let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+        SWEPT
+            .get_or_init(|| drop_left_behind(&pool, now.as_secs()))
+            .await;
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&pool)
+            .await
+            .expect("create schema");
+        pool.close().await;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        (
+            format!("{url}{sep}options=-c%20search_path%3D{name}"),
+            SchemaGuard {
+                url: url.to_string(),
+                name,
+            },
+        )
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Whether `schema` is named as [`SchemaGuard::create`] names schemas and was created before
+/// `before` (Unix seconds).
+fn left_behind(schema: &str, before: u64) -> bool {
+    let mut parts = schema.split('_');
+    let (Some(prefix), Some(secs), Some(pid), Some(n), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    matches!(prefix, "test" | "bench")
+        && secs.len() == 10
+        && digits(secs)
+        && digits(pid)
+        && digits(n)
+        && secs.parse::<u64>().is_ok_and(|created| created < before)
+}
+
+/// Drops the schemas of earlier runs that are older than [`LEFT_BEHIND_AFTER_SECS`] at `now`.
+/// A schema that cannot be dropped now (another session holds a lock in it) is left for later.
+async fn drop_left_behind(pool: &sqlx::PgPool, now: u64) {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'test\\_%' OR nspname LIKE 'bench\\_%'",
     )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let before = now.saturating_sub(LEFT_BEHIND_AFTER_SECS);
+    for name in names.iter().filter(|n| left_behind(n, before)) {
+        let dropped = drop_schema(pool, name).await;
+        if dropped.is_err() {
+            eprintln!("the schema {name} an earlier run left behind was not dropped");
+        }
+    }
+}
+
+/// `DROP SCHEMA … CASCADE`, giving up after five seconds of waiting for a lock.
+async fn drop_schema(pool: &sqlx::PgPool, name: &str) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET lock_timeout = '5s'")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // Dropped inside a test's or bench's runtime, which cannot be blocked on: a thread of its
+        // own, with a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let pool = sqlx::PgPool::connect(&url).await.ok()?;
+                let result = drop_schema(&pool, &name).await;
+                pool.close().await;
+                result.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!(
+                "the PostgreSQL schema {} was not dropped (a later run drops it)",
+                self.name
+            );
+        }
+    }
 }
 
 async fn start_server(config: ServerConfig) -> RunningServer {
@@ -946,4 +1062,32 @@ pub fn install_crypto_provider() -> bool {
     rustls::crypto::ring::default_provider()
         .install_default()
         .is_ok()
+}
+
+#[cfg(test)]
+mod schema_names {
+    use super::left_behind;
+
+    #[test]
+    fn only_old_schemas_named_as_runs_name_them_are_left_behind() {
+        let before = 1_800_000_000;
+        assert!(left_behind("test_1799999999_4242_0", before));
+        assert!(left_behind("bench_1700000000_1_17", before));
+        // Newer than the cut: a run beside this one may still use it.
+        assert!(!left_behind("test_1800000000_4242_0", before));
+        assert!(!left_behind("test_1800000001_4242_0", before));
+        // Not a run's schema, or named before schemas carried their time.
+        for name in [
+            "public",
+            "tessera",
+            "test_4242_0_679331076",
+            "test_1799999999_4242",
+            "test_1799999999_4242_0_1",
+            "test_17999999x9_4242_0",
+            "other_1799999999_4242_0",
+            "test_1799999999__0",
+        ] {
+            assert!(!left_behind(name, before), "{name}");
+        }
+    }
 }

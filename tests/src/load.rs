@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::Backend;
+use crate::{Backend, SchemaGuard};
 
 /// How much one run does. `cargo bench` passes `--bench` (the full run at 1, 16 and 64
 /// concurrent clients, or the levels a generator asks for with [`Plan::with_bench_levels`]);
@@ -205,11 +205,27 @@ pub async fn backends() -> Backends {
 /// bench says PostgreSQL is skipped.
 pub async fn postgres_schema_from_env() -> Option<(String, SchemaGuard)> {
     match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => Some(SchemaGuard::create(&url).await),
+        Ok(url) if url.starts_with("postgres") => Some(SchemaGuard::create(&url, "bench").await),
         _ => {
             println!("postgres  skipped (set DATABASE_URL=postgres://...)");
             None
         }
+    }
+}
+
+/// A test server for one measurement on a database of its own: on PostgreSQL a new schema of the
+/// `DATABASE_URL` database (dropped with the server), on SQLite a new file as always. Levels
+/// measured one after another then each start from empty tables, as they do on SQLite, instead of
+/// each later level running on the rows of all the earlier ones.
+pub async fn start_fresh(
+    backend: &Backend,
+    adjust: impl FnOnce(&mut tessera_server::ServerConfig),
+) -> crate::TestServer {
+    match (backend, std::env::var("DATABASE_URL")) {
+        (Backend::Postgres(_), Ok(url)) => {
+            crate::TestServer::start_isolated_with(Backend::Postgres(url), adjust).await
+        }
+        _ => crate::TestServer::start_with(backend.clone(), adjust).await,
     }
 }
 
@@ -225,55 +241,6 @@ impl Iterator for Backends {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.items.next()
-    }
-}
-
-/// Drops a bench's PostgreSQL schema (with everything in it) when dropped.
-pub struct SchemaGuard {
-    url: String,
-    name: String,
-}
-
-impl SchemaGuard {
-    /// Creates a fresh schema in the database at `url`: the URL that works in it (its
-    /// `search_path`) and the guard that drops it.
-    async fn create(url: &str) -> (String, SchemaGuard) {
-        let (schema_url, name) = crate::new_postgres_schema(url, "bench").await;
-        (
-            schema_url,
-            SchemaGuard {
-                url: url.to_string(),
-                name,
-            },
-        )
-    }
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // Dropped inside the bench's runtime, which cannot be blocked on: a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let pool = sqlx::PgPool::connect(&url).await.ok()?;
-                let result = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
-                    .execute(&pool)
-                    .await;
-                pool.close().await;
-                result.ok().map(drop)
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!(
-                "the bench's PostgreSQL schema {} was not dropped",
-                self.name
-            );
-        }
     }
 }
 
