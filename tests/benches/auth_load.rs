@@ -23,7 +23,7 @@
 //! binary's 256-device share moves between 73 and 97 % from run to run (docs/benchmarks.md).
 //!
 //! Every level (and round) starts from an empty database: a new SQLite file, or on PostgreSQL a
-//! new schema dropped after it ([`tessera_tests::load::start_fresh`]), so a later level does not
+//! new schema dropped after it (`TestServer::start_isolated_with`), so a later level does not
 //! run on the rows of the earlier ones.
 //!
 //! `COMMIT_DURABILITY=flushed` or `written` sets the server's `--commit-durability` (unset: each
@@ -36,8 +36,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tessera_tests::load::{Latencies, backends, plan, runtime, start_fresh, steady_rate};
-use tessera_tests::{Backend, TestDevice, approval_cycle_steps};
+use tessera_tests::load::{Latencies, backends, plan, runtime, steady_rate};
+use tessera_tests::{Backend, TestDevice, TestServer, approval_cycle_steps};
 
 /// A 50-rule policy: 49 rules with conditions that do not hold for the cycles (some read the
 /// user's recent authentications and push counts), the last requiring a push.
@@ -77,7 +77,7 @@ async fn run_with(
     with_policy: bool,
 ) -> Rates {
     let server = Arc::new(
-        start_fresh(&backend, |c| {
+        TestServer::start_isolated_with(backend, |c| {
             c.max_recent_authentications_per_user = u32::MAX;
             c.max_connections = tessera_tests::load::pool_size();
             c.commit_durability = tessera_tests::load::commit_durability();
@@ -240,7 +240,7 @@ fn main() {
             ),
             None => println!("authentication cycles over loopback ({cycles} per device)"),
         }
-        for (backend, label) in backends().await {
+        for (backend, label) in backends() {
             // Rates by policy (none, 50 rules), then by level, one per round.
             let mut rates = vec![vec![Vec::new(); plan.levels.len()]; 2];
             for _ in 0..rounds {

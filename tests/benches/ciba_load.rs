@@ -127,7 +127,7 @@ async fn cycle(p: &Party, scenario: Scenario) -> Duration {
 
 async fn run(backend: Backend, label: &str, scenario: Scenario, parties: usize, cycles: usize) {
     let server = Arc::new(
-        TestServer::start_with(backend, |c| {
+        TestServer::start_isolated_with(backend, |c| {
             c.max_recent_authentications_per_user = u32::MAX;
             c.max_pending_authentications_per_user = u32::MAX;
             c.max_connections = tessera_tests::load::pool_size();
@@ -174,7 +174,7 @@ fn main() {
     let cycles = plan.per_client;
     runtime().block_on(async {
         println!("CIBA over loopback ({cycles} requests per client)");
-        for (backend, label) in backends().await {
+        for (backend, label) in backends() {
             for scenario in [Scenario::Backchannel, Scenario::Ping, Scenario::Poll] {
                 for &n in plan.levels {
                     run(backend.clone(), label, scenario, n, cycles).await;

@@ -168,7 +168,7 @@ async fn tessera_party(server: &TestServer, i: usize) -> (RelyingParty, String) 
 
 /// Requests/s of Tessera on `backend` at `clients` concurrent relying parties.
 async fn run_tessera(backend: Backend, label: &str, clients: usize, per_client: usize) -> f64 {
-    let server = TestServer::start_with(backend, |c| {
+    let server = TestServer::start_isolated_with(backend, |c| {
         c.max_recent_authentications_per_user = u32::MAX;
         c.max_pending_authentications_per_user = u32::MAX;
         // Nobody answers these requests: at 64 clients they outnumber the default quota.
@@ -252,7 +252,7 @@ fn main() {
             } else {
                 None
             };
-            for (backend, label) in backends().await {
+            for (backend, label) in backends() {
                 let rate = run_tessera(backend, label, n, per_client).await;
                 if floor_rate > 0.0 {
                     println!(

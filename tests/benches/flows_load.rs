@@ -110,7 +110,7 @@ async fn one_flow(
 
 async fn run(backend: Backend, label: &str, devices: usize, flows_per_device: usize, kind: Kind) {
     let server = Arc::new(
-        TestServer::start_with(backend, |c| {
+        TestServer::start_isolated_with(backend, |c| {
             c.max_connections = tessera_tests::load::pool_size();
             c.max_pending_authentications_per_user = 100;
         })
@@ -163,7 +163,7 @@ fn main() {
     let flows = plan.per_client;
     runtime().block_on(async {
         println!("Authentication flows over loopback ({flows} per phone)");
-        for (backend, label) in backends().await {
+        for (backend, label) in backends() {
             for kind in [Kind::Push, Kind::Seamless] {
                 for &n in plan.levels {
                     run(backend.clone(), label, n, flows, kind).await;

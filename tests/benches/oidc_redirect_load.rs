@@ -127,7 +127,7 @@ async fn one_sign_in(
 
 async fn run(backend: Backend, label: &str, devices: usize, sign_ins_per_device: usize) {
     let server = Arc::new(
-        TestServer::start_with(backend, |c| {
+        TestServer::start_isolated_with(backend, |c| {
             c.max_connections = tessera_tests::load::pool_size();
             c.max_pending_authentications_per_user = 100;
         })
@@ -204,7 +204,7 @@ fn main() {
     let per_device = plan.per_client;
     runtime().block_on(async {
         println!("OIDC redirect MFA sign-ins over loopback ({per_device} per phone)");
-        for (backend, label) in backends().await {
+        for (backend, label) in backends() {
             for &n in plan.levels {
                 run(backend.clone(), label, n, per_device).await;
             }

@@ -38,7 +38,7 @@ fn base32(bytes: &[u8]) -> String {
 
 async fn run(backend: Backend, label: &str, clients: usize, per_client: usize) {
     let server = Arc::new(
-        TestServer::start_with(backend, |c| {
+        TestServer::start_isolated_with(backend, |c| {
             c.max_connections = tessera_tests::load::pool_size();
         })
         .await,
@@ -103,7 +103,7 @@ fn main() {
     let per_client = plan.per_client;
     runtime().block_on(async {
         println!("server OTP verifications over loopback ({per_client} per client)");
-        for (backend, label) in backends().await {
+        for (backend, label) in backends() {
             for &n in plan.levels {
                 run(backend.clone(), label, n, per_client).await;
             }

@@ -10,7 +10,7 @@ use tessera_tests::load::{backends, ms, percentile, plan, runtime};
 use tessera_tests::{Backend, TestDevice, TestServer};
 
 async fn run(backend: Backend, label: &str, n: usize) {
-    let server = TestServer::start(backend).await;
+    let server = TestServer::start_isolated_with(backend, |_| {}).await;
     // Devices are created before timing: key store and state folders are ready, like an
     // installed app.
     let mut devices = Vec::with_capacity(n);
@@ -66,7 +66,7 @@ fn main() {
     let n = plan("PAIRINGS", 1000, 10).per_client;
     runtime().block_on(async {
         println!("pairing latency over loopback ({n} pairings per backend)");
-        for (backend, label) in backends().await {
+        for (backend, label) in backends() {
             run(backend, label, n).await;
         }
     });

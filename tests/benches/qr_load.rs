@@ -19,7 +19,7 @@ use tessera_tests::{Backend, TestDevice, TestServer};
 
 async fn run(backend: Backend, label: &str, devices: usize, logins_per_device: usize) {
     let server = Arc::new(
-        TestServer::start_with(backend, |c| {
+        TestServer::start_isolated_with(backend, |c| {
             c.max_connections = tessera_tests::load::pool_size();
             c.commit_durability = tessera_tests::load::commit_durability();
         })
@@ -122,7 +122,7 @@ fn main() {
     render_figures(if plan.benchmarking { 200 } else { 3 });
     runtime().block_on(async {
         println!("QR logins over loopback ({logins} per phone)");
-        for (backend, label) in backends().await {
+        for (backend, label) in backends() {
             for &n in plan.levels {
                 run(backend.clone(), label, n, logins).await;
             }

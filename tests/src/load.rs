@@ -184,20 +184,18 @@ pub fn commit_durability() -> Option<tessera_server::CommitDurability> {
 
 /// SQLite, and PostgreSQL when `DATABASE_URL` points at one (otherwise says it is skipped).
 ///
-/// On PostgreSQL the measurement runs in a schema of its own, dropped when the returned
-/// iterator is (after the loop over it): rows an earlier run left behind (thousands of
-/// unanswered requests) would otherwise be swept, expired and reported while this run is
-/// measured.
-pub async fn backends() -> Backends {
+/// A bench starts each measurement's server with [`crate::TestServer::start_isolated_with`]: on
+/// SQLite a new file, on PostgreSQL a new schema of the database, dropped with the server. Every
+/// level then starts from empty tables on both engines, instead of a later level running on the
+/// rows the earlier ones left (thousands of requests, some unanswered and swept, expired and
+/// reported while the next level is measured).
+pub fn backends() -> Vec<(Backend, &'static str)> {
     let mut items = vec![(Backend::Sqlite, "sqlite")];
-    let schema = postgres_schema_from_env().await.map(|(url, guard)| {
-        items.push((Backend::Postgres(url), "postgres"));
-        guard
-    });
-    Backends {
-        items: items.into_iter(),
-        _schema: schema,
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => items.push((Backend::Postgres(url), "postgres")),
+        _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
     }
+    items
 }
 
 /// With `DATABASE_URL` pointing at PostgreSQL, a fresh schema of its database for a bench to
@@ -210,37 +208,6 @@ pub async fn postgres_schema_from_env() -> Option<(String, SchemaGuard)> {
             println!("postgres  skipped (set DATABASE_URL=postgres://...)");
             None
         }
-    }
-}
-
-/// A test server for one measurement on a database of its own: on PostgreSQL a new schema of the
-/// `DATABASE_URL` database (dropped with the server), on SQLite a new file as always. Levels
-/// measured one after another then each start from empty tables, as they do on SQLite, instead of
-/// each later level running on the rows of all the earlier ones.
-pub async fn start_fresh(
-    backend: &Backend,
-    adjust: impl FnOnce(&mut tessera_server::ServerConfig),
-) -> crate::TestServer {
-    match (backend, std::env::var("DATABASE_URL")) {
-        (Backend::Postgres(_), Ok(url)) => {
-            crate::TestServer::start_isolated_with(Backend::Postgres(url), adjust).await
-        }
-        _ => crate::TestServer::start_with(backend.clone(), adjust).await,
-    }
-}
-
-/// The backends to measure, in order; on PostgreSQL the bench's schema goes with the last of
-/// them.
-pub struct Backends {
-    items: std::vec::IntoIter<(Backend, &'static str)>,
-    _schema: Option<SchemaGuard>,
-}
-
-impl Iterator for Backends {
-    type Item = (Backend, &'static str);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.items.next()
     }
 }
 
