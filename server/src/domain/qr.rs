@@ -384,11 +384,18 @@ async fn candidates(
     caller: &Enrollment,
     listed: &[tessera_protocol::ids::EnrollmentId],
 ) -> Result<Vec<Enrollment>, DomainError> {
+    // The calling enrollment was read (and its signature checked) for this very request: it
+    // is not read again. The others are read side by side.
+    let read = futures_util::future::try_join_all(listed.iter().map(|id| async move {
+        if id == &caller.enrollment_id {
+            Ok(Some(caller.clone()))
+        } else {
+            enrollments::by_id(&ctx.db, id).await
+        }
+    }))
+    .await?;
     let mut candidates: Vec<Enrollment> = Vec::new();
-    for id in listed {
-        let Some(e) = enrollments::by_id(&ctx.db, id).await? else {
-            continue;
-        };
+    for e in read.into_iter().flatten() {
         let eligible = e.status == EnrollmentState::Active
             && e.device_id == caller.device_id
             && e.device_key_thumbprint == caller.device_key_thumbprint
@@ -427,9 +434,19 @@ async fn judge_candidate(
     session: &QrSession,
     e: Enrollment,
 ) -> Result<Judged, DomainError> {
-    if let Err(refused) =
-        super::methods::require_mandatory(ctx, &session.application_id, &e.user_id).await
-    {
+    // The two read side by side (the policy's decision records nothing here); a user the
+    // mandatory methods refuse gets no decision, as if the policy had not been asked.
+    let request = super::policy::Request {
+        kind: tessera_protocol::policy::RequestKind::Qr,
+        accessing_ip: session.context.ip.as_deref(),
+        device: Some(super::policy::device_facts(&e)),
+        fields: &[],
+    };
+    let (mandatory, decided) = tokio::join!(
+        super::methods::require_mandatory(ctx, &session.application_id, &e.user_id),
+        super::policy::decide(ctx, &session.application_id, &e.user_id, &request),
+    );
+    if let Err(refused) = mandatory {
         return match refused {
             DomainError::Refused { .. } => Ok(Judged {
                 enrollment: e,
@@ -439,18 +456,7 @@ async fn judge_candidate(
             other => Err(other),
         };
     }
-    let decided = super::policy::decide(
-        ctx,
-        &session.application_id,
-        &e.user_id,
-        &super::policy::Request {
-            kind: tessera_protocol::policy::RequestKind::Qr,
-            accessing_ip: session.context.ip.as_deref(),
-            device: Some(super::policy::device_facts(&e)),
-            fields: &[],
-        },
-    )
-    .await?;
+    let decided = decided?;
     let refusal = match &decided {
         Some(d) => super::policy::check_mobile(d).err(),
         None => None,
@@ -574,11 +580,37 @@ pub(crate) async fn claim(
         ));
     }
     // After the scan, before the user is asked: each candidate must have the application's
-    // mandatory methods and be let through by its policy; the others are not offered.
-    let mut judged = Vec::with_capacity(listed_candidates.len());
-    for e in listed_candidates {
-        judged.push(judge_candidate(ctx, &session, e).await?);
-    }
+    // mandatory methods and be let through by its policy; the others are not offered. These
+    // reads, the application's name and the candidates' display names need nothing but the
+    // session and the candidates, so they go out side by side, each on a pooled connection of
+    // its own (the request holds none): on PostgreSQL the scan waits for one round trip where
+    // it waited for one per read. They never shared a snapshot, so reading them apart changes
+    // nothing they can see.
+    let names = listed_candidates
+        .iter()
+        .map(|e| (e.enrollment_id.clone(), e.user_id.clone()))
+        .collect::<Vec<_>>();
+    let (mut judged, app, display_names) = tokio::try_join!(
+        futures_util::future::try_join_all(
+            listed_candidates
+                .into_iter()
+                .map(|e| judge_candidate(ctx, &session, e)),
+        ),
+        async {
+            applications::get(&ctx.db, &session.application_id)
+                .await?
+                .ok_or_else(not_found)
+        },
+        futures_util::future::try_join_all(names.into_iter().map(|(enrollment, user)| {
+            let app = &session.application_id;
+            async move {
+                let name = users::get(&ctx.db, app, &user)
+                    .await?
+                    .and_then(|u| u.display_name);
+                Ok::<_, DomainError>((enrollment, name))
+            }
+        })),
+    )?;
     let candidates: Vec<&Enrollment> = judged
         .iter()
         .filter(|j| j.refusal.is_none())
@@ -594,14 +626,12 @@ pub(crate) async fn claim(
             )
         }));
     }
-    let app = applications::get(&ctx.db, &session.application_id)
-        .await?
-        .ok_or_else(not_found)?;
     let mut listed = Vec::with_capacity(candidates.len());
     for e in candidates.iter().copied() {
-        let display_name = users::get(&ctx.db, &session.application_id, &e.user_id)
-            .await?
-            .and_then(|u| u.display_name);
+        let display_name = display_names
+            .iter()
+            .find(|(enrollment, _)| enrollment == &e.enrollment_id)
+            .and_then(|(_, name)| name.clone());
         listed.push(QrCandidate {
             user_id: e.user_id.clone(),
             enrollment_id: e.enrollment_id.clone(),
@@ -725,8 +755,20 @@ pub(crate) async fn answer(
     client: &str,
 ) -> Result<QrAnswerRecorded, DomainError> {
     let id = parse_id(id)?;
-    let session = load_existing(ctx, &id).await?;
-    let claimed: QrResponse = envelope::unverified_payload(signed_response).map_err(|_| {
+    let claimed: Result<QrResponse, _> = envelope::unverified_payload(signed_response);
+    // The session and the enrollment the response names are read side by side (on PostgreSQL
+    // one round trip instead of two); the enrollment counts only once the session lists it, and
+    // the checks answer in the order they always did: the session first.
+    let (session, named) = tokio::join!(load_existing(ctx, &id), async {
+        match &claimed {
+            Ok(claimed) => enrollments::by_id(&ctx.db, &claimed.enrollment_id)
+                .await
+                .map(Some),
+            Err(_) => Ok(None),
+        }
+    });
+    let session = session?;
+    let claimed = claimed.map_err(|_| {
         DomainError::new(
             ErrorCode::InvalidSignature,
             "the response is not a valid signed message",
@@ -738,8 +780,8 @@ pub(crate) async fn answer(
             "the response is not signed by a user of the device that scanned",
         ));
     }
-    let device = enrollments::by_id(&ctx.db, &claimed.enrollment_id)
-        .await?
+    let device = named?
+        .flatten()
         .filter(|d| d.status == EnrollmentState::Active)
         .ok_or_else(no_longer_paired)?;
     let (response, with_uv) = verify_answer::<QrResponse>(
@@ -788,28 +830,52 @@ pub(crate) async fn answer(
     // with an assertion (when it sends one, or the application or the policy decision the
     // claim recorded for this user asks for one). Its counter is taken in the answer's own
     // write below.
-    let recorded_decision = match claimed_decision_id(&session, &device.enrollment_id) {
-        Some(id) => {
-            super::policy::decision_asks_app_attest_assertion(ctx, &session.application_id, &id)
-                .await?
-        }
-        None => None,
-    };
-    let required_by_policy = match recorded_decision {
-        Some(asks) => asks,
+    //
+    // The decision's two reads (the second speaks only when the first finds none), the
+    // application's settings and the user's language (for a follow-up) need nothing but the
+    // session and the device, so they go out side by side, each on a pooled connection of its
+    // own: on PostgreSQL the answer waits for one round trip where it waited for up to four.
+    let decision_id = claimed_decision_id(&session, &device.enrollment_id);
+    let (recorded_decision, latest_decision, settings, wanted) = tokio::try_join!(
+        async {
+            match &decision_id {
+                Some(id) => {
+                    super::policy::decision_asks_app_attest_assertion(
+                        ctx,
+                        &session.application_id,
+                        id,
+                    )
+                    .await
+                }
+                None => Ok(None),
+            }
+        },
         // No decision under the claim's id: none was made (no policy at the scan), or the
         // session was claimed by an instance of an earlier build, which recorded the scan's
         // decisions under random ids; the user's latest on the session then speaks for it.
-        None => {
-            super::policy::recorded_asks_app_attest_assertion(
-                ctx,
-                &session.application_id,
-                &device.user_id,
-                session.id.as_str(),
-            )
-            .await?
-        }
-    };
+        super::policy::recorded_asks_app_attest_assertion(
+            ctx,
+            &session.application_id,
+            &device.user_id,
+            session.id.as_str(),
+        ),
+        async {
+            applications::request_settings(&ctx.db, &session.application_id)
+                .await
+                .map_err(DomainError::from)
+        },
+        async {
+            if response.decision == Decision::Approve {
+                users::locale(ctx.db.pool(), &session.application_id, &device.user_id)
+                    .await
+                    .map(|locale| locale.into_iter().collect::<Vec<String>>())
+                    .map_err(DomainError::from)
+            } else {
+                Ok(Vec::new())
+            }
+        },
+    )?;
+    let required_by_policy = recorded_decision.unwrap_or(latest_decision);
     let assertion = AnswerAssertion {
         device: &device,
         assertion: response.app_attest_assertion.as_deref(),
@@ -843,15 +909,9 @@ pub(crate) async fn answer(
         client,
     );
     let attrs_json = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
-    let settings = applications::request_settings(&ctx.db, &session.application_id).await?;
     let policy = settings.qr_policy;
     let follow_up = if response.decision == Decision::Approve {
         let number_matching = settings.authentication.number_matching;
-        let wanted: Vec<String> =
-            users::locale(ctx.db.pool(), &session.application_id, &device.user_id)
-                .await?
-                .into_iter()
-                .collect();
         follow_up_request(
             ctx,
             &session,

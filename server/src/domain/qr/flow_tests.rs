@@ -538,3 +538,43 @@ async fn a_follow_up_never_outlives_its_session() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_answer_is_checked_session_first_then_its_signature_then_its_device() {
+    for domain in TestDomain::each_engine().await {
+        let (_, phone, id, context) = scanned_by_new_user(&domain, "erin").await;
+        let now = domain.clock.now();
+        let signed = answered(&phone, &context, Decision::Approve, &context.context, now);
+        let code =
+            |result: Result<_, crate::domain::DomainError>| result.expect_err("refused").code();
+
+        // An unknown session is not found, whatever the response: malformed, or well formed
+        // and naming a device (read beside the session, and not looked at).
+        let unknown = tessera_protocol::ids::QrSessionId::generate().to_string();
+        for response in ["not a signed message", signed.as_str()] {
+            assert_eq!(
+                code(answer(&domain.ctx, &unknown, response, CLIENT).await),
+                Some(ErrorCode::QrSessionNotFound),
+                "{response}"
+            );
+        }
+        // A known session with a malformed response: its signature is refused.
+        assert_eq!(
+            code(answer(&domain.ctx, &id, "not a signed message", CLIENT).await),
+            Some(ErrorCode::InvalidSignature)
+        );
+        // The device that scanned, unpaired since: its answer is refused, and the session
+        // still waits.
+        crate::domain::devices::unpair(&domain.ctx, &phone.enrollment)
+            .await
+            .expect("unpaired");
+        assert_eq!(
+            code(answer(&domain.ctx, &id, &signed, CLIENT).await),
+            Some(ErrorCode::Unauthorized)
+        );
+        let read = status(&domain.ctx, &domain.app.id, &id, Duration::ZERO)
+            .await
+            .expect("status");
+        assert_eq!(read.state, QrSessionState::Scanned);
+    }
+}
