@@ -616,8 +616,10 @@ pub async fn set_quotas(
     Ok(done.rows_affected() == 1)
 }
 
-/// Serialises quota checks of one application (its open QR sessions, its policy versions; new
-/// requests take the advisory locks of `authentications::admit_at_once` instead) until the transaction ends, so
+/// Serialises quota checks of one application (its open QR sessions on SQLite, its policy
+/// versions; new requests take the advisory locks of `authentications::admit_at_once` instead,
+/// and a new QR session on PostgreSQL the same row lock inside `qr_session_admitted`, migration
+/// `0051`) until the transaction ends, so
 /// a count followed by an insert cannot be overtaken by another: on PostgreSQL a `FOR NO KEY UPDATE` row lock on
 /// the application (which the foreign-key checks of other inserts do not wait for); on SQLite
 /// the write transaction already holds the database's write lock.

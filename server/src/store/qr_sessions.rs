@@ -209,12 +209,18 @@ pub(crate) const OPEN_FOR_APPLICATION: &str = "SELECT COUNT(*) FROM qr_sessions 
 
 /// Stores a new session unless its application already has `quota` sessions open (not final
 /// and not expired at `s.created_at`); returns false then. The count and the insert are one
-/// serialised step per application, so a burst never overshoots the quota.
+/// serialised step per application, so a burst never overshoots the quota: on PostgreSQL one
+/// statement whose `qr_session_admitted` (migration `0051`) takes the application's row lock and
+/// then counts, the lock held until the statement commits; on SQLite a write transaction on the
+/// one writer connection.
 pub async fn insert_within_quota(
     db: &Database,
     s: &NewQrSession<'_>,
     quota: u32,
 ) -> Result<bool, StoreError> {
+    if db.engine() == super::Engine::Postgres {
+        return insert_as(db.writer(), db.secrets()?, s, Some(quota)).await;
+    }
     let mut tx = db.write().await?;
     super::applications::lock_for_quota(&mut *tx, db.engine(), s.application_id).await?;
     let open: i64 = sqlx::query_scalar(OPEN_FOR_APPLICATION)
@@ -225,21 +231,27 @@ pub async fn insert_within_quota(
     if open >= i64::from(quota) {
         return Ok(false);
     }
-    insert_with(&mut *tx, db.secrets()?, s).await?;
+    insert_as(&mut *tx, db.secrets()?, s, None).await?;
     tx.commit().await?;
     Ok(true)
 }
 
 /// Stores a new session.
 pub async fn insert(db: &Database, s: &NewQrSession<'_>) -> Result<(), StoreError> {
-    insert_with(db.writer(), db.secrets()?, s).await
+    insert_as(db.writer(), db.secrets()?, s, None)
+        .await
+        .map(drop)
 }
 
-async fn insert_with<'e, E>(
+/// The insert of a new session: its values, or (PostgreSQL only, `admitted_within`) the same
+/// values only if `qr_session_admitted` lets the application have another open session within
+/// that quota. Whether it was stored.
+async fn insert_as<'e, E>(
     executor: E,
     secrets: &DataKey,
     s: &NewQrSession<'_>,
-) -> Result<(), StoreError>
+    admitted_within: Option<u32>,
+) -> Result<bool, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -248,26 +260,34 @@ where
         place("qr_sessions", "token", s.id.as_str()),
         s.token.as_bytes(),
     )?;
-    sqlx::query(
-        "INSERT INTO qr_sessions (id, application_id, restricted_user_id, token, token_digest, \
-         code_expires_at, browser_token_digest, context, redirect_url, state, version, created_at, expires_at, \
-         flow_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'created', 1, $10, $11, $12)",
-    )
-    .bind(s.id.as_str())
-    .bind(s.application_id.as_str())
-    .bind(s.restricted_user_id.map(UserId::as_str))
-    .bind(token)
-    .bind(s.token_digest)
-    .bind(s.code_expires_at)
-    .bind(s.browser_token_digest)
-    .bind(context)
-    .bind(s.redirect_url)
-    .bind(s.created_at)
-    .bind(s.expires_at)
-    .bind(s.flow_id.map(|f| f.to_string()))
-    .execute(executor)
-    .await?;
-    Ok(())
+    const INSERT: &str = "INSERT INTO qr_sessions (id, application_id, restricted_user_id, token, \
+         token_digest, code_expires_at, browser_token_digest, context, redirect_url, state, version, \
+         created_at, expires_at, flow_id)";
+    const VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, 'created', 1, $10, $11, $12";
+    let sql = match admitted_within {
+        None => format!("{INSERT} VALUES ({VALUES})"),
+        Some(_) => format!(
+            "{INSERT} SELECT {VALUES} WHERE qr_session_admitted($2, CAST($10 AS BIGINT), $13)"
+        ),
+    };
+    let query = sqlx::query(&sql)
+        .bind(s.id.as_str())
+        .bind(s.application_id.as_str())
+        .bind(s.restricted_user_id.map(UserId::as_str))
+        .bind(token)
+        .bind(s.token_digest)
+        .bind(s.code_expires_at)
+        .bind(s.browser_token_digest)
+        .bind(context)
+        .bind(s.redirect_url)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .bind(s.flow_id.map(|f| f.to_string()));
+    let query = match admitted_within {
+        Some(quota) => query.bind(i64::from(quota)),
+        None => query,
+    };
+    Ok(query.execute(executor).await?.rows_affected() == 1)
 }
 
 /// The columns a session is looked up by (each unique or indexed).
@@ -514,4 +534,25 @@ pub async fn withdraw_unanswered(db: &Database, id: &QrSessionId) -> Result<bool
     .execute(db.writer())
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPEN_FOR_APPLICATION;
+
+    #[test]
+    fn the_admission_counts_what_the_open_count_counts() {
+        let function = include_str!("../../migrations/postgres/0051_qr_session_admission.sql");
+        let predicate = |sql: &str, now: &str| {
+            let from = sql.find("state IN").expect("the states");
+            let text = &sql[from..];
+            let end = text.find(now).expect("the time") + now.len();
+            text[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(
+            predicate(function, "p_now").replace("p_now", "NOW"),
+            predicate(OPEN_FOR_APPLICATION, "$2").replace("$2", "NOW"),
+        );
+        assert!(function.contains("FOR NO KEY UPDATE"));
+    }
 }
