@@ -383,11 +383,6 @@ impl SchemaGuard {
             },
         )
     }
-
-    /// The schema's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 /// Whether `schema` is named as [`SchemaGuard::create`] names schemas and was created before

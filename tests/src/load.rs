@@ -191,24 +191,30 @@ pub fn commit_durability() -> Option<tessera_server::CommitDurability> {
 /// reported while the next level is measured).
 pub fn backends() -> Vec<(Backend, &'static str)> {
     let mut items = vec![(Backend::Sqlite, "sqlite")];
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => items.push((Backend::Postgres(url), "postgres")),
-        _ => println!("postgres  skipped (set DATABASE_URL=postgres://...)"),
+    if let Some(url) = postgres_url_from_env() {
+        items.push((Backend::Postgres(url), "postgres"));
     }
     items
+}
+
+/// `DATABASE_URL` when it points at PostgreSQL; otherwise `None`, and the bench says PostgreSQL
+/// is skipped.
+fn postgres_url_from_env() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => Some(url),
+        _ => {
+            println!("postgres  skipped (set DATABASE_URL=postgres://...)");
+            None
+        }
+    }
 }
 
 /// With `DATABASE_URL` pointing at PostgreSQL, a fresh schema of its database for a bench to
 /// measure in: the URL that works in it and the guard that drops it. Otherwise `None`, and the
 /// bench says PostgreSQL is skipped.
 pub async fn postgres_schema_from_env() -> Option<(String, SchemaGuard)> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => Some(SchemaGuard::create(&url, "bench").await),
-        _ => {
-            println!("postgres  skipped (set DATABASE_URL=postgres://...)");
-            None
-        }
-    }
+    let url = postgres_url_from_env()?;
+    Some(SchemaGuard::create(&url, "bench").await)
 }
 
 #[cfg(test)]
