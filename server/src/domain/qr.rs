@@ -167,9 +167,9 @@ pub(crate) async fn create_session(
         location: body.accessing_location,
     };
     let expires_at = now + i64::from(expires_in);
-    let quota = super::applications::quotas(ctx, &app.id)
-        .await?
-        .open_qr_sessions;
+    // The application's own quota is read where the insert takes its lock; the server's
+    // default stands when it sets none.
+    let default_quota = ctx.config.max_open_qr_sessions_per_application;
     let inserted = qr_sessions::insert_within_quota(
         &ctx.db,
         &NewQrSession {
@@ -186,11 +186,11 @@ pub(crate) async fn create_session(
             expires_at,
             flow_id: None,
         },
-        quota,
+        default_quota,
     )
     .await?;
     if !inserted {
-        return Err(super::applications::over_quota("open QR sessions", quota));
+        return Err(refused_over_quota(ctx, &app.id).await);
     }
     tracing::info!(qr_session_id = %id, "QR session created");
     let uri = QrUri {
@@ -208,6 +208,15 @@ pub(crate) async fn create_session(
         browser_token: browser_token.to_string(),
         expires_at,
     })
+}
+
+/// The refusal of a new session over its application's quota, naming the quota in force (read
+/// again: only a refused session pays for it).
+async fn refused_over_quota(ctx: &Ctx, app: &ApplicationId) -> DomainError {
+    match super::applications::quotas(ctx, app).await {
+        Ok(quotas) => super::applications::over_quota("open QR sessions", quotas.open_qr_sessions),
+        Err(e) => e,
+    }
 }
 
 /// A session, with a pending follow-up settled if it has ended meanwhile.
@@ -549,21 +558,67 @@ async fn record_refused_scan(
 
 /// The device `caller` claims the session its scanned code names, listing its enrollments; it
 /// gets the signed context to show. Of racing devices one wins; the same device scanning again
-/// gets the same context.
+/// gets the same context. The device API's scan is [`claim_signed`], which authenticates the
+/// call first; tests whose device is already authenticated start here.
+#[cfg(test)]
 pub(crate) async fn claim(
     ctx: &Ctx,
     caller: &Enrollment,
     request: ClaimQrSession,
 ) -> Result<QrSessionClaimed, DomainError> {
+    let now = ctx.now();
+    let session = match scanned_digest(&request) {
+        Some(digest) => qr_sessions::by_token_digest(&ctx.db, &digest, now).await?,
+        None => None,
+    };
+    claim_found(ctx, caller, request, now, session).await
+}
+
+/// The scan as a device sends it: authenticates the device-signed `call`, then [`claim`]s with
+/// `request` (refused after the call is authenticated when its body did not parse). The session
+/// the scanned code names is read beside the call's nonce
+/// ([`super::device_auth::authenticate_reading`]): on PostgreSQL the scan waits for one round
+/// trip where it waited for two, and only a call whose signature verified and whose nonce was
+/// new sees what was read.
+pub(crate) async fn claim_signed(
+    ctx: &Ctx,
+    call: super::device_auth::DeviceCall<'_>,
+    request: Result<ClaimQrSession, DomainError>,
+) -> Result<QrSessionClaimed, DomainError> {
+    let now = ctx.now();
+    let digest = request.as_ref().ok().and_then(scanned_digest);
+    let (caller, session) = super::device_auth::authenticate_reading(ctx, call, |_| async move {
+        match digest {
+            Some(digest) => qr_sessions::by_token_digest(&ctx.db, &digest, now).await,
+            None => Ok(None),
+        }
+    })
+    .await?;
+    claim_found(ctx, &caller, request?, now, session).await
+}
+
+/// The digest a scanned code's token is looked up by, if it is one.
+fn scanned_digest(request: &ClaimQrSession) -> Option<String> {
+    QrToken::parse(&request.token)
+        .ok()
+        .map(|token| token.digest().to_string())
+}
+
+/// [`claim`] once the session the code names was read (`session`, read at `now`).
+async fn claim_found(
+    ctx: &Ctx,
+    caller: &Enrollment,
+    request: ClaimQrSession,
+    now: i64,
+    session: Option<QrSession>,
+) -> Result<QrSessionClaimed, DomainError> {
     if request.enrollment_ids.is_empty() || request.enrollment_ids.len() > MAX_CLAIMED_ENROLLMENTS {
         return Err(invalid("list between 1 and 32 enrollments"));
     }
-    let token = QrToken::parse(&request.token).map_err(|_| not_found())?;
-    let digest = token.digest().to_string();
-    let now = ctx.now();
-    let session = qr_sessions::by_token_digest(&ctx.db, &digest, now)
-        .await?
-        .ok_or_else(not_found)?;
+    let Some(digest) = scanned_digest(&request) else {
+        return Err(not_found());
+    };
+    let session = session.ok_or_else(not_found)?;
     if let Some(again) = claimed_before(&session, caller) {
         return Ok(again);
     }
@@ -1327,9 +1382,9 @@ pub(crate) async fn create_for_flow(
     let token = QrToken::generate();
     // Nobody holds a browser token for it: the digest of one thrown away.
     let unused_browser_token = new_browser_token();
-    let quota = super::applications::quotas(ctx, request.application_id)
-        .await?
-        .open_qr_sessions;
+    // The application's own quota is read where the insert takes its lock; the server's
+    // default stands when it sets none.
+    let default_quota = ctx.config.max_open_qr_sessions_per_application;
     let inserted = qr_sessions::insert_within_quota(
         &ctx.db,
         &NewQrSession {
@@ -1347,11 +1402,11 @@ pub(crate) async fn create_for_flow(
             expires_at: request.expires_at,
             flow_id: Some(request.flow_id),
         },
-        quota,
+        default_quota,
     )
     .await?;
     if !inserted {
-        return Err(super::applications::over_quota("open QR sessions", quota));
+        return Err(refused_over_quota(ctx, request.application_id).await);
     }
     tracing::info!(qr_session_id = %id, flow_id = %request.flow_id, "QR session created for a flow");
     Ok(id)

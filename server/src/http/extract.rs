@@ -511,6 +511,21 @@ impl WaitQuery {
     }
 }
 
+/// The parts of a request that a device-signed call is checked against.
+pub(crate) fn device_call<'a>(
+    headers: &'a axum::http::HeaderMap,
+    method: &'a axum::http::Method,
+    path: &'a str,
+    body: &'a [u8],
+) -> crate::domain::device_auth::DeviceCall<'a> {
+    crate::domain::device_auth::DeviceCall {
+        authorization: headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        method: method.as_str(),
+        path,
+        body,
+    }
+}
+
 /// Authenticates a device-signed call (see [`crate::domain::device_auth::authenticate`]).
 pub(crate) async fn authenticate_device(
     ctx: &Ctx,
@@ -519,12 +534,7 @@ pub(crate) async fn authenticate_device(
     path: &str,
     body: &[u8],
 ) -> Result<crate::domain::Enrollment, ApiError> {
-    let call = crate::domain::device_auth::DeviceCall {
-        authorization: headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()),
-        method: method.as_str(),
-        path,
-        body,
-    };
+    let call = device_call(headers, method, path, body);
     Ok(crate::domain::device_auth::authenticate(ctx, call).await?)
 }
 

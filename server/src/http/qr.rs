@@ -22,7 +22,7 @@ use tessera_protocol::api::{
 };
 
 use super::errors::ApiError;
-use super::extract::{ApiJson, AppAuth, ClientAddr, OptionalJson, authenticate_device, parse_json};
+use super::extract::{ApiJson, AppAuth, ClientAddr, OptionalJson, device_call, parse_json};
 use crate::domain::Ctx;
 use crate::domain::authentication::MAX_WAIT_SECONDS;
 use crate::domain::qr::{self, CodeImage};
@@ -134,9 +134,11 @@ pub(crate) async fn claim(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<QrSessionClaimed>, ApiError> {
-    let caller = authenticate_device(&state, &headers, &method, uri.path(), &body).await?;
-    let request: ClaimQrSession = parse_json(&body)?;
-    Ok(Json(qr::claim(&state, &caller, request).await?))
+    let call = device_call(&headers, &method, uri.path(), &body);
+    // A body that does not parse is refused once the call is authenticated, as before.
+    let request = parse_json::<ClaimQrSession>(&body)
+        .map_err(|e| crate::domain::DomainError::new(e.code, e.message));
+    Ok(Json(qr::claim_signed(&state, call, request).await?))
 }
 
 /// The device answers a QR session with a response signed by the chosen user's enrollment.

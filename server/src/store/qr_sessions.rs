@@ -207,28 +207,39 @@ pub struct NewQrSession<'a> {
 pub(crate) const OPEN_FOR_APPLICATION: &str = "SELECT COUNT(*) FROM qr_sessions WHERE application_id = $1 \
     AND state IN ('created', 'scanned', 'verifying') AND expires_at > $2";
 
-/// Stores a new session unless its application already has `quota` sessions open (not final
-/// and not expired at `s.created_at`); returns false then. The count and the insert are one
-/// serialised step per application, so a burst never overshoots the quota: on PostgreSQL one
-/// statement whose `qr_session_admitted` (migration `0051`) takes the application's row lock and
-/// then counts, the lock held until the statement commits; on SQLite a write transaction on the
-/// one writer connection.
+/// The application's own quota of open sessions, read under its lock by [`insert_within_quota`]
+/// on SQLite (`NULL`: the server's default).
+const OWN_QUOTA: &str = "SELECT max_open_qr_sessions FROM applications WHERE id = $1";
+
+/// Stores a new session unless its application already has as many sessions open (not final
+/// and not expired at `s.created_at`) as its quota allows: the application's own
+/// (`max_open_qr_sessions`), else `default_quota`. Returns false then. The quota, the count and
+/// the insert are one serialised step per application, so a burst never overshoots the quota,
+/// and a quota changed meanwhile is the one applied: on PostgreSQL one statement whose
+/// `qr_session_admitted` (migrations `0051`, `0052`) takes the application's row lock, reads
+/// its quota and counts, the lock held until the statement commits; on SQLite a write
+/// transaction on the one writer connection.
 pub async fn insert_within_quota(
     db: &Database,
     s: &NewQrSession<'_>,
-    quota: u32,
+    default_quota: u32,
 ) -> Result<bool, StoreError> {
     if db.engine() == super::Engine::Postgres {
-        return insert_as(db.writer(), db.secrets()?, s, Some(quota)).await;
+        return insert_as(db.writer(), db.secrets()?, s, Some(default_quota)).await;
     }
     let mut tx = db.write().await?;
     super::applications::lock_for_quota(&mut *tx, db.engine(), s.application_id).await?;
+    let own: Option<i64> = sqlx::query_scalar(OWN_QUOTA)
+        .bind(s.application_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten();
     let open: i64 = sqlx::query_scalar(OPEN_FOR_APPLICATION)
         .bind(s.application_id.as_str())
         .bind(s.created_at)
         .fetch_one(&mut *tx)
         .await?;
-    if open >= i64::from(quota) {
+    if open >= own.unwrap_or(i64::from(default_quota)) {
         return Ok(false);
     }
     insert_as(&mut *tx, db.secrets()?, s, None).await?;
@@ -245,7 +256,8 @@ pub async fn insert(db: &Database, s: &NewQrSession<'_>) -> Result<(), StoreErro
 
 /// The insert of a new session: its values, or (PostgreSQL only, `admitted_within`) the same
 /// values only if `qr_session_admitted` lets the application have another open session within
-/// that quota. Whether it was stored.
+/// its quota (`admitted_within` is the server's default, for an application that sets none).
+/// Whether it was stored.
 async fn insert_as<'e, E>(
     executor: E,
     secrets: &DataKey,
@@ -538,11 +550,13 @@ pub async fn withdraw_unanswered(db: &Database, id: &QrSessionId) -> Result<bool
 
 #[cfg(test)]
 mod tests {
-    use super::OPEN_FOR_APPLICATION;
+    use super::{OPEN_FOR_APPLICATION, OWN_QUOTA};
 
     #[test]
     fn the_admission_counts_what_the_open_count_counts() {
-        let function = include_str!("../../migrations/postgres/0051_qr_session_admission.sql");
+        // The function as it stands: the latest migration that (re)defines it.
+        let function =
+            include_str!("../../migrations/postgres/0052_qr_session_quota_in_admission.sql");
         let predicate = |sql: &str, now: &str| {
             let from = sql.find("state IN").expect("the states");
             let text = &sql[from..];
@@ -554,5 +568,25 @@ mod tests {
             predicate(OPEN_FOR_APPLICATION, "$2").replace("$2", "NOW"),
         );
         assert!(function.contains("FOR NO KEY UPDATE"));
+        // The application's own quota, read from the locked row, before the server's default.
+        let quota = |sql: &str| {
+            let from = sql
+                .find("SELECT max_open_qr_sessions")
+                .expect("the own quota");
+            sql[from..]
+                .split_whitespace()
+                .take(6)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            quota(function),
+            "SELECT max_open_qr_sessions INTO own FROM applications"
+        );
+        assert_eq!(
+            quota(OWN_QUOTA),
+            "SELECT max_open_qr_sessions FROM applications WHERE id"
+        );
+        assert!(function.contains("COALESCE(own, quota)"));
     }
 }

@@ -578,3 +578,127 @@ async fn an_answer_is_checked_session_first_then_its_signature_then_its_device()
         assert_eq!(read.state, QrSessionState::Scanned);
     }
 }
+
+/// A new session counts against the application's own quota when it sets one, else against the
+/// server's default; a quota set meanwhile applies to the next session at once, and the refusal
+/// names the quota in force. On PostgreSQL the quota is read inside the insert's admission.
+#[tokio::test]
+async fn new_sessions_count_against_the_application_s_own_quota_else_the_server_s() {
+    use crate::store::applications::{Quotas, set_quotas};
+    /// Sets the application's own quota (`None`: the server's default), opens `open` more
+    /// sessions and checks that the next is refused, naming `named`.
+    async fn with_quota(domain: &TestDomain, own: Option<u32>, open: usize, named: u32) {
+        let quotas = Quotas {
+            max_open_qr_sessions: own,
+            max_pending_requests: None,
+        };
+        let set = set_quotas(&domain.ctx.db, &domain.app.id, quotas).await;
+        assert!(set.expect("quota set"));
+        for _ in 0..open {
+            session(domain).await;
+        }
+        let over = create_session(&domain.ctx, &domain.app, CreateQrSession::default())
+            .await
+            .expect_err("over the quota");
+        assert_eq!(over.code(), Some(ErrorCode::QuotaExceeded), "{over}");
+        let named = format!("already has {named} open");
+        assert!(over.to_string().contains(&named), "{over}");
+    }
+    for domain in TestDomain::each_engine_with(|| crate::config::ServerConfig {
+        max_open_qr_sessions_per_application: 2,
+        ..crate::config::ServerConfig::default()
+    })
+    .await
+    {
+        with_quota(&domain, None, 2, 2).await;
+        with_quota(&domain, Some(3), 1, 3).await;
+        with_quota(&domain, Some(5), 2, 5).await;
+        // Back to the default: the five open are over it.
+        with_quota(&domain, None, 0, 2).await;
+        // Sessions that expired count no more.
+        domain.clock.advance(Duration::from_secs(3600));
+        session(&domain).await;
+    }
+}
+
+/// The scan as the device API takes it: the call is authenticated first (an unsigned call is
+/// `unauthorized` whatever its body), a body that did not parse is refused only then, and the
+/// session read beside the call's nonce reaches only a call whose nonce is new: the same call
+/// again is `replayed_message`, not the context.
+#[tokio::test]
+async fn a_signed_scan_is_authenticated_before_its_body_and_its_session_are_looked_at() {
+    use super::claim_signed;
+    use crate::domain::device_auth::DeviceCall;
+    const PATH: &str = "/v1/device/qr-sessions/claim";
+    for domain in TestDomain::each_engine().await {
+        let (_, phone) = domain.user_with_device("frank").await;
+        let created = session(&domain).await;
+        let body = serde_json::to_vec(&scanned(&created, &phone)).expect("body");
+        let request = || Ok(scanned(&created, &phone));
+        let not_json = || {
+            Err(crate::domain::DomainError::new(
+                ErrorCode::MalformedJson,
+                "request body is not valid JSON",
+            ))
+        };
+        let code = |result: Result<_, crate::domain::DomainError>| {
+            result.map(drop).expect_err("refused").code()
+        };
+        fn call<'a>(authorization: Option<&'a str>, body: &'a [u8]) -> DeviceCall<'a> {
+            DeviceCall {
+                authorization,
+                method: "POST",
+                path: PATH,
+                body,
+            }
+        }
+
+        // Unsigned: unauthorized, with a good body or one that did not parse.
+        assert_eq!(
+            code(claim_signed(&domain.ctx, call(None, &body), request()).await),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(claim_signed(&domain.ctx, call(None, b"{"), not_json()).await),
+            Some(ErrorCode::Unauthorized)
+        );
+        // Signed, with a body that did not parse: the parse error.
+        let now = domain.clock.now();
+        let signed = phone.call("POST", PATH, b"{", now);
+        assert_eq!(
+            code(claim_signed(&domain.ctx, call(Some(&signed), b"{"), not_json()).await),
+            Some(ErrorCode::MalformedJson)
+        );
+        // Signed, naming no session: not found.
+        let mut unknown = scanned(&created, &phone);
+        unknown.token = "not-a-token".into();
+        let unknown_body = serde_json::to_vec(&unknown).expect("body");
+        let signed = phone.call("POST", PATH, &unknown_body, now);
+        assert_eq!(
+            code(claim_signed(&domain.ctx, call(Some(&signed), &unknown_body), Ok(unknown)).await),
+            Some(ErrorCode::QrSessionNotFound)
+        );
+        // Signed, the code scanned: the signed context; the session is scanned.
+        let signed = phone.call("POST", PATH, &body, now);
+        let claimed = claim_signed(&domain.ctx, call(Some(&signed), &body), request())
+            .await
+            .expect("claimed");
+        let context: QrSessionContext =
+            domain.verified(&claimed.context, MessageType::QrSessionContext);
+        assert_eq!(context.session_id, created.session_id);
+        let read = status(
+            &domain.ctx,
+            &domain.app.id,
+            created.session_id.as_str(),
+            Duration::ZERO,
+        )
+        .await
+        .expect("status");
+        assert_eq!(read.state, QrSessionState::Scanned);
+        // The same call again: replayed, and nothing read is answered.
+        assert_eq!(
+            code(claim_signed(&domain.ctx, call(Some(&signed), &body), request()).await),
+            Some(ErrorCode::ReplayedMessage)
+        );
+    }
+}
