@@ -262,10 +262,7 @@ pub(crate) async fn append(
 ) -> Result<bool, RecordError> {
     let record = new_record(ip_table, now_ms, &event);
     let deliveries = deliveries_of(&event, now_ms)?;
-    let mut w = db.write().await?;
-    let ticket = store::append_deferred(&mut w, &record, deliveries.as_ref()).await?;
-    let committed = w.commit().await?;
-    Ok(ticket.is_some_and(|t| committed.changes(t) > 0))
+    Ok(store::append(db, &record, deliveries.as_ref()).await?)
 }
 
 /// Appends `events` to the audit log inside the caller's write `w` (with their webhook

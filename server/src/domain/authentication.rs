@@ -551,6 +551,31 @@ fn attributes(
     )
 }
 
+/// The `pingid.authentication.authenticating.device.*` attributes of `device`, the device that
+/// authenticated.
+pub(crate) fn insert_device_attributes(
+    attributes: &mut BTreeMap<String, Value>,
+    device: &Enrollment,
+) {
+    let d = "pingid.authentication.authenticating.device.";
+    attributes.insert(format!("{d}id"), json!(device.device_id));
+    attributes.insert(format!("{d}model"), json!(device.device_info.model));
+    attributes.insert(
+        format!("{d}os.version"),
+        json!(device.device_info.os_version),
+    );
+    attributes.insert(
+        format!("{d}app.version"),
+        json!(device.device_info.app_version),
+    );
+    attributes.insert(
+        format!("{d}attested"),
+        json!(super::attestation::enrollment_attested(
+            device.attestation.as_ref()
+        )),
+    );
+}
+
 /// The accessing device's attributes (its IP, and the country and reputation the IP table
 /// gives it).
 pub(crate) fn accessing_attributes(
@@ -610,23 +635,8 @@ pub(crate) fn attributes_for(
             json!("MOBILE_APP_BIOMETRICS"),
         );
     }
+    insert_device_attributes(&mut a, device);
     let d = format!("{p}authenticating.device.");
-    a.insert(
-        format!("{d}attested"),
-        json!(super::attestation::enrollment_attested(
-            device.attestation.as_ref()
-        )),
-    );
-    a.insert(format!("{d}id"), json!(device.device_id));
-    a.insert(format!("{d}model"), json!(device.device_info.model));
-    a.insert(
-        format!("{d}os.version"),
-        json!(device.device_info.os_version),
-    );
-    a.insert(
-        format!("{d}app.version"),
-        json!(device.device_info.app_version),
-    );
     a.insert(format!("{d}ip"), json!(device_ip));
     a.insert(format!("{d}is.rooted"), json!(response.signals.rooted));
     a.insert(format!("{d}is.locked"), json!(response.signals.screen_lock));

@@ -771,10 +771,21 @@ pub(crate) async fn create(
     app: &Application,
     body: CreateFlowRequest,
 ) -> Result<FlowState, DomainError> {
+    // The user and the application's passcode options are read side by side (on PostgreSQL
+    // one round trip where there were two); the user is checked first, as before.
+    let (user_known, policy) = tokio::join!(
+        async {
+            match (&body.user_id, body.passkey) {
+                (Some(user), false) => super::users::require_user(ctx, &app.id, user)
+                    .await
+                    .map(drop),
+                _ => Ok(()),
+            }
+        },
+        applications::otp_policy(&ctx.db, &app.id),
+    );
     match (&body.user_id, body.passkey) {
-        (Some(user), false) => {
-            super::users::require_user(ctx, &app.id, user).await?;
-        }
+        (Some(_), false) => user_known?,
         (None, true) => {
             if !body.mandatory_methods.is_empty() {
                 return Err(DomainError::invalid(
@@ -815,7 +826,7 @@ pub(crate) async fn create(
     if let Some(prompt) = &body.hosted {
         hosted::check_prompt(prompt)?;
     }
-    let policy = applications::otp_policy(&ctx.db, &app.id).await?;
+    let policy = policy?;
     let mut channels = policy.backup_channels.clone();
     for (channel, choice) in [
         (BackupChannel::Sms, body.sms_backup),
@@ -1693,13 +1704,15 @@ async fn seamless(ctx: &Ctx, flow: &Flow, jws: &str) -> Result<FlowResult, Domai
             "this authorization was already used",
         ));
     }
+    // The device's attributes from the enrollment read above, not read again.
     let p = "pingid.authentication.";
-    let mut attributes = otp::device_attributes(
+    let mut attributes = BTreeMap::new();
+    authentication::accessing_attributes(
         ctx,
-        &otp::DeviceSource::Enrollment(enrollment.enrollment_id.clone()),
         flow.data.options.accessing_ip.as_deref(),
-    )
-    .await?;
+        &mut attributes,
+    );
+    authentication::insert_device_attributes(&mut attributes, &enrollment);
     attributes.insert(
         format!("{p}type"),
         serde_json::json!("DEVICE_AUTHORIZATION"),
@@ -1766,26 +1779,27 @@ async fn apply_policy(
         return Ok(None);
     }
     let user = flow.user()?;
-    let device = authentication::pick_device(ctx, &app.id, user, None)
-        .await
-        .ok()
-        .map(|d| policy::device_facts(&d));
-    let Some(decided) = policy::decide_and_record(
-        ctx,
-        &app.id,
-        user,
-        Some(flow.stored.id.as_str()),
-        &policy::Request {
-            kind: RequestKind::Flow,
-            accessing_ip: data.options.accessing_ip.as_deref(),
-            device,
-            fields: &data.options.fields,
-        },
-    )
-    .await?
+    // The device the policy looks at and the policy in force are read side by side (on
+    // PostgreSQL one round trip where there were two); without a policy nothing is decided.
+    let (device, current) = tokio::join!(
+        authentication::pick_device(ctx, &app.id, user, None),
+        crate::store::policies::current(&ctx.db, &app.id),
+    );
+    let Some(current) = current? else {
+        return Ok(None);
+    };
+    let request = policy::Request {
+        kind: RequestKind::Flow,
+        accessing_ip: data.options.accessing_ip.as_deref(),
+        device: device.ok().map(|d| policy::device_facts(&d)),
+        fields: &data.options.fields,
+    };
+    let Some(decided) =
+        policy::decide_as_read(ctx, &app.id, user, &request, Some(&current)).await?
     else {
         return Ok(None);
     };
+    policy::record(ctx, &app.id, user, Some(flow.stored.id.as_str()), &decided).await?;
     let outcome = decided.decision.outcome();
     data.policy = Some(outcome.clone());
     match decided.decision.effect {

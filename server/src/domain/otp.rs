@@ -343,23 +343,7 @@ pub(crate) async fn device_attributes(
         DeviceSource::Enrollment(enrollment_id) => {
             attributes.insert(format!("{p}type"), json!("MOBILE_APP_OTP"));
             if let Some(device) = enrollments::by_id(&ctx.db, enrollment_id).await? {
-                let d = format!("{p}authenticating.device.");
-                attributes.insert(format!("{d}id"), json!(device.device_id));
-                attributes.insert(format!("{d}model"), json!(device.device_info.model));
-                attributes.insert(
-                    format!("{d}os.version"),
-                    json!(device.device_info.os_version),
-                );
-                attributes.insert(
-                    format!("{d}app.version"),
-                    json!(device.device_info.app_version),
-                );
-                attributes.insert(
-                    format!("{d}attested"),
-                    json!(super::attestation::enrollment_attested(
-                        device.attestation.as_ref()
-                    )),
-                );
+                super::authentication::insert_device_attributes(&mut attributes, &device);
             }
             attributes.insert(format!("{p}amr"), json!(["otp"]));
         }

@@ -118,13 +118,41 @@ fn statements<'q>(
             bind_record(APPEND, record),
             webhooks::bind_enqueue(sqlx::query(&ENQUEUE), d),
         ],
-        (Some(d), Engine::Postgres) => {
-            vec![webhooks::bind_enqueue(
-                bind_record(&APPEND_AND_ENQUEUE, record),
-                d,
-            )]
-        }
+        (Some(_), Engine::Postgres) => vec![postgres_statement(record, deliveries)],
     }
+}
+
+/// PostgreSQL: the one statement appending `record` and queuing `deliveries` (with them, it
+/// changes as many rows as deliveries were queued).
+fn postgres_statement<'q>(
+    record: &'q NewRecord,
+    deliveries: Option<&'q EventDeliveries>,
+) -> Statement<'q> {
+    match deliveries {
+        None => bind_record(APPEND, record),
+        Some(d) => webhooks::bind_enqueue(bind_record(&APPEND_AND_ENQUEUE, record), d),
+    }
+}
+
+/// Appends `record` and queues `deliveries` as a write of their own. On SQLite one turn of the
+/// writer (a write transaction of its statements); on PostgreSQL one statement committed on its
+/// own, without a `BEGIN` and a `COMMIT` around it (a statement is all or nothing by itself): one
+/// round trip where a transaction took three. Whether deliveries were queued.
+pub async fn append(
+    db: &Database,
+    record: &NewRecord,
+    deliveries: Option<&EventDeliveries>,
+) -> Result<bool, StoreError> {
+    if db.engine() == Engine::Postgres {
+        let done = postgres_statement(record, deliveries)
+            .execute(db.writer())
+            .await?;
+        return Ok(deliveries.is_some() && done.rows_affected() > 0);
+    }
+    let mut w = db.write().await?;
+    let ticket = append_deferred(&mut w, record, deliveries).await?;
+    let committed = w.commit().await?;
+    Ok(ticket.is_some_and(|t| committed.changes(t) > 0))
 }
 
 /// Appends `record` and queues `deliveries` in `w`, deferred (sent with its next statement or

@@ -91,19 +91,43 @@ async fn add_event<'e, E>(executor: E, flow: &FlowId, event: &FlowEvent) -> Resu
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query(
-        "INSERT INTO flow_events (flow_id, at, action, from_status, to_status, error) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+    bind_event(
+        sqlx::query(
+            "INSERT INTO flow_events (flow_id, at, action, from_status, to_status, error) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(flow.as_str()),
+        event,
     )
-    .bind(flow.as_str())
-    .bind(event.at)
-    .bind(&event.action)
-    .bind(event.from_status.as_deref())
-    .bind(&event.to_status)
-    .bind(event.error.as_deref())
     .execute(executor)
     .await?;
     Ok(())
+}
+
+type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds `event`'s five values (its time, action, statuses and error) after what `query` bound.
+fn bind_event<'q>(query: Statement<'q>, event: &'q FlowEvent) -> Statement<'q> {
+    query
+        .bind(event.at)
+        .bind(&event.action)
+        .bind(event.from_status.as_deref())
+        .bind(&event.to_status)
+        .bind(event.error.as_deref())
+}
+
+/// PostgreSQL: the insert of an event for the flow `source` returns (a data-modifying `WITH`
+/// item of the same statement, returning the flow's `id` in zero or one row), its five values
+/// bound from placeholder `first` on ([`bind_event`]).
+fn event_for_each(source: &str, first: usize) -> String {
+    let values = (first..first + 5)
+        .map(|p| format!("${p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO flow_events (flow_id, at, action, from_status, to_status, error) \
+         SELECT id, {values} FROM {source}"
+    )
 }
 
 /// Stores a new flow with its creation event, in one transaction.
@@ -139,26 +163,31 @@ pub async fn insert_with_browser_token(
                 .map_err(StoreError::from)
         })
         .transpose()?;
+    let insert =
+        format!("INSERT INTO flows ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)");
+    if db.engine() == super::Engine::Postgres {
+        // One statement, committed on its own: the flow, its event and its browser token as
+        // data-modifying `WITH` items (one round trip where a transaction took five).
+        let mut sql = format!("WITH created AS ({insert} RETURNING id)");
+        if browser_token.is_some() {
+            sql.push_str(
+                ", token AS (INSERT INTO flow_browser_tokens (flow_id, token_digest, token) \
+                 SELECT id, $16, $17 FROM created)",
+            );
+        }
+        sql.push(' ');
+        sql.push_str(&event_for_each("created", 11));
+        let mut query = bind_event(bind_flow(sqlx::query(&sql), flow), event);
+        if let (Some(token), Some(sealed)) = (&browser_token, &sealed) {
+            query = query.bind(token.digest).bind(sealed.as_str());
+        }
+        query.execute(db.writer()).await?;
+        return Ok(());
+    }
     let mut tx = db.write().await?;
-    sqlx::query(&format!(
-        "INSERT INTO flows ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    ))
-    .bind(flow.id.as_str())
-    .bind(flow.application_id.as_str())
-    .bind(flow.user_id.as_ref().map_or("", UserId::as_str))
-    .bind(&flow.status)
-    .bind(flow.version)
-    .bind(&flow.data)
-    .bind(
-        flow.authentication_id
-            .as_ref()
-            .map(AuthenticationId::as_str),
-    )
-    .bind(flow.created_at)
-    .bind(flow.updated_at)
-    .bind(flow.expires_at)
-    .execute(&mut *tx)
-    .await?;
+    bind_flow(sqlx::query(&insert), flow)
+        .execute(&mut *tx)
+        .await?;
     add_event(&mut *tx, &flow.id, event).await?;
     if let (Some(token), Some(sealed)) = (&browser_token, sealed) {
         sqlx::query(
@@ -172,6 +201,25 @@ pub async fn insert_with_browser_token(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Binds a new flow's ten values, in the order of the columns it is inserted with.
+fn bind_flow<'q>(query: Statement<'q>, flow: &'q StoredFlow) -> Statement<'q> {
+    query
+        .bind(flow.id.as_str())
+        .bind(flow.application_id.as_str())
+        .bind(flow.user_id.as_ref().map_or("", UserId::as_str))
+        .bind(&flow.status)
+        .bind(flow.version)
+        .bind(&flow.data)
+        .bind(
+            flow.authentication_id
+                .as_ref()
+                .map(AuthenticationId::as_str),
+        )
+        .bind(flow.created_at)
+        .bind(flow.updated_at)
+        .bind(flow.expires_at)
 }
 
 /// The hosted flow whose browser token has this digest.
@@ -339,20 +387,11 @@ pub async fn transition(
             super::Engine::Postgres => sql.push_str(&super::key_share_locked(&bypassed)),
         }
     }
+    if db.engine() == super::Engine::Postgres {
+        return transition_at_once(db, sql, next, expected_version, event, while_bypassed).await;
+    }
     let mut tx = db.write().await?;
-    let mut update = sqlx::query(&sql)
-        .bind(&next.status)
-        .bind(next.version)
-        .bind(&next.data)
-        .bind(
-            next.authentication_id
-                .as_ref()
-                .map(AuthenticationId::as_str),
-        )
-        .bind(next.updated_at)
-        .bind(next.id.as_str())
-        .bind(expected_version)
-        .bind(next.user_id.as_ref().map_or("", UserId::as_str));
+    let mut update = bind_next(sqlx::query(&sql), next, expected_version);
     if let Some(bypass) = &while_bypassed {
         update = update
             .bind(bypass.application_id.as_str())
@@ -384,6 +423,70 @@ pub async fn transition(
     add_event(&mut *tx, &next.id, event).await?;
     tx.commit().await?;
     Ok(Transitioned::Moved)
+}
+
+/// PostgreSQL: [`transition`] as one statement committed on its own, `update` (the conditional
+/// update) a data-modifying `WITH` item and the event inserted for the row it returns: one round
+/// trip where a transaction took four. When nothing moved and the move required a bypass, a
+/// read of the flow's version then tells a lost move from a bypass cleared.
+async fn transition_at_once(
+    db: &Database,
+    update: String,
+    next: &StoredFlow,
+    expected_version: i64,
+    event: &FlowEvent,
+    while_bypassed: Option<WhileBypassed<'_>>,
+) -> Result<Transitioned, StoreError> {
+    let first_event_value = if while_bypassed.is_some() { 12 } else { 9 };
+    let sql = format!(
+        "WITH moved AS ({update} RETURNING id) {}",
+        event_for_each("moved", first_event_value)
+    );
+    let mut query = bind_next(sqlx::query(&sql), next, expected_version);
+    if let Some(bypass) = &while_bypassed {
+        query = query
+            .bind(bypass.application_id.as_str())
+            .bind(bypass.user_id.as_str())
+            .bind(bypass.now);
+    }
+    let done = bind_event(query, event).execute(db.writer()).await?;
+    if done.rows_affected() == 1 {
+        return Ok(Transitioned::Moved);
+    }
+    if while_bypassed.is_none() {
+        return Ok(Transitioned::Lost);
+    }
+    let version: Option<i64> = sqlx::query_scalar("SELECT version FROM flows WHERE id = $1")
+        .bind(next.id.as_str())
+        .fetch_optional(db.writer())
+        .await?;
+    Ok(if version == Some(expected_version) {
+        Transitioned::BypassCleared
+    } else {
+        Transitioned::Lost
+    })
+}
+
+/// Binds a move's eight values ([`transition`]'s update: the flow as it moves, its id and the
+/// version it must still be at).
+fn bind_next<'q>(
+    query: Statement<'q>,
+    next: &'q StoredFlow,
+    expected_version: i64,
+) -> Statement<'q> {
+    query
+        .bind(&next.status)
+        .bind(next.version)
+        .bind(&next.data)
+        .bind(
+            next.authentication_id
+                .as_ref()
+                .map(AuthenticationId::as_str),
+        )
+        .bind(next.updated_at)
+        .bind(next.id.as_str())
+        .bind(expected_version)
+        .bind(next.user_id.as_ref().map_or("", UserId::as_str))
 }
 
 /// Records a refused attempt (the flow did not move).
