@@ -582,6 +582,7 @@ fn after_push(flow: &Flow, record: &Authentication) -> Option<(&'static str, Flo
 async fn due_move(
     ctx: &Ctx,
     flow: &Flow,
+    ended: Option<&Authentication>,
 ) -> Result<Option<(&'static str, FlowStatus, Data)>, DomainError> {
     if flow.status.is_final() {
         return Ok(None);
@@ -595,6 +596,9 @@ async fn due_move(
         return Ok(Some(due));
     }
     if let Some(push) = flow.watched_push() {
+        if let Some(record) = ended.filter(|e| &e.id == push) {
+            return Ok(after_push(flow, record));
+        }
         if let Some(record) = authentications::get(&ctx.db, push, now).await? {
             return Ok(after_push(flow, &record));
         }
@@ -630,10 +634,21 @@ async fn pairing_state(ctx: &Ctx, id: &EnrollmentId) -> Result<EnrollmentState, 
 }
 
 /// Applies the moves that are due, then answers the flow as it stands.
-async fn refresh(ctx: &Ctx, mut flow: Flow) -> Result<Flow, DomainError> {
+async fn refresh(ctx: &Ctx, flow: Flow) -> Result<Flow, DomainError> {
+    refresh_knowing(ctx, flow, None).await
+}
+
+/// [`refresh`], told of `ended`, a push that has just ended as stored (the follow-up's event):
+/// the first look at the flow's push takes it instead of reading it again.
+async fn refresh_knowing(
+    ctx: &Ctx,
+    mut flow: Flow,
+    mut ended: Option<&Authentication>,
+) -> Result<Flow, DomainError> {
     // A lost race means someone else moved it: read again and re-derive (bounded).
     for _ in 0..4 {
-        let Some((action, status, data)) = due_move(ctx, &flow).await? else {
+        let due = due_move(ctx, &flow, ended.take()).await?;
+        let Some((action, status, data)) = due else {
             return Ok(flow);
         };
         let pending_push = flow.watched_push().cloned();
@@ -2526,7 +2541,7 @@ pub(crate) fn follow_up<'a>(ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFut
             return Ok(());
         }
         if let Some(stored) = store::by_authentication(&ctx.db, &record.id).await? {
-            refresh(ctx, Flow::from_stored(stored)?).await?;
+            refresh_knowing(ctx, Flow::from_stored(stored)?, Some(record)).await?;
         }
         Ok(())
     })
