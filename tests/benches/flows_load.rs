@@ -12,7 +12,8 @@
 //! level of concurrent phones, on SQLite and (with `DATABASE_URL=postgres://…`) PostgreSQL.
 //!
 //! `cargo bench -p tessera-tests --bench flows_load` (`FLOWS_PER_DEVICE=N`, default 30;
-//! `LOAD_LEVELS=1,16,64`).
+//! `LOAD_LEVELS=1,16,64`; `COMMIT_DURABILITY=flushed` or `written` sets the server's
+//! `--commit-durability`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -113,6 +114,7 @@ async fn run(backend: Backend, label: &str, devices: usize, flows_per_device: us
         TestServer::start_isolated_with(backend, |c| {
             c.max_connections = tessera_tests::load::pool_size();
             c.max_pending_authentications_per_user = 100;
+            c.commit_durability = tessera_tests::load::commit_durability();
         })
         .await,
     );
