@@ -130,7 +130,7 @@ fn event_for_each(source: &str, first: usize) -> String {
     )
 }
 
-/// Stores a new flow with its creation event, in one transaction.
+/// Stores a new flow with its creation event, all or nothing (see [`insert_with_browser_token`]).
 pub async fn insert(db: &Database, flow: &StoredFlow, event: &FlowEvent) -> Result<(), StoreError> {
     insert_with_browser_token(db, flow, event, None).await
 }
@@ -144,8 +144,9 @@ pub struct BrowserToken<'a> {
     pub token: &'a str,
 }
 
-/// Stores a new flow with its creation event and, for a hosted flow, its browser token, in one
-/// transaction.
+/// Stores a new flow with its creation event and, for a hosted flow, its browser token, all or
+/// nothing: on SQLite one transaction on the writer, on PostgreSQL one statement committed on its
+/// own (the flow a data-modifying `WITH` item the other rows are inserted from).
 pub async fn insert_with_browser_token(
     db: &Database,
     flow: &StoredFlow,
@@ -363,7 +364,8 @@ pub enum Transitioned {
 
 /// Moves a flow to `next` (its status, data, push and user) if it is still at
 /// `expected_version` and, with `while_bypassed`, only while the user's bypass is in force,
-/// recording `event` in the same transaction. A passkey sign-in is bound to its user here:
+/// recording `event` with it, all or nothing (on SQLite one transaction on the writer, on
+/// PostgreSQL one statement, the update a data-modifying `WITH` item). A passkey sign-in is bound to its user here:
 /// once, by the move that wins the version. The move ends any claim on the flow. On
 /// PostgreSQL the bypass is read `FOR KEY SHARE`, so a clearing in flight is waited for and no
 /// flow ends by a bypass once its clearing has committed; SQLite's one writer runs the move
