@@ -574,8 +574,11 @@ pub(crate) async fn claim(
     claim_found(ctx, caller, request, now, session).await
 }
 
-/// The scan as a device sends it: authenticates the device-signed `call`, then [`claim`]s with
-/// `request` (refused after the call is authenticated when its body did not parse). The session
+/// The scan as a device sends it: authenticates the device-signed `call`, then claims the
+/// session its code names for the calling device, listing its enrollments, and answers the
+/// signed context to show (`request` is refused after the call is authenticated when its body
+/// did not parse). Of racing devices one wins; the same device scanning again gets the same
+/// context. The session
 /// the scanned code names is read beside the call's nonce
 /// ([`super::device_auth::authenticate_reading`]): on PostgreSQL the scan waits for one round
 /// trip where it waited for two, and only a call whose signature verified and whose nonce was
@@ -604,7 +607,7 @@ fn scanned_digest(request: &ClaimQrSession) -> Option<String> {
         .map(|token| token.digest().to_string())
 }
 
-/// [`claim`] once the session the code names was read (`session`, read at `now`).
+/// The claim once the session the code names was read (`session`, read at `now`).
 async fn claim_found(
     ctx: &Ctx,
     caller: &Enrollment,
