@@ -623,14 +623,14 @@ pub(crate) async fn device_removed(
     record(ctx, event).await;
 }
 
-/// A flow reached a final status.
-pub(crate) async fn flow_completed(ctx: &Ctx, app: &str, user: &str, flow_id: &str, status: &str) {
-    let event = Event::webhook(EventType::FlowCompleted, Actor::Server, "completed")
+/// A flow reached a final status: the event its final move writes with it
+/// (`store::flows::transition_recording`).
+pub(crate) fn flow_completed(app: &str, user: &str, flow_id: &str, status: &str) -> Event {
+    Event::webhook(EventType::FlowCompleted, Actor::Server, "completed")
         .app(app)
         .user(user)
         .subject(flow_id)
-        .details(json!({ "flow_id": flow_id, "status": status }));
-    record(ctx, event).await;
+        .details(json!({ "flow_id": flow_id, "status": status }))
 }
 
 /// What the policy engine decided for one authentication (or flow).

@@ -456,18 +456,36 @@ async fn try_move(
         (true, None) => return Err(DomainError::Internal("a bypassed flow without its user")),
         (false, _) => None,
     };
-    let moved = store::transition(
+    // A final move writes its `flow.completed` record with it, all or nothing.
+    let completed = if status.is_final() {
+        super::audit::appended(
+            ctx,
+            vec![super::audit::flow_completed(
+                stored.application_id.as_str(),
+                stored.user_id.as_ref().map_or("", UserId::as_str),
+                &stored.id.to_string(),
+                status.as_str(),
+            )],
+        )?
+    } else {
+        Vec::new()
+    };
+    let (moved, queued) = store::transition_recording(
         &ctx.db,
         &stored,
         flow.stored.version,
         &event(ctx, action, Some(flow.status), status),
         while_bypassed,
+        &completed,
     )
     .await?;
     match moved {
         store::Transitioned::Moved => {}
         store::Transitioned::Lost => return Ok(Move::Lost),
         store::Transitioned::BypassCleared => return Ok(Move::BypassCleared),
+    }
+    if queued {
+        ctx.events.announce(&[Topic::WebhookOutbox]);
     }
     tracing::info!(
         flow_id = %stored.id,
@@ -492,16 +510,6 @@ async fn try_move(
         && let Err(e) = super::qr::withdraw_for_flow(ctx, qr_session).await
     {
         tracing::warn!(error = %e, flow_id = %stored.id, "could not withdraw the flow's QR code");
-    }
-    if status.is_final() {
-        super::audit::flow_completed(
-            ctx,
-            stored.application_id.as_str(),
-            stored.user_id.as_ref().map_or("", UserId::as_str),
-            &stored.id.to_string(),
-            status.as_str(),
-        )
-        .await;
     }
     Ok(Move::Moved(Box::new(Flow {
         stored,

@@ -377,6 +377,22 @@ pub async fn transition(
     event: &FlowEvent,
     while_bypassed: Option<WhileBypassed<'_>>,
 ) -> Result<Transitioned, StoreError> {
+    transition_recording(db, next, expected_version, event, while_bypassed, &[])
+        .await
+        .map(|(moved, _)| moved)
+}
+
+/// [`transition`], with `records` (audit records and their webhook deliveries, such as a final
+/// move's `flow.completed`) written with the move, all or nothing: only a move that is made
+/// writes them. Also returns whether a webhook delivery was queued.
+pub async fn transition_recording(
+    db: &Database,
+    next: &StoredFlow,
+    expected_version: i64,
+    event: &FlowEvent,
+    while_bypassed: Option<WhileBypassed<'_>>,
+    records: &[super::audit::Appended],
+) -> Result<(Transitioned, bool), StoreError> {
     let mut sql = String::from(
         "UPDATE flows SET status = $1, version = $2, data = $3, authentication_id = $4, \
          updated_at = $5, user_id = $8, claimed_until = NULL WHERE id = $6 AND version = $7",
@@ -390,7 +406,14 @@ pub async fn transition(
         }
     }
     if db.engine() == super::Engine::Postgres {
-        return transition_at_once(db, sql, next, expected_version, event, while_bypassed).await;
+        let moved = Move {
+            next,
+            expected_version,
+            event,
+            while_bypassed,
+            records,
+        };
+        return transition_at_once(db, sql, moved).await;
     }
     let mut tx = db.write().await?;
     let mut update = bind_next(sqlx::query(&sql), next, expected_version);
@@ -420,53 +443,81 @@ pub async fn transition(
         // The caller reads the flow again: the move that won must be committed by then, also
         // when it ran before this one in the same SQLite group (`store/writer.rs`).
         tx.rollback_after_others().await?;
-        return Ok(outcome);
+        return Ok((outcome, false));
     }
     add_event(&mut *tx, &next.id, event).await?;
-    tx.commit().await?;
-    Ok(Transitioned::Moved)
+    let mut tickets = Vec::new();
+    for appended in records {
+        tickets.extend(
+            super::audit::append_deferred(&mut tx, &appended.record, appended.deliveries.as_ref())
+                .await?,
+        );
+    }
+    let committed = tx.commit().await?;
+    let queued = tickets.iter().any(|t| committed.changes(*t) > 0);
+    Ok((Transitioned::Moved, queued))
 }
 
-/// PostgreSQL: [`transition`] as one statement committed on its own, `update` (the conditional
-/// update) a data-modifying `WITH` item and the event inserted for the row it returns: one round
-/// trip where a transaction took four. When nothing moved and the move required a bypass, a
-/// read of the flow's version then tells a lost move from a bypass cleared.
+/// What [`transition_at_once`] writes.
+struct Move<'a> {
+    next: &'a StoredFlow,
+    expected_version: i64,
+    event: &'a FlowEvent,
+    while_bypassed: Option<WhileBypassed<'a>>,
+    records: &'a [super::audit::Appended],
+}
+
+/// PostgreSQL: [`transition_recording`] as one statement committed on its own, `update` (the
+/// conditional update) a data-modifying `WITH` item, and the event and each audit record (with
+/// its deliveries, `store::audit::appended_items`) inserted for the row it returns: one round
+/// trip where a transaction took four, and the records another three. When nothing moved and the
+/// move required a bypass, a read of the flow's version then tells a lost move from a bypass
+/// cleared.
 async fn transition_at_once(
     db: &Database,
     update: String,
-    next: &StoredFlow,
-    expected_version: i64,
-    event: &FlowEvent,
-    while_bypassed: Option<WhileBypassed<'_>>,
-) -> Result<Transitioned, StoreError> {
-    let first_event_value = if while_bypassed.is_some() { 12 } else { 9 };
-    let sql = format!(
-        "WITH moved AS ({update} RETURNING id) {}",
+    m: Move<'_>,
+) -> Result<(Transitioned, bool), StoreError> {
+    let first_event_value = if m.while_bypassed.is_some() { 12 } else { 9 };
+    let (items, queued, _) =
+        super::audit::appended_items(m.records, "moved", first_event_value + 5);
+    let mut sql = format!(
+        "WITH moved AS ({update} RETURNING id), event AS ({} RETURNING 1)",
         event_for_each("moved", first_event_value)
     );
-    let mut query = bind_next(sqlx::query(&sql), next, expected_version);
-    if let Some(bypass) = &while_bypassed {
+    for item in &items {
+        sql.push_str(", ");
+        sql.push_str(item);
+    }
+    sql.push_str(&format!(
+        " SELECT (SELECT COUNT(*) FROM event) AS moved, CAST({} AS BIGINT) AS queued",
+        super::audit::queued_count(&queued)
+    ));
+    let mut query = bind_next(sqlx::query(&sql), m.next, m.expected_version);
+    if let Some(bypass) = &m.while_bypassed {
         query = query
             .bind(bypass.application_id.as_str())
             .bind(bypass.user_id.as_str())
             .bind(bypass.now);
     }
-    let done = bind_event(query, event).execute(db.writer()).await?;
-    if done.rows_affected() == 1 {
-        return Ok(Transitioned::Moved);
+    let query = super::audit::bind_appended(bind_event(query, m.event), m.records);
+    let row = query.fetch_one(db.writer()).await?;
+    if row.try_get::<i64, _>("moved")? == 1 {
+        return Ok((Transitioned::Moved, row.try_get::<i64, _>("queued")? > 0));
     }
-    if while_bypassed.is_none() {
-        return Ok(Transitioned::Lost);
+    if m.while_bypassed.is_none() {
+        return Ok((Transitioned::Lost, false));
     }
     let version: Option<i64> = sqlx::query_scalar("SELECT version FROM flows WHERE id = $1")
-        .bind(next.id.as_str())
+        .bind(m.next.id.as_str())
         .fetch_optional(db.writer())
         .await?;
-    Ok(if version == Some(expected_version) {
+    let outcome = if version == Some(m.expected_version) {
         Transitioned::BypassCleared
     } else {
         Transitioned::Lost
-    })
+    };
+    Ok((outcome, false))
 }
 
 /// Binds a move's eight values ([`transition`]'s update: the flow as it moves, its id and the

@@ -740,3 +740,57 @@ async fn an_action_ending_a_flow_on_its_latest_version_waits_for_another_actions
         }
     }
 }
+
+/// A flow's `flow.completed` record is written by its final move, all or nothing: racing final
+/// moves (cancellations sent at once) end the flow once and leave exactly one record, naming
+/// the flow and the status it ended in, and a refused action after it adds none.
+#[tokio::test]
+async fn a_flow_s_completion_is_recorded_once_by_its_final_move() {
+    for domain in TestDomain::each_engine().await {
+        let (gus, _phone) = domain.user_with_device("gus").await;
+        let flow = flow_for(&domain, &gus).await;
+        let id = flow.id.to_string();
+        let cancels = crate::domain::testing::sent_at_once(4, || {
+            let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), id.clone());
+            async move { act(&ctx, &app, &id, FlowAction::CancelAuthentication {}).await }
+        })
+        .await;
+        assert!(
+            cancels.iter().any(Result::is_ok),
+            "one cancellation ends it"
+        );
+        assert!(
+            act(&domain.ctx, &domain.app, &id, authenticate())
+                .await
+                .is_err(),
+            "an ended flow takes no action"
+        );
+        let filter = crate::store::audit::Filter {
+            application_id: Some(domain.app.id.to_string()),
+            kind: Some("flow.completed".into()),
+            ..Default::default()
+        };
+        let records = crate::store::audit::query(&domain.ctx.db, &filter, 10, true)
+            .await
+            .expect("records");
+        assert_eq!(records.len(), 1, "{records:?}");
+        let record = &records[0].record;
+        assert_eq!(record.subject.as_deref(), Some(id.as_str()));
+        assert_eq!(record.user_id.as_deref(), Some(gus.as_str()));
+        assert!(
+            record.details.contains("\"CANCELED\""),
+            "{}",
+            record.details
+        );
+        // The flow's history has the cancellation once.
+        let history = super::history(&domain.ctx, &domain.app.id, &id)
+            .await
+            .expect("history");
+        let canceled = history
+            .events
+            .iter()
+            .filter(|e| e.to_status == FlowStatus::Canceled)
+            .count();
+        assert_eq!(canceled, 1, "{history:?}");
+    }
+}
