@@ -1280,7 +1280,7 @@ fn readdress_statement(engine: Engine) -> &'static str {
 
 /// Moves a pending request from one enrollment to another with its newly signed form and nonce,
 /// if it is still pending for `from` and `to` is still paired and active (one conditional
-/// update, see [`readdress_statement`]).
+/// update, see `readdress_statement`).
 pub async fn readdress(
     db: &Database,
     id: &AuthenticationId,

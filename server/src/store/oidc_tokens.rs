@@ -6,7 +6,7 @@
 //! the user's lock. Tokens stand for the user's device: a grant that needs one finds the user's
 //! active device inside that transaction. An unpairing locks the user too, and revokes the
 //! tokens in its own transaction when it removes the last device
-//! ([`revoke_without_device_in`], called by `enrollments::delete`), so tokens are either issued
+//! (`revoke_without_device_in`, called by `enrollments::delete`), so tokens are either issued
 //! before it (and revoked with it) or refused after it; a user's deletion likewise.
 
 use sqlx::Row;
