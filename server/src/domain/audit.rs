@@ -275,12 +275,7 @@ pub(crate) async fn append_deferred(
     w: &mut Write<'_>,
     events: Vec<Event>,
 ) -> Result<Queued, DomainError> {
-    let mut tickets = Vec::new();
-    for appended in appended(ctx, events)? {
-        tickets.extend(
-            store::append_deferred(w, &appended.record, appended.deliveries.as_ref()).await?,
-        );
-    }
+    let tickets = store::append_all_deferred(w, &appended(ctx, events)?).await?;
     Ok(Queued {
         tickets,
         queued: false,

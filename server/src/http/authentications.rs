@@ -105,14 +105,7 @@ pub(crate) async fn pending_requests(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<PendingRequests>, ApiError> {
-    let call = crate::domain::device_auth::DeviceCall {
-        authorization: headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-        method: method.as_str(),
-        path: uri.path(),
-        body: b"",
-    };
+    let call = super::extract::device_call(&headers, &method, uri.path(), b"");
     let pending = authentication::pull(&ctx, call, &enrollment_id, query.duration()).await?;
     Ok(Json(pending))
 }

@@ -169,6 +169,20 @@ pub async fn append_deferred(
     Ok(last.filter(|_| deliveries.is_some()))
 }
 
+/// Appends each of `records` (with its deliveries) in `w`, deferred, in their order
+/// ([`append_deferred`]). Returns the tickets whose changes, once committed, are the deliveries
+/// queued.
+pub async fn append_all_deferred(
+    w: &mut Write<'_>,
+    records: &[Appended],
+) -> Result<Vec<Ticket>, StoreError> {
+    let mut tickets = Vec::new();
+    for appended in records {
+        tickets.extend(append_deferred(w, &appended.record, appended.deliveries.as_ref()).await?);
+    }
+    Ok(tickets)
+}
+
 /// An audit record with its event's webhook deliveries, to append in one statement with the
 /// change it records (`appended_items`).
 #[derive(Debug, Clone)]

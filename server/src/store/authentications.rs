@@ -877,13 +877,7 @@ pub async fn insert_if_admitted_deciding(
     if let Some(d) = decision {
         super::policies::record_decision_deferred(w, d).await?;
     }
-    let mut tickets = Vec::new();
-    for appended in records {
-        tickets.extend(
-            super::audit::append_deferred(w, &appended.record, appended.deliveries.as_ref())
-                .await?,
-        );
-    }
+    let tickets = super::audit::append_all_deferred(w, records).await?;
     Ok(Some(super::audit::AppendedQueue {
         tickets,
         queued: false,

@@ -416,14 +416,14 @@ pub async fn transition_recording(
         return transition_at_once(db, sql, moved).await;
     }
     let mut tx = db.write().await?;
-    let mut update = bind_next(sqlx::query(&sql), next, expected_version);
-    if let Some(bypass) = &while_bypassed {
-        update = update
-            .bind(bypass.application_id.as_str())
-            .bind(bypass.user_id.as_str())
-            .bind(bypass.now);
-    }
-    let done = update.execute(&mut *tx).await?;
+    let done = bind_next(
+        sqlx::query(&sql),
+        next,
+        expected_version,
+        while_bypassed.as_ref(),
+    )
+    .execute(&mut *tx)
+    .await?;
     if done.rows_affected() != 1 {
         let outcome = match while_bypassed {
             None => Transitioned::Lost,
@@ -446,13 +446,7 @@ pub async fn transition_recording(
         return Ok((outcome, false));
     }
     add_event(&mut *tx, &next.id, event).await?;
-    let mut tickets = Vec::new();
-    for appended in records {
-        tickets.extend(
-            super::audit::append_deferred(&mut tx, &appended.record, appended.deliveries.as_ref())
-                .await?,
-        );
-    }
+    let tickets = super::audit::append_all_deferred(&mut tx, records).await?;
     let committed = tx.commit().await?;
     let queued = tickets.iter().any(|t| committed.changes(*t) > 0);
     Ok((Transitioned::Moved, queued))
@@ -493,13 +487,12 @@ async fn transition_at_once(
         " SELECT (SELECT COUNT(*) FROM event) AS moved, CAST({} AS BIGINT) AS queued",
         super::audit::queued_count(&queued)
     ));
-    let mut query = bind_next(sqlx::query(&sql), m.next, m.expected_version);
-    if let Some(bypass) = &m.while_bypassed {
-        query = query
-            .bind(bypass.application_id.as_str())
-            .bind(bypass.user_id.as_str())
-            .bind(bypass.now);
-    }
+    let query = bind_next(
+        sqlx::query(&sql),
+        m.next,
+        m.expected_version,
+        m.while_bypassed.as_ref(),
+    );
     let query = super::audit::bind_appended(bind_event(query, m.event), m.records);
     let row = query.fetch_one(db.writer()).await?;
     if row.try_get::<i64, _>("moved")? == 1 {
@@ -520,14 +513,15 @@ async fn transition_at_once(
     Ok((outcome, false))
 }
 
-/// Binds a move's eight values ([`transition`]'s update: the flow as it moves, its id and the
-/// version it must still be at).
+/// Binds a move's values ([`transition`]'s update: the flow as it moves, its id and the
+/// version it must still be at; then, with `while_bypassed`, the bypass's three).
 fn bind_next<'q>(
     query: Statement<'q>,
     next: &'q StoredFlow,
     expected_version: i64,
+    while_bypassed: Option<&WhileBypassed<'q>>,
 ) -> Statement<'q> {
-    query
+    let query = query
         .bind(&next.status)
         .bind(next.version)
         .bind(&next.data)
@@ -539,7 +533,14 @@ fn bind_next<'q>(
         .bind(next.updated_at)
         .bind(next.id.as_str())
         .bind(expected_version)
-        .bind(next.user_id.as_ref().map_or("", UserId::as_str))
+        .bind(next.user_id.as_ref().map_or("", UserId::as_str));
+    match while_bypassed {
+        Some(bypass) => query
+            .bind(bypass.application_id.as_str())
+            .bind(bypass.user_id.as_str())
+            .bind(bypass.now),
+        None => query,
+    }
 }
 
 /// Records a refused attempt (the flow did not move).
