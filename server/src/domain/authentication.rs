@@ -340,8 +340,8 @@ pub(crate) async fn pick_device_among(
 }
 
 /// [`pick_device`] among the user's `devices` (as `device_verification::user_devices` lists
-/// them).
-fn pick_from(
+/// them: settled).
+pub(crate) fn pick_from(
     devices: Vec<Enrollment>,
     wanted: Option<&EnrollmentId>,
 ) -> Result<Enrollment, DomainError> {
@@ -795,6 +795,19 @@ pub(crate) async fn create_as(
     // The request's reads that need nothing else (the user with its language and bypass, the
     // application's settings with its current policy, the user's devices), side by side.
     let reads = read_for_request(ctx, &app.id, user_id).await?;
+    create_as_read(ctx, app, user_id, body, evaluate_policy, reads).await
+}
+
+/// [`create_as`] with its reads already made (`reads`, as [`read_for_request`] makes them): for
+/// a caller that read them beside its own reads, as a flow's first step does.
+pub(crate) async fn create_as_read(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    body: CreateAuthenticationRequest,
+    evaluate_policy: bool,
+    reads: RequestReads,
+) -> Result<AuthenticationStatus, DomainError> {
     create_from(
         ctx,
         (&app.id, &app.name),

@@ -88,7 +88,8 @@ pub(crate) fn mask_email(email: &str) -> String {
     }
 }
 
-fn masked(contacts: &Contacts) -> BackupContacts {
+/// `contacts` as the API shows them: the phone's and the email's middle hidden.
+pub(crate) fn masked(contacts: &Contacts) -> BackupContacts {
     BackupContacts {
         phone: contacts.phone.as_deref().map(mask_phone),
         email: contacts.email.as_deref().map(mask_email),

@@ -279,15 +279,6 @@ pub(crate) async fn clear(
     .await
 }
 
-/// The user's bypass if it is in force now.
-pub(crate) async fn active(
-    ctx: &Ctx,
-    app: &ApplicationId,
-    user: &UserId,
-) -> Result<Option<Bypass>, DomainError> {
-    Ok(in_force(ctx, store::get(&ctx.db, app, user).await?))
-}
-
 /// The bypass `stored` for a user (as read with the user) if it is still in force.
 pub(crate) fn in_force(ctx: &Ctx, stored: Option<Bypass>) -> Option<Bypass> {
     stored.filter(|b| b.until > ctx.now())

@@ -49,8 +49,10 @@ use super::{
 };
 use crate::store::applications::{self, Application};
 use crate::store::authentications::{self, Authentication};
+use crate::store::enrollments::{self, Enrollment};
 use crate::store::flows::{self as store, FlowEvent, StoredFlow};
-use crate::store::{enrollments, nonces, otp as otp_store};
+use crate::store::policies::StoredPolicy;
+use crate::store::{nonces, otp as otp_store};
 use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, RequestKind};
 
 /// A flow's lifetime when the request does not say, in seconds.
@@ -1220,7 +1222,7 @@ async fn take_step(
         } => authenticate(ctx, app, claimed, mobile_payload, authorization_payload).await,
         FlowAction::SelectDevice { device_id } => {
             let data = claimed.data.clone();
-            use_device(ctx, app, claimed, data, &device_id).await
+            use_device(ctx, app, claimed, data, &device_id, None).await
         }
         FlowAction::UseCode {} => Ok(use_code(claimed)),
         FlowAction::CheckOtp { otp } => check_otp(ctx, app, claimed, &otp).await,
@@ -1811,14 +1813,47 @@ async fn apply_policy(
     let Some(current) = current? else {
         return Ok(None);
     };
+    decide_policy(ctx, app, flow, data, device.ok(), &current).await
+}
+
+/// [`apply_policy`] with the user's `devices` (settled, as `device_verification::settled_devices`
+/// leaves them) and the policy in force (`current`) already read: no read of its own unless
+/// the policy's rules count something.
+async fn apply_policy_as_read(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    data: &mut Data,
+    devices: &[Enrollment],
+    current: Option<&StoredPolicy>,
+) -> Result<Option<(FlowStatus, Data)>, DomainError> {
+    if data.policy.is_some() {
+        return Ok(None);
+    }
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    let device = authentication::pick_from(devices.to_vec(), None).ok();
+    decide_policy(ctx, app, flow, data, device, current).await
+}
+
+/// [`apply_policy`]'s decision under the policy `current`, looking at `device`.
+async fn decide_policy(
+    ctx: &Ctx,
+    app: &Application,
+    flow: &Flow,
+    data: &mut Data,
+    device: Option<Enrollment>,
+    current: &StoredPolicy,
+) -> Result<Option<(FlowStatus, Data)>, DomainError> {
+    let user = flow.user()?;
     let request = policy::Request {
         kind: RequestKind::Flow,
         accessing_ip: data.options.accessing_ip.as_deref(),
-        device: device.ok().map(|d| policy::device_facts(&d)),
+        device: device.as_ref().map(policy::device_facts),
         fields: &data.options.fields,
     };
-    let Some(decided) =
-        policy::decide_as_read(ctx, &app.id, user, &request, Some(&current)).await?
+    let Some(decided) = policy::decide_as_read(ctx, &app.id, user, &request, Some(current)).await?
     else {
         return Ok(None);
     };
@@ -1852,6 +1887,73 @@ async fn apply_policy(
     }
 }
 
+/// What a flow's first step reads about its user, all in one round (on PostgreSQL one round
+/// trip where there were five in a row, and each table read once where the user was read three
+/// times and their phones three times): what the push it may send reads
+/// ([`authentication::read_for_request`]: the user with their bypass, the application's
+/// settings with its policy, the user's phones), and the user's unused recovery codes, OATH
+/// tokens, FIDO credentials and backup contacts. The reads never shared a snapshot before
+/// either; what must hold when the push is created (the bypass, the limits) is checked again in
+/// its admission's write.
+struct StartReads {
+    /// The user, the application's settings and the user's phones, settled.
+    request: authentication::RequestReads,
+    /// How many unused recovery codes the user has.
+    recovery_codes: usize,
+    /// The user's OATH tokens.
+    tokens: Vec<otp_store::OathToken>,
+    /// The user's FIDO credentials.
+    credentials: Vec<crate::store::fido_credentials::StoredCredential>,
+    /// The user's backup contacts.
+    contacts: crate::store::users::Contacts,
+}
+
+/// Reads [`StartReads`] for `user` (side by side); `user_not_found` when the application has no
+/// such user. Phones pending a verification already decided are settled first, as a request's
+/// pick of its device settles them.
+async fn read_for_start(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<StartReads, DomainError> {
+    let (mut request, codes, tokens, credentials, contacts) = tokio::try_join!(
+        authentication::read_for_request(ctx, app, user),
+        async {
+            crate::store::bypass::unused_codes(&ctx.db, app, user)
+                .await
+                .map_err(DomainError::from)
+        },
+        async {
+            otp_store::tokens_for_user(&ctx.db, app, user)
+                .await
+                .map_err(DomainError::from)
+        },
+        async {
+            crate::store::fido_credentials::list_for_user(&ctx.db, app, user)
+                .await
+                .map_err(DomainError::from)
+        },
+        async {
+            crate::store::users::contacts(&ctx.db, app, user)
+                .await
+                .map_err(DomainError::from)
+        },
+    )?;
+    if request.user.is_none() {
+        return Err(super::users::user_not_found());
+    }
+    request.devices =
+        device_verification::settled_devices(ctx, app, user, std::mem::take(&mut request.devices))
+            .await?;
+    Ok(StartReads {
+        request,
+        recovery_codes: codes.len(),
+        tokens,
+        credentials,
+        contacts: contacts.unwrap_or_default(),
+    })
+}
+
 /// Checks the mandatory methods, lists the devices, and asks the one to ask.
 async fn start(
     ctx: &Ctx,
@@ -1860,16 +1962,25 @@ async fn start(
     mut data: Data,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let user = flow.user()?;
-    // The user's bypass and their recovery codes are read side by side (on PostgreSQL one round
-    // trip where there were two); a bypass in force ends the flow before the codes count.
-    let (active, codes) = tokio::join!(
-        bypass::active(ctx, &app.id, user),
-        bypass::codes_status(ctx, &app.id, user),
-    );
-    if let Some(ended) = bypassed(ctx, app, flow, &mut data, active?).await? {
+    let reads = read_for_start(ctx, &app.id, user).await?;
+    let stored_bypass = reads.request.user.as_ref().and_then(|(_, b)| b.clone());
+    let current = reads.request.settings.policy.as_ref();
+    // A bypass in force ends the flow before the codes count.
+    let active = bypass::in_force(ctx, stored_bypass);
+    if let Some(ended) = bypassed(
+        ctx,
+        app,
+        flow,
+        &mut data,
+        active,
+        &reads.request.devices,
+        current,
+    )
+    .await?
+    {
         return Ok(ended);
     }
-    data.recovery_codes = codes?.remaining > 0;
+    data.recovery_codes = reads.recovery_codes > 0;
     if !data.options.mandatory_methods.is_empty() {
         let setup = mfa_setup(ctx, &app.id, user, data.options.mandatory_methods.clone()).await?;
         if !setup.missing.is_empty() {
@@ -1878,10 +1989,12 @@ async fn start(
         }
     }
     data.mfa_setup = None;
-    if let Some(ended) = apply_policy(ctx, app, flow, &mut data).await? {
+    if let Some(ended) =
+        apply_policy_as_read(ctx, app, flow, &mut data, &reads.request.devices, current).await?
+    {
         return Ok(ended);
     }
-    data.devices = list_devices(ctx, &app.id, user, &data.options).await?;
+    data.devices = list_devices(&reads, &data.options);
     if let Some(policy) = &data.policy {
         data.devices = shaped_devices(std::mem::take(&mut data.devices), &policy.methods);
     }
@@ -1903,41 +2016,18 @@ async fn start(
         })
         .or_else(|| (data.devices.len() == 1).then(|| data.devices[0].id.clone()));
     match chosen {
-        Some(device) => use_device(ctx, app, flow, data, &device).await,
+        Some(device) => use_device(ctx, app, flow, data, &device, Some(reads.request)).await,
         None => Ok((FlowStatus::DeviceSelectionRequired, data)),
     }
 }
 
-/// The user's devices a flow may use: active phones, OATH tokens, and the backup channels the
-/// flow offers that reach a registered contact.
-async fn list_devices(
-    ctx: &Ctx,
-    app: &ApplicationId,
-    user: &UserId,
-    options: &Options,
-) -> Result<Vec<FlowDevice>, DomainError> {
-    // Four reads that need nothing from each other, side by side (on PostgreSQL one round trip
-    // where there were four).
-    let (phones, tokens, credentials, contacts) = tokio::try_join!(
-        async {
-            enrollments::list_for_user(&ctx.db, app, user)
-                .await
-                .map_err(DomainError::from)
-        },
-        async {
-            otp_store::tokens_for_user(&ctx.db, app, user)
-                .await
-                .map_err(DomainError::from)
-        },
-        async {
-            crate::store::fido_credentials::list_for_user(&ctx.db, app, user)
-                .await
-                .map_err(DomainError::from)
-        },
-        backup::get_contacts(ctx, app, user),
-    )?;
+/// The user's devices a flow may use, from what its first step read: active phones, OATH
+/// tokens, usable FIDO credentials, and the backup channels the flow offers that reach a
+/// registered contact.
+fn list_devices(reads: &StartReads, options: &Options) -> Vec<FlowDevice> {
+    let contacts = backup::masked(&reads.contacts);
     let mut devices = Vec::new();
-    for e in phones {
+    for e in &reads.request.devices {
         if e.status != EnrollmentState::Active {
             continue;
         }
@@ -1952,7 +2042,7 @@ async fn list_devices(
             default: e.is_primary,
         });
     }
-    for token in tokens {
+    for token in &reads.tokens {
         let token = token.record();
         devices.push(FlowDevice {
             id: format!("oath:{}", token.token_id),
@@ -1961,8 +2051,8 @@ async fn list_devices(
             default: false,
         });
     }
-    for credential in credentials {
-        if !fido::authentication::usable(&credential) {
+    for credential in &reads.credentials {
+        if !fido::authentication::usable(credential) {
             continue;
         }
         devices.push(FlowDevice {
@@ -1991,17 +2081,19 @@ async fn list_devices(
             });
         }
     }
-    Ok(devices)
+    devices
 }
 
 /// Asks `device_id` (one of the flow's devices): a push to a phone, a code by SMS, voice or
-/// email, or a passcode from an OATH token.
+/// email, or a passcode from an OATH token. A push is created from `reads` when the caller
+/// made them ([`read_for_start`]), else from its own.
 async fn use_device(
     ctx: &Ctx,
     app: &Application,
     flow: &Flow,
     mut data: Data,
     device_id: &str,
+    reads: Option<authentication::RequestReads>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let device = data
         .devices
@@ -2052,7 +2144,13 @@ async fn use_device(
                 name: options.application_name.clone(),
                 ..app.clone()
             };
-            let status = match authentication::create_as(ctx, &shown_as, user, body, false).await {
+            let created = match reads {
+                Some(reads) => {
+                    authentication::create_as_read(ctx, &shown_as, user, body, false, reads).await
+                }
+                None => authentication::create_as(ctx, &shown_as, user, body, false).await,
+            };
+            let status = match created {
                 Err(e) if e.code() == Some(ErrorCode::MandatoryMethodsMissing) => {
                     // The application's list changed since the flow checked it.
                     return start_setup(ctx, &app.id, user, data).await;
@@ -2180,11 +2278,13 @@ async fn bypassed(
     flow: &Flow,
     data: &mut Data,
     active: Option<crate::store::bypass::Bypass>,
+    devices: &[Enrollment],
+    current: Option<&StoredPolicy>,
 ) -> Result<Option<(FlowStatus, Data)>, DomainError> {
     let Some(active) = active else {
         return Ok(None);
     };
-    if let Some(ended) = apply_policy(ctx, app, flow, data).await? {
+    if let Some(ended) = apply_policy_as_read(ctx, app, flow, data, devices, current).await? {
         return Ok(Some(ended));
     }
     let mut done = result(FlowResultStatus::Bypassed);
