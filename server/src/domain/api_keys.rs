@@ -73,6 +73,34 @@ pub(crate) async fn authenticate(
     }
 }
 
+/// Runs `read` under the application `presented`'s key was last found for ([`ApiKeyHints`]),
+/// given that application and the key's digest: a read that checks the key itself (its row only
+/// while the application still has that digest). `None` without a key or a hint, and when
+/// `read` finds nothing (the hint is then forgotten): the caller then goes the long way
+/// ([`authenticate`], then its own read), so its answer (401, or 404) is the one it would have
+/// been without the hint.
+pub(crate) async fn read_under_hint<T, F, Fut>(
+    ctx: &Ctx,
+    presented: &PresentedKey,
+    read: F,
+) -> Result<Option<T>, DomainError>
+where
+    F: FnOnce(ApplicationId, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, DomainError>>,
+{
+    let Some(digest) = presented.digest() else {
+        return Ok(None);
+    };
+    let Some(application) = ctx.api_key_hints.application_of(digest) else {
+        return Ok(None);
+    };
+    let found = read(application, digest.to_string()).await?;
+    if found.is_none() {
+        ctx.api_key_hints.forget(digest);
+    }
+    Ok(found)
+}
+
 /// The most digests remembered; when reached, the hints are emptied (and refilled by the keys
 /// in use as they are found again).
 pub const CAPACITY: usize = 4096;

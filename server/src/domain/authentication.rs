@@ -768,16 +768,14 @@ pub(crate) async fn create_by_key(
     user_id: &UserId,
     body: CreateAuthenticationRequest,
 ) -> Result<AuthenticationStatus, DomainError> {
-    if let Some(digest) = presented.digest()
-        && let Some(app_id) = ctx.api_key_hints.application_of(digest)
-    {
-        match read_for_request_by_key(ctx, &app_id, digest, user_id).await? {
-            Some(reads) => {
-                let name = reads.settings.name.clone();
-                return create_from(ctx, (&app_id, &name), user_id, body, true, reads).await;
-            }
-            None => ctx.api_key_hints.forget(digest),
-        }
+    let hinted = super::api_keys::read_under_hint(ctx, presented, |app_id, digest| async move {
+        let reads = read_for_request_by_key(ctx, &app_id, &digest, user_id).await?;
+        Ok(reads.map(|reads| (app_id, reads)))
+    })
+    .await?;
+    if let Some((app_id, reads)) = hinted {
+        let name = reads.settings.name.clone();
+        return create_from(ctx, (&app_id, &name), user_id, body, true, reads).await;
     }
     let app = super::api_keys::authenticate(ctx, presented).await?;
     create(ctx, &app, user_id, body).await
@@ -1135,13 +1133,13 @@ pub(crate) async fn status_by_key(
     id: &str,
     wait: Duration,
 ) -> Result<AuthenticationStatus, DomainError> {
-    if let Some(digest) = presented.digest()
-        && let Some(app) = ctx.api_key_hints.application_of(digest)
-        && let Ok(parsed) = parse_id(id)
-    {
-        match authentications::get_with_key(&ctx.db, &parsed, &app, digest, ctx.now()).await? {
-            Some(record) => return status_of(ctx, record, wait).await,
-            None => ctx.api_key_hints.forget(digest),
+    if let Ok(parsed) = parse_id(id) {
+        let hinted = super::api_keys::read_under_hint(ctx, presented, |app, digest| async move {
+            Ok(authentications::get_with_key(&ctx.db, &parsed, &app, &digest, ctx.now()).await?)
+        })
+        .await?;
+        if let Some(record) = hinted {
+            return status_of(ctx, record, wait).await;
         }
     }
     let app = super::api_keys::authenticate(ctx, presented).await?;

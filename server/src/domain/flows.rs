@@ -248,6 +248,28 @@ async fn load(ctx: &Ctx, app: &ApplicationId, id: &str) -> Result<Flow, DomainEr
     Flow::from_stored(stored)
 }
 
+/// The application the API key `presented` authenticates and its flow `id`, in one read while
+/// the key's last application is remembered (`super::api_keys`). `None` without a key, a hint
+/// or an id that parses, and when the read finds nothing (the key rotated, or no such flow of
+/// that application): the caller then goes the long way (the key looked up, then the flow), so
+/// its answer (401, or 404) is the one it would have been without the hint.
+async fn load_by_key(
+    ctx: &Ctx,
+    presented: &super::api_keys::PresentedKey,
+    id: &str,
+) -> Result<Option<(Application, Flow)>, DomainError> {
+    let Ok(id) = id.parse::<FlowId>() else {
+        return Ok(None);
+    };
+    let found = super::api_keys::read_under_hint(ctx, presented, |app_id, digest| async move {
+        Ok(store::get_with_key(&ctx.db, &id, &app_id, &digest).await?)
+    })
+    .await?;
+    found
+        .map(|(app, stored)| Ok((app, Flow::from_stored(stored)?)))
+        .transpose()
+}
+
 async fn reload(ctx: &Ctx, flow: &Flow) -> Result<Flow, DomainError> {
     let stored = store::get(&ctx.db, &flow.stored.id)
         .await?
@@ -799,16 +821,66 @@ pub(crate) async fn create(
     // The user and the application's passcode options are read side by side (on PostgreSQL
     // one round trip where there were two); the user is checked first, as before.
     let (user_known, policy) = tokio::join!(
-        async {
-            match (&body.user_id, body.passkey) {
-                (Some(user), false) => super::users::require_user(ctx, &app.id, user)
-                    .await
-                    .map(drop),
-                _ => Ok(()),
-            }
-        },
+        user_known(ctx, &app.id, &body),
         applications::otp_policy(&ctx.db, &app.id),
     );
+    create_as_read(
+        ctx,
+        app,
+        body,
+        user_known,
+        policy.map_err(DomainError::from),
+    )
+    .await
+}
+
+/// [`create`] for the application the API key `presented` authenticates. While the key's last
+/// application is remembered (`super::api_keys`), the key is checked by the read of the
+/// application's passcode options, made beside the user's: on PostgreSQL the call waits for one
+/// round trip before its write where it waited for two. A read that finds nothing (the key
+/// rotated) is answered the long way, so the answer is the one it would have been.
+pub(crate) async fn create_by_key(
+    ctx: &Ctx,
+    presented: &super::api_keys::PresentedKey,
+    body: CreateFlowRequest,
+) -> Result<FlowState, DomainError> {
+    let body_ref = &body;
+    let hinted = super::api_keys::read_under_hint(ctx, presented, |app_id, digest| async move {
+        let (user_known, found) = tokio::join!(
+            user_known(ctx, &app_id, body_ref),
+            applications::otp_policy_with_key(&ctx.db, &app_id, &digest),
+        );
+        Ok(found?.map(|(app, policy)| (app, policy, user_known)))
+    })
+    .await?;
+    if let Some((app, policy, user_known)) = hinted {
+        return create_as_read(ctx, &app, body, user_known, Ok(policy)).await;
+    }
+    let app = super::api_keys::authenticate(ctx, presented).await?;
+    create(ctx, &app, body).await
+}
+
+/// Whether the user a new flow names (if it names one) is the application's.
+async fn user_known(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    body: &CreateFlowRequest,
+) -> Result<(), DomainError> {
+    match (&body.user_id, body.passkey) {
+        (Some(user), false) => super::users::require_user(ctx, app, user).await.map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// [`create`] once the user was looked up (`user_known`) and the application's passcode
+/// options read (`policy`).
+async fn create_as_read(
+    ctx: &Ctx,
+    app: &Application,
+    body: CreateFlowRequest,
+    user_known: Result<(), DomainError>,
+    policy: Result<applications::OtpPolicy, DomainError>,
+) -> Result<FlowState, DomainError> {
     match (&body.user_id, body.passkey) {
         (Some(_), false) => user_known?,
         (None, true) => {
@@ -965,7 +1037,26 @@ pub(crate) async fn get(
     app: &ApplicationId,
     id: &str,
 ) -> Result<FlowState, DomainError> {
-    let flow = refresh(ctx, load(ctx, app, id).await?).await?;
+    get_loaded(ctx, load(ctx, app, id).await?).await
+}
+
+/// [`get`] for the application the API key `presented` authenticates, the key checked by the
+/// flow's read while its application is remembered ([`load_by_key`]).
+pub(crate) async fn get_by_key(
+    ctx: &Ctx,
+    presented: &super::api_keys::PresentedKey,
+    id: &str,
+) -> Result<FlowState, DomainError> {
+    if let Some((_, flow)) = load_by_key(ctx, presented, id).await? {
+        return get_loaded(ctx, flow).await;
+    }
+    let app = super::api_keys::authenticate(ctx, presented).await?;
+    get(ctx, &app.id, id).await
+}
+
+/// [`get`] once the flow was read.
+async fn get_loaded(ctx: &Ctx, flow: Flow) -> Result<FlowState, DomainError> {
+    let flow = refresh(ctx, flow).await?;
     let mut state = shown(ctx, &flow, false).await?;
     if flow.data.options.hosted.is_some() {
         state.prompt_url = store::browser_token(&ctx.db, &flow.stored.id)
@@ -1078,7 +1169,32 @@ pub(crate) async fn act(
     id: &str,
     action: FlowAction,
 ) -> Result<FlowState, DomainError> {
-    let flow = refresh(ctx, load(ctx, &app.id, id).await?).await?;
+    act_on(ctx, app, load(ctx, &app.id, id).await?, action).await
+}
+
+/// [`act`] for the application the API key `presented` authenticates, the key checked by the
+/// flow's read while its application is remembered ([`load_by_key`]).
+pub(crate) async fn act_by_key(
+    ctx: &Ctx,
+    presented: &super::api_keys::PresentedKey,
+    id: &str,
+    action: FlowAction,
+) -> Result<FlowState, DomainError> {
+    if let Some((app, flow)) = load_by_key(ctx, presented, id).await? {
+        return act_on(ctx, &app, flow, action).await;
+    }
+    let app = super::api_keys::authenticate(ctx, presented).await?;
+    act(ctx, &app, id, action).await
+}
+
+/// [`act`] on the flow as read (`loaded`).
+async fn act_on(
+    ctx: &Ctx,
+    app: &Application,
+    loaded: Flow,
+    action: FlowAction,
+) -> Result<FlowState, DomainError> {
+    let flow = refresh(ctx, loaded).await?;
     // A poll is a read: it answers the flow as it stands, waiting only where a wait can end.
     if let FlowAction::Poll { wait } = action {
         if !allowed_actions(&flow).contains(&FlowActionName::Poll) {

@@ -306,7 +306,39 @@ pub(crate) async fn status(
     id: &str,
     wait: Duration,
 ) -> Result<QrSessionStatus, DomainError> {
-    let session = load_for(ctx, app, id).await?;
+    status_of(ctx, load_for(ctx, app, id).await?, wait).await
+}
+
+/// [`status`] for the application the API key `presented` authenticates. While the key's last
+/// application is remembered (`super::api_keys`), the key is checked by the session's read: on
+/// PostgreSQL one round trip fewer. A read that finds nothing (the key rotated, or no such
+/// session of that application) is answered the long way, so the answer (401, or 404) is the
+/// one it would have been.
+pub(crate) async fn status_by_key(
+    ctx: &Ctx,
+    presented: &super::api_keys::PresentedKey,
+    id: &str,
+    wait: Duration,
+) -> Result<QrSessionStatus, DomainError> {
+    if let Ok(parsed) = parse_id(id) {
+        let hinted = super::api_keys::read_under_hint(ctx, presented, |app, digest| async move {
+            Ok(qr_sessions::get_with_key(&ctx.db, &parsed, &app, &digest, ctx.now()).await?)
+        })
+        .await?;
+        if let Some(session) = hinted {
+            return status_of(ctx, settled(ctx, session).await?, wait).await;
+        }
+    }
+    let app = super::api_keys::authenticate(ctx, presented).await?;
+    status(ctx, &app.id, id, wait).await
+}
+
+/// [`status`] of `session` as read; with `wait`, once it changes.
+async fn status_of(
+    ctx: &Ctx,
+    session: QrSession,
+    wait: Duration,
+) -> Result<QrSessionStatus, DomainError> {
     let session = wait_for_change(ctx, session, wait, None).await?;
     let mut status = session.status();
     status.policy = session_policy(ctx, &session).await?;

@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use tessera_protocol::flows::{CreateFlowRequest, FlowAction, FlowHistory, FlowState};
 
 use super::errors::ApiError;
-use super::extract::{ApiJson, AppAuth};
+use super::extract::{ApiJson, ApiKey, AppAuth};
+use crate::domain::api_keys::{self, PresentedKey};
 use crate::domain::{Ctx, flows};
 
 /// Starts a flow for a user the customer's first factor authenticated, or (`passkey`, no
@@ -21,11 +22,28 @@ use crate::domain::{Ctx, flows};
               (status = 404, description = "user_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn create_flow(
     State(ctx): State<Ctx>,
-    auth: AppAuth,
-    ApiJson(body): ApiJson<CreateFlowRequest>,
+    ApiKey(key): ApiKey,
+    body: Result<ApiJson<CreateFlowRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<FlowState>), ApiError> {
-    let state = flows::create(&ctx, &auth.0, body).await?;
+    let body = checked_body(&ctx, &key, body).await?;
+    let state = flows::create_by_key(&ctx, &key, body).await?;
     Ok((StatusCode::CREATED, Json(state)))
+}
+
+/// A call's body, or its refusal once the call's API key is found good: an unauthenticated call
+/// is refused as such, whatever its body.
+async fn checked_body<T>(
+    ctx: &Ctx,
+    key: &PresentedKey,
+    body: Result<ApiJson<T>, ApiError>,
+) -> Result<T, ApiError> {
+    match body {
+        Ok(ApiJson(body)) => Ok(body),
+        Err(bad_body) => {
+            api_keys::authenticate(ctx, key).await?;
+            Err(bad_body)
+        }
+    }
 }
 
 /// Where a flow stands, with the actions allowed now.
@@ -35,10 +53,10 @@ pub(crate) async fn create_flow(
               (status = 404, description = "flow_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_flow(
     State(ctx): State<Ctx>,
-    auth: AppAuth,
+    ApiKey(key): ApiKey,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FlowState>, ApiError> {
-    Ok(Json(flows::get(&ctx, &auth.0.id, &id).await?))
+    Ok(Json(flows::get_by_key(&ctx, &key, &id).await?))
 }
 
 /// Applies one action (`{"action": "selectDevice", "device_id": …}`) and answers the flow as it
@@ -55,11 +73,12 @@ pub(crate) async fn get_flow(
               (status = 429, description = "too_many_authentications", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn act_on_flow(
     State(ctx): State<Ctx>,
-    auth: AppAuth,
+    ApiKey(key): ApiKey,
     ApiPath(id): ApiPath<String>,
-    ApiJson(action): ApiJson<FlowAction>,
+    body: Result<ApiJson<FlowAction>, ApiError>,
 ) -> Result<Json<FlowState>, ApiError> {
-    Ok(Json(flows::act(&ctx, &auth.0, &id, action).await?))
+    let action = checked_body(&ctx, &key, body).await?;
+    Ok(Json(flows::act_by_key(&ctx, &key, &id, action).await?))
 }
 
 /// Every action applied to the flow, oldest first (transitions and refused attempts).

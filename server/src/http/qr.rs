@@ -22,8 +22,9 @@ use tessera_protocol::api::{
 };
 
 use super::errors::ApiError;
-use super::extract::{ApiJson, AppAuth, ClientAddr, OptionalJson, device_call, parse_json};
+use super::extract::{ApiJson, ApiKey, AppAuth, ClientAddr, OptionalJson, device_call, parse_json};
 use crate::domain::Ctx;
+use crate::domain::api_keys;
 use crate::domain::authentication::MAX_WAIT_SECONDS;
 use crate::domain::qr::{self, CodeImage};
 
@@ -71,13 +72,19 @@ impl QrWaitQuery {
     responses((status = 200, body = QrSessionStatus), (status = 404, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn get_session(
     State(state): State<Ctx>,
-    auth: AppAuth,
+    ApiKey(key): ApiKey,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<QrWaitQuery>,
+    query: Result<ApiQuery<QrWaitQuery>, ApiError>,
 ) -> Result<Json<QrSessionStatus>, ApiError> {
-    Ok(Json(
-        qr::status(&state, &auth.0.id, &id, query.duration()).await?,
-    ))
+    match query {
+        Ok(ApiQuery(query)) => Ok(Json(
+            qr::status_by_key(&state, &key, &id, query.duration()).await?,
+        )),
+        Err(bad_query) => {
+            api_keys::authenticate(&state, &key).await?;
+            Err(bad_query)
+        }
+    }
 }
 
 fn image_response(content_type: &'static str, body: Vec<u8>) -> Response {

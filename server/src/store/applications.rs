@@ -448,6 +448,44 @@ pub async fn otp_policy(db: &Database, id: &ApplicationId) -> Result<OtpPolicy, 
     otp_policy_of(&row)
 }
 
+/// Runs `statement`, a read that checks an API key itself (`domain::api_keys`): `$1` is the id
+/// of the row read, `$2` the application and `$3` the digest its key must still have.
+pub(crate) async fn fetch_with_key(
+    db: &Database,
+    statement: &str,
+    id: &str,
+    app: &ApplicationId,
+    key_digest: &str,
+) -> Result<Option<sqlx::any::AnyRow>, StoreError> {
+    Ok(sqlx::query(statement)
+        .bind(id)
+        .bind(app.as_str())
+        .bind(key_digest)
+        .fetch_optional(db.pool())
+        .await?)
+}
+
+/// [`otp_policy`] with the application itself, read only while its API key has the digest
+/// `key_digest` (`domain::api_keys`): `None` when the key is no longer the application's.
+pub async fn otp_policy_with_key(
+    db: &Database,
+    id: &ApplicationId,
+    key_digest: &str,
+) -> Result<Option<(Application, OtpPolicy)>, StoreError> {
+    let row = sqlx::query(OTP_POLICY_WITH_KEY)
+        .bind(id.as_str())
+        .bind(key_digest)
+        .fetch_optional(db.pool())
+        .await?;
+    row.map(|row| Ok((row_to_application(&row)?, otp_policy_of(&row)?)))
+        .transpose()
+}
+
+/// The statement of [`otp_policy_with_key`] (one row by primary key).
+pub(crate) const OTP_POLICY_WITH_KEY: &str = "SELECT id, name, created_at, use_code, otp_fallback, \
+    otp_fallback_after, backup_channels, mandatory_methods, sms_webhook_url FROM applications \
+    WHERE id = $1 AND api_key_digest = $2";
+
 fn otp_policy_of(row: &sqlx::any::AnyRow) -> Result<OtpPolicy, StoreError> {
     let methods: String = row.try_get("mandatory_methods")?;
     Ok(OtpPolicy {

@@ -398,12 +398,9 @@ pub async fn get_with_key(
     key_digest: &str,
     now: i64,
 ) -> Result<Option<Authentication>, StoreError> {
-    let row = sqlx::query(&BY_ID_WITH_KEY)
-        .bind(id.as_str())
-        .bind(app.as_str())
-        .bind(key_digest)
-        .fetch_optional(db.pool())
-        .await?;
+    let row =
+        super::applications::fetch_with_key(db, &BY_ID_WITH_KEY, id.as_str(), app, key_digest)
+            .await?;
     let found = row.as_ref().map(|r| from_row(r, now)).transpose()?;
     // Another application's authentication is not this caller's to read.
     Ok(found.filter(|a| &a.application_id == app))

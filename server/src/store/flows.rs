@@ -266,6 +266,45 @@ pub async fn get(db: &Database, id: &FlowId) -> Result<Option<StoredFlow>, Store
     row.as_ref().map(from_row).transpose()
 }
 
+/// [`get`] for the application `app`, made only while its API key has the digest `key_digest`
+/// (`domain::api_keys`): the key's check, the application's name and the flow in one statement.
+/// `None` when the key is no longer the application's, or when the application has no such flow.
+pub async fn get_with_key(
+    db: &Database,
+    id: &FlowId,
+    app: &ApplicationId,
+    key_digest: &str,
+) -> Result<Option<(super::applications::Application, StoredFlow)>, StoreError> {
+    let row =
+        super::applications::fetch_with_key(db, &BY_ID_WITH_KEY, id.as_str(), app, key_digest)
+            .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let flow = from_row(&row)?;
+    // Another application's flow is not this caller's to read.
+    if &flow.application_id != app {
+        return Ok(None);
+    }
+    let application = super::applications::Application {
+        id: app.clone(),
+        name: row.try_get("app_name")?,
+        created_at: row.try_get("app_created_at")?,
+    };
+    Ok(Some((application, flow)))
+}
+
+/// The statement of [`get_with_key`]: the flow by its primary key, joined to the one row of the
+/// application `$2` that still has the key digest `$3` (by the application's primary key). The
+/// flow's application is compared after the read, as `authentications::get_with_key` does.
+pub(crate) static BY_ID_WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS}, a.app_name, a.app_created_at FROM flows, \
+         (SELECT name AS app_name, created_at AS app_created_at FROM applications \
+         WHERE id = $2 AND api_key_digest = $3) a WHERE flows.id = $1"
+    )
+});
+
 /// What [`by_authentication`] selects from (its statement: the columns, then this).
 pub(crate) const BY_AUTHENTICATION: &str = "FROM flows WHERE authentication_id = $1";
 

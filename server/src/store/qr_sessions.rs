@@ -338,6 +338,38 @@ pub async fn get(
     one(db, "id", id.as_str(), now).await
 }
 
+/// [`get`] for the application `app`, made only while its API key has the digest `key_digest`
+/// (`domain::api_keys`): the key's check and the read in one statement. `None` when the key is
+/// no longer the application's, or when the application has no such session.
+pub async fn get_with_key(
+    db: &Database,
+    id: &QrSessionId,
+    app: &ApplicationId,
+    key_digest: &str,
+    now: i64,
+) -> Result<Option<QrSession>, StoreError> {
+    let row =
+        super::applications::fetch_with_key(db, &BY_ID_WITH_KEY, id.as_str(), app, key_digest)
+            .await?;
+    let secrets = db.secrets()?;
+    let found = row
+        .as_ref()
+        .map(|r| from_row(secrets, r, now))
+        .transpose()?;
+    // Another application's session is not this caller's to read.
+    Ok(found.filter(|s| &s.application_id == app))
+}
+
+/// The statement of [`get_with_key`] (the session by its primary key, the application by its
+/// own; the session's application compared after the read, as `authentications::get_with_key`
+/// does).
+pub(crate) static BY_ID_WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM qr_sessions WHERE id = $1 AND EXISTS \
+         (SELECT 1 FROM applications WHERE id = $2 AND api_key_digest = $3)"
+    )
+});
+
 /// The session a code's token digest names.
 pub async fn by_token_digest(
     db: &Database,

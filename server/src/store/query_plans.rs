@@ -38,6 +38,18 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
             "application settings of a new request",
             applications::REQUEST_SETTINGS.into(),
         ),
+        (
+            "a new flow's passcode options, its API key checked",
+            applications::OTP_POLICY_WITH_KEY.into(),
+        ),
+        (
+            "a flow by id, its API key checked (every flow call)",
+            flows::BY_ID_WITH_KEY.clone(),
+        ),
+        (
+            "a QR session's status read, its API key checked",
+            qr_sessions::BY_ID_WITH_KEY.clone(),
+        ),
         ("user look-up with its device count", users::GET.into()),
         (
             "a new request's user with its bypass",
@@ -357,7 +369,7 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(
         hot_statements(super::Engine::Sqlite).len(),
-        45 + users::DELETION.len()
+        48 + users::DELETION.len()
     );
 }
 

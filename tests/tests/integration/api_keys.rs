@@ -3,7 +3,9 @@
 //! authentication) and a new request (by the read of the application's settings). A key that
 //! was found and remembered stops working the moment it is rotated; another application's key
 //! reads and asks nothing of this one; and the answers keep their order (401 before 400 before
-//! 404) whatever was remembered. Across two instances sharing PostgreSQL, a key one instance
+//! 404) whatever was remembered. The same holds for the flow calls (create, read, act: the key
+//! checked by the read of the flow, or of the application's passcode options) and the QR
+//! session's status read. Across two instances sharing PostgreSQL, a key one instance
 //! remembered stops working there the moment it is rotated, with nothing sent between them.
 
 use tessera_protocol::authentication::AuthenticationKind;
@@ -16,6 +18,9 @@ on_each_backend! {
     another_application_s_key_reads_nothing_of_this_one => other_application;
     a_status_read_answers_401_before_400_before_404 => answer_order;
     a_new_request_answers_401_before_400 => create_answer_order;
+    flow_calls_stop_with_a_rotated_key_and_read_nothing_of_another_application => flow_keys;
+    flow_calls_answer_401_before_400_before_404 => flow_answer_order;
+    a_qr_status_read_stops_with_a_rotated_key_and_keeps_its_answer_order => qr_status_keys;
 }
 
 /// Sends `request` with `key` (none without): the status and the error code, if any.
@@ -348,4 +353,234 @@ async fn a_key_rotated_elsewhere_stops_working_on_an_instance_that_remembered_it
         );
     }
     b.shutdown().await;
+}
+
+/// `POST /v1/flows` on the server at `base` with `body` and `key`: the status, the error code
+/// and (created) the flow's id.
+async fn create_flow(base: &str, body: &str, key: Option<&str>) -> (u16, Option<String>) {
+    let request = reqwest::Client::new()
+        .post(format!("{base}/v1/flows"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    sent(request, key).await
+}
+
+/// A new flow for alice, created with `key`: its id.
+async fn new_flow(base: &str, key: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/flows"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({ "user_id": "alice" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 201);
+    let body: serde_json::Value = response.json().await.expect("json");
+    body["id"].as_str().expect("flow id").to_string()
+}
+
+/// `GET /v1/flows/{id}` with `key`.
+async fn read_flow(base: &str, id: &str, key: Option<&str>) -> (u16, Option<String>) {
+    sent(
+        reqwest::Client::new().get(format!("{base}/v1/flows/{id}")),
+        key,
+    )
+    .await
+}
+
+/// `POST /v1/flows/{id}` with the action `body` and `key`.
+async fn act(base: &str, id: &str, body: &str, key: Option<&str>) -> (u16, Option<String>) {
+    let request = reqwest::Client::new()
+        .post(format!("{base}/v1/flows/{id}"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    sent(request, key).await
+}
+
+const ALICE: &str = r#"{"user_id":"alice"}"#;
+const POLL: &str = r#"{"action":"poll"}"#;
+
+async fn flow_keys(backend: Backend) {
+    let server = start(backend).await;
+    let _device = server.paired_user("alice").await;
+    let base = server.base_url.clone();
+    let app = server.app.application_id.clone();
+    let unauthorized = (401, Some("unauthorized".to_string()));
+    let mut first = server.app.api_key.clone();
+    // Remembered by a create, a read and an action; rotated, each of the three is refused on
+    // its first call after the rotation.
+    for call in 0..3 {
+        let id = new_flow(&base, &first).await;
+        for _ in 0..2 {
+            assert_eq!(read_flow(&base, &id, Some(&first)).await, (200, None));
+            assert_eq!(act(&base, &id, POLL, Some(&first)).await, (200, None));
+        }
+        let rotated = admin::rotate_api_key(server.server.database(), &app)
+            .await
+            .expect("rotate")
+            .api_key;
+        let refused = match call {
+            0 => read_flow(&base, &id, Some(&first)).await,
+            1 => act(&base, &id, POLL, Some(&first)).await,
+            _ => create_flow(&base, ALICE, Some(&first)).await,
+        };
+        assert_eq!(
+            refused, unauthorized,
+            "call {call} still worked after its key's rotation"
+        );
+        // The long way refuses the old key too; the new one works at once.
+        assert_eq!(read_flow(&base, &id, Some(&first)).await, unauthorized);
+        assert_eq!(act(&base, &id, POLL, Some(&first)).await, unauthorized);
+        assert_eq!(create_flow(&base, ALICE, Some(&first)).await, unauthorized);
+        assert_eq!(read_flow(&base, &id, Some(&rotated)).await, (200, None));
+        assert_eq!(act(&base, &id, POLL, Some(&rotated)).await, (200, None));
+        first.clone_from(&rotated);
+    }
+    // Another application's key, good and remembered (its own flows work), reads and moves
+    // nothing of this one's flow, and cannot start one for this application's user.
+    let mine = new_flow(&base, &first).await;
+    let other = admin::create_application(server.server.database(), "Other")
+        .await
+        .expect("application");
+    let not_found = (404, Some("flow_not_found".to_string()));
+    for _ in 0..2 {
+        assert_eq!(
+            create_flow(&base, ALICE, Some(&other.api_key)).await,
+            (404, Some("user_not_found".into()))
+        );
+        assert_eq!(
+            read_flow(&base, &mine, Some(&other.api_key)).await,
+            not_found
+        );
+        assert_eq!(
+            act(
+                &base,
+                &mine,
+                r#"{"action":"cancelAuthentication"}"#,
+                Some(&other.api_key)
+            )
+            .await,
+            not_found
+        );
+    }
+    // The flow was not moved by the other application's cancellation.
+    let response = reqwest::Client::new()
+        .get(format!("{base}/v1/flows/{mine}"))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .expect("sent");
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_ne!(body["status"], "MFA_FAILED", "{body}");
+    assert_ne!(body["status"], "AUTHENTICATION_CANCELED", "{body}");
+}
+
+async fn flow_answer_order(backend: Backend) {
+    let server = start(backend).await;
+    let _device = server.paired_user("alice").await;
+    let base = server.base_url.clone();
+    let key = server.app.api_key.clone();
+    let id = new_flow(&base, &key).await;
+    let missing = tessera_protocol::ids::FlowId::generate().to_string();
+    let missing = missing.as_str();
+    let unauthorized = (401, Some("unauthorized".to_string()));
+    let not_found = (404, Some("flow_not_found".to_string()));
+    // Before and after the key is remembered.
+    for round in 0..2 {
+        for bad_key in [None, Some("tsk_wrong")] {
+            assert_eq!(create_flow(&base, "{not json", bad_key).await, unauthorized);
+            assert_eq!(create_flow(&base, ALICE, bad_key).await, unauthorized);
+            assert_eq!(read_flow(&base, &id, bad_key).await, unauthorized);
+            assert_eq!(read_flow(&base, missing, bad_key).await, unauthorized);
+            assert_eq!(act(&base, &id, "{not json", bad_key).await, unauthorized);
+            assert_eq!(act(&base, missing, POLL, bad_key).await, unauthorized);
+            assert_eq!(act(&base, &id, POLL, bad_key).await, unauthorized);
+        }
+        assert_eq!(create_flow(&base, "{not json", Some(&key)).await.0, 400);
+        assert_eq!(act(&base, &id, "{not json", Some(&key)).await.0, 400);
+        assert_eq!(act(&base, missing, "{not json", Some(&key)).await.0, 400);
+        assert_eq!(
+            create_flow(&base, r#"{"user_id":"nobody"}"#, Some(&key)).await,
+            (404, Some("user_not_found".into())),
+            "round {round}"
+        );
+        assert_eq!(read_flow(&base, missing, Some(&key)).await, not_found);
+        assert_eq!(read_flow(&base, "not-a-flow", Some(&key)).await, not_found);
+        assert_eq!(act(&base, missing, POLL, Some(&key)).await, not_found);
+        assert_eq!(read_flow(&base, &id, Some(&key)).await, (200, None));
+        assert_eq!(act(&base, &id, POLL, Some(&key)).await, (200, None));
+        assert_eq!(create_flow(&base, ALICE, Some(&key)).await, (201, None));
+    }
+}
+
+/// `GET /v1/qr-sessions/{id}{query}` with `key`.
+async fn qr_status(base: &str, id: &str, query: &str, key: Option<&str>) -> (u16, Option<String>) {
+    sent(
+        reqwest::Client::new().get(format!("{base}/v1/qr-sessions/{id}{query}")),
+        key,
+    )
+    .await
+}
+
+async fn qr_status_keys(backend: Backend) {
+    let server = start(backend).await;
+    let base = server.base_url.clone();
+    let app = server.app.application_id.clone();
+    let session = server
+        .customer
+        .create_qr_session(&Default::default())
+        .await
+        .expect("session")
+        .session_id
+        .to_string();
+    let missing = tessera_protocol::ids::QrSessionId::generate().to_string();
+    let missing = missing.as_str();
+    let key = server.app.api_key.clone();
+    let unauthorized = (401, Some("unauthorized".to_string()));
+    let not_found = (404, Some("qr_session_not_found".to_string()));
+    for _ in 0..2 {
+        for bad_key in [None, Some("tsk_wrong")] {
+            assert_eq!(
+                qr_status(&base, &session, "?wait=soon", bad_key).await,
+                unauthorized
+            );
+            assert_eq!(qr_status(&base, missing, "", bad_key).await, unauthorized);
+            assert_eq!(qr_status(&base, &session, "", bad_key).await, unauthorized);
+        }
+        assert_eq!(
+            qr_status(&base, &session, "?wait=soon", Some(&key)).await.0,
+            400
+        );
+        assert_eq!(qr_status(&base, missing, "", Some(&key)).await, not_found);
+        assert_eq!(
+            qr_status(&base, &session, "", Some(&key)).await,
+            (200, None)
+        );
+    }
+    let other = admin::create_application(server.server.database(), "Other")
+        .await
+        .expect("application");
+    for _ in 0..2 {
+        assert_eq!(
+            qr_status(&base, missing, "", Some(&other.api_key)).await,
+            not_found
+        );
+        assert_eq!(
+            qr_status(&base, &session, "", Some(&other.api_key)).await,
+            not_found
+        );
+    }
+    let rotated = admin::rotate_api_key(server.server.database(), &app)
+        .await
+        .expect("rotate")
+        .api_key;
+    assert_eq!(
+        qr_status(&base, &session, "", Some(&key)).await,
+        unauthorized,
+        "the old key still read after its rotation"
+    );
+    assert_eq!(
+        qr_status(&base, &session, "", Some(&rotated)).await,
+        (200, None)
+    );
 }
