@@ -22,6 +22,11 @@
 //! 3. **Server CPU per approval cycle**: server CPU time (and, on PostgreSQL, statements) over a
 //!    fixed number of sequential full cycles (create → device pulls → approves → relying party
 //!    reads the result), divided by the cycles.
+//! 4. **Levels**: the same at several levels of concurrent devices: cycles per second, p50/p99
+//!    cycle latency, the server's CPU per cycle and how many cores it kept busy, and this
+//!    process's (the devices' and the relying party's) CPU per cycle. With the load generator in
+//!    a process of its own, this tells whether a level's rate falls because the server spends
+//!    more per cycle or because the generator does.
 //!
 //! The binary: `TESSERA_SERVER_BIN`, else `target/release/tessera-server`, else
 //! `target/debug/tessera-server` (the path used is printed, with a warning when it is older than
@@ -29,12 +34,14 @@
 //!
 //! `cargo bench -p tessera-tests --bench server_costs`. Sizes (full run / smoke run under
 //! `cargo test --all-targets`):
-//! - `SERVER_COSTS=idle,wake,cpu` — which parts to run (default all three);
+//! - `SERVER_COSTS=idle,wake,cpu,levels` — which parts to run (default all four);
 //! - `IDLE_DEVICES` — devices holding a long-poll (10000 / 2);
 //! - `IDLE_WINDOW_SECS` — the measuring window (10 / 1);
 //! - `PAIR_CONCURRENCY` — pairings in flight while the devices are set up (32);
 //! - `WAKE_ROUNDS` — rounds per wake-up figure (200 / 3);
-//! - `CPU_CYCLES` — approval cycles for the CPU figure (200 / 3).
+//! - `CPU_CYCLES` — approval cycles for the CPU figure (200 / 3);
+//! - `CPU_LEVELS` — the levels of concurrent devices (`1,64,256` / `2`);
+//! - `LEVEL_CYCLES` — approval cycles per level (6000 / 4).
 //!
 //! A user may be asked at most 20 times in 10 minutes (the binary's push-bombing limit), so the
 //! wake-up and CPU parts pair one device per 20 rounds.
@@ -53,7 +60,7 @@ use tessera_examples::customer::CustomerApi;
 use tessera_protocol::api::CreatedApplication;
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::ids::EnrollmentId;
-use tessera_tests::load::runtime;
+use tessera_tests::load::{Latencies, runtime};
 use tessera_tests::{TestDevice, approval_cycle, ask};
 
 /// Requests one user may receive in 10 minutes (the server's default).
@@ -72,6 +79,8 @@ struct Sizes {
     pair_concurrency: usize,
     wake_rounds: usize,
     cpu_cycles: usize,
+    cpu_levels: Vec<usize>,
+    level_cycles: usize,
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -90,7 +99,7 @@ impl Sizes {
         }
         Sizes {
             parts: std::env::var("SERVER_COSTS")
-                .unwrap_or_else(|_| "idle,wake,cpu".into())
+                .unwrap_or_else(|_| "idle,wake,cpu,levels".into())
                 .split(',')
                 .map(|s| s.trim().to_string())
                 .collect(),
@@ -108,6 +117,13 @@ impl Sizes {
             pair_concurrency: env_usize("PAIR_CONCURRENCY", 32),
             wake_rounds: env_usize("WAKE_ROUNDS", pick(bench, 200, 3)),
             cpu_cycles: env_usize("CPU_CYCLES", pick(bench, 200, 3)),
+            cpu_levels: std::env::var("CPU_LEVELS")
+                .unwrap_or_else(|_| pick(bench, "1,64,256", "2").into())
+                .split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .filter(|n| *n > 0)
+                .collect(),
+            level_cycles: env_usize("LEVEL_CYCLES", pick(bench, 6000, 4)),
         }
     }
 
@@ -918,6 +934,64 @@ async fn cpu_per_cycle(bin: &Path, db: &Db, cycles: usize) {
     );
 }
 
+/// Approval cycles from `level` devices at once (each its own task, running its cycles one after
+/// another on devices of its own, at most [`PER_USER`] cycles on each), about `cycles` in all:
+/// cycles per second, the server's CPU per cycle and the cores it kept busy, and this process's
+/// CPU per cycle.
+async fn cpu_at_level(bin: &Path, db: &Db, level: usize, cycles: usize, pair_concurrency: usize) {
+    // No statement counting: its relay would add to this process's CPU and to every round trip.
+    let setup = Setup::start(bin, db, false);
+    let per_worker = cycles.div_ceil(level);
+    let devices_per_worker = per_worker.div_ceil(PER_USER);
+    let mut devices = setup
+        .pair("level", level * devices_per_worker, pair_concurrency)
+        .await;
+    let mut workers: Vec<Vec<(String, TestDevice, EnrollmentId)>> = Vec::with_capacity(level);
+    for _ in 0..level {
+        let rest = devices.split_off(devices_per_worker.min(devices.len()));
+        workers.push(std::mem::replace(&mut devices, rest));
+    }
+    let server0 = setup.server.cpu_seconds();
+    let own0 = own_cpu_seconds();
+    let started = Instant::now();
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|mine| {
+            let customer = Arc::clone(&setup.customer);
+            tokio::spawn(async move {
+                let mut took = Vec::with_capacity(per_worker);
+                for cycle in 0..per_worker {
+                    let (user, device, enrollment) = &mine[cycle / PER_USER];
+                    let one = Instant::now();
+                    approval_cycle(&customer, user, device, enrollment).await;
+                    took.push(one.elapsed());
+                }
+                took
+            })
+        })
+        .collect();
+    let mut took = Vec::with_capacity(per_worker * level);
+    for task in tasks {
+        took.extend(task.await.expect("cycles"));
+    }
+    let latencies = Latencies::new(took, started.elapsed());
+    let elapsed = started.elapsed().as_secs_f64();
+    let server = setup.server.cpu_seconds() - server0;
+    let own = own_cpu_seconds() - own0;
+    let done = (per_worker * level) as f64;
+    println!(
+        "level     {:<9} {level:>4} devices {:>6} cycles {:>8.1} cycles/s  p50 {}  p99 {}  server {:.3} ms CPU per cycle ({:.2} cores busy)  load generator {:.3} ms CPU per cycle",
+        db.label(),
+        per_worker * level,
+        done / elapsed,
+        latencies.p50(),
+        latencies.p99(),
+        server * 1000.0 / done,
+        server / elapsed,
+        own * 1000.0 / done,
+    );
+}
+
 fn main() {
     let sizes = Sizes::from_env();
     let Some(bin) = server_binary() else {
@@ -949,6 +1023,27 @@ fn main() {
         if sizes.runs("cpu") {
             for db in &dbs {
                 cpu_per_cycle(&bin, db, sizes.cpu_cycles).await;
+            }
+        }
+        if sizes.runs("levels") {
+            for db in &dbs {
+                for &level in &sizes.cpu_levels {
+                    // Each level on empty tables: on PostgreSQL a schema of its own, dropped after
+                    // it (SQLite's database is a new file for every server started).
+                    let (db, _level_schema) = match db {
+                        Db::Sqlite => (Db::Sqlite, None),
+                        Db::Postgres(_) => {
+                            let Some((url, guard)) =
+                                tessera_tests::load::postgres_schema_from_env().await
+                            else {
+                                continue;
+                            };
+                            (Db::Postgres(url), Some(guard))
+                        }
+                    };
+                    cpu_at_level(&bin, &db, level, sizes.level_cycles, sizes.pair_concurrency)
+                        .await;
+                }
             }
         }
     });
