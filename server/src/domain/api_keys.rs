@@ -168,4 +168,49 @@ mod tests {
             Some(b)
         );
     }
+
+    /// A hinted read runs only for a key whose digest was remembered, under the application
+    /// remembered for it and with that digest; a read that finds nothing forgets the hint, so
+    /// the next call goes the long way.
+    #[tokio::test]
+    async fn a_hinted_read_runs_only_under_a_remembered_key_and_forgets_a_hint_that_found_nothing()
+    {
+        let domain = crate::domain::testing::TestDomain::sqlite().await;
+        let ctx = &domain.ctx;
+        let app = ApplicationId::generate();
+        let key = PresentedKey::new(Some("tsk_a key"), None);
+        let digest = key.digest().expect("digest").to_string();
+        let read = |found: bool| {
+            let (app, digest) = (app.clone(), digest.clone());
+            move |hinted_app: ApplicationId, hinted_digest: String| async move {
+                assert_eq!((&hinted_app, &hinted_digest), (&app, &digest));
+                Ok::<_, DomainError>(found.then_some(hinted_app))
+            }
+        };
+        // No key, or a key never found: nothing is read.
+        let no_read = |_: ApplicationId, _: String| async {
+            panic!("read without a remembered key");
+            #[allow(unreachable_code)]
+            Ok::<Option<()>, DomainError>(None)
+        };
+        let without = PresentedKey::new(None, None);
+        assert!(
+            read_under_hint(ctx, &without, no_read)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(read_under_hint(ctx, &key, no_read).await.unwrap().is_none());
+        // Remembered: read under its application, kept while the read finds something.
+        ctx.api_key_hints.remember(digest.clone(), app.clone());
+        assert_eq!(
+            read_under_hint(ctx, &key, read(true)).await.unwrap(),
+            Some(app.clone())
+        );
+        assert_eq!(ctx.api_key_hints.application_of(&digest), Some(app.clone()));
+        // A read that finds nothing (the key rotated): answered `None` and forgotten.
+        assert_eq!(read_under_hint(ctx, &key, read(false)).await.unwrap(), None);
+        assert_eq!(ctx.api_key_hints.application_of(&digest), None);
+        assert!(read_under_hint(ctx, &key, no_read).await.unwrap().is_none());
+    }
 }
