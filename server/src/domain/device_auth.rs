@@ -85,21 +85,56 @@ pub(crate) async fn authenticate_reading<T, Fut>(
 where
     Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
 {
-    let conn = ctx.db.reader().await?;
-    let (enrollment, conn, nonce) = verify_on(ctx, conn, call).await?;
-    drop(conn);
-    let ((), read) = tokio::try_join!(
+    authenticate_reading_twice(ctx, call, async { Ok(()) }, |enrollment, ()| async move {
+        read(enrollment.enrollment_id)
+            .await
+            .map_err(DomainError::from)
+    })
+    .await
+}
+
+/// [`authenticate_reading`] for a call that reads twice: `early`, which needs nothing of the
+/// enrollment, goes out beside the enrollment's read, and `read` (given the verified enrollment
+/// and what `early` read) beside the call's nonce. On PostgreSQL a call that read the enrollment,
+/// then its own first read beside the nonce, then a second read, waits for two round trips where
+/// it waited for three. What either read reaches only a call whose signature verified and whose
+/// nonce was new: a replayed call gets `replayed_message` (before any refusal of `read`) and
+/// nothing read.
+///
+/// Each read takes a connection of its own and gives it back as soon as it has its rows (the
+/// enrollment's too, before `early` is waited for): no connection is held while the request
+/// waits for another.
+pub(crate) async fn authenticate_reading_twice<E, T, Early, Read, Fut>(
+    ctx: &Ctx,
+    call: DeviceCall<'_>,
+    early: Early,
+    read: Read,
+) -> Result<(Enrollment, T), DomainError>
+where
+    Early: std::future::Future<Output = Result<E, crate::store::StoreError>>,
+    Read: FnOnce(Enrollment, E) -> Fut,
+    Fut: std::future::Future<Output = Result<T, DomainError>>,
+{
+    let (verified, early) = tokio::join!(
+        async {
+            let conn = ctx.db.reader().await?;
+            let (enrollment, conn, nonce) = verify_on(ctx, conn, call).await?;
+            drop(conn);
+            Ok::<_, DomainError>((enrollment, nonce))
+        },
+        early,
+    );
+    let (enrollment, nonce) = verified?;
+    let early = early?;
+    let (recorded, read) = tokio::join!(
         async {
             let mut conn = ctx.db.reader().await?;
             nonce.record(ctx, &mut conn).await
         },
-        async {
-            read(enrollment.enrollment_id.clone())
-                .await
-                .map_err(DomainError::from)
-        },
-    )?;
-    Ok((enrollment, read))
+        read(enrollment.clone(), early),
+    );
+    recorded?;
+    Ok((enrollment, read?))
 }
 
 /// A verified call's nonce, still to be recorded ([`CallNonce::record`]).

@@ -610,11 +610,12 @@ pub(crate) async fn claim(
 /// session its code names for the calling device, listing its enrollments, and answers the
 /// signed context to show (`request` is refused after the call is authenticated when its body
 /// did not parse). Of racing devices one wins; the same device scanning again gets the same
-/// context. The session
-/// the scanned code names is read beside the call's nonce
-/// ([`super::device_auth::authenticate_reading`]): on PostgreSQL the scan waits for one round
-/// trip where it waited for two, and only a call whose signature verified and whose nonce was
-/// new sees what was read.
+/// context. The session the scanned code names is read beside the calling enrollment, and what
+/// the claim reads of it (the candidates' mandatory methods and policy, the application's name,
+/// the users' display names) beside the call's nonce
+/// ([`super::device_auth::authenticate_reading_twice`]): on PostgreSQL the scan waits for two
+/// round trips before its write where it waited for three, and only a call whose signature
+/// verified and whose nonce was new sees what was read.
 pub(crate) async fn claim_signed(
     ctx: &Ctx,
     call: super::device_auth::DeviceCall<'_>,
@@ -622,14 +623,20 @@ pub(crate) async fn claim_signed(
 ) -> Result<QrSessionClaimed, DomainError> {
     let now = ctx.now();
     let digest = request.as_ref().ok().and_then(scanned_digest);
-    let (caller, session) = super::device_auth::authenticate_reading(ctx, call, |_| async move {
+    let session = async move {
         match digest {
             Some(digest) => qr_sessions::by_token_digest(&ctx.db, &digest, now).await,
             None => Ok(None),
         }
-    })
+    };
+    let (caller, prepared) = super::device_auth::authenticate_reading_twice(
+        ctx,
+        call,
+        session,
+        |caller, session| async move { prepare_claim(ctx, &caller, request?, now, session).await },
+    )
     .await?;
-    claim_found(ctx, &caller, request?, now, session).await
+    finish_claim(ctx, &caller, now, prepared).await
 }
 
 /// The digest a scanned code's token is looked up by, if it is one.
@@ -640,6 +647,7 @@ fn scanned_digest(request: &ClaimQrSession) -> Option<String> {
 }
 
 /// The claim once the session the code names was read (`session`, read at `now`).
+#[cfg(test)]
 async fn claim_found(
     ctx: &Ctx,
     caller: &Enrollment,
@@ -647,6 +655,37 @@ async fn claim_found(
     now: i64,
     session: Option<QrSession>,
 ) -> Result<QrSessionClaimed, DomainError> {
+    let prepared = prepare_claim(ctx, caller, request, now, session).await?;
+    finish_claim(ctx, caller, now, prepared).await
+}
+
+/// What a claim read before it decides ([`prepare_claim`]).
+enum PreparedClaim {
+    /// The same device scanned this session before: its context again.
+    Again(QrSessionClaimed),
+    /// A session open for a claim, with what was read of it.
+    Judged(Box<JudgedClaim>),
+}
+
+/// A claim's reads: the session (and the digest its code was looked up by), each candidate
+/// judged, the application and the candidates' display names.
+struct JudgedClaim {
+    digest: String,
+    session: QrSession,
+    judged: Vec<Judged>,
+    app: Application,
+    display_names: Vec<(tessera_protocol::ids::EnrollmentId, Option<String>)>,
+}
+
+/// The claim's checks of the request and the session (read at `now`), then its reads, which
+/// write nothing.
+async fn prepare_claim(
+    ctx: &Ctx,
+    caller: &Enrollment,
+    request: ClaimQrSession,
+    now: i64,
+    session: Option<QrSession>,
+) -> Result<PreparedClaim, DomainError> {
     if request.enrollment_ids.is_empty() || request.enrollment_ids.len() > MAX_CLAIMED_ENROLLMENTS {
         return Err(invalid("list between 1 and 32 enrollments"));
     }
@@ -655,7 +694,7 @@ async fn claim_found(
     };
     let session = session.ok_or_else(not_found)?;
     if let Some(again) = claimed_before(&session, caller) {
-        return Ok(again);
+        return Ok(PreparedClaim::Again(again));
     }
     match session.state {
         QrSessionState::Created if now < session.code_expires_at => {}
@@ -680,7 +719,7 @@ async fn claim_found(
         .iter()
         .map(|e| (e.enrollment_id.clone(), e.user_id.clone()))
         .collect::<Vec<_>>();
-    let (mut judged, app, display_names) = tokio::try_join!(
+    let (judged, app, display_names) = tokio::try_join!(
         futures_util::future::try_join_all(
             listed_candidates
                 .into_iter()
@@ -701,6 +740,33 @@ async fn claim_found(
             }
         })),
     )?;
+    Ok(PreparedClaim::Judged(Box::new(JudgedClaim {
+        digest,
+        session,
+        judged,
+        app,
+        display_names,
+    })))
+}
+
+/// The claim once [`prepare_claim`] read what it decides from: a refused scan is recorded, or
+/// the context is signed and the session claimed.
+async fn finish_claim(
+    ctx: &Ctx,
+    caller: &Enrollment,
+    now: i64,
+    prepared: PreparedClaim,
+) -> Result<QrSessionClaimed, DomainError> {
+    let JudgedClaim {
+        digest,
+        session,
+        mut judged,
+        app,
+        display_names,
+    } = match prepared {
+        PreparedClaim::Again(again) => return Ok(again),
+        PreparedClaim::Judged(judged) => *judged,
+    };
     let candidates: Vec<&Enrollment> = judged
         .iter()
         .filter(|j| j.refusal.is_none())
