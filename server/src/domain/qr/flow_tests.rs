@@ -675,7 +675,14 @@ async fn a_signed_scan_is_authenticated_before_its_body_and_its_session_are_look
         let unknown_body = serde_json::to_vec(&unknown).expect("body");
         let signed = phone.call("POST", PATH, &unknown_body, now);
         assert_eq!(
-            code(claim_signed(&domain.ctx, call(Some(&signed), &unknown_body), Ok(unknown)).await),
+            code(
+                claim_signed(
+                    &domain.ctx,
+                    call(Some(&signed), &unknown_body),
+                    Ok(unknown.clone())
+                )
+                .await
+            ),
             Some(ErrorCode::QrSessionNotFound)
         );
         // Signed, the code scanned: the signed context; the session is scanned.
@@ -698,6 +705,40 @@ async fn a_signed_scan_is_authenticated_before_its_body_and_its_session_are_look
         // The same call again: replayed, and nothing read is answered.
         assert_eq!(
             code(claim_signed(&domain.ctx, call(Some(&signed), &body), request()).await),
+            Some(ErrorCode::ReplayedMessage)
+        );
+        // A replayed call whose claim would be refused anyway (no such session, a body that
+        // did not parse): the replay is what it is told, not what its reads found.
+        let signed_unknown = phone.call("POST", PATH, &unknown_body, now);
+        assert_eq!(
+            code(
+                claim_signed(
+                    &domain.ctx,
+                    call(Some(&signed_unknown), &unknown_body),
+                    Ok(unknown.clone())
+                )
+                .await
+            ),
+            Some(ErrorCode::QrSessionNotFound)
+        );
+        assert_eq!(
+            code(
+                claim_signed(
+                    &domain.ctx,
+                    call(Some(&signed_unknown), &unknown_body),
+                    Ok(unknown)
+                )
+                .await
+            ),
+            Some(ErrorCode::ReplayedMessage)
+        );
+        let signed_bad = phone.call("POST", PATH, b"{", now);
+        assert_eq!(
+            code(claim_signed(&domain.ctx, call(Some(&signed_bad), b"{"), not_json()).await),
+            Some(ErrorCode::MalformedJson)
+        );
+        assert_eq!(
+            code(claim_signed(&domain.ctx, call(Some(&signed_bad), b"{"), not_json()).await),
             Some(ErrorCode::ReplayedMessage)
         );
     }
