@@ -12,9 +12,10 @@ use tessera_protocol::api::{
 
 use super::errors::ApiError;
 use super::extract::{
-    ApiJson, ApiKey, ClientAddr, WaitQuery, authenticate_device, parse_user_id, same_enrollment,
+    ApiJson, ApiKey, ClientAddr, WaitQuery, authenticate_device, parse_user_id, parsed_or_refused,
+    same_enrollment,
 };
-use crate::domain::{Ctx, api_keys, authentication};
+use crate::domain::{Ctx, authentication};
 
 /// Asks a user's device.
 #[utoipa::path(post, path = "/v1/users/{user_id}/authentications", tag = "customer",
@@ -32,16 +33,9 @@ pub(crate) async fn create_authentication(
     // The key is checked beside the request's first reads (`api_keys`); a bad body or user id
     // is answered only once the key is known good, as every customer call answers 401 first.
     let parsed = body.and_then(|ApiJson(body)| Ok((parse_user_id(&user_id)?, body)));
-    match parsed {
-        Ok((user_id, body)) => {
-            let status = authentication::create_by_key(&ctx, &key, &user_id, body).await?;
-            Ok((StatusCode::CREATED, Json(status)))
-        }
-        Err(bad_request) => {
-            api_keys::authenticate(&ctx, &key).await?;
-            Err(bad_request)
-        }
-    }
+    let (user_id, body) = parsed_or_refused(&ctx, &key, parsed).await?;
+    let status = authentication::create_by_key(&ctx, &key, &user_id, body).await?;
+    Ok((StatusCode::CREATED, Json(status)))
 }
 
 /// An authentication's state; `?wait=N` holds the answer until it changes from pending (or N
@@ -57,16 +51,9 @@ pub(crate) async fn get_authentication(
 ) -> Result<Json<AuthenticationStatus>, ApiError> {
     // The key is checked in the read itself (`api_keys`); a bad query is answered only once
     // the key is known good, as every customer call answers 401 before 400.
-    match query {
-        Ok(ApiQuery(query)) => {
-            let status = authentication::status_by_key(&ctx, &key, &id, query.duration()).await?;
-            Ok(Json(status))
-        }
-        Err(bad_query) => {
-            api_keys::authenticate(&ctx, &key).await?;
-            Err(bad_query)
-        }
-    }
+    let ApiQuery(query) = parsed_or_refused(&ctx, &key, query).await?;
+    let status = authentication::status_by_key(&ctx, &key, &id, query.duration()).await?;
+    Ok(Json(status))
 }
 
 /// One pending request of the calling device, by id (device-signed; for a tapped

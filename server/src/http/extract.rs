@@ -166,6 +166,23 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
     }
 }
 
+/// What a call that checks its API key in its own read (an [`ApiKey`] call) parsed of its
+/// request (its body, query or path), or, when that did not parse, its refusal once the key is
+/// found good: every customer call answers 401 before 400.
+pub(crate) async fn parsed_or_refused<T>(
+    ctx: &Ctx,
+    key: &api_keys::PresentedKey,
+    parsed: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match parsed {
+        Ok(parsed) => Ok(parsed),
+        Err(bad_request) => {
+            api_keys::authenticate(ctx, key).await?;
+            Err(bad_request)
+        }
+    }
+}
+
 /// The bearer token of `parts` (at most 256 bytes, not empty) and the client's address.
 fn presented_key(parts: &Parts) -> api_keys::PresentedKey {
     let client_ip = parts

@@ -8,8 +8,7 @@ use axum::http::StatusCode;
 use tessera_protocol::flows::{CreateFlowRequest, FlowAction, FlowHistory, FlowState};
 
 use super::errors::ApiError;
-use super::extract::{ApiJson, ApiKey, AppAuth};
-use crate::domain::api_keys::{self, PresentedKey};
+use super::extract::{ApiJson, ApiKey, AppAuth, parsed_or_refused};
 use crate::domain::{Ctx, flows};
 
 /// Starts a flow for a user the customer's first factor authenticated, or (`passkey`, no
@@ -25,25 +24,9 @@ pub(crate) async fn create_flow(
     ApiKey(key): ApiKey,
     body: Result<ApiJson<CreateFlowRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<FlowState>), ApiError> {
-    let body = checked_body(&ctx, &key, body).await?;
+    let ApiJson(body) = parsed_or_refused(&ctx, &key, body).await?;
     let state = flows::create_by_key(&ctx, &key, body).await?;
     Ok((StatusCode::CREATED, Json(state)))
-}
-
-/// A call's body, or its refusal once the call's API key is found good: an unauthenticated call
-/// is refused as such, whatever its body.
-async fn checked_body<T>(
-    ctx: &Ctx,
-    key: &PresentedKey,
-    body: Result<ApiJson<T>, ApiError>,
-) -> Result<T, ApiError> {
-    match body {
-        Ok(ApiJson(body)) => Ok(body),
-        Err(bad_body) => {
-            api_keys::authenticate(ctx, key).await?;
-            Err(bad_body)
-        }
-    }
 }
 
 /// Where a flow stands, with the actions allowed now.
@@ -77,7 +60,7 @@ pub(crate) async fn act_on_flow(
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<FlowAction>, ApiError>,
 ) -> Result<Json<FlowState>, ApiError> {
-    let action = checked_body(&ctx, &key, body).await?;
+    let ApiJson(action) = parsed_or_refused(&ctx, &key, body).await?;
     Ok(Json(flows::act_by_key(&ctx, &key, &id, action).await?))
 }
 

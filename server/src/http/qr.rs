@@ -22,9 +22,10 @@ use tessera_protocol::api::{
 };
 
 use super::errors::ApiError;
-use super::extract::{ApiJson, ApiKey, AppAuth, ClientAddr, OptionalJson, device_call, parse_json};
+use super::extract::{
+    ApiJson, ApiKey, AppAuth, ClientAddr, OptionalJson, device_call, parse_json, parsed_or_refused,
+};
 use crate::domain::Ctx;
-use crate::domain::api_keys;
 use crate::domain::authentication::MAX_WAIT_SECONDS;
 use crate::domain::qr::{self, CodeImage};
 
@@ -76,15 +77,10 @@ pub(crate) async fn get_session(
     ApiPath(id): ApiPath<String>,
     query: Result<ApiQuery<QrWaitQuery>, ApiError>,
 ) -> Result<Json<QrSessionStatus>, ApiError> {
-    match query {
-        Ok(ApiQuery(query)) => Ok(Json(
-            qr::status_by_key(&state, &key, &id, query.duration()).await?,
-        )),
-        Err(bad_query) => {
-            api_keys::authenticate(&state, &key).await?;
-            Err(bad_query)
-        }
-    }
+    let ApiQuery(query) = parsed_or_refused(&state, &key, query).await?;
+    Ok(Json(
+        qr::status_by_key(&state, &key, &id, query.duration()).await?,
+    ))
 }
 
 fn image_response(content_type: &'static str, body: Vec<u8>) -> Response {
