@@ -1920,16 +1920,15 @@ async fn apply_policy(
         return Ok(None);
     }
     let user = flow.user()?;
-    // The device the policy looks at and the policy in force are read side by side (on
+    // The devices the policy looks at and the policy in force are read side by side (on
     // PostgreSQL one round trip where there were two); without a policy nothing is decided.
-    let (device, current) = tokio::join!(
-        authentication::pick_device(ctx, &app.id, user, None),
+    let (devices, current) = tokio::join!(
+        device_verification::user_devices(ctx, &app.id, user),
         crate::store::policies::current(&ctx.db, &app.id),
     );
-    let Some(current) = current? else {
-        return Ok(None);
-    };
-    decide_policy(ctx, app, flow, data, device.ok(), &current).await
+    // Devices that cannot be read leave the policy no device to look at, as none paired would.
+    let devices = devices.unwrap_or_default();
+    apply_policy_as_read(ctx, app, flow, data, &devices, current?.as_ref()).await
 }
 
 /// [`apply_policy`] with the user's `devices` (settled, as `device_verification::settled_devices`
@@ -1950,18 +1949,6 @@ async fn apply_policy_as_read(
         return Ok(None);
     };
     let device = authentication::pick_from(devices.to_vec(), None).ok();
-    decide_policy(ctx, app, flow, data, device, current).await
-}
-
-/// [`apply_policy`]'s decision under the policy `current`, looking at `device`.
-async fn decide_policy(
-    ctx: &Ctx,
-    app: &Application,
-    flow: &Flow,
-    data: &mut Data,
-    device: Option<Enrollment>,
-    current: &StoredPolicy,
-) -> Result<Option<(FlowStatus, Data)>, DomainError> {
     let user = flow.user()?;
     let request = policy::Request {
         kind: RequestKind::Flow,

@@ -324,7 +324,7 @@ pub async fn by_authentication(
 /// `expected_version` and no other claim holds (one that lapsed before `now_ms` does not), so a
 /// racing action is refused before it does anything, also one that read the flow after this
 /// claim. `false` when another action or move came first, or another action holds the flow.
-/// The claim ends with the action's move ([`transition`]) or with [`release`].
+/// The claim ends with the action's move ([`transition_recording`]) or with [`release`].
 pub async fn claim(
     db: &Database,
     id: &FlowId,
@@ -389,7 +389,7 @@ pub struct WhileBypassed<'a> {
     pub now: i64,
 }
 
-/// What [`transition`] did.
+/// What [`transition_recording`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transitioned {
     /// The flow moved.
@@ -403,27 +403,14 @@ pub enum Transitioned {
 
 /// Moves a flow to `next` (its status, data, push and user) if it is still at
 /// `expected_version` and, with `while_bypassed`, only while the user's bypass is in force,
-/// recording `event` with it, all or nothing (on SQLite one transaction on the writer, on
-/// PostgreSQL one statement, the update a data-modifying `WITH` item). A passkey sign-in is bound to its user here:
-/// once, by the move that wins the version. The move ends any claim on the flow. On
-/// PostgreSQL the bypass is read `FOR KEY SHARE`, so a clearing in flight is waited for and no
-/// flow ends by a bypass once its clearing has committed; SQLite's one writer runs the move
-/// alone.
-pub async fn transition(
-    db: &Database,
-    next: &StoredFlow,
-    expected_version: i64,
-    event: &FlowEvent,
-    while_bypassed: Option<WhileBypassed<'_>>,
-) -> Result<Transitioned, StoreError> {
-    transition_recording(db, next, expected_version, event, while_bypassed, &[])
-        .await
-        .map(|(moved, _)| moved)
-}
-
-/// [`transition`], with `records` (audit records and their webhook deliveries, such as a final
-/// move's `flow.completed`) written with the move, all or nothing: only a move that is made
-/// writes them. Also returns whether a webhook delivery was queued.
+/// recording `event` and `records` (audit records and their webhook deliveries, such as a final
+/// move's `flow.completed`) with it, all or nothing (on SQLite one transaction on the writer, on
+/// PostgreSQL one statement, the update a data-modifying `WITH` item): only a move that is made
+/// writes them. Also returns whether a webhook delivery was queued. A passkey sign-in is bound
+/// to its user here: once, by the move that wins the version. The move ends any claim on the
+/// flow. On PostgreSQL the bypass is read `FOR KEY SHARE`, so a clearing in flight is waited for
+/// and no flow ends by a bypass once its clearing has committed; SQLite's one writer runs the
+/// move alone.
 pub async fn transition_recording(
     db: &Database,
     next: &StoredFlow,
@@ -552,7 +539,7 @@ async fn transition_at_once(
     Ok((outcome, false))
 }
 
-/// Binds a move's values ([`transition`]'s update: the flow as it moves, its id and the
+/// Binds a move's values ([`transition_recording`]'s update: the flow as it moves, its id and the
 /// version it must still be at; then, with `while_bypassed`, the bypass's three).
 fn bind_next<'q>(
     query: Statement<'q>,
@@ -668,16 +655,17 @@ mod tests {
             let db = db.clone();
             let next = bound(user);
             async move {
-                transition(
+                transition_recording(
                     &db,
                     &next,
                     1,
                     &event("checkAssertion", "MFA_COMPLETED"),
                     None,
+                    &[],
                 )
                 .await
                 .expect("transition")
-                    == Transitioned::Moved
+                .0 == Transitioned::Moved
             }
         }))
         .await;
@@ -712,15 +700,17 @@ mod tests {
                     user_id: &pia,
                     now,
                 };
-                transition(
+                transition_recording(
                     &db,
                     &next,
                     version,
                     &event("authenticate", "MFA_COMPLETED"),
                     Some(bypassed),
+                    &[],
                 )
                 .await
                 .expect("transition")
+                .0
             }
         };
         assert_eq!(moves(1, 50).await, Transitioned::BypassCleared, "no bypass");
@@ -792,9 +782,17 @@ mod tests {
             ..flow.clone()
         };
         assert_eq!(
-            transition(&db, &moved, 3, &event("checkOtp", "MFA_COMPLETED"), None)
-                .await
-                .expect("transition"),
+            transition_recording(
+                &db,
+                &moved,
+                3,
+                &event("checkOtp", "MFA_COMPLETED"),
+                None,
+                &[]
+            )
+            .await
+            .expect("transition")
+            .0,
             Transitioned::Moved
         );
         assert!(claim_at(4, 1_004).await, "the move ended the claim");
