@@ -51,7 +51,7 @@ use super::{Ctx, DomainError};
 use crate::store::applications::{self, Application, QrPolicy};
 use crate::store::authentications::{self, Authentication};
 use crate::store::enrollments::{self, Enrollment};
-use crate::store::qr_sessions::{self, NewQrSession, QrAnswer, QrSession};
+use crate::store::qr_sessions::{self, NewQrSession, NotedSession, QrAnswer, QrSession};
 use crate::store::users;
 
 const DEFAULT_SESSION_SECONDS: u32 = 300;
@@ -232,15 +232,6 @@ async fn load_existing(ctx: &Ctx, id: &QrSessionId) -> Result<QrSession, DomainE
     load(ctx, id).await?.ok_or_else(not_found)
 }
 
-/// The application's session `raw` (another application's reads as not found).
-async fn load_for(ctx: &Ctx, app: &ApplicationId, raw: &str) -> Result<QrSession, DomainError> {
-    let session = load_existing(ctx, &parse_id(raw)?).await?;
-    if &session.application_id != app {
-        return Err(not_found());
-    }
-    Ok(session)
-}
-
 /// The session as it stands once a follow-up answered (or expired) meanwhile is applied.
 async fn settled(ctx: &Ctx, session: QrSession) -> Result<QrSession, DomainError> {
     if session.state == QrSessionState::Verifying
@@ -299,49 +290,101 @@ async fn wait_for_change(
 }
 
 /// A session's state and, once approved, the user, the attributes and the signed answer; with
-/// `wait`, answers once the state changes (or `wait` has passed).
+/// `wait`, answers once the state changes (or `wait` has passed). The customer API's read is
+/// [`status_by_key`]; tests whose application is already authenticated start here.
+#[cfg(test)]
 pub(crate) async fn status(
     ctx: &Ctx,
     app: &ApplicationId,
     id: &str,
     wait: Duration,
 ) -> Result<QrSessionStatus, DomainError> {
-    status_of(ctx, load_for(ctx, app, id).await?, wait).await
+    status_of(ctx, load_noted_for(ctx, app, id).await?, wait).await
 }
 
-/// [`status`] for the application the API key `presented` authenticates. While the key's last
-/// application is remembered (`super::api_keys`), the key is checked by the session's read: on
-/// PostgreSQL one round trip fewer. A read that finds nothing (the key rotated, or no such
-/// session of that application) is answered the long way, so the answer (401, or 404) is the
-/// one it would have been.
+/// [`status`] for the application the API key `presented` authenticates ([`load_by_key`]).
 pub(crate) async fn status_by_key(
     ctx: &Ctx,
     presented: &super::api_keys::PresentedKey,
     id: &str,
     wait: Duration,
 ) -> Result<QrSessionStatus, DomainError> {
+    status_of(ctx, load_by_key(ctx, presented, id).await?, wait).await
+}
+
+/// The application's session `raw`, for the application the API key `presented`
+/// authenticates. While the key's last application is remembered (`super::api_keys`), the key
+/// is checked by the session's read: on PostgreSQL one round trip fewer. A read that finds
+/// nothing (the key rotated, or no such session of that application) is answered the long way,
+/// so the answer (401, or 404) is the one it would have been.
+async fn load_by_key(
+    ctx: &Ctx,
+    presented: &super::api_keys::PresentedKey,
+    id: &str,
+) -> Result<NotedSession, DomainError> {
     if let Ok(parsed) = parse_id(id) {
         let hinted = super::api_keys::read_under_hint(ctx, presented, |app, digest| async move {
             Ok(qr_sessions::get_with_key(&ctx.db, &parsed, &app, &digest, ctx.now()).await?)
         })
         .await?;
-        if let Some(session) = hinted {
-            return status_of(ctx, settled(ctx, session).await?, wait).await;
+        if let Some(noted) = hinted {
+            return settled_noted(ctx, noted).await;
         }
     }
     let app = super::api_keys::authenticate(ctx, presented).await?;
-    status(ctx, &app.id, id, wait).await
+    load_noted_for(ctx, &app.id, id).await
 }
 
-/// [`status`] of `session` as read; with `wait`, once it changes.
+/// The application's session `raw` (another application's reads as not found), noting whether
+/// decisions are recorded for it.
+async fn load_noted_for(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    raw: &str,
+) -> Result<NotedSession, DomainError> {
+    let noted = load_noted_existing(ctx, &parse_id(raw)?).await?;
+    if &noted.session.application_id != app {
+        return Err(not_found());
+    }
+    Ok(noted)
+}
+
+/// [`load_existing`], noting whether decisions are recorded for the session.
+async fn load_noted_existing(ctx: &Ctx, id: &QrSessionId) -> Result<NotedSession, DomainError> {
+    match qr_sessions::get_noted(&ctx.db, id, ctx.now()).await? {
+        Some(noted) => settled_noted(ctx, noted).await,
+        None => Err(not_found()),
+    }
+}
+
+/// [`settled`] for a noted session. Settling a follow-up records no decision about the session
+/// (only its scans do), so the note still holds.
+async fn settled_noted(ctx: &Ctx, noted: NotedSession) -> Result<NotedSession, DomainError> {
+    Ok(NotedSession {
+        session: settled(ctx, noted.session).await?,
+        decisions_recorded: noted.decisions_recorded,
+    })
+}
+
+/// [`status`] of the session as read; with `wait`, once it changes.
 async fn status_of(
     ctx: &Ctx,
-    session: QrSession,
+    first: NotedSession,
     wait: Duration,
 ) -> Result<QrSessionStatus, DomainError> {
-    let session = wait_for_change(ctx, session, wait, None).await?;
+    let start = (first.session.version, first.session.state);
+    // Answered at once, the session is the one read, and so is its note. After a wait it is
+    // read again, without one.
+    let (session, decisions_recorded) =
+        if wait.is_zero() || moved_on(start, first.session.version, first.session.state) {
+            (first.session, first.decisions_recorded)
+        } else {
+            (wait_for_change(ctx, first.session, wait, None).await?, true)
+        };
     let mut status = session.status();
-    status.policy = session_policy(ctx, &session).await?;
+    if decisions_recorded {
+        status.policy = session_policy(ctx, &session).await?;
+    }
     let facts = follow_up_facts(ctx, &session).await?;
     status.number_to_show = facts.number_to_show;
     status.denial_reason = facts.denial_reason.or(status.denial_reason);
@@ -389,14 +432,15 @@ pub(crate) enum CodeImage {
     Svg,
 }
 
-/// The session's current code as an image, while it can be scanned.
-pub(crate) async fn code_image(
+/// The session's current code as an image, while it can be scanned, for the application the
+/// API key `presented` authenticates ([`load_by_key`]).
+pub(crate) async fn code_image_by_key(
     ctx: &Ctx,
-    app: &ApplicationId,
+    presented: &super::api_keys::PresentedKey,
     id: &str,
     format: CodeImage,
 ) -> Result<Vec<u8>, DomainError> {
-    let session = load_for(ctx, app, id).await?;
+    let session = load_by_key(ctx, presented, id).await?.session;
     let uri = match (&session.token, session.scannable(ctx.now())) {
         (Some(token), true) => qr_uri(ctx, token)?,
         _ if session.state == QrSessionState::Expired => return Err(expired()),
@@ -912,18 +956,38 @@ pub(crate) async fn answer(
 ) -> Result<QrAnswerRecorded, DomainError> {
     let id = parse_id(id)?;
     let claimed: Result<QrResponse, _> = envelope::unverified_payload(signed_response);
-    // The session and the enrollment the response names are read side by side (on PostgreSQL
-    // one round trip instead of two); the enrollment counts only once the session lists it, and
-    // the checks answer in the order they always did: the session first.
-    let (session, named) = tokio::join!(load_existing(ctx, &id), async {
-        match &claimed {
-            Ok(claimed) => enrollments::by_id(&ctx.db, &claimed.enrollment_id)
-                .await
-                .map(Some),
-            Err(_) => Ok(None),
-        }
-    });
-    let session = session?;
+    // What the answer needs is read side by side (on PostgreSQL one round trip): the session
+    // (noting whether the policy decided anything about it), the enrollment the response
+    // names, the settings of the session's application, and for an approval the language of
+    // the enrollment's user (for a follow-up's texts). Nothing read counts before the session
+    // lists the enrollment and the response's signature is verified, and the checks answer in
+    // the order they always did: the session first.
+    let named_enrollment = claimed.as_ref().ok().map(|c| &c.enrollment_id);
+    let approves = claimed
+        .as_ref()
+        .is_ok_and(|c| c.decision == Decision::Approve);
+    let (noted, named, settings, language) = tokio::join!(
+        load_noted_existing(ctx, &id),
+        async {
+            match named_enrollment {
+                Some(enrollment) => enrollments::by_id(&ctx.db, enrollment).await.map(Some),
+                None => Ok(None),
+            }
+        },
+        applications::request_settings_of_qr_session(&ctx.db, id.as_str()),
+        async {
+            match named_enrollment {
+                Some(enrollment) if approves => {
+                    users::locale_of_enrollment(&ctx.db, enrollment.as_str()).await
+                }
+                _ => Ok(None),
+            }
+        },
+    );
+    let NotedSession {
+        session,
+        decisions_recorded,
+    } = noted?;
     let claimed = claimed.map_err(|_| {
         DomainError::new(
             ErrorCode::InvalidSignature,
@@ -987,50 +1051,47 @@ pub(crate) async fn answer(
     // claim recorded for this user asks for one). Its counter is taken in the answer's own
     // write below.
     //
-    // The decision's two reads (the second speaks only when the first finds none), the
-    // application's settings and the user's language (for a follow-up) need nothing but the
-    // session and the device, so they go out side by side, each on a pooled connection of its
-    // own: on PostgreSQL the answer waits for one round trip where it waited for up to four.
+    // The decision's two reads (the second speaks only when the first finds none) go out side
+    // by side, and only when the session's read noted a decision recorded for it: without, both
+    // would find nothing.
+    let settings = match settings? {
+        Some((app, settings)) if app == session.application_id => settings,
+        _ => {
+            return Err(DomainError::Internal(
+                "a QR session's application is missing",
+            ));
+        }
+    };
+    let wanted: Vec<String> = language?.into_iter().collect();
     let decision_id = claimed_decision_id(&session, &device.enrollment_id);
-    let (recorded_decision, latest_decision, settings, wanted) = tokio::try_join!(
-        async {
-            match &decision_id {
-                Some(id) => {
-                    super::policy::decision_asks_app_attest_assertion(
-                        ctx,
-                        &session.application_id,
-                        id,
-                    )
-                    .await
+    let (recorded_decision, latest_decision) = if decisions_recorded {
+        tokio::try_join!(
+            async {
+                match &decision_id {
+                    Some(id) => {
+                        super::policy::decision_asks_app_attest_assertion(
+                            ctx,
+                            &session.application_id,
+                            id,
+                        )
+                        .await
+                    }
+                    None => Ok(None),
                 }
-                None => Ok(None),
-            }
-        },
-        // No decision under the claim's id: none was made (no policy at the scan), or the
-        // session was claimed by an instance of an earlier build, which recorded the scan's
-        // decisions under random ids; the user's latest on the session then speaks for it.
-        super::policy::recorded_asks_app_attest_assertion(
-            ctx,
-            &session.application_id,
-            &device.user_id,
-            session.id.as_str(),
-        ),
-        async {
-            applications::request_settings(&ctx.db, &session.application_id)
-                .await
-                .map_err(DomainError::from)
-        },
-        async {
-            if response.decision == Decision::Approve {
-                users::locale(ctx.db.pool(), &session.application_id, &device.user_id)
-                    .await
-                    .map(|locale| locale.into_iter().collect::<Vec<String>>())
-                    .map_err(DomainError::from)
-            } else {
-                Ok(Vec::new())
-            }
-        },
-    )?;
+            },
+            // No decision under the claim's id: none was made (no policy at the scan), or the
+            // session was claimed by an instance of an earlier build, which recorded the scan's
+            // decisions under random ids; the user's latest on the session then speaks for it.
+            super::policy::recorded_asks_app_attest_assertion(
+                ctx,
+                &session.application_id,
+                &device.user_id,
+                session.id.as_str(),
+            ),
+        )?
+    } else {
+        (None, false)
+    };
     let required_by_policy = recorded_decision.unwrap_or(latest_decision);
     let assertion = AnswerAssertion {
         device: &device,

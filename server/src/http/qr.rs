@@ -99,10 +99,10 @@ fn image_response(content_type: &'static str, body: Vec<u8>) -> Response {
               (status = 410, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn qr_png(
     State(state): State<Ctx>,
-    auth: AppAuth,
+    ApiKey(key): ApiKey,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let png = qr::code_image(&state, &auth.0.id, &id, CodeImage::Png).await?;
+    let png = qr::code_image_by_key(&state, &key, &id, CodeImage::Png).await?;
     Ok(image_response("image/png", png))
 }
 
@@ -114,10 +114,10 @@ pub(crate) async fn qr_png(
               (status = 410, body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn qr_svg(
     State(state): State<Ctx>,
-    auth: AppAuth,
+    ApiKey(key): ApiKey,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let svg = qr::code_image(&state, &auth.0.id, &id, CodeImage::Svg).await?;
+    let svg = qr::code_image_by_key(&state, &key, &id, CodeImage::Svg).await?;
     Ok(image_response("image/svg+xml", svg))
 }
 

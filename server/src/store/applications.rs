@@ -803,6 +803,39 @@ where
     row.map(|row| request_settings_of(&row, id)).transpose()
 }
 
+/// [`request_settings`] of the application that owns the QR session `session` (by the
+/// session's primary key, then the application's): `None` without such a session. A QR answer
+/// reads it beside the session itself.
+pub async fn request_settings_of_qr_session(
+    db: &Database,
+    session: &str,
+) -> Result<Option<(ApplicationId, RequestSettings)>, StoreError> {
+    let row = sqlx::query(&REQUEST_SETTINGS_OF_QR_SESSION)
+        .bind(session)
+        .fetch_optional(db.pool())
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let id: ApplicationId = row
+        .try_get::<String, _>("application_id")?
+        .parse()
+        .map_err(|_| StoreError::Corrupted("application id"))?;
+    let settings = request_settings_of(&row, &id)?;
+    Ok(Some((id, settings)))
+}
+
+/// The statement of [`request_settings_of_qr_session`].
+pub(crate) static REQUEST_SETTINGS_OF_QR_SESSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        REQUEST_SETTINGS
+            .replace("SELECT a.name,", "SELECT a.id AS application_id, a.name,")
+            .replace(
+                "WHERE a.id = $1",
+                "WHERE a.id = (SELECT application_id FROM qr_sessions WHERE id = $1)",
+            )
+    });
+
 fn request_settings_of(
     row: &sqlx::any::AnyRow,
     id: &ApplicationId,

@@ -338,26 +338,75 @@ pub async fn get(
     one(db, "id", id.as_str(), now).await
 }
 
-/// [`get`] for the application `app`, made only while its API key has the digest `key_digest`
-/// (`domain::api_keys`): the key's check and the read in one statement. `None` when the key is
-/// no longer the application's, or when the application has no such session.
+/// A session as read, with whether any policy decision is recorded for it (a scan's: every
+/// decision about a session is recorded with the session as its subject), read in the same
+/// statement: `false` means the session as read had none, so nothing about its decisions needs
+/// reading.
+#[derive(Debug, Clone)]
+pub struct NotedSession {
+    /// The session.
+    pub session: QrSession,
+    /// Whether a policy decision was recorded for it when it was read.
+    pub decisions_recorded: bool,
+}
+
+/// The column that tells [`NotedSession::decisions_recorded`] (over `policy_decisions`' index on
+/// the subject; it stops at the first decision).
+const DECISIONS_RECORDED: &str = "(SELECT COUNT(*) FROM (SELECT 1 FROM policy_decisions \
+    WHERE policy_decisions.subject_id = qr_sessions.id LIMIT 1) AS recorded) AS decisions_recorded";
+
+fn noted_from_row(
+    secrets: &DataKey,
+    row: &sqlx::any::AnyRow,
+    now: i64,
+) -> Result<NotedSession, StoreError> {
+    Ok(NotedSession {
+        session: from_row(secrets, row, now)?,
+        decisions_recorded: row.try_get::<i64, _>("decisions_recorded")? > 0,
+    })
+}
+
+/// [`get`], noting whether decisions are recorded for the session ([`NotedSession`]).
+pub async fn get_noted(
+    db: &Database,
+    id: &QrSessionId,
+    now: i64,
+) -> Result<Option<NotedSession>, StoreError> {
+    let row = sqlx::query(&BY_ID_NOTED)
+        .bind(id.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    let secrets = db.secrets()?;
+    row.as_ref()
+        .map(|r| noted_from_row(secrets, r, now))
+        .transpose()
+}
+
+/// The statement of [`get_noted`].
+pub(crate) static BY_ID_NOTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {COLUMNS}, {DECISIONS_RECORDED} FROM qr_sessions WHERE id = $1")
+});
+
+/// [`get_noted`] for the application `app`, made only while its API key has the digest
+/// `key_digest` (`domain::api_keys`): the key's check and the read in one statement. `None`
+/// when the key is no longer the application's, or when the application has no such session.
 pub async fn get_with_key(
     db: &Database,
     id: &QrSessionId,
     app: &ApplicationId,
     key_digest: &str,
     now: i64,
-) -> Result<Option<QrSession>, StoreError> {
+) -> Result<Option<NotedSession>, StoreError> {
     let row =
         super::applications::fetch_with_key(db, &BY_ID_WITH_KEY, id.as_str(), app, key_digest)
             .await?;
     let secrets = db.secrets()?;
     let found = row
         .as_ref()
-        .map(|r| from_row(secrets, r, now))
+        .map(|r| noted_from_row(secrets, r, now))
         .transpose()?;
     // Another application's session is not this caller's to read.
-    Ok(found.filter(|s| &s.application_id == app))
+    Ok(found.filter(|s| &s.session.application_id == app))
 }
 
 /// The statement of [`get_with_key`] (the session by its primary key, the application by its
@@ -365,7 +414,7 @@ pub async fn get_with_key(
 /// does).
 pub(crate) static BY_ID_WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS} FROM qr_sessions WHERE id = $1 AND EXISTS \
+        "SELECT {COLUMNS}, {DECISIONS_RECORDED} FROM qr_sessions WHERE id = $1 AND EXISTS \
          (SELECT 1 FROM applications WHERE id = $2 AND api_key_digest = $3)"
     )
 });

@@ -50,6 +50,18 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
             "a QR session's status read, its API key checked",
             qr_sessions::BY_ID_WITH_KEY.clone(),
         ),
+        (
+            "a QR session by id, noting its recorded decisions (an answer's first read)",
+            qr_sessions::BY_ID_NOTED.clone(),
+        ),
+        (
+            "the settings of a QR session's application (an answer's first read)",
+            applications::REQUEST_SETTINGS_OF_QR_SESSION.clone(),
+        ),
+        (
+            "the language of an enrollment's user (an approved QR answer's first read)",
+            users::LOCALE_OF_ENROLLMENT.into(),
+        ),
         ("user look-up with its device count", users::GET.into()),
         (
             "a new request's user with its bypass",
@@ -369,7 +381,7 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(
         hot_statements(super::Engine::Sqlite).len(),
-        48 + users::DELETION.len()
+        51 + users::DELETION.len()
     );
 }
 

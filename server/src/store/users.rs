@@ -178,6 +178,29 @@ where
     })
 }
 
+/// The language of the user `enrollment` belongs to (`None` without such an enrollment, or
+/// without a language): [`locale`] by the enrollment's key, for a read that goes out before the
+/// enrollment is read.
+pub async fn locale_of_enrollment(
+    db: &Database,
+    enrollment: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(LOCALE_OF_ENROLLMENT)
+        .bind(enrollment)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get("locale")?,
+        None => None,
+    })
+}
+
+/// The statement of [`locale_of_enrollment`] (the enrollment by its primary key, the user by
+/// theirs).
+pub(crate) const LOCALE_OF_ENROLLMENT: &str = "SELECT u.locale FROM enrollments e \
+    JOIN users u ON u.application_id = e.application_id AND u.user_id = e.user_id \
+    WHERE e.enrollment_id = $1";
+
 /// Whether the user exists.
 pub async fn exists(
     db: &Database,

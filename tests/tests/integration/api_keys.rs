@@ -522,6 +522,26 @@ async fn qr_status(base: &str, id: &str, query: &str, key: Option<&str>) -> (u16
     .await
 }
 
+/// `GET /v1/qr-sessions/{id}/qr.png` with `key`: the status, and the error code if any (an
+/// image has none).
+async fn qr_png(base: &str, id: &str, key: Option<&str>) -> (u16, Option<String>) {
+    let mut request = reqwest::Client::new().get(format!("{base}/v1/qr-sessions/{id}/qr.png"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("sent");
+    let status = response.status().as_u16();
+    if status == 200 {
+        let body = response.bytes().await.expect("image");
+        assert!(body.starts_with(b"\x89PNG"), "a PNG image");
+        return (200, None);
+    }
+    let body: serde_json::Value = response.json().await.expect("json");
+    (status, body["error"]["code"].as_str().map(str::to_string))
+}
+
+/// The QR session's status read and its code's image each check the API key in the session's
+/// own read once the key is remembered.
 async fn qr_status_keys(backend: Backend) {
     let server = start(backend).await;
     let base = server.base_url.clone();
@@ -546,6 +566,8 @@ async fn qr_status_keys(backend: Backend) {
             );
             assert_eq!(qr_status(&base, missing, "", bad_key).await, unauthorized);
             assert_eq!(qr_status(&base, &session, "", bad_key).await, unauthorized);
+            assert_eq!(qr_png(&base, &session, bad_key).await, unauthorized);
+            assert_eq!(qr_png(&base, missing, bad_key).await, unauthorized);
         }
         assert_eq!(
             qr_status(&base, &session, "?wait=soon", Some(&key)).await.0,
@@ -556,6 +578,8 @@ async fn qr_status_keys(backend: Backend) {
             qr_status(&base, &session, "", Some(&key)).await,
             (200, None)
         );
+        assert_eq!(qr_png(&base, missing, Some(&key)).await, not_found);
+        assert_eq!(qr_png(&base, &session, Some(&key)).await, (200, None));
     }
     let other = admin::create_application(server.server.database(), "Other")
         .await
@@ -569,11 +593,20 @@ async fn qr_status_keys(backend: Backend) {
             qr_status(&base, &session, "", Some(&other.api_key)).await,
             not_found
         );
+        assert_eq!(
+            qr_png(&base, &session, Some(&other.api_key)).await,
+            not_found
+        );
     }
     let rotated = admin::rotate_api_key(server.server.database(), &app)
         .await
         .expect("rotate")
         .api_key;
+    assert_eq!(
+        qr_png(&base, &session, Some(&key)).await,
+        unauthorized,
+        "the old key still drew the code after its rotation (its first call since, under the remembered key)"
+    );
     assert_eq!(
         qr_status(&base, &session, "", Some(&key)).await,
         unauthorized,
@@ -583,4 +616,5 @@ async fn qr_status_keys(backend: Backend) {
         qr_status(&base, &session, "", Some(&rotated)).await,
         (200, None)
     );
+    assert_eq!(qr_png(&base, &session, Some(&rotated)).await, (200, None));
 }

@@ -475,6 +475,64 @@ async fn of_one_user_s_phones_scanning_at_once_the_winner_s_own_decision_holds()
     }
 }
 
+/// A session's read notes whether the policy decided anything about it, so that a status
+/// without a decision reads nothing more. A relying party that started waiting before the scan
+/// read that note before the scan: woken by the scan, it reads the scan's decision all the
+/// same, and so does the answer that follows (the decision asks the iPhone for an assertion).
+#[tokio::test]
+async fn a_status_woken_by_the_scan_reports_the_decision_the_scan_recorded() {
+    for domain in TestDomain::each_engine().await {
+        assertions_asked_of_iphones(&domain).await;
+        let user = domain.user("uma").await;
+        let iphone = app_attest_phone(&domain, &user, "iOS").await;
+        let created = session(&domain).await;
+        let id = created.session_id.to_string();
+        let before = status(&domain.ctx, &domain.app.id, &id, Duration::ZERO)
+            .await
+            .expect("status before the scan");
+        assert_eq!(before.state, QrSessionState::Created);
+        assert_eq!(before.policy, None, "nothing is decided before the scan");
+        let waiter = {
+            let (ctx, app, id) = (domain.ctx.clone(), domain.app.id.clone(), id.clone());
+            tokio::spawn(async move { status(&ctx, &app, &id, Duration::from_secs(10)).await })
+        };
+        let topic = crate::domain::events::Topic::QrSession(id.clone());
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while domain.ctx.events.waiters_on(&topic) < 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the relying party waits");
+        let signed = claim(&domain.ctx, &iphone.enrollment, scanned(&created, &iphone))
+            .await
+            .expect("claimed")
+            .context;
+        let woken = waiter.await.expect("joined").expect("the waiter's status");
+        assert_eq!(woken.state, QrSessionState::Scanned);
+        assert_eq!(
+            woken.policy.map(|p| p.rule),
+            Some("ios".to_string()),
+            "the woken status reports the scan's decision"
+        );
+        let context: QrSessionContext = domain.verified(&signed, MessageType::QrSessionContext);
+        let answer_signed = answered(
+            &iphone,
+            &context,
+            Decision::Approve,
+            &context.context,
+            domain.clock.now(),
+        );
+        assert_eq!(
+            answer(&domain.ctx, &id, &answer_signed, CLIENT)
+                .await
+                .expect_err("the decision asks for an assertion")
+                .code(),
+            Some(ErrorCode::AppAttestAssertionRequired)
+        );
+    }
+}
+
 /// Under user approval the push that follows an approval never outlives its session: answered
 /// 15 seconds before the session's end it lasts as long as the session; 5 seconds before,
 /// there is no time for a push and the answer is refused as expired. A session read as
