@@ -22,7 +22,7 @@ use tessera_protocol::authentication::NumberMatching;
 use tessera_protocol::flows::{CreateFlowRequest, FlowAction, FlowStatus};
 use tessera_protocol::ids::EnrollmentId;
 use tessera_tests::load::{Latencies, backends, plan, runtime};
-use tessera_tests::{Backend, TestDevice, TestServer};
+use tessera_tests::{Backend, TestDevice, TestServer, push_flow_steps};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -59,34 +59,7 @@ async fn one_flow(
     let flow = server.customer.create_flow(&request).await.expect("create");
     let id = flow.id.to_string();
     match kind {
-        Kind::Push => {
-            let waiting = server
-                .customer
-                .flow_action(
-                    &id,
-                    &FlowAction::Authenticate {
-                        mobile_payload: None,
-                        authorization_payload: None,
-                    },
-                )
-                .await
-                .expect("authenticate");
-            let push = waiting.push.expect("a push");
-            let incoming = device
-                .pull_request(enrollment, &push.authentication_id)
-                .await;
-            device
-                .auth
-                .approve(&incoming, vec![], push.number_to_show)
-                .await
-                .expect("approve");
-            let done = server
-                .customer
-                .flow_action(&id, &FlowAction::Poll { wait: Some(10) })
-                .await
-                .expect("poll");
-            assert_eq!(done.status, FlowStatus::MfaCompleted);
-        }
+        Kind::Push => push_flow_steps(&server.customer, &id, device, enrollment).await,
         Kind::Seamless => {
             let signed = device
                 .auth

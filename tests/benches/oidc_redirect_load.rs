@@ -20,7 +20,6 @@ use std::time::Instant;
 use serde_json::json;
 use tessera_examples::relying_party::{ClientCredentials, RelyingParty, RpSigningKey};
 use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
-use tessera_protocol::flows::{FlowAction, FlowStatus};
 use tessera_protocol::ids::EnrollmentId;
 use tessera_tests::load::{Latencies, backends, plan, runtime};
 use tessera_tests::{Backend, TestDevice, TestServer};
@@ -89,32 +88,7 @@ async fn one_sign_in(
         .as_str()
         .expect("return URL")
         .to_string();
-    let waiting = server
-        .customer
-        .flow_action(
-            flow_id,
-            &FlowAction::Authenticate {
-                mobile_payload: None,
-                authorization_payload: None,
-            },
-        )
-        .await
-        .expect("authenticate");
-    let push = waiting.push.expect("a push");
-    let incoming = device
-        .pull_request(enrollment, &push.authentication_id)
-        .await;
-    device
-        .auth
-        .approve(&incoming, vec![], push.number_to_show)
-        .await
-        .expect("approve");
-    let done = server
-        .customer
-        .flow_action(flow_id, &FlowAction::Poll { wait: Some(10) })
-        .await
-        .expect("poll");
-    assert_eq!(done.status, FlowStatus::MfaCompleted);
+    tessera_tests::push_flow_steps(&server.customer, flow_id, device, enrollment).await;
     let back = browser
         .get(&return_url)
         .header("cookie", cookie)

@@ -1031,6 +1031,42 @@ pub async fn approval_cycle_steps(
     [t1 - t0, t2 - t1, t3 - t2, t4 - t3]
 }
 
+/// A push flow's steps after its creation: `authenticate` starts the push, the device pulls it
+/// and approves it with the number shown (if any), and the backend's poll is woken with
+/// `MFA_COMPLETED`.
+pub async fn push_flow_steps(
+    customer: &CustomerApi,
+    flow: &str,
+    device: &TestDevice,
+    enrollment: &tessera_protocol::ids::EnrollmentId,
+) {
+    use tessera_protocol::flows::{FlowAction, FlowStatus};
+    let waiting = customer
+        .flow_action(
+            flow,
+            &FlowAction::Authenticate {
+                mobile_payload: None,
+                authorization_payload: None,
+            },
+        )
+        .await
+        .expect("authenticate");
+    let push = waiting.push.expect("a push");
+    let incoming = device
+        .pull_request(enrollment, &push.authentication_id)
+        .await;
+    device
+        .auth
+        .approve(&incoming, vec![], push.number_to_show)
+        .await
+        .expect("approve");
+    let done = customer
+        .flow_action(flow, &FlowAction::Poll { wait: Some(10) })
+        .await
+        .expect("poll");
+    assert_eq!(done.status, FlowStatus::MfaCompleted);
+}
+
 /// A transaction: "Pay 120.00 EUR to ACME GmbH?" with amount, payee and IBAN, and a hidden
 /// reference.
 pub fn payment() -> tessera_protocol::api::CreateAuthenticationRequest {

@@ -1217,13 +1217,23 @@ async fn act_on(
         return Err(not_allowed(&flow));
     }
     let name = action.name().as_str();
-    // Claim the flow before any side effect: a racing action on it is refused here.
-    let Some(claim) = Claim::take(ctx, &flow).await? else {
+    // Claim the flow before any side effect: a racing action on it is refused here. An
+    // `authenticate` that starts a push reads what the start decides from beside the claim (on
+    // PostgreSQL one round trip fewer): reads only, which count only once the claim is won.
+    let (claim, read_early) = match starts_push_for(&flow, &action) {
+        Some(user) => {
+            let (claim, read) =
+                tokio::join!(Claim::take(ctx, &flow), read_for_start(ctx, &app.id, user));
+            (claim?, Some(read))
+        }
+        None => (Claim::take(ctx, &flow).await?, None),
+    };
+    let Some(claim) = claim else {
         return Err(conflict());
     };
     let mut claimed = flow.clone();
     claimed.stored.version = claim.version;
-    let mut step = take_step(ctx, app, &mut claimed, action.clone()).await;
+    let mut step = take_step(ctx, app, &mut claimed, action.clone(), read_early).await;
     let mut reruns = 0;
     loop {
         let (status, data) = match step {
@@ -1262,7 +1272,7 @@ async fn act_on(
                 reruns += 1;
                 tracing::info!(flow_id = %claimed.stored.id, "bypass cleared meanwhile: the step is taken again");
                 claimed.data.policy = decided;
-                step = take_step(ctx, app, &mut claimed, action.clone()).await;
+                step = take_step(ctx, app, &mut claimed, action.clone(), None).await;
                 continue;
             }
             // An action that ends the flow (a recovery code, a passcode or a passkey spent, a
@@ -1313,13 +1323,32 @@ async fn act_on(
     }
 }
 
+/// The user whose push `action` starts on `flow`, if it starts one: an `authenticate` with
+/// neither payload, on a flow with a user that is not waiting for a passkey or for its methods'
+/// setup ([`authenticate`] then goes to [`start`]).
+fn starts_push_for<'f>(flow: &'f Flow, action: &FlowAction) -> Option<&'f UserId> {
+    let FlowAction::Authenticate {
+        mobile_payload: None,
+        authorization_payload: None,
+    } = action
+    else {
+        return None;
+    };
+    if flow.awaits_passkey() || flow.status == FlowStatus::MfaSetupRequired {
+        return None;
+    }
+    flow.stored.user_id.as_ref()
+}
+
 /// The step `action` takes on the flow `claimed` (claimed by it): where the flow moves and
 /// with what. A passkey sign-in binds its user in `claimed`, which its move then records.
+/// `read_early`: what a push's start decides from, read beside the claim ([`act_on`]).
 async fn take_step(
     ctx: &Ctx,
     app: &Application,
     claimed: &mut Flow,
     action: FlowAction,
+    read_early: Option<Result<StartReads, DomainError>>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     match action {
         FlowAction::CheckAssertion { credential } if claimed.awaits_passkey() => {
@@ -1335,7 +1364,17 @@ async fn take_step(
         FlowAction::Authenticate {
             mobile_payload,
             authorization_payload,
-        } => authenticate(ctx, app, claimed, mobile_payload, authorization_payload).await,
+        } => {
+            authenticate(
+                ctx,
+                app,
+                claimed,
+                mobile_payload,
+                authorization_payload,
+                read_early,
+            )
+            .await
+        }
         FlowAction::SelectDevice { device_id } => {
             let data = claimed.data.clone();
             use_device(ctx, app, claimed, data, &device_id, None).await
@@ -1578,6 +1617,7 @@ async fn authenticate(
     flow: &Flow,
     mobile_payload: Option<String>,
     authorization_payload: Option<String>,
+    read_early: Option<Result<StartReads, DomainError>>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let mut data = flow.data.clone();
     if flow.awaits_passkey() {
@@ -1681,7 +1721,7 @@ async fn authenticate(
             "while methods are missing, authenticate pairs the app's device: send its mobile_payload",
         ));
     }
-    start(ctx, app, flow, data).await
+    start(ctx, app, flow, data, read_early).await
 }
 
 /// The devices held for a passcode by a flow that moves from `before` to `after`: each once.
@@ -2012,14 +2052,13 @@ struct StartReads {
 }
 
 /// Reads [`StartReads`] for `user` (side by side); `user_not_found` when the application has no
-/// such user. Phones pending a verification already decided are settled first, as a request's
-/// pick of its device settles them.
+/// such user. Reads only: [`start`] settles the phones afterwards.
 async fn read_for_start(
     ctx: &Ctx,
     app: &ApplicationId,
     user: &UserId,
 ) -> Result<StartReads, DomainError> {
-    let (mut request, codes, tokens, credentials, contacts) = tokio::try_join!(
+    let (request, codes, tokens, credentials, contacts) = tokio::try_join!(
         authentication::read_for_request(ctx, app, user),
         async {
             crate::store::bypass::unused_codes(&ctx.db, app, user)
@@ -2045,9 +2084,6 @@ async fn read_for_start(
     if request.user.is_none() {
         return Err(super::users::user_not_found());
     }
-    request.devices =
-        device_verification::settled_devices(ctx, app, user, std::mem::take(&mut request.devices))
-            .await?;
     Ok(StartReads {
         request,
         recovery_codes: codes.len(),
@@ -2057,15 +2093,30 @@ async fn read_for_start(
     })
 }
 
-/// Checks the mandatory methods, lists the devices, and asks the one to ask.
+/// Checks the mandatory methods, lists the devices, and asks the one to ask. `read_early`: the
+/// user's [`StartReads`], when the action read them beside its claim ([`act_on`]); otherwise
+/// they are read here.
 async fn start(
     ctx: &Ctx,
     app: &Application,
     flow: &Flow,
     mut data: Data,
+    read_early: Option<Result<StartReads, DomainError>>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let user = flow.user()?;
-    let reads = read_for_start(ctx, &app.id, user).await?;
+    let mut reads = match read_early {
+        Some(read) => read?,
+        None => read_for_start(ctx, &app.id, user).await?,
+    };
+    // Phones pending a verification already decided are settled first, as a request's pick of
+    // its device settles them (a write, so only now that the flow is claimed).
+    reads.request.devices = device_verification::settled_devices(
+        ctx,
+        &app.id,
+        user,
+        std::mem::take(&mut reads.request.devices),
+    )
+    .await?;
     let stored_bypass = reads.request.user.as_ref().and_then(|(_, b)| b.clone());
     let current = reads.request.settings.policy.as_ref();
     // A bypass in force ends the flow before the codes count.
@@ -2532,7 +2583,7 @@ async fn continue_authentication(
     flow: &Flow,
 ) -> Result<(FlowStatus, Data), DomainError> {
     if flow.status == FlowStatus::MfaSetupRequired {
-        return start(ctx, app, flow, flow.data.clone()).await;
+        return start(ctx, app, flow, flow.data.clone(), None).await;
     }
     let pairing = flow
         .data
@@ -2707,7 +2758,7 @@ async fn check_registration(
         .unwrap_or_default();
     let setup = mfa_setup(ctx, &app.id, user, mandatory).await?;
     if setup.missing.is_empty() {
-        return start(ctx, app, flow, data).await;
+        return start(ctx, app, flow, data, None).await;
     }
     data.mfa_setup = Some(setup);
     Ok((FlowStatus::MfaSetupRequired, data))

@@ -5,12 +5,14 @@
 //! for one: each would then fail with `service_unavailable` once the pool's acquire timeout
 //! passed. Here eight devices pair, then run approval cycles, at once against a pool of two
 //! connections, and eight CIBA requests are approved and their tokens polled at once. On SQLite
-//! and PostgreSQL.
+//! and PostgreSQL; and eight push flows at once on the same pool.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_tests::{Backend, TestServer, approval_cycle_steps, on_each_backend};
+use tessera_protocol::authentication::NumberMatching;
+use tessera_protocol::flows::CreateFlowRequest;
+use tessera_tests::{Backend, TestServer, approval_cycle_steps, on_each_backend, push_flow_steps};
 
 on_each_backend! {
     more_requests_in_flight_than_connections_all_complete => more_requests_than_connections;
@@ -48,16 +50,19 @@ fn history_reading_policy() -> tessera_protocol::policy::PolicyDocument {
     .expect("the policy")
 }
 
+/// A server with a pool of two connections.
+async fn small_pool_server(backend: Backend) -> TestServer {
+    TestServer::start_isolated_with(backend, |c| {
+        c.max_connections = 2;
+        // A request starved of connections fails fast instead of hanging the test.
+        c.database_acquire_timeout = Duration::from_secs(3);
+        c.max_recent_authentications_per_user = u32::MAX;
+    })
+    .await
+}
+
 async fn cycles_beyond_the_pool(backend: Backend, with_policy: bool) {
-    let server = Arc::new(
-        TestServer::start_isolated_with(backend, |c| {
-            c.max_connections = 2;
-            // A request starved of connections fails fast instead of hanging the test.
-            c.database_acquire_timeout = Duration::from_secs(3);
-            c.max_recent_authentications_per_user = u32::MAX;
-        })
-        .await,
-    );
+    let server = Arc::new(small_pool_server(backend).await);
     // The eight pair at once too.
     let mut pairings = Vec::new();
     for i in 0..8 {
@@ -151,4 +156,37 @@ async fn ciba_beyond_the_pool(backend: Backend) {
     })
     .await;
     assert!(all.is_ok(), "the requests did not complete in time");
+}
+
+on_each_backend! {
+    push_flows_in_flight_beyond_the_pool_all_complete => flows_beyond_the_pool;
+}
+
+/// Eight push flows at once on a pool of two, three each: `authenticate` reads what the push
+/// is decided from beside the flow's claim, the phone approves with the number shown, and the
+/// backend's poll is woken with `MFA_COMPLETED`.
+async fn flows_beyond_the_pool(backend: Backend) {
+    let server = Arc::new(small_pool_server(backend).await);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let server = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            let user = format!("flow-pool-{i}");
+            let device = server.paired_user(&user).await;
+            let enrollment = device.auth.enrollments().await.remove(0).enrollment_id;
+            for _ in 0..3 {
+                let mut request = CreateFlowRequest::new(user.parse().expect("user id"));
+                request.number_matching = Some(NumberMatching::Choice);
+                let flow = server.customer.create_flow(&request).await.expect("create");
+                push_flow_steps(&server.customer, flow.id.as_str(), &device, &enrollment).await;
+            }
+        }));
+    }
+    let all = tokio::time::timeout(Duration::from_secs(120), async {
+        for task in tasks {
+            task.await.expect("every flow completes");
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "the flows did not complete in time");
 }
