@@ -2802,7 +2802,13 @@ pub(crate) fn follow_up<'a>(ctx: &'a Ctx, event: &'a DomainEvent) -> FollowUpFut
         if !waiting.flow {
             return Ok(());
         }
-        if let Some(stored) = store::by_authentication(&ctx.db, &record.id).await? {
+        // As the ending's statement read it, where it did (before the ending: a move since is
+        // a lost race, read again and re-derived like any other); else read now.
+        let stored = match event.waiting_flow() {
+            Some(flow) => Some(flow.clone()),
+            None => store::by_authentication(&ctx.db, &record.id).await?,
+        };
+        if let Some(stored) = stored {
             refresh_knowing(ctx, Flow::from_stored(stored)?, Some(record)).await?;
         }
         Ok(())

@@ -25,6 +25,7 @@ use super::{Ctx, DomainError};
 use crate::metrics::{EndLabels, ReasonLabels};
 use crate::store::authentications::{self, AnsweredRequest, Authentication};
 use crate::store::enrollments;
+use crate::store::flows::StoredFlow;
 use crate::store::follow_ups::Waiting;
 use crate::store::otp::PasscodeSpend;
 use crate::store::{Committed, Engine, Write};
@@ -40,14 +41,27 @@ pub(crate) enum DomainEvent {
         /// Which follow-ups have something waiting for it (read in the ending's transaction;
         /// [`Waiting::UNKNOWN`] where the ending was not written here).
         waiting: Waiting,
+        /// The flow waiting for it as its push, where the ending's own statement read it
+        /// (PostgreSQL's one-statement answer); `None`: not read (the flow's follow-up reads
+        /// it, if one waits).
+        waiting_flow: Option<Box<StoredFlow>>,
     },
 }
 
 impl DomainEvent {
     /// The ended authentication and what waits for it.
     pub(crate) fn ended(&self) -> (&Authentication, Waiting) {
-        let DomainEvent::AuthenticationEnded { record, waiting } = self;
+        let DomainEvent::AuthenticationEnded {
+            record, waiting, ..
+        } = self;
         (record, *waiting)
+    }
+
+    /// The flow waiting for the ended authentication, as the ending's statement read it (if it
+    /// did).
+    pub(crate) fn waiting_flow(&self) -> Option<&StoredFlow> {
+        let DomainEvent::AuthenticationEnded { waiting_flow, .. } = self;
+        waiting_flow.as_deref()
     }
 }
 
@@ -178,7 +192,7 @@ pub(crate) async fn record_taking(
     // ending won.
     Ok(match write_ending(ctx, w, id, ending).await? {
         Some((record, announced, waiting)) => Taken::Recorded(Box::new(
-            after_ending(ctx, record, announced, waiting).await,
+            after_ending(ctx, record, announced, waiting.into()).await,
         )),
         None => Taken::NotRecorded,
     })
@@ -195,7 +209,7 @@ pub(crate) async fn record(
     let written = write_ending(ctx, w, id, ending).await?;
     Ok(match written {
         Some((record, announced, waiting)) => {
-            Some(after_ending(ctx, record, announced, waiting).await)
+            Some(after_ending(ctx, record, announced, waiting.into()).await)
         }
         None => None,
     })
@@ -220,7 +234,9 @@ pub(crate) async fn record_on(
             }
             _ => {
                 let w = ctx.db.write_on(&mut conn).await?;
-                write_ending(ctx, w, id, ending).await?
+                write_ending(ctx, w, id, ending)
+                    .await?
+                    .map(|(record, announced, waiting)| (record, announced, waiting.into()))
             }
         };
         drop(conn);
@@ -228,12 +244,12 @@ pub(crate) async fn record_on(
     } else {
         // SQLite writes on its one writer: the reader is given back before queueing for it.
         drop(conn);
-        write_ending(ctx, ctx.db.write().await?, id, ending).await?
+        write_ending(ctx, ctx.db.write().await?, id, ending)
+            .await?
+            .map(|(record, announced, waiting)| (record, announced, waiting.into()))
     };
     Ok(match written {
-        Some((record, announced, waiting)) => {
-            Some(after_ending(ctx, record, announced, waiting).await)
-        }
+        Some((record, announced, waits)) => Some(after_ending(ctx, record, announced, waits).await),
         None => None,
     })
 }
@@ -298,24 +314,43 @@ async fn write_answer_at_once(
     conn: &mut crate::store::HeldConnection,
     answered: &Authentication,
     answer: &authentications::Answer<'_>,
-) -> Result<Option<(Authentication, Announced, Waiting)>, DomainError> {
+) -> Result<Option<(Authentication, Announced, Waits)>, DomainError> {
     let stored = answer.applied_to(answered);
     let records = super::audit::appended(ctx, super::audit::ending_events(&stored))?;
-    let Some((record, waiting, webhooks_queued)) =
-        authentications::record_answer_with_audit(conn, answer, &records).await?
+    let Some(recorded) = authentications::record_answer_with_audit(conn, answer, &records).await?
     else {
         return Ok(None);
     };
-    let topics = ended_topics(&record).to_vec();
+    let topics = ended_topics(&recorded.record).to_vec();
     Ok(Some((
-        record,
+        recorded.record,
         Announced {
             topics,
-            webhooks_queued,
+            webhooks_queued: recorded.webhooks_queued,
             webhooks: super::audit::Queued::default(),
         },
-        waiting,
+        Waits {
+            waiting: recorded.waiting,
+            flow: recorded.waiting_flow.map(Box::new),
+        },
     )))
+}
+
+/// What waits for an ending, as its write found it: which follow-ups, and the waiting flow
+/// where the write read it too.
+#[derive(Debug)]
+struct Waits {
+    waiting: Waiting,
+    flow: Option<Box<StoredFlow>>,
+}
+
+impl From<Waiting> for Waits {
+    fn from(waiting: Waiting) -> Self {
+        Waits {
+            waiting,
+            flow: None,
+        }
+    }
 }
 
 /// After an ending committed: wakes this process's waiters, then runs the follow-ups (the
@@ -324,7 +359,7 @@ async fn after_ending(
     ctx: &Ctx,
     record: Authentication,
     announced: Announced,
-    waiting: Waiting,
+    waits: Waits,
 ) -> Authentication {
     announced.committed(ctx);
     tracing::info!(
@@ -333,7 +368,11 @@ async fn after_ending(
         denial_reason = record.denial_reason.map(DenialReason::as_str),
         "authentication ended"
     );
-    let event = DomainEvent::AuthenticationEnded { record, waiting };
+    let event = DomainEvent::AuthenticationEnded {
+        record,
+        waiting: waits.waiting,
+        waiting_flow: waits.flow,
+    };
     dispatch_to(ctx, &event, Audit::Recorded).await;
     let DomainEvent::AuthenticationEnded { record, .. } = event;
     record
@@ -397,6 +436,7 @@ pub(crate) async fn ended(ctx: &Ctx, record: &Authentication) {
     let event = DomainEvent::AuthenticationEnded {
         record: record.clone(),
         waiting: Waiting::UNKNOWN,
+        waiting_flow: None,
     };
     dispatch(ctx, &event).await;
 }

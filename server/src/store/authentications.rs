@@ -620,16 +620,32 @@ where
     row.as_ref().map(|r| ended_of(r, answer.now)).transpose()
 }
 
+/// What [`record_answer_with_audit`] recorded.
+#[derive(Debug)]
+pub(crate) struct RecordedAnswer {
+    /// The record as stored after the answer.
+    pub record: Authentication,
+    /// Which follow-ups wait for it.
+    pub waiting: Waiting,
+    /// Whether a webhook delivery was queued.
+    pub webhooks_queued: bool,
+    /// The flow waiting for it as its push, as the answer's statement read it (its state
+    /// before the answer: the flow moves only after it).
+    pub waiting_flow: Option<super::flows::StoredFlow>,
+}
+
 /// PostgreSQL: [`record_answer`] and the audit `records` of its ending (with their webhook
 /// deliveries) as one statement, committed on its own — no `BEGIN` or `COMMIT` around it: the
 /// update is a data-modifying `WITH` item, and each record is inserted once for the row it
 /// returned, so the records are written exactly when the answer was recorded. Returns what
-/// [`record_answer`] returns, and whether a webhook delivery was queued.
+/// [`record_answer`] returns, whether a webhook delivery was queued, and the flow waiting for
+/// the authentication (over `flows`' index on the push it waits for), which the flow's
+/// follow-up would otherwise read next.
 pub(crate) async fn record_answer_with_audit(
     conn: &mut super::HeldConnection,
     answer: &Answer<'_>,
     records: &[super::audit::Appended],
-) -> Result<Option<(Authentication, Waiting, bool)>, StoreError> {
+) -> Result<Option<RecordedAnswer>, StoreError> {
     let (items, queued, _) = super::audit::appended_items(records, "ended", END_WITH_VALUES + 1);
     let mut sql = format!(
         "WITH ended AS ({END_WITH} RETURNING {READ_COLUMNS}, {})",
@@ -640,19 +656,22 @@ pub(crate) async fn record_answer_with_audit(
         sql.push_str(item);
     }
     sql.push_str(&format!(
-        " SELECT ended.*, {} AS queued FROM ended",
-        super::audit::queued_count(&queued)
+        " SELECT ended.*, {} AS queued, {} FROM ended \
+         LEFT JOIN flows waiting_flow ON waiting_flow.authentication_id = ended.id",
+        super::audit::queued_count(&queued),
+        super::flows::WAITING_FLOW_COLUMNS,
     ));
     let query = super::audit::bind_appended(answer.bind(sqlx::query(&sql)), records);
     let Some(row) = query.fetch_optional(conn).await? else {
         return Ok(None);
     };
     let (record, waiting) = ended_of(&row, answer.now)?;
-    Ok(Some((
+    Ok(Some(RecordedAnswer {
         record,
         waiting,
-        row.try_get::<i64, _>("queued")? > 0,
-    )))
+        webhooks_queued: row.try_get::<i64, _>("queued")? > 0,
+        waiting_flow: super::flows::waiting_flow_of(&row)?,
+    }))
 }
 
 /// [`END_WITH`] as it runs ([`ending_statement`]), written once.
@@ -2722,11 +2741,17 @@ mod tests {
         // As checked: the answer, both records and the delivery, committed together.
         let answer = decided(&a, Decision::Approve, now);
         let records = appended("won");
-        let (after, waiting, queued) = record_answer_with_audit(conn, &answer, &records)
+        let RecordedAnswer {
+            record: after,
+            waiting,
+            webhooks_queued: queued,
+            waiting_flow,
+        } = record_answer_with_audit(conn, &answer, &records)
             .await
             .expect("statement")
             .expect("recorded");
         assert!(queued);
+        assert!(waiting_flow.is_none(), "no flow waits for it");
         assert!(!waiting.flow && !waiting.qr_follow_up && !waiting.device_verification);
         assert_eq!(format!("{after:?}"), format!("{:?}", answer.applied_to(&a)));
         assert_eq!(written("won").await, (2, 1));
@@ -2742,6 +2767,45 @@ mod tests {
         assert_eq!(written("late").await, (0, 0));
         let stored = get(&db, &a.id, now).await.expect("read").expect("stored");
         assert_eq!(stored.state, AuthenticationState::Approved);
+        // A push a flow waits for: the statement reads the flow as it stands, for the flow's
+        // follow-up.
+        let mut b = pending(&app.id, &user, now - 10);
+        b.nonce = format!("nonce {}", b.id);
+        insert(db.pool(), &b).await.expect("insert");
+        let flow = crate::store::flows::StoredFlow {
+            id: tessera_protocol::flows::FlowId::generate(),
+            application_id: app.id.clone(),
+            user_id: Some(user.clone()),
+            status: "PUSH_CONFIRMATION_WAITING".into(),
+            version: 7,
+            data: "{\"kept\":true}".into(),
+            authentication_id: Some(b.id.clone()),
+            created_at: now - 20,
+            updated_at: now - 10,
+            expires_at: now + 600,
+        };
+        let created = crate::store::flows::FlowEvent {
+            at: now - 20,
+            action: "create".into(),
+            from_status: None,
+            to_status: flow.status.clone(),
+            error: None,
+        };
+        crate::store::flows::insert(&db, &flow, &created)
+            .await
+            .expect("flow");
+        let answer = decided(&b, Decision::Approve, now);
+        let recorded = record_answer_with_audit(conn, &answer, &appended("flow"))
+            .await
+            .expect("statement")
+            .expect("recorded");
+        assert!(recorded.waiting.flow);
+        assert_eq!(
+            recorded.waiting_flow.map(|f| format!("{f:?}")),
+            Some(format!("{flow:?}")),
+            "the waiting flow, as stored"
+        );
+        assert_eq!(written("flow").await, (2, 1));
     }
 
     /// The indexes PostgreSQL's plan of `sql` (parameters declared `text`, or `bigint` where

@@ -58,33 +58,67 @@ const COLUMNS: &str = "id, application_id, user_id, status, version, data, authe
     created_at, updated_at, expires_at";
 
 fn from_row(row: &sqlx::any::AnyRow) -> Result<StoredFlow, StoreError> {
-    let authentication_id: Option<String> = row.try_get("authentication_id")?;
+    from_columns(row, std::borrow::Cow::Borrowed)
+}
+
+/// A flow from `row`, each of its columns read under the name `name` gives it.
+fn from_columns<'n>(
+    row: &sqlx::any::AnyRow,
+    name: impl Fn(&'static str) -> std::borrow::Cow<'n, str>,
+) -> Result<StoredFlow, StoreError> {
+    let authentication_id: Option<String> = row.try_get(&*name("authentication_id"))?;
     Ok(StoredFlow {
         id: row
-            .try_get::<String, _>("id")?
+            .try_get::<String, _>(&*name("id"))?
             .parse()
             .map_err(|_| StoreError::Corrupted("flow id"))?,
         application_id: row
-            .try_get::<String, _>("application_id")?
+            .try_get::<String, _>(&*name("application_id"))?
             .parse()
             .map_err(|_| StoreError::Corrupted("application id"))?,
-        user_id: match row.try_get::<String, _>("user_id")? {
+        user_id: match row.try_get::<String, _>(&*name("user_id"))? {
             unbound if unbound.is_empty() => None,
             text => Some(UserId::try_from(text).map_err(|_| StoreError::Corrupted("user id"))?),
         },
-        status: row.try_get("status")?,
-        version: row.try_get("version")?,
-        data: row.try_get("data")?,
+        status: row.try_get(&*name("status"))?,
+        version: row.try_get(&*name("version"))?,
+        data: row.try_get(&*name("data"))?,
         authentication_id: authentication_id
             .map(|a| {
                 a.parse()
                     .map_err(|_| StoreError::Corrupted("authentication id"))
             })
             .transpose()?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        expires_at: row.try_get("expires_at")?,
+        created_at: row.try_get(&*name("created_at"))?,
+        updated_at: row.try_get(&*name("updated_at"))?,
+        expires_at: row.try_get(&*name("expires_at"))?,
     })
+}
+
+/// The flow columns a statement selects from `flows` under the alias `waiting_flow` (a `LEFT
+/// JOIN` on the push it waits for), each named `waiting_flow_<column>`: read back by
+/// [`waiting_flow_of`].
+pub(crate) const WAITING_FLOW_COLUMNS: &str = "waiting_flow.id AS waiting_flow_id, \
+    waiting_flow.application_id AS waiting_flow_application_id, \
+    waiting_flow.user_id AS waiting_flow_user_id, waiting_flow.status AS waiting_flow_status, \
+    waiting_flow.version AS waiting_flow_version, waiting_flow.data AS waiting_flow_data, \
+    waiting_flow.authentication_id AS waiting_flow_authentication_id, \
+    waiting_flow.created_at AS waiting_flow_created_at, \
+    waiting_flow.updated_at AS waiting_flow_updated_at, \
+    waiting_flow.expires_at AS waiting_flow_expires_at";
+
+/// The flow a row's [`WAITING_FLOW_COLUMNS`] hold, if the join found one.
+pub(crate) fn waiting_flow_of(row: &sqlx::any::AnyRow) -> Result<Option<StoredFlow>, StoreError> {
+    if row
+        .try_get::<Option<String>, _>("waiting_flow_id")?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    from_columns(row, |column| {
+        std::borrow::Cow::Owned(format!("waiting_flow_{column}"))
+    })
+    .map(Some)
 }
 
 async fn add_event<'e, E>(executor: E, flow: &FlowId, event: &FlowEvent) -> Result<(), StoreError>
