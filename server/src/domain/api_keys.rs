@@ -62,8 +62,7 @@ pub(crate) async fn authenticate(
     };
     match applications::by_api_key_digest(&ctx.db, digest).await? {
         Some(app) => {
-            ctx.api_key_hints
-                .remember(digest.to_string(), app.id.clone());
+            ctx.api_key_hints.remember(digest.to_string(), app.clone());
             Ok(app)
         }
         None => {
@@ -88,13 +87,30 @@ where
     F: FnOnce(ApplicationId, String) -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, DomainError>>,
 {
+    act_under_hint(ctx, presented, |application, digest| {
+        read(application.id, digest)
+    })
+    .await
+}
+
+/// [`read_under_hint`], given the application as it was when its key was last found (its name
+/// too): for a write that checks the key, and the name it uses, in its own statement.
+pub(crate) async fn act_under_hint<T, F, Fut>(
+    ctx: &Ctx,
+    presented: &PresentedKey,
+    act: F,
+) -> Result<Option<T>, DomainError>
+where
+    F: FnOnce(Application, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, DomainError>>,
+{
     let Some(digest) = presented.digest() else {
         return Ok(None);
     };
-    let Some(application) = ctx.api_key_hints.application_of(digest) else {
+    let Some(application) = ctx.api_key_hints.remembered(digest) else {
         return Ok(None);
     };
-    let found = read(application, digest.to_string()).await?;
+    let found = act(application, digest.to_string()).await?;
     if found.is_none() {
         ctx.api_key_hints.forget(digest);
     }
@@ -105,21 +121,28 @@ where
 /// in use as they are found again).
 pub const CAPACITY: usize = 4096;
 
-/// The application each API key digest belonged to when it was last found (see the module
-/// documentation): only keys that were found are kept, so a flood of wrong keys adds nothing.
+/// The application each API key digest belonged to when it was last found, as it was then
+/// (see the module documentation): only keys that were found are kept, so a flood of wrong
+/// keys adds nothing.
 #[derive(Debug, Default)]
 pub struct ApiKeyHints {
-    kept: Mutex<HashMap<String, ApplicationId>>,
+    kept: Mutex<HashMap<String, Application>>,
 }
 
 impl ApiKeyHints {
     /// The application `digest` belonged to when last found, if it was.
+    #[cfg(test)]
     pub fn application_of(&self, digest: &str) -> Option<ApplicationId> {
+        self.remembered(digest).map(|application| application.id)
+    }
+
+    /// The application `digest` belonged to when last found, as it was then.
+    pub fn remembered(&self, digest: &str) -> Option<Application> {
         self.kept.lock().ok()?.get(digest).cloned()
     }
 
     /// Remembers that `digest` was found as `application`'s key.
-    pub fn remember(&self, digest: String, application: ApplicationId) {
+    pub fn remember(&self, digest: String, application: Application) {
         let Ok(mut kept) = self.kept.lock() else {
             return;
         };
@@ -147,16 +170,26 @@ impl ApiKeyHints {
 mod tests {
     use super::*;
 
+    /// An application named `name`, as a key's look-up finds it.
+    fn application(name: &str) -> Application {
+        Application {
+            id: ApplicationId::generate(),
+            name: name.into(),
+            created_at: 0,
+        }
+    }
+
     #[test]
     fn hints_are_bounded_and_name_the_last_application_found() {
         let hints = ApiKeyHints::default();
-        let (a, b) = (ApplicationId::generate(), ApplicationId::generate());
+        let (a, b) = (application("Shop"), application("Bank"));
         assert_eq!(hints.application_of("d1"), None);
         hints.remember("d1".into(), a.clone());
-        assert_eq!(hints.application_of("d1"), Some(a));
+        assert_eq!(hints.application_of("d1"), Some(a.id.clone()));
+        assert_eq!(hints.remembered("d1"), Some(a));
         // The same digest found for another application (a restored database): the last one.
         hints.remember("d1".into(), b.clone());
-        assert_eq!(hints.application_of("d1"), Some(b.clone()));
+        assert_eq!(hints.remembered("d1"), Some(b.clone()));
         hints.forget("d1");
         assert_eq!(hints.application_of("d1"), None);
         for n in 0..CAPACITY + 10 {
@@ -165,7 +198,7 @@ mod tests {
         }
         assert_eq!(
             hints.application_of(&format!("digest {}", CAPACITY + 9)),
-            Some(b)
+            Some(b.id)
         );
     }
 
@@ -177,7 +210,8 @@ mod tests {
     {
         let domain = crate::domain::testing::TestDomain::sqlite().await;
         let ctx = &domain.ctx;
-        let app = ApplicationId::generate();
+        let remembered = application("Shop");
+        let app = remembered.id.clone();
         let key = PresentedKey::new(Some("tsk_a key"), None);
         let digest = key.digest().expect("digest").to_string();
         let read = |found: bool| {
@@ -202,7 +236,7 @@ mod tests {
         );
         assert!(read_under_hint(ctx, &key, no_read).await.unwrap().is_none());
         // Remembered: read under its application, kept while the read finds something.
-        ctx.api_key_hints.remember(digest.clone(), app.clone());
+        ctx.api_key_hints.remember(digest.clone(), remembered);
         assert_eq!(
             read_under_hint(ctx, &key, read(true)).await.unwrap(),
             Some(app.clone())

@@ -23,7 +23,7 @@ use tessera_protocol::api::{
 
 use super::errors::ApiError;
 use super::extract::{
-    ApiJson, ApiKey, AppAuth, ClientAddr, OptionalJson, device_call, parse_json, parsed_or_refused,
+    ApiJson, ApiKey, ClientAddr, OptionalJson, device_call, parse_json, parsed_or_refused,
 };
 use crate::domain::Ctx;
 use crate::domain::authentication::MAX_WAIT_SECONDS;
@@ -39,10 +39,11 @@ const BROWSER_SCHEME: &str = "TesseraBrowser";
               (status = 404, description = "user_not_found", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn create_session(
     State(state): State<Ctx>,
-    auth: AppAuth,
-    OptionalJson(body): OptionalJson<CreateQrSession>,
+    ApiKey(key): ApiKey,
+    body: Result<OptionalJson<CreateQrSession>, ApiError>,
 ) -> Result<(StatusCode, Json<QrSessionCreated>), ApiError> {
-    let created = qr::create_session(&state, &auth.0, body).await?;
+    let OptionalJson(body) = parsed_or_refused(&state, &key, body).await?;
+    let created = qr::create_session_by_key(&state, &key, body).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 

@@ -219,16 +219,34 @@ const OWN_QUOTA: &str = "SELECT max_open_qr_sessions FROM applications WHERE id 
 /// `qr_session_admitted` (migrations `0051`, `0052`) takes the application's row lock, reads
 /// its quota and counts, the lock held until the statement commits; on SQLite a write
 /// transaction on the one writer connection.
+///
+/// With `key`, the session is also stored only while the application still has that API key
+/// digest and that name (`domain::api_keys`: a create under a remembered key, whose context
+/// shows the name remembered with it); false otherwise, as over the quota.
 pub async fn insert_within_quota(
     db: &Database,
     s: &NewQrSession<'_>,
     default_quota: u32,
+    key: Option<KeyCheck<'_>>,
 ) -> Result<bool, StoreError> {
     if db.engine() == super::Engine::Postgres {
-        return insert_as(db.writer(), db.secrets()?, s, Some(default_quota)).await;
+        return insert_as(db.writer(), db.secrets()?, s, Some((default_quota, key))).await;
     }
     let mut tx = db.write().await?;
     super::applications::lock_for_quota(&mut *tx, db.engine(), s.application_id).await?;
+    if let Some(key) = key {
+        let still: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM applications WHERE id = $1 AND api_key_digest = $2 AND name = $3",
+        )
+        .bind(s.application_id.as_str())
+        .bind(key.digest)
+        .bind(key.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if still == 0 {
+            return Ok(false);
+        }
+    }
     let own: Option<i64> = sqlx::query_scalar(OWN_QUOTA)
         .bind(s.application_id.as_str())
         .fetch_optional(&mut *tx)
@@ -247,6 +265,16 @@ pub async fn insert_within_quota(
     Ok(true)
 }
 
+/// The API key digest and the application name a new session is stored under
+/// ([`insert_within_quota`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyCheck<'a> {
+    /// The digest the application must still have.
+    pub digest: &'a str,
+    /// The name it must still have.
+    pub name: &'a str,
+}
+
 /// Stores a new session.
 pub async fn insert(db: &Database, s: &NewQrSession<'_>) -> Result<(), StoreError> {
     insert_as(db.writer(), db.secrets()?, s, None)
@@ -262,7 +290,7 @@ async fn insert_as<'e, E>(
     executor: E,
     secrets: &DataKey,
     s: &NewQrSession<'_>,
-    admitted_within: Option<u32>,
+    admitted_within: Option<(u32, Option<KeyCheck<'_>>)>,
 ) -> Result<bool, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
@@ -278,8 +306,13 @@ where
     const VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, 'created', 1, $10, $11, $12";
     let sql = match admitted_within {
         None => format!("{INSERT} VALUES ({VALUES})"),
-        Some(_) => format!(
+        Some((_, None)) => format!(
             "{INSERT} SELECT {VALUES} WHERE qr_session_admitted($2, CAST($10 AS BIGINT), $13)"
+        ),
+        Some((_, Some(_))) => format!(
+            "{INSERT} SELECT {VALUES} WHERE EXISTS (SELECT 1 FROM applications WHERE id = $2 \
+             AND api_key_digest = $14 AND name = $15) \
+             AND qr_session_admitted($2, CAST($10 AS BIGINT), $13)"
         ),
     };
     let query = sqlx::query(&sql)
@@ -296,7 +329,8 @@ where
         .bind(s.expires_at)
         .bind(s.flow_id.map(|f| f.to_string()));
     let query = match admitted_within {
-        Some(quota) => query.bind(i64::from(quota)),
+        Some((quota, None)) => query.bind(i64::from(quota)),
+        Some((quota, Some(key))) => query.bind(i64::from(quota)).bind(key.digest).bind(key.name),
         None => query,
     };
     Ok(query.execute(executor).await?.rows_affected() == 1)

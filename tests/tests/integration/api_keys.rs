@@ -21,6 +21,7 @@ on_each_backend! {
     flow_calls_stop_with_a_rotated_key_and_read_nothing_of_another_application => flow_keys;
     flow_calls_answer_401_before_400_before_404 => flow_answer_order;
     a_qr_status_read_stops_with_a_rotated_key_and_keeps_its_answer_order => qr_status_keys;
+    a_qr_session_created_under_a_remembered_key_checks_the_key_the_name_and_the_quota => qr_create_keys;
 }
 
 /// Sends `request` with `key` (none without): the status and the error code, if any.
@@ -617,4 +618,126 @@ async fn qr_status_keys(backend: Backend) {
         (200, None)
     );
     assert_eq!(qr_png(&base, &session, Some(&rotated)).await, (200, None));
+}
+
+/// `POST /v1/qr-sessions` with `body` and `key`: the status, the error code if any, and the new
+/// session's id.
+async fn qr_create(
+    base: &str,
+    body: &str,
+    key: Option<&str>,
+) -> (u16, Option<String>, Option<String>) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/v1/qr-sessions"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("sent");
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("json");
+    (
+        status,
+        body["error"]["code"].as_str().map(str::to_string),
+        body["session_id"].as_str().map(str::to_string),
+    )
+}
+
+/// The application name a stored session's context shows.
+async fn shown_name(server: &TestServer, session: &str) -> String {
+    let context: String = sqlx::query_scalar("SELECT context FROM qr_sessions WHERE id = $1")
+        .bind(session)
+        .fetch_one(server.server.database().pool())
+        .await
+        .expect("context");
+    let context: serde_json::Value = serde_json::from_str(&context).expect("JSON");
+    context["application_name"]
+        .as_str()
+        .expect("a name")
+        .to_string()
+}
+
+/// Sets the application's own quota of open QR sessions (`None`: the server's default).
+async fn set_qr_quota(server: &TestServer, quota: Option<i64>) {
+    sqlx::query("UPDATE applications SET max_open_qr_sessions = $2 WHERE id = $1")
+        .bind(server.app.application_id.as_str())
+        .bind(quota)
+        .execute(server.server.database().pool())
+        .await
+        .expect("quota");
+}
+
+/// A QR session created under a remembered key is stored only while the application still has
+/// that key, under the name it has now; a bad body still answers 401 before 400; a quota
+/// reached answers as it would the long way.
+async fn qr_create_keys(backend: Backend) {
+    let server = start(backend).await;
+    let base = server.base_url.clone();
+    let app = server.app.application_id.clone();
+    let key = server.app.api_key.clone();
+    let unauthorized = (401, Some("unauthorized".to_string()));
+    let bad_body = r#"{"expires_in": 5}"#;
+    for _ in 0..2 {
+        for bad_key in [None, Some("tsk_wrong")] {
+            let (status, code, _) = qr_create(&base, "{}", bad_key).await;
+            assert_eq!((status, code), unauthorized.clone());
+            let (status, code, _) = qr_create(&base, bad_body, bad_key).await;
+            assert_eq!((status, code), unauthorized.clone(), "401 before 400");
+            let (status, code, _) = qr_create(&base, "not JSON", bad_key).await;
+            assert_eq!((status, code), unauthorized.clone(), "401 before 400");
+        }
+        assert_eq!(qr_create(&base, bad_body, Some(&key)).await.0, 400);
+        assert_eq!(qr_create(&base, "not JSON", Some(&key)).await.0, 400);
+        let (status, _, session) = qr_create(&base, "{}", Some(&key)).await;
+        assert_eq!(status, 201);
+        let name = shown_name(&server, &session.expect("a session")).await;
+        assert_eq!(name, server.app.name);
+    }
+    // Renamed: the next session, under the key remembered with the old name, shows the new.
+    sqlx::query("UPDATE applications SET name = 'Renamed Shop' WHERE id = $1")
+        .bind(app.as_str())
+        .execute(server.server.database().pool())
+        .await
+        .expect("renamed");
+    for _ in 0..2 {
+        let (status, _, session) = qr_create(&base, "{}", Some(&key)).await;
+        assert_eq!(status, 201);
+        assert_eq!(
+            shown_name(&server, &session.expect("a session")).await,
+            "Renamed Shop",
+            "a session shows the application's name as it is now"
+        );
+    }
+    // The quota reached: the same refusal as the long way, also under the remembered key.
+    set_qr_quota(&server, Some(4)).await;
+    for _ in 0..2 {
+        let (status, code, _) = qr_create(&base, "{}", Some(&key)).await;
+        assert_eq!(
+            (status, code.as_deref()),
+            (429, Some("quota_exceeded")),
+            "four sessions are open"
+        );
+    }
+    set_qr_quota(&server, None).await;
+    assert_eq!(qr_create(&base, "{}", Some(&key)).await.0, 201);
+    // Rotated: the old key, remembered, creates nothing.
+    let rotated = admin::rotate_api_key(server.server.database(), &app)
+        .await
+        .expect("rotate")
+        .api_key;
+    let (status, code, _) = qr_create(&base, "{}", Some(&key)).await;
+    assert_eq!(
+        (status, code),
+        unauthorized,
+        "the old key still created a session after its rotation"
+    );
+    let open: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM qr_sessions WHERE application_id = $1")
+            .bind(app.as_str())
+            .fetch_one(server.server.database().pool())
+            .await
+            .expect("counted");
+    assert_eq!(open, 5, "nothing was stored under the old key");
+    assert_eq!(qr_create(&base, "{}", Some(&rotated)).await.0, 201);
 }
