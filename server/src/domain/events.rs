@@ -176,7 +176,16 @@ impl EventHub {
             hub: self.clone(),
             topic,
             receiver,
+            also: None,
         }
+    }
+
+    /// A subscription woken when either `first` or `second` is announced (a wait whose answer
+    /// may change by either: a flow, and the push it waits for).
+    pub fn subscribe_either(&self, first: Topic, second: Topic) -> Subscription {
+        let mut subscription = self.subscribe(first);
+        subscription.also = Some(Box::new(self.subscribe(second)));
+        subscription
     }
 
     /// Wakes this process's waiters on `topic`.
@@ -349,21 +358,35 @@ fn log_listener_error(e: &StoreError) {
     tracing::warn!(error = %e, "change listener lost its connection; waiters read again");
 }
 
-/// Interest in one topic; dropping it forgets the topic when nobody else waits for it.
+/// Interest in one topic (or two: [`EventHub::subscribe_either`]); dropping it forgets a topic
+/// when nobody else waits for it.
 pub struct Subscription {
     hub: EventHub,
     topic: Topic,
     receiver: watch::Receiver<u64>,
+    /// The second topic's interest, if any (it has none of its own).
+    also: Option<Box<Subscription>>,
 }
 
 impl Subscription {
-    /// Waits until the topic is announced (since the subscription or the last wait) or
-    /// `deadline` passes; `true` if it was announced.
+    /// Waits until the topic (or the second one) is announced (since the subscription or the
+    /// last wait) or `deadline` passes; `true` if it was announced.
     pub async fn wait(&mut self, deadline: Instant) -> bool {
-        matches!(
-            tokio::time::timeout_at(deadline, self.receiver.changed()).await,
-            Ok(Ok(()))
-        )
+        let Subscription { receiver, also, .. } = self;
+        let woken = match also {
+            None => tokio::time::timeout_at(deadline, receiver.changed()).await,
+            Some(second) => {
+                let second = &mut second.receiver;
+                tokio::time::timeout_at(deadline, async {
+                    tokio::select! {
+                        first = receiver.changed() => first,
+                        second = second.changed() => second,
+                    }
+                })
+                .await
+            }
+        };
+        matches!(woken, Ok(Ok(())))
     }
 }
 
@@ -456,6 +479,27 @@ mod tests {
         hub.wake_local(&Topic::Authentication("a1".into()));
         let deadline = Instant::now() + Duration::from_secs(5);
         assert!(sub.wait(deadline).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_to_either_topic_wakes_on_each_and_forgets_both() {
+        let hub = EventHub::new();
+        let (flow, push) = (Topic::Flow("f1".into()), Topic::Authentication("a1".into()));
+        let mut sub = hub.subscribe_either(flow.clone(), push.clone());
+        assert_eq!(hub.waited_topics(), 2);
+        let soon = || Instant::now() + Duration::from_secs(5);
+        assert!(!sub.wait(soon()).await, "nothing announced");
+        hub.wake_local(&push);
+        assert!(sub.wait(soon()).await, "woken by the second topic");
+        hub.wake_local(&flow);
+        assert!(sub.wait(soon()).await, "woken by the first topic");
+        assert!(!sub.wait(soon()).await, "each announcement wakes once");
+        drop(sub);
+        assert_eq!(
+            hub.waited_topics(),
+            0,
+            "both topics are forgotten with their last waiter"
+        );
     }
 
     #[tokio::test(start_paused = true)]

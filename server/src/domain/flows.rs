@@ -2781,12 +2781,21 @@ async fn poll(ctx: &Ctx, flow: Flow, wait: u64) -> Result<FlowState, DomainError
         }
         _ => Topic::Flow(flow.stored.id.to_string()),
     };
+    // A flow that waits for its push is also woken by the push's ending itself, not only by
+    // the follow-up's move: an answer whose write could not yet see the flow waiting for it
+    // (on PostgreSQL, its statement begun before the flow's move committed) leaves the move to
+    // the next read, which this wake-up makes at once.
+    let subscription = match (&topic, flow.watched_push()) {
+        (Topic::Flow(_), Some(push)) => ctx
+            .events
+            .subscribe_either(topic, Topic::Authentication(push.to_string())),
+        _ => ctx.events.subscribe(topic),
+    };
     let version = flow.stored.version;
     let app = flow.stored.application_id.clone();
     let id = flow.stored.id.to_string();
-    let latest = wait_for(
-        &ctx.events,
-        topic,
+    let latest = super::events::wait_subscribed(
+        Some(subscription),
         wait,
         || async { refresh(ctx, load(ctx, &app, &id).await?).await },
         |f| f.stored.version != version,

@@ -31,6 +31,19 @@ async fn flow_for(domain: &TestDomain, user: &UserId) -> FlowState {
     flow
 }
 
+/// A flow for a new user `name` with a phone, moved by `authenticate` to wait for its push:
+/// the phone, the flow's id and its state.
+async fn waiting_for_push(domain: &TestDomain, name: &str) -> (TestDevice, String, FlowState) {
+    let (user, phone) = domain.user_with_device(name).await;
+    let flow = flow_for(domain, &user).await;
+    let id = flow.id.to_string();
+    let waiting = act(&domain.ctx, &domain.app, &id, authenticate())
+        .await
+        .expect("pushed");
+    assert_eq!(waiting.status, FlowStatus::PushConfirmationWaiting);
+    (phone, id, waiting)
+}
+
 /// The flow's push as the device pulls it.
 async fn pushed(domain: &TestDomain, device: &TestDevice) -> AuthenticationRequest {
     let mut pulled = domain.pull(device).await;
@@ -105,12 +118,7 @@ async fn of_actions_sent_at_once_one_moves_the_flow_and_one_push_is_sent() {
 #[tokio::test]
 async fn an_unanswered_push_times_the_flow_out_and_a_canceled_flow_takes_no_answer() {
     for domain in TestDomain::each_engine().await {
-        let (dave, phone) = domain.user_with_device("dave").await;
-        let flow = flow_for(&domain, &dave).await;
-        let id = flow.id.to_string();
-        act(&domain.ctx, &domain.app, &id, authenticate())
-            .await
-            .expect("pushed");
+        let (phone, id, _) = waiting_for_push(&domain, "dave").await;
         let _ = pushed(&domain, &phone).await;
         domain.clock.advance(Duration::from_secs(121));
         let read = get(&domain.ctx, &domain.app.id, &id).await.expect("read");
@@ -792,5 +800,40 @@ async fn a_flow_s_completion_is_recorded_once_by_its_final_move() {
             .filter(|e| e.to_status == FlowStatus::Canceled)
             .count();
         assert_eq!(canceled, 1, "{history:?}");
+    }
+}
+
+/// A backend polling a flow that waits for its push is woken by the push's ending itself: here
+/// the push is ended as an answer whose write could not see the flow would end it (its state
+/// written, its topic announced, no follow-up run), and the poll still answers at once with
+/// the flow moved, not at its deadline.
+#[tokio::test]
+async fn a_poll_wakes_when_its_push_ends_even_without_the_flow_s_follow_up() {
+    use crate::domain::events::Topic;
+    use crate::domain::testing::{WAITER_WAIT, until_waited, woken};
+    for domain in TestDomain::each_engine().await {
+        let (_phone, id, waiting) = waiting_for_push(&domain, "dora").await;
+        let push = waiting.push.expect("a push").authentication_id;
+        let poller = {
+            let (ctx, app, id) = (domain.ctx.clone(), domain.app.clone(), id.clone());
+            let wait = FlowAction::Poll {
+                wait: Some(WAITER_WAIT.as_secs()),
+            };
+            tokio::spawn(async move { act(&ctx, &app, &id, wait).await })
+        };
+        let topic = Topic::Authentication(push.to_string());
+        until_waited(&domain.ctx, &topic).await;
+        sqlx::query(
+            "UPDATE authentications SET state = 'denied', decision = 'deny', answered_at = $2 \
+             WHERE id = $1",
+        )
+        .bind(push.as_str())
+        .bind(domain.clock.now())
+        .execute(domain.ctx.db.pool())
+        .await
+        .expect("ended");
+        domain.ctx.events.announce(&[topic]);
+        let polled = woken(poller).await.expect("polled");
+        assert_eq!(polled.status, FlowStatus::PushConfirmationRejected);
     }
 }
