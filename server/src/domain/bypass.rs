@@ -442,7 +442,7 @@ pub(crate) async fn codes_status(
     user: &UserId,
 ) -> Result<RecoveryCodesStatus, DomainError> {
     require_user_in(&ctx.db, app, user).await?;
-    let remaining = store::unused_codes(&ctx.db, app, user).await?.len();
+    let remaining = store::unused_code_count(&ctx.db, app, user).await?;
     Ok(RecoveryCodesStatus {
         remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
     })

@@ -2061,7 +2061,7 @@ async fn read_for_start(
     let (request, codes, tokens, credentials, contacts) = tokio::try_join!(
         authentication::read_for_request(ctx, app, user),
         async {
-            crate::store::bypass::unused_codes(&ctx.db, app, user)
+            crate::store::bypass::unused_code_count(&ctx.db, app, user)
                 .await
                 .map_err(DomainError::from)
         },
@@ -2086,7 +2086,7 @@ async fn read_for_start(
     }
     Ok(StartReads {
         request,
-        recovery_codes: codes.len(),
+        recovery_codes: codes,
         tokens,
         credentials,
         contacts: contacts.unwrap_or_default(),

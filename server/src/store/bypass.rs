@@ -200,6 +200,25 @@ pub async fn unused_codes(
         .collect()
 }
 
+/// How many unused recovery codes the user has (counted over the codes' index by user, none of
+/// their salts or digests read).
+pub async fn unused_code_count(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+) -> Result<usize, StoreError> {
+    let count: i64 = sqlx::query_scalar(UNUSED_CODE_COUNT)
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .fetch_one(db.pool())
+        .await?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
+/// The statement of [`unused_code_count`].
+pub(crate) const UNUSED_CODE_COUNT: &str = "SELECT COUNT(*) FROM recovery_codes \
+    WHERE application_id = $1 AND user_id = $2 AND used_at IS NULL";
+
 /// Spends the code if it is still unused (one conditional update: of racing uses of one code,
 /// exactly one wins). Returns whether this use won.
 pub async fn spend_code(db: &Database, id: &str, now: i64) -> Result<bool, StoreError> {

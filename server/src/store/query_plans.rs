@@ -22,7 +22,7 @@
 use sqlx::Row;
 
 use super::{
-    Database, applications, audit, authentications, ciba, enrollments, flows, nonces,
+    Database, applications, audit, authentications, bypass, ciba, enrollments, flows, nonces,
     pairing_codes, policies, qr_sessions, throttle, users,
 };
 
@@ -61,6 +61,10 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         (
             "the language of an enrollment's user (an approved QR answer's first read)",
             users::LOCALE_OF_ENROLLMENT.into(),
+        ),
+        (
+            "a user's unused recovery codes, counted (a push flow's first step)",
+            bypass::UNUSED_CODE_COUNT.into(),
         ),
         ("user look-up with its device count", users::GET.into()),
         (
@@ -381,7 +385,7 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(
         hot_statements(super::Engine::Sqlite).len(),
-        51 + users::DELETION.len()
+        52 + users::DELETION.len()
     );
 }
 
