@@ -974,8 +974,9 @@ async fn cpu_at_level(bin: &Path, db: &Db, level: usize, cycles: usize, pair_con
     for task in tasks {
         took.extend(task.await.expect("cycles"));
     }
-    let latencies = Latencies::new(took, started.elapsed());
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let latencies = Latencies::new(took, elapsed);
+    let elapsed = elapsed.as_secs_f64();
     let server = setup.server.cpu_seconds() - server0;
     let own = own_cpu_seconds() - own0;
     let done = (per_worker * level) as f64;

@@ -130,12 +130,6 @@ pub struct ApiKeyHints {
 }
 
 impl ApiKeyHints {
-    /// The application `digest` belonged to when last found, if it was.
-    #[cfg(test)]
-    pub fn application_of(&self, digest: &str) -> Option<ApplicationId> {
-        self.remembered(digest).map(|application| application.id)
-    }
-
     /// The application `digest` belonged to when last found, as it was then.
     pub fn remembered(&self, digest: &str) -> Option<Application> {
         self.kept.lock().ok()?.get(digest).cloned()
@@ -183,22 +177,21 @@ mod tests {
     fn hints_are_bounded_and_name_the_last_application_found() {
         let hints = ApiKeyHints::default();
         let (a, b) = (application("Shop"), application("Bank"));
-        assert_eq!(hints.application_of("d1"), None);
+        assert_eq!(hints.remembered("d1"), None);
         hints.remember("d1".into(), a.clone());
-        assert_eq!(hints.application_of("d1"), Some(a.id.clone()));
         assert_eq!(hints.remembered("d1"), Some(a));
         // The same digest found for another application (a restored database): the last one.
         hints.remember("d1".into(), b.clone());
         assert_eq!(hints.remembered("d1"), Some(b.clone()));
         hints.forget("d1");
-        assert_eq!(hints.application_of("d1"), None);
+        assert_eq!(hints.remembered("d1"), None);
         for n in 0..CAPACITY + 10 {
             hints.remember(format!("digest {n}"), b.clone());
             assert!(hints.len() <= CAPACITY);
         }
         assert_eq!(
-            hints.application_of(&format!("digest {}", CAPACITY + 9)),
-            Some(b.id)
+            hints.remembered(&format!("digest {}", CAPACITY + 9)),
+            Some(b)
         );
     }
 
@@ -241,10 +234,13 @@ mod tests {
             read_under_hint(ctx, &key, read(true)).await.unwrap(),
             Some(app.clone())
         );
-        assert_eq!(ctx.api_key_hints.application_of(&digest), Some(app.clone()));
+        assert_eq!(
+            ctx.api_key_hints.remembered(&digest).map(|a| a.id),
+            Some(app.clone())
+        );
         // A read that finds nothing (the key rotated): answered `None` and forgotten.
         assert_eq!(read_under_hint(ctx, &key, read(false)).await.unwrap(), None);
-        assert_eq!(ctx.api_key_hints.application_of(&digest), None);
+        assert_eq!(ctx.api_key_hints.remembered(&digest), None);
         assert!(read_under_hint(ctx, &key, no_read).await.unwrap().is_none());
     }
 }

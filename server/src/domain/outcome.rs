@@ -191,9 +191,9 @@ pub(crate) async fn record_taking(
     // The ending's own write rolls the whole transaction back (the take with it) when another
     // ending won.
     Ok(match write_ending(ctx, w, id, ending).await? {
-        Some((record, announced, waiting)) => Taken::Recorded(Box::new(
-            after_ending(ctx, record, announced, waiting.into()).await,
-        )),
+        Some((record, announced, waits)) => {
+            Taken::Recorded(Box::new(after_ending(ctx, record, announced, waits).await))
+        }
         None => Taken::NotRecorded,
     })
 }
@@ -208,9 +208,7 @@ pub(crate) async fn record(
     let w = ctx.db.write().await?;
     let written = write_ending(ctx, w, id, ending).await?;
     Ok(match written {
-        Some((record, announced, waiting)) => {
-            Some(after_ending(ctx, record, announced, waiting.into()).await)
-        }
+        Some((record, announced, waits)) => Some(after_ending(ctx, record, announced, waits).await),
         None => None,
     })
 }
@@ -234,9 +232,7 @@ pub(crate) async fn record_on(
             }
             _ => {
                 let w = ctx.db.write_on(&mut conn).await?;
-                write_ending(ctx, w, id, ending)
-                    .await?
-                    .map(|(record, announced, waiting)| (record, announced, waiting.into()))
+                write_ending(ctx, w, id, ending).await?
             }
         };
         drop(conn);
@@ -244,9 +240,7 @@ pub(crate) async fn record_on(
     } else {
         // SQLite writes on its one writer: the reader is given back before queueing for it.
         drop(conn);
-        write_ending(ctx, ctx.db.write().await?, id, ending)
-            .await?
-            .map(|(record, announced, waiting)| (record, announced, waiting.into()))
+        write_ending(ctx, ctx.db.write().await?, id, ending).await?
     };
     Ok(match written {
         Some((record, announced, waits)) => Some(after_ending(ctx, record, announced, waits).await),
@@ -264,7 +258,7 @@ async fn write_ending(
     mut w: Write<'_>,
     id: &AuthenticationId,
     ending: Ending<'_>,
-) -> Result<Option<(Authentication, Announced, Waiting)>, DomainError> {
+) -> Result<Option<(Authentication, Announced, Waits)>, DomainError> {
     let now = ctx.now();
     let recorded = match ending {
         Ending::Signed(signed) => {
@@ -298,7 +292,10 @@ async fn write_ending(
             webhooks,
         }
         .resolved(&committed),
-        waiting,
+        Waits {
+            waiting,
+            flow: None,
+        },
     )))
 }
 
@@ -342,15 +339,6 @@ async fn write_answer_at_once(
 struct Waits {
     waiting: Waiting,
     flow: Option<Box<StoredFlow>>,
-}
-
-impl From<Waiting> for Waits {
-    fn from(waiting: Waiting) -> Self {
-        Waits {
-            waiting,
-            flow: None,
-        }
-    }
 }
 
 /// After an ending committed: wakes this process's waiters, then runs the follow-ups (the

@@ -152,11 +152,11 @@ pub(crate) async fn create_session(
     app: &Application,
     body: CreateQrSession,
 ) -> Result<QrSessionCreated, DomainError> {
-    check_create(&body)?;
+    let expires_in = check_create(&body)?;
     if let Some(user) = &body.user_id {
         super::users::require_user(ctx, &app.id, user).await?;
     }
-    match insert_session(ctx, app, &body, None).await? {
+    match insert_session(ctx, app, &body, expires_in, None).await? {
         Some(created) => Ok(created),
         None => Err(refused_over_quota(ctx, &app.id).await),
     }
@@ -174,7 +174,7 @@ pub(crate) async fn create_session_by_key(
     presented: &super::api_keys::PresentedKey,
     body: CreateQrSession,
 ) -> Result<QrSessionCreated, DomainError> {
-    if check_create(&body).is_ok() && body.user_id.is_none() {
+    if let (Ok(expires_in), None) = (check_create(&body), &body.user_id) {
         let created = super::api_keys::act_under_hint(ctx, presented, |app, digest| {
             let body = &body;
             async move {
@@ -182,7 +182,7 @@ pub(crate) async fn create_session_by_key(
                     digest: &digest,
                     name: &app.name,
                 };
-                insert_session(ctx, &app, body, Some(key)).await
+                insert_session(ctx, &app, body, expires_in, Some(key)).await
             }
         })
         .await?;
@@ -194,16 +194,16 @@ pub(crate) async fn create_session_by_key(
     create_session(ctx, &app, body).await
 }
 
-/// Stores a new session for `app` as `body` asks (checked), within the application's quota
-/// (and with `key`, only while the application still has that key and name): `None` when
-/// nothing was stored.
+/// Stores a new session for `app` as `body` asks (checked by [`check_create`], which gave
+/// `expires_in`), within the application's quota (and with `key`, only while the application
+/// still has that key and name): `None` when nothing was stored.
 async fn insert_session(
     ctx: &Ctx,
     app: &Application,
     body: &CreateQrSession,
+    expires_in: u32,
     key: Option<qr_sessions::KeyCheck<'_>>,
 ) -> Result<Option<QrSessionCreated>, DomainError> {
-    let expires_in = check_create(body)?;
     let now = ctx.now();
     let id = QrSessionId::generate();
     let token = QrToken::generate();

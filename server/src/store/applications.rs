@@ -747,17 +747,21 @@ pub struct RequestSettings {
     pub push: SealedPushSettings,
 }
 
-/// The statement of [`request_settings`] (a hot path: one row by primary key, with the
-/// application's current policy version by `policies`' primary key).
-pub(crate) const REQUEST_SETTINGS: &str = "SELECT a.name, a.use_code, a.otp_fallback, \
+/// What [`request_settings`] and [`request_settings_of_qr_session`] select, before their
+/// condition (a hot path: one application row by primary key, with its current policy version
+/// by `policies`' primary key).
+const REQUEST_SETTINGS_SELECT: &str = "SELECT a.id AS application_id, a.name, a.use_code, a.otp_fallback, \
     a.otp_fallback_after, a.backup_channels, a.mandatory_methods, a.sms_webhook_url, \
     a.number_matching, a.max_pending_per_user, a.max_unapproved_per_user, \
     a.push_bombing_window_seconds, a.max_open_qr_sessions, a.max_pending_requests, a.qr_policy, \
     a.push_webhook_url, a.push_fcm, a.push_apns, p.version AS policy_version, p.document AS policy_document, \
     p.created_at AS policy_created_at \
     FROM applications a LEFT JOIN policies p ON p.application_id = a.id \
-    AND p.version = (SELECT MAX(version) FROM policies WHERE application_id = a.id) \
-    WHERE a.id = $1";
+    AND p.version = (SELECT MAX(version) FROM policies WHERE application_id = a.id) ";
+
+/// The statement of [`request_settings`].
+pub(crate) static REQUEST_SETTINGS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{REQUEST_SETTINGS_SELECT}WHERE a.id = $1"));
 
 /// The application's settings a new request needs, in one read.
 pub async fn request_settings(
@@ -775,7 +779,7 @@ pub async fn request_settings_on<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(REQUEST_SETTINGS)
+    let row = sqlx::query(&REQUEST_SETTINGS)
         .bind(id.as_str())
         .fetch_optional(executor)
         .await?
@@ -794,7 +798,7 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     static WITH_KEY: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("{REQUEST_SETTINGS} AND a.api_key_digest = $2"));
+        std::sync::LazyLock::new(|| format!("{} AND a.api_key_digest = $2", *REQUEST_SETTINGS));
     let row = sqlx::query(&WITH_KEY)
         .bind(id.as_str())
         .bind(key_digest)
@@ -828,12 +832,9 @@ pub async fn request_settings_of_qr_session(
 /// The statement of [`request_settings_of_qr_session`].
 pub(crate) static REQUEST_SETTINGS_OF_QR_SESSION: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| {
-        REQUEST_SETTINGS
-            .replace("SELECT a.name,", "SELECT a.id AS application_id, a.name,")
-            .replace(
-                "WHERE a.id = $1",
-                "WHERE a.id = (SELECT application_id FROM qr_sessions WHERE id = $1)",
-            )
+        format!(
+            "{REQUEST_SETTINGS_SELECT}WHERE a.id = (SELECT application_id FROM qr_sessions WHERE id = $1)"
+        )
     });
 
 fn request_settings_of(

@@ -36,7 +36,7 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         ),
         (
             "application settings of a new request",
-            applications::REQUEST_SETTINGS.into(),
+            applications::REQUEST_SETTINGS.clone(),
         ),
         (
             "a new flow's passcode options, its API key checked",
