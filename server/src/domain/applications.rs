@@ -124,11 +124,25 @@ pub(crate) enum Admitted {
     /// force (cleared, or ended, since it was read). Nothing was written; the request is to be
     /// made again without the bypass, as it would have been had the clearing come first.
     BypassCleared,
+    /// Not stored: the request was made by a flow's action ([`MadeFor::Flow`]), and the flow
+    /// moved since that action's claim. Nothing was written.
+    FlowLost,
+}
+
+/// What a new request is made for, written with it exactly when it is stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MadeFor<'a> {
+    /// Its caller alone (a customer's call).
+    Caller,
+    /// A relying party's CIBA request, stored with it.
+    Ciba(&'a crate::store::ciba::CibaRequest),
+    /// A flow's action: the flow's move to show the request, made with it.
+    Flow(&'a crate::store::flows::MoveWithRequest),
 }
 
 /// Admits a new request `record` in one atomic write: the counts of its limits and its insert,
 /// with what goes with it (the policy decision it was made under and that decision's audit
-/// record, its own audit record `created`, and the CIBA request `ciba` it serves), all written
+/// record, its own audit record `created`, and what it is made for, [`MadeFor`]), all written
 /// exactly when it is stored, under the admission's locks ([`admission_lock`]). On PostgreSQL
 /// that is one statement committed on its own (`store::authentications::admit_at_once`); on
 /// SQLite, whose one writer runs each write alone, a write of its own. One the quota's margin
@@ -146,7 +160,7 @@ pub(crate) async fn admit(
     limits: &UserLimits,
     decided: Option<&super::policy::Decided>,
     created: &super::outcome::NewRequest,
-    ciba: Option<&crate::store::ciba::CibaRequest>,
+    made_for: MadeFor<'_>,
 ) -> Result<Admitted, DomainError> {
     let decision = decided
         .map(|decided| {
@@ -169,13 +183,18 @@ pub(crate) async fn admit(
         None => created.records().into(),
     };
     let row = decision.as_ref().map(|d| d.row());
-    let sealed = ciba
-        .map(|r| crate::store::ciba::sealed(ctx.db.secrets()?, r))
-        .transpose()?;
+    let sealed = match made_for {
+        MadeFor::Ciba(request) => Some(crate::store::ciba::sealed(ctx.db.secrets()?, request)?),
+        MadeFor::Caller | MadeFor::Flow(_) => None,
+    };
     let with = crate::store::authentications::WrittenWith {
         records: &records,
         decision: row.as_ref(),
         ciba: sealed.as_ref(),
+        flow: match made_for {
+            MadeFor::Flow(moved) => Some(moved),
+            MadeFor::Caller | MadeFor::Ciba(_) => None,
+        },
     };
     let condition = if super::bypass::is_bypass(record.attributes.as_deref()) {
         AdmissionCondition::BypassInForce
@@ -201,6 +220,7 @@ pub(crate) async fn admit(
             Admission::Contended => offer.lock = after_contention(offer.lock)?,
             Admission::PushLimited(reason) => return Ok(Admitted::PushLimited(reason)),
             Admission::BypassCleared => return Ok(Admitted::BypassCleared),
+            Admission::FlowLost => return Ok(Admitted::FlowLost),
             Admission::DeviceGone => {
                 return Err(DomainError::new(
                     ErrorCode::DeviceNotFound,
@@ -312,6 +332,10 @@ async fn offer_at_once(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, DomainE
         if let Some(queued) = verdict.stored {
             return Ok(Admission::Inserted(offer.created.announced(queued.into())));
         }
+        // The flow's action lost its flow: whatever else refused the request, nothing is made.
+        if verdict.flow_lost {
+            return Ok(Admission::FlowLost);
+        }
         // Without its bypass the request is another one, whose own limits then decide.
         if verdict.bypass_gone {
             return Ok(Admission::BypassCleared);
@@ -335,6 +359,13 @@ async fn offer_at_once(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, DomainE
 async fn offer_in_write(ctx: &Ctx, offer: Offer<'_>) -> Result<Admission, DomainError> {
     use crate::store::authentications;
     let mut w = ctx.db.write().await?;
+    // The flow's move first: a refusal below rolls it back with the rest.
+    if let Some(moved) = offer.with.flow
+        && !crate::store::flows::move_in_write(&mut w, moved).await?
+    {
+        w.rollback_after_others().await?;
+        return Ok(Admission::FlowLost);
+    }
     for _ in 0..ADMISSION_ATTEMPTS {
         let (windows, most, margin) = offer.counted_now(ctx);
         if let Some(queued) = authentications::insert_if_admitted_deciding(
@@ -428,6 +459,8 @@ enum Admission {
     DeviceGone,
     /// Not stored: the bypass that ended the request is no longer in force.
     BypassCleared,
+    /// Not stored: the flow whose move goes with it moved first.
+    FlowLost,
 }
 
 /// Inclusive bounds of the push-bombing settings.

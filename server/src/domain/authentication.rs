@@ -775,7 +775,9 @@ pub(crate) async fn create_by_key(
     .await?;
     if let Some((app_id, reads)) = hinted {
         let name = reads.settings.name.clone();
-        return create_from(ctx, (&app_id, &name), user_id, body, true, reads).await;
+        return create_from(ctx, (&app_id, &name), user_id, body, true, reads, None)
+            .await?
+            .for_caller();
     }
     let app = super::api_keys::authenticate(ctx, presented).await?;
     create(ctx, &app, user_id, body).await
@@ -813,11 +815,74 @@ pub(crate) async fn create_as_read(
         body,
         evaluate_policy,
         reads,
+        None,
+    )
+    .await?
+    .for_caller()
+}
+
+/// The move of the flow a new push is made for, from the push's status (its id, number and
+/// expiry): what [`create_for_flow`] writes with the push.
+pub(crate) type FlowMoveFor<'a> = &'a (
+        dyn Fn(&AuthenticationStatus) -> Result<crate::store::flows::MoveWithRequest, DomainError>
+            + Send
+            + Sync
+    );
+
+/// What [`create_for_flow`] made.
+#[derive(Debug)]
+pub(crate) enum MadeForFlow {
+    /// The push, stored pending, and the flow moved with it in the same write: nothing could
+    /// answer the push before the flow showed it. With the move as written.
+    Moved(
+        AuthenticationStatus,
+        Box<crate::store::flows::MoveWithRequest>,
+    ),
+    /// The request, and no flow moved with it: without a flow, the request as made; with one,
+    /// the request ended as it was made (by the user's bypass or by the policy), and the flow's
+    /// action moves the flow.
+    Made(AuthenticationStatus),
+    /// Nothing: the flow moved since its action's claim.
+    FlowLost,
+}
+
+impl MadeForFlow {
+    /// The status a caller without a flow is answered.
+    fn for_caller(self) -> Result<AuthenticationStatus, DomainError> {
+        match self {
+            Self::Moved(status, _) | Self::Made(status) => Ok(status),
+            Self::FlowLost => Err(DomainError::Internal(
+                "a flow lost by a request without one",
+            )),
+        }
+    }
+}
+
+/// [`create_as_read`] for a flow's action, the policy decided for the whole flow already: a
+/// push stored pending is written with the flow's move `moved` makes from its status, all or
+/// nothing (`applications::MadeFor::Flow`).
+pub(crate) async fn create_for_flow(
+    ctx: &Ctx,
+    app: &Application,
+    user_id: &UserId,
+    body: CreateAuthenticationRequest,
+    reads: RequestReads,
+    moved: FlowMoveFor<'_>,
+) -> Result<MadeForFlow, DomainError> {
+    create_from(
+        ctx,
+        (&app.id, &app.name),
+        user_id,
+        body,
+        false,
+        reads,
+        Some(moved),
     )
     .await
 }
 
-/// [`create_as`] for the application `(id, name)`, once its reads are made.
+/// [`create_as`] for the application `(id, name)`, once its reads are made; with `flow`, for a
+/// flow's action ([`create_for_flow`]).
 async fn create_from(
     ctx: &Ctx,
     (app_id, app_name): (&ApplicationId, &str),
@@ -825,7 +890,8 @@ async fn create_from(
     body: CreateAuthenticationRequest,
     evaluate_policy: bool,
     reads: RequestReads,
-) -> Result<AuthenticationStatus, DomainError> {
+    flow: Option<FlowMoveFor<'_>>,
+) -> Result<MadeForFlow, DomainError> {
     let RequestReads {
         user,
         settings: app_settings,
@@ -1026,7 +1092,7 @@ async fn create_from(
                 let subject = Some(bypassed.id.as_str());
                 super::policy::record(ctx, app_id, user_id, subject, decided).await?;
             }
-            return Ok(bypassed.status_at(ctx.now()));
+            return Ok(MadeForFlow::Made(bypassed.status_at(ctx.now())));
         }
         // The bypass was cleared as the request was made: the device is asked, as it would
         // have been had the clearing come first.
@@ -1036,7 +1102,7 @@ async fn create_from(
         end_by_policy(ctx, &mut record, ending);
         outcome::record_policy_ending(ctx, &record).await?;
         super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), decided).await?;
-        return Ok(record.status_at(ctx.now()));
+        return Ok(MadeForFlow::Made(record.status_at(ctx.now())));
     }
     if use_code {
         record.otp_mode = authentications::OtpMode::UseCode;
@@ -1058,6 +1124,13 @@ async fn create_from(
     // record and the policy decision with its own, under the admission's locks (on PostgreSQL
     // one statement). The device's waiters are told once it committed.
     let created = outcome::NewRequest::of(ctx, &record)?;
+    let flow_move = flow
+        .map(|moved| moved(&record.status_at(ctx.now())))
+        .transpose()?;
+    let made_for = match &flow_move {
+        Some(moved) => super::applications::MadeFor::Flow(moved),
+        None => super::applications::MadeFor::Caller,
+    };
     let announced = match super::applications::admit(
         ctx,
         &record,
@@ -1065,11 +1138,12 @@ async fn create_from(
         &limits,
         decided.as_ref(),
         &created,
-        None,
+        made_for,
     )
     .await?
     {
         super::applications::Admitted::Stored(announced) => announced,
+        super::applications::Admitted::FlowLost => return Ok(MadeForFlow::FlowLost),
         super::applications::Admitted::PushLimited(reason) => {
             // Other requests took the last places of the policy's limit since it was
             // decided: the policy denies this one, as it would have had they come first.
@@ -1083,7 +1157,7 @@ async fn create_from(
             end_by_policy(ctx, &mut record, PolicyEnding::Denied);
             outcome::record_policy_ending(ctx, &record).await?;
             super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), &decided).await?;
-            return Ok(record.status_at(ctx.now()));
+            return Ok(MadeForFlow::Made(record.status_at(ctx.now())));
         }
         // Only a request the bypass ended is admitted while the bypass stands: this one is
         // recorded by `outcome::record_bypass_ending` above.
@@ -1105,7 +1179,11 @@ async fn create_from(
         fall_back,
         app_settings.push,
     ));
-    Ok(record.status_at(ctx.now()))
+    let status = record.status_at(ctx.now());
+    Ok(match flow_move {
+        Some(moved) => MadeForFlow::Moved(status, Box::new(moved)),
+        None => MadeForFlow::Made(status),
+    })
 }
 
 /// An authentication of `application_id`; with `wait`, answers once it leaves `pending`, when

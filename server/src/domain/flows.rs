@@ -19,8 +19,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tessera_protocol::api::{
-    AuthenticationMethod, BackupChannel, CreateAuthenticationRequest, EnrollmentState,
-    RelayPairingRequest,
+    AuthenticationMethod, AuthenticationStatus, BackupChannel, CreateAuthenticationRequest,
+    EnrollmentState, RelayPairingRequest,
 };
 use tessera_protocol::authentication::{
     AuthenticationId, AuthenticationKind, AuthenticationState, DisplayField, NumberMatching,
@@ -39,6 +39,7 @@ use tessera_protocol::pairing::DeviceRegistration;
 use tessera_protocol::qr::{QrSessionId, QrSessionState};
 
 use super::attestation::assertions::{self, AnswerAssertion, AssertionCheck};
+use super::authentication::MadeForFlow;
 use super::authentication::{MAX_WAIT_SECONDS, check_fields, check_text};
 use super::device_auth::verify_possession_signed;
 use super::events::{Topic, wait_for};
@@ -457,20 +458,7 @@ async fn try_move(
         .result
         .as_ref()
         .is_some_and(|r| r.status == FlowResultStatus::Bypassed);
-    let mut stored = flow.stored.clone();
-    stored.status = status.as_str().to_string();
-    stored.version = flow.stored.version + 1;
-    stored.data = serde_json::to_string(&data)
-        .map_err(|_| DomainError::Internal("encoding a flow's data"))?;
-    stored.authentication_id = match status {
-        FlowStatus::PushConfirmationWaiting | FlowStatus::OtpRequired => data
-            .otp
-            .as_ref()
-            .and_then(|o| o.authentication_id.clone())
-            .or_else(|| data.push.as_ref().map(|p| p.authentication_id.clone())),
-        _ => None,
-    };
-    stored.updated_at = ctx.now();
+    let stored = next_stored(ctx, flow, status, &data)?;
     let while_bypassed = match (by_bypass, &stored.user_id) {
         (true, Some(user_id)) => Some(store::WhileBypassed {
             application_id: &stored.application_id,
@@ -511,14 +499,7 @@ async fn try_move(
     if queued {
         ctx.events.announce(&[Topic::WebhookOutbox]);
     }
-    tracing::info!(
-        flow_id = %stored.id,
-        action,
-        from = flow.status.as_str(),
-        to = status.as_str(),
-        "flow moved"
-    );
-    ctx.events.announce(&[Topic::Flow(stored.id.to_string())]);
+    announce_moved(ctx, &stored, action, flow.status, status);
     if status.is_final() {
         // A device held for a passcode is rejected however the flow ends: also by a move whose
         // own data no longer shows the hold (a QR approval drops the passcode step), so the
@@ -540,6 +521,42 @@ async fn try_move(
         status,
         data,
     })))
+}
+
+/// The flow `flow` (as loaded) as it moves to `status` with `data`: its next version.
+fn next_stored(
+    ctx: &Ctx,
+    flow: &Flow,
+    status: FlowStatus,
+    data: &Data,
+) -> Result<StoredFlow, DomainError> {
+    let mut stored = flow.stored.clone();
+    stored.status = status.as_str().to_string();
+    stored.version = flow.stored.version + 1;
+    stored.data =
+        serde_json::to_string(data).map_err(|_| DomainError::Internal("encoding a flow's data"))?;
+    stored.authentication_id = match status {
+        FlowStatus::PushConfirmationWaiting | FlowStatus::OtpRequired => data
+            .otp
+            .as_ref()
+            .and_then(|o| o.authentication_id.clone())
+            .or_else(|| data.push.as_ref().map(|p| p.authentication_id.clone())),
+        _ => None,
+    };
+    stored.updated_at = ctx.now();
+    Ok(stored)
+}
+
+/// Logs a move just committed and wakes the flow's pollers.
+fn announce_moved(ctx: &Ctx, stored: &StoredFlow, action: &str, from: FlowStatus, to: FlowStatus) {
+    tracing::info!(
+        flow_id = %stored.id,
+        action,
+        from = from.as_str(),
+        to = to.as_str(),
+        "flow moved"
+    );
+    ctx.events.announce(&[Topic::Flow(stored.id.to_string())]);
 }
 
 fn finished(mut data: Data, result: FlowResult) -> Data {
@@ -1233,9 +1250,17 @@ async fn act_on(
     };
     let mut claimed = flow.clone();
     claimed.stored.version = claim.version;
-    let mut step = take_step(ctx, app, &mut claimed, action.clone(), read_early).await;
+    let mut mover = PushMove::new(name);
+    let mut step = take_step(ctx, app, &mut claimed, action.clone(), read_early, &mover).await;
     let mut reruns = 0;
     loop {
+        // A push the step made moved the flow in its own write (or found it moved first).
+        if step.is_ok()
+            && let Some(written) = mover.written.take()
+        {
+            claim.ended_by_move();
+            return push_written(ctx, &claimed, name, written).await;
+        }
         let (status, data) = match step {
             Ok(next) => next,
             Err(e) => {
@@ -1272,7 +1297,7 @@ async fn act_on(
                 reruns += 1;
                 tracing::info!(flow_id = %claimed.stored.id, "bypass cleared meanwhile: the step is taken again");
                 claimed.data.policy = decided;
-                step = take_step(ctx, app, &mut claimed, action.clone(), None).await;
+                step = take_step(ctx, app, &mut claimed, action.clone(), None, &mover).await;
                 continue;
             }
             // An action that ends the flow (a recovery code, a passcode or a passkey spent, a
@@ -1323,6 +1348,65 @@ async fn act_on(
     }
 }
 
+/// How a step's new push moves its flow: in the push's own write, from the version its action
+/// claimed, recorded under the action's name (`authentication::create_for_flow`). Nothing can
+/// then answer the push before its flow shows it. What that write did is kept for [`act_on`],
+/// which then makes no move of its own.
+struct PushMove<'a> {
+    action: &'a str,
+    written: std::sync::OnceLock<PushWritten>,
+}
+
+/// What a push's write did with its flow ([`PushMove`]).
+enum PushWritten {
+    /// The push was stored and the flow moved with it: the flow as it now stands.
+    Moved(Box<Flow>),
+    /// The flow moved first (its claim lapsed and another move came): no push was made.
+    FlowLost,
+}
+
+impl<'a> PushMove<'a> {
+    fn new(action: &'a str) -> Self {
+        Self {
+            action,
+            written: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Keeps what the push's write did (once: a step makes one push).
+    fn wrote(&self, written: PushWritten) {
+        if self.written.set(written).is_err() {
+            tracing::warn!(action = self.action, "a step wrote a second push");
+        }
+    }
+}
+
+/// [`act_on`]'s answer once the step's push was written ([`PushWritten`]), the flow claimed as
+/// `claimed`.
+async fn push_written(
+    ctx: &Ctx,
+    claimed: &Flow,
+    action: &str,
+    written: PushWritten,
+) -> Result<FlowState, DomainError> {
+    match written {
+        PushWritten::Moved(moved) => {
+            announce_moved(ctx, &moved.stored, action, claimed.status, moved.status);
+            // Its push was written with the move: nothing answered it before the flow showed
+            // it, so nothing is to be read again.
+            shown(ctx, &moved, false).await
+        }
+        PushWritten::FlowLost => {
+            let latest = refresh(ctx, reload(ctx, claimed).await?).await?;
+            if latest.status.is_final() {
+                shown(ctx, &latest, false).await
+            } else {
+                Err(conflict())
+            }
+        }
+    }
+}
+
 /// The user whose push `action` starts on `flow`, if it starts one: an `authenticate` with
 /// neither payload, on a flow with a user that is not waiting for a passkey or for its methods'
 /// setup ([`authenticate`] then goes to [`start`]).
@@ -1349,6 +1433,7 @@ async fn take_step(
     claimed: &mut Flow,
     action: FlowAction,
     read_early: Option<Result<StartReads, DomainError>>,
+    mover: &PushMove<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     match action {
         FlowAction::CheckAssertion { credential } if claimed.awaits_passkey() => {
@@ -1372,18 +1457,21 @@ async fn take_step(
                 mobile_payload,
                 authorization_payload,
                 read_early,
+                mover,
             )
             .await
         }
         FlowAction::SelectDevice { device_id } => {
             let data = claimed.data.clone();
-            use_device(ctx, app, claimed, data, &device_id, None).await
+            use_device(ctx, app, claimed, data, &device_id, None, mover).await
         }
         FlowAction::UseCode {} => Ok(use_code(claimed)),
         FlowAction::CheckOtp { otp } => check_otp(ctx, app, claimed, &otp).await,
         FlowAction::ResendOtp {} => resend_otp(ctx, app, claimed).await,
         FlowAction::CancelAuthentication {} => cancel(ctx, claimed).await,
-        FlowAction::ContinueAuthentication {} => continue_authentication(ctx, app, claimed).await,
+        FlowAction::ContinueAuthentication {} => {
+            continue_authentication(ctx, app, claimed, mover).await
+        }
         FlowAction::CheckRecoveryCode { recovery_code } => {
             check_recovery_code(ctx, app, claimed, &recovery_code).await
         }
@@ -1396,7 +1484,7 @@ async fn take_step(
         FlowAction::CheckRegistration {
             credential,
             nickname,
-        } => check_registration(ctx, app, claimed, credential, nickname).await,
+        } => check_registration(ctx, app, claimed, credential, nickname, mover).await,
         FlowAction::UseQrCode {} => use_qr_code(ctx, claimed).await,
         FlowAction::Poll { .. } => Err(not_allowed(claimed)),
     }
@@ -1618,6 +1706,7 @@ async fn authenticate(
     mobile_payload: Option<String>,
     authorization_payload: Option<String>,
     read_early: Option<Result<StartReads, DomainError>>,
+    mover: &PushMove<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let mut data = flow.data.clone();
     if flow.awaits_passkey() {
@@ -1721,7 +1810,7 @@ async fn authenticate(
             "while methods are missing, authenticate pairs the app's device: send its mobile_payload",
         ));
     }
-    start(ctx, app, flow, data, read_early).await
+    start(ctx, app, flow, data, read_early, mover).await
 }
 
 /// The devices held for a passcode by a flow that moves from `before` to `after`: each once.
@@ -2102,6 +2191,7 @@ async fn start(
     flow: &Flow,
     mut data: Data,
     read_early: Option<Result<StartReads, DomainError>>,
+    mover: &PushMove<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let user = flow.user()?;
     let mut reads = match read_early {
@@ -2170,7 +2260,7 @@ async fn start(
         })
         .or_else(|| (data.devices.len() == 1).then(|| data.devices[0].id.clone()));
     match chosen {
-        Some(device) => use_device(ctx, app, flow, data, &device, Some(reads.request)).await,
+        Some(device) => use_device(ctx, app, flow, data, &device, Some(reads.request), mover).await,
         None => Ok((FlowStatus::DeviceSelectionRequired, data)),
     }
 }
@@ -2248,6 +2338,7 @@ async fn use_device(
     mut data: Data,
     device_id: &str,
     reads: Option<authentication::RequestReads>,
+    mover: &PushMove<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let device = data
         .devices
@@ -2298,26 +2389,54 @@ async fn use_device(
                 name: options.application_name.clone(),
                 ..app.clone()
             };
-            let created = match reads {
-                Some(reads) => {
-                    authentication::create_as_read(ctx, &shown_as, user, body, false, reads).await
-                }
-                None => authentication::create_as(ctx, &shown_as, user, body, false).await,
+            let reads = match reads {
+                Some(reads) => reads,
+                None => authentication::read_for_request(ctx, &app.id, user).await?,
             };
-            let status = match created {
+            let waiting = FlowStatus::PushConfirmationWaiting;
+            let with_push = |mut data: Data, status: &AuthenticationStatus| {
+                data.push = Some(FlowPush {
+                    authentication_id: status.authentication_id.clone(),
+                    enrollment_id: enrollment.clone(),
+                    number_to_show: status.number_to_show,
+                    expires_at: status.expires_at,
+                });
+                data
+            };
+            // The flow moves to show the push in the push's own write.
+            let moved = |status: &AuthenticationStatus| {
+                Ok(store::MoveWithRequest {
+                    next: next_stored(ctx, flow, waiting, &with_push(data.clone(), status))?,
+                    expected_version: flow.stored.version,
+                    event: event(ctx, mover.action, Some(flow.status), waiting),
+                })
+            };
+            let created =
+                authentication::create_for_flow(ctx, &shown_as, user, body, reads, &moved).await;
+            let made = match created {
                 Err(e) if e.code() == Some(ErrorCode::MandatoryMethodsMissing) => {
                     // The application's list changed since the flow checked it.
                     return start_setup(ctx, &app.id, user, data).await;
                 }
                 other => other?,
             };
-            data.push = Some(FlowPush {
-                authentication_id: status.authentication_id,
-                enrollment_id: enrollment,
-                number_to_show: status.number_to_show,
-                expires_at: status.expires_at,
-            });
-            Ok((FlowStatus::PushConfirmationWaiting, data))
+            Ok(match made {
+                MadeForFlow::Moved(status, moved) => {
+                    let data = with_push(data, &status);
+                    mover.wrote(PushWritten::Moved(Box::new(Flow {
+                        stored: moved.next,
+                        status: waiting,
+                        data: data.clone(),
+                    })));
+                    (waiting, data)
+                }
+                // Ended as it was made (by the bypass or the policy): the action's move shows it.
+                MadeForFlow::Made(status) => (waiting, with_push(data, &status)),
+                MadeForFlow::FlowLost => {
+                    mover.wrote(PushWritten::FlowLost);
+                    (waiting, data)
+                }
+            })
         }
         FlowDeviceType::SecurityKey
         | FlowDeviceType::Platform
@@ -2581,9 +2700,10 @@ async fn continue_authentication(
     ctx: &Ctx,
     app: &Application,
     flow: &Flow,
+    mover: &PushMove<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     if flow.status == FlowStatus::MfaSetupRequired {
-        return start(ctx, app, flow, flow.data.clone(), None).await;
+        return start(ctx, app, flow, flow.data.clone(), None, mover).await;
     }
     let pairing = flow
         .data
@@ -2729,6 +2849,7 @@ async fn check_registration(
     flow: &Flow,
     credential: serde_json::Value,
     nickname: Option<String>,
+    mover: &PushMove<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let step = flow
         .data
@@ -2758,7 +2879,7 @@ async fn check_registration(
         .unwrap_or_default();
     let setup = mfa_setup(ctx, &app.id, user, mandatory).await?;
     if setup.missing.is_empty() {
-        return start(ctx, app, flow, data, None).await;
+        return start(ctx, app, flow, data, None, mover).await;
     }
     data.mfa_setup = Some(setup);
     Ok((FlowStatus::MfaSetupRequired, data))

@@ -911,6 +911,9 @@ pub struct WrittenWith<'a> {
     pub decision: Option<&'a super::policies::DecisionRecord<'a>>,
     /// The CIBA request.
     pub ciba: Option<&'a super::ciba::SealedRequest<'a>>,
+    /// The move of the flow whose action made the request: the request is stored only if the
+    /// flow still has the move's expected version, and the flow moves only if it is stored.
+    pub flow: Option<&'a super::flows::MoveWithRequest>,
 }
 
 /// What [`admit_at_once`] found.
@@ -927,6 +930,9 @@ pub struct AdmissionVerdict {
     /// Not stored: admitted under [`AdmissionCondition::BypassInForce`], the user's bypass was
     /// not in force (cleared, or ended, since it was read).
     pub bypass_gone: bool,
+    /// Not stored: the flow whose move goes with it ([`WrittenWith::flow`]) no longer had the
+    /// move's expected version (another move came first).
+    pub flow_lost: bool,
 }
 
 /// PostgreSQL: admits `a` in one statement, committed on its own (one round trip where
@@ -973,9 +979,14 @@ pub async fn admit_at_once(
     // The device's row is locked against its deletion until the statement commits (as the QR
     // answer and the fallback's move do): an unpairing that deleted it first is waited for, and
     // the check then finds no row; one that comes after waits, and then fails the request.
+    let flow_held = if with.flow.is_some() {
+        " AND EXISTS (SELECT 1 FROM flow_held)"
+    } else {
+        ""
+    };
     let created = format!(
         "created AS (INSERT INTO authentications ({COLUMNS}) SELECT {} FROM verdict \
-         WHERE verdict.admitted AND {}{bypassed} RETURNING 1)",
+         WHERE verdict.admitted AND {}{bypassed}{flow_held} RETURNING 1)",
         placeholders(1, INSERTED_VALUES),
         super::key_share_locked(DEVICE_ACTIVE)
     );
@@ -991,11 +1002,27 @@ pub async fn admit_at_once(
     }
     if with.ciba.is_some() {
         items.push(super::ciba::request_item("created", next));
+        next += super::ciba::REQUEST_VALUES;
     }
+    // The flow's row is held before the insert that requires it (an item may name only the
+    // items before it); its values are bound last.
+    let flow_found = match with.flow {
+        Some(_) => {
+            let (held, after) = super::flows::move_with_request_items("created", next);
+            let insert_at = items
+                .iter()
+                .position(|item| item.starts_with("created AS"))
+                .unwrap_or(0);
+            items.insert(insert_at, held);
+            items.extend(after);
+            "(SELECT COUNT(*) FROM flow_held)"
+        }
+        None => "CAST(1 AS BIGINT)",
+    };
     let sql = format!(
         "WITH {} SELECT verdict.admitted, verdict.application_pending, verdict.user_pending, \
          verdict.user_recent, verdict.pushes, (SELECT COUNT(*) FROM created) AS inserted, \
-         {bypass_found} AS bypassed, {} AS queued FROM verdict",
+         {bypass_found} AS bypassed, {flow_found} AS flow_found, {} AS queued FROM verdict",
         items.join(", "),
         super::audit::queued_count(&queued),
     );
@@ -1011,6 +1038,9 @@ pub async fn admit_at_once(
     if let Some(ciba) = with.ciba {
         query = super::ciba::bind_sealed(query, ciba);
     }
+    if let Some(flow) = with.flow {
+        query = super::flows::bind_move_with_request(query, flow);
+    }
     let row = query.fetch_one(db.writer()).await?;
     let counts = AdmissionCounts {
         application_pending: row.try_get("application_pending")?,
@@ -1025,12 +1055,15 @@ pub async fn admit_at_once(
         queued,
     });
     let bypass_gone = row.try_get::<i64, _>("bypassed")? == 0;
-    let device_gone = !inserted && !bypass_gone && row.try_get::<bool, _>("admitted")?;
+    let flow_lost = !inserted && row.try_get::<i64, _>("flow_found")? == 0;
+    let device_gone =
+        !inserted && !bypass_gone && !flow_lost && row.try_get::<bool, _>("admitted")?;
     Ok(AdmissionVerdict {
         stored,
         counts,
         device_gone,
         bypass_gone,
+        flow_lost,
     })
 }
 
@@ -2502,6 +2535,7 @@ mod tests {
                 records: &[record(&refused)],
                 decision: Some(&decision_row(&app.id, &user, &refused_decision, now)),
                 ciba: None,
+                flow: None,
             },
         )
         .await;
@@ -2527,6 +2561,7 @@ mod tests {
                     records: &[record(&admitted)],
                     decision: Some(&decision_row(&app.id, &user, &admitted_decision, now)),
                     ciba: None,
+                    flow: None,
                 },
             )
             .await;

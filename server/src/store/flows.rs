@@ -3,6 +3,7 @@
 //! on the flow's version.
 
 use sqlx::Row;
+use std::sync::LazyLock;
 use tessera_protocol::authentication::AuthenticationId;
 use tessera_protocol::flows::FlowId;
 use tessera_protocol::ids::{ApplicationId, UserId};
@@ -366,17 +367,39 @@ pub async fn claim(
     now_ms: i64,
     claimed_until_ms: i64,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE flows SET version = version + 1, claimed_until = $3 \
-         WHERE id = $1 AND version = $2 AND (claimed_until IS NULL OR claimed_until <= $4)",
-    )
-    .bind(id.as_str())
-    .bind(expected_version)
-    .bind(claimed_until_ms)
-    .bind(now_ms)
-    .execute(db.writer())
-    .await?;
+    let done = sqlx::query(claim_statement(db.engine()))
+        .bind(id.as_str())
+        .bind(expected_version)
+        .bind(claimed_until_ms)
+        .bind(now_ms)
+        .execute(db.writer())
+        .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The statement of [`claim`]. A claim is a lease: one lost in a crash is as if it had lapsed,
+/// so it commits without waiting for the flush ([`super::unflushed`]).
+pub(crate) fn claim_statement(engine: super::Engine) -> &'static str {
+    const STATEMENT: &str = "UPDATE flows SET version = version + 1, claimed_until = $3 \
+         WHERE id = $1 AND version = $2 AND (claimed_until IS NULL OR claimed_until <= $4)";
+    static ON_POSTGRES: LazyLock<String> =
+        LazyLock::new(|| super::unflushed(super::Engine::Postgres, STATEMENT));
+    match engine {
+        super::Engine::Sqlite => STATEMENT,
+        super::Engine::Postgres => &ON_POSTGRES,
+    }
+}
+
+/// The statement of [`release`]: a lease's end, which a crash makes anyway.
+pub(crate) fn release_statement(engine: super::Engine) -> &'static str {
+    const STATEMENT: &str = "UPDATE flows SET claimed_until = NULL \
+         WHERE id = $1 AND version = $2 AND claimed_until IS NOT NULL";
+    static ON_POSTGRES: LazyLock<String> =
+        LazyLock::new(|| super::unflushed(super::Engine::Postgres, STATEMENT));
+    match engine {
+        super::Engine::Sqlite => STATEMENT,
+        super::Engine::Postgres => &ON_POSTGRES,
+    }
 }
 
 /// When the claim holding flow `id` at `version` ends (milliseconds), if one holds it at
@@ -400,14 +423,11 @@ pub async fn claim_held_until(
 /// Ends the claim that moved the flow to `claimed_version`, if the flow has not moved since
 /// (a move ends the claim itself).
 pub async fn release(db: &Database, id: &FlowId, claimed_version: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE flows SET claimed_until = NULL \
-         WHERE id = $1 AND version = $2 AND claimed_until IS NOT NULL",
-    )
-    .bind(id.as_str())
-    .bind(claimed_version)
-    .execute(db.writer())
-    .await?;
+    sqlx::query(release_statement(db.engine()))
+        .bind(id.as_str())
+        .bind(claimed_version)
+        .execute(db.writer())
+        .await?;
     Ok(())
 }
 
@@ -435,6 +455,11 @@ pub enum Transitioned {
     BypassCleared,
 }
 
+/// A flow's move from its expected version, its values bound by [`bind_next`] (without a
+/// bypass condition; one is appended after it).
+const MOVE: &str = "UPDATE flows SET status = $1, version = $2, data = $3, authentication_id = $4, \
+     updated_at = $5, user_id = $8, claimed_until = NULL WHERE id = $6 AND version = $7";
+
 /// Moves a flow to `next` (its status, data, push and user) if it is still at
 /// `expected_version` and, with `while_bypassed`, only while the user's bypass is in force,
 /// recording `event` and `records` (audit records and their webhook deliveries, such as a final
@@ -453,10 +478,7 @@ pub async fn transition_recording(
     while_bypassed: Option<WhileBypassed<'_>>,
     records: &[super::audit::Appended],
 ) -> Result<(Transitioned, bool), StoreError> {
-    let mut sql = String::from(
-        "UPDATE flows SET status = $1, version = $2, data = $3, authentication_id = $4, \
-         updated_at = $5, user_id = $8, claimed_until = NULL WHERE id = $6 AND version = $7",
-    );
+    let mut sql = String::from(MOVE);
     if while_bypassed.is_some() {
         let bypassed = format!("EXISTS ({})", super::bypass::standing(9, 10, 11));
         sql.push_str(" AND ");
@@ -510,6 +532,85 @@ pub async fn transition_recording(
     let committed = tx.commit().await?;
     let queued = tickets.iter().any(|t| committed.changes(*t) > 0);
     Ok((Transitioned::Moved, queued))
+}
+
+/// A flow's move written with the new request its action made, exactly when the request is
+/// stored (`store::authentications::WrittenWith::flow`): the flow at `expected_version` (its
+/// action's claim) moves to `next`, recorded by `event`. Nothing can then answer the request
+/// before its flow shows it. Only a move that ends nothing: no audit record and no bypass
+/// condition go with it.
+#[derive(Debug, Clone)]
+pub struct MoveWithRequest {
+    /// The flow as it moves.
+    pub next: StoredFlow,
+    /// The version the move is made from.
+    pub expected_version: i64,
+    /// The move's event.
+    pub event: FlowEvent,
+}
+
+/// PostgreSQL: the `WITH` items of a [`MoveWithRequest`] in the statement that inserts the
+/// request (a data-modifying item named `inserted`, returning one row when stored), values from
+/// placeholder `first` on ([`bind_move_with_request`]). The first, `flow_held`, finds the flow
+/// at its expected version and locks it until the statement commits (a move in flight is
+/// waited for, and the flow then found only if it kept that version): the insert is to require
+/// it (`EXISTS (SELECT 1 FROM flow_held)`), and it goes before the insert. The others, after the
+/// insert: the move, made only when the request was stored, and its event.
+pub(crate) fn move_with_request_items(inserted: &str, first: usize) -> (String, [String; 2]) {
+    let p = |offset: usize| first + offset;
+    let held = format!(
+        "flow_held AS (SELECT id FROM flows WHERE id = ${} AND version = ${} FOR UPDATE)",
+        p(5),
+        p(6)
+    );
+    let moved = format!(
+        "flow_moved AS (UPDATE flows SET status = ${}, version = ${}, data = ${}, \
+         authentication_id = ${}, updated_at = ${}, user_id = ${}, claimed_until = NULL \
+         WHERE id = ${} AND version = ${} AND EXISTS (SELECT 1 FROM {inserted}) RETURNING id)",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(7),
+        p(5),
+        p(6)
+    );
+    let event = format!(
+        "flow_moved_event AS ({} RETURNING 1)",
+        event_for_each("flow_moved", first + 8)
+    );
+    (held, [moved, event])
+}
+
+/// Binds a [`MoveWithRequest`]'s thirteen values (the move's eight, [`bind_next`], and its
+/// event's five, [`bind_event`]) after what `query` bound.
+pub(crate) fn bind_move_with_request<'q>(
+    query: Statement<'q>,
+    m: &'q MoveWithRequest,
+) -> Statement<'q> {
+    bind_event(
+        bind_next(query, &m.next, m.expected_version, None),
+        &m.event,
+    )
+}
+
+/// SQLite: writes a [`MoveWithRequest`] in the write `w` that is to insert its request (before
+/// the insert: a refusal then rolls both back). False when the flow moved since its expected
+/// version: nothing was written, and the caller rolls back (after the others of its group, as a
+/// lost move does: the caller reads the flow again).
+pub(crate) async fn move_in_write(
+    w: &mut super::Write<'_>,
+    m: &MoveWithRequest,
+) -> Result<bool, StoreError> {
+    let done = bind_next(sqlx::query(MOVE), &m.next, m.expected_version, None)
+        .execute(&mut **w)
+        .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    add_event(&mut **w, &m.next.id, &m.event).await?;
+    Ok(true)
 }
 
 /// What [`transition_at_once`] writes.

@@ -91,6 +91,24 @@ pub(crate) fn key_share_locked(condition: &str) -> String {
     format!("{open} FOR KEY SHARE)")
 }
 
+/// `update` (an `UPDATE` ending in its `WHERE` condition) for a write whose loss in a crash
+/// loses nothing anyone was told, as a lease's is: on PostgreSQL it commits without waiting for
+/// its WAL record to reach the disk (`synchronous_commit` off for its own transaction only, set
+/// by the statement itself, so no extra round trip). Nothing that depends on it can outlive it:
+/// the WAL is written in order, and a later commit that waits for its flush (the move a claim
+/// allows) flushes this record with it; a crash before that loses the lease, as if it had lapsed.
+/// On SQLite, whose commits are flushed (or not) by the writer's one setting, unchanged.
+pub(crate) fn unflushed(engine: Engine, update: &str) -> String {
+    match engine {
+        Engine::Sqlite => update.to_string(),
+        Engine::Postgres => format!(
+            "WITH unflushed AS MATERIALIZED \
+             (SELECT set_config('synchronous_commit', 'off', true) AS setting) \
+             {update} AND EXISTS (SELECT 1 FROM unflushed)"
+        ),
+    }
+}
+
 /// The second key of a PostgreSQL advisory lock on `parts` (the first key says what the lock
 /// serialises): the first four bytes of the SHA-256 of the parts, each followed by a 0x01 byte.
 /// Computed here rather than by the database, so the same in every instance and version. Two

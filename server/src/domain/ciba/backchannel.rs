@@ -662,6 +662,9 @@ async fn start(
                 "a request without a bypass refused for its bypass",
             ));
         }
+        Admitted::FlowLost => {
+            return Err(server_error("a CIBA request refused for a flow's move"));
+        }
     };
     tracing::info!(authentication_id = %record.id, client_id = %client.client_id, "CIBA request accepted");
     announced.committed(state);
@@ -719,7 +722,7 @@ impl Admission<'_> {
             &limits,
             self.decided,
             created,
-            Some(request),
+            crate::domain::applications::MadeFor::Ciba(request),
         )
         .await
         .map_err(|e| match e {

@@ -837,3 +837,186 @@ async fn a_poll_wakes_when_its_push_ends_even_without_the_flow_s_follow_up() {
         assert_eq!(polled.status, FlowStatus::PushConfirmationRejected);
     }
 }
+
+/// A flow's claim is a lease: on PostgreSQL its commit does not wait for the WAL flush (its own
+/// transaction turns `synchronous_commit` off, and only its own: the connection it ran on
+/// commits the next write as the database says), and it still claims exactly as before.
+#[tokio::test]
+async fn a_claim_commits_without_waiting_for_the_flush_and_leaves_its_connection_as_it_was() {
+    use crate::store::flows::{claim_statement, release_statement};
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let user = domain.user("quill").await;
+        let id = flow_for(&domain, &user).await.id.to_string();
+        let flow = super::load(&domain.ctx, &domain.app.id, &id)
+            .await
+            .expect("read");
+        let mut conn = domain.ctx.db.reader().await.expect("a connection");
+        let setting = "current_setting('synchronous_commit')";
+        let in_force = |statement: &str| match engine {
+            crate::store::Engine::Postgres => format!("{statement} RETURNING {setting}"),
+            crate::store::Engine::Sqlite => format!("{statement} RETURNING 'no such setting'"),
+        };
+        let now = domain.ctx.now_ms();
+        let claimed: Option<String> = sqlx::query_scalar(&in_force(claim_statement(engine)))
+            .bind(flow.stored.id.as_str())
+            .bind(flow.stored.version)
+            .bind(now + 30_000)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await
+            .expect("claim");
+        let released: Option<String> = sqlx::query_scalar(&in_force(release_statement(engine)))
+            .bind(flow.stored.id.as_str())
+            .bind(flow.stored.version + 1)
+            .fetch_optional(&mut *conn)
+            .await
+            .expect("release");
+        if engine == crate::store::Engine::Postgres {
+            assert_eq!(claimed.as_deref(), Some("off"), "the claim's own setting");
+            assert_eq!(
+                released.as_deref(),
+                Some("off"),
+                "the release's own setting"
+            );
+            let after: String = sqlx::query_scalar(&format!("SELECT {setting}"))
+                .fetch_one(&mut *conn)
+                .await
+                .expect("the connection's setting");
+            assert_ne!(
+                after, "off",
+                "the setting stayed with the claim's transaction"
+            );
+        } else {
+            assert!(
+                claimed.is_some() && released.is_some(),
+                "claimed and released"
+            );
+        }
+        drop(conn);
+        // The claim moved the version and the release let it go: the next claim is taken at
+        // the claimed version, and one at the version read before is refused.
+        let latest = super::reload(&domain.ctx, &flow).await.expect("read");
+        assert_eq!(latest.stored.version, flow.stored.version + 1);
+        assert!(
+            super::Claim::take(&domain.ctx, &flow)
+                .await
+                .expect("claim")
+                .is_none(),
+            "a claim at the version read before the first one"
+        );
+        let next = super::Claim::take(&domain.ctx, &latest)
+            .await
+            .expect("claim")
+            .expect("claimed once released");
+        next.release().await;
+    }
+}
+
+/// A push a flow's action makes is written with the flow's move, all or nothing: with the flow
+/// moved by another since the action's claim, no push is stored (nothing would ever show it, so
+/// nothing would ever answer it); with the claim standing, the push and the move are stored
+/// together, and the move is the action's.
+#[tokio::test]
+async fn a_push_is_stored_only_with_its_flow_s_move() {
+    for domain in TestDomain::each_engine().await {
+        let (user, _phone) = domain.user_with_device("rook").await;
+        let id = flow_for(&domain, &user).await.id.to_string();
+        let loaded = super::load(&domain.ctx, &domain.app.id, &id)
+            .await
+            .expect("read");
+        let claim_of = |flow: &super::Flow, claim: &super::Claim| {
+            let mut claimed = flow.clone();
+            claimed.stored.version = claim.version;
+            claimed
+        };
+
+        // The action claims the flow, and another move comes before its push (as one does once
+        // a claim lapsed): the push finds the flow moved.
+        let claim = super::Claim::take(&domain.ctx, &loaded)
+            .await
+            .expect("claim")
+            .expect("claimed");
+        let mut claimed = claim_of(&loaded, &claim);
+        let (status, data) = super::cancel(&domain.ctx, &claimed)
+            .await
+            .expect("a cancellation's step");
+        super::move_to(&domain.ctx, &claimed, "cancelAuthentication", status, data)
+            .await
+            .expect("move")
+            .expect("moved");
+        claim.ended_by_move();
+        let mover = super::PushMove::new("authenticate");
+        super::take_step(
+            &domain.ctx,
+            &domain.app,
+            &mut claimed,
+            authenticate(),
+            None,
+            &mover,
+        )
+        .await
+        .expect("the step");
+        assert!(
+            matches!(mover.written.get(), Some(super::PushWritten::FlowLost)),
+            "the push's write found its flow moved"
+        );
+        assert_eq!(
+            domain.rows_of("authentications", &user).await,
+            0,
+            "no push without its flow's move"
+        );
+        let latest = super::load(&domain.ctx, &domain.app.id, &id)
+            .await
+            .expect("read");
+        assert_eq!(latest.status, FlowStatus::Canceled, "the other move stands");
+
+        // A standing claim: the push and the action's move, together.
+        let id = flow_for(&domain, &user).await.id.to_string();
+        let loaded = super::load(&domain.ctx, &domain.app.id, &id)
+            .await
+            .expect("read");
+        let claim = super::Claim::take(&domain.ctx, &loaded)
+            .await
+            .expect("claim")
+            .expect("claimed");
+        let mut claimed = claim_of(&loaded, &claim);
+        let mover = super::PushMove::new("authenticate");
+        let (status, data) = super::take_step(
+            &domain.ctx,
+            &domain.app,
+            &mut claimed,
+            authenticate(),
+            None,
+            &mover,
+        )
+        .await
+        .expect("the step");
+        claim.ended_by_move();
+        assert_eq!(status, FlowStatus::PushConfirmationWaiting);
+        let Some(super::PushWritten::Moved(moved)) = mover.written.get() else {
+            panic!("the push's write moved its flow");
+        };
+        let push = data.push.as_ref().expect("the push shown");
+        assert_eq!(domain.rows_of("authentications", &user).await, 1);
+        let stored = super::load(&domain.ctx, &domain.app.id, &id)
+            .await
+            .expect("read");
+        assert_eq!(stored.status, FlowStatus::PushConfirmationWaiting);
+        assert_eq!(stored.stored.version, claimed.stored.version + 1);
+        assert_eq!(stored.stored.version, moved.stored.version);
+        assert_eq!(
+            stored.stored.authentication_id.as_ref(),
+            Some(&push.authentication_id),
+            "the flow waits for the push stored with it"
+        );
+        let history = super::history(&domain.ctx, &domain.app.id, &id)
+            .await
+            .expect("history");
+        let last = history.events.last().expect("an event");
+        assert_eq!(
+            (last.action.as_str(), last.to_status),
+            ("authenticate", FlowStatus::PushConfirmationWaiting)
+        );
+    }
+}
