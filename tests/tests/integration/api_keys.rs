@@ -6,7 +6,9 @@
 //! 404) whatever was remembered. The same holds for the flow calls (create, read, act: the key
 //! checked by the read of the flow, or of the application's passcode options) and the QR
 //! session's status read. Across two instances sharing PostgreSQL, a key one instance
-//! remembered stops working there the moment it is rotated, with nothing sent between them.
+//! remembered stops working there the moment it is rotated, with nothing sent between them. A
+//! rotation racing calls in flight leaves each answered as before it or as after it, stores
+//! exactly what was accepted, and refuses every call sent once it returned.
 
 use tessera_protocol::authentication::AuthenticationKind;
 use tessera_protocol::ids::AuthenticationId;
@@ -22,6 +24,7 @@ on_each_backend! {
     flow_calls_answer_401_before_400_before_404 => flow_answer_order;
     a_qr_status_read_stops_with_a_rotated_key_and_keeps_its_answer_order => qr_status_keys;
     a_qr_session_created_under_a_remembered_key_checks_the_key_the_name_and_the_quota => qr_create_keys;
+    a_key_rotated_while_calls_are_in_flight_refuses_every_call_after_and_stores_only_what_it_accepted => rotation_racing_calls;
 }
 
 /// Sends `request` with `key` (none without): the status and the error code, if any.
@@ -740,4 +743,132 @@ async fn qr_create_keys(backend: Backend) {
             .expect("counted");
     assert_eq!(open, 5, "nothing was stored under the old key");
     assert_eq!(qr_create(&base, "{}", Some(&rotated)).await.0, 201);
+}
+
+/// What a call racing a rotation asked for ([`rotation_racing_calls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Request,
+    Flow,
+    QrSession,
+}
+
+impl Made {
+    /// Asks for one with `key` on the server at `base`: the status and the error code.
+    async fn asked(self, base: &str, key: &str) -> (u16, Option<String>) {
+        match self {
+            Made::Request => create(base, "alice", APPROVAL, Some(key)).await,
+            Made::Flow => create_flow(base, r#"{"user_id":"alice"}"#, Some(key)).await,
+            Made::QrSession => {
+                let (status, code, _) = qr_create(base, "{}", Some(key)).await;
+                (status, code)
+            }
+        }
+    }
+
+    /// The table what it makes is stored in.
+    fn table(self) -> &'static str {
+        match self {
+            Made::Request => "authentications",
+            Made::Flow => "flows",
+            Made::QrSession => "qr_sessions",
+        }
+    }
+}
+
+/// A key rotated while calls made with it are in flight, for new requests, flows and QR
+/// sessions in turn (each kind alone, so its own check of the remembered key meets the
+/// rotation first). Each call is answered as before the rotation (201, and what it made is
+/// stored) or as after it (401, and nothing stored), never anything else; every call sent once
+/// the rotation has returned is refused; what is stored is exactly what was answered 201; and
+/// the new key works at once.
+async fn rotation_racing_calls(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let server = start(backend).await;
+    let _device = server.paired_user("alice").await;
+    let base = server.base_url.clone();
+    let app = server.app.application_id.clone();
+    let unauthorized = (401, Some("unauthorized".to_string()));
+    let mut key = server.app.api_key.clone();
+    for made in [Made::Request, Made::Flow, Made::QrSession] {
+        let rotated = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let (base, key) = (base.clone(), key.clone());
+                let (rotated, accepted) = (rotated.clone(), accepted.clone());
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    let mut sent_after = 0;
+                    // Until three calls were sent after the rotation returned (or a bound).
+                    while sent_after < 3 && answers.len() < 400 {
+                        let after = rotated.load(Ordering::SeqCst);
+                        let answer = made.asked(&base, &key).await;
+                        if answer.0 == 201 {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        sent_after += usize::from(after);
+                        answers.push((after, answer));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        // Rotated once the calls are under way: the key is remembered by then.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while accepted.load(Ordering::SeqCst) < 12 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{made:?}: the calls were not accepted before the rotation"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let new = admin::rotate_api_key(server.server.database(), &app)
+            .await
+            .expect("rotate")
+            .api_key;
+        rotated.store(true, Ordering::SeqCst);
+        let mut answers = Vec::new();
+        for caller in callers {
+            answers.extend(caller.await.expect("a caller"));
+        }
+        for (after, answer) in &answers {
+            assert!(
+                *answer == (201, None) || *answer == unauthorized,
+                "{made:?}: answered {answer:?} as its key was rotated"
+            );
+            if *after {
+                assert_eq!(
+                    *answer, unauthorized,
+                    "{made:?} sent after the rotation returned"
+                );
+            }
+        }
+        let sent_after = answers.iter().filter(|(after, _)| *after).count();
+        assert_eq!(
+            sent_after, 12,
+            "{made:?}: every caller called after the rotation"
+        );
+        let accepted = answers.iter().filter(|(_, answer)| answer.0 == 201).count();
+        let stored: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {} WHERE application_id = $1",
+            made.table()
+        ))
+        .bind(app.as_str())
+        .fetch_one(server.server.database().pool())
+        .await
+        .expect("count");
+        assert_eq!(
+            usize::try_from(stored).expect("a count"),
+            accepted,
+            "{made:?}: stored exactly what was accepted"
+        );
+        assert_eq!(
+            made.asked(&base, &new).await,
+            (201, None),
+            "{made:?}: the new key at once"
+        );
+        key = new;
+    }
 }
