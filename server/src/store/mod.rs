@@ -38,6 +38,7 @@ pub mod events;
 mod executors;
 pub mod fido_credentials;
 mod pg_connections;
+mod plan_cache;
 #[cfg(test)]
 mod query_plans;
 mod read_conn;
@@ -215,7 +216,10 @@ impl Database {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (
                 Engine::Postgres,
-                durability::postgres_url_with(url, commit_durability),
+                plan_cache::postgres_url_with_generic_plans(&durability::postgres_url_with(
+                    url,
+                    commit_durability,
+                )),
             )
         } else {
             return Err(StoreError::UnsupportedDatabase);

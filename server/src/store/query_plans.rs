@@ -751,31 +751,46 @@ async fn pg_scans(conn: &mut sqlx::PgConnection, statements: &[(String, String)]
     pg_fill_touched(conn, statements).await;
     let rows = pg_table_rows(conn).await;
     let mut problems = Vec::new();
-    for (name, sql) in statements {
-        let mut nodes = Vec::new();
-        let plan = pg_plan(conn, sql).await;
-        pg_plan_nodes(&plan, &mut nodes);
-        let summary: Vec<String> = nodes
-            .iter()
-            .filter_map(|(node, relation)| relation.as_ref().map(|r| format!("{node} on {r}")))
-            .collect();
-        println!("{name}: {}", summary.join(", "));
-        for (node, relation) in nodes {
-            let Some(relation) = relation else { continue };
-            let size = rows.get(&relation).copied().unwrap_or(0.0);
-            if size < PG_TINY_ROWS {
-                problems.push(format!(
-                    "{name}: touches {relation}, which the check did not fill"
-                ));
-            } else if node == "Seq Scan" {
-                problems.push(format!(
-                    "{name}: Seq Scan on {relation} ({size} rows)\n    {sql}\n    {plan}"
-                ));
+    for (statement, sql) in statements {
+        for (kind, mode) in PG_PLAN_KINDS {
+            sqlx::query(&format!("SET plan_cache_mode = {mode}"))
+                .execute(&mut *conn)
+                .await
+                .expect("plan cache mode");
+            let name = format!("{statement} ({kind} plan)");
+            let mut nodes = Vec::new();
+            let plan = pg_plan(conn, sql).await;
+            pg_plan_nodes(&plan, &mut nodes);
+            let summary: Vec<String> = nodes
+                .iter()
+                .filter_map(|(node, relation)| relation.as_ref().map(|r| format!("{node} on {r}")))
+                .collect();
+            println!("{name}: {}", summary.join(", "));
+            for (node, relation) in nodes {
+                let Some(relation) = relation else { continue };
+                let size = rows.get(&relation).copied().unwrap_or(0.0);
+                if size < PG_TINY_ROWS {
+                    problems.push(format!(
+                        "{name}: touches {relation}, which the check did not fill"
+                    ));
+                } else if node == "Seq Scan" {
+                    problems.push(format!(
+                        "{name}: Seq Scan on {relation} ({size} rows)\n    {sql}\n    {plan}"
+                    ));
+                }
             }
         }
     }
     problems
 }
+
+/// The plans the PostgreSQL check reads for each statement: the one made for its values (a
+/// statement's first executions), and the generic one the server's sessions use
+/// (`plan_cache_mode = force_generic_plan`, `store::plan_cache`).
+const PG_PLAN_KINDS: [(&str, &str); 2] = [
+    ("custom", "force_custom_plan"),
+    ("generic", "force_generic_plan"),
+];
 
 /// Runs `check` with the URL of a fresh schema of the database at `url` (nothing migrated or
 /// analyzed in it yet), and drops the schema afterwards, even when `check` panics (the panic
@@ -864,11 +879,13 @@ async fn the_postgres_check_sees_a_full_scan() {
     let Some(problems) = pg_check(statements).await else {
         return;
     };
-    assert_eq!(problems.len(), 1, "{problems:#?}");
-    assert!(
-        problems[0].starts_with("unindexed: Seq Scan on audit_log"),
-        "{problems:#?}"
-    );
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    for (problem, kind) in problems.iter().zip(["custom", "generic"]) {
+        assert!(
+            problem.starts_with(&format!("unindexed ({kind} plan): Seq Scan on audit_log")),
+            "{problems:#?}"
+        );
+    }
 }
 
 /// PostgreSQL reads the waiting and the due CIBA notifications through `ciba_requests_notify`
