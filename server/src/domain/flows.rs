@@ -1254,10 +1254,9 @@ async fn act_on(
     let mut step = take_step(ctx, app, &mut claimed, action.clone(), read_early, &mover).await;
     let mut reruns = 0;
     loop {
-        // A push the step made moved the flow in its own write (or found it moved first).
-        if step.is_ok()
-            && let Some(written) = mover.written.take()
-        {
+        // A push the step made moved the flow in its own write (or found it moved first):
+        // that write answers, whatever the step said after it.
+        if let Some(written) = mover.written.take() {
             claim.ended_by_move();
             return push_written(ctx, &claimed, name, written).await;
         }
