@@ -163,18 +163,19 @@ pub(crate) async fn create_session(
 }
 
 /// [`create_session`] for the application the API key `presented` authenticates. While the
-/// key's application is remembered (`super::api_keys`), a request that checks out and names
-/// no user is stored with the key, and the application's name its context shows, checked in
-/// the insert's own statement (on PostgreSQL one round trip instead of two). An insert that
-/// stores nothing (the key rotated, the application renamed, or its quota reached) is made
-/// again the long way, so its answer is the one it would have been; so is a request that does
-/// not check out (401 comes before 400).
+/// key's application is remembered (`super::api_keys`), a request that checks out is stored
+/// with the key, the application's name its context shows, and the user it names (if any)
+/// checked in the insert's own statement (on PostgreSQL one round trip instead of two, or
+/// three with a user). An insert that stores nothing (the key rotated, the application
+/// renamed, the user unknown, or the quota reached) is made again the long way, so its answer
+/// is the one it would have been; so is a request that does not check out (401 comes before
+/// 400).
 pub(crate) async fn create_session_by_key(
     ctx: &Ctx,
     presented: &super::api_keys::PresentedKey,
     body: CreateQrSession,
 ) -> Result<QrSessionCreated, DomainError> {
-    if let (Ok(expires_in), None) = (check_create(&body), &body.user_id) {
+    if let Ok(expires_in) = check_create(&body) {
         let created = super::api_keys::act_under_hint(ctx, presented, |app, digest| {
             let body = &body;
             async move {

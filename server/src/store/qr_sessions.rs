@@ -246,6 +246,18 @@ pub async fn insert_within_quota(
         if still == 0 {
             return Ok(false);
         }
+        if s.restricted_user_id.is_some() {
+            let users: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM users WHERE application_id = $1 AND user_id = $2",
+            )
+            .bind(s.application_id.as_str())
+            .bind(s.restricted_user_id.map(UserId::as_str))
+            .fetch_one(&mut *tx)
+            .await?;
+            if users == 0 {
+                return Ok(false);
+            }
+        }
     }
     let own: Option<i64> = sqlx::query_scalar(OWN_QUOTA)
         .bind(s.application_id.as_str())
@@ -265,8 +277,12 @@ pub async fn insert_within_quota(
     Ok(true)
 }
 
+/// The condition that the session's named user (`$3`) is its application's (`$2`).
+const USER_EXISTS: &str = "EXISTS (SELECT 1 FROM users WHERE application_id = $2 AND user_id = $3)";
+
 /// The API key digest and the application name a new session is stored under
-/// ([`insert_within_quota`]).
+/// ([`insert_within_quota`]); a session that names a user is then stored only while that user
+/// is the application's.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyCheck<'a> {
     /// The digest the application must still have.
@@ -309,11 +325,21 @@ where
         Some((_, None)) => format!(
             "{INSERT} SELECT {VALUES} WHERE qr_session_admitted($2, CAST($10 AS BIGINT), $13)"
         ),
-        Some((_, Some(_))) => format!(
-            "{INSERT} SELECT {VALUES} WHERE EXISTS (SELECT 1 FROM applications WHERE id = $2 \
-             AND api_key_digest = $14 AND name = $15) \
-             AND qr_session_admitted($2, CAST($10 AS BIGINT), $13)"
-        ),
+        Some((_, Some(_))) => {
+            // A session for a named user only while the user is the application's, their row
+            // locked against its deletion until the insert commits (a user's deletion removes
+            // their sessions: one that came first is waited for, and the check then finds no
+            // user).
+            let user = match s.restricted_user_id {
+                Some(_) => format!(" AND {}", super::key_share_locked(USER_EXISTS)),
+                None => String::new(),
+            };
+            format!(
+                "{INSERT} SELECT {VALUES} WHERE EXISTS (SELECT 1 FROM applications WHERE id = $2 \
+                 AND api_key_digest = $14 AND name = $15){user} \
+                 AND qr_session_admitted($2, CAST($10 AS BIGINT), $13)"
+            )
+        }
     };
     let query = sqlx::query(&sql)
         .bind(s.id.as_str())

@@ -25,6 +25,7 @@ on_each_backend! {
     a_qr_status_read_stops_with_a_rotated_key_and_keeps_its_answer_order => qr_status_keys;
     a_qr_session_created_under_a_remembered_key_checks_the_key_the_name_and_the_quota => qr_create_keys;
     a_key_rotated_while_calls_are_in_flight_refuses_every_call_after_and_stores_only_what_it_accepted => rotation_racing_calls;
+    a_qr_session_for_a_named_user_under_a_remembered_key_is_stored_only_for_a_user_of_the_application => qr_create_for_user;
 }
 
 /// Sends `request` with `key` (none without): the status and the error code, if any.
@@ -743,6 +744,71 @@ async fn qr_create_keys(backend: Backend) {
             .expect("counted");
     assert_eq!(open, 5, "nothing was stored under the old key");
     assert_eq!(qr_create(&base, "{}", Some(&rotated)).await.0, 201);
+}
+
+/// A QR session for a named user, created under the remembered key: stored for a user of the
+/// application (named in the session), refused as the long way refuses for one it does not
+/// have (404 `user_not_found`, nothing stored), also for a user removed since a session was made
+/// for them and for another application's user; and 401 before 404 with a wrong key.
+async fn qr_create_for_user(backend: Backend) {
+    let server = start(backend).await;
+    let base = server.base_url.clone();
+    let app = server.app.application_id.clone();
+    let key = server.app.api_key.clone();
+    server
+        .customer
+        .create_user("alice", Some("Alice"))
+        .await
+        .expect("alice");
+    let other = admin::create_application(server.server.database(), "Other Shop")
+        .await
+        .expect("application");
+    let olga = reqwest::Client::new()
+        .post(format!("{base}/v1/users"))
+        .bearer_auth(&other.api_key)
+        .json(&serde_json::json!({ "user_id": "olga" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(olga.status().as_u16(), 201, "another application's user");
+    let for_user = |user: &str| format!(r#"{{"user_id":"{user}"}}"#);
+    let not_found = (404, Some("user_not_found".to_string()));
+    let sessions_for = |user: &'static str| {
+        let (db, app) = (server.server.database().pool(), app.clone());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM qr_sessions WHERE application_id = $1 \
+                 AND restricted_user_id = $2",
+            )
+            .bind(app.as_str())
+            .bind(user)
+            .fetch_one(db)
+            .await
+            .expect("counted")
+        }
+    };
+    // The key remembered by a first session.
+    assert_eq!(qr_create(&base, "{}", Some(&key)).await.0, 201);
+    for round in 1..=2 {
+        let (status, _, _) = qr_create(&base, &for_user("alice"), Some(&key)).await;
+        assert_eq!(status, 201);
+        assert_eq!(sessions_for("alice").await, round);
+        for unknown in ["nobody", "olga"] {
+            let (status, code, _) = qr_create(&base, &for_user(unknown), Some(&key)).await;
+            assert_eq!((status, code), not_found.clone(), "{unknown}");
+        }
+        let (status, code, _) = qr_create(&base, &for_user("alice"), Some("tsk_wrong")).await;
+        assert_eq!((status, code.as_deref()), (401, Some("unauthorized")));
+    }
+    assert_eq!(sessions_for("nobody").await, 0);
+    assert_eq!(sessions_for("olga").await, 0);
+    // Removed: no new session for her, under the remembered key or the long way.
+    server.customer.remove_user("alice").await.expect("removed");
+    for _ in 0..2 {
+        let (status, code, _) = qr_create(&base, &for_user("alice"), Some(&key)).await;
+        assert_eq!((status, code), not_found.clone(), "a removed user");
+    }
+    assert_eq!(sessions_for("alice").await, 0, "her sessions went with her");
 }
 
 /// What a call racing a rotation asked for ([`rotation_racing_calls`]).
