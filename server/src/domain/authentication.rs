@@ -753,7 +753,12 @@ pub(crate) async fn create(
     user_id: &UserId,
     body: CreateAuthenticationRequest,
 ) -> Result<AuthenticationStatus, DomainError> {
-    create_as(ctx, app, user_id, body, true).await
+    // The request's reads that need nothing else (the user with its language and bypass, the
+    // application's settings with its current policy, the user's devices), side by side.
+    let reads = read_for_request(ctx, &app.id, user_id).await?;
+    create_from(ctx, (&app.id, &app.name), user_id, body, true, reads, None)
+        .await?
+        .for_caller()
 }
 
 /// [`create`] for a customer call that presents its API key unchecked (`presented`): under the
@@ -781,44 +786,6 @@ pub(crate) async fn create_by_key(
     }
     let app = super::api_keys::authenticate(ctx, presented).await?;
     create(ctx, &app, user_id, body).await
-}
-
-/// [`create`], deciding the application's policy for it or not (`evaluate_policy` false: its
-/// caller, a flow, decided for the whole flow already).
-pub(crate) async fn create_as(
-    ctx: &Ctx,
-    app: &Application,
-    user_id: &UserId,
-    body: CreateAuthenticationRequest,
-    evaluate_policy: bool,
-) -> Result<AuthenticationStatus, DomainError> {
-    // The request's reads that need nothing else (the user with its language and bypass, the
-    // application's settings with its current policy, the user's devices), side by side.
-    let reads = read_for_request(ctx, &app.id, user_id).await?;
-    create_as_read(ctx, app, user_id, body, evaluate_policy, reads).await
-}
-
-/// [`create_as`] with its reads already made (`reads`, as [`read_for_request`] makes them): for
-/// a caller that read them beside its own reads, as a flow's first step does.
-pub(crate) async fn create_as_read(
-    ctx: &Ctx,
-    app: &Application,
-    user_id: &UserId,
-    body: CreateAuthenticationRequest,
-    evaluate_policy: bool,
-    reads: RequestReads,
-) -> Result<AuthenticationStatus, DomainError> {
-    create_from(
-        ctx,
-        (&app.id, &app.name),
-        user_id,
-        body,
-        evaluate_policy,
-        reads,
-        None,
-    )
-    .await?
-    .for_caller()
 }
 
 /// The move of the flow a new push is made for, from the push's status (its id, number and
@@ -858,9 +825,10 @@ impl MadeForFlow {
     }
 }
 
-/// [`create_as_read`] for a flow's action, the policy decided for the whole flow already: a
-/// push stored pending is written with the flow's move `moved` makes from its status, all or
-/// nothing (`applications::MadeFor::Flow`).
+/// [`create`] for a flow's action, its reads made beside the flow's own (`reads`, as
+/// [`read_for_request`] makes them) and the policy decided for the whole flow already: a push
+/// stored pending is written with the flow's move `moved` makes from its status, all or nothing
+/// (`applications::MadeFor::Flow`).
 pub(crate) async fn create_for_flow(
     ctx: &Ctx,
     app: &Application,
@@ -881,8 +849,9 @@ pub(crate) async fn create_for_flow(
     .await
 }
 
-/// [`create_as`] for the application `(id, name)`, once its reads are made; with `flow`, for a
-/// flow's action ([`create_for_flow`]).
+/// [`create`] for the application `(id, name)`, once its reads are made, deciding the
+/// application's policy for it or not (`evaluate_policy` false: a flow decided for the whole
+/// flow already); with `flow`, for a flow's action ([`create_for_flow`]).
 async fn create_from(
     ctx: &Ctx,
     (app_id, app_name): (&ApplicationId, &str),

@@ -1268,11 +1268,6 @@ async fn act_on(
                 return Err(e);
             }
         };
-        let new_push = data
-            .push
-            .as_ref()
-            .filter(|p| flow.data.push.as_ref() != Some(*p))
-            .map(|p| p.authentication_id.clone());
         let new_qr = data.qr.clone().filter(|q| flow.data.qr.as_ref() != Some(q));
         // A device this action paired and holds for a passcode (`authenticate` with a mobile
         // payload): rejected if the move is lost, as nothing would ever approve or reject it.
@@ -1325,23 +1320,16 @@ async fn act_on(
             }
             None => {
                 // Someone moved it between the claim and now (its push was answered): withdraw a
-                // push or a QR code this action made, then answer the flow as it stands if it is
-                // over.
-                if let Some(push) = new_push {
-                    outcome::record(ctx, &push, Ending::Canceled).await?;
-                }
+                // QR code or a held device this action made (a push it sent to a phone was
+                // written with its own move, [`PushMove`]; one it made ended already), then
+                // answer the flow as it stands.
                 if let Some(qr) = &new_qr {
                     super::qr::withdraw_for_flow(ctx, qr).await?;
                 }
                 if let Some(held) = &new_held {
                     pairing::reject_held(ctx, held).await?;
                 }
-                let latest = refresh(ctx, reload(ctx, &claimed).await?).await?;
-                if latest.status.is_final() {
-                    shown(ctx, &latest, false).await
-                } else {
-                    Err(conflict())
-                }
+                after_lost_move(ctx, &claimed).await
             }
         };
     }
@@ -1395,14 +1383,18 @@ async fn push_written(
             // it, so nothing is to be read again.
             shown(ctx, &moved, false).await
         }
-        PushWritten::FlowLost => {
-            let latest = refresh(ctx, reload(ctx, claimed).await?).await?;
-            if latest.status.is_final() {
-                shown(ctx, &latest, false).await
-            } else {
-                Err(conflict())
-            }
-        }
+        PushWritten::FlowLost => after_lost_move(ctx, claimed).await,
+    }
+}
+
+/// The answer to an action on `claimed` whose move another move came before: the flow as it
+/// now stands if that move ended it, else `conflict`.
+async fn after_lost_move(ctx: &Ctx, claimed: &Flow) -> Result<FlowState, DomainError> {
+    let latest = refresh(ctx, reload(ctx, claimed).await?).await?;
+    if latest.status.is_final() {
+        shown(ctx, &latest, false).await
+    } else {
+        Err(conflict())
     }
 }
 

@@ -976,49 +976,46 @@ pub async fn admit_at_once(
             first + VERDICT_VALUES + 1,
         ),
     };
-    // The device's row is locked against its deletion until the statement commits (as the QR
-    // answer and the fallback's move do): an unpairing that deleted it first is waited for, and
-    // the check then finds no row; one that comes after waits, and then fails the request.
     let flow_held = if with.flow.is_some() {
         " AND EXISTS (SELECT 1 FROM flow_held)"
     } else {
         ""
     };
+    // The device's row is locked against its deletion until the statement commits (as the QR
+    // answer and the fallback's move do): an unpairing that deleted it first is waited for, and
+    // the check then finds no row; one that comes after waits, and then fails the request.
     let created = format!(
         "created AS (INSERT INTO authentications ({COLUMNS}) SELECT {} FROM verdict \
          WHERE verdict.admitted AND {}{bypassed}{flow_held} RETURNING 1)",
         placeholders(1, INSERTED_VALUES),
         super::key_share_locked(DEVICE_ACTIVE)
     );
-    let (mut items, queued, mut next) = super::audit::appended_items(with.records, "created", next);
-    items.insert(0, created);
-    if let Some(bypass) = bypass {
-        items.insert(0, bypass);
-    }
-    items.insert(0, verdict);
+    // What is written with the request, after its insert.
+    let (mut with_it, queued, mut next) =
+        super::audit::appended_items(with.records, "created", next);
     if let Some(d) = with.decision {
-        items.push(super::policies::decision_item(d, "created", next));
+        with_it.push(super::policies::decision_item(d, "created", next));
         next += super::policies::decision_values(d);
     }
     if with.ciba.is_some() {
-        items.push(super::ciba::request_item("created", next));
+        with_it.push(super::ciba::request_item("created", next));
         next += super::ciba::REQUEST_VALUES;
     }
     // The flow's row is held before the insert that requires it (an item may name only the
     // items before it); its values are bound last.
-    let flow_found = match with.flow {
+    let (held, flow_found) = match with.flow {
         Some(_) => {
             let (held, after) = super::flows::move_with_request_items("created", next);
-            let insert_at = items
-                .iter()
-                .position(|item| item.starts_with("created AS"))
-                .unwrap_or(0);
-            items.insert(insert_at, held);
-            items.extend(after);
-            "(SELECT COUNT(*) FROM flow_held)"
+            with_it.extend(after);
+            (Some(held), "(SELECT COUNT(*) FROM flow_held)")
         }
-        None => "CAST(1 AS BIGINT)",
+        None => (None, "CAST(1 AS BIGINT)"),
     };
+    let items: Vec<String> = [Some(verdict), bypass, held, Some(created)]
+        .into_iter()
+        .flatten()
+        .chain(with_it)
+        .collect();
     let sql = format!(
         "WITH {} SELECT verdict.admitted, verdict.application_pending, verdict.user_pending, \
          verdict.user_recent, verdict.pushes, (SELECT COUNT(*) FROM created) AS inserted, \

@@ -3,7 +3,7 @@
 //! on the flow's version.
 
 use sqlx::Row;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use tessera_protocol::authentication::AuthenticationId;
 use tessera_protocol::flows::FlowId;
 use tessera_protocol::ids::{ApplicationId, UserId};
@@ -380,25 +380,36 @@ pub async fn claim(
 /// The statement of [`claim`]. A claim is a lease: one lost in a crash is as if it had lapsed,
 /// so it commits without waiting for the flush ([`super::unflushed`]).
 pub(crate) fn claim_statement(engine: super::Engine) -> &'static str {
-    const STATEMENT: &str = "UPDATE flows SET version = version + 1, claimed_until = $3 \
-         WHERE id = $1 AND version = $2 AND (claimed_until IS NULL OR claimed_until <= $4)";
-    static ON_POSTGRES: LazyLock<String> =
-        LazyLock::new(|| super::unflushed(super::Engine::Postgres, STATEMENT));
-    match engine {
-        super::Engine::Sqlite => STATEMENT,
-        super::Engine::Postgres => &ON_POSTGRES,
-    }
+    static ON_POSTGRES: OnceLock<String> = OnceLock::new();
+    lease_statement(
+        engine,
+        "UPDATE flows SET version = version + 1, claimed_until = $3 \
+         WHERE id = $1 AND version = $2 AND (claimed_until IS NULL OR claimed_until <= $4)",
+        &ON_POSTGRES,
+    )
 }
 
 /// The statement of [`release`]: a lease's end, which a crash makes anyway.
 pub(crate) fn release_statement(engine: super::Engine) -> &'static str {
-    const STATEMENT: &str = "UPDATE flows SET claimed_until = NULL \
-         WHERE id = $1 AND version = $2 AND claimed_until IS NOT NULL";
-    static ON_POSTGRES: LazyLock<String> =
-        LazyLock::new(|| super::unflushed(super::Engine::Postgres, STATEMENT));
+    static ON_POSTGRES: OnceLock<String> = OnceLock::new();
+    lease_statement(
+        engine,
+        "UPDATE flows SET claimed_until = NULL \
+         WHERE id = $1 AND version = $2 AND claimed_until IS NOT NULL",
+        &ON_POSTGRES,
+    )
+}
+
+/// `update`, a write to a claim's lease, as `engine` runs it: on PostgreSQL
+/// [`super::unflushed`], made once into `on_postgres`.
+fn lease_statement(
+    engine: super::Engine,
+    update: &'static str,
+    on_postgres: &'static OnceLock<String>,
+) -> &'static str {
     match engine {
-        super::Engine::Sqlite => STATEMENT,
-        super::Engine::Postgres => &ON_POSTGRES,
+        super::Engine::Sqlite => update,
+        super::Engine::Postgres => on_postgres.get_or_init(|| super::unflushed(update)),
     }
 }
 
@@ -455,10 +466,26 @@ pub enum Transitioned {
     BypassCleared,
 }
 
-/// A flow's move from its expected version, its values bound by [`bind_next`] (without a
-/// bypass condition; one is appended after it).
-const MOVE: &str = "UPDATE flows SET status = $1, version = $2, data = $3, authentication_id = $4, \
-     updated_at = $5, user_id = $8, claimed_until = NULL WHERE id = $6 AND version = $7";
+/// A flow's move from its expected version, its eight values from placeholder `first` on, in
+/// the order [`bind_next`] binds them (without a bypass condition; one may be appended).
+fn move_statement(first: usize) -> String {
+    let p = |offset: usize| first + offset;
+    format!(
+        "UPDATE flows SET status = ${}, version = ${}, data = ${}, authentication_id = ${}, \
+         updated_at = ${}, user_id = ${}, claimed_until = NULL WHERE id = ${} AND version = ${}",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(7),
+        p(5),
+        p(6)
+    )
+}
+
+/// [`move_statement`] as a statement of its own.
+static MOVE: LazyLock<String> = LazyLock::new(|| move_statement(1));
 
 /// Moves a flow to `next` (its status, data, push and user) if it is still at
 /// `expected_version` and, with `while_bypassed`, only while the user's bypass is in force,
@@ -478,7 +505,7 @@ pub async fn transition_recording(
     while_bypassed: Option<WhileBypassed<'_>>,
     records: &[super::audit::Appended],
 ) -> Result<(Transitioned, bool), StoreError> {
-    let mut sql = String::from(MOVE);
+    let mut sql = MOVE.clone();
     if while_bypassed.is_some() {
         let bypassed = format!("EXISTS ({})", super::bypass::standing(9, 10, 11));
         sql.push_str(" AND ");
@@ -564,17 +591,8 @@ pub(crate) fn move_with_request_items(inserted: &str, first: usize) -> (String, 
         p(6)
     );
     let moved = format!(
-        "flow_moved AS (UPDATE flows SET status = ${}, version = ${}, data = ${}, \
-         authentication_id = ${}, updated_at = ${}, user_id = ${}, claimed_until = NULL \
-         WHERE id = ${} AND version = ${} AND EXISTS (SELECT 1 FROM {inserted}) RETURNING id)",
-        p(0),
-        p(1),
-        p(2),
-        p(3),
-        p(4),
-        p(7),
-        p(5),
-        p(6)
+        "flow_moved AS ({} AND EXISTS (SELECT 1 FROM {inserted}) RETURNING id)",
+        move_statement(first)
     );
     let event = format!(
         "flow_moved_event AS ({} RETURNING 1)",
@@ -603,7 +621,7 @@ pub(crate) async fn move_in_write(
     w: &mut super::Write<'_>,
     m: &MoveWithRequest,
 ) -> Result<bool, StoreError> {
-    let done = bind_next(sqlx::query(MOVE), &m.next, m.expected_version, None)
+    let done = bind_next(sqlx::query(&MOVE), &m.next, m.expected_version, None)
         .execute(&mut **w)
         .await?;
     if done.rows_affected() != 1 {

@@ -98,16 +98,13 @@ pub(crate) fn key_share_locked(condition: &str) -> String {
 /// by the statement itself, so no extra round trip). Nothing that depends on it can outlive it:
 /// the WAL is written in order, and a later commit that waits for its flush (the move a claim
 /// allows) flushes this record with it; a crash before that loses the lease, as if it had lapsed.
-/// On SQLite, whose commits are flushed (or not) by the writer's one setting, unchanged.
-pub(crate) fn unflushed(engine: Engine, update: &str) -> String {
-    match engine {
-        Engine::Sqlite => update.to_string(),
-        Engine::Postgres => format!(
-            "WITH unflushed AS MATERIALIZED \
-             (SELECT set_config('synchronous_commit', 'off', true) AS setting) \
-             {update} AND EXISTS (SELECT 1 FROM unflushed)"
-        ),
-    }
+/// PostgreSQL only: SQLite's commits are flushed (or not) by the writer's one setting.
+pub(crate) fn unflushed(update: &str) -> String {
+    format!(
+        "WITH unflushed AS MATERIALIZED \
+         (SELECT set_config('synchronous_commit', 'off', true) AS setting) \
+         {update} AND EXISTS (SELECT 1 FROM unflushed)"
+    )
 }
 
 /// The second key of a PostgreSQL advisory lock on `parts` (the first key says what the lock

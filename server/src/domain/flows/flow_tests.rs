@@ -919,46 +919,55 @@ async fn a_claim_commits_without_waiting_for_the_flush_and_leaves_its_connection
 /// together, and the move is the action's.
 #[tokio::test]
 async fn a_push_is_stored_only_with_its_flow_s_move() {
-    for domain in TestDomain::each_engine().await {
-        let (user, _phone) = domain.user_with_device("rook").await;
-        let id = flow_for(&domain, &user).await.id.to_string();
-        let loaded = super::load(&domain.ctx, &domain.app.id, &id)
+    /// Flow `id` read and claimed: the claim, and the flow as its action holds it.
+    async fn claimed(domain: &TestDomain, id: &str) -> (super::Claim, super::Flow) {
+        let loaded = super::load(&domain.ctx, &domain.app.id, id)
             .await
             .expect("read");
-        let claim_of = |flow: &super::Flow, claim: &super::Claim| {
-            let mut claimed = flow.clone();
-            claimed.stored.version = claim.version;
-            claimed
-        };
-
-        // The action claims the flow, and another move comes before its push (as one does once
-        // a claim lapsed): the push finds the flow moved.
         let claim = super::Claim::take(&domain.ctx, &loaded)
             .await
             .expect("claim")
             .expect("claimed");
-        let mut claimed = claim_of(&loaded, &claim);
-        let (status, data) = super::cancel(&domain.ctx, &claimed)
-            .await
-            .expect("a cancellation's step");
-        super::move_to(&domain.ctx, &claimed, "cancelAuthentication", status, data)
-            .await
-            .expect("move")
-            .expect("moved");
-        claim.ended_by_move();
-        let mover = super::PushMove::new("authenticate");
-        super::take_step(
+        let mut claimed = loaded;
+        claimed.stored.version = claim.version;
+        (claim, claimed)
+    }
+    /// `authenticate`'s step on `claimed`: what it returned, and what its push's write did.
+    async fn authenticate_step(
+        domain: &TestDomain,
+        claimed: &mut super::Flow,
+    ) -> ((FlowStatus, super::Data), Option<super::PushWritten>) {
+        let mut mover = super::PushMove::new("authenticate");
+        let step = super::take_step(
             &domain.ctx,
             &domain.app,
-            &mut claimed,
+            claimed,
             authenticate(),
             None,
             &mover,
         )
         .await
         .expect("the step");
+        (step, mover.written.take())
+    }
+    for domain in TestDomain::each_engine().await {
+        let (user, _phone) = domain.user_with_device("rook").await;
+        let id = flow_for(&domain, &user).await.id.to_string();
+
+        // The action claims the flow, and another move comes before its push (as one does once
+        // a claim lapsed): the push finds the flow moved.
+        let (claim, mut flow) = claimed(&domain, &id).await;
+        let (status, data) = super::cancel(&domain.ctx, &flow)
+            .await
+            .expect("a cancellation's step");
+        super::move_to(&domain.ctx, &flow, "cancelAuthentication", status, data)
+            .await
+            .expect("move")
+            .expect("moved");
+        claim.ended_by_move();
+        let (_, written) = authenticate_step(&domain, &mut flow).await;
         assert!(
-            matches!(mover.written.get(), Some(super::PushWritten::FlowLost)),
+            matches!(written, Some(super::PushWritten::FlowLost)),
             "the push's write found its flow moved"
         );
         assert_eq!(
@@ -973,28 +982,11 @@ async fn a_push_is_stored_only_with_its_flow_s_move() {
 
         // A standing claim: the push and the action's move, together.
         let id = flow_for(&domain, &user).await.id.to_string();
-        let loaded = super::load(&domain.ctx, &domain.app.id, &id)
-            .await
-            .expect("read");
-        let claim = super::Claim::take(&domain.ctx, &loaded)
-            .await
-            .expect("claim")
-            .expect("claimed");
-        let mut claimed = claim_of(&loaded, &claim);
-        let mover = super::PushMove::new("authenticate");
-        let (status, data) = super::take_step(
-            &domain.ctx,
-            &domain.app,
-            &mut claimed,
-            authenticate(),
-            None,
-            &mover,
-        )
-        .await
-        .expect("the step");
+        let (claim, mut claimed) = claimed(&domain, &id).await;
+        let ((status, data), written) = authenticate_step(&domain, &mut claimed).await;
         claim.ended_by_move();
         assert_eq!(status, FlowStatus::PushConfirmationWaiting);
-        let Some(super::PushWritten::Moved(moved)) = mover.written.get() else {
+        let Some(super::PushWritten::Moved(moved)) = written else {
             panic!("the push's write moved its flow");
         };
         let push = data.push.as_ref().expect("the push shown");
