@@ -230,7 +230,7 @@ type RequestUser = Option<(
 
 /// What a new request reads before it decides: the user (with their language and bypass as
 /// stored; `None` when the application has no such user), the application's settings (with its
-/// current policy) and the user's devices.
+/// current policy), the user's devices, and the facts its policy most likely looks at.
 pub(crate) struct RequestReads {
     /// The user and their bypass as stored.
     pub(crate) user: RequestUser,
@@ -238,27 +238,37 @@ pub(crate) struct RequestReads {
     pub(crate) settings: crate::store::applications::RequestSettings,
     /// The user's devices, as `enrollments::list_for_user_on` lists them.
     pub(crate) devices: Vec<Enrollment>,
+    /// The facts of the policy the application's last decision was made under, read for the
+    /// user ([`super::policy::read_ahead`]): `None` when not asked for, or when nothing is
+    /// to read.
+    pub(crate) policy_facts: Option<super::policy::FactsAhead>,
 }
 
-/// Reads [`RequestReads`] for `user_id` of `application_id`. The three reads need nothing but
-/// the two ids, so they go out side by side, each on a connection of its own: on PostgreSQL the
-/// request waits for one round trip instead of three in a row; on SQLite each runs on the calling
-/// thread, one after the other, as before. They never shared a snapshot (no transaction held
-/// them together), so reading them apart changes nothing they can see.
+/// Whether a request's reads also read its policy's facts ahead
+/// ([`super::policy::read_ahead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PolicyFacts {
+    /// The request is decided by the application's policy: read them beside the rest.
+    ReadAhead,
+    /// It is not, or was decided already: nothing is read for it.
+    Skip,
+}
+
+/// Reads [`RequestReads`] for `user_id` of `application_id`. The reads need nothing but the two
+/// ids, so they go out side by side, each on a connection of its own: on PostgreSQL the request
+/// waits for one round trip instead of three or four in a row; on SQLite each runs on the
+/// calling thread, one after the other, as before. They never shared a snapshot (no
+/// transaction held them together), so reading them apart changes nothing they can see.
 pub(crate) async fn read_for_request(
     ctx: &Ctx,
     application_id: &ApplicationId,
     user_id: &UserId,
+    policy_facts: PolicyFacts,
 ) -> Result<RequestReads, DomainError> {
-    let ((user, devices), settings) = tokio::try_join!(
-        user_and_devices(ctx, application_id, user_id),
-        crate::store::applications::request_settings_on(ctx.db.pool(), application_id),
-    )?;
-    Ok(RequestReads {
-        user,
-        settings,
-        devices,
-    })
+    let settings = crate::store::applications::request_settings_on(ctx.db.pool(), application_id);
+    let (user_reads, settings) =
+        read_beside(ctx, application_id, user_id, policy_facts, settings).await?;
+    Ok(user_reads.with(settings))
 }
 
 /// [`read_for_request`] under the application `application_id` an API key was last found for
@@ -270,32 +280,93 @@ async fn read_for_request_by_key(
     application_id: &ApplicationId,
     key_digest: &str,
     user_id: &UserId,
+    policy_facts: PolicyFacts,
 ) -> Result<Option<RequestReads>, DomainError> {
-    let ((user, devices), settings) = tokio::try_join!(
+    let settings = crate::store::applications::request_settings_with_key_on(
+        ctx.db.pool(),
+        application_id,
+        key_digest,
+    );
+    let (user_reads, settings) =
+        read_beside(ctx, application_id, user_id, policy_facts, settings).await?;
+    Ok(settings.map(|settings| user_reads.with(settings)))
+}
+
+/// The user's half of [`RequestReads`], read beside the application's settings
+/// ([`read_beside`]).
+struct UserReads {
+    user: RequestUser,
+    devices: Vec<Enrollment>,
+    policy_facts: Option<super::policy::FactsAhead>,
+}
+
+impl UserReads {
+    /// The request's reads, with the application's `settings`.
+    fn with(self, settings: crate::store::applications::RequestSettings) -> RequestReads {
+        RequestReads {
+            user: self.user,
+            settings,
+            devices: self.devices,
+            policy_facts: self.policy_facts,
+        }
+    }
+}
+
+/// The user's reads (and the policy's facts when `policy_facts` asks for them) side by side
+/// with `settings`, a read of the application's settings, and what that read gave.
+async fn read_beside<S>(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    user_id: &UserId,
+    policy_facts: PolicyFacts,
+    settings: impl std::future::Future<Output = Result<S, crate::store::StoreError>>,
+) -> Result<(UserReads, S), DomainError> {
+    let ((user, devices), settings, policy_facts) = tokio::try_join!(
         user_and_devices(ctx, application_id, user_id),
-        crate::store::applications::request_settings_with_key_on(
-            ctx.db.pool(),
-            application_id,
-            key_digest
-        ),
+        async { settings.await.map_err(DomainError::from) },
+        facts_ahead(ctx, application_id, user_id, policy_facts),
     )?;
-    Ok(settings.map(|settings| RequestReads {
+    let user_reads = UserReads {
         user,
-        settings,
         devices,
-    }))
+        policy_facts,
+    };
+    Ok((user_reads, settings))
+}
+
+/// The policy's facts read ahead for `user_id` when `policy_facts` asks for them.
+async fn facts_ahead(
+    ctx: &Ctx,
+    application_id: &ApplicationId,
+    user_id: &UserId,
+    policy_facts: PolicyFacts,
+) -> Result<Option<super::policy::FactsAhead>, DomainError> {
+    match policy_facts {
+        PolicyFacts::ReadAhead => super::policy::read_ahead(ctx, application_id, user_id).await,
+        PolicyFacts::Skip => Ok(None),
+    }
 }
 
 impl RequestReads {
-    /// These reads for another user of the same application: the settings are kept, the user
-    /// and their devices are read (side by side).
+    /// These reads for another user of the same application: the settings are kept, the user,
+    /// their devices and (when these reads had them) the policy's facts are read (side by
+    /// side).
     pub(crate) async fn for_user(
         mut self,
         ctx: &Ctx,
         application_id: &ApplicationId,
         user_id: &UserId,
     ) -> Result<RequestReads, DomainError> {
-        (self.user, self.devices) = user_and_devices(ctx, application_id, user_id).await?;
+        let policy_facts = if self.policy_facts.is_some() {
+            PolicyFacts::ReadAhead
+        } else {
+            PolicyFacts::Skip
+        };
+        let ((user, devices), facts) = tokio::try_join!(
+            user_and_devices(ctx, application_id, user_id),
+            facts_ahead(ctx, application_id, user_id, policy_facts),
+        )?;
+        (self.user, self.devices, self.policy_facts) = (user, devices, facts);
         Ok(self)
     }
 }
@@ -306,12 +377,12 @@ async fn user_and_devices(
     ctx: &Ctx,
     application_id: &ApplicationId,
     user_id: &UserId,
-) -> Result<(RequestUser, Vec<Enrollment>), crate::store::StoreError> {
+) -> Result<(RequestUser, Vec<Enrollment>), DomainError> {
     let reads = ctx.db.pool();
-    tokio::try_join!(
+    Ok(tokio::try_join!(
         crate::store::users::get_for_request_on(reads, application_id, user_id),
         enrollments::list_for_user_on(reads, application_id, user_id),
-    )
+    )?)
 }
 
 /// The device to ask: `wanted`, or the user's primary (else first) active device.
@@ -342,26 +413,43 @@ pub(crate) async fn pick_device_among(
 /// [`pick_device`] among the user's `devices` (as `device_verification::user_devices` lists
 /// them: settled).
 pub(crate) fn pick_from(
-    devices: Vec<Enrollment>,
+    mut devices: Vec<Enrollment>,
     wanted: Option<&EnrollmentId>,
 ) -> Result<Enrollment, DomainError> {
-    let devices: Vec<Enrollment> = devices
-        .into_iter()
-        .filter(|d| d.status == EnrollmentState::Active)
-        .collect();
+    let at = pick_position(&devices, wanted)?;
+    Ok(devices.swap_remove(at))
+}
+
+/// [`pick_from`] without taking the list: the device to ask among `devices`.
+pub(crate) fn pick_among<'d>(
+    devices: &'d [Enrollment],
+    wanted: Option<&EnrollmentId>,
+) -> Result<&'d Enrollment, DomainError> {
+    let at = pick_position(devices, wanted)?;
+    devices
+        .get(at)
+        .ok_or(DomainError::Internal("a picked device out of its list"))
+}
+
+/// Where in `devices` the device to ask is: `wanted` if active, else the primary active device,
+/// else the first active one.
+fn pick_position(
+    devices: &[Enrollment],
+    wanted: Option<&EnrollmentId>,
+) -> Result<usize, DomainError> {
+    let active = |d: &Enrollment| d.status == EnrollmentState::Active;
     match wanted {
         Some(id) => devices
-            .into_iter()
-            .find(|d| &d.enrollment_id == id)
+            .iter()
+            .position(|d| active(d) && &d.enrollment_id == id)
             .ok_or_else(|| {
                 DomainError::new(ErrorCode::DeviceNotFound, "no such device for this user")
             }),
-        None => {
-            let primary = devices.iter().position(|d| d.is_primary).unwrap_or(0);
-            devices.into_iter().nth(primary).ok_or_else(|| {
-                DomainError::new(ErrorCode::NoDevice, "the user has no paired device")
-            })
-        }
+        None => devices
+            .iter()
+            .position(|d| active(d) && d.is_primary)
+            .or_else(|| devices.iter().position(active))
+            .ok_or_else(|| DomainError::new(ErrorCode::NoDevice, "the user has no paired device")),
     }
 }
 
@@ -755,10 +843,19 @@ pub(crate) async fn create(
 ) -> Result<AuthenticationStatus, DomainError> {
     // The request's reads that need nothing else (the user with its language and bypass, the
     // application's settings with its current policy, the user's devices), side by side.
-    let reads = read_for_request(ctx, &app.id, user_id).await?;
+    let reads = read_for_request(ctx, &app.id, user_id, policy_facts_for(&body)).await?;
     create_from(ctx, (&app.id, &app.name), user_id, body, true, reads, None)
         .await?
         .for_caller()
+}
+
+/// Whether a customer's new request `body` is decided by the application's policy (an approval
+/// or a transaction), so its reads read the policy's facts ahead.
+fn policy_facts_for(body: &CreateAuthenticationRequest) -> PolicyFacts {
+    match body.kind {
+        AuthenticationKind::Approval | AuthenticationKind::Transaction => PolicyFacts::ReadAhead,
+        _ => PolicyFacts::Skip,
+    }
 }
 
 /// [`create`] for a customer call that presents its API key unchecked (`presented`): under the
@@ -773,8 +870,9 @@ pub(crate) async fn create_by_key(
     user_id: &UserId,
     body: CreateAuthenticationRequest,
 ) -> Result<AuthenticationStatus, DomainError> {
+    let policy_facts = policy_facts_for(&body);
     let hinted = super::api_keys::read_under_hint(ctx, presented, |app_id, digest| async move {
-        let reads = read_for_request_by_key(ctx, &app_id, &digest, user_id).await?;
+        let reads = read_for_request_by_key(ctx, &app_id, &digest, user_id, policy_facts).await?;
         Ok(reads.map(|reads| (app_id, reads)))
     })
     .await?;
@@ -865,6 +963,7 @@ async fn create_from(
         user,
         settings: app_settings,
         devices: user_devices,
+        policy_facts,
     } = reads;
     let (user, stored_bypass) = user.ok_or_else(|| {
         DomainError::new(ErrorCode::UserNotFound, "no such user in this application")
@@ -1012,6 +1111,7 @@ async fn create_from(
                     fields: &body.fields,
                 },
                 app_settings.policy.as_ref(),
+                policy_facts,
             )
             .await?
         }

@@ -1239,8 +1239,11 @@ async fn act_on(
     // PostgreSQL one round trip fewer): reads only, which count only once the claim is won.
     let (claim, read_early) = match starts_push_for(&flow, &action) {
         Some(user) => {
-            let (claim, read) =
-                tokio::join!(Claim::take(ctx, &flow), read_for_start(ctx, &app.id, user));
+            let policy_facts = policy_facts_of(&flow.data);
+            let (claim, read) = tokio::join!(
+                Claim::take(ctx, &flow),
+                read_for_start(ctx, &app.id, user, policy_facts)
+            );
             (claim?, Some(read))
         }
         None => (Claim::take(ctx, &flow).await?, None),
@@ -2048,12 +2051,12 @@ async fn apply_policy(
     );
     // Devices that cannot be read leave the policy no device to look at, as none paired would.
     let devices = devices.unwrap_or_default();
-    apply_policy_as_read(ctx, app, flow, data, &devices, current?.as_ref()).await
+    apply_policy_as_read(ctx, app, flow, data, &devices, current?.as_ref(), None).await
 }
 
 /// [`apply_policy`] with the user's `devices` (settled, as `device_verification::settled_devices`
 /// leaves them) and the policy in force (`current`) already read: no read of its own unless
-/// the policy's rules count something.
+/// the policy's rules count something that `facts` (read ahead) does not hold.
 async fn apply_policy_as_read(
     ctx: &Ctx,
     app: &Application,
@@ -2061,6 +2064,7 @@ async fn apply_policy_as_read(
     data: &mut Data,
     devices: &[Enrollment],
     current: Option<&StoredPolicy>,
+    facts: Option<policy::FactsAhead>,
 ) -> Result<Option<(FlowStatus, Data)>, DomainError> {
     if data.policy.is_some() {
         return Ok(None);
@@ -2068,15 +2072,16 @@ async fn apply_policy_as_read(
     let Some(current) = current else {
         return Ok(None);
     };
-    let device = authentication::pick_from(devices.to_vec(), None).ok();
+    let device = authentication::pick_among(devices, None).ok();
     let user = flow.user()?;
     let request = policy::Request {
         kind: RequestKind::Flow,
         accessing_ip: data.options.accessing_ip.as_deref(),
-        device: device.as_ref().map(policy::device_facts),
+        device: device.map(policy::device_facts),
         fields: &data.options.fields,
     };
-    let Some(decided) = policy::decide_as_read(ctx, &app.id, user, &request, Some(current)).await?
+    let Some(decided) =
+        policy::decide_as_read(ctx, &app.id, user, &request, Some(current), facts).await?
     else {
         return Ok(None);
     };
@@ -2131,15 +2136,25 @@ struct StartReads {
     contacts: crate::store::users::Contacts,
 }
 
+/// Whether a flow's start reads its policy's facts ahead: only while its policy is undecided.
+fn policy_facts_of(data: &Data) -> authentication::PolicyFacts {
+    if data.policy.is_none() {
+        authentication::PolicyFacts::ReadAhead
+    } else {
+        authentication::PolicyFacts::Skip
+    }
+}
+
 /// Reads [`StartReads`] for `user` (side by side); `user_not_found` when the application has no
 /// such user. Reads only: [`start`] settles the phones afterwards.
 async fn read_for_start(
     ctx: &Ctx,
     app: &ApplicationId,
     user: &UserId,
+    policy_facts: authentication::PolicyFacts,
 ) -> Result<StartReads, DomainError> {
     let (request, codes, tokens, credentials, contacts) = tokio::try_join!(
-        authentication::read_for_request(ctx, app, user),
+        authentication::read_for_request(ctx, app, user, policy_facts),
         async {
             crate::store::bypass::unused_code_count(&ctx.db, app, user)
                 .await
@@ -2187,7 +2202,7 @@ async fn start(
     let user = flow.user()?;
     let mut reads = match read_early {
         Some(read) => read?,
-        None => read_for_start(ctx, &app.id, user).await?,
+        None => read_for_start(ctx, &app.id, user, policy_facts_of(&data)).await?,
     };
     // Phones pending a verification already decided are settled first, as a request's pick of
     // its device settles them (a write, so only now that the flow is claimed).
@@ -2199,20 +2214,9 @@ async fn start(
     )
     .await?;
     let stored_bypass = reads.request.user.as_ref().and_then(|(_, b)| b.clone());
-    let current = reads.request.settings.policy.as_ref();
     // A bypass in force ends the flow before the codes count.
     let active = bypass::in_force(ctx, stored_bypass);
-    if let Some(ended) = bypassed(
-        ctx,
-        app,
-        flow,
-        &mut data,
-        active,
-        &reads.request.devices,
-        current,
-    )
-    .await?
-    {
+    if let Some(ended) = bypassed(ctx, app, flow, &mut data, active, &mut reads.request).await? {
         return Ok(ended);
     }
     data.recovery_codes = reads.recovery_codes > 0;
@@ -2224,8 +2228,16 @@ async fn start(
         }
     }
     data.mfa_setup = None;
-    if let Some(ended) =
-        apply_policy_as_read(ctx, app, flow, &mut data, &reads.request.devices, current).await?
+    if let Some(ended) = apply_policy_as_read(
+        ctx,
+        app,
+        flow,
+        &mut data,
+        &reads.request.devices,
+        reads.request.settings.policy.as_ref(),
+        reads.request.policy_facts.take(),
+    )
+    .await?
     {
         return Ok(ended);
     }
@@ -2382,7 +2394,15 @@ async fn use_device(
             };
             let reads = match reads {
                 Some(reads) => reads,
-                None => authentication::read_for_request(ctx, &app.id, user).await?,
+                None => {
+                    authentication::read_for_request(
+                        ctx,
+                        &app.id,
+                        user,
+                        authentication::PolicyFacts::Skip,
+                    )
+                    .await?
+                }
             };
             let waiting = FlowStatus::PushConfirmationWaiting;
             let with_push = |mut data: Data, status: &AuthenticationStatus| {
@@ -2535,20 +2555,24 @@ fn use_code(flow: &Flow) -> (FlowStatus, Data) {
 /// A user's bypass ends the flow before any device is asked: `MFA_COMPLETED` with result
 /// `bypassed` and type `BYPASS` (docs/bypass-and-recovery.md). The application's policy is
 /// decided first: its `deny` still ends the flow `MFA_FAILED`, its `approve` completes it with
-/// `POLICY_APPROVE`.
+/// `POLICY_APPROVE`. The user's devices, the policy in force and its facts read ahead come from
+/// `reads` (the facts are taken: a decision uses them once).
 async fn bypassed(
     ctx: &Ctx,
     app: &Application,
     flow: &Flow,
     data: &mut Data,
     active: Option<crate::store::bypass::Bypass>,
-    devices: &[Enrollment],
-    current: Option<&StoredPolicy>,
+    reads: &mut authentication::RequestReads,
 ) -> Result<Option<(FlowStatus, Data)>, DomainError> {
     let Some(active) = active else {
         return Ok(None);
     };
-    if let Some(ended) = apply_policy_as_read(ctx, app, flow, data, devices, current).await? {
+    let facts = reads.policy_facts.take();
+    let current = reads.settings.policy.as_ref();
+    if let Some(ended) =
+        apply_policy_as_read(ctx, app, flow, data, &reads.devices, current, facts).await?
+    {
         return Ok(Some(ended));
     }
     let mut done = result(FlowResultStatus::Bypassed);

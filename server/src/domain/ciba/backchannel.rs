@@ -14,7 +14,7 @@ use super::error::{OAuthCode, OAuthError, invalid_request, server_error};
 use super::{SUPPORTED_SCOPES, endpoint_url, issuer};
 use crate::domain::applications::Admitted;
 use crate::domain::authentication::{
-    Question, RequestReads, new_authentication, pick_device_among, read_for_request,
+    PolicyFacts, Question, RequestReads, new_authentication, pick_device_among, read_for_request,
 };
 use crate::domain::{Ctx, DomainError};
 use crate::store::ciba::{self, CibaClient, CibaRequest, NotifyState};
@@ -312,7 +312,7 @@ async fn read_hinted_user(
     let app = &client.application_id;
     let mut by_id = None;
     if let Ok(user_id) = subject.parse::<UserId>() {
-        let mut reads = read_for_request(state, app, &user_id).await?;
+        let mut reads = read_for_request(state, app, &user_id, PolicyFacts::ReadAhead).await?;
         if let Some((_, bypass)) = reads.user.take() {
             return Ok((user_id, bypass, reads));
         }
@@ -326,7 +326,7 @@ async fn read_hinted_user(
     // already, are kept.
     let mut reads = match by_id {
         Some(reads) => reads.for_user(state, app, &user_id).await?,
-        None => read_for_request(state, app, &user_id).await?,
+        None => read_for_request(state, app, &user_id, PolicyFacts::ReadAhead).await?,
     };
     let (_, bypass) = reads.user.take().ok_or_else(unknown_user)?;
     Ok((user_id, bypass, reads))
@@ -470,6 +470,7 @@ async fn start(
         RequestReads {
             settings: app_settings,
             devices: user_devices,
+            policy_facts,
             ..
         },
     ) = read_hinted_user(state, client, &subject).await?;
@@ -509,6 +510,7 @@ async fn start(
             fields: &[],
         },
         app_settings.policy.as_ref(),
+        policy_facts,
     )
     .await?;
     if let Some(decided) = &decided

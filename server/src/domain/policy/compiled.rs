@@ -9,6 +9,12 @@
 //! compiled, never the old one's rules applied. The map is bounded by versions and by the
 //! documents' size; when either is reached it is emptied, and the versions in use are compiled
 //! again as they are met.
+//!
+//! The map also remembers, for each application, the version its last decision under its
+//! current policy used ([`CompiledPolicies::current`]): a hint, never an authority. A request
+//! reads the facts that version's rules look at beside its other reads
+//! (`super::read_ahead`), and the decision uses them only when the policy it finds in force
+//! looks at the same facts; otherwise it reads them again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +43,8 @@ struct Kept {
     versions: HashMap<(ApplicationId, u32), Entry>,
     /// The sum of the kept versions' document lengths.
     bytes: usize,
+    /// By application, the version its last decision under its current policy used.
+    current: HashMap<ApplicationId, u32>,
 }
 
 #[derive(Debug)]
@@ -80,6 +88,7 @@ impl CompiledPolicies {
         }
         if kept.versions.len() >= CAPACITY || kept.bytes + bytes > CAPACITY_BYTES {
             kept.versions.clear();
+            kept.current.clear();
             kept.bytes = 0;
         }
         kept.bytes += bytes;
@@ -92,6 +101,38 @@ impl CompiledPolicies {
             },
         );
         Ok(policy)
+    }
+
+    /// [`Self::get_or_compile`] for the application's current policy as a decision just read
+    /// it: the version is remembered as the application's current ([`Self::current`]).
+    pub fn get_current_or_compile(
+        &self,
+        app: &ApplicationId,
+        stored: &StoredPolicy,
+    ) -> Result<Arc<CompiledPolicy>, String> {
+        let compiled = self.get_or_compile(app, stored);
+        let mut kept = self.lock();
+        if compiled.is_ok() {
+            kept.current.insert(app.clone(), stored.version);
+        } else {
+            kept.current.remove(app);
+        }
+        compiled
+    }
+
+    /// Forgets the application's current version: a decision found it without a policy.
+    pub fn forget_current(&self, app: &ApplicationId) {
+        self.lock().current.remove(app);
+    }
+
+    /// The version the application's last decision under its current policy used, compiled,
+    /// if it is still kept: what its next decision most likely finds in force.
+    pub fn current(&self, app: &ApplicationId) -> Option<Arc<CompiledPolicy>> {
+        let kept = self.lock();
+        let version = *kept.current.get(app)?;
+        kept.versions
+            .get(&(app.clone(), version))
+            .map(|entry| Arc::clone(&entry.policy))
     }
 
     /// How many versions are kept.
@@ -205,5 +246,47 @@ mod tests {
                 kept.versions.values().map(|e| e.bytes).sum::<usize>()
             );
         }
+    }
+
+    #[test]
+    fn an_application_s_current_version_is_the_one_last_decided_under_while_it_is_kept() {
+        let cache = CompiledPolicies::default();
+        let (app, other) = (ApplicationId::generate(), ApplicationId::generate());
+        assert!(cache.current(&app).is_none());
+        // A dry run under a saved version does not make it current.
+        cache.get_or_compile(&app, &stored(1, "one")).unwrap();
+        assert!(cache.current(&app).is_none());
+        cache
+            .get_current_or_compile(&app, &stored(2, "two"))
+            .unwrap();
+        assert_eq!(first_rule(&cache.current(&app).unwrap()), "two");
+        assert!(cache.current(&other).is_none());
+        // An older version decided under again is current again.
+        cache
+            .get_current_or_compile(&app, &stored(1, "one"))
+            .unwrap();
+        assert_eq!(first_rule(&cache.current(&app).unwrap()), "one");
+        // A current version that does not compile, or none at all, leaves no hint.
+        let broken = StoredPolicy {
+            version: 3,
+            document: "{\"rules\": 3}".into(),
+            created_at: 0,
+        };
+        assert!(cache.get_current_or_compile(&app, &broken).is_err());
+        assert!(cache.current(&app).is_none());
+        cache
+            .get_current_or_compile(&app, &stored(1, "one"))
+            .unwrap();
+        cache.forget_current(&app);
+        assert!(cache.current(&app).is_none());
+        // Emptied when full: the hint goes with the versions.
+        cache
+            .get_current_or_compile(&app, &stored(1, "one"))
+            .unwrap();
+        for version in 10..10 + u32::try_from(CAPACITY).unwrap() {
+            cache.get_or_compile(&other, &stored(version, "r")).unwrap();
+        }
+        assert!(cache.current(&app).is_none());
+        assert!(cache.lock().current.is_empty());
     }
 }

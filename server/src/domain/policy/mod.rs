@@ -293,12 +293,12 @@ async fn load_compiled(
     under: Under<'_>,
 ) -> Result<Option<Result<std::sync::Arc<CompiledPolicy>, PolicyDecision>>, DomainError> {
     let read;
-    let stored = match under {
+    let (stored, current) = match under {
         Under::Current => {
             read = policies::current(env.db, app).await?;
-            read.as_ref()
+            (read.as_ref(), true)
         }
-        Under::Read(stored) => stored,
+        Under::Read(stored) => (stored, true),
         Under::Version(v) => {
             read = Some(policies::version(env.db, app, v).await?.ok_or_else(|| {
                 DomainError::new(
@@ -306,15 +306,23 @@ async fn load_compiled(
                     "the application has no such policy version",
                 )
             })?);
-            read.as_ref()
+            (read.as_ref(), false)
         }
     };
     let Some(stored) = stored else {
+        if current {
+            env.compiled.forget_current(app);
+        }
         return Ok(None);
     };
     // A stored policy that no longer compiles (a time zone gone from the database, ...)
     // denies: it fails closed.
-    let compiled = env.compiled.get_or_compile(app, stored).map_err(|why| {
+    let compiled = if current {
+        env.compiled.get_current_or_compile(app, stored)
+    } else {
+        env.compiled.get_or_compile(app, stored)
+    };
+    let compiled = compiled.map_err(|why| {
         PolicyDecision::denied(
             stored.version,
             tessera_protocol::policy::DEFAULT_RULE,
@@ -335,8 +343,18 @@ async fn gather(
     user: &UserId,
     policy: &CompiledPolicy,
     request: &Request<'_>,
+    ahead: Option<FactsAhead>,
 ) -> Result<Result<Gathered, String>, DomainError> {
-    let now = env.now;
+    // The facts read ahead serve when this policy looks at the same ones; the decision is
+    // then made as of their reading.
+    let needs = FactNeeds::of(policy);
+    let (now, facts) = match ahead {
+        Some(ahead) if ahead.needs == needs => (ahead.now, ahead.facts),
+        _ => (
+            env.now,
+            read_facts(env.db, app, user, env.now, &needs).await?,
+        ),
+    };
     let accessing_ip = match request.accessing_ip.map(str::trim) {
         None | Some("") => None,
         Some(text) => match text.parse::<IpAddr>() {
@@ -361,7 +379,7 @@ async fn gather(
         recent_successes,
         push_counts,
         previous_location,
-    } = read_facts(env, app, user, policy).await?;
+    } = facts;
     Ok(Ok(Gathered {
         location: accessing.location,
         inputs: PolicyInputs {
@@ -391,6 +409,7 @@ async fn gather(
 }
 
 /// The facts of a decision that come from the database ([`read_facts`]).
+#[derive(Debug)]
 struct Facts {
     /// The user's groups.
     groups: Vec<String>,
@@ -405,47 +424,111 @@ struct Facts {
     previous_location: Option<(f64, f64, i64)>,
 }
 
-/// The facts `policy` looks at, read from the database; only those its rules use (a policy that
-/// names no group reads no groups, one without a geovelocity rule no previous location, ...).
-/// The reads need nothing but the two ids, so they go out side by side, each on a pooled
-/// connection of its own (the caller holds none): on PostgreSQL a decision waits for one round
-/// trip instead of up to five in a row. They never shared a snapshot, so reading them apart
-/// changes nothing they can see.
-async fn read_facts(
-    env: &Env<'_>,
+/// Which [`Facts`] a policy's rules look at: two policies with the same needs read the same
+/// facts for a user at a given time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FactNeeds {
+    /// The groups the rules name (none: no groups are read).
+    named_groups: Vec<String>,
+    /// How far back the rules look at the user's approvals, in seconds (0: not read).
+    lookback: i64,
+    /// The push-count windows with the largest number each is compared with.
+    windows: std::collections::BTreeMap<u32, u32>,
+    /// Whether a rule compares the previous location.
+    geovelocity: bool,
+}
+
+impl FactNeeds {
+    fn of(policy: &CompiledPolicy) -> Self {
+        Self {
+            named_groups: policy.named_groups().to_vec(),
+            lookback: policy.recent_lookback_seconds(),
+            windows: policy.push_windows(),
+            geovelocity: policy.uses_geovelocity(),
+        }
+    }
+
+    /// Whether nothing is read for them.
+    fn are_none(&self) -> bool {
+        self.named_groups.is_empty()
+            && self.lookback == 0
+            && self.windows.is_empty()
+            && !self.geovelocity
+    }
+}
+
+/// A decision's facts read ahead, beside a request's other reads, for the policy the
+/// application's last decision was made under ([`read_ahead`]). A decision uses them only when
+/// the policy in force looks at the same facts, and is then made as of their reading.
+#[derive(Debug)]
+pub(crate) struct FactsAhead {
+    needs: FactNeeds,
+    /// When they were read, seconds since the epoch.
+    now: i64,
+    facts: Facts,
+}
+
+/// Reads the facts the application's policy most likely looks at for `user` (the version its
+/// last decision used, `CompiledPolicies::current`), so that a request that reads them beside
+/// its own reads waits for one round trip on PostgreSQL where a decision made after those
+/// reads waited for two. `None` without a remembered version, or when its rules look at
+/// nothing in the database: no statement runs.
+pub(crate) async fn read_ahead(
+    ctx: &Ctx,
     app: &ApplicationId,
     user: &UserId,
-    policy: &CompiledPolicy,
+) -> Result<Option<FactsAhead>, DomainError> {
+    let Some(policy) = ctx.compiled_policies.current(app) else {
+        return Ok(None);
+    };
+    let needs = FactNeeds::of(&policy);
+    if needs.are_none() {
+        return Ok(None);
+    }
+    let now = ctx.now();
+    let facts = read_facts(&ctx.db, app, user, now, &needs).await?;
+    Ok(Some(FactsAhead { needs, now, facts }))
+}
+
+/// The facts `needs` names, read from the database for `user` as of `now`; only those its
+/// rules use (a policy that names no group reads no groups, one without a geovelocity rule no
+/// previous location, ...). The reads need nothing but the two ids, so they go out side by
+/// side, each on a pooled connection of its own (the caller holds none): on PostgreSQL a
+/// decision waits for one round trip instead of up to five in a row. They never shared a
+/// snapshot, so reading them apart changes nothing they can see.
+async fn read_facts(
+    db: &crate::store::Database,
+    app: &ApplicationId,
+    user: &UserId,
+    now: i64,
+    needs: &FactNeeds,
 ) -> Result<Facts, DomainError> {
-    let named_groups = policy.named_groups();
-    let lookback = policy.recent_lookback_seconds();
-    let windows = policy.push_windows();
-    let now = env.now;
+    let named_groups = &needs.named_groups;
     let (groups, known_groups, recent_successes, push_counts, previous_location) = tokio::try_join!(
         async {
             if named_groups.is_empty() {
                 Ok(Vec::new())
             } else {
-                policies::groups(env.db, app, user).await
+                policies::groups(db, app, user).await
             }
         },
         async {
             if named_groups.is_empty() {
                 Ok(Vec::new())
             } else {
-                policies::known_groups(env.db, app, named_groups).await
+                policies::known_groups(db, app, named_groups).await
             }
         },
         async {
-            match lookback {
+            match needs.lookback {
                 0 => Ok(Vec::new()),
-                back => policies::recent_successes(env.db, app, user, now - back).await,
+                back => policies::recent_successes(db, app, user, now - back).await,
             }
         },
-        policies::push_counts(env.db, app, user, now, &windows),
+        policies::push_counts(db, app, user, now, &needs.windows),
         async {
-            if policy.uses_geovelocity() {
-                policies::previous_location(env.db, app, user).await
+            if needs.geovelocity {
+                policies::previous_location(db, app, user).await
             } else {
                 Ok(None)
             }
@@ -469,13 +552,14 @@ async fn decide_with(
     user: &UserId,
     request: &Request<'_>,
     under: Under<'_>,
+    ahead: Option<FactsAhead>,
 ) -> Result<Option<Decided>, DomainError> {
     let Some(compiled) = load_compiled(env, app, under).await? else {
         return Ok(None);
     };
     let (decision, location) = match compiled {
         Err(denied) => (denied, None),
-        Ok(policy) => match gather(env, app, user, &policy, request).await? {
+        Ok(policy) => match gather(env, app, user, &policy, request, ahead).await? {
             Err(why) => (
                 PolicyDecision::denied(
                     policy.version(),
@@ -502,20 +586,22 @@ pub(crate) async fn decide(
     user: &UserId,
     request: &Request<'_>,
 ) -> Result<Option<Decided>, DomainError> {
-    decide_under(ctx, app, user, request, Under::Current).await
+    decide_under(ctx, app, user, request, Under::Current, None).await
 }
 
 /// [`decide`] under `current`, the application's current policy as the caller read it with the
 /// request's settings (`store::applications::request_settings`; `None`: it has none), without
-/// reading it again.
+/// reading it again, and with the facts the caller read ahead ([`read_ahead`]) when that
+/// policy looks at the same ones.
 pub(crate) async fn decide_as_read(
     ctx: &Ctx,
     app: &ApplicationId,
     user: &UserId,
     request: &Request<'_>,
     current: Option<&policies::StoredPolicy>,
+    ahead: Option<FactsAhead>,
 ) -> Result<Option<Decided>, DomainError> {
-    decide_under(ctx, app, user, request, Under::Read(current)).await
+    decide_under(ctx, app, user, request, Under::Read(current), ahead).await
 }
 
 async fn decide_under(
@@ -524,8 +610,9 @@ async fn decide_under(
     user: &UserId,
     request: &Request<'_>,
     under: Under<'_>,
+    ahead: Option<FactsAhead>,
 ) -> Result<Option<Decided>, DomainError> {
-    let decided = decide_with(&Env::of(ctx), app, user, request, under).await?;
+    let decided = decide_with(&Env::of(ctx), app, user, request, under, ahead).await?;
     if let Some(d) = &decided {
         tracing::info!(
             application_id = %app,
@@ -779,7 +866,7 @@ pub(crate) async fn evaluate_in(
         fields: &body.fields,
     };
     let under = body.version.map_or(Under::Current, Under::Version);
-    let decided = decide_with(env, app, &body.user_id, &request, under)
+    let decided = decide_with(env, app, &body.user_id, &request, under, None)
         .await?
         .ok_or_else(|| DomainError::new(ErrorCode::NotFound, "the application has no policy"))?;
     Ok(PolicyEvaluation {
@@ -979,6 +1066,8 @@ pub(crate) async fn check_path(
     Ok(Some(decided))
 }
 
+#[cfg(test)]
+mod ahead_tests;
 #[cfg(test)]
 mod groups_tests;
 
