@@ -316,6 +316,13 @@ impl From<store::AppendedQueue> for Queued {
 }
 
 impl Queued {
+    /// These deliveries and `other`'s, deferred in the same write.
+    pub(crate) fn and(mut self, other: Queued) -> Queued {
+        self.tickets.extend(other.tickets);
+        self.queued |= other.queued;
+        self
+    }
+
     /// Whether any delivery was queued.
     pub(crate) fn any(&self, committed: &Committed) -> bool {
         self.queued || self.tickets.iter().any(|t| committed.changes(*t) > 0)
@@ -644,12 +651,6 @@ pub(crate) struct PolicyDecision {
     pub decision: String,
     /// Why, in words safe to show the customer.
     pub reason: Option<String>,
-}
-
-/// POLICY ENGINE HOOK: the policy engine calls this once for every decision it takes. It is
-/// recorded in the audit log and sent to the webhooks as `policy.decided`.
-pub(crate) async fn policy_decided(ctx: &Ctx, decision: &PolicyDecision) {
-    record(ctx, policy_decided_event(decision)).await;
 }
 
 /// The audit record of a policy decision, to append inside the transaction that stores its

@@ -24,7 +24,7 @@ use tessera_protocol::policy::{PolicyEffect, PolicyMethod, PolicyOutcome, Reques
 
 use super::attestation::assertions::{self, AnswerAssertion, AssertionCheck};
 use super::events::{Topic, wait_for, wait_subscribed};
-use super::outcome::{self, Ending, SignedAnswer, Take, Taken, Verdict};
+use super::outcome::{self, Ending, MadeEnding, SignedAnswer, Take, Taken, Verdict};
 use super::{Ctx, DomainError};
 use crate::store::applications::Application;
 use crate::store::authentications::{self, Authentication};
@@ -1156,11 +1156,8 @@ async fn create_from(
     if let Some(bypass) = &bypass {
         let mut bypassed = record.clone();
         super::bypass::end_by_bypass(ctx, &mut bypassed, bypass);
-        if outcome::record_bypass_ending(ctx, &bypassed).await? {
-            if let Some(decided) = &decided {
-                let subject = Some(bypassed.id.as_str());
-                super::policy::record(ctx, app_id, user_id, subject, decided).await?;
-            }
+        if outcome::record_made_ending(ctx, &bypassed, MadeEnding::Bypass, decided.as_ref()).await?
+        {
             return Ok(MadeForFlow::Made(bypassed.status_at(ctx.now())));
         }
         // The bypass was cleared as the request was made: the device is asked, as it would
@@ -1169,8 +1166,7 @@ async fn create_from(
     }
     if let (Some(ending), Some(decided)) = (policy_ending, &decided) {
         end_by_policy(ctx, &mut record, ending);
-        outcome::record_policy_ending(ctx, &record).await?;
-        super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), decided).await?;
+        outcome::record_made_ending(ctx, &record, MadeEnding::Policy, Some(decided)).await?;
         return Ok(MadeForFlow::Made(record.status_at(ctx.now())));
     }
     if use_code {
@@ -1224,12 +1220,11 @@ async fn create_from(
             decided.limit_reached(reason);
             record.policy = decided.outcome_json();
             end_by_policy(ctx, &mut record, PolicyEnding::Denied);
-            outcome::record_policy_ending(ctx, &record).await?;
-            super::policy::record(ctx, app_id, user_id, Some(record.id.as_str()), &decided).await?;
+            outcome::record_made_ending(ctx, &record, MadeEnding::Policy, Some(&decided)).await?;
             return Ok(MadeForFlow::Made(record.status_at(ctx.now())));
         }
         // Only a request the bypass ended is admitted while the bypass stands: this one is
-        // recorded by `outcome::record_bypass_ending` above.
+        // recorded by `outcome::record_made_ending` above.
         super::applications::Admitted::BypassCleared => {
             return Err(DomainError::Internal(
                 "a request not ended by a bypass was refused for its bypass",

@@ -384,36 +384,72 @@ enum Audit {
     Recorded,
 }
 
-/// Stores an authentication the application's policy ended before anyone was asked (approved
-/// without user action, `POLICY_APPROVE`, or refused: failed with `policy_denied`), then
-/// announces it like any other ending. Nothing is pushed to the device.
-pub(crate) async fn record_policy_ending(
+/// What ended a request as it was made, before anyone was asked ([`record_made_ending`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MadeEnding {
+    /// The application's policy: approved without user action (`POLICY_APPROVE`), or refused
+    /// (failed with `policy_denied`).
+    Policy,
+    /// The user's bypass, stored only while it is in force
+    /// (`authentications::insert_while_bypassed`).
+    Bypass,
+}
+
+/// Stores `record`, ended as it was made (`made`), with its ending's audit records and the
+/// policy's decision `decided` (recorded for it, with its own audit record), in one
+/// transaction: a request never stands without the decision that ended it, nor a decision
+/// without its request. Then announces it like any other ending; nothing is pushed to the
+/// device. False (nothing stored) when the bypass was cleared, or ended, since it was read.
+pub(crate) async fn record_made_ending(
     ctx: &Ctx,
     record: &Authentication,
-) -> Result<(), DomainError> {
-    authentications::insert(ctx.db.writer(), record).await?;
+    made: MadeEnding,
+    decided: Option<&super::policy::Decided>,
+) -> Result<bool, DomainError> {
+    let mut w = ctx.db.write().await?;
+    match made {
+        MadeEnding::Policy => authentications::insert(w.conn().await?, record).await?,
+        MadeEnding::Bypass => {
+            if !authentications::insert_while_bypassed(&mut w, record, ctx.now()).await? {
+                w.rollback_after_others().await?;
+                return Ok(false);
+            }
+        }
+    }
+    let mut webhooks =
+        super::audit::append_deferred(ctx, &mut w, super::audit::ending_events(record)).await?;
+    if let Some(decided) = decided {
+        let subject = Some(record.id.as_str());
+        let decision = super::policy::recorded_with(
+            ctx,
+            &record.application_id,
+            &record.user_id,
+            subject,
+            decided,
+        )?;
+        webhooks = webhooks.and(super::policy::record_in(&mut w, &[decision]).await?);
+    }
+    let committed = w.commit().await?;
     tracing::info!(
         authentication_id = %record.id,
         state = record.state.as_str(),
         failure_reason = record.failure_reason.as_deref(),
-        "authentication ended by policy"
+        ended_by = ?made,
+        "authentication ended as it was made"
     );
-    ended(ctx, record).await;
-    Ok(())
-}
-
-/// Records `record`, ended by the user's bypass, only while the bypass is in force (see
-/// `authentications::insert_while_bypassed`), then announces it as [`record_policy_ending`]
-/// does. False (nothing recorded) when the bypass was cleared, or ended, since it was read.
-pub(crate) async fn record_bypass_ending(
-    ctx: &Ctx,
-    record: &Authentication,
-) -> Result<bool, DomainError> {
-    if !authentications::insert_while_bypassed(&ctx.db, record, ctx.now()).await? {
-        return Ok(false);
+    Announced {
+        topics: ended_topics(record).to_vec(),
+        webhooks_queued: false,
+        webhooks,
     }
-    tracing::info!(authentication_id = %record.id, "authentication bypassed");
-    ended(ctx, record).await;
+    .resolved(&committed)
+    .committed(ctx);
+    let event = DomainEvent::AuthenticationEnded {
+        record: record.clone(),
+        waiting: Waiting::UNKNOWN,
+        waiting_flow: None,
+    };
+    dispatch_to(ctx, &event, Audit::Recorded).await;
     Ok(true)
 }
 

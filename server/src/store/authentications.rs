@@ -264,18 +264,18 @@ where
     Ok(())
 }
 
-/// Records `a`, ended by the user's bypass, only while that bypass is in force at `now` (its
-/// `until` after it); whether it was recorded. A bypass cleared as the request was made is
-/// waited for on PostgreSQL (its row is read `FOR KEY SHARE`, which its deletion must wait
-/// for, and which waits for a deletion in flight), so no request ends by a bypass once its
-/// clearing has committed. SQLite's one writer runs the insert alone.
+/// Records `a`, ended by the user's bypass, in the write `w`, only while that bypass is in
+/// force at `now` (its `until` after it); whether it was recorded. A bypass cleared as the
+/// request was made is waited for on PostgreSQL (its row is read `FOR KEY SHARE`, which its
+/// deletion must wait for, and which waits for a deletion in flight), so no request ends by a
+/// bypass once its clearing has committed. SQLite's one writer runs the write alone.
 pub async fn insert_while_bypassed(
-    db: &Database,
+    w: &mut super::Write<'_>,
     a: &Authentication,
     now: i64,
 ) -> Result<bool, StoreError> {
     let bypassed = format!("EXISTS ({})", bypass_standing(INSERTED_VALUES + 1));
-    let condition = match db.engine() {
+    let condition = match w.engine() {
         super::Engine::Sqlite => bypassed,
         super::Engine::Postgres => super::key_share_locked(&bypassed),
     };
@@ -285,7 +285,7 @@ pub async fn insert_while_bypassed(
     );
     let done = bind_values(sqlx::query(&sql), a)
         .bind(now)
-        .execute(db.writer())
+        .execute(w.conn().await?)
         .await?;
     Ok(done.rows_affected() == 1)
 }

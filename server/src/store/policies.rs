@@ -327,27 +327,8 @@ pub struct DecisionRecord<'a> {
     pub created_at: i64,
 }
 
-/// Records a decision.
-pub async fn record_decision(db: &Database, d: &DecisionRecord<'_>) -> Result<(), StoreError> {
-    record_decision_on(db.writer(), d).await
-}
-
-/// [`record_decision`] on `executor` (inside the transaction that stores its subject).
-pub async fn record_decision_on<'e, E>(
-    executor: E,
-    d: &DecisionRecord<'_>,
-) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let sql = decision_sql(d);
-    bind_decision(sqlx::query(&sql), d)
-        .execute(executor)
-        .await?;
-    Ok(())
-}
-
-/// [`record_decision`] deferred in `w` (sent with its next statement or its commit).
+/// Records a decision in the write `w`, deferred (sent with its next statement or its
+/// commit): it commits or rolls back with what `w` stores beside it.
 pub async fn record_decision_deferred(
     w: &mut super::Write<'_>,
     d: &DecisionRecord<'_>,

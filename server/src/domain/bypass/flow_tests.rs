@@ -298,7 +298,7 @@ async fn a_bypass_cleared_since_a_request_read_it_ends_no_request() {
         };
         let now = domain.ctx.now();
         assert!(
-            authentications::insert_while_bypassed(&domain.ctx.db, &copy(), now)
+            insert_while_bypassed(&domain.ctx.db, &copy(), now)
                 .await
                 .expect("ran"),
             "{engine:?}: recorded while the bypass stands"
@@ -308,9 +308,7 @@ async fn a_bypass_cleared_since_a_request_read_it_ends_no_request() {
         let clearing = domain.clearing_bypass_in_flight(&bob).await;
         let request = {
             let (db, copy) = (domain.ctx.db.clone(), copy());
-            tokio::spawn(
-                async move { authentications::insert_while_bypassed(&db, &copy, now).await },
-            )
+            tokio::spawn(async move { insert_while_bypassed(&db, &copy, now).await })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
@@ -324,7 +322,7 @@ async fn a_bypass_cleared_since_a_request_read_it_ends_no_request() {
         );
         // And one read before a clearing that has committed records nothing.
         assert!(
-            !authentications::insert_while_bypassed(&domain.ctx.db, &copy(), now)
+            !insert_while_bypassed(&domain.ctx.db, &copy(), now)
                 .await
                 .expect("ran"),
             "{engine:?}"
@@ -332,5 +330,22 @@ async fn a_bypass_cleared_since_a_request_read_it_ends_no_request() {
         // The request made now asks the device.
         let asked = domain.ask(&bob, json!({})).await;
         assert_eq!(asked.state, AuthenticationState::Pending, "{engine:?}");
+    }
+}
+
+/// `authentications::insert_while_bypassed` in a write of its own, committed when it stored the
+/// request.
+async fn insert_while_bypassed(
+    db: &crate::store::Database,
+    a: &crate::store::authentications::Authentication,
+    now: i64,
+) -> Result<bool, crate::store::StoreError> {
+    let mut w = db.write().await?;
+    if crate::store::authentications::insert_while_bypassed(&mut w, a, now).await? {
+        w.commit().await?;
+        Ok(true)
+    } else {
+        w.rollback().await?;
+        Ok(false)
     }
 }

@@ -626,7 +626,8 @@ async fn decide_under(
     Ok(decided)
 }
 
-/// Records a decision for `subject` (an authentication, QR session, flow or CIBA request id).
+/// Records a decision for `subject` (an authentication, QR session, flow or CIBA request id)
+/// with its audit record, in one write.
 pub(crate) async fn record(
     ctx: &Ctx,
     app: &ApplicationId,
@@ -634,9 +635,14 @@ pub(crate) async fn record(
     subject: Option<&str>,
     decided: &Decided,
 ) -> Result<(), DomainError> {
-    let decision = Recorded::of(ctx, app, user, subject, decided, new_decision_id());
-    policies::record_decision(&ctx.db, &decision.row()).await?;
-    crate::domain::audit::policy_decided(ctx, &decision.audit()).await;
+    let decision = recorded_with(ctx, app, user, subject, decided)?;
+    let mut w = ctx.db.write().await?;
+    let queued = record_in(&mut w, std::slice::from_ref(&decision)).await?;
+    let committed = w.commit().await?;
+    if queued.any(&committed) {
+        ctx.events
+            .announce(&[crate::domain::events::Topic::WebhookOutbox]);
+    }
     Ok(())
 }
 
@@ -1070,6 +1076,8 @@ pub(crate) async fn check_path(
 mod ahead_tests;
 #[cfg(test)]
 mod groups_tests;
+#[cfg(test)]
+mod recorded_tests;
 
 #[cfg(test)]
 mod tests {
