@@ -158,6 +158,7 @@ impl Server {
         let state = Ctx::new(crate::domain::CtxParts {
             compiled_policies: Default::default(),
             api_key_hints: Default::default(),
+            ciba_client_hints: Default::default(),
             clock: config.clock.clone(),
             follow_ups: Arc::from(crate::domain::follow_ups()),
             events,

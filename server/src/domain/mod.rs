@@ -111,6 +111,9 @@ pub(crate) struct CtxParts {
     /// The application of each API key found so far (`api_keys`: a hint, checked by the
     /// statement that uses it).
     pub api_key_hints: api_keys::ApiKeyHints,
+    /// The application of each CIBA client found so far, with its secret's digest
+    /// (`ciba::client_hints`: a hint, checked by the client's own read).
+    pub ciba_client_hints: ciba::client_hints::ClientHints,
 }
 
 impl Ctx {

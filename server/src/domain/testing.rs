@@ -411,6 +411,7 @@ impl TestDomain {
             attestation: Arc::new(attestation),
             compiled_policies: Default::default(),
             api_key_hints: Default::default(),
+            ciba_client_hints: Default::default(),
         });
         let app = Application {
             id: ApplicationId::generate(),

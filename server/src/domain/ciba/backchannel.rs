@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 use tessera_protocol::authentication::{AccessContext, AuthenticationKind, CibaDetails};
 use tessera_protocol::ciba::{ACR_MOBILE_USER_VERIFIED, BackchannelAcknowledgement, DeliveryMode};
-use tessera_protocol::ids::UserId;
+use tessera_protocol::ids::{ApplicationId, UserId};
 
 use super::client_auth::{
     self, BasicCredentials, CLIENT_AUTH_PARAMS, CLOCK_SKEW, ClientJwtError, Form, MAX_JWT_LIFETIME,
@@ -62,7 +62,29 @@ pub(crate) async fn authenticate(
     form: &Form,
 ) -> Result<BackchannelAcknowledgement, OAuthError> {
     let audiences = [issuer(state), endpoint_url(state, super::BACKCHANNEL_PATH)];
-    let client = client_auth::authenticate_client(state, basic, form, &audiences).await?;
+    // The user's reads go out beside the client's own when the client is hinted (reads only,
+    // used once the client is authenticated under the hinted application).
+    let target = early_target(state, basic.as_ref(), form);
+    let (client, early) = tokio::join!(
+        client_auth::authenticate_client(state, basic, form, &audiences),
+        async {
+            match &target {
+                Some((app, user)) => {
+                    Some(read_for_request(state, app, user, PolicyFacts::ReadAhead).await)
+                }
+                None => None,
+            }
+        },
+    );
+    let client = client?;
+    state.ciba_client_hints.remember(&client);
+    let early = target
+        .zip(early)
+        .map(|((application, user), reads)| EarlyReads {
+            application,
+            user,
+            reads,
+        });
     if !client.allows(tessera_protocol::ciba::GrantType::Ciba) {
         return Err(OAuthError::new(
             OAuthCode::UnauthorizedClient,
@@ -99,7 +121,41 @@ pub(crate) async fn authenticate(
         }
         Params(map)
     };
-    start(state, &client, &params, now).await
+    start(state, &client, &params, now, early).await
+}
+
+/// A request's reads made beside its client's authentication ([`early_target`]).
+struct EarlyReads {
+    /// The application the client was hinted for.
+    application: ApplicationId,
+    /// The user the `login_hint` named.
+    user: UserId,
+    /// What [`read_for_request`] read for them.
+    reads: Result<RequestReads, DomainError>,
+}
+
+/// The application and user a request's reads can start with beside its client's
+/// authentication: when the client presents the secret it had when last found
+/// (`ciba::client_hints`) and the request names its user by a plain `login_hint`, outside a
+/// signed request. Otherwise `None`: the user is read once the client is known.
+fn early_target(
+    state: &Ctx,
+    basic: Option<&BasicCredentials>,
+    form: &Form,
+) -> Option<(ApplicationId, UserId)> {
+    if ["request", "id_token_hint", "login_hint_token"]
+        .iter()
+        .any(|name| form.get(name).is_some())
+    {
+        return None;
+    }
+    let user: UserId = form.get("login_hint")?.parse().ok()?;
+    let (id, secret) = match basic {
+        Some(basic) => (basic.id.as_str(), basic.secret.as_str()),
+        None => (form.get("client_id")?, form.get("client_secret")?),
+    };
+    let application = state.ciba_client_hints.application_for(id, secret)?;
+    Some((application, user))
 }
 
 /// Verifies a signed authentication request (CIBA Core §7.1.1) and returns its claims.
@@ -308,11 +364,18 @@ async fn read_hinted_user(
     state: &Ctx,
     client: &CibaClient,
     subject: &str,
+    early: Option<EarlyReads>,
 ) -> Result<(UserId, Option<crate::store::bypass::Bypass>, RequestReads), OAuthError> {
     let app = &client.application_id;
     let mut by_id = None;
     if let Ok(user_id) = subject.parse::<UserId>() {
-        let mut reads = read_for_request(state, app, &user_id, PolicyFacts::ReadAhead).await?;
+        // Reads made beside the client's authentication count only for its own application
+        // and this user.
+        let early = early.filter(|e| &e.application == app && e.user == user_id);
+        let mut reads = match early {
+            Some(early) => early.reads?,
+            None => read_for_request(state, app, &user_id, PolicyFacts::ReadAhead).await?,
+        };
         if let Some((_, bypass)) = reads.user.take() {
             return Ok((user_id, bypass, reads));
         }
@@ -420,6 +483,7 @@ async fn start(
     client: &CibaClient,
     params: &Params,
     now: i64,
+    early: Option<EarlyReads>,
 ) -> Result<BackchannelAcknowledgement, OAuthError> {
     let scope = params
         .text("scope")?
@@ -473,7 +537,7 @@ async fn start(
             policy_facts,
             ..
         },
-    ) = read_hinted_user(state, client, &subject).await?;
+    ) = read_hinted_user(state, client, &subject, early).await?;
     check_user_code(state, client, &user, params.text("user_code")?).await?;
     // No device is a refusal; a database that cannot answer is not (temporarily_unavailable).
     let device = pick_device_among(state, &client.application_id, &user, user_devices, None)

@@ -900,3 +900,65 @@ async fn a_bypass_cleared_as_a_ciba_request_reads_it_leaves_the_request_to_the_d
         );
     }
 }
+
+/// A client that authenticated with its secret is remembered with its application, and its
+/// next requests read their user beside the client's own read. Those reads count only for the
+/// client's own application: under a hint naming another, the request reads its user again
+/// and is asked of the right user's phone. A wrong secret is refused, hint or not.
+#[tokio::test]
+async fn a_client_s_hint_serves_only_its_own_application() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (alice, phone) = domain.user_with_device("alice").await;
+        let shop = Client::registered(&domain).await;
+        let hints = &domain.ctx.ciba_client_hints;
+        assert_eq!(hints.application_for(&shop.id, &shop.secret), None);
+        shop.ask(&domain, alice.as_str())
+            .await
+            .expect("acknowledged");
+        assert_eq!(
+            hints.application_for(&shop.id, &shop.secret),
+            Some(domain.app.id.clone()),
+            "{engine:?}"
+        );
+        // Under its hint.
+        shop.ask(&domain, alice.as_str())
+            .await
+            .expect("acknowledged");
+        let wrong = Client {
+            id: shop.id.clone(),
+            secret: "not the secret".into(),
+        };
+        assert_eq!(
+            code_of(wrong.ask(&domain, alice.as_str()).await),
+            OAuthCode::InvalidClient,
+            "{engine:?}"
+        );
+        // A hint naming an application that is not the client's (nothing in it is read as the
+        // request's).
+        let row = crate::store::ciba::client(&domain.ctx.db, &shop.id)
+            .await
+            .expect("read")
+            .expect("the client");
+        let elsewhere = crate::store::ciba::CibaClient {
+            application_id: tessera_protocol::ids::ApplicationId::generate(),
+            ..row
+        };
+        hints.remember(&elsewhere);
+        shop.ask(&domain, alice.as_str())
+            .await
+            .expect("acknowledged");
+        let asked = domain.pull(&phone).await;
+        assert_eq!(asked.len(), 3, "{engine:?}");
+        assert!(
+            asked.iter().all(|r| r.kind == AuthenticationKind::Ciba),
+            "{engine:?}"
+        );
+        // The client's own read put its application back.
+        assert_eq!(
+            hints.application_for(&shop.id, &shop.secret),
+            Some(domain.app.id.clone()),
+            "{engine:?}"
+        );
+    }
+}

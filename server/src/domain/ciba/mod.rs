@@ -6,6 +6,8 @@
 //! - [`discovery`]: provider metadata and the JWKS.
 //! - [`clients`]: client registration (customer API and admin CLI) and users' CIBA user codes.
 //! - [`client_auth`]: form parameters, client authentication and client-signed JWTs.
+//! - [`client_hints`]: the application each client was last found for, so a backchannel
+//!   request reads its user beside the client's own read.
 //! - [`authorize`]: redirect MFA: the authorization endpoint (code flow with PKCE and a signed
 //!   request object) and the resume that issues the code once the flow has ended.
 //! - [`backchannel`]: the backchannel authentication request.
@@ -17,6 +19,7 @@
 pub(crate) mod authorize;
 pub(crate) mod backchannel;
 pub(crate) mod client_auth;
+pub mod client_hints;
 pub mod clients;
 pub(crate) mod discovery;
 pub(crate) mod error;

@@ -466,6 +466,7 @@ mod tests {
             attestation: ctx.attestation.clone(),
             compiled_policies: Default::default(),
             api_key_hints: Default::default(),
+            ciba_client_hints: Default::default(),
         })
     }
 
