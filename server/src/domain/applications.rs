@@ -136,8 +136,12 @@ pub(crate) enum MadeFor<'a> {
     Caller,
     /// A relying party's CIBA request, stored with it.
     Ciba(&'a crate::store::ciba::CibaRequest),
-    /// A flow's action: the flow's move to show the request, made with it.
-    Flow(&'a crate::store::flows::MoveWithRequest),
+    /// A flow's action: the flow's move to show the request, made with it, and the policy
+    /// decision the flow's step made, recorded with the move (its subject the flow).
+    Flow(
+        &'a crate::store::flows::MoveWithRequest,
+        Option<&'a super::policy::Decided>,
+    ),
 }
 
 /// Admits a new request `record` in one atomic write: the counts of its limits and its insert,
@@ -162,13 +166,25 @@ pub(crate) async fn admit(
     created: &super::outcome::NewRequest,
     made_for: MadeFor<'_>,
 ) -> Result<Admitted, DomainError> {
-    let decision = decided
-        .map(|decided| {
+    // The request's own decision, or the decision of the flow it is made for: a flow's request
+    // is not decided on its own (the flow's step decided for the whole flow).
+    let subject = match (decided, made_for) {
+        (Some(_), MadeFor::Flow(_, Some(_))) => {
+            return Err(DomainError::Internal(
+                "a flow's request decided on its own as well as by its flow",
+            ));
+        }
+        (Some(decided), _) => Some((decided, record.id.as_str())),
+        (None, MadeFor::Flow(moved, Some(decided))) => Some((decided, moved.next.id.as_str())),
+        (None, _) => None,
+    };
+    let decision = subject
+        .map(|(decided, subject)| {
             super::policy::recorded_with(
                 ctx,
                 &record.application_id,
                 &record.user_id,
-                Some(record.id.as_str()),
+                Some(subject),
                 decided,
             )
         })
@@ -185,14 +201,14 @@ pub(crate) async fn admit(
     let row = decision.as_ref().map(|d| d.row());
     let sealed = match made_for {
         MadeFor::Ciba(request) => Some(crate::store::ciba::sealed(ctx.db.secrets()?, request)?),
-        MadeFor::Caller | MadeFor::Flow(_) => None,
+        MadeFor::Caller | MadeFor::Flow(..) => None,
     };
     let with = crate::store::authentications::WrittenWith {
         records: &records,
         decision: row.as_ref(),
         ciba: sealed.as_ref(),
         flow: match made_for {
-            MadeFor::Flow(moved) => Some(moved),
+            MadeFor::Flow(moved, _) => Some(moved),
             MadeFor::Caller | MadeFor::Ciba(_) => None,
         },
     };

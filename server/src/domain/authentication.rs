@@ -934,7 +934,9 @@ pub(crate) async fn create_for_flow(
     body: CreateAuthenticationRequest,
     reads: RequestReads,
     moved: FlowMoveFor<'_>,
+    decided: Option<&super::policy::Decided>,
 ) -> Result<MadeForFlow, DomainError> {
+    let flow = ForFlow { moved, decided };
     create_from(
         ctx,
         (&app.id, &app.name),
@@ -942,9 +944,19 @@ pub(crate) async fn create_for_flow(
         body,
         false,
         reads,
-        Some(moved),
+        Some(flow),
     )
     .await
+}
+
+/// A push made for a flow's action ([`create_for_flow`]): what is written with it when it is
+/// stored pending.
+#[derive(Clone, Copy)]
+struct ForFlow<'a> {
+    /// The flow's move, from the push's status.
+    moved: FlowMoveFor<'a>,
+    /// The policy decision the flow's step made, recorded with the move (its subject the flow).
+    decided: Option<&'a super::policy::Decided>,
 }
 
 /// [`create`] for the application `(id, name)`, once its reads are made, deciding the
@@ -957,7 +969,7 @@ async fn create_from(
     body: CreateAuthenticationRequest,
     evaluate_policy: bool,
     reads: RequestReads,
-    flow: Option<FlowMoveFor<'_>>,
+    flow: Option<ForFlow<'_>>,
 ) -> Result<MadeForFlow, DomainError> {
     let RequestReads {
         user,
@@ -1190,11 +1202,11 @@ async fn create_from(
     // one statement). The device's waiters are told once it committed.
     let created = outcome::NewRequest::of(ctx, &record)?;
     let flow_move = flow
-        .map(|moved| moved(&record.status_at(ctx.now())))
+        .map(|flow| (flow.moved)(&record.status_at(ctx.now())))
         .transpose()?;
-    let made_for = match &flow_move {
-        Some(moved) => super::applications::MadeFor::Flow(moved),
-        None => super::applications::MadeFor::Caller,
+    let made_for = match (&flow_move, flow) {
+        (Some(moved), Some(flow)) => super::applications::MadeFor::Flow(moved, flow.decided),
+        _ => super::applications::MadeFor::Caller,
     };
     let announced = match super::applications::admit(
         ctx,

@@ -419,18 +419,22 @@ fn event(ctx: &Ctx, action: &str, from: Option<FlowStatus>, to: FlowStatus) -> F
 
 /// Moves `flow` (at its loaded version) to `status` with `data`, recording `action`, and wakes
 /// its pollers. `None` when another move came first, or when the move ends the flow by the
-/// user's bypass and the bypass is no longer in force ([`try_move`] tells the two apart).
+/// user's bypass and the bypass is no longer in force ([`try_move`] tells the two apart). The
+/// policy decision the action's step made (`decided`) is recorded with the move.
 async fn move_to(
     ctx: &Ctx,
     flow: &Flow,
     action: &str,
     status: FlowStatus,
     data: Data,
+    decided: Option<&policy::Decided>,
 ) -> Result<Option<Flow>, DomainError> {
-    Ok(match try_move(ctx, flow, action, status, data).await? {
-        Move::Moved(moved) => Some(*moved),
-        Move::Lost | Move::BypassCleared => None,
-    })
+    Ok(
+        match try_move(ctx, flow, action, status, data, decided).await? {
+            Move::Moved(moved) => Some(*moved),
+            Move::Lost | Move::BypassCleared => None,
+        },
+    )
 }
 
 /// What [`try_move`] did.
@@ -446,13 +450,16 @@ enum Move {
 
 /// [`move_to`], telling a lost move from a bypass cleared since it was read. A move that ends
 /// the flow by the user's bypass is made only while that bypass is in force, checked by the
-/// move's own write, so no flow ends by a bypass once its clearing has been answered.
+/// move's own write, so no flow ends by a bypass once its clearing has been answered. The
+/// policy decision the action's step made (`decided`) is recorded by the move's write, with its
+/// audit record: only a move that is made records it.
 async fn try_move(
     ctx: &Ctx,
     flow: &Flow,
     action: &str,
     status: FlowStatus,
     data: Data,
+    decided: Option<&policy::Decided>,
 ) -> Result<Move, DomainError> {
     let by_bypass = data
         .result
@@ -482,13 +489,30 @@ async fn try_move(
     } else {
         Vec::new()
     };
+    let decision = match (decided, &stored.user_id) {
+        (Some(decided), Some(user)) => Some(policy::recorded_with(
+            ctx,
+            &stored.application_id,
+            user,
+            Some(stored.id.as_str()),
+            decided,
+        )?),
+        (Some(_), None) => return Err(DomainError::Internal("a flow decided without its user")),
+        (None, _) => None,
+    };
+    let records: Vec<_> = completed
+        .into_iter()
+        .chain(decision.iter().flat_map(|d| d.audit.iter().cloned()))
+        .collect();
+    let row = decision.as_ref().map(policy::RecordedWith::row);
     let (moved, queued) = store::transition_recording(
         &ctx.db,
         &stored,
         flow.stored.version,
         &event(ctx, action, Some(flow.status), status),
         while_bypassed,
-        &completed,
+        &records,
+        row.as_ref(),
     )
     .await?;
     match moved {
@@ -701,7 +725,7 @@ async fn refresh_knowing(
             return Ok(flow);
         };
         let pending_push = flow.watched_push().cloned();
-        match move_to(ctx, &flow, action, status, data).await? {
+        match move_to(ctx, &flow, action, status, data, None).await? {
             Some(next) => {
                 // Signed in by the QR code: the push still on the phone is withdrawn.
                 if action == QR_ANSWERED
@@ -1253,7 +1277,7 @@ async fn act_on(
     };
     let mut claimed = flow.clone();
     claimed.stored.version = claim.version;
-    let mut mover = PushMove::new(name);
+    let mut mover = StepWrites::new(name);
     let mut step = take_step(ctx, app, &mut claimed, action.clone(), read_early, &mover).await;
     let mut reruns = 0;
     loop {
@@ -1285,11 +1309,13 @@ async fn act_on(
             .map(|p| p.enrollment_id.clone());
         let ending = status.is_final().then(|| data.clone());
         let decided = data.policy.clone();
-        let moved = match try_move(ctx, &claimed, name, status, data).await? {
+        let decision = mover.decision();
+        let moved = match try_move(ctx, &claimed, name, status, data, decision.as_ref()).await? {
             Move::Moved(moved) => Some(*moved),
             // The step ended the flow by the user's bypass, cleared since the step read it: the
             // step is taken again, as it would have been had the clearing come first (the device
-            // is asked). The policy decided (and recorded) before the bypass counts for it.
+            // is asked). The policy decided before the bypass counts for it, and its decision is
+            // recorded by the move the step makes then.
             Move::BypassCleared if reruns < MAX_BYPASS_RERUNS => {
                 reruns += 1;
                 tracing::info!(flow_id = %claimed.stored.id, "bypass cleared meanwhile: the step is taken again");
@@ -1304,7 +1330,9 @@ async fn act_on(
             Move::Lost | Move::BypassCleared => match ending {
                 Some(data) => {
                     let data = |_: &Flow| data.clone();
-                    end_on_latest(ctx, &claimed, name, status, data, OtherClaims::WaitFor).await?
+                    let others = OtherClaims::WaitFor;
+                    let decision = decision.as_ref();
+                    end_on_latest(ctx, &claimed, name, status, data, others, decision).await?
                 }
                 None => None,
             },
@@ -1324,7 +1352,7 @@ async fn act_on(
             None => {
                 // Someone moved it between the claim and now (its push was answered): withdraw a
                 // QR code or a held device this action made (a push it sent to a phone was
-                // written with its own move, [`PushMove`]; one it made ended already), then
+                // written with its own move, [`StepWrites`]; one it made ended already), then
                 // answer the flow as it stands.
                 if let Some(qr) = &new_qr {
                     super::qr::withdraw_for_flow(ctx, qr).await?;
@@ -1338,16 +1366,23 @@ async fn act_on(
     }
 }
 
-/// How a step's new push moves its flow: in the push's own write, from the version its action
-/// claimed, recorded under the action's name (`authentication::create_for_flow`). Nothing can
-/// then answer the push before its flow shows it. What that write did is kept for [`act_on`],
-/// which then makes no move of its own.
-struct PushMove<'a> {
+/// What a step writes with the flow's move, so that it stands exactly when the move does.
+///
+/// - A new push moves its flow in the push's own write, from the version its action claimed,
+///   recorded under the action's name (`authentication::create_for_flow`). Nothing can then
+///   answer the push before its flow shows it. What that write did is kept for [`act_on`],
+///   which then makes no move of its own.
+/// - The policy's decision for the flow ([`apply_policy_as_read`]) is recorded by whichever
+///   write moves the flow: that push's write, or [`act_on`]'s move. A step whose move is lost
+///   leaves no decision the flow does not show.
+struct StepWrites<'a> {
     action: &'a str,
     written: std::sync::OnceLock<PushWritten>,
+    /// The decision the step's policy made, to record with the move.
+    decided: std::sync::Mutex<Option<policy::Decided>>,
 }
 
-/// What a push's write did with its flow ([`PushMove`]).
+/// What a push's write did with its flow ([`StepWrites`]).
 enum PushWritten {
     /// The push was stored and the flow moved with it: the flow as it now stands.
     Moved(Box<Flow>),
@@ -1355,11 +1390,12 @@ enum PushWritten {
     FlowLost,
 }
 
-impl<'a> PushMove<'a> {
+impl<'a> StepWrites<'a> {
     fn new(action: &'a str) -> Self {
         Self {
             action,
             written: std::sync::OnceLock::new(),
+            decided: std::sync::Mutex::new(None),
         }
     }
 
@@ -1368,6 +1404,18 @@ impl<'a> PushMove<'a> {
         if self.written.set(written).is_err() {
             tracing::warn!(action = self.action, "a step wrote a second push");
         }
+    }
+
+    /// Keeps the decision the step's policy made, for the write that moves the flow.
+    fn decided(&self, decided: policy::Decided) {
+        if let Ok(mut kept) = self.decided.lock() {
+            *kept = Some(decided);
+        }
+    }
+
+    /// The decision the step's policy made, if it made one.
+    fn decision(&self) -> Option<policy::Decided> {
+        self.decided.lock().ok().and_then(|kept| kept.clone())
     }
 }
 
@@ -1427,7 +1475,7 @@ async fn take_step(
     claimed: &mut Flow,
     action: FlowAction,
     read_early: Option<Result<StartReads, DomainError>>,
-    mover: &PushMove<'_>,
+    mover: &StepWrites<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     match action {
         FlowAction::CheckAssertion { credential } if claimed.awaits_passkey() => {
@@ -1495,7 +1543,8 @@ const MAX_BYPASS_RERUNS: u32 = 2;
 /// move ends the action's claim, so another action may have claimed the flow since: `others`
 /// says whether this waits for that action to move the flow or let it go. `None` when the flow
 /// has ended meanwhile (or other actions kept holding it). A passkey sign-in's user, bound by
-/// the claimed action, is bound by this move.
+/// the claimed action, is bound by this move, and the policy decision its step made
+/// (`decided`) is recorded with it.
 async fn end_on_latest(
     ctx: &Ctx,
     claimed: &Flow,
@@ -1503,6 +1552,7 @@ async fn end_on_latest(
     status: FlowStatus,
     data: impl Fn(&Flow) -> Data,
     others: OtherClaims,
+    decided: Option<&policy::Decided>,
 ) -> Result<Option<Flow>, DomainError> {
     let topic = Topic::Flow(claimed.stored.id.to_string());
     let mut current = claimed.clone();
@@ -1546,7 +1596,7 @@ async fn end_on_latest(
             latest.stored.user_id = claimed.stored.user_id.clone();
         }
         let ending = data(&latest);
-        if let Some(moved) = move_to(ctx, &latest, action, status, ending).await? {
+        if let Some(moved) = move_to(ctx, &latest, action, status, ending, decided).await? {
             tracing::info!(flow_id = %moved.stored.id, action, "flow ended on its latest version");
             return Ok(Some(moved));
         }
@@ -1663,6 +1713,7 @@ async fn refused(ctx: &Ctx, flow: &Flow, action: &str, e: DomainError) -> Domain
             FlowStatus::MfaFailed,
             locked,
             OtherClaims::Override,
+            None,
         )
         .await
         {
@@ -1700,7 +1751,7 @@ async fn authenticate(
     mobile_payload: Option<String>,
     authorization_payload: Option<String>,
     read_early: Option<Result<StartReads, DomainError>>,
-    mover: &PushMove<'_>,
+    mover: &StepWrites<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let mut data = flow.data.clone();
     if flow.awaits_passkey() {
@@ -1730,7 +1781,7 @@ async fn authenticate(
                 "while methods are missing, authenticate pairs the app's device: send its mobile_payload",
             ));
         }
-        if let Some(ended) = apply_policy(ctx, app, flow, &mut data).await? {
+        if let Some(ended) = apply_policy(ctx, app, flow, &mut data, mover).await? {
             return Ok(ended);
         }
         if !data
@@ -2038,6 +2089,7 @@ async fn apply_policy(
     app: &Application,
     flow: &Flow,
     data: &mut Data,
+    writes: &StepWrites<'_>,
 ) -> Result<Option<(FlowStatus, Data)>, DomainError> {
     if data.policy.is_some() {
         return Ok(None);
@@ -2051,24 +2103,55 @@ async fn apply_policy(
     );
     // Devices that cannot be read leave the policy no device to look at, as none paired would.
     let devices = devices.unwrap_or_default();
-    apply_policy_as_read(ctx, app, flow, data, &devices, current?.as_ref(), None).await
+    let current = current?;
+    let read = PolicyReads {
+        devices: &devices,
+        current: current.as_ref(),
+        facts: None,
+    };
+    apply_policy_as_read(ctx, app, flow, data, read, writes).await
 }
 
-/// [`apply_policy`] with the user's `devices` (settled, as `device_verification::settled_devices`
-/// leaves them) and the policy in force (`current`) already read: no read of its own unless
-/// the policy's rules count something that `facts` (read ahead) does not hold.
+/// What [`apply_policy_as_read`] decides from, read by its caller.
+struct PolicyReads<'a> {
+    /// The user's devices, settled (as `device_verification::settled_devices` leaves them).
+    devices: &'a [Enrollment],
+    /// The policy in force.
+    current: Option<&'a StoredPolicy>,
+    /// Its facts read ahead, if they were (`policy::read_ahead`).
+    facts: Option<policy::FactsAhead>,
+}
+
+impl<'a> PolicyReads<'a> {
+    /// From a request's reads; their facts read ahead are taken (a decision uses them once).
+    fn of(reads: &'a mut authentication::RequestReads) -> Self {
+        Self {
+            facts: reads.policy_facts.take(),
+            devices: &reads.devices,
+            current: reads.settings.policy.as_ref(),
+        }
+    }
+}
+
+/// [`apply_policy`] with what it decides from already read (`read`): no read of its own unless
+/// the policy's rules count something that the facts read ahead do not hold. The decision is
+/// kept in `writes`, recorded by the write that moves the flow.
 async fn apply_policy_as_read(
     ctx: &Ctx,
     app: &Application,
     flow: &Flow,
     data: &mut Data,
-    devices: &[Enrollment],
-    current: Option<&StoredPolicy>,
-    facts: Option<policy::FactsAhead>,
+    read: PolicyReads<'_>,
+    writes: &StepWrites<'_>,
 ) -> Result<Option<(FlowStatus, Data)>, DomainError> {
     if data.policy.is_some() {
         return Ok(None);
     }
+    let PolicyReads {
+        devices,
+        current,
+        facts,
+    } = read;
     let Some(current) = current else {
         return Ok(None);
     };
@@ -2085,10 +2168,11 @@ async fn apply_policy_as_read(
     else {
         return Ok(None);
     };
-    policy::record(ctx, &app.id, user, Some(flow.stored.id.as_str()), &decided).await?;
     let outcome = decided.decision.outcome();
+    let effect = decided.decision.effect;
+    writes.decided(decided);
     data.policy = Some(outcome.clone());
-    match decided.decision.effect {
+    match effect {
         PolicyEffect::Require => Ok(None),
         PolicyEffect::Deny => {
             let mut done = result(FlowResultStatus::Denied);
@@ -2197,7 +2281,7 @@ async fn start(
     flow: &Flow,
     mut data: Data,
     read_early: Option<Result<StartReads, DomainError>>,
-    mover: &PushMove<'_>,
+    mover: &StepWrites<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let user = flow.user()?;
     let mut reads = match read_early {
@@ -2216,7 +2300,9 @@ async fn start(
     let stored_bypass = reads.request.user.as_ref().and_then(|(_, b)| b.clone());
     // A bypass in force ends the flow before the codes count.
     let active = bypass::in_force(ctx, stored_bypass);
-    if let Some(ended) = bypassed(ctx, app, flow, &mut data, active, &mut reads.request).await? {
+    if let Some(ended) =
+        bypassed(ctx, app, flow, &mut data, active, &mut reads.request, mover).await?
+    {
         return Ok(ended);
     }
     data.recovery_codes = reads.recovery_codes > 0;
@@ -2228,17 +2314,8 @@ async fn start(
         }
     }
     data.mfa_setup = None;
-    if let Some(ended) = apply_policy_as_read(
-        ctx,
-        app,
-        flow,
-        &mut data,
-        &reads.request.devices,
-        reads.request.settings.policy.as_ref(),
-        reads.request.policy_facts.take(),
-    )
-    .await?
-    {
+    let read = PolicyReads::of(&mut reads.request);
+    if let Some(ended) = apply_policy_as_read(ctx, app, flow, &mut data, read, mover).await? {
         return Ok(ended);
     }
     data.devices = list_devices(&reads, &data.options);
@@ -2341,7 +2418,7 @@ async fn use_device(
     mut data: Data,
     device_id: &str,
     reads: Option<authentication::RequestReads>,
-    mover: &PushMove<'_>,
+    mover: &StepWrites<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let device = data
         .devices
@@ -2422,8 +2499,11 @@ async fn use_device(
                     event: event(ctx, mover.action, Some(flow.status), waiting),
                 })
             };
+            let decided = mover.decision();
+            let decided = decided.as_ref();
             let created =
-                authentication::create_for_flow(ctx, &shown_as, user, body, reads, &moved).await;
+                authentication::create_for_flow(ctx, &shown_as, user, body, reads, &moved, decided)
+                    .await;
             let made = match created {
                 Err(e) if e.code() == Some(ErrorCode::MandatoryMethodsMissing) => {
                     // The application's list changed since the flow checked it.
@@ -2556,7 +2636,7 @@ fn use_code(flow: &Flow) -> (FlowStatus, Data) {
 /// `bypassed` and type `BYPASS` (docs/bypass-and-recovery.md). The application's policy is
 /// decided first: its `deny` still ends the flow `MFA_FAILED`, its `approve` completes it with
 /// `POLICY_APPROVE`. The user's devices, the policy in force and its facts read ahead come from
-/// `reads` (the facts are taken: a decision uses them once).
+/// `reads` ([`PolicyReads::of`]).
 async fn bypassed(
     ctx: &Ctx,
     app: &Application,
@@ -2564,15 +2644,13 @@ async fn bypassed(
     data: &mut Data,
     active: Option<crate::store::bypass::Bypass>,
     reads: &mut authentication::RequestReads,
+    writes: &StepWrites<'_>,
 ) -> Result<Option<(FlowStatus, Data)>, DomainError> {
     let Some(active) = active else {
         return Ok(None);
     };
-    let facts = reads.policy_facts.take();
-    let current = reads.settings.policy.as_ref();
-    if let Some(ended) =
-        apply_policy_as_read(ctx, app, flow, data, &reads.devices, current, facts).await?
-    {
+    let read = PolicyReads::of(reads);
+    if let Some(ended) = apply_policy_as_read(ctx, app, flow, data, read, writes).await? {
         return Ok(Some(ended));
     }
     let mut done = result(FlowResultStatus::Bypassed);
@@ -2715,7 +2793,7 @@ async fn continue_authentication(
     ctx: &Ctx,
     app: &Application,
     flow: &Flow,
-    mover: &PushMove<'_>,
+    mover: &StepWrites<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     if flow.status == FlowStatus::MfaSetupRequired {
         return start(ctx, app, flow, flow.data.clone(), None, mover).await;
@@ -2864,7 +2942,7 @@ async fn check_registration(
     flow: &Flow,
     credential: serde_json::Value,
     nickname: Option<String>,
-    mover: &PushMove<'_>,
+    mover: &StepWrites<'_>,
 ) -> Result<(FlowStatus, Data), DomainError> {
     let step = flow
         .data

@@ -496,7 +496,8 @@ static MOVE: LazyLock<String> = LazyLock::new(|| move_statement(1));
 /// to its user here: once, by the move that wins the version. The move ends any claim on the
 /// flow. On PostgreSQL the bypass is read `FOR KEY SHARE`, so a clearing in flight is waited for
 /// and no flow ends by a bypass once its clearing has committed; SQLite's one writer runs the
-/// move alone.
+/// move alone. A policy `decision` the move's step made is recorded with it the same way (its
+/// audit record among `records`).
 pub async fn transition_recording(
     db: &Database,
     next: &StoredFlow,
@@ -504,6 +505,7 @@ pub async fn transition_recording(
     event: &FlowEvent,
     while_bypassed: Option<WhileBypassed<'_>>,
     records: &[super::audit::Appended],
+    decision: Option<&super::policies::DecisionRecord<'_>>,
 ) -> Result<(Transitioned, bool), StoreError> {
     let mut sql = MOVE.clone();
     if while_bypassed.is_some() {
@@ -521,6 +523,7 @@ pub async fn transition_recording(
             event,
             while_bypassed,
             records,
+            decision,
         };
         return transition_at_once(db, sql, moved).await;
     }
@@ -555,6 +558,9 @@ pub async fn transition_recording(
         return Ok((outcome, false));
     }
     add_event(&mut *tx, &next.id, event).await?;
+    if let Some(decision) = decision {
+        super::policies::record_decision_deferred(&mut tx, decision).await?;
+    }
     let tickets = super::audit::append_all_deferred(&mut tx, records).await?;
     let committed = tx.commit().await?;
     let queued = tickets.iter().any(|t| committed.changes(*t) > 0);
@@ -638,6 +644,7 @@ struct Move<'a> {
     event: &'a FlowEvent,
     while_bypassed: Option<WhileBypassed<'a>>,
     records: &'a [super::audit::Appended],
+    decision: Option<&'a super::policies::DecisionRecord<'a>>,
 }
 
 /// PostgreSQL: [`transition_recording`] as one statement committed on its own, `update` (the
@@ -652,8 +659,11 @@ async fn transition_at_once(
     m: Move<'_>,
 ) -> Result<(Transitioned, bool), StoreError> {
     let first_event_value = if m.while_bypassed.is_some() { 12 } else { 9 };
-    let (items, queued, _) =
+    let (mut items, queued, next) =
         super::audit::appended_items(m.records, "moved", first_event_value + 5);
+    if let Some(d) = m.decision {
+        items.push(super::policies::decision_item(d, "moved", next));
+    }
     let mut sql = format!(
         "WITH moved AS ({update} RETURNING id), event AS ({} RETURNING 1)",
         event_for_each("moved", first_event_value)
@@ -672,7 +682,10 @@ async fn transition_at_once(
         m.expected_version,
         m.while_bypassed.as_ref(),
     );
-    let query = super::audit::bind_appended(bind_event(query, m.event), m.records);
+    let mut query = super::audit::bind_appended(bind_event(query, m.event), m.records);
+    if let Some(d) = m.decision {
+        query = super::policies::bind_decision(query, d);
+    }
     let row = query.fetch_one(db.writer()).await?;
     if row.try_get::<i64, _>("moved")? == 1 {
         return Ok((Transitioned::Moved, row.try_get::<i64, _>("queued")? > 0));
@@ -815,6 +828,7 @@ mod tests {
                     &event("checkAssertion", "MFA_COMPLETED"),
                     None,
                     &[],
+                    None,
                 )
                 .await
                 .expect("transition")
@@ -860,6 +874,7 @@ mod tests {
                     &event("authenticate", "MFA_COMPLETED"),
                     Some(bypassed),
                     &[],
+                    None,
                 )
                 .await
                 .expect("transition")
@@ -941,7 +956,8 @@ mod tests {
                 3,
                 &event("checkOtp", "MFA_COMPLETED"),
                 None,
-                &[]
+                &[],
+                None,
             )
             .await
             .expect("transition")

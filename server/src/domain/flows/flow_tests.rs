@@ -193,6 +193,7 @@ async fn holding_for_a_passcode(
         "authenticate",
         FlowStatus::MobilePairingRequired,
         data,
+        None,
     )
     .await
     .expect("moved")
@@ -697,6 +698,7 @@ async fn an_action_ending_a_flow_on_its_latest_version_waits_for_another_actions
                         FlowStatus::MfaCompleted,
                         completed,
                         super::OtherClaims::WaitFor,
+                        None,
                     )
                     .await
                 }
@@ -723,6 +725,7 @@ async fn an_action_ending_a_flow_on_its_latest_version_waits_for_another_actions
                     "cancelAuthentication",
                     FlowStatus::Canceled,
                     canceled,
+                    None,
                 )
                 .await
                 .expect("moved")
@@ -916,9 +919,38 @@ async fn a_claim_commits_without_waiting_for_the_flush_and_leaves_its_connection
 /// A push a flow's action makes is written with the flow's move, all or nothing: with the flow
 /// moved by another since the action's claim, no push is stored (nothing would ever show it, so
 /// nothing would ever answer it); with the claim standing, the push and the move are stored
-/// together, and the move is the action's.
+/// together, and the move is the action's. The policy decision the step made goes with them:
+/// recorded by the push's write, or by the action's move when the step ends the flow, and not
+/// at all when the move is lost.
 #[tokio::test]
 async fn a_push_is_stored_only_with_its_flow_s_move() {
+    /// The policy decisions recorded about flow `id`, and their audit records.
+    async fn decisions_about(domain: &TestDomain, id: &str) -> [i64; 2] {
+        let decisions = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM policy_decisions WHERE application_id = $1 AND subject_id = $2",
+        )
+        .bind(domain.app.id.as_str())
+        .bind(id)
+        .fetch_one(domain.ctx.db.pool())
+        .await
+        .expect("count");
+        let audit = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE application_id = $1 AND kind = 'policy.decided' \
+             AND subject = $2",
+        )
+        .bind(domain.app.id.as_str())
+        .bind(id)
+        .fetch_one(domain.ctx.db.pool())
+        .await
+        .expect("count");
+        [decisions, audit]
+    }
+    async fn save_policy(domain: &TestDomain, policy: serde_json::Value) {
+        let policy = serde_json::from_value(policy).expect("a policy");
+        crate::domain::policy::save(&domain.ctx, &domain.app.id, &policy)
+            .await
+            .expect("saved");
+    }
     /// Flow `id` read and claimed: the claim, and the flow as its action holds it.
     async fn claimed(domain: &TestDomain, id: &str) -> (super::Claim, super::Flow) {
         let loaded = super::load(&domain.ctx, &domain.app.id, id)
@@ -937,7 +969,7 @@ async fn a_push_is_stored_only_with_its_flow_s_move() {
         domain: &TestDomain,
         claimed: &mut super::Flow,
     ) -> ((FlowStatus, super::Data), Option<super::PushWritten>) {
-        let mut mover = super::PushMove::new("authenticate");
+        let mut mover = super::StepWrites::new("authenticate");
         let step = super::take_step(
             &domain.ctx,
             &domain.app,
@@ -951,6 +983,11 @@ async fn a_push_is_stored_only_with_its_flow_s_move() {
         (step, mover.written.take())
     }
     for domain in TestDomain::each_engine().await {
+        save_policy(
+            &domain,
+            json!({"rules": [], "default": {"action": "require", "methods": ["mobile_push"]}}),
+        )
+        .await;
         let (user, _phone) = domain.user_with_device("rook").await;
         let id = flow_for(&domain, &user).await.id.to_string();
 
@@ -960,10 +997,17 @@ async fn a_push_is_stored_only_with_its_flow_s_move() {
         let (status, data) = super::cancel(&domain.ctx, &flow)
             .await
             .expect("a cancellation's step");
-        super::move_to(&domain.ctx, &flow, "cancelAuthentication", status, data)
-            .await
-            .expect("move")
-            .expect("moved");
+        super::move_to(
+            &domain.ctx,
+            &flow,
+            "cancelAuthentication",
+            status,
+            data,
+            None,
+        )
+        .await
+        .expect("move")
+        .expect("moved");
         claim.ended_by_move();
         let (_, written) = authenticate_step(&domain, &mut flow).await;
         assert!(
@@ -979,6 +1023,11 @@ async fn a_push_is_stored_only_with_its_flow_s_move() {
             .await
             .expect("read");
         assert_eq!(latest.status, FlowStatus::Canceled, "the other move stands");
+        assert_eq!(
+            decisions_about(&domain, &id).await,
+            [0, 0],
+            "no decision for a step whose move was lost"
+        );
 
         // A standing claim: the push and the action's move, together.
         let id = flow_for(&domain, &user).await.id.to_string();
@@ -1010,5 +1059,23 @@ async fn a_push_is_stored_only_with_its_flow_s_move() {
             (last.action.as_str(), last.to_status),
             ("authenticate", FlowStatus::PushConfirmationWaiting)
         );
+        assert_eq!(
+            decisions_about(&domain, &id).await,
+            [1, 1],
+            "the decision recorded with the push's write"
+        );
+
+        // A policy that ends the flow: its decision is recorded by the action's move.
+        save_policy(
+            &domain,
+            json!({"rules": [], "default": {"action": "deny", "reason": "closed"}}),
+        )
+        .await;
+        let id = flow_for(&domain, &user).await.id.to_string();
+        let ended = act(&domain.ctx, &domain.app, &id, authenticate())
+            .await
+            .expect("ended");
+        assert_eq!(ended.status, FlowStatus::MfaFailed);
+        assert_eq!(decisions_about(&domain, &id).await, [1, 1]);
     }
 }
