@@ -140,8 +140,8 @@ async fn a_request_its_policy_or_bypass_ends_is_stored_with_its_decision_or_not_
 }
 
 /// A decision recorded alone (nothing else is stored for it: a refused pairing or CIBA
-/// request, a flow's decision) is one write with its audit record: an audit record that cannot
-/// be stored leaves no decision.
+/// request) is one write with its audit record: an audit record that cannot be stored leaves no
+/// decision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_recorded_alone_is_stored_with_its_audit_record_or_not_at_all() {
     for domain in TestDomain::each_engine().await {
