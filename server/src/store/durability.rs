@@ -26,10 +26,7 @@ pub(crate) fn postgres_synchronous_commit(
 /// its sessions start with, after any it already has (a later `-c` wins); unchanged when unset.
 pub(crate) fn postgres_url_with(url: &str, durability: Option<CommitDurability>) -> String {
     match postgres_synchronous_commit(durability) {
-        Some(value) => {
-            let separator = if url.contains('?') { '&' } else { '?' };
-            format!("{url}{separator}options%5Bsynchronous_commit%5D={value}")
-        }
+        Some(value) => super::postgres_url_with_option(url, "synchronous_commit", value),
         None => url.to_string(),
     }
 }
@@ -114,16 +111,7 @@ mod tests {
                 let db = Database::connect_with(&url, 2, Duration::from_secs(5), durability)
                     .await
                     .expect("database");
-                let read: String = sqlx::query_scalar("SHOW synchronous_commit")
-                    .fetch_one(db.pool())
-                    .await
-                    .expect("read");
-                let mut w = db.write().await.expect("write");
-                let written: String = sqlx::query_scalar("SHOW synchronous_commit")
-                    .fetch_one(&mut w)
-                    .await
-                    .expect("in a write");
-                w.commit().await.expect("commit");
+                let (read, written) = crate::store::shown_setting(&db, "synchronous_commit").await;
                 let reported = in_effect(&db).await.expect("in effect");
                 db.close().await;
                 assert_eq!(read, written);

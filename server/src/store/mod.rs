@@ -107,6 +107,31 @@ pub(crate) fn unflushed(update: &str) -> String {
     )
 }
 
+/// `url` (a `postgres://` URL) with the setting `name` = `value` added to the options its
+/// sessions start with, after any it already has (a later one wins).
+pub(crate) fn postgres_url_with_option(url: &str, name: &str, value: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options%5B{name}%5D={value}")
+}
+
+/// The setting `name` as a session of `db` reports it on a request's connection and inside a
+/// write transaction (the two must agree).
+#[cfg(test)]
+pub(crate) async fn shown_setting(db: &Database, name: &str) -> (String, String) {
+    let show = format!("SHOW {name}");
+    let read: String = sqlx::query_scalar(&show)
+        .fetch_one(db.pool())
+        .await
+        .expect("read");
+    let mut w = db.write().await.expect("write");
+    let written: String = sqlx::query_scalar(&show)
+        .fetch_one(&mut w)
+        .await
+        .expect("in a write");
+    w.commit().await.expect("commit");
+    (read, written)
+}
+
 /// The second key of a PostgreSQL advisory lock on `parts` (the first key says what the lock
 /// serialises): the first four bytes of the SHA-256 of the parts, each followed by a 0x01 byte.
 /// Computed here rather than by the database, so the same in every instance and version. Two

@@ -17,8 +17,7 @@ pub(crate) fn postgres_url_with_generic_plans(url: &str) -> String {
     if url.contains("plan_cache_mode") {
         return url.to_string();
     }
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}options%5Bplan_cache_mode%5D={MODE}")
+    super::postgres_url_with_option(url, "plan_cache_mode", MODE)
 }
 
 #[cfg(test)]
@@ -58,23 +57,14 @@ mod tests {
             let db = Database::connect_with(&url, 2, Duration::from_secs(5), None)
                 .await
                 .expect("database");
-            let read: String = sqlx::query_scalar("SHOW plan_cache_mode")
-                .fetch_one(db.pool())
-                .await
-                .expect("read");
-            let mut w = db.write().await.expect("write");
-            let written: String = sqlx::query_scalar("SHOW plan_cache_mode")
-                .fetch_one(&mut w)
-                .await
-                .expect("in a write");
-            w.commit().await.expect("commit");
+            let shown = crate::store::shown_setting(&db, "plan_cache_mode").await;
             db.close().await;
-            (read, written)
+            shown
         };
         let generic = MODE.to_string();
         assert_eq!(modes(url.clone()).await, (generic.clone(), generic));
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let own = format!("{url}{separator}options%5Bplan_cache_mode%5D=force_custom_plan");
+        let own =
+            crate::store::postgres_url_with_option(&url, "plan_cache_mode", "force_custom_plan");
         let custom = "force_custom_plan".to_string();
         assert_eq!(modes(own).await, (custom.clone(), custom));
     }
