@@ -844,7 +844,7 @@ pub(crate) async fn create(
     // The request's reads that need nothing else (the user with its language and bypass, the
     // application's settings with its current policy, the user's devices), side by side.
     let reads = read_for_request(ctx, &app.id, user_id, policy_facts_for(&body)).await?;
-    create_from(ctx, (&app.id, &app.name), user_id, body, true, reads, None)
+    create_from(ctx, (&app.id, &app.name), user_id, body, reads, None)
         .await?
         .for_caller()
 }
@@ -878,7 +878,7 @@ pub(crate) async fn create_by_key(
     .await?;
     if let Some((app_id, reads)) = hinted {
         let name = reads.settings.name.clone();
-        return create_from(ctx, (&app_id, &name), user_id, body, true, reads, None)
+        return create_from(ctx, (&app_id, &name), user_id, body, reads, None)
             .await?
             .for_caller();
     }
@@ -937,16 +937,7 @@ pub(crate) async fn create_for_flow(
     decided: Option<&super::policy::Decided>,
 ) -> Result<MadeForFlow, DomainError> {
     let flow = ForFlow { moved, decided };
-    create_from(
-        ctx,
-        (&app.id, &app.name),
-        user_id,
-        body,
-        false,
-        reads,
-        Some(flow),
-    )
-    .await
+    create_from(ctx, (&app.id, &app.name), user_id, body, reads, Some(flow)).await
 }
 
 /// A push made for a flow's action ([`create_for_flow`]): what is written with it when it is
@@ -959,15 +950,14 @@ struct ForFlow<'a> {
     decided: Option<&'a super::policy::Decided>,
 }
 
-/// [`create`] for the application `(id, name)`, once its reads are made, deciding the
-/// application's policy for it or not (`evaluate_policy` false: a flow decided for the whole
-/// flow already); with `flow`, for a flow's action ([`create_for_flow`]).
+/// [`create`] for the application `(id, name)`, once its reads are made; with `flow`, for a
+/// flow's action ([`create_for_flow`]), whose policy was decided for the whole flow already
+/// (the request is not decided on its own).
 async fn create_from(
     ctx: &Ctx,
     (app_id, app_name): (&ApplicationId, &str),
     user_id: &UserId,
     body: CreateAuthenticationRequest,
-    evaluate_policy: bool,
     reads: RequestReads,
     flow: Option<ForFlow<'_>>,
 ) -> Result<MadeForFlow, DomainError> {
@@ -1106,7 +1096,7 @@ async fn create_from(
     )
     .await?;
     let decided = match body.kind {
-        AuthenticationKind::Approval | AuthenticationKind::Transaction if evaluate_policy => {
+        AuthenticationKind::Approval | AuthenticationKind::Transaction if flow.is_none() => {
             let kind = if body.kind == AuthenticationKind::Transaction {
                 RequestKind::Transaction
             } else {
@@ -1201,12 +1191,13 @@ async fn create_from(
     // record and the policy decision with its own, under the admission's locks (on PostgreSQL
     // one statement). The device's waiters are told once it committed.
     let created = outcome::NewRequest::of(ctx, &record)?;
-    let flow_move = flow
-        .map(|flow| (flow.moved)(&record.status_at(ctx.now())))
-        .transpose()?;
-    let made_for = match (&flow_move, flow) {
-        (Some(moved), Some(flow)) => super::applications::MadeFor::Flow(moved, flow.decided),
-        _ => super::applications::MadeFor::Caller,
+    let flow_move = match flow {
+        Some(flow) => Some(((flow.moved)(&record.status_at(ctx.now()))?, flow.decided)),
+        None => None,
+    };
+    let made_for = match &flow_move {
+        Some((moved, decided)) => super::applications::MadeFor::Flow(moved, *decided),
+        None => super::applications::MadeFor::Caller,
     };
     let announced = match super::applications::admit(
         ctx,
@@ -1257,7 +1248,7 @@ async fn create_from(
     ));
     let status = record.status_at(ctx.now());
     Ok(match flow_move {
-        Some(moved) => MadeForFlow::Moved(status, Box::new(moved)),
+        Some((moved, _)) => MadeForFlow::Moved(status, Box::new(moved)),
         None => MadeForFlow::Made(status),
     })
 }

@@ -429,12 +429,11 @@ async fn move_to(
     data: Data,
     decided: Option<&policy::Decided>,
 ) -> Result<Option<Flow>, DomainError> {
-    Ok(
-        match try_move(ctx, flow, action, status, data, decided).await? {
-            Move::Moved(moved) => Some(*moved),
-            Move::Lost | Move::BypassCleared => None,
-        },
-    )
+    let moved = try_move(ctx, flow, action, status, data, decided).await?;
+    Ok(match moved {
+        Move::Moved(moved) => Some(*moved),
+        Move::Lost | Move::BypassCleared => None,
+    })
 }
 
 /// What [`try_move`] did.
@@ -1308,7 +1307,7 @@ async fn act_on(
             })
             .map(|p| p.enrollment_id.clone());
         let ending = status.is_final().then(|| data.clone());
-        let decided = data.policy.clone();
+        let policy_outcome = data.policy.clone();
         let decision = mover.decision();
         let moved = match try_move(ctx, &claimed, name, status, data, decision.as_ref()).await? {
             Move::Moved(moved) => Some(*moved),
@@ -1319,7 +1318,7 @@ async fn act_on(
             Move::BypassCleared if reruns < MAX_BYPASS_RERUNS => {
                 reruns += 1;
                 tracing::info!(flow_id = %claimed.stored.id, "bypass cleared meanwhile: the step is taken again");
-                claimed.data.policy = decided;
+                claimed.data.policy = policy_outcome;
                 step = take_step(ctx, app, &mut claimed, action.clone(), None, &mover).await;
                 continue;
             }

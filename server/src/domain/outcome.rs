@@ -432,24 +432,21 @@ pub(crate) async fn record_made_ending(
     let committed = w.commit().await?;
     tracing::info!(
         authentication_id = %record.id,
-        state = record.state.as_str(),
         failure_reason = record.failure_reason.as_deref(),
         ended_by = ?made,
         "authentication ended as it was made"
     );
-    Announced {
+    let announced = Announced {
         topics: ended_topics(record).to_vec(),
         webhooks_queued: false,
         webhooks,
     }
-    .resolved(&committed)
-    .committed(ctx);
-    let event = DomainEvent::AuthenticationEnded {
-        record: record.clone(),
+    .resolved(&committed);
+    let waits = Waits {
         waiting: Waiting::UNKNOWN,
-        waiting_flow: None,
+        flow: None,
     };
-    dispatch_to(ctx, &event, Audit::Recorded).await;
+    after_ending(ctx, record.clone(), announced, waits).await;
     Ok(true)
 }
 
