@@ -606,6 +606,10 @@ impl Relay {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_reports_an_unreachable_postgres() {
     let Ok(database_url) = std::env::var("DATABASE_URL") else {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "TESSERA_REQUIRE_POSTGRES=1 but DATABASE_URL is not set"
+        );
         eprintln!("DATABASE_URL not set: the PostgreSQL variant is skipped");
         return;
     };

@@ -646,11 +646,7 @@ mod tests {
     /// one payload, and a send that fails leaves a wake-everyone for the next batch.
     #[tokio::test]
     async fn queued_topics_reach_other_instances_and_a_failed_send_asks_everyone_to_read_again() {
-        let Some(url) = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|url| url.starts_with("postgres"))
-        else {
-            eprintln!("skipped: set DATABASE_URL=postgres://... to send notifications");
+        let Some(url) = crate::store::postgres_url_for_tests("send notifications") else {
             return;
         };
         let db = Database::connect(&url, 2).await.expect("database");

@@ -558,9 +558,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary folder");
         let sqlite = format!("sqlite://{}", dir.path().join("keys.db").display());
         println!("{}", key_changes_at_once(sqlite).await);
-        if let Some(url) = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|u| u.starts_with("postgres"))
+        if let Some(url) =
+            crate::store::postgres_url_for_tests("change the keys at once on PostgreSQL")
         {
             let figures = server_keys::in_fresh_postgres_schema(&url, key_changes_at_once).await;
             println!("{figures}");

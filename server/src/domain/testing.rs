@@ -328,15 +328,14 @@ impl TestDomain {
     }
 
     /// A context on the PostgreSQL database `DATABASE_URL` names (a new application in it), or
-    /// `None` when it names none.
+    /// `None` when it names none (a failure under `TESSERA_REQUIRE_POSTGRES=1`:
+    /// [`crate::store::postgres_url_for_tests`]).
     pub(crate) async fn postgres() -> Option<Self> {
         Self::postgres_with(ServerConfig::default()).await
     }
 
     async fn postgres_with(config: ServerConfig) -> Option<Self> {
-        let url = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|url| url.starts_with("postgres"))?;
+        let url = crate::store::postgres_url_for_tests("run the domain's tests on PostgreSQL")?;
         Some(Self::on(&url, None, config).await)
     }
 

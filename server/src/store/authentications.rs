@@ -1452,6 +1452,10 @@ pub async fn offer_passcode_now(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::postgres_url_for_tests;
+
+    /// What the tests here say they skip without a PostgreSQL `DATABASE_URL`.
+    const ADVISORY_LOCKS: &str = "take advisory locks";
 
     /// The one device the tests' requests of `user` of `app` are addressed to (the same id each
     /// time; [`paired`] stores it, as an admission needs it paired and active).
@@ -1667,7 +1671,7 @@ mod tests {
     async fn push_tallies_follow_every_stored_and_removed_request() {
         let (dir, db, app) = database_with_application().await;
         let mut engines = vec![(Some(dir), db, app)];
-        if let Some(url) = postgres_url() {
+        if let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) {
             let (db, app) = postgres_with_application(&url, 2).await;
             engines.push((None, db, app));
         }
@@ -2312,16 +2316,6 @@ mod tests {
         }
     }
 
-    fn postgres_url() -> Option<String> {
-        let url = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|url| url.starts_with("postgres"));
-        if url.is_none() {
-            eprintln!("skipped: set DATABASE_URL=postgres://... to take advisory locks");
-        }
-        url
-    }
-
     #[tokio::test]
     async fn an_answer_is_recorded_only_on_the_request_it_was_checked_against() {
         let (_dir, db, app) = database_with_application().await;
@@ -2573,7 +2567,7 @@ mod tests {
     async fn a_new_request_s_audit_record_is_written_exactly_when_it_is_stored() {
         let (_dir, db, app) = database_with_application().await;
         check_records_go_with_the_admitted_insert(&db, &app).await;
-        if let Some(url) = postgres_url() {
+        if let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) {
             let (db, app) = postgres_with_application(&url, 2).await;
             check_records_go_with_the_admitted_insert(&db, &app).await;
         }
@@ -2672,7 +2666,7 @@ mod tests {
     async fn a_request_admitted_while_bypassed_is_stored_only_while_the_bypass_stands() {
         let (_dir, db, app) = database_with_application().await;
         check_a_bypassed_admission_needs_the_bypass(&db, &app).await;
-        if let Some(url) = postgres_url() {
+        if let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) {
             let (db, app) = postgres_with_application(&url, 4).await;
             check_a_bypassed_admission_needs_the_bypass(&db, &app).await;
         }
@@ -2682,7 +2676,7 @@ mod tests {
     async fn postgres_records_an_answer_and_its_audit_records_in_one_statement() {
         use super::super::audit::{Appended, NewRecord};
         use super::super::webhooks::EventDeliveries;
-        let Some(url) = postgres_url() else {
+        let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) else {
             return;
         };
         let (db, app) = postgres_with_application(&url, 2).await;
@@ -2943,7 +2937,7 @@ mod tests {
     /// still only for the application whose key is presented.
     #[tokio::test]
     async fn the_status_read_finds_its_row_by_key_before_any_analyze() {
-        let Some(url) = postgres_url() else {
+        let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) else {
             return;
         };
         super::super::query_plans::in_fresh_pg_schema(&url, |schema_url| async move {
@@ -2998,7 +2992,7 @@ mod tests {
     /// application, finished ones included (migration 0038).
     #[tokio::test]
     async fn the_open_qr_session_count_reads_only_open_sessions_before_any_analyze() {
-        let Some(url) = postgres_url() else {
+        let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) else {
             return;
         };
         super::super::query_plans::in_fresh_pg_schema(&url, |schema_url| async move {
@@ -3038,7 +3032,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_on_a_lost_connection_closes_it_for_the_next_request() {
-        let Some(url) = postgres_url() else {
+        let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) else {
             return;
         };
         let (db, app) = postgres_with_application(&url, 2).await;
@@ -3083,7 +3077,7 @@ mod tests {
 
     #[tokio::test]
     async fn admissions_of_one_application_share_its_lock_and_an_exclusive_one_waits_for_them() {
-        let Some(url) = postgres_url() else {
+        let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) else {
             return;
         };
         let db = Database::connect(&url, 8).await.expect("database");
@@ -3144,7 +3138,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_an_application_quota_only_one_user_s_admissions_take_turns() {
-        let Some(url) = postgres_url() else {
+        let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) else {
             return;
         };
         let db = Database::connect(&url, 6).await.expect("database");
@@ -3172,7 +3166,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verdict_counts_what_the_admission_that_held_its_locks_committed() {
-        let Some(url) = postgres_url() else {
+        let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) else {
             return;
         };
         let (db, app) = postgres_with_application(&url, 4).await;
@@ -3231,7 +3225,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_admissions_at_once_stores_no_more_than_each_limit() {
-        let Some(url) = postgres_url() else {
+        let Some(url) = postgres_url_for_tests(ADVISORY_LOCKS) else {
             return;
         };
         let (db, app) = postgres_with_application(&url, 8).await;
@@ -3353,7 +3347,7 @@ mod tests {
     /// on a page not yet all-visible a visit of its row, for every approval).
     #[tokio::test]
     async fn the_push_bombing_counts_step_over_approved_requests() {
-        let Some(shared) = postgres_url() else {
+        let Some(shared) = postgres_url_for_tests(ADVISORY_LOCKS) else {
             return;
         };
         // On a database of its own: old index entries are skipped once no transaction of the

@@ -97,9 +97,8 @@ mod tests {
     #[tokio::test]
     async fn postgres_sessions_ask_for_the_setting_or_keep_the_databases() {
         use CommitDurability::{Flushed, Written};
-        let Some(url) = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|url| url.starts_with("postgres"))
+        let Some(url) =
+            crate::store::postgres_url_for_tests("check PostgreSQL's commit durability")
         else {
             return;
         };

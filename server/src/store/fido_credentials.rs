@@ -384,9 +384,8 @@ mod tests {
     async fn each_engine() -> Vec<(Option<tempfile::TempDir>, Database, ApplicationId)> {
         let (dir, db, app) = db_with_app().await;
         let mut engines = vec![(Some(dir), db, app)];
-        if let Some(url) = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|url| url.starts_with("postgres"))
+        if let Some(url) =
+            crate::store::postgres_url_for_tests("keep FIDO credentials on PostgreSQL")
         {
             let db = Database::connect(&url, 8).await.expect("database");
             let app = crate::store::applications::Application {

@@ -67,6 +67,31 @@ pub(crate) async fn test_db_with_app() -> (
     (dir, db, app.id)
 }
 
+/// The PostgreSQL database a unit test runs its PostgreSQL half on: `DATABASE_URL` when it
+/// points at PostgreSQL (starts with `postgres`).
+///
+/// Without one the test's PostgreSQL half is skipped: `None`, after `skipped: set
+/// DATABASE_URL=postgres://... to {purpose}` on stderr (`purpose` says what the test would have
+/// done, e.g. `"take advisory locks"`). Unless `TESSERA_REQUIRE_POSTGRES=1` (as CI sets in
+/// `scripts/test.sh`): then a missing or non-PostgreSQL `DATABASE_URL` fails the test (panics),
+/// so the PostgreSQL half can never be skipped silently, as the integration tests'
+/// `Backend::postgres()` (`tests/src/lib.rs`) does.
+#[cfg(test)]
+pub(crate) fn postgres_url_for_tests(purpose: &str) -> Option<String> {
+    let url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| url.starts_with("postgres"));
+    if url.is_none() {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "TESSERA_REQUIRE_POSTGRES=1 but DATABASE_URL does not point at PostgreSQL \
+             (needed to {purpose})"
+        );
+        eprintln!("skipped: set DATABASE_URL=postgres://... to {purpose}");
+    }
+    url
+}
+
 use std::str::FromStr;
 use std::sync::{Arc, Once};
 use std::time::Duration;

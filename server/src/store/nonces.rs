@@ -187,11 +187,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_device_call_holds_only_its_own_connection_on_postgres() {
-        let Some(url) = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|url| url.starts_with("postgres"))
-        else {
-            eprintln!("skipped: set DATABASE_URL=postgres://... to run it on PostgreSQL");
+        let Some(url) = crate::store::postgres_url_for_tests("run it on PostgreSQL") else {
             return;
         };
         calls_hold_only_their_own_connection(&url).await;
@@ -235,11 +231,9 @@ mod tests {
     fn engine_urls(dir: &tempfile::TempDir) -> Vec<String> {
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
         let mut urls = vec![url];
-        urls.extend(
-            std::env::var("DATABASE_URL")
-                .ok()
-                .filter(|url| url.starts_with("postgres")),
-        );
+        urls.extend(crate::store::postgres_url_for_tests(
+            "keep and forget nonces on PostgreSQL",
+        ));
         urls
     }
 

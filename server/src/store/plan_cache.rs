@@ -47,9 +47,7 @@ mod tests {
     /// setting in the URL is kept.
     #[tokio::test]
     async fn postgres_sessions_plan_generically_unless_the_operator_says_otherwise() {
-        let Some(url) = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|url| url.starts_with("postgres"))
+        let Some(url) = crate::store::postgres_url_for_tests("check PostgreSQL's plan cache mode")
         else {
             return;
         };

@@ -831,13 +831,7 @@ where
     T: Send + 'static,
 {
     use sqlx::Connection;
-    let Some(url) = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| u.starts_with("postgres"))
-    else {
-        eprintln!("skipped: set DATABASE_URL=postgres://... to check PostgreSQL's plans");
-        return None;
-    };
+    let url = crate::store::postgres_url_for_tests("check PostgreSQL's plans")?;
     let checked = in_fresh_pg_schema(&url, |schema_url| async move {
         // Migrates the schema.
         let db = Database::connect(&schema_url, 1).await.expect("database");

@@ -9,17 +9,15 @@ use sqlx::any::AnyConnectOptions;
 use sqlx::{Connection, Row};
 
 use super::{PgConnections, leaves_connection_unusable};
+use crate::store::postgres_url_for_tests;
 
-/// `DATABASE_URL` when it names a PostgreSQL database (the tests here are skipped without one).
-fn postgres_url() -> Option<String> {
-    std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|url| url.starts_with("postgres"))
-}
+/// What the tests here say they skip without a PostgreSQL `DATABASE_URL`.
+const PURPOSE: &str = "test the requests' PostgreSQL connections";
 
-/// Connections to the database `DATABASE_URL` names, at most `max`, or `None` without one.
+/// Connections to the database `DATABASE_URL` names, at most `max`, or `None` without one
+/// ([`postgres_url_for_tests`]).
 fn connections(max: u32, acquire_timeout: Duration) -> Option<PgConnections> {
-    let url = postgres_url()?;
+    let url = postgres_url_for_tests(PURPOSE)?;
     sqlx::any::install_default_drivers();
     let options = AnyConnectOptions::from_str(&url).expect("options");
     Some(PgConnections::new(options, max, acquire_timeout))
@@ -269,7 +267,7 @@ fn only_the_databases_answers_leave_a_connection_usable() {
 
 #[tokio::test]
 async fn a_write_dropped_open_is_rolled_back_and_its_connection_waits_for_that() {
-    let Some(url) = postgres_url() else {
+    let Some(url) = postgres_url_for_tests(PURPOSE) else {
         return;
     };
     // One connection for requests: the next write must get the same one, once rolled back.
@@ -320,7 +318,7 @@ async fn a_connection_idle_too_long_is_closed_instead_of_handed_out() {
 
 #[tokio::test]
 async fn a_write_on_a_requests_connection_that_is_lost_closes_it_for_the_next_request() {
-    let Some(url) = postgres_url() else {
+    let Some(url) = postgres_url_for_tests(PURPOSE) else {
         return;
     };
     let db = crate::store::Database::connect(&url, 2)
