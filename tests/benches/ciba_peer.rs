@@ -15,17 +15,26 @@
 //! ```
 //! `REQUESTS_PER_CLIENT=N` (default 200). Without `PEER_NODE_OIDC_DIR` only Tessera is measured.
 //!
+//! Where Tessera's server runs: by default in this process, beside the load generator.
+//! `CIBA_SERVER=process` runs the `tessera-server` binary instead, in a process of its own as
+//! node-oidc-provider runs (`TESSERA_SERVER_BIN`, else `target/release/tessera-server`; build it
+//! first with `cargo build -p tessera-server --release`), with the same limits lifted on its
+//! command line; each level then also prints the server process's CPU time per request
+//! (node-oidc-provider's is printed in either case).
+//!
 //! Each level also measures the floor: the same loop against an in-process handler that reads
 //! the form and answers a fixed acknowledgement, with no authentication, storage or signature.
 //! It is what HTTP over loopback and the load generator cost on this machine, the most any
 //! server could reach here.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tessera_examples::customer::CustomerApi;
 use tessera_examples::relying_party::RelyingParty;
 use tessera_tests::load::{Latencies, backends, plan, runtime};
+use tessera_tests::server_process::{ServerProcess, cpu_seconds_of, create_app, server_binary};
 use tessera_tests::{Backend, TestDevice, TestServer};
 
 const PEER_URL: &str = "http://127.0.0.1:3000";
@@ -46,6 +55,13 @@ impl Peer {
             .spawn()
             .ok()?;
         Some(Self(child))
+    }
+}
+
+impl Peer {
+    /// The peer process's user + system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        cpu_seconds_of(&format!("/proc/{}/stat", self.0.id()))
     }
 }
 
@@ -153,6 +169,7 @@ async fn run_loop(
     all.per_second()
 }
 
+/// A relying party of `server` and its user (`peer-{i}`), with a paired device.
 async fn tessera_party(server: &TestServer, i: usize) -> (RelyingParty, String) {
     let user = format!("peer-{i}");
     server.user(&user).await;
@@ -166,7 +183,8 @@ async fn tessera_party(server: &TestServer, i: usize) -> (RelyingParty, String) 
     (rp, user)
 }
 
-/// Requests/s of Tessera on `backend` at `clients` concurrent relying parties.
+/// Requests/s of Tessera on `backend` at `clients` concurrent relying parties, its server in
+/// this process.
 async fn run_tessera(backend: Backend, label: &str, clients: usize, per_client: usize) -> f64 {
     let server = TestServer::start_isolated_with(backend, |c| {
         c.max_recent_authentications_per_user = u32::MAX;
@@ -178,13 +196,125 @@ async fn run_tessera(backend: Backend, label: &str, clients: usize, per_client: 
     .await;
     let mut parties = Vec::new();
     for i in 0..clients {
-        parties.push(Arc::new(tessera_party(&server, i).await));
+        parties.push(tessera_party(&server, i).await);
     }
+    let rate = drive_tessera(parties, label, per_client).await;
+    server.server.shutdown().await;
+    rate
+}
+
+/// Requests/s of Tessera on `backend` at `clients` concurrent relying parties, its server the
+/// `bin` binary in a process of its own (`CIBA_SERVER=process`); also prints the server
+/// process's CPU time per request.
+async fn run_tessera_process(
+    bin: &Path,
+    backend: Backend,
+    label: &str,
+    clients: usize,
+    per_client: usize,
+) -> f64 {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let (database_url, _schema) = match backend {
+        Backend::Sqlite => (
+            format!("sqlite://{}", dir.path().join("tessera.db").display()),
+            None,
+        ),
+        Backend::Postgres(url) => {
+            let (url, guard) = tessera_tests::SchemaGuard::create(&url, "bench").await;
+            (url, Some(guard))
+        }
+    };
+    let unlimited = u32::MAX.to_string();
+    let args: Vec<String> = [
+        // The same limits lifted as for the server in this process (`run_tessera`).
+        "--max-unapproved-per-user",
+        &unlimited,
+        "--max-pending-per-user",
+        &unlimited,
+        "--max-pending-requests-per-app",
+        &unlimited,
+        "--database-max-connections",
+        &tessera_tests::load::pool_size().to_string(),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let server = ServerProcess::start(bin, &database_url, &args, &dir.path().join("server.log"));
+    let app = create_app(bin, &database_url, "CIBA peer");
+    let customer = CustomerApi::new(&server.base_url, &app.api_key);
+    let mut parties = Vec::new();
+    for i in 0..clients {
+        parties.push(process_party(&server.base_url, &customer, i).await);
+    }
+    let cpu_before = server.cpu_seconds();
+    let rate = drive_tessera(parties, label, per_client).await;
+    print_cpu_per_request(
+        label,
+        clients,
+        server.cpu_seconds() - cpu_before,
+        per_client,
+    );
+    rate
+}
+
+/// Prints a server process's CPU time per request over a level (`cpu` seconds for `clients`
+/// relying parties' `per_client` requests each).
+fn print_cpu_per_request(label: &str, clients: usize, cpu: f64, per_client: usize) {
+    println!(
+        "{label:<9} {clients:>3} clients  server process CPU {:.0} µs a request",
+        cpu * 1e6 / (clients * per_client) as f64
+    );
+}
+
+/// A relying party of the server at `base` and its user, with a paired device: what
+/// [`tessera_party`] sets up, through the customer API alone.
+async fn process_party(base: &str, customer: &CustomerApi, i: usize) -> (RelyingParty, String) {
+    use tessera_examples::relying_party::ClientCredentials;
+    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+    let user = format!("peer-{i}");
+    customer.create_user(&user, None).await.expect("user");
+    let uri = customer
+        .start_pairing(&user, None)
+        .await
+        .expect("pairing")
+        .pairing_uri;
+    TestDevice::new()
+        .await
+        .auth
+        .pair(&uri, None)
+        .await
+        .expect("pair");
+    let registered = customer
+        .register_ciba_client(&RegisterCibaClient::new(
+            format!("Peer RP {i}"),
+            DeliveryMode::Poll,
+            ClientAuthMethod::ClientSecretBasic,
+        ))
+        .await
+        .expect("register the CIBA client");
+    let secret = registered.client_secret.expect("a client secret");
+    let rp = RelyingParty::discover(
+        base,
+        &registered.client_id,
+        ClientCredentials::SecretBasic(secret),
+    )
+    .await
+    .expect("discover the server");
+    (rp, user)
+}
+
+/// Drives `parties` (each a relying party and its user), `per_client` backchannel requests
+/// each, all at once; prints and answers the requests/s.
+async fn drive_tessera(
+    parties: Vec<(RelyingParty, String)>,
+    label: &str,
+    per_client: usize,
+) -> f64 {
+    let clients = parties.len();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for party in parties {
+    for (rp, user) in parties {
         tasks.push(tokio::spawn(async move {
-            let (rp, user) = party.as_ref();
             let mut latencies = Vec::with_capacity(per_client);
             for _ in 0..per_client {
                 let t0 = Instant::now();
@@ -204,7 +334,6 @@ async fn run_tessera(backend: Backend, label: &str, clients: usize, per_client: 
         all.p50(),
         all.p99()
     );
-    server.server.shutdown().await;
     all.per_second()
 }
 
@@ -217,6 +346,14 @@ fn main() {
     let plan = plan("REQUESTS_PER_CLIENT", 200, 2);
     let per_client = plan.per_client;
     let levels = plan.levels;
+    // `CIBA_SERVER=process`: Tessera's server in a process of its own (the binary), else here.
+    let own_process: Option<PathBuf> = match std::env::var("CIBA_SERVER").as_deref() {
+        Ok("process") => match server_binary() {
+            Some(bin) => Some(bin),
+            None => return,
+        },
+        _ => None,
+    };
     runtime().block_on(async {
         println!("CIBA backchannel requests against node-oidc-provider ({per_client} per client)");
         // The workspace's reqwest leaves the TLS provider to the program; plain HTTP here, but
@@ -247,13 +384,25 @@ fn main() {
         run_loop(&http, &floor, "floor", WARM_UP_CLIENTS, 50).await;
         for &n in levels {
             let floor_rate = run_loop(&http, &floor, "floor", n, per_client).await;
-            let peer_rate = if peer_ready {
-                Some(run_loop(&http, PEER_URL, "node-oidc", n, per_client).await)
-            } else {
-                None
+            let peer_rate = match peer.as_ref().filter(|_| peer_ready) {
+                Some(peer) => {
+                    let cpu_before = peer.cpu_seconds();
+                    let rate = run_loop(&http, PEER_URL, "node-oidc", n, per_client).await;
+                    print_cpu_per_request(
+                        "node-oidc",
+                        n,
+                        peer.cpu_seconds() - cpu_before,
+                        per_client,
+                    );
+                    Some(rate)
+                }
+                None => None,
             };
             for (backend, label) in backends() {
-                let rate = run_tessera(backend, label, n, per_client).await;
+                let rate = match &own_process {
+                    Some(bin) => run_tessera_process(bin, backend, label, n, per_client).await,
+                    None => run_tessera(backend, label, n, per_client).await,
+                };
                 if floor_rate > 0.0 {
                     println!(
                         "{label:<9} {n:>3} clients  Tessera / floor = {:.2}",

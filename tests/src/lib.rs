@@ -10,6 +10,7 @@
 
 pub mod attestation;
 pub mod load;
+pub mod server_process;
 
 use std::path::PathBuf;
 use std::sync::Arc;
