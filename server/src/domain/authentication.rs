@@ -372,17 +372,21 @@ impl RequestReads {
 }
 
 /// The user-dependent half of [`RequestReads`]: the user with their bypass, and their devices,
-/// side by side.
+/// in one read (no user: no devices).
 async fn user_and_devices(
     ctx: &Ctx,
     application_id: &ApplicationId,
     user_id: &UserId,
 ) -> Result<(RequestUser, Vec<Enrollment>), DomainError> {
-    let reads = ctx.db.pool();
-    Ok(tokio::try_join!(
-        crate::store::users::get_for_request_on(reads, application_id, user_id),
-        enrollments::list_for_user_on(reads, application_id, user_id),
-    )?)
+    Ok(
+        crate::store::users::get_with_devices_for_request_on(
+            ctx.db.pool(),
+            application_id,
+            user_id,
+        )
+        .await?
+        .map_or((None, Vec::new()), |(user, devices)| (Some(user), devices)),
+    )
 }
 
 /// The device to ask: `wanted`, or the user's primary (else first) active device.
@@ -1667,6 +1671,77 @@ mod tests {
         ] {
             let err = check_answer(now, &[], None, Some(&versions(&bad)), now).unwrap_err();
             assert_eq!(err.code(), Some(ErrorCode::ResponseMismatch), "{bad:?}");
+        }
+    }
+
+    /// A new request reads its user, their bypass and their devices in one statement, and the
+    /// devices are exactly those the user's device list holds (`list_for_user_on`: not a
+    /// rejected one, oldest first, every column read alike); no user, no devices.
+    #[tokio::test]
+    async fn a_request_s_user_and_devices_are_read_together_as_the_device_list_holds_them() {
+        use crate::store::users::get_with_devices_for_request_on;
+        for domain in crate::domain::testing::TestDomain::each_engine().await {
+            let (ctx, app) = (&domain.ctx, &domain.app.id);
+            let nobody: UserId = "nobody".parse().expect("user id");
+            let none = get_with_devices_for_request_on(ctx.db.pool(), app, &nobody)
+                .await
+                .expect("read");
+            assert!(none.is_none(), "no such user");
+
+            let lonely = domain.user("lonely").await;
+            let ((user, bypass), devices) =
+                get_with_devices_for_request_on(ctx.db.pool(), app, &lonely)
+                    .await
+                    .expect("read")
+                    .expect("the user");
+            assert_eq!((&user.user_id, user.device_count), (&lonely, 0));
+            assert!(bypass.is_none() && devices.is_empty());
+
+            let alice = domain.user("alice").await;
+            let first = domain.device_of(&alice, true).await;
+            domain.clock.advance(Duration::from_secs(5));
+            let rejected = domain.device_of(&alice, false).await;
+            domain.clock.advance(Duration::from_secs(5));
+            let last = domain.device_of(&alice, false).await;
+            // Another user's device is not hers.
+            domain.device_of(&lonely, true).await;
+            sqlx::query("UPDATE enrollments SET status = 'rejected' WHERE enrollment_id = $1")
+                .bind(rejected.enrollment.enrollment_id.as_str())
+                .execute(ctx.db.pool())
+                .await
+                .expect("rejected");
+            sqlx::query(
+                "INSERT INTO user_bypasses (application_id, user_id, granted_at, until, reason, \
+                 granted_by) VALUES ($1, $2, 100, 200, 'lost phone', 'api')",
+            )
+            .bind(app.as_str())
+            .bind(alice.as_str())
+            .execute(ctx.db.pool())
+            .await
+            .expect("bypass");
+
+            let ((user, bypass), devices) =
+                get_with_devices_for_request_on(ctx.db.pool(), app, &alice)
+                    .await
+                    .expect("read")
+                    .expect("the user");
+            assert_eq!(user.user_id, alice);
+            assert_eq!(user.device_count, 3, "the count is of every device");
+            let bypass = bypass.expect("the bypass");
+            assert_eq!((bypass.granted_at, bypass.until), (100, 200));
+            assert_eq!(bypass.reason, "lost phone");
+            let ids: Vec<_> = devices.iter().map(|d| d.enrollment_id.clone()).collect();
+            assert_eq!(
+                ids,
+                [
+                    first.enrollment.enrollment_id.clone(),
+                    last.enrollment.enrollment_id.clone()
+                ]
+            );
+            let listed = enrollments::list_for_user_on(ctx.db.pool(), app, &alice)
+                .await
+                .expect("list");
+            assert_eq!(format!("{devices:?}"), format!("{listed:?}"));
         }
     }
 }

@@ -85,6 +85,19 @@ const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, posses
     registration_digest, server_payload, paired_at, last_seen_at, status, verification_id, \
     push_stale_at, device_key_thumbprint, attestation, app_attest_public_key, app_attest_counter";
 
+/// The columns [`from_row`] reads, of the table named `alias` in a join (`alias.column`),
+/// leaving out those in `given`: columns the join selects from another table under the same
+/// name and value (a user's `application_id` and `user_id`).
+pub(crate) fn columns_of(alias: &str, given: &[&str]) -> String {
+    COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|column| !given.contains(column))
+        .map(|column| format!("{alias}.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn json<T: serde::de::DeserializeOwned>(
     row: &sqlx::any::AnyRow,
     col: &'static str,
@@ -101,7 +114,8 @@ fn parse<T: std::str::FromStr>(
     text.parse().map_err(|_| StoreError::Corrupted(col))
 }
 
-fn from_row(row: &sqlx::any::AnyRow) -> Result<Enrollment, StoreError> {
+/// The enrollment a row selecting the columns of [`COLUMNS`] (or [`columns_of`]) holds.
+pub(crate) fn from_row(row: &sqlx::any::AnyRow) -> Result<Enrollment, StoreError> {
     Ok(Enrollment {
         enrollment_id: parse(row, "enrollment_id")?,
         application_id: parse(row, "application_id")?,

@@ -68,8 +68,8 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         ),
         ("user look-up with its device count", users::GET.into()),
         (
-            "a new request's user with its bypass",
-            users::GET_FOR_REQUEST.into(),
+            "a new request's user with its bypass and devices",
+            users::GET_WITH_DEVICES_FOR_REQUEST.clone(),
         ),
         (
             "enrollment by id (every device call)",

@@ -73,44 +73,69 @@ where
     row.as_ref().map(row_to_user).transpose()
 }
 
-/// The statement of [`get_for_request_on`]: [`GET`] with the user's bypass, if one is stored.
-pub(crate) const GET_FOR_REQUEST: &str = "SELECT u.user_id, u.display_name, u.created_at, \
-    u.locale, (SELECT COUNT(*) FROM enrollments e WHERE e.application_id = u.application_id \
-    AND e.user_id = u.user_id) AS devices, b.granted_at AS bypass_granted_at, \
-    b.until AS bypass_until, b.reason AS bypass_reason, b.granted_by AS bypass_granted_by \
-    FROM users u LEFT JOIN user_bypasses b \
-    ON b.application_id = u.application_id AND b.user_id = u.user_id \
-    WHERE u.application_id = $1 AND u.user_id = $2";
+/// The statement of [`get_with_devices_for_request_on`]: [`GET`] with the user's bypass, if one
+/// is stored, and their devices as `enrollments::list_for_user_on` lists them (the conditions and
+/// order of `enrollments::FOR_USER`): one row per device, the user's columns on each; one row
+/// without a device for a user who has none; no row for no such user.
+pub(crate) static GET_WITH_DEVICES_FOR_REQUEST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT u.user_id, u.application_id, u.display_name, u.created_at, u.locale, \
+         (SELECT COUNT(*) FROM enrollments e WHERE e.application_id = u.application_id \
+         AND e.user_id = u.user_id) AS devices, b.granted_at AS bypass_granted_at, \
+         b.until AS bypass_until, b.reason AS bypass_reason, b.granted_by AS bypass_granted_by, \
+         {devices} \
+         FROM users u LEFT JOIN user_bypasses b \
+         ON b.application_id = u.application_id AND b.user_id = u.user_id \
+         LEFT JOIN enrollments d ON d.application_id = u.application_id \
+         AND d.user_id = u.user_id AND d.status <> 'rejected' \
+         WHERE u.application_id = $1 AND u.user_id = $2 \
+         ORDER BY d.paired_at, d.enrollment_id",
+        devices = super::enrollments::columns_of("d", &["application_id", "user_id"]),
+    )
+});
 
-/// One user with their device count and their bypass as stored (whether it is still in force is
-/// the caller's to judge), in one read: what a new request needs of its user.
-pub async fn get_for_request_on<'e, E>(
+/// What a new request needs of its user, in one read: the user with their device count, their
+/// bypass as stored (whether it is still in force is the caller's to judge), and their devices,
+/// active and pending verification, oldest first (as `enrollments::list_for_user_on` lists
+/// them). `None` when the application has no such user. On PostgreSQL one round trip where the
+/// user and the devices were two statements, read in one snapshot.
+pub async fn get_with_devices_for_request_on<'e, E>(
     executor: E,
     app: &ApplicationId,
     user_id: &UserId,
-) -> Result<Option<(User, Option<super::bypass::Bypass>)>, StoreError>
+) -> Result<Option<(UserForRequest, Vec<super::enrollments::Enrollment>)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let Some(row) = sqlx::query(GET_FOR_REQUEST)
+    let rows = sqlx::query(&GET_WITH_DEVICES_FOR_REQUEST)
         .bind(app.as_str())
         .bind(user_id.as_str())
-        .fetch_optional(executor)
-        .await?
-    else {
+        .fetch_all(executor)
+        .await?;
+    let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let bypass = match row.try_get::<Option<i64>, _>("bypass_until")? {
+    let bypass = match first.try_get::<Option<i64>, _>("bypass_until")? {
         None => None,
         Some(until) => Some(super::bypass::Bypass {
-            granted_at: row.try_get("bypass_granted_at")?,
+            granted_at: first.try_get("bypass_granted_at")?,
             until,
-            reason: row.try_get("bypass_reason")?,
-            granted_by: row.try_get("bypass_granted_by")?,
+            reason: first.try_get("bypass_reason")?,
+            granted_by: first.try_get("bypass_granted_by")?,
         }),
     };
-    Ok(Some((row_to_user(&row)?, bypass)))
+    let mut devices = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The one row of a user without devices has none of a device's columns.
+        if row.try_get::<Option<String>, _>("enrollment_id")?.is_some() {
+            devices.push(super::enrollments::from_row(row)?);
+        }
+    }
+    Ok(Some(((row_to_user(first)?, bypass), devices)))
 }
+
+/// A user and their bypass as stored.
+pub type UserForRequest = (User, Option<super::bypass::Bypass>);
 
 /// All users of an application.
 pub async fn list(db: &Database, app: &ApplicationId) -> Result<Vec<User>, StoreError> {
