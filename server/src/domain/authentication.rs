@@ -1389,13 +1389,6 @@ pub(crate) async fn pending_request(
     })
 }
 
-/// The one field of a signed response read before its signature is checked: the enrollment it
-/// names, so the device can be read beside the authentication ([`answer`]).
-#[derive(serde::Deserialize)]
-struct NamedEnrollment {
-    enrollment_id: EnrollmentId,
-}
-
 /// Records a device's signed answer to an authentication: the signature by the device asked,
 /// the request, nonce and parameters it answers, its freshness, user verification and number
 /// matching where required. An approval with another number than the one shown ends the
@@ -1409,36 +1402,21 @@ pub(crate) async fn answer(
     client: &str,
 ) -> Result<ResponseRecorded, DomainError> {
     let id = parse_id(id)?;
-    // The device the response names (unsigned yet: it only chooses what to read) is read
-    // beside the authentication, each on a pooled connection of its own, given back once read.
-    // The device that counts is the authentication's: it is read again when the response named
-    // another one, or none.
-    let named = envelope::unverified_payload::<NamedEnrollment>(signed_response)
-        .ok()
-        .map(|named| named.enrollment_id);
+    // The authentication and the device it asks (the one whose signature counts), in one read
+    // on a pooled connection given back once read.
     let now = ctx.now();
-    let (record, named_device) = match &named {
-        Some(enrollment) => tokio::try_join!(
-            authentications::get_on(ctx.db.pool(), &id, now),
-            enrollments::by_id_on(ctx.db.pool(), enrollment),
-        )?,
-        None => (
-            authentications::get_on(ctx.db.pool(), &id, now).await?,
-            None,
-        ),
-    };
+    let read = authentications::get_with_device_on(ctx.db.pool(), &id, now).await?;
     // The request's connection, taken only now (a request never holds one connection while it
-    // waits for another): what is left to read, then (on PostgreSQL) the ending.
+    // waits for another): the ending, on PostgreSQL.
     let mut conn = ctx.db.reader().await?;
-    let record = record.ok_or_else(|| {
+    let (record, device) = read.ok_or_else(|| {
         DomainError::new(ErrorCode::AuthenticationNotFound, "no such authentication")
     })?;
-    let device = match named_device.filter(|d| d.enrollment_id == record.enrollment_id) {
-        Some(device) => Some(device),
-        None => enrollments::by_id_on(&mut *conn, &record.enrollment_id).await?,
-    }
-    .filter(|d| d.status == EnrollmentState::Active)
-    .ok_or_else(|| DomainError::new(ErrorCode::Unauthorized, "the device is no longer paired"))?;
+    let device = device
+        .filter(|d| d.status == EnrollmentState::Active)
+        .ok_or_else(|| {
+            DomainError::new(ErrorCode::Unauthorized, "the device is no longer paired")
+        })?;
     let (response, with_uv) = match verify_answer::<AuthenticationResponse>(
         signed_response,
         MessageType::AuthenticationResponse,
@@ -1742,6 +1720,59 @@ mod tests {
                 .await
                 .expect("list");
             assert_eq!(format!("{devices:?}"), format!("{listed:?}"));
+        }
+    }
+
+    /// A device's answer reads the authentication and the device it asks in one statement: the
+    /// same as the two read apart (every column alike), no device once its enrollment is gone,
+    /// nothing for no such authentication.
+    #[tokio::test]
+    async fn an_answer_reads_its_authentication_with_the_device_it_asks() {
+        use crate::store::authentications as stored;
+        for domain in crate::domain::testing::TestDomain::each_engine().await {
+            let (ctx, now) = (&domain.ctx, domain.ctx.now());
+            let (user, device) = domain.user_with_device("alice").await;
+            // Another device of hers, not the one asked.
+            domain.device_of(&user, false).await;
+            let asked = domain.ask(&user, serde_json::json!({})).await;
+            let id = asked.authentication_id;
+            assert_eq!(asked.enrollment_id, device.enrollment.enrollment_id);
+
+            let (record, with_device) = stored::get_with_device_on(ctx.db.pool(), &id, now)
+                .await
+                .expect("read")
+                .expect("the authentication");
+            let apart = stored::get_on(ctx.db.pool(), &id, now)
+                .await
+                .expect("read")
+                .expect("the authentication");
+            assert_eq!(format!("{record:?}"), format!("{apart:?}"));
+            let device_apart =
+                enrollments::by_id_on(ctx.db.pool(), &device.enrollment.enrollment_id)
+                    .await
+                    .expect("read");
+            assert_eq!(format!("{with_device:?}"), format!("{device_apart:?}"));
+            assert!(with_device.is_some());
+
+            sqlx::query("DELETE FROM enrollments WHERE enrollment_id = $1")
+                .bind(device.enrollment.enrollment_id.as_str())
+                .execute(ctx.db.pool())
+                .await
+                .expect("enrollment gone");
+            let (record, with_device) = stored::get_with_device_on(ctx.db.pool(), &id, now)
+                .await
+                .expect("read")
+                .expect("the authentication stays");
+            assert_eq!(record.id, id);
+            assert!(with_device.is_none(), "no device once it is gone");
+
+            let unknown = AuthenticationId::generate();
+            assert!(
+                stored::get_with_device_on(ctx.db.pool(), &unknown, now)
+                    .await
+                    .expect("read")
+                    .is_none()
+            );
         }
     }
 }

@@ -434,6 +434,46 @@ where
     row.as_ref().map(|r| from_row(r, now)).transpose()
 }
 
+/// The statement of [`get_with_device_on`]: the authentication (its [`READ_COLUMNS`]) with the
+/// enrollment it asks (`enrollments`' columns; its id, application and user are the
+/// authentication's), or none of those columns once that enrollment is gone.
+pub(crate) static WITH_DEVICE_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {authentication}, {device} FROM authentications a \
+         LEFT JOIN enrollments e ON e.enrollment_id = a.enrollment_id WHERE a.id = $1",
+        authentication = super::qualified_columns(READ_COLUMNS, "a", &[]),
+        device =
+            super::enrollments::columns_of("e", &["enrollment_id", "application_id", "user_id"]),
+    )
+});
+
+/// One authentication (its state as it stands at `now`) with the device it asks, in one read:
+/// `None` for no such authentication; no device once its enrollment is gone. What a device's
+/// answer reads first: on PostgreSQL one round trip and one statement.
+pub async fn get_with_device_on<'e, E>(
+    executor: E,
+    id: &AuthenticationId,
+    now: i64,
+) -> Result<Option<(Authentication, Option<super::enrollments::Enrollment>)>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let Some(row) = sqlx::query(&WITH_DEVICE_BY_ID)
+        .bind(id.as_str())
+        .fetch_optional(executor)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let authentication = from_row(&row, now)?;
+    // `status` is never NULL in an enrollment's row: NULL here is no enrollment joined.
+    let device = match row.try_get::<Option<String>, _>("status")? {
+        Some(_) => Some(super::enrollments::from_row(&row)?),
+        None => None,
+    };
+    Ok(Some((authentication, device)))
+}
+
 /// A request still pending past its expiry at `$now`, whose expiry nobody has reported yet:
 /// what the expiry sweep claims (`audit::claim_unreported_expired`) and what a device
 /// verification's own expiry claims (`enrollments::claim_verification_expiry`), each marking

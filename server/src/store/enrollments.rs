@@ -89,13 +89,7 @@ const COLUMNS: &str = "enrollment_id, application_id, user_id, device_id, posses
 /// leaving out those in `given`: columns the join selects from another table under the same
 /// name and value (a user's `application_id` and `user_id`).
 pub(crate) fn columns_of(alias: &str, given: &[&str]) -> String {
-    COLUMNS
-        .split(',')
-        .map(str::trim)
-        .filter(|column| !given.contains(column))
-        .map(|column| format!("{alias}.{column}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    super::qualified_columns(COLUMNS, alias, given)
 }
 
 fn json<T: serde::de::DeserializeOwned>(

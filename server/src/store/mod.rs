@@ -107,6 +107,19 @@ pub(crate) use pg_connections::HeldConnection;
 pub use read_conn::{ReadConn, ReadHandle};
 pub use write::{Committed, Ticket, Write, WriteConn};
 
+/// `columns` (a statement's comma-separated column list) as columns of the table named `alias`
+/// in a join (`alias.column`), leaving out those in `given`: columns the join selects from
+/// another table under the same name and value.
+pub(crate) fn qualified_columns(columns: &str, alias: &str, given: &[&str]) -> String {
+    columns
+        .split(',')
+        .map(str::trim)
+        .filter(|column| !given.contains(column))
+        .map(|column| format!("{alias}.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `condition`, a parenthesised `EXISTS (SELECT …)` that a PostgreSQL write ends with, with the
 /// rows it finds locked against deletion until the write commits (`FOR KEY SHARE`, which
 /// ordinary updates of those rows do not wait for). A deletion that came first is waited for,

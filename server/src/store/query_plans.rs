@@ -68,6 +68,10 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         ),
         ("user look-up with its device count", users::GET.into()),
         (
+            "an authentication with the device it asks (a device's answer's first read)",
+            authentications::WITH_DEVICE_BY_ID.clone(),
+        ),
+        (
             "a new request's user with its bypass and devices",
             users::GET_WITH_DEVICES_FOR_REQUEST.clone(),
         ),
@@ -385,7 +389,7 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(
         hot_statements(super::Engine::Sqlite).len(),
-        52 + users::DELETION.len()
+        53 + users::DELETION.len()
     );
 }
 
