@@ -1321,28 +1321,28 @@ async fn status_of(
 /// device-signed `call` for the enrollment the path names (`enrollment_raw`), then answers the
 /// signed requests pending for it; with `wait`, once there is one (or `wait` has passed),
 /// reading again only when the device is announced as having a new request (and once at the
-/// deadline). The enrollment is read and the nonce written (on PostgreSQL) on the request's
-/// connection; the first read of the pending requests goes out beside the nonce, on a
-/// connection of its own, and only a call whose nonce was new sees it. Every connection is given
-/// back before any wait (a waiting pull holds none).
+/// deadline). The enrollment is read with the requests pending for it in one statement
+/// (`device_auth::authenticate_reading_with`), then the call's nonce is written; only a call
+/// whose signature verified and whose nonce was new sees what was read. Every connection is
+/// given back before any wait (a waiting pull holds none).
 pub(crate) async fn pull(
     ctx: &Ctx,
     call: super::device_auth::DeviceCall<'_>,
     enrollment_raw: &str,
     wait: Duration,
 ) -> Result<PendingRequests, DomainError> {
-    // The first read of the signing device's pending requests goes out beside the call's nonce.
+    // The first read of the signing device's pending requests is made with its enrollment's.
     // A waiting pull subscribes to its device's announcements before that read: a request made
     // after the subscription wakes it, one made before is in the first read.
     let now = ctx.now();
     let (device, (subscription, first)) =
-        super::device_auth::authenticate_reading(ctx, call, |enrollment| async move {
+        super::device_auth::authenticate_reading_with(ctx, call, |enrollment| async move {
             let subscription = (!wait.is_zero()).then(|| {
                 ctx.events
                     .subscribe(Topic::Enrollment(enrollment.to_string()))
             });
-            let first = authentications::pending_for(&ctx.db, &enrollment, now).await?;
-            Ok((subscription, first))
+            let read = authentications::pending_with_enrollment(&ctx.db, &enrollment, now).await?;
+            Ok(read.map(|(device, first)| (device, (subscription, first))))
         })
         .await?;
     let enrollment = super::device_auth::same_enrollment(&device, enrollment_raw)?;
@@ -1769,6 +1769,73 @@ mod tests {
             let unknown = AuthenticationId::generate();
             assert!(
                 stored::get_with_device_on(ctx.db.pool(), &unknown, now)
+                    .await
+                    .expect("read")
+                    .is_none()
+            );
+        }
+    }
+
+    /// A device's pull reads its enrollment with the requests pending for it in one statement:
+    /// the enrollment as read alone, the requests as `pending_for` lists them (oldest first, not
+    /// an ended or expired one, not another device's), none for a device with nothing pending,
+    /// nothing for no such enrollment.
+    #[tokio::test]
+    async fn a_pull_reads_its_enrollment_with_what_is_pending_for_it() {
+        use crate::store::authentications as stored;
+        for domain in crate::domain::testing::TestDomain::each_engine().await {
+            let ctx = &domain.ctx;
+            let (user, device) = domain.user_with_device("alice").await;
+            let enrollment = &device.enrollment.enrollment_id;
+            let read = stored::pending_with_enrollment(&ctx.db, enrollment, ctx.now())
+                .await
+                .expect("read")
+                .expect("the enrollment");
+            assert!(read.1.is_empty(), "nothing pending yet");
+
+            let first = domain.ask(&user, serde_json::json!({})).await;
+            domain.clock.advance(Duration::from_secs(2));
+            let second = domain.ask(&user, serde_json::json!({})).await;
+            // Another user's request is not hers.
+            let (bob, _) = domain.user_with_device("bob").await;
+            domain.ask(&bob, serde_json::json!({})).await;
+            let now = ctx.now();
+            let (with, pending) = stored::pending_with_enrollment(&ctx.db, enrollment, now)
+                .await
+                .expect("read")
+                .expect("the enrollment");
+            let alone = enrollments::by_id_on(ctx.db.pool(), enrollment)
+                .await
+                .expect("read");
+            assert_eq!(format!("{:?}", Some(with)), format!("{alone:?}"));
+            let listed = stored::pending_for(&ctx.db, enrollment, now)
+                .await
+                .expect("list");
+            assert_eq!(pending, listed);
+            assert_eq!(pending.len(), 2);
+            let signed_first = stored::get_on(ctx.db.pool(), &first.authentication_id, now)
+                .await
+                .expect("read")
+                .expect("first")
+                .signed_request;
+            let signed_second = stored::get_on(ctx.db.pool(), &second.authentication_id, now)
+                .await
+                .expect("read")
+                .expect("second")
+                .signed_request;
+            assert_eq!(pending, [signed_first, signed_second], "oldest first");
+
+            // Past the requests' expiry nothing is pending.
+            let later = now + 3600;
+            let (_, pending) = stored::pending_with_enrollment(&ctx.db, enrollment, later)
+                .await
+                .expect("read")
+                .expect("the enrollment");
+            assert!(pending.is_empty(), "expired requests are not pending");
+
+            let unknown = EnrollmentId::generate();
+            assert!(
+                stored::pending_with_enrollment(&ctx.db, &unknown, now)
                     .await
                     .expect("read")
                     .is_none()

@@ -67,33 +67,7 @@ pub(crate) async fn authenticate_on(
     Ok((enrollment, conn))
 }
 
-/// [`authenticate`] for a call that goes on to read something of the signing enrollment:
-/// `read` (given the enrollment's id, run on a pooled connection of its own) is sent side by
-/// side with the call's nonce, so on PostgreSQL the request waits for one round trip where it
-/// waited for two. Its result reaches only a call whose signature verified and whose nonce was
-/// new: a replayed call gets `replayed_message` and nothing read.
-///
-/// The connection the enrollment was read on is given back before the two go out, and the
-/// nonce takes a connection of its own, given back as soon as it is recorded: a request that
-/// held one connection while it waited for another could, with as many such requests as the
-/// pool has connections, leave every connection held by a request waiting for one.
-pub(crate) async fn authenticate_reading<T, Fut>(
-    ctx: &Ctx,
-    call: DeviceCall<'_>,
-    read: impl FnOnce(EnrollmentId) -> Fut,
-) -> Result<(Enrollment, T), DomainError>
-where
-    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
-{
-    authenticate_reading_twice(ctx, call, async { Ok(()) }, |enrollment, ()| async move {
-        read(enrollment.enrollment_id)
-            .await
-            .map_err(DomainError::from)
-    })
-    .await
-}
-
-/// [`authenticate_reading`] for a call that reads twice: `early`, which needs nothing of the
+/// [`authenticate`] for a call that reads twice: `early`, which needs nothing of the
 /// enrollment, goes out beside the enrollment's read, and `read` (given the verified enrollment
 /// and what `early` read) beside the call's nonce. On PostgreSQL a call that read the enrollment,
 /// then its own first read beside the nonce, then a second read, waits for two round trips where
@@ -135,6 +109,35 @@ where
     );
     recorded?;
     Ok((enrollment, read?))
+}
+
+/// [`authenticate`] for a call whose first read of its own is made in the same statement as
+/// the enrollment's: `read_with` reads the enrollment the call names (not verified yet: its
+/// signature is checked on what this read returns) with what the call needs of it, `None` when
+/// there is no such enrollment. On PostgreSQL the call is then two statements (that read, the
+/// nonce) where it was three (the enrollment, then the nonce beside its own read). What was read
+/// reaches only a call whose signature verified and whose nonce was new: a replayed call gets
+/// `replayed_message` and nothing read. The read runs on a pooled connection of its own, given
+/// back once read, and the nonce on another.
+pub(crate) async fn authenticate_reading_with<T, Fut>(
+    ctx: &Ctx,
+    call: DeviceCall<'_>,
+    read_with: impl FnOnce(EnrollmentId) -> Fut,
+) -> Result<(Enrollment, T), DomainError>
+where
+    Fut: std::future::Future<Output = Result<Option<(Enrollment, T)>, crate::store::StoreError>>,
+{
+    let (jws, claimed) = claimed(call)?;
+    let (enrollment, read) = read_with(claimed.enrollment_id)
+        .await?
+        .ok_or_else(unauthorized)?;
+    let nonce = match verify_read(&enrollment, call, jws, ctx.now()) {
+        Ok(nonce) => nonce,
+        Err(refusal) => return Err(refused(ctx, &enrollment, refusal).await),
+    };
+    let mut conn = ctx.db.reader().await?;
+    nonce.record(ctx, &mut conn).await?;
+    Ok((enrollment, read))
 }
 
 /// A verified call's nonce, still to be recorded ([`CallNonce::record`]).
@@ -180,12 +183,31 @@ async fn verify_on(
     mut conn: crate::store::ReadConn,
     call: DeviceCall<'_>,
 ) -> Result<(Enrollment, crate::store::ReadConn, CallNonce), DomainError> {
-    let unauthorized = || {
-        DomainError::new(
-            ErrorCode::Unauthorized,
-            "a valid device signature is required",
-        )
+    let (jws, claimed) = claimed(call)?;
+    let enrollment = enrollments::by_id_on(&mut *conn, &claimed.enrollment_id)
+        .await?
+        .ok_or_else(unauthorized)?;
+    let nonce = match verify_read(&enrollment, call, jws, ctx.now()) {
+        Ok(nonce) => nonce,
+        Err(e) => {
+            drop(conn);
+            return Err(refused(ctx, &enrollment, e).await);
+        }
     };
+    Ok((enrollment, conn, nonce))
+}
+
+/// The one refusal of every failure that could tell an attacker whether an enrollment exists.
+fn unauthorized() -> DomainError {
+    DomainError::new(
+        ErrorCode::Unauthorized,
+        "a valid device signature is required",
+    )
+}
+
+/// The signed call's JWS and the claims it makes, not verified yet (they name the enrollment to
+/// read).
+fn claimed(call: DeviceCall<'_>) -> Result<(&str, DeviceRequestClaims), DomainError> {
     let jws = call
         .authorization
         .and_then(|v| v.strip_prefix(AUTHORIZATION_SCHEME))
@@ -193,50 +215,74 @@ async fn verify_on(
         .ok_or_else(unauthorized)?;
     let claimed: DeviceRequestClaims =
         envelope::unverified_payload(jws).map_err(|_| unauthorized())?;
-    let enrollment = enrollments::by_id_on(&mut *conn, &claimed.enrollment_id)
-        .await?
-        .ok_or_else(unauthorized)?;
+    Ok((jws, claimed))
+}
+
+/// Why [`verify_read`] refused a call.
+enum Refusal {
+    /// The signature is not the enrollment's (audited as a signature failure).
+    BadSignature,
+    /// Anything else, as answered.
+    Other(DomainError),
+}
+
+/// The refusal a call gets for `refusal`, the failed signature audited first.
+async fn refused(ctx: &Ctx, enrollment: &Enrollment, refusal: Refusal) -> DomainError {
+    match refusal {
+        Refusal::BadSignature => {
+            super::audit::signature_failed(ctx, enrollment, None, "device_request").await;
+            unauthorized()
+        }
+        Refusal::Other(e) => e,
+    }
+}
+
+/// Checks the call `jws` against `enrollment` as read (the enrollment its claims name): the
+/// signature by its possession key, the method, path and body, the freshness at `now`, the
+/// nonce's shape. The nonce to record, or why the call is refused.
+fn verify_read(
+    enrollment: &Enrollment,
+    call: DeviceCall<'_>,
+    jws: &str,
+    now: i64,
+) -> Result<CallNonce, Refusal> {
     let Some(claims) = verify_possession_signed::<DeviceRequestClaims>(
         jws,
         MessageType::DeviceRequest,
-        &enrollment,
+        enrollment,
     ) else {
-        drop(conn);
-        super::audit::signature_failed(ctx, &enrollment, None, "device_request").await;
-        return Err(unauthorized());
+        return Err(Refusal::BadSignature);
     };
     if claims.v != PROTOCOL_VERSION
         || claims.method != call.method
         || claims.path != call.path
         || !claims.body_digest.ct_eq(&Sha256Digest::of_bytes(call.body))
     {
-        return Err(DomainError::new(
+        return Err(Refusal::Other(DomainError::new(
             ErrorCode::InvalidSignature,
             "the device signature does not match this request",
-        ));
+        )));
     }
-    let now = ctx.now();
     if (claims.issued_at - now).abs() > DEVICE_REQUEST_WINDOW_SECONDS {
-        return Err(DomainError::new(
+        return Err(Refusal::Other(DomainError::new(
             ErrorCode::StaleMessage,
             "the device signature is too old or from the future",
-        ));
+        )));
     }
     if claims.nonce.is_empty() || claims.nonce.len() > 64 {
-        return Err(unauthorized());
+        return Err(Refusal::Other(unauthorized()));
     }
     let nonce_key = nonces::call_key(enrollment.enrollment_id.as_str(), &claims.nonce);
     let expires = claims.issued_at + DEVICE_REQUEST_WINDOW_SECONDS + 60;
     // "Last seen" is kept to the minute: most calls have nothing to write but their nonce.
     let touch = (enrollment.last_seen_at <= now - enrollments::LAST_SEEN_RESOLUTION)
         .then(|| enrollment.enrollment_id.clone());
-    let nonce = CallNonce {
+    Ok(CallNonce {
         key: nonce_key,
         expires_at: expires,
         now,
         touch,
-    };
-    Ok((enrollment, conn, nonce))
+    })
 }
 
 /// The enrollment a device-signed call names in its path: the signing one, or `unauthorized`

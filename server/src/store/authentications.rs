@@ -504,6 +504,46 @@ pub async fn pending_for(
         .collect()
 }
 
+/// The statement of [`pending_with_enrollment`]: [`PENDING_FOR`]'s requests joined to their
+/// enrollment's row (`enrollments`' columns): one row per pending request, oldest first, the
+/// enrollment's columns on each; one row without a request when none is pending; none without
+/// the enrollment.
+pub(crate) static PENDING_WITH_ENROLLMENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {device}, a.signed_request FROM enrollments e \
+         LEFT JOIN authentications a ON a.enrollment_id = e.enrollment_id \
+         AND a.state = 'pending' AND a.expires_at > $2 \
+         WHERE e.enrollment_id = $1 ORDER BY a.created_at, a.id",
+        device = super::enrollments::columns_of("e", &[]),
+    )
+});
+
+/// An enrollment with the signed requests still pending for it at `now`, oldest first (as
+/// [`pending_for`] reads them), in one read: what a device's pull reads (`None`: no such
+/// enrollment).
+pub async fn pending_with_enrollment(
+    db: &Database,
+    enrollment: &EnrollmentId,
+    now: i64,
+) -> Result<Option<(super::enrollments::Enrollment, Vec<String>)>, StoreError> {
+    let rows = sqlx::query(&PENDING_WITH_ENROLLMENT)
+        .bind(enrollment.as_str())
+        .bind(now)
+        .fetch_all(db.pool())
+        .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The one row of an enrollment with nothing pending has no request's column.
+        if let Some(signed) = row.try_get::<Option<String>, _>("signed_request")? {
+            pending.push(signed);
+        }
+    }
+    Ok(Some((super::enrollments::from_row(first)?, pending)))
+}
+
 /// The request a device's answer was checked against: the answer is recorded only while the
 /// authentication is still addressed to that device with that nonce (the ones its signature
 /// covers), so a request moved to another device meanwhile (`readdress`) is not ended by an

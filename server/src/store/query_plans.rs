@@ -72,6 +72,10 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
             authentications::WITH_DEVICE_BY_ID.clone(),
         ),
         (
+            "an enrollment with the requests pending for it (a device's pull's first read)",
+            authentications::PENDING_WITH_ENROLLMENT.clone(),
+        ),
+        (
             "a new request's user with its bypass and devices",
             users::GET_WITH_DEVICES_FOR_REQUEST.clone(),
         ),
@@ -389,7 +393,7 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(
         hot_statements(super::Engine::Sqlite).len(),
-        53 + users::DELETION.len()
+        54 + users::DELETION.len()
     );
 }
 
