@@ -944,3 +944,139 @@ async fn ciba_notifications_are_read_through_their_partial_index_on_postgres() {
         );
     }
 }
+
+/// The statements of a PL/pgSQL function's body that read tables (`SELECT … FROM …`, each
+/// without its `INTO` target), with its `IN` parameters (`parameters`, in order) as
+/// placeholders numbered by first use: what PostgreSQL plans for each of them when the function
+/// runs, in a form [`pg_plan`] can plan. The function's inner statements are planned apart from
+/// the statement that calls it, so the check of that statement does not see them.
+fn plpgsql_selects(body: &str, parameters: &[String]) -> Vec<String> {
+    body.split(';')
+        .filter_map(|piece| piece.find("SELECT").map(|at| &piece[at..]))
+        .filter(|statement| statement.contains(" FROM "))
+        .map(|statement| {
+            // Drop `INTO target`: the planner sees the query without it.
+            let mut words = Vec::new();
+            let mut tokens = statement.split_whitespace();
+            while let Some(token) = tokens.next() {
+                if token == "INTO" {
+                    tokens.next();
+                } else {
+                    words.push(token);
+                }
+            }
+            let statement = words.join(" ");
+            // Each parameter, where it stands as a whole identifier, becomes `$N`.
+            let mut numbered: Vec<&str> = Vec::new();
+            let mut out = String::new();
+            let mut word = String::new();
+            for c in statement.chars().chain(std::iter::once(' ')) {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    word.push(c);
+                    continue;
+                }
+                if let Some(parameter) = parameters.iter().find(|p| **p == word) {
+                    let n = match numbered.iter().position(|p| *p == parameter.as_str()) {
+                        Some(at) => at + 1,
+                        None => {
+                            numbered.push(parameter);
+                            numbered.len()
+                        }
+                    };
+                    out.push_str(&format!("${n}"));
+                } else {
+                    out.push_str(&word);
+                }
+                word.clear();
+                out.push(c);
+            }
+            out.trim_end().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_function_s_selects_are_planned_without_their_targets_and_with_placeholders() {
+    let body = "BEGIN\n IF limit_most IS NOT NULL THEN\n PERFORM pg_advisory_xact_lock(k);\n \
+                SELECT COUNT(*) INTO counted FROM (SELECT 1 FROM t WHERE t.user_id = p_user \
+                AND t.at > since LIMIT limit_most) c;\n END IF;\n done := counted < limit_most;\nEND";
+    let parameters = ["k", "p_user", "since", "limit_most"].map(String::from);
+    assert_eq!(
+        plpgsql_selects(body, &parameters),
+        ["SELECT COUNT(*) FROM (SELECT 1 FROM t WHERE t.user_id = $1 AND t.at > $2 LIMIT $3) c"]
+    );
+}
+
+/// The admission's counts (`admission_verdict`, migration `0045_push_tallies.sql`) run inside
+/// PL/pgSQL, planned apart from the statement that calls the function: read from the function
+/// as the database holds it, none scans a large table in a filled schema (custom or generic
+/// plan), and under the generic plan the server's sessions use (`store::plan_cache`) the
+/// user's counts read an index that starts with the application and the user. A custom plan
+/// for a time after every stored expiry may pick the requests' expiry index instead (the
+/// statistics then promise almost no unexpired request), which walks every user's unexpired
+/// requests: docs/operations.md says so where it lets an operator choose the custom plans.
+#[tokio::test]
+async fn the_admission_s_counts_read_the_user_s_rows_by_index_on_postgres() {
+    let Some((statements, plans)) = in_migrated_pg_schema(|mut conn| async move {
+        let row = sqlx::query(
+            "SELECT prosrc, array_to_string(proargnames, ','), array_to_string(proargmodes, ',') \
+             FROM pg_proc WHERE proname = 'admission_verdict' \
+             AND pronamespace = current_schema()::regnamespace",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("the admission's function");
+        let (body, names, modes): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let parameters: Vec<String> = names
+            .split(',')
+            .zip(modes.split(','))
+            .filter(|(_, mode)| *mode == "i")
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let statements: Vec<(String, String)> = plpgsql_selects(&body, &parameters)
+            .into_iter()
+            .enumerate()
+            .map(|(n, sql)| (format!("admission_verdict's count {n}"), sql))
+            .collect();
+        let problems = pg_scans(&mut conn, &statements).await;
+        assert!(problems.is_empty(), "{problems:#?}");
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut conn)
+            .await
+            .expect("plan cache mode");
+        let mut plans = Vec::new();
+        for (name, sql) in &statements {
+            plans.push((format!("{name} (generic)"), pg_plan(&mut conn, sql).await));
+        }
+        let _ = sqlx::Connection::close(conn).await;
+        (statements, plans)
+    })
+    .await
+    else {
+        return;
+    };
+    // The application's pending count, the user's pending and unapproved counts, the pushes.
+    assert_eq!(statements.len(), 4, "{statements:#?}");
+    for (name, plan) in plans {
+        let mut nodes = Vec::new();
+        pg_plan_nodes(&plan, &mut nodes);
+        let mut indexes = Vec::new();
+        pg_plan_indexes(&plan, &mut indexes);
+        if nodes
+            .iter()
+            .any(|(_, relation)| relation.as_deref() == Some("authentications"))
+        {
+            assert!(
+                indexes.iter().any(|index| {
+                    [
+                        "authentications_by_user",
+                        "authentications_unapproved_by_user",
+                    ]
+                    .contains(&index.as_str())
+                }),
+                "{name}: {plan}"
+            );
+        }
+        assert!(!indexes.is_empty(), "{name} reads no index: {plan}");
+    }
+}
