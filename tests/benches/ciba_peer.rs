@@ -158,15 +158,7 @@ async fn run_loop(
             latencies
         }));
     }
-    let all = Latencies::gather(started, tasks).await;
-    println!(
-        "{label:<9} {clients:>3} clients  {:>6} requests  {:>8.1} /s  p50 {}  p99 {}",
-        all.count(),
-        all.per_second(),
-        all.p50(),
-        all.p99()
-    );
-    all.per_second()
+    report(label, clients, Latencies::gather(started, tasks).await)
 }
 
 /// A relying party of `server` and its user (`peer-{i}`), with a paired device.
@@ -257,6 +249,19 @@ async fn run_tessera_process(
     rate
 }
 
+/// Prints a level's requests, rate and latencies (as `label`, at `clients` relying parties);
+/// answers the rate.
+fn report(label: &str, clients: usize, all: Latencies) -> f64 {
+    println!(
+        "{label:<9} {clients:>3} clients  {:>6} requests  {:>8.1} /s  p50 {}  p99 {}",
+        all.count(),
+        all.per_second(),
+        all.p50(),
+        all.p99()
+    );
+    all.per_second()
+}
+
 /// Prints a server process's CPU time per request over a level (`cpu` seconds for `clients`
 /// relying parties' `per_client` requests each).
 fn print_cpu_per_request(label: &str, clients: usize, cpu: f64, per_client: usize) {
@@ -326,15 +331,7 @@ async fn drive_tessera(
             latencies
         }));
     }
-    let all = Latencies::gather(started, tasks).await;
-    println!(
-        "{label:<9} {clients:>3} clients  {:>6} requests  {:>8.1} /s  p50 {}  p99 {}",
-        all.count(),
-        all.per_second(),
-        all.p50(),
-        all.p99()
-    );
-    all.per_second()
+    report(label, clients, Latencies::gather(started, tasks).await)
 }
 
 /// The allocator the server binary runs with (`server/src/main.rs`): the server here runs in

@@ -466,10 +466,10 @@ where
         return Ok(None);
     };
     let authentication = from_row(&row, now)?;
-    // `status` is never NULL in an enrollment's row: NULL here is no enrollment joined.
-    let device = match row.try_get::<Option<String>, _>("status")? {
-        Some(_) => Some(super::enrollments::from_row(&row)?),
-        None => None,
+    let device = if super::is_joined(&row, "status")? {
+        Some(super::enrollments::from_row(&row)?)
+    } else {
+        None
     };
     Ok(Some((authentication, device)))
 }
@@ -531,17 +531,12 @@ pub async fn pending_with_enrollment(
         .bind(now)
         .fetch_all(db.pool())
         .await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let mut pending = Vec::with_capacity(rows.len());
-    for row in &rows {
-        // The one row of an enrollment with nothing pending has no request's column.
-        if let Some(signed) = row.try_get::<Option<String>, _>("signed_request")? {
-            pending.push(signed);
-        }
-    }
-    Ok(Some((super::enrollments::from_row(first)?, pending)))
+    super::one_with_joined(
+        &rows,
+        "signed_request",
+        super::enrollments::from_row,
+        |row| Ok(row.try_get::<String, _>("signed_request")?),
+    )
 }
 
 /// The request a device's answer was checked against: the answer is recorded only while the

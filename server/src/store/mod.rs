@@ -107,6 +107,34 @@ pub(crate) use pg_connections::HeldConnection;
 pub use read_conn::{ReadConn, ReadHandle};
 pub use write::{Committed, Ticket, Write, WriteConn};
 
+/// Whether `row` of a `LEFT JOIN` holds a match: its `column`, a text column never NULL in the
+/// joined table, is not NULL.
+pub(crate) fn is_joined(row: &sqlx::any::AnyRow, column: &str) -> Result<bool, StoreError> {
+    use sqlx::Row;
+    Ok(row.try_get::<Option<String>, _>(column)?.is_some())
+}
+
+/// The rows of a one-to-many `LEFT JOIN`, read back: the one side from the first row (`one`),
+/// the many side from each row holding a match (`each`; [`is_joined`] by `column`): a row
+/// without one is the one side alone. `None` without rows.
+pub(crate) fn one_with_joined<O, M>(
+    rows: &[sqlx::any::AnyRow],
+    column: &str,
+    one: impl FnOnce(&sqlx::any::AnyRow) -> Result<O, StoreError>,
+    each: impl Fn(&sqlx::any::AnyRow) -> Result<M, StoreError>,
+) -> Result<Option<(O, Vec<M>)>, StoreError> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut many = Vec::with_capacity(rows.len());
+    for row in rows {
+        if is_joined(row, column)? {
+            many.push(each(row)?);
+        }
+    }
+    Ok(Some((one(first)?, many)))
+}
+
 /// `columns` (a statement's comma-separated column list) as columns of the table named `alias`
 /// in a join (`alias.column`), leaving out those in `given`: columns the join selects from
 /// another table under the same name and value.

@@ -112,26 +112,23 @@ where
         .bind(user_id.as_str())
         .fetch_all(executor)
         .await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let bypass = match first.try_get::<Option<i64>, _>("bypass_until")? {
-        None => None,
-        Some(until) => Some(super::bypass::Bypass {
-            granted_at: first.try_get("bypass_granted_at")?,
-            until,
-            reason: first.try_get("bypass_reason")?,
-            granted_by: first.try_get("bypass_granted_by")?,
-        }),
-    };
-    let mut devices = Vec::with_capacity(rows.len());
-    for row in &rows {
-        // The one row of a user without devices has none of a device's columns.
-        if row.try_get::<Option<String>, _>("enrollment_id")?.is_some() {
-            devices.push(super::enrollments::from_row(row)?);
-        }
-    }
-    Ok(Some(((row_to_user(first)?, bypass), devices)))
+    super::one_with_joined(
+        &rows,
+        "enrollment_id",
+        |first| {
+            let bypass = match first.try_get::<Option<i64>, _>("bypass_until")? {
+                None => None,
+                Some(until) => Some(super::bypass::Bypass {
+                    granted_at: first.try_get("bypass_granted_at")?,
+                    until,
+                    reason: first.try_get("bypass_reason")?,
+                    granted_by: first.try_get("bypass_granted_by")?,
+                }),
+            };
+            Ok((row_to_user(first)?, bypass))
+        },
+        super::enrollments::from_row,
+    )
 }
 
 /// A user and their bypass as stored.
