@@ -1930,6 +1930,67 @@ mod tests {
         db.close().await;
     }
 
+    /// The recent-approvals look-back reads the newest approvals of its window and no more: an
+    /// address approved only before the last `RECENT_APPROVALS_READ` of them is not among the
+    /// addresses, one approved among them is, with its latest approval.
+    #[tokio::test]
+    async fn the_recent_approvals_look_back_stops_at_the_newest_approvals() {
+        use super::super::policies::{RECENT_APPROVALS_READ, recent_successes};
+        let (_dir, db, app) = database_with_application().await;
+        let user: UserId = "alice".parse().expect("user");
+        let now = 1_000_000;
+        let approved = |ip: &str, answered_at: i64| {
+            let mut a = pending(&app.id, &user, answered_at - 5);
+            a.state = AuthenticationState::Approved;
+            a.accessing_ip = Some(ip.into());
+            a.answered_at = Some(answered_at);
+            a
+        };
+        let newest = i64::from(RECENT_APPROVALS_READ);
+        // Oldest first: one approval from the office, one from home, then the newest ones from
+        // a phone network, the first of which is the home address again.
+        let phone = (1..newest).map(|i| ("203.0.113.5", now - newest + i));
+        for (ip, answered_at) in [
+            ("192.0.2.10", now - 1_000 - newest),
+            ("198.51.100.7", now - 999 - newest),
+            ("198.51.100.7", now - newest),
+        ]
+        .into_iter()
+        .chain(phone)
+        {
+            insert(db.writer(), &approved(ip, answered_at))
+                .await
+                .expect("insert");
+        }
+        let read = || async {
+            recent_successes(&db, &app.id, &user, now - 10_000)
+                .await
+                .expect("recent")
+        };
+        assert_eq!(
+            read().await,
+            vec![
+                ("203.0.113.5".to_string(), now - 1),
+                ("198.51.100.7".to_string(), now - newest),
+            ]
+        );
+        // Two approvals fewer from the phone network: the office is among the newest again.
+        sqlx::query("DELETE FROM authentications WHERE answered_at >= $1")
+            .bind(now - 2)
+            .execute(db.writer())
+            .await
+            .expect("delete the two newest");
+        assert_eq!(
+            read().await,
+            vec![
+                ("203.0.113.5".to_string(), now - 3),
+                ("198.51.100.7".to_string(), now - newest),
+                ("192.0.2.10".to_string(), now - 1_000 - newest),
+            ]
+        );
+        db.close().await;
+    }
+
     /// A policy's push counts stop, each window on its own, at the largest number a rule
     /// compares that window's count with: below it a count is exact, at it the window holds at
     /// least that many.

@@ -214,14 +214,28 @@ pub async fn known_groups(
     Ok(known)
 }
 
-/// The statement of [`recent_successes`] (over the `authentications_approvals_by_user` index).
+/// How many of the user's newest approvals in its window [`recent_successes`] reads at most.
+///
+/// The look-back stops there, as a push count stops at the number it is compared with: a user
+/// approved thousands of times within the window (an automated account, a load test) cost a
+/// read and a sort of every one of them on each decision, growing with the user's history (on
+/// PostgreSQL about half a microsecond an approval). Only someone who approves on the user's
+/// device can push an address out of the last 200 approvals.
+pub const RECENT_APPROVALS_READ: u32 = 200;
+
+/// The statement of [`recent_successes`]: the newest `$4` ([`RECENT_APPROVALS_READ`]) approvals
+/// in the window, read backwards from the `authentications_approvals_by_user` index alone, then
+/// each address once with its latest approval.
 pub(crate) const RECENT_SUCCESSES: &str = "SELECT accessing_ip, MAX(answered_at) AS answered_at \
-    FROM authentications WHERE application_id = $1 AND user_id = $2 AND state = 'approved' \
+    FROM (SELECT accessing_ip, answered_at FROM authentications \
+    WHERE application_id = $1 AND user_id = $2 AND state = 'approved' \
     AND answered_at >= $3 AND accessing_ip IS NOT NULL \
+    ORDER BY answered_at DESC LIMIT $4) newest \
     GROUP BY accessing_ip ORDER BY answered_at DESC LIMIT 100";
 
 /// The addresses the user was approved from since `since`, each with its latest approval,
-/// newest first (at most 100 addresses): (accessing IP, when).
+/// newest first: (accessing IP, when). Read from the user's newest [`RECENT_APPROVALS_READ`]
+/// approvals in that time, at most 100 addresses.
 pub async fn recent_successes(
     db: &Database,
     app: &ApplicationId,
@@ -232,6 +246,7 @@ pub async fn recent_successes(
         .bind(app.as_str())
         .bind(user.as_str())
         .bind(since)
+        .bind(i64::from(RECENT_APPROVALS_READ))
         .fetch_all(db.pool())
         .await?
         .iter()
