@@ -34,7 +34,6 @@ import dev.tessera.ffi.softwareKeyStore
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
-import java.nio.file.Files
 import kotlin.system.exitProcess
 
 class Failure(message: String) : AssertionError(message)
@@ -134,7 +133,7 @@ fun config() = AuthenticatorConfig(
 )
 
 suspend fun device(verifier: UserVerifier? = null, keyStore: PlatformKeyStore? = null): Tessera {
-    val dir = Files.createTempDirectory("tessera-device-").toFile().apply { deleteOnExit() }
+    val dir = deviceDir()
     return Tessera.open(
         config(),
         keyStore ?: softwareKeyStore(dir.resolve("keys").path),
@@ -415,7 +414,7 @@ val tests: List<Pair<String, suspend Env.() -> Unit>> = listOf(
     },
     "the Android key store's JCA encoding and sealing pair, approve and reopen" to {
         val keys = JcaKeyStore()
-        val dir = Files.createTempDirectory("tessera-device-").toFile().apply { deleteOnExit() }
+        val dir = deviceDir()
         val phone = Tessera.open(config(), keys, fileStorage(dir.path), Verifier())
         val alice = user("alice")
         val enrollment = pair(phone, alice)

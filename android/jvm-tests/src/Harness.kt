@@ -182,6 +182,16 @@ class TlsProxy(private val targetPort: Int, p12: File, password: String = "tesse
     }
 }
 
+/**
+ * A new temporary folder for a device's keys and state, removed with everything in it when the
+ * JVM exits (`deleteOnExit` would leave it: it removes only an empty folder).
+ */
+fun deviceDir(): File {
+    val dir = Files.createTempDirectory("tessera-device-").toFile()
+    Runtime.getRuntime().addShutdownHook(Thread { dir.deleteRecursively() })
+    return dir
+}
+
 /** The test CA folder ($TESSERA_TEST_TLS_DIR), or null to run over plain HTTP. */
 val testTlsDir: File? = System.getenv("TESSERA_TEST_TLS_DIR")?.let(::File)
 
