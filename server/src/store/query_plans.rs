@@ -995,6 +995,45 @@ fn plpgsql_selects(body: &str, parameters: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The admission functions carry their own plan mode (migration
+/// `0053_admission_plans_pinned.sql`): generic plans while they run, even in a session that
+/// chose PostgreSQL's default or asked for custom plans (an operator's URL, a pooler that drops
+/// the startup options), and the session's own mode everywhere else.
+#[tokio::test]
+async fn the_admission_functions_plan_generically_whatever_the_session_asks() {
+    let Some(functions) = in_migrated_pg_schema(|mut conn| async move {
+        // Asked for custom plans, as an operator's URL may: the functions keep their own.
+        sqlx::query("SET plan_cache_mode = force_custom_plan")
+            .execute(&mut conn)
+            .await
+            .expect("plan cache mode");
+        let rows = sqlx::query(
+            "SELECT proname::text, array_to_string(proconfig, ',') FROM pg_proc \
+             WHERE proname IN ('admission_verdict', 'qr_session_admitted') \
+             AND pronamespace = current_schema()::regnamespace ORDER BY proname",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("the admission functions");
+        let _ = sqlx::Connection::close(conn).await;
+        rows.iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect::<Vec<(String, Option<String>)>>()
+    })
+    .await
+    else {
+        return;
+    };
+    let pinned = Some("plan_cache_mode=force_generic_plan".to_string());
+    assert_eq!(
+        functions,
+        [
+            ("admission_verdict".to_string(), pinned.clone()),
+            ("qr_session_admitted".to_string(), pinned),
+        ]
+    );
+}
+
 #[test]
 fn a_function_s_selects_are_planned_without_their_targets_and_with_placeholders() {
     let body = "BEGIN\n IF limit_most IS NOT NULL THEN\n PERFORM pg_advisory_xact_lock(k);\n \
@@ -1010,11 +1049,11 @@ fn a_function_s_selects_are_planned_without_their_targets_and_with_placeholders(
 /// The admission's counts (`admission_verdict`, migration `0045_push_tallies.sql`) run inside
 /// PL/pgSQL, planned apart from the statement that calls the function: read from the function
 /// as the database holds it, none scans a large table in a filled schema (custom or generic
-/// plan), and under the generic plan the server's sessions use (`store::plan_cache`) the
-/// user's counts read an index that starts with the application and the user. A custom plan
-/// for a time after every stored expiry may pick the requests' expiry index instead (the
-/// statistics then promise almost no unexpired request), which walks every user's unexpired
-/// requests: docs/operations.md says so where it lets an operator choose the custom plans.
+/// plan), and under the generic plan the user's counts read an index that starts with the
+/// application and the user. A custom plan for a time after every stored expiry may pick the
+/// requests' expiry index instead (the statistics then promise almost no unexpired request),
+/// which walks every user's unexpired requests: so the function plans generically whatever
+/// the session asks for ([`the_admission_functions_plan_generically_whatever_the_session_asks`]).
 #[tokio::test]
 async fn the_admission_s_counts_read_the_user_s_rows_by_index_on_postgres() {
     let Some((statements, plans)) = in_migrated_pg_schema(|mut conn| async move {
