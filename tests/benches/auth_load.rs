@@ -29,6 +29,14 @@
 //! `COMMIT_DURABILITY=flushed` or `written` sets the server's `--commit-durability` (unset: each
 //! engine's own way).
 //!
+//! `ENGINE_RATIO_ROUNDS=N` (with `DATABASE_URL` set) compares the engines instead: N rounds,
+//! each running every level and policy on SQLite and on PostgreSQL back to back (SQLite first
+//! in odd rounds, PostgreSQL first in even ones), printing each round's PostgreSQL p50 over
+//! SQLite's, then each level's median ratio over the rounds with its lowest and highest. Run one
+//! engine after the other for a whole run, the machine's drift within a sitting (runs of one
+//! binary on one engine moved by a tenth) lands on one engine only; back to back, it lands on
+//! both (`ENGINE_RATIO_ROUNDS=6 LOAD_LEVELS=1 CYCLES_PER_LEVEL=1500 COMMIT_DURABILITY=flushed`).
+//!
 //! Each level runs twice: without a policy, and with a 50-rule authentication policy that every
 //! request is decided by (49 rules that do not match, the last requires a push; see
 //! `docs/policy.md`), so the cost of the policy shows as the difference.
@@ -151,7 +159,7 @@ async fn run_with(
     }
     let all = Latencies::new(latencies, started.elapsed());
     let steady = steady_rate(&completions);
-    let policy = if with_policy { "50 rules" } else { "none" };
+    let policy = policy_name(with_policy);
     println!(
         "{label:<9} {devices:>3} devices  policy {policy:<8}  {:>6} cycles  {:>7.1} cycles/s  steady {}  p50 {}  p99 {}",
         all.count(),
@@ -166,14 +174,17 @@ async fn run_with(
     Rates {
         whole: all.per_second(),
         steady,
+        median: all.median(),
     }
 }
 
-/// One level's rates: over the whole run, and while every device ran ([`steady_rate`]).
+/// One level's rates: over the whole run, and while every device ran ([`steady_rate`]); and
+/// its median cycle.
 #[derive(Debug, Clone, Copy)]
 struct Rates {
     whole: f64,
     steady: Option<f64>,
+    median: std::time::Duration,
 }
 
 /// A positive number from the environment variable `name`, if set.
@@ -222,6 +233,58 @@ fn summarize(label: &str, policy: &str, levels: &[usize], rates: &[Vec<Rates>]) 
     }
 }
 
+/// `ENGINE_RATIO_ROUNDS`: `rounds` rounds of every level in `levels` (devices, cycles per
+/// device) and both policies, each on SQLite and on PostgreSQL (`postgres`) back to back, the
+/// engine that goes first alternating by round; prints each pair's PostgreSQL p50 over
+/// SQLite's, then each level's median ratio with its lowest and highest.
+async fn engine_ratios(postgres: String, levels: &[(usize, usize)], rounds: usize) {
+    println!(
+        "PostgreSQL's p50 over SQLite's, back to back, {rounds} rounds (SQLite first in odd rounds)"
+    );
+    let mut ratios = vec![Vec::new(); levels.len() * 2];
+    for round in 1..=rounds {
+        for (level, &(devices, cycles)) in levels.iter().enumerate() {
+            for (p, with_policy) in [false, true].into_iter().enumerate() {
+                let mut engines = [
+                    (Backend::Sqlite, "sqlite"),
+                    (Backend::Postgres(postgres.clone()), "postgres"),
+                ];
+                if round % 2 == 0 {
+                    engines.reverse();
+                }
+                let mut medians = [std::time::Duration::ZERO; 2];
+                for (backend, label) in engines {
+                    let rates = run_with(backend, label, devices, cycles, with_policy).await;
+                    medians[usize::from(label == "postgres")] = rates.median;
+                }
+                let ratio = medians[1].as_secs_f64() / medians[0].as_secs_f64();
+                println!(
+                    "round {round}  {devices:>3} devices  policy {:<8}  PostgreSQL / SQLite p50 {ratio:.2}",
+                    policy_name(with_policy)
+                );
+                ratios[level * 2 + p].push(ratio);
+            }
+        }
+    }
+    for (level, &(devices, _)) in levels.iter().enumerate() {
+        for (p, with_policy) in [false, true].into_iter().enumerate() {
+            let found = &ratios[level * 2 + p];
+            let low = found.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = found.iter().copied().fold(0.0, f64::max);
+            println!(
+                "ratio     {devices:>3} devices  policy {:<8}  median of {rounds} rounds {:.2} (lowest {low:.2}, highest {high:.2})",
+                policy_name(with_policy),
+                median(found)
+            );
+        }
+    }
+}
+
+/// How the lines name a run's policy.
+fn policy_name(with_policy: bool) -> &'static str {
+    if with_policy { "50 rules" } else { "none" }
+}
+
 /// The allocator the server binary runs with (`server/src/main.rs`): the server here runs in
 /// this process.
 #[global_allocator]
@@ -233,6 +296,21 @@ fn main() {
     let per_level = env_count("CYCLES_PER_LEVEL");
     let rounds = env_count("LOAD_ROUNDS").unwrap_or(1);
     let cycles_at = |devices: usize| per_level.map_or(cycles, |total| (total / devices).max(1));
+    if let Some(rounds) = env_count("ENGINE_RATIO_ROUNDS") {
+        let postgres = backends()
+            .into_iter()
+            .find_map(|(backend, _)| match backend {
+                Backend::Postgres(url) => Some(url),
+                Backend::Sqlite => None,
+            });
+        let Some(postgres) = postgres else {
+            println!("ENGINE_RATIO_ROUNDS needs DATABASE_URL=postgres://...");
+            return;
+        };
+        let levels: Vec<(usize, usize)> = plan.levels.iter().map(|&n| (n, cycles_at(n))).collect();
+        runtime().block_on(engine_ratios(postgres, &levels, rounds));
+        return;
+    }
     runtime().block_on(async {
         match per_level {
             Some(total) => println!(

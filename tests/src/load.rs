@@ -130,6 +130,11 @@ impl Latencies {
     pub fn p99(&self) -> String {
         ms(percentile(&self.sorted, 0.99))
     }
+
+    /// The median.
+    pub fn median(&self) -> Duration {
+        percentile(&self.sorted, 0.5)
+    }
 }
 
 /// Operations per second while every client was running, from each client's completion times
