@@ -1001,7 +1001,7 @@ fn plpgsql_selects(body: &str, parameters: &[String]) -> Vec<String> {
 /// the startup options), and the session's own mode everywhere else.
 #[tokio::test]
 async fn the_admission_functions_plan_generically_whatever_the_session_asks() {
-    let Some(functions) = in_migrated_pg_schema(|mut conn| async move {
+    let Some((functions, after)) = in_migrated_pg_schema(|mut conn| async move {
         // Asked for custom plans, as an operator's URL may: the functions keep their own.
         sqlx::query("SET plan_cache_mode = force_custom_plan")
             .execute(&mut conn)
@@ -1015,10 +1015,20 @@ async fn the_admission_functions_plan_generically_whatever_the_session_asks() {
         .fetch_all(&mut conn)
         .await
         .expect("the admission functions");
+        // After a call, the session's own mode is back.
+        let after: String = sqlx::query_scalar(
+            "SELECT current_setting('plan_cache_mode') \
+             FROM (SELECT qr_session_admitted('none', 0, 1)) called",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("a call, then the session's mode");
         let _ = sqlx::Connection::close(conn).await;
-        rows.iter()
+        let functions = rows
+            .iter()
             .map(|row| (row.get(0), row.get(1)))
-            .collect::<Vec<(String, Option<String>)>>()
+            .collect::<Vec<(String, Option<String>)>>();
+        (functions, after)
     })
     .await
     else {
@@ -1032,6 +1042,7 @@ async fn the_admission_functions_plan_generically_whatever_the_session_asks() {
             ("qr_session_admitted".to_string(), pinned),
         ]
     );
+    assert_eq!(after, "force_custom_plan");
 }
 
 #[test]
