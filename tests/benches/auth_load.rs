@@ -241,42 +241,42 @@ async fn engine_ratios(postgres: String, levels: &[(usize, usize)], rounds: usiz
     println!(
         "PostgreSQL's p50 over SQLite's, back to back, {rounds} rounds (SQLite first in odd rounds)"
     );
-    let mut ratios = vec![Vec::new(); levels.len() * 2];
+    // Every level, without and with the policy, each with its ratios over the rounds.
+    let cases: Vec<(usize, usize, bool)> = levels
+        .iter()
+        .flat_map(|&(devices, cycles)| [false, true].map(|policy| (devices, cycles, policy)))
+        .collect();
+    let mut ratios = vec![Vec::new(); cases.len()];
     for round in 1..=rounds {
-        for (level, &(devices, cycles)) in levels.iter().enumerate() {
-            for (p, with_policy) in [false, true].into_iter().enumerate() {
-                let mut engines = [
-                    (Backend::Sqlite, "sqlite"),
-                    (Backend::Postgres(postgres.clone()), "postgres"),
-                ];
-                if round % 2 == 0 {
-                    engines.reverse();
-                }
-                let mut medians = [std::time::Duration::ZERO; 2];
-                for (backend, label) in engines {
-                    let rates = run_with(backend, label, devices, cycles, with_policy).await;
-                    medians[usize::from(label == "postgres")] = rates.median;
-                }
-                let ratio = medians[1].as_secs_f64() / medians[0].as_secs_f64();
-                println!(
-                    "round {round}  {devices:>3} devices  policy {:<8}  PostgreSQL / SQLite p50 {ratio:.2}",
-                    policy_name(with_policy)
-                );
-                ratios[level * 2 + p].push(ratio);
-            }
+        for (&(devices, cycles, with_policy), found) in cases.iter().zip(&mut ratios) {
+            let sqlite = || run_with(Backend::Sqlite, "sqlite", devices, cycles, with_policy);
+            let postgres = || {
+                let backend = Backend::Postgres(postgres.clone());
+                run_with(backend, "postgres", devices, cycles, with_policy)
+            };
+            let (sqlite, postgres) = if round % 2 == 1 {
+                let sqlite = sqlite().await;
+                (sqlite, postgres().await)
+            } else {
+                let postgres = postgres().await;
+                (sqlite().await, postgres)
+            };
+            let ratio = postgres.median.as_secs_f64() / sqlite.median.as_secs_f64();
+            println!(
+                "round {round}  {devices:>3} devices  policy {:<8}  PostgreSQL / SQLite p50 {ratio:.2}",
+                policy_name(with_policy)
+            );
+            found.push(ratio);
         }
     }
-    for (level, &(devices, _)) in levels.iter().enumerate() {
-        for (p, with_policy) in [false, true].into_iter().enumerate() {
-            let found = &ratios[level * 2 + p];
-            let low = found.iter().copied().fold(f64::INFINITY, f64::min);
-            let high = found.iter().copied().fold(0.0, f64::max);
-            println!(
-                "ratio     {devices:>3} devices  policy {:<8}  median of {rounds} rounds {:.2} (lowest {low:.2}, highest {high:.2})",
-                policy_name(with_policy),
-                median(found)
-            );
-        }
+    for (&(devices, _, with_policy), found) in cases.iter().zip(&ratios) {
+        let low = found.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = found.iter().copied().fold(0.0, f64::max);
+        println!(
+            "ratio     {devices:>3} devices  policy {:<8}  median of {rounds} rounds {:.2} (lowest {low:.2}, highest {high:.2})",
+            policy_name(with_policy),
+            median(found)
+        );
     }
 }
 

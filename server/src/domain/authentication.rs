@@ -1346,7 +1346,7 @@ pub(crate) async fn pull(
         })
         .await?;
     let enrollment = super::device_auth::same_enrollment(&device, enrollment_raw)?;
-    // The first read is the one made beside the nonce; later ones (after a wake-up) read again.
+    // The first read is the one made with the enrollment; later ones (after a wake-up) read again.
     let first = std::sync::Mutex::new(Some(first));
     let requests = wait_subscribed(
         subscription,
