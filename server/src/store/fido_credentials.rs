@@ -312,7 +312,15 @@ pub struct Ceremony {
     pub expires_at: i64,
 }
 
-/// Stores a ceremony (and drops the expired ones).
+/// The housekeeping of [`insert_ceremony`]: the expired ceremonies (`expires_at <= $2`) of
+/// the new ceremony's application (`$1`), read from `fido_ceremonies_by_application_expiry`.
+/// Scoped to the application, so a clock that reads later than another's (an instance's, or a
+/// test's that advanced its own) deletes nothing that other application still waits on.
+pub(crate) const FORGET_EXPIRED_CEREMONIES: &str =
+    "DELETE FROM fido_ceremonies WHERE application_id = $1 AND expires_at <= $2";
+
+/// Stores a ceremony and drops its application's expired ones
+/// ([`FORGET_EXPIRED_CEREMONIES`]).
 pub async fn insert_ceremony(db: &Database, c: &Ceremony, now: i64) -> Result<(), StoreError> {
     let mut tx = db.write().await?;
     sqlx::query(
@@ -328,7 +336,8 @@ pub async fn insert_ceremony(db: &Database, c: &Ceremony, now: i64) -> Result<()
     .bind(c.expires_at)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM fido_ceremonies WHERE expires_at <= $1")
+    sqlx::query(FORGET_EXPIRED_CEREMONIES)
+        .bind(c.application_id.as_str())
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -388,17 +397,23 @@ mod tests {
             crate::store::postgres_url_for_tests("keep FIDO credentials on PostgreSQL")
         {
             let db = Database::connect(&url, 8).await.expect("database");
-            let app = crate::store::applications::Application {
-                id: ApplicationId::generate(),
-                name: "App".into(),
-                created_at: 0,
-            };
-            crate::store::applications::insert(&db, &app, &format!("digest {}", app.id))
-                .await
-                .expect("application");
-            engines.push((None, db, app.id));
+            let app = new_application(&db).await;
+            engines.push((None, db, app));
         }
         engines
+    }
+
+    /// A new application in `db`.
+    async fn new_application(db: &Database) -> ApplicationId {
+        let app = crate::store::applications::Application {
+            id: ApplicationId::generate(),
+            name: "App".into(),
+            created_at: 0,
+        };
+        crate::store::applications::insert(db, &app, &format!("digest {}", app.id))
+            .await
+            .expect("application");
+        app.id
     }
 
     /// A new user `name` of `app`.
@@ -454,6 +469,72 @@ mod tests {
             compromised_at: None,
             created_at: 1,
             last_used_at: None,
+        }
+    }
+
+    /// A ceremony of `app` for alice, expiring at `expires_at`, under an id no earlier run
+    /// left in a shared PostgreSQL database.
+    fn ceremony_of(app: &ApplicationId, expires_at: i64) -> Ceremony {
+        Ceremony {
+            id: format!("fcr_{:032x}", rand::random::<u128>()),
+            application_id: app.clone(),
+            user_id: Some("alice".parse().expect("user")),
+            flow_id: "flw_1".into(),
+            purpose: "registration".into(),
+            state: "{}".into(),
+            expires_at,
+        }
+    }
+
+    /// Takes `c` as its own answer would, at `now`: whether it was still there.
+    async fn taken(db: &Database, c: &Ceremony, now: i64) -> bool {
+        take_ceremony(
+            db,
+            &c.id,
+            &c.application_id,
+            c.user_id.as_ref(),
+            &c.flow_id,
+            &c.purpose,
+            now,
+        )
+        .await
+        .expect("take")
+        .is_some()
+    }
+
+    /// A new ceremony's housekeeping deletes its own application's expired ceremonies, and
+    /// nothing of another application, even when the clock it is stored by reads far later
+    /// than the one the other application's ceremony was started by.
+    #[tokio::test]
+    async fn a_new_ceremony_forgets_only_its_own_applications_expired_ones() {
+        for (_dir, db, app) in each_engine().await {
+            let other = new_application(&db).await;
+
+            let waiting = ceremony_of(&app, 1_300);
+            insert_ceremony(&db, &waiting, 1_000).await.expect("insert");
+            let others_expired = ceremony_of(&other, 2_000);
+            insert_ceremony(&db, &others_expired, 1_700)
+                .await
+                .expect("insert");
+            // The other application's next ceremony, stored by a clock an hour later.
+            insert_ceremony(&db, &ceremony_of(&other, 4_900), 4_600)
+                .await
+                .expect("insert");
+
+            let left: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM fido_ceremonies WHERE id = $1")
+                    .bind(&others_expired.id)
+                    .fetch_one(db.pool())
+                    .await
+                    .expect("count");
+            assert_eq!(
+                left, 0,
+                "the other application's expired ceremony is forgotten"
+            );
+            assert!(
+                taken(&db, &waiting, 1_100).await,
+                "this application's ceremony waits for its answer"
+            );
         }
     }
 

@@ -22,8 +22,8 @@
 use sqlx::Row;
 
 use super::{
-    Database, applications, audit, authentications, bypass, ciba, enrollments, flows, nonces,
-    pairing_codes, policies, qr_sessions, throttle, users,
+    Database, applications, audit, authentications, bypass, ciba, enrollments, fido_credentials,
+    flows, nonces, pairing_codes, policies, qr_sessions, throttle, users,
 };
 
 /// Every hot statement, named by what runs it. Statements that select a long column list are
@@ -94,6 +94,10 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
         ),
         ("nonce of a device call", nonces::RECORD.into()),
         ("nonce housekeeping", nonces::FORGET_EXPIRED.into()),
+        (
+            "FIDO ceremony housekeeping (every new ceremony)",
+            fido_credentials::FORGET_EXPIRED_CEREMONIES.into(),
+        ),
         (
             "pairing code housekeeping (one new code in 64)",
             pairing_codes::PURGE_EXPIRED.into(),
@@ -393,7 +397,7 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(
         hot_statements(super::Engine::Sqlite).len(),
-        54 + users::DELETION.len()
+        55 + users::DELETION.len()
     );
 }
 
