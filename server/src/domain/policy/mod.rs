@@ -671,7 +671,14 @@ pub(crate) fn recorded_with<'a>(
     subject: Option<&'a str>,
     decided: &'a Decided,
 ) -> Result<RecordedWith<'a>, DomainError> {
-    recorded_with_id(ctx, app, user, subject, decided, new_decision_id())
+    recorded_with_id(
+        ctx,
+        app,
+        user,
+        subject,
+        decided,
+        new_decision_id(ctx.now_ms()),
+    )
 }
 
 /// [`recorded_with`] under the id `id`, which the caller derives from what the decision is
@@ -719,9 +726,24 @@ pub(crate) async fn record_in(
     .into())
 }
 
-/// A new random decision id.
-fn new_decision_id() -> String {
-    format!("pd_{:032x}", rand::rngs::OsRng.r#gen::<u128>())
+/// A new decision id minted at `unix_ms`: `pd_`, the millisecond's 12 hex digits
+/// ([`tessera_protocol::ids::time_prefix`]), then 80 random bits in 20 hex digits, the shape
+/// (32 lowercase hex digits) of a random one.
+///
+/// The id is the table's key, and a store keeps its keys in order: a random one lands on a
+/// random page of that index, which each decision then writes on its own (on SQLite a log
+/// frame, on PostgreSQL a full page image after each checkpoint); ordered ones land on its last
+/// page, which the decisions committed together share, as authentications' ids do. A decision
+/// id is no credential (reading a decision takes the application's API key), and the later of
+/// two decisions made in one second for one subject is now also the later id, which the
+/// reads' `ORDER BY created_at DESC, id DESC` take as the latest.
+fn new_decision_id(unix_ms: i64) -> String {
+    let random: [u8; 10] = rand::rngs::OsRng.r#gen();
+    format!(
+        "pd_{}{}",
+        tessera_protocol::ids::time_prefix(unix_ms),
+        hex::encode(random)
+    )
 }
 
 /// A decision as it is recorded: its row and its audit record.
@@ -1082,6 +1104,25 @@ mod recorded_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decision_ids_sort_by_their_millisecond_and_keep_80_random_bits() {
+        let early = new_decision_id(1_764_000_000_000);
+        let late = new_decision_id(1_764_000_000_001);
+        let twin = new_decision_id(1_764_000_000_001);
+        for id in [&early, &late, &twin] {
+            let hex = id.strip_prefix("pd_").expect("prefix");
+            assert_eq!(hex.len(), 32, "{id}");
+            assert!(
+                hex.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+        }
+        assert!(early < late && early < twin, "{early} {late} {twin}");
+        assert_eq!(late[..15], twin[..15], "one millisecond, one prefix");
+        assert_ne!(late, twin, "the random part tells two apart");
+        assert!(new_decision_id(-1).starts_with("pd_000000000000"));
+    }
 
     #[test]
     fn a_recorded_rule_asks_for_assertions_only_when_its_require_says_so() {
