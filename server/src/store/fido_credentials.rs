@@ -320,7 +320,7 @@ pub(crate) const FORGET_EXPIRED_CEREMONIES: &str =
     "DELETE FROM fido_ceremonies WHERE application_id = $1 AND expires_at <= $2";
 
 /// Stores a ceremony and drops its application's expired ones
-/// ([`FORGET_EXPIRED_CEREMONIES`]).
+/// (`FORGET_EXPIRED_CEREMONIES`).
 pub async fn insert_ceremony(db: &Database, c: &Ceremony, now: i64) -> Result<(), StoreError> {
     let mut tx = db.write().await?;
     sqlx::query(
