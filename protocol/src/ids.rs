@@ -142,9 +142,10 @@ pub fn time_prefix(unix_ms: i64) -> String {
     format!("{ms:012x}")
 }
 
-/// [`time_prefix`] then 20 random hex digits: 32 lowercase hex digits whose order follows the
-/// time.
-fn ordered_hex(unix_ms: i64) -> String {
+/// [`time_prefix`] then 20 random hex digits (80 bits from the OS RNG): 32 lowercase hex digits
+/// whose order follows the time, for keys that should land on the last page of their index
+/// ([`AuthenticationId::generate_ordered`], the server's policy decision ids).
+pub fn ordered_hex(unix_ms: i64) -> String {
     let mut random = [0u8; 10];
     rand::rngs::OsRng.fill_bytes(&mut random);
     format!("{}{}", time_prefix(unix_ms), hex_lower(&random))

@@ -1612,14 +1612,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary folder");
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
         let db = Database::connect(&url, 2).await.expect("database");
-        let app = super::super::applications::Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        super::super::applications::insert(&db, &app, "digest")
-            .await
-            .expect("application");
+        let app = super::super::test_application(&db).await;
         (dir, db, app)
     }
 
@@ -2498,14 +2491,7 @@ mod tests {
         connections: u32,
     ) -> (Database, super::super::applications::Application) {
         let db = Database::connect(url, connections).await.expect("database");
-        let app = super::super::applications::Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        super::super::applications::insert(&db, &app, &format!("digest {}", app.id))
-            .await
-            .expect("application");
+        let app = super::super::test_application(&db).await;
         (db, app)
     }
 

@@ -397,23 +397,10 @@ mod tests {
             crate::store::postgres_url_for_tests("keep FIDO credentials on PostgreSQL")
         {
             let db = Database::connect(&url, 8).await.expect("database");
-            let app = new_application(&db).await;
-            engines.push((None, db, app));
+            let app = crate::store::test_application(&db).await;
+            engines.push((None, db, app.id));
         }
         engines
-    }
-
-    /// A new application in `db`.
-    async fn new_application(db: &Database) -> ApplicationId {
-        let app = crate::store::applications::Application {
-            id: ApplicationId::generate(),
-            name: "App".into(),
-            created_at: 0,
-        };
-        crate::store::applications::insert(db, &app, &format!("digest {}", app.id))
-            .await
-            .expect("application");
-        app.id
     }
 
     /// A new user `name` of `app`.
@@ -508,7 +495,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_ceremony_forgets_only_its_own_applications_expired_ones() {
         for (_dir, db, app) in each_engine().await {
-            let other = new_application(&db).await;
+            let other = crate::store::test_application(&db).await.id;
 
             let waiting = ceremony_of(&app, 1_300);
             insert_ceremony(&db, &waiting, 1_000).await.expect("insert");

@@ -56,15 +56,23 @@ pub(crate) async fn test_db_with_app() -> (
     let dir = tempfile::tempdir().expect("temporary folder");
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let db = Database::connect(&url, 4).await.expect("database");
+    let app = test_application(&db).await;
+    (dir, db, app.id)
+}
+
+/// A new application in `db` (a new id, and an API key digest of its own, so that it can be
+/// made in a PostgreSQL database that tests share), for the storage modules' unit tests.
+#[cfg(test)]
+pub(crate) async fn test_application(db: &Database) -> applications::Application {
     let app = applications::Application {
         id: tessera_protocol::ids::ApplicationId::generate(),
         name: "App".into(),
         created_at: 0,
     };
-    applications::insert(&db, &app, "digest")
+    applications::insert(db, &app, &format!("digest {}", app.id))
         .await
         .expect("application");
-    (dir, db, app.id)
+    app
 }
 
 /// The PostgreSQL database a unit test runs its PostgreSQL half on: `DATABASE_URL` when it

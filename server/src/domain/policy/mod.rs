@@ -9,7 +9,6 @@ pub mod evaluate;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use rand::Rng;
 use tessera_protocol::authentication::DisplayField;
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{ApplicationId, UserId};
@@ -726,9 +725,9 @@ pub(crate) async fn record_in(
     .into())
 }
 
-/// A new decision id minted at `unix_ms`: `pd_`, the millisecond's 12 hex digits
-/// ([`tessera_protocol::ids::time_prefix`]), then 80 random bits in 20 hex digits, the shape
-/// (32 lowercase hex digits) of a random one.
+/// A new decision id minted at `unix_ms`: `pd_` then [`tessera_protocol::ids::ordered_hex`] (the
+/// millisecond's 12 hex digits, then 80 random bits in 20 hex digits), the shape (32 lowercase
+/// hex digits) of a random one.
 ///
 /// The id is the table's key, and a store keeps its keys in order: a random one lands on a
 /// random page of that index, which each decision then writes on its own (on SQLite a log
@@ -738,12 +737,7 @@ pub(crate) async fn record_in(
 /// two decisions made in one second for one subject is now also the later id, which the
 /// reads' `ORDER BY created_at DESC, id DESC` take as the latest.
 fn new_decision_id(unix_ms: i64) -> String {
-    let random: [u8; 10] = rand::rngs::OsRng.r#gen();
-    format!(
-        "pd_{}{}",
-        tessera_protocol::ids::time_prefix(unix_ms),
-        hex::encode(random)
-    )
+    format!("pd_{}", tessera_protocol::ids::ordered_hex(unix_ms))
 }
 
 /// A decision as it is recorded: its row and its audit record.
