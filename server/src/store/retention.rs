@@ -27,6 +27,10 @@ pub struct Purged {
     pub oidc_authorizations: u64,
     /// Policy decisions (their subjects are purged by their own expiry).
     pub policy_decisions: u64,
+    /// FIDO ceremonies that expired unanswered and were left behind: storing a ceremony forgets
+    /// only its own application's expired ones, so an application that starts no more
+    /// ceremonies keeps its last ones until this purge.
+    pub fido_ceremonies: u64,
 }
 
 /// What is purged: each table with the condition that makes a row old and finished, given the
@@ -58,6 +62,9 @@ const PURGES: &[(&str, &str, &str)] = &[
     // A decision is final when it is made; geovelocity reads only the latest location, which
     // is of no use once older than the retention period.
     ("policy_decisions", "id", "created_at < $1"),
+    // A ceremony is worth nothing once expired (its answer is refused); the live ones of an
+    // application are a few minutes' worth, so this reads the whole small table.
+    ("fido_ceremonies", "id", "expires_at < $1"),
 ];
 
 /// Deletes what finished or expired before `now - retention_days` days. Nothing is deleted
@@ -94,6 +101,7 @@ pub async fn purge(db: &Database, retention_days: u32, now: i64) -> Result<Purge
             "flows" => purged.flows = deleted,
             "oidc_authorizations" => purged.oidc_authorizations = deleted,
             "policy_decisions" => purged.policy_decisions = deleted,
+            "fido_ceremonies" => purged.fido_ceremonies = deleted,
             _ => purged.rejected_enrollments = deleted,
         }
     }

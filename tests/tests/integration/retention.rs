@@ -9,7 +9,9 @@ use std::time::Duration;
 use tessera_protocol::api::CreateQrSession;
 use tessera_protocol::authentication::{AuthenticationKind, AuthenticationState};
 use tessera_protocol::error::ErrorCode;
+use tessera_protocol::ids::ApplicationId;
 use tessera_server::store::applications::Quotas;
+use tessera_server::store::fido_credentials;
 use tessera_server::{Clock, ManualClock, admin};
 use tessera_tests::{Backend, TestDevice, TestServer, ask, on_each_backend};
 
@@ -71,6 +73,19 @@ async fn start(backend: Backend, clock: &ManualClock, sweep: Duration) -> (TestS
     (server, device)
 }
 
+/// A passkey sign-in ceremony `id` of `app` (no user), expiring at `expires_at`.
+fn ceremony(app: &ApplicationId, id: &str, expires_at: i64) -> fido_credentials::Ceremony {
+    fido_credentials::Ceremony {
+        id: id.into(),
+        application_id: app.clone(),
+        user_id: None,
+        flow_id: format!("flw_{id}"),
+        purpose: "authentication".into(),
+        state: "{}".into(),
+        expires_at,
+    }
+}
+
 fn gone(
     result: Result<impl std::fmt::Debug, tessera_examples::customer::CustomerApiError>,
 ) -> bool {
@@ -105,8 +120,25 @@ async fn purge_old_and_finished(backend: Backend) {
         .create_qr_session(&CreateQrSession::default())
         .await
         .expect("qr");
-    // Day 31: a pending request, a request that expired a moment ago, an open QR session.
+    // A FIDO ceremony left unanswered by an application that starts no other, so nothing of
+    // its own forgets it.
+    let db = server.server.database();
+    let idle = admin::create_application(db, "Idle")
+        .await
+        .expect("application")
+        .application_id;
+    let old_ceremony = ceremony(&idle, "fca_old", clock.now() + 120);
+    fido_credentials::insert_ceremony(db, &old_ceremony, clock.now())
+        .await
+        .expect("ceremony");
+    // Day 31: a pending request, a request that expired a moment ago, an open QR session, a
+    // ceremony under way.
     clock.advance(31 * DAY);
+    let app = &server.app.application_id;
+    let new_ceremony = ceremony(app, "fca_new", clock.now() + 120);
+    fido_credentials::insert_ceremony(db, &new_ceremony, clock.now())
+        .await
+        .expect("ceremony");
     let pending = customer
         .create_authentication("alice", &ask(AuthenticationKind::Approval))
         .await
@@ -128,6 +160,22 @@ async fn purge_old_and_finished(backend: Backend) {
         .expect("purge");
     assert_eq!(purged.authentications, 2, "{purged:?}");
     assert_eq!(purged.qr_sessions, 1, "{purged:?}");
+    assert_eq!(purged.fido_ceremonies, 1, "{purged:?}");
+    assert!(
+        fido_credentials::take_ceremony(
+            db,
+            "fca_new",
+            app,
+            None,
+            &new_ceremony.flow_id,
+            &new_ceremony.purpose,
+            clock.now()
+        )
+        .await
+        .expect("take")
+        .is_some(),
+        "the ceremony under way stays"
+    );
     assert!(gone(
         customer
             .authentication(&approved.authentication_id, 0)
