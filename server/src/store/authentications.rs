@@ -1984,6 +1984,40 @@ mod tests {
         db.close().await;
     }
 
+    /// Approvals without an address (CIBA's, a customer's request that gives none) are not
+    /// among the look-back's approvals: however many are newer, the address of an older
+    /// approval is found (the index holds only approvals with an address, migration 0055).
+    #[tokio::test]
+    async fn approvals_without_an_address_do_not_push_an_address_out_of_the_look_back() {
+        use super::super::policies::{RECENT_APPROVALS_READ, recent_successes};
+        let (_dir, db, app) = database_with_application().await;
+        let user: UserId = "alice".parse().expect("user");
+        let now = 1_000_000;
+        let approved = |ip: Option<&str>, answered_at: i64| {
+            let mut a = pending(&app.id, &user, answered_at - 5);
+            a.state = AuthenticationState::Approved;
+            a.accessing_ip = ip.map(str::to_string);
+            a.answered_at = Some(answered_at);
+            a
+        };
+        let newer = i64::from(RECENT_APPROVALS_READ) + 50;
+        insert(db.writer(), &approved(Some("192.0.2.10"), now - newer - 1))
+            .await
+            .expect("insert");
+        for i in 0..newer {
+            insert(db.writer(), &approved(None, now - newer + i))
+                .await
+                .expect("insert");
+        }
+        assert_eq!(
+            recent_successes(&db, &app.id, &user, now - 10_000)
+                .await
+                .expect("recent"),
+            vec![("192.0.2.10".to_string(), now - newer - 1)]
+        );
+        db.close().await;
+    }
+
     /// A policy's push counts stop, each window on its own, at the largest number a rule
     /// compares that window's count with: below it a count is exact, at it the window holds at
     /// least that many.

@@ -322,6 +322,18 @@ async fn policy_look_backs_read_their_index_alone() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let url = format!("sqlite://{}", dir.path().join("plans.db").display());
     let db = Database::connect(&url, 2).await.expect("database");
+    // The look-back's index holds only approvals with an address (migration 0055).
+    let index: String = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_schema WHERE type = 'index' \
+         AND name = 'authentications_approvals_by_user'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .expect("the index");
+    assert!(
+        index.contains("WHERE state = 'approved' AND accessing_ip IS NOT NULL"),
+        "{index}"
+    );
     for (sql, index) in [
         (
             policies::RECENT_SUCCESSES.to_string(),
@@ -900,30 +912,57 @@ async fn the_postgres_check_sees_a_full_scan() {
 /// this checks the index it reads.
 #[tokio::test]
 async fn ciba_notifications_are_read_through_their_partial_index_on_postgres() {
-    let statements = vec![
-        ("promote".to_string(), ciba::PROMOTE_FINISHED.to_string()),
-        (
-            "due".to_string(),
-            format!("SELECT * {}", ciba::DUE_NOTIFICATIONS),
-        ),
-    ];
-    let Some(plans) = in_migrated_pg_schema(|mut conn| async move {
-        let index: String = sqlx::query_scalar(
+    pg_reads_through_partial_index(
+        vec![
+            ("promote".to_string(), ciba::PROMOTE_FINISHED.to_string()),
+            (
+                "due".to_string(),
+                format!("SELECT * {}", ciba::DUE_NOTIFICATIONS),
+            ),
+        ],
+        "ciba_requests_notify",
+        "WHERE ((notify_state = 'waiting'::text) OR (notify_state = 'due'::text))",
+    )
+    .await;
+}
+
+/// PostgreSQL reads a policy's recent approvals through `authentications_approvals_by_user`,
+/// which holds only approvals with an address (migration 0055), in a filled schema.
+#[tokio::test]
+async fn the_recent_approvals_are_read_through_their_partial_index_on_postgres() {
+    pg_reads_through_partial_index(
+        vec![(
+            "recent approvals".to_string(),
+            policies::RECENT_SUCCESSES.to_string(),
+        )],
+        "authentications_approvals_by_user",
+        "WHERE ((state = 'approved'::text) AND (accessing_ip IS NOT NULL))",
+    )
+    .await;
+}
+
+/// In a migrated, filled PostgreSQL schema: checks that index `index`'s definition contains
+/// `condition`, then plans `statements` and checks that each reads `index` and scans no table
+/// whole. Nothing is checked without a PostgreSQL database to check on.
+async fn pg_reads_through_partial_index(
+    statements: Vec<(String, String)>,
+    index: &'static str,
+    condition: &'static str,
+) {
+    let touched = statements.clone();
+    let Some(plans) = in_migrated_pg_schema(move |mut conn| async move {
+        let definition: String = sqlx::query_scalar(
             "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
-             AND indexname = 'ciba_requests_notify'",
+             AND indexname = $1",
         )
+        .bind(index)
         .fetch_one(&mut conn)
         .await
         .expect("the index");
-        assert!(
-            index.contains(
-                "WHERE ((notify_state = 'waiting'::text) OR (notify_state = 'due'::text))"
-            ),
-            "{index}"
-        );
-        pg_fill_touched(&mut conn, &statements).await;
+        assert!(definition.contains(condition), "{definition}");
+        pg_fill_touched(&mut conn, &touched).await;
         let mut plans = Vec::new();
-        for (name, sql) in &statements {
+        for (name, sql) in &touched {
             plans.push((name.clone(), pg_plan(&mut conn, sql).await));
         }
         let _ = sqlx::Connection::close(conn).await;
@@ -936,10 +975,7 @@ async fn ciba_notifications_are_read_through_their_partial_index_on_postgres() {
     for (name, plan) in plans {
         let mut indexes = Vec::new();
         pg_plan_indexes(&plan, &mut indexes);
-        assert!(
-            indexes.iter().any(|i| i == "ciba_requests_notify"),
-            "{name}: {plan}"
-        );
+        assert!(indexes.iter().any(|i| i == index), "{name}: {plan}");
         let mut nodes = Vec::new();
         pg_plan_nodes(&plan, &mut nodes);
         assert!(
