@@ -313,6 +313,17 @@ async fn the_check_sees_a_full_scan() {
     db.close().await;
 }
 
+/// Checks that SQLite's definition of index `index` contains `condition`.
+async fn assert_sqlite_index_condition(db: &Database, index: &str, condition: &str) {
+    let definition: String =
+        sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = $1")
+            .bind(index)
+            .fetch_one(db.pool())
+            .await
+            .expect("the index");
+    assert!(definition.contains(condition), "{definition}");
+}
+
 /// A policy's look-backs at the user's history (docs/policy.md, "What a decision reads") may
 /// step over every request in their window: they must find what they read in the index, never
 /// in the request's row (thousands of row reads a decision for a user approved thousands of
@@ -323,17 +334,12 @@ async fn policy_look_backs_read_their_index_alone() {
     let url = format!("sqlite://{}", dir.path().join("plans.db").display());
     let db = Database::connect(&url, 2).await.expect("database");
     // The look-back's index holds only approvals with an address (migration 0055).
-    let index: String = sqlx::query_scalar(
-        "SELECT sql FROM sqlite_schema WHERE type = 'index' \
-         AND name = 'authentications_approvals_by_user'",
+    assert_sqlite_index_condition(
+        &db,
+        "authentications_approvals_by_user",
+        "WHERE state = 'approved' AND accessing_ip IS NOT NULL",
     )
-    .fetch_one(db.pool())
-    .await
-    .expect("the index");
-    assert!(
-        index.contains("WHERE state = 'approved' AND accessing_ip IS NOT NULL"),
-        "{index}"
-    );
+    .await;
     for (sql, index) in [
         (
             policies::RECENT_SUCCESSES.to_string(),
@@ -363,16 +369,12 @@ async fn ciba_notifications_are_read_through_their_partial_index() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let url = format!("sqlite://{}", dir.path().join("plans.db").display());
     let db = Database::connect(&url, 2).await.expect("database");
-    let index: String = sqlx::query_scalar(
-        "SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = 'ciba_requests_notify'",
+    assert_sqlite_index_condition(
+        &db,
+        "ciba_requests_notify",
+        "WHERE notify_state = 'waiting' OR notify_state = 'due'",
     )
-    .fetch_one(db.pool())
-    .await
-    .expect("the index");
-    assert!(
-        index.contains("WHERE notify_state = 'waiting' OR notify_state = 'due'"),
-        "{index}"
-    );
+    .await;
     for (sql, searched) in [
         (
             ciba::PROMOTE_FINISHED.to_string(),
