@@ -951,7 +951,6 @@ async fn pg_reads_through_partial_index(
     index: &'static str,
     condition: &'static str,
 ) {
-    let touched = statements.clone();
     let Some(plans) = in_migrated_pg_schema(move |mut conn| async move {
         let definition: String = sqlx::query_scalar(
             "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
@@ -962,9 +961,9 @@ async fn pg_reads_through_partial_index(
         .await
         .expect("the index");
         assert!(definition.contains(condition), "{definition}");
-        pg_fill_touched(&mut conn, &touched).await;
+        pg_fill_touched(&mut conn, &statements).await;
         let mut plans = Vec::new();
-        for (name, sql) in &touched {
+        for (name, sql) in &statements {
             plans.push((name.clone(), pg_plan(&mut conn, sql).await));
         }
         let _ = sqlx::Connection::close(conn).await;
