@@ -35,6 +35,24 @@ pub(crate) struct PushLabels {
     pub outcome: &'static str,
 }
 
+/// Counts of the change notifications between instances sharing one PostgreSQL database
+/// (`domain::events`): whether an answer given through one instance reaches the waiters of the
+/// others at once, or only at their deadline. On SQLite they stay 0.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ChangeNotificationCounters {
+    /// Notifications sent to the other instances (one `NOTIFY` payload each).
+    pub sent: Counter,
+    /// Sends that failed: the other instances' waiters on what was not sent read again at
+    /// their deadline, or when this instance's next batch tells everyone to read again.
+    pub send_failures: Counter,
+    /// Notifications heard from other instances (this instance's own are not counted).
+    pub heard: Counter,
+    /// Times the listening connection was lost, or an attempt to connect it failed: while it
+    /// does not listen, this instance's waiters learn of answers given through the others only
+    /// at their deadline, and once it listens again every waiter reads again.
+    pub listener_interruptions: Counter,
+}
+
 /// The server's metrics and their registry.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -46,6 +64,7 @@ pub(crate) struct Metrics {
     pub authentications_ended: Family<EndLabels, Counter>,
     pub waiting_topics: Gauge,
     pub fraud_signals: Family<ReasonLabels, Counter>,
+    pub change_notifications: ChangeNotificationCounters,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +86,31 @@ impl Metrics {
         let authentications_ended = Family::<EndLabels, Counter>::default();
         let waiting_topics = Gauge::default();
         let fraud_signals = Family::<ReasonLabels, Counter>::default();
+        let change_notifications = ChangeNotificationCounters::default();
+        for (name, help, counter) in [
+            (
+                "change_notifications_sent",
+                "Change notifications sent to the other instances on the same PostgreSQL database",
+                &change_notifications.sent,
+            ),
+            (
+                "change_notification_send_failures",
+                "Change notifications that could not be sent (the other instances' waiters read again at their deadline)",
+                &change_notifications.send_failures,
+            ),
+            (
+                "change_notifications_heard",
+                "Change notifications heard from the other instances on the same PostgreSQL database",
+                &change_notifications.heard,
+            ),
+            (
+                "change_listener_interruptions",
+                "Times the change listener lost its connection or failed to connect (meanwhile this instance's waiters hear of other instances' answers only at their deadline)",
+                &change_notifications.listener_interruptions,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "authentication_fraud_signals",
             "Authentications denied as a fraud signal, by reason (wrong_number: number matching answered with another number; reported_fraud)",
@@ -117,6 +161,7 @@ impl Metrics {
             authentications_ended,
             waiting_topics,
             fraud_signals,
+            change_notifications,
         }
     }
 

@@ -152,7 +152,8 @@ impl Server {
         let config_webhook_policy = (config.webhook_allow_loopback, config.webhook_allow_private);
         let attestation = crate::domain::attestation::AttestationTrust::from_config(&config)
             .map_err(|e| ServerError::InvalidInput(e.to_string()))?;
-        let events = crate::domain::EventHub::new();
+        let metrics = Arc::new(Metrics::new());
+        let events = crate::domain::EventHub::counted(metrics.change_notifications.clone());
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let events_at_shutdown = events.clone();
         let state = Ctx::new(crate::domain::CtxParts {
@@ -167,7 +168,7 @@ impl Server {
             keys,
             config: Arc::new(config),
             public_url: public_url.clone(),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             device_push: Arc::new(crate::delivery::push::PushDelivery::new(push_clients)),
             messages,
             ciba_notifier: crate::domain::ciba::NotifierHandle::default(),

@@ -33,6 +33,7 @@ use rand::RngCore;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::metrics::ChangeNotificationCounters;
 use crate::store::events::{self as store_events, Heard, Listener};
 use crate::store::{Database, StoreError};
 
@@ -93,6 +94,8 @@ struct Inner {
     outbox: Mutex<Outbox>,
     /// Signalled when the outbox gets a topic (a permit is kept if the forwarder is busy).
     outbox_filled: Notify,
+    /// What was sent, heard and missed, for `/metrics`.
+    counters: ChangeNotificationCounters,
 }
 
 /// The most topics the outbox holds: beyond them (the database has been unreachable for a
@@ -131,8 +134,14 @@ impl Default for EventHub {
 }
 
 impl EventHub {
-    /// A hub with no waiters.
+    /// A hub with no waiters, whose notifications no metric counts.
     pub fn new() -> Self {
+        Self::counted(ChangeNotificationCounters::default())
+    }
+
+    /// A hub with no waiters that counts the notifications it sends, hears and may have missed
+    /// on `counters` (the server's metrics).
+    pub(crate) fn counted(counters: ChangeNotificationCounters) -> Self {
         let mut id = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut id);
         Self {
@@ -141,6 +150,7 @@ impl EventHub {
                 instance: hex::encode(id),
                 outbox: Mutex::new(Outbox::default()),
                 outbox_filled: Notify::new(),
+                counters,
             }),
         }
     }
@@ -285,6 +295,7 @@ impl EventHub {
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "change listener cannot connect; retrying");
+                    self.inner.counters.listener_interruptions.inc();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -292,9 +303,13 @@ impl EventHub {
         loop {
             match listener.recv().await {
                 Ok(Heard::Payload(payload)) => self.heard(&payload),
-                Ok(Heard::Reconnected) => self.wake_all_local(),
+                Ok(Heard::Reconnected) => {
+                    self.inner.counters.listener_interruptions.inc();
+                    self.wake_all_local();
+                }
                 Err(e) => {
                     log_listener_error(&e);
+                    self.inner.counters.listener_interruptions.inc();
                     self.wake_all_local();
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -330,9 +345,11 @@ impl EventHub {
         };
         for payload in self.payloads(&topics, everyone) {
             if let Err(e) = store_events::notify(db, &payload).await {
+                self.inner.counters.send_failures.inc();
                 self.outbox().everyone = true;
                 return Err(e);
             }
+            self.inner.counters.sent.inc();
         }
         Ok(())
     }
@@ -344,6 +361,7 @@ impl EventHub {
         if instance == self.inner.instance {
             return;
         }
+        self.inner.counters.heard.inc();
         if topic.split(',').any(|t| t == EVERYONE) {
             self.wake_all_local();
             return;
@@ -558,12 +576,19 @@ mod tests {
 
     #[test]
     fn other_instances_payloads_wake_and_own_are_skipped() {
-        let hub = EventHub::new();
+        let counters = ChangeNotificationCounters::default();
+        let hub = EventHub::counted(counters.clone());
         let mut sub = hub.subscribe(Topic::QrSession("q1".into()));
         hub.heard(&format!("{}|q:q1", hub.inner.instance));
         assert!(!sub.receiver.has_changed().unwrap());
+        assert_eq!(
+            counters.heard.get(),
+            0,
+            "its own notification is not counted"
+        );
         hub.heard("someone-else|q:q1");
         assert!(sub.receiver.has_changed().unwrap());
+        assert_eq!(counters.heard.get(), 1);
         let _ = &mut sub;
         let mut first = hub.subscribe(Topic::Authentication("a1".into()));
         let mut second = hub.subscribe(Topic::Enrollment("e1".into()));
@@ -654,7 +679,8 @@ mod tests {
             .await
             .expect("listener")
             .expect("PostgreSQL listens");
-        let hub = EventHub::new();
+        let counters = ChangeNotificationCounters::default();
+        let hub = EventHub::counted(counters.clone());
         hub.outbox().forwarding = true;
         hub.announce(&[
             Topic::Authentication("aut_sent".into()),
@@ -662,6 +688,8 @@ mod tests {
         ]);
         hub.send_queued(&db).await.expect("sent");
         assert!(hub.outbox().topics.is_empty());
+        assert_eq!(counters.sent.get(), 1, "two topics, one payload");
+        assert_eq!(counters.send_failures.get(), 0);
         let expected = format!("{}|a:aut_sent,e:enr_sent", hub.inner.instance);
         // Other tests may notify on the same channel meanwhile: wait for this hub's payload.
         let heard = tokio::time::timeout(Duration::from_secs(10), async {
@@ -681,5 +709,7 @@ mod tests {
         assert!(hub.send_queued(&db).await.is_err());
         let outbox = hub.outbox();
         assert!(outbox.everyone && outbox.topics.is_empty());
+        assert_eq!(counters.sent.get(), 1);
+        assert_eq!(counters.send_failures.get(), 1);
     }
 }

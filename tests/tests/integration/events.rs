@@ -74,6 +74,36 @@ async fn device_woken(backend: Backend) {
     assert!(waited < WOKEN, "the device was answered after {waited:?}");
 }
 
+/// The relying party waits on another instance (`b_customer`) for a request that `a` makes for
+/// `user`, whose `device` then approves it through `a`: how long the waiter waited for its
+/// answer, which it checks is the approval.
+async fn answered_across(
+    a: &TestServer,
+    b_customer: &CustomerApi,
+    device: &TestDevice,
+    user: &str,
+) -> Duration {
+    let created = a
+        .customer
+        .create_authentication(user, &ask(AuthenticationKind::Approval))
+        .await
+        .expect("create");
+    let waiter = {
+        let id = created.authentication_id.clone();
+        let b_customer = b_customer.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let status = b_customer.authentication(&id, 30).await.expect("status");
+            (status, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    approve(device, &created.authentication_id).await;
+    let (status, waited) = waiter.await.expect("waiter");
+    assert_eq!(status.state, AuthenticationState::Approved);
+    waited
+}
+
 /// A device answers through instance A while the relying party waits on instance B: B's waiter
 /// is woken through PostgreSQL's LISTEN/NOTIFY, not by its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -85,26 +115,115 @@ async fn an_answer_through_one_instance_wakes_a_waiter_on_another() {
     let b = a.second_instance().await;
     let b_customer = CustomerApi::new(&format!("http://{}", b.local_addr()), &a.app.api_key);
     let device = a.paired_user("carol").await;
-    let created = a
-        .customer
-        .create_authentication("carol", &ask(AuthenticationKind::Approval))
-        .await
-        .expect("create");
-    let waiter = {
-        let id = created.authentication_id.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let status = b_customer.authentication(&id, 30).await.expect("status");
-            (status, started.elapsed())
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    approve(&device, &created.authentication_id).await;
-    let (status, waited) = waiter.await.expect("waiter");
-    assert_eq!(status.state, AuthenticationState::Approved);
+    let waited = answered_across(&a, &b_customer, &device, "carol").await;
     assert!(
         waited < WOKEN,
         "instance B's waiter was answered after {waited:?}"
+    );
+    b.shutdown().await;
+}
+
+/// The value of the counter `name` in the `/metrics` exposition served at `base` (0 when it is
+/// not there).
+async fn counter(base: &str, name: &str) -> u64 {
+    let body = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}_total ")))
+        .map_or(0, |value| value.trim().parse().expect("a counter's value"))
+}
+
+/// The backend of the connection named `name` that listens for change notifications.
+async fn listening_pid(admin: &mut sqlx::PgConnection, name: &str) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(name)
+    .fetch_optional(admin)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// A device answers through instance A while a relying party waits on instance B (as in
+/// [`an_answer_through_one_instance_wakes_a_waiter_on_another`]), once before and once after
+/// B's listening connection is cut: A counts what it sent and B what it heard, B counts the cut,
+/// listens again by itself, and its waiter is woken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn change_notifications_are_counted_and_a_cut_listener_listens_again() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let a = TestServer::start(backend).await;
+    // B's connections carry a name of their own, so the test finds B's listener among every
+    // test's instances on the shared database.
+    let name = format!("tessera_events_b_{:08x}", rand::random::<u32>());
+    let url = &a.config().database_url;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let b = tessera_server::Server::start(tessera_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        public_url: Some(a.server.public_url().clone()),
+        database_url: format!("{url}{separator}application_name={name}"),
+        ..a.config().clone()
+    })
+    .await
+    .expect("instance B");
+    let a_base = a.base_url.clone();
+    let b_base = format!("http://{}", b.local_addr());
+    let b_customer = CustomerApi::new(&b_base, &a.app.api_key);
+    let device = a.paired_user("dana").await;
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .expect("admin connection");
+    let heard_before = counter(&b_base, "tessera_change_notifications_heard").await;
+    let sent_before = counter(&a_base, "tessera_change_notifications_sent").await;
+
+    for round in ["before the cut", "after the cut"] {
+        if round == "after the cut" {
+            let pid = listening_pid(&mut admin, &name).await.expect("B listens");
+            let cut: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(&mut admin)
+                .await
+                .expect("terminate");
+            assert!(cut, "B's listening connection was cut");
+            // B counts the cut and listens again on a connection of its own.
+            let started = Instant::now();
+            loop {
+                let interrupted =
+                    counter(&b_base, "tessera_change_listener_interruptions").await >= 1;
+                let again = listening_pid(&mut admin, &name)
+                    .await
+                    .is_some_and(|p| p != pid);
+                if interrupted && again {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < WOKEN,
+                    "B did not count the cut ({interrupted}) or listen again ({again})"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let waited = answered_across(&a, &b_customer, &device, "dana").await;
+        assert!(
+            waited < WOKEN,
+            "{round}: instance B's waiter was answered after {waited:?}"
+        );
+    }
+    assert!(counter(&a_base, "tessera_change_notifications_sent").await > sent_before);
+    assert!(counter(&b_base, "tessera_change_notifications_heard").await > heard_before);
+    assert_eq!(
+        counter(&b_base, "tessera_change_listener_interruptions").await,
+        1,
+        "one cut"
+    );
+    assert_eq!(
+        counter(&a_base, "tessera_change_notification_send_failures").await,
+        0
     );
     b.shutdown().await;
 }
