@@ -926,7 +926,7 @@ async fn main() -> ExitCode {
                 .collect::<Result<Vec<_>, _>>()
             {
                 Ok(roots) => roots,
-                Err(e) => return fail("invalid_input", format!("--attestation-root: {e}")),
+                Err(e) => return fail("invalid_config", format!("--attestation-root: {e}")),
             };
             let attestation_revocation_status = match attestation_revocation_list
                 .as_deref()
@@ -936,7 +936,7 @@ async fn main() -> ExitCode {
                 Ok(list) => list,
                 Err(e) => {
                     return fail(
-                        "invalid_input",
+                        "invalid_config",
                         format!("--attestation-revocation-list: {e}"),
                     );
                 }

@@ -52,6 +52,7 @@ impl std::fmt::Debug for RunningServer {
 impl Server {
     /// Checks every setting that can be checked without serving: URLs parse, the SMTP settings
     /// build a transport, the TLS files exist and hold a usable certificate chain and key, the
+    /// attestation roots are certificates and the revocation status list is Google's format, the
     /// database URL names a supported database. The database itself is not contacted.
     pub async fn check(config: &ServerConfig) -> Result<(), ServerError> {
         check_database_url(&config.database_url)?;
@@ -71,6 +72,8 @@ impl Server {
         if config.production && config.master_key.is_none() {
             return Err(StoreError::from(SecretsError::MasterKeyRequired).into());
         }
+        crate::domain::attestation::AttestationTrust::from_config(config)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         Ok(())
     }
 
@@ -151,7 +154,7 @@ impl Server {
         ));
         let config_webhook_policy = (config.webhook_allow_loopback, config.webhook_allow_private);
         let attestation = crate::domain::attestation::AttestationTrust::from_config(&config)
-            .map_err(|e| ServerError::InvalidInput(e.to_string()))?;
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
         let events = crate::domain::EventHub::counted(metrics.change_notifications.clone());
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));

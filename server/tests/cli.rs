@@ -622,6 +622,63 @@ fn admin_attestation_commands_and_serve_attestation_flags() {
     );
     assert_eq!(shown["attestation"], set["attestation"]);
 
+    // `--check-config` finds an attestation root that is not a certificate, a revocation list
+    // that is not Google's format, and either file missing, as a configuration error; `serve`
+    // refuses them too, before listening.
+    let missing = dir.path().join("missing.pem");
+    let not_a_certificate = dir.path().join("text.pem");
+    std::fs::write(&not_a_certificate, "not a certificate").unwrap();
+    let not_a_list = dir.path().join("list.json");
+    std::fs::write(&not_a_list, "{\"nothing\": 1}").unwrap();
+    for (flag, file, says) in [
+        ("--attestation-root", &not_a_certificate, "attestation root"),
+        ("--attestation-root", &missing, "--attestation-root"),
+        (
+            "--attestation-revocation-list",
+            &not_a_list,
+            "revocation status list",
+        ),
+        (
+            "--attestation-revocation-list",
+            &missing,
+            "--attestation-revocation-list",
+        ),
+    ] {
+        let out = bin()
+            .args(["serve", "--database", &db, "--check-config", flag])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag} {}", file.display());
+        let error: serde_json::Value =
+            serde_json::from_slice(&out.stderr).expect("one JSON line on stderr");
+        assert_eq!(error["error"]["code"], "invalid_config", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    let root = dir.path().join("valid-root.pem");
+    std::fs::write(
+        &root,
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("attestation-roots/apple-app-attestation-root-ca.pem"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let out = bin()
+        .args([
+            "serve",
+            "--database",
+            &db,
+            "--check-config",
+            "--attestation-root",
+        ])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(json_of(&out), serde_json::json!({"config": "valid"}));
+
     // `serve` refuses an attestation root that is not a certificate, and a revocation list
     // that is not Google's format, before listening.
     let not_a_root = dir.path().join("root.pem");
