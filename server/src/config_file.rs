@@ -44,14 +44,16 @@ pub enum ConfigFileError {
         reason: String,
     },
     /// A key names no setting.
-    #[error(
-        "config file {path}: unknown key `{key}` (the keys are serve's flags in snake case, see docs/operations.md)"
-    )]
+    #[error("config file {path}: unknown key `{key}` ({hint})")]
     UnknownKey {
         /// The file.
         path: PathBuf,
         /// The key.
         key: String,
+        /// What the key should be: the setting's own key when the key is a flag's name whose
+        /// setting is named otherwise (a repeatable flag's plural), else where the keys are
+        /// listed.
+        hint: String,
     },
     /// The command line or an environment variable has a value clap refuses.
     #[error("{0}")]
@@ -97,6 +99,32 @@ pub fn apply_file(command: Command, path: &Path) -> Result<Command, ConfigFileEr
     apply_text(command, path, &text)
 }
 
+/// What an unknown `key` should have been: when it is a flag's name in snake case whose setting
+/// has another name (`attestation_root` for `--attestation-root`, whose setting is
+/// `attestation_roots`), that setting's key; otherwise where the keys are listed.
+fn unknown_key_hint(command: &Command, key: &str) -> String {
+    command
+        .get_arguments()
+        .find(|arg| {
+            let id = arg.get_id().as_str();
+            id != key
+                && !NOT_SETTINGS.contains(&id)
+                && arg
+                    .get_long()
+                    .is_some_and(|long| long.replace('-', "_") == key)
+        })
+        .map_or_else(
+            || "the keys are serve's flags in snake case, see docs/operations.md".to_string(),
+            |arg| {
+                format!(
+                    "--{} is `{}` in the file",
+                    arg.get_long().unwrap_or_default(),
+                    arg.get_id()
+                )
+            },
+        )
+}
+
 /// [`apply_file`] with the file's text.
 pub fn apply_text(command: Command, path: &Path, text: &str) -> Result<Command, ConfigFileError> {
     let table: toml::Table =
@@ -118,6 +146,7 @@ pub fn apply_text(command: Command, path: &Path, text: &str) -> Result<Command, 
             .ok_or_else(|| ConfigFileError::UnknownKey {
                 path: path.to_path_buf(),
                 key: key.clone(),
+                hint: unknown_key_hint(&command, key),
             })?;
         let repeatable = matches!(arg.get_action(), clap::ArgAction::Append);
         let values = match value {
@@ -259,6 +288,11 @@ mod tests {
                     .long("trusted-proxy")
                     .action(ArgAction::Append),
             )
+            .arg(
+                Arg::new("attestation_roots")
+                    .long("attestation-root")
+                    .action(ArgAction::Append),
+            )
             .arg(Arg::new("config").long("config"))
     }
 
@@ -287,8 +321,25 @@ mod tests {
     fn unknown_keys_wrong_types_and_bad_values_are_named() {
         let e = apply("listn = \"x\"").unwrap_err().to_string();
         assert!(e.contains("unknown key `listn`"), "{e}");
+        assert!(e.contains("see docs/operations.md"), "{e}");
+        // A repeatable flag's name is not its setting's key: the error names the key.
+        for (key, says) in [
+            (
+                "attestation_root",
+                "--attestation-root is `attestation_roots` in the file",
+            ),
+            (
+                "trusted_proxy",
+                "--trusted-proxy is `trusted_proxies` in the file",
+            ),
+        ] {
+            let e = apply(&format!("{key} = [\"x\"]")).unwrap_err().to_string();
+            assert!(e.contains(&format!("unknown key `{key}`")), "{e}");
+            assert!(e.contains(says), "{e}");
+        }
         let e = apply("config = \"other.toml\"").unwrap_err().to_string();
         assert!(e.contains("unknown key `config`"), "{e}");
+        assert!(e.contains("see docs/operations.md"), "{e}");
         let e = apply("retention_days = \"many\"").unwrap_err().to_string();
         assert!(e.contains("key `retention_days`"), "{e}");
         assert!(!e.contains("many"), "the value is not repeated: {e}");
