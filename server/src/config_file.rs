@@ -99,30 +99,36 @@ pub fn apply_file(command: Command, path: &Path) -> Result<Command, ConfigFileEr
     apply_text(command, path, &text)
 }
 
-/// What an unknown `key` should have been: when it is a flag's name in snake case whose setting
-/// has another name (`attestation_root` for `--attestation-root`, whose setting is
-/// `attestation_roots`), that setting's key; otherwise where the keys are listed.
+/// What an unknown `key` should have been: when it is a flag's name in snake case
+/// (`attestation_root` for `--attestation-root`, whose setting is `attestation_roots`) or an
+/// environment variable's name without its `TESSERA_` prefix (`database_url` for
+/// `TESSERA_DATABASE_URL`, whose setting is `database`) and the setting has another name, that
+/// setting's key; otherwise where the keys are listed.
 fn unknown_key_hint(command: &Command, key: &str) -> String {
+    let variable = format!("TESSERA_{}", key.to_ascii_uppercase());
     command
         .get_arguments()
-        .find(|arg| {
+        .filter(|arg| {
             let id = arg.get_id().as_str();
-            id != key
-                && !NOT_SETTINGS.contains(&id)
-                && arg
-                    .get_long()
-                    .is_some_and(|long| long.replace('-', "_") == key)
+            id != key && !NOT_SETTINGS.contains(&id)
         })
-        .map_or_else(
-            || "the keys are serve's flags in snake case, see docs/operations.md".to_string(),
-            |arg| {
-                format!(
-                    "--{} is `{}` in the file",
-                    arg.get_long().unwrap_or_default(),
-                    arg.get_id()
-                )
-            },
-        )
+        .find_map(|arg| {
+            let by_flag = arg
+                .get_long()
+                .filter(|long| long.replace('-', "_") == key)
+                .map(|long| format!("--{long}"));
+            let by_variable = arg
+                .get_env()
+                .and_then(|env| env.to_str())
+                .filter(|env| *env == variable)
+                .map(str::to_string);
+            by_flag
+                .or(by_variable)
+                .map(|named| format!("{named} is `{}` in the file", arg.get_id()))
+        })
+        .unwrap_or_else(|| {
+            "the keys are serve's flags in snake case, see docs/operations.md".to_string()
+        })
 }
 
 /// [`apply_file`] with the file's text.
@@ -293,6 +299,11 @@ mod tests {
                     .long("attestation-root")
                     .action(ArgAction::Append),
             )
+            .arg(
+                Arg::new("database")
+                    .long("database")
+                    .env("TESSERA_DATABASE_URL"),
+            )
             .arg(Arg::new("config").long("config"))
     }
 
@@ -331,6 +342,11 @@ mod tests {
             (
                 "trusted_proxy",
                 "--trusted-proxy is `trusted_proxies` in the file",
+            ),
+            // A variable's name is not always its setting's key either.
+            (
+                "database_url",
+                "TESSERA_DATABASE_URL is `database` in the file",
             ),
         ] {
             let e = apply(&format!("{key} = [\"x\"]")).unwrap_err().to_string();
