@@ -50,9 +50,9 @@ pub enum ConfigFileError {
         path: PathBuf,
         /// The key.
         key: String,
-        /// What the key should be: the setting's own key when the key is a flag's name whose
-        /// setting is named otherwise (a repeatable flag's plural), else where the keys are
-        /// listed.
+        /// What the key should be: the setting's own key when the key is a flag's name or a
+        /// variable's name (without `TESSERA_`) whose setting is named otherwise, else where the
+        /// keys are listed.
         hint: String,
     },
     /// The command line or an environment variable has a value clap refuses.

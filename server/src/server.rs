@@ -55,6 +55,13 @@ impl Server {
     /// attestation roots are certificates and the revocation status list is Google's format, the
     /// database URL names a supported database. The database itself is not contacted.
     pub async fn check(config: &ServerConfig) -> Result<(), ServerError> {
+        Self::checked(config).await.map(drop)
+    }
+
+    /// [`Server::check`], keeping what the checks built for serving: the TLS configuration
+    /// loaded from its files and the attestation trust, so [`Server::start`] does not read and
+    /// parse them a second time.
+    async fn checked(config: &ServerConfig) -> Result<Checked, ServerError> {
         check_database_url(&config.database_url)?;
         url::Url::parse(&config.fcm_endpoint)
             .map_err(|_| ServerError::Config("--fcm-endpoint is not a URL".into()))?;
@@ -66,25 +73,22 @@ impl Server {
             crate::delivery::messages::SmtpNotifier::new(smtp)
                 .map_err(|e| ServerError::Config(e.to_string()))?;
         }
-        if let Some(files) = &config.tls {
-            load_tls(files).await?;
-        }
+        let tls = match &config.tls {
+            Some(files) => Some((files.clone(), load_tls(files).await?)),
+            None => None,
+        };
         if config.production && config.master_key.is_none() {
             return Err(StoreError::from(SecretsError::MasterKeyRequired).into());
         }
-        crate::domain::attestation::AttestationTrust::from_config(config)
+        let attestation = crate::domain::attestation::AttestationTrust::from_config(config)
             .map_err(|e| ServerError::Config(e.to_string()))?;
-        Ok(())
+        Ok(Checked { tls, attestation })
     }
 
     /// Connects to the database (running migrations), loads or creates the signing keys, binds
     /// the listen address and starts serving. When this returns, connections are accepted.
     pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
-        Self::check(&config).await?;
-        let tls = match &config.tls {
-            Some(files) => Some((files.clone(), load_tls(files).await?)),
-            None => None,
-        };
+        let Checked { tls, attestation } = Self::checked(&config).await?;
         let shutdown_grace = config.shutdown_grace;
         let mut db = Database::connect_with(
             &config.database_url,
@@ -153,8 +157,6 @@ impl Server {
             },
         ));
         let config_webhook_policy = (config.webhook_allow_loopback, config.webhook_allow_private);
-        let attestation = crate::domain::attestation::AttestationTrust::from_config(&config)
-            .map_err(|e| ServerError::Config(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
         let events = crate::domain::EventHub::counted(metrics.change_notifications.clone());
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
@@ -362,6 +364,14 @@ impl RunningServer {
 }
 
 /// The TLS configuration from the certificate chain and key files.
+/// What [`Server::checked`] built from the settings for [`Server::start`] to serve with.
+struct Checked {
+    /// The TLS files and the configuration loaded from them (`None`: plain HTTP).
+    tls: Option<(TlsFiles, RustlsConfig)>,
+    /// The attestation roots and revocation list.
+    attestation: crate::domain::attestation::AttestationTrust,
+}
+
 async fn load_tls(files: &TlsFiles) -> Result<RustlsConfig, ServerError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     for (path, what) in [

@@ -656,16 +656,8 @@ fn admin_attestation_commands_and_serve_attestation_flags() {
         let message = error["error"]["message"].as_str().unwrap();
         assert!(message.contains(says), "{message}");
     }
-    let root = dir.path().join("valid-root.pem");
-    std::fs::write(
-        &root,
-        std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("attestation-roots/apple-app-attestation-root-ca.pem"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("attestation-roots/apple-app-attestation-root-ca.pem");
     let out = bin()
         .args([
             "serve",
