@@ -1,9 +1,11 @@
 //! Prometheus metrics.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -51,6 +53,104 @@ pub(crate) struct ChangeNotificationCounters {
     /// does not listen, this instance's waiters learn of answers given through the others only
     /// at their deadline, and once it listens again every waiter reads again.
     pub listener_interruptions: Counter,
+}
+
+/// The database connections requests wait for, as read at a scrape: PostgreSQL's request
+/// connections (`pool="requests"`) or SQLite's one writer (`pool="writer"`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ConnectionReading {
+    /// The `pool` label.
+    pub pool: &'static str,
+    /// The most connections there can be.
+    pub max: u64,
+    /// Held by a request now.
+    pub in_use: u64,
+    /// Open and free.
+    pub idle: u64,
+    /// Requests waiting for one now.
+    pub waiting: u64,
+    /// Waits that ended with a connection: how many, their summed seconds, and how many fell in
+    /// each bucket (its upper bound in seconds, the last one infinite; counts not cumulative).
+    pub waits: u64,
+    pub wait_seconds: f64,
+    pub wait_buckets: Vec<(f64, u64)>,
+    /// Waits that gave up at the acquire timeout.
+    pub timeouts: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolStateLabels {
+    pool: &'static str,
+    state: &'static str,
+}
+
+/// Reads the connections at each scrape (the store keeps the figures; the server wires its
+/// reading in with [`Metrics::read_connections_with`]).
+struct ConnectionCollector(Box<dyn Fn() -> ConnectionReading + Send + Sync>);
+
+impl std::fmt::Debug for ConnectionCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionCollector")
+    }
+}
+
+impl Collector for ConnectionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let reading = (self.0)();
+        let pool = PoolLabels { pool: reading.pool };
+        let mut family = encoder.encode_descriptor(
+            "database_connections",
+            "Database connections requests take, by pool (requests: PostgreSQL's; writer: SQLite's one writer) and state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, value) in [("in_use", reading.in_use), ("idle", reading.idle)] {
+            let labels = PoolStateLabels {
+                pool: reading.pool,
+                state,
+            };
+            ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "database_connections_max",
+                "The most database connections of the pool there can be at once",
+                reading.max,
+            ),
+            (
+                "database_connection_waiting",
+                "Requests waiting for a database connection of the pool now",
+                reading.waiting,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value as i64).encode(metric.encode_family(&pool)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "database_connection_timeouts",
+            "Waits for a database connection that gave up at the acquire timeout (a request answered 503, or a background task that tries again)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(reading.timeouts).encode(metric.encode_family(&pool)?)?;
+        let mut metric = encoder.encode_descriptor(
+            "database_connection_wait_seconds",
+            "How long requests waited for a database connection of the pool",
+            None,
+            MetricType::Histogram,
+        )?;
+        metric.encode_family(&pool)?.encode_histogram::<PoolLabels>(
+            reading.wait_seconds,
+            reading.waits,
+            &reading.wait_buckets,
+            None,
+        )
+    }
 }
 
 /// The server's metrics and their registry.
@@ -163,6 +263,16 @@ impl Metrics {
             fraud_signals,
             change_notifications,
         }
+    }
+
+    /// Reports the database connections on every scrape, as `read` finds them (once; the
+    /// server calls it with its database's reading when it starts).
+    pub fn read_connections_with(
+        &mut self,
+        read: impl Fn() -> ConnectionReading + Send + Sync + 'static,
+    ) {
+        self.registry
+            .register_collector(Box::new(ConnectionCollector(Box::new(read))));
     }
 
     /// The Prometheus text exposition.

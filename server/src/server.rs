@@ -15,7 +15,7 @@ use crate::domain::Ctx;
 use crate::error::ServerError;
 use crate::http::router;
 use crate::keys::KeyRing;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionReading, Metrics};
 use crate::secrets::SecretsError;
 use crate::store::secrets::{Opened, Protection};
 use crate::store::{Database, StoreError};
@@ -157,7 +157,10 @@ impl Server {
             },
         ));
         let config_webhook_policy = (config.webhook_allow_loopback, config.webhook_allow_private);
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        let connections = db.clone();
+        metrics.read_connections_with(move || connection_reading(connections.connection_use()));
+        let metrics = Arc::new(metrics);
         let events = crate::domain::EventHub::counted(metrics.change_notifications.clone());
         let change_listener = tokio::spawn(events.clone().listen(db.clone()));
         let events_at_shutdown = events.clone();
@@ -454,5 +457,24 @@ async fn reload_server_keys(state: Ctx) {
             }
             Err(e) => tracing::warn!(error = %e, "server keys could not be reloaded"),
         }
+    }
+}
+
+/// The store's reading of its connections, as `/metrics` reports it.
+fn connection_reading(used: crate::store::ConnectionUse) -> ConnectionReading {
+    let bounds = crate::store::connection_use::WAIT_BUCKETS
+        .iter()
+        .copied()
+        .chain([f64::INFINITY]);
+    ConnectionReading {
+        pool: used.kind.label(),
+        max: used.max,
+        in_use: used.in_use,
+        idle: used.idle,
+        waiting: used.waiting,
+        waits: used.waits.count,
+        wait_seconds: used.waits.sum_seconds,
+        wait_buckets: bounds.zip(used.waits.buckets).collect(),
+        timeouts: used.timeouts,
     }
 }

@@ -31,6 +31,7 @@ pub mod users;
 pub mod webhooks;
 
 mod checkpoint;
+pub mod connection_use;
 mod direct;
 mod durability;
 mod error;
@@ -109,6 +110,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 use zeroize::Zeroizing;
 
 use crate::config::CommitDurability;
+pub use connection_use::{ConnectionKind, ConnectionUse};
 pub use error::StoreError;
 pub use executors::Statements;
 pub(crate) use pg_connections::HeldConnection;
@@ -519,6 +521,15 @@ impl Database {
     /// The engine.
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// How busy the connections requests wait for are: PostgreSQL's request connections, or
+    /// SQLite's one writer (see [`connection_use`]).
+    pub fn connection_use(&self) -> ConnectionUse {
+        match &self.own {
+            OwnConnections::SqliteWriter(writer) => writer.connection_use(),
+            OwnConnections::Postgres(connections) => connections.connection_use(),
+        }
     }
 
     /// When this database's commits return, as its sessions are set up (with

@@ -37,6 +37,8 @@ use sqlx::{ConnectOptions, Connection, TransactionManager};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::connection_use::{ConnectionKind, ConnectionUse, WaitRecorder};
+
 /// How long a connection given back with something still to send may take to flush it and
 /// answer a ping before it is closed.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,7 +58,11 @@ struct Shared {
     idle: Mutex<Vec<(AnyConnection, Instant)>>,
     /// One permit per connection held, idle or being opened; closed with the database handle.
     places: Arc<Semaphore>,
+    /// How many places there are.
+    max: usize,
     acquire_timeout: Duration,
+    /// The callers waiting for a place, and how long the waits took.
+    waits: WaitRecorder,
 }
 
 impl std::fmt::Debug for PgConnections {
@@ -77,19 +83,28 @@ impl PgConnections {
             options,
             idle: Mutex::new(Vec::with_capacity(max)),
             places: Arc::new(Semaphore::new(max)),
+            max,
             acquire_timeout,
+            waits: WaitRecorder::default(),
         }))
     }
 
     /// A connection: the most recently given back of the idle ones, else a new one. Waits for
     /// a free place at most the acquire timeout, opening included.
     pub(crate) async fn acquire(&self) -> Result<HeldConnection, sqlx::Error> {
-        let deadline = Instant::now() + self.0.acquire_timeout;
+        let started = Instant::now();
+        let deadline = started + self.0.acquire_timeout;
+        let waiting = self.0.waits.waiting();
         let place = match timeout_at(deadline, self.0.places.clone().acquire_owned()).await {
-            Err(_) => return Err(sqlx::Error::PoolTimedOut),
+            Err(_) => {
+                self.0.waits.timed_out();
+                return Err(sqlx::Error::PoolTimedOut);
+            }
             Ok(Err(_)) => return Err(sqlx::Error::PoolClosed),
             Ok(Ok(place)) => place,
         };
+        drop(waiting);
+        self.0.waits.record(started.elapsed());
         let idle = self.0.idle.lock().ok().and_then(|mut idle| {
             // Given back in order, so once the most recent is too old, all are.
             let (conn, since) = idle.pop()?;
@@ -103,7 +118,10 @@ impl PgConnections {
         let conn = match idle {
             Some(conn) => conn,
             None => match timeout_at(deadline, self.0.options.connect()).await {
-                Err(_) => return Err(sqlx::Error::PoolTimedOut),
+                Err(_) => {
+                    self.0.waits.timed_out();
+                    return Err(sqlx::Error::PoolTimedOut);
+                }
                 Ok(opened) => opened?,
             },
         };
@@ -118,6 +136,22 @@ impl PgConnections {
     /// How many connections are idle.
     pub(crate) fn idle_count(&self) -> usize {
         self.0.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+    }
+
+    /// How busy the connections are ([`super::Database::connection_use`]). A place is in use
+    /// from the moment a caller takes it until its connection is back among the idle ones
+    /// (opening, flushing and closing included).
+    pub(crate) fn connection_use(&self) -> ConnectionUse {
+        let free = self.0.places.available_permits();
+        ConnectionUse {
+            kind: ConnectionKind::PostgresRequests,
+            max: self.0.max as u64,
+            in_use: self.0.max.saturating_sub(free) as u64,
+            idle: self.idle_count() as u64,
+            waiting: self.0.waits.waiting_now(),
+            waits: self.0.waits.waits(),
+            timeouts: self.0.waits.timeouts(),
+        }
     }
 
     /// Refuses new callers (and those waiting) with [`sqlx::Error::PoolClosed`] and closes the

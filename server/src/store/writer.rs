@@ -42,6 +42,7 @@ use std::time::Duration;
 use sqlx_core::any::AnyValueKind;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
+use super::connection_use::{ConnectionKind, ConnectionUse, WaitRecorder};
 use super::direct::{DirectConnection, Item};
 
 /// The most transactions one group commits together: the first member waits for at most this
@@ -57,6 +58,8 @@ pub(crate) struct DirectWriter {
     queued: Arc<AtomicUsize>,
     /// How long a writer waits for its turn before the database counts as unavailable.
     wait: Duration,
+    /// How long the turns were waited for, and the waits that gave up (`/metrics`).
+    waits: WaitRecorder,
     closed: AtomicBool,
 }
 
@@ -129,6 +132,7 @@ impl DirectWriter {
             conn: Arc::new(Mutex::new(WriterConnection { conn, group: None })),
             queued: Arc::new(AtomicUsize::new(0)),
             wait,
+            waits: WaitRecorder::default(),
             closed: AtomicBool::new(false),
         })
     }
@@ -138,11 +142,16 @@ impl DirectWriter {
         if self.closed.load(Ordering::Acquire) {
             return Err(sqlx::Error::PoolClosed);
         }
+        let started = tokio::time::Instant::now();
         self.queued.fetch_add(1, Ordering::AcqRel);
-        let _queued = Queued(self.queued.clone());
-        let guard = tokio::time::timeout(self.wait, self.conn.clone().lock_owned())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        let queued = Queued(self.queued.clone());
+        let Ok(guard) = tokio::time::timeout(self.wait, self.conn.clone().lock_owned()).await
+        else {
+            self.waits.timed_out();
+            return Err(sqlx::Error::PoolTimedOut);
+        };
+        drop(queued);
+        self.waits.record(started.elapsed());
         Ok(WriterTurn {
             guard,
             queued: self.queued.clone(),
@@ -191,6 +200,23 @@ impl DirectWriter {
             queued: self.queued.clone(),
         };
         turn.is_autocommit().then_some(turn)
+    }
+
+    /// How busy the writer connection is ([`super::Database::connection_use`]): in use while
+    /// a writer (or a read that found it free) holds its turn; the writers waiting are those
+    /// asleep in the queue, not the members of a group waiting for its `COMMIT`.
+    pub(crate) fn connection_use(&self) -> ConnectionUse {
+        let in_use = u64::from(self.conn.try_lock().is_err());
+        let open = u64::from(!self.closed.load(Ordering::Acquire));
+        ConnectionUse {
+            kind: ConnectionKind::SqliteWriter,
+            max: 1,
+            in_use,
+            idle: open.saturating_sub(in_use),
+            waiting: self.queued.load(Ordering::Acquire) as u64,
+            waits: self.waits.waits(),
+            timeouts: self.waits.timeouts(),
+        }
     }
 
     /// Refuses turns from now on.

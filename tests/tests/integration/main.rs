@@ -16,6 +16,7 @@ mod authentication;
 mod bypass;
 mod ciba;
 mod client_address;
+mod connection_metrics;
 mod device_identity;
 mod device_protocol;
 mod device_versions;
