@@ -752,6 +752,7 @@ async fn cpu_at_level(bin: &Path, db: &Db, level: usize, cycles: usize, pair_con
         let rest = devices.split_off(devices_per_worker.min(devices.len()));
         workers.push(std::mem::replace(&mut devices, rest));
     }
+    let waits0 = ConnectionWaits::scrape(&setup.server.base_url).await;
     let server0 = setup.server.cpu_seconds();
     let own0 = own_cpu_seconds();
     let started = Instant::now();
@@ -781,6 +782,9 @@ async fn cpu_at_level(bin: &Path, db: &Db, level: usize, cycles: usize, pair_con
     let server = setup.server.cpu_seconds() - server0;
     let own = own_cpu_seconds() - own0;
     let done = (per_worker * level) as f64;
+    let waits = ConnectionWaits::scrape(&setup.server.base_url)
+        .await
+        .since(&waits0);
     println!(
         "level     {:<9} {level:>4} devices {:>6} cycles {:>8.1} cycles/s  p50 {}  p99 {}  server {:.3} ms CPU per cycle ({:.2} cores busy)  load generator {:.3} ms CPU per cycle",
         db.label(),
@@ -792,6 +796,114 @@ async fn cpu_at_level(bin: &Path, db: &Db, level: usize, cycles: usize, pair_con
         server / elapsed,
         own * 1000.0 / done,
     );
+    println!(
+        "          {:<9} {level:>4} devices  {}",
+        db.label(),
+        waits.summary(done)
+    );
+}
+
+/// The server's waits for a database connection (`tessera_database_connection_wait_seconds`
+/// on `/metrics`: PostgreSQL's request connections, SQLite's writer turn), read before and
+/// after a level to tell how much of its latency is the queue for a connection.
+#[derive(Debug, Default)]
+struct ConnectionWaits {
+    pool: String,
+    max: f64,
+    count: f64,
+    sum: f64,
+    timeouts: f64,
+    /// (upper bound in seconds, cumulative count), `+Inf` last.
+    buckets: Vec<(f64, f64)>,
+}
+
+impl ConnectionWaits {
+    async fn scrape(base_url: &str) -> Self {
+        let text = reqwest::get(format!("{base_url}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let mut waits = ConnectionWaits::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name_labels, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = name_labels.split_once('{').unwrap_or((name_labels, ""));
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+                    .map(|v| v.trim_end_matches(['"', '}']).to_owned())
+            };
+            match name {
+                "tessera_database_connections_max" => {
+                    waits.pool = label("pool").unwrap_or_default();
+                    waits.max = value;
+                }
+                "tessera_database_connection_wait_seconds_count" => waits.count = value,
+                "tessera_database_connection_wait_seconds_sum" => waits.sum = value,
+                "tessera_database_connection_timeouts_total" => waits.timeouts = value,
+                "tessera_database_connection_wait_seconds_bucket" => {
+                    let bound = match label("le").as_deref() {
+                        Some("+Inf") => f64::INFINITY,
+                        Some(b) => b.parse().unwrap_or(f64::INFINITY),
+                        None => continue,
+                    };
+                    waits.buckets.push((bound, value));
+                }
+                _ => {}
+            }
+        }
+        waits
+    }
+
+    /// The waits between `before` and this reading.
+    fn since(mut self, before: &ConnectionWaits) -> Self {
+        self.count -= before.count;
+        self.sum -= before.sum;
+        self.timeouts -= before.timeouts;
+        for ((_, after), (_, earlier)) in self.buckets.iter_mut().zip(&before.buckets) {
+            *after -= earlier;
+        }
+        self
+    }
+
+    /// The bucket bound under which `share` of the waits fall.
+    fn quantile(&self, share: f64) -> f64 {
+        let wanted = share * self.count;
+        self.buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= wanted)
+            .map_or(f64::INFINITY, |(bound, _)| *bound)
+    }
+
+    fn summary(&self, cycles: f64) -> String {
+        let over = |bound: f64| {
+            let under = self
+                .buckets
+                .iter()
+                .find(|(b, _)| *b >= bound)
+                .map_or(self.count, |(_, c)| *c);
+            100.0 * (self.count - under) / self.count.max(1.0)
+        };
+        format!(
+            "connection waits ({} of {}): {:.1} a cycle, mean {:.3} ms, p50 <= {} ms, p99 <= {} ms, {:.1} % over 1 ms, {:.1} ms waited a cycle, {} timeouts",
+            self.pool,
+            self.max,
+            self.count / cycles.max(1.0),
+            1000.0 * self.sum / self.count.max(1.0),
+            1000.0 * self.quantile(0.5),
+            1000.0 * self.quantile(0.99),
+            over(0.001),
+            1000.0 * self.sum / cycles.max(1.0),
+            self.timeouts,
+        )
+    }
 }
 
 fn main() {
