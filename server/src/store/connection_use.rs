@@ -16,8 +16,10 @@ use std::time::Duration;
 
 /// The upper bounds, in seconds, of the buckets the waits are counted in: from a connection at
 /// once (well under 100 µs) to a wait that reaches the acquire timeout (10 s by default).
-pub const WAIT_BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0,
+/// Steps of 1, 2.5 and 5, so that a quantile read from them is within a factor of 2.5.
+pub const WAIT_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// Where the requests of this process wait for a connection.
