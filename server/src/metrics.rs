@@ -76,6 +76,8 @@ pub(crate) struct ConnectionReading {
     pub wait_buckets: Vec<(f64, u64)>,
     /// Waits that gave up at the acquire timeout.
     pub timeouts: u64,
+    /// New connections that failed to open (the database down or unreachable).
+    pub open_failures: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -138,6 +140,13 @@ impl Collector for ConnectionCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(reading.timeouts).encode(metric.encode_family(&pool)?)?;
+        let mut metric = encoder.encode_descriptor(
+            "database_connection_open_failures",
+            "New database connections that failed to open: the database down, refusing or unreachable",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(reading.open_failures).encode(metric.encode_family(&pool)?)?;
         let mut metric = encoder.encode_descriptor(
             "database_connection_wait_seconds",
             "How long requests waited for a database connection of the pool",

@@ -476,5 +476,6 @@ fn connection_reading(used: crate::store::ConnectionUse) -> ConnectionReading {
         wait_seconds: used.waits.sum_seconds,
         wait_buckets: bounds.zip(used.waits.buckets).collect(),
         timeouts: used.timeouts,
+        open_failures: used.open_failures,
     }
 }

@@ -121,6 +121,33 @@ async fn a_database_outage_is_503_with_retry_after_on_every_surface() {
         .expect("send");
     assert_eq!(backchannel.status(), 503, "OAuth backchannel endpoint");
 
+    // `/metrics` tells a database that refuses connections from a pool too small: the refused
+    // connections are counted as such, not as waits that timed out.
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("metrics");
+    let sample = |name: &str| {
+        metrics.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+            value.trim().parse::<f64>().ok()
+        })
+    };
+    let refused = sample("tessera_database_connection_open_failures_total{pool=\"requests\"}");
+    assert!(
+        refused.is_some_and(|n| n >= 4.0),
+        "each refused connection is counted ({refused:?}): {metrics}"
+    );
+    assert_eq!(
+        sample("tessera_database_connection_timeouts_total{pool=\"requests\"}"),
+        Some(0.0),
+        "a refused connection is not a timeout: {metrics}"
+    );
+
     set_outage(&base_url, &db, false).await;
     let mut recovered = false;
     for _ in 0..40 {

@@ -1,6 +1,6 @@
 //! How busy the store's connections are, for the operator ([`super::Database::connection_use`]):
 //! how many a request holds and how many are idle, how many requests wait for one now, how long
-//! the waits took, and how many gave up.
+//! the waits took, how many gave up, and how many new connections failed to open.
 //!
 //! What is counted is where a request can wait: on PostgreSQL, the requests' own connections
 //! (`store/pg_connections.rs`, at most `max_connections`); on SQLite, the turns of the one
@@ -58,6 +58,9 @@ pub struct ConnectionUse {
     pub waits: WaitCounts,
     /// The waits that gave up at the acquire timeout (each answered as unavailability).
     pub timeouts: u64,
+    /// New connections the database refused or that failed to open (PostgreSQL; each answered
+    /// as unavailability): a database down or unreachable, where `timeouts` is one too busy.
+    pub open_failures: u64,
 }
 
 /// Waits counted by how long they took: a histogram over [`WAIT_BUCKETS`].
@@ -79,6 +82,7 @@ pub(crate) struct WaitRecorder {
     count: AtomicU64,
     sum_nanos: AtomicU64,
     timeouts: AtomicU64,
+    open_failures: AtomicU64,
     buckets: [AtomicU64; WAIT_BUCKETS.len() + 1],
 }
 
@@ -116,6 +120,11 @@ impl WaitRecorder {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a new connection that failed to open.
+    pub(crate) fn open_failed(&self) {
+        self.open_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Requests waiting now.
     pub(crate) fn waiting_now(&self) -> u64 {
         self.waiting.load(Ordering::Acquire) as u64
@@ -139,6 +148,11 @@ impl WaitRecorder {
     /// The waits that gave up so far.
     pub(crate) fn timeouts(&self) -> u64 {
         self.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// The connections that failed to open so far.
+    pub(crate) fn open_failures(&self) -> u64 {
+        self.open_failures.load(Ordering::Relaxed)
     }
 }
 
@@ -174,8 +188,10 @@ mod tests {
         assert_eq!(recorder.waiting_now(), 1);
         drop(second);
         recorder.timed_out();
+        recorder.open_failed();
         assert_eq!(recorder.waiting_now(), 0);
         assert_eq!(recorder.timeouts(), 1);
+        assert_eq!(recorder.open_failures(), 1);
         assert_eq!(recorder.waits().count, 0);
     }
 }

@@ -122,7 +122,7 @@ impl PgConnections {
                     self.0.waits.timed_out();
                     return Err(sqlx::Error::PoolTimedOut);
                 }
-                Ok(opened) => opened?,
+                Ok(opened) => opened.inspect_err(|_| self.0.waits.open_failed())?,
             },
         };
         Ok(HeldConnection {
@@ -151,6 +151,7 @@ impl PgConnections {
             waiting: self.0.waits.waiting_now(),
             waits: self.0.waits.waits(),
             timeouts: self.0.waits.timeouts(),
+            open_failures: self.0.waits.open_failures(),
         }
     }
 

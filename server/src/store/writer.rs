@@ -216,6 +216,8 @@ impl DirectWriter {
             waiting: self.queued.load(Ordering::Acquire) as u64,
             waits: self.waits.waits(),
             timeouts: self.waits.timeouts(),
+            // Opened once, at start-up.
+            open_failures: 0,
         }
     }
 
