@@ -226,12 +226,20 @@ pub const RECENT_APPROVALS_READ: u32 = 200;
 /// The statement of [`recent_successes`]: the newest `$4` ([`RECENT_APPROVALS_READ`]) approvals
 /// in the window, read backwards from the `authentications_approvals_by_user` index alone, then
 /// each address once with its latest approval.
-pub(crate) const RECENT_SUCCESSES: &str = "SELECT accessing_ip, MAX(answered_at) AS answered_at \
-    FROM (SELECT accessing_ip, answered_at FROM authentications \
-    WHERE application_id = $1 AND user_id = $2 AND state = 'approved' \
-    AND answered_at >= $3 AND accessing_ip IS NOT NULL \
-    ORDER BY answered_at DESC LIMIT $4) newest \
-    GROUP BY accessing_ip ORDER BY answered_at DESC LIMIT 100";
+pub(crate) static RECENT_SUCCESSES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| recent_successes_statement(3, 4));
+
+/// [`RECENT_SUCCESSES`] with the window's start in `$since` and how many are read in `$most`.
+fn recent_successes_statement(since: usize, most: usize) -> String {
+    format!(
+        "SELECT accessing_ip, MAX(answered_at) AS answered_at \
+         FROM (SELECT accessing_ip, answered_at FROM authentications \
+         WHERE application_id = $1 AND user_id = $2 AND state = 'approved' \
+         AND answered_at >= ${since} AND accessing_ip IS NOT NULL \
+         ORDER BY answered_at DESC LIMIT ${most}) newest \
+         GROUP BY accessing_ip ORDER BY answered_at DESC LIMIT 100"
+    )
+}
 
 /// The addresses the user was approved from since `since`, each with its latest approval,
 /// newest first: (accessing IP, when). Read from the user's newest [`RECENT_APPROVALS_READ`]
@@ -242,7 +250,7 @@ pub async fn recent_successes(
     user: &UserId,
     since: i64,
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    sqlx::query(RECENT_SUCCESSES)
+    sqlx::query(&RECENT_SUCCESSES)
         .bind(app.as_str())
         .bind(user.as_str())
         .bind(since)
@@ -307,6 +315,173 @@ pub async fn push_counts(
             Ok((*window, count.unsigned_abs()))
         })
         .collect()
+}
+
+/// Which of a user's facts [`facts`] reads, each only when asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct FactsWanted<'a> {
+    /// The groups the rules name: the user's groups and which of these have members are read
+    /// when there is one.
+    pub named_groups: &'a [String],
+    /// The start of the recent approvals' window, if they are read.
+    pub approvals_since: Option<i64>,
+    /// The push-count windows (their length in seconds) with the number each counts up to.
+    pub push_windows: &'a BTreeMap<u32, u32>,
+    /// Whether the previous location is read.
+    pub previous_location: bool,
+}
+
+/// What [`facts`] read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FactsRead {
+    /// The user's groups, by name.
+    pub groups: Vec<String>,
+    /// Which of the named groups some user of the application is in, in the order named.
+    pub known_groups: Vec<String>,
+    /// As [`recent_successes`] reads them, newest first.
+    pub recent_successes: Vec<(String, i64)>,
+    /// As [`push_counts`] counts them.
+    pub push_counts: BTreeMap<u32, u64>,
+    /// As [`previous_location`] reads it.
+    pub previous_location: Option<(f64, f64, i64)>,
+}
+
+/// The statement of [`facts`]: one row of the counts (`w0`, `w1`.. each window's, `g0`, `g1`..
+/// whether each named group has members), joined with the rows of the lists asked for, each
+/// tagged by its `kind` (`group`, `approval`, `location`). Its values: `$1` the application,
+/// `$2` the user, then the approvals' start and how many are read (when asked for), each
+/// window's start and number, the named groups. Each part is the statement [`groups`],
+/// [`known_groups`], [`recent_successes`], [`push_counts`] and [`previous_location`] run alone,
+/// over the same indexes.
+pub(crate) fn facts_statement(
+    named_groups: usize,
+    approvals: bool,
+    windows: usize,
+    location: bool,
+) -> String {
+    let mut next = 3;
+    let mut lists = Vec::new();
+    if approvals {
+        lists.push(format!(
+            "SELECT 'approval' AS kind, accessing_ip AS name, answered_at AS at, \
+             CAST(NULL AS DOUBLE PRECISION) AS latitude, \
+             CAST(NULL AS DOUBLE PRECISION) AS longitude FROM ({}) approvals",
+            recent_successes_statement(next, next + 1)
+        ));
+        next += 2;
+    }
+    let mut counts = Vec::new();
+    for i in 0..windows {
+        counts.push(format!(
+            "{} AS w{i}",
+            super::authentications::counted_pushes(1, 2, next, next + 1)
+        ));
+        next += 2;
+    }
+    for i in 0..named_groups {
+        counts.push(format!(
+            "CAST(CASE WHEN EXISTS (SELECT 1 FROM user_groups WHERE application_id = $1 \
+             AND group_name = ${next}) THEN 1 ELSE 0 END AS BIGINT) AS g{i}"
+        ));
+        next += 1;
+    }
+    if named_groups > 0 {
+        lists.push(
+            "SELECT 'group' AS kind, group_name AS name, CAST(0 AS BIGINT) AS at, \
+             CAST(NULL AS DOUBLE PRECISION) AS latitude, \
+             CAST(NULL AS DOUBLE PRECISION) AS longitude \
+             FROM user_groups WHERE application_id = $1 AND user_id = $2"
+                .to_string(),
+        );
+    }
+    if location {
+        lists.push(format!(
+            "SELECT 'location' AS kind, CAST(NULL AS TEXT) AS name, created_at AS at, \
+             latitude, longitude FROM ({PREVIOUS_LOCATION}) location"
+        ));
+    }
+    if counts.is_empty() {
+        counts.push("CAST(0 AS BIGINT) AS none".to_string());
+    }
+    let counts = counts.join(", ");
+    if lists.is_empty() {
+        return format!("SELECT {counts}");
+    }
+    format!(
+        "SELECT * FROM (SELECT {counts}) counts LEFT JOIN ({}) lists ON 1 = 1",
+        lists.join(" UNION ALL ")
+    )
+}
+
+/// The facts `wanted` names for `user` at `now`, in one statement ([`facts_statement`]): one
+/// round trip on PostgreSQL and one statement on SQLite, where reading them apart took one for
+/// each.
+pub async fn facts(
+    db: &Database,
+    app: &ApplicationId,
+    user: &UserId,
+    now: i64,
+    wanted: &FactsWanted<'_>,
+) -> Result<FactsRead, StoreError> {
+    let sql = facts_statement(
+        wanted.named_groups.len(),
+        wanted.approvals_since.is_some(),
+        wanted.push_windows.len(),
+        wanted.previous_location,
+    );
+    let mut query = sqlx::query(&sql).bind(app.as_str()).bind(user.as_str());
+    if let Some(since) = wanted.approvals_since {
+        query = query.bind(since).bind(i64::from(RECENT_APPROVALS_READ));
+    }
+    for (window, most) in wanted.push_windows {
+        query = query.bind(now - i64::from(*window)).bind(i64::from(*most));
+    }
+    for name in wanted.named_groups {
+        query = query.bind(name);
+    }
+    let rows = query.fetch_all(db.pool()).await?;
+    let mut read = FactsRead::default();
+    let Some(first) = rows.first() else {
+        return Ok(read);
+    };
+    for (i, window) in wanted.push_windows.keys().enumerate() {
+        let count: i64 = first.try_get(format!("w{i}").as_str())?;
+        read.push_counts.insert(*window, count.unsigned_abs());
+    }
+    for (i, name) in wanted.named_groups.iter().enumerate() {
+        if first.try_get::<i64, _>(format!("g{i}").as_str())? > 0 {
+            read.known_groups.push(name.clone());
+        }
+    }
+    let listed = wanted.approvals_since.is_some()
+        || !wanted.named_groups.is_empty()
+        || wanted.previous_location;
+    if !listed {
+        return Ok(read);
+    }
+    for row in &rows {
+        let kind: Option<String> = row.try_get("kind")?;
+        match kind.as_deref() {
+            Some("group") => read.groups.push(row.try_get("name")?),
+            Some("approval") => read.recent_successes.push((
+                row.try_get("name")?,
+                row.try_get::<Option<i64>, _>("at")?.unwrap_or(0),
+            )),
+            Some("location") => {
+                read.previous_location = Some((
+                    row.try_get("latitude")?,
+                    row.try_get("longitude")?,
+                    row.try_get("at")?,
+                ));
+            }
+            _ => {}
+        }
+    }
+    // The lists' own orders do not survive their union: sorted here as each reads alone.
+    read.groups.sort();
+    read.recent_successes
+        .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(read)
 }
 
 /// A decision to record.

@@ -491,10 +491,8 @@ pub(crate) async fn read_ahead(
 
 /// The facts `needs` names, read from the database for `user` as of `now`; only those its
 /// rules use (a policy that names no group reads no groups, one without a geovelocity rule no
-/// previous location, ...). The reads need nothing but the two ids, so they go out side by
-/// side, each on a pooled connection of its own (the caller holds none): on PostgreSQL a
-/// decision waits for one round trip instead of up to five in a row. They never shared a
-/// snapshot, so reading them apart changes nothing they can see.
+/// previous location, ...), all in one statement (`store::policies::facts`): one round trip on
+/// PostgreSQL and one statement on SQLite, however many kinds of fact the rules look at.
 async fn read_facts(
     db: &crate::store::Database,
     app: &ApplicationId,
@@ -502,46 +500,23 @@ async fn read_facts(
     now: i64,
     needs: &FactNeeds,
 ) -> Result<Facts, DomainError> {
-    let named_groups = &needs.named_groups;
-    let (groups, known_groups, recent_successes, push_counts, previous_location) = tokio::try_join!(
-        async {
-            if named_groups.is_empty() {
-                Ok(Vec::new())
-            } else {
-                policies::groups(db, app, user).await
-            }
-        },
-        async {
-            if named_groups.is_empty() {
-                Ok(Vec::new())
-            } else {
-                policies::known_groups(db, app, named_groups).await
-            }
-        },
-        async {
-            match needs.lookback {
-                0 => Ok(Vec::new()),
-                back => policies::recent_successes(db, app, user, now - back).await,
-            }
-        },
-        policies::push_counts(db, app, user, now, &needs.windows),
-        async {
-            if needs.geovelocity {
-                policies::previous_location(db, app, user).await
-            } else {
-                Ok(None)
-            }
-        },
-    )?;
+    let wanted = policies::FactsWanted {
+        named_groups: &needs.named_groups,
+        approvals_since: (needs.lookback != 0).then(|| now - needs.lookback),
+        push_windows: &needs.windows,
+        previous_location: needs.geovelocity,
+    };
+    let read = policies::facts(db, app, user, now, &wanted).await?;
     Ok(Facts {
-        groups,
-        known_groups: known_groups.into_iter().collect(),
-        recent_successes: recent_successes
+        groups: read.groups,
+        known_groups: read.known_groups.into_iter().collect(),
+        recent_successes: read
+            .recent_successes
             .into_iter()
             .filter_map(|(ip, at)| ip.trim().parse::<IpAddr>().ok().map(|ip| (ip, at)))
             .collect(),
-        push_counts,
-        previous_location,
+        push_counts: read.push_counts,
+        previous_location: read.previous_location,
     })
 }
 
@@ -1090,6 +1065,8 @@ pub(crate) async fn check_path(
 
 #[cfg(test)]
 mod ahead_tests;
+#[cfg(test)]
+mod facts_tests;
 #[cfg(test)]
 mod groups_tests;
 #[cfg(test)]
