@@ -413,7 +413,7 @@ pub(crate) fn facts_statement(
     )
 }
 
-/// The facts `wanted` names for `user` at `now`, in one statement ([`facts_statement`]): one
+/// The facts `wanted` names for `user` at `now`, in one statement (`facts_statement`): one
 /// round trip on PostgreSQL and one statement on SQLite, where reading them apart took one for
 /// each.
 pub async fn facts(
