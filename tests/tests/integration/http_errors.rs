@@ -309,7 +309,10 @@ async fn api_key_required(backend: Backend) {
 async fn pairing_code_guessing_is_throttled() {
     // SQLite only: the throttle counts per client address in the database, and on a shared
     // PostgreSQL database every test's client is 127.0.0.1.
+    // A clock that stands still: all the guesses fall in one throttle minute (a run crossing
+    // into the next one would find fresh counters).
     let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.clock = std::sync::Arc::new(tessera_server::ManualClock::new());
         c.pairing_failures_per_ip_per_minute = 5;
     })
     .await;
@@ -352,6 +355,7 @@ async fn pairing_code_guessing_is_throttled() {
 async fn a_concurrent_burst_of_pairing_guesses_checks_no_more_codes_than_the_limit() {
     // SQLite only, as above: the throttle counts per client address.
     let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.clock = std::sync::Arc::new(tessera_server::ManualClock::new());
         c.pairing_failures_per_ip_per_minute = 10;
     })
     .await;
