@@ -366,7 +366,6 @@ impl RunningServer {
     }
 }
 
-/// The TLS configuration from the certificate chain and key files.
 /// What [`Server::checked`] built from the settings for [`Server::start`] to serve with.
 struct Checked {
     /// The TLS files and the configuration loaded from them (`None`: plain HTTP).
@@ -375,6 +374,7 @@ struct Checked {
     attestation: crate::domain::attestation::AttestationTrust,
 }
 
+/// The TLS configuration from the certificate chain and key files.
 async fn load_tls(files: &TlsFiles) -> Result<RustlsConfig, ServerError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     for (path, what) in [
