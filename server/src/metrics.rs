@@ -133,20 +133,21 @@ impl Collector for ConnectionCollector {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(value as i64).encode(metric.encode_family(&pool)?)?;
         }
-        let mut metric = encoder.encode_descriptor(
-            "database_connection_timeouts",
-            "Waits for a database connection that gave up at the acquire timeout (a request answered 503, or a background task that tries again)",
-            None,
-            MetricType::Counter,
-        )?;
-        ConstCounter::new(reading.timeouts).encode(metric.encode_family(&pool)?)?;
-        let mut metric = encoder.encode_descriptor(
-            "database_connection_open_failures",
-            "New database connections that failed to open: the database down, refusing or unreachable",
-            None,
-            MetricType::Counter,
-        )?;
-        ConstCounter::new(reading.open_failures).encode(metric.encode_family(&pool)?)?;
+        for (name, help, value) in [
+            (
+                "database_connection_timeouts",
+                "Waits for a database connection that gave up at the acquire timeout (a request answered 503, or a background task that tries again)",
+                reading.timeouts,
+            ),
+            (
+                "database_connection_open_failures",
+                "New database connections that failed to open: the database down, refusing or unreachable",
+                reading.open_failures,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric.encode_family(&pool)?)?;
+        }
         let mut metric = encoder.encode_descriptor(
             "database_connection_wait_seconds",
             "How long requests waited for a database connection of the pool",
