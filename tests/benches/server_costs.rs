@@ -819,12 +819,7 @@ struct ConnectionWaits {
 
 impl ConnectionWaits {
     async fn scrape(base_url: &str) -> Self {
-        let text = reqwest::get(format!("{base_url}/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = tessera_tests::scrape_metrics(base_url).await;
         let mut waits = ConnectionWaits::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((name_labels, value)) = line.rsplit_once(' ') else {

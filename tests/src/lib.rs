@@ -982,6 +982,33 @@ pub fn ask(
     tessera_protocol::api::CreateAuthenticationRequest::new(kind)
 }
 
+/// The Prometheus text exposition served at `{base_url}/metrics`.
+pub async fn scrape_metrics(base_url: &str) -> String {
+    reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("the metrics' text")
+}
+
+/// The value of the sample `name_and_labels` (a metric's name with its labels as served, such as
+/// `tessera_database_connection_waiting{pool="writer"}`) in the exposition `metrics`: `None`
+/// when it is not there; a sample whose value is not a number fails the test.
+pub fn metric_sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line
+            .strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .trim();
+        Some(
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("{name_and_labels} has the value {value:?}")),
+        )
+    })
+}
+
 /// One full approval cycle: the relying party asks `user`'s `device` (paired as `enrollment`)
 /// for an approval, the device pulls and approves it, and the relying party reads it approved.
 pub async fn approval_cycle(

@@ -13,27 +13,12 @@ use sqlx::Connection;
 use tessera_examples::customer::CustomerApiError;
 use tessera_protocol::authentication::AuthenticationKind;
 use tessera_protocol::error::ErrorCode;
-use tessera_tests::{Backend, TestServer, ask, on_each_backend};
+use tessera_tests::{
+    Backend, TestServer, ask, metric_sample as sample, on_each_backend, scrape_metrics as scrape,
+};
 
 on_each_backend! {
     requests_waiting_for_a_connection_are_shown_and_counted => waits_shown_and_counted;
-}
-
-/// The value of the sample `name{labels}` in a Prometheus text exposition.
-fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let value = line.strip_prefix(name_and_labels)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
-}
-
-async fn scrape(base_url: &str) -> String {
-    reqwest::get(format!("{base_url}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics")
 }
 
 /// Scrapes until `ready` holds for the exposition (at most ten seconds), answering the last one.

@@ -126,15 +126,8 @@ async fn an_answer_through_one_instance_wakes_a_waiter_on_another() {
 /// The value of the counter `name` in the `/metrics` exposition served at `base` (0 when it is
 /// not there).
 async fn counter(base: &str, name: &str) -> u64 {
-    let body = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}_total ")))
-        .map_or(0, |value| value.trim().parse().expect("a counter's value"))
+    let metrics = tessera_tests::scrape_metrics(base).await;
+    tessera_tests::metric_sample(&metrics, &format!("{name}_total")).map_or(0, |value| value as u64)
 }
 
 /// The backend of the connection named `name` that listens for change notifications.
