@@ -101,6 +101,40 @@ pub(crate) fn postgres_url_for_tests(purpose: &str) -> Option<String> {
     url
 }
 
+/// Runs `sql` on a connection of its own to the PostgreSQL database at `url`.
+#[cfg(test)]
+async fn postgres_execute_alone(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
+    sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    let _ = conn.close().await;
+}
+
+/// A new schema (named from `prefix`) of the PostgreSQL database at `url`, and a URL whose
+/// connections use it (its `search_path`): for a test whose statements reach every row of a
+/// table (a housekeeping delete, a plan on filled tables), kept apart from the other tests
+/// sharing the database. [`postgres_drop_schema`] removes it.
+#[cfg(test)]
+pub(crate) async fn postgres_fresh_schema(url: &str, prefix: &str) -> (String, String) {
+    let schema = format!(
+        "{prefix}_{}_{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    postgres_execute_alone(url, &format!("CREATE SCHEMA {schema}")).await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    (
+        format!("{url}{sep}options=-c%20search_path%3D{schema}"),
+        schema,
+    )
+}
+
+/// Drops a schema [`postgres_fresh_schema`] made, with everything in it.
+#[cfg(test)]
+pub(crate) async fn postgres_drop_schema(url: &str, schema: &str) {
+    postgres_execute_alone(url, &format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
 use std::str::FromStr;
 use std::sync::{Arc, Once};
 use std::time::Duration;

@@ -62,6 +62,17 @@ pub async fn record_once(
     expires_at: i64,
     now: i64,
 ) -> Result<bool, StoreError> {
+    record_once_then(db, key, expires_at, now, housekeeping_due()).await
+}
+
+/// [`record_once`], with the housekeeping after it when `housekeeping`.
+async fn record_once_then(
+    db: &Database,
+    key: &str,
+    expires_at: i64,
+    now: i64,
+    housekeeping: bool,
+) -> Result<bool, StoreError> {
     let result = sqlx::query(RECORD)
         .bind(key)
         .bind(expires_at)
@@ -69,14 +80,31 @@ pub async fn record_once(
         .await;
     match result {
         Ok(_) => {
-            // Cheap housekeeping: forget nonces that could no longer be fresh.
-            if rand::random::<u8>() < 8 {
-                forget_expired(db.writer(), now).await?;
+            if housekeeping {
+                forget_expired_after_recording(db.writer(), now).await;
             }
             Ok(true)
         }
         Err(e) if is_unique_violation(&e) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a call that recorded its nonce also does the housekeeping: about one in 32.
+fn housekeeping_due() -> bool {
+    rand::random::<u8>() < 8
+}
+
+/// The housekeeping after a nonce was recorded ([`forget_expired`]). Its failure is logged and
+/// not the call's: the nonce is already recorded, so a call answered with an error here could
+/// not be retried (its retry would be refused as a replay). Expired nonces left behind are
+/// forgotten by a later call.
+async fn forget_expired_after_recording<'c>(
+    executor: impl sqlx::Executor<'c, Database = Any>,
+    now: i64,
+) {
+    if let Err(error) = forget_expired(executor, now).await {
+        tracing::warn!(%error, "expired nonces not forgotten this time");
     }
 }
 
@@ -91,6 +119,19 @@ pub async fn record_call(
     expires_at: i64,
     now: i64,
     touch: Option<&EnrollmentId>,
+) -> Result<bool, StoreError> {
+    record_call_then(db, conn, key, expires_at, now, touch, housekeeping_due()).await
+}
+
+/// [`record_call`], with the housekeeping after it when `housekeeping`.
+async fn record_call_then(
+    db: &Database,
+    conn: &mut crate::store::ReadConn,
+    key: &str,
+    expires_at: i64,
+    now: i64,
+    touch: Option<&EnrollmentId>,
+    housekeeping: bool,
 ) -> Result<bool, StoreError> {
     let fresh = if let Some(enrollment) = touch {
         let mut tx = db.write_on(conn).await?;
@@ -111,10 +152,10 @@ pub async fn record_call(
     // connection. Taking another one from the pool while the request holds `conn` could, with
     // as many such calls at once as the pool has connections, leave every connection held by a
     // call waiting for one (until the pool's acquire timeout failed them all).
-    if fresh && rand::random::<u8>() < 8 {
+    if fresh && housekeeping {
         match db.engine() {
-            Engine::Postgres => forget_expired(&mut **conn, now).await?,
-            Engine::Sqlite => forget_expired(db.writer(), now).await?,
+            Engine::Postgres => forget_expired_after_recording(&mut **conn, now).await,
+            Engine::Sqlite => forget_expired_after_recording(db.writer(), now).await,
         };
     }
     Ok(fresh)
@@ -190,7 +231,11 @@ mod tests {
         let Some(url) = crate::store::postgres_url_for_tests("run it on PostgreSQL") else {
             return;
         };
-        calls_hold_only_their_own_connection(&url).await;
+        // A schema of its own: its housekeeping, on a clock of its own, forgets (and keeps)
+        // only its own nonces, whatever the tests sharing the database do.
+        let (schema_url, schema) = crate::store::postgres_fresh_schema(&url, "nonces").await;
+        calls_hold_only_their_own_connection(&schema_url).await;
+        crate::store::postgres_drop_schema(&url, &schema).await;
     }
 
     /// A nonce expired by this instance's clock, but not by the clock of an instance up to
@@ -227,6 +272,59 @@ mod tests {
         );
     }
 
+    /// A recorded nonce whose housekeeping then fails still answers `true`: the call is not
+    /// failed after its nonce was taken (its retry would be a replay), and a replay of it is
+    /// still refused. The housekeeping is made to fail by a trigger refusing every delete.
+    #[tokio::test]
+    async fn a_failed_housekeeping_does_not_fail_the_call_that_recorded_its_nonce() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let db = Database::connect(&url, 2).await.expect("database");
+        let now = 3_000_000;
+        // An expired nonce for every housekeeping to try to forget (the trigger keeps it).
+        assert!(
+            record_once_then(&db, "expired", now - 600, now - 900, false)
+                .await
+                .expect("record")
+        );
+        sqlx::query(
+            "CREATE TRIGGER refuse_forgetting BEFORE DELETE ON device_nonces \
+             BEGIN SELECT RAISE(ABORT, 'deletes refused'); END",
+        )
+        .execute(db.writer())
+        .await
+        .expect("trigger");
+        forget_expired(db.writer(), now)
+            .await
+            .expect_err("the housekeeping fails");
+        let key = format!("once-{}", rand::random::<u64>());
+        assert!(
+            record_once_then(&db, &key, now + 300, now, true)
+                .await
+                .expect("recorded, whatever the housekeeping did")
+        );
+        assert!(
+            !record_once_then(&db, &key, now + 300, now, true)
+                .await
+                .expect("replay checked")
+        );
+        let mut conn = db.reader().await.expect("connection");
+        let enrollment = EnrollmentId::generate();
+        for touch in [None, Some(&enrollment)] {
+            let key = format!("call-{}", rand::random::<u64>());
+            assert!(
+                record_call_then(&db, &mut conn, &key, now + 300, now, touch, true)
+                    .await
+                    .expect("recorded, whatever the housekeeping did")
+            );
+            assert!(
+                !record_call_then(&db, &mut conn, &key, now + 300, now, touch, true)
+                    .await
+                    .expect("replay checked")
+            );
+        }
+    }
+
     /// A SQLite database in `dir`, and the PostgreSQL one `DATABASE_URL` names, if any.
     fn engine_urls(dir: &tempfile::TempDir) -> Vec<String> {
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
@@ -241,9 +339,19 @@ mod tests {
     async fn nonces_are_kept_for_the_clock_skew_after_they_expire() {
         let dir = tempfile::tempdir().expect("temporary folder");
         for url in engine_urls(&dir) {
-            let db = Database::connect(&url, 2).await.expect("database");
+            // On PostgreSQL a schema of its own: another test's housekeeping, on another
+            // clock, would forget the nonce this one expects kept (and this one's, theirs).
+            let fresh = match url.starts_with("postgres") {
+                true => Some(crate::store::postgres_fresh_schema(&url, "nonces").await),
+                false => None,
+            };
+            let at = fresh.as_ref().map_or(url.as_str(), |(at, _)| at.as_str());
+            let db = Database::connect(at, 2).await.expect("database");
             housekeeping_keeps_nonces_another_instance_still_takes_for_fresh(&db).await;
             db.close().await;
+            if let Some((_, schema)) = fresh {
+                crate::store::postgres_drop_schema(&url, &schema).await;
+            }
         }
     }
 

@@ -743,32 +743,6 @@ async fn pg_table_rows(conn: &mut sqlx::PgConnection) -> std::collections::BTree
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
 
-/// Runs `sql` on a connection of its own to the database at `url`.
-async fn pg_execute_alone(url: &str, sql: &str) {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
-    sqlx::query(sql).execute(&mut conn).await.expect(sql);
-    let _ = conn.close().await;
-}
-
-/// A new schema of the database at `url`, and a URL whose connections use it.
-async fn pg_fresh_schema(url: &str) -> (String, String) {
-    let schema = format!(
-        "query_plans_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
-    pg_execute_alone(url, &format!("CREATE SCHEMA {schema}")).await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    (
-        format!("{url}{sep}options=-c%20search_path%3D{schema}"),
-        schema,
-    )
-}
-
 /// Fills (with [`pg_fill`]) every table `statements` touch, learnt by planning them once on the
 /// empty schema.
 async fn pg_fill_touched(conn: &mut sqlx::PgConnection, statements: &[(String, String)]) {
@@ -837,9 +811,9 @@ where
     Fut: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
-    let (schema_url, schema) = pg_fresh_schema(url).await;
+    let (schema_url, schema) = super::postgres_fresh_schema(url, "query_plans").await;
     let checked = tokio::spawn(check(schema_url)).await;
-    pg_execute_alone(url, &format!("DROP SCHEMA {schema} CASCADE")).await;
+    super::postgres_drop_schema(url, &schema).await;
     match checked {
         Ok(result) => result,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
