@@ -2100,8 +2100,9 @@ async fn apply_policy(
         device_verification::user_devices(ctx, &app.id, user),
         crate::store::policies::current(&ctx.db, &app.id),
     );
-    // Devices that cannot be read leave the policy no device to look at, as none paired would.
-    let devices = devices.unwrap_or_default();
+    // Devices that cannot be read fail the step: decided without them, a rule about devices
+    // (a rooted one denied, say) would be passed over as if the user had none.
+    let devices = devices?;
     let current = current?;
     let read = PolicyReads {
         devices: &devices,

@@ -1079,3 +1079,51 @@ async fn a_push_is_stored_only_with_its_flow_s_move() {
         assert_eq!(decisions_about(&domain, &id).await, [1, 1]);
     }
 }
+
+/// A policy is never decided on a device list that could not be read: the seamless step
+/// (a policy decided before its payload is looked at) fails with the read's error, and the flow
+/// stays where it was, instead of deciding as if the user had no device.
+#[tokio::test]
+async fn a_policy_is_not_decided_without_the_users_devices() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let policy = serde_json::from_value(json!({
+            "rules": [],
+            "default": {"action": "approve"}
+        }))
+        .expect("a policy");
+        crate::domain::policy::save(&domain.ctx, &domain.app.id, &policy)
+            .await
+            .expect("saved");
+        let (user, _phone) = domain.user_with_device("quinn").await;
+        let flow = flow_for(&domain, &user).await;
+        // The user's device cannot be read: its stored signals are not JSON.
+        sqlx::query(
+            "UPDATE enrollments SET signals = 'not json' \
+             WHERE application_id = $1 AND user_id = $2",
+        )
+        .bind(domain.app.id.as_str())
+        .bind(user.as_str())
+        .execute(domain.ctx.db.writer())
+        .await
+        .expect("device spoiled");
+        let seamless = FlowAction::Authenticate {
+            mobile_payload: None,
+            authorization_payload: Some("a-payload-never-read".into()),
+        };
+        let refused = act(&domain.ctx, &domain.app, flow.id.as_str(), seamless).await;
+        assert!(
+            refused.is_err(),
+            "{engine:?}: decided without the devices: {refused:?}"
+        );
+        let stored = crate::store::flows::get(&domain.ctx.db, &flow.id)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(
+            stored.status,
+            FlowStatus::AuthenticationRequired.as_str(),
+            "{engine:?}"
+        );
+    }
+}
