@@ -358,8 +358,13 @@ async fn hinted_subject(
 /// The user the request's hinted `subject` names, with their bypass as stored, and what the
 /// request reads with them (the application's settings, the user's devices). A login hint (or a
 /// login hint token's `sub`) is the application's user id, or the subject this provider's ID
-/// tokens carry for that user: the id is tried first, its reads side by side
-/// ([`read_for_request`]), then the subject's user.
+/// tokens carry for that user (`{application}:{user}`, [`super::subject`]).
+///
+/// Text in the form of this application's subject is always read as one, never as a user id:
+/// a user id may contain `:`, and a user created with the id `{application}:bob` must not
+/// receive the requests a relying party sends for Bob's subject. Any other hint is a user id.
+/// The reads are made for the text as a user id first, side by side ([`read_for_request`]),
+/// and a subject's keeps their settings.
 async fn read_hinted_user(
     state: &Ctx,
     client: &CibaClient,
@@ -367,6 +372,7 @@ async fn read_hinted_user(
     early: Option<EarlyReads>,
 ) -> Result<(UserId, Option<crate::store::bypass::Bypass>, RequestReads), OAuthError> {
     let app = &client.application_id;
+    let of_subject = super::user_of_subject(app, subject);
     let mut by_id = None;
     if let Ok(user_id) = subject.parse::<UserId>() {
         // Reads made beside the client's authentication count only for its own application
@@ -376,17 +382,18 @@ async fn read_hinted_user(
             Some(early) => early.reads?,
             None => read_for_request(state, app, &user_id, PolicyFacts::ReadAhead).await?,
         };
-        if let Some((_, bypass)) = reads.user.take() {
-            return Ok((user_id, bypass, reads));
+        if of_subject.is_none() {
+            if let Some((_, bypass)) = reads.user.take() {
+                return Ok((user_id, bypass, reads));
+            }
         }
         by_id = Some(reads);
     }
-    let user_id: UserId = super::user_of_subject(app, subject)
+    let user_id: UserId = of_subject
         .ok_or_else(unknown_user)?
         .parse()
         .map_err(|_| unknown_user())?;
-    // A subject (`{application}:{user}`) is a valid user id too: its settings, read for it
-    // already, are kept.
+    // A subject is a valid user id too: its settings, read for it already, are kept.
     let mut reads = match by_id {
         Some(reads) => reads.for_user(state, app, &user_id).await?,
         None => read_for_request(state, app, &user_id, PolicyFacts::ReadAhead).await?,

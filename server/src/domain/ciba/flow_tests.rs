@@ -962,3 +962,35 @@ async fn a_client_s_hint_serves_only_its_own_application() {
         );
     }
 }
+
+/// A hint in the form of the application's subject names the subject's user, even when
+/// another user's id is that very text (user ids may contain `:`): a user created as
+/// `{application}:bob` does not receive the requests sent for Bob's subject, and is reached
+/// by their own subject only.
+#[tokio::test]
+async fn a_subject_hint_names_its_user_never_a_user_whose_id_is_that_text() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (bob, bobs_phone) = domain.user_with_device("bob").await;
+        let bobs_subject = super::subject(&domain.app.id, bob.as_str());
+        let (impostor, impostors_phone) = domain.user_with_device(&bobs_subject).await;
+        assert_eq!(impostor.as_str(), bobs_subject, "{engine:?}");
+        let shop = Client::registered(&domain).await;
+
+        shop.ask(&domain, &bobs_subject)
+            .await
+            .expect("acknowledged");
+        assert_eq!(domain.pull(&bobs_phone).await.len(), 1, "{engine:?}");
+        assert!(
+            domain.pull(&impostors_phone).await.is_empty(),
+            "{engine:?}: the request went to the user whose id is Bob's subject"
+        );
+
+        let impostors_subject = super::subject(&domain.app.id, impostor.as_str());
+        shop.ask(&domain, &impostors_subject)
+            .await
+            .expect("acknowledged");
+        assert_eq!(domain.pull(&impostors_phone).await.len(), 1, "{engine:?}");
+        assert_eq!(domain.pull(&bobs_phone).await.len(), 1, "{engine:?}");
+    }
+}
