@@ -382,10 +382,10 @@ async fn read_hinted_user(
             Some(early) => early.reads?,
             None => read_for_request(state, app, &user_id, PolicyFacts::ReadAhead).await?,
         };
-        if of_subject.is_none() {
-            if let Some((_, bypass)) = reads.user.take() {
-                return Ok((user_id, bypass, reads));
-            }
+        if of_subject.is_none()
+            && let Some((_, bypass)) = reads.user.take()
+        {
+            return Ok((user_id, bypass, reads));
         }
         by_id = Some(reads);
     }
