@@ -218,7 +218,17 @@ async fn settle_ended(
     Ok(match authentication.state {
         AuthenticationState::Pending | AuthenticationState::Expired => None,
         AuthenticationState::Approved => {
-            enrollments::activate_verified(&ctx.db, &authentication.id).await?
+            let Some(activated) =
+                enrollments::activate_verified(&ctx.db, &authentication.id).await?
+            else {
+                return Ok(None);
+            };
+            // The requests the replaced enrollment can no longer answer end through the one
+            // outcome path, as a direct re-pairing's do.
+            if let Err(e) = super::outcome::failed(ctx, &activated.failed).await {
+                tracing::warn!(error = %e, "the replaced enrollment's requests could not be announced");
+            }
+            Some(activated.enrollment)
         }
         AuthenticationState::Denied | AuthenticationState::Failed => {
             enrollments::reject_verified(&ctx.db, &authentication.id).await?

@@ -215,7 +215,8 @@ pub async fn insert(
 /// without a device key is never matched). An enrollment of the same registration
 /// (`registration_digest`) is not an earlier one: it is the same pairing, made by a copy of the
 /// request sent at the same time, and the insert that follows then fails on the unique digest.
-/// Returns whether a deleted one was primary, and the pending requests they failed.
+/// Returns whether a deleted one was primary, and the pending requests they failed (a request
+/// whose expiry was already recorded, `expiry_reported`, has ended and is left as it is).
 pub async fn delete_same_device(
     conn: &mut crate::store::WriteConn<'_>,
     app: &ApplicationId,
@@ -226,7 +227,8 @@ pub async fn delete_same_device(
 ) -> Result<(bool, Vec<AuthenticationId>), sqlx::Error> {
     let failed = sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
-         WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
+         WHERE state = 'pending' AND expiry_reported = 0 \
+         AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
          WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
          AND device_key_thumbprint = $4 AND registration_digest <> $5) RETURNING id",
     )
@@ -237,11 +239,7 @@ pub async fn delete_same_device(
     .bind(registration_digest)
     .fetch_all(&mut *conn)
     .await?;
-    // Ids this server wrote; one it cannot read is skipped, not fatal to the pairing.
-    let failed = failed
-        .iter()
-        .filter_map(|r| r.try_get::<String, _>("id").ok()?.parse().ok())
-        .collect();
+    let failed = failed_ids(&failed);
     let rows = sqlx::query(
         "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
          AND device_key_thumbprint = $4 AND registration_digest <> $5 \
@@ -255,6 +253,14 @@ pub async fn delete_same_device(
     .fetch_all(&mut *conn)
     .await?;
     Ok((replaced_the_primary(&rows)?, failed))
+}
+
+/// The ids of the requests a statement `RETURNING id` failed. Ids this server wrote; one it
+/// cannot read is skipped, not fatal to the write that replaced the device.
+fn failed_ids(rows: &[sqlx::any::AnyRow]) -> Vec<AuthenticationId> {
+    rows.iter()
+        .filter_map(|r| r.try_get::<String, _>("id").ok()?.parse().ok())
+        .collect()
 }
 
 /// The user's active enrollments (in the pairing transaction), oldest first: what a device
@@ -569,12 +575,15 @@ pub(crate) const VERIFICATION_WAITING: &str = "SELECT application_id, user_id FR
 /// Activates the enrollment that the approved authentication `verification` verified: the
 /// device's earlier enrollments for the same user (same device id and same proven device key)
 /// are replaced (as a re-pairing replaces them), and it becomes primary if it replaced the
-/// primary device or the user has none.
-/// Returns the enrollment that was waiting for it, if any.
+/// primary device or the user has none. The requests still pending for the replaced
+/// enrollments fail (`device_unpaired`) in the same write, as a re-pairing fails them; a request
+/// whose expiry was already recorded (`expiry_reported`) has ended and is left as it is.
+/// Returns the enrollment that was waiting for it, if any, with the requests it failed (for the
+/// caller to announce once committed).
 pub async fn activate_verified(
     db: &Database,
     verification: &AuthenticationId,
-) -> Result<Option<EnrollmentId>, StoreError> {
+) -> Result<Option<Activated>, StoreError> {
     // Every approved authentication comes here, and almost none verifies a device: look on a
     // reader first (indexed), so they cost no write transaction. The pending enrollment is
     // committed before its verification request exists, so a miss here is final.
@@ -613,19 +622,21 @@ pub async fn activate_verified(
         // Activated or rejected meanwhile: the transaction is dropped, nothing written.
         return Ok(None);
     };
-    sqlx::query(
+    let failed = sqlx::query(
         "UPDATE authentications SET state = 'failed', failure_reason = 'device_unpaired' \
-         WHERE state = 'pending' AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
+         WHERE state = 'pending' AND expiry_reported = 0 \
+         AND enrollment_id IN (SELECT enrollment_id FROM enrollments \
          WHERE application_id = $1 AND user_id = $2 AND device_id = $3 AND enrollment_id <> $4 \
-         AND device_key_thumbprint = $5)",
+         AND device_key_thumbprint = $5) RETURNING id",
     )
     .bind(activated.application_id.as_str())
     .bind(activated.user_id.as_str())
     .bind(activated.device_id.as_str())
     .bind(activated.enrollment_id.as_str())
     .bind(activated.device_key_thumbprint.as_deref())
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    let failed = failed_ids(&failed);
     let replaced = sqlx::query(
         "DELETE FROM enrollments WHERE application_id = $1 AND user_id = $2 AND device_id = $3 \
          AND enrollment_id <> $4 AND device_key_thumbprint = $5 RETURNING is_primary, status",
@@ -647,7 +658,19 @@ pub async fn activate_verified(
             .await?;
     }
     tx.commit().await?;
-    Ok(Some(activated.enrollment_id))
+    Ok(Some(Activated {
+        enrollment: activated.enrollment_id,
+        failed,
+    }))
+}
+
+/// What [`activate_verified`] did.
+#[derive(Debug)]
+pub struct Activated {
+    /// The enrollment that was waiting for the verification, now active.
+    pub enrollment: EnrollmentId,
+    /// The requests pending for the device's replaced enrollments, failed (`device_unpaired`).
+    pub failed: Vec<AuthenticationId>,
 }
 
 /// The statement of [`reject_verified`] and [`reject_verified_in`].

@@ -295,7 +295,8 @@ pub async fn set_contacts(
     Ok(done.rows_affected() == 1)
 }
 
-/// A request still pending when its user was removed: it failed with them.
+/// A request still waiting for an answer when its user was removed (pending, its expiry not
+/// recorded): it failed with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRequest {
     /// The authentication.
@@ -307,7 +308,7 @@ pub struct FailedRequest {
 /// What removing a user took with them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Removed {
-    /// Their requests that were still pending.
+    /// Their requests that were still waiting for an answer.
     pub failed: Vec<FailedRequest>,
     /// Their devices (enrollment ids).
     pub enrollment_ids: Vec<String>,
@@ -360,12 +361,24 @@ where
     Ok(row.is_some())
 }
 
+/// The statement of [`DELETION`] that removes the user's requests still waiting for an answer,
+/// returning each (`id`, `enrollment_id`): they fail with the user. A request whose expiry the
+/// sweep recorded (`expiry_reported`) has ended: it goes with the others, its ending recorded
+/// once already. Their rows are read as they are removed, not before: on PostgreSQL an expiry
+/// the sweep is recording meanwhile is waited for, and its request is then left to the next
+/// statement, which removes it without failing it.
+pub(crate) const REMOVE_WAITING: &str = "DELETE FROM authentications \
+    WHERE application_id = $1 AND user_id = $2 AND state = 'pending' AND expiry_reported = 0 \
+    RETURNING id, enrollment_id";
+
 /// The statements [`delete`] removes a user's rows with once their user row and enrollments are
 /// gone, in order, each with the table it deletes from (`$1` the application, `$2` the user).
 /// Each reads the user's rows through an index, never a whole table (`store::query_plans`
 /// checks them): the deletion is one transaction, which on SQLite holds the only writer.
 /// - A CIBA request is found by its authentication (before those go): every request has one,
 ///   stored with it, and retention purges requests before authentications.
+/// - The requests still waiting for an answer go first of the authentications
+///   ([`REMOVE_WAITING`]): they fail with the user, and the deletion returns them.
 /// - `fido_ceremonies` goes last (`domain::testing::racing_a_deletion` holds that table to
 ///   pause a deletion once everything else is removed).
 ///
@@ -387,8 +400,9 @@ pub(crate) static DELETION: LazyLock<Vec<(&'static str, String)>> = LazyLock::ne
          (SELECT id FROM authentications WHERE application_id = $1 AND user_id = $2)"
             .to_string(),
     ));
+    statements.push(("otp_challenges", of_user("otp_challenges")));
+    statements.push(("authentications", REMOVE_WAITING.to_string()));
     for table in [
-        "otp_challenges",
         "authentications",
         "pairing_codes",
         "otp_tokens",
@@ -432,13 +446,13 @@ pub(crate) static DELETION: LazyLock<Vec<(&'static str, String)>> = LazyLock::ne
 /// Removes a user of `app` and everything stored about them, in one transaction: their
 /// enrollments and the nonces of their devices' calls, pairing codes, OATH tokens, CIBA user
 /// code and requests, every access and refresh token the application's OpenID clients issued
-/// for them and the authorization codes not redeemed yet, their authentications (pending ones
-/// are returned: they failed with the user), passcode challenges, QR sessions, flows and policy
-/// decisions (a geovelocity rule would otherwise read their last location for a user
-/// re-created with the same id). Only the audit log (append-only), the webhook outbox (events
-/// already sent, or to be sent, to the customer) and redeemed authorization codes (whose tokens
-/// go with the user; a code is redeemed once) keep their id. Returns `None` if there was no
-/// such user.
+/// for them and the authorization codes not redeemed yet, their authentications (those still
+/// waiting for an answer are returned: they failed with the user; one whose expiry was recorded
+/// had ended before), passcode challenges, QR sessions, flows and policy decisions (a
+/// geovelocity rule would otherwise read their last location for a user re-created with the
+/// same id). Only the audit log (append-only), the webhook outbox (events already sent, or to be
+/// sent, to the customer) and redeemed authorization codes (whose tokens go with the user; a
+/// code is redeemed once) keep their id. Returns `None` if there was no such user.
 ///
 /// The user's row goes first, so that every write that locks the user ([`lock`]) either came
 /// before and is removed here, or finds no user. Their enrollments go next, before their
@@ -473,22 +487,6 @@ pub async fn delete(
     .iter()
     .map(|r| r.try_get::<String, _>("enrollment_id"))
     .collect::<Result<Vec<_>, _>>()?;
-    let failed = sqlx::query(
-        "SELECT id, enrollment_id FROM authentications \
-         WHERE application_id = $1 AND user_id = $2 AND state = 'pending'",
-    )
-    .bind(app.as_str())
-    .bind(user_id.as_str())
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(FailedRequest {
-            id: r.try_get("id")?,
-            enrollment_id: r.try_get("enrollment_id")?,
-        })
-    })
-    .collect::<Result<Vec<_>, StoreError>>()?;
     for enrollment_id in &enrollment_ids {
         let (from, to) = super::nonces::enrollment_range(enrollment_id);
         sqlx::query(super::nonces::FORGET_ENROLLMENT)
@@ -497,15 +495,26 @@ pub async fn delete(
             .execute(&mut *tx)
             .await?;
     }
+    let mut failed = Vec::new();
     let mut authentications = 0;
     for (table, statement) in DELETION.iter() {
-        let done = sqlx::query(statement)
+        let query = sqlx::query(statement)
             .bind(app.as_str())
-            .bind(user_id.as_str())
-            .execute(&mut *tx)
-            .await?;
+            .bind(user_id.as_str());
+        if statement == REMOVE_WAITING {
+            let rows = query.fetch_all(&mut *tx).await?;
+            for r in &rows {
+                failed.push(FailedRequest {
+                    id: r.try_get("id")?,
+                    enrollment_id: r.try_get("enrollment_id")?,
+                });
+            }
+            authentications += u64::try_from(rows.len()).unwrap_or(u64::MAX);
+            continue;
+        }
+        let done = query.execute(&mut *tx).await?;
         if *table == "authentications" {
-            authentications = done.rows_affected();
+            authentications += done.rows_affected();
         }
     }
     tx.commit().await?;

@@ -9,8 +9,11 @@ use tessera_protocol::authentication::{AuthenticationRequest, AuthenticationStat
 use tessera_protocol::ids::UserId;
 
 use crate::clock::Clock;
+use crate::domain::events::Topic;
 use crate::domain::pairing::{pair_device, start};
-use crate::domain::testing::{Registering, TestDevice, TestDomain};
+use crate::domain::testing::{
+    Registering, TestDevice, TestDomain, WAITER_WAIT, endings_announced, until_waited, woken,
+};
 use crate::store::enrollments::{self, Enrollment};
 
 const CLIENT: &str = "203.0.113.9";
@@ -308,5 +311,127 @@ async fn an_approval_at_the_expiry_racing_a_status_poll_is_applied_whole_or_not_
         println!(
             "{engine:?}: the approval came first {approved} times, the expiry {expired} times"
         );
+    }
+}
+
+/// An earlier enrollment of the same device as `held` (the same device id and device key),
+/// active and stored: the one the primary device's approval of `held` replaces.
+async fn earlier_enrollment_of(domain: &TestDomain, held: &Enrollment) -> Enrollment {
+    let earlier = Enrollment {
+        enrollment_id: tessera_protocol::ids::EnrollmentId::generate(),
+        registration_digest: format!("earlier {}", rand::random::<u64>()),
+        status: EnrollmentState::Active,
+        verification_id: None,
+        is_primary: false,
+        paired_at: held.paired_at - 1,
+        ..held.clone()
+    };
+    let mut w = domain.ctx.db.write().await.expect("write");
+    enrollments::insert(w.conn().await.expect("connection"), &earlier)
+        .await
+        .expect("inserted");
+    w.commit().await.expect("committed");
+    earlier
+}
+
+/// The primary device approves a device pairing again: its earlier enrollment (same device key)
+/// is replaced, and the request still waiting for that enrollment can no longer be answered.
+/// It ends failed (`device_unpaired`) through the one outcome path, as when a device pairs
+/// again directly: its waiter is woken at once, and its ending is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_re_pairing_fails_the_replaced_devices_requests_once_waking_their_waiters() {
+    for (domain, user, phone) in verifying_domains("nina").await {
+        let engine = domain.ctx.db.engine();
+        let held = new_device_pairs(&domain, &user).await;
+        let earlier = earlier_enrollment_of(&domain, &held).await;
+        let push = domain
+            .ask(
+                &user,
+                serde_json::json!({"enrollment_id": earlier.enrollment_id}),
+            )
+            .await;
+        let id = push.authentication_id.clone();
+        assert_eq!(push.enrollment_id, earlier.enrollment_id);
+        let waiter = {
+            let (ctx, app, id) = (domain.ctx.clone(), domain.app.id.clone(), id.clone());
+            tokio::spawn(async move {
+                crate::domain::authentication::status(&ctx, &app, id.as_str(), WAITER_WAIT).await
+            })
+        };
+        until_waited(&domain.ctx, &Topic::Authentication(id.to_string())).await;
+
+        let request = verification_for(&domain, &phone, &held).await;
+        domain
+            .answered_by(&phone, &request, Decision::Approve)
+            .await
+            .expect("recorded");
+        assert_eq!(stored(&domain, &held).await.status, EnrollmentState::Active);
+
+        let read = woken(waiter).await.expect("status");
+        assert_eq!(
+            (read.state, read.failure_reason.as_deref()),
+            (AuthenticationState::Failed, Some("device_unpaired")),
+            "{engine:?}"
+        );
+        let failed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE subject = $1 \
+             AND kind = 'authentication.failed'",
+        )
+        .bind(id.as_str())
+        .fetch_one(domain.ctx.db.pool())
+        .await
+        .expect("count");
+        assert_eq!(failed, 1, "{engine:?}: the failure is recorded once");
+        assert_eq!(endings_announced(&id), 1, "{engine:?}: announced once");
+    }
+}
+
+/// A request of the replaced enrollment that expired unanswered, its expiry recorded by the
+/// sweep, is not ended a second time when the primary device approves the same device pairing
+/// again: it stays expired, with its one ending recorded.
+#[tokio::test]
+async fn an_approved_re_pairing_leaves_an_expiry_already_recorded_as_it_was() {
+    for (domain, user, phone) in verifying_domains("olga").await {
+        let engine = domain.ctx.db.engine();
+        let held = new_device_pairs(&domain, &user).await;
+        let earlier = earlier_enrollment_of(&domain, &held).await;
+        let push = domain
+            .ask(
+                &user,
+                serde_json::json!({"enrollment_id": earlier.enrollment_id, "expires_in": 30}),
+            )
+            .await;
+        let id = push.authentication_id.clone();
+        domain.clock.advance(Duration::from_secs(31));
+        assert_eq!(domain.sweep_expired().await, 1, "the expiry is recorded");
+
+        let request = verification_for(&domain, &phone, &held).await;
+        domain
+            .answered_by(&phone, &request, Decision::Approve)
+            .await
+            .expect("recorded");
+        assert_eq!(stored(&domain, &held).await.status, EnrollmentState::Active);
+
+        let read = crate::domain::authentication::status(
+            &domain.ctx,
+            &domain.app.id,
+            id.as_str(),
+            Duration::ZERO,
+        )
+        .await
+        .expect("status");
+        assert_eq!(read.state, AuthenticationState::Expired, "{engine:?}");
+        let kinds: Vec<String> =
+            sqlx::query_scalar("SELECT kind FROM audit_log WHERE subject = $1 ORDER BY seq")
+                .bind(id.as_str())
+                .fetch_all(domain.ctx.db.pool())
+                .await
+                .expect("the audit log");
+        assert_eq!(
+            kinds,
+            ["authentication.created", "authentication.expired"],
+            "{engine:?}: one ending"
+        );
+        assert_eq!(endings_announced(&id), 0, "{engine:?}: no ending announced");
     }
 }

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use tessera_protocol::api::EnrollmentState;
+use tessera_protocol::authentication::AuthenticationState;
 use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::UserId;
 
 use super::{pair_device, start};
 use crate::clock::Clock;
-use crate::domain::testing::{Registering, TestDomain, joined, sent_at_once};
+use crate::domain::testing::{Registering, TestDomain, endings_announced, joined, sent_at_once};
 use crate::store::enrollments;
 
 /// Where the devices pair from.
@@ -633,4 +634,87 @@ async fn a_storage_error_while_pairing_is_not_a_bad_code() {
     pair_device(&domain.ctx, CLIENT, &phone.request)
         .await
         .expect("the code still pairs");
+}
+
+/// The kinds of the audit records whose subject is authentication `id`, in the order recorded.
+async fn recorded_kinds(
+    domain: &TestDomain,
+    id: &tessera_protocol::ids::AuthenticationId,
+) -> Vec<String> {
+    sqlx::query_scalar("SELECT kind FROM audit_log WHERE subject = $1 ORDER BY seq")
+        .bind(id.as_str())
+        .fetch_all(domain.ctx.db.pool())
+        .await
+        .expect("the audit log")
+}
+
+/// A request that expired unanswered, its expiry recorded by the sweep, is not ended a second
+/// time when its device pairs again: the re-pairing fails only the requests still waiting for
+/// the replaced enrollment. The request stays expired, with its one ending recorded and
+/// none announced after it.
+#[tokio::test]
+async fn a_re_pairing_leaves_an_expiry_already_recorded_as_it_was() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (user, phone) = domain.user_with_device("kira").await;
+        let push = domain
+            .ask(&user, serde_json::json!({"expires_in": 30}))
+            .await;
+        let id = push.authentication_id.clone();
+        domain.clock.advance(Duration::from_secs(31));
+        assert_eq!(domain.sweep_expired().await, 1, "the expiry is recorded");
+
+        // The same device pairs again with a fresh code: its earlier enrollment is the one the
+        // request was for (the same device id and the same proven device key).
+        let code = start(&domain.ctx, &domain.app.id, &user, None)
+            .await
+            .expect("a code")
+            .pairing_code;
+        let again = registering(&domain, &code);
+        let registration: tessera_protocol::pairing::DeviceRegistration =
+            tessera_protocol::envelope::verify(
+                &again.request.registration,
+                tessera_protocol::envelope::MessageType::Registration,
+                &again.possession.public_jwk(),
+            )
+            .expect("signed")
+            .payload;
+        sqlx::query(
+            "UPDATE enrollments SET device_id = $1, device_key_thumbprint = $2 \
+             WHERE enrollment_id = $3",
+        )
+        .bind(registration.device_id.as_str())
+        .bind(registration.device_key.thumbprint())
+        .bind(phone.enrollment.enrollment_id.as_str())
+        .execute(domain.ctx.db.writer())
+        .await
+        .expect("the same device");
+        pair_device(&domain.ctx, CLIENT, &again.request)
+            .await
+            .expect("paired again");
+        assert!(
+            enrollments::by_id(&domain.ctx.db, &phone.enrollment.enrollment_id)
+                .await
+                .expect("read")
+                .is_none(),
+            "{engine:?}: the earlier enrollment is replaced"
+        );
+
+        let read = crate::domain::authentication::status(
+            &domain.ctx,
+            &domain.app.id,
+            id.as_str(),
+            Duration::ZERO,
+        )
+        .await
+        .expect("status");
+        assert_eq!(read.state, AuthenticationState::Expired, "{engine:?}");
+        assert_eq!(
+            recorded_kinds(&domain, &id).await,
+            ["authentication.created", "authentication.expired"],
+            "{engine:?}: one ending"
+        );
+        // An expiry is recorded by the sweep, not announced to the follow-ups: nothing was.
+        assert_eq!(endings_announced(&id), 0, "{engine:?}: no ending announced");
+    }
 }

@@ -252,3 +252,50 @@ async fn a_deleted_users_ciba_requests_qr_sessions_and_flows_go_with_them() {
         assert_eq!(restricted().await.expect("count"), 0, "{engine:?}");
     }
 }
+
+/// A user's deletion fails the requests still waiting for an answer, each recorded once as
+/// failed; a request that expired unanswered, its expiry recorded by the sweep, keeps that one
+/// ending and is not recorded failed besides.
+#[tokio::test]
+async fn a_deletion_fails_the_waiting_requests_once_and_leaves_a_recorded_expiry_as_it_was() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (user, _phone) = domain.user_with_device("rita").await;
+        let expired = domain
+            .ask(&user, serde_json::json!({"expires_in": 30}))
+            .await
+            .authentication_id;
+        domain.clock.advance(Duration::from_secs(31));
+        assert_eq!(domain.sweep_expired().await, 1, "the expiry is recorded");
+        let waiting = domain
+            .ask(&user, serde_json::json!({}))
+            .await
+            .authentication_id;
+
+        crate::domain::devices::remove_user(&domain.ctx, &domain.app.id, &user)
+            .await
+            .expect("removed");
+        let kinds = |id: tessera_protocol::ids::AuthenticationId| {
+            let db = domain.ctx.db.clone();
+            async move {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT kind FROM audit_log WHERE subject = $1 ORDER BY seq",
+                )
+                .bind(id.as_str())
+                .fetch_all(db.pool())
+                .await
+                .expect("the audit log")
+            }
+        };
+        assert_eq!(
+            kinds(expired).await,
+            ["authentication.created", "authentication.expired"],
+            "{engine:?}: the expiry is the one ending"
+        );
+        assert_eq!(
+            kinds(waiting).await,
+            ["authentication.created", "authentication.failed"],
+            "{engine:?}: failed with the user, once"
+        );
+    }
+}
