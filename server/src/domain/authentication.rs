@@ -1175,14 +1175,25 @@ async fn create_from(
         outcome::record_made_ending(ctx, &record, MadeEnding::Policy, Some(decided)).await?;
         return Ok(MadeForFlow::Made(record.status_at(ctx.now())));
     }
-    if use_code {
+    // A `require` that names methods limits the codes the push takes to those it names
+    // (docs/policy.md): the app's passcodes need `mobile_passcode` or `oath`, a backup channel
+    // its own method. What it leaves out is not offered; an answer with it is refused
+    // (`otp::answer_authentication`, `backup::send_for_authentication`).
+    let allowed = |method| {
+        decided
+            .as_ref()
+            .is_none_or(|d| d.check_method(method).is_ok())
+    };
+    let app_codes = allowed(PolicyMethod::MobilePasscode) || allowed(PolicyMethod::Oath);
+    if use_code && app_codes {
         record.otp_mode = authentications::OtpMode::UseCode;
         record.otp_after = Some(record.created_at);
-    } else if otp_fallback {
+    } else if otp_fallback && app_codes {
         record.otp_mode = authentications::OtpMode::Fallback;
         let after = body.otp_fallback_after.unwrap_or(policy.otp_fallback_after);
         record.otp_after = Some(record.created_at + i64::from(after));
     }
+    backup_channels.retain(|c| allowed(super::backup::policy_method(*c)));
     record.backup_channels = backup_channels;
     let quota = super::applications::quotas_in_force(ctx, app_settings.quotas).pending_requests;
     let limits = super::applications::UserLimits {

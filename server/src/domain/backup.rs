@@ -328,6 +328,10 @@ pub(crate) async fn send_for_authentication(
 ) -> Result<OtpChallenge, DomainError> {
     let record = load_for(ctx, &app.id, id).await?;
     require_pending(&record)?;
+    // The policy decided for the push judges the channel as it judges a backup challenge's
+    // (a `require` must name it): `policy_denied` otherwise, with nothing sent.
+    super::policy::StoredDecision::of(record.policy.as_deref())?
+        .check_method(policy_method(channel))?;
     if !record.backup_channels.contains(&channel) {
         return Err(unavailable(
             "this authentication does not allow that backup channel",
@@ -549,7 +553,7 @@ pub(crate) async fn verify_challenge(
 }
 
 /// The policy method a backup channel is.
-fn policy_method(channel: BackupChannel) -> tessera_protocol::policy::PolicyMethod {
+pub(crate) fn policy_method(channel: BackupChannel) -> tessera_protocol::policy::PolicyMethod {
     use tessera_protocol::policy::PolicyMethod;
     match channel {
         BackupChannel::Sms => PolicyMethod::Sms,

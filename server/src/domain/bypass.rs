@@ -11,14 +11,17 @@
 //!   Grants and code issues look the user up inside their own write, under the user's row lock
 //!   (`store::users::lock`), so a user deleted meanwhile leaves nothing for a later user of the
 //!   same id.
-//! - **Recovery codes** ([`issue_codes`], [`codes_status`], [`revoke_codes`], [`spend`]): ten
-//!   single-use codes shown once; only a salted SHA-256 digest of each is kept (they carry 59
-//!   random bits each). Issuing new codes replaces the old ones in one transaction, which takes
-//!   its turn on the user's row (as a revoke does): of issues and revokes at once, the last to
-//!   commit decides which codes work, never a mix of sets. A code completes one authentication
-//!   (type `RECOVERY_CODE`): the user's passcode attempt is taken atomically before comparing
-//!   (the passcode lockout applies), each digest is compared in constant time, and a code is
-//!   spent by one conditional update (of racing uses one wins).
+//! - **Recovery codes** ([`issue_codes`], [`codes_status`], [`revoke_codes`],
+//!   [`answer_authentication`], [`spend`]): ten single-use codes shown once; only a salted
+//!   SHA-256 digest of each is kept (they carry 59 random bits each). Issuing new codes
+//!   replaces the old ones in one transaction, which takes its turn on the user's row (as a
+//!   revoke does): of issues and revokes at once, the last to commit decides which codes work,
+//!   never a mix of sets. A code completes one pending push or transaction (type
+//!   `RECOVERY_CODE`; never a silent verification or a CIBA request, which prove the phone):
+//!   the user's passcode attempt is taken atomically before comparing (the passcode lockout
+//!   applies), each digest is compared in constant time, and a code is spent by one
+//!   conditional update (of racing uses one wins) inside the write that records the approval,
+//!   so a request that ends meanwhile leaves the code unspent.
 //!
 //! See `docs/bypass-and-recovery.md`.
 
@@ -30,17 +33,20 @@ use rand::{Rng, RngCore};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tessera_protocol::authentication::{AuthenticationState, Decision};
+use tessera_protocol::authentication::{
+    AuthenticationId, AuthenticationKind, AuthenticationState, Decision,
+};
 use tessera_protocol::bypass::{
     BypassStatus, RecoveryCodesIssued, RecoveryCodesStatus, SetBypassRequest,
 };
+use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::{ApplicationId, UserId};
 use zeroize::Zeroizing;
 
 use super::audit::{Actor, Event};
 use super::authentication::{accessing_attributes, check_text, load_for, require_pending};
-use super::otp::{refuse, take_attempt};
-use super::outcome::{self, Ending};
+use super::otp::{approval_by, copy_answered, refuse, take_attempt};
+use super::outcome::{self, Ending, Take, Taken};
 use super::users::user_not_found;
 use super::{Ctx, DomainError};
 use crate::ip_table::IpTable;
@@ -467,10 +473,34 @@ pub(crate) async fn revoke_codes(
     Ok(RecoveryCodesStatus { remaining: 0 })
 }
 
-/// Spends one of the user's recovery codes: takes a passcode attempt first (atomically; the
-/// lockout applies), compares `code` with every unused code in constant time, and spends the
-/// match with one conditional update. `otp_invalid` (or `otp_locked`) otherwise, also when a
-/// racing use spent the same code first.
+/// The id of the user's unused recovery code that `code` (normalized) is, if any. Every
+/// unused code's digest is computed and compared in constant time: the time does not tell
+/// which code matched.
+async fn matching_code(
+    ctx: &Ctx,
+    app: &ApplicationId,
+    user: &UserId,
+    code: &str,
+) -> Result<Option<String>, DomainError> {
+    let codes = store::unused_codes(&ctx.db, app, user).await?;
+    let mut matched = None;
+    for stored in &codes {
+        if code_matches(stored, code) && matched.is_none() {
+            matched = Some(stored.id.clone());
+        }
+    }
+    Ok(matched)
+}
+
+/// The refusal of a recovery code that is not one of the user's unused codes.
+const WRONG_CODE: &str = "the recovery code is wrong or was already used";
+
+/// Spends one of the user's recovery codes, in a write of its own (a flow's
+/// `checkRecoveryCode`): takes a passcode attempt first (atomically; the lockout applies),
+/// compares `code` with every unused code in constant time, and spends the match with one
+/// conditional update. `otp_invalid` (or `otp_locked`) otherwise, also when a racing use spent
+/// the same code first. A pending authentication is answered with [`answer_authentication`]
+/// instead, which spends the code in the write that records the approval.
 pub(crate) async fn spend(
     ctx: &Ctx,
     app: &ApplicationId,
@@ -479,24 +509,12 @@ pub(crate) async fn spend(
 ) -> Result<(), DomainError> {
     let attempt = take_attempt(ctx, app, user).await?;
     let code = normalize_code(code);
-    let codes = store::unused_codes(&ctx.db, app, user).await?;
-    // Every digest is computed and compared: the time does not tell which code matched.
-    let mut matched = None;
-    for stored in &codes {
-        if code_matches(stored, &code) && matched.is_none() {
-            matched = Some(stored.id.clone());
-        }
-    }
-    let spent = match matched {
+    let spent = match matching_code(ctx, app, user, &code).await? {
         Some(id) => store::spend_code(&ctx.db, &id, ctx.now()).await?,
         None => false,
     };
     if !spent {
-        return Err(refuse(
-            ctx,
-            &attempt,
-            "the recovery code is wrong or was already used",
-        ));
+        return Err(refuse(ctx, &attempt, WRONG_CODE));
     }
     otp_store::reset_failures(&ctx.db, app, user).await?;
     tracing::info!("recovery code accepted");
@@ -518,8 +536,42 @@ pub(crate) fn recovery_code_attributes(
     a
 }
 
-/// Completes a pending authentication with one of its user's recovery codes
-/// (`POST /v1/authentications/{id}/recovery-code`).
+/// Refuses a request a recovery code may not answer (`otp_not_allowed`): only a push or a
+/// transaction takes one. A silent verification proves the phone is there, and a CIBA
+/// request's ID token claims the phone's user verification (`acr`
+/// `urn:tessera:acr:mobile-uv`, `amr`); neither is answered without the phone.
+fn require_code_answers(record: &Authentication) -> Result<(), DomainError> {
+    match record.kind {
+        AuthenticationKind::Approval | AuthenticationKind::Transaction => Ok(()),
+        AuthenticationKind::Silent | AuthenticationKind::Ciba => Err(DomainError::new(
+            ErrorCode::OtpNotAllowed,
+            "a silent verification or a CIBA request is answered on the phone only: it takes no recovery code",
+        )),
+    }
+}
+
+/// The digest of recovery code `code` (normalized) answering authentication `id`, as the
+/// authentication keeps it once the code approves it (as `otp::passcode_digest` for a
+/// passcode, under a label of its own): SHA-256 over a label, the id and the code. The code is
+/// spent by then, so the digest names nothing that still works.
+fn recovery_digest(id: &AuthenticationId, code: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"tessera/recovery-code-answer/v1\0");
+    h.update(id.as_str().as_bytes());
+    h.update(b"\0");
+    h.update(code.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Completes a pending push or transaction with one of its user's recovery codes
+/// (`POST /v1/authentications/{id}/recovery-code`). Refused before anything is counted for
+/// another kind of request ([`require_code_answers`]). A passcode attempt is taken first
+/// (atomically; the lockout applies), the code is compared with every unused code in constant
+/// time, and the match is spent in the write that records the approval
+/// ([`outcome::record_taking`]): of racing uses of one code one spends it, and a request that
+/// ended meanwhile (answered, denied, canceled, expired) leaves the code unspent and its
+/// attempt given back. A copy of the code that approved the request (the same form sent twice,
+/// a retry) is told that approval, and counts no failure.
 pub(crate) async fn answer_authentication(
     ctx: &Ctx,
     app: &ApplicationId,
@@ -527,22 +579,62 @@ pub(crate) async fn answer_authentication(
     code: &str,
 ) -> Result<tessera_protocol::api::AuthenticationStatus, DomainError> {
     let record = load_for(ctx, app, id).await?;
-    require_pending(&record)?;
-    spend(ctx, app, &record.user_id, code).await?;
+    require_code_answers(&record)?;
+    let code = normalize_code(code);
+    let digest = recovery_digest(&record.id, &code);
+    if let Err(ended) = require_pending(&record) {
+        return match approval_by(ctx, &record, &digest).await? {
+            Some(status) => Ok(status),
+            None => Err(ended),
+        };
+    }
+    let user = &record.user_id;
+    let attempt = take_attempt(ctx, app, user).await?;
+    let Some(code_id) = matching_code(ctx, app, user, &code).await? else {
+        // Wrong, or spent: elsewhere, or by a copy of it whose approval of this request is
+        // the answer (and whose attempt is given back).
+        if let Some(status) = copy_answered(ctx, app, &record, &digest).await? {
+            return Ok(status);
+        }
+        return Err(refuse(ctx, &attempt, WRONG_CODE));
+    };
     let attributes = recovery_code_attributes(ctx, record.accessing_ip.as_deref());
     let text = serde_json::to_string(&attributes)
         .map_err(|_| DomainError::Internal("encoding attributes"))?;
     let ending = Ending::Passcode {
         attributes: &text,
-        code_digest: None,
+        code_digest: Some(&digest),
     };
-    let current = match outcome::record(ctx, &record.id, ending).await? {
-        Some(recorded) => recorded,
-        None => {
-            // Answered or expired meanwhile: the code is spent, the outcome stands.
+    let take = Take::RecoveryCode {
+        id: &code_id,
+        now: ctx.now(),
+    };
+    let current = match outcome::record_taking(ctx, &record.id, take, ending).await? {
+        Taken::Recorded(recorded) => {
+            otp_store::reset_failures(&ctx.db, app, user).await?;
+            *recorded
+        }
+        Taken::NotRecorded => {
+            // Ended meanwhile: the code is not spent, and as it was right its attempt is given
+            // back; a copy of it may be what approved the request.
+            otp_store::refund_attempt(&ctx.db, app, user).await?;
             let current = load_for(ctx, app, id).await?;
+            if let Some(status) = approval_by(ctx, &current, &digest).await? {
+                return Ok(status);
+            }
             require_pending(&current)?;
-            current
+            return Err(DomainError::new(
+                ErrorCode::Conflict,
+                "the authentication changed while the code was checked; send it again",
+            ));
+        }
+        Taken::UsedUp => {
+            // Spent since it was read: by a copy of it that approved this request, or by
+            // another use.
+            if let Some(status) = copy_answered(ctx, app, &record, &digest).await? {
+                return Ok(status);
+            }
+            return Err(refuse(ctx, &attempt, WRONG_CODE));
         }
     };
     tracing::info!(authentication_id = %current.id, "authentication approved with a recovery code");

@@ -146,6 +146,17 @@ pub(crate) enum DeviceSource {
     },
 }
 
+impl DeviceSource {
+    /// The policy method a code from this source is: `mobile_passcode` for an enrollment's
+    /// seed, `oath` for a registered token.
+    fn method(&self) -> PolicyMethod {
+        match self {
+            DeviceSource::Enrollment(_) => PolicyMethod::MobilePasscode,
+            DeviceSource::Token { .. } => PolicyMethod::Oath,
+        }
+    }
+}
+
 /// How checking a code against the user's devices went.
 pub(crate) enum DeviceMatch {
     /// Accepted: the code and how to use it up. [`find_device_code`] leaves it unspent (the
@@ -401,14 +412,10 @@ pub(crate) async fn verify(
         }
     };
     otp::reset_failures(&ctx.db, app, &user_id).await?;
-    let method = match &source {
-        DeviceSource::Enrollment(_) => PolicyMethod::MobilePasscode,
-        DeviceSource::Token { .. } => PolicyMethod::Oath,
-    };
     if let Some(decided) = &decided
         && decided.decision.effect == tessera_protocol::policy::PolicyEffect::Require
     {
-        decided.check_method(method)?;
+        decided.check_method(source.method())?;
     }
     let attributes = device_attributes(ctx, &source, None).await?;
     let (enrollment_id, token_id) = match source {
@@ -464,16 +471,37 @@ pub(crate) async fn answer_authentication(
     }
     let now = ctx.now();
     let user = &record.user_id;
-    let app_code = record.otp_reason(now).is_some();
+    // The policy decided for the push names the methods that may answer it, as on the
+    // standalone paths (`verify`, backup challenges): the app's codes need `mobile_passcode`
+    // (an enrollment's seed) or `oath` (a token), a backup code its channel.
+    let decided = super::policy::StoredDecision::of(record.policy.as_deref())?;
+    let app_codes =
+        decided.allows(PolicyMethod::MobilePasscode) || decided.allows(PolicyMethod::Oath);
+    let app_code = app_codes && record.otp_reason(now).is_some();
     let max_attempts = i64::from(ctx.config.backup_code_attempts.max(1));
-    let open =
+    let mut open =
         otp_challenges::open_for_authentication(&ctx.db, &record.id, now, max_attempts).await?;
+    // A challenge through a channel the policy leaves out (none is sent for one) is not
+    // compared.
+    let left_out = open
+        .iter()
+        .map(|c| super::backup::policy_method(c.channel))
+        .find(|m| !decided.allows(*m));
+    open.retain(|c| decided.allows(super::backup::policy_method(c.channel)));
     if !app_code && open.is_empty() {
         // Its challenge may have been used by a copy of this code since the request was read:
         // that copy's approval is the answer.
         let current = load_for(ctx, app, id).await?;
         if let Some(status) = approval_by(ctx, &current, &digest).await? {
             return Ok(status);
+        }
+        // A code the policy leaves out is refused as the policy's (`policy_denied`), before
+        // an attempt is taken.
+        if let Some(method) = left_out {
+            decided.check_method(method)?;
+        }
+        if !app_codes {
+            decided.check_method(PolicyMethod::MobilePasscode)?;
         }
         return Err(not_allowed());
     }
@@ -525,6 +553,15 @@ pub(crate) async fn answer_authentication(
     if accepted.is_none() && app_code {
         match find_device_code(ctx, app, user, &code).await? {
             DeviceMatch::Accepted(source, spend) => {
+                if let Err(refused) = decided.check_method(source.method()) {
+                    // A right code from a source the policy leaves out: refused as the
+                    // policy's, nothing spent, and the attempts it took given back.
+                    otp::refund_attempt(&ctx.db, app, user).await?;
+                    for c in &challenges {
+                        otp_challenges::give_back_attempt(&ctx.db, &c.id).await?;
+                    }
+                    return Err(refused);
+                }
                 let attributes =
                     device_attributes(ctx, &source, record.accessing_ip.as_deref()).await?;
                 accepted = Some((spend, attributes));
@@ -598,9 +635,9 @@ fn passcode_digest(id: &AuthenticationId, code: &str) -> String {
     hex::encode(h.finalize())
 }
 
-/// The status of `record` if the passcode with `digest` approved it (a copy of it, answered
-/// again).
-async fn approval_by(
+/// The status of `record` if the passcode (or recovery code) with `digest` approved it (a copy
+/// of it, answered again).
+pub(crate) async fn approval_by(
     ctx: &Ctx,
     record: &Authentication,
     digest: &str,
@@ -613,10 +650,10 @@ async fn approval_by(
     Ok(Some(record.status_at(ctx.now())))
 }
 
-/// A spent passcode for `record`, read while it was pending: if a copy of it approved the
-/// authentication meanwhile, that approval (and the attempt this copy took is given back);
-/// `None` when it was spent elsewhere.
-async fn copy_answered(
+/// A spent passcode (or recovery code) with `digest` for `record`, read while it was pending:
+/// if a copy of it approved the authentication meanwhile, that approval (and the attempt this
+/// copy took is given back); `None` when it was spent elsewhere.
+pub(crate) async fn copy_answered(
     ctx: &Ctx,
     app: &ApplicationId,
     record: &Authentication,

@@ -77,12 +77,13 @@ pub(crate) type FollowUp = for<'a> fn(&'a Ctx, &'a DomainEvent) -> FollowUpFutur
 pub(crate) enum Ending<'a> {
     /// The device's signed answer.
     Signed(SignedAnswer<'a>),
-    /// A one-time passcode (the app's, or a backup code) approved it.
+    /// A one-time passcode (the app's, or a backup code) or a recovery code approved it.
     Passcode {
         /// The attributes it yields (JSON).
         attributes: &'a str,
-        /// The passcode's digest over the authentication's id (`otp::passcode_digest`), by
-        /// which a copy of it is answered with this approval; none for a recovery code.
+        /// The passcode's digest over the authentication's id (`otp::passcode_digest`, or
+        /// `bypass::recovery_digest` for a recovery code), by which a copy of it is answered
+        /// with this approval.
         code_digest: Option<&'a str>,
     },
     /// Whoever asked withdrew it (its flow was cancelled): it fails with reason `canceled`.
@@ -150,6 +151,14 @@ pub(crate) enum Take<'a> {
     },
     /// The passcode that answers it (its time step, counter or backup challenge).
     Passcode(&'a PasscodeSpend),
+    /// The user's recovery code that answers it
+    /// (`UPDATE recovery_codes SET used_at = $now WHERE id = $id AND used_at IS NULL`).
+    RecoveryCode {
+        /// The code's id (`rc_…`), as its digest matched.
+        id: &'a str,
+        /// When it is used (seconds since the epoch).
+        now: i64,
+    },
 }
 
 /// What [`record_taking`] did.
@@ -160,8 +169,8 @@ pub(crate) enum Taken {
     /// Another ending won (or it expired): nothing was written, nothing taken.
     NotRecorded,
     /// Another use took it first (an App Attest counter not greater than the stored one: a
-    /// replay, or a racing answer with the same counter; a passcode already spent): nothing
-    /// was written.
+    /// replay, or a racing answer with the same counter; a passcode or recovery code already
+    /// spent): nothing was written.
     UsedUp,
 }
 
@@ -182,6 +191,9 @@ pub(crate) async fn record_taking(
             counter,
         } => enrollments::take_app_attest_counter(w.conn().await?, enrollment, counter).await?,
         Take::Passcode(spend) => spend.take(w.conn().await?).await?,
+        Take::RecoveryCode { id, now } => {
+            crate::store::bypass::take_code(w.conn().await?, id, now).await?
+        }
     };
     if !taken {
         // The caller reads whether the same answer took it (a retry): see [`write_ending`].

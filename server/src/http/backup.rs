@@ -57,6 +57,7 @@ pub(crate) async fn get_contacts(
     params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication")),
     request_body = SendBackupCode,
     responses((status = 201, body = OtpChallenge),
+              (status = 403, description = "policy_denied (the policy decided for the push does not name the channel)", body = tessera_protocol::error::ErrorBody),
               (status = 404, description = "authentication_not_found", body = tessera_protocol::error::ErrorBody),
               (status = 409, description = "backup_channel_unavailable, already_answered", body = tessera_protocol::error::ErrorBody),
               (status = 410, description = "authentication_expired", body = tessera_protocol::error::ErrorBody),

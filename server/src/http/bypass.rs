@@ -116,8 +116,9 @@ pub(crate) async fn revoke_recovery_codes(
     ))
 }
 
-/// Completes a pending authentication with one of its user's recovery codes (type
-/// `RECOVERY_CODE`); the code is spent.
+/// Completes a pending push or transaction with one of its user's recovery codes (type
+/// `RECOVERY_CODE`); the code is spent with the approval. A silent verification or a CIBA
+/// request takes no recovery code.
 #[utoipa::path(post, path = "/v1/authentications/{authentication_id}/recovery-code", tag = "customer",
     operation_id = "answer_with_recovery_code",
     params(("authentication_id" = tessera_protocol::ids::AuthenticationId, Path, description = "The authentication")),
@@ -125,7 +126,7 @@ pub(crate) async fn revoke_recovery_codes(
     responses((status = 200, body = AuthenticationStatus),
               (status = 400, description = "otp_invalid", body = tessera_protocol::error::ErrorBody),
               (status = 404, description = "authentication_not_found", body = tessera_protocol::error::ErrorBody),
-              (status = 409, description = "already_answered", body = tessera_protocol::error::ErrorBody),
+              (status = 409, description = "already_answered, or otp_not_allowed (a silent verification or a CIBA request)", body = tessera_protocol::error::ErrorBody),
               (status = 410, description = "authentication_expired", body = tessera_protocol::error::ErrorBody),
               (status = 423, description = "otp_locked", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn answer_with_recovery_code(

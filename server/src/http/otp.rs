@@ -59,6 +59,7 @@ pub(crate) async fn reset_failures(
     request_body = VerifyOtpRequest,
     responses((status = 200, body = AuthenticationStatus),
               (status = 400, description = "otp_invalid", body = tessera_protocol::error::ErrorBody),
+              (status = 403, description = "policy_denied (the policy decided for the push does not name the code's source)", body = tessera_protocol::error::ErrorBody),
               (status = 404, description = "authentication_not_found", body = tessera_protocol::error::ErrorBody),
               (status = 409, description = "otp_not_allowed, already_answered", body = tessera_protocol::error::ErrorBody),
               (status = 410, description = "authentication_expired", body = tessera_protocol::error::ErrorBody),

@@ -220,13 +220,22 @@ pub(crate) const UNUSED_CODE_COUNT: &str = "SELECT COUNT(*) FROM recovery_codes 
     WHERE application_id = $1 AND user_id = $2 AND used_at IS NULL";
 
 /// Spends the code if it is still unused (one conditional update: of racing uses of one code,
-/// exactly one wins). Returns whether this use won.
+/// exactly one wins), in a write of its own. Returns whether this use won.
 pub async fn spend_code(db: &Database, id: &str, now: i64) -> Result<bool, StoreError> {
+    take_code(db.writer(), id, now).await
+}
+
+/// [`spend_code`] on `executor`: inside the write that records what the code approves, so
+/// that the code is spent only if that write commits (`domain::outcome::record_taking`).
+pub async fn take_code<'e, E>(executor: E, id: &str, now: i64) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let done =
         sqlx::query("UPDATE recovery_codes SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
             .bind(now)
             .bind(id)
-            .execute(db.writer())
+            .execute(executor)
             .await?;
     Ok(done.rows_affected() == 1)
 }

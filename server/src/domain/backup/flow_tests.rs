@@ -2,8 +2,8 @@
 //! user's registered email address approves the request through the one outcome path, once,
 //! and wrong codes use up its attempts; codes sent by SMS and by voice call (through the
 //! application's provider webhook, recorded by the test context) go to the registered phone
-//! number, approve their request once as that channel, and a channel the request does not offer
-//! sends nothing. Codes sent outside an authentication are checked with `verify_challenge`; for
+//! number, approve their request once as that channel, and a channel the request (or its
+//! policy's `require`) does not offer sends nothing. Codes sent outside an authentication are checked with `verify_challenge`; for
 //! both, wrong codes sent at once are compared no more times than a code allows, and a right code
 //! is still accepted with the last attempt.
 
@@ -599,5 +599,75 @@ async fn copies_of_a_backup_code_sent_at_once_are_told_its_approval() {
                 u64::from(domain.ctx.config.backup_code_window) + 1,
             ));
         }
+    }
+}
+
+/// Saves the application's policy: `default` for every request.
+async fn policy_requiring(domain: &TestDomain, default: serde_json::Value) {
+    let policy =
+        serde_json::from_value(json!({"rules": [], "default": default})).expect("a policy");
+    crate::domain::policy::save(&domain.ctx, &domain.app.id, &policy)
+        .await
+        .expect("saved");
+}
+
+/// A policy that requires methods without a backup channel is applied to the push's backup
+/// codes, as to backup challenges: the push asked to offer email does not offer it, no code is
+/// sent for it (`policy_denied`), and the push stays pending. A policy naming `email` keeps
+/// that channel only: SMS is refused the same way, and the emailed code approves the push.
+#[tokio::test]
+async fn a_require_without_the_channel_sends_no_code_through_it() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let judy = user_with_email(&domain, "judy").await;
+        policy_requiring(
+            &domain,
+            json!({"action": "require", "methods": ["mobile_biometrics"]}),
+        )
+        .await;
+        let created = domain
+            .ask(&judy, json!({"backup_channels": ["email"]}))
+            .await;
+        let id = created.authentication_id.clone();
+        let refused =
+            send_for_authentication(&domain.ctx, &domain.app, id.as_str(), BackupChannel::Email)
+                .await
+                .expect_err("the policy requires biometrics");
+        assert_eq!(refused.code(), Some(ErrorCode::PolicyDenied), "{engine:?}");
+        assert!(
+            domain.emails.all().is_empty(),
+            "{engine:?}: no message sent"
+        );
+        assert!(
+            created.backup_channels.is_empty(),
+            "{engine:?}: no channel offered"
+        );
+        assert_eq!(created.state, AuthenticationState::Pending);
+        assert_eq!(endings_announced(&id), 0);
+
+        policy_requiring(
+            &domain,
+            json!({"action": "require", "methods": ["mobile_push", "email"]}),
+        )
+        .await;
+        let created = domain
+            .ask(&judy, json!({"backup_channels": ["sms", "email"]}))
+            .await;
+        let id = created.authentication_id.clone();
+        assert_eq!(
+            created.backup_channels,
+            vec![BackupChannel::Email],
+            "{engine:?}"
+        );
+        let refused =
+            send_for_authentication(&domain.ctx, &domain.app, id.as_str(), BackupChannel::Sms)
+                .await
+                .expect_err("the policy names email only");
+        assert_eq!(refused.code(), Some(ErrorCode::PolicyDenied), "{engine:?}");
+        let code = emailed_code(&domain, id.as_str()).await;
+        let approved = answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+            .await
+            .expect("approved");
+        assert_eq!(approved.state, AuthenticationState::Approved, "{engine:?}");
     }
 }

@@ -2,7 +2,9 @@
 //! completes at once and nothing reaches the device; once it ends (by the clock, or cleared),
 //! requests are pushed again; a silent verification never bypasses. Recovery codes issued and
 //! revoked at once take turns (one set of codes works, never a mix), and neither a bypass nor
-//! codes written while their user is deleted outlive the user.
+//! codes written while their user is deleted outlive the user. A recovery code answers a push,
+//! never a silent verification or a CIBA request; it is spent only by the approval it makes,
+//! and copies of it sent at once approve their request once.
 
 use std::time::Duration;
 
@@ -15,8 +17,8 @@ use tessera_protocol::error::ErrorCode;
 use tessera_protocol::ids::UserId;
 
 use super::{
-    RECOVERY_CODE_COUNT, clear, code_matches, codes_status, grant, issue_codes, normalize_code,
-    revoke_codes,
+    RECOVERY_CODE_COUNT, answer_authentication, clear, code_matches, codes_status, grant,
+    issue_codes, normalize_code, revoke_codes,
 };
 use crate::domain::testing::{TestDomain, endings_announced, sent_at_once};
 use crate::store::bypass as store;
@@ -347,5 +349,241 @@ async fn insert_while_bypassed(
     } else {
         w.rollback().await?;
         Ok(false)
+    }
+}
+
+/// The user's count of wrong passcodes (recovery codes count towards it).
+async fn failures_of(domain: &TestDomain, user: &UserId) -> i64 {
+    sqlx::query_scalar("SELECT otp_failures FROM users WHERE application_id = $1 AND user_id = $2")
+        .bind(domain.app.id.as_str())
+        .bind(user.as_str())
+        .fetch_one(domain.ctx.db.pool())
+        .await
+        .expect("the user")
+}
+
+/// The state of authentication `id` as stored.
+async fn state_of(
+    domain: &TestDomain,
+    id: &tessera_protocol::ids::AuthenticationId,
+) -> AuthenticationState {
+    crate::store::authentications::get(&domain.ctx.db, id, domain.ctx.now())
+        .await
+        .expect("read")
+        .expect("stored")
+        .state
+}
+
+/// A recovery code stands in for a push or a transaction, never for what proves the phone: a
+/// silent verification and a CIBA request (whose ID token would claim a device's user
+/// verification) refuse it with `otp_not_allowed` before anything is counted or spent, and stay
+/// pending. The code then still completes a push.
+#[tokio::test]
+async fn a_recovery_code_answers_no_silent_verification_and_no_ciba_request() {
+    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (kate, phone) = domain.user_with_device("kate").await;
+        let issued = issue_codes(&domain.ctx, &domain.app.id, &kate)
+            .await
+            .expect("issued");
+        let code = &issued.codes[0];
+
+        let silent = domain.ask(&kate, json!({"kind": "silent"})).await;
+        let refused = answer_authentication(
+            &domain.ctx,
+            &domain.app.id,
+            silent.authentication_id.as_str(),
+            code,
+        )
+        .await
+        .expect_err("a silent verification proves the phone");
+        assert_eq!(refused.code(), Some(ErrorCode::OtpNotAllowed), "{engine:?}");
+        assert_eq!(
+            state_of(&domain, &silent.authentication_id).await,
+            AuthenticationState::Pending
+        );
+        assert_eq!(
+            remaining(&domain, &kate).await,
+            RECOVERY_CODE_COUNT,
+            "{engine:?}"
+        );
+        assert_eq!(failures_of(&domain, &kate).await, 0, "{engine:?}");
+
+        // A CIBA request, as a relying party makes it at the backchannel endpoint.
+        let (client_id, secret) = domain
+            .client(RegisterCibaClient::new(
+                "Shop",
+                DeliveryMode::Poll,
+                ClientAuthMethod::ClientSecretBasic,
+            ))
+            .await;
+        let form = crate::domain::ciba::client_auth::Form::new(vec![
+            ("scope".into(), "openid".into()),
+            ("login_hint".into(), kate.as_str().into()),
+        ])
+        .expect("a form");
+        let credentials = crate::domain::ciba::client_auth::BasicCredentials {
+            id: client_id,
+            secret,
+        };
+        crate::domain::ciba::backchannel::authenticate(&domain.ctx, Some(credentials), &form)
+            .await
+            .expect("acknowledged");
+        let ciba = domain
+            .pull(&phone)
+            .await
+            .into_iter()
+            .find(|r| r.kind == tessera_protocol::authentication::AuthenticationKind::Ciba)
+            .expect("the CIBA request reached the phone");
+        let refused =
+            answer_authentication(&domain.ctx, &domain.app.id, ciba.request_id.as_str(), code)
+                .await
+                .expect_err("a CIBA request needs the phone's user verification");
+        assert_eq!(refused.code(), Some(ErrorCode::OtpNotAllowed), "{engine:?}");
+        assert_eq!(
+            state_of(&domain, &ciba.request_id).await,
+            AuthenticationState::Pending
+        );
+        assert_eq!(
+            remaining(&domain, &kate).await,
+            RECOVERY_CODE_COUNT,
+            "{engine:?}"
+        );
+        assert_eq!(failures_of(&domain, &kate).await, 0, "{engine:?}");
+
+        let push = domain.ask(&kate, json!({})).await;
+        let approved = answer_authentication(
+            &domain.ctx,
+            &domain.app.id,
+            push.authentication_id.as_str(),
+            code,
+        )
+        .await
+        .expect("the code was not spent");
+        assert_eq!(approved.state, AuthenticationState::Approved);
+        assert_eq!(remaining(&domain, &kate).await, RECOVERY_CODE_COUNT - 1);
+    }
+}
+
+/// A recovery code is spent only by the write that records the approval it makes: a request
+/// that ends while the code is checked (here, canceled in a write that commits once the code's
+/// use has read the request pending) keeps the code unspent, and counts no failure. A request
+/// that ended before keeps it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recovery_code_whose_request_ends_meanwhile_is_not_spent() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (liam, _phone) = domain.user_with_device("liam").await;
+        let issued = issue_codes(&domain.ctx, &domain.app.id, &liam)
+            .await
+            .expect("issued");
+        let push = domain.ask(&liam, json!({})).await;
+        let id = push.authentication_id.clone();
+
+        // The cancellation, in a write left open.
+        let mut canceling = domain.ctx.db.write().await.expect("write");
+        crate::store::authentications::record_cancellation(&mut canceling, &id, domain.ctx.now())
+            .await
+            .expect("ran")
+            .expect("canceled");
+        let answer = {
+            let (ctx, app, id, code) = (
+                domain.ctx.clone(),
+                domain.app.id.clone(),
+                id.clone(),
+                issued.codes[0].clone(),
+            );
+            tokio::spawn(async move { answer_authentication(&ctx, &app, id.as_str(), &code).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        canceling.commit().await.expect("canceled");
+        let refused = answer.await.expect("ran").expect_err("canceled meanwhile");
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::AlreadyAnswered),
+            "{engine:?}"
+        );
+        assert_eq!(
+            remaining(&domain, &liam).await,
+            RECOVERY_CODE_COUNT,
+            "{engine:?}: the code is not spent"
+        );
+        assert_eq!(failures_of(&domain, &liam).await, 0, "{engine:?}");
+
+        // Ended before: nothing spent either.
+        let refused =
+            answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &issued.codes[0])
+                .await
+                .expect_err("canceled");
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::AlreadyAnswered),
+            "{engine:?}"
+        );
+        assert_eq!(
+            remaining(&domain, &liam).await,
+            RECOVERY_CODE_COUNT,
+            "{engine:?}"
+        );
+
+        let next = domain.ask(&liam, json!({})).await;
+        answer_authentication(
+            &domain.ctx,
+            &domain.app.id,
+            next.authentication_id.as_str(),
+            &issued.codes[0],
+        )
+        .await
+        .expect("the code still works");
+    }
+}
+
+/// Copies of one recovery code sent at once for one push (a double tap, a retry): the push is
+/// approved once, one code is spent, and every copy is told that approval, none counted as a
+/// wrong code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_one_recovery_code_at_once_approve_their_request_once() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        for round in 0..6 {
+            let (user, _phone) = domain.user_with_device(&format!("mia-{round}")).await;
+            let issued = issue_codes(&domain.ctx, &domain.app.id, &user)
+                .await
+                .expect("issued");
+            let push = domain.ask(&user, json!({})).await;
+            let id = push.authentication_id.clone();
+            let told = sent_at_once(4, || {
+                let (ctx, app, id, code) = (
+                    domain.ctx.clone(),
+                    domain.app.id.clone(),
+                    id.clone(),
+                    issued.codes[0].clone(),
+                );
+                async move { answer_authentication(&ctx, &app, id.as_str(), &code).await }
+            })
+            .await;
+            assert_eq!(endings_announced(&id), 1, "{engine:?} round {round}");
+            assert_eq!(
+                remaining(&domain, &user).await,
+                RECOVERY_CODE_COUNT - 1,
+                "{engine:?} round {round}"
+            );
+            for status in &told {
+                let status = status
+                    .as_ref()
+                    .unwrap_or_else(|e| panic!("{engine:?} round {round}: {e}"));
+                assert_eq!(status.state, AuthenticationState::Approved);
+                assert_eq!(
+                    status.attributes["pingid.authentication.type"],
+                    json!("RECOVERY_CODE")
+                );
+            }
+            assert_eq!(
+                failures_of(&domain, &user).await,
+                0,
+                "{engine:?} round {round}"
+            );
+        }
     }
 }

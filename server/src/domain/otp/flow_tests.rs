@@ -1,5 +1,6 @@
 //! Passcodes answering a push authentication, called directly without HTTP: a registered OATH
-//! token's code ends the request through the one outcome path, once, and a code is used once.
+//! token's code ends the request through the one outcome path, once, and a code is used once;
+//! a policy's `require` accepts codes only from the sources it names.
 
 use std::time::Duration;
 
@@ -367,5 +368,131 @@ async fn a_token_registered_during_the_users_deletion_is_not_left_behind() {
         // A user created again with the id starts with no token.
         let again = domain.user("grace").await;
         assert_eq!(domain.rows_of("otp_tokens", &again).await, 0);
+    }
+}
+
+/// Saves the application's policy: `default` for every request.
+async fn policy_requiring(domain: &TestDomain, default: serde_json::Value) {
+    let policy =
+        serde_json::from_value(json!({"rules": [], "default": default})).expect("a policy");
+    crate::domain::policy::save(&domain.ctx, &domain.app.id, &policy)
+        .await
+        .expect("saved");
+}
+
+/// The state of authentication `id` as stored.
+async fn state_of(
+    domain: &TestDomain,
+    id: &tessera_protocol::authentication::AuthenticationId,
+) -> AuthenticationState {
+    crate::store::authentications::get(&domain.ctx.db, id, domain.clock.now())
+        .await
+        .expect("read")
+        .expect("stored")
+        .state
+}
+
+/// A policy that requires methods none of which is a passcode's source is applied to a
+/// passcode answering a push, as to `otp/verify`: the push asked to take codes takes none (its
+/// status does not offer them), the code is refused with `policy_denied` before anything is
+/// counted or spent, and the push stays pending. A request stored as taking codes is refused
+/// the same way. The unspent code then approves a push whose policy names its source.
+#[tokio::test]
+async fn a_require_without_the_codes_source_refuses_its_code_and_spends_nothing() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (hana, _phone) = domain.user_with_device("hana").await;
+        authenticator_app(&domain, &hana).await;
+        policy_requiring(
+            &domain,
+            json!({"action": "require", "methods": ["mobile_biometrics"]}),
+        )
+        .await;
+        let created = domain.ask(&hana, json!({"use_code": true})).await;
+        let id = created.authentication_id.clone();
+        assert_eq!(created.state, AuthenticationState::Pending, "{engine:?}");
+        let code = code_now(&domain);
+        let refused = answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+            .await
+            .expect_err("the policy requires biometrics");
+        assert_eq!(refused.code(), Some(ErrorCode::PolicyDenied), "{engine:?}");
+        assert_eq!(state_of(&domain, &id).await, AuthenticationState::Pending);
+        assert_eq!(failures_of(&domain, &hana).await, 0, "{engine:?}");
+        assert!(!created.otp_accepted, "{engine:?}: no code offered");
+
+        // A request stored as taking codes (as it was before the policy was applied to them).
+        sqlx::query(
+            "UPDATE authentications SET otp_mode = 'use_code', otp_after = created_at WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .execute(domain.ctx.db.pool())
+        .await
+        .expect("updated");
+        let refused = answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+            .await
+            .expect_err("the stored policy requires biometrics");
+        assert_eq!(refused.code(), Some(ErrorCode::PolicyDenied), "{engine:?}");
+        assert_eq!(state_of(&domain, &id).await, AuthenticationState::Pending);
+        assert_eq!(failures_of(&domain, &hana).await, 0, "{engine:?}");
+        assert_eq!(endings_announced(&id), 0);
+
+        policy_requiring(
+            &domain,
+            json!({"action": "require", "methods": ["mobile_push", "oath"]}),
+        )
+        .await;
+        let allowed = domain.ask(&hana, json!({"use_code": true})).await;
+        assert!(allowed.otp_accepted, "{engine:?}");
+        let approved = answer_authentication(
+            &domain.ctx,
+            &domain.app.id,
+            allowed.authentication_id.as_str(),
+            &code,
+        )
+        .await
+        .expect("the code was not spent, and its source is allowed");
+        assert_eq!(approved.state, AuthenticationState::Approved);
+    }
+}
+
+/// A `require` that names the app's own passcodes (`mobile_passcode`) and not `oath` refuses a
+/// registered token's code with `policy_denied`, counting and spending nothing; naming `oath`,
+/// it is accepted.
+#[tokio::test]
+async fn a_require_accepts_a_code_only_from_a_source_it_names() {
+    for domain in TestDomain::each_engine().await {
+        let engine = domain.ctx.db.engine();
+        let (ivan, _phone) = domain.user_with_device("ivan").await;
+        authenticator_app(&domain, &ivan).await;
+        policy_requiring(
+            &domain,
+            json!({"action": "require", "methods": ["mobile_push", "mobile_passcode"]}),
+        )
+        .await;
+        let created = domain.ask(&ivan, json!({"use_code": true})).await;
+        let id = created.authentication_id.clone();
+        let code = code_now(&domain);
+        let refused = answer_authentication(&domain.ctx, &domain.app.id, id.as_str(), &code)
+            .await
+            .expect_err("a token's code is not the app's passcode");
+        assert_eq!(refused.code(), Some(ErrorCode::PolicyDenied), "{engine:?}");
+        assert_eq!(state_of(&domain, &id).await, AuthenticationState::Pending);
+        assert_eq!(failures_of(&domain, &ivan).await, 0, "{engine:?}");
+
+        policy_requiring(
+            &domain,
+            json!({"action": "require", "methods": ["mobile_push", "oath"]}),
+        )
+        .await;
+        let allowed = domain.ask(&ivan, json!({"use_code": true})).await;
+        let approved = answer_authentication(
+            &domain.ctx,
+            &domain.app.id,
+            allowed.authentication_id.as_str(),
+            &code,
+        )
+        .await
+        .expect("approved");
+        assert_eq!(approved.state, AuthenticationState::Approved, "{engine:?}");
     }
 }

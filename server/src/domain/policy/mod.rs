@@ -254,24 +254,78 @@ impl Decided {
     /// Refuses a request the decision does not let through with `method`: a denial, or a
     /// `require` that names other methods. An `approve` lets any method through.
     pub fn check_method(&self, method: PolicyMethod) -> Result<(), DomainError> {
-        match self.decision.effect {
-            PolicyEffect::Deny => Err(self.refusal()),
-            PolicyEffect::Approve => Ok(()),
-            PolicyEffect::Require if self.decision.allows(method) => Ok(()),
-            PolicyEffect::Require => Err(DomainError::new(
-                ErrorCode::PolicyDenied,
-                format!(
-                    "the policy requires {}: {} is not allowed here",
-                    self.decision
-                        .methods
-                        .iter()
-                        .map(|m| m.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" or "),
-                    method.as_str()
-                ),
-            )),
+        method_check(
+            self.decision.effect,
+            &self.decision.methods,
+            &self.decision.reason,
+            method,
+        )
+    }
+}
+
+/// Whether a decision with `effect`, `methods` and `reason` lets a request through with
+/// `method` ([`Decided::check_method`], [`StoredDecision::check_method`]): a denial refuses
+/// it with its reason, a `require` naming other methods with the methods it names, both as
+/// `policy_denied`; an `approve`, or a `require` naming no method, lets any method through.
+fn method_check(
+    effect: PolicyEffect,
+    methods: &[PolicyMethod],
+    reason: &str,
+    method: PolicyMethod,
+) -> Result<(), DomainError> {
+    match effect {
+        PolicyEffect::Deny => Err(DomainError::new(ErrorCode::PolicyDenied, reason)),
+        PolicyEffect::Approve => Ok(()),
+        PolicyEffect::Require if methods.is_empty() || methods.contains(&method) => Ok(()),
+        PolicyEffect::Require => Err(DomainError::new(
+            ErrorCode::PolicyDenied,
+            format!(
+                "the policy requires {}: {} is not allowed here",
+                methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                method.as_str()
+            ),
+        )),
+    }
+}
+
+/// The policy's decision as stored with an authentication (`Authentication::policy`, a JSON
+/// [`PolicyOutcome`](tessera_protocol::policy::PolicyOutcome)), read back to judge the methods
+/// that answer it: a passcode or backup code answering a push must be one of the methods its
+/// `require` names, as on the standalone passcode and backup-code paths ([`check_path`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoredDecision(Option<tessera_protocol::policy::PolicyOutcome>);
+
+impl StoredDecision {
+    /// The decision stored as `policy` (`None`: none was made, and every method may answer).
+    /// A stored decision that does not read back is an internal error: its methods are not
+    /// known, so none is let through.
+    pub fn of(policy: Option<&str>) -> Result<Self, DomainError> {
+        policy
+            .map(|text| {
+                serde_json::from_str(text).map_err(|_| {
+                    DomainError::Internal("an authentication's policy decision cannot be read")
+                })
+            })
+            .transpose()
+            .map(Self)
+    }
+
+    /// Refuses `method` where the stored decision does not let it through (as
+    /// [`Decided::check_method`] does).
+    pub fn check_method(&self, method: PolicyMethod) -> Result<(), DomainError> {
+        match &self.0 {
+            None => Ok(()),
+            Some(o) => method_check(o.effect, &o.methods, &o.reason, method),
         }
+    }
+
+    /// Whether the stored decision lets `method` through.
+    pub fn allows(&self, method: PolicyMethod) -> bool {
+        self.check_method(method).is_ok()
     }
 }
 
