@@ -388,6 +388,8 @@ impl Authenticator {
     ///
     /// Safe to retry: the keys and the signed registration are kept until the server answers, so
     /// a retry after a lost reply sends the identical registration and gets the same enrollment.
+    /// They are kept, too, when the server refuses for now ([`CoreError::is_transient`]: `429`,
+    /// `5xx`), and dropped only when it refuses the registration itself.
     pub async fn pair(
         &self,
         code_or_uri: &str,
@@ -430,14 +432,16 @@ impl Authenticator {
                 drop(in_flight);
                 completed
             }
-            Err(e @ CoreError::Server { .. }) => {
-                // A refusal: this call will not pair with this registration. Another call still
-                // sending it may yet (its answer came first), so the pending pairing, and the
-                // keys the server may already hold, go only with the last call.
+            Err(e @ CoreError::Server { .. }) if !e.is_transient() => {
+                // A refusal of this registration: this call will not pair with it. Another call
+                // still sending it may yet (its answer came first), so the pending pairing, and
+                // the keys the server may already hold, go only with the last call.
                 self.drop_pending_after(in_flight).await?;
                 Err(e)
             }
-            // Network failure: keep the pending pairing for a retry.
+            // A network failure, or a refusal for now (429, 5xx: the server may have paired
+            // this registration on an earlier send whose reply was lost): keep the pending
+            // pairing for a retry.
             Err(e) => Err(e),
         }
     }
@@ -522,7 +526,9 @@ impl Authenticator {
     /// Waits until the user's primary device approves or refuses this enrollment (application
     /// policy "verify new devices with the primary device"), or `timeout` passes; returns where
     /// it stands. Approved: it becomes usable and replaces this device's earlier enrollment for
-    /// the same user. Rejected (denied or expired): it is deleted with its keys. An enrollment
+    /// the same user with the same device id (the one the server replaced; an earlier one under
+    /// another device id stays, as on the server). Rejected (denied or expired): it is deleted
+    /// with its keys. An enrollment
     /// that was never pending returns `Active` at once, without a call.
     pub async fn wait_for_verification(
         &self,
@@ -569,7 +575,8 @@ impl Authenticator {
     }
 
     /// Marks a verified enrollment usable and drops this device's earlier enrollments for the
-    /// same user (the server replaced them when it activated this one).
+    /// same user with the same device id (those the server replaced when it activated this one:
+    /// the same device key). Nothing changes unless the result is saved.
     async fn activate(&self, id: &EnrollmentId) -> Result<(), CoreError> {
         let replaced = {
             let mut state = self.state.lock().await;
@@ -581,25 +588,16 @@ impl Authenticator {
             else {
                 return Err(CoreError::EnrollmentNotFound);
             };
-            let mut replaced = Vec::new();
-            state.enrollments.retain(|e| {
-                let same = &e.enrollment_id != id
-                    && e.server == target.server
-                    && e.application.id == target.application.id
-                    && e.user_id == target.user_id;
-                if same {
-                    replaced.push(e.possession_alias.clone());
-                    replaced.push(e.user_verification_alias.clone());
-                }
-                !same
-            });
-            for e in state.enrollments.iter_mut() {
+            let mut next = state.clone();
+            let replaced = take_replaced(&mut next, &target);
+            for e in next.enrollments.iter_mut() {
                 if &e.enrollment_id == id {
                     e.pending_verification = false;
                 }
             }
-            state.prune_enrollment_otp();
-            self.store.save(&state)?;
+            next.prune_enrollment_otp();
+            self.store.save(&next)?;
+            *state = next;
             replaced
         };
         delete_keys(self.key_store.as_ref(), &replaced);
@@ -919,10 +917,13 @@ impl Authenticator {
         Ok(pending)
     }
 
+    /// Drops the stale pending pairings and deletes their keys, once that is saved.
     fn clean_pending(&self, state: &mut DeviceState) -> Result<(), CoreError> {
-        let stale = state.take_expired_pending(now() - PENDING_TTL_SECONDS);
+        let mut next = state.clone();
+        let stale = next.take_expired_pending(now() - PENDING_TTL_SECONDS);
         if !stale.is_empty() {
-            self.store.save(state)?;
+            self.store.save(&next)?;
+            *state = next;
             delete_keys(self.key_store.as_ref(), &stale);
         }
         Ok(())
@@ -940,8 +941,10 @@ impl Authenticator {
             let Some(p) = state.pending.iter().find(|p| p.id == id).cloned() else {
                 return Ok(());
             };
-            state.pending.retain(|p| p.id != id);
-            self.store.save(&state)?;
+            let mut next = state.clone();
+            next.pending.retain(|p| p.id != id);
+            self.store.save(&next)?;
+            *state = next;
             p.key_aliases()
         };
         delete_keys(self.key_store.as_ref(), &aliases);
@@ -1032,21 +1035,10 @@ impl Authenticator {
             if !state.pending.iter().any(|p| p.id == pending.id) {
                 return Err(CoreError::UnknownPendingPairing);
             }
-            state.pending.retain(|p| p.id != pending.id);
-            let mut replaced = Vec::new();
-            state.enrollments.retain(|e| {
-                // A pairing waiting for the primary device's approval replaces nothing yet: the
-                // earlier enrollment may be the one that approves it.
-                let same = !reply.pending_verification
-                    && e.server == pending.server
-                    && e.application.id == reply.application.id
-                    && e.user_id == reply.user_id;
-                if same {
-                    replaced.push(e.possession_alias.clone());
-                    replaced.push(e.user_verification_alias.clone());
-                }
-                !same
-            });
+            // The next state is built on a copy and takes the place of the current one only once
+            // saved: a step that fails leaves the state, and the replaced keys, as they were.
+            let mut next = state.clone();
+            next.pending.retain(|p| p.id != pending.id);
             let stored = StoredEnrollment {
                 enrollment_id: reply.enrollment_id.clone(),
                 server: pending.server.clone(),
@@ -1060,16 +1052,24 @@ impl Authenticator {
                 removed_at: None,
                 app_attest_key_id: app_attest_key_id(&pending.registration),
             };
-            state.enrollments.push(stored.clone());
+            // A pairing waiting for the primary device's approval replaces nothing yet: the
+            // earlier enrollment may be the one that approves it.
+            let replaced = if reply.pending_verification {
+                Vec::new()
+            } else {
+                take_replaced(&mut next, &stored)
+            };
+            next.enrollments.push(stored.clone());
             if let Some(account) = provisioned_otp(pending, &reply)? {
-                state.otp_accounts.retain(|a| {
+                next.otp_accounts.retain(|a| {
                     !matches!(&a.source, OtpAccountSource::Enrollment { enrollment_id } if enrollment_id == &reply.enrollment_id)
                 });
-                state.otp_accounts.push(account);
+                next.otp_accounts.push(account);
             }
-            state.prune_enrollment_otp();
-            state.pin(&pending.server, reply.server_keys.clone(), now());
-            self.store.save(&state)?;
+            next.prune_enrollment_otp();
+            next.pin(&pending.server, reply.server_keys.clone(), now());
+            self.store.save(&next)?;
+            *state = next;
             (Enrollment::from(&stored), replaced)
         };
         delete_keys(self.key_store.as_ref(), &replaced);
@@ -1477,7 +1477,7 @@ impl Authenticator {
     pub async fn authenticate_with_qr(&self, scanned: &str) -> Result<QrAuthentication, CoreError> {
         let uri = QrUri::parse(scanned).map_err(|e| CoreError::InvalidInput(e.to_string()))?;
         self.transport.check_server(&uri.server)?;
-        let (held, pinned) = {
+        let (held, has_pins) = {
             let state = self.state.lock().await;
             let held: Vec<StoredEnrollment> = state
                 .enrollments
@@ -1487,8 +1487,8 @@ impl Authenticator {
                 })
                 .cloned()
                 .collect();
-            let pinned = state.pinned_keys(&uri.server).cloned();
-            (held, pinned)
+            let has_pins = state.pinned_keys(&uri.server).is_some();
+            (held, has_pins)
         };
         // The server offers the caller's device's users: call as an enrollment of this
         // installation's current identity (a device paired before device keys existed may
@@ -1498,7 +1498,7 @@ impl Authenticator {
             .iter()
             .find(|e| e.device_id == current)
             .or_else(|| held.first());
-        let (Some(caller), Some(pinned)) = (caller, pinned) else {
+        let (Some(caller), true) = (caller, has_pins) else {
             return Err(CoreError::NotPairedWithServer);
         };
         let claim = ClaimQrSession {
@@ -1519,14 +1519,39 @@ impl Authenticator {
             .iter()
             .map(|e| (e.enrollment_id.clone(), e.user_id.clone()))
             .collect();
-        verify_qr_context(
-            &claimed.context,
-            &uri.server,
-            &pinned,
-            &caller.device_id,
-            &pairs,
-            now(),
-        )
+        let verify = |pinned: &JwkSet| {
+            verify_qr_context(
+                &claimed.context,
+                &uri.server,
+                pinned,
+                &caller.device_id,
+                &pairs,
+                now(),
+            )
+        };
+        // The pins as they stand after the call: its answer may have announced a newer key set,
+        // which `signed_call` followed.
+        match verify(&self.current_pins(&uri.server).await?) {
+            // Signed by a key not pinned (yet): the server may have rotated. Follow its key set
+            // chain and try once more with what that leads to.
+            Err(CoreError::UntrustedServerKey) => {
+                if !self.refresh_pins(&uri.server).await? {
+                    return Err(CoreError::UntrustedServerKey);
+                }
+                verify(&self.current_pins(&uri.server).await?)
+            }
+            other => other,
+        }
+    }
+
+    /// The server keys pinned for `server` now (after any refresh along its key set chain).
+    async fn current_pins(&self, server: &ServerUrl) -> Result<JwkSet, CoreError> {
+        self.state
+            .lock()
+            .await
+            .pinned_keys(server)
+            .cloned()
+            .ok_or(CoreError::UntrustedServerKey)
     }
 
     /// QR login, step 2: `user` (one of [`QrAuthentication::users`]) approves. `amr` as for
@@ -1856,6 +1881,28 @@ fn ensure_device_key(
     Ok(signer)
 }
 
+/// Removes from `state` the earlier enrollments that `new` replaces and returns their key
+/// aliases. It replaces what the server replaces: an enrollment of the same server, application
+/// and user with the same device id, that is the same device key (an enrollment paired before
+/// device keys existed, or under a device key the key store lost, has another id and stays, as
+/// it stays on the server).
+fn take_replaced(state: &mut DeviceState, new: &StoredEnrollment) -> Vec<String> {
+    let mut replaced = Vec::new();
+    state.enrollments.retain(|e| {
+        let same = e.enrollment_id != new.enrollment_id
+            && e.server == new.server
+            && e.application.id == new.application.id
+            && e.user_id == new.user_id
+            && e.device_id == new.device_id;
+        if same {
+            replaced.push(e.possession_alias.clone());
+            replaced.push(e.user_verification_alias.clone());
+        }
+        !same
+    });
+    replaced
+}
+
 /// Deletes keys, logging (without the alias' secrets — aliases are not secret) what fails.
 fn delete_keys(key_store: &dyn KeyStore, aliases: &[String]) {
     for alias in aliases {
@@ -2014,5 +2061,224 @@ mod device_key_tests {
         assert_eq!(enrollments.len(), 1);
         assert_eq!(enrollments[0].enrollment_id, old_enrollment);
         assert_eq!(enrollments[0].device_id, legacy_id);
+    }
+}
+
+#[cfg(test)]
+mod completion_tests {
+    //! `complete` against a small pairing server on loopback that answers like the real one:
+    //! a code pairs one registration, the identical registration sent again gets the same
+    //! answer, and any other registration with a used code is refused.
+    use super::*;
+    use crate::key_store::SoftwareKeyStore;
+    use crate::storage::{FileStorage, StorageError};
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tessera_protocol::envelope::SoftwareSigningKey;
+    use tessera_protocol::error::ErrorBody;
+
+    /// File storage whose next `fail_writes` writes fail.
+    struct FlakyStorage {
+        inner: FileStorage,
+        fail_writes: AtomicUsize,
+    }
+
+    impl SecureStorage for FlakyStorage {
+        fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+            self.inner.read(name)
+        }
+        fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+            let failed = self
+                .fail_writes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failed {
+                return Err(StorageError::Io("disk full".into()));
+            }
+            self.inner.write(name, bytes)
+        }
+        fn delete(&self, name: &str) -> Result<(), StorageError> {
+            self.inner.delete(name)
+        }
+    }
+
+    /// A pairing server for user `alice`; while `fail_save_on_answer` is set, it makes the
+    /// device's next state write fail as it answers.
+    struct PairingServer {
+        url: String,
+        fail_save_on_answer: Arc<AtomicBool>,
+    }
+
+    fn start_server(storage: Arc<FlakyStorage>) -> PairingServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let issuer = ServerUrl::parse(&url).unwrap();
+        let fail_save_on_answer = Arc::new(AtomicBool::new(false));
+        let arm = Arc::clone(&fail_save_on_answer);
+        std::thread::spawn(move || {
+            let key = SoftwareSigningKey::generate();
+            let application = ApplicationInfo {
+                id: tessera_protocol::ids::ApplicationId::generate(),
+                name: "Bank".into(),
+            };
+            // code → (registration digest, enrollment id)
+            let mut consumed: HashMap<String, (String, EnrollmentId)> = HashMap::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let body = read_body(&mut stream);
+                let request: DevicePairingRequest = serde_json::from_slice(&body).unwrap();
+                let digest = envelope::digest_of(&request.registration).unwrap();
+                let registration: DeviceRegistration =
+                    envelope::unverified_payload(&request.registration).unwrap();
+                let code = PairingCode::parse(&request.pairing_code)
+                    .unwrap()
+                    .normalized()
+                    .to_string();
+                let (used_by, enrollment_id) = consumed
+                    .entry(code)
+                    .or_insert_with(|| (digest.to_string(), EnrollmentId::generate()))
+                    .clone();
+                let (status, answer) = if used_by == digest.to_string() {
+                    let reply = PairingReply {
+                        v: tessera_protocol::PROTOCOL_VERSION,
+                        issuer: issuer.clone(),
+                        application: application.clone(),
+                        user_id: "alice".parse().unwrap(),
+                        enrollment_id,
+                        device_id: registration.device_id,
+                        registration_digest: digest,
+                        server_keys: JwkSet {
+                            keys: vec![key.public_jwk()],
+                        },
+                        pending_verification: false,
+                        otp: None,
+                        issued_at: now(),
+                    };
+                    let server_payload =
+                        envelope::sign(MessageType::PairingReply, &reply, &key).unwrap();
+                    let answer = DevicePairingResponse { server_payload };
+                    ("201 Created", serde_json::to_vec(&answer).unwrap())
+                } else {
+                    let refusal = ErrorBody::new(ErrorCode::InvalidPairingCode, "bad code");
+                    ("400 Bad Request", serde_json::to_vec(&refusal).unwrap())
+                };
+                if arm.swap(false, Ordering::SeqCst) {
+                    storage.fail_writes.store(1, Ordering::SeqCst);
+                }
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&answer);
+            }
+        });
+        PairingServer {
+            url,
+            fail_save_on_answer,
+        }
+    }
+
+    /// The body of one HTTP request (by its `Content-Length`).
+    fn read_body(stream: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return buf[end + 4..end + 4 + len].to_vec();
+                }
+            }
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the request ended early");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_completion_whose_save_fails_changes_nothing_and_a_retry_completes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks: Arc<dyn KeyStore> =
+            Arc::new(SoftwareKeyStore::open(dir.path().join("keys")).unwrap());
+        let storage = Arc::new(FlakyStorage {
+            inner: FileStorage::new(dir.path().join("state")).unwrap(),
+            fail_writes: AtomicUsize::new(0),
+        });
+        let server = start_server(Arc::clone(&storage));
+        let auth = Authenticator::open(
+            AuthenticatorConfig::default(),
+            Arc::clone(&ks),
+            Arc::clone(&storage) as Arc<dyn SecureStorage>,
+        )
+        .await
+        .unwrap();
+        // An earlier pairing of the same user on this device, which the next one replaces.
+        let earlier = auth
+            .pair("ABCD-EFGH-JKMN", Some(&server.url))
+            .await
+            .unwrap();
+        let earlier_keys = {
+            let state = auth.state.lock().await;
+            let stored = &state.enrollments[0];
+            vec![
+                stored.possession_alias.clone(),
+                stored.user_verification_alias.clone(),
+            ]
+        };
+
+        // The server pairs, and the device cannot write the result.
+        server.fail_save_on_answer.store(true, Ordering::SeqCst);
+        let err = auth
+            .pair("BCDE-FGHJ-KMNP", Some(&server.url))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CoreError::Storage(_)), "{err:?}");
+        let ids = |list: Vec<Enrollment>| -> Vec<EnrollmentId> {
+            list.into_iter().map(|e| e.enrollment_id).collect()
+        };
+        assert_eq!(
+            ids(auth.enrollments().await),
+            vec![earlier.enrollment_id.clone()],
+            "nothing applied in memory"
+        );
+        let pending = auth.state.lock().await.pending.clone();
+        assert_eq!(pending.len(), 1, "the pending pairing stays for a retry");
+        for alias in &earlier_keys {
+            assert!(ks.public_key(alias).unwrap().is_some(), "its keys stay");
+        }
+
+        // The retry sends the same registration and completes the pairing.
+        let again = auth
+            .pair("BCDE-FGHJ-KMNP", Some(&server.url))
+            .await
+            .expect("the retry pairs");
+        assert_eq!(
+            ids(auth.enrollments().await),
+            vec![again.enrollment_id.clone()]
+        );
+        assert!(auth.state.lock().await.pending.is_empty());
+        for alias in &earlier_keys {
+            assert!(
+                ks.public_key(alias).unwrap().is_none(),
+                "replaced, keys deleted"
+            );
+        }
+        // And it was written.
+        drop(auth);
+        let reopened = Authenticator::open(
+            AuthenticatorConfig::default(),
+            ks,
+            storage as Arc<dyn SecureStorage>,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ids(reopened.enrollments().await), vec![again.enrollment_id]);
     }
 }

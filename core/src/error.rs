@@ -107,6 +107,22 @@ impl CoreError {
             _ => None,
         }
     }
+
+    /// Whether the same call may succeed if retried later: a network failure, or a refusal for
+    /// now rather than of the request itself (a server error code answered with `429`, such as
+    /// `rate_limited`, or with a `5xx` status, such as `service_unavailable` and
+    /// `internal_error`; a code this version does not know counts as one). Such a refusal says
+    /// nothing of what the server did with an earlier, identical call.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CoreError::Network(_) => true,
+            CoreError::Server { code, .. } => {
+                let status = code.http_status();
+                status == 429 || status >= 500
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<crate::key_store::KeyStoreError> for CoreError {
@@ -118,5 +134,43 @@ impl From<crate::key_store::KeyStoreError> for CoreError {
 impl From<crate::storage::StorageError> for CoreError {
     fn from(e: crate::storage::StorageError) -> Self {
         CoreError::Storage(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: ErrorCode) -> CoreError {
+        CoreError::Server {
+            code,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn refusals_for_now_are_transient_and_refusals_of_the_request_are_not() {
+        for code in [
+            ErrorCode::ServiceUnavailable,
+            ErrorCode::InternalError,
+            ErrorCode::RateLimited,
+            ErrorCode::DeliveryFailed,
+            ErrorCode::Unknown,
+        ] {
+            assert!(refused(code).is_transient(), "{code}");
+        }
+        for code in [
+            ErrorCode::InvalidPairingCode,
+            ErrorCode::InvalidRegistration,
+            ErrorCode::StaleMessage,
+            ErrorCode::AudienceMismatch,
+            ErrorCode::AttestationRequired,
+            ErrorCode::ReplayedMessage,
+            ErrorCode::PolicyDenied,
+        ] {
+            assert!(!refused(code).is_transient(), "{code}");
+        }
+        assert!(CoreError::Network("timed out".into()).is_transient());
+        assert!(!CoreError::UntrustedServerKey.is_transient());
     }
 }

@@ -179,22 +179,28 @@ fn network(e: reqwest::Error) -> CoreError {
     CoreError::Network(kind.to_string())
 }
 
-async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, CoreError> {
+/// Reads the body chunk by chunk and stops as soon as it passes [`MAX_RESPONSE_BYTES`]: a
+/// body without a `Content-Length` (chunked), or with a false one, is never buffered whole.
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, CoreError> {
+    // Compared as u64: a cast to usize would truncate on 32-bit targets.
     if response
         .content_length()
-        .is_some_and(|n| n as usize > MAX_RESPONSE_BYTES)
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
     {
-        return Err(CoreError::InvalidServerResponse(
-            "response too large".into(),
-        ));
+        return Err(too_large());
     }
-    let bytes = response.bytes().await.map_err(network)?;
-    if bytes.len() > MAX_RESPONSE_BYTES {
-        return Err(CoreError::InvalidServerResponse(
-            "response too large".into(),
-        ));
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(network)? {
+        if chunk.len() > MAX_RESPONSE_BYTES - body.len() {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
     }
-    Ok(bytes.to_vec())
+    Ok(body)
+}
+
+fn too_large() -> CoreError {
+    CoreError::InvalidServerResponse("response too large".into())
 }
 
 async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, CoreError> {
@@ -219,5 +225,104 @@ async fn server_error(response: reqwest::Response) -> CoreError {
             }
         },
         Err(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Serves one connection: reads the request head, then streams a chunked body of
+    /// `total` bytes (without end when `None`) until the client goes away. Returns the
+    /// server URL and the count of body bytes the socket accepted.
+    fn chunked_server(total: Option<u64>) -> (ServerUrl, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let written = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&written);
+        std::thread::spawn(move || {
+            let Ok((mut socket, _)) = listener.accept() else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match socket.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let header = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                           transfer-encoding: chunked\r\n\r\n";
+            if socket.write_all(header).is_err() {
+                return;
+            }
+            let chunk = vec![b' '; 16 * 1024];
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            loop {
+                if total.is_some_and(|t| counter.load(Ordering::SeqCst) >= t) {
+                    let _ = socket.write_all(b"0\r\n\r\n");
+                    return;
+                }
+                if socket.write_all(&framed).is_err() {
+                    return;
+                }
+                counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+        });
+        let url = ServerUrl::parse(&format!("http://{addr}")).expect("url");
+        (url, written)
+    }
+
+    fn assert_too_large(result: Result<serde_json::Value, CoreError>) {
+        match result {
+            Err(CoreError::InvalidServerResponse(m)) => assert_eq!(m, "response too large"),
+            other => panic!("expected response too large, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_chunked_response_is_refused_promptly() {
+        let transport = Transport::new(Duration::from_secs(60), false).expect("transport");
+        let (server, written) = chunked_server(None);
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            transport.get_json::<serde_json::Value>(&server, "/v1/server-keys"),
+        )
+        .await
+        .expect("an endless body must be refused before the call times out");
+        assert_too_large(result);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The client stopped reading once past the limit: what the socket accepted is the
+        // limit plus what the kernel buffers hold, not an endless stream.
+        let sent = written.load(Ordering::SeqCst);
+        assert!(sent < 64 * 1024 * 1024, "server wrote {sent} bytes");
+    }
+
+    #[tokio::test]
+    async fn large_chunked_response_stops_reading_past_the_limit() {
+        let transport = Transport::new(Duration::from_secs(60), false).expect("transport");
+        // 256 MiB: far beyond the limit and beyond what loopback socket buffers hold.
+        let total = 256 * 1024 * 1024;
+        let (server, written) = chunked_server(Some(total));
+        let result = transport
+            .get_json::<serde_json::Value>(&server, "/v1/server-keys")
+            .await;
+        assert_too_large(result);
+        // Give the server a moment to notice the closed connection.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = written.load(Ordering::SeqCst);
+        // The limit plus what loopback socket buffers hold (a few MiB), not the whole body.
+        assert!(
+            sent < 64 * 1024 * 1024,
+            "server wrote {sent} of {total} bytes"
+        );
     }
 }

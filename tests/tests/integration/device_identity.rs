@@ -22,6 +22,8 @@ on_each_backend! {
     the_same_device_pairing_again_still_replaces_its_enrollment => same_key_replaces;
     the_primary_device_is_asked_what_approving_will_do => verification_prompt;
     an_unpaired_user_of_a_shared_phone_hides_nobodys_requests => shared_phone_one_unpaired;
+    a_new_device_key_pairing_again_keeps_the_enrollment_the_server_keeps => new_key_keeps;
+    an_approved_new_device_key_keeps_the_enrollment_the_server_keeps => new_key_approved_keeps;
 }
 
 /// Posts a pairing with raw signed messages; returns the status and the error code, if any.
@@ -289,6 +291,134 @@ async fn same_key_replaces(backend: Backend) {
         tessera_protocol::authentication::AuthenticationState::Failed
     );
     approval_cycle(&server.customer, "carol", &phone, &second.enrollment_id).await;
+}
+
+/// The phone loses its device key (a key store that dropped it): after a restart its next
+/// pairing makes a new one, and with it a new device id.
+async fn lose_device_key(phone: TestDevice) -> TestDevice {
+    use tessera_core::KeyStore;
+    let before = phone.auth.device_id();
+    let keys = tessera_core::SoftwareKeyStore::open(phone.state_dir().join("keys")).unwrap();
+    keys.delete_key("tessera.device-key").unwrap();
+    drop(keys);
+    let phone = phone.reopen().await;
+    assert_eq!(
+        phone.auth.device_id(),
+        before,
+        "kept until the next pairing"
+    );
+    phone
+}
+
+async fn new_key_keeps(backend: Backend) {
+    // The server replaces an earlier enrollment only for the same device key; the device must
+    // not drop (and delete the keys of) one the server keeps.
+    let server = TestServer::start(backend).await;
+    server.user("carol").await;
+    let phone = TestDevice::new().await;
+    let first = phone
+        .auth
+        .pair(&server.pairing_uri("carol").await, None)
+        .await
+        .unwrap();
+    let phone = lose_device_key(phone).await;
+    let second = phone
+        .auth
+        .pair(&server.pairing_uri("carol").await, None)
+        .await
+        .unwrap();
+    assert_ne!(
+        second.device_id, first.device_id,
+        "a new device key, a new id"
+    );
+
+    let mut on_server: Vec<EnrollmentId> = server
+        .customer
+        .list_devices("carol")
+        .await
+        .unwrap()
+        .devices
+        .into_iter()
+        .map(|d| d.enrollment_id)
+        .collect();
+    on_server.sort();
+    let mut local: Vec<EnrollmentId> = phone
+        .auth
+        .enrollments()
+        .await
+        .into_iter()
+        .map(|e| e.enrollment_id)
+        .collect();
+    local.sort();
+    let mut expected = vec![first.enrollment_id.clone(), second.enrollment_id.clone()];
+    expected.sort();
+    assert_eq!(on_server, expected, "the server keeps both");
+    assert_eq!(local, expected, "and so does the device");
+
+    // The first still signs: the device can unpair it, and the second stays.
+    phone
+        .auth
+        .enrollment_status(&first.enrollment_id)
+        .await
+        .expect("the first enrollment's keys sign");
+    phone
+        .auth
+        .remove_enrollment(&first.enrollment_id)
+        .await
+        .unwrap();
+    let devices = server.customer.list_devices("carol").await.unwrap().devices;
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].enrollment_id, second.enrollment_id);
+    let local = phone.auth.enrollments().await;
+    assert_eq!(local.len(), 1);
+    assert_eq!(local[0].enrollment_id, second.enrollment_id);
+    approval_cycle(&server.customer, "carol", &phone, &second.enrollment_id).await;
+}
+
+async fn new_key_approved_keeps(backend: Backend) {
+    // As above, with "verify new devices with the primary device": the phone's earlier
+    // enrollment approves the pairing of its new device key, and the server adds a device
+    // rather than replacing one; the device keeps both too.
+    let server = TestServer::start(backend).await;
+    with_policy(&server).await;
+    server.user("carol").await;
+    let phone = TestDevice::new().await;
+    let first = phone
+        .auth
+        .pair(&server.pairing_uri("carol").await, None)
+        .await
+        .unwrap();
+    let phone = lose_device_key(phone).await;
+    let second = phone
+        .auth
+        .pair(&server.pairing_uri("carol").await, None)
+        .await
+        .unwrap();
+    assert_eq!(second.status, EnrollmentState::PendingVerification);
+    let request = the_only_request(&phone).await;
+    assert_eq!(request.enrollment_id, first.enrollment_id);
+    phone.auth.approve(&request, vec![], None).await.unwrap();
+    assert_eq!(
+        phone
+            .auth
+            .wait_for_verification(&second.enrollment_id, std::time::Duration::from_secs(10))
+            .await
+            .unwrap(),
+        EnrollmentState::Active
+    );
+    let devices = server.customer.list_devices("carol").await.unwrap().devices;
+    assert_eq!(devices.len(), 2, "a second device, not a replacement");
+    let local = phone.auth.enrollments().await;
+    assert_eq!(local.len(), 2, "{local:?}");
+    assert!(local.iter().any(|e| e.enrollment_id == first.enrollment_id));
+    phone
+        .auth
+        .remove_enrollment(&first.enrollment_id)
+        .await
+        .unwrap();
+    let devices = server.customer.list_devices("carol").await.unwrap().devices;
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].enrollment_id, second.enrollment_id);
 }
 
 async fn with_policy(server: &TestServer) {

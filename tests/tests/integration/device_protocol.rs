@@ -16,6 +16,7 @@ on_each_backend! {
     stale_and_foreign_registrations_are_refused => stale_and_foreign_registrations;
     a_lost_pairing_reply_is_recovered_by_retrying => lost_reply_retry;
     a_refused_second_send_keeps_the_first_sends_pairing => refused_second_send;
+    a_retry_refused_for_now_keeps_the_pairing_the_server_completed => retry_refused_for_now;
     two_server_instances_share_one_database => two_instances;
 }
 
@@ -251,30 +252,63 @@ async fn stale_and_foreign_registrations(backend: Backend) {
 /// connections, swallows the server's answer and closes the connection: the request was
 /// processed, the reply was lost.
 async fn lossy_proxy(listener: TcpListener, target: std::net::SocketAddr, drop_replies: usize) {
-    let mut dropped = 0;
+    scripted_proxy(listener, target, vec![Fate::LoseReply; drop_replies]).await;
+}
+
+/// What [`scripted_proxy`] does with one connection.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    /// Forward the request, wait for the server's answer, then close the connection without it:
+    /// the request was processed, the reply was lost.
+    LoseReply,
+    /// Answer the error itself, in the server's error body, without forwarding the request: a
+    /// refusal for now (`503 service_unavailable` while the database is unreachable, `429
+    /// rate_limited`, `500 internal_error`).
+    Refuse(u16, ErrorCode),
+}
+
+/// A TCP proxy in front of `target` that deals with its n-th connection as `script[n]` says;
+/// connections past the script pass through.
+async fn scripted_proxy(listener: TcpListener, target: std::net::SocketAddr, script: Vec<Fate>) {
+    let mut script = script.into_iter();
     loop {
         let Ok((mut client, _)) = listener.accept().await else {
             return;
         };
-        let drop_this = dropped < drop_replies;
-        if drop_this {
-            dropped += 1;
-        }
+        let fate = script.next();
         tokio::spawn(async move {
-            let Ok(mut upstream) = TcpStream::connect(target).await else {
-                return;
-            };
-            if drop_this {
-                // Forward one request, wait for the server to answer, then close the client's
-                // connection without the answer.
-                let Some(request) = read_message(&mut client).await else {
-                    return;
-                };
-                let _ = upstream.write_all(&request).await;
-                let _ = read_message(&mut upstream).await;
-                drop(client);
-            } else {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            match fate {
+                Some(Fate::LoseReply) => {
+                    let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let Some(request) = read_message(&mut client).await else {
+                        return;
+                    };
+                    let _ = upstream.write_all(&request).await;
+                    let _ = read_message(&mut upstream).await;
+                    drop(client);
+                }
+                Some(Fate::Refuse(status, code)) => {
+                    let Some(_request) = read_message(&mut client).await else {
+                        return;
+                    };
+                    let body =
+                        serde_json::to_vec(&ErrorBody::new(code, "retry shortly")).expect("json");
+                    let head = format!(
+                        "HTTP/1.1 {status} Refused\r\ncontent-type: application/json\r\nretry-after: 2\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = client.write_all(head.as_bytes()).await;
+                    let _ = client.write_all(&body).await;
+                    let _ = client.flush().await;
+                }
+                None => {
+                    let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
             }
         });
     }
@@ -453,6 +487,61 @@ async fn lost_reply_retry(backend: Backend) {
         .enrollment_status(&enrollment.enrollment_id)
         .await
         .unwrap();
+}
+
+async fn retry_refused_for_now(backend: Backend) {
+    // The first send pairs but its reply is lost; the retries then meet a database blip (503),
+    // the pairing throttle (429) and a server fault (500). None of them is a final refusal: the
+    // pending pairing, and the keys the server already holds, must stay for the next retry.
+    let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let public = tessera_protocol::pairing::ServerUrl::parse(&proxy_url).unwrap();
+    let server = TestServer::start_with(backend, |c| c.public_url = Some(public)).await;
+    let refusals = [
+        (503, ErrorCode::ServiceUnavailable),
+        (429, ErrorCode::RateLimited),
+        (500, ErrorCode::InternalError),
+    ];
+    let mut script = vec![Fate::LoseReply];
+    script.extend(
+        refusals
+            .iter()
+            .map(|&(status, code)| Fate::Refuse(status, code)),
+    );
+    tokio::spawn(scripted_proxy(proxy, server.server.local_addr(), script));
+    server.user("alice").await;
+    let uri = server.pairing_uri("alice").await;
+
+    let device = TestDevice::new().await;
+    let first = device.auth.pair(&uri, None).await.unwrap_err();
+    assert!(
+        matches!(first, tessera_core::CoreError::Network(_)),
+        "{first:?}"
+    );
+    for (_, expected) in refusals {
+        let refused = device.auth.pair(&uri, None).await.unwrap_err();
+        assert_eq!(refused.server_code(), Some(expected), "{refused:?}");
+        assert!(device.auth.enrollments().await.is_empty());
+    }
+    // The server still holds the one enrollment it made for the first send.
+    let devices = server.customer.list_devices("alice").await.unwrap().devices;
+    assert_eq!(devices.len(), 1);
+
+    // The next retry, after a restart too, sends the identical registration and gets it.
+    let device = device.reopen().await;
+    let enrollment = device
+        .auth
+        .pair(&uri, None)
+        .await
+        .expect("a retry after refusals for now");
+    assert_eq!(devices[0].enrollment_id, enrollment.enrollment_id);
+    let devices = server.customer.list_devices("alice").await.unwrap().devices;
+    assert_eq!(devices.len(), 1);
+    device
+        .auth
+        .enrollment_status(&enrollment.enrollment_id)
+        .await
+        .expect("the enrollment's keys sign");
 }
 
 async fn two_instances(backend: Backend) {

@@ -2,8 +2,9 @@
 //! The running server picks each change up by itself (its reload interval is short here); the
 //! real core follows the server's chain of signed key sets on its next signed exchange: online
 //! through a rotation, offline through one and through two, refusing a revoked key and a set
-//! signed by a key it never trusted. On SQLite and PostgreSQL (each test in a database of its
-//! own: the keys are global to a database).
+//! signed by a key it never trusted; a QR login right after a rotation verifies at the first
+//! scan. On SQLite and PostgreSQL (each test in a database of its own: the keys are global to a
+//! database).
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ on_each_backend! {
     devices_offline_through_one_and_two_rotations_catch_up => offline_rotations;
     a_revoked_key_is_refused_by_the_device_even_in_a_chain => revocation;
     a_key_set_signed_by_an_unknown_key_is_refused => unknown_signer;
+    the_first_qr_login_after_a_rotation_verifies => qr_after_rotation;
 }
 
 /// A server on a database of its own, reloading its keys every 100 ms. The guard drops the
@@ -458,5 +460,39 @@ async fn unknown_signer(backend: Backend) {
         Err(CoreError::UntrustedServerKey)
     ));
     assert_eq!(pins(&server, &device).await, before);
+    finish(server, guard).await;
+}
+
+/// The first QR scan after a rotation: the claim's answer announces the new set, the device
+/// follows the chain, and the context (signed by the new key) verifies at once.
+async fn qr_after_rotation(backend: Backend) {
+    let (server, guard) = start(backend).await;
+    let (device, _) = paired(&server, "alice").await;
+    let (kids, first_sequence, _, _) = published(&server).await;
+    let k1 = kids[0].clone();
+    let k2 = admin::rotate_server_key(db(&server), now(), 3600)
+        .await
+        .unwrap();
+    wait_for_sequence(&server, first_sequence + 1).await;
+    assert_eq!(
+        pins(&server, &device).await.0,
+        vec![k1.clone()],
+        "not refreshed yet"
+    );
+
+    let created = server
+        .customer
+        .create_qr_session(&tessera_protocol::api::CreateQrSession::default())
+        .await
+        .unwrap();
+    let qr = device
+        .auth
+        .authenticate_with_qr(&created.qr_uri)
+        .await
+        .expect("the first scan after a rotation verifies");
+    assert_eq!(sorted(pins(&server, &device).await.0), sorted(vec![k1, k2]));
+    let alice = qr.users[0].user_id.clone();
+    let recorded = device.auth.approve_qr(&qr, &alice, vec![]).await.unwrap();
+    assert_eq!(recorded.state, tessera_core::QrSessionState::Approved);
     finish(server, guard).await;
 }
