@@ -168,7 +168,10 @@ random_id!(
 
 /// A user, as the customer names them (their own user id: a login name, an email, a number).
 ///
-/// 1 to 128 characters, no control characters, no leading or trailing whitespace.
+/// 1 to 128 characters, no control characters, no leading or trailing whitespace. A new user's
+/// id must also read as it renders ([`UserId::parse_new`]); the pattern in the OpenAPI schema is
+/// what every operation accepts (ids stored before that rule included), the description says
+/// what creating a user requires besides.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct UserId(String);
@@ -176,7 +179,7 @@ pub struct UserId(String);
 crate::openapi_schema!(
     UserId,
     string,
-    "The customer's id for a user: 1 to 128 characters, no control characters, no leading or trailing whitespace",
+    "The customer's id for a user: 1 to 128 characters, no control characters, no leading or trailing whitespace. Creating a user also refuses bidirectional embeddings, overrides, isolates and marks, and zero-width or other invisible characters (docs/protocol.md, \"Displayed text\")",
     pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$",
     min_length = 1,
     max_length = UserId::MAX_CHARS
@@ -189,6 +192,31 @@ impl UserId {
     /// The user id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether the id reads as it renders ([`crate::display::is_displayable`]): no
+    /// bidirectional override, isolate or mark, no zero-width or other invisible character. A
+    /// device shows user ids (the QR login's user picker, the user-verification prompt), so
+    /// a new user's id must be displayable ([`UserId::parse_new`]).
+    pub fn is_displayable(&self) -> bool {
+        crate::display::is_displayable(&self.0)
+    }
+
+    /// Parses the id of a **new** user, as a caller offers it: the rules of parsing a [`UserId`]
+    /// and, besides, [`UserId::is_displayable`].
+    ///
+    /// Parsing alone (`TryFrom`, `FromStr`, deserializing) keeps the earlier rules on purpose:
+    /// ids accepted before this rule are stored in servers' databases, in devices' encrypted
+    /// state and in signed messages, and must go on loading there (one such id must not make a
+    /// user listing or a device's whole state unreadable). New ids are held to this rule where
+    /// users are created, which is the only way an id enters the server.
+    pub fn parse_new(s: &str) -> Result<Self, InvalidId> {
+        let id = Self::try_from(s.to_string())?;
+        if id.is_displayable() {
+            Ok(id)
+        } else {
+            Err(InvalidId("UserId"))
+        }
     }
 }
 
@@ -286,5 +314,39 @@ mod tests {
         assert!("a\u{0}b".parse::<UserId>().is_err());
         assert!("x".repeat(129).parse::<UserId>().is_err());
         assert!("é".repeat(128).parse::<UserId>().is_ok());
+    }
+
+    #[test]
+    fn new_user_ids_must_read_as_they_render() {
+        for id in [
+            "alice@example.com",
+            "Müller-Lüdenscheidt",
+            "张伟",
+            "משה כהן",
+            "محمد",
+            "Ελένη",
+            "user:42 👍",
+        ] {
+            let parsed = UserId::parse_new(id).expect(id);
+            assert!(parsed.is_displayable(), "{id}");
+            assert_eq!(parsed.as_str(), id);
+        }
+        for id in [
+            "a\u{202E}b",
+            "bob\u{2066}evil\u{2069}",
+            "ali\u{200B}ce",
+            "alice\u{E0041}",
+            "x\u{00AD}y",
+        ] {
+            assert!(UserId::parse_new(id).is_err(), "{id:?}");
+            // Stored ids from before the rule still load (a server's rows, a device's state,
+            // signed messages): parsing alone keeps the old rules.
+            let stored: UserId = id.parse().expect(id);
+            assert!(!stored.is_displayable(), "{id:?}");
+        }
+        // The old rules hold for new ids too.
+        assert!(UserId::parse_new("").is_err());
+        assert!(UserId::parse_new(" alice").is_err());
+        assert!(UserId::parse_new("a\u{0}b").is_err());
     }
 }

@@ -71,13 +71,16 @@ pub async fn rotate_api_key(
     })
 }
 
-/// Creates a user in an application.
+/// Creates a user in an application. The id and display name are held to the rules of
+/// `POST /v1/users` (both must read as they render): [`ServerError::InvalidInput`] otherwise.
 pub async fn create_user(
     db: &Database,
     app: &ApplicationId,
     user_id: &UserId,
     display_name: Option<&str>,
 ) -> Result<User, ServerError> {
+    crate::domain::devices::check_new_user(user_id, display_name)
+        .map_err(|e| crate::error::admin_error(e, "user"))?;
     applications::get(db, app)
         .await?
         .ok_or(ServerError::NotFound("application"))?;
@@ -923,4 +926,40 @@ pub async fn set_fido_settings(
     crate::domain::fido::settings::set(db, app, settings)
         .await
         .map_err(|e| crate::error::admin_error(e, "application"))
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_protocol::ids::UserId;
+
+    use crate::domain::testing::TestDomain;
+    use crate::error::ServerError;
+
+    /// `tessera-server admin create-user` holds a new user to the same rule.
+    #[tokio::test]
+    async fn the_admin_command_refuses_the_same_users() {
+        let domain = TestDomain::sqlite().await;
+        let app = &domain.app.id;
+        let db = &domain.ctx.db;
+        let rlo: UserId = "a\u{202E}b".parse().expect("user id");
+        let alice: UserId = "alice".parse().expect("user id");
+        for (id, name) in [(&rlo, None), (&alice, Some("Alice \u{202E}nimda"))] {
+            assert!(
+                matches!(
+                    super::create_user(db, app, id, name).await,
+                    Err(ServerError::InvalidInput(_))
+                ),
+                "{id:?} {name:?}"
+            );
+        }
+        assert!(
+            crate::store::users::list(db, app)
+                .await
+                .expect("listed")
+                .is_empty()
+        );
+        super::create_user(db, app, &alice, Some("Alice Müller"))
+            .await
+            .expect("created");
+    }
 }

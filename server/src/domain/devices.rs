@@ -136,22 +136,40 @@ pub(crate) async fn update_push(
     Ok(())
 }
 
+/// What a new user's id and display name must be (`invalid_request` otherwise). Both reach a
+/// device's screen (the QR login's user picker, the user-verification prompt), so both
+/// must read as they render (docs/protocol.md, "Displayed text"). Checked only where a user is
+/// created: users stored before the rule are still read and served.
+pub(crate) fn check_new_user(
+    user_id: &UserId,
+    display_name: Option<&str>,
+) -> Result<(), DomainError> {
+    // The id arrived parsed as any stored id is (`UserId`'s lenient parse); a new one is held
+    // to `UserId::parse_new`'s rule besides.
+    if !user_id.is_displayable() {
+        return Err(DomainError::new(
+            ErrorCode::InvalidRequest,
+            "invalid user id",
+        ));
+    }
+    if display_name.is_some_and(|n| {
+        n.chars().count() > MAX_DISPLAY_NAME || !tessera_protocol::display::is_displayable(n)
+    }) {
+        return Err(DomainError::new(
+            ErrorCode::InvalidRequest,
+            "invalid display name",
+        ));
+    }
+    Ok(())
+}
+
 /// Creates a user of `app`; `user_already_exists` if the id is taken.
 pub(crate) async fn create_user(
     ctx: &Ctx,
     app: &ApplicationId,
     request: &CreateUserRequest,
 ) -> Result<User, DomainError> {
-    if request
-        .display_name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > MAX_DISPLAY_NAME || n.chars().any(char::is_control))
-    {
-        return Err(DomainError::new(
-            ErrorCode::InvalidRequest,
-            "invalid display name",
-        ));
-    }
+    check_new_user(&request.user_id, request.display_name.as_deref())?;
     super::users::check_locale(request.locale.as_deref())?;
     match users::insert(
         &ctx.db,
@@ -320,7 +338,87 @@ pub(crate) async fn set_primary(
 
 #[cfg(test)]
 mod tests {
+    use tessera_protocol::api::CreateUserRequest;
+    use tessera_protocol::error::ErrorCode;
+    use tessera_protocol::ids::UserId;
+
     use crate::domain::testing::{TestDomain, sent_at_once};
+
+    fn new_user(id: &str, display_name: Option<&str>) -> CreateUserRequest {
+        CreateUserRequest {
+            // Parsed as a caller's JSON body is: the lenient parse, as before.
+            user_id: id.parse().expect("user id"),
+            display_name: display_name.map(str::to_string),
+            locale: None,
+        }
+    }
+
+    /// A display name or a user id that would render differently than it reads (a
+    /// right-to-left override, an isolate, a zero-width character) is refused when the user is
+    /// created, and nothing is stored; names and ids in any script are created.
+    #[tokio::test]
+    async fn users_whose_id_or_display_name_renders_differently_are_refused() {
+        for domain in TestDomain::each_engine().await {
+            let engine = domain.ctx.db.engine();
+            let app = &domain.app.id;
+            for (id, name) in [
+                ("mallory", Some("Alice \u{202E}nimda")),
+                ("mallory", Some("Bob\u{2066}evil\u{2069}")),
+                ("mallory", Some("ad\u{200B}min")),
+                ("a\u{202E}b", None),
+                ("a\u{202E}b", Some("Alice")),
+                ("ali\u{200D}ce", None),
+            ] {
+                let refused = super::create_user(&domain.ctx, app, &new_user(id, name))
+                    .await
+                    .expect_err("refused");
+                assert_eq!(
+                    refused.code(),
+                    Some(ErrorCode::InvalidRequest),
+                    "{engine:?}: {id:?} {name:?}"
+                );
+                let user: UserId = id.parse().expect("user id");
+                assert!(
+                    crate::store::users::get(&domain.ctx.db, app, &user)
+                        .await
+                        .expect("read")
+                        .is_none(),
+                    "{engine:?}: {id:?} was stored"
+                );
+            }
+            for (id, name) in [
+                ("alice", Some("Alice Müller")),
+                ("张伟", Some("张伟")),
+                ("משה", Some("משה כהן")),
+                ("محمد", Some("محمد 👍")),
+            ] {
+                let created = super::create_user(&domain.ctx, app, &new_user(id, name))
+                    .await
+                    .expect("created");
+                assert_eq!(created.display_name.as_deref(), name, "{engine:?}");
+            }
+        }
+    }
+
+    /// A user stored before the rule, with an id that would be refused now, is still read and
+    /// listed, and the application's other users with it.
+    #[tokio::test]
+    async fn users_stored_before_the_rule_are_still_served() {
+        for domain in TestDomain::each_engine().await {
+            let engine = domain.ctx.db.engine();
+            let app = &domain.app.id;
+            let legacy = domain.user("a\u{202E}b").await;
+            domain.user("bob").await;
+            assert!(
+                super::get_user(&domain.ctx, app, &legacy).await.is_ok(),
+                "{engine:?}"
+            );
+            let listed = crate::store::users::list(&domain.ctx.db, app)
+                .await
+                .expect("listed");
+            assert_eq!(listed.len(), 2, "{engine:?}");
+        }
+    }
 
     /// How many `device.removed` records name `enrollment`.
     async fn removals_recorded(domain: &TestDomain, enrollment: &str) -> i64 {

@@ -22,6 +22,29 @@ on_each_backend! {
     a_session_for_one_user_refuses_other_users => restricted;
     the_browser_follows_progress_and_renews_the_code => browser;
     extra_verification_and_user_approval_follow_the_scan => policies;
+    users_whose_names_render_differently_cannot_be_created => misleading_users;
+}
+
+/// A user id or display name the QR user picker would show differently than it reads (a
+/// right-to-left override) is refused when the user is created: 400 `invalid_request`.
+async fn misleading_users(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for (id, name) in [
+        ("mallory", Some("Alice \u{202E}nimda")),
+        ("a\u{202E}b", None),
+    ] {
+        match server.customer.create_user(id, name).await {
+            Err(tessera_examples::customer::CustomerApiError::Api { status, code, .. }) => {
+                assert_eq!((status, code), (400, ErrorCode::InvalidRequest), "{id:?}");
+            }
+            other => panic!("{id:?} {name:?}: expected a refusal, got {other:?}"),
+        }
+    }
+    server
+        .customer
+        .create_user("alice", Some("Alice Müller"))
+        .await
+        .unwrap();
 }
 
 async fn device_with(server: &TestServer, users: &[&str]) -> TestDevice {
