@@ -36,31 +36,112 @@ async fn set_outage(admin_url: &str, db: &str, down: bool) {
     }
 }
 
-#[tokio::test]
-async fn a_database_outage_is_503_with_retry_after_on_every_surface() {
+/// A database of its own under the `DATABASE_URL` server, to cut off without touching any
+/// other test: its name and URL. `None` when PostgreSQL is not configured or this role may not
+/// create databases (the test is skipped then).
+async fn own_database(prefix: &str) -> Option<(String, String, String)> {
     let Ok(base_url) = std::env::var("DATABASE_URL") else {
         assert!(
             std::env::var("TESSERA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
             "TESSERA_REQUIRE_POSTGRES=1 but DATABASE_URL is not set"
         );
         eprintln!("DATABASE_URL not set: skipped");
+        return None;
+    };
+    let db = format!("{prefix}_{}", rand::random::<u32>());
+    let mut admin = admin_connection(&base_url).await;
+    if let Err(e) = sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+    {
+        // scripts/start-postgres.sh grants CREATEDB; another database may not.
+        eprintln!("cannot create a database to cut off ({e}): skipped");
+        return None;
+    }
+    let (server, _) = base_url.rsplit_once('/').expect("a database URL");
+    let url = format!("{server}/{db}");
+    Some((base_url, db, url))
+}
+
+/// Drops a database [`own_database`] created.
+async fn drop_database(base_url: &str, db: &str) {
+    let mut admin = admin_connection(base_url).await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await;
+}
+
+/// An audit export the database fails midway is aborted: the client's read of the body fails.
+/// It never ends cleanly, as if the records sent were the whole log.
+#[tokio::test]
+async fn an_audit_export_cut_off_midway_does_not_end_cleanly() {
+    let Some((base_url, db, url)) = own_database("tessera_export").await else {
         return;
     };
-    // A database of its own, so cutting it off touches no other test.
-    let db = format!("tessera_outage_{}", rand::random::<u32>());
-    {
-        let mut admin = admin_connection(&base_url).await;
-        if let Err(e) = sqlx::query(&format!("CREATE DATABASE {db}"))
-            .execute(&mut admin)
-            .await
-        {
-            // scripts/start-postgres.sh grants CREATEDB; another database may not.
-            eprintln!("cannot create a database to cut off ({e}): skipped");
-            return;
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database_url: url.clone(),
+        database_acquire_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await.expect("server");
+    let app = server.create_application("Export").await.expect("app");
+    // Far more records than the socket's buffers and the export's channel hold.
+    let records = 200_000;
+    let mut conn = admin_connection(&url).await;
+    sqlx::query(
+        "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, outcome, details) \
+         SELECT 'aud_export_' || n, n, 'test.record', 'server', $1, 'success', '{}' \
+         FROM generate_series(1, $2) AS n",
+    )
+    .bind(app.application_id.to_string())
+    .bind(records)
+    .execute(&mut conn)
+    .await
+    .expect("records");
+    drop(conn);
+    let base = format!("http://{}", server.local_addr());
+    let mut response = reqwest::Client::new()
+        .get(format!("{base}/v1/audit/export"))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let mut body = response
+        .chunk()
+        .await
+        .expect("a first chunk")
+        .expect("not empty")
+        .to_vec();
+
+    set_outage(&base_url, &db, true).await;
+
+    let ended = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         }
-    }
-    let (prefix, _) = base_url.rsplit_once('/').expect("a database URL");
-    let url = format!("{prefix}/{db}");
+    };
+    let lines = body.iter().filter(|b| **b == b'\n').count();
+    assert!(
+        ended.is_err(),
+        "the export ended cleanly after {lines} of {records} records"
+    );
+    assert!(lines < usize::try_from(records).expect("small"));
+
+    set_outage(&base_url, &db, false).await;
+    server.shutdown().await;
+    drop_database(&base_url, &db).await;
+}
+
+#[tokio::test]
+async fn a_database_outage_is_503_with_retry_after_on_every_surface() {
+    // A database of its own, so cutting it off touches no other test.
+    let Some((base_url, db, url)) = own_database("tessera_outage").await else {
+        return;
+    };
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
         database_url: url.clone(),
@@ -163,8 +244,5 @@ async fn a_database_outage_is_503_with_retry_after_on_every_surface() {
     );
 
     server.shutdown().await;
-    let mut admin = admin_connection(&base_url).await;
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await;
+    drop_database(&base_url, &db).await;
 }

@@ -33,21 +33,28 @@ impl WebhookSender for HttpsWebhookSender {
     }
 }
 
+/// One POST, the name's lookup (at most `ssrf::RESOLVE_TIMEOUT`) included, within
+/// [`DELIVERY_TIMEOUT`]: the request has what the lookup left of it.
 async fn post(
     endpoint: &Url,
     headers: Vec<(&'static str, String)>,
     body: String,
     policy: TargetPolicy,
 ) -> Result<WebhookAnswer, NotificationError> {
+    let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
     let addrs = ssrf::resolve_endpoint(endpoint, policy)
         .await
         .map_err(|e| NotificationError::Refused(e.to_string()))?;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        return Err(NotificationError::TimedOut);
+    }
     let host = endpoint
         .host_str()
         .ok_or_else(|| NotificationError::Refused("no host".into()))?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
-        .timeout(DELIVERY_TIMEOUT)
+        .timeout(left)
         .redirect(reqwest::redirect::Policy::none())
         .resolve_to_addrs(host, &addrs)
         .no_proxy()

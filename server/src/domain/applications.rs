@@ -16,7 +16,8 @@ pub(crate) use crate::store::authentications::AdmissionLock;
 pub(crate) use crate::store::applications::Application;
 
 /// A call with a missing or unknown API key, from `client_ip`: recorded in the audit log (at
-/// most once a minute per address).
+/// most once a minute per address, and at most 60 a minute on this server whatever the
+/// addresses: past that, counted and logged; see `audit::unauthenticated_failure_due`).
 pub(crate) async fn api_key_rejected(ctx: &Ctx, client_ip: Option<&str>, presented: bool) {
     if !super::audit::unauthenticated_failure_due(ctx, "api_key.rejected", client_ip.unwrap_or(""))
     {

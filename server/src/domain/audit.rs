@@ -175,33 +175,103 @@ impl Event {
 const UNAUTHENTICATED_RECORD_INTERVAL_MS: i64 = 60_000;
 /// The most keys remembered; past it, the memory is cleared (and a record may be repeated).
 const UNAUTHENTICATED_KEYS: usize = 10_000;
+/// The most unauthenticated failures of one kind a server records in a minute, whatever their
+/// keys: a caller rotating its address (an IPv6 /64 has plenty) would otherwise write a
+/// permanent row to the append-only log per request. Past it, failures are counted and the
+/// count logged.
+const UNAUTHENTICATED_RECORDS_PER_MINUTE: u32 = 60;
 
-/// Whether a failure by an unauthenticated caller, under `key`, should be recorded now (at most
-/// once per key per minute, per server). Each server (by its public URL) keeps its own memory.
-pub(crate) fn unauthenticated_failure_due(ctx: &Ctx, kind: &str, key: &str) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static LAST: OnceLock<Mutex<HashMap<String, i64>>> = OnceLock::new();
-    let now = ctx.now_ms();
-    let mut last = LAST
-        .get_or_init(|| Mutex::new(HashMap::new()))
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    due(&mut last, format!("{}|{kind}|{key}", ctx.public_url), now)
+/// What a server remembers of unauthenticated failures: when each key was last recorded, and
+/// how many of each kind were recorded (or only counted) in the current minute.
+#[derive(Debug, Default)]
+struct FailureMemory {
+    /// When each key (server, kind, key) was last recorded.
+    last: std::collections::HashMap<String, i64>,
+    /// The current minute of each kind (server, kind).
+    minutes: std::collections::HashMap<String, Minute>,
 }
 
-/// Whether `key` was last recorded (in `last`) long enough before `now`; notes `now` if so.
-fn due(last: &mut std::collections::HashMap<String, i64>, key: String, now: i64) -> bool {
-    if last.len() >= UNAUTHENTICATED_KEYS {
-        last.clear();
-    }
-    match last.get(&key) {
-        Some(at) if now.saturating_sub(*at) < UNAUTHENTICATED_RECORD_INTERVAL_MS => false,
-        _ => {
-            last.insert(key, now);
-            true
+/// The unauthenticated failures of one kind in one minute.
+#[derive(Debug, Clone, Copy)]
+struct Minute {
+    /// When the minute started.
+    started_at: i64,
+    /// How many were recorded.
+    recorded: u32,
+    /// How many were over the cap: counted, not recorded.
+    counted: u64,
+}
+
+impl FailureMemory {
+    /// Whether a failure of `kind` (the server's, as `scope`) under `key` is to be recorded at
+    /// `now`: not recorded for that key within the last minute, and under the kind's cap for
+    /// the minute. Notes it if so; counts it if only the cap stopped it.
+    fn due(&mut self, scope: &str, kind: &str, key: &str, now: i64) -> bool {
+        if self.last.len() >= UNAUTHENTICATED_KEYS {
+            self.last.clear();
         }
+        let key = format!("{scope}|{kind}|{key}");
+        if self
+            .last
+            .get(&key)
+            .is_some_and(|at| now.saturating_sub(*at) < UNAUTHENTICATED_RECORD_INTERVAL_MS)
+        {
+            return false;
+        }
+        let minute = self
+            .minutes
+            .entry(format!("{scope}|{kind}"))
+            .or_insert(Minute {
+                started_at: now,
+                recorded: 0,
+                counted: 0,
+            });
+        if now.saturating_sub(minute.started_at) >= UNAUTHENTICATED_RECORD_INTERVAL_MS {
+            if minute.counted > 0 {
+                tracing::warn!(
+                    kind,
+                    counted = minute.counted,
+                    "unauthenticated failures over the cap were counted, not recorded, in the \
+                     last minute"
+                );
+            }
+            *minute = Minute {
+                started_at: now,
+                recorded: 0,
+                counted: 0,
+            };
+        }
+        if minute.recorded >= UNAUTHENTICATED_RECORDS_PER_MINUTE {
+            minute.counted += 1;
+            if minute.counted == 1 {
+                tracing::warn!(
+                    kind,
+                    cap = UNAUTHENTICATED_RECORDS_PER_MINUTE,
+                    "unauthenticated failures reached the audit log's cap for this minute: \
+                     the next ones are counted, not recorded"
+                );
+            }
+            return false;
+        }
+        minute.recorded += 1;
+        self.last.insert(key, now);
+        true
     }
+}
+
+/// Whether a failure by an unauthenticated caller, under `key`, should be recorded now: at
+/// most once per key per minute, and at most [`UNAUTHENTICATED_RECORDS_PER_MINUTE`] of `kind`
+/// a minute whatever the keys (the others are counted, and the count logged). Each server (by
+/// its public URL) keeps its own memory.
+pub(crate) fn unauthenticated_failure_due(ctx: &Ctx, kind: &str, key: &str) -> bool {
+    use std::sync::{Mutex, OnceLock};
+    static MEMORY: OnceLock<Mutex<FailureMemory>> = OnceLock::new();
+    let now = ctx.now_ms();
+    let mut memory = MEMORY
+        .get_or_init(|| Mutex::new(FailureMemory::default()))
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    memory.due(ctx.public_url.as_str(), kind, key, now)
 }
 
 /// A random id with `prefix`.
@@ -761,42 +831,71 @@ pub(crate) async fn page(
     })
 }
 
+/// How many records one batch of an export reads.
+const EXPORT_BATCH: i64 = 500;
+
+/// The next batch of the records matching `filter` as JSON lines, oldest first, and how many
+/// records it holds; `filter` then starts after them. `None` once all were read. A record
+/// that cannot be encoded fails the batch: an export never leaves one out silently.
+async fn next_batch(
+    db: &Database,
+    filter: &mut Filter,
+) -> Result<Option<(String, u64)>, StoreError> {
+    let rows = store::query(db, filter, EXPORT_BATCH, true).await?;
+    let Some(last) = rows.last() else {
+        return Ok(None);
+    };
+    filter.after_seq = Some(last.seq);
+    let mut batch = String::new();
+    let mut records = 0u64;
+    for row in rows {
+        let line = serde_json::to_string(&to_wire(row))
+            .map_err(|_| StoreError::Corrupted("an audit record could not be encoded"))?;
+        batch.push_str(&line);
+        batch.push('\n');
+        records += 1;
+    }
+    Ok(Some((batch, records)))
+}
+
 /// Sends the records matching `filter` as JSON lines, oldest first, in batches, until all are
-/// sent or the receiver is gone. Returns how many records were sent.
+/// sent or the receiver is gone. Returns how many records were sent; an error means the
+/// export stopped before its end.
 pub(crate) async fn export(
     db: &Database,
     mut filter: Filter,
     lines: tokio::sync::mpsc::Sender<String>,
 ) -> Result<u64, StoreError> {
     let mut written = 0u64;
-    loop {
-        let rows = store::query(db, &filter, 500, true).await?;
-        let Some(last) = rows.last() else {
-            return Ok(written);
-        };
-        filter.after_seq = Some(last.seq);
-        let mut batch = String::new();
-        for row in rows {
-            if let Ok(line) = serde_json::to_string(&to_wire(row)) {
-                batch.push_str(&line);
-                batch.push('\n');
-                written += 1;
-            }
-        }
+    while let Some((batch, records)) = next_batch(db, &mut filter).await? {
+        written += records;
         if lines.send(batch).await.is_err() {
-            return Ok(written);
+            break;
         }
     }
+    Ok(written)
 }
 
+/// An audit export that stopped before its end: the lines sent before it are not the whole
+/// export.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit export stopped before its end")]
+pub(crate) struct ExportInterrupted(#[source] StoreError);
+
+/// The batches of an export as [`export_stream`] sends them: JSON lines, or, last, why the
+/// export stopped before its end.
+pub(crate) type ExportBatches = tokio::sync::mpsc::Receiver<Result<String, ExportInterrupted>>;
+
 /// The application's audit log as JSON lines (oldest first, filtered like [`page`] but
-/// without a cursor), streamed as it is read.
-pub(crate) fn export_stream(
+/// without a cursor), streamed as it is read. The first batch is read before this returns, so
+/// a database that fails at once fails the call (an unavailable one is `Unavailable`); one
+/// that fails later ends the stream with an error, never with a clean end.
+pub(crate) async fn export_stream(
     ctx: &Ctx,
     app: &tessera_protocol::ids::ApplicationId,
     query: &Query,
-) -> tokio::sync::mpsc::Receiver<String> {
-    let filter = Filter {
+) -> Result<ExportBatches, DomainError> {
+    let mut filter = Filter {
         application_id: Some(app.to_string()),
         user_id: query.user_id.clone(),
         kind: query.kind.clone(),
@@ -805,14 +904,26 @@ pub(crate) fn export_stream(
         before_seq: None,
         after_seq: None,
     };
+    let first = next_batch(&ctx.db, &mut filter).await?;
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     let db = ctx.db.clone();
     tokio::spawn(async move {
-        if let Err(e) = export(&db, filter, sender).await {
-            tracing::warn!(error = %e, "audit export stopped");
+        let mut next = first;
+        while let Some((batch, _)) = next {
+            if sender.send(Ok(batch)).await.is_err() {
+                return;
+            }
+            next = match next_batch(&db, &mut filter).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit export stopped before its end");
+                    let _ = sender.send(Err(ExportInterrupted(e))).await;
+                    return;
+                }
+            };
         }
     });
-    receiver
+    Ok(receiver)
 }
 
 const HISTORY_CURSOR_PREFIX: &str = "h1.";
@@ -1059,19 +1170,149 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unauthenticated_failures_are_recorded_once_a_minute_per_key() {
-        let mut last = std::collections::HashMap::new();
-        assert!(due(&mut last, "a".into(), 1_000));
-        assert!(!due(&mut last, "a".into(), 60_999));
-        assert!(due(&mut last, "b".into(), 2_000));
-        assert!(due(&mut last, "a".into(), 61_000));
-        for i in 0..UNAUTHENTICATED_KEYS {
-            due(&mut last, format!("k{i}"), 0);
+    /// Appends `n` records to the application's audit log in one statement.
+    async fn many_records(db: &Database, app: &ApplicationId, n: i64) {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at_ms, kind, actor, application_id, outcome, details) \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
+             SELECT 'aud_' || $1 || '_' || i, i, 'test.record', 'server', $1, 'success', '{}' \
+             FROM n",
+        )
+        .bind(app.as_str())
+        .bind(n)
+        .execute(db.writer())
+        .await
+        .expect("records");
+    }
+
+    /// An export whose reads fail midway (here the table is renamed under it after its first
+    /// batch) ends in an error, never in a clean end that looks complete.
+    #[tokio::test]
+    async fn an_export_that_fails_midway_ends_in_an_error() {
+        let domain = crate::domain::testing::TestDomain::sqlite().await;
+        many_records(&domain.ctx.db, &domain.app.id, 4_000).await;
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE application_id = $1")
+                .bind(domain.app.id.as_str())
+                .fetch_one(domain.ctx.db.pool())
+                .await
+                .expect("count");
+        let mut batches = export_stream(&domain.ctx, &domain.app.id, &Query::default())
+            .await
+            .expect("the export starts");
+        let first = batches.recv().await.expect("a first batch").expect("read");
+        // The export is at most a few batches ahead of its reader (its channel is bounded):
+        // what it reads from now on fails.
+        sqlx::query("ALTER TABLE audit_log RENAME TO audit_log_moved")
+            .execute(domain.ctx.db.writer())
+            .await
+            .expect("rename");
+        let mut lines = first.lines().count();
+        let mut errored = false;
+        while let Some(batch) = batches.recv().await {
+            match batch {
+                Ok(batch) => {
+                    assert!(!errored, "nothing follows the error");
+                    lines += batch.lines().count();
+                }
+                Err(ExportInterrupted(e)) => {
+                    assert!(matches!(e, StoreError::Query(_)), "{e:?}");
+                    errored = true;
+                }
+            }
         }
         assert!(
-            last.len() <= UNAUTHENTICATED_KEYS,
+            errored,
+            "the export ended cleanly after {lines} of {total} records"
+        );
+        assert!(i64::try_from(lines).expect("small") < total);
+        // Failing before its first batch, the export fails the call itself.
+        let refused = export_stream(&domain.ctx, &domain.app.id, &Query::default()).await;
+        assert!(
+            matches!(refused, Err(DomainError::Store(_))),
+            "{:?}",
+            refused.map(|_| ())
+        );
+    }
+
+    /// Failures from ever new addresses (an IPv6 /64 has plenty) are recorded up to a cap a
+    /// minute for each kind, then only counted: the append-only log does not get a row per
+    /// request. The next minute they are recorded again.
+    #[tokio::test]
+    async fn unauthenticated_failures_from_many_addresses_stop_at_a_cap_a_minute() {
+        let domain = crate::domain::testing::TestDomain::sqlite().await;
+        // A kind of this test's own: the memory is the server's, shared by the tests in
+        // this process.
+        let kind = "test.rotating_addresses";
+        let due =
+            |i: u32| unauthenticated_failure_due(&domain.ctx, kind, &format!("2001:db8::{i:x}"));
+        let recorded = (0..1_000).filter(|i| due(*i)).count();
+        assert_eq!(recorded, 60, "{recorded} recorded in one minute");
+        domain.clock.advance(std::time::Duration::from_secs(30));
+        assert_eq!(
+            (1_000..2_000).filter(|i| due(*i)).count(),
+            0,
+            "the same minute"
+        );
+        domain.clock.advance(std::time::Duration::from_secs(30));
+        assert_eq!(
+            (2_000..3_000).filter(|i| due(*i)).count(),
+            60,
+            "the next minute"
+        );
+    }
+
+    #[test]
+    fn unauthenticated_failures_are_recorded_once_a_minute_per_key() {
+        let mut memory = FailureMemory::default();
+        let mut due = |key: &str, now| memory.due("server", "kind", key, now);
+        assert!(due("a", 1_000));
+        assert!(!due("a", 60_999));
+        assert!(due("b", 2_000));
+        assert!(due("a", 61_000));
+        let mut memory = FailureMemory::default();
+        for i in 0..UNAUTHENTICATED_KEYS {
+            // A minute apart each, so the cap of each minute is not reached.
+            memory.due(
+                "server",
+                "kind",
+                &format!("k{i}"),
+                i64::try_from(i).expect("small") * 60_000,
+            );
+        }
+        assert!(
+            memory.last.len() <= UNAUTHENTICATED_KEYS,
             "the memory stays bounded"
         );
+    }
+
+    #[test]
+    fn the_cap_of_a_minute_is_of_each_kind_and_each_server() {
+        let mut memory = FailureMemory::default();
+        let cap = usize::try_from(UNAUTHENTICATED_RECORDS_PER_MINUTE).expect("small");
+        let recorded = |memory: &mut FailureMemory, scope: &str, kind: &str, now: i64| {
+            (0..1_000)
+                .filter(|i| memory.due(scope, kind, &format!("{kind}{now}|{i}"), now))
+                .count()
+        };
+        assert_eq!(recorded(&mut memory, "server", "api_key.rejected", 0), cap);
+        assert_eq!(
+            recorded(&mut memory, "server", "api_key.rejected", 59_999),
+            0
+        );
+        assert_eq!(
+            recorded(&mut memory, "server", "signature.failed", 59_999),
+            cap
+        );
+        assert_eq!(
+            recorded(&mut memory, "other", "api_key.rejected", 59_999),
+            cap
+        );
+        assert_eq!(
+            recorded(&mut memory, "server", "api_key.rejected", 60_000),
+            cap
+        );
+        let minute = memory.minutes["server|api_key.rejected"];
+        assert_eq!((minute.recorded, minute.counted), (60, 940));
     }
 }

@@ -36,7 +36,14 @@ pub(crate) enum TargetError {
     /// The name did not resolve.
     #[error("the notification endpoint's host name does not resolve")]
     Unresolvable,
+    /// The name server did not answer in time.
+    #[error("the notification endpoint's host name did not resolve in time")]
+    ResolutionTimedOut,
 }
+
+/// The longest a delivery waits for its endpoint's name to resolve: well within the POST's
+/// own timeout, so that a slow name server cannot keep an attempt past its claim.
+pub(crate) const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
@@ -158,20 +165,40 @@ pub(crate) fn check_endpoint(raw: &str, policy: TargetPolicy) -> Result<Url, Tar
 
 /// Resolves an endpoint for one delivery and checks every address it resolves to; the caller
 /// connects to the returned addresses only (no second lookup an attacker could answer
-/// differently).
+/// differently). The lookup is given up after [`RESOLVE_TIMEOUT`].
 pub(crate) async fn resolve_endpoint(
     url: &Url,
     policy: TargetPolicy,
 ) -> Result<Vec<SocketAddr>, TargetError> {
+    resolve_with(url, policy, |name, port| async move {
+        tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .map(Iterator::collect)
+    })
+    .await
+}
+
+/// [`resolve_endpoint`] with the name looked up by `lookup`.
+async fn resolve_with<L, F>(
+    url: &Url,
+    policy: TargetPolicy,
+    lookup: L,
+) -> Result<Vec<SocketAddr>, TargetError>
+where
+    L: FnOnce(String, u16) -> F,
+    F: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
     let url = check_endpoint(url.as_str(), policy)?;
     let port = url.port_or_known_default().ok_or(TargetError::Malformed)?;
     let addrs: Vec<SocketAddr> = match url.host() {
         Some(Host::Ipv4(v4)) => vec![SocketAddr::new(IpAddr::V4(v4), port)],
         Some(Host::Ipv6(v6)) => vec![SocketAddr::new(IpAddr::V6(v6), port)],
-        Some(Host::Domain(name)) => tokio::net::lookup_host((name, port))
-            .await
-            .map_err(|_| TargetError::Unresolvable)?
-            .collect(),
+        Some(Host::Domain(name)) => {
+            tokio::time::timeout(RESOLVE_TIMEOUT, lookup(name.to_string(), port))
+                .await
+                .map_err(|_| TargetError::ResolutionTimedOut)?
+                .map_err(|_| TargetError::Unresolvable)?
+        }
         None => return Err(TargetError::Malformed),
     };
     if addrs.is_empty() {
@@ -186,6 +213,7 @@ pub(crate) async fn resolve_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const STRICT: TargetPolicy = TargetPolicy {
         allow_loopback: false,
@@ -335,6 +363,23 @@ mod tests {
         }
         assert!(check_address("100:0:0:1::".parse().unwrap(), STRICT).is_ok());
         assert!(check_address("ff00::1".parse().unwrap(), STRICT).is_err());
+    }
+
+    /// A name server that never answers does not hold a delivery past its lease: the lookup
+    /// is given up after `RESOLVE_TIMEOUT`, well within the delivery's own timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_that_never_answers_is_given_up_in_time() {
+        let url = Url::parse("https://hooks.example.com/cb").unwrap();
+        let started = tokio::time::Instant::now();
+        let resolved = tokio::time::timeout(
+            Duration::from_secs(60),
+            resolve_with(&url, STRICT, |_, _| std::future::pending()),
+        )
+        .await
+        .expect("the lookup is given up before a minute");
+        assert_eq!(resolved, Err(TargetError::ResolutionTimedOut));
+        assert_eq!(started.elapsed(), RESOLVE_TIMEOUT);
+        assert!(RESOLVE_TIMEOUT < crate::domain::webhooks::DELIVERY_TIMEOUT);
     }
 
     #[tokio::test]

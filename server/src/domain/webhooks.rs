@@ -5,7 +5,9 @@
 //! The worker is woken by the event hub ([`Topic::WebhookOutbox`], across instances through the
 //! database's notifications) and otherwise sweeps every `webhook_sweep`, or sooner when a retry
 //! falls due. It claims due rows with a lease (one claimer per row; a crashed instance's lease
-//! lapses and another instance resumes), posts each through the
+//! lapses and another instance resumes), keeping up to [`SLOTS`] in flight, at most
+//! [`PER_APPLICATION`] of one application, and claiming again whenever one finishes, so one
+//! application's slow endpoints cannot hold up the others'. It posts each through the
 //! [`WebhookSender`](super::ports::WebhookSender) (the SSRF guard of `domain::ssrf`, no
 //! redirects, no proxy), and records the attempt: delivered on 2xx, else retried with
 //! exponential backoff and jitter (never sooner than the receiver's `Retry-After`), and given up
@@ -14,6 +16,7 @@
 //! Each delivery is signed: `Tessera-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
 //! `"<t>.<body>"` with the endpoint's secret.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -29,7 +32,7 @@ use tokio::time::Instant;
 
 use super::audit::{self, Actor, Event, new_id};
 use super::events::Topic;
-use super::ports::WebhookAnswer;
+use super::ports::{NotificationError, WebhookAnswer};
 use super::ssrf::{self, TargetPolicy};
 use super::{Ctx, DomainError};
 use crate::store::webhooks::{self as store, AttemptResult, Delivery, Endpoint};
@@ -38,8 +41,12 @@ use crate::store::webhooks::{self as store, AttemptResult, Delivery, Endpoint};
 pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most endpoints one application may register.
 const MAX_ENDPOINTS: i64 = 16;
-/// The most deliveries one sweep claims.
-const BATCH: i64 = 32;
+/// The most deliveries one instance has in flight at once.
+const SLOTS: usize = 32;
+/// The most deliveries of one application one instance has in flight at once: an application
+/// whose endpoints are slow (each attempt may take [`DELIVERY_TIMEOUT`]) holds that many slots
+/// at most, and the others keep flowing.
+const PER_APPLICATION: usize = 4;
 /// The longest wait between retries, whatever the backoff or `Retry-After` says.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(6 * 3600);
 
@@ -235,60 +242,194 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-/// The worker: sweeps when woken through the event hub, when a retry falls due, and at least
-/// every `webhook_sweep`. Runs until its task is aborted.
+/// The worker: keeps up to [`SLOTS`] deliveries in flight, at most [`PER_APPLICATION`] of one
+/// application, and claims again as soon as a slot frees. It sweeps (the expired
+/// authentications, then the outbox) when woken through the event hub, when a retry falls
+/// due, and at least every `webhook_sweep`. Runs until its task is aborted.
 pub(crate) async fn run(ctx: Ctx) {
-    let owner = new_id("wrk_");
     let mut woken = ctx.events.subscribe(Topic::WebhookOutbox);
+    let mut worker = Worker::new(ctx.clone(), new_id("wrk_"));
     loop {
-        let next_due = match sweep(&ctx, &owner).await {
-            Ok(next_due) => next_due,
+        if let Err(e) = audit::sweep_expired(&ctx).await {
+            tracing::warn!(error = %e, "expiry sweep failed");
+        }
+        let mut next_due = match worker.fill().await {
+            Ok(()) => store::next_due(&ctx.db, ctx.now_ms())
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "webhook sweep failed");
+                    None
+                }),
             Err(e) => {
                 tracing::warn!(error = %e, "webhook sweep failed");
                 None
             }
         };
-        let mut wait = ctx.config.webhook_sweep;
-        if let Some(due) = next_due {
-            let until = Duration::from_millis(u64::try_from(due - ctx.now_ms()).unwrap_or(0));
-            wait = wait.min(until.max(Duration::from_millis(20)));
-        }
-        woken.wait(Instant::now() + wait).await;
-    }
-}
-
-/// One sweep: reports expired authentications, then claims the due deliveries and makes one
-/// attempt at each (concurrently). Returns when the next pending delivery falls due.
-pub(crate) async fn sweep(ctx: &Ctx, owner: &str) -> Result<Option<i64>, DomainError> {
-    audit::sweep_expired(ctx).await?;
-    loop {
-        let now = ctx.now_ms();
-        let lease_until = now + ms(DELIVERY_TIMEOUT) + ms(ctx.config.webhook_lease_margin);
-        let claimed = store::claim_due(&ctx.db, owner, now, lease_until, BATCH).await?;
-        if claimed.is_empty() {
-            break;
-        }
-        let mut attempts = tokio::task::JoinSet::new();
-        for delivery in claimed {
-            let (ctx, owner) = (ctx.clone(), owner.to_string());
-            attempts.spawn(async move { attempt(&ctx, &owner, delivery).await });
-        }
-        while let Some(done) = attempts.join_next().await {
-            if let Ok(Err(e)) = done {
-                tracing::warn!(error = %e, "a webhook attempt could not be recorded");
+        let deadline = |due: Option<i64>| {
+            let mut wait = ctx.config.webhook_sweep;
+            if let Some(due) = due {
+                let until = Duration::from_millis(u64::try_from(due - ctx.now_ms()).unwrap_or(0));
+                wait = wait.min(until.max(Duration::from_millis(20)));
+            }
+            Instant::now() + wait
+        };
+        let mut until = deadline(next_due);
+        // Between sweeps: each finished attempt frees a slot, which is filled at once.
+        loop {
+            tokio::select! {
+                finished = worker.next_finished(), if worker.busy() => {
+                    if let Some(retry_at) = finished.retry_at {
+                        next_due = Some(next_due.map_or(retry_at, |due| due.min(retry_at)));
+                        until = deadline(next_due);
+                    }
+                    if finished.refill
+                        && let Err(e) = worker.fill().await
+                    {
+                        tracing::warn!(error = %e, "webhook claim failed");
+                    }
+                }
+                _ = woken.wait(until) => break,
             }
         }
     }
-    Ok(store::next_due(&ctx.db).await?)
 }
 
-/// One attempt at one claimed delivery.
-async fn attempt(ctx: &Ctx, owner: &str, delivery: Delivery) -> Result<(), DomainError> {
+/// The deliveries one instance has in flight, and what it knows of the outbox between sweeps.
+struct Worker {
+    ctx: Ctx,
+    /// The lease owner this worker claims as.
+    owner: String,
+    attempts: tokio::task::JoinSet<Option<i64>>,
+    /// The application of each attempt in flight.
+    applications: HashMap<tokio::task::Id, String>,
+    /// How many attempts of each application are in flight.
+    per_application: HashMap<String, usize>,
+    /// The last claim found nothing more to take (for the applications it did not skip).
+    drained: bool,
+}
+
+/// What one finished attempt means for the worker.
+struct Finished {
+    /// When the delivery is to be tried again, if it is.
+    retry_at: Option<i64>,
+    /// Whether to claim again: the outbox may hold due deliveries the worker can now take.
+    refill: bool,
+}
+
+impl Worker {
+    fn new(ctx: Ctx, owner: String) -> Self {
+        Self {
+            ctx,
+            owner,
+            attempts: tokio::task::JoinSet::new(),
+            applications: HashMap::new(),
+            per_application: HashMap::new(),
+            drained: false,
+        }
+    }
+
+    /// Whether any attempt is in flight.
+    fn busy(&self) -> bool {
+        !self.attempts.is_empty()
+    }
+
+    /// Claims due deliveries while slots are free, and starts an attempt at each.
+    async fn fill(&mut self) -> Result<(), DomainError> {
+        self.drained = false;
+        while self.attempts.len() < SLOTS {
+            let full: Vec<&str> = self
+                .per_application
+                .iter()
+                .filter(|(_, n)| **n >= PER_APPLICATION)
+                .map(|(app, _)| app.as_str())
+                .collect();
+            // A claim takes no more of any application than the one with the least room
+            // left can take, so none goes past its share.
+            let room = self
+                .per_application
+                .values()
+                .filter(|n| **n < PER_APPLICATION)
+                .map(|n| PER_APPLICATION - n)
+                .min()
+                .unwrap_or(PER_APPLICATION);
+            let now = self.ctx.now_ms();
+            let lease_until = now + ms(DELIVERY_TIMEOUT) + ms(self.ctx.config.webhook_lease_margin);
+            let limits = store::ClaimLimits {
+                limit: count(SLOTS - self.attempts.len()),
+                per_application: count(room),
+                skip_applications: &full,
+            };
+            let claimed =
+                store::claim_due(&self.ctx.db, &self.owner, now, lease_until, limits).await?;
+            if claimed.is_empty() {
+                self.drained = true;
+                return Ok(());
+            }
+            for delivery in claimed {
+                let application = delivery.application_id.clone();
+                let (ctx, owner) = (self.ctx.clone(), self.owner.clone());
+                let task = self.attempts.spawn(async move {
+                    match attempt(&ctx, &owner, delivery).await {
+                        Ok(retry_at) => retry_at,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a webhook attempt could not be recorded");
+                            None
+                        }
+                    }
+                });
+                *self.per_application.entry(application.clone()).or_default() += 1;
+                self.applications.insert(task.id(), application);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the next attempt to finish (pending while none is in flight) and frees its
+    /// slot.
+    async fn next_finished(&mut self) -> Finished {
+        let (task, retry_at) = match self.attempts.join_next_with_id().await {
+            Some(Ok((task, retry_at))) => (Some(task), retry_at),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "a webhook attempt failed");
+                (Some(e.id()), None)
+            }
+            None => (None, None),
+        };
+        let mut was_full = false;
+        if let Some(application) = task.and_then(|task| self.applications.remove(&task))
+            && let Some(n) = self.per_application.get_mut(&application)
+        {
+            was_full = *n >= PER_APPLICATION;
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_application.remove(&application);
+            }
+        }
+        Finished {
+            retry_at,
+            // Nothing was left to claim but the deliveries of applications at their share,
+            // and this one was not: the outbox has nothing new for the freed slot until the
+            // next sweep.
+            refill: !self.drained || was_full,
+        }
+    }
+}
+
+/// A number of deliveries as a statement binds it.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One attempt at one claimed delivery. Returns when it is to be tried again, if it is.
+///
+/// The POST (the name's lookup included) is given up after [`DELIVERY_TIMEOUT`], so an attempt
+/// never outlives its claim, which holds that long and `webhook_lease_margin` more.
+async fn attempt(ctx: &Ctx, owner: &str, delivery: Delivery) -> Result<Option<i64>, DomainError> {
     let Some(endpoint) = store::endpoint_by_id(&ctx.db, &delivery.endpoint_id).await? else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(secret) = store::endpoint_secret(&ctx.db, &endpoint.id).await? else {
-        return Ok(());
+        return Ok(None);
     };
     let url = url::Url::parse(&endpoint.url).map_err(|_| DomainError::Internal("webhook URL"))?;
     let signed = signature(&secret, ctx.now(), &delivery.payload);
@@ -297,10 +438,13 @@ async fn attempt(ctx: &Ctx, owner: &str, delivery: Delivery) -> Result<(), Domai
         (EVENT_ID_HEADER, delivery.event_id.clone()),
         (EVENT_TYPE_HEADER, delivery.event_type.clone()),
     ];
-    let answer = ctx
-        .webhook_sender
-        .post(&url, headers, delivery.payload.clone())
-        .await;
+    let answer = tokio::time::timeout(
+        DELIVERY_TIMEOUT,
+        ctx.webhook_sender
+            .post(&url, headers, delivery.payload.clone()),
+    )
+    .await
+    .unwrap_or(Err(NotificationError::TimedOut));
     let attempts_made = delivery.attempts + 1;
     let (status, error, retry_after) = match answer {
         Ok(WebhookAnswer { status, .. }) if (200..300).contains(&status) => {
@@ -309,7 +453,7 @@ async fn attempt(ctx: &Ctx, owner: &str, delivery: Delivery) -> Result<(), Domai
             };
             tracing::info!(event_type = %delivery.event_type, attempt = attempts_made, "webhook delivered");
             store::record_attempt(&ctx.db, &delivery.id, owner, ctx.now_ms(), &result).await?;
-            return Ok(());
+            return Ok(None);
         }
         Ok(WebhookAnswer {
             status,
@@ -322,6 +466,7 @@ async fn attempt(ctx: &Ctx, owner: &str, delivery: Delivery) -> Result<(), Domai
         Err(e) => (None, e.to_string(), None),
     };
     tracing::warn!(event_type = %delivery.event_type, attempt = attempts_made, %error, "webhook not delivered");
+    let mut retry_at = None;
     let result = if attempts_made >= i64::from(ctx.config.webhook_attempts.max(1)) {
         AttemptResult::GiveUp { status, error }
     } else {
@@ -332,16 +477,19 @@ async fn attempt(ctx: &Ctx, owner: &str, delivery: Delivery) -> Result<(), Domai
             retry_after,
             jitter,
         );
+        let next_attempt_at = ctx.now_ms() + ms(wait);
+        retry_at = Some(next_attempt_at);
         AttemptResult::Retry {
             status,
             error,
-            next_attempt_at: ctx.now_ms() + ms(wait),
+            next_attempt_at,
         }
     };
     if !store::record_attempt(&ctx.db, &delivery.id, owner, ctx.now_ms(), &result).await? {
         tracing::info!("a webhook delivery's lease lapsed: another instance took it over");
+        return Ok(None);
     }
-    Ok(())
+    Ok(retry_at)
 }
 
 #[cfg(test)]

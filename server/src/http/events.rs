@@ -2,8 +2,6 @@
 //! JSON-lines export) and a user's authentication history. The rules are in
 //! [`crate::domain::webhooks`] and [`crate::domain::audit`].
 
-use std::convert::Infallible;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -145,21 +143,23 @@ pub(crate) async fn audit_page(
 }
 
 /// The application's audit log as JSON lines (`application/x-ndjson`), oldest first, streamed.
+/// An export the database fails midway is aborted (the body does not end cleanly); one it
+/// fails before the first record is answered like any other outage.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "customer", security(("api_key" = [])),
     params(AuditQuery),
-    responses((status = 200, description = "One audit record (JSON) per line", content_type = "application/x-ndjson", body = String),
-              (status = 400, description = "invalid_request (a bad limit)", body = tessera_protocol::error::ErrorBody)))]
+    responses((status = 200, description = "One audit record (JSON) per line; aborted, never ended cleanly, if the export fails midway", content_type = "application/x-ndjson", body = String),
+              (status = 400, description = "invalid_request (a bad limit)", body = tessera_protocol::error::ErrorBody),
+              (status = 503, description = "service_unavailable (the database is unavailable)", body = tessera_protocol::error::ErrorBody)))]
 pub(crate) async fn audit_export(
     State(ctx): State<Ctx>,
     auth: AppAuth,
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    let lines = audit::export_stream(&ctx, &auth.0.id, &query.into_domain()?);
-    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
-        lines
-            .recv()
-            .await
-            .map(|batch| (Ok::<_, Infallible>(batch), lines))
+    let batches = audit::export_stream(&ctx, &auth.0.id, &query.into_domain()?).await?;
+    // An export that fails midway ends the stream with its error: the chunked body is then
+    // aborted, never ended as if it were complete.
+    let stream = futures_util::stream::unfold(batches, |mut batches| async move {
+        batches.recv().await.map(|batch| (batch, batches))
     });
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],

@@ -170,6 +170,10 @@ pub(crate) fn hot_statements(engine: super::Engine) -> Vec<(String, String)> {
             "expiry sweep: requests expired unreported (every second)",
             audit::claim_unreported_expired_statement(engine, false),
         ),
+        (
+            "webhook deliveries claimed (a share of each application, every wake-up)",
+            super::webhooks::claim_statement(engine),
+        ),
         ("CIBA client", format!("SELECT * {}", ciba::CLIENT_BY_ID)),
         ("CIBA request", format!("SELECT * {}", ciba::REQUEST_BY_ID)),
         ("CIBA token poll", ciba::RECORD_POLL.into()),
@@ -421,7 +425,7 @@ fn placeholders_are_counted_by_their_highest_number() {
     assert_eq!(placeholders("WHERE a = $2 AND b = $1 AND c > $10"), 10);
     assert_eq!(
         hot_statements(super::Engine::Sqlite).len(),
-        57 + users::DELETION.len()
+        58 + users::DELETION.len()
     );
 }
 

@@ -273,6 +273,8 @@ pub struct Delivery {
     pub id: String,
     /// The endpoint.
     pub endpoint_id: String,
+    /// The endpoint's application.
+    pub application_id: String,
     /// The event's id.
     pub event_id: String,
     /// The event's type.
@@ -297,13 +299,14 @@ pub struct Delivery {
     pub created_at: i64,
 }
 
-const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_type, payload, state, attempts, \
-     next_attempt_at, last_status, last_error, last_attempt_at, delivered_at, created_at";
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, application_id, event_id, event_type, payload, \
+     state, attempts, next_attempt_at, last_status, last_error, last_attempt_at, delivered_at, created_at";
 
 fn row_to_delivery(row: &AnyRow) -> Result<Delivery, StoreError> {
     Ok(Delivery {
         id: row.try_get("id")?,
         endpoint_id: row.try_get("endpoint_id")?,
+        application_id: row.try_get("application_id")?,
         event_id: row.try_get("event_id")?,
         event_type: row.try_get("event_type")?,
         payload: row.try_get("payload")?,
@@ -318,33 +321,74 @@ fn row_to_delivery(row: &AnyRow) -> Result<Delivery, StoreError> {
     })
 }
 
-/// Claims up to `limit` due deliveries for `owner` until `lease_until` (ms): pending, due, and
-/// not leased by anyone else (or their lease lapsed). Each row goes to one claimer only.
+/// What a claim may take: how many deliveries, how many of one application, and which
+/// applications to leave alone.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits<'a> {
+    /// The most deliveries claimed.
+    pub limit: i64,
+    /// The most deliveries of one application claimed.
+    pub per_application: i64,
+    /// Applications none of whose deliveries are claimed (the claimer has as many of theirs in
+    /// flight as it allows).
+    pub skip_applications: &'a [&'a str],
+}
+
+/// The statement of [`claim_due`] on `engine`: the earliest due deliveries (`$4` at most,
+/// through the `(state, next_attempt_at)` index) of the applications not named in `$5`
+/// (`,app,app,`), at most `$6` of each application, leased to `$1` until `$2`.
+///
+/// On PostgreSQL the candidates are locked `FOR UPDATE SKIP LOCKED` (one claimer per row; the
+/// window that ranks them by application is a level above, where a lock may not be) and the
+/// update checks them again. On SQLite the statement runs whole on the one writer, so what
+/// the candidates' query read still holds, and the update finds them by their key alone: with
+/// the check repeated there, its planner reads every pending row through the `state` index
+/// instead.
+pub(crate) fn claim_statement(engine: Engine) -> String {
+    let (lock, position, recheck) = match engine {
+        Engine::Postgres => (
+            " FOR UPDATE SKIP LOCKED",
+            "strpos",
+            " AND state = 'pending' AND (lease_until IS NULL OR lease_until <= $3)",
+        ),
+        Engine::Sqlite => ("", "instr", ""),
+    };
+    format!(
+        "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 \
+         WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
+               (PARTITION BY application_id ORDER BY next_attempt_at, id) AS place \
+             FROM (SELECT id, application_id, next_attempt_at FROM webhook_deliveries \
+               WHERE state = 'pending' AND next_attempt_at <= $3 \
+               AND (lease_until IS NULL OR lease_until <= $3) \
+               AND {position}($5, ',' || application_id || ',') = 0 \
+               ORDER BY next_attempt_at LIMIT $4{lock}) AS due) AS ranked \
+           WHERE place <= $6){recheck} \
+         RETURNING {DELIVERY_COLUMNS}"
+    )
+}
+
+/// Claims due deliveries for `owner` until `lease_until` (ms): pending, due, and not leased
+/// by anyone else (or their lease lapsed), the earliest first, within `limits`. Each row goes
+/// to one claimer only.
 pub async fn claim_due(
     db: &Database,
     owner: &str,
     now_ms: i64,
     lease_until: i64,
-    limit: i64,
+    limits: ClaimLimits<'_>,
 ) -> Result<Vec<Delivery>, StoreError> {
-    let lock = match db.engine() {
-        Engine::Postgres => " FOR UPDATE SKIP LOCKED",
-        Engine::Sqlite => "",
+    let skipped = if limits.skip_applications.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", limits.skip_applications.join(","))
     };
-    let sql = format!(
-        "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 \
-         WHERE id IN (SELECT id FROM webhook_deliveries \
-            WHERE state = 'pending' AND next_attempt_at <= $3 \
-            AND (lease_until IS NULL OR lease_until <= $3) \
-            ORDER BY next_attempt_at LIMIT $4{lock}) \
-         AND state = 'pending' AND (lease_until IS NULL OR lease_until <= $3) \
-         RETURNING {DELIVERY_COLUMNS}"
-    );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(&claim_statement(db.engine()))
         .bind(owner)
         .bind(lease_until)
         .bind(now_ms)
-        .bind(limit)
+        .bind(limits.limit)
+        .bind(skipped)
+        .bind(limits.per_application)
         .fetch_all(db.writer())
         .await?;
     rows.iter().map(row_to_delivery).collect()
@@ -423,15 +467,18 @@ pub async fn record_attempt(
     Ok(done.rows_affected() == 1)
 }
 
-/// The earliest time (ms) a pending delivery becomes due or its lease lapses, if any.
-pub async fn next_due(db: &Database) -> Result<Option<i64>, StoreError> {
-    let row = sqlx::query(
-        "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at \
-         THEN lease_until ELSE next_attempt_at END) AS due \
-         FROM webhook_deliveries WHERE state = 'pending'",
-    )
-    .fetch_one(db.pool())
-    .await?;
+/// The statement of [`next_due`].
+const NEXT_DUE: &str = "SELECT MIN(due) AS due FROM (SELECT CASE WHEN lease_until IS NOT NULL \
+     AND lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END AS due \
+     FROM webhook_deliveries WHERE state = 'pending') AS pending WHERE due > $1";
+
+/// The earliest time (ms) after `now_ms` a pending delivery becomes due or its lease lapses,
+/// if any. (Deliveries due already are the claimer's to take when it has room.)
+pub async fn next_due(db: &Database, now_ms: i64) -> Result<Option<i64>, StoreError> {
+    let row = sqlx::query(NEXT_DUE)
+        .bind(now_ms)
+        .fetch_one(db.pool())
+        .await?;
     Ok(row.try_get::<Option<i64>, _>("due")?)
 }
 
@@ -469,6 +516,15 @@ pub async fn endpoint_by_id(db: &Database, id: &str) -> Result<Option<Endpoint>,
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    /// Up to `limit` deliveries, of any application.
+    fn any(limit: i64) -> ClaimLimits<'static> {
+        ClaimLimits {
+            limit,
+            per_application: limit,
+            skip_applications: &[],
+        }
+    }
 
     async fn database_with_deliveries(n: usize) -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().expect("temporary folder");
@@ -517,7 +573,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut mine = Vec::new();
                     loop {
-                        let got = claim_due(&db, &format!("w{i}"), 2_000, 60_000, 5)
+                        let got = claim_due(&db, &format!("w{i}"), 2_000, 60_000, any(5))
                             .await
                             .expect("claim");
                         if got.is_empty() {
@@ -536,12 +592,14 @@ mod tests {
         assert_eq!(all.iter().collect::<HashSet<_>>().len(), 50, "each once");
         // Leased: nobody else gets them before the lease lapses, everybody after.
         assert!(
-            claim_due(&db, "late", 59_999, 120_000, 100)
+            claim_due(&db, "late", 59_999, 120_000, any(100))
                 .await
                 .unwrap()
                 .is_empty()
         );
-        let resumed = claim_due(&db, "late", 60_000, 120_000, 100).await.unwrap();
+        let resumed = claim_due(&db, "late", 60_000, 120_000, any(100))
+            .await
+            .unwrap();
         assert_eq!(resumed.len(), 50);
         // Only the lease holder records an attempt.
         let retry = AttemptResult::Retry {
@@ -565,13 +623,15 @@ mod tests {
         assert_eq!(d0.last_status, Some(500));
         // Not due yet, then due.
         assert!(
-            claim_due(&db, "x", 69_999, 200_000, 100)
+            claim_due(&db, "x", 69_999, 200_000, any(100))
                 .await
                 .unwrap()
                 .iter()
                 .all(|d| d.id != "whd_0")
         );
-        let due = claim_due(&db, "x", 130_000, 200_000, 100).await.unwrap();
+        let due = claim_due(&db, "x", 130_000, 200_000, any(100))
+            .await
+            .unwrap();
         assert!(due.iter().any(|d| d.id == "whd_0"));
         // The secret is stored sealed and opens to what was stored.
         assert_eq!(
@@ -581,6 +641,172 @@ mod tests {
                 .unwrap()
                 .as_str(),
             "whsec_x"
+        );
+    }
+
+    /// Adds application `app` with one endpoint and `n` deliveries due at `due`.
+    async fn add_application(db: &Database, app: &str, n: usize, due: i64) {
+        sqlx::query(
+            "INSERT INTO applications (id, name, api_key_digest, created_at) VALUES ($1, $1, $1, 0)",
+        )
+        .bind(app)
+        .execute(db.writer())
+        .await
+        .expect("application");
+        let endpoint = Endpoint {
+            id: format!("whe_{app}"),
+            application_id: app.into(),
+            url: "https://hooks.example.com/x".into(),
+            event_types: String::new(),
+            created_at: 0,
+        };
+        insert_endpoint(db, &endpoint, "whsec_x")
+            .await
+            .expect("endpoint");
+        for i in 0..n {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, endpoint_id, application_id, event_id, \
+                 event_type, payload, state, attempts, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, 'pairing.completed', '{}', 'pending', 0, $5, $5)",
+            )
+            .bind(format!("whd_{app}_{i}"))
+            .bind(&endpoint.id)
+            .bind(app)
+            .bind(format!("evt_{app}_{i}"))
+            .bind(due)
+            .execute(db.writer())
+            .await
+            .expect("delivery");
+        }
+    }
+
+    fn applications_of(claimed: &[Delivery]) -> Vec<&str> {
+        let mut apps: Vec<&str> = claimed.iter().map(|d| d.application_id.as_str()).collect();
+        apps.sort_unstable();
+        apps
+    }
+
+    /// A claim takes at most its share of each application, the earliest first, and none of
+    /// the applications it skips: an application with a long queue of earlier deliveries
+    /// does not fill the claim.
+    #[tokio::test]
+    async fn a_claim_takes_a_share_of_each_application_and_skips_the_full_ones() {
+        // 50 deliveries of `app` due at 1 000; then 2 of `b` and 6 of `c`, due later.
+        let (_dir, db) = database_with_deliveries(50).await;
+        add_application(&db, "b", 2, 1_500).await;
+        add_application(&db, "c", 6, 1_600).await;
+        let share = |limit, skip_applications| ClaimLimits {
+            limit,
+            per_application: 4,
+            skip_applications,
+        };
+        let first = claim_due(&db, "w", 2_000, 60_000, share(32, &[]))
+            .await
+            .expect("claim");
+        assert_eq!(
+            applications_of(&first),
+            ["app", "app", "app", "app"],
+            "the candidates are the 32 earliest, all of `app`: its share of them"
+        );
+        assert!(first.iter().all(|d| d.endpoint_id == "whe_1"));
+        let second = claim_due(&db, "w", 2_000, 60_000, share(28, &["app"]))
+            .await
+            .expect("claim");
+        assert_eq!(
+            applications_of(&second),
+            ["b", "b", "c", "c", "c", "c"],
+            "`app` skipped: the others' deliveries, a share of each"
+        );
+        let third = claim_due(&db, "w", 2_000, 60_000, share(22, &["app", "c"]))
+            .await
+            .expect("claim");
+        assert!(third.is_empty(), "{third:?}");
+        let last = claim_due(&db, "w", 2_000, 60_000, share(2, &["app", "b"]))
+            .await
+            .expect("claim");
+        assert_eq!(applications_of(&last), ["c", "c"], "at most the limit");
+        db.close().await;
+    }
+
+    /// The claim reads the due deliveries through their index and updates the claimed ones by
+    /// their key: it never reads the whole outbox, nor every pending delivery.
+    #[tokio::test]
+    async fn the_claim_reads_the_outbox_through_its_index() {
+        let (_dir, db) = database_with_deliveries(0).await;
+        let plan =
+            super::super::query_plans::sqlite_plan(&db, &claim_statement(Engine::Sqlite)).await;
+        let reads: Vec<&str> = plan
+            .iter()
+            .map(String::as_str)
+            .filter(|line| line.contains("webhook_deliveries"))
+            .collect();
+        assert_eq!(
+            reads,
+            [
+                "SEARCH webhook_deliveries USING COVERING INDEX \
+                 sqlite_autoindex_webhook_deliveries_1 (id=?)",
+                "SEARCH webhook_deliveries USING INDEX webhook_deliveries_due \
+                 (state=? AND next_attempt_at<?)",
+            ],
+            "{plan:?}"
+        );
+        let plan = super::super::query_plans::sqlite_plan(&db, NEXT_DUE).await;
+        assert!(
+            plan.iter()
+                .all(|line| !line.starts_with("SCAN webhook_deliveries")),
+            "{plan:?}"
+        );
+        db.close().await;
+    }
+
+    /// The same on PostgreSQL, over an outbox of many deliveries (most delivered), analyzed.
+    #[tokio::test]
+    async fn the_claim_reads_the_outbox_through_its_index_on_postgres() {
+        let Some(url) = crate::store::postgres_url_for_tests("check the claim's plan") else {
+            return;
+        };
+        let plan = super::super::query_plans::in_fresh_pg_schema(&url, |schema_url| async move {
+            let db = Database::connect(&schema_url, 1).await.expect("database");
+            for sql in [
+                "INSERT INTO applications (id, name, api_key_digest, created_at) \
+                 VALUES ('app', 'A', 'd', 0)",
+                "INSERT INTO webhook_endpoints (id, application_id, url, secret, event_types, \
+                 created_at) VALUES ('whe_1', 'app', 'https://hooks.example.com/x', 's', '', 0)",
+                "INSERT INTO webhook_deliveries (id, endpoint_id, application_id, event_id, \
+                 event_type, payload, state, attempts, next_attempt_at, created_at) \
+                 SELECT 'whd_' || n, 'whe_1', 'app', 'evt_' || n, 'pairing.completed', '{}', \
+                 CASE WHEN n % 100 = 0 THEN 'pending' ELSE 'delivered' END, 1, n, n \
+                 FROM generate_series(1, 20000) AS n",
+                "ANALYZE webhook_deliveries",
+            ] {
+                sqlx::query(sql).execute(db.pool()).await.expect(sql);
+            }
+            let explain = format!("EXPLAIN {}", claim_statement(Engine::Postgres));
+            let rows = sqlx::query(&explain)
+                .bind("w")
+                .bind(60_000i64)
+                .bind(30_000i64)
+                .bind(32i64)
+                .bind(",other,")
+                .bind(4i64)
+                .fetch_all(db.pool())
+                .await
+                .expect("plan");
+            db.close().await;
+            rows.iter()
+                .map(|row| row.try_get::<String, _>(0).expect("plan line"))
+                .collect::<Vec<String>>()
+        })
+        .await;
+        eprintln!("{}", plan.join("\n"));
+        assert!(
+            plan.iter().all(|line| !line.contains("Seq Scan")),
+            "{plan:#?}"
+        );
+        assert!(
+            plan.iter()
+                .any(|line| line.contains("webhook_deliveries_due")),
+            "{plan:#?}"
         );
     }
 }

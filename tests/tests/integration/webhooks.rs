@@ -7,6 +7,7 @@
 //! own, so no other test's worker claims its deliveries).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tessera_protocol::events::{CreatedWebhookEndpoint, WebhookDelivery, WebhookDeliveryList};
 use tessera_server::{ManualClock, ServerConfig};
-use tessera_tests::{Backend, TestServer, on_each_backend};
+use tessera_tests::{Backend, TestDevice, TestServer, on_each_backend};
 use tokio::sync::mpsc;
 
 on_each_backend! {
@@ -25,6 +26,7 @@ on_each_backend! {
     a_delivery_is_given_up_after_the_configured_attempts => given_up;
     a_delivery_in_flight_is_resumed_by_the_next_instance => resumed_by_next_instance;
     endpoints_are_listed_without_secrets_removed_and_checked_against_the_outbound_policy => endpoint_management;
+    an_application_whose_endpoints_never_answer_does_not_hold_up_another => slow_application_isolated;
 }
 
 /// How the receiver answers one request.
@@ -94,6 +96,36 @@ impl Receiver {
     }
 }
 
+/// An endpoint that accepts every connection and never answers (it keeps the connections
+/// open): each attempt at it holds its delivery until the POST's timeout.
+struct Silent {
+    /// `http://127.0.0.1:PORT` (any path).
+    url: String,
+    /// The connections accepted so far.
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Silent {
+    async fn start() -> Silent {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        Silent { url, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
 /// Checks `Tessera-Signature` as a receiver would (see docs/events.md): HMAC-SHA256 with the
 /// secret over `"<t>.<body>"`, compared in constant time. Returns `t`.
 fn verify_signature(hit: &Hit, secret: &str) -> i64 {
@@ -133,9 +165,19 @@ fn http() -> reqwest::Client {
 }
 
 async fn register(server: &TestServer, url: &str, types: &[&str]) -> CreatedWebhookEndpoint {
+    register_for(server, &server.app.api_key, url, types).await
+}
+
+/// Registers an endpoint for the application of `api_key`.
+async fn register_for(
+    server: &TestServer,
+    api_key: &str,
+    url: &str,
+    types: &[&str],
+) -> CreatedWebhookEndpoint {
     let response = http()
         .post(format!("{}/v1/webhooks", server.base_url))
-        .bearer_auth(&server.app.api_key)
+        .bearer_auth(api_key)
         .json(&json!({"url": url, "event_types": types}))
         .send()
         .await
@@ -391,4 +433,61 @@ async fn endpoint_management(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+}
+
+/// One application whose 16 endpoints accept connections and never answer, with a stream of
+/// events for them, does not hold up another application's delivery: an instance has at most
+/// a few deliveries of one application in flight, and claims again as soon as a slot frees
+/// instead of waiting for the slowest attempt of a batch (each held one lasts the POST's
+/// 10 s timeout).
+async fn slow_application_isolated(backend: Backend) {
+    let clock = ManualClock::new();
+    let server = TestServer::start_isolated_with(backend, |c| configure(c, &clock)).await;
+    let silent = Silent::start().await;
+    for i in 0..16 {
+        register(&server, &format!("{}/hook/{i}", silent.url), &[]).await;
+    }
+    // Each pairing is one event, queued for each of the 16 endpoints: 64 deliveries.
+    for i in 0..4 {
+        server.paired_user(&format!("slow-{i}")).await;
+    }
+    for _ in 0..400 {
+        if silent.accepted() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        silent.accepted() > 0,
+        "the silent endpoints are being called"
+    );
+
+    // Another application, whose receiver answers at once.
+    let other = server.server.create_application("Other").await.unwrap();
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let created = register_for(
+        &server,
+        &other.api_key,
+        &receiver.url,
+        &["pairing.completed"],
+    )
+    .await;
+    let customer = tessera_examples::customer::CustomerApi::new(&server.base_url, &other.api_key);
+    customer.create_user("quick", None).await.unwrap();
+    let uri = customer
+        .start_pairing("quick", None)
+        .await
+        .unwrap()
+        .pairing_uri;
+    TestDevice::new().await.auth.pair(&uri, None).await.unwrap();
+    let hit = tokio::time::timeout(Duration::from_secs(5), receiver.hits.recv())
+        .await
+        .expect("the other application's delivery is not held up behind the silent endpoints")
+        .expect("receiver running");
+    verify_signature(&hit, &created.secret);
+    let held = silent.accepted();
+    assert!(
+        held <= 4,
+        "at most 4 deliveries of one application in flight on one instance ({held})"
+    );
 }
