@@ -104,9 +104,13 @@ pub struct ServerConfig {
     pub oidc_refresh_token_ttl: u32,
     /// Where the server reads the time (the system clock; tests move a manual one).
     pub clock: std::sync::Arc<dyn Clock>,
-    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` headers name the client (empty:
-    /// every client address is the TCP peer's). See docs/network-security.md, "Behind a reverse proxy".
+    /// Reverse proxies whose forwarding header ([`ServerConfig::trusted_proxy_header`]) names
+    /// the client (empty: every client address is the TCP peer's). See
+    /// docs/network-security.md, "Behind a reverse proxy".
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The one forwarding header the trusted proxies write (`X-Forwarded-For` by default); the
+    /// other is never read, since a proxy passes a header it does not write through untouched.
+    pub trusted_proxy_header: TrustedProxyHeader,
     /// Failed pairing-code attempts allowed per code bucket (the code's first two characters,
     /// 1,024 buckets) per minute from all addresses together: bounds the guesses checked
     /// against live codes however many addresses a guesser uses.
@@ -143,6 +147,17 @@ pub struct ServerConfig {
     pub shutdown_grace: std::time::Duration,
     /// The longest `/readyz` waits for the database before it answers not ready.
     pub readiness_timeout: std::time::Duration,
+    /// How long a connection may take to send a request's head (request line and headers),
+    /// counted from when the server starts waiting for it: on a new connection, and on a
+    /// keep-alive connection after each answer, so an idle keep-alive connection is closed after
+    /// this long too. Applies to HTTP/1 on every listener (the metrics listener included); it
+    /// also bounds the wait for a connection's first request (HTTP/1 or HTTP/2).
+    pub http_header_timeout: std::time::Duration,
+    /// The longest a request may take, from its head to its answer's head (its body read
+    /// included): past it the request is answered `408` and its connection closed. A long-poll
+    /// waits at most 30 s, so this must be longer (the command line refuses 30 s or less);
+    /// an answer's body streamed afterwards (the audit export) is not limited.
+    pub http_request_timeout: std::time::Duration,
     /// Webhooks: whether endpoints may be on loopback (and then plain `http://`). For
     /// development and tests only.
     pub webhook_allow_loopback: bool,
@@ -187,6 +202,31 @@ pub struct TlsFiles {
 
 /// FCM's production base URL.
 pub const FCM_DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
+
+/// [`ServerConfig::http_header_timeout`] when not configured: above the 60 s idle timeout with
+/// which common load balancers and proxies keep connections to the server open for reuse, so
+/// the server does not close one just as the proxy sends a request on it.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// [`ServerConfig::http_request_timeout`] when not configured: twice the longest long-poll
+/// (30 s).
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The forwarding header that names the client when the TCP peer is a trusted proxy
+/// (`--trusted-proxy-header`).
+///
+/// Only the header the operator's proxy writes (appends to, or replaces) can be trusted: a
+/// proxy passes any other header from the client through untouched, so reading it would let the
+/// client choose its own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrustedProxyHeader {
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`, HAProxy's `option forwardfor`,
+    /// Envoy's `use_remote_address`, most load balancers). The default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
 
 /// The database pool's size when not configured: four connections per CPU core of this
 /// machine, at least 4 and at most 16. More connections than the database's cores can serve do
@@ -243,6 +283,7 @@ impl Default for ServerConfig {
             oidc_token_ttl: 3600,
             oidc_refresh_token_ttl: 30 * 24 * 3600,
             trusted_proxies: Vec::new(),
+            trusted_proxy_header: TrustedProxyHeader::XForwardedFor,
             pairing_failures_per_code_bucket_per_minute: 30,
             metrics_listen: None,
             master_key: None,
@@ -256,6 +297,8 @@ impl Default for ServerConfig {
             tls: None,
             shutdown_grace: std::time::Duration::from_secs(30),
             readiness_timeout: std::time::Duration::from_secs(2),
+            http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
+            http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             webhook_allow_loopback: false,
             webhook_allow_private: false,
             webhook_attempts: 10,

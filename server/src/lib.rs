@@ -110,7 +110,10 @@ mod server;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{CommitDurability, ServerConfig, SmtpConfig, TlsFiles, default_max_connections};
+pub use config::{
+    CommitDurability, DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_REQUEST_TIMEOUT, ServerConfig,
+    SmtpConfig, TlsFiles, TrustedProxyHeader, default_max_connections,
+};
 pub use delivery::push::{ApnsEnvironment, PushCredentialsError};
 pub use error::ServerError;
 pub use http::openapi_document;

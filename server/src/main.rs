@@ -52,7 +52,7 @@ use tessera_protocol::pairing::ServerUrl;
 use tessera_server::store::applications::{AdditionalDevicePolicy, OtpPolicy, QrPolicy};
 use tessera_server::{
     ApnsEnvironment, IpTable, RunningServer, SecretsError, Server, ServerConfig, ServerError,
-    SmtpConfig, StoreError, TlsFiles, admin, config_file,
+    SmtpConfig, StoreError, TlsFiles, TrustedProxyHeader, admin, config_file,
 };
 
 /// The process's allocator: mimalloc, for the many short-lived allocations of a request
@@ -75,6 +75,24 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// `--trusted-proxy-header` (`tessera_server::TrustedProxyHeader`).
+#[derive(Clone, Copy, ValueEnum)]
+enum TrustedProxyHeaderArg {
+    /// `X-Forwarded-For`.
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+impl From<TrustedProxyHeaderArg> for TrustedProxyHeader {
+    fn from(arg: TrustedProxyHeaderArg) -> Self {
+        match arg {
+            TrustedProxyHeaderArg::XForwardedFor => Self::XForwardedFor,
+            TrustedProxyHeaderArg::Forwarded => Self::Forwarded,
+        }
+    }
 }
 
 /// `--commit-durability` (`tessera_server::CommitDurability`).
@@ -189,8 +207,8 @@ enum Command {
             env = "TESSERA_SMTP_FROM"
         )]
         smtp_from: String,
-        /// A reverse proxy (CIDR, or one address) whose Forwarded / X-Forwarded-For headers name
-        /// the client; repeatable. Headers from any other peer are ignored.
+        /// A reverse proxy (CIDR, or one address) whose forwarding header (--trusted-proxy-header)
+        /// names the client; repeatable. Headers from any other peer are ignored.
         #[arg(
             long = "trusted-proxy",
             value_name = "CIDR",
@@ -199,6 +217,10 @@ enum Command {
             value_parser = parse_trusted_proxy
         )]
         trusted_proxies: Vec<ipnet::IpNet>,
+        /// The one header the trusted proxies write (append to or replace) to name the client;
+        /// the other is never read, since a proxy passes it through from the client untouched.
+        #[arg(long, value_enum, default_value = "x-forwarded-for")]
+        trusted_proxy_header: TrustedProxyHeaderArg,
         /// Failed pairing-code attempts allowed per code bucket per minute, from all addresses
         /// together (bounds guessing however many addresses are used; see docs/network-security.md).
         #[arg(long, default_value_t = 30)]
@@ -278,6 +300,22 @@ enum Command {
         /// Seconds /readyz waits for the database before it answers not ready.
         #[arg(long, default_value_t = 2)]
         readiness_timeout_seconds: u64,
+        /// Seconds a connection may take to send a request's head (request line and headers);
+        /// an idle keep-alive connection is closed after as long.
+        #[arg(
+            long,
+            default_value_t = tessera_server::DEFAULT_HTTP_HEADER_TIMEOUT.as_secs(),
+            value_parser = clap::value_parser!(u64).range(1..=3600)
+        )]
+        http_header_timeout_seconds: u64,
+        /// Seconds a request may take, its body included, before it is answered 408; more than
+        /// the 30 s a long-poll waits.
+        #[arg(
+            long,
+            default_value_t = tessera_server::DEFAULT_HTTP_REQUEST_TIMEOUT.as_secs(),
+            value_parser = clap::value_parser!(u64).range(31..=3600)
+        )]
+        http_request_timeout_seconds: u64,
         /// A PEM certificate trusted as an attestation root next to the shipped Google and Apple
         /// roots, for Android Key Attestation and App Attest chains (repeatable).
         #[arg(long = "attestation-root", value_name = "FILE")]
@@ -887,6 +925,7 @@ async fn main() -> ExitCode {
             smtp_url,
             smtp_from,
             trusted_proxies,
+            trusted_proxy_header,
             pairing_failures_per_code_bucket_per_minute,
             metrics_listen,
             secrets,
@@ -908,6 +947,8 @@ async fn main() -> ExitCode {
             database_acquire_timeout_seconds,
             commit_durability,
             readiness_timeout_seconds,
+            http_header_timeout_seconds,
+            http_request_timeout_seconds,
             attestation_roots,
             attestation_revocation_list,
             webhook_allow_loopback,
@@ -971,6 +1012,7 @@ async fn main() -> ExitCode {
                     from: smtp_from,
                 }),
                 trusted_proxies,
+                trusted_proxy_header: trusted_proxy_header.into(),
                 pairing_failures_per_code_bucket_per_minute,
                 metrics_listen,
                 master_key,
@@ -1004,6 +1046,8 @@ async fn main() -> ExitCode {
                 ),
                 commit_durability: commit_durability.map(Into::into),
                 readiness_timeout: std::time::Duration::from_secs(readiness_timeout_seconds.max(1)),
+                http_header_timeout: std::time::Duration::from_secs(http_header_timeout_seconds),
+                http_request_timeout: std::time::Duration::from_secs(http_request_timeout_seconds),
                 attestation_extra_roots,
                 attestation_revocation_status,
                 max_bypass_seconds,

@@ -90,6 +90,7 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         let Checked { tls, attestation } = Self::checked(&config).await?;
         let shutdown_grace = config.shutdown_grace;
+        let header_timeout = config.http_header_timeout;
         let mut db = Database::connect_with(
             &config.database_url,
             config.max_connections,
@@ -113,6 +114,11 @@ impl Server {
             addr: config.listen,
             reason: e.to_string(),
         })?;
+        // Served by `axum_server`, which takes the standard library's listener.
+        let listener = listener.into_std().map_err(|e| ServerError::Bind {
+            addr: local_addr,
+            reason: e.to_string(),
+        })?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => {
                 let bind_error = |e: std::io::Error| ServerError::Bind {
@@ -123,7 +129,11 @@ impl Server {
                     .await
                     .map_err(bind_error)?;
                 let bound = listener.local_addr().map_err(bind_error)?;
-                Some((listener, bound))
+                let server = listener
+                    .into_std()
+                    .and_then(axum_server::from_tcp)
+                    .map_err(bind_error)?;
+                Some((with_http_timeouts(server, header_timeout), bound))
             }
             None => None,
         };
@@ -191,10 +201,10 @@ impl Server {
         });
         let notifier = tokio::spawn(crate::domain::ciba::notify::run(state.clone()));
         let webhook_worker = tokio::spawn(crate::domain::webhooks::run(state.clone()));
-        let metrics = metrics_listener.map(|(listener, bound)| {
-            let app = crate::http::metrics_router(state.clone());
+        let metrics = metrics_listener.map(|(server, bound)| {
+            let app = crate::http::metrics_router(state.clone()).into_make_service();
             let task = tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
+                if let Err(e) = server.serve(app).await {
                     tracing::error!(error = %e, "the metrics listener stopped with an error");
                 }
             });
@@ -205,45 +215,36 @@ impl Server {
         let key_reloader = tokio::spawn(reload_server_keys(state.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
+        let bind_error = |e: std::io::Error| ServerError::Bind {
+            addr: local_addr,
+            reason: e.to_string(),
+        };
+        let handle = axum_server::Handle::new();
+        // Plain HTTP and TLS alike: the same timeouts, and the same drain on shutdown.
         let task = match &tls {
-            None => tokio::spawn(async move {
-                let result = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "server stopped with an error");
-                }
-            }),
-            Some((_, rustls)) => {
-                let listener = listener.into_std().map_err(|e| ServerError::Bind {
-                    addr: local_addr,
-                    reason: e.to_string(),
-                })?;
-                let handle = axum_server::Handle::new();
-                let server = axum_server::tls_rustls::from_tcp_rustls(listener, rustls.clone())
-                    .map_err(|e| ServerError::Bind {
-                        addr: local_addr,
-                        reason: e.to_string(),
-                    })?
+            None => {
+                let server = axum_server::from_tcp(listener)
+                    .map_err(bind_error)?
                     .handle(handle.clone());
-                tokio::spawn(async move {
-                    let serving = server.serve(app);
-                    let drain = async {
-                        let _ = stopped.await;
-                        handle.graceful_shutdown(Some(shutdown_grace));
-                        std::future::pending::<()>().await;
-                    };
-                    tokio::select! {
-                        result = serving => {
-                            if let Err(e) = result {
-                                tracing::error!(error = %e, "server stopped with an error");
-                            }
-                        }
-                        () = drain => {}
-                    }
-                })
+                let server = with_http_timeouts(server, header_timeout);
+                tokio::spawn(serve_until_drained(
+                    server.serve(app),
+                    handle,
+                    stopped,
+                    shutdown_grace,
+                ))
+            }
+            Some((_, rustls)) => {
+                let server = axum_server::tls_rustls::from_tcp_rustls(listener, rustls.clone())
+                    .map_err(bind_error)?
+                    .handle(handle.clone());
+                let server = with_http_timeouts(server, header_timeout);
+                tokio::spawn(serve_until_drained(
+                    server.serve(app),
+                    handle,
+                    stopped,
+                    shutdown_grace,
+                ))
             }
         };
         tracing::info!(
@@ -326,8 +327,8 @@ impl RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        // Past the grace period (and a moment for the TLS listener to close its own), the
-        // remaining connections are dropped.
+        // The listener closes the connections still open at the end of the grace period (and
+        // logs it); past that and a moment more, its task is stopped here.
         let deadline = self.shutdown_grace + std::time::Duration::from_millis(500);
         if tokio::time::timeout(deadline, &mut self.task)
             .await
@@ -335,7 +336,7 @@ impl RunningServer {
         {
             tracing::warn!(
                 grace_seconds = self.shutdown_grace.as_secs_f64(),
-                "requests still in flight at the end of the shutdown grace period were cut off"
+                "the listener had not stopped shortly after the shutdown grace period; stopped now"
             );
             self.task.abort();
         }
@@ -363,6 +364,55 @@ impl RunningServer {
         // A request cut off at the deadline may still hold a connection: closing waits for it
         // a moment only (the process ends anyway).
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await;
+    }
+}
+
+/// Bounds how long a connection may take to send a request's head
+/// ([`ServerConfig::http_header_timeout`]). HTTP/1 starts that timer whenever it waits for a
+/// head: on a new connection, and on a keep-alive connection after each answer, so an idle
+/// keep-alive connection is closed after as long too. The wait for a connection's first request
+/// (before HTTP/1 or HTTP/2 is even told apart, a wait no HTTP/1 timer covers) is bounded the
+/// same way.
+fn with_http_timeouts<A: axum_server::Address, Acc>(
+    mut server: axum_server::Server<A, Acc>,
+    header_timeout: std::time::Duration,
+) -> axum_server::Server<A, Acc> {
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(header_timeout));
+    server.first_request_timeout(header_timeout)
+}
+
+/// Serves until `stopped`; then stops accepting connections at once (idle keep-alive
+/// connections are closed too) and lets the requests in flight finish for at most `grace`:
+/// connections still open then are closed, and that is logged.
+async fn serve_until_drained(
+    serving: impl std::future::Future<Output = std::io::Result<()>>,
+    handle: axum_server::Handle<SocketAddr>,
+    stopped: oneshot::Receiver<()>,
+    grace: std::time::Duration,
+) {
+    let drain = async {
+        let _ = stopped.await;
+        handle.graceful_shutdown(None);
+        tokio::time::sleep(grace).await;
+        // Still serving at the deadline (serving ends as soon as the last connection does).
+        tracing::warn!(
+            grace_seconds = grace.as_secs_f64(),
+            connections = handle.connection_count(),
+            "requests still in flight at the end of the shutdown grace period were cut off"
+        );
+        handle.shutdown();
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        result = serving => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "server stopped with an error");
+            }
+        }
+        () = drain => {}
     }
 }
 

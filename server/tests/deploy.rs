@@ -1017,3 +1017,136 @@ fn webhook_and_openid_lifetimes_come_from_flags_then_environment_then_file() {
         );
     }
 }
+
+#[test]
+fn http_timeouts_and_the_proxy_header_come_from_flags_then_environment_then_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tessera.toml");
+    std::fs::write(
+        &file,
+        "trusted_proxies = [\"10.0.0.0/8\"]\n\
+         trusted_proxy_header = \"forwarded\"\n\
+         http_header_timeout_seconds = 10\n\
+         http_request_timeout_seconds = 45\n",
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let out = serve(dir.path())
+        .args(["--config", config, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Values the settings refuse, in the file: named by key. A request timeout must exceed the
+    // 30 s a long-poll waits; the proxy header is one of two.
+    for (text, key) in [
+        (
+            "http_request_timeout_seconds = 30\n",
+            "http_request_timeout_seconds",
+        ),
+        (
+            "http_header_timeout_seconds = 0\n",
+            "http_header_timeout_seconds",
+        ),
+        (
+            "trusted_proxy_header = \"x-real-ip\"\n",
+            "trusted_proxy_header",
+        ),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let e = error_of(
+            &serve(dir.path())
+                .args(["--config", bad.to_str().unwrap(), "--check-config"])
+                .output()
+                .unwrap(),
+        );
+        assert!(e.contains(key), "{text}: {e}");
+    }
+    // The environment wins over the file, a flag over the environment.
+    for (var, flag, bad, good) in [
+        (
+            "TESSERA_HTTP_REQUEST_TIMEOUT_SECONDS",
+            "http-request-timeout-seconds",
+            "5",
+            "60",
+        ),
+        (
+            "TESSERA_HTTP_HEADER_TIMEOUT_SECONDS",
+            "http-header-timeout-seconds",
+            "0",
+            "30",
+        ),
+        (
+            "TESSERA_TRUSTED_PROXY_HEADER",
+            "trusted-proxy-header",
+            "both",
+            "x-forwarded-for",
+        ),
+    ] {
+        let e = error_of(
+            &serve(dir.path())
+                .args(["--config", config, "--check-config"])
+                .env(var, bad)
+                .output()
+                .unwrap(),
+        );
+        assert!(e.contains(flag), "{var}: {e}");
+        let out = serve(dir.path())
+            .args([
+                "--config",
+                config,
+                "--check-config",
+                &format!("--{flag}"),
+                good,
+            ])
+            .env(var, bad)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_silent_connection_is_closed_after_the_header_timeout() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start({
+        let mut c = serve(dir.path());
+        c.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-header-timeout-seconds",
+            "1",
+        ]);
+        c
+    });
+    let mut stream = std::net::TcpStream::connect(&served.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let opened = Instant::now();
+    let mut buffer = [0u8; 64];
+    match stream.read(&mut buffer) {
+        Ok(0) => {}
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the silent connection is still open"
+        ),
+        Ok(n) => panic!("{n} bytes from a silent connection"),
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+}

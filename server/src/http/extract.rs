@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use tessera_protocol::error::ErrorCode;
 
 use super::errors::ApiError;
+use crate::config::TrustedProxyHeader;
 use crate::domain::Ctx;
 use crate::domain::api_keys;
 use crate::domain::applications::Application;
@@ -252,29 +253,34 @@ enum Hop {
 
 /// The client address of a request whose TCP peer is `peer`.
 ///
-/// `Forwarded` (RFC 7239, preferred when both are present) and `X-Forwarded-For` are read only
-/// when `peer` is inside one of the `trusted` ranges; otherwise they are ignored, whatever they
-/// say. The chain `header hops…, peer` is walked from the right: trusted proxies are skipped and
-/// the first address that is not a trusted proxy is the client, so an address a client puts at
-/// the left of its own header is never reached. A hop the proxy could not name ends the walk at
-/// the proxy that reported it. A malformed header from a trusted peer is logged (without its
-/// content) and the peer is the client. IPv4-mapped IPv6 addresses count as their IPv4 address.
+/// The one forwarding header the trusted proxies write (`header`: `X-Forwarded-For` or
+/// `Forwarded`, RFC 7239) is read only when `peer` is inside one of the `trusted` ranges;
+/// otherwise it is ignored, whatever it says. The other header is never read: a proxy passes a
+/// header it does not write through untouched, so it says whatever the client wants. The chain
+/// `header hops…, peer` is walked from the right: trusted proxies are skipped and the first
+/// address that is not a trusted proxy is the client, so an address a client puts at the left
+/// of its own header is never reached. A hop the proxy could not name ends the walk at the proxy
+/// that reported it. A malformed header from a trusted peer is logged (without its content) and
+/// the peer is the client. IPv4-mapped IPv6 addresses count as their IPv4 address.
 pub(crate) fn resolve_client_ip(
     peer: IpAddr,
     headers: &axum::http::HeaderMap,
     trusted: &[IpNet],
+    header: TrustedProxyHeader,
 ) -> IpAddr {
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let chain = if headers.contains_key(FORWARDED) {
-        forwarded_chain(headers)
-    } else if headers.contains_key(X_FORWARDED_FOR) {
-        x_forwarded_for_chain(headers)
-    } else {
-        return peer;
+    let chain = match header {
+        TrustedProxyHeader::Forwarded if headers.contains_key(FORWARDED) => {
+            forwarded_chain(headers)
+        }
+        TrustedProxyHeader::XForwardedFor if headers.contains_key(X_FORWARDED_FOR) => {
+            x_forwarded_for_chain(headers)
+        }
+        TrustedProxyHeader::Forwarded | TrustedProxyHeader::XForwardedFor => return peer,
     };
     let chain = match chain {
         Ok(chain) => chain,
@@ -598,20 +604,34 @@ mod tests {
 
     const PROXY: &str = "10.0.0.5";
 
+    const XFF: TrustedProxyHeader = TrustedProxyHeader::XForwardedFor;
+    const FORWARDED_ONLY: TrustedProxyHeader = TrustedProxyHeader::Forwarded;
+
+    /// The setting under which the header `name` is the one read.
+    fn reading(name: &str) -> TrustedProxyHeader {
+        if name == FORWARDED {
+            FORWARDED_ONLY
+        } else {
+            XFF
+        }
+    }
+
     #[test]
     fn headers_from_an_untrusted_peer_are_ignored() {
         let spoofed = headers(&[
             ("x-forwarded-for", "203.0.113.9"),
             ("forwarded", "for=198.51.100.1"),
         ]);
-        assert_eq!(
-            resolve_client_ip(ip("192.0.2.44"), &spoofed, &nets(&["10.0.0.0/8"])),
-            ip("192.0.2.44")
-        );
-        assert_eq!(
-            resolve_client_ip(ip("192.0.2.44"), &spoofed, &[]),
-            ip("192.0.2.44")
-        );
+        for setting in [XFF, FORWARDED_ONLY] {
+            assert_eq!(
+                resolve_client_ip(ip("192.0.2.44"), &spoofed, &nets(&["10.0.0.0/8"]), setting),
+                ip("192.0.2.44")
+            );
+            assert_eq!(
+                resolve_client_ip(ip("192.0.2.44"), &spoofed, &[], setting),
+                ip("192.0.2.44")
+            );
+        }
     }
 
     #[test]
@@ -627,16 +647,23 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                resolve_client_ip(ip(PROXY), &headers(&[(name, value)]), &trusted),
+                resolve_client_ip(
+                    ip(PROXY),
+                    &headers(&[(name, value)]),
+                    &trusted,
+                    reading(name)
+                ),
                 ip("203.0.113.9"),
                 "{name}: {value}"
             );
         }
         // No header: the proxy itself.
-        assert_eq!(
-            resolve_client_ip(ip(PROXY), &HeaderMap::new(), &trusted),
-            ip(PROXY)
-        );
+        for setting in [XFF, FORWARDED_ONLY] {
+            assert_eq!(
+                resolve_client_ip(ip(PROXY), &HeaderMap::new(), &trusted, setting),
+                ip(PROXY)
+            );
+        }
     }
 
     #[test]
@@ -645,13 +672,13 @@ mod tests {
         // The client sent "X-Forwarded-For: 1.1.1.1"; the proxy appended its peer.
         let chain = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9")]);
         assert_eq!(
-            resolve_client_ip(ip(PROXY), &chain, &trusted),
+            resolve_client_ip(ip(PROXY), &chain, &trusted, XFF),
             ip("203.0.113.9")
         );
         // Two trusted proxies in a row are skipped; the first untrusted address is the client.
         let chain = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.7")]);
         assert_eq!(
-            resolve_client_ip(ip(PROXY), &chain, &trusted),
+            resolve_client_ip(ip(PROXY), &chain, &trusted, XFF),
             ip("203.0.113.9")
         );
         // Several header lines form one list.
@@ -660,26 +687,85 @@ mod tests {
             ("forwarded", "for=203.0.113.9;proto=https"),
         ]);
         assert_eq!(
-            resolve_client_ip(ip(PROXY), &chain, &trusted),
-            ip("203.0.113.9")
-        );
-        // Forwarded wins over X-Forwarded-For when both are present.
-        let both = headers(&[
-            ("x-forwarded-for", "1.1.1.1"),
-            ("forwarded", "for=203.0.113.9"),
-        ]);
-        assert_eq!(
-            resolve_client_ip(ip(PROXY), &both, &trusted),
+            resolve_client_ip(ip(PROXY), &chain, &trusted, FORWARDED_ONLY),
             ip("203.0.113.9")
         );
         // Every hop trusted: the left-most one.
         let all = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
-        assert_eq!(resolve_client_ip(ip(PROXY), &all, &trusted), ip("10.1.1.1"));
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &all, &trusted, XFF),
+            ip("10.1.1.1")
+        );
         // A hop the proxy could not name ends the walk at that proxy.
         let unnamed = headers(&[("forwarded", "for=1.1.1.1, for=unknown, for=10.0.0.7")]);
         assert_eq!(
-            resolve_client_ip(ip(PROXY), &unnamed, &trusted),
+            resolve_client_ip(ip(PROXY), &unnamed, &trusted, FORWARDED_ONLY),
             ip("10.0.0.7")
+        );
+    }
+
+    #[test]
+    fn only_the_header_the_proxy_writes_is_read() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        // The proxy appends to X-Forwarded-For and passes the client's own Forwarded through.
+        let xff_proxy = headers(&[
+            ("forwarded", "for=198.51.100.7"),
+            ("x-forwarded-for", "1.1.1.1, 203.0.113.9"),
+        ]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &xff_proxy, &trusted, XFF),
+            ip("203.0.113.9")
+        );
+        // The proxy appends to Forwarded and passes the client's own X-Forwarded-For through.
+        let forwarded_proxy = headers(&[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("forwarded", "for=1.1.1.1, for=203.0.113.9"),
+        ]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &forwarded_proxy, &trusted, FORWARDED_ONLY),
+            ip("203.0.113.9")
+        );
+        // The other header alone is not read at all: the proxy itself is the client.
+        let forwarded_only = headers(&[("forwarded", "for=198.51.100.7")]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &forwarded_only, &trusted, XFF),
+            ip(PROXY)
+        );
+        let xff_only = headers(&[("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &xff_only, &trusted, FORWARDED_ONLY),
+            ip(PROXY)
+        );
+        // Nor is it checked: a malformed other header changes nothing.
+        let malformed_other = headers(&[
+            ("forwarded", "for=\"[::1"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &malformed_other, &trusted, XFF),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn by_default_a_forwarded_header_from_a_trusted_proxy_is_ignored() {
+        // nginx with `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for` passes the
+        // client's own `Forwarded` through untouched.
+        let trusted = nets(&["10.0.0.0/8"]);
+        let default = crate::config::ServerConfig::default().trusted_proxy_header;
+        assert_eq!(default, XFF);
+        let passed_through = headers(&[
+            ("forwarded", "for=198.51.100.7"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &passed_through, &trusted, default),
+            ip("203.0.113.9")
+        );
+        let forwarded_only = headers(&[("forwarded", "for=198.51.100.7")]);
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &forwarded_only, &trusted, default),
+            ip(PROXY)
         );
     }
 
@@ -694,7 +780,12 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1, 2001:db8::1, fd00::7"),
         ] {
             assert_eq!(
-                resolve_client_ip(ip(PROXY), &headers(&[(name, value)]), &trusted),
+                resolve_client_ip(
+                    ip(PROXY),
+                    &headers(&[(name, value)]),
+                    &trusted,
+                    reading(name)
+                ),
                 ip("2001:db8::1"),
                 "{name}: {value}"
             );
@@ -702,15 +793,15 @@ mod tests {
         // An IPv6 proxy, and an IPv4-mapped peer counted as its IPv4 address.
         let chain = headers(&[("x-forwarded-for", "203.0.113.9")]);
         assert_eq!(
-            resolve_client_ip(ip("fd00::5"), &chain, &trusted),
+            resolve_client_ip(ip("fd00::5"), &chain, &trusted, XFF),
             ip("203.0.113.9")
         );
         assert_eq!(
-            resolve_client_ip(ip("::ffff:10.0.0.5"), &chain, &trusted),
+            resolve_client_ip(ip("::ffff:10.0.0.5"), &chain, &trusted, XFF),
             ip("203.0.113.9")
         );
         assert_eq!(
-            resolve_client_ip(ip("::ffff:192.0.2.1"), &chain, &trusted),
+            resolve_client_ip(ip("::ffff:192.0.2.1"), &chain, &trusted, XFF),
             ip("192.0.2.1")
         );
     }
@@ -731,14 +822,24 @@ mod tests {
             ("forwarded", "for=1.2.3.4:99999999"),
         ] {
             assert_eq!(
-                resolve_client_ip(ip(PROXY), &headers(&[(name, value)]), &trusted),
+                resolve_client_ip(
+                    ip(PROXY),
+                    &headers(&[(name, value)]),
+                    &trusted,
+                    reading(name)
+                ),
                 ip(PROXY),
                 "{name}: {value}"
             );
         }
         let long = vec!["203.0.113.9"; MAX_FORWARDING_HOPS + 1].join(",");
         assert_eq!(
-            resolve_client_ip(ip(PROXY), &headers(&[("x-forwarded-for", &long)]), &trusted),
+            resolve_client_ip(
+                ip(PROXY),
+                &headers(&[("x-forwarded-for", &long)]),
+                &trusted,
+                XFF
+            ),
             ip(PROXY)
         );
         let mut binary = HeaderMap::new();
@@ -746,6 +847,9 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_bytes(b"203.0.113.9\xff").unwrap(),
         );
-        assert_eq!(resolve_client_ip(ip(PROXY), &binary, &trusted), ip(PROXY));
+        assert_eq!(
+            resolve_client_ip(ip(PROXY), &binary, &trusted, XFF),
+            ip(PROXY)
+        );
     }
 }

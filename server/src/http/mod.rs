@@ -162,6 +162,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 /// ([`metrics_router`], `--metrics-listen`); then the main listener answers it 404.
 pub(crate) fn router(state: Ctx) -> Router {
     let max_body = state.config.max_body_bytes;
+    let request_timeout = request_timeout(&state);
     let metrics_here = state.config.metrics_listen.is_none();
     let router = Router::new()
         .route("/v1/users", post(users::create_user))
@@ -369,6 +370,7 @@ pub(crate) fn router(state: Ctx) -> Router {
     router
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(request_timeout)
         .layer(axum::middleware::from_fn(errors::json_errors))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -389,12 +391,25 @@ pub(crate) fn router(state: Ctx) -> Router {
 
 /// The routes of the metrics listener (`--metrics-listen`): `/metrics` only.
 pub(crate) fn metrics_router(state: Ctx) -> Router {
+    let request_timeout = request_timeout(&state);
     Router::new()
         .route("/metrics", get(ops::metrics))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(request_timeout)
         .layer(axum::middleware::from_fn(errors::json_errors))
         .with_state(state)
+}
+
+/// Answers `408` to a request not done within [`crate::ServerConfig::http_request_timeout`],
+/// from its head to its answer's head (reading its body included), so a body trickled in byte
+/// by byte cannot hold a connection; the answer's body streamed afterwards is not limited. The
+/// connection is then closed, its body unread.
+fn request_timeout(state: &Ctx) -> tower_http::timeout::TimeoutLayer {
+    tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        state.config.http_request_timeout,
+    )
 }
 
 /// Tells devices, on every device-API answer, which key set is current
@@ -411,6 +426,19 @@ async fn announce_key_set(State(state): State<Ctx>, request: Request, next: Next
     response
 }
 
+/// The request method as metrics and logs show it: one of the standard methods, else `other`.
+/// Any token is a valid method to the HTTP parser, so a client inventing a new one on every
+/// request would otherwise add a new `requests` series (kept for the process's life) each time.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|standard| *standard == method.as_str())
+        .unwrap_or("other")
+}
+
 /// Counts, times and logs every request by its route template. Logs carry the method, the
 /// template (never the concrete path, which may name a user), the client address (resolved
 /// once here, through trusted proxies, for every later use), the status and the duration: no
@@ -422,13 +450,18 @@ async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Resp
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let mut request = request;
     let client = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|axum::extract::ConnectInfo(peer)| {
-            extract::resolve_client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies)
+            extract::resolve_client_ip(
+                peer.ip(),
+                request.headers(),
+                &state.config.trusted_proxies,
+                state.config.trusted_proxy_header,
+            )
         });
     if let Some(client) = client {
         request
@@ -444,7 +477,7 @@ async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Resp
         .requests
         .get_or_create(&RequestLabels {
             route: route.clone(),
-            method: method.clone(),
+            method: method.to_string(),
             status,
         })
         .inc();
@@ -465,4 +498,31 @@ async fn observe(State(state): State<Ctx>, request: Request, next: Next) -> Resp
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+    use axum::http::Method;
+
+    #[test]
+    fn only_standard_methods_are_their_own_label() {
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+            Method::CONNECT,
+            Method::TRACE,
+        ] {
+            assert_eq!(method_label(&method), method.as_str());
+        }
+        for custom in ["AAAA1", "PROPFIND", "get", "GETX", "QUERY"] {
+            let method = Method::from_bytes(custom.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{custom}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! request log line.
 
 use rand::Rng;
+use tessera_server::TrustedProxyHeader;
 use tessera_tests::{Backend, RawDevice, TestServer, on_each_backend};
 
 on_each_backend! {
@@ -11,6 +12,7 @@ on_each_backend! {
     a_trusted_proxys_forwarding_header_names_the_client => trusted_proxy;
     a_spoofed_left_most_hop_resolves_to_the_right_most_untrusted_one => spoofed_chain;
     ipv6_and_quoted_forwarded_forms_name_the_same_client => ipv6_forms;
+    only_the_header_the_proxy_writes_names_the_client => only_the_named_header;
     a_noisy_address_does_not_lock_out_a_valid_code_in_another_bucket => noisy_neighbour;
     guesses_from_many_addresses_at_once_check_no_more_codes_than_the_bucket_limit => many_addresses_burst;
     the_primary_device_is_shown_the_resolved_address_of_a_new_device => verification_shows_client;
@@ -80,12 +82,24 @@ pub(crate) async fn attempt_through(
 }
 
 /// A server whose clock stands still, so that a test's attempts all fall in one throttle minute
-/// (a slow run would otherwise cross into the next one and find fresh counters).
+/// (a slow run would otherwise cross into the next one and find fresh counters). Its trusted
+/// proxies write `X-Forwarded-For` (the default).
 async fn server_with(backend: Backend, trusted: &[&str], per_ip: u32) -> TestServer {
+    server_reading(backend, trusted, per_ip, TrustedProxyHeader::XForwardedFor).await
+}
+
+/// [`server_with`] whose trusted proxies write `header`.
+async fn server_reading(
+    backend: Backend,
+    trusted: &[&str],
+    per_ip: u32,
+    header: TrustedProxyHeader,
+) -> TestServer {
     let trusted: Vec<_> = trusted.iter().map(|n| n.parse().unwrap()).collect();
     TestServer::start_with(backend, move |c| {
         c.clock = std::sync::Arc::new(tessera_server::ManualClock::new());
         c.trusted_proxies = trusted;
+        c.trusted_proxy_header = header;
         c.pairing_failures_per_ip_per_minute = per_ip;
     })
     .await
@@ -208,19 +222,48 @@ async fn spoofed_chain(backend: Backend) {
         "rate_limited",
         "a new left-most entry does not make a new client"
     );
+    // The same behind proxies that write `Forwarded`.
+    let server = server_reading(
+        server.backend.clone(),
+        &["127.0.0.0/8", "10.0.0.0/8"],
+        2,
+        TrustedProxyHeader::Forwarded,
+    )
+    .await;
+    let bucket = random_bucket();
+    let client = format!("{}::9", random_v6_prefix());
+    for i in 0..2 {
+        let forwarded = format!(
+            "for=\"[{prefix}::{:x}]\", for=\"[{client}]:443\";proto=https, for=10.1.2.3",
+            200 + i
+        );
+        assert_eq!(
+            attempt(&server, &guess_in(&bucket, i), &[("forwarded", &forwarded)]).await,
+            "invalid_pairing_code"
+        );
+    }
     let forwarded = format!("for=\"[{prefix}::eeee]\", for=\"[{client}]:443\";proto=https");
     assert_eq!(
-        attempt(&server, &guess_in(&bucket, 3), &[("forwarded", &forwarded)]).await,
-        "rate_limited"
+        attempt(&server, &guess_in(&bucket, 2), &[("forwarded", &forwarded)]).await,
+        "rate_limited",
+        "a new left-most element does not make a new client"
     );
 }
 
 async fn ipv6_forms(backend: Backend) {
-    let server = server_with(backend, &["127.0.0.1/32"], 2).await;
+    // Behind proxies that write `Forwarded`: the quoted forms of one address name one client.
+    let server = server_reading(
+        backend.clone(),
+        &["127.0.0.1/32"],
+        2,
+        TrustedProxyHeader::Forwarded,
+    )
+    .await;
     let bucket = random_bucket();
     let prefix = random_v6_prefix();
     let quoted = format!("for=\"[{prefix}::1]:443\"");
     let bracketed = format!("for=\"[{prefix}::1]\"");
+    let written_out = format!("for=\"[{prefix}:0:0:0:1]:8443\"");
     assert_eq!(
         attempt(&server, &guess_in(&bucket, 0), &[("forwarded", &quoted)]).await,
         "invalid_pairing_code"
@@ -229,23 +272,61 @@ async fn ipv6_forms(backend: Backend) {
         attempt(&server, &guess_in(&bucket, 1), &[("forwarded", &bracketed)]).await,
         "invalid_pairing_code"
     );
-    // The same address written the X-Forwarded-For way is the same client.
-    let bare = format!("{prefix}::1");
-    let with_port = format!("[{prefix}:0:0:0:1]:8443");
     assert_eq!(
         attempt(
             &server,
             &guess_in(&bucket, 2),
-            &[("x-forwarded-for", &bare)]
+            &[("forwarded", &written_out)]
         )
         .await,
         "rate_limited"
     );
+    let neighbour = format!("for=\"[{prefix}::2]\"");
+    assert_eq!(
+        attempt(&server, &guess_in(&bucket, 3), &[("forwarded", &neighbour)]).await,
+        "invalid_pairing_code"
+    );
+    // A malformed header from the trusted proxy: the proxy's own address is the client.
+    assert_ne!(
+        attempt(
+            &server,
+            &guess_in(&bucket, 4),
+            &[("forwarded", "for=\"[::1")]
+        )
+        .await,
+        "paired"
+    );
+
+    // Behind proxies that write `X-Forwarded-For`: its forms of one address name one client.
+    let server = server_with(backend, &["127.0.0.1/32"], 2).await;
+    let bucket = random_bucket();
+    let prefix = random_v6_prefix();
+    let bare = format!("{prefix}::1");
+    let with_port = format!("[{prefix}:0:0:0:1]:8443");
+    let bracketed = format!("[{prefix}::1]");
     assert_eq!(
         attempt(
             &server,
-            &guess_in(&bucket, 3),
+            &guess_in(&bucket, 0),
+            &[("x-forwarded-for", &bare)]
+        )
+        .await,
+        "invalid_pairing_code"
+    );
+    assert_eq!(
+        attempt(
+            &server,
+            &guess_in(&bucket, 1),
             &[("x-forwarded-for", &with_port)]
+        )
+        .await,
+        "invalid_pairing_code"
+    );
+    assert_eq!(
+        attempt(
+            &server,
+            &guess_in(&bucket, 2),
+            &[("x-forwarded-for", &bracketed)]
         )
         .await,
         "rate_limited"
@@ -254,22 +335,63 @@ async fn ipv6_forms(backend: Backend) {
     assert_eq!(
         attempt(
             &server,
-            &guess_in(&bucket, 4),
+            &guess_in(&bucket, 3),
             &[("x-forwarded-for", &neighbour)]
         )
         .await,
         "invalid_pairing_code"
     );
-    // A malformed header from the trusted proxy: the proxy's own address is the client.
-    assert_ne!(
-        attempt(
-            &server,
-            &guess_in(&bucket, 5),
-            &[("forwarded", "for=\"[::1")]
-        )
-        .await,
-        "paired"
-    );
+}
+
+async fn only_the_named_header(backend: Backend) {
+    // A proxy passes the header it does not write through from the client untouched: a client
+    // forging a new address in it on every guess is still counted as the address the named
+    // header gives.
+    for (header, forged_name, named_name) in [
+        (
+            TrustedProxyHeader::XForwardedFor,
+            "forwarded",
+            "x-forwarded-for",
+        ),
+        (
+            TrustedProxyHeader::Forwarded,
+            "x-forwarded-for",
+            "forwarded",
+        ),
+    ] {
+        let server = server_reading(backend.clone(), &["127.0.0.1/32"], 2, header).await;
+        let bucket = random_bucket();
+        let prefix = random_v6_prefix();
+        let client = format!("{prefix}::1");
+        let named = match header {
+            TrustedProxyHeader::Forwarded => format!("for=\"[{client}]\""),
+            TrustedProxyHeader::XForwardedFor => client.clone(),
+        };
+        let mut answers = Vec::new();
+        for i in 0..3 {
+            let forged = match header {
+                TrustedProxyHeader::Forwarded => format!("{prefix}::{:x}", 100 + i),
+                TrustedProxyHeader::XForwardedFor => format!("for=\"[{prefix}::{:x}]\"", 100 + i),
+            };
+            answers.push(
+                attempt(
+                    &server,
+                    &guess_in(&bucket, i),
+                    &[(forged_name, &forged), (named_name, &named)],
+                )
+                .await,
+            );
+        }
+        assert_eq!(
+            answers,
+            [
+                "invalid_pairing_code",
+                "invalid_pairing_code",
+                "rate_limited"
+            ],
+            "reading {header:?}: the forged {forged_name} escaped the throttle"
+        );
+    }
 }
 
 async fn noisy_neighbour(backend: Backend) {

@@ -28,6 +28,7 @@ mod hidden_fields;
 mod hosted;
 mod hosted_browser;
 mod http_errors;
+mod http_timeouts;
 mod i18n;
 mod key_rotation;
 mod logs;

@@ -188,3 +188,67 @@ async fn probes_and_request_ids(backend: Backend) {
     assert_eq!(ids.len(), 32, "every request its own id");
     assert!(ids.iter().all(|id| id.len() == 32));
 }
+
+/// Sends `request` (raw bytes) on a new connection to `addr` and returns everything the server
+/// writes back until it closes the connection.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server answers and closes")
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Request methods outside the standard ones are counted and logged as `other`: a client
+/// inventing a new method on every request cannot grow the metrics (and the server's memory)
+/// without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn custom_methods_are_counted_and_logged_as_other() {
+    use rand::Rng;
+    crate::logs::capture();
+    let server = TestServer::start(Backend::Sqlite).await;
+    let addr = server.server.local_addr();
+    let mut rng = rand::thread_rng();
+    let methods: Vec<String> = (0..3)
+        .map(|_| {
+            (0..40)
+                .map(|_| char::from(rng.gen_range(b'A'..=b'Z')))
+                .collect()
+        })
+        .collect();
+    for method in &methods {
+        let answer = raw_exchange(
+            addr,
+            format!("{method} /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    }
+    let metrics = tessera_tests::scrape_metrics(&server.base_url).await;
+    for method in &methods {
+        assert!(!metrics.contains(method.as_str()), "{method} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(
+            "tessera_http_requests_total{route=\"/livez\",method=\"other\",status=\"405\"} 3"
+        ),
+        "no requests counted with method=\"other\" in\n{metrics}"
+    );
+    let logs = crate::logs::captured();
+    for method in &methods {
+        assert!(!logs.contains(method.as_str()), "{method} was logged");
+    }
+    assert!(
+        logs.lines().any(|l| l.contains("\"route\":\"/livez\"")
+            && l.contains("\"method\":\"other\"")
+            && l.contains("\"status\":405")),
+        "no request line with method other"
+    );
+}

@@ -325,6 +325,21 @@ async fn the_server_works_behind_nginx_and_its_clients_cannot_forge_their_addres
         outcomes, expected,
         "the forged addresses escaped the throttle"
     );
+    // nginx passes a client's own `Forwarded` through untouched: with the default
+    // `--trusted-proxy-header x-forwarded-for` the server never reads it, so a guesser forging a
+    // new `Forwarded` address on every attempt is still counted as its own address.
+    let forger = client(&ca_pem, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), https);
+    let mut outcomes = Vec::new();
+    for n in 0..=per_ip {
+        let forged = format!("for=203.0.113.{}", 10 + n);
+        let code = format!("QSZZ-ZZZZ-{n:04}");
+        outcomes
+            .push(attempt_through(&forger, &tls, &public, &code, &[("Forwarded", &forged)]).await);
+    }
+    assert_eq!(
+        outcomes, expected,
+        "the forged Forwarded addresses escaped the throttle"
+    );
     // Another client behind the same proxy is not held back by the guesser's count.
     let neighbour = client(&ca_pem, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)), https);
     assert_eq!(
