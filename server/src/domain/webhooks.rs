@@ -302,8 +302,6 @@ struct Worker {
     attempts: tokio::task::JoinSet<Option<i64>>,
     /// The application of each attempt in flight.
     applications: HashMap<tokio::task::Id, String>,
-    /// How many attempts of each application are in flight.
-    per_application: HashMap<String, usize>,
     /// The last claim found nothing more to take (for the applications it did not skip).
     drained: bool,
 }
@@ -323,7 +321,6 @@ impl Worker {
             owner,
             attempts: tokio::task::JoinSet::new(),
             applications: HashMap::new(),
-            per_application: HashMap::new(),
             drained: false,
         }
     }
@@ -333,20 +330,28 @@ impl Worker {
         !self.attempts.is_empty()
     }
 
+    /// How many attempts of each application are in flight.
+    fn in_flight(&self) -> HashMap<&str, usize> {
+        let mut counts = HashMap::new();
+        for application in self.applications.values() {
+            *counts.entry(application.as_str()).or_default() += 1;
+        }
+        counts
+    }
+
     /// Claims due deliveries while slots are free, and starts an attempt at each.
     async fn fill(&mut self) -> Result<(), DomainError> {
         self.drained = false;
         while self.attempts.len() < SLOTS {
-            let full: Vec<&str> = self
-                .per_application
+            let in_flight = self.in_flight();
+            let full: Vec<&str> = in_flight
                 .iter()
                 .filter(|(_, n)| **n >= PER_APPLICATION)
-                .map(|(app, _)| app.as_str())
+                .map(|(app, _)| *app)
                 .collect();
             // A claim takes no more of any application than the one with the least room
             // left can take, so none goes past its share.
-            let room = self
-                .per_application
+            let room = in_flight
                 .values()
                 .filter(|n| **n < PER_APPLICATION)
                 .map(|n| PER_APPLICATION - n)
@@ -377,7 +382,6 @@ impl Worker {
                         }
                     }
                 });
-                *self.per_application.entry(application.clone()).or_default() += 1;
                 self.applications.insert(task.id(), application);
             }
         }
@@ -395,16 +399,16 @@ impl Worker {
             }
             None => (None, None),
         };
-        let mut was_full = false;
-        if let Some(application) = task.and_then(|task| self.applications.remove(&task))
-            && let Some(n) = self.per_application.get_mut(&application)
-        {
-            was_full = *n >= PER_APPLICATION;
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_application.remove(&application);
-            }
-        }
+        // Its application had its share in flight before this one finished.
+        let was_full = task
+            .and_then(|task| self.applications.remove(&task))
+            .is_some_and(|application| {
+                self.applications
+                    .values()
+                    .filter(|a| **a == application)
+                    .count()
+                    >= PER_APPLICATION - 1
+            });
         Finished {
             retry_at,
             // Nothing was left to claim but the deliveries of applications at their share,
