@@ -990,32 +990,44 @@ fn webhook_and_openid_lifetimes_come_from_flags_then_environment_then_file() {
             "webhook-lease-margin-seconds",
         ),
     ] {
-        let e = error_of(
-            &serve(dir.path())
-                .args(["--config", config, "--check-config"])
-                .env(var, "0")
-                .output()
-                .unwrap(),
-        );
-        assert!(e.contains(flag), "{var}: {e}");
-        // A flag wins over the environment: the bad variable is not read.
-        let out = serve(dir.path())
-            .args([
-                "--config",
-                config,
-                "--check-config",
-                &format!("--{flag}"),
-                "60",
-            ])
-            .env(var, "0")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{flag}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        environment_then_flag_win(dir.path(), config, var, flag, "0", "60");
     }
+}
+
+/// With the file at `config`: the environment wins over it (`var` set to `bad` is refused,
+/// naming `flag`), and a flag wins over the environment (`--flag good` passes, `var` unread).
+fn environment_then_flag_win(
+    dir: &std::path::Path,
+    config: &str,
+    var: &str,
+    flag: &str,
+    bad: &str,
+    good: &str,
+) {
+    let e = error_of(
+        &serve(dir)
+            .args(["--config", config, "--check-config"])
+            .env(var, bad)
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains(flag), "{var}: {e}");
+    let out = serve(dir)
+        .args([
+            "--config",
+            config,
+            "--check-config",
+            &format!("--{flag}"),
+            good,
+        ])
+        .env(var, bad)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{flag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -1087,30 +1099,7 @@ fn http_timeouts_and_the_proxy_header_come_from_flags_then_environment_then_file
             "x-forwarded-for",
         ),
     ] {
-        let e = error_of(
-            &serve(dir.path())
-                .args(["--config", config, "--check-config"])
-                .env(var, bad)
-                .output()
-                .unwrap(),
-        );
-        assert!(e.contains(flag), "{var}: {e}");
-        let out = serve(dir.path())
-            .args([
-                "--config",
-                config,
-                "--check-config",
-                &format!("--{flag}"),
-                good,
-            ])
-            .env(var, bad)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{flag}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        environment_then_flag_win(dir.path(), config, var, flag, bad, good);
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::Connection;
-use tessera_server::{Server, ServerConfig};
+use tessera_protocol::api::CreatedApplication;
+use tessera_server::{RunningServer, Server, ServerConfig};
 
 async fn admin_connection(url: &str) -> sqlx::PgConnection {
     sqlx::PgConnection::connect(url)
@@ -71,6 +72,20 @@ async fn drop_database(base_url: &str, db: &str) {
         .await;
 }
 
+/// A server on the database at `url` (a request gives up waiting for a connection after
+/// 500 ms), and an application named `name` on it.
+async fn server_on(url: &str, name: &str) -> (RunningServer, CreatedApplication) {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database_url: url.to_string(),
+        database_acquire_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await.expect("server");
+    let app = server.create_application(name).await.expect("app");
+    (server, app)
+}
+
 /// An audit export the database fails midway is aborted: the client's read of the body fails.
 /// It never ends cleanly, as if the records sent were the whole log.
 #[tokio::test]
@@ -78,14 +93,7 @@ async fn an_audit_export_cut_off_midway_does_not_end_cleanly() {
     let Some((base_url, db, url)) = own_database("tessera_export").await else {
         return;
     };
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        database_url: url.clone(),
-        database_acquire_timeout: Duration::from_millis(500),
-        ..ServerConfig::default()
-    };
-    let server = Server::start(config).await.expect("server");
-    let app = server.create_application("Export").await.expect("app");
+    let (server, app) = server_on(&url, "Export").await;
     // Far more records than the socket's buffers and the export's channel hold.
     let records = 200_000;
     let mut conn = admin_connection(&url).await;
@@ -142,14 +150,7 @@ async fn a_database_outage_is_503_with_retry_after_on_every_surface() {
     let Some((base_url, db, url)) = own_database("tessera_outage").await else {
         return;
     };
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        database_url: url.clone(),
-        database_acquire_timeout: Duration::from_millis(500),
-        ..ServerConfig::default()
-    };
-    let server = Server::start(config).await.expect("server");
-    let app = server.create_application("Outage").await.expect("app");
+    let (server, app) = server_on(&url, "Outage").await;
     let base = format!("http://{}", server.local_addr());
     let http = reqwest::Client::new();
     let create_user = || {

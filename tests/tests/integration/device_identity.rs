@@ -5,7 +5,7 @@
 //! shared phone does not hide the other users' requests.
 
 use serde_json::{Value, json};
-use tessera_core::{CoreError, IncomingRequest};
+use tessera_core::{CoreError, Enrollment, IncomingRequest};
 use tessera_protocol::api::EnrollmentState;
 use tessera_protocol::authentication::AuthenticationKind;
 use tessera_protocol::envelope::{self, MessageType, SoftwareSigningKey};
@@ -310,10 +310,11 @@ async fn lose_device_key(phone: TestDevice) -> TestDevice {
     phone
 }
 
-async fn new_key_keeps(backend: Backend) {
-    // The server replaces an earlier enrollment only for the same device key; the device must
-    // not drop (and delete the keys of) one the server keeps.
-    let server = TestServer::start(backend).await;
+/// Carol's phone pairs, loses its device key, and pairs again: the phone, then the first and
+/// the second enrollment.
+async fn paired_then_paired_with_a_new_key(
+    server: &TestServer,
+) -> (TestDevice, Enrollment, Enrollment) {
     server.user("carol").await;
     let phone = TestDevice::new().await;
     let first = phone
@@ -327,6 +328,31 @@ async fn new_key_keeps(backend: Backend) {
         .pair(&server.pairing_uri("carol").await, None)
         .await
         .unwrap();
+    (phone, first, second)
+}
+
+/// The phone unpairs `first`: the server then lists `second` alone.
+async fn unpaired_leaving(
+    server: &TestServer,
+    phone: &TestDevice,
+    first: &Enrollment,
+    second: &Enrollment,
+) {
+    phone
+        .auth
+        .remove_enrollment(&first.enrollment_id)
+        .await
+        .unwrap();
+    let devices = server.customer.list_devices("carol").await.unwrap().devices;
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].enrollment_id, second.enrollment_id);
+}
+
+async fn new_key_keeps(backend: Backend) {
+    // The server replaces an earlier enrollment only for the same device key; the device must
+    // not drop (and delete the keys of) one the server keeps.
+    let server = TestServer::start(backend).await;
+    let (phone, first, second) = paired_then_paired_with_a_new_key(&server).await;
     assert_ne!(
         second.device_id, first.device_id,
         "a new device key, a new id"
@@ -361,14 +387,7 @@ async fn new_key_keeps(backend: Backend) {
         .enrollment_status(&first.enrollment_id)
         .await
         .expect("the first enrollment's keys sign");
-    phone
-        .auth
-        .remove_enrollment(&first.enrollment_id)
-        .await
-        .unwrap();
-    let devices = server.customer.list_devices("carol").await.unwrap().devices;
-    assert_eq!(devices.len(), 1);
-    assert_eq!(devices[0].enrollment_id, second.enrollment_id);
+    unpaired_leaving(&server, &phone, &first, &second).await;
     let local = phone.auth.enrollments().await;
     assert_eq!(local.len(), 1);
     assert_eq!(local[0].enrollment_id, second.enrollment_id);
@@ -381,19 +400,7 @@ async fn new_key_approved_keeps(backend: Backend) {
     // rather than replacing one; the device keeps both too.
     let server = TestServer::start(backend).await;
     with_policy(&server).await;
-    server.user("carol").await;
-    let phone = TestDevice::new().await;
-    let first = phone
-        .auth
-        .pair(&server.pairing_uri("carol").await, None)
-        .await
-        .unwrap();
-    let phone = lose_device_key(phone).await;
-    let second = phone
-        .auth
-        .pair(&server.pairing_uri("carol").await, None)
-        .await
-        .unwrap();
+    let (phone, first, second) = paired_then_paired_with_a_new_key(&server).await;
     assert_eq!(second.status, EnrollmentState::PendingVerification);
     let request = the_only_request(&phone).await;
     assert_eq!(request.enrollment_id, first.enrollment_id);
@@ -411,14 +418,7 @@ async fn new_key_approved_keeps(backend: Backend) {
     let local = phone.auth.enrollments().await;
     assert_eq!(local.len(), 2, "{local:?}");
     assert!(local.iter().any(|e| e.enrollment_id == first.enrollment_id));
-    phone
-        .auth
-        .remove_enrollment(&first.enrollment_id)
-        .await
-        .unwrap();
-    let devices = server.customer.list_devices("carol").await.unwrap().devices;
-    assert_eq!(devices.len(), 1);
-    assert_eq!(devices[0].enrollment_id, second.enrollment_id);
+    unpaired_leaving(&server, &phone, &first, &second).await;
 }
 
 async fn with_policy(server: &TestServer) {

@@ -374,15 +374,36 @@ async fn state_of(
         .state
 }
 
+/// `refused` is `otp_not_allowed`, and it left everything as it was: request `id` pending,
+/// every one of `user`'s codes unused and no failure counted.
+async fn refused_untouched(
+    domain: &TestDomain,
+    user: &UserId,
+    id: &tessera_protocol::ids::AuthenticationId,
+    refused: &crate::domain::DomainError,
+) {
+    let engine = domain.ctx.db.engine();
+    assert_eq!(refused.code(), Some(ErrorCode::OtpNotAllowed), "{engine:?}");
+    assert_eq!(
+        state_of(domain, id).await,
+        AuthenticationState::Pending,
+        "{engine:?}"
+    );
+    assert_eq!(
+        remaining(domain, user).await,
+        RECOVERY_CODE_COUNT,
+        "{engine:?}"
+    );
+    assert_eq!(failures_of(domain, user).await, 0, "{engine:?}");
+}
+
 /// A recovery code stands in for a push or a transaction, never for what proves the phone: a
 /// silent verification and a CIBA request (whose ID token would claim a device's user
 /// verification) refuse it with `otp_not_allowed` before anything is counted or spent, and stay
 /// pending. The code then still completes a push.
 #[tokio::test]
 async fn a_recovery_code_answers_no_silent_verification_and_no_ciba_request() {
-    use tessera_protocol::ciba::{ClientAuthMethod, DeliveryMode, RegisterCibaClient};
     for domain in TestDomain::each_engine().await {
-        let engine = domain.ctx.db.engine();
         let (kate, phone) = domain.user_with_device("kate").await;
         let issued = issue_codes(&domain.ctx, &domain.app.id, &kate)
             .await
@@ -398,36 +419,12 @@ async fn a_recovery_code_answers_no_silent_verification_and_no_ciba_request() {
         )
         .await
         .expect_err("a silent verification proves the phone");
-        assert_eq!(refused.code(), Some(ErrorCode::OtpNotAllowed), "{engine:?}");
-        assert_eq!(
-            state_of(&domain, &silent.authentication_id).await,
-            AuthenticationState::Pending
-        );
-        assert_eq!(
-            remaining(&domain, &kate).await,
-            RECOVERY_CODE_COUNT,
-            "{engine:?}"
-        );
-        assert_eq!(failures_of(&domain, &kate).await, 0, "{engine:?}");
+        refused_untouched(&domain, &kate, &silent.authentication_id, &refused).await;
 
         // A CIBA request, as a relying party makes it at the backchannel endpoint.
-        let (client_id, secret) = domain
-            .client(RegisterCibaClient::new(
-                "Shop",
-                DeliveryMode::Poll,
-                ClientAuthMethod::ClientSecretBasic,
-            ))
-            .await;
-        let form = crate::domain::ciba::client_auth::Form::new(vec![
-            ("scope".into(), "openid".into()),
-            ("login_hint".into(), kate.as_str().into()),
-        ])
-        .expect("a form");
-        let credentials = crate::domain::ciba::client_auth::BasicCredentials {
-            id: client_id,
-            secret,
-        };
-        crate::domain::ciba::backchannel::authenticate(&domain.ctx, Some(credentials), &form)
+        crate::domain::ciba::flow_tests::Client::registered(&domain)
+            .await
+            .ask(&domain, kate.as_str())
             .await
             .expect("acknowledged");
         let ciba = domain
@@ -440,17 +437,7 @@ async fn a_recovery_code_answers_no_silent_verification_and_no_ciba_request() {
             answer_authentication(&domain.ctx, &domain.app.id, ciba.request_id.as_str(), code)
                 .await
                 .expect_err("a CIBA request needs the phone's user verification");
-        assert_eq!(refused.code(), Some(ErrorCode::OtpNotAllowed), "{engine:?}");
-        assert_eq!(
-            state_of(&domain, &ciba.request_id).await,
-            AuthenticationState::Pending
-        );
-        assert_eq!(
-            remaining(&domain, &kate).await,
-            RECOVERY_CODE_COUNT,
-            "{engine:?}"
-        );
-        assert_eq!(failures_of(&domain, &kate).await, 0, "{engine:?}");
+        refused_untouched(&domain, &kate, &ciba.request_id, &refused).await;
 
         let push = domain.ask(&kate, json!({})).await;
         let approved = answer_authentication(

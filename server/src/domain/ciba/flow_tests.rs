@@ -18,14 +18,14 @@ use crate::domain::testing::{TestDevice, TestDomain, joined, yields};
 use crate::store::oidc_tokens::{self, Issued, IssuedToken, Spend};
 
 /// A relying party's credentials (poll mode, `client_secret_basic`).
-pub(super) struct Client {
+pub(crate) struct Client {
     pub(super) id: String,
     secret: String,
 }
 
 impl Client {
     /// A relying party registered in the test application.
-    pub(super) async fn registered(domain: &TestDomain) -> Self {
+    pub(crate) async fn registered(domain: &TestDomain) -> Self {
         let (id, secret) = domain
             .client(RegisterCibaClient::new(
                 "Shop",
@@ -45,7 +45,7 @@ impl Client {
     }
 
     /// A backchannel authentication request for `user`.
-    async fn ask(
+    pub(crate) async fn ask(
         &self,
         domain: &TestDomain,
         user: &str,

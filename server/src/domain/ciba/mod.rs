@@ -90,7 +90,7 @@ pub(crate) fn denial_description(
 #[cfg(test)]
 mod crowd_tests;
 #[cfg(test)]
-mod flow_tests;
+pub(crate) mod flow_tests;
 
 #[cfg(test)]
 mod subject_tests {

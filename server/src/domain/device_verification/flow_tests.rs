@@ -213,20 +213,7 @@ async fn an_approval_at_the_expiry_racing_a_status_poll_is_applied_whole_or_not_
             let held = new_device_pairs(&domain, &user).await;
             let verification = held.verification_id.clone().expect("a verification");
             // The same device's earlier enrollment, which the approval replaces.
-            let earlier = Enrollment {
-                enrollment_id: tessera_protocol::ids::EnrollmentId::generate(),
-                registration_digest: format!("earlier {}", rand::random::<u64>()),
-                status: EnrollmentState::Active,
-                verification_id: None,
-                is_primary: false,
-                paired_at: held.paired_at - 1,
-                ..held.clone()
-            };
-            let mut w = domain.ctx.db.write().await.expect("write");
-            enrollments::insert(w.conn().await.expect("connection"), &earlier)
-                .await
-                .expect("inserted");
-            w.commit().await.expect("committed");
+            let earlier = earlier_enrollment_of(&domain, &held).await;
             let request = verification_for(&domain, &phone, &held).await;
             let expires_at = crate::store::authentications::get(
                 &domain.ctx.db,
