@@ -202,6 +202,17 @@ struct Minute {
     counted: u64,
 }
 
+impl Minute {
+    /// A minute starting at `now`, with nothing in it yet.
+    fn starting(now: i64) -> Self {
+        Self {
+            started_at: now,
+            recorded: 0,
+            counted: 0,
+        }
+    }
+}
+
 impl FailureMemory {
     /// Whether a failure of `kind` (the server's, as `scope`) under `key` is to be recorded at
     /// `now`: not recorded for that key within the last minute, and under the kind's cap for
@@ -221,11 +232,7 @@ impl FailureMemory {
         let minute = self
             .minutes
             .entry(format!("{scope}|{kind}"))
-            .or_insert(Minute {
-                started_at: now,
-                recorded: 0,
-                counted: 0,
-            });
+            .or_insert(Minute::starting(now));
         if now.saturating_sub(minute.started_at) >= UNAUTHENTICATED_RECORD_INTERVAL_MS {
             if minute.counted > 0 {
                 tracing::warn!(
@@ -235,11 +242,7 @@ impl FailureMemory {
                      last minute"
                 );
             }
-            *minute = Minute {
-                started_at: now,
-                recorded: 0,
-                counted: 0,
-            };
+            *minute = Minute::starting(now);
         }
         if minute.recorded >= UNAUTHENTICATED_RECORDS_PER_MINUTE {
             minute.counted += 1;
